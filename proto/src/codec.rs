@@ -1,0 +1,84 @@
+//! The one place that calls bincode.
+//!
+//! Every Outpost encoding of a value to bytes (wire frames, RocksDB values,
+//! uplink batches) goes through [`encode`] / [`decode`], so the format can move
+//! to another crate in one place (see DESIGN.md, dependency notes). The
+//! configuration is explicit: little endian, variable-length integers, and a
+//! decode limit so that a hostile length field can never make us allocate
+//! more than [`DECODE_LIMIT_BYTES`].
+
+use bincode::config::{Configuration, Limit, LittleEndian, Varint};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Upper bound on what one decode may allocate. Larger than any frame or
+/// stored value we produce (frames are capped well below this by the framing
+/// layer; uplink batches are capped by the outbox).
+pub const DECODE_LIMIT_BYTES: usize = 64 * 1024 * 1024;
+
+type Config = Configuration<LittleEndian, Varint, Limit<DECODE_LIMIT_BYTES>>;
+
+const CONFIG: Config = bincode::config::standard()
+    .with_little_endian()
+    .with_variable_int_encoding()
+    .with_limit::<DECODE_LIMIT_BYTES>();
+
+/// Encoding or decoding failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("encoding failed: {0}")]
+    Encode(#[from] bincode::error::EncodeError),
+    #[error("malformed message: {0}")]
+    Decode(#[from] bincode::error::DecodeError),
+    #[error("malformed message: {0} trailing bytes after the value")]
+    TrailingBytes(usize),
+}
+
+/// Encodes `value` into a new buffer.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    Ok(bincode::serde::encode_to_vec(value, CONFIG)?)
+}
+
+/// Appends the encoding of `value` to `out`.
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    let start = out.len();
+    // Encode in place: bincode writes through a `Writer`; `Vec<u8>` is one.
+    let written = bincode::serde::encode_into_std_write(value, out, CONFIG)?;
+    debug_assert_eq!(out.len() - start, written);
+    Ok(())
+}
+
+/// Decodes a value that must fill `bytes` exactly.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, CONFIG)?;
+    if used != bytes.len() {
+        return Err(CodecError::TrailingBytes(bytes.len() - used));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_trailing_bytes_rejected() {
+        let v: (u64, String) = (7, "x".into());
+        let mut bytes = encode(&v).unwrap();
+        assert_eq!(decode::<(u64, String)>(&bytes).unwrap(), v);
+        bytes.push(0);
+        assert!(matches!(
+            decode::<(u64, String)>(&bytes),
+            Err(CodecError::TrailingBytes(1))
+        ));
+    }
+
+    #[test]
+    fn huge_length_prefix_does_not_allocate() {
+        // A varint length claiming u64::MAX elements must fail on the limit,
+        // not attempt the allocation.
+        let bytes = [0xFFu8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
+        assert!(decode::<Vec<u8>>(&bytes).is_err());
+        assert!(decode::<String>(&bytes).is_err());
+    }
+}

@@ -1,0 +1,371 @@
+//! Message types exchanged between agents and the appliance.
+//!
+//! Two conversations exist, each on its own ALPN:
+//!
+//! * **Enrollment** ([`crate::ALPN_ENROLL`]): one bidirectional stream, one
+//!   [`EnrollRequest`] answered by one [`EnrollResponse`].
+//! * **Session** ([`crate::ALPN_SESSION`]): one long-lived bidirectional
+//!   stream. The agent sends [`AgentFrame`]s (a `Hello`, then batches of
+//!   sequenced [`Record`]s); the appliance answers with [`ApplianceFrame`]s (a
+//!   `Welcome`, then cumulative [`Ack`]s once records are durable).
+//!
+//! Compatibility: enums are encoded by variant index, so new variants are only
+//! ever appended; a field change means a new `PROTOCOL_VERSION`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::DeviceId;
+
+/// Frames an agent sends on its session stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentFrame {
+    /// First frame of every session.
+    Hello(Hello),
+    /// One or more records, in increasing sequence order.
+    Records(Vec<Record>),
+    /// The agent is going away cleanly (for example on shutdown).
+    Goodbye { reason: String },
+}
+
+/// Frames the appliance sends on a session stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ApplianceFrame {
+    /// Answer to `Hello`.
+    Welcome(Welcome),
+    /// Every record with `seq <= up_to_seq` is durable; the agent may delete it.
+    Ack(Ack),
+    /// The appliance is closing the session; the reason tells the agent whether
+    /// to retry.
+    Close(Close),
+}
+
+/// Opening message of a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u16,
+    pub agent_version: String,
+    /// The agent's heartbeat interval; the appliance declares the device
+    /// offline after two missed intervals plus a grace period.
+    pub heartbeat_interval_ms: u32,
+    pub metrics_interval_ms: u32,
+}
+
+/// Answer to [`Hello`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol_version: u16,
+    /// The identity the appliance read from the client certificate.
+    pub device_id: DeviceId,
+    /// Highest sequence number already stored for this device: the agent can
+    /// drop everything up to it without resending (acks lost in a crash).
+    pub last_stored_seq: u64,
+    pub max_frame_bytes: u32,
+}
+
+/// Cumulative acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub up_to_seq: u64,
+}
+
+/// Why the appliance closes a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Close {
+    pub reason: CloseReason,
+    pub message: String,
+}
+
+/// Reasons for closing a connection. Also sent as the QUIC application error
+/// code ([`CloseReason::code`]) so a peer learns it even without the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CloseReason {
+    /// Normal close.
+    Normal,
+    UnsupportedVersion,
+    MalformedFrame,
+    OversizeFrame,
+    /// The device's certificate was revoked: do not retry.
+    Revoked,
+    /// The certificate names a device this appliance does not know.
+    UnknownDevice,
+    /// A newer session of the same device replaced this one.
+    Superseded,
+    ShuttingDown,
+    /// A frame was valid but not allowed here (for example records before Hello).
+    ProtocolViolation,
+    /// The session ALPN was used without a client certificate.
+    ClientCertificateRequired,
+    Internal,
+}
+
+impl CloseReason {
+    const ALL: [CloseReason; 11] = [
+        CloseReason::Normal,
+        CloseReason::UnsupportedVersion,
+        CloseReason::MalformedFrame,
+        CloseReason::OversizeFrame,
+        CloseReason::Revoked,
+        CloseReason::UnknownDevice,
+        CloseReason::Superseded,
+        CloseReason::ShuttingDown,
+        CloseReason::ProtocolViolation,
+        CloseReason::ClientCertificateRequired,
+        CloseReason::Internal,
+    ];
+
+    /// QUIC application error code.
+    pub fn code(self) -> u32 {
+        Self::ALL.iter().position(|r| *r == self).unwrap_or(0) as u32
+    }
+
+    pub fn from_code(code: u64) -> Option<CloseReason> {
+        usize::try_from(code).ok().and_then(|i| Self::ALL.get(i).copied())
+    }
+
+    /// Stable label for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::Normal => "normal",
+            CloseReason::UnsupportedVersion => "unsupported_version",
+            CloseReason::MalformedFrame => "malformed_frame",
+            CloseReason::OversizeFrame => "oversize_frame",
+            CloseReason::Revoked => "revoked",
+            CloseReason::UnknownDevice => "unknown_device",
+            CloseReason::Superseded => "superseded",
+            CloseReason::ShuttingDown => "shutting_down",
+            CloseReason::ProtocolViolation => "protocol_violation",
+            CloseReason::ClientCertificateRequired => "client_certificate_required",
+            CloseReason::Internal => "internal",
+        }
+    }
+
+    /// Whether an agent should stop reconnecting after this reason.
+    pub fn is_permanent(self) -> bool {
+        matches!(
+            self,
+            CloseReason::Revoked | CloseReason::UnknownDevice | CloseReason::UnsupportedVersion
+        )
+    }
+}
+
+/// One sequenced, acknowledged unit of telemetry.
+///
+/// `seq` is per device, strictly increasing, assigned by the agent when the
+/// record enters its buffer. The appliance stores each `seq` once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    /// Collection time on the agent, milliseconds since the Unix epoch.
+    pub ts_ms: u64,
+    pub body: RecordBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RecordBody {
+    Heartbeat(Heartbeat),
+    Metrics(MetricsSample),
+    Inventory(Box<Inventory>),
+}
+
+impl RecordBody {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RecordBody::Heartbeat(_) => "heartbeat",
+            RecordBody::Metrics(_) => "metrics",
+            RecordBody::Inventory(_) => "inventory",
+        }
+    }
+}
+
+/// "I am alive", with the cheapest facts worth having at heartbeat rate.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub uptime_s: u64,
+    /// Records waiting in the agent's buffer (backlog visibility).
+    pub buffered_records: u32,
+    /// Records the agent dropped because its buffer was full, since install.
+    pub dropped_records: u64,
+}
+
+/// A set of metric values collected at one instant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSample {
+    pub values: Vec<MetricValue>,
+}
+
+/// One value of one series. A series is a metric name plus an optional label
+/// (a mount point for disk metrics, an interface for network metrics; empty
+/// when the metric has none). See [`crate::metric_names`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricValue {
+    pub name: String,
+    pub label: String,
+    pub value: f64,
+}
+
+/// Hardware and software inventory, sent at start and daily.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Inventory {
+    pub hostname: String,
+    pub os_name: String,
+    pub os_version: String,
+    pub kernel: String,
+    pub arch: String,
+    pub cpu_model: String,
+    pub cpu_cores: u32,
+    pub memory_total_bytes: u64,
+    pub disks: Vec<DiskInventory>,
+    pub nics: Vec<NicInventory>,
+    pub agent_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct DiskInventory {
+    pub mount: String,
+    pub filesystem: String,
+    pub total_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct NicInventory {
+    pub name: String,
+    pub mac: String,
+    pub ips: Vec<String>,
+}
+
+/// Facts a device reports about itself when enrolling.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct DeviceFacts {
+    pub hostname: String,
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+    pub agent_version: String,
+}
+
+/// Enrollment request: a one-time token and a certificate signing request.
+/// The private key never leaves the endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    pub protocol_version: u16,
+    pub token: String,
+    /// DER-encoded PKCS#10 certificate signing request.
+    pub csr_der: Vec<u8>,
+    pub facts: DeviceFacts,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EnrollResponse {
+    Accepted {
+        device_id: DeviceId,
+        tenant: String,
+        customer: String,
+        /// The device's client certificate, DER.
+        cert_der: Vec<u8>,
+        /// The appliance CA certificate, DER (its SHA-256 is the pinned fingerprint).
+        ca_cert_der: Vec<u8>,
+    },
+    Rejected {
+        reason: EnrollRejectReason,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnrollRejectReason {
+    UnknownToken,
+    ExpiredToken,
+    TokenUsedUp,
+    BadCsr,
+    UnsupportedVersion,
+    Internal,
+}
+
+impl EnrollRejectReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            EnrollRejectReason::UnknownToken => "unknown_token",
+            EnrollRejectReason::ExpiredToken => "expired_token",
+            EnrollRejectReason::TokenUsedUp => "token_used_up",
+            EnrollRejectReason::BadCsr => "bad_csr",
+            EnrollRejectReason::UnsupportedVersion => "unsupported_version",
+            EnrollRejectReason::Internal => "internal",
+        }
+    }
+}
+
+/// A few valid frames of every kind, for codec tests.
+#[cfg(test)]
+pub(crate) fn sample_agent_frames() -> Vec<AgentFrame> {
+    vec![
+        AgentFrame::Hello(Hello {
+            protocol_version: crate::PROTOCOL_VERSION,
+            agent_version: "0.1.0".into(),
+            heartbeat_interval_ms: 30_000,
+            metrics_interval_ms: 60_000,
+        }),
+        AgentFrame::Records(vec![Record {
+            seq: 1,
+            ts_ms: 1_700_000_000_000,
+            body: RecordBody::Heartbeat(Heartbeat {
+                uptime_s: 3600,
+                buffered_records: 0,
+                dropped_records: 0,
+            }),
+        }]),
+        AgentFrame::Records(vec![Record {
+            seq: 2,
+            ts_ms: 1_700_000_000_500,
+            body: RecordBody::Metrics(MetricsSample {
+                values: vec![
+                    MetricValue {
+                        name: "cpu".into(),
+                        label: String::new(),
+                        value: 12.5,
+                    },
+                    MetricValue {
+                        name: "disk_used_percent".into(),
+                        label: "/".into(),
+                        value: 71.0,
+                    },
+                ],
+            }),
+        }]),
+        AgentFrame::Records(vec![Record {
+            seq: 3,
+            ts_ms: 1_700_000_001_000,
+            body: RecordBody::Inventory(Box::new(Inventory {
+                hostname: "web-1".into(),
+                os_name: "Debian GNU/Linux".into(),
+                cpu_cores: 4,
+                disks: vec![DiskInventory {
+                    mount: "/".into(),
+                    filesystem: "ext4".into(),
+                    total_bytes: 1 << 40,
+                }],
+                nics: vec![NicInventory {
+                    name: "eth0".into(),
+                    mac: "00:11:22:33:44:55".into(),
+                    ips: vec!["10.0.0.5".into()],
+                }],
+                ..Inventory::default()
+            })),
+        }]),
+        AgentFrame::Goodbye {
+            reason: "shutdown".into(),
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reason_codes_round_trip() {
+        for r in CloseReason::ALL {
+            assert_eq!(CloseReason::from_code(r.code() as u64), Some(r));
+        }
+        assert_eq!(CloseReason::from_code(999), None);
+    }
+}
