@@ -13,6 +13,7 @@ use std::io;
 use std::marker::PhantomData;
 
 use bytes::{Buf, BufMut, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::codec::{Decoder, Encoder};
@@ -29,6 +30,8 @@ pub enum FrameError {
     Oversize { len: usize, max: usize },
     #[error("malformed frame: zero-length payload")]
     Empty,
+    #[error("malformed frame: stream ended inside a frame ({0} bytes buffered)")]
+    Truncated(usize),
     #[error(transparent)]
     Malformed(#[from] CodecError),
     #[error("i/o error: {0}")]
@@ -40,7 +43,9 @@ impl FrameError {
     pub fn reason_label(&self) -> &'static str {
         match self {
             FrameError::Oversize { .. } => "oversize_frame",
-            FrameError::Empty | FrameError::Malformed(_) => "malformed_frame",
+            FrameError::Empty | FrameError::Malformed(_) | FrameError::Truncated(_) => {
+                "malformed_frame"
+            }
             FrameError::Io(_) => "io",
         }
     }
@@ -98,6 +103,80 @@ pub fn encode_frame<T: Serialize + ?Sized>(msg: &T, max: usize) -> Result<BytesM
 /// Decodes one frame payload into a message.
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
     Ok(codec::decode(payload)?)
+}
+
+/// Reads frames from any async byte stream (a QUIC receive stream in
+/// practice) with a bounded buffer: at most one maximum-size frame plus one
+/// read chunk is ever buffered.
+#[derive(Debug)]
+pub struct FrameReader {
+    buf: BytesMut,
+    max_frame_bytes: usize,
+    /// Bytes read so far (for metrics).
+    bytes_read: u64,
+}
+
+/// Bytes requested from the stream per read.
+const READ_CHUNK_BYTES: usize = 8 * 1024;
+
+impl FrameReader {
+    pub fn new(max_frame_bytes: usize) -> Self {
+        FrameReader {
+            buf: BytesMut::new(),
+            max_frame_bytes,
+            bytes_read: 0,
+        }
+    }
+
+    /// Decodes the next frame already buffered, without reading.
+    pub fn try_next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        match split_frame(&mut self.buf, self.max_frame_bytes)? {
+            Some(payload) => Ok(Some(decode_payload(&payload)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads more bytes from `r`. Returns `false` on end of stream.
+    pub async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> Result<bool, FrameError> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK_BYTES {
+            self.buf.reserve(READ_CHUNK_BYTES);
+        }
+        let n = r.read_buf(&mut self.buf).await?;
+        self.bytes_read += n as u64;
+        Ok(n > 0)
+    }
+
+    /// Reads the next frame. `Ok(None)` on a clean end of stream (between
+    /// frames); a stream that ends inside a frame is an error.
+    pub async fn next<T: DeserializeOwned, R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+    ) -> Result<Option<T>, FrameError> {
+        loop {
+            if let Some(m) = self.try_next()? {
+                return Ok(Some(m));
+            }
+            if !self.fill(r).await? {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameError::Truncated(self.buf.len()))
+                };
+            }
+        }
+    }
+
+    /// Total bytes read from the stream.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
+    }
+
+    /// Releases buffer memory while idle (many mostly idle connections).
+    pub fn shrink_if_empty(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+    }
 }
 
 /// A typed frame codec: decodes `In` messages, encodes `Out` messages.
@@ -207,6 +286,39 @@ mod tests {
             Err(FrameError::Oversize { .. })
         ));
         assert_eq!(&buf[..], b"keep");
+    }
+
+    #[tokio::test]
+    async fn reader_reads_frames_across_arbitrary_chunking() {
+        let frames = sample_agent_frames();
+        let mut bytes = BytesMut::new();
+        for f in &frames {
+            write_frame(f, &mut bytes, MAX).unwrap();
+        }
+        let (mut tx, mut rx) = tokio::io::duplex(7);
+        let data = bytes.to_vec();
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            tx.write_all(&data).await.unwrap();
+        });
+        let mut reader = FrameReader::new(MAX);
+        let mut got = Vec::new();
+        while let Some(f) = reader.next::<AgentFrame, _>(&mut rx).await.unwrap() {
+            got.push(f);
+        }
+        writer.await.unwrap();
+        assert_eq!(got, frames);
+        assert_eq!(reader.bytes_read(), bytes.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn reader_reports_a_stream_cut_inside_a_frame() {
+        let full = encode_frame(&sample_agent_frames()[1], MAX).unwrap();
+        let mut cut = &full[..full.len() - 1];
+        let mut reader = FrameReader::new(MAX);
+        let err = reader.next::<AgentFrame, _>(&mut cut).await.unwrap_err();
+        assert!(matches!(err, FrameError::Truncated(_)), "{err}");
+        assert_eq!(err.reason_label(), "malformed_frame");
     }
 
     proptest! {

@@ -277,6 +277,13 @@ impl CertAuthority {
     }
 }
 
+/// Checks that `csr_der` is a well-formed CSR with a valid self-signature.
+pub fn verify_csr(csr_der: &[u8]) -> Result<(), PkiError> {
+    CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+        .map(|_| ())
+        .map_err(|e| PkiError::BadCsr(e.to_string()))
+}
+
 /// A fresh key pair and a CSR for it. Returns (key PEM, CSR DER).
 pub fn generate_csr(common_name: &str) -> Result<(String, Vec<u8>), PkiError> {
     let key = KeyPair::generate()?;
@@ -294,6 +301,25 @@ pub fn cert_der_to_pem(der: &[u8]) -> String {
         &pem::Pem::new("CERTIFICATE", der.to_vec()),
         pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
     )
+}
+
+/// Writes a secret (private key, token) atomically, readable only by the
+/// owner (mode 0600 on Unix).
+pub fn write_private_file(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
 }
 
 /// SHA-256 of arbitrary bytes (token hashing, fingerprints).
@@ -339,6 +365,8 @@ mod tests {
             Err(PkiError::BadCsr(_))
         ));
         assert!(ca.sign_client_csr(b"garbage", &subject, CLIENT_VALIDITY).is_err());
+        assert!(verify_csr(&csr).is_err());
+        assert!(verify_csr(&generate_csr("ok").unwrap().1).is_ok());
     }
 
     #[test]

@@ -1,0 +1,237 @@
+//! Read paths for the admin API: device listings, latest values, metric
+//! history (raw or rolled up), heartbeats and status transitions.
+
+use outpost_proto::DeviceId;
+use outpost_proto::messages::Heartbeat;
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::keys;
+use crate::model::{DeviceRecord, DeviceState, Rollup, StatusTransition};
+use crate::rollup::{self, BUCKET_MS};
+use crate::{Cf, Store};
+
+/// A device with its current state.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceView {
+    #[serde(flatten)]
+    pub record: DeviceRecord,
+    pub state: Option<DeviceState>,
+}
+
+/// Every device in the registry, with state.
+pub fn list_devices(store: &Store) -> Result<Vec<DeviceView>> {
+    let mut records = Vec::new();
+    store.scan::<DeviceRecord>(Cf::Devices, &[], None, |_, r| {
+        records.push(r);
+        true
+    })?;
+    records
+        .into_iter()
+        .map(|record| {
+            let state = store.get(Cf::DeviceState, &keys::device_key(record.id))?;
+            Ok(DeviceView { record, state })
+        })
+        .collect()
+}
+
+pub fn device_view(store: &Store, device: DeviceId) -> Result<Option<DeviceView>> {
+    let Some(record) = crate::registry::get(store, device)? else {
+        return Ok(None);
+    };
+    let state = store.get(Cf::DeviceState, &keys::device_key(device))?;
+    Ok(Some(DeviceView { record, state }))
+}
+
+/// The latest value of a series.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LatestValue {
+    pub name: String,
+    pub label: String,
+    pub ts_ms: u64,
+    pub value: f64,
+}
+
+/// The latest stored value of every series of a device.
+pub fn latest_values(store: &Store, device: DeviceId) -> Result<Vec<LatestValue>> {
+    let mut out = Vec::new();
+    for (name, label, sid) in rollup::device_series(store, device)? {
+        let from = keys::series_time_key(device, sid, 0);
+        let to = keys::series_time_key(device, sid, u64::MAX);
+        if let Some((k, v)) = store.last_in_range(Cf::Samples, &from, &to)?
+            && let (Some((_, _, ts)), Some(value)) =
+                (keys::parse_series_time_key(&k), rollup::sample_value(&v))
+        {
+            out.push(LatestValue {
+                name,
+                label,
+                ts_ms: ts,
+                value,
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.name, &a.label).cmp(&(&b.name, &b.label)));
+    Ok(out)
+}
+
+/// One point of a metric history answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Point {
+    /// Start of the step (or the sample time for raw points).
+    pub ts_ms: u64,
+    pub min: f64,
+    pub max: f64,
+    pub avg: f64,
+    pub last: f64,
+    pub count: u64,
+}
+
+impl Point {
+    fn from_rollup(ts_ms: u64, r: &Rollup) -> Point {
+        Point {
+            ts_ms,
+            min: r.min,
+            max: r.max,
+            avg: r.mean(),
+            last: r.last,
+            count: r.count,
+        }
+    }
+}
+
+/// Where a history answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resolution {
+    Raw,
+    Rollup,
+}
+
+/// Metric history of one series in `[from, to)`.
+///
+/// `step_ms == 0` returns raw samples. A step below 5 minutes aggregates raw
+/// samples into steps; 5 minutes or more aggregates stored 5-minute rollups
+/// (which outlive raw samples). Returns `None` if the series does not exist.
+pub fn history(
+    store: &Store,
+    device: DeviceId,
+    name: &str,
+    label: &str,
+    from_ms: u64,
+    to_ms: u64,
+    step_ms: u64,
+    limit: usize,
+) -> Result<Option<(Resolution, Vec<Point>)>> {
+    let Some(sid) = rollup::device_series(store, device)?
+        .into_iter()
+        .find(|(n, l, _)| n == name && l == label)
+        .map(|(_, _, sid)| sid)
+    else {
+        return Ok(None);
+    };
+    if step_ms >= BUCKET_MS {
+        let rollups = rollup::rollups_in(store, device, sid, from_ms, to_ms)?;
+        let mut points: Vec<(u64, Rollup)> = Vec::new();
+        for (ts, r) in rollups {
+            let step_start = ts - ts % step_ms;
+            match points.last_mut() {
+                Some((s, acc)) if *s == step_start => merge(acc, &r),
+                _ => points.push((step_start, r)),
+            }
+            if points.len() > limit {
+                points.pop();
+                break;
+            }
+        }
+        return Ok(Some((
+            Resolution::Rollup,
+            points.iter().map(|(ts, r)| Point::from_rollup(*ts, r)).collect(),
+        )));
+    }
+    let mut points: Vec<(u64, Rollup)> = Vec::new();
+    rollup::samples_in(store, device, sid, from_ms, to_ms, |ts, v| {
+        let step_start = if step_ms == 0 { ts } else { ts - ts % step_ms };
+        match points.last_mut() {
+            Some((s, acc)) if *s == step_start => acc.add(ts, v),
+            _ => {
+                if points.len() == limit {
+                    return false;
+                }
+                points.push((step_start, Rollup::of(ts, v)));
+            }
+        }
+        true
+    })?;
+    Ok(Some((
+        Resolution::Raw,
+        points.iter().map(|(ts, r)| Point::from_rollup(*ts, r)).collect(),
+    )))
+}
+
+fn merge(acc: &mut Rollup, r: &Rollup) {
+    acc.min = acc.min.min(r.min);
+    acc.max = acc.max.max(r.max);
+    acc.sum += r.sum;
+    acc.count += r.count;
+    if r.last_ts_ms >= acc.last_ts_ms {
+        acc.last = r.last;
+        acc.last_ts_ms = r.last_ts_ms;
+    }
+}
+
+/// A stored heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HeartbeatEntry {
+    pub ts_ms: u64,
+    pub seq: u64,
+    #[serde(flatten)]
+    pub heartbeat: Heartbeat,
+}
+
+/// Heartbeats of a device in `[from, to)`, oldest first, at most `limit`.
+pub fn heartbeats(
+    store: &Store,
+    device: DeviceId,
+    from_ms: u64,
+    to_ms: u64,
+    limit: usize,
+) -> Result<Vec<HeartbeatEntry>> {
+    let mut out = Vec::new();
+    store.scan::<Heartbeat>(
+        Cf::Heartbeats,
+        &keys::heartbeat_key(device, from_ms, 0),
+        Some(&keys::heartbeat_key(device, to_ms, 0)),
+        |k, h| {
+            if let (Some(ts), Some(seq)) = (keys::be_u64(k, 8), keys::be_u64(k, 16)) {
+                out.push(HeartbeatEntry {
+                    ts_ms: ts,
+                    seq,
+                    heartbeat: h,
+                });
+            }
+            out.len() < limit
+        },
+    )?;
+    Ok(out)
+}
+
+/// Status transitions of a device in `[from, to)`.
+pub fn status_log(
+    store: &Store,
+    device: DeviceId,
+    from_ms: u64,
+    to_ms: u64,
+    limit: usize,
+) -> Result<Vec<StatusTransition>> {
+    let mut out = Vec::new();
+    store.scan::<StatusTransition>(
+        Cf::StatusLog,
+        &keys::device_time_key(device, from_ms),
+        Some(&keys::device_time_key(device, to_ms)),
+        |_, t| {
+            out.push(t);
+            out.len() < limit
+        },
+    )?;
+    Ok(out)
+}
