@@ -13,9 +13,9 @@ use std::io;
 use std::marker::PhantomData;
 
 use bytes::{Buf, BufMut, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::codec::{self, CodecError};
@@ -271,7 +271,10 @@ mod tests {
         let full = encode_frame(&sample_agent_frames()[0], MAX).unwrap();
         for cut in 0..full.len() {
             let mut buf = BytesMut::from(&full[..cut]);
-            assert!(split_frame(&mut buf, MAX).unwrap().is_none(), "cut at {cut}");
+            assert!(
+                split_frame(&mut buf, MAX).unwrap().is_none(),
+                "cut at {cut}"
+            );
         }
     }
 

@@ -84,7 +84,13 @@ mod tests {
 
     #[test]
     fn device_id_rejects_bad_text() {
-        for bad in ["", "123", "zzzzzzzzzzzzzzzz", "00000000000000000", "+000000000000001"] {
+        for bad in [
+            "",
+            "123",
+            "zzzzzzzzzzzzzzzz",
+            "00000000000000000",
+            "+000000000000001",
+        ] {
             assert!(bad.parse::<DeviceId>().is_err(), "{bad:?} parsed");
         }
     }

@@ -119,7 +119,9 @@ impl CloseReason {
     }
 
     pub fn from_code(code: u64) -> Option<CloseReason> {
-        usize::try_from(code).ok().and_then(|i| Self::ALL.get(i).copied())
+        usize::try_from(code)
+            .ok()
+            .and_then(|i| Self::ALL.get(i).copied())
     }
 
     /// Stable label for metrics and logs.

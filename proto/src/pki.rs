@@ -216,13 +216,17 @@ impl CertAuthority {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, dns_names.first().copied().unwrap_or("outpost"));
+        dn.push(
+            DnType::CommonName,
+            dns_names.first().copied().unwrap_or("outpost"),
+        );
         params.distinguished_name = dn;
         params.subject_alt_names = dns_names
             .iter()
             .map(|n| {
                 Ok(SanType::DnsName(
-                    (*n).try_into().map_err(|e: rcgen::Error| PkiError::Rcgen(e))?,
+                    (*n).try_into()
+                        .map_err(|e: rcgen::Error| PkiError::Rcgen(e))?,
                 ))
             })
             .collect::<Result<_, PkiError>>()?;
@@ -249,10 +253,9 @@ impl CertAuthority {
         subject: &ClientSubject,
         lifetime: Duration,
     ) -> Result<CertificateDer<'static>, PkiError> {
-        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(
-            csr_der,
-        ))
-        .map_err(|e| PkiError::BadCsr(e.to_string()))?;
+        let csr =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+                .map_err(|e| PkiError::BadCsr(e.to_string()))?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, subject.principal.common_name());
@@ -364,7 +367,10 @@ mod tests {
             ca.sign_client_csr(&csr, &subject, CLIENT_VALIDITY),
             Err(PkiError::BadCsr(_))
         ));
-        assert!(ca.sign_client_csr(b"garbage", &subject, CLIENT_VALIDITY).is_err());
+        assert!(
+            ca.sign_client_csr(b"garbage", &subject, CLIENT_VALIDITY)
+                .is_err()
+        );
         assert!(verify_csr(&csr).is_err());
         assert!(verify_csr(&generate_csr("ok").unwrap().1).is_ok());
     }
@@ -381,7 +387,10 @@ mod tests {
     #[test]
     fn pem_encoding_matches_rcgen() {
         let ca = CertAuthority::generate("test CA").unwrap();
-        assert_eq!(cert_der_to_pem(ca.cert_der()), ca.cert_pem().replace("\r\n", "\n"));
+        assert_eq!(
+            cert_der_to_pem(ca.cert_der()),
+            ca.cert_pem().replace("\r\n", "\n")
+        );
     }
 
     #[test]

@@ -221,7 +221,8 @@ impl ServerCertVerifier for PinnedCaVerifier {
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
                 .build()
                 .map_err(|e| rustls::Error::General(e.to_string()))?;
-        let verified = inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)?;
+        let verified =
+            inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)?;
         if let Ok(mut g) = self.matched.lock() {
             *g = Some(ca.clone().into_owned());
         }
@@ -274,12 +275,25 @@ mod tests {
         assert!(s.starts_with("sha256:"));
         assert_eq!(s.len(), 7 + 64);
         assert_eq!(s.parse::<CaFingerprint>().unwrap(), fp);
-        assert_eq!(s.to_uppercase().replace("SHA256", "sha256").parse::<CaFingerprint>().unwrap(), fp);
+        assert_eq!(
+            s.to_uppercase()
+                .replace("SHA256", "sha256")
+                .parse::<CaFingerprint>()
+                .unwrap(),
+            fp
+        );
     }
 
     #[test]
     fn bad_fingerprints_are_rejected() {
-        for bad in ["", "sha256:", "abcd", "sha256:zz", &format!("sha1:{}", "ab".repeat(32)), &format!("sha256:{}", "ab".repeat(31))] {
+        for bad in [
+            "",
+            "sha256:",
+            "abcd",
+            "sha256:zz",
+            &format!("sha1:{}", "ab".repeat(32)),
+            &format!("sha256:{}", "ab".repeat(31)),
+        ] {
             assert!(bad.parse::<CaFingerprint>().is_err(), "{bad:?}");
         }
     }

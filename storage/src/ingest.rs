@@ -189,7 +189,11 @@ impl IngestWriter {
         if t.is_some() {
             self.online += 1;
         }
-        let last_seq = self.devices.get(&device).map(|c| c.state.last_seq).unwrap_or(0);
+        let last_seq = self
+            .devices
+            .get(&device)
+            .map(|c| c.state.last_seq)
+            .unwrap_or(0);
         let state = self.devices.get(&device).map(|c| c.state.clone());
         if let Some(t) = &t {
             self.store.batch_put(
@@ -200,8 +204,12 @@ impl IngestWriter {
             )?;
         }
         if let Some(state) = state {
-            self.store
-                .batch_put(&mut batch, Cf::DeviceState, &keys::device_key(device), &state)?;
+            self.store.batch_put(
+                &mut batch,
+                Cf::DeviceState,
+                &keys::device_key(device),
+                &state,
+            )?;
         }
         self.commit(batch)?;
         Ok((last_seq, t))
@@ -343,8 +351,12 @@ impl IngestWriter {
             };
             st.status = DeviceStatus::Offline;
             st.status_since_ms = now_ms;
-            self.store
-                .batch_put(&mut batch, Cf::StatusLog, &keys::device_time_key(*d, now_ms), &t)?;
+            self.store.batch_put(
+                &mut batch,
+                Cf::StatusLog,
+                &keys::device_time_key(*d, now_ms),
+                &t,
+            )?;
             self.store
                 .batch_put(&mut batch, Cf::DeviceState, &keys::device_key(*d), st)?;
             out.push((*d, t));
@@ -402,10 +414,18 @@ impl IngestWriter {
         c.state.status = DeviceStatus::Offline;
         c.state.status_since_ms = now_ms;
         let mut batch = WriteBatch::default();
-        self.store
-            .batch_put(&mut batch, Cf::StatusLog, &keys::device_time_key(device, now_ms), &t)?;
-        self.store
-            .batch_put(&mut batch, Cf::DeviceState, &keys::device_key(device), &c.state)?;
+        self.store.batch_put(
+            &mut batch,
+            Cf::StatusLog,
+            &keys::device_time_key(device, now_ms),
+            &t,
+        )?;
+        self.store.batch_put(
+            &mut batch,
+            Cf::DeviceState,
+            &keys::device_key(device),
+            &c.state,
+        )?;
         self.commit(batch)?;
         Ok(Some(t))
     }
@@ -511,16 +531,36 @@ mod tests {
         let mut w = IngestWriter::new(store.clone(), 1_000).unwrap();
         let first: Vec<Record> = (1..=10).map(|s| hb(s, 1_000 + s)).collect();
         let out = w
-            .apply(&[IncomingRecords { device: dev, records: first.clone() }], 2_000)
+            .apply(
+                &[IncomingRecords {
+                    device: dev,
+                    records: first.clone(),
+                }],
+                2_000,
+            )
             .unwrap();
-        assert_eq!(out.groups[0], GroupOutcome { ack_up_to: 10, stored: 10, duplicates: 0, rejected_values: 0 });
+        assert_eq!(
+            out.groups[0],
+            GroupOutcome {
+                ack_up_to: 10,
+                stored: 10,
+                duplicates: 0,
+                rejected_values: 0
+            }
+        );
         // Replay 5..=15 (the agent lost some acks), in two groups of one batch.
         let replay: Vec<Record> = (5..=15).map(|s| hb(s, 1_000 + s)).collect();
         let out = w
             .apply(
                 &[
-                    IncomingRecords { device: dev, records: replay[..3].to_vec() },
-                    IncomingRecords { device: dev, records: replay[3..].to_vec() },
+                    IncomingRecords {
+                        device: dev,
+                        records: replay[..3].to_vec(),
+                    },
+                    IncomingRecords {
+                        device: dev,
+                        records: replay[3..].to_vec(),
+                    },
                 ],
                 3_000,
             )
@@ -542,15 +582,27 @@ mod tests {
         let dev = DeviceId(9);
         {
             let mut w = IngestWriter::new(store.clone(), 0).unwrap();
-            w.apply(&[IncomingRecords { device: dev, records: (1..=3).map(|s| hb(s, s)).collect() }], 10)
-                .unwrap();
+            w.apply(
+                &[IncomingRecords {
+                    device: dev,
+                    records: (1..=3).map(|s| hb(s, s)).collect(),
+                }],
+                10,
+            )
+            .unwrap();
         }
         drop(store);
         let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
         let mut w = IngestWriter::new(store.clone(), 0).unwrap();
         assert_eq!(w.last_seq(dev).unwrap(), 3);
         let out = w
-            .apply(&[IncomingRecords { device: dev, records: (1..=4).map(|s| hb(s, s)).collect() }], 20)
+            .apply(
+                &[IncomingRecords {
+                    device: dev,
+                    records: (1..=4).map(|s| hb(s, s)).collect(),
+                }],
+                20,
+            )
             .unwrap();
         assert_eq!((out.stored, out.duplicates), (1, 3));
     }
@@ -566,9 +618,20 @@ mod tests {
             metric(3, 300, "cpu", 5.0),
             metric(4, 400, "bad\0name", 1.0),
         ];
-        let out = w.apply(&[IncomingRecords { device: dev, records: recs }], 1000).unwrap();
+        let out = w
+            .apply(
+                &[IncomingRecords {
+                    device: dev,
+                    records: recs,
+                }],
+                1000,
+            )
+            .unwrap();
         assert_eq!(out.rejected_values, 3);
-        assert_eq!(out.groups[0].ack_up_to, 4, "records with bad values are still consumed");
+        assert_eq!(
+            out.groups[0].ack_up_to, 4,
+            "records with bad values are still consumed"
+        );
         let latest = query::latest_values(&store, dev).unwrap();
         assert_eq!(latest.len(), 1);
         assert_eq!((latest[0].name.as_str(), latest[0].value), ("cpu", 5.0));
@@ -592,13 +655,34 @@ mod tests {
         let off = w.sweep_offline(12_500, 500).unwrap();
         assert_eq!(off.len(), 1);
         assert_eq!(off[0].1.to, DeviceStatus::Offline);
-        assert!(w.sweep_offline(20_000, 500).unwrap().is_empty(), "no repeated transition");
-        let out = w.apply(&[IncomingRecords { device: dev, records: vec![hb(1, 1)] }], 21_000).unwrap();
+        assert!(
+            w.sweep_offline(20_000, 500).unwrap().is_empty(),
+            "no repeated transition"
+        );
+        let out = w
+            .apply(
+                &[IncomingRecords {
+                    device: dev,
+                    records: vec![hb(1, 1)],
+                }],
+                21_000,
+            )
+            .unwrap();
         assert_eq!(out.transitions.len(), 1);
         let log = query::status_log(&store, dev, 0, u64::MAX, 10).unwrap();
         let states: Vec<_> = log.iter().map(|t| t.to).collect();
-        assert_eq!(states, vec![DeviceStatus::Online, DeviceStatus::Offline, DeviceStatus::Online]);
-        let st = store.get::<DeviceState>(Cf::DeviceState, &keys::device_key(dev)).unwrap().unwrap();
+        assert_eq!(
+            states,
+            vec![
+                DeviceStatus::Online,
+                DeviceStatus::Offline,
+                DeviceStatus::Online
+            ]
+        );
+        let st = store
+            .get::<DeviceState>(Cf::DeviceState, &keys::device_key(dev))
+            .unwrap()
+            .unwrap();
         assert_eq!(st.status, DeviceStatus::Online);
         assert_eq!(st.last_seq, 1);
     }
@@ -613,7 +697,10 @@ mod tests {
             heartbeat_interval_ms: 1_000,
             metrics_interval_ms: 1_000,
         };
-        IngestWriter::new(store.clone(), 0).unwrap().session_started(dev, &hello, 1_000).unwrap();
+        IngestWriter::new(store.clone(), 0)
+            .unwrap()
+            .session_started(dev, &hello, 1_000)
+            .unwrap();
         // Appliance restarts much later: the device is loaded as online and
         // is not declared offline before it had a chance to reconnect.
         let mut w = IngestWriter::new(store.clone(), 100_000).unwrap();

@@ -44,7 +44,7 @@ pub fn device_view(store: &Store, device: DeviceId) -> Result<Option<DeviceView>
 }
 
 /// The latest value of a series.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct LatestValue {
     pub name: String,
     pub label: String,
@@ -145,7 +145,10 @@ pub fn history(
         }
         return Ok(Some((
             Resolution::Rollup,
-            points.iter().map(|(ts, r)| Point::from_rollup(*ts, r)).collect(),
+            points
+                .iter()
+                .map(|(ts, r)| Point::from_rollup(*ts, r))
+                .collect(),
         )));
     }
     let mut points: Vec<(u64, Rollup)> = Vec::new();
@@ -164,7 +167,10 @@ pub fn history(
     })?;
     Ok(Some((
         Resolution::Raw,
-        points.iter().map(|(ts, r)| Point::from_rollup(*ts, r)).collect(),
+        points
+            .iter()
+            .map(|(ts, r)| Point::from_rollup(*ts, r))
+            .collect(),
     )))
 }
 
@@ -180,7 +186,7 @@ fn merge(acc: &mut Rollup, r: &Rollup) {
 }
 
 /// A stored heartbeat.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct HeartbeatEntry {
     pub ts_ms: u64,
     pub seq: u64,

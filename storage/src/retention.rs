@@ -127,31 +127,71 @@ mod tests {
         for d in devs {
             let mut recs = Vec::new();
             for (i, t) in times.iter().enumerate() {
-                recs.push(Record { seq: 2 * i as u64 + 1, ts_ms: *t, body: RecordBody::Heartbeat(Heartbeat { uptime_s: 0, buffered_records: 0, dropped_records: 0 }) });
+                recs.push(Record {
+                    seq: 2 * i as u64 + 1,
+                    ts_ms: *t,
+                    body: RecordBody::Heartbeat(Heartbeat {
+                        uptime_s: 0,
+                        buffered_records: 0,
+                        dropped_records: 0,
+                    }),
+                });
                 recs.push(Record {
                     seq: 2 * i as u64 + 2,
                     ts_ms: *t,
-                    body: RecordBody::Metrics(MetricsSample { values: vec![MetricValue { name: "cpu".into(), label: String::new(), value: i as f64 }] }),
+                    body: RecordBody::Metrics(MetricsSample {
+                        values: vec![MetricValue {
+                            name: "cpu".into(),
+                            label: String::new(),
+                            value: i as f64,
+                        }],
+                    }),
                 });
             }
-            w.apply(&[IncomingRecords { device: d, records: recs }], 0).unwrap();
+            w.apply(
+                &[IncomingRecords {
+                    device: d,
+                    records: recs,
+                }],
+                0,
+            )
+            .unwrap();
         }
         let now = 40 * DAY;
         w.roll_up(now, 0, usize::MAX).unwrap();
-        let policy = RetentionPolicy { raw: std::time::Duration::from_secs(30 * 24 * 3600), rollups: std::time::Duration::from_secs(35 * 24 * 3600) };
+        let policy = RetentionPolicy {
+            raw: std::time::Duration::from_secs(30 * 24 * 3600),
+            rollups: std::time::Duration::from_secs(35 * 24 * 3600),
+        };
         let report = enforce(&store, now, &policy).unwrap();
         assert_eq!(report.devices, 2);
         let raw_cutoff = now - 30 * DAY;
         let rollup_cutoff = now - 35 * DAY;
         for d in devs {
             let mut kept = Vec::new();
-            crate::rollup::samples_in(&store, d, 0, 0, u64::MAX, |ts, _| { kept.push(ts); true }).unwrap();
+            crate::rollup::samples_in(&store, d, 0, 0, u64::MAX, |ts, _| {
+                kept.push(ts);
+                true
+            })
+            .unwrap();
             let want: Vec<u64> = times.iter().copied().filter(|t| *t >= raw_cutoff).collect();
             assert_eq!(kept, want, "samples of {d}");
-            let hbs: Vec<u64> = crate::query::heartbeats(&store, d, 0, u64::MAX, 10_000).unwrap().iter().map(|h| h.ts_ms).collect();
+            let hbs: Vec<u64> = crate::query::heartbeats(&store, d, 0, u64::MAX, 10_000)
+                .unwrap()
+                .iter()
+                .map(|h| h.ts_ms)
+                .collect();
             assert_eq!(hbs, want, "heartbeats of {d}");
-            let rollups: Vec<u64> = crate::rollup::rollups_in(&store, d, 0, 0, u64::MAX).unwrap().iter().map(|r| r.0).collect();
-            let want_r: Vec<u64> = times.iter().map(|t| t - t % BUCKET_MS).filter(|b| *b >= rollup_cutoff).collect();
+            let rollups: Vec<u64> = crate::rollup::rollups_in(&store, d, 0, 0, u64::MAX)
+                .unwrap()
+                .iter()
+                .map(|r| r.0)
+                .collect();
+            let want_r: Vec<u64> = times
+                .iter()
+                .map(|t| t - t % BUCKET_MS)
+                .filter(|b| *b >= rollup_cutoff)
+                .collect();
             assert_eq!(rollups, want_r, "rollups of {d}");
         }
     }

@@ -113,7 +113,10 @@ pub fn process_dirty(
         if series_cache.as_ref().is_none_or(|(d, _)| *d != device) {
             series_cache = Some((device, device_series(store, device)?));
         }
-        let series = series_cache.as_ref().map(|(_, s)| s.as_slice()).unwrap_or(&[]);
+        let series = series_cache
+            .as_ref()
+            .map(|(_, s)| s.as_slice())
+            .unwrap_or(&[]);
         for (_, _, sid) in series {
             let mut r: Option<Rollup> = None;
             samples_in(store, device, *sid, bucket, bucket + BUCKET_MS, |ts, v| {
@@ -138,7 +141,10 @@ pub fn process_dirty(
                 });
             }
         }
-        batch.delete_cf(store.cf(Cf::RollupDirty)?, keys::device_time_key(device, bucket));
+        batch.delete_cf(
+            store.cf(Cf::RollupDirty)?,
+            keys::device_time_key(device, bucket),
+        );
     }
     if !ready.is_empty() {
         store.write(batch)?;
@@ -179,7 +185,11 @@ mod tests {
             seq,
             ts_ms: ts,
             body: RecordBody::Metrics(MetricsSample {
-                values: vec![MetricValue { name: "cpu".into(), label: String::new(), value: v }],
+                values: vec![MetricValue {
+                    name: "cpu".into(),
+                    label: String::new(),
+                    value: v,
+                }],
             }),
         }
     }
@@ -255,8 +265,19 @@ mod tests {
         let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
         let dev = DeviceId(3);
         let mut w = IngestWriter::new(store.clone(), 0).unwrap();
-        w.apply(&[IncomingRecords { device: dev, records: vec![sample(1, 1000, 1.0)] }], 0).unwrap();
-        assert!(w.roll_up(BUCKET_MS + 59_000, 60_000, 100).unwrap().is_empty());
+        w.apply(
+            &[IncomingRecords {
+                device: dev,
+                records: vec![sample(1, 1000, 1.0)],
+            }],
+            0,
+        )
+        .unwrap();
+        assert!(
+            w.roll_up(BUCKET_MS + 59_000, 60_000, 100)
+                .unwrap()
+                .is_empty()
+        );
         let done = w.roll_up(BUCKET_MS + 60_000, 60_000, 100).unwrap();
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].rollup.count, 1);

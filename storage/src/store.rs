@@ -77,7 +77,10 @@ impl Cf {
 
     /// Large, append-mostly time series tables get zstd at the bottom level.
     fn is_bulk(self) -> bool {
-        matches!(self, Cf::Samples | Cf::Heartbeats | Cf::Rollups | Cf::StatusLog)
+        matches!(
+            self,
+            Cf::Samples | Cf::Heartbeats | Cf::Rollups | Cf::StatusLog
+        )
     }
 }
 
@@ -280,7 +283,12 @@ impl Store {
     }
 
     /// The last `(key, value)` in `[from, to)`, if any.
-    pub fn last_in_range(&self, cf: Cf, from: &[u8], to: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    pub fn last_in_range(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         let mut ro = ReadOptions::default();
         ro.set_iterate_lower_bound(from.to_vec());
         ro.set_iterate_upper_bound(to.to_vec());
@@ -323,7 +331,9 @@ impl Store {
         for cf in Cf::ALL {
             let h = self.cf(cf)?;
             self.inner.db.flush_cf(h)?;
-            self.inner.db.compact_range_cf::<&[u8], &[u8]>(h, None, None);
+            self.inner
+                .db
+                .compact_range_cf::<&[u8], &[u8]>(h, None, None);
         }
         Ok(())
     }
@@ -366,8 +376,15 @@ mod tests {
     fn corrupt_value_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-        s.db().put_cf(s.cf(Cf::Devices).unwrap(), b"x", [0xFF; 3]).unwrap();
-        let err = s.get::<crate::model::DeviceRecord>(Cf::Devices, b"x").unwrap_err();
-        assert!(matches!(err, StorageError::Corrupt { cf: "devices", .. }), "{err}");
+        s.db()
+            .put_cf(s.cf(Cf::Devices).unwrap(), b"x", [0xFF; 3])
+            .unwrap();
+        let err = s
+            .get::<crate::model::DeviceRecord>(Cf::Devices, b"x")
+            .unwrap_err();
+        assert!(
+            matches!(err, StorageError::Corrupt { cf: "devices", .. }),
+            "{err}"
+        );
     }
 }

@@ -83,12 +83,21 @@ mod tests {
         .unwrap();
         assert!(!found_plain);
 
-        assert_eq!(consume(&s, "nope", 10).unwrap(), Err(TokenRejection::Unknown));
+        assert_eq!(
+            consume(&s, "nope", 10).unwrap(),
+            Err(TokenRejection::Unknown)
+        );
         assert!(consume(&s, &secret, 10).unwrap().is_ok());
         assert!(consume(&s, &secret, 10).unwrap().is_ok());
-        assert_eq!(consume(&s, &secret, 10).unwrap(), Err(TokenRejection::UsedUp));
+        assert_eq!(
+            consume(&s, &secret, 10).unwrap(),
+            Err(TokenRejection::UsedUp)
+        );
 
         let s2 = create(&s, &token(1000, 5)).unwrap();
-        assert_eq!(consume(&s, &s2, 1000).unwrap(), Err(TokenRejection::Expired));
+        assert_eq!(
+            consume(&s, &s2, 1000).unwrap(),
+            Err(TokenRejection::Expired)
+        );
     }
 }

@@ -1,0 +1,430 @@
+//! The agent's offline buffer: every record waits here, on disk, until the
+//! appliance acknowledges it.
+//!
+//! Layout (sled): tree `records` maps `seq` (big-endian) to
+//! `crc32(payload) | payload`, where the payload is the encoded
+//! [`Record`]; tree `meta` holds `next_seq`, the acked high-water mark and the
+//! dropped count. Invariants:
+//!
+//! * sequence numbers are strictly increasing and never reused, across
+//!   restarts (`next_seq` is persisted and also derived from the last key);
+//! * a record is removed only by [`Buffer::ack`] (the appliance stored it) or
+//!   by the size bound, oldest first, counted in `dropped`;
+//! * a record that fails its checksum on read is removed and counted in
+//!   `corrupt`, never sent.
+
+use std::path::Path;
+
+use outpost_proto::codec;
+use outpost_proto::messages::{Record, RecordBody};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BufferError {
+    #[error("offline buffer (sled): {0}")]
+    Sled(#[from] sled::Error),
+    #[error("offline buffer: cannot encode record: {0}")]
+    Encode(#[from] codec::CodecError),
+}
+
+pub type Result<T> = std::result::Result<T, BufferError>;
+
+const NEXT_SEQ: &[u8] = b"next_seq";
+const ACKED: &[u8] = b"acked";
+const DROPPED: &[u8] = b"dropped";
+const CRC_BYTES: usize = 4;
+
+/// Bytes of sled page cache: explicit (the 1 GiB default costs RSS).
+const SLED_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Disk-backed FIFO of unacknowledged records.
+pub struct Buffer {
+    db: sled::Db,
+    records: sled::Tree,
+    meta: sled::Tree,
+    /// Next sequence number to assign.
+    next_seq: u64,
+    /// Highest sequence number the appliance acknowledged.
+    acked: u64,
+    /// Records dropped because the buffer was full (lifetime).
+    dropped: u64,
+    /// Records removed because their checksum failed (this process).
+    corrupt: u64,
+    /// Sum of stored value sizes, kept below `max_bytes`.
+    bytes: u64,
+    max_bytes: u64,
+    count: u64,
+}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Buffer")
+            .field("next_seq", &self.next_seq)
+            .field("acked", &self.acked)
+            .field("count", &self.count)
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64> {
+    Ok(tree
+        .get(key)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
+fn seq_of(key: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
+}
+
+impl Buffer {
+    /// Opens (creating) the buffer in `dir`, bounded to `max_bytes`.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<Buffer> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .flush_every_ms(Some(200))
+            .open()?;
+        let records = db.open_tree("records")?;
+        let meta = db.open_tree("meta")?;
+        let mut next_seq = read_u64(&meta, NEXT_SEQ)?.max(1);
+        if let Some((k, _)) = records.last()?
+            && let Some(s) = seq_of(&k)
+        {
+            next_seq = next_seq.max(s + 1);
+        }
+        let mut bytes = 0u64;
+        let mut count = 0u64;
+        for item in records.iter() {
+            let (_, v) = item?;
+            bytes += v.len() as u64;
+            count += 1;
+        }
+        let mut b = Buffer {
+            acked: read_u64(&meta, ACKED)?,
+            dropped: read_u64(&meta, DROPPED)?,
+            corrupt: 0,
+            db,
+            records,
+            meta,
+            next_seq,
+            bytes,
+            max_bytes,
+            count,
+        };
+        b.enforce_bound()?;
+        Ok(b)
+    }
+
+    /// Appends a record; returns its sequence number. Drops the oldest
+    /// records if the buffer exceeds its bound.
+    pub fn append(&mut self, ts_ms: u64, body: RecordBody) -> Result<u64> {
+        let seq = self.next_seq;
+        let rec = Record { seq, ts_ms, body };
+        let payload = codec::encode(&rec)?;
+        let mut value = Vec::with_capacity(CRC_BYTES + payload.len());
+        value.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        value.extend_from_slice(&payload);
+        self.next_seq += 1;
+        self.meta.insert(NEXT_SEQ, &self.next_seq.to_be_bytes())?;
+        self.bytes += value.len() as u64;
+        self.count += 1;
+        self.records.insert(seq.to_be_bytes(), value)?;
+        self.enforce_bound()?;
+        Ok(seq)
+    }
+
+    fn enforce_bound(&mut self) -> Result<()> {
+        while self.bytes > self.max_bytes {
+            let Some((_, v)) = self.records.pop_min()? else {
+                self.bytes = 0;
+                self.count = 0;
+                break;
+            };
+            self.bytes = self.bytes.saturating_sub(v.len() as u64);
+            self.count = self.count.saturating_sub(1);
+            self.dropped += 1;
+        }
+        self.meta.insert(DROPPED, &self.dropped.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Removes every record with `seq <= up_to`: the appliance stored them.
+    pub fn ack(&mut self, up_to: u64) -> Result<()> {
+        while let Some((k, v)) = self.records.first()? {
+            match seq_of(&k) {
+                Some(s) if s <= up_to => {
+                    self.records.remove(&k)?;
+                    self.bytes = self.bytes.saturating_sub(v.len() as u64);
+                    self.count = self.count.saturating_sub(1);
+                }
+                _ => break,
+            }
+        }
+        self.acked = self.acked.max(up_to);
+        self.meta.insert(ACKED, &self.acked.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Makes sure new records get sequence numbers above `stored`: the
+    /// appliance's high-water mark for this device (protects against a lost
+    /// buffer directory restarting the sequence).
+    pub fn ensure_next_seq_above(&mut self, stored: u64) -> Result<()> {
+        if self.next_seq <= stored {
+            self.next_seq = stored + 1;
+            self.meta.insert(NEXT_SEQ, &self.next_seq.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Up to `max_records` records (and about `max_bytes` of payload) with
+    /// `seq >= from`, in order. Corrupt entries are removed and counted.
+    pub fn read_from(
+        &mut self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        let mut size = 0usize;
+        let mut bad = Vec::new();
+        for item in self.records.range(from.to_be_bytes()..) {
+            let (k, v) = item?;
+            let decoded = (v.len() >= CRC_BYTES)
+                .then(|| {
+                    let (crc, payload) = v.split_at(CRC_BYTES);
+                    (crc == crc32fast::hash(payload).to_le_bytes())
+                        .then(|| codec::decode::<Record>(payload).ok())
+                        .flatten()
+                })
+                .flatten();
+            match decoded {
+                Some(rec) => {
+                    size += v.len();
+                    out.push(rec);
+                    if out.len() >= max_records || size >= max_bytes {
+                        break;
+                    }
+                }
+                None => bad.push((k, v.len())),
+            }
+        }
+        for (k, len) in bad {
+            tracing::warn!(seq = ?seq_of(&k), "offline buffer: dropping a record that failed its checksum");
+            self.records.remove(&k)?;
+            self.bytes = self.bytes.saturating_sub(len as u64);
+            self.count = self.count.saturating_sub(1);
+            self.corrupt += 1;
+        }
+        Ok(out)
+    }
+
+    /// Sequence number of the oldest buffered record.
+    pub fn first_seq(&self) -> Result<Option<u64>> {
+        Ok(self.records.first()?.and_then(|(k, _)| seq_of(&k)))
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    pub fn corrupt(&self) -> u64 {
+        self.corrupt
+    }
+
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Forces buffered writes to disk.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Test hook: overwrite a stored value (to simulate disk corruption).
+    #[cfg(test)]
+    fn corrupt_entry(&self, seq: u64) {
+        let k = seq.to_be_bytes();
+        if let Some(v) = self.records.get(k).unwrap() {
+            let mut v = v.to_vec();
+            let last = v.len() - 1;
+            v[last] ^= 0xFF;
+            self.records.insert(k, v).unwrap();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outpost_proto::messages::Heartbeat;
+    use proptest::prelude::*;
+
+    fn body(n: u64) -> RecordBody {
+        RecordBody::Heartbeat(Heartbeat {
+            uptime_s: n,
+            buffered_records: 0,
+            dropped_records: 0,
+        })
+    }
+
+    #[test]
+    fn records_survive_reopen_until_acked() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut b = Buffer::open(dir.path(), 1 << 20).unwrap();
+            for i in 0..10 {
+                assert_eq!(b.append(i, body(i)).unwrap(), i + 1);
+            }
+            b.ack(4).unwrap();
+            b.flush().unwrap();
+        }
+        let mut b = Buffer::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(b.len(), 6);
+        assert_eq!(b.acked(), 4);
+        let seqs: Vec<u64> = b
+            .read_from(0, 100, 1 << 20)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, (5..=10).collect::<Vec<_>>());
+        assert_eq!(
+            b.append(0, body(0)).unwrap(),
+            11,
+            "sequence continues after reopen"
+        );
+    }
+
+    #[test]
+    fn full_buffer_drops_oldest_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Buffer::open(dir.path(), 200).unwrap();
+        for i in 0..100 {
+            b.append(i, body(i)).unwrap();
+        }
+        assert!(b.size_bytes() <= 200);
+        assert!(b.dropped() > 0);
+        assert_eq!(b.dropped() + b.len(), 100);
+        let recs = b.read_from(0, 1000, 1 << 20).unwrap();
+        assert_eq!(recs.last().unwrap().seq, 100, "newest kept");
+    }
+
+    #[test]
+    fn corrupt_record_is_skipped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Buffer::open(dir.path(), 1 << 20).unwrap();
+        for i in 0..5 {
+            b.append(i, body(i)).unwrap();
+        }
+        b.corrupt_entry(3);
+        let seqs: Vec<u64> = b
+            .read_from(0, 100, 1 << 20)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 4, 5]);
+        assert_eq!(b.corrupt(), 1);
+        assert_eq!(b.len(), 4);
+    }
+
+    #[test]
+    fn sequence_jumps_above_appliance_high_water_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Buffer::open(dir.path(), 1 << 20).unwrap();
+        b.ensure_next_seq_above(41).unwrap();
+        assert_eq!(b.append(0, body(0)).unwrap(), 42);
+        b.ensure_next_seq_above(10).unwrap();
+        assert_eq!(b.append(0, body(0)).unwrap(), 43);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Append,
+        Ack(u8),
+        Reopen,
+        Read(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => Just(Op::Append),
+            2 => any::<u8>().prop_map(Op::Ack),
+            1 => Just(Op::Reopen),
+            1 => any::<u8>().prop_map(Op::Read),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// The buffer behaves like a Vec-based model across appends, acks,
+        /// bounded drops and restarts.
+        #[test]
+        fn buffer_matches_model(ops in proptest::collection::vec(op(), 1..120), cap in 100u64..2000) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut b = Buffer::open(dir.path(), cap).unwrap();
+            // Model: (seq, value size) of pending records.
+            let mut model: Vec<(u64, u64)> = Vec::new();
+            let mut next = 1u64;
+            let mut acked = 0u64;
+            let mut dropped = 0u64;
+            for op in ops {
+                match op {
+                    Op::Append => {
+                        let seq = b.append(next, body(next)).unwrap();
+                        prop_assert_eq!(seq, next);
+                        let size = CRC_BYTES as u64 + codec::encode(&Record { seq, ts_ms: next, body: body(next) }).unwrap().len() as u64;
+                        model.push((seq, size));
+                        next += 1;
+                        while model.iter().map(|m| m.1).sum::<u64>() > cap {
+                            model.remove(0);
+                            dropped += 1;
+                        }
+                    }
+                    Op::Ack(n) => {
+                        let up_to = acked + u64::from(n % 8);
+                        b.ack(up_to).unwrap();
+                        model.retain(|m| m.0 > up_to);
+                        acked = acked.max(up_to);
+                    }
+                    Op::Reopen => {
+                        b.flush().unwrap();
+                        drop(b);
+                        b = Buffer::open(dir.path(), cap).unwrap();
+                    }
+                    Op::Read(from) => {
+                        let from = u64::from(from);
+                        let got: Vec<u64> = b.read_from(from, 1000, usize::MAX).unwrap().iter().map(|r| r.seq).collect();
+                        let want: Vec<u64> = model.iter().map(|m| m.0).filter(|s| *s >= from).collect();
+                        prop_assert_eq!(got, want);
+                    }
+                }
+                prop_assert_eq!(b.len(), model.len() as u64);
+                prop_assert_eq!(b.size_bytes(), model.iter().map(|m| m.1).sum::<u64>());
+                prop_assert_eq!(b.dropped(), dropped);
+                prop_assert_eq!(b.next_seq(), next);
+                prop_assert_eq!(b.first_seq().unwrap(), model.first().map(|m| m.0));
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Agent configuration: `STATE/agent.toml` if present, overridden by flags.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// Everything the agent's run loop can be tuned with. Defaults work as is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Heartbeat period (±10% jitter). At least 1 s.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Metrics collection period. At least 1 s.
+    #[serde(with = "humantime_serde")]
+    pub metrics_interval: Duration,
+    /// Inventory is sent at start and then with this period.
+    #[serde(with = "humantime_serde")]
+    pub inventory_interval: Duration,
+    /// Bound of the offline buffer on disk; oldest records are dropped (and
+    /// counted) beyond it.
+    pub buffer_max_bytes: u64,
+    /// Reconnect backoff: first ceiling and maximum.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// Records sent but not yet acknowledged before the agent waits.
+    pub max_in_flight_records: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            heartbeat_interval: Duration::from_secs(30),
+            metrics_interval: Duration::from_secs(60),
+            inventory_interval: Duration::from_secs(24 * 3600),
+            buffer_max_bytes: 64 * 1024 * 1024,
+            reconnect_base: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(30),
+            max_in_flight_records: 4096,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Loads `path` if it exists, else defaults.
+    pub fn load(path: &Path) -> anyhow::Result<AgentConfig> {
+        if !path.exists() {
+            return Ok(AgentConfig::default());
+        }
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading agent config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing agent config {}", path.display()))
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.heartbeat_interval < Duration::from_secs(1) {
+            bail!(
+                "heartbeat interval must be at least 1s (got {:?})",
+                self.heartbeat_interval
+            );
+        }
+        if self.metrics_interval < Duration::from_secs(1) {
+            bail!(
+                "metrics interval must be at least 1s (got {:?})",
+                self.metrics_interval
+            );
+        }
+        if self.buffer_max_bytes < 64 * 1024 {
+            bail!("buffer_max_bytes must be at least 64 KiB");
+        }
+        if self.max_in_flight_records == 0 {
+            bail!("max_in_flight_records must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_file_keeps_defaults_and_unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        std::fs::write(&p, "heartbeat_interval = \"5s\"\n").unwrap();
+        let c = AgentConfig::load(&p).unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(c.metrics_interval, Duration::from_secs(60));
+        std::fs::write(&p, "heartbeat_intervall = \"5s\"\n").unwrap();
+        assert!(AgentConfig::load(&p).is_err());
+    }
+
+    #[test]
+    fn sub_second_heartbeat_is_refused() {
+        let c = AgentConfig {
+            heartbeat_interval: Duration::from_millis(500),
+            ..AgentConfig::default()
+        };
+        assert!(c.validate().is_err());
+        assert!(AgentConfig::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,129 @@
+//! Enrollment: prove possession of a token, get a client certificate.
+//!
+//! The appliance is authenticated by the CA fingerprint the installer was
+//! given; a server whose chain carries no CA with that fingerprint is refused
+//! before the token is sent. The private key is generated here and never
+//! leaves the endpoint: only a CSR is sent.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use bytes::BytesMut;
+use outpost_proto::frame::{FrameReader, write_frame};
+use outpost_proto::messages::{DeviceFacts, EnrollRequest, EnrollResponse};
+use outpost_proto::pki::{CertIdentity, Principal, generate_csr};
+use outpost_proto::tls::{self, CaFingerprint, PinnedCaVerifier};
+use outpost_proto::{
+    ALPN_ENROLL, APPLIANCE_SERVER_NAME, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
+};
+
+use crate::identity::Enrolled;
+use crate::net;
+
+/// How long enrollment may take end to end.
+pub const ENROLL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Enrolls against the appliance at `addr` using `endpoint`.
+pub async fn enroll(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    token: &str,
+    pin: CaFingerprint,
+    facts: DeviceFacts,
+) -> anyhow::Result<Enrolled> {
+    tokio::time::timeout(
+        ENROLL_TIMEOUT,
+        enroll_inner(endpoint, addr, token, pin, facts),
+    )
+    .await
+    .map_err(|_| anyhow!("enrollment with {addr} timed out after {ENROLL_TIMEOUT:?}"))?
+}
+
+async fn enroll_inner(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    token: &str,
+    pin: CaFingerprint,
+    facts: DeviceFacts,
+) -> anyhow::Result<Enrolled> {
+    let verifier = PinnedCaVerifier::new(pin);
+    let cfg = net::quic_client_config(tls::pinned_client_config(verifier.clone(), ALPN_ENROLL)?)?;
+    let connecting = endpoint
+        .connect_with(cfg, addr, APPLIANCE_SERVER_NAME)
+        .with_context(|| format!("connecting to {addr}"))?;
+    let conn = match connecting.await {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(seen) = verifier.mismatch() {
+                let seen: Vec<String> = seen.iter().map(ToString::to_string).collect();
+                bail!(
+                    "refusing to enroll: the appliance at {addr} presented CA {}, but --ca-fingerprint is {pin}. \
+                     Check the fingerprint with `outpost ca-fingerprint` on the appliance.",
+                    if seen.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        seen.join(", ")
+                    }
+                );
+            }
+            return Err(e).with_context(|| format!("TLS/QUIC handshake with {addr} failed"));
+        }
+    };
+    let (key_pem, csr_der) = generate_csr("outpost-agent").context("generating the device key")?;
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .context("opening the enrollment stream")?;
+    let req = EnrollRequest {
+        protocol_version: PROTOCOL_VERSION,
+        token: token.to_string(),
+        csr_der,
+        facts,
+    };
+    let mut buf = BytesMut::new();
+    write_frame(&req, &mut buf, DEFAULT_MAX_FRAME_BYTES)?;
+    send.write_all(&buf)
+        .await
+        .context("sending the enrollment request")?;
+    send.finish().ok();
+    let mut reader = FrameReader::new(DEFAULT_MAX_FRAME_BYTES);
+    let resp: EnrollResponse = reader
+        .next(&mut recv)
+        .await
+        .context("reading the enrollment response")?
+        .ok_or_else(|| anyhow!("the appliance closed the enrollment stream without answering"))?;
+    conn.close(0u32.into(), b"enrolled");
+    match resp {
+        EnrollResponse::Accepted {
+            device_id,
+            tenant,
+            customer,
+            cert_der,
+            ca_cert_der,
+        } => {
+            if CaFingerprint::of(&ca_cert_der) != pin {
+                bail!("the appliance returned a CA certificate that does not match {pin}");
+            }
+            let ident =
+                CertIdentity::from_der(&cert_der).context("parsing the issued certificate")?;
+            if ident.principal != Principal::Device(device_id) {
+                bail!(
+                    "the issued certificate names {:?}, not device {device_id}",
+                    ident.principal
+                );
+            }
+            Ok(Enrolled {
+                device_id,
+                tenant,
+                customer,
+                cert_der,
+                ca_der: ca_cert_der,
+                key_pem,
+            })
+        }
+        EnrollResponse::Rejected { reason, message } => {
+            bail!("enrollment refused ({}): {message}", reason.label())
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! The Outpost endpoint agent.
+//!
+//! Enrolls against a site appliance ([`enroll`]), keeps its identity in a
+//! state directory ([`identity`]), collects host metrics and inventory
+//! ([`collect`]), buffers every record on disk until the appliance
+//! acknowledges it ([`buffer`]) and streams records over one long-lived QUIC
+//! session with reconnect backoff ([`session`]).
+
+pub mod backoff;
+pub mod buffer;
+pub mod collect;
+pub mod config;
+pub mod enroll;
+pub mod identity;
+pub mod net;
+pub mod session;

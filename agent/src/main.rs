@@ -1,0 +1,195 @@
+//! `outpost-agent`: the endpoint agent binary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use outpost_agent::buffer::Buffer;
+use outpost_agent::config::AgentConfig;
+use outpost_agent::identity::{self, StateDir};
+use outpost_agent::{collect, enroll, net, session};
+use outpost_proto::tls::CaFingerprint;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(name = "outpost-agent", version, about = "Outpost endpoint agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Enroll this endpoint with a site appliance.
+    Enroll {
+        /// Appliance QUIC address, HOST:PORT.
+        #[arg(long)]
+        appliance: String,
+        /// Enrollment token from `outpost token create`.
+        #[arg(long, env = "OUTPOST_TOKEN")]
+        token: String,
+        /// The appliance CA fingerprint (`outpost ca-fingerprint`), sha256:HEX.
+        #[arg(long)]
+        ca_fingerprint: CaFingerprint,
+        /// State directory (identity, buffer).
+        #[arg(long)]
+        state: PathBuf,
+        /// Replace an existing enrollment in the state directory.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the agent: collect, buffer and stream to the appliance.
+    Run {
+        #[arg(long)]
+        state: PathBuf,
+        /// Heartbeat interval (e.g. 30s, 1s). Overrides agent.toml.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        heartbeat_interval: Option<Duration>,
+        /// Metrics interval (e.g. 60s). Overrides agent.toml.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        metrics_interval: Option<Duration>,
+        /// Offline buffer bound in bytes. Overrides agent.toml.
+        #[arg(long)]
+        buffer_max_bytes: Option<u64>,
+    },
+    /// Print this agent's identity and buffer state.
+    Status {
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
+                .unwrap_or_else(|_| "info,quinn=warn,rustls=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(real_main(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Enroll {
+            appliance,
+            token,
+            ca_fingerprint,
+            state,
+            force,
+        } => {
+            let dir = StateDir(state);
+            if dir.is_enrolled() && !force {
+                anyhow::bail!(
+                    "{} already holds an enrollment; pass --force to replace it",
+                    dir.0.display()
+                );
+            }
+            let addr = net::resolve(&appliance).await?;
+            let endpoint = net::client_endpoint(addr)?;
+            let enrolled =
+                enroll::enroll(&endpoint, addr, &token, ca_fingerprint, collect::facts()).await?;
+            identity::save(&dir, &appliance, &enrolled)?;
+            endpoint.wait_idle().await;
+            println!("{}", enrolled.device_id);
+            Ok(())
+        }
+        Command::Run {
+            state,
+            heartbeat_interval,
+            metrics_interval,
+            buffer_max_bytes,
+        } => {
+            let dir = StateDir(state);
+            let ident = identity::load(&dir)?;
+            let mut cfg = AgentConfig::load(&dir.config())?;
+            if let Some(v) = heartbeat_interval {
+                cfg.heartbeat_interval = v;
+            }
+            if let Some(v) = metrics_interval {
+                cfg.metrics_interval = v;
+            }
+            if let Some(v) = buffer_max_bytes {
+                cfg.buffer_max_bytes = v;
+            }
+            cfg.validate()?;
+            let buffer = Buffer::open(&dir.buffer(), cfg.buffer_max_bytes).with_context(|| {
+                format!("opening the offline buffer in {}", dir.buffer().display())
+            })?;
+            let shared = session::Shared::new(buffer);
+            let shutdown = CancellationToken::new();
+            let s = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                s.cancel();
+            });
+            tracing::info!(device = %ident.device_id, appliance = %ident.appliance, "agent starting");
+            session::run(ident, cfg, shared, shutdown).await
+        }
+        Command::Status { state, json } => {
+            let dir = StateDir(state);
+            let ident = identity::load(&dir)?;
+            let cfg = AgentConfig::load(&dir.config())?;
+            let b = Buffer::open(&dir.buffer(), cfg.buffer_max_bytes)?;
+            if json {
+                let v = serde_json::json!({
+                    "device_id": ident.device_id.to_string(),
+                    "appliance": ident.appliance,
+                    "tenant": ident.tenant,
+                    "customer": ident.customer,
+                    "buffered_records": b.len(),
+                    "buffered_bytes": b.size_bytes(),
+                    "dropped_records": b.dropped(),
+                    "acked_seq": b.acked(),
+                });
+                println!("{v}");
+            } else {
+                println!("device      {}", ident.device_id);
+                println!("appliance   {}", ident.appliance);
+                println!("tenant      {}", ident.tenant);
+                println!("buffered    {} records ({} bytes)", b.len(), b.size_bytes());
+                println!("dropped     {}", b.dropped());
+                println!("acked seq   {}", b.acked());
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

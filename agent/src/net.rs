@@ -1,0 +1,46 @@
+//! QUIC client plumbing shared by enrollment and sessions.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use quinn::crypto::rustls::QuicClientConfig;
+
+/// Resolves `HOST:PORT` to one socket address (IPv4 preferred).
+pub async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("resolving appliance address {addr:?} (expected HOST:PORT)"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| anyhow!("appliance address {addr:?} resolved to nothing"))
+}
+
+/// A client endpoint bound to an ephemeral port of the right address family.
+pub fn client_endpoint(target: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
+    let bind: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    quinn::Endpoint::client(bind).context("binding a UDP socket for QUIC")
+}
+
+/// Wraps a rustls client config for quinn with the agent's transport settings.
+pub fn quic_client_config(tls: rustls::ClientConfig) -> anyhow::Result<quinn::ClientConfig> {
+    let crypto =
+        QuicClientConfig::try_from(tls).context("TLS configuration is not usable for QUIC")?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    transport.max_idle_timeout(Some(
+        Duration::from_secs(40).try_into().context("idle timeout")?,
+    ));
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}

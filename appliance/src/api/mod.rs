@@ -1,0 +1,132 @@
+//! Admin JSON API under `/api/v1/` (bearer token), plus `/metrics`
+//! (Prometheus text) and `/healthz`, served on the admin listener.
+
+mod devices;
+mod error;
+mod tokens;
+
+/// Request and answer bodies, for clients of the API (the CLI, tests).
+pub mod devices_types {
+    pub use super::devices::{DeviceDetail, DeviceSummary, MetricsAnswer, PointOut, RevokeAnswer};
+}
+/// Request and answer bodies of `/api/v1/tokens`.
+pub mod tokens_types {
+    pub use super::tokens::{CreateToken, TokenCreated};
+}
+pub mod timeparse;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use outpost_storage::Store;
+use tracing::{Instrument, info_span};
+
+pub use error::ApiError;
+
+use crate::ingest::live::LiveSessions;
+use crate::ingest::writer::WriterHandle;
+use crate::metrics::{Metrics, RouteLabel};
+
+/// Shared state of the API handlers.
+pub struct ApiState {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    /// The bearer token every `/api/v1/` request must present.
+    pub admin_token: String,
+    pub writer: WriterHandle,
+    pub live: Arc<LiveSessions>,
+    pub started: Instant,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState").finish_non_exhaustive()
+    }
+}
+
+/// Builds the router.
+pub fn router(state: Arc<ApiState>) -> Router {
+    let api = Router::new()
+        .route("/devices", get(devices::list))
+        .route("/devices/{id}", get(devices::show))
+        .route("/devices/{id}/metrics", get(devices::metrics))
+        .route("/devices/{id}/heartbeats", get(devices::heartbeats))
+        .route("/devices/{id}/status-log", get(devices::status_log))
+        .route("/devices/{id}/revoke", post(devices::revoke))
+        .route("/tokens", post(tokens::create))
+        .route("/audit", get(tokens::audit))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/metrics", get(prometheus))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Constant-time comparison of secrets.
+fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(t) if secrets_equal(t.as_bytes(), st.admin_token.as_bytes()) => next.run(req).await,
+        Some(_) => {
+            st.metrics.reject("api_bad_token");
+            ApiError::Unauthorized("invalid bearer token".into()).into_response()
+        }
+        None => {
+            st.metrics.reject("api_missing_token");
+            ApiError::Unauthorized(
+                "missing bearer token: send `Authorization: Bearer <DATA/admin.token>`".into(),
+            )
+            .into_response()
+        }
+    }
+}
+
+/// A span per request and a request counter by route and status.
+async fn observe(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let span = info_span!("api", %method, %route);
+    let resp = next.run(req).instrument(span).await;
+    st.metrics
+        .api_requests
+        .get_or_create(&RouteLabel {
+            method,
+            route,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}
+
+async fn prometheus(State(st): State<Arc<ApiState>>) -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.metrics.encode(),
+    )
+}

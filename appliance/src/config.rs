@@ -1,0 +1,170 @@
+//! Appliance configuration: one TOML file (`--config FILE`, else
+//! `DATA/outpost.toml` if present), overridden by command-line flags. Every
+//! default works out of the box.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use outpost_storage::Durability;
+use outpost_storage::retention::RetentionPolicy;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// QUIC listener for agents (enrollment and sessions).
+    pub quic_listen: SocketAddr,
+    /// Admin JSON API and `/metrics`. Loopback by default.
+    pub admin_listen: SocketAddr,
+    /// LAN patch cache (HTTP).
+    pub cache_listen: SocketAddr,
+    /// Concurrent QUIC connections; beyond it new ones are refused and counted.
+    pub max_connections: usize,
+    /// Largest frame accepted from an agent.
+    pub max_frame_bytes: usize,
+    /// Extra time beyond two missed heartbeats before a device is offline.
+    #[serde(with = "humantime_serde")]
+    pub offline_grace: Duration,
+    pub storage: StorageConfig,
+    pub ingest: IngestConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `sync` (default: an acknowledged record survives power loss) or
+    /// `buffered` (survives a process crash only).
+    pub durability: Durability,
+    /// How long raw samples and heartbeats are kept.
+    #[serde(with = "humantime_serde")]
+    pub raw_retention: Duration,
+    /// How long 5-minute rollups and status transitions are kept.
+    #[serde(with = "humantime_serde")]
+    pub rollup_retention: Duration,
+    /// How often the retention job runs.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
+    pub block_cache_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Upper bound of records in one group commit.
+    pub max_batch_records: usize,
+    /// Queue between connections and the writer, in groups; a full queue
+    /// slows readers down (QUIC flow control then slows agents).
+    pub queue_groups: usize,
+    /// How long a closed 5-minute bucket waits for late samples before its
+    /// rollup is computed (late samples after that recompute it).
+    #[serde(with = "humantime_serde")]
+    pub rollup_settle: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            quic_listen: SocketAddr::from(([0, 0, 0, 0], 4433)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            cache_listen: SocketAddr::from(([0, 0, 0, 0], 3142)),
+            max_connections: 100_000,
+            max_frame_bytes: outpost_proto::DEFAULT_MAX_FRAME_BYTES,
+            offline_grace: Duration::from_secs(10),
+            storage: StorageConfig::default(),
+            ingest: IngestConfig::default(),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            durability: Durability::Sync,
+            raw_retention: RetentionPolicy::default().raw,
+            rollup_retention: RetentionPolicy::default().rollups,
+            retention_interval: Duration::from_secs(3600),
+            block_cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_batch_records: 16_384,
+            queue_groups: 4096,
+            rollup_settle: Duration::from_secs(120),
+        }
+    }
+}
+
+impl StorageConfig {
+    pub fn retention(&self) -> RetentionPolicy {
+        RetentionPolicy {
+            raw: self.raw_retention,
+            rollups: self.rollup_retention,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (must exist if given explicitly), else defaults.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let cfg: Config =
+            toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.max_frame_bytes < 1024 || self.max_frame_bytes > 16 * 1024 * 1024 {
+            bail!("max_frame_bytes must be between 1 KiB and 16 MiB");
+        }
+        if self.max_connections == 0 {
+            bail!("max_connections must be positive");
+        }
+        if self.ingest.max_batch_records == 0 || self.ingest.queue_groups == 0 {
+            bail!("ingest.max_batch_records and ingest.queue_groups must be positive");
+        }
+        if self.storage.raw_retention > self.storage.rollup_retention {
+            bail!("raw retention must not exceed rollup retention");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_interfaces() {
+        let c = Config::default();
+        assert_eq!(c.quic_listen.to_string(), "0.0.0.0:4433");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.cache_listen.to_string(), "0.0.0.0:3142");
+        assert_eq!(c.storage.durability, Durability::Sync);
+        assert_eq!(c.storage.retention().raw, Duration::from_secs(30 * 86400));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn toml_overrides_and_rejects_typos() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "offline_grace = \"2s\"\n[storage]\ndurability = \"buffered\"\nraw_retention = \"7d\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.offline_grace, Duration::from_secs(2));
+        assert_eq!(c.storage.durability, Durability::Buffered);
+        assert_eq!(c.storage.retention().raw, Duration::from_secs(7 * 86400));
+        std::fs::write(&p, "ofline_grace = \"2s\"\n").unwrap();
+        assert!(Config::load(&p).is_err());
+    }
+}

@@ -1,0 +1,38 @@
+//! Agent-facing QUIC service: the accept loop ([`server`]), enrollment
+//! ([`enroll`]), telemetry sessions ([`session`]), the registry of open
+//! sessions ([`live`]) and the group-commit writer thread ([`writer`]).
+
+pub mod enroll;
+pub mod live;
+pub mod server;
+pub mod session;
+pub mod writer;
+
+use std::sync::Arc;
+
+use outpost_proto::pki::CertAuthority;
+use outpost_storage::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// Everything a connection handler needs, shared by all of them.
+pub struct IngestCtx {
+    pub store: Store,
+    /// Signs device certificates at enrollment.
+    pub ca: CertAuthority,
+    pub writer: writer::WriterHandle,
+    pub metrics: Arc<Metrics>,
+    /// Open sessions by device (revocation closes them, a newer session of
+    /// the same device supersedes an older one).
+    pub live: Arc<live::LiveSessions>,
+    pub max_frame_bytes: usize,
+    /// Cancelled when the appliance shuts down.
+    pub shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for IngestCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestCtx").finish_non_exhaustive()
+    }
+}

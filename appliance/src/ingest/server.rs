@@ -1,0 +1,106 @@
+//! The QUIC listener: accepts connections up to a bound, completes the TLS
+//! handshake, and dispatches by ALPN to enrollment or session handlers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use outpost_proto::{ALPN_ENROLL, ALPN_SESSION, tls};
+use quinn::crypto::rustls::QuicServerConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info};
+
+use super::IngestCtx;
+use crate::metrics::KindLabel;
+
+/// Binds the QUIC endpoint.
+pub fn bind(
+    addr: SocketAddr,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_ca: CertificateDer<'static>,
+) -> anyhow::Result<quinn::Endpoint> {
+    let tls = tls::server_config(chain, key, client_ca, &[ALPN_SESSION, ALPN_ENROLL])?;
+    let crypto =
+        QuicServerConfig::try_from(tls).context("TLS configuration is not usable for QUIC")?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    // One session stream (plus one spare) per connection; no uni streams.
+    transport.max_concurrent_bidi_streams(2u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.max_idle_timeout(Some(
+        Duration::from_secs(60).try_into().context("idle timeout")?,
+    ));
+    cfg.transport_config(Arc::new(transport));
+    quinn::Endpoint::server(cfg, addr).with_context(|| format!("binding QUIC listener on {addr}"))
+}
+
+/// Accepts connections until shutdown. Handlers are tracked by `tracker`.
+pub async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    ctx: Arc<IngestCtx>,
+    max_connections: usize,
+    tracker: TaskTracker,
+) {
+    let limit = Arc::new(Semaphore::new(max_connections));
+    info!(addr = ?endpoint.local_addr().ok(), max_connections, "QUIC listener ready");
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => i,
+            _ = ctx.shutdown.cancelled() => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            ctx.metrics.reject("too_many_connections");
+            incoming.refuse();
+            continue;
+        };
+        let ctx = ctx.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Includes client certificates from a foreign CA.
+                    ctx.metrics.reject("handshake_failed");
+                    debug!(error = %e, "QUIC handshake failed");
+                    return;
+                }
+            };
+            ctx.metrics.connections_active.inc();
+            let alpn = conn
+                .handshake_data()
+                .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                .and_then(|h| h.protocol);
+            match alpn.as_deref() {
+                Some(p) if p == ALPN_SESSION => {
+                    ctx.metrics
+                        .connections
+                        .get_or_create(&KindLabel {
+                            kind: "session".into(),
+                        })
+                        .inc();
+                    super::session::serve(conn, ctx.clone()).await;
+                }
+                Some(p) if p == ALPN_ENROLL => {
+                    ctx.metrics
+                        .connections
+                        .get_or_create(&KindLabel {
+                            kind: "enroll".into(),
+                        })
+                        .inc();
+                    super::enroll::serve(conn, ctx.clone()).await;
+                }
+                _ => {
+                    ctx.metrics.reject("unknown_alpn");
+                    conn.close(0u32.into(), b"unknown protocol");
+                }
+            }
+            ctx.metrics.connections_active.dec();
+        });
+    }
+    info!("QUIC listener stopped accepting");
+}

@@ -1,0 +1,371 @@
+//! `outpost`: the site appliance binary and its admin CLI.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use outpost_appliance::api::devices_types::{DeviceDetail, DeviceSummary, RevokeAnswer};
+use outpost_appliance::api::tokens_types::{CreateToken, TokenCreated};
+use outpost_appliance::client::AdminClient;
+use outpost_appliance::config::Config;
+use outpost_appliance::site::{self, DataDir};
+use outpost_storage::Durability;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "outpost",
+    version,
+    about = "Outpost site appliance: ingest, alerts, patches, admin"
+)]
+struct Cli {
+    /// Data directory (CA, admin token, database).
+    #[arg(
+        long,
+        global = true,
+        env = "OUTPOST_DATA",
+        default_value = "/var/lib/outpost"
+    )]
+    data: PathBuf,
+    /// Admin API base URL (default: read DATA/admin.addr).
+    #[arg(long, global = true, env = "OUTPOST_API")]
+    api: Option<String>,
+    /// Admin API token (default: read DATA/admin.token).
+    #[arg(long, global = true, env = "OUTPOST_ADMIN_TOKEN")]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the appliance.
+    Serve(ServeArgs),
+    /// Print the site CA fingerprint (sha256:HEX) that installers pin.
+    CaFingerprint,
+    /// Enrollment tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// List devices.
+    Devices {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One device.
+    #[command(subcommand)]
+    Device(DeviceCmd),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// TOML configuration file (default: DATA/outpost.toml if present).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// QUIC listener for agents [default: 0.0.0.0:4433].
+    #[arg(long)]
+    quic_listen: Option<SocketAddr>,
+    /// Admin API listener [default: 127.0.0.1:8080].
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// LAN patch cache listener [default: 0.0.0.0:3142].
+    #[arg(long)]
+    cache_listen: Option<SocketAddr>,
+    /// `sync` (default) or `buffered`.
+    #[arg(long, value_parser = parse_durability)]
+    durability: Option<Durability>,
+    /// Grace beyond two missed heartbeats before a device is offline [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    offline_grace: Option<Duration>,
+}
+
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    match s {
+        "sync" => Ok(Durability::Sync),
+        "buffered" => Ok(Durability::Buffered),
+        _ => Err(format!(
+            "durability must be `sync` or `buffered`, not {s:?}"
+        )),
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCmd {
+    /// Create an enrollment token; prints the token alone.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = "")]
+        customer: String,
+        /// Lifetime, e.g. 24h.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// How many devices may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DeviceCmd {
+    /// Show one device (inventory, status, latest metrics).
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a device: refuse its certificate from now on and close its session.
+    Revoke { id: String },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
+                .unwrap_or_else(|_| "info,quinn=warn,rustls=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(real_main(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn real_main(cli: Cli) -> anyhow::Result<()> {
+    let data = DataDir(cli.data.clone());
+    let client = || AdminClient::locate(&data, cli.api.clone(), cli.token.clone());
+    match cli.command {
+        Command::Serve(args) => {
+            let mut cfg = match &args.config {
+                Some(p) => Config::load(p)?,
+                None if data.config().exists() => Config::load(&data.config())?,
+                None => Config::default(),
+            };
+            if let Some(v) = args.quic_listen {
+                cfg.quic_listen = v;
+            }
+            if let Some(v) = args.admin_listen {
+                cfg.admin_listen = v;
+            }
+            if let Some(v) = args.cache_listen {
+                cfg.cache_listen = v;
+            }
+            if let Some(v) = args.durability {
+                cfg.storage.durability = v;
+            }
+            if let Some(v) = args.offline_grace {
+                cfg.offline_grace = v;
+            }
+            let shutdown = CancellationToken::new();
+            let s = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                s.cancel();
+            });
+            outpost_appliance::serve::run(data, cfg, shutdown).await
+        }
+        Command::CaFingerprint => {
+            println!("{}", site::ca_fingerprint(&data)?);
+            Ok(())
+        }
+        Command::Token(TokenCmd::Create {
+            tenant,
+            customer,
+            ttl,
+            uses,
+        }) => {
+            let created: TokenCreated = client()?
+                .post(
+                    "/api/v1/tokens",
+                    &CreateToken {
+                        tenant,
+                        customer,
+                        ttl: Some(ttl),
+                        uses: Some(uses),
+                    },
+                )
+                .await?;
+            println!("{}", created.token);
+            Ok(())
+        }
+        Command::Devices { json } => {
+            let c = client()?;
+            if json {
+                let raw = c.get_raw("/api/v1/devices").await?;
+                println!("{}", String::from_utf8_lossy(&raw));
+                return Ok(());
+            }
+            let devices: Vec<DeviceSummary> = c.get("/api/v1/devices").await?;
+            print_devices(&devices);
+            Ok(())
+        }
+        Command::Device(DeviceCmd::Show { id, json }) => {
+            let c = client()?;
+            let path = format!("/api/v1/devices/{id}");
+            if json {
+                println!("{}", String::from_utf8_lossy(&c.get_raw(&path).await?));
+                return Ok(());
+            }
+            let d: DeviceDetail = c.get(&path).await?;
+            print_device(&d);
+            Ok(())
+        }
+        Command::Device(DeviceCmd::Revoke { id }) => {
+            let r: RevokeAnswer = client()?
+                .post(
+                    &format!("/api/v1/devices/{id}/revoke"),
+                    &serde_json::json!({}),
+                )
+                .await
+                .with_context(|| format!("revoking device {id}"))?;
+            println!("{}", r.id);
+            Ok(())
+        }
+    }
+}
+
+fn ago(ts_ms: u64) -> String {
+    if ts_ms == 0 {
+        return "never".into();
+    }
+    let now = outpost_storage::now_ms();
+    let secs = now.saturating_sub(ts_ms) / 1000;
+    match secs {
+        0..=59 => format!("{secs}s ago"),
+        60..=3599 => format!("{}m ago", secs / 60),
+        3600..=86_399 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86_400),
+    }
+}
+
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+fn print_devices(devices: &[DeviceSummary]) {
+    let rows: Vec<Vec<String>> = devices
+        .iter()
+        .map(|d| {
+            vec![
+                d.id.clone(),
+                d.hostname.clone(),
+                d.tenant.clone(),
+                d.customer.clone(),
+                if d.revoked {
+                    "revoked".into()
+                } else {
+                    d.status.clone()
+                },
+                ago(d.last_seen_ms),
+                d.os.clone(),
+                d.agent_version.clone(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ID",
+            "HOSTNAME",
+            "TENANT",
+            "CUSTOMER",
+            "STATUS",
+            "LAST SEEN",
+            "OS",
+            "AGENT",
+        ],
+        &rows,
+    );
+}
+
+fn print_device(d: &DeviceDetail) {
+    let s = &d.summary;
+    println!("id          {}", s.id);
+    println!("hostname    {}", s.hostname);
+    println!("tenant      {}  customer {}", s.tenant, s.customer);
+    println!(
+        "status      {} (since {}){}",
+        s.status,
+        ago(s.status_since_ms),
+        if s.revoked { ", REVOKED" } else { "" }
+    );
+    println!("last seen   {}", ago(s.last_seen_ms));
+    println!("os          {}  kernel {}  arch {}", s.os, s.kernel, s.arch);
+    println!("agent       {}", s.agent_version);
+    if let Some(inv) = &d.inventory {
+        println!("cpu         {} ({} cores)", inv.cpu_model, inv.cpu_cores);
+        println!("memory      {} MiB", inv.memory_total_bytes / (1024 * 1024));
+    }
+    if !d.metrics.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = d
+            .metrics
+            .iter()
+            .map(|m| {
+                vec![
+                    m.name.clone(),
+                    m.label.clone(),
+                    fmt_value(m.value),
+                    ago(m.ts_ms),
+                ]
+            })
+            .collect();
+        print_table(&["METRIC", "LABEL", "VALUE", "AT"], &rows);
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn fmt_value(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}

@@ -1,0 +1,254 @@
+//! Prometheus metrics of the appliance, served as text at `/metrics`.
+//!
+//! Names are stable (dashboards and alerts depend on them); each counter gets
+//! the `_total` suffix from the encoder.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+/// Every metric the appliance exports. Cheap to share (`Arc<Metrics>`);
+/// each metric is an atomic.
+pub struct Metrics {
+    registry: Registry,
+    /// Open QUIC connections (all ALPNs).
+    pub connections_active: Gauge,
+    /// Accepted connections by kind (`session`, `enroll`).
+    pub connections: Family<KindLabel, Counter>,
+    pub frames_received: Counter,
+    pub bytes_received: Counter,
+    /// Records received by kind (heartbeat, metrics, inventory).
+    pub records_received: Family<KindLabel, Counter>,
+    /// Records newly stored (not duplicates).
+    pub records_stored: Counter,
+    /// Metric samples stored.
+    pub samples_stored: Counter,
+    pub acks_sent: Counter,
+    /// Replayed records acknowledged but not stored again.
+    pub duplicates_dropped: Counter,
+    /// Metric values dropped as invalid (non-finite, bad names).
+    pub values_rejected: Counter,
+    /// Connections or requests refused, by reason.
+    pub rejects: Family<ReasonLabel, Counter>,
+    /// Records per group commit.
+    pub write_batch_records: Histogram,
+    /// Duration of a group commit (RocksDB write incl. fsync).
+    pub write_latency_seconds: Histogram,
+    pub write_errors: Counter,
+    /// Groups waiting for the writer.
+    pub writer_queue_depth: Gauge,
+    pub enrollments: Family<ResultLabel, Counter>,
+    pub devices_online: Gauge,
+    pub status_transitions: Family<KindLabel, Counter>,
+    pub rollups_computed: Counter,
+    pub retention_runs: Family<ResultLabel, Counter>,
+    pub api_requests: Family<RouteLabel, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("outpost");
+        let m = Metrics {
+            connections_active: Gauge::default(),
+            connections: Family::default(),
+            frames_received: Counter::default(),
+            bytes_received: Counter::default(),
+            records_received: Family::default(),
+            records_stored: Counter::default(),
+            samples_stored: Counter::default(),
+            acks_sent: Counter::default(),
+            duplicates_dropped: Counter::default(),
+            values_rejected: Counter::default(),
+            rejects: Family::default(),
+            write_batch_records: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
+            write_latency_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            write_errors: Counter::default(),
+            writer_queue_depth: Gauge::default(),
+            enrollments: Family::default(),
+            devices_online: Gauge::default(),
+            status_transitions: Family::default(),
+            rollups_computed: Counter::default(),
+            retention_runs: Family::default(),
+            api_requests: Family::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "connections_active",
+            "Open QUIC connections",
+            m.connections_active.clone(),
+        );
+        r.register(
+            "connections",
+            "Accepted QUIC connections by kind",
+            m.connections.clone(),
+        );
+        r.register(
+            "frames_received",
+            "Frames received from agents",
+            m.frames_received.clone(),
+        );
+        r.register(
+            "bytes_received",
+            "Bytes received on agent session streams",
+            m.bytes_received.clone(),
+        );
+        r.register(
+            "records_received",
+            "Records received by kind",
+            m.records_received.clone(),
+        );
+        r.register(
+            "records_stored",
+            "Records durably stored",
+            m.records_stored.clone(),
+        );
+        r.register(
+            "samples_stored",
+            "Metric samples durably stored",
+            m.samples_stored.clone(),
+        );
+        r.register(
+            "acks_sent",
+            "Cumulative acks sent to agents",
+            m.acks_sent.clone(),
+        );
+        r.register(
+            "duplicates_dropped",
+            "Replayed records acknowledged without storing again",
+            m.duplicates_dropped.clone(),
+        );
+        r.register(
+            "values_rejected",
+            "Metric values dropped as invalid",
+            m.values_rejected.clone(),
+        );
+        r.register(
+            "rejects",
+            "Connections, frames and requests refused, by reason",
+            m.rejects.clone(),
+        );
+        r.register(
+            "write_batch_records",
+            "Records per group commit",
+            m.write_batch_records.clone(),
+        );
+        r.register(
+            "write_latency_seconds",
+            "Group commit duration including fsync",
+            m.write_latency_seconds.clone(),
+        );
+        r.register(
+            "write_errors",
+            "Failed group commits (nothing acked)",
+            m.write_errors.clone(),
+        );
+        r.register(
+            "writer_queue_depth",
+            "Record groups waiting for the writer",
+            m.writer_queue_depth.clone(),
+        );
+        r.register(
+            "enrollments",
+            "Enrollment attempts by result",
+            m.enrollments.clone(),
+        );
+        r.register(
+            "devices_online",
+            "Devices currently online",
+            m.devices_online.clone(),
+        );
+        r.register(
+            "status_transitions",
+            "Device status transitions by new status",
+            m.status_transitions.clone(),
+        );
+        r.register(
+            "rollups_computed",
+            "5-minute rollups computed",
+            m.rollups_computed.clone(),
+        );
+        r.register(
+            "retention_runs",
+            "Retention passes by result",
+            m.retention_runs.clone(),
+        );
+        r.register("api_requests", "Admin API requests", m.api_requests.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// Counts a refusal.
+    pub fn reject(&self, reason: &str) {
+        self.rejects
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_stable_names() {
+        let m = Metrics::new();
+        m.reject("oversize_frame");
+        m.duplicates_dropped.inc_by(3);
+        m.write_latency_seconds.observe(0.001);
+        let text = m.encode();
+        assert!(
+            text.contains("outpost_rejects_total{reason=\"oversize_frame\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("outpost_duplicates_dropped_total 3"));
+        assert!(text.contains("outpost_write_latency_seconds_bucket"));
+        assert!(text.contains("outpost_connections_active 0"));
+    }
+}

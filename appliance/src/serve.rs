@@ -1,0 +1,154 @@
+//! `outpost serve`: opens the data directory and database, starts the writer,
+//! the QUIC listener, the admin API and the timers, and shuts them down in
+//! order (stop accepting, drain sessions and ack what is durable, stop the
+//! writer after it committed everything queued).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use outpost_storage::{Store, StoreOptions};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::ingest::live::LiveSessions;
+use crate::ingest::writer::{self, WriterOptions};
+use crate::ingest::{IngestCtx, server};
+use crate::jobs;
+use crate::metrics::Metrics;
+use crate::site::{self, DataDir};
+
+/// Runs the appliance until `shutdown` is cancelled.
+pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    cfg.validate()?;
+    let keys = site::init_or_load(&data)?;
+    let fingerprint = keys.ca.fingerprint();
+    // The fingerprint installers pin, alone on stdout.
+    println!("{fingerprint}");
+    if keys.created {
+        info!(%fingerprint, data = %data.0.display(), "created the site CA and admin token");
+    }
+    let store = Store::open(
+        &data.db(),
+        &StoreOptions {
+            durability: cfg.storage.durability,
+            block_cache_bytes: cfg.storage.block_cache_bytes,
+            ..StoreOptions::default()
+        },
+    )
+    .with_context(|| format!("opening the database in {}", data.db().display()))?;
+    let metrics = Arc::new(Metrics::new());
+    let (writer, writer_thread) = writer::spawn(
+        store.clone(),
+        WriterOptions {
+            max_batch_records: cfg.ingest.max_batch_records,
+            queue_groups: cfg.ingest.queue_groups,
+            offline_grace: cfg.offline_grace,
+            rollup_settle: cfg.ingest.rollup_settle,
+        },
+        metrics.clone(),
+        Box::new(|_| {}),
+    )?;
+
+    let endpoint = server::bind(
+        cfg.quic_listen,
+        keys.server_chain.clone(),
+        keys.server_key.clone_key(),
+        keys.ca.cert_der().clone(),
+    )?;
+    let live = Arc::new(LiveSessions::default());
+    let ctx = Arc::new(IngestCtx {
+        store: store.clone(),
+        ca: keys.ca,
+        writer: writer.clone(),
+        metrics: metrics.clone(),
+        live: live.clone(),
+        max_frame_bytes: cfg.max_frame_bytes,
+        shutdown: shutdown.clone(),
+    });
+
+    let admin = tokio::net::TcpListener::bind(cfg.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin API on {}", cfg.admin_listen))?;
+    let admin_addr = admin.local_addr()?;
+    std::fs::write(data.admin_addr(), format!("{admin_addr}\n")).context("writing admin.addr")?;
+    let api_state = Arc::new(ApiState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        admin_token: keys.admin_token.clone(),
+        writer: writer.clone(),
+        live: live.clone(),
+        started: Instant::now(),
+    });
+    info!(
+        quic = %endpoint.local_addr()?,
+        admin = %admin_addr,
+        durability = ?cfg.storage.durability,
+        "appliance ready"
+    );
+
+    let tracker = TaskTracker::new();
+    let conns = TaskTracker::new();
+    tracker.spawn(server::accept_loop(
+        endpoint.clone(),
+        ctx.clone(),
+        cfg.max_connections,
+        conns.clone(),
+    ));
+    {
+        let sd = shutdown.clone();
+        let router = api::router(api_state.clone());
+        tracker.spawn(async move {
+            let r = axum::serve(admin, router)
+                .with_graceful_shutdown(async move { sd.cancelled().await })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "admin API stopped");
+            }
+        });
+    }
+    tracker.spawn(jobs::writer_ticks(writer.clone(), shutdown.clone()));
+    tracker.spawn(jobs::retention_loop(
+        store.clone(),
+        cfg.storage.retention(),
+        cfg.storage.retention_interval,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+
+    shutdown.cancelled().await;
+    info!("shutting down: draining sessions");
+    tracker.close();
+    tracker.wait().await;
+    conns.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conns.wait()).await;
+    endpoint.close(
+        outpost_proto::messages::CloseReason::ShuttingDown
+            .code()
+            .into(),
+        b"appliance shutting down",
+    );
+    // Dropping the last handles closes the writer queue; the thread commits
+    // what is queued and exits.
+    drop(api_state);
+    drop(ctx);
+    drop(writer);
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || writer_thread.join()),
+    )
+    .await
+    {
+        Ok(Ok(Ok(()))) => {}
+        Ok(_) => anyhow::bail!("the writer thread failed"),
+        // A handler still holds the queue: nothing it holds was acked, so
+        // exiting loses no acknowledged record.
+        Err(_) => tracing::warn!("writer did not stop within 10s; exiting anyway"),
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    info!("appliance stopped");
+    Ok(())
+}
