@@ -132,6 +132,9 @@ impl Buffer {
         self.count += 1;
         self.records.insert(seq.to_be_bytes(), value)?;
         self.enforce_bound()?;
+        // Durable before anyone can see it: a crash must neither lose the
+        // record nor hand its sequence number to another one.
+        self.db.flush()?;
         Ok(seq)
     }
 

@@ -124,7 +124,6 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             buffer_max_bytes,
         } => {
             let dir = StateDir(state);
-            let ident = identity::load(&dir)?;
             let mut cfg = AgentConfig::load(&dir.config())?;
             if let Some(v) = heartbeat_interval {
                 cfg.heartbeat_interval = v;
@@ -136,6 +135,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 cfg.buffer_max_bytes = v;
             }
             cfg.validate()?;
+            let ident = identity::load(&dir)?;
             let buffer = Buffer::open(&dir.buffer(), cfg.buffer_max_bytes).with_context(|| {
                 format!("opening the offline buffer in {}", dir.buffer().display())
             })?;

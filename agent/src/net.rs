@@ -39,7 +39,7 @@ pub fn quic_client_config(tls: rustls::ClientConfig) -> anyhow::Result<quinn::Cl
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_secs(10)));
     transport.max_idle_timeout(Some(
-        Duration::from_secs(40).try_into().context("idle timeout")?,
+        Duration::from_secs(30).try_into().context("idle timeout")?,
     ));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)

@@ -40,6 +40,9 @@ impl DataDir {
     pub fn admin_addr(&self) -> PathBuf {
         self.0.join("admin.addr")
     }
+    pub fn reset_key(&self) -> PathBuf {
+        self.0.join("reset.key")
+    }
     pub fn db(&self) -> PathBuf {
         self.0.join("db")
     }
@@ -55,6 +58,8 @@ pub struct SiteKeys {
     pub server_chain: Vec<CertificateDer<'static>>,
     pub server_key: PrivateKeyDer<'static>,
     pub admin_token: String,
+    /// Secret keying QUIC stateless resets (stable across restarts).
+    pub reset_secret: [u8; 32],
     /// True when this call created the CA (first start).
     pub created: bool,
 }
@@ -117,6 +122,20 @@ pub fn init_or_load(dir: &DataDir) -> anyhow::Result<SiteKeys> {
             .context("writing admin.token")?;
         t
     };
+    let reset_secret: [u8; 32] = match std::fs::read(dir.reset_key()) {
+        Ok(b) => b.try_into().map_err(|_| {
+            anyhow::anyhow!(
+                "{} must hold exactly 32 bytes; delete it to regenerate",
+                dir.reset_key().display()
+            )
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let s: [u8; 32] = rand::random();
+            write_private_file(&dir.reset_key(), &s).context("writing reset.key")?;
+            s
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.reset_key().display())),
+    };
     if admin_token.len() < 16 {
         bail!(
             "{} holds a token shorter than 16 characters",
@@ -128,6 +147,7 @@ pub fn init_or_load(dir: &DataDir) -> anyhow::Result<SiteKeys> {
         server_key,
         ca,
         admin_token,
+        reset_secret,
         created,
     })
 }
@@ -158,6 +178,7 @@ mod tests {
         assert!(!b.created);
         assert_eq!(a.ca.fingerprint(), b.ca.fingerprint());
         assert_eq!(a.admin_token, b.admin_token);
+        assert_eq!(a.reset_secret, b.reset_secret);
         assert_eq!(ca_fingerprint(&dir).unwrap(), a.ca.fingerprint());
         #[cfg(unix)]
         {

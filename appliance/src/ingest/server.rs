@@ -17,11 +17,17 @@ use super::IngestCtx;
 use crate::metrics::KindLabel;
 
 /// Binds the QUIC endpoint.
+///
+/// `reset_secret` keys stateless resets. It persists across restarts (see
+/// `site`), so after a crash the restarted appliance can reset the agents'
+/// stale connections at their next packet and they reconnect at once instead
+/// of waiting for an idle timeout.
 pub fn bind(
     addr: SocketAddr,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     client_ca: CertificateDer<'static>,
+    reset_secret: &[u8; 32],
 ) -> anyhow::Result<quinn::Endpoint> {
     let tls = tls::server_config(chain, key, client_ca, &[ALPN_SESSION, ALPN_ENROLL])?;
     let crypto =
@@ -35,7 +41,24 @@ pub fn bind(
         Duration::from_secs(60).try_into().context("idle timeout")?,
     ));
     cfg.transport_config(Arc::new(transport));
-    quinn::Endpoint::server(cfg, addr).with_context(|| format!("binding QUIC listener on {addr}"))
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
+    let mut endpoint_cfg = quinn::EndpointConfig::new(Arc::new(reset_key));
+    // Connection ids are validated with a keyed hash; keying it from the same
+    // persistent secret lets a restarted appliance recognise its previous
+    // life's connection ids and answer them with a stateless reset.
+    let cid_key = u64::from_le_bytes(reset_secret[..8].try_into().unwrap_or([0; 8]));
+    endpoint_cfg.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    let socket = std::net::UdpSocket::bind(addr)
+        .with_context(|| format!("binding QUIC listener on {addr}"))?;
+    quinn::Endpoint::new(
+        endpoint_cfg,
+        Some(cfg),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .with_context(|| format!("starting QUIC on {addr}"))
 }
 
 /// Accepts connections until shutdown. Handlers are tracked by `tracker`.

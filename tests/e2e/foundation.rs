@@ -1,0 +1,175 @@
+//! Enrollment to live device: the newcomer's path.
+
+use std::time::Duration;
+
+use outpost_tests::{Agent, Appliance, num, scratch, text, wait_for};
+use serde_json::Value;
+
+#[test]
+fn enrolled_agent_is_online_with_real_metrics_and_goes_offline_when_stopped() {
+    let tmp = scratch("online");
+    let app = Appliance::start(tmp.path());
+    let fp = app.fingerprint();
+    assert!(fp.starts_with("sha256:") && fp.len() == 71, "{fp}");
+    // The appliance prints the same fingerprint on stdout at start.
+    let printed = std::fs::read_to_string(tmp.path().join("appliance-1.stdout")).unwrap();
+    assert_eq!(printed.trim(), fp);
+
+    let mut agent = Agent::enroll(tmp.path(), "agent", &app);
+    agent.start();
+    let id = agent.device_id.clone();
+
+    // Online with real metrics within a few seconds.
+    let dev = wait_for(
+        Duration::from_secs(15),
+        "device online with cpu metric",
+        || {
+            let d = app.device(&id);
+            let has_cpu = d["metrics"].as_array()?.iter().any(|m| m["name"] == "cpu");
+            (d["status"] == "online" && has_cpu).then_some(d)
+        },
+    );
+    assert_eq!(text(&dev, "tenant"), "acme");
+    assert_eq!(text(&dev, "customer"), "dental");
+    assert!(!text(&dev, "hostname").is_empty());
+    let metrics = dev["metrics"].as_array().unwrap();
+    for name in [
+        "cpu",
+        "memory",
+        "swap",
+        "load1",
+        "processes",
+        "memory_total_bytes",
+    ] {
+        assert!(
+            metrics.iter().any(|m| m["name"] == name),
+            "missing {name}: {dev}"
+        );
+    }
+    let mem = metrics
+        .iter()
+        .find(|m| m["name"] == "memory_total_bytes")
+        .unwrap();
+    assert!(
+        mem["value"].as_f64().unwrap() > 1e6,
+        "real memory size: {mem}"
+    );
+    assert!(dev["inventory"]["cpu_cores"].as_u64().unwrap() >= 1);
+
+    // The CLI shows it, as a table and as JSON.
+    let table = app.cli_ok(&["devices"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("no row for {id}:\n{table}"));
+    assert!(row.contains("online") && row.contains("acme"), "{row}");
+    let json: Vec<Value> = serde_json::from_str(&app.cli_ok(&["devices", "--json"])).unwrap();
+    assert_eq!(json.len(), 1);
+    assert_eq!(json[0]["id"], id.as_str());
+    assert_eq!(json[0]["connected"], true);
+
+    // Metric history through the API, raw.
+    let hist: Value = app
+        .api(&format!("/api/v1/devices/{id}/metrics?name=cpu&from=-5m"))
+        .unwrap();
+    assert_eq!(hist["resolution"], "raw");
+    assert!(!hist["points"].as_array().unwrap().is_empty());
+    let disk = metrics
+        .iter()
+        .find(|m| m["name"] == "disk_used_percent")
+        .expect("a disk metric");
+    let label = disk["label"].as_str().unwrap();
+    let hist: Value = app
+        .api(&format!(
+            "/api/v1/devices/{id}/metrics?name=disk_used_percent&label={label}&from=-5m"
+        ))
+        .unwrap();
+    assert!(
+        !hist["points"].as_array().unwrap().is_empty(),
+        "labelled series: {hist}"
+    );
+
+    // Stop the agent: offline after 2 missed 1 s heartbeats + 1 s grace (+1 s sweep).
+    let stopped_at = std::time::Instant::now();
+    agent.stop();
+    wait_for(Duration::from_secs(10), "device offline", || {
+        (app.device(&id)["status"] == "offline").then_some(())
+    });
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(8),
+        "offline took {:?}",
+        stopped_at.elapsed()
+    );
+    let log: Vec<Value> = app
+        .api(&format!("/api/v1/devices/{id}/status-log"))
+        .unwrap();
+    let states: Vec<&str> = log.iter().map(|t| t["to"].as_str().unwrap()).collect();
+    assert_eq!(states, vec!["online", "offline"], "{log:?}");
+    assert!(num(&log[1], "at_ms") >= num(&log[0], "at_ms"));
+    assert!(app.metric("outpost_devices_online") == 0.0);
+}
+
+#[test]
+fn api_requires_the_admin_token_and_reports_bad_input() {
+    let tmp = scratch("api");
+    let app = Appliance::start(tmp.path());
+    let (status, body) =
+        outpost_tests::http_request(app.admin, "GET", "/api/v1/devices", None, None).unwrap();
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = outpost_tests::http_request(
+        app.admin,
+        "GET",
+        "/api/v1/devices",
+        Some("wrong-token-xxxxxxxx"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 401);
+    let tok = app.admin_token();
+    let (status, body) =
+        outpost_tests::http_request(app.admin, "GET", "/api/v1/devices/zz", Some(&tok), None)
+            .unwrap();
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = outpost_tests::http_request(
+        app.admin,
+        "GET",
+        "/api/v1/devices/00000000000000aa",
+        Some(&tok),
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 404);
+    let (status, body) = outpost_tests::http_request(
+        app.admin,
+        "POST",
+        "/api/v1/tokens",
+        Some(&tok),
+        Some(r#"{"tenant":""}"#),
+    )
+    .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(app.metric("outpost_rejects_total{reason=\"api_missing_token\"}") >= 1.0);
+    assert!(app.metric("outpost_rejects_total{reason=\"api_bad_token\"}") >= 1.0);
+    // Token file is private.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(app.dir.join("admin.token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
+
+#[test]
+fn restart_reuses_the_ca_and_admin_token() {
+    let tmp = scratch("reuse");
+    let mut app = Appliance::start(tmp.path());
+    let fp = app.fingerprint();
+    let token = app.admin_token();
+    app.stop();
+    app.restart();
+    assert_eq!(app.fingerprint(), fp);
+    assert_eq!(app.admin_token(), token);
+}

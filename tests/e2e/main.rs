@@ -1,0 +1,9 @@
+//! End-to-end tests of Outpost: real `outpost` and `outpost-agent`
+//! processes, real QUIC sockets on 127.0.0.1, real RocksDB.
+//!
+//! One test binary (RocksDB links once); one module per area.
+
+mod durability;
+mod foundation;
+mod frames;
+mod refusals;
