@@ -168,3 +168,22 @@ mod tests {
         assert!(Config::load(&p).is_err());
     }
 }
+
+#[cfg(test)]
+mod readme {
+    use super::*;
+
+    /// The configuration example in README.md is valid and shows the defaults.
+    #[test]
+    fn readme_example_is_the_default_configuration() {
+        let readme = include_str!("../../README.md");
+        let section = readme.split("### Configuration").nth(1).expect("section");
+        let block = section
+            .split("```toml")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("toml block");
+        let parsed: Config = toml::from_str(block).expect("README example parses");
+        assert_eq!(parsed, Config::default());
+    }
+}

@@ -332,12 +332,7 @@ mod tests {
             let mut codec = FrameCodec::<AgentFrame, AgentFrame>::new(MAX);
             let mut buf = BytesMut::from(&bytes[..]);
             // Either frames, a clean error, or "need more"; never a panic.
-            loop {
-                match codec.decode(&mut buf) {
-                    Ok(Some(_)) => continue,
-                    Ok(None) | Err(_) => break,
-                }
-            }
+            while let Ok(Some(_)) = codec.decode(&mut buf) {}
         }
 
         #[test]

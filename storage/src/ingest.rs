@@ -383,16 +383,15 @@ impl IngestWriter {
         settle_ms: u64,
         max_buckets: usize,
     ) -> Result<Vec<crate::rollup::RolledUp>> {
-        let (done, processed) =
-            crate::rollup::process_dirty(&self.store, now_ms, settle_ms, max_buckets)?;
-        for (device, bucket) in processed {
+        let pass = crate::rollup::process_dirty(&self.store, now_ms, settle_ms, max_buckets)?;
+        for (device, bucket) in pass.cleared {
             if let Some(c) = self.devices.get_mut(&device)
                 && c.last_dirty_bucket == Some(bucket)
             {
                 c.last_dirty_bucket = None;
             }
         }
-        Ok(done)
+        Ok(pass.rolled)
     }
 
     /// Retires a device (revoked): marks it offline if it was online and

@@ -55,7 +55,12 @@ pub struct LatestValue {
 /// The latest stored value of every series of a device.
 pub fn latest_values(store: &Store, device: DeviceId) -> Result<Vec<LatestValue>> {
     let mut out = Vec::new();
-    for (name, label, sid) in rollup::device_series(store, device)? {
+    for rollup::SeriesInfo {
+        name,
+        label,
+        id: sid,
+    } in rollup::device_series(store, device)?
+    {
         let from = keys::series_time_key(device, sid, 0);
         let to = keys::series_time_key(device, sid, u64::MAX);
         if let Some((k, v)) = store.last_in_range(Cf::Samples, &from, &to)?
@@ -107,25 +112,39 @@ pub enum Resolution {
     Rollup,
 }
 
-/// Metric history of one series in `[from, to)`.
-///
-/// `step_ms == 0` returns raw samples. A step below 5 minutes aggregates raw
-/// samples into steps; 5 minutes or more aggregates stored 5-minute rollups
-/// (which outlive raw samples). Returns `None` if the series does not exist.
+/// A metric history request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub name: String,
+    pub label: String,
+    pub from_ms: u64,
+    pub to_ms: u64,
+    /// 0: raw samples; below 5 minutes: raw samples aggregated per step;
+    /// 5 minutes or more: stored 5-minute rollups (which outlive raw
+    /// samples) merged per step.
+    pub step_ms: u64,
+    /// Most points returned.
+    pub limit: usize,
+}
+
+/// Metric history of one series in `[from, to)`. Returns `None` if the
+/// series does not exist.
 pub fn history(
     store: &Store,
     device: DeviceId,
-    name: &str,
-    label: &str,
-    from_ms: u64,
-    to_ms: u64,
-    step_ms: u64,
-    limit: usize,
+    q: &HistoryQuery,
 ) -> Result<Option<(Resolution, Vec<Point>)>> {
+    let HistoryQuery {
+        from_ms,
+        to_ms,
+        step_ms,
+        limit,
+        ..
+    } = *q;
     let Some(sid) = rollup::device_series(store, device)?
         .into_iter()
-        .find(|(n, l, _)| n == name && l == label)
-        .map(|(_, _, sid)| sid)
+        .find(|s| s.name == q.name && s.label == q.label)
+        .map(|s| s.id)
     else {
         return Ok(None);
     };

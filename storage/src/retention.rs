@@ -56,7 +56,10 @@ pub fn enforce(store: &Store, now_ms: u64, policy: &RetentionPolicy) -> Result<R
     let mut batch = WriteBatch::default();
     for device in devices {
         report.devices += 1;
-        for (_, _, sid) in crate::rollup::device_series(store, device)? {
+        for sid in crate::rollup::device_series(store, device)?
+            .into_iter()
+            .map(|s| s.id)
+        {
             batch.delete_range_cf(
                 store.cf(Cf::Samples)?,
                 keys::series_time_key(device, sid, 0),

@@ -49,8 +49,16 @@ pub fn sample_value(v: &[u8]) -> Option<f64> {
     <[u8; 8]>::try_from(v).ok().map(f64::from_le_bytes)
 }
 
-/// All series ids of a device.
-pub fn device_series(store: &Store, device: DeviceId) -> Result<Vec<(String, String, SeriesId)>> {
+/// One series of a device: its name, label and per-device id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesInfo {
+    pub name: String,
+    pub label: String,
+    pub id: SeriesId,
+}
+
+/// All series of a device.
+pub fn device_series(store: &Store, device: DeviceId) -> Result<Vec<SeriesInfo>> {
     let prefix = keys::device_key(device);
     let end = keys::prefix_successor(&prefix);
     let mut out = Vec::new();
@@ -58,7 +66,11 @@ pub fn device_series(store: &Store, device: DeviceId) -> Result<Vec<(String, Str
         if let (Some((_, name, label)), Ok(id)) =
             (keys::parse_series_name_key(k), <[u8; 4]>::try_from(v))
         {
-            out.push((name, label, u32::from_be_bytes(id)));
+            out.push(SeriesInfo {
+                name,
+                label,
+                id: u32::from_be_bytes(id),
+            });
         }
         Ok(true)
     })?;
@@ -88,15 +100,23 @@ pub fn samples_in(
     })
 }
 
+/// What one [`process_dirty`] pass did.
+#[derive(Debug, Default)]
+pub struct DirtyPass {
+    /// Rollups written.
+    pub rolled: Vec<RolledUp>,
+    /// `(device, bucket start)` markers cleared.
+    pub cleared: Vec<(DeviceId, u64)>,
+}
+
 /// Computes rollups for up to `max_buckets` dirty buckets that closed at
-/// least `settle_ms` ago. Returns the rollups written and the
-/// `(device, bucket)` markers cleared.
+/// least `settle_ms` ago.
 pub fn process_dirty(
     store: &Store,
     now_ms: u64,
     settle_ms: u64,
     max_buckets: usize,
-) -> Result<(Vec<RolledUp>, Vec<(DeviceId, u64)>)> {
+) -> Result<DirtyPass> {
     let mut ready = Vec::new();
     store.scan_raw(Cf::RollupDirty, &[], None, |k, _| {
         if let (Some(d), Some(bucket)) = (keys::device_from_key(k), keys::be_u64(k, 8))
@@ -108,16 +128,15 @@ pub fn process_dirty(
     })?;
     let mut batch = WriteBatch::default();
     let mut done = Vec::new();
-    let mut series_cache: Option<(DeviceId, Vec<(String, String, SeriesId)>)> = None;
+    // Markers are in device order: load each device's series once.
+    let mut series_of: Option<DeviceId> = None;
+    let mut series: Vec<SeriesInfo> = Vec::new();
     for &(device, bucket) in &ready {
-        if series_cache.as_ref().is_none_or(|(d, _)| *d != device) {
-            series_cache = Some((device, device_series(store, device)?));
+        if series_of != Some(device) {
+            series = device_series(store, device)?;
+            series_of = Some(device);
         }
-        let series = series_cache
-            .as_ref()
-            .map(|(_, s)| s.as_slice())
-            .unwrap_or(&[]);
-        for (_, _, sid) in series {
+        for SeriesInfo { id: sid, .. } in &series {
             let mut r: Option<Rollup> = None;
             samples_in(store, device, *sid, bucket, bucket + BUCKET_MS, |ts, v| {
                 match &mut r {
@@ -149,7 +168,10 @@ pub fn process_dirty(
     if !ready.is_empty() {
         store.write(batch)?;
     }
-    Ok((done, ready))
+    Ok(DirtyPass {
+        rolled: done,
+        cleared: ready,
+    })
 }
 
 /// Stored rollups of one series in `[from, to)` (bucket starts).

@@ -161,8 +161,7 @@ impl Drop for Proc {
 
 /// Runs a command to completion (bounded).
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("running command");
-    out
+    cmd.output().expect("running command")
 }
 
 fn stdout(o: &Output) -> String {

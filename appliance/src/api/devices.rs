@@ -7,7 +7,9 @@ use axum::extract::{Path, Query, State};
 use outpost_proto::DeviceId;
 use outpost_proto::messages::{CloseReason, Heartbeat, Inventory};
 use outpost_storage::model::{AuditEntry, DeviceStatus};
-use outpost_storage::query::{self, DeviceView, HeartbeatEntry, LatestValue, Point, Resolution};
+use outpost_storage::query::{
+    self, DeviceView, HeartbeatEntry, HistoryQuery, LatestValue, Point, Resolution,
+};
 use outpost_storage::{Store, now_ms, registry};
 use serde::{Deserialize, Serialize};
 
@@ -236,16 +238,24 @@ pub async fn metrics(
         if registry::get(s, id)?.is_none() {
             return Err(ApiError::NotFound(format!("no device {id}")));
         }
-        match query::history(s, id, &n2, &l2, from, to, step_ms, limit)? {
+        let q = HistoryQuery {
+            name: n2.clone(),
+            label: l2.clone(),
+            from_ms: from,
+            to_ms: to,
+            step_ms,
+            limit,
+        };
+        match query::history(s, id, &q)? {
             Some(h) => Ok(h),
             None => {
                 let mut have: Vec<String> = outpost_storage::rollup::device_series(s, id)?
                     .into_iter()
-                    .map(|(n, l, _)| {
-                        if l.is_empty() {
-                            n
+                    .map(|s| {
+                        if s.label.is_empty() {
+                            s.name
                         } else {
-                            format!("{n}[label={l}]")
+                            format!("{}[label={}]", s.name, s.label)
                         }
                     })
                     .collect();

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Outpost's build and tests need, if missing.
+# Used by scripts/demo.sh, scripts/test.sh and .ci/run.
+set -euo pipefail
+
+packages=(clang libclang-dev)
+if [ "${1:-}" = "--test" ]; then
+  packages+=()
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "installing Debian packages: ${missing[*]}" >&2
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+  SUDO=sudo
+fi
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
