@@ -60,7 +60,16 @@ impl Default for Collector {
     }
 }
 
+/// Reported precision: percentages, loads and rates carry two decimals (a
+/// hundredth of a percent is beyond what monitoring needs, and decimal
+/// values compress to a byte or two per sample on the appliance); byte
+/// counts and counters are integers already.
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
 fn push(out: &mut Vec<MetricValue>, name: &str, label: &str, value: f64) {
+    let value = round2(value);
     if value.is_finite() {
         out.push(MetricValue {
             name: name.to_string(),

@@ -21,14 +21,33 @@ pub async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
         .ok_or_else(|| anyhow!("appliance address {addr:?} resolved to nothing"))
 }
 
+/// Kernel buffers of the client socket (a load generator multiplexes many
+/// simulated agents over one socket; a real agent barely uses them).
+const CLIENT_UDP_BUFFER_BYTES: usize = 2 * 1024 * 1024;
+
 /// A client endpoint bound to an ephemeral port of the right address family.
 pub fn client_endpoint(target: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
     let bind: SocketAddr = if target.is_ipv4() {
         "0.0.0.0:0".parse()?
     } else {
         "[::]:0".parse()?
     };
-    quinn::Endpoint::client(bind).context("binding a UDP socket for QUIC")
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))
+        .context("creating a UDP socket for QUIC")?;
+    let _ = socket.set_recv_buffer_size(CLIENT_UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(CLIENT_UDP_BUFFER_BYTES);
+    socket
+        .bind(&bind.into())
+        .context("binding a UDP socket for QUIC")?;
+    let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket.into(),
+        runtime,
+    )
+    .context("starting the QUIC client endpoint")
 }
 
 /// Wraps a rustls client config for quinn with the agent's transport settings.

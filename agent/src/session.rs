@@ -54,7 +54,12 @@ impl Shared {
 
     /// Buffers a record and wakes the sender.
     pub fn record(&self, body: RecordBody) -> anyhow::Result<u64> {
-        let seq = self.buffer().append(now_ms(), body)?;
+        self.record_at(now_ms(), body)
+    }
+
+    /// Buffers a record collected at `ts_ms` and wakes the sender.
+    pub fn record_at(&self, ts_ms: u64, body: RecordBody) -> anyhow::Result<u64> {
+        let seq = self.buffer().append(ts_ms, body)?;
         self.wake.notify_one();
         Ok(seq)
     }
@@ -331,7 +336,17 @@ fn spawn_collectors(
     ] {
         let (shared, shutdown, collector) = (shared.clone(), shutdown.clone(), collector.clone());
         tasks.push(tokio::spawn(async move {
+            // A fixed schedule (not sleep-after-work): samples are evenly
+            // spaced, which the appliance's chunk encoding stores in about a
+            // byte per timestamp.
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                let collected_at = now_ms();
                 let c = collector.clone();
                 let body = tokio::task::spawn_blocking(move || {
                     let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
@@ -344,15 +359,11 @@ fn spawn_collectors(
                 .await;
                 match body {
                     Ok(body) => {
-                        if let Err(e) = shared.record(body) {
+                        if let Err(e) = shared.record_at(collected_at, body) {
                             warn!(error = %format!("{e:#}"), kind, "could not buffer record");
                         }
                     }
                     Err(e) => warn!(error = %e, kind, "collector failed"),
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
-                    _ = shutdown.cancelled() => return,
                 }
             }
         }));

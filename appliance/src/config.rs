@@ -22,6 +22,9 @@ pub struct Config {
     pub cache_listen: SocketAddr,
     /// Concurrent QUIC connections; beyond it new ones are refused and counted.
     pub max_connections: usize,
+    /// Kernel receive/send buffer of the QUIC UDP socket (capped by
+    /// net.core.rmem_max / wmem_max; a warning says so).
+    pub udp_buffer_bytes: usize,
     /// Largest frame accepted from an agent.
     pub max_frame_bytes: usize,
     /// Extra time beyond two missed heartbeats before a device is offline.
@@ -70,6 +73,7 @@ impl Default for Config {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             cache_listen: SocketAddr::from(([0, 0, 0, 0], 3142)),
             max_connections: 100_000,
+            udp_buffer_bytes: 4 * 1024 * 1024,
             max_frame_bytes: outpost_proto::DEFAULT_MAX_FRAME_BYTES,
             offline_grace: Duration::from_secs(10),
             storage: StorageConfig::default(),

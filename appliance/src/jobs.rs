@@ -27,7 +27,10 @@ pub async fn writer_ticks(writer: WriterHandle, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = sweep.tick() => writer.control(WriterMsg::Sweep),
-            _ = rollup.tick() => writer.control(WriterMsg::RollUp),
+            _ = rollup.tick() => {
+                writer.control(WriterMsg::RollUp);
+                writer.control(WriterMsg::Seal);
+            }
             _ = shutdown.cancelled() => return,
         }
     }

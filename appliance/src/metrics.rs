@@ -66,6 +66,8 @@ pub struct Metrics {
     pub devices_online: Gauge,
     pub status_transitions: Family<KindLabel, Counter>,
     pub rollups_computed: Counter,
+    /// (device, 2-hour window) pairs sealed into compressed chunks.
+    pub chunks_sealed: Counter,
     pub retention_runs: Family<ResultLabel, Counter>,
     pub api_requests: Family<RouteLabel, Counter>,
 }
@@ -105,6 +107,7 @@ impl Metrics {
             devices_online: Gauge::default(),
             status_transitions: Family::default(),
             rollups_computed: Counter::default(),
+            chunks_sealed: Counter::default(),
             retention_runs: Family::default(),
             api_requests: Family::default(),
             registry: Registry::default(),
@@ -204,6 +207,11 @@ impl Metrics {
             "rollups_computed",
             "5-minute rollups computed",
             m.rollups_computed.clone(),
+        );
+        r.register(
+            "chunks_sealed",
+            "Device windows of raw samples sealed into compressed chunks",
+            m.chunks_sealed.clone(),
         );
         r.register(
             "retention_runs",

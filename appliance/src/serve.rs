@@ -59,6 +59,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         keys.server_key.clone_key(),
         keys.ca.cert_der().clone(),
         &keys.reset_secret,
+        cfg.udp_buffer_bytes,
     )?;
     let live = Arc::new(LiveSessions::default());
     let ctx = Arc::new(IngestCtx {

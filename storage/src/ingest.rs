@@ -71,6 +71,8 @@ struct DeviceCache {
     /// Bucket whose rollup-dirty marker was last written (avoids a marker write
     /// per sample).
     last_dirty_bucket: Option<u64>,
+    /// Chunk window whose seal marker was last written.
+    last_chunk_window: Option<u64>,
     /// State changed in the current batch and must be persisted.
     dirty: bool,
 }
@@ -159,6 +161,7 @@ impl IngestWriter {
                     series,
                     next_series,
                     last_dirty_bucket: None,
+                    last_chunk_window: None,
                     dirty: false,
                 },
             );
@@ -279,6 +282,15 @@ impl IngestWriter {
                             );
                             c.last_dirty_bucket = Some(bucket);
                         }
+                        let window = crate::chunk::window_start(rec.ts_ms);
+                        if any && c.last_chunk_window != Some(window) {
+                            batch.put_cf(
+                                store.cf(Cf::ChunkDirty)?,
+                                keys::device_time_key(device, window),
+                                [],
+                            );
+                            c.last_chunk_window = Some(window);
+                        }
                     }
                     RecordBody::Inventory(inv) => {
                         store.batch_put(
@@ -392,6 +404,27 @@ impl IngestWriter {
             }
         }
         Ok(pass.rolled)
+    }
+
+    /// Seals closed chunk windows (see [`crate::samples::seal_dirty`]) on the
+    /// writer, for the same reason as [`IngestWriter::roll_up`]. Rollups of
+    /// a window must be computed before or after sealing, never lost: both
+    /// read the union of head and chunks.
+    pub fn seal_chunks(
+        &mut self,
+        now_ms: u64,
+        settle_ms: u64,
+        max_windows: usize,
+    ) -> Result<usize> {
+        let sealed = crate::samples::seal_dirty(&self.store, now_ms, settle_ms, max_windows)?;
+        for (device, window) in &sealed {
+            if let Some(c) = self.devices.get_mut(device)
+                && c.last_chunk_window == Some(*window)
+            {
+                c.last_chunk_window = None;
+            }
+        }
+        Ok(sealed.len())
     }
 
     /// Retires a device (revoked): marks it offline if it was online and

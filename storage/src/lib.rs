@@ -9,6 +9,7 @@
 //! Values are encoded with `outpost_proto::codec` (the one bincode
 //! configuration); keys are big-endian so byte order is time order.
 
+pub mod chunk;
 pub mod error;
 pub mod ingest;
 pub mod keys;
@@ -17,6 +18,7 @@ pub mod query;
 pub mod registry;
 pub mod retention;
 pub mod rollup;
+pub mod samples;
 mod store;
 pub mod tokens;
 

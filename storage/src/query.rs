@@ -61,12 +61,7 @@ pub fn latest_values(store: &Store, device: DeviceId) -> Result<Vec<LatestValue>
         id: sid,
     } in rollup::device_series(store, device)?
     {
-        let from = keys::series_time_key(device, sid, 0);
-        let to = keys::series_time_key(device, sid, u64::MAX);
-        if let Some((k, v)) = store.last_in_range(Cf::Samples, &from, &to)?
-            && let (Some((_, _, ts)), Some(value)) =
-                (keys::parse_series_time_key(&k), rollup::sample_value(&v))
-        {
+        if let Some((ts, value)) = crate::samples::latest(store, device, sid)? {
             out.push(LatestValue {
                 name,
                 label,
@@ -171,7 +166,7 @@ pub fn history(
         )));
     }
     let mut points: Vec<(u64, Rollup)> = Vec::new();
-    rollup::samples_in(store, device, sid, from_ms, to_ms, |ts, v| {
+    crate::samples::samples_in(store, device, sid, from_ms, to_ms, |ts, v| {
         let step_start = if step_ms == 0 { ts } else { ts - ts % step_ms };
         match points.last_mut() {
             Some((s, acc)) if *s == step_start => acc.add(ts, v),

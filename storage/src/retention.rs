@@ -66,6 +66,11 @@ pub fn enforce(store: &Store, now_ms: u64, policy: &RetentionPolicy) -> Result<R
                 keys::series_time_key(device, sid, raw_cutoff),
             );
             batch.delete_range_cf(
+                store.cf(Cf::Chunks)?,
+                keys::series_time_key(device, sid, 0),
+                keys::series_time_key(device, sid, crate::chunk::window_start(raw_cutoff)),
+            );
+            batch.delete_range_cf(
                 store.cf(Cf::Rollups)?,
                 keys::series_time_key(device, sid, 0),
                 keys::series_time_key(device, sid, rollup_cutoff),
@@ -172,7 +177,7 @@ mod tests {
         let rollup_cutoff = now - 35 * DAY;
         for d in devs {
             let mut kept = Vec::new();
-            crate::rollup::samples_in(&store, d, 0, 0, u64::MAX, |ts, _| {
+            crate::samples::samples_in(&store, d, 0, 0, u64::MAX, |ts, _| {
                 kept.push(ts);
                 true
             })

@@ -44,11 +44,6 @@ pub struct RolledUp {
     pub rollup: Rollup,
 }
 
-/// Decodes a stored sample value.
-pub fn sample_value(v: &[u8]) -> Option<f64> {
-    <[u8; 8]>::try_from(v).ok().map(f64::from_le_bytes)
-}
-
 /// One series of a device: its name, label and per-device id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeriesInfo {
@@ -75,29 +70,6 @@ pub fn device_series(store: &Store, device: DeviceId) -> Result<Vec<SeriesInfo>>
         Ok(true)
     })?;
     Ok(out)
-}
-
-/// Raw samples of one series in `[from, to)`.
-pub fn samples_in(
-    store: &Store,
-    device: DeviceId,
-    series: SeriesId,
-    from_ms: u64,
-    to_ms: u64,
-    mut f: impl FnMut(u64, f64) -> bool,
-) -> Result<()> {
-    let start = keys::series_time_key(device, series, from_ms);
-    let end = keys::series_time_key(device, series, to_ms);
-    store.scan_raw(Cf::Samples, &start, Some(&end), |k, v| {
-        match (keys::parse_series_time_key(k), sample_value(v)) {
-            (Some((_, _, ts)), Some(val)) => Ok(f(ts, val)),
-            _ => Err(crate::StorageError::Invalid(format!(
-                "malformed sample entry ({} key bytes, {} value bytes)",
-                k.len(),
-                v.len()
-            ))),
-        }
-    })
 }
 
 /// What one [`process_dirty`] pass did.
@@ -138,13 +110,20 @@ pub fn process_dirty(
         }
         for SeriesInfo { id: sid, .. } in &series {
             let mut r: Option<Rollup> = None;
-            samples_in(store, device, *sid, bucket, bucket + BUCKET_MS, |ts, v| {
-                match &mut r {
-                    Some(r) => r.add(ts, v),
-                    None => r = Some(Rollup::of(ts, v)),
-                }
-                true
-            })?;
+            crate::samples::samples_in(
+                store,
+                device,
+                *sid,
+                bucket,
+                bucket + BUCKET_MS,
+                |ts, v| {
+                    match &mut r {
+                        Some(r) => r.add(ts, v),
+                        None => r = Some(Rollup::of(ts, v)),
+                    }
+                    true
+                },
+            )?;
             if let Some(rollup) = r {
                 store.batch_put(
                     &mut batch,

@@ -30,8 +30,12 @@ pub enum Cf {
     Tokens,
     /// `device | name 0 label` → series id (u32 BE).
     Series,
-    /// `device | series | ts` → f64 (LE).
+    /// `device | series | ts` → f64 (LE): the head of raw samples.
     Samples,
+    /// `device | series | window start` → sealed chunk (see `chunk`).
+    Chunks,
+    /// `device | window start` → () : windows with head samples to seal.
+    ChunkDirty,
     /// `device | ts | seq` → `Heartbeat`.
     Heartbeats,
     /// `device | series | bucket start` → `Rollup`.
@@ -43,7 +47,7 @@ pub enum Cf {
 }
 
 impl Cf {
-    pub const ALL: [Cf; 12] = [
+    pub const ALL: [Cf; 14] = [
         Cf::Meta,
         Cf::Devices,
         Cf::DeviceState,
@@ -52,6 +56,8 @@ impl Cf {
         Cf::Tokens,
         Cf::Series,
         Cf::Samples,
+        Cf::Chunks,
+        Cf::ChunkDirty,
         Cf::Heartbeats,
         Cf::Rollups,
         Cf::RollupDirty,
@@ -68,6 +74,8 @@ impl Cf {
             Cf::Tokens => "tokens",
             Cf::Series => "series",
             Cf::Samples => "samples",
+            Cf::Chunks => "chunks",
+            Cf::ChunkDirty => "chunk_dirty",
             Cf::Heartbeats => "heartbeats",
             Cf::Rollups => "rollups",
             Cf::RollupDirty => "rollup_dirty",
@@ -79,7 +87,7 @@ impl Cf {
     fn is_bulk(self) -> bool {
         matches!(
             self,
-            Cf::Samples | Cf::Heartbeats | Cf::Rollups | Cf::StatusLog
+            Cf::Samples | Cf::Chunks | Cf::Heartbeats | Cf::Rollups | Cf::StatusLog
         )
     }
 }
@@ -323,6 +331,15 @@ impl Store {
             }
         }
         Ok(sst + wal)
+    }
+
+    /// Bytes of live SST files of one column family.
+    pub fn cf_sst_bytes(&self, cf: Cf) -> Result<u64> {
+        Ok(self
+            .inner
+            .db
+            .property_int_value_cf(self.cf(cf)?, "rocksdb.total-sst-files-size")?
+            .unwrap_or(0))
     }
 
     /// Flushes memtables and compacts every column family (used by tests,

@@ -28,6 +28,7 @@ pub fn bind(
     key: PrivateKeyDer<'static>,
     client_ca: CertificateDer<'static>,
     reset_secret: &[u8; 32],
+    udp_buffer_bytes: usize,
 ) -> anyhow::Result<quinn::Endpoint> {
     let tls = tls::server_config(chain, key, client_ca, &[ALPN_SESSION, ALPN_ENROLL])?;
     let crypto =
@@ -50,8 +51,7 @@ pub fn bind(
     endpoint_cfg.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
-    let socket = std::net::UdpSocket::bind(addr)
-        .with_context(|| format!("binding QUIC listener on {addr}"))?;
+    let socket = udp_socket(addr, udp_buffer_bytes)?;
     quinn::Endpoint::new(
         endpoint_cfg,
         Some(cfg),
@@ -59,6 +59,35 @@ pub fn bind(
         Arc::new(quinn::TokioRuntime),
     )
     .with_context(|| format!("starting QUIC on {addr}"))
+}
+
+/// Binds the listener's UDP socket with large kernel buffers: one socket
+/// carries every agent, and the default (~200 KiB) overflows under bursts,
+/// which QUIC then pays for with loss recovery (seconds of ack latency).
+fn udp_socket(addr: SocketAddr, buffer_bytes: usize) -> anyhow::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .context("creating the QUIC UDP socket")?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    let _ = socket.set_recv_buffer_size(buffer_bytes);
+    let _ = socket.set_send_buffer_size(buffer_bytes);
+    // Linux reports twice the usable size.
+    let recv = socket.recv_buffer_size().unwrap_or(0) / 2;
+    let send = socket.send_buffer_size().unwrap_or(0) / 2;
+    if recv < buffer_bytes / 2 || send < buffer_bytes / 2 {
+        tracing::warn!(
+            requested = buffer_bytes,
+            recv,
+            send,
+            "UDP buffers capped by the kernel; raise net.core.rmem_max and wmem_max for large fleets"
+        );
+    }
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("binding QUIC listener on {addr}"))?;
+    Ok(socket.into())
 }
 
 /// Accepts connections until shutdown. Handlers are tracked by `tracker`.

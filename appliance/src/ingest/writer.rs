@@ -49,6 +49,8 @@ pub enum WriterMsg {
     Sweep,
     /// Compute rollups of closed buckets.
     RollUp,
+    /// Seal closed 2-hour windows of raw samples into compressed chunks.
+    Seal,
     /// A device was revoked: mark it offline and drop its cached state.
     Retire(DeviceId),
 }
@@ -293,6 +295,17 @@ fn control(
                     metrics.rollups_computed.inc_by(done.len() as u64);
                 }
                 Err(e) => warn!(error = %e, "rollup computation failed"),
+            }
+        }
+        WriterMsg::Seal => {
+            match writer.seal_chunks(now_ms(), opts.rollup_settle.as_millis() as u64, 5_000) {
+                Ok(n) => {
+                    metrics.chunks_sealed.inc_by(n as u64);
+                }
+                Err(e) => {
+                    metrics.write_errors.inc();
+                    warn!(error = %e, "sealing sample chunks failed");
+                }
             }
         }
         WriterMsg::Retire(d) => match writer.retire(d, now_ms()) {

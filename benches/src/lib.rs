@@ -1,0 +1,13 @@
+//! Outpost's load harness: simulated agent fleets over real QUIC against a
+//! real appliance ([`ingest`], [`reconnect`]), the storage-efficiency
+//! scenario on a real RocksDB ([`storage_eff`]), `/proc` measurements
+//! ([`procstat`]) and the `RESULT` line format ([`report`]).
+
+pub mod fleet;
+pub mod ingest;
+pub mod procstat;
+pub mod reconnect;
+pub mod report;
+pub mod sim;
+pub mod spawn;
+pub mod storage_eff;

@@ -1,0 +1,282 @@
+//! `outpost-bench`: load scenarios against a real appliance. Each scenario
+//! prints a human summary on stderr and one `RESULT <scenario> key=value ...`
+//! line on stdout.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use outpost_bench::ingest::{self, IngestRun};
+use outpost_bench::reconnect::{self, ReconnectRun};
+use outpost_bench::sim::Mix;
+use outpost_bench::spawn::{self, Spawned};
+use outpost_bench::storage_eff::{self, StorageRun};
+use outpost_proto::tls::CaFingerprint;
+
+#[derive(Parser, Debug)]
+#[command(name = "outpost-bench", version, about = "Outpost load harness")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// N simulated agents streaming to an appliance; durable-acked records/s and ack latency.
+    Ingest(IngestArgs),
+    /// On-disk bytes per stored metric sample after a synthetic day and a compaction.
+    Storage(StorageArgs),
+    /// Kill -9 and restart a (spawned) appliance under N agents; time to reconnect and drain.
+    Reconnect(ReconnectArgs),
+}
+
+#[derive(Args, Debug)]
+struct IngestArgs {
+    /// Appliance QUIC address (omit with --spawn).
+    #[arg(long, required_unless_present = "spawn")]
+    appliance: Option<String>,
+    /// Multi-use enrollment token (omit with --spawn).
+    #[arg(long, required_unless_present = "spawn")]
+    token: Option<String>,
+    #[arg(long, required_unless_present = "spawn")]
+    ca_fingerprint: Option<CaFingerprint>,
+    /// Start an appliance (the `outpost` binary next to this one, or --outpost) in a temporary directory.
+    #[arg(long)]
+    spawn: bool,
+    #[arg(long)]
+    outpost: Option<PathBuf>,
+    /// Data directory of the spawned appliance; reusing it (with the same
+    /// --state) reuses the enrolled fleet across runs. Default: temporary.
+    #[arg(long)]
+    appliance_data: Option<PathBuf>,
+    /// Extra `outpost serve` flags for --spawn, e.g. "--durability buffered".
+    #[arg(long, allow_hyphen_values = true)]
+    serve_args: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Where enrolled identities are cached (reused across runs).
+    #[arg(long)]
+    state: PathBuf,
+    /// Records per second per agent; omit for as fast as acks allow.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Max unacked records per agent (max-rate mode).
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// Records per frame.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    #[arg(long, value_enum, default_value_t = Mix::Heartbeat)]
+    mix: Mix,
+    /// Scenario name in the RESULT line.
+    #[arg(long, default_value = "ingest")]
+    scenario: String,
+    /// Appliance pid for CPU/RSS (default: the process owning the QUIC port).
+    #[arg(long)]
+    appliance_pid: Option<u32>,
+    /// Client UDP sockets to spread agents over.
+    #[arg(long, default_value_t = 8)]
+    endpoints: usize,
+    /// Concurrent handshakes while connecting.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Also write the result as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct StorageArgs {
+    #[arg(long, default_value_t = 100)]
+    devices: u64,
+    #[arg(long, default_value_t = 60)]
+    interval_s: u64,
+    #[arg(long, default_value_t = 24)]
+    hours: u64,
+    /// Database directory (default: a temporary one).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ReconnectArgs {
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    down: Duration,
+    /// Where enrolled identities are cached (with --appliance-data, reused across runs).
+    #[arg(long)]
+    state: PathBuf,
+    /// Data directory of the spawned appliance (default: temporary).
+    #[arg(long)]
+    appliance_data: Option<PathBuf>,
+    #[arg(long)]
+    outpost: Option<PathBuf>,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(real_main(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Ingest(a) => {
+            let tmp = tempfile::tempdir()?;
+            let mut spawned = None;
+            let (addr, token, pin) = if a.spawn {
+                let bin = match &a.outpost {
+                    Some(p) => p.clone(),
+                    None => spawn::sibling_outpost()?,
+                };
+                let extra: Vec<String> = a
+                    .serve_args
+                    .as_deref()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect();
+                let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+                let data = a
+                    .appliance_data
+                    .clone()
+                    .unwrap_or_else(|| tmp.path().join("appliance"));
+                let s = Spawned::start(&bin, &data, &extra)?;
+                let t = (s.quic, s.token(a.agents)?, s.fingerprint()?);
+                spawned = Some(s);
+                t
+            } else {
+                let addr: SocketAddr =
+                    outpost_agent::net::resolve(a.appliance.as_deref().unwrap_or_default()).await?;
+                (
+                    addr,
+                    a.token.clone().unwrap_or_default(),
+                    a.ca_fingerprint.context("--ca-fingerprint")?,
+                )
+            };
+            // A spawned appliance with a fresh CA gets a fresh fleet.
+            let state = if a.spawn && a.appliance_data.is_none() {
+                tmp.path().join("fleet")
+            } else {
+                a.state.clone()
+            };
+            let run = IngestRun {
+                scenario: a.scenario.clone(),
+                addr,
+                token,
+                pin,
+                agents: a.agents,
+                duration: a.duration,
+                warmup: a.warmup,
+                state,
+                rate: a.rate,
+                window: a.window,
+                batch: a.batch,
+                mix: a.mix,
+                appliance_pid: a
+                    .appliance_pid
+                    .or_else(|| spawned.as_ref().and_then(Spawned::pid)),
+                endpoints: a.endpoints,
+                connect_concurrency: a.connect_concurrency,
+                quiet: a.quiet,
+            };
+            let out = ingest::run(&run).await?;
+            out.report.emit(a.json.as_deref())?;
+            drop(spawned);
+            Ok(())
+        }
+        Command::Storage(a) => {
+            let tmp = tempfile::tempdir()?;
+            let dir = a.data.clone().unwrap_or_else(|| tmp.path().join("db"));
+            let rep = tokio::task::spawn_blocking(move || {
+                storage_eff::run(
+                    &StorageRun {
+                        devices: a.devices,
+                        interval_s: a.interval_s,
+                        hours: a.hours,
+                    },
+                    &dir,
+                )
+            })
+            .await??;
+            eprintln!(
+                "storage: {} samples, {} bytes on disk (SST + WAL), {} bytes/sample ({} in the sample table)",
+                rep.get("samples").unwrap_or("?"),
+                rep.get("bytes_on_disk").unwrap_or("?"),
+                rep.get("bytes_per_sample").unwrap_or("?"),
+                rep.get("sample_table_bytes_per_sample").unwrap_or("?"),
+            );
+            rep.emit(a.json.as_deref())
+        }
+        Command::Reconnect(a) => {
+            let tmp = tempfile::tempdir()?;
+            let bin = match &a.outpost {
+                Some(p) => p.clone(),
+                None => spawn::sibling_outpost()?,
+            };
+            let data = a
+                .appliance_data
+                .clone()
+                .unwrap_or_else(|| tmp.path().join("appliance"));
+            let state = if a.appliance_data.is_some() {
+                a.state.clone()
+            } else {
+                tmp.path().join("fleet")
+            };
+            let mut app = Spawned::start(&bin, &data, &[])?;
+            let rep = reconnect::run(
+                &ReconnectRun {
+                    agents: a.agents,
+                    rate: a.rate,
+                    down: a.down,
+                    state,
+                    quiet: a.quiet,
+                },
+                &mut app,
+            )
+            .await?;
+            eprintln!("{}", rep.line());
+            rep.emit(a.json.as_deref())
+        }
+    }
+}

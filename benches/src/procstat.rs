@@ -1,0 +1,124 @@
+//! Process measurements from `/proc` (Linux): CPU seconds, RSS, and finding
+//! the process that owns a UDP port (the appliance, when only its address is
+//! known).
+
+use std::path::Path;
+
+/// Clock ticks per second for `/proc/<pid>/stat` times (USER_HZ; 100 on
+/// every Linux we run on).
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// User + system CPU seconds consumed by `pid` so far.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields overall, i.e. the 12th and 13th after ")".
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / TICKS_PER_SEC)
+}
+
+/// Resident set size of `pid` in bytes.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+}
+
+/// The pid of the process with a UDP socket bound to `port`, if visible.
+pub fn pid_of_udp_port(port: u16) -> Option<u32> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let Some(local) = cols.get(1) else { continue };
+            let Some((_, port_hex)) = local.rsplit_once(':') else {
+                continue;
+            };
+            if u16::from_str_radix(port_hex, 16).ok() == Some(port)
+                && let Some(inode) = cols.get(9)
+            {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    let me = std::process::id();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(Path::new("/proc").join(pid.to_string()).join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && inodes.iter().any(|i| target.to_string_lossy() == *i)
+            {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+/// This process's own CPU seconds.
+pub fn self_cpu_seconds() -> f64 {
+    cpu_seconds(std::process::id()).unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_our_own_process() {
+        let me = std::process::id();
+        assert!(rss_bytes(me).unwrap() > 1024 * 1024);
+        let t0 = cpu_seconds(me).unwrap();
+        let mut x = 0u64;
+        for i in 0..50_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        std::hint::black_box(x);
+        assert!(cpu_seconds(me).unwrap() >= t0);
+    }
+
+    #[test]
+    fn finds_the_owner_of_a_udp_port() {
+        // Our own socket is skipped (we look for *another* process), so a
+        // child process must own it.
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", &format!("import socket,time; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.1',{port})); print('ok', flush=True); time.sleep(30)")])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(pid_of_udp_port(port), Some(child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

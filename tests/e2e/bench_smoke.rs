@@ -1,0 +1,135 @@
+//! Smoke runs of every load scenario (seconds, few agents): the harness
+//! measures something real. Figures live in benches/RESULTS.md, not here.
+
+use std::time::Duration;
+
+use outpost_bench::ingest::{self, IngestRun};
+use outpost_bench::reconnect::{self, ReconnectRun};
+use outpost_bench::sim::Mix;
+use outpost_bench::spawn::Spawned;
+use outpost_bench::storage_eff::{self, StorageRun};
+use outpost_tests::{bin, scratch};
+
+fn run(
+    spawned: &Spawned,
+    state: &std::path::Path,
+    rate: Option<f64>,
+    mix: Mix,
+) -> ingest::IngestOutcome {
+    let r = IngestRun {
+        scenario: "smoke".into(),
+        addr: spawned.quic,
+        token: spawned.token(8).unwrap(),
+        pin: spawned.fingerprint().unwrap(),
+        agents: 4,
+        duration: Duration::from_secs(2),
+        warmup: Duration::from_millis(200),
+        state: state.to_path_buf(),
+        rate,
+        window: 64,
+        batch: 16,
+        mix,
+        appliance_pid: spawned.pid(),
+        endpoints: 2,
+        connect_concurrency: 4,
+        quiet: true,
+    };
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(ingest::run(&r))
+        .unwrap()
+}
+
+#[test]
+fn ingest_scenarios_measure_durable_acks_and_latency() {
+    let tmp = scratch("bench-ingest");
+    let app = Spawned::start(&bin("outpost"), &tmp.path().join("appliance"), &[]).unwrap();
+    let state = tmp.path().join("fleet");
+    for (rate, mix) in [(None, Mix::Heartbeat), (Some(50.0), Mix::Realistic)] {
+        let out = run(&app, &state, rate, mix);
+        assert!(out.sent > 0, "nothing sent");
+        assert_eq!(out.acked, out.sent, "every record sent was acknowledged");
+        assert!(out.latency_count > 0, "latency histogram empty");
+        assert_eq!(out.errors, 0, "{}", out.report.line());
+        assert!(out.records_per_sec > 0.0);
+        let line = out.report.line();
+        assert!(line.starts_with("RESULT smoke agents=4 "), "{line}");
+        for key in [
+            "records_per_sec=",
+            "p50_ms=",
+            "p99_ms=",
+            "appliance_cpu_s_per_million=",
+            "appliance_rss_mb=",
+        ] {
+            assert!(line.contains(key), "missing {key}: {line}");
+        }
+    }
+    // Identities were enrolled once and reused by the second run.
+    let lines = std::fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("fleet-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap().lines().count())
+        .sum::<usize>();
+    assert_eq!(lines, 4);
+}
+
+#[test]
+fn storage_scenario_measures_real_files() {
+    let tmp = scratch("bench-storage");
+    let rep = storage_eff::run(
+        &StorageRun {
+            devices: 3,
+            interval_s: 60,
+            hours: 2,
+        },
+        &tmp.path().join("db"),
+    )
+    .unwrap();
+    let samples: u64 = rep.get("samples").unwrap().parse().unwrap();
+    assert_eq!(samples, 3 * 120 * 28);
+    let bytes: u64 = rep.get("bytes_on_disk").unwrap().parse().unwrap();
+    let on_disk: u64 = walk(&tmp.path().join("db"));
+    assert!(
+        bytes > 0 && bytes <= on_disk,
+        "reported {bytes}, directory holds {on_disk}"
+    );
+}
+
+fn walk(p: &std::path::Path) -> u64 {
+    std::fs::read_dir(p)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                walk(&e.path())
+            } else {
+                e.metadata().unwrap().len()
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn reconnect_scenario_recovers_every_agent() {
+    let tmp = scratch("bench-reconnect");
+    let mut app = Spawned::start(&bin("outpost"), &tmp.path().join("appliance"), &[]).unwrap();
+    let rep = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(reconnect::run(
+            &ReconnectRun {
+                agents: 4,
+                rate: 20.0,
+                down: Duration::from_secs(1),
+                state: tmp.path().join("fleet"),
+                quiet: true,
+            },
+            &mut app,
+        ))
+        .unwrap();
+    let secs: f64 = rep.get("reconnect_secs").unwrap().parse().unwrap();
+    assert!(secs.is_finite() && secs < 30.0, "{}", rep.line());
+    let drained: f64 = rep.get("backlog_acked_secs").unwrap().parse().unwrap();
+    assert!(drained.is_finite(), "{}", rep.line());
+    assert_eq!(rep.get("sent"), rep.get("acked"), "{}", rep.line());
+}
