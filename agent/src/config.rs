@@ -33,6 +33,10 @@ pub struct AgentConfig {
     /// long, the agent drops the connection and reconnects.
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
+    /// systemd units reported as `service_active{unit}` with every metrics sample.
+    pub services: Vec<String>,
+    /// Process names reported as `process_count{name}` with every metrics sample.
+    pub processes: Vec<String>,
 }
 
 impl Default for AgentConfig {
@@ -46,6 +50,8 @@ impl Default for AgentConfig {
             reconnect_max: Duration::from_secs(30),
             max_in_flight_records: 4096,
             ack_timeout: Duration::from_secs(10),
+            services: Vec::new(),
+            processes: Vec::new(),
         }
     }
 }

@@ -360,11 +360,17 @@ fn spawn_collectors(
         }));
     }
     // Metrics and inventory.
+    let watch = Arc::new((cfg.services.clone(), cfg.processes.clone()));
     for (kind, interval) in [
         ("metrics", cfg.metrics_interval),
         ("inventory", cfg.inventory_interval),
     ] {
-        let (shared, shutdown, collector) = (shared.clone(), shutdown.clone(), collector.clone());
+        let (shared, shutdown, collector, watch) = (
+            shared.clone(),
+            shutdown.clone(),
+            collector.clone(),
+            watch.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             // A fixed schedule (not sleep-after-work): samples are evenly
             // spaced, which the appliance's chunk encoding stores in about a
@@ -378,10 +384,13 @@ fn spawn_collectors(
                 }
                 let collected_at = now_ms();
                 let c = collector.clone();
+                let w = watch.clone();
                 let body = tokio::task::spawn_blocking(move || {
                     let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
                     if kind == "metrics" {
-                        RecordBody::Metrics(c.metrics())
+                        let mut sample = c.metrics();
+                        sample.values.extend(c.checks(&w.0, &w.1));
+                        RecordBody::Metrics(sample)
                     } else {
                         RecordBody::Inventory(Box::new(c.inventory()))
                     }

@@ -32,6 +32,7 @@ pub struct Config {
     pub offline_grace: Duration,
     pub storage: StorageConfig,
     pub ingest: IngestConfig,
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,6 +79,7 @@ impl Default for Config {
             offline_grace: Duration::from_secs(10),
             storage: StorageConfig::default(),
             ingest: IngestConfig::default(),
+            alerts: crate::alerts::AlertsConfig::default(),
         }
     }
 }

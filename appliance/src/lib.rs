@@ -6,6 +6,7 @@
 //! ([`jobs`]) and the admin CLI's HTTP client ([`client`]). [`serve`] wires
 //! them together.
 
+pub mod alerts;
 pub mod api;
 pub mod client;
 pub mod config;
