@@ -55,12 +55,17 @@ pub enum WriterMsg {
     Retire(DeviceId),
 }
 
+/// Online/offline transitions of a commit or sweep.
+pub type Transitions<'a> = &'a [(DeviceId, StatusTransition)];
+/// Metric values newly stored by a commit, per device.
+pub type StoredSamples = Vec<(DeviceId, Vec<MetricValue>)>;
+
 /// Where the writer sends what it made durable (the alert engine).
 pub struct Sinks {
     /// Online/offline transitions.
-    pub transitions: Box<dyn Fn(&[(DeviceId, StatusTransition)]) + Send>,
+    pub transitions: Box<dyn Fn(Transitions<'_>) + Send>,
     /// Metric values newly stored by a commit (replays excluded).
-    pub samples: Box<dyn Fn(Vec<(DeviceId, Vec<MetricValue>)>) + Send>,
+    pub samples: Box<dyn Fn(StoredSamples) + Send>,
 }
 
 impl Sinks {
