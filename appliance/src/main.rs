@@ -66,9 +66,10 @@ enum Command {
         method: String,
         /// Path under the API, e.g. /api/v1/alerts.
         path: String,
-        /// JSON body, or @FILE to read it from a file.
-        #[arg(long)]
-        data: Option<String>,
+        /// JSON body, or @FILE to read it from a file. (Not `--data`: that
+        /// global flag names the data directory.)
+        #[arg(long, short = 'b')]
+        body: Option<String>,
     },
 }
 
@@ -276,8 +277,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Alerts(a) => alerts_cmd(client()?, a).await,
-        Command::Api { method, path, data } => {
-            let body = match data {
+        Command::Api { method, path, body } => {
+            let body = match body {
                 Some(d) if d.starts_with('@') => {
                     Some(std::fs::read(&d[1..]).with_context(|| format!("reading {}", &d[1..]))?)
                 }

@@ -36,6 +36,16 @@ pub struct IngestRun {
     pub endpoints: usize,
     pub connect_concurrency: usize,
     pub quiet: bool,
+    /// Told when the measured window starts and ends (for scenarios that
+    /// measure something else under this load, e.g. alert latency).
+    pub window_signals: Option<WindowSignals>,
+}
+
+/// Cancelled when the measured window of an ingest run starts / ends.
+#[derive(Debug, Clone, Default)]
+pub struct WindowSignals {
+    pub started: CancellationToken,
+    pub ended: CancellationToken,
 }
 
 /// What a run measured (also what the smoke tests check).
@@ -145,6 +155,9 @@ pub async fn run(r: &IngestRun) -> anyhow::Result<IngestOutcome> {
         tokio::time::sleep(r.warmup).await;
     }
     stats.reset_latency();
+    if let Some(w) = &r.window_signals {
+        w.started.cancel();
+    }
     let acked0 = stats.acked.load(Ordering::Relaxed);
     let app_cpu0 = app_pid.and_then(procstat::cpu_seconds);
     let self_cpu0 = procstat::self_cpu_seconds();
@@ -167,6 +180,9 @@ pub async fn run(r: &IngestRun) -> anyhow::Result<IngestOutcome> {
         last = now;
     }
     let elapsed = t0.elapsed().as_secs_f64();
+    if let Some(w) = &r.window_signals {
+        w.ended.cancel();
+    }
     let acked_window = stats.acked.load(Ordering::Relaxed) - acked0;
     let app_cpu = app_pid
         .and_then(procstat::cpu_seconds)

@@ -3,6 +3,7 @@
 //! scenario on a real RocksDB ([`storage_eff`]), `/proc` measurements
 //! ([`procstat`]) and the `RESULT` line format ([`report`]).
 
+pub mod alert_latency;
 pub mod fleet;
 pub mod ingest;
 pub mod procstat;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use outpost_bench::alert_latency::{self, AlertRun};
 use outpost_bench::ingest::{self, IngestRun};
 use outpost_bench::reconnect::{self, ReconnectRun};
 use outpost_bench::sim::Mix;
@@ -31,6 +32,43 @@ enum Command {
     Storage(StorageArgs),
     /// Kill -9 and restart a (spawned) appliance under N agents; time to reconnect and drain.
     Reconnect(ReconnectArgs),
+    /// Sample-to-webhook alert latency (optionally under background ingest),
+    /// or ingest throughput while every notification fails (--webhook-down).
+    Alerts(AlertArgs),
+}
+
+#[derive(Args, Debug)]
+struct AlertArgs {
+    /// Background agents streaming while the probe measures (0 = probe alone).
+    #[arg(long, default_value_t = 0)]
+    agents: usize,
+    /// Background records per agent per second; omit for as fast as acks allow.
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long, value_enum, default_value_t = Mix::Realistic)]
+    mix: Mix,
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Pause between probe samples (each flips the alert: firing, resolved).
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Point the webhook at a closed port: every notification fails and retries.
+    #[arg(long)]
+    webhook_down: bool,
+    /// Where enrolled identities are cached (with --appliance-data, reused across runs).
+    #[arg(long)]
+    state: PathBuf,
+    /// Data directory of the spawned appliance (default: temporary).
+    #[arg(long)]
+    appliance_data: Option<PathBuf>,
+    #[arg(long)]
+    outpost: Option<PathBuf>,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args, Debug)]
@@ -219,6 +257,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 endpoints: a.endpoints,
                 connect_concurrency: a.connect_concurrency,
                 quiet: a.quiet,
+                window_signals: None,
             };
             let out = ingest::run(&run).await?;
             out.report.emit(a.json.as_deref())?;
@@ -246,6 +285,40 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 rep.get("bytes_per_sample").unwrap_or("?"),
                 rep.get("sample_table_bytes_per_sample").unwrap_or("?"),
             );
+            rep.emit(a.json.as_deref())
+        }
+        Command::Alerts(a) => {
+            let tmp = tempfile::tempdir()?;
+            let bin = match &a.outpost {
+                Some(p) => p.clone(),
+                None => spawn::sibling_outpost()?,
+            };
+            let data = a
+                .appliance_data
+                .clone()
+                .unwrap_or_else(|| tmp.path().join("appliance"));
+            let state = if a.appliance_data.is_some() {
+                a.state.clone()
+            } else {
+                tmp.path().join("fleet")
+            };
+            let app = Spawned::start(&bin, &data, &[])?;
+            let rep = alert_latency::run(
+                &AlertRun {
+                    agents: a.agents,
+                    rate: a.rate,
+                    mix: a.mix,
+                    duration: a.duration,
+                    warmup: a.warmup,
+                    state,
+                    interval: a.interval,
+                    webhook_down: a.webhook_down,
+                    quiet: a.quiet,
+                },
+                &app,
+            )
+            .await?;
+            eprintln!("{}", rep.line());
             rep.emit(a.json.as_deref())
         }
         Command::Reconnect(a) => {

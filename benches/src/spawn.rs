@@ -138,6 +138,53 @@ impl Spawned {
     }
 }
 
+impl Spawned {
+    /// Calls the admin API through `outpost api` (the CLI reads the admin
+    /// token and address from the data directory); returns the JSON answer.
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let out = Command::new(&self.bin)
+            .arg("--data")
+            .arg(&self.data)
+            .args(["api", method, path, "--body"])
+            .arg(body.to_string())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "{method} {path}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        serde_json::from_slice(&out.stdout).with_context(|| format!("{method} {path}: not JSON"))
+    }
+
+    /// The appliance's `/metrics` exposition.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.admin).await?;
+        s.write_all(
+            format!(
+                "GET /metrics HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+                self.admin
+            )
+            .as_bytes(),
+        )
+        .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        let text = String::from_utf8_lossy(&buf);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .ok_or_else(|| anyhow::anyhow!("no HTTP body from /metrics"))?;
+        Ok(body)
+    }
+}
+
 impl Drop for Spawned {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use outpost_bench::alert_latency::{self, AlertRun};
 use outpost_bench::ingest::{self, IngestRun};
 use outpost_bench::reconnect::{self, ReconnectRun};
 use outpost_bench::sim::Mix;
@@ -33,6 +34,7 @@ fn run(
         endpoints: 2,
         connect_concurrency: 4,
         quiet: true,
+        window_signals: None,
     };
     tokio::runtime::Runtime::new()
         .unwrap()
@@ -132,4 +134,46 @@ fn reconnect_scenario_recovers_every_agent() {
     let drained: f64 = rep.get("backlog_acked_secs").unwrap().parse().unwrap();
     assert!(drained.is_finite(), "{}", rep.line());
     assert_eq!(rep.get("sent"), rep.get("acked"), "{}", rep.line());
+}
+
+#[test]
+fn alert_scenario_measures_sample_to_webhook_latency_and_survives_a_dead_webhook() {
+    let tmp = scratch("bench-alerts");
+    let app = Spawned::start(&bin("outpost"), &tmp.path().join("appliance"), &[]).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let run = |agents: usize, webhook_down: bool| AlertRun {
+        agents,
+        rate: Some(20.0),
+        mix: Mix::Realistic,
+        duration: Duration::from_secs(2),
+        warmup: Duration::from_millis(300),
+        state: tmp.path().join("fleet"),
+        interval: Duration::from_millis(20),
+        webhook_down,
+        quiet: true,
+    };
+    let rep = rt
+        .block_on(alert_latency::run(&run(2, false), &app))
+        .unwrap();
+    let line = rep.line();
+    let probes: u64 = rep.get("probes").unwrap().parse().unwrap();
+    assert!(probes >= 4, "{line}");
+    assert_eq!(rep.get("missed"), Some("0"), "{line}");
+    let p50: f64 = rep.get("fire_p50_ms").unwrap().parse().unwrap();
+    assert!(p50 > 0.0, "{line}");
+    let delivered: u64 = rep.get("notify_delivered").unwrap().parse().unwrap();
+    assert!(delivered >= probes, "every probe was notified: {line}");
+    assert!(rep.get("records_per_sec").is_some(), "{line}");
+
+    // Webhook down: ingest goes on, deliveries fail and are retried.
+    let rep = rt
+        .block_on(alert_latency::run(&run(2, true), &app))
+        .unwrap();
+    let line = rep.line();
+    assert!(line.starts_with("RESULT alerts_webhook_down "), "{line}");
+    assert_eq!(rep.get("ingest_errors"), Some("0"), "{line}");
+    let rps: f64 = rep.get("records_per_sec").unwrap().parse().unwrap();
+    assert!(rps > 0.0, "{line}");
+    let retries: u64 = rep.get("notify_retries").unwrap().parse().unwrap();
+    assert!(retries >= 1, "{line}");
 }

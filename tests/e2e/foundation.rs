@@ -163,6 +163,52 @@ fn api_requires_the_admin_token_and_reports_bad_input() {
 }
 
 #[test]
+fn api_cli_sends_bodies_inline_and_from_files_and_reports_errors() {
+    let tmp = scratch("api-cli");
+    let app = Appliance::start(tmp.path());
+    let body = r#"{"id":"ops","name":"ops","type":"webhook","url":"http://127.0.0.1:9/hook"}"#;
+    let out = app.cli_ok(&["api", "POST", "/api/v1/channels", "--body", body]);
+    let created: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["id"], "ops", "{out}");
+    let file = tmp.path().join("channel.json");
+    std::fs::write(&file, body.replace("\"ops\"", "\"ops2\"")).unwrap();
+    app.cli_ok(&[
+        "api",
+        "POST",
+        "/api/v1/channels",
+        "--body",
+        &format!("@{}", file.display()),
+    ]);
+    let list: Value =
+        serde_json::from_str(&app.cli_ok(&["api", "GET", "/api/v1/channels"])).unwrap();
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["id"].as_str())
+        .collect();
+    assert!(ids.contains(&"ops") && ids.contains(&"ops2"), "{list}");
+    // Bad JSON: non-zero exit, the API's message on stderr.
+    let o = app.cli(&["api", "POST", "/api/v1/channels", "--body", "{not json"]);
+    assert!(!o.status.success());
+    assert!(
+        outpost_tests::stderr(&o).contains("400"),
+        "{}",
+        outpost_tests::stderr(&o)
+    );
+    // A missing body file is named.
+    let o = app.cli(&[
+        "api",
+        "POST",
+        "/api/v1/channels",
+        "--body",
+        "@/nonexistent/x.json",
+    ]);
+    assert!(!o.status.success());
+    assert!(outpost_tests::stderr(&o).contains("/nonexistent/x.json"));
+}
+
+#[test]
 fn restart_reuses_the_ca_and_admin_token() {
     let tmp = scratch("reuse");
     let mut app = Appliance::start(tmp.path());
