@@ -131,6 +131,8 @@ pub struct ProbeStats {
     pub firing: Histogram<u64>,
     pub resolved: Histogram<u64>,
     pub missed: u64,
+    /// Probe samples sent in the measured window (each flips the alert).
+    pub flips: u64,
 }
 
 fn now_ms() -> u64 {
@@ -196,6 +198,7 @@ pub async fn probe(
         firing: new_hist()?,
         resolved: new_hist()?,
         missed: 0,
+        flips: 0,
     };
     let mut high = true;
     while !stop.is_cancelled() {
@@ -221,6 +224,9 @@ pub async fn probe(
         send.write_all(&out).await?;
         let want = if high { "firing" } else { "resolved" };
         high = !high;
+        if measure.is_cancelled() {
+            stats.flips += 1;
+        }
         let Some(rx) = rx.as_deref_mut() else {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}

@@ -204,12 +204,17 @@ pub async fn run(r: &IngestRun) -> anyhow::Result<IngestOutcome> {
 
     let sent = stats.sent.load(Ordering::Relaxed);
     let acked = stats.acked.load(Ordering::Relaxed);
-    let errors: u64 = stats
+    let error_map = stats
         .errors
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .values()
-        .sum();
+        .clone();
+    let errors: u64 = error_map.values().sum();
+    let error_kinds = error_map
+        .iter()
+        .map(|(k, n)| format!("{k}:{n}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let rps = acked_window as f64 / elapsed;
     let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
     let mut rep = Report::new(&r.scenario);
@@ -224,6 +229,9 @@ pub async fn run(r: &IngestRun) -> anyhow::Result<IngestOutcome> {
         .int("acked", acked)
         .int("errors", errors)
         .num("connect_secs", connect_secs);
+    if !error_kinds.is_empty() {
+        rep.text("error_kinds", &error_kinds);
+    }
     if let Some(rate) = r.rate {
         rep.num("rate_per_agent", rate);
     }

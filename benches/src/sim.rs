@@ -266,9 +266,12 @@ pub async fn run_agent(
         match session(&endpoint, &cfg, &opts, &stats, shard, &mut pending, &ctl).await {
             Ok(()) => return,
             Err(e) => {
-                let kind = e.to_string();
-                let kind = kind.split(':').next().unwrap_or("error").to_string();
-                stats.error(&kind);
+                let msg = e.to_string();
+                let kind = msg.split(':').next().unwrap_or("error").to_string();
+                // "closed: ack timeout" -> "closed_ack_timeout" (two levels
+                // keep the map small: messages' tails carry addresses).
+                let detail: Vec<&str> = msg.splitn(3, ':').take(2).map(str::trim).collect();
+                stats.error(&detail.join("_").replace(char::is_whitespace, "_"));
                 // A refused device (revoked, unknown) must not retry forever.
                 if ctl.stop.is_cancelled() || kind == "refused" {
                     return;
@@ -336,7 +339,13 @@ async fn session(
     if !pending.announced {
         pending.announced = true;
         stats.connected.fetch_add(1, Ordering::Relaxed);
-        ctl.start.cancelled().await;
+        // Max-rate agents wait for the whole fleet so that the connect phase
+        // is not measured as ingest. Rate-mode agents start at once, like
+        // real agents (a silent connected agent would be declared offline
+        // while a 50,000-agent fleet connects, and its alerts would fire).
+        if opts.rate.is_none() {
+            ctl.start.cancelled().await;
+        }
     }
 
     // Rate mode: records are generated on a tick of at most 100 ms (several

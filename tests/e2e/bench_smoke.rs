@@ -176,4 +176,6 @@ fn alert_scenario_measures_sample_to_webhook_latency_and_survives_a_dead_webhook
     assert!(rps > 0.0, "{line}");
     let retries: u64 = rep.get("notify_retries").unwrap().parse().unwrap();
     assert!(retries >= 1, "{line}");
+    let flips: u64 = rep.get("probes").unwrap().parse().unwrap();
+    assert!(flips >= 4, "{line}");
 }
