@@ -57,6 +57,9 @@ enum Command {
     /// One device.
     #[command(subcommand)]
     Device(DeviceCmd),
+    /// LAN patch cache: stats, prefetch, verify, pins.
+    #[command(subcommand)]
+    Cache(outpost_appliance::cache::cli::CacheCmd),
 }
 
 #[derive(Args, Debug)]
@@ -181,6 +184,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             });
             outpost_appliance::serve::run(data, cfg, shutdown).await
         }
+        Command::Cache(cmd) => outpost_appliance::cache::cli::run(cmd, client()?).await,
         Command::CaFingerprint => {
             println!("{}", site::ca_fingerprint(&data)?);
             Ok(())

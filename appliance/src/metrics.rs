@@ -70,6 +70,8 @@ pub struct Metrics {
     pub chunks_sealed: Counter,
     pub retention_runs: Family<ResultLabel, Counter>,
     pub api_requests: Family<RouteLabel, Counter>,
+    /// LAN patch cache (`outpost_cache_*`).
+    pub cache: crate::cache::metrics::CacheMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -110,6 +112,7 @@ impl Metrics {
             chunks_sealed: Counter::default(),
             retention_runs: Family::default(),
             api_requests: Family::default(),
+            cache: Default::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -219,6 +222,7 @@ impl Metrics {
             m.retention_runs.clone(),
         );
         r.register("api_requests", "Admin API requests", m.api_requests.clone());
+        m.cache.register(r);
         Metrics { registry, ..m }
     }
 

@@ -44,10 +44,20 @@ pub enum Cf {
     RollupDirty,
     /// `ts | n` → `AuditEntry`.
     Audit,
+    /// LAN patch cache: upstream URL → cached entry (content hash, validators).
+    CacheUrls,
+    /// LAN patch cache: sha256 → blob metadata (size, last access, hits).
+    CacheBlobs,
+    /// LAN patch cache: upstream URL → size and sha256 a verified index states.
+    CacheExpect,
+    /// LAN patch cache: suite URL (`…/dists/SUITE`) → last accepted InRelease.
+    CacheSuites,
+    /// LAN patch cache: upstream URL → pin (never evicted).
+    CachePins,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 14] = [
+    pub const ALL: [Cf; 19] = [
         Cf::Meta,
         Cf::Devices,
         Cf::DeviceState,
@@ -62,6 +72,11 @@ impl Cf {
         Cf::Rollups,
         Cf::RollupDirty,
         Cf::Audit,
+        Cf::CacheUrls,
+        Cf::CacheBlobs,
+        Cf::CacheExpect,
+        Cf::CacheSuites,
+        Cf::CachePins,
     ];
 
     pub fn name(self) -> &'static str {
@@ -80,6 +95,11 @@ impl Cf {
             Cf::Rollups => "rollups",
             Cf::RollupDirty => "rollup_dirty",
             Cf::Audit => "audit",
+            Cf::CacheUrls => "cache_urls",
+            Cf::CacheBlobs => "cache_blobs",
+            Cf::CacheExpect => "cache_expect",
+            Cf::CacheSuites => "cache_suites",
+            Cf::CachePins => "cache_pins",
         }
     }
 
