@@ -96,6 +96,9 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
             shutdown.clone(),
         )
         .await?;
+        // Where the cache listens (for scripts and tests; port 0 picks one).
+        std::fs::write(data.0.join("cache.addr"), format!("{addr}\n"))
+            .context("writing cache.addr")?;
         Some((c, addr))
     } else {
         None
