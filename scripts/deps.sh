@@ -5,7 +5,8 @@ set -euo pipefail
 
 packages=(clang libclang-dev)
 if [ "${1:-}" = "--test" ]; then
-  packages+=()
+  # A real SMTP server for the alerting e-mail tests.
+  packages+=(python3-aiosmtpd)
 fi
 
 missing=()

@@ -46,6 +46,8 @@ pub struct Collector {
     /// Previous (rx, tx) byte counters per interface and when they were read.
     last_net: HashMap<String, (u64, u64)>,
     last_net_at: Option<Instant>,
+    /// systemctl is missing (warned once).
+    warned_systemctl: bool,
 }
 
 impl std::fmt::Debug for Collector {
@@ -102,6 +104,7 @@ impl Collector {
             networks: Networks::new_with_refreshed_list().ok(),
             last_net: HashMap::new(),
             last_net_at: None,
+            warned_systemctl: false,
         }
     }
 
@@ -197,6 +200,52 @@ impl Collector {
             self.last_net_at = Some(now);
         }
         MetricsSample { values: v }
+    }
+
+    /// Watched services and processes: `service_active{unit}` (1/0, via
+    /// `systemctl is-active`) and `process_count{name}`.
+    pub fn checks(&mut self, services: &[String], processes: &[String]) -> Vec<MetricValue> {
+        let mut v = Vec::new();
+        for unit in services {
+            match std::process::Command::new("systemctl")
+                .args(["is-active", "--quiet", unit])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+            {
+                Ok(st) => push(
+                    &mut v,
+                    m::SERVICE_ACTIVE,
+                    unit,
+                    if st.success() { 1.0 } else { 0.0 },
+                ),
+                Err(e) => {
+                    if !self.warned_systemctl {
+                        tracing::warn!(error = %e, "cannot run systemctl: watched services are not reported");
+                        self.warned_systemctl = true;
+                    }
+                }
+            }
+        }
+        if !processes.is_empty()
+            && let Some(sys) = self.sys.as_mut()
+        {
+            sys.refresh_processes_specifics(
+                ProcessesToUpdate::All,
+                true,
+                ProcessRefreshKind::nothing(),
+            );
+            for name in processes {
+                let n = sys
+                    .processes()
+                    .values()
+                    .filter(|p| p.name() == name.as_str())
+                    .count();
+                push(&mut v, m::PROCESS_COUNT, name, n as f64);
+            }
+        }
+        v
     }
 
     /// Hardware and software inventory.
@@ -328,5 +377,25 @@ mod tests {
         assert!(inv.cpu_cores >= 1);
         assert!(inv.memory_total_bytes > 0);
         assert_eq!(inv.agent_version, AGENT_VERSION);
+    }
+
+    #[test]
+    fn watched_processes_are_counted() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let mut c = Collector::new();
+        let v = c.checks(&[], &["sleep".into(), "no-such-process-xyz".into()]);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let get = |l: &str| {
+            v.iter()
+                .find(|x| x.name == m::PROCESS_COUNT && x.label == l)
+                .unwrap()
+                .value
+        };
+        assert!(get("sleep") >= 1.0);
+        assert_eq!(get("no-such-process-xyz"), 0.0);
     }
 }

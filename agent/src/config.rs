@@ -29,6 +29,14 @@ pub struct AgentConfig {
     pub reconnect_max: Duration,
     /// Records sent but not yet acknowledged before the agent waits.
     pub max_in_flight_records: u64,
+    /// With records in flight and nothing heard from the appliance for this
+    /// long, the agent drops the connection and reconnects.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// systemd units reported as `service_active{unit}` with every metrics sample.
+    pub services: Vec<String>,
+    /// Process names reported as `process_count{name}` with every metrics sample.
+    pub processes: Vec<String>,
 }
 
 impl Default for AgentConfig {
@@ -41,6 +49,9 @@ impl Default for AgentConfig {
             reconnect_base: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(30),
             max_in_flight_records: 4096,
+            ack_timeout: Duration::from_secs(10),
+            services: Vec::new(),
+            processes: Vec::new(),
         }
     }
 }
@@ -71,6 +82,9 @@ impl AgentConfig {
         }
         if self.buffer_max_bytes < 64 * 1024 {
             bail!("buffer_max_bytes must be at least 64 KiB");
+        }
+        if self.ack_timeout < Duration::from_secs(1) {
+            bail!("ack_timeout must be at least 1s");
         }
         if self.max_in_flight_records == 0 {
             bail!("max_in_flight_records must be positive");

@@ -3,6 +3,7 @@
 //! records only when the appliance acknowledges them.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -197,9 +198,32 @@ async fn connect_and_stream(
     );
 
     let max_frame = (welcome.max_frame_bytes as usize).min(DEFAULT_MAX_FRAME_BYTES);
+    // Liveness: with records in flight, silence from the appliance for
+    // `ack_timeout` means the connection is dead (appliance crashed, network
+    // gone); reconnecting beats waiting for QUIC's backed-off probes.
+    let last_rx_ms = AtomicU64::new(now_ms());
+    let sent_up_to = AtomicU64::new(welcome.last_stored_seq);
+    let watchdog = async {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let acked = shared.buffer().acked();
+            let silent_ms = now_ms().saturating_sub(last_rx_ms.load(Ordering::Relaxed));
+            if sent_up_to.load(Ordering::Relaxed) > acked
+                && silent_ms > cfg.ack_timeout.as_millis() as u64
+            {
+                return Err(anyhow!(
+                    "no acknowledgement for {:.1}s with records in flight; reconnecting",
+                    silent_ms as f64 / 1000.0
+                ));
+            }
+        }
+    };
     let receiver = async {
         loop {
-            match reader.next::<ApplianceFrame, _>(&mut recv).await {
+            let frame = reader.next::<ApplianceFrame, _>(&mut recv).await;
+            last_rx_ms.store(now_ms(), Ordering::Relaxed);
+            match frame {
                 Ok(Some(ApplianceFrame::Ack(a))) => {
                     shared.buffer().ack(a.up_to_seq)?;
                     shared.wake.notify_one();
@@ -235,6 +259,11 @@ async fn connect_and_stream(
                 continue;
             }
             cursor = batch.last().map(|r| r.seq + 1).unwrap_or(cursor);
+            if sent_up_to.load(Ordering::Relaxed) <= shared.buffer().acked() {
+                // Nothing was in flight: the ack clock starts now.
+                last_rx_ms.store(now_ms(), Ordering::Relaxed);
+            }
+            sent_up_to.store(cursor - 1, Ordering::Relaxed);
             out.clear();
             write_frame(&AgentFrame::Records(batch), &mut out, max_frame)?;
             send.write_all(&out).await.map_err(|e| anyhow!(e))?;
@@ -245,6 +274,7 @@ async fn connect_and_stream(
     let end = tokio::select! {
         r = receiver => r,
         r = sender => r,
+        r = watchdog => r,
         _ = shutdown.cancelled() => Ok(SessionEnd::Shutdown),
     };
     if matches!(end, Ok(SessionEnd::Shutdown)) {
@@ -330,11 +360,17 @@ fn spawn_collectors(
         }));
     }
     // Metrics and inventory.
+    let watch = Arc::new((cfg.services.clone(), cfg.processes.clone()));
     for (kind, interval) in [
         ("metrics", cfg.metrics_interval),
         ("inventory", cfg.inventory_interval),
     ] {
-        let (shared, shutdown, collector) = (shared.clone(), shutdown.clone(), collector.clone());
+        let (shared, shutdown, collector, watch) = (
+            shared.clone(),
+            shutdown.clone(),
+            collector.clone(),
+            watch.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             // A fixed schedule (not sleep-after-work): samples are evenly
             // spaced, which the appliance's chunk encoding stores in about a
@@ -348,10 +384,13 @@ fn spawn_collectors(
                 }
                 let collected_at = now_ms();
                 let c = collector.clone();
+                let w = watch.clone();
                 let body = tokio::task::spawn_blocking(move || {
                     let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
                     if kind == "metrics" {
-                        RecordBody::Metrics(c.metrics())
+                        let mut sample = c.metrics();
+                        sample.values.extend(c.checks(&w.0, &w.1));
+                        RecordBody::Metrics(sample)
                     } else {
                         RecordBody::Inventory(Box::new(c.inventory()))
                     }

@@ -54,7 +54,8 @@ impl AdminClient {
         Ok(AdminClient { base, token })
     }
 
-    async fn request(
+    /// One request; non-2xx answers become errors carrying the API's message.
+    pub async fn request(
         &self,
         method: &str,
         path: &str,

@@ -7,6 +7,7 @@
 //! client ([`client`]). [`serve`] wires
 //! them together.
 
+pub mod alerts;
 pub mod api;
 pub mod cache;
 pub mod client;

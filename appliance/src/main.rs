@@ -60,6 +60,54 @@ enum Command {
     /// LAN patch cache: stats, prefetch, verify, pins.
     #[command(subcommand)]
     Cache(outpost_appliance::cache::cli::CacheCmd),
+    /// List alerts (default: open ones), show or acknowledge one.
+    Alerts(AlertsArgs),
+    /// Call the admin API: `outpost api GET /api/v1/alert-rules`,
+    /// `outpost api POST /api/v1/channels --data @channel.json`.
+    Api {
+        /// GET, POST, PUT or DELETE.
+        method: String,
+        /// Path under the API, e.g. /api/v1/alerts.
+        path: String,
+        /// JSON body, or @FILE to read it from a file.
+        #[arg(long)]
+        data: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+struct AlertsArgs {
+    #[command(subcommand)]
+    cmd: Option<AlertsCmd>,
+    #[arg(long)]
+    json: bool,
+    /// pending, firing, resolved, cleared, open (default), or all.
+    #[arg(long, default_value = "open")]
+    state: String,
+    #[arg(long)]
+    severity: Option<String>,
+    #[arg(long)]
+    device: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum AlertsCmd {
+    /// One alert with its transitions.
+    Show {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Acknowledge: stops reminders and escalation.
+    Ack {
+        id: u64,
+        #[arg(long, default_value = "")]
+        comment: String,
+        /// Who acknowledges (default: $USER).
+        #[arg(long, env = "USER")]
+        by: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -231,6 +279,21 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             print_device(&d);
             Ok(())
         }
+        Command::Alerts(a) => alerts_cmd(client()?, a).await,
+        Command::Api { method, path, data } => {
+            let body = match data {
+                Some(d) if d.starts_with('@') => {
+                    Some(std::fs::read(&d[1..]).with_context(|| format!("reading {}", &d[1..]))?)
+                }
+                Some(d) => Some(d.into_bytes()),
+                None => None,
+            };
+            let out = client()?
+                .request(&method.to_uppercase(), &path, body)
+                .await?;
+            println!("{}", String::from_utf8_lossy(&out));
+            Ok(())
+        }
         Command::Device(DeviceCmd::Revoke { id }) => {
             let r: RevokeAnswer = client()?
                 .post(
@@ -240,6 +303,117 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("revoking device {id}"))?;
             println!("{}", r.id);
+            Ok(())
+        }
+    }
+}
+
+async fn alerts_cmd(c: AdminClient, a: AlertsArgs) -> anyhow::Result<()> {
+    use outpost_appliance::alerts::model::Alert;
+    use outpost_appliance::api::alerts_types::{AckBody, AlertDetail};
+    match a.cmd {
+        Some(AlertsCmd::Show { id, json }) => {
+            let path = format!("/api/v1/alerts/{id}");
+            if json {
+                println!("{}", String::from_utf8_lossy(&c.get_raw(&path).await?));
+                return Ok(());
+            }
+            let d: AlertDetail = c.get(&path).await?;
+            let x = &d.alert;
+            println!("alert       {} ({})", x.id, x.state.as_str());
+            println!(
+                "rule        {} ({}), {}",
+                x.rule_name,
+                x.rule_id,
+                x.severity.as_str()
+            );
+            println!("device      {} ({})", x.hostname, x.device);
+            let label = if x.label.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", x.label)
+            };
+            println!("metric      {}{label}", x.metric);
+            if let Some(v) = x.value {
+                println!("value       {}", fmt_value(v));
+            }
+            if let Some(by) = &x.acknowledged_by {
+                println!(
+                    "acked by    {by}: {}",
+                    x.ack_comment.clone().unwrap_or_default()
+                );
+            }
+            if let Some(w) = &x.silenced_by {
+                println!("silenced by {w}");
+            }
+            println!();
+            let rows: Vec<Vec<String>> = d
+                .events
+                .iter()
+                .map(|e| {
+                    vec![
+                        ago(e.at_ms),
+                        e.event.clone(),
+                        e.value.map(fmt_value).unwrap_or_default(),
+                        e.detail.clone(),
+                    ]
+                })
+                .collect();
+            print_table(&["WHEN", "EVENT", "VALUE", "DETAIL"], &rows);
+            Ok(())
+        }
+        Some(AlertsCmd::Ack { id, comment, by }) => {
+            let x: Alert = c
+                .post(
+                    &format!("/api/v1/alerts/{id}/ack"),
+                    &AckBody { comment, by },
+                )
+                .await?;
+            println!("{}", x.id);
+            Ok(())
+        }
+        None => {
+            let mut path = String::from("/api/v1/alerts?limit=1000");
+            if a.state != "all" {
+                path.push_str(&format!("&state={}", a.state));
+            }
+            if let Some(s) = &a.severity {
+                path.push_str(&format!("&severity={s}"));
+            }
+            if let Some(d) = &a.device {
+                path.push_str(&format!("&device={d}"));
+            }
+            if a.json {
+                println!("{}", String::from_utf8_lossy(&c.get_raw(&path).await?));
+                return Ok(());
+            }
+            let alerts: Vec<Alert> = c.get(&path).await?;
+            let rows: Vec<Vec<String>> = alerts
+                .iter()
+                .map(|x| {
+                    vec![
+                        x.id.to_string(),
+                        x.state.as_str().to_string(),
+                        x.severity.as_str().to_string(),
+                        x.rule_name.clone(),
+                        x.hostname.clone(),
+                        x.label.clone(),
+                        x.value.map(fmt_value).unwrap_or_default(),
+                        ago(x.fired_ms.unwrap_or(x.started_ms)),
+                        match (&x.acknowledged_by, &x.silenced_by) {
+                            (Some(b), _) => format!("acked by {b}"),
+                            (None, Some(w)) => format!("silenced ({w})"),
+                            _ => String::new(),
+                        },
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "ID", "STATE", "SEVERITY", "RULE", "HOST", "LABEL", "VALUE", "SINCE", "NOTE",
+                ],
+                &rows,
+            );
             Ok(())
         }
     }

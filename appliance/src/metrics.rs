@@ -26,6 +26,13 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotifyLabel {
+    pub channel_type: String,
+    pub event: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabel {
     pub method: String,
     pub route: String,
@@ -72,6 +79,14 @@ pub struct Metrics {
     pub api_requests: Family<RouteLabel, Counter>,
     /// LAN patch cache (`outpost_cache_*`).
     pub cache: crate::cache::metrics::CacheMetrics,
+    /// Alert transitions by kind (pending, firing, resolved, cleared, ...).
+    pub alert_transitions: Family<KindLabel, Counter>,
+    pub alerts_firing: Gauge,
+    pub alerts_pending: Gauge,
+    /// Sample batches the alert engine could not take (queue full).
+    pub alert_inputs_dropped: Counter,
+    /// Notification delivery outcomes (delivered, retry, dead_letter).
+    pub notifications: Family<NotifyLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -113,6 +128,11 @@ impl Metrics {
             retention_runs: Family::default(),
             api_requests: Family::default(),
             cache: Default::default(),
+            alert_transitions: Family::default(),
+            alerts_firing: Gauge::default(),
+            alerts_pending: Gauge::default(),
+            alert_inputs_dropped: Counter::default(),
+            notifications: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -223,6 +243,31 @@ impl Metrics {
         );
         r.register("api_requests", "Admin API requests", m.api_requests.clone());
         m.cache.register(r);
+        r.register(
+            "alert_transitions",
+            "Alert transitions by kind",
+            m.alert_transitions.clone(),
+        );
+        r.register(
+            "alerts_firing",
+            "Alerts currently firing",
+            m.alerts_firing.clone(),
+        );
+        r.register(
+            "alerts_pending",
+            "Alerts currently pending",
+            m.alerts_pending.clone(),
+        );
+        r.register(
+            "alert_inputs_dropped",
+            "Sample batches dropped because the alert engine queue was full",
+            m.alert_inputs_dropped.clone(),
+        );
+        r.register(
+            "notifications",
+            "Notification delivery outcomes by channel type, event and result",
+            m.notifications.clone(),
+        );
         Metrics { registry, ..m }
     }
 

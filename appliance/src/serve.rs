@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
+use crate::alerts;
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::ingest::live::LiveSessions;
@@ -41,6 +42,19 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
     )
     .with_context(|| format!("opening the database in {}", data.db().display()))?;
     let metrics = Arc::new(Metrics::new());
+    let tracker = TaskTracker::new();
+    // Alerting first: the writer feeds it.
+    let notify = alerts::notify::spawn(
+        store.clone(),
+        metrics.clone(),
+        cfg.alerts.retry_policy(),
+        shutdown.clone(),
+        &tracker,
+    )?;
+    let engine = alerts::engine::Engine::load(store.clone(), metrics.clone(), notify)
+        .context("loading alert rules and open alerts")?;
+    let alerts = alerts::engine::spawn(engine, cfg.alerts.eval_queue, shutdown.clone(), &tracker);
+    let (a1, a2) = (alerts.clone(), alerts.clone());
     let (writer, writer_thread) = writer::spawn(
         store.clone(),
         WriterOptions {
@@ -50,7 +64,10 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
             rollup_settle: cfg.ingest.rollup_settle,
         },
         metrics.clone(),
-        Box::new(|_| {}),
+        writer::Sinks {
+            transitions: Box::new(move |ts| a1.status(ts.to_vec())),
+            samples: Box::new(move |batch| a2.samples(batch)),
+        },
     )?;
 
     let endpoint = server::bind(
@@ -83,6 +100,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         admin_token: keys.admin_token.clone(),
         writer: writer.clone(),
         live: live.clone(),
+        alerts,
         started: Instant::now(),
     });
     let tracker = TaskTracker::new();

@@ -178,6 +178,9 @@ fn closed_error(conn: &quinn::Connection) -> anyhow::Error {
     }
 }
 
+/// Silence with records in flight after which a simulated agent reconnects.
+const SIM_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Longest generation tick in rate mode: the records due within it leave as
 /// one frame, as a real agent's sender drains whatever its buffer holds.
 const TICK_S: f64 = 0.100;
@@ -355,6 +358,9 @@ async fn session(
         i
     });
     let mut drain_deadline: Option<tokio::time::Instant> = None;
+    // Same liveness rule as the real agent (its ack_timeout, shortened).
+    let mut last_rx = Instant::now();
+    let mut watchdog = tokio::time::interval(Duration::from_secs(1));
     loop {
         // Keep the window full (max-rate mode) and send what is unsent.
         if opts.rate.is_none() && drain_deadline.is_none() {
@@ -363,6 +369,9 @@ async fn session(
             }
         }
         while pending.unsent < pending.queue.len() {
+            if pending.unsent == 0 {
+                last_rx = Instant::now();
+            }
             let end = (pending.unsent + opts.batch).min(pending.queue.len());
             let now = Instant::now();
             let records: Vec<Record> = pending
@@ -405,7 +414,14 @@ async fn session(
                     carry -= 1.0;
                 }
             }
+            _ = watchdog.tick() => {
+                if pending.unsent > 0 && last_rx.elapsed() > SIM_ACK_TIMEOUT {
+                    conn.close(0u32.into(), b"ack timeout");
+                    return Err(anyhow!("closed: ack timeout"));
+                }
+            }
             r = reader.fill(&mut recv) => {
+                last_rx = Instant::now();
                 match r {
                     Ok(true) => {}
                     Ok(false) => return Err(closed_error(&conn)),

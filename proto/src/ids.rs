@@ -11,8 +11,33 @@ use serde::{Deserialize, Serialize};
 /// Random 64-bit values, shown as 16 lower-case hex digits. Random rather
 /// than sequential so that an appliance restored from an old backup never
 /// hands out an id that a live certificate already carries.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+///
+/// Serialized as a `u64` in binary formats (bincode) and as the 16-hex-digit
+/// string in human-readable ones (JSON), where a 64-bit integer would lose
+/// precision in JavaScript clients.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeviceId(pub u64);
+
+impl Serialize for DeviceId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            s.serialize_u64(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            s.parse().map_err(serde::de::Error::custom)
+        } else {
+            u64::deserialize(d).map(DeviceId)
+        }
+    }
+}
 
 impl DeviceId {
     /// A fresh random device id.
@@ -80,6 +105,14 @@ mod tests {
             assert_eq!(id.to_string().len(), 16);
             assert_eq!(id.to_string().parse::<DeviceId>().unwrap(), id);
         }
+    }
+
+    #[test]
+    fn device_id_is_compact_in_bincode_and_a_string_elsewhere() {
+        let id = DeviceId(0x0123_4567_89ab_cdef);
+        let bin = crate::codec::encode(&id).unwrap();
+        assert!(bin.len() <= 9);
+        assert_eq!(crate::codec::decode::<DeviceId>(&bin).unwrap(), id);
     }
 
     #[test]

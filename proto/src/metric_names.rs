@@ -31,6 +31,11 @@ pub const NET_TX_BYTES: &str = "net_tx_bytes";
 pub const NET_RX_BYTES_PER_SEC: &str = "net_rx_bytes_per_sec";
 pub const NET_TX_BYTES_PER_SEC: &str = "net_tx_bytes_per_sec";
 
+/// Watched services (label = unit name): 1 when active, 0 otherwise.
+pub const SERVICE_ACTIVE: &str = "service_active";
+/// Watched processes (label = process name): how many are running.
+pub const PROCESS_COUNT: &str = "process_count";
+
 /// Every name the Linux agent reports, for documentation and validation.
 pub const ALL: &[&str] = &[
     CPU,
@@ -51,6 +56,8 @@ pub const ALL: &[&str] = &[
     NET_TX_BYTES,
     NET_RX_BYTES_PER_SEC,
     NET_TX_BYTES_PER_SEC,
+    SERVICE_ACTIVE,
+    PROCESS_COUNT,
 ];
 
 /// Longest metric name or label accepted by the appliance.

@@ -42,6 +42,9 @@ pub struct IncomingRecords {
 pub struct GroupOutcome {
     /// Every record of this device with `seq <= ack_up_to` is durable.
     pub ack_up_to: u64,
+    /// The high-water mark before this group: its records with a higher
+    /// sequence number were stored by this batch, the others were replays.
+    pub prev_seq: u64,
     pub stored: u32,
     pub duplicates: u32,
     /// Metric values dropped as invalid (non-finite, oversize name).
@@ -231,7 +234,10 @@ impl IngestWriter {
         for g in groups {
             let device = g.device;
             let c = self.cache(device)?;
-            let mut go = GroupOutcome::default();
+            let mut go = GroupOutcome {
+                prev_seq: c.state.last_seq,
+                ..GroupOutcome::default()
+            };
             for rec in &g.records {
                 out.records += 1;
                 if rec.seq <= c.state.last_seq {
@@ -575,6 +581,7 @@ mod tests {
             out.groups[0],
             GroupOutcome {
                 ack_up_to: 10,
+                prev_seq: 0,
                 stored: 10,
                 duplicates: 0,
                 rejected_values: 0

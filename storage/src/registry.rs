@@ -61,3 +61,17 @@ pub fn audit_log(store: &Store, from_ms: u64, to_ms: u64, limit: usize) -> Resul
     )?;
     Ok(out)
 }
+
+/// Tags of a device (for alert and window scopes).
+pub fn tags(store: &Store, device: DeviceId) -> Result<Vec<String>> {
+    Ok(store
+        .get_json(Cf::DeviceTags, &keys::device_key(device))?
+        .unwrap_or_default())
+}
+
+/// Replaces the tags of a device.
+pub fn set_tags(store: &Store, device: DeviceId, tags: &[String]) -> Result<()> {
+    let mut b = rocksdb::WriteBatch::default();
+    store.batch_put_json(&mut b, Cf::DeviceTags, &keys::device_key(device), tags)?;
+    store.write(b)
+}

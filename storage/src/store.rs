@@ -54,10 +54,21 @@ pub enum Cf {
     CacheSuites,
     /// LAN patch cache: upstream URL → pin (never evicted).
     CachePins,
+    /// `device` → tags (JSON list): scopes of alert rules and windows.
+    DeviceTags,
+    /// `kind/id` → alerting configuration object (JSON): rules, channels,
+    /// escalation policies, maintenance windows.
+    AlertConfig,
+    /// `alert id` → alert record (JSON); `open/rule/device/label` → id.
+    Alerts,
+    /// `alert id | n` → alert transition (JSON).
+    AlertEvents,
+    /// `q/seq` → queued notification, `d/seq` → dead letter (JSON).
+    Notifications,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 19] = [
+    pub const ALL: [Cf; 24] = [
         Cf::Meta,
         Cf::Devices,
         Cf::DeviceState,
@@ -77,6 +88,11 @@ impl Cf {
         Cf::CacheExpect,
         Cf::CacheSuites,
         Cf::CachePins,
+        Cf::DeviceTags,
+        Cf::AlertConfig,
+        Cf::Alerts,
+        Cf::AlertEvents,
+        Cf::Notifications,
     ];
 
     pub fn name(self) -> &'static str {
@@ -100,6 +116,11 @@ impl Cf {
             Cf::CacheExpect => "cache_expect",
             Cf::CacheSuites => "cache_suites",
             Cf::CachePins => "cache_pins",
+            Cf::DeviceTags => "device_tags",
+            Cf::AlertConfig => "alert_config",
+            Cf::Alerts => "alerts",
+            Cf::AlertEvents => "alert_events",
+            Cf::Notifications => "notifications",
         }
     }
 
@@ -257,6 +278,47 @@ impl Store {
         let mut b = WriteBatch::default();
         self.batch_put(&mut b, cf, key, value)?;
         self.write(b)
+    }
+
+    /// Reads a JSON-encoded value (configuration-like tables whose shape
+    /// evolves with optional fields).
+    pub fn get_json<T: DeserializeOwned>(&self, cf: Cf, key: &[u8]) -> Result<Option<T>> {
+        match self.get_raw(cf, key)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                StorageError::Invalid(format!("corrupt JSON value in {}: {e}", cf.name()))
+            }),
+        }
+    }
+
+    /// Adds a JSON-encoded put to `batch`.
+    pub fn batch_put_json<T: Serialize + ?Sized>(
+        &self,
+        batch: &mut WriteBatch,
+        cf: Cf,
+        key: &[u8],
+        value: &T,
+    ) -> Result<()> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| StorageError::Invalid(format!("encoding JSON for {}: {e}", cf.name())))?;
+        batch.put_cf(self.cf(cf)?, key, bytes);
+        Ok(())
+    }
+
+    /// Iterates JSON values over `[from, to)`; undecodable values are errors.
+    pub fn scan_json<T: DeserializeOwned>(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: Option<&[u8]>,
+        mut f: impl FnMut(&[u8], T) -> bool,
+    ) -> Result<()> {
+        self.scan_raw(cf, from, to, |k, v| {
+            let value = serde_json::from_slice(v).map_err(|e| {
+                StorageError::Invalid(format!("corrupt JSON value in {}: {e}", cf.name()))
+            })?;
+            Ok(f(k, value))
+        })
     }
 
     /// Adds an encoded put to `batch`.

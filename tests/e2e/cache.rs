@@ -22,7 +22,9 @@ fn sha256_hex(b: &[u8]) -> String {
 }
 
 fn run_ok(cmd: &mut Command) -> String {
-    let o = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let o = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
         o.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -110,7 +112,14 @@ impl GpgKey {
             Command::new("gpg")
                 .arg("--homedir")
                 .arg(&self.home)
-                .args(["--batch", "--yes", "--digest-algo", "SHA256", "--clearsign", "-o"])
+                .args([
+                    "--batch",
+                    "--yes",
+                    "--digest-algo",
+                    "SHA256",
+                    "--clearsign",
+                    "-o",
+                ])
                 .arg(&out)
                 .arg(&input),
         );
@@ -287,7 +296,12 @@ impl Upstream {
         let log = Arc::new(Mutex::new(UpstreamLog::default()));
         let throttle = Arc::new(Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
-        let (l2, t2, s2, root) = (log.clone(), throttle.clone(), stop.clone(), root.to_path_buf());
+        let (l2, t2, s2, root) = (
+            log.clone(),
+            throttle.clone(),
+            stop.clone(),
+            root.to_path_buf(),
+        );
         let thread = std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if s2.load(Ordering::SeqCst) {
@@ -317,11 +331,23 @@ impl Upstream {
     }
 
     fn hits(&self, path: &str) -> u64 {
-        self.log.lock().unwrap().hits.get(path).copied().unwrap_or(0)
+        self.log
+            .lock()
+            .unwrap()
+            .hits
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn bytes(&self, path: &str) -> u64 {
-        self.log.lock().unwrap().bytes.get(path).copied().unwrap_or(0)
+        self.log
+            .lock()
+            .unwrap()
+            .bytes
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Body bytes of every `.deb` sent so far.
@@ -362,7 +388,10 @@ fn serve_upstream(
     }
     let head = String::from_utf8_lossy(&buf).into_owned();
     let mut parts = head.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/").to_string());
+    let (method, path) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or("/").to_string(),
+    );
     log.lock()
         .unwrap()
         .hits
@@ -373,7 +402,9 @@ fn serve_upstream(
     let body = match std::fs::read(&file) {
         Ok(b) if file.is_file() => b,
         _ => {
-            let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = conn.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
             return;
         }
     };
@@ -466,7 +497,12 @@ fn fetch(cache: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]
 }
 
 /// An appliance whose cache allows the local upstream and trusts the repo key.
-fn start_appliance(root: &Path, up: &Upstream, keyring: &Path, extra_cache: &str) -> (Appliance, SocketAddr) {
+fn start_appliance(
+    root: &Path,
+    up: &Upstream,
+    keyring: &Path,
+    extra_cache: &str,
+) -> (Appliance, SocketAddr) {
     let app_dir = root.join("appliance");
     std::fs::create_dir_all(&app_dir).unwrap();
     std::fs::write(
@@ -523,10 +559,7 @@ impl AptClient {
             ),
         )
         .unwrap();
-        AptClient {
-            dir,
-            proxy,
-        }
+        AptClient { dir, proxy }
     }
 
     fn apt(&self, args: &[&str]) -> std::process::Output {
@@ -563,7 +596,10 @@ impl AptClient {
             String::from_utf8_lossy(&o.stderr)
         );
         assert!(o.status.success(), "apt-get {args:?} failed:\n{out}");
-        assert!(!out.contains("\nE:") && !out.contains("\nW:"), "apt-get {args:?} warned:\n{out}");
+        assert!(
+            !out.contains("\nE:") && !out.contains("\nW:"),
+            "apt-get {args:?} warned:\n{out}"
+        );
         out
     }
 
@@ -581,7 +617,10 @@ fn metric(app: &Appliance, series: &str) -> f64 {
 #[test]
 fn apt_get_through_the_cache_downloads_once_and_a_second_client_is_served_from_cache() {
     let tmp = scratch("cache-apt");
-    let repo = Repo::build(tmp.path(), &[("outpost-hello", 200_000), ("outpost-extra", 30_000)]);
+    let repo = Repo::build(
+        tmp.path(),
+        &[("outpost-hello", 200_000), ("outpost-extra", 30_000)],
+    );
     let up = Upstream::start(&repo.root);
     let (app, cache) = start_appliance(tmp.path(), &up, &repo.key.keyring, "");
 
@@ -590,7 +629,10 @@ fn apt_get_through_the_cache_downloads_once_and_a_second_client_is_served_from_c
     a.apt_ok(&["update"]);
     a.apt_ok(&["download", "outpost-hello"]);
     let hello = repo.pkg("outpost-hello");
-    assert_eq!(sha256_hex(&a.downloaded("outpost-hello")), sha256_hex(&hello.bytes));
+    assert_eq!(
+        sha256_hex(&a.downloaded("outpost-hello")),
+        sha256_hex(&hello.bytes)
+    );
     let deb_path = format!("/{}", hello.path);
     assert_eq!(up.hits(&deb_path), 1);
     let upstream_deb_bytes = up.deb_bytes();
@@ -601,7 +643,11 @@ fn apt_get_through_the_cache_downloads_once_and_a_second_client_is_served_from_c
     b.apt_ok(&["update"]);
     b.apt_ok(&["download", "outpost-hello"]);
     assert_eq!(b.downloaded("outpost-hello"), hello.bytes);
-    assert_eq!(up.hits(&deb_path), 1, "the package was fetched upstream again");
+    assert_eq!(
+        up.hits(&deb_path),
+        1,
+        "the package was fetched upstream again"
+    );
     assert_eq!(up.deb_bytes(), upstream_deb_bytes);
     assert!(metric(&app, "outpost_cache_hits_total") >= 1.0);
 
@@ -614,39 +660,73 @@ fn apt_get_through_the_cache_downloads_once_and_a_second_client_is_served_from_c
     // HEAD answers the size without a body.
     let head = fetch(cache, "HEAD", &up.url(&hello.path), &[]);
     assert_eq!(head.status, 200);
-    assert_eq!(head.header("Content-Length"), Some(hello.bytes.len().to_string().as_str()));
+    assert_eq!(
+        head.header("Content-Length"),
+        Some(hello.bytes.len().to_string().as_str())
+    );
     assert!(head.body.is_empty());
 
     // Not an open proxy: other hosts, CONNECT and other methods are refused.
     let forbidden = fetch(cache, "GET", "http://example.com/debian/pool/x.deb", &[]);
     assert_eq!(forbidden.status, 403);
-    assert!(forbidden.text().contains("example.com is not allowed"), "{}", forbidden.text());
+    assert!(
+        forbidden.text().contains("example.com is not allowed"),
+        "{}",
+        forbidden.text()
+    );
     let connect = fetch(cache, "CONNECT", "example.com:443", &[]);
     assert_eq!(connect.status, 405);
     assert!(connect.text().contains("CONNECT is not supported"));
     let post = fetch(cache, "POST", &up.url(&hello.path), &[]);
     assert_eq!(post.status, 405);
     assert_eq!(
-        metric(&app, "outpost_cache_refused_total{reason=\"forbidden_host\"}"),
+        metric(
+            &app,
+            "outpost_cache_refused_total{reason=\"forbidden_host\"}"
+        ),
         1.0
     );
-    assert_eq!(metric(&app, "outpost_cache_refused_total{reason=\"method\"}"), 2.0);
+    assert_eq!(
+        metric(&app, "outpost_cache_refused_total{reason=\"method\"}"),
+        2.0
+    );
 
     // Operations: stats (text and JSON).
     let text = app.cli_ok(&["cache", "stats"]);
     assert!(text.contains("hit ratio"), "{text}");
-    assert!(text.contains(&hello.path), "top files list the package:\n{text}");
+    assert!(
+        text.contains(&hello.path),
+        "top files list the package:\n{text}"
+    );
     assert!(text.contains("127.0.0.1"), "per-client counts:\n{text}");
-    let stats: serde_json::Value = serde_json::from_str(&app.cli_ok(&["cache", "stats", "--json"])).unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_str(&app.cli_ok(&["cache", "stats", "--json"])).unwrap();
     assert!(stats["hits"].as_u64().unwrap() >= 2, "{stats}");
-    assert!(stats["bytes_from_cache"].as_u64().unwrap() >= 2 * hello.bytes.len() as u64, "{stats}");
-    assert_eq!(stats["misses"].as_u64().unwrap(), 3, "InRelease, Packages.gz, one .deb: {stats}");
+    assert!(
+        stats["bytes_from_cache"].as_u64().unwrap() >= 2 * hello.bytes.len() as u64,
+        "{stats}"
+    );
+    assert_eq!(
+        stats["misses"].as_u64().unwrap(),
+        3,
+        "InRelease, Packages.gz, one .deb: {stats}"
+    );
 
     // Prefetch by index: the other package arrives before anyone asks.
     let extra = repo.pkg("outpost-extra");
     let index = up.url(&format!("debian/dists/stable/{}.gz", repo.packages_rel()));
-    let out = app.cli_ok(&["cache", "prefetch", "--index", &index, "--package", "outpost-extra"]);
-    assert!(out.contains("fetched") && out.contains(&extra.path), "{out}");
+    let out = app.cli_ok(&[
+        "cache",
+        "prefetch",
+        "--index",
+        &index,
+        "--package",
+        "outpost-extra",
+    ]);
+    assert!(
+        out.contains("fetched") && out.contains(&extra.path),
+        "{out}"
+    );
     assert_eq!(up.hits(&format!("/{}", extra.path)), 1);
     let again = fetch(cache, "GET", &up.url(&extra.path), &[]);
     assert_eq!(again.header("X-Outpost-Cache"), Some("hit"));
@@ -668,7 +748,10 @@ fn fifty_concurrent_clients_of_one_uncached_50mb_file_cause_one_upstream_fetch()
     let big = repo.pkg("outpost-big").clone();
     let want = sha256_hex(&big.bytes);
     // Learn the indexes first (as apt-get update would).
-    assert_eq!(fetch(cache, "GET", &up.url("debian/dists/stable/InRelease"), &[]).status, 200);
+    assert_eq!(
+        fetch(cache, "GET", &up.url("debian/dists/stable/InRelease"), &[]).status,
+        200
+    );
     let packages = format!("debian/dists/stable/{}.gz", repo.packages_rel());
     assert_eq!(fetch(cache, "GET", &up.url(&packages), &[]).status, 200);
 
@@ -690,7 +773,11 @@ fn fifty_concurrent_clients_of_one_uncached_50mb_file_cause_one_upstream_fetch()
         assert_eq!(sha, want, "client {i}");
     }
     let secs = start.elapsed().as_secs_f64();
-    assert_eq!(up.hits(&format!("/{}", big.path)), 1, "upstream saw more than one request");
+    assert_eq!(
+        up.hits(&format!("/{}", big.path)),
+        1,
+        "upstream saw more than one request"
+    );
     assert_eq!(up.bytes(&format!("/{}", big.path)), big.bytes.len() as u64);
     assert_eq!(metric(&app, "outpost_cache_misses_total"), 3.0); // InRelease, Packages.gz, the file
     assert_eq!(metric(&app, "outpost_cache_coalesced_total"), 49.0);
@@ -700,9 +787,17 @@ fn fifty_concurrent_clients_of_one_uncached_50mb_file_cause_one_upstream_fetch()
 #[test]
 fn tampered_packages_indexes_and_release_files_are_never_served() {
     let tmp = scratch("cache-tamper");
-    let mut repo = Repo::build(tmp.path(), &[("outpost-good", 20_000), ("outpost-evil", 20_000)]);
+    let mut repo = Repo::build(
+        tmp.path(),
+        &[("outpost-good", 20_000), ("outpost-evil", 20_000)],
+    );
     let up = Upstream::start(&repo.root);
-    let (app, cache) = start_appliance(tmp.path(), &up, &repo.key.keyring, "release_refresh = \"0s\"\n");
+    let (app, cache) = start_appliance(
+        tmp.path(),
+        &up,
+        &repo.key.keyring,
+        "release_refresh = \"0s\"\n",
+    );
     let inrelease = up.url("debian/dists/stable/InRelease");
     let packages = up.url(&format!("debian/dists/stable/{}", repo.packages_rel()));
     assert_eq!(fetch(cache, "GET", &inrelease, &[]).status, 200);
@@ -716,12 +811,28 @@ fn tampered_packages_indexes_and_release_files_are_never_served() {
     std::fs::write(repo.root.join(&evil.path), &bad).unwrap();
     let a = fetch(cache, "GET", &up.url(&evil.path), &[]);
     assert_eq!(a.status, 502);
-    assert!(a.text().contains("integrity check failed") && a.text().contains("quarantined"), "{}", a.text());
-    assert_eq!(metric(&app, "outpost_cache_verify_failures_total{reason=\"package_hash\"}"), 1.0);
+    assert!(
+        a.text().contains("integrity check failed") && a.text().contains("quarantined"),
+        "{}",
+        a.text()
+    );
+    assert_eq!(
+        metric(
+            &app,
+            "outpost_cache_verify_failures_total{reason=\"package_hash\"}"
+        ),
+        1.0
+    );
     // Never cached: asked again, it is fetched (and refused) again.
     let a = fetch(cache, "GET", &up.url(&evil.path), &[]);
     assert_eq!(a.status, 502);
-    assert_eq!(metric(&app, "outpost_cache_verify_failures_total{reason=\"package_hash\"}"), 2.0);
+    assert_eq!(
+        metric(
+            &app,
+            "outpost_cache_verify_failures_total{reason=\"package_hash\"}"
+        ),
+        2.0
+    );
     // A longer body is cut at the stated size (endless-data defence).
     let mut long = evil.bytes.clone();
     long.extend_from_slice(&[0u8; 4096]);
@@ -729,12 +840,23 @@ fn tampered_packages_indexes_and_release_files_are_never_served() {
     let a = fetch(cache, "GET", &up.url(&evil.path), &[]);
     assert_eq!(a.status, 502);
     assert!(a.text().contains("sent more than"), "{}", a.text());
-    assert_eq!(metric(&app, "outpost_cache_verify_failures_total{reason=\"size_cap\"}"), 1.0);
-    let quarantined = std::fs::read_dir(app.dir.join("cache/quarantine")).unwrap().count();
+    assert_eq!(
+        metric(
+            &app,
+            "outpost_cache_verify_failures_total{reason=\"size_cap\"}"
+        ),
+        1.0
+    );
+    let quarantined = std::fs::read_dir(app.dir.join("cache/quarantine"))
+        .unwrap()
+        .count();
     assert!(quarantined >= 2);
     // The good one is served.
     let good = repo.pkg("outpost-good");
-    assert_eq!(fetch(cache, "GET", &up.url(&good.path), &[]).body, good.bytes);
+    assert_eq!(
+        fetch(cache, "GET", &up.url(&good.path), &[]).body,
+        good.bytes
+    );
 
     // A tampered index: Packages.gz whose bytes are not what InRelease states.
     let gz = repo.suite_dir().join(format!("{}.gz", repo.packages_rel()));
@@ -745,7 +867,13 @@ fn tampered_packages_indexes_and_release_files_are_never_served() {
     let a = fetch(cache, "GET", &format!("{packages}.gz"), &[]);
     assert_eq!(a.status, 502);
     assert!(a.text().contains("integrity check failed"), "{}", a.text());
-    assert_eq!(metric(&app, "outpost_cache_verify_failures_total{reason=\"index_hash\"}"), 1.0);
+    assert_eq!(
+        metric(
+            &app,
+            "outpost_cache_verify_failures_total{reason=\"index_hash\"}"
+        ),
+        1.0
+    );
 
     // An InRelease signed by an unknown key: the last accepted one is served.
     let accepted = fetch(cache, "GET", &inrelease, &[]).body;
@@ -761,18 +889,33 @@ fn tampered_packages_indexes_and_release_files_are_never_served() {
     assert_eq!(a.status, 200);
     assert_eq!(a.body, accepted, "a forged InRelease was served");
     assert_eq!(a.header("X-Outpost-Cache"), Some("stale"));
-    assert_eq!(metric(&app, "outpost_cache_verify_failures_total{reason=\"signature\"}"), 1.0);
+    assert_eq!(
+        metric(
+            &app,
+            "outpost_cache_verify_failures_total{reason=\"signature\"}"
+        ),
+        1.0
+    );
 
     // Rollback: a validly signed InRelease older than the accepted one.
     let date = repo.date_s;
     repo.write_indexes(date - 3600);
     let a = fetch(cache, "GET", &inrelease, &[]);
     assert_eq!(a.body, accepted, "an older InRelease replaced a newer one");
-    assert_eq!(metric(&app, "outpost_cache_verify_failures_total{reason=\"rollback\"}"), 1.0);
+    assert_eq!(
+        metric(
+            &app,
+            "outpost_cache_verify_failures_total{reason=\"rollback\"}"
+        ),
+        1.0
+    );
     // A newer one is accepted.
     repo.write_indexes(date + 60);
     let a = fetch(cache, "GET", &inrelease, &[]);
-    assert_eq!(a.body, std::fs::read(repo.suite_dir().join("InRelease")).unwrap());
+    assert_eq!(
+        a.body,
+        std::fs::read(repo.suite_dir().join("InRelease")).unwrap()
+    );
     assert_eq!(a.header("X-Outpost-Cache"), Some("miss"));
 
     // A fresh appliance without any accepted InRelease answers a forged one with a clear error.
@@ -782,8 +925,18 @@ fn tampered_packages_indexes_and_release_files_are_never_served() {
     let (app2, cache2) = start_appliance(tmp2.path(), &up, &repo.key.keyring, "");
     let a = fetch(cache2, "GET", &inrelease, &[]);
     assert_eq!(a.status, 502);
-    assert!(a.text().contains("signature verification failed"), "{}", a.text());
-    assert_eq!(metric(&app2, "outpost_cache_verify_failures_total{reason=\"signature\"}"), 1.0);
+    assert!(
+        a.text().contains("signature verification failed"),
+        "{}",
+        a.text()
+    );
+    assert_eq!(
+        metric(
+            &app2,
+            "outpost_cache_verify_failures_total{reason=\"signature\"}"
+        ),
+        1.0
+    );
 }
 
 #[test]
@@ -791,7 +944,12 @@ fn with_upstream_down_cached_packages_and_still_valid_indexes_are_served() {
     let tmp = scratch("cache-offline");
     let repo = Repo::build(tmp.path(), &[("outpost-offline", 50_000)]);
     let mut up = Upstream::start(&repo.root);
-    let (app, cache) = start_appliance(tmp.path(), &up, &repo.key.keyring, "release_refresh = \"0s\"\n");
+    let (app, cache) = start_appliance(
+        tmp.path(),
+        &up,
+        &repo.key.keyring,
+        "release_refresh = \"0s\"\n",
+    );
     let a = AptClient::new(tmp.path(), "client-a", cache, &up, &repo.key.keyring);
     a.apt_ok(&["update"]);
     a.apt_ok(&["download", "outpost-offline"]);
@@ -800,12 +958,24 @@ fn with_upstream_down_cached_packages_and_still_valid_indexes_are_served() {
     let b = AptClient::new(tmp.path(), "client-b", cache, &up, &repo.key.keyring);
     b.apt_ok(&["update"]);
     b.apt_ok(&["download", "outpost-offline"]);
-    assert_eq!(b.downloaded("outpost-offline"), repo.pkg("outpost-offline").bytes);
+    assert_eq!(
+        b.downloaded("outpost-offline"),
+        repo.pkg("outpost-offline").bytes
+    );
     assert!(metric(&app, "outpost_cache_stale_served_total") >= 1.0);
     assert!(metric(&app, "outpost_cache_upstream_errors_total") >= 1.0);
     // Something never cached gives a clear error, not a hang.
-    let a = fetch(cache, "GET", &up.url("debian/dists/stable/main/binary-all/Packages"), &[]);
-    assert!(a.status == 502 || a.status == 504 || a.status == 200, "{}", a.status);
+    let a = fetch(
+        cache,
+        "GET",
+        &up.url("debian/dists/stable/main/binary-all/Packages"),
+        &[],
+    );
+    assert!(
+        a.status == 502 || a.status == 504 || a.status == 200,
+        "{}",
+        a.status
+    );
 }
 
 #[test]
@@ -815,7 +985,12 @@ fn range_requests_are_served_for_complete_and_in_flight_files() {
     let up = Upstream::start(&repo.root);
     let (_app, cache) = start_appliance(tmp.path(), &up, &repo.key.keyring, "");
     fetch(cache, "GET", &up.url("debian/dists/stable/InRelease"), &[]);
-    fetch(cache, "GET", &up.url(&format!("debian/dists/stable/{}.gz", repo.packages_rel())), &[]);
+    fetch(
+        cache,
+        "GET",
+        &up.url(&format!("debian/dists/stable/{}.gz", repo.packages_rel())),
+        &[],
+    );
     let p = repo.pkg("outpost-ranged").clone();
     let url = up.url(&p.path);
     let len = p.bytes.len();
@@ -829,11 +1004,23 @@ fn range_requests_are_served_for_complete_and_in_flight_files() {
     std::thread::sleep(Duration::from_millis(400));
     let mid = fetch(cache, "GET", &url, &[("Range", "bytes=1000-1999")]);
     assert_eq!(mid.status, 206);
-    assert_eq!(mid.header("X-Outpost-Cache"), Some("miss"), "served while in flight");
-    assert_eq!(mid.header("Content-Range"), Some(format!("bytes 1000-1999/{len}").as_str()));
+    assert_eq!(
+        mid.header("X-Outpost-Cache"),
+        Some("miss"),
+        "served while in flight"
+    );
+    assert_eq!(
+        mid.header("Content-Range"),
+        Some(format!("bytes 1000-1999/{len}").as_str())
+    );
     assert_eq!(mid.body, &p.bytes[1000..2000]);
     // Resume near the end while the download is still running.
-    let tail = fetch(cache, "GET", &url, &[("Range", &format!("bytes={}-", len - 5000))]);
+    let tail = fetch(
+        cache,
+        "GET",
+        &url,
+        &[("Range", &format!("bytes={}-", len - 5000))],
+    );
     assert_eq!(tail.status, 206);
     assert_eq!(tail.body, &p.bytes[len - 5000..]);
     let whole = first.join().unwrap();
@@ -849,9 +1036,17 @@ fn range_requests_are_served_for_complete_and_in_flight_files() {
     assert_eq!(r.body, &p.bytes[..1]);
     let r = fetch(cache, "GET", &url, &[("Range", &format!("bytes={len}-"))]);
     assert_eq!(r.status, 416);
-    assert_eq!(r.header("Content-Range"), Some(format!("bytes */{len}").as_str()));
+    assert_eq!(
+        r.header("Content-Range"),
+        Some(format!("bytes */{len}").as_str())
+    );
     // If-Range with another validator: the whole file.
-    let r = fetch(cache, "GET", &url, &[("Range", "bytes=0-9"), ("If-Range", "\"other\"")]);
+    let r = fetch(
+        cache,
+        "GET",
+        &url,
+        &[("Range", "bytes=0-9"), ("If-Range", "\"other\"")],
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len(), len);
 }
@@ -862,13 +1057,28 @@ fn eviction_under_the_size_cap_keeps_pinned_files() {
     let mb = 1024 * 1024;
     let repo = Repo::build(
         tmp.path(),
-        &[("outpost-p1", mb), ("outpost-p2", mb), ("outpost-p3", mb), ("outpost-p4", mb)],
+        &[
+            ("outpost-p1", mb),
+            ("outpost-p2", mb),
+            ("outpost-p3", mb),
+            ("outpost-p4", mb),
+        ],
     );
     let up = Upstream::start(&repo.root);
     // Room for the indexes and about two and a half packages.
-    let (app, cache) = start_appliance(tmp.path(), &up, &repo.key.keyring, &format!("max_bytes = {}\n", 5 * mb / 2 + 64 * 1024));
+    let (app, cache) = start_appliance(
+        tmp.path(),
+        &up,
+        &repo.key.keyring,
+        &format!("max_bytes = {}\n", 5 * mb / 2 + 64 * 1024),
+    );
     fetch(cache, "GET", &up.url("debian/dists/stable/InRelease"), &[]);
-    fetch(cache, "GET", &up.url(&format!("debian/dists/stable/{}.gz", repo.packages_rel())), &[]);
+    fetch(
+        cache,
+        "GET",
+        &up.url(&format!("debian/dists/stable/{}.gz", repo.packages_rel())),
+        &[],
+    );
     let url = |n: &str| up.url(&repo.pkg(n).path);
     // Pin p1 (this fetches it), then fill the cache.
     let sha = app.cli_ok(&["cache", "pin", &url("outpost-p1"), "--reason", "rollout 7"]);
@@ -882,10 +1092,18 @@ fn eviction_under_the_size_cap_keeps_pinned_files() {
     let hits_before = up.hits(&format!("/{}", repo.pkg("outpost-p1").path));
     let a = fetch(cache, "GET", &url("outpost-p1"), &[]);
     assert_eq!(a.header("X-Outpost-Cache"), Some("hit"));
-    assert_eq!(up.hits(&format!("/{}", repo.pkg("outpost-p1").path)), hits_before);
+    assert_eq!(
+        up.hits(&format!("/{}", repo.pkg("outpost-p1").path)),
+        hits_before
+    );
     let a = fetch(cache, "GET", &url("outpost-p2"), &[]);
-    assert_eq!(a.header("X-Outpost-Cache"), Some("miss"), "p2 should have been evicted");
-    let pins: serde_json::Value = serde_json::from_str(&app.cli_ok(&["cache", "pins", "--json"])).unwrap();
+    assert_eq!(
+        a.header("X-Outpost-Cache"),
+        Some("miss"),
+        "p2 should have been evicted"
+    );
+    let pins: serde_json::Value =
+        serde_json::from_str(&app.cli_ok(&["cache", "pins", "--json"])).unwrap();
     assert_eq!(pins[0]["reason"], "rollout 7");
     assert_eq!(pins[0]["cached"], true);
     assert_eq!(metric(&app, "outpost_cache_pinned_files"), 1.0);
@@ -898,13 +1116,24 @@ fn eviction_under_the_size_cap_keeps_pinned_files() {
 #[test]
 fn kill9_mid_download_then_restart_never_serves_a_partial_file() {
     let tmp = scratch("cache-kill9");
-    let repo = Repo::build(tmp.path(), &[("outpost-slow", 4 * 1024 * 1024), ("outpost-done", 100_000)]);
+    let repo = Repo::build(
+        tmp.path(),
+        &[("outpost-slow", 4 * 1024 * 1024), ("outpost-done", 100_000)],
+    );
     let up = Upstream::start(&repo.root);
     let (mut app, cache) = start_appliance(tmp.path(), &up, &repo.key.keyring, "");
     fetch(cache, "GET", &up.url("debian/dists/stable/InRelease"), &[]);
-    fetch(cache, "GET", &up.url(&format!("debian/dists/stable/{}.gz", repo.packages_rel())), &[]);
+    fetch(
+        cache,
+        "GET",
+        &up.url(&format!("debian/dists/stable/{}.gz", repo.packages_rel())),
+        &[],
+    );
     let done = repo.pkg("outpost-done").clone();
-    assert_eq!(fetch(cache, "GET", &up.url(&done.path), &[]).body, done.bytes);
+    assert_eq!(
+        fetch(cache, "GET", &up.url(&done.path), &[]).body,
+        done.bytes
+    );
     // A slow download, killed half way.
     let slow = repo.pkg("outpost-slow").clone();
     *up.throttle.lock().unwrap() = Some((256 * 1024, Duration::from_millis(100)));
@@ -913,16 +1142,31 @@ fn kill9_mid_download_then_restart_never_serves_a_partial_file() {
     wait_for(Duration::from_secs(20), "half the download", || {
         (up.bytes(&format!("/{}", slow.path)) > 1024 * 1024).then_some(())
     });
-    let partials: Vec<_> = std::fs::read_dir(app.dir.join("cache/tmp")).unwrap().flatten().collect();
-    assert!(!partials.is_empty(), "a partial download exists before the kill");
+    let partials: Vec<_> = std::fs::read_dir(app.dir.join("cache/tmp"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(
+        !partials.is_empty(),
+        "a partial download exists before the kill"
+    );
     app.kill9();
     let cut = client.join().unwrap();
-    assert!(cut.truncated || cut.body.len() < slow.bytes.len(), "the client did not get the whole file");
+    assert!(
+        cut.truncated || cut.body.len() < slow.bytes.len(),
+        "the client did not get the whole file"
+    );
     *up.throttle.lock().unwrap() = None;
 
     app.restart();
     let cache = cache_addr(&app);
-    assert_eq!(std::fs::read_dir(app.dir.join("cache/tmp")).unwrap().count(), 0, "partials removed at start");
+    assert_eq!(
+        std::fs::read_dir(app.dir.join("cache/tmp"))
+            .unwrap()
+            .count(),
+        0,
+        "partials removed at start"
+    );
     // The complete file survived and is a hit; the partial one is fetched again in full.
     let a = fetch(cache, "GET", &up.url(&done.path), &[]);
     assert_eq!(a.header("X-Outpost-Cache"), Some("hit"));
@@ -933,16 +1177,24 @@ fn kill9_mid_download_then_restart_never_serves_a_partial_file() {
     // Re-verification finds nothing wrong, then catches a file corrupted on disk.
     let out = app.cli_ok(&["cache", "verify"]);
     assert!(out.contains("checked"), "{out}");
-    let blob = app
-        .dir
-        .join(format!("cache/blobs/{}/{}", &sha256_hex(&done.bytes)[..2], sha256_hex(&done.bytes)));
+    let blob = app.dir.join(format!(
+        "cache/blobs/{}/{}",
+        &sha256_hex(&done.bytes)[..2],
+        sha256_hex(&done.bytes)
+    ));
     let mut bytes = std::fs::read(&blob).unwrap();
     bytes[10] ^= 1;
     std::fs::write(&blob, bytes).unwrap();
     let o = app.cli(&["cache", "verify"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains(&sha256_hex(&done.bytes)));
-    assert_eq!(metric(&app, "outpost_cache_verify_failures_total{reason=\"rehash\"}"), 1.0);
+    assert_eq!(
+        metric(
+            &app,
+            "outpost_cache_verify_failures_total{reason=\"rehash\"}"
+        ),
+        1.0
+    );
     // The corrupted file is fetched again, not served.
     let a = fetch(cache, "GET", &up.url(&done.path), &[]);
     assert_eq!(a.header("X-Outpost-Cache"), Some("miss"));
@@ -968,10 +1220,22 @@ fn unverified_files_pass_through_uncached_or_are_refused_per_config() {
     drop(app);
 
     let tmp2 = scratch("cache-refuse");
-    let (app, cache) = start_appliance(tmp2.path(), &up, &repo.key.keyring, "unverified = \"refuse\"\n");
+    let (app, cache) = start_appliance(
+        tmp2.path(),
+        &up,
+        &repo.key.keyring,
+        "unverified = \"refuse\"\n",
+    );
     let a = fetch(cache, "GET", &up.url("debian/README"), &[]);
     assert_eq!(a.status, 403);
-    assert!(a.text().contains("no verified index covers"), "{}", a.text());
-    assert_eq!(metric(&app, "outpost_cache_refused_total{reason=\"unverified\"}"), 1.0);
+    assert!(
+        a.text().contains("no verified index covers"),
+        "{}",
+        a.text()
+    );
+    assert_eq!(
+        metric(&app, "outpost_cache_refused_total{reason=\"unverified\"}"),
+        1.0
+    );
     assert_eq!(up.hits("/debian/README"), 2);
 }

@@ -135,3 +135,42 @@ fn outpost_storage_now() -> u64 {
         .unwrap()
         .as_millis() as u64
 }
+
+#[test]
+fn agent_reconnects_when_a_hung_appliance_stops_acknowledging() {
+    let tmp = scratch("hung");
+    let app = Appliance::start(tmp.path());
+    let mut agent = Agent::enroll(tmp.path(), "agent", &app);
+    std::fs::write(agent.state.join("agent.toml"), "ack_timeout = \"2s\"\n").unwrap();
+    agent.start();
+    let id = agent.device_id.clone();
+    wait_for(Duration::from_secs(20), "records stored", || {
+        (last_seq(&app, &id) >= 3).then_some(())
+    });
+    // Freeze the appliance: no acks, no close, no stateless reset.
+    let pid = app.proc.as_ref().unwrap().pid().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for(Duration::from_secs(20), "agent noticed the silence", || {
+        agent.stderr().contains("no acknowledgement").then_some(())
+    });
+    let before = last_seq(&app, &id);
+    wait_for(Duration::from_secs(30), "agent streams again", || {
+        (last_seq(&app, &id) >= before + 3).then_some(())
+    });
+    agent.stop();
+    assert_exactly_once(&app, &id, 1);
+}

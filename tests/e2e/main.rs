@@ -3,6 +3,7 @@
 //!
 //! One test binary (RocksDB links once); one module per area.
 
+mod alerts;
 mod bench_smoke;
 mod cache;
 mod durability;

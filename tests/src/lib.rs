@@ -55,14 +55,30 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A free TCP port and a free UDP port on 127.0.0.1 (the same number when possible).
 pub fn free_port() -> u16 {
-    for _ in 0..50 {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
-        let port = tcp.local_addr().expect("addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+    // Ports come from below the kernel's ephemeral range (32768..61000 by
+    // default): a port picked from that range can be taken by any outgoing
+    // socket (an agent's QUIC client, an HTTP client) between the probe and
+    // the server's bind, which made tests flaky. Each test process walks its
+    // own stripe of 10000..32000, offset by its pid, so concurrent test
+    // binaries do not hand out the same ports either.
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(997) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        let tcp_free = TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if tcp_free && UdpSocket::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
-    panic!("no free port");
+    panic!("no free port below the ephemeral range");
 }
 
 /// Polls `f` until it returns `Some` or `timeout` passes.
@@ -574,5 +590,149 @@ pub mod raw {
             Ok(quinn::ConnectionError::ApplicationClosed(a)) => Some(a.error_code.into_inner()),
             _ => None,
         }
+    }
+}
+
+/// A real HTTP server on 127.0.0.1 that records webhook POSTs.
+pub struct WebhookReceiver {
+    pub addr: SocketAddr,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value, Instant)>>>,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl WebhookReceiver {
+    pub fn start() -> WebhookReceiver {
+        use std::io::{Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind webhook receiver");
+        let addr = listener.local_addr().expect("addr");
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (reqs, fail) = (requests.clone(), failing.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let (reqs, fail) = (reqs.clone(), fail.clone());
+                std::thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let (head_end, len) = loop {
+                        let Ok(n) = s.read(&mut chunk) else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..p]).to_ascii_lowercase();
+                            let len = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            break (p + 4, len);
+                        }
+                    };
+                    while buf.len() < head_end + len {
+                        let Ok(n) = s.read(&mut chunk) else { return };
+                        if n == 0 {
+                            break;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&buf[head_end..(head_end + len).min(buf.len())])
+                            .unwrap_or(serde_json::Value::Null);
+                    let failing = fail.load(std::sync::atomic::Ordering::SeqCst);
+                    if !failing {
+                        reqs.lock().unwrap().push((path, body, Instant::now()));
+                    }
+                    let status = if failing {
+                        "500 Internal Server Error"
+                    } else {
+                        "200 OK"
+                    };
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                });
+            }
+        });
+        WebhookReceiver {
+            addr,
+            requests,
+            failing,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Answer 500 to everything (and record nothing) while set.
+    pub fn set_failing(&self, failing: bool) {
+        self.failing
+            .store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Bodies received on `path`.
+    pub fn bodies(&self, path: &str) -> Vec<serde_json::Value> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _, _)| p == path)
+            .map(|(_, b, _)| b.clone())
+            .collect()
+    }
+
+    /// Waits for a body on `path` matching `pred`.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        path: &str,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        wait_for(timeout, what, || {
+            self.bodies(path).into_iter().find(|b| pred(b))
+        })
+    }
+}
+
+impl Appliance {
+    /// Starts an appliance whose data directory holds `outpost.toml` = `toml`.
+    pub fn start_with_config(root: &Path, toml: &str) -> Appliance {
+        std::fs::create_dir_all(root.join("appliance")).expect("mkdir");
+        std::fs::write(root.join("appliance").join("outpost.toml"), toml).expect("write config");
+        Self::start(root)
+    }
+
+    /// POSTs JSON to the admin API; returns (status, body).
+    pub fn api_post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.api_send("POST", path, Some(body))
+    }
+
+    pub fn api_send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let text = body.map(|b| b.to_string());
+        let (status, out) = http_request(
+            self.admin,
+            method,
+            path,
+            Some(&self.admin_token()),
+            text.as_deref(),
+        )
+        .expect("api request");
+        (
+            status,
+            serde_json::from_str(&out).unwrap_or(serde_json::Value::String(out)),
+        )
     }
 }

@@ -1,6 +1,7 @@
 //! Admin JSON API under `/api/v1/` (bearer token), plus `/metrics`
 //! (Prometheus text) and `/healthz`, served on the admin listener.
 
+mod alerts;
 mod devices;
 mod error;
 mod tokens;
@@ -8,6 +9,10 @@ mod tokens;
 /// Request and answer bodies, for clients of the API (the CLI, tests).
 pub mod devices_types {
     pub use super::devices::{DeviceDetail, DeviceSummary, MetricsAnswer, PointOut, RevokeAnswer};
+}
+/// Request and answer bodies of the alerting routes.
+pub mod alerts_types {
+    pub use super::alerts::{AckBody, AlertDetail};
 }
 /// Request and answer bodies of `/api/v1/tokens`.
 pub mod tokens_types {
@@ -41,6 +46,8 @@ pub struct ApiState {
     pub admin_token: String,
     pub writer: WriterHandle,
     pub live: Arc<LiveSessions>,
+    /// The alert engine (configuration reloads, acknowledgements).
+    pub alerts: crate::alerts::engine::EngineHandle,
     pub started: Instant,
 }
 
@@ -61,6 +68,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/devices/{id}/revoke", post(devices::revoke))
         .route("/tokens", post(tokens::create))
         .route("/audit", get(tokens::audit))
+        .merge(alerts::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest("/api/v1", api)

@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 use sha2::Digest;
@@ -97,7 +97,7 @@ impl Cache {
     }
 
     /// Downloads, verifies and stores one file. Errors carry the status for clients.
-    async fn download(&self, fl: &InFlight, tmp: &PathBuf) -> Result<(), (u16, String)> {
+    async fn download(&self, fl: &InFlight, tmp: &Path) -> Result<(), (u16, String)> {
         let url = &fl.url;
         let want = fl.expect.size;
         let m = &self.metrics.cache;
@@ -187,7 +187,7 @@ impl Cache {
             ));
         }
         let file = fl.file.clone();
-        let tmp2 = tmp.clone();
+        let tmp2 = tmp.to_path_buf();
         let dir = self.dir.clone();
         let path = tokio::task::spawn_blocking(move || {
             file.sync_all()?;

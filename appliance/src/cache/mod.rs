@@ -327,7 +327,7 @@ impl Cache {
             .iter()
             .map(|(k, v)| (*k, v.clone()))
             .collect();
-        v.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes));
+        v.sort_by_key(|e| std::cmp::Reverse(e.1.bytes));
         v
     }
 }

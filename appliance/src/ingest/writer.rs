@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use outpost_proto::DeviceId;
-use outpost_proto::messages::Hello;
-use outpost_storage::ingest::{IncomingRecords, IngestWriter};
+use outpost_proto::messages::{Hello, MetricValue, RecordBody};
+use outpost_storage::ingest::{GroupOutcome, IncomingRecords, IngestWriter};
 use outpost_storage::model::StatusTransition;
 use outpost_storage::{Store, now_ms};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -55,8 +55,28 @@ pub enum WriterMsg {
     Retire(DeviceId),
 }
 
-/// Sends status transitions to whoever cares (alerting, later).
-pub type TransitionSink = Box<dyn Fn(&[(DeviceId, StatusTransition)]) + Send>;
+/// Online/offline transitions of a commit or sweep.
+pub type Transitions<'a> = &'a [(DeviceId, StatusTransition)];
+/// Metric values newly stored by a commit, per device.
+pub type StoredSamples = Vec<(DeviceId, Vec<MetricValue>)>;
+
+/// Where the writer sends what it made durable (the alert engine).
+pub struct Sinks {
+    /// Online/offline transitions.
+    pub transitions: Box<dyn Fn(Transitions<'_>) + Send>,
+    /// Metric values newly stored by a commit (replays excluded).
+    pub samples: Box<dyn Fn(StoredSamples) + Send>,
+}
+
+impl Sinks {
+    /// Sinks that discard everything (tests, tools).
+    pub fn none() -> Sinks {
+        Sinks {
+            transitions: Box::new(|_| {}),
+            samples: Box::new(|_| {}),
+        }
+    }
+}
 
 /// Handle to the writer thread.
 #[derive(Clone)]
@@ -130,7 +150,7 @@ pub fn spawn(
     store: Store,
     opts: WriterOptions,
     metrics: Arc<Metrics>,
-    on_transitions: TransitionSink,
+    sinks: Sinks,
 ) -> anyhow::Result<(WriterHandle, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(opts.queue_groups);
     let writer =
@@ -138,7 +158,7 @@ pub fn spawn(
     let m = metrics.clone();
     let join = std::thread::Builder::new()
         .name("outpost-writer".into())
-        .spawn(move || run(writer, rx, opts, m, on_transitions))
+        .spawn(move || run(writer, rx, opts, m, sinks))
         .context("spawning the writer thread")?;
     Ok((WriterHandle { tx, metrics }, join))
 }
@@ -148,7 +168,7 @@ fn run(
     mut rx: mpsc::Receiver<WriterMsg>,
     opts: WriterOptions,
     metrics: Arc<Metrics>,
-    on_transitions: TransitionSink,
+    sinks: Sinks,
 ) {
     let mut groups: Vec<IncomingRecords> = Vec::new();
     let mut slots: Vec<Arc<AckSlot>> = Vec::new();
@@ -175,16 +195,10 @@ fn run(
             next = rx.try_recv().ok();
         }
         if !groups.is_empty() {
-            commit(
-                &mut writer,
-                &mut groups,
-                &mut slots,
-                &metrics,
-                &on_transitions,
-            );
+            commit(&mut writer, &mut groups, &mut slots, &metrics, &sinks);
         }
         for msg in controls.drain(..) {
-            control(&mut writer, msg, &opts, &metrics, &on_transitions);
+            control(&mut writer, msg, &opts, &metrics, &sinks);
         }
     }
     info!("writer stopped: queue closed and drained");
@@ -195,10 +209,11 @@ fn commit(
     groups: &mut Vec<IncomingRecords>,
     slots: &mut Vec<Arc<AckSlot>>,
     metrics: &Metrics,
-    on_transitions: &TransitionSink,
+    sinks: &Sinks,
 ) {
     let started = Instant::now();
     let result = writer.apply(groups, now_ms());
+    let mut outcomes = Vec::new();
     metrics
         .write_latency_seconds
         .observe(started.elapsed().as_secs_f64());
@@ -209,6 +224,7 @@ fn commit(
             metrics.samples_stored.inc_by(out.samples);
             metrics.duplicates_dropped.inc_by(out.duplicates);
             metrics.values_rejected.inc_by(out.rejected_values);
+            outcomes = out.groups.clone();
             for (slot, g) in slots.iter().zip(out.groups.iter()) {
                 slot.send_if_modified(|cur| match cur {
                     AckState::Acked(n) if *n < g.ack_up_to => {
@@ -220,7 +236,7 @@ fn commit(
             }
             if !out.transitions.is_empty() {
                 note_transitions(&out.transitions, metrics);
-                on_transitions(&out.transitions);
+                (sinks.transitions)(&out.transitions);
                 publish_counts(writer, metrics);
             }
         }
@@ -233,8 +249,30 @@ fn commit(
             }
         }
     }
-    groups.clear();
     slots.clear();
+    forward_samples(groups, &outcomes, sinks);
+}
+
+/// Hands the metric values a commit stored (not replays) to the sink.
+fn forward_samples(groups: &mut Vec<IncomingRecords>, outcomes: &[GroupOutcome], sinks: &Sinks) {
+    let mut batch = Vec::new();
+    for (g, o) in groups.drain(..).zip(outcomes.iter()) {
+        let mut hwm = o.prev_seq;
+        for r in g.records {
+            if r.seq <= hwm {
+                continue;
+            }
+            hwm = r.seq;
+            if let RecordBody::Metrics(m) = r.body {
+                batch.push((g.device, m.values));
+            }
+        }
+    }
+    // A failed commit left no outcomes: drop what it held.
+    groups.clear();
+    if !batch.is_empty() {
+        (sinks.samples)(batch);
+    }
 }
 
 fn control(
@@ -242,7 +280,7 @@ fn control(
     msg: WriterMsg,
     opts: &WriterOptions,
     metrics: &Metrics,
-    on_transitions: &TransitionSink,
+    sinks: &Sinks,
 ) {
     match msg {
         WriterMsg::Records { .. } => {}
@@ -257,7 +295,7 @@ fn control(
                     if let Some(t) = t {
                         let ts = [(device, t)];
                         note_transitions(&ts, metrics);
-                        on_transitions(&ts);
+                        (sinks.transitions)(&ts);
                         publish_counts(writer, metrics);
                     }
                     Ok(last_seq)
@@ -276,7 +314,7 @@ fn control(
                         info!(device = %d, last_seen_ms = t.last_seen_ms, "device offline");
                     }
                     note_transitions(&ts, metrics);
-                    on_transitions(&ts);
+                    (sinks.transitions)(&ts);
                     publish_counts(writer, metrics);
                 }
                 Ok(_) => {}
@@ -312,7 +350,7 @@ fn control(
             Ok(Some(t)) => {
                 let ts = [(d, t)];
                 note_transitions(&ts, metrics);
-                on_transitions(&ts);
+                (sinks.transitions)(&ts);
                 publish_counts(writer, metrics);
             }
             Ok(None) => {}

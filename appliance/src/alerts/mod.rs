@@ -1,0 +1,68 @@
+//! Edge alerting: rules evaluated as samples are stored, a persisted alert
+//! lifecycle (pending → firing → resolved, acknowledged, silenced),
+//! maintenance windows, escalation policies, and webhook / e-mail
+//! notifications delivered off the ingest path with retries and dead
+//! letters.
+//!
+//! * [`model`]: rules, channels, policies, windows, alerts (API bodies too);
+//! * [`eval`]: the pure threshold state machine (injected clock);
+//! * [`windows`]: maintenance window schedules (time zones);
+//! * [`engine`]: the task that owns open alerts and decides notifications;
+//! * [`notify`]: the delivery queue and the webhook and SMTP senders;
+//! * [`store`]: RocksDB persistence.
+//!
+//! This module must not block the ingest writer: the writer hands it
+//! committed samples through a bounded queue (overflow is counted).
+
+pub mod engine;
+pub mod eval;
+pub mod model;
+pub mod notify;
+pub mod store;
+pub mod windows;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// `[alerts]` configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Sample batches waiting for evaluation; beyond it batches are dropped
+    /// and counted (`outpost_alert_inputs_dropped_total`).
+    pub eval_queue: usize,
+    /// Delivery attempts before a notification becomes a dead letter.
+    pub notify_max_attempts: u32,
+    /// First retry delay (doubles each attempt) and the longest delay.
+    #[serde(with = "humantime_serde")]
+    pub notify_retry_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub notify_retry_max: Duration,
+    /// Per-attempt timeout of a webhook or SMTP delivery.
+    #[serde(with = "humantime_serde")]
+    pub notify_timeout: Duration,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            eval_queue: 4096,
+            notify_max_attempts: 8,
+            notify_retry_base: Duration::from_secs(2),
+            notify_retry_max: Duration::from_secs(300),
+            notify_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl AlertsConfig {
+    pub fn retry_policy(&self) -> notify::RetryPolicy {
+        notify::RetryPolicy {
+            max_attempts: self.notify_max_attempts.max(1),
+            base: self.notify_retry_base,
+            max: self.notify_retry_max.max(self.notify_retry_base),
+            timeout: self.notify_timeout,
+        }
+    }
+}

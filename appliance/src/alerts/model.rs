@@ -1,0 +1,493 @@
+//! Alerting data model: rules, channels, escalation policies, maintenance
+//! windows, alert records and their transitions, notifications.
+//!
+//! These are stored as JSON (configuration-like, evolving shapes) and are
+//! also the admin API's request and answer bodies.
+
+use std::time::Duration;
+
+use outpost_proto::DeviceId;
+use serde::{Deserialize, Serialize};
+
+/// Comparison of a sample against a threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Comparison {
+    #[serde(rename = ">")]
+    Gt,
+    #[serde(rename = ">=")]
+    Ge,
+    #[serde(rename = "<")]
+    Lt,
+    #[serde(rename = "<=")]
+    Le,
+    #[serde(rename = "==")]
+    Eq,
+    #[serde(rename = "!=")]
+    Ne,
+}
+
+impl Comparison {
+    pub fn holds(self, value: f64, threshold: f64) -> bool {
+        match self {
+            Comparison::Gt => value > threshold,
+            Comparison::Ge => value >= threshold,
+            Comparison::Lt => value < threshold,
+            Comparison::Le => value <= threshold,
+            Comparison::Eq => value == threshold,
+            Comparison::Ne => value != threshold,
+        }
+    }
+
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Comparison::Gt => ">",
+            Comparison::Ge => ">=",
+            Comparison::Lt => "<",
+            Comparison::Le => "<=",
+            Comparison::Eq => "==",
+            Comparison::Ne => "!=",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// Which devices a rule or window applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Scope {
+    #[default]
+    All,
+    Tenant {
+        tenant: String,
+    },
+    Customer {
+        tenant: String,
+        customer: String,
+    },
+    Tag {
+        tag: String,
+    },
+    Device {
+        device: DeviceId,
+    },
+}
+
+/// What the engine knows about a device to match scopes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceScope {
+    pub tenant: String,
+    pub customer: String,
+    pub tags: Vec<String>,
+    pub hostname: String,
+}
+
+impl Scope {
+    pub fn matches(&self, device: DeviceId, d: &DeviceScope) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Tenant { tenant } => &d.tenant == tenant,
+            Scope::Customer { tenant, customer } => &d.tenant == tenant && &d.customer == customer,
+            Scope::Tag { tag } => d.tags.iter().any(|t| t == tag),
+            Scope::Device { device: id } => *id == device,
+        }
+    }
+}
+
+/// The condition of a rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Condition {
+    /// `metric{label} <comparison> threshold`, held for `for`.
+    Threshold {
+        metric: String,
+        /// Only this label (mount, interface, service); any label if absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        label: Option<String>,
+        comparison: Comparison,
+        threshold: f64,
+        /// How long the condition must hold before the alert fires.
+        #[serde(default, rename = "for", with = "humantime_serde")]
+        for_: Duration,
+        /// How long the alert keeps firing after the condition stops
+        /// holding (suppresses flapping).
+        #[serde(default, with = "humantime_serde")]
+        keep_firing_for: Duration,
+    },
+    /// The device went offline (two missed heartbeats plus grace).
+    DeviceOffline,
+    /// `metric{label}` not reported for `for` (by devices that reported it before).
+    NoData {
+        metric: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        label: Option<String>,
+        #[serde(rename = "for", with = "humantime_serde")]
+        for_: Duration,
+    },
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// An alert rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rule {
+    #[serde(default)]
+    pub id: String,
+    pub name: String,
+    pub condition: Condition,
+    pub severity: Severity,
+    #[serde(default)]
+    pub scope: Scope,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Channels notified when the alert fires (used when no escalation policy).
+    #[serde(default)]
+    pub channels: Vec<String>,
+    /// Escalation policy (its steps decide who is notified and when).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation_policy: Option<String>,
+    /// Re-notify an unacknowledged firing alert this often (0 = never).
+    #[serde(default, with = "humantime_serde")]
+    pub renotify_interval: Duration,
+    /// Shipped with the appliance (editable, not deletable).
+    #[serde(default)]
+    pub builtin: bool,
+}
+
+impl Rule {
+    /// The metric this rule reads, if any.
+    pub fn metric(&self) -> Option<&str> {
+        match &self.condition {
+            Condition::Threshold { metric, .. } | Condition::NoData { metric, .. } => Some(metric),
+            Condition::DeviceOffline => None,
+        }
+    }
+
+    pub fn label_filter(&self) -> Option<&str> {
+        match &self.condition {
+            Condition::Threshold { label, .. } | Condition::NoData { label, .. } => {
+                label.as_deref()
+            }
+            Condition::DeviceOffline => None,
+        }
+    }
+
+    /// Checks a rule before it is stored.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() || self.name.len() > 200 {
+            return Err("rule name must be 1 to 200 characters".into());
+        }
+        match &self.condition {
+            Condition::Threshold {
+                metric, threshold, ..
+            } => {
+                if metric.is_empty() {
+                    return Err("threshold rules need a metric".into());
+                }
+                if !threshold.is_finite() {
+                    return Err("threshold must be a finite number".into());
+                }
+            }
+            Condition::NoData { metric, for_, .. } => {
+                if metric.is_empty() || for_.is_zero() {
+                    return Err("no_data rules need a metric and a non-zero `for`".into());
+                }
+            }
+            Condition::DeviceOffline => {}
+        }
+        Ok(())
+    }
+}
+
+/// How a webhook body is shaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// Outpost's own JSON document (see README).
+    #[default]
+    Json,
+    /// Slack incoming webhook (`{"text": ...}`).
+    Slack,
+    /// Microsoft Teams incoming webhook (MessageCard).
+    Teams,
+}
+
+/// SMTP transport security.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain SMTP (a relay on the LAN or localhost).
+    None,
+    /// STARTTLS upgrade (port 587).
+    #[default]
+    Starttls,
+    /// Implicit TLS (port 465).
+    Tls,
+}
+
+/// Where notifications go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ChannelKind {
+    Webhook {
+        url: String,
+        #[serde(default)]
+        format: WebhookFormat,
+    },
+    Email {
+        smtp_host: String,
+        #[serde(default = "default_smtp_port")]
+        smtp_port: u16,
+        #[serde(default)]
+        tls: SmtpTls,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+        from: String,
+        to: Vec<String>,
+    },
+}
+
+fn default_smtp_port() -> u16 {
+    587
+}
+
+/// A notification channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Channel {
+    #[serde(default)]
+    pub id: String,
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: ChannelKind,
+}
+
+impl Channel {
+    /// The channel as shown by the API: secrets redacted.
+    pub fn redacted(&self) -> Channel {
+        let mut c = self.clone();
+        if let ChannelKind::Email {
+            password: Some(p), ..
+        } = &mut c.kind
+        {
+            *p = "********".into();
+        }
+        c
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        match &self.kind {
+            ChannelKind::Webhook { url, .. } => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err("webhook url must start with http:// or https://".into());
+                }
+            }
+            ChannelKind::Email {
+                smtp_host,
+                from,
+                to,
+                ..
+            } => {
+                if smtp_host.is_empty() || from.is_empty() || to.is_empty() {
+                    return Err(
+                        "email channels need smtp_host, from and at least one recipient".into(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One step of an escalation policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EscalationStep {
+    /// Time after the alert fired (unacknowledged) before this step notifies.
+    #[serde(with = "humantime_serde")]
+    pub after: Duration,
+    pub channels: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EscalationPolicy {
+    #[serde(default)]
+    pub id: String,
+    pub name: String,
+    pub steps: Vec<EscalationStep>,
+}
+
+/// When a maintenance window is active.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Schedule {
+    /// From `start` to `end` (RFC 3339).
+    OneOff { start: String, end: String },
+    /// Every week on `days` (mon..sun) at `start` ("HH:MM") local time in
+    /// `timezone` (IANA, e.g. "Europe/Berlin"), for `duration`.
+    Weekly {
+        days: Vec<String>,
+        start: String,
+        #[serde(with = "humantime_serde")]
+        duration: Duration,
+        timezone: String,
+    },
+}
+
+/// What a window pauses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowEffect {
+    /// Alerts are recorded but not notified.
+    SuppressNotifications,
+    /// Patch installs wait (used by patch rollouts).
+    PausePatchInstalls,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MaintenanceWindow {
+    #[serde(default)]
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub scope: Scope,
+    pub schedule: Schedule,
+    #[serde(default = "default_effects")]
+    pub effects: Vec<WindowEffect>,
+}
+
+fn default_effects() -> Vec<WindowEffect> {
+    vec![WindowEffect::SuppressNotifications]
+}
+
+/// Lifecycle state of an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertState {
+    /// Condition holds, waiting for `for`.
+    Pending,
+    Firing,
+    Resolved,
+    /// Condition stopped holding before `for` elapsed (never fired).
+    Cleared,
+}
+
+impl AlertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Pending => "pending",
+            AlertState::Firing => "firing",
+            AlertState::Resolved => "resolved",
+            AlertState::Cleared => "cleared",
+        }
+    }
+
+    pub fn is_open(self) -> bool {
+        matches!(self, AlertState::Pending | AlertState::Firing)
+    }
+}
+
+/// An alert: one per (rule, device, label) while open.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub id: u64,
+    pub rule_id: String,
+    pub rule_name: String,
+    pub severity: Severity,
+    pub device: DeviceId,
+    pub hostname: String,
+    pub tenant: String,
+    pub customer: String,
+    pub metric: String,
+    pub label: String,
+    pub state: AlertState,
+    /// When the condition started holding (appliance clock, ms).
+    pub started_ms: u64,
+    /// When the alert fires (or fired) if the condition keeps holding.
+    pub due_ms: u64,
+    pub fired_ms: Option<u64>,
+    pub resolved_ms: Option<u64>,
+    /// The value that triggered the last transition.
+    pub value: Option<f64>,
+    pub threshold: Option<f64>,
+    pub comparison: Option<Comparison>,
+    /// keep_firing_for: when the condition stopped holding while firing.
+    pub clearing_since_ms: Option<u64>,
+    pub acknowledged_by: Option<String>,
+    pub ack_comment: Option<String>,
+    pub acknowledged_ms: Option<u64>,
+    /// The maintenance window that silenced it, if any.
+    pub silenced_by: Option<String>,
+    /// Whether a firing notification was sent (so a resolved one follows).
+    pub notified: bool,
+    pub last_notified_ms: Option<u64>,
+    /// When notifications started (firing, or the end of the silencing
+    /// window): escalation steps count from here.
+    pub notify_since_ms: Option<u64>,
+    /// Escalation steps already notified.
+    pub escalation_step: usize,
+    pub notifications_sent: u64,
+}
+
+/// A transition of an alert, persisted with its time and triggering value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertEvent {
+    pub alert_id: u64,
+    pub at_ms: u64,
+    /// pending, firing, resolved, cleared, acknowledged, silenced, notified, escalated
+    pub event: String,
+    pub value: Option<f64>,
+    pub detail: String,
+}
+
+/// Why a notification is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyEvent {
+    Firing,
+    Resolved,
+    Reminder,
+    Escalation,
+}
+
+impl NotifyEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyEvent::Firing => "firing",
+            NotifyEvent::Resolved => "resolved",
+            NotifyEvent::Reminder => "reminder",
+            NotifyEvent::Escalation => "escalation",
+        }
+    }
+}
+
+/// A notification waiting for delivery (or dead).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    pub id: u64,
+    pub channel_id: String,
+    pub event: NotifyEvent,
+    pub alert: Alert,
+    pub created_ms: u64,
+    pub attempts: u32,
+    pub next_attempt_ms: u64,
+    pub last_error: Option<String>,
+}

@@ -1,0 +1,205 @@
+//! Notification delivery, off the ingest path: a queue persisted in RocksDB
+//! (a notification decided by the engine survives a restart), delivered by
+//! this dispatcher with retries and exponential backoff; a notification that
+//! finally fails becomes a dead letter, visible in the API and counted,
+//! never silently dropped.
+
+pub mod email;
+pub mod webhook;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_storage::{Store, now_ms};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span, warn};
+
+use super::model::{Channel, ChannelKind, Notification};
+use super::store::{self, ConfigKind};
+use crate::metrics::{Metrics, NotifyLabel};
+
+/// How failed deliveries are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Attempts before a notification becomes a dead letter.
+    pub max_attempts: u32,
+    /// Delay before the second attempt; doubles each attempt.
+    pub base: Duration,
+    /// Longest delay between attempts.
+    pub max: Duration,
+    /// Per-attempt timeout.
+    pub timeout: Duration,
+}
+
+/// Delay after the `attempts`-th failed attempt.
+pub fn backoff(p: &RetryPolicy, attempts: u32) -> Duration {
+    let factor = 1u32
+        .checked_shl(attempts.saturating_sub(1).min(20))
+        .unwrap_or(u32::MAX);
+    p.base.saturating_mul(factor).min(p.max)
+}
+
+/// Handle to hand freshly queued notifications to the dispatcher.
+#[derive(Clone, Debug)]
+pub struct NotifyHandle {
+    tx: mpsc::UnboundedSender<Notification>,
+}
+
+impl NotifyHandle {
+    /// The notification must already be persisted in the queue.
+    pub fn submit(&self, n: Notification) {
+        let _ = self.tx.send(n);
+    }
+}
+
+/// Starts the dispatcher; it first re-loads what was queued before a restart.
+pub fn spawn(
+    store: Store,
+    metrics: Arc<Metrics>,
+    policy: RetryPolicy,
+    shutdown: CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+) -> anyhow::Result<NotifyHandle> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let client = webhook::client()?;
+    let pending: BTreeMap<u64, Notification> = store::queued(&store)?
+        .into_iter()
+        .map(|n| (n.id, n))
+        .collect();
+    tracker.spawn(run(store, metrics, policy, client, pending, rx, shutdown));
+    Ok(NotifyHandle { tx })
+}
+
+/// Delivers one notification through its channel.
+async fn deliver(
+    store: &Store,
+    client: &webhook::HttpsClient,
+    n: &Notification,
+    timeout: Duration,
+) -> Result<&'static str, (String, &'static str)> {
+    let channel: Channel = match store::get_config(store, ConfigKind::Channel, &n.channel_id) {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            return Err((
+                format!("channel {:?} does not exist", n.channel_id),
+                "missing",
+            ));
+        }
+        Err(e) => return Err((format!("reading channel: {e}"), "unknown")),
+    };
+    match &channel.kind {
+        ChannelKind::Webhook { url, format } => {
+            let body = webhook::body(*format, n.event, &n.alert);
+            webhook::send(client, url, &body, timeout)
+                .await
+                .map(|_| "webhook")
+                .map_err(|e| (format!("{e:#}"), "webhook"))
+        }
+        kind @ ChannelKind::Email { .. } => email::send(kind, n.event, &n.alert, timeout)
+            .await
+            .map(|_| "email")
+            .map_err(|e| (format!("{e:#}"), "email")),
+    }
+}
+
+async fn run(
+    store: Store,
+    metrics: Arc<Metrics>,
+    policy: RetryPolicy,
+    client: webhook::HttpsClient,
+    mut pending: BTreeMap<u64, Notification>,
+    mut rx: mpsc::UnboundedReceiver<Notification>,
+    shutdown: CancellationToken,
+) {
+    let (done_tx, mut done_rx) =
+        mpsc::unbounded_channel::<(Notification, Result<&'static str, (String, &'static str)>)>();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(16));
+    loop {
+        let now = now_ms();
+        let due: Vec<u64> = pending
+            .values()
+            .filter(|n| n.next_attempt_ms <= now)
+            .map(|n| n.id)
+            .collect();
+        for id in due {
+            let Some(n) = pending.remove(&id) else {
+                continue;
+            };
+            let (store, client, done, sem) = (
+                store.clone(),
+                client.clone(),
+                done_tx.clone(),
+                in_flight.clone(),
+            );
+            let span = info_span!("notify", id = n.id, channel = %n.channel_id, event = n.event.as_str(), alert = n.alert.id);
+            tokio::spawn(
+                async move {
+                    let _permit = sem.acquire_owned().await;
+                    let r = deliver(&store, &client, &n, policy.timeout).await;
+                    let _ = done.send((n, r));
+                }
+                .instrument(span),
+            );
+        }
+        let next = pending.values().map(|n| n.next_attempt_ms).min();
+        let sleep = next
+            .map(|t| Duration::from_millis(t.saturating_sub(now_ms())))
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        tokio::select! {
+            Some(n) = rx.recv() => { pending.insert(n.id, n); }
+            Some((mut n, r)) = done_rx.recv() => {
+                n.attempts += 1;
+                let label = |kind: &str, result: &str| NotifyLabel { channel_type: kind.to_string(), event: n.event.as_str().to_string(), result: result.to_string() };
+                match r {
+                    Ok(kind) => {
+                        metrics.notifications.get_or_create(&label(kind, "delivered")).inc();
+                        if let Err(e) = store::finish_notification(&store, &n, false, true) {
+                            warn!(error = %e, id = n.id, "recording a delivered notification failed");
+                        }
+                    }
+                    Err((err, kind)) => {
+                        n.last_error = Some(err.clone());
+                        let dead = n.attempts >= policy.max_attempts || kind == "missing";
+                        if dead {
+                            metrics.notifications.get_or_create(&label(kind, "dead_letter")).inc();
+                            warn!(id = n.id, channel = %n.channel_id, attempts = n.attempts, error = %err, "notification failed for good: dead letter");
+                        } else {
+                            metrics.notifications.get_or_create(&label(kind, "retry")).inc();
+                            n.next_attempt_ms = now_ms() + backoff(&policy, n.attempts).as_millis() as u64;
+                            warn!(id = n.id, channel = %n.channel_id, attempts = n.attempts, error = %err, "notification failed; will retry");
+                        }
+                        if let Err(e) = store::finish_notification(&store, &n, dead, false) {
+                            warn!(error = %e, id = n.id, "recording a failed notification failed");
+                        }
+                        if !dead {
+                            pending.insert(n.id, n);
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep(sleep) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_cap() {
+        let p = RetryPolicy {
+            max_attempts: 8,
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+        };
+        let d: Vec<u64> = (1..=6).map(|a| backoff(&p, a).as_secs()).collect();
+        assert_eq!(d, vec![1, 2, 4, 8, 10, 10]);
+    }
+}

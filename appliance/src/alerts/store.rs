@@ -1,0 +1,237 @@
+//! Persistence of alerting state in RocksDB (JSON values):
+//!
+//! * `alert_config`: `rule/ID`, `chan/ID`, `pol/ID`, `win/ID`;
+//! * `alerts`: `a/ID` → [`Alert`], `open/RULE\0DEVICE\0LABEL` → ID (the
+//!   dedupe index: one open alert per rule, device and label);
+//! * `alert_events`: `ID | n` → [`AlertEvent`];
+//! * `notifications`: `q/ID` → queued [`Notification`], `d/ID` → dead letter.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use outpost_proto::DeviceId;
+use outpost_storage::error::Result;
+use outpost_storage::keys::prefix_successor;
+use outpost_storage::rocksdb::WriteBatch;
+use outpost_storage::{Cf, StorageError, Store};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::model::{Alert, AlertEvent, Notification};
+
+/// Kinds of configuration objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigKind {
+    Rule,
+    Channel,
+    Policy,
+    Window,
+}
+
+impl ConfigKind {
+    fn prefix(self) -> &'static [u8] {
+        match self {
+            ConfigKind::Rule => b"rule/",
+            ConfigKind::Channel => b"chan/",
+            ConfigKind::Policy => b"pol/",
+            ConfigKind::Window => b"win/",
+        }
+    }
+}
+
+fn config_key(kind: ConfigKind, id: &str) -> Vec<u8> {
+    [kind.prefix(), id.as_bytes()].concat()
+}
+
+pub fn put_config<T: Serialize>(store: &Store, kind: ConfigKind, id: &str, v: &T) -> Result<()> {
+    let mut b = WriteBatch::default();
+    store.batch_put_json(&mut b, Cf::AlertConfig, &config_key(kind, id), v)?;
+    store.write(b)
+}
+
+pub fn get_config<T: DeserializeOwned>(
+    store: &Store,
+    kind: ConfigKind,
+    id: &str,
+) -> Result<Option<T>> {
+    store.get_json(Cf::AlertConfig, &config_key(kind, id))
+}
+
+pub fn delete_config(store: &Store, kind: ConfigKind, id: &str) -> Result<bool> {
+    let key = config_key(kind, id);
+    if store.get_raw(Cf::AlertConfig, &key)?.is_none() {
+        return Ok(false);
+    }
+    let mut b = WriteBatch::default();
+    b.delete_cf(store.cf(Cf::AlertConfig)?, key);
+    store.write(b)?;
+    Ok(true)
+}
+
+pub fn list_config<T: DeserializeOwned>(store: &Store, kind: ConfigKind) -> Result<Vec<T>> {
+    let p = kind.prefix();
+    let end = prefix_successor(p);
+    let mut out = Vec::new();
+    store.scan_json::<T>(Cf::AlertConfig, p, end.as_deref(), |_, v| {
+        out.push(v);
+        true
+    })?;
+    Ok(out)
+}
+
+fn alert_key(id: u64) -> Vec<u8> {
+    [b"a/".as_slice(), &id.to_be_bytes()].concat()
+}
+
+/// The dedupe key of an open alert.
+pub fn open_key(rule: &str, device: DeviceId, label: &str) -> Vec<u8> {
+    format!("open/{rule}\0{device}\0{label}").into_bytes()
+}
+
+/// Adds an alert record (and its open index entry, or its removal) to `b`.
+pub fn save_alert(store: &Store, b: &mut WriteBatch, a: &Alert) -> Result<()> {
+    store.batch_put_json(b, Cf::Alerts, &alert_key(a.id), a)?;
+    let ok = open_key(&a.rule_id, a.device, &a.label);
+    if a.state.is_open() {
+        b.put_cf(store.cf(Cf::Alerts)?, ok, a.id.to_be_bytes());
+    } else {
+        b.delete_cf(store.cf(Cf::Alerts)?, ok);
+    }
+    Ok(())
+}
+
+pub fn get_alert(store: &Store, id: u64) -> Result<Option<Alert>> {
+    store.get_json(Cf::Alerts, &alert_key(id))
+}
+
+/// Every open (pending or firing) alert.
+pub fn load_open(store: &Store) -> Result<Vec<Alert>> {
+    let mut ids = Vec::new();
+    let end = prefix_successor(b"open/");
+    store.scan_raw(Cf::Alerts, b"open/", end.as_deref(), |_, v| {
+        if let Ok(b) = <[u8; 8]>::try_from(v) {
+            ids.push(u64::from_be_bytes(b));
+        }
+        Ok(true)
+    })?;
+    let mut out = Vec::new();
+    for id in ids {
+        if let Some(a) = get_alert(store, id)? {
+            out.push(a);
+        }
+    }
+    Ok(out)
+}
+
+/// All alerts, oldest first, filtered by `keep`, at most `limit` (newest kept).
+pub fn list_alerts(
+    store: &Store,
+    mut keep: impl FnMut(&Alert) -> bool,
+    limit: usize,
+) -> Result<Vec<Alert>> {
+    let end = prefix_successor(b"a/");
+    let mut out = std::collections::VecDeque::new();
+    store.scan_json::<Alert>(Cf::Alerts, b"a/", end.as_deref(), |_, a| {
+        if keep(&a) {
+            out.push_back(a);
+            if out.len() > limit {
+                out.pop_front();
+            }
+        }
+        true
+    })?;
+    Ok(out.into_iter().collect())
+}
+
+/// Highest alert id in use.
+pub fn max_alert_id(store: &Store) -> Result<u64> {
+    let end = prefix_successor(b"a/").unwrap_or_default();
+    Ok(store
+        .last_in_range(Cf::Alerts, b"a/", &end)?
+        .and_then(|(k, _)| k.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()))
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
+/// Distinguishes events of one alert (time-ordered, unique per process run).
+static EVENT_SEQ: AtomicU64 = AtomicU64::new(0);
+
+pub fn add_event(store: &Store, b: &mut WriteBatch, e: &AlertEvent) -> Result<()> {
+    let n = EVENT_SEQ.fetch_add(1, Ordering::Relaxed);
+    let mut key = Vec::with_capacity(24);
+    key.extend_from_slice(&e.alert_id.to_be_bytes());
+    key.extend_from_slice(&e.at_ms.to_be_bytes());
+    key.extend_from_slice(&n.to_be_bytes());
+    store.batch_put_json(b, Cf::AlertEvents, &key, e)
+}
+
+pub fn events(store: &Store, alert_id: u64) -> Result<Vec<AlertEvent>> {
+    let p = alert_id.to_be_bytes();
+    let end = prefix_successor(&p);
+    let mut out = Vec::new();
+    store.scan_json::<AlertEvent>(Cf::AlertEvents, &p, end.as_deref(), |_, e| {
+        out.push(e);
+        true
+    })?;
+    Ok(out)
+}
+
+fn queue_key(id: u64) -> Vec<u8> {
+    [b"q/".as_slice(), &id.to_be_bytes()].concat()
+}
+
+fn dead_key(id: u64) -> Vec<u8> {
+    [b"d/".as_slice(), &id.to_be_bytes()].concat()
+}
+
+pub fn queue_notification(store: &Store, b: &mut WriteBatch, n: &Notification) -> Result<()> {
+    store.batch_put_json(b, Cf::Notifications, &queue_key(n.id), n)
+}
+
+/// Records a delivery attempt's outcome: `None` = delivered.
+pub fn finish_notification(
+    store: &Store,
+    n: &Notification,
+    dead: bool,
+    delivered: bool,
+) -> Result<()> {
+    let mut b = WriteBatch::default();
+    if delivered {
+        b.delete_cf(store.cf(Cf::Notifications)?, queue_key(n.id));
+    } else if dead {
+        b.delete_cf(store.cf(Cf::Notifications)?, queue_key(n.id));
+        store.batch_put_json(&mut b, Cf::Notifications, &dead_key(n.id), n)?;
+    } else {
+        store.batch_put_json(&mut b, Cf::Notifications, &queue_key(n.id), n)?;
+    }
+    store.write(b)
+}
+
+fn list_prefix(store: &Store, p: &[u8]) -> Result<Vec<Notification>> {
+    let end = prefix_successor(p);
+    let mut out = Vec::new();
+    store.scan_json::<Notification>(Cf::Notifications, p, end.as_deref(), |_, n| {
+        out.push(n);
+        true
+    })?;
+    Ok(out)
+}
+
+pub fn queued(store: &Store) -> Result<Vec<Notification>> {
+    list_prefix(store, b"q/")
+}
+
+pub fn dead_letters(store: &Store) -> Result<Vec<Notification>> {
+    list_prefix(store, b"d/")
+}
+
+/// Highest notification id in use (queued or dead).
+pub fn max_notification_id(store: &Store) -> Result<u64> {
+    let q = queued(store)?.iter().map(|n| n.id).max().unwrap_or(0);
+    let d = dead_letters(store)?.iter().map(|n| n.id).max().unwrap_or(0);
+    Ok(q.max(d).max(outpost_storage::now_ms()))
+}
+
+/// An error for a value the API gave that the store cannot hold.
+pub fn invalid(msg: impl Into<String>) -> StorageError {
+    StorageError::Invalid(msg.into())
+}

@@ -1,0 +1,571 @@
+//! Edge alerting end to end: a real agent's metric crosses a threshold, the
+//! appliance fires, a real webhook receiver / SMTP server gets the
+//! notification; restarts, maintenance windows, escalation, dead letters.
+//!
+//! The metric the tests control is `process_count{<probe>}`: the agent counts
+//! processes named like the test's probe (a copy of `sleep` the test starts
+//! and kills; each test has its own name so parallel tests do not see each
+//! other's probes).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use outpost_tests::{Agent, Appliance, WebhookReceiver, num, scratch, wait_for};
+use serde_json::{Value, json};
+
+/// The probe process name of a test directory (at most 15 characters, the
+/// kernel's limit for process names).
+fn probe_name(dir: &Path) -> String {
+    let tag: String = dir
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .chars()
+        .rev()
+        .take(6)
+        .collect();
+    format!(
+        "oap-{}",
+        tag.chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+    )
+}
+
+/// A process named [`probe_name`] while it lives.
+struct Probe(Child);
+
+impl Probe {
+    fn start(dir: &Path) -> Probe {
+        let exe = dir.join(probe_name(dir));
+        if !exe.exists() {
+            std::fs::copy("/bin/sleep", &exe).expect("copy sleep");
+        }
+        Probe(
+            Command::new(&exe)
+                .arg("600")
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start probe"),
+        )
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An agent reporting `process_count{opt-alert-probe}` every second.
+fn probe_agent(root: &Path, app: &Appliance) -> Agent {
+    let mut agent = Agent::enroll(root, "agent", app);
+    std::fs::write(
+        agent.state.join("agent.toml"),
+        format!("processes = [\"{}\"]\n", probe_name(root)),
+    )
+    .unwrap();
+    agent.start();
+    agent
+}
+
+fn probe_rule(root: &Path, id: &str, for_: &str, extra: Value) -> Value {
+    let mut r = json!({
+        "id": id,
+        "name": format!("probe running ({id})"),
+        "condition": {"type": "threshold", "metric": "process_count", "label": probe_name(root), "comparison": ">", "threshold": 0, "for": for_},
+        "severity": "critical",
+    });
+    if let (Some(o), Some(e)) = (r.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    r
+}
+
+fn create(app: &Appliance, path: &str, body: Value) {
+    let (status, out) = app.api_post(path, &body);
+    assert_eq!(status, 200, "POST {path}: {out}");
+}
+
+fn webhook_channel(app: &Appliance, id: &str, url: String) {
+    create(
+        app,
+        "/api/v1/channels",
+        json!({"id": id, "name": id, "type": "webhook", "url": url}),
+    );
+}
+
+fn alerts(app: &Appliance, query: &str) -> Vec<Value> {
+    app.api(&format!("/api/v1/alerts?{query}")).unwrap()
+}
+
+fn alert_of_rule(app: &Appliance, rule: &str) -> Option<Value> {
+    alerts(app, &format!("rule={rule}")).into_iter().next()
+}
+
+fn event(b: &Value) -> &str {
+    b["event"].as_str().unwrap_or("")
+}
+
+#[test]
+fn webhook_gets_firing_then_resolved_from_a_real_agent_metric() {
+    let tmp = scratch("alert-webhook");
+    let hook = WebhookReceiver::start();
+    let app = Appliance::start(tmp.path());
+    webhook_channel(&app, "ops", hook.url("/hook"));
+    create(
+        &app,
+        "/api/v1/alert-rules",
+        probe_rule(tmp.path(), "probe", "0s", json!({"channels": ["ops"]})),
+    );
+    let agent = probe_agent(tmp.path(), &app);
+    wait_for(Duration::from_secs(20), "agent online", || {
+        (app.device(&agent.device_id)["status"] == "online").then_some(())
+    });
+    assert!(
+        hook.bodies("/hook").is_empty(),
+        "nothing fires before the metric crosses"
+    );
+
+    let probe = Probe::start(tmp.path());
+    let fired = hook.wait_for(Duration::from_secs(20), "/hook", "firing webhook", |b| {
+        event(b) == "firing"
+    });
+    let a = &fired["alert"];
+    assert_eq!(a["rule_id"], "probe");
+    assert_eq!(a["device"], agent.device_id.as_str());
+    assert_eq!(a["label"], probe_name(tmp.path()).as_str());
+    assert_eq!(a["severity"], "critical");
+    assert!(a["value"].as_f64().unwrap() >= 1.0);
+    assert_eq!(a["tenant"], "acme");
+    assert!(
+        fired["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("[FIRING][critical]")
+    );
+
+    drop(probe);
+    let resolved = hook.wait_for(Duration::from_secs(20), "/hook", "resolved webhook", |b| {
+        event(b) == "resolved"
+    });
+    assert_eq!(resolved["alert"]["id"], a["id"]);
+    assert_eq!(resolved["alert"]["state"], "resolved");
+    assert_eq!(resolved["alert"]["value"], 0.0);
+    let firing_count = hook
+        .bodies("/hook")
+        .iter()
+        .filter(|b| event(b) == "firing")
+        .count();
+    assert_eq!(firing_count, 1, "one notification per transition");
+
+    // Persisted lifecycle with timestamps and values, visible in API and CLI.
+    let id = a["id"].as_u64().unwrap();
+    let detail: Value = app.api(&format!("/api/v1/alerts/{id}")).unwrap();
+    let events: Vec<&str> = detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, vec!["firing", "resolved"], "{detail}");
+    assert!(num(&detail["alert"], "resolved_ms") >= num(&detail["alert"], "fired_ms").max(1));
+    let table = app.cli_ok(&["alerts", "--state", "all"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&id.to_string()) && l.contains("resolved")),
+        "{table}"
+    );
+    assert!(app.metric("outpost_notifications_total{channel_type=\"webhook\",event=\"firing\",result=\"delivered\"}") >= 1.0);
+    assert!(app.metric("outpost_alert_transitions_total{kind=\"resolved\"}") >= 1.0);
+}
+
+/// A real SMTP server (Debian's python3-aiosmtpd) printing what it receives.
+struct Smtp {
+    child: Child,
+    out: PathBuf,
+    port: u16,
+}
+
+impl Smtp {
+    fn start(dir: &Path) -> Smtp {
+        let port = outpost_tests::free_port();
+        let out = dir.join("smtp.out");
+        let python = if Path::new("/usr/bin/python3").exists() {
+            "/usr/bin/python3"
+        } else {
+            "python3"
+        };
+        let child = Command::new(python)
+            .args([
+                "-u",
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join("smtp.err")).unwrap(),
+            ))
+            .spawn()
+            .expect("start aiosmtpd (install python3-aiosmtpd)");
+        wait_for(Duration::from_secs(15), "SMTP server listening", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Smtp { child, out, port }
+    }
+
+    fn received(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn email_notifications_reach_a_real_smtp_server() {
+    let tmp = scratch("alert-smtp");
+    let smtp = Smtp::start(tmp.path());
+    let app = Appliance::start(tmp.path());
+    create(
+        &app,
+        "/api/v1/channels",
+        json!({"id": "mail", "name": "on-call mail", "type": "email", "smtp_host": "127.0.0.1", "smtp_port": smtp.port,
+               "tls": "none", "from": "outpost@site.example", "to": ["oncall@msp.example"]}),
+    );
+    create(
+        &app,
+        "/api/v1/alert-rules",
+        probe_rule(tmp.path(), "probe", "0s", json!({"channels": ["mail"]})),
+    );
+    let _agent = probe_agent(tmp.path(), &app);
+    let probe = Probe::start(tmp.path());
+    wait_for(Duration::from_secs(30), "firing e-mail", || {
+        smtp.received()
+            .contains("Subject: [FIRING][critical]")
+            .then_some(())
+    });
+    let mail = smtp.received();
+    assert!(mail.contains("oncall@msp.example"), "{mail}");
+    assert!(mail.contains(&probe_name(tmp.path())));
+    drop(probe);
+    wait_for(Duration::from_secs(30), "resolved e-mail", || {
+        smtp.received()
+            .contains("Subject: [RESOLVED]")
+            .then_some(())
+    });
+    // The channel's listing does not leak secrets and shows the settings.
+    let chans: Vec<Value> = app.api("/api/v1/channels").unwrap();
+    assert_eq!(chans[0]["smtp_port"], smtp.port);
+    assert!(app.metric("outpost_notifications_total{channel_type=\"email\",event=\"resolved\",result=\"delivered\"}") >= 1.0);
+}
+
+#[test]
+fn pending_and_firing_alerts_resume_exactly_after_kill9() {
+    let tmp = scratch("alert-restart");
+    let hook = WebhookReceiver::start();
+    let mut app = Appliance::start(tmp.path());
+    webhook_channel(&app, "ops", hook.url("/hook"));
+    create(
+        &app,
+        "/api/v1/alert-rules",
+        probe_rule(tmp.path(), "now", "0s", json!({"channels": ["ops"]})),
+    );
+    create(
+        &app,
+        "/api/v1/alert-rules",
+        probe_rule(tmp.path(), "later", "12s", json!({"channels": ["ops"]})),
+    );
+    let _agent = probe_agent(tmp.path(), &app);
+    let _probe = Probe::start(tmp.path());
+
+    hook.wait_for(Duration::from_secs(20), "/hook", "firing of `now`", |b| {
+        event(b) == "firing" && b["alert"]["rule_id"] == "now"
+    });
+    let pending = wait_for(Duration::from_secs(10), "`later` pending", || {
+        alert_of_rule(&app, "later").filter(|a| a["state"] == "pending")
+    });
+    let (started, due) = (num(&pending, "started_ms"), num(&pending, "due_ms"));
+    assert_eq!(due - started, 12_000);
+
+    app.kill9();
+    std::thread::sleep(Duration::from_secs(2));
+    app.restart();
+
+    // The pending alert fires at its original due time, not 12 s after the restart.
+    let fired = hook.wait_for(Duration::from_secs(30), "/hook", "firing of `later`", |b| {
+        event(b) == "firing" && b["alert"]["rule_id"] == "later"
+    });
+    let fired_ms = num(&fired["alert"], "fired_ms");
+    assert!(
+        fired_ms >= due && fired_ms < due + 1_500,
+        "fired at {fired_ms}, due {due}"
+    );
+    assert_eq!(
+        num(&fired["alert"], "started_ms"),
+        started,
+        "same alert, not a new one"
+    );
+
+    // The firing alert was not announced again and resolves normally.
+    drop(_probe);
+    hook.wait_for(Duration::from_secs(30), "/hook", "resolved of `now`", |b| {
+        event(b) == "resolved" && b["alert"]["rule_id"] == "now"
+    });
+    let now_firings = hook
+        .bodies("/hook")
+        .iter()
+        .filter(|b| event(b) == "firing" && b["alert"]["rule_id"] == "now")
+        .count();
+    assert_eq!(now_firings, 1);
+    assert_eq!(
+        alerts(&app, "rule=now").len(),
+        1,
+        "one alert record for `now`"
+    );
+}
+
+#[test]
+fn maintenance_window_records_the_alert_but_suppresses_notifications() {
+    let tmp = scratch("alert-window");
+    let hook = WebhookReceiver::start();
+    let app = Appliance::start(tmp.path());
+    webhook_channel(&app, "ops", hook.url("/hook"));
+    create(
+        &app,
+        "/api/v1/alert-rules",
+        probe_rule(tmp.path(), "probe", "0s", json!({"channels": ["ops"]})),
+    );
+    let agent = probe_agent(tmp.path(), &app);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let rfc = |s: i64| {
+        let out = Command::new("date")
+            .args(["-u", "-d", &format!("@{s}"), "+%Y-%m-%dT%H:%M:%SZ"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    create(
+        &app,
+        "/api/v1/maintenance-windows",
+        json!({"id": "patch-night", "name": "patch night", "scope": {"type": "device", "device": agent.device_id},
+               "schedule": {"type": "one_off", "start": rfc(now - 60), "end": rfc(now + 3600)}}),
+    );
+    let _probe = Probe::start(tmp.path());
+    let a = wait_for(Duration::from_secs(20), "alert recorded", || {
+        alert_of_rule(&app, "probe").filter(|a| a["state"] == "firing")
+    });
+    assert_eq!(a["silenced_by"], "patch-night");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(hook.bodies("/hook").is_empty(), "silenced: no notification");
+
+    // Window removed while the alert still fires: it is announced now.
+    let (status, _) = app.api_send("DELETE", "/api/v1/maintenance-windows/patch-night", None);
+    assert_eq!(status, 200);
+    hook.wait_for(
+        Duration::from_secs(10),
+        "/hook",
+        "firing after the window",
+        |b| event(b) == "firing",
+    );
+}
+
+#[test]
+fn escalation_reaches_step_two_unless_acknowledged() {
+    let tmp = scratch("alert-escalation");
+    let hook = WebhookReceiver::start();
+    let app = Appliance::start(tmp.path());
+    for ch in ["first", "second", "third"] {
+        webhook_channel(&app, ch, hook.url(&format!("/{ch}")));
+    }
+    create(
+        &app,
+        "/api/v1/escalation-policies",
+        json!({"id": "oncall", "name": "on-call", "steps": [
+            {"after": "0s", "channels": ["first"]},
+            {"after": "2s", "channels": ["second"]},
+            {"after": "8s", "channels": ["third"]}]}),
+    );
+    create(
+        &app,
+        "/api/v1/alert-rules",
+        probe_rule(
+            tmp.path(),
+            "probe",
+            "0s",
+            json!({"escalation_policy": "oncall"}),
+        ),
+    );
+    let _agent = probe_agent(tmp.path(), &app);
+    let _probe = Probe::start(tmp.path());
+    let t0 = Instant::now();
+    let first = hook.wait_for(Duration::from_secs(20), "/first", "step 1", |b| {
+        event(b) == "firing"
+    });
+    let step2 = hook.wait_for(Duration::from_secs(10), "/second", "step 2", |b| {
+        event(b) == "escalation"
+    });
+    assert!(t0.elapsed() >= Duration::from_secs(2));
+    assert_eq!(step2["alert"]["id"], first["alert"]["id"]);
+    // Somebody acknowledges: the third step never comes.
+    let id = first["alert"]["id"].as_u64().unwrap().to_string();
+    let out = app.cli_ok(&[
+        "alerts",
+        "ack",
+        &id,
+        "--comment",
+        "looking into it",
+        "--by",
+        "alice",
+    ]);
+    assert_eq!(out.trim(), id);
+    std::thread::sleep(Duration::from_secs(9));
+    assert!(
+        hook.bodies("/third").is_empty(),
+        "acknowledged alerts do not escalate"
+    );
+    let detail: Value = app.api(&format!("/api/v1/alerts/{id}")).unwrap();
+    assert_eq!(detail["alert"]["acknowledged_by"], "alice");
+    assert!(
+        detail["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "acknowledged")
+    );
+    let audit: Vec<Value> = app.api("/api/v1/audit").unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["action"] == "alert.ack" && e["actor"] == "alice")
+    );
+}
+
+#[test]
+fn failing_webhook_is_retried_then_dead_lettered_while_ingest_continues() {
+    let tmp = scratch("alert-deadletter");
+    let hook = WebhookReceiver::start();
+    hook.set_failing(true);
+    let app = Appliance::start_with_config(
+        tmp.path(),
+        "[alerts]\nnotify_max_attempts = 3\nnotify_retry_base = \"200ms\"\nnotify_retry_max = \"1s\"\n",
+    );
+    webhook_channel(&app, "down", hook.url("/hook"));
+    create(
+        &app,
+        "/api/v1/alert-rules",
+        probe_rule(tmp.path(), "probe", "0s", json!({"channels": ["down"]})),
+    );
+    let agent = probe_agent(tmp.path(), &app);
+    let _probe = Probe::start(tmp.path());
+    let dead = wait_for(Duration::from_secs(30), "dead letter", || {
+        let v: Vec<Value> = app.api("/api/v1/notifications/dead-letters").unwrap();
+        v.into_iter().next()
+    });
+    assert_eq!(dead["attempts"], 3);
+    assert!(
+        dead["last_error"].as_str().unwrap().contains("500"),
+        "{dead}"
+    );
+    assert_eq!(dead["channel_id"], "down");
+    assert_eq!(app.metric("outpost_notifications_total{channel_type=\"webhook\",event=\"firing\",result=\"retry\"}"), 2.0);
+    assert_eq!(app.metric("outpost_notifications_total{channel_type=\"webhook\",event=\"firing\",result=\"dead_letter\"}"), 1.0);
+    // Meanwhile ingest went on.
+    let before = num(&app.device(&agent.device_id), "last_seq");
+    wait_for(Duration::from_secs(10), "ingest continues", || {
+        (num(&app.device(&agent.device_id), "last_seq") >= before + 3).then_some(())
+    });
+    let queue: Vec<Value> = app.api("/api/v1/notifications/queue").unwrap();
+    assert!(queue.is_empty(), "nothing left queued: {queue:?}");
+}
+
+#[test]
+fn bad_alerting_input_is_refused_with_clear_errors() {
+    let tmp = scratch("alert-input");
+    let app = Appliance::start(tmp.path());
+    let bad_rule = json!({"name": "x", "severity": "critical", "condition": {"type": "threshold", "metric": "", "comparison": ">", "threshold": 1}});
+    let (s, out) = app.api_post("/api/v1/alert-rules", &bad_rule);
+    assert_eq!(s, 400, "{out}");
+    assert!(out["error"].as_str().unwrap().contains("metric"));
+    let (s, _) = app.api_post(
+        "/api/v1/channels",
+        &json!({"name": "x", "type": "webhook", "url": "ftp://nope"}),
+    );
+    assert_eq!(s, 400);
+    let (s, _) = app.api_post(
+        "/api/v1/maintenance-windows",
+        &json!({"name": "w", "schedule": {"type": "weekly", "days": ["mon"], "start": "25:00", "duration": "1h", "timezone": "UTC"}}),
+    );
+    assert_eq!(s, 400);
+    // Built-in rules exist, can be disabled but not deleted.
+    let rules: Vec<Value> = app.api("/api/v1/alert-rules").unwrap();
+    let ids: Vec<&str> = rules.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    for b in [
+        "builtin-device-offline",
+        "builtin-disk-full",
+        "builtin-memory-high",
+        "builtin-cpu-high",
+    ] {
+        assert!(ids.contains(&b), "{ids:?}");
+    }
+    let (s, out) = app.api_send("DELETE", "/api/v1/alert-rules/builtin-cpu-high", None);
+    assert_eq!(s, 400, "{out}");
+    let mut cpu = rules
+        .iter()
+        .find(|r| r["id"] == "builtin-cpu-high")
+        .unwrap()
+        .clone();
+    cpu["enabled"] = json!(false);
+    let (s, out) = app.api_send("PUT", "/api/v1/alert-rules/builtin-cpu-high", Some(&cpu));
+    assert_eq!(s, 200, "{out}");
+    assert_eq!(out["enabled"], false);
+    assert_eq!(out["builtin"], true);
+    let (s, _) = app.api_post("/api/v1/alerts/999/ack", &json!({"comment": "x"}));
+    assert_eq!(s, 404);
+    let (s, _) = app.api_post("/api/v1/alert-rules", &json!({"id": "bad id!", "name": "n", "severity": "info", "condition": {"type": "device_offline"}}));
+    assert_eq!(s, 400);
+}
+
+#[test]
+fn device_offline_rule_fires_and_resolves() {
+    let tmp = scratch("alert-offline");
+    let hook = WebhookReceiver::start();
+    let app = Appliance::start(tmp.path());
+    webhook_channel(&app, "ops", hook.url("/hook"));
+    let mut rule: Value = app
+        .api("/api/v1/alert-rules/builtin-device-offline")
+        .unwrap();
+    rule["channels"] = json!(["ops"]);
+    let (s, out) = app.api_send(
+        "PUT",
+        "/api/v1/alert-rules/builtin-device-offline",
+        Some(&rule),
+    );
+    assert_eq!(s, 200, "{out}");
+    let mut agent = probe_agent(tmp.path(), &app);
+    wait_for(Duration::from_secs(20), "online", || {
+        (app.device(&agent.device_id)["status"] == "online").then_some(())
+    });
+    agent.stop();
+    let fired = hook.wait_for(Duration::from_secs(20), "/hook", "offline alert", |b| {
+        event(b) == "firing"
+    });
+    assert_eq!(fired["alert"]["rule_id"], "builtin-device-offline");
+    agent.start();
+    hook.wait_for(Duration::from_secs(20), "/hook", "offline resolved", |b| {
+        event(b) == "resolved"
+    });
+}
