@@ -457,6 +457,53 @@ impl Answer {
 /// One request to the cache (`target` is a proxy-style absolute URL or a
 /// mirror path), reading the answer to the end.
 fn fetch(cache: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> Answer {
+    let (mut s, status, headers, mut body) = request(cache, method, target, headers);
+    let _ = s.read_to_end(&mut body);
+    let truncated = method != "HEAD" && content_length(&headers).is_some_and(|l| body.len() < l);
+    Answer {
+        status,
+        headers,
+        body,
+        truncated,
+    }
+}
+
+/// GET streamed into SHA-256 (no buffering of large bodies): status,
+/// truncated, hex digest, length.
+fn fetch_sha256(cache: SocketAddr, target: &str) -> (u16, bool, String, usize) {
+    let (mut s, status, headers, first) = request(cache, "GET", target, &[]);
+    let mut h = sha2::Sha256::new();
+    h.update(&first);
+    let mut len = first.len();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                h.update(&buf[..n]);
+                len += n;
+            }
+        }
+    }
+    let truncated = content_length(&headers).is_some_and(|l| len < l);
+    (status, truncated, hex::encode(h.finalize()), len)
+}
+
+fn content_length(headers: &[(String, String)]) -> Option<usize> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+}
+
+/// Sends one request and reads the answer's head: the stream, status,
+/// headers and the body bytes that arrived with the head.
+fn request(
+    cache: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> (TcpStream, u16, Vec<(String, String)>, Vec<u8>) {
     let mut s = TcpStream::connect(cache).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {cache}\r\nConnection: close\r\n");
@@ -466,11 +513,16 @@ fn fetch(cache: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).unwrap();
     let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(&raw)));
+    let mut b = [0u8; 16 * 1024];
+    let split = loop {
+        let from = raw.len().saturating_sub(3);
+        let n = s.read(&mut b).unwrap_or(0);
+        raw.extend_from_slice(&b[..n]);
+        if let Some(p) = raw[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+            break from + p;
+        }
+        assert!(n > 0, "no HTTP head in {:?}", String::from_utf8_lossy(&raw));
+    };
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let body = raw[split + 4..].to_vec();
     let mut lines = head.lines();
@@ -483,17 +535,7 @@ fn fetch(cache: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    let len = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse::<usize>().ok());
-    let truncated = method != "HEAD" && len.is_some_and(|l| body.len() < l);
-    Answer {
-        status,
-        headers,
-        body,
-        truncated,
-    }
+    (s, status, headers, body)
 }
 
 /// An appliance whose cache allows the local upstream and trusts the repo key.
@@ -761,8 +803,8 @@ fn fifty_concurrent_clients_of_one_uncached_50mb_file_cause_one_upstream_fetch()
         .map(|i| {
             let url = url.clone();
             std::thread::spawn(move || {
-                let a = fetch(cache, "GET", &url, &[]);
-                (i, a.status, a.truncated, sha256_hex(&a.body), a.body.len())
+                let (status, truncated, sha, len) = fetch_sha256(cache, &url);
+                (i, status, truncated, sha, len)
             })
         })
         .collect();
