@@ -10,14 +10,14 @@
 #    curl -x); the upstream counts the requests and body bytes it sent;
 #    every client's SHA-256 is checked.
 # 2. Cache hits: wrk -t2 -c16 -d DURATION with a proxy-style request line
-#    (absolute URL) for that file, against each proxy in turn, twice
-#    (outpost, apt-cacher-ng, outpost, apt-cacher-ng); throughput, latency
-#    percentiles and the proxy's CPU seconds.
+#    (absolute URL) for that file, against each proxy in turn, RUNS times
+#    (outpost, apt-cacher-ng, outpost, apt-cacher-ng, ...); throughput,
+#    latency percentiles and the proxy's CPU seconds.
 #
 # Installs apt-cacher-ng and wrk with apt-get if absent (root or sudo);
 # apt-cacher-ng runs in the foreground with its own configuration, cache
 # and port, never as the system service. Needs python3, curl, gpg, gpgv,
-# dpkg-deb. Environment: CLIENTS (100), DURATION (15s), SIZE_MB (50),
+# dpkg-deb. Environment: CLIENTS (100), DURATION (15s), RUNS (2), SIZE_MB (50),
 # UPLINK_MBPS (upstream pace per connection, MB/s, default 20: the 50 MiB
 # file takes ~2.6 s, so every client joins while it downloads), BASE_PORT
 # (17100: ports BASE..BASE+5 on 127.0.0.1), KEEP=1 keeps the work dir.
@@ -28,6 +28,7 @@ root=$(cd "$here/.." && pwd)
 outpost=${1:-${CARGO_TARGET_DIR:-$root/target}/release/outpost}
 CLIENTS=${CLIENTS:-100}
 DURATION=${DURATION:-15s}
+RUNS=${RUNS:-2}
 SIZE_MB=${SIZE_MB:-50}
 UPLINK_MBPS=${UPLINK_MBPS:-20}
 BASE_PORT=${BASE_PORT:-17100}
@@ -196,7 +197,7 @@ hits() { # name port pid run
   echo "$name proxy CPU: $(awk -v a="$c0" -v b="$c1" 'BEGIN{printf "%.2f", b - a}') s" | tee -a "$W/wrk-$name-$run.txt" >&2
 }
 curl -s -X POST "$up/__reset" >/dev/null
-for run in 1 2; do
+for run in $(seq "$RUNS"); do
   hits outpost $OUT_PORT "$outpost_pid" $run
   hits apt-cacher-ng $ACNG_PORT "$acng_pid" $run
 done
@@ -224,7 +225,7 @@ done
 echo
 echo "| proxy, run | requests/s | transfer/s | p50 | p90 | p99 | proxy CPU | errors |"
 echo "|---|---|---|---|---|---|---|---|"
-for run in 1 2; do
+for run in $(seq "$RUNS"); do
   for n in outpost apt-cacher-ng; do
     echo "| $n, $run | $(wrkfield "$W/wrk-$n-$run.txt") |"
   done
