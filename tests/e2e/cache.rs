@@ -154,6 +154,8 @@ struct Repo {
     pkgs: Vec<Pkg>,
     /// `Date:` of the last generated Release (epoch seconds).
     date_s: u64,
+    /// `Valid-Until:` of generated Releases is `Date:` plus this.
+    valid_for_s: u64,
 }
 
 impl Repo {
@@ -204,6 +206,7 @@ impl Repo {
             arch,
             pkgs,
             date_s: 0,
+            valid_for_s: 7 * 86_400,
         };
         repo.write_indexes(now_s() - 60);
         repo
@@ -244,7 +247,7 @@ impl Repo {
              Valid-Until: {}\nArchitectures: {} all\nComponents: main\nDescription: cache test\nSHA256:\n \
              {} {} {rel}\n {} {} {rel}.gz\n",
             rfc2822(date_s),
-            rfc2822(date_s + 7 * 86_400),
+            rfc2822(date_s + self.valid_for_s),
             self.arch,
             sha256_hex(packages.as_bytes()),
             packages.len(),
@@ -1018,6 +1021,62 @@ fn with_upstream_down_cached_packages_and_still_valid_indexes_are_served() {
         "{}",
         a.status
     );
+}
+
+#[test]
+fn expired_inrelease_is_refused_and_a_stale_one_is_served_only_until_its_valid_until() {
+    let tmp = scratch("cache-valid-until");
+    let mut repo = Repo::build(tmp.path(), &[("outpost-vu", 10_000)]);
+    let mut up = Upstream::start(&repo.root);
+    let (app, cache) = start_appliance(
+        tmp.path(),
+        &up,
+        &repo.key.keyring,
+        "release_refresh = \"0s\"\n",
+    );
+    let inrelease = up.url("debian/dists/stable/InRelease");
+    // Validly signed, but its Valid-Until has passed: refused.
+    repo.valid_for_s = 30;
+    repo.write_indexes(now_s() - 120);
+    let a = fetch(cache, "GET", &inrelease, &[]);
+    assert_eq!(a.status, 502);
+    assert!(a.text().contains("expired (Valid-Until"), "{}", a.text());
+    assert_eq!(
+        metric(
+            &app,
+            "outpost_cache_verify_failures_total{reason=\"expired\"}"
+        ),
+        1.0
+    );
+    // One valid for a few more seconds is accepted.
+    repo.valid_for_s = 64;
+    repo.write_indexes(now_s() - 60);
+    let valid_until = repo.date_s + repo.valid_for_s;
+    let a = fetch(cache, "GET", &inrelease, &[]);
+    assert_eq!(a.status, 200, "{}", a.text());
+    let accepted = a.body;
+    // Upstream down: served stale while still valid...
+    up.stop();
+    let a = fetch(cache, "GET", &inrelease, &[]);
+    assert!(
+        now_s() < valid_until,
+        "the machine was too slow for this test's window"
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.header("X-Outpost-Cache"), Some("stale"));
+    assert_eq!(a.body, accepted);
+    // ...and refused with a clear error once past its Valid-Until.
+    while now_s() <= valid_until {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let a = fetch(cache, "GET", &inrelease, &[]);
+    assert!(a.status >= 500, "{} {}", a.status, a.text());
+    assert!(
+        a.text().contains("the cached copy expired (Valid-Until"),
+        "{}",
+        a.text()
+    );
+    assert_eq!(a.header("X-Outpost-Cache"), Some("error"));
 }
 
 #[test]
