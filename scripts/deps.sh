@@ -7,6 +7,10 @@ packages=(clang libclang-dev)
 if [ "${1:-}" = "--test" ]; then
   # A real SMTP server for the alerting e-mail tests.
   packages+=(python3-aiosmtpd)
+  # The patch cache tests build and sign a real apt repository (dpkg-deb,
+  # gpg, gpg-agent, gpgconf), the cache checks InRelease with gpgv, and a
+  # real isolated apt-get downloads through it.
+  packages+=(dpkg apt gpg gpg-agent gpgconf gpgv)
 fi
 
 missing=()

@@ -32,6 +32,7 @@ pub struct Config {
     pub offline_grace: Duration,
     pub storage: StorageConfig,
     pub ingest: IngestConfig,
+    pub cache: CacheConfig,
     pub alerts: crate::alerts::AlertsConfig,
 }
 
@@ -67,6 +68,68 @@ pub struct IngestConfig {
     pub rollup_settle: Duration,
 }
 
+/// What the LAN patch cache does with a file that no verified index covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unverified {
+    /// Stream it from upstream to the client without caching it (capped at
+    /// `max_unverified_bytes`).
+    Pass,
+    /// Refuse it (403).
+    Refuse,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Serve the cache on `cache_listen`.
+    pub enabled: bool,
+    /// Size cap of cached files; least recently used unpinned files are
+    /// evicted beyond it.
+    pub max_bytes: u64,
+    /// Upstream hosts (`host` or `host:port`) allowed besides those of the
+    /// appliance host's apt sources.
+    pub allow_hosts: Vec<String>,
+    /// Also allow the hosts named in `/etc/apt/sources.list` and
+    /// `/etc/apt/sources.list.d/*.{list,sources}`.
+    pub allow_apt_sources: bool,
+    /// Keyrings (binary OpenPGP files, or directories of `*.gpg`) that sign
+    /// `InRelease` files. `*removed*` keyrings in a directory are skipped.
+    pub keyrings: Vec<std::path::PathBuf>,
+    /// How often an `InRelease` is revalidated upstream (conditional request).
+    #[serde(with = "humantime_serde")]
+    pub release_refresh: Duration,
+    /// Files no verified index covers: `pass` (uncached) or `refuse`.
+    pub unverified: Unverified,
+    /// Cap on an unverified pass-through download.
+    pub max_unverified_bytes: u64,
+    /// Cap on an `InRelease` download (its size is not stated anywhere).
+    pub max_release_bytes: u64,
+    /// Connect and first-byte timeout towards upstream.
+    #[serde(with = "humantime_serde")]
+    pub upstream_timeout: Duration,
+    /// Concurrent client connections; beyond it new ones wait.
+    pub max_connections: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            max_bytes: 10 * 1024 * 1024 * 1024,
+            allow_hosts: Vec::new(),
+            allow_apt_sources: true,
+            keyrings: vec!["/usr/share/keyrings".into()],
+            release_refresh: Duration::from_secs(60),
+            unverified: Unverified::Pass,
+            max_unverified_bytes: 1024 * 1024 * 1024,
+            max_release_bytes: 16 * 1024 * 1024,
+            upstream_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -79,6 +142,7 @@ impl Default for Config {
             offline_grace: Duration::from_secs(10),
             storage: StorageConfig::default(),
             ingest: IngestConfig::default(),
+            cache: CacheConfig::default(),
             alerts: crate::alerts::AlertsConfig::default(),
         }
     }
@@ -134,6 +198,9 @@ impl Config {
         }
         if self.ingest.max_batch_records == 0 || self.ingest.queue_groups == 0 {
             bail!("ingest.max_batch_records and ingest.queue_groups must be positive");
+        }
+        if self.cache.max_bytes == 0 || self.cache.max_connections == 0 {
+            bail!("cache.max_bytes and cache.max_connections must be positive");
         }
         if self.storage.raw_retention > self.storage.rollup_retention {
             bail!("raw retention must not exceed rollup retention");

@@ -3,11 +3,13 @@
 //! Owns the agent-facing QUIC service ([`ingest`]), the admin API
 //! ([`api`]), the data directory and its key material ([`site`]),
 //! configuration ([`config`]), metrics ([`metrics`]), background jobs
-//! ([`jobs`]) and the admin CLI's HTTP client ([`client`]). [`serve`] wires
+//! ([`jobs`]), the LAN patch cache ([`cache`]) and the admin CLI's HTTP
+//! client ([`client`]). [`serve`] wires
 //! them together.
 
 pub mod alerts;
 pub mod api;
+pub mod cache;
 pub mod client;
 pub mod config;
 pub mod ingest;

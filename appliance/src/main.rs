@@ -57,6 +57,9 @@ enum Command {
     /// One device.
     #[command(subcommand)]
     Device(DeviceCmd),
+    /// LAN patch cache: stats, prefetch, verify, pins.
+    #[command(subcommand)]
+    Cache(outpost_appliance::cache::cli::CacheCmd),
     /// List alerts (default: open ones), show or acknowledge one.
     Alerts(AlertsArgs),
     /// Call the admin API: `outpost api GET /api/v1/alert-rules`,
@@ -230,6 +233,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             });
             outpost_appliance::serve::run(data, cfg, shutdown).await
         }
+        Command::Cache(cmd) => outpost_appliance::cache::cli::run(cmd, client()?).await,
         Command::CaFingerprint => {
             println!("{}", site::ca_fingerprint(&data)?);
             Ok(())

@@ -77,6 +77,8 @@ pub struct Metrics {
     pub chunks_sealed: Counter,
     pub retention_runs: Family<ResultLabel, Counter>,
     pub api_requests: Family<RouteLabel, Counter>,
+    /// LAN patch cache (`outpost_cache_*`).
+    pub cache: crate::cache::metrics::CacheMetrics,
     /// Alert transitions by kind (pending, firing, resolved, cleared, ...).
     pub alert_transitions: Family<KindLabel, Counter>,
     pub alerts_firing: Gauge,
@@ -125,6 +127,7 @@ impl Metrics {
             chunks_sealed: Counter::default(),
             retention_runs: Family::default(),
             api_requests: Family::default(),
+            cache: Default::default(),
             alert_transitions: Family::default(),
             alerts_firing: Gauge::default(),
             alerts_pending: Gauge::default(),
@@ -239,6 +242,7 @@ impl Metrics {
             m.retention_runs.clone(),
         );
         r.register("api_requests", "Admin API requests", m.api_requests.clone());
+        m.cache.register(r);
         r.register(
             "alert_transitions",
             "Alert transitions by kind",

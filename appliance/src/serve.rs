@@ -103,8 +103,27 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         alerts,
         started: Instant::now(),
     });
+    let tracker = TaskTracker::new();
+    let cache = if cfg.cache.enabled {
+        let (c, addr) = crate::cache::start(
+            &data.0,
+            &cfg,
+            store.clone(),
+            metrics.clone(),
+            &tracker,
+            shutdown.clone(),
+        )
+        .await?;
+        // Where the cache listens (for scripts and tests; port 0 picks one).
+        std::fs::write(data.0.join("cache.addr"), format!("{addr}\n"))
+            .context("writing cache.addr")?;
+        Some((c, addr))
+    } else {
+        None
+    };
     info!(
         quic = %endpoint.local_addr()?,
+        cache = ?cache.as_ref().map(|(_, a)| *a),
         admin = %admin_addr,
         durability = ?cfg.storage.durability,
         "appliance ready"
@@ -119,7 +138,10 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
     ));
     {
         let sd = shutdown.clone();
-        let router = api::router(api_state.clone());
+        let mut router = api::router(api_state.clone());
+        if let Some((c, _)) = &cache {
+            router = router.merge(crate::cache::api::router(c.clone(), &keys.admin_token));
+        }
         tracker.spawn(async move {
             let r = axum::serve(admin, router)
                 .with_graceful_shutdown(async move { sd.cancelled().await })

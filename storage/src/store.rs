@@ -44,6 +44,16 @@ pub enum Cf {
     RollupDirty,
     /// `ts | n` → `AuditEntry`.
     Audit,
+    /// LAN patch cache: upstream URL → cached entry (content hash, validators).
+    CacheUrls,
+    /// LAN patch cache: sha256 → blob metadata (size, last access, hits).
+    CacheBlobs,
+    /// LAN patch cache: upstream URL → size and sha256 a verified index states.
+    CacheExpect,
+    /// LAN patch cache: suite URL (`…/dists/SUITE`) → last accepted InRelease.
+    CacheSuites,
+    /// LAN patch cache: upstream URL → pin (never evicted).
+    CachePins,
     /// `device` → tags (JSON list): scopes of alert rules and windows.
     DeviceTags,
     /// `kind/id` → alerting configuration object (JSON): rules, channels,
@@ -58,7 +68,7 @@ pub enum Cf {
 }
 
 impl Cf {
-    pub const ALL: [Cf; 19] = [
+    pub const ALL: [Cf; 24] = [
         Cf::Meta,
         Cf::Devices,
         Cf::DeviceState,
@@ -73,6 +83,11 @@ impl Cf {
         Cf::Rollups,
         Cf::RollupDirty,
         Cf::Audit,
+        Cf::CacheUrls,
+        Cf::CacheBlobs,
+        Cf::CacheExpect,
+        Cf::CacheSuites,
+        Cf::CachePins,
         Cf::DeviceTags,
         Cf::AlertConfig,
         Cf::Alerts,
@@ -96,6 +111,11 @@ impl Cf {
             Cf::Rollups => "rollups",
             Cf::RollupDirty => "rollup_dirty",
             Cf::Audit => "audit",
+            Cf::CacheUrls => "cache_urls",
+            Cf::CacheBlobs => "cache_blobs",
+            Cf::CacheExpect => "cache_expect",
+            Cf::CacheSuites => "cache_suites",
+            Cf::CachePins => "cache_pins",
             Cf::DeviceTags => "device_tags",
             Cf::AlertConfig => "alert_config",
             Cf::Alerts => "alerts",

@@ -5,6 +5,7 @@
 
 mod alerts;
 mod bench_smoke;
+mod cache;
 mod durability;
 mod foundation;
 mod frames;

@@ -1,0 +1,380 @@
+//! LAN patch cache: an apt-compatible caching HTTP proxy on `cache_listen`
+//! that fetches each package once per site, verifies it against signed
+//! indexes before it is served, and serves LAN peers from disk with
+//! `sendfile`.
+//!
+//! Owns: the cache directory (`DATA/cache/`), the `cache_*` column
+//! families, the `outpost_cache_*` metrics, and the `/api/v1/cache/*`
+//! routes. It touches no other table and no agent-facing state.
+//!
+//! Files: [`url`] (request targets → upstream URLs, kinds), [`allow`]
+//! (upstream allow-list from apt sources), [`http`] (client HTTP/1.1 and
+//! sendfile), [`upstream`] (hyper client), [`gpg`] (InRelease signatures via
+//! gpgv), [`release`] (InRelease / Packages / Sources parsing), [`blobs`]
+//! (content-addressed files), [`index`] (database records and the LRU),
+//! [`fetch`] (coalesced downloads), [`suite`] (InRelease revalidation and
+//! the verified-index table), [`server`] (accept loop and request
+//! handling), [`ops`] (stats, prefetch, verify, pins), [`api`] and [`cli`].
+
+pub mod allow;
+pub mod api;
+pub mod blobs;
+pub mod cli;
+pub mod fetch;
+pub mod gpg;
+pub mod http;
+pub mod index;
+pub mod metrics;
+pub mod ops;
+pub mod release;
+pub mod server;
+pub mod suite;
+pub mod upstream;
+pub mod url;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::Context;
+use outpost_storage::rocksdb::{WriteBatch, WriteOptions};
+use outpost_storage::{Cf, Store};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::CacheConfig;
+use crate::metrics::Metrics;
+use allow::AllowList;
+use blobs::BlobDir;
+use fetch::InFlight;
+use gpg::Keyrings;
+use index::{BlobIndex, BlobMeta, PinRecord, Sha256};
+use upstream::Upstream;
+
+/// Requests and bytes per client address (for `cache stats`).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ClientCounts {
+    pub requests: u64,
+    pub hits: u64,
+    pub bytes: u64,
+}
+
+/// At most this many client addresses are tracked (then new ones are not).
+const MAX_TRACKED_CLIENTS: usize = 4096;
+
+/// The cache service, shared by every connection, download and API call.
+pub struct Cache {
+    /// Configuration (`[cache]`).
+    pub cfg: CacheConfig,
+    /// The appliance database (only the `cache_*` column families are used).
+    pub store: Store,
+    /// Files on disk.
+    pub dir: BlobDir,
+    /// Complete files: sizes, recency, pins. Locked briefly, never across await.
+    blobs: Mutex<BlobIndex>,
+    /// Downloads in progress, by the SHA-256 they must have: a second
+    /// request for the same content joins instead of fetching again.
+    pub(crate) inflight: Mutex<HashMap<Sha256, Arc<InFlight>>>,
+    /// One InRelease revalidation at a time per URL.
+    pub(crate) release_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Allowed upstream hosts.
+    pub allow: AllowList,
+    /// Keyrings that sign InRelease files.
+    pub keyrings: Keyrings,
+    pub upstream: Upstream,
+    pub metrics: Arc<Metrics>,
+    /// Per-client counters, bounded by [`MAX_TRACKED_CLIENTS`].
+    clients: Mutex<HashMap<IpAddr, ClientCounts>>,
+    /// Downloads run here so that a client disconnecting does not stop a
+    /// download other clients (or the cache) are waiting for.
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Locks a std mutex, recovering from poisoning (the data are counters and
+/// indexes that stay consistent across a panicking holder).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Cache {
+    /// Opens the cache in `root` (created if needed): removes partial
+    /// downloads, reconciles the database with the files on disk.
+    pub fn open(
+        root: &Path,
+        cfg: CacheConfig,
+        apt_dir: Option<&Path>,
+        store: Store,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<Cache>> {
+        let (dir, partials) = BlobDir::open(root)
+            .with_context(|| format!("creating the cache directory {}", root.display()))?;
+        if partials > 0 {
+            tracing::info!(partials, "removed interrupted downloads");
+        }
+        let allow = AllowList::build(
+            &cfg.allow_hosts,
+            if cfg.allow_apt_sources { apt_dir } else { None },
+        );
+        let keyrings = Keyrings::expand(&cfg.keyrings);
+        if keyrings.files.is_empty() {
+            tracing::warn!(
+                "no cache keyring found: InRelease files cannot be verified and nothing will be cached"
+            );
+        }
+        let cache = Cache {
+            upstream: Upstream::new(cfg.upstream_timeout),
+            cfg,
+            store,
+            dir,
+            blobs: Mutex::new(BlobIndex::default()),
+            inflight: Mutex::new(HashMap::new()),
+            release_locks: Mutex::new(HashMap::new()),
+            allow,
+            keyrings,
+            metrics,
+            clients: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+            shutdown,
+        };
+        cache.load().context("loading the cache index")?;
+        Ok(Arc::new(cache))
+    }
+
+    /// Rebuilds the in-memory index from the database and the disk.
+    fn load(&self) -> anyhow::Result<()> {
+        let on_disk: HashMap<Sha256, u64> = self.dir.list()?.into_iter().collect();
+        let mut metas: Vec<(Sha256, BlobMeta)> = Vec::new();
+        let mut stale = Vec::new();
+        self.store
+            .scan::<BlobMeta>(Cf::CacheBlobs, &[], None, |k, v| {
+                match <Sha256>::try_from(k) {
+                    Ok(sha) if on_disk.get(&sha) == Some(&v.size) => metas.push((sha, v)),
+                    _ => stale.push(k.to_vec()),
+                }
+                true
+            })?;
+        // Verified files renamed into place just before a crash, before their
+        // metadata was written: adopt them (a file is only renamed there
+        // after its hash was checked).
+        let known: std::collections::HashSet<Sha256> = metas.iter().map(|(s, _)| *s).collect();
+        for (sha, size) in &on_disk {
+            if !known.contains(sha) {
+                metas.push((
+                    *sha,
+                    BlobMeta {
+                        size: *size,
+                        last_access_ms: 0,
+                        hits: 0,
+                        url: String::new(),
+                    },
+                ));
+            }
+        }
+        metas.sort_by_key(|(_, m)| m.last_access_ms);
+        let mut ix = lock(&self.blobs);
+        for (sha, m) in &metas {
+            ix.insert(*sha, m);
+        }
+        let mut pins = 0;
+        self.store
+            .scan::<PinRecord>(Cf::CachePins, &[], None, |_, p| {
+                ix.pin(p.sha256);
+                pins += 1;
+                true
+            })?;
+        drop(ix);
+        if !stale.is_empty() {
+            let mut b = WriteBatch::default();
+            let cf = self.store.cf(Cf::CacheBlobs)?;
+            for k in &stale {
+                b.delete_cf(cf, k);
+            }
+            self.store.write(b)?;
+        }
+        self.update_gauges();
+        tracing::info!(
+            files = metas.len(),
+            pins,
+            dropped_records = stale.len(),
+            "cache index loaded"
+        );
+        Ok(())
+    }
+
+    pub(crate) fn blobs(&self) -> MutexGuard<'_, BlobIndex> {
+        lock(&self.blobs)
+    }
+
+    pub(crate) fn update_gauges(&self) {
+        let ix = self.blobs();
+        let m = &self.metrics.cache;
+        m.stored_bytes.set(ix.total_bytes() as i64);
+        m.stored_files.set(ix.len() as i64);
+        m.pinned_files.set(ix.pinned_files() as i64);
+    }
+
+    /// Records a newly completed file (already renamed into place) and evicts
+    /// beyond the size cap.
+    pub(crate) fn add_blob(&self, sha: Sha256, size: u64, url: &str) -> anyhow::Result<()> {
+        let meta = BlobMeta {
+            size,
+            last_access_ms: outpost_storage::now_ms(),
+            hits: 0,
+            url: url.to_string(),
+        };
+        self.store.put(Cf::CacheBlobs, &sha, &meta)?;
+        self.blobs().insert(sha, &meta);
+        self.evict_over_cap();
+        self.update_gauges();
+        Ok(())
+    }
+
+    /// Removes least recently used unpinned files beyond `max_bytes`.
+    pub(crate) fn evict_over_cap(&self) {
+        let victims = {
+            let mut ix = self.blobs();
+            let v = ix.eviction_victims(self.cfg.max_bytes);
+            for (sha, _) in &v {
+                ix.remove(sha);
+            }
+            v
+        };
+        if victims.is_empty() {
+            return;
+        }
+        let mut b = WriteBatch::default();
+        for (sha, size) in &victims {
+            if let Err(e) = self.dir.remove(sha) {
+                tracing::warn!(sha = %hex::encode(sha), error = %e, "removing an evicted file");
+            }
+            if let Ok(cf) = self.store.cf(Cf::CacheBlobs) {
+                b.delete_cf(cf, sha);
+            }
+            self.metrics.cache.evictions.inc();
+            self.metrics.cache.evicted_bytes.inc_by(*size);
+            tracing::debug!(sha = %hex::encode(sha), size, "evicted");
+        }
+        if let Err(e) = self.store.write(b) {
+            tracing::warn!(error = %e, "recording evictions");
+        }
+        let ix = self.blobs();
+        if ix.total_bytes() > self.cfg.max_bytes {
+            tracing::warn!(
+                stored = ix.total_bytes(),
+                max = self.cfg.max_bytes,
+                "cache over its size cap: every remaining file is pinned"
+            );
+        }
+    }
+
+    /// Drops a file found bad (quarantined by the caller).
+    pub(crate) fn drop_blob(&self, sha: &Sha256) {
+        self.blobs().remove(sha);
+        let _ = self.store.cf(Cf::CacheBlobs).map(|cf| {
+            let mut b = WriteBatch::default();
+            b.delete_cf(cf, sha);
+            self.store.write(b)
+        });
+        self.update_gauges();
+    }
+
+    /// Persists hit counts and access times (unsynced: losing some on a
+    /// crash only makes LRU order slightly older).
+    pub fn flush_access(&self) {
+        let dirty = self.blobs().take_dirty();
+        if dirty.is_empty() {
+            return;
+        }
+        let mut b = WriteBatch::default();
+        for (sha, meta) in &dirty {
+            if let Err(e) = self.store.batch_put(&mut b, Cf::CacheBlobs, sha, meta) {
+                tracing::warn!(error = %e, "encoding cache access times");
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(false);
+        if let Err(e) = self.store.db().write_opt(b, &wo) {
+            tracing::warn!(error = %e, "persisting cache access times");
+        }
+    }
+
+    /// Counts a request of `client`.
+    pub(crate) fn count_client(&self, client: IpAddr, hit: bool, bytes: u64) {
+        let mut c = lock(&self.clients);
+        if c.len() >= MAX_TRACKED_CLIENTS && !c.contains_key(&client) {
+            return;
+        }
+        let e = c.entry(client).or_default();
+        e.requests += 1;
+        e.hits += u64::from(hit);
+        e.bytes += bytes;
+    }
+
+    pub(crate) fn client_counts(&self) -> Vec<(IpAddr, ClientCounts)> {
+        let mut v: Vec<_> = lock(&self.clients)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        v.sort_by_key(|e| std::cmp::Reverse(e.1.bytes));
+        v
+    }
+}
+
+/// Starts the cache: binds `cfg.cache_listen`, serves until `shutdown`.
+/// Returns the cache handle (for the admin API) and the bound address.
+pub async fn start(
+    data_dir: &Path,
+    cfg: &crate::config::Config,
+    store: Store,
+    metrics: Arc<Metrics>,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Arc<Cache>, std::net::SocketAddr)> {
+    let cache = Cache::open(
+        &data_dir.join("cache"),
+        cfg.cache.clone(),
+        Some(Path::new("/etc/apt")),
+        store,
+        metrics,
+        shutdown.clone(),
+    )?;
+    let listener = tokio::net::TcpListener::bind(cfg.cache_listen)
+        .await
+        .with_context(|| format!("binding the patch cache on {}", cfg.cache_listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        %addr,
+        allowed = ?cache.allow.entries().collect::<Vec<_>>(),
+        keyrings = cache.keyrings.files.len(),
+        "patch cache listening"
+    );
+    tracker.spawn(server::accept_loop(listener, cache.clone()));
+    {
+        let c = cache.clone();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = c.shutdown.cancelled() => break,
+                    _ = tick.tick() => c.flush_access(),
+                }
+            }
+            c.tasks.close();
+            let _ = tokio::time::timeout(Duration::from_secs(5), c.tasks.wait()).await;
+            c.flush_access();
+        });
+    }
+    Ok((cache, addr))
+}

@@ -1,0 +1,470 @@
+//! Operations on the cache for the admin API and CLI: statistics,
+//! prefetch (pre-warm before a maintenance window), re-verification of
+//! every stored file, and pins (files an approved patch rollout needs are
+//! never evicted).
+
+use std::sync::Arc;
+
+use outpost_storage::rocksdb::WriteBatch;
+use outpost_storage::{Cf, now_ms};
+use serde::{Deserialize, Serialize};
+
+use super::Cache;
+use super::fetch::Progress;
+use super::index::{PinRecord, Sha256, UrlEntry};
+use super::release;
+use super::url::{FileKind, UpstreamUrl};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopFile {
+    pub url: String,
+    pub sha256: String,
+    pub size: u64,
+    pub hits: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientStat {
+    pub client: String,
+    pub requests: u64,
+    pub hits: u64,
+    pub bytes: u64,
+}
+
+/// `GET /api/v1/cache/stats`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CacheStats {
+    pub requests: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub coalesced: u64,
+    pub passthrough: u64,
+    /// hits / (hits + misses + coalesced + passthrough).
+    pub hit_ratio: f64,
+    /// Body bytes sent to clients from complete cached files.
+    pub bytes_from_cache: u64,
+    /// Body bytes sent to clients while downloading or passing through.
+    pub bytes_from_upstream: u64,
+    /// Body bytes received from upstream.
+    pub upstream_bytes: u64,
+    pub upstream_requests: u64,
+    pub upstream_errors: u64,
+    pub verify_failures: u64,
+    pub evictions: u64,
+    pub stale_served: u64,
+    pub stored_files: u64,
+    pub stored_bytes: u64,
+    pub max_bytes: u64,
+    pub pinned_files: u64,
+    pub allowed_hosts: Vec<String>,
+    pub top_files: Vec<TopFile>,
+    pub clients: Vec<ClientStat>,
+}
+
+/// `POST /api/v1/cache/prefetch`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PrefetchRequest {
+    /// Files to fetch (any file a verified index covers, or an InRelease).
+    pub urls: Vec<String>,
+    /// A `Packages`/`Sources` index: fetch it, then the package files it lists.
+    pub index: Option<String>,
+    /// With `index`: only these package names.
+    pub packages: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrefetchResult {
+    pub url: String,
+    /// `cached` (already there), `fetched`, or `error`.
+    pub result: String,
+    pub size: u64,
+    pub error: Option<String>,
+}
+
+/// `POST /api/v1/cache/verify`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub checked: u64,
+    pub bytes: u64,
+    /// SHA-256 names of files that no longer match (quarantined and dropped).
+    pub bad: Vec<String>,
+}
+
+/// `POST /api/v1/cache/pins`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PinRequest {
+    pub url: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PinInfo {
+    pub url: String,
+    pub sha256: String,
+    pub size: u64,
+    pub reason: String,
+    pub since_ms: u64,
+    /// Whether the file is currently stored.
+    pub cached: bool,
+}
+
+/// Bound on the files one `prefetch --index` fetches.
+const MAX_PREFETCH_FILES: usize = 10_000;
+
+impl Cache {
+    pub fn stats(&self) -> CacheStats {
+        let m = &self.metrics.cache;
+        let req = |r: &str| {
+            m.requests
+                .get_or_create(&crate::metrics::ResultLabel {
+                    result: r.to_string(),
+                })
+                .get()
+        };
+        let (hits, misses, coalesced, passthrough) = (
+            m.hits.get(),
+            m.misses.get(),
+            m.coalesced.get(),
+            req("passthrough"),
+        );
+        let denom = hits + misses + coalesced + passthrough;
+        let requests = [
+            "hit",
+            "miss",
+            "coalesced",
+            "passthrough",
+            "not_modified",
+            "stale",
+            "refused",
+            "error",
+            "head",
+        ]
+        .iter()
+        .map(|r| req(r))
+        .sum();
+        let (top, files, bytes, pinned) = {
+            let ix = self.blobs();
+            (
+                ix.top(10),
+                ix.len() as u64,
+                ix.total_bytes(),
+                ix.pinned_files() as u64,
+            )
+        };
+        CacheStats {
+            requests,
+            hits,
+            misses,
+            coalesced,
+            passthrough,
+            hit_ratio: if denom == 0 {
+                0.0
+            } else {
+                hits as f64 / denom as f64
+            },
+            bytes_from_cache: m.served_cache_bytes.get(),
+            bytes_from_upstream: m.served_upstream_bytes.get(),
+            upstream_bytes: m.upstream_bytes.get(),
+            upstream_requests: m.upstream_requests.get(),
+            upstream_errors: m.upstream_errors.get(),
+            verify_failures: m.verify_failures_total(),
+            evictions: m.evictions.get(),
+            stale_served: m.stale_served.get(),
+            stored_files: files,
+            stored_bytes: bytes,
+            max_bytes: self.cfg.max_bytes,
+            pinned_files: pinned,
+            allowed_hosts: self.allow.entries().cloned().collect(),
+            top_files: top
+                .into_iter()
+                .map(|(sha, size, hits, url)| TopFile {
+                    url,
+                    sha256: hex::encode(sha),
+                    size,
+                    hits,
+                })
+                .collect(),
+            clients: self
+                .client_counts()
+                .into_iter()
+                .map(|(ip, c)| ClientStat {
+                    client: ip.to_string(),
+                    requests: c.requests,
+                    hits: c.hits,
+                    bytes: c.bytes,
+                })
+                .collect(),
+        }
+    }
+
+    /// Makes sure one file is cached. Returns its hash and size.
+    pub async fn ensure_cached(
+        self: &Arc<Self>,
+        url: &UpstreamUrl,
+    ) -> Result<(Sha256, u64, bool), String> {
+        if !self.allow.allows(url) {
+            return Err(format!("upstream host {} is not allowed", url.authority()));
+        }
+        if url.kind() == FileKind::InRelease {
+            let (e, src) = self.release(url).await.map_err(|(_, m)| m)?;
+            return Ok((
+                e.sha256,
+                e.size,
+                src == super::suite::ReleaseSource::Fetched,
+            ));
+        }
+        let e = self
+            .expected(url)
+            .await
+            .map_err(|(_, m)| m)?
+            .ok_or_else(|| {
+                format!(
+                    "no verified index covers {url}: only files listed in a verified Packages/Sources \
+                     or InRelease can be prefetched (use --index with the suite's Packages file)"
+                )
+            })?;
+        if self.blobs().contains(&e.sha256) {
+            let path = self.dir.path(&e.sha256);
+            if !e.index_name.is_empty()
+                && release::package_index(&e.index_name).is_some()
+                && !self.index_recorded(url, &e.sha256)
+            {
+                self.record_index_entries(url, &e.index_name, &path, e.sha256)
+                    .await
+                    .map_err(|x| format!("{x:#}"))?;
+            }
+            return Ok((e.sha256, e.size, false));
+        }
+        let (fl, started) = self
+            .join_or_start(url, &e)
+            .map_err(|x| format!("cannot create a cache file: {x}"))?;
+        if started {
+            self.metrics.cache.misses.inc();
+        } else {
+            self.metrics.cache.coalesced.inc();
+        }
+        let mut rx = fl.progress.subscribe();
+        loop {
+            match &*rx.borrow_and_update() {
+                Progress::Complete => return Ok((e.sha256, e.size, true)),
+                Progress::Failed { message, .. } => return Err(message.to_string()),
+                Progress::Receiving(_) => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err("download vanished".into());
+            }
+        }
+    }
+
+    pub async fn prefetch(self: &Arc<Self>, req: PrefetchRequest) -> Vec<PrefetchResult> {
+        let mut urls: Vec<String> = req.urls.clone();
+        let mut out = Vec::new();
+        if let Some(index) = &req.index {
+            match self.index_files(index, &req.packages).await {
+                Ok(list) => urls.extend(list),
+                Err(e) => out.push(PrefetchResult {
+                    url: index.clone(),
+                    result: "error".into(),
+                    size: 0,
+                    error: Some(e),
+                }),
+            }
+        }
+        let sem = Arc::new(tokio::sync::Semaphore::new(4));
+        let mut set = tokio::task::JoinSet::new();
+        for (i, u) in urls.into_iter().enumerate() {
+            let c = self.clone();
+            let sem = sem.clone();
+            set.spawn(async move {
+                let _p = sem.acquire_owned().await;
+                let r = match UpstreamUrl::parse_absolute(&u) {
+                    Err(e) => Err(e.to_string()),
+                    Ok(url) => c.ensure_cached(&url).await,
+                };
+                (
+                    i,
+                    match r {
+                        Ok((_, size, fetched)) => PrefetchResult {
+                            url: u,
+                            result: if fetched { "fetched" } else { "cached" }.into(),
+                            size,
+                            error: None,
+                        },
+                        Err(e) => PrefetchResult {
+                            url: u,
+                            result: "error".into(),
+                            size: 0,
+                            error: Some(e),
+                        },
+                    },
+                )
+            });
+        }
+        let mut results = Vec::new();
+        while let Some(r) = set.join_next().await {
+            if let Ok(r) = r {
+                results.push(r);
+            }
+        }
+        results.sort_by_key(|(i, _)| *i);
+        out.extend(results.into_iter().map(|(_, r)| r));
+        out
+    }
+
+    /// Caches a Packages/Sources index and lists the package URLs it names
+    /// (only `packages` if not empty).
+    async fn index_files(
+        self: &Arc<Self>,
+        index: &str,
+        packages: &[String],
+    ) -> Result<Vec<String>, String> {
+        let url = UpstreamUrl::parse_absolute(index).map_err(|e| e.to_string())?;
+        let (sha, _, _) = self.ensure_cached(&url).await?;
+        let e = self
+            .expected(&url)
+            .await
+            .map_err(|(_, m)| m)?
+            .ok_or_else(|| format!("{url} is not covered by a verified InRelease"))?;
+        let (kind, comp) = release::package_index(&e.index_name)
+            .ok_or_else(|| format!("{url} is not a Packages or Sources index"))?;
+        let root = url
+            .archive_root()
+            .ok_or_else(|| format!("{url} is not under …/dists/"))?;
+        let path = self.dir.path(&sha);
+        let packages = packages.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+            let mut list = Vec::new();
+            release::for_each_package_file(release::decompress(f, comp), kind, |rel, _| {
+                let name = rel.rsplit('/').next().unwrap_or("");
+                if (packages.is_empty()
+                    || packages.iter().any(|p| name.starts_with(&format!("{p}_"))))
+                    && list.len() < MAX_PREFETCH_FILES
+                {
+                    list.push(root.with_path(format!("{}/{rel}", root.path)).to_string());
+                }
+            })
+            .map_err(|e| e.to_string())?;
+            Ok(list)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Re-hashes every stored file; bad ones are quarantined and dropped.
+    pub async fn verify_all(self: &Arc<Self>) -> VerifyReport {
+        let files = self.blobs().all();
+        let c = self.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let mut rep = VerifyReport {
+                checked: 0,
+                bytes: 0,
+                bad: Vec::new(),
+            };
+            for (sha, size) in files {
+                let path = c.dir.path(&sha);
+                rep.checked += 1;
+                match super::blobs::hash_file(&path) {
+                    Ok((h, n)) if h == sha && n == size => rep.bytes += n,
+                    other => {
+                        tracing::warn!(sha = %hex::encode(sha), result = ?other.map(|(h, n)| (hex::encode(h), n)), "cached file failed re-verification");
+                        if path.exists() {
+                            let _ = c.dir.quarantine(&path, &hex::encode(sha));
+                        }
+                        c.drop_blob(&sha);
+                        c.metrics.cache.verify_failure("rehash");
+                        rep.bad.push(hex::encode(sha));
+                    }
+                }
+            }
+            rep
+        })
+        .await;
+        r.unwrap_or(VerifyReport {
+            checked: 0,
+            bytes: 0,
+            bad: vec!["verification task failed".into()],
+        })
+    }
+
+    /// Pins a URL's file (fetching it first if needed).
+    pub async fn pin(self: &Arc<Self>, req: &PinRequest) -> Result<PinInfo, String> {
+        let url = UpstreamUrl::parse_absolute(&req.url).map_err(|e| e.to_string())?;
+        let (sha, size, _) = self.ensure_cached(&url).await?;
+        let rec = PinRecord {
+            sha256: sha,
+            size,
+            reason: req.reason.clone(),
+            since_ms: now_ms(),
+        };
+        let old: Option<PinRecord> = self
+            .store
+            .get(Cf::CachePins, &url.key())
+            .map_err(|e| e.to_string())?;
+        self.store
+            .put(Cf::CachePins, &url.key(), &rec)
+            .map_err(|e| e.to_string())?;
+        {
+            let mut ix = self.blobs();
+            if let Some(o) = old {
+                ix.unpin(&o.sha256);
+            }
+            ix.pin(sha);
+        }
+        self.update_gauges();
+        Ok(pin_info(url.to_string(), &rec, true))
+    }
+
+    pub fn unpin(&self, url: &str) -> Result<bool, String> {
+        let url = UpstreamUrl::parse_absolute(url).map_err(|e| e.to_string())?;
+        let old: Option<PinRecord> = self
+            .store
+            .get(Cf::CachePins, &url.key())
+            .map_err(|e| e.to_string())?;
+        let Some(o) = old else {
+            return Ok(false);
+        };
+        let cf = self.store.cf(Cf::CachePins).map_err(|e| e.to_string())?;
+        let mut b = WriteBatch::default();
+        b.delete_cf(cf, url.key());
+        self.store.write(b).map_err(|e| e.to_string())?;
+        self.blobs().unpin(&o.sha256);
+        self.update_gauges();
+        self.evict_over_cap();
+        Ok(true)
+    }
+
+    pub fn pins(&self) -> Result<Vec<PinInfo>, String> {
+        let mut out = Vec::new();
+        let ix = self.blobs();
+        self.store
+            .scan::<PinRecord>(Cf::CachePins, &[], None, |k, r| {
+                out.push(pin_info(
+                    String::from_utf8_lossy(k).into_owned(),
+                    &r,
+                    ix.contains(&r.sha256),
+                ));
+                true
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    /// The cached entry of a mutable URL (InRelease), if any.
+    pub fn url_entry(&self, url: &UpstreamUrl) -> Option<UrlEntry> {
+        self.store.get(Cf::CacheUrls, &url.key()).ok().flatten()
+    }
+}
+
+fn pin_info(url: String, r: &PinRecord, cached: bool) -> PinInfo {
+    PinInfo {
+        url,
+        sha256: hex::encode(r.sha256),
+        size: r.size,
+        reason: r.reason.clone(),
+        since_ms: r.since_ms,
+        cached,
+    }
+}

@@ -1,0 +1,335 @@
+//! Upstream URLs as the cache sees them: parsed from a client's request
+//! target (forward-proxy `http://host/path` or mirror path `/host/path`),
+//! normalised so that both modes reach the same cache entry, and classified
+//! by what apt does with the file. No I/O.
+
+use std::fmt;
+
+/// A normalised `http://host[:port]/path` upstream URL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamUrl {
+    /// Lower-case host name or IP literal (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+    /// Absolute path, starting with `/`, without `.`/`..` segments.
+    pub path: String,
+}
+
+/// Why a request target is not an upstream URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error(
+        "only http:// upstreams are supported (got {0:?}); https repositories cannot be cached by a proxy"
+    )]
+    Scheme(String),
+    #[error(
+        "request target {0:?} names no upstream host: use the proxy form `GET http://HOST/PATH` or a mirror path `/HOST/PATH`"
+    )]
+    NoHost(String),
+    #[error("invalid host or port in {0:?}")]
+    BadHost(String),
+    #[error("path {0:?} is not allowed (`..`, query strings and fragments are refused)")]
+    BadPath(String),
+}
+
+impl UpstreamUrl {
+    /// Parses `http://host[:port]/path`.
+    pub fn parse_absolute(target: &str) -> Result<UpstreamUrl, UrlError> {
+        let (scheme, rest) = target
+            .split_once("://")
+            .ok_or_else(|| UrlError::NoHost(target.to_string()))?;
+        if !scheme.eq_ignore_ascii_case("http") {
+            return Err(UrlError::Scheme(scheme.to_string()));
+        }
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        Self::from_parts(authority, path, target)
+    }
+
+    /// Parses a mirror path `/host[:port]/path`.
+    pub fn parse_mirror_path(target: &str) -> Result<UpstreamUrl, UrlError> {
+        let rest = target
+            .strip_prefix('/')
+            .ok_or_else(|| UrlError::NoHost(target.to_string()))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => return Err(UrlError::NoHost(target.to_string())),
+        };
+        if authority.is_empty() || !authority.contains('.') && !authority.contains(':') {
+            // `/pool/x.deb` or `/debian/...` is a path, not a host.
+            if authority != "localhost" {
+                return Err(UrlError::NoHost(target.to_string()));
+            }
+        }
+        Self::from_parts(authority, path, target)
+    }
+
+    /// Parses either form.
+    pub fn parse_target(target: &str) -> Result<UpstreamUrl, UrlError> {
+        if target.starts_with('/') {
+            Self::parse_mirror_path(target)
+        } else {
+            Self::parse_absolute(target)
+        }
+    }
+
+    fn from_parts(authority: &str, path: &str, whole: &str) -> Result<UpstreamUrl, UrlError> {
+        if authority.contains('@') || authority.is_empty() {
+            return Err(UrlError::BadHost(whole.to_string()));
+        }
+        let (host, port) =
+            split_host_port(authority).ok_or_else(|| UrlError::BadHost(whole.to_string()))?;
+        let path = normalise_path(path).ok_or_else(|| UrlError::BadPath(whole.to_string()))?;
+        Ok(UpstreamUrl {
+            host: host.to_ascii_lowercase(),
+            port,
+            path,
+        })
+    }
+
+    /// `host` or `host:port` when the port is not 80 (the allow-list key).
+    pub fn authority(&self) -> String {
+        let h = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == 80 {
+            h
+        } else {
+            format!("{h}:{}", self.port)
+        }
+    }
+
+    /// The file name (last path segment).
+    pub fn file_name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or("")
+    }
+
+    /// This URL with another path.
+    pub fn with_path(&self, path: String) -> UpstreamUrl {
+        UpstreamUrl {
+            host: self.host.clone(),
+            port: self.port,
+            path,
+        }
+    }
+
+    /// For a file under `…/dists/SUITE/…`: the suite URL `…/dists/SUITE` and
+    /// the path relative to it.
+    pub fn suite(&self) -> Option<(UpstreamUrl, String)> {
+        let i = self.path.find("/dists/")?;
+        let after = &self.path[i + "/dists/".len()..];
+        let (suite, rel) = after.split_once('/')?;
+        if suite.is_empty() || rel.is_empty() {
+            return None;
+        }
+        Some((
+            self.with_path(format!("{}/dists/{suite}", &self.path[..i])),
+            rel.to_string(),
+        ))
+    }
+
+    /// The archive root (`…` before `/dists/`), against which `Filename:` of
+    /// a Packages index and `Directory:` of a Sources index are relative.
+    pub fn archive_root(&self) -> Option<UpstreamUrl> {
+        let i = self.path.find("/dists/")?;
+        Some(self.with_path(self.path[..i].to_string()))
+    }
+
+    /// The database key (the URL text).
+    pub fn key(&self) -> Vec<u8> {
+        self.to_string().into_bytes()
+    }
+
+    /// What apt does with this file.
+    pub fn kind(&self) -> FileKind {
+        FileKind::of_path(&self.path)
+    }
+}
+
+impl fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}{}", self.authority(), self.path)
+    }
+}
+
+fn split_host_port(authority: &str) -> Option<(String, u16)> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (h, tail) = rest.split_once(']')?;
+        let port = match tail.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if tail.is_empty() => 80,
+            None => return None,
+        };
+        return Some((h.to_string(), port));
+    }
+    let (h, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().ok()?),
+        None => (authority, 80),
+    };
+    if h.is_empty()
+        || port == 0
+        || !h
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+    {
+        return None;
+    }
+    Some((h.to_string(), port))
+}
+
+/// Removes `.` and empty segments; refuses `..`, `?`, `#` and control bytes.
+fn normalise_path(path: &str) -> Option<String> {
+    if path.contains(['?', '#']) || path.bytes().any(|b| b < 0x21 || b == 0x7f) {
+        return None;
+    }
+    let mut out = String::with_capacity(path.len());
+    for seg in path.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => return None,
+            s if s.eq_ignore_ascii_case("%2e%2e") || s.eq_ignore_ascii_case("..%2f") => {
+                return None;
+            }
+            s => {
+                out.push('/');
+                out.push_str(s);
+            }
+        }
+    }
+    if path.ends_with('/') || out.is_empty() {
+        out.push('/');
+    }
+    Some(out)
+}
+
+/// Kinds of apt repository files, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// `InRelease`: clear-signed suite description (mutable URL).
+    InRelease,
+    /// `Release` / `Release.gpg`: detached-signature variant (mutable URL).
+    Release,
+    /// Index files listed in a Release (`Packages*`, `Sources*`,
+    /// `Translation-*`, `Contents-*`, `by-hash/…`, …) — mutable URL unless by-hash.
+    Index,
+    /// Package files (`.deb`, `.udeb`, `.ddeb`, `.rpm`, source parts): immutable.
+    Package,
+    /// Anything else.
+    Other,
+}
+
+impl FileKind {
+    pub fn of_path(path: &str) -> FileKind {
+        let name = path.rsplit('/').next().unwrap_or("");
+        if name == "InRelease" {
+            return FileKind::InRelease;
+        }
+        if name == "Release" || name == "Release.gpg" {
+            return FileKind::Release;
+        }
+        if path.contains("/by-hash/") || path.contains("/dists/") || path.contains("/repodata/") {
+            return FileKind::Index;
+        }
+        const PKG: [&str; 11] = [
+            ".deb", ".udeb", ".ddeb", ".rpm", ".dsc", ".tar.gz", ".tar.xz", ".tar.bz2", ".tar.zst",
+            ".diff.gz", ".asc",
+        ];
+        if PKG.iter().any(|s| name.ends_with(s)) {
+            return FileKind::Package;
+        }
+        FileKind::Other
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileKind::InRelease => "inrelease",
+            FileKind::Release => "release",
+            FileKind::Index => "index",
+            FileKind::Package => "package",
+            FileKind::Other => "other",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_and_mirror_forms_reach_the_same_url() {
+        let a = UpstreamUrl::parse_target("http://Deb.Debian.org/debian/pool/main/h/hello.deb")
+            .unwrap();
+        let b = UpstreamUrl::parse_target("/deb.debian.org/debian/pool/main/h/hello.deb").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(
+            a.to_string(),
+            "http://deb.debian.org/debian/pool/main/h/hello.deb"
+        );
+        let c = UpstreamUrl::parse_target("http://127.0.0.1:8081//x/./y.deb").unwrap();
+        assert_eq!(c.to_string(), "http://127.0.0.1:8081/x/y.deb");
+        assert_eq!(c.authority(), "127.0.0.1:8081");
+        let d = UpstreamUrl::parse_target("/127.0.0.1:8081/x/y.deb").unwrap();
+        assert_eq!(c, d);
+    }
+
+    #[test]
+    fn bad_targets_are_refused_with_a_reason() {
+        assert!(matches!(
+            UpstreamUrl::parse_target("https://x.org/a"),
+            Err(UrlError::Scheme(_))
+        ));
+        assert!(matches!(
+            UpstreamUrl::parse_target("/pool/main/x.deb"),
+            Err(UrlError::NoHost(_))
+        ));
+        assert!(matches!(
+            UpstreamUrl::parse_target("http://x.org/a/../../etc/passwd"),
+            Err(UrlError::BadPath(_))
+        ));
+        assert!(matches!(
+            UpstreamUrl::parse_target("http://user@x.org/a"),
+            Err(UrlError::BadHost(_))
+        ));
+        assert!(matches!(
+            UpstreamUrl::parse_target("http://x.org:99999/a"),
+            Err(UrlError::BadHost(_))
+        ));
+        assert!(UpstreamUrl::parse_target("http://x.org/a?b=c").is_err());
+    }
+
+    #[test]
+    fn suites_roots_and_kinds() {
+        let u = UpstreamUrl::parse_target(
+            "http://deb.debian.org/debian/dists/bookworm/main/binary-amd64/Packages.xz",
+        )
+        .unwrap();
+        let (suite, rel) = u.suite().unwrap();
+        assert_eq!(
+            suite.to_string(),
+            "http://deb.debian.org/debian/dists/bookworm"
+        );
+        assert_eq!(rel, "main/binary-amd64/Packages.xz");
+        assert_eq!(
+            u.archive_root().unwrap().to_string(),
+            "http://deb.debian.org/debian"
+        );
+        assert_eq!(u.kind(), FileKind::Index);
+        assert_eq!(
+            FileKind::of_path("/d/dists/s/InRelease"),
+            FileKind::InRelease
+        );
+        assert_eq!(
+            FileKind::of_path("/d/dists/s/Release.gpg"),
+            FileKind::Release
+        );
+        assert_eq!(
+            FileKind::of_path("/d/pool/h/hello_1_amd64.deb"),
+            FileKind::Package
+        );
+        assert_eq!(FileKind::of_path("/d/README"), FileKind::Other);
+    }
+}
