@@ -429,10 +429,7 @@ pub async fn run(r: &AlertRun, app: &crate::spawn::Spawned) -> anyhow::Result<Re
         rep.int("ingest_errors", i.errors);
     }
     if r.webhook_down {
-        rep.int(
-            "probes",
-            probe_stats.firing.len() + probe_stats.resolved.len(),
-        );
+        rep.int("probes", probe_stats.flips);
     } else {
         report(&mut rep, &probe_stats);
     }
