@@ -36,6 +36,8 @@ pub struct RouteLabel {
 /// each metric is an atomic.
 pub struct Metrics {
     registry: Registry,
+    /// The uplink's counters (`outpost_uplink_*`).
+    pub uplink: outpost_uplink::metrics::UplinkMetrics,
     /// Open QUIC connections (all ALPNs).
     pub connections_active: Gauge,
     /// Accepted connections by kind (`session`, `enroll`).
@@ -111,6 +113,7 @@ impl Metrics {
             retention_runs: Family::default(),
             api_requests: Family::default(),
             registry: Registry::default(),
+            uplink: outpost_uplink::metrics::UplinkMetrics::default(),
         };
         let r = &mut registry;
         r.register(
@@ -219,6 +222,7 @@ impl Metrics {
             m.retention_runs.clone(),
         );
         r.register("api_requests", "Admin API requests", m.api_requests.clone());
+        m.uplink.register(&mut registry);
         Metrics { registry, ..m }
     }
 

@@ -35,7 +35,10 @@ pub fn bucket_ms() -> u64 {
 /// process, so end-to-end tests see buckets close in seconds. Production
 /// keeps 5 minutes; set it once at start, before any sample is stored.
 pub fn set_bucket_ms(ms: u64) {
-    BUCKET_MS_OVERRIDE.store(if ms == BUCKET_MS { 0 } else { ms.max(1000) }, Ordering::Relaxed);
+    BUCKET_MS_OVERRIDE.store(
+        if ms == BUCKET_MS { 0 } else { ms.max(1000) },
+        Ordering::Relaxed,
+    );
 }
 
 /// Start of the bucket containing `ts_ms`.
@@ -158,20 +161,13 @@ pub fn process_dirty(
         }
         for SeriesInfo { id: sid, .. } in &series {
             let mut r: Option<Rollup> = None;
-            crate::samples::samples_in(
-                store,
-                device,
-                *sid,
-                bucket,
-                bucket + width,
-                |ts, v| {
-                    match &mut r {
-                        Some(r) => r.add(ts, v),
-                        None => r = Some(Rollup::of(ts, v)),
-                    }
-                    true
-                },
-            )?;
+            crate::samples::samples_in(store, device, *sid, bucket, bucket + width, |ts, v| {
+                match &mut r {
+                    Some(r) => r.add(ts, v),
+                    None => r = Some(Rollup::of(ts, v)),
+                }
+                true
+            })?;
             if let Some(rollup) = r {
                 store.batch_put(
                     &mut batch,
@@ -359,18 +355,36 @@ mod tests {
                 .unwrap();
             out
         };
-        w.apply(&[IncomingRecords { device: dev, records: vec![sample(1, 1000, 1.0)] }], 0)
-            .unwrap();
+        w.apply(
+            &[IncomingRecords {
+                device: dev,
+                records: vec![sample(1, 1000, 1.0)],
+            }],
+            0,
+        )
+        .unwrap();
         w.roll_up(10 * BUCKET_MS, 0, 100).unwrap();
         assert!(markers(&store).is_empty(), "not joined: nothing pending");
         store.set_uplink_tracking(true);
-        w.apply(&[IncomingRecords { device: dev, records: vec![sample(2, 2000, 2.0)] }], 0)
-            .unwrap();
+        w.apply(
+            &[IncomingRecords {
+                device: dev,
+                records: vec![sample(2, 2000, 2.0)],
+            }],
+            0,
+        )
+        .unwrap();
         w.roll_up(10 * BUCKET_MS, 0, 100).unwrap();
         assert_eq!(markers(&store), vec![(dev, 0, 10 * BUCKET_MS)]);
         // A late sample recomputes the bucket under a new generation.
-        w.apply(&[IncomingRecords { device: dev, records: vec![sample(3, 3000, 3.0)] }], 0)
-            .unwrap();
+        w.apply(
+            &[IncomingRecords {
+                device: dev,
+                records: vec![sample(3, 3000, 3.0)],
+            }],
+            0,
+        )
+        .unwrap();
         w.roll_up(11 * BUCKET_MS, 0, 100).unwrap();
         assert_eq!(markers(&store).len(), 2);
     }

@@ -8,3 +8,4 @@ mod durability;
 mod foundation;
 mod frames;
 mod refusals;
+mod uplink;
