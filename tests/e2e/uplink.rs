@@ -582,3 +582,302 @@ fn replayed_and_out_of_order_batches_apply_once_and_foreign_claims_are_rejected(
     let devs = central.get("/api/v1/devices", &viewer);
     assert_eq!(devs["devices"].as_array().unwrap().len(), 1);
 }
+
+/// One HTTP request with extra headers: (status, head, body).
+fn raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), rest.to_string())
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+#[test]
+fn tenants_are_isolated_viewers_cannot_change_anything_and_logins_use_secure_cookies() {
+    let tmp = scratch("uplink-rbac");
+    let root = tmp.path();
+    let central = Central::start(root);
+    let mut a = SiteClient::join(root, &central, "acme", "a-site");
+    let mut b = SiteClient::join(root, &central, "beta", "b-site");
+    assert_eq!(
+        a.send(&a.batch(1, 7, 0..3)),
+        outpost_uplink::wire::CentralFrame::Ack { seq: 1 }
+    );
+    assert_eq!(
+        b.send(&b.batch(1, 8, 0..3)),
+        outpost_uplink::wire::CentralFrame::Ack { seq: 1 }
+    );
+    let tok = |t: &str, r: &str| central.api_token(t, r);
+    let (a_admin, a_tech, a_viewer, b_admin) = (
+        tok("acme", "admin"),
+        tok("acme", "technician"),
+        tok("acme", "viewer"),
+        tok("beta", "admin"),
+    );
+    let (ok, scoped, err) = central.cli(
+        &[
+            "token",
+            "create",
+            "--tenant",
+            "acme",
+            "--role",
+            "viewer",
+            "--customer",
+            "someone-else",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let scoped = scoped.trim().to_string();
+    let h = central.http;
+    let dev_a = "0000000000000007";
+    // Every route that names an acme object.
+    let object_routes = [
+        format!("/api/v1/sites/{}", a.site),
+        format!("/api/v1/sites/{}/devices/{dev_a}", a.site),
+        format!(
+            "/api/v1/sites/{}/devices/{dev_a}/metrics?series=cpu",
+            a.site
+        ),
+        format!("/api/v1/devices?site={}", a.site),
+        format!("/api/v1/alerts?site={}", a.site),
+        format!("/sites/{}", a.site),
+        format!("/sites/{}/devices/{dev_a}", a.site),
+    ];
+    for r in &object_routes {
+        let (st, _, body) = raw(h, "GET", r, &[("Authorization", &bearer(&a_viewer))], "");
+        if r.starts_with("/api") {
+            assert_eq!(st, 200, "acme viewer GET {r}: {body}");
+        }
+        for other in [&b_admin, &scoped] {
+            let (st, _, body) = raw(h, "GET", r, &[("Authorization", &bearer(other))], "");
+            if r.starts_with("/api") {
+                assert_eq!(st, 404, "foreign GET {r} must be 404: {body}");
+            }
+        }
+        let (st, _, _) = raw(h, "GET", r, &[], "");
+        assert!(
+            st == 401 || (st == 303 && !r.starts_with("/api")),
+            "anonymous GET {r}: {st}"
+        );
+    }
+    // Lists of the other tenant show nothing of acme.
+    for r in [
+        "/api/v1/sites",
+        "/api/v1/devices",
+        "/api/v1/alerts",
+        "/api/v1/summary",
+        "/api/v1/customers",
+        "/api/v1/me",
+    ] {
+        let (st, _, body) = raw(h, "GET", r, &[("Authorization", &bearer(&b_admin))], "");
+        assert_eq!(st, 200, "{r}: {body}");
+        assert!(
+            !body.contains(&a.site) && !body.contains("acme"),
+            "beta sees acme in {r}: {body}"
+        );
+        let (st, _, body) = raw(h, "GET", r, &[("Authorization", &bearer(&a_viewer))], "");
+        assert_eq!(st, 200, "{r}: {body}");
+        assert!(
+            !body.contains(&b.site) && !body.contains("beta"),
+            "acme sees beta in {r}: {body}"
+        );
+    }
+    // Changes: viewers and technicians cannot; admins can (in their tenant only).
+    let writes = [
+        ("/api/v1/sites", r#"{"customer":"dental","site":"new"}"#),
+        ("/api/v1/tokens", r#"{"role":"viewer"}"#),
+        (
+            "/api/v1/users",
+            r#"{"name":"bob","role":"viewer","password":"hunter22hunter"}"#,
+        ),
+    ];
+    for (r, body) in writes {
+        for t in [&a_viewer, &a_tech] {
+            let (st, _, resp) = raw(
+                h,
+                "POST",
+                r,
+                &[
+                    ("Authorization", &bearer(t)),
+                    ("Content-Type", "application/json"),
+                ],
+                body,
+            );
+            assert_eq!(st, 403, "POST {r} by a non-admin: {resp}");
+        }
+        let (st, _, resp) = raw(
+            h,
+            "POST",
+            r,
+            &[
+                ("Authorization", &bearer(&a_admin)),
+                ("Content-Type", "application/json"),
+            ],
+            body,
+        );
+        assert_eq!(st, 201, "POST {r} by an admin: {resp}");
+        let (st, _, _) = raw(
+            h,
+            "POST",
+            &format!("/api/v1/admin{}", &r[7..]),
+            &[
+                ("Authorization", &bearer(&a_admin)),
+                ("Content-Type", "application/json"),
+            ],
+            body,
+        );
+        assert_eq!(st, 401, "operator endpoints refuse tenant tokens");
+    }
+    // Password login: argon2, Secure/HttpOnly/SameSite session cookie.
+    let (ok, _, err) = central.cli(
+        &[
+            "user", "add", "--tenant", "acme", "--name", "alice", "--role", "viewer",
+        ],
+        Some("correct horse battery\n"),
+    );
+    assert!(ok, "{err}");
+    let login = |pw: &str| {
+        raw(
+            h,
+            "POST",
+            "/api/v1/login",
+            &[("Content-Type", "application/json")],
+            &format!(r#"{{"tenant":"acme","username":"alice","password":"{pw}"}}"#),
+        )
+    };
+    let (st, _, _) = login("wrong horse");
+    assert_eq!(st, 401);
+    let (st, head, _) = raw(
+        h,
+        "POST",
+        "/api/v1/login",
+        &[("Content-Type", "application/json")],
+        r#"{"tenant":"beta","username":"alice","password":"correct horse battery"}"#,
+    );
+    assert_eq!(st, 401, "a user belongs to one tenant: {head}");
+    let (st, head, _) = login("correct horse battery");
+    assert_eq!(st, 200, "{head}");
+    let set = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .expect("Set-Cookie")
+        .to_string();
+    for flag in ["Secure", "HttpOnly", "SameSite=Strict"] {
+        assert!(set.contains(flag), "{set}");
+    }
+    let cookie = set
+        .split_once(':')
+        .unwrap()
+        .1
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let (st, _, body) = raw(h, "GET", "/api/v1/me", &[("Cookie", &cookie)], "");
+    assert_eq!(st, 200);
+    assert!(body.contains("alice") && body.contains("viewer"), "{body}");
+    let (st, _, body) = raw(h, "GET", "/", &[("Cookie", &cookie)], "");
+    assert_eq!(st, 200);
+    assert!(
+        body.contains("a-site") && !body.contains("b-site"),
+        "{body}"
+    );
+    let (st, _, _) = raw(
+        h,
+        "GET",
+        &format!("/sites/{}", b.site),
+        &[("Cookie", &cookie)],
+        "",
+    );
+    assert_eq!(st, 404, "another tenant's site page is 404");
+    let (st, _, _) = raw(
+        h,
+        "POST",
+        "/api/v1/sites",
+        &[("Cookie", &cookie), ("Content-Type", "application/json")],
+        writes[0].1,
+    );
+    assert_eq!(st, 403, "a viewer session cannot change anything");
+    let (st, _, _) = raw(h, "POST", "/api/v1/logout", &[("Cookie", &cookie)], "");
+    assert_eq!(st, 200);
+    let (st, _, _) = raw(h, "GET", "/api/v1/me", &[("Cookie", &cookie)], "");
+    assert_eq!(st, 401, "logged out");
+    assert!(central.metric("outpost_central_logins_failed_total") >= 2.0);
+}
+
+#[test]
+fn a_full_outbox_drops_the_oldest_rollups_first_and_keeps_device_status() {
+    let tmp = scratch("uplink-bound");
+    let root = tmp.path();
+    let mut central = Central::start(root);
+    let (token, fp) = central.site_add("acme", "dental", "tiny");
+    let cfg = fast_config(root, "outbox_max_bytes = 1200\n");
+    let app = Appliance::start_with(root, &["--config", cfg.to_str().unwrap()]);
+    let site = join(&app, &central, &token, &fp);
+    central.stop();
+    let mut agent = Agent::enroll(root, "agent-b", &app);
+    agent.start();
+    wait_for(
+        Duration::from_secs(60),
+        "rollups dropped by the bound",
+        || (app.metric("outpost_uplink_rollups_dropped_total") > 0.0).then_some(()),
+    );
+    let st = uplink_status(&app);
+    assert!(st["dropped_rollups_total"].as_u64().unwrap() > 0, "{st}");
+    assert!(
+        st["backlog_bytes"].as_u64().unwrap() <= 1200
+            || app.metric("outpost_uplink_outbox_over_limit_total") > 0.0,
+        "{st}"
+    );
+    central.restart();
+    let viewer = central.api_token("acme", "viewer");
+    let d = wait_for(
+        Duration::from_secs(30),
+        "device status at central despite drops",
+        || {
+            let v = central.get(&format!("/api/v1/devices?site={site}"), &viewer);
+            v["devices"]
+                .as_array()?
+                .iter()
+                .find(|d| d["device"] == agent.device_id.as_str() && d["status"] == "online")
+                .cloned()
+        },
+    );
+    assert_eq!(d["customer"], "dental");
+    let s = wait_for(
+        Duration::from_secs(30),
+        "dropped count reported to central",
+        || {
+            let s = central.get(&format!("/api/v1/sites/{site}"), &viewer);
+            (s["dropped_rollups"].as_u64()? > 0).then_some(s)
+        },
+    );
+    assert_eq!(s["link"], "connected");
+    agent.stop();
+}
