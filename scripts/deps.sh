@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(clang libclang-dev)
 if [ "${1:-}" = "--test" ]; then
-  packages+=()
+  packages+=(chromium)
 fi
 
 missing=()

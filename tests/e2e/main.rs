@@ -4,6 +4,7 @@
 //! One test binary (RocksDB links once); one module per area.
 
 mod bench_smoke;
+mod browser;
 mod durability;
 mod foundation;
 mod frames;

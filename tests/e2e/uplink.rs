@@ -364,7 +364,7 @@ fn central_outage_every_rollup_arrives_exactly_once_and_status_is_current() {
 }
 
 /// A site client speaking the uplink protocol directly (to replay batches).
-struct SiteClient {
+pub struct SiteClient {
     rt: tokio::runtime::Runtime,
     conn: quinn::Connection,
     send: quinn::SendStream,
@@ -376,7 +376,7 @@ struct SiteClient {
 }
 
 impl SiteClient {
-    fn join(root: &Path, central: &Central, tenant: &str, name: &str) -> SiteClient {
+    pub fn join(root: &Path, central: &Central, tenant: &str, name: &str) -> SiteClient {
         use outpost_uplink::wire::*;
         let (token, fp) = central.site_add(tenant, "dental", name);
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -441,7 +441,7 @@ impl SiteClient {
         }
     }
 
-    fn send(&mut self, b: &SiteBatch) -> outpost_uplink::wire::CentralFrame {
+    pub fn send(&mut self, b: &SiteBatch) -> outpost_uplink::wire::CentralFrame {
         use outpost_uplink::wire::*;
         let payload = batch::encode(b, 3).unwrap();
         let f = SiteFrame::Batch(WireBatch {
@@ -457,7 +457,7 @@ impl SiteClient {
         })
     }
 
-    fn batch(&self, seq: u64, device: u64, buckets: std::ops::Range<u64>) -> SiteBatch {
+    pub fn batch(&self, seq: u64, device: u64, buckets: std::ops::Range<u64>) -> SiteBatch {
         let rollup = outpost_storage::model::Rollup {
             min: 1.0,
             max: 3.0,
