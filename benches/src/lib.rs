@@ -11,3 +11,4 @@ pub mod report;
 pub mod sim;
 pub mod spawn;
 pub mod storage_eff;
+pub mod uplink;
