@@ -48,6 +48,10 @@ struct UplinkArgs {
     batches: u64,
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// One batch in N carries a closed bucket of every device (1 = all:
+    /// worst case; 5 = 60 s batches with 5-minute buckets).
+    #[arg(long, default_value_t = 1)]
+    full_every: u64,
     /// Central database directory (default: a temporary one).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -266,6 +270,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 sites: a.sites,
                 batches: a.batches,
                 threads: a.threads,
+                full_every: a.full_every,
             };
             let rep = tokio::task::spawn_blocking(move || outpost_bench::uplink::apply(&run, &dir))
                 .await??;

@@ -81,9 +81,16 @@ impl RocksCentralStore {
         opts.create_missing_column_families(true);
         opts.set_keep_log_file_num(4);
         opts.increase_parallelism(2);
+        let cache = rocksdb::Cache::new_lru_cache(64 * 1024 * 1024);
         let cfs = CFS.iter().map(|n| {
             let mut o = Options::default();
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            // Existence checks of new rollup keys mostly miss: bloom filters.
+            let mut bb = rocksdb::BlockBasedOptions::default();
+            bb.set_block_cache(&cache);
+            bb.set_bloom_filter(10.0, false);
+            o.set_block_based_table_factory(&bb);
+            o.set_write_buffer_size(64 * 1024 * 1024);
             ColumnFamilyDescriptor::new(*n, o)
         });
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(be)?;
@@ -278,19 +285,40 @@ impl CentralStore for RocksCentralStore {
             row.as_of_ms = u.as_of_ms;
         }
         let (mut new, mut replaced) = (0u64, 0u64);
+        // Every rollup key of the batch, looked up in one multi-get.
+        let mut keys = Vec::with_capacity(b.rollup_count());
         for dr in &b.rollups {
             let dev = dr.device.to_string();
-            load(&mut devices, &dev)?;
             for sr in &dr.series {
-                let rk = key(&[
+                keys.push(key(&[
                     t,
                     s,
                     dev.as_bytes(),
                     sr.name.as_bytes(),
                     sr.label.as_bytes(),
                     &dr.bucket_start_ms.to_be_bytes(),
-                ]);
-                let existing: Option<RollupRow> = self.get(CF_ROLLUPS, &rk)?;
+                ]));
+            }
+        }
+        let rcf = self.cf(CF_ROLLUPS)?;
+        let mut found = self
+            .db
+            .multi_get_cf(keys.iter().map(|k| (rcf, k.as_slice())))
+            .into_iter();
+        let mut keys = keys.into_iter();
+        for dr in &b.rollups {
+            let dev = dr.device.to_string();
+            load(&mut devices, &dev)?;
+            for sr in &dr.series {
+                let (Some(rk), Some(got)) = (keys.next(), found.next()) else {
+                    return Err(CentralStoreError::Backend(
+                        "multi-get answered fewer keys than asked".into(),
+                    ));
+                };
+                let existing: Option<RollupRow> = match got.map_err(be)? {
+                    Some(v) => Some(codec::decode(&v)?),
+                    None => None,
+                };
                 let Some(row) = devices.get_mut(&dev) else {
                     continue;
                 };
