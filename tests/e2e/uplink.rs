@@ -240,7 +240,44 @@ fn agent_to_appliance_to_central_device_and_rollups_appear_in_centrals_api() {
         ),
         &viewer,
     );
-    assert!(hist["points"].as_array().unwrap().len() >= 1, "{hist}");
+    assert!(!hist["points"].as_array().unwrap().is_empty(), "{hist}");
+    // ... and in the web view, after a password login.
+    let (ok, _, err) = central.cli(
+        &[
+            "user", "add", "--tenant", "acme", "--name", "ops", "--role", "viewer",
+        ],
+        Some("correct horse battery\n"),
+    );
+    assert!(ok, "{err}");
+    let (st, head, _) = raw(
+        central.http,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        "tenant=acme&username=ops&password=correct+horse+battery",
+    );
+    assert_eq!(st, 303, "{head}");
+    let cookie = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
+        .and_then(|v| v.split(';').next())
+        .expect("session cookie")
+        .to_string();
+    let (st, _, page) = raw(
+        central.http,
+        "GET",
+        &format!("/sites/{site}/devices/{}", agent.device_id),
+        &[("Cookie", &cookie)],
+        "",
+    );
+    assert_eq!(st, 200, "{page}");
+    assert!(
+        page.contains("<svg id=\"chart\"") && page.contains("cpu") && page.contains("online"),
+        "{page}"
+    );
     let s = central.get(&format!("/api/v1/sites/{site}"), &viewer);
     assert_eq!(s["link"], "connected");
     assert_eq!(s["stale"], false);

@@ -736,8 +736,19 @@ pub async fn history(
         if s.device(&t, &sid, &dev).map_err(internal)?.is_none() {
             return Err(ApiError::NotFound(format!("no device {dev} at site {sid}")));
         }
-        s.rollups(&t, &sid, &dev, &ser, &lab, from, to, limit)
-            .map_err(internal)
+        s.rollups(
+            &t,
+            &super::store::RollupQuery {
+                site_id: sid,
+                device: dev,
+                series: ser,
+                label: lab,
+                from_ms: from,
+                to_ms: to,
+                limit,
+            },
+        )
+        .map_err(internal)
     })
     .await?;
     Ok(History {
@@ -789,7 +800,7 @@ pub async fn alert_list(
     let (t, site) = (p.tenant.clone(), q.site.clone());
     let mut v = db(c, move |s| s.alerts(&t, site.as_deref()).map_err(internal)).await?;
     v.retain(|a| p.sees_customer(&a.customer) && (!q.active || a.state != AlertState::Resolved));
-    v.sort_by(|a, b| b.at_ms.cmp(&a.at_ms));
+    v.sort_by_key(|a| std::cmp::Reverse(a.at_ms));
     Ok(v)
 }
 

@@ -21,7 +21,9 @@ use super::model::{
     AlertRow, ApiTokenRecord, DeviceRow, JoinTokenRecord, LatestRollup, RollupRow, SessionRecord,
     SiteRecord, UserRecord,
 };
-use super::store::{ApplyOutcome, CentralStore, CentralStoreError, DeviceFilter, Page, Result};
+use super::store::{
+    ApplyOutcome, CentralStore, CentralStoreError, DeviceFilter, Page, Result, RollupQuery,
+};
 use crate::batch::{AlertState, SiteBatch};
 
 const CF_SITES: &str = "sites";
@@ -453,17 +455,9 @@ impl CentralStore for RocksCentralStore {
         )
     }
 
-    fn rollups(
-        &self,
-        tenant: &str,
-        site_id: &str,
-        device: &str,
-        series: &str,
-        label: &str,
-        from_ms: u64,
-        to_ms: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, RollupRow)>> {
+    fn rollups(&self, tenant: &str, q: &RollupQuery) -> Result<Vec<(u64, RollupRow)>> {
+        let (site_id, device, series, label) = (&q.site_id, &q.device, &q.series, &q.label);
+        let (from_ms, to_ms, limit) = (q.from_ms, q.to_ms, q.limit);
         let p = prefix(&[
             tenant.as_bytes(),
             site_id.as_bytes(),
@@ -632,13 +626,15 @@ mod tests {
         let r = st
             .rollups(
                 "msp",
-                "s-1",
-                &page.items[0].device,
-                "cpu",
-                "",
-                0,
-                u64::MAX,
-                100,
+                &RollupQuery {
+                    site_id: "s-1".into(),
+                    device: page.items[0].device.clone(),
+                    series: "cpu".into(),
+                    label: String::new(),
+                    from_ms: 0,
+                    to_ms: u64::MAX,
+                    limit: 100,
+                },
             )
             .unwrap();
         assert_eq!(r.len(), 1);

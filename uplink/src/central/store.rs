@@ -60,6 +60,18 @@ pub struct DeviceFilter {
     pub limit: usize,
 }
 
+/// Which rollups [`CentralStore::rollups`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct RollupQuery {
+    pub site_id: String,
+    pub device: String,
+    pub series: String,
+    pub label: String,
+    pub from_ms: u64,
+    pub to_ms: u64,
+    pub limit: usize,
+}
+
 /// Central's storage (see the module docs).
 pub trait CentralStore: Send + Sync + 'static {
     // Sites and joining.
@@ -89,17 +101,7 @@ pub trait CentralStore: Send + Sync + 'static {
     fn devices(&self, tenant: &str, filter: &DeviceFilter) -> Result<Page<DeviceRow>>;
     fn device(&self, tenant: &str, site_id: &str, device: &str) -> Result<Option<DeviceRow>>;
     /// Rollups of one series in `[from, to)`, oldest first, at most `limit`.
-    fn rollups(
-        &self,
-        tenant: &str,
-        site_id: &str,
-        device: &str,
-        series: &str,
-        label: &str,
-        from_ms: u64,
-        to_ms: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, RollupRow)>>;
+    fn rollups(&self, tenant: &str, q: &RollupQuery) -> Result<Vec<(u64, RollupRow)>>;
     fn alerts(&self, tenant: &str, site_id: Option<&str>) -> Result<Vec<AlertRow>>;
 
     // Credentials.
