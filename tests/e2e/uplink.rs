@@ -529,7 +529,17 @@ impl SiteClient {
                     series: vec![SeriesRollup {
                         name: "cpu".into(),
                         label: String::new(),
-                        rollup,
+                        // A shape worth charting: 20 + 10 * (b mod 5).
+                        rollup: {
+                            let v = 20.0 + 10.0 * (b % 5) as f64;
+                            outpost_storage::model::Rollup {
+                                min: v - 1.0,
+                                max: v + 1.0,
+                                sum: v * 3.0,
+                                last: v,
+                                ..rollup
+                            }
+                        },
                     }],
                 })
                 .collect(),
