@@ -754,6 +754,34 @@ fn tenants_are_isolated_viewers_cannot_change_anything_and_logins_use_secure_coo
             "acme sees beta in {r}: {body}"
         );
     }
+    // Alert acknowledgement: technicians and admins; viewers cannot; another
+    // tenant gets 404.
+    let ack = format!("/api/v1/sites/{}/alerts/1/ack", a.site);
+    let (st, _, _) = raw(
+        h,
+        "POST",
+        &ack,
+        &[("Authorization", &bearer(&a_viewer))],
+        "",
+    );
+    assert_eq!(st, 403, "a viewer cannot acknowledge");
+    let (st, _, _) = raw(h, "POST", &ack, &[("Authorization", &bearer(&b_admin))], "");
+    assert_eq!(st, 404, "another tenant's alert is 404");
+    let (st, _, body) = raw(h, "POST", &ack, &[("Authorization", &bearer(&a_tech))], "");
+    assert_eq!(st, 200, "{body}");
+    let al = central.get(&format!("/api/v1/alerts?site={}", a.site), &a_viewer);
+    assert!(
+        al[0]["acked_by"].as_str().unwrap().starts_with("token:"),
+        "{al}"
+    );
+    let (st, _, _) = raw(
+        h,
+        "POST",
+        &format!("/api/v1/sites/{}/alerts/99/ack", a.site),
+        &[("Authorization", &bearer(&a_admin))],
+        "",
+    );
+    assert_eq!(st, 404);
     // Changes: viewers and technicians cannot; admins can (in their tenant only).
     let writes = [
         ("/api/v1/sites", r#"{"customer":"dental","site":"new"}"#),

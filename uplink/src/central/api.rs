@@ -98,6 +98,7 @@ pub fn router(c: Arc<Central>) -> Router {
         )
         .route("/devices", get(devices))
         .route("/alerts", get(alerts))
+        .route("/sites/{site}/alerts/{alert}/ack", post(ack_alert))
         .route("/tokens", post(create_token))
         .route("/users", post(create_user))
         .route_layer(middleware::from_fn_with_state(c.clone(), authenticate));
@@ -810,6 +811,30 @@ async fn alerts(
     Query(q): Query<AlertsQuery>,
 ) -> ApiResult<Vec<AlertRow>> {
     Ok(Json(alert_list(&c, &p, q).await?))
+}
+
+/// Acknowledges an alert (technician or admin).
+async fn ack_alert(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Path((site, alert)): Path<(String, u64)>,
+) -> ApiResult<serde_json::Value> {
+    require(&p, Role::Technician)?;
+    one_site(&c, &p, &site).await?;
+    let (t, s, by) = (p.tenant.clone(), site.clone(), p.name.clone());
+    let found = db(&c, move |st| {
+        st.ack_alert(&t, &s, alert, &by, crate::now_ms())
+            .map_err(internal)
+    })
+    .await?;
+    if !found {
+        return Err(ApiError::NotFound(format!(
+            "no alert {alert} at site {site}"
+        )));
+    }
+    Ok(Json(
+        serde_json::json!({ "acked": true, "alert_id": alert, "by": p.name }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]

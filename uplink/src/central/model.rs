@@ -109,6 +109,11 @@ pub struct AlertRow {
     pub message: String,
     pub value: Option<f64>,
     pub transitions: u32,
+    /// Who acknowledged it at central (technician or admin), and when.
+    #[serde(default)]
+    pub acked_by: Option<String>,
+    #[serde(default)]
+    pub acked_ms: u64,
 }
 
 /// Role of a user or API token within its tenant.

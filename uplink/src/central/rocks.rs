@@ -390,6 +390,8 @@ impl CentralStore for RocksCentralStore {
                     message: a.message.clone(),
                     value: a.value,
                     transitions: 1,
+                    acked_by: None,
+                    acked_ms: 0,
                 },
             };
             self.put(&mut wb, CF_ALERTS, &ak, &row)?;
@@ -493,6 +495,29 @@ impl CentralStore for RocksCentralStore {
             true
         })?;
         Ok(out)
+    }
+
+    fn ack_alert(
+        &self,
+        tenant: &str,
+        site_id: &str,
+        alert_id: u64,
+        by: &str,
+        now_ms: u64,
+    ) -> Result<bool> {
+        let _g = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let k = key(&[
+            tenant.as_bytes(),
+            site_id.as_bytes(),
+            &alert_id.to_be_bytes(),
+        ]);
+        let Some(mut a) = self.get::<AlertRow>(CF_ALERTS, &k)? else {
+            return Ok(false);
+        };
+        a.acked_by = Some(by.to_string());
+        a.acked_ms = now_ms;
+        self.put_one(CF_ALERTS, &k, &a)?;
+        Ok(true)
     }
 
     fn put_api_token(&self, hash: &[u8; 32], rec: &ApiTokenRecord) -> Result<()> {

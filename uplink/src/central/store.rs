@@ -103,6 +103,15 @@ pub trait CentralStore: Send + Sync + 'static {
     /// Rollups of one series in `[from, to)`, oldest first, at most `limit`.
     fn rollups(&self, tenant: &str, q: &RollupQuery) -> Result<Vec<(u64, RollupRow)>>;
     fn alerts(&self, tenant: &str, site_id: Option<&str>) -> Result<Vec<AlertRow>>;
+    /// Marks an alert acknowledged; `false` if the tenant has no such alert.
+    fn ack_alert(
+        &self,
+        tenant: &str,
+        site_id: &str,
+        alert_id: u64,
+        by: &str,
+        now_ms: u64,
+    ) -> Result<bool>;
 
     // Credentials.
     fn put_api_token(&self, hash: &[u8; 32], rec: &ApiTokenRecord) -> Result<()>;
