@@ -122,6 +122,9 @@ async fn serve_join(conn: quinn::Connection, c: Arc<Central>) {
 }
 
 async fn join(c: &Arc<Central>, req: &JoinRequest) -> anyhow::Result<JoinResponse> {
+    // A malformed CSR must not burn the one-time token.
+    outpost_proto::pki::verify_csr(&req.csr_der)
+        .map_err(|e| anyhow::anyhow!("the certificate request is invalid: {e}"))?;
     let store = c.store.clone();
     let hash = super::ops::sha256(&req.token);
     let tok = tokio::task::spawn_blocking(move || store.take_join_token(&hash))
