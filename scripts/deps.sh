@@ -11,6 +11,7 @@ if [ "${1:-}" = "--test" ]; then
   # gpg, gpg-agent, gpgconf), the cache checks InRelease with gpgv, and a
   # real isolated apt-get downloads through it.
   packages+=(dpkg apt gpg gpg-agent gpgconf gpgv)
+  packages+=(chromium)
 fi
 
 missing=()

@@ -34,6 +34,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub cache: CacheConfig,
     pub alerts: crate::alerts::AlertsConfig,
+    pub uplink: UplinkConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +67,54 @@ pub struct IngestConfig {
     /// rollup is computed (late samples after that recompute it).
     #[serde(with = "humantime_serde")]
     pub rollup_settle: Duration,
+    /// Width of a rollup bucket: 5 minutes. Only tests change it (to see
+    /// buckets close in seconds).
+    #[serde(with = "humantime_serde")]
+    pub rollup_bucket: Duration,
+}
+
+/// Sync to `outpost-central` (active once `outpost uplink join` ran).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// Bound of the outbox (compressed batches waiting for central); when
+    /// full the oldest batches lose their rollups first (counted in
+    /// `outpost_uplink_rollups_dropped_total`).
+    pub outbox_max_bytes: u64,
+    /// First reconnect delay; doubles (with full jitter) up to `reconnect_max`.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// Batches sent and not yet acknowledged.
+    pub max_in_flight_batches: usize,
+    /// zstd level of batches (1-19).
+    pub zstd_level: i32,
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        let o = outpost_uplink::service::UplinkOptions::default();
+        UplinkConfig {
+            outbox_max_bytes: o.outbox.max_bytes,
+            reconnect_base: o.reconnect_base,
+            reconnect_max: o.reconnect_max,
+            max_in_flight_batches: o.max_in_flight_batches,
+            zstd_level: o.outbox.zstd_level,
+        }
+    }
+}
+
+impl UplinkConfig {
+    pub fn options(&self) -> outpost_uplink::service::UplinkOptions {
+        let mut o = outpost_uplink::service::UplinkOptions::default();
+        o.outbox.max_bytes = self.outbox_max_bytes;
+        o.outbox.zstd_level = self.zstd_level;
+        o.reconnect_base = self.reconnect_base;
+        o.reconnect_max = self.reconnect_max;
+        o.max_in_flight_batches = self.max_in_flight_batches;
+        o
+    }
 }
 
 /// What the LAN patch cache does with a file that no verified index covers.
@@ -144,6 +193,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             cache: CacheConfig::default(),
             alerts: crate::alerts::AlertsConfig::default(),
+            uplink: UplinkConfig::default(),
         }
     }
 }
@@ -166,6 +216,7 @@ impl Default for IngestConfig {
             max_batch_records: 16_384,
             queue_groups: 4096,
             rollup_settle: Duration::from_secs(120),
+            rollup_bucket: Duration::from_secs(300),
         }
     }
 }
@@ -201,6 +252,14 @@ impl Config {
         }
         if self.cache.max_bytes == 0 || self.cache.max_connections == 0 {
             bail!("cache.max_bytes and cache.max_connections must be positive");
+        }
+        if self.ingest.rollup_bucket < Duration::from_secs(1)
+            || self.ingest.rollup_bucket > Duration::from_secs(3600)
+        {
+            bail!("ingest.rollup_bucket must be between 1s and 1h (production: 5m)");
+        }
+        if !(1..=19).contains(&self.uplink.zstd_level) || self.uplink.max_in_flight_batches == 0 {
+            bail!("uplink.zstd_level must be 1-19 and uplink.max_in_flight_batches positive");
         }
         if self.storage.raw_retention > self.storage.rollup_retention {
             bail!("raw retention must not exceed rollup retention");

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use outpost_appliance::api::devices_types::{DeviceDetail, DeviceSummary, RevokeAnswer};
 use outpost_appliance::api::tokens_types::{CreateToken, TokenCreated};
+use outpost_appliance::api::uplink_types::{JoinRequest, UplinkStatus};
 use outpost_appliance::client::AdminClient;
 use outpost_appliance::config::Config;
 use outpost_appliance::site::{self, DataDir};
@@ -74,6 +75,9 @@ enum Command {
         #[arg(long, short = 'b')]
         body: Option<String>,
     },
+    /// Sync to outpost-central.
+    #[command(subcommand)]
+    Uplink(UplinkCmd),
 }
 
 #[derive(Args, Debug)]
@@ -108,6 +112,32 @@ enum AlertsCmd {
         /// Who acknowledges (default: $USER).
         #[arg(long, env = "USER")]
         by: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UplinkCmd {
+    /// Join a central with the token and fingerprint printed by
+    /// `outpost-central site add`; the running appliance starts syncing.
+    Join {
+        /// HOST:PORT of central's QUIC listener.
+        #[arg(long)]
+        central: String,
+        /// The one-time site token (`--token` is accepted here too; the
+        /// admin API token then comes from DATA/admin.token or
+        /// OUTPOST_ADMIN_TOKEN).
+        #[arg(long = "join-token")]
+        join_token: String,
+        #[arg(long)]
+        ca_fingerprint: String,
+        /// How often a batch is compacted.
+        #[arg(long, default_value = "60s")]
+        interval: String,
+    },
+    /// Link state, last acknowledged sequence, backlog.
+    Status {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -180,7 +210,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,quinn=warn,rustls=warn".into()),
         )
         .init();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(uplink_join_args(std::env::args_os().collect()));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -198,6 +228,31 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// In `outpost uplink join`, `--token` is the site token of the documented
+/// interface, not the global admin API token: rename it before parsing.
+fn uplink_join_args(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let pos = |w: &str, from: usize| {
+        args.iter()
+            .skip(from)
+            .position(|a| a == w)
+            .map(|p| p + from)
+    };
+    let Some(u) = pos("uplink", 1) else {
+        return args;
+    };
+    let Some(j) = pos("join", u + 1).filter(|j| *j == u + 1) else {
+        return args;
+    };
+    for a in args.iter_mut().skip(j + 1) {
+        if a == "--token" {
+            *a = "--join-token".into();
+        } else if let Some(v) = a.to_str().and_then(|s| s.strip_prefix("--token=")) {
+            *a = format!("--join-token={v}").into();
+        }
+    }
+    args
 }
 
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
@@ -293,6 +348,62 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .request(&method.to_uppercase(), &path, body)
                 .await?;
             println!("{}", String::from_utf8_lossy(&out));
+            Ok(())
+        }
+        Command::Uplink(UplinkCmd::Join {
+            central,
+            join_token,
+            ca_fingerprint,
+            interval,
+        }) => {
+            let s: UplinkStatus = client()?
+                .post(
+                    "/api/v1/uplink/join",
+                    &JoinRequest {
+                        central,
+                        token: join_token,
+                        ca_fingerprint,
+                        interval: Some(interval),
+                    },
+                )
+                .await
+                .context("joining central")?;
+            println!("{}", s.site_id.unwrap_or_default());
+            Ok(())
+        }
+        Command::Uplink(UplinkCmd::Status { json }) => {
+            let c = client()?;
+            if json {
+                let raw = c.get_raw("/api/v1/uplink/status").await?;
+                println!("{}", String::from_utf8_lossy(&raw));
+                return Ok(());
+            }
+            let s: UplinkStatus = c.get("/api/v1/uplink/status").await?;
+            let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+            println!("joined          {}", s.joined);
+            println!("link            {}", s.link.as_str());
+            println!("central         {}", opt(&s.central));
+            println!(
+                "site            {} ({})",
+                opt(&s.site_id),
+                opt(&s.site_name)
+            );
+            println!(
+                "tenant          {} / customer {}",
+                opt(&s.tenant),
+                opt(&s.customer)
+            );
+            println!("interval        {}ms", s.interval_ms);
+            println!("last acked seq  {}", s.last_acked_seq);
+            println!("next seq        {}", s.next_seq);
+            println!(
+                "backlog         {} batches, {} bytes",
+                s.backlog_batches, s.backlog_bytes
+            );
+            println!("dropped rollups {}", s.dropped_rollups_total);
+            if let Some(e) = &s.last_error {
+                println!("last error      {e}");
+            }
             Ok(())
         }
         Command::Device(DeviceCmd::Revoke { id }) => {

@@ -43,6 +43,8 @@ pub struct RouteLabel {
 /// each metric is an atomic.
 pub struct Metrics {
     registry: Registry,
+    /// The uplink's counters (`outpost_uplink_*`).
+    pub uplink: outpost_uplink::metrics::UplinkMetrics,
     /// Open QUIC connections (all ALPNs).
     pub connections_active: Gauge,
     /// Accepted connections by kind (`session`, `enroll`).
@@ -134,6 +136,7 @@ impl Metrics {
             alert_inputs_dropped: Counter::default(),
             notifications: Family::default(),
             registry: Registry::default(),
+            uplink: outpost_uplink::metrics::UplinkMetrics::default(),
         };
         let r = &mut registry;
         r.register(
@@ -268,6 +271,7 @@ impl Metrics {
             "Notification delivery outcomes by channel type, event and result",
             m.notifications.clone(),
         );
+        m.uplink.register(&mut registry);
         Metrics { registry, ..m }
     }
 

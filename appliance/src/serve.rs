@@ -41,6 +41,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         },
     )
     .with_context(|| format!("opening the database in {}", data.db().display()))?;
+    outpost_storage::rollup::set_bucket_ms(cfg.ingest.rollup_bucket.as_millis() as u64);
     let metrics = Arc::new(Metrics::new());
     let tracker = TaskTracker::new();
     // Alerting first: the writer feeds it.
@@ -94,6 +95,17 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         .with_context(|| format!("binding the admin API on {}", cfg.admin_listen))?;
     let admin_addr = admin.local_addr()?;
     std::fs::write(data.admin_addr(), format!("{admin_addr}\n")).context("writing admin.addr")?;
+    let tracker = TaskTracker::new();
+    let uplink = outpost_uplink::service::Uplink::new(
+        store.clone(),
+        &data.0,
+        cfg.uplink.options(),
+        metrics.uplink.clone(),
+        shutdown.clone(),
+        tracker.clone(),
+    )
+    .context("opening the uplink outbox")?;
+    uplink.start().context("starting the uplink")?;
     let api_state = Arc::new(ApiState {
         store: store.clone(),
         metrics: metrics.clone(),
@@ -102,6 +114,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         live: live.clone(),
         alerts,
         started: Instant::now(),
+        uplink: uplink.clone(),
     });
     let tracker = TaskTracker::new();
     let cache = if cfg.cache.enabled {
@@ -175,6 +188,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
     // Dropping the last handles closes the writer queue; the thread commits
     // what is queued and exits.
     drop(api_state);
+    drop(uplink);
     drop(ctx);
     drop(writer);
     match tokio::time::timeout(

@@ -12,3 +12,4 @@ pub mod report;
 pub mod sim;
 pub mod spawn;
 pub mod storage_eff;
+pub mod uplink;

@@ -35,6 +35,32 @@ enum Command {
     /// Sample-to-webhook alert latency (optionally under background ingest),
     /// or ingest throughput while every notification fails (--webhook-down).
     Alerts(AlertArgs),
+    /// Uplink bytes per device per hour vs raw received, and central's batch apply rate.
+    Uplink(UplinkArgs),
+}
+
+#[derive(Args, Debug)]
+struct UplinkArgs {
+    /// Devices per site.
+    #[arg(long, default_value_t = 100)]
+    devices: u64,
+    /// Sites receiving batches in the apply run.
+    #[arg(long, default_value_t = 1000)]
+    sites: u64,
+    /// Batches applied (each: every device of a site, one closed bucket).
+    #[arg(long, default_value_t = 3000)]
+    batches: u64,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// One batch in N carries a closed bucket of every device (1 = all:
+    /// worst case; 5 = 60 s batches with 5-minute buckets).
+    #[arg(long, default_value_t = 1)]
+    full_every: u64,
+    /// Central database directory (default: a temporary one).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -263,6 +289,37 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             out.report.emit(a.json.as_deref())?;
             drop(spawned);
             Ok(())
+        }
+        Command::Uplink(a) => {
+            let size = outpost_bench::uplink::size(a.devices)?;
+            eprintln!(
+                "uplink: {} raw bytes vs {} uplink bytes per device per hour ({}x smaller)",
+                size.get("raw_bytes_per_device_hour").unwrap_or("?"),
+                size.get("uplink_bytes_per_device_hour").unwrap_or("?"),
+                size.get("reduction").unwrap_or("?"),
+            );
+            size.emit(None)?;
+            let tmp = tempfile::tempdir()?;
+            let dir = a
+                .data
+                .clone()
+                .unwrap_or_else(|| tmp.path().join("central-db"));
+            let run = outpost_bench::uplink::UplinkRun {
+                devices: a.devices,
+                sites: a.sites,
+                batches: a.batches,
+                threads: a.threads,
+                full_every: a.full_every,
+            };
+            let rep = tokio::task::spawn_blocking(move || outpost_bench::uplink::apply(&run, &dir))
+                .await??;
+            eprintln!(
+                "central apply: {} batches/s = {} sites x {} devices per minute",
+                rep.get("batches_per_s").unwrap_or("?"),
+                rep.get("sites_per_minute").unwrap_or("?"),
+                a.devices,
+            );
+            rep.emit(a.json.as_deref())
         }
         Command::Storage(a) => {
             let tmp = tempfile::tempdir()?;

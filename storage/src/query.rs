@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::keys;
 use crate::model::{DeviceRecord, DeviceState, Rollup, StatusTransition};
-use crate::rollup::{self, BUCKET_MS};
+use crate::rollup;
 use crate::{Cf, Store};
 
 /// A device with its current state.
@@ -143,7 +143,7 @@ pub fn history(
     else {
         return Ok(None);
     };
-    if step_ms >= BUCKET_MS {
+    if step_ms >= rollup::bucket_ms() {
         let rollups = rollup::rollups_in(store, device, sid, from_ms, to_ms)?;
         let mut points: Vec<(u64, Rollup)> = Vec::new();
         for (ts, r) in rollups {

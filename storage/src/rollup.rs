@@ -7,6 +7,7 @@
 //! re-mark their bucket).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use outpost_proto::DeviceId;
 use rocksdb::WriteBatch;
@@ -16,12 +17,60 @@ use crate::keys::{self, SeriesId};
 use crate::model::Rollup;
 use crate::{Cf, Store};
 
-/// Rollup bucket width.
+/// Rollup bucket width (the production value; see [`bucket_ms`]).
 pub const BUCKET_MS: u64 = 5 * 60 * 1000;
+
+/// Process-wide override of the bucket width (0 = [`BUCKET_MS`]).
+static BUCKET_MS_OVERRIDE: AtomicU64 = AtomicU64::new(0);
+
+/// The bucket width in force: [`BUCKET_MS`] unless a test knob changed it.
+pub fn bucket_ms() -> u64 {
+    match BUCKET_MS_OVERRIDE.load(Ordering::Relaxed) {
+        0 => BUCKET_MS,
+        ms => ms,
+    }
+}
+
+/// Test knob (`[ingest] rollup_bucket`): makes buckets `ms` wide for this
+/// process, so end-to-end tests see buckets close in seconds. Production
+/// keeps 5 minutes; set it once at start, before any sample is stored.
+pub fn set_bucket_ms(ms: u64) {
+    BUCKET_MS_OVERRIDE.store(
+        if ms == BUCKET_MS { 0 } else { ms.max(1000) },
+        Ordering::Relaxed,
+    );
+}
 
 /// Start of the bucket containing `ts_ms`.
 pub fn bucket_start(ts_ms: u64) -> u64 {
-    ts_ms - ts_ms % BUCKET_MS
+    ts_ms - ts_ms % bucket_ms()
+}
+
+/// Key of an uplink-pending rollup marker: `'r' | device | bucket | generation`.
+/// A recomputation writes a new generation, so a marker consumed by the
+/// uplink compactor never hides a later recomputation of the same bucket.
+pub fn uplink_rollup_marker(device: DeviceId, bucket_start_ms: u64, generation: u64) -> [u8; 25] {
+    let mut k = [0u8; 25];
+    k[0] = UPLINK_ROLLUP_PREFIX;
+    k[1..9].copy_from_slice(&device.to_be_bytes());
+    k[9..17].copy_from_slice(&bucket_start_ms.to_be_bytes());
+    k[17..].copy_from_slice(&generation.to_be_bytes());
+    k
+}
+
+/// First byte of rollup markers in [`Cf::UplinkPending`].
+pub const UPLINK_ROLLUP_PREFIX: u8 = b'r';
+
+/// Splits a rollup marker key into (device, bucket start, generation).
+pub fn parse_uplink_rollup_marker(key: &[u8]) -> Option<(DeviceId, u64, u64)> {
+    if key.len() != 25 || key[0] != UPLINK_ROLLUP_PREFIX {
+        return None;
+    }
+    Some((
+        DeviceId(keys::be_u64(key, 1)?),
+        keys::be_u64(key, 9)?,
+        keys::be_u64(key, 17)?,
+    ))
 }
 
 /// Folds `(ts, value)` samples into per-bucket rollups (pure).
@@ -90,9 +139,11 @@ pub fn process_dirty(
     max_buckets: usize,
 ) -> Result<DirtyPass> {
     let mut ready = Vec::new();
+    let width = bucket_ms();
+    let track = store.uplink_tracking();
     store.scan_raw(Cf::RollupDirty, &[], None, |k, _| {
         if let (Some(d), Some(bucket)) = (keys::device_from_key(k), keys::be_u64(k, 8))
-            && bucket + BUCKET_MS + settle_ms <= now_ms
+            && bucket + width + settle_ms <= now_ms
         {
             ready.push((d, bucket));
         }
@@ -110,20 +161,13 @@ pub fn process_dirty(
         }
         for SeriesInfo { id: sid, .. } in &series {
             let mut r: Option<Rollup> = None;
-            crate::samples::samples_in(
-                store,
-                device,
-                *sid,
-                bucket,
-                bucket + BUCKET_MS,
-                |ts, v| {
-                    match &mut r {
-                        Some(r) => r.add(ts, v),
-                        None => r = Some(Rollup::of(ts, v)),
-                    }
-                    true
-                },
-            )?;
+            crate::samples::samples_in(store, device, *sid, bucket, bucket + width, |ts, v| {
+                match &mut r {
+                    Some(r) => r.add(ts, v),
+                    None => r = Some(Rollup::of(ts, v)),
+                }
+                true
+            })?;
             if let Some(rollup) = r {
                 store.batch_put(
                     &mut batch,
@@ -143,6 +187,15 @@ pub fn process_dirty(
             store.cf(Cf::RollupDirty)?,
             keys::device_time_key(device, bucket),
         );
+        if track {
+            // Same batch as the rollups: the uplink learns of exactly what
+            // became durable, even across a crash.
+            batch.put_cf(
+                store.cf(Cf::UplinkPending)?,
+                uplink_rollup_marker(device, bucket, now_ms),
+                [],
+            );
+        }
     }
     if !ready.is_empty() {
         store.write(batch)?;
@@ -284,5 +337,55 @@ mod tests {
         assert_eq!(done[0].rollup.count, 1);
         // Marker cleared: nothing more to do.
         assert!(w.roll_up(10 * BUCKET_MS, 0, 100).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rollups_leave_uplink_markers_only_while_tracking() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let dev = DeviceId(7);
+        let mut w = IngestWriter::new(store.clone(), 0).unwrap();
+        let markers = |store: &Store| {
+            let mut out = Vec::new();
+            store
+                .scan_raw(Cf::UplinkPending, &[], None, |k, _| {
+                    out.push(parse_uplink_rollup_marker(k).unwrap());
+                    Ok(true)
+                })
+                .unwrap();
+            out
+        };
+        w.apply(
+            &[IncomingRecords {
+                device: dev,
+                records: vec![sample(1, 1000, 1.0)],
+            }],
+            0,
+        )
+        .unwrap();
+        w.roll_up(10 * BUCKET_MS, 0, 100).unwrap();
+        assert!(markers(&store).is_empty(), "not joined: nothing pending");
+        store.set_uplink_tracking(true);
+        w.apply(
+            &[IncomingRecords {
+                device: dev,
+                records: vec![sample(2, 2000, 2.0)],
+            }],
+            0,
+        )
+        .unwrap();
+        w.roll_up(10 * BUCKET_MS, 0, 100).unwrap();
+        assert_eq!(markers(&store), vec![(dev, 0, 10 * BUCKET_MS)]);
+        // A late sample recomputes the bucket under a new generation.
+        w.apply(
+            &[IncomingRecords {
+                device: dev,
+                records: vec![sample(3, 3000, 3.0)],
+            }],
+            0,
+        )
+        .unwrap();
+        w.roll_up(11 * BUCKET_MS, 0, 100).unwrap();
+        assert_eq!(markers(&store).len(), 2);
     }
 }

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
@@ -65,10 +66,18 @@ pub enum Cf {
     AlertEvents,
     /// `q/seq` → queued notification, `d/seq` → dead letter (JSON).
     Notifications,
+    /// Changes not yet compacted into an uplink batch (written only while the
+    /// site is joined to a central, see [`Store::uplink_tracking`]):
+    /// `'r' | device | bucket start | generation` → () for (re)computed
+    /// rollups, `'a' | ts | n` → alert transition (owned by `outpost-uplink`).
+    UplinkPending,
+    /// `seq` (u64 BE) → outbox batch (owned by `outpost-uplink`): compacted,
+    /// compressed batches waiting for central's acknowledgement.
+    UplinkOutbox,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 24] = [
+    pub const ALL: [Cf; 26] = [
         Cf::Meta,
         Cf::Devices,
         Cf::DeviceState,
@@ -93,6 +102,8 @@ impl Cf {
         Cf::Alerts,
         Cf::AlertEvents,
         Cf::Notifications,
+        Cf::UplinkPending,
+        Cf::UplinkOutbox,
     ];
 
     pub fn name(self) -> &'static str {
@@ -121,6 +132,8 @@ impl Cf {
             Cf::Alerts => "alerts",
             Cf::AlertEvents => "alert_events",
             Cf::Notifications => "notifications",
+            Cf::UplinkPending => "uplink_pending",
+            Cf::UplinkOutbox => "uplink_outbox",
         }
     }
 
@@ -168,6 +181,9 @@ impl Default for StoreOptions {
 struct Inner {
     db: DB,
     durability: Durability,
+    /// Whether rollup computations record uplink-pending markers (true
+    /// while the site is joined to a central; nothing accumulates otherwise).
+    uplink_tracking: AtomicBool,
 }
 
 /// A cheap-to-clone handle on the database.
@@ -218,6 +234,7 @@ impl Store {
             inner: Arc::new(Inner {
                 db,
                 durability: opts.durability,
+                uplink_tracking: AtomicBool::new(false),
             }),
         };
         store.check_schema()?;
@@ -241,6 +258,17 @@ impl Store {
 
     pub fn durability(&self) -> Durability {
         self.inner.durability
+    }
+
+    /// Whether changes are recorded for the uplink (see [`Cf::UplinkPending`]).
+    pub fn uplink_tracking(&self) -> bool {
+        self.inner.uplink_tracking.load(Ordering::Acquire)
+    }
+
+    /// Turns recording of uplink-pending changes on (the site joined a
+    /// central) or off.
+    pub fn set_uplink_tracking(&self, on: bool) {
+        self.inner.uplink_tracking.store(on, Ordering::Release);
     }
 
     pub fn cf(&self, cf: Cf) -> Result<&ColumnFamily> {

@@ -5,8 +5,10 @@
 
 mod alerts;
 mod bench_smoke;
+mod browser;
 mod cache;
 mod durability;
 mod foundation;
 mod frames;
 mod refusals;
+mod uplink;

@@ -610,7 +610,46 @@ impl Engine {
                 value: a.value,
                 detail: detail.into(),
             },
-        )
+        )?;
+        // Lifecycle transitions also go up to central (in the same batch, so
+        // they are pending for the uplink exactly when they are durable
+        // here); a no-op while the site is not joined.
+        use outpost_uplink::batch::{AlertState as UpState, AlertTransition, Severity as UpSev};
+        let state = match event {
+            "pending" => Some(UpState::Pending),
+            "firing" => Some(UpState::Firing),
+            "resolved" | "cleared" => Some(UpState::Resolved),
+            _ => None,
+        };
+        if let Some(state) = state {
+            let t = AlertTransition {
+                alert_id: a.id,
+                device: Some(a.device),
+                rule: a.rule_name.clone(),
+                severity: match a.severity {
+                    Severity::Info => UpSev::Info,
+                    Severity::Warning => UpSev::Warning,
+                    Severity::Critical => UpSev::Critical,
+                },
+                state,
+                at_ms: now,
+                message: if detail.is_empty() {
+                    format!("{} on {}", a.rule_name, a.hostname)
+                } else {
+                    format!("{} on {}: {detail}", a.rule_name, a.hostname)
+                },
+                value: a.value,
+            };
+            outpost_uplink::outbox::alert_transition_into(&self.store, b, &t).map_err(
+                |e| match e {
+                    outpost_uplink::outbox::OutboxError::Storage(s) => s,
+                    other => outpost_storage::error::StorageError::Invalid(format!(
+                        "uplink alert transition: {other}"
+                    )),
+                },
+            )?;
+        }
+        Ok(())
     }
 
     fn queue(

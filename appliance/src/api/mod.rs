@@ -5,6 +5,13 @@ mod alerts;
 mod devices;
 mod error;
 mod tokens;
+mod uplink;
+
+/// Request body of `/api/v1/uplink/join`.
+pub mod uplink_types {
+    pub use super::uplink::JoinRequest;
+    pub use outpost_uplink::service::UplinkStatus;
+}
 
 /// Request and answer bodies, for clients of the API (the CLI, tests).
 pub mod devices_types {
@@ -49,6 +56,7 @@ pub struct ApiState {
     /// The alert engine (configuration reloads, acknowledgements).
     pub alerts: crate::alerts::engine::EngineHandle,
     pub started: Instant,
+    pub uplink: Arc<outpost_uplink::service::Uplink>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -69,6 +77,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/tokens", post(tokens::create))
         .route("/audit", get(tokens::audit))
         .merge(alerts::routes())
+        .route("/uplink/join", post(uplink::join))
+        .route("/uplink/status", get(uplink::status))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest("/api/v1", api)

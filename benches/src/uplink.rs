@@ -1,0 +1,282 @@
+//! Uplink figures, in process:
+//!
+//! * **Size**: one simulated hour of a site of `devices` agents with the
+//!   real agent's mix (30 s heartbeats, 60 s metrics samples of 28 values).
+//!   Raw = bincode bytes of every record the appliance receives (before
+//!   framing, TLS and QUIC: the real wire is larger). Uplink = compressed
+//!   batches (`batch::encode`, what the outbox stores and sends) at a 60 s
+//!   interval: device snapshots once, every closed 5-minute rollup of every
+//!   series. Reported per device per hour.
+//! * **Apply rate**: central's RocksDB store applying full batches (every
+//!   device of a site, every series of one closed bucket: the heaviest
+//!   batch a site sends) from `threads` threads, each batch decoded then
+//!   applied with a synced write, as the receiver does.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use outpost_proto::DeviceId;
+use outpost_proto::codec;
+use outpost_proto::messages::{Record, RecordBody};
+use outpost_storage::model::DeviceStatus;
+use outpost_uplink::batch::{self, DeviceRollups, DeviceUpdate, SeriesRollup, SiteBatch};
+use outpost_uplink::central::model::{JoinTokenRecord, SiteRecord};
+use outpost_uplink::central::rocks::RocksCentralStore;
+use outpost_uplink::central::store::CentralStore;
+
+use crate::report::Report;
+use crate::sim::{Mix, record_body};
+
+#[derive(Debug, Clone)]
+pub struct UplinkRun {
+    pub devices: u64,
+    pub sites: u64,
+    pub batches: u64,
+    pub threads: usize,
+    /// One batch in `full_every` carries a closed bucket (5 with 60 s
+    /// batches and 5-minute buckets); the others carry no change. 1 = every
+    /// batch is full (worst case).
+    pub full_every: u64,
+}
+
+const HOUR_MS: u64 = 3_600_000;
+const BUCKET_MS: u64 = 300_000;
+
+fn device_update(d: u64, now: u64) -> DeviceUpdate {
+    DeviceUpdate {
+        device: DeviceId(0x1000 + d),
+        customer: "dental".into(),
+        hostname: format!("ws-{d:04}"),
+        os: "Debian GNU/Linux 12".into(),
+        agent_version: "0.1.0".into(),
+        enrolled_at_ms: 1,
+        revoked: false,
+        status: DeviceStatus::Online,
+        status_since_ms: 1,
+        last_seen_ms: now,
+        as_of_ms: now,
+    }
+}
+
+/// Rollups of one device for the buckets of `[start, start + HOUR)` from
+/// the simulated metric samples, and the raw record bytes of that hour.
+fn device_hour(d: u64, start: u64) -> (u64, BTreeMap<u64, Vec<SeriesRollup>>) {
+    let mut raw = 0u64;
+    let mut series: BTreeMap<(String, String), Vec<(u64, f64)>> = BTreeMap::new();
+    // Realistic mix: records every 20 s on average: 2 heartbeats, 1 metrics.
+    for n in 0..180u64 {
+        let ts = start + n * 20_000;
+        let body = record_body(Mix::Realistic, n + d * 7);
+        let rec = Record {
+            seq: n + 1,
+            ts_ms: ts,
+            body,
+        };
+        raw += codec::encode(&rec).map(|b| b.len() as u64).unwrap_or(0);
+        if let RecordBody::Metrics(m) = &rec.body {
+            for v in &m.values {
+                series
+                    .entry((v.name.clone(), v.label.clone()))
+                    .or_default()
+                    .push((ts, v.value + d as f64 * 0.01));
+            }
+        }
+    }
+    let mut buckets: BTreeMap<u64, Vec<SeriesRollup>> = BTreeMap::new();
+    for ((name, label), samples) in series {
+        for (b, r) in outpost_storage::rollup::compute(samples) {
+            buckets.entry(b).or_default().push(SeriesRollup {
+                name: name.clone(),
+                label: label.clone(),
+                rollup: r,
+            });
+        }
+    }
+    (raw, buckets)
+}
+
+/// Raw and uplink bytes of one site-hour.
+pub fn size(devices: u64) -> anyhow::Result<Report> {
+    let start = 1_700_000_000_000 - 1_700_000_000_000 % HOUR_MS;
+    let mut raw = 0u64;
+    let mut per_bucket: BTreeMap<u64, Vec<DeviceRollups>> = BTreeMap::new();
+    let mut rollups = 0u64;
+    for d in 0..devices {
+        let (r, buckets) = device_hour(d, start);
+        raw += r;
+        for (b, series) in buckets {
+            rollups += series.len() as u64;
+            per_bucket.entry(b).or_default().push(DeviceRollups {
+                device: DeviceId(0x1000 + d),
+                bucket_start_ms: b,
+                computed_ms: b + BUCKET_MS + 120_000,
+                series,
+            });
+        }
+    }
+    // One batch per minute; a bucket goes out in the minute after it closes
+    // (+ settle); the first batch carries every device snapshot.
+    let mut uplink = 0u64;
+    let mut batches = 0u64;
+    let mut decoded_rollups = 0u64;
+    for minute in 0..60u64 {
+        let now = start + (minute + 1) * 60_000;
+        let mut b = SiteBatch {
+            seq: minute + 1,
+            site: "s-0123456789abcdef".into(),
+            tenant: "acme".into(),
+            created_ms: now,
+            ..Default::default()
+        };
+        if minute == 0 {
+            b.devices = (0..devices).map(|d| device_update(d, now)).collect();
+        }
+        let ready: Vec<u64> = per_bucket
+            .keys()
+            .copied()
+            .filter(|bk| bk + BUCKET_MS + 120_000 <= now)
+            .collect();
+        for bk in ready {
+            if let Some(v) = per_bucket.remove(&bk) {
+                b.rollups.extend(v);
+            }
+        }
+        let bytes = batch::encode(&b, batch::DEFAULT_ZSTD_LEVEL)?;
+        decoded_rollups += batch::decode(&bytes)?.rollup_count() as u64;
+        uplink += bytes.len() as u64;
+        batches += 1;
+    }
+    // Buckets that close after the hour went out in the next hour's batches:
+    // count the full hour's rollups by sending them once more here.
+    let rest: Vec<DeviceRollups> = per_bucket.into_values().flatten().collect();
+    if !rest.is_empty() {
+        let b = SiteBatch {
+            seq: 61,
+            site: "s-0123456789abcdef".into(),
+            tenant: "acme".into(),
+            rollups: rest,
+            ..Default::default()
+        };
+        let bytes = batch::encode(&b, batch::DEFAULT_ZSTD_LEVEL)?;
+        decoded_rollups += batch::decode(&bytes)?.rollup_count() as u64;
+        uplink += bytes.len() as u64;
+    }
+    anyhow::ensure!(
+        decoded_rollups == rollups,
+        "rollups lost in encoding: {decoded_rollups} != {rollups}"
+    );
+    let mut rep = Report::new("uplink_size");
+    rep.int("devices", devices)
+        .int("batches_per_hour", batches)
+        .int("rollups_per_device_hour", rollups / devices.max(1))
+        .int("raw_bytes_per_device_hour", raw / devices.max(1))
+        .int("uplink_bytes_per_device_hour", uplink / devices.max(1))
+        .num("reduction", raw as f64 / uplink.max(1) as f64);
+    Ok(rep)
+}
+
+/// Central batch apply rate.
+pub fn apply(run: &UplinkRun, dir: &Path) -> anyhow::Result<Report> {
+    let store = Arc::new(RocksCentralStore::open(dir)?);
+    for s in 0..run.sites {
+        let site = SiteRecord {
+            tenant: "acme".into(),
+            customer: format!("c{}", s % 50),
+            site_id: format!("s-{s:06}"),
+            name: format!("site {s}"),
+            created_ms: 1,
+            joined_ms: 1,
+            applied_up_to: 0,
+            applied_above: vec![],
+            last_batch_ms: 0,
+            last_batch_created_ms: 0,
+            batches_applied: 0,
+            duplicates: 0,
+            interval_ms: 60_000,
+            dropped_rollups: 0,
+        };
+        let tok = JoinTokenRecord {
+            tenant: "acme".into(),
+            site_id: site.site_id.clone(),
+            expires_ms: 0,
+        };
+        store.create_site(
+            &site,
+            &outpost_proto::pki::sha256(site.site_id.as_bytes()),
+            &tok,
+        )?;
+    }
+    // One template bucket of `devices` devices.
+    let (_, buckets) = device_hour(0, 0);
+    let template: Vec<SeriesRollup> = buckets.into_values().next().unwrap_or_default();
+    let series = template.len() as u64;
+    let payloads: Vec<Vec<u8>> = (0..run.batches)
+        .map(|i| {
+            let site = i % run.sites;
+            let seq = i / run.sites + 1;
+            let full = i % run.full_every.max(1) == 0;
+            let n = if full { run.devices } else { 0 };
+            let b = SiteBatch {
+                seq,
+                site: format!("s-{site:06}"),
+                tenant: "acme".into(),
+                created_ms: 1,
+                devices: (0..n).map(|d| device_update(d, seq)).collect(),
+                rollups: (0..n)
+                    .map(|d| DeviceRollups {
+                        device: DeviceId(0x1000 + d),
+                        bucket_start_ms: seq * BUCKET_MS,
+                        computed_ms: 1,
+                        series: template.clone(),
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            batch::encode(&b, batch::DEFAULT_ZSTD_LEVEL)
+        })
+        .collect::<Result<_, _>>()?;
+    let payloads = Arc::new(payloads);
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    std::thread::scope(|sc| -> anyhow::Result<()> {
+        let mut hs = Vec::new();
+        for _ in 0..run.threads.max(1) {
+            let (store, payloads, next) = (store.clone(), payloads.clone(), next.clone());
+            hs.push(sc.spawn(move || -> anyhow::Result<()> {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(p) = payloads.get(i) else {
+                        return Ok(());
+                    };
+                    let b = batch::decode(p)?;
+                    store.apply_batch(&b.tenant, &b.site, &b, 2)?;
+                }
+            }));
+        }
+        for h in hs {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("apply thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    let bps = run.batches as f64 / secs;
+    let mut rep = Report::new("uplink_apply");
+    rep.int("sites", run.sites)
+        .int("devices_per_batch", run.devices)
+        .int("series_per_device", series)
+        .int("batches", run.batches)
+        .int("threads", run.threads as u64)
+        .int("full_every", run.full_every)
+        .num("seconds", secs)
+        .num("batches_per_s", bps)
+        .num(
+            "device_rollup_sets_per_s",
+            bps * run.devices as f64 / run.full_every.max(1) as f64,
+        )
+        .num("sites_per_minute", bps * 60.0);
+    Ok(rep)
+}

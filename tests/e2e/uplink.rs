@@ -1,0 +1,977 @@
+//! Uplink and central: agent → appliance → central with real processes;
+//! central outage; replayed and out-of-order batches; tenancy and roles.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use outpost_proto::DeviceId;
+use outpost_tests::*;
+use outpost_uplink::batch::{
+    self, AlertState, AlertTransition, DeviceRollups, DeviceUpdate, SeriesRollup, Severity,
+    SiteBatch,
+};
+use serde_json::Value;
+
+/// A running `outpost-central`.
+pub struct Central {
+    pub dir: PathBuf,
+    pub quic: SocketAddr,
+    pub http: SocketAddr,
+    pub proc: Option<Proc>,
+    log_dir: PathBuf,
+    starts: u32,
+}
+
+impl Central {
+    pub fn start(root: &Path) -> Central {
+        let mut c = Central {
+            dir: root.join("central"),
+            quic: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            proc: None,
+            log_dir: root.to_path_buf(),
+            starts: 0,
+        };
+        c.restart();
+        c
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.proc.is_none());
+        self.starts += 1;
+        let _ = std::fs::remove_file(self.dir.join("http.addr"));
+        let mut cmd = Command::new(bin("outpost-central"));
+        cmd.arg("serve")
+            .arg("--data")
+            .arg(&self.dir)
+            .arg("--listen")
+            .arg(self.quic.to_string())
+            .arg("--http-listen")
+            .arg(self.http.to_string());
+        self.proc = Some(
+            Proc::spawn(&format!("central-{}", self.starts), &mut cmd, &self.log_dir)
+                .expect("spawn central"),
+        );
+        let addr = self.dir.join("http.addr");
+        wait_for(Duration::from_secs(30), "central HTTP API", || {
+            if let Some(p) = self.proc.as_mut()
+                && let Some(st) = p.try_exit()
+            {
+                panic!("central exited early ({st}):\n{}", p.stderr());
+            }
+            if !addr.exists() {
+                return None;
+            }
+            http_get(self.http, "/healthz", None).ok()
+        });
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.terminate();
+        }
+    }
+
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+        use std::io::Write;
+        let mut cmd = Command::new(bin("outpost-central"));
+        cmd.args(args).arg("--data").arg(&self.dir);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn outpost-central");
+        if let Some(mut i) = child.stdin.take() {
+            let _ = i.write_all(stdin.unwrap_or("").as_bytes());
+        }
+        let o = child.wait_with_output().expect("wait");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
+    /// `site add`: (token, fingerprint).
+    pub fn site_add(&self, tenant: &str, customer: &str, site: &str) -> (String, String) {
+        let (ok, out, err) = self.cli(
+            &[
+                "site",
+                "add",
+                "--tenant",
+                tenant,
+                "--customer",
+                customer,
+                "--site",
+                site,
+            ],
+            None,
+        );
+        assert!(ok, "site add failed: {err}");
+        let mut l = out.lines();
+        let token = l.next().expect("token line").to_string();
+        let fp = l.next().expect("fingerprint line").to_string();
+        assert!(fp.starts_with("sha256:") && fp.len() == 71, "{fp}");
+        (token, fp)
+    }
+
+    pub fn api_token(&self, tenant: &str, role: &str) -> String {
+        let (ok, out, err) = self.cli(
+            &["token", "create", "--tenant", tenant, "--role", role],
+            None,
+        );
+        assert!(ok, "token create failed: {err}");
+        out.trim().to_string()
+    }
+
+    pub fn get(&self, path: &str, token: &str) -> Value {
+        let body = http_get(self.http, path, Some(token)).expect(path);
+        serde_json::from_str(&body).expect("json")
+    }
+
+    pub fn metric(&self, series: &str) -> f64 {
+        http_get(self.http, "/metrics", None)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Central {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+}
+
+/// Appliance config with 2 s rollup buckets and fast reconnects.
+fn fast_config(root: &Path, extra: &str) -> PathBuf {
+    let p = root.join("outpost.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "offline_grace = \"1s\"\n[ingest]\nrollup_bucket = \"2s\"\nrollup_settle = \"500ms\"\n[uplink]\nreconnect_base = \"200ms\"\nreconnect_max = \"1s\"\n{extra}"
+        ),
+    )
+    .expect("write config");
+    p
+}
+
+fn join(app: &Appliance, central: &Central, token: &str, fp: &str) -> String {
+    let site = app.cli_ok(&[
+        "uplink",
+        "join",
+        "--central",
+        &central.quic.to_string(),
+        "--token",
+        token,
+        "--ca-fingerprint",
+        fp,
+        "--interval",
+        "1s",
+    ]);
+    let site = site.trim().to_string();
+    assert!(site.starts_with("s-"), "join prints the site id: {site:?}");
+    site
+}
+
+fn uplink_status(app: &Appliance) -> Value {
+    serde_json::from_str(&app.cli_ok(&["uplink", "status", "--json"])).expect("status json")
+}
+
+#[test]
+fn agent_to_appliance_to_central_device_and_rollups_appear_in_centrals_api() {
+    let tmp = scratch("uplink-e2e");
+    let root = tmp.path();
+    let central = Central::start(root);
+    let (token, fp) = central.site_add("acme", "dental", "main-office");
+    let cfg = fast_config(root, "");
+    let app = Appliance::start_with(root, &["--config", cfg.to_str().unwrap()]);
+    // A wrong fingerprint is refused and says why.
+    let bad = app.cli(&[
+        "uplink",
+        "join",
+        "--central",
+        &central.quic.to_string(),
+        "--token",
+        &token,
+        "--ca-fingerprint",
+        &format!("sha256:{}", "0".repeat(64)),
+    ]);
+    assert!(!bad.status.success());
+    let site = join(&app, &central, &token, &fp);
+    // The token was for one use.
+    let again = app.cli(&[
+        "uplink",
+        "join",
+        "--central",
+        &central.quic.to_string(),
+        "--token",
+        &token,
+        "--ca-fingerprint",
+        &fp,
+    ]);
+    assert!(!again.status.success(), "a site token joins once");
+    let mut agent = Agent::enroll(root, "agent-a", &app);
+    agent.start();
+    let viewer = central.api_token("acme", "viewer");
+    let dev = wait_for(
+        Duration::from_secs(60),
+        "device with rollups at central",
+        || {
+            let v = central.get(&format!("/api/v1/devices?site={site}"), &viewer);
+            let d = v["devices"]
+                .as_array()?
+                .iter()
+                .find(|d| d["device"] == agent.device_id.as_str())?
+                .clone();
+            (d["status"] == "online" && d["rollups_stored"].as_u64()? >= 4).then_some(d)
+        },
+    );
+    assert_eq!(dev["customer"], "dental");
+    let hist = central.get(
+        &format!(
+            "/api/v1/sites/{site}/devices/{}/metrics?series=cpu",
+            agent.device_id
+        ),
+        &viewer,
+    );
+    assert!(!hist["points"].as_array().unwrap().is_empty(), "{hist}");
+    // ... and in the web view, after a password login.
+    let (ok, _, err) = central.cli(
+        &[
+            "user", "add", "--tenant", "acme", "--name", "ops", "--role", "viewer",
+        ],
+        Some("correct horse battery\n"),
+    );
+    assert!(ok, "{err}");
+    let (st, head, _) = raw(
+        central.http,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        "tenant=acme&username=ops&password=correct+horse+battery",
+    );
+    assert_eq!(st, 303, "{head}");
+    let cookie = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
+        .and_then(|v| v.split(';').next())
+        .expect("session cookie")
+        .to_string();
+    let (st, _, page) = raw(
+        central.http,
+        "GET",
+        &format!("/sites/{site}/devices/{}", agent.device_id),
+        &[("Cookie", &cookie)],
+        "",
+    );
+    assert_eq!(st, 200, "{page}");
+    assert!(
+        page.contains("<svg id=\"chart\"") && page.contains("cpu") && page.contains("online"),
+        "{page}"
+    );
+    let s = central.get(&format!("/api/v1/sites/{site}"), &viewer);
+    assert_eq!(s["link"], "connected");
+    assert_eq!(s["stale"], false);
+    let summary = central.get("/api/v1/summary", &viewer);
+    assert_eq!(summary["totals"]["online"], 1, "{summary}");
+    let st = uplink_status(&app);
+    assert_eq!(st["link"], "connected", "{st}");
+    assert_eq!(st["site_id"], site.as_str());
+    assert!(st["last_acked_seq"].as_u64().unwrap() >= 1);
+    let human = app.cli_ok(&["uplink", "status"]);
+    assert!(human.contains("connected"), "{human}");
+    assert!(central.metric("outpost_central_batches_applied_total") >= 1.0);
+    assert!(app.metric("outpost_uplink_batches_acked_total") >= 1.0);
+
+    // An alert raised by the appliance's own engine reaches central.
+    let (st, body) = app.api_post(
+        "/api/v1/alert-rules",
+        &serde_json::json!({
+            "id": "cpu-seen", "name": "cpu reported", "severity": "info",
+            "condition": {"type": "threshold", "metric": "cpu", "comparison": ">=", "threshold": 0, "for": "0s"},
+        }),
+    );
+    assert_eq!(st, 200, "{body}");
+    let alert = wait_for(Duration::from_secs(60), "the alert at central", || {
+        let v = central.get(&format!("/api/v1/alerts?site={site}"), &viewer);
+        v.as_array()?
+            .iter()
+            .find(|a| a["rule"] == "cpu reported" && a["state"] == "firing")
+            .cloned()
+    });
+    assert_eq!(alert["device"], agent.device_id.as_str(), "{alert}");
+    assert_eq!(alert["customer"], "dental", "{alert}");
+    agent.stop();
+}
+
+/// Counts the appliance's stored rollups per device (database closed).
+fn appliance_rollups(dir: &Path) -> std::collections::HashMap<String, u64> {
+    let store = outpost_storage::Store::open(&dir.join("db"), &Default::default())
+        .expect("open appliance db");
+    let mut n = std::collections::HashMap::new();
+    store
+        .scan_raw(outpost_storage::Cf::Rollups, &[], None, |k, _| {
+            if let Some(d) = outpost_storage::keys::device_from_key(k) {
+                *n.entry(d.to_string()).or_insert(0) += 1;
+            }
+            Ok(true)
+        })
+        .expect("scan");
+    n
+}
+
+#[test]
+fn central_outage_every_rollup_arrives_exactly_once_and_status_is_current() {
+    let tmp = scratch("uplink-outage");
+    let root = tmp.path();
+    let mut central = Central::start(root);
+    let (token, fp) = central.site_add("acme", "dental", "branch");
+    let cfg = fast_config(root, "");
+    let mut app = Appliance::start_with(root, &["--config", cfg.to_str().unwrap()]);
+    let site = join(&app, &central, &token, &fp);
+    let mut agents: Vec<Agent> = (0..2)
+        .map(|i| Agent::enroll(root, &format!("agent-{i}"), &app))
+        .collect();
+    for a in &mut agents {
+        a.start();
+    }
+    let viewer = central.api_token("acme", "viewer");
+    wait_for(Duration::from_secs(60), "first rollups at central", || {
+        let v = central.get(&format!("/api/v1/devices?site={site}"), &viewer);
+        (v["devices"]
+            .as_array()?
+            .iter()
+            .filter(|d| d["rollups_stored"].as_u64().unwrap_or(0) > 0)
+            .count()
+            == 2)
+            .then_some(())
+    });
+    // Outage: several buckets close while central is down.
+    central.stop();
+    wait_for(
+        Duration::from_secs(30),
+        "appliance sees the link down",
+        || (uplink_status(&app)["link"] != "connected").then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    let st = uplink_status(&app);
+    assert!(
+        st["backlog_batches"].as_u64().unwrap() >= 2,
+        "batches wait in the outbox: {st}"
+    );
+    central.restart();
+    wait_for(Duration::from_secs(30), "link back", || {
+        let st = uplink_status(&app);
+        (st["link"] == "connected").then_some(())
+    });
+    // Current status right after reconnection.
+    let devs = central.get(&format!("/api/v1/devices?site={site}"), &viewer);
+    for d in devs["devices"].as_array().unwrap() {
+        assert_eq!(d["status"], "online", "{d}");
+    }
+    // Stop the agents, let the last buckets close and drain.
+    for a in &mut agents {
+        a.stop();
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    wait_for(Duration::from_secs(30), "outbox drained", || {
+        let st = uplink_status(&app);
+        (st["backlog_batches"] == 0).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    wait_for(Duration::from_secs(30), "outbox drained", || {
+        (uplink_status(&app)["backlog_batches"] == 0).then_some(())
+    });
+    app.stop();
+    let local = appliance_rollups(&app.dir);
+    let devs = central.get(&format!("/api/v1/devices?site={site}"), &viewer);
+    let mut compared = 0;
+    for a in &agents {
+        let d = devs["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device"] == a.device_id.as_str())
+            .expect("device at central");
+        let at_central = d["rollups_stored"].as_u64().unwrap();
+        let at_site = local.get(&a.device_id).copied().unwrap_or(0);
+        assert!(at_site >= 10, "enough rollups to mean something: {at_site}");
+        assert_eq!(
+            at_central, at_site,
+            "device {}: central {at_central} vs appliance {at_site}",
+            a.device_id
+        );
+        compared += 1;
+    }
+    assert_eq!(compared, 2);
+    assert_eq!(
+        central.metric("outpost_central_rollups_replaced_total"),
+        0.0
+    );
+}
+
+/// A site client speaking the uplink protocol directly (to replay batches).
+pub struct SiteClient {
+    rt: tokio::runtime::Runtime,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    reader: outpost_proto::frame::FrameReader,
+    _ep: quinn::Endpoint,
+    site: String,
+    tenant: String,
+}
+
+impl SiteClient {
+    pub fn join(root: &Path, central: &Central, tenant: &str, name: &str) -> SiteClient {
+        use outpost_uplink::wire::*;
+        let (token, fp) = central.site_add(tenant, "dental", name);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let dir = outpost_uplink::site_files::UplinkDir::new(&root.join(format!("site-{name}")));
+        let params = outpost_uplink::join::JoinParams {
+            central: central.quic.to_string(),
+            token,
+            fingerprint: fp.parse().unwrap(),
+            interval: Duration::from_secs(1),
+        };
+        let joined = rt
+            .block_on(outpost_uplink::join::join(&dir, &params, "test"))
+            .expect("join");
+        let ident = dir.load().unwrap().unwrap();
+        let (ep, conn, send, recv, reader) = rt.block_on(async {
+            let cfg = outpost_uplink::join::quic_client_config(
+                outpost_proto::tls::mtls_client_config(
+                    ident.central_ca.clone(),
+                    vec![ident.cert.clone()],
+                    ident.key.clone_key(),
+                    ALPN_UPLINK,
+                )
+                .unwrap(),
+            )
+            .unwrap();
+            let ep = outpost_uplink::join::client_endpoint(central.quic).unwrap();
+            let conn = ep
+                .connect_with(cfg, central.quic, CENTRAL_SERVER_NAME)
+                .unwrap()
+                .await
+                .unwrap();
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let hello = SiteFrame::Hello(SiteHello {
+                protocol_version: UPLINK_PROTOCOL_VERSION,
+                appliance_version: "test".into(),
+                interval_ms: 1000,
+                backlog_batches: 0,
+            });
+            send.write_all(
+                &outpost_proto::frame::encode_frame(&hello, MAX_UPLINK_FRAME_BYTES).unwrap(),
+            )
+            .await
+            .unwrap();
+            let mut reader = outpost_proto::frame::FrameReader::new(MAX_UPLINK_FRAME_BYTES);
+            let w: CentralFrame = reader.next(&mut recv).await.unwrap().unwrap();
+            assert!(matches!(w, CentralFrame::Welcome(_)), "{w:?}");
+            (ep, conn, send, recv, reader)
+        });
+        SiteClient {
+            rt,
+            conn,
+            send,
+            recv,
+            reader,
+            _ep: ep,
+            site: joined.site_id,
+            tenant: joined.tenant,
+        }
+    }
+
+    pub fn send(&mut self, b: &SiteBatch) -> outpost_uplink::wire::CentralFrame {
+        use outpost_uplink::wire::*;
+        let payload = batch::encode(b, 3).unwrap();
+        let f = SiteFrame::Batch(WireBatch {
+            seq: b.seq,
+            payload,
+        });
+        self.rt.block_on(async {
+            self.send
+                .write_all(&outpost_proto::frame::encode_frame(&f, MAX_UPLINK_FRAME_BYTES).unwrap())
+                .await
+                .unwrap();
+            self.reader.next(&mut self.recv).await.unwrap().unwrap()
+        })
+    }
+
+    pub fn batch(&self, seq: u64, device: u64, buckets: std::ops::Range<u64>) -> SiteBatch {
+        let rollup = outpost_storage::model::Rollup {
+            min: 1.0,
+            max: 3.0,
+            sum: 6.0,
+            count: 3,
+            last: 2.0,
+            last_ts_ms: 1,
+        };
+        SiteBatch {
+            seq,
+            site: self.site.clone(),
+            tenant: self.tenant.clone(),
+            created_ms: outpost_uplink::now_ms(),
+            devices: vec![DeviceUpdate {
+                device: DeviceId(device),
+                customer: "dental".into(),
+                hostname: format!("host-{device}"),
+                os: "Debian".into(),
+                agent_version: "0.1.0".into(),
+                enrolled_at_ms: 1,
+                revoked: false,
+                status: outpost_storage::model::DeviceStatus::Online,
+                status_since_ms: 1,
+                last_seen_ms: 1,
+                as_of_ms: seq,
+            }],
+            rollups: buckets
+                .map(|b| DeviceRollups {
+                    device: DeviceId(device),
+                    bucket_start_ms: b * 300_000,
+                    computed_ms: 1,
+                    series: vec![SeriesRollup {
+                        name: "cpu".into(),
+                        label: String::new(),
+                        // A shape worth charting: 20 + 10 * (b mod 5).
+                        rollup: {
+                            let v = 20.0 + 10.0 * (b % 5) as f64;
+                            outpost_storage::model::Rollup {
+                                min: v - 1.0,
+                                max: v + 1.0,
+                                sum: v * 3.0,
+                                last: v,
+                                ..rollup
+                            }
+                        },
+                    }],
+                })
+                .collect(),
+            alerts: vec![AlertTransition {
+                alert_id: seq,
+                device: Some(DeviceId(device)),
+                rule: "cpu_high".into(),
+                severity: Severity::Critical,
+                state: AlertState::Firing,
+                at_ms: seq,
+                message: "cpu 97 > 90".into(),
+                value: Some(97.0),
+            }],
+            ..Default::default()
+        }
+    }
+}
+
+impl Drop for SiteClient {
+    fn drop(&mut self) {
+        self.conn.close(0u32.into(), b"done");
+    }
+}
+
+#[test]
+fn replayed_and_out_of_order_batches_apply_once_and_foreign_claims_are_rejected() {
+    use outpost_uplink::wire::{CentralFrame, RejectReason};
+    let tmp = scratch("uplink-replay");
+    let root = tmp.path();
+    let central = Central::start(root);
+    let mut c = SiteClient::join(root, &central, "acme", "replay");
+    let viewer = central.api_token("acme", "viewer");
+    let b2 = c.batch(2, 7, 10..14);
+    assert_eq!(c.send(&b2), CentralFrame::Ack { seq: 2 });
+    assert_eq!(
+        c.send(&b2),
+        CentralFrame::Ack { seq: 2 },
+        "a duplicate is acknowledged"
+    );
+    let b1 = c.batch(1, 7, 5..10);
+    assert_eq!(
+        c.send(&b1),
+        CentralFrame::Ack { seq: 1 },
+        "an old batch out of order applies"
+    );
+    assert_eq!(c.send(&b1), CentralFrame::Ack { seq: 1 });
+    let dev = central.get(
+        &format!("/api/v1/sites/{}/devices/0000000000000007", c.site),
+        &viewer,
+    );
+    assert_eq!(dev["device"]["rollups_stored"], 9, "{dev}");
+    assert_eq!(dev["device"]["hostname"], "host-7");
+    let site = central.get(&format!("/api/v1/sites/{}", c.site), &viewer);
+    assert_eq!(site["applied_up_to"], 2);
+    assert_eq!(site["batches_applied"], 2);
+    assert_eq!(
+        central.metric("outpost_central_batches_duplicate_total"),
+        2.0
+    );
+    // A batch claiming another tenant (or site) is refused and counted.
+    let mut foreign = c.batch(3, 8, 0..2);
+    foreign.tenant = "other-msp".into();
+    assert!(matches!(
+        c.send(&foreign),
+        CentralFrame::Reject {
+            seq: 3,
+            reason: RejectReason::IdentityMismatch,
+            ..
+        }
+    ));
+    let mut foreign = c.batch(3, 8, 0..2);
+    foreign.site = "s-someone-else".into();
+    assert!(matches!(
+        c.send(&foreign),
+        CentralFrame::Reject {
+            seq: 3,
+            reason: RejectReason::IdentityMismatch,
+            ..
+        }
+    ));
+    assert_eq!(
+        central.metric("outpost_central_batch_rejects_total{reason=\"identity_mismatch\"}"),
+        2.0
+    );
+    let site = central.get(&format!("/api/v1/sites/{}", c.site), &viewer);
+    assert_eq!(site["applied_up_to"], 2, "rejected batches are not applied");
+    let devs = central.get("/api/v1/devices", &viewer);
+    assert_eq!(devs["devices"].as_array().unwrap().len(), 1);
+}
+
+/// One HTTP request with extra headers: (status, head, body).
+fn raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), rest.to_string())
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+#[test]
+fn tenants_are_isolated_viewers_cannot_change_anything_and_logins_use_secure_cookies() {
+    let tmp = scratch("uplink-rbac");
+    let root = tmp.path();
+    let central = Central::start(root);
+    let mut a = SiteClient::join(root, &central, "acme", "a-site");
+    let mut b = SiteClient::join(root, &central, "beta", "b-site");
+    assert_eq!(
+        a.send(&a.batch(1, 7, 0..3)),
+        outpost_uplink::wire::CentralFrame::Ack { seq: 1 }
+    );
+    assert_eq!(
+        b.send(&b.batch(1, 8, 0..3)),
+        outpost_uplink::wire::CentralFrame::Ack { seq: 1 }
+    );
+    let tok = |t: &str, r: &str| central.api_token(t, r);
+    let (a_admin, a_tech, a_viewer, b_admin) = (
+        tok("acme", "admin"),
+        tok("acme", "technician"),
+        tok("acme", "viewer"),
+        tok("beta", "admin"),
+    );
+    let (ok, scoped, err) = central.cli(
+        &[
+            "token",
+            "create",
+            "--tenant",
+            "acme",
+            "--role",
+            "viewer",
+            "--customer",
+            "someone-else",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let scoped = scoped.trim().to_string();
+    let h = central.http;
+    let dev_a = "0000000000000007";
+    // Every route that names an acme object.
+    let object_routes = [
+        format!("/api/v1/sites/{}", a.site),
+        format!("/api/v1/sites/{}/devices/{dev_a}", a.site),
+        format!(
+            "/api/v1/sites/{}/devices/{dev_a}/metrics?series=cpu",
+            a.site
+        ),
+        format!("/api/v1/devices?site={}", a.site),
+        format!("/api/v1/alerts?site={}", a.site),
+        format!("/sites/{}", a.site),
+        format!("/sites/{}/devices/{dev_a}", a.site),
+    ];
+    for r in &object_routes {
+        let (st, _, body) = raw(h, "GET", r, &[("Authorization", &bearer(&a_viewer))], "");
+        if r.starts_with("/api") {
+            assert_eq!(st, 200, "acme viewer GET {r}: {body}");
+        }
+        for other in [&b_admin, &scoped] {
+            let (st, _, body) = raw(h, "GET", r, &[("Authorization", &bearer(other))], "");
+            if r.starts_with("/api") {
+                assert_eq!(st, 404, "foreign GET {r} must be 404: {body}");
+            }
+        }
+        let (st, _, _) = raw(h, "GET", r, &[], "");
+        assert!(
+            st == 401 || (st == 303 && !r.starts_with("/api")),
+            "anonymous GET {r}: {st}"
+        );
+    }
+    // Lists of the other tenant show nothing of acme.
+    for r in [
+        "/api/v1/sites",
+        "/api/v1/devices",
+        "/api/v1/alerts",
+        "/api/v1/summary",
+        "/api/v1/customers",
+        "/api/v1/me",
+    ] {
+        let (st, _, body) = raw(h, "GET", r, &[("Authorization", &bearer(&b_admin))], "");
+        assert_eq!(st, 200, "{r}: {body}");
+        assert!(
+            !body.contains(&a.site) && !body.contains("acme"),
+            "beta sees acme in {r}: {body}"
+        );
+        let (st, _, body) = raw(h, "GET", r, &[("Authorization", &bearer(&a_viewer))], "");
+        assert_eq!(st, 200, "{r}: {body}");
+        assert!(
+            !body.contains(&b.site) && !body.contains("beta"),
+            "acme sees beta in {r}: {body}"
+        );
+    }
+    // Alert acknowledgement: technicians and admins; viewers cannot; another
+    // tenant gets 404.
+    let ack = format!("/api/v1/sites/{}/alerts/1/ack", a.site);
+    let (st, _, _) = raw(
+        h,
+        "POST",
+        &ack,
+        &[("Authorization", &bearer(&a_viewer))],
+        "",
+    );
+    assert_eq!(st, 403, "a viewer cannot acknowledge");
+    let (st, _, _) = raw(h, "POST", &ack, &[("Authorization", &bearer(&b_admin))], "");
+    assert_eq!(st, 404, "another tenant's alert is 404");
+    let (st, _, body) = raw(h, "POST", &ack, &[("Authorization", &bearer(&a_tech))], "");
+    assert_eq!(st, 200, "{body}");
+    let al = central.get(&format!("/api/v1/alerts?site={}", a.site), &a_viewer);
+    assert!(
+        al[0]["acked_by"].as_str().unwrap().starts_with("token:"),
+        "{al}"
+    );
+    let (st, _, _) = raw(
+        h,
+        "POST",
+        &format!("/api/v1/sites/{}/alerts/99/ack", a.site),
+        &[("Authorization", &bearer(&a_admin))],
+        "",
+    );
+    assert_eq!(st, 404);
+    // Changes: viewers and technicians cannot; admins can (in their tenant only).
+    let writes = [
+        ("/api/v1/sites", r#"{"customer":"dental","site":"new"}"#),
+        ("/api/v1/tokens", r#"{"role":"viewer"}"#),
+        (
+            "/api/v1/users",
+            r#"{"name":"bob","role":"viewer","password":"hunter22hunter"}"#,
+        ),
+    ];
+    for (r, body) in writes {
+        for t in [&a_viewer, &a_tech] {
+            let (st, _, resp) = raw(
+                h,
+                "POST",
+                r,
+                &[
+                    ("Authorization", &bearer(t)),
+                    ("Content-Type", "application/json"),
+                ],
+                body,
+            );
+            assert_eq!(st, 403, "POST {r} by a non-admin: {resp}");
+        }
+        let (st, _, resp) = raw(
+            h,
+            "POST",
+            r,
+            &[
+                ("Authorization", &bearer(&a_admin)),
+                ("Content-Type", "application/json"),
+            ],
+            body,
+        );
+        assert_eq!(st, 201, "POST {r} by an admin: {resp}");
+        let (st, _, _) = raw(
+            h,
+            "POST",
+            &format!("/api/v1/admin{}", &r[7..]),
+            &[
+                ("Authorization", &bearer(&a_admin)),
+                ("Content-Type", "application/json"),
+            ],
+            body,
+        );
+        assert_eq!(st, 401, "operator endpoints refuse tenant tokens");
+    }
+    // Password login: argon2, Secure/HttpOnly/SameSite session cookie.
+    let (ok, _, err) = central.cli(
+        &[
+            "user", "add", "--tenant", "acme", "--name", "alice", "--role", "viewer",
+        ],
+        Some("correct horse battery\n"),
+    );
+    assert!(ok, "{err}");
+    let login = |pw: &str| {
+        raw(
+            h,
+            "POST",
+            "/api/v1/login",
+            &[("Content-Type", "application/json")],
+            &format!(r#"{{"tenant":"acme","username":"alice","password":"{pw}"}}"#),
+        )
+    };
+    let (st, _, _) = login("wrong horse");
+    assert_eq!(st, 401);
+    let (st, head, _) = raw(
+        h,
+        "POST",
+        "/api/v1/login",
+        &[("Content-Type", "application/json")],
+        r#"{"tenant":"beta","username":"alice","password":"correct horse battery"}"#,
+    );
+    assert_eq!(st, 401, "a user belongs to one tenant: {head}");
+    let (st, head, _) = login("correct horse battery");
+    assert_eq!(st, 200, "{head}");
+    let set = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .expect("Set-Cookie")
+        .to_string();
+    for flag in ["Secure", "HttpOnly", "SameSite=Strict"] {
+        assert!(set.contains(flag), "{set}");
+    }
+    let cookie = set
+        .split_once(':')
+        .unwrap()
+        .1
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let (st, _, body) = raw(h, "GET", "/api/v1/me", &[("Cookie", &cookie)], "");
+    assert_eq!(st, 200);
+    assert!(body.contains("alice") && body.contains("viewer"), "{body}");
+    let (st, _, body) = raw(h, "GET", "/", &[("Cookie", &cookie)], "");
+    assert_eq!(st, 200);
+    assert!(
+        body.contains("a-site") && !body.contains("b-site"),
+        "{body}"
+    );
+    let (st, _, _) = raw(
+        h,
+        "GET",
+        &format!("/sites/{}", b.site),
+        &[("Cookie", &cookie)],
+        "",
+    );
+    assert_eq!(st, 404, "another tenant's site page is 404");
+    let (st, _, _) = raw(
+        h,
+        "POST",
+        "/api/v1/sites",
+        &[("Cookie", &cookie), ("Content-Type", "application/json")],
+        writes[0].1,
+    );
+    assert_eq!(st, 403, "a viewer session cannot change anything");
+    let (st, _, _) = raw(h, "POST", "/api/v1/logout", &[("Cookie", &cookie)], "");
+    assert_eq!(st, 200);
+    let (st, _, _) = raw(h, "GET", "/api/v1/me", &[("Cookie", &cookie)], "");
+    assert_eq!(st, 401, "logged out");
+    assert!(central.metric("outpost_central_logins_failed_total") >= 2.0);
+}
+
+#[test]
+fn a_full_outbox_drops_the_oldest_rollups_first_and_keeps_device_status() {
+    let tmp = scratch("uplink-bound");
+    let root = tmp.path();
+    let mut central = Central::start(root);
+    let (token, fp) = central.site_add("acme", "dental", "tiny");
+    let cfg = fast_config(root, "outbox_max_bytes = 1200\n");
+    let app = Appliance::start_with(root, &["--config", cfg.to_str().unwrap()]);
+    let site = join(&app, &central, &token, &fp);
+    central.stop();
+    let mut agent = Agent::enroll(root, "agent-b", &app);
+    agent.start();
+    wait_for(
+        Duration::from_secs(60),
+        "rollups dropped by the bound",
+        || (app.metric("outpost_uplink_rollups_dropped_total") > 0.0).then_some(()),
+    );
+    let st = uplink_status(&app);
+    assert!(st["dropped_rollups_total"].as_u64().unwrap() > 0, "{st}");
+    assert!(
+        st["backlog_bytes"].as_u64().unwrap() <= 1200
+            || app.metric("outpost_uplink_outbox_over_limit_total") > 0.0,
+        "{st}"
+    );
+    central.restart();
+    let viewer = central.api_token("acme", "viewer");
+    let d = wait_for(
+        Duration::from_secs(30),
+        "device status at central despite drops",
+        || {
+            let v = central.get(&format!("/api/v1/devices?site={site}"), &viewer);
+            v["devices"]
+                .as_array()?
+                .iter()
+                .find(|d| d["device"] == agent.device_id.as_str() && d["status"] == "online")
+                .cloned()
+        },
+    );
+    assert_eq!(d["customer"], "dental");
+    let s = wait_for(
+        Duration::from_secs(30),
+        "dropped count reported to central",
+        || {
+            let s = central.get(&format!("/api/v1/sites/{site}"), &viewer);
+            (s["dropped_rollups"].as_u64()? > 0).then_some(s)
+        },
+    );
+    assert_eq!(s["link"], "connected");
+    agent.stop();
+}

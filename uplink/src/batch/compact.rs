@@ -1,0 +1,423 @@
+//! Columnar, lossless encoding of a batch's rollups.
+//!
+//! Each rollup (min, max, sum, count, last, last_ts) becomes a few small
+//! integers in separate columns, which bincode writes as varints and zstd
+//! then squeezes across devices:
+//!
+//! * Values are decimal-scaled: the agent reports two decimals, so
+//!   `n = round(v * 10^e)` reproduces `v` bit for bit for the smallest such
+//!   `e` (checked, else the four values go to a raw `f64` column).
+//! * `max` and `last` are stored as offsets from `min`; `sum` as an offset
+//!   from `count * min`, plus a correction in units in the last place, since
+//!   a floating-point sum of decimals is rarely itself a short decimal.
+//! * A constant series (min = max = last, sum = count * min exactly) stores
+//!   `min` alone.
+//! * `count` and `last_ts` are shared by the series of a device and bucket
+//!   (they come from the same metric records); exceptions are flagged.
+//! * Series names are a per-batch string table.
+//!
+//! Decoding reproduces every `f64` bit pattern and rejects malformed input
+//! with an error, never a panic.
+
+use std::collections::HashMap;
+
+use outpost_proto::DeviceId;
+use outpost_storage::model::Rollup;
+use serde::{Deserialize, Serialize};
+
+use super::{DeviceRollups, SeriesRollup};
+
+const RAW: u8 = 15;
+const MAX_DECIMALS: u8 = 9;
+const CONSTANT: u8 = 1 << 4;
+const COUNT_EXCEPTION: u8 = 1 << 5;
+const LAST_TS_EXCEPTION: u8 = 1 << 6;
+/// Scaled integers stay below 2^53 so that `n as f64` is exact.
+const MAX_SCALED: f64 = 9.0e15;
+
+/// The columnar form (see the module docs).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompactRollups {
+    names: Vec<(String, String)>,
+    // One entry per (device, bucket).
+    devices: Vec<u64>,
+    bucket_deltas: Vec<i64>,
+    computed_offsets: Vec<i64>,
+    counts: Vec<u64>,
+    last_offsets: Vec<i64>,
+    series_per_entry: Vec<u32>,
+    // One entry per series rollup.
+    name_refs: Vec<u32>,
+    flags: Vec<u8>,
+    mins: Vec<i64>,
+    spans: Vec<u64>,
+    lasts: Vec<u64>,
+    sums: Vec<i64>,
+    sum_ulps: Vec<i64>,
+    raw: Vec<f64>,
+    exception_counts: Vec<u64>,
+    exception_last_offsets: Vec<i64>,
+}
+
+fn scale(e: u8) -> f64 {
+    10f64.powi(i32::from(e))
+}
+
+fn scaled(v: f64, e: u8) -> Option<i64> {
+    let s = scale(e);
+    let n = (v * s).round();
+    (n.abs() < MAX_SCALED && ((n as i64) as f64 / s).to_bits() == v.to_bits()).then_some(n as i64)
+}
+
+/// The smallest number of decimals that represents every value exactly.
+fn decimals(values: &[f64]) -> Option<u8> {
+    (0..=MAX_DECIMALS).find(|&e| values.iter().all(|&v| scaled(v, e).is_some()))
+}
+
+fn unscale(n: i64, e: u8) -> f64 {
+    n as f64 / scale(e)
+}
+
+fn is_constant(r: &Rollup) -> bool {
+    r.min.to_bits() == r.max.to_bits()
+        && r.min.to_bits() == r.last.to_bits()
+        && (r.min * r.count as f64).to_bits() == r.sum.to_bits()
+}
+
+impl CompactRollups {
+    /// Encodes rollups (lossless).
+    pub fn encode(entries: &[DeviceRollups]) -> CompactRollups {
+        let mut c = CompactRollups::default();
+        let mut name_index: HashMap<(&str, &str), u32> = HashMap::new();
+        let mut prev_bucket = 0u64;
+        for e in entries {
+            c.devices.push(e.device.0);
+            c.bucket_deltas
+                .push(e.bucket_start_ms.wrapping_sub(prev_bucket) as i64);
+            prev_bucket = e.bucket_start_ms;
+            c.computed_offsets
+                .push(e.computed_ms.wrapping_sub(e.bucket_start_ms) as i64);
+            let (count, last_ts) = e
+                .series
+                .first()
+                .map(|s| (s.rollup.count, s.rollup.last_ts_ms))
+                .unwrap_or((0, e.bucket_start_ms));
+            c.counts.push(count);
+            c.last_offsets
+                .push(last_ts.wrapping_sub(e.bucket_start_ms) as i64);
+            c.series_per_entry.push(e.series.len() as u32);
+            for s in &e.series {
+                let next = c.names.len() as u32;
+                let idx = *name_index
+                    .entry((s.name.as_str(), s.label.as_str()))
+                    .or_insert_with(|| {
+                        c.names.push((s.name.clone(), s.label.clone()));
+                        next
+                    });
+                c.name_refs.push(idx);
+                let r = &s.rollup;
+                let mut flags = 0u8;
+                if r.count != count {
+                    flags |= COUNT_EXCEPTION;
+                    c.exception_counts.push(r.count);
+                }
+                if r.last_ts_ms != last_ts {
+                    flags |= LAST_TS_EXCEPTION;
+                    c.exception_last_offsets
+                        .push(r.last_ts_ms.wrapping_sub(e.bucket_start_ms) as i64);
+                }
+                let constant = is_constant(r);
+                if constant {
+                    flags |= CONSTANT;
+                }
+                let values: &[f64] = if constant {
+                    &[r.min]
+                } else {
+                    &[r.min, r.max, r.last]
+                };
+                let e_dec = decimals(values)
+                    .filter(|&d| constant || (r.sum * scale(d)).round().abs() < MAX_SCALED);
+                match e_dec {
+                    Some(d) => {
+                        flags |= d;
+                        // Checked representable above.
+                        let n_min = scaled(r.min, d).unwrap_or_default();
+                        c.mins.push(n_min);
+                        if !constant {
+                            let n_max = scaled(r.max, d).unwrap_or_default();
+                            let n_last = scaled(r.last, d).unwrap_or_default();
+                            c.spans.push(n_max.wrapping_sub(n_min) as u64);
+                            c.lasts.push(n_last.wrapping_sub(n_min) as u64);
+                            let n_sum = (r.sum * scale(d)).round() as i64;
+                            c.sums
+                                .push(n_sum.wrapping_sub(n_min.wrapping_mul(r.count as i64)));
+                            let approx = unscale(n_sum, d).to_bits();
+                            c.sum_ulps.push(r.sum.to_bits().wrapping_sub(approx) as i64);
+                        }
+                    }
+                    None => {
+                        flags |= RAW;
+                        c.raw.push(r.min);
+                        if !constant {
+                            c.raw.extend_from_slice(&[r.max, r.sum, r.last]);
+                        }
+                    }
+                }
+                c.flags.push(flags);
+            }
+        }
+        c
+    }
+
+    /// Decodes back to rollups, exactly as encoded.
+    pub fn decode(&self) -> Result<Vec<DeviceRollups>, String> {
+        fn take<T: Copy>(it: &mut std::slice::Iter<'_, T>, what: &str) -> Result<T, String> {
+            it.next()
+                .copied()
+                .ok_or_else(|| format!("rollup column {what} too short"))
+        }
+        let n = self.devices.len();
+        if [
+            self.bucket_deltas.len(),
+            self.computed_offsets.len(),
+            self.counts.len(),
+            self.last_offsets.len(),
+            self.series_per_entry.len(),
+        ]
+        .iter()
+        .any(|l| *l != n)
+        {
+            return Err("rollup entry columns differ in length".into());
+        }
+        let total: u64 = self.series_per_entry.iter().map(|x| u64::from(*x)).sum();
+        if total != self.name_refs.len() as u64 || total != self.flags.len() as u64 {
+            return Err("rollup series columns differ in length".into());
+        }
+        let mut name_refs = self.name_refs.iter();
+        let mut flags_it = self.flags.iter();
+        let mut mins = self.mins.iter();
+        let mut spans = self.spans.iter();
+        let mut lasts = self.lasts.iter();
+        let mut sums = self.sums.iter();
+        let mut ulps = self.sum_ulps.iter();
+        let mut raw = self.raw.iter();
+        let mut exc_counts = self.exception_counts.iter();
+        let mut exc_last = self.exception_last_offsets.iter();
+        let mut out = Vec::with_capacity(n);
+        let mut bucket = 0u64;
+        for i in 0..n {
+            bucket = bucket.wrapping_add(self.bucket_deltas[i] as u64);
+            let count0 = self.counts[i];
+            let last0 = bucket.wrapping_add(self.last_offsets[i] as u64);
+            let k = self.series_per_entry[i] as usize;
+            let mut series = Vec::with_capacity(k.min(4096));
+            for _ in 0..k {
+                let idx = take(&mut name_refs, "names")? as usize;
+                let (name, label) = self
+                    .names
+                    .get(idx)
+                    .cloned()
+                    .ok_or("rollup names a series outside the table")?;
+                let flags = take(&mut flags_it, "flags")?;
+                let count = if flags & COUNT_EXCEPTION != 0 {
+                    take(&mut exc_counts, "counts")?
+                } else {
+                    count0
+                };
+                let last_ts_ms = if flags & LAST_TS_EXCEPTION != 0 {
+                    bucket.wrapping_add(take(&mut exc_last, "last offsets")? as u64)
+                } else {
+                    last0
+                };
+                let constant = flags & CONSTANT != 0;
+                let d = flags & 0x0F;
+                let (min, max, sum, last) = if d == RAW {
+                    let min = take(&mut raw, "raw")?;
+                    if constant {
+                        (min, min, min * count as f64, min)
+                    } else {
+                        (
+                            min,
+                            take(&mut raw, "raw")?,
+                            take(&mut raw, "raw")?,
+                            take(&mut raw, "raw")?,
+                        )
+                    }
+                } else if d <= MAX_DECIMALS {
+                    let n_min = take(&mut mins, "mins")?;
+                    let min = unscale(n_min, d);
+                    if constant {
+                        (min, min, min * count as f64, min)
+                    } else {
+                        let max = unscale(n_min.wrapping_add(take(&mut spans, "spans")? as i64), d);
+                        let last =
+                            unscale(n_min.wrapping_add(take(&mut lasts, "lasts")? as i64), d);
+                        let n_sum =
+                            take(&mut sums, "sums")?.wrapping_add(n_min.wrapping_mul(count as i64));
+                        let approx = unscale(n_sum, d).to_bits();
+                        let sum = f64::from_bits(
+                            approx.wrapping_add(take(&mut ulps, "sum ulps")? as u64),
+                        );
+                        (min, max, sum, last)
+                    }
+                } else {
+                    return Err(format!("unknown value mode {d}"));
+                };
+                series.push(SeriesRollup {
+                    name,
+                    label,
+                    rollup: Rollup {
+                        min,
+                        max,
+                        sum,
+                        count,
+                        last,
+                        last_ts_ms,
+                    },
+                });
+            }
+            out.push(DeviceRollups {
+                device: DeviceId(self.devices[i]),
+                bucket_start_ms: bucket,
+                computed_ms: bucket.wrapping_add(self.computed_offsets[i] as u64),
+                series,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn fold(samples: &[(u64, f64)]) -> Rollup {
+        let mut r = Rollup::of(samples[0].0, samples[0].1);
+        for &(t, v) in &samples[1..] {
+            r.add(t, v);
+        }
+        r
+    }
+
+    fn bits(r: &Rollup) -> [u64; 6] {
+        [
+            r.min.to_bits(),
+            r.max.to_bits(),
+            r.sum.to_bits(),
+            r.count,
+            r.last.to_bits(),
+            r.last_ts_ms,
+        ]
+    }
+
+    fn assert_exact(a: &[DeviceRollups], b: &[DeviceRollups]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(
+                (x.device, x.bucket_start_ms, x.computed_ms),
+                (y.device, y.bucket_start_ms, y.computed_ms)
+            );
+            assert_eq!(x.series.len(), y.series.len());
+            for (s, t) in x.series.iter().zip(&y.series) {
+                assert_eq!((&s.name, &s.label), (&t.name, &t.label));
+                assert_eq!(bits(&s.rollup), bits(&t.rollup), "{s:?} vs {t:?}");
+            }
+        }
+    }
+
+    proptest! {
+        /// Rollups folded from realistic two-decimal samples, and from
+        /// arbitrary f64 values, decode to the same bits.
+        #[test]
+        fn encoding_is_lossless(
+            devices in proptest::collection::vec(
+                (any::<u64>(), 0u64..1_000_000, proptest::collection::vec(
+                    (0usize..6, proptest::collection::vec((0u64..300_000, -1.0e7f64..1.0e7), 1..8), any::<bool>()),
+                    0..6)),
+                0..5),
+        ) {
+            let names = ["cpu", "memory", "disk_used_percent", "net_rx_bytes", "load1", "uptime_seconds"];
+            let mut entries = Vec::new();
+            for (dev, bucket_idx, series) in &devices {
+                let bucket = bucket_idx * 300_000;
+                let mut ss = Vec::new();
+                for (name, samples, decimal) in series {
+                    let samples: Vec<(u64, f64)> = samples
+                        .iter()
+                        .map(|(t, v)| (bucket + t, if *decimal { (v * 100.0).round() / 100.0 } else { *v }))
+                        .collect();
+                    ss.push(SeriesRollup {
+                        name: names[*name].into(),
+                        label: if *name == 2 { "/".into() } else { String::new() },
+                        rollup: fold(&samples),
+                    });
+                }
+                entries.push(DeviceRollups {
+                    device: DeviceId(*dev),
+                    bucket_start_ms: bucket,
+                    computed_ms: bucket + 420_000,
+                    series: ss,
+                });
+            }
+            let c = CompactRollups::encode(&entries);
+            let back = c.decode().unwrap();
+            assert_exact(&back, &entries);
+        }
+    }
+
+    #[test]
+    fn special_values_survive() {
+        let weird = [
+            0.0,
+            -0.0,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            1e300,
+            -1e-300,
+            0.1 + 0.2,
+        ];
+        let series = weird
+            .iter()
+            .map(|&v| SeriesRollup {
+                name: "x".into(),
+                label: String::new(),
+                rollup: fold(&[(1, v), (2, v / 3.0), (3, v)]),
+            })
+            .collect();
+        let e = vec![DeviceRollups {
+            device: DeviceId(1),
+            bucket_start_ms: 0,
+            computed_ms: 5,
+            series,
+        }];
+        assert_exact(&CompactRollups::encode(&e).decode().unwrap(), &e);
+    }
+
+    #[test]
+    fn malformed_columns_are_errors() {
+        let e = vec![DeviceRollups {
+            device: DeviceId(1),
+            bucket_start_ms: 0,
+            computed_ms: 5,
+            series: vec![SeriesRollup {
+                name: "cpu".into(),
+                label: String::new(),
+                rollup: fold(&[(1, 1.25), (2, 2.5)]),
+            }],
+        }];
+        let good = CompactRollups::encode(&e);
+        let mut c = good.clone();
+        c.mins.clear();
+        assert!(c.decode().is_err());
+        let mut c = good.clone();
+        c.name_refs[0] = 99;
+        assert!(c.decode().is_err());
+        let mut c = good.clone();
+        c.series_per_entry[0] = u32::MAX;
+        assert!(c.decode().is_err());
+        let mut c = good;
+        c.flags[0] = 0x0C;
+        assert!(c.decode().is_err());
+    }
+}

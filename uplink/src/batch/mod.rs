@@ -1,0 +1,331 @@
+//! The uplink batch: what one site tells central per interval.
+//!
+//! A [`SiteBatch`] holds what changed since the previous batch: device
+//! registry and status snapshots (latest wins), closed 5-minute rollups of
+//! every series of a device and bucket, alert transitions, and room for patch
+//! compliance and command summaries. [`encode`] turns it into bytes (rollups
+//! in the columnar [`compact`] form, then the one bincode configuration, then
+//! zstd); [`decode`] reverses it with bounded allocation and never panics.
+//!
+//! Applying a batch at central is order-independent and idempotent by
+//! construction: device snapshots carry `as_of_ms` (last writer wins),
+//! rollups carry `computed_ms` (a recomputed bucket replaces an older
+//! computation, never the reverse), alert transitions are keyed by
+//! `(alert_id, at_ms, state)`. Sequence numbers make each batch apply once.
+
+pub mod compact;
+
+use outpost_proto::DeviceId;
+use outpost_proto::codec::{self, CodecError};
+use outpost_storage::model::{DeviceStatus, Rollup};
+use serde::{Deserialize, Serialize};
+
+/// Version of the batch layout inside the payload.
+pub const BATCH_FORMAT: u16 = 1;
+/// Largest decompressed batch accepted (the codec's decode limit).
+pub const MAX_DECODED_BYTES: usize = outpost_proto::codec::DECODE_LIMIT_BYTES;
+
+/// Everything one batch carries.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SiteBatch {
+    /// Per-site sequence number, from 1, strictly increasing.
+    pub seq: u64,
+    /// The site this batch claims to come from (checked against the certificate).
+    pub site: String,
+    /// The tenant (MSP) it claims (checked against the certificate).
+    pub tenant: String,
+    /// Appliance clock when the batch was compacted.
+    pub created_ms: u64,
+    pub devices: Vec<DeviceUpdate>,
+    pub rollups: Vec<DeviceRollups>,
+    pub alerts: Vec<AlertTransition>,
+    /// Reserved for the patch issue: per-device compliance summaries.
+    pub patch_compliance: Vec<PatchCompliance>,
+    /// Reserved for the commands issue: per-device command summaries.
+    pub commands: Vec<CommandSummary>,
+    /// Rollup entries removed from this batch by the outbox bound.
+    pub dropped_rollups: u64,
+}
+
+impl SiteBatch {
+    /// Number of (device, bucket, series) rollups.
+    pub fn rollup_count(&self) -> usize {
+        self.rollups.iter().map(|r| r.series.len()).sum()
+    }
+}
+
+/// Snapshot of one device: registry facts and current status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceUpdate {
+    pub device: DeviceId,
+    pub customer: String,
+    pub hostname: String,
+    pub os: String,
+    pub agent_version: String,
+    pub enrolled_at_ms: u64,
+    pub revoked: bool,
+    pub status: DeviceStatus,
+    pub status_since_ms: u64,
+    pub last_seen_ms: u64,
+    /// When the appliance took this snapshot (last writer wins at central).
+    pub as_of_ms: u64,
+}
+
+/// Rollups of every series of one device for one closed bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceRollups {
+    pub device: DeviceId,
+    pub bucket_start_ms: u64,
+    /// When the appliance (re)computed the bucket: a later computation
+    /// (late samples) replaces an earlier one at central, never the reverse.
+    pub computed_ms: u64,
+    pub series: Vec<SeriesRollup>,
+}
+
+/// One series' rollup in a bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesRollup {
+    pub name: String,
+    pub label: String,
+    pub rollup: Rollup,
+}
+
+/// Severity of an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// Lifecycle state an alert moved to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertState {
+    Pending,
+    Firing,
+    Resolved,
+}
+
+impl AlertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Pending => "pending",
+            AlertState::Firing => "firing",
+            AlertState::Resolved => "resolved",
+        }
+    }
+}
+
+/// One alert lifecycle transition, as the appliance's alert engine records
+/// it. Feed it to the uplink with `outbox::push_alert_transition` (or
+/// `outbox::alert_transition_into` inside the engine's own write batch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertTransition {
+    /// Stable id of the alert instance on this appliance (same id for its
+    /// pending, firing and resolved transitions).
+    pub alert_id: u64,
+    /// The device concerned, if any (site-wide alerts have none).
+    pub device: Option<DeviceId>,
+    /// Name of the rule that raised it (`cpu_high`, `device_offline`, ...).
+    pub rule: String,
+    pub severity: Severity,
+    /// The state entered at `at_ms`.
+    pub state: AlertState,
+    pub at_ms: u64,
+    /// Human-readable summary (`cpu 97.5 > 90 for 5m`).
+    pub message: String,
+    /// The observed value that caused the transition, if any.
+    pub value: Option<f64>,
+}
+
+/// Patch compliance of one device (filled by the patch issue).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatchCompliance {
+    pub device: DeviceId,
+    pub missing: u32,
+    pub missing_critical: u32,
+    pub installed_pending_reboot: u32,
+    pub as_of_ms: u64,
+}
+
+/// Command counts of one device since the previous batch (filled by the
+/// commands issue).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandSummary {
+    pub device: DeviceId,
+    pub completed: u32,
+    pub failed: u32,
+    pub timed_out: u32,
+    pub as_of_ms: u64,
+}
+
+/// The encoded layout (bincode), rollups in columnar form.
+#[derive(Debug, Serialize, Deserialize)]
+struct WireSiteBatch {
+    format: u16,
+    seq: u64,
+    site: String,
+    tenant: String,
+    created_ms: u64,
+    devices: Vec<DeviceUpdate>,
+    rollups: compact::CompactRollups,
+    alerts: Vec<AlertTransition>,
+    patch_compliance: Vec<PatchCompliance>,
+    commands: Vec<CommandSummary>,
+    dropped_rollups: u64,
+}
+
+/// Why a batch could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("batch codec: {0}")]
+    Codec(#[from] CodecError),
+    #[error("batch compression: {0}")]
+    Compression(std::io::Error),
+    #[error("malformed batch: {0}")]
+    Malformed(String),
+    #[error("batch format {0} is not supported by this build (expects {BATCH_FORMAT})")]
+    Format(u16),
+}
+
+/// Default zstd level (batches are small; level 9 costs < 1 ms per 100 KB).
+pub const DEFAULT_ZSTD_LEVEL: i32 = 9;
+
+/// Encodes a batch: columnar rollups, bincode, zstd at `level`.
+pub fn encode(batch: &SiteBatch, level: i32) -> Result<Vec<u8>, BatchError> {
+    let wire = WireSiteBatch {
+        format: BATCH_FORMAT,
+        seq: batch.seq,
+        site: batch.site.clone(),
+        tenant: batch.tenant.clone(),
+        created_ms: batch.created_ms,
+        devices: batch.devices.clone(),
+        rollups: compact::CompactRollups::encode(&batch.rollups),
+        alerts: batch.alerts.clone(),
+        patch_compliance: batch.patch_compliance.clone(),
+        commands: batch.commands.clone(),
+        dropped_rollups: batch.dropped_rollups,
+    };
+    let raw = codec::encode(&wire)?;
+    zstd::bulk::compress(&raw, level).map_err(BatchError::Compression)
+}
+
+/// Decodes a batch; allocation is bounded by [`MAX_DECODED_BYTES`].
+pub fn decode(payload: &[u8]) -> Result<SiteBatch, BatchError> {
+    let raw =
+        zstd::bulk::decompress(payload, MAX_DECODED_BYTES).map_err(BatchError::Compression)?;
+    let wire: WireSiteBatch = codec::decode(&raw)?;
+    if wire.format != BATCH_FORMAT {
+        return Err(BatchError::Format(wire.format));
+    }
+    Ok(SiteBatch {
+        seq: wire.seq,
+        site: wire.site,
+        tenant: wire.tenant,
+        created_ms: wire.created_ms,
+        devices: wire.devices,
+        rollups: wire.rollups.decode().map_err(BatchError::Malformed)?,
+        alerts: wire.alerts,
+        patch_compliance: wire.patch_compliance,
+        commands: wire.commands,
+        dropped_rollups: wire.dropped_rollups,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn rollup(v: f64) -> Rollup {
+        Rollup {
+            min: v,
+            max: v + 1.5,
+            sum: v * 3.0 + 1.5,
+            count: 3,
+            last: v + 1.0,
+            last_ts_ms: 1_700_000_040_000,
+        }
+    }
+
+    pub fn sample_batch(seq: u64) -> SiteBatch {
+        SiteBatch {
+            seq,
+            site: "s-1".into(),
+            tenant: "msp".into(),
+            created_ms: 1_700_000_100_000,
+            devices: vec![DeviceUpdate {
+                device: DeviceId(42),
+                customer: "dental".into(),
+                hostname: "web-1".into(),
+                os: "Debian".into(),
+                agent_version: "0.1.0".into(),
+                enrolled_at_ms: 1,
+                revoked: false,
+                status: DeviceStatus::Online,
+                status_since_ms: 2,
+                last_seen_ms: 3,
+                as_of_ms: 4,
+            }],
+            rollups: vec![DeviceRollups {
+                device: DeviceId(42),
+                bucket_start_ms: 1_700_000_000_000 - 1_700_000_000_000 % 300_000,
+                computed_ms: 1_700_000_100_000,
+                series: vec![
+                    SeriesRollup {
+                        name: "cpu".into(),
+                        label: String::new(),
+                        rollup: rollup(12.25),
+                    },
+                    SeriesRollup {
+                        name: "disk_used_percent".into(),
+                        label: "/".into(),
+                        rollup: rollup(71.5),
+                    },
+                ],
+            }],
+            alerts: vec![AlertTransition {
+                alert_id: 9,
+                device: Some(DeviceId(42)),
+                rule: "cpu_high".into(),
+                severity: Severity::Critical,
+                state: AlertState::Firing,
+                at_ms: 5,
+                message: "cpu 97 > 90".into(),
+                value: Some(97.0),
+            }],
+            patch_compliance: vec![],
+            commands: vec![],
+            dropped_rollups: 0,
+        }
+    }
+
+    #[test]
+    fn batch_round_trips() {
+        let b = sample_batch(3);
+        let bytes = encode(&b, DEFAULT_ZSTD_LEVEL).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), b);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(decode(b"not zstd").is_err());
+        let junk = zstd::bulk::compress(&[0xFF; 64], 1).unwrap();
+        assert!(decode(&junk).is_err());
+        let mut bytes = encode(&sample_batch(1), 1).unwrap();
+        let n = bytes.len();
+        bytes.truncate(n / 2);
+        assert!(decode(&bytes).is_err());
+    }
+}

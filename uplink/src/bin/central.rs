@@ -1,0 +1,321 @@
+//! `outpost-central`: the MSP's aggregator (see `outpost_uplink::central`).
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use outpost_uplink::central::dir::CentralDir;
+use outpost_uplink::central::model::Role;
+use outpost_uplink::central::ops;
+use outpost_uplink::central::rocks::RocksCentralStore;
+use outpost_uplink::central::{self, ServeOptions};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "outpost-central",
+    version,
+    about = "Outpost central: MSP rollup view of many sites"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs central: QUIC uplink listener, HTTP API and web view.
+    Serve {
+        #[arg(long)]
+        data: PathBuf,
+        /// QUIC listener for site joins and uplinks.
+        #[arg(long, default_value = "0.0.0.0:4434")]
+        listen: SocketAddr,
+        /// HTTP listener for the API, the web view and /metrics.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        http_listen: SocketAddr,
+    },
+    /// Prints central's CA fingerprint (`sha256:HEX`).
+    CaFingerprint {
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Sites.
+    Site {
+        #[command(subcommand)]
+        cmd: SiteCmd,
+    },
+    /// API tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Web users.
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SiteCmd {
+    /// Adds a site; prints its one-time join token, then the CA fingerprint.
+    Add {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        customer: String,
+        #[arg(long)]
+        site: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Creates an API token of a tenant; prints it.
+    Create {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_enum)]
+        role: Role,
+        /// Limit the token to these customers (repeatable).
+        #[arg(long = "customer")]
+        customers: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Adds (or replaces) a web user; reads the password from stdin.
+    Add {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        role: Role,
+        #[arg(long = "customer")]
+        customers: Vec<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `f` on the database directly, or, when a running central holds it,
+/// posts `body` to its operator endpoint `path`.
+async fn operate<B: Serialize, R: DeserializeOwned>(
+    dir: &CentralDir,
+    path: &str,
+    body: &B,
+    f: impl FnOnce(&RocksCentralStore) -> anyhow::Result<R>,
+) -> anyhow::Result<R> {
+    let keys = dir.init_or_load()?;
+    match RocksCentralStore::open(&dir.db()) {
+        Ok(store) => f(&store),
+        Err(open_err) => {
+            let addr = std::fs::read_to_string(dir.http_addr())
+                .map_err(|_| anyhow::anyhow!("cannot open {}: {open_err}", dir.db().display()))?;
+            post(addr.trim(), path, &keys.admin_token, body).await
+        }
+    }
+}
+
+async fn post<B: Serialize, R: DeserializeOwned>(
+    addr: &str,
+    path: &str,
+    token: &str,
+    body: &B,
+) -> anyhow::Result<R> {
+    let body = serde_json::to_vec(body)?;
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to the running central at {addr}"))?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(&body).await?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)
+        .await
+        .context("reading central's answer")?;
+    let text = String::from_utf8_lossy(&resp);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if !(200..300).contains(&status) {
+        bail!("central answered {status}: {}", body.trim());
+    }
+    let body = if body.trim().is_empty() { "null" } else { body };
+    serde_json::from_str(body).with_context(|| format!("parsing central's answer {body:?}"))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Serve {
+            data,
+            listen,
+            http_listen,
+        } => {
+            let shutdown = CancellationToken::new();
+            let sd = shutdown.clone();
+            tokio::spawn(async move {
+                let mut term =
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        Ok(t) => t,
+                        Err(_) => return,
+                    };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                sd.cancel();
+            });
+            central::serve(
+                CentralDir(data),
+                ServeOptions {
+                    listen,
+                    http_listen,
+                },
+                shutdown,
+            )
+            .await
+        }
+        Cmd::CaFingerprint { data } => {
+            println!("{}", CentralDir(data).init_or_load()?.ca.fingerprint());
+            Ok(())
+        }
+        Cmd::Site {
+            cmd:
+                SiteCmd::Add {
+                    data,
+                    tenant,
+                    customer,
+                    site,
+                },
+        } => {
+            let dir = CentralDir(data);
+            let req = ops::AddSite {
+                tenant,
+                customer,
+                site,
+            };
+            #[derive(serde::Deserialize)]
+            struct Created {
+                token: String,
+            }
+            let r2 = req.clone();
+            let c: Created = operate(&dir, "/api/v1/admin/sites", &req, move |s| {
+                Ok(Created {
+                    token: ops::add_site(s, &r2, outpost_uplink::now_ms())?.token,
+                })
+            })
+            .await?;
+            println!("{}", c.token);
+            println!("{}", dir.init_or_load()?.ca.fingerprint());
+            Ok(())
+        }
+        Cmd::Token {
+            cmd:
+                TokenCmd::Create {
+                    data,
+                    tenant,
+                    role,
+                    customers,
+                },
+        } => {
+            let dir = CentralDir(data);
+            let req = ops::CreateToken {
+                tenant,
+                role,
+                customers,
+            };
+            #[derive(serde::Deserialize)]
+            struct Created {
+                token: String,
+            }
+            let r2 = req.clone();
+            let c: Created = operate(&dir, "/api/v1/admin/tokens", &req, move |s| {
+                Ok(Created {
+                    token: ops::create_token(s, &r2, outpost_uplink::now_ms())?,
+                })
+            })
+            .await?;
+            println!("{}", c.token);
+            Ok(())
+        }
+        Cmd::User {
+            cmd:
+                UserCmd::Add {
+                    data,
+                    tenant,
+                    name,
+                    role,
+                    customers,
+                },
+        } => {
+            let mut password = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut password)
+                .context("reading the password from stdin")?;
+            let password = password.trim_end_matches(['\r', '\n']).to_string();
+            let dir = CentralDir(data);
+            let req = ops::AddUser {
+                tenant,
+                name,
+                role,
+                customers,
+                password,
+            };
+            let r2 = req.clone();
+            let _: () = operate(&dir, "/api/v1/admin/users", &req, move |s| {
+                ops::add_user(s, &r2, outpost_uplink::now_ms())
+            })
+            .await?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,922 @@
+//! Central's HTTP API: JSON under `/api/v1/` (bearer API token or session
+//! cookie, every query filtered by the caller's tenant and customers; an
+//! object of another tenant answers 404), operator endpoints under
+//! `/api/v1/admin/` (bearer `DATA/admin.token`), `/metrics`, `/healthz`
+//! and the web view at `/`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tracing::{Instrument, info_span};
+
+use super::Central;
+use super::metrics::RouteLabel;
+use super::model::{AlertRow, DeviceRow, Principal, Role, SessionRecord, SiteRecord};
+use super::ops;
+use super::store::{CentralStore, DeviceFilter};
+use crate::batch::AlertState;
+
+pub const SESSION_COOKIE: &str = "outpost_session";
+const SESSION_TTL_MS: u64 = 12 * 3600 * 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if let ApiError::Internal(m) = &self {
+            tracing::error!(error = %m, "API internal error");
+        }
+        (
+            status,
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        ApiError::BadRequest(format!("{e:#}"))
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// Runs a store call on the blocking pool.
+async fn db<T: Send + 'static>(
+    c: &Arc<Central>,
+    f: impl FnOnce(&dyn CentralStore) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = c.store.clone();
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+pub fn router(c: Arc<Central>) -> Router {
+    let api = Router::new()
+        .route("/me", get(me))
+        .route("/logout", post(logout))
+        .route("/summary", get(summary))
+        .route("/customers", get(customers))
+        .route("/sites", get(sites).post(create_site))
+        .route("/sites/{site}", get(site))
+        .route("/sites/{site}/devices/{device}", get(device))
+        .route(
+            "/sites/{site}/devices/{device}/metrics",
+            get(metrics_history),
+        )
+        .route("/devices", get(devices))
+        .route("/alerts", get(alerts))
+        .route("/sites/{site}/alerts/{alert}/ack", post(ack_alert))
+        .route("/tokens", post(create_token))
+        .route("/users", post(create_user))
+        .route_layer(middleware::from_fn_with_state(c.clone(), authenticate));
+    let admin = Router::new()
+        .route("/sites", post(admin_site))
+        .route("/tokens", post(admin_token))
+        .route("/users", post(admin_user))
+        .route_layer(middleware::from_fn_with_state(c.clone(), operator));
+    Router::new()
+        .nest("/api/v1/admin", admin)
+        .route("/api/v1/login", post(login))
+        .nest("/api/v1", api)
+        .route("/metrics", get(prometheus))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(super::web::routes())
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(middleware::from_fn_with_state(c.clone(), observe))
+        .with_state(c)
+}
+
+fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn bearer(h: &HeaderMap) -> Option<&str> {
+    h.get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+pub fn session_cookie(h: &HeaderMap) -> Option<String> {
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+/// The principal of a request (API token or session), if any.
+pub async fn principal_of(c: &Arc<Central>, h: &HeaderMap) -> Result<Option<Principal>, ApiError> {
+    if let Some(t) = bearer(h) {
+        let hash = ops::sha256(t);
+        return db(c, move |s| {
+            Ok(s.api_token(&hash).map_err(internal)?.map(|r| r.principal))
+        })
+        .await;
+    }
+    if let Some(v) = session_cookie(h) {
+        let hash = ops::sha256(&v);
+        let now = crate::now_ms();
+        return db(c, move |s| {
+            Ok(s.session(&hash)
+                .map_err(internal)?
+                .filter(|r| r.expires_ms > now)
+                .map(|r| r.principal))
+        })
+        .await;
+    }
+    Ok(None)
+}
+
+async fn authenticate(State(c): State<Arc<Central>>, mut req: Request, next: Next) -> Response {
+    match principal_of(&c, req.headers()).await {
+        Ok(Some(p)) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        Ok(None) => ApiError::Unauthorized(
+            "missing or invalid credentials: send `Authorization: Bearer <token>` (outpost-central token create) or log in".into(),
+        )
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn operator(State(c): State<Arc<Central>>, req: Request, next: Next) -> Response {
+    match bearer(req.headers()) {
+        Some(t) if secrets_equal(t.as_bytes(), c.keys.admin_token.as_bytes()) => {
+            next.run(req).await
+        }
+        _ => ApiError::Unauthorized(
+            "operator endpoints need `Authorization: Bearer <DATA/admin.token>`".into(),
+        )
+        .into_response(),
+    }
+}
+
+async fn observe(State(c): State<Arc<Central>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let span = info_span!("http", %method, %route);
+    let resp = next.run(req).instrument(span).await;
+    c.metrics
+        .api_requests
+        .get_or_create(&RouteLabel {
+            method,
+            route,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}
+
+async fn prometheus(State(c): State<Arc<Central>>) -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        c.metrics.encode(),
+    )
+}
+
+fn require(p: &Principal, min: Role) -> Result<(), ApiError> {
+    let ok = match min {
+        Role::Viewer => true,
+        Role::Technician => matches!(p.role, Role::Admin | Role::Technician),
+        Role::Admin => p.role == Role::Admin,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "role {} may not do this (needs {})",
+            p.role.as_str(),
+            min.as_str()
+        )))
+    }
+}
+
+// ---- login ----
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct Login {
+    pub tenant: String,
+    pub username: String,
+    pub password: String,
+}
+
+async fn login(State(c): State<Arc<Central>>, Json(l): Json<Login>) -> Response {
+    login_response(&c, l).await
+}
+
+/// Checks a login and answers with the session cookie (or 401).
+pub async fn login_response(c: &Arc<Central>, l: Login) -> Response {
+    let c = c.clone();
+    let (t, u) = (l.tenant.clone(), l.username.clone());
+    let user = match db(&c, move |s| s.user(&t, &u).map_err(internal)).await {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
+    let pw = l.password.clone();
+    let ok = match user {
+        Some(u) => {
+            let h = u.password_hash.clone();
+            let good = tokio::task::spawn_blocking(move || ops::verify_password(&pw, &h))
+                .await
+                .unwrap_or(false);
+            good.then_some(u)
+        }
+        None => None,
+    };
+    let Some(user) = ok else {
+        c.metrics.logins_failed.inc();
+        return ApiError::Unauthorized("wrong tenant, user name or password".into())
+            .into_response();
+    };
+    let secret = hex::encode(rand::random::<[u8; 32]>());
+    let rec = SessionRecord {
+        principal: Principal {
+            tenant: user.tenant.clone(),
+            role: user.role,
+            customers: user.customers.clone(),
+            name: user.name.clone(),
+        },
+        expires_ms: crate::now_ms() + SESSION_TTL_MS,
+    };
+    let hash = ops::sha256(&secret);
+    if let Err(e) = db(&c, move |s| s.put_session(&hash, &rec).map_err(internal)).await {
+        return e.into_response();
+    }
+    let cookie = format!(
+        "{SESSION_COOKIE}={secret}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
+        SESSION_TTL_MS / 1000
+    );
+    (
+        StatusCode::OK,
+        [(header::SET_COOKIE, cookie)],
+        Json(serde_json::json!({"tenant": user.tenant, "user": user.name, "role": user.role})),
+    )
+        .into_response()
+}
+
+async fn logout(State(c): State<Arc<Central>>, headers: HeaderMap) -> Response {
+    if let Some(v) = session_cookie(&headers) {
+        let hash = ops::sha256(&v);
+        if let Err(e) = db(&c, move |s| s.delete_session(&hash).map_err(internal)).await {
+            return e.into_response();
+        }
+    }
+    (
+        StatusCode::OK,
+        [(
+            header::SET_COOKIE,
+            format!("{SESSION_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0"),
+        )],
+        Json(serde_json::json!({"ok": true})),
+    )
+        .into_response()
+}
+
+async fn me(axum::Extension(p): axum::Extension<Principal>) -> Json<Principal> {
+    Json(p)
+}
+
+// ---- views ----
+
+/// A site as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteOut {
+    pub site_id: String,
+    pub name: String,
+    pub customer: String,
+    pub joined: bool,
+    /// `connected`, `disconnected` or `never`.
+    pub link: String,
+    /// True when no batch arrived for 3 intervals (or never).
+    pub stale: bool,
+    pub last_batch_ms: Option<u64>,
+    /// Now minus the appliance time of the newest applied batch.
+    pub lag_ms: Option<u64>,
+    pub applied_up_to: u64,
+    pub batches_applied: u64,
+    pub interval_ms: u64,
+    pub dropped_rollups: u64,
+}
+
+pub fn site_out(c: &Central, s: &SiteRecord, now: u64) -> SiteOut {
+    let connected = c.is_connected(&s.tenant, &s.site_id);
+    let lag = (s.last_batch_created_ms > 0).then(|| now.saturating_sub(s.last_batch_created_ms));
+    let stale = match lag {
+        None => true,
+        Some(l) => l > 3 * s.interval_ms.max(1_000),
+    };
+    SiteOut {
+        site_id: s.site_id.clone(),
+        name: s.name.clone(),
+        customer: s.customer.clone(),
+        joined: s.joined_ms > 0,
+        link: if connected {
+            "connected".into()
+        } else if s.joined_ms > 0 {
+            "disconnected".into()
+        } else {
+            "never".into()
+        },
+        stale,
+        last_batch_ms: (s.last_batch_ms > 0).then_some(s.last_batch_ms),
+        lag_ms: lag,
+        applied_up_to: s.applied_up_to,
+        batches_applied: s.batches_applied,
+        interval_ms: s.interval_ms,
+        dropped_rollups: s.dropped_rollups,
+    }
+}
+
+async fn visible_sites(c: &Arc<Central>, p: &Principal) -> Result<Vec<SiteRecord>, ApiError> {
+    let (t, p2) = (p.tenant.clone(), p.clone());
+    db(c, move |s| {
+        Ok(s.sites(&t)
+            .map_err(internal)?
+            .into_iter()
+            .filter(|s| p2.sees_customer(&s.customer))
+            .collect())
+    })
+    .await
+}
+
+async fn one_site(c: &Arc<Central>, p: &Principal, site: &str) -> Result<SiteRecord, ApiError> {
+    let (t, id) = (p.tenant.clone(), site.to_string());
+    db(c, move |s| s.site(&t, &id).map_err(internal))
+        .await?
+        .filter(|s| p.sees_customer(&s.customer))
+        .ok_or_else(|| ApiError::NotFound(format!("no site {site}")))
+}
+
+async fn sites(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+) -> ApiResult<Vec<SiteOut>> {
+    let now = crate::now_ms();
+    Ok(Json(
+        visible_sites(&c, &p)
+            .await?
+            .iter()
+            .map(|s| site_out(&c, s, now))
+            .collect(),
+    ))
+}
+
+async fn site(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Path(site): Path<String>,
+) -> ApiResult<SiteOut> {
+    let s = one_site(&c, &p, &site).await?;
+    Ok(Json(site_out(&c, &s, crate::now_ms())))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CreateSite {
+    pub customer: String,
+    pub site: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SiteCreated {
+    pub site_id: String,
+    pub token: String,
+    pub ca_fingerprint: String,
+}
+
+async fn create_site(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Json(r): Json<CreateSite>,
+) -> Result<(StatusCode, Json<SiteCreated>), ApiError> {
+    require(&p, Role::Admin)?;
+    if !p.sees_customer(&r.customer) {
+        return Err(ApiError::Forbidden(format!(
+            "not allowed for customer {}",
+            r.customer
+        )));
+    }
+    let req = ops::AddSite {
+        tenant: p.tenant.clone(),
+        customer: r.customer,
+        site: r.site,
+    };
+    let added = db(&c, move |s| Ok(ops::add_site(s, &req, crate::now_ms())?)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SiteCreated {
+            site_id: added.site_id,
+            token: added.token,
+            ca_fingerprint: c.keys.ca.fingerprint().to_string(),
+        }),
+    ))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Counts {
+    pub devices: u64,
+    pub online: u64,
+    pub offline: u64,
+    pub pending: u64,
+    /// Devices with a firing critical alert.
+    pub critical: u64,
+    pub alerts_firing: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteSummary {
+    pub site: SiteOut,
+    pub counts: Counts,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CustomerSummary {
+    pub customer: String,
+    pub counts: Counts,
+    pub sites: Vec<SiteSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FleetSummary {
+    pub totals: Counts,
+    pub stale_sites: u64,
+    pub customers: Vec<CustomerSummary>,
+}
+
+fn add(c: &mut Counts, d: &DeviceRow, critical: bool) {
+    c.devices += 1;
+    match d.status.as_str() {
+        "online" => c.online += 1,
+        "offline" => c.offline += 1,
+        _ => c.pending += 1,
+    }
+    if critical {
+        c.critical += 1;
+    }
+}
+
+/// Aggregates the fleet server-side (one pass over the tenant's devices).
+pub async fn fleet_summary(c: &Arc<Central>, p: &Principal) -> Result<FleetSummary, ApiError> {
+    let sites = visible_sites(c, p).await?;
+    let (t, p2) = (p.tenant.clone(), p.clone());
+    let (devs, alerts) = db(c, move |s| {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = s
+                .devices(
+                    &t,
+                    &DeviceFilter {
+                        customers_allowed: p2.customers.clone(),
+                        after: after.clone(),
+                        limit: 10_000,
+                        ..Default::default()
+                    },
+                )
+                .map_err(internal)?;
+            all.extend(page.items);
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        Ok((all, s.alerts(&t, None).map_err(internal)?))
+    })
+    .await?;
+    let firing: Vec<&AlertRow> = alerts
+        .iter()
+        .filter(|a| a.state == AlertState::Firing && p.sees_customer(&a.customer))
+        .collect();
+    let critical: std::collections::HashSet<(String, String)> = firing
+        .iter()
+        .filter(|a| a.severity == crate::batch::Severity::Critical)
+        .filter_map(|a| a.device.clone().map(|d| (a.site_id.clone(), d)))
+        .collect();
+    let now = crate::now_ms();
+    let mut per_site: BTreeMap<String, Counts> = BTreeMap::new();
+    for d in &devs {
+        let crit = critical.contains(&(d.site_id.clone(), d.device.clone()));
+        add(per_site.entry(d.site_id.clone()).or_default(), d, crit);
+    }
+    for a in &firing {
+        per_site.entry(a.site_id.clone()).or_default().alerts_firing += 1;
+    }
+    let mut customers: BTreeMap<String, CustomerSummary> = BTreeMap::new();
+    let mut totals = Counts::default();
+    let mut stale = 0;
+    for s in &sites {
+        let so = site_out(c, s, now);
+        if so.stale && so.joined {
+            stale += 1;
+        }
+        let counts = per_site.get(&s.site_id).cloned().unwrap_or_default();
+        let cs = customers
+            .entry(s.customer.clone())
+            .or_insert_with(|| CustomerSummary {
+                customer: s.customer.clone(),
+                counts: Counts::default(),
+                sites: Vec::new(),
+            });
+        for (acc, x) in [(&mut cs.counts, &counts), (&mut totals, &counts)] {
+            acc.devices += x.devices;
+            acc.online += x.online;
+            acc.offline += x.offline;
+            acc.pending += x.pending;
+            acc.critical += x.critical;
+            acc.alerts_firing += x.alerts_firing;
+        }
+        cs.sites.push(SiteSummary { site: so, counts });
+    }
+    Ok(FleetSummary {
+        totals,
+        stale_sites: stale,
+        customers: customers.into_values().collect(),
+    })
+}
+
+async fn summary(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+) -> ApiResult<FleetSummary> {
+    Ok(Json(fleet_summary(&c, &p).await?))
+}
+
+async fn customers(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+) -> ApiResult<Vec<CustomerSummary>> {
+    Ok(Json(fleet_summary(&c, &p).await?.customers))
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct DevicesQuery {
+    pub site: Option<String>,
+    pub customer: Option<String>,
+    pub status: Option<String>,
+    pub after: Option<String>,
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DevicePage {
+    pub devices: Vec<DeviceRow>,
+    /// Pass as `after` for the next page.
+    pub next: Option<String>,
+}
+
+pub async fn device_page(
+    c: &Arc<Central>,
+    p: &Principal,
+    q: DevicesQuery,
+) -> Result<DevicePage, ApiError> {
+    if let Some(s) = &q.site {
+        one_site(c, p, s).await?;
+    }
+    let f = DeviceFilter {
+        site_id: q.site,
+        customer: q.customer,
+        customers_allowed: p.customers.clone(),
+        status: q.status,
+        after: q.after,
+        limit: q.limit.unwrap_or(100).clamp(1, 1000),
+    };
+    let t = p.tenant.clone();
+    let page = db(c, move |s| s.devices(&t, &f).map_err(internal)).await?;
+    Ok(DevicePage {
+        devices: page.items,
+        next: page.next,
+    })
+}
+
+async fn devices(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Query(q): Query<DevicesQuery>,
+) -> ApiResult<DevicePage> {
+    Ok(Json(device_page(&c, &p, q).await?))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeviceDetail {
+    pub device: DeviceRow,
+    pub site: SiteOut,
+    pub alerts: Vec<AlertRow>,
+}
+
+pub async fn device_detail(
+    c: &Arc<Central>,
+    p: &Principal,
+    site: &str,
+    device: &str,
+) -> Result<DeviceDetail, ApiError> {
+    let s = one_site(c, p, site).await?;
+    let (t, sid, dev) = (p.tenant.clone(), site.to_string(), device.to_string());
+    let (d, alerts) = db(c, move |st| {
+        let d = st.device(&t, &sid, &dev).map_err(internal)?;
+        let a = st.alerts(&t, Some(&sid)).map_err(internal)?;
+        Ok((
+            d,
+            a.into_iter()
+                .filter(|a| a.device.as_deref() == Some(dev.as_str()))
+                .collect::<Vec<_>>(),
+        ))
+    })
+    .await?;
+    let d = d.ok_or_else(|| ApiError::NotFound(format!("no device {device} at site {site}")))?;
+    Ok(DeviceDetail {
+        device: d,
+        site: site_out(c, &s, crate::now_ms()),
+        alerts,
+    })
+}
+
+async fn device(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Path((site, device)): Path<(String, String)>,
+) -> ApiResult<DeviceDetail> {
+    Ok(Json(device_detail(&c, &p, &site, &device).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    pub series: Option<String>,
+    #[serde(default)]
+    pub label: String,
+    pub from: Option<u64>,
+    pub to: Option<u64>,
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RollupPoint {
+    pub bucket_start_ms: u64,
+    pub min: f64,
+    pub max: f64,
+    pub avg: f64,
+    pub count: u64,
+    pub last: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct History {
+    pub series: String,
+    pub label: String,
+    pub points: Vec<RollupPoint>,
+}
+
+pub async fn history(
+    c: &Arc<Central>,
+    p: &Principal,
+    site: &str,
+    device: &str,
+    q: HistoryQuery,
+) -> Result<History, ApiError> {
+    one_site(c, p, site).await?;
+    let series = q.series.filter(|s| !s.is_empty()).ok_or_else(|| {
+        ApiError::BadRequest("query parameter `series` is required (e.g. series=cpu)".into())
+    })?;
+    let (t, sid, dev, ser, lab) = (
+        p.tenant.clone(),
+        site.to_string(),
+        device.to_string(),
+        series.clone(),
+        q.label.clone(),
+    );
+    let (from, to, limit) = (
+        q.from.unwrap_or(0),
+        q.to.unwrap_or(u64::MAX),
+        q.limit.unwrap_or(10_000).clamp(1, 100_000),
+    );
+    let rows = db(c, move |s| {
+        if s.device(&t, &sid, &dev).map_err(internal)?.is_none() {
+            return Err(ApiError::NotFound(format!("no device {dev} at site {sid}")));
+        }
+        s.rollups(
+            &t,
+            &super::store::RollupQuery {
+                site_id: sid,
+                device: dev,
+                series: ser,
+                label: lab,
+                from_ms: from,
+                to_ms: to,
+                limit,
+            },
+        )
+        .map_err(internal)
+    })
+    .await?;
+    Ok(History {
+        series,
+        label: q.label,
+        points: rows
+            .into_iter()
+            .map(|(b, r)| RollupPoint {
+                bucket_start_ms: b,
+                min: r.rollup.min,
+                max: r.rollup.max,
+                avg: if r.rollup.count > 0 {
+                    r.rollup.sum / r.rollup.count as f64
+                } else {
+                    0.0
+                },
+                count: r.rollup.count,
+                last: r.rollup.last,
+            })
+            .collect(),
+    })
+}
+
+async fn metrics_history(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Path((site, device)): Path<(String, String)>,
+    Query(q): Query<HistoryQuery>,
+) -> ApiResult<History> {
+    Ok(Json(history(&c, &p, &site, &device, q).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AlertsQuery {
+    pub site: Option<String>,
+    /// Only firing/pending alerts.
+    #[serde(default)]
+    pub active: bool,
+}
+
+pub async fn alert_list(
+    c: &Arc<Central>,
+    p: &Principal,
+    q: AlertsQuery,
+) -> Result<Vec<AlertRow>, ApiError> {
+    if let Some(s) = &q.site {
+        one_site(c, p, s).await?;
+    }
+    let (t, site) = (p.tenant.clone(), q.site.clone());
+    let mut v = db(c, move |s| s.alerts(&t, site.as_deref()).map_err(internal)).await?;
+    v.retain(|a| p.sees_customer(&a.customer) && (!q.active || a.state != AlertState::Resolved));
+    v.sort_by_key(|a| std::cmp::Reverse(a.at_ms));
+    Ok(v)
+}
+
+async fn alerts(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Query(q): Query<AlertsQuery>,
+) -> ApiResult<Vec<AlertRow>> {
+    Ok(Json(alert_list(&c, &p, q).await?))
+}
+
+/// Acknowledges an alert (technician or admin).
+async fn ack_alert(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Path((site, alert)): Path<(String, u64)>,
+) -> ApiResult<serde_json::Value> {
+    require(&p, Role::Technician)?;
+    one_site(&c, &p, &site).await?;
+    let (t, s, by) = (p.tenant.clone(), site.clone(), p.name.clone());
+    let found = db(&c, move |st| {
+        st.ack_alert(&t, &s, alert, &by, crate::now_ms())
+            .map_err(internal)
+    })
+    .await?;
+    if !found {
+        return Err(ApiError::NotFound(format!(
+            "no alert {alert} at site {site}"
+        )));
+    }
+    Ok(Json(
+        serde_json::json!({ "acked": true, "alert_id": alert, "by": p.name }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TenantToken {
+    pub role: Role,
+    #[serde(default)]
+    pub customers: Vec<String>,
+}
+
+async fn create_token(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Json(r): Json<TenantToken>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    require(&p, Role::Admin)?;
+    let req = ops::CreateToken {
+        tenant: p.tenant.clone(),
+        role: r.role,
+        customers: r.customers,
+    };
+    let t = db(&c, move |s| {
+        Ok(ops::create_token(s, &req, crate::now_ms())?)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "token": t }))))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TenantUser {
+    pub name: String,
+    pub role: Role,
+    #[serde(default)]
+    pub customers: Vec<String>,
+    pub password: String,
+}
+
+async fn create_user(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Json(r): Json<TenantUser>,
+) -> Result<StatusCode, ApiError> {
+    require(&p, Role::Admin)?;
+    let req = ops::AddUser {
+        tenant: p.tenant.clone(),
+        name: r.name,
+        role: r.role,
+        customers: r.customers,
+        password: r.password,
+    };
+    db(&c, move |s| Ok(ops::add_user(s, &req, crate::now_ms())?)).await?;
+    Ok(StatusCode::CREATED)
+}
+
+// ---- operator ----
+
+async fn admin_site(
+    State(c): State<Arc<Central>>,
+    Json(r): Json<ops::AddSite>,
+) -> Result<(StatusCode, Json<SiteCreated>), ApiError> {
+    let added = db(&c, move |s| Ok(ops::add_site(s, &r, crate::now_ms())?)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SiteCreated {
+            site_id: added.site_id,
+            token: added.token,
+            ca_fingerprint: c.keys.ca.fingerprint().to_string(),
+        }),
+    ))
+}
+
+async fn admin_token(
+    State(c): State<Arc<Central>>,
+    Json(r): Json<ops::CreateToken>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let t = db(&c, move |s| Ok(ops::create_token(s, &r, crate::now_ms())?)).await?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "token": t }))))
+}
+
+async fn admin_user(
+    State(c): State<Arc<Central>>,
+    Json(r): Json<ops::AddUser>,
+) -> Result<StatusCode, ApiError> {
+    db(&c, move |s| Ok(ops::add_user(s, &r, crate::now_ms())?)).await?;
+    Ok(StatusCode::CREATED)
+}

@@ -1,0 +1,157 @@
+//! Central's own metrics (`outpost_central_*` at `/metrics`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SiteLabel {
+    pub tenant: String,
+    pub site: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Debug)]
+pub struct CentralMetrics {
+    pub batches_received: Counter,
+    pub batches_applied: Counter,
+    pub batches_duplicate: Counter,
+    pub batch_rejects: Family<ReasonLabel, Counter>,
+    pub rollups_applied: Counter,
+    pub rollups_replaced: Counter,
+    pub apply_seconds: Histogram,
+    /// Seconds between a batch's creation (appliance clock) and its apply.
+    pub site_lag_seconds: Family<SiteLabel, Gauge>,
+    pub connections_active: Gauge,
+    pub connection_rejects: Family<ReasonLabel, Counter>,
+    pub joins: Counter,
+    pub api_requests: Family<RouteLabel, Counter>,
+    pub logins_failed: Counter,
+    registry: Registry,
+}
+
+impl CentralMetrics {
+    pub fn new() -> CentralMetrics {
+        let mut m = CentralMetrics {
+            batches_received: Counter::default(),
+            batches_applied: Counter::default(),
+            batches_duplicate: Counter::default(),
+            batch_rejects: Family::default(),
+            rollups_applied: Counter::default(),
+            rollups_replaced: Counter::default(),
+            apply_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            site_lag_seconds: Family::default(),
+            connections_active: Gauge::default(),
+            connection_rejects: Family::default(),
+            joins: Counter::default(),
+            api_requests: Family::default(),
+            logins_failed: Counter::default(),
+            registry: Registry::with_prefix("outpost_central"),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "batches_received",
+            "Uplink batches received (including duplicates)",
+            m.batches_received.clone(),
+        );
+        r.register(
+            "batches_applied",
+            "Batches applied (first delivery)",
+            m.batches_applied.clone(),
+        );
+        r.register(
+            "batches_duplicate",
+            "Batches acknowledged as already applied",
+            m.batches_duplicate.clone(),
+        );
+        r.register(
+            "batch_rejects",
+            "Batches refused, by reason",
+            m.batch_rejects.clone(),
+        );
+        r.register(
+            "rollups_applied",
+            "New rollups stored",
+            m.rollups_applied.clone(),
+        );
+        r.register(
+            "rollups_replaced",
+            "Rollups replaced by a later computation",
+            m.rollups_replaced.clone(),
+        );
+        r.register(
+            "apply_seconds",
+            "Time to apply one batch durably",
+            m.apply_seconds.clone(),
+        );
+        r.register(
+            "site_lag_seconds",
+            "Age of the newest applied batch of a site when applied",
+            m.site_lag_seconds.clone(),
+        );
+        r.register(
+            "connections_active",
+            "Open uplink connections",
+            m.connections_active.clone(),
+        );
+        r.register(
+            "connection_rejects",
+            "Uplink connections refused, by reason",
+            m.connection_rejects.clone(),
+        );
+        r.register("joins", "Sites joined", m.joins.clone());
+        r.register(
+            "api_requests",
+            "HTTP requests by route and status",
+            m.api_requests.clone(),
+        );
+        r.register(
+            "logins_failed",
+            "Failed web logins",
+            m.logins_failed.clone(),
+        );
+        m
+    }
+
+    pub fn reject(&self, reason: &str) {
+        self.batch_rejects
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn conn_reject(&self, reason: &str) {
+        self.connection_rejects
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        s
+    }
+}
+
+impl Default for CentralMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

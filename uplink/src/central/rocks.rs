@@ -1,0 +1,735 @@
+//! The embedded RocksDB backend of [`CentralStore`].
+//!
+//! Keys start with the tenant (`tenant \0 site \0 ...`), so a tenant's rows
+//! are one prefix and no query can reach another tenant's rows. Batches are
+//! applied under one lock with a synced write: the "applied" sequence set of
+//! the site is updated in the same write as the data.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use outpost_proto::codec;
+use outpost_storage::model::DeviceStatus;
+use outpost_storage::rocksdb::{
+    self, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::model::{
+    AlertRow, ApiTokenRecord, DeviceRow, JoinTokenRecord, LatestRollup, RollupRow, SessionRecord,
+    SiteRecord, UserRecord,
+};
+use super::store::{
+    ApplyOutcome, CentralStore, CentralStoreError, DeviceFilter, Page, Result, RollupQuery,
+};
+use crate::batch::{AlertState, SiteBatch};
+
+const CF_SITES: &str = "sites";
+const CF_DEVICES: &str = "devices";
+const CF_ROLLUPS: &str = "rollups";
+const CF_ALERTS: &str = "alerts";
+const CF_AUTH: &str = "auth";
+const CFS: [&str; 5] = [CF_SITES, CF_DEVICES, CF_ROLLUPS, CF_ALERTS, CF_AUTH];
+
+/// Central's RocksDB store.
+pub struct RocksCentralStore {
+    db: DB,
+    apply_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for RocksCentralStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksCentralStore").finish_non_exhaustive()
+    }
+}
+
+fn be(e: rocksdb::Error) -> CentralStoreError {
+    CentralStoreError::Backend(e.to_string())
+}
+
+/// `a \0 b \0 c ...`
+pub fn key(parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(0);
+        }
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+fn prefix(parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = key(parts);
+    k.push(0);
+    k
+}
+
+fn alert_rank(s: AlertState) -> u8 {
+    match s {
+        AlertState::Pending => 0,
+        AlertState::Firing => 1,
+        AlertState::Resolved => 2,
+    }
+}
+
+impl RocksCentralStore {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<RocksCentralStore> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_keep_log_file_num(4);
+        opts.increase_parallelism(2);
+        let cache = rocksdb::Cache::new_lru_cache(64 * 1024 * 1024);
+        let cfs = CFS.iter().map(|n| {
+            let mut o = Options::default();
+            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            // Existence checks of new rollup keys mostly miss: bloom filters.
+            let mut bb = rocksdb::BlockBasedOptions::default();
+            bb.set_block_cache(&cache);
+            bb.set_bloom_filter(10.0, false);
+            o.set_block_based_table_factory(&bb);
+            o.set_write_buffer_size(64 * 1024 * 1024);
+            ColumnFamilyDescriptor::new(*n, o)
+        });
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(be)?;
+        Ok(RocksCentralStore {
+            db,
+            apply_lock: Mutex::new(()),
+        })
+    }
+
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| CentralStoreError::Backend(format!("column family {name} missing")))
+    }
+
+    fn get<T: DeserializeOwned>(&self, cf: &str, k: &[u8]) -> Result<Option<T>> {
+        match self.db.get_cf(self.cf(cf)?, k).map_err(be)? {
+            Some(v) => Ok(Some(codec::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put<T: Serialize>(&self, wb: &mut WriteBatch, cf: &str, k: &[u8], v: &T) -> Result<()> {
+        wb.put_cf(self.cf(cf)?, k, codec::encode(v)?);
+        Ok(())
+    }
+
+    fn write(&self, wb: WriteBatch) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(wb, &wo).map_err(be)
+    }
+
+    fn put_one<T: Serialize>(&self, cf: &str, k: &[u8], v: &T) -> Result<()> {
+        let mut wb = WriteBatch::default();
+        self.put(&mut wb, cf, k, v)?;
+        self.write(wb)
+    }
+
+    /// Visits rows under `prefix` starting at `start` (inclusive) until `f`
+    /// returns false.
+    fn scan<T: DeserializeOwned>(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+        start: &[u8],
+        mut f: impl FnMut(&[u8], T) -> bool,
+    ) -> Result<()> {
+        let it = self
+            .db
+            .iterator_cf(self.cf(cf)?, IteratorMode::From(start, Direction::Forward));
+        for item in it {
+            let (k, v) = item.map_err(be)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if !f(&k, codec::decode(&v)?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn auth_key(kind: u8, hash: &[u8]) -> Vec<u8> {
+    let mut k = vec![kind, b'/'];
+    k.extend_from_slice(hash);
+    k
+}
+
+impl CentralStore for RocksCentralStore {
+    fn create_site(
+        &self,
+        site: &SiteRecord,
+        hash: &[u8; 32],
+        token: &JoinTokenRecord,
+    ) -> Result<()> {
+        let _g = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let k = key(&[site.tenant.as_bytes(), site.site_id.as_bytes()]);
+        if self.get::<SiteRecord>(CF_SITES, &k)?.is_some() {
+            return Err(CentralStoreError::Conflict(format!(
+                "site {} exists",
+                site.site_id
+            )));
+        }
+        let mut wb = WriteBatch::default();
+        self.put(&mut wb, CF_SITES, &k, site)?;
+        self.put(&mut wb, CF_AUTH, &auth_key(b'j', hash), token)?;
+        self.write(wb)
+    }
+
+    fn take_join_token(&self, hash: &[u8; 32]) -> Result<Option<JoinTokenRecord>> {
+        let _g = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let k = auth_key(b'j', hash);
+        let t = self.get::<JoinTokenRecord>(CF_AUTH, &k)?;
+        if t.is_some() {
+            let mut wb = WriteBatch::default();
+            wb.delete_cf(self.cf(CF_AUTH)?, &k);
+            self.write(wb)?;
+        }
+        Ok(t)
+    }
+
+    fn site(&self, tenant: &str, site_id: &str) -> Result<Option<SiteRecord>> {
+        self.get(CF_SITES, &key(&[tenant.as_bytes(), site_id.as_bytes()]))
+    }
+
+    fn sites(&self, tenant: &str) -> Result<Vec<SiteRecord>> {
+        let p = prefix(&[tenant.as_bytes()]);
+        let mut out = Vec::new();
+        self.scan::<SiteRecord>(CF_SITES, &p, &p, |_, s| {
+            out.push(s);
+            true
+        })?;
+        Ok(out)
+    }
+
+    fn update_site(&self, site: &SiteRecord) -> Result<()> {
+        let _g = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.put_one(
+            CF_SITES,
+            &key(&[site.tenant.as_bytes(), site.site_id.as_bytes()]),
+            site,
+        )
+    }
+
+    fn apply_batch(
+        &self,
+        tenant: &str,
+        site_id: &str,
+        b: &SiteBatch,
+        received_ms: u64,
+    ) -> Result<ApplyOutcome> {
+        let _g = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let sk = key(&[tenant.as_bytes(), site_id.as_bytes()]);
+        let mut site: SiteRecord = self
+            .get(CF_SITES, &sk)?
+            .ok_or_else(|| CentralStoreError::Conflict(format!("unknown site {site_id}")))?;
+        if site.is_applied(b.seq) {
+            return Ok(ApplyOutcome::Duplicate);
+        }
+        let (t, s) = (tenant.as_bytes(), site_id.as_bytes());
+        let mut wb = WriteBatch::default();
+        let mut devices: HashMap<String, DeviceRow> = HashMap::new();
+        let load = |devices: &mut HashMap<String, DeviceRow>, dev: &str| -> Result<()> {
+            if !devices.contains_key(dev) {
+                let row = self
+                    .get::<DeviceRow>(CF_DEVICES, &key(&[t, s, dev.as_bytes()]))?
+                    .unwrap_or_else(|| DeviceRow {
+                        tenant: tenant.into(),
+                        site_id: site_id.into(),
+                        device: dev.into(),
+                        customer: site.customer.clone(),
+                        hostname: String::new(),
+                        os: String::new(),
+                        agent_version: String::new(),
+                        enrolled_at_ms: 0,
+                        revoked: false,
+                        status: DeviceStatus::Pending,
+                        status_since_ms: 0,
+                        last_seen_ms: 0,
+                        as_of_ms: 0,
+                        rollups_stored: 0,
+                        latest: Vec::new(),
+                    });
+                devices.insert(dev.to_string(), row);
+            }
+            Ok(())
+        };
+        for u in &b.devices {
+            let dev = u.device.to_string();
+            load(&mut devices, &dev)?;
+            let Some(row) = devices.get_mut(&dev) else {
+                continue;
+            };
+            if row.as_of_ms > u.as_of_ms {
+                continue;
+            }
+            row.customer = if u.customer.is_empty() {
+                site.customer.clone()
+            } else {
+                u.customer.clone()
+            };
+            row.hostname = u.hostname.clone();
+            row.os = u.os.clone();
+            row.agent_version = u.agent_version.clone();
+            row.enrolled_at_ms = u.enrolled_at_ms;
+            row.revoked = u.revoked;
+            row.status = u.status;
+            row.status_since_ms = u.status_since_ms;
+            row.last_seen_ms = u.last_seen_ms;
+            row.as_of_ms = u.as_of_ms;
+        }
+        let (mut new, mut replaced) = (0u64, 0u64);
+        // Every rollup key of the batch, looked up in one multi-get.
+        let mut keys = Vec::with_capacity(b.rollup_count());
+        for dr in &b.rollups {
+            let dev = dr.device.to_string();
+            for sr in &dr.series {
+                keys.push(key(&[
+                    t,
+                    s,
+                    dev.as_bytes(),
+                    sr.name.as_bytes(),
+                    sr.label.as_bytes(),
+                    &dr.bucket_start_ms.to_be_bytes(),
+                ]));
+            }
+        }
+        let rcf = self.cf(CF_ROLLUPS)?;
+        let mut found = self
+            .db
+            .multi_get_cf(keys.iter().map(|k| (rcf, k.as_slice())))
+            .into_iter();
+        let mut keys = keys.into_iter();
+        for dr in &b.rollups {
+            let dev = dr.device.to_string();
+            load(&mut devices, &dev)?;
+            for sr in &dr.series {
+                let (Some(rk), Some(got)) = (keys.next(), found.next()) else {
+                    return Err(CentralStoreError::Backend(
+                        "multi-get answered fewer keys than asked".into(),
+                    ));
+                };
+                let existing: Option<RollupRow> = match got.map_err(be)? {
+                    Some(v) => Some(codec::decode(&v)?),
+                    None => None,
+                };
+                let Some(row) = devices.get_mut(&dev) else {
+                    continue;
+                };
+                match existing {
+                    None => {
+                        new += 1;
+                        row.rollups_stored += 1;
+                    }
+                    Some(e) if e.computed_ms < dr.computed_ms => replaced += 1,
+                    Some(_) => continue,
+                }
+                self.put(
+                    &mut wb,
+                    CF_ROLLUPS,
+                    &rk,
+                    &RollupRow {
+                        computed_ms: dr.computed_ms,
+                        rollup: sr.rollup,
+                    },
+                )?;
+                match row
+                    .latest
+                    .iter_mut()
+                    .find(|l| l.series == sr.name && l.label == sr.label)
+                {
+                    Some(l) if l.bucket_start_ms <= dr.bucket_start_ms => {
+                        l.bucket_start_ms = dr.bucket_start_ms;
+                        l.rollup = sr.rollup;
+                    }
+                    Some(_) => {}
+                    None => row.latest.push(LatestRollup {
+                        series: sr.name.clone(),
+                        label: sr.label.clone(),
+                        bucket_start_ms: dr.bucket_start_ms,
+                        rollup: sr.rollup,
+                    }),
+                }
+            }
+        }
+        for a in &b.alerts {
+            let ak = key(&[t, s, &a.alert_id.to_be_bytes()]);
+            let existing: Option<AlertRow> = self.get(CF_ALERTS, &ak)?;
+            let row = match existing {
+                Some(mut e) => {
+                    e.transitions += 1;
+                    if (a.at_ms, alert_rank(a.state)) >= (e.at_ms, alert_rank(e.state)) {
+                        e.state = a.state;
+                        e.at_ms = a.at_ms;
+                        e.message = a.message.clone();
+                        e.value = a.value;
+                        e.severity = a.severity;
+                    }
+                    e.first_ms = e.first_ms.min(a.at_ms);
+                    e
+                }
+                None => AlertRow {
+                    tenant: tenant.into(),
+                    site_id: site_id.into(),
+                    customer: site.customer.clone(),
+                    alert_id: a.alert_id,
+                    device: a.device.map(|d| d.to_string()),
+                    rule: a.rule.clone(),
+                    severity: a.severity,
+                    state: a.state,
+                    at_ms: a.at_ms,
+                    first_ms: a.at_ms,
+                    message: a.message.clone(),
+                    value: a.value,
+                    transitions: 1,
+                    acked_by: None,
+                    acked_ms: 0,
+                },
+            };
+            self.put(&mut wb, CF_ALERTS, &ak, &row)?;
+        }
+        for (dev, row) in &devices {
+            self.put(&mut wb, CF_DEVICES, &key(&[t, s, dev.as_bytes()]), row)?;
+        }
+        site.mark_applied(b.seq);
+        site.last_batch_ms = received_ms;
+        site.last_batch_created_ms = site.last_batch_created_ms.max(b.created_ms);
+        site.batches_applied += 1;
+        site.dropped_rollups += b.dropped_rollups;
+        self.put(&mut wb, CF_SITES, &sk, &site)?;
+        self.write(wb)?;
+        Ok(ApplyOutcome::Applied {
+            rollups_new: new,
+            rollups_replaced: replaced,
+        })
+    }
+
+    fn devices(&self, tenant: &str, f: &DeviceFilter) -> Result<Page<DeviceRow>> {
+        let p = match &f.site_id {
+            Some(s) => prefix(&[tenant.as_bytes(), s.as_bytes()]),
+            None => prefix(&[tenant.as_bytes()]),
+        };
+        let mut start = p.clone();
+        if let Some(a) = &f.after
+            && let Ok(mut k) = hex::decode(a)
+            && k.starts_with(&p)
+        {
+            k.push(0);
+            start = k;
+        }
+        let limit = f.limit.max(1);
+        let mut items = Vec::new();
+        let mut last = None;
+        let mut more = false;
+        self.scan::<DeviceRow>(CF_DEVICES, &p, &start, |k, d| {
+            let ok = f.customer.as_ref().is_none_or(|c| *c == d.customer)
+                && (f.customers_allowed.is_empty() || f.customers_allowed.contains(&d.customer))
+                && f.status.as_ref().is_none_or(|s| s == d.status.as_str());
+            if !ok {
+                return true;
+            }
+            if items.len() == limit {
+                more = true;
+                return false;
+            }
+            last = Some(k.to_vec());
+            items.push(d);
+            true
+        })?;
+        Ok(Page {
+            items,
+            next: if more { last.map(hex::encode) } else { None },
+        })
+    }
+
+    fn device(&self, tenant: &str, site_id: &str, device: &str) -> Result<Option<DeviceRow>> {
+        self.get(
+            CF_DEVICES,
+            &key(&[tenant.as_bytes(), site_id.as_bytes(), device.as_bytes()]),
+        )
+    }
+
+    fn rollups(&self, tenant: &str, q: &RollupQuery) -> Result<Vec<(u64, RollupRow)>> {
+        let (site_id, device, series, label) = (&q.site_id, &q.device, &q.series, &q.label);
+        let (from_ms, to_ms, limit) = (q.from_ms, q.to_ms, q.limit);
+        let p = prefix(&[
+            tenant.as_bytes(),
+            site_id.as_bytes(),
+            device.as_bytes(),
+            series.as_bytes(),
+            label.as_bytes(),
+        ]);
+        let mut start = p.clone();
+        start.extend_from_slice(&from_ms.to_be_bytes());
+        let mut out = Vec::new();
+        self.scan::<RollupRow>(CF_ROLLUPS, &p, &start, |k, r| {
+            let Some(b) = k.get(p.len()..).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+                return true;
+            };
+            let bucket = u64::from_be_bytes(b);
+            if bucket >= to_ms || out.len() >= limit {
+                return false;
+            }
+            out.push((bucket, r));
+            true
+        })?;
+        Ok(out)
+    }
+
+    fn alerts(&self, tenant: &str, site_id: Option<&str>) -> Result<Vec<AlertRow>> {
+        let p = match site_id {
+            Some(s) => prefix(&[tenant.as_bytes(), s.as_bytes()]),
+            None => prefix(&[tenant.as_bytes()]),
+        };
+        let mut out = Vec::new();
+        self.scan::<AlertRow>(CF_ALERTS, &p, &p, |_, a| {
+            out.push(a);
+            true
+        })?;
+        Ok(out)
+    }
+
+    fn ack_alert(
+        &self,
+        tenant: &str,
+        site_id: &str,
+        alert_id: u64,
+        by: &str,
+        now_ms: u64,
+    ) -> Result<bool> {
+        let _g = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let k = key(&[
+            tenant.as_bytes(),
+            site_id.as_bytes(),
+            &alert_id.to_be_bytes(),
+        ]);
+        let Some(mut a) = self.get::<AlertRow>(CF_ALERTS, &k)? else {
+            return Ok(false);
+        };
+        a.acked_by = Some(by.to_string());
+        a.acked_ms = now_ms;
+        self.put_one(CF_ALERTS, &k, &a)?;
+        Ok(true)
+    }
+
+    fn put_api_token(&self, hash: &[u8; 32], rec: &ApiTokenRecord) -> Result<()> {
+        self.put_one(CF_AUTH, &auth_key(b't', hash), rec)
+    }
+    fn api_token(&self, hash: &[u8; 32]) -> Result<Option<ApiTokenRecord>> {
+        self.get(CF_AUTH, &auth_key(b't', hash))
+    }
+    fn put_user(&self, u: &UserRecord) -> Result<()> {
+        self.put_one(
+            CF_AUTH,
+            &auth_key(b'u', &key(&[u.tenant.as_bytes(), u.name.as_bytes()])),
+            u,
+        )
+    }
+    fn user(&self, tenant: &str, name: &str) -> Result<Option<UserRecord>> {
+        self.get(
+            CF_AUTH,
+            &auth_key(b'u', &key(&[tenant.as_bytes(), name.as_bytes()])),
+        )
+    }
+    fn put_session(&self, hash: &[u8; 32], s: &SessionRecord) -> Result<()> {
+        self.put_one(CF_AUTH, &auth_key(b's', hash), s)
+    }
+    fn session(&self, hash: &[u8; 32]) -> Result<Option<SessionRecord>> {
+        self.get(CF_AUTH, &auth_key(b's', hash))
+    }
+    fn delete_session(&self, hash: &[u8; 32]) -> Result<()> {
+        let mut wb = WriteBatch::default();
+        wb.delete_cf(self.cf(CF_AUTH)?, auth_key(b's', hash));
+        self.write(wb)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::tests::sample_batch;
+
+    fn site(tenant: &str, id: &str) -> SiteRecord {
+        SiteRecord {
+            tenant: tenant.into(),
+            customer: "dental".into(),
+            site_id: id.into(),
+            name: "main".into(),
+            created_ms: 1,
+            joined_ms: 0,
+            applied_up_to: 0,
+            applied_above: vec![],
+            last_batch_ms: 0,
+            last_batch_created_ms: 0,
+            batches_applied: 0,
+            duplicates: 0,
+            interval_ms: 0,
+            dropped_rollups: 0,
+        }
+    }
+
+    fn tok(t: &str, s: &str) -> JoinTokenRecord {
+        JoinTokenRecord {
+            tenant: t.into(),
+            site_id: s.into(),
+            expires_ms: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn a_batch_applies_once_in_any_order_and_tenants_do_not_see_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = RocksCentralStore::open(dir.path()).unwrap();
+        st.create_site(&site("msp", "s-1"), &[1; 32], &tok("msp", "s-1"))
+            .unwrap();
+        st.create_site(&site("other", "s-1"), &[2; 32], &tok("other", "s-1"))
+            .unwrap();
+        assert!(st.take_join_token(&[1; 32]).unwrap().is_some());
+        assert!(st.take_join_token(&[1; 32]).unwrap().is_none(), "one use");
+        let b2 = sample_batch(2);
+        assert!(matches!(
+            st.apply_batch("msp", "s-1", &b2, 10).unwrap(),
+            ApplyOutcome::Applied { rollups_new: 2, .. }
+        ));
+        assert_eq!(
+            st.apply_batch("msp", "s-1", &b2, 11).unwrap(),
+            ApplyOutcome::Duplicate
+        );
+        let b1 = sample_batch(1);
+        assert!(matches!(
+            st.apply_batch("msp", "s-1", &b1, 12).unwrap(),
+            ApplyOutcome::Applied { rollups_new: 0, .. }
+        ));
+        assert_eq!(
+            st.apply_batch("msp", "s-1", &b1, 13).unwrap(),
+            ApplyOutcome::Duplicate
+        );
+        let s = st.site("msp", "s-1").unwrap().unwrap();
+        assert_eq!(
+            (s.applied_up_to, s.applied_above.clone(), s.batches_applied),
+            (2, vec![], 2)
+        );
+        let page = st
+            .devices(
+                "msp",
+                &DeviceFilter {
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(page.items.len(), 1);
+        assert_eq!(page.items[0].rollups_stored, 2);
+        assert!(
+            st.devices(
+                "other",
+                &DeviceFilter {
+                    limit: 10,
+                    ..Default::default()
+                }
+            )
+            .unwrap()
+            .items
+            .is_empty()
+        );
+        assert!(
+            st.device("other", "s-1", &page.items[0].device)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(st.alerts("msp", None).unwrap().len(), 1);
+        assert!(st.alerts("other", None).unwrap().is_empty());
+        let bucket = b2.rollups[0].bucket_start_ms;
+        let r = st
+            .rollups(
+                "msp",
+                &RollupQuery {
+                    site_id: "s-1".into(),
+                    device: page.items[0].device.clone(),
+                    series: "cpu".into(),
+                    label: String::new(),
+                    from_ms: 0,
+                    to_ms: u64::MAX,
+                    limit: 100,
+                },
+            )
+            .unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].0, bucket);
+    }
+
+    #[test]
+    fn device_pages_follow_the_cursor_without_gaps_or_repeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = RocksCentralStore::open(dir.path()).unwrap();
+        st.create_site(&site("msp", "s-1"), &[1; 32], &tok("msp", "s-1"))
+            .unwrap();
+        let mut b = sample_batch(1);
+        let d0 = b.devices[0].clone();
+        b.devices = (0..5u64)
+            .map(|i| crate::batch::DeviceUpdate {
+                device: outpost_proto::DeviceId(100 + i),
+                ..d0.clone()
+            })
+            .collect();
+        st.apply_batch("msp", "s-1", &b, 1).unwrap();
+        let mut seen = Vec::new();
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            let p = st
+                .devices(
+                    "msp",
+                    &DeviceFilter {
+                        site_id: Some("s-1".into()),
+                        after: after.clone(),
+                        limit: 2,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            pages += 1;
+            seen.extend(p.items.iter().map(|d| d.device.clone()));
+            match p.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        // 5 from the snapshot list + device 42 of the sample's rollups.
+        assert_eq!(seen.len(), 6, "{seen:?}");
+        let mut dedup = seen.clone();
+        dedup.dedup();
+        assert_eq!(dedup, seen);
+        assert_eq!(pages, 3);
+        // A cursor of another tenant's key space is ignored, not followed.
+        let p = st
+            .devices(
+                "other",
+                &DeviceFilter {
+                    after: after.clone(),
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert!(p.items.is_empty());
+    }
+
+    #[test]
+    fn applied_set_folds_contiguous_sequences() {
+        let mut s = site("t", "s");
+        for q in [3, 1, 5, 2] {
+            s.mark_applied(q);
+        }
+        assert_eq!((s.applied_up_to, s.applied_above.clone()), (3, vec![5]));
+        assert!(s.is_applied(5) && !s.is_applied(4));
+    }
+}

@@ -1,0 +1,132 @@
+//! Appliance-side uplink metrics. The appliance registers them into its own
+//! registry (`outpost_uplink_*`); every drop, retry and rejection is counted.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// Counters and gauges of the outbox and the sender.
+#[derive(Debug, Default, Clone)]
+pub struct UplinkMetrics {
+    pub batches_created: Counter,
+    /// Compressed bytes of created batches.
+    pub batch_bytes_created: Counter,
+    pub rollups_enqueued: Counter,
+    pub device_updates_enqueued: Counter,
+    pub alert_transitions_enqueued: Counter,
+    pub batches_sent: Counter,
+    pub bytes_sent: Counter,
+    pub batches_acked: Counter,
+    /// Rollups removed from the outbox because it hit its bound.
+    pub rollups_dropped: Counter,
+    /// Compactions that left the outbox above its bound (only device status
+    /// and alert transitions left: kept, never dropped).
+    pub outbox_over_limit: Counter,
+    pub rejects: Family<ReasonLabel, Counter>,
+    pub connect_attempts: Counter,
+    pub connect_failures: Counter,
+    pub compaction_errors: Counter,
+    pub backlog_batches: Gauge,
+    pub backlog_bytes: Gauge,
+    /// 1 while the uplink stream is open.
+    pub connected: Gauge,
+}
+
+impl UplinkMetrics {
+    /// Registers everything under `uplink_*` in `r`.
+    pub fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("uplink");
+        r.register(
+            "batches_created",
+            "Uplink batches compacted into the outbox",
+            self.batches_created.clone(),
+        );
+        r.register(
+            "batch_bytes_created",
+            "Compressed bytes of batches compacted",
+            self.batch_bytes_created.clone(),
+        );
+        r.register(
+            "rollups_enqueued",
+            "Series rollups put into batches",
+            self.rollups_enqueued.clone(),
+        );
+        r.register(
+            "device_updates_enqueued",
+            "Device snapshots put into batches",
+            self.device_updates_enqueued.clone(),
+        );
+        r.register(
+            "alert_transitions_enqueued",
+            "Alert transitions put into batches",
+            self.alert_transitions_enqueued.clone(),
+        );
+        r.register(
+            "batches_sent",
+            "Batches sent to central (including resends)",
+            self.batches_sent.clone(),
+        );
+        r.register(
+            "bytes_sent",
+            "Batch payload bytes sent to central",
+            self.bytes_sent.clone(),
+        );
+        r.register(
+            "batches_acked",
+            "Batches acknowledged by central as durable",
+            self.batches_acked.clone(),
+        );
+        r.register(
+            "rollups_dropped",
+            "Rollups dropped because the outbox was full",
+            self.rollups_dropped.clone(),
+        );
+        r.register(
+            "outbox_over_limit",
+            "Compactions leaving the outbox above its bound",
+            self.outbox_over_limit.clone(),
+        );
+        r.register(
+            "rejects",
+            "Batches central refused, by reason",
+            self.rejects.clone(),
+        );
+        r.register(
+            "connect_attempts",
+            "Connection attempts to central",
+            self.connect_attempts.clone(),
+        );
+        r.register(
+            "connect_failures",
+            "Failed connections or lost streams",
+            self.connect_failures.clone(),
+        );
+        r.register(
+            "compaction_errors",
+            "Failed compactions",
+            self.compaction_errors.clone(),
+        );
+        r.register(
+            "backlog_batches",
+            "Batches in the outbox",
+            self.backlog_batches.clone(),
+        );
+        r.register(
+            "backlog_bytes",
+            "Bytes in the outbox",
+            self.backlog_bytes.clone(),
+        );
+        r.register(
+            "connected",
+            "1 while the uplink stream to central is open",
+            self.connected.clone(),
+        );
+    }
+}

@@ -1,0 +1,476 @@
+//! The appliance's outbox: compacted, numbered batches waiting for central.
+//!
+//! * **Pending changes** ([`Cf::UplinkPending`]): the ingest writer records a
+//!   marker per (device, bucket) in the same RocksDB batch as every rollup it
+//!   (re)computes while the site is joined; the alert engine records alert
+//!   transitions ([`push_alert_transition`]). Device status is a snapshot,
+//!   compared with what was last sent.
+//! * **Compaction** ([`Outbox::compact`], every interval): turns pending
+//!   changes into one [`SiteBatch`] with the next sequence number, encodes it
+//!   and writes it to [`Cf::UplinkOutbox`] *in the same write batch* that
+//!   deletes the consumed markers and advances the sequence: a change is
+//!   either still pending or in exactly one stored batch.
+//! * **Acknowledgement** ([`Outbox::ack`]): a batch is deleted only when
+//!   central acknowledged its sequence as durable.
+//! * **Bound** ([`Outbox::enforce_bound`]): above `max_bytes`, the oldest
+//!   batches lose their rollups first (counted); device status and alert
+//!   transitions are never dropped.
+//!
+//! Must not touch the network: [`crate::sender`] moves the bytes.
+
+mod compactor;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use outpost_proto::DeviceId;
+use outpost_storage::rocksdb::WriteBatch;
+use outpost_storage::{Cf, StorageError, Store};
+use serde::{Deserialize, Serialize};
+
+use crate::batch::{self, AlertTransition, BatchError, SiteBatch};
+use crate::metrics::UplinkMetrics;
+
+/// First byte of alert-transition keys in [`Cf::UplinkPending`].
+pub const ALERT_PREFIX: u8 = b'a';
+const META_KEY: &[u8] = b"uplink.outbox";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("outbox storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("outbox batch: {0}")]
+    Batch(#[from] BatchError),
+    #[error("outbox batch {seq} is corrupt (checksum mismatch); delete DATA/db or re-join")]
+    Checksum { seq: u64 },
+}
+
+pub type Result<T, E = OutboxError> = std::result::Result<T, E>;
+
+/// Limits of the outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    /// Bound of the stored batches' compressed bytes.
+    pub max_bytes: u64,
+    /// (device, bucket) rollup sets per batch (the rest waits for the next).
+    pub max_rollup_buckets_per_batch: usize,
+    /// Alert transitions per batch.
+    pub max_alerts_per_batch: usize,
+    pub zstd_level: i32,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            max_bytes: 256 * 1024 * 1024,
+            max_rollup_buckets_per_batch: 20_000,
+            max_alerts_per_batch: 10_000,
+            zstd_level: batch::DEFAULT_ZSTD_LEVEL,
+        }
+    }
+}
+
+/// A stored batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxRecord {
+    pub seq: u64,
+    pub created_ms: u64,
+    /// CRC-32 of `payload`.
+    pub crc32: u32,
+    pub rollups: u32,
+    pub devices: u32,
+    pub alerts: u32,
+    /// `batch::encode` output.
+    pub payload: Vec<u8>,
+}
+
+impl OutboxRecord {
+    fn new(b: &SiteBatch, payload: Vec<u8>) -> OutboxRecord {
+        OutboxRecord {
+            seq: b.seq,
+            created_ms: b.created_ms,
+            crc32: crc32fast::hash(&payload),
+            rollups: b.rollup_count() as u32,
+            devices: b.devices.len() as u32,
+            alerts: b.alerts.len() as u32,
+            payload,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if crc32fast::hash(&self.payload) != self.crc32 {
+            return Err(OutboxError::Checksum { seq: self.seq });
+        }
+        Ok(())
+    }
+}
+
+/// Persistent counters of the outbox.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct OutboxMeta {
+    /// Sequence number of the next batch (from 1).
+    next_seq: u64,
+    /// Highest sequence acknowledged by central.
+    acked_up_to: u64,
+    dropped_rollups_total: u64,
+}
+
+/// In-memory index entry of a stored batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: u64,
+    pub bytes: u64,
+    pub rollups: u32,
+    pub created_ms: u64,
+}
+
+/// A summary for status displays.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutboxStats {
+    pub backlog_batches: u64,
+    pub backlog_bytes: u64,
+    pub next_seq: u64,
+    pub last_acked_seq: u64,
+    pub oldest_backlog_ms: Option<u64>,
+    pub dropped_rollups_total: u64,
+}
+
+struct Inner {
+    meta: OutboxMeta,
+    entries: BTreeMap<u64, Entry>,
+    total_bytes: u64,
+    /// Hash of the last device snapshot put into a batch, per device. Not
+    /// persisted: after a restart every device is sent once more (central
+    /// applies snapshots idempotently).
+    sent_snapshots: HashMap<DeviceId, u64>,
+}
+
+/// The outbox (see the module docs).
+pub struct Outbox {
+    store: Store,
+    cfg: OutboxConfig,
+    inner: Mutex<Inner>,
+    metrics: UplinkMetrics,
+    /// Wakes the sender when a batch was stored.
+    pub added: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox").finish_non_exhaustive()
+    }
+}
+
+fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+impl Outbox {
+    /// Opens the outbox, indexing the stored batches.
+    pub fn open(store: Store, cfg: OutboxConfig, metrics: UplinkMetrics) -> Result<Outbox> {
+        let mut meta: OutboxMeta = store.get(Cf::Meta, META_KEY)?.unwrap_or_default();
+        if meta.next_seq == 0 {
+            meta.next_seq = 1;
+        }
+        let mut entries = BTreeMap::new();
+        let mut total = 0u64;
+        store.scan::<OutboxRecord>(Cf::UplinkOutbox, &[], None, |_, r| {
+            let bytes = r.payload.len() as u64;
+            total += bytes;
+            entries.insert(
+                r.seq,
+                Entry {
+                    seq: r.seq,
+                    bytes,
+                    rollups: r.rollups,
+                    created_ms: r.created_ms,
+                },
+            );
+            true
+        })?;
+        if let Some(max) = entries.keys().next_back() {
+            meta.next_seq = meta.next_seq.max(max + 1);
+        }
+        let ob = Outbox {
+            store,
+            cfg,
+            inner: Mutex::new(Inner {
+                meta,
+                entries,
+                total_bytes: total,
+                sent_snapshots: HashMap::new(),
+            }),
+            metrics,
+            added: tokio::sync::Notify::new(),
+        };
+        ob.publish();
+        Ok(ob)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent data (every
+        // mutation is applied after its write succeeded): keep going.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self) {
+        let g = self.lock();
+        self.metrics.backlog_batches.set(g.entries.len() as i64);
+        self.metrics.backlog_bytes.set(g.total_bytes as i64);
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Compacts pending changes into the next batch and stores it. Returns
+    /// the stored entry.
+    pub fn compact(&self, site: &str, tenant: &str, now_ms: u64) -> Result<Entry> {
+        let mut g = self.lock();
+        let seq = g.meta.next_seq;
+        let devices = compactor::device_changes(&self.store, &g.sent_snapshots, now_ms)?;
+        let (rollups, rollup_keys) =
+            compactor::pending_rollups(&self.store, self.cfg.max_rollup_buckets_per_batch)?;
+        let (alerts, alert_keys) =
+            compactor::pending_alerts(&self.store, self.cfg.max_alerts_per_batch)?;
+        let b = SiteBatch {
+            seq,
+            site: site.to_string(),
+            tenant: tenant.to_string(),
+            created_ms: now_ms,
+            devices: devices.iter().map(|(u, _)| u.clone()).collect(),
+            rollups,
+            alerts,
+            patch_compliance: Vec::new(),
+            commands: Vec::new(),
+            dropped_rollups: 0,
+        };
+        let payload = batch::encode(&b, self.cfg.zstd_level)?;
+        let rec = OutboxRecord::new(&b, payload);
+        let mut meta = g.meta.clone();
+        meta.next_seq = seq + 1;
+        let mut wb = WriteBatch::default();
+        self.store
+            .batch_put(&mut wb, Cf::UplinkOutbox, &seq_key(seq), &rec)?;
+        let pending = self.store.cf(Cf::UplinkPending)?;
+        for k in rollup_keys.iter().chain(alert_keys.iter()) {
+            wb.delete_cf(pending, k);
+        }
+        self.store.batch_put(&mut wb, Cf::Meta, META_KEY, &meta)?;
+        self.store.write(wb)?;
+        // Durable: now update memory.
+        g.meta = meta;
+        for (u, h) in &devices {
+            g.sent_snapshots.insert(u.device, *h);
+        }
+        let entry = Entry {
+            seq,
+            bytes: rec.payload.len() as u64,
+            rollups: rec.rollups,
+            created_ms: now_ms,
+        };
+        g.entries.insert(seq, entry);
+        g.total_bytes += entry.bytes;
+        let m = &self.metrics;
+        m.batches_created.inc();
+        m.batch_bytes_created.inc_by(entry.bytes);
+        m.rollups_enqueued.inc_by(u64::from(rec.rollups));
+        m.device_updates_enqueued.inc_by(u64::from(rec.devices));
+        m.alert_transitions_enqueued.inc_by(u64::from(rec.alerts));
+        drop(g);
+        self.enforce_bound()?;
+        self.publish();
+        self.added.notify_one();
+        Ok(entry)
+    }
+
+    /// Drops rollups from the oldest batches until the outbox fits its bound.
+    /// Returns the number of rollups dropped.
+    pub fn enforce_bound(&self) -> Result<u64> {
+        let mut dropped = 0u64;
+        loop {
+            let mut g = self.lock();
+            if g.total_bytes <= self.cfg.max_bytes {
+                break;
+            }
+            let Some(victim) = g.entries.values().find(|e| e.rollups > 0).copied() else {
+                self.metrics.outbox_over_limit.inc();
+                tracing::warn!(
+                    bytes = g.total_bytes,
+                    max = self.cfg.max_bytes,
+                    "uplink outbox above its bound with only device status and alert transitions left; keeping them"
+                );
+                break;
+            };
+            let Some(rec) = self
+                .store
+                .get::<OutboxRecord>(Cf::UplinkOutbox, &seq_key(victim.seq))?
+            else {
+                g.total_bytes -= victim.bytes;
+                g.entries.remove(&victim.seq);
+                continue;
+            };
+            rec.check()?;
+            let mut b = batch::decode(&rec.payload)?;
+            let n = b.rollup_count() as u64;
+            b.rollups.clear();
+            b.dropped_rollups += n;
+            let payload = batch::encode(&b, self.cfg.zstd_level)?;
+            let new = OutboxRecord::new(&b, payload);
+            let mut meta = g.meta.clone();
+            meta.dropped_rollups_total += n;
+            let mut wb = WriteBatch::default();
+            self.store
+                .batch_put(&mut wb, Cf::UplinkOutbox, &seq_key(new.seq), &new)?;
+            self.store.batch_put(&mut wb, Cf::Meta, META_KEY, &meta)?;
+            self.store.write(wb)?;
+            g.meta = meta;
+            g.total_bytes = g.total_bytes - victim.bytes + new.payload.len() as u64;
+            g.entries.insert(
+                victim.seq,
+                Entry {
+                    bytes: new.payload.len() as u64,
+                    rollups: 0,
+                    ..victim
+                },
+            );
+            dropped += n;
+            self.metrics.rollups_dropped.inc_by(n);
+            tracing::warn!(
+                seq = victim.seq,
+                rollups = n,
+                "uplink outbox full: dropped the rollups of the oldest batch"
+            );
+        }
+        Ok(dropped)
+    }
+
+    /// A stored batch, checksum-verified.
+    pub fn get(&self, seq: u64) -> Result<Option<OutboxRecord>> {
+        let rec = self
+            .store
+            .get::<OutboxRecord>(Cf::UplinkOutbox, &seq_key(seq))?;
+        if let Some(r) = &rec {
+            r.check()?;
+        }
+        Ok(rec)
+    }
+
+    /// Deletes batch `seq` (central has it). Returns whether it was stored.
+    pub fn ack(&self, seq: u64) -> Result<bool> {
+        let mut g = self.lock();
+        let Some(e) = g.entries.get(&seq).copied() else {
+            return Ok(false);
+        };
+        let mut meta = g.meta.clone();
+        meta.acked_up_to = meta.acked_up_to.max(seq);
+        let mut wb = WriteBatch::default();
+        wb.delete_cf(self.store.cf(Cf::UplinkOutbox)?, seq_key(seq));
+        self.store.batch_put(&mut wb, Cf::Meta, META_KEY, &meta)?;
+        self.store.write(wb)?;
+        g.meta = meta;
+        g.entries.remove(&seq);
+        g.total_bytes -= e.bytes;
+        drop(g);
+        self.metrics.batches_acked.inc();
+        self.publish();
+        Ok(true)
+    }
+
+    /// Deletes every batch with `seq <= up_to`.
+    pub fn ack_up_to(&self, up_to: u64) -> Result<u64> {
+        let seqs: Vec<u64> = self
+            .lock()
+            .entries
+            .range(..=up_to)
+            .map(|(s, _)| *s)
+            .collect();
+        let mut n = 0;
+        for s in seqs {
+            n += u64::from(self.ack(s)?);
+        }
+        Ok(n)
+    }
+
+    /// Sequence numbers of stored batches, oldest first.
+    pub fn seqs(&self) -> Vec<u64> {
+        self.lock().entries.keys().copied().collect()
+    }
+
+    pub fn stats(&self) -> OutboxStats {
+        let g = self.lock();
+        OutboxStats {
+            backlog_batches: g.entries.len() as u64,
+            backlog_bytes: g.total_bytes,
+            next_seq: g.meta.next_seq,
+            last_acked_seq: g.meta.acked_up_to,
+            oldest_backlog_ms: g.entries.values().next().map(|e| e.created_ms),
+            dropped_rollups_total: g.meta.dropped_rollups_total,
+        }
+    }
+
+    /// Forgets stored batches and restarts numbering at 1 (after joining a
+    /// different site: the old site's batches mean nothing to the new one).
+    /// Pending changes stay pending.
+    pub fn reset_for_new_site(&self) -> Result<()> {
+        let mut g = self.lock();
+        let mut wb = WriteBatch::default();
+        let cf = self.store.cf(Cf::UplinkOutbox)?;
+        for s in g.entries.keys() {
+            wb.delete_cf(cf, seq_key(*s));
+        }
+        let meta = OutboxMeta {
+            next_seq: 1,
+            acked_up_to: 0,
+            dropped_rollups_total: g.meta.dropped_rollups_total,
+        };
+        self.store.batch_put(&mut wb, Cf::Meta, META_KEY, &meta)?;
+        self.store.write(wb)?;
+        g.meta = meta;
+        g.entries.clear();
+        g.total_bytes = 0;
+        g.sent_snapshots.clear();
+        drop(g);
+        self.publish();
+        Ok(())
+    }
+}
+
+/// Distinguishes alert transitions recorded in the same millisecond.
+static ALERT_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn alert_key(t: &AlertTransition) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[0] = ALERT_PREFIX;
+    k[1..9].copy_from_slice(&t.at_ms.to_be_bytes());
+    k[9..].copy_from_slice(&ALERT_COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    k
+}
+
+/// Adds an alert transition for the uplink to `batch` (the alert engine's
+/// own write batch, so the transition is pending exactly when the alert
+/// state it describes is durable). Returns `false` (and adds nothing) when
+/// the site is not joined to a central.
+pub fn alert_transition_into(
+    store: &Store,
+    batch: &mut WriteBatch,
+    t: &AlertTransition,
+) -> Result<bool> {
+    if !store.uplink_tracking() {
+        return Ok(false);
+    }
+    store.batch_put(batch, Cf::UplinkPending, &alert_key(t), t)?;
+    Ok(true)
+}
+
+/// Records an alert transition for the uplink, durably (one write). Returns
+/// `false` when the site is not joined to a central.
+pub fn push_alert_transition(store: &Store, t: &AlertTransition) -> Result<bool> {
+    let mut wb = WriteBatch::default();
+    if !alert_transition_into(store, &mut wb, t)? {
+        return Ok(false);
+    }
+    store.write(wb)?;
+    Ok(true)
+}

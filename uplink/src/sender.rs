@@ -1,0 +1,257 @@
+//! The appliance's sender: one QUIC connection to central with mutual TLS,
+//! one long-lived stream, batches sent in order with a bounded window, each
+//! deleted from the outbox only when central acknowledges it.
+//!
+//! Order: after a (re)connect with a backlog, the newest batch goes first
+//! (so central shows current status at once), then the backlog oldest
+//! first at full speed; a batch compacted meanwhile jumps the queue again
+//! ([`pick_next`]). Central applies batches idempotently and in any order.
+//! Reconnects use exponential backoff with full jitter.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use bytes::BytesMut;
+use outpost_proto::frame::{FrameReader, write_frame};
+use outpost_proto::tls;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::join::{client_endpoint, quic_client_config, resolve};
+use crate::metrics::ReasonLabel;
+use crate::service::{LinkState, Uplink};
+use crate::site_files::SiteIdentity;
+use crate::wire::{
+    ALPN_UPLINK, CENTRAL_SERVER_NAME, CentralFrame, MAX_UPLINK_FRAME_BYTES, SiteFrame, SiteHello,
+    UPLINK_PROTOCOL_VERSION, WireBatch,
+};
+
+/// Chooses the next batch to send: the newest stored batch if it is newer
+/// than everything sent on this connection, else the oldest unsent one.
+/// `stored` is ascending.
+pub fn pick_next(stored: &[u64], in_flight: &BTreeSet<u64>, sent_max: u64) -> Option<u64> {
+    let newest = stored.iter().rev().find(|s| !in_flight.contains(s))?;
+    if *newest > sent_max {
+        return Some(*newest);
+    }
+    stored.iter().find(|s| !in_flight.contains(s)).copied()
+}
+
+/// Runs until `cancel`: connect, stream, reconnect with backoff.
+pub async fn run(uplink: Arc<Uplink>, ident: Arc<SiteIdentity>, cancel: CancellationToken) {
+    let opts = uplink.options().clone();
+    let mut backoff = Backoff::new(opts.reconnect_base, opts.reconnect_max);
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        uplink.metrics().connect_attempts.inc();
+        uplink.set_link(LinkState::Connecting, None);
+        let r = session(&uplink, &ident, &cancel, &mut backoff).await;
+        uplink.metrics().connected.set(0);
+        match r {
+            Ok(()) => {
+                uplink.set_link(LinkState::Disconnected, None);
+                return;
+            }
+            Err(e) => {
+                uplink.metrics().connect_failures.inc();
+                let msg = format!("{e:#}");
+                warn!(error = %msg, "uplink to central lost; reconnecting with backoff");
+                uplink.set_link(LinkState::Disconnected, Some(msg));
+            }
+        }
+        let delay = backoff.next_delay();
+        debug!(?delay, "uplink reconnect delay");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+async fn session(
+    uplink: &Arc<Uplink>,
+    ident: &SiteIdentity,
+    cancel: &CancellationToken,
+    backoff: &mut Backoff,
+) -> anyhow::Result<()> {
+    let addr = resolve(&ident.site.central).await?;
+    let cfg = quic_client_config(tls::mtls_client_config(
+        ident.central_ca.clone(),
+        vec![ident.cert.clone()],
+        ident.key.clone_key(),
+        ALPN_UPLINK,
+    )?)?;
+    let ep = client_endpoint(addr)?;
+    let connecting = ep
+        .connect_with(cfg, addr, CENTRAL_SERVER_NAME)
+        .context("starting the QUIC handshake")?;
+    let conn = tokio::select! {
+        r = tokio::time::timeout(Duration::from_secs(10), connecting) => r
+            .map_err(|_| anyhow!("central at {addr} did not answer within 10s"))?
+            .with_context(|| format!("connecting to central at {addr}"))?,
+        _ = cancel.cancelled() => return Ok(()),
+    };
+    let r = stream(uplink, ident, cancel, backoff, &conn).await;
+    let (code, why): (u32, &[u8]) = if r.is_ok() {
+        (
+            crate::wire::close::SHUTTING_DOWN,
+            b"appliance shutting down",
+        )
+    } else {
+        (crate::wire::close::PROTOCOL, b"uplink error")
+    };
+    conn.close(code.into(), why);
+    let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+    r
+}
+
+async fn stream(
+    uplink: &Arc<Uplink>,
+    ident: &SiteIdentity,
+    cancel: &CancellationToken,
+    backoff: &mut Backoff,
+    conn: &quinn::Connection,
+) -> anyhow::Result<()> {
+    let outbox = uplink.outbox().clone();
+    let metrics = uplink.metrics().clone();
+    let max_in_flight = uplink.options().max_in_flight_batches.max(1);
+    let (mut send, mut recv) = conn.open_bi().await.context("opening the uplink stream")?;
+    let mut out = BytesMut::new();
+    let hello = SiteFrame::Hello(SiteHello {
+        protocol_version: UPLINK_PROTOCOL_VERSION,
+        appliance_version: env!("CARGO_PKG_VERSION").to_string(),
+        interval_ms: ident.site.interval.as_millis() as u64,
+        backlog_batches: outbox.seqs().len() as u64,
+    });
+    write_frame(&hello, &mut out, MAX_UPLINK_FRAME_BYTES)?;
+    send.write_all(&out).await.context("sending Hello")?;
+    out.clear();
+    let mut reader = FrameReader::new(MAX_UPLINK_FRAME_BYTES);
+    let welcome = match tokio::time::timeout(
+        Duration::from_secs(10),
+        reader.next::<CentralFrame, _>(&mut recv),
+    )
+    .await
+    {
+        Err(_) => bail!("central sent no Welcome within 10s"),
+        Ok(r) => match r.context("reading Welcome")? {
+            Some(CentralFrame::Welcome(w)) => w,
+            Some(other) => bail!("central answered Hello with {other:?}"),
+            None => bail!("central closed the stream before Welcome"),
+        },
+    };
+    if welcome.site_id != ident.site.site_id {
+        bail!(
+            "central knows this certificate as site {} but uplink.json says {}",
+            welcome.site_id,
+            ident.site.site_id
+        );
+    }
+    // What central already applied needs no resend.
+    outbox.ack_up_to(welcome.applied_up_to)?;
+    for s in &welcome.applied_above {
+        outbox.ack(*s)?;
+    }
+    backoff.reset();
+    metrics.connected.set(1);
+    uplink.set_link(LinkState::Connected, None);
+    uplink.note_acked(welcome.applied_up_to);
+    info!(
+        site = %ident.site.site_id,
+        applied_up_to = welcome.applied_up_to,
+        backlog = outbox.seqs().len(),
+        "uplink connected"
+    );
+    // Fresh state first: compact now rather than at the next tick.
+    uplink.compact_now.notify_one();
+
+    let mut in_flight: BTreeSet<u64> = BTreeSet::new();
+    let mut sent_max = 0u64;
+    loop {
+        while in_flight.len() < max_in_flight {
+            let stored = outbox.seqs();
+            let Some(seq) = pick_next(&stored, &in_flight, sent_max) else {
+                break;
+            };
+            let Some(rec) = outbox.get(seq)? else {
+                continue;
+            };
+            let n = rec.payload.len() as u64;
+            write_frame(
+                &SiteFrame::Batch(WireBatch {
+                    seq,
+                    payload: rec.payload,
+                }),
+                &mut out,
+                MAX_UPLINK_FRAME_BYTES,
+            )?;
+            send.write_all(&out).await.context("sending a batch")?;
+            out.clear();
+            metrics.batches_sent.inc();
+            metrics.bytes_sent.inc_by(n);
+            in_flight.insert(seq);
+            sent_max = sent_max.max(seq);
+        }
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                let _ = send.finish();
+                return Ok(());
+            }
+            frame = reader.next::<CentralFrame, _>(&mut recv) => {
+                match frame.context("reading from central")? {
+                    Some(CentralFrame::Ack { seq }) => {
+                        outbox.ack(seq)?;
+                        in_flight.remove(&seq);
+                        uplink.note_acked(seq);
+                    }
+                    Some(CentralFrame::Reject { seq, reason, message }) => {
+                        metrics.rejects.get_or_create(&ReasonLabel { reason: reason.label().into() }).inc();
+                        in_flight.remove(&seq);
+                        if reason.is_permanent() {
+                            // It can never be applied: keeping it would block the
+                            // outbox forever. Loud, counted, dropped.
+                            tracing::error!(seq, reason = reason.label(), message, "central permanently refused a batch; dropping it");
+                            outbox.ack(seq)?;
+                        } else {
+                            bail!("central could not store batch {seq}: {message}");
+                        }
+                    }
+                    Some(CentralFrame::Welcome(_)) => bail!("unexpected second Welcome"),
+                    None => bail!("central closed the uplink stream"),
+                }
+            }
+            _ = outbox.added.notified() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_first_after_reconnect_then_oldest_first_and_fresh_batches_jump_ahead() {
+        let none = BTreeSet::new();
+        // Backlog 1..=5 at connect: newest first.
+        assert_eq!(pick_next(&[1, 2, 3, 4, 5], &none, 0), Some(5));
+        let f: BTreeSet<u64> = [5].into();
+        assert_eq!(pick_next(&[1, 2, 3, 4, 5], &f, 5), Some(1));
+        let f: BTreeSet<u64> = [5, 1].into();
+        assert_eq!(pick_next(&[1, 2, 3, 4, 5], &f, 5), Some(2));
+        // Batch 6 compacted during the drain jumps ahead of 3 and 4.
+        let f: BTreeSet<u64> = [5, 1, 2].into();
+        assert_eq!(pick_next(&[1, 2, 3, 4, 5, 6], &f, 5), Some(6));
+        let f: BTreeSet<u64> = [5, 1, 2, 6].into();
+        assert_eq!(pick_next(&[1, 2, 3, 4, 5, 6], &f, 6), Some(3));
+        // Nothing left.
+        let all: BTreeSet<u64> = [1, 2].into();
+        assert_eq!(pick_next(&[1, 2], &all, 2), None);
+        assert_eq!(pick_next(&[], &none, 0), None);
+    }
+}

@@ -1,0 +1,196 @@
+//! The uplink conversation between an appliance and `outpost-central`.
+//!
+//! Two ALPNs on central's QUIC listener:
+//!
+//! * **Join** ([`ALPN_UPLINK_JOIN`]): server-authenticated TLS, the appliance
+//!   pins central's CA by fingerprint, sends one [`JoinRequest`] (one-time
+//!   site token + CSR) and receives one [`JoinResponse`] carrying the site
+//!   certificate. The private key never leaves the appliance.
+//! * **Uplink** ([`ALPN_UPLINK`]): mutual TLS. The site and tenant come from
+//!   the client certificate. One long-lived bidirectional stream: the
+//!   appliance sends a [`SiteFrame::Hello`], central answers
+//!   [`CentralFrame::Welcome`] with what it already applied, then the
+//!   appliance streams [`SiteFrame::Batch`]es and central answers each with
+//!   [`CentralFrame::Ack`] once the batch is durable (or was already applied),
+//!   or [`CentralFrame::Reject`].
+//!
+//! Frames use `outpost_proto::frame` (length prefix checked before
+//! allocation) and the one bincode configuration. Enums are encoded by
+//! variant index: new variants are only appended.
+
+use serde::{Deserialize, Serialize};
+
+/// ALPN of site enrollment at central.
+pub const ALPN_UPLINK_JOIN: &[u8] = b"outpost-uplink-join/1";
+/// ALPN of the batch stream (mutual TLS).
+pub const ALPN_UPLINK: &[u8] = b"outpost-uplink/1";
+/// TLS server name appliances use for central; central's server certificate
+/// carries it, and appliances pin central's own CA, so the name is fixed.
+pub const CENTRAL_SERVER_NAME: &str = "outpost-central";
+/// Version of the uplink protocol of this build.
+pub const UPLINK_PROTOCOL_VERSION: u16 = 1;
+/// Largest uplink frame (a batch is compressed and bounded well below it).
+pub const MAX_UPLINK_FRAME_BYTES: usize = 32 * 1024 * 1024;
+
+/// Frames an appliance sends on the uplink stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SiteFrame {
+    Hello(SiteHello),
+    Batch(WireBatch),
+}
+
+/// Opening frame of an uplink stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SiteHello {
+    pub protocol_version: u16,
+    pub appliance_version: String,
+    /// How often the appliance compacts a batch: central calls a site stale
+    /// after a few missed intervals.
+    pub interval_ms: u64,
+    /// Batches waiting in the outbox when the stream opened.
+    pub backlog_batches: u64,
+}
+
+/// One compacted batch: `payload` is `batch::encode` output (bincode + zstd).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireBatch {
+    pub seq: u64,
+    pub payload: Vec<u8>,
+}
+
+/// Frames central sends on the uplink stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CentralFrame {
+    Welcome(CentralWelcome),
+    /// Batch `seq` is durable at central (newly applied or a duplicate).
+    Ack {
+        seq: u64,
+    },
+    /// Batch `seq` was refused and will never be applied.
+    Reject {
+        seq: u64,
+        reason: RejectReason,
+        message: String,
+    },
+}
+
+/// Answer to [`SiteHello`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CentralWelcome {
+    pub protocol_version: u16,
+    /// The site id central read from the client certificate.
+    pub site_id: String,
+    /// Every batch with `seq <= applied_up_to` is applied.
+    pub applied_up_to: u64,
+    /// Batches above `applied_up_to` already applied (sent out of order).
+    pub applied_above: Vec<u64>,
+}
+
+/// Why central refused a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RejectReason {
+    /// The batch claims another site or tenant than the certificate's.
+    IdentityMismatch,
+    /// The payload does not decode.
+    Malformed,
+    /// The frame's sequence number differs from the payload's.
+    SequenceMismatch,
+    /// Central could not store it (retry later).
+    Internal,
+}
+
+impl RejectReason {
+    /// Stable label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectReason::IdentityMismatch => "identity_mismatch",
+            RejectReason::Malformed => "malformed_batch",
+            RejectReason::SequenceMismatch => "sequence_mismatch",
+            RejectReason::Internal => "internal",
+        }
+    }
+
+    /// Whether resending the same batch can ever succeed.
+    pub fn is_permanent(self) -> bool {
+        !matches!(self, RejectReason::Internal)
+    }
+}
+
+/// Site enrollment request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub protocol_version: u16,
+    /// One-time token printed by `outpost-central site add`.
+    pub token: String,
+    /// DER PKCS#10 request for the site's client certificate.
+    pub csr_der: Vec<u8>,
+    pub appliance_version: String,
+    pub hostname: String,
+}
+
+/// Answer to [`JoinRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JoinResponse {
+    Accepted {
+        site_id: String,
+        site_name: String,
+        tenant: String,
+        customer: String,
+        /// The site's client certificate, DER.
+        cert_der: Vec<u8>,
+        /// Central's CA certificate, DER (its SHA-256 is the pinned fingerprint).
+        ca_cert_der: Vec<u8>,
+    },
+    Rejected {
+        message: String,
+    },
+}
+
+/// QUIC application close codes of the uplink.
+pub mod close {
+    pub const NORMAL: u32 = 0;
+    pub const PROTOCOL: u32 = 1;
+    pub const UNKNOWN_SITE: u32 = 2;
+    pub const SUPERSEDED: u32 = 3;
+    pub const SHUTTING_DOWN: u32 = 4;
+    pub const UNSUPPORTED_VERSION: u32 = 5;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outpost_proto::frame::{FrameReader, encode_frame};
+
+    #[test]
+    fn frames_round_trip_through_the_framing() {
+        let frames = vec![
+            SiteFrame::Hello(SiteHello {
+                protocol_version: UPLINK_PROTOCOL_VERSION,
+                appliance_version: "0.1.0".into(),
+                interval_ms: 60_000,
+                backlog_batches: 3,
+            }),
+            SiteFrame::Batch(WireBatch {
+                seq: 7,
+                payload: vec![1, 2, 3],
+            }),
+        ];
+        let mut bytes = Vec::new();
+        for f in &frames {
+            bytes.extend_from_slice(&encode_frame(f, MAX_UPLINK_FRAME_BYTES).unwrap());
+        }
+        let mut r = FrameReader::new(MAX_UPLINK_FRAME_BYTES);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut slice: &[u8] = &bytes;
+        let got: Vec<SiteFrame> = rt.block_on(async {
+            let mut v = Vec::new();
+            while let Some(f) = r.next::<SiteFrame, _>(&mut slice).await.unwrap() {
+                v.push(f);
+            }
+            v
+        });
+        assert_eq!(got, frames);
+    }
+}
