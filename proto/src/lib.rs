@@ -10,6 +10,7 @@
 //! It must not open sockets, touch storage or spawn tasks: everything here
 //! works on byte buffers and values so it can be tested without I/O.
 
+pub mod backoff;
 pub mod codec;
 pub mod frame;
 pub mod ids;

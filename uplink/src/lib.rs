@@ -11,7 +11,6 @@
 //! number exactly once into a rollup store behind a trait, and serves the MSP
 //! web view and JSON API with tenants, users, roles and tokens.
 
-pub mod backoff;
 pub mod batch;
 pub mod central;
 pub mod join;

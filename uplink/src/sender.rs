@@ -19,7 +19,6 @@ use outpost_proto::tls;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::backoff::Backoff;
 use crate::join::{client_endpoint, quic_client_config, resolve};
 use crate::metrics::ReasonLabel;
 use crate::service::{LinkState, Uplink};
@@ -28,6 +27,7 @@ use crate::wire::{
     ALPN_UPLINK, CENTRAL_SERVER_NAME, CentralFrame, MAX_UPLINK_FRAME_BYTES, SiteFrame, SiteHello,
     UPLINK_PROTOCOL_VERSION, WireBatch,
 };
+use outpost_proto::backoff::Backoff;
 
 /// Chooses the next batch to send: the newest stored batch if it is newer
 /// than everything sent on this connection, else the oldest unsent one.
