@@ -223,6 +223,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// Starts the appliance of a spawned scenario and picks its fleet state
+/// directory: with `--appliance-data` the enrolled fleet in `--state` is
+/// reused across runs; a fresh appliance (temporary directory, new CA) gets
+/// a fresh fleet.
+fn spawn_for(
+    tmp: &tempfile::TempDir,
+    outpost: &Option<PathBuf>,
+    appliance_data: &Option<PathBuf>,
+    state: &std::path::Path,
+) -> anyhow::Result<(Spawned, PathBuf)> {
+    let bin = match outpost {
+        Some(p) => p.clone(),
+        None => spawn::sibling_outpost()?,
+    };
+    let (data, state) = match appliance_data {
+        Some(d) => (d.clone(), state.to_path_buf()),
+        None => (tmp.path().join("appliance"), tmp.path().join("fleet")),
+    };
+    Ok((Spawned::start(&bin, &data, &[])?, state))
+}
+
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Ingest(a) => {
@@ -346,20 +367,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Alerts(a) => {
             let tmp = tempfile::tempdir()?;
-            let bin = match &a.outpost {
-                Some(p) => p.clone(),
-                None => spawn::sibling_outpost()?,
-            };
-            let data = a
-                .appliance_data
-                .clone()
-                .unwrap_or_else(|| tmp.path().join("appliance"));
-            let state = if a.appliance_data.is_some() {
-                a.state.clone()
-            } else {
-                tmp.path().join("fleet")
-            };
-            let app = Spawned::start(&bin, &data, &[])?;
+            let (app, state) = spawn_for(&tmp, &a.outpost, &a.appliance_data, &a.state)?;
             let rep = alert_latency::run(
                 &AlertRun {
                     agents: a.agents,
@@ -380,20 +388,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Reconnect(a) => {
             let tmp = tempfile::tempdir()?;
-            let bin = match &a.outpost {
-                Some(p) => p.clone(),
-                None => spawn::sibling_outpost()?,
-            };
-            let data = a
-                .appliance_data
-                .clone()
-                .unwrap_or_else(|| tmp.path().join("appliance"));
-            let state = if a.appliance_data.is_some() {
-                a.state.clone()
-            } else {
-                tmp.path().join("fleet")
-            };
-            let mut app = Spawned::start(&bin, &data, &[])?;
+            let (mut app, state) = spawn_for(&tmp, &a.outpost, &a.appliance_data, &a.state)?;
             let rep = reconnect::run(
                 &ReconnectRun {
                     agents: a.agents,
