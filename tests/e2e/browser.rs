@@ -86,40 +86,56 @@ impl Ws {
         }
     }
 
-    /// Sends a DevTools command and returns its `result`.
-    fn call(&mut self, method: &str, params: Value) -> Value {
+    /// Sends a DevTools command and returns its `result`, or the error
+    /// object DevTools answered with.
+    fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         self.send_text(&json!({"id": id, "method": method, "params": params}).to_string());
         loop {
             let v: Value = serde_json::from_str(&self.recv_text()).expect("devtools json");
             if v["id"] == id {
-                assert!(v.get("error").is_none(), "{method}: {v}");
-                return v["result"].clone();
+                return match v.get("error") {
+                    Some(e) => Err(e.clone()),
+                    None => Ok(v["result"].clone()),
+                };
             }
         }
     }
 
-    fn eval(&mut self, expr: &str) -> Value {
-        self.call(
-            "Runtime.evaluate",
-            json!({"expression": expr, "returnByValue": true}),
-        )["result"]["value"]
-            .clone()
+    /// Sends a DevTools command and returns its `result`.
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.try_call(method, params)
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
     }
 
-    /// Waits until `expr` is true in a fully loaded page.
+    fn try_eval(&mut self, expr: &str) -> Result<Value, Value> {
+        self.try_call(
+            "Runtime.evaluate",
+            json!({"expression": expr, "returnByValue": true}),
+        )
+        .map(|r| r["result"]["value"].clone())
+    }
+
+    fn eval(&mut self, expr: &str) -> Value {
+        self.try_eval(expr)
+            .unwrap_or_else(|e| panic!("Runtime.evaluate: {e}"))
+    }
+
+    /// Waits until `expr` is true in a fully loaded page. An evaluation
+    /// that races a navigation ("Inspected target navigated or closed")
+    /// counts as "not yet": the click that started it is asynchronous.
     fn wait_until(&mut self, expr: &str) {
         let start = Instant::now();
         loop {
             let full = format!("document.readyState === 'complete' && !!({expr})");
-            if self.eval(&full) == json!(true) {
+            if self.try_eval(&full) == Ok(json!(true)) {
                 return;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(30),
-                "page never satisfied {expr}: {}",
-                self.eval("location.href + ' ' + document.body.innerText")
+                "page never satisfied {expr}: {:?}",
+                self.try_eval("location.href + ' ' + document.body.innerText")
             );
             std::thread::sleep(Duration::from_millis(100));
         }
