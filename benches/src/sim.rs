@@ -110,10 +110,11 @@ fn now_ms() -> u64 {
 
 /// A metrics sample shaped like the Linux agent's (~30 values).
 fn metrics_sample(n: u64) -> MetricsSample {
+    // Two decimals, as the real agent reports (`collect.rs`, `round2`).
     let v = |name: &str, label: &str, value: f64| MetricValue {
         name: name.to_string(),
         label: label.to_string(),
-        value,
+        value: (value * 100.0).round() / 100.0,
     };
     let x = (n % 100) as f64;
     MetricsSample {

@@ -12,6 +12,11 @@
 //!   a floating-point sum of decimals is rarely itself a short decimal.
 //! * A constant series (min = max = last, sum = count * min exactly) stores
 //!   `min` alone.
+//! * Since format 2, `min` is stored as the difference to the `min` of the
+//!   same series in the batch's previous entry (the previous device): a fleet
+//!   of like machines reports the same totals, swap 0, similar loads, so most
+//!   differences are 0 or small. Each batch stands alone (no reference to an
+//!   earlier batch, which the outbox may have dropped).
 //! * `count` and `last_ts` are shared by the series of a device and bucket
 //!   (they come from the same metric records); exceptions are flagged.
 //! * Series names are a per-batch string table.
@@ -90,6 +95,8 @@ impl CompactRollups {
         let mut c = CompactRollups::default();
         let mut name_index: HashMap<(&str, &str), u32> = HashMap::new();
         let mut prev_bucket = 0u64;
+        // Scaled `min` of each series in the previous entry that had it.
+        let mut prev_min: Vec<i64> = Vec::new();
         for e in entries {
             c.devices.push(e.device.0);
             c.bucket_deltas
@@ -115,6 +122,9 @@ impl CompactRollups {
                         next
                     });
                 c.name_refs.push(idx);
+                if prev_min.len() <= idx as usize {
+                    prev_min.resize(idx as usize + 1, 0);
+                }
                 let r = &s.rollup;
                 let mut flags = 0u8;
                 if r.count != count {
@@ -142,7 +152,9 @@ impl CompactRollups {
                         flags |= d;
                         // Checked representable above.
                         let n_min = scaled(r.min, d).unwrap_or_default();
-                        c.mins.push(n_min);
+                        let prev = &mut prev_min[idx as usize];
+                        c.mins.push(n_min.wrapping_sub(*prev));
+                        *prev = n_min;
                         if !constant {
                             let n_max = scaled(r.max, d).unwrap_or_default();
                             let n_last = scaled(r.last, d).unwrap_or_default();
@@ -169,8 +181,16 @@ impl CompactRollups {
         c
     }
 
-    /// Decodes back to rollups, exactly as encoded.
+    /// Decodes back to rollups, exactly as encoded (by this build).
     pub fn decode(&self) -> Result<Vec<DeviceRollups>, String> {
+        self.decode_format(super::BATCH_FORMAT)
+    }
+
+    /// Decodes rollups written in batch `format` 1 (absolute `min`) or 2
+    /// (`min` relative to the same series' previous entry).
+    pub fn decode_format(&self, format: u16) -> Result<Vec<DeviceRollups>, String> {
+        let min_deltas = format >= 2;
+        let mut prev_min = vec![0i64; self.names.len()];
         fn take<T: Copy>(it: &mut std::slice::Iter<'_, T>, what: &str) -> Result<T, String> {
             it.next()
                 .copied()
@@ -244,7 +264,13 @@ impl CompactRollups {
                         )
                     }
                 } else if d <= MAX_DECIMALS {
-                    let n_min = take(&mut mins, "mins")?;
+                    let mut n_min = take(&mut mins, "mins")?;
+                    if min_deltas {
+                        // `idx` was checked against the names table above.
+                        let prev = &mut prev_min[idx];
+                        n_min = n_min.wrapping_add(*prev);
+                        *prev = n_min;
+                    }
                     let min = unscale(n_min, d);
                     if constant {
                         (min, min, min * count as f64, min)
@@ -392,6 +418,35 @@ mod tests {
             series,
         }];
         assert_exact(&CompactRollups::encode(&e).decode().unwrap(), &e);
+    }
+
+    /// Like machines report like values: the `min` column holds the first
+    /// device's values and then only differences, which are 0 here.
+    #[test]
+    fn like_devices_store_min_differences() {
+        let entry = |dev: u64, cpu: f64| DeviceRollups {
+            device: DeviceId(dev),
+            bucket_start_ms: 600_000,
+            computed_ms: 1_020_000,
+            series: ["memory_total_bytes", "swap", "cpu"]
+                .iter()
+                .zip([8.0e9, 0.0, cpu])
+                .map(|(n, v)| SeriesRollup {
+                    name: (*n).into(),
+                    label: String::new(),
+                    rollup: fold(&[(600_001, v), (660_001, v)]),
+                })
+                .collect(),
+        };
+        let e: Vec<DeviceRollups> = (0..4).map(|d| entry(d, 12.5 + d as f64)).collect();
+        let c = CompactRollups::encode(&e);
+        assert_eq!(&c.mins[..3], &[8_000_000_000, 0, 125]);
+        assert_eq!(&c.mins[3..], &[0, 0, 10, 0, 0, 10, 0, 0, 10]);
+        assert_exact(&c.decode().unwrap(), &e);
+        // Read as format 1 (absolute minimums) the same columns mean
+        // something else: the format number matters.
+        assert_ne!(c.decode_format(1).unwrap(), e);
+        assert_exact(&c.decode_format(1).unwrap()[..1], &e[..1]);
     }
 
     #[test]

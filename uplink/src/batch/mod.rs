@@ -21,7 +21,9 @@ use outpost_storage::model::{DeviceStatus, Rollup};
 use serde::{Deserialize, Serialize};
 
 /// Version of the batch layout inside the payload.
-pub const BATCH_FORMAT: u16 = 1;
+/// 2: rollup `min` column relative to the previous entry (see [`compact`]);
+/// format 1 batches (still in an outbox after an upgrade) are decoded too.
+pub const BATCH_FORMAT: u16 = 2;
 /// Largest decompressed batch accepted (the codec's decode limit).
 pub const MAX_DECODED_BYTES: usize = outpost_proto::codec::DECODE_LIMIT_BYTES;
 
@@ -196,7 +198,7 @@ pub enum BatchError {
     Compression(std::io::Error),
     #[error("malformed batch: {0}")]
     Malformed(String),
-    #[error("batch format {0} is not supported by this build (expects {BATCH_FORMAT})")]
+    #[error("batch format {0} is not supported by this build (reads 1 to {BATCH_FORMAT})")]
     Format(u16),
 }
 
@@ -227,7 +229,7 @@ pub fn decode(payload: &[u8]) -> Result<SiteBatch, BatchError> {
     let raw =
         zstd::bulk::decompress(payload, MAX_DECODED_BYTES).map_err(BatchError::Compression)?;
     let wire: WireSiteBatch = codec::decode(&raw)?;
-    if wire.format != BATCH_FORMAT {
+    if !(1..=BATCH_FORMAT).contains(&wire.format) {
         return Err(BatchError::Format(wire.format));
     }
     Ok(SiteBatch {
@@ -236,7 +238,10 @@ pub fn decode(payload: &[u8]) -> Result<SiteBatch, BatchError> {
         tenant: wire.tenant,
         created_ms: wire.created_ms,
         devices: wire.devices,
-        rollups: wire.rollups.decode().map_err(BatchError::Malformed)?,
+        rollups: wire
+            .rollups
+            .decode_format(wire.format)
+            .map_err(BatchError::Malformed)?,
         alerts: wire.alerts,
         patch_compliance: wire.patch_compliance,
         commands: wire.commands,
@@ -316,6 +321,30 @@ pub(crate) mod tests {
         let b = sample_batch(3);
         let bytes = encode(&b, DEFAULT_ZSTD_LEVEL).unwrap();
         assert_eq!(decode(&bytes).unwrap(), b);
+    }
+
+    #[test]
+    fn format_1_batches_still_decode_and_unknown_formats_are_refused() {
+        let b = sample_batch(4);
+        let wire = |format| WireSiteBatch {
+            format,
+            seq: b.seq,
+            site: b.site.clone(),
+            tenant: b.tenant.clone(),
+            created_ms: b.created_ms,
+            devices: b.devices.clone(),
+            // One device: its minimums are absolute in both formats.
+            rollups: compact::CompactRollups::encode(&b.rollups),
+            alerts: b.alerts.clone(),
+            patch_compliance: vec![],
+            commands: vec![],
+            dropped_rollups: 0,
+        };
+        let bytes =
+            |format| zstd::bulk::compress(&codec::encode(&wire(format)).unwrap(), 3).unwrap();
+        assert_eq!(decode(&bytes(1)).unwrap(), b);
+        let err = decode(&bytes(BATCH_FORMAT + 1)).unwrap_err();
+        assert!(err.to_string().contains("not supported"), "{err}");
     }
 
     #[test]
