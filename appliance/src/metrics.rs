@@ -3,6 +3,8 @@
 //! Names are stable (dashboards and alerts depend on them); each counter gets
 //! the `_total` suffix from the encoder.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -89,6 +91,13 @@ pub struct Metrics {
     pub alert_inputs_dropped: Counter,
     /// Notification delivery outcomes (delivered, retry, dead_letter).
     pub notifications: Family<NotifyLabel, Counter>,
+    /// Datagrams the kernel dropped on the QUIC socket (receive buffer
+    /// full), read from the kernel at each scrape.
+    pub quic_udp_receive_drops: Counter,
+    /// Inode of the QUIC socket (0: not known).
+    quic_socket_inode: AtomicU64,
+    /// Kernel drop count at the previous scrape.
+    quic_drops_seen: AtomicU64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -135,6 +144,9 @@ impl Metrics {
             alerts_pending: Gauge::default(),
             alert_inputs_dropped: Counter::default(),
             notifications: Family::default(),
+            quic_udp_receive_drops: Counter::default(),
+            quic_socket_inode: AtomicU64::new(0),
+            quic_drops_seen: AtomicU64::new(0),
             registry: Registry::default(),
             uplink: outpost_uplink::metrics::UplinkMetrics::default(),
         };
@@ -271,6 +283,11 @@ impl Metrics {
             "Notification delivery outcomes by channel type, event and result",
             m.notifications.clone(),
         );
+        r.register(
+            "quic_udp_receive_drops",
+            "Datagrams the kernel dropped on the QUIC socket because its receive buffer was full",
+            m.quic_udp_receive_drops.clone(),
+        );
         m.uplink.register(&mut registry);
         Metrics { registry, ..m }
     }
@@ -284,8 +301,29 @@ impl Metrics {
             .inc();
     }
 
+    /// Follows the kernel's drop count of the QUIC socket `inode`.
+    pub fn watch_quic_socket(&self, inode: u64) {
+        let seen = crate::ingest::server::udp_receive_drops(inode).unwrap_or(0);
+        self.quic_drops_seen.store(seen, Ordering::Relaxed);
+        self.quic_socket_inode.store(inode, Ordering::Relaxed);
+    }
+
+    /// Reads counters the kernel keeps (UDP receive drops).
+    fn refresh_kernel_counters(&self) {
+        let inode = self.quic_socket_inode.load(Ordering::Relaxed);
+        if inode == 0 {
+            return;
+        }
+        if let Some(now) = crate::ingest::server::udp_receive_drops(inode) {
+            let before = self.quic_drops_seen.swap(now, Ordering::Relaxed);
+            self.quic_udp_receive_drops
+                .inc_by(now.saturating_sub(before));
+        }
+    }
+
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
+        self.refresh_kernel_counters();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -306,6 +344,10 @@ mod tests {
         let text = m.encode();
         assert!(
             text.contains("outpost_rejects_total{reason=\"oversize_frame\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("outpost_quic_udp_receive_drops_total 0"),
             "{text}"
         );
         assert!(text.contains("outpost_duplicates_dropped_total 3"));

@@ -78,6 +78,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         keys.ca.cert_der().clone(),
         &keys.reset_secret,
         cfg.udp_buffer_bytes,
+        &metrics,
     )?;
     let live = Arc::new(LiveSessions::default());
     let ctx = Arc::new(IngestCtx {

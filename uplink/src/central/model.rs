@@ -93,6 +93,35 @@ pub struct RollupRow {
     pub rollup: Rollup,
 }
 
+/// Every series' rollup of one device and 5-minute bucket, stored as one
+/// row: a batch of 100 devices × 28 series writes 100 rows, not 2,800.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BucketRow {
+    pub series: Vec<BucketSeries>,
+}
+
+/// One series in a [`BucketRow`]; `computed_ms` is per series, so a
+/// recomputation of some series of a bucket replaces only those.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BucketSeries {
+    pub name: String,
+    pub label: String,
+    pub computed_ms: u64,
+    pub rollup: Rollup,
+}
+
+impl BucketRow {
+    /// Index of series `name[label]`, trying `hint` first (batches list a
+    /// device's series in the same order every bucket).
+    pub fn position(&self, name: &str, label: &str, hint: usize) -> Option<usize> {
+        let is = |s: &BucketSeries| s.name == name && s.label == label;
+        match self.series.get(hint) {
+            Some(s) if is(s) => Some(hint),
+            _ => self.series.iter().position(is),
+        }
+    }
+}
+
 /// The latest state of one alert instance of a site.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertRow {

@@ -18,8 +18,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::model::{
-    AlertRow, ApiTokenRecord, DeviceRow, JoinTokenRecord, LatestRollup, RollupRow, SessionRecord,
-    SiteRecord, UserRecord,
+    AlertRow, ApiTokenRecord, BucketRow, BucketSeries, DeviceRow, JoinTokenRecord, LatestRollup,
+    RollupRow, SessionRecord, SiteRecord, UserRecord,
 };
 use super::store::{
     ApplyOutcome, CentralStore, CentralStoreError, DeviceFilter, Page, Result, RollupQuery,
@@ -28,7 +28,10 @@ use crate::batch::{AlertState, SiteBatch};
 
 const CF_SITES: &str = "sites";
 const CF_DEVICES: &str = "devices";
-const CF_ROLLUPS: &str = "rollups";
+/// `tenant \0 site \0 device \0 bucket_start_be` → [`BucketRow`].
+const CF_ROLLUPS: &str = "rollup_buckets";
+/// The first layout (one row per series and bucket), dropped on open.
+const CF_LEGACY_ROLLUPS: &str = "rollups";
 const CF_ALERTS: &str = "alerts";
 const CF_AUTH: &str = "auth";
 const CFS: [&str; 5] = [CF_SITES, CF_DEVICES, CF_ROLLUPS, CF_ALERTS, CF_AUTH];
@@ -95,7 +98,22 @@ impl RocksCentralStore {
             o.set_write_buffer_size(64 * 1024 * 1024);
             ColumnFamilyDescriptor::new(*n, o)
         });
-        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(be)?;
+        let legacy = DB::list_cf(&opts, path)
+            .map(|cfs| cfs.iter().any(|c| c == CF_LEGACY_ROLLUPS))
+            .unwrap_or(false);
+        let cfs: Vec<ColumnFamilyDescriptor> = cfs
+            .chain(
+                legacy.then(|| ColumnFamilyDescriptor::new(CF_LEGACY_ROLLUPS, Options::default())),
+            )
+            .collect();
+        let mut db = DB::open_cf_descriptors(&opts, path, cfs).map_err(be)?;
+        if legacy {
+            tracing::warn!(
+                "dropping the rollups of the pre-release per-series layout; sites resend nothing, \
+                 history before this upgrade is gone"
+            );
+            db.drop_cf(CF_LEGACY_ROLLUPS).map_err(be)?;
+        }
         Ok(RocksCentralStore {
             db,
             apply_lock: Mutex::new(()),
@@ -287,77 +305,100 @@ impl CentralStore for RocksCentralStore {
             row.as_of_ms = u.as_of_ms;
         }
         let (mut new, mut replaced) = (0u64, 0u64);
-        // Every rollup key of the batch, looked up in one multi-get.
-        let mut keys = Vec::with_capacity(b.rollup_count());
+        // One row per (device, bucket), every row of the batch read with one
+        // multi-get (bloom filters: new buckets mostly miss).
+        let row_key = |dev: &str, bucket: u64| {
+            let mut k = prefix(&[t, s, dev.as_bytes()]);
+            k.extend_from_slice(&bucket.to_be_bytes());
+            k
+        };
+        let mut index: HashMap<Vec<u8>, usize> = HashMap::with_capacity(b.rollups.len());
+        let mut keys: Vec<Vec<u8>> = Vec::with_capacity(b.rollups.len());
         for dr in &b.rollups {
-            let dev = dr.device.to_string();
-            for sr in &dr.series {
-                keys.push(key(&[
-                    t,
-                    s,
-                    dev.as_bytes(),
-                    sr.name.as_bytes(),
-                    sr.label.as_bytes(),
-                    &dr.bucket_start_ms.to_be_bytes(),
-                ]));
+            let k = row_key(&dr.device.to_string(), dr.bucket_start_ms);
+            if !index.contains_key(&k) {
+                index.insert(k.clone(), keys.len());
+                keys.push(k);
             }
         }
         let rcf = self.cf(CF_ROLLUPS)?;
-        let mut found = self
+        let found = self
             .db
-            .multi_get_cf(keys.iter().map(|k| (rcf, k.as_slice())))
-            .into_iter();
-        let mut keys = keys.into_iter();
+            .multi_get_cf(keys.iter().map(|k| (rcf, k.as_slice())));
+        if found.len() != keys.len() {
+            return Err(CentralStoreError::Backend(
+                "multi-get answered fewer keys than asked".into(),
+            ));
+        }
+        let mut rows: Vec<(BucketRow, bool)> = Vec::with_capacity(keys.len());
+        for got in found {
+            rows.push(match got.map_err(be)? {
+                Some(v) => (codec::decode(&v)?, false),
+                None => (BucketRow::default(), false),
+            });
+        }
         for dr in &b.rollups {
             let dev = dr.device.to_string();
             load(&mut devices, &dev)?;
-            for sr in &dr.series {
-                let (Some(rk), Some(got)) = (keys.next(), found.next()) else {
-                    return Err(CentralStoreError::Backend(
-                        "multi-get answered fewer keys than asked".into(),
-                    ));
+            let (Some(dev_row), Some((row, dirty))) = (
+                devices.get_mut(&dev),
+                index
+                    .get(&row_key(&dev, dr.bucket_start_ms))
+                    .and_then(|&i| rows.get_mut(i)),
+            ) else {
+                return Err(CentralStoreError::Backend(
+                    "batch row index out of step".into(),
+                ));
+            };
+            for (i, sr) in dr.series.iter().enumerate() {
+                let entry = BucketSeries {
+                    name: sr.name.clone(),
+                    label: sr.label.clone(),
+                    computed_ms: dr.computed_ms,
+                    rollup: sr.rollup,
                 };
-                let existing: Option<RollupRow> = match got.map_err(be)? {
-                    Some(v) => Some(codec::decode(&v)?),
-                    None => None,
-                };
-                let Some(row) = devices.get_mut(&dev) else {
-                    continue;
-                };
-                match existing {
+                match row.position(&sr.name, &sr.label, i) {
                     None => {
                         new += 1;
-                        row.rollups_stored += 1;
+                        dev_row.rollups_stored += 1;
+                        row.series.push(entry);
                     }
-                    Some(e) if e.computed_ms < dr.computed_ms => replaced += 1,
+                    Some(p) if row.series[p].computed_ms < dr.computed_ms => {
+                        replaced += 1;
+                        row.series[p] = entry;
+                    }
                     Some(_) => continue,
                 }
-                self.put(
-                    &mut wb,
-                    CF_ROLLUPS,
-                    &rk,
-                    &RollupRow {
-                        computed_ms: dr.computed_ms,
-                        rollup: sr.rollup,
-                    },
-                )?;
-                match row
+                *dirty = true;
+                let hint = dev_row
                     .latest
-                    .iter_mut()
-                    .find(|l| l.series == sr.name && l.label == sr.label)
-                {
+                    .get(i)
+                    .filter(|l| l.series == sr.name && l.label == sr.label)
+                    .map(|_| i)
+                    .or_else(|| {
+                        dev_row
+                            .latest
+                            .iter()
+                            .position(|l| l.series == sr.name && l.label == sr.label)
+                    });
+                match hint.and_then(|p| dev_row.latest.get_mut(p)) {
                     Some(l) if l.bucket_start_ms <= dr.bucket_start_ms => {
                         l.bucket_start_ms = dr.bucket_start_ms;
                         l.rollup = sr.rollup;
                     }
                     Some(_) => {}
-                    None => row.latest.push(LatestRollup {
+                    None => dev_row.latest.push(LatestRollup {
                         series: sr.name.clone(),
                         label: sr.label.clone(),
                         bucket_start_ms: dr.bucket_start_ms,
                         rollup: sr.rollup,
                     }),
                 }
+            }
+        }
+        for (k, (row, dirty)) in keys.iter().zip(&rows) {
+            if *dirty {
+                self.put(&mut wb, CF_ROLLUPS, k, row)?;
             }
         }
         for a in &b.alerts {
@@ -458,28 +499,35 @@ impl CentralStore for RocksCentralStore {
     }
 
     fn rollups(&self, tenant: &str, q: &RollupQuery) -> Result<Vec<(u64, RollupRow)>> {
-        let (site_id, device, series, label) = (&q.site_id, &q.device, &q.series, &q.label);
-        let (from_ms, to_ms, limit) = (q.from_ms, q.to_ms, q.limit);
-        let p = prefix(&[
-            tenant.as_bytes(),
-            site_id.as_bytes(),
-            device.as_bytes(),
-            series.as_bytes(),
-            label.as_bytes(),
-        ]);
+        let p = prefix(&[tenant.as_bytes(), q.site_id.as_bytes(), q.device.as_bytes()]);
         let mut start = p.clone();
-        start.extend_from_slice(&from_ms.to_be_bytes());
+        start.extend_from_slice(&q.from_ms.to_be_bytes());
         let mut out = Vec::new();
-        self.scan::<RollupRow>(CF_ROLLUPS, &p, &start, |k, r| {
+        if q.limit == 0 {
+            return Ok(out);
+        }
+        self.scan::<BucketRow>(CF_ROLLUPS, &p, &start, |k, row| {
             let Some(b) = k.get(p.len()..).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
                 return true;
             };
             let bucket = u64::from_be_bytes(b);
-            if bucket >= to_ms || out.len() >= limit {
+            if bucket >= q.to_ms {
                 return false;
             }
-            out.push((bucket, r));
-            true
+            if let Some(s) = row
+                .series
+                .into_iter()
+                .find(|s| s.name == q.series && s.label == q.label)
+            {
+                out.push((
+                    bucket,
+                    RollupRow {
+                        computed_ms: s.computed_ms,
+                        rollup: s.rollup,
+                    },
+                ));
+            }
+            out.len() < q.limit
         })?;
         Ok(out)
     }
@@ -721,6 +769,107 @@ mod tests {
             )
             .unwrap();
         assert!(p.items.is_empty());
+    }
+
+    /// (bucket, min) of `series`, whose label is "/" for disk series.
+    fn query(st: &RocksCentralStore, device: &str, series: &str, limit: usize) -> Vec<(u64, f64)> {
+        st.rollups(
+            "msp",
+            &RollupQuery {
+                site_id: "s-1".into(),
+                device: device.into(),
+                series: series.into(),
+                label: if series.starts_with("disk") { "/" } else { "" }.into(),
+                from_ms: 0,
+                to_ms: u64::MAX,
+                limit,
+            },
+        )
+        .unwrap()
+        .into_iter()
+        .map(|(b, r)| (b, r.rollup.min))
+        .collect()
+    }
+
+    /// Rows hold every series of a device and bucket, but each series keeps
+    /// its own computation time: a recomputation of one series replaces
+    /// that series only, an older computation replaces nothing, and the
+    /// per-series query finds each series in its buckets.
+    #[test]
+    fn bucket_rows_merge_series_by_computation_time() {
+        use crate::batch::tests::rollup;
+        let dir = tempfile::tempdir().unwrap();
+        let st = RocksCentralStore::open(dir.path()).unwrap();
+        st.create_site(&site("msp", "s-1"), &[1; 32], &tok("msp", "s-1"))
+            .unwrap();
+        let mut b = sample_batch(1);
+        let first = b.rollups[0].clone();
+        let mut second = first.clone();
+        second.bucket_start_ms += 300_000;
+        second.series.truncate(1); // cpu only
+        b.rollups = vec![first.clone(), second.clone()];
+        assert_eq!(
+            st.apply_batch("msp", "s-1", &b, 1).unwrap(),
+            ApplyOutcome::Applied {
+                rollups_new: 3,
+                rollups_replaced: 0
+            }
+        );
+        let dev = first.device.to_string();
+        let (b0, b1) = (first.bucket_start_ms, second.bucket_start_ms);
+        assert_eq!(query(&st, &dev, "cpu", 10), vec![(b0, 12.25), (b1, 12.25)]);
+        assert_eq!(query(&st, &dev, "cpu", 1), vec![(b0, 12.25)], "limit");
+        assert_eq!(query(&st, &dev, "disk_used_percent", 10), vec![(b0, 71.5)]);
+        assert!(query(&st, "99", "cpu", 10).is_empty(), "other device");
+
+        // Bucket b0 recomputed for cpu only (late samples), then a stale
+        // computation of both series arrives out of order.
+        let mut recomputed = first.clone();
+        recomputed.computed_ms += 60_000;
+        recomputed.series.truncate(1);
+        recomputed.series[0].rollup = rollup(50.0);
+        let mut stale = first.clone();
+        stale.computed_ms -= 1;
+        stale.series[0].rollup = rollup(1.0);
+        stale.series[1].rollup = rollup(2.0);
+        let mut b2 = sample_batch(2);
+        b2.rollups = vec![recomputed, stale];
+        assert_eq!(
+            st.apply_batch("msp", "s-1", &b2, 2).unwrap(),
+            ApplyOutcome::Applied {
+                rollups_new: 0,
+                rollups_replaced: 1
+            }
+        );
+        assert_eq!(query(&st, &dev, "cpu", 10), vec![(b0, 50.0), (b1, 12.25)]);
+        assert_eq!(query(&st, &dev, "disk_used_percent", 10), vec![(b0, 71.5)]);
+        let d = st.device("msp", "s-1", &dev).unwrap().unwrap();
+        assert_eq!(d.rollups_stored, 3);
+        let cpu = d.latest.iter().find(|l| l.series == "cpu").unwrap();
+        assert_eq!((cpu.bucket_start_ms, cpu.rollup.min), (b1, 12.25));
+    }
+
+    /// A database from the first (per-series) layout opens: the old column
+    /// family is dropped, the store works.
+    #[test]
+    fn the_pre_release_rollup_layout_is_dropped_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut o = Options::default();
+            o.create_if_missing(true);
+            o.create_missing_column_families(true);
+            let db = DB::open_cf(&o, dir.path(), [CF_SITES, CF_LEGACY_ROLLUPS]).unwrap();
+            db.put_cf(db.cf_handle(CF_LEGACY_ROLLUPS).unwrap(), b"k", b"v")
+                .unwrap();
+        }
+        let st = RocksCentralStore::open(dir.path()).unwrap();
+        st.create_site(&site("msp", "s-1"), &[1; 32], &tok("msp", "s-1"))
+            .unwrap();
+        assert!(st.db.cf_handle(CF_LEGACY_ROLLUPS).is_none());
+        drop(st);
+        let cfs = DB::list_cf(&Options::default(), dir.path()).unwrap();
+        assert!(!cfs.iter().any(|c| c == CF_LEGACY_ROLLUPS), "{cfs:?}");
+        RocksCentralStore::open(dir.path()).unwrap();
     }
 
     #[test]
