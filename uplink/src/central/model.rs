@@ -2,6 +2,8 @@
 //! credentials of people and sites. Values are encoded with the proto codec
 //! by the RocksDB backend; a PostgreSQL backend maps each struct to a table.
 
+use std::borrow::Cow;
+
 use outpost_storage::model::{DeviceStatus, Rollup};
 use serde::{Deserialize, Serialize};
 
@@ -95,22 +97,23 @@ pub struct RollupRow {
 
 /// Every series' rollup of one device and 5-minute bucket, stored as one
 /// row: a batch of 100 devices × 28 series writes 100 rows, not 2,800.
+/// Names are `Cow`: the apply path stores them borrowed from the batch.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct BucketRow {
-    pub series: Vec<BucketSeries>,
+pub struct BucketRow<'a> {
+    pub series: Vec<BucketSeries<'a>>,
 }
 
 /// One series in a [`BucketRow`]; `computed_ms` is per series, so a
 /// recomputation of some series of a bucket replaces only those.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BucketSeries {
-    pub name: String,
-    pub label: String,
+pub struct BucketSeries<'a> {
+    pub name: Cow<'a, str>,
+    pub label: Cow<'a, str>,
     pub computed_ms: u64,
     pub rollup: Rollup,
 }
 
-impl BucketRow {
+impl BucketRow<'_> {
     /// Index of series `name[label]`, trying `hint` first (batches list a
     /// device's series in the same order every bucket).
     pub fn position(&self, name: &str, label: &str, hint: usize) -> Option<usize> {
