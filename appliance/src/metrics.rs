@@ -34,12 +34,7 @@ pub struct NotifyLabel {
     pub result: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabel {
-    pub method: String,
-    pub route: String,
-    pub status: u16,
-}
+pub use outpost_uplink::http::RouteLabel;
 
 /// Every metric the appliance exports. Cheap to share (`Arc<Metrics>`);
 /// each metric is an atomic.

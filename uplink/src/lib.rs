@@ -13,6 +13,7 @@
 
 pub mod batch;
 pub mod central;
+pub mod http;
 pub mod join;
 pub mod metrics;
 pub mod outbox;

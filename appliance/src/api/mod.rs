@@ -31,19 +31,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use outpost_storage::Store;
-use tracing::{Instrument, info_span};
+use tracing::info_span;
 
 pub use error::ApiError;
 
 use crate::ingest::live::LiveSessions;
 use crate::ingest::writer::WriterHandle;
-use crate::metrics::{Metrics, RouteLabel};
+use crate::metrics::Metrics;
 
 /// Shared state of the API handlers.
 pub struct ApiState {
@@ -119,32 +119,10 @@ async fn require_token(State(st): State<Arc<ApiState>>, req: Request, next: Next
 
 /// A span per request and a request counter by route and status.
 async fn observe(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
-    let span = info_span!("api", %method, %route);
-    let resp = next.run(req).instrument(span).await;
-    st.metrics
-        .api_requests
-        .get_or_create(&RouteLabel {
-            method,
-            route,
-            status: resp.status().as_u16(),
-        })
-        .inc();
-    resp
+    let span = |method: &str, route: &str| info_span!("api", %method, %route);
+    outpost_uplink::http::observe(&st.metrics.api_requests, span, req, next).await
 }
 
-async fn prometheus(State(st): State<Arc<ApiState>>) -> impl IntoResponse {
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        st.metrics.encode(),
-    )
+async fn prometheus(State(st): State<Arc<ApiState>>) -> Response {
+    outpost_uplink::http::prometheus_response(st.metrics.encode())
 }

@@ -7,17 +7,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use tracing::{Instrument, info_span};
+use tracing::info_span;
 
 use super::Central;
-use super::metrics::RouteLabel;
 use super::model::{AlertRow, DeviceRow, Principal, Role, SessionRecord, SiteRecord};
 use super::ops;
 use super::store::{CentralStore, DeviceFilter};
@@ -26,45 +25,7 @@ use crate::batch::AlertState;
 pub const SESSION_COOKIE: &str = "outpost_session";
 const SESSION_TTL_MS: u64 = 12 * 3600 * 1000;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    Unauthorized(String),
-    #[error("{0}")]
-    Forbidden(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = match &self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        if let ApiError::Internal(m) = &self {
-            tracing::error!(error = %m, "API internal error");
-        }
-        (
-            status,
-            Json(serde_json::json!({ "error": self.to_string() })),
-        )
-            .into_response()
-    }
-}
-
-impl From<anyhow::Error> for ApiError {
-    fn from(e: anyhow::Error) -> Self {
-        ApiError::BadRequest(format!("{e:#}"))
-    }
-}
+pub use crate::http::ApiError;
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
@@ -190,34 +151,12 @@ async fn operator(State(c): State<Arc<Central>>, req: Request, next: Next) -> Re
 }
 
 async fn observe(State(c): State<Arc<Central>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
-    let span = info_span!("http", %method, %route);
-    let resp = next.run(req).instrument(span).await;
-    c.metrics
-        .api_requests
-        .get_or_create(&RouteLabel {
-            method,
-            route,
-            status: resp.status().as_u16(),
-        })
-        .inc();
-    resp
+    let span = |method: &str, route: &str| info_span!("http", %method, %route);
+    crate::http::observe(&c.metrics.api_requests, span, req, next).await
 }
 
-async fn prometheus(State(c): State<Arc<Central>>) -> impl IntoResponse {
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        c.metrics.encode(),
-    )
+async fn prometheus(State(c): State<Arc<Central>>) -> Response {
+    crate::http::prometheus_response(c.metrics.encode())
 }
 
 fn require(p: &Principal, min: Role) -> Result<(), ApiError> {

@@ -18,12 +18,7 @@ pub struct SiteLabel {
     pub site: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabel {
-    pub method: String,
-    pub route: String,
-    pub status: u16,
-}
+pub use crate::http::RouteLabel;
 
 #[derive(Debug)]
 pub struct CentralMetrics {
