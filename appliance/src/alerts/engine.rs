@@ -614,7 +614,7 @@ impl Engine {
         // Lifecycle transitions also go up to central (in the same batch, so
         // they are pending for the uplink exactly when they are durable
         // here); a no-op while the site is not joined.
-        use outpost_uplink::batch::{AlertState as UpState, AlertTransition, Severity as UpSev};
+        use outpost_uplink::batch::{AlertState as UpState, AlertTransition};
         let state = match event {
             "pending" => Some(UpState::Pending),
             "firing" => Some(UpState::Firing),
@@ -626,11 +626,7 @@ impl Engine {
                 alert_id: a.id,
                 device: Some(a.device),
                 rule: a.rule_name.clone(),
-                severity: match a.severity {
-                    Severity::Info => UpSev::Info,
-                    Severity::Warning => UpSev::Warning,
-                    Severity::Critical => UpSev::Critical,
-                },
+                severity: a.severity,
                 state,
                 at_ms: now,
                 message: if detail.is_empty() {

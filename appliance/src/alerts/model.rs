@@ -50,23 +50,8 @@ impl Comparison {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Info,
-    Warning,
-    Critical,
-}
-
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Warning => "warning",
-            Severity::Critical => "critical",
-        }
-    }
-}
+/// Alert severity: the uplink's type, so a transition goes up unchanged.
+pub use outpost_uplink::batch::Severity;
 
 /// Which devices a rule or window applies to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

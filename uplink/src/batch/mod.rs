@@ -92,8 +92,8 @@ pub struct SeriesRollup {
     pub rollup: Rollup,
 }
 
-/// Severity of an alert.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Severity of an alert (the appliance's alert rules use this type too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Info,
