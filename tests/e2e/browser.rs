@@ -141,6 +141,13 @@ impl Ws {
         }
     }
 
+    fn body_text(&mut self) -> String {
+        self.eval("document.body.innerText")
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     fn screenshot(&mut self, path: &Path) {
         let r = self.call("Page.captureScreenshot", json!({"format": "png"}));
         let png = b64(r["data"].as_str().expect("png data"));
@@ -251,11 +258,7 @@ fn web_view_in_headless_chromium_login_overview_site_device() {
     ws.screenshot(&root.join("01-login.png"));
     ws.eval("document.getElementById('tenant').value='acme'; document.getElementById('username').value='alice'; document.getElementById('password').value='correct horse battery'; document.getElementById('signin').click(); true");
     ws.wait_until("location.pathname === '/' && document.getElementById('fleet')");
-    let text = ws
-        .eval("document.body.innerText")
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let text = ws.body_text();
     assert!(
         text.contains("Fleet overview")
             && text.contains("harbour-clinic")
@@ -267,11 +270,7 @@ fn web_view_in_headless_chromium_login_overview_site_device() {
 
     ws.eval("document.querySelector('#fleet a').click(); true");
     ws.wait_until("location.pathname.startsWith('/sites/') && document.getElementById('devices')");
-    let text = ws
-        .eval("document.body.innerText")
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let text = ws.body_text();
     assert!(
         text.contains("Site harbour-clinic") && text.contains("host-7") && text.contains("online"),
         "{text}"
@@ -280,11 +279,7 @@ fn web_view_in_headless_chromium_login_overview_site_device() {
 
     ws.eval("document.querySelector('#devices a').click(); true");
     ws.wait_until("document.getElementById('chart')");
-    let text = ws
-        .eval("document.body.innerText")
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let text = ws.body_text();
     assert!(
         text.contains("Device host-7") && text.contains("12 rollups") && text.contains("cpu_high"),
         "{text}"

@@ -161,8 +161,9 @@ fn fast_config(root: &Path, extra: &str) -> PathBuf {
     p
 }
 
-fn join(app: &Appliance, central: &Central, token: &str, fp: &str) -> String {
-    let site = app.cli_ok(&[
+/// `outpost uplink join` against `central`, with `token` and `fp`.
+fn join_cli(app: &Appliance, central: &Central, token: &str, fp: &str) -> std::process::Output {
+    app.cli(&[
         "uplink",
         "join",
         "--central",
@@ -173,8 +174,13 @@ fn join(app: &Appliance, central: &Central, token: &str, fp: &str) -> String {
         fp,
         "--interval",
         "1s",
-    ]);
-    let site = site.trim().to_string();
+    ])
+}
+
+fn join(app: &Appliance, central: &Central, token: &str, fp: &str) -> String {
+    let o = join_cli(app, central, token, fp);
+    assert!(o.status.success(), "uplink join failed: {}", stderr(&o));
+    let site = stdout(&o).trim().to_string();
     assert!(site.starts_with("s-"), "join prints the site id: {site:?}");
     site
 }
@@ -192,29 +198,16 @@ fn agent_to_appliance_to_central_device_and_rollups_appear_in_centrals_api() {
     let cfg = fast_config(root, "");
     let app = Appliance::start_with(root, &["--config", cfg.to_str().unwrap()]);
     // A wrong fingerprint is refused and says why.
-    let bad = app.cli(&[
-        "uplink",
-        "join",
-        "--central",
-        &central.quic.to_string(),
-        "--token",
+    let bad = join_cli(
+        &app,
+        &central,
         &token,
-        "--ca-fingerprint",
         &format!("sha256:{}", "0".repeat(64)),
-    ]);
+    );
     assert!(!bad.status.success());
     let site = join(&app, &central, &token, &fp);
     // The token was for one use.
-    let again = app.cli(&[
-        "uplink",
-        "join",
-        "--central",
-        &central.quic.to_string(),
-        "--token",
-        &token,
-        "--ca-fingerprint",
-        &fp,
-    ]);
+    let again = join_cli(&app, &central, &token, &fp);
     assert!(!again.status.success(), "a site token joins once");
     let mut agent = Agent::enroll(root, "agent-a", &app);
     agent.start();
