@@ -336,12 +336,16 @@ impl CentralStore for RocksCentralStore {
         };
         let mut index: HashMap<Vec<u8>, usize> = HashMap::with_capacity(b.rollups.len());
         let mut keys: Vec<Vec<u8>> = Vec::with_capacity(b.rollups.len());
+        // The row (index into `keys`) of each entry of the batch.
+        let mut row_of: Vec<usize> = Vec::with_capacity(b.rollups.len());
         for dr in &b.rollups {
             let k = row_key(&dr.device.to_string(), dr.bucket_start_ms);
-            if !index.contains_key(&k) {
-                index.insert(k.clone(), keys.len());
-                keys.push(k);
-            }
+            let next = keys.len();
+            let i = *index.entry(k).or_insert_with_key(|k| {
+                keys.push(k.clone());
+                next
+            });
+            row_of.push(i);
         }
         let rcf = self.cf(CF_ROLLUPS)?;
         let found = self
@@ -359,15 +363,11 @@ impl CentralStore for RocksCentralStore {
                 None => (BucketRow::default(), false),
             });
         }
-        for dr in &b.rollups {
+        for (dr, &ri) in b.rollups.iter().zip(&row_of) {
             let dev = dr.device.to_string();
             load(&mut devices, &dev)?;
-            let (Some(dev_row), Some((row, dirty))) = (
-                devices.get_mut(&dev),
-                index
-                    .get(&row_key(&dev, dr.bucket_start_ms))
-                    .and_then(|&i| rows.get_mut(i)),
-            ) else {
+            let (Some(dev_row), Some((row, dirty))) = (devices.get_mut(&dev), rows.get_mut(ri))
+            else {
                 return Err(CentralStoreError::Backend(
                     "batch row index out of step".into(),
                 ));
