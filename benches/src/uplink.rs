@@ -18,14 +18,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use outpost_central::model::{JoinTokenRecord, SiteRecord};
+use outpost_central::rocks::RocksCentralStore;
+use outpost_central::store::CentralStore;
 use outpost_proto::DeviceId;
 use outpost_proto::codec;
 use outpost_proto::messages::{Record, RecordBody};
 use outpost_storage::model::DeviceStatus;
 use outpost_uplink::batch::{self, DeviceRollups, DeviceUpdate, SeriesRollup, SiteBatch};
-use outpost_uplink::central::model::{JoinTokenRecord, SiteRecord};
-use outpost_uplink::central::rocks::RocksCentralStore;
-use outpost_uplink::central::store::CentralStore;
 
 use crate::report::Report;
 use crate::sim::{Mix, record_body};

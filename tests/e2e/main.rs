@@ -10,5 +10,6 @@ mod cache;
 mod durability;
 mod foundation;
 mod frames;
+mod layout;
 mod refusals;
 mod uplink;

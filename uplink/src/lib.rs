@@ -1,18 +1,17 @@
-//! Outpost's uplink: appliance → central sync, and `outpost-central`.
+//! Outpost's uplink: the link from a site appliance to `outpost-central`.
 //!
-//! Appliance side (linked into `outpost`): [`outbox`] records what changed
-//! and compacts it into numbered batches ([`batch`]) in RocksDB; [`sender`]
-//! streams them to central over QUIC with mutual TLS ([`wire`]) and deletes
-//! each one only after central acknowledged it as durable; [`join`]
-//! enrolls the appliance as a site.
+//! What both ends share: the wire frames of the link ([`wire`]) and the
+//! batch format with its codec ([`batch`]). The appliance side (linked
+//! into `outpost`): [`outbox`] records what changed and compacts it into
+//! numbered batches in RocksDB; [`sender`] streams them to central over
+//! QUIC with mutual TLS and deletes each one only after central
+//! acknowledged it as durable; [`join`] enrolls the appliance as a site;
+//! [`service`] runs all of it inside the appliance.
 //!
-//! Central side ([`central`], binary `outpost-central`): receives batches,
-//! checks the site identity from the certificate, applies each sequence
-//! number exactly once into a rollup store behind a trait, and serves the MSP
-//! web view and JSON API with tenants, users, roles and tokens.
+//! Central itself (receiver, store, API, web view) is the `outpost-central`
+//! crate, which depends on this one; nothing here may depend on it.
 
 pub mod batch;
-pub mod central;
 pub mod http;
 pub mod join;
 pub mod metrics;

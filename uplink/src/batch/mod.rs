@@ -347,6 +347,57 @@ pub(crate) mod tests {
         assert!(err.to_string().contains("not supported"), "{err}");
     }
 
+    /// The encoded bytes (bincode, before zstd) of a batch with every
+    /// section filled, and of one alert transition as the outbox stores
+    /// it, captured before the batch had its own wire types (it embedded
+    /// the appliance's storage models): the batch format changes only
+    /// with `BATCH_FORMAT`, never by accident.
+    #[test]
+    fn encoded_batches_keep_their_bytes() {
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let mut b = sample_batch(7);
+        b.devices.push(DeviceUpdate {
+            device: DeviceId(43),
+            customer: String::new(),
+            hostname: "db-1".into(),
+            os: "Rocky".into(),
+            agent_version: "0.1.0".into(),
+            enrolled_at_ms: 5,
+            revoked: true,
+            status: DeviceStatus::Offline,
+            status_since_ms: 6,
+            last_seen_ms: 7,
+            as_of_ms: 8,
+        });
+        b.devices[0].status = DeviceStatus::Pending;
+        b.patch_compliance.push(PatchCompliance {
+            device: DeviceId(42),
+            missing: 3,
+            missing_critical: 1,
+            installed_pending_reboot: 0,
+            as_of_ms: 9,
+        });
+        b.commands.push(CommandSummary {
+            device: DeviceId(43),
+            completed: 4,
+            failed: 1,
+            timed_out: 2,
+            as_of_ms: 10,
+        });
+        b.dropped_rollups = 11;
+        let raw = zstd::bulk::decompress(&encode(&b, 1).unwrap(), MAX_DECODED_BYTES).unwrap();
+        let alert = codec::encode(&b.alerts[0]).unwrap();
+        assert_eq!(hex(&raw), GOLDEN_BATCH);
+        assert_eq!(hex(&alert), GOLDEN_ALERT);
+        assert_eq!(decode(&encode(&b, 1).unwrap()).unwrap(), b);
+    }
+
+    /// Captured with the storage-model types (commit "outpost-central in
+    /// its own crate").
+    const GOLDEN_BATCH: &str = "020703732d31036d7370fda0eee6cf8b010000022a0664656e74616c057765622d310644656269616e05302e312e300100000203042b000464622d3105526f636b7905302e312e30050102060708020363707500116469736b5f757365645f70657263656e74012f012a01fd80b5c49f1703000001fcc0270900010301fc00530700010202000102020102fb9209fb960502960f02640a02fb2c011e0200000000000109012a086370755f686967680201050b637075203937203e203930010000000000405840012a03010009012b0401020a0b";
+    const GOLDEN_ALERT: &str =
+        "09012a086370755f686967680201050b637075203937203e203930010000000000405840";
+
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(decode(b"not zstd").is_err());

@@ -1,6 +1,15 @@
-//! `outpost-central`: receives site batches over QUIC with mutual TLS,
-//! applies each (site, sequence) exactly once into a [`store::CentralStore`]
-//! (RocksDB by default), and serves the MSP's JSON API and web view.
+//! `outpost-central`: the MSP's aggregator of many sites.
+//!
+//! Receives site batches over QUIC with mutual TLS ([`receiver`]; site and
+//! tenant come from the certificate), applies each (site, sequence) exactly
+//! once into a [`store::CentralStore`] (RocksDB by default, [`rocks`]), and
+//! serves the MSP's JSON API ([`api`]) and server-rendered web view ([`web`])
+//! with tenants, users, roles and tokens ([`ops`], [`model`]).
+//!
+//! What the appliance also speaks (wire frames, the batch format and its
+//! codec) lives in `outpost-uplink`; the HTTP pieces shared with the
+//! appliance's admin API in `outpost-web`. The appliance never links this
+//! crate: nothing here may be needed by `outpost`.
 
 pub mod api;
 pub mod dir;
@@ -10,6 +19,8 @@ pub mod ops;
 pub mod receiver;
 pub mod rocks;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod web;
 
 use std::collections::HashMap;
@@ -25,6 +36,11 @@ use tracing::info;
 use dir::{CentralDir, CentralKeys};
 use metrics::CentralMetrics;
 use store::CentralStore;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    outpost_storage::now_ms()
+}
 
 /// Shared state of a running central.
 pub struct Central {
@@ -132,7 +148,7 @@ pub async fn serve(
     conns.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), conns.wait()).await;
     endpoint.close(
-        crate::wire::close::SHUTTING_DOWN.into(),
+        outpost_uplink::wire::close::SHUTTING_DOWN.into(),
         b"central shutting down",
     );
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;

@@ -15,11 +15,11 @@ use rustls::pki_types::CertificateDer;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::Central;
-use super::metrics::SiteLabel;
-use super::store::ApplyOutcome;
-use crate::batch;
-use crate::wire::{
+use crate::Central;
+use crate::metrics::SiteLabel;
+use crate::store::ApplyOutcome;
+use outpost_uplink::batch;
+use outpost_uplink::wire::{
     ALPN_UPLINK, ALPN_UPLINK_JOIN, CentralFrame, CentralWelcome, JoinRequest, JoinResponse,
     MAX_UPLINK_FRAME_BYTES, RejectReason, SiteFrame, UPLINK_PROTOCOL_VERSION, close,
 };
@@ -126,7 +126,7 @@ async fn join(c: &Arc<Central>, req: &JoinRequest) -> anyhow::Result<JoinRespons
     outpost_proto::pki::verify_csr(&req.csr_der)
         .map_err(|e| anyhow::anyhow!("the certificate request is invalid: {e}"))?;
     let store = c.store.clone();
-    let hash = super::ops::sha256(&req.token);
+    let hash = crate::ops::sha256(&req.token);
     let tok = tokio::task::spawn_blocking(move || store.take_join_token(&hash))
         .await??
         .ok_or_else(|| {

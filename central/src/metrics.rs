@@ -18,7 +18,7 @@ pub struct SiteLabel {
     pub site: String,
 }
 
-pub use crate::http::RouteLabel;
+pub use outpost_uplink::http::RouteLabel;
 
 #[derive(Debug)]
 pub struct CentralMetrics {

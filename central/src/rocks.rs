@@ -21,14 +21,14 @@ use outpost_storage::rocksdb::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::model::{
+use crate::model::{
     AlertRow, ApiTokenRecord, BucketRow, BucketSeries, DeviceRow, JoinTokenRecord, LatestRollup,
     RollupRow, SessionRecord, SiteRecord, UserRecord,
 };
-use super::store::{
+use crate::store::{
     ApplyOutcome, CentralStore, CentralStoreError, DeviceFilter, Page, Result, RollupQuery,
 };
-use crate::batch::{AlertState, SiteBatch};
+use outpost_uplink::batch::{AlertState, SiteBatch};
 
 const CF_SITES: &str = "sites";
 const CF_DEVICES: &str = "devices";
@@ -625,7 +625,7 @@ impl CentralStore for RocksCentralStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::tests::sample_batch;
+    use crate::testing::sample_batch;
 
     fn site(tenant: &str, id: &str) -> SiteRecord {
         SiteRecord {
@@ -745,7 +745,7 @@ mod tests {
         let mut b = sample_batch(1);
         let d0 = b.devices[0].clone();
         b.devices = (0..5u64)
-            .map(|i| crate::batch::DeviceUpdate {
+            .map(|i| outpost_uplink::batch::DeviceUpdate {
                 device: outpost_proto::DeviceId(100 + i),
                 ..d0.clone()
             })
@@ -819,7 +819,7 @@ mod tests {
     /// per-series query finds each series in its buckets.
     #[test]
     fn bucket_rows_merge_series_by_computation_time() {
-        use crate::batch::tests::rollup;
+        use crate::testing::rollup;
         let dir = tempfile::tempdir().unwrap();
         let st = RocksCentralStore::open(dir.path()).unwrap();
         st.create_site(&site("msp", "s-1"), &[1; 32], &tok("msp", "s-1"))

@@ -13,9 +13,9 @@ use axum::routing::get;
 use axum::{Form, Router};
 use serde::Deserialize;
 
-use super::Central;
-use super::api::{self, AlertsQuery, ApiError, DevicesQuery, HistoryQuery, Login};
-use super::model::Principal;
+use crate::Central;
+use crate::api::{self, AlertsQuery, ApiError, DevicesQuery, HistoryQuery, Login};
+use crate::model::Principal;
 
 pub fn routes() -> Router<Arc<Central>> {
     Router::new()
@@ -378,7 +378,7 @@ async fn device_page(
     page(&format!("Device {title}"), Some(&p), &b).into_response()
 }
 
-fn alert_table(a: &[super::model::AlertRow]) -> String {
+fn alert_table(a: &[crate::model::AlertRow]) -> String {
     let mut b = String::from(
         "<h2>Alerts</h2><table id=\"alerts\"><tr><th>Site</th><th>Device</th><th>Rule</th><th>Severity</th><th>State</th><th>Message</th></tr>",
     );

@@ -1,4 +1,4 @@
-//! `outpost-central`: the MSP's aggregator (see `outpost_uplink::central`).
+//! `outpost-central`: the MSP's aggregator (see the `outpost_central` library).
 
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use outpost_uplink::central::dir::CentralDir;
-use outpost_uplink::central::model::Role;
-use outpost_uplink::central::ops;
-use outpost_uplink::central::rocks::RocksCentralStore;
-use outpost_uplink::central::{self, ServeOptions};
+use outpost_central::dir::CentralDir;
+use outpost_central::model::Role;
+use outpost_central::ops;
+use outpost_central::rocks::RocksCentralStore;
+use outpost_central::{self as central, ServeOptions};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -249,7 +249,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r2 = req.clone();
             let c: Created = operate(&dir, "/api/v1/admin/sites", &req, move |s| {
                 Ok(Created {
-                    token: ops::add_site(s, &r2, outpost_uplink::now_ms())?.token,
+                    token: ops::add_site(s, &r2, outpost_central::now_ms())?.token,
                 })
             })
             .await?;
@@ -279,7 +279,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r2 = req.clone();
             let c: Created = operate(&dir, "/api/v1/admin/tokens", &req, move |s| {
                 Ok(Created {
-                    token: ops::create_token(s, &r2, outpost_uplink::now_ms())?,
+                    token: ops::create_token(s, &r2, outpost_central::now_ms())?,
                 })
             })
             .await?;
@@ -312,7 +312,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let r2 = req.clone();
             let _: () = operate(&dir, "/api/v1/admin/users", &req, move |s| {
-                ops::add_user(s, &r2, outpost_uplink::now_ms())
+                ops::add_user(s, &r2, outpost_central::now_ms())
             })
             .await?;
             Ok(())

@@ -16,16 +16,16 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tracing::info_span;
 
-use super::Central;
-use super::model::{AlertRow, DeviceRow, Principal, Role, SessionRecord, SiteRecord};
-use super::ops;
-use super::store::{CentralStore, DeviceFilter};
-use crate::batch::AlertState;
+use crate::Central;
+use crate::model::{AlertRow, DeviceRow, Principal, Role, SessionRecord, SiteRecord};
+use crate::ops;
+use crate::store::{CentralStore, DeviceFilter};
+use outpost_uplink::batch::AlertState;
 
 pub const SESSION_COOKIE: &str = "outpost_session";
 const SESSION_TTL_MS: u64 = 12 * 3600 * 1000;
 
-pub use crate::http::ApiError;
+pub use outpost_uplink::http::ApiError;
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
@@ -74,7 +74,7 @@ pub fn router(c: Arc<Central>) -> Router {
         .nest("/api/v1", api)
         .route("/metrics", get(prometheus))
         .route("/healthz", get(|| async { "ok\n" }))
-        .merge(super::web::routes())
+        .merge(crate::web::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(middleware::from_fn_with_state(c.clone(), observe))
         .with_state(c)
@@ -152,11 +152,11 @@ async fn operator(State(c): State<Arc<Central>>, req: Request, next: Next) -> Re
 
 async fn observe(State(c): State<Arc<Central>>, req: Request, next: Next) -> Response {
     let span = |method: &str, route: &str| info_span!("http", %method, %route);
-    crate::http::observe(&c.metrics.api_requests, span, req, next).await
+    outpost_uplink::http::observe(&c.metrics.api_requests, span, req, next).await
 }
 
 async fn prometheus(State(c): State<Arc<Central>>) -> Response {
-    crate::http::prometheus_response(c.metrics.encode())
+    outpost_uplink::http::prometheus_response(c.metrics.encode())
 }
 
 fn require(p: &Principal, min: Role) -> Result<(), ApiError> {
@@ -473,7 +473,7 @@ pub async fn fleet_summary(c: &Arc<Central>, p: &Principal) -> Result<FleetSumma
         .collect();
     let critical: std::collections::HashSet<(String, String)> = firing
         .iter()
-        .filter(|a| a.severity == crate::batch::Severity::Critical)
+        .filter(|a| a.severity == outpost_uplink::batch::Severity::Critical)
         .filter_map(|a| a.device.clone().map(|d| (a.site_id.clone(), d)))
         .collect();
     let now = crate::now_ms();
@@ -678,7 +678,7 @@ pub async fn history(
         }
         s.rollups(
             &t,
-            &super::store::RollupQuery {
+            &crate::store::RollupQuery {
                 site_id: sid,
                 device: dev,
                 series: ser,

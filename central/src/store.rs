@@ -1,5 +1,5 @@
 //! Central's storage interface. The embedded RocksDB backend
-//! ([`super::rocks::RocksCentralStore`]) implements it; a PostgreSQL backend
+//! ([`crate::rocks::RocksCentralStore`]) implements it; a PostgreSQL backend
 //! (a later issue) maps each method to one transaction: `apply_batch` is
 //! `INSERT INTO applied_batches (site, seq)` (unique key) plus the upserts,
 //! committed together, so a batch is applied exactly once whatever the
@@ -9,9 +9,9 @@
 //! RocksDB keys start with the tenant; SQL queries filter on it).
 //! Methods are blocking; async callers use `spawn_blocking`.
 
-use crate::batch::SiteBatch;
+use outpost_uplink::batch::SiteBatch;
 
-use super::model::{
+use crate::model::{
     AlertRow, ApiTokenRecord, DeviceRow, JoinTokenRecord, RollupRow, SessionRecord, SiteRecord,
     UserRecord,
 };

@@ -7,8 +7,8 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use serde::{Deserialize, Serialize};
 
-use super::model::{ApiTokenRecord, JoinTokenRecord, Principal, Role, SiteRecord, UserRecord};
-use super::store::CentralStore;
+use crate::model::{ApiTokenRecord, JoinTokenRecord, Principal, Role, SiteRecord, UserRecord};
+use crate::store::CentralStore;
 
 /// How long a site join token stays valid.
 pub const JOIN_TOKEN_TTL_MS: u64 = 7 * 24 * 3600 * 1000;

@@ -15,7 +15,7 @@ use outpost_proto::pki::{CertAuthority, write_private_file};
 use outpost_proto::tls;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::wire::CENTRAL_SERVER_NAME;
+use outpost_uplink::wire::CENTRAL_SERVER_NAME;
 
 #[derive(Debug, Clone)]
 pub struct CentralDir(pub PathBuf);

@@ -1,0 +1,425 @@
+//! What central stores: tenants' sites, devices, rollups and alerts, and the
+//! credentials of people and sites. Values are encoded with the proto codec
+//! by the RocksDB backend; a PostgreSQL backend maps each struct to a table.
+
+use std::borrow::Cow;
+
+use outpost_storage::model::{DeviceStatus, Rollup};
+use serde::{Deserialize, Serialize};
+
+use outpost_uplink::batch::{AlertState, Severity};
+
+/// A site (one appliance) of a customer of a tenant (MSP).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SiteRecord {
+    pub tenant: String,
+    pub customer: String,
+    pub site_id: String,
+    pub name: String,
+    pub created_ms: u64,
+    /// When the appliance joined (0 = token not used yet).
+    pub joined_ms: u64,
+    /// Every batch with `seq <= applied_up_to` is applied.
+    pub applied_up_to: u64,
+    /// Applied batches above `applied_up_to` (arrived out of order).
+    pub applied_above: Vec<u64>,
+    /// Arrival time and creation time (appliance clock) of the newest batch.
+    pub last_batch_ms: u64,
+    pub last_batch_created_ms: u64,
+    pub batches_applied: u64,
+    pub duplicates: u64,
+    /// The appliance's compaction interval (from its Hello).
+    pub interval_ms: u64,
+    /// Rollups the appliance reported dropped because its outbox was full.
+    pub dropped_rollups: u64,
+}
+
+impl SiteRecord {
+    pub fn is_applied(&self, seq: u64) -> bool {
+        seq <= self.applied_up_to || self.applied_above.contains(&seq)
+    }
+
+    /// Marks `seq` applied, folding contiguous numbers into `applied_up_to`.
+    pub fn mark_applied(&mut self, seq: u64) {
+        if self.is_applied(seq) {
+            return;
+        }
+        self.applied_above.push(seq);
+        self.applied_above.sort_unstable();
+        while let Some(pos) = self
+            .applied_above
+            .iter()
+            .position(|s| *s == self.applied_up_to + 1)
+        {
+            self.applied_above.remove(pos);
+            self.applied_up_to += 1;
+        }
+    }
+}
+
+/// A device as central knows it (latest snapshot wins).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRow {
+    pub tenant: String,
+    pub site_id: String,
+    /// The appliance's device id (hex).
+    pub device: String,
+    pub customer: String,
+    pub hostname: String,
+    pub os: String,
+    pub agent_version: String,
+    pub enrolled_at_ms: u64,
+    pub revoked: bool,
+    pub status: DeviceStatus,
+    pub status_since_ms: u64,
+    pub last_seen_ms: u64,
+    pub as_of_ms: u64,
+    /// Distinct (series, bucket) rollups stored for this device.
+    pub rollups_stored: u64,
+    /// Latest bucket seen per series: `name[label]` → (bucket start, rollup).
+    pub latest: Vec<LatestRollup>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatestRollup {
+    pub series: String,
+    pub label: String,
+    pub bucket_start_ms: u64,
+    pub rollup: Rollup,
+}
+
+/// One stored rollup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RollupRow {
+    pub computed_ms: u64,
+    pub rollup: Rollup,
+}
+
+/// Every series' rollup of one device and 5-minute bucket, stored as one
+/// row: a batch of 100 devices × 28 series writes 100 rows, not 2,800.
+/// Names are `Cow`: the apply path stores them borrowed from the batch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BucketRow<'a> {
+    pub series: Vec<BucketSeries<'a>>,
+}
+
+/// One series in a [`BucketRow`]; `computed_ms` is per series, so a
+/// recomputation of some series of a bucket replaces only those.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BucketSeries<'a> {
+    pub name: Cow<'a, str>,
+    pub label: Cow<'a, str>,
+    pub computed_ms: u64,
+    pub rollup: Rollup,
+}
+
+impl BucketRow<'_> {
+    /// Index of series `name[label]`, trying `hint` first (batches list a
+    /// device's series in the same order every bucket).
+    pub fn position(&self, name: &str, label: &str, hint: usize) -> Option<usize> {
+        let is = |s: &BucketSeries| s.name == name && s.label == label;
+        match self.series.get(hint) {
+            Some(s) if is(s) => Some(hint),
+            _ => self.series.iter().position(is),
+        }
+    }
+}
+
+/// The latest state of one alert instance of a site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertRow {
+    pub tenant: String,
+    pub site_id: String,
+    pub customer: String,
+    pub alert_id: u64,
+    pub device: Option<String>,
+    pub rule: String,
+    pub severity: Severity,
+    pub state: AlertState,
+    pub at_ms: u64,
+    pub first_ms: u64,
+    pub message: String,
+    pub value: Option<f64>,
+    pub transitions: u32,
+    /// Who acknowledged it at central (technician or admin), and when.
+    #[serde(default)]
+    pub acked_by: Option<String>,
+    #[serde(default)]
+    pub acked_ms: u64,
+}
+
+/// Role of a user or API token within its tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything in the tenant, including sites, users and tokens.
+    Admin,
+    /// Reads everything, acknowledges alerts.
+    Technician,
+    /// Reads.
+    Viewer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Technician => "technician",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
+/// Who a request acts for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Principal {
+    pub tenant: String,
+    pub role: Role,
+    /// Customers this principal is limited to (empty = all of the tenant).
+    pub customers: Vec<String>,
+    /// User name, or `token:<id>`.
+    pub name: String,
+}
+
+impl Principal {
+    pub fn sees_customer(&self, c: &str) -> bool {
+        self.customers.is_empty() || self.customers.iter().any(|x| x == c)
+    }
+}
+
+/// An API token (stored by SHA-256 of the secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiTokenRecord {
+    pub id: String,
+    pub principal: Principal,
+    pub created_ms: u64,
+}
+
+/// A web user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub tenant: String,
+    pub name: String,
+    pub role: Role,
+    pub customers: Vec<String>,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    pub created_ms: u64,
+}
+
+/// A login session (stored by SHA-256 of the cookie value).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub principal: Principal,
+    pub expires_ms: u64,
+}
+
+/// A one-time site join token (stored by SHA-256 of the secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinTokenRecord {
+    pub tenant: String,
+    pub site_id: String,
+    pub expires_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    fn rollup(v: f64) -> Rollup {
+        Rollup {
+            min: v,
+            max: v + 1.5,
+            sum: v * 3.0 + 1.5,
+            count: 3,
+            last: v + 1.0,
+            last_ts_ms: 1_700_000_040_000,
+        }
+    }
+
+    fn site() -> SiteRecord {
+        SiteRecord {
+            tenant: "msp".into(),
+            customer: "dental".into(),
+            site_id: "s-1".into(),
+            name: "main".into(),
+            created_ms: 1,
+            joined_ms: 2,
+            applied_up_to: 7,
+            applied_above: vec![9, 12],
+            last_batch_ms: 1_700_000_100_000,
+            last_batch_created_ms: 1_700_000_099_000,
+            batches_applied: 9,
+            duplicates: 1,
+            interval_ms: 60_000,
+            dropped_rollups: 3,
+        }
+    }
+
+    fn device() -> DeviceRow {
+        DeviceRow {
+            tenant: "msp".into(),
+            site_id: "s-1".into(),
+            device: "000000000000002a".into(),
+            customer: "dental".into(),
+            hostname: "web-1".into(),
+            os: "Debian".into(),
+            agent_version: "0.1.0".into(),
+            enrolled_at_ms: 1,
+            revoked: true,
+            status: DeviceStatus::Offline,
+            status_since_ms: 2,
+            last_seen_ms: 3,
+            as_of_ms: 4,
+            rollups_stored: 2,
+            latest: vec![LatestRollup {
+                series: "disk_used_percent".into(),
+                label: "/".into(),
+                bucket_start_ms: 1_699_999_800_000,
+                rollup: rollup(71.5),
+            }],
+        }
+    }
+
+    fn alert() -> AlertRow {
+        AlertRow {
+            tenant: "msp".into(),
+            site_id: "s-1".into(),
+            customer: "dental".into(),
+            alert_id: 9,
+            device: Some("000000000000002a".into()),
+            rule: "cpu_high".into(),
+            severity: Severity::Warning,
+            state: AlertState::Resolved,
+            at_ms: 5,
+            first_ms: 4,
+            message: "cpu 97 > 90".into(),
+            value: Some(97.0),
+            transitions: 2,
+            acked_by: Some("alice".into()),
+            acked_ms: 6,
+        }
+    }
+
+    fn bucket() -> BucketRow<'static> {
+        BucketRow {
+            series: vec![
+                BucketSeries {
+                    name: "cpu".into(),
+                    label: "".into(),
+                    computed_ms: 1_700_000_100_000,
+                    rollup: rollup(12.25),
+                },
+                BucketSeries {
+                    name: "disk_used_percent".into(),
+                    label: "/".into(),
+                    computed_ms: 1_700_000_160_000,
+                    rollup: rollup(71.5),
+                },
+            ],
+        }
+    }
+
+    fn principal() -> Principal {
+        Principal {
+            tenant: "msp".into(),
+            role: Role::Technician,
+            customers: vec!["dental".into()],
+            name: "alice".into(),
+        }
+    }
+
+    fn enc<T: Serialize>(v: &T) -> String {
+        hex(&outpost_proto::codec::encode(v).expect("encodes"))
+    }
+
+    /// The stored bytes of every row central keeps, captured before central
+    /// had its own row types (they embedded the appliance's storage models):
+    /// a change of these bytes is a change of central's on-disk format.
+    #[test]
+    fn stored_rows_keep_their_bytes() {
+        let rows = [
+            ("site", enc(&site())),
+            ("device", enc(&device())),
+            ("latest", enc(&device().latest[0])),
+            (
+                "rollup",
+                enc(&RollupRow {
+                    computed_ms: 8,
+                    rollup: rollup(12.25),
+                }),
+            ),
+            ("bucket", enc(&bucket())),
+            ("alert", enc(&alert())),
+            (
+                "api token",
+                enc(&ApiTokenRecord {
+                    id: "ab12".into(),
+                    principal: principal(),
+                    created_ms: 9,
+                }),
+            ),
+            (
+                "user",
+                enc(&UserRecord {
+                    tenant: "msp".into(),
+                    name: "alice".into(),
+                    role: Role::Admin,
+                    customers: vec![],
+                    password_hash: "$argon2id$x".into(),
+                    created_ms: 10,
+                }),
+            ),
+            (
+                "session",
+                enc(&SessionRecord {
+                    principal: principal(),
+                    expires_ms: 11,
+                }),
+            ),
+            (
+                "join token",
+                enc(&JoinTokenRecord {
+                    tenant: "msp".into(),
+                    site_id: "s-1".into(),
+                    expires_ms: 12,
+                }),
+            ),
+        ];
+        for ((what, got), want) in rows.iter().zip(GOLDEN) {
+            assert_eq!(got, want, "{what}");
+        }
+    }
+
+    /// The JSON the API answers with for devices and alerts (same capture).
+    #[test]
+    fn api_rows_keep_their_json() {
+        let d = serde_json::to_string(&device()).unwrap();
+        let a = serde_json::to_string(&alert()).unwrap();
+        assert_eq!(d, GOLDEN_JSON[0]);
+        assert_eq!(a, GOLDEN_JSON[1]);
+    }
+
+    /// Captured with the storage-model row types (commit "outpost-central
+    /// in its own crate"), in the order of `stored_rows_keep_their_bytes`.
+    const GOLDEN: [&str; 10] = [
+        "036d73700664656e74616c03732d31046d61696e01020702090cfda0eee6cf8b010000fdb8eae6cf8b0100000901fb60ea03",
+        "036d737003732d3110303030303030303030303030303032610664656e74616c057765622d310644656269616e05302e312e300101020203040201116469736b5f757365645f70657263656e74012ffdc05ae2cf8b0100000000000000e0514000000000004052400000000000006b40030000000000205240fd4004e6cf8b010000",
+        "116469736b5f757365645f70657263656e74012ffdc05ae2cf8b0100000000000000e0514000000000004052400000000000006b40030000000000205240fd4004e6cf8b010000",
+        "0800000000008028400000000000802b400000000000204340030000000000802a40fd4004e6cf8b010000",
+        "020363707500fda0eee6cf8b01000000000000008028400000000000802b400000000000204340030000000000802a40fd4004e6cf8b010000116469736b5f757365645f70657263656e74012ffd00d9e7cf8b0100000000000000e0514000000000004052400000000000006b40030000000000205240fd4004e6cf8b010000",
+        "036d737003732d310664656e74616c09011030303030303030303030303030303261086370755f68696768010205040b637075203937203e203930010000000000405840020105616c69636506",
+        "0461623132036d737001010664656e74616c05616c69636509",
+        "036d737005616c69636500000b246172676f6e32696424780a",
+        "036d737001010664656e74616c05616c6963650b",
+        "036d737003732d310c",
+    ];
+    const GOLDEN_JSON: [&str; 2] = [
+        r#"{"tenant":"msp","site_id":"s-1","device":"000000000000002a","customer":"dental","hostname":"web-1","os":"Debian","agent_version":"0.1.0","enrolled_at_ms":1,"revoked":true,"status":"offline","status_since_ms":2,"last_seen_ms":3,"as_of_ms":4,"rollups_stored":2,"latest":[{"series":"disk_used_percent","label":"/","bucket_start_ms":1699999800000,"rollup":{"min":71.5,"max":73.0,"sum":216.0,"count":3,"last":72.5,"last_ts_ms":1700000040000}}]}"#,
+        r#"{"tenant":"msp","site_id":"s-1","customer":"dental","alert_id":9,"device":"000000000000002a","rule":"cpu_high","severity":"warning","state":"resolved","at_ms":5,"first_ms":4,"message":"cpu 97 > 90","value":97.0,"transitions":2,"acked_by":"alice","acked_ms":6}"#,
+    ];
+}

@@ -1,0 +1,66 @@
+//! The workspace's dependency direction: the appliance never links central
+//! code (DESIGN.md, "Workspace"). Reads the resolved dependency graph with
+//! `cargo tree` (no build), so it takes well under a second.
+
+use std::process::Command;
+
+/// Crates only `outpost-central` needs (itself, and argon2 with what only
+/// argon2 pulls in); none may reach the appliance.
+const CENTRAL_ONLY: &[&str] = &[
+    "outpost-central",
+    "argon2",
+    "password-hash",
+    "blake2",
+    "base64ct",
+];
+
+/// Names of the crates in `cargo tree -p <package> -e normal`.
+fn normal_dependencies(package: &str) -> Vec<String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+    let out = Command::new(cargo)
+        .args([
+            "tree",
+            "-p",
+            package,
+            "-e",
+            "normal",
+            "--offline",
+            "--prefix",
+            "none",
+        ])
+        .args(["--manifest-path", manifest])
+        .output()
+        .expect("running cargo tree");
+    assert!(
+        out.status.success(),
+        "cargo tree -p {package} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_appliance_links_no_central_only_crate() {
+    let deps = normal_dependencies("outpost-appliance");
+    assert!(
+        deps.iter().any(|d| d == "outpost-uplink"),
+        "the tree should list the appliance's own dependencies: {deps:?}"
+    );
+    for c in CENTRAL_ONLY {
+        assert!(
+            !deps.iter().any(|d| d == c),
+            "outpost-appliance depends on {c}, which only outpost-central may use \
+             (see `cargo tree -p outpost-appliance -i {c}`)"
+        );
+    }
+    // The list is not stale: central itself does use them.
+    let central = normal_dependencies("outpost-central");
+    for c in &CENTRAL_ONLY[1..] {
+        assert!(central.iter().any(|d| d == c), "{c} not in central's tree");
+    }
+}
