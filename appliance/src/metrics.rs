@@ -34,7 +34,7 @@ pub struct NotifyLabel {
     pub result: String,
 }
 
-pub use outpost_uplink::http::RouteLabel;
+pub use outpost_web::RouteLabel;
 
 /// Every metric the appliance exports. Cheap to share (`Arc<Metrics>`);
 /// each metric is an atomic.

@@ -24,8 +24,9 @@ use outpost_central::store::CentralStore;
 use outpost_proto::DeviceId;
 use outpost_proto::codec;
 use outpost_proto::messages::{Record, RecordBody};
-use outpost_storage::model::DeviceStatus;
-use outpost_uplink::batch::{self, DeviceRollups, DeviceUpdate, SeriesRollup, SiteBatch};
+use outpost_uplink::batch::{
+    self, DeviceRollups, DeviceStatus, DeviceUpdate, Rollup, SeriesRollup, SiteBatch,
+};
 
 use crate::report::Report;
 use crate::sim::{Mix, record_body};
@@ -91,7 +92,15 @@ fn device_hour(d: u64, start: u64) -> (u64, BTreeMap<u64, Vec<SeriesRollup>>) {
             buckets.entry(b).or_default().push(SeriesRollup {
                 name: name.clone(),
                 label: label.clone(),
-                rollup: r,
+                // The appliance's compactor makes the same copy.
+                rollup: Rollup {
+                    min: r.min,
+                    max: r.max,
+                    sum: r.sum,
+                    count: r.count,
+                    last: r.last,
+                    last_ts_ms: r.last_ts_ms,
+                },
             });
         }
     }

@@ -17,15 +17,16 @@ use serde::{Deserialize, Serialize};
 use tracing::info_span;
 
 use crate::Central;
-use crate::model::{AlertRow, DeviceRow, Principal, Role, SessionRecord, SiteRecord};
+use crate::model::{
+    AlertRow, AlertState, DeviceRow, Principal, Role, SessionRecord, Severity, SiteRecord,
+};
 use crate::ops;
 use crate::store::{CentralStore, DeviceFilter};
-use outpost_uplink::batch::AlertState;
 
 pub const SESSION_COOKIE: &str = "outpost_session";
 const SESSION_TTL_MS: u64 = 12 * 3600 * 1000;
 
-pub use outpost_uplink::http::ApiError;
+pub use outpost_web::ApiError;
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
@@ -152,11 +153,11 @@ async fn operator(State(c): State<Arc<Central>>, req: Request, next: Next) -> Re
 
 async fn observe(State(c): State<Arc<Central>>, req: Request, next: Next) -> Response {
     let span = |method: &str, route: &str| info_span!("http", %method, %route);
-    outpost_uplink::http::observe(&c.metrics.api_requests, span, req, next).await
+    outpost_web::observe(&c.metrics.api_requests, span, req, next).await
 }
 
 async fn prometheus(State(c): State<Arc<Central>>) -> Response {
-    outpost_uplink::http::prometheus_response(c.metrics.encode())
+    outpost_web::prometheus_response(c.metrics.encode())
 }
 
 fn require(p: &Principal, min: Role) -> Result<(), ApiError> {
@@ -473,7 +474,7 @@ pub async fn fleet_summary(c: &Arc<Central>, p: &Principal) -> Result<FleetSumma
         .collect();
     let critical: std::collections::HashSet<(String, String)> = firing
         .iter()
-        .filter(|a| a.severity == outpost_uplink::batch::Severity::Critical)
+        .filter(|a| a.severity == Severity::Critical)
         .filter_map(|a| a.device.clone().map(|d| (a.site_id.clone(), d)))
         .collect();
     let now = crate::now_ms();

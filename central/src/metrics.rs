@@ -18,7 +18,7 @@ pub struct SiteLabel {
     pub site: String,
 }
 
-pub use outpost_uplink::http::RouteLabel;
+pub use outpost_web::RouteLabel;
 
 #[derive(Debug)]
 pub struct CentralMetrics {

@@ -1,13 +1,102 @@
 //! What central stores: tenants' sites, devices, rollups and alerts, and the
 //! credentials of people and sites. Values are encoded with the proto codec
 //! by the RocksDB backend; a PostgreSQL backend maps each struct to a table.
+//!
+//! These are central's own types: neither the appliance's storage models
+//! nor the uplink batch's wire types appear in a stored row (except the
+//! shared [`Severity`] of `outpost-proto`), so a change on the appliance
+//! cannot change central's on-disk format. The apply plan converts.
 
 use std::borrow::Cow;
 
-use outpost_storage::model::{DeviceStatus, Rollup};
+use outpost_uplink::batch;
 use serde::{Deserialize, Serialize};
 
-use outpost_uplink::batch::{AlertState, Severity};
+pub use outpost_proto::alert::Severity;
+
+/// Online status of a device, as central stores and shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    /// Enrolled, never heard from on a session.
+    Pending,
+    Online,
+    Offline,
+}
+
+impl DeviceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Pending => "pending",
+            DeviceStatus::Online => "online",
+            DeviceStatus::Offline => "offline",
+        }
+    }
+}
+
+impl From<batch::DeviceStatus> for DeviceStatus {
+    fn from(s: batch::DeviceStatus) -> Self {
+        match s {
+            batch::DeviceStatus::Pending => DeviceStatus::Pending,
+            batch::DeviceStatus::Online => DeviceStatus::Online,
+            batch::DeviceStatus::Offline => DeviceStatus::Offline,
+        }
+    }
+}
+
+/// Min/max/sum/count/last of one series over one 5-minute bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Rollup {
+    pub min: f64,
+    pub max: f64,
+    pub sum: f64,
+    pub count: u64,
+    pub last: f64,
+    /// Timestamp of `last`.
+    pub last_ts_ms: u64,
+}
+
+impl From<batch::Rollup> for Rollup {
+    fn from(r: batch::Rollup) -> Self {
+        Rollup {
+            min: r.min,
+            max: r.max,
+            sum: r.sum,
+            count: r.count,
+            last: r.last,
+            last_ts_ms: r.last_ts_ms,
+        }
+    }
+}
+
+/// Lifecycle state of an alert, as central stores and shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertState {
+    Pending,
+    Firing,
+    Resolved,
+}
+
+impl AlertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Pending => "pending",
+            AlertState::Firing => "firing",
+            AlertState::Resolved => "resolved",
+        }
+    }
+}
+
+impl From<batch::AlertState> for AlertState {
+    fn from(s: batch::AlertState) -> Self {
+        match s {
+            batch::AlertState::Pending => AlertState::Pending,
+            batch::AlertState::Firing => AlertState::Firing,
+            batch::AlertState::Resolved => AlertState::Resolved,
+        }
+    }
+}
 
 /// A site (one appliance) of a customer of a tenant (MSP).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

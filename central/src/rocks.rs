@@ -14,7 +14,6 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use outpost_proto::codec;
-use outpost_storage::model::DeviceStatus;
 use outpost_storage::rocksdb::{
     self, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
 };
@@ -22,13 +21,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::model::{
-    AlertRow, ApiTokenRecord, BucketRow, BucketSeries, DeviceRow, JoinTokenRecord, LatestRollup,
-    RollupRow, SessionRecord, SiteRecord, UserRecord,
+    AlertRow, AlertState, ApiTokenRecord, BucketRow, BucketSeries, DeviceRow, DeviceStatus,
+    JoinTokenRecord, LatestRollup, RollupRow, SessionRecord, SiteRecord, UserRecord,
 };
 use crate::store::{
     ApplyOutcome, CentralStore, CentralStoreError, DeviceFilter, Page, Result, RollupQuery,
 };
-use outpost_uplink::batch::{AlertState, SiteBatch};
+use outpost_uplink::batch::SiteBatch;
 
 const CF_SITES: &str = "sites";
 const CF_DEVICES: &str = "devices";
@@ -321,7 +320,7 @@ impl CentralStore for RocksCentralStore {
             row.agent_version = u.agent_version.clone();
             row.enrolled_at_ms = u.enrolled_at_ms;
             row.revoked = u.revoked;
-            row.status = u.status;
+            row.status = u.status.into();
             row.status_since_ms = u.status_since_ms;
             row.last_seen_ms = u.last_seen_ms;
             row.as_of_ms = u.as_of_ms;
@@ -377,7 +376,7 @@ impl CentralStore for RocksCentralStore {
                     name: Cow::Borrowed(&sr.name),
                     label: Cow::Borrowed(&sr.label),
                     computed_ms: dr.computed_ms,
-                    rollup: sr.rollup,
+                    rollup: sr.rollup.into(),
                 };
                 match row.position(&sr.name, &sr.label, i) {
                     None => {
@@ -406,14 +405,14 @@ impl CentralStore for RocksCentralStore {
                 match hint.and_then(|p| dev_row.latest.get_mut(p)) {
                     Some(l) if l.bucket_start_ms <= dr.bucket_start_ms => {
                         l.bucket_start_ms = dr.bucket_start_ms;
-                        l.rollup = sr.rollup;
+                        l.rollup = sr.rollup.into();
                     }
                     Some(_) => {}
                     None => dev_row.latest.push(LatestRollup {
                         series: sr.name.clone(),
                         label: sr.label.clone(),
                         bucket_start_ms: dr.bucket_start_ms,
-                        rollup: sr.rollup,
+                        rollup: sr.rollup.into(),
                     }),
                 }
             }
@@ -429,8 +428,9 @@ impl CentralStore for RocksCentralStore {
             let row = match existing {
                 Some(mut e) => {
                     e.transitions += 1;
-                    if (a.at_ms, alert_rank(a.state)) >= (e.at_ms, alert_rank(e.state)) {
-                        e.state = a.state;
+                    let state = AlertState::from(a.state);
+                    if (a.at_ms, alert_rank(state)) >= (e.at_ms, alert_rank(e.state)) {
+                        e.state = state;
                         e.at_ms = a.at_ms;
                         e.message = a.message.clone();
                         e.value = a.value;
@@ -447,7 +447,7 @@ impl CentralStore for RocksCentralStore {
                     device: a.device.map(|d| d.to_string()),
                     rule: a.rule.clone(),
                     severity: a.severity,
-                    state: a.state,
+                    state: a.state.into(),
                     at_ms: a.at_ms,
                     first_ms: a.at_ms,
                     message: a.message.clone(),

@@ -2,9 +2,9 @@
 //! crate's batch tests use).
 
 use outpost_proto::DeviceId;
-use outpost_storage::model::{DeviceStatus, Rollup};
 use outpost_uplink::batch::{
-    AlertState, AlertTransition, DeviceRollups, DeviceUpdate, SeriesRollup, Severity, SiteBatch,
+    AlertState, AlertTransition, DeviceRollups, DeviceStatus, DeviceUpdate, Rollup, SeriesRollup,
+    Severity, SiteBatch,
 };
 
 pub fn rollup(v: f64) -> Rollup {

@@ -1,7 +1,7 @@
 //! Outpost wire protocol.
 //!
 //! This crate owns everything two Outpost processes must agree on to talk:
-//! message types ([`messages`]), the length-prefixed framing with its size
+//! message types ([`messages`]), the alert vocabulary ([`alert`]), the length-prefixed framing with its size
 //! limit ([`frame`]), the single bincode configuration ([`codec`]), the
 //! protocol version and ALPN identifiers, metric naming ([`metric_names`]),
 //! and the certificate identities and TLS configurations that carry device
@@ -10,6 +10,7 @@
 //! It must not open sockets, touch storage or spawn tasks: everything here
 //! works on byte buffers and values so it can be tested without I/O.
 
+pub mod alert;
 pub mod backoff;
 pub mod codec;
 pub mod frame;

@@ -507,7 +507,7 @@ impl SiteClient {
     }
 
     pub fn batch(&self, seq: u64, device: u64, buckets: std::ops::Range<u64>) -> SiteBatch {
-        let rollup = outpost_storage::model::Rollup {
+        let rollup = batch::Rollup {
             min: 1.0,
             max: 3.0,
             sum: 6.0,
@@ -528,7 +528,7 @@ impl SiteClient {
                 agent_version: "0.1.0".into(),
                 enrolled_at_ms: 1,
                 revoked: false,
-                status: outpost_storage::model::DeviceStatus::Online,
+                status: batch::DeviceStatus::Online,
                 status_since_ms: 1,
                 last_seen_ms: 1,
                 as_of_ms: seq,
@@ -544,7 +544,7 @@ impl SiteClient {
                         // A shape worth charting: 20 + 10 * (b mod 5).
                         rollup: {
                             let v = 20.0 + 10.0 * (b % 5) as f64;
-                            outpost_storage::model::Rollup {
+                            batch::Rollup {
                                 min: v - 1.0,
                                 max: v + 1.0,
                                 sum: v * 3.0,

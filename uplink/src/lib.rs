@@ -12,7 +12,6 @@
 //! crate, which depends on this one; nothing here may depend on it.
 
 pub mod batch;
-pub mod http;
 pub mod join;
 pub mod metrics;
 pub mod outbox;

@@ -51,7 +51,7 @@ impl Comparison {
 }
 
 /// Alert severity: the uplink's type, so a transition goes up unchanged.
-pub use outpost_uplink::batch::Severity;
+pub use outpost_proto::alert::Severity;
 
 /// Which devices a rule or window applies to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -120,9 +120,9 @@ async fn require_token(State(st): State<Arc<ApiState>>, req: Request, next: Next
 /// A span per request and a request counter by route and status.
 async fn observe(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
     let span = |method: &str, route: &str| info_span!("api", %method, %route);
-    outpost_uplink::http::observe(&st.metrics.api_requests, span, req, next).await
+    outpost_web::observe(&st.metrics.api_requests, span, req, next).await
 }
 
 async fn prometheus(State(st): State<Arc<ApiState>>) -> Response {
-    outpost_uplink::http::prometheus_response(st.metrics.encode())
+    outpost_web::prometheus_response(st.metrics.encode())
 }

@@ -27,10 +27,9 @@
 use std::collections::HashMap;
 
 use outpost_proto::DeviceId;
-use outpost_storage::model::Rollup;
 use serde::{Deserialize, Serialize};
 
-use super::{DeviceRollups, SeriesRollup};
+use super::{DeviceRollups, Rollup, SeriesRollup};
 
 const RAW: u8 = 15;
 const MAX_DECIMALS: u8 = 9;
@@ -318,10 +317,26 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Folds samples the way the appliance's rollup writer does.
     fn fold(samples: &[(u64, f64)]) -> Rollup {
-        let mut r = Rollup::of(samples[0].0, samples[0].1);
+        let (t0, v0) = samples[0];
+        let mut r = Rollup {
+            min: v0,
+            max: v0,
+            sum: v0,
+            count: 1,
+            last: v0,
+            last_ts_ms: t0,
+        };
         for &(t, v) in &samples[1..] {
-            r.add(t, v);
+            r.min = r.min.min(v);
+            r.max = r.max.max(v);
+            r.sum += v;
+            r.count += 1;
+            if t >= r.last_ts_ms {
+                r.last = v;
+                r.last_ts_ms = t;
+            }
         }
         r
     }

@@ -17,8 +17,9 @@ pub mod compact;
 
 use outpost_proto::DeviceId;
 use outpost_proto::codec::{self, CodecError};
-use outpost_storage::model::{DeviceStatus, Rollup};
 use serde::{Deserialize, Serialize};
+
+pub use outpost_proto::alert::Severity;
 
 /// Version of the batch layout inside the payload.
 /// 2: rollup `min` column relative to the previous entry (see [`compact`]);
@@ -73,6 +74,42 @@ pub struct DeviceUpdate {
     pub as_of_ms: u64,
 }
 
+/// Online status of a device, as the batch carries it. The batch's own
+/// type (not the appliance's storage model), so that a change in the
+/// appliance's tables cannot change the batch format; the compactor
+/// converts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    /// Enrolled, never heard from on a session.
+    Pending,
+    Online,
+    Offline,
+}
+
+impl DeviceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Pending => "pending",
+            DeviceStatus::Online => "online",
+            DeviceStatus::Offline => "offline",
+        }
+    }
+}
+
+/// Min/max/sum/count/last of one series over one 5-minute bucket, as the
+/// batch carries it (the batch's own type, like [`DeviceStatus`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Rollup {
+    pub min: f64,
+    pub max: f64,
+    pub sum: f64,
+    pub count: u64,
+    pub last: f64,
+    /// Timestamp of `last`.
+    pub last_ts_ms: u64,
+}
+
 /// Rollups of every series of one device for one closed bucket.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceRollups {
@@ -90,25 +127,6 @@ pub struct SeriesRollup {
     pub name: String,
     pub label: String,
     pub rollup: Rollup,
-}
-
-/// Severity of an alert (the appliance's alert rules use this type too).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Info,
-    Warning,
-    Critical,
-}
-
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Warning => "warning",
-            Severity::Critical => "critical",
-        }
-    }
 }
 
 /// Lifecycle state an alert moved to.

@@ -13,7 +13,29 @@ use outpost_storage::rollup::{self, SeriesInfo};
 use outpost_storage::{Cf, Store};
 
 use super::{ALERT_PREFIX, Result};
-use crate::batch::{AlertTransition, DeviceRollups, DeviceUpdate, SeriesRollup};
+use crate::batch::{self, AlertTransition, DeviceRollups, DeviceUpdate, SeriesRollup};
+
+/// The batch's copy of a device status (the batch has its own types, so a
+/// change in the appliance's tables cannot change the batch format).
+fn batch_status(s: DeviceStatus) -> batch::DeviceStatus {
+    match s {
+        DeviceStatus::Pending => batch::DeviceStatus::Pending,
+        DeviceStatus::Online => batch::DeviceStatus::Online,
+        DeviceStatus::Offline => batch::DeviceStatus::Offline,
+    }
+}
+
+/// The batch's copy of a stored rollup.
+fn batch_rollup(r: &Rollup) -> batch::Rollup {
+    batch::Rollup {
+        min: r.min,
+        max: r.max,
+        sum: r.sum,
+        count: r.count,
+        last: r.last,
+        last_ts_ms: r.last_ts_ms,
+    }
+}
 
 /// What identifies a device snapshot worth sending: registry facts and
 /// status, not `last_seen` (which moves with every heartbeat; central learns
@@ -60,7 +82,7 @@ pub(super) fn device_changes(
             agent_version: r.agent_version,
             enrolled_at_ms: r.enrolled_at_ms,
             revoked: r.revoked_at_ms.is_some(),
-            status,
+            status: batch_status(status),
             status_since_ms: since,
             last_seen_ms: seen,
             as_of_ms: now_ms,
@@ -117,7 +139,7 @@ pub(super) fn pending_rollups(
                 ss.push(SeriesRollup {
                     name: s.name.clone(),
                     label: s.label.clone(),
-                    rollup: r,
+                    rollup: batch_rollup(&r),
                 });
             }
         }

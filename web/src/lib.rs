@@ -1,5 +1,12 @@
-//! What the appliance's admin API and central's API share: the JSON error
-//! type, the per-request span and counter, and the Prometheus response.
+//! `outpost-web`: the HTTP pieces shared by the appliance's admin listener
+//! and `outpost-central` (the web console of a later issue will live here
+//! too): the JSON error type ([`ApiError`]), the per-request span and
+//! counter ([`observe`], [`RouteLabel`]) and the Prometheus response
+//! ([`prometheus_response`]).
+//!
+//! It knows no Outpost domain: the only Outpost crate it depends on is
+//! `outpost-storage`, for the storage error's conversion into an
+//! [`ApiError`]. Nothing here may depend on the appliance or central.
 
 use axum::Json;
 use axum::extract::{MatchedPath, Request};
@@ -107,4 +114,51 @@ pub fn prometheus_response(body: String) -> Response {
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each error answers its status code and `{"error": message}`.
+    #[tokio::test]
+    async fn api_errors_answer_their_status_and_a_json_message() {
+        let cases = [
+            (ApiError::BadRequest("bad".into()), 400),
+            (ApiError::Unauthorized("who".into()), 401),
+            (ApiError::Forbidden("no".into()), 403),
+            (ApiError::NotFound("gone".into()), 404),
+            (ApiError::Conflict("twice".into()), 409),
+            (ApiError::Internal("oops".into()), 500),
+        ];
+        for (e, status) in cases {
+            let message = e.to_string();
+            let resp = e.into_response();
+            assert_eq!(resp.status().as_u16(), status, "{message}");
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v, serde_json::json!({ "error": message }));
+        }
+    }
+
+    #[test]
+    fn validation_errors_are_bad_requests_with_their_context() {
+        let e: ApiError = anyhow::anyhow!("inner").context("outer").into();
+        assert!(
+            matches!(&e, ApiError::BadRequest(m) if m == "outer: inner"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn the_metrics_response_is_prometheus_text() {
+        let resp = prometheus_response("# EOF\n".into());
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+    }
 }
