@@ -12,6 +12,7 @@
 //! crate: nothing here may be needed by `outpost`.
 
 pub mod api;
+pub mod apply;
 pub mod dir;
 pub mod metrics;
 pub mod model;

@@ -2,14 +2,14 @@
 //!
 //! Keys start with the tenant (`tenant \0 site \0 ...`), so a tenant's rows
 //! are one prefix and no query can reach another tenant's rows. A batch is
-//! applied under its site's lock with a synced write: the "applied" sequence
-//! set of the site is updated in the same write as the data. Every row a
+//! applied under its site's lock: the backend reads the rows the batch
+//! touches, [`crate::apply::plan`] decides what changes (the merge rules
+//! live there, shared by every backend), and one synced write stores the
+//! changes together with the site's "applied" sequence set. Every row a
 //! batch touches is under its site's key prefix, so different sites apply in
 //! parallel (and RocksDB folds their concurrent synced writes into one WAL
 //! sync).
 
-use std::borrow::Cow;
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -20,9 +20,10 @@ use outpost_storage::rocksdb::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::apply::{self, ApplyPlan, CurrentRows, Touched};
 use crate::model::{
-    AlertRow, AlertState, ApiTokenRecord, BucketRow, BucketSeries, DeviceRow, DeviceStatus,
-    JoinTokenRecord, LatestRollup, RollupRow, SessionRecord, SiteRecord, UserRecord,
+    AlertRow, ApiTokenRecord, BucketRow, DeviceRow, JoinTokenRecord, RollupRow, SessionRecord,
+    SiteRecord, UserRecord,
 };
 use crate::store::{
     ApplyOutcome, CentralStore, CentralStoreError, DeviceFilter, Page, Result, RollupQuery,
@@ -76,14 +77,6 @@ fn prefix(parts: &[&[u8]]) -> Vec<u8> {
     let mut k = key(parts);
     k.push(0);
     k
-}
-
-fn alert_rank(s: AlertState) -> u8 {
-    match s {
-        AlertState::Pending => 0,
-        AlertState::Firing => 1,
-        AlertState::Resolved => 2,
-    }
 }
 
 impl RocksCentralStore {
@@ -193,6 +186,28 @@ impl RocksCentralStore {
     }
 }
 
+impl RocksCentralStore {
+    /// The rows of `keys` in one multi-get, `None` where absent.
+    fn multi_get<T: DeserializeOwned>(&self, cf: &str, keys: &[Vec<u8>]) -> Result<Vec<Option<T>>> {
+        let handle = self.cf(cf)?;
+        let found = self
+            .db
+            .multi_get_cf(keys.iter().map(|k| (handle, k.as_slice())));
+        if found.len() != keys.len() {
+            return Err(CentralStoreError::Backend(
+                "multi-get answered fewer keys than asked".into(),
+            ));
+        }
+        found
+            .into_iter()
+            .map(|got| match got.map_err(be)? {
+                Some(v) => Ok(Some(codec::decode(&v)?)),
+                None => Ok(None),
+            })
+            .collect()
+    }
+}
+
 fn auth_key(kind: u8, hash: &[u8]) -> Vec<u8> {
     let mut k = vec![kind, b'/'];
     k.extend_from_slice(hash);
@@ -264,215 +279,67 @@ impl CentralStore for RocksCentralStore {
     ) -> Result<ApplyOutcome> {
         let _g = self.lock_site(tenant, site_id);
         let sk = key(&[tenant.as_bytes(), site_id.as_bytes()]);
-        let mut site: SiteRecord = self
+        let site: SiteRecord = self
             .get(CF_SITES, &sk)?
             .ok_or_else(|| CentralStoreError::Conflict(format!("unknown site {site_id}")))?;
-        if site.is_applied(b.seq) {
+        if apply::is_duplicate(&site, b) {
             return Ok(ApplyOutcome::Duplicate);
         }
+        // Read every row the batch touches (one multi-get per table; bloom
+        // filters: new buckets mostly miss), keeping the keys for the write.
+        let touched = Touched::of(b);
         let (t, s) = (tenant.as_bytes(), site_id.as_bytes());
+        let device_keys: Vec<Vec<u8>> = touched
+            .devices
+            .iter()
+            .map(|d| key(&[t, s, d.as_bytes()]))
+            .collect();
+        let bucket_keys: Vec<Vec<u8>> = touched
+            .buckets
+            .iter()
+            .map(|&(d, bucket)| {
+                let dev = touched.devices.get(d).map_or(&[][..], |d| d.as_bytes());
+                let mut k = prefix(&[t, s, dev]);
+                k.extend_from_slice(&bucket.to_be_bytes());
+                k
+            })
+            .collect();
+        let alert_keys: Vec<Vec<u8>> = touched
+            .alerts
+            .iter()
+            .map(|id| key(&[t, s, &id.to_be_bytes()]))
+            .collect();
+        let current = CurrentRows {
+            devices: self.multi_get(CF_DEVICES, &device_keys)?,
+            buckets: self.multi_get(CF_ROLLUPS, &bucket_keys)?,
+            alerts: self.multi_get(CF_ALERTS, &alert_keys)?,
+            touched,
+            site,
+        };
+        let changes = match apply::plan(current, b, received_ms)
+            .map_err(|e| CentralStoreError::Backend(e.to_string()))?
+        {
+            ApplyPlan::Duplicate => return Ok(ApplyOutcome::Duplicate),
+            ApplyPlan::Apply(c) => c,
+        };
         // About 110 bytes per stored rollup and 2 KB per device row: sized
         // once instead of grown by doubling.
         let mut wb =
             WriteBatch::with_capacity_bytes(b.rollup_count() * 110 + b.rollups.len() * 2048 + 4096);
-        let mut devices: HashMap<String, DeviceRow> = HashMap::new();
-        let load = |devices: &mut HashMap<String, DeviceRow>, dev: &str| -> Result<()> {
-            if !devices.contains_key(dev) {
-                let row = self
-                    .get::<DeviceRow>(CF_DEVICES, &key(&[t, s, dev.as_bytes()]))?
-                    .unwrap_or_else(|| DeviceRow {
-                        tenant: tenant.into(),
-                        site_id: site_id.into(),
-                        device: dev.into(),
-                        customer: site.customer.clone(),
-                        hostname: String::new(),
-                        os: String::new(),
-                        agent_version: String::new(),
-                        enrolled_at_ms: 0,
-                        revoked: false,
-                        status: DeviceStatus::Pending,
-                        status_since_ms: 0,
-                        last_seen_ms: 0,
-                        as_of_ms: 0,
-                        rollups_stored: 0,
-                        latest: Vec::new(),
-                    });
-                devices.insert(dev.to_string(), row);
-            }
-            Ok(())
-        };
-        for u in &b.devices {
-            let dev = u.device.to_string();
-            load(&mut devices, &dev)?;
-            let Some(row) = devices.get_mut(&dev) else {
-                continue;
-            };
-            if row.as_of_ms > u.as_of_ms {
-                continue;
-            }
-            row.customer = if u.customer.is_empty() {
-                site.customer.clone()
-            } else {
-                u.customer.clone()
-            };
-            row.hostname = u.hostname.clone();
-            row.os = u.os.clone();
-            row.agent_version = u.agent_version.clone();
-            row.enrolled_at_ms = u.enrolled_at_ms;
-            row.revoked = u.revoked;
-            row.status = u.status.into();
-            row.status_since_ms = u.status_since_ms;
-            row.last_seen_ms = u.last_seen_ms;
-            row.as_of_ms = u.as_of_ms;
-        }
-        let (mut new, mut replaced) = (0u64, 0u64);
-        // One row per (device, bucket), every row of the batch read with one
-        // multi-get (bloom filters: new buckets mostly miss).
-        let row_key = |dev: &str, bucket: u64| {
-            let mut k = prefix(&[t, s, dev.as_bytes()]);
-            k.extend_from_slice(&bucket.to_be_bytes());
-            k
-        };
-        let mut index: HashMap<Vec<u8>, usize> = HashMap::with_capacity(b.rollups.len());
-        let mut keys: Vec<Vec<u8>> = Vec::with_capacity(b.rollups.len());
-        // The row (index into `keys`) of each entry of the batch.
-        let mut row_of: Vec<usize> = Vec::with_capacity(b.rollups.len());
-        for dr in &b.rollups {
-            let k = row_key(&dr.device.to_string(), dr.bucket_start_ms);
-            let next = keys.len();
-            let i = *index.entry(k).or_insert_with_key(|k| {
-                keys.push(k.clone());
-                next
-            });
-            row_of.push(i);
-        }
-        let rcf = self.cf(CF_ROLLUPS)?;
-        let found = self
-            .db
-            .multi_get_cf(keys.iter().map(|k| (rcf, k.as_slice())));
-        if found.len() != keys.len() {
-            return Err(CentralStoreError::Backend(
-                "multi-get answered fewer keys than asked".into(),
-            ));
-        }
-        let mut rows: Vec<(BucketRow<'_>, bool)> = Vec::with_capacity(keys.len());
-        for got in found {
-            rows.push(match got.map_err(be)? {
-                Some(v) => (codec::decode(&v)?, false),
-                None => (BucketRow::default(), false),
-            });
-        }
-        for (dr, &ri) in b.rollups.iter().zip(&row_of) {
-            let dev = dr.device.to_string();
-            load(&mut devices, &dev)?;
-            let (Some(dev_row), Some((row, dirty))) = (devices.get_mut(&dev), rows.get_mut(ri))
-            else {
-                return Err(CentralStoreError::Backend(
-                    "batch row index out of step".into(),
-                ));
-            };
-            for (i, sr) in dr.series.iter().enumerate() {
-                let entry = BucketSeries {
-                    name: Cow::Borrowed(&sr.name),
-                    label: Cow::Borrowed(&sr.label),
-                    computed_ms: dr.computed_ms,
-                    rollup: sr.rollup.into(),
-                };
-                match row.position(&sr.name, &sr.label, i) {
-                    None => {
-                        new += 1;
-                        dev_row.rollups_stored += 1;
-                        row.series.push(entry);
-                    }
-                    Some(p) if row.series[p].computed_ms < dr.computed_ms => {
-                        replaced += 1;
-                        row.series[p] = entry;
-                    }
-                    Some(_) => continue,
-                }
-                *dirty = true;
-                let hint = dev_row
-                    .latest
-                    .get(i)
-                    .filter(|l| l.series == sr.name && l.label == sr.label)
-                    .map(|_| i)
-                    .or_else(|| {
-                        dev_row
-                            .latest
-                            .iter()
-                            .position(|l| l.series == sr.name && l.label == sr.label)
-                    });
-                match hint.and_then(|p| dev_row.latest.get_mut(p)) {
-                    Some(l) if l.bucket_start_ms <= dr.bucket_start_ms => {
-                        l.bucket_start_ms = dr.bucket_start_ms;
-                        l.rollup = sr.rollup.into();
-                    }
-                    Some(_) => {}
-                    None => dev_row.latest.push(LatestRollup {
-                        series: sr.name.clone(),
-                        label: sr.label.clone(),
-                        bucket_start_ms: dr.bucket_start_ms,
-                        rollup: sr.rollup.into(),
-                    }),
-                }
-            }
-        }
-        for (k, (row, dirty)) in keys.iter().zip(&rows) {
-            if *dirty {
+        for (k, row) in bucket_keys.iter().zip(&changes.buckets) {
+            if let Some(row) = row {
                 self.put(&mut wb, CF_ROLLUPS, k, row)?;
             }
         }
-        for a in &b.alerts {
-            let ak = key(&[t, s, &a.alert_id.to_be_bytes()]);
-            let existing: Option<AlertRow> = self.get(CF_ALERTS, &ak)?;
-            let row = match existing {
-                Some(mut e) => {
-                    e.transitions += 1;
-                    let state = AlertState::from(a.state);
-                    if (a.at_ms, alert_rank(state)) >= (e.at_ms, alert_rank(e.state)) {
-                        e.state = state;
-                        e.at_ms = a.at_ms;
-                        e.message = a.message.clone();
-                        e.value = a.value;
-                        e.severity = a.severity;
-                    }
-                    e.first_ms = e.first_ms.min(a.at_ms);
-                    e
-                }
-                None => AlertRow {
-                    tenant: tenant.into(),
-                    site_id: site_id.into(),
-                    customer: site.customer.clone(),
-                    alert_id: a.alert_id,
-                    device: a.device.map(|d| d.to_string()),
-                    rule: a.rule.clone(),
-                    severity: a.severity,
-                    state: a.state.into(),
-                    at_ms: a.at_ms,
-                    first_ms: a.at_ms,
-                    message: a.message.clone(),
-                    value: a.value,
-                    transitions: 1,
-                    acked_by: None,
-                    acked_ms: 0,
-                },
-            };
-            self.put(&mut wb, CF_ALERTS, &ak, &row)?;
+        for (k, row) in alert_keys.iter().zip(&changes.alerts) {
+            self.put(&mut wb, CF_ALERTS, k, row)?;
         }
-        for (dev, row) in &devices {
-            self.put(&mut wb, CF_DEVICES, &key(&[t, s, dev.as_bytes()]), row)?;
+        for (k, row) in device_keys.iter().zip(&changes.devices) {
+            self.put(&mut wb, CF_DEVICES, k, row)?;
         }
-        site.mark_applied(b.seq);
-        site.last_batch_ms = received_ms;
-        site.last_batch_created_ms = site.last_batch_created_ms.max(b.created_ms);
-        site.batches_applied += 1;
-        site.dropped_rollups += b.dropped_rollups;
-        self.put(&mut wb, CF_SITES, &sk, &site)?;
+        self.put(&mut wb, CF_SITES, &sk, &changes.site)?;
         self.write(wb)?;
-        Ok(ApplyOutcome::Applied {
-            rollups_new: new,
-            rollups_replaced: replaced,
-        })
+        Ok(changes.outcome())
     }
 
     fn devices(&self, tenant: &str, f: &DeviceFilter) -> Result<Page<DeviceRow>> {

@@ -1,0 +1,917 @@
+//! The pure core of applying a site batch: from the stored rows a batch
+//! touches and the batch itself, the rows to write. Every
+//! [`BatchStore`](crate::store::BatchStore) backend shares it: a backend
+//! reads the rows [`Touched::of`] names, calls [`plan`] and writes the
+//! [`Changes`] in one durable transaction (RocksDB: one synced write under
+//! the site's lock; PostgreSQL: one transaction with the unique
+//! `(site, seq)` row). It must not touch storage, the network or the clock:
+//! the arrival time is a parameter.
+//!
+//! The rules, each a unit test below:
+//!
+//! * **Exactly once**: a batch whose sequence number the site already
+//!   applied changes nothing ([`ApplyPlan::Duplicate`]). Otherwise its
+//!   number joins the site's applied set (contiguous prefix + the numbers
+//!   above it, so batches may arrive in any order).
+//! * **Device snapshots**: the newest `as_of_ms` wins (an equal one applies);
+//!   an empty customer means the site's customer. A device first seen in
+//!   rollups starts `pending` with the site's customer.
+//! * **Rollups**: a series new to its (device, bucket) row is stored and
+//!   counted new (and in the device's `rollups_stored`); a stored series is
+//!   replaced only by a newer `computed_ms` (counted replaced), never by an
+//!   equal or older one. The device's latest rollup of a series follows the
+//!   newest bucket stored or replaced.
+//! * **Alerts**: transitions are ordered by `(at_ms, state)` with pending <
+//!   firing < resolved; an alert row shows its latest transition, counts
+//!   every transition applied and keeps the earliest `at_ms` as `first_ms`.
+//!   Transitions of one alert within one batch fold in batch order, as if
+//!   each came in its own batch.
+//! * **Site**: `last_batch_ms` is the arrival time, `last_batch_created_ms`
+//!   the newest creation time seen, `batches_applied` and `dropped_rollups`
+//!   add up.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use outpost_proto::DeviceId;
+use outpost_uplink::batch::SiteBatch;
+
+use crate::model::{
+    AlertRow, AlertState, BucketRow, BucketSeries, DeviceRow, DeviceStatus, LatestRollup,
+    SiteRecord,
+};
+use crate::store::ApplyOutcome;
+
+/// Which stored rows a batch touches: what a backend reads before [`plan`].
+/// Each list holds distinct entries in order of first appearance.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Touched {
+    /// Devices, by their stored id (the appliance's device id in hex):
+    /// those of the snapshots, then those only in rollups.
+    pub devices: Vec<String>,
+    /// Rollup rows: (index into `devices`, bucket start).
+    pub buckets: Vec<(usize, u64)>,
+    /// Alert ids.
+    pub alerts: Vec<u64>,
+    /// Per snapshot of the batch: its index into `devices`.
+    device_of_update: Vec<usize>,
+    /// Per rollup entry of the batch: (index into `devices`, into `buckets`).
+    row_of_rollups: Vec<(usize, usize)>,
+    /// Per alert transition of the batch: its index into `alerts`.
+    alert_of_transition: Vec<usize>,
+}
+
+impl Touched {
+    /// The rows `batch` touches (one pass, one id string per device).
+    pub fn of(batch: &SiteBatch) -> Touched {
+        let mut t = Touched {
+            device_of_update: Vec::with_capacity(batch.devices.len()),
+            row_of_rollups: Vec::with_capacity(batch.rollups.len()),
+            buckets: Vec::with_capacity(batch.rollups.len()),
+            alert_of_transition: Vec::with_capacity(batch.alerts.len()),
+            ..Touched::default()
+        };
+        let mut devices: HashMap<DeviceId, usize> = HashMap::new();
+        let mut device = |t: &mut Touched, id: DeviceId| {
+            *devices.entry(id).or_insert_with(|| {
+                t.devices.push(id.to_string());
+                t.devices.len() - 1
+            })
+        };
+        for u in &batch.devices {
+            let d = device(&mut t, u.device);
+            t.device_of_update.push(d);
+        }
+        let mut buckets: HashMap<(usize, u64), usize> = HashMap::with_capacity(batch.rollups.len());
+        for dr in &batch.rollups {
+            let d = device(&mut t, dr.device);
+            let r = *buckets.entry((d, dr.bucket_start_ms)).or_insert_with(|| {
+                t.buckets.push((d, dr.bucket_start_ms));
+                t.buckets.len() - 1
+            });
+            t.row_of_rollups.push((d, r));
+        }
+        let mut alerts: HashMap<u64, usize> = HashMap::new();
+        for a in &batch.alerts {
+            let i = *alerts.entry(a.alert_id).or_insert_with(|| {
+                t.alerts.push(a.alert_id);
+                t.alerts.len() - 1
+            });
+            t.alert_of_transition.push(i);
+        }
+        t
+    }
+
+    /// True when this was computed from `batch` (same shape).
+    fn matches(&self, batch: &SiteBatch) -> bool {
+        self.device_of_update.len() == batch.devices.len()
+            && self.row_of_rollups.len() == batch.rollups.len()
+            && self.alert_of_transition.len() == batch.alerts.len()
+    }
+}
+
+/// The stored rows a batch touches, as the backend read them: each list
+/// aligned with the same list of [`CurrentRows::touched`], `None` where no
+/// row is stored. Taken by value: [`plan`] updates the rows in place.
+#[derive(Debug, Clone)]
+pub struct CurrentRows {
+    pub touched: Touched,
+    pub site: SiteRecord,
+    pub devices: Vec<Option<DeviceRow>>,
+    pub buckets: Vec<Option<BucketRow<'static>>>,
+    pub alerts: Vec<Option<AlertRow>>,
+}
+
+impl CurrentRows {
+    /// No stored row yet besides the site (a site's first batch).
+    pub fn empty(site: SiteRecord, batch: &SiteBatch) -> CurrentRows {
+        let touched = Touched::of(batch);
+        CurrentRows {
+            devices: vec![None; touched.devices.len()],
+            buckets: vec![None; touched.buckets.len()],
+            alerts: vec![None; touched.alerts.len()],
+            touched,
+            site,
+        }
+    }
+}
+
+/// What applying a batch does.
+// One plan per batch, matched at once: boxing `Changes` would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApplyPlan<'b> {
+    /// Already applied: write nothing, acknowledge.
+    Duplicate,
+    /// Write these rows, all together.
+    Apply(Changes<'b>),
+}
+
+/// The rows to write, aligned with the lists of the [`Touched`] the plan
+/// was made from. Stored rollup rows borrow series names from the batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Changes<'b> {
+    /// The site with the batch marked applied.
+    pub site: SiteRecord,
+    /// Every touched device.
+    pub devices: Vec<DeviceRow>,
+    /// Rollup rows: `Some` where the batch changed the row, `None` where it
+    /// left the row as stored (nothing to write).
+    pub buckets: Vec<Option<BucketRow<'b>>>,
+    /// Every touched alert.
+    pub alerts: Vec<AlertRow>,
+    pub rollups_new: u64,
+    pub rollups_replaced: u64,
+}
+
+impl Changes<'_> {
+    pub fn outcome(&self) -> ApplyOutcome {
+        ApplyOutcome::Applied {
+            rollups_new: self.rollups_new,
+            rollups_replaced: self.rollups_replaced,
+        }
+    }
+}
+
+/// The rows read do not belong to the batch (a backend bug).
+#[derive(Debug, thiserror::Error)]
+#[error("the rows read for batch {seq} do not match it ({what})")]
+pub struct OutOfStep {
+    pub seq: u64,
+    pub what: &'static str,
+}
+
+/// True when `site` already applied `batch` (a backend may check this
+/// before reading the other rows; [`plan`] checks it too).
+pub fn is_duplicate(site: &SiteRecord, batch: &SiteBatch) -> bool {
+    site.is_applied(batch.seq)
+}
+
+/// Order of alert states at the same `at_ms`.
+fn rank(s: AlertState) -> u8 {
+    match s {
+        AlertState::Pending => 0,
+        AlertState::Firing => 1,
+        AlertState::Resolved => 2,
+    }
+}
+
+/// Applies the rules of the module docs to `current`, for `batch` arrived
+/// at `received_ms`.
+pub fn plan<'b>(
+    current: CurrentRows,
+    batch: &'b SiteBatch,
+    received_ms: u64,
+) -> Result<ApplyPlan<'b>, OutOfStep> {
+    let CurrentRows {
+        touched,
+        mut site,
+        devices,
+        buckets,
+        alerts,
+    } = current;
+    if is_duplicate(&site, batch) {
+        return Ok(ApplyPlan::Duplicate);
+    }
+    let out_of_step = |what| OutOfStep {
+        seq: batch.seq,
+        what,
+    };
+    if !touched.matches(batch) {
+        return Err(out_of_step("touched rows of another batch"));
+    }
+    if devices.len() != touched.devices.len()
+        || buckets.len() != touched.buckets.len()
+        || alerts.len() != touched.alerts.len()
+    {
+        return Err(out_of_step("row count"));
+    }
+
+    let mut devices: Vec<DeviceRow> = devices
+        .into_iter()
+        .zip(&touched.devices)
+        .map(|(row, id)| row.unwrap_or_else(|| new_device(&site, id)))
+        .collect();
+    for (u, &d) in batch.devices.iter().zip(&touched.device_of_update) {
+        let row = devices
+            .get_mut(d)
+            .ok_or_else(|| out_of_step("device index"))?;
+        if row.as_of_ms > u.as_of_ms {
+            continue;
+        }
+        row.customer = if u.customer.is_empty() {
+            site.customer.clone()
+        } else {
+            u.customer.clone()
+        };
+        row.hostname = u.hostname.clone();
+        row.os = u.os.clone();
+        row.agent_version = u.agent_version.clone();
+        row.enrolled_at_ms = u.enrolled_at_ms;
+        row.revoked = u.revoked;
+        row.status = u.status.into();
+        row.status_since_ms = u.status_since_ms;
+        row.last_seen_ms = u.last_seen_ms;
+        row.as_of_ms = u.as_of_ms;
+    }
+
+    let (mut new, mut replaced) = (0u64, 0u64);
+    let mut rows: Vec<Option<BucketRow<'b>>> = buckets;
+    let mut dirty = vec![false; rows.len()];
+    for (dr, &(d, r)) in batch.rollups.iter().zip(&touched.row_of_rollups) {
+        let (Some(dev_row), Some(slot), Some(dirty)) =
+            (devices.get_mut(d), rows.get_mut(r), dirty.get_mut(r))
+        else {
+            return Err(out_of_step("rollup row index"));
+        };
+        let row = slot.get_or_insert_with(BucketRow::default);
+        for (i, sr) in dr.series.iter().enumerate() {
+            let entry = BucketSeries {
+                name: Cow::Borrowed(&sr.name),
+                label: Cow::Borrowed(&sr.label),
+                computed_ms: dr.computed_ms,
+                rollup: sr.rollup.into(),
+            };
+            match row.position(&sr.name, &sr.label, i) {
+                None => {
+                    new += 1;
+                    dev_row.rollups_stored += 1;
+                    row.series.push(entry);
+                }
+                Some(p) if row.series[p].computed_ms < dr.computed_ms => {
+                    replaced += 1;
+                    row.series[p] = entry;
+                }
+                Some(_) => continue,
+            }
+            *dirty = true;
+            // Batches list a device's series in the same order: try `i` first.
+            let latest = dev_row
+                .latest
+                .get(i)
+                .filter(|l| l.series == sr.name && l.label == sr.label)
+                .map(|_| i)
+                .or_else(|| {
+                    dev_row
+                        .latest
+                        .iter()
+                        .position(|l| l.series == sr.name && l.label == sr.label)
+                });
+            match latest.and_then(|p| dev_row.latest.get_mut(p)) {
+                Some(l) if l.bucket_start_ms <= dr.bucket_start_ms => {
+                    l.bucket_start_ms = dr.bucket_start_ms;
+                    l.rollup = sr.rollup.into();
+                }
+                Some(_) => {}
+                None => dev_row.latest.push(LatestRollup {
+                    series: sr.name.clone(),
+                    label: sr.label.clone(),
+                    bucket_start_ms: dr.bucket_start_ms,
+                    rollup: sr.rollup.into(),
+                }),
+            }
+        }
+    }
+    for (row, dirty) in rows.iter_mut().zip(dirty) {
+        if !dirty {
+            *row = None;
+        }
+    }
+
+    let mut alert_rows: Vec<Option<AlertRow>> = alerts;
+    for (a, &i) in batch.alerts.iter().zip(&touched.alert_of_transition) {
+        let slot = alert_rows
+            .get_mut(i)
+            .ok_or_else(|| out_of_step("alert index"))?;
+        let state = AlertState::from(a.state);
+        match slot {
+            Some(e) => {
+                e.transitions += 1;
+                if (a.at_ms, rank(state)) >= (e.at_ms, rank(e.state)) {
+                    e.state = state;
+                    e.at_ms = a.at_ms;
+                    e.message = a.message.clone();
+                    e.value = a.value;
+                    e.severity = a.severity;
+                }
+                e.first_ms = e.first_ms.min(a.at_ms);
+            }
+            None => {
+                *slot = Some(AlertRow {
+                    tenant: site.tenant.clone(),
+                    site_id: site.site_id.clone(),
+                    customer: site.customer.clone(),
+                    alert_id: a.alert_id,
+                    device: a.device.map(|d| d.to_string()),
+                    rule: a.rule.clone(),
+                    severity: a.severity,
+                    state,
+                    at_ms: a.at_ms,
+                    first_ms: a.at_ms,
+                    message: a.message.clone(),
+                    value: a.value,
+                    transitions: 1,
+                    acked_by: None,
+                    acked_ms: 0,
+                })
+            }
+        }
+    }
+    // Every touched alert has at least one transition, hence a row.
+    let alerts: Vec<AlertRow> = alert_rows.into_iter().flatten().collect();
+    if alerts.len() != touched.alerts.len() {
+        return Err(out_of_step("alert without a transition"));
+    }
+
+    site.mark_applied(batch.seq);
+    site.last_batch_ms = received_ms;
+    site.last_batch_created_ms = site.last_batch_created_ms.max(batch.created_ms);
+    site.batches_applied += 1;
+    site.dropped_rollups += batch.dropped_rollups;
+    Ok(ApplyPlan::Apply(Changes {
+        site,
+        devices,
+        buckets: rows,
+        alerts,
+        rollups_new: new,
+        rollups_replaced: replaced,
+    }))
+}
+
+/// The row of a device central has not seen yet.
+fn new_device(site: &SiteRecord, device: &str) -> DeviceRow {
+    DeviceRow {
+        tenant: site.tenant.clone(),
+        site_id: site.site_id.clone(),
+        device: device.to_string(),
+        customer: site.customer.clone(),
+        hostname: String::new(),
+        os: String::new(),
+        agent_version: String::new(),
+        enrolled_at_ms: 0,
+        revoked: false,
+        status: DeviceStatus::Pending,
+        status_since_ms: 0,
+        last_seen_ms: 0,
+        as_of_ms: 0,
+        rollups_stored: 0,
+        latest: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use outpost_uplink::batch::{self, AlertTransition, DeviceRollups, SeriesRollup, Severity};
+
+    use super::*;
+    use crate::testing::{rollup, sample_batch};
+
+    const BUCKET: u64 = 1_700_000_000_000 - 1_700_000_000_000 % 300_000;
+    const DEV: &str = "000000000000002a";
+
+    fn site() -> SiteRecord {
+        SiteRecord {
+            tenant: "msp".into(),
+            customer: "dental".into(),
+            site_id: "s-1".into(),
+            name: "main".into(),
+            created_ms: 1,
+            joined_ms: 2,
+            applied_up_to: 0,
+            applied_above: vec![],
+            last_batch_ms: 0,
+            last_batch_created_ms: 0,
+            batches_applied: 0,
+            duplicates: 0,
+            interval_ms: 60_000,
+            dropped_rollups: 0,
+        }
+    }
+
+    /// A batch of `seq` with nothing in it.
+    fn bare(seq: u64) -> SiteBatch {
+        SiteBatch {
+            devices: vec![],
+            rollups: vec![],
+            alerts: vec![],
+            ..sample_batch(seq)
+        }
+    }
+
+    fn changes<'b>(p: ApplyPlan<'b>) -> Changes<'b> {
+        match p {
+            ApplyPlan::Apply(c) => c,
+            ApplyPlan::Duplicate => panic!("expected changes, got a duplicate"),
+        }
+    }
+
+    /// The rows of one site, as a minimal backend keeps them: reads what
+    /// [`Touched`] names, applies the plan, writes every change.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Memory {
+        site: SiteRecord,
+        devices: HashMap<String, DeviceRow>,
+        buckets: HashMap<(String, u64), BucketRow<'static>>,
+        alerts: HashMap<u64, AlertRow>,
+    }
+
+    impl Memory {
+        fn new() -> Memory {
+            Memory {
+                site: site(),
+                devices: HashMap::new(),
+                buckets: HashMap::new(),
+                alerts: HashMap::new(),
+            }
+        }
+
+        fn read(&self, b: &SiteBatch) -> CurrentRows {
+            let touched = Touched::of(b);
+            CurrentRows {
+                site: self.site.clone(),
+                devices: touched
+                    .devices
+                    .iter()
+                    .map(|d| self.devices.get(d).cloned())
+                    .collect(),
+                buckets: touched
+                    .buckets
+                    .iter()
+                    .map(|(d, t)| {
+                        self.buckets
+                            .get(&(touched.devices[*d].clone(), *t))
+                            .cloned()
+                    })
+                    .collect(),
+                alerts: touched
+                    .alerts
+                    .iter()
+                    .map(|a| self.alerts.get(a).cloned())
+                    .collect(),
+                touched,
+            }
+        }
+
+        fn apply(&mut self, b: &SiteBatch, received_ms: u64) -> ApplyOutcome {
+            let touched = Touched::of(b);
+            let c = match plan(self.read(b), b, received_ms).unwrap() {
+                ApplyPlan::Duplicate => return ApplyOutcome::Duplicate,
+                ApplyPlan::Apply(c) => c,
+            };
+            let outcome = c.outcome();
+            self.site = c.site;
+            for (id, row) in touched.devices.iter().zip(c.devices) {
+                self.devices.insert(id.clone(), row);
+            }
+            for ((d, t), row) in touched.buckets.iter().zip(c.buckets) {
+                if let Some(row) = row {
+                    let owned = BucketRow {
+                        series: row
+                            .series
+                            .into_iter()
+                            .map(|s| BucketSeries {
+                                name: Cow::Owned(s.name.into_owned()),
+                                label: Cow::Owned(s.label.into_owned()),
+                                ..s
+                            })
+                            .collect(),
+                    };
+                    self.buckets
+                        .insert((touched.devices[*d].clone(), *t), owned);
+                }
+            }
+            for (id, row) in touched.alerts.iter().zip(c.alerts) {
+                self.alerts.insert(*id, row);
+            }
+            outcome
+        }
+    }
+
+    #[test]
+    fn touched_rows_are_distinct_and_each_entry_knows_its_row() {
+        let mut b = sample_batch(1);
+        let mut other_bucket = b.rollups[0].clone();
+        other_bucket.bucket_start_ms += 300_000;
+        let mut other_device = b.rollups[0].clone();
+        other_device.device = DeviceId(7);
+        b.rollups = vec![
+            b.rollups[0].clone(),
+            other_bucket,
+            b.rollups[0].clone(),
+            other_device,
+        ];
+        let mut t2 = b.alerts[0].clone();
+        t2.state = batch::AlertState::Resolved;
+        b.alerts.push(t2);
+        let t = Touched::of(&b);
+        assert_eq!(t.devices, vec![DEV.to_string(), "0000000000000007".into()]);
+        assert_eq!(
+            t.buckets,
+            vec![(0, BUCKET), (0, BUCKET + 300_000), (1, BUCKET)]
+        );
+        assert_eq!(t.row_of_rollups, vec![(0, 0), (0, 1), (0, 0), (1, 2)]);
+        assert_eq!(t.device_of_update, vec![0]);
+        assert_eq!(t.alerts, vec![9]);
+        assert_eq!(t.alert_of_transition, vec![0, 0]);
+    }
+
+    #[test]
+    fn an_applied_sequence_number_is_a_duplicate_and_changes_nothing() {
+        let mut s = site();
+        s.applied_up_to = 3;
+        s.applied_above = vec![5];
+        for seq in [1, 3, 5] {
+            let b = sample_batch(seq);
+            assert!(is_duplicate(&s, &b));
+            assert_eq!(
+                plan(CurrentRows::empty(s.clone(), &b), &b, 10).unwrap(),
+                ApplyPlan::Duplicate,
+                "seq {seq}"
+            );
+        }
+        let b = sample_batch(4);
+        assert!(!is_duplicate(&s, &b));
+        let c = changes(plan(CurrentRows::empty(s, &b), &b, 10).unwrap());
+        assert_eq!((c.site.applied_up_to, c.site.applied_above), (5, vec![]));
+    }
+
+    #[test]
+    fn out_of_order_batches_apply_once_each_and_fold_into_the_applied_set() {
+        let mut m = Memory::new();
+        let created = |seq: u64, created_ms: u64, dropped: u64| {
+            let mut b = bare(seq);
+            b.created_ms = created_ms;
+            b.dropped_rollups = dropped;
+            b
+        };
+        let (b3, b1, b2) = (created(3, 300, 1), created(1, 100, 2), created(2, 200, 0));
+        assert!(matches!(m.apply(&b3, 1_000), ApplyOutcome::Applied { .. }));
+        assert_eq!(
+            (m.site.applied_up_to, m.site.applied_above.clone()),
+            (0, vec![3])
+        );
+        assert!(matches!(m.apply(&b1, 1_001), ApplyOutcome::Applied { .. }));
+        assert_eq!(m.apply(&b3, 1_002), ApplyOutcome::Duplicate);
+        assert!(matches!(m.apply(&b2, 1_003), ApplyOutcome::Applied { .. }));
+        assert_eq!(m.apply(&b1, 1_004), ApplyOutcome::Duplicate);
+        let s = &m.site;
+        assert_eq!((s.applied_up_to, s.applied_above.clone()), (3, vec![]));
+        assert_eq!(s.batches_applied, 3);
+        assert_eq!(
+            s.last_batch_ms, 1_003,
+            "arrival time of the last applied batch"
+        );
+        assert_eq!(
+            s.last_batch_created_ms, 300,
+            "newest creation time, not the last"
+        );
+        assert_eq!(s.dropped_rollups, 3);
+    }
+
+    #[test]
+    fn a_device_snapshot_replaces_an_older_one_never_a_newer_one() {
+        let mut m = Memory::new();
+        let snap = |seq: u64, as_of_ms: u64, hostname: &str, customer: &str| {
+            let mut b = bare(seq);
+            let mut u = sample_batch(seq).devices[0].clone();
+            u.as_of_ms = as_of_ms;
+            u.hostname = hostname.into();
+            u.customer = customer.into();
+            b.devices = vec![u];
+            b
+        };
+        m.apply(&snap(1, 100, "new", "clinic"), 1);
+        assert_eq!(m.devices[DEV].hostname, "new");
+        assert_eq!(m.devices[DEV].customer, "clinic");
+        assert_eq!(m.devices[DEV].status, DeviceStatus::Online);
+        m.apply(&snap(2, 50, "stale", "clinic"), 2);
+        assert_eq!(m.devices[DEV].hostname, "new", "older snapshot ignored");
+        m.apply(&snap(3, 100, "same time", ""), 3);
+        assert_eq!(
+            m.devices[DEV].hostname, "same time",
+            "an equal as_of applies"
+        );
+        assert_eq!(
+            m.devices[DEV].customer, "dental",
+            "empty customer: the site's"
+        );
+        m.apply(&snap(4, 200, "newer", "clinic"), 4);
+        assert_eq!(m.devices[DEV].as_of_ms, 200);
+        assert_eq!(m.devices[DEV].hostname, "newer");
+    }
+
+    #[test]
+    fn a_device_first_seen_in_rollups_starts_pending_with_the_sites_customer() {
+        let mut b = sample_batch(1);
+        b.devices.clear();
+        b.alerts.clear();
+        let c = changes(plan(CurrentRows::empty(site(), &b), &b, 1).unwrap());
+        let d = &c.devices[0];
+        assert_eq!(
+            (d.tenant.as_str(), d.site_id.as_str(), d.device.as_str()),
+            ("msp", "s-1", DEV)
+        );
+        assert_eq!(
+            (d.customer.as_str(), d.status),
+            ("dental", DeviceStatus::Pending)
+        );
+        assert_eq!((d.as_of_ms, d.rollups_stored, d.latest.len()), (0, 2, 2));
+    }
+
+    /// One series `name` of device 42 in `bucket`, computed at `computed_ms`.
+    fn entry(bucket: u64, computed_ms: u64, name: &str, v: f64) -> DeviceRollups {
+        DeviceRollups {
+            device: DeviceId(42),
+            bucket_start_ms: bucket,
+            computed_ms,
+            series: vec![SeriesRollup {
+                name: name.into(),
+                label: String::new(),
+                rollup: rollup(v),
+            }],
+        }
+    }
+
+    fn with_rollups(seq: u64, rollups: Vec<DeviceRollups>) -> SiteBatch {
+        SiteBatch {
+            rollups,
+            ..bare(seq)
+        }
+    }
+
+    #[test]
+    fn a_stored_rollup_is_replaced_only_by_a_newer_computation() {
+        let mut m = Memory::new();
+        let b1 = with_rollups(1, vec![entry(BUCKET, 100, "cpu", 1.0)]);
+        assert_eq!(
+            m.apply(&b1, 1),
+            ApplyOutcome::Applied {
+                rollups_new: 1,
+                rollups_replaced: 0
+            }
+        );
+        // Older and equal computations: nothing to write for the row.
+        for (seq, computed) in [(2, 50), (3, 100)] {
+            let b = with_rollups(seq, vec![entry(BUCKET, computed, "cpu", 9.0)]);
+            let c = changes(plan(m.read(&b), &b, seq).unwrap());
+            assert_eq!((c.rollups_new, c.rollups_replaced), (0, 0));
+            assert_eq!(c.buckets, vec![None], "computed {computed}: row unchanged");
+            m.apply(&b, seq);
+        }
+        assert_eq!(m.buckets[&(DEV.into(), BUCKET)].series[0].rollup.min, 1.0);
+        // A newer computation of cpu and a series new to the row.
+        let b4 = with_rollups(
+            4,
+            vec![
+                entry(BUCKET, 150, "cpu", 5.0),
+                entry(BUCKET, 150, "mem", 6.0),
+            ],
+        );
+        assert_eq!(
+            m.apply(&b4, 4),
+            ApplyOutcome::Applied {
+                rollups_new: 1,
+                rollups_replaced: 1
+            }
+        );
+        let row = &m.buckets[&(DEV.into(), BUCKET)];
+        let got: Vec<(&str, u64, f64)> = row
+            .series
+            .iter()
+            .map(|s| (s.name.as_ref(), s.computed_ms, s.rollup.min))
+            .collect();
+        assert_eq!(got, vec![("cpu", 150, 5.0), ("mem", 150, 6.0)]);
+        assert_eq!(
+            m.devices[DEV].rollups_stored, 2,
+            "a replacement is not a new rollup"
+        );
+    }
+
+    #[test]
+    fn the_latest_rollup_of_a_series_follows_the_newest_bucket() {
+        let mut m = Memory::new();
+        m.apply(
+            &with_rollups(1, vec![entry(BUCKET + 300_000, 1, "cpu", 2.0)]),
+            1,
+        );
+        // An older bucket arriving later is stored, but is not the latest.
+        m.apply(&with_rollups(2, vec![entry(BUCKET, 1, "cpu", 1.0)]), 2);
+        let l = &m.devices[DEV].latest;
+        assert_eq!(
+            (l.len(), l[0].bucket_start_ms, l[0].rollup.min),
+            (1, BUCKET + 300_000, 2.0)
+        );
+        // A recomputation of the latest bucket updates it.
+        m.apply(
+            &with_rollups(3, vec![entry(BUCKET + 300_000, 2, "cpu", 3.0)]),
+            3,
+        );
+        assert_eq!(m.devices[DEV].latest[0].rollup.min, 3.0);
+        // A newer bucket moves it.
+        m.apply(
+            &with_rollups(4, vec![entry(BUCKET + 600_000, 1, "cpu", 4.0)]),
+            4,
+        );
+        let l = &m.devices[DEV].latest[0];
+        assert_eq!((l.bucket_start_ms, l.rollup.min), (BUCKET + 600_000, 4.0));
+        assert_eq!(m.devices[DEV].rollups_stored, 3);
+    }
+
+    fn transition(at_ms: u64, state: batch::AlertState, message: &str) -> AlertTransition {
+        AlertTransition {
+            alert_id: 9,
+            device: Some(DeviceId(42)),
+            rule: "cpu_high".into(),
+            severity: Severity::Critical,
+            state,
+            at_ms,
+            message: message.into(),
+            value: Some(97.0),
+        }
+    }
+
+    fn with_alerts(seq: u64, alerts: Vec<AlertTransition>) -> SiteBatch {
+        SiteBatch {
+            alerts,
+            ..bare(seq)
+        }
+    }
+
+    #[test]
+    fn an_alert_shows_its_latest_transition_by_time_then_state() {
+        use batch::AlertState::{Firing, Pending, Resolved};
+        let mut m = Memory::new();
+        m.apply(&with_alerts(1, vec![transition(10, Firing, "firing")]), 1);
+        let a = &m.alerts[&9];
+        assert_eq!(
+            (a.state, a.at_ms, a.first_ms, a.transitions),
+            (AlertState::Firing, 10, 10, 1)
+        );
+        assert_eq!(
+            (a.customer.as_str(), a.device.as_deref()),
+            ("dental", Some(DEV))
+        );
+        // An older transition arriving late: counted, sets first_ms, does
+        // not change the state.
+        m.apply(&with_alerts(2, vec![transition(5, Pending, "pending")]), 2);
+        let a = &m.alerts[&9];
+        assert_eq!(
+            (
+                a.state,
+                a.at_ms,
+                a.first_ms,
+                a.transitions,
+                a.message.as_str()
+            ),
+            (AlertState::Firing, 10, 5, 2, "firing")
+        );
+        // Same time: a lower state loses, a higher one wins.
+        m.apply(
+            &with_alerts(3, vec![transition(10, Pending, "pending again")]),
+            3,
+        );
+        assert_eq!(m.alerts[&9].state, AlertState::Firing);
+        m.apply(
+            &with_alerts(4, vec![transition(10, Resolved, "resolved")]),
+            4,
+        );
+        let a = &m.alerts[&9];
+        assert_eq!(
+            (a.state, a.message.as_str(), a.transitions),
+            (AlertState::Resolved, "resolved", 4)
+        );
+    }
+
+    #[test]
+    fn an_acknowledgement_survives_later_transitions() {
+        use batch::AlertState::{Firing, Resolved};
+        let mut m = Memory::new();
+        m.apply(&with_alerts(1, vec![transition(10, Firing, "firing")]), 1);
+        let a = m.alerts.get_mut(&9).unwrap();
+        (a.acked_by, a.acked_ms) = (Some("alice".into()), 11);
+        m.apply(
+            &with_alerts(2, vec![transition(20, Resolved, "resolved")]),
+            2,
+        );
+        let a = &m.alerts[&9];
+        assert_eq!((a.acked_by.as_deref(), a.acked_ms), (Some("alice"), 11));
+    }
+
+    /// Transitions of one alert in one batch give the same row as the same
+    /// transitions in separate batches.
+    #[test]
+    fn transitions_of_one_alert_in_one_batch_fold_in_order() {
+        use batch::AlertState::{Firing, Pending, Resolved};
+        let ts = [
+            transition(1, Pending, "pending"),
+            transition(2, Firing, "firing"),
+            transition(3, Resolved, "resolved"),
+        ];
+        let mut together = Memory::new();
+        together.apply(&with_alerts(1, ts.to_vec()), 1);
+        let mut apart = Memory::new();
+        for (i, t) in ts.iter().enumerate() {
+            apart.apply(&with_alerts(i as u64 + 1, vec![t.clone()]), 1);
+        }
+        let a = &together.alerts[&9];
+        assert_eq!(
+            (a.state, a.at_ms, a.first_ms, a.transitions),
+            (AlertState::Resolved, 3, 1, 3)
+        );
+        assert_eq!(together.alerts, apart.alerts);
+    }
+
+    /// Any order of the same batches stores the same rows.
+    #[test]
+    fn batches_applied_in_any_order_store_the_same_rows() {
+        use batch::AlertState::{Firing, Resolved};
+        let mut b1 = sample_batch(1);
+        b1.rollups[0].computed_ms = 100;
+        let mut b2 = sample_batch(2);
+        b2.devices[0].as_of_ms = 50;
+        b2.devices[0].hostname = "renamed".into();
+        b2.rollups[0].computed_ms = 200;
+        b2.rollups[0].series[0].rollup = rollup(50.0);
+        b2.rollups.push(entry(BUCKET + 300_000, 200, "cpu", 60.0));
+        b2.alerts = vec![transition(20, Resolved, "resolved")];
+        let mut b3 = sample_batch(3);
+        b3.devices[0].as_of_ms = 10;
+        b3.rollups[0].computed_ms = 150;
+        b3.alerts = vec![transition(10, Firing, "again")];
+        let orders = [[0, 1, 2], [2, 1, 0], [1, 0, 2], [1, 2, 0]];
+        let batches = [b1, b2, b3];
+        let results: Vec<Memory> = orders
+            .iter()
+            .map(|order| {
+                let mut m = Memory::new();
+                for &i in order {
+                    m.apply(&batches[i], 7);
+                }
+                m
+            })
+            .collect();
+        for (order, r) in orders.iter().zip(&results).skip(1) {
+            assert_eq!(r, &results[0], "order {order:?}");
+        }
+        let m = &results[0];
+        assert_eq!(m.devices[DEV].hostname, "renamed");
+        let cpu = &m.buckets[&(DEV.into(), BUCKET)].series[0];
+        assert_eq!((cpu.computed_ms, cpu.rollup.min), (200, 50.0));
+        assert_eq!(m.alerts[&9].state, AlertState::Resolved);
+    }
+
+    #[test]
+    fn rows_read_for_another_batch_are_an_error_not_a_wrong_write() {
+        let b = sample_batch(1);
+        let mut rows = CurrentRows::empty(site(), &b);
+        rows.buckets.clear();
+        assert!(plan(rows, &b, 1).is_err());
+        let other = bare(1);
+        let rows = CurrentRows::empty(site(), &other);
+        let err = plan(rows, &b, 1).unwrap_err();
+        assert!(err.to_string().contains("do not match"), "{err}");
+    }
+}
