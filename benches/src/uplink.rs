@@ -20,7 +20,6 @@ use std::time::Instant;
 
 use outpost_central::model::{JoinTokenRecord, SiteRecord};
 use outpost_central::rocks::RocksCentralStore;
-use outpost_central::store::CentralStore;
 use outpost_proto::DeviceId;
 use outpost_proto::codec;
 use outpost_proto::messages::{Record, RecordBody};

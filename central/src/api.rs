@@ -21,7 +21,7 @@ use crate::model::{
     AlertRow, AlertState, DeviceRow, Principal, Role, SessionRecord, Severity, SiteRecord,
 };
 use crate::ops;
-use crate::store::{CentralStore, DeviceFilter};
+use crate::store::DeviceFilter;
 
 pub const SESSION_COOKIE: &str = "outpost_session";
 const SESSION_TTL_MS: u64 = 12 * 3600 * 1000;
@@ -29,17 +29,6 @@ const SESSION_TTL_MS: u64 = 12 * 3600 * 1000;
 pub use outpost_web::ApiError;
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
-
-/// Runs a store call on the blocking pool.
-async fn db<T: Send + 'static>(
-    c: &Arc<Central>,
-    f: impl FnOnce(&dyn CentralStore) -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let store = c.store.clone();
-    tokio::task::spawn_blocking(move || f(store.as_ref()))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-}
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
@@ -106,21 +95,23 @@ pub fn session_cookie(h: &HeaderMap) -> Option<String> {
 pub async fn principal_of(c: &Arc<Central>, h: &HeaderMap) -> Result<Option<Principal>, ApiError> {
     if let Some(t) = bearer(h) {
         let hash = ops::sha256(t);
-        return db(c, move |s| {
-            Ok(s.api_token(&hash).map_err(internal)?.map(|r| r.principal))
-        })
-        .await;
+        return Ok(c
+            .store
+            .api_token(&hash)
+            .await
+            .map_err(internal)?
+            .map(|r| r.principal));
     }
     if let Some(v) = session_cookie(h) {
         let hash = ops::sha256(&v);
         let now = crate::now_ms();
-        return db(c, move |s| {
-            Ok(s.session(&hash)
-                .map_err(internal)?
-                .filter(|r| r.expires_ms > now)
-                .map(|r| r.principal))
-        })
-        .await;
+        return Ok(c
+            .store
+            .session(&hash)
+            .await
+            .map_err(internal)?
+            .filter(|r| r.expires_ms > now)
+            .map(|r| r.principal));
     }
     Ok(None)
 }
@@ -192,9 +183,7 @@ async fn login(State(c): State<Arc<Central>>, Json(l): Json<Login>) -> Response 
 
 /// Checks a login and answers with the session cookie (or 401).
 pub async fn login_response(c: &Arc<Central>, l: Login) -> Response {
-    let c = c.clone();
-    let (t, u) = (l.tenant.clone(), l.username.clone());
-    let user = match db(&c, move |s| s.user(&t, &u).map_err(internal)).await {
+    let user = match c.store.user(&l.tenant, &l.username).await.map_err(internal) {
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
@@ -225,7 +214,7 @@ pub async fn login_response(c: &Arc<Central>, l: Login) -> Response {
         expires_ms: crate::now_ms() + SESSION_TTL_MS,
     };
     let hash = ops::sha256(&secret);
-    if let Err(e) = db(&c, move |s| s.put_session(&hash, &rec).map_err(internal)).await {
+    if let Err(e) = c.store.put_session(&hash, &rec).await.map_err(internal) {
         return e.into_response();
     }
     let cookie = format!(
@@ -243,7 +232,7 @@ pub async fn login_response(c: &Arc<Central>, l: Login) -> Response {
 async fn logout(State(c): State<Arc<Central>>, headers: HeaderMap) -> Response {
     if let Some(v) = session_cookie(&headers) {
         let hash = ops::sha256(&v);
-        if let Err(e) = db(&c, move |s| s.delete_session(&hash).map_err(internal)).await {
+        if let Err(e) = c.store.delete_session(&hash).await.map_err(internal) {
             return e.into_response();
         }
     }
@@ -314,21 +303,20 @@ pub fn site_out(c: &Central, s: &SiteRecord, now: u64) -> SiteOut {
 }
 
 async fn visible_sites(c: &Arc<Central>, p: &Principal) -> Result<Vec<SiteRecord>, ApiError> {
-    let (t, p2) = (p.tenant.clone(), p.clone());
-    db(c, move |s| {
-        Ok(s.sites(&t)
-            .map_err(internal)?
-            .into_iter()
-            .filter(|s| p2.sees_customer(&s.customer))
-            .collect())
-    })
-    .await
+    Ok(c.store
+        .sites(&p.tenant)
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .filter(|s| p.sees_customer(&s.customer))
+        .collect())
 }
 
 async fn one_site(c: &Arc<Central>, p: &Principal, site: &str) -> Result<SiteRecord, ApiError> {
-    let (t, id) = (p.tenant.clone(), site.to_string());
-    db(c, move |s| s.site(&t, &id).map_err(internal))
-        .await?
+    c.store
+        .site(&p.tenant, site)
+        .await
+        .map_err(internal)?
         .filter(|s| p.sees_customer(&s.customer))
         .ok_or_else(|| ApiError::NotFound(format!("no site {site}")))
 }
@@ -386,7 +374,7 @@ async fn create_site(
         customer: r.customer,
         site: r.site,
     };
-    let added = db(&c, move |s| Ok(ops::add_site(s, &req, crate::now_ms())?)).await?;
+    let added = ops::add_site(c.store.as_ref(), &req, crate::now_ms()).await?;
     Ok((
         StatusCode::CREATED,
         Json(SiteCreated {
@@ -443,31 +431,27 @@ fn add(c: &mut Counts, d: &DeviceRow, critical: bool) {
 /// Aggregates the fleet server-side (one pass over the tenant's devices).
 pub async fn fleet_summary(c: &Arc<Central>, p: &Principal) -> Result<FleetSummary, ApiError> {
     let sites = visible_sites(c, p).await?;
-    let (t, p2) = (p.tenant.clone(), p.clone());
-    let (devs, alerts) = db(c, move |s| {
-        let mut all = Vec::new();
-        let mut after = None;
-        loop {
-            let page = s
-                .devices(
-                    &t,
-                    &DeviceFilter {
-                        customers_allowed: p2.customers.clone(),
-                        after: after.clone(),
-                        limit: 10_000,
-                        ..Default::default()
-                    },
-                )
-                .map_err(internal)?;
-            all.extend(page.items);
-            match page.next {
-                Some(n) => after = Some(n),
-                None => break,
-            }
+    let mut devs = Vec::new();
+    let mut after = None;
+    loop {
+        let filter = DeviceFilter {
+            customers_allowed: p.customers.clone(),
+            after: after.clone(),
+            limit: 10_000,
+            ..Default::default()
+        };
+        let page = c
+            .store
+            .devices(&p.tenant, &filter)
+            .await
+            .map_err(internal)?;
+        devs.extend(page.items);
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
         }
-        Ok((all, s.alerts(&t, None).map_err(internal)?))
-    })
-    .await?;
+    }
+    let alerts = c.store.alerts(&p.tenant, None).await.map_err(internal)?;
     let firing: Vec<&AlertRow> = alerts
         .iter()
         .filter(|a| a.state == AlertState::Firing && p.sees_customer(&a.customer))
@@ -565,8 +549,7 @@ pub async fn device_page(
         after: q.after,
         limit: q.limit.unwrap_or(100).clamp(1, 1000),
     };
-    let t = p.tenant.clone();
-    let page = db(c, move |s| s.devices(&t, &f).map_err(internal)).await?;
+    let page = c.store.devices(&p.tenant, &f).await.map_err(internal)?;
     Ok(DevicePage {
         devices: page.items,
         next: page.next,
@@ -595,18 +578,19 @@ pub async fn device_detail(
     device: &str,
 ) -> Result<DeviceDetail, ApiError> {
     let s = one_site(c, p, site).await?;
-    let (t, sid, dev) = (p.tenant.clone(), site.to_string(), device.to_string());
-    let (d, alerts) = db(c, move |st| {
-        let d = st.device(&t, &sid, &dev).map_err(internal)?;
-        let a = st.alerts(&t, Some(&sid)).map_err(internal)?;
-        Ok((
-            d,
-            a.into_iter()
-                .filter(|a| a.device.as_deref() == Some(dev.as_str()))
-                .collect::<Vec<_>>(),
-        ))
-    })
-    .await?;
+    let d = c
+        .store
+        .device(&p.tenant, site, device)
+        .await
+        .map_err(internal)?;
+    let alerts: Vec<AlertRow> = c
+        .store
+        .alerts(&p.tenant, Some(site))
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .filter(|a| a.device.as_deref() == Some(device))
+        .collect();
     let d = d.ok_or_else(|| ApiError::NotFound(format!("no device {device} at site {site}")))?;
     Ok(DeviceDetail {
         device: d,
@@ -661,37 +645,26 @@ pub async fn history(
     let series = q.series.filter(|s| !s.is_empty()).ok_or_else(|| {
         ApiError::BadRequest("query parameter `series` is required (e.g. series=cpu)".into())
     })?;
-    let (t, sid, dev, ser, lab) = (
-        p.tenant.clone(),
-        site.to_string(),
-        device.to_string(),
-        series.clone(),
-        q.label.clone(),
-    );
-    let (from, to, limit) = (
-        q.from.unwrap_or(0),
-        q.to.unwrap_or(u64::MAX),
-        q.limit.unwrap_or(10_000).clamp(1, 100_000),
-    );
-    let rows = db(c, move |s| {
-        if s.device(&t, &sid, &dev).map_err(internal)?.is_none() {
-            return Err(ApiError::NotFound(format!("no device {dev} at site {sid}")));
-        }
-        s.rollups(
-            &t,
-            &crate::store::RollupQuery {
-                site_id: sid,
-                device: dev,
-                series: ser,
-                label: lab,
-                from_ms: from,
-                to_ms: to,
-                limit,
-            },
-        )
-        .map_err(internal)
-    })
-    .await?;
+    if c.store
+        .device(&p.tenant, site, device)
+        .await
+        .map_err(internal)?
+        .is_none()
+    {
+        return Err(ApiError::NotFound(format!(
+            "no device {device} at site {site}"
+        )));
+    }
+    let query = crate::store::RollupQuery {
+        site_id: site.to_string(),
+        device: device.to_string(),
+        series: series.clone(),
+        label: q.label.clone(),
+        from_ms: q.from.unwrap_or(0),
+        to_ms: q.to.unwrap_or(u64::MAX),
+        limit: q.limit.unwrap_or(10_000).clamp(1, 100_000),
+    };
+    let rows = c.store.rollups(&p.tenant, &query).await.map_err(internal)?;
     Ok(History {
         series,
         label: q.label,
@@ -738,8 +711,11 @@ pub async fn alert_list(
     if let Some(s) = &q.site {
         one_site(c, p, s).await?;
     }
-    let (t, site) = (p.tenant.clone(), q.site.clone());
-    let mut v = db(c, move |s| s.alerts(&t, site.as_deref()).map_err(internal)).await?;
+    let mut v = c
+        .store
+        .alerts(&p.tenant, q.site.as_deref())
+        .await
+        .map_err(internal)?;
     v.retain(|a| p.sees_customer(&a.customer) && (!q.active || a.state != AlertState::Resolved));
     v.sort_by_key(|a| std::cmp::Reverse(a.at_ms));
     Ok(v)
@@ -761,12 +737,11 @@ async fn ack_alert(
 ) -> ApiResult<serde_json::Value> {
     require(&p, Role::Technician)?;
     one_site(&c, &p, &site).await?;
-    let (t, s, by) = (p.tenant.clone(), site.clone(), p.name.clone());
-    let found = db(&c, move |st| {
-        st.ack_alert(&t, &s, alert, &by, crate::now_ms())
-            .map_err(internal)
-    })
-    .await?;
+    let found = c
+        .store
+        .ack_alert(&p.tenant, &site, alert, &p.name, crate::now_ms())
+        .await
+        .map_err(internal)?;
     if !found {
         return Err(ApiError::NotFound(format!(
             "no alert {alert} at site {site}"
@@ -795,10 +770,7 @@ async fn create_token(
         role: r.role,
         customers: r.customers,
     };
-    let t = db(&c, move |s| {
-        Ok(ops::create_token(s, &req, crate::now_ms())?)
-    })
-    .await?;
+    let t = ops::create_token(c.store.as_ref(), &req, crate::now_ms()).await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "token": t }))))
 }
 
@@ -824,7 +796,7 @@ async fn create_user(
         customers: r.customers,
         password: r.password,
     };
-    db(&c, move |s| Ok(ops::add_user(s, &req, crate::now_ms())?)).await?;
+    ops::add_user(c.store.as_ref(), &req, crate::now_ms()).await?;
     Ok(StatusCode::CREATED)
 }
 
@@ -834,7 +806,7 @@ async fn admin_site(
     State(c): State<Arc<Central>>,
     Json(r): Json<ops::AddSite>,
 ) -> Result<(StatusCode, Json<SiteCreated>), ApiError> {
-    let added = db(&c, move |s| Ok(ops::add_site(s, &r, crate::now_ms())?)).await?;
+    let added = ops::add_site(c.store.as_ref(), &r, crate::now_ms()).await?;
     Ok((
         StatusCode::CREATED,
         Json(SiteCreated {
@@ -849,7 +821,7 @@ async fn admin_token(
     State(c): State<Arc<Central>>,
     Json(r): Json<ops::CreateToken>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let t = db(&c, move |s| Ok(ops::create_token(s, &r, crate::now_ms())?)).await?;
+    let t = ops::create_token(c.store.as_ref(), &r, crate::now_ms()).await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "token": t }))))
 }
 
@@ -857,6 +829,6 @@ async fn admin_user(
     State(c): State<Arc<Central>>,
     Json(r): Json<ops::AddUser>,
 ) -> Result<StatusCode, ApiError> {
-    db(&c, move |s| Ok(ops::add_user(s, &r, crate::now_ms())?)).await?;
+    ops::add_user(c.store.as_ref(), &r, crate::now_ms()).await?;
     Ok(StatusCode::CREATED)
 }

@@ -144,11 +144,11 @@ async fn operate<B: Serialize, R: DeserializeOwned>(
     dir: &CentralDir,
     path: &str,
     body: &B,
-    f: impl FnOnce(&RocksCentralStore) -> anyhow::Result<R>,
+    f: impl AsyncFnOnce(&RocksCentralStore) -> anyhow::Result<R>,
 ) -> anyhow::Result<R> {
     let keys = dir.init_or_load()?;
     match RocksCentralStore::open(&dir.db()) {
-        Ok(store) => f(&store),
+        Ok(store) => f(&store).await,
         Err(open_err) => {
             let addr = std::fs::read_to_string(dir.http_addr())
                 .map_err(|_| anyhow::anyhow!("cannot open {}: {open_err}", dir.db().display()))?;
@@ -247,9 +247,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 token: String,
             }
             let r2 = req.clone();
-            let c: Created = operate(&dir, "/api/v1/admin/sites", &req, move |s| {
+            let c: Created = operate(&dir, "/api/v1/admin/sites", &req, async move |s| {
                 Ok(Created {
-                    token: ops::add_site(s, &r2, outpost_central::now_ms())?.token,
+                    token: ops::add_site(s, &r2, outpost_central::now_ms())
+                        .await?
+                        .token,
                 })
             })
             .await?;
@@ -277,9 +279,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 token: String,
             }
             let r2 = req.clone();
-            let c: Created = operate(&dir, "/api/v1/admin/tokens", &req, move |s| {
+            let c: Created = operate(&dir, "/api/v1/admin/tokens", &req, async move |s| {
                 Ok(Created {
-                    token: ops::create_token(s, &r2, outpost_central::now_ms())?,
+                    token: ops::create_token(s, &r2, outpost_central::now_ms()).await?,
                 })
             })
             .await?;
@@ -311,8 +313,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 password,
             };
             let r2 = req.clone();
-            let _: () = operate(&dir, "/api/v1/admin/users", &req, move |s| {
-                ops::add_user(s, &r2, outpost_central::now_ms())
+            let _: () = operate(&dir, "/api/v1/admin/users", &req, async move |s| {
+                ops::add_user(s, &r2, outpost_central::now_ms()).await
             })
             .await?;
             Ok(())

@@ -8,7 +8,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use serde::{Deserialize, Serialize};
 
 use crate::model::{ApiTokenRecord, JoinTokenRecord, Principal, Role, SiteRecord, UserRecord};
-use crate::store::CentralStore;
+use crate::store::AuthStore;
 
 /// How long a site join token stays valid.
 pub const JOIN_TOKEN_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
@@ -38,7 +38,11 @@ pub struct SiteAdded {
     pub token: String,
 }
 
-pub fn add_site(store: &dyn CentralStore, req: &AddSite, now_ms: u64) -> anyhow::Result<SiteAdded> {
+pub async fn add_site(
+    store: &dyn AuthStore,
+    req: &AddSite,
+    now_ms: u64,
+) -> anyhow::Result<SiteAdded> {
     check_name("tenant", &req.tenant)?;
     check_name("customer", &req.customer)?;
     check_name("site", &req.site)?;
@@ -67,6 +71,7 @@ pub fn add_site(store: &dyn CentralStore, req: &AddSite, now_ms: u64) -> anyhow:
     };
     store
         .create_site(&rec, &sha256(&token), &jt)
+        .await
         .context("storing the site")?;
     Ok(SiteAdded { site_id, token })
 }
@@ -79,8 +84,8 @@ pub struct CreateToken {
     pub customers: Vec<String>,
 }
 
-pub fn create_token(
-    store: &dyn CentralStore,
+pub async fn create_token(
+    store: &dyn AuthStore,
     req: &CreateToken,
     now_ms: u64,
 ) -> anyhow::Result<String> {
@@ -99,6 +104,7 @@ pub fn create_token(
     };
     store
         .put_api_token(&sha256(&token), &rec)
+        .await
         .context("storing the token")?;
     Ok(token)
 }
@@ -128,7 +134,7 @@ pub fn verify_password(pw: &str, phc: &str) -> bool {
         .unwrap_or(false)
 }
 
-pub fn add_user(store: &dyn CentralStore, req: &AddUser, now_ms: u64) -> anyhow::Result<()> {
+pub async fn add_user(store: &dyn AuthStore, req: &AddUser, now_ms: u64) -> anyhow::Result<()> {
     check_name("tenant", &req.tenant)?;
     check_name("user name", &req.name)?;
     if req.password.len() < 8 {
@@ -139,10 +145,16 @@ pub fn add_user(store: &dyn CentralStore, req: &AddUser, now_ms: u64) -> anyhow:
         name: req.name.clone(),
         role: req.role,
         customers: req.customers.clone(),
-        password_hash: hash_password(&req.password)?,
+        // Deliberately expensive: off the async threads.
+        password_hash: {
+            let pw = req.password.clone();
+            tokio::task::spawn_blocking(move || hash_password(&pw))
+                .await
+                .context("hashing the password")??
+        },
         created_ms: now_ms,
     };
-    store.put_user(&rec).context("storing the user")
+    store.put_user(&rec).await.context("storing the user")
 }
 
 #[cfg(test)]

@@ -125,22 +125,19 @@ async fn join(c: &Arc<Central>, req: &JoinRequest) -> anyhow::Result<JoinRespons
     // A malformed CSR must not burn the one-time token.
     outpost_proto::pki::verify_csr(&req.csr_der)
         .map_err(|e| anyhow::anyhow!("the certificate request is invalid: {e}"))?;
-    let store = c.store.clone();
     let hash = crate::ops::sha256(&req.token);
-    let tok = tokio::task::spawn_blocking(move || store.take_join_token(&hash))
-        .await??
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "unknown or already used site token; run `outpost-central site add` for a new one"
-            )
-        })?;
+    let tok = c.store.take_join_token(&hash).await?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "unknown or already used site token; run `outpost-central site add` for a new one"
+        )
+    })?;
     if tok.expires_ms < crate::now_ms() {
         anyhow::bail!("the site token expired; run `outpost-central site add` for a new one");
     }
-    let store = c.store.clone();
-    let (t, s) = (tok.tenant.clone(), tok.site_id.clone());
-    let mut site = tokio::task::spawn_blocking(move || store.site(&t, &s))
-        .await??
+    let mut site = c
+        .store
+        .site(&tok.tenant, &tok.site_id)
+        .await?
         .ok_or_else(|| anyhow::anyhow!("the site of this token no longer exists"))?;
     let cert = c.keys.ca.sign_client_csr(
         &req.csr_der,
@@ -152,9 +149,7 @@ async fn join(c: &Arc<Central>, req: &JoinRequest) -> anyhow::Result<JoinRespons
         SITE_CERT_VALIDITY,
     )?;
     site.joined_ms = crate::now_ms();
-    let store = c.store.clone();
-    let s2 = site.clone();
-    tokio::task::spawn_blocking(move || store.update_site(&s2)).await??;
+    c.store.update_site(&site).await?;
     c.metrics.joins.inc();
     info!(tenant = %site.tenant, site = %site.site_id, name = %site.name, "site joined");
     Ok(JoinResponse::Accepted {
@@ -208,9 +203,7 @@ async fn uplink_stream(
     tenant: &str,
     site_id: &str,
 ) -> anyhow::Result<()> {
-    let store = c.store.clone();
-    let (t, s) = (tenant.to_string(), site_id.to_string());
-    let Some(mut site) = tokio::task::spawn_blocking(move || store.site(&t, &s)).await?? else {
+    let Some(mut site) = c.store.site(tenant, site_id).await? else {
         c.metrics.conn_reject("unknown_site");
         conn.close(close::UNKNOWN_SITE.into(), b"unknown site");
         anyhow::bail!("unknown site");
@@ -233,9 +226,7 @@ async fn uplink_stream(
     }
     if site.interval_ms != hello.interval_ms {
         site.interval_ms = hello.interval_ms;
-        let store = c.store.clone();
-        let s2 = site.clone();
-        tokio::task::spawn_blocking(move || store.update_site(&s2)).await??;
+        c.store.update_site(&site).await?;
     }
     c.set_link(tenant, site_id, true);
     let mut out = BytesMut::new();
@@ -292,10 +283,10 @@ async fn receive_batch(
     seq: u64,
     payload: Vec<u8>,
 ) -> Result<(), (RejectReason, String)> {
-    let store = c.store.clone();
     let (t, s) = (tenant.to_string(), site_id.to_string());
     let started = Instant::now();
-    let r = tokio::task::spawn_blocking(move || {
+    // Decoding is CPU work (zstd, bincode): on the blocking pool.
+    let b = tokio::task::spawn_blocking(move || {
         let b = batch::decode(&payload).map_err(|e| (RejectReason::Malformed, e.to_string()))?;
         if b.site != s || b.tenant != t {
             return Err((
@@ -309,14 +300,17 @@ async fn receive_batch(
         if b.seq != seq {
             return Err((RejectReason::SequenceMismatch, format!("frame seq {seq} != batch seq {}", b.seq)));
         }
-        let out = store
-            .apply_batch(&t, &s, &b, crate::now_ms())
-            .map_err(|e| (RejectReason::Internal, e.to_string()))?;
-        Ok((out, b.created_ms))
+        Ok(b)
     })
     .await
     .map_err(|e| (RejectReason::Internal, e.to_string()))??;
-    match r.0 {
+    let created_ms = b.created_ms;
+    let outcome = c
+        .store
+        .apply_batch(tenant, site_id, b, crate::now_ms())
+        .await
+        .map_err(|e| (RejectReason::Internal, e.to_string()))?;
+    match outcome {
         ApplyOutcome::Duplicate => {
             c.metrics.batches_duplicate.inc();
         }
@@ -330,7 +324,7 @@ async fn receive_batch(
             c.metrics
                 .apply_seconds
                 .observe(started.elapsed().as_secs_f64());
-            let lag = crate::now_ms().saturating_sub(r.1) as i64 / 1000;
+            let lag = crate::now_ms().saturating_sub(created_ms) as i64 / 1000;
             c.metrics
                 .site_lag_seconds
                 .get_or_create(&SiteLabel {

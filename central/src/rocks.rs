@@ -11,7 +11,7 @@
 //! sync).
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use outpost_proto::codec;
 use outpost_storage::rocksdb::{
@@ -26,7 +26,8 @@ use crate::model::{
     SiteRecord, UserRecord,
 };
 use crate::store::{
-    ApplyOutcome, CentralStore, CentralStoreError, DeviceFilter, Page, Result, RollupQuery,
+    ApplyOutcome, AuthStore, BatchStore, CentralStoreError, DeviceFilter, FleetStore, Page, Result,
+    RollupQuery, StoreFuture,
 };
 use outpost_uplink::batch::SiteBatch;
 
@@ -40,13 +41,18 @@ const CF_ALERTS: &str = "alerts";
 const CF_AUTH: &str = "auth";
 const CFS: [&str; 5] = [CF_SITES, CF_DEVICES, CF_ROLLUPS, CF_ALERTS, CF_AUTH];
 
-/// Central's RocksDB store.
+/// Central's RocksDB store: a cheap handle (clones share the database).
+///
+/// Its inherent methods are blocking (the bench and the tests call them
+/// from threads); the [`BatchStore`], [`FleetStore`] and [`AuthStore`]
+/// implementations run the same methods on tokio's blocking pool.
+#[derive(Clone)]
 pub struct RocksCentralStore {
-    db: DB,
+    db: Arc<DB>,
     /// Site locks, striped by a hash of (tenant, site).
-    site_locks: Vec<Mutex<()>>,
+    site_locks: Arc<[Mutex<()>]>,
     /// Join tokens (read, then deleted).
-    auth_lock: Mutex<()>,
+    auth_lock: Arc<Mutex<()>>,
 }
 
 const SITE_LOCK_STRIPES: usize = 64;
@@ -116,9 +122,9 @@ impl RocksCentralStore {
             db.drop_cf(CF_LEGACY_ROLLUPS).map_err(be)?;
         }
         Ok(RocksCentralStore {
-            db,
+            db: Arc::new(db),
             site_locks: (0..SITE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-            auth_lock: Mutex::new(()),
+            auth_lock: Arc::new(Mutex::new(())),
         })
     }
 
@@ -214,8 +220,9 @@ fn auth_key(kind: u8, hash: &[u8]) -> Vec<u8> {
     k
 }
 
-impl CentralStore for RocksCentralStore {
-    fn create_site(
+/// The blocking API: the operations of the store traits.
+impl RocksCentralStore {
+    pub fn create_site(
         &self,
         site: &SiteRecord,
         hash: &[u8; 32],
@@ -235,7 +242,7 @@ impl CentralStore for RocksCentralStore {
         self.write(wb)
     }
 
-    fn take_join_token(&self, hash: &[u8; 32]) -> Result<Option<JoinTokenRecord>> {
+    pub fn take_join_token(&self, hash: &[u8; 32]) -> Result<Option<JoinTokenRecord>> {
         let _g = self.auth_lock.lock().unwrap_or_else(|p| p.into_inner());
         let k = auth_key(b'j', hash);
         let t = self.get::<JoinTokenRecord>(CF_AUTH, &k)?;
@@ -247,11 +254,11 @@ impl CentralStore for RocksCentralStore {
         Ok(t)
     }
 
-    fn site(&self, tenant: &str, site_id: &str) -> Result<Option<SiteRecord>> {
+    pub fn site(&self, tenant: &str, site_id: &str) -> Result<Option<SiteRecord>> {
         self.get(CF_SITES, &key(&[tenant.as_bytes(), site_id.as_bytes()]))
     }
 
-    fn sites(&self, tenant: &str) -> Result<Vec<SiteRecord>> {
+    pub fn sites(&self, tenant: &str) -> Result<Vec<SiteRecord>> {
         let p = prefix(&[tenant.as_bytes()]);
         let mut out = Vec::new();
         self.scan::<SiteRecord>(CF_SITES, &p, &p, |_, s| {
@@ -261,7 +268,7 @@ impl CentralStore for RocksCentralStore {
         Ok(out)
     }
 
-    fn update_site(&self, site: &SiteRecord) -> Result<()> {
+    pub fn update_site(&self, site: &SiteRecord) -> Result<()> {
         let _g = self.lock_site(&site.tenant, &site.site_id);
         self.put_one(
             CF_SITES,
@@ -270,7 +277,7 @@ impl CentralStore for RocksCentralStore {
         )
     }
 
-    fn apply_batch(
+    pub fn apply_batch(
         &self,
         tenant: &str,
         site_id: &str,
@@ -342,7 +349,7 @@ impl CentralStore for RocksCentralStore {
         Ok(changes.outcome())
     }
 
-    fn devices(&self, tenant: &str, f: &DeviceFilter) -> Result<Page<DeviceRow>> {
+    pub fn devices(&self, tenant: &str, f: &DeviceFilter) -> Result<Page<DeviceRow>> {
         let p = match &f.site_id {
             Some(s) => prefix(&[tenant.as_bytes(), s.as_bytes()]),
             None => prefix(&[tenant.as_bytes()]),
@@ -380,14 +387,14 @@ impl CentralStore for RocksCentralStore {
         })
     }
 
-    fn device(&self, tenant: &str, site_id: &str, device: &str) -> Result<Option<DeviceRow>> {
+    pub fn device(&self, tenant: &str, site_id: &str, device: &str) -> Result<Option<DeviceRow>> {
         self.get(
             CF_DEVICES,
             &key(&[tenant.as_bytes(), site_id.as_bytes(), device.as_bytes()]),
         )
     }
 
-    fn rollups(&self, tenant: &str, q: &RollupQuery) -> Result<Vec<(u64, RollupRow)>> {
+    pub fn rollups(&self, tenant: &str, q: &RollupQuery) -> Result<Vec<(u64, RollupRow)>> {
         let p = prefix(&[tenant.as_bytes(), q.site_id.as_bytes(), q.device.as_bytes()]);
         let mut start = p.clone();
         start.extend_from_slice(&q.from_ms.to_be_bytes());
@@ -421,7 +428,7 @@ impl CentralStore for RocksCentralStore {
         Ok(out)
     }
 
-    fn alerts(&self, tenant: &str, site_id: Option<&str>) -> Result<Vec<AlertRow>> {
+    pub fn alerts(&self, tenant: &str, site_id: Option<&str>) -> Result<Vec<AlertRow>> {
         let p = match site_id {
             Some(s) => prefix(&[tenant.as_bytes(), s.as_bytes()]),
             None => prefix(&[tenant.as_bytes()]),
@@ -434,7 +441,7 @@ impl CentralStore for RocksCentralStore {
         Ok(out)
     }
 
-    fn ack_alert(
+    pub fn ack_alert(
         &self,
         tenant: &str,
         site_id: &str,
@@ -457,35 +464,200 @@ impl CentralStore for RocksCentralStore {
         Ok(true)
     }
 
-    fn put_api_token(&self, hash: &[u8; 32], rec: &ApiTokenRecord) -> Result<()> {
+    pub fn put_api_token(&self, hash: &[u8; 32], rec: &ApiTokenRecord) -> Result<()> {
         self.put_one(CF_AUTH, &auth_key(b't', hash), rec)
     }
-    fn api_token(&self, hash: &[u8; 32]) -> Result<Option<ApiTokenRecord>> {
+    pub fn api_token(&self, hash: &[u8; 32]) -> Result<Option<ApiTokenRecord>> {
         self.get(CF_AUTH, &auth_key(b't', hash))
     }
-    fn put_user(&self, u: &UserRecord) -> Result<()> {
+    pub fn put_user(&self, u: &UserRecord) -> Result<()> {
         self.put_one(
             CF_AUTH,
             &auth_key(b'u', &key(&[u.tenant.as_bytes(), u.name.as_bytes()])),
             u,
         )
     }
-    fn user(&self, tenant: &str, name: &str) -> Result<Option<UserRecord>> {
+    pub fn user(&self, tenant: &str, name: &str) -> Result<Option<UserRecord>> {
         self.get(
             CF_AUTH,
             &auth_key(b'u', &key(&[tenant.as_bytes(), name.as_bytes()])),
         )
     }
-    fn put_session(&self, hash: &[u8; 32], s: &SessionRecord) -> Result<()> {
+    pub fn put_session(&self, hash: &[u8; 32], s: &SessionRecord) -> Result<()> {
         self.put_one(CF_AUTH, &auth_key(b's', hash), s)
     }
-    fn session(&self, hash: &[u8; 32]) -> Result<Option<SessionRecord>> {
+    pub fn session(&self, hash: &[u8; 32]) -> Result<Option<SessionRecord>> {
         self.get(CF_AUTH, &auth_key(b's', hash))
     }
-    fn delete_session(&self, hash: &[u8; 32]) -> Result<()> {
+    pub fn delete_session(&self, hash: &[u8; 32]) -> Result<()> {
         let mut wb = WriteBatch::default();
         wb.delete_cf(self.cf(CF_AUTH)?, auth_key(b's', hash));
         self.write(wb)
+    }
+}
+
+/// Runs blocking store work on tokio's blocking pool.
+fn blocking<T, F>(f: F) -> StoreFuture<'static, T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    Box::pin(async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| CentralStoreError::Backend(format!("store task failed: {e}")))?
+    })
+}
+
+impl BatchStore for RocksCentralStore {
+    fn apply_batch<'a>(
+        &'a self,
+        tenant: &'a str,
+        site_id: &'a str,
+        batch: SiteBatch,
+        received_ms: u64,
+    ) -> StoreFuture<'a, ApplyOutcome> {
+        let (st, t, s) = (self.clone(), tenant.to_owned(), site_id.to_owned());
+        blocking(move || st.apply_batch(&t, &s, &batch, received_ms))
+    }
+}
+
+impl FleetStore for RocksCentralStore {
+    fn devices<'a>(
+        &'a self,
+        tenant: &'a str,
+        filter: &'a DeviceFilter,
+    ) -> StoreFuture<'a, Page<DeviceRow>> {
+        let (st, t, f) = (self.clone(), tenant.to_owned(), filter.clone());
+        blocking(move || st.devices(&t, &f))
+    }
+
+    fn device<'a>(
+        &'a self,
+        tenant: &'a str,
+        site_id: &'a str,
+        device: &'a str,
+    ) -> StoreFuture<'a, Option<DeviceRow>> {
+        let (st, t, s, d) = (
+            self.clone(),
+            tenant.to_owned(),
+            site_id.to_owned(),
+            device.to_owned(),
+        );
+        blocking(move || st.device(&t, &s, &d))
+    }
+
+    fn rollups<'a>(
+        &'a self,
+        tenant: &'a str,
+        q: &'a RollupQuery,
+    ) -> StoreFuture<'a, Vec<(u64, RollupRow)>> {
+        let (st, t, q) = (self.clone(), tenant.to_owned(), q.clone());
+        blocking(move || st.rollups(&t, &q))
+    }
+
+    fn alerts<'a>(
+        &'a self,
+        tenant: &'a str,
+        site_id: Option<&'a str>,
+    ) -> StoreFuture<'a, Vec<AlertRow>> {
+        let (st, t, s) = (self.clone(), tenant.to_owned(), site_id.map(str::to_owned));
+        blocking(move || st.alerts(&t, s.as_deref()))
+    }
+
+    fn ack_alert<'a>(
+        &'a self,
+        tenant: &'a str,
+        site_id: &'a str,
+        alert_id: u64,
+        by: &'a str,
+        now_ms: u64,
+    ) -> StoreFuture<'a, bool> {
+        let (st, t, s, by) = (
+            self.clone(),
+            tenant.to_owned(),
+            site_id.to_owned(),
+            by.to_owned(),
+        );
+        blocking(move || st.ack_alert(&t, &s, alert_id, &by, now_ms))
+    }
+}
+
+impl AuthStore for RocksCentralStore {
+    fn create_site<'a>(
+        &'a self,
+        site: &'a SiteRecord,
+        join_token_hash: &'a [u8; 32],
+        token: &'a JoinTokenRecord,
+    ) -> StoreFuture<'a, ()> {
+        let (st, site, hash, token) = (self.clone(), site.clone(), *join_token_hash, token.clone());
+        blocking(move || st.create_site(&site, &hash, &token))
+    }
+
+    fn take_join_token<'a>(
+        &'a self,
+        token_hash: &'a [u8; 32],
+    ) -> StoreFuture<'a, Option<JoinTokenRecord>> {
+        let (st, hash) = (self.clone(), *token_hash);
+        blocking(move || st.take_join_token(&hash))
+    }
+
+    fn site<'a>(
+        &'a self,
+        tenant: &'a str,
+        site_id: &'a str,
+    ) -> StoreFuture<'a, Option<SiteRecord>> {
+        let (st, t, s) = (self.clone(), tenant.to_owned(), site_id.to_owned());
+        blocking(move || st.site(&t, &s))
+    }
+
+    fn sites<'a>(&'a self, tenant: &'a str) -> StoreFuture<'a, Vec<SiteRecord>> {
+        let (st, t) = (self.clone(), tenant.to_owned());
+        blocking(move || st.sites(&t))
+    }
+
+    fn update_site<'a>(&'a self, site: &'a SiteRecord) -> StoreFuture<'a, ()> {
+        let (st, site) = (self.clone(), site.clone());
+        blocking(move || st.update_site(&site))
+    }
+
+    fn put_api_token<'a>(
+        &'a self,
+        hash: &'a [u8; 32],
+        rec: &'a ApiTokenRecord,
+    ) -> StoreFuture<'a, ()> {
+        let (st, hash, rec) = (self.clone(), *hash, rec.clone());
+        blocking(move || st.put_api_token(&hash, &rec))
+    }
+
+    fn api_token<'a>(&'a self, hash: &'a [u8; 32]) -> StoreFuture<'a, Option<ApiTokenRecord>> {
+        let (st, hash) = (self.clone(), *hash);
+        blocking(move || st.api_token(&hash))
+    }
+
+    fn put_user<'a>(&'a self, user: &'a UserRecord) -> StoreFuture<'a, ()> {
+        let (st, user) = (self.clone(), user.clone());
+        blocking(move || st.put_user(&user))
+    }
+
+    fn user<'a>(&'a self, tenant: &'a str, name: &'a str) -> StoreFuture<'a, Option<UserRecord>> {
+        let (st, t, n) = (self.clone(), tenant.to_owned(), name.to_owned());
+        blocking(move || st.user(&t, &n))
+    }
+
+    fn put_session<'a>(&'a self, hash: &'a [u8; 32], s: &'a SessionRecord) -> StoreFuture<'a, ()> {
+        let (st, hash, s) = (self.clone(), *hash, s.clone());
+        blocking(move || st.put_session(&hash, &s))
+    }
+
+    fn session<'a>(&'a self, hash: &'a [u8; 32]) -> StoreFuture<'a, Option<SessionRecord>> {
+        let (st, hash) = (self.clone(), *hash);
+        blocking(move || st.session(&hash))
+    }
+
+    fn delete_session<'a>(&'a self, hash: &'a [u8; 32]) -> StoreFuture<'a, ()> {
+        let (st, hash) = (self.clone(), *hash);
+        blocking(move || st.delete_session(&hash))
     }
 }
 
@@ -797,6 +969,46 @@ mod tests {
             let rec = st.site("msp", id).unwrap().unwrap();
             assert_eq!((rec.applied_up_to, rec.batches_applied), (20, 20), "{id}");
         }
+    }
+
+    /// Behind one `Arc<dyn CentralStore>` (what `serve` holds), the async
+    /// traits reach the same rows as the blocking API, whose work they run
+    /// on the blocking pool.
+    #[tokio::test]
+    async fn the_async_store_traits_work_behind_one_dyn_store() {
+        use crate::store::CentralStore;
+        let dir = tempfile::tempdir().unwrap();
+        let st: std::sync::Arc<dyn CentralStore> =
+            std::sync::Arc::new(RocksCentralStore::open(dir.path()).unwrap());
+        st.create_site(&site("msp", "s-1"), &[1; 32], &tok("msp", "s-1"))
+            .await
+            .unwrap();
+        assert!(st.take_join_token(&[1; 32]).await.unwrap().is_some());
+        assert!(st.take_join_token(&[1; 32]).await.unwrap().is_none());
+        assert!(matches!(
+            st.apply_batch("msp", "s-1", sample_batch(1), 10)
+                .await
+                .unwrap(),
+            ApplyOutcome::Applied { rollups_new: 2, .. }
+        ));
+        assert_eq!(
+            st.apply_batch("msp", "s-1", sample_batch(1), 11)
+                .await
+                .unwrap(),
+            ApplyOutcome::Duplicate
+        );
+        let filter = DeviceFilter {
+            limit: 10,
+            ..Default::default()
+        };
+        let page = st.devices("msp", &filter).await.unwrap();
+        assert_eq!(page.items.len(), 1);
+        assert!(st.ack_alert("msp", "s-1", 9, "alice", 12).await.unwrap());
+        let alerts = st.alerts("msp", Some("s-1")).await.unwrap();
+        assert_eq!(alerts[0].acked_by.as_deref(), Some("alice"));
+        // Each part is usable on its own.
+        let auth: &dyn AuthStore = st.as_ref();
+        assert_eq!(auth.sites("msp").await.unwrap()[0].batches_applied, 1);
     }
 
     #[test]

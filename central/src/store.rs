@@ -1,13 +1,28 @@
-//! Central's storage interface. The embedded RocksDB backend
-//! ([`crate::rocks::RocksCentralStore`]) implements it; a PostgreSQL backend
-//! (a later issue) maps each method to one transaction: `apply_batch` is
-//! `INSERT INTO applied_batches (site, seq)` (unique key) plus the upserts,
+//! Central's storage interface, in the three parts a backend implements:
+//! [`BatchStore`] (apply a site batch exactly once), [`FleetStore`] (what
+//! the API and web view read: devices, rollups, alerts; alert
+//! acknowledgement) and [`AuthStore`] (sites and join tokens, users, API
+//! tokens, sessions). [`CentralStore`] is all three; central holds an
+//! `Arc<dyn CentralStore>`, so `serve` picks the backend at run time.
+//!
+//! The embedded RocksDB backend ([`crate::rocks::RocksCentralStore`])
+//! implements them; a PostgreSQL backend (a later issue) maps each method to
+//! one transaction: `apply_batch` is `INSERT INTO applied_batches (site,
+//! seq)` (unique key) plus the rows [`crate::apply::plan`] returns,
 //! committed together, so a batch is applied exactly once whatever the
-//! number of stateless central instances.
+//! number of stateless central instances. The merge rules are in
+//! [`crate::apply`], not in the backends.
 //!
 //! Every read takes the tenant: rows of another tenant are invisible (the
 //! RocksDB keys start with the tenant; SQL queries filter on it).
-//! Methods are blocking; async callers use `spawn_blocking`.
+//!
+//! Methods are async and return boxed futures ([`StoreFuture`]) so the
+//! traits stay usable as `dyn` objects without a macro crate; a backend
+//! with blocking I/O (RocksDB) runs it on the blocking pool, never on the
+//! async threads.
+
+use std::future::Future;
+use std::pin::Pin;
 
 use outpost_uplink::batch::SiteBatch;
 
@@ -72,53 +87,94 @@ pub struct RollupQuery {
     pub limit: usize,
 }
 
+/// What a store method returns: a boxed future (object-safe traits).
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
 /// Central's storage (see the module docs).
-pub trait CentralStore: Send + Sync + 'static {
-    // Sites and joining.
-    fn create_site(
-        &self,
-        site: &SiteRecord,
-        join_token_hash: &[u8; 32],
-        token: &JoinTokenRecord,
-    ) -> Result<()>;
-    /// Consumes a join token (one use): returns it if it existed.
-    fn take_join_token(&self, token_hash: &[u8; 32]) -> Result<Option<JoinTokenRecord>>;
-    fn site(&self, tenant: &str, site_id: &str) -> Result<Option<SiteRecord>>;
-    fn sites(&self, tenant: &str) -> Result<Vec<SiteRecord>>;
-    fn update_site(&self, site: &SiteRecord) -> Result<()>;
+pub trait CentralStore: BatchStore + FleetStore + AuthStore {}
 
-    /// Applies `batch` of `site` exactly once, durably (synced) before
-    /// returning. The caller checked the identity.
-    fn apply_batch(
-        &self,
-        tenant: &str,
-        site_id: &str,
-        batch: &SiteBatch,
+impl<T: BatchStore + FleetStore + AuthStore> CentralStore for T {}
+
+/// Applying site batches.
+pub trait BatchStore: Send + Sync + 'static {
+    /// Applies `batch` of `site` exactly once, durably before the future
+    /// resolves: reads the rows [`crate::apply::Touched::of`] names, writes
+    /// what [`crate::apply::plan`] returns, atomically with the site's
+    /// applied set. The caller checked the identity.
+    fn apply_batch<'a>(
+        &'a self,
+        tenant: &'a str,
+        site_id: &'a str,
+        batch: SiteBatch,
         received_ms: u64,
-    ) -> Result<ApplyOutcome>;
+    ) -> StoreFuture<'a, ApplyOutcome>;
+}
 
-    // Reads, all tenant-scoped.
-    fn devices(&self, tenant: &str, filter: &DeviceFilter) -> Result<Page<DeviceRow>>;
-    fn device(&self, tenant: &str, site_id: &str, device: &str) -> Result<Option<DeviceRow>>;
+/// What the API and the web view read, all tenant-scoped, and alert
+/// acknowledgement.
+pub trait FleetStore: Send + Sync + 'static {
+    fn devices<'a>(
+        &'a self,
+        tenant: &'a str,
+        filter: &'a DeviceFilter,
+    ) -> StoreFuture<'a, Page<DeviceRow>>;
+    fn device<'a>(
+        &'a self,
+        tenant: &'a str,
+        site_id: &'a str,
+        device: &'a str,
+    ) -> StoreFuture<'a, Option<DeviceRow>>;
     /// Rollups of one series in `[from, to)`, oldest first, at most `limit`.
-    fn rollups(&self, tenant: &str, q: &RollupQuery) -> Result<Vec<(u64, RollupRow)>>;
-    fn alerts(&self, tenant: &str, site_id: Option<&str>) -> Result<Vec<AlertRow>>;
+    fn rollups<'a>(
+        &'a self,
+        tenant: &'a str,
+        q: &'a RollupQuery,
+    ) -> StoreFuture<'a, Vec<(u64, RollupRow)>>;
+    fn alerts<'a>(
+        &'a self,
+        tenant: &'a str,
+        site_id: Option<&'a str>,
+    ) -> StoreFuture<'a, Vec<AlertRow>>;
     /// Marks an alert acknowledged; `false` if the tenant has no such alert.
-    fn ack_alert(
-        &self,
-        tenant: &str,
-        site_id: &str,
+    fn ack_alert<'a>(
+        &'a self,
+        tenant: &'a str,
+        site_id: &'a str,
         alert_id: u64,
-        by: &str,
+        by: &'a str,
         now_ms: u64,
-    ) -> Result<bool>;
+    ) -> StoreFuture<'a, bool>;
+}
 
-    // Credentials.
-    fn put_api_token(&self, hash: &[u8; 32], rec: &ApiTokenRecord) -> Result<()>;
-    fn api_token(&self, hash: &[u8; 32]) -> Result<Option<ApiTokenRecord>>;
-    fn put_user(&self, user: &UserRecord) -> Result<()>;
-    fn user(&self, tenant: &str, name: &str) -> Result<Option<UserRecord>>;
-    fn put_session(&self, hash: &[u8; 32], s: &SessionRecord) -> Result<()>;
-    fn session(&self, hash: &[u8; 32]) -> Result<Option<SessionRecord>>;
-    fn delete_session(&self, hash: &[u8; 32]) -> Result<()>;
+/// Sites and their join tokens, and the credentials of people and tools:
+/// users, API tokens, sessions (secrets are stored by SHA-256).
+pub trait AuthStore: Send + Sync + 'static {
+    /// Stores a new site with its join token; `Conflict` if it exists.
+    fn create_site<'a>(
+        &'a self,
+        site: &'a SiteRecord,
+        join_token_hash: &'a [u8; 32],
+        token: &'a JoinTokenRecord,
+    ) -> StoreFuture<'a, ()>;
+    /// Consumes a join token (one use): returns it if it existed.
+    fn take_join_token<'a>(
+        &'a self,
+        token_hash: &'a [u8; 32],
+    ) -> StoreFuture<'a, Option<JoinTokenRecord>>;
+    fn site<'a>(&'a self, tenant: &'a str, site_id: &'a str)
+    -> StoreFuture<'a, Option<SiteRecord>>;
+    fn sites<'a>(&'a self, tenant: &'a str) -> StoreFuture<'a, Vec<SiteRecord>>;
+    fn update_site<'a>(&'a self, site: &'a SiteRecord) -> StoreFuture<'a, ()>;
+
+    fn put_api_token<'a>(
+        &'a self,
+        hash: &'a [u8; 32],
+        rec: &'a ApiTokenRecord,
+    ) -> StoreFuture<'a, ()>;
+    fn api_token<'a>(&'a self, hash: &'a [u8; 32]) -> StoreFuture<'a, Option<ApiTokenRecord>>;
+    fn put_user<'a>(&'a self, user: &'a UserRecord) -> StoreFuture<'a, ()>;
+    fn user<'a>(&'a self, tenant: &'a str, name: &'a str) -> StoreFuture<'a, Option<UserRecord>>;
+    fn put_session<'a>(&'a self, hash: &'a [u8; 32], s: &'a SessionRecord) -> StoreFuture<'a, ()>;
+    fn session<'a>(&'a self, hash: &'a [u8; 32]) -> StoreFuture<'a, Option<SessionRecord>>;
+    fn delete_session<'a>(&'a self, hash: &'a [u8; 32]) -> StoreFuture<'a, ()>;
 }
