@@ -4,12 +4,14 @@
 //! ([`alerts`]), the admin API ([`api`]), the data directory and its key
 //! material ([`site`]), configuration ([`config`]), metrics ([`metrics`])
 //! and the kernel's socket counters they read ([`net`]), background jobs
-//! ([`jobs`]), the LAN patch cache ([`cache`]) and the admin CLI's HTTP
-//! client ([`client`]). [`serve`] wires them together.
+//! ([`jobs`]), the LAN patch cache ([`cache`]), the admin CLI ([`cli`], one
+//! module per subsystem) and its HTTP client ([`client`]). [`serve`] wires
+//! them together.
 
 pub mod alerts;
 pub mod api;
 pub mod cache;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod ingest;
