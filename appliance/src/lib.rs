@@ -1,19 +1,22 @@
 //! The Outpost site appliance (`outpost`).
 //!
-//! Owns the agent-facing QUIC service ([`ingest`]), the admin API
-//! ([`api`]), the data directory and its key material ([`site`]),
-//! configuration ([`config`]), metrics ([`metrics`]), background jobs
-//! ([`jobs`]), the LAN patch cache ([`cache`]) and the admin CLI's HTTP
-//! client ([`client`]). [`serve`] wires
+//! Owns the agent-facing QUIC service ([`ingest`]), the alert engine
+//! ([`alerts`]), the admin API ([`api`]), the data directory and its key
+//! material ([`site`]), configuration ([`config`]), metrics ([`metrics`])
+//! and the kernel's socket counters they read ([`net`]), background jobs
+//! ([`jobs`]), the LAN patch cache ([`cache`]), the admin CLI ([`cli`], one
+//! module per subsystem) and its HTTP client ([`client`]). [`serve`] wires
 //! them together.
 
 pub mod alerts;
 pub mod api;
 pub mod cache;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod ingest;
 pub mod jobs;
 pub mod metrics;
+pub mod net;
 pub mod serve;
 pub mod site;

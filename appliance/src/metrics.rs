@@ -2,38 +2,25 @@
 //!
 //! Names are stable (dashboards and alerts depend on them); each counter gets
 //! the `_total` suffix from the encoder.
+//!
+//! This module aggregates every subsystem's metrics into one registry, so it
+//! imports them; they must not import it back. Label types live in the leaf
+//! [`labels`], the kernel's UDP drop counter is read by
+//! [`crate::net::udp_drops`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: String,
-}
+use crate::net::udp_drops;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    pub kind: String,
-}
+pub mod labels;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
-    pub result: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct NotifyLabel {
-    pub channel_type: String,
-    pub event: String,
-    pub result: String,
-}
-
+pub use labels::{KindLabel, NotifyLabel, ReasonLabel, ResultLabel};
 pub use outpost_web::RouteLabel;
 
 /// Every metric the appliance exports. Cheap to share (`Arc<Metrics>`);
@@ -298,7 +285,7 @@ impl Metrics {
 
     /// Follows the kernel's drop count of the QUIC socket `inode`.
     pub fn watch_quic_socket(&self, inode: u64) {
-        let seen = crate::ingest::server::udp_receive_drops(inode).unwrap_or(0);
+        let seen = udp_drops::udp_receive_drops(inode).unwrap_or(0);
         self.quic_drops_seen.store(seen, Ordering::Relaxed);
         self.quic_socket_inode.store(inode, Ordering::Relaxed);
     }
@@ -309,7 +296,7 @@ impl Metrics {
         if inode == 0 {
             return;
         }
-        if let Some(now) = crate::ingest::server::udp_receive_drops(inode) {
+        if let Some(now) = udp_drops::udp_receive_drops(inode) {
             let before = self.quic_drops_seen.swap(now, Ordering::Relaxed);
             self.quic_udp_receive_drops
                 .inc_by(now.saturating_sub(before));

@@ -6,7 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::metrics::{ReasonLabel, ResultLabel};
+use crate::metrics::labels::{ReasonLabel, ResultLabel};
 
 /// Counters and gauges of the LAN patch cache.
 #[derive(Debug, Default)]

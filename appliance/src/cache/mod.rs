@@ -14,12 +14,12 @@
 //! (content-addressed files), [`index`] (database records and the LRU),
 //! [`fetch`] (coalesced downloads), [`suite`] (InRelease revalidation and
 //! the verified-index table), [`server`] (accept loop and request
-//! handling), [`ops`] (stats, prefetch, verify, pins), [`api`] and [`cli`].
+//! handling), [`ops`] (stats, prefetch, verify, pins) and [`api`]; its
+//! admin CLI (`outpost cache …`) is [`crate::cli::cache`].
 
 pub mod allow;
 pub mod api;
 pub mod blobs;
-pub mod cli;
 pub mod fetch;
 pub mod gpg;
 pub mod http;

@@ -118,7 +118,7 @@ impl Cache {
         let m = &self.metrics.cache;
         let req = |r: &str| {
             m.requests
-                .get_or_create(&crate::metrics::ResultLabel {
+                .get_or_create(&crate::metrics::labels::ResultLabel {
                     result: r.to_string(),
                 })
                 .get()

@@ -16,7 +16,7 @@ use outpost_storage::{now_ms, registry};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::IngestCtx;
-use crate::metrics::ResultLabel;
+use crate::metrics::labels::ResultLabel;
 
 /// Whole-exchange deadline.
 const ENROLL_TIMEOUT: Duration = Duration::from_secs(15);

@@ -14,7 +14,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
 use super::IngestCtx;
-use crate::metrics::KindLabel;
+use crate::metrics::labels::KindLabel;
+use crate::net::udp_drops::socket_inode;
 
 /// Binds the QUIC endpoint.
 ///
@@ -94,38 +95,6 @@ fn udp_socket(addr: SocketAddr, buffer_bytes: usize) -> anyhow::Result<std::net:
     Ok(socket.into())
 }
 
-/// The kernel inode of a socket (`socket:[N]`), which names it in
-/// `/proc/net/udp`.
-#[cfg(target_os = "linux")]
-pub fn socket_inode(socket: &std::net::UdpSocket) -> Option<u64> {
-    use std::os::fd::AsRawFd;
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd())).ok()?;
-    link.to_str()?
-        .strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
-#[cfg(not(target_os = "linux"))]
-pub fn socket_inode(_socket: &std::net::UdpSocket) -> Option<u64> {
-    None
-}
-
-/// Datagrams the kernel dropped on the UDP socket `inode` because its
-/// receive buffer was full (the `drops` column of `/proc/net/udp{,6}`):
-/// the sign that the QUIC endpoint does not read fast enough. `None` where
-/// the kernel does not say.
-pub fn udp_receive_drops(inode: u64) -> Option<u64> {
-    ["/proc/net/udp", "/proc/net/udp6"].iter().find_map(|path| {
-        let table = std::fs::read_to_string(path).ok()?;
-        table.lines().skip(1).find_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            (f.get(9)?.parse::<u64>().ok()? == inode).then(|| f.get(12)?.parse().ok())?
-        })
-    })
-}
-
 /// Accepts connections until shutdown. Handlers are tracked by `tracker`.
 pub async fn accept_loop(
     endpoint: quinn::Endpoint,
@@ -191,40 +160,4 @@ pub async fn accept_loop(
         });
     }
     info!("QUIC listener stopped accepting");
-}
-
-#[cfg(all(test, target_os = "linux"))]
-mod tests {
-    use super::*;
-
-    /// A socket nobody reads, with the smallest receive buffer, overflows:
-    /// the kernel's drop count for exactly that socket goes up.
-    #[test]
-    fn receive_drops_of_an_unread_socket_are_read_from_the_kernel() {
-        let quiet = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let inode = socket_inode(&quiet).expect("inode");
-        assert_eq!(udp_receive_drops(inode), Some(0));
-
-        let sock = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )
-        .unwrap();
-        sock.set_recv_buffer_size(1).unwrap(); // the kernel rounds up to its minimum
-        sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-            .unwrap();
-        let full: std::net::UdpSocket = sock.into();
-        let inode_full = socket_inode(&full).expect("inode");
-        assert_ne!(inode, inode_full);
-        let to = full.local_addr().unwrap();
-        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        for _ in 0..500 {
-            tx.send_to(&[7u8; 1200], to).unwrap();
-        }
-        let drops = udp_receive_drops(inode_full).expect("listed");
-        assert!(drops > 0, "an unread 1-byte buffer must drop: {drops}");
-        assert_eq!(udp_receive_drops(inode), Some(0), "the other socket");
-        assert_eq!(udp_receive_drops(u64::MAX), None, "no such socket");
-    }
 }

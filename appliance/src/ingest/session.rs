@@ -18,7 +18,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::IngestCtx;
 use super::writer::AckState;
-use crate::metrics::KindLabel;
+use crate::metrics::labels::KindLabel;
 
 /// Deadline for the agent's Hello after the handshake.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);

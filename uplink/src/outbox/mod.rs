@@ -19,6 +19,10 @@
 //! Must not touch the network: [`crate::sender`] moves the bytes.
 
 mod compactor;
+#[cfg(test)]
+mod model_test;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;

@@ -5,7 +5,9 @@
 use anyhow::bail;
 use clap::Subcommand;
 
-use super::ops::{CacheStats, PinInfo, PinRequest, PrefetchRequest, PrefetchResult, VerifyReport};
+use crate::cache::ops::{
+    CacheStats, PinInfo, PinRequest, PrefetchRequest, PrefetchResult, VerifyReport,
+};
 use crate::client::AdminClient;
 
 #[derive(Subcommand, Debug)]

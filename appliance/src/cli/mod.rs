@@ -1,0 +1,84 @@
+//! The `outpost` command line: the arguments of every sub-command and what
+//! each one runs, one module per subsystem ([`serve`] for `serve` and
+//! `ca-fingerprint`, [`tokens`], [`devices`], [`alerts`], [`uplink`],
+//! [`cache`], [`api`]), with the shared table and time formatting in
+//! [`table`]. `main.rs` only parses and dispatches.
+//!
+//! Contract (DESIGN.md § Interfaces): plain values on stdout, `--json` for
+//! machine use, errors on stderr, exit code 0 only on success. Admin
+//! commands talk to the running appliance's admin API through
+//! [`crate::client::AdminClient`]; nothing here opens the database or holds
+//! a subsystem's logic.
+
+pub mod alerts;
+pub mod api;
+pub mod cache;
+pub mod devices;
+pub mod serve;
+pub mod table;
+pub mod tokens;
+pub mod uplink;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "outpost",
+    version,
+    about = "Outpost site appliance: ingest, alerts, patches, admin"
+)]
+pub struct Cli {
+    /// Data directory (CA, admin token, database).
+    #[arg(
+        long,
+        global = true,
+        env = "OUTPOST_DATA",
+        default_value = "/var/lib/outpost"
+    )]
+    pub data: PathBuf,
+    /// Admin API base URL (default: read DATA/admin.addr).
+    #[arg(long, global = true, env = "OUTPOST_API")]
+    pub api: Option<String>,
+    /// Admin API token (default: read DATA/admin.token).
+    #[arg(long, global = true, env = "OUTPOST_ADMIN_TOKEN")]
+    pub token: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// Parses the process arguments (see [`uplink::join_token_args`] for
+    /// the one rewrite done before parsing).
+    pub fn parse_args() -> Cli {
+        Cli::parse_from(uplink::join_token_args(std::env::args_os().collect()))
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the appliance.
+    Serve(serve::ServeArgs),
+    /// Print the site CA fingerprint (sha256:HEX) that installers pin.
+    CaFingerprint,
+    /// Enrollment tokens.
+    #[command(subcommand)]
+    Token(tokens::TokenCmd),
+    /// List devices.
+    Devices(devices::DevicesArgs),
+    /// One device.
+    #[command(subcommand)]
+    Device(devices::DeviceCmd),
+    /// LAN patch cache: stats, prefetch, verify, pins.
+    #[command(subcommand)]
+    Cache(cache::CacheCmd),
+    /// List alerts (default: open ones), show or acknowledge one.
+    Alerts(alerts::AlertsArgs),
+    /// Call the admin API: `outpost api GET /api/v1/alert-rules`,
+    /// `outpost api POST /api/v1/channels --data @channel.json`.
+    Api(api::ApiArgs),
+    /// Sync to outpost-central.
+    #[command(subcommand)]
+    Uplink(uplink::UplinkCmd),
+}

@@ -1,0 +1,28 @@
+//! Label sets of the appliance's metric families. A leaf module: it
+//! imports nothing from the appliance, so every subsystem's metrics (the
+//! cache's, the ingest's, the alert engine's) can use these types without
+//! importing [`crate::metrics`], which aggregates them.
+
+use prometheus_client::encoding::EncodeLabelSet;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotifyLabel {
+    pub channel_type: String,
+    pub event: String,
+    pub result: String,
+}

@@ -1,0 +1,357 @@
+//! Unit tests of the outbox's error paths and edge cases: corrupt stored
+//! batches and counters, corrupt or unparseable pending changes, batches
+//! missing behind the index, and recording while not joined. The
+//! model-based test is in `model_test.rs`.
+
+use outpost_proto::DeviceId;
+use outpost_storage::model::Rollup;
+use outpost_storage::rocksdb::WriteBatch;
+use outpost_storage::{Cf, Durability, StorageError, Store, StoreOptions, keys, rollup};
+
+use super::*;
+use crate::batch::{AlertState, Severity};
+
+const SITE: &str = "site-1";
+const TENANT: &str = "msp";
+const NOW: u64 = 1_700_000_000_000;
+
+fn store(dir: &std::path::Path) -> Store {
+    let store = Store::open(
+        dir,
+        &StoreOptions {
+            durability: Durability::Buffered,
+            block_cache_bytes: 1 << 20,
+            write_buffer_bytes: 1 << 20,
+        },
+    )
+    .unwrap();
+    store.set_uplink_tracking(true);
+    store
+}
+
+fn outbox(store: &Store, max_bytes: u64) -> Outbox {
+    Outbox::open(
+        store.clone(),
+        OutboxConfig {
+            max_bytes,
+            ..OutboxConfig::default()
+        },
+        UplinkMetrics::default(),
+    )
+    .unwrap()
+}
+
+/// Stores one series' rollup of `device` in `bucket` with its pending
+/// marker, as the ingest writer does.
+fn pending_rollup(store: &Store, device: u64, bucket: u64) {
+    let device = DeviceId(device);
+    let mut wb = WriteBatch::default();
+    wb.put_cf(
+        store.cf(Cf::Series).unwrap(),
+        keys::series_name_key(device, "cpu", ""),
+        0u32.to_be_bytes(),
+    );
+    store
+        .batch_put(
+            &mut wb,
+            Cf::Rollups,
+            &keys::series_time_key(device, 0, bucket),
+            &Rollup::of(bucket + 1000, 12.5),
+        )
+        .unwrap();
+    wb.put_cf(
+        store.cf(Cf::UplinkPending).unwrap(),
+        rollup::uplink_rollup_marker(device, bucket, NOW),
+        [],
+    );
+    store.write(wb).unwrap();
+}
+
+fn transition(alert_id: u64) -> AlertTransition {
+    AlertTransition {
+        alert_id,
+        device: Some(DeviceId(1)),
+        rule: "cpu_high".into(),
+        severity: Severity::Critical,
+        state: AlertState::Firing,
+        at_ms: NOW + alert_id,
+        message: "cpu 97 > 90".into(),
+        value: Some(97.0),
+    }
+}
+
+fn stored_record(store: &Store, seq: u64) -> OutboxRecord {
+    store.get(Cf::UplinkOutbox, &seq_key(seq)).unwrap().unwrap()
+}
+
+fn pending_keys(store: &Store) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    store
+        .scan_raw(Cf::UplinkPending, &[], None, |k, _| {
+            out.push(k.to_vec());
+            Ok(true)
+        })
+        .unwrap();
+    out
+}
+
+#[test]
+fn a_stored_batch_whose_payload_changed_is_refused_with_its_sequence_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let ob = outbox(&store, u64::MAX);
+    pending_rollup(&store, 1, 0);
+    let e = ob.compact(SITE, TENANT, NOW).unwrap();
+    let mut rec = stored_record(&store, e.seq);
+    let last = rec.payload.len() - 1;
+    rec.payload[last] ^= 0x55;
+    store.put(Cf::UplinkOutbox, &seq_key(e.seq), &rec).unwrap();
+    let err = ob.get(e.seq).unwrap_err();
+    assert!(
+        matches!(err, OutboxError::Checksum { seq } if seq == e.seq),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("corrupt") && msg.contains("re-join"),
+        "says what to do: {msg}"
+    );
+    assert_eq!(ob.get(e.seq + 1).unwrap(), None, "unknown batch: none");
+}
+
+#[test]
+fn the_bound_never_rewrites_a_corrupt_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let e = {
+        let ob = outbox(&store, u64::MAX);
+        pending_rollup(&store, 1, 0);
+        ob.compact(SITE, TENANT, NOW).unwrap()
+    };
+    let mut rec = stored_record(&store, e.seq);
+    rec.payload[0] ^= 0x55;
+    store.put(Cf::UplinkOutbox, &seq_key(e.seq), &rec).unwrap();
+    // Restarted with a bound the stored batch exceeds.
+    let ob = outbox(&store, 1);
+    let err = ob.enforce_bound().unwrap_err();
+    assert!(
+        matches!(err, OutboxError::Checksum { seq } if seq == e.seq),
+        "{err:?}"
+    );
+    assert_eq!(stored_record(&store, e.seq), rec, "left as it was");
+    assert_eq!(ob.stats().dropped_rollups_total, 0);
+    assert_eq!(ob.metrics.rollups_dropped.get(), 0);
+}
+
+#[test]
+fn a_checksummed_batch_that_does_not_decode_is_a_batch_error_for_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let payload = b"not a zstd frame".to_vec();
+    let rec = OutboxRecord {
+        seq: 1,
+        created_ms: NOW,
+        crc32: crc32fast::hash(&payload),
+        rollups: 3,
+        devices: 0,
+        alerts: 0,
+        payload,
+    };
+    store.put(Cf::UplinkOutbox, &seq_key(1), &rec).unwrap();
+    let ob = outbox(&store, 1);
+    assert_eq!(ob.seqs(), vec![1]);
+    assert_eq!(
+        ob.get(1).unwrap(),
+        Some(rec.clone()),
+        "the checksum matches: the sender gets the bytes (central rejects them)"
+    );
+    let err = ob.enforce_bound().unwrap_err();
+    assert!(matches!(err, OutboxError::Batch(_)), "{err:?}");
+    assert_eq!(stored_record(&store, 1), rec, "left as it was");
+}
+
+#[test]
+fn an_undecodable_outbox_record_fails_open_with_a_storage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    store
+        .db()
+        .put_cf(store.cf(Cf::UplinkOutbox).unwrap(), seq_key(7), [0xFF; 3])
+        .unwrap();
+    let err = Outbox::open(
+        store.clone(),
+        OutboxConfig::default(),
+        UplinkMetrics::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, OutboxError::Storage(StorageError::Corrupt { .. })),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn undecodable_outbox_counters_fail_open_with_a_storage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    store
+        .db()
+        .put_cf(store.cf(Cf::Meta).unwrap(), META_KEY, [0xFF; 2])
+        .unwrap();
+    let err = Outbox::open(
+        store.clone(),
+        OutboxConfig::default(),
+        UplinkMetrics::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, OutboxError::Storage(StorageError::Corrupt { .. })),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn numbering_continues_above_the_newest_stored_batch_even_if_the_counters_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    {
+        let ob = outbox(&store, u64::MAX);
+        for i in 0..3 {
+            ob.compact(SITE, TENANT, NOW + i).unwrap();
+        }
+    }
+    // Counters from before the last two batches.
+    store
+        .put(
+            Cf::Meta,
+            META_KEY,
+            &OutboxMeta {
+                next_seq: 2,
+                acked_up_to: 0,
+                dropped_rollups_total: 0,
+            },
+        )
+        .unwrap();
+    let ob = outbox(&store, u64::MAX);
+    assert_eq!(ob.stats().next_seq, 4);
+    assert_eq!(ob.compact(SITE, TENANT, NOW + 9).unwrap().seq, 4);
+}
+
+#[test]
+fn a_batch_missing_behind_the_index_is_forgotten_by_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    {
+        let ob = outbox(&store, u64::MAX);
+        pending_rollup(&store, 1, 0);
+        ob.compact(SITE, TENANT, NOW).unwrap();
+        pending_rollup(&store, 2, 0);
+        ob.compact(SITE, TENANT, NOW + 1).unwrap();
+    }
+    let ob = outbox(&store, 1);
+    assert_eq!(ob.seqs(), vec![1, 2]);
+    store
+        .db()
+        .delete_cf(store.cf(Cf::UplinkOutbox).unwrap(), seq_key(1))
+        .unwrap();
+    // Batch 1 vanished: forgotten without counting drops; batch 2 then
+    // loses its rollup to the bound.
+    assert_eq!(ob.enforce_bound().unwrap(), 1);
+    assert_eq!(ob.seqs(), vec![2]);
+    let s = ob.stats();
+    assert_eq!(s.dropped_rollups_total, 1);
+    assert_eq!(
+        s.backlog_bytes,
+        stored_record(&store, 2).payload.len() as u64
+    );
+    let b = batch::decode(&stored_record(&store, 2).payload).unwrap();
+    assert!(b.rollups.is_empty());
+    assert_eq!(b.dropped_rollups, 1);
+    assert_eq!(b.devices.len(), 0);
+}
+
+#[test]
+fn a_corrupt_pending_alert_transition_is_dropped_and_the_others_are_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let ob = outbox(&store, u64::MAX);
+    assert!(push_alert_transition(&store, &transition(1)).unwrap());
+    let mut bad = vec![ALERT_PREFIX];
+    bad.extend_from_slice(&(NOW + 1).to_be_bytes());
+    bad.extend_from_slice(&u32::MAX.to_be_bytes());
+    store
+        .db()
+        .put_cf(store.cf(Cf::UplinkPending).unwrap(), &bad, [0xFF; 4])
+        .unwrap();
+    assert!(push_alert_transition(&store, &transition(3)).unwrap());
+    let e = ob.compact(SITE, TENANT, NOW + 10).unwrap();
+    let b = batch::decode(&ob.get(e.seq).unwrap().unwrap().payload).unwrap();
+    assert_eq!(b.alerts, vec![transition(1), transition(3)]);
+    assert_eq!(pending_keys(&store), Vec::<Vec<u8>>::new(), "all consumed");
+}
+
+#[test]
+fn an_unparseable_rollup_marker_is_consumed_without_a_rollup() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let ob = outbox(&store, u64::MAX);
+    store
+        .db()
+        .put_cf(
+            store.cf(Cf::UplinkPending).unwrap(),
+            [rollup::UPLINK_ROLLUP_PREFIX, 1, 2, 3],
+            [],
+        )
+        .unwrap();
+    pending_rollup(&store, 4, 0);
+    let e = ob.compact(SITE, TENANT, NOW).unwrap();
+    assert_eq!(e.rollups, 1, "the valid marker's rollup");
+    assert_eq!(pending_keys(&store), Vec::<Vec<u8>>::new(), "all consumed");
+}
+
+#[test]
+fn a_marker_whose_rollups_are_gone_is_consumed_without_an_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let ob = outbox(&store, u64::MAX);
+    store
+        .db()
+        .put_cf(
+            store.cf(Cf::UplinkPending).unwrap(),
+            rollup::uplink_rollup_marker(DeviceId(9), 0, NOW),
+            [],
+        )
+        .unwrap();
+    let e = ob.compact(SITE, TENANT, NOW).unwrap();
+    let b = batch::decode(&ob.get(e.seq).unwrap().unwrap().payload).unwrap();
+    assert!(b.rollups.is_empty());
+    assert_eq!(pending_keys(&store), Vec::<Vec<u8>>::new());
+}
+
+#[test]
+fn alert_transitions_are_not_recorded_while_the_site_is_not_joined() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    store.set_uplink_tracking(false);
+    assert!(!push_alert_transition(&store, &transition(1)).unwrap());
+    let mut wb = WriteBatch::default();
+    assert!(!alert_transition_into(&store, &mut wb, &transition(2)).unwrap());
+    assert_eq!(wb.len(), 0, "nothing added to the caller's batch");
+    assert_eq!(pending_keys(&store), Vec::<Vec<u8>>::new());
+}
+
+#[test]
+fn acknowledging_an_unknown_batch_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let ob = outbox(&store, u64::MAX);
+    let e = ob.compact(SITE, TENANT, NOW).unwrap();
+    let before = ob.stats();
+    assert!(!ob.ack(e.seq + 5).unwrap());
+    assert!(!ob.ack(0).unwrap());
+    assert_eq!(ob.stats(), before, "the acknowledged mark does not move");
+    assert!(ob.ack(e.seq).unwrap());
+    assert!(!ob.ack(e.seq).unwrap(), "a duplicate ack is a no-op");
+    assert_eq!(ob.stats().last_acked_seq, e.seq);
+    assert_eq!(ob.metrics.batches_acked.get(), 1);
+}
