@@ -2,10 +2,11 @@
 //!
 //! Owns the agent-facing QUIC service ([`ingest`]), the alert engine
 //! ([`alerts`]), the admin API ([`api`]), the data directory and its key
-//! material ([`site`]), configuration ([`config`]), metrics ([`metrics`])
-//! and the kernel's socket counters they read ([`net`]), background jobs
-//! ([`jobs`]), the LAN patch cache ([`cache`]), the admin CLI ([`cli`], one
-//! module per subsystem) and its HTTP client ([`client`]). [`serve`] wires
+//! material ([`site`]), configuration ([`config`]), the database's tables
+//! ([`db`]), metrics ([`metrics`]) and the kernel's socket counters they
+//! read ([`net`]), background jobs ([`jobs`]), the LAN patch cache
+//! ([`cache`]), the admin CLI ([`cli`], one module per subsystem) and its
+//! HTTP client ([`client`]). [`serve`] wires
 //! them together.
 
 pub mod alerts;
@@ -14,6 +15,7 @@ pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod db;
 pub mod ingest;
 pub mod jobs;
 pub mod metrics;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use outpost_storage::{Store, StoreOptions};
+use outpost_storage::StoreOptions;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
@@ -32,16 +32,16 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
     if keys.created {
         info!(%fingerprint, data = %data.0.display(), "created the site CA and admin token");
     }
-    let store = Store::open(
+    let store = crate::db::open(
         &data.db(),
         &StoreOptions {
             durability: cfg.storage.durability,
             block_cache_bytes: cfg.storage.block_cache_bytes,
+            rollup_bucket_ms: cfg.ingest.rollup_bucket.as_millis() as u64,
             ..StoreOptions::default()
         },
     )
     .with_context(|| format!("opening the database in {}", data.db().display()))?;
-    outpost_storage::rollup::set_bucket_ms(cfg.ingest.rollup_bucket.as_millis() as u64);
     let metrics = Arc::new(Metrics::new());
     let tracker = TaskTracker::new();
     // Alerting first: the writer feeds it.

@@ -105,6 +105,7 @@ fn group_commit(c: &mut Criterion) {
                 durability,
                 ..StoreOptions::default()
             },
+            outpost_storage::TABLES,
         )
         .expect("open");
         let mut w = IngestWriter::new(store, 0).expect("writer");
@@ -144,7 +145,12 @@ fn rollups(c: &mut Criterion) {
         .collect();
     g.throughput(Throughput::Elements(samples.len() as u64));
     g.bench_function("compute_10k_samples", |b| {
-        b.iter(|| black_box(rollup::compute(black_box(samples.iter().copied()))))
+        b.iter(|| {
+            black_box(rollup::compute(
+                black_box(samples.iter().copied()),
+                rollup::BUCKET_MS,
+            ))
+        })
     });
     g.finish();
 }

@@ -8,7 +8,9 @@ use std::time::Instant;
 use outpost_proto::DeviceId;
 use outpost_proto::messages::{MetricsSample, Record, RecordBody};
 use outpost_storage::ingest::{IncomingRecords, IngestWriter};
-use outpost_storage::{Cf, Durability, Store, StoreOptions};
+use outpost_storage::rollup::ROLLUPS;
+use outpost_storage::samples::{CHUNKS, SAMPLES};
+use outpost_storage::{Durability, Store, StoreOptions};
 use rand::{Rng, SeedableRng};
 
 use crate::report::Report;
@@ -62,6 +64,7 @@ pub fn run(r: &StorageRun, dir: &Path) -> anyhow::Result<Report> {
             durability: Durability::Buffered,
             ..StoreOptions::default()
         },
+        outpost_storage::TABLES,
     )?;
     let mut w = IngestWriter::new(store.clone(), 0)?;
     let tmpl = match sim::record_body(sim::Mix::Realistic, 2) {
@@ -105,8 +108,8 @@ pub fn run(r: &StorageRun, dir: &Path) -> anyhow::Result<Report> {
     let ingest_secs = started.elapsed().as_secs_f64();
     store.compact_all()?;
     let total = store.disk_usage_bytes()?;
-    let sample_sst = store.cf_sst_bytes(Cf::Samples)? + store.cf_sst_bytes(Cf::Chunks)?;
-    let rollup_sst = store.cf_sst_bytes(Cf::Rollups)?;
+    let sample_sst = store.table_sst_bytes(SAMPLES)? + store.table_sst_bytes(CHUNKS)?;
+    let rollup_sst = store.table_sst_bytes(ROLLUPS)?;
     let mut rep = Report::new("storage");
     rep.int("devices", r.devices)
         .int("samples", samples)

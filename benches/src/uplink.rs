@@ -87,7 +87,7 @@ fn device_hour(d: u64, start: u64) -> (u64, BTreeMap<u64, Vec<SeriesRollup>>) {
     }
     let mut buckets: BTreeMap<u64, Vec<SeriesRollup>> = BTreeMap::new();
     for ((name, label), samples) in series {
-        for (b, r) in outpost_storage::rollup::compute(samples) {
+        for (b, r) in outpost_storage::rollup::compute(samples, BUCKET_MS) {
             buckets.entry(b).or_default().push(SeriesRollup {
                 name: name.clone(),
                 label: label.clone(),

@@ -18,8 +18,12 @@ pub enum StorageError {
         #[source]
         source: CodecError,
     },
-    #[error("column family {0} is missing (database created by another program?)")]
-    MissingColumnFamily(&'static str),
+    #[error(
+        "table {0} was not declared when the database was opened (add its owner's TABLES to Store::open)"
+    )]
+    UndeclaredTable(&'static str),
+    #[error("table {0} stores raw bytes: use the _raw methods")]
+    RawTable(&'static str),
     #[error("{0}")]
     Invalid(String),
 }

@@ -1,7 +1,7 @@
 //! The group-commit ingest path.
 //!
 //! One [`IngestWriter`] (owned by one writer thread) turns groups of decoded
-//! records from many connections into a single RocksDB `WriteBatch`, writes
+//! records from many connections into a single RocksDB write batch, writes
 //! it with the configured durability, and reports per group the sequence
 //! number up to which everything is durable: the cumulative ack.
 //!
@@ -22,13 +22,21 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use outpost_proto::DeviceId;
 use outpost_proto::messages::{Hello, Record, RecordBody};
 use outpost_proto::metric_names::MAX_NAME_BYTES;
-use rocksdb::WriteBatch;
 
 use crate::error::Result;
 use crate::keys::{self, SeriesId};
 use crate::model::{DeviceState, DeviceStatus, StatusTransition};
-use crate::rollup::bucket_start;
-use crate::{Cf, Store};
+use crate::registry::INVENTORY;
+use crate::rollup::{ROLLUP_DIRTY, bucket_start};
+use crate::samples::{CHUNK_DIRTY, SAMPLES, SERIES};
+use crate::{Batch, Store, Table};
+
+/// `device` → `DeviceState` (last stored seq, last seen, online status).
+pub const DEVICE_STATE: Table = Table::new("device_state");
+/// `device | ts` → `StatusTransition`.
+pub const STATUS_LOG: Table = Table::new("status_log").bulk();
+/// `device | ts | seq` → `Heartbeat`.
+pub const HEARTBEATS: Table = Table::new("heartbeats").bulk();
 
 /// Records from one connection, in arrival order.
 #[derive(Debug)]
@@ -117,7 +125,7 @@ impl IngestWriter {
     fn load_online(&mut self) -> Result<()> {
         let mut online = Vec::new();
         self.store
-            .scan::<DeviceState>(Cf::DeviceState, &[], None, |k, st| {
+            .scan::<DeviceState>(DEVICE_STATE, &[], None, |k, st| {
                 if st.status == DeviceStatus::Online
                     && let Some(d) = keys::device_from_key(k)
                 {
@@ -140,14 +148,14 @@ impl IngestWriter {
         if !self.devices.contains_key(&device) {
             let state = self
                 .store
-                .get::<DeviceState>(Cf::DeviceState, &keys::device_key(device))?
+                .get::<DeviceState>(DEVICE_STATE, &keys::device_key(device))?
                 .unwrap_or_else(|| DeviceState::new(self.started_ms));
             let mut series = HashMap::new();
             let mut next_series = 0;
             let prefix = keys::device_key(device);
             let end = keys::prefix_successor(&prefix);
             self.store
-                .scan_raw(Cf::Series, &prefix, end.as_deref(), |k, v| {
+                .scan_raw(SERIES, &prefix, end.as_deref(), |k, v| {
                     if let (Some((_, name, label)), Ok(id)) =
                         (keys::parse_series_name_key(k), <[u8; 4]>::try_from(v))
                     {
@@ -188,7 +196,7 @@ impl IngestWriter {
         hello: &Hello,
         now_ms: u64,
     ) -> Result<(u64, Option<StatusTransition>)> {
-        let mut batch = WriteBatch::default();
+        let mut batch = self.store.batch();
         let c = self.cache(device)?;
         c.state.heartbeat_interval_ms = hello.heartbeat_interval_ms.max(1000);
         let t = mark_seen(c, now_ms);
@@ -202,20 +210,10 @@ impl IngestWriter {
             .unwrap_or(0);
         let state = self.devices.get(&device).map(|c| c.state.clone());
         if let Some(t) = &t {
-            self.store.batch_put(
-                &mut batch,
-                Cf::StatusLog,
-                &keys::device_time_key(device, t.at_ms),
-                t,
-            )?;
+            batch.put(STATUS_LOG, &keys::device_time_key(device, t.at_ms), t)?;
         }
         if let Some(state) = state {
-            self.store.batch_put(
-                &mut batch,
-                Cf::DeviceState,
-                &keys::device_key(device),
-                &state,
-            )?;
+            batch.put(DEVICE_STATE, &keys::device_key(device), &state)?;
         }
         self.commit(batch)?;
         Ok((last_seq, t))
@@ -223,12 +221,13 @@ impl IngestWriter {
 
     /// Stores every group in one batch and returns per-group acks.
     pub fn apply(&mut self, groups: &[IncomingRecords], now_ms: u64) -> Result<BatchOutcome> {
-        let mut batch = WriteBatch::default();
+        let mut batch = self.store.batch();
         let mut out = BatchOutcome {
             groups: Vec::with_capacity(groups.len()),
             ..BatchOutcome::default()
         };
         let store = self.store.clone();
+        let bucket_width = store.rollup_bucket_ms();
         let mut touched: Vec<DeviceId> = Vec::new();
         let mut went_online = 0u64;
         for g in groups {
@@ -246,9 +245,8 @@ impl IngestWriter {
                 }
                 match &rec.body {
                     RecordBody::Heartbeat(h) => {
-                        store.batch_put(
-                            &mut batch,
-                            Cf::Heartbeats,
+                        batch.put(
+                            HEARTBEATS,
                             &keys::heartbeat_key(device, rec.ts_ms, rec.seq),
                             h,
                         )?;
@@ -258,7 +256,7 @@ impl IngestWriter {
                         }
                     }
                     RecordBody::Metrics(m) => {
-                        let bucket = bucket_start(rec.ts_ms);
+                        let bucket = bucket_start(rec.ts_ms, bucket_width);
                         let mut any = false;
                         for v in &m.values {
                             if !v.value.is_finite()
@@ -271,40 +269,35 @@ impl IngestWriter {
                                 go.rejected_values += 1;
                                 continue;
                             }
-                            let sid = series_id(&store, &mut batch, device, c, &v.name, &v.label)?;
-                            batch.put_cf(
-                                store.cf(Cf::Samples)?,
-                                keys::series_time_key(device, sid, rec.ts_ms),
-                                v.value.to_le_bytes(),
-                            );
+                            let sid = series_id(&mut batch, device, c, &v.name, &v.label)?;
+                            batch.put_raw(
+                                SAMPLES,
+                                &keys::series_time_key(device, sid, rec.ts_ms),
+                                &v.value.to_le_bytes(),
+                            )?;
                             out.samples += 1;
                             any = true;
                         }
                         if any && c.last_dirty_bucket != Some(bucket) {
-                            batch.put_cf(
-                                store.cf(Cf::RollupDirty)?,
-                                keys::device_time_key(device, bucket),
-                                [],
-                            );
+                            batch.put_raw(
+                                ROLLUP_DIRTY,
+                                &keys::device_time_key(device, bucket),
+                                &[],
+                            )?;
                             c.last_dirty_bucket = Some(bucket);
                         }
                         let window = crate::chunk::window_start(rec.ts_ms);
                         if any && c.last_chunk_window != Some(window) {
-                            batch.put_cf(
-                                store.cf(Cf::ChunkDirty)?,
-                                keys::device_time_key(device, window),
-                                [],
-                            );
+                            batch.put_raw(
+                                CHUNK_DIRTY,
+                                &keys::device_time_key(device, window),
+                                &[],
+                            )?;
                             c.last_chunk_window = Some(window);
                         }
                     }
                     RecordBody::Inventory(inv) => {
-                        store.batch_put(
-                            &mut batch,
-                            Cf::Inventory,
-                            &keys::device_key(device),
-                            inv.as_ref(),
-                        )?;
+                        batch.put(INVENTORY, &keys::device_key(device), inv.as_ref())?;
                     }
                 }
                 c.state.last_seq = rec.seq;
@@ -313,12 +306,7 @@ impl IngestWriter {
             }
             if let Some(t) = mark_seen(c, now_ms) {
                 went_online += 1;
-                store.batch_put(
-                    &mut batch,
-                    Cf::StatusLog,
-                    &keys::device_time_key(device, t.at_ms),
-                    &t,
-                )?;
+                batch.put(STATUS_LOG, &keys::device_time_key(device, t.at_ms), &t)?;
                 out.transitions.push((device, t));
             }
             if !c.dirty {
@@ -334,7 +322,7 @@ impl IngestWriter {
         for d in touched {
             if let Some(c) = self.devices.get_mut(&d) {
                 c.dirty = false;
-                store.batch_put(&mut batch, Cf::DeviceState, &keys::device_key(d), &c.state)?;
+                batch.put(DEVICE_STATE, &keys::device_key(d), &c.state)?;
             }
         }
         self.online += went_online;
@@ -349,7 +337,7 @@ impl IngestWriter {
         now_ms: u64,
         grace_ms: u64,
     ) -> Result<Vec<(DeviceId, StatusTransition)>> {
-        let mut batch = WriteBatch::default();
+        let mut batch = self.store.batch();
         let mut out = Vec::new();
         for (d, c) in self.devices.iter_mut() {
             let st = &mut c.state;
@@ -369,14 +357,8 @@ impl IngestWriter {
             };
             st.status = DeviceStatus::Offline;
             st.status_since_ms = now_ms;
-            self.store.batch_put(
-                &mut batch,
-                Cf::StatusLog,
-                &keys::device_time_key(*d, now_ms),
-                &t,
-            )?;
-            self.store
-                .batch_put(&mut batch, Cf::DeviceState, &keys::device_key(*d), st)?;
+            batch.put(STATUS_LOG, &keys::device_time_key(*d, now_ms), &t)?;
+            batch.put(DEVICE_STATE, &keys::device_key(*d), st)?;
             out.push((*d, t));
         }
         self.online = self.online.saturating_sub(out.len() as u64);
@@ -451,24 +433,14 @@ impl IngestWriter {
         };
         c.state.status = DeviceStatus::Offline;
         c.state.status_since_ms = now_ms;
-        let mut batch = WriteBatch::default();
-        self.store.batch_put(
-            &mut batch,
-            Cf::StatusLog,
-            &keys::device_time_key(device, now_ms),
-            &t,
-        )?;
-        self.store.batch_put(
-            &mut batch,
-            Cf::DeviceState,
-            &keys::device_key(device),
-            &c.state,
-        )?;
+        let mut batch = self.store.batch();
+        batch.put(STATUS_LOG, &keys::device_time_key(device, now_ms), &t)?;
+        batch.put(DEVICE_STATE, &keys::device_key(device), &c.state)?;
         self.commit(batch)?;
         Ok(Some(t))
     }
 
-    fn commit(&mut self, batch: WriteBatch) -> Result<()> {
+    fn commit(&mut self, batch: Batch) -> Result<()> {
         if let Err(e) = self.store.write(batch) {
             // Nothing of this batch is durable: forget every cached mutation
             // and start again from what the database holds.
@@ -501,8 +473,7 @@ fn mark_seen(c: &mut DeviceCache, now_ms: u64) -> Option<StatusTransition> {
 }
 
 fn series_id(
-    store: &Store,
-    batch: &mut WriteBatch,
+    batch: &mut Batch,
     device: DeviceId,
     c: &mut DeviceCache,
     name: &str,
@@ -514,11 +485,11 @@ fn series_id(
     }
     let id = c.next_series;
     c.next_series += 1;
-    batch.put_cf(
-        store.cf(Cf::Series)?,
-        keys::series_name_key(device, name, label),
-        id.to_be_bytes(),
-    );
+    batch.put_raw(
+        SERIES,
+        &keys::series_name_key(device, name, label),
+        &id.to_be_bytes(),
+    )?;
     c.series.insert(h, id);
     Ok(id)
 }
@@ -558,7 +529,7 @@ mod tests {
 
     fn open() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let s = Store::open(dir.path(), &StoreOptions::default(), crate::TABLES).unwrap();
         (dir, s)
     }
 
@@ -631,7 +602,7 @@ mod tests {
             .unwrap();
         }
         drop(store);
-        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default(), crate::TABLES).unwrap();
         let mut w = IngestWriter::new(store.clone(), 0).unwrap();
         assert_eq!(w.last_seq(dev).unwrap(), 3);
         let out = w
@@ -719,7 +690,7 @@ mod tests {
             ]
         );
         let st = store
-            .get::<DeviceState>(Cf::DeviceState, &keys::device_key(dev))
+            .get::<DeviceState>(DEVICE_STATE, &keys::device_key(dev))
             .unwrap()
             .unwrap();
         assert_eq!(st.status, DeviceStatus::Online);

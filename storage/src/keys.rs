@@ -3,6 +3,8 @@
 //! order (device, then series, then time) and every range query is a prefix
 //! or range scan.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use outpost_proto::DeviceId;
 
 /// Width of a device id prefix.
@@ -106,6 +108,27 @@ pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// Makes [`time_counter_key`]s written in the same millisecond distinct.
+static SAME_MS_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// `prefix | ts_ms (u64 BE) | n (W bytes BE)`: a key for logs whose entries
+/// are ordered by time and may share a millisecond (audit entries, alert
+/// events, uplink alert transitions). `n` comes from one process-wide
+/// counter (its low `W` bytes), so two keys made by one process never
+/// collide within a millisecond unless `W` bytes wrap in between. Readers
+/// range-scan by `prefix | ts_ms` and never parse `n`.
+pub fn time_counter_key<const W: usize>(prefix: &[u8], ts_ms: u64) -> Vec<u8> {
+    const { assert!(W >= 1 && W <= 8) };
+    let n = SAME_MS_COUNTER
+        .fetch_add(1, Ordering::Relaxed)
+        .to_be_bytes();
+    let mut k = Vec::with_capacity(prefix.len() + 8 + W);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&ts_ms.to_be_bytes());
+    k.extend_from_slice(&n[8 - W..]);
+    k
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +193,18 @@ mod tests {
                 prop_assert!(prefix.iter().all(|b| *b == 0xFF));
             }
         }
+    }
+
+    #[test]
+    fn time_counter_keys_are_unique_within_a_millisecond_and_time_ordered() {
+        let a = time_counter_key::<4>(b"p", 7);
+        let b = time_counter_key::<4>(b"p", 7);
+        let c = time_counter_key::<4>(b"p", 6);
+        assert_eq!(a.len(), 1 + 8 + 4);
+        assert_eq!(&a[..9], &[b'p', 0, 0, 0, 0, 0, 0, 0, 7]);
+        assert_ne!(a, b);
+        assert!(c < a && c < b, "an earlier millisecond sorts first");
+        assert_eq!(time_counter_key::<8>(&[], 1).len(), 16);
     }
 
     #[test]

@@ -1,13 +1,19 @@
 //! Outpost's storage engine on RocksDB.
 //!
-//! Owns the column families, their key encodings ([`keys`]), the typed
-//! records stored in them ([`model`]), the group-commit ingest path
-//! ([`ingest`]), rollups ([`rollup`]) and retention ([`retention`]). It knows
-//! nothing about networking: callers hand it decoded records and get back
-//! what became durable.
+//! Two things live here. The engine: opening the database with the tables
+//! each subsystem declares ([`Table`], [`Store::open`]), typed reads, scans
+//! and atomic write batches ([`Batch`]) with the table's codec (the one
+//! bincode configuration of `outpost_proto::codec` for every new table).
+//! And the device data the appliance ingests, with its own tables
+//! ([`TABLES`]): the registry ([`registry`]), the group-commit ingest path
+//! ([`ingest`]), samples ([`samples`], [`chunk`]), rollups ([`rollup`]),
+//! retention ([`retention`]), enrollment tokens ([`tokens`]), their key
+//! encodings ([`keys`]) and records ([`model`]).
 //!
-//! Values are encoded with `outpost_proto::codec` (the one bincode
-//! configuration); keys are big-endian so byte order is time order.
+//! Other subsystems (alerts, the patch cache, the uplink outbox) declare
+//! their tables in their own crates; nothing here lists them. This crate
+//! knows nothing about networking: callers hand it decoded records and get
+//! back what became durable. Keys are big-endian so byte order is time order.
 
 pub mod chunk;
 pub mod error;
@@ -20,10 +26,34 @@ pub mod retention;
 pub mod rollup;
 pub mod samples;
 mod store;
+mod table;
 pub mod tokens;
 
 pub use error::StorageError;
-pub use store::{Cf, Durability, Store, StoreOptions};
+pub use store::{Batch, Durability, META, MIN_ROLLUP_BUCKET_MS, Store, StoreOptions};
+pub use table::{Codec, Layout, Table};
+
+/// The tables of the device data this crate stores (registry, ingest,
+/// samples, rollups, tokens, and the uplink's change markers that the ingest
+/// writer records). A binary running the ingest engine passes these to
+/// [`Store::open`] with its other subsystems' tables.
+pub const TABLES: &[Table] = &[
+    registry::DEVICES,
+    registry::INVENTORY,
+    registry::AUDIT,
+    registry::DEVICE_TAGS,
+    ingest::DEVICE_STATE,
+    ingest::STATUS_LOG,
+    ingest::HEARTBEATS,
+    samples::SERIES,
+    samples::SAMPLES,
+    samples::CHUNKS,
+    samples::CHUNK_DIRTY,
+    rollup::ROLLUPS,
+    rollup::ROLLUP_DIRTY,
+    rollup::UPLINK_PENDING,
+    tokens::TOKENS,
+];
 
 pub use rocksdb;
 

@@ -5,11 +5,13 @@ use outpost_proto::DeviceId;
 use outpost_proto::messages::Heartbeat;
 use serde::Serialize;
 
+use crate::Store;
 use crate::error::Result;
+use crate::ingest::{DEVICE_STATE, HEARTBEATS, STATUS_LOG};
 use crate::keys;
 use crate::model::{DeviceRecord, DeviceState, Rollup, StatusTransition};
+use crate::registry::DEVICES;
 use crate::rollup;
-use crate::{Cf, Store};
 
 /// A device with its current state.
 #[derive(Debug, Clone, Serialize)]
@@ -22,14 +24,14 @@ pub struct DeviceView {
 /// Every device in the registry, with state.
 pub fn list_devices(store: &Store) -> Result<Vec<DeviceView>> {
     let mut records = Vec::new();
-    store.scan::<DeviceRecord>(Cf::Devices, &[], None, |_, r| {
+    store.scan::<DeviceRecord>(DEVICES, &[], None, |_, r| {
         records.push(r);
         true
     })?;
     records
         .into_iter()
         .map(|record| {
-            let state = store.get(Cf::DeviceState, &keys::device_key(record.id))?;
+            let state = store.get(DEVICE_STATE, &keys::device_key(record.id))?;
             Ok(DeviceView { record, state })
         })
         .collect()
@@ -39,7 +41,7 @@ pub fn device_view(store: &Store, device: DeviceId) -> Result<Option<DeviceView>
     let Some(record) = crate::registry::get(store, device)? else {
         return Ok(None);
     };
-    let state = store.get(Cf::DeviceState, &keys::device_key(device))?;
+    let state = store.get(DEVICE_STATE, &keys::device_key(device))?;
     Ok(Some(DeviceView { record, state }))
 }
 
@@ -143,7 +145,7 @@ pub fn history(
     else {
         return Ok(None);
     };
-    if step_ms >= rollup::bucket_ms() {
+    if step_ms >= store.rollup_bucket_ms() {
         let rollups = rollup::rollups_in(store, device, sid, from_ms, to_ms)?;
         let mut points: Vec<(u64, Rollup)> = Vec::new();
         for (ts, r) in rollups {
@@ -218,7 +220,7 @@ pub fn heartbeats(
 ) -> Result<Vec<HeartbeatEntry>> {
     let mut out = Vec::new();
     store.scan::<Heartbeat>(
-        Cf::Heartbeats,
+        HEARTBEATS,
         &keys::heartbeat_key(device, from_ms, 0),
         Some(&keys::heartbeat_key(device, to_ms, 0)),
         |k, h| {
@@ -245,7 +247,7 @@ pub fn status_log(
 ) -> Result<Vec<StatusTransition>> {
     let mut out = Vec::new();
     store.scan::<StatusTransition>(
-        Cf::StatusLog,
+        STATUS_LOG,
         &keys::device_time_key(device, from_ms),
         Some(&keys::device_time_key(device, to_ms)),
         |_, t| {

@@ -3,12 +3,14 @@
 
 use std::time::Duration;
 
-use rocksdb::WriteBatch;
-
+use crate::Store;
 use crate::error::Result;
+use crate::ingest::{HEARTBEATS, STATUS_LOG};
 use crate::keys;
 use crate::model::DeviceRecord;
-use crate::{Cf, Store};
+use crate::registry::DEVICES;
+use crate::rollup::ROLLUPS;
+use crate::samples::{CHUNKS, SAMPLES};
 
 /// How long each kind of data is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,44 +51,44 @@ pub fn enforce(store: &Store, now_ms: u64, policy: &RetentionPolicy) -> Result<R
         ..RetentionReport::default()
     };
     let mut devices = Vec::new();
-    store.scan::<DeviceRecord>(Cf::Devices, &[], None, |_, d| {
+    store.scan::<DeviceRecord>(DEVICES, &[], None, |_, d| {
         devices.push(d.id);
         true
     })?;
-    let mut batch = WriteBatch::default();
+    let mut batch = store.batch();
     for device in devices {
         report.devices += 1;
         for sid in crate::rollup::device_series(store, device)?
             .into_iter()
             .map(|s| s.id)
         {
-            batch.delete_range_cf(
-                store.cf(Cf::Samples)?,
-                keys::series_time_key(device, sid, 0),
-                keys::series_time_key(device, sid, raw_cutoff),
-            );
-            batch.delete_range_cf(
-                store.cf(Cf::Chunks)?,
-                keys::series_time_key(device, sid, 0),
-                keys::series_time_key(device, sid, crate::chunk::window_start(raw_cutoff)),
-            );
-            batch.delete_range_cf(
-                store.cf(Cf::Rollups)?,
-                keys::series_time_key(device, sid, 0),
-                keys::series_time_key(device, sid, rollup_cutoff),
-            );
+            batch.delete_range(
+                SAMPLES,
+                &keys::series_time_key(device, sid, 0),
+                &keys::series_time_key(device, sid, raw_cutoff),
+            )?;
+            batch.delete_range(
+                CHUNKS,
+                &keys::series_time_key(device, sid, 0),
+                &keys::series_time_key(device, sid, crate::chunk::window_start(raw_cutoff)),
+            )?;
+            batch.delete_range(
+                ROLLUPS,
+                &keys::series_time_key(device, sid, 0),
+                &keys::series_time_key(device, sid, rollup_cutoff),
+            )?;
             report.ranges_deleted += 2;
         }
-        batch.delete_range_cf(
-            store.cf(Cf::Heartbeats)?,
-            keys::heartbeat_key(device, 0, 0),
-            keys::heartbeat_key(device, raw_cutoff, 0),
-        );
-        batch.delete_range_cf(
-            store.cf(Cf::StatusLog)?,
-            keys::device_time_key(device, 0),
-            keys::device_time_key(device, rollup_cutoff),
-        );
+        batch.delete_range(
+            HEARTBEATS,
+            &keys::heartbeat_key(device, 0, 0),
+            &keys::heartbeat_key(device, raw_cutoff, 0),
+        )?;
+        batch.delete_range(
+            STATUS_LOG,
+            &keys::device_time_key(device, 0),
+            &keys::device_time_key(device, rollup_cutoff),
+        )?;
         report.ranges_deleted += 2;
     }
     store.write(batch)?;
@@ -108,7 +110,7 @@ mod tests {
     #[test]
     fn retention_removes_only_what_is_older_than_its_window() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default(), crate::TABLES).unwrap();
         let devs = [DeviceId(1), DeviceId(2)];
         for d in devs {
             crate::registry::register(

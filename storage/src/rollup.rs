@@ -7,43 +7,33 @@
 //! re-mark their bucket).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use outpost_proto::DeviceId;
-use rocksdb::WriteBatch;
 
 use crate::error::Result;
 use crate::keys::{self, SeriesId};
 use crate::model::Rollup;
-use crate::{Cf, Store};
+use crate::{Codec, Store, Table};
 
-/// Rollup bucket width (the production value; see [`bucket_ms`]).
+/// `device | series | bucket start` → `Rollup`.
+pub const ROLLUPS: Table = Table::new("rollups").bulk();
+/// `device | bucket start` → () : buckets with new samples to roll up.
+pub const ROLLUP_DIRTY: Table = Table::new("rollup_dirty").codec(Codec::Raw);
+/// Changes not yet compacted into an uplink batch, written only while the
+/// site is joined to a central (see [`Store::uplink_tracking`]):
+/// `'r' | device | bucket start | generation` → () for (re)computed rollups
+/// (written here, in the same write as the rollups), `'a' | ts | n` → alert
+/// transition (written by the alert engine through `outpost-uplink`).
+/// Consumed by the uplink's compactor, which owns the values' meaning.
+pub const UPLINK_PENDING: Table = Table::new("uplink_pending");
+
+/// Rollup bucket width in production. The width in force is the store's
+/// ([`Store::rollup_bucket_ms`]); only end-to-end tests shorten it.
 pub const BUCKET_MS: u64 = 5 * 60 * 1000;
 
-/// Process-wide override of the bucket width (0 = [`BUCKET_MS`]).
-static BUCKET_MS_OVERRIDE: AtomicU64 = AtomicU64::new(0);
-
-/// The bucket width in force: [`BUCKET_MS`] unless a test knob changed it.
-pub fn bucket_ms() -> u64 {
-    match BUCKET_MS_OVERRIDE.load(Ordering::Relaxed) {
-        0 => BUCKET_MS,
-        ms => ms,
-    }
-}
-
-/// Test knob (`[ingest] rollup_bucket`): makes buckets `ms` wide for this
-/// process, so end-to-end tests see buckets close in seconds. Production
-/// keeps 5 minutes; set it once at start, before any sample is stored.
-pub fn set_bucket_ms(ms: u64) {
-    BUCKET_MS_OVERRIDE.store(
-        if ms == BUCKET_MS { 0 } else { ms.max(1000) },
-        Ordering::Relaxed,
-    );
-}
-
-/// Start of the bucket containing `ts_ms`.
-pub fn bucket_start(ts_ms: u64) -> u64 {
-    ts_ms - ts_ms % bucket_ms()
+/// Start of the `width_ms`-wide bucket containing `ts_ms`.
+pub fn bucket_start(ts_ms: u64, width_ms: u64) -> u64 {
+    ts_ms - ts_ms % width_ms.max(1)
 }
 
 /// Key of an uplink-pending rollup marker: `'r' | device | bucket | generation`.
@@ -58,7 +48,7 @@ pub fn uplink_rollup_marker(device: DeviceId, bucket_start_ms: u64, generation: 
     k
 }
 
-/// First byte of rollup markers in [`Cf::UplinkPending`].
+/// First byte of rollup markers in [`UPLINK_PENDING`].
 pub const UPLINK_ROLLUP_PREFIX: u8 = b'r';
 
 /// Splits a rollup marker key into (device, bucket start, generation).
@@ -73,11 +63,15 @@ pub fn parse_uplink_rollup_marker(key: &[u8]) -> Option<(DeviceId, u64, u64)> {
     ))
 }
 
-/// Folds `(ts, value)` samples into per-bucket rollups (pure).
-pub fn compute(samples: impl IntoIterator<Item = (u64, f64)>) -> BTreeMap<u64, Rollup> {
+/// Folds `(ts, value)` samples into `width_ms`-wide rollups keyed by bucket
+/// start (pure).
+pub fn compute(
+    samples: impl IntoIterator<Item = (u64, f64)>,
+    width_ms: u64,
+) -> BTreeMap<u64, Rollup> {
     let mut out: BTreeMap<u64, Rollup> = BTreeMap::new();
     for (ts, v) in samples {
-        out.entry(bucket_start(ts))
+        out.entry(bucket_start(ts, width_ms))
             .and_modify(|r| r.add(ts, v))
             .or_insert_with(|| Rollup::of(ts, v));
     }
@@ -106,7 +100,7 @@ pub fn device_series(store: &Store, device: DeviceId) -> Result<Vec<SeriesInfo>>
     let prefix = keys::device_key(device);
     let end = keys::prefix_successor(&prefix);
     let mut out = Vec::new();
-    store.scan_raw(Cf::Series, &prefix, end.as_deref(), |k, v| {
+    store.scan_raw(crate::samples::SERIES, &prefix, end.as_deref(), |k, v| {
         if let (Some((_, name, label)), Ok(id)) =
             (keys::parse_series_name_key(k), <[u8; 4]>::try_from(v))
         {
@@ -139,9 +133,9 @@ pub fn process_dirty(
     max_buckets: usize,
 ) -> Result<DirtyPass> {
     let mut ready = Vec::new();
-    let width = bucket_ms();
+    let width = store.rollup_bucket_ms();
     let track = store.uplink_tracking();
-    store.scan_raw(Cf::RollupDirty, &[], None, |k, _| {
+    store.scan_raw(ROLLUP_DIRTY, &[], None, |k, _| {
         if let (Some(d), Some(bucket)) = (keys::device_from_key(k), keys::be_u64(k, 8))
             && bucket + width + settle_ms <= now_ms
         {
@@ -149,7 +143,7 @@ pub fn process_dirty(
         }
         Ok(ready.len() < max_buckets)
     })?;
-    let mut batch = WriteBatch::default();
+    let mut batch = store.batch();
     let mut done = Vec::new();
     // Markers are in device order: load each device's series once.
     let mut series_of: Option<DeviceId> = None;
@@ -169,9 +163,8 @@ pub fn process_dirty(
                 true
             })?;
             if let Some(rollup) = r {
-                store.batch_put(
-                    &mut batch,
-                    Cf::Rollups,
+                batch.put(
+                    ROLLUPS,
                     &keys::series_time_key(device, *sid, bucket),
                     &rollup,
                 )?;
@@ -183,18 +176,15 @@ pub fn process_dirty(
                 });
             }
         }
-        batch.delete_cf(
-            store.cf(Cf::RollupDirty)?,
-            keys::device_time_key(device, bucket),
-        );
+        batch.delete(ROLLUP_DIRTY, &keys::device_time_key(device, bucket))?;
         if track {
             // Same batch as the rollups: the uplink learns of exactly what
             // became durable, even across a crash.
-            batch.put_cf(
-                store.cf(Cf::UplinkPending)?,
-                uplink_rollup_marker(device, bucket, now_ms),
-                [],
-            );
+            batch.put_raw(
+                UPLINK_PENDING,
+                &uplink_rollup_marker(device, bucket, now_ms),
+                &[],
+            )?;
         }
     }
     if !ready.is_empty() {
@@ -214,10 +204,14 @@ pub fn rollups_in(
     from_ms: u64,
     to_ms: u64,
 ) -> Result<Vec<(u64, Rollup)>> {
-    let start = keys::series_time_key(device, series, bucket_start(from_ms));
+    let start = keys::series_time_key(
+        device,
+        series,
+        bucket_start(from_ms, store.rollup_bucket_ms()),
+    );
     let end = keys::series_time_key(device, series, to_ms);
     let mut out = Vec::new();
-    store.scan::<Rollup>(Cf::Rollups, &start, Some(&end), |k, r| {
+    store.scan::<Rollup>(ROLLUPS, &start, Some(&end), |k, r| {
         if let Some((_, _, ts)) = keys::parse_series_time_key(k) {
             out.push((ts, r));
         }
@@ -262,7 +256,7 @@ mod tests {
             shuffle_seed in any::<u64>(),
         ) {
             let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            let store = Store::open(dir.path(), &StoreOptions::default(), crate::TABLES).unwrap();
             let dev = DeviceId(3);
             let mut samples: Vec<(u64, f64)> =
                 ts_set.iter().zip(values.iter()).map(|(t, v)| (*t, *v)).collect();
@@ -307,7 +301,7 @@ mod tests {
                 prop_assert_eq!(r.count, *count);
                 prop_assert_eq!(r.last, *last);
                 prop_assert_eq!(r.last_ts_ms, *last_ts);
-                let direct_sum: f64 = samples.iter().filter(|(t, _)| bucket_start(*t) == *start).map(|s| s.1).sum();
+                let direct_sum: f64 = samples.iter().filter(|(t, _)| bucket_start(*t, BUCKET_MS) == *start).map(|s| s.1).sum();
                 prop_assert!((r.sum - direct_sum).abs() <= 1e-6 * direct_sum.abs().max(1.0));
             }
         }
@@ -316,7 +310,7 @@ mod tests {
     #[test]
     fn open_buckets_wait_for_settle_time() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default(), crate::TABLES).unwrap();
         let dev = DeviceId(3);
         let mut w = IngestWriter::new(store.clone(), 0).unwrap();
         w.apply(
@@ -340,15 +334,63 @@ mod tests {
     }
 
     #[test]
+    fn bucket_width_belongs_to_each_store_not_the_process() {
+        // Two stores in one process with different widths: each rolls up
+        // with its own (this was a process-wide knob).
+        let samples = [(1_000, 1.0), (61_000, 2.0), (121_000, 3.0)];
+        let mut counts = Vec::new();
+        for width in [60_000, BUCKET_MS] {
+            let dir = tempfile::tempdir().unwrap();
+            let opts = StoreOptions {
+                rollup_bucket_ms: width,
+                ..StoreOptions::default()
+            };
+            let store = Store::open(dir.path(), &opts, crate::TABLES).unwrap();
+            assert_eq!(store.rollup_bucket_ms(), width);
+            let mut w = IngestWriter::new(store.clone(), 0).unwrap();
+            let records = samples
+                .iter()
+                .enumerate()
+                .map(|(i, (t, v))| sample(i as u64 + 1, *t, *v))
+                .collect();
+            w.apply(
+                &[IncomingRecords {
+                    device: DeviceId(1),
+                    records,
+                }],
+                0,
+            )
+            .unwrap();
+            w.roll_up(10 * BUCKET_MS, 0, 100).unwrap();
+            let stored = rollups_in(&store, DeviceId(1), 0, 0, 10 * BUCKET_MS).unwrap();
+            assert_eq!(
+                stored.iter().map(|(b, _)| *b).collect::<Vec<_>>(),
+                compute(samples, width).into_keys().collect::<Vec<_>>()
+            );
+            counts.push(stored.len());
+        }
+        assert_eq!(counts, vec![3, 1]);
+    }
+
+    #[test]
+    fn compute_folds_samples_into_buckets_of_the_given_width() {
+        let r = compute([(0, 1.0), (59_999, 3.0), (60_000, 5.0)], 60_000);
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[&0].count, r[&0].min, r[&0].max), (2, 1.0, 3.0));
+        assert_eq!(r[&60_000].last, 5.0);
+        assert_eq!(bucket_start(60_001, 60_000), 60_000);
+    }
+
+    #[test]
     fn rollups_leave_uplink_markers_only_while_tracking() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default(), crate::TABLES).unwrap();
         let dev = DeviceId(7);
         let mut w = IngestWriter::new(store.clone(), 0).unwrap();
         let markers = |store: &Store| {
             let mut out = Vec::new();
             store
-                .scan_raw(Cf::UplinkPending, &[], None, |k, _| {
+                .scan_raw(UPLINK_PENDING, &[], None, |k, _| {
                     out.push(parse_uplink_rollup_marker(k).unwrap());
                     Ok(true)
                 })

@@ -4,13 +4,22 @@
 //! hold a timestamp, the head (newer) wins.
 
 use outpost_proto::DeviceId;
-use rocksdb::WriteBatch;
 
 use crate::chunk::{self, CHUNK_MS};
 use crate::error::{Result, StorageError};
 use crate::keys::{self, SeriesId};
 use crate::rollup::{SeriesInfo, device_series};
-use crate::{Cf, Store};
+use crate::{Codec, Store, Table};
+
+/// `device | name 0 label` → series id (u32 BE): each device's series
+/// dictionary.
+pub const SERIES: Table = Table::new("series").codec(Codec::Raw);
+/// `device | series | ts` → f64 (LE): the head of raw samples.
+pub const SAMPLES: Table = Table::new("samples").codec(Codec::Raw).bulk();
+/// `device | series | window start` → sealed chunk (see [`crate::chunk`]).
+pub const CHUNKS: Table = Table::new("chunks").codec(Codec::Raw).bulk();
+/// `device | window start` → () : windows with head samples to seal.
+pub const CHUNK_DIRTY: Table = Table::new("chunk_dirty").codec(Codec::Raw);
 
 /// Decodes a head sample value.
 pub fn sample_value(v: &[u8]) -> Option<f64> {
@@ -27,7 +36,7 @@ fn head_in(
     let start = keys::series_time_key(device, series, from_ms);
     let end = keys::series_time_key(device, series, to_ms);
     let mut out = Vec::new();
-    store.scan_raw(Cf::Samples, &start, Some(&end), |k, v| {
+    store.scan_raw(SAMPLES, &start, Some(&end), |k, v| {
         match (keys::parse_series_time_key(k), sample_value(v)) {
             (Some((_, _, ts)), Some(val)) => {
                 out.push((ts, val));
@@ -57,7 +66,7 @@ fn chunks_in(
     let start = keys::series_time_key(device, series, chunk::window_start(from_ms));
     let end = keys::series_time_key(device, series, to_ms);
     let mut out = Vec::new();
-    store.scan_raw(Cf::Chunks, &start, Some(&end), |_, v| {
+    store.scan_raw(CHUNKS, &start, Some(&end), |_, v| {
         out.extend(
             decode_chunk(v)?
                 .into_iter()
@@ -92,13 +101,13 @@ pub fn samples_in(
 pub fn latest(store: &Store, device: DeviceId, series: SeriesId) -> Result<Option<(u64, f64)>> {
     let from = keys::series_time_key(device, series, 0);
     let to = keys::series_time_key(device, series, u64::MAX);
-    let head = match store.last_in_range(Cf::Samples, &from, &to)? {
+    let head = match store.last_in_range(SAMPLES, &from, &to)? {
         Some((k, v)) => keys::parse_series_time_key(&k)
             .zip(sample_value(&v))
             .map(|((_, _, t), v)| (t, v)),
         None => None,
     };
-    let sealed = match store.last_in_range(Cf::Chunks, &from, &to)? {
+    let sealed = match store.last_in_range(CHUNKS, &from, &to)? {
         Some((_, v)) => decode_chunk(&v)?.last().copied(),
         None => None,
     };
@@ -119,7 +128,7 @@ pub fn seal_dirty(
     max_windows: usize,
 ) -> Result<Vec<(DeviceId, u64)>> {
     let mut ready = Vec::new();
-    store.scan_raw(Cf::ChunkDirty, &[], None, |k, _| {
+    store.scan_raw(CHUNK_DIRTY, &[], None, |k, _| {
         if let (Some(d), Some(w)) = (keys::device_from_key(k), keys::be_u64(k, 8))
             && w + CHUNK_MS + settle_ms <= now_ms
         {
@@ -127,7 +136,7 @@ pub fn seal_dirty(
         }
         Ok(ready.len() < max_windows)
     })?;
-    let mut batch = WriteBatch::default();
+    let mut batch = store.batch();
     let mut series_of: Option<DeviceId> = None;
     let mut series: Vec<SeriesInfo> = Vec::new();
     for &(device, w) in &ready {
@@ -141,18 +150,18 @@ pub fn seal_dirty(
                 continue;
             }
             let key = keys::series_time_key(device, s.id, w);
-            let merged = match store.get_raw(Cf::Chunks, &key)? {
+            let merged = match store.get_raw(CHUNKS, &key)? {
                 Some(old) => chunk::merge(&decode_chunk(&old)?, &head),
                 None => head,
             };
-            batch.put_cf(store.cf(Cf::Chunks)?, key, chunk::encode(&merged));
-            batch.delete_range_cf(
-                store.cf(Cf::Samples)?,
-                key,
-                keys::series_time_key(device, s.id, w + CHUNK_MS),
-            );
+            batch.put_raw(CHUNKS, &key, &chunk::encode(&merged))?;
+            batch.delete_range(
+                SAMPLES,
+                &key,
+                &keys::series_time_key(device, s.id, w + CHUNK_MS),
+            )?;
         }
-        batch.delete_cf(store.cf(Cf::ChunkDirty)?, keys::device_time_key(device, w));
+        batch.delete(CHUNK_DIRTY, &keys::device_time_key(device, w))?;
     }
     if !ready.is_empty() {
         store.write(batch)?;
@@ -194,7 +203,7 @@ mod tests {
     #[test]
     fn sealing_moves_samples_to_chunks_without_changing_what_readers_see() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default(), crate::TABLES).unwrap();
         let d = DeviceId(1);
         let mut w = IngestWriter::new(store.clone(), 0).unwrap();
         // Three windows of one-minute samples.

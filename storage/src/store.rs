@@ -1,4 +1,8 @@
-//! The RocksDB handle, its column families and options.
+//! The RocksDB handle: opening the tables the caller declares, typed
+//! reads, write batches and the one place writes are made durable.
+//!
+//! Nothing outside this crate touches RocksDB's handles: subsystems read
+//! and write through [`Store`] and [`Batch`] with their own [`Table`]s.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,139 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Result, StorageError};
-
-/// Column families. Each is a table; see [`crate::model`] for value types
-/// and [`crate::keys`] for key layouts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cf {
-    /// Schema version and other singletons.
-    Meta,
-    /// `device` → `DeviceRecord` (registry: identity, facts, revocation).
-    Devices,
-    /// `device` → `DeviceState` (last stored seq, last seen, online status).
-    DeviceState,
-    /// `device | ts` → `StatusTransition`.
-    StatusLog,
-    /// `device` → latest `Inventory`.
-    Inventory,
-    /// `sha256(token)` → `EnrollToken`.
-    Tokens,
-    /// `device | name 0 label` → series id (u32 BE).
-    Series,
-    /// `device | series | ts` → f64 (LE): the head of raw samples.
-    Samples,
-    /// `device | series | window start` → sealed chunk (see `chunk`).
-    Chunks,
-    /// `device | window start` → () : windows with head samples to seal.
-    ChunkDirty,
-    /// `device | ts | seq` → `Heartbeat`.
-    Heartbeats,
-    /// `device | series | bucket start` → `Rollup`.
-    Rollups,
-    /// `device | bucket start` → () : buckets with new samples to roll up.
-    RollupDirty,
-    /// `ts | n` → `AuditEntry`.
-    Audit,
-    /// LAN patch cache: upstream URL → cached entry (content hash, validators).
-    CacheUrls,
-    /// LAN patch cache: sha256 → blob metadata (size, last access, hits).
-    CacheBlobs,
-    /// LAN patch cache: upstream URL → size and sha256 a verified index states.
-    CacheExpect,
-    /// LAN patch cache: suite URL (`…/dists/SUITE`) → last accepted InRelease.
-    CacheSuites,
-    /// LAN patch cache: upstream URL → pin (never evicted).
-    CachePins,
-    /// `device` → tags (JSON list): scopes of alert rules and windows.
-    DeviceTags,
-    /// `kind/id` → alerting configuration object (JSON): rules, channels,
-    /// escalation policies, maintenance windows.
-    AlertConfig,
-    /// `alert id` → alert record (JSON); `open/rule/device/label` → id.
-    Alerts,
-    /// `alert id | n` → alert transition (JSON).
-    AlertEvents,
-    /// `q/seq` → queued notification, `d/seq` → dead letter (JSON).
-    Notifications,
-    /// Changes not yet compacted into an uplink batch (written only while the
-    /// site is joined to a central, see [`Store::uplink_tracking`]):
-    /// `'r' | device | bucket start | generation` → () for (re)computed
-    /// rollups, `'a' | ts | n` → alert transition (owned by `outpost-uplink`).
-    UplinkPending,
-    /// `seq` (u64 BE) → outbox batch (owned by `outpost-uplink`): compacted,
-    /// compressed batches waiting for central's acknowledgement.
-    UplinkOutbox,
-}
-
-impl Cf {
-    pub const ALL: [Cf; 26] = [
-        Cf::Meta,
-        Cf::Devices,
-        Cf::DeviceState,
-        Cf::StatusLog,
-        Cf::Inventory,
-        Cf::Tokens,
-        Cf::Series,
-        Cf::Samples,
-        Cf::Chunks,
-        Cf::ChunkDirty,
-        Cf::Heartbeats,
-        Cf::Rollups,
-        Cf::RollupDirty,
-        Cf::Audit,
-        Cf::CacheUrls,
-        Cf::CacheBlobs,
-        Cf::CacheExpect,
-        Cf::CacheSuites,
-        Cf::CachePins,
-        Cf::DeviceTags,
-        Cf::AlertConfig,
-        Cf::Alerts,
-        Cf::AlertEvents,
-        Cf::Notifications,
-        Cf::UplinkPending,
-        Cf::UplinkOutbox,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Cf::Meta => "meta",
-            Cf::Devices => "devices",
-            Cf::DeviceState => "device_state",
-            Cf::StatusLog => "status_log",
-            Cf::Inventory => "inventory",
-            Cf::Tokens => "tokens",
-            Cf::Series => "series",
-            Cf::Samples => "samples",
-            Cf::Chunks => "chunks",
-            Cf::ChunkDirty => "chunk_dirty",
-            Cf::Heartbeats => "heartbeats",
-            Cf::Rollups => "rollups",
-            Cf::RollupDirty => "rollup_dirty",
-            Cf::Audit => "audit",
-            Cf::CacheUrls => "cache_urls",
-            Cf::CacheBlobs => "cache_blobs",
-            Cf::CacheExpect => "cache_expect",
-            Cf::CacheSuites => "cache_suites",
-            Cf::CachePins => "cache_pins",
-            Cf::DeviceTags => "device_tags",
-            Cf::AlertConfig => "alert_config",
-            Cf::Alerts => "alerts",
-            Cf::AlertEvents => "alert_events",
-            Cf::Notifications => "notifications",
-            Cf::UplinkPending => "uplink_pending",
-            Cf::UplinkOutbox => "uplink_outbox",
-        }
-    }
-
-    /// Large, append-mostly time series tables get zstd at the bottom level.
-    fn is_bulk(self) -> bool {
-        matches!(
-            self,
-            Cf::Samples | Cf::Chunks | Cf::Heartbeats | Cf::Rollups | Cf::StatusLog
-        )
-    }
-}
+use crate::table::{Codec, Layout, Table};
 
 /// When a write is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -166,6 +38,9 @@ pub struct StoreOptions {
     pub block_cache_bytes: usize,
     /// Memtable size per column family.
     pub write_buffer_bytes: usize,
+    /// Width of a rollup bucket ([`crate::rollup::BUCKET_MS`] in
+    /// production; end-to-end tests shorten it so buckets close in seconds).
+    pub rollup_bucket_ms: u64,
 }
 
 impl Default for StoreOptions {
@@ -174,13 +49,21 @@ impl Default for StoreOptions {
             durability: Durability::Sync,
             block_cache_bytes: 64 * 1024 * 1024,
             write_buffer_bytes: 32 * 1024 * 1024,
+            rollup_bucket_ms: crate::rollup::BUCKET_MS,
         }
     }
 }
 
+/// The shortest rollup bucket [`Store::open`] accepts.
+pub const MIN_ROLLUP_BUCKET_MS: u64 = 1000;
+
 struct Inner {
     db: DB,
     durability: Durability,
+    /// The tables the opener declared (name → declaration).
+    tables: Vec<Table>,
+    /// Width of a rollup bucket, fixed for the life of the handle.
+    rollup_bucket_ms: u64,
     /// Whether rollup computations record uplink-pending markers (true
     /// while the site is joined to a central; nothing accumulates otherwise).
     uplink_tracking: AtomicBool,
@@ -203,9 +86,35 @@ impl std::fmt::Debug for Store {
 const SCHEMA_VERSION: u32 = 1;
 const SCHEMA_KEY: &[u8] = b"schema_version";
 
+/// Schema version and other singletons of the engine.
+pub const META: Table = Table::new("meta");
+
 impl Store {
-    /// Opens (creating if needed) the database at `path`.
-    pub fn open(path: &Path, opts: &StoreOptions) -> Result<Store> {
+    /// Opens (creating if needed) the database at `path` with the `tables`
+    /// the caller's subsystems declared (each subsystem's `TABLES`; [`META`]
+    /// is always opened). Column families found on disk but not declared
+    /// (a newer build's tables) are opened with default options and left
+    /// alone.
+    pub fn open(path: &Path, opts: &StoreOptions, tables: &[Table]) -> Result<Store> {
+        if opts.rollup_bucket_ms < MIN_ROLLUP_BUCKET_MS {
+            return Err(StorageError::Invalid(format!(
+                "rollup bucket of {} ms is too short (minimum {MIN_ROLLUP_BUCKET_MS} ms)",
+                opts.rollup_bucket_ms
+            )));
+        }
+        let mut declared: Vec<Table> = vec![META];
+        for t in tables {
+            match declared.iter().find(|d| d.name == t.name) {
+                Some(d) if d == t => {}
+                Some(d) => {
+                    return Err(StorageError::Invalid(format!(
+                        "table {} is declared twice with different settings ({d:?} and {t:?})",
+                        t.name
+                    )));
+                }
+                None => declared.push(*t),
+            }
+        }
         let cache = Cache::new_lru_cache(opts.block_cache_bytes);
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
@@ -214,26 +123,39 @@ impl Store {
         db_opts.set_max_background_jobs(2);
         db_opts.set_keep_log_file_num(4);
         db_opts.set_max_total_wal_size(256 * 1024 * 1024);
-        let cfs = Cf::ALL.iter().map(|cf| {
-            let mut o = Options::default();
-            let mut bb = BlockBasedOptions::default();
-            bb.set_block_cache(&cache);
-            bb.set_block_size(16 * 1024);
-            bb.set_bloom_filter(10.0, false);
-            o.set_block_based_table_factory(&bb);
-            o.set_write_buffer_size(opts.write_buffer_bytes);
-            o.set_compression_type(DBCompressionType::Lz4);
-            if cf.is_bulk() {
-                o.set_bottommost_compression_type(DBCompressionType::Zstd);
-                o.set_level_compaction_dynamic_level_bytes(true);
+        let mut cfs: Vec<ColumnFamilyDescriptor> = declared
+            .iter()
+            .map(|t| {
+                let mut o = Options::default();
+                let mut bb = BlockBasedOptions::default();
+                bb.set_block_cache(&cache);
+                bb.set_block_size(16 * 1024);
+                bb.set_bloom_filter(10.0, false);
+                o.set_block_based_table_factory(&bb);
+                o.set_write_buffer_size(opts.write_buffer_bytes);
+                o.set_compression_type(DBCompressionType::Lz4);
+                if t.layout == Layout::Bulk {
+                    o.set_bottommost_compression_type(DBCompressionType::Zstd);
+                    o.set_level_compaction_dynamic_level_bytes(true);
+                }
+                ColumnFamilyDescriptor::new(t.name, o)
+            })
+            .collect();
+        // RocksDB refuses to open a database without every column family it
+        // has; a new database has none yet (list_cf fails: nothing to add).
+        for name in DB::list_cf(&Options::default(), path).unwrap_or_default() {
+            if name != "default" && !declared.iter().any(|t| t.name == name) {
+                tracing::debug!(table = %name, "opening an undeclared table");
+                cfs.push(ColumnFamilyDescriptor::new(name, Options::default()));
             }
-            ColumnFamilyDescriptor::new(cf.name(), o)
-        });
+        }
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
         let store = Store {
             inner: Arc::new(Inner {
                 db,
                 durability: opts.durability,
+                tables: declared,
+                rollup_bucket_ms: opts.rollup_bucket_ms,
                 uplink_tracking: AtomicBool::new(false),
             }),
         };
@@ -242,8 +164,8 @@ impl Store {
     }
 
     fn check_schema(&self) -> Result<()> {
-        match self.get::<u32>(Cf::Meta, SCHEMA_KEY)? {
-            None => self.put(Cf::Meta, SCHEMA_KEY, &SCHEMA_VERSION),
+        match self.get::<u32>(META, SCHEMA_KEY)? {
+            None => self.put(META, SCHEMA_KEY, &SCHEMA_VERSION),
             Some(SCHEMA_VERSION) => Ok(()),
             Some(other) => Err(StorageError::Invalid(format!(
                 "database schema version {other} is not supported by this build (expects {SCHEMA_VERSION}); \
@@ -252,15 +174,22 @@ impl Store {
         }
     }
 
-    pub fn db(&self) -> &DB {
-        &self.inner.db
-    }
-
     pub fn durability(&self) -> Durability {
         self.inner.durability
     }
 
-    /// Whether changes are recorded for the uplink (see [`Cf::UplinkPending`]).
+    /// Width of a rollup bucket (see [`StoreOptions::rollup_bucket_ms`]).
+    pub fn rollup_bucket_ms(&self) -> u64 {
+        self.inner.rollup_bucket_ms
+    }
+
+    /// The tables this handle opened, in declaration order.
+    pub fn tables(&self) -> &[Table] {
+        &self.inner.tables
+    }
+
+    /// Whether changes are recorded for the uplink (see
+    /// [`crate::rollup::UPLINK_PENDING`]).
     pub fn uplink_tracking(&self) -> bool {
         self.inner.uplink_tracking.load(Ordering::Acquire)
     }
@@ -271,113 +200,82 @@ impl Store {
         self.inner.uplink_tracking.store(on, Ordering::Release);
     }
 
-    pub fn cf(&self, cf: Cf) -> Result<&ColumnFamily> {
+    fn cf(&self, table: Table) -> Result<&ColumnFamily> {
         self.inner
             .db
-            .cf_handle(cf.name())
-            .ok_or(StorageError::MissingColumnFamily(cf.name()))
+            .cf_handle(table.name)
+            .ok_or(StorageError::UndeclaredTable(table.name))
     }
 
-    /// Write options for the configured durability.
-    pub fn write_options(&self) -> WriteOptions {
+    fn write_options(&self, sync: bool) -> WriteOptions {
         let mut w = WriteOptions::default();
-        w.set_sync(self.inner.durability == Durability::Sync);
+        w.set_sync(sync);
         w
     }
 
-    /// Writes a batch with the configured durability.
-    pub fn write(&self, batch: WriteBatch) -> Result<()> {
-        Ok(self.inner.db.write_opt(batch, &self.write_options())?)
+    /// A new, empty write batch on this store.
+    pub fn batch(&self) -> Batch {
+        Batch {
+            store: self.clone(),
+            inner: WriteBatch::default(),
+        }
     }
 
-    pub fn get_raw(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.inner.db.get_cf(self.cf(cf)?, key)?)
+    /// Writes a batch atomically with the configured durability.
+    pub fn write(&self, batch: Batch) -> Result<()> {
+        let sync = self.inner.durability == Durability::Sync;
+        Ok(self
+            .inner
+            .db
+            .write_opt(batch.inner, &self.write_options(sync))?)
     }
 
-    pub fn get<T: DeserializeOwned>(&self, cf: Cf, key: &[u8]) -> Result<Option<T>> {
-        match self.get_raw(cf, key)? {
+    /// Writes a batch atomically without syncing the WAL, whatever the
+    /// configured durability: only for state whose loss in a power cut is
+    /// harmless (e.g. the patch cache's access times).
+    pub fn write_unsynced(&self, batch: Batch) -> Result<()> {
+        Ok(self
+            .inner
+            .db
+            .write_opt(batch.inner, &self.write_options(false))?)
+    }
+
+    pub fn get_raw(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.inner.db.get_cf(self.cf(table)?, key)?)
+    }
+
+    /// Reads and decodes one value with the table's codec.
+    pub fn get<T: DeserializeOwned>(&self, table: Table, key: &[u8]) -> Result<Option<T>> {
+        match self.get_raw(table, key)? {
             None => Ok(None),
-            Some(bytes) => decode(cf, &bytes).map(Some),
+            Some(bytes) => decode(table, &bytes).map(Some),
         }
     }
 
     /// Puts one value, durably.
-    pub fn put<T: Serialize + ?Sized>(&self, cf: Cf, key: &[u8], value: &T) -> Result<()> {
-        let mut b = WriteBatch::default();
-        self.batch_put(&mut b, cf, key, value)?;
+    pub fn put<T: Serialize + ?Sized>(&self, table: Table, key: &[u8], value: &T) -> Result<()> {
+        let mut b = self.batch();
+        b.put(table, key, value)?;
         self.write(b)
     }
 
-    /// Reads a JSON-encoded value (configuration-like tables whose shape
-    /// evolves with optional fields).
-    pub fn get_json<T: DeserializeOwned>(&self, cf: Cf, key: &[u8]) -> Result<Option<T>> {
-        match self.get_raw(cf, key)? {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                StorageError::Invalid(format!("corrupt JSON value in {}: {e}", cf.name()))
-            }),
-        }
-    }
-
-    /// Adds a JSON-encoded put to `batch`.
-    pub fn batch_put_json<T: Serialize + ?Sized>(
-        &self,
-        batch: &mut WriteBatch,
-        cf: Cf,
-        key: &[u8],
-        value: &T,
-    ) -> Result<()> {
-        let bytes = serde_json::to_vec(value)
-            .map_err(|e| StorageError::Invalid(format!("encoding JSON for {}: {e}", cf.name())))?;
-        batch.put_cf(self.cf(cf)?, key, bytes);
-        Ok(())
-    }
-
-    /// Iterates JSON values over `[from, to)`; undecodable values are errors.
-    pub fn scan_json<T: DeserializeOwned>(
-        &self,
-        cf: Cf,
-        from: &[u8],
-        to: Option<&[u8]>,
-        mut f: impl FnMut(&[u8], T) -> bool,
-    ) -> Result<()> {
-        self.scan_raw(cf, from, to, |k, v| {
-            let value = serde_json::from_slice(v).map_err(|e| {
-                StorageError::Invalid(format!("corrupt JSON value in {}: {e}", cf.name()))
-            })?;
-            Ok(f(k, value))
-        })
-    }
-
-    /// Adds an encoded put to `batch`.
-    pub fn batch_put<T: Serialize + ?Sized>(
-        &self,
-        batch: &mut WriteBatch,
-        cf: Cf,
-        key: &[u8],
-        value: &T,
-    ) -> Result<()> {
-        let bytes = encode(cf, value)?;
-        batch.put_cf(self.cf(cf)?, key, bytes);
-        Ok(())
-    }
-
-    /// Iterates `(key, value)` over `[from, to)` in key order, decoding values.
-    /// Stops early if `f` returns `false`.
+    /// Iterates `(key, value)` over `[from, to)` in key order, decoding values
+    /// with the table's codec (an undecodable value is an error). Stops early
+    /// if `f` returns `false`.
     pub fn scan<T: DeserializeOwned>(
         &self,
-        cf: Cf,
+        table: Table,
         from: &[u8],
         to: Option<&[u8]>,
         mut f: impl FnMut(&[u8], T) -> bool,
     ) -> Result<()> {
-        self.scan_raw(cf, from, to, |k, v| Ok(f(k, decode(cf, v)?)))
+        self.scan_raw(table, from, to, |k, v| Ok(f(k, decode(table, v)?)))
     }
 
     /// Like [`Store::scan`] with raw values; `f` may fail.
     pub fn scan_raw(
         &self,
-        cf: Cf,
+        table: Table,
         from: &[u8],
         to: Option<&[u8]>,
         mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
@@ -387,7 +285,7 @@ impl Store {
             ro.set_iterate_upper_bound(to.to_vec());
         }
         let iter = self.inner.db.iterator_cf_opt(
-            self.cf(cf)?,
+            self.cf(table)?,
             ro,
             IteratorMode::From(from, Direction::Forward),
         );
@@ -403,7 +301,7 @@ impl Store {
     /// The last `(key, value)` in `[from, to)`, if any.
     pub fn last_in_range(
         &self,
-        cf: Cf,
+        table: Table,
         from: &[u8],
         to: &[u8],
     ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
@@ -413,7 +311,7 @@ impl Store {
         let mut iter = self
             .inner
             .db
-            .iterator_cf_opt(self.cf(cf)?, ro, IteratorMode::End);
+            .iterator_cf_opt(self.cf(table)?, ro, IteratorMode::End);
         match iter.next() {
             None => Ok(None),
             Some(item) => {
@@ -443,20 +341,20 @@ impl Store {
         Ok(sst + wal)
     }
 
-    /// Bytes of live SST files of one column family.
-    pub fn cf_sst_bytes(&self, cf: Cf) -> Result<u64> {
+    /// Bytes of live SST files of one table.
+    pub fn table_sst_bytes(&self, table: Table) -> Result<u64> {
         Ok(self
             .inner
             .db
-            .property_int_value_cf(self.cf(cf)?, "rocksdb.total-sst-files-size")?
+            .property_int_value_cf(self.cf(table)?, "rocksdb.total-sst-files-size")?
             .unwrap_or(0))
     }
 
-    /// Flushes memtables and compacts every column family (used by tests,
+    /// Flushes memtables and compacts every declared table (used by tests,
     /// benchmarks and `outpost` maintenance).
     pub fn compact_all(&self) -> Result<()> {
-        for cf in Cf::ALL {
-            let h = self.cf(cf)?;
+        for t in &self.inner.tables {
+            let h = self.cf(*t)?;
             self.inner.db.flush_cf(h)?;
             self.inner
                 .db
@@ -466,52 +364,201 @@ impl Store {
     }
 }
 
-pub(crate) fn encode<T: Serialize + ?Sized>(cf: Cf, value: &T) -> Result<Vec<u8>> {
-    outpost_proto::codec::encode(value).map_err(|source| StorageError::Encode {
-        cf: cf.name(),
-        source,
-    })
+/// Changes to several tables, applied atomically by [`Store::write`].
+/// Typed puts encode with the table's codec.
+pub struct Batch {
+    /// The store whose tables the batch names (a handle clone: cheap).
+    store: Store,
+    inner: WriteBatch,
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(cf: Cf, bytes: &[u8]) -> Result<T> {
-    outpost_proto::codec::decode(bytes).map_err(|source| StorageError::Corrupt {
-        cf: cf.name(),
-        source,
-    })
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("len", &self.inner.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Batch {
+    /// Adds a put of `value` encoded with the table's codec.
+    pub fn put<T: Serialize + ?Sized>(
+        &mut self,
+        table: Table,
+        key: &[u8],
+        value: &T,
+    ) -> Result<()> {
+        let bytes = encode(table, value)?;
+        self.inner.put_cf(self.store.cf(table)?, key, bytes);
+        Ok(())
+    }
+
+    /// Adds a put of bytes as they are (tables with a layout of their own).
+    pub fn put_raw(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<()> {
+        self.inner.put_cf(self.store.cf(table)?, key, value);
+        Ok(())
+    }
+
+    pub fn delete(&mut self, table: Table, key: &[u8]) -> Result<()> {
+        self.inner.delete_cf(self.store.cf(table)?, key);
+        Ok(())
+    }
+
+    /// Deletes every key in `[from, to)`.
+    pub fn delete_range(&mut self, table: Table, from: &[u8], to: &[u8]) -> Result<()> {
+        self.inner.delete_range_cf(self.store.cf(table)?, from, to);
+        Ok(())
+    }
+
+    /// Number of operations in the batch.
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    /// Encoded size of the batch in bytes.
+    pub fn size_in_bytes(&self) -> usize {
+        self.inner.size_in_bytes()
+    }
+}
+
+pub(crate) fn encode<T: Serialize + ?Sized>(table: Table, value: &T) -> Result<Vec<u8>> {
+    match table.codec {
+        Codec::Bincode => {
+            outpost_proto::codec::encode(value).map_err(|source| StorageError::Encode {
+                cf: table.name,
+                source,
+            })
+        }
+        Codec::Json => serde_json::to_vec(value)
+            .map_err(|e| StorageError::Invalid(format!("encoding JSON for {}: {e}", table.name))),
+        Codec::Raw => Err(StorageError::RawTable(table.name)),
+    }
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(table: Table, bytes: &[u8]) -> Result<T> {
+    match table.codec {
+        Codec::Bincode => {
+            outpost_proto::codec::decode(bytes).map_err(|source| StorageError::Corrupt {
+                cf: table.name,
+                source,
+            })
+        }
+        Codec::Json => serde_json::from_slice(bytes).map_err(|e| {
+            StorageError::Invalid(format!("corrupt JSON value in {}: {e}", table.name))
+        }),
+        Codec::Raw => Err(StorageError::RawTable(table.name)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::DEVICES;
+
+    fn open(dir: &Path, tables: &[Table]) -> Result<Store> {
+        Store::open(dir, &StoreOptions::default(), tables)
+    }
 
     #[test]
     fn reopen_keeps_values_and_checks_schema() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-            s.put(Cf::Meta, b"k", &42u64).unwrap();
+            let s = open(dir.path(), crate::TABLES).unwrap();
+            s.put(META, b"k", &42u64).unwrap();
         }
-        let s = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-        assert_eq!(s.get::<u64>(Cf::Meta, b"k").unwrap(), Some(42));
-        s.put(Cf::Meta, SCHEMA_KEY, &99u32).unwrap();
+        let s = open(dir.path(), crate::TABLES).unwrap();
+        assert_eq!(s.get::<u64>(META, b"k").unwrap(), Some(42));
+        s.put(META, SCHEMA_KEY, &99u32).unwrap();
         drop(s);
-        let err = Store::open(dir.path(), &StoreOptions::default()).unwrap_err();
+        let err = open(dir.path(), crate::TABLES).unwrap_err();
         assert!(err.to_string().contains("schema version 99"), "{err}");
     }
 
     #[test]
     fn corrupt_value_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-        s.db()
-            .put_cf(s.cf(Cf::Devices).unwrap(), b"x", [0xFF; 3])
-            .unwrap();
+        let s = open(dir.path(), crate::TABLES).unwrap();
+        let mut b = s.batch();
+        b.put_raw(DEVICES, b"x", &[0xFF; 3]).unwrap();
+        s.write(b).unwrap();
         let err = s
-            .get::<crate::model::DeviceRecord>(Cf::Devices, b"x")
+            .get::<crate::model::DeviceRecord>(DEVICES, b"x")
             .unwrap_err();
         assert!(
             matches!(err, StorageError::Corrupt { cf: "devices", .. }),
             "{err}"
         );
+    }
+
+    const NOTES: Table = Table::new("test_notes").codec(Codec::Json);
+    const MARKS: Table = Table::new("test_marks").codec(Codec::Raw);
+
+    #[test]
+    fn a_table_declared_by_its_owner_is_opened_with_its_codec() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), &[NOTES, MARKS]).unwrap();
+        s.put(NOTES, b"a", &vec!["x".to_string()]).unwrap();
+        // JSON on disk: readable by anything that reads the table raw.
+        assert_eq!(s.get_raw(NOTES, b"a").unwrap().unwrap(), br#"["x"]"#);
+        assert_eq!(
+            s.get::<Vec<String>>(NOTES, b"a").unwrap(),
+            Some(vec!["x".to_string()])
+        );
+        let err = s.put(MARKS, b"a", &1u32).unwrap_err();
+        assert!(matches!(err, StorageError::RawTable("test_marks")), "{err}");
+        let mut b = s.batch();
+        b.put_raw(MARKS, b"a", &[]).unwrap();
+        s.write(b).unwrap();
+        assert!(matches!(
+            s.get::<u32>(MARKS, b"a").unwrap_err(),
+            StorageError::RawTable("test_marks")
+        ));
+    }
+
+    #[test]
+    fn a_table_not_declared_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), &[]).unwrap();
+        let err = s.get_raw(NOTES, b"a").unwrap_err();
+        assert!(err.to_string().contains("test_notes"), "{err}");
+    }
+
+    #[test]
+    fn tables_on_disk_that_this_build_does_not_declare_still_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(dir.path(), &[NOTES]).unwrap();
+            s.put(NOTES, b"a", &1u8).unwrap();
+        }
+        // An older build (or another subsystem set) opens the same data.
+        let s = open(dir.path(), &[]).unwrap();
+        assert_eq!(s.tables(), &[META]);
+        drop(s);
+        let s = open(dir.path(), &[NOTES]).unwrap();
+        assert_eq!(s.get::<u8>(NOTES, b"a").unwrap(), Some(1));
+    }
+
+    #[test]
+    fn conflicting_declarations_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = open(dir.path(), &[NOTES, NOTES.codec(Codec::Bincode)]).unwrap_err();
+        assert!(err.to_string().contains("declared twice"), "{err}");
+        // The same declaration twice (two subsystems sharing a table) is fine.
+        open(dir.path(), &[NOTES, NOTES]).unwrap();
+    }
+
+    #[test]
+    fn a_rollup_bucket_under_a_second_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            rollup_bucket_ms: 10,
+            ..StoreOptions::default()
+        };
+        let err = Store::open(dir.path(), &opts, &[]).unwrap_err();
+        assert!(err.to_string().contains("too short"), "{err}");
     }
 }

@@ -7,7 +7,10 @@ use outpost_proto::pki::sha256;
 
 use crate::error::Result;
 use crate::model::EnrollToken;
-use crate::{Cf, Store};
+use crate::{Store, Table};
+
+/// `sha256(token)` → `EnrollToken`.
+pub const TOKENS: Table = Table::new("tokens");
 
 /// Why a token was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -26,7 +29,7 @@ static CONSUME_LOCK: Mutex<()> = Mutex::new(());
 /// Creates a token: returns the secret to hand to installers. Only its hash is stored.
 pub fn create(store: &Store, token: &EnrollToken) -> Result<String> {
     let secret = format!("opt_{}", hex::encode(rand::random::<[u8; 20]>()));
-    store.put(Cf::Tokens, &sha256(secret.as_bytes()), token)?;
+    store.put(TOKENS, &sha256(secret.as_bytes()), token)?;
     Ok(secret)
 }
 
@@ -38,7 +41,7 @@ pub fn consume(
 ) -> Result<std::result::Result<EnrollToken, TokenRejection>> {
     let key = sha256(secret.as_bytes());
     let _guard = CONSUME_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(mut token) = store.get::<EnrollToken>(Cf::Tokens, &key)? else {
+    let Some(mut token) = store.get::<EnrollToken>(TOKENS, &key)? else {
         return Ok(Err(TokenRejection::Unknown));
     };
     if now_ms >= token.expires_at_ms {
@@ -48,7 +51,7 @@ pub fn consume(
         return Ok(Err(TokenRejection::UsedUp));
     }
     token.uses += 1;
-    store.put(Cf::Tokens, &key, &token)?;
+    store.put(TOKENS, &key, &token)?;
     Ok(Ok(token))
 }
 
@@ -71,12 +74,12 @@ mod tests {
     #[test]
     fn token_lifecycle() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let s = Store::open(dir.path(), &StoreOptions::default(), crate::TABLES).unwrap();
         let secret = create(&s, &token(1000, 2)).unwrap();
         assert!(secret.starts_with("opt_"));
         // Stored hashed: the secret itself is nowhere in the table.
         let mut found_plain = false;
-        s.scan_raw(Cf::Tokens, &[], None, |k, _| {
+        s.scan_raw(TOKENS, &[], None, |k, _| {
             found_plain |= k == secret.as_bytes();
             Ok(true)
         })

@@ -308,11 +308,11 @@ fn agent_to_appliance_to_central_device_and_rollups_appear_in_centrals_api() {
 
 /// Counts the appliance's stored rollups per device (database closed).
 fn appliance_rollups(dir: &Path) -> std::collections::HashMap<String, u64> {
-    let store = outpost_storage::Store::open(&dir.join("db"), &Default::default())
+    let store = outpost_appliance::db::open(&dir.join("db"), &Default::default())
         .expect("open appliance db");
     let mut n = std::collections::HashMap::new();
     store
-        .scan_raw(outpost_storage::Cf::Rollups, &[], None, |k, _| {
+        .scan_raw(outpost_storage::rollup::ROLLUPS, &[], None, |k, _| {
             if let Some(d) = outpost_storage::keys::device_from_key(k) {
                 *n.entry(d.to_string()).or_insert(0) += 1;
             }

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use outpost_proto::DeviceId;
 use outpost_proto::messages::MetricValue;
+use outpost_storage::Batch;
 use outpost_storage::error::Result;
 use outpost_storage::model::{AuditEntry, DeviceStatus, StatusTransition};
-use outpost_storage::rocksdb::WriteBatch;
 use outpost_storage::{Store, now_ms, registry};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -522,7 +522,7 @@ impl Engine {
 
     /// Escalation, reminders and the end of silencing windows for a firing alert.
     fn notification_timers(&mut self, rule: &Rule, a: &mut Alert, now: u64) {
-        let mut batch = WriteBatch::default();
+        let mut batch = self.store.batch();
         let mut queued = Vec::new();
         let mut changed = false;
         if let Some(win) = &a.silenced_by {
@@ -592,16 +592,8 @@ impl Engine {
         }
     }
 
-    fn event(
-        &self,
-        b: &mut WriteBatch,
-        a: &Alert,
-        event: &str,
-        detail: &str,
-        now: u64,
-    ) -> Result<()> {
+    fn event(&self, b: &mut Batch, a: &Alert, event: &str, detail: &str, now: u64) -> Result<()> {
         store::add_event(
-            &self.store,
             b,
             &AlertEvent {
                 alert_id: a.id,
@@ -650,7 +642,7 @@ impl Engine {
 
     fn queue(
         &mut self,
-        b: &mut WriteBatch,
+        b: &mut Batch,
         out: &mut Vec<Notification>,
         a: &mut Alert,
         event: NotifyEvent,
@@ -669,7 +661,7 @@ impl Engine {
                 last_error: None,
             };
             self.next_notification_id += 1;
-            if let Err(e) = store::queue_notification(&self.store, b, &n) {
+            if let Err(e) = store::queue_notification(b, &n) {
                 warn!(error = %e, "queueing a notification failed");
                 continue;
             }
@@ -682,10 +674,8 @@ impl Engine {
         }
     }
 
-    fn commit(&mut self, mut batch: WriteBatch, a: &Alert, queued: Vec<Notification>) {
-        if let Err(e) =
-            store::save_alert(&self.store, &mut batch, a).and_then(|_| self.store.write(batch))
-        {
+    fn commit(&mut self, mut batch: Batch, a: &Alert, queued: Vec<Notification>) {
+        if let Err(e) = store::save_alert(&mut batch, a).and_then(|_| self.store.write(batch)) {
             self.metrics.write_errors.inc();
             warn!(error = %e, alert = a.id, "persisting an alert transition failed");
             return;
@@ -697,7 +687,7 @@ impl Engine {
 
     /// Persists a transition and decides its notifications; keeps open alerts.
     fn apply(&mut self, rule: &Rule, mut a: Alert, step: Step, now: u64) {
-        let mut batch = WriteBatch::default();
+        let mut batch = self.store.batch();
         let mut queued = Vec::new();
         let label = match step {
             Step::None => {
@@ -800,7 +790,7 @@ impl Engine {
         a.acknowledged_by = Some(by.to_string());
         a.ack_comment = Some(comment.to_string());
         a.acknowledged_ms = Some(now);
-        let mut batch = WriteBatch::default();
+        let mut batch = self.store.batch();
         let _ = self.event(
             &mut batch,
             &a,

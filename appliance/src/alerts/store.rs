@@ -1,4 +1,6 @@
-//! Persistence of alerting state in RocksDB (JSON values):
+//! Persistence of alerting state in the appliance database. The tables are
+//! JSON (they were before tables declared their codec; converting them to
+//! the bincode codec would need a migration of stored alerts, so they stay):
 //!
 //! * `alert_config`: `rule/ID`, `chan/ID`, `pol/ID`, `win/ID`;
 //! * `alerts`: `a/ID` → [`Alert`], `open/RULE\0DEVICE\0LABEL` → ID (the
@@ -6,17 +8,27 @@
 //! * `alert_events`: `ID | n` → [`AlertEvent`];
 //! * `notifications`: `q/ID` → queued [`Notification`], `d/ID` → dead letter.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use outpost_proto::DeviceId;
 use outpost_storage::error::Result;
-use outpost_storage::keys::prefix_successor;
-use outpost_storage::rocksdb::WriteBatch;
-use outpost_storage::{Cf, StorageError, Store};
+use outpost_storage::keys::{prefix_successor, time_counter_key};
+use outpost_storage::{Batch, Codec, StorageError, Store, Table};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::model::{Alert, AlertEvent, Notification};
+
+/// `kind/id` → alerting configuration object: rules, channels, escalation
+/// policies, maintenance windows.
+pub const ALERT_CONFIG: Table = Table::new("alert_config").codec(Codec::Json);
+/// `a/ID` → alert record; `open/RULE\0DEVICE\0LABEL` → ID (raw u64 BE).
+pub const ALERTS: Table = Table::new("alerts").codec(Codec::Json);
+/// `alert id | ts | n` → alert transition.
+pub const ALERT_EVENTS: Table = Table::new("alert_events").codec(Codec::Json);
+/// `q/ID` → queued notification, `d/ID` → dead letter.
+pub const NOTIFICATIONS: Table = Table::new("notifications").codec(Codec::Json);
+
+/// Every table of the alert engine, for `Store::open`.
+pub const TABLES: &[Table] = &[ALERT_CONFIG, ALERTS, ALERT_EVENTS, NOTIFICATIONS];
 
 /// Kinds of configuration objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,9 +55,7 @@ fn config_key(kind: ConfigKind, id: &str) -> Vec<u8> {
 }
 
 pub fn put_config<T: Serialize>(store: &Store, kind: ConfigKind, id: &str, v: &T) -> Result<()> {
-    let mut b = WriteBatch::default();
-    store.batch_put_json(&mut b, Cf::AlertConfig, &config_key(kind, id), v)?;
-    store.write(b)
+    store.put(ALERT_CONFIG, &config_key(kind, id), v)
 }
 
 pub fn get_config<T: DeserializeOwned>(
@@ -53,16 +63,16 @@ pub fn get_config<T: DeserializeOwned>(
     kind: ConfigKind,
     id: &str,
 ) -> Result<Option<T>> {
-    store.get_json(Cf::AlertConfig, &config_key(kind, id))
+    store.get(ALERT_CONFIG, &config_key(kind, id))
 }
 
 pub fn delete_config(store: &Store, kind: ConfigKind, id: &str) -> Result<bool> {
     let key = config_key(kind, id);
-    if store.get_raw(Cf::AlertConfig, &key)?.is_none() {
+    if store.get_raw(ALERT_CONFIG, &key)?.is_none() {
         return Ok(false);
     }
-    let mut b = WriteBatch::default();
-    b.delete_cf(store.cf(Cf::AlertConfig)?, key);
+    let mut b = store.batch();
+    b.delete(ALERT_CONFIG, &key)?;
     store.write(b)?;
     Ok(true)
 }
@@ -71,7 +81,7 @@ pub fn list_config<T: DeserializeOwned>(store: &Store, kind: ConfigKind) -> Resu
     let p = kind.prefix();
     let end = prefix_successor(p);
     let mut out = Vec::new();
-    store.scan_json::<T>(Cf::AlertConfig, p, end.as_deref(), |_, v| {
+    store.scan::<T>(ALERT_CONFIG, p, end.as_deref(), |_, v| {
         out.push(v);
         true
     })?;
@@ -88,26 +98,26 @@ pub fn open_key(rule: &str, device: DeviceId, label: &str) -> Vec<u8> {
 }
 
 /// Adds an alert record (and its open index entry, or its removal) to `b`.
-pub fn save_alert(store: &Store, b: &mut WriteBatch, a: &Alert) -> Result<()> {
-    store.batch_put_json(b, Cf::Alerts, &alert_key(a.id), a)?;
+pub fn save_alert(b: &mut Batch, a: &Alert) -> Result<()> {
+    b.put(ALERTS, &alert_key(a.id), a)?;
     let ok = open_key(&a.rule_id, a.device, &a.label);
     if a.state.is_open() {
-        b.put_cf(store.cf(Cf::Alerts)?, ok, a.id.to_be_bytes());
+        b.put_raw(ALERTS, &ok, &a.id.to_be_bytes())?;
     } else {
-        b.delete_cf(store.cf(Cf::Alerts)?, ok);
+        b.delete(ALERTS, &ok)?;
     }
     Ok(())
 }
 
 pub fn get_alert(store: &Store, id: u64) -> Result<Option<Alert>> {
-    store.get_json(Cf::Alerts, &alert_key(id))
+    store.get(ALERTS, &alert_key(id))
 }
 
 /// Every open (pending or firing) alert.
 pub fn load_open(store: &Store) -> Result<Vec<Alert>> {
     let mut ids = Vec::new();
     let end = prefix_successor(b"open/");
-    store.scan_raw(Cf::Alerts, b"open/", end.as_deref(), |_, v| {
+    store.scan_raw(ALERTS, b"open/", end.as_deref(), |_, v| {
         if let Ok(b) = <[u8; 8]>::try_from(v) {
             ids.push(u64::from_be_bytes(b));
         }
@@ -130,7 +140,7 @@ pub fn list_alerts(
 ) -> Result<Vec<Alert>> {
     let end = prefix_successor(b"a/");
     let mut out = std::collections::VecDeque::new();
-    store.scan_json::<Alert>(Cf::Alerts, b"a/", end.as_deref(), |_, a| {
+    store.scan::<Alert>(ALERTS, b"a/", end.as_deref(), |_, a| {
         if keep(&a) {
             out.push_back(a);
             if out.len() > limit {
@@ -146,29 +156,23 @@ pub fn list_alerts(
 pub fn max_alert_id(store: &Store) -> Result<u64> {
     let end = prefix_successor(b"a/").unwrap_or_default();
     Ok(store
-        .last_in_range(Cf::Alerts, b"a/", &end)?
+        .last_in_range(ALERTS, b"a/", &end)?
         .and_then(|(k, _)| k.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()))
         .map(u64::from_be_bytes)
         .unwrap_or(0))
 }
 
-/// Distinguishes events of one alert (time-ordered, unique per process run).
-static EVENT_SEQ: AtomicU64 = AtomicU64::new(0);
-
-pub fn add_event(store: &Store, b: &mut WriteBatch, e: &AlertEvent) -> Result<()> {
-    let n = EVENT_SEQ.fetch_add(1, Ordering::Relaxed);
-    let mut key = Vec::with_capacity(24);
-    key.extend_from_slice(&e.alert_id.to_be_bytes());
-    key.extend_from_slice(&e.at_ms.to_be_bytes());
-    key.extend_from_slice(&n.to_be_bytes());
-    store.batch_put_json(b, Cf::AlertEvents, &key, e)
+/// Adds an event of an alert to `b`: `alert id | at | n`, time-ordered.
+pub fn add_event(b: &mut Batch, e: &AlertEvent) -> Result<()> {
+    let key = time_counter_key::<8>(&e.alert_id.to_be_bytes(), e.at_ms);
+    b.put(ALERT_EVENTS, &key, e)
 }
 
 pub fn events(store: &Store, alert_id: u64) -> Result<Vec<AlertEvent>> {
     let p = alert_id.to_be_bytes();
     let end = prefix_successor(&p);
     let mut out = Vec::new();
-    store.scan_json::<AlertEvent>(Cf::AlertEvents, &p, end.as_deref(), |_, e| {
+    store.scan::<AlertEvent>(ALERT_EVENTS, &p, end.as_deref(), |_, e| {
         out.push(e);
         true
     })?;
@@ -183,8 +187,8 @@ fn dead_key(id: u64) -> Vec<u8> {
     [b"d/".as_slice(), &id.to_be_bytes()].concat()
 }
 
-pub fn queue_notification(store: &Store, b: &mut WriteBatch, n: &Notification) -> Result<()> {
-    store.batch_put_json(b, Cf::Notifications, &queue_key(n.id), n)
+pub fn queue_notification(b: &mut Batch, n: &Notification) -> Result<()> {
+    b.put(NOTIFICATIONS, &queue_key(n.id), n)
 }
 
 /// Records a delivery attempt's outcome: `None` = delivered.
@@ -194,14 +198,14 @@ pub fn finish_notification(
     dead: bool,
     delivered: bool,
 ) -> Result<()> {
-    let mut b = WriteBatch::default();
+    let mut b = store.batch();
     if delivered {
-        b.delete_cf(store.cf(Cf::Notifications)?, queue_key(n.id));
+        b.delete(NOTIFICATIONS, &queue_key(n.id))?;
     } else if dead {
-        b.delete_cf(store.cf(Cf::Notifications)?, queue_key(n.id));
-        store.batch_put_json(&mut b, Cf::Notifications, &dead_key(n.id), n)?;
+        b.delete(NOTIFICATIONS, &queue_key(n.id))?;
+        b.put(NOTIFICATIONS, &dead_key(n.id), n)?;
     } else {
-        store.batch_put_json(&mut b, Cf::Notifications, &queue_key(n.id), n)?;
+        b.put(NOTIFICATIONS, &queue_key(n.id), n)?;
     }
     store.write(b)
 }
@@ -209,7 +213,7 @@ pub fn finish_notification(
 fn list_prefix(store: &Store, p: &[u8]) -> Result<Vec<Notification>> {
     let end = prefix_successor(p);
     let mut out = Vec::new();
-    store.scan_json::<Notification>(Cf::Notifications, p, end.as_deref(), |_, n| {
+    store.scan::<Notification>(NOTIFICATIONS, p, end.as_deref(), |_, n| {
         out.push(n);
         true
     })?;

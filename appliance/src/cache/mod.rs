@@ -29,6 +29,7 @@ pub mod ops;
 pub mod release;
 pub mod server;
 pub mod suite;
+pub mod tables;
 pub mod upstream;
 pub mod url;
 
@@ -39,8 +40,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context;
-use outpost_storage::rocksdb::{WriteBatch, WriteOptions};
-use outpost_storage::{Cf, Store};
+use outpost_storage::Store;
+use tables::{CACHE_BLOBS, CACHE_PINS};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -158,7 +159,7 @@ impl Cache {
         let mut metas: Vec<(Sha256, BlobMeta)> = Vec::new();
         let mut stale = Vec::new();
         self.store
-            .scan::<BlobMeta>(Cf::CacheBlobs, &[], None, |k, v| {
+            .scan::<BlobMeta>(CACHE_BLOBS, &[], None, |k, v| {
                 match <Sha256>::try_from(k) {
                     Ok(sha) if on_disk.get(&sha) == Some(&v.size) => metas.push((sha, v)),
                     _ => stale.push(k.to_vec()),
@@ -189,17 +190,16 @@ impl Cache {
         }
         let mut pins = 0;
         self.store
-            .scan::<PinRecord>(Cf::CachePins, &[], None, |_, p| {
+            .scan::<PinRecord>(CACHE_PINS, &[], None, |_, p| {
                 ix.pin(p.sha256);
                 pins += 1;
                 true
             })?;
         drop(ix);
         if !stale.is_empty() {
-            let mut b = WriteBatch::default();
-            let cf = self.store.cf(Cf::CacheBlobs)?;
+            let mut b = self.store.batch();
             for k in &stale {
-                b.delete_cf(cf, k);
+                b.delete(CACHE_BLOBS, k)?;
             }
             self.store.write(b)?;
         }
@@ -234,7 +234,7 @@ impl Cache {
             hits: 0,
             url: url.to_string(),
         };
-        self.store.put(Cf::CacheBlobs, &sha, &meta)?;
+        self.store.put(CACHE_BLOBS, &sha, &meta)?;
         self.blobs().insert(sha, &meta);
         self.evict_over_cap();
         self.update_gauges();
@@ -254,13 +254,13 @@ impl Cache {
         if victims.is_empty() {
             return;
         }
-        let mut b = WriteBatch::default();
+        let mut b = self.store.batch();
         for (sha, size) in &victims {
             if let Err(e) = self.dir.remove(sha) {
                 tracing::warn!(sha = %hex::encode(sha), error = %e, "removing an evicted file");
             }
-            if let Ok(cf) = self.store.cf(Cf::CacheBlobs) {
-                b.delete_cf(cf, sha);
+            if let Err(e) = b.delete(CACHE_BLOBS, sha) {
+                tracing::warn!(error = %e, "recording an eviction");
             }
             self.metrics.cache.evictions.inc();
             self.metrics.cache.evicted_bytes.inc_by(*size);
@@ -282,11 +282,13 @@ impl Cache {
     /// Drops a file found bad (quarantined by the caller).
     pub(crate) fn drop_blob(&self, sha: &Sha256) {
         self.blobs().remove(sha);
-        let _ = self.store.cf(Cf::CacheBlobs).map(|cf| {
-            let mut b = WriteBatch::default();
-            b.delete_cf(cf, sha);
-            self.store.write(b)
-        });
+        let mut b = self.store.batch();
+        if let Err(e) = b
+            .delete(CACHE_BLOBS, sha)
+            .and_then(|()| self.store.write(b))
+        {
+            tracing::warn!(sha = %hex::encode(sha), error = %e, "forgetting a dropped file");
+        }
         self.update_gauges();
     }
 
@@ -297,15 +299,13 @@ impl Cache {
         if dirty.is_empty() {
             return;
         }
-        let mut b = WriteBatch::default();
+        let mut b = self.store.batch();
         for (sha, meta) in &dirty {
-            if let Err(e) = self.store.batch_put(&mut b, Cf::CacheBlobs, sha, meta) {
+            if let Err(e) = b.put(CACHE_BLOBS, sha, meta) {
                 tracing::warn!(error = %e, "encoding cache access times");
             }
         }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(false);
-        if let Err(e) = self.store.db().write_opt(b, &wo) {
+        if let Err(e) = self.store.write_unsynced(b) {
             tracing::warn!(error = %e, "persisting cache access times");
         }
     }

@@ -5,8 +5,9 @@
 
 use std::sync::Arc;
 
-use outpost_storage::rocksdb::WriteBatch;
-use outpost_storage::{Cf, now_ms};
+use outpost_storage::now_ms;
+
+use super::tables::{CACHE_PINS, CACHE_URLS};
 use serde::{Deserialize, Serialize};
 
 use super::Cache;
@@ -401,10 +402,10 @@ impl Cache {
         };
         let old: Option<PinRecord> = self
             .store
-            .get(Cf::CachePins, &url.key())
+            .get(CACHE_PINS, &url.key())
             .map_err(|e| e.to_string())?;
         self.store
-            .put(Cf::CachePins, &url.key(), &rec)
+            .put(CACHE_PINS, &url.key(), &rec)
             .map_err(|e| e.to_string())?;
         {
             let mut ix = self.blobs();
@@ -421,15 +422,15 @@ impl Cache {
         let url = UpstreamUrl::parse_absolute(url).map_err(|e| e.to_string())?;
         let old: Option<PinRecord> = self
             .store
-            .get(Cf::CachePins, &url.key())
+            .get(CACHE_PINS, &url.key())
             .map_err(|e| e.to_string())?;
         let Some(o) = old else {
             return Ok(false);
         };
-        let cf = self.store.cf(Cf::CachePins).map_err(|e| e.to_string())?;
-        let mut b = WriteBatch::default();
-        b.delete_cf(cf, url.key());
-        self.store.write(b).map_err(|e| e.to_string())?;
+        let mut b = self.store.batch();
+        b.delete(CACHE_PINS, &url.key())
+            .and_then(|()| self.store.write(b))
+            .map_err(|e| e.to_string())?;
         self.blobs().unpin(&o.sha256);
         self.update_gauges();
         self.evict_over_cap();
@@ -440,7 +441,7 @@ impl Cache {
         let mut out = Vec::new();
         let ix = self.blobs();
         self.store
-            .scan::<PinRecord>(Cf::CachePins, &[], None, |k, r| {
+            .scan::<PinRecord>(CACHE_PINS, &[], None, |k, r| {
                 out.push(pin_info(
                     String::from_utf8_lossy(k).into_owned(),
                     &r,
@@ -454,7 +455,7 @@ impl Cache {
 
     /// The cached entry of a mutable URL (InRelease), if any.
     pub fn url_entry(&self, url: &UpstreamUrl) -> Option<UrlEntry> {
-        self.store.get(Cf::CacheUrls, &url.key()).ok().flatten()
+        self.store.get(CACHE_URLS, &url.key()).ok().flatten()
     }
 }
 

@@ -12,8 +12,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use outpost_storage::rocksdb::WriteBatch;
-use outpost_storage::{Cf, now_ms};
+use outpost_storage::now_ms;
+
+use super::tables::{CACHE_EXPECT, CACHE_SUITES, CACHE_URLS};
 
 use super::blobs::sha256;
 use super::index::{Expect, SuiteState, UrlEntry};
@@ -58,13 +59,13 @@ impl Cache {
         let now = now_ms();
         let cached: Option<UrlEntry> = self
             .store
-            .get::<UrlEntry>(Cf::CacheUrls, &url.key())
+            .get::<UrlEntry>(CACHE_URLS, &url.key())
             .ok()
             .flatten()
             .filter(|e| self.blobs().contains(&e.sha256));
         let state: Option<SuiteState> = self
             .store
-            .get::<SuiteState>(Cf::CacheSuites, &suite.key())
+            .get::<SuiteState>(CACHE_SUITES, &suite.key())
             .ok()
             .flatten();
         if let Some(c) = &cached
@@ -231,7 +232,7 @@ impl Cache {
             accepted_ms: now,
         };
         let res: anyhow::Result<()> = (|| {
-            let mut b = WriteBatch::default();
+            let mut b = self.store.batch();
             for (path, c) in &info.files {
                 let e = Expect {
                     sha256: c.sha256,
@@ -239,8 +240,7 @@ impl Cache {
                     index_name: path.clone(),
                 };
                 let file_url = suite.with_path(format!("{}/{path}", suite.path));
-                self.store
-                    .batch_put(&mut b, Cf::CacheExpect, &file_url.key(), &e)?;
+                b.put(CACHE_EXPECT, &file_url.key(), &e)?;
                 if info.by_hash {
                     let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
                     let bh = suite.with_path(format!(
@@ -248,14 +248,11 @@ impl Cache {
                         suite.path,
                         hex::encode(c.sha256)
                     ));
-                    self.store
-                        .batch_put(&mut b, Cf::CacheExpect, &bh.key(), &e)?;
+                    b.put(CACHE_EXPECT, &bh.key(), &e)?;
                 }
             }
-            self.store
-                .batch_put(&mut b, Cf::CacheSuites, &suite.key(), &new_state)?;
-            self.store
-                .batch_put(&mut b, Cf::CacheUrls, &url.key(), &entry)?;
+            b.put(CACHE_SUITES, &suite.key(), &new_state)?;
+            b.put(CACHE_URLS, &url.key(), &entry)?;
             self.store.write(b)?;
             self.add_blob(sha, entry.size, &url.to_string())?;
             Ok(())
@@ -295,7 +292,7 @@ impl Cache {
     }
 
     fn put_url(&self, url: &UpstreamUrl, e: &UrlEntry) {
-        if let Err(err) = self.store.put(Cf::CacheUrls, &url.key(), e) {
+        if let Err(err) = self.store.put(CACHE_URLS, &url.key(), e) {
             tracing::warn!(%url, error = %err, "recording a cache entry");
         }
     }
@@ -316,7 +313,7 @@ impl Cache {
     pub async fn expected(&self, url: &UpstreamUrl) -> Result<Option<Expect>, ClientError> {
         let get = || {
             self.store
-                .get::<Expect>(Cf::CacheExpect, &url.key())
+                .get::<Expect>(CACHE_EXPECT, &url.key())
                 .map_err(|e| (500, format!("reading the cache index: {e}")))
         };
         if let Some(e) = get()? {
@@ -326,7 +323,7 @@ impl Cache {
             let inrelease = suite.with_path(format!("{}/InRelease", suite.path));
             let known = self
                 .store
-                .get::<SuiteState>(Cf::CacheSuites, &suite.key())
+                .get::<SuiteState>(CACHE_SUITES, &suite.key())
                 .ok()
                 .flatten()
                 .is_some();
@@ -359,7 +356,7 @@ impl Cache {
         let p = path.to_path_buf();
         let n = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
             let f = std::fs::File::open(&p).context("opening the index")?;
-            let mut b = WriteBatch::default();
+            let mut b = store.batch();
             let mut err = None;
             let n = release::for_each_package_file(
                 release::decompress(f, comp),
@@ -372,11 +369,11 @@ impl Cache {
                         size,
                         index_name: String::new(),
                     };
-                    if let Err(x) = store.batch_put(&mut b, Cf::CacheExpect, &u.key(), &e) {
+                    if let Err(x) = b.put(CACHE_EXPECT, &u.key(), &e) {
                         err = Some(x);
                     }
                     if b.len() >= 10_000 {
-                        let full = std::mem::take(&mut b);
+                        let full = std::mem::replace(&mut b, store.batch());
                         if let Err(x) = store.write(full) {
                             err = Some(x);
                         }
@@ -405,7 +402,7 @@ impl Cache {
         let size = std::fs::metadata(path)?.len();
         let now = now_ms();
         self.store.put(
-            Cf::CacheUrls,
+            CACHE_URLS,
             &url.key(),
             &UrlEntry {
                 sha256: sha,
@@ -422,7 +419,7 @@ impl Cache {
     /// Whether the package entries of a cached index were recorded for this URL.
     pub(crate) fn index_recorded(&self, url: &UpstreamUrl, sha: &super::index::Sha256) -> bool {
         self.store
-            .get::<UrlEntry>(Cf::CacheUrls, &url.key())
+            .get::<UrlEntry>(CACHE_URLS, &url.key())
             .ok()
             .flatten()
             .is_some_and(|e| &e.sha256 == sha)

@@ -7,17 +7,19 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use outpost_proto::DeviceId;
+use outpost_storage::Store;
+use outpost_storage::ingest::DEVICE_STATE;
 use outpost_storage::keys;
 use outpost_storage::model::{DeviceRecord, DeviceState, DeviceStatus, Rollup};
-use outpost_storage::rollup::{self, SeriesInfo};
-use outpost_storage::{Cf, Store};
+use outpost_storage::registry::DEVICES;
+use outpost_storage::rollup::{self, ROLLUPS, SeriesInfo, UPLINK_PENDING};
 
 use super::{ALERT_PREFIX, Result};
 use crate::batch::{self, AlertTransition, DeviceRollups, DeviceUpdate, SeriesRollup};
 
 /// The batch's copy of a device status (the batch has its own types, so a
 /// change in the appliance's tables cannot change the batch format).
-fn batch_status(s: DeviceStatus) -> batch::DeviceStatus {
+pub(super) fn batch_status(s: DeviceStatus) -> batch::DeviceStatus {
     match s {
         DeviceStatus::Pending => batch::DeviceStatus::Pending,
         DeviceStatus::Online => batch::DeviceStatus::Online,
@@ -26,7 +28,7 @@ fn batch_status(s: DeviceStatus) -> batch::DeviceStatus {
 }
 
 /// The batch's copy of a stored rollup.
-fn batch_rollup(r: &Rollup) -> batch::Rollup {
+pub(super) fn batch_rollup(r: &Rollup) -> batch::Rollup {
     batch::Rollup {
         min: r.min,
         max: r.max,
@@ -63,13 +65,13 @@ pub(super) fn device_changes(
     now_ms: u64,
 ) -> Result<Vec<(DeviceUpdate, u64)>> {
     let mut records = Vec::new();
-    store.scan::<DeviceRecord>(Cf::Devices, &[], None, |_, r| {
+    store.scan::<DeviceRecord>(DEVICES, &[], None, |_, r| {
         records.push(r);
         true
     })?;
     let mut out = Vec::new();
     for r in records {
-        let st: Option<DeviceState> = store.get(Cf::DeviceState, &keys::device_key(r.id))?;
+        let st: Option<DeviceState> = store.get(DEVICE_STATE, &keys::device_key(r.id))?;
         let (status, since, seen) = match &st {
             Some(s) => (s.status, s.status_since_ms, s.last_seen_ms),
             None => (DeviceStatus::Pending, r.enrolled_at_ms, 0),
@@ -106,7 +108,7 @@ pub(super) fn pending_rollups(
     let mut keys_out: Vec<Vec<u8>> = Vec::new();
     let from = [rollup::UPLINK_ROLLUP_PREFIX];
     let to = [rollup::UPLINK_ROLLUP_PREFIX + 1];
-    store.scan_raw(Cf::UplinkPending, &from, Some(&to), |k, _| {
+    store.scan_raw(UPLINK_PENDING, &from, Some(&to), |k, _| {
         let Some((d, bucket, generation)) = rollup::parse_uplink_rollup_marker(k) else {
             keys_out.push(k.to_vec());
             return Ok(true);
@@ -134,7 +136,7 @@ pub(super) fn pending_rollups(
         let mut ss = Vec::with_capacity(series.len());
         for s in &series {
             if let Some(r) =
-                store.get::<Rollup>(Cf::Rollups, &keys::series_time_key(device, s.id, bucket))?
+                store.get::<Rollup>(ROLLUPS, &keys::series_time_key(device, s.id, bucket))?
             {
                 ss.push(SeriesRollup {
                     name: s.name.clone(),
@@ -164,7 +166,7 @@ pub(super) fn pending_alerts(
     let mut ks = Vec::new();
     let mut corrupt = Vec::new();
     store.scan_raw(
-        Cf::UplinkPending,
+        UPLINK_PENDING,
         &[ALERT_PREFIX],
         Some(&[ALERT_PREFIX + 1]),
         |k, v| {

@@ -1,13 +1,13 @@
 //! The appliance's outbox: compacted, numbered batches waiting for central.
 //!
-//! * **Pending changes** ([`Cf::UplinkPending`]): the ingest writer records a
+//! * **Pending changes** ([`UPLINK_PENDING`]): the ingest writer records a
 //!   marker per (device, bucket) in the same RocksDB batch as every rollup it
 //!   (re)computes while the site is joined; the alert engine records alert
 //!   transitions ([`push_alert_transition`]). Device status is a snapshot,
 //!   compared with what was last sent.
 //! * **Compaction** ([`Outbox::compact`], every interval): turns pending
 //!   changes into one [`SiteBatch`] with the next sequence number, encodes it
-//!   and writes it to [`Cf::UplinkOutbox`] *in the same write batch* that
+//!   and writes it to [`UPLINK_OUTBOX`] *in the same write batch* that
 //!   deletes the consumed markers and advances the sequence: a change is
 //!   either still pending or in exactly one stored batch.
 //! * **Acknowledgement** ([`Outbox::ack`]): a batch is deleted only when
@@ -26,17 +26,26 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use outpost_proto::DeviceId;
-use outpost_storage::rocksdb::WriteBatch;
-use outpost_storage::{Cf, StorageError, Store};
+use outpost_storage::keys::time_counter_key;
+use outpost_storage::rollup::UPLINK_PENDING;
+use outpost_storage::{Batch, META, StorageError, Store, Table};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{self, AlertTransition, BatchError, SiteBatch};
 use crate::metrics::UplinkMetrics;
 
-/// First byte of alert-transition keys in [`Cf::UplinkPending`].
+/// `seq` (u64 BE) → [`OutboxRecord`]: compacted, compressed batches
+/// waiting for central's acknowledgement.
+pub const UPLINK_OUTBOX: Table = Table::new("uplink_outbox");
+
+/// The outbox's tables, for `Store::open` (its pending changes live in the
+/// storage crate's [`UPLINK_PENDING`], written by the ingest writer; its
+/// sequence state in [`META`] under `uplink.outbox`).
+pub const TABLES: &[Table] = &[UPLINK_OUTBOX];
+
+/// First byte of alert-transition keys in [`UPLINK_PENDING`].
 pub const ALERT_PREFIX: u8 = b'a';
 const META_KEY: &[u8] = b"uplink.outbox";
 
@@ -173,13 +182,13 @@ fn seq_key(seq: u64) -> [u8; 8] {
 impl Outbox {
     /// Opens the outbox, indexing the stored batches.
     pub fn open(store: Store, cfg: OutboxConfig, metrics: UplinkMetrics) -> Result<Outbox> {
-        let mut meta: OutboxMeta = store.get(Cf::Meta, META_KEY)?.unwrap_or_default();
+        let mut meta: OutboxMeta = store.get(META, META_KEY)?.unwrap_or_default();
         if meta.next_seq == 0 {
             meta.next_seq = 1;
         }
         let mut entries = BTreeMap::new();
         let mut total = 0u64;
-        store.scan::<OutboxRecord>(Cf::UplinkOutbox, &[], None, |_, r| {
+        store.scan::<OutboxRecord>(UPLINK_OUTBOX, &[], None, |_, r| {
             let bytes = r.payload.len() as u64;
             total += bytes;
             entries.insert(
@@ -254,14 +263,12 @@ impl Outbox {
         let rec = OutboxRecord::new(&b, payload);
         let mut meta = g.meta.clone();
         meta.next_seq = seq + 1;
-        let mut wb = WriteBatch::default();
-        self.store
-            .batch_put(&mut wb, Cf::UplinkOutbox, &seq_key(seq), &rec)?;
-        let pending = self.store.cf(Cf::UplinkPending)?;
+        let mut wb = self.store.batch();
+        wb.put(UPLINK_OUTBOX, &seq_key(seq), &rec)?;
         for k in rollup_keys.iter().chain(alert_keys.iter()) {
-            wb.delete_cf(pending, k);
+            wb.delete(UPLINK_PENDING, k)?;
         }
-        self.store.batch_put(&mut wb, Cf::Meta, META_KEY, &meta)?;
+        wb.put(META, META_KEY, &meta)?;
         self.store.write(wb)?;
         // Durable: now update memory.
         g.meta = meta;
@@ -309,7 +316,7 @@ impl Outbox {
             };
             let Some(rec) = self
                 .store
-                .get::<OutboxRecord>(Cf::UplinkOutbox, &seq_key(victim.seq))?
+                .get::<OutboxRecord>(UPLINK_OUTBOX, &seq_key(victim.seq))?
             else {
                 g.total_bytes -= victim.bytes;
                 g.entries.remove(&victim.seq);
@@ -324,10 +331,9 @@ impl Outbox {
             let new = OutboxRecord::new(&b, payload);
             let mut meta = g.meta.clone();
             meta.dropped_rollups_total += n;
-            let mut wb = WriteBatch::default();
-            self.store
-                .batch_put(&mut wb, Cf::UplinkOutbox, &seq_key(new.seq), &new)?;
-            self.store.batch_put(&mut wb, Cf::Meta, META_KEY, &meta)?;
+            let mut wb = self.store.batch();
+            wb.put(UPLINK_OUTBOX, &seq_key(new.seq), &new)?;
+            wb.put(META, META_KEY, &meta)?;
             self.store.write(wb)?;
             g.meta = meta;
             g.total_bytes = g.total_bytes - victim.bytes + new.payload.len() as u64;
@@ -354,7 +360,7 @@ impl Outbox {
     pub fn get(&self, seq: u64) -> Result<Option<OutboxRecord>> {
         let rec = self
             .store
-            .get::<OutboxRecord>(Cf::UplinkOutbox, &seq_key(seq))?;
+            .get::<OutboxRecord>(UPLINK_OUTBOX, &seq_key(seq))?;
         if let Some(r) = &rec {
             r.check()?;
         }
@@ -369,9 +375,9 @@ impl Outbox {
         };
         let mut meta = g.meta.clone();
         meta.acked_up_to = meta.acked_up_to.max(seq);
-        let mut wb = WriteBatch::default();
-        wb.delete_cf(self.store.cf(Cf::UplinkOutbox)?, seq_key(seq));
-        self.store.batch_put(&mut wb, Cf::Meta, META_KEY, &meta)?;
+        let mut wb = self.store.batch();
+        wb.delete(UPLINK_OUTBOX, &seq_key(seq))?;
+        wb.put(META, META_KEY, &meta)?;
         self.store.write(wb)?;
         g.meta = meta;
         g.entries.remove(&seq);
@@ -419,17 +425,16 @@ impl Outbox {
     /// Pending changes stay pending.
     pub fn reset_for_new_site(&self) -> Result<()> {
         let mut g = self.lock();
-        let mut wb = WriteBatch::default();
-        let cf = self.store.cf(Cf::UplinkOutbox)?;
+        let mut wb = self.store.batch();
         for s in g.entries.keys() {
-            wb.delete_cf(cf, seq_key(*s));
+            wb.delete(UPLINK_OUTBOX, &seq_key(*s))?;
         }
         let meta = OutboxMeta {
             next_seq: 1,
             acked_up_to: 0,
             dropped_rollups_total: g.meta.dropped_rollups_total,
         };
-        self.store.batch_put(&mut wb, Cf::Meta, META_KEY, &meta)?;
+        wb.put(META, META_KEY, &meta)?;
         self.store.write(wb)?;
         g.meta = meta;
         g.entries.clear();
@@ -441,15 +446,9 @@ impl Outbox {
     }
 }
 
-/// Distinguishes alert transitions recorded in the same millisecond.
-static ALERT_COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn alert_key(t: &AlertTransition) -> [u8; 13] {
-    let mut k = [0u8; 13];
-    k[0] = ALERT_PREFIX;
-    k[1..9].copy_from_slice(&t.at_ms.to_be_bytes());
-    k[9..].copy_from_slice(&ALERT_COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-    k
+/// `'a' | at | n`: time-ordered, unique within a millisecond.
+fn alert_key(t: &AlertTransition) -> Vec<u8> {
+    time_counter_key::<4>(&[ALERT_PREFIX], t.at_ms)
 }
 
 /// Adds an alert transition for the uplink to `batch` (the alert engine's
@@ -458,20 +457,20 @@ fn alert_key(t: &AlertTransition) -> [u8; 13] {
 /// the site is not joined to a central.
 pub fn alert_transition_into(
     store: &Store,
-    batch: &mut WriteBatch,
+    batch: &mut Batch,
     t: &AlertTransition,
 ) -> Result<bool> {
     if !store.uplink_tracking() {
         return Ok(false);
     }
-    store.batch_put(batch, Cf::UplinkPending, &alert_key(t), t)?;
+    batch.put(UPLINK_PENDING, &alert_key(t), t)?;
     Ok(true)
 }
 
 /// Records an alert transition for the uplink, durably (one write). Returns
 /// `false` when the site is not joined to a central.
 pub fn push_alert_transition(store: &Store, t: &AlertTransition) -> Result<bool> {
-    let mut wb = WriteBatch::default();
+    let mut wb = store.batch();
     if !alert_transition_into(store, &mut wb, t)? {
         return Ok(false);
     }

@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use outpost_proto::DeviceId;
 use outpost_storage::model::{DeviceRecord, DeviceState, DeviceStatus, Rollup};
-use outpost_storage::rocksdb::WriteBatch;
-use outpost_storage::{Cf, Durability, Store, StoreOptions, keys, registry, rollup};
+use outpost_storage::rollup::UPLINK_PENDING;
+use outpost_storage::{Store, keys, registry, rollup};
 use proptest::prelude::*;
 
 use super::{Outbox, OutboxConfig, push_alert_transition};
@@ -100,17 +100,9 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn store_options() -> StoreOptions {
-    StoreOptions {
-        durability: Durability::Buffered,
-        block_cache_bytes: 1 << 20,
-        write_buffer_bytes: 1 << 20,
-    }
-}
-
 /// Opens the store and the outbox as `outpost serve` does for a joined site.
 fn open(dir: &std::path::Path, cfg: &OutboxConfig) -> (Store, Outbox) {
-    let store = Store::open(dir, &store_options()).unwrap();
+    let store = super::tests::open_store(dir);
     store.set_uplink_tracking(true);
     let ob = Outbox::open(store.clone(), cfg.clone(), UplinkMetrics::default()).unwrap();
     (store, ob)
@@ -233,7 +225,7 @@ impl Model {
                 agent_version: rec.agent_version.clone(),
                 enrolled_at_ms: rec.enrolled_at_ms,
                 revoked: rec.revoked_at_ms.is_some(),
-                status,
+                status: super::compactor::batch_status(status),
                 status_since_ms: since,
                 last_seen_ms: seen,
                 as_of_ms: now,
@@ -272,7 +264,7 @@ impl Model {
                     self.rollups.get(&(d, *sid, b)).map(|r| SeriesRollup {
                         name: name.clone(),
                         label: label.clone(),
-                        rollup: *r,
+                        rollup: super::compactor::batch_rollup(r),
                     })
                 })
                 .collect();
@@ -440,7 +432,11 @@ fn apply_input(store: &Store, m: &mut Model, op: &Op) {
             }
             st.last_seen_ms = now;
             store
-                .put(Cf::DeviceState, &keys::device_key(DeviceId(id)), &st)
+                .put(
+                    outpost_storage::ingest::DEVICE_STATE,
+                    &keys::device_key(DeviceId(id)),
+                    &st,
+                )
                 .unwrap();
             m.states.insert(id, st);
         }
@@ -449,7 +445,11 @@ fn apply_input(store: &Store, m: &mut Model, op: &Op) {
             if let Some(st) = m.states.get_mut(&id) {
                 st.last_seen_ms = now;
                 store
-                    .put(Cf::DeviceState, &keys::device_key(DeviceId(id)), &*st)
+                    .put(
+                        outpost_storage::ingest::DEVICE_STATE,
+                        &keys::device_key(DeviceId(id)),
+                        &*st,
+                    )
                     .unwrap();
             }
         }
@@ -464,7 +464,7 @@ fn apply_input(store: &Store, m: &mut Model, op: &Op) {
             let id = u64::from(dev);
             let device = DeviceId(id);
             let bucket = u64::from(bucket) * rollup::BUCKET_MS;
-            let mut wb = WriteBatch::default();
+            let mut wb = store.batch();
             for (i, (name, label)) in SERIES.iter().enumerate() {
                 if series & (1 << i) == 0 {
                     continue;
@@ -474,11 +474,12 @@ fn apply_input(store: &Store, m: &mut Model, op: &Op) {
                 let sid = *dict
                     .entry((name.to_string(), label.to_string()))
                     .or_insert_with(|| {
-                        wb.put_cf(
-                            store.cf(Cf::Series).unwrap(),
-                            keys::series_name_key(device, name, label),
-                            next.to_be_bytes(),
-                        );
+                        wb.put_raw(
+                            outpost_storage::samples::SERIES,
+                            &keys::series_name_key(device, name, label),
+                            &next.to_be_bytes(),
+                        )
+                        .unwrap();
                         next
                     });
                 let count = u64::from(count) + 1;
@@ -492,21 +493,20 @@ fn apply_input(store: &Store, m: &mut Model, op: &Op) {
                     last: max,
                     last_ts_ms: bucket + 1000 * count,
                 };
-                store
-                    .batch_put(
-                        &mut wb,
-                        Cf::Rollups,
-                        &keys::series_time_key(device, sid, bucket),
-                        &r,
-                    )
-                    .unwrap();
+                wb.put(
+                    outpost_storage::rollup::ROLLUPS,
+                    &keys::series_time_key(device, sid, bucket),
+                    &r,
+                )
+                .unwrap();
                 m.rollups.insert((id, sid, bucket), r);
             }
-            wb.put_cf(
-                store.cf(Cf::UplinkPending).unwrap(),
-                rollup::uplink_rollup_marker(device, bucket, now),
-                [],
-            );
+            wb.put_raw(
+                UPLINK_PENDING,
+                &rollup::uplink_rollup_marker(device, bucket, now),
+                &[],
+            )
+            .unwrap();
             store.write(wb).unwrap();
             m.markers.insert((id, bucket, now));
         }
@@ -606,7 +606,7 @@ fn check(store: &Store, ob: &Outbox, m: &Model) -> Result<(), TestCaseError> {
     let mut markers = BTreeSet::new();
     let mut alerts = Vec::new();
     store
-        .scan_raw(Cf::UplinkPending, &[], None, |k, v| {
+        .scan_raw(UPLINK_PENDING, &[], None, |k, v| {
             if let Some((d, b, g)) = rollup::parse_uplink_rollup_marker(k) {
                 markers.insert((d.0, b, g));
             } else {

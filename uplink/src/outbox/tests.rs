@@ -5,8 +5,7 @@
 
 use outpost_proto::DeviceId;
 use outpost_storage::model::Rollup;
-use outpost_storage::rocksdb::WriteBatch;
-use outpost_storage::{Cf, Durability, StorageError, Store, StoreOptions, keys, rollup};
+use outpost_storage::{Durability, META, StorageError, Store, StoreOptions, Table, keys, rollup};
 
 use super::*;
 use crate::batch::{AlertState, Severity};
@@ -15,16 +14,37 @@ const SITE: &str = "site-1";
 const TENANT: &str = "msp";
 const NOW: u64 = 1_700_000_000_000;
 
-fn store(dir: &std::path::Path) -> Store {
-    let store = Store::open(
+/// Opens a store with the tables an appliance running the outbox has: the
+/// ingest engine's and the outbox's.
+pub(super) fn open_store(dir: &std::path::Path) -> Store {
+    Store::open(
         dir,
         &StoreOptions {
             durability: Durability::Buffered,
             block_cache_bytes: 1 << 20,
             write_buffer_bytes: 1 << 20,
+            ..StoreOptions::default()
         },
+        &[outpost_storage::TABLES, super::TABLES].concat(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// Writes bytes as they are (corrupt values, markers) into `table`.
+fn raw_put(store: &Store, table: Table, key: &[u8], value: &[u8]) {
+    let mut b = store.batch();
+    b.put_raw(table, key, value).unwrap();
+    store.write(b).unwrap();
+}
+
+fn raw_delete(store: &Store, table: Table, key: &[u8]) {
+    let mut b = store.batch();
+    b.delete(table, key).unwrap();
+    store.write(b).unwrap();
+}
+
+fn store(dir: &std::path::Path) -> Store {
+    let store = open_store(dir);
     store.set_uplink_tracking(true);
     store
 }
@@ -45,25 +65,25 @@ fn outbox(store: &Store, max_bytes: u64) -> Outbox {
 /// marker, as the ingest writer does.
 fn pending_rollup(store: &Store, device: u64, bucket: u64) {
     let device = DeviceId(device);
-    let mut wb = WriteBatch::default();
-    wb.put_cf(
-        store.cf(Cf::Series).unwrap(),
-        keys::series_name_key(device, "cpu", ""),
-        0u32.to_be_bytes(),
-    );
-    store
-        .batch_put(
-            &mut wb,
-            Cf::Rollups,
-            &keys::series_time_key(device, 0, bucket),
-            &Rollup::of(bucket + 1000, 12.5),
-        )
-        .unwrap();
-    wb.put_cf(
-        store.cf(Cf::UplinkPending).unwrap(),
-        rollup::uplink_rollup_marker(device, bucket, NOW),
-        [],
-    );
+    let mut wb = store.batch();
+    wb.put_raw(
+        outpost_storage::samples::SERIES,
+        &keys::series_name_key(device, "cpu", ""),
+        &0u32.to_be_bytes(),
+    )
+    .unwrap();
+    wb.put(
+        outpost_storage::rollup::ROLLUPS,
+        &keys::series_time_key(device, 0, bucket),
+        &Rollup::of(bucket + 1000, 12.5),
+    )
+    .unwrap();
+    wb.put_raw(
+        UPLINK_PENDING,
+        &rollup::uplink_rollup_marker(device, bucket, NOW),
+        &[],
+    )
+    .unwrap();
     store.write(wb).unwrap();
 }
 
@@ -81,13 +101,13 @@ fn transition(alert_id: u64) -> AlertTransition {
 }
 
 fn stored_record(store: &Store, seq: u64) -> OutboxRecord {
-    store.get(Cf::UplinkOutbox, &seq_key(seq)).unwrap().unwrap()
+    store.get(UPLINK_OUTBOX, &seq_key(seq)).unwrap().unwrap()
 }
 
 fn pending_keys(store: &Store) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     store
-        .scan_raw(Cf::UplinkPending, &[], None, |k, _| {
+        .scan_raw(UPLINK_PENDING, &[], None, |k, _| {
             out.push(k.to_vec());
             Ok(true)
         })
@@ -105,7 +125,7 @@ fn a_stored_batch_whose_payload_changed_is_refused_with_its_sequence_number() {
     let mut rec = stored_record(&store, e.seq);
     let last = rec.payload.len() - 1;
     rec.payload[last] ^= 0x55;
-    store.put(Cf::UplinkOutbox, &seq_key(e.seq), &rec).unwrap();
+    store.put(UPLINK_OUTBOX, &seq_key(e.seq), &rec).unwrap();
     let err = ob.get(e.seq).unwrap_err();
     assert!(
         matches!(err, OutboxError::Checksum { seq } if seq == e.seq),
@@ -130,7 +150,7 @@ fn the_bound_never_rewrites_a_corrupt_batch() {
     };
     let mut rec = stored_record(&store, e.seq);
     rec.payload[0] ^= 0x55;
-    store.put(Cf::UplinkOutbox, &seq_key(e.seq), &rec).unwrap();
+    store.put(UPLINK_OUTBOX, &seq_key(e.seq), &rec).unwrap();
     // Restarted with a bound the stored batch exceeds.
     let ob = outbox(&store, 1);
     let err = ob.enforce_bound().unwrap_err();
@@ -157,7 +177,7 @@ fn a_checksummed_batch_that_does_not_decode_is_a_batch_error_for_the_bound() {
         alerts: 0,
         payload,
     };
-    store.put(Cf::UplinkOutbox, &seq_key(1), &rec).unwrap();
+    store.put(UPLINK_OUTBOX, &seq_key(1), &rec).unwrap();
     let ob = outbox(&store, 1);
     assert_eq!(ob.seqs(), vec![1]);
     assert_eq!(
@@ -174,10 +194,7 @@ fn a_checksummed_batch_that_does_not_decode_is_a_batch_error_for_the_bound() {
 fn an_undecodable_outbox_record_fails_open_with_a_storage_error() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
-    store
-        .db()
-        .put_cf(store.cf(Cf::UplinkOutbox).unwrap(), seq_key(7), [0xFF; 3])
-        .unwrap();
+    raw_put(&store, UPLINK_OUTBOX, &seq_key(7), &[0xFF; 3]);
     let err = Outbox::open(
         store.clone(),
         OutboxConfig::default(),
@@ -194,10 +211,7 @@ fn an_undecodable_outbox_record_fails_open_with_a_storage_error() {
 fn undecodable_outbox_counters_fail_open_with_a_storage_error() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
-    store
-        .db()
-        .put_cf(store.cf(Cf::Meta).unwrap(), META_KEY, [0xFF; 2])
-        .unwrap();
+    raw_put(&store, META, &META_KEY, &[0xFF; 2]);
     let err = Outbox::open(
         store.clone(),
         OutboxConfig::default(),
@@ -223,7 +237,7 @@ fn numbering_continues_above_the_newest_stored_batch_even_if_the_counters_lag() 
     // Counters from before the last two batches.
     store
         .put(
-            Cf::Meta,
+            META,
             META_KEY,
             &OutboxMeta {
                 next_seq: 2,
@@ -250,10 +264,7 @@ fn a_batch_missing_behind_the_index_is_forgotten_by_the_bound() {
     }
     let ob = outbox(&store, 1);
     assert_eq!(ob.seqs(), vec![1, 2]);
-    store
-        .db()
-        .delete_cf(store.cf(Cf::UplinkOutbox).unwrap(), seq_key(1))
-        .unwrap();
+    raw_delete(&store, UPLINK_OUTBOX, &seq_key(1));
     // Batch 1 vanished: forgotten without counting drops; batch 2 then
     // loses its rollup to the bound.
     assert_eq!(ob.enforce_bound().unwrap(), 1);
@@ -279,10 +290,7 @@ fn a_corrupt_pending_alert_transition_is_dropped_and_the_others_are_sent() {
     let mut bad = vec![ALERT_PREFIX];
     bad.extend_from_slice(&(NOW + 1).to_be_bytes());
     bad.extend_from_slice(&u32::MAX.to_be_bytes());
-    store
-        .db()
-        .put_cf(store.cf(Cf::UplinkPending).unwrap(), &bad, [0xFF; 4])
-        .unwrap();
+    raw_put(&store, UPLINK_PENDING, &bad, &[0xFF; 4]);
     assert!(push_alert_transition(&store, &transition(3)).unwrap());
     let e = ob.compact(SITE, TENANT, NOW + 10).unwrap();
     let b = batch::decode(&ob.get(e.seq).unwrap().unwrap().payload).unwrap();
@@ -295,14 +303,12 @@ fn an_unparseable_rollup_marker_is_consumed_without_a_rollup() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
     let ob = outbox(&store, u64::MAX);
-    store
-        .db()
-        .put_cf(
-            store.cf(Cf::UplinkPending).unwrap(),
-            [rollup::UPLINK_ROLLUP_PREFIX, 1, 2, 3],
-            [],
-        )
-        .unwrap();
+    raw_put(
+        &store,
+        UPLINK_PENDING,
+        &[rollup::UPLINK_ROLLUP_PREFIX, 1, 2, 3],
+        &[],
+    );
     pending_rollup(&store, 4, 0);
     let e = ob.compact(SITE, TENANT, NOW).unwrap();
     assert_eq!(e.rollups, 1, "the valid marker's rollup");
@@ -314,14 +320,12 @@ fn a_marker_whose_rollups_are_gone_is_consumed_without_an_entry() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
     let ob = outbox(&store, u64::MAX);
-    store
-        .db()
-        .put_cf(
-            store.cf(Cf::UplinkPending).unwrap(),
-            rollup::uplink_rollup_marker(DeviceId(9), 0, NOW),
-            [],
-        )
-        .unwrap();
+    raw_put(
+        &store,
+        UPLINK_PENDING,
+        &rollup::uplink_rollup_marker(DeviceId(9), 0, NOW),
+        &[],
+    );
     let e = ob.compact(SITE, TENANT, NOW).unwrap();
     let b = batch::decode(&ob.get(e.seq).unwrap().unwrap().payload).unwrap();
     assert!(b.rollups.is_empty());
@@ -334,7 +338,7 @@ fn alert_transitions_are_not_recorded_while_the_site_is_not_joined() {
     let store = store(dir.path());
     store.set_uplink_tracking(false);
     assert!(!push_alert_transition(&store, &transition(1)).unwrap());
-    let mut wb = WriteBatch::default();
+    let mut wb = store.batch();
     assert!(!alert_transition_into(&store, &mut wb, &transition(2)).unwrap());
     assert_eq!(wb.len(), 0, "nothing added to the caller's batch");
     assert_eq!(pending_keys(&store), Vec::<Vec<u8>>::new());

@@ -1,0 +1,24 @@
+//! The patch cache's tables in the appliance database. Only the cache
+//! reads and writes them.
+
+use outpost_storage::Table;
+
+/// Upstream URL → cached entry (content hash, validators).
+pub const CACHE_URLS: Table = Table::new("cache_urls");
+/// sha256 → blob metadata (size, last access, hits).
+pub const CACHE_BLOBS: Table = Table::new("cache_blobs");
+/// Upstream URL → size and sha256 a verified index states.
+pub const CACHE_EXPECT: Table = Table::new("cache_expect");
+/// Suite URL (`…/dists/SUITE`) → last accepted InRelease.
+pub const CACHE_SUITES: Table = Table::new("cache_suites");
+/// Upstream URL → pin (never evicted).
+pub const CACHE_PINS: Table = Table::new("cache_pins");
+
+/// Every table of the cache, for `Store::open`.
+pub const TABLES: &[Table] = &[
+    CACHE_URLS,
+    CACHE_BLOBS,
+    CACHE_EXPECT,
+    CACHE_SUITES,
+    CACHE_PINS,
+];
