@@ -377,6 +377,26 @@ mod tests {
         ]
     }
 
+    /// Opens the buffer again right after dropping it. sled's flusher thread
+    /// holds the database (and its file lock) for up to one flush interval
+    /// after the last handle is dropped, so a reopen in the same process can
+    /// briefly see `WouldBlock`; a restarted agent is a new process and
+    /// never does.
+    fn reopen(dir: &Path, cap: u64) -> Buffer {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Buffer::open(dir, cap) {
+                Ok(b) => return b,
+                Err(e)
+                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopening the buffer: {e}"),
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -413,7 +433,7 @@ mod tests {
                     Op::Reopen => {
                         b.flush().unwrap();
                         drop(b);
-                        b = Buffer::open(dir.path(), cap).unwrap();
+                        b = reopen(dir.path(), cap);
                     }
                     Op::Read(from) => {
                         let from = u64::from(from);
