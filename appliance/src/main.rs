@@ -465,7 +465,7 @@ async fn alerts_cmd(c: AdminClient, a: AlertsArgs) -> anyhow::Result<()> {
                 .map(|e| {
                     vec![
                         ago(e.at_ms),
-                        e.event.clone(),
+                        e.event.to_string(),
                         e.value.map(fmt_value).unwrap_or_default(),
                         e.detail.clone(),
                     ]
