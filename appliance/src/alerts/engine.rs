@@ -595,3 +595,6 @@ async fn run(
         e.on_tick(now_ms());
     }
 }
+
+#[cfg(test)]
+mod tests;
