@@ -20,7 +20,7 @@ use crate::net::udp_drops;
 
 pub mod labels;
 
-pub use labels::{KindLabel, NotifyLabel, ReasonLabel, ResultLabel};
+pub use labels::{KindLabel, NotifyLabel, OpLabel, ReasonLabel, ResultLabel};
 pub use outpost_web::RouteLabel;
 
 /// Every metric the appliance exports. Cheap to share (`Arc<Metrics>`);
@@ -71,6 +71,9 @@ pub struct Metrics {
     pub alerts_pending: Gauge,
     /// Sample batches the alert engine could not take (queue full).
     pub alert_inputs_dropped: Counter,
+    /// Failed operations of the alert engine, by operation (record_event,
+    /// queue_notification, persist, audit, device_lookup, reload_config).
+    pub alert_errors: Family<OpLabel, Counter>,
     /// Notification delivery outcomes (delivered, retry, dead_letter).
     pub notifications: Family<NotifyLabel, Counter>,
     /// Datagrams the kernel dropped on the QUIC socket (receive buffer
@@ -125,6 +128,7 @@ impl Metrics {
             alerts_firing: Gauge::default(),
             alerts_pending: Gauge::default(),
             alert_inputs_dropped: Counter::default(),
+            alert_errors: Family::default(),
             notifications: Family::default(),
             quic_udp_receive_drops: Counter::default(),
             quic_socket_inode: AtomicU64::new(0),
@@ -261,6 +265,11 @@ impl Metrics {
             m.alert_inputs_dropped.clone(),
         );
         r.register(
+            "alert_errors",
+            "Failed alert engine operations (logged), by operation",
+            m.alert_errors.clone(),
+        );
+        r.register(
             "notifications",
             "Notification delivery outcomes by channel type, event and result",
             m.notifications.clone(),
@@ -323,6 +332,11 @@ mod tests {
         m.reject("oversize_frame");
         m.duplicates_dropped.inc_by(3);
         m.write_latency_seconds.observe(0.001);
+        m.alert_errors
+            .get_or_create(&OpLabel {
+                op: "record_event".into(),
+            })
+            .inc();
         let text = m.encode();
         assert!(
             text.contains("outpost_rejects_total{reason=\"oversize_frame\"} 1"),
@@ -335,5 +349,9 @@ mod tests {
         assert!(text.contains("outpost_duplicates_dropped_total 3"));
         assert!(text.contains("outpost_write_latency_seconds_bucket"));
         assert!(text.contains("outpost_connections_active 0"));
+        assert!(
+            text.contains("outpost_alert_errors_total{op=\"record_event\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -355,11 +355,10 @@ fn central_outage_every_rollup_arrives_exactly_once_and_status_is_current() {
         "appliance sees the link down",
         || (uplink_status(&app)["link"] != "connected").then_some(()),
     );
-    std::thread::sleep(Duration::from_secs(6));
-    let st = uplink_status(&app);
-    assert!(
-        st["backlog_batches"].as_u64().unwrap() >= 2,
-        "batches wait in the outbox: {st}"
+    wait_for(
+        Duration::from_secs(30),
+        "batches waiting in the outbox",
+        || (uplink_status(&app)["backlog_batches"].as_u64()? >= 2).then_some(()),
     );
     central.restart();
     wait_for(Duration::from_secs(30), "link back", || {

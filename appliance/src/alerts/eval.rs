@@ -7,7 +7,7 @@
 //! `keep_firing_for` keeps a firing alert firing that long after the
 //! condition stops holding, which suppresses flapping.
 
-use super::model::{Alert, AlertState, Comparison};
+use super::model::{Alert, AlertState, Comparison, Condition, Rule};
 
 /// What a step of the state machine did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +37,25 @@ pub struct Threshold {
     pub threshold: f64,
     pub for_ms: u64,
     pub keep_firing_for_ms: u64,
+}
+
+/// The threshold parameters of a threshold rule (`None` for other rules).
+pub fn threshold_of(rule: &Rule) -> Option<Threshold> {
+    match &rule.condition {
+        Condition::Threshold {
+            comparison,
+            threshold,
+            for_,
+            keep_firing_for,
+            ..
+        } => Some(Threshold {
+            comparison: *comparison,
+            threshold: *threshold,
+            for_ms: for_.as_millis() as u64,
+            keep_firing_for_ms: keep_firing_for.as_millis() as u64,
+        }),
+        _ => None,
+    }
 }
 
 /// A sample arrives for a (rule, device, label) with no open alert.

@@ -5,20 +5,31 @@
 //! letters.
 //!
 //! * [`model`]: rules, channels, policies, windows, alerts (API bodies too);
-//! * [`eval`]: the pure threshold state machine (injected clock);
-//! * [`windows`]: maintenance window schedules (time zones);
-//! * [`engine`]: the task that owns open alerts and decides notifications;
+//! * the pure decision core, with the time passed in and no I/O:
+//!   [`eval`] (the threshold state machine), [`lifecycle`] (what each
+//!   transition records and notifies), [`timers`] (due times, windows
+//!   ending, escalation, reminders, no-data), [`windows`] (maintenance
+//!   window schedules, time zones), and [`decision`] (their vocabulary:
+//!   rule plans, outcomes);
+//! * [`engine`]: the task that owns open alerts and routes inputs to the
+//!   core; [`apply`]: writes outcomes and submits their notifications;
+//! * [`builtin`]: the rules shipped with the appliance;
 //! * [`notify`]: the delivery queue and the webhook and SMTP senders;
 //! * [`store`]: RocksDB persistence.
 //!
 //! This module must not block the ingest writer: the writer hands it
 //! committed samples through a bounded queue (overflow is counted).
 
+pub mod apply;
+pub mod builtin;
+pub mod decision;
 pub mod engine;
 pub mod eval;
+pub mod lifecycle;
 pub mod model;
 pub mod notify;
 pub mod store;
+pub mod timers;
 pub mod windows;
 
 use std::time::Duration;

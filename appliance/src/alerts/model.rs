@@ -432,13 +432,66 @@ pub struct Alert {
     pub notifications_sent: u64,
 }
 
+/// What happened to an alert, as recorded in its history (`alert_events`)
+/// and shown by the API and `outpost alerts show`. The serialized names are
+/// stored on disk: never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A new alert starts waiting for `for`.
+    Pending,
+    /// pending → firing, or a new alert firing at once.
+    Firing,
+    /// firing → resolved.
+    Resolved,
+    /// pending → cleared (the condition stopped before `for`).
+    Cleared,
+    /// firing: the condition stopped; resolution waits for `keep_firing_for`.
+    Clearing,
+    /// firing: the condition holds again within `keep_firing_for`.
+    FlapSuppressed,
+    /// Somebody acknowledged the alert.
+    Acknowledged,
+    /// It fired inside a maintenance window: recorded, not notified.
+    Silenced,
+    /// The silencing window ended while it still fires: announced now.
+    Unsilenced,
+    /// The first escalation step notified (after a delay).
+    Notified,
+    /// A later escalation step notified.
+    Escalated,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Pending => "pending",
+            EventKind::Firing => "firing",
+            EventKind::Resolved => "resolved",
+            EventKind::Cleared => "cleared",
+            EventKind::Clearing => "clearing",
+            EventKind::FlapSuppressed => "flap_suppressed",
+            EventKind::Acknowledged => "acknowledged",
+            EventKind::Silenced => "silenced",
+            EventKind::Unsilenced => "unsilenced",
+            EventKind::Notified => "notified",
+            EventKind::Escalated => "escalated",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A transition of an alert, persisted with its time and triggering value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertEvent {
     pub alert_id: u64,
     pub at_ms: u64,
-    /// pending, firing, resolved, cleared, acknowledged, silenced, notified, escalated
-    pub event: String,
+    pub event: EventKind,
     pub value: Option<f64>,
     pub detail: String,
 }
@@ -475,4 +528,62 @@ pub struct Notification {
     pub attempts: u32,
     pub next_attempt_ms: u64,
     pub last_error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The event names are stored in `alert_events` and returned by the API:
+    /// these exact strings, nothing else.
+    #[test]
+    fn event_kinds_keep_their_stored_and_api_names() {
+        let names = [
+            (EventKind::Pending, "pending"),
+            (EventKind::Firing, "firing"),
+            (EventKind::Resolved, "resolved"),
+            (EventKind::Cleared, "cleared"),
+            (EventKind::Clearing, "clearing"),
+            (EventKind::FlapSuppressed, "flap_suppressed"),
+            (EventKind::Acknowledged, "acknowledged"),
+            (EventKind::Silenced, "silenced"),
+            (EventKind::Unsilenced, "unsilenced"),
+            (EventKind::Notified, "notified"),
+            (EventKind::Escalated, "escalated"),
+        ];
+        for (kind, name) in names {
+            assert_eq!(kind.as_str(), name);
+            assert_eq!(kind.to_string(), name);
+            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{name}\""));
+            let back: EventKind = serde_json::from_str(&format!("\"{name}\"")).unwrap();
+            assert_eq!(back, kind);
+        }
+    }
+
+    #[test]
+    fn an_alert_event_serializes_byte_for_byte_as_before_the_enum() {
+        let e = AlertEvent {
+            alert_id: 7,
+            at_ms: 1_700_000_000_000,
+            event: EventKind::FlapSuppressed,
+            value: Some(95.5),
+            detail: "cpu high value=95.5".into(),
+        };
+        let json = r#"{"alert_id":7,"at_ms":1700000000000,"event":"flap_suppressed","value":95.5,"detail":"cpu high value=95.5"}"#;
+        assert_eq!(serde_json::to_string(&e).unwrap(), json);
+        assert_eq!(serde_json::from_str::<AlertEvent>(json).unwrap(), e);
+    }
+
+    #[test]
+    fn notify_events_keep_their_names() {
+        for (e, name) in [
+            (NotifyEvent::Firing, "firing"),
+            (NotifyEvent::Resolved, "resolved"),
+            (NotifyEvent::Reminder, "reminder"),
+            (NotifyEvent::Escalation, "escalation"),
+        ] {
+            assert_eq!(e.as_str(), name);
+            assert_eq!(serde_json::to_string(&e).unwrap(), format!("\"{name}\""));
+        }
+    }
 }

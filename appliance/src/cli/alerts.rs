@@ -90,7 +90,7 @@ pub async fn run(a: AlertsArgs, c: AdminClient) -> anyhow::Result<()> {
                 .map(|e| {
                     vec![
                         ago(e.at_ms),
-                        e.event.clone(),
+                        e.event.to_string(),
                         e.value.map(fmt_value).unwrap_or_default(),
                         e.detail.clone(),
                     ]

@@ -26,3 +26,9 @@ pub struct NotifyLabel {
     pub event: String,
     pub result: String,
 }
+
+/// The operation that failed (`outpost_alert_errors_total{op}`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: String,
+}

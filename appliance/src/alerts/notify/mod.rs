@@ -15,7 +15,7 @@ use outpost_storage::{Store, now_ms};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 use super::model::{Channel, ChannelKind, Notification};
 use super::store::{self, ConfigKind};
@@ -51,7 +51,22 @@ pub struct NotifyHandle {
 impl NotifyHandle {
     /// The notification must already be persisted in the queue.
     pub fn submit(&self, n: Notification) {
-        let _ = self.tx.send(n);
+        if let Err(e) = self.tx.send(n) {
+            // Only after shutdown: it stays queued on disk and is delivered
+            // after the next start.
+            debug!(
+                id = e.0.id,
+                "notification dispatcher stopped; delivery after restart"
+            );
+        }
+    }
+
+    /// A handle whose notifications land in the returned receiver, for the
+    /// engine's tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> (NotifyHandle, mpsc::UnboundedReceiver<Notification>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (NotifyHandle { tx }, rx)
     }
 }
 

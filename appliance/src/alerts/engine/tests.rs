@@ -1,0 +1,408 @@
+//! The engine's wiring, driven with an explicit clock over a real store:
+//! what the pure core decides is written, notified, counted and loaded
+//! back after a restart. (The decisions themselves are tested in
+//! `lifecycle` and `timers`.)
+
+use std::time::Duration;
+
+use outpost_storage::StoreOptions;
+use outpost_storage::model::DeviceStatus;
+use serde::Serialize;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::*;
+use crate::metrics::KindLabel;
+
+/// Appliance clock at the start of each test (ms).
+const T: u64 = 1_800_000_000_000;
+const DEV: DeviceId = DeviceId(1);
+
+struct Rig {
+    dir: tempfile::TempDir,
+    store: Store,
+    metrics: Arc<Metrics>,
+    engine: Engine,
+    /// What the engine handed to the notification dispatcher.
+    sent: UnboundedReceiver<Notification>,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        Self::open(dir)
+    }
+
+    fn open(dir: tempfile::TempDir) -> Rig {
+        let store = crate::db::open(dir.path(), &StoreOptions::default()).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let (notify, sent) = NotifyHandle::for_tests();
+        let engine = Engine::load(store.clone(), metrics.clone(), notify).unwrap();
+        Rig {
+            dir,
+            store,
+            metrics,
+            engine,
+            sent,
+        }
+    }
+
+    /// The appliance stops and starts again on the same data.
+    fn restart(self) -> Rig {
+        let Rig {
+            dir, store, engine, ..
+        } = self;
+        // RocksDB's lock goes with the last handle.
+        drop(engine);
+        drop(store);
+        Self::open(dir)
+    }
+
+    fn put<V: Serialize>(&mut self, kind: ConfigKind, id: &str, v: &V, now: u64) {
+        store::put_config(&self.store, kind, id, v).unwrap();
+        self.engine.on_reload(now);
+    }
+
+    fn delete(&mut self, kind: ConfigKind, id: &str, now: u64) {
+        assert!(store::delete_config(&self.store, kind, id).unwrap());
+        self.engine.on_reload(now);
+    }
+
+    fn sample(&mut self, name: &str, value: f64, now: u64) {
+        self.engine.on_samples(
+            vec![(
+                DEV,
+                vec![MetricValue {
+                    name: name.into(),
+                    label: String::new(),
+                    value,
+                }],
+            )],
+            now,
+        );
+    }
+
+    /// Notifications handed over since the last call: (event, channel).
+    fn sent(&mut self) -> Vec<(NotifyEvent, String)> {
+        let mut out = Vec::new();
+        while let Ok(n) = self.sent.try_recv() {
+            out.push((n.event, n.channel_id));
+        }
+        out
+    }
+
+    fn sent_full(&mut self) -> Vec<Notification> {
+        let mut out = Vec::new();
+        while let Ok(n) = self.sent.try_recv() {
+            out.push(n);
+        }
+        out
+    }
+
+    fn alert(&self, rule: &str) -> Alert {
+        let all = store::list_alerts(&self.store, |a| a.rule_id == rule, 100).unwrap();
+        assert_eq!(all.len(), 1, "one alert of {rule}: {all:?}");
+        all.into_iter().next().unwrap()
+    }
+
+    fn events(&self, alert: u64) -> Vec<EventKind> {
+        store::events(&self.store, alert)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect()
+    }
+
+    fn transitions(&self, kind: &str) -> u64 {
+        self.metrics
+            .alert_transitions
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .get()
+    }
+}
+
+fn cpu_rule(id: &str, for_s: u64, extra: impl FnOnce(&mut Rule)) -> Rule {
+    let mut r = Rule {
+        id: id.into(),
+        name: format!("cpu high ({id})"),
+        condition: Condition::Threshold {
+            metric: "cpu".into(),
+            label: None,
+            comparison: Comparison::Gt,
+            threshold: 90.0,
+            for_: Duration::from_secs(for_s),
+            keep_firing_for: Duration::ZERO,
+        },
+        severity: Severity::Critical,
+        scope: Scope::All,
+        enabled: true,
+        channels: vec!["ops".into()],
+        escalation_policy: None,
+        renotify_interval: Duration::ZERO,
+        builtin: false,
+    };
+    extra(&mut r);
+    r
+}
+
+fn ops(event: NotifyEvent) -> (NotifyEvent, String) {
+    (event, "ops".to_string())
+}
+
+#[test]
+fn a_threshold_alert_is_stored_notified_and_resolved() {
+    let mut rig = Rig::new();
+    rig.put(ConfigKind::Rule, "cpu", &cpu_rule("cpu", 0, |_| {}), T);
+    rig.sample("cpu", 50.0, T);
+    assert!(rig.sent().is_empty());
+    rig.sample("cpu", 95.0, T + 1_000);
+    assert_eq!(rig.sent(), vec![ops(NotifyEvent::Firing)]);
+    let a = rig.alert("cpu");
+    assert_eq!((a.state, a.fired_ms), (AlertState::Firing, Some(T + 1_000)));
+    assert_eq!((a.notified, a.notifications_sent), (true, 1));
+    assert_eq!(rig.engine.open_alerts().len(), 1);
+    assert_eq!(rig.metrics.alerts_firing.get(), 1);
+
+    rig.sample("cpu", 40.0, T + 2_000);
+    assert_eq!(rig.sent(), vec![ops(NotifyEvent::Resolved)]);
+    let a = rig.alert("cpu");
+    assert_eq!((a.state, a.value), (AlertState::Resolved, Some(40.0)));
+    assert_eq!(
+        rig.events(a.id),
+        vec![EventKind::Firing, EventKind::Resolved]
+    );
+    assert!(rig.engine.open_alerts().is_empty());
+    assert_eq!(rig.metrics.alerts_firing.get(), 0);
+    assert_eq!(
+        (rig.transitions("firing"), rig.transitions("resolved")),
+        (1, 1)
+    );
+    // Both notifications are queued on disk before they are handed over.
+    assert_eq!(store::queued(&rig.store).unwrap().len(), 2);
+}
+
+#[test]
+fn pending_alerts_fire_at_their_original_due_time_after_a_restart_and_firing_ones_are_not_announced_again()
+ {
+    let mut rig = Rig::new();
+    rig.put(ConfigKind::Rule, "now", &cpu_rule("now", 0, |_| {}), T);
+    rig.put(ConfigKind::Rule, "later", &cpu_rule("later", 12, |_| {}), T);
+    rig.sample("cpu", 95.0, T);
+    assert_eq!(rig.sent(), vec![ops(NotifyEvent::Firing)]);
+    assert_eq!(rig.alert("later").state, AlertState::Pending);
+
+    let mut rig = rig.restart();
+    assert_eq!(rig.engine.open_alerts().len(), 2);
+    assert_eq!(rig.metrics.alerts_pending.get(), 1);
+    rig.engine.on_tick(T + 2_000);
+    assert!(rig.sent().is_empty(), "nothing is announced again");
+    assert_eq!(rig.engine.next_wake(T + 11_500), T + 12_000);
+    rig.engine.on_tick(T + 12_300);
+    let sent = rig.sent_full();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].alert.rule_id, "later");
+    let later = rig.alert("later");
+    assert_eq!((later.started_ms, later.fired_ms), (T, Some(T + 12_000)));
+    assert_eq!(
+        rig.events(later.id),
+        vec![EventKind::Pending, EventKind::Firing]
+    );
+    assert_eq!(rig.alert("now").notifications_sent, 1);
+}
+
+#[test]
+fn escalation_steps_go_out_on_time_until_the_alert_is_acknowledged() {
+    let mut rig = Rig::new();
+    let step = |s: u64, ch: &str| EscalationStep {
+        after: Duration::from_secs(s),
+        channels: vec![ch.into()],
+    };
+    let policy = EscalationPolicy {
+        id: "oncall".into(),
+        name: "on-call".into(),
+        steps: vec![step(0, "first"), step(2, "second"), step(8, "third")],
+    };
+    rig.put(ConfigKind::Policy, "oncall", &policy, T);
+    let rule = cpu_rule("cpu", 0, |r| {
+        r.channels.clear();
+        r.escalation_policy = Some("oncall".into());
+    });
+    rig.put(ConfigKind::Rule, "cpu", &rule, T);
+    rig.sample("cpu", 95.0, T);
+    assert_eq!(rig.sent(), vec![(NotifyEvent::Firing, "first".into())]);
+    // The engine wakes for the next step, not only on its poll.
+    assert_eq!(rig.engine.next_wake(T + 100), T + 1_100);
+    assert_eq!(rig.engine.next_wake(T + 1_500), T + 2_000);
+    rig.engine.on_tick(T + 1_999);
+    assert!(rig.sent().is_empty());
+    rig.engine.on_tick(T + 2_000);
+    assert_eq!(rig.sent(), vec![(NotifyEvent::Escalation, "second".into())]);
+
+    let id = rig.alert("cpu").id;
+    let acked = rig
+        .engine
+        .ack(id, "alice", "looking into it", T + 3_000)
+        .unwrap();
+    assert_eq!(acked.acknowledged_by.as_deref(), Some("alice"));
+    for now in [T + 8_000, T + 9_000, T + 600_000] {
+        rig.engine.on_tick(now);
+    }
+    assert!(rig.sent().is_empty(), "acknowledged alerts do not escalate");
+    let a = rig.alert("cpu");
+    assert_eq!((a.escalation_step, a.acknowledged_ms), (2, Some(T + 3_000)));
+    assert_eq!(
+        rig.events(id),
+        vec![
+            EventKind::Firing,
+            EventKind::Escalated,
+            EventKind::Acknowledged
+        ]
+    );
+    let audit = registry::audit_log(&rig.store, 0, u64::MAX, 10).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "alert.ack" && e.actor == "alice" && e.target == id.to_string()),
+        "{audit:?}"
+    );
+    assert_eq!(
+        rig.engine.ack(999, "bob", "", T + 4_000).unwrap_err(),
+        "no alert 999"
+    );
+    rig.sample("cpu", 10.0, T + 5_000);
+    assert_eq!(
+        rig.engine.ack(id, "bob", "", T + 6_000).unwrap_err(),
+        format!("alert {id} is resolved and cannot be acknowledged")
+    );
+}
+
+#[test]
+fn reminders_go_out_at_the_renotify_interval() {
+    let mut rig = Rig::new();
+    let rule = cpu_rule("cpu", 0, |r| r.renotify_interval = Duration::from_secs(10));
+    rig.put(ConfigKind::Rule, "cpu", &rule, T);
+    rig.sample("cpu", 95.0, T);
+    assert_eq!(rig.sent(), vec![ops(NotifyEvent::Firing)]);
+    assert_eq!(rig.engine.next_wake(T + 9_500), T + 10_000);
+    rig.engine.on_tick(T + 9_999);
+    assert!(rig.sent().is_empty());
+    rig.engine.on_tick(T + 10_000);
+    assert_eq!(rig.sent(), vec![ops(NotifyEvent::Reminder)]);
+    assert_eq!(rig.alert("cpu").last_notified_ms, Some(T + 10_000));
+}
+
+fn rfc3339(ms: u64) -> String {
+    jiff::Timestamp::from_millisecond(ms as i64)
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_maintenance_window_silences_until_it_is_deleted() {
+    let mut rig = Rig::new();
+    rig.put(ConfigKind::Rule, "cpu", &cpu_rule("cpu", 0, |_| {}), T);
+    let window = MaintenanceWindow {
+        id: "patch-night".into(),
+        name: "patch night".into(),
+        scope: Scope::Device { device: DEV },
+        schedule: Schedule::OneOff {
+            start: rfc3339(T - 60_000),
+            end: rfc3339(T + 3_600_000),
+        },
+        effects: vec![WindowEffect::SuppressNotifications],
+    };
+    rig.put(ConfigKind::Window, "patch-night", &window, T);
+    rig.sample("cpu", 95.0, T);
+    let a = rig.alert("cpu");
+    assert_eq!(a.silenced_by.as_deref(), Some("patch-night"));
+    assert_eq!((a.notified, a.notifications_sent), (false, 0));
+    rig.engine.on_tick(T + 5_000);
+    assert!(rig.sent().is_empty(), "silenced: no notification");
+
+    rig.delete(ConfigKind::Window, "patch-night", T + 6_000);
+    rig.engine.on_tick(T + 6_000);
+    assert_eq!(rig.sent(), vec![ops(NotifyEvent::Firing)]);
+    assert_eq!(
+        rig.events(a.id),
+        vec![
+            EventKind::Firing,
+            EventKind::Silenced,
+            EventKind::Unsilenced,
+            EventKind::Notified
+        ]
+    );
+}
+
+#[test]
+fn no_data_fires_when_a_series_stops_and_resolves_when_it_reports_again() {
+    let mut rig = Rig::new();
+    let mut rule = cpu_rule("quiet", 0, |_| {});
+    rule.condition = Condition::NoData {
+        metric: "cpu".into(),
+        label: None,
+        for_: Duration::from_secs(5),
+    };
+    rig.put(ConfigKind::Rule, "quiet", &rule, T);
+    rig.sample("cpu", 12.0, T);
+    rig.engine.on_tick(T + 4_999);
+    assert!(rig.sent().is_empty());
+    rig.engine.on_tick(T + 5_000);
+    assert_eq!(rig.sent(), vec![ops(NotifyEvent::Firing)]);
+    let a = rig.alert("quiet");
+    assert_eq!(
+        (a.state, a.fired_ms, a.metric.as_str()),
+        (AlertState::Firing, Some(T + 5_000), "cpu")
+    );
+    rig.engine.on_tick(T + 6_000);
+    assert!(rig.sent().is_empty(), "one alert while silent");
+    rig.sample("cpu", 3.0, T + 7_000);
+    assert_eq!(rig.sent(), vec![ops(NotifyEvent::Resolved)]);
+    let a = rig.alert("quiet");
+    assert_eq!((a.state, a.value), (AlertState::Resolved, Some(3.0)));
+}
+
+#[test]
+fn device_offline_fires_once_and_resolves_when_the_device_is_back() {
+    let mut rig = Rig::new();
+    let mut rule: Rule = store::get_config(&rig.store, ConfigKind::Rule, "builtin-device-offline")
+        .unwrap()
+        .expect("built-in rule created on first start");
+    rule.channels = vec!["ops".into()];
+    rig.put(ConfigKind::Rule, "builtin-device-offline", &rule, T);
+    let to = |to: DeviceStatus, from: DeviceStatus| {
+        vec![(
+            DEV,
+            StatusTransition {
+                at_ms: T,
+                from,
+                to,
+                last_seen_ms: T - 3_000,
+            },
+        )]
+    };
+    rig.engine
+        .on_status(to(DeviceStatus::Offline, DeviceStatus::Online), T);
+    assert_eq!(rig.sent(), vec![ops(NotifyEvent::Firing)]);
+    rig.engine
+        .on_status(to(DeviceStatus::Offline, DeviceStatus::Online), T + 1_000);
+    assert!(rig.sent().is_empty(), "already firing");
+    rig.engine
+        .on_status(to(DeviceStatus::Online, DeviceStatus::Offline), T + 9_000);
+    assert_eq!(rig.sent(), vec![ops(NotifyEvent::Resolved)]);
+    let a = rig.alert("builtin-device-offline");
+    assert_eq!((a.fired_ms, a.resolved_ms), (Some(T), Some(T + 9_000)));
+}
+
+#[test]
+fn deleting_a_rule_resolves_its_alerts_without_notifying() {
+    let mut rig = Rig::new();
+    rig.put(ConfigKind::Rule, "cpu", &cpu_rule("cpu", 0, |_| {}), T);
+    rig.put(ConfigKind::Rule, "slow", &cpu_rule("slow", 60, |_| {}), T);
+    rig.sample("cpu", 95.0, T);
+    rig.sent();
+    rig.delete(ConfigKind::Rule, "cpu", T + 1_000);
+    rig.delete(ConfigKind::Rule, "slow", T + 1_000);
+    assert!(rig.sent().is_empty());
+    assert_eq!(rig.alert("cpu").state, AlertState::Resolved);
+    assert_eq!(rig.alert("slow").state, AlertState::Cleared);
+    assert!(rig.engine.open_alerts().is_empty());
+}
