@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use outpost_proto::DeviceId;
 use outpost_proto::pki::{CertIdentity, Principal, cert_der_to_pem, write_private_file};
 use outpost_proto::tls::{self, CaFingerprint};
+use outpost_proto::{CustomerId, DeviceId, TenantId};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 
@@ -23,8 +23,8 @@ const CA_FILE: &str = "ca.crt";
 pub struct IdentityFile {
     pub device_id: String,
     pub appliance: String,
-    pub tenant: String,
-    pub customer: String,
+    pub tenant: TenantId,
+    pub customer: CustomerId,
     pub ca_fingerprint: String,
     pub enrolled_at: String,
 }
@@ -33,8 +33,8 @@ pub struct IdentityFile {
 pub struct Identity {
     pub device_id: DeviceId,
     pub appliance: String,
-    pub tenant: String,
-    pub customer: String,
+    pub tenant: TenantId,
+    pub customer: CustomerId,
     pub ca: CertificateDer<'static>,
     pub cert: CertificateDer<'static>,
     pub key: PrivateKeyDer<'static>,
@@ -72,8 +72,8 @@ impl StateDir {
 /// Result of a successful enrollment, to be saved.
 pub struct Enrolled {
     pub device_id: DeviceId,
-    pub tenant: String,
-    pub customer: String,
+    pub tenant: TenantId,
+    pub customer: CustomerId,
     pub cert_der: Vec<u8>,
     pub ca_der: Vec<u8>,
     pub key_pem: String,

@@ -192,8 +192,8 @@ pub fn apply(run: &UplinkRun, dir: &Path) -> anyhow::Result<Report> {
     for s in 0..run.sites {
         let site = SiteRecord {
             tenant: "acme".into(),
-            customer: format!("c{}", s % 50),
-            site_id: format!("s-{s:06}"),
+            customer: format!("c{}", s % 50).into(),
+            site_id: format!("s-{s:06}").into(),
             name: format!("site {s}"),
             created_ms: 1,
             joined_ms: 1,
@@ -229,7 +229,7 @@ pub fn apply(run: &UplinkRun, dir: &Path) -> anyhow::Result<Report> {
             let n = if full { run.devices } else { 0 };
             let b = SiteBatch {
                 seq,
-                site: format!("s-{site:06}"),
+                site: format!("s-{site:06}").into(),
                 tenant: "acme".into(),
                 created_ms: 1,
                 devices: (0..n).map(|d| device_update(d, seq)).collect(),

@@ -4,6 +4,7 @@
 //! `/api/v1/admin/` (bearer `DATA/admin.token`), `/metrics`, `/healthz`
 //! and the web view at `/`.
 
+use outpost_proto::{CustomerId, SiteId, TenantId};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -172,7 +173,7 @@ fn require(p: &Principal, min: Role) -> Result<(), ApiError> {
 
 #[derive(Debug, Deserialize, Serialize)]
 pub struct Login {
-    pub tenant: String,
+    pub tenant: TenantId,
     pub username: String,
     pub password: String,
 }
@@ -256,9 +257,9 @@ async fn me(axum::Extension(p): axum::Extension<Principal>) -> Json<Principal> {
 /// A site as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SiteOut {
-    pub site_id: String,
+    pub site_id: SiteId,
     pub name: String,
-    pub customer: String,
+    pub customer: CustomerId,
     pub joined: bool,
     /// `connected`, `disconnected` or `never`.
     pub link: String,
@@ -312,7 +313,7 @@ async fn visible_sites(c: &Arc<Central>, p: &Principal) -> Result<Vec<SiteRecord
         .collect())
 }
 
-async fn one_site(c: &Arc<Central>, p: &Principal, site: &str) -> Result<SiteRecord, ApiError> {
+async fn one_site(c: &Arc<Central>, p: &Principal, site: &SiteId) -> Result<SiteRecord, ApiError> {
     c.store
         .site(&p.tenant, site)
         .await
@@ -338,7 +339,7 @@ async fn sites(
 async fn site(
     State(c): State<Arc<Central>>,
     axum::Extension(p): axum::Extension<Principal>,
-    Path(site): Path<String>,
+    Path(site): Path<SiteId>,
 ) -> ApiResult<SiteOut> {
     let s = one_site(&c, &p, &site).await?;
     Ok(Json(site_out(&c, &s, crate::now_ms())))
@@ -346,13 +347,13 @@ async fn site(
 
 #[derive(Debug, Deserialize)]
 pub struct CreateSite {
-    pub customer: String,
+    pub customer: CustomerId,
     pub site: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SiteCreated {
-    pub site_id: String,
+    pub site_id: SiteId,
     pub token: String,
     pub ca_fingerprint: String,
 }
@@ -404,7 +405,7 @@ pub struct SiteSummary {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CustomerSummary {
-    pub customer: String,
+    pub customer: CustomerId,
     pub counts: Counts,
     pub sites: Vec<SiteSummary>,
 }
@@ -456,13 +457,13 @@ pub async fn fleet_summary(c: &Arc<Central>, p: &Principal) -> Result<FleetSumma
         .iter()
         .filter(|a| a.state == AlertState::Firing && p.sees_customer(&a.customer))
         .collect();
-    let critical: std::collections::HashSet<(String, String)> = firing
+    let critical: std::collections::HashSet<(SiteId, String)> = firing
         .iter()
         .filter(|a| a.severity == Severity::Critical)
         .filter_map(|a| a.device.clone().map(|d| (a.site_id.clone(), d)))
         .collect();
     let now = crate::now_ms();
-    let mut per_site: BTreeMap<String, Counts> = BTreeMap::new();
+    let mut per_site: BTreeMap<SiteId, Counts> = BTreeMap::new();
     for d in &devs {
         let crit = critical.contains(&(d.site_id.clone(), d.device.clone()));
         add(per_site.entry(d.site_id.clone()).or_default(), d, crit);
@@ -470,7 +471,7 @@ pub async fn fleet_summary(c: &Arc<Central>, p: &Principal) -> Result<FleetSumma
     for a in &firing {
         per_site.entry(a.site_id.clone()).or_default().alerts_firing += 1;
     }
-    let mut customers: BTreeMap<String, CustomerSummary> = BTreeMap::new();
+    let mut customers: BTreeMap<CustomerId, CustomerSummary> = BTreeMap::new();
     let mut totals = Counts::default();
     let mut stale = 0;
     for s in &sites {
@@ -519,8 +520,8 @@ async fn customers(
 
 #[derive(Debug, Deserialize, Default)]
 pub struct DevicesQuery {
-    pub site: Option<String>,
-    pub customer: Option<String>,
+    pub site: Option<SiteId>,
+    pub customer: Option<CustomerId>,
     pub status: Option<String>,
     pub after: Option<String>,
     pub limit: Option<usize>,
@@ -574,7 +575,7 @@ pub struct DeviceDetail {
 pub async fn device_detail(
     c: &Arc<Central>,
     p: &Principal,
-    site: &str,
+    site: &SiteId,
     device: &str,
 ) -> Result<DeviceDetail, ApiError> {
     let s = one_site(c, p, site).await?;
@@ -602,7 +603,7 @@ pub async fn device_detail(
 async fn device(
     State(c): State<Arc<Central>>,
     axum::Extension(p): axum::Extension<Principal>,
-    Path((site, device)): Path<(String, String)>,
+    Path((site, device)): Path<(SiteId, String)>,
 ) -> ApiResult<DeviceDetail> {
     Ok(Json(device_detail(&c, &p, &site, &device).await?))
 }
@@ -637,7 +638,7 @@ pub struct History {
 pub async fn history(
     c: &Arc<Central>,
     p: &Principal,
-    site: &str,
+    site: &SiteId,
     device: &str,
     q: HistoryQuery,
 ) -> Result<History, ApiError> {
@@ -656,7 +657,7 @@ pub async fn history(
         )));
     }
     let query = crate::store::RollupQuery {
-        site_id: site.to_string(),
+        site_id: site.clone(),
         device: device.to_string(),
         series: series.clone(),
         label: q.label.clone(),
@@ -689,7 +690,7 @@ pub async fn history(
 async fn metrics_history(
     State(c): State<Arc<Central>>,
     axum::Extension(p): axum::Extension<Principal>,
-    Path((site, device)): Path<(String, String)>,
+    Path((site, device)): Path<(SiteId, String)>,
     Query(q): Query<HistoryQuery>,
 ) -> ApiResult<History> {
     Ok(Json(history(&c, &p, &site, &device, q).await?))
@@ -697,7 +698,7 @@ async fn metrics_history(
 
 #[derive(Debug, Deserialize)]
 pub struct AlertsQuery {
-    pub site: Option<String>,
+    pub site: Option<SiteId>,
     /// Only firing/pending alerts.
     #[serde(default)]
     pub active: bool,
@@ -713,7 +714,7 @@ pub async fn alert_list(
     }
     let mut v = c
         .store
-        .alerts(&p.tenant, q.site.as_deref())
+        .alerts(&p.tenant, q.site.as_ref())
         .await
         .map_err(internal)?;
     v.retain(|a| p.sees_customer(&a.customer) && (!q.active || a.state != AlertState::Resolved));
@@ -733,7 +734,7 @@ async fn alerts(
 async fn ack_alert(
     State(c): State<Arc<Central>>,
     axum::Extension(p): axum::Extension<Principal>,
-    Path((site, alert)): Path<(String, u64)>,
+    Path((site, alert)): Path<(SiteId, u64)>,
 ) -> ApiResult<serde_json::Value> {
     require(&p, Role::Technician)?;
     one_site(&c, &p, &site).await?;
@@ -756,7 +757,7 @@ async fn ack_alert(
 pub struct TenantToken {
     pub role: Role,
     #[serde(default)]
-    pub customers: Vec<String>,
+    pub customers: Vec<CustomerId>,
 }
 
 async fn create_token(
@@ -779,7 +780,7 @@ pub struct TenantUser {
     pub name: String,
     pub role: Role,
     #[serde(default)]
-    pub customers: Vec<String>,
+    pub customers: Vec<CustomerId>,
     pub password: String,
 }
 

@@ -24,6 +24,7 @@ pub mod store;
 pub(crate) mod testing;
 pub mod web;
 
+use outpost_proto::{SiteId, TenantId};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -50,7 +51,7 @@ pub struct Central {
     pub metrics: CentralMetrics,
     pub shutdown: CancellationToken,
     /// Open uplink connections per (tenant, site).
-    links: Mutex<HashMap<(String, String), u32>>,
+    links: Mutex<HashMap<(TenantId, SiteId), u32>>,
 }
 
 impl std::fmt::Debug for Central {
@@ -74,9 +75,9 @@ impl Central {
         }
     }
 
-    pub fn set_link(&self, tenant: &str, site: &str, up: bool) {
+    pub fn set_link(&self, tenant: &TenantId, site: &SiteId, up: bool) {
         let mut l = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        let n = l.entry((tenant.to_string(), site.to_string())).or_insert(0);
+        let n = l.entry((tenant.clone(), site.clone())).or_insert(0);
         if up {
             *n += 1;
         } else {
@@ -84,12 +85,9 @@ impl Central {
         }
     }
 
-    pub fn is_connected(&self, tenant: &str, site: &str) -> bool {
+    pub fn is_connected(&self, tenant: &TenantId, site: &SiteId) -> bool {
         let l = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        l.get(&(tenant.to_string(), site.to_string()))
-            .copied()
-            .unwrap_or(0)
-            > 0
+        l.get(&(tenant.clone(), site.clone())).copied().unwrap_or(0) > 0
     }
 }
 

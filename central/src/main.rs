@@ -238,8 +238,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let dir = CentralDir(data);
             let req = ops::AddSite {
-                tenant,
-                customer,
+                tenant: tenant.into(),
+                customer: customer.into(),
                 site,
             };
             #[derive(serde::Deserialize)]
@@ -270,9 +270,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let dir = CentralDir(data);
             let req = ops::CreateToken {
-                tenant,
+                tenant: tenant.into(),
                 role,
-                customers,
+                customers: customers.into_iter().map(Into::into).collect(),
             };
             #[derive(serde::Deserialize)]
             struct Created {
@@ -306,10 +306,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let password = password.trim_end_matches(['\r', '\n']).to_string();
             let dir = CentralDir(data);
             let req = ops::AddUser {
-                tenant,
+                tenant: tenant.into(),
                 name,
                 role,
-                customers,
+                customers: customers.into_iter().map(Into::into).collect(),
                 password,
             };
             let r2 = req.clone();

@@ -7,6 +7,7 @@
 //! shared [`Severity`] of `outpost-proto`), so a change on the appliance
 //! cannot change central's on-disk format. The apply plan converts.
 
+use outpost_proto::{CustomerId, SiteId, TenantId};
 use std::borrow::Cow;
 
 use outpost_uplink::batch;
@@ -101,9 +102,9 @@ impl From<batch::AlertState> for AlertState {
 /// A site (one appliance) of a customer of a tenant (MSP).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SiteRecord {
-    pub tenant: String,
-    pub customer: String,
-    pub site_id: String,
+    pub tenant: TenantId,
+    pub customer: CustomerId,
+    pub site_id: SiteId,
     pub name: String,
     pub created_ms: u64,
     /// When the appliance joined (0 = token not used yet).
@@ -149,11 +150,11 @@ impl SiteRecord {
 /// A device as central knows it (latest snapshot wins).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceRow {
-    pub tenant: String,
-    pub site_id: String,
+    pub tenant: TenantId,
+    pub site_id: SiteId,
     /// The appliance's device id (hex).
     pub device: String,
-    pub customer: String,
+    pub customer: CustomerId,
     pub hostname: String,
     pub os: String,
     pub agent_version: String,
@@ -217,9 +218,9 @@ impl BucketRow<'_> {
 /// The latest state of one alert instance of a site.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertRow {
-    pub tenant: String,
-    pub site_id: String,
-    pub customer: String,
+    pub tenant: TenantId,
+    pub site_id: SiteId,
+    pub customer: CustomerId,
     pub alert_id: u64,
     pub device: Option<String>,
     pub rule: String,
@@ -262,17 +263,17 @@ impl Role {
 /// Who a request acts for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Principal {
-    pub tenant: String,
+    pub tenant: TenantId,
     pub role: Role,
     /// Customers this principal is limited to (empty = all of the tenant).
-    pub customers: Vec<String>,
+    pub customers: Vec<CustomerId>,
     /// User name, or `token:<id>`.
     pub name: String,
 }
 
 impl Principal {
-    pub fn sees_customer(&self, c: &str) -> bool {
-        self.customers.is_empty() || self.customers.iter().any(|x| x == c)
+    pub fn sees_customer(&self, c: &CustomerId) -> bool {
+        self.customers.is_empty() || self.customers.contains(c)
     }
 }
 
@@ -287,10 +288,10 @@ pub struct ApiTokenRecord {
 /// A web user.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UserRecord {
-    pub tenant: String,
+    pub tenant: TenantId,
     pub name: String,
     pub role: Role,
-    pub customers: Vec<String>,
+    pub customers: Vec<CustomerId>,
     /// argon2id PHC string.
     pub password_hash: String,
     pub created_ms: u64,
@@ -306,8 +307,8 @@ pub struct SessionRecord {
 /// A one-time site join token (stored by SHA-256 of the secret).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JoinTokenRecord {
-    pub tenant: String,
-    pub site_id: String,
+    pub tenant: TenantId,
+    pub site_id: SiteId,
     pub expires_ms: u64,
 }
 

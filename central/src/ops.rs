@@ -5,6 +5,7 @@
 use anyhow::{Context, bail};
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use outpost_proto::{CustomerId, SiteId, TenantId};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{ApiTokenRecord, JoinTokenRecord, Principal, Role, SiteRecord, UserRecord};
@@ -27,14 +28,14 @@ pub fn check_name(what: &str, v: &str) -> anyhow::Result<()> {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AddSite {
-    pub tenant: String,
-    pub customer: String,
+    pub tenant: TenantId,
+    pub customer: CustomerId,
     pub site: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SiteAdded {
-    pub site_id: String,
+    pub site_id: SiteId,
     pub token: String,
 }
 
@@ -46,7 +47,7 @@ pub async fn add_site(
     check_name("tenant", &req.tenant)?;
     check_name("customer", &req.customer)?;
     check_name("site", &req.site)?;
-    let site_id = format!("s-{}", hex::encode(rand::random::<[u8; 8]>()));
+    let site_id = SiteId::from(format!("s-{}", hex::encode(rand::random::<[u8; 8]>())));
     let token = format!("ost_{}", hex::encode(rand::random::<[u8; 24]>()));
     let rec = SiteRecord {
         tenant: req.tenant.clone(),
@@ -78,10 +79,10 @@ pub async fn add_site(
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateToken {
-    pub tenant: String,
+    pub tenant: TenantId,
     pub role: Role,
     #[serde(default)]
-    pub customers: Vec<String>,
+    pub customers: Vec<CustomerId>,
 }
 
 pub async fn create_token(
@@ -111,11 +112,11 @@ pub async fn create_token(
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AddUser {
-    pub tenant: String,
+    pub tenant: TenantId,
     pub name: String,
     pub role: Role,
     #[serde(default)]
-    pub customers: Vec<String>,
+    pub customers: Vec<CustomerId>,
     pub password: String,
 }
 

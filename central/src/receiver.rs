@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use outpost_proto::frame::{FrameReader, write_frame};
 use outpost_proto::pki::{CertIdentity, ClientSubject, Principal};
 use outpost_proto::tls;
+use outpost_proto::{SiteId, TenantId};
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::CertificateDer;
 use tokio_util::task::TaskTracker;
@@ -163,7 +164,7 @@ async fn join(c: &Arc<Central>, req: &JoinRequest) -> anyhow::Result<JoinRespons
 }
 
 /// Site and tenant from the verified client certificate.
-fn identity(conn: &quinn::Connection) -> Option<(String, String)> {
+fn identity(conn: &quinn::Connection) -> Option<(TenantId, SiteId)> {
     let certs = conn
         .peer_identity()
         .and_then(|a| a.downcast::<Vec<CertificateDer<'static>>>().ok())?;
@@ -200,8 +201,8 @@ async fn serve_uplink(conn: quinn::Connection, c: Arc<Central>) {
 async fn uplink_stream(
     conn: &quinn::Connection,
     c: &Arc<Central>,
-    tenant: &str,
-    site_id: &str,
+    tenant: &TenantId,
+    site_id: &SiteId,
 ) -> anyhow::Result<()> {
     let Some(mut site) = c.store.site(tenant, site_id).await? else {
         c.metrics.conn_reject("unknown_site");
@@ -233,7 +234,7 @@ async fn uplink_stream(
     write_frame(
         &CentralFrame::Welcome(CentralWelcome {
             protocol_version: UPLINK_PROTOCOL_VERSION,
-            site_id: site_id.to_string(),
+            site_id: site_id.clone(),
             applied_up_to: site.applied_up_to,
             applied_above: site.applied_above.clone(),
         }),
@@ -278,8 +279,8 @@ async fn uplink_stream(
 /// Decodes, checks and applies one batch; `Ok` means durable (or already applied).
 async fn receive_batch(
     c: &Arc<Central>,
-    tenant: &str,
-    site_id: &str,
+    tenant: &TenantId,
+    site_id: &SiteId,
     seq: u64,
     payload: Vec<u8>,
 ) -> Result<(), (RejectReason, String)> {
@@ -328,8 +329,8 @@ async fn receive_batch(
             c.metrics
                 .site_lag_seconds
                 .get_or_create(&SiteLabel {
-                    tenant: tenant.into(),
-                    site: site_id.into(),
+                    tenant: tenant.to_string(),
+                    site: site_id.to_string(),
                 })
                 .set(lag);
         }

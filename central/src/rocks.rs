@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use outpost_proto::codec;
+use outpost_proto::{SiteId, TenantId};
 use outpost_storage::rocksdb::{
     self, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
 };
@@ -512,8 +513,8 @@ where
 impl BatchStore for RocksCentralStore {
     fn apply_batch<'a>(
         &'a self,
-        tenant: &'a str,
-        site_id: &'a str,
+        tenant: &'a TenantId,
+        site_id: &'a SiteId,
         batch: SiteBatch,
         received_ms: u64,
     ) -> StoreFuture<'a, ApplyOutcome> {
@@ -525,7 +526,7 @@ impl BatchStore for RocksCentralStore {
 impl FleetStore for RocksCentralStore {
     fn devices<'a>(
         &'a self,
-        tenant: &'a str,
+        tenant: &'a TenantId,
         filter: &'a DeviceFilter,
     ) -> StoreFuture<'a, Page<DeviceRow>> {
         let (st, t, f) = (self.clone(), tenant.to_owned(), filter.clone());
@@ -534,8 +535,8 @@ impl FleetStore for RocksCentralStore {
 
     fn device<'a>(
         &'a self,
-        tenant: &'a str,
-        site_id: &'a str,
+        tenant: &'a TenantId,
+        site_id: &'a SiteId,
         device: &'a str,
     ) -> StoreFuture<'a, Option<DeviceRow>> {
         let (st, t, s, d) = (
@@ -549,7 +550,7 @@ impl FleetStore for RocksCentralStore {
 
     fn rollups<'a>(
         &'a self,
-        tenant: &'a str,
+        tenant: &'a TenantId,
         q: &'a RollupQuery,
     ) -> StoreFuture<'a, Vec<(u64, RollupRow)>> {
         let (st, t, q) = (self.clone(), tenant.to_owned(), q.clone());
@@ -558,17 +559,17 @@ impl FleetStore for RocksCentralStore {
 
     fn alerts<'a>(
         &'a self,
-        tenant: &'a str,
-        site_id: Option<&'a str>,
+        tenant: &'a TenantId,
+        site_id: Option<&'a SiteId>,
     ) -> StoreFuture<'a, Vec<AlertRow>> {
-        let (st, t, s) = (self.clone(), tenant.to_owned(), site_id.map(str::to_owned));
+        let (st, t, s) = (self.clone(), tenant.to_owned(), site_id.cloned());
         blocking(move || st.alerts(&t, s.as_deref()))
     }
 
     fn ack_alert<'a>(
         &'a self,
-        tenant: &'a str,
-        site_id: &'a str,
+        tenant: &'a TenantId,
+        site_id: &'a SiteId,
         alert_id: u64,
         by: &'a str,
         now_ms: u64,
@@ -604,14 +605,14 @@ impl AuthStore for RocksCentralStore {
 
     fn site<'a>(
         &'a self,
-        tenant: &'a str,
-        site_id: &'a str,
+        tenant: &'a TenantId,
+        site_id: &'a SiteId,
     ) -> StoreFuture<'a, Option<SiteRecord>> {
         let (st, t, s) = (self.clone(), tenant.to_owned(), site_id.to_owned());
         blocking(move || st.site(&t, &s))
     }
 
-    fn sites<'a>(&'a self, tenant: &'a str) -> StoreFuture<'a, Vec<SiteRecord>> {
+    fn sites<'a>(&'a self, tenant: &'a TenantId) -> StoreFuture<'a, Vec<SiteRecord>> {
         let (st, t) = (self.clone(), tenant.to_owned());
         blocking(move || st.sites(&t))
     }
@@ -640,7 +641,11 @@ impl AuthStore for RocksCentralStore {
         blocking(move || st.put_user(&user))
     }
 
-    fn user<'a>(&'a self, tenant: &'a str, name: &'a str) -> StoreFuture<'a, Option<UserRecord>> {
+    fn user<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        name: &'a str,
+    ) -> StoreFuture<'a, Option<UserRecord>> {
         let (st, t, n) = (self.clone(), tenant.to_owned(), name.to_owned());
         blocking(move || st.user(&t, &n))
     }
@@ -986,13 +991,13 @@ mod tests {
         assert!(st.take_join_token(&[1; 32]).await.unwrap().is_some());
         assert!(st.take_join_token(&[1; 32]).await.unwrap().is_none());
         assert!(matches!(
-            st.apply_batch("msp", "s-1", sample_batch(1), 10)
+            st.apply_batch(&"msp".into(), &"s-1".into(), sample_batch(1), 10)
                 .await
                 .unwrap(),
             ApplyOutcome::Applied { rollups_new: 2, .. }
         ));
         assert_eq!(
-            st.apply_batch("msp", "s-1", sample_batch(1), 11)
+            st.apply_batch(&"msp".into(), &"s-1".into(), sample_batch(1), 11)
                 .await
                 .unwrap(),
             ApplyOutcome::Duplicate
@@ -1001,14 +1006,21 @@ mod tests {
             limit: 10,
             ..Default::default()
         };
-        let page = st.devices("msp", &filter).await.unwrap();
+        let page = st.devices(&"msp".into(), &filter).await.unwrap();
         assert_eq!(page.items.len(), 1);
-        assert!(st.ack_alert("msp", "s-1", 9, "alice", 12).await.unwrap());
-        let alerts = st.alerts("msp", Some("s-1")).await.unwrap();
+        assert!(
+            st.ack_alert(&"msp".into(), &"s-1".into(), 9, "alice", 12)
+                .await
+                .unwrap()
+        );
+        let alerts = st.alerts(&"msp".into(), Some(&"s-1".into())).await.unwrap();
         assert_eq!(alerts[0].acked_by.as_deref(), Some("alice"));
         // Each part is usable on its own.
         let auth: &dyn AuthStore = st.as_ref();
-        assert_eq!(auth.sites("msp").await.unwrap()[0].batches_applied, 1);
+        assert_eq!(
+            auth.sites(&"msp".into()).await.unwrap()[0].batches_applied,
+            1
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! with blocking I/O (RocksDB) runs it on the blocking pool, never on the
 //! async threads.
 
+use outpost_proto::{CustomerId, SiteId, TenantId};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -65,10 +66,10 @@ pub struct Page<T> {
 /// Filters of the device list.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceFilter {
-    pub site_id: Option<String>,
-    pub customer: Option<String>,
+    pub site_id: Option<SiteId>,
+    pub customer: Option<CustomerId>,
     /// Customers the caller may see (empty = all).
-    pub customers_allowed: Vec<String>,
+    pub customers_allowed: Vec<CustomerId>,
     pub status: Option<String>,
     /// Cursor returned by the previous page.
     pub after: Option<String>,
@@ -78,7 +79,7 @@ pub struct DeviceFilter {
 /// Which rollups [`CentralStore::rollups`] returns.
 #[derive(Debug, Clone, Default)]
 pub struct RollupQuery {
-    pub site_id: String,
+    pub site_id: SiteId,
     pub device: String,
     pub series: String,
     pub label: String,
@@ -103,8 +104,8 @@ pub trait BatchStore: Send + Sync + 'static {
     /// applied set. The caller checked the identity.
     fn apply_batch<'a>(
         &'a self,
-        tenant: &'a str,
-        site_id: &'a str,
+        tenant: &'a TenantId,
+        site_id: &'a SiteId,
         batch: SiteBatch,
         received_ms: u64,
     ) -> StoreFuture<'a, ApplyOutcome>;
@@ -115,31 +116,31 @@ pub trait BatchStore: Send + Sync + 'static {
 pub trait FleetStore: Send + Sync + 'static {
     fn devices<'a>(
         &'a self,
-        tenant: &'a str,
+        tenant: &'a TenantId,
         filter: &'a DeviceFilter,
     ) -> StoreFuture<'a, Page<DeviceRow>>;
     fn device<'a>(
         &'a self,
-        tenant: &'a str,
-        site_id: &'a str,
+        tenant: &'a TenantId,
+        site_id: &'a SiteId,
         device: &'a str,
     ) -> StoreFuture<'a, Option<DeviceRow>>;
     /// Rollups of one series in `[from, to)`, oldest first, at most `limit`.
     fn rollups<'a>(
         &'a self,
-        tenant: &'a str,
+        tenant: &'a TenantId,
         q: &'a RollupQuery,
     ) -> StoreFuture<'a, Vec<(u64, RollupRow)>>;
     fn alerts<'a>(
         &'a self,
-        tenant: &'a str,
-        site_id: Option<&'a str>,
+        tenant: &'a TenantId,
+        site_id: Option<&'a SiteId>,
     ) -> StoreFuture<'a, Vec<AlertRow>>;
     /// Marks an alert acknowledged; `false` if the tenant has no such alert.
     fn ack_alert<'a>(
         &'a self,
-        tenant: &'a str,
-        site_id: &'a str,
+        tenant: &'a TenantId,
+        site_id: &'a SiteId,
         alert_id: u64,
         by: &'a str,
         now_ms: u64,
@@ -161,9 +162,12 @@ pub trait AuthStore: Send + Sync + 'static {
         &'a self,
         token_hash: &'a [u8; 32],
     ) -> StoreFuture<'a, Option<JoinTokenRecord>>;
-    fn site<'a>(&'a self, tenant: &'a str, site_id: &'a str)
-    -> StoreFuture<'a, Option<SiteRecord>>;
-    fn sites<'a>(&'a self, tenant: &'a str) -> StoreFuture<'a, Vec<SiteRecord>>;
+    fn site<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: &'a SiteId,
+    ) -> StoreFuture<'a, Option<SiteRecord>>;
+    fn sites<'a>(&'a self, tenant: &'a TenantId) -> StoreFuture<'a, Vec<SiteRecord>>;
     fn update_site<'a>(&'a self, site: &'a SiteRecord) -> StoreFuture<'a, ()>;
 
     fn put_api_token<'a>(
@@ -173,7 +177,11 @@ pub trait AuthStore: Send + Sync + 'static {
     ) -> StoreFuture<'a, ()>;
     fn api_token<'a>(&'a self, hash: &'a [u8; 32]) -> StoreFuture<'a, Option<ApiTokenRecord>>;
     fn put_user<'a>(&'a self, user: &'a UserRecord) -> StoreFuture<'a, ()>;
-    fn user<'a>(&'a self, tenant: &'a str, name: &'a str) -> StoreFuture<'a, Option<UserRecord>>;
+    fn user<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        name: &'a str,
+    ) -> StoreFuture<'a, Option<UserRecord>>;
     fn put_session<'a>(&'a self, hash: &'a [u8; 32], s: &'a SessionRecord) -> StoreFuture<'a, ()>;
     fn session<'a>(&'a self, hash: &'a [u8; 32]) -> StoreFuture<'a, Option<SessionRecord>>;
     fn delete_session<'a>(&'a self, hash: &'a [u8; 32]) -> StoreFuture<'a, ()>;

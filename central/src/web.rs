@@ -3,6 +3,7 @@
 //! device page (SVG chart of rollup history), alert list. Same session
 //! cookie and tenant filtering as the JSON API.
 
+use outpost_proto::SiteId;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -187,7 +188,7 @@ struct PageQuery {
 async fn site_page(
     State(c): State<Arc<Central>>,
     h: HeaderMap,
-    Path(site): Path<String>,
+    Path(site): Path<SiteId>,
     Query(q): Query<PageQuery>,
 ) -> Response {
     let p = match who(&c, &h).await {
@@ -299,7 +300,7 @@ fn chart(points: &[(u64, f64)]) -> String {
 async fn device_page(
     State(c): State<Arc<Central>>,
     h: HeaderMap,
-    Path((site, device)): Path<(String, String)>,
+    Path((site, device)): Path<(SiteId, String)>,
 ) -> Response {
     let p = match who(&c, &h).await {
         Ok(p) => p,

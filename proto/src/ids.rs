@@ -88,6 +88,132 @@ impl FromStr for DeviceId {
     }
 }
 
+/// Declares an identifier that is a name chosen by an operator (tenant,
+/// customer, site): a `String` newtype, serde-transparent, so stored and
+/// JSON shapes are exactly those of the `String` it replaces. The type only
+/// keeps one kind of id from being passed where another is expected;
+/// validation of new names stays where they are accepted (API, CLI).
+macro_rules! name_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn new(s: impl Into<String>) -> Self {
+                $name(s.into())
+            }
+
+            /// The empty id (usable in `const` and `static` items).
+            pub const fn empty() -> Self {
+                $name(String::new())
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+
+            pub fn is_empty(&self) -> bool {
+                self.0.is_empty()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), self.0)
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                $name(s)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                $name(s.to_string())
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<String> for $name {
+            fn eq(&self, other: &String) -> bool {
+                &self.0 == other
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = std::convert::Infallible;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Ok($name(s.to_string()))
+            }
+        }
+    };
+}
+
+name_id!(
+    /// An MSP (tenant): the top of the hierarchy MSP → customers → sites →
+    /// devices. Carried in device and site certificates.
+    TenantId
+);
+name_id!(
+    /// One of an MSP's customers, named by the MSP. Carried in device
+    /// certificates.
+    CustomerId
+);
+name_id!(
+    /// A customer site (one appliance), as central names it (`s-…`).
+    SiteId
+);
+
 impl Serialize for ParseIdError {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -113,6 +239,30 @@ mod tests {
         let bin = crate::codec::encode(&id).unwrap();
         assert!(bin.len() <= 9);
         assert_eq!(crate::codec::decode::<DeviceId>(&bin).unwrap(), id);
+    }
+
+    #[test]
+    fn name_ids_encode_exactly_like_the_strings_they_replace() {
+        let t = TenantId::from("acme-msp");
+        assert_eq!(
+            crate::codec::encode(&t).unwrap(),
+            crate::codec::encode(&"acme-msp".to_string()).unwrap()
+        );
+        assert_eq!(serde_json::to_string(&t).unwrap(), "\"acme-msp\"");
+        assert_eq!(
+            serde_json::from_str::<TenantId>("\"x\"").unwrap(),
+            TenantId::from("x")
+        );
+        assert_eq!(
+            crate::codec::decode::<SiteId>(&crate::codec::encode(&"s-1".to_string()).unwrap())
+                .unwrap(),
+            "s-1"
+        );
+        assert_eq!(format!("{t}"), "acme-msp");
+        assert_eq!(format!("{t:?}"), "TenantId(\"acme-msp\")");
+        let mut m = std::collections::HashMap::new();
+        m.insert(CustomerId::from("dental"), 1);
+        assert_eq!(m.get("dental"), Some(&1), "looked up by &str");
     }
 
     #[test]

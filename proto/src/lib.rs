@@ -20,7 +20,7 @@ pub mod metric_names;
 pub mod pki;
 pub mod tls;
 
-pub use ids::{DeviceId, ParseIdError};
+pub use ids::{CustomerId, DeviceId, ParseIdError, SiteId, TenantId};
 
 /// Version of the session and enrollment protocol spoken by this build.
 ///

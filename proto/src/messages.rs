@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::DeviceId;
+use crate::{CustomerId, DeviceId, TenantId};
 
 /// Frames an agent sends on its session stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -260,8 +260,8 @@ pub struct EnrollRequest {
 pub enum EnrollResponse {
     Accepted {
         device_id: DeviceId,
-        tenant: String,
-        customer: String,
+        tenant: TenantId,
+        customer: CustomerId,
         /// The device's client certificate, DER.
         cert_der: Vec<u8>,
         /// The appliance CA certificate, DER (its SHA-256 is the pinned fingerprint).

@@ -16,8 +16,8 @@ use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use crate::DeviceId;
 use crate::tls::CaFingerprint;
+use crate::{CustomerId, DeviceId, SiteId, TenantId};
 
 /// Certificates are back-dated by this much to tolerate clock skew.
 const BACKDATE: Duration = Duration::from_secs(3600);
@@ -65,15 +65,15 @@ impl std::fmt::Debug for CertAuthority {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSubject {
     pub principal: Principal,
-    pub tenant: String,
-    pub customer: String,
+    pub tenant: TenantId,
+    pub customer: CustomerId,
 }
 
 /// The kind of principal a client certificate identifies.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Principal {
     Device(DeviceId),
-    Site(String),
+    Site(SiteId),
 }
 
 impl Principal {
@@ -90,7 +90,7 @@ impl Principal {
         }
         cn.strip_prefix("site:")
             .filter(|s| !s.is_empty())
-            .map(|s| Principal::Site(s.to_string()))
+            .map(|s| Principal::Site(SiteId::from(s)))
     }
 }
 
@@ -98,8 +98,8 @@ impl Principal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertIdentity {
     pub principal: Principal,
-    pub tenant: String,
-    pub customer: String,
+    pub tenant: TenantId,
+    pub customer: CustomerId,
     /// Certificate serial number, lower-case hex.
     pub serial_hex: String,
 }
@@ -123,8 +123,8 @@ impl CertIdentity {
         let customer = first(&mut subject.iter_organizational_unit()).unwrap_or_default();
         Ok(CertIdentity {
             principal,
-            tenant,
-            customer,
+            tenant: tenant.into(),
+            customer: customer.into(),
             serial_hex: hex::encode(cert.raw_serial()),
         })
     }
@@ -261,12 +261,12 @@ impl CertAuthority {
         dn.push(DnType::CommonName, subject.principal.common_name());
         dn.push(
             DnType::OrganizationName,
-            DnValue::Utf8String(subject.tenant.clone()),
+            DnValue::Utf8String(subject.tenant.to_string()),
         );
         if !subject.customer.is_empty() {
             dn.push(
                 DnType::OrganizationalUnitName,
-                DnValue::Utf8String(subject.customer.clone()),
+                DnValue::Utf8String(subject.customer.to_string()),
             );
         }
         params.distinguished_name = dn;
@@ -361,7 +361,7 @@ mod tests {
         let subject = ClientSubject {
             principal: Principal::Device(DeviceId(1)),
             tenant: "t".into(),
-            customer: String::new(),
+            customer: CustomerId::default(),
         };
         assert!(matches!(
             ca.sign_client_csr(&csr, &subject, CLIENT_VALIDITY),

@@ -4,14 +4,15 @@
 
 use outpost_proto::DeviceId;
 use outpost_proto::messages::Heartbeat;
+use outpost_proto::{CustomerId, TenantId};
 use serde::{Deserialize, Serialize};
 
 /// A device in the registry (one per enrolled endpoint).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceRecord {
     pub id: DeviceId,
-    pub tenant: String,
-    pub customer: String,
+    pub tenant: TenantId,
+    pub customer: CustomerId,
     pub hostname: String,
     pub os: String,
     pub kernel: String,
@@ -89,8 +90,8 @@ pub struct StatusTransition {
 /// An enrollment token (stored under the SHA-256 of its secret).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnrollToken {
-    pub tenant: String,
-    pub customer: String,
+    pub tenant: TenantId,
+    pub customer: CustomerId,
     pub created_at_ms: u64,
     pub expires_at_ms: u64,
     pub uses_allowed: u32,

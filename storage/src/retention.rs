@@ -118,7 +118,7 @@ mod tests {
                 &DeviceRecord {
                     id: d,
                     tenant: "t".into(),
-                    customer: String::new(),
+                    customer: Default::default(),
                     hostname: "h".into(),
                     os: String::new(),
                     kernel: String::new(),

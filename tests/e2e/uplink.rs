@@ -419,8 +419,8 @@ pub struct SiteClient {
     recv: quinn::RecvStream,
     reader: outpost_proto::frame::FrameReader,
     _ep: quinn::Endpoint,
-    site: String,
-    tenant: String,
+    site: outpost_proto::SiteId,
+    tenant: outpost_proto::TenantId,
 }
 
 impl SiteClient {
@@ -755,13 +755,13 @@ fn tenants_are_isolated_viewers_cannot_change_anything_and_logins_use_secure_coo
         let (st, _, body) = raw(h, "GET", r, &[("Authorization", &bearer(&b_admin))], "");
         assert_eq!(st, 200, "{r}: {body}");
         assert!(
-            !body.contains(&a.site) && !body.contains("acme"),
+            !body.contains(a.site.as_str()) && !body.contains("acme"),
             "beta sees acme in {r}: {body}"
         );
         let (st, _, body) = raw(h, "GET", r, &[("Authorization", &bearer(&a_viewer))], "");
         assert_eq!(st, 200, "{r}: {body}");
         assert!(
-            !body.contains(&b.site) && !body.contains("beta"),
+            !body.contains(b.site.as_str()) && !body.contains("beta"),
             "acme sees beta in {r}: {body}"
         );
     }

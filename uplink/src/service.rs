@@ -3,6 +3,7 @@
 //! `outpost serve` creates one [`Uplink`] and starts it with the appliance's
 //! cancellation token and task tracker.
 
+use outpost_proto::{CustomerId, SiteId, TenantId};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -66,10 +67,10 @@ pub struct UplinkStatus {
     pub joined: bool,
     pub link: LinkState,
     pub central: Option<String>,
-    pub site_id: Option<String>,
+    pub site_id: Option<SiteId>,
     pub site_name: Option<String>,
-    pub tenant: Option<String>,
-    pub customer: Option<String>,
+    pub tenant: Option<TenantId>,
+    pub customer: Option<CustomerId>,
     pub interval_ms: u64,
     pub last_acked_seq: u64,
     pub next_seq: u64,

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use outpost_proto::pki::write_private_file;
 use outpost_proto::tls;
+use outpost_proto::{CustomerId, SiteId, TenantId};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 
@@ -23,10 +24,10 @@ use serde::{Deserialize, Serialize};
 pub struct JoinedSite {
     /// `HOST:PORT` of central's QUIC listener.
     pub central: String,
-    pub site_id: String,
+    pub site_id: SiteId,
     pub site_name: String,
-    pub tenant: String,
-    pub customer: String,
+    pub tenant: TenantId,
+    pub customer: CustomerId,
     /// Compaction interval chosen at join (overrides the config default).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,

@@ -18,6 +18,7 @@
 //! allocation) and the one bincode configuration. Enums are encoded by
 //! variant index: new variants are only appended.
 
+use outpost_proto::{CustomerId, SiteId, TenantId};
 use serde::{Deserialize, Serialize};
 
 /// ALPN of site enrollment at central.
@@ -79,7 +80,7 @@ pub enum CentralFrame {
 pub struct CentralWelcome {
     pub protocol_version: u16,
     /// The site id central read from the client certificate.
-    pub site_id: String,
+    pub site_id: SiteId,
     /// Every batch with `seq <= applied_up_to` is applied.
     pub applied_up_to: u64,
     /// Batches above `applied_up_to` already applied (sent out of order).
@@ -132,10 +133,10 @@ pub struct JoinRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum JoinResponse {
     Accepted {
-        site_id: String,
+        site_id: SiteId,
         site_name: String,
-        tenant: String,
-        customer: String,
+        tenant: TenantId,
+        customer: CustomerId,
         /// The site's client certificate, DER.
         cert_der: Vec<u8>,
         /// Central's CA certificate, DER (its SHA-256 is the pinned fingerprint).

@@ -8,6 +8,7 @@
 //! the time in, and applies the outcome ([`super::apply`]). Nothing in this
 //! module may touch the store, the notifier or the metrics.
 
+use outpost_proto::{CustomerId, TenantId};
 use std::collections::HashMap;
 
 use outpost_proto::DeviceId;
@@ -95,8 +96,8 @@ pub struct DeviceWindows<'a> {
 }
 
 static NO_SCOPE: DeviceScope = DeviceScope {
-    tenant: String::new(),
-    customer: String::new(),
+    tenant: TenantId::empty(),
+    customer: CustomerId::empty(),
     tags: Vec::new(),
     hostname: String::new(),
 };

@@ -177,7 +177,7 @@ pub(crate) mod tests {
             device: DeviceId(1),
             hostname: "h".into(),
             tenant: "t".into(),
-            customer: String::new(),
+            customer: Default::default(),
             metric: "cpu".into(),
             label: String::new(),
             state,

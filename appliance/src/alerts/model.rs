@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use outpost_proto::DeviceId;
+use outpost_proto::{CustomerId, TenantId};
 use serde::{Deserialize, Serialize};
 
 /// Comparison of a sample against a threshold.
@@ -60,11 +61,11 @@ pub enum Scope {
     #[default]
     All,
     Tenant {
-        tenant: String,
+        tenant: TenantId,
     },
     Customer {
-        tenant: String,
-        customer: String,
+        tenant: TenantId,
+        customer: CustomerId,
     },
     Tag {
         tag: String,
@@ -77,8 +78,8 @@ pub enum Scope {
 /// What the engine knows about a device to match scopes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceScope {
-    pub tenant: String,
-    pub customer: String,
+    pub tenant: TenantId,
+    pub customer: CustomerId,
     pub tags: Vec<String>,
     pub hostname: String,
 }
@@ -399,8 +400,8 @@ pub struct Alert {
     pub severity: Severity,
     pub device: DeviceId,
     pub hostname: String,
-    pub tenant: String,
-    pub customer: String,
+    pub tenant: TenantId,
+    pub customer: CustomerId,
     pub metric: String,
     pub label: String,
     pub state: AlertState,

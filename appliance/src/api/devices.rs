@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use outpost_proto::DeviceId;
 use outpost_proto::messages::{CloseReason, Heartbeat, Inventory};
+use outpost_proto::{CustomerId, TenantId};
 use outpost_storage::model::{AuditEntry, DeviceStatus};
 use outpost_storage::query::{
     self, DeviceView, HeartbeatEntry, HistoryQuery, LatestValue, Point, Resolution,
@@ -38,8 +39,8 @@ fn parse_id(id: &str) -> Result<DeviceId, ApiError> {
 pub struct DeviceSummary {
     pub id: String,
     pub hostname: String,
-    pub tenant: String,
-    pub customer: String,
+    pub tenant: TenantId,
+    pub customer: CustomerId,
     pub os: String,
     pub kernel: String,
     pub arch: String,

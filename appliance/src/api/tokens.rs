@@ -1,5 +1,6 @@
 //! `/api/v1/tokens` (enrollment tokens) and `/api/v1/audit`.
 
+use outpost_proto::{CustomerId, TenantId};
 use std::sync::Arc;
 
 use axum::Json;
@@ -26,8 +27,8 @@ pub struct CreateToken {
 #[derive(Debug, Deserialize, Serialize)]
 pub struct TokenCreated {
     pub token: String,
-    pub tenant: String,
-    pub customer: String,
+    pub tenant: TenantId,
+    pub customer: CustomerId,
     pub expires_at_ms: u64,
     pub uses: u32,
 }
@@ -71,8 +72,8 @@ pub async fn create(
     }
     let now = now_ms();
     let token = EnrollToken {
-        tenant: req.tenant.trim().to_string(),
-        customer: req.customer.trim().to_string(),
+        tenant: req.tenant.trim().into(),
+        customer: req.customer.trim().into(),
         created_at_ms: now,
         expires_at_ms: now + ttl.as_millis() as u64,
         uses_allowed: uses,
@@ -87,7 +88,7 @@ pub async fn create(
                 at_ms: now,
                 actor: "admin-token".into(),
                 action: "token.create".into(),
-                target: t2.tenant.clone(),
+                target: t2.tenant.to_string(),
                 detail: format!(
                     "customer={} uses={} expires_at_ms={}",
                     t2.customer, t2.uses_allowed, t2.expires_at_ms

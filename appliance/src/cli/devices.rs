@@ -73,8 +73,8 @@ fn print_devices(devices: &[DeviceSummary]) {
             vec![
                 d.id.clone(),
                 d.hostname.clone(),
-                d.tenant.clone(),
-                d.customer.clone(),
+                d.tenant.to_string(),
+                d.customer.to_string(),
                 if d.revoked {
                     "revoked".into()
                 } else {

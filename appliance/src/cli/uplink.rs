@@ -96,7 +96,9 @@ pub async fn run(cmd: UplinkCmd, c: AdminClient) -> anyhow::Result<()> {
 }
 
 fn print_status(s: &UplinkStatus) {
-    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+        v.as_ref().map_or_else(|| "-".into(), T::to_string)
+    }
     println!("joined          {}", s.joined);
     println!("link            {}", s.link.as_str());
     println!("central         {}", opt(&s.central));

@@ -36,7 +36,7 @@ pub async fn serve(conn: quinn::Connection, ctx: Arc<IngestCtx>) {
             Ok(EnrollResponse::Accepted {
                 device_id, tenant, ..
             }) => {
-                info!(device = %device_id, tenant, "device enrolled");
+                info!(device = %device_id, %tenant, "device enrolled");
                 "accepted".to_string()
             }
             Ok(EnrollResponse::Rejected { reason, message }) => {

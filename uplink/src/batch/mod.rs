@@ -17,6 +17,7 @@ pub mod compact;
 
 use outpost_proto::DeviceId;
 use outpost_proto::codec::{self, CodecError};
+use outpost_proto::{CustomerId, SiteId, TenantId};
 use serde::{Deserialize, Serialize};
 
 pub use outpost_proto::alert::Severity;
@@ -34,9 +35,9 @@ pub struct SiteBatch {
     /// Per-site sequence number, from 1, strictly increasing.
     pub seq: u64,
     /// The site this batch claims to come from (checked against the certificate).
-    pub site: String,
+    pub site: SiteId,
     /// The tenant (MSP) it claims (checked against the certificate).
-    pub tenant: String,
+    pub tenant: TenantId,
     /// Appliance clock when the batch was compacted.
     pub created_ms: u64,
     pub devices: Vec<DeviceUpdate>,
@@ -61,7 +62,7 @@ impl SiteBatch {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceUpdate {
     pub device: DeviceId,
-    pub customer: String,
+    pub customer: CustomerId,
     pub hostname: String,
     pub os: String,
     pub agent_version: String,
@@ -196,8 +197,8 @@ pub struct CommandSummary {
 struct WireSiteBatch {
     format: u16,
     seq: u64,
-    site: String,
-    tenant: String,
+    site: SiteId,
+    tenant: TenantId,
     created_ms: u64,
     devices: Vec<DeviceUpdate>,
     rollups: compact::CompactRollups,
@@ -376,7 +377,7 @@ pub(crate) mod tests {
         let mut b = sample_batch(7);
         b.devices.push(DeviceUpdate {
             device: DeviceId(43),
-            customer: String::new(),
+            customer: Default::default(),
             hostname: "db-1".into(),
             os: "Rocky".into(),
             agent_version: "0.1.0".into(),

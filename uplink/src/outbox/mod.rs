@@ -27,7 +27,7 @@ mod tests;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use outpost_proto::DeviceId;
+use outpost_proto::{DeviceId, SiteId, TenantId};
 use outpost_storage::keys::time_counter_key;
 use outpost_storage::rollup::UPLINK_PENDING;
 use outpost_storage::{Batch, META, StorageError, Store, Table};
@@ -239,7 +239,7 @@ impl Outbox {
 
     /// Compacts pending changes into the next batch and stores it. Returns
     /// the stored entry.
-    pub fn compact(&self, site: &str, tenant: &str, now_ms: u64) -> Result<Entry> {
+    pub fn compact(&self, site: &SiteId, tenant: &TenantId, now_ms: u64) -> Result<Entry> {
         let mut g = self.lock();
         let seq = g.meta.next_seq;
         let devices = compactor::device_changes(&self.store, &g.sent_snapshots, now_ms)?;
@@ -249,8 +249,8 @@ impl Outbox {
             compactor::pending_alerts(&self.store, self.cfg.max_alerts_per_batch)?;
         let b = SiteBatch {
             seq,
-            site: site.to_string(),
-            tenant: tenant.to_string(),
+            site: site.clone(),
+            tenant: tenant.clone(),
             created_ms: now_ms,
             devices: devices.iter().map(|(u, _)| u.clone()).collect(),
             rollups,

@@ -401,7 +401,7 @@ fn apply_input(store: &Store, m: &mut Model, op: &Op) {
             let rec = DeviceRecord {
                 id: DeviceId(id),
                 tenant: TENANT.into(),
-                customer: format!("customer-{}", id % 2),
+                customer: format!("customer-{}", id % 2).into(),
                 hostname: format!("host-{id}-{hostname}"),
                 os: "Debian 12".into(),
                 kernel: "6.1".into(),
@@ -657,7 +657,7 @@ proptest! {
                 }
                 Op::Compact => {
                     let want = m.compact();
-                    let e = ob.compact(SITE, TENANT, m.now_ms).unwrap();
+                    let e = ob.compact(&SITE.into(), &TENANT.into(), m.now_ms).unwrap();
                     prop_assert_eq!(e.seq, want.seq);
                     prop_assert_eq!(e.created_ms, m.now_ms);
                 }

@@ -121,7 +121,7 @@ fn a_stored_batch_whose_payload_changed_is_refused_with_its_sequence_number() {
     let store = store(dir.path());
     let ob = outbox(&store, u64::MAX);
     pending_rollup(&store, 1, 0);
-    let e = ob.compact(SITE, TENANT, NOW).unwrap();
+    let e = ob.compact(&SITE.into(), &TENANT.into(), NOW).unwrap();
     let mut rec = stored_record(&store, e.seq);
     let last = rec.payload.len() - 1;
     rec.payload[last] ^= 0x55;
@@ -146,7 +146,7 @@ fn the_bound_never_rewrites_a_corrupt_batch() {
     let e = {
         let ob = outbox(&store, u64::MAX);
         pending_rollup(&store, 1, 0);
-        ob.compact(SITE, TENANT, NOW).unwrap()
+        ob.compact(&SITE.into(), &TENANT.into(), NOW).unwrap()
     };
     let mut rec = stored_record(&store, e.seq);
     rec.payload[0] ^= 0x55;
@@ -211,7 +211,7 @@ fn an_undecodable_outbox_record_fails_open_with_a_storage_error() {
 fn undecodable_outbox_counters_fail_open_with_a_storage_error() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
-    raw_put(&store, META, &META_KEY, &[0xFF; 2]);
+    raw_put(&store, META, META_KEY, &[0xFF; 2]);
     let err = Outbox::open(
         store.clone(),
         OutboxConfig::default(),
@@ -231,7 +231,7 @@ fn numbering_continues_above_the_newest_stored_batch_even_if_the_counters_lag() 
     {
         let ob = outbox(&store, u64::MAX);
         for i in 0..3 {
-            ob.compact(SITE, TENANT, NOW + i).unwrap();
+            ob.compact(&SITE.into(), &TENANT.into(), NOW + i).unwrap();
         }
     }
     // Counters from before the last two batches.
@@ -248,7 +248,12 @@ fn numbering_continues_above_the_newest_stored_batch_even_if_the_counters_lag() 
         .unwrap();
     let ob = outbox(&store, u64::MAX);
     assert_eq!(ob.stats().next_seq, 4);
-    assert_eq!(ob.compact(SITE, TENANT, NOW + 9).unwrap().seq, 4);
+    assert_eq!(
+        ob.compact(&SITE.into(), &TENANT.into(), NOW + 9)
+            .unwrap()
+            .seq,
+        4
+    );
 }
 
 #[test]
@@ -258,9 +263,9 @@ fn a_batch_missing_behind_the_index_is_forgotten_by_the_bound() {
     {
         let ob = outbox(&store, u64::MAX);
         pending_rollup(&store, 1, 0);
-        ob.compact(SITE, TENANT, NOW).unwrap();
+        ob.compact(&SITE.into(), &TENANT.into(), NOW).unwrap();
         pending_rollup(&store, 2, 0);
-        ob.compact(SITE, TENANT, NOW + 1).unwrap();
+        ob.compact(&SITE.into(), &TENANT.into(), NOW + 1).unwrap();
     }
     let ob = outbox(&store, 1);
     assert_eq!(ob.seqs(), vec![1, 2]);
@@ -292,7 +297,7 @@ fn a_corrupt_pending_alert_transition_is_dropped_and_the_others_are_sent() {
     bad.extend_from_slice(&u32::MAX.to_be_bytes());
     raw_put(&store, UPLINK_PENDING, &bad, &[0xFF; 4]);
     assert!(push_alert_transition(&store, &transition(3)).unwrap());
-    let e = ob.compact(SITE, TENANT, NOW + 10).unwrap();
+    let e = ob.compact(&SITE.into(), &TENANT.into(), NOW + 10).unwrap();
     let b = batch::decode(&ob.get(e.seq).unwrap().unwrap().payload).unwrap();
     assert_eq!(b.alerts, vec![transition(1), transition(3)]);
     assert_eq!(pending_keys(&store), Vec::<Vec<u8>>::new(), "all consumed");
@@ -310,7 +315,7 @@ fn an_unparseable_rollup_marker_is_consumed_without_a_rollup() {
         &[],
     );
     pending_rollup(&store, 4, 0);
-    let e = ob.compact(SITE, TENANT, NOW).unwrap();
+    let e = ob.compact(&SITE.into(), &TENANT.into(), NOW).unwrap();
     assert_eq!(e.rollups, 1, "the valid marker's rollup");
     assert_eq!(pending_keys(&store), Vec::<Vec<u8>>::new(), "all consumed");
 }
@@ -326,7 +331,7 @@ fn a_marker_whose_rollups_are_gone_is_consumed_without_an_entry() {
         &rollup::uplink_rollup_marker(DeviceId(9), 0, NOW),
         &[],
     );
-    let e = ob.compact(SITE, TENANT, NOW).unwrap();
+    let e = ob.compact(&SITE.into(), &TENANT.into(), NOW).unwrap();
     let b = batch::decode(&ob.get(e.seq).unwrap().unwrap().payload).unwrap();
     assert!(b.rollups.is_empty());
     assert_eq!(pending_keys(&store), Vec::<Vec<u8>>::new());
@@ -349,7 +354,7 @@ fn acknowledging_an_unknown_batch_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
     let ob = outbox(&store, u64::MAX);
-    let e = ob.compact(SITE, TENANT, NOW).unwrap();
+    let e = ob.compact(&SITE.into(), &TENANT.into(), NOW).unwrap();
     let before = ob.stats();
     assert!(!ob.ack(e.seq + 5).unwrap());
     assert!(!ob.ack(0).unwrap());
