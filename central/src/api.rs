@@ -4,9 +4,10 @@
 //! `/api/v1/admin/` (bearer `DATA/admin.token`), `/metrics`, `/healthz`
 //! and the web view at `/`.
 
-use outpost_proto::{CustomerId, SiteId, TenantId};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use outpost_proto::{CustomerId, SiteId, TenantId};
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};

@@ -24,11 +24,12 @@ pub mod store;
 pub(crate) mod testing;
 pub mod web;
 
-use outpost_proto::{SiteId, TenantId};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use outpost_proto::{SiteId, TenantId};
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;

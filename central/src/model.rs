@@ -7,8 +7,9 @@
 //! shared [`Severity`] of `outpost-proto`), so a change on the appliance
 //! cannot change central's on-disk format. The apply plan converts.
 
-use outpost_proto::{CustomerId, SiteId, TenantId};
 use std::borrow::Cow;
+
+use outpost_proto::{CustomerId, SiteId, TenantId};
 
 use outpost_uplink::batch;
 use serde::{Deserialize, Serialize};

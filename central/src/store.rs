@@ -21,9 +21,10 @@
 //! with blocking I/O (RocksDB) runs it on the blocking pool, never on the
 //! async threads.
 
-use outpost_proto::{CustomerId, SiteId, TenantId};
 use std::future::Future;
 use std::pin::Pin;
+
+use outpost_proto::{CustomerId, SiteId, TenantId};
 
 use outpost_uplink::batch::SiteBatch;
 

@@ -3,10 +3,11 @@
 //! `outpost serve` creates one [`Uplink`] and starts it with the appliance's
 //! cancellation token and task tracker.
 
-use outpost_proto::{CustomerId, SiteId, TenantId};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use outpost_proto::{CustomerId, SiteId, TenantId};
 
 use outpost_storage::Store;
 use serde::{Deserialize, Serialize};

@@ -8,8 +8,9 @@
 //! the time in, and applies the outcome ([`super::apply`]). Nothing in this
 //! module may touch the store, the notifier or the metrics.
 
-use outpost_proto::{CustomerId, TenantId};
 use std::collections::HashMap;
+
+use outpost_proto::{CustomerId, TenantId};
 
 use outpost_proto::DeviceId;
 

@@ -1,7 +1,8 @@
 //! `/api/v1/tokens` (enrollment tokens) and `/api/v1/audit`.
 
-use outpost_proto::{CustomerId, TenantId};
 use std::sync::Arc;
+
+use outpost_proto::{CustomerId, TenantId};
 
 use axum::Json;
 use axum::extract::{Query, State};
