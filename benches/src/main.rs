@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use outpost_bench::alert_latency::{self, AlertRun};
+use outpost_bench::chaos::{self, ChaosRun};
 use outpost_bench::ingest::{self, IngestRun};
 use outpost_bench::reconnect::{self, ReconnectRun};
 use outpost_bench::sim::Mix;
@@ -37,6 +38,47 @@ enum Command {
     Alerts(AlertArgs),
     /// Uplink bytes per device per hour vs raw received, and central's batch apply rate.
     Uplink(UplinkArgs),
+    /// Kill -9 and restart a (spawned) appliance N times under streaming
+    /// agents, then prove from its database that every acknowledged record
+    /// is stored exactly once (exit 1 otherwise).
+    Chaos(ChaosArgs),
+}
+
+#[derive(Args, Debug)]
+struct ChaosArgs {
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    /// Records per second per agent.
+    #[arg(long, default_value_t = 2.0)]
+    rate: f64,
+    /// Kill -9 / restart cycles.
+    #[arg(long, default_value_t = 20)]
+    kills: usize,
+    /// Shortest and longest time up between kills.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    min_up: Duration,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    max_up: Duration,
+    /// Shortest and longest time down after a kill.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    min_down: Duration,
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    max_down: Duration,
+    /// Seed of the kill schedule (default: random, printed in the result).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Where enrolled identities are cached (with --appliance-data, reused across runs).
+    #[arg(long)]
+    state: PathBuf,
+    /// Data directory of the spawned appliance (default: temporary).
+    #[arg(long)]
+    appliance_data: Option<PathBuf>,
+    #[arg(long)]
+    outpost: Option<PathBuf>,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args, Debug)]
@@ -385,6 +427,36 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             .await?;
             eprintln!("{}", rep.line());
             rep.emit(a.json.as_deref())
+        }
+        Command::Chaos(a) => {
+            let tmp = tempfile::tempdir()?;
+            let (mut app, state) = spawn_for(&tmp, &a.outpost, &a.appliance_data, &a.state)?;
+            let seed = a.seed.unwrap_or_else(rand::random);
+            let mut rep = chaos::run(
+                &ChaosRun {
+                    agents: a.agents,
+                    rate: a.rate,
+                    kills: a.kills,
+                    up: (a.min_up, a.max_up),
+                    down: (a.min_down, a.max_down),
+                    state,
+                    seed,
+                    quiet: a.quiet,
+                },
+                &mut app,
+            )
+            .await?;
+            rep.int("seed", seed);
+            eprintln!("{}", rep.line());
+            rep.emit(a.json.as_deref())?;
+            let bad = ["lost", "duplicated", "gaps"]
+                .iter()
+                .any(|k| rep.get(k).is_some_and(|v| v != "0"));
+            anyhow::ensure!(
+                !bad,
+                "chaos: acknowledged records lost, duplicated or out of order (see the RESULT line)"
+            );
+            Ok(())
         }
         Command::Reconnect(a) => {
             let tmp = tempfile::tempdir()?;

@@ -196,6 +196,9 @@ struct Pending {
     generated: u64,
     /// Counted as connected (first session established).
     announced: bool,
+    /// Highest sequence number the appliance acknowledged (an `Ack` or a
+    /// `Welcome`'s `last_stored_seq`): everything up to it must be stored.
+    acked_up_to: u64,
 }
 
 impl Pending {
@@ -212,6 +215,7 @@ impl Pending {
     }
 
     fn ack(&mut self, up_to: u64, stats: &RunStats, shard: usize) -> u64 {
+        self.acked_up_to = self.acked_up_to.max(up_to);
         let mut n = 0;
         let now = Instant::now();
         let mut h = stats.latency[shard]
@@ -245,6 +249,15 @@ pub struct Control {
     pub drain: Duration,
 }
 
+/// What one simulated agent saw, for checks after a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AgentOutcome {
+    /// Highest sequence number the appliance acknowledged as stored.
+    pub acked_up_to: u64,
+    /// Highest sequence number generated (sent or still buffered).
+    pub generated_up_to: u64,
+}
+
 /// Runs one simulated agent until `stop`, then drains its acks (bounded by
 /// `drain`). Reconnects with backoff on any failure.
 pub async fn run_agent(
@@ -254,18 +267,23 @@ pub async fn run_agent(
     stats: Arc<RunStats>,
     shard: usize,
     ctl: Control,
-) {
+) -> AgentOutcome {
     let mut pending = Pending {
         queue: VecDeque::new(),
         next_seq: 1,
         unsent: 0,
         generated: 0,
         announced: false,
+        acked_up_to: 0,
+    };
+    let outcome = |p: &Pending| AgentOutcome {
+        acked_up_to: p.acked_up_to,
+        generated_up_to: p.next_seq - 1,
     };
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match session(&endpoint, &cfg, &opts, &stats, shard, &mut pending, &ctl).await {
-            Ok(()) => return,
+            Ok(()) => return outcome(&pending),
             Err(e) => {
                 let msg = e.to_string();
                 let kind = msg.split(':').next().unwrap_or("error").to_string();
@@ -275,7 +293,7 @@ pub async fn run_agent(
                 stats.error(&detail.join("_").replace(char::is_whitespace, "_"));
                 // A refused device (revoked, unknown) must not retry forever.
                 if ctl.stop.is_cancelled() || kind == "refused" {
-                    return;
+                    return outcome(&pending);
                 }
             }
         }

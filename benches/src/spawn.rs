@@ -102,6 +102,31 @@ impl Spawned {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Stops the appliance gracefully (SIGTERM: it acks what is durable and
+    /// exits) and waits up to `timeout`, then kills it.
+    pub fn stop(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let Some(mut c) = self.child.take() else {
+            return Ok(());
+        };
+        let status = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .context("running kill -TERM")?;
+        if !status.success() {
+            bail!("kill -TERM {} failed", c.id());
+        }
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if c.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        bail!("appliance did not stop within {timeout:?} of SIGTERM; killed")
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -179,3 +179,34 @@ fn alert_scenario_measures_sample_to_webhook_latency_and_survives_a_dead_webhook
     let flips: u64 = rep.get("probes").unwrap().parse().unwrap();
     assert!(flips >= 4, "{line}");
 }
+
+#[test]
+fn chaos_kill9_loop_loses_and_duplicates_no_acknowledged_record() {
+    let tmp = scratch("bench-chaos");
+    let mut app = Spawned::start(&bin("outpost"), &tmp.path().join("appliance"), &[]).unwrap();
+    let run = outpost_bench::chaos::ChaosRun {
+        agents: 12,
+        rate: 20.0,
+        kills: 3,
+        up: (Duration::from_millis(700), Duration::from_millis(1500)),
+        down: (Duration::ZERO, Duration::from_millis(500)),
+        state: tmp.path().join("fleet"),
+        seed: 7,
+        quiet: true,
+    };
+    let rep = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(outpost_bench::chaos::run(&run, &mut app))
+        .unwrap();
+    let line = rep.line();
+    let int = |k: &str| -> u64 { rep.get(k).and_then(|v| v.parse().ok()).expect(k) };
+    assert_eq!(int("kills"), 3, "{line}");
+    assert!(int("acked") > 0 && int("stored") >= int("acked"), "{line}");
+    assert!(
+        int("sessions") > 12,
+        "agents reconnected after the kills: {line}"
+    );
+    assert_eq!(int("lost"), 0, "{line}");
+    assert_eq!(int("duplicated"), 0, "{line}");
+    assert_eq!(int("gaps"), 0, "{line}");
+}
