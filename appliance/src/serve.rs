@@ -52,8 +52,13 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         shutdown.clone(),
         &tracker,
     )?;
-    let engine = alerts::engine::Engine::load(store.clone(), metrics.clone(), notify)
-        .context("loading alert rules and open alerts")?;
+    let engine = alerts::engine::Engine::load(
+        store.clone(),
+        metrics.clone(),
+        notify,
+        outpost_storage::now_ms(),
+    )
+    .context("loading alert rules and open alerts")?;
     let alerts = alerts::engine::spawn(engine, cfg.alerts.eval_queue, shutdown.clone(), &tracker);
     let (a1, a2) = (alerts.clone(), alerts.clone());
     let (writer, writer_thread) = writer::spawn(

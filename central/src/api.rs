@@ -395,7 +395,11 @@ pub struct Counts {
     pub pending: u64,
     /// Devices with a firing critical alert.
     pub critical: u64,
+    /// Firing alerts (pending ones are not: nobody was told of them yet).
     pub alerts_firing: u64,
+    /// Pending alerts: the condition holds, waiting for the rule's `for`.
+    #[serde(default)]
+    pub alerts_pending: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -430,6 +434,35 @@ fn add(c: &mut Counts, d: &DeviceRow, critical: bool) {
     }
 }
 
+/// The open alerts `p` sees, per site: (firing, pending), counted apart
+/// (resolved and cleared alerts are not counted); and the (site, device)
+/// pairs with a firing critical alert.
+type OpenAlerts = (
+    BTreeMap<SiteId, (u64, u64)>,
+    std::collections::HashSet<(SiteId, String)>,
+);
+
+fn open_alerts(alerts: &[AlertRow], p: &Principal) -> OpenAlerts {
+    let mut per_site: BTreeMap<SiteId, (u64, u64)> = BTreeMap::new();
+    let mut critical = std::collections::HashSet::new();
+    for a in alerts.iter().filter(|a| p.sees_customer(&a.customer)) {
+        let counts = match a.state {
+            AlertState::Firing => {
+                if a.severity == Severity::Critical
+                    && let Some(d) = &a.device
+                {
+                    critical.insert((a.site_id.clone(), d.clone()));
+                }
+                &mut per_site.entry(a.site_id.clone()).or_default().0
+            }
+            AlertState::Pending => &mut per_site.entry(a.site_id.clone()).or_default().1,
+            AlertState::Resolved | AlertState::Cleared => continue,
+        };
+        *counts += 1;
+    }
+    (per_site, critical)
+}
+
 /// Aggregates the fleet server-side (one pass over the tenant's devices).
 pub async fn fleet_summary(c: &Arc<Central>, p: &Principal) -> Result<FleetSummary, ApiError> {
     let sites = visible_sites(c, p).await?;
@@ -454,23 +487,17 @@ pub async fn fleet_summary(c: &Arc<Central>, p: &Principal) -> Result<FleetSumma
         }
     }
     let alerts = c.store.alerts(&p.tenant, None).await.map_err(internal)?;
-    let firing: Vec<&AlertRow> = alerts
-        .iter()
-        .filter(|a| a.state == AlertState::Firing && p.sees_customer(&a.customer))
-        .collect();
-    let critical: std::collections::HashSet<(SiteId, String)> = firing
-        .iter()
-        .filter(|a| a.severity == Severity::Critical)
-        .filter_map(|a| a.device.clone().map(|d| (a.site_id.clone(), d)))
-        .collect();
+    let (open, critical) = open_alerts(&alerts, p);
     let now = crate::now_ms();
     let mut per_site: BTreeMap<SiteId, Counts> = BTreeMap::new();
     for d in &devs {
         let crit = critical.contains(&(d.site_id.clone(), d.device.clone()));
         add(per_site.entry(d.site_id.clone()).or_default(), d, crit);
     }
-    for a in &firing {
-        per_site.entry(a.site_id.clone()).or_default().alerts_firing += 1;
+    for (site, (firing, pending)) in open {
+        let c = per_site.entry(site).or_default();
+        c.alerts_firing += firing;
+        c.alerts_pending += pending;
     }
     let mut customers: BTreeMap<CustomerId, CustomerSummary> = BTreeMap::new();
     let mut totals = Counts::default();
@@ -495,6 +522,7 @@ pub async fn fleet_summary(c: &Arc<Central>, p: &Principal) -> Result<FleetSumma
             acc.pending += x.pending;
             acc.critical += x.critical;
             acc.alerts_firing += x.alerts_firing;
+            acc.alerts_pending += x.alerts_pending;
         }
         cs.sites.push(SiteSummary { site: so, counts });
     }
@@ -700,7 +728,7 @@ async fn metrics_history(
 #[derive(Debug, Deserialize)]
 pub struct AlertsQuery {
     pub site: Option<SiteId>,
-    /// Only firing/pending alerts.
+    /// Only open alerts: firing and pending (not resolved nor cleared).
     #[serde(default)]
     pub active: bool,
 }
@@ -718,7 +746,7 @@ pub async fn alert_list(
         .alerts(&p.tenant, q.site.as_ref())
         .await
         .map_err(internal)?;
-    v.retain(|a| p.sees_customer(&a.customer) && (!q.active || a.state != AlertState::Resolved));
+    v.retain(|a| p.sees_customer(&a.customer) && (!q.active || a.state.is_open()));
     v.sort_by_key(|a| std::cmp::Reverse(a.at_ms));
     Ok(v)
 }
@@ -833,4 +861,61 @@ async fn admin_user(
 ) -> Result<StatusCode, ApiError> {
     ops::add_user(c.store.as_ref(), &r, crate::now_ms()).await?;
     Ok(StatusCode::CREATED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(site: &str, id: u64, state: AlertState, severity: Severity, customer: &str) -> AlertRow {
+        AlertRow {
+            tenant: "msp".into(),
+            site_id: site.into(),
+            customer: customer.into(),
+            alert_id: id,
+            device: Some(format!("{id:016x}")),
+            rule: "cpu_high".into(),
+            severity,
+            state,
+            at_ms: 1,
+            first_ms: 1,
+            message: String::new(),
+            value: None,
+            transitions: 1,
+            acked_by: None,
+            acked_ms: 0,
+        }
+    }
+
+    #[test]
+    fn fleet_counts_keep_pending_alerts_apart_from_firing_ones() {
+        use AlertState::*;
+        let crit = Severity::Critical;
+        let alerts = [
+            row("s-1", 1, Firing, crit, "dental"),
+            row("s-1", 2, Pending, crit, "dental"),
+            row("s-1", 3, Pending, Severity::Warning, "dental"),
+            row("s-1", 4, Cleared, crit, "dental"),
+            row("s-1", 5, Resolved, crit, "dental"),
+            row("s-2", 6, Pending, crit, "dental"),
+            row("s-3", 7, Firing, crit, "vet"),
+        ];
+        let p = Principal {
+            tenant: "msp".into(),
+            role: Role::Viewer,
+            customers: vec!["dental".into()],
+            name: "alice".into(),
+        };
+        let (open, critical) = open_alerts(&alerts, &p);
+        assert_eq!(
+            open.into_iter().collect::<Vec<_>>(),
+            vec![("s-1".into(), (1, 2)), ("s-2".into(), (0, 1))],
+            "one firing and two pending at s-1; cleared, resolved and other customers' not counted"
+        );
+        assert_eq!(
+            critical.into_iter().collect::<Vec<_>>(),
+            vec![("s-1".into(), format!("{:016x}", 1))],
+            "a pending critical alert does not make its device critical"
+        );
+    }
 }

@@ -22,8 +22,10 @@
 //!   equal or older one. The device's latest rollup of a series follows the
 //!   newest bucket stored or replaced.
 //! * **Alerts**: transitions are ordered by `(at_ms, state)` with pending <
-//!   firing < resolved; an alert row shows its latest transition, counts
-//!   every transition applied and keeps the earliest `at_ms` as `first_ms`.
+//!   firing < resolved = cleared (an alert ends one way or the other); an
+//!   alert row shows its latest transition, counts every transition
+//!   applied and keeps the earliest `at_ms` as `first_ms`. A pending alert
+//!   that never fired ends `cleared`, never `resolved`.
 //!   Transitions of one alert within one batch fold in batch order, as if
 //!   each came in its own batch.
 //! * **Site**: `last_batch_ms` is the arrival time, `last_batch_created_ms`
@@ -193,7 +195,7 @@ fn rank(s: AlertState) -> u8 {
     match s {
         AlertState::Pending => 0,
         AlertState::Firing => 1,
-        AlertState::Resolved => 2,
+        AlertState::Resolved | AlertState::Cleared => 2,
     }
 }
 
@@ -823,6 +825,65 @@ mod tests {
             (a.state, a.message.as_str(), a.transitions),
             (AlertState::Resolved, "resolved", 4)
         );
+    }
+
+    #[test]
+    fn a_pending_alert_that_never_fired_ends_cleared_not_resolved() {
+        use batch::AlertState::{Cleared, Pending};
+        let mut m = Memory::new();
+        m.apply(&with_alerts(1, vec![transition(10, Pending, "pending")]), 1);
+        assert_eq!(m.alerts[&9].state, AlertState::Pending);
+        m.apply(&with_alerts(2, vec![transition(20, Cleared, "cleared")]), 2);
+        let a = &m.alerts[&9];
+        assert_eq!(
+            (
+                a.state,
+                a.at_ms,
+                a.first_ms,
+                a.transitions,
+                a.message.as_str()
+            ),
+            (AlertState::Cleared, 20, 10, 2, "cleared")
+        );
+        // Same time: the end wins over the start, in either order.
+        let mut together = Memory::new();
+        together.apply(
+            &with_alerts(
+                1,
+                vec![
+                    transition(30, Cleared, "cleared"),
+                    transition(30, Pending, "pending"),
+                ],
+            ),
+            1,
+        );
+        assert_eq!(together.alerts[&9].state, AlertState::Cleared);
+        // Out of order: the late pending transition does not reopen it.
+        let mut late = Memory::new();
+        late.apply(&with_alerts(2, vec![transition(20, Cleared, "cleared")]), 1);
+        late.apply(&with_alerts(1, vec![transition(10, Pending, "pending")]), 2);
+        assert_eq!(late.alerts[&9].state, AlertState::Cleared);
+        assert_eq!(late.alerts[&9].first_ms, 10);
+    }
+
+    /// A batch as an appliance of the previous release wrote it (format 2,
+    /// no `cleared`) still applies, and its states mean what they meant.
+    #[test]
+    fn format_2_batches_from_older_appliances_still_apply() {
+        use batch::AlertState::{Firing, Resolved};
+        let b = with_alerts(
+            1,
+            vec![
+                transition(10, Firing, "firing"),
+                transition(20, Resolved, "resolved"),
+            ],
+        );
+        assert_eq!(batch::format_of(&b), 2, "written as format 2");
+        let bytes = batch::encode(&b, 1).unwrap();
+        let back = batch::decode(&bytes).unwrap();
+        let mut m = Memory::new();
+        m.apply(&back, 1);
+        assert_eq!(m.alerts[&9].state, AlertState::Resolved);
     }
 
     #[test]

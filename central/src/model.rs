@@ -71,13 +71,19 @@ impl From<batch::Rollup> for Rollup {
     }
 }
 
-/// Lifecycle state of an alert, as central stores and shows it.
+/// Lifecycle state of an alert, as central stores and shows it. Stored by
+/// position: new states only at the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertState {
+    /// The condition holds, waiting for the rule's `for`: not (yet) an
+    /// alert anybody was told about.
     Pending,
     Firing,
+    /// firing → resolved.
     Resolved,
+    /// pending → cleared: it never fired.
+    Cleared,
 }
 
 impl AlertState {
@@ -86,7 +92,13 @@ impl AlertState {
             AlertState::Pending => "pending",
             AlertState::Firing => "firing",
             AlertState::Resolved => "resolved",
+            AlertState::Cleared => "cleared",
         }
+    }
+
+    /// Pending or firing (not closed).
+    pub fn is_open(self) -> bool {
+        matches!(self, AlertState::Pending | AlertState::Firing)
     }
 }
 
@@ -96,6 +108,7 @@ impl From<batch::AlertState> for AlertState {
             batch::AlertState::Pending => AlertState::Pending,
             batch::AlertState::Firing => AlertState::Firing,
             batch::AlertState::Resolved => AlertState::Resolved,
+            batch::AlertState::Cleared => AlertState::Cleared,
         }
     }
 }
@@ -483,6 +496,32 @@ mod tests {
         ];
         for ((what, got), want) in rows.iter().zip(GOLDEN) {
             assert_eq!(got, want, "{what}");
+        }
+    }
+
+    /// A cleared alert is stored after the three states that existed before
+    /// it (a new position, old rows read as before) and shown `cleared`.
+    #[test]
+    fn a_cleared_alert_row_adds_a_state_without_changing_old_rows() {
+        let mut a = alert();
+        a.state = AlertState::Cleared;
+        assert_eq!(
+            enc(&a),
+            GOLDEN[5].replacen("010205040b", "010305040b", 1),
+            "state byte 3"
+        );
+        let json = serde_json::to_string(&a).unwrap();
+        assert!(json.contains(r#""state":"cleared""#), "{json}");
+        assert!(!AlertState::Cleared.is_open() && !AlertState::Resolved.is_open());
+        assert!(AlertState::Pending.is_open() && AlertState::Firing.is_open());
+        for (b, c) in [
+            (batch::AlertState::Pending, AlertState::Pending),
+            (batch::AlertState::Firing, AlertState::Firing),
+            (batch::AlertState::Resolved, AlertState::Resolved),
+            (batch::AlertState::Cleared, AlertState::Cleared),
+        ] {
+            assert_eq!(AlertState::from(b), c);
+            assert_eq!(b.as_str(), c.as_str());
         }
     }
 

@@ -140,11 +140,17 @@ async fn overview(State(c): State<Arc<Central>>, h: HeaderMap) -> Response {
         Ok(f) => f,
         Err(e) => return err_page(&p, e),
     };
+    page("Fleet overview", Some(&p), &fleet_html(&f)).into_response()
+}
+
+/// The overview's body: totals, then one row per site. Firing and pending
+/// alerts are counted apart (a pending alert was not announced yet).
+fn fleet_html(f: &api::FleetSummary) -> String {
     let mut b = String::new();
     let t = &f.totals;
     let _ = write!(
         b,
-        "<p id=\"totals\">{} devices: {} online, <span class=\"{}\">{} offline</span>, {} pending, {} critical; {} active alerts; <span class=\"{}\">{} stale sites</span></p>",
+        "<p id=\"totals\">{} devices: {} online, <span class=\"{}\">{} offline</span>, {} pending, {} critical; {} firing alerts, {} pending alerts; <span class=\"{}\">{} stale sites</span></p>",
         t.devices,
         t.online,
         if t.offline > 0 { "bad" } else { "ok" },
@@ -152,15 +158,16 @@ async fn overview(State(c): State<Arc<Central>>, h: HeaderMap) -> Response {
         t.pending,
         t.critical,
         t.alerts_firing,
+        t.alerts_pending,
         if f.stale_sites > 0 { "bad" } else { "ok" },
         f.stale_sites
     );
-    b.push_str("<table id=\"fleet\"><tr><th>Customer</th><th>Site</th><th>Devices</th><th>Online</th><th>Offline</th><th>Critical</th><th>Alerts</th><th>Uplink</th><th>Lag</th></tr>");
+    b.push_str("<table id=\"fleet\"><tr><th>Customer</th><th>Site</th><th>Devices</th><th>Online</th><th>Offline</th><th>Critical</th><th>Firing alerts</th><th>Pending alerts</th><th>Uplink</th><th>Lag</th></tr>");
     for cu in &f.customers {
         for s in &cu.sites {
             let _ = write!(
                 b,
-                "<tr><td>{}</td><td><a href=\"/sites/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td><a href=\"/sites/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}{}</td><td>{}</td></tr>",
                 esc(&cu.customer),
                 url(&s.site.site_id),
                 esc(&s.site.name),
@@ -169,6 +176,7 @@ async fn overview(State(c): State<Arc<Central>>, h: HeaderMap) -> Response {
                 s.counts.offline,
                 s.counts.critical,
                 s.counts.alerts_firing,
+                s.counts.alerts_pending,
                 if s.site.stale { "bad" } else { "ok" },
                 esc(&s.site.link),
                 if s.site.stale { " (stale)" } else { "" },
@@ -177,7 +185,7 @@ async fn overview(State(c): State<Arc<Central>>, h: HeaderMap) -> Response {
         }
     }
     b.push_str("</table>");
-    page("Fleet overview", Some(&p), &b).into_response()
+    b
 }
 
 #[derive(Debug, Deserialize)]
@@ -416,5 +424,28 @@ async fn alerts_page(State(c): State<Arc<Central>>, h: HeaderMap) -> Response {
     {
         Ok(a) => page("Alerts", Some(&p), &alert_table(&a)).into_response(),
         Err(e) => err_page(&p, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_overview_counts_firing_and_pending_alerts_apart() {
+        let f = api::FleetSummary {
+            totals: api::Counts {
+                devices: 3,
+                alerts_firing: 1,
+                alerts_pending: 3,
+                ..Default::default()
+            },
+            stale_sites: 0,
+            customers: Vec::new(),
+        };
+        let html = fleet_html(&f);
+        assert!(html.contains("1 firing alerts, 3 pending alerts"), "{html}");
+        assert!(!html.contains("active alerts"), "{html}");
+        assert!(html.contains("<th>Firing alerts</th><th>Pending alerts</th>"));
     }
 }

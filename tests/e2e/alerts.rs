@@ -469,15 +469,28 @@ fn escalation_reaches_step_two_unless_acknowledged() {
         hook.bodies("/third").is_empty(),
         "acknowledged alerts do not escalate"
     );
+    // Acknowledging again without a comment keeps the first one and
+    // records nothing more.
+    let out = app.cli_ok(&["alerts", "ack", &id, "--by", "bob"]);
+    assert_eq!(out.trim(), id);
     let detail: Value = app.api(&format!("/api/v1/alerts/{id}")).unwrap();
     assert_eq!(detail["alert"]["acknowledged_by"], "alice");
+    assert_eq!(
+        detail["alert"]["ack_comment"], "looking into it",
+        "{detail}"
+    );
     assert_eq!(detail["alert"]["escalation_step"], 2, "{detail}");
+    let acks = detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "acknowledged")
+        .count();
+    assert_eq!(acks, 1, "{detail}");
+    let shown = app.cli_ok(&["alerts", "show", &id]);
     assert!(
-        detail["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["event"] == "acknowledged")
+        shown.contains("acked by    alice: looking into it"),
+        "{shown}"
     );
     let audit: Vec<Value> = app.api("/api/v1/audit").unwrap();
     assert!(
@@ -570,6 +583,81 @@ fn bad_alerting_input_is_refused_with_clear_errors() {
     assert_eq!(s, 404);
     let (s, _) = app.api_post("/api/v1/alert-rules", &json!({"id": "bad id!", "name": "n", "severity": "info", "condition": {"type": "device_offline"}}));
     assert_eq!(s, 400);
+
+    // References that can never work: unknown channels and policies are
+    // refused, naming them (create and update); an unknown metric is saved
+    // with a warning, and `alerts rules --check` lists it.
+    let cpu_rule = |id: &str, metric: &str| {
+        json!({"id": id, "name": id, "severity": "warning",
+               "condition": {"type": "threshold", "metric": metric, "comparison": ">", "threshold": 90, "for": "1m"}})
+    };
+    let mut r = cpu_rule("chan", "cpu");
+    r["channels"] = json!(["nope", "nada"]);
+    let (s, out) = app.api_post("/api/v1/alert-rules", &r);
+    assert_eq!(s, 400, "{out}");
+    let msg = out["error"].as_str().unwrap();
+    assert!(msg.contains("nope") && msg.contains("nada"), "{msg}");
+    let mut r = cpu_rule("pol", "cpu");
+    r["escalation_policy"] = json!("ghost");
+    let (s, out) = app.api_post("/api/v1/alert-rules", &r);
+    assert_eq!(s, 400, "{out}");
+    assert!(out["error"].as_str().unwrap().contains("ghost"), "{out}");
+    let (s, out) = app.api_post(
+        "/api/v1/escalation-policies",
+        &json!({"id": "p", "name": "p", "steps": [{"after": "0s", "channels": ["nope"]}]}),
+    );
+    assert_eq!(s, 400, "{out}");
+    assert!(out["error"].as_str().unwrap().contains("nope"), "{out}");
+    cpu["channels"] = json!(["nope"]);
+    let (s, out) = app.api_send("PUT", "/api/v1/alert-rules/builtin-cpu-high", Some(&cpu));
+    assert_eq!(s, 400, "{out}");
+    assert!(out["error"].as_str().unwrap().contains("nope"), "{out}");
+    let rules: Vec<Value> = app.api("/api/v1/alert-rules").unwrap();
+    assert!(
+        !rules
+            .iter()
+            .any(|r| ["chan", "pol"].contains(&r["id"].as_str().unwrap())),
+        "nothing refused was saved"
+    );
+    let (s, out) = app.api_post("/api/v1/alert-rules", &cpu_rule("typo", "cpuu"));
+    assert_eq!(s, 200, "{out}");
+    assert_eq!(out["id"], "typo");
+    let warning = out["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("cpuu") && warning.contains("did you mean \"cpu\""),
+        "{out}"
+    );
+    let (s, out) = app.api_post("/api/v1/alert-rules", &cpu_rule("fine", "cpu"));
+    assert_eq!(s, 200, "{out}");
+    assert!(
+        out.get("warnings").is_none(),
+        "no warnings, no field: {out}"
+    );
+    let check = app.cli(&["alerts", "rules", "--check"]);
+    assert!(!check.status.success(), "problems: non-zero exit");
+    let table = outpost_tests::stdout(&check);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("typo") && l.contains("no device reports metric \"cpuu\"")),
+        "{table}"
+    );
+    let json_check = app.cli(&["alerts", "rules", "--check", "--json"]);
+    assert!(!json_check.status.success());
+    let problems: Vec<Value> =
+        serde_json::from_str(&outpost_tests::stdout(&json_check)).expect("--json");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["rule"] == "typo" && p["problems"][0].as_str().unwrap().contains("cpuu")),
+        "{problems:?}"
+    );
+    let list = app.cli_ok(&["alerts", "rules"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("typo") && l.contains("cpuu > 90 for 1m")),
+        "{list}"
+    );
 }
 
 #[test]
@@ -671,4 +759,96 @@ fn no_data_rule_fires_when_a_series_stops_and_resolves_when_it_reports_again() {
     });
     assert_eq!(resolved["alert"]["id"], fired["alert"]["id"]);
     assert_eq!(resolved["alert"]["state"], "resolved");
+}
+
+/// Issue 10: a threshold alert pending on a busy device must not fire from
+/// the last value once the agent is dead (`kill -9`); a firing one does not
+/// stay firing forever on one old sample; deleting a rule tells the
+/// channels its alerts resolved. The exact rules are unit-tested with an
+/// explicit clock (`alerts::eval`, `alerts::lifecycle`, `alerts::engine`).
+#[test]
+fn a_killed_agent_s_pending_alert_never_fires_and_its_firing_one_resolves_stale() {
+    let tmp = scratch("alert-stale");
+    let hook = WebhookReceiver::start();
+    let app = Appliance::start(tmp.path());
+    webhook_channel(&app, "ops", hook.url("/hook"));
+    create(
+        &app,
+        "/api/v1/alert-rules",
+        probe_rule(tmp.path(), "later", "12s", json!({"channels": ["ops"]})),
+    );
+    let mut now_rule = probe_rule(tmp.path(), "now", "0s", json!({"channels": ["ops"]}));
+    now_rule["condition"]["stale_after"] = json!("4s");
+    create(&app, "/api/v1/alert-rules", now_rule);
+    create(
+        &app,
+        "/api/v1/alert-rules",
+        probe_rule(tmp.path(), "gone", "0s", json!({"channels": ["ops"]})),
+    );
+    let mut agent = probe_agent(tmp.path(), &app);
+    let _probe = Probe::start(tmp.path());
+    for rule in ["now", "gone"] {
+        hook.wait_for(Duration::from_secs(20), "/hook", "firing", |b| {
+            event(b) == "firing" && b["alert"]["rule_id"] == rule
+        });
+    }
+    // Deleting a rule resolves its alert and says so.
+    let (status, out) = app.api_send("DELETE", "/api/v1/alert-rules/gone", None);
+    assert_eq!(status, 200, "{out}");
+    hook.wait_for(
+        Duration::from_secs(10),
+        "/hook",
+        "resolved on delete",
+        |b| event(b) == "resolved" && b["alert"]["rule_id"] == "gone",
+    );
+
+    let pending = wait_for(Duration::from_secs(10), "`later` pending", || {
+        alert_of_rule(&app, "later").filter(|a| a["state"] == "pending")
+    });
+    let due = num(&pending, "due_ms");
+    agent.kill9();
+
+    // Offline: the pending alert is cleared at once, stale.
+    let cleared = wait_for(Duration::from_secs(15), "`later` cleared", || {
+        alert_of_rule(&app, "later").filter(|a| a["state"] == "cleared")
+    });
+    assert_eq!(cleared["stale"], "device offline", "{cleared}");
+    assert!(num(&cleared, "resolved_ms") < due, "{cleared}");
+    // The firing one is held, then resolves stale after 4 s of silence.
+    let resolved = hook.wait_for(Duration::from_secs(20), "/hook", "stale resolution", |b| {
+        event(b) == "resolved" && b["alert"]["rule_id"] == "now"
+    });
+    assert_eq!(resolved["alert"]["stale"], "no sample for 4s", "{resolved}");
+    assert!(
+        resolved["summary"]
+            .as_str()
+            .unwrap()
+            .contains("(stale: no sample for 4s)"),
+        "{resolved}"
+    );
+    // The offline alert covers the device.
+    let offline = wait_for(Duration::from_secs(10), "device offline alert", || {
+        alert_of_rule(&app, "builtin-device-offline").filter(|a| a["state"] == "firing")
+    });
+    assert_eq!(offline["device"], agent.device_id.as_str());
+
+    // Past the due time (and a timer tick): `later` never fired.
+    sleep_until_ms(due + 1_500);
+    assert!(
+        !hook
+            .bodies("/hook")
+            .iter()
+            .any(|b| b["alert"]["rule_id"] == "later"),
+        "a dead device's pending alert must not fire"
+    );
+    let id = cleared["id"].as_u64().unwrap();
+    let detail: Value = app.api(&format!("/api/v1/alerts/{id}")).unwrap();
+    let events: Vec<&str> = detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, vec!["pending", "cleared"], "{detail}");
+    assert_eq!(detail["alert"]["fired_ms"], Value::Null);
 }

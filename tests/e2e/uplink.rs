@@ -303,6 +303,66 @@ fn agent_to_appliance_to_central_device_and_rollups_appear_in_centrals_api() {
     });
     assert_eq!(alert["device"], agent.device_id.as_str(), "{alert}");
     assert_eq!(alert["customer"], "dental", "{alert}");
+
+    // A pending alert is counted apart from firing ones, and when it
+    // clears without firing central shows it cleared, not resolved.
+    let (st, body) = app.api_post(
+        "/api/v1/alert-rules",
+        &serde_json::json!({
+            "id": "cpu-wait", "name": "cpu waiting", "severity": "info",
+            "condition": {"type": "threshold", "metric": "cpu", "comparison": ">=", "threshold": 0, "for": "1h"},
+        }),
+    );
+    assert_eq!(st, 200, "{body}");
+    let count = |alerts: &Value, state: &str| {
+        alerts.as_array().map_or(0, |v| {
+            v.iter().filter(|a| a["state"] == state).count() as u64
+        })
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "the pending alert at central, counted apart",
+        || {
+            let alerts = central.get(&format!("/api/v1/alerts?site={site}"), &viewer);
+            let summary = central.get("/api/v1/summary", &viewer);
+            let t = &summary["totals"];
+            let ours = alerts
+                .as_array()?
+                .iter()
+                .any(|a| a["rule"] == "cpu waiting" && a["state"] == "pending");
+            (ours
+                && t["alerts_pending"] == count(&alerts, "pending")
+                && t["alerts_firing"] == count(&alerts, "firing")
+                && t["alerts_firing"].as_u64()? >= 1)
+                .then_some(())
+        },
+    );
+    let (st, body) = app.api_send(
+        "PUT",
+        "/api/v1/alert-rules/cpu-wait",
+        Some(&serde_json::json!({
+            "name": "cpu waiting", "severity": "info", "enabled": false,
+            "condition": {"type": "threshold", "metric": "cpu", "comparison": ">=", "threshold": 0, "for": "1h"},
+        })),
+    );
+    assert_eq!(st, 200, "{body}");
+    let cleared = wait_for(Duration::from_secs(60), "cleared at central", || {
+        let v = central.get(&format!("/api/v1/alerts?site={site}"), &viewer);
+        v.as_array()?
+            .iter()
+            .find(|a| a["rule"] == "cpu waiting" && a["state"] != "pending")
+            .cloned()
+    });
+    assert_eq!(cleared["state"], "cleared", "{cleared}");
+    let active = central.get(&format!("/api/v1/alerts?site={site}&active=true"), &viewer);
+    assert!(
+        !active
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["rule"] == "cpu waiting"),
+        "{active}"
+    );
     agent.stop();
 }
 

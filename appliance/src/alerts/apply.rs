@@ -169,7 +169,10 @@ impl Applier {
         let state = match kind {
             EventKind::Pending => UpState::Pending,
             EventKind::Firing => UpState::Firing,
-            EventKind::Resolved | EventKind::Cleared => UpState::Resolved,
+            EventKind::Resolved => UpState::Resolved,
+            // A pending alert that never fired: central must not show it
+            // resolved (batch format 3).
+            EventKind::Cleared => UpState::Cleared,
             _ => return Ok(()),
         };
         let t = AlertTransition {

@@ -14,6 +14,7 @@ pub fn builtin_rules() -> Vec<Rule> {
         threshold: t,
         for_: Duration::from_secs(for_s),
         keep_firing_for: Duration::ZERO,
+        stale_after: None,
     };
     let rule = |id: &str, name: &str, condition: Condition, severity: Severity| Rule {
         id: id.into(),

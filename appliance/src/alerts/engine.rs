@@ -5,17 +5,23 @@
 //! and applies what comes back:
 //!
 //! * stored samples (fed by the ingest writer after each group commit) →
-//!   [`eval`] for threshold rules, no-data bookkeeping;
-//! * online/offline transitions → [`lifecycle::on_device_status`];
+//!   [`eval`] for threshold rules (the alert's timers first when its series
+//!   was stale, [`eval::is_stale`]), no-data bookkeeping;
+//! * online/offline transitions → [`lifecycle::on_device_status`] for
+//!   device-offline rules, [`lifecycle::on_device_offline`] for the
+//!   device's threshold alerts;
 //! * the clock → [`timers`] (due times, `keep_firing_for`, windows ending,
 //!   escalation, reminders, no-data);
-//! * acknowledgements and configuration reloads → [`lifecycle`].
+//! * acknowledgements and configuration reloads → [`lifecycle`] (alerts of
+//!   a deleted rule are retired with the rule's last plan, so the channels
+//!   that heard them fire are told, as when it is disabled).
 //!
 //! It decides nothing itself and writes nothing itself: decisions are the
 //! pure modules' ([`eval`], [`lifecycle`], [`timers`]), writes and
 //! notifications are [`super::apply`]'s. After a restart it loads the open
 //! alerts back, so pending alerts fire at their original due time and
-//! firing alerts are not announced again.
+//! firing alerts are not announced again; their series' silence counts
+//! from the restart ([`eval::resume`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,7 +30,7 @@ use std::time::Duration;
 use outpost_proto::DeviceId;
 use outpost_proto::messages::MetricValue;
 use outpost_storage::error::Result;
-use outpost_storage::model::StatusTransition;
+use outpost_storage::model::{DeviceStatus, StatusTransition};
 use outpost_storage::{Store, now_ms, registry};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -181,9 +187,16 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Loads configuration and open alerts; creates the built-in rules on
-    /// first start.
-    pub fn load(store: Store, metrics: Arc<Metrics>, notify: NotifyHandle) -> Result<Engine> {
+    /// Loads configuration and open alerts at `now` (the engine listens
+    /// from then on); creates the built-in rules on first start, and
+    /// retires open alerts whose rule was deleted or disabled while the
+    /// engine was not told.
+    pub fn load(
+        store: Store,
+        metrics: Arc<Metrics>,
+        notify: NotifyHandle,
+        now: u64,
+    ) -> Result<Engine> {
         for r in builtin_rules() {
             if store::get_config::<Rule>(&store, ConfigKind::Rule, &r.id)?.is_none() {
                 store::put_config(&store, ConfigKind::Rule, &r.id, &r)?;
@@ -207,9 +220,12 @@ impl Engine {
             last_seen: HashMap::new(),
         };
         e.reload_config()?;
-        for a in store::load_open(&e.store)? {
+        for mut a in store::load_open(&e.store)? {
+            eval::resume(&mut a, now);
             e.open.insert(key_of(&a), a);
         }
+        let plans = e.plans.clone();
+        e.retire_orphans(&plans, now);
         e.publish_gauges();
         Ok(e)
     }
@@ -333,6 +349,25 @@ impl Engine {
                             let Some(t) = plan.threshold else {
                                 continue;
                             };
+                            // The clock first: a series silent for longer
+                            // than `stale_after` closes its alert (after a
+                            // due time that came first) before this sample
+                            // counts; it then opens a new one. At most two
+                            // steps (fire, then close).
+                            for _ in 0..2 {
+                                match self.open.remove(&key) {
+                                    Some(a) if eval::is_stale(&t, &a, now) => {
+                                        self.settle(a, &plan, now, |a, p, w| {
+                                            timers::on_tick(a, p, w, now)
+                                        });
+                                    }
+                                    Some(a) => {
+                                        self.open.insert(key.clone(), a);
+                                        break;
+                                    }
+                                    None => break,
+                                }
+                            }
                             if let Some(mut a) = self.open.remove(&key) {
                                 let step = eval::on_sample(&t, &mut a, v.value, now);
                                 self.transition(a, step, &plan, now);
@@ -379,7 +414,9 @@ impl Engine {
         }
     }
 
-    /// Reacts to online/offline transitions.
+    /// Reacts to online/offline transitions: device-offline rules, and the
+    /// threshold alerts of a device that went offline
+    /// ([`lifecycle::on_device_offline`]).
     pub fn on_status(&mut self, ts: Vec<(DeviceId, StatusTransition)>, now: u64) {
         let offline_rules: Vec<Arc<Rule>> = self
             .rules
@@ -408,6 +445,23 @@ impl Engine {
                         }
                     }
                     OfflineDecision::Nothing => {}
+                }
+            }
+            if t.to == DeviceStatus::Offline {
+                let keys: Vec<Key> = self
+                    .open
+                    .keys()
+                    .filter(|k| k.1 == device)
+                    .cloned()
+                    .collect();
+                for key in keys {
+                    let Some(plan) = self.plans.get(&key.0).cloned() else {
+                        continue;
+                    };
+                    if let Some(mut a) = self.open.remove(&key) {
+                        let step = lifecycle::on_device_offline(&mut a, &plan, now);
+                        self.transition(a, step, &plan, now);
+                    }
                 }
             }
         }
@@ -501,20 +555,35 @@ impl Engine {
         let Some(mut a) = self.open.remove(&key) else {
             return Err(format!("no alert {id}"));
         };
+        // A repeated acknowledgement changes nothing: nothing is written
+        // or audited.
         let outcome = lifecycle::acknowledge(&mut a, by, comment, now);
-        self.out.apply(&a, outcome, now);
-        self.out.audit_ack(id, by, comment, now);
+        if !outcome.is_empty() {
+            self.out.apply(&a, outcome, now);
+            self.out.audit_ack(id, by, comment, now);
+        }
         self.open.insert(key, a.clone());
         Ok(a)
     }
 
     /// Applies a configuration change; open alerts of deleted or disabled
-    /// rules are retired (pending ones cleared, firing ones resolved).
+    /// rules are retired (pending ones cleared, firing ones resolved and
+    /// the channels that heard them fire told).
     pub fn on_reload(&mut self, now: u64) {
+        let previous = self.plans.clone();
         if let Err(e) = self.reload_config() {
             self.out.error(op::RELOAD_CONFIG, None, &e);
             return;
         }
+        self.retire_orphans(&previous, now);
+    }
+
+    /// Retires the open alerts of rules that no longer exist or are
+    /// disabled. A deleted rule's alerts use its plan from before the
+    /// change (`previous`), so its channels hear the resolution as they
+    /// would have after disabling it; with no plan known at all (deleted
+    /// while the appliance was down) nobody is told.
+    fn retire_orphans(&mut self, previous: &HashMap<String, Arc<RulePlan>>, now: u64) {
         let orphans: Vec<Key> = self
             .open
             .keys()
@@ -523,9 +592,14 @@ impl Engine {
             .collect();
         for key in orphans {
             if let Some(mut a) = self.open.remove(&key) {
-                let plan = self.plans.get(&key.0).cloned().unwrap_or_else(|| {
-                    Arc::new(RulePlan::of(&lifecycle::removed_rule(&a), &HashMap::new()))
-                });
+                let plan = self
+                    .plans
+                    .get(&key.0)
+                    .or_else(|| previous.get(&key.0))
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(RulePlan::of(&lifecycle::removed_rule(&a), &HashMap::new()))
+                    });
                 let step = lifecycle::retire(&mut a, now);
                 self.transition(a, step, &plan, now);
             }

@@ -1,12 +1,17 @@
 //! Pure lifecycle decisions of one alert: what a new alert looks like, what
-//! each transition records and notifies, device online/offline, no-data
-//! resolution, acknowledgement, and retiring the alerts of removed rules.
+//! each transition records and notifies, device online/offline (and what
+//! going offline does to threshold alerts), no-data resolution,
+//! acknowledgement, and retiring the alerts of removed rules.
 //!
 //! * A firing alert inside a maintenance window is recorded `silenced` and
 //!   not notified ([`super::timers`] announces it when the window ends);
 //!   otherwise the escalation steps due at once notify now, later ones from
 //!   the timers.
-//! * A resolved alert tells the channels that heard it fire.
+//! * A resolved alert tells the channels that heard it fire, also when it
+//!   resolved `stale` (its series stopped reporting, see [`super::eval`]).
+//! * Acknowledging is idempotent: the first acknowledgement is recorded; a
+//!   repeated one changes nothing, except that a new comment replaces the
+//!   comment (recorded `commented`).
 //!
 //! Everything here takes the time as a parameter and returns an
 //! [`Outcome`]; it must not touch the store, the notifier, the metrics or
@@ -30,14 +35,19 @@ pub fn new_alert(
     value: Option<f64>,
     now_ms: u64,
 ) -> Alert {
-    let (comparison, threshold, for_ms) = match &rule.condition {
+    let (comparison, threshold, for_ms, heard_ms) = match &rule.condition {
         Condition::Threshold {
             comparison,
             threshold,
             for_,
             ..
-        } => (Some(*comparison), Some(*threshold), for_.as_millis() as u64),
-        _ => (None, None, 0),
+        } => (
+            Some(*comparison),
+            Some(*threshold),
+            for_.as_millis() as u64,
+            Some(now_ms),
+        ),
+        _ => (None, None, 0, None),
     };
     Alert {
         id,
@@ -59,6 +69,8 @@ pub fn new_alert(
         threshold,
         comparison,
         clearing_since_ms: None,
+        heard_ms,
+        stale: None,
         acknowledged_by: None,
         ack_comment: None,
         acknowledged_ms: None,
@@ -84,8 +96,8 @@ pub fn transition_kind(step: Step) -> Option<EventKind> {
         Step::None => None,
         Step::StartPending => Some(EventKind::Pending),
         Step::StartFiring | Step::Fire => Some(EventKind::Firing),
-        Step::Clear => Some(EventKind::Cleared),
-        Step::Resolve => Some(EventKind::Resolved),
+        Step::Clear | Step::ClearStale => Some(EventKind::Cleared),
+        Step::Resolve | Step::ResolveStale => Some(EventKind::Resolved),
         Step::StartClearing => Some(EventKind::Clearing),
         Step::StopClearing => Some(EventKind::FlapSuppressed),
     }
@@ -108,12 +120,19 @@ pub fn transition(
         save: true,
         ..Outcome::default()
     };
-    let detail = format!(
+    let mut detail = format!(
         "{} {}",
         plan.name,
         a.value.map(|v| format!("value={v}")).unwrap_or_default()
-    );
-    out.record(kind, detail.trim());
+    )
+    .trim()
+    .to_string();
+    if step.is_stale()
+        && let Some(why) = &a.stale
+    {
+        detail.push_str(&format!(" (stale: {why})"));
+    }
+    out.record(kind, detail);
     match step {
         Step::StartFiring | Step::Fire => {
             if let Some(win) = windows.silencing(a.device, now_ms) {
@@ -136,7 +155,7 @@ pub fn transition(
                 }
             }
         }
-        Step::Resolve if a.notified => {
+        Step::Resolve | Step::ResolveStale if a.notified => {
             let channels = plan.notified_channels(a.escalation_step);
             out.notify(a, NotifyEvent::Resolved, channels, now_ms);
         }
@@ -188,13 +207,43 @@ pub fn removed_rule(a: &Alert) -> Rule {
 
 /// Acknowledges an open alert: from now on it neither escalates nor
 /// reminds (see [`super::timers`]).
+///
+/// Idempotent: acknowledging an acknowledged alert keeps the first
+/// acknowledgement (who, when, and its comment when the new one has none)
+/// and records nothing (an empty outcome: nothing to write or audit). Only
+/// a new, different comment changes it: the comment is replaced and
+/// recorded as `commented` by whoever sent it.
 pub fn acknowledge(a: &mut Alert, by: &str, comment: &str, now_ms: u64) -> Outcome {
+    let mut out = Outcome::default();
+    if a.acknowledged_by.is_some() {
+        let comment = comment.trim();
+        if !comment.is_empty() && a.ack_comment.as_deref() != Some(comment) {
+            a.ack_comment = Some(comment.to_string());
+            out.record(EventKind::Commented, format!("by {by}: {comment}"));
+        }
+        return out;
+    }
     a.acknowledged_by = Some(by.to_string());
     a.ack_comment = Some(comment.to_string());
     a.acknowledged_ms = Some(now_ms);
-    let mut out = Outcome::default();
     out.record(EventKind::Acknowledged, format!("by {by}: {comment}"));
     out
+}
+
+/// Its device went offline: a pending threshold alert clears `stale` at
+/// once (its `for` can no longer be satisfied by samples received during
+/// the window); a firing one is held (the device-offline alert covers the
+/// device) until its series is stale ([`super::eval::on_timer`]), so a
+/// short disconnection neither resolves nor re-fires it. Other alerts are
+/// not concerned.
+pub fn on_device_offline(a: &mut Alert, plan: &RulePlan, now_ms: u64) -> Step {
+    if plan.threshold.is_none() || a.state != AlertState::Pending {
+        return Step::None;
+    }
+    a.state = AlertState::Cleared;
+    a.resolved_ms = Some(now_ms);
+    a.stale = Some("device offline".into());
+    Step::ClearStale
 }
 
 /// What a device-offline rule does when a device changes status.
@@ -252,6 +301,7 @@ pub(crate) mod tests {
             threshold: 90.0,
             for_: Duration::from_secs(for_s),
             keep_firing_for: Duration::ZERO,
+            stale_after: None,
         }
     }
 
@@ -520,6 +570,8 @@ pub(crate) mod tests {
             (Step::Resolve, Some(EventKind::Resolved)),
             (Step::StartClearing, Some(EventKind::Clearing)),
             (Step::StopClearing, Some(EventKind::FlapSuppressed)),
+            (Step::ClearStale, Some(EventKind::Cleared)),
+            (Step::ResolveStale, Some(EventKind::Resolved)),
             (Step::None, None),
         ];
         for (step, kind) in cases {
@@ -528,6 +580,116 @@ pub(crate) mod tests {
         let mut a = new_firing(&rule(cpu_over_90_for(0), &[]), T);
         let out = transition(&mut a, Step::None, &plan(&[], 0), &DeviceWindows::none(), T);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn re_acknowledging_without_a_comment_keeps_the_first_and_records_nothing() {
+        let mut a = new_firing(&rule(cpu_over_90_for(0), &[]), T);
+        acknowledge(&mut a, "alice", "looking into it", T + 5);
+        let first = a.clone();
+        for (by, comment) in [("alice", ""), ("bob", ""), ("alice", "looking into it")] {
+            let out = acknowledge(&mut a, by, comment, T + 60);
+            assert!(out.is_empty(), "{by} {comment:?}: {out:?}");
+            assert_eq!(a, first, "{by} {comment:?}");
+        }
+        assert_eq!(a.ack_comment.as_deref(), Some("looking into it"));
+    }
+
+    #[test]
+    fn a_new_comment_on_an_acknowledged_alert_replaces_the_comment_and_is_recorded_once() {
+        let mut a = new_firing(&rule(cpu_over_90_for(0), &[]), T);
+        acknowledge(&mut a, "alice", "", T + 5);
+        let out = acknowledge(&mut a, "bob", "disk replaced", T + 60);
+        assert_eq!(
+            out.actions,
+            vec![crate::alerts::decision::Action::Record {
+                kind: EventKind::Commented,
+                detail: "by bob: disk replaced".into()
+            }]
+        );
+        assert_eq!(out.transition, None);
+        assert_eq!(a.ack_comment.as_deref(), Some("disk replaced"));
+        assert_eq!(
+            (a.acknowledged_by.as_deref(), a.acknowledged_ms),
+            (Some("alice"), Some(T + 5)),
+            "still the first acknowledgement"
+        );
+        assert!(acknowledge(&mut a, "bob", "disk replaced", T + 70).is_empty());
+    }
+
+    #[test]
+    fn a_device_going_offline_clears_its_pending_threshold_alerts_stale() {
+        let r = rule(cpu_over_90_for(900), &["ops"]);
+        let p = RulePlan::of(&r, &HashMap::new());
+        let mut a = new_alert(
+            &r,
+            1,
+            DeviceId(1),
+            &DeviceScope::default(),
+            "",
+            Some(97.79),
+            T,
+        );
+        assert_eq!(a.heard_ms, Some(T), "heard at its first sample");
+        assert_eq!(on_device_offline(&mut a, &p, T + 70_000), Step::ClearStale);
+        assert_eq!(
+            (a.state, a.resolved_ms, a.fired_ms),
+            (AlertState::Cleared, Some(T + 70_000), None)
+        );
+        assert_eq!(a.stale.as_deref(), Some("device offline"));
+        let out = transition(
+            &mut a,
+            Step::ClearStale,
+            &p,
+            &DeviceWindows::none(),
+            T + 70_000,
+        );
+        assert_eq!(out.transition, Some(EventKind::Cleared));
+        assert_eq!(
+            out.actions,
+            vec![crate::alerts::decision::Action::Record {
+                kind: EventKind::Cleared,
+                detail: "cpu high value=97.79 (stale: device offline)".into()
+            }]
+        );
+        assert!(out.notifications().is_empty(), "it never fired");
+    }
+
+    #[test]
+    fn a_device_going_offline_holds_firing_and_leaves_other_alerts_alone() {
+        let r = rule(cpu_over_90_for(0), &["ops"]);
+        let p = RulePlan::of(&r, &HashMap::new());
+        let mut firing = new_firing(&r, T);
+        let before = firing.clone();
+        assert_eq!(on_device_offline(&mut firing, &p, T + 1), Step::None);
+        assert_eq!(firing, before);
+        let off = rule(Condition::DeviceOffline, &["ops"]);
+        let op = RulePlan::of(&off, &HashMap::new());
+        let mut a = new_alert(&off, 2, DeviceId(1), &DeviceScope::default(), "", None, T);
+        assert_eq!(a.heard_ms, None, "only threshold alerts listen to a series");
+        assert_eq!(on_device_offline(&mut a, &op, T + 1), Step::None);
+        assert_eq!(a.state, AlertState::Pending);
+    }
+
+    #[test]
+    fn a_stale_resolution_tells_the_channels_that_heard_it_fire_and_says_why() {
+        let r = rule(cpu_over_90_for(0), &["ops"]);
+        let p = RulePlan::of(&r, &HashMap::new());
+        let mut a = new_firing(&r, T);
+        transition(&mut a, Step::StartFiring, &p, &DeviceWindows::none(), T);
+        let t = p.threshold.unwrap();
+        let step = crate::alerts::eval::on_timer(&t, &mut a, T + t.stale_ms);
+        assert_eq!(step, Step::ResolveStale);
+        let out = transition(&mut a, step, &p, &DeviceWindows::none(), T + t.stale_ms);
+        assert_eq!(out.transition, Some(EventKind::Resolved));
+        assert_eq!(
+            out.notifications(),
+            vec![(NotifyEvent::Resolved, vec!["ops".to_string()])]
+        );
+        let crate::alerts::decision::Action::Record { detail, .. } = &out.actions[0] else {
+            panic!("{out:?}");
+        };
+        assert_eq!(detail, "cpu high value=99 (stale: no sample for 5m)");
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! * [`engine`]: the task that owns open alerts and routes inputs to the
 //!   core; [`apply`]: writes outcomes and submits their notifications;
 //! * [`builtin`]: the rules shipped with the appliance;
+//! * [`references`]: whether a rule's channels, escalation policy and
+//!   metric resolve (API validation, `outpost alerts rules --check`);
 //! * [`notify`]: the delivery queue and the webhook and SMTP senders;
 //! * [`store`]: RocksDB persistence.
 //!
@@ -28,6 +30,7 @@ pub mod eval;
 pub mod lifecycle;
 pub mod model;
 pub mod notify;
+pub mod references;
 pub mod store;
 pub mod timers;
 pub mod windows;

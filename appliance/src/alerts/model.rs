@@ -115,6 +115,15 @@ pub enum Condition {
         /// holding (suppresses flapping).
         #[serde(default, with = "humantime_serde")]
         keep_firing_for: Duration,
+        /// How long the series may be silent before an open alert stops
+        /// trusting its last value and closes `stale` (default
+        /// [`DEFAULT_STALE_AFTER`]; see [`super::eval`]).
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
+        stale_after: Option<Duration>,
     },
     /// The device went offline (two missed heartbeats plus grace).
     DeviceOffline,
@@ -127,6 +136,13 @@ pub enum Condition {
         for_: Duration,
     },
 }
+
+/// How long a threshold rule's series may be silent before its open
+/// alert closes `stale`, unless the rule sets `stale_after`: five missed
+/// samples at the agent's default 60 s interval, and well beyond the
+/// offline detection of a dead device (two missed 30 s heartbeats plus
+/// grace).
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(300);
 
 fn default_true() -> bool {
     true
@@ -183,13 +199,19 @@ impl Rule {
         }
         match &self.condition {
             Condition::Threshold {
-                metric, threshold, ..
+                metric,
+                threshold,
+                stale_after,
+                ..
             } => {
                 if metric.is_empty() {
                     return Err("threshold rules need a metric".into());
                 }
                 if !threshold.is_finite() {
                     return Err("threshold must be a finite number".into());
+                }
+                if stale_after.is_some_and(|d| d.is_zero()) {
+                    return Err("stale_after must be longer than 0s".into());
                 }
             }
             Condition::NoData { metric, for_, .. } => {
@@ -417,6 +439,18 @@ pub struct Alert {
     pub comparison: Option<Comparison>,
     /// keep_firing_for: when the condition stopped holding while firing.
     pub clearing_since_ms: Option<u64>,
+    /// Threshold alerts: when their series was last heard from (appliance
+    /// clock): its last sample, or the appliance's start if later (silence
+    /// counts only while the appliance listens). Saved with the alert's
+    /// transitions, not with every sample. `None` in alerts stored before
+    /// it existed: counted from `started_ms`.
+    #[serde(default)]
+    pub heard_ms: Option<u64>,
+    /// Why the alert closed without its condition stopping (`device
+    /// offline`, `no sample for 5m`): its series stopped reporting, so its
+    /// last value was no longer trusted.
+    #[serde(default)]
+    pub stale: Option<String>,
     pub acknowledged_by: Option<String>,
     pub ack_comment: Option<String>,
     pub acknowledged_ms: Option<u64>,
@@ -461,6 +495,9 @@ pub enum EventKind {
     Notified,
     /// A later escalation step notified.
     Escalated,
+    /// An acknowledged alert got a new comment (who acknowledged it, and
+    /// when, stay the first acknowledgement's).
+    Commented,
 }
 
 impl EventKind {
@@ -477,6 +514,7 @@ impl EventKind {
             EventKind::Unsilenced => "unsilenced",
             EventKind::Notified => "notified",
             EventKind::Escalated => "escalated",
+            EventKind::Commented => "commented",
         }
     }
 }
@@ -551,6 +589,7 @@ mod tests {
             (EventKind::Unsilenced, "unsilenced"),
             (EventKind::Notified, "notified"),
             (EventKind::Escalated, "escalated"),
+            (EventKind::Commented, "commented"),
         ];
         for (kind, name) in names {
             assert_eq!(kind.as_str(), name);

@@ -88,6 +88,40 @@ pub fn list_config<T: DeserializeOwned>(store: &Store, kind: ConfigKind) -> Resu
     Ok(out)
 }
 
+/// Calls `visit(name, label)` for every series any device has reported
+/// (the ingest's series dictionary) until it returns false.
+pub fn visit_reported_series(
+    store: &Store,
+    mut visit: impl FnMut(&str, &str) -> bool,
+) -> Result<()> {
+    store.scan_raw(outpost_storage::samples::SERIES, &[], None, |k, _| {
+        Ok(match outpost_storage::keys::parse_series_name_key(k) {
+            Some((_, name, label)) => visit(&name, &label),
+            None => true,
+        })
+    })
+}
+
+/// Every series devices have reported.
+pub fn reported_series(store: &Store) -> Result<super::references::Reported> {
+    let mut r = super::references::Reported::default();
+    visit_reported_series(store, |name, label| {
+        r.add(name, label);
+        true
+    })?;
+    Ok(r)
+}
+
+/// Whether any device has reported metric `name` (stops at the first).
+pub fn any_device_reports(store: &Store, name: &str) -> Result<bool> {
+    let mut found = false;
+    visit_reported_series(store, |n, _| {
+        found = n == name;
+        !found
+    })?;
+    Ok(found)
+}
+
 fn alert_key(id: u64) -> Vec<u8> {
     [b"a/".as_slice(), &id.to_be_bytes()].concat()
 }

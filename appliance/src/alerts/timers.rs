@@ -2,8 +2,9 @@
 //! alert, and when it next will.
 //!
 //! * pending alerts reaching their due time fire (at that due time, even
-//!   when the timer runs late or after a restart), and `keep_firing_for`
-//!   expiring resolves (both from [`super::eval::on_timer`]);
+//!   when the timer runs late or after a restart), `keep_firing_for`
+//!   expiring resolves, and a threshold alert whose series fell silent for
+//!   `stale_after` closes `stale` (all from [`super::eval::on_timer`]);
 //! * a silenced alert whose maintenance window has ended while it still
 //!   fires is announced now (`unsilenced`, then the escalation from the
 //!   start);
@@ -484,6 +485,7 @@ mod tests {
                 threshold: 90.0,
                 for_ms,
                 keep_firing_for_ms,
+                stale_ms: 5 * MIN,
             }),
             ..plan(&[(0, &["ops"])], 0)
         }
@@ -507,6 +509,19 @@ mod tests {
         assert_eq!(a.state, AlertState::Firing);
         assert_eq!(a.fired_ms, Some(T + MIN));
         assert_eq!(a.notify_since_ms, Some(T + MIN + 300));
+    }
+
+    #[test]
+    fn a_pending_alert_whose_series_stops_is_cleared_by_the_timer_and_never_notified() {
+        let p = threshold_plan(15 * MIN, 0);
+        let mut a = crate::alerts::eval::tests::alert(AlertState::Pending, T, T + 15 * MIN);
+        assert_eq!(next_due(&a, &p), Some(T + 5 * MIN), "stale comes first");
+        assert!(tick(&mut a, &p, T + 5 * MIN - 1).is_empty());
+        let out = tick(&mut a, &p, T + 5 * MIN);
+        assert_eq!(out.transition, Some(EventKind::Cleared));
+        assert!(out.notifications().is_empty());
+        assert!(tick(&mut a, &p, T + 15 * MIN).is_empty(), "never fires");
+        assert_eq!((a.state, a.fired_ms), (AlertState::Cleared, None));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use outpost_proto::DeviceId;
 use outpost_storage::model::AuditEntry;
-use outpost_storage::{now_ms, registry};
+use outpost_storage::{Store, now_ms, registry};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +22,7 @@ use crate::alerts::model::{
     Alert, AlertEvent, Channel, ChannelKind, EscalationPolicy, MaintenanceWindow, Notification,
     Rule,
 };
+use crate::alerts::references::{self, RuleProblems};
 use crate::alerts::store::{self, ConfigKind};
 use crate::alerts::windows;
 
@@ -42,6 +43,40 @@ pub trait ConfigObject: Serialize + DeserializeOwned + Clone + Send + Sync + 'st
     fn deletable(&self) -> Result<(), String> {
         Ok(())
     }
+    /// Checks what the object refers to against the stored configuration,
+    /// before it is saved: an error names what does not resolve; warnings
+    /// are answered with the saved object.
+    fn check_references(&self, _s: &Store) -> Result<Vec<String>, ApiError> {
+        Ok(Vec::new())
+    }
+}
+
+/// A created or updated object, with the warnings it was saved with
+/// (`warnings` only when there are some).
+#[derive(Debug, Serialize)]
+pub struct Saved<T> {
+    #[serde(flatten)]
+    pub object: T,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// The ids of the stored channels.
+fn channel_ids(s: &Store) -> Result<std::collections::BTreeSet<String>, ApiError> {
+    Ok(store::list_config::<Channel>(s, ConfigKind::Channel)?
+        .into_iter()
+        .map(|c| c.id)
+        .collect())
+}
+
+/// The stored escalation policies by id.
+fn policies(s: &Store) -> Result<std::collections::HashMap<String, EscalationPolicy>, ApiError> {
+    Ok(
+        store::list_config::<EscalationPolicy>(s, ConfigKind::Policy)?
+            .into_iter()
+            .map(|p| (p.id.clone(), p))
+            .collect(),
+    )
 }
 
 impl ConfigObject for Rule {
@@ -58,6 +93,22 @@ impl ConfigObject for Rule {
     }
     fn merge_update(&mut self, old: &Self) {
         self.builtin = old.builtin;
+    }
+    fn check_references(&self, s: &Store) -> Result<Vec<String>, ApiError> {
+        if let Some(why) = references::unresolved(self, &channel_ids(s)?, &policies(s)?) {
+            return Err(ApiError::BadRequest(format!("rule {}: {why}", self.id)));
+        }
+        let mut scan_error = None;
+        let warnings = references::metric_warnings(self, |name| {
+            store::any_device_reports(s, name).unwrap_or_else(|e| {
+                scan_error = Some(e);
+                false
+            })
+        });
+        match scan_error {
+            Some(e) => Err(e.into()),
+            None => Ok(warnings),
+        }
     }
     fn deletable(&self) -> Result<(), String> {
         if self.builtin {
@@ -114,6 +165,15 @@ impl ConfigObject for EscalationPolicy {
             return Err("escalation steps must be in increasing `after` order".into());
         }
         Ok(())
+    }
+    fn check_references(&self, s: &Store) -> Result<Vec<String>, ApiError> {
+        match references::policy_unresolved(self, &channel_ids(s)?) {
+            Some(why) => Err(ApiError::BadRequest(format!(
+                "escalation policy {}: {why} (create them with POST /api/v1/channels)",
+                self.id
+            ))),
+            None => Ok(Vec::new()),
+        }
     }
 }
 
@@ -189,7 +249,7 @@ async fn create_cfg<T: ConfigObject>(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
     Json(mut v): Json<T>,
-) -> Result<Json<T>, ApiError> {
+) -> Result<Json<Saved<T>>, ApiError> {
     if v.id().is_empty() {
         let prefix = T::NOUN.split(' ').next_back().unwrap_or("obj");
         v.set_id(format!("{prefix}-{:08x}", rand::random::<u32>()));
@@ -198,7 +258,7 @@ async fn create_cfg<T: ConfigObject>(
     v.validate().map_err(ApiError::BadRequest)?;
     let id = v.id().to_string();
     let v2 = v.clone();
-    blocking(&st.store, move |s| {
+    let warnings = blocking(&st.store, move |s| {
         if store::get_config::<T>(s, T::KIND, v2.id())?.is_some() {
             return Err(ApiError::Conflict(format!(
                 "{} {} already exists (use PUT to change it)",
@@ -206,7 +266,9 @@ async fn create_cfg<T: ConfigObject>(
                 v2.id()
             )));
         }
-        Ok(store::put_config(s, T::KIND, v2.id(), &v2)?)
+        let warnings = v2.check_references(s)?;
+        store::put_config(s, T::KIND, v2.id(), &v2)?;
+        Ok(warnings)
     })
     .await?;
     let who = actor(&headers);
@@ -218,7 +280,10 @@ async fn create_cfg<T: ConfigObject>(
         serde_json::to_string(&v.shown()).unwrap_or_default(),
     );
     st.alerts.reload();
-    Ok(Json(v.shown()))
+    Ok(Json(Saved {
+        object: v.shown(),
+        warnings,
+    }))
 }
 
 async fn update_cfg<T: ConfigObject>(
@@ -226,7 +291,7 @@ async fn update_cfg<T: ConfigObject>(
     headers: HeaderMap,
     Path(id): Path<String>,
     Json(mut v): Json<T>,
-) -> Result<Json<T>, ApiError> {
+) -> Result<Json<Saved<T>>, ApiError> {
     if !v.id().is_empty() && v.id() != id {
         return Err(ApiError::BadRequest(format!(
             "body id {:?} does not match the path id {id:?}",
@@ -241,8 +306,10 @@ async fn update_cfg<T: ConfigObject>(
     v.merge_update(&old);
     v.validate().map_err(ApiError::BadRequest)?;
     let v2 = v.clone();
-    blocking(&st.store, move |s| {
-        Ok(store::put_config(s, T::KIND, v2.id(), &v2)?)
+    let warnings = blocking(&st.store, move |s| {
+        let warnings = v2.check_references(s)?;
+        store::put_config(s, T::KIND, v2.id(), &v2)?;
+        Ok(warnings)
     })
     .await?;
     let who = actor(&headers);
@@ -254,7 +321,10 @@ async fn update_cfg<T: ConfigObject>(
         serde_json::to_string(&v.shown()).unwrap_or_default(),
     );
     st.alerts.reload();
-    Ok(Json(v.shown()))
+    Ok(Json(Saved {
+        object: v.shown(),
+        warnings,
+    }))
 }
 
 async fn delete_cfg<T: ConfigObject>(
@@ -292,6 +362,22 @@ fn crud<T: ConfigObject>(path: &str) -> Router<Arc<ApiState>> {
                 .put(update_cfg::<T>)
                 .delete(delete_cfg::<T>),
         )
+}
+
+/// Every rule with a problem: references that do not resolve, a metric no
+/// device reports (`outpost alerts rules --check`).
+async fn check_rules(State(st): State<Arc<ApiState>>) -> Result<Json<Vec<RuleProblems>>, ApiError> {
+    let problems = blocking(&st.store, |s| {
+        let rules: Vec<Rule> = store::list_config(s, ConfigKind::Rule)?;
+        Ok(references::check(
+            &rules,
+            &channel_ids(s)?,
+            &policies(s)?,
+            &store::reported_series(s)?,
+        ))
+    })
+    .await?;
+    Ok(Json(problems))
 }
 
 #[derive(Debug, Deserialize)]
@@ -477,6 +563,7 @@ async fn set_tags(
 pub fn routes() -> Router<Arc<ApiState>> {
     Router::new()
         .merge(crud::<Rule>("/alert-rules"))
+        .route("/alert-rule-check", get(check_rules))
         .merge(crud::<Channel>("/channels"))
         .merge(crud::<EscalationPolicy>("/escalation-policies"))
         .merge(crud::<MaintenanceWindow>("/maintenance-windows"))

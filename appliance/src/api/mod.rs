@@ -20,6 +20,7 @@ pub mod devices_types {
 /// Request and answer bodies of the alerting routes.
 pub mod alerts_types {
     pub use super::alerts::{AckBody, AlertDetail};
+    pub use crate::alerts::references::RuleProblems;
 }
 /// Request and answer bodies of `/api/v1/tokens`.
 pub mod tokens_types {

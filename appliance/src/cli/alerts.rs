@@ -1,12 +1,14 @@
 //! `outpost alerts [--state S] [--severity S] [--device D] [--json]`,
-//! `outpost alerts show ID` and `outpost alerts ack ID`. Formatting only:
-//! the alert engine and its types live in [`crate::alerts`].
+//! `outpost alerts show ID`, `outpost alerts ack ID` and `outpost alerts
+//! rules [--check] [--json]`. Formatting only: the alert engine and its
+//! types live in [`crate::alerts`], the rule check in
+//! [`crate::alerts::references`] (run by the appliance).
 
 use clap::{Args, Subcommand};
 
 use super::table::{ago, fmt_value, print_table};
-use crate::alerts::model::Alert;
-use crate::api::alerts_types::{AckBody, AlertDetail};
+use crate::alerts::model::{Alert, Condition, Rule};
+use crate::api::alerts_types::{AckBody, AlertDetail, RuleProblems};
 use crate::client::AdminClient;
 
 // No doc comment: clap would take it as the sub-command's help, which the
@@ -35,7 +37,17 @@ pub enum AlertsCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Acknowledge: stops reminders and escalation.
+    /// Alert rules; `--check` lists references that do not resolve and
+    /// metrics no device reports (exit code 1 if any).
+    Rules {
+        /// Check every rule instead of listing them.
+        #[arg(long)]
+        check: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Acknowledge (again: keeps the first acknowledgement; a new comment
+    /// replaces the comment): stops reminders and escalation.
     Ack {
         id: u64,
         #[arg(long, default_value = "")]
@@ -99,6 +111,37 @@ pub async fn run(a: AlertsArgs, c: AdminClient) -> anyhow::Result<()> {
             print_table(&["WHEN", "EVENT", "VALUE", "DETAIL"], &rows);
             Ok(())
         }
+        Some(AlertsCmd::Rules { check: false, json }) => {
+            let path = "/api/v1/alert-rules";
+            if json {
+                println!("{}", String::from_utf8_lossy(&c.get_raw(path).await?));
+                return Ok(());
+            }
+            let rules: Vec<Rule> = c.get(path).await?;
+            print_table(
+                &["ID", "ENABLED", "SEVERITY", "CONDITION", "NOTIFY", "NAME"],
+                &rule_rows(&rules),
+            );
+            Ok(())
+        }
+        Some(AlertsCmd::Rules { check: true, json }) => {
+            let problems: Vec<RuleProblems> = c.get("/api/v1/alert-rule-check").await?;
+            if json {
+                println!("{}", serde_json::to_string(&problems)?);
+            } else if problems.is_empty() {
+                println!("every rule checks out");
+            } else {
+                print_table(&["RULE", "ENABLED", "PROBLEM"], &problem_rows(&problems));
+            }
+            if !problems.is_empty() {
+                anyhow::bail!(
+                    "{} rule{} with problems",
+                    problems.len(),
+                    if problems.len() == 1 { "" } else { "s" }
+                );
+            }
+            Ok(())
+        }
         Some(AlertsCmd::Ack { id, comment, by }) => {
             let x: Alert = c
                 .post(
@@ -153,5 +196,124 @@ pub async fn run(a: AlertsArgs, c: AdminClient) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// One line per rule: id, enabled, severity, condition, who is notified, name.
+fn rule_rows(rules: &[Rule]) -> Vec<Vec<String>> {
+    rules
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                if r.enabled { "yes" } else { "no" }.to_string(),
+                r.severity.as_str().to_string(),
+                condition(&r.condition),
+                match &r.escalation_policy {
+                    Some(p) => format!("policy {p}"),
+                    None if r.channels.is_empty() => "-".to_string(),
+                    None => r.channels.join(","),
+                },
+                r.name.clone(),
+            ]
+        })
+        .collect()
+}
+
+/// `cpu > 95 for 15m`, `device offline`, `no cpu for 5m`.
+fn condition(c: &Condition) -> String {
+    let series = |metric: &str, label: &Option<String>| match label {
+        Some(l) => format!("{metric}[{l}]"),
+        None => metric.to_string(),
+    };
+    match c {
+        Condition::Threshold {
+            metric,
+            label,
+            comparison,
+            threshold,
+            for_,
+            ..
+        } => format!(
+            "{} {} {}{}",
+            series(metric, label),
+            comparison.symbol(),
+            fmt_value(*threshold),
+            if for_.is_zero() {
+                String::new()
+            } else {
+                format!(" for {}", humantime::format_duration(*for_))
+            }
+        ),
+        Condition::DeviceOffline => "device offline".to_string(),
+        Condition::NoData {
+            metric,
+            label,
+            for_,
+        } => format!(
+            "no {} for {}",
+            series(metric, label),
+            humantime::format_duration(*for_)
+        ),
+    }
+}
+
+/// One line per problem: rule id, enabled, problem.
+fn problem_rows(problems: &[RuleProblems]) -> Vec<Vec<String>> {
+    problems
+        .iter()
+        .flat_map(|p| {
+            p.problems.iter().map(|why| {
+                vec![
+                    p.rule.clone(),
+                    if p.enabled { "yes" } else { "no" }.to_string(),
+                    why.clone(),
+                ]
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::builtin::builtin_rules;
+    use crate::cli::table::format_table;
+
+    #[test]
+    fn rules_are_listed_one_line_each_with_their_condition() {
+        let mut rules = builtin_rules();
+        rules[1].channels = vec!["ops".into(), "mail".into()];
+        rules[2].escalation_policy = Some("oncall".into());
+        rules[3].enabled = false;
+        let out = format_table(
+            &["ID", "ENABLED", "SEVERITY", "CONDITION", "NOTIFY", "NAME"],
+            &rule_rows(&rules),
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 5, "{out}");
+        assert!(lines[1].starts_with("builtin-device-offline  yes"), "{out}");
+        assert!(lines[1].contains("device offline"), "{out}");
+        assert!(lines[2].contains("disk_used_percent > 90 for 5m"), "{out}");
+        assert!(lines[2].contains("ops,mail"), "{out}");
+        assert!(lines[3].contains("policy oncall"), "{out}");
+        assert!(lines[4].contains("builtin-cpu-high        no"), "{out}");
+    }
+
+    #[test]
+    fn each_problem_of_each_rule_is_one_line() {
+        let p = vec![RuleProblems {
+            rule: "cpu".into(),
+            name: "cpu".into(),
+            enabled: true,
+            problems: vec!["a".into(), "b".into()],
+        }];
+        assert_eq!(
+            problem_rows(&p),
+            vec![
+                vec!["cpu".to_string(), "yes".into(), "a".into()],
+                vec!["cpu".to_string(), "yes".into(), "b".into()]
+            ]
+        );
     }
 }

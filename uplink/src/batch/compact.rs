@@ -186,7 +186,7 @@ impl CompactRollups {
     }
 
     /// Decodes rollups written in batch `format` 1 (absolute `min`) or 2
-    /// (`min` relative to the same series' previous entry).
+    /// and later (`min` relative to the same series' previous entry).
     pub fn decode_format(&self, format: u16) -> Result<Vec<DeviceRollups>, String> {
         let min_deltas = format >= 2;
         let mut prev_min = vec![0i64; self.names.len()];

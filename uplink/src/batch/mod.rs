@@ -22,10 +22,16 @@ use serde::{Deserialize, Serialize};
 
 pub use outpost_proto::alert::Severity;
 
-/// Version of the batch layout inside the payload.
+/// Version of the batch layout inside the payload (the newest this build
+/// writes and reads).
 /// 2: rollup `min` column relative to the previous entry (see [`compact`]);
-/// format 1 batches (still in an outbox after an upgrade) are decoded too.
-pub const BATCH_FORMAT: u16 = 2;
+/// 3: alert state [`AlertState::Cleared`].
+/// Batches of every earlier format (still in an outbox after an upgrade)
+/// are decoded too. A batch is written in the oldest format that can carry
+/// it ([`format_of`]): 2 unless it holds a `cleared` transition, so a
+/// central that reads only format 2 refuses only those batches, by their
+/// format number.
+pub const BATCH_FORMAT: u16 = 3;
 /// Largest decompressed batch accepted (the codec's decode limit).
 pub const MAX_DECODED_BYTES: usize = outpost_proto::codec::DECODE_LIMIT_BYTES;
 
@@ -130,13 +136,18 @@ pub struct SeriesRollup {
     pub rollup: Rollup,
 }
 
-/// Lifecycle state an alert moved to.
+/// Lifecycle state an alert moved to. Encoded by position: new states
+/// only at the end, each with a new [`BATCH_FORMAT`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertState {
     Pending,
     Firing,
+    /// firing → resolved.
     Resolved,
+    /// pending → cleared: the condition stopped (or its series went stale)
+    /// before the alert fired. Format 3.
+    Cleared,
 }
 
 impl AlertState {
@@ -145,6 +156,15 @@ impl AlertState {
             AlertState::Pending => "pending",
             AlertState::Firing => "firing",
             AlertState::Resolved => "resolved",
+            AlertState::Cleared => "cleared",
+        }
+    }
+
+    /// The first batch format that can carry this state.
+    fn since_format(self) -> u16 {
+        match self {
+            AlertState::Pending | AlertState::Firing | AlertState::Resolved => 1,
+            AlertState::Cleared => 3,
         }
     }
 }
@@ -224,10 +244,21 @@ pub enum BatchError {
 /// Default zstd level (batches are small; level 9 costs < 1 ms per 100 KB).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 9;
 
-/// Encodes a batch: columnar rollups, bincode, zstd at `level`.
+/// The oldest format (from 2, the rollup layout this build writes) that can
+/// carry `batch`.
+pub fn format_of(batch: &SiteBatch) -> u16 {
+    batch
+        .alerts
+        .iter()
+        .map(|a| a.state.since_format())
+        .fold(2, u16::max)
+}
+
+/// Encodes a batch in [`format_of`] it: columnar rollups, bincode, zstd at
+/// `level`.
 pub fn encode(batch: &SiteBatch, level: i32) -> Result<Vec<u8>, BatchError> {
     let wire = WireSiteBatch {
-        format: BATCH_FORMAT,
+        format: format_of(batch),
         seq: batch.seq,
         site: batch.site.clone(),
         tenant: batch.tenant.clone(),
@@ -250,6 +281,18 @@ pub fn decode(payload: &[u8]) -> Result<SiteBatch, BatchError> {
     let wire: WireSiteBatch = codec::decode(&raw)?;
     if !(1..=BATCH_FORMAT).contains(&wire.format) {
         return Err(BatchError::Format(wire.format));
+    }
+    if let Some(a) = wire
+        .alerts
+        .iter()
+        .find(|a| a.state.since_format() > wire.format)
+    {
+        return Err(BatchError::Malformed(format!(
+            "alert {} state {} in a format {} batch",
+            a.alert_id,
+            a.state.as_str(),
+            wire.format
+        )));
     }
     Ok(SiteBatch {
         seq: wire.seq,
@@ -416,6 +459,71 @@ pub(crate) mod tests {
     const GOLDEN_BATCH: &str = "020703732d31036d7370fda0eee6cf8b010000022a0664656e74616c057765622d310644656269616e05302e312e300100000203042b000464622d3105526f636b7905302e312e30050102060708020363707500116469736b5f757365645f70657263656e74012f012a01fd80b5c49f1703000001fcc0270900010301fc00530700010202000102020102fb9209fb960502960f02640a02fb2c011e0200000000000109012a086370755f686967680201050b637075203937203e203930010000000000405840012a03010009012b0401020a0b";
     const GOLDEN_ALERT: &str =
         "09012a086370755f686967680201050b637075203937203e203930010000000000405840";
+
+    /// A batch with a `cleared` transition, as format 3 writes it (bincode,
+    /// before zstd): the state is the next position after `resolved`.
+    #[test]
+    fn a_cleared_transition_goes_up_as_cleared_in_format_3() {
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let mut b = sample_batch(8);
+        assert_eq!(format_of(&b), 2, "nothing new: the format central reads");
+        b.alerts[0].state = AlertState::Cleared;
+        assert_eq!(format_of(&b), 3);
+        let bytes = encode(&b, 1).unwrap();
+        let raw = zstd::bulk::decompress(&bytes, MAX_DECODED_BYTES).unwrap();
+        assert_eq!(raw[0], 3, "format 3");
+        assert_eq!(
+            hex(&codec::encode(&b.alerts[0]).unwrap()),
+            GOLDEN_ALERT.replacen("0201050b", "0203050b", 1),
+            "state byte 3, everything else as before"
+        );
+        let back = decode(&bytes).unwrap();
+        assert_eq!(back.alerts[0].state, AlertState::Cleared);
+        assert_eq!(back, b);
+    }
+
+    #[test]
+    fn batches_without_cleared_transitions_keep_format_2_and_old_formats_cannot_claim_cleared() {
+        let b = sample_batch(9);
+        let raw = zstd::bulk::decompress(&encode(&b, 1).unwrap(), MAX_DECODED_BYTES).unwrap();
+        assert_eq!(raw[0], 2);
+        // A format 2 (or 1) batch carrying a state it could not express is
+        // malformed, not silently accepted.
+        let mut alerts = b.alerts.clone();
+        alerts[0].state = AlertState::Cleared;
+        for format in [1, 2] {
+            let wire = WireSiteBatch {
+                format,
+                seq: b.seq,
+                site: b.site.clone(),
+                tenant: b.tenant.clone(),
+                created_ms: b.created_ms,
+                devices: b.devices.clone(),
+                rollups: compact::CompactRollups::encode(&b.rollups),
+                alerts: alerts.clone(),
+                patch_compliance: vec![],
+                commands: vec![],
+                dropped_rollups: 0,
+            };
+            let bytes = zstd::bulk::compress(&codec::encode(&wire).unwrap(), 3).unwrap();
+            let err = decode(&bytes).unwrap_err();
+            assert!(
+                err.to_string().contains("cleared in a format"),
+                "{format}: {err}"
+            );
+        }
+        for s in [
+            AlertState::Pending,
+            AlertState::Firing,
+            AlertState::Resolved,
+            AlertState::Cleared,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
+        }
+    }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {

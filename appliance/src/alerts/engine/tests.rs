@@ -33,10 +33,15 @@ impl Rig {
     }
 
     fn open(dir: tempfile::TempDir) -> Rig {
+        Self::open_at(dir, T)
+    }
+
+    /// The engine starts (listening) at `now`.
+    fn open_at(dir: tempfile::TempDir, now: u64) -> Rig {
         let store = crate::db::open(dir.path(), &StoreOptions::default()).unwrap();
         let metrics = Arc::new(Metrics::new());
         let (notify, sent) = NotifyHandle::for_tests();
-        let engine = Engine::load(store.clone(), metrics.clone(), notify).unwrap();
+        let engine = Engine::load(store.clone(), metrics.clone(), notify, now).unwrap();
         Rig {
             dir,
             store,
@@ -131,6 +136,7 @@ fn cpu_rule(id: &str, for_s: u64, extra: impl FnOnce(&mut Rule)) -> Rule {
             threshold: 90.0,
             for_: Duration::from_secs(for_s),
             keep_firing_for: Duration::ZERO,
+            stale_after: None,
         },
         severity: Severity::Critical,
         scope: Scope::All,
@@ -243,7 +249,10 @@ fn escalation_steps_go_out_on_time_until_the_alert_is_acknowledged() {
         .ack(id, "alice", "looking into it", T + 3_000)
         .unwrap();
     assert_eq!(acked.acknowledged_by.as_deref(), Some("alice"));
-    for now in [T + 8_000, T + 9_000, T + 600_000] {
+    // The device keeps reporting (a silent series would resolve stale).
+    let later = (1..=10).map(|m| T + m * 60_000);
+    for now in [T + 8_000, T + 9_000].into_iter().chain(later) {
+        rig.sample("cpu", 95.0, now);
         rig.engine.on_tick(now);
     }
     assert!(rig.sent().is_empty(), "acknowledged alerts do not escalate");
@@ -393,16 +402,239 @@ fn device_offline_fires_once_and_resolves_when_the_device_is_back() {
 }
 
 #[test]
-fn deleting_a_rule_resolves_its_alerts_without_notifying() {
+fn deleting_a_rule_resolves_its_alerts_and_tells_the_channels_like_disabling_it() {
     let mut rig = Rig::new();
-    rig.put(ConfigKind::Rule, "cpu", &cpu_rule("cpu", 0, |_| {}), T);
-    rig.put(ConfigKind::Rule, "slow", &cpu_rule("slow", 60, |_| {}), T);
+    for id in ["cpu", "off", "slow"] {
+        let for_s = if id == "slow" { 60 } else { 0 };
+        rig.put(ConfigKind::Rule, id, &cpu_rule(id, for_s, |_| {}), T);
+    }
     rig.sample("cpu", 95.0, T);
-    rig.sent();
+    assert_eq!(rig.sent().len(), 2, "cpu and off fired");
     rig.delete(ConfigKind::Rule, "cpu", T + 1_000);
-    rig.delete(ConfigKind::Rule, "slow", T + 1_000);
+    let sent = rig.sent_full();
+    assert_eq!(
+        sent.iter()
+            .map(|n| (n.event, n.channel_id.as_str(), n.alert.rule_id.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(NotifyEvent::Resolved, "ops", "cpu")]
+    );
+    assert_eq!(sent[0].alert.state, AlertState::Resolved);
+    // Disabling does the same.
+    rig.put(
+        ConfigKind::Rule,
+        "off",
+        &cpu_rule("off", 0, |r| r.enabled = false),
+        T + 2_000,
+    );
+    assert_eq!(rig.sent(), vec![ops(NotifyEvent::Resolved)]);
+    // A pending alert of a deleted rule clears: nobody heard of it.
+    rig.delete(ConfigKind::Rule, "slow", T + 3_000);
     assert!(rig.sent().is_empty());
     assert_eq!(rig.alert("cpu").state, AlertState::Resolved);
+    assert_eq!(rig.alert("off").state, AlertState::Resolved);
     assert_eq!(rig.alert("slow").state, AlertState::Cleared);
+    assert_eq!(
+        rig.events(rig.alert("cpu").id),
+        vec![EventKind::Firing, EventKind::Resolved]
+    );
     assert!(rig.engine.open_alerts().is_empty());
+}
+
+#[test]
+fn alerts_of_a_rule_deleted_while_the_appliance_was_down_are_retired_at_start() {
+    let mut rig = Rig::new();
+    rig.put(ConfigKind::Rule, "cpu", &cpu_rule("cpu", 0, |_| {}), T);
+    rig.sample("cpu", 95.0, T);
+    rig.sent();
+    // Deleted in the store without the engine hearing of it.
+    assert!(store::delete_config(&rig.store, ConfigKind::Rule, "cpu").unwrap());
+    let rig = rig.restart();
+    assert!(rig.engine.open_alerts().is_empty());
+    assert_eq!(rig.alert("cpu").state, AlertState::Resolved);
+}
+
+fn offline(at_ms: u64) -> Vec<(DeviceId, StatusTransition)> {
+    vec![(
+        DEV,
+        StatusTransition {
+            at_ms,
+            from: DeviceStatus::Online,
+            to: DeviceStatus::Offline,
+            last_seen_ms: at_ms - 3_000,
+        },
+    )]
+}
+
+/// Issue 10: "CPU > 95 % for 15 m" pending on a busy device, then
+/// `kill -9` of the agent: the alert must not fire 15 minutes later from
+/// the last value.
+#[test]
+fn a_pending_threshold_alert_of_a_device_that_goes_offline_is_cleared_and_never_fires() {
+    let mut rig = Rig::new();
+    rig.put(ConfigKind::Rule, "cpu", &cpu_rule("cpu", 900, |_| {}), T);
+    rig.store.set_uplink_tracking(true);
+    // (Under the built-in CPU rule's 95, which would go pending too.)
+    rig.sample("cpu", 93.79, T);
+    let id = rig.alert("cpu").id;
+    assert_eq!(rig.metrics.alerts_pending.get(), 1);
+    rig.engine.on_status(offline(T + 70_000), T + 70_000);
+    let a = rig.alert("cpu");
+    assert_eq!(
+        (a.state, a.resolved_ms, a.stale.as_deref()),
+        (
+            AlertState::Cleared,
+            Some(T + 70_000),
+            Some("device offline")
+        )
+    );
+    for now in [T + 900_000, T + 901_000, T + 3_600_000] {
+        rig.engine.on_tick(now);
+    }
+    assert!(rig.sent().is_empty(), "it never fires");
+    assert_eq!(rig.alert("cpu").fired_ms, None);
+    assert_eq!(rig.events(id), vec![EventKind::Pending, EventKind::Cleared]);
+    assert_eq!(rig.metrics.alerts_pending.get(), 0);
+    // Central hears `cleared`, not `resolved`.
+    let mut up = Vec::new();
+    rig.store
+        .scan::<outpost_uplink::batch::AlertTransition>(
+            outpost_storage::rollup::UPLINK_PENDING,
+            b"a",
+            Some(b"b"),
+            |_, t| {
+                up.push((t.rule.clone(), t.state, t.message.clone()));
+                true
+            },
+        )
+        .unwrap();
+    use outpost_uplink::batch::AlertState as Up;
+    let states = |rule: &str| -> Vec<Up> {
+        up.iter()
+            .filter(|(r, ..)| r == rule)
+            .map(|(_, s, _)| *s)
+            .collect()
+    };
+    assert_eq!(states("cpu high (cpu)"), vec![Up::Pending, Up::Cleared]);
+    assert!(
+        up.iter()
+            .any(|(_, s, m)| *s == Up::Cleared && m.contains("stale: device offline")),
+        "{up:?}"
+    );
+    // The device-offline alert covers the device.
+    assert_eq!(states("Device offline"), vec![Up::Firing]);
+}
+
+#[test]
+fn a_pending_threshold_alert_whose_series_stops_is_cleared_by_the_timer() {
+    let mut rig = Rig::new();
+    rig.put(ConfigKind::Rule, "cpu", &cpu_rule("cpu", 900, |_| {}), T);
+    rig.sample("cpu", 97.0, T);
+    rig.sample("cpu", 97.0, T + 60_000);
+    assert_eq!(rig.engine.next_wake(T + 60_000), T + 61_000, "polls");
+    rig.engine.on_tick(T + 360_000 - 1);
+    assert_eq!(rig.alert("cpu").state, AlertState::Pending);
+    rig.engine.on_tick(T + 360_000);
+    let a = rig.alert("cpu");
+    assert_eq!(
+        (a.state, a.resolved_ms, a.stale.as_deref()),
+        (
+            AlertState::Cleared,
+            Some(T + 360_000),
+            Some("no sample for 5m")
+        )
+    );
+    rig.engine.on_tick(T + 900_000);
+    assert!(rig.sent().is_empty());
+}
+
+#[test]
+fn a_firing_threshold_alert_is_held_while_offline_and_resolves_stale_when_its_series_stays_silent()
+{
+    let mut rig = Rig::new();
+    rig.put(ConfigKind::Rule, "cpu", &cpu_rule("cpu", 0, |_| {}), T);
+    rig.sample("cpu", 97.0, T);
+    assert_eq!(rig.sent(), vec![ops(NotifyEvent::Firing)]);
+    rig.engine.on_status(offline(T + 70_000), T + 70_000);
+    assert_eq!(rig.alert("cpu").state, AlertState::Firing, "held");
+    assert_eq!(rig.engine.next_wake(T + 299_500), T + 300_000);
+    rig.engine.on_tick(T + 299_999);
+    assert!(rig.sent().is_empty());
+    rig.engine.on_tick(T + 300_200);
+    let sent = rig.sent_full();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].event, NotifyEvent::Resolved);
+    assert_eq!(sent[0].alert.stale.as_deref(), Some("no sample for 5m"));
+    let a = rig.alert("cpu");
+    assert_eq!(
+        (a.state, a.resolved_ms, a.value),
+        (AlertState::Resolved, Some(T + 300_000), Some(97.0))
+    );
+    assert_eq!(rig.transitions("resolved"), 1);
+}
+
+#[test]
+fn a_sample_after_a_long_silence_closes_the_stale_alert_and_opens_a_new_one() {
+    let mut rig = Rig::new();
+    rig.put(ConfigKind::Rule, "cpu", &cpu_rule("cpu", 900, |_| {}), T);
+    rig.sample("cpu", 97.0, T);
+    // No tick in between (a busy engine): the timers catch up first.
+    rig.sample("cpu", 98.0, T + 600_000);
+    let all = store::list_alerts(&rig.store, |a| a.rule_id == "cpu", 10).unwrap();
+    let states: Vec<(AlertState, u64)> = all.iter().map(|a| (a.state, a.started_ms)).collect();
+    assert!(
+        states.contains(&(AlertState::Cleared, T))
+            && states.contains(&(AlertState::Pending, T + 600_000)),
+        "{states:?}"
+    );
+    let new = rig.engine.open_alerts()[0].clone();
+    assert_eq!(new.due_ms, T + 600_000 + 900_000, "a new window");
+    assert!(rig.sent().is_empty());
+}
+
+#[test]
+fn after_a_restart_a_firing_alert_s_silence_counts_from_the_restart() {
+    let mut rig = Rig::new();
+    rig.put(ConfigKind::Rule, "cpu", &cpu_rule("cpu", 0, |_| {}), T);
+    rig.sample("cpu", 97.0, T);
+    rig.sent();
+    // Down for an hour; back at T + 1 h.
+    let Rig {
+        dir, store, engine, ..
+    } = rig;
+    drop(engine);
+    drop(store);
+    let mut rig = Rig::open_at(dir, T + 3_600_000);
+    rig.engine.on_tick(T + 3_600_000 + 1_000);
+    assert_eq!(rig.alert("cpu").state, AlertState::Firing, "not stale yet");
+    assert!(rig.sent().is_empty());
+    rig.engine.on_tick(T + 3_600_000 + 300_000);
+    assert_eq!(rig.sent(), vec![ops(NotifyEvent::Resolved)]);
+}
+
+#[test]
+fn acknowledging_again_keeps_the_first_comment_and_records_one_acknowledgement() {
+    let mut rig = Rig::new();
+    rig.put(ConfigKind::Rule, "cpu", &cpu_rule("cpu", 0, |_| {}), T);
+    rig.sample("cpu", 95.0, T);
+    let id = rig.alert("cpu").id;
+    rig.engine
+        .ack(id, "alice", "looking into it", T + 1_000)
+        .unwrap();
+    let again = rig.engine.ack(id, "alice", "", T + 2_000).unwrap();
+    assert_eq!(again.ack_comment.as_deref(), Some("looking into it"));
+    assert_eq!(again.acknowledged_ms, Some(T + 1_000));
+    assert_eq!(
+        rig.alert("cpu").ack_comment.as_deref(),
+        Some("looking into it")
+    );
+    assert_eq!(
+        rig.events(id),
+        vec![EventKind::Firing, EventKind::Acknowledged]
+    );
+    let audit = registry::audit_log(&rig.store, 0, u64::MAX, 10).unwrap();
+    assert_eq!(
+        audit.iter().filter(|e| e.action == "alert.ack").count(),
+        1,
+        "{audit:?}"
+    );
 }

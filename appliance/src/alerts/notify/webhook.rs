@@ -32,8 +32,13 @@ pub fn summary(event: NotifyEvent, a: &Alert) -> String {
         ),
         _ => a.metric.clone(),
     };
+    let stale = a
+        .stale
+        .as_deref()
+        .map(|why| format!(" (stale: {why})"))
+        .unwrap_or_default();
     format!(
-        "[{}][{}] {} on {} ({}): {}",
+        "[{}][{}] {} on {} ({}): {}{stale}",
         event.as_str().to_uppercase(),
         a.severity.as_str(),
         a.rule_name,
@@ -69,6 +74,7 @@ pub fn body(format: WebhookFormat, event: NotifyEvent, a: &Alert) -> Value {
                 "resolved_ms": a.resolved_ms,
                 "acknowledged_by": a.acknowledged_by,
                 "escalation_step": a.escalation_step,
+                "stale": a.stale,
             },
             "summary": summary(event, a),
         }),
@@ -160,5 +166,20 @@ mod tests {
         let t = body(WebhookFormat::Teams, NotifyEvent::Firing, &a);
         assert_eq!(t["@type"], "MessageCard");
         assert_eq!(t["themeColor"], "F2C744");
+    }
+
+    #[test]
+    fn a_stale_resolution_says_so_in_the_body_and_the_summary() {
+        let mut a = alert(AlertState::Resolved, 0, 0);
+        let j = body(WebhookFormat::Json, NotifyEvent::Resolved, &a);
+        assert_eq!(j["alert"]["stale"], serde_json::Value::Null);
+        assert!(!summary(NotifyEvent::Resolved, &a).contains("stale"));
+        a.stale = Some("no sample for 5m".into());
+        let j = body(WebhookFormat::Json, NotifyEvent::Resolved, &a);
+        assert_eq!(j["alert"]["stale"], "no sample for 5m");
+        assert_eq!(
+            j["summary"],
+            "[RESOLVED][warning] r on h (0000000000000001): cpu > 90 (value 99) (stale: no sample for 5m)"
+        );
     }
 }
