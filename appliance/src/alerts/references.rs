@@ -184,9 +184,13 @@ pub fn check(
                     )
                 };
                 match r.label_filter() {
-                    _ if !reported.names.contains(metric) => {
+                    // A metric every agent reports is not a problem before
+                    // the first device reports it (a fresh appliance's
+                    // built-in rules); an unknown one is.
+                    _ if !reported.names.contains(metric) && !is_known_metric(metric) => {
                         problems.push(format!("no device reports metric {metric:?}{known}"));
                     }
+                    _ if !reported.names.contains(metric) => {}
                     Some(label)
                         if !reported
                             .series
@@ -320,7 +324,9 @@ mod tests {
         ];
         let got = check(&rules, &channels, &policies, &reported);
         let ids: Vec<&str> = got.iter().map(|p| p.rule.as_str()).collect();
-        assert_eq!(ids, vec!["channel", "label", "typo", "unreported"]);
+        // `memory` is reported by every agent: not a problem before the
+        // first device reports it.
+        assert_eq!(ids, vec!["channel", "label", "typo"]);
         let by = |id: &str| got.iter().find(|p| p.rule == id).unwrap();
         assert_eq!(
             by("typo").problems,
@@ -332,10 +338,18 @@ mod tests {
             by("label").problems,
             vec!["no device reports metric \"process_count\" with label \"ngnix\""]
         );
-        assert_eq!(
-            by("unreported").problems,
-            vec!["no device reports metric \"memory\""]
+        // A fresh appliance (no device yet) finds nothing wrong with rules
+        // on agent metrics.
+        let fresh = check(
+            &[named(
+                "builtin",
+                metric_rule("disk_used_percent", Some("/")),
+            )],
+            &channels,
+            &policies,
+            &Reported::default(),
         );
+        assert!(fresh.is_empty(), "{fresh:?}");
         assert!(!by("channel").enabled);
         assert_eq!(
             by("channel").problems,
