@@ -90,6 +90,11 @@ pub struct UplinkConfig {
     pub max_in_flight_batches: usize,
     /// zstd level of batches (1-19).
     pub zstd_level: i32,
+    /// A device's snapshot is sent again when its last-seen time moved by
+    /// this much since the last one sent (status changes go at once), so
+    /// central's `last_seen_ms` lags by at most this plus an interval.
+    #[serde(with = "humantime_serde")]
+    pub last_seen_resend: Duration,
 }
 
 impl Default for UplinkConfig {
@@ -101,6 +106,7 @@ impl Default for UplinkConfig {
             reconnect_max: o.reconnect_max,
             max_in_flight_batches: o.max_in_flight_batches,
             zstd_level: o.outbox.zstd_level,
+            last_seen_resend: Duration::from_millis(o.outbox.last_seen_resend_ms),
         }
     }
 }
@@ -110,6 +116,7 @@ impl UplinkConfig {
         let mut o = outpost_uplink::service::UplinkOptions::default();
         o.outbox.max_bytes = self.outbox_max_bytes;
         o.outbox.zstd_level = self.zstd_level;
+        o.outbox.last_seen_resend_ms = self.last_seen_resend.as_millis() as u64;
         o.reconnect_base = self.reconnect_base;
         o.reconnect_max = self.reconnect_max;
         o.max_in_flight_batches = self.max_in_flight_batches;
@@ -260,6 +267,9 @@ impl Config {
         }
         if !(1..=19).contains(&self.uplink.zstd_level) || self.uplink.max_in_flight_batches == 0 {
             bail!("uplink.zstd_level must be 1-19 and uplink.max_in_flight_batches positive");
+        }
+        if self.uplink.last_seen_resend < Duration::from_secs(1) {
+            bail!("uplink.last_seen_resend must be at least 1s");
         }
         if self.storage.raw_retention > self.storage.rollup_retention {
             bail!("raw retention must not exceed rollup retention");

@@ -157,10 +157,12 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
     ));
     {
         let sd = shutdown.clone();
-        let mut router = api::router(api_state.clone());
-        if let Some((c, _)) = &cache {
-            router = router.merge(crate::cache::api::router(c.clone(), &keys.admin_token));
-        }
+        let router = api::admin_router(
+            api_state.clone(),
+            cache
+                .as_ref()
+                .map(|(c, _)| crate::cache::api::router(c.clone(), &keys.admin_token)),
+        );
         tracker.spawn(async move {
             let r = axum::serve(admin, router)
                 .with_graceful_shutdown(async move { sd.cancelled().await })

@@ -205,6 +205,7 @@ pub fn apply(run: &UplinkRun, dir: &Path) -> anyhow::Result<Report> {
             duplicates: 0,
             interval_ms: 60_000,
             dropped_rollups: 0,
+            tenant_mismatch: Default::default(),
         };
         let tok = JoinTokenRecord {
             tenant: "acme".into(),

@@ -9,21 +9,23 @@ use std::sync::Arc;
 
 use outpost_proto::{CustomerId, SiteId, TenantId};
 
-use axum::extract::{Path, Query, Request, State};
+use axum::Router;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use outpost_web::{Json, Path, Query};
 use serde::{Deserialize, Serialize};
 use tracing::info_span;
 
 use crate::Central;
 use crate::model::{
-    AlertRow, AlertState, DeviceRow, Principal, Role, SessionRecord, Severity, SiteRecord,
+    AlertRow, AlertState, DeviceRow, DeviceStatus, ForeignTenantRow, Principal, Role,
+    SessionRecord, Severity, SiteRecord,
 };
 use crate::ops;
-use crate::store::DeviceFilter;
+use crate::store::{CentralStoreError, DeviceFilter};
 
 pub const SESSION_COOKIE: &str = "outpost_session";
 const SESSION_TTL_MS: u64 = 12 * 3600 * 1000;
@@ -67,8 +69,9 @@ pub fn router(c: Arc<Central>) -> Router {
         .route("/metrics", get(prometheus))
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(crate::web::routes())
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .fallback(outpost_web::not_found)
         .layer(middleware::from_fn_with_state(c.clone(), observe))
+        .layer(middleware::from_fn(outpost_web::json_errors))
         .with_state(c)
 }
 
@@ -273,6 +276,11 @@ pub struct SiteOut {
     pub batches_applied: u64,
     pub interval_ms: u64,
     pub dropped_rollups: u64,
+    /// Devices the site reports enrolled under a tenant other than this
+    /// one (a mistyped `--tenant` at enrollment, or a site created for the
+    /// wrong tenant), per tenant; empty when none. They are listed under
+    /// this site's tenant all the same.
+    pub tenant_mismatch: Vec<ForeignTenantRow>,
 }
 
 pub fn site_out(c: &Central, s: &SiteRecord, now: u64) -> SiteOut {
@@ -301,6 +309,7 @@ pub fn site_out(c: &Central, s: &SiteRecord, now: u64) -> SiteOut {
         batches_applied: s.batches_applied,
         interval_ms: s.interval_ms,
         dropped_rollups: s.dropped_rollups,
+        tenant_mismatch: s.tenant_mismatch.tenants.clone(),
     }
 }
 
@@ -393,6 +402,9 @@ pub struct Counts {
     pub online: u64,
     pub offline: u64,
     pub pending: u64,
+    /// Devices whose certificate was revoked (not counted offline).
+    #[serde(default)]
+    pub revoked: u64,
     /// Devices with a firing critical alert.
     pub critical: u64,
     /// Firing alerts (pending ones are not: nobody was told of them yet).
@@ -424,10 +436,11 @@ pub struct FleetSummary {
 
 fn add(c: &mut Counts, d: &DeviceRow, critical: bool) {
     c.devices += 1;
-    match d.status.as_str() {
-        "online" => c.online += 1,
-        "offline" => c.offline += 1,
-        _ => c.pending += 1,
+    match d.status {
+        DeviceStatus::Online => c.online += 1,
+        DeviceStatus::Offline => c.offline += 1,
+        DeviceStatus::Pending => c.pending += 1,
+        DeviceStatus::Revoked => c.revoked += 1,
     }
     if critical {
         c.critical += 1;
@@ -520,6 +533,7 @@ pub async fn fleet_summary(c: &Arc<Central>, p: &Principal) -> Result<FleetSumma
             acc.online += x.online;
             acc.offline += x.offline;
             acc.pending += x.pending;
+            acc.revoked += x.revoked;
             acc.critical += x.critical;
             acc.alerts_firing += x.alerts_firing;
             acc.alerts_pending += x.alerts_pending;
@@ -568,6 +582,16 @@ pub async fn device_page(
     p: &Principal,
     q: DevicesQuery,
 ) -> Result<DevicePage, ApiError> {
+    let limit = outpost_web::limit(q.limit, 100, 1000)?;
+    if let Some(s) = &q.status
+        && !DeviceStatus::ALL.iter().any(|d| d.as_str() == s)
+    {
+        let all: Vec<&str> = DeviceStatus::ALL.iter().map(|d| d.as_str()).collect();
+        return Err(ApiError::BadRequest(format!(
+            "status {s:?}: use one of {}",
+            all.join(", ")
+        )));
+    }
     if let Some(s) = &q.site {
         one_site(c, p, s).await?;
     }
@@ -577,9 +601,12 @@ pub async fn device_page(
         customers_allowed: p.customers.clone(),
         status: q.status,
         after: q.after,
-        limit: q.limit.unwrap_or(100).clamp(1, 1000),
+        limit,
     };
-    let page = c.store.devices(&p.tenant, &f).await.map_err(internal)?;
+    let page = c.store.devices(&p.tenant, &f).await.map_err(|e| match e {
+        CentralStoreError::InvalidCursor(m) => ApiError::BadRequest(format!("after: {m}")),
+        e => internal(e),
+    })?;
     Ok(DevicePage {
         devices: page.items,
         next: page.next,
@@ -671,6 +698,7 @@ pub async fn history(
     device: &str,
     q: HistoryQuery,
 ) -> Result<History, ApiError> {
+    let limit = outpost_web::limit(q.limit, 10_000, 100_000)?;
     one_site(c, p, site).await?;
     let series = q.series.filter(|s| !s.is_empty()).ok_or_else(|| {
         ApiError::BadRequest("query parameter `series` is required (e.g. series=cpu)".into())
@@ -692,7 +720,7 @@ pub async fn history(
         label: q.label.clone(),
         from_ms: q.from.unwrap_or(0),
         to_ms: q.to.unwrap_or(u64::MAX),
-        limit: q.limit.unwrap_or(10_000).clamp(1, 100_000),
+        limit,
     };
     let rows = c.store.rollups(&p.tenant, &query).await.map_err(internal)?;
     Ok(History {

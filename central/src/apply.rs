@@ -15,7 +15,11 @@
 //!   above it, so batches may arrive in any order).
 //! * **Device snapshots**: the newest `as_of_ms` wins (an equal one applies);
 //!   an empty customer means the site's customer. A device first seen in
-//!   rollups starts `pending` with the site's customer.
+//!   rollups starts `pending` with the site's customer. A revoked device's
+//!   status is `revoked`, whatever its connection status was; its
+//!   `last_seen_ms` is the snapshot's (the appliance resends a snapshot
+//!   when last-seen moved by more than its bound, so it does not freeze at
+//!   the last status change).
 //! * **Rollups**: a series new to its (device, bucket) row is stored and
 //!   counted new (and in the device's `rollups_stored`); a stored series is
 //!   replaced only by a newer `computed_ms` (counted replaced), never by an
@@ -31,6 +35,11 @@
 //! * **Site**: `last_batch_ms` is the arrival time, `last_batch_created_ms`
 //!   the newest creation time seen, `batches_applied` and `dropped_rollups`
 //!   add up.
+//! * **Tenant mismatch**: the devices a batch reports enrolled under
+//!   another tenant replace the site's report when the batch is at least
+//!   as new (`created_ms`) as the report; every device more than the site
+//!   reported before, per tenant, is counted new
+//!   ([`Changes::tenant_mismatches_new`]). The rows keep central's tenant.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -39,8 +48,8 @@ use outpost_proto::DeviceId;
 use outpost_uplink::batch::SiteBatch;
 
 use crate::model::{
-    AlertRow, AlertState, BucketRow, BucketSeries, DeviceRow, DeviceStatus, LatestRollup,
-    SiteRecord,
+    AlertRow, AlertState, BucketRow, BucketSeries, DeviceRow, DeviceStatus, ForeignTenantRow,
+    LatestRollup, SiteRecord, TenantMismatch,
 };
 use crate::store::ApplyOutcome;
 
@@ -165,6 +174,9 @@ pub struct Changes<'b> {
     pub alerts: Vec<AlertRow>,
     pub rollups_new: u64,
     pub rollups_replaced: u64,
+    /// Devices reported under another tenant beyond the site's previous
+    /// report (see the module docs).
+    pub tenant_mismatches_new: u64,
 }
 
 impl Changes<'_> {
@@ -172,6 +184,7 @@ impl Changes<'_> {
         ApplyOutcome::Applied {
             rollups_new: self.rollups_new,
             rollups_replaced: self.rollups_replaced,
+            tenant_mismatches_new: self.tenant_mismatches_new,
         }
     }
 }
@@ -233,7 +246,7 @@ pub fn plan<'b>(
     let mut devices: Vec<DeviceRow> = devices
         .into_iter()
         .zip(&touched.devices)
-        .map(|(row, id)| row.unwrap_or_else(|| new_device(&site, id)))
+        .map(|(row, id)| row.map_or_else(|| new_device(&site, id), DeviceRow::upgraded))
         .collect();
     for (u, &d) in batch.devices.iter().zip(&touched.device_of_update) {
         let row = devices
@@ -252,7 +265,11 @@ pub fn plan<'b>(
         row.agent_version = u.agent_version.clone();
         row.enrolled_at_ms = u.enrolled_at_ms;
         row.revoked = u.revoked;
-        row.status = u.status.into();
+        row.status = if u.revoked {
+            DeviceStatus::Revoked
+        } else {
+            u.status.into()
+        };
         row.status_since_ms = u.status_since_ms;
         row.last_seen_ms = u.last_seen_ms;
         row.as_of_ms = u.as_of_ms;
@@ -366,6 +383,23 @@ pub fn plan<'b>(
         return Err(out_of_step("alert without a transition"));
     }
 
+    let mut tenant_mismatches_new = 0;
+    if batch.created_ms >= site.tenant_mismatch.as_of_ms {
+        let before = &site.tenant_mismatch.tenants;
+        let now: Vec<ForeignTenantRow> = batch.foreign_tenants.iter().map(Into::into).collect();
+        for t in &now {
+            let had = before
+                .iter()
+                .find(|b| b.tenant == t.tenant)
+                .map_or(0, |b| b.devices);
+            tenant_mismatches_new += t.devices.saturating_sub(had);
+        }
+        site.tenant_mismatch = TenantMismatch {
+            as_of_ms: batch.created_ms,
+            tenants: now,
+        };
+    }
+
     site.mark_applied(batch.seq);
     site.last_batch_ms = received_ms;
     site.last_batch_created_ms = site.last_batch_created_ms.max(batch.created_ms);
@@ -378,6 +412,7 @@ pub fn plan<'b>(
         alerts,
         rollups_new: new,
         rollups_replaced: replaced,
+        tenant_mismatches_new,
     }))
 }
 
@@ -430,6 +465,7 @@ mod tests {
             duplicates: 0,
             interval_ms: 60_000,
             dropped_rollups: 0,
+            tenant_mismatch: Default::default(),
         }
     }
 
@@ -645,6 +681,117 @@ mod tests {
         assert_eq!(m.devices[DEV].hostname, "newer");
     }
 
+    /// A snapshot at `as_of_ms` of device 42 with `last_seen_ms`, revoked
+    /// or not, in connection status `status`.
+    fn seen(
+        seq: u64,
+        as_of_ms: u64,
+        last_seen_ms: u64,
+        revoked: bool,
+        status: batch::DeviceStatus,
+    ) -> SiteBatch {
+        let mut u = sample_batch(seq).devices[0].clone();
+        (u.as_of_ms, u.last_seen_ms, u.revoked, u.status) =
+            (as_of_ms, last_seen_ms, revoked, status);
+        SiteBatch {
+            devices: vec![u],
+            ..bare(seq)
+        }
+    }
+
+    #[test]
+    fn last_seen_follows_the_newest_snapshot_even_without_a_status_change() {
+        use batch::DeviceStatus::Online;
+        let mut m = Memory::new();
+        m.apply(&seen(1, 1_000, 900, false, Online), 1);
+        m.apply(&seen(2, 400_000, 390_000, false, Online), 2);
+        let d = &m.devices[DEV];
+        assert_eq!((d.status, d.last_seen_ms), (DeviceStatus::Online, 390_000));
+        // An older snapshot arriving late does not move it back.
+        m.apply(&seen(3, 200_000, 190_000, false, Online), 3);
+        assert_eq!(m.devices[DEV].last_seen_ms, 390_000);
+    }
+
+    #[test]
+    fn a_revoked_device_is_revoked_not_offline() {
+        use batch::DeviceStatus::{Offline, Online};
+        let mut m = Memory::new();
+        m.apply(&seen(1, 100, 90, false, Online), 1);
+        // Revoked while connected, then its session closed: revoked both times.
+        m.apply(&seen(2, 200, 190, true, Online), 2);
+        assert_eq!(m.devices[DEV].status, DeviceStatus::Revoked);
+        m.apply(&seen(3, 300, 190, true, Offline), 3);
+        let d = &m.devices[DEV];
+        assert_eq!((d.status, d.revoked), (DeviceStatus::Revoked, true));
+        assert_eq!(d.status.as_str(), "revoked");
+        // A row stored before revoked had a status of its own (revoked,
+        // offline) reads as revoked when a batch touches it.
+        let row = m.devices.get_mut(DEV).unwrap();
+        row.status = DeviceStatus::Offline;
+        m.apply(&with_rollups(4, vec![entry(BUCKET, 1, "cpu", 1.0)]), 4);
+        assert_eq!(m.devices[DEV].status, DeviceStatus::Revoked);
+    }
+
+    /// A batch created at `created_ms` reporting devices of `tenants`.
+    fn reporting(seq: u64, created_ms: u64, tenants: &[(&str, u32)]) -> SiteBatch {
+        let mut b = sample_batch(seq);
+        b.created_ms = created_ms;
+        b.rollups.clear();
+        b.alerts.clear();
+        b.foreign_tenants = tenants
+            .iter()
+            .map(|(t, n)| batch::ForeignTenant {
+                tenant: (*t).into(),
+                devices: *n,
+            })
+            .collect();
+        b
+    }
+
+    fn mismatches_new(o: ApplyOutcome) -> u64 {
+        match o {
+            ApplyOutcome::Applied {
+                tenant_mismatches_new,
+                ..
+            } => tenant_mismatches_new,
+            ApplyOutcome::Duplicate => panic!("duplicate"),
+        }
+    }
+
+    #[test]
+    fn the_newest_tenant_mismatch_report_wins_and_new_devices_are_counted_once() {
+        let mut m = Memory::new();
+        let shown = |m: &Memory| -> Vec<(String, u64)> {
+            m.site
+                .tenant_mismatch
+                .tenants
+                .iter()
+                .map(|t| (t.tenant.to_string(), t.devices))
+                .collect()
+        };
+        let n = mismatches_new(m.apply(&reporting(1, 100, &[("acme-msp", 2)]), 1));
+        assert_eq!(n, 2);
+        assert_eq!(shown(&m), vec![("acme-msp".into(), 2)]);
+        assert_eq!(m.site.tenant_mismatch.as_of_ms, 100);
+        // The device rows keep central's tenant, the site's.
+        assert_eq!(m.devices[DEV].tenant, "msp");
+        // The same devices reported again are not counted again; more are.
+        let n = mismatches_new(m.apply(&reporting(2, 200, &[("acme-msp", 2)]), 2));
+        assert_eq!(n, 0);
+        let n = mismatches_new(m.apply(&reporting(3, 300, &[("acme-msp", 3), ("zeta", 1)]), 3));
+        assert_eq!(n, 2);
+        // An older report arriving late changes nothing.
+        let n = mismatches_new(m.apply(&reporting(4, 150, &[]), 4));
+        assert_eq!(n, 0);
+        assert_eq!(shown(&m), vec![("acme-msp".into(), 3), ("zeta".into(), 1)]);
+        // A newer empty report clears it; devices reported again count again.
+        m.apply(&reporting(5, 400, &[]), 5);
+        assert!(shown(&m).is_empty());
+        assert_eq!(m.site.tenant_mismatch.as_of_ms, 400);
+        let n = mismatches_new(m.apply(&reporting(6, 500, &[("acme-msp", 1)]), 6));
+        assert_eq!(n, 1);
+    }
+
     #[test]
     fn a_device_first_seen_in_rollups_starts_pending_with_the_sites_customer() {
         let mut b = sample_batch(1);
@@ -692,7 +839,8 @@ mod tests {
             m.apply(&b1, 1),
             ApplyOutcome::Applied {
                 rollups_new: 1,
-                rollups_replaced: 0
+                rollups_replaced: 0,
+                tenant_mismatches_new: 0
             }
         );
         // Older and equal computations: nothing to write for the row.
@@ -716,7 +864,8 @@ mod tests {
             m.apply(&b4, 4),
             ApplyOutcome::Applied {
                 rollups_new: 1,
-                rollups_replaced: 1
+                rollups_replaced: 1,
+                tenant_mismatches_new: 0
             }
         );
         let row = &m.buckets[&(DEV.into(), BUCKET)];

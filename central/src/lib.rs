@@ -12,6 +12,8 @@
 //! crate: nothing here may be needed by `outpost`.
 
 pub mod api;
+#[cfg(test)]
+mod api_tests;
 pub mod apply;
 pub mod dir;
 pub mod metrics;

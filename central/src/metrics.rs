@@ -36,6 +36,9 @@ pub struct CentralMetrics {
     pub joins: Counter,
     pub api_requests: Family<RouteLabel, Counter>,
     pub logins_failed: Counter,
+    /// Devices sites reported enrolled under a tenant other than the
+    /// site's (each counted once, when first reported).
+    pub tenant_mismatches: Counter,
     registry: Registry,
 }
 
@@ -55,6 +58,7 @@ impl CentralMetrics {
             joins: Counter::default(),
             api_requests: Family::default(),
             logins_failed: Counter::default(),
+            tenant_mismatches: Counter::default(),
             registry: Registry::with_prefix("outpost_central"),
         };
         let r = &mut m.registry;
@@ -118,6 +122,11 @@ impl CentralMetrics {
             "logins_failed",
             "Failed web logins",
             m.logins_failed.clone(),
+        );
+        r.register(
+            "tenant_mismatches",
+            "Devices a site reported enrolled under a tenant other than the site's (listed under the site's)",
+            m.tenant_mismatches.clone(),
         );
         m
     }

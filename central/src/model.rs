@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use outpost_proto::alert::Severity;
 
-/// Online status of a device, as central stores and shows it.
+/// Status of a device, as central stores and shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceStatus {
@@ -24,14 +24,27 @@ pub enum DeviceStatus {
     Pending,
     Online,
     Offline,
+    /// Its certificate was revoked at the site: it will not come back, so
+    /// it is neither offline nor counted with the offline devices.
+    /// (Appended: stored rows encode the variant index.)
+    Revoked,
 }
 
 impl DeviceStatus {
+    /// Every status, in the order the API and the web view show them.
+    pub const ALL: [DeviceStatus; 4] = [
+        DeviceStatus::Pending,
+        DeviceStatus::Online,
+        DeviceStatus::Offline,
+        DeviceStatus::Revoked,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeviceStatus::Pending => "pending",
             DeviceStatus::Online => "online",
             DeviceStatus::Offline => "offline",
+            DeviceStatus::Revoked => "revoked",
         }
     }
 }
@@ -136,9 +149,63 @@ pub struct SiteRecord {
     pub interval_ms: u64,
     /// Rollups the appliance reported dropped because its outbox was full.
     pub dropped_rollups: u64,
+    /// Devices the site reported enrolled under another tenant. Not in the
+    /// record's own encoding (rows stored before it existed keep decoding):
+    /// stored after it, see [`SiteRecord::to_stored`].
+    #[serde(skip)]
+    pub tenant_mismatch: TenantMismatch,
+}
+
+/// Devices a site reported enrolled under a tenant other than the site's
+/// (central's tenant, from the site certificate, stays the one it lists
+/// them under): the newest report wins.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TenantMismatch {
+    /// Creation time (appliance clock) of the batch that reported it.
+    pub as_of_ms: u64,
+    /// Per tenant claimed, the number of devices; empty when none.
+    pub tenants: Vec<ForeignTenantRow>,
+}
+
+/// One tenant a site's devices were enrolled under, other than the site's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForeignTenantRow {
+    pub tenant: TenantId,
+    pub devices: u64,
+}
+
+impl From<&batch::ForeignTenant> for ForeignTenantRow {
+    fn from(f: &batch::ForeignTenant) -> Self {
+        ForeignTenantRow {
+            tenant: f.tenant.clone(),
+            devices: u64::from(f.devices),
+        }
+    }
 }
 
 impl SiteRecord {
+    /// The stored bytes of a site: the record's encoding, followed by its
+    /// [`TenantMismatch`] once the site reported one (so rows written
+    /// before central knew of mismatches decode unchanged).
+    pub fn to_stored(&self) -> Result<Vec<u8>, outpost_proto::codec::CodecError> {
+        let mut out = outpost_proto::codec::encode(self)?;
+        if self.tenant_mismatch != TenantMismatch::default() {
+            outpost_proto::codec::encode_into(&self.tenant_mismatch, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Decodes what [`SiteRecord::to_stored`] wrote (or a row written
+    /// before the mismatch section existed).
+    pub fn from_stored(bytes: &[u8]) -> Result<SiteRecord, outpost_proto::codec::CodecError> {
+        let (mut site, used): (SiteRecord, usize) = outpost_proto::codec::decode_prefix(bytes)?;
+        let rest = bytes.get(used..).unwrap_or_default();
+        if !rest.is_empty() {
+            site.tenant_mismatch = outpost_proto::codec::decode(rest)?;
+        }
+        Ok(site)
+    }
+
     pub fn is_applied(&self, seq: u64) -> bool {
         seq <= self.applied_up_to || self.applied_above.contains(&seq)
     }
@@ -158,6 +225,18 @@ impl SiteRecord {
             self.applied_above.remove(pos);
             self.applied_up_to += 1;
         }
+    }
+}
+
+impl DeviceRow {
+    /// The row as this version shows it: rows stored before revoked
+    /// devices had a status of their own say `revoked: true` with the
+    /// connection status they had (`offline`); they read as `revoked`.
+    pub fn upgraded(mut self) -> DeviceRow {
+        if self.revoked {
+            self.status = DeviceStatus::Revoked;
+        }
+        self
     }
 }
 
@@ -361,6 +440,7 @@ mod tests {
             duplicates: 1,
             interval_ms: 60_000,
             dropped_rollups: 3,
+            tenant_mismatch: TenantMismatch::default(),
         }
     }
 
@@ -523,6 +603,31 @@ mod tests {
             assert_eq!(AlertState::from(b), c);
             assert_eq!(b.as_str(), c.as_str());
         }
+    }
+
+    /// A site row stored before the mismatch section decodes with none; one
+    /// with a mismatch keeps it, after the record's unchanged bytes.
+    #[test]
+    fn site_rows_carry_the_tenant_mismatch_after_the_record() {
+        let old = (0..GOLDEN[0].len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&GOLDEN[0][i..i + 2], 16).unwrap())
+            .collect::<Vec<u8>>();
+        let s = SiteRecord::from_stored(&old).unwrap();
+        assert_eq!(s, site());
+        assert_eq!(s.to_stored().unwrap(), old, "no section without a mismatch");
+        let mut m = site();
+        m.tenant_mismatch = TenantMismatch {
+            as_of_ms: 5,
+            tenants: vec![ForeignTenantRow {
+                tenant: "acme-msp".into(),
+                devices: 2,
+            }],
+        };
+        let bytes = m.to_stored().unwrap();
+        assert!(bytes.starts_with(&old), "the record's bytes first");
+        assert_eq!(SiteRecord::from_stored(&bytes).unwrap(), m);
+        assert!(SiteRecord::from_stored(&bytes[..bytes.len() - 1]).is_err());
     }
 
     /// The JSON the API answers with for devices and alerts (same capture).

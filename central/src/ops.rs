@@ -64,6 +64,7 @@ pub async fn add_site(
         duplicates: 0,
         interval_ms: 0,
         dropped_rollups: 0,
+        tenant_mismatch: Default::default(),
     };
     let jt = JoinTokenRecord {
         tenant: req.tenant.clone(),

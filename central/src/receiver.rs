@@ -318,10 +318,18 @@ async fn receive_batch(
         ApplyOutcome::Applied {
             rollups_new,
             rollups_replaced,
+            tenant_mismatches_new,
         } => {
             c.metrics.batches_applied.inc();
             c.metrics.rollups_applied.inc_by(rollups_new);
             c.metrics.rollups_replaced.inc_by(rollups_replaced);
+            if tenant_mismatches_new > 0 {
+                c.metrics.tenant_mismatches.inc_by(tenant_mismatches_new);
+                warn!(
+                    devices = tenant_mismatches_new,
+                    "site reports devices enrolled under another tenant; they are listed under the site's tenant"
+                );
+            }
             c.metrics
                 .apply_seconds
                 .observe(started.elapsed().as_secs_f64());

@@ -193,6 +193,21 @@ impl RocksCentralStore {
     }
 }
 
+/// Site rows have their own layout ([`SiteRecord::to_stored`]).
+impl RocksCentralStore {
+    fn get_site(&self, k: &[u8]) -> Result<Option<SiteRecord>> {
+        match self.db.get_cf(self.cf(CF_SITES)?, k).map_err(be)? {
+            Some(v) => Ok(Some(SiteRecord::from_stored(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_site(&self, wb: &mut WriteBatch, k: &[u8], site: &SiteRecord) -> Result<()> {
+        wb.put_cf(self.cf(CF_SITES)?, k, site.to_stored()?);
+        Ok(())
+    }
+}
+
 impl RocksCentralStore {
     /// The rows of `keys` in one multi-get, `None` where absent.
     fn multi_get<T: DeserializeOwned>(&self, cf: &str, keys: &[Vec<u8>]) -> Result<Vec<Option<T>>> {
@@ -231,14 +246,14 @@ impl RocksCentralStore {
     ) -> Result<()> {
         let _g = self.lock_site(&site.tenant, &site.site_id);
         let k = key(&[site.tenant.as_bytes(), site.site_id.as_bytes()]);
-        if self.get::<SiteRecord>(CF_SITES, &k)?.is_some() {
+        if self.get_site(&k)?.is_some() {
             return Err(CentralStoreError::Conflict(format!(
                 "site {} exists",
                 site.site_id
             )));
         }
         let mut wb = WriteBatch::default();
-        self.put(&mut wb, CF_SITES, &k, site)?;
+        self.put_site(&mut wb, &k, site)?;
         self.put(&mut wb, CF_AUTH, &auth_key(b'j', hash), token)?;
         self.write(wb)
     }
@@ -256,26 +271,35 @@ impl RocksCentralStore {
     }
 
     pub fn site(&self, tenant: &str, site_id: &str) -> Result<Option<SiteRecord>> {
-        self.get(CF_SITES, &key(&[tenant.as_bytes(), site_id.as_bytes()]))
+        self.get_site(&key(&[tenant.as_bytes(), site_id.as_bytes()]))
     }
 
     pub fn sites(&self, tenant: &str) -> Result<Vec<SiteRecord>> {
         let p = prefix(&[tenant.as_bytes()]);
         let mut out = Vec::new();
-        self.scan::<SiteRecord>(CF_SITES, &p, &p, |_, s| {
-            out.push(s);
-            true
-        })?;
+        let it = self.db.iterator_cf(
+            self.cf(CF_SITES)?,
+            IteratorMode::From(&p, Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item.map_err(be)?;
+            if !k.starts_with(&p) {
+                break;
+            }
+            out.push(SiteRecord::from_stored(&v)?);
+        }
         Ok(out)
     }
 
     pub fn update_site(&self, site: &SiteRecord) -> Result<()> {
         let _g = self.lock_site(&site.tenant, &site.site_id);
-        self.put_one(
-            CF_SITES,
+        let mut wb = WriteBatch::default();
+        self.put_site(
+            &mut wb,
             &key(&[site.tenant.as_bytes(), site.site_id.as_bytes()]),
             site,
-        )
+        )?;
+        self.write(wb)
     }
 
     pub fn apply_batch(
@@ -288,7 +312,7 @@ impl RocksCentralStore {
         let _g = self.lock_site(tenant, site_id);
         let sk = key(&[tenant.as_bytes(), site_id.as_bytes()]);
         let site: SiteRecord = self
-            .get(CF_SITES, &sk)?
+            .get_site(&sk)?
             .ok_or_else(|| CentralStoreError::Conflict(format!("unknown site {site_id}")))?;
         if apply::is_duplicate(&site, b) {
             return Ok(ApplyOutcome::Duplicate);
@@ -345,7 +369,7 @@ impl RocksCentralStore {
         for (k, row) in device_keys.iter().zip(&changes.devices) {
             self.put(&mut wb, CF_DEVICES, k, row)?;
         }
-        self.put(&mut wb, CF_SITES, &sk, &changes.site)?;
+        self.put_site(&mut wb, &sk, &changes.site)?;
         self.write(wb)?;
         Ok(changes.outcome())
     }
@@ -356,18 +380,27 @@ impl RocksCentralStore {
             None => prefix(&[tenant.as_bytes()]),
         };
         let mut start = p.clone();
-        if let Some(a) = &f.after
-            && let Ok(mut k) = hex::decode(a)
-            && k.starts_with(&p)
-        {
-            k.push(0);
-            start = k;
+        if let Some(a) = &f.after {
+            // A cursor is a key of this listing (hex), as `next` gave it.
+            match hex::decode(a) {
+                Ok(mut k) if k.len() > p.len() && k.starts_with(&p) => {
+                    k.push(0);
+                    start = k;
+                }
+                _ => {
+                    return Err(CentralStoreError::InvalidCursor(format!(
+                        "cursor {a:?} is not a `next` value of this device list \
+                         (pass `next` of the previous page unchanged, with the same filters)"
+                    )));
+                }
+            }
         }
         let limit = f.limit.max(1);
         let mut items = Vec::new();
         let mut last = None;
         let mut more = false;
         self.scan::<DeviceRow>(CF_DEVICES, &p, &start, |k, d| {
+            let d = d.upgraded();
             let ok = f.customer.as_ref().is_none_or(|c| *c == d.customer)
                 && (f.customers_allowed.is_empty() || f.customers_allowed.contains(&d.customer))
                 && f.status.as_ref().is_none_or(|s| s == d.status.as_str());
@@ -389,10 +422,12 @@ impl RocksCentralStore {
     }
 
     pub fn device(&self, tenant: &str, site_id: &str, device: &str) -> Result<Option<DeviceRow>> {
-        self.get(
-            CF_DEVICES,
-            &key(&[tenant.as_bytes(), site_id.as_bytes(), device.as_bytes()]),
-        )
+        Ok(self
+            .get::<DeviceRow>(
+                CF_DEVICES,
+                &key(&[tenant.as_bytes(), site_id.as_bytes(), device.as_bytes()]),
+            )?
+            .map(DeviceRow::upgraded))
     }
 
     pub fn rollups(&self, tenant: &str, q: &RollupQuery) -> Result<Vec<(u64, RollupRow)>> {
@@ -687,6 +722,7 @@ mod tests {
             duplicates: 0,
             interval_ms: 0,
             dropped_rollups: 0,
+            tenant_mismatch: Default::default(),
         }
     }
 
@@ -823,18 +859,20 @@ mod tests {
         dedup.dedup();
         assert_eq!(dedup, seen);
         assert_eq!(pages, 3);
-        // A cursor of another tenant's key space is ignored, not followed.
-        let p = st
-            .devices(
-                "other",
-                &DeviceFilter {
-                    after: after.clone(),
-                    limit: 10,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-        assert!(p.items.is_empty());
+        // A cursor of another tenant's key space is refused, not followed
+        // (it used to be ignored: the listing restarted from the top).
+        let r = st.devices(
+            "other",
+            &DeviceFilter {
+                after: after.clone(),
+                limit: 10,
+                ..Default::default()
+            },
+        );
+        assert!(
+            matches!(&r, Err(CentralStoreError::InvalidCursor(_))),
+            "{r:?}"
+        );
     }
 
     /// (bucket, min) of `series`, whose label is "/" for disk series.
@@ -878,7 +916,8 @@ mod tests {
             st.apply_batch("msp", "s-1", &b, 1).unwrap(),
             ApplyOutcome::Applied {
                 rollups_new: 3,
-                rollups_replaced: 0
+                rollups_replaced: 0,
+                tenant_mismatches_new: 0
             }
         );
         let dev = first.device.to_string();
@@ -904,7 +943,8 @@ mod tests {
             st.apply_batch("msp", "s-1", &b2, 2).unwrap(),
             ApplyOutcome::Applied {
                 rollups_new: 0,
-                rollups_replaced: 1
+                rollups_replaced: 1,
+                tenant_mismatches_new: 0
             }
         );
         assert_eq!(query(&st, &dev, "cpu", 10), vec![(b0, 50.0), (b1, 12.25)]);

@@ -41,6 +41,9 @@ pub enum CentralStoreError {
     Codec(#[from] outpost_proto::codec::CodecError),
     #[error("{0}")]
     Conflict(String),
+    /// A page cursor the backend did not hand out (a caller's error).
+    #[error("{0}")]
+    InvalidCursor(String),
 }
 
 pub type Result<T, E = CentralStoreError> = std::result::Result<T, E>;
@@ -52,6 +55,9 @@ pub enum ApplyOutcome {
     Applied {
         rollups_new: u64,
         rollups_replaced: u64,
+        /// Devices newly reported enrolled under another tenant than the
+        /// site's (counted in `outpost_central_tenant_mismatches_total`).
+        tenant_mismatches_new: u64,
     },
     /// Already applied earlier; nothing changed.
     Duplicate,
@@ -72,7 +78,8 @@ pub struct DeviceFilter {
     /// Customers the caller may see (empty = all).
     pub customers_allowed: Vec<CustomerId>,
     pub status: Option<String>,
-    /// Cursor returned by the previous page.
+    /// Cursor returned by the previous page (one the backend did not hand
+    /// out for this listing is [`CentralStoreError::InvalidCursor`]).
     pub after: Option<String>,
     pub limit: usize,
 }

@@ -67,5 +67,6 @@ pub fn sample_batch(seq: u64) -> SiteBatch {
         patch_compliance: vec![],
         commands: vec![],
         dropped_rollups: 0,
+        foreign_tenants: vec![],
     }
 }

@@ -7,11 +7,12 @@ use outpost_proto::SiteId;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::Router;
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
-use axum::{Form, Router};
+use outpost_web::{Form, Path, Query};
 use serde::Deserialize;
 
 use crate::Central;
@@ -150,30 +151,37 @@ fn fleet_html(f: &api::FleetSummary) -> String {
     let t = &f.totals;
     let _ = write!(
         b,
-        "<p id=\"totals\">{} devices: {} online, <span class=\"{}\">{} offline</span>, {} pending, {} critical; {} firing alerts, {} pending alerts; <span class=\"{}\">{} stale sites</span></p>",
+        "<p id=\"totals\">{} devices: {} online, <span class=\"{}\">{} offline</span>, {} pending, {} revoked, {} critical; {} firing alerts, {} pending alerts; <span class=\"{}\">{} stale sites</span></p>",
         t.devices,
         t.online,
         if t.offline > 0 { "bad" } else { "ok" },
         t.offline,
         t.pending,
+        t.revoked,
         t.critical,
         t.alerts_firing,
         t.alerts_pending,
         if f.stale_sites > 0 { "bad" } else { "ok" },
         f.stale_sites
     );
-    b.push_str("<table id=\"fleet\"><tr><th>Customer</th><th>Site</th><th>Devices</th><th>Online</th><th>Offline</th><th>Critical</th><th>Firing alerts</th><th>Pending alerts</th><th>Uplink</th><th>Lag</th></tr>");
+    b.push_str("<table id=\"fleet\"><tr><th>Customer</th><th>Site</th><th>Devices</th><th>Online</th><th>Offline</th><th>Revoked</th><th>Critical</th><th>Firing alerts</th><th>Pending alerts</th><th>Uplink</th><th>Lag</th></tr>");
     for cu in &f.customers {
         for s in &cu.sites {
             let _ = write!(
                 b,
-                "<tr><td>{}</td><td><a href=\"/sites/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td><a href=\"/sites/{}\">{}</a>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}{}</td><td>{}</td></tr>",
                 esc(&cu.customer),
                 url(&s.site.site_id),
                 esc(&s.site.name),
+                if s.site.tenant_mismatch.is_empty() {
+                    ""
+                } else {
+                    " <span class=\"bad\">(tenant mismatch)</span>"
+                },
                 s.counts.devices,
                 s.counts.online,
                 s.counts.offline,
+                s.counts.revoked,
                 s.counts.critical,
                 s.counts.alerts_firing,
                 s.counts.alerts_pending,
@@ -224,17 +232,18 @@ async fn site_page(
     let Some(s) = s else {
         return err_page(&p, ApiError::NotFound(format!("no site {site}")));
     };
-    let mut b = String::new();
+    let mut b = tenant_mismatch(&p.tenant, &s.site);
     let _ = write!(
         b,
-        "<p id=\"site-info\">Customer {} · uplink {} · lag {} · last sequence {} · {} devices ({} online, {} offline)</p>",
+        "<p id=\"site-info\">Customer {} · uplink {} · lag {} · last sequence {} · {} devices ({} online, {} offline, {} revoked)</p>",
         esc(&s.site.customer),
         esc(&s.site.link),
         ago(s.site.lag_ms),
         s.site.applied_up_to,
         s.counts.devices,
         s.counts.online,
-        s.counts.offline
+        s.counts.offline,
+        s.counts.revoked
     );
     b.push_str("<table id=\"devices\"><tr><th>Device</th><th>Status</th><th>OS</th><th>CPU (last 5 min avg)</th></tr>");
     for d in &devs.devices {
@@ -278,6 +287,28 @@ async fn site_page(
         );
     }
     page(&format!("Site {}", s.site.name), Some(&p), &b).into_response()
+}
+
+/// The warning of a site whose devices were enrolled under another tenant.
+fn tenant_mismatch(tenant: &str, s: &api::SiteOut) -> String {
+    if s.tenant_mismatch.is_empty() {
+        return String::new();
+    }
+    let n: u64 = s.tenant_mismatch.iter().map(|t| t.devices).sum();
+    let which: Vec<String> = s
+        .tenant_mismatch
+        .iter()
+        .map(|t| format!("{} ({})", esc(&t.tenant), t.devices))
+        .collect();
+    format!(
+        "<p id=\"tenant-mismatch\" class=\"bad\">Tenant mismatch: {n} device{} of this site {} enrolled under tenant {}, not {}. They are listed here, under {}; re-enroll them at the site with a token for {} (or join the appliance to a site of the right tenant).</p>",
+        if n == 1 { "" } else { "s" },
+        if n == 1 { "was" } else { "were" },
+        which.join(", "),
+        esc(tenant),
+        esc(tenant),
+        esc(tenant),
+    )
 }
 
 /// An SVG line chart of (x, y) points.
@@ -340,10 +371,18 @@ async fn device_page(
     let mut b = String::new();
     let _ = write!(
         b,
-        "<p id=\"device-info\">Site <a href=\"/sites/{}\">{}</a> · status <b>{}</b> · {} · agent {} · {} rollups</p>",
+        "<p id=\"device-info\">Site <a href=\"/sites/{}\">{}</a> · status <b>{}</b> · last seen {} · {} · agent {} · {} rollups</p>",
         url(&site),
         esc(&d.site.name),
         dv.status.as_str(),
+        if dv.last_seen_ms > 0 {
+            format!(
+                "{} ago",
+                ago(Some(crate::now_ms().saturating_sub(dv.last_seen_ms)))
+            )
+        } else {
+            "never".into()
+        },
         esc(&dv.os),
         esc(&dv.agent_version),
         dv.rollups_stored

@@ -57,6 +57,14 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(value)
 }
 
+/// Decodes a value from the start of `bytes` and returns it with the
+/// number of bytes it used: for layouts that append a section after a
+/// value whose own encoding must not change (the caller decodes the rest,
+/// or refuses it).
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
+    Ok(bincode::serde::decode_from_slice(bytes, CONFIG)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +79,17 @@ mod tests {
             decode::<(u64, String)>(&bytes),
             Err(CodecError::TrailingBytes(1))
         ));
+    }
+
+    #[test]
+    fn a_prefix_decodes_and_says_where_the_rest_begins() {
+        let mut bytes = encode(&(7u64, "x".to_string())).unwrap();
+        let head = bytes.len();
+        encode_into(&9u32, &mut bytes).unwrap();
+        let (v, used) = decode_prefix::<(u64, String)>(&bytes).unwrap();
+        assert_eq!((v, used), ((7, "x".to_string()), head));
+        assert_eq!(decode::<u32>(&bytes[used..]).unwrap(), 9);
+        assert!(decode_prefix::<(u64, String)>(&bytes[..head - 1]).is_err());
     }
 
     #[test]

@@ -33,6 +33,20 @@ pub fn create(store: &Store, token: &EnrollToken) -> Result<String> {
     Ok(secret)
 }
 
+/// How the audit log names a token without revealing it: `token:` and
+/// the first 12 hex digits of its SHA-256 (the key it is stored under).
+pub fn reference(secret: &str) -> String {
+    let h = sha256(secret.as_bytes());
+    format!("token:{}", hex::encode(&h[..6]))
+}
+
+/// Whether `secret` is a stored token (whatever its expiry and uses).
+pub fn exists(store: &Store, secret: &str) -> Result<bool> {
+    Ok(store
+        .get::<EnrollToken>(TOKENS, &sha256(secret.as_bytes()))?
+        .is_some())
+}
+
 /// Validates `secret` and consumes one use of it.
 pub fn consume(
     store: &Store,
@@ -96,6 +110,14 @@ mod tests {
             consume(&s, &secret, 10).unwrap(),
             Err(TokenRejection::UsedUp)
         );
+
+        // The audit reference: stable, short, not the secret.
+        let r = reference(&secret);
+        assert!(r.starts_with("token:") && r.len() == 18, "{r}");
+        assert_eq!(r, reference(&secret));
+        assert!(!r.contains(&secret[4..]));
+        assert!(exists(&s, &secret).unwrap());
+        assert!(!exists(&s, "nope").unwrap());
 
         let s2 = create(&s, &token(1000, 5)).unwrap();
         assert_eq!(

@@ -215,8 +215,14 @@ fn web_view_in_headless_chromium_login_overview_site_device() {
     let root = tmp.path();
     let central = Central::start(root);
     let mut site = SiteClient::join(root, &central, "acme", "harbour-clinic");
+    let mut first = site.batch(1, 7, 0..12);
+    // The site reports a device enrolled under another tenant.
+    first.foreign_tenants = vec![outpost_uplink::batch::ForeignTenant {
+        tenant: "acme-old".into(),
+        devices: 1,
+    }];
     assert_eq!(
-        site.send(&site.batch(1, 7, 0..12)),
+        site.send(&first),
         outpost_uplink::wire::CentralFrame::Ack { seq: 1 }
     );
     let (ok, _, err) = central.cli(
@@ -273,6 +279,10 @@ fn web_view_in_headless_chromium_login_overview_site_device() {
     let text = ws.body_text();
     assert!(
         text.contains("Site harbour-clinic") && text.contains("host-7") && text.contains("online"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Tenant mismatch: 1 device of this site was enrolled under tenant acme-old (1), not acme."),
         "{text}"
     );
     ws.screenshot(&root.join("03-site.png"));

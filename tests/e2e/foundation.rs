@@ -219,3 +219,102 @@ fn restart_reuses_the_ca_and_admin_token() {
     assert_eq!(app.fingerprint(), fp);
     assert_eq!(app.admin_token(), token);
 }
+
+/// Every error the admin API answers is `{"error": "..."}` (JSON) with a
+/// message naming what is wrong: malformed JSON, a missing field, a wrong
+/// type, no Content-Type, a wrong method, an unknown route, a bad query
+/// parameter, a limit out of range, a ttl that is not a duration.
+#[test]
+fn every_admin_api_error_is_json_naming_the_field() {
+    let tmp = scratch("api-errors");
+    let app = Appliance::start(tmp.path());
+    let tok = app.admin_token();
+    let auth = format!("Bearer {tok}");
+    let json = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let bare = [("Authorization", auth.as_str())];
+    let error = |(status, head, body): (u16, String, String)| -> (u16, String) {
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{status} {head}\n{body}"
+        );
+        let v: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {body:?}"));
+        assert_eq!(v.as_object().map(|o| o.len()), Some(1), "{v}");
+        (
+            status,
+            v["error"].as_str().expect("error message").to_string(),
+        )
+    };
+    let send = |method: &str, path: &str, headers: &[(&str, &str)], body: &str| {
+        error(outpost_tests::http_raw(
+            app.admin, method, path, headers, body,
+        ))
+    };
+
+    let (st, m) = send("POST", "/api/v1/tokens", &json, "{not json");
+    assert_eq!(st, 400, "{m}");
+    assert!(m.starts_with("malformed JSON body"), "{m}");
+    let (st, m) = send("POST", "/api/v1/tokens", &json, r#"{"customer":"c"}"#);
+    assert_eq!(st, 400, "{m}");
+    assert!(m.contains("missing field `tenant`"), "{m}");
+    let (st, m) = send(
+        "POST",
+        "/api/v1/tokens",
+        &json,
+        r#"{"tenant":"a","uses":"x"}"#,
+    );
+    assert_eq!(st, 400, "{m}");
+    assert!(m.contains("uses: invalid type"), "{m}");
+    let (st, m) = send("POST", "/api/v1/tokens", &bare, r#"{"tenant":"a"}"#);
+    assert_eq!(st, 415, "{m}");
+    assert!(m.contains("Content-Type: application/json"), "{m}");
+    let (st, m) = send(
+        "POST",
+        "/api/v1/tokens",
+        &json,
+        r#"{"tenant":"a","ttl":"forever"}"#,
+    );
+    assert_eq!(st, 400, "{m}");
+    assert!(
+        m.starts_with("ttl \"forever\" is not a duration") && m.contains("24h"),
+        "{m}"
+    );
+    let (st, m) = send("GET", "/api/v1/tokens", &bare, "");
+    assert_eq!(st, 405, "{m}");
+    assert!(m.contains("GET is not allowed on /api/v1/tokens"), "{m}");
+    let (st, m) = send("DELETE", "/api/v1/cache/stats", &bare, "");
+    assert_eq!(st, 405, "{m}");
+    let (st, m) = send("POST", "/api/v1/cache/pins", &json, "{}");
+    assert_eq!(st, 400, "{m}");
+    assert!(m.contains("missing field"), "{m}");
+    let (st, m) = send("GET", "/api/v1/nope", &bare, "");
+    assert_eq!((st, m.as_str()), (404, "no such route: /api/v1/nope"));
+    let (st, _) = send("GET", "/api/v1/devices", &[], "");
+    assert_eq!(st, 401);
+    let (st, m) = send("GET", "/api/v1/audit?limit=lots", &bare, "");
+    assert_eq!(st, 400, "{m}");
+    assert!(m.starts_with("invalid query string: limit"), "{m}");
+    // Every limited route refuses a limit outside its range, saying which.
+    let agent = Agent::enroll(tmp.path(), "agent-e", &app);
+    let id = &agent.device_id;
+    for (path, max) in [
+        ("/api/v1/audit?", 100_000),
+        ("/api/v1/alerts?", 100_000),
+        (
+            &format!("/api/v1/devices/{id}/metrics?name=cpu&") as &str,
+            100_000,
+        ),
+        (&format!("/api/v1/devices/{id}/heartbeats?"), 100_000),
+        (&format!("/api/v1/devices/{id}/status-log?"), 100_000),
+    ] {
+        for limit in [0, max + 1] {
+            let (st, m) = send("GET", &format!("{path}limit={limit}"), &bare, "");
+            assert_eq!(st, 400, "{path}limit={limit}: {m}");
+            assert_eq!(m, format!("limit must be between 1 and {max}, not {limit}"));
+        }
+    }
+}

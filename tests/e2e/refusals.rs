@@ -78,6 +78,98 @@ fn enrollment_refuses_wrong_fingerprint_and_bad_tokens() {
         3
     );
     assert!(audit.iter().any(|e| e["action"] == "token.create"));
+    // Refused enrollments are audited too: who tried (the peer address),
+    // with which token (its reference, or unknown) and why.
+    let refused: Vec<&Value> = audit
+        .iter()
+        .filter(|e| e["action"] == "device.enroll_refused")
+        .collect();
+    let reasons: Vec<&str> = refused
+        .iter()
+        .map(|e| e["detail"].as_str().unwrap().split(':').next().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            "unknown_token",
+            "token_used_up",
+            "token_used_up",
+            "expired_token"
+        ],
+        "{refused:?}"
+    );
+    for e in &refused {
+        let actor = e["actor"].as_str().unwrap();
+        assert!(
+            actor
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| a.ip().is_loopback()),
+            "{e}"
+        );
+    }
+    assert_eq!(refused[0]["target"], "unknown", "an unknown token");
+    let used_up = refused[1]["target"].as_str().unwrap();
+    assert!(
+        used_up.starts_with("token:") && used_up.len() == 18,
+        "{used_up}"
+    );
+    assert!(!used_up.contains(&token[4..]), "never the secret");
+    // The reference matches the token's creation entry.
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["action"] == "token.create"
+                && e["detail"].as_str().unwrap().ends_with(used_up)),
+        "{audit:?}"
+    );
+
+    // A CSR that is not one: refused and audited, the token not spent.
+    let good = app.token("acme", &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let resp = rt
+        .block_on(outpost_tests::raw_enroll::send(
+            app.quic,
+            &fp,
+            &outpost_proto::messages::EnrollRequest {
+                protocol_version: outpost_proto::PROTOCOL_VERSION,
+                token: good.clone(),
+                csr_der: b"not a CSR".to_vec(),
+                facts: outpost_proto::messages::DeviceFacts {
+                    hostname: "bad-csr".into(),
+                    os: String::new(),
+                    kernel: String::new(),
+                    arch: String::new(),
+                    agent_version: String::new(),
+                },
+            },
+        ))
+        .expect("an answer");
+    assert!(
+        matches!(
+            resp,
+            outpost_proto::messages::EnrollResponse::Rejected {
+                reason: outpost_proto::messages::EnrollRejectReason::BadCsr,
+                ..
+            }
+        ),
+        "{resp:?}"
+    );
+    let audit: Vec<Value> = app.api("/api/v1/audit").unwrap();
+    let last = audit
+        .iter()
+        .rev()
+        .find(|e| e["action"] == "device.enroll_refused")
+        .unwrap();
+    assert!(
+        last["detail"].as_str().unwrap().starts_with("bad_csr: "),
+        "{last}"
+    );
+    assert!(
+        last["target"].as_str().unwrap().starts_with("token:"),
+        "{last}"
+    );
+    let o = Agent::enroll_cmd(&tmp.path().join("after-bad-csr"), &addr, &good, &fp);
+    assert!(o.status.success(), "{}", stderr(&o));
 }
 
 #[test]

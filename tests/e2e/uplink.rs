@@ -1027,3 +1027,144 @@ fn a_full_outbox_drops_the_oldest_rollups_first_and_keeps_device_status() {
     assert_eq!(s["link"], "connected");
     agent.stop();
 }
+
+/// Issue 10, item 6: after a re-join the old sender, still closing its
+/// connection, must not report the link down once the new one is up.
+#[test]
+fn after_a_rejoin_the_link_stays_connected() {
+    let tmp = scratch("uplink-rejoin");
+    let root = tmp.path();
+    let central = Central::start(root);
+    let (token_a, fp) = central.site_add("acme", "dental", "first");
+    let (token_b, _) = central.site_add("acme", "dental", "second");
+    let cfg = fast_config(root, "");
+    let app = Appliance::start_with(root, &["--config", cfg.to_str().unwrap()]);
+    join(&app, &central, &token_a, &fp);
+    wait_for(Duration::from_secs(30), "first site connected", || {
+        (uplink_status(&app)["link"] == "connected").then_some(())
+    });
+    let site_b = join(&app, &central, &token_b, &fp);
+    wait_for(Duration::from_secs(30), "second site connected", || {
+        let st = uplink_status(&app);
+        (st["link"] == "connected" && st["site_id"] == site_b.as_str()).then_some(())
+    });
+    // The old connection's close takes a few hundred milliseconds: watch
+    // well past it.
+    for _ in 0..30 {
+        let st = uplink_status(&app);
+        assert_eq!(st["link"], "connected", "{st}");
+        assert_eq!(app.metric("outpost_uplink_connected"), 1.0);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let viewer = central.api_token("acme", "viewer");
+    let s = central.get(&format!("/api/v1/sites/{site_b}"), &viewer);
+    assert_eq!(s["link"], "connected", "{s}");
+}
+
+/// Issue 10, items 7 and 8: a device enrolled under another tenant than
+/// the site's is listed under the site's tenant with the mismatch shown on
+/// the site, counted at central and warned about by `outpost uplink
+/// status`; central's last-seen moves while the device stays online; a
+/// revoked device is `revoked` at central, not offline.
+#[test]
+fn tenant_mismatch_is_shown_last_seen_moves_and_revoked_is_its_own_state() {
+    let tmp = scratch("uplink-tenant");
+    let root = tmp.path();
+    let central = Central::start(root);
+    let (token, fp) = central.site_add("typo-msp", "dental", "main");
+    let cfg = fast_config(root, "last_seen_resend = \"2s\"\n");
+    let app = Appliance::start_with(root, &["--config", cfg.to_str().unwrap()]);
+    let site = join(&app, &central, &token, &fp);
+    let mut agent = Agent::enroll_as(root, "agent-t", &app, "acme-msp", "dental");
+    agent.start();
+
+    // The appliance warns.
+    let st = uplink_status(&app);
+    assert_eq!(
+        st["foreign_tenants"],
+        serde_json::json!([{"tenant": "acme-msp", "devices": 1}]),
+        "{st}"
+    );
+    let human = app.cli_ok(&["uplink", "status"]);
+    assert!(
+        human.contains("WARNING")
+            && human.contains("enrolled under tenant acme-msp")
+            && human.contains("joined central as tenant typo-msp"),
+        "{human}"
+    );
+
+    // Central lists the device under its own tenant and shows the mismatch.
+    let viewer = central.api_token("typo-msp", "viewer");
+    let first = wait_for(Duration::from_secs(60), "device online at central", || {
+        let v = central.get(&format!("/api/v1/devices?site={site}"), &viewer);
+        let d = v["devices"]
+            .as_array()?
+            .iter()
+            .find(|d| d["device"] == agent.device_id.as_str())?
+            .clone();
+        (d["status"] == "online" && d["last_seen_ms"].as_u64()? > 0).then_some(d)
+    });
+    assert_eq!(first["tenant"], "typo-msp", "{first}");
+    let s = wait_for(Duration::from_secs(30), "the mismatch on the site", || {
+        let s = central.get(&format!("/api/v1/sites/{site}"), &viewer);
+        (!s["tenant_mismatch"].as_array()?.is_empty()).then_some(s)
+    });
+    assert_eq!(
+        s["tenant_mismatch"],
+        serde_json::json!([{"tenant": "acme-msp", "devices": 1}]),
+        "{s}"
+    );
+    // Last-seen moves at central while the status does not change.
+    let seen = first["last_seen_ms"].as_u64().unwrap();
+    let later = wait_for(Duration::from_secs(30), "last seen moving", || {
+        let d = central.get(
+            &format!("/api/v1/sites/{site}/devices/{}", agent.device_id),
+            &viewer,
+        )["device"]
+            .clone();
+        (d["last_seen_ms"].as_u64()? >= seen + 2_000).then_some(d)
+    });
+    assert_eq!(later["status"], "online", "{later}");
+    assert_eq!(
+        later["status_since_ms"], first["status_since_ms"],
+        "{later}"
+    );
+    // Counted once, however many batches repeat the report.
+    assert_eq!(
+        central.metric("outpost_central_tenant_mismatches_total"),
+        1.0
+    );
+
+    // Revoked: its own state at central, and no longer a mismatch.
+    app.cli_ok(&["device", "revoke", &agent.device_id]);
+    let _ = agent.stop();
+    let d = wait_for(Duration::from_secs(30), "revoked at central", || {
+        let d = central.get(
+            &format!("/api/v1/sites/{site}/devices/{}", agent.device_id),
+            &viewer,
+        )["device"]
+            .clone();
+        (d["status"] == "revoked").then_some(d)
+    });
+    assert_eq!(d["revoked"], true, "{d}");
+    let summary = wait_for(Duration::from_secs(30), "summary counts", || {
+        let s = central.get("/api/v1/summary", &viewer);
+        (s["totals"]["revoked"] == 1).then_some(s)
+    });
+    assert_eq!(summary["totals"]["offline"], 0, "{summary}");
+    wait_for(Duration::from_secs(30), "the mismatch cleared", || {
+        let s = central.get(&format!("/api/v1/sites/{site}"), &viewer);
+        s["tenant_mismatch"].as_array()?.is_empty().then_some(())
+    });
+    assert!(
+        uplink_status(&app)["foreign_tenants"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!app.cli_ok(&["uplink", "status"]).contains("WARNING"));
+    assert_eq!(
+        central.metric("outpost_central_tenant_mismatches_total"),
+        1.0
+    );
+}

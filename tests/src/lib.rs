@@ -736,3 +736,114 @@ impl Appliance {
         )
     }
 }
+
+/// One HTTP/1.1 request with the given headers, sent as is (no
+/// Content-Type added): (status, head, body).
+pub fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    (status, head.to_string(), body)
+}
+
+impl Agent {
+    /// Enrolls a new agent against `app` with a token of `tenant` and
+    /// `customer`.
+    pub fn enroll_as(
+        root: &Path,
+        name: &str,
+        app: &Appliance,
+        tenant: &str,
+        customer: &str,
+    ) -> Agent {
+        let token = app.token(tenant, &["--customer", customer]);
+        let state = root.join(name);
+        let o = Self::enroll_cmd(&state, &app.quic.to_string(), &token, &app.fingerprint());
+        assert!(o.status.success(), "enroll failed: {}", stderr(&o));
+        let device_id = stdout(&o).trim().to_string();
+        Agent {
+            state,
+            proc: None,
+            log_dir: root.to_path_buf(),
+            name: name.to_string(),
+            device_id,
+            runs: 0,
+        }
+    }
+}
+
+/// Enrollment requests built by hand (a CSR the agent would never send).
+pub mod raw_enroll {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use anyhow::{Context, anyhow};
+    use outpost_agent::net;
+    use outpost_proto::frame::{FrameReader, encode_frame};
+    use outpost_proto::messages::{EnrollRequest, EnrollResponse};
+    use outpost_proto::tls::{self, CaFingerprint, PinnedCaVerifier};
+    use outpost_proto::{ALPN_ENROLL, APPLIANCE_SERVER_NAME, DEFAULT_MAX_FRAME_BYTES};
+
+    /// Sends `req` to the appliance at `addr` (CA pinned to `fingerprint`)
+    /// and returns its answer.
+    pub async fn send(
+        addr: SocketAddr,
+        fingerprint: &str,
+        req: &EnrollRequest,
+    ) -> anyhow::Result<EnrollResponse> {
+        let pin: CaFingerprint = fingerprint.parse().map_err(|e| anyhow!("{e}"))?;
+        let cfg = net::quic_client_config(tls::pinned_client_config(
+            PinnedCaVerifier::new(pin),
+            ALPN_ENROLL,
+        )?)?;
+        let ep = net::client_endpoint(addr)?;
+        let conn = ep
+            .connect_with(cfg, addr, APPLIANCE_SERVER_NAME)?
+            .await
+            .context("connect")?;
+        let (mut send, mut recv) = conn.open_bi().await.context("open stream")?;
+        send.write_all(&encode_frame(req, DEFAULT_MAX_FRAME_BYTES)?)
+            .await?;
+        let _ = send.finish();
+        let mut reader = FrameReader::new(DEFAULT_MAX_FRAME_BYTES);
+        let resp = tokio::time::timeout(
+            Duration::from_secs(10),
+            reader.next::<EnrollResponse, _>(&mut recv),
+        )
+        .await
+        .context("answer timeout")??
+        .ok_or_else(|| anyhow!("no answer"))?;
+        conn.close(0u32.into(), b"done");
+        Ok(resp)
+    }
+}

@@ -82,6 +82,49 @@ pub struct UplinkStatus {
     pub connected_since_ms: Option<u64>,
     pub last_ack_ms: Option<u64>,
     pub last_error: Option<String>,
+    /// Devices (not revoked) enrolled under a tenant other than the one
+    /// this site joined central as, per tenant: central lists them under
+    /// its own tenant (`tenant`) and shows the mismatch on the site.
+    #[serde(default)]
+    pub foreign_tenants: Vec<crate::batch::ForeignTenant>,
+}
+
+impl UplinkStatus {
+    /// The warning `outpost uplink status` prints when devices were
+    /// enrolled under another tenant than the joined one, if any.
+    pub fn tenant_warning(&self) -> Option<String> {
+        let joined = self.tenant.as_ref()?;
+        if self.foreign_tenants.is_empty() {
+            return None;
+        }
+        let n: u64 = self
+            .foreign_tenants
+            .iter()
+            .map(|f| u64::from(f.devices))
+            .sum();
+        let which: Vec<String> = self
+            .foreign_tenants
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} ({} device{})",
+                    f.tenant,
+                    f.devices,
+                    if f.devices == 1 { "" } else { "s" }
+                )
+            })
+            .collect();
+        Some(format!(
+            "{n} device{} enrolled under tenant{} {} but this site joined central as tenant {joined}: \
+             central lists {} under {joined}. Re-enroll {} with a token for tenant {joined} \
+             (and revoke the old enrollment), or join a site of the right tenant.",
+            if n == 1 { " is" } else { "s are" },
+            if which.len() == 1 { "" } else { "s" },
+            which.join(", "),
+            if n == 1 { "it" } else { "them" },
+            if n == 1 { "it" } else { "them" },
+        ))
+    }
 }
 
 #[derive(Debug)]
@@ -91,6 +134,15 @@ struct Link {
     last_ack_ms: Option<u64>,
     last_error: Option<String>,
     site: Option<JoinedSite>,
+}
+
+/// The tasks syncing one site identity.
+#[derive(Debug)]
+struct Running {
+    /// Stops both tasks.
+    cancel: CancellationToken,
+    compactor: tokio::task::JoinHandle<()>,
+    sender: tokio::task::JoinHandle<()>,
 }
 
 /// The uplink subsystem (see the module docs).
@@ -104,9 +156,13 @@ pub struct Uplink {
     /// Appliance shutdown.
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    /// Cancels the compactor and sender of the current identity (a re-join
-    /// replaces them).
-    running: Mutex<Option<CancellationToken>>,
+    /// The compactor and sender of the current identity. A re-join stops
+    /// them and waits for them to end before it touches the outbox or
+    /// starts their successors ([`Uplink::stop_running`]): an old sender
+    /// still closing its connection would otherwise report the link
+    /// `disconnected` (and `outpost_uplink_connected 0`) after the new one
+    /// connected, or acknowledge the old site's numbers in the new outbox.
+    running: Mutex<Option<Running>>,
     /// Serialises joins.
     join_lock: tokio::sync::Mutex<()>,
     /// Asks the compactor for a batch now (after a reconnect).
@@ -194,17 +250,29 @@ impl Uplink {
         Ok(())
     }
 
+    fn running(&self) -> std::sync::MutexGuard<'_, Option<Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops the compactor and sender of the current identity, if any, and
+    /// returns once both ended: nothing they do can land after this.
+    async fn stop_running(&self) {
+        let Some(old) = self.running().take() else {
+            return;
+        };
+        old.cancel.cancel();
+        for (what, task) in [("compactor", old.compactor), ("sender", old.sender)] {
+            if let Err(e) = task.await {
+                warn!(error = %e, "the previous uplink {what} task failed");
+            }
+        }
+    }
+
+    /// Starts the compactor and sender of `ident`. The caller stopped the
+    /// previous ones ([`Uplink::stop_running`]).
     fn launch(self: &Arc<Self>, ident: SiteIdentity) {
         self.store.set_uplink_tracking(true);
         let cancel = self.shutdown.child_token();
-        if let Some(old) = self
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace(cancel.clone())
-        {
-            old.cancel();
-        }
         {
             let mut l = self.link();
             l.site = Some(ident.site.clone());
@@ -213,10 +281,21 @@ impl Uplink {
         }
         info!(site = %ident.site.site_id, central = %ident.site.central, "uplink starting");
         let ident = Arc::new(ident);
-        self.tracker
+        let compactor = self
+            .tracker
             .spawn(compactor(self.clone(), ident.clone(), cancel.clone()));
-        self.tracker
-            .spawn(crate::sender::run(self.clone(), ident, cancel));
+        let sender = self
+            .tracker
+            .spawn(crate::sender::run(self.clone(), ident, cancel.clone()));
+        let previous = self.running().replace(Running {
+            cancel,
+            compactor,
+            sender,
+        });
+        if let Some(old) = previous {
+            // Not expected (callers stop it first); never leave it running.
+            old.cancel.cancel();
+        }
     }
 
     /// Joins a central (replacing any previous site identity) and starts
@@ -225,6 +304,8 @@ impl Uplink {
         let _g = self.join_lock.lock().await;
         let previous = self.dir.load().ok().flatten().map(|i| i.site.site_id);
         let site = join::join(&self.dir, params, env!("CARGO_PKG_VERSION")).await?;
+        // The old identity's tasks end before the outbox changes hands.
+        self.stop_running().await;
         if previous.as_deref() != Some(site.site_id.as_str()) {
             self.outbox.reset_for_new_site()?;
         }
@@ -236,8 +317,21 @@ impl Uplink {
         Ok(site)
     }
 
+    /// The link's status. Reads the device registry (for
+    /// `foreign_tenants`): call it off the async threads.
     pub fn status(&self) -> UplinkStatus {
         let s = self.outbox.stats();
+        let joined_tenant = self.link().site.as_ref().map(|s| s.tenant.clone());
+        let foreign_tenants = match &joined_tenant {
+            None => Vec::new(),
+            Some(t) => match crate::outbox::compactor::device_records(&self.store) {
+                Ok(records) => crate::outbox::compactor::foreign_tenants(&records, t),
+                Err(e) => {
+                    warn!(error = %e, "reading the device registry for the uplink status");
+                    Vec::new()
+                }
+            },
+        };
         let l = self.link();
         let site = l.site.as_ref();
         UplinkStatus {
@@ -260,6 +354,7 @@ impl Uplink {
                 .flatten(),
             last_ack_ms: l.last_ack_ms,
             last_error: l.last_error.clone(),
+            foreign_tenants,
         }
     }
 }
@@ -295,5 +390,72 @@ async fn compactor(uplink: Arc<Uplink>, ident: Arc<SiteIdentity>, cancel: Cancel
                 warn!(error = %e, "uplink compaction task failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::ForeignTenant;
+
+    fn status(tenant: Option<&str>, foreign: &[(&str, u32)]) -> UplinkStatus {
+        UplinkStatus {
+            joined: tenant.is_some(),
+            link: LinkState::Connected,
+            central: None,
+            site_id: None,
+            site_name: None,
+            tenant: tenant.map(Into::into),
+            customer: None,
+            interval_ms: 0,
+            last_acked_seq: 0,
+            next_seq: 1,
+            backlog_batches: 0,
+            backlog_bytes: 0,
+            oldest_backlog_ms: None,
+            dropped_rollups_total: 0,
+            connected_since_ms: None,
+            last_ack_ms: None,
+            last_error: None,
+            foreign_tenants: foreign
+                .iter()
+                .map(|(t, n)| ForeignTenant {
+                    tenant: (*t).into(),
+                    devices: *n,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_status_warns_of_devices_enrolled_under_another_tenant() {
+        assert_eq!(status(Some("typo-msp"), &[]).tenant_warning(), None);
+        assert_eq!(status(None, &[("acme-msp", 1)]).tenant_warning(), None);
+        let w = status(Some("typo-msp"), &[("acme-msp", 1)])
+            .tenant_warning()
+            .expect("a warning");
+        assert!(
+            w.starts_with("1 device is enrolled under tenant acme-msp (1 device) but this site joined central as tenant typo-msp"),
+            "{w}"
+        );
+        assert!(w.contains("central lists it under typo-msp"), "{w}");
+        let w = status(Some("typo-msp"), &[("acme-msp", 2), ("zeta", 1)])
+            .tenant_warning()
+            .expect("a warning");
+        assert!(
+            w.starts_with(
+                "3 devices are enrolled under tenants acme-msp (2 devices), zeta (1 device)"
+            ),
+            "{w}"
+        );
+    }
+
+    /// Status JSON written before `foreign_tenants` existed still parses.
+    #[test]
+    fn status_json_without_foreign_tenants_parses() {
+        let mut v = serde_json::to_value(status(Some("t"), &[])).unwrap();
+        v.as_object_mut().unwrap().remove("foreign_tenants");
+        let s: UplinkStatus = serde_json::from_value(v).unwrap();
+        assert!(s.foreign_tenants.is_empty());
     }
 }

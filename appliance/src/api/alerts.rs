@@ -5,13 +5,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::Router;
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use outpost_proto::DeviceId;
 use outpost_storage::model::AuditEntry;
 use outpost_storage::{Store, now_ms, registry};
+use outpost_web::{Json, Path, Query};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -425,7 +426,7 @@ async fn list_alerts(
             "state {s:?}: use pending, firing, resolved, cleared or open"
         )));
     }
-    let limit = q.limit.unwrap_or(1000).clamp(1, 100_000);
+    let limit = outpost_web::limit(q.limit, 1000, 100_000)?;
     let mut v = blocking(&st.store, move |s| {
         Ok(store::list_alerts(
             s,

@@ -2,8 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use outpost_proto::DeviceId;
 use outpost_proto::messages::{CloseReason, Heartbeat, Inventory};
 use outpost_proto::{CustomerId, TenantId};
@@ -12,6 +11,7 @@ use outpost_storage::query::{
     self, DeviceView, HeartbeatEntry, HistoryQuery, LatestValue, Point, Resolution,
 };
 use outpost_storage::{Store, now_ms, registry};
+use outpost_web::{Json, Path, Query};
 use serde::{Deserialize, Serialize};
 
 use super::timeparse::{parse_step, parse_time};
@@ -232,7 +232,7 @@ pub async fn metrics(
         .map_err(ApiError::BadRequest)?
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let limit = q.limit.unwrap_or(10_000).clamp(1, MAX_POINTS);
+    let limit = outpost_web::limit(q.limit, 10_000, MAX_POINTS)?;
     let label = q.label.clone();
     let (n2, l2) = (name.clone(), label.clone());
     let answer = blocking(&st.store, move |s| {
@@ -308,7 +308,7 @@ fn range(q: &RangeQuery, default_span_ms: u64) -> Result<(u64, u64, usize), ApiE
         .transpose()
         .map_err(ApiError::BadRequest)?
         .unwrap_or(now.saturating_sub(default_span_ms));
-    Ok((from, to, q.limit.unwrap_or(10_000).clamp(1, MAX_POINTS)))
+    Ok((from, to, outpost_web::limit(q.limit, 10_000, MAX_POINTS)?))
 }
 
 pub async fn heartbeats(

@@ -66,7 +66,18 @@ impl std::fmt::Debug for ApiState {
     }
 }
 
-/// Builds the router.
+/// The admin listener's router: the API, plus `extra` routes served beside
+/// it (the patch cache's), every error answered as `{"error": ...}`
+/// ([`outpost_web::json_errors`] outermost, so it covers both).
+pub fn admin_router(state: Arc<ApiState>, extra: Option<Router>) -> Router {
+    let mut r = router(state);
+    if let Some(extra) = extra {
+        r = r.merge(extra);
+    }
+    r.layer(middleware::from_fn(outpost_web::json_errors))
+}
+
+/// Builds the router of the API routes (see [`admin_router`]).
 pub fn router(state: Arc<ApiState>) -> Router {
     let api = Router::new()
         .route("/devices", get(devices::list))
@@ -85,7 +96,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .nest("/api/v1", api)
         .route("/metrics", get(prometheus))
         .route("/healthz", get(|| async { "ok\n" }))
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .fallback(outpost_web::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }

@@ -28,12 +28,19 @@ pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, String> {
 
 /// Parses a step: plain seconds or a humantime duration.
 pub fn parse_step(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<u64>() {
+    parse_duration("step", s)
+}
+
+/// Parses the duration parameter `what`: plain seconds or a humantime
+/// duration; the error names the parameter and shows what one looks like.
+pub fn parse_duration(what: &str, s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("bad step {s:?} (use seconds or e.g. 5m): {e}"))
+    humantime::parse_duration(t).map_err(|e| {
+        format!("{what} {s:?} is not a duration: use seconds (3600) or a number with a unit, e.g. 90s, 15m, 24h, 7d ({e})")
+    })
 }
 
 #[cfg(test)]
@@ -51,5 +58,18 @@ mod tests {
         assert_eq!(parse_step("300").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_step("5m").unwrap(), Duration::from_secs(300));
         assert!(parse_step("fast").is_err());
+    }
+
+    #[test]
+    fn a_bad_duration_names_the_parameter_and_shows_the_format() {
+        let e = parse_duration("ttl", "forever").unwrap_err();
+        assert!(e.starts_with("ttl \"forever\" is not a duration"), "{e}");
+        assert!(e.contains("24h") && e.contains("7d"), "{e}");
+        assert!(!e.contains("step"), "{e}");
+        assert_eq!(
+            parse_duration("ttl", "7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        assert!(parse_step("fast").unwrap_err().starts_with("step \"fast\""));
     }
 }

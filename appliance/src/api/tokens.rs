@@ -4,14 +4,14 @@ use std::sync::Arc;
 
 use outpost_proto::{CustomerId, TenantId};
 
-use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use outpost_storage::model::{AuditEntry, EnrollToken};
 use outpost_storage::{now_ms, registry, tokens};
+use outpost_web::{Json, Query};
 use serde::{Deserialize, Serialize};
 
 use super::devices::{RangeQuery, blocking};
-use super::timeparse::{parse_step, parse_time};
+use super::timeparse::{parse_duration, parse_time};
 use super::{ApiError, ApiState};
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -58,7 +58,7 @@ pub async fn create(
     let ttl = req
         .ttl
         .as_deref()
-        .map(parse_step)
+        .map(|t| parse_duration("ttl", t))
         .transpose()
         .map_err(ApiError::BadRequest)?
         .unwrap_or(std::time::Duration::from_secs(86_400));
@@ -91,8 +91,11 @@ pub async fn create(
                 action: "token.create".into(),
                 target: t2.tenant.to_string(),
                 detail: format!(
-                    "customer={} uses={} expires_at_ms={}",
-                    t2.customer, t2.uses_allowed, t2.expires_at_ms
+                    "customer={} uses={} expires_at_ms={} {}",
+                    t2.customer,
+                    t2.uses_allowed,
+                    t2.expires_at_ms,
+                    tokens::reference(&secret)
                 ),
             },
         )?;
@@ -126,7 +129,7 @@ pub async fn audit(
             .transpose()
             .map_err(ApiError::BadRequest)?
             .unwrap_or(u64::MAX);
-    let limit = q.limit.unwrap_or(1000).clamp(1, 100_000);
+    let limit = outpost_web::limit(q.limit, 1000, 100_000)?;
     Ok(Json(
         blocking(&st.store, move |s| {
             Ok(registry::audit_log(s, from, to, limit)?)

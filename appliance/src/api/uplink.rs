@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::State;
 use outpost_proto::tls::CaFingerprint;
 use outpost_uplink::join::JoinParams;
 use outpost_uplink::service::UplinkStatus;
+use outpost_web::Json;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiState};
@@ -51,9 +51,17 @@ pub async fn join(
         .join(&params)
         .await
         .map_err(|e| ApiError::BadRequest(format!("joining central failed: {e:#}")))?;
-    Ok(Json(st.uplink.status()))
+    Ok(Json(status_of(&st).await?))
 }
 
-pub async fn status(State(st): State<Arc<ApiState>>) -> Json<UplinkStatus> {
-    Json(st.uplink.status())
+/// The uplink status (it reads the device registry: off the async threads).
+async fn status_of(st: &Arc<ApiState>) -> Result<UplinkStatus, ApiError> {
+    let uplink = st.uplink.clone();
+    tokio::task::spawn_blocking(move || uplink.status())
+        .await
+        .map_err(|e| ApiError::Internal(format!("uplink status task failed: {e}")))
+}
+
+pub async fn status(State(st): State<Arc<ApiState>>) -> Result<Json<UplinkStatus>, ApiError> {
+    Ok(Json(status_of(&st).await?))
 }

@@ -123,6 +123,9 @@ fn print_status(s: &UplinkStatus) {
     if let Some(e) = &s.last_error {
         println!("last error      {e}");
     }
+    if let Some(w) = s.tenant_warning() {
+        println!("WARNING         {w}");
+    }
 }
 
 #[cfg(test)]

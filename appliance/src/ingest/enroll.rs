@@ -1,5 +1,8 @@
 //! Enrollment over the `outpost-enroll/1` ALPN: a one-time token and a CSR
-//! in, a device id and a client certificate out.
+//! in, a device id and a client certificate out. Every answered request is
+//! audited: `device.enroll` when accepted, `device.enroll_refused` (actor:
+//! the peer address; target: the token's reference, or `unknown` for a
+//! token that does not exist; detail: the reason) when refused.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,20 +30,28 @@ const MAX_FACT_BYTES: usize = 256;
 
 /// Serves one enrollment connection.
 pub async fn serve(conn: quinn::Connection, ctx: Arc<IngestCtx>) {
-    let span = info_span!("enroll", remote = %conn.remote_address());
+    let peer = conn.remote_address();
+    let span = info_span!("enroll", remote = %peer);
     async {
         let result = tokio::time::timeout(ENROLL_TIMEOUT, exchange(&conn, &ctx))
             .await
             .unwrap_or_else(|_| Err(anyhow!("timed out after {ENROLL_TIMEOUT:?}")));
         let label = match &result {
-            Ok(EnrollResponse::Accepted {
-                device_id, tenant, ..
-            }) => {
+            Ok((
+                EnrollResponse::Accepted {
+                    device_id, tenant, ..
+                },
+                _,
+            )) => {
                 info!(device = %device_id, %tenant, "device enrolled");
                 "accepted".to_string()
             }
-            Ok(EnrollResponse::Rejected { reason, message }) => {
+            Ok((EnrollResponse::Rejected { reason, message }, token)) => {
                 warn!(reason = reason.label(), message, "enrollment refused");
+                let entry = refusal_entry(peer, token, *reason, message, now_ms());
+                if let Err(e) = registry::audit(&ctx.store, &entry) {
+                    warn!(error = %e, "could not audit a refused enrollment");
+                }
                 reason.label().to_string()
             }
             Err(e) => {
@@ -59,7 +70,43 @@ pub async fn serve(conn: quinn::Connection, ctx: Arc<IngestCtx>) {
     .await
 }
 
-async fn exchange(conn: &quinn::Connection, ctx: &IngestCtx) -> anyhow::Result<EnrollResponse> {
+/// The audit entry of a refused enrollment from `peer`, whose token is
+/// `token` (its reference, or `unknown`).
+fn refusal_entry(
+    peer: std::net::SocketAddr,
+    token: &str,
+    reason: EnrollRejectReason,
+    message: &str,
+    now_ms: u64,
+) -> AuditEntry {
+    AuditEntry {
+        at_ms: now_ms,
+        actor: peer.to_string(),
+        action: "device.enroll_refused".into(),
+        target: token.to_string(),
+        detail: format!("{}: {message}", reason.label()),
+    }
+}
+
+/// How the audit log names the token of a request: its reference if such a
+/// token exists (expired or used up included), else `unknown`.
+fn token_target(ctx: &IngestCtx, secret: &str) -> String {
+    match tokens::exists(&ctx.store, secret) {
+        Ok(true) => tokens::reference(secret),
+        Ok(false) => "unknown".into(),
+        Err(e) => {
+            warn!(error = %e, "looking up an enrollment token for the audit log");
+            "unknown".into()
+        }
+    }
+}
+
+/// Reads the request and answers it; returns the answer and the target
+/// the audit log names for its token.
+async fn exchange(
+    conn: &quinn::Connection,
+    ctx: &IngestCtx,
+) -> anyhow::Result<(EnrollResponse, String)> {
     let (mut send, mut recv) = conn
         .accept_bi()
         .await
@@ -73,6 +120,7 @@ async fn exchange(conn: &quinn::Connection, ctx: &IngestCtx) -> anyhow::Result<E
             return Err(anyhow!(e).context("reading the enrollment request"));
         }
     };
+    let token = token_target(ctx, &req.token);
     let resp = decide(ctx, req);
     let mut out = BytesMut::new();
     write_frame(&resp, &mut out, MAX_ENROLL_FRAME_BYTES)?;
@@ -80,7 +128,7 @@ async fn exchange(conn: &quinn::Connection, ctx: &IngestCtx) -> anyhow::Result<E
         .await
         .context("sending the enrollment answer")?;
     let _ = send.finish();
-    Ok(resp)
+    Ok((resp, token))
 }
 
 fn bounded(s: &str) -> String {
@@ -177,8 +225,11 @@ fn decide(ctx: &IngestCtx, req: EnrollRequest) -> EnrollResponse {
             action: "device.enroll".into(),
             target: device.to_string(),
             detail: format!(
-                "hostname={} tenant={} customer={}",
-                record.hostname, record.tenant, record.customer
+                "hostname={} tenant={} customer={} {}",
+                record.hostname,
+                record.tenant,
+                record.customer,
+                tokens::reference(&req.token)
             ),
         },
     );
@@ -188,5 +239,27 @@ fn decide(ctx: &IngestCtx, req: EnrollRequest) -> EnrollResponse {
         customer: token.customer,
         cert_der: cert.to_vec(),
         ca_cert_der: ctx.ca.cert_der().to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_enrollment_is_audited_with_peer_token_and_reason() {
+        let peer: std::net::SocketAddr = "192.0.2.7:40001".parse().unwrap();
+        let e = refusal_entry(
+            peer,
+            "token:0123456789ab",
+            EnrollRejectReason::TokenUsedUp,
+            "enrollment token has no uses left",
+            42,
+        );
+        assert_eq!(e.at_ms, 42);
+        assert_eq!(e.actor, "192.0.2.7:40001");
+        assert_eq!(e.action, "device.enroll_refused");
+        assert_eq!(e.target, "token:0123456789ab");
+        assert_eq!(e.detail, "token_used_up: enrollment token has no uses left");
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! A [`SiteBatch`] holds what changed since the previous batch: device
 //! registry and status snapshots (latest wins), closed 5-minute rollups of
-//! every series of a device and bucket, alert transitions, and room for patch
-//! compliance and command summaries. [`encode`] turns it into bytes (rollups
+//! every series of a device and bucket, alert transitions, the site's
+//! devices enrolled under another tenant ([`ForeignTenant`], a snapshot),
+//! and room for patch compliance and command summaries. [`encode`] turns it into bytes (rollups
 //! in the columnar [`compact`] form, then the one bincode configuration, then
 //! zstd); [`decode`] reverses it with bounded allocation and never panics.
 //!
@@ -22,15 +23,16 @@ use serde::{Deserialize, Serialize};
 
 pub use outpost_proto::alert::Severity;
 
-/// Version of the batch layout inside the payload (the newest this build
-/// writes and reads).
+/// Newest version of the batch layout inside the payload (this build reads
+/// 1 to this one).
 /// 2: rollup `min` column relative to the previous entry (see [`compact`]);
-/// 3: alert state [`AlertState::Cleared`].
+/// 3: alert state [`AlertState::Cleared`], and the batch is followed by
+///    the [`ForeignTenant`] list.
 /// Batches of every earlier format (still in an outbox after an upgrade)
 /// are decoded too. A batch is written in the oldest format that can carry
-/// it ([`format_of`]): 2 unless it holds a `cleared` transition, so a
-/// central that reads only format 2 refuses only those batches, by their
-/// format number.
+/// it ([`format_of`]): 2 unless it holds a `cleared` transition or a
+/// foreign tenant, so a central that reads only format 2 refuses only those
+/// batches, by their format number (upgrade central first all the same).
 pub const BATCH_FORMAT: u16 = 3;
 /// Largest decompressed batch accepted (the codec's decode limit).
 pub const MAX_DECODED_BYTES: usize = outpost_proto::codec::DECODE_LIMIT_BYTES;
@@ -55,6 +57,22 @@ pub struct SiteBatch {
     pub commands: Vec<CommandSummary>,
     /// Rollup entries removed from this batch by the outbox bound.
     pub dropped_rollups: u64,
+    /// The site's devices (not revoked) enrolled under a tenant other than
+    /// `tenant`, per tenant, as of `created_ms`: a snapshot, empty when
+    /// there are none (and in batches of format 2 or older).
+    pub foreign_tenants: Vec<ForeignTenant>,
+}
+
+/// Devices of a site enrolled under a tenant other than the one the site
+/// joined central as (an enrollment token created with a mistyped
+/// `--tenant`, or a site created for the wrong tenant). Central keeps its
+/// own tenant, the one of the site certificate, and shows the mismatch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForeignTenant {
+    /// The tenant the devices were enrolled under.
+    pub tenant: TenantId,
+    /// How many of the site's devices (not revoked) were.
+    pub devices: u32,
 }
 
 impl SiteBatch {
@@ -228,6 +246,12 @@ struct WireSiteBatch {
     dropped_rollups: u64,
 }
 
+/// What format 3 appends after the [`WireSiteBatch`].
+#[derive(Debug, Serialize, Deserialize)]
+struct WireFormat3 {
+    foreign_tenants: Vec<ForeignTenant>,
+}
+
 /// Why a batch could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
@@ -247,18 +271,24 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 9;
 /// The oldest format (from 2, the rollup layout this build writes) that can
 /// carry `batch`.
 pub fn format_of(batch: &SiteBatch) -> u16 {
+    let base = if batch.foreign_tenants.is_empty() {
+        2
+    } else {
+        3
+    };
     batch
         .alerts
         .iter()
         .map(|a| a.state.since_format())
-        .fold(2, u16::max)
+        .fold(base, u16::max)
 }
 
 /// Encodes a batch in [`format_of`] it: columnar rollups, bincode, zstd at
 /// `level`.
 pub fn encode(batch: &SiteBatch, level: i32) -> Result<Vec<u8>, BatchError> {
+    let format = format_of(batch);
     let wire = WireSiteBatch {
-        format: format_of(batch),
+        format,
         seq: batch.seq,
         site: batch.site.clone(),
         tenant: batch.tenant.clone(),
@@ -270,7 +300,15 @@ pub fn encode(batch: &SiteBatch, level: i32) -> Result<Vec<u8>, BatchError> {
         commands: batch.commands.clone(),
         dropped_rollups: batch.dropped_rollups,
     };
-    let raw = codec::encode(&wire)?;
+    let mut raw = codec::encode(&wire)?;
+    if format >= 3 {
+        codec::encode_into(
+            &WireFormat3 {
+                foreign_tenants: batch.foreign_tenants.clone(),
+            },
+            &mut raw,
+        )?;
+    }
     zstd::bulk::compress(&raw, level).map_err(BatchError::Compression)
 }
 
@@ -278,7 +316,7 @@ pub fn encode(batch: &SiteBatch, level: i32) -> Result<Vec<u8>, BatchError> {
 pub fn decode(payload: &[u8]) -> Result<SiteBatch, BatchError> {
     let raw =
         zstd::bulk::decompress(payload, MAX_DECODED_BYTES).map_err(BatchError::Compression)?;
-    let wire: WireSiteBatch = codec::decode(&raw)?;
+    let (wire, used): (WireSiteBatch, usize) = codec::decode_prefix(&raw)?;
     if !(1..=BATCH_FORMAT).contains(&wire.format) {
         return Err(BatchError::Format(wire.format));
     }
@@ -294,6 +332,14 @@ pub fn decode(payload: &[u8]) -> Result<SiteBatch, BatchError> {
             wire.format
         )));
     }
+    let rest = raw.get(used..).unwrap_or_default();
+    let foreign_tenants = if wire.format >= 3 {
+        codec::decode::<WireFormat3>(rest)?.foreign_tenants
+    } else if rest.is_empty() {
+        Vec::new()
+    } else {
+        return Err(CodecError::TrailingBytes(rest.len()).into());
+    };
     Ok(SiteBatch {
         seq: wire.seq,
         site: wire.site,
@@ -308,6 +354,7 @@ pub fn decode(payload: &[u8]) -> Result<SiteBatch, BatchError> {
         patch_compliance: wire.patch_compliance,
         commands: wire.commands,
         dropped_rollups: wire.dropped_rollups,
+        foreign_tenants,
     })
 }
 
@@ -375,6 +422,7 @@ pub(crate) mod tests {
             patch_compliance: vec![],
             commands: vec![],
             dropped_rollups: 0,
+            foreign_tenants: vec![],
         }
     }
 
@@ -407,6 +455,36 @@ pub(crate) mod tests {
         assert_eq!(decode(&bytes(1)).unwrap(), b);
         let err = decode(&bytes(BATCH_FORMAT + 1)).unwrap_err();
         assert!(err.to_string().contains("not supported"), "{err}");
+    }
+
+    /// Foreign tenants travel in format 3 (format 2 and the section after
+    /// it); a batch without them stays format 2, byte for byte.
+    #[test]
+    fn foreign_tenants_round_trip_in_format_3_and_only_then() {
+        let raw = |b: &SiteBatch| {
+            zstd::bulk::decompress(&encode(b, 1).unwrap(), MAX_DECODED_BYTES).unwrap()
+        };
+        let plain = sample_batch(5);
+        let plain_raw = raw(&plain);
+        assert_eq!(plain_raw[0], 2, "format 2 without foreign tenants");
+        let mut b = sample_batch(5);
+        b.foreign_tenants = vec![ForeignTenant {
+            tenant: "acme-msp".into(),
+            devices: 2,
+        }];
+        let with = raw(&b);
+        assert_eq!(with[0], 3);
+        assert_eq!(
+            with[1..plain_raw.len()],
+            plain_raw[1..],
+            "format 2's layout, then the section"
+        );
+        assert_eq!(decode(&encode(&b, 1).unwrap()).unwrap(), b);
+        // A format 2 batch with bytes after it is malformed, not ignored.
+        let mut junk = plain_raw.clone();
+        junk.push(0);
+        let junk = zstd::bulk::compress(&junk, 1).unwrap();
+        assert!(decode(&junk).is_err());
     }
 
     /// The encoded bytes (bincode, before zstd) of a batch with every

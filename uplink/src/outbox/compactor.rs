@@ -3,10 +3,10 @@
 //! caller deletes the returned keys in the batch that stores the outbox
 //! entry.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use outpost_proto::DeviceId;
+use outpost_proto::{DeviceId, TenantId};
 use outpost_storage::Store;
 use outpost_storage::ingest::DEVICE_STATE;
 use outpost_storage::keys;
@@ -15,7 +15,9 @@ use outpost_storage::registry::DEVICES;
 use outpost_storage::rollup::{self, ROLLUPS, SeriesInfo, UPLINK_PENDING};
 
 use super::{ALERT_PREFIX, Result};
-use crate::batch::{self, AlertTransition, DeviceRollups, DeviceUpdate, SeriesRollup};
+use crate::batch::{
+    self, AlertTransition, DeviceRollups, DeviceUpdate, ForeignTenant, SeriesRollup,
+};
 
 /// The batch's copy of a device status (the batch has its own types, so a
 /// change in the appliance's tables cannot change the batch format).
@@ -39,9 +41,9 @@ pub(super) fn batch_rollup(r: &Rollup) -> batch::Rollup {
     }
 }
 
-/// What identifies a device snapshot worth sending: registry facts and
-/// status, not `last_seen` (which moves with every heartbeat; central learns
-/// liveness from the status and the batch time).
+/// What identifies a device snapshot worth sending at once: registry facts
+/// and status, not `last_seen` (which moves with every heartbeat; it is
+/// sent at a bounded rate, see [`snapshot_due`]).
 fn snapshot_hash(u: &DeviceUpdate) -> u64 {
     let mut h = DefaultHasher::new();
     (
@@ -58,17 +60,79 @@ fn snapshot_hash(u: &DeviceUpdate) -> u64 {
     h.finish()
 }
 
-/// Devices whose snapshot differs from `sent`, with their new hash.
-pub(super) fn device_changes(
-    store: &Store,
-    sent: &HashMap<DeviceId, u64>,
-    now_ms: u64,
-) -> Result<Vec<(DeviceUpdate, u64)>> {
+/// What was last sent of a device's snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SentSnapshot {
+    /// [`snapshot_hash`] of it.
+    pub hash: u64,
+    pub last_seen_ms: u64,
+}
+
+/// Whether a device's snapshot (of hash `hash`, last seen at
+/// `last_seen_ms`) goes into the next batch, given what was last sent of
+/// it: when it was never sent, when its registry facts or status changed,
+/// or when its last-seen time moved by `last_seen_bound_ms` or more. So an
+/// online device is resent about once per bound, not once per heartbeat,
+/// and central's `last_seen_ms` lags by at most the bound plus an interval.
+pub(super) fn snapshot_due(
+    sent: Option<&SentSnapshot>,
+    hash: u64,
+    last_seen_ms: u64,
+    last_seen_bound_ms: u64,
+) -> bool {
+    match sent {
+        None => true,
+        Some(s) => {
+            s.hash != hash || last_seen_ms.saturating_sub(s.last_seen_ms) >= last_seen_bound_ms
+        }
+    }
+}
+
+/// The devices of `records` (not revoked) enrolled under a tenant other
+/// than `joined`, counted per tenant, in tenant order.
+pub fn foreign_tenants<'a>(
+    records: impl IntoIterator<Item = &'a DeviceRecord>,
+    joined: &TenantId,
+) -> Vec<ForeignTenant> {
+    let mut per: BTreeMap<&TenantId, u32> = BTreeMap::new();
+    for r in records {
+        if r.revoked_at_ms.is_none() && r.tenant != *joined {
+            *per.entry(&r.tenant).or_default() += 1;
+        }
+    }
+    per.into_iter()
+        .map(|(tenant, devices)| ForeignTenant {
+            tenant: tenant.clone(),
+            devices,
+        })
+        .collect()
+}
+
+/// Every device record of the registry.
+pub(crate) fn device_records(store: &Store) -> Result<Vec<DeviceRecord>> {
     let mut records = Vec::new();
     store.scan::<DeviceRecord>(DEVICES, &[], None, |_, r| {
         records.push(r);
         true
     })?;
+    Ok(records)
+}
+
+/// Device snapshots due, each with its [`snapshot_hash`].
+pub(super) type DueSnapshots = Vec<(DeviceUpdate, u64)>;
+
+/// Devices whose snapshot is due ([`snapshot_due`]) given `sent`, with
+/// their new hash; and the devices enrolled under a tenant other than
+/// `joined` ([`foreign_tenants`]).
+pub(super) fn device_changes(
+    store: &Store,
+    sent: &HashMap<DeviceId, SentSnapshot>,
+    last_seen_bound_ms: u64,
+    joined: &TenantId,
+    now_ms: u64,
+) -> Result<(DueSnapshots, Vec<ForeignTenant>)> {
+    let records = device_records(store)?;
+    let foreign = foreign_tenants(&records, joined);
     let mut out = Vec::new();
     for r in records {
         let st: Option<DeviceState> = store.get(DEVICE_STATE, &keys::device_key(r.id))?;
@@ -90,11 +154,11 @@ pub(super) fn device_changes(
             as_of_ms: now_ms,
         };
         let h = snapshot_hash(&u);
-        if sent.get(&u.device) != Some(&h) {
+        if snapshot_due(sent.get(&u.device), h, u.last_seen_ms, last_seen_bound_ms) {
             out.push((u, h));
         }
     }
-    Ok(out)
+    Ok((out, foreign))
 }
 
 /// Up to `max_buckets` (device, bucket) rollup sets with pending markers,
@@ -185,4 +249,73 @@ pub(super) fn pending_alerts(
     )?;
     ks.extend(corrupt);
     Ok((out, ks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOUND: u64 = 300_000;
+
+    #[test]
+    fn a_snapshot_is_due_when_new_changed_or_last_seen_moved_by_the_bound() {
+        let sent = SentSnapshot {
+            hash: 7,
+            last_seen_ms: 1_000_000,
+        };
+        assert!(snapshot_due(None, 7, 1_000_000, BOUND), "never sent");
+        assert!(
+            snapshot_due(Some(&sent), 8, 1_000_000, BOUND),
+            "status changed"
+        );
+        // Heartbeats move last-seen: not resent for each one...
+        for seen in [1_000_000, 1_030_000, 1_000_000 + BOUND - 1] {
+            assert!(!snapshot_due(Some(&sent), 7, seen, BOUND), "seen {seen}");
+        }
+        // ... but once it moved by the bound.
+        assert!(snapshot_due(Some(&sent), 7, 1_000_000 + BOUND, BOUND));
+        // A clock going back does not resend (nor panic).
+        assert!(!snapshot_due(Some(&sent), 7, 5, BOUND));
+    }
+
+    fn record(id: u64, tenant: &str, revoked: bool) -> DeviceRecord {
+        DeviceRecord {
+            id: DeviceId(id),
+            tenant: tenant.into(),
+            customer: "c".into(),
+            hostname: format!("h{id}"),
+            os: String::new(),
+            kernel: String::new(),
+            arch: String::new(),
+            agent_version: String::new(),
+            enrolled_at_ms: 1,
+            cert_serial: String::new(),
+            revoked_at_ms: revoked.then_some(2),
+        }
+    }
+
+    #[test]
+    fn devices_of_other_tenants_are_counted_per_tenant_revoked_ones_not() {
+        let records = [
+            record(1, "typo-msp", false),
+            record(2, "acme-msp", false),
+            record(3, "acme-msp", false),
+            record(4, "beta", true),
+            record(5, "zeta", false),
+            record(6, "acme-msp", true),
+        ];
+        let got = foreign_tenants(&records, &"typo-msp".into());
+        let want = vec![
+            ForeignTenant {
+                tenant: "acme-msp".into(),
+                devices: 2,
+            },
+            ForeignTenant {
+                tenant: "zeta".into(),
+                devices: 1,
+            },
+        ];
+        assert_eq!(got, want);
+        assert!(foreign_tenants(&records[..1], &"typo-msp".into()).is_empty());
+    }
 }

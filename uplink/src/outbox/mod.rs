@@ -18,7 +18,7 @@
 //!
 //! Must not touch the network: [`crate::sender`] moves the bytes.
 
-mod compactor;
+pub(crate) mod compactor;
 #[cfg(test)]
 mod model_test;
 #[cfg(test)]
@@ -71,6 +71,10 @@ pub struct OutboxConfig {
     /// Alert transitions per batch.
     pub max_alerts_per_batch: usize,
     pub zstd_level: i32,
+    /// A device snapshot whose only change is its last-seen time is sent
+    /// again once last-seen moved by this much (see
+    /// [`compactor::snapshot_due`]).
+    pub last_seen_resend_ms: u64,
 }
 
 impl Default for OutboxConfig {
@@ -80,6 +84,7 @@ impl Default for OutboxConfig {
             max_rollup_buckets_per_batch: 20_000,
             max_alerts_per_batch: 10_000,
             zstd_level: batch::DEFAULT_ZSTD_LEVEL,
+            last_seen_resend_ms: 5 * 60_000,
         }
     }
 }
@@ -153,10 +158,10 @@ struct Inner {
     meta: OutboxMeta,
     entries: BTreeMap<u64, Entry>,
     total_bytes: u64,
-    /// Hash of the last device snapshot put into a batch, per device. Not
+    /// The last device snapshot put into a batch, per device. Not
     /// persisted: after a restart every device is sent once more (central
     /// applies snapshots idempotently).
-    sent_snapshots: HashMap<DeviceId, u64>,
+    sent_snapshots: HashMap<DeviceId, compactor::SentSnapshot>,
 }
 
 /// The outbox (see the module docs).
@@ -242,7 +247,13 @@ impl Outbox {
     pub fn compact(&self, site: &SiteId, tenant: &TenantId, now_ms: u64) -> Result<Entry> {
         let mut g = self.lock();
         let seq = g.meta.next_seq;
-        let devices = compactor::device_changes(&self.store, &g.sent_snapshots, now_ms)?;
+        let (devices, foreign_tenants) = compactor::device_changes(
+            &self.store,
+            &g.sent_snapshots,
+            self.cfg.last_seen_resend_ms,
+            tenant,
+            now_ms,
+        )?;
         let (rollups, rollup_keys) =
             compactor::pending_rollups(&self.store, self.cfg.max_rollup_buckets_per_batch)?;
         let (alerts, alert_keys) =
@@ -258,6 +269,7 @@ impl Outbox {
             patch_compliance: Vec::new(),
             commands: Vec::new(),
             dropped_rollups: 0,
+            foreign_tenants,
         };
         let payload = batch::encode(&b, self.cfg.zstd_level)?;
         let rec = OutboxRecord::new(&b, payload);
@@ -273,7 +285,13 @@ impl Outbox {
         // Durable: now update memory.
         g.meta = meta;
         for (u, h) in &devices {
-            g.sent_snapshots.insert(u.device, *h);
+            g.sent_snapshots.insert(
+                u.device,
+                compactor::SentSnapshot {
+                    hash: *h,
+                    last_seen_ms: u.last_seen_ms,
+                },
+            );
         }
         let entry = Entry {
             seq,

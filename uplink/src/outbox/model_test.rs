@@ -44,7 +44,8 @@ enum Op {
     Register { dev: u8, hostname: u8, revoke: bool },
     /// The ingest writer moves a device to another status.
     Status { dev: u8, status: u8 },
-    /// A heartbeat: only `last_seen` moves, which is no change worth sending.
+    /// A heartbeat: only `last_seen` moves, which is worth sending only
+    /// once it moved by `last_seen_resend_ms` since the last snapshot sent.
     Seen { dev: u8 },
     /// Rollups of some series of one (device, bucket) are (re)computed and
     /// marked pending in the same write.
@@ -155,7 +156,9 @@ struct Model {
     next_seq: u64,
     acked_up_to: u64,
     dropped_rollups_total: u64,
-    sent_snapshots: HashMap<u64, DeviceUpdate>,
+    /// Per device: the last snapshot sent (as [`snapshot_key`]) and its
+    /// `last_seen_ms`.
+    sent_snapshots: HashMap<u64, (DeviceUpdate, u64)>,
     /// Counted since the outbox was (re)opened (metrics are per process).
     dropped_since_open: u64,
     over_limit_since_open: u64,
@@ -230,7 +233,14 @@ impl Model {
                 last_seen_ms: seen,
                 as_of_ms: now,
             };
-            if self.sent_snapshots.get(id) != Some(&snapshot_key(&u)) {
+            let due = match self.sent_snapshots.get(id) {
+                None => true,
+                Some((key, sent_seen)) => {
+                    *key != snapshot_key(&u)
+                        || seen.saturating_sub(*sent_seen) >= self.cfg.last_seen_resend_ms
+                }
+            };
+            if due {
                 devices.push(u);
             }
         }
@@ -290,9 +300,11 @@ impl Model {
             patch_compliance: Vec::new(),
             commands: Vec::new(),
             dropped_rollups: 0,
+            foreign_tenants: Vec::new(),
         };
         for u in &b.devices {
-            self.sent_snapshots.insert(u.device.0, snapshot_key(u));
+            self.sent_snapshots
+                .insert(u.device.0, (snapshot_key(u), u.last_seen_ms));
         }
         self.next_seq += 1;
         let bytes = self.encoded_len(&b);
@@ -630,12 +642,15 @@ fn check(store: &Store, ob: &Outbox, m: &Model) -> Result<(), TestCaseError> {
 }
 
 fn config() -> impl Strategy<Value = OutboxConfig> {
-    (120u64..2000, 1usize..5, 1usize..5).prop_map(|(max_bytes, buckets, alerts)| OutboxConfig {
-        max_bytes,
-        max_rollup_buckets_per_batch: buckets,
-        max_alerts_per_batch: alerts,
-        ..OutboxConfig::default()
-    })
+    (120u64..2000, 1usize..5, 1usize..5, 1_000u64..30_000).prop_map(
+        |(max_bytes, buckets, alerts, last_seen_resend_ms)| OutboxConfig {
+            max_bytes,
+            max_rollup_buckets_per_batch: buckets,
+            max_alerts_per_batch: alerts,
+            last_seen_resend_ms,
+            ..OutboxConfig::default()
+        },
+    )
 }
 
 proptest! {
