@@ -2,7 +2,9 @@
 //!
 //! * `identity.toml`: device id, appliance address, tenant, customer, CA pin;
 //! * `device.key` (0600): the private key, generated here, never sent;
-//! * `device.crt`, `ca.crt`: the client certificate and the appliance CA.
+//! * `device.crt`, `ca.crt`: the client certificate and the appliance CA;
+//! * `buffer/` (the offline buffer) and `status.json` (live state of the
+//!   running agent) are not identity: [`crate::buffer`], [`crate::status`].
 
 use std::path::{Path, PathBuf};
 
@@ -60,6 +62,10 @@ impl StateDir {
     }
     pub fn buffer(&self) -> PathBuf {
         self.0.join("buffer")
+    }
+    /// The running agent's live state (see [`crate::status`]).
+    pub fn status(&self) -> PathBuf {
+        self.0.join(crate::status::STATUS_FILE)
     }
     pub fn config(&self) -> PathBuf {
         self.0.join("agent.toml")

@@ -4,7 +4,8 @@
 //! state directory ([`identity`]), collects host metrics and inventory
 //! ([`collect`]), buffers every record on disk until the appliance
 //! acknowledges it ([`buffer`]) and streams records over one long-lived QUIC
-//! session with reconnect backoff ([`session`]).
+//! session with reconnect backoff ([`session`]), and while running keeps
+//! its live state in `status.json` for `outpost-agent status` ([`status`]).
 
 pub mod backoff;
 pub mod buffer;
@@ -14,3 +15,4 @@ pub mod enroll;
 pub mod identity;
 pub mod net;
 pub mod session;
+pub mod status;

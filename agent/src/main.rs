@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use outpost_agent::buffer::Buffer;
 use outpost_agent::config::AgentConfig;
 use outpost_agent::identity::{self, StateDir};
-use outpost_agent::{collect, enroll, net, session};
+use outpost_agent::{collect, enroll, net, session, status};
 use outpost_proto::tls::CaFingerprint;
 use tokio_util::sync::CancellationToken;
 
@@ -54,7 +54,8 @@ enum Command {
         #[arg(long)]
         buffer_max_bytes: Option<u64>,
     },
-    /// Print this agent's identity and buffer state.
+    /// Print this agent's identity, whether it runs, and its connection
+    /// and buffer state (live from status.json while it runs).
     Status {
         #[arg(long)]
         state: PathBuf,
@@ -63,9 +64,17 @@ enum Command {
     },
 }
 
+/// Logs carry colour codes only on a terminal (and not with `NO_COLOR`):
+/// redirected to a file or a journal they stay plain text.
+fn log_in_colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(log_in_colour())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
                 .unwrap_or_else(|_| "info,quinn=warn,rustls=warn".into()),
@@ -136,60 +145,156 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             cfg.validate()?;
             let ident = identity::load(&dir)?;
-            let buffer = Buffer::open(&dir.buffer(), cfg.buffer_max_bytes).with_context(|| {
-                format!("opening the offline buffer in {}", dir.buffer().display())
-            })?;
-            let shared = session::Shared::new(buffer);
+            // Signals first: a SIGTERM during start-up stops the agent
+            // cleanly instead of killing it before its final status write.
             let shutdown = CancellationToken::new();
+            let signals = Signals::install().context("installing signal handlers")?;
             let s = shutdown.clone();
             tokio::spawn(async move {
-                wait_for_signal().await;
+                signals.wait().await;
                 s.cancel();
             });
+            let buffer = open_buffer_waiting(&dir, cfg.buffer_max_bytes)?;
+            let shared = session::Shared::new(buffer);
             tracing::info!(device = %ident.device_id, appliance = %ident.appliance, "agent starting");
-            session::run(ident, cfg, shared, shutdown).await
+            let writer_stop = CancellationToken::new();
+            let writer = tokio::spawn(status::run_writer(
+                dir.status(),
+                shared.clone(),
+                ident.appliance.clone(),
+                session::now_ms(),
+                writer_stop.clone(),
+            ));
+            let result = session::run(ident, cfg, shared.clone(), shutdown).await;
+            if let Err(e) = &result {
+                shared.note_error(format!("{e:#}"));
+            }
+            writer_stop.cancel();
+            let _ = writer.await;
+            result
         }
         Command::Status { state, json } => {
             let dir = StateDir(state);
             let ident = identity::load(&dir)?;
             let cfg = AgentConfig::load(&dir.config())?;
-            let b = Buffer::open(&dir.buffer(), cfg.buffer_max_bytes)?;
-            if json {
-                let v = serde_json::json!({
-                    "device_id": ident.device_id.to_string(),
-                    "appliance": ident.appliance,
-                    "tenant": ident.tenant,
-                    "customer": ident.customer,
-                    "buffered_records": b.len(),
-                    "buffered_bytes": b.size_bytes(),
-                    "dropped_records": b.dropped(),
-                    "acked_seq": b.acked(),
-                });
-                println!("{v}");
+            let locked = status::buffer_in_use(&dir.buffer()).with_context(|| {
+                format!("checking whether an agent uses {}", dir.buffer().display())
+            })?;
+            let live = status::read(&dir.status()).unwrap_or_else(|e| {
+                eprintln!("warning: {e:#}");
+                None
+            });
+            let alive = live.as_ref().is_some_and(|s| status::pid_alive(s.pid));
+            let mut liveness = status::assess(locked, live.as_ref(), alive);
+            // Only a stopped agent's buffer is opened (sled locks it).
+            let db = if liveness.is_running() {
+                None
             } else {
-                println!("device      {}", ident.device_id);
-                println!("appliance   {}", ident.appliance);
-                println!("tenant      {}", ident.tenant);
-                println!("buffered    {} records ({} bytes)", b.len(), b.size_bytes());
-                println!("dropped     {}", b.dropped());
-                println!("acked seq   {}", b.acked());
+                match Buffer::open(&dir.buffer(), cfg.buffer_max_bytes) {
+                    Ok(b) => Some(status::BufferFigures {
+                        records: b.len(),
+                        bytes: b.size_bytes(),
+                        dropped: b.dropped(),
+                        acked_seq: b.acked(),
+                    }),
+                    // An agent started between the probe and the open: it
+                    // holds the buffer now, so it is running.
+                    Err(_) if status::buffer_in_use(&dir.buffer()).unwrap_or(false) => {
+                        let live = status::read(&dir.status()).ok().flatten();
+                        let alive = live.as_ref().is_some_and(|s| status::pid_alive(s.pid));
+                        liveness = status::assess(true, live.as_ref(), alive);
+                        None
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| {
+                            format!("opening the offline buffer in {}", dir.buffer().display())
+                        });
+                    }
+                }
+            };
+            let report = status::Report::build(
+                status::Who {
+                    device_id: ident.device_id.to_string(),
+                    appliance: ident.appliance,
+                    tenant: ident.tenant.to_string(),
+                    customer: ident.customer.to_string(),
+                },
+                liveness,
+                live.as_ref(),
+                db,
+            );
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.text(session::now_ms()));
             }
             Ok(())
         }
     }
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and Ctrl-C, registered at once (a handler registered inside a
+/// task that has not run yet would miss an early signal).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            #[cfg(unix)]
+            term: Some(tokio::signal::unix::signal(
+                tokio::signal::unix::SignalKind::terminate(),
+            )?),
+        })
+    }
+
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        if let Some(term) = self.term.as_mut() {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Opens the offline buffer. `outpost-agent status` on a stopped agent
+/// holds it for milliseconds, so a held lock is waited out for a few
+/// seconds; a running agent holds it for good, and is named in the error.
+fn open_buffer_waiting(dir: &StateDir, max_bytes: u64) -> anyhow::Result<Buffer> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Buffer::open(&dir.buffer(), max_bytes) {
+            Ok(b) => return Ok(b),
+            Err(e) if status::buffer_in_use(&dir.buffer()).unwrap_or(false) => {
+                if std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    continue;
+                }
+                let pid = status::read(&dir.status())
+                    .ok()
+                    .flatten()
+                    .map(|s| s.pid)
+                    .filter(|p| status::pid_alive(*p));
+                return Err(anyhow::Error::new(e).context(format!(
+                    "an agent is already running with state directory {}{} \
+                     (`outpost-agent status --state {}` shows it)",
+                    dir.0.display(),
+                    pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+                    dir.0.display()
+                )));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "opening the offline buffer in {}",
+                    dir.buffer().display()
+                )));
+            }
+        }
+    }
 }

@@ -26,6 +26,7 @@ use crate::collect::{self, AGENT_VERSION, Collector};
 use crate::config::AgentConfig;
 use crate::identity::Identity;
 use crate::net;
+use crate::status::{Connection, LinkState};
 
 /// Records per `Records` frame, and payload bytes per frame (well under the
 /// frame limit).
@@ -34,11 +35,13 @@ const FRAME_BYTES: usize = 256 * 1024;
 /// How long the appliance has to answer Hello.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Shared between collectors and the session.
+/// Shared between collectors, the session and the status writer.
 pub struct Shared {
     buffer: Mutex<Buffer>,
     /// Wakes the sender: a new record was buffered or an ack freed the window.
     wake: Notify,
+    /// Connection state, last ack and last error, for `status.json`.
+    link: Mutex<LinkState>,
 }
 
 impl Shared {
@@ -46,11 +49,25 @@ impl Shared {
         Arc::new(Shared {
             buffer: Mutex::new(buffer),
             wake: Notify::new(),
+            link: Mutex::new(LinkState::new(now_ms())),
         })
     }
 
     pub fn buffer(&self) -> MutexGuard<'_, Buffer> {
         self.buffer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn link(&self) -> MutexGuard<'_, LinkState> {
+        self.link.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_connection(&self, c: Connection) {
+        self.link().set(c, now_ms());
+    }
+
+    /// Records why the agent could not (or can no longer) talk to the appliance.
+    pub fn note_error(&self, message: String) {
+        self.link().error(message, now_ms());
     }
 
     /// Buffers a record and wakes the sender.
@@ -107,21 +124,30 @@ pub async fn run(
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            match connect_and_stream(&endpoint, &client_cfg, addr, &cfg, &shared, &shutdown, &mut backoff).await {
+            shared.set_connection(Connection::Connecting);
+            let end = connect_and_stream(&endpoint, &client_cfg, addr, &cfg, &shared, &shutdown, &mut backoff).await;
+            if !matches!(end, Ok(SessionEnd::Shutdown)) {
+                shared.set_connection(Connection::Disconnected);
+            }
+            match end {
                 Ok(SessionEnd::Shutdown) => return Ok(()),
                 Ok(SessionEnd::Closed(c)) if c.reason.is_permanent() => {
-                    return Err(anyhow!(
+                    let e = anyhow!(
                         "the appliance refused this device permanently ({}): {}. \
                          Re-enroll with a new token if this is unexpected.",
                         c.reason.label(),
                         c.message
-                    ));
+                    );
+                    shared.note_error(format!("{e:#}"));
+                    return Err(e);
                 }
                 Ok(SessionEnd::Closed(c)) => {
                     warn!(reason = c.reason.label(), message = %c.message, "session closed by appliance");
+                    shared.note_error(format!("session closed by the appliance ({}): {}", c.reason.label(), c.message));
                 }
                 Err(e) => {
                     warn!(error = %format!("{e:#}"), attempt = backoff.attempt(), "session failed");
+                    shared.note_error(format!("{e:#}"));
                 }
             }
             let delay = backoff.next_delay();
@@ -191,6 +217,7 @@ async fn connect_and_stream(
         b.ensure_next_seq_above(welcome.last_stored_seq)?;
     }
     backoff.reset();
+    shared.set_connection(Connection::Connected);
     info!(
         last_stored_seq = welcome.last_stored_seq,
         buffered = shared.buffer().len(),
@@ -226,6 +253,7 @@ async fn connect_and_stream(
             match frame {
                 Ok(Some(ApplianceFrame::Ack(a))) => {
                     shared.buffer().ack(a.up_to_seq)?;
+                    shared.link().last_ack_ms = Some(now_ms());
                     shared.wake.notify_one();
                 }
                 Ok(Some(ApplianceFrame::Close(c))) => return Ok(SessionEnd::Closed(c)),

@@ -237,9 +237,17 @@ struct ReconnectArgs {
     quiet: bool,
 }
 
+/// Logs carry colour codes only on a terminal (and not with `NO_COLOR`):
+/// redirected to a file or a journal they stay plain text.
+fn log_in_colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(log_in_colour())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
                 .unwrap_or_else(|_| "warn".into()),

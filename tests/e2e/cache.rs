@@ -756,6 +756,38 @@ fn apt_get_through_the_cache_downloads_once_and_a_second_client_is_served_from_c
         3,
         "InRelease, Packages.gz, one .deb: {stats}"
     );
+    // Per file, hits and misses apart: each file was downloaded once (a
+    // miss, never counted as a hit) and then served from the cache.
+    let top = |stats: &serde_json::Value, suffix: &str| -> (u64, u64) {
+        let f = stats["top_files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["url"].as_str().unwrap().ends_with(suffix))
+            .unwrap_or_else(|| panic!("no top file {suffix}: {stats}"))
+            .clone();
+        (f["hits"].as_u64().unwrap(), f["misses"].as_u64().unwrap())
+    };
+    let (in_hits, in_misses) = top(&stats, "/InRelease");
+    assert_eq!(in_misses, 1, "{stats}");
+    assert_eq!(in_hits, 1, "client b's update: {stats}");
+    let (deb_hits, deb_misses) = top(&stats, &hello.path);
+    assert_eq!(deb_misses, 1, "{stats}");
+    assert!(deb_hits >= 2, "{stats}");
+    // The counting period is stated.
+    let since = stats["since_ms"].as_u64().unwrap();
+    assert!(since > 0 && stats["uptime_s"].as_u64().is_some(), "{stats}");
+    assert!(text.contains("counters since"), "{text}");
+    assert!(text.contains("restart with the appliance"), "{text}");
+    let deb_line = text
+        .lines()
+        .find(|l| l.ends_with(&hello.path))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(
+        deb_line.split_whitespace().take(2).collect::<Vec<_>>(),
+        [deb_hits.to_string(), "1".to_string()],
+        "HITS MISSES columns: {text}"
+    );
 
     // Prefetch by index: the other package arrives before anyone asks.
     let extra = repo.pkg("outpost-extra");
@@ -780,6 +812,28 @@ fn apt_get_through_the_cache_downloads_once_and_a_second_client_is_served_from_c
     let o = app.cli(&["cache", "prefetch", &up.url("debian/README")]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("no verified index covers"));
+
+    // After a restart the request counters start again (a new period) and
+    // the per-file counts are still there.
+    let before: serde_json::Value =
+        serde_json::from_str(&app.cli_ok(&["cache", "stats", "--json"])).unwrap();
+    let mut app = app;
+    app.stop();
+    app.restart();
+    let after: serde_json::Value =
+        serde_json::from_str(&app.cli_ok(&["cache", "stats", "--json"])).unwrap();
+    assert!(
+        after["since_ms"].as_u64().unwrap() > since,
+        "{before}\n{after}"
+    );
+    assert_eq!(after["requests"].as_u64().unwrap(), 0, "{after}");
+    assert_eq!(top(&after, &hello.path), top(&before, &hello.path));
+    assert_eq!(top(&after, "/InRelease"), top(&before, "/InRelease"));
+    assert_eq!(
+        top(&after, &extra.path),
+        (1, 1),
+        "prefetch, then one hit: {after}"
+    );
 }
 
 #[test]
@@ -826,6 +880,20 @@ fn fifty_concurrent_clients_of_one_uncached_50mb_file_cause_one_upstream_fetch()
     assert_eq!(up.bytes(&format!("/{}", big.path)), big.bytes.len() as u64);
     assert_eq!(metric(&app, "outpost_cache_misses_total"), 3.0); // InRelease, Packages.gz, the file
     assert_eq!(metric(&app, "outpost_cache_coalesced_total"), 49.0);
+    // Per file: 50 requests answered from upstream, none from the cache.
+    let stats: serde_json::Value =
+        serde_json::from_str(&app.cli_ok(&["cache", "stats", "--json"])).unwrap();
+    let f = stats["top_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["url"].as_str().unwrap().ends_with(&big.path))
+        .unwrap_or_else(|| panic!("{stats}"));
+    assert_eq!(
+        (&f["hits"], &f["misses"]),
+        (&0.into(), &50.into()),
+        "{stats}"
+    );
     eprintln!("50 clients x 50 MiB through one upstream fetch in {secs:.1}s");
 }
 

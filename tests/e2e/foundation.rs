@@ -318,3 +318,185 @@ fn every_admin_api_error_is_json_naming_the_field() {
         }
     }
 }
+
+/// `outpost-agent status --state DIR [--json]`.
+fn agent_status(agent: &Agent, json: bool) -> std::process::Output {
+    let mut cmd = std::process::Command::new(outpost_tests::bin("outpost-agent"));
+    cmd.arg("status").arg("--state").arg(&agent.state);
+    if json {
+        cmd.arg("--json");
+    }
+    outpost_tests::run(&mut cmd)
+}
+
+fn agent_status_json(agent: &Agent) -> Value {
+    let o = agent_status(agent, true);
+    assert!(o.status.success(), "{}", outpost_tests::stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn agent_status_shows_a_running_agents_live_state_and_recognises_a_killed_one() {
+    let tmp = scratch("agent-status");
+    let app = Appliance::start(tmp.path());
+    let mut agent = Agent::enroll(tmp.path(), "agent", &app);
+    agent.start();
+    let pid = agent.proc.as_ref().unwrap().pid();
+
+    // Running: the live state from status.json, not a sled lock error.
+    let live = wait_for(Duration::from_secs(20), "agent connected and acked", || {
+        let s = agent_status_json(&agent);
+        (s["connection"] == "connected" && s["last_ack_ms"].is_u64()).then_some(s)
+    });
+    assert_eq!(live["state"], "running", "{live}");
+    assert_eq!(live["running"], true);
+    assert_eq!(num(&live, "pid"), u64::from(pid), "{live}");
+    assert_eq!(text(&live, "device_id"), agent.device_id);
+    for k in ["buffered_records", "buffered_bytes", "acked_seq"] {
+        num(&live, k);
+    }
+    assert!(live["last_error"].is_null(), "{live}");
+    let o = agent_status(&agent, false);
+    let out = outpost_tests::stdout(&o);
+    assert!(o.status.success(), "{}", outpost_tests::stderr(&o));
+    assert!(out.contains(&format!("running (pid {pid}")), "{out}");
+    assert!(out.contains("connected since"), "{out}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(agent.state.join("status.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o022, 0, "not writable by others: {mode:o}");
+    }
+
+    // kill -9: the file still says connected; status sees the pid is gone.
+    agent.kill9();
+    let s = wait_for(Duration::from_secs(10), "buffer lock released", || {
+        let o = agent_status(&agent, true);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&o.stdout).unwrap())
+    });
+    assert_eq!(s["state"], "stale", "{s}");
+    assert_eq!(s["running"], false);
+    assert_eq!(num(&s, "pid"), u64::from(pid));
+    num(&s, "buffered_records");
+    let out = outpost_tests::stdout(&agent_status(&agent, false));
+    assert!(
+        out.contains(&format!("status.json is stale, pid {pid} is gone")),
+        "{out}"
+    );
+
+    // A clean stop says so.
+    agent.start();
+    let pid = u64::from(agent.proc.as_ref().unwrap().pid());
+    // The killed agent's status.json also says "connected": wait for the
+    // new process's own report.
+    wait_for(Duration::from_secs(20), "agent running again", || {
+        let s = agent_status_json(&agent);
+        (s["state"] == "running" && s["connection"] == "connected" && num(&s, "pid") == pid)
+            .then_some(())
+    });
+    agent.stop();
+    let s = agent_status_json(&agent);
+    assert_eq!(s["state"], "stopped", "{s}");
+    assert_eq!(s["connection"], "stopped", "{s}");
+}
+
+/// Runs `cmd` with stderr to a file (not a terminal) until it has logged a
+/// line, then kills it; returns what it logged.
+fn log_file_of(name: &str, cmd: &mut std::process::Command, dir: &std::path::Path) -> String {
+    let path = dir.join(format!("{name}.log"));
+    let file = std::fs::File::create(&path).unwrap();
+    let mut child = cmd
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+    let logged = wait_for(
+        Duration::from_secs(30),
+        &format!("a log line from {name}"),
+        || {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.contains('\n') {
+                return Some(text);
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("{name} exited ({st}) without logging: {text}");
+            }
+            None
+        },
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    logged
+}
+
+#[test]
+fn logs_written_to_a_file_carry_no_colour_codes() {
+    let tmp = scratch("log-colour");
+    let dir = tmp.path();
+    let port = || format!("127.0.0.1:{}", outpost_tests::free_port());
+    let zero_pin = format!("sha256:{}", "0".repeat(64));
+    let bin = outpost_tests::bin;
+    let logs = [
+        log_file_of(
+            "outpost",
+            std::process::Command::new(bin("outpost"))
+                .env("OUTPOST_LOG", "info")
+                .args(["serve", "--data"])
+                .arg(dir.join("appliance"))
+                .args(["--quic-listen", &port(), "--admin-listen", &port()])
+                .args(["--cache-listen", &port()]),
+            dir,
+        ),
+        log_file_of(
+            "outpost-agent",
+            std::process::Command::new(bin("outpost-agent"))
+                .env("OUTPOST_LOG", "trace")
+                .args(["enroll", "--appliance", "127.0.0.1:9", "--token", "t"])
+                .args(["--ca-fingerprint", &zero_pin, "--state"])
+                .arg(dir.join("agent")),
+            dir,
+        ),
+        log_file_of(
+            "outpost-central",
+            std::process::Command::new(bin("outpost-central"))
+                .env("RUST_LOG", "info")
+                .args(["serve", "--data"])
+                .arg(dir.join("central"))
+                .args(["--listen", &port(), "--http-listen", &port()]),
+            dir,
+        ),
+        log_file_of(
+            "outpost-bench",
+            std::process::Command::new(bin("outpost-bench"))
+                .env("OUTPOST_LOG", "trace")
+                .args(["ingest", "--appliance", "127.0.0.1:9", "--token", "t"])
+                .args(["--ca-fingerprint", &zero_pin, "--agents", "1", "--state"])
+                .arg(dir.join("bench")),
+            dir,
+        ),
+    ];
+    for (name, log) in [
+        "outpost",
+        "outpost-agent",
+        "outpost-central",
+        "outpost-bench",
+    ]
+    .iter()
+    .zip(&logs)
+    {
+        assert!(
+            !log.contains('\u{1b}'),
+            "{name} logged colour codes:\n{log}"
+        );
+        assert!(
+            log.contains("INFO") || log.contains("DEBUG") || log.contains("TRACE"),
+            "{name}: {log}"
+        );
+    }
+}

@@ -47,7 +47,10 @@ pub struct InFlight {
 
 impl Cache {
     /// Joins the download of `expect.sha256` or starts one. Returns the
-    /// download and whether this call started it.
+    /// download and whether this call started it. Either way the request is
+    /// a miss of that file: counted on it (once stored) under the
+    /// `inflight` lock, so a failed download's misses are forgotten after
+    /// the last request that could join it.
     pub fn join_or_start(
         self: &Arc<Self>,
         url: &UpstreamUrl,
@@ -55,6 +58,7 @@ impl Cache {
     ) -> Result<(Arc<InFlight>, bool), std::io::Error> {
         let mut map = lock(&self.inflight);
         if let Some(f) = map.get(&expect.sha256) {
+            self.blobs().note_miss(&expect.sha256);
             return Ok((f.clone(), false));
         }
         let (path, file) = self.dir.temp_file()?;
@@ -66,6 +70,7 @@ impl Cache {
             progress: tx,
         });
         map.insert(expect.sha256, fl.clone());
+        self.blobs().note_miss(&expect.sha256);
         drop(map);
         let cache = self.clone();
         let f2 = fl.clone();
@@ -76,6 +81,7 @@ impl Cache {
                     r = cache.download(&f2, &path) => r,
                     _ = cache.shutdown.cancelled() => Err((503, "the appliance is shutting down".to_string())),
                 };
+                let failed = outcome.is_err();
                 match outcome {
                     Ok(()) => {
                         f2.progress.send_replace(Progress::Complete);
@@ -90,6 +96,10 @@ impl Cache {
                     }
                 }
                 lock(&cache.inflight).remove(&f2.expect.sha256);
+                if failed {
+                    // No request can join it any more: its misses go.
+                    cache.blobs().forget_pending(&f2.expect.sha256);
+                }
             }
             .instrument(span),
         );

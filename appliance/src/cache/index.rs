@@ -23,11 +23,13 @@ pub struct UrlEntry {
     pub last_modified: Option<String>,
 }
 
-/// `cache_blobs`: a complete, verified file on disk.
+/// `cache_blobs`: a complete, verified file on disk. (Its misses live in
+/// `cache_misses`: this record's encoding is fixed on disk.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobMeta {
     pub size: u64,
     pub last_access_ms: u64,
+    /// Requests served from the complete cached file.
     pub hits: u64,
     /// The URL it was last requested as (for `cache stats`).
     pub url: String,
@@ -68,8 +70,25 @@ struct BlobInfo {
     tick: u64,
     last_access_ms: u64,
     hits: u64,
+    /// Requests answered from upstream: the download that stored the file
+    /// and the requests that joined it.
+    misses: u64,
     url: String,
 }
+
+/// One line of `cache stats`' top files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileCounts {
+    pub sha256: Sha256,
+    pub size: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub url: String,
+}
+
+/// Bound on misses counted for downloads still in flight (one entry per
+/// download; beyond it a miss is not counted per file).
+const MAX_PENDING_MISSES: usize = 4096;
 
 /// In-memory index of complete files: sizes, recency and pins.
 #[derive(Debug, Default)]
@@ -82,13 +101,30 @@ pub struct BlobIndex {
     pins: HashMap<Sha256, u32>,
     /// Files whose access metadata changed since the last flush.
     dirty: HashSet<Sha256>,
+    /// Misses of files still downloading (not yet in `blobs`); taken over
+    /// by [`BlobIndex::insert`], dropped by [`BlobIndex::forget_pending`].
+    pending_misses: HashMap<Sha256, u64>,
 }
 
 impl BlobIndex {
-    /// Adds (or replaces) a file. Files loaded at start are added in
-    /// last-access order so recency survives restarts.
-    pub fn insert(&mut self, sha: Sha256, meta: &BlobMeta) {
+    /// Adds (or replaces) a file with its stored hit and miss counts, plus
+    /// the misses of its download. Files loaded at start are added in
+    /// last-access order so recency survives restarts. Re-adding a file
+    /// (the same content fetched again) keeps its counts.
+    pub fn insert(&mut self, sha: Sha256, meta: &BlobMeta, misses: u64) {
+        let (old_hits, old_misses) = self
+            .blobs
+            .get(&sha)
+            .map(|b| (b.hits, b.misses))
+            .unwrap_or((0, 0));
         self.remove(&sha);
+        let pending = self.pending_misses.remove(&sha).unwrap_or(0);
+        let hits = meta.hits.max(old_hits);
+        let total_misses = misses.max(old_misses) + pending;
+        if hits != meta.hits || total_misses != misses {
+            // The caller stored `meta` and `misses`: persist the difference.
+            self.dirty.insert(sha);
+        }
         self.tick += 1;
         self.lru.insert((self.tick, sha));
         self.total_bytes += meta.size;
@@ -98,7 +134,8 @@ impl BlobIndex {
                 size: meta.size,
                 tick: self.tick,
                 last_access_ms: meta.last_access_ms,
-                hits: meta.hits,
+                hits,
+                misses: total_misses,
                 url: meta.url.clone(),
             },
         );
@@ -118,6 +155,24 @@ impl BlobIndex {
 
     pub fn size_of(&self, sha: &Sha256) -> Option<u64> {
         self.blobs.get(sha).map(|b| b.size)
+    }
+
+    /// Counts a request answered from upstream for the content `sha`: on
+    /// the file if it is stored, else held until its download stores it.
+    pub fn note_miss(&mut self, sha: &Sha256) {
+        if let Some(info) = self.blobs.get_mut(sha) {
+            info.misses += 1;
+            self.dirty.insert(*sha);
+        } else if self.pending_misses.len() < MAX_PENDING_MISSES
+            || self.pending_misses.contains_key(sha)
+        {
+            *self.pending_misses.entry(*sha).or_default() += 1;
+        }
+    }
+
+    /// Drops the misses of a download that failed.
+    pub fn forget_pending(&mut self, sha: &Sha256) {
+        self.pending_misses.remove(sha);
     }
 
     /// Marks a hit: most recently used now. False if the file is unknown.
@@ -194,8 +249,8 @@ impl BlobIndex {
         out
     }
 
-    /// Takes the files whose access metadata must be persisted.
-    pub fn take_dirty(&mut self) -> Vec<(Sha256, BlobMeta)> {
+    /// Takes the files whose access metadata must be persisted, with their misses.
+    pub fn take_dirty(&mut self) -> Vec<(Sha256, BlobMeta, u64)> {
         let dirty: Vec<Sha256> = self.dirty.drain().collect();
         dirty
             .into_iter()
@@ -209,21 +264,33 @@ impl BlobIndex {
                             hits: b.hits,
                             url: b.url.clone(),
                         },
+                        b.misses,
                     )
                 })
             })
             .collect()
     }
 
-    /// The `n` most requested files: (sha, size, hits, url).
-    pub fn top(&self, n: usize) -> Vec<(Sha256, u64, u64, String)> {
-        let mut v: Vec<_> = self
+    /// The `n` most requested files (hits + misses), most hits first among equals.
+    pub fn top(&self, n: usize) -> Vec<FileCounts> {
+        let mut v: Vec<FileCounts> = self
             .blobs
             .iter()
-            .filter(|(_, b)| b.hits > 0)
-            .map(|(s, b)| (*s, b.size, b.hits, b.url.clone()))
+            .filter(|(_, b)| b.hits + b.misses > 0)
+            .map(|(s, b)| FileCounts {
+                sha256: *s,
+                size: b.size,
+                hits: b.hits,
+                misses: b.misses,
+                url: b.url.clone(),
+            })
             .collect();
-        v.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.3.cmp(&b.3)));
+        v.sort_by(|a, b| {
+            (b.hits + b.misses)
+                .cmp(&(a.hits + a.misses))
+                .then_with(|| b.hits.cmp(&a.hits))
+                .then_with(|| a.url.cmp(&b.url))
+        });
         v.truncate(n);
         v
     }
@@ -251,7 +318,7 @@ mod tests {
     fn eviction_takes_least_recently_used_and_skips_pinned() {
         let mut ix = BlobIndex::default();
         for i in 1..=4u8 {
-            ix.insert([i; 32], &meta(100));
+            ix.insert([i; 32], &meta(100), 0);
         }
         assert_eq!(ix.total_bytes(), 400);
         ix.touch(&[1; 32], 1, "u1");
@@ -272,7 +339,7 @@ mod tests {
     #[test]
     fn hits_are_counted_and_flushed_once() {
         let mut ix = BlobIndex::default();
-        ix.insert([7; 32], &meta(10));
+        ix.insert([7; 32], &meta(10), 0);
         assert!(ix.touch(&[7; 32], 5, "http://h/a.deb"));
         assert!(ix.touch(&[7; 32], 6, "http://h/a.deb"));
         assert!(!ix.touch(&[8; 32], 6, "x"));
@@ -281,6 +348,53 @@ mod tests {
         assert_eq!(d[0].1.hits, 2);
         assert_eq!(d[0].1.last_access_ms, 6);
         assert!(ix.take_dirty().is_empty());
-        assert_eq!(ix.top(5)[0].3, "http://h/a.deb");
+        assert_eq!(ix.top(5)[0].url, "http://h/a.deb");
+    }
+
+    #[test]
+    fn a_downloaded_file_counts_misses_not_hits() {
+        let mut ix = BlobIndex::default();
+        let sha = [9; 32];
+        // The download and one request that joined it, before the file is stored.
+        ix.note_miss(&sha);
+        ix.note_miss(&sha);
+        let mut m = meta(10);
+        m.url = "http://h/dists/x/InRelease".into();
+        ix.insert(sha, &m, 0);
+        let top = ix.top(5);
+        assert_eq!((top[0].hits, top[0].misses), (0, 2), "{top:?}");
+        // A request arriving after it was stored but counted as a miss
+        // (it joined the download just before the end).
+        ix.note_miss(&sha);
+        ix.touch(&sha, 7, "http://h/dists/x/InRelease");
+        let top = ix.top(5);
+        assert_eq!((top[0].hits, top[0].misses), (1, 3));
+        let d = ix.take_dirty();
+        assert_eq!((d[0].1.hits, d[0].2), (1, 3), "both persisted");
+        // Reloaded (restart): the stored counts come back.
+        let mut again = BlobIndex::default();
+        again.insert(sha, &d[0].1, d[0].2);
+        assert_eq!((again.top(1)[0].hits, again.top(1)[0].misses), (1, 3));
+    }
+
+    #[test]
+    fn misses_of_a_failed_download_are_forgotten() {
+        let mut ix = BlobIndex::default();
+        ix.note_miss(&[3; 32]);
+        ix.forget_pending(&[3; 32]);
+        ix.insert([3; 32], &meta(10), 0);
+        assert!(ix.top(5).is_empty(), "never requested since stored");
+    }
+
+    #[test]
+    fn top_files_rank_by_requests() {
+        let mut ix = BlobIndex::default();
+        ix.insert([1; 32], &meta(10), 5);
+        ix.insert([2; 32], &meta(10), 1);
+        ix.touch(&[2; 32], 1, "b");
+        ix.touch(&[2; 32], 2, "b");
+        ix.insert([3; 32], &meta(10), 0);
+        let order: Vec<u8> = ix.top(5).iter().map(|f| f.sha256[0]).collect();
+        assert_eq!(order, [1, 2], "the never-requested file is not listed");
     }
 }

@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use outpost_storage::Store;
-use tables::{CACHE_BLOBS, CACHE_PINS};
+use tables::{CACHE_BLOBS, CACHE_MISSES, CACHE_PINS};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -92,6 +92,9 @@ pub struct Cache {
     /// download other clients (or the cache) are waiting for.
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
+    /// When this process opened the cache: the request counters (metrics
+    /// and per-client counts) count from here; `cache stats` says so.
+    pub started_ms: u64,
 }
 
 impl std::fmt::Debug for Cache {
@@ -148,6 +151,7 @@ impl Cache {
             clients: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             shutdown,
+            started_ms: outpost_storage::now_ms(),
         };
         cache.load().context("loading the cache index")?;
         Ok(Arc::new(cache))
@@ -183,10 +187,20 @@ impl Cache {
                 ));
             }
         }
+        let mut misses: HashMap<Sha256, u64> = HashMap::new();
+        self.store.scan::<u64>(CACHE_MISSES, &[], None, |k, v| {
+            match <Sha256>::try_from(k) {
+                Ok(sha) if known.contains(&sha) => {
+                    misses.insert(sha, v);
+                }
+                _ => stale.push(k.to_vec()),
+            }
+            true
+        })?;
         metas.sort_by_key(|(_, m)| m.last_access_ms);
         let mut ix = lock(&self.blobs);
         for (sha, m) in &metas {
-            ix.insert(*sha, m);
+            ix.insert(*sha, m, misses.get(sha).copied().unwrap_or(0));
         }
         let mut pins = 0;
         self.store
@@ -200,6 +214,7 @@ impl Cache {
             let mut b = self.store.batch();
             for k in &stale {
                 b.delete(CACHE_BLOBS, k)?;
+                b.delete(CACHE_MISSES, k)?;
             }
             self.store.write(b)?;
         }
@@ -235,7 +250,9 @@ impl Cache {
             url: url.to_string(),
         };
         self.store.put(CACHE_BLOBS, &sha, &meta)?;
-        self.blobs().insert(sha, &meta);
+        // Misses counted while it downloaded join it here (persisted by
+        // the next `flush_access`).
+        self.blobs().insert(sha, &meta, 0);
         self.evict_over_cap();
         self.update_gauges();
         Ok(())
@@ -259,7 +276,10 @@ impl Cache {
             if let Err(e) = self.dir.remove(sha) {
                 tracing::warn!(sha = %hex::encode(sha), error = %e, "removing an evicted file");
             }
-            if let Err(e) = b.delete(CACHE_BLOBS, sha) {
+            if let Err(e) = b
+                .delete(CACHE_BLOBS, sha)
+                .and_then(|()| b.delete(CACHE_MISSES, sha))
+            {
                 tracing::warn!(error = %e, "recording an eviction");
             }
             self.metrics.cache.evictions.inc();
@@ -285,6 +305,7 @@ impl Cache {
         let mut b = self.store.batch();
         if let Err(e) = b
             .delete(CACHE_BLOBS, sha)
+            .and_then(|()| b.delete(CACHE_MISSES, sha))
             .and_then(|()| self.store.write(b))
         {
             tracing::warn!(sha = %hex::encode(sha), error = %e, "forgetting a dropped file");
@@ -292,16 +313,20 @@ impl Cache {
         self.update_gauges();
     }
 
-    /// Persists hit counts and access times (unsynced: losing some on a
-    /// crash only makes LRU order slightly older).
+    /// Persists hit and miss counts and access times (unsynced: losing
+    /// some on a crash only makes LRU order slightly older and the counts
+    /// slightly lower).
     pub fn flush_access(&self) {
         let dirty = self.blobs().take_dirty();
         if dirty.is_empty() {
             return;
         }
         let mut b = self.store.batch();
-        for (sha, meta) in &dirty {
-            if let Err(e) = b.put(CACHE_BLOBS, sha, meta) {
+        for (sha, meta, misses) in &dirty {
+            if let Err(e) = b
+                .put(CACHE_BLOBS, sha, meta)
+                .and_then(|()| b.put(CACHE_MISSES, sha, misses))
+            {
                 tracing::warn!(error = %e, "encoding cache access times");
             }
         }

@@ -16,14 +16,22 @@ use super::index::{PinRecord, Sha256, UrlEntry};
 use super::release;
 use super::url::{FileKind, UpstreamUrl};
 
+/// A cached file and its requests, counted with the file (kept across
+/// restarts, gone when the file is evicted).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TopFile {
     pub url: String,
     pub sha256: String,
     pub size: u64,
+    /// Requests served from the stored file.
     pub hits: u64,
+    /// Requests answered from upstream: the download that stored it and
+    /// requests that joined that download.
+    #[serde(default)]
+    pub misses: u64,
 }
 
+/// Requests of one client address since `CacheStats::since_ms`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClientStat {
     pub client: String,
@@ -32,9 +40,18 @@ pub struct ClientStat {
     pub bytes: u64,
 }
 
-/// `GET /api/v1/cache/stats`.
+/// `GET /api/v1/cache/stats`. The request and byte counters and `clients`
+/// count since `since_ms` (this appliance process's start: they restart
+/// with it); `top_files` and the stored figures are the cache's own,
+/// kept across restarts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CacheStats {
+    /// Start of the counting period (ms): when the appliance started.
+    #[serde(default)]
+    pub since_ms: u64,
+    /// Seconds since `since_ms`.
+    #[serde(default)]
+    pub uptime_s: u64,
     pub requests: u64,
     pub hits: u64,
     pub misses: u64,
@@ -154,7 +171,10 @@ impl Cache {
                 ix.pinned_files() as u64,
             )
         };
+        let now = now_ms();
         CacheStats {
+            since_ms: self.started_ms,
+            uptime_s: now.saturating_sub(self.started_ms) / 1000,
             requests,
             hits,
             misses,
@@ -180,11 +200,12 @@ impl Cache {
             allowed_hosts: self.allow.entries().cloned().collect(),
             top_files: top
                 .into_iter()
-                .map(|(sha, size, hits, url)| TopFile {
-                    url,
-                    sha256: hex::encode(sha),
-                    size,
-                    hits,
+                .map(|f| TopFile {
+                    url: f.url,
+                    sha256: hex::encode(f.sha256),
+                    size: f.size,
+                    hits: f.hits,
+                    misses: f.misses,
                 })
                 .collect(),
             clients: self

@@ -259,9 +259,16 @@ async fn serve_release(
         }
         ReleaseSource::Stale => "stale",
     };
-    cache
-        .blobs()
-        .touch(&entry.sha256, outpost_storage::now_ms(), &url.to_string());
+    {
+        let mut ix = cache.blobs();
+        if src == ReleaseSource::Fetched {
+            // Just stored (most recently used already): a miss, not a hit.
+            ix.note_miss(&entry.sha256);
+        } else {
+            // Served from the cached copy (fresh, or stale with upstream down).
+            ix.touch(&entry.sha256, outpost_storage::now_ms(), &url.to_string());
+        }
+    }
     // apt revalidates its own copy with If-Modified-Since.
     if let (Some(ims), Some(lm)) = (
         req.header("if-modified-since"),

@@ -7,6 +7,9 @@ use outpost_storage::Table;
 pub const CACHE_URLS: Table = Table::new("cache_urls");
 /// sha256 → blob metadata (size, last access, hits).
 pub const CACHE_BLOBS: Table = Table::new("cache_blobs");
+/// sha256 → requests of that file answered from upstream (u64), beside
+/// `cache_blobs` whose record encoding is fixed on disk.
+pub const CACHE_MISSES: Table = Table::new("cache_misses");
 /// Upstream URL → size and sha256 a verified index states.
 pub const CACHE_EXPECT: Table = Table::new("cache_expect");
 /// Suite URL (`…/dists/SUITE`) → last accepted InRelease.
@@ -18,6 +21,7 @@ pub const CACHE_PINS: Table = Table::new("cache_pins");
 pub const TABLES: &[Table] = &[
     CACHE_URLS,
     CACHE_BLOBS,
+    CACHE_MISSES,
     CACHE_EXPECT,
     CACHE_SUITES,
     CACHE_PINS,

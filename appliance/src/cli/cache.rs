@@ -65,6 +65,97 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
+/// The text of `outpost cache stats`. Says which counters restart with
+/// the appliance (since `since_ms`) and which are kept with each file.
+pub fn format_stats(s: &CacheStats) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let since = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(s.since_ms),
+    );
+    let up = humantime::format_duration(std::time::Duration::from_secs(s.uptime_s));
+    let _ = writeln!(
+        o,
+        "counters since       {since} (up {up}; they restart with the appliance)"
+    );
+    let _ = writeln!(o, "requests             {}", s.requests);
+    let _ = writeln!(
+        o,
+        "hit ratio            {:.1}% ({} hits, {} misses, {} coalesced, {} pass-through)",
+        s.hit_ratio * 100.0,
+        s.hits,
+        s.misses,
+        s.coalesced,
+        s.passthrough
+    );
+    let _ = writeln!(
+        o,
+        "bytes from cache     {}",
+        human_bytes(s.bytes_from_cache)
+    );
+    let _ = writeln!(
+        o,
+        "bytes from upstream  {}",
+        human_bytes(s.bytes_from_upstream)
+    );
+    let _ = writeln!(
+        o,
+        "upstream             {} requests, {} received, {} errors",
+        s.upstream_requests,
+        human_bytes(s.upstream_bytes),
+        s.upstream_errors
+    );
+    let _ = writeln!(
+        o,
+        "stored               {} files, {} of {} ({} pinned)",
+        s.stored_files,
+        human_bytes(s.stored_bytes),
+        human_bytes(s.max_bytes),
+        s.pinned_files
+    );
+    let _ = writeln!(
+        o,
+        "verify failures      {}   evictions {}   stale served {}",
+        s.verify_failures, s.evictions, s.stale_served
+    );
+    if !s.top_files.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nTOP FILES (counted per cached file, kept across restarts)"
+        );
+        let _ = writeln!(o, "{:>6}  {:>6}  {:>10}  URL", "HITS", "MISSES", "SIZE");
+        for f in &s.top_files {
+            let _ = writeln!(
+                o,
+                "{:>6}  {:>6}  {:>10}  {}",
+                f.hits,
+                f.misses,
+                human_bytes(f.size),
+                f.url
+            );
+        }
+    }
+    if !s.clients.is_empty() {
+        let _ = writeln!(o, "\nCLIENTS (since {since})");
+        let _ = writeln!(
+            o,
+            "{:<40}  {:>8}  {:>6}  {:>10}",
+            "CLIENT", "REQUESTS", "HITS", "BYTES"
+        );
+        for c in &s.clients {
+            let _ = writeln!(
+                o,
+                "{:<40}  {:>8}  {:>6}  {:>10}",
+                c.client,
+                c.requests,
+                c.hits,
+                human_bytes(c.bytes)
+            );
+        }
+    }
+    o
+}
+
 /// Runs one `outpost cache` command.
 pub async fn run(cmd: CacheCmd, client: AdminClient) -> anyhow::Result<()> {
     match cmd {
@@ -75,55 +166,7 @@ pub async fn run(cmd: CacheCmd, client: AdminClient) -> anyhow::Result<()> {
                 return Ok(());
             }
             let s: CacheStats = client.get("/api/v1/cache/stats").await?;
-            println!("requests             {}", s.requests);
-            println!(
-                "hit ratio            {:.1}% ({} hits, {} misses, {} coalesced, {} pass-through)",
-                s.hit_ratio * 100.0,
-                s.hits,
-                s.misses,
-                s.coalesced,
-                s.passthrough
-            );
-            println!("bytes from cache     {}", human_bytes(s.bytes_from_cache));
-            println!(
-                "bytes from upstream  {}",
-                human_bytes(s.bytes_from_upstream)
-            );
-            println!(
-                "upstream             {} requests, {} received, {} errors",
-                s.upstream_requests,
-                human_bytes(s.upstream_bytes),
-                s.upstream_errors
-            );
-            println!(
-                "stored               {} files, {} of {} ({} pinned)",
-                s.stored_files,
-                human_bytes(s.stored_bytes),
-                human_bytes(s.max_bytes),
-                s.pinned_files
-            );
-            println!(
-                "verify failures      {}   evictions {}   stale served {}",
-                s.verify_failures, s.evictions, s.stale_served
-            );
-            if !s.top_files.is_empty() {
-                println!("\nTOP FILES");
-                for f in &s.top_files {
-                    println!("{:>6} hits  {:>10}  {}", f.hits, human_bytes(f.size), f.url);
-                }
-            }
-            if !s.clients.is_empty() {
-                println!("\nCLIENTS");
-                for c in &s.clients {
-                    println!(
-                        "{:<40} {:>6} requests {:>6} hits  {}",
-                        c.client,
-                        c.requests,
-                        c.hits,
-                        human_bytes(c.bytes)
-                    );
-                }
-            }
+            print!("{}", format_stats(&s));
             Ok(())
         }
         CacheCmd::Prefetch {
@@ -214,5 +257,88 @@ pub async fn run(cmd: CacheCmd, client: AdminClient) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::ops::{ClientStat, TopFile};
+
+    fn stats() -> CacheStats {
+        CacheStats {
+            since_ms: 1_767_225_600_000, // 2026-01-01T00:00:00Z
+            uptime_s: 3 * 3600 + 120,
+            requests: 3,
+            hits: 1,
+            misses: 2,
+            coalesced: 0,
+            passthrough: 0,
+            hit_ratio: 1.0 / 3.0,
+            bytes_from_cache: 10,
+            bytes_from_upstream: 20,
+            upstream_bytes: 20,
+            upstream_requests: 2,
+            upstream_errors: 0,
+            verify_failures: 0,
+            evictions: 0,
+            stale_served: 0,
+            stored_files: 2,
+            stored_bytes: 30,
+            max_bytes: 1 << 30,
+            pinned_files: 0,
+            allowed_hosts: vec![],
+            top_files: vec![
+                TopFile {
+                    url: "http://deb.debian.org/debian/pool/main/h/hello/hello_2.10_amd64.deb"
+                        .into(),
+                    sha256: "ab".repeat(32),
+                    size: 10,
+                    hits: 1,
+                    misses: 1,
+                },
+                TopFile {
+                    url: "http://deb.debian.org/debian/dists/bookworm/InRelease".into(),
+                    sha256: "cd".repeat(32),
+                    size: 20,
+                    hits: 0,
+                    misses: 1,
+                },
+            ],
+            clients: vec![ClientStat {
+                client: "127.0.0.1".into(),
+                requests: 3,
+                hits: 1,
+                bytes: 30,
+            }],
+        }
+    }
+
+    #[test]
+    fn stats_text_counts_a_fetched_file_as_a_miss_not_a_hit() {
+        let t = format_stats(&stats());
+        let line = t
+            .lines()
+            .find(|l| l.ends_with("/dists/bookworm/InRelease"))
+            .unwrap_or_else(|| panic!("{t}"));
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(&cols[..2], ["0", "1"], "hits 0, misses 1: {line}");
+        assert!(t.contains("  HITS  MISSES"), "{t}");
+    }
+
+    #[test]
+    fn stats_text_labels_the_counting_period() {
+        let t = format_stats(&stats());
+        assert!(
+            t.starts_with(
+                "counters since       2026-01-01T00:00:00Z (up 3h 2m; they restart with the appliance)\n"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("TOP FILES (counted per cached file, kept across restarts)"),
+            "{t}"
+        );
+        assert!(t.contains("CLIENTS (since 2026-01-01T00:00:00Z)"), "{t}");
     }
 }

@@ -76,7 +76,7 @@ pub enum Command {
     /// List alerts (default: open ones), show or acknowledge one.
     Alerts(alerts::AlertsArgs),
     /// Call the admin API: `outpost api GET /api/v1/alert-rules`,
-    /// `outpost api POST /api/v1/channels --data @channel.json`.
+    /// `outpost api POST /api/v1/channels --body @channel.json`.
     Api(api::ApiArgs),
     /// Sync to outpost-central.
     #[command(subcommand)]
