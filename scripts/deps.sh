@@ -12,6 +12,8 @@ if [ "${1:-}" = "--test" ]; then
   # real isolated apt-get downloads through it.
   packages+=(dpkg apt gpg gpg-agent gpgconf gpgv)
   packages+=(chromium)
+  # scripts/demo.sh --check (run by the demo:: end-to-end test) talks HTTP with curl.
+  packages+=(curl)
 fi
 
 missing=()
