@@ -120,7 +120,10 @@ fn log_in_colour() -> bool {
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
+            // OUTPOST_LOG like every other Outpost binary; RUST_LOG still
+            // works for those who set it before.
+            tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
