@@ -7,10 +7,14 @@
 //! families, the `outpost_cache_*` metrics, and the `/api/v1/cache/*`
 //! routes. It touches no other table and no agent-facing state.
 //!
-//! Files: [`url`] (request targets → upstream URLs, kinds), [`allow`]
+//! The pure parsers live in the `outpost-apt` crate (no RocksDB, fuzzed):
+//! request targets → upstream URLs ([`url`], re-exported), request heads
+//! and `Range`, InRelease fields and Packages / Sources indexes.
+//!
+//! Files: [`allow`]
 //! (upstream allow-list from apt sources), [`http`] (client HTTP/1.1 and
 //! sendfile), [`upstream`] (hyper client), [`gpg`] (InRelease signatures via
-//! gpgv), [`release`] (InRelease / Packages / Sources parsing), [`blobs`]
+//! gpgv), [`blobs`]
 //! (content-addressed files), [`index`] (database records and the LRU),
 //! [`fetch`] (coalesced downloads), [`suite`] (InRelease revalidation and
 //! the verified-index table), [`server`] (accept loop and request
@@ -26,12 +30,14 @@ pub mod http;
 pub mod index;
 pub mod metrics;
 pub mod ops;
-pub mod release;
 pub mod server;
 pub mod suite;
 pub mod tables;
 pub mod upstream;
-pub mod url;
+
+/// Upstream URLs (parsing, normalisation, suites, kinds): pure, in
+/// `outpost-apt` so that they can be fuzzed without RocksDB.
+pub use outpost_apt::url;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -406,7 +406,7 @@ async fn serve_verified(
                 // The same index reached through another mirror: its package
                 // entries are relative to that mirror's root.
                 if !e.index_name.is_empty()
-                    && super::release::package_index(&e.index_name).is_some()
+                    && outpost_apt::packages::package_index(&e.index_name).is_some()
                     && !cache.index_recorded(url, &e.sha256)
                     && let Err(err) = cache
                         .record_index_entries(url, &e.index_name, &path, e.sha256)

@@ -18,10 +18,11 @@ use super::tables::{CACHE_EXPECT, CACHE_SUITES, CACHE_URLS};
 
 use super::blobs::sha256;
 use super::index::{Expect, SuiteState, UrlEntry};
-use super::release::{self, Checksum};
 use super::upstream::Validators;
 use super::url::UpstreamUrl;
 use super::{Cache, lock};
+use outpost_apt::packages;
+use outpost_apt::release::{self, Checksum};
 
 /// How an InRelease answer was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,7 +346,7 @@ impl Cache {
         path: &Path,
         sha: super::index::Sha256,
     ) -> anyhow::Result<u64> {
-        let Some((kind, comp)) = release::package_index(index_name) else {
+        let Some((kind, comp)) = packages::package_index(index_name) else {
             self.note_recorded(url, sha, path)?;
             return Ok(0);
         };
@@ -358,8 +359,8 @@ impl Cache {
             let f = std::fs::File::open(&p).context("opening the index")?;
             let mut b = store.batch();
             let mut err = None;
-            let n = release::for_each_package_file(
-                release::decompress(f, comp),
+            let n = packages::for_each_package_file(
+                packages::decompress(f, comp),
                 kind,
                 |rel, Checksum { sha256, size }| {
                     let u =
