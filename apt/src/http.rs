@@ -145,7 +145,8 @@ pub fn parse_range(header: Option<&str>, len: u64) -> RangeAnswer {
             len
         } else {
             match b.parse::<u64>() {
-                Ok(last) if last >= start => (last + 1).min(len),
+                // `last` may be u64::MAX: no `+ 1` overflow.
+                Ok(last) if last >= start => last.saturating_add(1).min(len),
                 _ => return RangeAnswer::Full,
             }
         };
@@ -194,5 +195,28 @@ mod tests {
         assert_eq!(r("bytes=0-1,5-6"), RangeAnswer::Full);
         assert_eq!(r("items=0-1"), RangeAnswer::Full);
         assert_eq!(parse_range(None, 100), RangeAnswer::Full);
+    }
+
+    #[test]
+    fn a_range_ending_at_u64_max_does_not_overflow() {
+        assert_eq!(
+            parse_range(Some("bytes=5-18446744073709551615"), 100),
+            RangeAnswer::Partial(ByteRange { start: 5, end: 100 })
+        );
+        assert_eq!(
+            parse_range(Some("bytes=0-18446744073709551615"), u64::MAX),
+            RangeAnswer::Partial(ByteRange {
+                start: 0,
+                end: u64::MAX
+            })
+        );
+        assert_eq!(
+            parse_range(Some("bytes=18446744073709551615-18446744073709551615"), 10),
+            RangeAnswer::Unsatisfiable
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-18446744073709551615"), 10),
+            RangeAnswer::Partial(ByteRange { start: 0, end: 10 })
+        );
     }
 }
