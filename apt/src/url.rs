@@ -164,7 +164,14 @@ fn split_host_port(authority: &str) -> Option<(String, u16)> {
             None if tail.is_empty() => 80,
             None => return None,
         };
-        return Some((h.to_string(), port));
+        // Only an IPv6 literal, in its canonical text (so `[::1]` and
+        // `[0:0::1]` are one cache entry, and no stray byte reaches a
+        // request line).
+        let ip: std::net::Ipv6Addr = h.parse().ok()?;
+        if port == 0 {
+            return None;
+        }
+        return Some((ip.to_string(), port));
     }
     let (h, port) = match authority.rsplit_once(':') {
         Some((h, p)) => (h, p.parse().ok()?),
@@ -331,5 +338,23 @@ mod tests {
             FileKind::Package
         );
         assert_eq!(FileKind::of_path("/d/README"), FileKind::Other);
+    }
+    #[test]
+    fn bracketed_hosts_must_be_ipv6_literals_and_are_normalised() {
+        // Found by the apt_url fuzz target: any bytes were accepted between
+        // brackets (NUL, `>`), and the URL did not parse back to itself.
+        assert!(matches!(
+            UpstreamUrl::parse_target("http://[fe80=\0\0hh>]:312/p/eb"),
+            Err(UrlError::BadHost(_))
+        ));
+        assert!(UpstreamUrl::parse_target("http://[x.org]/a").is_err());
+        assert!(UpstreamUrl::parse_target("http://[::1]:0/a").is_err());
+        let a = UpstreamUrl::parse_target("http://[0:0::1]:8080/a").unwrap();
+        let b = UpstreamUrl::parse_target("/[::1]:8080/a").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.to_string(), "http://[::1]:8080/a");
+        assert_eq!(UpstreamUrl::parse_absolute(&a.to_string()).unwrap(), a);
+        let c = UpstreamUrl::parse_target("http://[FE80::1]/a").unwrap();
+        assert_eq!(c.authority(), "[fe80::1]");
     }
 }
