@@ -18,9 +18,13 @@ fuzz_target!(|data: &[u8]| {
         .unwrap_or_else(|e| panic!("{url} does not parse back: {e}"));
     assert_eq!(again, url);
     let _ = (url.kind(), url.file_name(), url.key());
-    if let Some((suite, rel)) = url.suite() {
+    for (suite, rel) in url.suite_candidates() {
         assert!(!rel.is_empty());
-        assert!(suite.path.len() < url.path.len());
+        assert_eq!(suite.file(&rel), url, "{suite:?} + {rel}");
+    }
+    if let Some(suite) = url.release_suite() {
+        assert!(!suite.expected_dist().is_empty());
+        assert!(url.path.starts_with(&suite.url.path));
     }
     if let Some(root) = url.archive_root() {
         assert!(url.path.starts_with(&root.path));

@@ -17,6 +17,40 @@ use tokio::net::TcpStream;
 
 pub use outpost_apt::http::{ByteRange, MAX_HEAD_BYTES, RangeAnswer, Request, parse_range};
 
+/// A client connection whose writes fail with `TimedOut` when the client
+/// accepts no bytes for `write_timeout` (a client that stops reading
+/// frees its connection slot).
+#[derive(Debug)]
+pub struct ClientStream {
+    pub inner: TcpStream,
+    pub write_timeout: std::time::Duration,
+}
+
+fn timed_out(t: std::time::Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("the client accepted no bytes for {t:?}"),
+    )
+}
+
+impl ClientStream {
+    /// Writes all of `buf`, each wait for the socket bounded by `write_timeout`.
+    pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        let t = self.write_timeout;
+        let mut off = 0;
+        while off < buf.len() {
+            let n = tokio::time::timeout(t, self.inner.write(&buf[off..]))
+                .await
+                .map_err(|_| timed_out(t))??;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            off += n;
+        }
+        Ok(())
+    }
+}
+
 /// Why reading a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -104,7 +138,11 @@ pub fn reason(status: u16) -> &'static str {
 }
 
 /// Writes a response head. Returns whether the connection may be reused.
-pub async fn write_head(stream: &mut TcpStream, head: &Head, keep_alive: bool) -> io::Result<bool> {
+pub async fn write_head(
+    stream: &mut ClientStream,
+    head: &Head,
+    keep_alive: bool,
+) -> io::Result<bool> {
     let keep = keep_alive && (head.content_length.is_some() || head.status == 304);
     let mut s = format!("HTTP/1.1 {} {}\r\n", head.status, reason(head.status));
     for (k, v) in &head.headers {
@@ -127,7 +165,7 @@ pub async fn write_head(stream: &mut TcpStream, head: &Head, keep_alive: bool) -
 
 /// Writes a complete small response (errors, refusals).
 pub async fn write_text(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     status: u16,
     message: &str,
     keep_alive: bool,
@@ -147,21 +185,26 @@ pub async fn write_text(
 /// Sends `file[start..end)` to the socket with `sendfile(2)`; the file's
 /// own position is not used, so many connections share one descriptor.
 pub async fn send_file_range(
-    stream: &TcpStream,
+    client: &ClientStream,
     file: &File,
     start: u64,
     end: u64,
 ) -> io::Result<u64> {
+    let stream = &client.inner;
+    let t = client.write_timeout;
     let mut off = start;
     while off < end {
         let want = usize::try_from((end - off).min(8 * 1024 * 1024)).unwrap_or(8 * 1024 * 1024);
-        let res = stream
-            .async_io(Interest::WRITABLE, || {
+        let res = tokio::time::timeout(
+            t,
+            stream.async_io(Interest::WRITABLE, || {
                 let mut o = off;
                 rustix::fs::sendfile(stream.as_fd(), file.as_fd(), Some(&mut o), want)
                     .map_err(io::Error::from)
-            })
-            .await;
+            }),
+        )
+        .await
+        .map_err(|_| timed_out(t))?;
         match res {
             Ok(0) => {
                 return Err(io::Error::new(

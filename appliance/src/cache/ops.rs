@@ -259,9 +259,10 @@ impl Cache {
             }
             return Ok((e.sha256, e.size, false));
         }
-        let (fl, started) = self
-            .join_or_start(url, &e)
-            .map_err(|x| format!("cannot create a cache file: {x}"))?;
+        let (fl, started, _interest) = self
+            .join_or_start(url, &e, super::limits::Requester::Background)
+            .await
+            .map_err(|(_, m)| m)?;
         if started {
             self.metrics.cache.misses.inc();
         } else {
