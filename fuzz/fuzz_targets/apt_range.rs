@@ -16,7 +16,10 @@ fuzz_target!(|data: &[u8]| {
     };
     for len in [len, len >> 32, len & 0xffff] {
         if let RangeAnswer::Partial(r) = parse_range(Some(header), len) {
-            assert!(r.start < r.end && r.end <= len, "{header:?} of {len}: {r:?}");
+            assert!(
+                r.start < r.end && r.end <= len,
+                "{header:?} of {len}: {r:?}"
+            );
         }
     }
 });

@@ -13,7 +13,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(url.path.starts_with('/'), "{url:?}");
-    assert!(!url.path.split('/').any(|s| s == ".." || s == "."), "{url:?}");
+    assert!(
+        !url.path.split('/').any(|s| s == ".." || s == "."),
+        "{url:?}"
+    );
     let again = UpstreamUrl::parse_absolute(&url.to_string())
         .unwrap_or_else(|e| panic!("{url} does not parse back: {e}"));
     assert_eq!(again, url);
