@@ -244,4 +244,23 @@ mod tests {
         );
         assert_eq!(judge(Some(0), &old), Ok(vec!["1111".to_string()]));
     }
+
+    /// gpgv 2.2 (Debian 12) on a file signed by an expired key: exit
+    /// status 0, "Good signature" on stderr, and VALIDSIG, which the old
+    /// check took as enough.
+    #[test]
+    fn real_gpgv_output_for_an_expired_key_is_refused() {
+        let status = "[GNUPG:] NEWSIG\n\
+[GNUPG:] KEY_CONSIDERED 92047394D3B810B87897C61755E894DCD3A115AC 0\n\
+[GNUPG:] KEYEXPIRED 1577923200\n\
+[GNUPG:] SIG_ID KHWSbj3kZmmTvkk+C0MT2A8HLxk 2020-01-01 1577840400\n\
+[GNUPG:] KEY_CONSIDERED 92047394D3B810B87897C61755E894DCD3A115AC 0\n\
+[GNUPG:] EXPKEYSIG 55E894DCD3A115AC Exp <e@x>\n\
+[GNUPG:] VALIDSIG 92047394D3B810B87897C61755E894DCD3A115AC 2020-01-01 1577840400 0 4 0 22 8 01 92047394D3B810B87897C61755E894DCD3A115AC\n";
+        let e = judge(Some(0), status).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no valid signature from a configured keyring: 55E894DCD3A115AC: the key has expired"
+        );
+    }
 }
