@@ -166,6 +166,24 @@ pub struct CacheConfig {
     pub upstream_timeout: Duration,
     /// Concurrent client connections; beyond it new ones wait.
     pub max_connections: usize,
+    /// A client that accepts no bytes for this long is disconnected (its
+    /// connection slot and its interest in a download are freed).
+    #[serde(with = "humantime_serde")]
+    pub client_write_timeout: Duration,
+    /// Upstream downloads running at once (beyond it clients get 503,
+    /// prefetches and pins wait).
+    pub max_downloads: usize,
+    /// Upstream downloads one client address may have started at once.
+    pub max_downloads_per_client: usize,
+    /// Free space kept on the cache's filesystem (RocksDB shares it): a
+    /// download that would go below it evicts first, or is refused.
+    pub min_free_bytes: u64,
+    /// An InRelease dated further ahead of the appliance's clock is refused.
+    #[serde(with = "humantime_serde")]
+    pub release_max_future: Duration,
+    /// An InRelease whose upstream failed is not asked for again for this long.
+    #[serde(with = "humantime_serde")]
+    pub release_failure_ttl: Duration,
 }
 
 impl Default for CacheConfig {
@@ -182,6 +200,12 @@ impl Default for CacheConfig {
             max_release_bytes: 16 * 1024 * 1024,
             upstream_timeout: Duration::from_secs(30),
             max_connections: 4096,
+            client_write_timeout: Duration::from_secs(60),
+            max_downloads: 64,
+            max_downloads_per_client: 8,
+            min_free_bytes: 1024 * 1024 * 1024,
+            release_max_future: Duration::from_secs(600),
+            release_failure_ttl: Duration::from_secs(10),
         }
     }
 }

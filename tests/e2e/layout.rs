@@ -1,5 +1,5 @@
 //! The workspace's dependency direction: the appliance never links central
-//! code (DESIGN.md, "Workspace"). Reads the resolved dependency graph with
+//! code (DESIGN.md, "Workspace"), and the apt parsers link no storage. Reads the resolved dependency graph with
 //! `cargo tree` (no build), so it takes well under a second.
 
 use std::process::Command;
@@ -63,4 +63,32 @@ fn the_appliance_links_no_central_only_crate() {
     for c in &CENTRAL_ONLY[1..] {
         assert!(central.iter().any(|d| d == c), "{c} not in central's tree");
     }
+}
+
+/// Crates that link RocksDB or the appliance's storage.
+const STORAGE_CRATES: &[&str] = &["outpost-storage", "rocksdb", "librocksdb-sys"];
+
+#[test]
+fn the_apt_parsers_link_no_storage_so_their_fuzz_build_is_quick() {
+    let deps = normal_dependencies("outpost-apt");
+    assert!(
+        deps.iter().any(|d| d == "httparse"),
+        "the tree should list outpost-apt's own dependencies: {deps:?}"
+    );
+    for c in STORAGE_CRATES {
+        assert!(
+            !deps.iter().any(|d| d == c),
+            "outpost-apt depends on {c}: its parsers must stay RocksDB-free \
+             (see `cargo tree -p outpost-apt -i {c}`)"
+        );
+    }
+    // The list is not stale: the appliance, which uses outpost-apt, does link them.
+    let appliance = normal_dependencies("outpost-appliance");
+    for c in STORAGE_CRATES {
+        assert!(
+            appliance.iter().any(|d| d == c),
+            "{c} not in the appliance's tree"
+        );
+    }
+    assert!(appliance.iter().any(|d| d == "outpost-apt"));
 }
