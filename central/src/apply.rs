@@ -12,9 +12,10 @@
 //! * **Exactly once**: a batch whose sequence number the site already
 //!   applied changes nothing ([`ApplyPlan::Duplicate`]). Otherwise its
 //!   number joins the site's applied set (contiguous prefix + the numbers
-//!   above it, so batches may arrive in any order), unless that set
-//!   already holds [`MAX_APPLIED_ABOVE`](crate::model::MAX_APPLIED_ABOVE) numbers above the prefix and this
-//!   one does not extend it ([`ApplyPlan::AppliedSetFull`]: retry later).
+//!   above it, so batches may arrive in any order). That set holds at
+//!   most [`MAX_APPLIED_ABOVE`](crate::model::MAX_APPLIED_ABOVE) numbers
+//!   above the prefix: one more expires the oldest gap (its numbers are
+//!   dead-lettered as `gap_expired`, see [`SiteRecord::expire_gap`]).
 //! * **Dead letters**: a batch refused for good is recorded on the site
 //!   ([`dead_letter`]) and its number joins the applied set like an applied
 //!   one, so the batches after it still fold into the prefix.
@@ -162,9 +163,6 @@ impl CurrentRows {
 pub enum ApplyPlan<'b> {
     /// Already applied: write nothing, acknowledge.
     Duplicate,
-    /// The applied set is full and this batch does not extend its prefix:
-    /// write nothing, ask the site to send it again later.
-    AppliedSetFull,
     /// Write these rows, all together.
     Apply(Changes<'b>),
 }
@@ -190,6 +188,8 @@ pub struct Changes<'b> {
     /// Device snapshots of the batch claiming a customer other than the
     /// site's (not believed: the device stays the site's customer's).
     pub customer_mismatches: u64,
+    /// Gaps of the applied set that expired to make room for this batch.
+    pub gaps_expired: Vec<DeadLetter>,
 }
 
 impl Changes<'_> {
@@ -199,6 +199,7 @@ impl Changes<'_> {
             rollups_replaced: self.rollups_replaced,
             tenant_mismatches_new: self.tenant_mismatches_new,
             customer_mismatches: self.customer_mismatches,
+            gaps_expired: self.gaps_expired.len() as u64,
         }
     }
 }
@@ -206,28 +207,25 @@ impl Changes<'_> {
 /// What recording a dead letter does ([`dead_letter`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeadLetterPlan {
-    /// Store the site (its applied set closes over the batch's number).
-    Record(Box<SiteRecord>),
+    /// Store the site (its applied set closes over the batch's number),
+    /// and these gaps expired to make room.
+    Record(Box<SiteRecord>, Vec<DeadLetter>),
     /// The number is already in the applied set (applied, or
     /// dead-lettered before): write nothing.
     AlreadyClosed,
-    /// The applied set is full and this number does not extend its prefix:
-    /// write nothing, ask the site to send it again later.
-    AppliedSetFull,
 }
 
 /// Records `letter` on `site`: the batch is refused for good, its number
-/// joins the applied set, the newest dead letters are kept.
+/// joins the applied set (expiring the oldest gap if the set is full), the
+/// newest dead letters are kept.
 pub fn dead_letter(mut site: SiteRecord, letter: DeadLetter) -> DeadLetterPlan {
     if site.is_applied(letter.seq) {
         return DeadLetterPlan::AlreadyClosed;
     }
-    if !site.can_mark(letter.seq) {
-        return DeadLetterPlan::AppliedSetFull;
-    }
+    let expired = site.make_room(letter.seq, letter.at_ms);
     site.mark_applied(letter.seq);
     site.dead_letters.push(letter);
-    DeadLetterPlan::Record(Box::new(site))
+    DeadLetterPlan::Record(Box::new(site), expired)
 }
 
 /// The rows read do not belong to the batch (a backend bug).
@@ -270,9 +268,7 @@ pub fn plan<'b>(
     if is_duplicate(&site, batch) {
         return Ok(ApplyPlan::Duplicate);
     }
-    if !site.can_mark(batch.seq) {
-        return Ok(ApplyPlan::AppliedSetFull);
-    }
+    let gaps_expired = site.make_room(batch.seq, received_ms);
     let out_of_step = |what| OutOfStep {
         seq: batch.seq,
         what,
@@ -463,6 +459,7 @@ pub fn plan<'b>(
         rollups_replaced: replaced,
         tenant_mismatches_new,
         customer_mismatches,
+        gaps_expired,
     }))
 }
 
@@ -534,7 +531,6 @@ mod tests {
         match p {
             ApplyPlan::Apply(c) => c,
             ApplyPlan::Duplicate => panic!("expected changes, got a duplicate"),
-            ApplyPlan::AppliedSetFull => panic!("expected changes, got a full applied set"),
         }
     }
 
@@ -589,7 +585,6 @@ mod tests {
             let touched = Touched::of(b);
             let c = match plan(self.read(b), b, received_ms).unwrap() {
                 ApplyPlan::Duplicate => return ApplyOutcome::Duplicate,
-                ApplyPlan::AppliedSetFull => return ApplyOutcome::AppliedSetFull,
                 ApplyPlan::Apply(c) => c,
             };
             let outcome = c.outcome();
@@ -710,9 +705,11 @@ mod tests {
         let mut m = Memory::new();
         m.apply(&bare(1), 1);
         let letter = DeadLetter::new(2, "malformed_batch", "bad", 5);
-        let DeadLetterPlan::Record(site) = dead_letter(m.site.clone(), letter.clone()) else {
+        let DeadLetterPlan::Record(site, expired) = dead_letter(m.site.clone(), letter.clone())
+        else {
             panic!("recorded");
         };
+        assert!(expired.is_empty());
         m.site = *site;
         assert_eq!(
             dead_letter(m.site.clone(), letter),
@@ -733,19 +730,37 @@ mod tests {
         assert_eq!((s.applied_up_to, s.applied_above.clone()), (5, vec![]));
         assert_eq!((s.batches_applied, s.dead_letters.total), (4, 1));
         assert_eq!(m.apply(&bare(2), 9), ApplyOutcome::Duplicate, "closed");
-        // A full applied set takes neither a batch nor a dead letter far
-        // ahead, but always the one that extends the prefix.
+        // A full applied set: a batch far ahead expires the oldest gap
+        // (6, never received: dead-lettered as gap_expired) and applies.
         m.site.applied_above = (7..7 + crate::model::MAX_APPLIED_ABOVE as u64).collect();
-        assert_eq!(m.apply(&bare(1_000_000), 10), ApplyOutcome::AppliedSetFull);
-        assert_eq!(
-            dead_letter(m.site.clone(), DeadLetter::new(1_000_000, "x", "", 7)),
-            DeadLetterPlan::AppliedSetFull
+        let o = m.apply(&bare(1_000_000), 10);
+        assert!(
+            matches!(
+                o,
+                ApplyOutcome::Applied {
+                    gaps_expired: 1,
+                    ..
+                }
+            ),
+            "{o:?}"
         );
-        assert!(matches!(
-            m.apply(&bare(6), 11),
-            ApplyOutcome::Applied { .. }
-        ));
-        assert!(m.site.applied_above.is_empty());
+        assert_eq!(m.site.applied_above, vec![1_000_000]);
+        let d = m.site.dead_letters.find(6).expect("the expired gap");
+        assert_eq!(
+            (d.seq, d.last_seq, d.reason.as_str()),
+            (6, 6, "gap_expired")
+        );
+        assert_eq!(m.apply(&bare(6), 11), ApplyOutcome::Duplicate, "closed");
+        // The same for a dead letter far ahead.
+        m.site.applied_above =
+            (2_000_000..2_000_000 + crate::model::MAX_APPLIED_ABOVE as u64).collect();
+        let DeadLetterPlan::Record(site, expired) =
+            dead_letter(m.site.clone(), DeadLetter::new(9_000_000, "x", "", 12))
+        else {
+            panic!("recorded");
+        };
+        assert_eq!(expired.len(), 1);
+        assert!(site.applied_above.len() <= crate::model::MAX_APPLIED_ABOVE);
     }
 
     #[test]
@@ -986,7 +1001,8 @@ mod tests {
                 rollups_new: 1,
                 rollups_replaced: 0,
                 tenant_mismatches_new: 0,
-                customer_mismatches: 0
+                customer_mismatches: 0,
+                gaps_expired: 0
             }
         );
         // Older and equal computations: nothing to write for the row.
@@ -1012,7 +1028,8 @@ mod tests {
                 rollups_new: 1,
                 rollups_replaced: 1,
                 tenant_mismatches_new: 0,
-                customer_mismatches: 0
+                customer_mismatches: 0,
+                gaps_expired: 0
             }
         );
         let row = &m.buckets[&(DEV.into(), BUCKET)];

@@ -49,6 +49,9 @@ pub struct CentralMetrics {
     pub customer_mismatches: Counter,
     /// Batches refused for good and recorded on their site.
     pub batches_dead_lettered: Counter,
+    /// Gaps of sites' applied sets that expired (their batches count as
+    /// lost) to keep the sets bounded.
+    pub sequence_gaps_expired: Counter,
     /// Logins answered 429 (too many failures for the user or address).
     pub logins_throttled: Counter,
     /// Logins answered 503 (every password slot busy for the whole wait).
@@ -77,6 +80,7 @@ impl CentralMetrics {
             tenant_mismatches: Counter::default(),
             customer_mismatches: Counter::default(),
             batches_dead_lettered: Counter::default(),
+            sequence_gaps_expired: Counter::default(),
             logins_throttled: Counter::default(),
             password_checks_busy: Counter::default(),
             registry: Registry::with_prefix("outpost_central"),
@@ -153,6 +157,11 @@ impl CentralMetrics {
             "batches_dead_lettered",
             "Batches refused for good, recorded on their site (the sequence closes over them)",
             m.batches_dead_lettered.clone(),
+        );
+        r.register(
+            "sequence_gaps_expired",
+            "Gaps of a site's applied sequence numbers given up (their batches count as lost) to keep the set bounded",
+            m.sequence_gaps_expired.clone(),
         );
         r.register(
             "logins_throttled",

@@ -160,11 +160,16 @@ pub struct SiteRecord {
     pub dead_letters: DeadLetters,
 }
 
-/// Most numbers kept in [`SiteRecord::applied_above`]: a site whose
-/// batches arrive so far out of order that more would be needed is told
-/// to retry later (it sends its backlog oldest first, so the gap closes);
-/// the record, rewritten by every batch, stays small.
+/// Most numbers kept in [`SiteRecord::applied_above`]. A site sends its
+/// backlog oldest first, so an honest one has a handful there; when a
+/// batch would add one more, the oldest gap expires instead
+/// ([`SiteRecord::expire_gap`]: those numbers are dead-lettered as
+/// `gap_expired`), so the record, rewritten by every batch, stays small
+/// and the site always makes progress.
 pub const MAX_APPLIED_ABOVE: usize = 4_096;
+
+/// Reason of the dead letter of an expired gap.
+pub const GAP_EXPIRED: &str = "gap_expired";
 
 /// Dead letters kept per site (the newest; all are counted).
 pub const MAX_DEAD_LETTERS: usize = 100;
@@ -181,13 +186,16 @@ pub struct DeadLetters {
     pub recent: Vec<DeadLetter>,
 }
 
-/// A batch central refused for good.
+/// A batch central refused for good (or a range of numbers it will never
+/// apply: an expired gap).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub seq: u64,
+    /// The last number this covers (`seq` but for an expired gap).
+    pub last_seq: u64,
     /// Why: the reason label of `outpost_central_batch_rejects_total`
     /// (`malformed_batch`, `over_limit`, `identity_mismatch`,
-    /// `sequence_mismatch`).
+    /// `sequence_mismatch`), or [`GAP_EXPIRED`].
     pub reason: String,
     /// What was wrong, as told to the site (at most
     /// [`MAX_DEAD_LETTER_MESSAGE`] bytes).
@@ -204,17 +212,23 @@ impl DeadLetter {
         }
         DeadLetter {
             seq,
+            last_seq: seq,
             reason: reason.to_string(),
             message: message.get(..end).unwrap_or_default().to_string(),
             at_ms,
         }
     }
+
+    /// Whether this covers `seq`.
+    pub fn covers(&self, seq: u64) -> bool {
+        self.seq <= seq && seq <= self.last_seq
+    }
 }
 
 impl DeadLetters {
-    /// The dead letter of `seq`, if it is still kept.
+    /// The dead letter covering `seq`, if it is still kept.
     pub fn find(&self, seq: u64) -> Option<&DeadLetter> {
-        self.recent.iter().rev().find(|d| d.seq == seq)
+        self.recent.iter().rev().find(|d| d.covers(seq))
     }
 
     /// Records one, keeping the newest [`MAX_DEAD_LETTERS`].
@@ -302,6 +316,42 @@ impl SiteRecord {
             || self.applied_above.len() < MAX_APPLIED_ABOVE
     }
 
+    /// Closes the oldest gap (the numbers between `applied_up_to` and the
+    /// lowest number above it) as dead-lettered [`GAP_EXPIRED`] at `now_ms`,
+    /// folding what follows into the prefix. `None` without a gap.
+    pub fn expire_gap(&mut self, now_ms: u64) -> Option<DeadLetter> {
+        let first = self.applied_up_to.checked_add(1)?;
+        let above = *self.applied_above.first()?;
+        let last = above.checked_sub(1)?;
+        if last < first {
+            return None;
+        }
+        let message = format!(
+            "never received while {} later batches were applied; batches {first} to {last} count as lost",
+            self.applied_above.len()
+        );
+        self.applied_up_to = last;
+        self.fold();
+        let mut d = DeadLetter::new(first, GAP_EXPIRED, &message, now_ms);
+        d.last_seq = last;
+        self.dead_letters.push(d.clone());
+        Some(d)
+    }
+
+    /// Makes room for `seq` in the applied set ([`SiteRecord::can_mark`]),
+    /// expiring the oldest gaps as needed; returns the dead letters of the
+    /// expired gaps.
+    pub fn make_room(&mut self, seq: u64, now_ms: u64) -> Vec<DeadLetter> {
+        let mut expired = Vec::new();
+        while !self.can_mark(seq) {
+            match self.expire_gap(now_ms) {
+                Some(d) => expired.push(d),
+                None => break,
+            }
+        }
+        expired
+    }
+
     /// Marks `seq` applied, folding contiguous numbers into `applied_up_to`.
     pub fn mark_applied(&mut self, seq: u64) {
         if self.is_applied(seq) {
@@ -310,6 +360,12 @@ impl SiteRecord {
         if let Err(at) = self.applied_above.binary_search(&seq) {
             self.applied_above.insert(at, seq);
         }
+        self.fold();
+    }
+
+    /// Moves the numbers of `applied_above` that continue the prefix into
+    /// `applied_up_to`.
+    fn fold(&mut self) {
         let mut folded = 0;
         while let Some(next) = self.applied_up_to.checked_add(1)
             && self.applied_above.get(folded) == Some(&next)
@@ -828,7 +884,28 @@ mod tests {
         assert_eq!(s.applied_up_to, 4 + MAX_APPLIED_ABOVE as u64);
         assert!(s.applied_above.is_empty());
         assert!(s.can_mark(100_000));
-        s.applied_up_to = u64::MAX - 1;
+        // Full with gaps: the oldest gap expires (dead-lettered as one
+        // range), what follows folds, and there is room again.
+        (s.applied_up_to, s.applied_above) = (10, vec![]);
+        s.applied_above = (0..MAX_APPLIED_ABOVE as u64).map(|i| 20 + 2 * i).collect();
+        assert!(s.make_room(4, 7).is_empty(), "applied already");
+        let expired = s.make_room(1_000_000, 7);
+        assert_eq!(expired.len(), 1);
+        let d = &expired[0];
+        assert_eq!(
+            (d.seq, d.last_seq, d.reason.as_str(), d.at_ms),
+            (11, 19, GAP_EXPIRED, 7)
+        );
+        assert_eq!(s.applied_up_to, 20);
+        assert_eq!(s.applied_above.len(), MAX_APPLIED_ABOVE - 1);
+        assert!(s.can_mark(1_000_000));
+        assert!(
+            s.dead_letters
+                .find(15)
+                .is_some_and(|x| x.covers(11) && x.covers(19))
+        );
+        assert!(s.dead_letters.find(21).is_none());
+        (s.applied_up_to, s.applied_above) = (u64::MAX - 1, vec![]);
         s.mark_applied(u64::MAX);
         assert_eq!(s.applied_up_to, u64::MAX, "no overflow at the end");
     }

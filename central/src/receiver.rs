@@ -311,21 +311,13 @@ impl Refusal {
         }
     }
 
-    /// The answer to a batch that may be sent again later (not a dead letter).
-    fn retry_later(label: &'static str, message: impl Into<String>) -> Refusal {
-        Refusal {
-            reason: RejectReason::Internal,
-            label,
-            message: message.into(),
-        }
-    }
-
     /// The refusal recorded in `d`, told again to a site that resends it.
     fn of_dead_letter(d: &DeadLetter) -> Refusal {
         let (reason, label) = match d.reason.as_str() {
             "identity_mismatch" => (RejectReason::IdentityMismatch, "identity_mismatch"),
             "sequence_mismatch" => (RejectReason::SequenceMismatch, "sequence_mismatch"),
             "over_limit" => (RejectReason::Malformed, "over_limit"),
+            crate::model::GAP_EXPIRED => (RejectReason::Malformed, "gap_expired"),
             _ => (RejectReason::Malformed, "malformed_batch"),
         };
         Refusal {
@@ -339,9 +331,6 @@ impl Refusal {
 /// Label of batches over the decoder's limits (told `Malformed` on the wire:
 /// older appliances know no other permanent reason).
 pub const OVER_LIMIT: &str = "over_limit";
-/// Label of batches told to come back later because the site's applied set
-/// is full (see `model::MAX_APPLIED_ABOVE`).
-pub const APPLIED_SET_FULL: &str = "applied_set_full";
 
 /// Checks a batch (frame sequence `seq`, still compressed) of the site of
 /// the certificate, before and while decoding it: the header first, then
@@ -431,9 +420,6 @@ async fn receive_batch(
             }
         };
     }
-    if !site.can_mark(seq) {
-        return Err(applied_set_full(&site));
-    }
     let _slot = c
         .batch_slots
         .clone()
@@ -460,18 +446,14 @@ async fn receive_batch(
         ApplyOutcome::Duplicate => {
             c.metrics.batches_duplicate.inc();
         }
-        ApplyOutcome::AppliedSetFull => {
-            return Err(Refusal::retry_later(
-                APPLIED_SET_FULL,
-                "too many batches applied above a missing one; send the older batches first",
-            ));
-        }
         ApplyOutcome::Applied {
             rollups_new,
             rollups_replaced,
             tenant_mismatches_new,
             customer_mismatches,
+            gaps_expired,
         } => {
+            gaps_expired_note(c, gaps_expired);
             c.metrics.batches_applied.inc();
             c.metrics.rollups_applied.inc_by(rollups_new);
             c.metrics.rollups_replaced.inc_by(rollups_replaced);
@@ -505,21 +487,19 @@ async fn receive_batch(
     Ok(())
 }
 
-fn applied_set_full(site: &crate::model::SiteRecord) -> Refusal {
-    Refusal::retry_later(
-        APPLIED_SET_FULL,
-        format!(
-            "{} batches are applied above {} while {} is missing; send the older batches first",
-            site.applied_above.len(),
-            site.applied_up_to,
-            site.applied_up_to.saturating_add(1)
-        ),
-    )
+/// Counts and logs gaps of a site's applied set that expired.
+fn gaps_expired_note(c: &Central, gaps: u64) {
+    if gaps > 0 {
+        c.metrics.sequence_gaps_expired.inc_by(gaps);
+        warn!(
+            gaps,
+            "batches missing while many later ones were applied now count as lost (dead-lettered as gap_expired)"
+        );
+    }
 }
 
 /// Records a permanent refusal on the site (so its number closes) and
-/// returns what to tell the site: the refusal itself, or "later" when it
-/// could not be recorded.
+/// returns what to tell the site.
 async fn dead_letter(
     c: &Arc<Central>,
     tenant: &TenantId,
@@ -529,8 +509,9 @@ async fn dead_letter(
 ) -> Refusal {
     let letter = DeadLetter::new(seq, refusal.label, &refusal.message, crate::now_ms());
     match c.store.dead_letter(tenant, site_id, letter).await {
-        Ok(DeadLetterOutcome::Recorded) => {
+        Ok(DeadLetterOutcome::Recorded { gaps_expired }) => {
             c.metrics.batches_dead_lettered.inc();
+            gaps_expired_note(c, gaps_expired);
             warn!(
                 seq,
                 reason = refusal.label,
@@ -540,10 +521,6 @@ async fn dead_letter(
         }
         // Closed meanwhile (by another connection of the site): say so.
         Ok(DeadLetterOutcome::AlreadyClosed) => refusal,
-        Ok(DeadLetterOutcome::AppliedSetFull) => Refusal::retry_later(
-            APPLIED_SET_FULL,
-            "too many batches applied above a missing one; send the older batches first",
-        ),
         Err(e) => Refusal::new(
             RejectReason::Internal,
             format!("recording the refusal of batch {seq} failed: {e}"),
@@ -691,29 +668,30 @@ mod tests {
     }
 
     /// The applied set holds at most MAX_APPLIED_ABOVE numbers above its
-    /// prefix: a batch that would add one more is told to come back later
-    /// (not dead-lettered), while the missing one still applies.
+    /// prefix: a batch that would add one more expires the oldest gap
+    /// (dead-lettered as gap_expired, counted) and applies; the site makes
+    /// progress whatever order its batches come in, and a batch of the
+    /// expired gap sent later is refused for good.
     #[tokio::test]
-    async fn a_full_applied_set_asks_for_the_older_batches_first() {
+    async fn a_full_applied_set_expires_its_oldest_gap() {
         use crate::model::MAX_APPLIED_ABOVE;
         let (c, site, _dir) = central_with_site(Default::default()).await;
         let mut s = c.store.site(&tenant(), &site).await.unwrap().unwrap();
-        s.applied_above = (2..2 + MAX_APPLIED_ABOVE as u64).collect();
+        s.applied_above = (3..3 + MAX_APPLIED_ABOVE as u64).collect();
         c.store.update_site(&s).await.unwrap();
         let far = 10_000_000;
-        let r = send(&c, &site, far, good(&site, far)).await.unwrap_err();
-        assert_eq!(r.reason, RejectReason::Internal);
-        assert!(!r.reason.is_permanent());
-        let r = send(&c, &site, far, b"bad".to_vec()).await.unwrap_err();
-        assert_eq!(r.reason, RejectReason::Internal, "not even decoded");
+        send(&c, &site, far, good(&site, far)).await.unwrap();
+        let s = c.store.site(&tenant(), &site).await.unwrap().unwrap();
+        assert_eq!(s.applied_up_to, 2 + MAX_APPLIED_ABOVE as u64);
+        assert_eq!(s.applied_above, vec![far]);
+        assert_eq!(s.dead_letters.recent[0].reason, "gap_expired");
+        assert!(metric(&c, "outpost_central_sequence_gaps_expired_total 1"));
+        let r = send(&c, &site, 2, good(&site, 2)).await.unwrap_err();
+        assert_eq!(r.reason, RejectReason::Malformed);
+        assert!(r.message.contains("refused for good"), "{}", r.message);
         assert!(metric(
             &c,
-            "outpost_central_batch_rejects_total{reason=\"applied_set_full\"} 2"
+            "outpost_central_batch_rejects_total{reason=\"gap_expired\"} 1"
         ));
-        send(&c, &site, 1, good(&site, 1)).await.unwrap();
-        let s = c.store.site(&tenant(), &site).await.unwrap().unwrap();
-        assert_eq!(s.applied_up_to, 1 + MAX_APPLIED_ABOVE as u64);
-        assert!(s.applied_above.is_empty());
-        send(&c, &site, far, good(&site, far)).await.unwrap();
     }
 }

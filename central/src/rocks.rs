@@ -361,7 +361,6 @@ impl RocksCentralStore {
             .map_err(|e| CentralStoreError::Backend(e.to_string()))?
         {
             ApplyPlan::Duplicate => return Ok(ApplyOutcome::Duplicate),
-            ApplyPlan::AppliedSetFull => return Ok(ApplyOutcome::AppliedSetFull),
             ApplyPlan::Apply(c) => c,
         };
         // About 110 bytes per stored rollup and 2 KB per device row: sized
@@ -404,12 +403,13 @@ impl RocksCentralStore {
             .ok_or_else(|| CentralStoreError::Conflict(format!("unknown site {site_id}")))?;
         match apply::dead_letter(site, letter) {
             DeadLetterPlan::AlreadyClosed => Ok(DeadLetterOutcome::AlreadyClosed),
-            DeadLetterPlan::AppliedSetFull => Ok(DeadLetterOutcome::AppliedSetFull),
-            DeadLetterPlan::Record(site) => {
+            DeadLetterPlan::Record(site, expired) => {
                 let mut wb = WriteBatch::default();
                 self.put_site(&mut wb, &sk, &site)?;
                 self.write(wb)?;
-                Ok(DeadLetterOutcome::Recorded)
+                Ok(DeadLetterOutcome::Recorded {
+                    gaps_expired: expired.len() as u64,
+                })
             }
         }
     }
@@ -1074,7 +1074,8 @@ mod tests {
                 rollups_new: 3,
                 rollups_replaced: 0,
                 tenant_mismatches_new: 0,
-                customer_mismatches: 0
+                customer_mismatches: 0,
+                gaps_expired: 0
             }
         );
         let dev = first.device.to_string();
@@ -1102,7 +1103,8 @@ mod tests {
                 rollups_new: 0,
                 rollups_replaced: 1,
                 tenant_mismatches_new: 0,
-                customer_mismatches: 0
+                customer_mismatches: 0,
+                gaps_expired: 0
             }
         );
         assert_eq!(query(&st, &dev, "cpu", 10), vec![(b0, 50.0), (b1, 12.25)]);

@@ -61,24 +61,22 @@ pub enum ApplyOutcome {
         /// Device snapshots claiming a customer other than the site's (not
         /// believed; counted in `outpost_central_customer_mismatches_total`).
         customer_mismatches: u64,
+        /// Gaps of the applied set expired to make room (see
+        /// [`crate::model::MAX_APPLIED_ABOVE`]).
+        gaps_expired: u64,
     },
     /// Already applied earlier; nothing changed.
     Duplicate,
-    /// Not applied: the site's applied set is full and this batch does not
-    /// extend its prefix (see [`crate::model::MAX_APPLIED_ABOVE`]); the
-    /// site sends it again later.
-    AppliedSetFull,
 }
 
 /// What recording a dead letter did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeadLetterOutcome {
-    /// Recorded (durable on return); the sequence number is closed.
-    Recorded,
+    /// Recorded (durable on return); the sequence number is closed, and
+    /// `gaps_expired` gaps expired to make room.
+    Recorded { gaps_expired: u64 },
     /// The number was already closed (applied, or dead-lettered earlier).
     AlreadyClosed,
-    /// Not recorded: the applied set is full (as [`ApplyOutcome::AppliedSetFull`]).
-    AppliedSetFull,
 }
 
 /// A page of results with the cursor of the next page.
