@@ -866,4 +866,34 @@ pub(crate) mod tests {
             "{err}"
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// Valid batches with a few bytes changed (before compression, so
+        /// the codec sees them) decode to a batch or an error, never a
+        /// panic, and whatever decodes is within the limits.
+        #[test]
+        fn mutated_batches_decode_or_fail_without_panicking(
+            edits in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>()), 1..6),
+            truncate in proptest::option::of(0usize..4096),
+        ) {
+            let mut b = sample_batch(3);
+            b.foreign_tenants = vec![ForeignTenant { tenant: "acme".into(), devices: 2 }];
+            let mut more = b.rollups[0].clone();
+            more.device = DeviceId(43);
+            more.series[1].rollup.min = 0.1 + 0.2;
+            b.rollups.push(more);
+            let mut raw = zstd::bulk::decompress(&encode(&b, 1).unwrap(), MAX_DECODED_BYTES).unwrap();
+            for (at, byte) in edits {
+                let n = raw.len();
+                raw[at % n] = byte;
+            }
+            if let Some(t) = truncate {
+                raw.truncate(t % (raw.len() + 1));
+            }
+            if let Ok(back) = decode(&zstd::bulk::compress(&raw, 1).unwrap()) {
+                proptest::prop_assert!(back.check_limits().is_ok());
+            }
+        }
+    }
 }
