@@ -285,7 +285,8 @@ fn retry_after(status: StatusCode, secs: u64, message: String) -> Response {
 /// (password checks busy).
 pub async fn login_response(c: &Arc<Central>, l: Login, addr: Option<IpAddr>) -> Response {
     let now = crate::now_ms();
-    let key = (l.tenant.clone(), l.username.clone());
+    // Neither a tenant nor a user name holds a `/` (`ops::check_name`).
+    let key = format!("{}/{}", l.tenant, l.username);
     let limited = c
         .login_limiter
         .lock()

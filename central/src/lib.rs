@@ -16,7 +16,8 @@ pub mod api;
 mod api_tests;
 pub mod apply;
 pub mod dir;
-pub mod login;
+/// The login limits, password pool and roles, shared with the appliance.
+pub use outpost_web::login;
 pub mod metrics;
 pub mod model;
 pub mod ops;

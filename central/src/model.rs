@@ -480,36 +480,9 @@ pub struct AlertRow {
     pub acked_ms: u64,
 }
 
-/// Role of a user or API token within its tenant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Everything in the tenant, including sites, users and tokens.
-    Admin,
-    /// Reads everything, acknowledges alerts.
-    Technician,
-    /// Reads.
-    Viewer,
-}
-
-impl Role {
-    /// Admin 2, technician 1, viewer 0: a role may grant its rank or less.
-    pub fn rank(self) -> u8 {
-        match self {
-            Role::Admin => 2,
-            Role::Technician => 1,
-            Role::Viewer => 0,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Technician => "technician",
-            Role::Viewer => "viewer",
-        }
-    }
-}
+/// Role of a user or API token within its tenant (viewer < technician <
+/// admin; shared with the appliance's local users).
+pub use outpost_web::login::Role;
 
 /// Who a request acts for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

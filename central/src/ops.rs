@@ -5,8 +5,6 @@
 //! [`Principal::may_grant`], checked by the API before it calls these.
 
 use anyhow::{Context, bail};
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use outpost_proto::{CustomerId, SiteId, TenantId};
 use serde::{Deserialize, Serialize};
 
@@ -128,29 +126,10 @@ pub struct AddUser {
     pub password: String,
 }
 
-pub fn hash_password(pw: &str) -> anyhow::Result<String> {
-    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
-        .map_err(|e| anyhow::anyhow!("salt: {e}"))?;
-    Ok(Argon2::default()
-        .hash_password(pw.as_bytes(), &salt)
-        .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?
-        .to_string())
-}
-
-pub fn verify_password(pw: &str, phc: &str) -> bool {
-    PasswordHash::new(phc)
-        .map(|h| Argon2::default().verify_password(pw.as_bytes(), &h).is_ok())
-        .unwrap_or(false)
-}
-
-/// Shortest password accepted.
-pub const MIN_PASSWORD_CHARS: usize = 8;
+pub use outpost_web::login::{MIN_PASSWORD_CHARS, hash_password, verify_password};
 
 pub fn check_password(pw: &str) -> anyhow::Result<()> {
-    if pw.chars().count() < MIN_PASSWORD_CHARS {
-        bail!("the password must have at least {MIN_PASSWORD_CHARS} characters");
-    }
-    Ok(())
+    Ok(outpost_web::login::check_password(pw)?)
 }
 
 /// The record of a new user: names and password checked, the password

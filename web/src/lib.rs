@@ -3,8 +3,10 @@
 //! too): the JSON error type ([`ApiError`]), the extractors that answer
 //! every rejection with it ([`Json`], [`Query`], [`Path`], [`Form`], in
 //! [`extract`]), the router's catch-alls ([`not_found`], [`json_errors`]),
-//! the per-request span and counter ([`observe`], [`RouteLabel`]) and the
-//! Prometheus response ([`prometheus_response`]).
+//! the per-request span and counter ([`observe`], [`RouteLabel`]), the
+//! Prometheus response ([`prometheus_response`]), and what logins share at
+//! both ([`login`]: failed-login limits, password hashing on a bounded
+//! pool, the [`login::Role`] of a user).
 //!
 //! Every error either server answers is `{"error": "message"}`: handlers
 //! return [`ApiError`]; the extractors map axum's plain-text rejections
@@ -18,6 +20,7 @@
 //! [`ApiError`]. Nothing here may depend on the appliance or central.
 
 pub mod extract;
+pub mod login;
 
 pub use extract::{Form, Json, Path, Query, limit};
 

@@ -1,27 +1,36 @@
-//! What stands between the login route and a password guesser:
+//! What stands between a login route and a password guesser, shared by
+//! `outpost-central` and the appliance's admin listener:
 //!
-//! * [`LoginLimiter`]: failed logins are rate-limited per user name and per
+//! * [`LoginLimiter`]: failed logins are rate-limited per user key and per
 //!   source address (a burst, then one attempt per interval: the generic
-//!   cell rate algorithm). A pure structure: `now_ms` is a parameter of
-//!   every call, so it is tested with an explicit clock. Its memory is
-//!   bounded ([`LimiterConfig::max_keys`] per map).
+//!   cell rate algorithm). The user key is a string the caller builds
+//!   (`tenant/user` at central, `user` on the appliance). A pure
+//!   structure: `now_ms` is a parameter of every call, so it is tested
+//!   with an explicit clock. Its memory is bounded
+//!   ([`LimiterConfig::max_keys`] per map).
 //! * [`Passwords`]: argon2 runs on the blocking pool behind a semaphore of
 //!   a few permits (the number of cores), so many concurrent logins queue
 //!   instead of taking every blocking thread and starving the API; an
 //!   unknown user is verified against a dummy hash with the same
 //!   parameters, so the answer takes as long as for a known one (no user
 //!   name oracle by timing).
+//! * the argon2id helpers ([`hash_password`], [`verify_password`]), the
+//!   password policy ([`check_password`]) and the [`Role`] of a user
+//!   (viewer < technician < admin).
 //!
-//! Owns no storage and no HTTP: the login handler in [`crate::api`] calls
-//! these.
+//! Owns no storage and no HTTP: the login handlers of central and the
+//! appliance call these; nothing here knows tenants, sites or users.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use outpost_proto::TenantId;
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 /// One rate: `burst` failures at once, then one per `interval_ms`.
@@ -34,7 +43,7 @@ pub struct Rate {
 /// Limits of failed logins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimiterConfig {
-    /// Per (tenant, user name), known or not.
+    /// Per user key (the caller's: `tenant/user`, `user`), known or not.
     pub per_user: Rate,
     /// Per source address (IPv6: per /64).
     pub per_address: Rate,
@@ -111,7 +120,11 @@ impl<K: Hash + Eq + Clone> Cells<K> {
     }
 
     /// `Err` with the wait when one more failure would not fit the rate.
-    fn check(&self, k: &K, now_ms: u64) -> Result<(), RetryAfter> {
+    fn check<Q>(&self, k: &Q, now_ms: u64) -> Result<(), RetryAfter>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let Some(&tat) = self.tat_ms.get(k) else {
             return Ok(());
         };
@@ -127,15 +140,28 @@ impl<K: Hash + Eq + Clone> Cells<K> {
         }
     }
 
-    fn fail(&mut self, k: &K, now_ms: u64) {
-        if !self.tat_ms.contains_key(k) && self.tat_ms.len() >= self.max_keys {
+    fn fail<Q>(&mut self, k: &Q, now_ms: u64)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let interval = self.rate.interval_ms;
+        if let Some(tat) = self.tat_ms.get_mut(k) {
+            *tat = (*tat).max(now_ms).saturating_add(interval);
+            return;
+        }
+        if self.tat_ms.len() >= self.max_keys {
             self.make_room(now_ms);
         }
-        let tat = self.tat_ms.entry(k.clone()).or_insert(now_ms);
-        *tat = (*tat).max(now_ms).saturating_add(self.rate.interval_ms);
+        self.tat_ms
+            .insert(k.to_owned(), now_ms.saturating_add(interval));
     }
 
-    fn forget(&mut self, k: &K) {
+    fn forget<Q>(&mut self, k: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.tat_ms.remove(k);
     }
 
@@ -162,7 +188,7 @@ impl<K: Hash + Eq + Clone> Cells<K> {
 /// module docs).
 #[derive(Debug)]
 pub struct LoginLimiter {
-    users: Cells<(TenantId, String)>,
+    users: Cells<String>,
     addresses: Cells<AddressKey>,
 }
 
@@ -176,12 +202,7 @@ impl LoginLimiter {
 
     /// Whether an attempt for `user` from `addr` may be made now; `Err`
     /// with the longer wait when either limit is reached.
-    pub fn check(
-        &self,
-        user: &(TenantId, String),
-        addr: Option<IpAddr>,
-        now_ms: u64,
-    ) -> Result<(), RetryAfter> {
+    pub fn check(&self, user: &str, addr: Option<IpAddr>, now_ms: u64) -> Result<(), RetryAfter> {
         let u = self.users.check(user, now_ms);
         let a = match addr {
             Some(ip) => self.addresses.check(&ip.into(), now_ms),
@@ -195,7 +216,7 @@ impl LoginLimiter {
     }
 
     /// Records a failed attempt.
-    pub fn failed(&mut self, user: &(TenantId, String), addr: Option<IpAddr>, now_ms: u64) {
+    pub fn failed(&mut self, user: &str, addr: Option<IpAddr>, now_ms: u64) {
         self.users.fail(user, now_ms);
         if let Some(ip) = addr {
             self.addresses.fail(&ip.into(), now_ms);
@@ -211,7 +232,7 @@ impl LoginLimiter {
     }
 
     /// A successful login forgets the user's failures (not the address's).
-    pub fn succeeded(&mut self, user: &(TenantId, String)) {
+    pub fn succeeded(&mut self, user: &str) {
         self.users.forget(user);
     }
 
@@ -272,13 +293,13 @@ impl Passwords {
     pub async fn verify(&self, password: String, phc: Option<String>) -> Result<bool, Busy> {
         let dummy = self.dummy.clone();
         self.run(move || match phc {
-            Some(h) => crate::ops::verify_password(&password, &h),
+            Some(h) => verify_password(&password, &h),
             None => {
                 let d = dummy.get_or_init(|| {
-                    let pw = hex::encode(rand::random::<[u8; 16]>());
-                    crate::ops::hash_password(&pw).unwrap_or_default()
+                    let pw = format!("{:032x}", rand::random::<u128>());
+                    hash_password(&pw).unwrap_or_default()
                 });
-                let _ = crate::ops::verify_password(&password, d);
+                let _ = verify_password(&password, d);
                 false
             }
         })
@@ -286,10 +307,8 @@ impl Passwords {
     }
 
     /// The argon2id PHC string of `password`.
-    pub async fn hash(&self, password: String) -> anyhow::Result<String> {
-        self.run(move || crate::ops::hash_password(&password))
-            .await
-            .map_err(anyhow::Error::from)?
+    pub async fn hash(&self, password: String) -> Result<String, HashError> {
+        self.run(move || hash_password(&password)).await?
     }
 
     /// Slots free now (tests).
@@ -303,12 +322,131 @@ pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Hashing a password failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HashError {
+    #[error(transparent)]
+    Busy(#[from] Busy),
+    #[error("hashing the password: {0}")]
+    Argon2(String),
+}
+
+/// The argon2id PHC string of `pw` (default parameters, random salt).
+pub fn hash_password(pw: &str) -> Result<String, HashError> {
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
+        .map_err(|e| HashError::Argon2(format!("salt: {e}")))?;
+    Ok(Argon2::default()
+        .hash_password(pw.as_bytes(), &salt)
+        .map_err(|e| HashError::Argon2(e.to_string()))?
+        .to_string())
+}
+
+/// Whether `pw` matches the PHC string `phc` (a malformed hash matches
+/// nothing).
+pub fn verify_password(pw: &str, phc: &str) -> bool {
+    PasswordHash::new(phc)
+        .map(|h| Argon2::default().verify_password(pw.as_bytes(), &h).is_ok())
+        .unwrap_or(false)
+}
+
+/// Shortest password accepted.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+
+/// Longest password accepted (argon2 hashes any length; a bound keeps a
+/// request from making it hash megabytes).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// A password the policy refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WeakPassword {
+    #[error("the password must have at least {MIN_PASSWORD_CHARS} characters")]
+    TooShort,
+    #[error("the password must have at most {MAX_PASSWORD_BYTES} bytes")]
+    TooLong,
+}
+
+/// The password policy: at least [`MIN_PASSWORD_CHARS`] characters, at
+/// most [`MAX_PASSWORD_BYTES`] bytes.
+pub fn check_password(pw: &str) -> Result<(), WeakPassword> {
+    if pw.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(WeakPassword::TooShort);
+    }
+    if pw.len() > MAX_PASSWORD_BYTES {
+        return Err(WeakPassword::TooLong);
+    }
+    Ok(())
+}
+
+/// Role of a user or API token: viewer < technician < admin. Sent (JSON)
+/// as its lowercase name (`"admin"`, `"technician"`, `"viewer"`); bincode
+/// tables store the variant's index, so variants are appended, never
+/// reordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything, including users and credentials.
+    Admin,
+    /// Reads everything, acknowledges alerts (and acts on devices).
+    Technician,
+    /// Reads.
+    Viewer,
+}
+
+impl Role {
+    /// Admin 2, technician 1, viewer 0: a role may grant its rank or less.
+    pub fn rank(self) -> u8 {
+        match self {
+            Role::Admin => 2,
+            Role::Technician => 1,
+            Role::Viewer => 0,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Technician => "technician",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    /// Whether this role may do what needs `min`.
+    pub fn allows(self, min: Role) -> bool {
+        self.rank() >= min.rank()
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Not `admin`, `technician` or `viewer`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?}: admin, technician or viewer")]
+pub struct UnknownRole(pub String);
+
+impl std::str::FromStr for Role {
+    type Err = UnknownRole;
+
+    fn from_str(s: &str) -> Result<Role, UnknownRole> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "technician" => Ok(Role::Technician),
+            "viewer" => Ok(Role::Viewer),
+            _ => Err(UnknownRole(s.to_string())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn user(n: &str) -> (TenantId, String) {
-        ("msp".into(), n.to_string())
+    fn user(n: &str) -> String {
+        format!("msp/{n}")
     }
 
     const ADDR: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7)));
@@ -416,7 +554,7 @@ mod tests {
             l.check(&user("spray999"), None, 2_000).is_ok(),
             "one failure is within the burst"
         );
-        assert!(l.users.tat_ms.contains_key(&user("spray999")));
+        assert!(l.users.tat_ms.contains_key(user("spray999").as_str()));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,5 +589,40 @@ mod tests {
         assert_eq!(p.verify("x".into(), None).await, Err(Busy));
         drop(held);
         assert_eq!(p.verify("x".into(), None).await, Ok(false));
+    }
+
+    #[test]
+    fn roles_are_ordered_viewer_technician_admin_and_stored_by_name() {
+        use Role::*;
+        assert!(Admin.allows(Technician) && Admin.allows(Viewer) && Admin.allows(Admin));
+        assert!(Technician.allows(Viewer) && Technician.allows(Technician));
+        assert!(!Technician.allows(Admin));
+        assert!(Viewer.allows(Viewer) && !Viewer.allows(Technician));
+        assert_eq!(
+            serde_json::to_string(&Technician).unwrap(),
+            "\"technician\""
+        );
+        assert_eq!(serde_json::from_str::<Role>("\"viewer\"").unwrap(), Viewer);
+        for r in [Admin, Technician, Viewer] {
+            assert_eq!(r.as_str().parse::<Role>(), Ok(r));
+            assert_eq!(r.to_string(), r.as_str());
+        }
+        assert!("root".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn the_password_policy_wants_8_characters_and_at_most_1_kib() {
+        assert_eq!(check_password("1234567"), Err(WeakPassword::TooShort));
+        assert_eq!(check_password("12345678"), Ok(()));
+        // Characters, not bytes: eight accented letters are enough.
+        assert_eq!(check_password("éééééééé"), Ok(()));
+        assert_eq!(
+            check_password(&"x".repeat(1025)),
+            Err(WeakPassword::TooLong)
+        );
+        let h = hash_password("correct horse").unwrap();
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("wrong horse", &h));
+        assert!(!verify_password("x", "not a hash"));
     }
 }
