@@ -7,13 +7,14 @@ use std::path::Path;
 use outpost_storage::{Store, StoreOptions, Table};
 
 /// Every table of the appliance: the ingest engine's, the alert engine's,
-/// the patch cache's and the uplink outbox's.
+/// the patch cache's, the uplink outbox's and the local users'.
 pub fn tables() -> Vec<Table> {
     [
         outpost_storage::TABLES,
         crate::alerts::store::TABLES,
         crate::cache::tables::TABLES,
         outpost_uplink::outbox::TABLES,
+        crate::users::store::TABLES,
     ]
     .concat()
 }
@@ -37,8 +38,8 @@ mod tests {
         assert_eq!(names.len(), n, "two subsystems declare the same table name");
         // The 25 tables of wave 1 (plus `meta`, always opened): stored
         // data of existing appliances keeps its column families; plus
-        // `cache_misses` (issue 10).
-        assert_eq!(n, 26);
+        // `cache_misses` (issue 10); `users` and `sessions` (issue 12).
+        assert_eq!(n, 28);
     }
 
     #[test]
@@ -63,7 +64,7 @@ mod tests {
     fn the_database_opens_and_reopens_with_every_table() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), &StoreOptions::default()).unwrap();
-        assert_eq!(s.tables().len(), 27);
+        assert_eq!(s.tables().len(), 29);
         drop(s);
         open(dir.path(), &StoreOptions::default()).unwrap();
     }

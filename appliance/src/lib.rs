@@ -5,7 +5,8 @@
 //! material ([`site`]), configuration ([`config`]), the database's tables
 //! ([`db`]), metrics ([`metrics`]) and the kernel's socket counters they
 //! read ([`net`]), background jobs ([`jobs`]), the LAN patch cache
-//! ([`cache`]), the admin CLI ([`cli`], one module per subsystem) and its
+//! ([`cache`]), local users and their sessions ([`users`]), the admin CLI
+//! ([`cli`], one module per subsystem) and its
 //! HTTP client ([`client`]). [`serve`] wires
 //! them together.
 
@@ -22,3 +23,4 @@ pub mod metrics;
 pub mod net;
 pub mod serve;
 pub mod site;
+pub mod users;

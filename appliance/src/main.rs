@@ -57,5 +57,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Alerts(args) => cli::alerts::run(args, client()?).await,
         Command::Api(args) => cli::api::run(args, client).await,
         Command::Uplink(cmd) => cli::uplink::run(cmd, client()?).await,
+        Command::Users(cmd) => cli::users::run(cmd, client()?).await,
     }
 }

@@ -71,6 +71,9 @@ pub struct Metrics {
     pub chunks_sealed: Counter,
     pub retention_runs: Family<ResultLabel, Counter>,
     pub api_requests: Family<RouteLabel, Counter>,
+    /// Logins of local users on the admin listener by result (`ok`,
+    /// `failed`, `throttled`, `busy`).
+    pub logins: Family<ResultLabel, Counter>,
     /// LAN patch cache (`outpost_cache_*`).
     pub cache: crate::cache::metrics::CacheMetrics,
     /// Alert transitions by kind (pending, firing, resolved, cleared, ...).
@@ -134,6 +137,7 @@ impl Metrics {
             chunks_sealed: Counter::default(),
             retention_runs: Family::default(),
             api_requests: Family::default(),
+            logins: Family::default(),
             cache: Default::default(),
             alert_transitions: Family::default(),
             alerts_firing: Gauge::default(),
@@ -269,6 +273,11 @@ impl Metrics {
             m.retention_runs.clone(),
         );
         r.register("api_requests", "Admin API requests", m.api_requests.clone());
+        r.register(
+            "logins",
+            "Logins of local users on the admin listener by result (ok, failed, throttled, busy)",
+            m.logins.clone(),
+        );
         m.cache.register(r);
         r.register(
             "alert_transitions",

@@ -119,7 +119,12 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
     let api_state = Arc::new(ApiState {
         store: store.clone(),
         metrics: metrics.clone(),
-        admin_token: keys.admin_token.clone(),
+        auth: Arc::new(crate::users::auth::Auth::new(
+            store.clone(),
+            metrics.clone(),
+            keys.admin_token.clone(),
+            crate::users::auth::AuthOptions::default(),
+        )),
         writer: writer.clone(),
         live: live.clone(),
         alerts,
@@ -165,12 +170,16 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
             api_state.clone(),
             cache
                 .as_ref()
-                .map(|(c, _)| crate::cache::api::router(c.clone(), &keys.admin_token)),
+                .map(|(c, _)| crate::cache::api::router(c.clone())),
         );
         tracker.spawn(async move {
-            let r = axum::serve(admin, router)
-                .with_graceful_shutdown(async move { sd.cancelled().await })
-                .await;
+            // The peer address feeds the login limits.
+            let r = axum::serve(
+                admin,
+                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { sd.cancelled().await })
+            .await;
             if let Err(e) = r {
                 tracing::error!(error = %e, "admin API stopped");
             }

@@ -1,10 +1,12 @@
 //! Alerting API: CRUD for rules, channels, escalation policies and
 //! maintenance windows; alert listing, detail and acknowledgement; the
 //! notification queue and dead letters; device tags. Every change is
-//! audited (actor from the `X-Outpost-User` header, else `admin-token`).
+//! audited (actor: a session's user; with the admin token the
+//! `X-Outpost-User` header, else `admin-token`: [`Caller::actor`]).
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -26,6 +28,7 @@ use crate::alerts::model::{
 use crate::alerts::references::{self, RuleProblems};
 use crate::alerts::store::{self, ConfigKind};
 use crate::alerts::windows;
+use crate::users::auth::{Caller, Credential};
 
 /// A configuration object managed by the generic CRUD handlers.
 pub trait ConfigObject: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
@@ -192,13 +195,8 @@ impl ConfigObject for MaintenanceWindow {
     }
 }
 
-fn actor(headers: &HeaderMap) -> String {
-    headers
-        .get("x-outpost-user")
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty() && s.len() <= 100)
-        .unwrap_or("admin-token")
-        .to_string()
+fn actor(caller: &Caller, headers: &HeaderMap) -> String {
+    caller.actor(headers)
 }
 
 fn valid_id(id: &str) -> Result<(), ApiError> {
@@ -249,6 +247,7 @@ async fn get_cfg<T: ConfigObject>(
 async fn create_cfg<T: ConfigObject>(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Json(mut v): Json<T>,
 ) -> Result<Json<Saved<T>>, ApiError> {
     if v.id().is_empty() {
@@ -272,7 +271,7 @@ async fn create_cfg<T: ConfigObject>(
         Ok(warnings)
     })
     .await?;
-    let who = actor(&headers);
+    let who = actor(&caller, &headers);
     audit(
         &st,
         &who,
@@ -290,6 +289,7 @@ async fn create_cfg<T: ConfigObject>(
 async fn update_cfg<T: ConfigObject>(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Json(mut v): Json<T>,
 ) -> Result<Json<Saved<T>>, ApiError> {
@@ -313,7 +313,7 @@ async fn update_cfg<T: ConfigObject>(
         Ok(warnings)
     })
     .await?;
-    let who = actor(&headers);
+    let who = actor(&caller, &headers);
     audit(
         &st,
         &who,
@@ -331,6 +331,7 @@ async fn update_cfg<T: ConfigObject>(
 async fn delete_cfg<T: ConfigObject>(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let i2 = id.clone();
@@ -342,7 +343,7 @@ async fn delete_cfg<T: ConfigObject>(
         Ok(())
     })
     .await?;
-    let who = actor(&headers);
+    let who = actor(&caller, &headers);
     audit(
         &st,
         &who,
@@ -486,7 +487,9 @@ async fn show_alert(
 pub struct AckBody {
     #[serde(default)]
     pub comment: String,
-    /// Who acknowledges (default: the X-Outpost-User header or `admin-token`).
+    /// Who acknowledges, with the admin token (default: the
+    /// X-Outpost-User header or `admin-token`); a session acknowledges as
+    /// its user, whatever this says.
     #[serde(default)]
     pub by: Option<String>,
 }
@@ -494,15 +497,17 @@ pub struct AckBody {
 async fn ack_alert(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: Option<Json<AckBody>>,
 ) -> Result<Json<Alert>, ApiError> {
     let id = parse_alert_id(&id)?;
     let body = body.map(|b| b.0).unwrap_or_default();
-    let by = body
-        .by
-        .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| actor(&headers));
+    let by = match caller.credential {
+        Credential::AdminToken => body.by.filter(|b| !b.is_empty()),
+        Credential::Session => None,
+    }
+    .unwrap_or_else(|| actor(&caller, &headers));
     st.alerts
         .ack(id, by, body.comment)
         .await
@@ -531,6 +536,7 @@ async fn queued(State(st): State<Arc<ApiState>>) -> Result<Json<Vec<Notification
 async fn set_tags(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Json(tags): Json<Vec<String>>,
 ) -> Result<Json<Vec<String>>, ApiError> {
@@ -551,7 +557,7 @@ async fn set_tags(
     .await?;
     audit(
         &st,
-        &actor(&headers),
+        &actor(&caller, &headers),
         "device.tags".into(),
         &id,
         tags.join(","),

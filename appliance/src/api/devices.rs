@@ -355,6 +355,7 @@ pub struct RevokeAnswer {
 
 pub async fn revoke(
     State(st): State<Arc<ApiState>>,
+    axum::Extension(caller): axum::Extension<crate::users::auth::Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<RevokeAnswer>, ApiError> {
     let id = parse_id(&id)?;
@@ -366,7 +367,7 @@ pub async fn revoke(
             s,
             &AuditEntry {
                 at_ms: now,
-                actor: "admin-token".into(),
+                actor: caller.user,
                 action: "device.revoke".into(),
                 target: id.to_string(),
                 detail: format!("hostname={}", rec.hostname),

@@ -1,11 +1,16 @@
-//! Admin JSON API under `/api/v1/` (bearer token), plus `/metrics`
-//! (Prometheus text) and `/healthz`, served on the admin listener.
+//! Admin JSON API under `/api/v1/`, plus `/metrics` (Prometheus text) and
+//! `/healthz`, served on the admin listener. Every `/api/v1/` route but
+//! `login` and `logout` is authenticated (the admin bearer token, or a
+//! local user's session cookie) and authorised by role
+//! ([`crate::users::auth::authorize`]), the patch cache's routes merged in
+//! by [`admin_router`] included.
 
 mod alerts;
 mod devices;
 mod error;
 mod tokens;
 mod uplink;
+mod users;
 
 /// Request body of `/api/v1/uplink/join`.
 pub mod uplink_types {
@@ -22,6 +27,11 @@ pub mod alerts_types {
     pub use super::alerts::{AckBody, AlertDetail};
     pub use crate::alerts::references::RuleProblems;
 }
+/// Request and answer bodies of the login and user routes.
+pub mod users_types {
+    pub use super::users::{LoginAnswer, LoginBody, NewPassword, NewUser};
+    pub use crate::users::auth::{Caller, Credential, SessionsEnded, UserOut};
+}
 /// Request and answer bodies of `/api/v1/tokens`.
 pub mod tokens_types {
     pub use super::tokens::{CreateToken, TokenCreated};
@@ -33,10 +43,10 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use outpost_storage::Store;
 use tracing::info_span;
 
@@ -50,8 +60,9 @@ use crate::metrics::Metrics;
 pub struct ApiState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
-    /// The bearer token every `/api/v1/` request must present.
-    pub admin_token: String,
+    /// Who a request is and what it may do (admin token, local users'
+    /// sessions, logins).
+    pub auth: Arc<crate::users::auth::Auth>,
     pub writer: WriterHandle,
     pub live: Arc<LiveSessions>,
     /// The alert engine (configuration reloads, acknowledgements).
@@ -67,12 +78,17 @@ impl std::fmt::Debug for ApiState {
 }
 
 /// The admin listener's router: the API, plus `extra` routes served beside
-/// it (the patch cache's), every error answered as `{"error": ...}`
-/// ([`outpost_web::json_errors`] outermost, so it covers both).
+/// it (the patch cache's) behind the same authentication and roles, every
+/// error answered as `{"error": ...}` ([`outpost_web::json_errors`]
+/// outermost, so it covers both).
 pub fn admin_router(state: Arc<ApiState>, extra: Option<Router>) -> Router {
+    let auth = state.auth.clone();
     let mut r = router(state);
     if let Some(extra) = extra {
-        r = r.merge(extra);
+        r = r.merge(extra.route_layer(middleware::from_fn_with_state(
+            auth,
+            crate::users::auth::authorize,
+        )));
     }
     r.layer(middleware::from_fn(outpost_web::json_errors))
 }
@@ -91,42 +107,23 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .merge(alerts::routes())
         .route("/uplink/join", post(uplink::join))
         .route("/uplink/status", get(uplink::status))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route("/me", get(users::me))
+        .route("/users", get(users::list).post(users::create))
+        .route("/users/{name}", axum::routing::delete(users::remove))
+        .route("/users/{name}/password", put(users::password))
+        .route_layer(middleware::from_fn_with_state(
+            state.auth.clone(),
+            crate::users::auth::authorize,
+        ));
     Router::new()
+        .route("/api/v1/login", post(users::login))
+        .route("/api/v1/logout", post(users::logout))
         .nest("/api/v1", api)
         .route("/metrics", get(prometheus))
         .route("/healthz", get(healthz))
         .fallback(outpost_web::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
-}
-
-/// Constant-time comparison of secrets.
-fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn require_token(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        Some(t) if secrets_equal(t.as_bytes(), st.admin_token.as_bytes()) => next.run(req).await,
-        Some(_) => {
-            st.metrics.reject("api_bad_token");
-            ApiError::Unauthorized("invalid bearer token".into()).into_response()
-        }
-        None => {
-            st.metrics.reject("api_missing_token");
-            ApiError::Unauthorized(
-                "missing bearer token: send `Authorization: Bearer <DATA/admin.token>`".into(),
-            )
-            .into_response()
-        }
-    }
 }
 
 /// A span per request and a request counter by route and status.

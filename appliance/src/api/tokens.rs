@@ -51,6 +51,7 @@ fn valid_name(what: &str, s: &str, required: bool) -> Result<(), ApiError> {
 
 pub async fn create(
     State(st): State<Arc<ApiState>>,
+    axum::Extension(caller): axum::Extension<crate::users::auth::Caller>,
     Json(req): Json<CreateToken>,
 ) -> Result<Json<TokenCreated>, ApiError> {
     valid_name("tenant", &req.tenant, true)?;
@@ -87,7 +88,7 @@ pub async fn create(
             s,
             &AuditEntry {
                 at_ms: now,
-                actor: "admin-token".into(),
+                actor: caller.user,
                 action: "token.create".into(),
                 target: t2.tenant.to_string(),
                 detail: format!(

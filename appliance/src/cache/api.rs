@@ -1,13 +1,13 @@
-//! `/api/v1/cache/*` on the admin listener (bearer token):
-//! `GET stats`, `POST prefetch`, `POST verify`, `GET|POST pins`, `POST unpin`,
-//! `POST reset-suite`.
+//! `/api/v1/cache/*` on the admin listener: `GET stats`, `POST prefetch`,
+//! `POST verify`, `GET|POST pins`, `POST unpin`, `POST reset-suite`. The
+//! admin listener's router authenticates and authorises these like every
+//! API route (`crate::api::admin_router`); nothing here checks credentials.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use outpost_web::Json;
@@ -19,15 +19,12 @@ use super::ops::{PinRequest, PrefetchRequest};
 #[derive(Clone)]
 struct ApiCtx {
     cache: Arc<Cache>,
-    token: Arc<str>,
 }
 
-/// The cache routes, to merge into the admin router.
-pub fn router(cache: Arc<Cache>, admin_token: &str) -> Router {
-    let ctx = ApiCtx {
-        cache,
-        token: admin_token.into(),
-    };
+/// The cache routes, to merge into the admin router (which authenticates
+/// them).
+pub fn router(cache: Arc<Cache>) -> Router {
+    let ctx = ApiCtx { cache };
     Router::new()
         .route("/api/v1/cache/stats", get(stats))
         .route("/api/v1/cache/prefetch", post(prefetch))
@@ -35,38 +32,11 @@ pub fn router(cache: Arc<Cache>, admin_token: &str) -> Router {
         .route("/api/v1/cache/pins", get(pins).post(pin))
         .route("/api/v1/cache/unpin", post(unpin))
         .route("/api/v1/cache/reset-suite", post(reset_suite))
-        .route_layer(middleware::from_fn_with_state(ctx.clone(), require_token))
         .with_state(ctx)
 }
 
 fn err(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
-}
-
-async fn require_token(State(ctx): State<ApiCtx>, req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let ok = presented.is_some_and(|t| {
-        let (a, b) = (t.as_bytes(), ctx.token.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-    });
-    if ok {
-        next.run(req).await
-    } else {
-        ctx.cache.metrics.reject(if presented.is_some() {
-            "api_bad_token"
-        } else {
-            "api_missing_token"
-        });
-        err(
-            StatusCode::UNAUTHORIZED,
-            "missing or invalid bearer token: send `Authorization: Bearer <DATA/admin.token>`",
-        )
-    }
 }
 
 async fn stats(State(ctx): State<ApiCtx>) -> Response {

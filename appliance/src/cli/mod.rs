@@ -1,7 +1,7 @@
 //! The `outpost` command line: the arguments of every sub-command and what
 //! each one runs, one module per subsystem ([`serve`] for `serve` and
 //! `ca-fingerprint`, [`tokens`], [`devices`], [`alerts`], [`uplink`],
-//! [`cache`], [`api`]), with the shared table and time formatting in
+//! [`cache`], [`users`], [`api`]), with the shared table and time formatting in
 //! [`table`]. `main.rs` only parses and dispatches.
 //!
 //! Contract (DESIGN.md § Interfaces): plain values on stdout, `--json` for
@@ -18,6 +18,7 @@ pub mod serve;
 pub mod table;
 pub mod tokens;
 pub mod uplink;
+pub mod users;
 
 use std::path::PathBuf;
 
@@ -81,4 +82,7 @@ pub enum Command {
     /// Sync to outpost-central.
     #[command(subcommand)]
     Uplink(uplink::UplinkCmd),
+    /// Local users of the admin API and console: add, list, passwd, remove.
+    #[command(subcommand)]
+    Users(users::UsersCmd),
 }
