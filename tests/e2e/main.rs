@@ -14,3 +14,4 @@ mod frames;
 mod layout;
 mod refusals;
 mod uplink;
+mod users;
