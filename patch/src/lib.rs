@@ -2,9 +2,15 @@
 //! what it misses, which CVEs that leaves open, and how compliant it is.
 //!
 //! - [`version`]: dpkg and rpm version order, exact to the tools.
+//! - [`release`]: which distribution release a device runs or an advisory
+//!   speaks of.
+//! - [`scan`]: parsers of the package tools' output, the scan model and
+//!   scan deltas.
 //!
 //! Owns no storage, no sockets and no clock: callers pass `now` (Unix
 //! milliseconds). The agent, the appliance and central link it; it must
 //! never depend on `outpost-storage`, RocksDB or tokio.
 
+pub mod release;
+pub mod scan;
 pub mod version;

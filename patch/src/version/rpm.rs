@@ -116,11 +116,9 @@ pub fn rpmvercmp(a: &str, b: &str) -> Ordering {
 #[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct RpmEvr {
     /// `None` when the package has no epoch (`rpm -q` prints `(none)`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
     pub version: String,
     /// `None` when not given (a bare version in an advisory).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<String>,
 }
 

@@ -1,0 +1,287 @@
+//! The scan model: what one device has installed, what apt would upgrade,
+//! whether it waits for a reboot. Serde-friendly and compact for bincode
+//! as well as JSON (no skipped fields, no internally tagged enums).
+//!
+//! Built by the agent from the parsers next to this module; never parsed
+//! from the network without the codec's limits (the caller's job).
+
+use crate::release::ReleaseKey;
+use crate::scan::os_release::OsInfo;
+use crate::version::{DebVersion, RpmEvr};
+
+/// A line of tool output that could not be used, kept for the report.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LineProblem {
+    /// Which output: `dpkg-query`, `apt-get`, `rpm`.
+    pub tool: String,
+    /// 1-based line number in that output.
+    pub line: u32,
+    pub reason: String,
+}
+
+/// Problems met while reading tool output: all are counted, the first
+/// [`Problems::KEPT`] are kept with their reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Problems {
+    pub total: u32,
+    pub first: Vec<LineProblem>,
+}
+
+impl Problems {
+    /// How many problems are kept with their reason.
+    pub const KEPT: usize = 20;
+
+    pub fn push(&mut self, tool: &str, line: usize, reason: impl Into<String>) {
+        self.total = self.total.saturating_add(1);
+        if self.first.len() < Self::KEPT {
+            self.first.push(LineProblem {
+                tool: tool.to_string(),
+                line: u32::try_from(line).unwrap_or(u32::MAX),
+                reason: reason.into(),
+            });
+        }
+    }
+
+    pub fn extend(&mut self, other: Problems) {
+        self.total = self.total.saturating_add(other.total);
+        for p in other.first {
+            if self.first.len() < Self::KEPT {
+                self.first.push(p);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+}
+
+/// dpkg's view of an installed package (the second letter of
+/// `${db:Status-Abbrev}`); packages only `config-files` or `not-installed`
+/// are not part of a scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PkgState {
+    Installed,
+    TriggersPending,
+    TriggersAwaited,
+    HalfConfigured,
+    Unpacked,
+    HalfInstalled,
+}
+
+/// One installed Debian binary package.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DpkgPackage {
+    pub name: String,
+    pub arch: String,
+    pub version: DebVersion,
+    /// The source package, when its name differs from the binary's.
+    pub source: Option<String>,
+    /// The source version, when it differs (binNMUs, own binary versions).
+    pub source_version: Option<DebVersion>,
+    pub state: PkgState,
+    /// Marked `hold` (`apt-mark hold`): apt will not upgrade it.
+    pub held: bool,
+}
+
+impl DpkgPackage {
+    /// The source package the advisories speak of.
+    pub fn source_name(&self) -> &str {
+        self.source.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The source version the advisories compare with.
+    pub fn source_version(&self) -> &DebVersion {
+        self.source_version.as_ref().unwrap_or(&self.version)
+    }
+
+    /// Textual identity (versions as written, not dpkg-equal).
+    pub(crate) fn same_as(&self, other: &DpkgPackage) -> bool {
+        self.name == other.name
+            && self.arch == other.arch
+            && self.version.as_str() == other.version.as_str()
+            && self.source == other.source
+            && self.source_version.as_ref().map(DebVersion::as_str)
+                == other.source_version.as_ref().map(DebVersion::as_str)
+            && self.state == other.state
+            && self.held == other.held
+    }
+}
+
+/// One installed RPM package (several versions of one name can be
+/// installed: kernels).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct RpmPackage {
+    pub name: String,
+    pub evr: RpmEvr,
+    pub arch: String,
+    /// `%{SOURCERPM}` (`openssl-3.0.7-27.el9.src.rpm`), when known.
+    pub source_rpm: Option<String>,
+}
+
+/// One package apt would install or upgrade (`apt-get -s dist-upgrade`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AptUpgrade {
+    pub name: String,
+    /// The architecture apt printed (`[amd64]`), when it did.
+    pub arch: Option<String>,
+    /// The installed version; `None` for a package newly pulled in.
+    pub from: Option<DebVersion>,
+    /// The candidate version.
+    pub to: DebVersion,
+    /// Where the candidate comes from, as apt prints it
+    /// (`Debian-Security:12/stable-security`).
+    pub origins: Vec<String>,
+    /// Offered by a security pocket (an origin's archive ends in
+    /// `-security` or its label names `Security`).
+    pub security: bool,
+}
+
+impl AptUpgrade {
+    pub(crate) fn same_as(&self, other: &AptUpgrade) -> bool {
+        self.name == other.name
+            && self.arch == other.arch
+            && self.from.as_ref().map(DebVersion::as_str)
+                == other.from.as_ref().map(DebVersion::as_str)
+            && self.to.as_str() == other.to.as_str()
+            && self.origins == other.origins
+            && self.security == other.security
+    }
+}
+
+/// Whether the device waits for a reboot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RebootState {
+    /// `/var/run/reboot-required` exists (Debian/Ubuntu), or the running
+    /// kernel is older than the newest installed one.
+    pub required: bool,
+    /// Packages listed in `/var/run/reboot-required.pkgs`.
+    pub packages: Vec<String>,
+    /// `uname -r`.
+    pub running_kernel: Option<String>,
+    /// The newest installed kernel's release, when the package database
+    /// tells (`6.1.0-18-amd64`).
+    pub newest_kernel: Option<String>,
+    /// The running kernel is not the newest installed one.
+    pub kernel_pending: bool,
+}
+
+/// Freshness of apt's package indexes when the upgrades were computed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IndexState {
+    /// When the last successful `apt-get update` finished (Unix ms).
+    pub refreshed_at_ms: Option<u64>,
+    /// Why the last refresh failed, if it did: the upgrades may be stale.
+    pub error: Option<String>,
+}
+
+/// Which package manager the device uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PackageManager {
+    Dpkg,
+    Rpm,
+}
+
+/// A full package scan of one device.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Scan {
+    /// When the scan was taken (Unix ms, the agent's clock).
+    pub scanned_at_ms: u64,
+    pub os: OsInfo,
+    pub manager: PackageManager,
+    /// Sorted by (name, arch), unique.
+    pub dpkg: Vec<DpkgPackage>,
+    /// Sorted by (name, arch, evr), unique.
+    pub rpm: Vec<RpmPackage>,
+    /// Sorted by (name, arch), unique.
+    pub upgrades: Vec<AptUpgrade>,
+    pub indexes: IndexState,
+    pub reboot: RebootState,
+    /// Output lines that could not be used (unparsable versions…).
+    pub problems: Problems,
+}
+
+impl Scan {
+    /// An empty scan of a dpkg system.
+    pub fn new_dpkg(scanned_at_ms: u64, os: OsInfo) -> Scan {
+        Scan {
+            scanned_at_ms,
+            os,
+            manager: PackageManager::Dpkg,
+            dpkg: Vec::new(),
+            rpm: Vec::new(),
+            upgrades: Vec::new(),
+            indexes: IndexState::default(),
+            reboot: RebootState::default(),
+            problems: Problems::default(),
+        }
+    }
+
+    /// The release whose advisories apply, `None` when unsupported.
+    pub fn release(&self) -> Option<ReleaseKey> {
+        self.os.release()
+    }
+
+    /// Sorts and deduplicates the lists (the model's invariants); call it
+    /// after filling a scan from the parsers or by hand.
+    pub fn normalize(&mut self) {
+        self.dpkg
+            .sort_by(|a, b| (&a.name, &a.arch).cmp(&(&b.name, &b.arch)));
+        self.dpkg
+            .dedup_by(|a, b| a.name == b.name && a.arch == b.arch);
+        self.rpm.sort_by(|a, b| {
+            (&a.name, &a.arch)
+                .cmp(&(&b.name, &b.arch))
+                .then_with(|| a.evr.compare(&b.evr))
+                .then_with(|| a.evr.to_string().cmp(&b.evr.to_string()))
+        });
+        self.rpm
+            .dedup_by(|a, b| a.name == b.name && a.arch == b.arch && a.evr == b.evr);
+        self.upgrades
+            .sort_by(|a, b| (&a.name, &a.arch).cmp(&(&b.name, &b.arch)));
+        self.upgrades
+            .dedup_by(|a, b| a.name == b.name && a.arch == b.arch);
+    }
+
+    /// A digest of the scan's content (everything but `scanned_at_ms`):
+    /// a delta names the digest of the scan it applies to, and of the
+    /// result, so that a delta applied to the wrong base is refused.
+    /// FNV-1a 64 over the canonical JSON; stable across versions of this
+    /// crate as long as the model is.
+    pub fn digest(&self) -> u64 {
+        let mut hasher = Fnv::new();
+        // Serialising a model of strings and numbers cannot fail.
+        if let Ok(bytes) = serde_json::to_vec(&(
+            &self.os,
+            self.manager,
+            &self.dpkg,
+            &self.rpm,
+            &self.upgrades,
+            &self.indexes,
+            &self.reboot,
+            &self.problems,
+        )) {
+            hasher.write(&bytes);
+        }
+        hasher.finish()
+    }
+}
+
+/// FNV-1a, 64 bit.
+pub(crate) struct Fnv(u64);
+impl Fnv {
+    pub(crate) fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    pub(crate) fn finish(&self) -> u64 {
+        self.0
+    }
+}
