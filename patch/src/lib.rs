@@ -4,6 +4,11 @@
 //! - [`version`]: dpkg and rpm version order, exact to the tools.
 //! - [`release`]: which distribution release a device runs or an advisory
 //!   speaks of.
+//! - [`catalog`]: vulnerability catalogs (Debian tracker JSON, OSV),
+//!   indexed by (release, source package), and their change sets.
+//! - [`severity`]: one severity scale for every source.
+//! - `testing` (feature `testing`): synthetic catalogs and scans for
+//!   benchmarks.
 //! - [`scan`]: parsers of the package tools' output, the scan model and
 //!   scan deltas.
 //!
@@ -11,6 +16,10 @@
 //! milliseconds). The agent, the appliance and central link it; it must
 //! never depend on `outpost-storage`, RocksDB or tokio.
 
+pub mod catalog;
 pub mod release;
 pub mod scan;
+pub mod severity;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod version;
