@@ -4,6 +4,8 @@
 //! - [`version`]: dpkg and rpm version order, exact to the tools.
 //! - [`release`]: which distribution release a device runs or an advisory
 //!   speaks of.
+//! - [`assess`]: the pure assessment of a device (findings, missing
+//!   patches, risk, compliance) and views over many devices.
 //! - [`catalog`]: vulnerability catalogs (Debian tracker JSON, OSV),
 //!   indexed by (release, source package), and their change sets.
 //! - [`severity`]: one severity scale for every source.
@@ -16,6 +18,7 @@
 //! milliseconds). The agent, the appliance and central link it; it must
 //! never depend on `outpost-storage`, RocksDB or tokio.
 
+pub mod assess;
 pub mod catalog;
 pub mod release;
 pub mod scan;

@@ -3,6 +3,7 @@
 //! enforced, statistics counted. Shared by both importers.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use super::{
     Advisory, Affected, FeedFormat, ImportError, ImportStats, PackageAdvisories, RangeEvent,
@@ -45,14 +46,14 @@ impl ImportOptions {
 }
 
 /// Advisories of one release being built, by source package.
-type ReleaseBuild = (ReleaseKey, HashMap<Box<str>, Vec<Advisory>>);
+type ReleaseBuild = (ReleaseKey, HashMap<Arc<str>, Vec<Advisory>>);
 
 pub(crate) struct Builder {
     format: FeedFormat,
     options: ImportOptions,
     pub(crate) stats: ImportStats,
     vulns: Vec<Vuln>,
-    vuln_index: HashMap<Box<str>, VulnId>,
+    vuln_index: HashMap<Arc<str>, VulnId>,
     releases: Vec<ReleaseBuild>,
 }
 
@@ -121,27 +122,27 @@ impl Builder {
                 v.cvss = Some(v.cvss.map_or(c, |old| old.max(c)));
             }
             if cves.iter().any(|c| !v.cves.iter().any(|o| **o == **c)) {
-                let mut all: Vec<Box<str>> = v.cves.to_vec();
+                let mut all: Vec<Arc<str>> = v.cves.to_vec();
                 for c in cves {
                     if !all.iter().any(|o| **o == *c) {
-                        all.push(c.into_boxed_str());
+                        all.push(c.into());
                     }
                 }
                 v.cves = all.into_boxed_slice();
             }
             return existing;
         }
-        let id_box: Box<str> = id.into();
+        let id_arc: Arc<str> = id.into();
         let vuln = Vuln {
-            id: id_box.clone(),
-            cves: cves.into_iter().map(String::into_boxed_str).collect(),
+            id: id_arc.clone(),
+            cves: cves.into_iter().map(Arc::from).collect(),
             description: self.cut(description),
             scope,
             cvss,
         };
         let index = self.vulns.len() as VulnId;
         self.vulns.push(vuln);
-        self.vuln_index.insert(id_box, index);
+        self.vuln_index.insert(id_arc, index);
         index
     }
 
@@ -182,10 +183,10 @@ impl Builder {
 
     pub(crate) fn finish(mut self) -> SourceCatalog {
         self.stats.vulns = self.vulns.len() as u64;
-        let mut cve_index: HashMap<Box<str>, Vec<VulnId>> = HashMap::new();
+        let mut cve_index: HashMap<Arc<str>, Vec<VulnId>> = HashMap::new();
         for (i, v) in self.vulns.iter().enumerate() {
-            for key in v.cves.iter().map(|c| &**c).chain(std::iter::once(&*v.id)) {
-                let ids = cve_index.entry(key.into()).or_default();
+            for key in v.cves.iter().chain(std::iter::once(&v.id)) {
+                let ids = cve_index.entry(key.clone()).or_default();
                 if !ids.contains(&(i as VulnId)) {
                     ids.push(i as VulnId);
                 }

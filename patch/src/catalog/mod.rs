@@ -176,10 +176,10 @@ pub enum Scope {
 pub struct Vuln {
     /// `CVE-2024-1234`, `TEMP-0000000-ABCDEF`, `DSA-5555-1`,
     /// `DEBIAN-CVE-2024-1234`, `UBUNTU-CVE-2024-1234`, `USN-6000-1`.
-    pub id: Box<str>,
+    pub id: Arc<str>,
     /// The CVE ids it covers (the id itself for a tracker CVE; aliases,
     /// `upstream` and `related` CVEs for OSV). Empty for `TEMP-` ids.
-    pub cves: Box<[Box<str>]>,
+    pub cves: Box<[Arc<str>]>,
     pub description: Option<Box<str>>,
     pub scope: Option<Scope>,
     /// Highest CVSS base score the source gives (v3, else v2).
@@ -189,13 +189,13 @@ pub struct Vuln {
 impl Vuln {
     /// The ids a device finding is keyed by: the CVEs, or the vuln's own
     /// id when it has none.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
+    pub fn keys(&self) -> impl Iterator<Item = &Arc<str>> {
         let own = if self.cves.is_empty() {
-            Some(&*self.id)
+            Some(&self.id)
         } else {
             None
         };
-        self.cves.iter().map(|c| &**c).chain(own)
+        self.cves.iter().chain(own)
     }
 }
 
@@ -374,7 +374,7 @@ pub struct PackageAdvisories {
 #[derive(Debug, Clone)]
 pub(crate) struct ReleaseData {
     pub(crate) key: ReleaseKey,
-    pub(crate) packages: HashMap<Box<str>, PackageAdvisories>,
+    pub(crate) packages: HashMap<Arc<str>, PackageAdvisories>,
 }
 
 /// One imported feed.
@@ -382,7 +382,7 @@ pub(crate) struct ReleaseData {
 pub struct SourceCatalog {
     pub info: SourceInfo,
     pub(crate) vulns: Vec<Vuln>,
-    pub(crate) cve_index: HashMap<Box<str>, Vec<VulnId>>,
+    pub(crate) cve_index: HashMap<Arc<str>, Vec<VulnId>>,
     pub(crate) releases: Vec<ReleaseData>,
 }
 
@@ -509,6 +509,24 @@ impl Catalog {
                     })
                 })
             })
+    }
+
+    /// The package's advisories with the catalog's shared copy of its name.
+    pub fn package_advisories<'a>(
+        &'a self,
+        release: &ReleaseHandle,
+        package: &str,
+    ) -> Option<(&'a Arc<str>, impl Iterator<Item = AdvisoryRef<'a>>)> {
+        let mut name = None;
+        for (source, index) in self.sources.iter().zip(release.per_source.iter()) {
+            if let Some(data) = index.and_then(|i| source.releases.get(i))
+                && let Some((k, _)) = data.packages.get_key_value(package)
+            {
+                name = Some(k);
+                break;
+            }
+        }
+        Some((name?, self.advisories(release, package)))
     }
 
     /// Whether any source has advisories for this package in this release.

@@ -6,6 +6,7 @@
 
 use std::cmp::Ordering;
 use std::fmt;
+use std::sync::Arc;
 
 /// Why a string is not a dpkg version. The messages are dpkg's own.
 ///
@@ -54,13 +55,13 @@ impl VersionError {
     }
 }
 
-/// A parsed Debian version. Cheap to compare (no allocation), one heap
-/// string. Equality and order are dpkg's: `1.0` == `1.00` == `0:1.0-0`.
-/// (No `Hash`: equal versions can be spelled differently.)
+/// A parsed Debian version. Cheap to compare (no allocation) and to clone
+/// (one shared string). Equality and order are dpkg's: `1.0` == `1.00` ==
+/// `0:1.0-0`. (No `Hash`: equal versions can be spelled differently.)
 #[derive(Clone)]
 pub struct DebVersion {
     /// The version as given, without surrounding blanks.
-    text: Box<str>,
+    text: Arc<str>,
     epoch: u32,
     /// Byte range of the upstream part in `text`.
     upstream_start: u32,
