@@ -84,6 +84,7 @@ fn for_each_entry(
     packages: u32,
     releases: usize,
     seed: u64,
+    extra: &dyn Fn(u32) -> bool,
     mut f: impl FnMut(u32, &str, String, Vec<(String, ReleaseEntry)>) -> io::Result<()>,
 ) -> io::Result<()> {
     let mut rng = Rng::new(seed);
@@ -192,6 +193,27 @@ fn for_each_entry(
                 rel,
             )?;
         }
+        if extra(p) {
+            // A new high-urgency CVE fixed in every release: the update.
+            let rel = (0..releases)
+                .map(|r| {
+                    let (codename, _) = SYNTHETIC_RELEASES[r % SYNTHETIC_RELEASES.len()];
+                    let entry = ReleaseEntry {
+                        status: Some("resolved".into()),
+                        fixed_version: Some(release_version(p, r, 4)),
+                        urgency: Some("high".into()),
+                        ..ReleaseEntry::default()
+                    };
+                    (codename.to_string(), entry)
+                })
+                .collect();
+            f(
+                p,
+                &format!("CVE-2099-{p:05}"),
+                "A newly published flaw".to_string(),
+                rel,
+            )?;
+        }
     }
     Ok(())
 }
@@ -223,6 +245,7 @@ pub fn write_synthetic_tracker<W: Write>(
         packages,
         releases,
         seed,
+        &|_| false,
         |p, cve, description, rel| {
             let mut s = String::new();
             match current {
@@ -282,6 +305,23 @@ pub fn write_synthetic_tracker<W: Write>(
 /// A synthetic catalog (one `debian-tracker` source) with the same content
 /// [`write_synthetic_tracker`] writes, built without JSON.
 pub fn synthetic_catalog(cves: u32, packages: u32, releases: usize, seed: u64) -> Catalog {
+    synthetic_catalog_update(cves, packages, releases, seed, 0)
+}
+
+/// The catalog of [`synthetic_catalog`] after an update that touches
+/// `touched` source packages (spread over the name space): each gets a new
+/// high-urgency CVE fixed in every release. Swapping its source in place
+/// of the first one's gives a [`crate::catalog::ChangeSet`] of `touched`
+/// packages per release.
+pub fn synthetic_catalog_update(
+    cves: u32,
+    packages: u32,
+    releases: usize,
+    seed: u64,
+    touched: u32,
+) -> Catalog {
+    let step = packages.checked_div(touched).map_or(u32::MAX, |s| s.max(1));
+    let extra = move |p: u32| touched > 0 && p.is_multiple_of(step) && p / step < touched;
     let mut b = Builder::new(
         FeedFormat::DebianTracker,
         ImportOptions::new("debian-tracker", "synthetic", 0),
@@ -291,6 +331,7 @@ pub fn synthetic_catalog(cves: u32, packages: u32, releases: usize, seed: u64) -
         packages,
         releases,
         seed,
+        &extra,
         |p, cve, description, rel| {
             let entry = VulnEntry {
                 description: Some(description),
@@ -389,6 +430,42 @@ mod tests {
         let direct = synthetic_catalog(300, 100, 3, 7);
         let changes = Catalog::new().with_source(imported).changes_since(&direct);
         assert!(changes.is_empty(), "{changes:?}");
+    }
+
+    #[test]
+    fn an_update_touching_n_packages_changes_n_packages_per_release() {
+        let old = synthetic_catalog(2000, 500, 2, 3);
+        let new = old.with_source(
+            synthetic_catalog_update(2000, 500, 2, 3, 10)
+                .sources()
+                .next()
+                .unwrap()
+                .clone(),
+        );
+        let changes = new.changes_since(&old);
+        assert_eq!(changes.len(), 20, "{changes:?}");
+    }
+
+    #[test]
+    fn reassessing_after_an_update_equals_a_full_assessment() {
+        use crate::assess::{Policy, assess_device, reassess_device};
+        let old = synthetic_catalog(3000, 400, 2, 9);
+        let new = old.with_source(
+            synthetic_catalog_update(3000, 400, 2, 9, 40)
+                .sources()
+                .next()
+                .unwrap()
+                .clone(),
+        );
+        let changes = new.changes_since(&old);
+        let policy = Policy::default();
+        for device in 0..20u64 {
+            let scan = synthetic_scan(400, 120, (device % 2) as usize, device);
+            let before = assess_device(&scan, &old, &policy, None, 1_000);
+            let full = assess_device(&scan, &new, &policy, Some(&before), 2_000);
+            let incremental = reassess_device(&before, &scan, &new, &changes, &policy, 2_000);
+            assert_eq!(incremental, full, "device {device}");
+        }
     }
 
     #[test]

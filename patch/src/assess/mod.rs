@@ -27,10 +27,10 @@
 pub mod fleet;
 pub mod policy;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::catalog::{AdvisoryRef, Catalog, Exposure, ReleaseHandle};
+use crate::catalog::{AdvisoryRef, Catalog, ChangeSet, Exposure, ReleaseHandle};
 use crate::release::ReleaseKey;
 use crate::scan::model::{DpkgPackage, PackageManager, Scan};
 use crate::severity::Severity;
@@ -395,7 +395,63 @@ pub fn assess_device(
 
     build_patches(scan, previous, now_ms, &mut out);
     if let Some(handle) = &handle {
-        build_findings(scan, catalog, handle, &mut out);
+        build_findings(scan, catalog, handle, None, &mut out);
+    }
+    finish(policy, now_ms, &mut out);
+    out
+}
+
+/// Re-assesses a device after a catalog update, recomputing only the
+/// source packages `changes` (from [`Catalog::changes_since`]) names for
+/// the device's release; everything else is taken from `previous`. Falls
+/// back to [`assess_device`] when `previous` was not made from this scan
+/// (digest), was not `assessed`, or is of another release. The result is
+/// the same as a full assessment's (tested).
+pub fn reassess_device(
+    previous: &DeviceAssessment,
+    scan: &Scan,
+    catalog: &Catalog,
+    changes: &ChangeSet,
+    policy: &Policy,
+    now_ms: u64,
+) -> DeviceAssessment {
+    let release = scan.release();
+    let usable = previous.status == AssessmentStatus::Assessed
+        && previous.release == release
+        && scan.manager == PackageManager::Dpkg
+        && previous.scan_digest == scan.digest();
+    let handle = match (&release, usable) {
+        (Some(r), true) => catalog.release(r),
+        _ => None,
+    };
+    let (Some(release), Some(handle)) = (release, handle) else {
+        return assess_device(scan, catalog, policy, Some(previous), now_ms);
+    };
+    let mut out = previous.clone();
+    out.assessed_at_ms = now_ms;
+    out.overdue.clear();
+    out.counts = AssessmentCounts {
+        new_packages: previous.counts.new_packages,
+        ..AssessmentCounts::default()
+    };
+    if let Some(changed) = changes.changed.get(&release) {
+        out.packages.retain(|p| !changed.contains(&*p.source));
+        for patch in out
+            .patches
+            .iter_mut()
+            .filter(|p| changed.contains(&*p.source))
+        {
+            patch.cves.clear();
+            patch.unimportant_cves.clear();
+            patch.fix_not_in_repositories.clear();
+            patch.severity = None;
+        }
+        build_findings(scan, catalog, &handle, Some(changed), &mut out);
+        out.packages.sort_by(|a, b| {
+            a.source
+                .cmp(&b.source)
+                .then_with(|| a.installed.as_str().cmp(b.installed.as_str()))
+        });
     }
     finish(policy, now_ms, &mut out);
     out
@@ -487,17 +543,22 @@ fn find_installed<'a>(
         .or_else(|| same.first())
 }
 
+/// Findings of the installed source packages (only those in `only` when
+/// given), and the CVE lists of their patches.
 fn build_findings(
     scan: &Scan,
     catalog: &Catalog,
     handle: &ReleaseHandle,
+    only: Option<&BTreeSet<String>>,
     out: &mut DeviceAssessment,
 ) {
+    let wanted = |source: &str| only.is_none_or(|set| set.contains(source));
     // Distinct (source, source version) pairs.
     let mut groups: Vec<(&str, &DebVersion)> = scan
         .dpkg
         .iter()
         .map(|p| (p.source_name(), p.source_version()))
+        .filter(|(s, _)| wanted(s))
         .collect();
     groups.sort_by(|a, b| a.0.cmp(b.0).then_with(|| a.1.as_str().cmp(b.1.as_str())));
     groups.dedup_by(|a, b| a.0 == b.0 && a.1.as_str() == b.1.as_str());
@@ -560,6 +621,9 @@ fn build_findings(
         });
     }
     for (i, patch) in out.patches.iter_mut().enumerate() {
+        if !wanted(&patch.source) {
+            continue;
+        }
         let mut cves = std::mem::take(&mut patch_cves[i]);
         cves.sort_by(|a, b| a.0.cmp(&b.0));
         cves.dedup_by(|a, b| a.0 == b.0);

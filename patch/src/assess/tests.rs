@@ -405,3 +405,53 @@ fn assessment_round_trips_through_json() {
     let back: DeviceAssessment = serde_json::from_str(&text).unwrap();
     assert_eq!(back, a);
 }
+
+#[test]
+fn reassessing_only_the_changed_packages_gives_the_full_assessment() {
+    let old = openssl_catalog();
+    let json = format!(
+        r#"{{"openssl": {{"CVE-2024-000A": {{"releases": {{"bookworm": {a}}}}},
+                          "CVE-2024-0NEW": {{"releases": {{"bookworm": {n}}}}}}},
+             "bash": {{"CVE-2024-0BSH": {{"releases": {{"bookworm": {b}}}}}}}}}"#,
+        a = rel("resolved", Some("3.0.13-1~deb12u1"), "high"),
+        n = rel("resolved", Some("3.0.14-1~deb12u1"), "critical"),
+        b = rel("resolved", Some("5.2.15-2+deb12u1"), "medium"),
+    );
+    let new = old.with_source(
+        import_debian_tracker(
+            json.as_bytes(),
+            ImportOptions::new("debian-tracker", "t", 0),
+        )
+        .unwrap(),
+    );
+    let changes = new.changes_since(&old);
+    assert_eq!(changes.len(), 2, "openssl and bash changed: {changes:?}");
+    let s = scan(OPENSSL_INSTALLED, OPENSSL_UPGRADE);
+    let policy = Policy::default();
+    let before = assess_device(&s, &old, &policy, None, NOW);
+    let later = NOW + 20 * DAY_MS;
+    let full = assess_device(&s, &new, &policy, Some(&before), later);
+    let incremental = reassess_device(&before, &s, &new, &changes, &policy, later);
+    assert_eq!(incremental, full);
+    assert_eq!(
+        ids(incremental.fixable()),
+        vec![
+            "bash:CVE-2024-0BSH",
+            "openssl:CVE-2024-000A",
+            "openssl:CVE-2024-0NEW"
+        ]
+    );
+    assert_eq!(
+        incremental.compliance,
+        Compliance::NonCompliant,
+        "ages are re-judged at the new time"
+    );
+
+    // Made from another scan: a full assessment.
+    let other = scan(OPENSSL_INSTALLED, "");
+    let fallback = reassess_device(&before, &other, &new, &changes, &policy, later);
+    assert_eq!(
+        fallback,
+        assess_device(&other, &new, &policy, Some(&before), later)
+    );
+}

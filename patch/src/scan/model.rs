@@ -62,12 +62,13 @@ impl Problems {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PkgState {
-    Installed,
-    TriggersPending,
-    TriggersAwaited,
-    HalfConfigured,
-    Unpacked,
-    HalfInstalled,
+    // Explicit values: they are part of the scan digest's encoding.
+    Installed = 0,
+    TriggersPending = 1,
+    TriggersAwaited = 2,
+    HalfConfigured = 3,
+    Unpacked = 4,
+    HalfInstalled = 5,
 }
 
 /// One installed Debian binary package.
@@ -248,25 +249,103 @@ impl Scan {
     /// A digest of the scan's content (everything but `scanned_at_ms`):
     /// a delta names the digest of the scan it applies to, and of the
     /// result, so that a delta applied to the wrong base is refused.
-    /// FNV-1a 64 over the canonical JSON; stable across versions of this
-    /// crate as long as the model is.
+    ///
+    /// The encoding is fixed (agent and appliance may run different
+    /// builds; a change here only costs full scans, never wrong data): the
+    /// small fields as JSON, then every dpkg package, RPM package and
+    /// upgrade as length-prefixed strings and flag bytes, hashed 8 bytes at
+    /// a time (FNV-1a's multiply over little-endian words, then a final
+    /// mix). ~0.1 ms for 1,500 packages.
     pub fn digest(&self) -> u64 {
-        let mut hasher = Fnv::new();
-        // Serialising a model of strings and numbers cannot fail.
-        if let Ok(bytes) = serde_json::to_vec(&(
-            &self.os,
-            self.manager,
-            &self.dpkg,
-            &self.rpm,
-            &self.upgrades,
-            &self.indexes,
-            &self.reboot,
-            &self.problems,
-        )) {
-            hasher.write(&bytes);
+        let mut buf = Vec::with_capacity(
+            80 * (self.dpkg.len() + self.rpm.len() + self.upgrades.len()) + 1024,
+        );
+        // Serialising these plain structs cannot fail.
+        let _ = serde_json::to_writer(
+            &mut buf,
+            &(
+                &self.os,
+                self.manager,
+                &self.indexes,
+                &self.reboot,
+                &self.problems,
+            ),
+        );
+        fn put(buf: &mut Vec<u8>, s: &str) {
+            buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            buf.extend_from_slice(s.as_bytes());
         }
-        hasher.finish()
+        fn put_opt(buf: &mut Vec<u8>, s: Option<&str>) {
+            match s {
+                Some(s) => {
+                    buf.push(1);
+                    put(buf, s);
+                }
+                None => buf.push(0),
+            }
+        }
+        buf.extend_from_slice(&(self.dpkg.len() as u64).to_le_bytes());
+        for p in &self.dpkg {
+            put(&mut buf, &p.name);
+            put(&mut buf, &p.arch);
+            put(&mut buf, p.version.as_str());
+            put_opt(&mut buf, p.source.as_deref());
+            put_opt(&mut buf, p.source_version.as_ref().map(DebVersion::as_str));
+            buf.push(p.state as u8);
+            buf.push(u8::from(p.held));
+        }
+        buf.extend_from_slice(&(self.rpm.len() as u64).to_le_bytes());
+        for p in &self.rpm {
+            put(&mut buf, &p.name);
+            put(&mut buf, &p.arch);
+            buf.extend_from_slice(&p.evr.epoch.map_or(u64::MAX, |e| e).to_le_bytes());
+            buf.push(u8::from(p.evr.epoch.is_some()));
+            put(&mut buf, &p.evr.version);
+            put_opt(&mut buf, p.evr.release.as_deref());
+            put_opt(&mut buf, p.source_rpm.as_deref());
+        }
+        buf.extend_from_slice(&(self.upgrades.len() as u64).to_le_bytes());
+        for u in &self.upgrades {
+            put(&mut buf, &u.name);
+            put_opt(&mut buf, u.arch.as_deref());
+            put_opt(&mut buf, u.from.as_ref().map(DebVersion::as_str));
+            put(&mut buf, u.to.as_str());
+            buf.extend_from_slice(&(u.origins.len() as u32).to_le_bytes());
+            for o in &u.origins {
+                put(&mut buf, o);
+            }
+            buf.push(u8::from(u.security));
+        }
+        word_hash(&buf)
     }
+}
+
+/// FNV-1a's multiply over 8-byte little-endian words (the tail
+/// zero-padded, the length mixed in), then a final avalanche.
+fn word_hash(bytes: &[u8]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ (bytes.len() as u64);
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h ^ u64::from_le_bytes(w))
+            .wrapping_mul(PRIME)
+            .rotate_left(29);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        h = (h ^ u64::from_le_bytes(w))
+            .wrapping_mul(PRIME)
+            .rotate_left(29);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// FNV-1a, 64 bit.
@@ -283,5 +362,49 @@ impl Fnv {
     }
     pub(crate) fn finish(&self) -> u64 {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::dpkg_query::parse_dpkg_query;
+    use crate::scan::os_release::parse_os_release;
+
+    fn scan() -> Scan {
+        let mut s = Scan::new_dpkg(
+            1,
+            parse_os_release("ID=debian\nVERSION_CODENAME=bookworm\n"),
+        );
+        s.dpkg = parse_dpkg_query("ii \ta\tamd64\t1.0-1\tasrc\t1.0-1\nii \tb\tall\t2.0\tb\t2.0\n")
+            .packages;
+        s.normalize();
+        s
+    }
+
+    #[test]
+    fn the_digest_ignores_the_scan_time_and_sees_every_other_change() {
+        let base = scan();
+        let d = base.digest();
+        let mut later = base.clone();
+        later.scanned_at_ms = 99;
+        assert_eq!(later.digest(), d);
+        type Change = Box<dyn Fn(&mut Scan)>;
+        let variants: Vec<Change> = vec![
+            Box::new(|s| s.dpkg[0].held = true),
+            Box::new(|s| s.dpkg[0].state = PkgState::Unpacked),
+            Box::new(|s| s.dpkg[0].version = DebVersion::parse("1.00-1").unwrap()),
+            Box::new(|s| s.dpkg[0].source = None),
+            Box::new(|s| s.dpkg[1].arch = "amd64".into()),
+            Box::new(|s| s.dpkg.pop().map(drop).unwrap_or(())),
+            Box::new(|s| s.reboot.required = true),
+            Box::new(|s| s.indexes.error = Some("offline".into())),
+            Box::new(|s| s.os.codename = Some("trixie".into())),
+        ];
+        for (i, change) in variants.iter().enumerate() {
+            let mut s = base.clone();
+            change(&mut s);
+            assert_ne!(s.digest(), d, "change {i} not seen");
+        }
     }
 }
