@@ -23,6 +23,7 @@ pub mod catalog;
 pub mod release;
 pub mod scan;
 pub mod severity;
+pub mod smallstr;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod version;

@@ -6,8 +6,8 @@
 //! Each view is one pass over the assessments it is given; the caller
 //! chooses the set (a site, a customer, a tenant).
 
+use crate::smallstr::SmallStr;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 
 use super::{AssessmentStatus, Compliance, DeviceAssessment, FindingState, SeverityCounts};
 use crate::severity::Severity;
@@ -17,7 +17,7 @@ use crate::version::DebVersion;
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CveDevice<K> {
     pub device: K,
-    pub source: Arc<str>,
+    pub source: SmallStr,
     pub installed: DebVersion,
     pub state: FindingState,
     pub severity: Severity,
@@ -96,7 +96,7 @@ pub struct PatchView<K> {
     pub source: String,
     pub devices: Vec<PatchDevice<K>>,
     /// Union of the CVEs the devices' candidates fix.
-    pub cves: BTreeSet<Arc<str>>,
+    pub cves: BTreeSet<SmallStr>,
     pub severity: Option<Severity>,
     pub security: bool,
     pub reboot_expected: bool,
@@ -157,7 +157,7 @@ pub struct PatchSummary {
 pub fn patch_list<'a>(
     devices: impl IntoIterator<Item = &'a DeviceAssessment>,
 ) -> Vec<PatchSummary> {
-    let mut by_source: BTreeMap<Arc<str>, (PatchSummary, BTreeSet<Arc<str>>)> = BTreeMap::new();
+    let mut by_source: BTreeMap<SmallStr, (PatchSummary, BTreeSet<SmallStr>)> = BTreeMap::new();
     for a in devices {
         for p in &a.patches {
             let (s, cves) = by_source.entry(p.source.clone()).or_insert_with(|| {
@@ -202,7 +202,7 @@ pub fn patch_list<'a>(
 /// One CVE across the fleet.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CveSummary {
-    pub id: Arc<str>,
+    pub id: SmallStr,
     pub severity: Severity,
     pub devices: u32,
     pub fixable_now: u32,
@@ -213,7 +213,7 @@ pub struct CveSummary {
 /// Every CVE (not unimportant, not undetermined) the devices are exposed
 /// to, most severe and widespread first.
 pub fn cve_list<'a>(devices: impl IntoIterator<Item = &'a DeviceAssessment>) -> Vec<CveSummary> {
-    let mut by_id: HashMap<Arc<str>, CveSummary> = HashMap::new();
+    let mut by_id: HashMap<SmallStr, CveSummary> = HashMap::new();
     for a in devices {
         for p in &a.packages {
             for f in &p.findings {

@@ -27,10 +27,10 @@
 pub mod fleet;
 pub mod policy;
 
+use crate::smallstr::{FxBuild, SmallStr};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 
-use crate::catalog::{AdvisoryRef, Catalog, ChangeSet, Exposure, ReleaseHandle};
+use crate::catalog::{Advisory, Catalog, ChangeSet, Exposure, ReleaseHandle, SourceCatalog};
 use crate::release::ReleaseKey;
 use crate::scan::model::{DpkgPackage, PackageManager, Scan};
 use crate::severity::Severity;
@@ -54,7 +54,7 @@ pub enum FindingState {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Finding {
     /// The CVE id (or the advisory's own id when it names no CVE).
-    pub id: Arc<str>,
+    pub id: SmallStr,
     pub state: FindingState,
     pub severity: Severity,
     /// The release's fixed version (fixable findings).
@@ -63,7 +63,7 @@ pub struct Finding {
     pub fix_available: bool,
     /// The advisory that reported it when it is not the CVE itself
     /// (`DSA-5555-1`, `USN-6000-1`, `DEBIAN-CVE-…`).
-    pub via: Option<Arc<str>>,
+    pub via: Option<Box<SmallStr>>,
     /// The tracker marks it "no DSA" (minor issue, postponed, ignored) or
     /// scheduled for a point release.
     pub no_dsa: bool,
@@ -83,7 +83,7 @@ impl Finding {
 /// The findings of one installed source package version.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PackageFindings {
-    pub source: Arc<str>,
+    pub source: SmallStr,
     /// Installed source version.
     pub installed: DebVersion,
     /// Sorted by id.
@@ -104,7 +104,7 @@ pub struct PatchBinary {
 /// An upgrade apt offers for an installed source package.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MissingPatch {
-    pub source: Arc<str>,
+    pub source: SmallStr,
     /// Installed source version.
     pub installed: DebVersion,
     /// The candidate's source version; `None` when the binaries are
@@ -114,14 +114,14 @@ pub struct MissingPatch {
     /// Offered by a security pocket.
     pub security: bool,
     /// CVEs the candidate fixes (sorted), unimportant ones apart.
-    pub cves: Vec<Arc<str>>,
-    pub unimportant_cves: Vec<Arc<str>>,
+    pub cves: Vec<SmallStr>,
+    pub unimportant_cves: Vec<SmallStr>,
     /// Highest severity of those CVEs (`unimportant` when it fixes only
     /// unimportant ones, `None` without CVEs).
     pub severity: Option<Severity>,
     /// CVEs whose fixed version is newer than this candidate: the fix is
     /// not in the configured repositories.
-    pub fix_not_in_repositories: Vec<Arc<str>>,
+    pub fix_not_in_repositories: Vec<SmallStr>,
     pub reboot_expected: bool,
     /// When this device was first seen missing an update of this source
     /// package (Unix ms).
@@ -326,10 +326,10 @@ impl DeviceAssessment {
 
 /// One advisory's contribution to a finding, before merging.
 struct Contribution<'a> {
-    key: Arc<str>,
+    key: &'a SmallStr,
     exposure: Exposure<'a>,
     severity: Severity,
-    via: Option<Arc<str>>,
+    via: Option<&'a SmallStr>,
     no_dsa: bool,
     end_of_life: bool,
     /// Bit i: candidate i of this source package is not affected.
@@ -525,8 +525,19 @@ fn build_patches(
             }
         }
     }
-    out.patches
-        .sort_by(|a, b| a.source.cmp(&b.source).then_with(|| a.id().cmp(&b.id())));
+    out.patches.sort_by(|a, b| {
+        a.source
+            .cmp(&b.source)
+            .then_with(|| patch_order(a).cmp(&patch_order(b)))
+    });
+}
+
+/// Orders the patches of one source like their ids, without formatting.
+fn patch_order(p: &MissingPatch) -> (bool, &str) {
+    match &p.candidate {
+        Some(c) => (false, c.as_str()),
+        None => (true, p.binaries.first().map_or("", |b| b.name.as_str())),
+    }
 }
 
 /// The installed package an upgrade line speaks of (dpkg list is sorted by
@@ -563,17 +574,18 @@ fn build_findings(
     groups.sort_by(|a, b| a.0.cmp(b.0).then_with(|| a.1.as_str().cmp(b.1.as_str())));
     groups.dedup_by(|a, b| a.0 == b.0 && a.1.as_str() == b.1.as_str());
 
+    out.packages.reserve(groups.len());
     // Patches by source name, for candidate evaluation.
-    let mut patches_of: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut patches_of: HashMap<&str, Vec<usize>, FxBuild> = HashMap::default();
     for (i, p) in out.patches.iter().enumerate() {
         patches_of.entry(&*p.source).or_default().push(i);
     }
-    let mut patch_cves: Vec<Vec<(Arc<str>, Severity)>> = vec![Vec::new(); out.patches.len()];
-    let mut patch_beyond: Vec<Vec<Arc<str>>> = vec![Vec::new(); out.patches.len()];
+    let mut patch_cves: Vec<Vec<(SmallStr, Severity)>> = vec![Vec::new(); out.patches.len()];
+    let mut patch_beyond: Vec<Vec<SmallStr>> = vec![Vec::new(); out.patches.len()];
 
     let mut contributions: Vec<Contribution<'_>> = Vec::new();
     for (source, installed) in groups {
-        let Some((name, advisories)) = catalog.package_advisories(handle, source) else {
+        let Some((name, advisories)) = catalog.package_entries(handle, source) else {
             continue;
         };
         // Candidates (source versions) of this package's patches.
@@ -589,13 +601,13 @@ fn build_findings(
             .unwrap_or_default();
         contributions.clear();
         for a in advisories {
-            contribute(a, installed, &candidates, &mut contributions);
+            contribute(a.0, a.1, installed, &candidates, &mut contributions);
         }
         if contributions.is_empty() {
             continue;
         }
-        contributions.sort_by(|a, b| a.key.cmp(&b.key));
-        let mut findings = Vec::new();
+        contributions.sort_by(|a, b| a.key.cmp(b.key));
+        let mut findings = Vec::with_capacity(contributions.len());
         let mut i = 0;
         while i < contributions.len() {
             let mut j = i + 1;
@@ -641,33 +653,44 @@ fn build_findings(
 }
 
 fn contribute<'a>(
-    a: AdvisoryRef<'a>,
+    source: &'a SourceCatalog,
+    advisory: &'a Advisory,
     installed: &DebVersion,
     candidates: &[(usize, &DebVersion)],
     out: &mut Vec<Contribution<'a>>,
 ) {
-    let exposure = a.advisory.affected.exposure(installed);
+    let exposure = advisory.affected.exposure(installed);
     if exposure == Exposure::NotAffected {
         return;
     }
     let mut closed_by = 0u64;
     if exposure.is_affected() {
         for (bit, (_, candidate)) in candidates.iter().enumerate() {
-            if a.advisory.affected.exposure(candidate) == Exposure::NotAffected {
+            if advisory.affected.exposure(candidate) == Exposure::NotAffected {
                 closed_by |= 1 << bit;
             }
         }
     }
-    for key in a.vuln.keys() {
+    let mut push = |key: &'a SmallStr, via: Option<&'a SmallStr>| {
         out.push(Contribution {
-            key: key.clone(),
+            key,
             exposure,
-            severity: a.advisory.severity,
-            via: (*a.vuln.id != **key).then(|| a.vuln.id.clone()),
-            no_dsa: a.advisory.no_dsa.is_some(),
-            end_of_life: a.advisory.end_of_life,
+            severity: advisory.severity,
+            via,
+            no_dsa: advisory.no_dsa.is_some(),
+            end_of_life: advisory.end_of_life,
             closed_by,
         });
+    };
+    if advisory.single_key {
+        // A tracker CVE: its key is its id; no trip to the vuln table.
+        push(&advisory.key, None);
+        return;
+    }
+    if let Some(vuln) = source.vuln(advisory.vuln) {
+        for key in vuln.keys() {
+            push(key, (vuln.id != *key).then_some(&vuln.id));
+        }
     }
 }
 
@@ -696,7 +719,7 @@ fn merge(cs: &[Contribution<'_>]) -> (Finding, u64) {
             severity = Some(severity.map_or(c.severity, |s| s.max(c.severity)));
         }
         if via.is_none() {
-            via = c.via.clone();
+            via = c.via;
         }
         no_dsa |= c.no_dsa;
         end_of_life |= c.end_of_life;
@@ -717,7 +740,7 @@ fn merge(cs: &[Contribution<'_>]) -> (Finding, u64) {
         severity: severity.unwrap_or(Severity::Unknown),
         fixed: fixed.cloned(),
         fix_available: closed_by != 0,
-        via,
+        via: via.map(|v| Box::new(v.clone())),
         no_dsa,
         end_of_life,
     };

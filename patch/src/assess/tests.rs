@@ -388,7 +388,7 @@ fn tracker_and_osv_advisories_for_one_cve_merge() {
         "the highest fixed version"
     );
     assert_eq!(f.severity, Severity::Critical, "the highest known severity");
-    assert_eq!(f.via.as_deref(), Some("DSA-5555-1"));
+    assert_eq!(f.via.as_deref().map(SmallStr::as_str), Some("DSA-5555-1"));
     assert!(f.fix_available, "3.0.15 closes both");
 }
 

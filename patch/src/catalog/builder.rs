@@ -3,7 +3,6 @@
 //! enforced, statistics counted. Shared by both importers.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 
 use super::{
     Advisory, Affected, FeedFormat, ImportError, ImportStats, PackageAdvisories, RangeEvent,
@@ -11,6 +10,7 @@ use super::{
 };
 use crate::release::ReleaseKey;
 use crate::scan::model::Fnv;
+use crate::smallstr::{FxBuild, SmallStr};
 
 /// How to import a feed.
 #[derive(Debug, Clone)]
@@ -46,14 +46,14 @@ impl ImportOptions {
 }
 
 /// Advisories of one release being built, by source package.
-type ReleaseBuild = (ReleaseKey, HashMap<Arc<str>, Vec<Advisory>>);
+type ReleaseBuild = (ReleaseKey, HashMap<SmallStr, Vec<Advisory>, FxBuild>);
 
 pub(crate) struct Builder {
     format: FeedFormat,
     options: ImportOptions,
     pub(crate) stats: ImportStats,
     vulns: Vec<Vuln>,
-    vuln_index: HashMap<Arc<str>, VulnId>,
+    vuln_index: HashMap<SmallStr, VulnId, FxBuild>,
     releases: Vec<ReleaseBuild>,
 }
 
@@ -64,7 +64,7 @@ impl Builder {
             options,
             stats: ImportStats::default(),
             vulns: Vec::new(),
-            vuln_index: HashMap::new(),
+            vuln_index: HashMap::default(),
             releases: Vec::new(),
         }
     }
@@ -122,7 +122,7 @@ impl Builder {
                 v.cvss = Some(v.cvss.map_or(c, |old| old.max(c)));
             }
             if cves.iter().any(|c| !v.cves.iter().any(|o| **o == **c)) {
-                let mut all: Vec<Arc<str>> = v.cves.to_vec();
+                let mut all: Vec<SmallStr> = v.cves.to_vec();
                 for c in cves {
                     if !all.iter().any(|o| **o == *c) {
                         all.push(c.into());
@@ -132,10 +132,10 @@ impl Builder {
             }
             return existing;
         }
-        let id_arc: Arc<str> = id.into();
+        let id_arc = SmallStr::new(id);
         let vuln = Vuln {
             id: id_arc.clone(),
-            cves: cves.into_iter().map(Arc::from).collect(),
+            cves: cves.into_iter().map(SmallStr::from).collect(),
             description: self.cut(description),
             scope,
             cvss,
@@ -161,7 +161,7 @@ impl Builder {
         let slot = match self.releases.iter().position(|(k, _)| k == release) {
             Some(i) => i,
             None => {
-                self.releases.push((release.clone(), HashMap::new()));
+                self.releases.push((release.clone(), HashMap::default()));
                 self.releases.len() - 1
             }
         };
@@ -183,7 +183,7 @@ impl Builder {
 
     pub(crate) fn finish(mut self) -> SourceCatalog {
         self.stats.vulns = self.vulns.len() as u64;
-        let mut cve_index: HashMap<Arc<str>, Vec<VulnId>> = HashMap::new();
+        let mut cve_index: HashMap<SmallStr, Vec<VulnId>, FxBuild> = HashMap::default();
         for (i, v) in self.vulns.iter().enumerate() {
             for key in v.cves.iter().chain(std::iter::once(&v.id)) {
                 let ids = cve_index.entry(key.clone()).or_default();
@@ -202,6 +202,15 @@ impl Builder {
                     .into_iter()
                     .map(|(name, mut advisories)| {
                         advisories.shrink_to_fit();
+                        for a in &mut advisories {
+                            if let Some(v) = vulns.get(a.vuln as usize) {
+                                let mut keys = v.keys();
+                                if let Some(first) = keys.next() {
+                                    a.key = first.clone();
+                                }
+                                a.single_key = keys.next().is_none() && a.key == v.id;
+                            }
+                        }
                         let fingerprint = fingerprint(&vulns, &advisories);
                         (
                             name,

@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use crate::release::ReleaseKey;
 use crate::severity::Severity;
+use crate::smallstr::{FxBuild, SmallStr};
 use crate::version::DebVersion;
 
 pub use builder::ImportOptions;
@@ -176,10 +177,10 @@ pub enum Scope {
 pub struct Vuln {
     /// `CVE-2024-1234`, `TEMP-0000000-ABCDEF`, `DSA-5555-1`,
     /// `DEBIAN-CVE-2024-1234`, `UBUNTU-CVE-2024-1234`, `USN-6000-1`.
-    pub id: Arc<str>,
+    pub id: SmallStr,
     /// The CVE ids it covers (the id itself for a tracker CVE; aliases,
     /// `upstream` and `related` CVEs for OSV). Empty for `TEMP-` ids.
-    pub cves: Box<[Arc<str>]>,
+    pub cves: Box<[SmallStr]>,
     pub description: Option<Box<str>>,
     pub scope: Option<Scope>,
     /// Highest CVSS base score the source gives (v3, else v2).
@@ -189,7 +190,7 @@ pub struct Vuln {
 impl Vuln {
     /// The ids a device finding is keyed by: the CVEs, or the vuln's own
     /// id when it has none.
-    pub fn keys(&self) -> impl Iterator<Item = &Arc<str>> {
+    pub fn keys(&self) -> impl Iterator<Item = &SmallStr> {
         let own = if self.cves.is_empty() {
             Some(&self.id)
         } else {
@@ -355,6 +356,13 @@ fn ranges_exposure<'a>(r: &'a OsvRanges, v: &DebVersion) -> Exposure<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Advisory {
     pub vuln: VulnId,
+    /// The vulnerability's first key (its first CVE, or its id), copied
+    /// here at import so that assessing needs no trip to the vuln table
+    /// for the common case ([`Advisory::single_key`]).
+    pub key: SmallStr,
+    /// The vulnerability has exactly one key and it is its id (a tracker
+    /// CVE): no other key, no `via`.
+    pub single_key: bool,
     pub severity: Severity,
     /// The release no longer supports the package (`end-of-life`).
     pub end_of_life: bool,
@@ -374,7 +382,7 @@ pub struct PackageAdvisories {
 #[derive(Debug, Clone)]
 pub(crate) struct ReleaseData {
     pub(crate) key: ReleaseKey,
-    pub(crate) packages: HashMap<Arc<str>, PackageAdvisories>,
+    pub(crate) packages: HashMap<SmallStr, PackageAdvisories, FxBuild>,
 }
 
 /// One imported feed.
@@ -382,7 +390,7 @@ pub(crate) struct ReleaseData {
 pub struct SourceCatalog {
     pub info: SourceInfo,
     pub(crate) vulns: Vec<Vuln>,
-    pub(crate) cve_index: HashMap<Arc<str>, Vec<VulnId>>,
+    pub(crate) cve_index: HashMap<SmallStr, Vec<VulnId>, FxBuild>,
     pub(crate) releases: Vec<ReleaseData>,
 }
 
@@ -516,7 +524,7 @@ impl Catalog {
         &'a self,
         release: &ReleaseHandle,
         package: &str,
-    ) -> Option<(&'a Arc<str>, impl Iterator<Item = AdvisoryRef<'a>>)> {
+    ) -> Option<(&'a SmallStr, impl Iterator<Item = AdvisoryRef<'a>>)> {
         let mut name = None;
         for (source, index) in self.sources.iter().zip(release.per_source.iter()) {
             if let Some(data) = index.and_then(|i| source.releases.get(i))
@@ -527,6 +535,45 @@ impl Catalog {
             }
         }
         Some((name?, self.advisories(release, package)))
+    }
+
+    /// The raw advisories of a package with their source (vulns looked up
+    /// only when needed) and the catalog's copy of the package name.
+    pub(crate) fn package_entries<'a>(
+        &'a self,
+        release: &ReleaseHandle,
+        package: &str,
+    ) -> Option<(
+        &'a SmallStr,
+        impl Iterator<Item = (&'a SourceCatalog, &'a Advisory)>,
+    )> {
+        let mut name = None;
+        let mut found: [Option<(&'a SourceCatalog, &'a PackageAdvisories)>; 4] = [None; 4];
+        let mut extra: Vec<(&'a SourceCatalog, &'a PackageAdvisories)> = Vec::new();
+        let mut n = 0;
+        for (source, index) in self.sources.iter().zip(release.per_source.iter()) {
+            let Some(data) = index.and_then(|i| source.releases.get(i)) else {
+                continue;
+            };
+            if let Some((k, entry)) = data.packages.get_key_value(package) {
+                name.get_or_insert(k);
+                if n < found.len() {
+                    found[n] = Some((&**source, entry));
+                } else {
+                    extra.push((&**source, entry));
+                }
+                n += 1;
+            }
+        }
+        let name = name?;
+        Some((
+            name,
+            found
+                .into_iter()
+                .flatten()
+                .chain(extra)
+                .flat_map(|(source, entry)| entry.advisories.iter().map(move |a| (source, a))),
+        ))
     }
 
     /// Whether any source has advisories for this package in this release.

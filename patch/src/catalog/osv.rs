@@ -33,6 +33,7 @@ use super::{
 };
 use crate::release::{OsvEcosystem, osv_ecosystem};
 use crate::severity::{Severity, cvss_band, debian_urgency, ubuntu_priority};
+use crate::smallstr::SmallStr;
 use crate::version::DebVersion;
 
 fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -394,6 +395,8 @@ fn add_record(b: &mut Builder, value: Value, index: usize) -> Result<(), ImportE
             &package.name,
             Advisory {
                 vuln: id,
+                key: SmallStr::new(""),
+                single_key: false,
                 severity,
                 end_of_life,
                 affected: affected_versions,

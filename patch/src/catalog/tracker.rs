@@ -32,6 +32,7 @@ use super::builder::{Builder, ImportOptions};
 use super::{Advisory, Affected, FeedFormat, ImportError, NoDsa, Position, Scope, SourceCatalog};
 use crate::release::{Distro, ReleaseKey};
 use crate::severity::{Severity, debian_urgency};
+use crate::smallstr::SmallStr;
 use crate::version::DebVersion;
 
 /// Imports a tracker JSON document. On success returns the new source; the
@@ -364,6 +365,8 @@ pub(crate) fn add_entry(
             package,
             Advisory {
                 vuln: id,
+                key: SmallStr::new(""),
+                single_key: false,
                 severity,
                 end_of_life,
                 affected,

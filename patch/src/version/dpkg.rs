@@ -4,9 +4,9 @@
 //!
 //! Owns only the version type; knows nothing of packages or catalogs.
 
+use crate::smallstr::SmallStr;
 use std::cmp::Ordering;
 use std::fmt;
-use std::sync::Arc;
 
 /// Why a string is not a dpkg version. The messages are dpkg's own.
 ///
@@ -40,6 +40,10 @@ pub enum VersionError {
     UpstreamInvalidChar(char),
     #[error("invalid character {0:?} in revision number")]
     RevisionInvalidChar(char),
+    /// Outpost's own bound (dpkg has none; no real version comes close):
+    /// keeps a version 32 bytes.
+    #[error("version is {0} bytes long, more than 65535")]
+    TooLong(usize),
 }
 
 impl VersionError {
@@ -61,14 +65,17 @@ impl VersionError {
 #[derive(Clone)]
 pub struct DebVersion {
     /// The version as given, without surrounding blanks.
-    text: Arc<str>,
+    text: SmallStr,
     epoch: u32,
     /// Byte range of the upstream part in `text`.
-    upstream_start: u32,
-    upstream_end: u32,
+    upstream_start: u16,
+    upstream_end: u16,
 }
 
 const INT_MAX: u128 = i32::MAX as u128;
+
+/// Longest version accepted (offsets are kept in `u16`).
+const MAX_LEN: usize = u16::MAX as usize;
 
 fn is_blank(b: u8) -> bool {
     b == b' ' || b == b'\t'
@@ -115,11 +122,10 @@ impl DebVersion {
         if after < bytes.len() {
             return Err(VersionError::EmbeddedSpaces);
         }
-        if s.len() > u32::MAX as usize / 2 {
-            // Not a real limit anyone meets; keeps the offsets in u32.
-            return Err(VersionError::EmbeddedSpaces);
-        }
         let text = &s[start..end];
+        if text.len() > MAX_LEN {
+            return Err(VersionError::TooLong(text.len()));
+        }
         let t = text.as_bytes();
 
         let (epoch, upstream_start) = match t.iter().position(|&b| b == b':') {
@@ -154,10 +160,10 @@ impl DebVersion {
         let warning = check_chars(upstream, revision);
         Ok((
             DebVersion {
-                text: text.into(),
+                text: SmallStr::new(text),
                 epoch,
-                upstream_start: upstream_start as u32,
-                upstream_end: upstream_end as u32,
+                upstream_start: upstream_start as u16,
+                upstream_end: upstream_end as u16,
             },
             warning,
         ))
@@ -186,12 +192,26 @@ impl DebVersion {
         }
     }
 
+    fn upstream_bytes(&self) -> &[u8] {
+        &self.text.as_bytes()[self.upstream_start as usize..self.upstream_end as usize]
+    }
+
+    fn revision_bytes(&self) -> &[u8] {
+        let bytes = self.text.as_bytes();
+        let end = self.upstream_end as usize;
+        if end < bytes.len() {
+            &bytes[end + 1..]
+        } else {
+            &[]
+        }
+    }
+
     /// dpkg's `dpkg_version_compare`.
     pub fn compare(&self, other: &DebVersion) -> Ordering {
         self.epoch
             .cmp(&other.epoch)
-            .then_with(|| verrevcmp(self.upstream().as_bytes(), other.upstream().as_bytes()))
-            .then_with(|| verrevcmp(self.revision().as_bytes(), other.revision().as_bytes()))
+            .then_with(|| verrevcmp(self.upstream_bytes(), other.upstream_bytes()))
+            .then_with(|| verrevcmp(self.revision_bytes(), other.revision_bytes()))
     }
 
     /// The version without a trailing binNMU suffix (`+bN`): the source
@@ -522,6 +542,21 @@ mod tests {
             assert!(want.is_warning());
             assert!(DebVersion::parse_lenient(s).is_ok(), "{s:?}");
         }
+    }
+
+    #[test]
+    fn versions_longer_than_64_kib_are_refused() {
+        let long = format!("1.{}", "0".repeat(70_000));
+        assert_eq!(
+            DebVersion::parse(&long).unwrap_err(),
+            VersionError::TooLong(70_002)
+        );
+        let ok = format!("1.{}", "0".repeat(60_000));
+        assert_eq!(
+            DebVersion::parse(&ok).unwrap().compare(&v("1.0")),
+            Ordering::Equal
+        );
+        assert_eq!(std::mem::size_of::<DebVersion>(), 32);
     }
 
     #[test]
