@@ -121,10 +121,7 @@ fn main() {
     }
     let assess_total: Duration = times.iter().sum();
     times.sort();
-    let findings: usize = assessments
-        .iter()
-        .map(|a| a.packages.iter().map(|p| p.findings.len()).sum::<usize>())
-        .sum();
+    let findings: usize = assessments.iter().map(|a| a.findings.len()).sum();
     let patches: usize = assessments.iter().map(|a| a.patches.len()).sum();
     println!(
         "RESULT assess_full devices={devices} packages_per_device={per_device} threads={threads} assess_seconds={:.2} assess_cpu_seconds={assess_cpu:.2} wall_seconds_incl_scan_generation={:.2} per_device_ms_p50={:.2} p99={:.2} max={:.2} findings_per_device={} patches_per_device={:.1} rss_mb={:.0}",
@@ -183,8 +180,7 @@ fn main() {
     let mut check = Duration::ZERO;
     let mut reassess = Duration::ZERO;
     let mut reassess_cpu = 0.0;
-    let mut reassessed = Vec::with_capacity(devices);
-    for (d, previous) in assessments.iter().enumerate() {
+    for (d, slot) in assessments.iter_mut().enumerate() {
         let scan = synthetic_scan(PACKAGES, per_device, d % RELEASES, d as u64);
         let t = Instant::now();
         let hit = changes.touches_scan(&scan);
@@ -193,10 +189,10 @@ fn main() {
             touched += 1;
             let c = thread_cpu_seconds();
             let t = Instant::now();
-            let a = reassess_device(previous, &scan, &updated, &changes, &policy, NOW + 1000);
+            let a = reassess_device(slot, &scan, &updated, &changes, &policy, NOW + 1000);
             reassess += t.elapsed();
             reassess_cpu += thread_cpu_seconds() - c;
-            reassessed.push(a);
+            *slot = a;
         }
     }
     println!(
@@ -207,7 +203,14 @@ fn main() {
         reassess.as_secs_f64(),
         reassess.as_secs_f64() * 1000.0 / touched.max(1) as f64
     );
-    // Keep the results alive until here so that RSS reflects them.
-    drop(reassessed);
+    let json_bytes: usize = assessments
+        .iter()
+        .take(100)
+        .map(|a| serde_json::to_vec(a).map_or(0, |v| v.len()))
+        .sum();
+    println!(
+        "RESULT assessment_size json_bytes_per_device={}",
+        json_bytes / 100.min(assessments.len()).max(1)
+    );
     println!("RESULT peak rss_mb={:.0}", vm_hwm_mb());
 }

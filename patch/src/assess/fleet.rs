@@ -6,7 +6,7 @@
 //! Each view is one pass over the assessments it is given; the caller
 //! chooses the set (a site, a customer, a tenant).
 
-use crate::smallstr::SmallStr;
+use crate::smallstr::{FxBuild, SmallStr};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{AssessmentStatus, Compliance, DeviceAssessment, FindingState, SeverityCounts};
@@ -213,32 +213,39 @@ pub struct CveSummary {
 /// Every CVE (not unimportant, not undetermined) the devices are exposed
 /// to, most severe and widespread first.
 pub fn cve_list<'a>(devices: impl IntoIterator<Item = &'a DeviceAssessment>) -> Vec<CveSummary> {
-    let mut by_id: HashMap<SmallStr, CveSummary> = HashMap::new();
-    for a in devices {
-        for p in &a.packages {
-            for f in &p.findings {
-                if f.severity == Severity::Unimportant || f.state == FindingState::Undetermined {
-                    continue;
-                }
-                let s = by_id.entry(f.id.clone()).or_insert_with(|| CveSummary {
+    // The summary, and the last device counted (a CVE can hit two source
+    // packages of one device: one device).
+    let mut by_id: HashMap<SmallStr, (CveSummary, usize), FxBuild> = HashMap::default();
+    for (device, a) in devices.into_iter().enumerate() {
+        for f in &a.findings {
+            if f.severity == Severity::Unimportant || f.state == FindingState::Undetermined {
+                continue;
+            }
+            let (s, last) = by_id.entry(f.id.clone()).or_insert_with(|| {
+                let s = CveSummary {
                     id: f.id.clone(),
                     severity: f.severity,
                     devices: 0,
                     fixable_now: 0,
                     fix_not_in_repositories: 0,
                     open: 0,
-                });
-                s.severity = s.severity.max(f.severity);
-                s.devices += 1;
-                match f.state {
-                    FindingState::Fixable if f.fix_available => s.fixable_now += 1,
-                    FindingState::Fixable => s.fix_not_in_repositories += 1,
-                    _ => s.open += 1,
-                }
+                };
+                (s, usize::MAX)
+            });
+            if *last == device {
+                continue;
+            }
+            *last = device;
+            s.severity = s.severity.max(f.severity);
+            s.devices += 1;
+            match f.state {
+                FindingState::Fixable if f.fix_available => s.fixable_now += 1,
+                FindingState::Fixable => s.fix_not_in_repositories += 1,
+                _ => s.open += 1,
             }
         }
     }
-    let mut out: Vec<CveSummary> = by_id.into_values().collect();
+    let mut out: Vec<CveSummary> = by_id.into_values().map(|(s, _)| s).collect();
     out.sort_by(|a, b| {
         b.severity
             .cmp(&a.severity)

@@ -80,14 +80,17 @@ impl Finding {
     }
 }
 
-/// The findings of one installed source package version.
+/// An installed source package version with findings; its findings are
+/// `DeviceAssessment::findings[first..first + count]`, sorted by id (one
+/// vector per device rather than one per package: an assessment is a
+/// handful of allocations).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PackageFindings {
     pub source: SmallStr,
     /// Installed source version.
     pub installed: DebVersion,
-    /// Sorted by id.
-    pub findings: Vec<Finding>,
+    pub first: u32,
+    pub count: u32,
 }
 
 /// One binary package of a missing patch.
@@ -266,6 +269,8 @@ pub struct DeviceAssessment {
     pub status_reason: Option<String>,
     /// Packages with findings, sorted by source name.
     pub packages: Vec<PackageFindings>,
+    /// Every finding, grouped by package (see [`PackageFindings`]).
+    pub findings: Vec<Finding>,
     /// Sorted by source name.
     pub patches: Vec<MissingPatch>,
     pub counts: AssessmentCounts,
@@ -280,14 +285,26 @@ pub struct DeviceAssessment {
 }
 
 impl DeviceAssessment {
+    /// The findings of one of this assessment's packages.
+    pub fn findings_of(&self, p: &PackageFindings) -> &[Finding] {
+        let start = p.first as usize;
+        self.findings
+            .get(start..start + p.count as usize)
+            .unwrap_or(&[])
+    }
+
+    /// Every finding with its package.
+    pub fn all_findings(&self) -> impl Iterator<Item = (&PackageFindings, &Finding)> {
+        self.packages
+            .iter()
+            .flat_map(move |p| self.findings_of(p).iter().map(move |x| (p, x)))
+    }
+
     fn findings_where(
         &self,
         f: impl Fn(&Finding) -> bool,
     ) -> impl Iterator<Item = (&PackageFindings, &Finding)> {
-        self.packages
-            .iter()
-            .flat_map(|p| p.findings.iter().map(move |x| (p, x)))
-            .filter(move |(_, x)| f(x))
+        self.all_findings().filter(move |(_, x)| f(x))
     }
 
     /// Vulnerable and fixable (not unimportant).
@@ -318,8 +335,9 @@ impl DeviceAssessment {
     /// The findings for one CVE (or advisory id).
     pub fn finding(&self, id: &str) -> impl Iterator<Item = (&PackageFindings, &Finding)> {
         self.packages.iter().filter_map(move |p| {
-            let i = p.findings.binary_search_by(|f| (*f.id).cmp(id)).ok()?;
-            Some((p, &p.findings[i]))
+            let findings = self.findings_of(p);
+            let i = findings.binary_search_by(|f| (*f.id).cmp(id)).ok()?;
+            Some((p, &findings[i]))
         })
     }
 }
@@ -355,6 +373,7 @@ pub fn assess_device(
         status: AssessmentStatus::Assessed,
         status_reason: None,
         packages: Vec::new(),
+        findings: Vec::new(),
         patches: Vec::new(),
         counts: AssessmentCounts::default(),
         risk: None,
@@ -427,31 +446,83 @@ pub fn reassess_device(
     let (Some(release), Some(handle)) = (release, handle) else {
         return assess_device(scan, catalog, policy, Some(previous), now_ms);
     };
-    let mut out = previous.clone();
-    out.assessed_at_ms = now_ms;
-    out.overdue.clear();
-    out.counts = AssessmentCounts {
-        new_packages: previous.counts.new_packages,
-        ..AssessmentCounts::default()
+    // Everything but the two large vectors, which are rebuilt below.
+    let mut out = DeviceAssessment {
+        assessed_at_ms: now_ms,
+        scanned_at_ms: previous.scanned_at_ms,
+        scan_digest: previous.scan_digest,
+        release: previous.release.clone(),
+        status: previous.status,
+        status_reason: previous.status_reason.clone(),
+        packages: Vec::new(),
+        findings: Vec::new(),
+        patches: previous.patches.clone(),
+        counts: AssessmentCounts {
+            new_packages: previous.counts.new_packages,
+            ..AssessmentCounts::default()
+        },
+        risk: None,
+        compliance: previous.compliance,
+        overdue: Vec::new(),
+        reboot_required: previous.reboot_required,
+        indexes_stale: previous.indexes_stale,
     };
-    if let Some(changed) = changes.changed.get(&release) {
-        out.packages.retain(|p| !changed.contains(&*p.source));
-        for patch in out
-            .patches
-            .iter_mut()
-            .filter(|p| changed.contains(&*p.source))
-        {
-            patch.cves.clear();
-            patch.unimportant_cves.clear();
-            patch.fix_not_in_repositories.clear();
-            patch.severity = None;
+    match changes.changed.get(&release) {
+        None => {
+            out.packages = previous.packages.clone();
+            out.findings = previous.findings.clone();
         }
-        build_findings(scan, catalog, &handle, Some(changed), &mut out);
-        out.packages.sort_by(|a, b| {
-            a.source
-                .cmp(&b.source)
-                .then_with(|| a.installed.as_str().cmp(b.installed.as_str()))
-        });
+        Some(changed) => {
+            for patch in out
+                .patches
+                .iter_mut()
+                .filter(|p| changed.contains(&*p.source))
+            {
+                patch.cves.clear();
+                patch.unimportant_cves.clear();
+                patch.fix_not_in_repositories.clear();
+                patch.severity = None;
+            }
+            build_findings(scan, catalog, &handle, Some(changed), &mut out);
+            // Merge the kept packages (previous) with the recomputed ones
+            // (out), both sorted by (source, installed), into one vector.
+            let fresh = std::mem::take(&mut out.packages);
+            let fresh_findings = std::mem::take(&mut out.findings);
+            let kept: Vec<&PackageFindings> = previous
+                .packages
+                .iter()
+                .filter(|p| !changed.contains(&*p.source))
+                .collect();
+            out.packages.reserve(kept.len() + fresh.len());
+            out.findings
+                .reserve(previous.findings.len() + fresh_findings.len());
+            let order = |a: &PackageFindings, b: &PackageFindings| {
+                a.source
+                    .cmp(&b.source)
+                    .then_with(|| a.installed.as_str().cmp(b.installed.as_str()))
+            };
+            let (mut i, mut j) = (0, 0);
+            while i < kept.len() || j < fresh.len() {
+                let take_kept = j >= fresh.len()
+                    || (i < kept.len() && order(kept[i], &fresh[j]) != std::cmp::Ordering::Greater);
+                let (p, from) = if take_kept {
+                    i += 1;
+                    (kept[i - 1], &previous.findings)
+                } else {
+                    j += 1;
+                    (&fresh[j - 1], &fresh_findings)
+                };
+                let start = p.first as usize;
+                let slice = from.get(start..start + p.count as usize).unwrap_or(&[]);
+                out.packages.push(PackageFindings {
+                    source: p.source.clone(),
+                    installed: p.installed.clone(),
+                    first: out.findings.len() as u32,
+                    count: slice.len() as u32,
+                });
+                out.findings.extend_from_slice(slice);
+            }
+        }
     }
     finish(policy, now_ms, &mut out);
     out
@@ -607,7 +678,7 @@ fn build_findings(
             continue;
         }
         contributions.sort_by(|a, b| a.key.cmp(b.key));
-        let mut findings = Vec::with_capacity(contributions.len());
+        let first = out.findings.len();
         let mut i = 0;
         while i < contributions.len() {
             let mut j = i + 1;
@@ -623,13 +694,14 @@ fn build_findings(
                     patch_beyond[*patch].push(finding.id.clone());
                 }
             }
-            findings.push(finding);
+            out.findings.push(finding);
             i = j;
         }
         out.packages.push(PackageFindings {
             source: name.clone(),
             installed: installed.clone(),
-            findings,
+            first: first as u32,
+            count: (out.findings.len() - first) as u32,
         });
     }
     for (i, patch) in out.patches.iter_mut().enumerate() {
@@ -750,27 +822,25 @@ fn merge(cs: &[Contribution<'_>]) -> (Finding, u64) {
 fn finish(policy: &Policy, now_ms: u64, out: &mut DeviceAssessment) {
     let assessed = out.status == AssessmentStatus::Assessed;
     let mut open_high = 0;
-    for p in &out.packages {
-        for f in &p.findings {
-            if f.severity == Severity::Unimportant {
-                out.counts.unimportant += 1;
-                continue;
-            }
-            match f.state {
-                FindingState::Fixable => {
-                    out.counts.fixable.add(f.severity);
-                    if !f.fix_available {
-                        out.counts.fix_not_in_repositories += 1;
-                    }
+    for f in &out.findings {
+        if f.severity == Severity::Unimportant {
+            out.counts.unimportant += 1;
+            continue;
+        }
+        match f.state {
+            FindingState::Fixable => {
+                out.counts.fixable.add(f.severity);
+                if !f.fix_available {
+                    out.counts.fix_not_in_repositories += 1;
                 }
-                FindingState::Open => {
-                    out.counts.open.add(f.severity);
-                    if f.severity >= Severity::High {
-                        open_high += 1;
-                    }
-                }
-                FindingState::Undetermined => out.counts.undetermined += 1,
             }
+            FindingState::Open => {
+                out.counts.open.add(f.severity);
+                if f.severity >= Severity::High {
+                    open_high += 1;
+                }
+            }
+            FindingState::Undetermined => out.counts.undetermined += 1,
         }
     }
     let grace_ms = u64::from(policy.grace_days) * DAY_MS;
