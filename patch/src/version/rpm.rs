@@ -15,6 +15,9 @@ use std::fmt;
 /// (sorts before everything, even the end) and `^` (sorts after the end
 /// but before anything else).
 pub fn rpmvercmp(a: &str, b: &str) -> Ordering {
+    // rpm works on C strings: an embedded NUL ends the version.
+    let a = a.split('\0').next().unwrap_or("");
+    let b = b.split('\0').next().unwrap_or("");
     if a == b {
         return Ordering::Equal;
     }
@@ -291,6 +294,14 @@ mod tests {
         for (a, b, want) in cases {
             assert_eq!(rpmvercmp(a, b), want, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn an_embedded_nul_ends_the_version_like_a_c_string() {
+        // Found by fuzz/patch_version: the comparison was not antisymmetric.
+        let a = "\u{1}\0\0~12u2";
+        assert_eq!(rpmvercmp(a, "1.0"), rpmvercmp("1.0", a).reverse());
+        assert_eq!(rpmvercmp("1.0\0junk", "1.0"), Equal);
     }
 
     #[test]
