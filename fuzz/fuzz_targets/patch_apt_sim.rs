@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
     for u in &plan.upgrades {
         assert_eq!(u.security, u.origins.iter().any(|o| is_security_origin(o)));
     }
-    let mut scan = Scan::new_dpkg(0, parse_os_release("ID=debian\nVERSION_CODENAME=bookworm\n"));
+    let mut scan = Scan::new_dpkg(
+        0,
+        parse_os_release("ID=debian\nVERSION_CODENAME=bookworm\n"),
+    );
     scan.upgrades = plan.upgrades;
     scan.normalize();
     let a = assess_device(&scan, &Catalog::new(), &Policy::default(), None, 0);

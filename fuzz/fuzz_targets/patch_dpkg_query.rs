@@ -22,6 +22,8 @@ fuzz_target!(|data: &[u8]| {
     scan.normalize();
     let mut empty = Scan::new_dpkg(0, Default::default());
     let delta = empty.diff(&scan);
-    empty.apply(&delta).expect("a fresh delta applies to its base");
+    empty
+        .apply(&delta)
+        .expect("a fresh delta applies to its base");
     assert_eq!(empty.digest(), scan.digest());
 });

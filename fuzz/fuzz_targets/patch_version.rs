@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
     let strict = DebVersion::parse(a);
     let lenient = DebVersion::parse_lenient(a);
     if strict.is_ok() {
-        assert!(lenient.is_ok(), "strict accepts what lenient refuses: {a:?}");
+        assert!(
+            lenient.is_ok(),
+            "strict accepts what lenient refuses: {a:?}"
+        );
     }
     if let (Ok(x), Ok(y)) = (lenient, DebVersion::parse_lenient(b)) {
         assert_eq!(x.compare(&x), Ordering::Equal);
