@@ -220,6 +220,14 @@ impl Scan {
         }
     }
 
+    /// An empty scan of an RPM system.
+    pub fn new_rpm(scanned_at_ms: u64, os: OsInfo) -> Scan {
+        Scan {
+            manager: PackageManager::Rpm,
+            ..Scan::new_dpkg(scanned_at_ms, os)
+        }
+    }
+
     /// The release whose advisories apply, `None` when unsupported.
     pub fn release(&self) -> Option<ReleaseKey> {
         self.os.release()
