@@ -80,9 +80,12 @@ impl AsRef<str> for SmallStr {
     }
 }
 
-impl Borrow<str> for SmallStr {
-    fn borrow(&self) -> &str {
-        self.as_str()
+/// Maps keyed by `SmallStr` are looked up with `key.as_bytes()`: no UTF-8
+/// check on the hot path (a `Borrow<str>` would validate every compared
+/// key).
+impl Borrow<[u8]> for SmallStr {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
     }
 }
 
@@ -123,10 +126,9 @@ impl Ord for SmallStr {
 }
 
 impl Hash for SmallStr {
-    /// The same as `str`'s, so that maps keyed by `SmallStr` are looked up
-    /// with `&str`.
+    /// The same as `[u8]`'s, consistent with `Borrow<[u8]>`.
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
+        self.as_bytes().hash(state);
     }
 }
 
@@ -244,12 +246,15 @@ mod tests {
     }
 
     #[test]
-    fn maps_keyed_by_smallstr_are_looked_up_with_str() {
+    fn maps_keyed_by_smallstr_are_looked_up_with_bytes() {
         let mut m: HashMap<SmallStr, u32, FxBuild> = HashMap::default();
         m.insert(SmallStr::new("openssl"), 1);
         m.insert(SmallStr::new("a-very-long-source-package-name-indeed"), 2);
-        assert_eq!(m.get("openssl"), Some(&1));
-        assert_eq!(m.get("a-very-long-source-package-name-indeed"), Some(&2));
-        assert_eq!(m.get("curl"), None);
+        assert_eq!(m.get("openssl".as_bytes()), Some(&1));
+        assert_eq!(
+            m.get("a-very-long-source-package-name-indeed".as_bytes()),
+            Some(&2)
+        );
+        assert_eq!(m.get("curl".as_bytes()), None);
     }
 }

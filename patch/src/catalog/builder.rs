@@ -106,7 +106,7 @@ impl Builder {
         scope: Option<Scope>,
         cvss: Option<f32>,
     ) -> VulnId {
-        if let Some(&existing) = self.vuln_index.get(id) {
+        if let Some(&existing) = self.vuln_index.get(id.as_bytes()) {
             let description = match self.vulns[existing as usize].description.is_none() {
                 true => self.cut(description),
                 false => None,
@@ -166,7 +166,7 @@ impl Builder {
             }
         };
         let packages = &mut self.releases[slot].1;
-        match packages.get_mut(package) {
+        match packages.get_mut(package.as_bytes()) {
             Some(list) => list.push(advisory),
             None => {
                 packages.insert(package.into(), vec![advisory]);
@@ -249,7 +249,13 @@ fn fingerprint(vulns: &[Vuln], advisories: &[Advisory]) -> u64 {
             let mut line = format!(
                 "{}|{}|{:?}|{}|{}|{}",
                 v.map_or("", |v| &v.id),
-                v.map(|v| v.cves.join(",")).unwrap_or_default(),
+                v.map(|v| v
+                    .cves
+                    .iter()
+                    .map(SmallStr::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","))
+                    .unwrap_or_default(),
                 v.and_then(|v| v.cvss),
                 a.severity,
                 a.end_of_life,

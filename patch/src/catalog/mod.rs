@@ -505,7 +505,7 @@ impl Catalog {
             .zip(release.per_source.iter())
             .filter_map(move |(source, index)| {
                 let data = source.releases.get((*index)?)?;
-                let entry = data.packages.get(package)?;
+                let entry = data.packages.get(package.as_bytes())?;
                 Some((source, entry))
             })
             .flat_map(|(source, entry)| {
@@ -528,7 +528,7 @@ impl Catalog {
         let mut name = None;
         for (source, index) in self.sources.iter().zip(release.per_source.iter()) {
             if let Some(data) = index.and_then(|i| source.releases.get(i))
-                && let Some((k, _)) = data.packages.get_key_value(package)
+                && let Some((k, _)) = data.packages.get_key_value(package.as_bytes())
             {
                 name = Some(k);
                 break;
@@ -555,7 +555,7 @@ impl Catalog {
             let Some(data) = index.and_then(|i| source.releases.get(i)) else {
                 continue;
             };
-            if let Some((k, entry)) = data.packages.get_key_value(package) {
+            if let Some((k, entry)) = data.packages.get_key_value(package.as_bytes()) {
                 name.get_or_insert(k);
                 if n < found.len() {
                     found[n] = Some((&**source, entry));
@@ -586,7 +586,7 @@ impl Catalog {
     pub fn vulns_for(&self, id: &str) -> Vec<(&SourceInfo, &Vuln)> {
         let mut out = Vec::new();
         for s in &self.sources {
-            if let Some(ids) = s.cve_index.get(id) {
+            if let Some(ids) = s.cve_index.get(id.as_bytes()) {
                 out.extend(
                     ids.iter()
                         .filter_map(|v| Some((&s.info, s.vulns.get(*v as usize)?))),
