@@ -11,6 +11,8 @@ if [ "${1:-}" = "--test" ]; then
   # gpg, gpg-agent, gpgconf), the cache checks InRelease with gpgv, and a
   # real isolated apt-get downloads through it.
   packages+=(dpkg apt gpg gpg-agent gpgconf gpgv)
+  # outpost-patch compares its rpm version order with rpm's own (rpm.vercmp).
+  packages+=(rpm)
   packages+=(chromium)
   # scripts/demo.sh --check (run by the demo:: end-to-end test) talks HTTP with curl.
   packages+=(curl)

@@ -1,0 +1,29 @@
+//! Patch assessment core, pure and RocksDB-free: what every device has,
+//! what it misses, which CVEs that leaves open, and how compliant it is.
+//!
+//! - [`version`]: dpkg and rpm version order, exact to the tools.
+//! - [`release`]: which distribution release a device runs or an advisory
+//!   speaks of.
+//! - [`assess`]: the pure assessment of a device (findings, missing
+//!   patches, risk, compliance) and views over many devices.
+//! - [`catalog`]: vulnerability catalogs (Debian tracker JSON, OSV),
+//!   indexed by (release, source package), and their change sets.
+//! - [`severity`]: one severity scale for every source.
+//! - `testing` (feature `testing`): synthetic catalogs and scans for
+//!   benchmarks.
+//! - [`scan`]: parsers of the package tools' output, the scan model and
+//!   scan deltas.
+//!
+//! Owns no storage, no sockets and no clock: callers pass `now` (Unix
+//! milliseconds). The agent, the appliance and central link it; it must
+//! never depend on `outpost-storage`, RocksDB or tokio.
+
+pub mod assess;
+pub mod catalog;
+pub mod release;
+pub mod scan;
+pub mod severity;
+pub mod smallstr;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod version;
