@@ -2,8 +2,12 @@
 //! credential id under a server key, checked in constant time), the
 //! same-origin check of state-changing requests (`Sec-Fetch-Site`,
 //! `Origin` against `Host`), and the response headers every page carries
-//! (CSP without inline script or style, `nosniff`, no referrer, no
-//! framing).
+//! (CSP without inline script or style, `nosniff`, a referrer only to
+//! the console itself, no framing).
+//!
+//! The referrer policy is `same-origin`, not `no-referrer`: under
+//! `no-referrer` browsers send `Origin: null` even with same-origin form
+//! posts, which the same-origin check must refuse.
 //!
 //! RBAC is not here: the backend decides what a viewer may do
 //! ([`crate::backend::Capabilities`]) and refuses the action itself too.
@@ -124,7 +128,7 @@ pub async fn headers(req: Request, next: Next) -> Response {
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     resp

@@ -212,7 +212,7 @@ async fn every_page_carries_the_csp_and_pages_without_a_session_go_to_sign_in() 
     let (st, h, body) = send(&c, "GET", "/alerts", &[("cookie", "s=view")], "").await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
-    assert_eq!(h[header::REFERRER_POLICY], "no-referrer");
+    assert_eq!(h[header::REFERRER_POLICY], "same-origin");
     assert_eq!(h[header::CACHE_CONTROL], "no-store");
     assert!(body.contains("web-&lt;1&gt;"), "escaped: {body}");
     let (st, h, js) = send(&c, "GET", "/console/console.js", &[], "").await;

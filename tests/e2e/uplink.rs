@@ -619,7 +619,7 @@ fn join_site(
     join_with(root, central, name, &token, &fp)
 }
 
-fn join_with(
+pub fn join_with(
     root: &Path,
     central: &Central,
     name: &str,
