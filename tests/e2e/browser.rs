@@ -308,6 +308,13 @@ fn console_in_headless_chromium_dashboard_search_chart_ack_live_and_scopes() {
             (r.bucket_start_ms, x.sum / x.count as f64)
         })
         .collect();
+    // Times of today, so the pages (and the README's screenshots) read
+    // like a real fleet's.
+    first.devices[0].enrolled_at_ms = now - 40 * 86_400_000;
+    first.devices[0].status_since_ms = now - 3 * 3_600_000;
+    first.devices[0].last_seen_ms = now - 20_000;
+    first.devices[0].as_of_ms = now - 20_000;
+    first.alerts[0].at_ms = now - 25 * 60_000;
     let mut other = first.devices[0].clone();
     other.device = outpost_proto::DeviceId(8);
     other.hostname = "backup-8".into();
@@ -503,12 +510,12 @@ fn console_in_headless_chromium_dashboard_search_chart_ack_live_and_scopes() {
         .ws
         .eval("document.querySelector('#chart-cpu').closest('figure').querySelector('.chart-summary').textContent");
     assert_eq!(summary_text, json!("min 19 % · max 61 % · last 30 %"));
+    b.shot("04-device.png");
     // The range selector swaps the charts in place.
     b.ws.eval(
         "window.__kept = 1; document.querySelector('#range a[data-range=\"7d\"]').click(); true",
     );
     b.ws.wait_until("location.search === '?range=7d' && document.querySelector('#range b.current').textContent === '7d' && window.__kept === 1");
-    b.shot("04-device.png");
 
     // A viewer: no action buttons, and its forged POSTs are refused.
     b.go("/alerts");
@@ -597,6 +604,7 @@ fn console_in_headless_chromium_dashboard_search_chart_ack_live_and_scopes() {
     let mut second = site.batch(2, 7, 0..0);
     second.devices[0].status = outpost_uplink::batch::DeviceStatus::Offline;
     second.devices[0].status_since_ms = outpost_uplink::now_ms();
+    second.devices[0].as_of_ms = outpost_uplink::now_ms();
     second.alerts.clear();
     assert_eq!(
         site.send(&second),
