@@ -289,6 +289,39 @@ pub async fn run(run: &ConsoleRun, dir: &Path) -> anyhow::Result<Vec<Report>> {
     eprintln!("{}", seed_r.line());
     reports.push(seed_r);
 
+    // Baseline: what the dashboard read before the fleet index (every
+    // device row of the tenant, decoded, 10,000 per page), 3 times.
+    let mut scans = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let mut after = None;
+        let mut n = 0usize;
+        loop {
+            let p = store.devices(
+                "acme",
+                &outpost_central::store::DeviceFilter {
+                    after: after.clone(),
+                    limit: 10_000,
+                    ..Default::default()
+                },
+            )?;
+            n += p.items.len();
+            match p.next {
+                Some(x) => after = Some(x),
+                None => break,
+            }
+        }
+        anyhow::ensure!(n as u64 == devices, "scanned {n} devices");
+        scans.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    scans.sort_by(f64::total_cmp);
+    let mut base = Report::new("console_baseline_full_scan");
+    base.int("devices", devices)
+        .num("min_ms", scans[0])
+        .num("max_ms", scans[scans.len() - 1]);
+    eprintln!("{}", base.line());
+    reports.push(base);
+
     // A deep cursor (page 500 of the hostname order).
     let mut after = None;
     for _ in 0..(devices / 100 / 2).min(500) {

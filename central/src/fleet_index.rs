@@ -15,6 +15,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 
 use outpost_proto::metric_names as m;
 use outpost_proto::{CustomerId, SiteId, TenantId};
@@ -62,6 +63,10 @@ struct TenantIndex {
     sites: HashMap<SiteId, SiteEntry>,
     entries: Vec<Entry>,
     by_key: HashMap<(SiteId, String), usize>,
+    /// The entries in hostname order (the list's default sort): a page of
+    /// it is read in order from the cursor, like a SQL b-tree index, not
+    /// selected out of every entry.
+    by_hostname: BTreeMap<(String, String, String), usize>,
     /// Pending and firing alerts: (site, alert id) → (device, alert).
     open: HashMap<(SiteId, u64), (Option<String>, OpenAlert)>,
 }
@@ -274,9 +279,20 @@ impl FleetIndex {
             critical_firing: 0,
         };
         let key = (d.site_id.clone(), d.device.clone());
+        let order = |e: &Entry| {
+            (
+                e.hostname_lc.clone(),
+                e.site_id.to_string(),
+                e.device.clone(),
+            )
+        };
         match t.by_key.get(&key) {
             Some(&i) => {
                 if let Some(old) = t.entries.get_mut(i) {
+                    if old.hostname_lc != e.hostname_lc {
+                        t.by_hostname.remove(&order(old));
+                        t.by_hostname.insert(order(&e), i);
+                    }
                     let (open, crit) = (old.open_alerts, old.critical_firing);
                     *old = Entry {
                         open_alerts: open,
@@ -286,8 +302,10 @@ impl FleetIndex {
                 }
             }
             None => {
+                let i = t.entries.len();
+                t.by_hostname.insert(order(&e), i);
                 t.entries.push(e);
-                t.by_key.insert(key, t.entries.len() - 1);
+                t.by_key.insert(key, i);
                 t.recount_alerts(&d.site_id, &d.device);
             }
         }
@@ -375,21 +393,65 @@ impl FleetIndex {
             let o = a.cmp(b);
             if q.descending { o.reverse() } else { o }
         };
-        let mut total = 0u64;
-        let mut page: Vec<usize> = Vec::new();
-        for (i, e) in t.entries.iter().enumerate() {
-            if !matches(e) {
-                continue;
-            }
-            total += 1;
-            if let Some(c) = &cursor
-                && order(&t.key(e, q.sort), &c.key()) != Ordering::Greater
-            {
-                continue;
-            }
-            page.push(i);
-        }
+        let unfiltered = q.site_id.is_none()
+            && q.customer.is_none()
+            && q.customers_allowed.is_empty()
+            && q.status.is_none()
+            && !q.critical
+            && q.words.is_empty();
         let limit = q.limit.max(1);
+        let total;
+        let mut page: Vec<usize> = Vec::new();
+        if q.sort == DeviceSortKey::Hostname {
+            // Read the ordered index from the cursor: O(page) when most
+            // entries match.
+            total = if unfiltered {
+                t.entries.len() as u64
+            } else {
+                t.entries.iter().filter(|e| matches(e)).count() as u64
+            };
+            let from = cursor
+                .as_ref()
+                .map(|c| (c.host.clone(), c.site.clone(), c.device.clone()));
+            let ids: Box<dyn Iterator<Item = &usize>> = match (&from, q.descending) {
+                (None, false) => Box::new(t.by_hostname.values()),
+                (None, true) => Box::new(t.by_hostname.values().rev()),
+                (Some(k), false) => Box::new(
+                    t.by_hostname
+                        .range((Bound::Excluded(k.clone()), Bound::Unbounded))
+                        .map(|(_, i)| i),
+                ),
+                (Some(k), true) => Box::new(
+                    t.by_hostname
+                        .range((Bound::Unbounded, Bound::Excluded(k.clone())))
+                        .rev()
+                        .map(|(_, i)| i),
+                ),
+            };
+            for &i in ids {
+                if t.entries.get(i).is_some_and(matches) {
+                    page.push(i);
+                    if page.len() > limit {
+                        break;
+                    }
+                }
+            }
+        } else {
+            let mut n = 0u64;
+            for (i, e) in t.entries.iter().enumerate() {
+                if !matches(e) {
+                    continue;
+                }
+                n += 1;
+                if let Some(c) = &cursor
+                    && order(&t.key(e, q.sort), &c.key()) != Ordering::Greater
+                {
+                    continue;
+                }
+                page.push(i);
+            }
+            total = n;
+        }
         let cmp = |a: &usize, b: &usize| {
             order(
                 &t.key(&t.entries[*a], q.sort),
@@ -397,10 +459,10 @@ impl FleetIndex {
             )
         };
         let more = page.len() > limit;
-        if more {
+        if more && q.sort != DeviceSortKey::Hostname {
             page.select_nth_unstable_by(limit, cmp);
-            page.truncate(limit);
         }
+        page.truncate(limit);
         page.sort_unstable_by(cmp);
         let next = if more {
             page.last().map(|&i| {

@@ -279,6 +279,9 @@ pub async fn serve(
     }
     shutdown.cancelled().await;
     info!("central shutting down");
+    // Open console pages hold event streams: end them, or the HTTP
+    // server's graceful shutdown would wait for every browser tab.
+    central.live.close();
     tracker.close();
     tracker.wait().await;
     conns.close();

@@ -12,6 +12,28 @@
 //! Methods return boxed futures ([`ConsoleFuture`]) so the trait is usable
 //! as `Arc<dyn ConsoleBackend>` without a macro crate (the style of
 //! central's `StoreFuture`).
+//!
+//! What the appliance's backend maps each method to (its scope is one
+//! site: [`ScopeKind::Site`], `login_tenant: false`, one "customer" per
+//! enrollment customer, one site whose id is the appliance's own):
+//!
+//! * `viewer`: the admin bearer token (role admin) or a local user's
+//!   session cookie; `csrf_subject` = SHA-256 of the session secret (or of
+//!   the token). `login`/`logout`: the local users' sign-in with its rate
+//!   limits (`outpost_web::login` once the app-users branch lands).
+//! * `dashboard`, `site`: counts from its device registry (online/offline
+//!   from the offline sweep) and its alert store; `link` = `None`.
+//! * `devices`: its registry with inventory (hostname, IPs from the NIC
+//!   inventory, OS, tags once they exist); `device`: inventory, latest
+//!   values, its status log (`/status-log`) as `transitions`.
+//! * `series`: raw samples for 1 h (and 24 h, aggregated per step), its
+//!   own 5-minute rollups beyond, as `GET /api/v1/devices/{id}/metrics`
+//!   already chooses.
+//! * `alerts`, `alert`, `ack_alert`: its alert store, transitions and acks
+//!   (`POST /api/v1/alerts/{id}/ack` with its comment).
+//! * `live`: a [`LiveHub`] fed by the group-commit writer (status changes
+//!   of the offline sweep and of session starts) and the alert engine's
+//!   transitions.
 
 use std::future::Future;
 use std::net::IpAddr;

@@ -13,6 +13,8 @@
 //!   the broadcast buffer gets a `reload` event (counted) and its stream
 //!   ends: the page reloads and is whole again.
 //! * **Keep-alives** every `keep_alive` so proxies keep the stream open.
+//! * **Shutdown**: [`LiveHub::close`] ends every stream, so a server's
+//!   graceful shutdown does not wait for open pages.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -186,6 +188,8 @@ pub struct LiveHub {
     tx: broadcast::Sender<Arc<LiveEvent>>,
     /// Permits of open streams.
     slots: Arc<Semaphore>,
+    /// Set once by [`LiveHub::close`]: every stream ends.
+    closed: tokio::sync::watch::Sender<bool>,
     pub metrics: LiveMetrics,
     pub config: LiveConfig,
 }
@@ -201,6 +205,7 @@ impl LiveHub {
         LiveHub {
             tx,
             slots: Arc::new(Semaphore::new(config.max_subscribers)),
+            closed: tokio::sync::watch::Sender::new(false),
             metrics: LiveMetrics::default(),
             config,
         }
@@ -224,11 +229,17 @@ impl LiveHub {
         self.metrics.subscribers.inc();
         Ok(Subscription {
             rx: self.tx.subscribe(),
+            closed: self.closed.subscribe(),
             scope,
             metrics: self.metrics.clone(),
             _permit: permit,
             done: false,
         })
+    }
+
+    /// Ends every stream, now and for later subscribers (server shutdown).
+    pub fn close(&self) {
+        self.closed.send_replace(true);
     }
 
     /// Subscribers open now.
@@ -249,6 +260,7 @@ pub enum Delivery {
 #[derive(Debug)]
 pub struct Subscription {
     rx: broadcast::Receiver<Arc<LiveEvent>>,
+    closed: tokio::sync::watch::Receiver<bool>,
     scope: Scope,
     metrics: LiveMetrics,
     _permit: OwnedSemaphorePermit,
@@ -269,7 +281,13 @@ impl Subscription {
             return None;
         }
         loop {
-            match self.rx.recv().await {
+            // Events already buffered first, then the end.
+            let r = tokio::select! {
+                biased;
+                r = self.rx.recv() => r,
+                _ = self.closed.wait_for(|c| *c) => return None,
+            };
+            match r {
                 Ok(e) if self.scope.sees(&e) => {
                     self.metrics.sent.inc();
                     return Some(Delivery::Event(e));
@@ -375,6 +393,18 @@ mod tests {
         assert_eq!(slow.next().await, None, "ended");
         assert_eq!(hub.metrics.lagged.get(), 1);
         assert_eq!(hub.metrics.dropped.get(), 6);
+    }
+
+    #[tokio::test]
+    async fn closing_the_hub_ends_every_stream() {
+        let hub = LiveHub::new(LiveConfig::default());
+        let mut open = hub.subscribe(scope("msp", &[])).unwrap();
+        let waiting = tokio::spawn(async move { open.next().await });
+        tokio::task::yield_now().await;
+        hub.close();
+        assert_eq!(waiting.await.unwrap(), None);
+        let mut late = hub.subscribe(scope("msp", &[])).unwrap();
+        assert_eq!(late.next().await, None, "closed before it subscribed");
     }
 
     #[tokio::test]

@@ -292,7 +292,7 @@ impl Browser {
 fn console_in_headless_chromium_dashboard_search_chart_ack_live_and_scopes() {
     let tmp = scratch("central-browser");
     let root = tmp.path();
-    let central = Central::start(root);
+    let mut central = Central::start(root);
     let mut site = SiteClient::join(root, &central, "acme", "harbour-clinic");
     let now = outpost_uplink::now_ms();
     let base_bucket = now - now % 300_000 - 12 * 300_000;
@@ -510,8 +510,16 @@ fn console_in_headless_chromium_dashboard_search_chart_ack_live_and_scopes() {
         .ws
         .eval("document.querySelector('#chart-cpu').closest('figure').querySelector('.chart-summary').textContent");
     assert_eq!(summary_text, json!("min 19 % · max 61 % · last 30 %"));
-    b.shot("04-device.png");
     // The range selector swaps the charts in place.
+    b.ws.eval(
+        "window.__kept = 1; document.querySelector('#range a[data-range=\"1h\"]').click(); true",
+    );
+    b.ws.wait_until("location.search === '?range=1h' && document.querySelector('#range b.current').textContent === '1h' && window.__kept === 1");
+    let points = b
+        .ws
+        .eval("document.querySelector('#chart-cpu path.line').getAttribute('d').split(/[ML]/).filter(s => s.trim()).length");
+    assert_eq!(points, json!(12), "the last hour holds every stored point");
+    b.shot("04-device.png");
     b.ws.eval(
         "window.__kept = 1; document.querySelector('#range a[data-range=\"7d\"]').click(); true",
     );
@@ -633,6 +641,19 @@ fn console_in_headless_chromium_dashboard_search_chart_ack_live_and_scopes() {
     assert!(
         b.text().contains("no site"),
         "another customer's alert is not found"
+    );
+
+    // Central stops promptly with a console page (and its event stream)
+    // open: the hub ends the streams (graceful shutdown waited for them).
+    b.go("/");
+    b.ws.wait_until("document.getElementById('live-status').className === 'live-on'");
+    let mut proc = central.proc.take().expect("central running");
+    let stopping = Instant::now();
+    let status = proc.terminate().expect("an exit status");
+    assert!(
+        status.success() && stopping.elapsed() < Duration::from_secs(10),
+        "central stopped with {status:?} after {:?}",
+        stopping.elapsed()
     );
 
     for f in [
