@@ -592,37 +592,42 @@ impl ConsoleBackend for CentralConsole {
                 .await
                 .map_err(store_err)?;
             let dv = &d.device;
-            let brief = self
-                .central
-                .store
-                .search_devices(
-                    &p.tenant,
-                    &DeviceSearch {
-                        words: vec![dv.device.clone()],
-                        site_id: Some(id.clone()),
-                        limit: 1,
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(store_err)?
-                .items
-                .into_iter()
-                .next();
-            let mut view = match brief {
-                Some(b) => brief_view(b),
-                None => DeviceView::default(),
+            // The list's figures from the row itself (no search needed).
+            let avg = |name: &str| {
+                dv.latest
+                    .iter()
+                    .filter(|l| l.series == name)
+                    .map(|l| {
+                        if l.rollup.count > 0 {
+                            l.rollup.sum / l.rollup.count as f64
+                        } else {
+                            l.rollup.last
+                        }
+                    })
+                    .reduce(f64::max)
             };
-            view.site_id = id.to_string();
-            view.site_name = d.site.name.clone();
-            view.customer = dv.customer.to_string();
-            view.device = dv.device.clone();
-            view.hostname = dv.hostname.clone();
-            view.os = dv.os.clone();
-            view.agent_version = dv.agent_version.clone();
-            view.status = dv.status.as_str().to_string();
-            view.status_since_ms = dv.status_since_ms;
-            view.last_seen_ms = dv.last_seen_ms;
+            let view = DeviceView {
+                site_id: id.to_string(),
+                site_name: d.site.name.clone(),
+                customer: dv.customer.to_string(),
+                device: dv.device.clone(),
+                hostname: dv.hostname.clone(),
+                os: dv.os.clone(),
+                agent_version: dv.agent_version.clone(),
+                status: dv.status.as_str().to_string(),
+                status_since_ms: dv.status_since_ms,
+                last_seen_ms: dv.last_seen_ms,
+                cpu: avg(outpost_proto::metric_names::CPU),
+                memory: avg(outpost_proto::metric_names::MEMORY),
+                disk: avg(outpost_proto::metric_names::DISK_USED_PERCENT),
+                open_alerts: d.alerts.iter().filter(|a| a.state.is_open()).count() as u32,
+                critical: d
+                    .alerts
+                    .iter()
+                    .any(|a| a.state == AlertState::Firing && a.severity == Severity::Critical),
+                ips: vec![],
+                tags: vec![],
+            };
             let mut alerts: Vec<AlertView> = d
                 .alerts
                 .iter()
