@@ -463,3 +463,38 @@ async fn the_live_stream_of_a_scoped_viewer_carries_only_its_customers_events() 
         "{text}"
     );
 }
+
+/// Streams beyond the hub's cap are refused with 503 and `Retry-After`,
+/// and counted; the page still works without them.
+#[tokio::test]
+async fn a_stream_beyond_the_cap_is_a_503_and_counted() {
+    let fake = Arc::new(Fake {
+        hub: LiveHub::new(LiveConfig {
+            max_subscribers: 1,
+            ..Default::default()
+        }),
+        acks: Mutex::new(vec![]),
+    });
+    let c = Arc::new(Console {
+        backend: fake.clone(),
+        csrf: CsrfKey::from_bytes(b"k"),
+        metrics: ConsoleMetrics::default(),
+    });
+    let open = |c: Arc<Console>| async move {
+        let req = Request::get("/console/live")
+            .header("cookie", "s=tech")
+            .body(Body::empty())
+            .unwrap();
+        crate::router::<()>(c).oneshot(req).await.unwrap()
+    };
+    let first = open(c.clone()).await;
+    assert_eq!(first.status(), 200);
+    let second = open(c.clone()).await;
+    assert_eq!(second.status(), 503);
+    assert_eq!(second.headers()[header::RETRY_AFTER], "30");
+    assert_eq!(fake.hub.metrics.refused.get(), 1);
+    drop(first);
+    assert_eq!(open(c.clone()).await.status(), 200, "a slot freed");
+    let (st, _, _) = send(&c, "GET", "/alerts", &[("cookie", "s=tech")], "").await;
+    assert_eq!(st, 200);
+}
