@@ -6,6 +6,7 @@
 
 pub mod alert_latency;
 pub mod chaos;
+pub mod console;
 pub mod fleet;
 pub mod ingest;
 pub mod netem;

@@ -38,6 +38,10 @@ enum Command {
     Alerts(AlertArgs),
     /// Uplink bytes per device per hour vs raw received, and central's batch apply rate.
     Uplink(UplinkArgs),
+    /// The console at central with a big fleet: page times (dashboard,
+    /// device list: first page, search, filter, sort, deep page; device
+    /// page) and the cost of N live-update subscribers.
+    Console(ConsoleArgs),
     /// Kill -9 and restart a (spawned) appliance N times under streaming
     /// agents, then prove from its database that every acknowledged record
     /// is stored exactly once (exit 1 otherwise).
@@ -79,6 +83,30 @@ struct ChaosArgs {
     json: Option<PathBuf>,
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct ConsoleArgs {
+    #[arg(long, default_value_t = 1000)]
+    sites: u64,
+    /// Devices per site.
+    #[arg(long, default_value_t = 100)]
+    devices: u64,
+    /// Requests per page scenario.
+    #[arg(long, default_value_t = 200)]
+    requests: usize,
+    /// Live-update streams open during the fan-out.
+    #[arg(long, default_value_t = 500)]
+    subscribers: usize,
+    /// Device status changes fanned out to them (one batch).
+    #[arg(long, default_value_t = 100)]
+    events: u64,
+    /// Central data directory (default: a temporary one).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Writes every scenario's figures as a JSON array.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -359,6 +387,27 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             let out = ingest::run(&run).await?;
             out.report.emit(a.json.as_deref())?;
             drop(spawned);
+            Ok(())
+        }
+        Command::Console(a) => {
+            let tmp = tempfile::tempdir()?;
+            let dir = a.data.clone().unwrap_or_else(|| tmp.path().join("central"));
+            std::fs::create_dir_all(&dir)?;
+            let run = outpost_bench::console::ConsoleRun {
+                sites: a.sites,
+                devices_per_site: a.devices,
+                requests: a.requests,
+                subscribers: a.subscribers,
+                events: a.events,
+            };
+            let reports = outpost_bench::console::run(&run, &dir).await?;
+            for r in &reports {
+                r.emit(None)?;
+            }
+            if let Some(p) = &a.json {
+                let all: Vec<serde_json::Value> = reports.iter().map(|r| r.json()).collect();
+                std::fs::write(p, serde_json::to_string_pretty(&all)? + "\n")?;
+            }
             Ok(())
         }
         Command::Uplink(a) => {

@@ -30,13 +30,16 @@ use tracing::info_span;
 
 use crate::Central;
 use crate::model::{
-    AlertRow, AlertState, DeadLetter, DeviceRow, DeviceStatus, ForeignTenantRow, Principal, Role,
+    AlertRow, DeadLetter, DeviceRow, DeviceStatus, ForeignTenantRow, Principal, Role,
     SessionRecord, Severity, SiteRecord,
 };
 use crate::ops;
 use crate::store::{CentralStoreError, DeviceFilter};
 
 pub const SESSION_COOKIE: &str = "outpost_session";
+/// The `Set-Cookie` value that ends the session cookie.
+pub const CLEAR_SESSION_COOKIE: &str =
+    "outpost_session=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0";
 const SESSION_TTL_MS: u64 = 12 * 3600 * 1000;
 
 pub use outpost_web::ApiError;
@@ -78,7 +81,13 @@ pub fn router(c: Arc<Central>) -> Router {
         .nest("/api/v1", api)
         .route("/metrics", get(prometheus))
         .route("/healthz", get(|| async { "ok\n" }))
-        .merge(crate::web::routes())
+        .merge(outpost_console::router(std::sync::Arc::new(
+            outpost_console::Console {
+                backend: std::sync::Arc::new(crate::console::CentralConsole { central: c.clone() }),
+                csrf: c.csrf.clone(),
+                metrics: c.console_metrics.clone(),
+            },
+        )))
         .fallback(outpost_web::not_found)
         .layer(middleware::from_fn_with_state(c.clone(), observe))
         .layer(middleware::from_fn(outpost_web::json_errors))
@@ -89,7 +98,7 @@ fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn bearer(h: &HeaderMap) -> Option<&str> {
+pub fn bearer(h: &HeaderMap) -> Option<&str> {
     h.get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
@@ -189,7 +198,7 @@ async fn prometheus(State(c): State<Arc<Central>>, h: HeaderMap) -> Response {
     outpost_web::prometheus_response(c.metrics.encode(is_operator(&c, &h)))
 }
 
-fn require(p: &Principal, min: Role) -> Result<(), ApiError> {
+pub fn require(p: &Principal, min: Role) -> Result<(), ApiError> {
     let ok = match min {
         Role::Viewer => true,
         Role::Technician => matches!(p.role, Role::Admin | Role::Technician),
@@ -391,10 +400,7 @@ async fn logout(State(c): State<Arc<Central>>, headers: HeaderMap) -> Response {
     }
     (
         StatusCode::OK,
-        [(
-            header::SET_COOKIE,
-            format!("{SESSION_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0"),
-        )],
+        [(header::SET_COOKIE, CLEAR_SESSION_COOKIE)],
         Json(serde_json::json!({"ok": true})),
     )
         .into_response()
@@ -470,7 +476,7 @@ pub fn site_out(c: &Central, s: &SiteRecord, now: u64) -> SiteOut {
     }
 }
 
-async fn visible_sites(c: &Arc<Central>, p: &Principal) -> Result<Vec<SiteRecord>, ApiError> {
+pub async fn visible_sites(c: &Arc<Central>, p: &Principal) -> Result<Vec<SiteRecord>, ApiError> {
     Ok(c.store
         .sites(&p.tenant)
         .await
@@ -480,7 +486,11 @@ async fn visible_sites(c: &Arc<Central>, p: &Principal) -> Result<Vec<SiteRecord
         .collect())
 }
 
-async fn one_site(c: &Arc<Central>, p: &Principal, site: &SiteId) -> Result<SiteRecord, ApiError> {
+pub async fn one_site(
+    c: &Arc<Central>,
+    p: &Principal,
+    site: &SiteId,
+) -> Result<SiteRecord, ApiError> {
     c.store
         .site(&p.tenant, site)
         .await
@@ -591,84 +601,20 @@ pub struct FleetSummary {
     pub customers: Vec<CustomerSummary>,
 }
 
-fn add(c: &mut Counts, d: &DeviceRow, critical: bool) {
-    c.devices += 1;
-    match d.status {
-        DeviceStatus::Online => c.online += 1,
-        DeviceStatus::Offline => c.offline += 1,
-        DeviceStatus::Pending => c.pending += 1,
-        DeviceStatus::Revoked => c.revoked += 1,
-    }
-    if critical {
-        c.critical += 1;
-    }
-}
-
-/// The open alerts `p` sees, per site: (firing, pending), counted apart
-/// (resolved and cleared alerts are not counted); and the (site, device)
-/// pairs with a firing critical alert.
-type OpenAlerts = (
-    BTreeMap<SiteId, (u64, u64)>,
-    std::collections::HashSet<(SiteId, String)>,
-);
-
-fn open_alerts(alerts: &[AlertRow], p: &Principal) -> OpenAlerts {
-    let mut per_site: BTreeMap<SiteId, (u64, u64)> = BTreeMap::new();
-    let mut critical = std::collections::HashSet::new();
-    for a in alerts.iter().filter(|a| p.sees_customer(&a.customer)) {
-        let counts = match a.state {
-            AlertState::Firing => {
-                if a.severity == Severity::Critical
-                    && let Some(d) = &a.device
-                {
-                    critical.insert((a.site_id.clone(), d.clone()));
-                }
-                &mut per_site.entry(a.site_id.clone()).or_default().0
-            }
-            AlertState::Pending => &mut per_site.entry(a.site_id.clone()).or_default().1,
-            AlertState::Resolved | AlertState::Cleared => continue,
-        };
-        *counts += 1;
-    }
-    (per_site, critical)
-}
-
-/// Aggregates the fleet server-side (one pass over the tenant's devices).
-pub async fn fleet_summary(c: &Arc<Central>, p: &Principal) -> Result<FleetSummary, ApiError> {
+/// Aggregates the fleet server-side from the store's per-site counts
+/// (the RocksDB backend keeps them in its fleet index: no scan of the
+/// devices per request), and the firing alerts per severity.
+pub async fn fleet_overview(
+    c: &Arc<Central>,
+    p: &Principal,
+) -> Result<(FleetSummary, Vec<(Severity, u64)>), ApiError> {
     let sites = visible_sites(c, p).await?;
-    let mut devs = Vec::new();
-    let mut after = None;
-    loop {
-        let filter = DeviceFilter {
-            customers_allowed: p.customers.clone(),
-            after: after.clone(),
-            limit: 10_000,
-            ..Default::default()
-        };
-        let page = c
-            .store
-            .devices(&p.tenant, &filter)
-            .await
-            .map_err(internal)?;
-        devs.extend(page.items);
-        match page.next {
-            Some(n) => after = Some(n),
-            None => break,
-        }
-    }
-    let alerts = c.store.alerts(&p.tenant, None).await.map_err(internal)?;
-    let (open, critical) = open_alerts(&alerts, p);
+    let fc = c
+        .store
+        .fleet_counts(&p.tenant, &p.customers)
+        .await
+        .map_err(internal)?;
     let now = crate::now_ms();
-    let mut per_site: BTreeMap<SiteId, Counts> = BTreeMap::new();
-    for d in &devs {
-        let crit = critical.contains(&(d.site_id.clone(), d.device.clone()));
-        add(per_site.entry(d.site_id.clone()).or_default(), d, crit);
-    }
-    for (site, (firing, pending)) in open {
-        let c = per_site.entry(site).or_default();
-        c.alerts_firing += firing;
-        c.alerts_pending += pending;
-    }
     let mut customers: BTreeMap<CustomerId, CustomerSummary> = BTreeMap::new();
     let mut totals = Counts::default();
     let mut stale = 0;
@@ -677,7 +623,20 @@ pub async fn fleet_summary(c: &Arc<Central>, p: &Principal) -> Result<FleetSumma
         if so.stale && so.joined {
             stale += 1;
         }
-        let counts = per_site.get(&s.site_id).cloned().unwrap_or_default();
+        let counts = fc
+            .per_site
+            .get(&s.site_id)
+            .map(|x| Counts {
+                devices: x.devices,
+                online: x.online,
+                offline: x.offline,
+                pending: x.pending,
+                revoked: x.revoked,
+                critical: x.critical,
+                alerts_firing: x.alerts_firing,
+                alerts_pending: x.alerts_pending,
+            })
+            .unwrap_or_default();
         let cs = customers
             .entry(s.customer.clone())
             .or_insert_with(|| CustomerSummary {
@@ -697,11 +656,19 @@ pub async fn fleet_summary(c: &Arc<Central>, p: &Principal) -> Result<FleetSumma
         }
         cs.sites.push(SiteSummary { site: so, counts });
     }
-    Ok(FleetSummary {
-        totals,
-        stale_sites: stale,
-        customers: customers.into_values().collect(),
-    })
+    Ok((
+        FleetSummary {
+            totals,
+            stale_sites: stale,
+            customers: customers.into_values().collect(),
+        },
+        fc.firing_by_severity,
+    ))
+}
+
+/// The fleet summary of `/api/v1/summary` ([`fleet_overview`]).
+pub async fn fleet_summary(c: &Arc<Central>, p: &Principal) -> Result<FleetSummary, ApiError> {
+    Ok(fleet_overview(c, p).await?.0)
 }
 
 async fn summary(
@@ -944,24 +911,30 @@ async fn alerts(
     Ok(Json(alert_list(&c, &p, q).await?))
 }
 
-/// Acknowledges an alert (technician or admin).
+/// The optional body of an acknowledgement.
+#[derive(Debug, Default, Deserialize)]
+pub struct AckBody {
+    #[serde(default)]
+    pub comment: String,
+}
+
+/// Acknowledges an alert (technician or admin), with an optional
+/// `{"comment": "..."}` kept in the alert's history.
 async fn ack_alert(
     State(c): State<Arc<Central>>,
     axum::Extension(p): axum::Extension<Principal>,
     Path((site, alert)): Path<(SiteId, u64)>,
+    body: Option<Json<AckBody>>,
 ) -> ApiResult<serde_json::Value> {
-    require(&p, Role::Technician)?;
-    one_site(&c, &p, &site).await?;
-    let found = c
-        .store
-        .ack_alert(&p.tenant, &site, alert, &p.name, crate::now_ms())
-        .await
-        .map_err(internal)?;
-    if !found {
-        return Err(ApiError::NotFound(format!(
-            "no alert {alert} at site {site}"
+    let comment = body.map(|Json(b)| b.comment).unwrap_or_default();
+    let comment = comment.trim();
+    if comment.chars().count() > outpost_console::backend::MAX_COMMENT_CHARS {
+        return Err(ApiError::BadRequest(format!(
+            "comment: at most {} characters",
+            outpost_console::backend::MAX_COMMENT_CHARS
         )));
     }
+    crate::console::acknowledge(&c, &p, &site, alert, comment).await?;
     Ok(Json(
         serde_json::json!({ "acked": true, "alert_id": alert, "by": p.name }),
     ))
@@ -1135,6 +1108,7 @@ async fn admin_user(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::AlertState;
 
     fn row(site: &str, id: u64, state: AlertState, severity: Severity, customer: &str) -> AlertRow {
         AlertRow {
@@ -1204,16 +1178,80 @@ mod tests {
             customers: vec!["dental".into()],
             name: "alice".into(),
         };
-        let (open, critical) = open_alerts(&alerts, &p);
+        let mut ix = crate::fleet_index::FleetIndex::default();
+        for a in &alerts {
+            ix.upsert_alert(a);
+        }
+        let mut with_device = |site: &str, id: u64, customer: &str| {
+            ix.upsert_device(&DeviceRow {
+                tenant: "msp".into(),
+                site_id: site.into(),
+                device: format!("{id:016x}"),
+                customer: customer.into(),
+                hostname: String::new(),
+                os: String::new(),
+                agent_version: String::new(),
+                enrolled_at_ms: 0,
+                revoked: false,
+                status: DeviceStatus::Online,
+                status_since_ms: 0,
+                last_seen_ms: 0,
+                as_of_ms: 0,
+                rollups_stored: 0,
+                latest: vec![],
+            })
+        };
+        for (site, id, customer) in [
+            ("s-1", 1, "dental"),
+            ("s-1", 2, "dental"),
+            ("s-1", 3, "dental"),
+            ("s-2", 6, "dental"),
+            ("s-3", 7, "vet"),
+        ] {
+            with_device(site, id, customer);
+        }
+        for (id, customer) in [("s-1", "dental"), ("s-2", "dental"), ("s-3", "vet")] {
+            ix.upsert_site(&SiteRecord {
+                tenant: "msp".into(),
+                customer: customer.into(),
+                site_id: id.into(),
+                name: id.into(),
+                created_ms: 0,
+                joined_ms: 0,
+                applied_up_to: 0,
+                applied_above: vec![],
+                last_batch_ms: 0,
+                last_batch_created_ms: 0,
+                batches_applied: 0,
+                duplicates: 0,
+                interval_ms: 0,
+                dropped_rollups: 0,
+                tenant_mismatch: Default::default(),
+                dead_letters: Default::default(),
+            });
+        }
+        let counts = ix.counts(&p.tenant, &p.customers);
+        let open: Vec<(SiteId, (u64, u64))> = counts
+            .per_site
+            .iter()
+            .filter(|(_, c)| c.alerts_firing + c.alerts_pending > 0)
+            .map(|(s, c)| (s.clone(), (c.alerts_firing, c.alerts_pending)))
+            .collect();
         assert_eq!(
-            open.into_iter().collect::<Vec<_>>(),
+            open,
             vec![("s-1".into(), (1, 2)), ("s-2".into(), (0, 1))],
             "one firing and two pending at s-1; cleared, resolved and other customers' not counted"
         );
+        let critical: Vec<(SiteId, u64)> = counts
+            .per_site
+            .iter()
+            .filter(|(_, c)| c.critical > 0)
+            .map(|(s, c)| (s.clone(), c.critical))
+            .collect();
         assert_eq!(
-            critical.into_iter().collect::<Vec<_>>(),
-            vec![("s-1".into(), format!("{:016x}", 1))],
-            "a pending critical alert does not make its device critical"
+            critical,
+            vec![("s-1".into(), 1)],
+            "a pending critical alert does not make its device critical (device 1 only)"
         );
     }
 }

@@ -59,7 +59,7 @@ use crate::model::{
     AlertRow, AlertState, BucketRow, BucketSeries, DeadLetter, DeviceRow, DeviceStatus,
     ForeignTenantRow, LatestRollup, SiteRecord, TenantMismatch,
 };
-use crate::store::ApplyOutcome;
+use crate::store::{AlertHistoryEntry, ApplyOutcome, FleetDelta};
 
 /// Which stored rows a batch touches: what a backend reads before [`plan`].
 /// Each list holds distinct entries in order of first appearance.
@@ -190,6 +190,17 @@ pub struct Changes<'b> {
     pub customer_mismatches: u64,
     /// Gaps of the applied set that expired to make room for this batch.
     pub gaps_expired: Vec<DeadLetter>,
+    /// Per touched device, its status before the batch (`None`: new).
+    pub status_before: Vec<Option<DeviceStatus>>,
+    /// Per touched alert, its state before the batch (`None`: new).
+    pub state_before: Vec<Option<AlertState>>,
+    /// Lines to append to alerts' histories: (alert id, its transition
+    /// number, the transition). Numbers are unique per alert (the row's
+    /// transition count), so a history row is written once.
+    pub alert_history: Vec<(u64, u32, AlertHistoryEntry)>,
+    /// Status changes to append to devices' histories: (index into
+    /// `devices`, since, status).
+    pub status_history: Vec<(usize, u64, DeviceStatus)>,
 }
 
 impl Changes<'_> {
@@ -283,11 +294,21 @@ pub fn plan<'b>(
         return Err(out_of_step("row count"));
     }
 
+    let status_before: Vec<Option<DeviceStatus>> = devices
+        .iter()
+        .map(|d| {
+            d.as_ref().map(|d| match d.revoked {
+                true => DeviceStatus::Revoked,
+                false => d.status,
+            })
+        })
+        .collect();
     let mut devices: Vec<DeviceRow> = devices
         .into_iter()
         .zip(&touched.devices)
         .map(|(row, id)| row.map_or_else(|| new_device(&site, id), DeviceRow::upgraded))
         .collect();
+    let mut status_history = Vec::new();
     // The site's customer, whatever a row stored before said.
     for row in &mut devices {
         if row.customer != site.customer {
@@ -310,11 +331,15 @@ pub fn plan<'b>(
         row.agent_version = u.agent_version.clone();
         row.enrolled_at_ms = u.enrolled_at_ms;
         row.revoked = u.revoked;
-        row.status = if u.revoked {
+        let status = if u.revoked {
             DeviceStatus::Revoked
         } else {
             u.status.into()
         };
+        if status != row.status || u.status_since_ms != row.status_since_ms {
+            status_history.push((d, u.status_since_ms, status));
+        }
+        row.status = status;
         row.status_since_ms = u.status_since_ms;
         row.last_seen_ms = u.last_seen_ms;
         row.as_of_ms = u.as_of_ms;
@@ -384,11 +409,27 @@ pub fn plan<'b>(
     }
 
     let mut alert_rows: Vec<Option<AlertRow>> = alerts;
+    let state_before: Vec<Option<AlertState>> = alert_rows
+        .iter()
+        .map(|a| a.as_ref().map(|a| a.state))
+        .collect();
+    let mut alert_history = Vec::with_capacity(batch.alerts.len());
     for (a, &i) in batch.alerts.iter().zip(&touched.alert_of_transition) {
         let slot = alert_rows
             .get_mut(i)
             .ok_or_else(|| out_of_step("alert index"))?;
         let state = AlertState::from(a.state);
+        let number = slot.as_ref().map_or(1, |e| e.transitions.saturating_add(1));
+        alert_history.push((
+            a.alert_id,
+            number,
+            AlertHistoryEntry::Transition {
+                at_ms: a.at_ms,
+                state,
+                message: a.message.clone(),
+                value: a.value,
+            },
+        ));
         match slot {
             Some(e) => {
                 e.transitions += 1;
@@ -460,7 +501,43 @@ pub fn plan<'b>(
         tenant_mismatches_new,
         customer_mismatches,
         gaps_expired,
+        status_before,
+        state_before,
+        alert_history,
+        status_history,
     }))
+}
+
+/// What a planned batch changes for live viewers: devices whose status
+/// changed or that are new, and every alert it moved (a transition that
+/// lost to a newer stored one still counts: the alert was touched).
+pub fn delta(c: &Changes) -> FleetDelta {
+    let devices: Vec<(DeviceRow, Option<DeviceStatus>)> = c
+        .devices
+        .iter()
+        .zip(&c.status_before)
+        .filter(|(d, before)| **before != Some(d.status))
+        .map(|(d, before)| (d.clone(), *before))
+        .collect();
+    let alerts = c
+        .alerts
+        .iter()
+        .zip(&c.state_before)
+        .map(|(a, before)| {
+            let host = a.device.as_ref().and_then(|id| {
+                c.devices
+                    .iter()
+                    .find(|d| &d.device == id && !d.hostname.is_empty())
+                    .map(|d| d.hostname.clone())
+            });
+            (a.clone(), *before, host)
+        })
+        .collect();
+    FleetDelta {
+        site_name: c.site.name.clone(),
+        devices,
+        alerts,
+    }
 }
 
 /// The row of a device central has not seen yet.

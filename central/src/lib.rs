@@ -3,7 +3,8 @@
 //! Receives site batches over QUIC with mutual TLS ([`receiver`]; site and
 //! tenant come from the certificate), applies each (site, sequence) exactly
 //! once into a [`store::CentralStore`] (RocksDB by default, [`rocks`]), and
-//! serves the MSP's JSON API ([`api`]) and server-rendered web view ([`web`])
+//! serves the MSP's JSON API ([`api`]) and the console (`outpost-console`,
+//! backed by [`console`])
 //! with tenants, users, roles and tokens ([`ops`], [`model`]).
 //!
 //! What the appliance also speaks (wire frames, the batch format and its
@@ -15,7 +16,11 @@ pub mod api;
 #[cfg(test)]
 mod api_tests;
 pub mod apply;
+pub mod console;
+#[cfg(test)]
+mod console_tests;
 pub mod dir;
+pub mod fleet_index;
 /// The login limits, password pool and roles, shared with the appliance.
 pub use outpost_web::login;
 pub mod metrics;
@@ -26,7 +31,6 @@ pub mod rocks;
 pub mod store;
 #[cfg(test)]
 pub(crate) mod testing;
-pub mod web;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -75,6 +79,8 @@ pub struct CentralLimits {
     /// limits) is the last `X-Forwarded-For` address that is not one of
     /// them.
     pub trusted_proxies: Vec<IpAddr>,
+    /// The console's live updates (subscribers at once, buffer).
+    pub live: outpost_console::LiveConfig,
 }
 
 impl Default for CentralLimits {
@@ -85,6 +91,7 @@ impl Default for CentralLimits {
             max_concurrent_batches: login::cores(),
             login: LimiterConfig::default(),
             trusted_proxies: Vec::new(),
+            live: outpost_console::LiveConfig::default(),
         }
     }
 }
@@ -109,6 +116,13 @@ pub struct Central {
     /// Uplink connections per (tenant, site), counted from the moment the
     /// certificate is read ([`CentralLimits::max_connections_per_site`]).
     site_connections: Mutex<HashMap<(TenantId, SiteId), usize>>,
+    /// The console's live fan-out, fed by the batch apply path and
+    /// acknowledgements.
+    pub live: outpost_console::LiveHub,
+    /// Key of the console's CSRF tokens (random per process).
+    pub csrf: outpost_console::CsrfKey,
+    /// The console's refusal counters.
+    pub console_metrics: outpost_console::ConsoleMetrics,
 }
 
 impl std::fmt::Debug for Central {
@@ -154,10 +168,17 @@ impl Central {
         shutdown: CancellationToken,
         limits: CentralLimits,
     ) -> Central {
+        let live = outpost_console::LiveHub::new(limits.live.clone());
+        let console_metrics = outpost_console::ConsoleMetrics::default();
+        let mut metrics = CentralMetrics::new();
+        metrics.register_console(&console_metrics, &live.metrics);
         Central {
             store,
             keys,
-            metrics: CentralMetrics::new(),
+            metrics,
+            live,
+            csrf: outpost_console::CsrfKey::random(),
+            console_metrics,
             shutdown,
             passwords: Passwords::per_core(),
             login_limiter: Mutex::new(LoginLimiter::new(&limits.login)),
@@ -259,6 +280,9 @@ pub async fn serve(
     }
     shutdown.cancelled().await;
     info!("central shutting down");
+    // Open console pages hold event streams: end them, or the HTTP
+    // server's graceful shutdown would wait for every browser tab.
+    central.live.close();
     tracker.close();
     tracker.wait().await;
     conns.close();

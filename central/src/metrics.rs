@@ -199,6 +199,21 @@ impl CentralMetrics {
 
     /// The text exposition; the per-site series only with `per_site`
     /// (the operator's scrape).
+    /// Registers the console's counters (`console_*`) in the open
+    /// registry (they name no tenant or site).
+    pub fn register_console(
+        &mut self,
+        console: &outpost_console::ConsoleMetrics,
+        live: &outpost_console::live::LiveMetrics,
+    ) {
+        self.registry.register(
+            "console_refused",
+            "Console requests refused (bad CSRF token, cross-origin, role), by reason",
+            console.refused.clone(),
+        );
+        live.register(&mut self.registry);
+    }
+
     pub fn encode(&self, per_site: bool) -> String {
         let mut s = String::new();
         if per_site {

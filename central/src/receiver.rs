@@ -437,11 +437,13 @@ async fn receive_batch(
         Err(refusal) => return Err(dead_letter(c, tenant, site_id, seq, refusal).await),
     };
     let created_ms = b.created_ms;
-    let outcome = c
+    let (outcome, delta) = c
         .store
-        .apply_batch(tenant, site_id, b, crate::now_ms())
+        .apply_batch_delta(tenant, site_id, b, crate::now_ms())
         .await
         .map_err(|e| internal(&e))?;
+    // Durable: viewers may see it now (one event per change, no polling).
+    crate::console::publish_delta(&c.live, tenant, site_id, &delta);
     match outcome {
         ApplyOutcome::Duplicate => {
             c.metrics.batches_duplicate.inc();

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use outpost_proto::codec;
 use outpost_proto::{CustomerId, SiteId, TenantId};
@@ -23,13 +23,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::apply::{self, ApplyPlan, CurrentRows, DeadLetterPlan, Touched};
+use crate::fleet_index::FleetIndex;
 use crate::model::{
-    AlertRow, ApiTokenRecord, BucketRow, DeadLetter, DeviceRow, JoinTokenRecord, RollupRow,
-    SessionRecord, SiteRecord, UserRecord,
+    AlertRow, ApiTokenRecord, BucketRow, DeadLetter, DeviceRow, DeviceStatus, JoinTokenRecord,
+    Rollup, RollupRow, SessionRecord, SiteRecord, UserRecord,
 };
 use crate::store::{
-    ApplyOutcome, AuthStore, BatchStore, CentralStoreError, DeadLetterOutcome, DeviceFilter,
-    FleetStore, Page, Result, RollupQuery, StoreFuture,
+    AlertHistoryEntry, ApplyOutcome, AuthStore, BatchStore, CentralStoreError, DeadLetterOutcome,
+    DeviceFilter, DeviceSearch, FleetCounts, FleetDelta, FleetStore, Page, Result, RollupQuery,
+    SearchPage, SeriesQuery, StoreFuture,
 };
 use outpost_uplink::batch::SiteBatch;
 
@@ -41,7 +43,13 @@ const CF_ROLLUPS: &str = "rollup_buckets";
 const CF_LEGACY_ROLLUPS: &str = "rollups";
 const CF_ALERTS: &str = "alerts";
 const CF_AUTH: &str = "auth";
-const CFS: [&str; 5] = [CF_SITES, CF_DEVICES, CF_ROLLUPS, CF_ALERTS, CF_AUTH];
+/// Alert histories (`tenant \0 site \0 a \0 alert_be \0 t number_be`
+/// for a transition, `... \0 k at_be by` for an acknowledgement) and
+/// device status changes (`tenant \0 site \0 d \0 device \0 since_be`).
+const CF_HISTORY: &str = "history";
+const CFS: [&str; 6] = [
+    CF_SITES, CF_DEVICES, CF_ROLLUPS, CF_ALERTS, CF_AUTH, CF_HISTORY,
+];
 
 /// Central's RocksDB store: a cheap handle (clones share the database).
 ///
@@ -55,6 +63,9 @@ pub struct RocksCentralStore {
     site_locks: Arc<[Mutex<()>]>,
     /// Join tokens (read, then deleted).
     auth_lock: Arc<Mutex<()>>,
+    /// What the console's search and counts read ([`FleetIndex`]):
+    /// rebuilt at open, updated after each durable write.
+    index: Arc<RwLock<FleetIndex>>,
 }
 
 const SITE_LOCK_STRIPES: usize = 64;
@@ -127,11 +138,63 @@ impl RocksCentralStore {
             );
             db.drop_cf(CF_LEGACY_ROLLUPS).map_err(be)?;
         }
-        Ok(RocksCentralStore {
+        let st = RocksCentralStore {
             db: Arc::new(db),
             site_locks: (0..SITE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             auth_lock: Arc::new(Mutex::new(())),
-        })
+            index: Arc::new(RwLock::new(FleetIndex::default())),
+        };
+        st.rebuild_index()?;
+        Ok(st)
+    }
+
+    /// Builds the fleet index from the stored sites, devices and alerts
+    /// (devices before alerts: an alert finds its device).
+    fn rebuild_index(&self) -> Result<()> {
+        let started = std::time::Instant::now();
+        let mut ix = FleetIndex::default();
+        let it = self.db.iterator_cf(self.cf(CF_SITES)?, IteratorMode::Start);
+        let mut customers: HashMap<(String, String), CustomerId> = HashMap::new();
+        for item in it {
+            let (_, v) = item.map_err(be)?;
+            let s = SiteRecord::from_stored(&v)?;
+            customers.insert(
+                (s.tenant.to_string(), s.site_id.to_string()),
+                s.customer.clone(),
+            );
+            ix.upsert_site(&s);
+        }
+        let mut devices = 0u64;
+        self.scan::<DeviceRow>(CF_DEVICES, &[], &[], |_, d| {
+            let mut d = d.upgraded();
+            if let Some(c) = customers.get(&(d.tenant.to_string(), d.site_id.to_string())) {
+                d.customer = c.clone();
+            }
+            ix.upsert_device(&d);
+            devices += 1;
+            true
+        })?;
+        self.scan::<AlertRow>(CF_ALERTS, &[], &[], |_, a| {
+            if a.state.is_open() {
+                ix.upsert_alert(&a);
+            }
+            true
+        })?;
+        tracing::info!(
+            devices,
+            ms = started.elapsed().as_millis() as u64,
+            "fleet index built"
+        );
+        *self.index.write().unwrap_or_else(|p| p.into_inner()) = ix;
+        Ok(())
+    }
+
+    fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, FleetIndex> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, FleetIndex> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Serialises read-modify-write of one site's rows.
@@ -264,7 +327,9 @@ impl RocksCentralStore {
         let mut wb = WriteBatch::default();
         self.put_site(&mut wb, &k, site)?;
         self.put(&mut wb, CF_AUTH, &auth_key(b'j', hash), token)?;
-        self.write(wb)
+        self.write(wb)?;
+        self.index_mut().upsert_site(site);
+        Ok(())
     }
 
     pub fn take_join_token(&self, hash: &[u8; 32]) -> Result<Option<JoinTokenRecord>> {
@@ -308,7 +373,9 @@ impl RocksCentralStore {
             &key(&[site.tenant.as_bytes(), site.site_id.as_bytes()]),
             site,
         )?;
-        self.write(wb)
+        self.write(wb)?;
+        self.index_mut().upsert_site(site);
+        Ok(())
     }
 
     pub fn apply_batch(
@@ -318,13 +385,25 @@ impl RocksCentralStore {
         b: &SiteBatch,
         received_ms: u64,
     ) -> Result<ApplyOutcome> {
+        self.apply_batch_delta(tenant, site_id, b, received_ms)
+            .map(|(o, _)| o)
+    }
+
+    /// [`RocksCentralStore::apply_batch`], and what changed for viewers.
+    pub fn apply_batch_delta(
+        &self,
+        tenant: &str,
+        site_id: &str,
+        b: &SiteBatch,
+        received_ms: u64,
+    ) -> Result<(ApplyOutcome, FleetDelta)> {
         let _g = self.lock_site(tenant, site_id);
         let sk = key(&[tenant.as_bytes(), site_id.as_bytes()]);
         let site: SiteRecord = self
             .get_site(&sk)?
             .ok_or_else(|| CentralStoreError::Conflict(format!("unknown site {site_id}")))?;
         if apply::is_duplicate(&site, b) {
-            return Ok(ApplyOutcome::Duplicate);
+            return Ok((ApplyOutcome::Duplicate, FleetDelta::default()));
         }
         // Read every row the batch touches (one multi-get per table; bloom
         // filters: new buckets mostly miss), keeping the keys for the write.
@@ -360,7 +439,7 @@ impl RocksCentralStore {
         let changes = match apply::plan(current, b, received_ms)
             .map_err(|e| CentralStoreError::Backend(e.to_string()))?
         {
-            ApplyPlan::Duplicate => return Ok(ApplyOutcome::Duplicate),
+            ApplyPlan::Duplicate => return Ok((ApplyOutcome::Duplicate, FleetDelta::default())),
             ApplyPlan::Apply(c) => c,
         };
         // About 110 bytes per stored rollup and 2 KB per device row: sized
@@ -384,9 +463,31 @@ impl RocksCentralStore {
         for (k, row) in device_keys.iter().zip(&changes.devices) {
             self.put(&mut wb, CF_DEVICES, k, row)?;
         }
+        for (alert_id, number, entry) in &changes.alert_history {
+            let mut k = prefix(&[t, s, b"a", &alert_id.to_be_bytes()]);
+            k.push(b't');
+            k.extend_from_slice(&number.to_be_bytes());
+            self.put(&mut wb, CF_HISTORY, &k, entry)?;
+        }
+        for (d, since, status) in &changes.status_history {
+            let dev = changes.devices.get(*d).map_or("", |r| r.device.as_str());
+            let mut k = prefix(&[t, s, b"d", dev.as_bytes()]);
+            k.extend_from_slice(&since.to_be_bytes());
+            self.put(&mut wb, CF_HISTORY, &k, status)?;
+        }
         self.put_site(&mut wb, &sk, &changes.site)?;
         self.write(wb)?;
-        Ok(changes.outcome())
+        {
+            let mut ix = self.index_mut();
+            ix.upsert_site(&changes.site);
+            for d in &changes.devices {
+                ix.upsert_device(d);
+            }
+            for a in &changes.alerts {
+                ix.upsert_alert(a);
+            }
+        }
+        Ok((changes.outcome(), apply::delta(&changes)))
     }
 
     /// Records a dead letter ([`apply::dead_letter`]) under the site's lock.
@@ -536,27 +637,147 @@ impl RocksCentralStore {
         Ok(out)
     }
 
+    /// Acknowledges an alert; its history keeps who, when and why. The
+    /// alert as it is now, `None` if the tenant has no such alert.
     pub fn ack_alert(
         &self,
         tenant: &str,
         site_id: &str,
         alert_id: u64,
         by: &str,
+        comment: &str,
         now_ms: u64,
-    ) -> Result<bool> {
+    ) -> Result<Option<AlertRow>> {
         let _g = self.lock_site(tenant, site_id);
-        let k = key(&[
-            tenant.as_bytes(),
-            site_id.as_bytes(),
-            &alert_id.to_be_bytes(),
-        ]);
+        let (t, s) = (tenant.as_bytes(), site_id.as_bytes());
+        let k = key(&[t, s, &alert_id.to_be_bytes()]);
         let Some(mut a) = self.get::<AlertRow>(CF_ALERTS, &k)? else {
-            return Ok(false);
+            return Ok(None);
         };
         a.acked_by = Some(by.to_string());
         a.acked_ms = now_ms;
-        self.put_one(CF_ALERTS, &k, &a)?;
-        Ok(true)
+        let mut wb = WriteBatch::default();
+        self.put(&mut wb, CF_ALERTS, &k, &a)?;
+        let mut hk = prefix(&[t, s, b"a", &alert_id.to_be_bytes()]);
+        hk.push(b'k');
+        hk.extend_from_slice(&now_ms.to_be_bytes());
+        hk.extend_from_slice(by.as_bytes());
+        let entry = AlertHistoryEntry::Ack {
+            at_ms: now_ms,
+            by: by.to_string(),
+            comment: comment.to_string(),
+        };
+        self.put(&mut wb, CF_HISTORY, &hk, &entry)?;
+        self.write(wb)?;
+        self.index_mut().upsert_alert(&a);
+        Ok(Some(a))
+    }
+
+    /// An alert's history, oldest first.
+    pub fn alert_history(
+        &self,
+        tenant: &str,
+        site_id: &str,
+        alert_id: u64,
+    ) -> Result<Vec<AlertHistoryEntry>> {
+        let p = prefix(&[
+            tenant.as_bytes(),
+            site_id.as_bytes(),
+            b"a",
+            &alert_id.to_be_bytes(),
+        ]);
+        let mut out = Vec::new();
+        self.scan::<AlertHistoryEntry>(CF_HISTORY, &p, &p, |_, e| {
+            out.push(e);
+            out.len() < 10_000
+        })?;
+        let at = |e: &AlertHistoryEntry| match e {
+            AlertHistoryEntry::Transition { at_ms, .. } | AlertHistoryEntry::Ack { at_ms, .. } => {
+                *at_ms
+            }
+        };
+        out.sort_by_key(at);
+        Ok(out)
+    }
+
+    /// A device's status changes, newest first, at most `limit`.
+    pub fn status_history(
+        &self,
+        tenant: &str,
+        site_id: &str,
+        device: &str,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeviceStatus)>> {
+        let p = prefix(&[
+            tenant.as_bytes(),
+            site_id.as_bytes(),
+            b"d",
+            device.as_bytes(),
+        ]);
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_HISTORY)?,
+            IteratorMode::From(
+                &{
+                    let mut end = p.clone();
+                    end.extend_from_slice(&u64::MAX.to_be_bytes());
+                    end
+                },
+                Direction::Reverse,
+            ),
+        );
+        for item in it {
+            let (k, v) = item.map_err(be)?;
+            if !k.starts_with(&p) || out.len() >= limit {
+                break;
+            }
+            let Some(since) = k.get(p.len()..).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+                continue;
+            };
+            out.push((u64::from_be_bytes(since), codec::decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// The console's device search, from the fleet index.
+    pub fn search_devices(&self, tenant: &str, q: &DeviceSearch) -> Result<SearchPage> {
+        self.index()
+            .search(tenant, q)
+            .map_err(|e| CentralStoreError::InvalidCursor(e.to_string()))
+    }
+
+    /// Counts per site, from the fleet index.
+    pub fn fleet_counts(&self, tenant: &str, allowed: &[CustomerId]) -> FleetCounts {
+        self.index().counts(tenant, allowed)
+    }
+
+    /// Several series of one device in one scan of its bucket rows.
+    pub fn series_rollups(&self, tenant: &str, q: &SeriesQuery) -> Result<Vec<Vec<(u64, Rollup)>>> {
+        let p = prefix(&[tenant.as_bytes(), q.site_id.as_bytes(), q.device.as_bytes()]);
+        let mut start = p.clone();
+        start.extend_from_slice(&q.from_ms.to_be_bytes());
+        let mut out: Vec<Vec<(u64, Rollup)>> = vec![Vec::new(); q.series.len()];
+        self.scan::<BucketRow>(CF_ROLLUPS, &p, &start, |k, row| {
+            let Some(b) = k.get(p.len()..).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+                return true;
+            };
+            let bucket = u64::from_be_bytes(b);
+            if bucket >= q.to_ms {
+                return false;
+            }
+            for (i, (name, label)) in q.series.iter().enumerate() {
+                if let Some(sr) = row
+                    .series
+                    .iter()
+                    .find(|s| s.name == *name && s.label == *label)
+                    && let Some(list) = out.get_mut(i)
+                {
+                    list.push((bucket, sr.rollup));
+                }
+            }
+            true
+        })?;
+        Ok(out)
     }
 
     pub fn put_api_token(&self, hash: &[u8; 32], rec: &ApiTokenRecord) -> Result<()> {
@@ -671,15 +892,15 @@ where
 }
 
 impl BatchStore for RocksCentralStore {
-    fn apply_batch<'a>(
+    fn apply_batch_delta<'a>(
         &'a self,
         tenant: &'a TenantId,
         site_id: &'a SiteId,
         batch: SiteBatch,
         received_ms: u64,
-    ) -> StoreFuture<'a, ApplyOutcome> {
+    ) -> StoreFuture<'a, (ApplyOutcome, FleetDelta)> {
         let (st, t, s) = (self.clone(), tenant.to_owned(), site_id.to_owned());
-        blocking(move || st.apply_batch(&t, &s, &batch, received_ms))
+        blocking(move || st.apply_batch_delta(&t, &s, &batch, received_ms))
     }
 
     fn dead_letter<'a>(
@@ -742,15 +963,85 @@ impl FleetStore for RocksCentralStore {
         site_id: &'a SiteId,
         alert_id: u64,
         by: &'a str,
+        comment: &'a str,
         now_ms: u64,
-    ) -> StoreFuture<'a, bool> {
-        let (st, t, s, by) = (
+    ) -> StoreFuture<'a, Option<AlertRow>> {
+        let (st, t, s, by, comment) = (
             self.clone(),
             tenant.to_owned(),
             site_id.to_owned(),
             by.to_owned(),
+            comment.to_owned(),
         );
-        blocking(move || st.ack_alert(&t, &s, alert_id, &by, now_ms))
+        blocking(move || st.ack_alert(&t, &s, alert_id, &by, &comment, now_ms))
+    }
+
+    fn alert_history<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: &'a SiteId,
+        alert_id: u64,
+    ) -> StoreFuture<'a, Vec<AlertHistoryEntry>> {
+        let (st, t, s) = (self.clone(), tenant.to_owned(), site_id.to_owned());
+        blocking(move || st.alert_history(&t, &s, alert_id))
+    }
+
+    fn status_history<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: &'a SiteId,
+        device: &'a str,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<(u64, DeviceStatus)>> {
+        let (st, t, s, d) = (
+            self.clone(),
+            tenant.to_owned(),
+            site_id.to_owned(),
+            device.to_owned(),
+        );
+        blocking(move || st.status_history(&t, &s, &d, limit))
+    }
+
+    /// Answered from memory (the fleet index), on the calling task: a
+    /// search over 100,000 devices takes a few milliseconds of CPU.
+    fn search_devices<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        q: &'a DeviceSearch,
+    ) -> StoreFuture<'a, SearchPage> {
+        let r = RocksCentralStore::search_devices(self, tenant, q);
+        Box::pin(async move { r })
+    }
+
+    fn fleet_counts<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        customers_allowed: &'a [CustomerId],
+    ) -> StoreFuture<'a, FleetCounts> {
+        let r = RocksCentralStore::fleet_counts(self, tenant, customers_allowed);
+        Box::pin(async move { Ok(r) })
+    }
+
+    fn hostnames<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        devices: &'a [(SiteId, String)],
+    ) -> StoreFuture<'a, Vec<Option<String>>> {
+        let ix = self.index();
+        let r = devices
+            .iter()
+            .map(|(s, d)| ix.hostname(tenant, s, d))
+            .collect();
+        Box::pin(async move { Ok(r) })
+    }
+
+    fn series_rollups<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        q: &'a SeriesQuery,
+    ) -> StoreFuture<'a, Vec<Vec<(u64, Rollup)>>> {
+        let (st, t, q) = (self.clone(), tenant.to_owned(), q.clone());
+        blocking(move || st.series_rollups(&t, &q))
     }
 }
 
@@ -1209,9 +1500,10 @@ mod tests {
         let page = st.devices(&"msp".into(), &filter).await.unwrap();
         assert_eq!(page.items.len(), 1);
         assert!(
-            st.ack_alert(&"msp".into(), &"s-1".into(), 9, "alice", 12)
+            st.ack_alert(&"msp".into(), &"s-1".into(), 9, "alice", "seen", 12)
                 .await
                 .unwrap()
+                .is_some()
         );
         let alerts = st.alerts(&"msp".into(), Some(&"s-1".into())).await.unwrap();
         assert_eq!(alerts[0].acked_by.as_deref(), Some("alice"));
@@ -1325,6 +1617,118 @@ mod tests {
         let l = list(None, &["dental"]);
         assert_eq!((l.len(), l[0].customer.as_str()), (1, "dental"));
         assert_eq!(list(Some("dental"), &[]).len(), 1);
+    }
+
+    /// A batch answers what changed for live viewers (a device whose
+    /// status changed, every alert it moved, with what they were before),
+    /// appends the status change and the alert's transition to their
+    /// histories, and the fleet index follows it, and is rebuilt from the
+    /// store at open.
+    #[test]
+    fn a_batch_reports_its_delta_writes_histories_and_the_index_survives_a_reopen() {
+        use crate::model::{AlertState, DeviceStatus};
+        use crate::store::{AlertHistoryEntry, DeviceSearch};
+        let dir = tempfile::tempdir().unwrap();
+        let st = RocksCentralStore::open(dir.path()).unwrap();
+        st.create_site(&site("msp", "s-1"), &[1; 32], &tok("msp", "s-1"))
+            .unwrap();
+        let (_, d1) = st
+            .apply_batch_delta("msp", "s-1", &sample_batch(1), 1)
+            .unwrap();
+        assert_eq!(d1.devices.len(), 1, "a new device");
+        assert_eq!(d1.devices[0].1, None);
+        assert_eq!(d1.alerts.len(), 1);
+        assert_eq!(
+            (d1.alerts[0].1, d1.alerts[0].2.as_deref()),
+            (None, Some("web-1"))
+        );
+        // Same status again: no device change; the alert resolves.
+        let mut b = sample_batch(2);
+        b.devices[0].as_of_ms = 10;
+        b.alerts[0].state = outpost_uplink::batch::AlertState::Resolved;
+        b.alerts[0].at_ms = 50;
+        let (_, d2) = st.apply_batch_delta("msp", "s-1", &b, 2).unwrap();
+        assert!(d2.devices.is_empty(), "{d2:?}");
+        assert_eq!(d2.alerts[0].1, Some(AlertState::Firing));
+        assert_eq!(d2.alerts[0].0.state, AlertState::Resolved);
+        let mut b = sample_batch(3);
+        b.devices[0].as_of_ms = 20;
+        b.devices[0].status = outpost_uplink::batch::DeviceStatus::Offline;
+        b.devices[0].status_since_ms = 30;
+        b.alerts.clear();
+        let (_, d3) = st.apply_batch_delta("msp", "s-1", &b, 3).unwrap();
+        assert_eq!(d3.devices.len(), 1);
+        assert_eq!(d3.devices[0].1, Some(DeviceStatus::Online));
+        assert_eq!(d3.devices[0].0.status, DeviceStatus::Offline);
+        let (_, dup) = st.apply_batch_delta("msp", "s-1", &b, 4).unwrap();
+        assert_eq!(dup, FleetDelta::default(), "a duplicate changes nothing");
+        let dev = "000000000000002a";
+        assert_eq!(
+            st.status_history("msp", "s-1", dev, 10).unwrap(),
+            vec![(30, DeviceStatus::Offline), (2, DeviceStatus::Online)]
+        );
+        st.ack_alert("msp", "s-1", 9, "tess", "looked", 60).unwrap();
+        let h = st.alert_history("msp", "s-1", 9).unwrap();
+        assert_eq!(h.len(), 3, "{h:?}");
+        assert!(matches!(
+            h[0],
+            AlertHistoryEntry::Transition {
+                state: AlertState::Firing,
+                at_ms: 5,
+                ..
+            }
+        ));
+        assert!(matches!(
+            h[1],
+            AlertHistoryEntry::Transition {
+                state: AlertState::Resolved,
+                ..
+            }
+        ));
+        assert!(
+            matches!(&h[2], AlertHistoryEntry::Ack { by, comment, .. } if by == "tess" && comment == "looked")
+        );
+        assert!(
+            st.alert_history("other", "s-1", 9).unwrap().is_empty(),
+            "tenant-scoped"
+        );
+        let search = |st: &RocksCentralStore| {
+            st.search_devices(
+                "msp",
+                &DeviceSearch {
+                    words: vec!["web".into()],
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        let p = search(&st);
+        assert_eq!((p.total, p.items[0].status), (1, DeviceStatus::Offline));
+        assert_eq!(p.items[0].site_name, "main");
+        assert_eq!(p.items[0].cpu, Some(12.75), "latest cpu average");
+        drop(st);
+        let st = RocksCentralStore::open(dir.path()).unwrap();
+        assert_eq!(search(&st).items, p.items, "rebuilt at open");
+        let c = st.fleet_counts("msp", &[]);
+        assert_eq!(c.per_site[&SiteId::from("s-1")].offline, 1);
+        let series = st
+            .series_rollups(
+                "msp",
+                &SeriesQuery {
+                    site_id: "s-1".into(),
+                    device: dev.into(),
+                    series: vec![
+                        ("disk_used_percent".into(), "/".into()),
+                        ("cpu".into(), String::new()),
+                    ],
+                    from_ms: 0,
+                    to_ms: u64::MAX,
+                },
+            )
+            .unwrap();
+        assert_eq!((series[0].len(), series[0][0].1.min), (1, 71.5));
+        assert_eq!((series[1].len(), series[1][0].1.min), (1, 12.25));
     }
 
     #[test]

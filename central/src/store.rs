@@ -29,8 +29,8 @@ use outpost_proto::{CustomerId, SiteId, TenantId};
 use outpost_uplink::batch::SiteBatch;
 
 use crate::model::{
-    AlertRow, ApiTokenRecord, DeadLetter, DeviceRow, JoinTokenRecord, RollupRow, SessionRecord,
-    SiteRecord, UserRecord,
+    AlertRow, AlertState, ApiTokenRecord, DeadLetter, DeviceRow, DeviceStatus, JoinTokenRecord,
+    Rollup, RollupRow, SessionRecord, Severity, SiteRecord, UserRecord,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +113,132 @@ pub struct RollupQuery {
     pub limit: usize,
 }
 
+/// What a device search sorts by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeviceSortKey {
+    #[default]
+    Hostname,
+    Status,
+    LastSeen,
+    Site,
+    Customer,
+    Cpu,
+}
+
+/// The console's device search: words over hostname, OS and device id
+/// (IP addresses and tags once batches carry them), filters, a sort and a
+/// cursor. A PostgreSQL backend answers it with indexes (a trigram index
+/// on hostname/OS, b-trees on the sort columns, keyset pagination).
+#[derive(Debug, Clone, Default)]
+pub struct DeviceSearch {
+    /// Lowercase words, each matched as a substring.
+    pub words: Vec<String>,
+    pub site_id: Option<SiteId>,
+    pub customer: Option<CustomerId>,
+    /// Customers the caller may see (empty = all).
+    pub customers_allowed: Vec<CustomerId>,
+    pub status: Option<DeviceStatus>,
+    /// Only devices with a firing critical alert.
+    pub critical: bool,
+    pub sort: DeviceSortKey,
+    pub descending: bool,
+    /// Cursor returned by the previous page of the same search.
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+/// A device as lists show it (a search result).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceBrief {
+    pub site_id: SiteId,
+    pub site_name: String,
+    pub customer: CustomerId,
+    pub device: String,
+    pub hostname: String,
+    pub os: String,
+    pub agent_version: String,
+    pub status: DeviceStatus,
+    pub status_since_ms: u64,
+    pub last_seen_ms: u64,
+    /// Latest 5-minute averages: CPU, memory, the fullest disk (percent).
+    pub cpu: Option<f64>,
+    pub memory: Option<f64>,
+    pub disk: Option<f64>,
+    /// Pending and firing alerts of the device.
+    pub open_alerts: u32,
+    /// A critical alert of the device is firing.
+    pub critical: bool,
+}
+
+/// A page of a device search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchPage {
+    pub items: Vec<DeviceBrief>,
+    /// Devices matching (all pages).
+    pub total: u64,
+    pub next: Option<String>,
+}
+
+/// Device and open-alert counts of one site.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SiteCounts {
+    pub devices: u64,
+    pub online: u64,
+    pub offline: u64,
+    pub pending: u64,
+    pub revoked: u64,
+    /// Devices with a firing critical alert.
+    pub critical: u64,
+    pub alerts_firing: u64,
+    pub alerts_pending: u64,
+}
+
+/// The counts of a tenant's sites the caller sees (the dashboard).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FleetCounts {
+    pub per_site: std::collections::BTreeMap<SiteId, SiteCounts>,
+    /// Firing alerts per severity.
+    pub firing_by_severity: Vec<(Severity, u64)>,
+}
+
+/// One line of an alert's history: a transition, or an acknowledgement.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum AlertHistoryEntry {
+    Transition {
+        at_ms: u64,
+        state: AlertState,
+        message: String,
+        value: Option<f64>,
+    },
+    Ack {
+        at_ms: u64,
+        by: String,
+        comment: String,
+    },
+}
+
+/// Rollups of several series of one device over `[from, to)`.
+#[derive(Debug, Clone, Default)]
+pub struct SeriesQuery {
+    pub site_id: SiteId,
+    pub device: String,
+    /// (name, label) of each series.
+    pub series: Vec<(String, String)>,
+    pub from_ms: u64,
+    pub to_ms: u64,
+}
+
+/// What a batch changed that viewers watch: devices whose status changed
+/// (or that are new), and every alert the batch moved, each with what it
+/// was before.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FleetDelta {
+    pub site_name: String,
+    pub devices: Vec<(DeviceRow, Option<DeviceStatus>)>,
+    /// The alert, its state before, and its device's hostname when known.
+    pub alerts: Vec<(AlertRow, Option<AlertState>, Option<String>)>,
+}
+
 /// What a store method returns: a boxed future (object-safe traits).
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
@@ -126,14 +252,28 @@ pub trait BatchStore: Send + Sync + 'static {
     /// Applies `batch` of `site` exactly once, durably before the future
     /// resolves: reads the rows [`crate::apply::Touched::of`] names, writes
     /// what [`crate::apply::plan`] returns, atomically with the site's
-    /// applied set. The caller checked the identity.
+    /// applied set, and answers what changed for live viewers
+    /// ([`crate::apply::delta`]; empty for a duplicate). The caller
+    /// checked the identity.
+    fn apply_batch_delta<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: &'a SiteId,
+        batch: SiteBatch,
+        received_ms: u64,
+    ) -> StoreFuture<'a, (ApplyOutcome, FleetDelta)>;
+
+    /// [`BatchStore::apply_batch_delta`] without the delta.
     fn apply_batch<'a>(
         &'a self,
         tenant: &'a TenantId,
         site_id: &'a SiteId,
         batch: SiteBatch,
         received_ms: u64,
-    ) -> StoreFuture<'a, ApplyOutcome>;
+    ) -> StoreFuture<'a, ApplyOutcome> {
+        let f = self.apply_batch_delta(tenant, site_id, batch, received_ms);
+        Box::pin(async move { f.await.map(|(o, _)| o) })
+    }
 
     /// Records that batch `letter.seq` of `site` was refused for good, and
     /// closes its number in the applied set, atomically, durably before
@@ -171,15 +311,61 @@ pub trait FleetStore: Send + Sync + 'static {
         tenant: &'a TenantId,
         site_id: Option<&'a SiteId>,
     ) -> StoreFuture<'a, Vec<AlertRow>>;
-    /// Marks an alert acknowledged; `false` if the tenant has no such alert.
+    /// Marks an alert acknowledged by `by` with `comment` (kept in the
+    /// alert's history); the alert as it is now, `None` if the tenant has
+    /// no such alert.
     fn ack_alert<'a>(
         &'a self,
         tenant: &'a TenantId,
         site_id: &'a SiteId,
         alert_id: u64,
         by: &'a str,
+        comment: &'a str,
         now_ms: u64,
-    ) -> StoreFuture<'a, bool>;
+    ) -> StoreFuture<'a, Option<AlertRow>>;
+    /// An alert's transitions and acknowledgements, oldest first.
+    fn alert_history<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: &'a SiteId,
+        alert_id: u64,
+    ) -> StoreFuture<'a, Vec<AlertHistoryEntry>>;
+    /// A device's status changes (time, status), newest first, at most `limit`.
+    fn status_history<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: &'a SiteId,
+        device: &'a str,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<(u64, DeviceStatus)>>;
+    /// The console's device search (see [`DeviceSearch`]); a cursor of
+    /// another search is [`CentralStoreError::InvalidCursor`].
+    fn search_devices<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        q: &'a DeviceSearch,
+    ) -> StoreFuture<'a, SearchPage>;
+    /// Device and open-alert counts per site, within `customers_allowed`
+    /// (empty = all).
+    fn fleet_counts<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        customers_allowed: &'a [CustomerId],
+    ) -> StoreFuture<'a, FleetCounts>;
+    /// Hostnames of devices (empty name or unknown device: `None`), in
+    /// the order asked.
+    fn hostnames<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        devices: &'a [(SiteId, String)],
+    ) -> StoreFuture<'a, Vec<Option<String>>>;
+    /// Rollups of several series of one device, oldest first, one list per
+    /// series asked (in order), in one read.
+    fn series_rollups<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        q: &'a SeriesQuery,
+    ) -> StoreFuture<'a, Vec<Vec<(u64, Rollup)>>>;
 }
 
 /// Sites and their join tokens, and the credentials of people and tools:

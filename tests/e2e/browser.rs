@@ -1,7 +1,13 @@
-//! The central web view in a real browser: headless Chromium driven over
+//! The console at central in a real browser: headless Chromium driven over
 //! the DevTools protocol (a minimal WebSocket client below; no driver
-//! crate). Logs in, navigates overview → site → device, asserts the
-//! content and saves screenshots in the scratch directory.
+//! crate). Logs in as a viewer, a technician and a customer-scoped user;
+//! checks the dashboard against the API, search and filters, the chart's
+//! path against the stored rollups, an acknowledgement with a comment, a
+//! status change arriving live (no reload), a viewer without action
+//! buttons whose forged POSTs are refused, and a customer's user seeing
+//! only its customer. Screenshots go to the scratch directory (kept with
+//! `OUTPOST_TEST_KEEP=1`); with `OUTPOST_SCREENSHOTS=DIR` the README's
+//! are copied there too (`docs/screenshots`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -209,13 +215,111 @@ fn b64(s: &str) -> Vec<u8> {
     out
 }
 
+/// One raw HTTP/1.1 POST with any headers; the status code.
+fn raw_post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> u16 {
+    let mut s = TcpStream::connect(addr).expect("connect central");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!(
+        "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Browser {
+    ws: Ws,
+    base: String,
+    shots: std::path::PathBuf,
+}
+
+impl Browser {
+    fn go(&mut self, path: &str) {
+        self.ws.call(
+            "Page.navigate",
+            json!({"url": format!("{}{path}", self.base)}),
+        );
+    }
+
+    fn login(&mut self, user: &str) {
+        self.go("/login");
+        self.ws
+            .wait_until("location.pathname === '/login' && document.getElementById('signin')");
+        self.ws.eval(&format!(
+            "document.getElementById('tenant').value='acme'; document.getElementById('username').value='{user}'; document.getElementById('password').value='correct horse battery'; document.getElementById('signin').click(); true"
+        ));
+        self.ws
+            .wait_until("location.pathname === '/' && document.getElementById('tiles')");
+    }
+
+    fn logout(&mut self) {
+        self.ws
+            .eval("document.getElementById('signout').click(); true");
+        self.ws.wait_until("location.pathname === '/login'");
+    }
+
+    fn shot(&mut self, name: &str) {
+        // Let the fonts and the live dot settle.
+        std::thread::sleep(Duration::from_millis(300));
+        self.ws.screenshot(&self.shots.join(name));
+    }
+
+    /// The session cookie Chromium holds for central.
+    fn cookie(&mut self) -> String {
+        let r = self.ws.call("Network.getAllCookies", json!({}));
+        let c = r["cookies"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == "outpost_session"))
+            .expect("a session cookie");
+        format!("outpost_session={}", c["value"].as_str().unwrap())
+    }
+
+    fn text(&mut self) -> String {
+        self.ws.body_text()
+    }
+}
+
 #[test]
-fn web_view_in_headless_chromium_login_overview_site_device() {
+fn console_in_headless_chromium_dashboard_search_chart_ack_live_and_scopes() {
     let tmp = scratch("central-browser");
     let root = tmp.path();
-    let central = Central::start(root);
+    let mut central = Central::start(root);
     let mut site = SiteClient::join(root, &central, "acme", "harbour-clinic");
+    let now = outpost_uplink::now_ms();
+    let base_bucket = now - now % 300_000 - 12 * 300_000;
     let mut first = site.batch(1, 7, 0..12);
+    for r in &mut first.rollups {
+        r.bucket_start_ms += base_bucket;
+    }
+    let stored: Vec<(u64, f64)> = first
+        .rollups
+        .iter()
+        .map(|r| {
+            let x = &r.series[0].rollup;
+            (r.bucket_start_ms, x.sum / x.count as f64)
+        })
+        .collect();
+    // Times of today, so the pages (and the README's screenshots) read
+    // like a real fleet's.
+    first.devices[0].enrolled_at_ms = now - 40 * 86_400_000;
+    first.devices[0].status_since_ms = now - 3 * 3_600_000;
+    first.devices[0].last_seen_ms = now - 20_000;
+    first.devices[0].as_of_ms = now - 20_000;
+    first.alerts[0].at_ms = now - 25 * 60_000;
+    let mut other = first.devices[0].clone();
+    other.device = outpost_proto::DeviceId(8);
+    other.hostname = "backup-8".into();
+    other.status = outpost_uplink::batch::DeviceStatus::Offline;
+    first.devices.push(other);
     // The site reports a device enrolled under another tenant.
     first.foreign_tenants = vec![outpost_uplink::batch::ForeignTenant {
         tenant: "acme-old".into(),
@@ -225,13 +329,32 @@ fn web_view_in_headless_chromium_login_overview_site_device() {
         site.send(&first),
         outpost_uplink::wire::CentralFrame::Ack { seq: 1 }
     );
-    let (ok, _, err) = central.cli(
-        &[
-            "user", "add", "--tenant", "acme", "--name", "alice", "--role", "viewer",
-        ],
-        Some("correct horse battery\n"),
+    // A second customer, `vet`, with one device.
+    let (token, fp) = central.site_add("acme", "vet", "vet-main");
+    crate::uplink::join_with(root, &central, "vet-main", &token, &fp).expect("join vet");
+    let mut vet = SiteClient::connect(root, &central, "vet-main").expect("vet uplink");
+    let mut vb = vet.batch(1, 900, 0..0);
+    vb.devices[0].hostname = "vet-xray".into();
+    vb.alerts.clear();
+    assert_eq!(
+        vet.send(&vb),
+        outpost_uplink::wire::CentralFrame::Ack { seq: 1 }
     );
-    assert!(ok, "{err}");
+    for (name, role, customer) in [
+        ("alice", "viewer", None),
+        ("tess", "technician", None),
+        ("val", "viewer", Some("vet")),
+    ] {
+        let mut args = vec![
+            "user", "add", "--tenant", "acme", "--name", name, "--role", role,
+        ];
+        if let Some(c) = customer {
+            args.extend(["--customer", c]);
+        }
+        let (ok, _, err) = central.cli(&args, Some("correct horse battery\n"));
+        assert!(ok, "{err}");
+    }
+    let api = central.api_token("acme", "admin");
 
     let port = free_port();
     let profile = root.join("chromium-profile");
@@ -242,7 +365,8 @@ fn web_view_in_headless_chromium_login_overview_site_device() {
         "--disable-gpu",
         "--disable-dev-shm-usage",
         "--no-first-run",
-        "--window-size=1200,900",
+        "--window-size=1280,860",
+        "--force-prefers-reduced-motion",
     ])
     .arg(format!("--remote-debugging-port={port}"))
     .arg(format!("--user-data-dir={}", profile.display()))
@@ -256,27 +380,51 @@ fn web_view_in_headless_chromium_login_overview_site_device() {
             .as_str()
             .map(str::to_string)
     });
-    let mut ws = Ws::connect(&ws_url);
-    let base = format!("http://{}", central.http);
+    let mut b = Browser {
+        ws: Ws::connect(&ws_url),
+        base: format!("http://{}", central.http),
+        shots: root.to_path_buf(),
+    };
+    b.ws.call("Network.enable", json!({}));
 
-    ws.call("Page.navigate", json!({"url": format!("{base}/")}));
-    ws.wait_until("location.pathname === '/login' && document.getElementById('signin')");
-    ws.screenshot(&root.join("01-login.png"));
-    ws.eval("document.getElementById('tenant').value='acme'; document.getElementById('username').value='alice'; document.getElementById('password').value='correct horse battery'; document.getElementById('signin').click(); true");
-    ws.wait_until("location.pathname === '/' && document.getElementById('fleet')");
-    let text = ws.body_text();
+    // Sign-in page, then the dashboard of a viewer.
+    b.go("/");
+    b.ws.wait_until("location.pathname === '/login' && document.getElementById('signin')");
+    b.shot("01-login.png");
+    b.login("alice");
+    let text = b.text();
     assert!(
-        text.contains("Fleet overview")
-            && text.contains("harbour-clinic")
-            && text.contains("dental"),
+        text.contains("Dashboard") && text.contains("harbour-clinic") && text.contains("dental"),
         "{text}"
     );
-    assert!(text.contains("1 devices: 1 online"), "{text}");
-    ws.screenshot(&root.join("02-overview.png"));
+    assert!(text.contains("3 devices: 2 online, 1 offline"), "{text}");
+    // Every tile is the API's number.
+    let summary = central.get("/api/v1/summary", &api);
+    for (tile, key) in [
+        ("devices", "devices"),
+        ("online", "online"),
+        ("offline", "offline"),
+        ("critical", "critical"),
+        ("alerts_firing", "alerts_firing"),
+        ("alerts_pending", "alerts_pending"),
+    ] {
+        let shown = b.ws.eval(&format!(
+            "document.querySelector('#tiles [data-k=\"{tile}\"]').textContent"
+        ));
+        assert_eq!(
+            shown.as_str().unwrap(),
+            summary["totals"][key].to_string(),
+            "tile {tile}"
+        );
+    }
+    b.shot("02-dashboard.png");
 
-    ws.eval("document.querySelector('#fleet a').click(); true");
-    ws.wait_until("location.pathname.startsWith('/sites/') && document.getElementById('devices')");
-    let text = ws.body_text();
+    // The site page (from the dashboard's link) with its warning.
+    b.ws.eval("document.querySelector('#fleet td.site a').click(); true");
+    b.ws.wait_until(
+        "location.pathname.startsWith('/sites/') && document.getElementById('devices')",
+    );
+    let text = b.text();
     assert!(
         text.contains("Site harbour-clinic") && text.contains("host-7") && text.contains("online"),
         "{text}"
@@ -285,27 +433,244 @@ fn web_view_in_headless_chromium_login_overview_site_device() {
         text.contains("Tenant mismatch: 1 device of this site was enrolled under tenant acme-old (1), not acme."),
         "{text}"
     );
-    ws.screenshot(&root.join("03-site.png"));
 
-    ws.eval("document.querySelector('#devices a').click(); true");
-    ws.wait_until("document.getElementById('chart')");
-    let text = ws.body_text();
+    // Search and filters on the device list.
+    b.go("/devices");
+    b.ws.wait_until("document.getElementById('f-q')");
+    b.ws.eval(
+        "document.getElementById('f-q').value='BACKUP'; document.getElementById('f-apply').click(); true",
+    );
+    b.ws.wait_until("location.search.includes('q=BACKUP') && document.getElementById('devices')");
+    let rows = b.ws.eval(
+        "[...document.querySelectorAll('#devices a.host')].map(a => a.textContent).join(',')",
+    );
+    assert_eq!(rows, json!("backup-8"), "search is case-insensitive");
+    b.go("/devices");
+    b.ws.wait_until("document.getElementById('f-status')");
+    // Choosing a status applies it at once (console.js submits the form).
+    b.ws.eval(
+        "const s = document.getElementById('f-status'); s.value='online'; s.dispatchEvent(new Event('change', {bubbles: true})); true",
+    );
+    b.ws.wait_until(
+        "location.search.includes('status=online') && document.getElementById('devices')",
+    );
+    let rows = b
+        .ws
+        .eval("[...document.querySelectorAll('#devices a.host')].map(a => a.textContent).sort().join(',')");
+    assert_eq!(rows, json!("host-7,vet-xray"));
+    b.go("/devices?customer=vet");
+    b.ws.wait_until("document.getElementById('devices')");
+    let rows = b.ws.eval(
+        "[...document.querySelectorAll('#devices a.host')].map(a => a.textContent).join(',')",
+    );
+    assert_eq!(rows, json!("vet-xray"));
+    b.go("/devices?sort=hostname&dir=desc");
+    b.ws.wait_until("document.getElementById('devices')");
+    let rows = b.ws.eval(
+        "[...document.querySelectorAll('#devices a.host')].map(a => a.textContent).join(',')",
+    );
+    assert_eq!(rows, json!("vet-xray,host-7,backup-8"));
+    b.shot("03-devices.png");
+
+    // The device page: the chart's path is the stored rollups.
+    b.go("/devices?q=host-7");
+    b.ws.wait_until("document.querySelector('#devices a.host')");
+    b.ws.eval("document.querySelector('#devices a.host').click(); true");
+    b.ws.wait_until("document.getElementById('chart-cpu')");
+    let text = b.text();
     assert!(
-        text.contains("Device host-7") && text.contains("12 rollups") && text.contains("cpu_high"),
+        text.contains("Device host-7")
+            && text.contains("Rollups stored")
+            && text.contains("cpu_high"),
         "{text}"
     );
-    let points = ws.eval(
-        "document.querySelector('#chart polyline').getAttribute('points').trim().split(' ').length",
+    let rollups = b.ws.eval(
+        "[...document.querySelectorAll('#inventory dt')].find(d => d.textContent === 'Rollups stored').nextElementSibling.textContent",
     );
-    assert_eq!(points, json!(12), "one chart point per 5-minute rollup");
-    ws.screenshot(&root.join("04-device.png"));
+    assert_eq!(rollups, json!("12"));
+    let points = b.ws.eval(
+        r#"(() => { const svg = document.getElementById('chart-cpu');
+            const [l, t, w, h] = svg.dataset.plot.split(' ').map(Number);
+            const x0 = +svg.dataset.x0, x1 = +svg.dataset.x1, y0 = +svg.dataset.y0, y1 = +svg.dataset.y1;
+            const d = svg.querySelector('path.line').getAttribute('d');
+            return d.split(/[ML]/).filter(s => s.trim()).map(s => {
+              const [px, py] = s.trim().split(/\s+/).map(Number);
+              return [x0 + (px - l) / w * (x1 - x0), y0 + (t + h - py) / h * (y1 - y0)];
+            }); })()"#,
+    );
+    let points = points.as_array().expect("chart points");
+    assert_eq!(points.len(), 12, "one point per stored 5-minute rollup");
+    let ms_per_px = 24.0 * 3_600_000.0 / 644.0;
+    for (p, (t, v)) in points.iter().zip(&stored) {
+        let (pt, pv) = (p[0].as_f64().unwrap(), p[1].as_f64().unwrap());
+        assert!((pt - *t as f64).abs() <= ms_per_px, "time {pt} vs {t}");
+        assert!((pv - v).abs() < 0.5, "value {pv} vs {v}");
+    }
+    let summary_text = b
+        .ws
+        .eval("document.querySelector('#chart-cpu').closest('figure').querySelector('.chart-summary').textContent");
+    assert_eq!(summary_text, json!("min 19 % · max 61 % · last 30 %"));
+    // The range selector swaps the charts in place.
+    b.ws.eval(
+        "window.__kept = 1; document.querySelector('#range a[data-range=\"1h\"]').click(); true",
+    );
+    b.ws.wait_until("location.search === '?range=1h' && document.querySelector('#range b.current').textContent === '1h' && window.__kept === 1");
+    let points = b
+        .ws
+        .eval("document.querySelector('#chart-cpu path.line').getAttribute('d').split(/[ML]/).filter(s => s.trim()).length");
+    assert_eq!(points, json!(12), "the last hour holds every stored point");
+    b.shot("04-device.png");
+    b.ws.eval(
+        "window.__kept = 1; document.querySelector('#range a[data-range=\"7d\"]').click(); true",
+    );
+    b.ws.wait_until("location.search === '?range=7d' && document.querySelector('#range b.current').textContent === '7d' && window.__kept === 1");
+
+    // A viewer: no action buttons, and its forged POSTs are refused.
+    b.go("/alerts");
+    b.ws.wait_until("document.getElementById('alerts')");
+    assert_eq!(
+        b.ws.eval("document.querySelectorAll('.ack-button, form.ack').length"),
+        json!(0)
+    );
+    let alert_path =
+        b.ws.eval("document.querySelector('#alerts a[href*=\"/alerts/\"]').getAttribute('href')")
+            .as_str()
+            .unwrap()
+            .to_string();
+    let viewer_token =
+        b.ws.eval("document.querySelector('input[name=csrf]').value")
+            .as_str()
+            .unwrap()
+            .to_string();
+    let post = |body: &str| {
+        format!(
+            "fetch('{alert_path}/ack', {{method: 'POST', headers: {{'content-type': 'application/x-www-form-urlencoded'}}, body: '{body}'}}).then(r => r.status)"
+        )
+    };
+    let forged = b.ws.call(
+        "Runtime.evaluate",
+        json!({
+            "expression": format!(
+                "Promise.all([{}, {}])",
+                post("comment=forged"),
+                post(&format!("csrf={viewer_token}&comment=forged"))
+            ),
+            "awaitPromise": true,
+            "returnByValue": true
+        }),
+    )["result"]["value"]
+        .clone();
+    assert_eq!(forged, json!([403, 403]), "no token; a viewer's own token");
+    b.logout();
+
+    // A technician acknowledges with a comment.
+    b.login("tess");
+    b.go(&alert_path);
+    b.ws.wait_until("document.getElementById('ack-comment')");
+    let tech_cookie = b.cookie();
+    let tech_token =
+        b.ws.eval("document.querySelector('form.ack input[name=csrf]').value")
+            .as_str()
+            .unwrap()
+            .to_string();
+    // The technician's own cookie and token, posted from another origin: refused.
+    for h in [
+        ("Origin", "http://evil.example"),
+        ("Sec-Fetch-Site", "cross-site"),
+    ] {
+        let st = raw_post(
+            central.http,
+            &format!("{alert_path}/ack"),
+            &[("Cookie", &tech_cookie), h],
+            &format!("csrf={tech_token}&comment=forged"),
+        );
+        assert_eq!(st, 403, "{h:?}");
+    }
+    b.ws.eval("document.getElementById('ack-comment').value = 'Disk swapped, <b>watching</b>'; document.querySelector('#ack .ack-button').click(); true");
+    b.ws.wait_until("document.getElementById('history') && document.body.innerText.includes('acknowledged by tess')");
+    let text = b.text();
+    assert!(
+        text.contains("Disk swapped, <b>watching</b>"),
+        "escaped, shown as typed: {text}"
+    );
+    assert!(!text.contains("forged"), "{text}");
+    let alerts = central.get("/api/v1/alerts", &api);
+    assert!(
+        alerts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["acked_by"] == "tess"),
+        "{alerts}"
+    );
+    b.shot("05-alert.png");
+
+    // A status change arrives live: the row's badge changes, no reload.
+    b.go("/devices?q=host-7");
+    b.ws.wait_until("document.querySelector('#devices [data-field=st]') && document.getElementById('live-status').className === 'live-on'");
+    b.ws.eval("window.__no_reload = 1; true");
+    let mut second = site.batch(2, 7, 0..0);
+    second.devices[0].status = outpost_uplink::batch::DeviceStatus::Offline;
+    second.devices[0].status_since_ms = outpost_uplink::now_ms();
+    second.devices[0].as_of_ms = outpost_uplink::now_ms();
+    second.alerts.clear();
+    assert_eq!(
+        site.send(&second),
+        outpost_uplink::wire::CentralFrame::Ack { seq: 2 }
+    );
+    b.ws.wait_until("document.querySelector('#devices [data-field=st]').textContent === 'offline' && window.__no_reload === 1");
+    assert!(central.metric("outpost_central_console_live_events_sent_total") >= 1.0);
+    b.logout();
+
+    // A customer's user sees only that customer.
+    b.login("val");
+    let text = b.text();
+    assert!(text.contains("vet-main"), "{text}");
+    for other in ["harbour-clinic", "dental", "host-7", "backup-8"] {
+        assert!(!text.contains(other), "val sees {other}: {text}");
+    }
+    b.go("/devices");
+    b.ws.wait_until("document.getElementById('devices')");
+    let text = b.text();
+    assert!(
+        text.contains("vet-xray") && !text.contains("host-7"),
+        "{text}"
+    );
+    b.go(&alert_path);
+    b.ws.wait_until("document.getElementById('message')");
+    assert!(
+        b.text().contains("no site"),
+        "another customer's alert is not found"
+    );
+
+    // Central stops promptly with a console page (and its event stream)
+    // open: the hub ends the streams (graceful shutdown waited for them).
+    b.go("/");
+    b.ws.wait_until("document.getElementById('live-status').className === 'live-on'");
+    let mut proc = central.proc.take().expect("central running");
+    let stopping = Instant::now();
+    let status = proc.terminate().expect("an exit status");
+    assert!(
+        status.success() && stopping.elapsed() < Duration::from_secs(10),
+        "central stopped with {status:?} after {:?}",
+        stopping.elapsed()
+    );
+
     for f in [
         "01-login.png",
-        "02-overview.png",
-        "03-site.png",
+        "02-dashboard.png",
+        "03-devices.png",
         "04-device.png",
+        "05-alert.png",
     ] {
         assert!(std::fs::metadata(root.join(f)).unwrap().len() > 1000, "{f}");
+    }
+    if let Some(dir) = std::env::var_os("OUTPOST_SCREENSHOTS") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["02-dashboard.png", "04-device.png", "05-alert.png"] {
+            std::fs::copy(root.join(f), dir.join(f)).unwrap();
+        }
     }
     browser.kill9();
 }

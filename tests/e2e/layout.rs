@@ -102,3 +102,22 @@ fn the_patch_core_links_no_storage_so_its_fuzz_build_is_quick() {
         );
     }
 }
+
+/// The console is shared by central and the appliance: it links no
+/// storage (its data comes from a backend), so neither pays for the
+/// other's engine through it.
+#[test]
+fn the_console_links_no_storage() {
+    let deps = normal_dependencies("outpost-console");
+    assert!(
+        deps.iter().any(|d| d == "maud") && deps.iter().any(|d| d == "outpost-web"),
+        "the tree should list outpost-console's own dependencies: {deps:?}"
+    );
+    for c in STORAGE_CRATES {
+        assert!(
+            !deps.iter().any(|d| d == c),
+            "outpost-console depends on {c}: it must stay RocksDB-free \
+             (see `cargo tree -p outpost-console -i {c}`)"
+        );
+    }
+}

@@ -276,7 +276,7 @@ fn agent_to_appliance_to_central_device_and_rollups_appear_in_centrals_api() {
     );
     assert_eq!(st, 200, "{page}");
     assert!(
-        page.contains("<svg id=\"chart\"") && page.contains("cpu") && page.contains("online"),
+        page.contains("<svg id=\"chart-cpu\"") && page.contains("cpu") && page.contains("online"),
         "{page}"
     );
     let s = central.get(&format!("/api/v1/sites/{site}"), &viewer);
@@ -619,7 +619,7 @@ fn join_site(
     join_with(root, central, name, &token, &fp)
 }
 
-fn join_with(
+pub fn join_with(
     root: &Path,
     central: &Central,
     name: &str,

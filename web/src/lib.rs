@@ -15,9 +15,10 @@
 //! [`json_errors`] rewrites whatever else answers an error without a JSON
 //! body (a 405 from the router, a layer's plain-text error).
 //!
-//! It knows no Outpost domain: the only Outpost crate it depends on is
-//! `outpost-storage`, for the storage error's conversion into an
-//! [`ApiError`]. Nothing here may depend on the appliance or central.
+//! It knows no Outpost domain: the only Outpost crate it may depend on is
+//! `outpost-storage` (feature `storage`, for the storage error's
+//! conversion into an [`ApiError`]); without it the crate links no
+//! RocksDB, so the console (`outpost-console`) stays RocksDB-free. Nothing here may depend on the appliance or central.
 
 pub mod extract;
 pub mod login;
@@ -173,6 +174,7 @@ impl From<anyhow::Error> for ApiError {
     }
 }
 
+#[cfg(feature = "storage")]
 impl From<outpost_storage::StorageError> for ApiError {
     fn from(e: outpost_storage::StorageError) -> Self {
         ApiError::Internal(format!("storage: {e}"))

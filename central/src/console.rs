@@ -1,0 +1,934 @@
+//! Central's side of the MSP console: [`CentralConsole`] implements
+//! `outpost_console::ConsoleBackend` for a tenant (customers → sites →
+//! devices) on top of the JSON API's own checks ([`crate::api`]: the same
+//! principal, tenant filter, customer scope and roles), and
+//! [`publish_delta`] turns what a batch changed into live events.
+//!
+//! It owns no data and no rule: reads go through [`crate::store`] and the
+//! API's functions, the role checks through [`crate::api::require`].
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use outpost_console::backend::{
+    AlertDetail, AlertEvent, AlertList, AlertQuery, AlertView, BackendInfo, Capabilities,
+    ConsoleBackend, ConsoleError, ConsoleFuture, Counts as ViewCounts, CustomerHealth, Dashboard,
+    DeadLetterView, DeviceDetail, DeviceList, DeviceQuery, DeviceSort, DeviceView, Facets,
+    Features, LatestValue, LoginForm, LoginOutcome, MetricKey, MetricSeries, Notice, Range,
+    ScopeKind, SeverityCounts, SiteDetail, SiteHealth, StatusChange, Viewer,
+};
+use outpost_console::chart::ChartPoint;
+use outpost_console::live::{AlertChange, DeviceChange, LiveEvent, LiveHub};
+use outpost_console::{format, pages::layout};
+use outpost_proto::{SiteId, TenantId};
+
+use crate::Central;
+use crate::api::{self, ApiError, Counts, FleetSummary, SiteOut};
+use crate::model::{AlertRow, AlertState, DeviceStatus, Principal, Role, Severity};
+use crate::ops;
+use crate::store::{
+    AlertHistoryEntry, CentralStoreError, DeviceBrief, DeviceSearch, DeviceSortKey, FleetDelta,
+    SeriesQuery,
+};
+
+/// The console's backend at central.
+pub struct CentralConsole {
+    pub central: Arc<Central>,
+}
+
+fn err(e: ApiError) -> ConsoleError {
+    match e {
+        ApiError::NotFound(m) => ConsoleError::NotFound(m),
+        ApiError::Forbidden(m) => ConsoleError::Forbidden(m),
+        ApiError::BadRequest(m) => ConsoleError::BadRequest(m),
+        e => ConsoleError::Internal(e.to_string()),
+    }
+}
+
+fn store_err(e: CentralStoreError) -> ConsoleError {
+    match e {
+        CentralStoreError::InvalidCursor(m) => ConsoleError::BadRequest(m),
+        e => ConsoleError::Internal(e.to_string()),
+    }
+}
+
+/// The principal a viewer stands for (built from it by [`viewer_of`]).
+fn principal(v: &Viewer) -> Principal {
+    let role = match v.role.as_str() {
+        "admin" => Role::Admin,
+        "technician" => Role::Technician,
+        _ => Role::Viewer,
+    };
+    Principal {
+        tenant: v.tenant.as_str().into(),
+        role,
+        customers: v.customers.iter().map(|c| c.as_str().into()).collect(),
+        name: v.name.clone(),
+    }
+}
+
+/// The viewer of a principal; `subject` is the credential's hash.
+fn viewer_of(p: Principal, subject: [u8; 32]) -> Viewer {
+    let at_least = |r: Role| p.role.rank() >= r.rank();
+    Viewer {
+        name: p.name.clone(),
+        tenant: p.tenant.to_string(),
+        customers: p.customers.iter().map(|c| c.to_string()).collect(),
+        role: p.role.as_str().to_string(),
+        can: Capabilities {
+            ack_alerts: at_least(Role::Technician),
+            run_commands: false,
+            approve_patches: false,
+            administer: at_least(Role::Admin),
+        },
+        csrf_subject: subject.to_vec(),
+    }
+}
+
+fn counts(c: &Counts) -> ViewCounts {
+    ViewCounts {
+        devices: c.devices,
+        online: c.online,
+        offline: c.offline,
+        pending: c.pending,
+        revoked: c.revoked,
+        critical: c.critical,
+        alerts_firing: c.alerts_firing,
+        alerts_pending: c.alerts_pending,
+    }
+}
+
+fn health(s: &SiteOut, c: &Counts) -> SiteHealth {
+    let mut marks = Vec::new();
+    if !s.tenant_mismatch.is_empty() {
+        marks.push("tenant mismatch".to_string());
+    }
+    if s.dead_lettered > 0 {
+        marks.push("refused batches".to_string());
+    }
+    SiteHealth {
+        site_id: s.site_id.to_string(),
+        name: s.name.clone(),
+        customer: s.customer.to_string(),
+        counts: counts(c),
+        link: Some(s.link.clone()),
+        stale: s.stale && s.joined,
+        lag_ms: s.lag_ms,
+        marks,
+    }
+}
+
+/// The warning of a site whose devices were enrolled under another tenant.
+fn tenant_mismatch(tenant: &str, s: &SiteOut) -> Option<Notice> {
+    if s.tenant_mismatch.is_empty() {
+        return None;
+    }
+    let n: u64 = s.tenant_mismatch.iter().map(|t| t.devices).sum();
+    let which: Vec<String> = s
+        .tenant_mismatch
+        .iter()
+        .map(|t| format!("{} ({})", t.tenant, t.devices))
+        .collect();
+    Some(Notice {
+        id: "tenant-mismatch".into(),
+        text: format!(
+            "Tenant mismatch: {n} device{} of this site {} enrolled under tenant {}, not {tenant}. They are listed here, under {tenant}; re-enroll them at the site with a token for {tenant} (or join the appliance to a site of the right tenant).",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "was" } else { "were" },
+            which.join(", "),
+        ),
+    })
+}
+
+fn brief_view(d: DeviceBrief) -> DeviceView {
+    DeviceView {
+        site_id: d.site_id.to_string(),
+        site_name: d.site_name,
+        customer: d.customer.to_string(),
+        device: d.device,
+        hostname: d.hostname,
+        os: d.os,
+        agent_version: d.agent_version,
+        status: d.status.as_str().to_string(),
+        status_since_ms: d.status_since_ms,
+        last_seen_ms: d.last_seen_ms,
+        cpu: d.cpu,
+        memory: d.memory,
+        disk: d.disk,
+        open_alerts: d.open_alerts,
+        critical: d.critical,
+        ips: vec![],
+        tags: vec![],
+    }
+}
+
+fn alert_view(a: &AlertRow, site_name: &str, hostname: Option<String>) -> AlertView {
+    AlertView {
+        site_id: a.site_id.to_string(),
+        site_name: site_name.to_string(),
+        customer: a.customer.to_string(),
+        alert_id: a.alert_id,
+        device: a.device.clone(),
+        hostname,
+        rule: a.rule.clone(),
+        severity: a.severity.as_str().to_string(),
+        state: a.state.as_str().to_string(),
+        at_ms: a.at_ms,
+        first_ms: a.first_ms,
+        message: a.message.clone(),
+        value: a.value,
+        acked_by: a.acked_by.clone(),
+        acked_ms: a.acked_ms,
+        ack_comment: None,
+    }
+}
+
+/// Points of a range: 5-minute rollups as stored for 1 h and 24 h;
+/// merged into wider buckets beyond (at most ~360 points per chart).
+fn bucket_for(range: Range) -> u64 {
+    const MIN: u64 = 60_000;
+    match range {
+        Range::H1 | Range::D1 => 5 * MIN,
+        Range::D7 => 30 * MIN,
+        Range::D30 => 120 * MIN,
+    }
+}
+
+/// Merges 5-minute rollups into buckets of `step` (sum/count averages,
+/// min of mins, max of maxes), oldest first.
+pub fn merge_rollups(rows: &[(u64, crate::model::Rollup)], step: u64) -> Vec<ChartPoint> {
+    let mut out: Vec<(u64, f64, u64, f64, f64)> = Vec::new();
+    for (t, r) in rows {
+        let b = t - t % step.max(1);
+        match out.last_mut() {
+            Some(last) if last.0 == b => {
+                last.1 += r.sum;
+                last.2 += r.count;
+                last.3 = last.3.min(r.min);
+                last.4 = last.4.max(r.max);
+            }
+            _ => out.push((b, r.sum, r.count, r.min, r.max)),
+        }
+    }
+    out.into_iter()
+        .map(|(t, sum, count, min, max)| ChartPoint {
+            t_ms: t,
+            avg: if count > 0 {
+                sum / count as f64
+            } else {
+                f64::NAN
+            },
+            min,
+            max,
+        })
+        .collect()
+}
+
+fn alert_change(
+    tenant: &str,
+    a: &AlertRow,
+    before: Option<AlertState>,
+    site_name: &str,
+    hostname: Option<String>,
+) -> LiveEvent {
+    LiveEvent::alert(
+        tenant,
+        &AlertChange {
+            site_id: a.site_id.to_string(),
+            site_name: site_name.to_string(),
+            customer: a.customer.to_string(),
+            alert_id: a.alert_id,
+            device: a.device.clone(),
+            hostname,
+            rule: a.rule.clone(),
+            severity: a.severity.as_str().to_string(),
+            old_state: before.map(|s| s.as_str().to_string()),
+            state: a.state.as_str().to_string(),
+            at_ms: a.at_ms,
+            message: a.message.clone(),
+            acked_by: a.acked_by.clone(),
+        },
+    )
+}
+
+/// Publishes what a batch changed (devices whose status changed, alerts
+/// it moved) to the console's live hub: one event per change, whatever
+/// the number of viewers.
+pub fn publish_delta(hub: &LiveHub, tenant: &TenantId, site_id: &SiteId, d: &FleetDelta) {
+    for (row, before) in &d.devices {
+        hub.publish(LiveEvent::device(
+            tenant,
+            &DeviceChange {
+                site_id: site_id.to_string(),
+                site_name: d.site_name.clone(),
+                customer: row.customer.to_string(),
+                device: row.device.clone(),
+                hostname: row.hostname.clone(),
+                old_status: before.map(|s| s.as_str().to_string()),
+                status: row.status.as_str().to_string(),
+                status_since_ms: row.status_since_ms,
+                last_seen_ms: row.last_seen_ms,
+            },
+        ));
+    }
+    for (a, before, host) in &d.alerts {
+        hub.publish(alert_change(tenant, a, *before, &d.site_name, host.clone()));
+    }
+}
+
+/// Acknowledges an alert for `p` (technician or admin), with `comment`;
+/// what the JSON API and the console both call. Publishes the change.
+pub async fn acknowledge(
+    c: &Arc<Central>,
+    p: &Principal,
+    site: &SiteId,
+    alert: u64,
+    comment: &str,
+) -> Result<AlertRow, ApiError> {
+    api::require(p, Role::Technician)?;
+    let s = api::one_site(c, p, site).await?;
+    let a = c
+        .store
+        .ack_alert(&p.tenant, site, alert, &p.name, comment, crate::now_ms())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .ok_or_else(|| ApiError::NotFound(format!("no alert {alert} at site {site}")))?;
+    let host = match &a.device {
+        Some(d) => c
+            .store
+            .hostnames(&p.tenant, &[(site.clone(), d.clone())])
+            .await
+            .ok()
+            .and_then(|h| h.into_iter().next().flatten()),
+        None => None,
+    };
+    c.live
+        .publish(alert_change(&p.tenant, &a, Some(a.state), &s.name, host));
+    Ok(a)
+}
+
+impl CentralConsole {
+    async fn summary(
+        &self,
+        p: &Principal,
+    ) -> Result<(FleetSummary, Vec<(Severity, u64)>), ConsoleError> {
+        api::fleet_overview(&self.central, p).await.map_err(err)
+    }
+
+    /// Names of the sites `p` sees: id → (name, customer).
+    async fn site_names(
+        &self,
+        p: &Principal,
+    ) -> Result<HashMap<SiteId, (String, String)>, ConsoleError> {
+        Ok(api::visible_sites(&self.central, p)
+            .await
+            .map_err(err)?
+            .into_iter()
+            .map(|s| (s.site_id.clone(), (s.name.clone(), s.customer.to_string())))
+            .collect())
+    }
+
+    fn facets(names: &HashMap<SiteId, (String, String)>) -> Facets {
+        let mut sites: Vec<(String, String, String)> = names
+            .iter()
+            .map(|(id, (n, c))| (id.to_string(), n.clone(), c.clone()))
+            .collect();
+        sites.sort_by(|a, b| (&a.2, &a.1).cmp(&(&b.2, &b.1)));
+        let mut customers: Vec<String> = sites.iter().map(|s| s.2.clone()).collect();
+        customers.dedup();
+        Facets {
+            customers,
+            sites,
+            tags: vec![],
+        }
+    }
+}
+
+impl ConsoleBackend for CentralConsole {
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            product: "central".into(),
+            scope: ScopeKind::Tenant,
+            login_tenant: true,
+            features: Features::default(),
+        }
+    }
+
+    fn live(&self) -> &LiveHub {
+        &self.central.live
+    }
+
+    fn viewer<'a>(&'a self, h: &'a HeaderMap) -> ConsoleFuture<'a, Option<Viewer>> {
+        Box::pin(async move {
+            let subject = match (api::bearer(h), api::session_cookie(h)) {
+                (Some(t), _) => ops::sha256(t),
+                (None, Some(s)) => ops::sha256(&s),
+                (None, None) => return Ok(None),
+            };
+            let p = api::principal_of(&self.central, h).await.map_err(err)?;
+            Ok(p.map(|p| viewer_of(p, subject)))
+        })
+    }
+
+    fn login<'a>(
+        &'a self,
+        f: LoginForm,
+        peer: Option<IpAddr>,
+        h: &'a HeaderMap,
+    ) -> ConsoleFuture<'a, LoginOutcome> {
+        Box::pin(async move {
+            let Some(tenant) = f.tenant.filter(|t| !t.is_empty()) else {
+                return Ok(LoginOutcome::Refused);
+            };
+            let addr = api::client_addr(peer, h, &self.central.limits.trusted_proxies);
+            let login = api::Login {
+                tenant: tenant.as_str().into(),
+                username: f.username,
+                password: f.password,
+            };
+            let r = api::login_response(&self.central, login, addr).await;
+            let retry = || {
+                r.headers()
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1)
+            };
+            Ok(match r.status() {
+                StatusCode::OK => match r.headers().get(header::SET_COOKIE) {
+                    Some(v) => LoginOutcome::Success {
+                        set_cookie: v.clone(),
+                    },
+                    None => return Err(ConsoleError::Internal("login answered no cookie".into())),
+                },
+                StatusCode::TOO_MANY_REQUESTS => LoginOutcome::Throttled {
+                    retry_after_secs: retry(),
+                },
+                StatusCode::SERVICE_UNAVAILABLE => LoginOutcome::Busy {
+                    retry_after_secs: retry(),
+                },
+                StatusCode::INTERNAL_SERVER_ERROR => {
+                    return Err(ConsoleError::Internal("login failed".into()));
+                }
+                _ => LoginOutcome::Refused,
+            })
+        })
+    }
+
+    fn logout<'a>(&'a self, h: &'a HeaderMap) -> ConsoleFuture<'a, Option<HeaderValue>> {
+        Box::pin(async move {
+            if let Some(v) = api::session_cookie(h) {
+                self.central
+                    .store
+                    .delete_session(&ops::sha256(&v))
+                    .await
+                    .map_err(store_err)?;
+            }
+            Ok(Some(HeaderValue::from_static(api::CLEAR_SESSION_COOKIE)))
+        })
+    }
+
+    fn dashboard<'a>(&'a self, v: &'a Viewer) -> ConsoleFuture<'a, Dashboard> {
+        Box::pin(async move {
+            let p = principal(v);
+            let (f, sev) = self.summary(&p).await?;
+            let mut by = SeverityCounts::default();
+            for (s, n) in sev {
+                match s {
+                    Severity::Critical => by.critical = n,
+                    Severity::Warning => by.warning = n,
+                    Severity::Info => by.info = n,
+                }
+            }
+            Ok(Dashboard {
+                totals: counts(&f.totals),
+                firing_by_severity: by,
+                stale_sites: f.stale_sites,
+                customers: f
+                    .customers
+                    .iter()
+                    .map(|cu| CustomerHealth {
+                        customer: cu.customer.to_string(),
+                        counts: counts(&cu.counts),
+                        sites: cu
+                            .sites
+                            .iter()
+                            .map(|s| health(&s.site, &s.counts))
+                            .collect(),
+                    })
+                    .collect(),
+                patch_compliance: None,
+            })
+        })
+    }
+
+    fn site<'a>(&'a self, v: &'a Viewer, site: &'a str) -> ConsoleFuture<'a, SiteDetail> {
+        Box::pin(async move {
+            let p = principal(v);
+            let id = SiteId::from(site);
+            api::one_site(&self.central, &p, &id).await.map_err(err)?;
+            let (f, _) = self.summary(&p).await?;
+            let s = f
+                .customers
+                .iter()
+                .flat_map(|c| c.sites.iter())
+                .find(|s| s.site.site_id == id)
+                .ok_or_else(|| ConsoleError::NotFound(format!("no site {site}")))?;
+            Ok(SiteDetail {
+                health: health(&s.site, &s.counts),
+                facts: vec![
+                    ("last sequence".into(), s.site.applied_up_to.to_string()),
+                    (
+                        "last batch".into(),
+                        s.site
+                            .last_batch_ms
+                            .map_or_else(|| "never".into(), format::utc),
+                    ),
+                ],
+                notices: tenant_mismatch(&v.tenant, &s.site).into_iter().collect(),
+                dead_lettered: s.site.dead_lettered,
+                dead_letters: s
+                    .site
+                    .dead_letters
+                    .iter()
+                    .map(|d| DeadLetterView {
+                        seq: d.seq,
+                        last_seq: d.last_seq,
+                        reason: d.reason.clone(),
+                        message: d.message.clone(),
+                        at_ms: d.at_ms,
+                    })
+                    .collect(),
+            })
+        })
+    }
+
+    fn devices<'a>(&'a self, v: &'a Viewer, q: &'a DeviceQuery) -> ConsoleFuture<'a, DeviceList> {
+        Box::pin(async move {
+            let p = principal(v);
+            let names = self.site_names(&p).await?;
+            let facets = Self::facets(&names);
+            if let Some(s) = &q.site
+                && !names.contains_key(&SiteId::from(s.as_str()))
+            {
+                return Err(ConsoleError::NotFound(format!("no site {s}")));
+            }
+            let (status, critical) = match q.status.as_deref() {
+                None => (None, false),
+                Some("critical") => (None, true),
+                Some(s) => match DeviceStatus::ALL.iter().find(|d| d.as_str() == s) {
+                    Some(d) => (Some(*d), false),
+                    None => {
+                        return Err(ConsoleError::BadRequest(format!(
+                            "status {s:?}: use online, offline, pending, revoked or critical"
+                        )));
+                    }
+                },
+            };
+            if q.tag.is_some() {
+                // Batches carry no tags yet: nothing matches a tag.
+                return Ok(DeviceList {
+                    facets,
+                    ..Default::default()
+                });
+            }
+            let search = DeviceSearch {
+                words: q
+                    .text
+                    .to_lowercase()
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect(),
+                site_id: q.site.as_deref().map(SiteId::from),
+                customer: q.customer.as_deref().map(Into::into),
+                customers_allowed: p.customers.clone(),
+                status,
+                critical,
+                sort: match q.sort {
+                    DeviceSort::Hostname => DeviceSortKey::Hostname,
+                    DeviceSort::Status => DeviceSortKey::Status,
+                    DeviceSort::LastSeen => DeviceSortKey::LastSeen,
+                    DeviceSort::Site => DeviceSortKey::Site,
+                    DeviceSort::Customer => DeviceSortKey::Customer,
+                    DeviceSort::Cpu => DeviceSortKey::Cpu,
+                },
+                descending: q.descending,
+                after: q.after.clone(),
+                limit: q.limit.clamp(1, 1000),
+            };
+            let page = self
+                .central
+                .store
+                .search_devices(&p.tenant, &search)
+                .await
+                .map_err(store_err)?;
+            Ok(DeviceList {
+                rows: page.items.into_iter().map(brief_view).collect(),
+                total: page.total,
+                next: page.next,
+                facets,
+            })
+        })
+    }
+
+    fn device<'a>(
+        &'a self,
+        v: &'a Viewer,
+        site: &'a str,
+        device: &'a str,
+    ) -> ConsoleFuture<'a, DeviceDetail> {
+        Box::pin(async move {
+            let p = principal(v);
+            let id = SiteId::from(site);
+            let d = api::device_detail(&self.central, &p, &id, device)
+                .await
+                .map_err(err)?;
+            let transitions = self
+                .central
+                .store
+                .status_history(&p.tenant, &id, device, 50)
+                .await
+                .map_err(store_err)?;
+            let dv = &d.device;
+            // The list's figures from the row itself (no search needed).
+            let avg = |name: &str| {
+                dv.latest
+                    .iter()
+                    .filter(|l| l.series == name)
+                    .map(|l| {
+                        if l.rollup.count > 0 {
+                            l.rollup.sum / l.rollup.count as f64
+                        } else {
+                            l.rollup.last
+                        }
+                    })
+                    .reduce(f64::max)
+            };
+            let view = DeviceView {
+                site_id: id.to_string(),
+                site_name: d.site.name.clone(),
+                customer: dv.customer.to_string(),
+                device: dv.device.clone(),
+                hostname: dv.hostname.clone(),
+                os: dv.os.clone(),
+                agent_version: dv.agent_version.clone(),
+                status: dv.status.as_str().to_string(),
+                status_since_ms: dv.status_since_ms,
+                last_seen_ms: dv.last_seen_ms,
+                cpu: avg(outpost_proto::metric_names::CPU),
+                memory: avg(outpost_proto::metric_names::MEMORY),
+                disk: avg(outpost_proto::metric_names::DISK_USED_PERCENT),
+                open_alerts: d.alerts.iter().filter(|a| a.state.is_open()).count() as u32,
+                critical: d
+                    .alerts
+                    .iter()
+                    .any(|a| a.state == AlertState::Firing && a.severity == Severity::Critical),
+                ips: vec![],
+                tags: vec![],
+            };
+            let mut alerts: Vec<AlertView> = d
+                .alerts
+                .iter()
+                .map(|a| alert_view(a, &d.site.name, Some(dv.hostname.clone())))
+                .collect();
+            alerts.sort_by_key(|a| (!a.is_open(), std::cmp::Reverse(a.at_ms)));
+            Ok(DeviceDetail {
+                inventory: vec![
+                    ("Enrolled".into(), format::utc(dv.enrolled_at_ms)),
+                    (
+                        "Rollups stored".into(),
+                        format::count(dv.rollups_stored as i64),
+                    ),
+                    ("Snapshot as of".into(), format::utc(dv.as_of_ms)),
+                ],
+                latest: dv
+                    .latest
+                    .iter()
+                    .map(|l| LatestValue {
+                        name: l.series.clone(),
+                        label: l.label.clone(),
+                        value: if l.rollup.count > 0 {
+                            l.rollup.sum / l.rollup.count as f64
+                        } else {
+                            l.rollup.last
+                        },
+                        at_ms: l.bucket_start_ms,
+                    })
+                    .collect(),
+                transitions: transitions
+                    .into_iter()
+                    .map(|(at_ms, s)| StatusChange {
+                        at_ms,
+                        status: s.as_str().to_string(),
+                    })
+                    .collect(),
+                alerts,
+                panels: vec![],
+                device: view,
+            })
+        })
+    }
+
+    fn series<'a>(
+        &'a self,
+        v: &'a Viewer,
+        site: &'a str,
+        device: &'a str,
+        keys: &'a [MetricKey],
+        range: Range,
+        now_ms: u64,
+    ) -> ConsoleFuture<'a, Vec<MetricSeries>> {
+        Box::pin(async move {
+            let p = principal(v);
+            let id = SiteId::from(site);
+            api::one_site(&self.central, &p, &id).await.map_err(err)?;
+            let step = bucket_for(range);
+            let from = now_ms.saturating_sub(range.duration_ms());
+            let q = SeriesQuery {
+                site_id: id,
+                device: device.to_string(),
+                series: keys
+                    .iter()
+                    .map(|k| (k.name.clone(), k.label.clone()))
+                    .collect(),
+                from_ms: from - from % step,
+                to_ms: now_ms,
+            };
+            let rows = self
+                .central
+                .store
+                .series_rollups(&p.tenant, &q)
+                .await
+                .map_err(store_err)?;
+            let source = if step == 300_000 {
+                "5-minute rollups".to_string()
+            } else {
+                format!("{} averages of 5-minute rollups", format::duration_ms(step))
+            };
+            Ok(keys
+                .iter()
+                .zip(rows)
+                .map(|(k, rows)| MetricSeries {
+                    key: k.clone(),
+                    step_ms: step,
+                    source: source.clone(),
+                    points: merge_rollups(&rows, step),
+                })
+                .collect())
+        })
+    }
+
+    fn alerts<'a>(&'a self, v: &'a Viewer, q: &'a AlertQuery) -> ConsoleFuture<'a, AlertList> {
+        Box::pin(async move {
+            let p = principal(v);
+            let names = self.site_names(&p).await?;
+            let site = q.site.as_deref().map(SiteId::from);
+            if let Some(s) = &site
+                && !names.contains_key(s)
+            {
+                return Err(ConsoleError::NotFound(format!("no site {s}")));
+            }
+            let state = q.state.as_deref().unwrap_or("open");
+            let mut rows = self
+                .central
+                .store
+                .alerts(&p.tenant, site.as_ref())
+                .await
+                .map_err(store_err)?;
+            rows.retain(|a| {
+                p.sees_customer(&a.customer)
+                    && q.customer
+                        .as_deref()
+                        .is_none_or(|c| a.customer.as_str() == c)
+                    && q.severity
+                        .as_deref()
+                        .is_none_or(|s| a.severity.as_str() == s)
+                    && match state {
+                        "open" => a.state.is_open(),
+                        "all" => true,
+                        s => a.state.as_str() == s,
+                    }
+            });
+            rows.sort_by_key(|a| std::cmp::Reverse(a.at_ms));
+            let total = rows.len() as u64;
+            rows.truncate(q.limit.max(1));
+            let keys: Vec<(SiteId, String)> = rows
+                .iter()
+                .filter_map(|a| a.device.clone().map(|d| (a.site_id.clone(), d)))
+                .collect();
+            let hosts = self
+                .central
+                .store
+                .hostnames(&p.tenant, &keys)
+                .await
+                .map_err(store_err)?;
+            let host: HashMap<(SiteId, String), Option<String>> =
+                keys.into_iter().zip(hosts).collect();
+            let views =
+                rows.iter()
+                    .map(|a| {
+                        let name = names
+                            .get(&a.site_id)
+                            .map_or(a.site_id.as_str(), |n| n.0.as_str());
+                        let h = a.device.as_ref().and_then(|d| {
+                            host.get(&(a.site_id.clone(), d.clone())).cloned().flatten()
+                        });
+                        alert_view(a, name, h)
+                    })
+                    .collect();
+            Ok(AlertList {
+                rows: views,
+                total,
+                facets: Self::facets(&names),
+            })
+        })
+    }
+
+    fn alert<'a>(
+        &'a self,
+        v: &'a Viewer,
+        site: &'a str,
+        alert_id: u64,
+    ) -> ConsoleFuture<'a, AlertDetail> {
+        Box::pin(async move {
+            let p = principal(v);
+            let id = SiteId::from(site);
+            let s = api::one_site(&self.central, &p, &id).await.map_err(err)?;
+            let a = self
+                .central
+                .store
+                .alerts(&p.tenant, Some(&id))
+                .await
+                .map_err(store_err)?
+                .into_iter()
+                .find(|a| a.alert_id == alert_id)
+                .ok_or_else(|| {
+                    ConsoleError::NotFound(format!("no alert {alert_id} at site {site}"))
+                })?;
+            let host = match &a.device {
+                Some(d) => self
+                    .central
+                    .store
+                    .hostnames(&p.tenant, &[(id.clone(), d.clone())])
+                    .await
+                    .map_err(store_err)?
+                    .into_iter()
+                    .next()
+                    .flatten(),
+                None => None,
+            };
+            let history = self
+                .central
+                .store
+                .alert_history(&p.tenant, &id, alert_id)
+                .await
+                .map_err(store_err)?;
+            let mut view = alert_view(&a, &s.name, host);
+            view.ack_comment = history.iter().rev().find_map(|e| match e {
+                AlertHistoryEntry::Ack { comment, .. } if !comment.is_empty() => {
+                    Some(comment.clone())
+                }
+                _ => None,
+            });
+            Ok(AlertDetail {
+                alert: view,
+                history: history
+                    .into_iter()
+                    .map(|e| match e {
+                        AlertHistoryEntry::Transition {
+                            at_ms,
+                            state,
+                            message,
+                            value,
+                        } => AlertEvent {
+                            at_ms,
+                            what: state.as_str().to_string(),
+                            by: None,
+                            text: message,
+                            value,
+                        },
+                        AlertHistoryEntry::Ack { at_ms, by, comment } => AlertEvent {
+                            at_ms,
+                            what: "acknowledged".into(),
+                            by: Some(by),
+                            text: comment,
+                            value: None,
+                        },
+                    })
+                    .collect(),
+            })
+        })
+    }
+
+    fn ack_alert<'a>(
+        &'a self,
+        v: &'a Viewer,
+        site: &'a str,
+        alert_id: u64,
+        comment: &'a str,
+    ) -> ConsoleFuture<'a, ()> {
+        Box::pin(async move {
+            let p = principal(v);
+            acknowledge(&self.central, &p, &SiteId::from(site), alert_id, comment)
+                .await
+                .map(|_| ())
+                .map_err(err)
+        })
+    }
+}
+
+/// Links of a device (used by tests and the bench).
+pub fn device_path(site: &str, device: &str) -> String {
+    layout::device_href(site, device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Rollup;
+
+    fn r(v: f64) -> Rollup {
+        Rollup {
+            min: v - 1.0,
+            max: v + 1.0,
+            sum: v * 2.0,
+            count: 2,
+            last: v,
+            last_ts_ms: 0,
+        }
+    }
+
+    #[test]
+    fn wider_buckets_average_by_sample_count_and_keep_extremes() {
+        let rows: Vec<(u64, Rollup)> = (0..12).map(|i| (i * 300_000, r(i as f64))).collect();
+        let p = merge_rollups(&rows, 1_800_000);
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].t_ms, 0);
+        assert_eq!(p[0].avg, 2.5, "mean of 0..=5");
+        assert_eq!((p[0].min, p[0].max), (-1.0, 6.0));
+        assert_eq!(p[1].t_ms, 1_800_000);
+        let same = merge_rollups(&rows, 300_000);
+        assert_eq!(same.len(), 12);
+        assert_eq!(same[3].avg, 3.0);
+    }
+
+    #[test]
+    fn a_viewers_capabilities_follow_its_role() {
+        let p = |role| Principal {
+            tenant: "msp".into(),
+            role,
+            customers: vec!["dental".into()],
+            name: "a".into(),
+        };
+        let v = viewer_of(p(Role::Viewer), [1; 32]);
+        assert!(!v.can.ack_alerts && !v.can.administer);
+        assert_eq!(principal(&v), p(Role::Viewer), "round trip");
+        let t = viewer_of(p(Role::Technician), [1; 32]);
+        assert!(t.can.ack_alerts && !t.can.administer);
+        let a = viewer_of(p(Role::Admin), [1; 32]);
+        assert!(a.can.ack_alerts && a.can.administer);
+        assert_eq!(a.customers, vec!["dental".to_string()]);
+    }
+}

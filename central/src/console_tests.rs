@@ -1,0 +1,408 @@
+//! The console at central, router-level (tower `oneshot`, no socket):
+//! the dashboard's numbers are the API's, a customer-scoped user never
+//! sees another customer's names or counts, a viewer cannot acknowledge
+//! (no button, and its forged POST is refused), an acknowledgement with
+//! a comment lands in the alert's history through the API's ack path, and
+//! an applied batch reaches a live subscriber as a delta.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, header};
+use outpost_proto::{DeviceId, SiteId};
+use outpost_uplink::batch;
+use tower::ServiceExt;
+
+use crate::Central;
+use crate::model::Role;
+use crate::ops;
+use crate::testing::{batch_of, central_with_site};
+
+async fn send(
+    c: &Arc<Central>,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, axum::http::HeaderMap, String) {
+    let mut req = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = crate::api::router(c.clone())
+        .oneshot(req.body(Body::from(body.to_string())).unwrap())
+        .await
+        .unwrap();
+    let st = resp.status().as_u16();
+    let h = resp.headers().clone();
+    let b = axum::body::to_bytes(resp.into_body(), 1 << 22)
+        .await
+        .unwrap();
+    (st, h, String::from_utf8_lossy(&b).into_owned())
+}
+
+/// A user's session cookie (`outpost_session=...`).
+async fn session(c: &Arc<Central>, name: &str, role: Role, customers: &[&str]) -> String {
+    ops::add_user(
+        c.store.as_ref(),
+        &ops::AddUser {
+            tenant: "msp".into(),
+            name: name.into(),
+            role,
+            customers: customers.iter().map(|c| (*c).into()).collect(),
+            password: "correct horse battery".into(),
+        },
+        1,
+        &c.passwords,
+    )
+    .await
+    .unwrap();
+    let (st, h, body) = send(
+        c,
+        "POST",
+        "/login",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        &format!("tenant=msp&username={name}&password=correct+horse+battery"),
+    )
+    .await;
+    assert_eq!(st, 303, "{body}");
+    h[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The CSRF token a page of this session carries.
+fn csrf_in(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a csrf field")
+        .to_string()
+}
+
+/// Two customers: `dental` (site `main`, 2 devices, a critical alert) and
+/// `vet` (site `Vet Clinic`, 1 device).
+async fn two_customers() -> (Arc<Central>, SiteId, SiteId, tempfile::TempDir) {
+    let (c, dental, dir) = central_with_site(Default::default()).await;
+    let vet = ops::add_site(
+        c.store.as_ref(),
+        &ops::AddSite {
+            tenant: "msp".into(),
+            customer: "vet".into(),
+            site: "Vet Clinic".into(),
+        },
+        1,
+    )
+    .await
+    .unwrap()
+    .site_id;
+    let mut b = batch_of(&dental, 1);
+    let mut second = b.devices[0].clone();
+    second.device = DeviceId(43);
+    second.hostname = "db-2".into();
+    second.status = batch::DeviceStatus::Offline;
+    b.devices.push(second);
+    c.store
+        .apply_batch(&"msp".into(), &dental, b, 10)
+        .await
+        .unwrap();
+    let mut v = batch_of(&vet, 1);
+    v.devices[0].device = DeviceId(77);
+    v.devices[0].hostname = "vet-secret-host".into();
+    v.devices[0].customer = "vet".into();
+    v.rollups.clear();
+    v.alerts[0].alert_id = 70;
+    v.alerts[0].device = Some(DeviceId(77));
+    v.alerts[0].message = "vet-only message".into();
+    c.store
+        .apply_batch(&"msp".into(), &vet, v, 10)
+        .await
+        .unwrap();
+    (c, dental, vet, dir)
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_the_apis_numbers_and_links_them_to_filtered_lists() {
+    let (c, _, _, _dir) = two_customers().await;
+    let admin = session(&c, "ada", Role::Admin, &[]).await;
+    let (_, _, json) = send(&c, "GET", "/api/v1/summary", &[("cookie", &admin)], "").await;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let t = &v["totals"];
+    let (st, h, page) = send(&c, "GET", "/", &[("cookie", &admin)], "").await;
+    assert_eq!(st, 200, "{page}");
+    assert_eq!(
+        h[header::CONTENT_SECURITY_POLICY],
+        outpost_console::security::CSP
+    );
+    for (key, n) in [
+        ("devices", &t["devices"]),
+        ("online", &t["online"]),
+        ("offline", &t["offline"]),
+        ("critical", &t["critical"]),
+        ("alerts_firing", &t["alerts_firing"]),
+    ] {
+        let tile = format!("data-tile=\"{key}\"");
+        let at = page.find(&tile).unwrap_or_else(|| panic!("{key}: {page}"));
+        let num = page[at..]
+            .split("data-k=\"")
+            .nth(1)
+            .and_then(|r| r.split('>').nth(1))
+            .and_then(|r| r.split('<').next())
+            .unwrap();
+        assert_eq!(num, n.to_string(), "{key}");
+    }
+    assert_eq!(t["devices"], 3);
+    assert!(page.contains(r#"href="/devices?status=offline""#), "{page}");
+    assert!(page.contains("Vet Clinic") && page.contains("main"));
+}
+
+#[tokio::test]
+async fn a_customer_scoped_user_never_sees_another_customers_names_or_counts() {
+    let (c, dental, vet, _dir) = two_customers().await;
+    let vet_user = session(&c, "val", Role::Technician, &["vet"]).await;
+    let cookie = [("cookie", vet_user.as_str())];
+    for uri in [
+        "/",
+        "/devices",
+        "/devices?q=host",
+        "/alerts?state=all",
+        "/devices?sort=cpu&dir=desc",
+    ] {
+        let (st, _, page) = send(&c, "GET", uri, &cookie, "").await;
+        assert_eq!(st, 200, "{uri}: {page}");
+        for secret in ["web-1", "db-2", "cpu 97 > 90", "dental", ">main<"] {
+            assert!(!page.contains(secret), "{uri} shows {secret}: {page}");
+        }
+    }
+    let (_, _, page) = send(&c, "GET", "/devices", &cookie, "").await;
+    assert!(page.contains("vet-secret-host"), "its own device: {page}");
+    for uri in [
+        format!("/sites/{dental}"),
+        format!("/sites/{dental}/devices/000000000000002a"),
+        format!("/sites/{dental}/alerts/9"),
+        format!("/devices?site={dental}"),
+    ] {
+        let (st, _, page) = send(&c, "GET", &uri, &cookie, "").await;
+        assert_eq!(st, 404, "{uri}: {page}");
+        assert!(!page.contains("web-1"), "{uri}");
+    }
+    let (st, _, _) = send(&c, "GET", &format!("/sites/{vet}"), &cookie, "").await;
+    assert_eq!(st, 200);
+    // Its live stream does not carry dental's changes either.
+    let req = Request::get("/console/live")
+        .header("cookie", &vet_user)
+        .body(Body::empty())
+        .unwrap();
+    let resp = crate::api::router(c.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut b = batch_of(&dental, 2);
+    b.devices[0].status = batch::DeviceStatus::Offline;
+    b.devices[0].as_of_ms = 100;
+    let payload = outpost_uplink::batch::encode(&b, 1).unwrap();
+    crate::receiver::answer_batch(&c, &"msp".into(), &dental, 2, payload).await;
+    let mut v = batch_of(&vet, 2);
+    v.devices[0].device = DeviceId(77);
+    v.devices[0].hostname = "vet-secret-host".into();
+    v.devices[0].status = batch::DeviceStatus::Offline;
+    v.devices[0].as_of_ms = 100;
+    v.rollups.clear();
+    v.alerts.clear();
+    let payload = outpost_uplink::batch::encode(&v, 1).unwrap();
+    crate::receiver::answer_batch(&c, &"msp".into(), &vet, 2, payload).await;
+    let mut body = resp.into_body().into_data_stream();
+    use futures_util::StreamExt;
+    let mut text = String::new();
+    while !text.contains("vet-secret-host") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), body.next())
+            .await
+            .expect("a live event in time")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        !text.contains("web-1") && !text.contains("dental"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"old_status\":\"online\",\"status\":\"offline\""),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_viewer_gets_no_ack_button_and_its_forged_posts_are_refused() {
+    let (c, dental, _, _dir) = two_customers().await;
+    let viewer = session(&c, "vic", Role::Viewer, &[]).await;
+    let cookie = [("cookie", viewer.as_str())];
+    let (_, _, page) = send(&c, "GET", "/alerts", &cookie, "").await;
+    assert!(
+        page.contains("cpu_high") && !page.contains("ack-button"),
+        "{page}"
+    );
+    let token = csrf_in(&page);
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    let uri = format!("/sites/{dental}/alerts/9/ack");
+    let (st, _, _) = send(
+        &c,
+        "POST",
+        &uri,
+        &[cookie[0], form],
+        &format!("csrf={token}&comment=x"),
+    )
+    .await;
+    assert_eq!(
+        st, 403,
+        "a viewer's own token does not make it a technician"
+    );
+    let tech = session(&c, "tess", Role::Technician, &[]).await;
+    let tcookie = ("cookie", tech.as_str());
+    let (_, _, page) = send(&c, "GET", "/alerts", &[tcookie], "").await;
+    assert!(page.contains("ack-button"), "{page}");
+    let good = csrf_in(&page);
+    for (extra, body) in [
+        (None, "comment=x".to_string()),
+        (None, format!("csrf={token}&comment=x")),
+        (
+            Some(("sec-fetch-site", "cross-site")),
+            format!("csrf={good}&comment=x"),
+        ),
+    ] {
+        let mut h = vec![tcookie, form];
+        h.extend(extra);
+        let (st, _, page) = send(&c, "POST", &uri, &h, &body).await;
+        assert_eq!(st, 403, "{body}: {page}");
+    }
+    let alerts = c.store.alerts(&"msp".into(), Some(&dental)).await.unwrap();
+    assert!(
+        alerts.iter().all(|a| a.acked_by.is_none()),
+        "nothing acknowledged"
+    );
+    let m = c.metrics.encode(false);
+    assert!(
+        m.contains("outpost_central_console_refused_total{reason=\"csrf_token\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("outpost_central_console_refused_total{reason=\"forbidden\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn an_ack_with_a_comment_goes_through_the_ack_path_into_the_alerts_history() {
+    let (c, dental, _, _dir) = two_customers().await;
+    let tech = session(&c, "tess", Role::Technician, &[]).await;
+    let uri = format!("/sites/{dental}/alerts/9");
+    let (st, _, page) = send(&c, "GET", &uri, &[("cookie", &tech)], "").await;
+    assert_eq!(st, 200, "{page}");
+    assert!(page.contains("id=\"ack-comment\""), "{page}");
+    let token = csrf_in(&page);
+    let (st, h, _) = send(
+        &c,
+        "POST",
+        &format!("{uri}/ack"),
+        &[
+            ("cookie", &tech),
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("origin", "http://central.test"),
+            ("host", "central.test"),
+            ("sec-fetch-site", "same-origin"),
+        ],
+        &format!("csrf={token}&comment=Disk+swapped+%3Cb%3E"),
+    )
+    .await;
+    assert_eq!(st, 303);
+    assert_eq!(h[header::LOCATION], uri);
+    let (_, _, page) = send(&c, "GET", &uri, &[("cookie", &tech)], "").await;
+    assert!(page.contains("acknowledged"), "{page}");
+    assert!(
+        page.contains("Disk swapped &lt;b&gt;"),
+        "escaped comment: {page}"
+    );
+    assert!(page.contains("firing"), "the transition: {page}");
+    let (_, _, json) = send(&c, "GET", "/api/v1/alerts", &[("cookie", &tech)], "").await;
+    assert!(json.contains("\"acked_by\":\"tess\""), "{json}");
+    // The JSON API's ack takes a comment too.
+    let token = {
+        let t = ops::create_token(
+            c.store.as_ref(),
+            &ops::CreateToken {
+                tenant: "msp".into(),
+                role: Role::Technician,
+                customers: vec![],
+            },
+            1,
+        )
+        .await
+        .unwrap();
+        format!("Bearer {t}")
+    };
+    let (st, _, body) = send(
+        &c,
+        "POST",
+        &format!("/api/v1/sites/{dental}/alerts/9/ack"),
+        &[
+            ("authorization", &token),
+            ("content-type", "application/json"),
+        ],
+        r#"{"comment":"rebooted"}"#,
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let h = c
+        .store
+        .alert_history(&"msp".into(), &dental, 9)
+        .await
+        .unwrap();
+    assert_eq!(h.len(), 3, "{h:?}");
+    assert!(
+        matches!(&h[2], crate::store::AlertHistoryEntry::Ack { comment, .. } if comment == "rebooted")
+    );
+    // Without a body, as before.
+    let (st, _, _) = send(
+        &c,
+        "POST",
+        &format!("/api/v1/sites/{dental}/alerts/9/ack"),
+        &[("authorization", &token)],
+        "",
+    )
+    .await;
+    assert_eq!(st, 200);
+}
+
+#[tokio::test]
+async fn search_filter_sort_and_the_device_page_draw_what_is_stored() {
+    let (c, dental, _, _dir) = two_customers().await;
+    let admin = session(&c, "ada", Role::Admin, &[]).await;
+    let ck = [("cookie", admin.as_str())];
+    let (_, _, page) = send(&c, "GET", "/devices?q=DB", &ck, "").await;
+    assert!(page.contains("db-2") && !page.contains(">web-1<"), "{page}");
+    assert!(page.contains("<span id=\"match-count\">1</span>"), "{page}");
+    let (_, _, page) = send(&c, "GET", "/devices?status=offline", &ck, "").await;
+    assert!(page.contains("db-2") && !page.contains(">web-1<"), "{page}");
+    let (_, _, page) = send(&c, "GET", "/devices?status=critical", &ck, "").await;
+    assert!(page.contains(">web-1<") && !page.contains("db-2"), "{page}");
+    let (_, _, page) = send(&c, "GET", "/devices?sort=hostname&dir=desc", &ck, "").await;
+    let (a, b) = (page.find("web-1").unwrap(), page.find("db-2").unwrap());
+    assert!(a < b, "descending");
+    let (st, _, _) = send(&c, "GET", "/devices?status=asleep", &ck, "").await;
+    assert_eq!(st, 400);
+    let (st, _, page) = send(
+        &c,
+        "GET",
+        &format!("/sites/{dental}/devices/000000000000002a?range=30d"),
+        &ck,
+        "",
+    )
+    .await;
+    assert_eq!(st, 200, "{page}");
+    assert!(page.contains("id=\"chart-cpu\""), "{page}");
+    assert!(page.contains("Rollups stored"), "{page}");
+    let (st, _, _) = send(&c, "GET", &format!("/sites/{dental}/devices/00ff"), &ck, "").await;
+    assert_eq!(st, 404);
+}
