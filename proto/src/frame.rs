@@ -166,6 +166,13 @@ impl FrameReader {
         }
     }
 
+    /// Adds bytes read elsewhere (a QUIC stream's chunks, which cost no
+    /// buffer here while nothing arrives).
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+        self.bytes_read += data.len() as u64;
+    }
+
     /// Total bytes read from the stream.
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read

@@ -4,13 +4,18 @@
 //!
 //! * **Enrollment** ([`crate::ALPN_ENROLL`]): one bidirectional stream, one
 //!   [`EnrollRequest`] answered by one [`EnrollResponse`].
-//! * **Session** ([`crate::ALPN_SESSION`]): one long-lived bidirectional
-//!   stream. The agent sends [`AgentFrame`]s (a `Hello`, then batches of
-//!   sequenced [`Record`]s); the appliance answers with [`ApplianceFrame`]s (a
-//!   `Welcome`, then cumulative [`Ack`]s once records are durable).
+//! * **Session** ([`crate::ALPN_SESSION`]): a long-lived bidirectional
+//!   session stream on which the agent sends [`AgentFrame`]s (a `Hello`, then
+//!   batches of sequenced [`Record`]s) and the appliance answers with
+//!   [`ApplianceFrame`]s (a `Welcome`, then cumulative [`Ack`]s once records
+//!   are durable); from session protocol 2 on, one more stream per further
+//!   [`Flow`] (commands, files). The protocol itself is
+//!   [`crate::session`].
 //!
 //! Compatibility: enums are encoded by variant index, so new variants are only
-//! ever appended; a field change means a new `PROTOCOL_VERSION`.
+//! ever appended; a field change means a new protocol version (session
+//! frames: [`crate::SESSION_PROTOCOL_VERSION`]; enrollment:
+//! [`crate::PROTOCOL_VERSION`]).
 
 use serde::{Deserialize, Serialize};
 

@@ -172,10 +172,18 @@ struct FlowWrite {
     out: PendingWrites,
 }
 
+/// Largest chunk taken from a further stream at once.
+const FLOW_READ_CHUNK_BYTES: usize = 64 * 1024;
+
 /// Reads more of a further stream (pending forever when there is none).
-async fn fill(slot: &mut Option<FlowRead>) -> Result<bool, outpost_proto::frame::FrameError> {
+/// Reads QUIC's own chunks: an idle stream holds no read buffer here.
+async fn fill(slot: &mut Option<FlowRead>) -> Result<Option<bytes::Bytes>, quinn::ReadError> {
     match slot {
-        Some(fr) if !fr.done => fr.reader.fill(&mut fr.recv).await,
+        Some(fr) if !fr.done => fr
+            .recv
+            .read_chunk(FLOW_READ_CHUNK_BYTES, true)
+            .await
+            .map(|c| c.map(|c| c.bytes)),
         _ => std::future::pending().await,
     }
 }
@@ -537,17 +545,16 @@ fn read_flow(
     s: &mut ApplianceSession,
     slot: &mut Option<FlowRead>,
     write: &mut Option<FlowWrite>,
-    read: Result<bool, outpost_proto::frame::FrameError>,
+    read: Result<Option<bytes::Bytes>, quinn::ReadError>,
     now: u64,
 ) {
     let Some(fr) = slot else { return };
     match read {
-        Ok(true) => {}
-        Ok(false) | Err(outpost_proto::frame::FrameError::Io(_)) => {
+        Ok(Some(bytes)) => fr.reader.push(&bytes),
+        Ok(None) | Err(_) => {
             fr.done = true;
             return;
         }
-        Err(e) => return s.handle_malformed(fr.flow.unwrap_or(Flow::Commands), &e),
     }
     loop {
         match fr.reader.try_next::<AgentFrame>() {
@@ -572,6 +579,8 @@ fn read_flow(
             break;
         }
     }
+    // These streams are idle most of the time: keep no buffer between frames.
+    fr.reader.shrink_if_empty();
 }
 
 /// Applies what the remote host asked for.
