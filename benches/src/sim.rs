@@ -1,6 +1,7 @@
 //! A simulated agent: one QUIC connection with its own client certificate,
-//! the real session protocol (Hello/Welcome, sequenced records, cumulative
-//! acks), records shaped like the real agent's, reconnect with full-jitter
+//! the real session protocol (Hello/Welcome of protocol 2, the command and
+//! file streams opened and left idle, sequenced records, cumulative acks),
+//! records shaped like the real agent's, reconnect with full-jitter
 //! backoff, and replay of unacknowledged records after reconnecting.
 
 use std::collections::VecDeque;
