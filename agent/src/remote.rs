@@ -190,3 +190,49 @@ impl RemoteHost for RefuseRemote {
         *self.link.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use outpost_proto::messages::Command;
+
+    use super::*;
+
+    #[test]
+    fn without_an_executor_a_command_is_acknowledged_and_refused_with_a_reason() {
+        let host = RefuseRemote::default();
+        let (link, mut inbox) = RemoteLink::new(1024);
+        let id = CommandId([7; 16]);
+        // Before a session is up there is no one to answer.
+        host.event(AgentEvent::Command(Command { id, spec: vec![] }));
+        host.session_up(link.clone());
+        host.event(AgentEvent::Command(Command {
+            id,
+            spec: b"reboot".to_vec(),
+        }));
+        assert!(matches!(inbox.rx.try_recv(), Ok(LinkInput::AckCommand(i)) if i == id));
+        match inbox.rx.try_recv() {
+            Ok(LinkInput::Result(r)) => {
+                assert_eq!(r.id, id);
+                assert_eq!(
+                    r.outcome,
+                    CommandOutcome::Refused {
+                        reason: NO_EXECUTOR.into()
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        host.event(AgentEvent::FileChunk(FileChunk {
+            transfer: TransferId([1; 16]),
+            offset: 0,
+            bytes: vec![1],
+            last: true,
+        }));
+        assert!(matches!(inbox.rx.try_recv(), Ok(LinkInput::AbortFile(_, r)) if r == NO_EXECUTOR));
+        assert!(inbox.rx.try_recv().is_err(), "nothing else");
+        host.session_down();
+        drop(inbox);
+        assert!(!link.is_open());
+        assert_eq!(link.ack_command(id), Err(LinkClosed));
+    }
+}

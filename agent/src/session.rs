@@ -170,20 +170,21 @@ pub async fn run_with(
             }
             let offered = offer;
             offer = SESSION_PROTOCOL_VERSION;
+            let fallback = match &end {
+                Ok(SessionEnd::Closed(c)) => older_offer(offered, c),
+                _ => None,
+            };
+            if let (Some(older), Ok(SessionEnd::Closed(c))) = (fallback, &end) {
+                warn!(
+                    offered,
+                    message = %c.message,
+                    "the appliance speaks an older session protocol; reconnecting with protocol {older} (records only, no remote commands)"
+                );
+                offer = older;
+                continue;
+            }
             match end {
                 Ok(SessionEnd::Shutdown) => return Ok(()),
-                Ok(SessionEnd::Closed(c))
-                    if c.reason == CloseReason::UnsupportedVersion
-                        && offered > MIN_SESSION_PROTOCOL_VERSION =>
-                {
-                    warn!(
-                        offered,
-                        message = %c.message,
-                        "the appliance speaks an older session protocol; reconnecting with protocol 1 (records only, no remote commands)"
-                    );
-                    offer = MIN_SESSION_PROTOCOL_VERSION;
-                    continue;
-                }
                 Ok(SessionEnd::Closed(c)) if c.reason.is_permanent() => {
                     let e = anyhow!(
                         "the appliance refused this device permanently ({}): {}. \
@@ -306,6 +307,14 @@ fn flow_slot(flow: Flow) -> usize {
         Flow::Commands => 0,
         _ => 1,
     }
+}
+
+/// The older protocol to offer at once when the appliance refused the
+/// offered one as unsupported (an appliance older than this agent), if
+/// there is one left to try.
+fn older_offer(offered: u16, close: &Close) -> Option<u16> {
+    (close.reason == CloseReason::UnsupportedVersion && offered > MIN_SESSION_PROTOCOL_VERSION)
+        .then_some(MIN_SESSION_PROTOCOL_VERSION)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -856,5 +865,33 @@ mod tests {
         assert_eq!(seqs, want, "the backlog behind it drains");
         assert_eq!(b.dropped(), 1);
         assert!(b.is_empty());
+    }
+    #[test]
+    fn an_appliance_refusing_protocol_2_gets_one_retry_with_protocol_1() {
+        let refusal = |reason| Close {
+            reason,
+            message: "agent speaks protocol 2, this appliance speaks 1".into(),
+        };
+        assert_eq!(
+            older_offer(
+                SESSION_PROTOCOL_VERSION,
+                &refusal(CloseReason::UnsupportedVersion)
+            ),
+            Some(1)
+        );
+        assert_eq!(
+            older_offer(1, &refusal(CloseReason::UnsupportedVersion)),
+            None,
+            "refused at 1 too: permanent, as before"
+        );
+        assert_eq!(
+            older_offer(SESSION_PROTOCOL_VERSION, &refusal(CloseReason::Revoked)),
+            None
+        );
+        assert!(
+            refusal(CloseReason::UnsupportedVersion)
+                .reason
+                .is_permanent()
+        );
     }
 }

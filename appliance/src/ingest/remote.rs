@@ -183,3 +183,51 @@ impl RemoteLink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_link_forwards_to_its_session_and_fails_once_the_session_is_gone() {
+        let (link, mut inbox) = RemoteLink::new(DeviceId(5));
+        let (other, _inbox2) = RemoteLink::new(DeviceId(5));
+        assert_ne!(link.id(), other.id(), "each session's link is told apart");
+        assert_eq!(link.device(), DeviceId(5));
+        let id = CommandId([1; 16]);
+        link.send_command(Command {
+            id,
+            spec: b"uptime".to_vec(),
+        })
+        .unwrap();
+        link.cancel_command(id).unwrap();
+        assert!(matches!(inbox.rx.try_recv(), Ok(LinkInput::SendCommand(c)) if c.id == id));
+        assert!(matches!(inbox.rx.try_recv(), Ok(LinkInput::CancelCommand(i)) if i == id));
+        // A command no agent could read is refused here, not sent.
+        let big = Command {
+            id,
+            spec: vec![0; outpost_proto::DEFAULT_MAX_FRAME_BYTES],
+        };
+        assert!(matches!(
+            link.send_command(big),
+            Err(LinkError::Refused(SendError::TooLarge { .. }))
+        ));
+        let chunk = FileChunk {
+            transfer: TransferId([2; 16]),
+            offset: 0,
+            bytes: vec![0; MAX_CHUNK_BYTES + 1],
+            last: false,
+        };
+        assert!(matches!(
+            link.send_file_chunk(chunk).await,
+            Err(LinkError::Refused(SendError::TooLarge { .. }))
+        ));
+        drop(inbox);
+        assert!(!link.is_open());
+        assert_eq!(link.ack_result(id), Err(LinkClosed));
+        assert!(matches!(
+            link.send_command(Command { id, spec: vec![] }),
+            Err(LinkError::Closed(LinkClosed))
+        ));
+    }
+}
