@@ -4,8 +4,9 @@
 //! state directory ([`identity`]), collects host metrics and inventory
 //! ([`collect`]), buffers every record on disk until the appliance
 //! acknowledges it ([`buffer`]) and streams records over one long-lived QUIC
-//! session with reconnect backoff ([`session`]), and while running keeps
-//! its live state in `status.json` for `outpost-agent status` ([`status`]).
+//! session with reconnect backoff ([`session`]), hands command and file
+//! events to remote management ([`remote`]), and while running keeps its
+//! live state in `status.json` for `outpost-agent status` ([`status`]).
 
 pub mod backoff;
 pub mod buffer;
@@ -14,5 +15,6 @@ pub mod config;
 pub mod enroll;
 pub mod identity;
 pub mod net;
+pub mod remote;
 pub mod session;
 pub mod status;

@@ -1,20 +1,29 @@
 //! The agent's run loop: collectors feed the offline buffer; one session at a
-//! time drains it to the appliance over a long-lived QUIC stream and deletes
-//! records only when the appliance acknowledges them.
+//! time drains it to the appliance and deletes records only when the
+//! appliance acknowledges them.
+//!
+//! A session is the I/O-free machine `outpost_proto::session::agent` in a
+//! thin async shell: frames read from each flow's QUIC stream go into it,
+//! records it asks for come from the buffer, its events become buffer acks,
+//! status updates and remote-management events ([`crate::remote`]), and
+//! what it transmits is written on each flow's own stream.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
 use bytes::BytesMut;
-use outpost_proto::frame::{FrameError, FrameReader, write_frame};
-use outpost_proto::messages::{
-    AgentFrame, ApplianceFrame, Close, CloseReason, Heartbeat, Hello, RecordBody,
+use outpost_proto::frame::{FrameError, FrameReader, PendingWrites};
+#[cfg(test)]
+use outpost_proto::messages::AgentFrame;
+use outpost_proto::messages::{ApplianceFrame, Close, CloseReason, Flow, Heartbeat, RecordBody};
+use outpost_proto::session::agent::{
+    AgentConfig as SessionConfig, AgentEvent, AgentSession, EncodedRecords, Ended, encode_records,
 };
 use outpost_proto::{
-    ALPN_SESSION, APPLIANCE_SERVER_NAME, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION, tls,
+    ALPN_SESSION, APPLIANCE_SERVER_NAME, DEFAULT_MAX_FRAME_BYTES, MIN_SESSION_PROTOCOL_VERSION,
+    SESSION_PROTOCOL_VERSION, tls,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +35,7 @@ use crate::collect::{self, AGENT_VERSION, Collector};
 use crate::config::AgentConfig;
 use crate::identity::Identity;
 use crate::net;
+use crate::remote::{LinkInbox, LinkInput, RefuseRemote, RemoteHost, RemoteLink};
 use crate::status::{Connection, LinkState};
 
 /// Records per `Records` frame, and payload bytes per frame (well under the
@@ -37,7 +47,8 @@ const FRAME_BYTES: usize = 256 * 1024;
 /// appliance refuses a configuration below it). Below it, records that fit
 /// any sane limit would be dropped as undeliverable: a broken or hostile
 /// appliance must not make the agent empty its buffer.
-const MIN_FRAME_BYTES: usize = 1024;
+#[cfg_attr(not(test), allow(dead_code))]
+const MIN_FRAME_BYTES: usize = outpost_proto::session::MIN_FRAME_BYTES;
 /// How long the appliance has to answer Hello.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -105,12 +116,31 @@ pub enum SessionEnd {
     Closed(Close),
 }
 
-/// Runs the agent until shutdown or a permanent refusal (revoked certificate).
+/// Runs the agent until shutdown or a permanent refusal (revoked
+/// certificate), refusing remote commands ([`RefuseRemote`]).
 pub async fn run(
     ident: Identity,
     cfg: AgentConfig,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    run_with(
+        ident,
+        cfg,
+        shared,
+        shutdown,
+        Arc::new(RefuseRemote::default()),
+    )
+    .await
+}
+
+/// Runs the agent with `remote` handling commands and file transfers.
+pub async fn run_with(
+    ident: Identity,
+    cfg: AgentConfig,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    remote: Arc<dyn RemoteHost>,
 ) -> anyhow::Result<()> {
     let addr = net::resolve(&ident.appliance).await?;
     let endpoint = net::client_endpoint(addr)?;
@@ -126,14 +156,32 @@ pub async fn run(
     let mut backoff = Backoff::new(cfg.reconnect_base, cfg.reconnect_max);
     let span = info_span!("agent", device = %ident.device_id, appliance = %addr);
     let result = async {
+        // The session protocol offered: the newest, unless the appliance
+        // just refused it (an older appliance), then 1 for one attempt.
+        let mut offer = SESSION_PROTOCOL_VERSION;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
             shared.set_connection(Connection::Connecting);
-            let end = connect_and_stream(&endpoint, &client_cfg, addr, &cfg, &shared, &shutdown, &mut backoff).await;
+            let end = connect_and_stream(&endpoint, &client_cfg, addr, &cfg, &shared, &shutdown, &mut backoff, &remote, offer).await;
             if !matches!(end, Ok(SessionEnd::Shutdown)) {
                 shared.set_connection(Connection::Disconnected);
+            }
+            let offered = offer;
+            offer = SESSION_PROTOCOL_VERSION;
+            let fallback = match &end {
+                Ok(SessionEnd::Closed(c)) => older_offer(offered, c),
+                _ => None,
+            };
+            if let (Some(older), Ok(SessionEnd::Closed(c))) = (fallback, &end) {
+                warn!(
+                    offered,
+                    message = %c.message,
+                    "the appliance speaks an older session protocol; reconnecting with protocol {older} (records only, no remote commands)"
+                );
+                offer = older;
+                continue;
             }
             match end {
                 Ok(SessionEnd::Shutdown) => return Ok(()),
@@ -176,6 +224,100 @@ pub async fn run(
     result
 }
 
+/// The session machine's clock: milliseconds since the session started.
+struct Clock(tokio::time::Instant);
+
+impl Clock {
+    fn now(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+
+    fn at(&self, ms: u64) -> tokio::time::Instant {
+        self.0 + Duration::from_millis(ms)
+    }
+}
+
+/// The receiving half of a flow's stream.
+struct FlowRead {
+    recv: quinn::RecvStream,
+    reader: FrameReader,
+}
+
+/// The sending half of a flow's stream, and what waits to be written.
+struct FlowWrite {
+    send: quinn::SendStream,
+    out: PendingWrites,
+}
+
+async fn fill(slot: &mut Option<FlowRead>) -> Result<bool, FrameError> {
+    match slot {
+        Some(r) => r.reader.fill(&mut r.recv).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn drive(slot: &mut Option<FlowWrite>) -> std::io::Result<()> {
+    match slot {
+        Some(w) if !w.out.is_empty() => w.out.drive(&mut w.send).await,
+        _ => std::future::pending().await,
+    }
+}
+
+async fn recv_opt<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_input(
+    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<LinkInput>>,
+) -> Option<LinkInput> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Tells remote management the session ended, however it ends.
+struct SessionDown<'a> {
+    remote: &'a Arc<dyn RemoteHost>,
+    up: bool,
+}
+
+impl Drop for SessionDown<'_> {
+    fn drop(&mut self) {
+        if self.up {
+            self.remote.session_down();
+        }
+    }
+}
+
+/// A stream failed: the appliance's close reason if it closed the
+/// connection, otherwise the stream's end.
+fn on_stream_error(s: &mut AgentSession, conn: &quinn::Connection, flow: Flow, detail: &str) {
+    match closed_by_appliance(conn) {
+        Some(c) => s.handle_peer_close(c),
+        None => s.handle_stream_end(flow, detail),
+    }
+}
+
+fn flow_slot(flow: Flow) -> usize {
+    match flow {
+        Flow::Commands => 0,
+        _ => 1,
+    }
+}
+
+/// The older protocol to offer at once when the appliance refused the
+/// offered one as unsupported (an appliance older than this agent), if
+/// there is one left to try.
+fn older_offer(offered: u16, close: &Close) -> Option<u16> {
+    (close.reason == CloseReason::UnsupportedVersion && offered > MIN_SESSION_PROTOCOL_VERSION)
+        .then_some(MIN_SESSION_PROTOCOL_VERSION)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn connect_and_stream(
     endpoint: &quinn::Endpoint,
     client_cfg: &quinn::ClientConfig,
@@ -184,6 +326,8 @@ async fn connect_and_stream(
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
+    remote: &Arc<dyn RemoteHost>,
+    offer: u16,
 ) -> anyhow::Result<SessionEnd> {
     let conn = endpoint
         .connect_with(client_cfg.clone(), addr, APPLIANCE_SERVER_NAME)
@@ -191,146 +335,298 @@ async fn connect_and_stream(
         .await
         .map_err(|e| close_reason_error(&e).unwrap_or_else(|| anyhow!(e)))
         .context("connecting")?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| conn_err(&conn, e))?;
-    let mut out = BytesMut::new();
-    let hello = AgentFrame::Hello(Hello {
-        protocol_version: PROTOCOL_VERSION,
-        agent_version: AGENT_VERSION.to_string(),
-        heartbeat_interval_ms: cfg.heartbeat_interval.as_millis().min(u32::MAX as u128) as u32,
-        metrics_interval_ms: cfg.metrics_interval.as_millis().min(u32::MAX as u128) as u32,
-    });
-    write_frame(&hello, &mut out, DEFAULT_MAX_FRAME_BYTES)?;
-    send.write_all(&out).await.map_err(|e| anyhow!(e))?;
-    let mut reader = FrameReader::new(DEFAULT_MAX_FRAME_BYTES);
-    let welcome =
-        tokio::time::timeout(WELCOME_TIMEOUT, reader.next::<ApplianceFrame, _>(&mut recv))
-            .await
-            .map_err(|_| anyhow!("no Welcome within {WELCOME_TIMEOUT:?}"))?;
-    let welcome = match welcome {
-        Ok(Some(ApplianceFrame::Welcome(w))) => w,
-        Ok(Some(ApplianceFrame::Close(c))) => return Ok(SessionEnd::Closed(c)),
-        Ok(Some(other)) => return Err(anyhow!("expected Welcome, got {other:?}")),
-        Ok(None) | Err(_) => {
-            if let Some(c) = closed_by_appliance(&conn) {
-                return Ok(SessionEnd::Closed(c));
-            }
-            return Err(anyhow!("session stream ended before Welcome"));
-        }
-    };
-    {
-        let mut b = shared.buffer();
-        b.ack(welcome.last_stored_seq)?;
-        b.ensure_next_seq_above(welcome.last_stored_seq)?;
-    }
-    backoff.reset();
-    shared.set_connection(Connection::Connected);
-    info!(
-        last_stored_seq = welcome.last_stored_seq,
-        buffered = shared.buffer().len(),
-        "session established"
+    let (send, recv) = conn.open_bi().await.map_err(|e| conn_err(&conn, e))?;
+    let clock = Clock(tokio::time::Instant::now());
+    let mut s = AgentSession::new(
+        SessionConfig {
+            protocol_version: offer,
+            agent_version: AGENT_VERSION.to_string(),
+            heartbeat_interval_ms: cfg.heartbeat_interval.as_millis().min(u32::MAX as u128) as u32,
+            metrics_interval_ms: cfg.metrics_interval.as_millis().min(u32::MAX as u128) as u32,
+            max_in_flight_records: cfg.max_in_flight_records,
+            ack_timeout_ms: cfg.ack_timeout.as_millis().min(u64::MAX as u128) as u64,
+            welcome_timeout_ms: WELCOME_TIMEOUT.as_millis() as u64,
+        },
+        clock.now(),
     );
-
-    let max_frame = welcome.max_frame_bytes as usize;
-    if max_frame < MIN_FRAME_BYTES {
-        return Err(anyhow!(
-            "the appliance announced a frame limit of {max_frame} bytes, below the \
-             {MIN_FRAME_BYTES} bytes every appliance accepts; not sending (check its max_frame_bytes)"
-        ));
-    }
-    let max_frame = max_frame.min(DEFAULT_MAX_FRAME_BYTES);
-    // Liveness: with records in flight, silence from the appliance for
-    // `ack_timeout` means the connection is dead (appliance crashed, network
-    // gone); reconnecting beats waiting for QUIC's backed-off probes.
-    let last_rx_ms = AtomicU64::new(now_ms());
-    let sent_up_to = AtomicU64::new(welcome.last_stored_seq);
-    let watchdog = async {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            let acked = shared.buffer().acked();
-            let silent_ms = now_ms().saturating_sub(last_rx_ms.load(Ordering::Relaxed));
-            if sent_up_to.load(Ordering::Relaxed) > acked
-                && silent_ms > cfg.ack_timeout.as_millis() as u64
-            {
-                return Err(anyhow!(
-                    "no acknowledgement for {:.1}s with records in flight; reconnecting",
-                    silent_ms as f64 / 1000.0
-                ));
-            }
-        }
+    let mut main = FlowWrite {
+        send,
+        out: PendingWrites::new(),
     };
-    let receiver = async {
-        loop {
-            let frame = reader.next::<ApplianceFrame, _>(&mut recv).await;
-            last_rx_ms.store(now_ms(), Ordering::Relaxed);
-            match frame {
-                Ok(Some(ApplianceFrame::Ack(a))) => {
-                    shared.buffer().ack(a.up_to_seq)?;
-                    shared.link().last_ack_ms = Some(now_ms());
-                    shared.wake.notify_one();
-                }
-                Ok(Some(ApplianceFrame::Close(c))) => return Ok(SessionEnd::Closed(c)),
-                Ok(Some(ApplianceFrame::Welcome(_))) => {
-                    return Err(anyhow!("protocol violation: second Welcome"));
-                }
-                Ok(None) | Err(_) => {
-                    if let Some(c) = closed_by_appliance(&conn) {
-                        return Ok(SessionEnd::Closed(c));
-                    }
-                    return Err(anyhow!("session stream ended"));
-                }
-            }
-        }
+    let mut main_read = FlowRead {
+        recv,
+        reader: FrameReader::new(DEFAULT_MAX_FRAME_BYTES),
     };
-    let sender = async {
-        let mut cursor = shared.buffer().first_seq()?.unwrap_or(0);
-        loop {
-            let last = {
-                let mut b = shared.buffer();
-                let in_flight = cursor.saturating_sub(b.acked().saturating_add(1));
-                if in_flight >= cfg.max_in_flight_records {
-                    None
-                } else {
-                    let from = cursor.max(b.acked().saturating_add(1));
-                    next_frame(&mut b, from, max_frame, &mut out)?
-                }
-            };
-            let Some(last) = last else {
-                shared.wake.notified().await;
-                continue;
-            };
-            cursor = last.saturating_add(1);
-            if sent_up_to.load(Ordering::Relaxed) <= shared.buffer().acked() {
-                // Nothing was in flight: the ack clock starts now.
-                last_rx_ms.store(now_ms(), Ordering::Relaxed);
-            }
-            sent_up_to.store(last, Ordering::Relaxed);
-            send.write_all(&out).await.map_err(|e| anyhow!(e))?;
-        }
-        #[allow(unreachable_code)]
-        Ok::<SessionEnd, anyhow::Error>(SessionEnd::Shutdown)
-    };
-    let end = tokio::select! {
-        r = receiver => r,
-        r = sender => r,
-        r = watchdog => r,
-        _ = shutdown.cancelled() => Ok(SessionEnd::Shutdown),
-    };
-    if matches!(end, Ok(SessionEnd::Shutdown)) {
-        // Best effort: tell the appliance why we leave.
-        let mut bye = BytesMut::new();
-        write_frame(
-            &AgentFrame::Goodbye {
-                reason: "agent stopping".into(),
-            },
-            &mut bye,
-            max_frame,
+    let mut reads: [Option<FlowRead>; 2] = [None, None];
+    let mut writes: [Option<FlowWrite>; 2] = [None, None];
+    let mut down = SessionDown { remote, up: false };
+    let (mut inputs, mut outputs, mut chunks) = (None, None, None);
+    let end = loop {
+        // Act on what the machine decided, then give it records to send.
+        drain_events(
+            &mut s,
+            shared,
+            backoff,
+            &mut down,
+            &mut inputs,
+            &mut outputs,
+            &mut chunks,
         )?;
-        let _ = tokio::time::timeout(Duration::from_secs(1), send.write_all(&bye)).await;
-        let _ = send.finish();
-        conn.close(CloseReason::Normal.code().into(), b"agent stopping");
+        while let Some(from) = s.records_wanted() {
+            let batch = shared.buffer().read_from(
+                from,
+                FRAME_RECORDS,
+                FRAME_BYTES.min(s.max_frame_bytes()),
+            )?;
+            if batch.is_empty() {
+                break;
+            }
+            s.send_records(batch, clock.now());
+            drain_events(
+                &mut s,
+                shared,
+                backoff,
+                &mut down,
+                &mut inputs,
+                &mut outputs,
+                &mut chunks,
+            )?;
+        }
+        // Write what it transmits, each flow on its own stream.
+        while let Some(t) = s.poll_transmit() {
+            if t.flow == Flow::Records {
+                main.out.push(&t.data);
+                continue;
+            }
+            let i = flow_slot(t.flow);
+            if writes[i].is_none() {
+                match conn.open_bi().await {
+                    Ok((send, recv)) => {
+                        writes[i] = Some(FlowWrite {
+                            send,
+                            out: PendingWrites::new(),
+                        });
+                        reads[i] = Some(FlowRead {
+                            recv,
+                            reader: FrameReader::new(DEFAULT_MAX_FRAME_BYTES),
+                        });
+                    }
+                    Err(e) => {
+                        on_stream_error(&mut s, &conn, t.flow, &e.to_string());
+                        break;
+                    }
+                }
+            }
+            if let Some(w) = &mut writes[i] {
+                w.out.push(&t.data);
+            }
+        }
+        if let Some(end) = s.ended() {
+            break end.clone();
+        }
+        if !main.out.is_empty()
+            && let Err(e) = main.out.write_now(&mut main.send).await
+        {
+            on_stream_error(&mut s, &conn, Flow::Records, &e.to_string());
+            continue;
+        }
+        for (i, w) in writes.iter_mut().enumerate() {
+            if let Some(w) = w
+                && !w.out.is_empty()
+                && let Err(e) = w.out.write_now(&mut w.send).await
+            {
+                let flow = if i == 0 { Flow::Commands } else { Flow::Files };
+                on_stream_error(&mut s, &conn, flow, &e.to_string());
+            }
+        }
+        if s.ended().is_some() {
+            continue;
+        }
+        let deadline = s.poll_timeout();
+        let [read0, read1] = &mut reads;
+        let [write0, write1] = &mut writes;
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                s.goodbye("agent stopping");
+                while let Some(t) = s.poll_transmit_flow(Flow::Records) {
+                    main.out.push(&t.data);
+                }
+                break Ended::Shutdown;
+            }
+            read = main_read.reader.fill(&mut main_read.recv) => {
+                on_read(&mut s, &conn, Flow::Records, &mut main_read.reader, read, clock.now());
+            }
+            read = fill(read0) => {
+                if let Some(r) = read0 {
+                    on_read(&mut s, &conn, Flow::Commands, &mut r.reader, read, clock.now());
+                }
+            }
+            read = fill(read1) => {
+                if let Some(r) = read1 {
+                    on_read(&mut s, &conn, Flow::Files, &mut r.reader, read, clock.now());
+                }
+            }
+            r = main.out.drive(&mut main.send), if !main.out.is_empty() => {
+                if let Err(e) = r {
+                    on_stream_error(&mut s, &conn, Flow::Records, &e.to_string());
+                }
+            }
+            r = drive(write0) => {
+                if let Err(e) = r {
+                    on_stream_error(&mut s, &conn, Flow::Commands, &e.to_string());
+                }
+            }
+            r = drive(write1) => {
+                if let Err(e) = r {
+                    on_stream_error(&mut s, &conn, Flow::Files, &e.to_string());
+                }
+            }
+            _ = tokio::time::sleep_until(clock.at(deadline.unwrap_or(0))), if deadline.is_some() => {
+                s.handle_timeout(clock.now());
+            }
+            _ = shared.wake.notified() => {}
+            input = recv_input(&mut inputs) => match input {
+                Some(input) => apply_input(&mut s, input),
+                None => inputs = None,
+            },
+            out = recv_opt(&mut outputs), if s.output_room() > 0 => match out {
+                Some(o) => {
+                    if let Err(e) = s.send_output(o.id, o.offset, o.bytes) {
+                        warn!(error = %e, "command output not sent");
+                    }
+                }
+                None => outputs = None,
+            },
+            chunk = recv_opt(&mut chunks), if s.file_room() > 0 => match chunk {
+                Some(c) => {
+                    if let Err(e) = s.send_file_chunk(c) {
+                        warn!(error = %e, "file chunk not sent");
+                    }
+                }
+                None => chunks = None,
+            },
+        }
+    };
+    drop(down);
+    match end {
+        Ended::Shutdown => {
+            // Best effort: tell the appliance why we leave.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), main.out.drive(&mut main.send)).await;
+            let _ = main.send.finish();
+            conn.close(CloseReason::Normal.code().into(), b"agent stopping");
+            Ok(SessionEnd::Shutdown)
+        }
+        Ended::Closed(c) => Ok(SessionEnd::Closed(c)),
+        Ended::Failed(message) => Err(anyhow!(message)),
     }
-    end
+}
+
+/// Feeds what a flow's stream delivered to the machine; a stream that
+/// ended tells whether the appliance closed the connection.
+fn on_read(
+    s: &mut AgentSession,
+    conn: &quinn::Connection,
+    flow: Flow,
+    reader: &mut FrameReader,
+    read: Result<bool, FrameError>,
+    now: u64,
+) {
+    let ended = match read {
+        Ok(true) => None,
+        Ok(false) => Some(String::new()),
+        Err(FrameError::Io(e)) => Some(e.to_string()),
+        Err(e) => return s.handle_malformed(flow, &e),
+    };
+    if let Some(detail) = ended {
+        return on_stream_error(s, conn, flow, &detail);
+    }
+    loop {
+        match reader.try_next::<ApplianceFrame>() {
+            Ok(Some(frame)) => s.handle_frame(flow, frame, now),
+            Ok(None) => break,
+            Err(e) => {
+                s.handle_malformed(flow, &e);
+                break;
+            }
+        }
+        if s.ended().is_some() {
+            break;
+        }
+    }
+}
+
+/// Acts on the machine's events: buffer acks, status, remote management.
+#[allow(clippy::too_many_arguments)]
+fn drain_events(
+    s: &mut AgentSession,
+    shared: &Shared,
+    backoff: &mut Backoff,
+    down: &mut SessionDown<'_>,
+    inputs: &mut Option<tokio::sync::mpsc::UnboundedReceiver<LinkInput>>,
+    outputs: &mut Option<tokio::sync::mpsc::Receiver<outpost_proto::messages::CommandOutput>>,
+    chunks: &mut Option<tokio::sync::mpsc::Receiver<outpost_proto::messages::FileChunk>>,
+) -> anyhow::Result<()> {
+    while let Some(ev) = s.poll_event() {
+        match ev {
+            AgentEvent::Established {
+                protocol_version,
+                last_stored_seq,
+                ..
+            } => {
+                {
+                    let mut b = shared.buffer();
+                    b.ack(last_stored_seq)?;
+                    b.ensure_next_seq_above(last_stored_seq)?;
+                }
+                backoff.reset();
+                shared.set_connection(Connection::Connected);
+                info!(
+                    last_stored_seq,
+                    protocol = protocol_version,
+                    buffered = shared.buffer().len(),
+                    "session established"
+                );
+                if s.has_remote_flows() {
+                    let (l, LinkInbox { rx, output, files }) = RemoteLink::new(s.max_chunk_bytes());
+                    *inputs = Some(rx);
+                    *outputs = Some(output);
+                    *chunks = Some(files);
+                    down.up = true;
+                    down.remote.session_up(l);
+                }
+            }
+            AgentEvent::RecordsAcked { up_to } => {
+                shared.buffer().ack(up_to)?;
+                shared.link().last_ack_ms = Some(now_ms());
+            }
+            AgentEvent::RecordUndeliverable { seq, len, max } => {
+                warn!(
+                    seq,
+                    len,
+                    max,
+                    "dropping a record larger than the appliance's frame limit (max_frame_bytes)"
+                );
+                shared.buffer().drop_undeliverable(seq)?;
+            }
+            other => down.remote.event(other),
+        }
+    }
+    Ok(())
+}
+
+/// Applies what remote management asked for.
+fn apply_input(s: &mut AgentSession, input: LinkInput) {
+    let r = match input {
+        LinkInput::AckCommand(id) => s.ack_command(id),
+        LinkInput::Started(id, ms) => s.command_started(id, ms),
+        LinkInput::Result(r) => s.send_result(r),
+        LinkInput::AckFile(t, up_to) => s.ack_file(t, up_to),
+        LinkInput::AbortFile(t, reason) => s.abort_file(t, &reason),
+    };
+    if let Err(e) = r {
+        warn!(error = %e, "remote answer not sent");
+    }
 }
 
 /// Encodes into `out` the next `Records` frame: the buffered records from
@@ -341,7 +637,9 @@ async fn connect_and_stream(
 ///
 /// A record that alone exceeds `max_frame` can never be delivered to this
 /// appliance: it is dropped from the buffer, counted in `dropped` (reported
-/// in heartbeats) and logged, so the backlog behind it drains.
+/// in heartbeats) and logged, so the backlog behind it drains. (The session
+/// does the same through its machine; this is the same decision on a
+/// buffer, for tools and tests.)
 pub fn next_frame(
     b: &mut Buffer,
     mut from: u64,
@@ -350,38 +648,19 @@ pub fn next_frame(
 ) -> anyhow::Result<Option<u64>> {
     loop {
         let batch = b.read_from(from, FRAME_RECORDS, FRAME_BYTES.min(max_frame))?;
-        let Some(first) = batch.first().map(|r| r.seq) else {
-            return Ok(None);
-        };
-        let mut records = batch;
-        loop {
-            out.clear();
-            let n = records.len();
-            let last = records.last().map(|r| r.seq).unwrap_or(first);
-            let frame = AgentFrame::Records(records);
-            match write_frame(&frame, out, max_frame) {
-                Ok(()) => return Ok(Some(last)),
-                // The stored sizes bound the frame, so this is not expected;
-                // halving keeps the sender going if the encoding ever differs.
-                Err(FrameError::Oversize { .. }) if n > 1 => {
-                    let AgentFrame::Records(mut r) = frame else {
-                        return Err(anyhow!("internal error: a Records frame changed kind"));
-                    };
-                    r.truncate(n / 2);
-                    records = r;
-                }
-                Err(FrameError::Oversize { len, max }) => {
-                    warn!(
-                        seq = first,
-                        len,
-                        max,
-                        "dropping a record larger than the appliance's frame limit (max_frame_bytes)"
-                    );
-                    b.drop_undeliverable(first)?;
-                    from = first.saturating_add(1);
-                    break;
-                }
-                Err(e) => return Err(e.into()),
+        out.clear();
+        match encode_records(batch, max_frame, out)? {
+            None => return Ok(None),
+            Some(EncodedRecords::Frame { last_seq, .. }) => return Ok(Some(last_seq)),
+            Some(EncodedRecords::Undeliverable { seq, len, max }) => {
+                warn!(
+                    seq,
+                    len,
+                    max,
+                    "dropping a record larger than the appliance's frame limit (max_frame_bytes)"
+                );
+                b.drop_undeliverable(seq)?;
+                from = seq.saturating_add(1);
             }
         }
     }
@@ -586,5 +865,33 @@ mod tests {
         assert_eq!(seqs, want, "the backlog behind it drains");
         assert_eq!(b.dropped(), 1);
         assert!(b.is_empty());
+    }
+    #[test]
+    fn an_appliance_refusing_protocol_2_gets_one_retry_with_protocol_1() {
+        let refusal = |reason| Close {
+            reason,
+            message: "agent speaks protocol 2, this appliance speaks 1".into(),
+        };
+        assert_eq!(
+            older_offer(
+                SESSION_PROTOCOL_VERSION,
+                &refusal(CloseReason::UnsupportedVersion)
+            ),
+            Some(1)
+        );
+        assert_eq!(
+            older_offer(1, &refusal(CloseReason::UnsupportedVersion)),
+            None,
+            "refused at 1 too: permanent, as before"
+        );
+        assert_eq!(
+            older_offer(SESSION_PROTOCOL_VERSION, &refusal(CloseReason::Revoked)),
+            None
+        );
+        assert!(
+            refusal(CloseReason::UnsupportedVersion)
+                .reason
+                .is_permanent()
+        );
     }
 }

@@ -98,6 +98,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         max_frame_bytes: cfg.max_frame_bytes,
         session_max_bytes: cfg.ingest.session_max_bytes,
         shutdown: shutdown.clone(),
+        remote: Arc::new(crate::ingest::remote::NoRemote),
     });
 
     let admin = tokio::net::TcpListener::bind(cfg.admin_listen)

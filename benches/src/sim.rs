@@ -1,6 +1,7 @@
 //! A simulated agent: one QUIC connection with its own client certificate,
-//! the real session protocol (Hello/Welcome, sequenced records, cumulative
-//! acks), records shaped like the real agent's, reconnect with full-jitter
+//! the real session protocol (Hello/Welcome of protocol 2, the command and
+//! file streams opened and left idle, sequenced records, cumulative acks),
+//! records shaped like the real agent's, reconnect with full-jitter
 //! backoff, and replay of unacknowledged records after reconnecting.
 
 use std::collections::VecDeque;
@@ -14,11 +15,12 @@ use bytes::BytesMut;
 use hdrhistogram::Histogram;
 use outpost_agent::backoff::Backoff;
 use outpost_proto::frame::{FrameReader, write_frame};
+use outpost_proto::messages::Flow;
 use outpost_proto::messages::{
     AgentFrame, ApplianceFrame, CloseReason, Heartbeat, Hello, MetricValue, MetricsSample, Record,
     RecordBody,
 };
-use outpost_proto::{APPLIANCE_SERVER_NAME, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION};
+use outpost_proto::{APPLIANCE_SERVER_NAME, DEFAULT_MAX_FRAME_BYTES, SESSION_PROTOCOL_VERSION};
 use tokio_util::sync::CancellationToken;
 
 /// Which records the simulated agents send.
@@ -326,7 +328,7 @@ async fn session(
     let mut out = BytesMut::new();
     write_frame(
         &AgentFrame::Hello(Hello {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: SESSION_PROTOCOL_VERSION,
             agent_version: "bench".into(),
             heartbeat_interval_ms: opts.announced_interval.as_millis() as u32,
             metrics_interval_ms: opts.announced_interval.as_millis() as u32,
@@ -348,6 +350,22 @@ async fn session(
     let Some(ApplianceFrame::Welcome(w)) = welcome else {
         return Err(anyhow!("welcome: got {welcome:?}"));
     };
+    // Like a real agent of protocol 2, open the command and file flows'
+    // streams (kept idle: the appliance serves them beside the records).
+    let mut _flows = Vec::new();
+    if w.protocol_version >= 2 {
+        for flow in [Flow::Commands, Flow::Files] {
+            let (mut fs, fr) = conn.open_bi().await.map_err(|e| anyhow!("stream: {e}"))?;
+            let open = outpost_proto::frame::encode_frame(
+                &AgentFrame::OpenFlow(flow),
+                DEFAULT_MAX_FRAME_BYTES,
+            )?;
+            fs.write_all(&open)
+                .await
+                .map_err(|e| anyhow!("write: {e}"))?;
+            _flows.push((fs, fr));
+        }
+    }
     // Records the appliance already stored (acks lost in a crash).
     let stored = pending.ack(w.last_stored_seq, stats, shard);
     stats.acked.fetch_add(stored, Ordering::Relaxed);

@@ -15,7 +15,7 @@ use std::marker::PhantomData;
 use bytes::{Buf, BufMut, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::codec::{self, CodecError};
@@ -166,6 +166,13 @@ impl FrameReader {
         }
     }
 
+    /// Adds bytes read elsewhere (a QUIC stream's chunks, which cost no
+    /// buffer here while nothing arrives).
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+        self.bytes_read += data.len() as u64;
+    }
+
     /// Total bytes read from the stream.
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read
@@ -176,6 +183,88 @@ impl FrameReader {
         if self.buf.is_empty() && self.buf.capacity() > 0 {
             self.buf = BytesMut::new();
         }
+    }
+}
+
+/// Bytes waiting to be written to one stream (a session flow's QUIC send
+/// stream in practice). [`PendingWrites::drive`] writes them and is
+/// cancel-safe, so a task can race the writes of several streams with its
+/// reads in one `select!`: a stream whose peer stopped reading holds up only
+/// its own bytes.
+#[derive(Debug, Default)]
+pub struct PendingWrites {
+    buf: BytesMut,
+    /// Bytes written so far (for metrics).
+    written: u64,
+}
+
+impl PendingWrites {
+    pub fn new() -> Self {
+        PendingWrites::default()
+    }
+
+    /// Queues bytes (whole frames) behind what is pending.
+    pub fn push(&mut self, data: &[u8]) {
+        if self.buf.is_empty() && self.buf.capacity() > 64 * 1024 {
+            // Release what a burst grew, on the next idle push.
+            self.buf = BytesMut::new();
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Bytes waiting.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn poll_write_some<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        while !self.buf.is_empty() {
+            match std::pin::Pin::new(&mut *w).poll_write(cx, &self.buf) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "the stream takes no more bytes",
+                    )));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.buf.advance(n);
+                    self.written += n as u64;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes until nothing is pending. Cancel-safe: bytes are removed only
+    /// once the stream took them.
+    pub async fn drive<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_write_some(w, cx)).await
+    }
+
+    /// Writes what the stream takes now, without waiting; the rest stays
+    /// pending for [`PendingWrites::drive`].
+    pub async fn write_now<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<()> {
+        std::future::poll_fn(|cx| match self.poll_write_some(w, cx) {
+            std::task::Poll::Pending => std::task::Poll::Ready(Ok(())),
+            ready => ready,
+        })
+        .await
     }
 }
 
@@ -322,6 +411,30 @@ mod tests {
         let err = reader.next::<AgentFrame, _>(&mut cut).await.unwrap_err();
         assert!(matches!(err, FrameError::Truncated(_)), "{err}");
         assert_eq!(err.reason_label(), "malformed_frame");
+    }
+
+    #[tokio::test]
+    async fn pending_writes_survive_cancellation_and_a_slow_reader() {
+        use tokio::io::AsyncReadExt;
+        let (mut tx, mut rx) = tokio::io::duplex(16);
+        let mut out = PendingWrites::new();
+        let data: Vec<u8> = (0..200u8).collect();
+        out.push(&data);
+        // Only 16 bytes fit; a write that cannot finish is dropped midway.
+        out.write_now(&mut tx).await.unwrap();
+        assert_eq!(out.len(), 200 - 16);
+        let cancelled =
+            tokio::time::timeout(std::time::Duration::from_millis(10), out.drive(&mut tx)).await;
+        assert!(cancelled.is_err());
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; 200];
+            rx.read_exact(&mut got).await.unwrap();
+            got
+        });
+        out.drive(&mut tx).await.unwrap();
+        assert!(out.is_empty());
+        assert_eq!(out.written(), 200);
+        assert_eq!(reader.await.unwrap(), data, "every byte once, in order");
     }
 
     proptest! {

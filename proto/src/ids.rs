@@ -214,6 +214,96 @@ name_id!(
     SiteId
 );
 
+/// Declares a 128-bit random identifier: an idempotency key. Serialized as
+/// its 16 bytes in binary formats (bincode) and as 32 lower-case hex digits
+/// in human-readable ones (JSON).
+macro_rules! key_id {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub [u8; 16]);
+
+        impl $name {
+            /// A fresh random id.
+            pub fn random() -> Self {
+                $name(rand::random::<[u8; 16]>())
+            }
+
+            pub fn as_bytes(&self) -> &[u8; 16] {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                for b in self.0 {
+                    write!(f, "{b:02x}")?;
+                }
+                Ok(())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({self})", stringify!($name))
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ParseIdError;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                let err = || ParseIdError {
+                    kind: $kind,
+                    input: s.chars().take(64).collect(),
+                    expected: "32 hex digits",
+                };
+                if s.len() != 32 {
+                    return Err(err());
+                }
+                let mut out = [0u8; 16];
+                hex::decode_to_slice(s, &mut out).map_err(|_| err())?;
+                Ok($name(out))
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                if s.is_human_readable() {
+                    s.collect_str(self)
+                } else {
+                    self.0.serialize(s)
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                if d.is_human_readable() {
+                    let s = String::deserialize(d)?;
+                    s.parse().map_err(serde::de::Error::custom)
+                } else {
+                    <[u8; 16]>::deserialize(d).map($name)
+                }
+            }
+        }
+    };
+}
+
+key_id!(
+    /// A remote command, chosen by whoever queues it (the appliance, or
+    /// central, whose id travels down unchanged): the idempotency key the
+    /// agent dedupes on, so a command delivered twice runs once.
+    CommandId,
+    "command id"
+);
+key_id!(
+    /// One file transfer over a device session (push or pull); chunks and
+    /// acknowledgements name it.
+    TransferId,
+    "transfer id"
+);
+
 impl Serialize for ParseIdError {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -263,6 +353,22 @@ mod tests {
         let mut m = std::collections::HashMap::new();
         m.insert(CustomerId::from("dental"), 1);
         assert_eq!(m.get("dental"), Some(&1), "looked up by &str");
+    }
+
+    #[test]
+    fn command_ids_are_16_bytes_in_bincode_and_hex_in_json() {
+        let id = CommandId([0xab; 16]);
+        let bin = crate::codec::encode(&id).unwrap();
+        assert_eq!(bin.len(), 16);
+        assert_eq!(crate::codec::decode::<CommandId>(&bin).unwrap(), id);
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{}\"", "ab".repeat(16)));
+        assert_eq!(serde_json::from_str::<CommandId>(&json).unwrap(), id);
+        let t = TransferId::random();
+        assert_eq!(t.to_string().parse::<TransferId>().unwrap(), t);
+        for bad in ["", "ab", &"zz".repeat(16), &"ab".repeat(17)] {
+            assert!(bad.parse::<CommandId>().is_err(), "{bad:?} parsed");
+        }
     }
 
     #[test]

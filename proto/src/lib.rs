@@ -5,7 +5,8 @@
 //! limit ([`frame`]), the single bincode configuration ([`codec`]), the
 //! protocol version and ALPN identifiers, metric naming ([`metric_names`]),
 //! and the certificate identities and TLS configurations that carry device
-//! and site identity ([`pki`], [`tls`]).
+//! and site identity ([`pki`], [`tls`]), and the device session's
+//! I/O-free state machines ([`session`]).
 //!
 //! It must not open sockets, touch storage or spawn tasks: everything here
 //! works on byte buffers and values so it can be tested without I/O.
@@ -18,16 +19,27 @@ pub mod ids;
 pub mod messages;
 pub mod metric_names;
 pub mod pki;
+pub mod session;
 pub mod tls;
 
-pub use ids::{CustomerId, DeviceId, ParseIdError, SiteId, TenantId};
+pub use ids::{CommandId, CustomerId, DeviceId, ParseIdError, SiteId, TenantId, TransferId};
 
-/// Version of the session and enrollment protocol spoken by this build.
-///
-/// Peers exchange it in `Hello`/`Welcome` and `EnrollRequest`; a peer that
-/// speaks a different major version is refused with
-/// [`messages::CloseReason::UnsupportedVersion`].
+/// Version of the enrollment protocol (`EnrollRequest`), and the session
+/// protocol of agents that predate commands (records only). An appliance
+/// refuses an enrollment of another version with
+/// [`messages::EnrollRejectReason::UnsupportedVersion`].
 pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Highest session protocol this build speaks: 2 adds the command and file
+/// flows to the records of 1 (see [`session`]). An agent offers it in
+/// `Hello`; the appliance answers in `Welcome` with the highest version
+/// both speak.
+pub const SESSION_PROTOCOL_VERSION: u16 = 2;
+
+/// Lowest session protocol an appliance accepts: agents of protocol 1 keep
+/// streaming records (they get no commands). Below it, the appliance
+/// refuses the session with [`messages::CloseReason::UnsupportedVersion`].
+pub const MIN_SESSION_PROTOCOL_VERSION: u16 = 1;
 
 /// ALPN for enrollment connections (server-authenticated TLS only; the agent
 /// pins the appliance CA by fingerprint).

@@ -4,16 +4,22 @@
 //!
 //! * **Enrollment** ([`crate::ALPN_ENROLL`]): one bidirectional stream, one
 //!   [`EnrollRequest`] answered by one [`EnrollResponse`].
-//! * **Session** ([`crate::ALPN_SESSION`]): one long-lived bidirectional
-//!   stream. The agent sends [`AgentFrame`]s (a `Hello`, then batches of
-//!   sequenced [`Record`]s); the appliance answers with [`ApplianceFrame`]s (a
-//!   `Welcome`, then cumulative [`Ack`]s once records are durable).
+//! * **Session** ([`crate::ALPN_SESSION`]): a long-lived bidirectional
+//!   session stream on which the agent sends [`AgentFrame`]s (a `Hello`, then
+//!   batches of sequenced [`Record`]s) and the appliance answers with
+//!   [`ApplianceFrame`]s (a `Welcome`, then cumulative [`Ack`]s once records
+//!   are durable); from session protocol 2 on, one more stream per further
+//!   [`Flow`] (commands, files). The protocol itself is
+//!   [`crate::session`].
 //!
 //! Compatibility: enums are encoded by variant index, so new variants are only
-//! ever appended; a field change means a new `PROTOCOL_VERSION`.
+//! ever appended; a field change means a new protocol version (session
+//! frames: [`crate::SESSION_PROTOCOL_VERSION`]; enrollment:
+//! [`crate::PROTOCOL_VERSION`]).
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{CommandId, TransferId};
 use crate::{CustomerId, DeviceId, TenantId};
 
 /// Frames an agent sends on its session stream.
@@ -25,6 +31,14 @@ pub enum AgentFrame {
     Records(Vec<Record>),
     /// The agent is going away cleanly (for example on shutdown).
     Goodbye { reason: String },
+    // ---- session protocol 2 (see `crate::session`) ----
+    /// First frame of every stream after the session stream: which flow
+    /// the stream carries. Only after a `Welcome` of protocol 2 or later.
+    OpenFlow(Flow),
+    /// On the command flow: acknowledgements, progress, output and results.
+    Command(CommandUp),
+    /// On the file flow: chunks of pulled files, acknowledgements of pushed ones.
+    File(FileFrame),
 }
 
 /// Frames the appliance sends on a session stream.
@@ -37,6 +51,11 @@ pub enum ApplianceFrame {
     /// The appliance is closing the session; the reason tells the agent whether
     /// to retry.
     Close(Close),
+    // ---- session protocol 2 (see `crate::session`) ----
+    /// On the command flow: commands, cancellations and acknowledgements.
+    Command(CommandDown),
+    /// On the file flow: chunks of pushed files, acknowledgements of pulled ones.
+    File(FileFrame),
 }
 
 /// Opening message of a session.
@@ -66,6 +85,183 @@ pub struct Welcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     pub up_to_seq: u64,
+}
+
+/// The flows of a device session beyond records, each on its own QUIC
+/// stream (see `crate::session` for the mapping and flow control).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Flow {
+    /// The session stream: Hello/Welcome, records and their acks, Close.
+    Records,
+    /// Commands down; acknowledgements, output and results up.
+    Commands,
+    /// File chunks both ways, each direction acknowledged by the other.
+    Files,
+}
+
+impl Flow {
+    pub const ALL: [Flow; 3] = [Flow::Records, Flow::Commands, Flow::Files];
+
+    /// Stable label for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Flow::Records => "records",
+            Flow::Commands => "commands",
+            Flow::Files => "files",
+        }
+    }
+}
+
+/// A command pushed to an agent. The session carries `spec` without
+/// reading it (what to run, how, limits: the command executor's format).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Idempotency key: the agent runs a given id at most once.
+    pub id: CommandId,
+    #[serde(with = "raw_bytes")]
+    pub spec: Vec<u8>,
+}
+
+/// Command-flow frames from the appliance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandDown {
+    /// Run this command (at-least-once: re-sent after reconnects until acked).
+    Command(Command),
+    /// Stop the command if it runs; forget it if it has not started.
+    Cancel { id: CommandId },
+    /// The command's result is durable on the appliance: the agent may
+    /// forget it (and stops re-sending it).
+    ResultAck { id: CommandId },
+    /// The command's output up to this byte offset is durable on the appliance.
+    OutputAck { id: CommandId, up_to: u64 },
+}
+
+/// Command-flow frames from the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandUp {
+    /// The agent recorded the command id durably (whether it was new or a
+    /// redelivery): the appliance stops re-sending it.
+    Ack { id: CommandId },
+    /// The command's process started.
+    Started { id: CommandId, started_ms: u64 },
+    /// A piece of the command's output (stdout and stderr interleaved as
+    /// produced), at a byte offset: re-sent pieces are recognised by it.
+    Output(CommandOutput),
+    /// The command ended (or never started): sent until `ResultAck`.
+    Result(CommandResult),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandOutput {
+    pub id: CommandId,
+    pub offset: u64,
+    #[serde(with = "raw_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub id: CommandId,
+    pub outcome: CommandOutcome,
+    /// Output bytes the command produced in total (the output flow carries
+    /// at most this many).
+    pub output_bytes: u64,
+    pub finished_ms: u64,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandOutcome {
+    Exited {
+        code: i32,
+    },
+    /// Killed by a signal it did not expect (not a timeout or cancel).
+    Signaled {
+        signal: i32,
+    },
+    TimedOut,
+    Cancelled,
+    /// It was running when the agent or its host died; never re-run.
+    Interrupted,
+    /// The agent's policy refused it (never started).
+    Refused {
+        reason: String,
+    },
+    /// It could not be started (interpreter missing, bad working directory...).
+    FailedToStart {
+        message: String,
+    },
+}
+
+/// File-flow frames, the same in both directions: the sender of a transfer
+/// sends chunks, its receiver acknowledges them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileFrame {
+    Chunk(FileChunk),
+    /// The receiver holds the transfer's bytes durably up to this offset:
+    /// the sender's window moves, and after a reconnect it resumes here.
+    Ack {
+        transfer: TransferId,
+        up_to: u64,
+    },
+    /// Either side gives the transfer up.
+    Abort {
+        transfer: TransferId,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileChunk {
+    pub transfer: TransferId,
+    pub offset: u64,
+    #[serde(with = "raw_bytes")]
+    pub bytes: Vec<u8>,
+    /// The last chunk: the transfer's size is `offset + bytes.len()`.
+    pub last: bool,
+}
+
+/// Byte payloads as one byte string rather than a sequence of `u8`
+/// values: the same bincode encoding (a length, then the bytes), copied in
+/// one piece instead of decoded byte by byte.
+mod raw_bytes {
+    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+    use serde::ser::Serializer;
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    struct Bytes;
+
+    impl<'de> Visitor<'de> for Bytes {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("bytes")
+        }
+
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            // Human-readable formats write bytes as a list of numbers.
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(b) = seq.next_element::<u8>()? {
+                v.push(b);
+            }
+            Ok(v)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(Bytes)
+    }
 }
 
 /// Why the appliance closes a session.
@@ -362,6 +558,36 @@ pub(crate) fn sample_agent_frames() -> Vec<AgentFrame> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_payloads_encode_like_a_vec_of_u8_and_round_trip() {
+        let chunk = FileChunk {
+            transfer: TransferId([1; 16]),
+            offset: 300,
+            bytes: (0..=255u8).collect(),
+            last: true,
+        };
+        let plain = (
+            chunk.transfer,
+            chunk.offset,
+            chunk.bytes.clone(),
+            chunk.last,
+        );
+        let bin = crate::codec::encode(&chunk).unwrap();
+        assert_eq!(bin, crate::codec::encode(&plain).unwrap());
+        assert_eq!(crate::codec::decode::<FileChunk>(&bin).unwrap(), chunk);
+        let json = serde_json::to_string(&chunk).unwrap();
+        assert_eq!(serde_json::from_str::<FileChunk>(&json).unwrap(), chunk);
+        // A length beyond the input fails, without allocating it.
+        let mut bad = crate::codec::encode(&Command {
+            id: CommandId([0; 16]),
+            spec: vec![],
+        })
+        .unwrap();
+        bad.truncate(16);
+        bad.extend_from_slice(&[0xfc, 0xff, 0xff, 0xff, 0x7f]);
+        assert!(crate::codec::decode::<Command>(&bad).is_err());
+    }
 
     #[test]
     fn close_reason_codes_round_trip() {

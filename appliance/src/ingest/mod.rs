@@ -1,9 +1,11 @@
 //! Agent-facing QUIC service: the accept loop ([`server`]), enrollment
-//! ([`enroll`]), telemetry sessions ([`session`]), the registry of open
-//! sessions ([`live`]) and the group-commit writer thread ([`writer`]).
+//! ([`enroll`]), device sessions ([`session`]), the registry of open
+//! sessions ([`live`]), the seam to remote management ([`remote`]) and the
+//! group-commit writer thread ([`writer`]).
 
 pub mod enroll;
 pub mod live;
+pub mod remote;
 pub mod server;
 pub mod session;
 pub mod writer;
@@ -32,6 +34,9 @@ pub struct IngestCtx {
     pub session_max_bytes: u64,
     /// Cancelled when the appliance shuts down.
     pub shutdown: CancellationToken,
+    /// Remote management: told of sessions that carry commands and of
+    /// their command and file events ([`remote::NoRemote`] until commands exist).
+    pub remote: Arc<dyn remote::RemoteHost>,
 }
 
 impl std::fmt::Debug for IngestCtx {

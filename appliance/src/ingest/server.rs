@@ -37,8 +37,9 @@ pub fn bind(
         QuicServerConfig::try_from(tls).context("TLS configuration is not usable for QUIC")?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    // One session stream (plus one spare) per connection; no uni streams.
-    transport.max_concurrent_bidi_streams(2u32.into());
+    // The session stream, the command and file flows' streams (session
+    // protocol 2) and one spare per connection; no uni streams.
+    transport.max_concurrent_bidi_streams(4u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
     transport.max_idle_timeout(Some(
         Duration::from_secs(60).try_into().context("idle timeout")?,

@@ -1,20 +1,30 @@
-//! One agent session: authenticate by client certificate, Hello/Welcome,
-//! then read record frames into the writer queue and send cumulative acks as
-//! the writer makes records durable.
+//! One agent session: authenticate by client certificate, then drive the
+//! I/O-free session machine (`outpost_proto::session::appliance`): frames
+//! read from each flow's stream go into it; records it hands out go to the
+//! writer queue, and the acks the writer publishes go back into it as they
+//! become durable; command and file events go to the remote host
+//! ([`super::remote`]); what it transmits is written on each flow's own
+//! stream, so a flow whose reader is slow holds up only itself.
 //!
-//! A session reads its stream only while its records in the writer queue
-//! fit its byte budget ([`SessionBudget`]): over it, the session keeps
-//! sending acks but reads nothing, so QUIC flow control slows that agent
-//! alone. If the writer thread fails, the session closes with the reason.
+//! A session reads its records stream only while its records in the writer
+//! queue fit its byte budget ([`SessionBudget`]): over it, the session keeps
+//! sending acks (and serving its other flows) but reads no records, so QUIC
+//! flow control slows that agent alone. If the writer thread fails, the
+//! session closes with the reason.
+//!
+//! This module moves bytes; protocol decisions (ordering, versions,
+//! windows) are the machine's.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use outpost_proto::frame::{FrameError, FrameReader, write_frame};
-use outpost_proto::messages::{Ack, AgentFrame, ApplianceFrame, CloseReason, Record, Welcome};
+use outpost_proto::DeviceId;
+use outpost_proto::frame::{FrameReader, PendingWrites};
+use outpost_proto::messages::{AgentFrame, CloseReason, Flow, Record};
 use outpost_proto::pki::{CertIdentity, Principal};
-use outpost_proto::{DeviceId, PROTOCOL_VERSION};
+use outpost_proto::session::appliance::{ApplianceConfig, ApplianceEvent, ApplianceSession};
 use outpost_storage::ingest::IncomingRecords;
 use outpost_storage::registry;
 use rustls::pki_types::CertificateDer;
@@ -22,6 +32,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::IngestCtx;
+use super::remote::{LinkInbox, LinkInput, RemoteLink};
 use super::writer::{AckState, SessionBudget};
 use crate::metrics::labels::KindLabel;
 
@@ -107,7 +118,7 @@ pub async fn serve(conn: quinn::Connection, ctx: Arc<IngestCtx>) {
     };
     let span = info_span!("session", device = %device, %remote);
     let reg = ctx.live.insert(device, conn.clone());
-    match run(&conn, &ctx, device).instrument(span.clone()).await {
+    match run(&conn, &ctx, device, reg).instrument(span.clone()).await {
         Ok(()) => {}
         Err((reason, message)) => {
             span.in_scope(|| warn!(reason = reason.label(), message, "session closed"));
@@ -131,49 +142,115 @@ fn writer_error(ctx: &IngestCtx, e: anyhow::Error) -> (CloseReason, String) {
     }
 }
 
-/// What to do after the writer published a new ack state.
-enum AckStep {
-    Continue,
-    /// The agent's stream is gone: the session is over.
-    StreamGone,
+/// The session machine's clock: milliseconds since the session started.
+struct Clock(tokio::time::Instant);
+
+impl Clock {
+    fn now(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+
+    fn at(&self, ms: u64) -> tokio::time::Instant {
+        self.0 + Duration::from_millis(ms)
+    }
 }
 
-/// Forwards the ack the writer published, if it moved past `acked`.
-async fn on_ack_changed(
-    changed: Result<(), watch::error::RecvError>,
-    ack_rx: &mut watch::Receiver<AckState>,
-    acked: &mut u64,
-    send: &mut quinn::SendStream,
-    out: &mut BytesMut,
-    ctx: &IngestCtx,
-) -> Result<AckStep, (CloseReason, String)> {
-    if changed.is_err() {
-        return Err((CloseReason::Internal, "writer stopped".into()));
+/// The receiving half of a further stream of the session: the command or
+/// the file flow, named by its first frame.
+struct FlowRead {
+    flow: Option<Flow>,
+    recv: quinn::RecvStream,
+    reader: FrameReader,
+    /// The agent finished (or reset) its side: nothing more to read.
+    done: bool,
+}
+
+/// The sending half of a further stream.
+struct FlowWrite {
+    flow: Option<Flow>,
+    send: quinn::SendStream,
+    out: PendingWrites,
+}
+
+/// Largest chunk taken from a further stream at once.
+const FLOW_READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Reads more of a further stream (pending forever when there is none).
+/// Reads QUIC's own chunks: an idle stream holds no read buffer here.
+async fn fill(slot: &mut Option<FlowRead>) -> Result<Option<bytes::Bytes>, quinn::ReadError> {
+    match slot {
+        Some(fr) if !fr.done => fr
+            .recv
+            .read_chunk(FLOW_READ_CHUNK_BYTES, true)
+            .await
+            .map(|c| c.map(|c| c.bytes)),
+        _ => std::future::pending().await,
     }
-    let state = ack_rx.borrow_and_update().clone();
-    match state {
-        AckState::Acked(n) if n > *acked => {
-            *acked = n;
-            if !send_ack(send, out, *acked, ctx).await {
-                return Ok(AckStep::StreamGone);
-            }
-            Ok(AckStep::Continue)
+}
+
+/// Writes what waits on a further stream (pending forever when nothing does).
+async fn drive(slot: &mut Option<FlowWrite>) -> std::io::Result<()> {
+    match slot {
+        Some(fw) if !fw.out.is_empty() => fw.out.drive(&mut fw.send).await,
+        _ => std::future::pending().await,
+    }
+}
+
+async fn recv_input(
+    inputs: &mut Option<tokio::sync::mpsc::UnboundedReceiver<LinkInput>>,
+) -> Option<LinkInput> {
+    match inputs {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_chunk(
+    chunks: &mut Option<tokio::sync::mpsc::Receiver<outpost_proto::messages::FileChunk>>,
+) -> Option<outpost_proto::messages::FileChunk> {
+    match chunks {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+type Submit<'a> = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>;
+
+async fn submitted(slot: &mut Option<(u64, Submit<'_>)>) -> (u64, anyhow::Result<()>) {
+    match slot {
+        Some((max, fut)) => (*max, fut.await),
+        None => std::future::pending().await,
+    }
+}
+
+fn closed(s: &ApplianceSession) -> SessionResult {
+    match s.close_reason() {
+        Some((reason, message)) => Err((reason, message.to_string())),
+        None => Ok(()),
+    }
+}
+
+/// Moves what the machine transmits into each flow's pending writes.
+fn route(s: &mut ApplianceSession, out: &mut PendingWrites, writes: &mut [Option<FlowWrite>; 2]) {
+    while let Some(t) = s.poll_transmit() {
+        if t.flow == Flow::Records {
+            out.push(&t.data);
+        } else if let Some(fw) = writes
+            .iter_mut()
+            .flatten()
+            .find(|fw| fw.flow == Some(t.flow))
+        {
+            fw.out.push(&t.data);
         }
-        AckState::Acked(_) => Ok(AckStep::Continue),
-        AckState::Failed(msg) => Err((CloseReason::Internal, msg)),
     }
 }
 
-fn frame_error(e: FrameError) -> (CloseReason, String) {
-    let reason = match &e {
-        FrameError::Oversize { .. } => CloseReason::OversizeFrame,
-        _ => CloseReason::MalformedFrame,
-    };
-    (reason, e.to_string())
-}
-
-async fn run(conn: &quinn::Connection, ctx: &IngestCtx, device: DeviceId) -> SessionResult {
-    let m = &ctx.metrics;
+async fn run(
+    conn: &quinn::Connection,
+    ctx: &IngestCtx,
+    device: DeviceId,
+    reg: u64,
+) -> SessionResult {
     let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
         .await
         .map_err(|_| {
@@ -183,30 +260,33 @@ async fn run(conn: &quinn::Connection, ctx: &IngestCtx, device: DeviceId) -> Ses
             )
         })?
         .map_err(|e| (CloseReason::Normal, format!("connection lost: {e}")))?;
+    let clock = Clock(tokio::time::Instant::now());
+    let mut s = ApplianceSession::new(
+        ApplianceConfig {
+            device,
+            max_frame_bytes: ctx.max_frame_bytes,
+            hello_timeout_ms: HELLO_TIMEOUT.as_millis() as u64,
+        },
+        clock.now(),
+    );
     let mut reader = FrameReader::new(ctx.max_frame_bytes);
-    let hello =
-        match tokio::time::timeout(HELLO_TIMEOUT, reader.next::<AgentFrame, _>(&mut recv)).await {
-            Err(_) => return Err((CloseReason::ProtocolViolation, "no Hello received".into())),
-            Ok(Err(e)) => return Err(frame_error(e)),
-            Ok(Ok(None)) => return Err((CloseReason::Normal, "stream closed before Hello".into())),
-            Ok(Ok(Some(AgentFrame::Hello(h)))) => h,
-            Ok(Ok(Some(_))) => {
-                return Err((
-                    CloseReason::ProtocolViolation,
-                    "first frame must be Hello".into(),
-                ));
-            }
-        };
-    if hello.protocol_version != PROTOCOL_VERSION {
-        return Err((
-            CloseReason::UnsupportedVersion,
-            format!(
-                "agent speaks protocol {}, this appliance speaks {PROTOCOL_VERSION}",
-                hello.protocol_version
-            ),
-        ));
+    let deadline = s.poll_timeout().unwrap_or(0);
+    match tokio::time::timeout_at(clock.at(deadline), reader.next::<AgentFrame, _>(&mut recv)).await
+    {
+        Err(_) => s.handle_timeout(deadline.max(clock.now())),
+        Ok(Err(e)) => s.handle_malformed(Flow::Records, &e),
+        Ok(Ok(None)) => return Err((CloseReason::Normal, "stream closed before Hello".into())),
+        Ok(Ok(Some(frame))) => s.handle_frame(Flow::Records, frame, clock.now()),
     }
+    closed(&s)?;
+    let Some(ApplianceEvent::Hello(hello)) = s.poll_event() else {
+        return Err((
+            CloseReason::Internal,
+            "the session machine lost the Hello".into(),
+        ));
+    };
     let agent_version = hello.agent_version.clone();
+    let offered = hello.protocol_version;
     let last_seq = ctx.writer.session(device, hello).await.map_err(|e| {
         if ctx.writer.health().failure().is_some() {
             (CloseReason::Internal, ctx.writer.health().close_message())
@@ -214,44 +294,100 @@ async fn run(conn: &quinn::Connection, ctx: &IngestCtx, device: DeviceId) -> Ses
             (CloseReason::Internal, format!("{e:#}"))
         }
     })?;
-    let mut out = BytesMut::new();
-    let welcome = ApplianceFrame::Welcome(Welcome {
-        protocol_version: PROTOCOL_VERSION,
-        device_id: device,
-        last_stored_seq: last_seq,
-        max_frame_bytes: ctx.max_frame_bytes as u32,
-    });
-    write_frame(&welcome, &mut out, ctx.max_frame_bytes).map_err(frame_error)?;
-    send.write_all(&out)
+    s.accept(last_seq);
+    closed(&s)?;
+    let mut out = PendingWrites::new();
+    route(&mut s, &mut out, &mut [None, None]);
+    out.drive(&mut send)
         .await
         .map_err(|e| (CloseReason::Normal, format!("connection lost: {e}")))?;
-    info!(last_seq, agent_version, "session established");
+    let protocol = s.protocol_version().unwrap_or(offered);
+    info!(last_seq, agent_version, protocol, "session established");
 
+    let link = if s.has_remote_flows() {
+        let (link, inbox) = RemoteLink::new(device);
+        ctx.live.set_link(device, reg, link.clone());
+        ctx.remote.session_up(device, link.clone());
+        Some((link, inbox))
+    } else {
+        None
+    };
+    let (link, inbox) = match link {
+        Some((l, i)) => (Some(l), Some(i)),
+        None => (None, None),
+    };
+    let r = serve_flows(
+        conn, ctx, device, s, reader, send, recv, out, inbox, last_seq, &clock,
+    )
+    .await;
+    if let Some(link) = &link {
+        ctx.remote.session_down(device, link);
+    }
+    r
+}
+
+/// The established session: records, acks and the further flows until the
+/// session ends.
+#[allow(clippy::too_many_arguments)]
+async fn serve_flows(
+    conn: &quinn::Connection,
+    ctx: &IngestCtx,
+    device: DeviceId,
+    mut s: ApplianceSession,
+    mut reader: FrameReader,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    mut out: PendingWrites,
+    inbox: Option<LinkInbox>,
+    last_seq: u64,
+    clock: &Clock,
+) -> SessionResult {
+    let m = &ctx.metrics;
     let (ack_tx, mut ack_rx) = watch::channel(AckState::Acked(last_seq));
     let ack_tx = Arc::new(ack_tx);
     let budget = SessionBudget::new(ctx.session_max_bytes);
-    let mut acked = last_seq;
-    let mut submitted = last_seq;
+    let mut submitted_up_to = last_seq;
+    let mut submitting: Option<(u64, Submit<'_>)> = None;
+    let mut goodbye = false;
     let mut bytes_seen = reader.bytes_read();
+    let mut reads: [Option<FlowRead>; 2] = [None, None];
+    let mut writes: [Option<FlowWrite>; 2] = [None, None];
+    let (mut inputs, mut chunks) = match inbox {
+        Some(i) => (Some(i.rx), Some(i.files)),
+        None => (None, None),
+    };
     loop {
+        let [read0, read1] = &mut reads;
+        let [write0, write1] = &mut writes;
         tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => {
                 // Ack what becomes durable, then leave.
-                acked = drain_acks(&mut ack_rx, acked, submitted).await;
-                send_ack(&mut send, &mut out, acked, ctx).await;
+                let acked = drain_acks(&mut ack_rx, s.acked(), submitted_up_to).await;
+                ack(&mut s, acked, ctx);
+                route(&mut s, &mut out, &mut writes);
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, out.drive(&mut send)).await;
                 return Err((CloseReason::ShuttingDown, "appliance shutting down; reconnect later".into()));
             }
             _ = ctx.writer.health().failed() => {
                 return Err((CloseReason::Internal, ctx.writer.health().close_message()));
             }
             changed = ack_rx.changed() => {
-                match on_ack_changed(changed, &mut ack_rx, &mut acked, &mut send, &mut out, ctx).await? {
-                    AckStep::Continue => {}
-                    AckStep::StreamGone => return Ok(()),
+                if changed.is_err() {
+                    return Err((CloseReason::Internal, "writer stopped".into()));
+                }
+                let state = ack_rx.borrow_and_update().clone();
+                match state {
+                    AckState::Acked(n) => ack(&mut s, n, ctx),
+                    AckState::Failed(msg) => return Err((CloseReason::Internal, msg)),
                 }
             }
-            read = reader.fill(&mut recv) => {
+            (max, r) = submitted(&mut submitting) => {
+                submitting = None;
+                r.map_err(|e| writer_error(ctx, e))?;
+                submitted_up_to = submitted_up_to.max(max);
+            }
+            read = reader.fill(&mut recv), if submitting.is_none() => {
                 match read {
                     Ok(true) => {}
                     Ok(false) => {
@@ -266,69 +402,200 @@ async fn run(conn: &quinn::Connection, ctx: &IngestCtx, device: DeviceId) -> Ses
                 let now_read = reader.bytes_read();
                 m.bytes_received.inc_by(now_read - bytes_seen);
                 bytes_seen = now_read;
-                let mut records: Vec<Record> = Vec::new();
-                let mut goodbye = false;
+                let now = clock.now();
                 loop {
                     match reader.try_next::<AgentFrame>() {
-                        Ok(Some(AgentFrame::Records(rs))) => {
+                        Ok(Some(frame)) => {
                             m.frames_received.inc();
-                            count_kinds(ctx, &rs);
-                            if records.is_empty() { records = rs; } else { records.extend(rs); }
-                        }
-                        Ok(Some(AgentFrame::Goodbye { reason })) => {
-                            m.frames_received.inc();
-                            info!(reason, "agent said goodbye");
-                            goodbye = true;
-                        }
-                        Ok(Some(AgentFrame::Hello(_))) => {
-                            return Err((CloseReason::ProtocolViolation, "second Hello".into()));
-                        }
-                        Ok(None) => break,
-                        Err(e) => return Err(frame_error(e)),
-                    }
-                }
-                if let Some(max) = records.iter().map(|r| r.seq).max() {
-                    // Waits for budget (reading nothing meanwhile) but keeps
-                    // forwarding acks: a slow queue must not starve them.
-                    let submit = ctx.writer.submit(
-                        IncomingRecords { device, records },
-                        ack_tx.clone(),
-                        &budget,
-                    );
-                    tokio::pin!(submit);
-                    loop {
-                        tokio::select! {
-                            biased;
-                            r = &mut submit => {
-                                r.map_err(|e| writer_error(ctx, e))?;
+                            if let AgentFrame::Records(rs) = &frame {
+                                count_kinds(ctx, rs);
+                            }
+                            s.handle_frame(Flow::Records, frame, now);
+                            if s.is_closed() {
                                 break;
                             }
-                            _ = ctx.shutdown.cancelled() => {
-                                acked = drain_acks(&mut ack_rx, acked, submitted).await;
-                                send_ack(&mut send, &mut out, acked, ctx).await;
-                                return Err((CloseReason::ShuttingDown, "appliance shutting down; reconnect later".into()));
-                            }
-                            _ = ctx.writer.health().failed() => {
-                                return Err((CloseReason::Internal, ctx.writer.health().close_message()));
-                            }
-                            changed = ack_rx.changed() => {
-                                match on_ack_changed(changed, &mut ack_rx, &mut acked, &mut send, &mut out, ctx).await? {
-                                    AckStep::Continue => {}
-                                    AckStep::StreamGone => return Ok(()),
-                                }
-                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            s.handle_malformed(Flow::Records, &e);
+                            break;
                         }
                     }
-                    submitted = submitted.max(max);
                 }
-                if goodbye {
-                    // Let the last records become durable and acked.
-                    acked = drain_acks(&mut ack_rx, acked, submitted).await;
-                    send_ack(&mut send, &mut out, acked, ctx).await;
+            }
+            read = fill(read0) => read_flow(&mut s, read0, write0, read, clock.now()),
+            read = fill(read1) => read_flow(&mut s, read1, write1, read, clock.now()),
+            r = out.drive(&mut send), if !out.is_empty() => {
+                if r.is_err() {
+                    // The agent's stream is gone: the session is over.
                     return Ok(());
                 }
             }
+            r = drive(write0) => {
+                if let Err(e) = r {
+                    debug!(error = %e, "a flow stream ended");
+                    *write0 = None;
+                }
+            }
+            r = drive(write1) => {
+                if let Err(e) = r {
+                    debug!(error = %e, "a flow stream ended");
+                    *write1 = None;
+                }
+            }
+            accepted = conn.accept_bi(), if s.has_remote_flows() && (read0.is_none() || read1.is_none()) => {
+                match accepted {
+                    Ok((send, recv)) => {
+                        let (r, w) = if read0.is_none() { (read0, write0) } else { (read1, write1) };
+                        *r = Some(FlowRead {
+                            flow: None,
+                            recv,
+                            reader: FrameReader::new(ctx.max_frame_bytes),
+                            done: false,
+                        });
+                        *w = Some(FlowWrite {
+                            flow: None,
+                            send,
+                            out: PendingWrites::new(),
+                        });
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "connection ended");
+                        return Ok(());
+                    }
+                }
+            }
+            input = recv_input(&mut inputs) => {
+                match input {
+                    Some(input) => apply_input(&mut s, input, ctx),
+                    None => inputs = None,
+                }
+            }
+            chunk = recv_chunk(&mut chunks), if s.file_room() > 0 => {
+                match chunk {
+                    Some(chunk) => {
+                        if let Err(e) = s.send_file_chunk(chunk) {
+                            warn!(error = %e, "file chunk not sent");
+                            m.reject("file_chunk_refused");
+                        }
+                    }
+                    None => chunks = None,
+                }
+            }
         }
+        closed(&s)?;
+        // Act on what the frames said.
+        let mut batch: Vec<Record> = Vec::new();
+        while let Some(ev) = s.poll_event() {
+            match ev {
+                ApplianceEvent::Records(rs) => {
+                    if batch.is_empty() {
+                        batch = rs;
+                    } else {
+                        batch.extend(rs);
+                    }
+                }
+                ApplianceEvent::Goodbye { reason } => {
+                    info!(reason, "agent said goodbye");
+                    goodbye = true;
+                }
+                ApplianceEvent::Hello(_) => {}
+                other => ctx.remote.event(device, other),
+            }
+        }
+        if let Some(max) = batch.iter().map(|r| r.seq).max() {
+            // Waits for budget (reading no records meanwhile) while acks
+            // and the other flows go on.
+            let fut = ctx.writer.submit(
+                IncomingRecords {
+                    device,
+                    records: batch,
+                },
+                ack_tx.clone(),
+                &budget,
+            );
+            submitting = Some((max, Box::pin(fut)));
+        }
+        if goodbye && submitting.is_none() {
+            // Let the last records become durable and acked.
+            let acked = drain_acks(&mut ack_rx, s.acked(), submitted_up_to).await;
+            ack(&mut s, acked, ctx);
+            route(&mut s, &mut out, &mut writes);
+            let _ = out.drive(&mut send).await;
+            return Ok(());
+        }
+        route(&mut s, &mut out, &mut writes);
+        if !out.is_empty() && out.write_now(&mut send).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Hands the writer's ack to the machine (an Ack frame if it moved).
+fn ack(s: &mut ApplianceSession, up_to: u64, ctx: &IngestCtx) {
+    let before = s.acked();
+    s.records_durable(up_to);
+    if s.acked() > before {
+        ctx.metrics.acks_sent.inc();
+    }
+}
+
+/// Feeds what a further stream delivered to the machine.
+fn read_flow(
+    s: &mut ApplianceSession,
+    slot: &mut Option<FlowRead>,
+    write: &mut Option<FlowWrite>,
+    read: Result<Option<bytes::Bytes>, quinn::ReadError>,
+    now: u64,
+) {
+    let Some(fr) = slot else { return };
+    match read {
+        Ok(Some(bytes)) => fr.reader.push(&bytes),
+        Ok(None) | Err(_) => {
+            fr.done = true;
+            return;
+        }
+    }
+    loop {
+        match fr.reader.try_next::<AgentFrame>() {
+            Ok(Some(frame)) => match (fr.flow, frame) {
+                (None, AgentFrame::OpenFlow(flow)) => {
+                    s.handle_open_flow(flow, now);
+                    fr.flow = Some(flow);
+                    if let Some(w) = write {
+                        w.flow = Some(flow);
+                    }
+                }
+                (None, _) => s.close(
+                    CloseReason::ProtocolViolation,
+                    "a further stream must start with OpenFlow",
+                ),
+                (Some(flow), frame) => s.handle_frame(flow, frame, now),
+            },
+            Ok(None) => break,
+            Err(e) => s.handle_malformed(fr.flow.unwrap_or(Flow::Commands), &e),
+        }
+        if s.is_closed() {
+            break;
+        }
+    }
+    // These streams are idle most of the time: keep no buffer between frames.
+    fr.reader.shrink_if_empty();
+}
+
+/// Applies what the remote host asked for.
+fn apply_input(s: &mut ApplianceSession, input: LinkInput, ctx: &IngestCtx) {
+    let r = match input {
+        LinkInput::SendCommand(c) => s.send_command(c),
+        LinkInput::CancelCommand(id) => s.cancel_command(id).map(|_| ()),
+        LinkInput::AckResult(id) => s.ack_result(id),
+        LinkInput::AckOutput(id, up_to) => s.ack_output(id, up_to),
+        LinkInput::AckFile(t, up_to) => s.ack_file(t, up_to),
+        LinkInput::AbortFile(t, reason) => s.abort_file(t, &reason),
+    };
+    if let Err(e) = r {
+        warn!(error = %e, "remote request not sent");
+        ctx.metrics.reject("remote_request_refused");
     }
 }
 
@@ -368,31 +635,5 @@ fn count_kinds(ctx: &IngestCtx, rs: &[Record]) {
                 })
                 .inc_by(n);
         }
-    }
-}
-
-/// Sends a cumulative ack. Returns false if the stream is gone.
-async fn send_ack(
-    send: &mut quinn::SendStream,
-    out: &mut BytesMut,
-    up_to: u64,
-    ctx: &IngestCtx,
-) -> bool {
-    out.clear();
-    if write_frame(
-        &ApplianceFrame::Ack(Ack { up_to_seq: up_to }),
-        out,
-        ctx.max_frame_bytes,
-    )
-    .is_err()
-    {
-        return false;
-    }
-    match send.write_all(out).await {
-        Ok(()) => {
-            ctx.metrics.acks_sent.inc();
-            true
-        }
-        Err(_) => false,
     }
 }
