@@ -1,5 +1,6 @@
 //! The workspace's dependency direction: the appliance never links central
-//! code (DESIGN.md, "Workspace"). Reads the resolved dependency graph with
+//! code (DESIGN.md, "Workspace"), and the crates the fuzz targets build
+//! (`fuzz/`) link no RocksDB. Reads the resolved dependency graph with
 //! `cargo tree` (no build), so it takes well under a second.
 
 use std::process::Command;
@@ -16,6 +17,11 @@ const CENTRAL_ONLY: &[&str] = &[
 
 /// Names of the crates in `cargo tree -p <package> -e normal`.
 fn normal_dependencies(package: &str) -> Vec<String> {
+    normal_dependencies_with(package, &[])
+}
+
+/// Names of the crates in `cargo tree -p <package> -e normal <extra>`.
+fn normal_dependencies_with(package: &str, extra: &[&str]) -> Vec<String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
     let out = Command::new(cargo)
@@ -30,6 +36,7 @@ fn normal_dependencies(package: &str) -> Vec<String> {
             "none",
         ])
         .args(["--manifest-path", manifest])
+        .args(extra)
         .output()
         .expect("running cargo tree");
     assert!(
@@ -63,4 +70,38 @@ fn the_appliance_links_no_central_only_crate() {
     for c in &CENTRAL_ONLY[1..] {
         assert!(central.iter().any(|d| d == c), "{c} not in central's tree");
     }
+}
+
+/// The workspace crates holding the parsers `fuzz/` fuzzes, with the cargo
+/// flags the fuzz build uses for them.
+const FUZZED_CRATES: &[(&str, &[&str])] = &[
+    ("outpost-proto", &[]),
+    ("outpost-uplink", &["--no-default-features"]),
+];
+
+/// Crates that mean "links RocksDB" (the C++ build takes ~10 minutes and
+/// every sanitizer flag change rebuilds it).
+const ROCKSDB_CRATES: &[&str] = &["rocksdb", "librocksdb-sys", "outpost-storage"];
+
+#[test]
+fn the_fuzzed_parsers_link_no_rocksdb() {
+    for (package, flags) in FUZZED_CRATES {
+        let deps = normal_dependencies_with(package, flags);
+        assert!(
+            deps.iter().any(|d| d == package),
+            "the tree should list {package} itself: {deps:?}"
+        );
+        for c in ROCKSDB_CRATES {
+            assert!(
+                !deps.iter().any(|d| d == c),
+                "{package} {flags:?} depends on {c}: the fuzz build would link RocksDB \
+                 (see `cargo tree -p {package} {} -e normal -i {c}`)",
+                flags.join(" ")
+            );
+        }
+    }
+    // The check is not vacuous: with its default (appliance) feature the
+    // uplink crate does link RocksDB.
+    let uplink = normal_dependencies("outpost-uplink");
+    assert!(uplink.iter().any(|d| d == "librocksdb-sys"), "{uplink:?}");
 }
