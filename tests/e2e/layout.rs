@@ -77,6 +77,7 @@ fn the_appliance_links_no_central_only_crate() {
 const FUZZED_CRATES: &[(&str, &[&str])] = &[
     ("outpost-proto", &[]),
     ("outpost-uplink", &["--no-default-features"]),
+    ("outpost-alerting", &[]),
 ];
 
 /// Crates that mean "links RocksDB" (the C++ build takes ~10 minutes and
