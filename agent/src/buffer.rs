@@ -181,8 +181,10 @@ impl Buffer {
         Ok(())
     }
 
-    /// Up to `max_records` records (and about `max_bytes` of payload) with
-    /// `seq >= from`, in order. Corrupt entries are removed and counted.
+    /// Up to `max_records` records with `seq >= from`, in order, whose
+    /// stored sizes add up to at most `max_bytes` (the first record is
+    /// returned even if it alone is larger, so that the caller sees it).
+    /// Corrupt entries are removed and counted.
     pub fn read_from(
         &mut self,
         from: u64,
@@ -204,6 +206,9 @@ impl Buffer {
                 .flatten();
             match decoded {
                 Some(rec) => {
+                    if !out.is_empty() && size.saturating_add(v.len()) > max_bytes {
+                        break;
+                    }
                     size += v.len();
                     out.push(rec);
                     if out.len() >= max_records || size >= max_bytes {
@@ -221,6 +226,20 @@ impl Buffer {
             self.corrupt += 1;
         }
         Ok(out)
+    }
+
+    /// Removes record `seq`, which can never be delivered (larger than the
+    /// appliance's frame limit), and counts it in `dropped` like a record
+    /// the size bound dropped. Returns whether it was there.
+    pub fn drop_undeliverable(&mut self, seq: u64) -> Result<bool> {
+        let Some(v) = self.records.remove(seq.to_be_bytes())? else {
+            return Ok(false);
+        };
+        self.bytes = self.bytes.saturating_sub(v.len() as u64);
+        self.count = self.count.saturating_sub(1);
+        self.dropped += 1;
+        self.meta.insert(DROPPED, &self.dropped.to_be_bytes())?;
+        Ok(true)
     }
 
     /// Sequence number of the oldest buffered record.

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
 use bytes::BytesMut;
-use outpost_proto::frame::{FrameReader, write_frame};
+use outpost_proto::frame::{FrameError, FrameReader, write_frame};
 use outpost_proto::messages::{
     AgentFrame, ApplianceFrame, Close, CloseReason, Heartbeat, Hello, RecordBody,
 };
@@ -29,9 +29,15 @@ use crate::net;
 use crate::status::{Connection, LinkState};
 
 /// Records per `Records` frame, and payload bytes per frame (well under the
-/// frame limit).
+/// default frame limit; a smaller limit announced in the appliance's
+/// `Welcome` lowers it).
 const FRAME_RECORDS: usize = 512;
 const FRAME_BYTES: usize = 256 * 1024;
+/// The smallest frame limit the agent accepts from an appliance (the
+/// appliance refuses a configuration below it). Below it, records that fit
+/// any sane limit would be dropped as undeliverable: a broken or hostile
+/// appliance must not make the agent empty its buffer.
+const MIN_FRAME_BYTES: usize = 1024;
 /// How long the appliance has to answer Hello.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -224,7 +230,14 @@ async fn connect_and_stream(
         "session established"
     );
 
-    let max_frame = (welcome.max_frame_bytes as usize).min(DEFAULT_MAX_FRAME_BYTES);
+    let max_frame = welcome.max_frame_bytes as usize;
+    if max_frame < MIN_FRAME_BYTES {
+        return Err(anyhow!(
+            "the appliance announced a frame limit of {max_frame} bytes, below the \
+             {MIN_FRAME_BYTES} bytes every appliance accepts; not sending (check its max_frame_bytes)"
+        ));
+    }
+    let max_frame = max_frame.min(DEFAULT_MAX_FRAME_BYTES);
     // Liveness: with records in flight, silence from the appliance for
     // `ack_timeout` means the connection is dead (appliance crashed, network
     // gone); reconnecting beats waiting for QUIC's backed-off probes.
@@ -272,28 +285,26 @@ async fn connect_and_stream(
     let sender = async {
         let mut cursor = shared.buffer().first_seq()?.unwrap_or(0);
         loop {
-            let batch = {
+            let last = {
                 let mut b = shared.buffer();
                 let in_flight = cursor.saturating_sub(b.acked().saturating_add(1));
                 if in_flight >= cfg.max_in_flight_records {
-                    Vec::new()
+                    None
                 } else {
-                    let from = cursor.max(b.acked() + 1);
-                    b.read_from(from, FRAME_RECORDS, FRAME_BYTES)?
+                    let from = cursor.max(b.acked().saturating_add(1));
+                    next_frame(&mut b, from, max_frame, &mut out)?
                 }
             };
-            if batch.is_empty() {
+            let Some(last) = last else {
                 shared.wake.notified().await;
                 continue;
-            }
-            cursor = batch.last().map(|r| r.seq + 1).unwrap_or(cursor);
+            };
+            cursor = last.saturating_add(1);
             if sent_up_to.load(Ordering::Relaxed) <= shared.buffer().acked() {
                 // Nothing was in flight: the ack clock starts now.
                 last_rx_ms.store(now_ms(), Ordering::Relaxed);
             }
-            sent_up_to.store(cursor - 1, Ordering::Relaxed);
-            out.clear();
-            write_frame(&AgentFrame::Records(batch), &mut out, max_frame)?;
+            sent_up_to.store(last, Ordering::Relaxed);
             send.write_all(&out).await.map_err(|e| anyhow!(e))?;
         }
         #[allow(unreachable_code)]
@@ -320,6 +331,60 @@ async fn connect_and_stream(
         conn.close(CloseReason::Normal.code().into(), b"agent stopping");
     }
     end
+}
+
+/// Encodes into `out` the next `Records` frame: the buffered records from
+/// `from` on, as many as fit in `max_frame` bytes (the limit the appliance
+/// announced in its `Welcome`), at most [`FRAME_RECORDS`] and
+/// [`FRAME_BYTES`]. Returns the last sequence number in the frame, or `None`
+/// when there is nothing to send.
+///
+/// A record that alone exceeds `max_frame` can never be delivered to this
+/// appliance: it is dropped from the buffer, counted in `dropped` (reported
+/// in heartbeats) and logged, so the backlog behind it drains.
+pub fn next_frame(
+    b: &mut Buffer,
+    mut from: u64,
+    max_frame: usize,
+    out: &mut BytesMut,
+) -> anyhow::Result<Option<u64>> {
+    loop {
+        let batch = b.read_from(from, FRAME_RECORDS, FRAME_BYTES.min(max_frame))?;
+        let Some(first) = batch.first().map(|r| r.seq) else {
+            return Ok(None);
+        };
+        let mut records = batch;
+        loop {
+            out.clear();
+            let n = records.len();
+            let last = records.last().map(|r| r.seq).unwrap_or(first);
+            let frame = AgentFrame::Records(records);
+            match write_frame(&frame, out, max_frame) {
+                Ok(()) => return Ok(Some(last)),
+                // The stored sizes bound the frame, so this is not expected;
+                // halving keeps the sender going if the encoding ever differs.
+                Err(FrameError::Oversize { .. }) if n > 1 => {
+                    let AgentFrame::Records(mut r) = frame else {
+                        return Err(anyhow!("internal error: a Records frame changed kind"));
+                    };
+                    r.truncate(n / 2);
+                    records = r;
+                }
+                Err(FrameError::Oversize { len, max }) => {
+                    warn!(
+                        seq = first,
+                        len,
+                        max,
+                        "dropping a record larger than the appliance's frame limit (max_frame_bytes)"
+                    );
+                    b.drop_undeliverable(first)?;
+                    from = first.saturating_add(1);
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
 }
 
 /// The appliance's close reason, if it closed the connection.
@@ -436,4 +501,90 @@ fn spawn_collectors(
         }));
     }
     tasks
+}
+
+#[cfg(test)]
+mod tests {
+    use outpost_proto::frame::{decode_payload, split_frame};
+    use outpost_proto::messages::{Inventory, MetricValue, MetricsSample, Record};
+
+    use super::*;
+
+    fn metrics(n: usize) -> RecordBody {
+        RecordBody::Metrics(MetricsSample {
+            values: (0..n)
+                .map(|i| MetricValue {
+                    name: format!("metric_{i}"),
+                    label: "/var/lib/something".into(),
+                    value: i as f64,
+                })
+                .collect(),
+        })
+    }
+
+    /// Drains the buffer the way the sender does: frame after frame from
+    /// the first record, each acked at once. Returns the frames' records.
+    fn drain(b: &mut Buffer, max_frame: usize) -> Vec<Vec<Record>> {
+        let mut frames = Vec::new();
+        let mut out = BytesMut::new();
+        let mut from = b.first_seq().unwrap().unwrap_or(0);
+        while let Some(last) = next_frame(b, from, max_frame, &mut out).unwrap() {
+            let mut buf = out.clone();
+            let payload = split_frame(&mut buf, max_frame)
+                .expect("within the appliance's limit")
+                .expect("one whole frame");
+            assert!(buf.is_empty());
+            let AgentFrame::Records(records) = decode_payload(&payload).unwrap() else {
+                panic!("not a Records frame");
+            };
+            assert_eq!(records.last().unwrap().seq, last);
+            frames.push(records);
+            b.ack(last).unwrap();
+            from = last + 1;
+        }
+        frames
+    }
+
+    #[test]
+    fn a_backlog_drains_in_frames_within_the_appliances_limit() {
+        for max_frame in [MIN_FRAME_BYTES, 4096, 100_000, DEFAULT_MAX_FRAME_BYTES] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut b = Buffer::open(dir.path(), 64 << 20).unwrap();
+            for i in 0..150 {
+                b.append(i, metrics(1 + (i as usize % 12))).unwrap();
+            }
+            let frames = drain(&mut b, max_frame);
+            let seqs: Vec<u64> = frames.iter().flatten().map(|r| r.seq).collect();
+            assert_eq!(seqs, (1..=150).collect::<Vec<_>>(), "max_frame {max_frame}");
+            assert!(b.is_empty());
+            assert_eq!(b.dropped(), 0, "max_frame {max_frame}");
+            if max_frame == 4096 {
+                assert!(frames.len() >= 5, "{} frames", frames.len());
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_larger_than_the_appliances_limit_is_dropped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Buffer::open(dir.path(), 64 << 20).unwrap();
+        b.append(1, metrics(3)).unwrap();
+        b.append(
+            2,
+            RecordBody::Inventory(Box::new(Inventory {
+                hostname: "h".repeat(5_000),
+                ..Inventory::default()
+            })),
+        )
+        .unwrap();
+        for i in 3..=20 {
+            b.append(i, metrics(3)).unwrap();
+        }
+        let frames = drain(&mut b, 4096);
+        let seqs: Vec<u64> = frames.iter().flatten().map(|r| r.seq).collect();
+        let want: Vec<u64> = (1..=20).filter(|s| *s != 2).collect();
+        assert_eq!(seqs, want, "the backlog behind it drains");
+        assert_eq!(b.dropped(), 1);
+        assert!(b.is_empty());
+    }
 }

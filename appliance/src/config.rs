@@ -71,6 +71,30 @@ pub struct IngestConfig {
     /// buckets close in seconds).
     #[serde(with = "humantime_serde")]
     pub rollup_bucket: Duration,
+    /// Memory of the records one session read and the writer has not
+    /// committed yet; a session over it stops reading its stream (QUIC flow
+    /// control then slows that agent alone) until the writer catches up.
+    pub session_max_bytes: u64,
+    /// The same bound for every session together (the writer queue).
+    pub queue_max_bytes: u64,
+    /// Series one device may have; a value of a new series beyond it is
+    /// rejected and counted (`outpost_rejects_total{reason="series_cap"}`),
+    /// the existing series keep working.
+    pub max_series_per_device: u32,
+    /// Records stamped further ahead of the appliance clock are acknowledged
+    /// but not stored, and counted (`outpost_rejects_total{reason="bad_timestamp"}`).
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
+}
+
+impl IngestConfig {
+    /// The writer's bounds on what devices send.
+    pub fn limits(&self) -> outpost_storage::ingest::IngestLimits {
+        outpost_storage::ingest::IngestLimits {
+            max_series_per_device: self.max_series_per_device as usize,
+            max_future_ms: self.max_future_skew.as_millis() as u64,
+        }
+    }
 }
 
 /// Sync to `outpost-central` (active once `outpost uplink join` ran).
@@ -166,6 +190,24 @@ pub struct CacheConfig {
     pub upstream_timeout: Duration,
     /// Concurrent client connections; beyond it new ones wait.
     pub max_connections: usize,
+    /// A client that accepts no bytes for this long is disconnected (its
+    /// connection slot and its interest in a download are freed).
+    #[serde(with = "humantime_serde")]
+    pub client_write_timeout: Duration,
+    /// Upstream downloads running at once (beyond it clients get 503,
+    /// prefetches and pins wait).
+    pub max_downloads: usize,
+    /// Upstream downloads one client address may have started at once.
+    pub max_downloads_per_client: usize,
+    /// Free space kept on the cache's filesystem (RocksDB shares it): a
+    /// download that would go below it evicts first, or is refused.
+    pub min_free_bytes: u64,
+    /// An InRelease dated further ahead of the appliance's clock is refused.
+    #[serde(with = "humantime_serde")]
+    pub release_max_future: Duration,
+    /// An InRelease whose upstream failed is not asked for again for this long.
+    #[serde(with = "humantime_serde")]
+    pub release_failure_ttl: Duration,
 }
 
 impl Default for CacheConfig {
@@ -182,6 +224,12 @@ impl Default for CacheConfig {
             max_release_bytes: 16 * 1024 * 1024,
             upstream_timeout: Duration::from_secs(30),
             max_connections: 4096,
+            client_write_timeout: Duration::from_secs(60),
+            max_downloads: 64,
+            max_downloads_per_client: 8,
+            min_free_bytes: 1024 * 1024 * 1024,
+            release_max_future: Duration::from_secs(600),
+            release_failure_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -224,6 +272,10 @@ impl Default for IngestConfig {
             queue_groups: 4096,
             rollup_settle: Duration::from_secs(120),
             rollup_bucket: Duration::from_secs(300),
+            session_max_bytes: 4 * 1024 * 1024,
+            queue_max_bytes: 128 * 1024 * 1024,
+            max_series_per_device: 10_000,
+            max_future_skew: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -256,6 +308,24 @@ impl Config {
         }
         if self.ingest.max_batch_records == 0 || self.ingest.queue_groups == 0 {
             bail!("ingest.max_batch_records and ingest.queue_groups must be positive");
+        }
+        let i = &self.ingest;
+        if i.session_max_bytes < 64 * 1024
+            || i.queue_max_bytes < i.session_max_bytes
+            || i.queue_max_bytes > u64::from(u32::MAX)
+        {
+            bail!(
+                "ingest.session_max_bytes must be at least 64 KiB, and ingest.queue_max_bytes \
+                 at least ingest.session_max_bytes and below 4 GiB"
+            );
+        }
+        if i.max_series_per_device == 0 {
+            bail!("ingest.max_series_per_device must be positive");
+        }
+        if i.max_future_skew < Duration::from_secs(60)
+            || i.max_future_skew > Duration::from_secs(3650 * 86400)
+        {
+            bail!("ingest.max_future_skew must be between 1m and 3650days");
         }
         if self.cache.max_bytes == 0 || self.cache.max_connections == 0 {
             bail!("cache.max_bytes and cache.max_connections must be positive");
@@ -308,6 +378,43 @@ mod tests {
         assert_eq!(c.storage.retention().raw, Duration::from_secs(7 * 86400));
         std::fs::write(&p, "ofline_grace = \"2s\"\n").unwrap();
         assert!(Config::load(&p).is_err());
+    }
+}
+
+#[cfg(test)]
+mod ingest_bounds {
+    use super::*;
+
+    #[test]
+    fn ingest_budgets_and_bounds_are_validated_and_passed_to_the_writer() {
+        let ok = Config::default();
+        ok.validate().unwrap();
+        assert_eq!(
+            ok.ingest.limits(),
+            outpost_storage::ingest::IngestLimits::DEFAULT
+        );
+        let bad = |f: &dyn Fn(&mut IngestConfig)| {
+            let mut c = Config::default();
+            f(&mut c.ingest);
+            c.validate().unwrap_err().to_string()
+        };
+        assert!(bad(&|i| i.session_max_bytes = 1024).contains("session_max_bytes"));
+        assert!(bad(&|i| i.queue_max_bytes = i.session_max_bytes - 1).contains("queue_max_bytes"));
+        assert!(bad(&|i| i.queue_max_bytes = 1 << 33).contains("4 GiB"));
+        assert!(bad(&|i| i.max_series_per_device = 0).contains("max_series_per_device"));
+        assert!(bad(&|i| i.max_future_skew = Duration::from_secs(1)).contains("max_future_skew"));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[ingest]\nsession_max_bytes = 65536\nmax_series_per_device = 50\nmax_future_skew = \"10m\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.ingest.session_max_bytes, 65536);
+        assert_eq!(c.ingest.limits().max_series_per_device, 50);
+        assert_eq!(c.ingest.limits().max_future_ms, 600_000);
     }
 }
 

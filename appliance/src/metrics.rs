@@ -20,7 +20,7 @@ use crate::net::udp_drops;
 
 pub mod labels;
 
-pub use labels::{KindLabel, NotifyLabel, OpLabel, ReasonLabel, ResultLabel};
+pub use labels::{BudgetLabel, KindLabel, NotifyLabel, OpLabel, ReasonLabel, ResultLabel};
 pub use outpost_web::RouteLabel;
 
 /// Every metric the appliance exports. Cheap to share (`Arc<Metrics>`);
@@ -55,6 +55,14 @@ pub struct Metrics {
     pub write_errors: Counter,
     /// Groups waiting for the writer.
     pub writer_queue_depth: Gauge,
+    /// Memory held by the records waiting for the writer.
+    pub writer_queue_bytes: Gauge,
+    /// Times a session had to wait for a byte budget before queueing more
+    /// records (and so stopped reading its stream), by budget (`session`,
+    /// `queue`).
+    pub ingest_budget_waits: Family<BudgetLabel, Counter>,
+    /// The writer thread died (a panic); the appliance then refuses sessions.
+    pub writer_failures: Counter,
     pub enrollments: Family<ResultLabel, Counter>,
     pub devices_online: Gauge,
     pub status_transitions: Family<KindLabel, Counter>,
@@ -116,6 +124,9 @@ impl Metrics {
             write_latency_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             write_errors: Counter::default(),
             writer_queue_depth: Gauge::default(),
+            writer_queue_bytes: Gauge::default(),
+            ingest_budget_waits: Family::default(),
+            writer_failures: Counter::default(),
             enrollments: Family::default(),
             devices_online: Gauge::default(),
             status_transitions: Family::default(),
@@ -213,6 +224,21 @@ impl Metrics {
             m.writer_queue_depth.clone(),
         );
         r.register(
+            "writer_queue_bytes",
+            "Memory held by the records waiting for the writer",
+            m.writer_queue_bytes.clone(),
+        );
+        r.register(
+            "ingest_budget_waits",
+            "Times a session waited for a byte budget (and stopped reading its stream), by budget",
+            m.ingest_budget_waits.clone(),
+        );
+        r.register(
+            "writer_failures",
+            "Writer thread failures (the appliance then refuses sessions until restarted)",
+            m.writer_failures.clone(),
+        );
+        r.register(
             "enrollments",
             "Enrollment attempts by result",
             m.enrollments.clone(),
@@ -285,11 +311,19 @@ impl Metrics {
 
     /// Counts a refusal.
     pub fn reject(&self, reason: &str) {
+        self.reject_n(reason, 1);
+    }
+
+    /// Counts `n` refusals of one reason (none if `n` is 0).
+    pub fn reject_n(&self, reason: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
         self.rejects
             .get_or_create(&ReasonLabel {
                 reason: reason.to_string(),
             })
-            .inc();
+            .inc_by(n);
     }
 
     /// Follows the kernel's drop count of the QUIC socket `inode`.

@@ -66,8 +66,11 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         WriterOptions {
             max_batch_records: cfg.ingest.max_batch_records,
             queue_groups: cfg.ingest.queue_groups,
+            queue_max_bytes: cfg.ingest.queue_max_bytes,
             offline_grace: cfg.offline_grace,
             rollup_settle: cfg.ingest.rollup_settle,
+            limits: cfg.ingest.limits(),
+            faults: None,
         },
         metrics.clone(),
         writer::Sinks {
@@ -93,6 +96,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         metrics: metrics.clone(),
         live: live.clone(),
         max_frame_bytes: cfg.max_frame_bytes,
+        session_max_bytes: cfg.ingest.session_max_bytes,
         shutdown: shutdown.clone(),
     });
 
@@ -195,6 +199,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
     );
     // Dropping the last handles closes the writer queue; the thread commits
     // what is queued and exits.
+    let writer_health = writer.health().clone();
     drop(api_state);
     drop(uplink);
     drop(ctx);
@@ -212,6 +217,10 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         Err(_) => tracing::warn!("writer did not stop within 10s; exiting anyway"),
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    if let Some(why) = writer_health.failure() {
+        // Exit non-zero: a supervisor restarting on failure should.
+        anyhow::bail!("stopped after the writer failed: {why}");
+    }
     info!("appliance stopped");
     Ok(())
 }

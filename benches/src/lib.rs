@@ -8,6 +8,7 @@ pub mod alert_latency;
 pub mod chaos;
 pub mod fleet;
 pub mod ingest;
+pub mod netem;
 pub mod procstat;
 pub mod reconnect;
 pub mod report;

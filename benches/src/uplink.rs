@@ -206,6 +206,7 @@ pub fn apply(run: &UplinkRun, dir: &Path) -> anyhow::Result<Report> {
             interval_ms: 60_000,
             dropped_rollups: 0,
             tenant_mismatch: Default::default(),
+            dead_letters: Default::default(),
         };
         let tok = JoinTokenRecord {
             tenant: "acme".into(),

@@ -1,27 +1,36 @@
 //! Central's HTTP API: JSON under `/api/v1/` (bearer API token or session
 //! cookie, every query filtered by the caller's tenant and customers; an
 //! object of another tenant answers 404), operator endpoints under
-//! `/api/v1/admin/` (bearer `DATA/admin.token`), `/metrics`, `/healthz`
-//! and the web view at `/`.
+//! `/api/v1/admin/` (bearer `DATA/admin.token`), `/metrics` (per-site
+//! series only with the operator token), `/healthz` and the web view at
+//! `/`.
+//!
+//! Credentials: a caller grants only a subset of its own scope and never a
+//! higher role ([`Principal::may_grant`]); creating an existing user is a
+//! conflict, a password changes on its own route (the user itself, or a
+//! tenant-wide admin) and ends the user's sessions; failed logins are
+//! limited per user and per address ([`crate::login`]).
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use outpost_proto::{CustomerId, SiteId, TenantId};
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use outpost_web::{Json, Path, Query};
 use serde::{Deserialize, Serialize};
 use tracing::info_span;
 
 use crate::Central;
 use crate::model::{
-    AlertRow, AlertState, DeviceRow, DeviceStatus, ForeignTenantRow, Principal, Role,
+    AlertRow, AlertState, DeadLetter, DeviceRow, DeviceStatus, ForeignTenantRow, Principal, Role,
     SessionRecord, Severity, SiteRecord,
 };
 use crate::ops;
@@ -56,6 +65,7 @@ pub fn router(c: Arc<Central>) -> Router {
         .route("/sites/{site}/alerts/{alert}/ack", post(ack_alert))
         .route("/tokens", post(create_token))
         .route("/users", post(create_user))
+        .route("/users/{name}/password", put(change_password))
         .route_layer(middleware::from_fn_with_state(c.clone(), authenticate));
     let admin = Router::new()
         .route("/sites", post(admin_site))
@@ -96,8 +106,25 @@ pub fn session_cookie(h: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
+/// How a request authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// An API token (its principal is named `token:<id>`).
+    Token,
+    /// A user's login session.
+    Session,
+}
+
 /// The principal of a request (API token or session), if any.
 pub async fn principal_of(c: &Arc<Central>, h: &HeaderMap) -> Result<Option<Principal>, ApiError> {
+    Ok(credential_of(c, h).await?.map(|(p, _)| p))
+}
+
+/// The principal of a request and how it authenticated.
+async fn credential_of(
+    c: &Arc<Central>,
+    h: &HeaderMap,
+) -> Result<Option<(Principal, Credential)>, ApiError> {
     if let Some(t) = bearer(h) {
         let hash = ops::sha256(t);
         return Ok(c
@@ -105,7 +132,7 @@ pub async fn principal_of(c: &Arc<Central>, h: &HeaderMap) -> Result<Option<Prin
             .api_token(&hash)
             .await
             .map_err(internal)?
-            .map(|r| r.principal));
+            .map(|r| (r.principal, Credential::Token)));
     }
     if let Some(v) = session_cookie(h) {
         let hash = ops::sha256(&v);
@@ -116,15 +143,16 @@ pub async fn principal_of(c: &Arc<Central>, h: &HeaderMap) -> Result<Option<Prin
             .await
             .map_err(internal)?
             .filter(|r| r.expires_ms > now)
-            .map(|r| r.principal));
+            .map(|r| (r.principal, Credential::Session)));
     }
     Ok(None)
 }
 
 async fn authenticate(State(c): State<Arc<Central>>, mut req: Request, next: Next) -> Response {
-    match principal_of(&c, req.headers()).await {
-        Ok(Some(p)) => {
+    match credential_of(&c, req.headers()).await {
+        Ok(Some((p, cred))) => {
             req.extensions_mut().insert(p);
+            req.extensions_mut().insert(cred);
             next.run(req).await
         }
         Ok(None) => ApiError::Unauthorized(
@@ -135,12 +163,15 @@ async fn authenticate(State(c): State<Arc<Central>>, mut req: Request, next: Nex
     }
 }
 
+/// Whether the request bears the operator token (`DATA/admin.token`).
+fn is_operator(c: &Central, h: &HeaderMap) -> bool {
+    bearer(h).is_some_and(|t| secrets_equal(t.as_bytes(), c.keys.admin_token.as_bytes()))
+}
+
 async fn operator(State(c): State<Arc<Central>>, req: Request, next: Next) -> Response {
-    match bearer(req.headers()) {
-        Some(t) if secrets_equal(t.as_bytes(), c.keys.admin_token.as_bytes()) => {
-            next.run(req).await
-        }
-        _ => ApiError::Unauthorized(
+    match is_operator(&c, req.headers()) {
+        true => next.run(req).await,
+        false => ApiError::Unauthorized(
             "operator endpoints need `Authorization: Bearer <DATA/admin.token>`".into(),
         )
         .into_response(),
@@ -152,8 +183,10 @@ async fn observe(State(c): State<Arc<Central>>, req: Request, next: Next) -> Res
     outpost_web::observe(&c.metrics.api_requests, span, req, next).await
 }
 
-async fn prometheus(State(c): State<Arc<Central>>) -> Response {
-    outpost_web::prometheus_response(c.metrics.encode())
+/// `/metrics`: no credentials needed, no tenant or site named; with the
+/// operator token, the per-site series too.
+async fn prometheus(State(c): State<Arc<Central>>, h: HeaderMap) -> Response {
+    outpost_web::prometheus_response(c.metrics.encode(is_operator(&c, &h)))
 }
 
 fn require(p: &Principal, min: Role) -> Result<(), ApiError> {
@@ -182,32 +215,138 @@ pub struct Login {
     pub password: String,
 }
 
-async fn login(State(c): State<Arc<Central>>, Json(l): Json<Login>) -> Response {
-    login_response(&c, l).await
+/// The client address of a request, for the login limits: the peer, or
+/// behind a trusted proxy the last `X-Forwarded-For` address that is not a
+/// trusted proxy. `None` without a connection (router tests).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl FromRequestParts<Arc<Central>> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        c: &Arc<Central>,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ci| ci.0.ip());
+        Ok(ClientAddr(client_addr(
+            peer,
+            &parts.headers,
+            &c.limits.trusted_proxies,
+        )))
+    }
 }
 
-/// Checks a login and answers with the session cookie (or 401).
-pub async fn login_response(c: &Arc<Central>, l: Login) -> Response {
+/// See [`ClientAddr`].
+pub fn client_addr(peer: Option<IpAddr>, h: &HeaderMap, trusted: &[IpAddr]) -> Option<IpAddr> {
+    let peer = peer?;
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let forwarded: Vec<IpAddr> = h
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    Some(
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|a| !trusted.contains(a))
+            .unwrap_or(peer),
+    )
+}
+
+async fn login(
+    State(c): State<Arc<Central>>,
+    ClientAddr(addr): ClientAddr,
+    Json(l): Json<Login>,
+) -> Response {
+    login_response(&c, l, addr).await
+}
+
+/// An error answer with `Retry-After`.
+fn retry_after(status: StatusCode, secs: u64, message: String) -> Response {
+    (
+        status,
+        [(header::RETRY_AFTER, secs.to_string())],
+        Json(serde_json::json!({ "error": message })),
+    )
+        .into_response()
+}
+
+/// Checks a login and answers with the session cookie, 401, 429 (too many
+/// failures for the user name or the address, with `Retry-After`) or 503
+/// (password checks busy).
+pub async fn login_response(c: &Arc<Central>, l: Login, addr: Option<IpAddr>) -> Response {
+    let now = crate::now_ms();
+    let key = (l.tenant.clone(), l.username.clone());
+    let limited = c
+        .login_limiter
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .check(&key, addr, now);
+    if let Err(wait) = limited {
+        c.metrics.logins_throttled.inc();
+        return retry_after(
+            StatusCode::TOO_MANY_REQUESTS,
+            wait.secs(),
+            format!(
+                "too many failed logins for this user or address; retry in {} s",
+                wait.secs()
+            ),
+        );
+    }
+    let unauthorized =
+        || ApiError::Unauthorized("wrong tenant, user name or password".into()).into_response();
+    // A name no user can have: no lookup, no hash, nothing kept for it.
+    if ops::check_name("tenant", &l.tenant).is_err()
+        || ops::check_name("user name", &l.username).is_err()
+    {
+        c.metrics.logins_failed.inc();
+        c.login_limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failed_address(addr, now);
+        return unauthorized();
+    }
     let user = match c.store.user(&l.tenant, &l.username).await.map_err(internal) {
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
-    let pw = l.password.clone();
-    let ok = match user {
-        Some(u) => {
-            let h = u.password_hash.clone();
-            let good = tokio::task::spawn_blocking(move || ops::verify_password(&pw, &h))
-                .await
-                .unwrap_or(false);
-            good.then_some(u)
+    // The same argon2 work whether the user exists or not.
+    let checked = c
+        .passwords
+        .verify(
+            l.password.clone(),
+            user.as_ref().map(|u| u.password_hash.clone()),
+        )
+        .await;
+    let user = match checked {
+        Err(busy) => {
+            c.metrics.password_checks_busy.inc();
+            return retry_after(StatusCode::SERVICE_UNAVAILABLE, 1, busy.to_string());
         }
-        None => None,
+        Ok(true) => user,
+        Ok(false) => None,
     };
-    let Some(user) = ok else {
+    let Some(user) = user else {
         c.metrics.logins_failed.inc();
-        return ApiError::Unauthorized("wrong tenant, user name or password".into())
-            .into_response();
+        c.login_limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failed(&key, addr, crate::now_ms());
+        return unauthorized();
     };
+    c.login_limiter
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .succeeded(&key);
     let secret = hex::encode(rand::random::<[u8; 32]>());
     let rec = SessionRecord {
         principal: Principal {
@@ -221,6 +360,14 @@ pub async fn login_response(c: &Arc<Central>, l: Login) -> Response {
     let hash = ops::sha256(&secret);
     if let Err(e) = c.store.put_session(&hash, &rec).await.map_err(internal) {
         return e.into_response();
+    }
+    // A password changed while this one was checked ends this session too.
+    match c.store.user(&user.tenant, &user.name).await {
+        Ok(Some(now_user)) if now_user.password_hash == user.password_hash => {}
+        _ => {
+            let _ = c.store.delete_session(&hash).await;
+            return unauthorized();
+        }
     }
     let cookie = format!(
         "{SESSION_COOKIE}={secret}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
@@ -281,6 +428,13 @@ pub struct SiteOut {
     /// wrong tenant), per tenant; empty when none. They are listed under
     /// this site's tenant all the same.
     pub tenant_mismatch: Vec<ForeignTenantRow>,
+    /// Batches of this site refused for good, ever (their numbers count as
+    /// applied in `applied_up_to`: the sequence closes over them).
+    #[serde(default)]
+    pub dead_lettered: u64,
+    /// The newest of them (seq, reason, message, at_ms), oldest first.
+    #[serde(default)]
+    pub dead_letters: Vec<DeadLetter>,
 }
 
 pub fn site_out(c: &Central, s: &SiteRecord, now: u64) -> SiteOut {
@@ -310,6 +464,8 @@ pub fn site_out(c: &Central, s: &SiteRecord, now: u64) -> SiteOut {
         interval_ms: s.interval_ms,
         dropped_rollups: s.dropped_rollups,
         tenant_mismatch: s.tenant_mismatch.tenants.clone(),
+        dead_lettered: s.dead_letters.total,
+        dead_letters: s.dead_letters.recent.clone(),
     }
 }
 
@@ -817,12 +973,18 @@ pub struct TenantToken {
     pub customers: Vec<CustomerId>,
 }
 
+/// `p` may grant `role` over `customers` ([`Principal::may_grant`]), else 403.
+fn check_grant(p: &Principal, role: Role, customers: &[CustomerId]) -> Result<(), ApiError> {
+    p.may_grant(role, customers).map_err(ApiError::Forbidden)
+}
+
 async fn create_token(
     State(c): State<Arc<Central>>,
     axum::Extension(p): axum::Extension<Principal>,
     Json(r): Json<TenantToken>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     require(&p, Role::Admin)?;
+    check_grant(&p, r.role, &r.customers)?;
     let req = ops::CreateToken {
         tenant: p.tenant.clone(),
         role: r.role,
@@ -841,12 +1003,14 @@ pub struct TenantUser {
     pub password: String,
 }
 
+/// Creates a user (admin, within its own scope); an existing name is 409.
 async fn create_user(
     State(c): State<Arc<Central>>,
     axum::Extension(p): axum::Extension<Principal>,
     Json(r): Json<TenantUser>,
 ) -> Result<StatusCode, ApiError> {
     require(&p, Role::Admin)?;
+    check_grant(&p, r.role, &r.customers)?;
     let req = ops::AddUser {
         tenant: p.tenant.clone(),
         name: r.name,
@@ -854,8 +1018,83 @@ async fn create_user(
         customers: r.customers,
         password: r.password,
     };
-    ops::add_user(c.store.as_ref(), &req, crate::now_ms()).await?;
+    if c.store
+        .user(&req.tenant, &req.name)
+        .await
+        .map_err(internal)?
+        .is_some()
+    {
+        return Err(user_exists(&req.name));
+    }
+    let rec = ops::user_record(&req, crate::now_ms(), &c.passwords).await?;
+    c.store.create_user(&rec).await.map_err(|e| match e {
+        CentralStoreError::Conflict(_) => user_exists(&req.name),
+        e => internal(e),
+    })?;
     Ok(StatusCode::CREATED)
+}
+
+fn user_exists(name: &str) -> ApiError {
+    ApiError::Conflict(format!(
+        "user {name} exists; its password changes with PUT /api/v1/users/{name}/password"
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NewPassword {
+    pub password: String,
+    /// The password now: required when users change their own.
+    #[serde(default)]
+    pub current_password: Option<String>,
+}
+
+/// Changes a user's password: the user itself (logged in, giving the
+/// current password) or a tenant-wide admin. Every session of the user
+/// ends.
+async fn change_password(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+    axum::Extension(cred): axum::Extension<Credential>,
+    Path(name): Path<String>,
+    Json(r): Json<NewPassword>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let itself = cred == Credential::Session && p.name == name;
+    let tenant_admin = p.role == Role::Admin && p.is_tenant_wide();
+    if !itself && !tenant_admin {
+        return Err(ApiError::Forbidden(
+            "only the user itself or an admin of the whole tenant may change a password".into(),
+        ));
+    }
+    ops::check_password(&r.password)?;
+    if itself {
+        let current = r.current_password.ok_or_else(|| {
+            ApiError::BadRequest("`current_password` is required to change your own".into())
+        })?;
+        let user = c.store.user(&p.tenant, &name).await.map_err(internal)?;
+        let ok = c
+            .passwords
+            .verify(current, user.map(|u| u.password_hash))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        if !ok {
+            return Err(ApiError::Forbidden("the current password is wrong".into()));
+        }
+    }
+    let hash = c
+        .passwords
+        .hash(r.password)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let ended = c
+        .store
+        .set_password(&p.tenant, &name, &hash)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::NotFound(format!("no user {name}")))?;
+    tracing::info!(tenant = %p.tenant, user = %name, by = %p.name, sessions_ended = ended, "password changed");
+    Ok(Json(
+        serde_json::json!({ "user": name, "sessions_ended": ended }),
+    ))
 }
 
 // ---- operator ----
@@ -883,11 +1122,12 @@ async fn admin_token(
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "token": t }))))
 }
 
+/// The operator adds a user or replaces one (its sessions end).
 async fn admin_user(
     State(c): State<Arc<Central>>,
     Json(r): Json<ops::AddUser>,
 ) -> Result<StatusCode, ApiError> {
-    ops::add_user(c.store.as_ref(), &r, crate::now_ms()).await?;
+    ops::add_user(c.store.as_ref(), &r, crate::now_ms(), &c.passwords).await?;
     Ok(StatusCode::CREATED)
 }
 
@@ -913,6 +1153,35 @@ mod tests {
             acked_by: None,
             acked_ms: 0,
         }
+    }
+
+    #[test]
+    fn the_client_address_is_the_peer_unless_it_is_a_trusted_proxy() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.9, 10.0.0.2".parse().unwrap());
+        let proxy = [ip("127.0.0.1"), ip("10.0.0.2")];
+        // An untrusted peer's header is ignored.
+        assert_eq!(
+            client_addr(Some(ip("198.51.100.1")), &h, &proxy),
+            Some(ip("198.51.100.1"))
+        );
+        // Behind trusted proxies: the last address that is not one of them.
+        assert_eq!(
+            client_addr(Some(ip("127.0.0.1")), &h, &proxy),
+            Some(ip("203.0.113.9"))
+        );
+        // No header: the proxy itself.
+        let none = HeaderMap::new();
+        assert_eq!(
+            client_addr(Some(ip("127.0.0.1")), &none, &proxy),
+            Some(ip("127.0.0.1"))
+        );
+        assert_eq!(client_addr(None, &h, &proxy), None);
+        assert_eq!(
+            client_addr(Some(ip("127.0.0.1")), &h, &[]),
+            Some(ip("127.0.0.1"))
+        );
     }
 
     #[test]

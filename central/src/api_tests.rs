@@ -10,14 +10,11 @@ use axum::http::{Request, header};
 use outpost_proto::{DeviceId, SiteId};
 use outpost_uplink::batch::{self, ForeignTenant};
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::Central;
-use crate::dir::CentralDir;
 use crate::model::Role;
 use crate::ops;
-use crate::rocks::RocksCentralStore;
 use crate::testing::sample_batch;
 
 struct Fixture {
@@ -31,28 +28,11 @@ struct Fixture {
 /// A central with tenant `msp`, one site (customer `dental`) and an admin
 /// API token.
 async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = CentralDir(dir.path().join("central"))
-        .init_or_load()
-        .unwrap();
-    let store = RocksCentralStore::open(&dir.path().join("db")).unwrap();
-    let central = Arc::new(Central::new(
-        Arc::new(store),
-        keys,
-        CancellationToken::new(),
-    ));
-    let site = ops::add_site(
-        central.store.as_ref(),
-        &ops::AddSite {
-            tenant: "msp".into(),
-            customer: "dental".into(),
-            site: "main".into(),
-        },
-        1,
-    )
-    .await
-    .unwrap()
-    .site_id;
+    fixture_with(Default::default()).await
+}
+
+async fn fixture_with(limits: crate::CentralLimits) -> Fixture {
+    let (central, site, dir) = crate::testing::central_with_site(limits).await;
     let token = ops::create_token(
         central.store.as_ref(),
         &ops::CreateToken {
@@ -337,4 +317,447 @@ async fn revoked_devices_and_tenant_mismatches_show_in_the_api_and_the_web_view(
     let (_, _, overview) = f.send("GET", "/", None, "", true).await;
     assert!(overview.contains("1 revoked"), "{overview}");
     assert!(overview.contains("(tenant mismatch)"), "{overview}");
+}
+
+/// One request with any headers (and a peer address, as the HTTP server
+/// sets it): (status, headers, body).
+async fn request(
+    f: &Fixture,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    peer: Option<&str>,
+) -> (u16, axum::http::HeaderMap, String) {
+    let mut req = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut req = req.body(Body::from(body.to_string())).unwrap();
+    if let Some(p) = peer {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo::<std::net::SocketAddr>(
+                p.parse().unwrap(),
+            ));
+    }
+    let resp = crate::api::router(f.central.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+async fn token(f: &Fixture, role: Role, customers: &[&str]) -> String {
+    ops::create_token(
+        f.central.store.as_ref(),
+        &ops::CreateToken {
+            tenant: "msp".into(),
+            role,
+            customers: customers.iter().map(|c| (*c).into()).collect(),
+        },
+        1,
+    )
+    .await
+    .unwrap()
+}
+
+async fn post_json(f: &Fixture, uri: &str, token: &str, body: &str) -> (u16, String) {
+    let auth = bearer(token);
+    let (st, _, body) = request(
+        f,
+        "POST",
+        uri,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body,
+        None,
+    )
+    .await;
+    (st, body)
+}
+
+/// Item 2: an admin limited to some customers grants only a subset of
+/// them (an empty list means every customer: not for it), never a higher
+/// role; a tenant-wide admin grants anything in the tenant.
+#[tokio::test]
+async fn a_customer_scoped_admin_grants_only_within_its_own_customers() {
+    let f = fixture().await;
+    let scoped = token(&f, Role::Admin, &["dental"]).await;
+    for body in [
+        r#"{"role":"viewer"}"#,
+        r#"{"role":"viewer","customers":[]}"#,
+        r#"{"role":"admin","customers":["vet"]}"#,
+        r#"{"role":"technician","customers":["dental","vet"]}"#,
+    ] {
+        let (st, resp) = post_json(&f, "/api/v1/tokens", &scoped, body).await;
+        assert_eq!(st, 403, "token {body}: {resp}");
+        let user = body.replacen('{', r#"{"name":"eve","password":"hunter22hunter","#, 1);
+        let (st, resp) = post_json(&f, "/api/v1/users", &scoped, &user).await;
+        assert_eq!(st, 403, "user {user}: {resp}");
+    }
+    let (st, resp) = post_json(
+        &f,
+        "/api/v1/tokens",
+        &scoped,
+        r#"{"role":"admin","customers":["dental"]}"#,
+    )
+    .await;
+    assert_eq!(st, 201, "{resp}");
+    // The token it made is as limited as it is.
+    let minted: Value = serde_json::from_str(&resp).unwrap();
+    let (_, _, me) = request(
+        &f,
+        "GET",
+        "/api/v1/me",
+        &[("authorization", &bearer(minted["token"].as_str().unwrap()))],
+        "",
+        None,
+    )
+    .await;
+    assert!(me.contains(r#""customers":["dental"]"#), "{me}");
+    let (st, resp) = post_json(
+        &f,
+        "/api/v1/users",
+        &scoped,
+        r#"{"name":"eve","role":"viewer","customers":["dental"],"password":"hunter22hunter"}"#,
+    )
+    .await;
+    assert_eq!(st, 201, "{resp}");
+    let (st, resp) = post_json(&f, "/api/v1/tokens", &f.token, r#"{"role":"admin"}"#).await;
+    assert_eq!(st, 201, "a tenant-wide admin: {resp}");
+    // A site of another customer: refused as before.
+    let (st, _) = post_json(
+        &f,
+        "/api/v1/sites",
+        &scoped,
+        r#"{"customer":"vet","site":"x"}"#,
+    )
+    .await;
+    assert_eq!(st, 403);
+}
+
+async fn login(
+    f: &Fixture,
+    user: &str,
+    password: &str,
+    peer: Option<&str>,
+) -> (u16, axum::http::HeaderMap, String) {
+    request(
+        f,
+        "POST",
+        "/api/v1/login",
+        &[("content-type", "application/json")],
+        &format!(r#"{{"tenant":"msp","username":"{user}","password":"{password}"}}"#),
+        peer,
+    )
+    .await
+}
+
+fn cookie_of(h: &axum::http::HeaderMap) -> String {
+    h.get(header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("a session cookie")
+        .to_string()
+}
+
+/// Item 3: creating an existing user is a 409 (it replaced the user and
+/// its password); a password changes on its own route, by the user itself
+/// (giving the current one) or a tenant-wide admin, and every session of
+/// the user ends.
+#[tokio::test]
+async fn an_existing_user_is_a_conflict_and_passwords_change_on_their_own_route() {
+    let f = fixture().await;
+    let alice = r#"{"name":"alice","role":"admin","password":"correct horse"}"#;
+    assert_eq!(post_json(&f, "/api/v1/users", &f.token, alice).await.0, 201);
+    let scoped = token(&f, Role::Admin, &["dental"]).await;
+    let takeover =
+        r#"{"name":"alice","role":"admin","customers":["dental"],"password":"mine now!"}"#;
+    let (st, resp) = post_json(&f, "/api/v1/users", &scoped, takeover).await;
+    assert_eq!(st, 409, "{resp}");
+    assert!(resp.contains("/api/v1/users/alice/password"), "{resp}");
+    let (st, resp) = post_json(&f, "/api/v1/users", &f.token, alice).await;
+    assert_eq!(st, 409, "{resp}");
+    assert_eq!(login(&f, "alice", "mine now!", None).await.0, 401);
+    let (st, h, _) = login(&f, "alice", "correct horse", None).await;
+    assert_eq!(st, 200);
+    let session = cookie_of(&h);
+    let (_, h2, _) = login(&f, "alice", "correct horse", None).await;
+    let other_session = cookie_of(&h2);
+
+    let put = |who: (&'static str, String), name: &str, body: &str| {
+        let (k, v) = who;
+        let uri = format!("/api/v1/users/{name}/password");
+        let body = body.to_string();
+        let f = &f;
+        async move {
+            let (st, _, resp) = request(
+                f,
+                "PUT",
+                &uri,
+                &[(k, &v), ("content-type", "application/json")],
+                &body,
+                None,
+            )
+            .await;
+            (st, resp)
+        }
+    };
+    let as_cookie = |c: &str| ("cookie", c.to_string());
+    let as_token = |t: &str| ("authorization", bearer(t));
+    // Not the user, not tenant-wide: 403 (even for an admin).
+    let (st, _) = put(as_token(&scoped), "alice", r#"{"password":"mine now!"}"#).await;
+    assert_eq!(st, 403);
+    // The user itself: the current password is required, and checked.
+    let (st, resp) = put(
+        as_cookie(&session),
+        "alice",
+        r#"{"password":"new horse 1"}"#,
+    )
+    .await;
+    assert_eq!(st, 400, "{resp}");
+    let (st, _) = put(
+        as_cookie(&session),
+        "alice",
+        r#"{"password":"new horse 1","current_password":"wrong"}"#,
+    )
+    .await;
+    assert_eq!(st, 403);
+    let (st, resp) = put(
+        as_cookie(&session),
+        "alice",
+        r#"{"password":"new horse 1","current_password":"correct horse"}"#,
+    )
+    .await;
+    assert_eq!(st, 200, "{resp}");
+    assert!(resp.contains(r#""sessions_ended":2"#), "{resp}");
+    for c in [&session, &other_session] {
+        let (st, _, _) = request(&f, "GET", "/api/v1/me", &[("cookie", c)], "", None).await;
+        assert_eq!(st, 401, "sessions of alice ended");
+    }
+    assert_eq!(login(&f, "alice", "correct horse", None).await.0, 401);
+    assert_eq!(login(&f, "alice", "new horse 1", None).await.0, 200);
+    // A tenant-wide admin: no current password needed; unknown users 404.
+    let (st, _) = put(as_token(&f.token), "alice", r#"{"password":"new horse 2"}"#).await;
+    assert_eq!(st, 200);
+    assert_eq!(login(&f, "alice", "new horse 2", None).await.0, 200);
+    let (st, _) = put(
+        as_token(&f.token),
+        "nobody",
+        r#"{"password":"new horse 2"}"#,
+    )
+    .await;
+    assert_eq!(st, 404);
+    let (st, _) = put(as_token(&f.token), "alice", r#"{"password":"short"}"#).await;
+    assert_eq!(st, 400);
+}
+
+/// Item 4: failed logins are limited per user name (known or not) and per
+/// address: 429 with `Retry-After`, counted; while limited, even the
+/// right password is not checked.
+#[tokio::test]
+async fn failed_logins_are_limited_per_user_and_per_address() {
+    let mut limits = crate::CentralLimits::default();
+    limits.login.per_user.burst = 3;
+    limits.login.per_address.burst = 6;
+    let f = fixture_with(limits).await;
+    let alice = r#"{"name":"alice","role":"viewer","password":"correct horse"}"#;
+    assert_eq!(post_json(&f, "/api/v1/users", &f.token, alice).await.0, 201);
+    for _ in 0..3 {
+        assert_eq!(login(&f, "alice", "wrong", None).await.0, 401);
+    }
+    let (st, h, body) = login(&f, "alice", "correct horse", None).await;
+    assert_eq!(st, 429, "{body}");
+    let wait: u64 = h[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert!(body.contains("too many failed logins"), "{body}");
+    // An unknown user is limited the same way (no user-name oracle).
+    for _ in 0..3 {
+        assert_eq!(login(&f, "mallory", "x", None).await.0, 401);
+    }
+    assert_eq!(login(&f, "mallory", "x", None).await.0, 429);
+    // One address trying many names.
+    let peer = Some("192.0.2.9:5555");
+    for i in 0..6 {
+        assert_eq!(login(&f, &format!("u{i}"), "x", peer).await.0, 401);
+    }
+    assert_eq!(login(&f, "u99", "x", peer).await.0, 429, "the address");
+    assert_eq!(
+        login(&f, "u99", "x", Some("192.0.2.10:1")).await.0,
+        401,
+        "another one"
+    );
+    let m = f.central.metrics.encode(false);
+    assert!(
+        m.contains("outpost_central_logins_throttled_total 3"),
+        "{m}"
+    );
+    // The web form answers 429 too, with Retry-After.
+    let (st, h, page) = request(
+        &f,
+        "POST",
+        "/login",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "tenant=msp&username=alice&password=correct+horse",
+        None,
+    )
+    .await;
+    assert_eq!(st, 429, "{page}");
+    assert!(h.contains_key(header::RETRY_AFTER) && page.contains("id=\"throttled\""));
+}
+
+/// Item 5: a device's customer is its site's. A batch claiming another
+/// customer for a device does not put it in that customer's view, by any
+/// route or query parameter.
+#[tokio::test]
+async fn a_device_claimed_for_another_customer_stays_out_of_that_customers_view() {
+    let f = fixture().await;
+    let mut b = sample_batch(1);
+    (b.site, b.tenant) = (f.site.clone(), "msp".into());
+    b.devices[0].customer = "vet".into();
+    f.central
+        .store
+        .apply_batch(&"msp".into(), &f.site, b, 10)
+        .await
+        .unwrap();
+    let vet = token(&f, Role::Viewer, &["vet"]).await;
+    let dental = token(&f, Role::Viewer, &["dental"]).await;
+    let get = |t: String, uri: String| {
+        let f = &f;
+        async move {
+            let (st, _, body) =
+                request(f, "GET", &uri, &[("authorization", &bearer(&t))], "", None).await;
+            (st, body)
+        }
+    };
+    let dev = format!("/api/v1/sites/{}/devices/000000000000002a", f.site);
+    for uri in [
+        "/api/v1/devices".to_string(),
+        "/api/v1/devices?customer=vet".to_string(),
+        "/api/v1/summary".to_string(),
+        "/api/v1/alerts".to_string(),
+    ] {
+        let (st, body) = get(vet.clone(), uri.clone()).await;
+        assert_eq!(st, 200, "{uri}: {body}");
+        assert!(
+            !body.contains("000000000000002a") && !body.contains("web-1"),
+            "{uri}: {body}"
+        );
+    }
+    for uri in [
+        dev.clone(),
+        format!("{dev}/metrics?series=cpu"),
+        format!("/api/v1/devices?site={}", f.site),
+        format!("/sites/{}/devices/000000000000002a", f.site),
+    ] {
+        let (st, body) = get(vet.clone(), uri.clone()).await;
+        assert_eq!(st, 404, "{uri}: {body}");
+    }
+    let (st, body) = get(dental.clone(), "/api/v1/devices".into()).await;
+    assert_eq!(st, 200);
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["devices"][0]["customer"], "dental", "{page}");
+    let (st, _) = get(dental, dev).await;
+    assert_eq!(st, 200);
+    let m = f.central.metrics.encode(false);
+    assert!(!m.contains("vet"), "{m}");
+}
+
+/// Item 6: a dead-lettered batch shows on its site, in the JSON and the
+/// web view.
+#[tokio::test]
+async fn dead_letters_show_on_the_site_in_the_api_and_the_web_view() {
+    let f = fixture().await;
+    crate::receiver::answer_batch(
+        &f.central,
+        &"msp".into(),
+        &f.site,
+        1,
+        b"not a batch".to_vec(),
+    )
+    .await;
+    let site = f.get_json(&format!("/api/v1/sites/{}", f.site)).await;
+    assert_eq!(site["applied_up_to"], 1, "{site}");
+    assert_eq!(site["batches_applied"], 0, "{site}");
+    assert_eq!(site["dead_lettered"], 1, "{site}");
+    assert_eq!(site["dead_letters"][0]["seq"], 1, "{site}");
+    assert_eq!(
+        site["dead_letters"][0]["reason"], "malformed_batch",
+        "{site}"
+    );
+    assert!(site["dead_letters"][0]["at_ms"].as_u64().unwrap() > 0);
+    let (st, _, page) = f
+        .send("GET", &format!("/sites/{}", f.site), None, "", true)
+        .await;
+    assert_eq!(st, 200);
+    assert!(page.contains("id=\"dead-letters\""), "{page}");
+    assert!(page.contains("malformed_batch"), "{page}");
+}
+
+/// Item 7: `/metrics` without credentials names no tenant and no site;
+/// with the operator token it has the per-site series too.
+#[tokio::test]
+async fn per_site_metrics_need_the_operator_token() {
+    let f = fixture().await;
+    let mut b = sample_batch(1);
+    (b.site, b.tenant) = (f.site.clone(), "msp".into());
+    let payload = outpost_uplink::batch::encode(&b, 1).unwrap();
+    let answer =
+        crate::receiver::answer_batch(&f.central, &"msp".into(), &f.site, 1, payload).await;
+    assert!(
+        matches!(answer, outpost_uplink::wire::CentralFrame::Ack { seq: 1 }),
+        "{answer:?}"
+    );
+    let (st, _, open) = request(&f, "GET", "/metrics", &[], "", None).await;
+    assert_eq!(st, 200);
+    assert!(
+        open.contains("outpost_central_batches_applied_total 1"),
+        "{open}"
+    );
+    assert!(
+        !open.contains(f.site.as_str()) && !open.contains("msp"),
+        "{open}"
+    );
+    assert!(!open.contains("site_lag_seconds"), "{open}");
+    let tenant_admin = bearer(&f.token);
+    let (_, _, t) = request(
+        &f,
+        "GET",
+        "/metrics",
+        &[("authorization", &tenant_admin)],
+        "",
+        None,
+    )
+    .await;
+    assert!(
+        !t.contains("site_lag_seconds"),
+        "a tenant token is not the operator's"
+    );
+    let op = bearer(&f.central.keys.admin_token);
+    let (st, _, all) = request(&f, "GET", "/metrics", &[("authorization", &op)], "", None).await;
+    assert_eq!(st, 200);
+    assert!(
+        all.contains(&format!(
+            "outpost_central_site_lag_seconds{{tenant=\"msp\",site=\"{}\"}}",
+            f.site
+        )),
+        "{all}"
+    );
+    assert!(all.contains("outpost_central_batches_applied_total 1"));
+    assert_eq!(all.matches("# EOF").count(), 1, "{all}");
 }

@@ -12,10 +12,18 @@
 //! * **Exactly once**: a batch whose sequence number the site already
 //!   applied changes nothing ([`ApplyPlan::Duplicate`]). Otherwise its
 //!   number joins the site's applied set (contiguous prefix + the numbers
-//!   above it, so batches may arrive in any order).
-//! * **Device snapshots**: the newest `as_of_ms` wins (an equal one applies);
-//!   an empty customer means the site's customer. A device first seen in
-//!   rollups starts `pending` with the site's customer. A revoked device's
+//!   above it, so batches may arrive in any order). That set holds at
+//!   most [`MAX_APPLIED_ABOVE`](crate::model::MAX_APPLIED_ABOVE) numbers
+//!   above the prefix: one more expires the oldest gap (its numbers are
+//!   dead-lettered as `gap_expired`, see [`SiteRecord::expire_gap`]).
+//! * **Dead letters**: a batch refused for good is recorded on the site
+//!   ([`dead_letter`]) and its number joins the applied set like an applied
+//!   one, so the batches after it still fold into the prefix.
+//! * **Device snapshots**: the newest `as_of_ms` wins (an equal one applies).
+//!   A device's customer is its site's (from the site's enrollment, not
+//!   from the batch): a snapshot claiming another customer is not believed,
+//!   only counted ([`Changes::customer_mismatches`]). A device first seen in
+//!   rollups starts `pending`. A revoked device's
 //!   status is `revoked`, whatever its connection status was; its
 //!   `last_seen_ms` is the snapshot's (the appliance resends a snapshot
 //!   when last-seen moved by more than its bound, so it does not freeze at
@@ -48,8 +56,8 @@ use outpost_proto::DeviceId;
 use outpost_uplink::batch::SiteBatch;
 
 use crate::model::{
-    AlertRow, AlertState, BucketRow, BucketSeries, DeviceRow, DeviceStatus, ForeignTenantRow,
-    LatestRollup, SiteRecord, TenantMismatch,
+    AlertRow, AlertState, BucketRow, BucketSeries, DeadLetter, DeviceRow, DeviceStatus,
+    ForeignTenantRow, LatestRollup, SiteRecord, TenantMismatch,
 };
 use crate::store::ApplyOutcome;
 
@@ -177,6 +185,11 @@ pub struct Changes<'b> {
     /// Devices reported under another tenant beyond the site's previous
     /// report (see the module docs).
     pub tenant_mismatches_new: u64,
+    /// Device snapshots of the batch claiming a customer other than the
+    /// site's (not believed: the device stays the site's customer's).
+    pub customer_mismatches: u64,
+    /// Gaps of the applied set that expired to make room for this batch.
+    pub gaps_expired: Vec<DeadLetter>,
 }
 
 impl Changes<'_> {
@@ -185,8 +198,34 @@ impl Changes<'_> {
             rollups_new: self.rollups_new,
             rollups_replaced: self.rollups_replaced,
             tenant_mismatches_new: self.tenant_mismatches_new,
+            customer_mismatches: self.customer_mismatches,
+            gaps_expired: self.gaps_expired.len() as u64,
         }
     }
+}
+
+/// What recording a dead letter does ([`dead_letter`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeadLetterPlan {
+    /// Store the site (its applied set closes over the batch's number),
+    /// and these gaps expired to make room.
+    Record(Box<SiteRecord>, Vec<DeadLetter>),
+    /// The number is already in the applied set (applied, or
+    /// dead-lettered before): write nothing.
+    AlreadyClosed,
+}
+
+/// Records `letter` on `site`: the batch is refused for good, its number
+/// joins the applied set (expiring the oldest gap if the set is full), the
+/// newest dead letters are kept.
+pub fn dead_letter(mut site: SiteRecord, letter: DeadLetter) -> DeadLetterPlan {
+    if site.is_applied(letter.seq) {
+        return DeadLetterPlan::AlreadyClosed;
+    }
+    let expired = site.make_room(letter.seq, letter.at_ms);
+    site.mark_applied(letter.seq);
+    site.dead_letters.push(letter);
+    DeadLetterPlan::Record(Box::new(site), expired)
 }
 
 /// The rows read do not belong to the batch (a backend bug).
@@ -229,6 +268,7 @@ pub fn plan<'b>(
     if is_duplicate(&site, batch) {
         return Ok(ApplyPlan::Duplicate);
     }
+    let gaps_expired = site.make_room(batch.seq, received_ms);
     let out_of_step = |what| OutOfStep {
         seq: batch.seq,
         what,
@@ -248,18 +288,23 @@ pub fn plan<'b>(
         .zip(&touched.devices)
         .map(|(row, id)| row.map_or_else(|| new_device(&site, id), DeviceRow::upgraded))
         .collect();
+    // The site's customer, whatever a row stored before said.
+    for row in &mut devices {
+        if row.customer != site.customer {
+            row.customer = site.customer.clone();
+        }
+    }
+    let mut customer_mismatches = 0;
     for (u, &d) in batch.devices.iter().zip(&touched.device_of_update) {
         let row = devices
             .get_mut(d)
             .ok_or_else(|| out_of_step("device index"))?;
+        if !u.customer.is_empty() && u.customer != site.customer {
+            customer_mismatches += 1;
+        }
         if row.as_of_ms > u.as_of_ms {
             continue;
         }
-        row.customer = if u.customer.is_empty() {
-            site.customer.clone()
-        } else {
-            u.customer.clone()
-        };
         row.hostname = u.hostname.clone();
         row.os = u.os.clone();
         row.agent_version = u.agent_version.clone();
@@ -413,6 +458,8 @@ pub fn plan<'b>(
         rollups_new: new,
         rollups_replaced: replaced,
         tenant_mismatches_new,
+        customer_mismatches,
+        gaps_expired,
     }))
 }
 
@@ -466,6 +513,7 @@ mod tests {
             interval_ms: 60_000,
             dropped_rollups: 0,
             tenant_mismatch: Default::default(),
+            dead_letters: Default::default(),
         }
     }
 
@@ -649,6 +697,72 @@ mod tests {
         assert_eq!(s.dropped_rollups, 3);
     }
 
+    /// A batch refused for good closes its number like an applied one:
+    /// batches after it fold into the prefix; recording it twice (or
+    /// recording an applied number) changes nothing.
+    #[test]
+    fn after_a_dead_lettered_batch_the_next_ones_fold_into_the_prefix() {
+        let mut m = Memory::new();
+        m.apply(&bare(1), 1);
+        let letter = DeadLetter::new(2, "malformed_batch", "bad", 5);
+        let DeadLetterPlan::Record(site, expired) = dead_letter(m.site.clone(), letter.clone())
+        else {
+            panic!("recorded");
+        };
+        assert!(expired.is_empty());
+        m.site = *site;
+        assert_eq!(
+            dead_letter(m.site.clone(), letter),
+            DeadLetterPlan::AlreadyClosed
+        );
+        assert_eq!(
+            dead_letter(m.site.clone(), DeadLetter::new(1, "x", "", 6)),
+            DeadLetterPlan::AlreadyClosed,
+            "applied"
+        );
+        for seq in 3..=5 {
+            assert!(matches!(
+                m.apply(&bare(seq), seq),
+                ApplyOutcome::Applied { .. }
+            ));
+        }
+        let s = &m.site;
+        assert_eq!((s.applied_up_to, s.applied_above.clone()), (5, vec![]));
+        assert_eq!((s.batches_applied, s.dead_letters.total), (4, 1));
+        assert_eq!(m.apply(&bare(2), 9), ApplyOutcome::Duplicate, "closed");
+        // A full applied set: a batch far ahead expires the oldest gap
+        // (6, never received: dead-lettered as gap_expired) and applies.
+        m.site.applied_above = (7..7 + crate::model::MAX_APPLIED_ABOVE as u64).collect();
+        let o = m.apply(&bare(1_000_000), 10);
+        assert!(
+            matches!(
+                o,
+                ApplyOutcome::Applied {
+                    gaps_expired: 1,
+                    ..
+                }
+            ),
+            "{o:?}"
+        );
+        assert_eq!(m.site.applied_above, vec![1_000_000]);
+        let d = m.site.dead_letters.find(6).expect("the expired gap");
+        assert_eq!(
+            (d.seq, d.last_seq, d.reason.as_str()),
+            (6, 6, "gap_expired")
+        );
+        assert_eq!(m.apply(&bare(6), 11), ApplyOutcome::Duplicate, "closed");
+        // The same for a dead letter far ahead.
+        m.site.applied_above =
+            (2_000_000..2_000_000 + crate::model::MAX_APPLIED_ABOVE as u64).collect();
+        let DeadLetterPlan::Record(site, expired) =
+            dead_letter(m.site.clone(), DeadLetter::new(9_000_000, "x", "", 12))
+        else {
+            panic!("recorded");
+        };
+        assert_eq!(expired.len(), 1);
+        assert!(site.applied_above.len() <= crate::model::MAX_APPLIED_ABOVE);
+    }
+
     #[test]
     fn a_device_snapshot_replaces_an_older_one_never_a_newer_one() {
         let mut m = Memory::new();
@@ -661,9 +775,9 @@ mod tests {
             b.devices = vec![u];
             b
         };
-        m.apply(&snap(1, 100, "new", "clinic"), 1);
+        m.apply(&snap(1, 100, "new", "dental"), 1);
         assert_eq!(m.devices[DEV].hostname, "new");
-        assert_eq!(m.devices[DEV].customer, "clinic");
+        assert_eq!(m.devices[DEV].customer, "dental");
         assert_eq!(m.devices[DEV].status, DeviceStatus::Online);
         m.apply(&snap(2, 50, "stale", "clinic"), 2);
         assert_eq!(m.devices[DEV].hostname, "new", "older snapshot ignored");
@@ -676,9 +790,55 @@ mod tests {
             m.devices[DEV].customer, "dental",
             "empty customer: the site's"
         );
-        m.apply(&snap(4, 200, "newer", "clinic"), 4);
+        m.apply(&snap(4, 200, "newer", "dental"), 4);
         assert_eq!(m.devices[DEV].as_of_ms, 200);
         assert_eq!(m.devices[DEV].hostname, "newer");
+    }
+
+    /// A device's customer is its site's (the site's enrollment): a batch
+    /// claiming another customer for it is not believed, only counted,
+    /// and a row stored with another customer (before this rule) is
+    /// corrected when the batch touches it.
+    #[test]
+    fn a_device_claiming_another_customer_stays_the_sites_and_is_counted() {
+        let mut m = Memory::new();
+        let mut b = bare(1);
+        let mut u = sample_batch(1).devices[0].clone();
+        u.customer = "vet".into();
+        b.devices = vec![u.clone()];
+        let o = m.apply(&b, 1);
+        assert_eq!(m.devices[DEV].customer, "dental", "the site's customer");
+        assert!(
+            matches!(
+                o,
+                ApplyOutcome::Applied {
+                    customer_mismatches: 1,
+                    ..
+                }
+            ),
+            "{o:?}"
+        );
+        // A row stored with the claimed customer (older central) is put
+        // back under the site's by the next batch touching it, even by
+        // its rollups alone.
+        m.devices.get_mut(DEV).unwrap().customer = "vet".into();
+        let o = m.apply(&with_rollups(2, vec![entry(BUCKET, 1, "cpu", 1.0)]), 2);
+        assert_eq!(m.devices[DEV].customer, "dental");
+        assert!(
+            matches!(
+                o,
+                ApplyOutcome::Applied {
+                    customer_mismatches: 0,
+                    ..
+                }
+            ),
+            "{o:?}"
+        );
+        // Alerts carry the site's customer too.
+        let mut b = bare(3);
+        b.alerts = sample_batch(3).alerts;
+        m.apply(&b, 3);
+        assert_eq!(m.alerts[&9].customer, "dental");
     }
 
     /// A snapshot at `as_of_ms` of device 42 with `last_seen_ms`, revoked
@@ -754,7 +914,7 @@ mod tests {
                 tenant_mismatches_new,
                 ..
             } => tenant_mismatches_new,
-            ApplyOutcome::Duplicate => panic!("duplicate"),
+            o => panic!("not applied: {o:?}"),
         }
     }
 
@@ -840,7 +1000,9 @@ mod tests {
             ApplyOutcome::Applied {
                 rollups_new: 1,
                 rollups_replaced: 0,
-                tenant_mismatches_new: 0
+                tenant_mismatches_new: 0,
+                customer_mismatches: 0,
+                gaps_expired: 0
             }
         );
         // Older and equal computations: nothing to write for the row.
@@ -865,7 +1027,9 @@ mod tests {
             ApplyOutcome::Applied {
                 rollups_new: 1,
                 rollups_replaced: 1,
-                tenant_mismatches_new: 0
+                tenant_mismatches_new: 0,
+                customer_mismatches: 0,
+                gaps_expired: 0
             }
         );
         let row = &m.buckets[&(DEV.into(), BUCKET)];

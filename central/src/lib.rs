@@ -16,6 +16,7 @@ pub mod api;
 mod api_tests;
 pub mod apply;
 pub mod dir;
+pub mod login;
 pub mod metrics;
 pub mod model;
 pub mod ops;
@@ -27,7 +28,7 @@ pub(crate) mod testing;
 pub mod web;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,12 +40,52 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use dir::{CentralDir, CentralKeys};
+use login::{LimiterConfig, LoginLimiter, Passwords};
 use metrics::CentralMetrics;
 use store::CentralStore;
+use tokio::sync::Semaphore;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     outpost_storage::now_ms()
+}
+
+/// Bounds of a running central (every default works on a laptop).
+#[derive(Debug, Clone)]
+pub struct CentralLimits {
+    /// QUIC connections open at once (site joins and uplinks, handshakes
+    /// included); a connection beyond it is refused and counted
+    /// (`outpost_central_connection_rejects_total{reason="connection_limit"}`).
+    pub max_connections: usize,
+    /// Uplink connections of one site at once (a reconnect overlaps the
+    /// old connection for a moment); beyond it the new one is refused and
+    /// counted (`reason="site_connection_limit"`), so one site cannot take
+    /// every slot.
+    pub max_connections_per_site: usize,
+    /// Batches decoded and applied at once, all sites together. Decoding
+    /// one batch holds at most about 400 MiB at the batch limits
+    /// (`outpost_uplink::batch::limits`), so this bounds what hostile
+    /// batches can take; the others wait.
+    pub max_concurrent_batches: usize,
+    /// Failed-login limits.
+    pub login: LimiterConfig,
+    /// Reverse proxies (TLS terminators) in front of the HTTP listener:
+    /// for a request from one of them, the client address (for the login
+    /// limits) is the last `X-Forwarded-For` address that is not one of
+    /// them.
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl Default for CentralLimits {
+    fn default() -> Self {
+        CentralLimits {
+            max_connections: 4_096,
+            max_connections_per_site: 4,
+            max_concurrent_batches: login::cores(),
+            login: LimiterConfig::default(),
+            trusted_proxies: Vec::new(),
+        }
+    }
 }
 
 /// Shared state of a running central.
@@ -53,13 +94,47 @@ pub struct Central {
     pub keys: CentralKeys,
     pub metrics: CentralMetrics,
     pub shutdown: CancellationToken,
+    pub limits: CentralLimits,
+    /// argon2 on a bounded pool (logins, new users, password changes).
+    pub passwords: Passwords,
+    /// Failed logins per user and per address.
+    pub login_limiter: Mutex<LoginLimiter>,
+    /// Permits to decode and apply a batch ([`CentralLimits::max_concurrent_batches`]).
+    pub batch_slots: Arc<Semaphore>,
+    /// Permits to hold a QUIC connection ([`CentralLimits::max_connections`]).
+    pub connection_slots: Arc<Semaphore>,
     /// Open uplink connections per (tenant, site).
     links: Mutex<HashMap<(TenantId, SiteId), u32>>,
+    /// Uplink connections per (tenant, site), counted from the moment the
+    /// certificate is read ([`CentralLimits::max_connections_per_site`]).
+    site_connections: Mutex<HashMap<(TenantId, SiteId), usize>>,
 }
 
 impl std::fmt::Debug for Central {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Central").finish_non_exhaustive()
+    }
+}
+
+/// One uplink connection of a site, counted while it lives.
+pub struct SiteConnection<'a> {
+    central: &'a Central,
+    key: (TenantId, SiteId),
+}
+
+impl Drop for SiteConnection<'_> {
+    fn drop(&mut self) {
+        let mut m = self
+            .central
+            .site_connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -69,13 +144,44 @@ impl Central {
         keys: CentralKeys,
         shutdown: CancellationToken,
     ) -> Central {
+        Central::with_limits(store, keys, shutdown, CentralLimits::default())
+    }
+
+    pub fn with_limits(
+        store: Arc<dyn CentralStore>,
+        keys: CentralKeys,
+        shutdown: CancellationToken,
+        limits: CentralLimits,
+    ) -> Central {
         Central {
             store,
             keys,
             metrics: CentralMetrics::new(),
             shutdown,
+            passwords: Passwords::per_core(),
+            login_limiter: Mutex::new(LoginLimiter::new(&limits.login)),
+            batch_slots: Arc::new(Semaphore::new(limits.max_concurrent_batches.max(1))),
+            connection_slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            limits,
             links: Mutex::new(HashMap::new()),
+            site_connections: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Counts one more uplink connection of `site`, or `None` when the site
+    /// already has [`CentralLimits::max_connections_per_site`].
+    pub fn site_connection(&self, tenant: &TenantId, site: &SiteId) -> Option<SiteConnection<'_>> {
+        let key = (tenant.clone(), site.clone());
+        let mut m = self
+            .site_connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(key.clone()).or_insert(0);
+        if *n >= self.limits.max_connections_per_site.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(SiteConnection { central: self, key })
     }
 
     pub fn set_link(&self, tenant: &TenantId, site: &SiteId, up: bool) {
@@ -94,11 +200,12 @@ impl Central {
     }
 }
 
-/// Where `serve` listens.
+/// Where `serve` listens, and its bounds.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub listen: SocketAddr,
     pub http_listen: SocketAddr,
+    pub limits: CentralLimits,
 }
 
 /// Runs central until `shutdown`.
@@ -115,7 +222,12 @@ pub async fn serve(
             dir.db().display()
         )
     })?;
-    let central = Arc::new(Central::new(Arc::new(store), keys, shutdown.clone()));
+    let central = Arc::new(Central::with_limits(
+        Arc::new(store),
+        keys,
+        shutdown.clone(),
+        opts.limits.clone(),
+    ));
     let endpoint = receiver::bind(&central, opts.listen)?;
     let http = tokio::net::TcpListener::bind(opts.http_listen)
         .await
@@ -133,7 +245,8 @@ pub async fn serve(
     ));
     {
         let sd = shutdown.clone();
-        let router = api::router(central.clone());
+        let router =
+            api::router(central.clone()).into_make_service_with_connect_info::<SocketAddr>();
         tracker.spawn(async move {
             if let Err(e) = axum::serve(http, router)
                 .with_graceful_shutdown(async move { sd.cancelled().await })

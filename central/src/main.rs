@@ -39,6 +39,20 @@ enum Cmd {
         /// HTTP listener for the API, the web view and /metrics.
         #[arg(long, default_value = "127.0.0.1:8090")]
         http_listen: SocketAddr,
+        /// QUIC connections open at once (joins and uplinks); more are
+        /// refused and counted.
+        #[arg(long, default_value_t = 4096)]
+        max_connections: usize,
+        /// Uplink connections of one site at once.
+        #[arg(long, default_value_t = 4)]
+        max_connections_per_site: usize,
+        /// Batches decoded and applied at once (default: the number of cores).
+        #[arg(long)]
+        max_concurrent_batches: Option<usize>,
+        /// A reverse proxy in front of the HTTP listener whose
+        /// X-Forwarded-For is believed for the login limits (repeatable).
+        #[arg(long = "trusted-proxy")]
+        trusted_proxies: Vec<std::net::IpAddr>,
     },
     /// Prints central's CA fingerprint (`sha256:HEX`).
     CaFingerprint {
@@ -95,7 +109,8 @@ enum TokenCmd {
 
 #[derive(Subcommand)]
 enum UserCmd {
-    /// Adds (or replaces) a web user; reads the password from stdin.
+    /// Adds (or replaces) a web user; reads the password from stdin. A
+    /// replaced user's sessions end.
     Add {
         #[arg(long)]
         data: PathBuf,
@@ -120,7 +135,10 @@ fn log_in_colour() -> bool {
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
+            // OUTPOST_LOG like every other Outpost binary; RUST_LOG still
+            // works for those who set it before.
+            tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
@@ -205,7 +223,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             listen,
             http_listen,
+            max_connections,
+            max_connections_per_site,
+            max_concurrent_batches,
+            trusted_proxies,
         } => {
+            let defaults = central::CentralLimits::default();
+            let limits = central::CentralLimits {
+                max_connections,
+                max_connections_per_site,
+                max_concurrent_batches: max_concurrent_batches
+                    .unwrap_or(defaults.max_concurrent_batches),
+                trusted_proxies,
+                ..defaults
+            };
             let shutdown = CancellationToken::new();
             let sd = shutdown.clone();
             tokio::spawn(async move {
@@ -226,6 +257,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ServeOptions {
                     listen,
                     http_listen,
+                    limits,
                 },
                 shutdown,
             )
@@ -322,7 +354,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let r2 = req.clone();
             let _: () = operate(&dir, "/api/v1/admin/users", &req, async move |s| {
-                ops::add_user(s, &r2, outpost_central::now_ms()).await
+                let passwords = outpost_central::login::Passwords::per_core();
+                ops::add_user(s, &r2, outpost_central::now_ms(), &passwords).await?;
+                Ok(())
             })
             .await?;
             Ok(())

@@ -1,4 +1,9 @@
 //! Central's own metrics (`outpost_central_*` at `/metrics`).
+//!
+//! `/metrics` needs no credentials, so what it shows to anyone names no
+//! tenant and no site: the per-site series (`site_lag_seconds{tenant,site}`)
+//! are in a registry of their own, encoded only for a request bearing the
+//! operator token ([`CentralMetrics::encode`]).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -39,7 +44,21 @@ pub struct CentralMetrics {
     /// Devices sites reported enrolled under a tenant other than the
     /// site's (each counted once, when first reported).
     pub tenant_mismatches: Counter,
+    /// Device snapshots claiming a customer other than their site's (not
+    /// believed).
+    pub customer_mismatches: Counter,
+    /// Batches refused for good and recorded on their site.
+    pub batches_dead_lettered: Counter,
+    /// Gaps of sites' applied sets that expired (their batches count as
+    /// lost) to keep the sets bounded.
+    pub sequence_gaps_expired: Counter,
+    /// Logins answered 429 (too many failures for the user or address).
+    pub logins_throttled: Counter,
+    /// Logins answered 503 (every password slot busy for the whole wait).
+    pub password_checks_busy: Counter,
     registry: Registry,
+    /// Series labelled with tenant and site ids (operator token only).
+    site_registry: Registry,
 }
 
 impl CentralMetrics {
@@ -59,7 +78,13 @@ impl CentralMetrics {
             api_requests: Family::default(),
             logins_failed: Counter::default(),
             tenant_mismatches: Counter::default(),
+            customer_mismatches: Counter::default(),
+            batches_dead_lettered: Counter::default(),
+            sequence_gaps_expired: Counter::default(),
+            logins_throttled: Counter::default(),
+            password_checks_busy: Counter::default(),
             registry: Registry::with_prefix("outpost_central"),
+            site_registry: Registry::with_prefix("outpost_central"),
         };
         let r = &mut m.registry;
         r.register(
@@ -98,11 +123,6 @@ impl CentralMetrics {
             m.apply_seconds.clone(),
         );
         r.register(
-            "site_lag_seconds",
-            "Age of the newest applied batch of a site when applied",
-            m.site_lag_seconds.clone(),
-        );
-        r.register(
             "connections_active",
             "Open uplink connections",
             m.connections_active.clone(),
@@ -128,6 +148,36 @@ impl CentralMetrics {
             "Devices a site reported enrolled under a tenant other than the site's (listed under the site's)",
             m.tenant_mismatches.clone(),
         );
+        r.register(
+            "customer_mismatches",
+            "Device snapshots claiming a customer other than their site's (the site's is kept)",
+            m.customer_mismatches.clone(),
+        );
+        r.register(
+            "batches_dead_lettered",
+            "Batches refused for good, recorded on their site (the sequence closes over them)",
+            m.batches_dead_lettered.clone(),
+        );
+        r.register(
+            "sequence_gaps_expired",
+            "Gaps of a site's applied sequence numbers given up (their batches count as lost) to keep the set bounded",
+            m.sequence_gaps_expired.clone(),
+        );
+        r.register(
+            "logins_throttled",
+            "Logins refused with 429: too many failures for the user name or the address",
+            m.logins_throttled.clone(),
+        );
+        r.register(
+            "password_checks_busy",
+            "Logins refused with 503: every password-hashing slot stayed busy",
+            m.password_checks_busy.clone(),
+        );
+        m.site_registry.register(
+            "site_lag_seconds",
+            "Age of the newest applied batch of a site when applied",
+            m.site_lag_seconds.clone(),
+        );
         m
     }
 
@@ -147,9 +197,16 @@ impl CentralMetrics {
             .inc();
     }
 
-    pub fn encode(&self) -> String {
+    /// The text exposition; the per-site series only with `per_site`
+    /// (the operator's scrape).
+    pub fn encode(&self, per_site: bool) -> String {
         let mut s = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        if per_site {
+            let _ = prometheus_client::encoding::text::encode_registry(&mut s, &self.registry);
+            let _ = prometheus_client::encoding::text::encode(&mut s, &self.site_registry);
+        } else {
+            let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        }
         s
     }
 }

@@ -154,6 +154,92 @@ pub struct SiteRecord {
     /// stored after it, see [`SiteRecord::to_stored`].
     #[serde(skip)]
     pub tenant_mismatch: TenantMismatch,
+    /// Batches refused for good (their numbers are in the applied set, so
+    /// the sequence closes). Stored after the mismatch section.
+    #[serde(skip)]
+    pub dead_letters: DeadLetters,
+}
+
+/// Most numbers kept in [`SiteRecord::applied_above`]. A site sends its
+/// backlog oldest first, so an honest one has a handful there; when a
+/// batch would add one more, the oldest gap expires instead
+/// ([`SiteRecord::expire_gap`]: those numbers are dead-lettered as
+/// `gap_expired`), so the record, rewritten by every batch, stays small
+/// and the site always makes progress.
+pub const MAX_APPLIED_ABOVE: usize = 4_096;
+
+/// Reason of the dead letter of an expired gap.
+pub const GAP_EXPIRED: &str = "gap_expired";
+
+/// Dead letters kept per site (the newest; all are counted).
+pub const MAX_DEAD_LETTERS: usize = 100;
+
+/// Longest reason message kept in a dead letter.
+pub const MAX_DEAD_LETTER_MESSAGE: usize = 512;
+
+/// The batches of a site that central refused for good.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetters {
+    /// Every batch dead-lettered, including those no longer in `recent`.
+    pub total: u64,
+    /// The newest [`MAX_DEAD_LETTERS`], oldest first.
+    pub recent: Vec<DeadLetter>,
+}
+
+/// A batch central refused for good (or a range of numbers it will never
+/// apply: an expired gap).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub seq: u64,
+    /// The last number this covers (`seq` but for an expired gap).
+    pub last_seq: u64,
+    /// Why: the reason label of `outpost_central_batch_rejects_total`
+    /// (`malformed_batch`, `over_limit`, `identity_mismatch`,
+    /// `sequence_mismatch`), or [`GAP_EXPIRED`].
+    pub reason: String,
+    /// What was wrong, as told to the site (at most
+    /// [`MAX_DEAD_LETTER_MESSAGE`] bytes).
+    pub message: String,
+    /// When central refused it.
+    pub at_ms: u64,
+}
+
+impl DeadLetter {
+    pub fn new(seq: u64, reason: &str, message: &str, at_ms: u64) -> DeadLetter {
+        let mut end = message.len().min(MAX_DEAD_LETTER_MESSAGE);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        DeadLetter {
+            seq,
+            last_seq: seq,
+            reason: reason.to_string(),
+            message: message.get(..end).unwrap_or_default().to_string(),
+            at_ms,
+        }
+    }
+
+    /// Whether this covers `seq`.
+    pub fn covers(&self, seq: u64) -> bool {
+        self.seq <= seq && seq <= self.last_seq
+    }
+}
+
+impl DeadLetters {
+    /// The dead letter covering `seq`, if it is still kept.
+    pub fn find(&self, seq: u64) -> Option<&DeadLetter> {
+        self.recent.iter().rev().find(|d| d.covers(seq))
+    }
+
+    /// Records one, keeping the newest [`MAX_DEAD_LETTERS`].
+    pub fn push(&mut self, d: DeadLetter) {
+        self.total += 1;
+        self.recent.push(d);
+        if self.recent.len() > MAX_DEAD_LETTERS {
+            let extra = self.recent.len() - MAX_DEAD_LETTERS;
+            self.recent.drain(..extra);
+        }
+    }
 }
 
 /// Devices a site reported enrolled under a tenant other than the site's
@@ -185,29 +271,85 @@ impl From<&batch::ForeignTenant> for ForeignTenantRow {
 
 impl SiteRecord {
     /// The stored bytes of a site: the record's encoding, followed by its
-    /// [`TenantMismatch`] once the site reported one (so rows written
-    /// before central knew of mismatches decode unchanged).
+    /// [`TenantMismatch`] once the site reported one, then its
+    /// [`DeadLetters`] once it has some (so rows written before central
+    /// knew of either decode unchanged).
     pub fn to_stored(&self) -> Result<Vec<u8>, outpost_proto::codec::CodecError> {
         let mut out = outpost_proto::codec::encode(self)?;
-        if self.tenant_mismatch != TenantMismatch::default() {
+        let dead = self.dead_letters != DeadLetters::default();
+        if dead || self.tenant_mismatch != TenantMismatch::default() {
             outpost_proto::codec::encode_into(&self.tenant_mismatch, &mut out)?;
+        }
+        if dead {
+            outpost_proto::codec::encode_into(&self.dead_letters, &mut out)?;
         }
         Ok(out)
     }
 
     /// Decodes what [`SiteRecord::to_stored`] wrote (or a row written
-    /// before the mismatch section existed).
+    /// before either section existed).
     pub fn from_stored(bytes: &[u8]) -> Result<SiteRecord, outpost_proto::codec::CodecError> {
         let (mut site, used): (SiteRecord, usize) = outpost_proto::codec::decode_prefix(bytes)?;
         let rest = bytes.get(used..).unwrap_or_default();
         if !rest.is_empty() {
-            site.tenant_mismatch = outpost_proto::codec::decode(rest)?;
+            let (m, used): (TenantMismatch, usize) = outpost_proto::codec::decode_prefix(rest)?;
+            site.tenant_mismatch = m;
+            let rest = rest.get(used..).unwrap_or_default();
+            if !rest.is_empty() {
+                site.dead_letters = outpost_proto::codec::decode(rest)?;
+            }
         }
         Ok(site)
     }
 
+    /// Whether `seq` was applied (or dead-lettered): its number is in the
+    /// applied set.
     pub fn is_applied(&self, seq: u64) -> bool {
-        seq <= self.applied_up_to || self.applied_above.contains(&seq)
+        seq <= self.applied_up_to || self.applied_above.binary_search(&seq).is_ok()
+    }
+
+    /// Whether `seq` can join the applied set without it growing above
+    /// [`MAX_APPLIED_ABOVE`] numbers.
+    pub fn can_mark(&self, seq: u64) -> bool {
+        self.is_applied(seq)
+            || Some(seq) == self.applied_up_to.checked_add(1)
+            || self.applied_above.len() < MAX_APPLIED_ABOVE
+    }
+
+    /// Closes the oldest gap (the numbers between `applied_up_to` and the
+    /// lowest number above it) as dead-lettered [`GAP_EXPIRED`] at `now_ms`,
+    /// folding what follows into the prefix. `None` without a gap.
+    pub fn expire_gap(&mut self, now_ms: u64) -> Option<DeadLetter> {
+        let first = self.applied_up_to.checked_add(1)?;
+        let above = *self.applied_above.first()?;
+        let last = above.checked_sub(1)?;
+        if last < first {
+            return None;
+        }
+        let message = format!(
+            "never received while {} later batches were applied; batches {first} to {last} count as lost",
+            self.applied_above.len()
+        );
+        self.applied_up_to = last;
+        self.fold();
+        let mut d = DeadLetter::new(first, GAP_EXPIRED, &message, now_ms);
+        d.last_seq = last;
+        self.dead_letters.push(d.clone());
+        Some(d)
+    }
+
+    /// Makes room for `seq` in the applied set ([`SiteRecord::can_mark`]),
+    /// expiring the oldest gaps as needed; returns the dead letters of the
+    /// expired gaps.
+    pub fn make_room(&mut self, seq: u64, now_ms: u64) -> Vec<DeadLetter> {
+        let mut expired = Vec::new();
+        while !self.can_mark(seq) {
+            match self.expire_gap(now_ms) {
+                Some(d) => expired.push(d),
+                None => break,
+            }
+        }
+        expired
     }
 
     /// Marks `seq` applied, folding contiguous numbers into `applied_up_to`.
@@ -215,16 +357,23 @@ impl SiteRecord {
         if self.is_applied(seq) {
             return;
         }
-        self.applied_above.push(seq);
-        self.applied_above.sort_unstable();
-        while let Some(pos) = self
-            .applied_above
-            .iter()
-            .position(|s| *s == self.applied_up_to + 1)
-        {
-            self.applied_above.remove(pos);
-            self.applied_up_to += 1;
+        if let Err(at) = self.applied_above.binary_search(&seq) {
+            self.applied_above.insert(at, seq);
         }
+        self.fold();
+    }
+
+    /// Moves the numbers of `applied_above` that continue the prefix into
+    /// `applied_up_to`.
+    fn fold(&mut self) {
+        let mut folded = 0;
+        while let Some(next) = self.applied_up_to.checked_add(1)
+            && self.applied_above.get(folded) == Some(&next)
+        {
+            self.applied_up_to = next;
+            folded += 1;
+        }
+        self.applied_above.drain(..folded);
     }
 }
 
@@ -344,6 +493,15 @@ pub enum Role {
 }
 
 impl Role {
+    /// Admin 2, technician 1, viewer 0: a role may grant its rank or less.
+    pub fn rank(self) -> u8 {
+        match self {
+            Role::Admin => 2,
+            Role::Technician => 1,
+            Role::Viewer => 0,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Admin => "admin",
@@ -367,6 +525,41 @@ pub struct Principal {
 impl Principal {
     pub fn sees_customer(&self, c: &CustomerId) -> bool {
         self.customers.is_empty() || self.customers.contains(c)
+    }
+
+    /// Tenant-wide: not limited to some customers.
+    pub fn is_tenant_wide(&self) -> bool {
+        self.customers.is_empty()
+    }
+
+    /// Whether this principal may give a credential (token or user) `role`
+    /// over `customers` (empty = every customer of the tenant): only a
+    /// subset of its own scope, never a higher role. `Err` says why not.
+    pub fn may_grant(&self, role: Role, customers: &[CustomerId]) -> Result<(), String> {
+        if role.rank() > self.role.rank() {
+            return Err(format!(
+                "role {} may not grant role {}",
+                self.role.as_str(),
+                role.as_str()
+            ));
+        }
+        if self.is_tenant_wide() {
+            return Ok(());
+        }
+        if customers.is_empty() {
+            return Err(format!(
+                "limited to customers {}: name them (`customers`), an empty list means every customer",
+                self.customers
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        match customers.iter().find(|c| !self.customers.contains(c)) {
+            Some(c) => Err(format!("not allowed for customer {c}")),
+            None => Ok(()),
+        }
     }
 }
 
@@ -441,6 +634,7 @@ mod tests {
             interval_ms: 60_000,
             dropped_rollups: 3,
             tenant_mismatch: TenantMismatch::default(),
+            dead_letters: DeadLetters::default(),
         }
     }
 
@@ -628,6 +822,119 @@ mod tests {
         assert!(bytes.starts_with(&old), "the record's bytes first");
         assert_eq!(SiteRecord::from_stored(&bytes).unwrap(), m);
         assert!(SiteRecord::from_stored(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    /// Dead letters are stored after the mismatch section (an empty one is
+    /// written before them when the site has no mismatch); rows without
+    /// either keep their bytes.
+    #[test]
+    fn site_rows_carry_dead_letters_after_the_mismatch_section() {
+        let plain = site();
+        let old = plain.to_stored().unwrap();
+        let mut d = site();
+        d.dead_letters
+            .push(DeadLetter::new(8, "malformed_batch", "bad", 99));
+        let bytes = d.to_stored().unwrap();
+        assert!(bytes.starts_with(&old));
+        assert_eq!(SiteRecord::from_stored(&bytes).unwrap(), d);
+        let mut both = d.clone();
+        both.tenant_mismatch = TenantMismatch {
+            as_of_ms: 5,
+            tenants: vec![ForeignTenantRow {
+                tenant: "acme-msp".into(),
+                devices: 2,
+            }],
+        };
+        let bytes = both.to_stored().unwrap();
+        assert_eq!(SiteRecord::from_stored(&bytes).unwrap(), both);
+        assert!(SiteRecord::from_stored(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn dead_letters_keep_the_newest_count_all_and_cut_long_messages() {
+        let mut d = DeadLetters::default();
+        for seq in 0..(MAX_DEAD_LETTERS as u64 + 5) {
+            d.push(DeadLetter::new(seq, "over_limit", "x", seq));
+        }
+        assert_eq!(d.total, MAX_DEAD_LETTERS as u64 + 5);
+        assert_eq!(d.recent.len(), MAX_DEAD_LETTERS);
+        assert_eq!(d.recent[0].seq, 5);
+        assert!(d.find(4).is_none() && d.find(5).is_some());
+        let long = DeadLetter::new(1, "malformed_batch", &"é".repeat(600), 1);
+        assert!(long.message.len() <= MAX_DEAD_LETTER_MESSAGE);
+    }
+
+    /// The applied set folds contiguous numbers into its prefix and takes
+    /// at most MAX_APPLIED_ABOVE numbers above it (one that extends the
+    /// prefix always fits).
+    #[test]
+    fn the_applied_set_is_bounded_and_folds_into_its_prefix() {
+        let mut s = site();
+        (s.applied_up_to, s.applied_above) = (0, vec![]);
+        for seq in [3, 1, 5, 2] {
+            assert!(s.can_mark(seq));
+            s.mark_applied(seq);
+        }
+        assert_eq!((s.applied_up_to, s.applied_above.clone()), (3, vec![5]));
+        s.applied_above = (5..5 + MAX_APPLIED_ABOVE as u64).collect();
+        assert!(!s.can_mark(100_000), "full");
+        assert!(s.can_mark(4), "extends the prefix");
+        assert!(s.can_mark(7), "already in the set");
+        s.mark_applied(4);
+        assert_eq!(s.applied_up_to, 4 + MAX_APPLIED_ABOVE as u64);
+        assert!(s.applied_above.is_empty());
+        assert!(s.can_mark(100_000));
+        // Full with gaps: the oldest gap expires (dead-lettered as one
+        // range), what follows folds, and there is room again.
+        (s.applied_up_to, s.applied_above) = (10, vec![]);
+        s.applied_above = (0..MAX_APPLIED_ABOVE as u64).map(|i| 20 + 2 * i).collect();
+        assert!(s.make_room(4, 7).is_empty(), "applied already");
+        let expired = s.make_room(1_000_000, 7);
+        assert_eq!(expired.len(), 1);
+        let d = &expired[0];
+        assert_eq!(
+            (d.seq, d.last_seq, d.reason.as_str(), d.at_ms),
+            (11, 19, GAP_EXPIRED, 7)
+        );
+        assert_eq!(s.applied_up_to, 20);
+        assert_eq!(s.applied_above.len(), MAX_APPLIED_ABOVE - 1);
+        assert!(s.can_mark(1_000_000));
+        assert!(
+            s.dead_letters
+                .find(15)
+                .is_some_and(|x| x.covers(11) && x.covers(19))
+        );
+        assert!(s.dead_letters.find(21).is_none());
+        (s.applied_up_to, s.applied_above) = (u64::MAX - 1, vec![]);
+        s.mark_applied(u64::MAX);
+        assert_eq!(s.applied_up_to, u64::MAX, "no overflow at the end");
+    }
+
+    #[test]
+    fn a_principal_grants_a_subset_of_its_scope_and_no_higher_role() {
+        let p = |role, customers: &[&str]| Principal {
+            tenant: "msp".into(),
+            role,
+            customers: customers.iter().map(|c| (*c).into()).collect(),
+            name: "x".into(),
+        };
+        let c = |cs: &[&str]| cs.iter().map(|c| (*c).into()).collect::<Vec<CustomerId>>();
+        let wide = p(Role::Admin, &[]);
+        assert!(wide.may_grant(Role::Admin, &[]).is_ok());
+        assert!(wide.may_grant(Role::Viewer, &c(&["any"])).is_ok());
+        let scoped = p(Role::Admin, &["a", "b"]);
+        assert!(scoped.may_grant(Role::Admin, &c(&["a"])).is_ok());
+        assert!(scoped.may_grant(Role::Viewer, &c(&["a", "b"])).is_ok());
+        assert!(scoped.may_grant(Role::Viewer, &[]).is_err(), "empty = all");
+        assert!(scoped.may_grant(Role::Viewer, &c(&["a", "c"])).is_err());
+        let tech = p(Role::Technician, &[]);
+        assert!(tech.may_grant(Role::Admin, &[]).is_err(), "higher role");
+        assert!(tech.may_grant(Role::Technician, &[]).is_ok());
+        assert!(
+            p(Role::Viewer, &["a"])
+                .may_grant(Role::Technician, &c(&["a"]))
+                .is_err()
+        );
     }
 
     /// The JSON the API answers with for devices and alerts (same capture).

@@ -1,6 +1,8 @@
 //! Operator actions shared by the CLI (database opened directly) and the
 //! operator endpoints of a running central: add a site, create an API
-//! token, add a web user; and the credential helpers.
+//! token, add a web user; and the credential helpers. The operator may
+//! grant anything; what a tenant's own admins may grant is
+//! [`Principal::may_grant`], checked by the API before it calls these.
 
 use anyhow::{Context, bail};
 use argon2::Argon2;
@@ -8,6 +10,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use outpost_proto::{CustomerId, SiteId, TenantId};
 use serde::{Deserialize, Serialize};
 
+use crate::login::Passwords;
 use crate::model::{ApiTokenRecord, JoinTokenRecord, Principal, Role, SiteRecord, UserRecord};
 use crate::store::AuthStore;
 
@@ -65,6 +68,7 @@ pub async fn add_site(
         interval_ms: 0,
         dropped_rollups: 0,
         tenant_mismatch: Default::default(),
+        dead_letters: Default::default(),
     };
     let jt = JoinTokenRecord {
         tenant: req.tenant.clone(),
@@ -92,6 +96,9 @@ pub async fn create_token(
     now_ms: u64,
 ) -> anyhow::Result<String> {
     check_name("tenant", &req.tenant)?;
+    for c in &req.customers {
+        check_name("customer", c)?;
+    }
     let id = hex::encode(rand::random::<[u8; 6]>());
     let token = format!("oct_{}", hex::encode(rand::random::<[u8; 24]>()));
     let rec = ApiTokenRecord {
@@ -136,26 +143,51 @@ pub fn verify_password(pw: &str, phc: &str) -> bool {
         .unwrap_or(false)
 }
 
-pub async fn add_user(store: &dyn AuthStore, req: &AddUser, now_ms: u64) -> anyhow::Result<()> {
+/// Shortest password accepted.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+
+pub fn check_password(pw: &str) -> anyhow::Result<()> {
+    if pw.chars().count() < MIN_PASSWORD_CHARS {
+        bail!("the password must have at least {MIN_PASSWORD_CHARS} characters");
+    }
+    Ok(())
+}
+
+/// The record of a new user: names and password checked, the password
+/// hashed on `passwords`' bounded pool.
+pub async fn user_record(
+    req: &AddUser,
+    now_ms: u64,
+    passwords: &Passwords,
+) -> anyhow::Result<UserRecord> {
     check_name("tenant", &req.tenant)?;
     check_name("user name", &req.name)?;
-    if req.password.len() < 8 {
-        bail!("the password must have at least 8 characters");
+    for c in &req.customers {
+        check_name("customer", c)?;
     }
-    let rec = UserRecord {
+    check_password(&req.password)?;
+    Ok(UserRecord {
         tenant: req.tenant.clone(),
         name: req.name.clone(),
         role: req.role,
         customers: req.customers.clone(),
-        // Deliberately expensive: off the async threads.
-        password_hash: {
-            let pw = req.password.clone();
-            tokio::task::spawn_blocking(move || hash_password(&pw))
-                .await
-                .context("hashing the password")??
-        },
+        password_hash: passwords
+            .hash(req.password.clone())
+            .await
+            .context("hashing the password")?,
         created_ms: now_ms,
-    };
+    })
+}
+
+/// Adds a user, or replaces one of the same name (the operator's `user
+/// add`; a replaced user's sessions end). Returns the sessions ended.
+pub async fn add_user(
+    store: &dyn AuthStore,
+    req: &AddUser,
+    now_ms: u64,
+    passwords: &Passwords,
+) -> anyhow::Result<u64> {
+    let rec = user_record(req, now_ms, passwords).await?;
     store.put_user(&rec).await.context("storing the user")
 }
 

@@ -1,5 +1,19 @@
 //! Central's QUIC listener: site joins (one-time token + CSR, pinned TLS)
 //! and uplink streams (mutual TLS; site and tenant from the certificate).
+//!
+//! Bounded: at most [`CentralLimits::max_connections`] connections (more
+//! are refused at once, counted), at most
+//! [`CentralLimits::max_connections_per_site`] uplinks per site, at most
+//! [`CentralLimits::max_concurrent_batches`] batches decoded and applied at
+//! once. Per batch, the cheap checks come first: a sequence number already
+//! closed is answered without decompressing anything; the header (who the
+//! batch claims to be) is read and checked before the body is decoded; the
+//! body is decoded within `outpost_uplink::batch::limits`. A batch refused
+//! for good is dead-lettered on its site (its number closes).
+//!
+//! [`CentralLimits::max_connections`]: crate::CentralLimits::max_connections
+//! [`CentralLimits::max_connections_per_site`]: crate::CentralLimits::max_connections_per_site
+//! [`CentralLimits::max_concurrent_batches`]: crate::CentralLimits::max_concurrent_batches
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,8 +32,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::Central;
 use crate::metrics::SiteLabel;
-use crate::store::ApplyOutcome;
-use outpost_uplink::batch;
+use crate::model::DeadLetter;
+use crate::store::{ApplyOutcome, DeadLetterOutcome};
+use outpost_uplink::batch::{self, BatchError};
 use outpost_uplink::wire::{
     ALPN_UPLINK, ALPN_UPLINK_JOIN, CentralFrame, CentralWelcome, JoinRequest, JoinResponse,
     MAX_UPLINK_FRAME_BYTES, RejectReason, SiteFrame, UPLINK_PROTOCOL_VERSION, close,
@@ -57,8 +72,15 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, central: Arc<Central>, track
             _ = central.shutdown.cancelled() => break,
         };
         let Some(incoming) = incoming else { break };
+        let Ok(slot) = central.connection_slots.clone().try_acquire_owned() else {
+            central.metrics.conn_reject("connection_limit");
+            debug!(remote = %incoming.remote_address(), "connection refused: at the connection limit");
+            incoming.refuse();
+            continue;
+        };
         let c = central.clone();
         tracker.spawn(async move {
+            let _slot = slot;
             let conn = match incoming.await {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -184,6 +206,12 @@ async fn serve_uplink(conn: quinn::Connection, c: Arc<Central>) {
         );
         return;
     };
+    let Some(_counted) = c.site_connection(&tenant, &site_id) else {
+        c.metrics.conn_reject("site_connection_limit");
+        warn!(%tenant, site = %site_id, "uplink refused: the site has too many connections open");
+        conn.close(close::PROTOCOL.into(), b"too many connections of this site");
+        return;
+    };
     let span = info_span!("uplink", %tenant, site = %site_id);
     let r = uplink_stream(&conn, &c, &tenant, &site_id)
         .instrument(span)
@@ -257,60 +285,163 @@ async fn uplink_stream(
             Some(SiteFrame::Hello(_)) => anyhow::bail!("second Hello"),
             Some(SiteFrame::Batch(b)) => b,
         };
-        c.metrics.batches_received.inc();
-        let answer = match receive_batch(c, tenant, site_id, wb.seq, wb.payload).await {
-            Ok(()) => CentralFrame::Ack { seq: wb.seq },
-            Err((reason, message)) => {
-                c.metrics.reject(reason.label());
-                warn!(seq = wb.seq, reason = reason.label(), %message, "batch refused");
-                CentralFrame::Reject {
-                    seq: wb.seq,
-                    reason,
-                    message,
-                }
-            }
-        };
+        let answer = answer_batch(c, tenant, site_id, wb.seq, wb.payload).await;
         out.clear();
         write_frame(&answer, &mut out, MAX_UPLINK_FRAME_BYTES)?;
         send.write_all(&out).await?;
     }
 }
 
-/// Decodes, checks and applies one batch; `Ok` means durable (or already applied).
+/// Why a batch was refused: the wire reason the site is told, the label
+/// central counts it under (`outpost_central_batch_rejects_total{reason}`),
+/// and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: RejectReason,
+    pub label: &'static str,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(reason: RejectReason, message: impl Into<String>) -> Refusal {
+        Refusal {
+            reason,
+            label: reason.label(),
+            message: message.into(),
+        }
+    }
+
+    /// The refusal recorded in `d`, told again to a site that resends it.
+    fn of_dead_letter(d: &DeadLetter) -> Refusal {
+        let (reason, label) = match d.reason.as_str() {
+            "identity_mismatch" => (RejectReason::IdentityMismatch, "identity_mismatch"),
+            "sequence_mismatch" => (RejectReason::SequenceMismatch, "sequence_mismatch"),
+            "over_limit" => (RejectReason::Malformed, "over_limit"),
+            crate::model::GAP_EXPIRED => (RejectReason::Malformed, "gap_expired"),
+            _ => (RejectReason::Malformed, "malformed_batch"),
+        };
+        Refusal {
+            reason,
+            label,
+            message: format!("batch {} was refused for good: {}", d.seq, d.message),
+        }
+    }
+}
+
+/// Label of batches over the decoder's limits (told `Malformed` on the wire:
+/// older appliances know no other permanent reason).
+pub const OVER_LIMIT: &str = "over_limit";
+
+/// Checks a batch (frame sequence `seq`, still compressed) of the site of
+/// the certificate, before and while decoding it: the header first, then
+/// the body within the batch limits.
+pub fn check_batch(
+    tenant: &TenantId,
+    site_id: &SiteId,
+    seq: u64,
+    payload: &[u8],
+) -> Result<batch::SiteBatch, Refusal> {
+    let malformed = |e: BatchError| match e {
+        BatchError::OverLimit(o) => Refusal {
+            reason: RejectReason::Malformed,
+            label: OVER_LIMIT,
+            message: o.to_string(),
+        },
+        e => Refusal::new(RejectReason::Malformed, e.to_string()),
+    };
+    let opened = batch::open(payload).map_err(malformed)?;
+    let h = opened.header();
+    if h.site != *site_id || h.tenant != *tenant {
+        return Err(Refusal::new(
+            RejectReason::IdentityMismatch,
+            format!(
+                "batch claims site {} of tenant {} but the certificate is site {site_id} of tenant {tenant}",
+                h.site, h.tenant
+            ),
+        ));
+    }
+    if h.seq != seq {
+        return Err(Refusal::new(
+            RejectReason::SequenceMismatch,
+            format!("frame seq {seq} != batch seq {}", h.seq),
+        ));
+    }
+    opened.decode().map_err(malformed)
+}
+
+/// The answer to one batch frame: `Ack` once durable (or already
+/// applied), else `Reject`, counted by reason.
+pub(crate) async fn answer_batch(
+    c: &Arc<Central>,
+    tenant: &TenantId,
+    site_id: &SiteId,
+    seq: u64,
+    payload: Vec<u8>,
+) -> CentralFrame {
+    c.metrics.batches_received.inc();
+    match receive_batch(c, tenant, site_id, seq, payload).await {
+        Ok(()) => CentralFrame::Ack { seq },
+        Err(r) => {
+            c.metrics.reject(r.label);
+            warn!(seq, reason = r.label, message = %r.message, "batch refused");
+            CentralFrame::Reject {
+                seq,
+                reason: r.reason,
+                message: r.message,
+            }
+        }
+    }
+}
+
+/// Decodes, checks and applies one batch; `Ok` means durable (or already
+/// applied). A permanent refusal is dead-lettered first.
 async fn receive_batch(
     c: &Arc<Central>,
     tenant: &TenantId,
     site_id: &SiteId,
     seq: u64,
     payload: Vec<u8>,
-) -> Result<(), (RejectReason, String)> {
-    let (t, s) = (tenant.to_string(), site_id.to_string());
+) -> Result<(), Refusal> {
+    let internal = |e: &dyn std::fmt::Display| Refusal::new(RejectReason::Internal, e.to_string());
+    // A number already closed costs no decoding: a replay is acknowledged,
+    // a resent dead letter refused again.
+    let site = c
+        .store
+        .site(tenant, site_id)
+        .await
+        .map_err(|e| internal(&e))?
+        .ok_or_else(|| internal(&"unknown site"))?;
+    if site.is_applied(seq) {
+        return match site.dead_letters.find(seq) {
+            Some(d) => Err(Refusal::of_dead_letter(d)),
+            None => {
+                c.metrics.batches_duplicate.inc();
+                Ok(())
+            }
+        };
+    }
+    let _slot = c
+        .batch_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| internal(&e))?;
     let started = Instant::now();
     // Decoding is CPU work (zstd, bincode): on the blocking pool.
-    let b = tokio::task::spawn_blocking(move || {
-        let b = batch::decode(&payload).map_err(|e| (RejectReason::Malformed, e.to_string()))?;
-        if b.site != s || b.tenant != t {
-            return Err((
-                RejectReason::IdentityMismatch,
-                format!(
-                    "batch claims site {} of tenant {} but the certificate is site {s} of tenant {t}",
-                    b.site, b.tenant
-                ),
-            ));
-        }
-        if b.seq != seq {
-            return Err((RejectReason::SequenceMismatch, format!("frame seq {seq} != batch seq {}", b.seq)));
-        }
-        Ok(b)
-    })
-    .await
-    .map_err(|e| (RejectReason::Internal, e.to_string()))??;
+    let (t, s) = (tenant.clone(), site_id.clone());
+    let checked = tokio::task::spawn_blocking(move || check_batch(&t, &s, seq, &payload))
+        .await
+        .map_err(|e| internal(&e))?;
+    let b = match checked {
+        Ok(b) => b,
+        Err(refusal) => return Err(dead_letter(c, tenant, site_id, seq, refusal).await),
+    };
     let created_ms = b.created_ms;
     let outcome = c
         .store
         .apply_batch(tenant, site_id, b, crate::now_ms())
         .await
-        .map_err(|e| (RejectReason::Internal, e.to_string()))?;
+        .map_err(|e| internal(&e))?;
     match outcome {
         ApplyOutcome::Duplicate => {
             c.metrics.batches_duplicate.inc();
@@ -319,7 +450,10 @@ async fn receive_batch(
             rollups_new,
             rollups_replaced,
             tenant_mismatches_new,
+            customer_mismatches,
+            gaps_expired,
         } => {
+            gaps_expired_note(c, gaps_expired);
             c.metrics.batches_applied.inc();
             c.metrics.rollups_applied.inc_by(rollups_new);
             c.metrics.rollups_replaced.inc_by(rollups_replaced);
@@ -328,6 +462,13 @@ async fn receive_batch(
                 warn!(
                     devices = tenant_mismatches_new,
                     "site reports devices enrolled under another tenant; they are listed under the site's tenant"
+                );
+            }
+            if customer_mismatches > 0 {
+                c.metrics.customer_mismatches.inc_by(customer_mismatches);
+                debug!(
+                    devices = customer_mismatches,
+                    "device snapshots claim a customer other than the site's; the site's is kept"
                 );
             }
             c.metrics
@@ -344,4 +485,213 @@ async fn receive_batch(
         }
     }
     Ok(())
+}
+
+/// Counts and logs gaps of a site's applied set that expired.
+fn gaps_expired_note(c: &Central, gaps: u64) {
+    if gaps > 0 {
+        c.metrics.sequence_gaps_expired.inc_by(gaps);
+        warn!(
+            gaps,
+            "batches missing while many later ones were applied now count as lost (dead-lettered as gap_expired)"
+        );
+    }
+}
+
+/// Records a permanent refusal on the site (so its number closes) and
+/// returns what to tell the site.
+async fn dead_letter(
+    c: &Arc<Central>,
+    tenant: &TenantId,
+    site_id: &SiteId,
+    seq: u64,
+    refusal: Refusal,
+) -> Refusal {
+    let letter = DeadLetter::new(seq, refusal.label, &refusal.message, crate::now_ms());
+    match c.store.dead_letter(tenant, site_id, letter).await {
+        Ok(DeadLetterOutcome::Recorded { gaps_expired }) => {
+            c.metrics.batches_dead_lettered.inc();
+            gaps_expired_note(c, gaps_expired);
+            warn!(
+                seq,
+                reason = refusal.label,
+                "batch dead-lettered: refused for good, its number closes"
+            );
+            refusal
+        }
+        // Closed meanwhile (by another connection of the site): say so.
+        Ok(DeadLetterOutcome::AlreadyClosed) => refusal,
+        Err(e) => Refusal::new(
+            RejectReason::Internal,
+            format!("recording the refusal of batch {seq} failed: {e}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{batch_of, central_with_site};
+    use outpost_uplink::batch::{DEFAULT_ZSTD_LEVEL, encode};
+
+    fn tenant() -> TenantId {
+        "msp".into()
+    }
+
+    /// Sends one batch frame: `Ok` for an `Ack`, else the refusal.
+    async fn send(
+        c: &Arc<Central>,
+        site: &SiteId,
+        seq: u64,
+        payload: Vec<u8>,
+    ) -> Result<(), Refusal> {
+        match answer_batch(c, &tenant(), site, seq, payload).await {
+            CentralFrame::Ack { seq: s } if s == seq => Ok(()),
+            CentralFrame::Reject {
+                seq: s,
+                reason,
+                message,
+            } if s == seq => Err(Refusal {
+                reason,
+                label: "",
+                message,
+            }),
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+
+    fn good(site: &SiteId, seq: u64) -> Vec<u8> {
+        encode(&batch_of(site, seq), DEFAULT_ZSTD_LEVEL).unwrap()
+    }
+
+    fn metric(c: &Central, line: &str) -> bool {
+        c.metrics.encode(false).lines().any(|l| l == line)
+    }
+
+    /// Batch 2 can never be applied (it does not decode): it is recorded
+    /// on the site with its reason and time, its number closes, and
+    /// batches 3 and 4 still fold into the contiguous prefix instead of
+    /// piling up above a gap forever.
+    #[tokio::test]
+    async fn a_permanently_refused_batch_is_dead_lettered_and_later_ones_fold_into_the_prefix() {
+        let (c, site, _dir) = central_with_site(Default::default()).await;
+        send(&c, &site, 1, good(&site, 1)).await.unwrap();
+        let r = send(&c, &site, 2, b"not a batch".to_vec())
+            .await
+            .unwrap_err();
+        assert_eq!(r.reason, RejectReason::Malformed);
+        assert!(metric(
+            &c,
+            "outpost_central_batch_rejects_total{reason=\"malformed_batch\"} 1"
+        ));
+        for seq in [3, 4] {
+            send(&c, &site, seq, good(&site, seq)).await.unwrap();
+        }
+        let s = c.store.site(&tenant(), &site).await.unwrap().unwrap();
+        assert_eq!((s.applied_up_to, s.applied_above.clone()), (4, vec![]));
+        assert_eq!(s.batches_applied, 3);
+        assert_eq!(s.dead_letters.total, 1);
+        let d = &s.dead_letters.recent[0];
+        assert_eq!((d.seq, d.reason.as_str()), (2, "malformed_batch"));
+        assert!(d.at_ms > 0 && !d.message.is_empty(), "{d:?}");
+        assert!(metric(&c, "outpost_central_batches_dead_lettered_total 1"));
+        // The site sends batch 2 again (it missed the answer): refused
+        // again, with the recorded reason, not applied, not recorded twice.
+        let r = send(&c, &site, 2, b"still not".to_vec()).await.unwrap_err();
+        assert_eq!(r.reason, RejectReason::Malformed);
+        assert!(r.message.contains("refused for good"), "{}", r.message);
+        let s = c.store.site(&tenant(), &site).await.unwrap().unwrap();
+        assert_eq!(s.dead_letters.total, 1);
+        assert!(metric(&c, "outpost_central_batches_received_total 5"));
+    }
+
+    /// A batch over the decoder's limits is refused permanently (malformed
+    /// on the wire, which every appliance version reads), counted as
+    /// `over_limit`, and dead-lettered.
+    #[tokio::test]
+    async fn an_over_limit_batch_is_refused_counted_and_dead_lettered() {
+        let (c, site, _dir) = central_with_site(Default::default()).await;
+        let mut b = batch_of(&site, 1);
+        let d = b.devices[0].clone();
+        b.devices = (0..batch::limits::MAX_DEVICE_UPDATES as u64 + 1)
+            .map(|i| batch::DeviceUpdate {
+                device: outpost_proto::DeviceId(i),
+                ..d.clone()
+            })
+            .collect();
+        let r = send(&c, &site, 1, encode(&b, 1).unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(r.reason, RejectReason::Malformed);
+        assert!(r.message.contains("device_updates"), "{}", r.message);
+        assert!(metric(
+            &c,
+            "outpost_central_batch_rejects_total{reason=\"over_limit\"} 1"
+        ));
+        let s = c.store.site(&tenant(), &site).await.unwrap().unwrap();
+        assert_eq!(s.applied_up_to, 1);
+        assert_eq!(s.dead_letters.recent[0].reason, OVER_LIMIT);
+        assert_eq!(s.batches_applied, 0);
+    }
+
+    /// Who a batch claims to be is read from its header before its body is
+    /// decoded: a batch of another site with a body of garbage is an
+    /// identity mismatch, not a malformed batch.
+    #[tokio::test]
+    async fn the_identity_is_checked_from_the_header_before_the_body() {
+        let (c, site, _dir) = central_with_site(Default::default()).await;
+        let mut raw = outpost_proto::codec::encode(&(2u16, 1u64, "s-other", "msp", 7u64)).unwrap();
+        raw.extend_from_slice(&[0xFF; 64]);
+        let payload = zstd_compress(&raw);
+        let r = send(&c, &site, 1, payload).await.unwrap_err();
+        assert_eq!(r.reason, RejectReason::IdentityMismatch, "{}", r.message);
+        // The frame's number and the batch's must agree.
+        let r = send(&c, &site, 2, good(&site, 3)).await.unwrap_err();
+        assert_eq!(r.reason, RejectReason::SequenceMismatch);
+        let s = c.store.site(&tenant(), &site).await.unwrap().unwrap();
+        assert_eq!(s.dead_letters.total, 2, "both are closed");
+        assert_eq!(s.applied_up_to, 2);
+    }
+
+    fn zstd_compress(raw: &[u8]) -> Vec<u8> {
+        zstd::bulk::compress(raw, 1).unwrap()
+    }
+
+    /// A number already applied costs no decoding: a replay is
+    /// acknowledged whatever its payload.
+    #[tokio::test]
+    async fn a_replayed_number_is_acknowledged_without_decoding() {
+        let (c, site, _dir) = central_with_site(Default::default()).await;
+        send(&c, &site, 1, good(&site, 1)).await.unwrap();
+        send(&c, &site, 1, b"garbage".to_vec()).await.unwrap();
+        assert!(metric(&c, "outpost_central_batches_duplicate_total 1"));
+    }
+
+    /// The applied set holds at most MAX_APPLIED_ABOVE numbers above its
+    /// prefix: a batch that would add one more expires the oldest gap
+    /// (dead-lettered as gap_expired, counted) and applies; the site makes
+    /// progress whatever order its batches come in, and a batch of the
+    /// expired gap sent later is refused for good.
+    #[tokio::test]
+    async fn a_full_applied_set_expires_its_oldest_gap() {
+        use crate::model::MAX_APPLIED_ABOVE;
+        let (c, site, _dir) = central_with_site(Default::default()).await;
+        let mut s = c.store.site(&tenant(), &site).await.unwrap().unwrap();
+        s.applied_above = (3..3 + MAX_APPLIED_ABOVE as u64).collect();
+        c.store.update_site(&s).await.unwrap();
+        let far = 10_000_000;
+        send(&c, &site, far, good(&site, far)).await.unwrap();
+        let s = c.store.site(&tenant(), &site).await.unwrap().unwrap();
+        assert_eq!(s.applied_up_to, 2 + MAX_APPLIED_ABOVE as u64);
+        assert_eq!(s.applied_above, vec![far]);
+        assert_eq!(s.dead_letters.recent[0].reason, "gap_expired");
+        assert!(metric(&c, "outpost_central_sequence_gaps_expired_total 1"));
+        let r = send(&c, &site, 2, good(&site, 2)).await.unwrap_err();
+        assert_eq!(r.reason, RejectReason::Malformed);
+        assert!(r.message.contains("refused for good"), "{}", r.message);
+        assert!(metric(
+            &c,
+            "outpost_central_batch_rejects_total{reason=\"gap_expired\"} 1"
+        ));
+    }
 }

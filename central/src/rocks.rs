@@ -10,25 +10,26 @@
 //! parallel (and RocksDB folds their concurrent synced writes into one WAL
 //! sync).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use outpost_proto::codec;
-use outpost_proto::{SiteId, TenantId};
+use outpost_proto::{CustomerId, SiteId, TenantId};
 use outpost_storage::rocksdb::{
     self, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::apply::{self, ApplyPlan, CurrentRows, Touched};
+use crate::apply::{self, ApplyPlan, CurrentRows, DeadLetterPlan, Touched};
 use crate::model::{
-    AlertRow, ApiTokenRecord, BucketRow, DeviceRow, JoinTokenRecord, RollupRow, SessionRecord,
-    SiteRecord, UserRecord,
+    AlertRow, ApiTokenRecord, BucketRow, DeadLetter, DeviceRow, JoinTokenRecord, RollupRow,
+    SessionRecord, SiteRecord, UserRecord,
 };
 use crate::store::{
-    ApplyOutcome, AuthStore, BatchStore, CentralStoreError, DeviceFilter, FleetStore, Page, Result,
-    RollupQuery, StoreFuture,
+    ApplyOutcome, AuthStore, BatchStore, CentralStoreError, DeadLetterOutcome, DeviceFilter,
+    FleetStore, Page, Result, RollupQuery, StoreFuture,
 };
 use outpost_uplink::batch::SiteBatch;
 
@@ -57,6 +58,10 @@ pub struct RocksCentralStore {
 }
 
 const SITE_LOCK_STRIPES: usize = 64;
+
+/// Most bytes a batch's write reserves before it is filled (it grows past
+/// this only by what is actually written).
+const WRITE_BATCH_RESERVE_MAX: usize = 8 * 1024 * 1024;
 
 impl std::fmt::Debug for RocksCentralStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -236,6 +241,10 @@ fn auth_key(kind: u8, hash: &[u8]) -> Vec<u8> {
     k
 }
 
+fn user_key(tenant: &str, name: &str) -> Vec<u8> {
+    auth_key(b'u', &key(&[tenant.as_bytes(), name.as_bytes()]))
+}
+
 /// The blocking API: the operations of the store traits.
 impl RocksCentralStore {
     pub fn create_site(
@@ -355,9 +364,15 @@ impl RocksCentralStore {
             ApplyPlan::Apply(c) => c,
         };
         // About 110 bytes per stored rollup and 2 KB per device row: sized
-        // once instead of grown by doubling.
-        let mut wb =
-            WriteBatch::with_capacity_bytes(b.rollup_count() * 110 + b.rollups.len() * 2048 + 4096);
+        // once instead of grown by doubling, but never more than
+        // WRITE_BATCH_RESERVE_MAX ahead of what is written (the counts are
+        // the site's).
+        let estimate = b
+            .rollup_count()
+            .saturating_mul(110)
+            .saturating_add(b.rollups.len().saturating_mul(2048))
+            .saturating_add(4096);
+        let mut wb = WriteBatch::with_capacity_bytes(estimate.min(WRITE_BATCH_RESERVE_MAX));
         for (k, row) in bucket_keys.iter().zip(&changes.buckets) {
             if let Some(row) = row {
                 self.put(&mut wb, CF_ROLLUPS, k, row)?;
@@ -374,7 +389,42 @@ impl RocksCentralStore {
         Ok(changes.outcome())
     }
 
+    /// Records a dead letter ([`apply::dead_letter`]) under the site's lock.
+    pub fn dead_letter(
+        &self,
+        tenant: &str,
+        site_id: &str,
+        letter: DeadLetter,
+    ) -> Result<DeadLetterOutcome> {
+        let _g = self.lock_site(tenant, site_id);
+        let sk = key(&[tenant.as_bytes(), site_id.as_bytes()]);
+        let site: SiteRecord = self
+            .get_site(&sk)?
+            .ok_or_else(|| CentralStoreError::Conflict(format!("unknown site {site_id}")))?;
+        match apply::dead_letter(site, letter) {
+            DeadLetterPlan::AlreadyClosed => Ok(DeadLetterOutcome::AlreadyClosed),
+            DeadLetterPlan::Record(site, expired) => {
+                let mut wb = WriteBatch::default();
+                self.put_site(&mut wb, &sk, &site)?;
+                self.write(wb)?;
+                Ok(DeadLetterOutcome::Recorded {
+                    gaps_expired: expired.len() as u64,
+                })
+            }
+        }
+    }
+
+    /// Customer of each site of `tenant`: a device's customer is its site's.
+    fn site_customers(&self, tenant: &str) -> Result<HashMap<SiteId, CustomerId>> {
+        Ok(self
+            .sites(tenant)?
+            .into_iter()
+            .map(|s| (s.site_id, s.customer))
+            .collect())
+    }
+
     pub fn devices(&self, tenant: &str, f: &DeviceFilter) -> Result<Page<DeviceRow>> {
+        let customers = self.site_customers(tenant)?;
         let p = match &f.site_id {
             Some(s) => prefix(&[tenant.as_bytes(), s.as_bytes()]),
             None => prefix(&[tenant.as_bytes()]),
@@ -400,7 +450,10 @@ impl RocksCentralStore {
         let mut last = None;
         let mut more = false;
         self.scan::<DeviceRow>(CF_DEVICES, &p, &start, |k, d| {
-            let d = d.upgraded();
+            let mut d = d.upgraded();
+            if let Some(c) = customers.get(&d.site_id) {
+                d.customer = c.clone();
+            }
             let ok = f.customer.as_ref().is_none_or(|c| *c == d.customer)
                 && (f.customers_allowed.is_empty() || f.customers_allowed.contains(&d.customer))
                 && f.status.as_ref().is_none_or(|s| s == d.status.as_str());
@@ -422,12 +475,18 @@ impl RocksCentralStore {
     }
 
     pub fn device(&self, tenant: &str, site_id: &str, device: &str) -> Result<Option<DeviceRow>> {
-        Ok(self
-            .get::<DeviceRow>(
-                CF_DEVICES,
-                &key(&[tenant.as_bytes(), site_id.as_bytes(), device.as_bytes()]),
-            )?
-            .map(DeviceRow::upgraded))
+        let Some(d) = self.get::<DeviceRow>(
+            CF_DEVICES,
+            &key(&[tenant.as_bytes(), site_id.as_bytes(), device.as_bytes()]),
+        )?
+        else {
+            return Ok(None);
+        };
+        let mut d = d.upgraded();
+        if let Some(site) = self.site(tenant, site_id)? {
+            d.customer = site.customer;
+        }
+        Ok(Some(d))
     }
 
     pub fn rollups(&self, tenant: &str, q: &RollupQuery) -> Result<Vec<(u64, RollupRow)>> {
@@ -506,18 +565,84 @@ impl RocksCentralStore {
     pub fn api_token(&self, hash: &[u8; 32]) -> Result<Option<ApiTokenRecord>> {
         self.get(CF_AUTH, &auth_key(b't', hash))
     }
-    pub fn put_user(&self, u: &UserRecord) -> Result<()> {
-        self.put_one(
-            CF_AUTH,
-            &auth_key(b'u', &key(&[u.tenant.as_bytes(), u.name.as_bytes()])),
-            u,
-        )
+    /// Stores (or replaces) a user; a replaced user's sessions end.
+    pub fn put_user(&self, u: &UserRecord, now_ms: u64) -> Result<u64> {
+        let _g = self.auth_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let k = user_key(&u.tenant, &u.name);
+        let mut wb = WriteBatch::default();
+        let ended = if self.get::<UserRecord>(CF_AUTH, &k)?.is_some() {
+            self.end_sessions_into(&mut wb, &u.tenant, &u.name, now_ms)?
+        } else {
+            0
+        };
+        self.put(&mut wb, CF_AUTH, &k, u)?;
+        self.write(wb)?;
+        Ok(ended)
+    }
+    /// Stores a new user; `Conflict` if the tenant has one of that name.
+    pub fn create_user(&self, u: &UserRecord) -> Result<()> {
+        let _g = self.auth_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let k = user_key(&u.tenant, &u.name);
+        if self.get::<UserRecord>(CF_AUTH, &k)?.is_some() {
+            return Err(CentralStoreError::Conflict(format!(
+                "user {} exists; change a password with PUT /api/v1/users/{}/password",
+                u.name, u.name
+            )));
+        }
+        self.put_one(CF_AUTH, &k, u)
     }
     pub fn user(&self, tenant: &str, name: &str) -> Result<Option<UserRecord>> {
-        self.get(
-            CF_AUTH,
-            &auth_key(b'u', &key(&[tenant.as_bytes(), name.as_bytes()])),
-        )
+        self.get(CF_AUTH, &user_key(tenant, name))
+    }
+    /// Replaces a user's password hash and ends their sessions, in one
+    /// write; `None` if there is no such user.
+    pub fn set_password(
+        &self,
+        tenant: &str,
+        name: &str,
+        password_hash: &str,
+        now_ms: u64,
+    ) -> Result<Option<u64>> {
+        let _g = self.auth_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let k = user_key(tenant, name);
+        let Some(mut u) = self.get::<UserRecord>(CF_AUTH, &k)? else {
+            return Ok(None);
+        };
+        u.password_hash = password_hash.to_string();
+        let mut wb = WriteBatch::default();
+        let ended = self.end_sessions_into(&mut wb, tenant, name, now_ms)?;
+        self.put(&mut wb, CF_AUTH, &k, &u)?;
+        self.write(wb)?;
+        Ok(Some(ended))
+    }
+    /// Adds to `wb` the deletion of every session of user `name` of
+    /// `tenant`, and of every expired session met on the way; returns the
+    /// number of the user's sessions.
+    fn end_sessions_into(
+        &self,
+        wb: &mut WriteBatch,
+        tenant: &str,
+        name: &str,
+        now_ms: u64,
+    ) -> Result<u64> {
+        let cf = self.cf(CF_AUTH)?;
+        let p = auth_key(b's', &[]);
+        let mut ended = 0;
+        let mut doomed = Vec::new();
+        self.scan::<SessionRecord>(CF_AUTH, &p, &p, |k, s| {
+            let mine = s.principal.tenant.as_str() == tenant && s.principal.name == name;
+            if mine {
+                ended += 1;
+            }
+            if mine || s.expires_ms <= now_ms {
+                doomed.push(k.to_vec());
+            }
+            true
+        })?;
+        for k in doomed {
+            wb.delete_cf(cf, k);
+        }
+        Ok(ended)
     }
     pub fn put_session(&self, hash: &[u8; 32], s: &SessionRecord) -> Result<()> {
         self.put_one(CF_AUTH, &auth_key(b's', hash), s)
@@ -555,6 +680,16 @@ impl BatchStore for RocksCentralStore {
     ) -> StoreFuture<'a, ApplyOutcome> {
         let (st, t, s) = (self.clone(), tenant.to_owned(), site_id.to_owned());
         blocking(move || st.apply_batch(&t, &s, &batch, received_ms))
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: &'a SiteId,
+        letter: DeadLetter,
+    ) -> StoreFuture<'a, DeadLetterOutcome> {
+        let (st, t, s) = (self.clone(), tenant.to_owned(), site_id.to_owned());
+        blocking(move || st.dead_letter(&t, &s, letter))
     }
 }
 
@@ -671,9 +806,29 @@ impl AuthStore for RocksCentralStore {
         blocking(move || st.api_token(&hash))
     }
 
-    fn put_user<'a>(&'a self, user: &'a UserRecord) -> StoreFuture<'a, ()> {
+    fn put_user<'a>(&'a self, user: &'a UserRecord) -> StoreFuture<'a, u64> {
         let (st, user) = (self.clone(), user.clone());
-        blocking(move || st.put_user(&user))
+        blocking(move || st.put_user(&user, crate::now_ms()))
+    }
+
+    fn create_user<'a>(&'a self, user: &'a UserRecord) -> StoreFuture<'a, ()> {
+        let (st, user) = (self.clone(), user.clone());
+        blocking(move || st.create_user(&user))
+    }
+
+    fn set_password<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        name: &'a str,
+        password_hash: &'a str,
+    ) -> StoreFuture<'a, Option<u64>> {
+        let (st, t, n, h) = (
+            self.clone(),
+            tenant.to_owned(),
+            name.to_owned(),
+            password_hash.to_owned(),
+        );
+        blocking(move || st.set_password(&t, &n, &h, crate::now_ms()))
     }
 
     fn user<'a>(
@@ -723,6 +878,7 @@ mod tests {
             interval_ms: 0,
             dropped_rollups: 0,
             tenant_mismatch: Default::default(),
+            dead_letters: Default::default(),
         }
     }
 
@@ -917,7 +1073,9 @@ mod tests {
             ApplyOutcome::Applied {
                 rollups_new: 3,
                 rollups_replaced: 0,
-                tenant_mismatches_new: 0
+                tenant_mismatches_new: 0,
+                customer_mismatches: 0,
+                gaps_expired: 0
             }
         );
         let dev = first.device.to_string();
@@ -944,7 +1102,9 @@ mod tests {
             ApplyOutcome::Applied {
                 rollups_new: 0,
                 rollups_replaced: 1,
-                tenant_mismatches_new: 0
+                tenant_mismatches_new: 0,
+                customer_mismatches: 0,
+                gaps_expired: 0
             }
         );
         assert_eq!(query(&st, &dev, "cpu", 10), vec![(b0, 50.0), (b1, 12.25)]);
@@ -1061,6 +1221,110 @@ mod tests {
             auth.sites(&"msp".into()).await.unwrap()[0].batches_applied,
             1
         );
+    }
+
+    fn user(name: &str, hash: &str) -> UserRecord {
+        UserRecord {
+            tenant: "msp".into(),
+            name: name.into(),
+            role: crate::model::Role::Viewer,
+            customers: vec![],
+            password_hash: hash.into(),
+            created_ms: 1,
+        }
+    }
+
+    fn session(name: &str, expires_ms: u64) -> SessionRecord {
+        SessionRecord {
+            principal: crate::model::Principal {
+                tenant: "msp".into(),
+                role: crate::model::Role::Viewer,
+                customers: vec![],
+                name: name.into(),
+            },
+            expires_ms,
+        }
+    }
+
+    /// Creating a user that exists is a conflict (it used to replace it);
+    /// a password change replaces the hash and ends that user's sessions,
+    /// not others', in one write (expired sessions met on the way go too).
+    #[test]
+    fn an_existing_user_is_a_conflict_and_a_new_password_ends_the_users_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = RocksCentralStore::open(dir.path()).unwrap();
+        st.create_user(&user("alice", "h1")).unwrap();
+        assert!(matches!(
+            st.create_user(&user("alice", "h2")),
+            Err(CentralStoreError::Conflict(_))
+        ));
+        assert_eq!(
+            st.user("msp", "alice").unwrap().unwrap().password_hash,
+            "h1"
+        );
+        st.create_user(&user("bob", "hb")).unwrap();
+        st.put_session(&[1; 32], &session("alice", 1_000)).unwrap();
+        st.put_session(&[2; 32], &session("alice", 1_000)).unwrap();
+        st.put_session(&[3; 32], &session("bob", 1_000)).unwrap();
+        st.put_session(&[4; 32], &session("carol", 10)).unwrap();
+        assert_eq!(st.set_password("msp", "alice", "h3", 100).unwrap(), Some(2));
+        assert_eq!(
+            st.user("msp", "alice").unwrap().unwrap().password_hash,
+            "h3"
+        );
+        assert!(st.session(&[1; 32]).unwrap().is_none());
+        assert!(st.session(&[2; 32]).unwrap().is_none());
+        assert!(st.session(&[3; 32]).unwrap().is_some(), "bob's stays");
+        assert!(st.session(&[4; 32]).unwrap().is_none(), "expired: swept");
+        assert_eq!(st.set_password("msp", "nobody", "h", 100).unwrap(), None);
+        // The operator's replace (CLI `user add`) ends sessions too.
+        st.put_session(&[5; 32], &session("bob", 1_000)).unwrap();
+        assert_eq!(st.put_user(&user("bob", "hb2"), 100).unwrap(), 2);
+        assert!(st.session(&[5; 32]).unwrap().is_none());
+        assert_eq!(
+            st.put_user(&user("dave", "hd"), 100).unwrap(),
+            0,
+            "new user"
+        );
+    }
+
+    /// A device row stored with a customer other than its site's (by a
+    /// central that believed the batch) reads as the site's customer, in
+    /// the list (and its customer filters) and in the detail.
+    #[test]
+    fn device_reads_carry_their_sites_customer() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = RocksCentralStore::open(dir.path()).unwrap();
+        st.create_site(&site("msp", "s-1"), &[1; 32], &tok("msp", "s-1"))
+            .unwrap();
+        st.apply_batch("msp", "s-1", &sample_batch(1), 1).unwrap();
+        let dev = "000000000000002a";
+        let k = key(&[b"msp", b"s-1", dev.as_bytes()]);
+        let mut row: DeviceRow = st.get(CF_DEVICES, &k).unwrap().unwrap();
+        row.customer = "vet".into();
+        st.put_one(CF_DEVICES, &k, &row).unwrap();
+        assert_eq!(
+            st.device("msp", "s-1", dev).unwrap().unwrap().customer,
+            "dental"
+        );
+        let list = |customer: Option<&str>, allowed: &[&str]| {
+            st.devices(
+                "msp",
+                &DeviceFilter {
+                    customer: customer.map(Into::into),
+                    customers_allowed: allowed.iter().map(|c| (*c).into()).collect(),
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .items
+        };
+        assert!(list(None, &["vet"]).is_empty(), "vet's scope sees nothing");
+        assert!(list(Some("vet"), &[]).is_empty());
+        let l = list(None, &["dental"]);
+        assert_eq!((l.len(), l[0].customer.as_str()), (1, "dental"));
+        assert_eq!(list(Some("dental"), &[]).len(), 1);
     }
 
     #[test]

@@ -29,8 +29,8 @@ use outpost_proto::{CustomerId, SiteId, TenantId};
 use outpost_uplink::batch::SiteBatch;
 
 use crate::model::{
-    AlertRow, ApiTokenRecord, DeviceRow, JoinTokenRecord, RollupRow, SessionRecord, SiteRecord,
-    UserRecord,
+    AlertRow, ApiTokenRecord, DeadLetter, DeviceRow, JoinTokenRecord, RollupRow, SessionRecord,
+    SiteRecord, UserRecord,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +58,25 @@ pub enum ApplyOutcome {
         /// Devices newly reported enrolled under another tenant than the
         /// site's (counted in `outpost_central_tenant_mismatches_total`).
         tenant_mismatches_new: u64,
+        /// Device snapshots claiming a customer other than the site's (not
+        /// believed; counted in `outpost_central_customer_mismatches_total`).
+        customer_mismatches: u64,
+        /// Gaps of the applied set expired to make room (see
+        /// [`crate::model::MAX_APPLIED_ABOVE`]).
+        gaps_expired: u64,
     },
     /// Already applied earlier; nothing changed.
     Duplicate,
+}
+
+/// What recording a dead letter did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterOutcome {
+    /// Recorded (durable on return); the sequence number is closed, and
+    /// `gaps_expired` gaps expired to make room.
+    Recorded { gaps_expired: u64 },
+    /// The number was already closed (applied, or dead-lettered earlier).
+    AlreadyClosed,
 }
 
 /// A page of results with the cursor of the next page.
@@ -70,7 +86,8 @@ pub struct Page<T> {
     pub next: Option<String>,
 }
 
-/// Filters of the device list.
+/// Filters of the device list. A device's customer is its site's: both
+/// customer filters match the customer of the device's site.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceFilter {
     pub site_id: Option<SiteId>,
@@ -117,10 +134,20 @@ pub trait BatchStore: Send + Sync + 'static {
         batch: SiteBatch,
         received_ms: u64,
     ) -> StoreFuture<'a, ApplyOutcome>;
+
+    /// Records that batch `letter.seq` of `site` was refused for good, and
+    /// closes its number in the applied set, atomically, durably before
+    /// the future resolves ([`crate::apply::dead_letter`] decides).
+    fn dead_letter<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: &'a SiteId,
+        letter: DeadLetter,
+    ) -> StoreFuture<'a, DeadLetterOutcome>;
 }
 
 /// What the API and the web view read, all tenant-scoped, and alert
-/// acknowledgement.
+/// acknowledgement. A device row read here carries its site's customer.
 pub trait FleetStore: Send + Sync + 'static {
     fn devices<'a>(
         &'a self,
@@ -184,12 +211,26 @@ pub trait AuthStore: Send + Sync + 'static {
         rec: &'a ApiTokenRecord,
     ) -> StoreFuture<'a, ()>;
     fn api_token<'a>(&'a self, hash: &'a [u8; 32]) -> StoreFuture<'a, Option<ApiTokenRecord>>;
-    fn put_user<'a>(&'a self, user: &'a UserRecord) -> StoreFuture<'a, ()>;
+    /// Stores a user, replacing one of the same tenant and name (the
+    /// operator's `user add`); a replaced user's sessions end in the same
+    /// write. Returns the number of sessions ended.
+    fn put_user<'a>(&'a self, user: &'a UserRecord) -> StoreFuture<'a, u64>;
+    /// Stores a new user; `Conflict` if the tenant has one of that name.
+    fn create_user<'a>(&'a self, user: &'a UserRecord) -> StoreFuture<'a, ()>;
     fn user<'a>(
         &'a self,
         tenant: &'a TenantId,
         name: &'a str,
     ) -> StoreFuture<'a, Option<UserRecord>>;
+    /// Replaces a user's password hash and ends every session of that
+    /// user, in one write. `None` if there is no such user, else the
+    /// number of sessions ended.
+    fn set_password<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        name: &'a str,
+        password_hash: &'a str,
+    ) -> StoreFuture<'a, Option<u64>>;
     fn put_session<'a>(&'a self, hash: &'a [u8; 32], s: &'a SessionRecord) -> StoreFuture<'a, ()>;
     fn session<'a>(&'a self, hash: &'a [u8; 32]) -> StoreFuture<'a, Option<SessionRecord>>;
     fn delete_session<'a>(&'a self, hash: &'a [u8; 32]) -> StoreFuture<'a, ()>;

@@ -70,3 +70,45 @@ pub fn sample_batch(seq: u64) -> SiteBatch {
         foreign_tenants: vec![],
     }
 }
+
+/// A central on a temporary RocksDB with tenant `msp` and one site of
+/// customer `dental` (created, not joined), with `limits`.
+pub async fn central_with_site(
+    limits: crate::CentralLimits,
+) -> (
+    std::sync::Arc<crate::Central>,
+    outpost_proto::SiteId,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = crate::dir::CentralDir(dir.path().join("central"))
+        .init_or_load()
+        .unwrap();
+    let store = crate::rocks::RocksCentralStore::open(&dir.path().join("db")).unwrap();
+    let central = std::sync::Arc::new(crate::Central::with_limits(
+        std::sync::Arc::new(store),
+        keys,
+        tokio_util::sync::CancellationToken::new(),
+        limits,
+    ));
+    let site = crate::ops::add_site(
+        central.store.as_ref(),
+        &crate::ops::AddSite {
+            tenant: "msp".into(),
+            customer: "dental".into(),
+            site: "main".into(),
+        },
+        1,
+    )
+    .await
+    .unwrap()
+    .site_id;
+    (central, site, dir)
+}
+
+/// The sample batch `seq` of `site` of tenant `msp`.
+pub fn batch_of(site: &outpost_proto::SiteId, seq: u64) -> SiteBatch {
+    let mut b = sample_batch(seq);
+    (b.site, b.tenant) = (site.clone(), "msp".into());
+    b
+}

@@ -119,9 +119,40 @@ async fn login_form() -> Html<String> {
     )
 }
 
-async fn login_submit(State(c): State<Arc<Central>>, Form(l): Form<Login>) -> Response {
-    let r = api::login_response(&c, l).await;
-    if r.status() != StatusCode::OK {
+async fn login_submit(
+    State(c): State<Arc<Central>>,
+    api::ClientAddr(addr): api::ClientAddr,
+    Form(l): Form<Login>,
+) -> Response {
+    let r = api::login_response(&c, l, addr).await;
+    let status = r.status();
+    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+        let wait = r
+            .headers()
+            .get(header::RETRY_AFTER)
+            .cloned()
+            .unwrap_or(header::HeaderValue::from_static("1"));
+        let secs = wait.to_str().unwrap_or("1").to_string();
+        let why = if status == StatusCode::TOO_MANY_REQUESTS {
+            "Too many failed sign-ins for this user or address."
+        } else {
+            "Sign-in is busy."
+        };
+        return (
+            status,
+            [(header::RETRY_AFTER, wait)],
+            page(
+                "Sign in",
+                None,
+                &format!(
+                    "<p class=\"bad\" id=\"throttled\">{why} Try again in {} s.</p><p><a href=\"/login\">Sign in</a></p>",
+                    esc(&secs)
+                ),
+            ),
+        )
+            .into_response();
+    }
+    if status != StatusCode::OK {
         return (StatusCode::UNAUTHORIZED, page("Sign in", None, "<p class=\"bad\">Wrong tenant, user name or password.</p><p><a href=\"/login\">Try again</a></p>"))
             .into_response();
     }
@@ -233,6 +264,7 @@ async fn site_page(
         return err_page(&p, ApiError::NotFound(format!("no site {site}")));
     };
     let mut b = tenant_mismatch(&p.tenant, &s.site);
+    b.push_str(&dead_letters(&s.site));
     let _ = write!(
         b,
         "<p id=\"site-info\">Customer {} · uplink {} · lag {} · last sequence {} · {} devices ({} online, {} offline, {} revoked)</p>",
@@ -309,6 +341,33 @@ fn tenant_mismatch(tenant: &str, s: &api::SiteOut) -> String {
         esc(tenant),
         esc(tenant),
     )
+}
+
+/// The batches of a site refused for good (newest last).
+fn dead_letters(s: &api::SiteOut) -> String {
+    if s.dead_lettered == 0 {
+        return String::new();
+    }
+    let mut b = format!(
+        "<div id=\"dead-letters\"><p class=\"bad\">{} batch{} of this site {} refused for good (dead-lettered: what {} carried is not shown here).</p>\
+<table><tr><th>Sequence</th><th>Reason</th><th>Refused</th><th>Message</th></tr>",
+        s.dead_lettered,
+        if s.dead_lettered == 1 { "" } else { "es" },
+        if s.dead_lettered == 1 { "was" } else { "were" },
+        if s.dead_lettered == 1 { "it" } else { "they" },
+    );
+    for d in &s.dead_letters {
+        let _ = write!(
+            b,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            d.seq,
+            esc(&d.reason),
+            ago(Some(crate::now_ms().saturating_sub(d.at_ms))) + " ago",
+            esc(&d.message)
+        );
+    }
+    b.push_str("</table></div>");
+    b
 }
 
 /// An SVG line chart of (x, y) points.

@@ -12,18 +12,35 @@
 //! Keys are deterministic too (`device | ts | seq`), so even a replay the
 //! mark missed would overwrite itself rather than duplicate.
 //!
+//! Bounds ([`IngestLimits`]): a device has at most `max_series_per_device`
+//! series (a value of a new series beyond it is rejected and counted, the
+//! existing series keep working), and a record stamped more than
+//! `max_future_ms` ahead of the appliance clock is consumed (acknowledged,
+//! so the agent's backlog drains) but not stored, and counted. Every
+//! computation on an agent's timestamp saturates: no timestamp, however
+//! absurd, can overflow here or in the rollup, chunk and retention code.
+//!
 //! The writer keeps a cache of per-device state (high-water mark, status,
-//! series dictionary). If a write fails the cache is dropped and reloaded
-//! from the database, so in-memory state never claims what is not on disk.
+//! series dictionary, the last markers written). Every operation records
+//! what it changes in the cache; if anything fails before its batch is
+//! written (a read, an encoding, the write itself) every change is undone,
+//! so in-memory state never claims what is not on disk: a later `Welcome`
+//! can never tell an agent to delete records that were not stored.
+//!
+//! This module owns the ingest tables below; it does not touch the tables
+//! of rollups, chunks or the uplink beyond writing their dirty markers.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
 
 use outpost_proto::DeviceId;
-use outpost_proto::messages::{Hello, Record, RecordBody};
+use outpost_proto::messages::{Hello, Inventory, MetricValue, Record, RecordBody};
 use outpost_proto::metric_names::MAX_NAME_BYTES;
+use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Result, StorageError};
 use crate::keys::{self, SeriesId};
 use crate::model::{DeviceState, DeviceStatus, StatusTransition};
 use crate::registry::INVENTORY;
@@ -45,18 +62,141 @@ pub struct IncomingRecords {
     pub records: Vec<Record>,
 }
 
+impl IncomingRecords {
+    /// Memory these decoded records hold (inline and heap, by capacity): what
+    /// a session is charged against its byte budgets while they wait for the
+    /// writer.
+    pub fn held_bytes(&self) -> usize {
+        records_held_bytes(&self.records)
+    }
+}
+
+/// Memory a vector of decoded records holds (see [`IncomingRecords::held_bytes`]).
+// A `Vec`, not a slice: its capacity is part of what it holds.
+#[allow(clippy::ptr_arg)]
+pub fn records_held_bytes(records: &Vec<Record>) -> usize {
+    let inline = records.capacity() * size_of::<Record>();
+    records.iter().fold(inline, |n, r| {
+        n.saturating_add(match &r.body {
+            RecordBody::Heartbeat(_) => 0,
+            RecordBody::Metrics(m) => {
+                m.values.capacity() * size_of::<MetricValue>()
+                    + m.values
+                        .iter()
+                        .map(|v| v.name.capacity() + v.label.capacity())
+                        .sum::<usize>()
+            }
+            RecordBody::Inventory(inv) => inventory_held_bytes(inv),
+        })
+    })
+}
+
+fn inventory_held_bytes(inv: &Inventory) -> usize {
+    let strings = [
+        &inv.hostname,
+        &inv.os_name,
+        &inv.os_version,
+        &inv.kernel,
+        &inv.arch,
+        &inv.cpu_model,
+        &inv.agent_version,
+    ]
+    .iter()
+    .map(|s| s.capacity())
+    .sum::<usize>();
+    let disks = inv.disks.capacity() * size_of::<outpost_proto::messages::DiskInventory>()
+        + inv
+            .disks
+            .iter()
+            .map(|d| d.mount.capacity() + d.filesystem.capacity())
+            .sum::<usize>();
+    let nics = inv.nics.capacity() * size_of::<outpost_proto::messages::NicInventory>()
+        + inv
+            .nics
+            .iter()
+            .map(|n| {
+                n.name.capacity()
+                    + n.mac.capacity()
+                    + n.ips.capacity() * size_of::<String>()
+                    + n.ips.iter().map(String::capacity).sum::<usize>()
+            })
+            .sum::<usize>();
+    size_of::<Inventory>() + strings + disks + nics
+}
+
+/// Bounds the writer enforces on what devices send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestLimits {
+    /// Series one device may have. A value of a new series beyond it is
+    /// rejected and counted ([`GroupOutcome::series_rejected`]); the device's
+    /// existing series keep working.
+    pub max_series_per_device: usize,
+    /// A record stamped more than this far ahead of the appliance clock (the
+    /// `now_ms` of [`IngestWriter::apply`]) is consumed — acknowledged, so
+    /// the agent's backlog drains — but not stored, and counted
+    /// ([`GroupOutcome::bad_timestamps`]).
+    pub max_future_ms: u64,
+}
+
+impl IngestLimits {
+    /// The appliance's defaults: 10,000 series per device, one day ahead.
+    pub const DEFAULT: IngestLimits = IngestLimits {
+        max_series_per_device: 10_000,
+        max_future_ms: 24 * 3600 * 1000,
+    };
+    /// No bounds: tools and benchmarks that replay fixed timestamps with an
+    /// arbitrary clock ([`IngestWriter::new`]).
+    pub const NONE: IngestLimits = IngestLimits {
+        max_series_per_device: usize::MAX,
+        max_future_ms: u64::MAX,
+    };
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        IngestLimits::DEFAULT
+    }
+}
+
+/// A step of the writer where a test can make it fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FaultPoint {
+    /// Loading a device's state into the cache (a database read).
+    Load,
+    /// Adding one write to the batch (encoding a value).
+    Put,
+    /// Writing the batch.
+    Write,
+}
+
+/// Failure injection for tests: a test hands the writer one of these
+/// ([`IngestWriter::set_fault_injector`]); production never sets one. It
+/// belongs to one writer, not to the process, so tests running in parallel
+/// do not see each other's faults.
+pub trait FaultInjector: Send + Sync + std::fmt::Debug {
+    /// Called before each step; an error fails the step as a real failure
+    /// of that step would.
+    fn check(&self, point: FaultPoint) -> Result<()>;
+}
+
 /// What happened to one [`IncomingRecords`] group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct GroupOutcome {
     /// Every record of this device with `seq <= ack_up_to` is durable.
     pub ack_up_to: u64,
     /// The high-water mark before this group: its records with a higher
-    /// sequence number were stored by this batch, the others were replays.
+    /// sequence number were consumed by this batch, the others were replays.
     pub prev_seq: u64,
     pub stored: u32,
     pub duplicates: u32,
     /// Metric values dropped as invalid (non-finite, oversize name).
     pub rejected_values: u32,
+    /// Metric values dropped because they would create a series beyond
+    /// [`IngestLimits::max_series_per_device`].
+    pub series_rejected: u32,
+    /// Records consumed but not stored: stamped too far in the future
+    /// ([`IngestLimits::max_future_ms`]).
+    pub bad_timestamps: u32,
 }
 
 /// Totals for one committed batch.
@@ -67,6 +207,8 @@ pub struct BatchOutcome {
     pub stored: u64,
     pub duplicates: u64,
     pub rejected_values: u64,
+    pub series_rejected: u64,
+    pub bad_timestamps: u64,
     pub samples: u64,
     pub transitions: Vec<(DeviceId, StatusTransition)>,
 }
@@ -84,8 +226,85 @@ struct DeviceCache {
     last_dirty_bucket: Option<u64>,
     /// Chunk window whose seal marker was last written.
     last_chunk_window: Option<u64>,
-    /// State changed in the current batch and must be persisted.
-    dirty: bool,
+}
+
+/// A copy of what the writer caches about one device (diagnostics, tests).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedDevice {
+    pub state: DeviceState,
+    /// Series in the dictionary.
+    pub series: usize,
+    pub next_series: SeriesId,
+    pub last_dirty_bucket: Option<u64>,
+    pub last_chunk_window: Option<u64>,
+}
+
+/// The cached fields of a device an operation may change (the series
+/// dictionary only grows: its additions are listed in [`Undo`]).
+#[derive(Debug)]
+struct Saved {
+    state: DeviceState,
+    next_series: SeriesId,
+    last_dirty_bucket: Option<u64>,
+    last_chunk_window: Option<u64>,
+}
+
+/// What one operation changed in the cache, to put back if its batch is not
+/// written ([`IngestWriter::rollback`]).
+#[derive(Debug)]
+struct Undo {
+    online: u64,
+    /// State of each device before the operation first changed it.
+    saved: HashMap<DeviceId, Saved>,
+    /// Series the operation added to dictionaries: (device, hash).
+    new_series: Vec<(DeviceId, u64)>,
+}
+
+impl Undo {
+    fn new(online: u64) -> Undo {
+        Undo {
+            online,
+            saved: HashMap::new(),
+            new_series: Vec::new(),
+        }
+    }
+
+    /// Remembers `c` as it is, unless the operation already changed it.
+    fn save(&mut self, device: DeviceId, c: &DeviceCache) {
+        if let Entry::Vacant(e) = self.saved.entry(device) {
+            e.insert(Saved {
+                state: c.state.clone(),
+                next_series: c.next_series,
+                last_dirty_bucket: c.last_dirty_bucket,
+                last_chunk_window: c.last_chunk_window,
+            });
+        }
+    }
+}
+
+/// A batch whose every addition passes the writer's fault injector first.
+struct Staged {
+    batch: Batch,
+    faults: Option<Arc<dyn FaultInjector>>,
+}
+
+impl Staged {
+    fn check(&self, point: FaultPoint) -> Result<()> {
+        match &self.faults {
+            Some(f) => f.check(point),
+            None => Ok(()),
+        }
+    }
+
+    fn put<T: Serialize + ?Sized>(&mut self, table: Table, key: &[u8], value: &T) -> Result<()> {
+        self.check(FaultPoint::Put)?;
+        self.batch.put(table, key, value)
+    }
+
+    fn put_raw(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<()> {
+        self.check(FaultPoint::Put)?;
+        self.batch.put_raw(table, key, value)
+    }
 }
 
 fn series_hash(name: &str, label: &str) -> u64 {
@@ -106,20 +325,42 @@ pub struct IngestWriter {
     started_ms: u64,
     /// Devices currently online (all of them are in `devices`).
     online: u64,
+    /// Bounds on what devices send.
+    limits: IngestLimits,
+    /// Test-only failure injection (None in production).
+    faults: Option<Arc<dyn FaultInjector>>,
 }
 
 impl IngestWriter {
+    /// Creates a writer without bounds ([`IngestLimits::NONE`]; tools and
+    /// benchmarks). See [`IngestWriter::with_limits`].
+    pub fn new(store: Store, now_ms: u64) -> Result<IngestWriter> {
+        Self::with_limits(store, now_ms, IngestLimits::NONE)
+    }
+
     /// Creates the writer and loads every device currently marked online, so
     /// the offline sweep covers devices that never reconnect after a restart.
-    pub fn new(store: Store, now_ms: u64) -> Result<IngestWriter> {
+    pub fn with_limits(store: Store, now_ms: u64, limits: IngestLimits) -> Result<IngestWriter> {
         let mut w = IngestWriter {
             store,
             devices: HashMap::new(),
             started_ms: now_ms,
             online: 0,
+            limits,
+            faults: None,
         };
         w.load_online()?;
         Ok(w)
+    }
+
+    /// Test seam: from now on every load, batch addition and write asks
+    /// `faults` first (see [`FaultInjector`]).
+    pub fn set_fault_injector(&mut self, faults: Arc<dyn FaultInjector>) {
+        self.faults = Some(faults);
+    }
+
+    pub fn limits(&self) -> IngestLimits {
+        self.limits
     }
 
     fn load_online(&mut self) -> Result<()> {
@@ -144,8 +385,23 @@ impl IngestWriter {
         &self.store
     }
 
+    fn check(&self, point: FaultPoint) -> Result<()> {
+        match &self.faults {
+            Some(f) => f.check(point),
+            None => Ok(()),
+        }
+    }
+
+    fn staged(&self) -> Staged {
+        Staged {
+            batch: self.store.batch(),
+            faults: self.faults.clone(),
+        }
+    }
+
     fn cache(&mut self, device: DeviceId) -> Result<&mut DeviceCache> {
         if !self.devices.contains_key(&device) {
+            self.check(FaultPoint::Load)?;
             let state = self
                 .store
                 .get::<DeviceState>(DEVICE_STATE, &keys::device_key(device))?
@@ -161,7 +417,7 @@ impl IngestWriter {
                     {
                         let id = u32::from_be_bytes(id);
                         series.insert(series_hash(&name, &label), id);
-                        next_series = next_series.max(id + 1);
+                        next_series = next_series.max(id.saturating_add(1));
                     }
                     Ok(true)
                 })?;
@@ -173,19 +429,73 @@ impl IngestWriter {
                     next_series,
                     last_dirty_bucket: None,
                     last_chunk_window: None,
-                    dirty: false,
                 },
             );
         }
         // Just inserted or already present.
         self.devices
             .get_mut(&device)
-            .ok_or_else(|| crate::StorageError::Invalid("device cache vanished".into()))
+            .ok_or_else(|| StorageError::Invalid("device cache vanished".into()))
     }
 
     /// Highest stored sequence number of a device (for the session Welcome).
     pub fn last_seq(&mut self, device: DeviceId) -> Result<u64> {
         Ok(self.cache(device)?.state.last_seq)
+    }
+
+    /// A copy of the cached state of a device, if it is cached.
+    pub fn cached(&self, device: DeviceId) -> Option<CachedDevice> {
+        self.devices.get(&device).map(|c| CachedDevice {
+            state: c.state.clone(),
+            series: c.series.len(),
+            next_series: c.next_series,
+            last_dirty_bucket: c.last_dirty_bucket,
+            last_chunk_window: c.last_chunk_window,
+        })
+    }
+
+    /// Devices in the cache.
+    pub fn cached_devices(&self) -> Vec<DeviceId> {
+        self.devices.keys().copied().collect()
+    }
+
+    /// Runs `op`, which changes the cache (recording how in its [`Undo`])
+    /// and returns the batch that makes the changes durable; writes the
+    /// batch. If `op` or the write fails, the cache is put back as it was.
+    fn transact<T>(
+        &mut self,
+        op: impl FnOnce(&mut IngestWriter, &mut Undo) -> Result<(T, Option<Staged>)>,
+    ) -> Result<T> {
+        let mut undo = Undo::new(self.online);
+        let result = op(self, &mut undo).and_then(|(value, staged)| {
+            if let Some(staged) = staged {
+                staged.check(FaultPoint::Write)?;
+                self.store.write(staged.batch)?;
+            }
+            Ok(value)
+        });
+        if result.is_err() {
+            self.rollback(undo);
+        }
+        result
+    }
+
+    /// Puts back what a failed operation changed in the cache.
+    fn rollback(&mut self, undo: Undo) {
+        self.online = undo.online;
+        for (device, hash) in undo.new_series {
+            if let Some(c) = self.devices.get_mut(&device) {
+                c.series.remove(&hash);
+            }
+        }
+        for (device, s) in undo.saved {
+            if let Some(c) = self.devices.get_mut(&device) {
+                c.state = s.state;
+                c.next_series = s.next_series;
+                c.last_dirty_bucket = s.last_dirty_bucket;
+                c.last_chunk_window = s.last_chunk_window;
+            }
+        }
     }
 
     /// Records a session start: the device is seen now and declares its
@@ -196,43 +506,55 @@ impl IngestWriter {
         hello: &Hello,
         now_ms: u64,
     ) -> Result<(u64, Option<StatusTransition>)> {
-        let mut batch = self.store.batch();
-        let c = self.cache(device)?;
-        c.state.heartbeat_interval_ms = hello.heartbeat_interval_ms.max(1000);
-        let t = mark_seen(c, now_ms);
-        if t.is_some() {
-            self.online += 1;
-        }
-        let last_seq = self
-            .devices
-            .get(&device)
-            .map(|c| c.state.last_seq)
-            .unwrap_or(0);
-        let state = self.devices.get(&device).map(|c| c.state.clone());
-        if let Some(t) = &t {
-            batch.put(STATUS_LOG, &keys::device_time_key(device, t.at_ms), t)?;
-        }
-        if let Some(state) = state {
+        self.transact(|w, undo| {
+            let mut batch = w.staged();
+            let c = w.cache(device)?;
+            undo.save(device, c);
+            c.state.heartbeat_interval_ms = hello.heartbeat_interval_ms.max(1000);
+            let t = mark_seen(c, now_ms);
+            let last_seq = c.state.last_seq;
+            let state = c.state.clone();
+            if t.is_some() {
+                w.online += 1;
+            }
+            if let Some(t) = &t {
+                batch.put(STATUS_LOG, &keys::device_time_key(device, t.at_ms), t)?;
+            }
             batch.put(DEVICE_STATE, &keys::device_key(device), &state)?;
-        }
-        self.commit(batch)?;
-        Ok((last_seq, t))
+            Ok(((last_seq, t), Some(batch)))
+        })
     }
 
-    /// Stores every group in one batch and returns per-group acks.
+    /// Stores every group in one batch and returns per-group acks. On any
+    /// error nothing is stored and the cache is as it was before the call.
     pub fn apply(&mut self, groups: &[IncomingRecords], now_ms: u64) -> Result<BatchOutcome> {
-        let mut batch = self.store.batch();
+        self.transact(|w, undo| {
+            let mut batch = w.staged();
+            let out = w.stage(groups, now_ms, &mut batch, undo)?;
+            Ok((out, Some(batch)))
+        })
+    }
+
+    /// The body of [`IngestWriter::apply`]: changes the cache and fills the batch.
+    fn stage(
+        &mut self,
+        groups: &[IncomingRecords],
+        now_ms: u64,
+        batch: &mut Staged,
+        undo: &mut Undo,
+    ) -> Result<BatchOutcome> {
         let mut out = BatchOutcome {
             groups: Vec::with_capacity(groups.len()),
             ..BatchOutcome::default()
         };
-        let store = self.store.clone();
-        let bucket_width = store.rollup_bucket_ms();
-        let mut touched: Vec<DeviceId> = Vec::new();
+        let bucket_width = self.store.rollup_bucket_ms();
+        let limits = self.limits;
+        let newest_ok_ms = now_ms.saturating_add(limits.max_future_ms);
         let mut went_online = 0u64;
         for g in groups {
             let device = g.device;
             let c = self.cache(device)?;
+            undo.save(device, c);
             let mut go = GroupOutcome {
                 prev_seq: c.state.last_seq,
                 ..GroupOutcome::default()
@@ -241,6 +563,13 @@ impl IngestWriter {
                 out.records += 1;
                 if rec.seq <= c.state.last_seq {
                     go.duplicates += 1;
+                    continue;
+                }
+                if rec.ts_ms > newest_ok_ms {
+                    // Consumed, not stored: the agent's clock is wrong (or
+                    // hostile); storing it would pin "latest" values forever.
+                    go.bad_timestamps += 1;
+                    c.state.last_seq = rec.seq;
                     continue;
                 }
                 match &rec.body {
@@ -269,7 +598,19 @@ impl IngestWriter {
                                 go.rejected_values += 1;
                                 continue;
                             }
-                            let sid = series_id(&mut batch, device, c, &v.name, &v.label)?;
+                            let Some(sid) = series_id(
+                                batch,
+                                device,
+                                c,
+                                &v.name,
+                                &v.label,
+                                limits.max_series_per_device,
+                                undo,
+                            )?
+                            else {
+                                go.series_rejected += 1;
+                                continue;
+                            };
                             batch.put_raw(
                                 SAMPLES,
                                 &keys::series_time_key(device, sid, rec.ts_ms),
@@ -309,24 +650,21 @@ impl IngestWriter {
                 batch.put(STATUS_LOG, &keys::device_time_key(device, t.at_ms), &t)?;
                 out.transitions.push((device, t));
             }
-            if !c.dirty {
-                c.dirty = true;
-                touched.push(device);
-            }
             go.ack_up_to = c.state.last_seq;
             out.stored += u64::from(go.stored);
             out.duplicates += u64::from(go.duplicates);
             out.rejected_values += u64::from(go.rejected_values);
+            out.series_rejected += u64::from(go.series_rejected);
+            out.bad_timestamps += u64::from(go.bad_timestamps);
             out.groups.push(go);
         }
-        for d in touched {
-            if let Some(c) = self.devices.get_mut(&d) {
-                c.dirty = false;
-                batch.put(DEVICE_STATE, &keys::device_key(d), &c.state)?;
+        // Every device the batch touched: its new state, in the same write.
+        for d in undo.saved.keys() {
+            if let Some(c) = self.devices.get(d) {
+                batch.put(DEVICE_STATE, &keys::device_key(*d), &c.state)?;
             }
         }
         self.online += went_online;
-        self.commit(batch)?;
         Ok(out)
     }
 
@@ -337,35 +675,40 @@ impl IngestWriter {
         now_ms: u64,
         grace_ms: u64,
     ) -> Result<Vec<(DeviceId, StatusTransition)>> {
-        let mut batch = self.store.batch();
-        let mut out = Vec::new();
-        for (d, c) in self.devices.iter_mut() {
-            let st = &mut c.state;
-            if st.status != DeviceStatus::Online {
-                continue;
+        self.transact(|w, undo| {
+            let mut batch = w.staged();
+            let mut out = Vec::new();
+            let started_ms = w.started_ms;
+            for (d, c) in w.devices.iter_mut() {
+                let st = &c.state;
+                if st.status != DeviceStatus::Online {
+                    continue;
+                }
+                let seen = st.last_seen_ms.max(started_ms);
+                let deadline = seen
+                    .saturating_add(2 * u64::from(st.heartbeat_interval_ms))
+                    .saturating_add(grace_ms);
+                if now_ms < deadline {
+                    continue;
+                }
+                undo.save(*d, c);
+                let st = &mut c.state;
+                let t = StatusTransition {
+                    at_ms: now_ms,
+                    from: st.status,
+                    to: DeviceStatus::Offline,
+                    last_seen_ms: st.last_seen_ms,
+                };
+                st.status = DeviceStatus::Offline;
+                st.status_since_ms = now_ms;
+                batch.put(STATUS_LOG, &keys::device_time_key(*d, now_ms), &t)?;
+                batch.put(DEVICE_STATE, &keys::device_key(*d), st)?;
+                out.push((*d, t));
             }
-            let seen = st.last_seen_ms.max(self.started_ms);
-            let deadline = seen + 2 * u64::from(st.heartbeat_interval_ms) + grace_ms;
-            if now_ms < deadline {
-                continue;
-            }
-            let t = StatusTransition {
-                at_ms: now_ms,
-                from: st.status,
-                to: DeviceStatus::Offline,
-                last_seen_ms: st.last_seen_ms,
-            };
-            st.status = DeviceStatus::Offline;
-            st.status_since_ms = now_ms;
-            batch.put(STATUS_LOG, &keys::device_time_key(*d, now_ms), &t)?;
-            batch.put(DEVICE_STATE, &keys::device_key(*d), st)?;
-            out.push((*d, t));
-        }
-        self.online = self.online.saturating_sub(out.len() as u64);
-        if !out.is_empty() {
-            self.commit(batch)?;
-        }
-        Ok(out)
+            w.online = w.online.saturating_sub(out.len() as u64);
+            let write = (!out.is_empty()).then_some(batch);
+            Ok((out, write))
+        })
     }
 
     /// Devices currently online (every online device is cached: loaded at
@@ -416,41 +759,33 @@ impl IngestWriter {
     }
 
     /// Retires a device (revoked): marks it offline if it was online and
-    /// drops it from the cache.
+    /// drops it from the cache (only once that is durable).
     pub fn retire(&mut self, device: DeviceId, now_ms: u64) -> Result<Option<StatusTransition>> {
-        let Some(mut c) = self.devices.remove(&device) else {
+        let Some(c) = self.devices.get(&device) else {
             return Ok(None);
         };
         if c.state.status != DeviceStatus::Online {
+            self.devices.remove(&device);
             return Ok(None);
         }
-        self.online = self.online.saturating_sub(1);
+        let mut state = c.state.clone();
         let t = StatusTransition {
             at_ms: now_ms,
             from: DeviceStatus::Online,
             to: DeviceStatus::Offline,
-            last_seen_ms: c.state.last_seen_ms,
+            last_seen_ms: state.last_seen_ms,
         };
-        c.state.status = DeviceStatus::Offline;
-        c.state.status_since_ms = now_ms;
-        let mut batch = self.store.batch();
-        batch.put(STATUS_LOG, &keys::device_time_key(device, now_ms), &t)?;
-        batch.put(DEVICE_STATE, &keys::device_key(device), &c.state)?;
-        self.commit(batch)?;
+        state.status = DeviceStatus::Offline;
+        state.status_since_ms = now_ms;
+        let t = self.transact(|w, _| {
+            let mut batch = w.staged();
+            batch.put(STATUS_LOG, &keys::device_time_key(device, now_ms), &t)?;
+            batch.put(DEVICE_STATE, &keys::device_key(device), &state)?;
+            Ok((t, Some(batch)))
+        })?;
+        self.devices.remove(&device);
+        self.online = self.online.saturating_sub(1);
         Ok(Some(t))
-    }
-
-    fn commit(&mut self, batch: Batch) -> Result<()> {
-        if let Err(e) = self.store.write(batch) {
-            // Nothing of this batch is durable: forget every cached mutation
-            // and start again from what the database holds.
-            self.devices.clear();
-            if let Err(reload) = self.load_online() {
-                tracing::error!(error = %reload, "reloading device state after a failed write");
-            }
-            return Err(e);
-        }
-        Ok(())
     }
 }
 
@@ -472,27 +807,42 @@ fn mark_seen(c: &mut DeviceCache, now_ms: u64) -> Option<StatusTransition> {
     Some(t)
 }
 
+/// The id of a device's series, created (and recorded in `undo`) if new and
+/// the device is below `max_series`; `None` when the cap refuses it.
 fn series_id(
-    batch: &mut Batch,
+    batch: &mut Staged,
     device: DeviceId,
     c: &mut DeviceCache,
     name: &str,
     label: &str,
-) -> Result<SeriesId> {
+    max_series: usize,
+    undo: &mut Undo,
+) -> Result<Option<SeriesId>> {
     let h = series_hash(name, label);
     if let Some(id) = c.series.get(&h) {
-        return Ok(*id);
+        return Ok(Some(*id));
+    }
+    if c.series.len() >= max_series {
+        return Ok(None);
     }
     let id = c.next_series;
-    c.next_series += 1;
+    let next = id.checked_add(1).ok_or_else(|| {
+        StorageError::Invalid(format!("device {device} has used every series id"))
+    })?;
     batch.put_raw(
         SERIES,
         &keys::series_name_key(device, name, label),
         &id.to_be_bytes(),
     )?;
+    c.next_series = next;
     c.series.insert(h, id);
-    Ok(id)
+    undo.new_series.push((device, h));
+    Ok(Some(id))
 }
+
+#[cfg(test)]
+#[path = "ingest_props.rs"]
+mod props;
 
 #[cfg(test)]
 mod tests {
@@ -555,7 +905,9 @@ mod tests {
                 prev_seq: 0,
                 stored: 10,
                 duplicates: 0,
-                rejected_values: 0
+                rejected_values: 0,
+                series_rejected: 0,
+                bad_timestamps: 0,
             }
         );
         // Replay 5..=15 (the agent lost some acks), in two groups of one batch.
@@ -716,5 +1068,282 @@ mod tests {
         let mut w = IngestWriter::new(store.clone(), 100_000).unwrap();
         assert!(w.sweep_offline(100_001, 500).unwrap().is_empty());
         assert_eq!(w.sweep_offline(102_500, 500).unwrap().len(), 1);
+    }
+
+    fn metric_values(seq: u64, ts: u64, names: &[&str]) -> Record {
+        Record {
+            seq,
+            ts_ms: ts,
+            body: RecordBody::Metrics(MetricsSample {
+                values: names
+                    .iter()
+                    .map(|n| MetricValue {
+                        name: (*n).into(),
+                        label: String::new(),
+                        value: 1.0,
+                    })
+                    .collect(),
+            }),
+        }
+    }
+
+    #[test]
+    fn new_series_beyond_the_cap_are_rejected_and_counted_existing_keep_working() {
+        let (_d, store) = open();
+        let dev = DeviceId(3);
+        let limits = IngestLimits {
+            max_series_per_device: 2,
+            ..IngestLimits::DEFAULT
+        };
+        let mut w = IngestWriter::with_limits(store.clone(), 0, limits).unwrap();
+        let out = w
+            .apply(
+                &[IncomingRecords {
+                    device: dev,
+                    records: vec![
+                        metric_values(1, 1_000, &["cpu", "mem"]),
+                        metric_values(2, 2_000, &["cpu", "mem", "disk", "net"]),
+                    ],
+                }],
+                10_000,
+            )
+            .unwrap();
+        assert_eq!(out.series_rejected, 2, "disk and net are over the cap");
+        assert_eq!(out.groups[0].series_rejected, 2);
+        assert_eq!(out.samples, 4);
+        assert_eq!(out.groups[0].ack_up_to, 2, "the records are consumed");
+        // Existing series keep working, across a restart (the cap counts the
+        // stored dictionary).
+        drop(w);
+        let mut w = IngestWriter::with_limits(store.clone(), 0, limits).unwrap();
+        let out = w
+            .apply(
+                &[IncomingRecords {
+                    device: dev,
+                    records: vec![metric_values(3, 3_000, &["mem", "disk"])],
+                }],
+                10_000,
+            )
+            .unwrap();
+        assert_eq!((out.samples, out.series_rejected), (1, 1));
+        let names: Vec<String> = crate::rollup::device_series(&store, dev)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, vec!["cpu".to_string(), "mem".to_string()]);
+        let mem = query::latest_values(&store, dev).unwrap();
+        assert_eq!(mem.iter().find(|v| v.name == "mem").unwrap().ts_ms, 3_000);
+        // Another device has its own allowance.
+        let out = w
+            .apply(
+                &[IncomingRecords {
+                    device: DeviceId(4),
+                    records: vec![metric_values(1, 1_000, &["disk", "net"])],
+                }],
+                10_000,
+            )
+            .unwrap();
+        assert_eq!((out.samples, out.series_rejected), (2, 0));
+    }
+
+    #[test]
+    fn records_stamped_too_far_ahead_are_consumed_not_stored() {
+        let (_d, store) = open();
+        let dev = DeviceId(8);
+        let now = 1_700_000_000_000u64;
+        let day = 24 * 3600 * 1000;
+        let mut w = IngestWriter::with_limits(store.clone(), now, IngestLimits::DEFAULT).unwrap();
+        let out = w
+            .apply(
+                &[IncomingRecords {
+                    device: dev,
+                    records: vec![
+                        hb(1, now - 30 * day),
+                        hb(2, now + day),
+                        hb(3, now + day + 1),
+                        metric(4, u64::MAX, "cpu", 1.0),
+                        hb(5, u64::MAX),
+                        metric(6, now, "cpu", 2.0),
+                    ],
+                }],
+                now,
+            )
+            .unwrap();
+        assert_eq!(out.bad_timestamps, 3);
+        assert_eq!(out.stored, 3);
+        assert_eq!(out.groups[0].ack_up_to, 6, "rejected records are consumed");
+        let ts: Vec<u64> = query::heartbeats(&store, dev, 0, u64::MAX, 100)
+            .unwrap()
+            .iter()
+            .map(|h| h.ts_ms)
+            .collect();
+        assert_eq!(ts, vec![now - 30 * day, now + day]);
+        let latest = query::latest_values(&store, dev).unwrap();
+        assert_eq!((latest[0].ts_ms, latest[0].value), (now, 2.0));
+        let st = w.cached(dev).unwrap().state;
+        assert_eq!(st.last_heartbeat_ts_ms, now + day);
+        assert_eq!(st.records_stored, 3);
+    }
+
+    /// Fails the `n`-th (from 0) check of one point, once.
+    #[derive(Debug, Default)]
+    pub(super) struct FailOnce {
+        armed: std::sync::Mutex<Option<(FaultPoint, u32)>>,
+        fired: std::sync::atomic::AtomicBool,
+    }
+
+    impl FailOnce {
+        pub(super) fn arm(&self, point: FaultPoint, n: u32) {
+            *self.armed.lock().unwrap() = Some((point, n));
+        }
+        /// Disarms; returns whether the failure happened since the last call.
+        pub(super) fn fired(&self) -> bool {
+            self.armed.lock().unwrap().take();
+            self.fired.swap(false, std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl FaultInjector for FailOnce {
+        fn check(&self, point: FaultPoint) -> Result<()> {
+            let mut g = self.armed.lock().unwrap();
+            if let Some((p, n)) = g.as_mut()
+                && *p == point
+            {
+                if *n == 0 {
+                    *g = None;
+                    self.fired.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return Err(StorageError::Invalid(format!("injected {point:?} failure")));
+                }
+                *n -= 1;
+            }
+            Ok(())
+        }
+    }
+
+    fn snapshot(w: &IngestWriter) -> (u64, Vec<(DeviceId, CachedDevice)>) {
+        let mut devices: Vec<_> = w
+            .cached_devices()
+            .into_iter()
+            .filter_map(|d| w.cached(d).map(|c| (d, c)))
+            .collect();
+        devices.sort_by_key(|(d, _)| *d);
+        (w.online_count(), devices)
+    }
+
+    #[test]
+    fn a_failed_apply_leaves_the_cache_as_it_was() {
+        for point in [FaultPoint::Put, FaultPoint::Write, FaultPoint::Load] {
+            let (_d, store) = open();
+            let (a, b) = (DeviceId(1), DeviceId(2));
+            let faults = Arc::new(FailOnce::default());
+            let mut w = IngestWriter::new(store.clone(), 0).unwrap();
+            w.set_fault_injector(faults.clone());
+            w.apply(
+                &[IncomingRecords {
+                    device: a,
+                    records: vec![metric(1, 1_000, "cpu", 1.0)],
+                }],
+                2_000,
+            )
+            .unwrap();
+            let before = snapshot(&w);
+            // New records, a new series, a new rollup bucket and chunk
+            // window for `a`; a device not cached yet (`b`); the failure
+            // comes late in the batch (at `b`, the second group).
+            faults.arm(point, if point == FaultPoint::Put { 6 } else { 0 });
+            let groups = [
+                IncomingRecords {
+                    device: a,
+                    records: vec![
+                        metric(2, 10 * 3_600_000, "cpu", 2.0),
+                        metric(3, 10 * 3_600_000, "mem", 3.0),
+                        hb(4, 10 * 3_600_000),
+                    ],
+                },
+                IncomingRecords {
+                    device: b,
+                    records: vec![hb(1, 5_000), hb(2, 6_000)],
+                },
+            ];
+            let err = match w.apply(&groups, 3_000) {
+                Ok(out) => panic!("{point:?} did not fail: {out:?}"),
+                Err(e) => e,
+            };
+            assert!(faults.fired(), "{point:?}");
+            assert!(err.to_string().contains("injected"), "{err}");
+            assert_eq!(snapshot(&w).0, before.0, "{point:?}: online count");
+            for (d, c) in &before.1 {
+                assert_eq!(w.cached(*d).as_ref(), Some(c), "{point:?}: cache of {d}");
+            }
+            // The Welcome answers what is stored, not what was attempted.
+            let hello = Hello {
+                protocol_version: 1,
+                agent_version: "t".into(),
+                heartbeat_interval_ms: 1_000,
+                metrics_interval_ms: 1_000,
+            };
+            assert_eq!(
+                w.session_started(a, &hello, 4_000).unwrap().0,
+                1,
+                "{point:?}"
+            );
+            assert_eq!(
+                w.session_started(b, &hello, 4_000).unwrap().0,
+                0,
+                "{point:?}"
+            );
+            // The agents resend; everything is stored, with its series
+            // name and its rollup and chunk markers.
+            w.apply(&groups, 5_000).unwrap();
+            let st = store
+                .get::<DeviceState>(DEVICE_STATE, &keys::device_key(a))
+                .unwrap()
+                .unwrap();
+            assert_eq!((st.last_seq, st.records_stored), (4, 4), "{point:?}");
+            let names: Vec<String> = query::latest_values(&store, a)
+                .unwrap()
+                .into_iter()
+                .map(|v| v.name)
+                .collect();
+            assert_eq!(names, vec!["cpu", "mem"], "{point:?}");
+            let rolled = w.roll_up(u64::MAX, 0, 100).unwrap();
+            assert!(
+                rolled
+                    .iter()
+                    .any(|r| r.device == a && r.bucket_start_ms == 10 * 3_600_000),
+                "{point:?}: the new bucket is rolled up"
+            );
+            assert!(w.seal_chunks(u64::MAX, 0, 100).unwrap() >= 2, "{point:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_sweep_or_session_start_leaves_the_cache_as_it_was() {
+        let (_d, store) = open();
+        let dev = DeviceId(6);
+        let faults = Arc::new(FailOnce::default());
+        let mut w = IngestWriter::new(store.clone(), 0).unwrap();
+        w.set_fault_injector(faults.clone());
+        let hello = Hello {
+            protocol_version: 1,
+            agent_version: "t".into(),
+            heartbeat_interval_ms: 1_000,
+            metrics_interval_ms: 1_000,
+        };
+        faults.arm(FaultPoint::Write, 0);
+        assert!(w.session_started(dev, &hello, 1_000).is_err());
+        assert_eq!(w.online_count(), 0);
+        assert_eq!(w.cached(dev).unwrap().state.status, DeviceStatus::Pending);
+        w.session_started(dev, &hello, 1_000).unwrap();
+        let before = snapshot(&w);
+        faults.arm(FaultPoint::Put, 1);
+        assert!(w.sweep_offline(100_000, 0).is_err());
+        assert_eq!(snapshot(&w), before);
+        faults.arm(FaultPoint::Write, 0);
+        assert!(w.retire(dev, 100_000).is_err());
+        assert_eq!(snapshot(&w), before, "a failed retire keeps the device");
+        assert_eq!(w.sweep_offline(100_000, 0).unwrap().len(), 1);
+        assert_eq!(w.online_count(), 0);
     }
 }

@@ -137,7 +137,7 @@ pub fn process_dirty(
     let track = store.uplink_tracking();
     store.scan_raw(ROLLUP_DIRTY, &[], None, |k, _| {
         if let (Some(d), Some(bucket)) = (keys::device_from_key(k), keys::be_u64(k, 8))
-            && bucket + width + settle_ms <= now_ms
+            && bucket.saturating_add(width).saturating_add(settle_ms) <= now_ms
         {
             ready.push((d, bucket));
         }
@@ -155,7 +155,8 @@ pub fn process_dirty(
         }
         for SeriesInfo { id: sid, .. } in &series {
             let mut r: Option<Rollup> = None;
-            crate::samples::samples_in(store, device, *sid, bucket, bucket + width, |ts, v| {
+            let end = bucket.saturating_add(width);
+            crate::samples::samples_in(store, device, *sid, bucket, end, |ts, v| {
                 match &mut r {
                     Some(r) => r.add(ts, v),
                     None => r = Some(Rollup::of(ts, v)),

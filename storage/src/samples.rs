@@ -130,7 +130,7 @@ pub fn seal_dirty(
     let mut ready = Vec::new();
     store.scan_raw(CHUNK_DIRTY, &[], None, |k, _| {
         if let (Some(d), Some(w)) = (keys::device_from_key(k), keys::be_u64(k, 8))
-            && w + CHUNK_MS + settle_ms <= now_ms
+            && w.saturating_add(CHUNK_MS).saturating_add(settle_ms) <= now_ms
         {
             ready.push((d, w));
         }
@@ -144,8 +144,9 @@ pub fn seal_dirty(
             series = device_series(store, device)?;
             series_of = Some(device);
         }
+        let end = w.saturating_add(CHUNK_MS);
         for s in &series {
-            let head = head_in(store, device, s.id, w, w + CHUNK_MS)?;
+            let head = head_in(store, device, s.id, w, end)?;
             if head.is_empty() {
                 continue;
             }
@@ -155,11 +156,7 @@ pub fn seal_dirty(
                 None => head,
             };
             batch.put_raw(CHUNKS, &key, &chunk::encode(&merged))?;
-            batch.delete_range(
-                SAMPLES,
-                &key,
-                &keys::series_time_key(device, s.id, w + CHUNK_MS),
-            )?;
+            batch.delete_range(SAMPLES, &key, &keys::series_time_key(device, s.id, end))?;
         }
         batch.delete(CHUNK_DIRTY, &keys::device_time_key(device, w))?;
     }

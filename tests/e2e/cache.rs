@@ -156,6 +156,10 @@ struct Repo {
     date_s: u64,
     /// `Valid-Until:` of generated Releases is `Date:` plus this.
     valid_for_s: u64,
+    /// The suite's directory under `dists/` (`stable`, `buster/updates`).
+    suite_path: String,
+    /// `Suite:` and `Codename:` written in its Release.
+    suite_name: String,
 }
 
 impl Repo {
@@ -207,13 +211,15 @@ impl Repo {
             pkgs,
             date_s: 0,
             valid_for_s: 7 * 86_400,
+            suite_path: "stable".into(),
+            suite_name: "stable".into(),
         };
         repo.write_indexes(now_s() - 60);
         repo
     }
 
     fn suite_dir(&self) -> PathBuf {
-        self.root.join("debian/dists/stable")
+        self.root.join("debian/dists").join(&self.suite_path)
     }
 
     fn packages_rel(&self) -> String {
@@ -242,8 +248,9 @@ impl Repo {
         let gz = gz.finish().unwrap();
         std::fs::write(bin.join("Packages.gz"), &gz).unwrap();
         let rel = self.packages_rel();
+        let suite = &self.suite_name;
         let release = format!(
-            "Origin: Outpost Test\nLabel: Outpost Test\nSuite: stable\nCodename: stable\nDate: {}\n\
+            "Origin: Outpost Test\nLabel: Outpost Test\nSuite: {suite}\nCodename: {suite}\nDate: {}\n\
              Valid-Until: {}\nArchitectures: {} all\nComponents: main\nDescription: cache test\nSHA256:\n \
              {} {} {rel}\n {} {} {rel}.gz\n",
             rfc2822(date_s),
@@ -1203,6 +1210,16 @@ fn range_requests_are_served_for_complete_and_in_flight_files() {
     assert_eq!(r.body, &p.bytes[len - 10..]);
     let r = fetch(cache, "GET", &url, &[("Range", "bytes=0-0")]);
     assert_eq!(r.body, &p.bytes[..1]);
+    // A last byte position of u64::MAX is the end of the file (it used to
+    // overflow: a panic in debug builds, a bogus answer in release).
+    let r = fetch(
+        cache,
+        "GET",
+        &url,
+        &[("Range", "bytes=5-18446744073709551615")],
+    );
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &p.bytes[5..]);
     let r = fetch(cache, "GET", &url, &[("Range", &format!("bytes={len}-"))]);
     assert_eq!(r.status, 416);
     assert_eq!(
@@ -1407,4 +1424,268 @@ fn unverified_files_pass_through_uncached_or_are_refused_per_config() {
         1.0
     );
     assert_eq!(up.hits("/debian/README"), 2);
+}
+
+#[test]
+fn an_inrelease_of_another_suite_or_from_the_future_is_refused_and_reset_suite_recovers() {
+    let tmp = scratch("cache-trust");
+    let mut repo = Repo::build(tmp.path(), &[("outpost-trust", 1000)]);
+    let up = Upstream::start(&repo.root);
+    let (app, cache) = start_appliance(
+        tmp.path(),
+        &up,
+        &repo.key.keyring,
+        "release_refresh = \"0s\"\n",
+    );
+    let inrelease = up.url("debian/dists/stable/InRelease");
+    // Signed by the archive key, but for another suite: refused.
+    repo.suite_name = "oldstable".into();
+    repo.write_indexes(now_s() - 60);
+    let a = fetch(cache, "GET", &inrelease, &[]);
+    assert_eq!(a.status, 502, "{}", a.text());
+    assert!(a.text().contains("for another suite"), "{}", a.text());
+    assert_eq!(
+        metric(
+            &app,
+            "outpost_cache_verify_failures_total{reason=\"suite_mismatch\"}"
+        ),
+        1.0
+    );
+    // Dated a day ahead of the clock: refused (it would freeze the suite).
+    repo.suite_name = "stable".into();
+    repo.write_indexes(now_s() + 86_400);
+    let a = fetch(cache, "GET", &inrelease, &[]);
+    assert_eq!(a.status, 502, "{}", a.text());
+    assert!(
+        a.text().contains("ahead of this appliance's clock"),
+        "{}",
+        a.text()
+    );
+    assert_eq!(
+        metric(
+            &app,
+            "outpost_cache_verify_failures_total{reason=\"future_date\"}"
+        ),
+        1.0
+    );
+    // A good one is accepted; an older one afterwards is a rollback...
+    repo.write_indexes(now_s() - 60);
+    assert_eq!(fetch(cache, "GET", &inrelease, &[]).status, 200);
+    repo.write_indexes(now_s() - 3600);
+    let a = fetch(cache, "GET", &inrelease, &[]);
+    assert_eq!(a.header("X-Outpost-Cache"), Some("stale"), "{}", a.text());
+    assert!(
+        metric(
+            &app,
+            "outpost_cache_verify_failures_total{reason=\"rollback\"}"
+        ) >= 1.0
+    );
+    // ...until an operator resets the suite (e.g. a rebuilt repository).
+    let out = app.cli_ok(&["cache", "reset-suite", &up.url("debian/dists/stable")]);
+    assert!(out.contains("its accepted InRelease forgotten"), "{out}");
+    let a = fetch(cache, "GET", &inrelease, &[]);
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.header("X-Outpost-Cache"), Some("miss"));
+    assert_eq!(
+        a.body,
+        std::fs::read(repo.suite_dir().join("InRelease")).unwrap()
+    );
+    // An upstream failure is remembered briefly: the second ask does not reach upstream.
+    let missing = up.url("debian/dists/nosuch/InRelease");
+    assert_eq!(fetch(cache, "GET", &missing, &[]).status, 404);
+    assert_eq!(fetch(cache, "GET", &missing, &[]).status, 404);
+    assert_eq!(up.hits("/debian/dists/nosuch/InRelease"), 1);
+    assert_eq!(
+        metric(&app, "outpost_cache_release_negative_hits_total"),
+        1.0
+    );
+}
+
+#[test]
+fn an_expired_inrelease_is_refused_even_when_upstream_sends_the_same_bytes_again() {
+    let tmp = scratch("cache-expired-same");
+    let mut repo = Repo::build(tmp.path(), &[("outpost-same", 1000)]);
+    let up = Upstream::start(&repo.root);
+    let (app, cache) = start_appliance(
+        tmp.path(),
+        &up,
+        &repo.key.keyring,
+        "release_refresh = \"0s\"\n",
+    );
+    let inrelease = up.url("debian/dists/stable/InRelease");
+    repo.valid_for_s = 63;
+    repo.write_indexes(now_s() - 60);
+    let valid_until = repo.date_s + repo.valid_for_s;
+    assert_eq!(fetch(cache, "GET", &inrelease, &[]).status, 200);
+    while now_s() <= valid_until {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Upstream still serves the same, now expired, file: it used to be a hit.
+    let a = fetch(cache, "GET", &inrelease, &[]);
+    assert_eq!(a.status, 502, "{}", a.text());
+    assert!(a.text().contains("expired (Valid-Until"), "{}", a.text());
+    assert_eq!(
+        metric(
+            &app,
+            "outpost_cache_verify_failures_total{reason=\"expired\"}"
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn a_suite_with_a_slash_is_verified_and_its_packages_cached() {
+    let tmp = scratch("cache-slash-suite");
+    let mut repo = Repo::build(tmp.path(), &[("outpost-sec", 20_000)]);
+    repo.suite_path = "buster/updates".into();
+    repo.suite_name = "buster".into();
+    repo.write_indexes(now_s() - 60);
+    let up = Upstream::start(&repo.root);
+    let (_app, cache) = start_appliance(tmp.path(), &up, &repo.key.keyring, "");
+    // An index first (as a client with a warm list would): the cache
+    // finds the suite buster/updates (there is no dists/buster/InRelease).
+    let idx = fetch(
+        cache,
+        "GET",
+        &up.url(&format!(
+            "debian/dists/buster/updates/{}.gz",
+            repo.packages_rel()
+        )),
+        &[],
+    );
+    assert_eq!(idx.status, 200, "{}", idx.text());
+    assert_eq!(idx.header("X-Outpost-Cache"), Some("miss"));
+    let p = repo.pkg("outpost-sec").clone();
+    let a = fetch(cache, "GET", &up.url(&p.path), &[]);
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.header("X-Outpost-Cache"),
+        Some("miss"),
+        "verified, not passed through"
+    );
+    assert_eq!(a.body, p.bytes);
+    assert_eq!(
+        fetch(cache, "GET", &up.url(&p.path), &[]).header("X-Outpost-Cache"),
+        Some("hit")
+    );
+}
+
+#[test]
+fn downloads_are_bounded_per_client_and_by_the_disk_reserve() {
+    let tmp = scratch("cache-bounds");
+    let mb = 1024 * 1024;
+    let repo = Repo::build(tmp.path(), &[("outpost-b1", 2 * mb), ("outpost-b2", mb)]);
+    let up = Upstream::start(&repo.root);
+    let (app, cache) = start_appliance(
+        tmp.path(),
+        &up,
+        &repo.key.keyring,
+        "max_downloads_per_client = 1\n",
+    );
+    fetch(cache, "GET", &up.url("debian/dists/stable/InRelease"), &[]);
+    fetch(
+        cache,
+        "GET",
+        &up.url(&format!("debian/dists/stable/{}.gz", repo.packages_rel())),
+        &[],
+    );
+    // One slow download in progress for this client...
+    *up.throttle.lock().unwrap() = Some((128 * 1024, Duration::from_millis(100)));
+    let b1 = up.url(&repo.pkg("outpost-b1").path);
+    let first = std::thread::spawn(move || fetch(cache, "GET", &b1, &[]));
+    wait_for(Duration::from_secs(20), "the first download", || {
+        (metric(&app, "outpost_cache_downloads_active") >= 1.0).then_some(())
+    });
+    // ...so a second one is refused with a reason, and counted.
+    let a = fetch(cache, "GET", &up.url(&repo.pkg("outpost-b2").path), &[]);
+    assert_eq!(a.status, 503, "{}", a.text());
+    assert!(
+        a.text().contains("max_downloads_per_client"),
+        "{}",
+        a.text()
+    );
+    assert_eq!(
+        metric(
+            &app,
+            "outpost_cache_refused_total{reason=\"client_downloads\"}"
+        ),
+        1.0
+    );
+    assert_eq!(first.join().unwrap().body, repo.pkg("outpost-b1").bytes);
+    *up.throttle.lock().unwrap() = None;
+    drop(app);
+
+    // A disk reserve larger than the disk: nothing is downloaded.
+    let tmp2 = scratch("cache-reserve");
+    let (app, cache) = start_appliance(
+        tmp2.path(),
+        &up,
+        &repo.key.keyring,
+        "min_free_bytes = 1000000000000000000\n",
+    );
+    fetch(cache, "GET", &up.url("debian/dists/stable/InRelease"), &[]);
+    let a = fetch(
+        cache,
+        "GET",
+        &up.url(&format!("debian/dists/stable/{}.gz", repo.packages_rel())),
+        &[],
+    );
+    assert_eq!(a.status, 503, "{}", a.text());
+    assert!(a.text().contains("min_free_bytes"), "{}", a.text());
+    assert_eq!(
+        metric(&app, "outpost_cache_refused_total{reason=\"disk_reserve\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_and_its_download_cancelled() {
+    let tmp = scratch("cache-stalled");
+    let repo = Repo::build(tmp.path(), &[("outpost-stall", 24 * 1024 * 1024)]);
+    let up = Upstream::start(&repo.root);
+    let (app, cache) = start_appliance(
+        tmp.path(),
+        &up,
+        &repo.key.keyring,
+        "client_write_timeout = \"1s\"\nmax_connections = 1\n",
+    );
+    fetch(cache, "GET", &up.url("debian/dists/stable/InRelease"), &[]);
+    fetch(
+        cache,
+        "GET",
+        &up.url(&format!("debian/dists/stable/{}.gz", repo.packages_rel())),
+        &[],
+    );
+    let p = repo.pkg("outpost-stall").clone();
+    // A slow upstream (~8 s for the file) and a client that never reads.
+    *up.throttle.lock().unwrap() = Some((256 * 1024, Duration::from_millis(80)));
+    let stalled = {
+        let mut s = TcpStream::connect(cache).unwrap();
+        s.write_all(format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", up.url(&p.path)).as_bytes())
+            .unwrap();
+        s
+    };
+    wait_for(Duration::from_secs(30), "the write timeout", || {
+        (metric(&app, "outpost_cache_write_timeouts_total") >= 1.0).then_some(())
+    });
+    wait_for(Duration::from_secs(10), "the download cancelled", || {
+        (metric(&app, "outpost_cache_downloads_cancelled_total") >= 1.0).then_some(())
+    });
+    assert!(
+        (up.bytes(&format!("/{}", p.path)) as usize) < p.bytes.len(),
+        "the upstream transfer stopped early"
+    );
+    wait_for(Duration::from_secs(10), "tmp/ emptied", || {
+        (std::fs::read_dir(app.dir.join("cache/tmp"))
+            .unwrap()
+            .count()
+            == 0)
+            .then_some(())
+    });
+    // The connection slot is free again (max_connections = 1).
+    *up.throttle.lock().unwrap() = None;
+    let a = fetch(cache, "GET", &up.url(&p.path), &[]);
+    assert_eq!(a.status, 200);
+    assert_eq!(sha256_hex(&a.body), sha256_hex(&p.bytes));
+    drop(stalled);
 }

@@ -1,6 +1,7 @@
 //! The workspace's dependency direction: the appliance never links central
 //! code (DESIGN.md, "Workspace"), and the crates the fuzz targets build
-//! (`fuzz/`) link no RocksDB. Reads the resolved dependency graph with
+//! (`fuzz/`: the apt parsers, proto, the uplink wire and batch codec, the
+//! alerting model) link no storage. Reads the resolved dependency graph with
 //! `cargo tree` (no build), so it takes well under a second.
 
 use std::process::Command;
@@ -72,6 +73,35 @@ fn the_appliance_links_no_central_only_crate() {
     }
 }
 
+/// Crates that link RocksDB or the appliance's storage (the C++ build takes
+/// ~10 minutes and every sanitizer flag change rebuilds it).
+const STORAGE_CRATES: &[&str] = &["outpost-storage", "rocksdb", "librocksdb-sys"];
+
+#[test]
+fn the_apt_parsers_link_no_storage_so_their_fuzz_build_is_quick() {
+    let deps = normal_dependencies("outpost-apt");
+    assert!(
+        deps.iter().any(|d| d == "httparse"),
+        "the tree should list outpost-apt's own dependencies: {deps:?}"
+    );
+    for c in STORAGE_CRATES {
+        assert!(
+            !deps.iter().any(|d| d == c),
+            "outpost-apt depends on {c}: its parsers must stay RocksDB-free \
+             (see `cargo tree -p outpost-apt -i {c}`)"
+        );
+    }
+    // The list is not stale: the appliance, which uses outpost-apt, does link them.
+    let appliance = normal_dependencies("outpost-appliance");
+    for c in STORAGE_CRATES {
+        assert!(
+            appliance.iter().any(|d| d == c),
+            "{c} not in the appliance's tree"
+        );
+    }
+    assert!(appliance.iter().any(|d| d == "outpost-apt"));
+}
+
 /// The workspace crates holding the parsers `fuzz/` fuzzes, with the cargo
 /// flags the fuzz build uses for them.
 const FUZZED_CRATES: &[(&str, &[&str])] = &[
@@ -79,10 +109,6 @@ const FUZZED_CRATES: &[(&str, &[&str])] = &[
     ("outpost-uplink", &["--no-default-features"]),
     ("outpost-alerting", &[]),
 ];
-
-/// Crates that mean "links RocksDB" (the C++ build takes ~10 minutes and
-/// every sanitizer flag change rebuilds it).
-const ROCKSDB_CRATES: &[&str] = &["rocksdb", "librocksdb-sys", "outpost-storage"];
 
 #[test]
 fn the_fuzzed_parsers_link_no_rocksdb() {
@@ -92,7 +118,7 @@ fn the_fuzzed_parsers_link_no_rocksdb() {
             deps.iter().any(|d| d == package),
             "the tree should list {package} itself: {deps:?}"
         );
-        for c in ROCKSDB_CRATES {
+        for c in STORAGE_CRATES {
             assert!(
                 !deps.iter().any(|d| d == c),
                 "{package} {flags:?} depends on {c}: the fuzz build would link RocksDB \

@@ -22,10 +22,16 @@ pub struct Central {
     pub proc: Option<Proc>,
     log_dir: PathBuf,
     starts: u32,
+    /// More arguments of `serve`.
+    extra: Vec<String>,
 }
 
 impl Central {
     pub fn start(root: &Path) -> Central {
+        Central::start_with(root, &[])
+    }
+
+    pub fn start_with(root: &Path, extra: &[&str]) -> Central {
         let mut c = Central {
             dir: root.join("central"),
             quic: SocketAddr::from(([127, 0, 0, 1], free_port())),
@@ -33,6 +39,7 @@ impl Central {
             proc: None,
             log_dir: root.to_path_buf(),
             starts: 0,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         c.restart();
         c
@@ -49,7 +56,8 @@ impl Central {
             .arg("--listen")
             .arg(self.quic.to_string())
             .arg("--http-listen")
-            .arg(self.http.to_string());
+            .arg(self.http.to_string())
+            .args(&self.extra);
         self.proc = Some(
             Proc::spawn(&format!("central-{}", self.starts), &mut cmd, &self.log_dir)
                 .expect("spawn central"),
@@ -471,6 +479,166 @@ fn central_outage_every_rollup_arrives_exactly_once_and_status_is_current() {
     );
 }
 
+/// The uplink over a bad WAN: every datagram between the appliance and
+/// central crosses a relay that loses 10 % of them each way and delays
+/// them 200 ms (+ up to 20 ms of jitter, so some are reordered), and the
+/// link is cut completely for a while. Every rollup the site computed
+/// arrives at central exactly once (none missing, none re-applied).
+///
+/// The impairment is the user-space relay of `outpost_bench::netem` (the
+/// kernel's `tc netem` needs the `sch_netem` module, which this kind of
+/// machine does not have). `OUTPOST_WAN_CUT_SECS` (default 10) sets the
+/// cut; the longer run in benches/RESULTS.md uses 600.
+#[test]
+fn a_lossy_delayed_and_cut_wan_delivers_every_rollup_exactly_once() {
+    use outpost_bench::netem::{Impairment, Relay};
+    let cut_secs: u64 = std::env::var("OUTPOST_WAN_CUT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let tmp = scratch("uplink-wan");
+    let root = tmp.path();
+    let central = Central::start(root);
+    let (token, fp) = central.site_add("acme", "dental", "far-away");
+    let cfg = fast_config(root, "");
+    let mut app = Appliance::start_with(root, &["--config", cfg.to_str().unwrap()]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let wan = Impairment::new(10.0, Duration::from_millis(200), Duration::from_millis(20));
+    let relay = rt
+        .block_on(Relay::start(
+            "127.0.0.1:0".parse().unwrap(),
+            central.quic,
+            wan.clone(),
+        ))
+        .expect("relay");
+    let o = app.cli(&[
+        "uplink",
+        "join",
+        "--central",
+        &relay.addr.to_string(),
+        "--token",
+        &token,
+        "--ca-fingerprint",
+        &fp,
+        "--interval",
+        "1s",
+    ]);
+    assert!(o.status.success(), "join over the WAN: {}", stderr(&o));
+    let site = stdout(&o).trim().to_string();
+    let mut agents: Vec<Agent> = (0..2)
+        .map(|i| Agent::enroll(root, &format!("agent-{i}"), &app))
+        .collect();
+    for a in &mut agents {
+        a.start();
+    }
+    let viewer = central.api_token("acme", "viewer");
+    wait_for(Duration::from_secs(90), "first rollups at central", || {
+        let v = central.get(&format!("/api/v1/devices?site={site}"), &viewer);
+        (v["devices"]
+            .as_array()?
+            .iter()
+            .filter(|d| d["rollups_stored"].as_u64().unwrap_or(0) > 0)
+            .count()
+            == 2)
+            .then_some(())
+    });
+    // The cut: nothing crosses for `cut_secs` (the scenario's own length,
+    // not a wait for something to happen); buckets keep closing meanwhile.
+    wan.set_cut(true);
+    std::thread::sleep(Duration::from_secs(cut_secs));
+    let backlog = uplink_status(&app)["backlog_batches"].as_u64().unwrap_or(0);
+    assert!(backlog >= 2, "batches waited out the cut: {backlog}");
+    wan.set_cut(false);
+    // Stop the agents; the last buckets close and everything drains over
+    // the lossy link.
+    for a in &mut agents {
+        a.stop();
+    }
+    wait_for(
+        Duration::from_secs(180),
+        "outbox drained over the WAN",
+        || {
+            let st = uplink_status(&app);
+            (st["backlog_batches"] == 0 && st["link"] == "connected").then_some(())
+        },
+    );
+    // The last 2 s bucket closes (+ 500 ms settle) after the agents
+    // stopped: let it, then drain again.
+    std::thread::sleep(Duration::from_secs(4));
+    wait_for(Duration::from_secs(180), "last buckets drained", || {
+        (uplink_status(&app)["backlog_batches"] == 0).then_some(())
+    });
+    app.stop();
+    let local = appliance_rollups(&app.dir);
+    let devs = central.get(&format!("/api/v1/devices?site={site}"), &viewer);
+    for a in &agents {
+        let d = devs["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device"] == a.device_id.as_str())
+            .expect("device at central");
+        let at_central = d["rollups_stored"].as_u64().unwrap();
+        let at_site = local.get(&a.device_id).copied().unwrap_or(0);
+        assert!(at_site >= 5, "enough rollups to mean something: {at_site}");
+        assert_eq!(
+            at_central, at_site,
+            "device {}: central {at_central} vs appliance {at_site}",
+            a.device_id
+        );
+    }
+    assert_eq!(
+        central.metric("outpost_central_rollups_replaced_total"),
+        0.0,
+        "no rollup applied twice"
+    );
+    let dropped = relay.stats.lost.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        dropped > 0,
+        "the WAN really lost datagrams: {}",
+        relay.stats.line()
+    );
+    eprintln!(
+        "WAN: {}; cut {cut_secs} s, backlog at the end of the cut {backlog}; central applied {} batches, {} duplicates",
+        relay.stats.line(),
+        central.metric("outpost_central_batches_applied_total"),
+        central.metric("outpost_central_batches_duplicate_total"),
+    );
+    drop(relay);
+}
+
+/// `site add` then a join of site `name` as a site client (files in
+/// `root/site-NAME`).
+fn join_site(
+    root: &Path,
+    central: &Central,
+    tenant: &str,
+    name: &str,
+) -> anyhow::Result<outpost_uplink::site_files::JoinedSite> {
+    let (token, fp) = central.site_add(tenant, "dental", name);
+    join_with(root, central, name, &token, &fp)
+}
+
+fn join_with(
+    root: &Path,
+    central: &Central,
+    name: &str,
+    token: &str,
+    fp: &str,
+) -> anyhow::Result<outpost_uplink::site_files::JoinedSite> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let dir = outpost_uplink::site_files::UplinkDir::new(&root.join(format!("site-{name}")));
+    let params = outpost_uplink::join::JoinParams {
+        central: central.quic.to_string(),
+        token: token.to_string(),
+        fingerprint: fp.parse()?,
+        interval: Duration::from_secs(1),
+    };
+    rt.block_on(outpost_uplink::join::join(&dir, &params, "test"))
+}
+
 /// A site client speaking the uplink protocol directly (to replay batches).
 pub struct SiteClient {
     rt: tokio::runtime::Runtime,
@@ -485,68 +653,61 @@ pub struct SiteClient {
 
 impl SiteClient {
     pub fn join(root: &Path, central: &Central, tenant: &str, name: &str) -> SiteClient {
+        join_site(root, central, tenant, name).expect("join");
+        SiteClient::connect(root, central, name).expect("uplink connection")
+    }
+
+    /// A new uplink connection of the site `name` joined before.
+    pub fn connect(root: &Path, central: &Central, name: &str) -> anyhow::Result<SiteClient> {
         use outpost_uplink::wire::*;
-        let (token, fp) = central.site_add(tenant, "dental", name);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .worker_threads(1)
-            .build()
-            .unwrap();
+            .build()?;
         let dir = outpost_uplink::site_files::UplinkDir::new(&root.join(format!("site-{name}")));
-        let params = outpost_uplink::join::JoinParams {
-            central: central.quic.to_string(),
-            token,
-            fingerprint: fp.parse().unwrap(),
-            interval: Duration::from_secs(1),
-        };
-        let joined = rt
-            .block_on(outpost_uplink::join::join(&dir, &params, "test"))
-            .expect("join");
-        let ident = dir.load().unwrap().unwrap();
+        let ident = dir
+            .load()?
+            .ok_or_else(|| anyhow::anyhow!("site {name} not joined"))?;
         let (ep, conn, send, recv, reader) = rt.block_on(async {
-            let cfg = outpost_uplink::join::quic_client_config(
-                outpost_proto::tls::mtls_client_config(
+            let cfg =
+                outpost_uplink::join::quic_client_config(outpost_proto::tls::mtls_client_config(
                     ident.central_ca.clone(),
                     vec![ident.cert.clone()],
                     ident.key.clone_key(),
                     ALPN_UPLINK,
-                )
-                .unwrap(),
-            )
-            .unwrap();
-            let ep = outpost_uplink::join::client_endpoint(central.quic).unwrap();
+                )?)?;
+            let ep = outpost_uplink::join::client_endpoint(central.quic)?;
             let conn = ep
-                .connect_with(cfg, central.quic, CENTRAL_SERVER_NAME)
-                .unwrap()
-                .await
-                .unwrap();
-            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+                .connect_with(cfg, central.quic, CENTRAL_SERVER_NAME)?
+                .await?;
+            let (mut send, mut recv) = conn.open_bi().await?;
             let hello = SiteFrame::Hello(SiteHello {
                 protocol_version: UPLINK_PROTOCOL_VERSION,
                 appliance_version: "test".into(),
                 interval_ms: 1000,
                 backlog_batches: 0,
             });
-            send.write_all(
-                &outpost_proto::frame::encode_frame(&hello, MAX_UPLINK_FRAME_BYTES).unwrap(),
-            )
-            .await
-            .unwrap();
+            send.write_all(&outpost_proto::frame::encode_frame(
+                &hello,
+                MAX_UPLINK_FRAME_BYTES,
+            )?)
+            .await?;
             let mut reader = outpost_proto::frame::FrameReader::new(MAX_UPLINK_FRAME_BYTES);
-            let w: CentralFrame = reader.next(&mut recv).await.unwrap().unwrap();
-            assert!(matches!(w, CentralFrame::Welcome(_)), "{w:?}");
-            (ep, conn, send, recv, reader)
-        });
-        SiteClient {
+            let w: Option<CentralFrame> =
+                tokio::time::timeout(Duration::from_secs(10), reader.next(&mut recv)).await??;
+            anyhow::ensure!(matches!(w, Some(CentralFrame::Welcome(_))), "{w:?}");
+            anyhow::Ok((ep, conn, send, recv, reader))
+        })?;
+        Ok(SiteClient {
             rt,
             conn,
             send,
             recv,
             reader,
             _ep: ep,
-            site: joined.site_id,
-            tenant: joined.tenant,
-        }
+            site: ident.site.site_id.clone(),
+            tenant: ident.site.tenant.clone(),
+        })
     }
 
     pub fn send(&mut self, b: &SiteBatch) -> outpost_uplink::wire::CentralFrame {
@@ -695,10 +856,134 @@ fn replayed_and_out_of_order_batches_apply_once_and_foreign_claims_are_rejected(
         central.metric("outpost_central_batch_rejects_total{reason=\"identity_mismatch\"}"),
         2.0
     );
+    // Refused for good: not applied, but dead-lettered on the site so the
+    // sequence closes over it (issue 11, item 6: it used to stay a gap).
     let site = central.get(&format!("/api/v1/sites/{}", c.site), &viewer);
-    assert_eq!(site["applied_up_to"], 2, "rejected batches are not applied");
+    assert_eq!(
+        site["batches_applied"], 2,
+        "rejected batches are not applied"
+    );
+    assert_eq!(site["applied_up_to"], 3, "{site}");
+    assert_eq!(site["dead_lettered"], 1, "{site}");
+    assert_eq!(site["dead_letters"][0]["seq"], 3, "{site}");
+    assert_eq!(site["dead_letters"][0]["reason"], "identity_mismatch");
     let devs = central.get("/api/v1/devices", &viewer);
     assert_eq!(devs["devices"].as_array().unwrap().len(), 1);
+    // The next batches fold into the prefix.
+    assert_eq!(c.send(&c.batch(5, 7, 20..21)), CentralFrame::Ack { seq: 5 });
+    assert_eq!(c.send(&c.batch(4, 7, 21..22)), CentralFrame::Ack { seq: 4 });
+    let site = central.get(&format!("/api/v1/sites/{}", c.site), &viewer);
+    assert_eq!(site["applied_up_to"], 5, "{site}");
+    assert_eq!(
+        central.metric("outpost_central_batches_dead_lettered_total"),
+        1.0
+    );
+}
+
+/// Issue 11, item 7: central holds at most `--max-connections`
+/// connections (more are refused at once, counted) and at most
+/// `--max-connections-per-site` uplinks of one site; a freed slot takes
+/// the next connection.
+#[test]
+fn central_caps_connections_in_all_and_per_site() {
+    let tmp = scratch("uplink-conn-cap");
+    let root = tmp.path();
+    let central = Central::start_with(
+        root,
+        &["--max-connections", "2", "--max-connections-per-site", "1"],
+    );
+    let mut a = SiteClient::join(root, &central, "acme", "cap-a");
+    assert!(
+        SiteClient::connect(root, &central, "cap-a").is_err(),
+        "a second uplink of the same site is refused"
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the per-site refusal counted",
+        || {
+            (central.metric(
+                "outpost_central_connection_rejects_total{reason=\"site_connection_limit\"}",
+            ) == 1.0)
+                .then_some(())
+        },
+    );
+    join_site(root, &central, "acme", "cap-b").expect("join b");
+    // The join's slot frees when its connection closes.
+    let b = wait_for(Duration::from_secs(10), "b's uplink", || {
+        SiteClient::connect(root, &central, "cap-b").ok()
+    });
+    // Two connections open: a third is refused at once, the join token kept.
+    let (token, fp) = central.site_add("acme", "dental", "cap-c");
+    assert!(join_with(root, &central, "cap-c", &token, &fp).is_err());
+    assert!(
+        central.metric("outpost_central_connection_rejects_total{reason=\"connection_limit\"}")
+            >= 1.0
+    );
+    drop(b);
+    wait_for(Duration::from_secs(15), "a freed slot", || {
+        join_with(root, &central, "cap-c", &token, &fp).ok()
+    });
+    // The first site was never disturbed.
+    assert_eq!(
+        a.send(&a.batch(1, 7, 0..2)),
+        outpost_uplink::wire::CentralFrame::Ack { seq: 1 }
+    );
+}
+
+/// Issue 11, items 4 and 7, over real sockets: failed logins from one
+/// address are limited (429 with Retry-After), and `/metrics` names sites
+/// only for the operator token.
+#[test]
+fn logins_are_limited_per_address_and_site_metrics_need_the_operator_token() {
+    let tmp = scratch("uplink-login-limits");
+    let root = tmp.path();
+    let central = Central::start(root);
+    let h = central.http;
+    let mut a = SiteClient::join(root, &central, "acme", "metrics-a");
+    assert_eq!(
+        a.send(&a.batch(1, 7, 0..2)),
+        outpost_uplink::wire::CentralFrame::Ack { seq: 1 }
+    );
+    let open = http_get(h, "/metrics", None).unwrap();
+    assert!(
+        open.contains("outpost_central_batches_applied_total 1"),
+        "{open}"
+    );
+    assert!(
+        !open.contains(a.site.as_str()) && !open.contains("acme"),
+        "{open}"
+    );
+    let admin = std::fs::read_to_string(central.dir.join("admin.token")).unwrap();
+    let all = http_get(h, "/metrics", Some(admin.trim())).unwrap();
+    assert!(
+        all.contains(&format!(
+            "site_lag_seconds{{tenant=\"acme\",site=\"{}\"}}",
+            a.site
+        )),
+        "{all}"
+    );
+    // 30 failed logins from 127.0.0.1 (any names), then 429.
+    let login = |user: &str| {
+        raw(
+            h,
+            "POST",
+            "/api/v1/login",
+            &[("Content-Type", "application/json")],
+            &format!(r#"{{"tenant":"acme","username":"{user}","password":"nope nope"}}"#),
+        )
+    };
+    for i in 0..30 {
+        let (st, _, body) = login(&format!("guess{i}"));
+        assert_eq!(st, 401, "attempt {i}: {body}");
+    }
+    let (st, head, body) = login("guess-more");
+    assert_eq!(st, 429, "{body}");
+    assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
+    assert_eq!(
+        central.metric("outpost_central_logins_throttled_total"),
+        1.0
+    );
+    assert_eq!(central.metric("outpost_central_logins_failed_total"), 30.0);
 }
 
 /// One HTTP request with extra headers: (status, head, body).

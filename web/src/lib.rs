@@ -184,8 +184,28 @@ pub struct RouteLabel {
     pub status: u16,
 }
 
+/// The `method` label of a request: one of the methods HTTP defines, or
+/// `other`. Clients choose the method freely (any token is valid HTTP), so
+/// using it as sent would let them create a metric series per request.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
 /// Runs `req` inside the span `make_span(method, route)` and counts it by
-/// method, matched route and status in `requests`.
+/// method ([`method_label`]: unknown methods are `other`), matched route
+/// and status in `requests`.
 pub async fn observe(
     requests: &Family<RouteLabel, Counter>,
     make_span: impl FnOnce(&str, &str) -> tracing::Span,
@@ -197,7 +217,7 @@ pub async fn observe(
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
+    let method = method_label(req.method()).to_string();
     let span = make_span(&method, &route);
     let resp = next.run(req).instrument(span).await;
     requests
@@ -415,6 +435,43 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(&body[..], b"<p>gone</p>");
+    }
+
+    /// A client cannot mint metric series with made-up methods: every
+    /// method outside HTTP's own is counted as `other`.
+    #[tokio::test]
+    async fn unknown_methods_are_counted_as_other() {
+        use std::sync::Arc;
+        use tower::ServiceExt;
+        let requests: Arc<Family<RouteLabel, Counter>> = Arc::new(Family::default());
+        let r = requests.clone();
+        let app = router().layer(axum::middleware::from_fn(move |req, next| {
+            let r = r.clone();
+            async move { observe(&r, |_, _| tracing::Span::none(), req, next).await }
+        }));
+        for method in ["GET", "FOO", "XYZZY-1", "post", "PROPFIND", "DELETE"] {
+            let req = axum::http::Request::builder()
+                .method(method)
+                .uri("/json")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            app.clone().oneshot(req).await.unwrap();
+        }
+        let label = |method: &str| RouteLabel {
+            method: method.into(),
+            route: "/json".into(),
+            status: 405,
+        };
+        assert_eq!(requests.get_or_create(&label("GET")).get(), 1);
+        assert_eq!(requests.get_or_create(&label("DELETE")).get(), 1);
+        assert_eq!(requests.get_or_create(&label("other")).get(), 4);
+        for method in ["FOO", "XYZZY-1", "post", "PROPFIND"] {
+            assert_eq!(
+                requests.get_or_create(&label(method)).get(),
+                0,
+                "{method} has a series of its own"
+            );
+        }
     }
 
     #[test]

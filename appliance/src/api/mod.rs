@@ -33,7 +33,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -95,7 +95,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(prometheus))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .fallback(outpost_web::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -135,6 +135,42 @@ async fn observe(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> R
     outpost_web::observe(&st.metrics.api_requests, span, req, next).await
 }
 
+/// `ok`, or 503 saying why the appliance cannot take records.
+async fn healthz(State(st): State<Arc<ApiState>>) -> Response {
+    health_response(st.writer.health())
+}
+
+fn health_response(health: &crate::ingest::writer::WriterHealth) -> Response {
+    match health.failure() {
+        None => "ok\n".into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: the writer failed ({why}); sessions are refused until the appliance is restarted\n"),
+        )
+            .into_response(),
+    }
+}
+
 async fn prometheus(State(st): State<Arc<ApiState>>) -> Response {
     outpost_web::prometheus_response(st.metrics.encode())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn healthz_says_why_once_the_writer_failed() {
+        let health = crate::ingest::writer::WriterHealth::default();
+        let ok = health_response(&health);
+        assert_eq!(ok.status(), StatusCode::OK);
+        health.fail("the writer thread panicked: boom".into());
+        let resp = health_response(&health);
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("panicked: boom"), "{text}");
+    }
 }

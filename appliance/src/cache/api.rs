@@ -1,5 +1,6 @@
 //! `/api/v1/cache/*` on the admin listener (bearer token):
-//! `GET stats`, `POST prefetch`, `POST verify`, `GET|POST pins`, `POST unpin`.
+//! `GET stats`, `POST prefetch`, `POST verify`, `GET|POST pins`, `POST unpin`,
+//! `POST reset-suite`.
 
 use std::sync::Arc;
 
@@ -33,6 +34,7 @@ pub fn router(cache: Arc<Cache>, admin_token: &str) -> Router {
         .route("/api/v1/cache/verify", post(verify))
         .route("/api/v1/cache/pins", get(pins).post(pin))
         .route("/api/v1/cache/unpin", post(unpin))
+        .route("/api/v1/cache/reset-suite", post(reset_suite))
         .route_layer(middleware::from_fn_with_state(ctx.clone(), require_token))
         .with_state(ctx)
 }
@@ -105,6 +107,13 @@ async fn unpin(State(ctx): State<ApiCtx>, Json(q): Json<UrlQuery>) -> Response {
     match ctx.cache.unpin(&q.url) {
         Ok(true) => Json(serde_json::json!({ "unpinned": q.url })).into_response(),
         Ok(false) => err(StatusCode::NOT_FOUND, format!("{} is not pinned", q.url)),
+        Err(e) => err(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+async fn reset_suite(State(ctx): State<ApiCtx>, Json(q): Json<UrlQuery>) -> Response {
+    match ctx.cache.reset_suite(&q.url) {
+        Ok(r) => Json(r).into_response(),
         Err(e) => err(StatusCode::BAD_REQUEST, e),
     }
 }

@@ -140,7 +140,7 @@ impl BlobDir {
             }
             for e in fs::read_dir(sub.path())?.flatten() {
                 let name = e.file_name();
-                let Some(sha) = name.to_str().and_then(super::release::parse_sha256) else {
+                let Some(sha) = name.to_str().and_then(outpost_apt::release::parse_sha256) else {
                     continue;
                 };
                 if let Ok(m) = e.metadata() {

@@ -1,7 +1,11 @@
 //! OpenPGP verification of `InRelease` files with `gpgv` (GnuPG's
 //! verify-only tool, the one apt itself uses), run as a subprocess with the
 //! configured keyrings. Only the signed text `gpgv` outputs is trusted, never
-//! the raw file (text outside the signed part is ignored).
+//! the raw file (text outside the signed part is ignored). gpgv's exit
+//! status and `--status-fd` lines are judged like apt does
+//! ([`outpost_apt::gpgv::judge`]): a signature by an expired or revoked key
+//! (`EXPKEYSIG`, `REVKEYSIG`) does not count, though gpgv prints `VALIDSIG`
+//! for it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,10 +26,8 @@ pub enum VerifyError {
     Spawn(std::io::Error),
     #[error("gpgv did not finish within 30s")]
     Timeout,
-    #[error("bad signature: {0}")]
-    BadSignature(String),
-    #[error("no valid signature from a configured keyring: {0}")]
-    NoValidSignature(String),
+    #[error("{0}")]
+    Rejected(#[from] outpost_apt::gpgv::GpgvError),
     #[error("temporary file: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -90,26 +92,10 @@ impl Keyrings {
             .map_err(|_| VerifyError::Timeout)?
             .map_err(VerifyError::Spawn)?;
         let status = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let has = |tag: &str| {
-            status.lines().any(|l| {
-                l.strip_prefix("[GNUPG:] ")
-                    .is_some_and(|r| r.starts_with(tag))
-            })
-        };
-        let summary = || {
-            let s = stderr.trim();
-            if s.is_empty() {
-                status.trim().to_string()
-            } else {
-                s.lines().take(4).collect::<Vec<_>>().join("; ")
-            }
-        };
-        if has("BADSIG") {
-            return Err(VerifyError::BadSignature(summary()));
-        }
-        if !has("VALIDSIG") {
-            return Err(VerifyError::NoValidSignature(summary()));
+        if let Err(e) = outpost_apt::gpgv::judge(out.status.code(), &status) {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            tracing::debug!(status = %status.trim(), stderr = %stderr.trim(), "gpgv refused a signature");
+            return Err(e.into());
         }
         Ok(std::fs::read(&output)?)
     }

@@ -1,5 +1,6 @@
-//! The client side of the cache's HTTP/1.1: request heads parsed with
-//! `httparse` (bounded), responses written directly to the socket, and
+//! The client side of the cache's HTTP/1.1: request heads read from the
+//! socket and parsed by [`outpost_apt::http`] (bounded), responses written
+//! directly to the socket, and
 //! file bodies sent with `sendfile(2)` from the page cache to the socket
 //! (zero-copy: hyper's server cannot hand a file descriptor to the kernel,
 //! and cache hits are the cache's hot path). Keep-alive, HEAD, single
@@ -10,54 +11,43 @@ use std::io;
 use std::os::fd::AsFd;
 
 use bytes::{Buf, BytesMut};
+use outpost_apt::http::HeadError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
-/// Largest request head accepted.
-pub const MAX_HEAD_BYTES: usize = 16 * 1024;
-const MAX_HEADERS: usize = 64;
+pub use outpost_apt::http::{ByteRange, MAX_HEAD_BYTES, RangeAnswer, Request, parse_range};
 
-/// A parsed request head.
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub method: String,
-    pub target: String,
-    /// HTTP/1.x minor version.
-    pub minor: u8,
-    /// Lower-case names.
-    pub headers: Vec<(String, String)>,
+/// A client connection whose writes fail with `TimedOut` when the client
+/// accepts no bytes for `write_timeout` (a client that stops reading
+/// frees its connection slot).
+#[derive(Debug)]
+pub struct ClientStream {
+    pub inner: TcpStream,
+    pub write_timeout: std::time::Duration,
 }
 
-impl Request {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
+fn timed_out(t: std::time::Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("the client accepted no bytes for {t:?}"),
+    )
+}
 
-    /// Whether the connection stays open after the answer.
-    pub fn keep_alive(&self) -> bool {
-        let conn = self
-            .header("connection")
-            .or_else(|| self.header("proxy-connection"))
-            .map(str::to_ascii_lowercase);
-        match conn.as_deref() {
-            Some(c) if c.contains("close") => false,
-            Some(c) if c.contains("keep-alive") => true,
-            _ => self.minor >= 1,
+impl ClientStream {
+    /// Writes all of `buf`, each wait for the socket bounded by `write_timeout`.
+    pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        let t = self.write_timeout;
+        let mut off = 0;
+        while off < buf.len() {
+            let n = tokio::time::timeout(t, self.inner.write(&buf[off..]))
+                .await
+                .map_err(|_| timed_out(t))??;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            off += n;
         }
-    }
-
-    pub fn has_body(&self) -> bool {
-        self.header("transfer-encoding").is_some()
-            || self
-                .header("content-length")
-                .is_some_and(|v| v.trim() != "0")
-    }
-
-    pub fn is_head(&self) -> bool {
-        self.method == "HEAD"
+        Ok(())
     }
 }
 
@@ -79,30 +69,14 @@ pub async fn read_request(
 ) -> Result<Option<Request>, ReadError> {
     loop {
         if !buf.is_empty() {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut req = httparse::Request::new(&mut headers);
-            match req.parse(buf) {
-                Ok(httparse::Status::Complete(n)) => {
-                    let out = Request {
-                        method: req.method.unwrap_or("").to_string(),
-                        target: req.path.unwrap_or("").to_string(),
-                        minor: req.version.unwrap_or(0),
-                        headers: req
-                            .headers
-                            .iter()
-                            .map(|h| {
-                                (
-                                    h.name.to_ascii_lowercase(),
-                                    String::from_utf8_lossy(h.value).trim().to_string(),
-                                )
-                            })
-                            .collect(),
-                    };
+            match outpost_apt::http::parse_request(buf) {
+                Ok(Some((req, n))) => {
                     buf.advance(n);
-                    return Ok(Some(out));
+                    return Ok(Some(req));
                 }
-                Ok(httparse::Status::Partial) => {}
-                Err(e) => return Err(ReadError::Malformed(e.to_string())),
+                Ok(None) => {}
+                Err(HeadError::TooLarge) => return Err(ReadError::TooLarge),
+                Err(HeadError::Malformed(m)) => return Err(ReadError::Malformed(m)),
             }
         }
         if buf.len() >= MAX_HEAD_BYTES {
@@ -118,72 +92,6 @@ pub async fn read_request(
             };
         }
     }
-}
-
-/// A byte range of a body of known length: `[start, end)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteRange {
-    pub start: u64,
-    pub end: u64,
-}
-
-/// Result of applying a `Range` header to a body of length `len`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RangeAnswer {
-    /// No (usable) range: the whole body, 200.
-    Full,
-    /// 206 with this range.
-    Partial(ByteRange),
-    /// 416.
-    Unsatisfiable,
-}
-
-/// Single `bytes=` ranges only; anything else is ignored (a full answer is
-/// allowed by RFC 9110).
-pub fn parse_range(header: Option<&str>, len: u64) -> RangeAnswer {
-    let Some(h) = header else {
-        return RangeAnswer::Full;
-    };
-    let Some(spec) = h.trim().strip_prefix("bytes=") else {
-        return RangeAnswer::Full;
-    };
-    if spec.contains(',') {
-        return RangeAnswer::Full;
-    }
-    let Some((a, b)) = spec.trim().split_once('-') else {
-        return RangeAnswer::Full;
-    };
-    let (a, b) = (a.trim(), b.trim());
-    let range = if a.is_empty() {
-        // Suffix: the last N bytes.
-        let Ok(n) = b.parse::<u64>() else {
-            return RangeAnswer::Full;
-        };
-        if n == 0 || len == 0 {
-            return RangeAnswer::Unsatisfiable;
-        }
-        ByteRange {
-            start: len.saturating_sub(n),
-            end: len,
-        }
-    } else {
-        let Ok(start) = a.parse::<u64>() else {
-            return RangeAnswer::Full;
-        };
-        let end = if b.is_empty() {
-            len
-        } else {
-            match b.parse::<u64>() {
-                Ok(last) if last >= start => (last + 1).min(len),
-                _ => return RangeAnswer::Full,
-            }
-        };
-        if start >= len {
-            return RangeAnswer::Unsatisfiable;
-        }
-        ByteRange { start, end }
-    };
-    RangeAnswer::Partial(range)
 }
 
 /// A response head.
@@ -230,7 +138,11 @@ pub fn reason(status: u16) -> &'static str {
 }
 
 /// Writes a response head. Returns whether the connection may be reused.
-pub async fn write_head(stream: &mut TcpStream, head: &Head, keep_alive: bool) -> io::Result<bool> {
+pub async fn write_head(
+    stream: &mut ClientStream,
+    head: &Head,
+    keep_alive: bool,
+) -> io::Result<bool> {
     let keep = keep_alive && (head.content_length.is_some() || head.status == 304);
     let mut s = format!("HTTP/1.1 {} {}\r\n", head.status, reason(head.status));
     for (k, v) in &head.headers {
@@ -253,7 +165,7 @@ pub async fn write_head(stream: &mut TcpStream, head: &Head, keep_alive: bool) -
 
 /// Writes a complete small response (errors, refusals).
 pub async fn write_text(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     status: u16,
     message: &str,
     keep_alive: bool,
@@ -273,21 +185,26 @@ pub async fn write_text(
 /// Sends `file[start..end)` to the socket with `sendfile(2)`; the file's
 /// own position is not used, so many connections share one descriptor.
 pub async fn send_file_range(
-    stream: &TcpStream,
+    client: &ClientStream,
     file: &File,
     start: u64,
     end: u64,
 ) -> io::Result<u64> {
+    let stream = &client.inner;
+    let t = client.write_timeout;
     let mut off = start;
     while off < end {
         let want = usize::try_from((end - off).min(8 * 1024 * 1024)).unwrap_or(8 * 1024 * 1024);
-        let res = stream
-            .async_io(Interest::WRITABLE, || {
+        let res = tokio::time::timeout(
+            t,
+            stream.async_io(Interest::WRITABLE, || {
                 let mut o = off;
                 rustix::fs::sendfile(stream.as_fd(), file.as_fd(), Some(&mut o), want)
                     .map_err(io::Error::from)
-            })
-            .await;
+            }),
+        )
+        .await
+        .map_err(|_| timed_out(t))?;
         match res {
             Ok(0) => {
                 return Err(io::Error::new(
@@ -301,44 +218,4 @@ pub async fn send_file_range(
         }
     }
     Ok(off - start)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges() {
-        let r = |h: &str| parse_range(Some(h), 100);
-        assert_eq!(
-            r("bytes=0-9"),
-            RangeAnswer::Partial(ByteRange { start: 0, end: 10 })
-        );
-        assert_eq!(
-            r("bytes=90-"),
-            RangeAnswer::Partial(ByteRange {
-                start: 90,
-                end: 100
-            })
-        );
-        assert_eq!(
-            r("bytes=-5"),
-            RangeAnswer::Partial(ByteRange {
-                start: 95,
-                end: 100
-            })
-        );
-        assert_eq!(
-            r("bytes=50-500"),
-            RangeAnswer::Partial(ByteRange {
-                start: 50,
-                end: 100
-            })
-        );
-        assert_eq!(r("bytes=100-"), RangeAnswer::Unsatisfiable);
-        assert_eq!(r("bytes=5-1"), RangeAnswer::Full);
-        assert_eq!(r("bytes=0-1,5-6"), RangeAnswer::Full);
-        assert_eq!(r("items=0-1"), RangeAnswer::Full);
-        assert_eq!(parse_range(None, 100), RangeAnswer::Full);
-    }
 }

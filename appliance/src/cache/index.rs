@@ -249,6 +249,21 @@ impl BlobIndex {
         out
     }
 
+    /// Bytes of unpinned files (what eviction could free).
+    pub fn evictable_bytes(&self) -> u64 {
+        self.blobs
+            .iter()
+            .filter(|(s, _)| !self.pins.contains_key(*s))
+            .map(|(_, b)| b.size)
+            .sum()
+    }
+
+    /// Least recently used unpinned files that free at least `bytes`
+    /// (all unpinned ones if they cannot). Pure: the caller removes them.
+    pub fn victims_for(&self, bytes: u64) -> Vec<(Sha256, u64)> {
+        self.eviction_victims(self.total_bytes.saturating_sub(bytes))
+    }
+
     /// Takes the files whose access metadata must be persisted, with their misses.
     pub fn take_dirty(&mut self) -> Vec<(Sha256, BlobMeta, u64)> {
         let dirty: Vec<Sha256> = self.dirty.drain().collect();

@@ -31,10 +31,12 @@ pub struct CacheMetrics {
     /// Body bytes sent to clients from in-flight downloads or pass-through.
     pub served_upstream_bytes: Counter,
     /// Files that failed verification, by reason (`signature`, `rollback`,
-    /// `index_hash`, `package_hash`, `size_cap`, `rehash`, `parse`).
+    /// `suite_mismatch`, `future_date`, `expired`, `index_hash`,
+    /// `package_hash`, `size_cap`, `rehash`, `parse`).
     pub verify_failures: Family<ReasonLabel, Counter>,
     /// Requests refused, by reason (`forbidden_host`, `method`, `bad_target`,
-    /// `unverified`, `bad_range`).
+    /// `unverified`, `bad_range`, `downloads_busy`, `client_downloads`,
+    /// `cache_full`, `disk_reserve`, `too_large_for_cache`).
     pub refused: Family<ReasonLabel, Counter>,
     /// Cached indexes served while upstream was unreachable.
     pub stale_served: Counter,
@@ -44,6 +46,16 @@ pub struct CacheMetrics {
     pub stored_files: Gauge,
     pub pinned_files: Gauge,
     pub connections_active: Gauge,
+    /// Sizes of the downloads in flight (their `tmp/` files count against `max_bytes`).
+    pub reserved_bytes: Gauge,
+    /// Upstream downloads running.
+    pub downloads_active: Gauge,
+    /// Downloads stopped because no client wanted them any more.
+    pub downloads_cancelled: Counter,
+    /// Client connections closed because the client stopped reading.
+    pub write_timeouts: Counter,
+    /// InRelease requests answered from a remembered upstream failure.
+    pub release_negative_hits: Counter,
 }
 
 impl CacheMetrics {
@@ -140,6 +152,31 @@ impl CacheMetrics {
             "Open client connections",
             self.connections_active.clone(),
         );
+        r.register(
+            "reserved_bytes",
+            "Sizes of the downloads in flight, counted against max_bytes",
+            self.reserved_bytes.clone(),
+        );
+        r.register(
+            "downloads_active",
+            "Upstream downloads running",
+            self.downloads_active.clone(),
+        );
+        r.register(
+            "downloads_cancelled",
+            "Downloads stopped because no client wanted them any more",
+            self.downloads_cancelled.clone(),
+        );
+        r.register(
+            "write_timeouts",
+            "Client connections closed because the client stopped reading",
+            self.write_timeouts.clone(),
+        );
+        r.register(
+            "release_negative_hits",
+            "InRelease requests answered from a remembered upstream failure",
+            self.release_negative_hits.clone(),
+        );
     }
 
     pub fn request(&self, result: &str) {
@@ -178,6 +215,8 @@ impl CacheMetrics {
             "rehash",
             "parse",
             "expired",
+            "suite_mismatch",
+            "future_date",
         ]
         .iter()
         .map(|r| {

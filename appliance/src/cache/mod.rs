@@ -7,10 +7,14 @@
 //! families, the `outpost_cache_*` metrics, and the `/api/v1/cache/*`
 //! routes. It touches no other table and no agent-facing state.
 //!
-//! Files: [`url`] (request targets → upstream URLs, kinds), [`allow`]
+//! The pure parsers live in the `outpost-apt` crate (no RocksDB, fuzzed):
+//! request targets → upstream URLs ([`url`], re-exported), request heads
+//! and `Range`, InRelease fields and Packages / Sources indexes.
+//!
+//! Files: [`allow`]
 //! (upstream allow-list from apt sources), [`http`] (client HTTP/1.1 and
 //! sendfile), [`upstream`] (hyper client), [`gpg`] (InRelease signatures via
-//! gpgv), [`release`] (InRelease / Packages / Sources parsing), [`blobs`]
+//! gpgv), [`blobs`]
 //! (content-addressed files), [`index`] (database records and the LRU),
 //! [`fetch`] (coalesced downloads), [`suite`] (InRelease revalidation and
 //! the verified-index table), [`server`] (accept loop and request
@@ -24,14 +28,17 @@ pub mod fetch;
 pub mod gpg;
 pub mod http;
 pub mod index;
+pub mod limits;
 pub mod metrics;
 pub mod ops;
-pub mod release;
 pub mod server;
 pub mod suite;
 pub mod tables;
 pub mod upstream;
-pub mod url;
+
+/// Upstream URLs (parsing, normalisation, suites, kinds): pure, in
+/// `outpost-apt` so that they can be fuzzed without RocksDB.
+pub use outpost_apt::url;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -78,8 +85,19 @@ pub struct Cache {
     /// Downloads in progress, by the SHA-256 they must have: a second
     /// request for the same content joins instead of fetching again.
     pub(crate) inflight: Mutex<HashMap<Sha256, Arc<InFlight>>>,
-    /// One InRelease revalidation at a time per URL.
-    pub(crate) release_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One InRelease revalidation at a time per URL (pruned when unused).
+    pub(crate) release_locks: limits::KeyedLocks,
+    /// InRelease URLs whose upstream failed a moment ago.
+    pub(crate) negative: Mutex<limits::NegativeCache>,
+    /// Upstream downloads running, in all and per client.
+    pub(crate) slots: Mutex<limits::DownloadSlots>,
+    /// Woken when a download slot is given back (prefetch and pins wait).
+    pub(crate) slot_freed: tokio::sync::Notify,
+    /// Sizes of the downloads in flight: their `tmp/` files count against
+    /// `max_bytes`. Taken before `blobs` when both are needed.
+    pub(crate) reserved_bytes: Mutex<u64>,
+    /// Bytes already written to `tmp/` by downloads in flight.
+    pub(crate) tmp_written: std::sync::atomic::AtomicU64,
     /// Allowed upstream hosts.
     pub allow: AllowList,
     /// Keyrings that sign InRelease files.
@@ -137,6 +155,10 @@ impl Cache {
                 "no cache keyring found: InRelease files cannot be verified and nothing will be cached"
             );
         }
+        let slots = limits::DownloadSlots::new(
+            cfg.max_downloads.max(1),
+            cfg.max_downloads_per_client.max(1),
+        );
         let cache = Cache {
             upstream: Upstream::new(cfg.upstream_timeout),
             cfg,
@@ -144,7 +166,12 @@ impl Cache {
             dir,
             blobs: Mutex::new(BlobIndex::default()),
             inflight: Mutex::new(HashMap::new()),
-            release_locks: Mutex::new(HashMap::new()),
+            release_locks: limits::KeyedLocks::default(),
+            negative: Mutex::new(limits::NegativeCache::default()),
+            slots: Mutex::new(slots),
+            slot_freed: tokio::sync::Notify::new(),
+            reserved_bytes: Mutex::new(0),
+            tmp_written: std::sync::atomic::AtomicU64::new(0),
             allow,
             keyrings,
             metrics,
@@ -258,21 +285,36 @@ impl Cache {
         Ok(())
     }
 
-    /// Removes least recently used unpinned files beyond `max_bytes`.
+    /// Removes least recently used unpinned files beyond `max_bytes`
+    /// (less the downloads in flight, whose files will need the room).
     pub(crate) fn evict_over_cap(&self) {
+        let reserved = *lock(&self.reserved_bytes);
         let victims = {
             let mut ix = self.blobs();
-            let v = ix.eviction_victims(self.cfg.max_bytes);
+            let v = ix.eviction_victims(self.cfg.max_bytes.saturating_sub(reserved));
             for (sha, _) in &v {
                 ix.remove(sha);
             }
             v
         };
+        self.remove_victims(&victims);
+        let ix = self.blobs();
+        if ix.total_bytes() > self.cfg.max_bytes {
+            tracing::warn!(
+                stored = ix.total_bytes(),
+                max = self.cfg.max_bytes,
+                "cache over its size cap: every remaining file is pinned"
+            );
+        }
+    }
+
+    /// Deletes evicted files (already out of the index) and their records.
+    fn remove_victims(&self, victims: &[(Sha256, u64)]) {
         if victims.is_empty() {
             return;
         }
         let mut b = self.store.batch();
-        for (sha, size) in &victims {
+        for (sha, size) in victims {
             if let Err(e) = self.dir.remove(sha) {
                 tracing::warn!(sha = %hex::encode(sha), error = %e, "removing an evicted file");
             }
@@ -289,14 +331,54 @@ impl Cache {
         if let Err(e) = self.store.write(b) {
             tracing::warn!(error = %e, "recording evictions");
         }
-        let ix = self.blobs();
-        if ix.total_bytes() > self.cfg.max_bytes {
-            tracing::warn!(
-                stored = ix.total_bytes(),
-                max = self.cfg.max_bytes,
-                "cache over its size cap: every remaining file is pinned"
-            );
+    }
+
+    /// Makes room for a download of `size` bytes and reserves it: within
+    /// `max_bytes` counting the downloads in flight, and above the
+    /// `min_free_bytes` reserve of the filesystem (evicting least recently
+    /// used files if needed). The reservation ends with the guard.
+    pub(crate) fn reserve_space(
+        self: &Arc<Self>,
+        size: u64,
+    ) -> Result<SpaceReservation, limits::NoSpace> {
+        let free_disk_bytes = match rustix::fs::statvfs(self.dir.root()) {
+            Ok(st) => Some(st.f_bavail.saturating_mul(st.f_frsize)),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the cache filesystem's free space");
+                None
+            }
+        };
+        let mut reserved = lock(&self.reserved_bytes);
+        let written = self.tmp_written.load(std::sync::atomic::Ordering::Relaxed);
+        let victims = {
+            let mut ix = self.blobs();
+            let view = limits::SpaceView {
+                stored_bytes: ix.total_bytes(),
+                reserved_bytes: *reserved,
+                unwritten_bytes: reserved.saturating_sub(written),
+                evictable_bytes: ix.evictable_bytes(),
+                free_disk_bytes,
+                max_bytes: self.cfg.max_bytes,
+                min_free_bytes: self.cfg.min_free_bytes,
+            };
+            let evict = limits::admit(&view, size)?;
+            let v = ix.victims_for(evict);
+            for (sha, _) in &v {
+                ix.remove(sha);
+            }
+            v
+        };
+        *reserved += size;
+        self.metrics.cache.reserved_bytes.set(*reserved as i64);
+        drop(reserved);
+        if !victims.is_empty() {
+            self.remove_victims(&victims);
+            self.update_gauges();
         }
+        Ok(SpaceReservation {
+            cache: self.clone(),
+            size,
+        })
     }
 
     /// Drops a file found bad (quarantined by the caller).
@@ -354,6 +436,21 @@ impl Cache {
             .collect();
         v.sort_by_key(|e| std::cmp::Reverse(e.1.bytes));
         v
+    }
+}
+
+/// Room reserved for a download in flight (its `tmp/` file counts
+/// against `max_bytes` until it is stored or dropped).
+pub(crate) struct SpaceReservation {
+    cache: Arc<Cache>,
+    size: u64,
+}
+
+impl Drop for SpaceReservation {
+    fn drop(&mut self) {
+        let mut r = lock(&self.cache.reserved_bytes);
+        *r = r.saturating_sub(self.size);
+        self.cache.metrics.cache.reserved_bytes.set(*r as i64);
     }
 }
 

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::Cache;
 use super::fetch::Progress;
 use super::index::{PinRecord, Sha256, UrlEntry};
-use super::release;
 use super::url::{FileKind, UpstreamUrl};
+use outpost_apt::packages;
 
 /// A cached file and its requests, counted with the file (kept across
 /// restarts, gone when the file is evicted).
@@ -250,7 +250,7 @@ impl Cache {
         if self.blobs().contains(&e.sha256) {
             let path = self.dir.path(&e.sha256);
             if !e.index_name.is_empty()
-                && release::package_index(&e.index_name).is_some()
+                && packages::package_index(&e.index_name).is_some()
                 && !self.index_recorded(url, &e.sha256)
             {
                 self.record_index_entries(url, &e.index_name, &path, e.sha256)
@@ -259,9 +259,10 @@ impl Cache {
             }
             return Ok((e.sha256, e.size, false));
         }
-        let (fl, started) = self
-            .join_or_start(url, &e)
-            .map_err(|x| format!("cannot create a cache file: {x}"))?;
+        let (fl, started, _interest) = self
+            .join_or_start(url, &e, super::limits::Requester::Background)
+            .await
+            .map_err(|(_, m)| m)?;
         if started {
             self.metrics.cache.misses.inc();
         } else {
@@ -349,7 +350,7 @@ impl Cache {
             .await
             .map_err(|(_, m)| m)?
             .ok_or_else(|| format!("{url} is not covered by a verified InRelease"))?;
-        let (kind, comp) = release::package_index(&e.index_name)
+        let (kind, comp) = packages::package_index(&e.index_name)
             .ok_or_else(|| format!("{url} is not a Packages or Sources index"))?;
         let root = url
             .archive_root()
@@ -359,7 +360,7 @@ impl Cache {
         tokio::task::spawn_blocking(move || {
             let f = std::fs::File::open(&path).map_err(|e| e.to_string())?;
             let mut list = Vec::new();
-            release::for_each_package_file(release::decompress(f, comp), kind, |rel, _| {
+            packages::for_each_package_file(packages::decompress(f, comp), kind, |rel, _| {
                 let name = rel.rsplit('/').next().unwrap_or("");
                 if (packages.is_empty()
                     || packages.iter().any(|p| name.starts_with(&format!("{p}_"))))

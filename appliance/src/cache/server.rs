@@ -19,8 +19,9 @@ use tracing::Instrument;
 
 use super::Cache;
 use super::fetch::{InFlight, Progress};
-use super::http::{self, Head, RangeAnswer, ReadError, Request};
+use super::http::{self, ClientStream, Head, RangeAnswer, ReadError, Request};
 use super::index::{Expect, Sha256};
+use super::limits::Requester;
 use super::suite::ReleaseSource;
 use super::upstream::Validators;
 use super::url::{FileKind, UpstreamUrl};
@@ -74,14 +75,18 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
-async fn connection(cache: Arc<Cache>, mut stream: TcpStream, peer: SocketAddr) {
+async fn connection(cache: Arc<Cache>, stream: TcpStream, peer: SocketAddr) {
     cache.metrics.cache.connections_active.inc();
     let _g = ActiveGuard(&cache);
+    let mut stream = ClientStream {
+        inner: stream,
+        write_timeout: cache.cfg.client_write_timeout,
+    };
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         let read = tokio::select! {
             _ = cache.shutdown.cancelled() => return,
-            r = tokio::time::timeout(IDLE_TIMEOUT, http::read_request(&mut stream, &mut buf)) => r,
+            r = tokio::time::timeout(IDLE_TIMEOUT, http::read_request(&mut stream.inner, &mut buf)) => r,
         };
         let req = match read {
             Err(_) | Ok(Ok(None)) => return,
@@ -105,12 +110,17 @@ async fn connection(cache: Arc<Cache>, mut stream: TcpStream, peer: SocketAddr) 
         {
             Ok(k) => k,
             Err(e) => {
-                tracing::debug!(error = %e, "cache connection ended");
+                if e.kind() == io::ErrorKind::TimedOut {
+                    cache.metrics.cache.write_timeouts.inc();
+                    tracing::info!(client = %peer.ip(), error = %e, "closing a client that stopped reading");
+                } else {
+                    tracing::debug!(error = %e, "cache connection ended");
+                }
                 return;
             }
         };
         if !keep {
-            let _ = stream.shutdown().await;
+            let _ = stream.inner.shutdown().await;
             return;
         }
     }
@@ -135,16 +145,21 @@ impl Served {
 
 async fn handle(
     cache: &Arc<Cache>,
-    s: &mut TcpStream,
+    s: &mut ClientStream,
     req: &Request,
     client: IpAddr,
 ) -> io::Result<bool> {
-    let served = route(cache, s, req).await?;
+    let served = route(cache, s, req, client).await?;
     cache.count_client(client, served.hit, served.bytes);
     Ok(served.keep)
 }
 
-async fn route(cache: &Arc<Cache>, s: &mut TcpStream, req: &Request) -> io::Result<Served> {
+async fn route(
+    cache: &Arc<Cache>,
+    s: &mut ClientStream,
+    req: &Request,
+    client: IpAddr,
+) -> io::Result<Served> {
     let ka = req.keep_alive() && !req.has_body();
     let head_only = req.is_head();
     let m = &cache.metrics.cache;
@@ -212,8 +227,8 @@ async fn route(cache: &Arc<Cache>, s: &mut TcpStream, req: &Request) -> io::Resu
         }
     };
     match expect {
-        Some(e) => serve_verified(cache, s, req, &url, e, ka).await,
-        None => serve_unverified(cache, s, req, &url, ka).await,
+        Some(e) => serve_verified(cache, s, req, &url, e, ka, client).await,
+        None => serve_unverified(cache, s, req, &url, ka, client).await,
     }
 }
 
@@ -234,7 +249,7 @@ fn content_type(url: &UpstreamUrl) -> &'static str {
 
 async fn serve_release(
     cache: &Arc<Cache>,
-    s: &mut TcpStream,
+    s: &mut ClientStream,
     req: &Request,
     url: &UpstreamUrl,
     ka: bool,
@@ -327,7 +342,7 @@ async fn serve_release(
 #[allow(clippy::too_many_arguments)]
 async fn serve_file(
     cache: &Cache,
-    s: &mut TcpStream,
+    s: &mut ClientStream,
     req: &Request,
     url: &UpstreamUrl,
     file: &std::fs::File,
@@ -390,11 +405,12 @@ async fn serve_file(
 
 async fn serve_verified(
     cache: &Arc<Cache>,
-    s: &mut TcpStream,
+    s: &mut ClientStream,
     req: &Request,
     url: &UpstreamUrl,
     e: Expect,
     ka: bool,
+    client: IpAddr,
 ) -> io::Result<Served> {
     let m = &cache.metrics.cache;
     let now = outpost_storage::now_ms();
@@ -406,7 +422,7 @@ async fn serve_verified(
                 // The same index reached through another mirror: its package
                 // entries are relative to that mirror's root.
                 if !e.index_name.is_empty()
-                    && super::release::package_index(&e.index_name).is_some()
+                    && outpost_apt::packages::package_index(&e.index_name).is_some()
                     && !cache.index_recorded(url, &e.sha256)
                     && let Err(err) = cache
                         .record_index_entries(url, &e.index_name, &path, e.sha256)
@@ -447,18 +463,14 @@ async fn serve_verified(
         let k = http::write_head(s, &head, ka).await?;
         return Ok(Served::plain(k));
     }
-    let (fl, started) = match cache.join_or_start(url, &e) {
+    let (fl, started, _interest) = match cache
+        .join_or_start(url, &e, Requester::Client(client))
+        .await
+    {
         Ok(x) => x,
-        Err(err) => {
+        Err((status, msg)) => {
             m.request("error");
-            let k = http::write_text(
-                s,
-                500,
-                &format!("cannot create a cache file: {err}"),
-                ka,
-                false,
-            )
-            .await?;
+            let k = http::write_text(s, status, &msg, ka, false).await?;
             return Ok(Served::plain(k));
         }
     };
@@ -476,7 +488,7 @@ async fn serve_verified(
 /// file is verified.
 async fn serve_inflight(
     cache: &Cache,
-    s: &mut TcpStream,
+    s: &mut ClientStream,
     req: &Request,
     url: &UpstreamUrl,
     fl: &InFlight,
@@ -496,8 +508,16 @@ async fn serve_inflight(
             Progress::Receiving(n) if !wait_all && n > 0 => break,
             Progress::Receiving(_) => {}
         }
-        if rx.changed().await.is_err() {
-            return Err(io::Error::other("download vanished"));
+        // Waiting for a small file to be verified: notice a client that
+        // goes away meanwhile (its interest then ends, and the download
+        // with it if nobody else wants it).
+        tokio::select! {
+            r = rx.changed() => if r.is_err() {
+                return Err(io::Error::other("download vanished"));
+            },
+            _ = client_gone(&s.inner) => {
+                return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "the client went away"));
+            }
         }
     }
     let etag = etag_of(&fl.expect.sha256);
@@ -557,12 +577,23 @@ async fn serve_inflight(
     })
 }
 
+/// Resolves when the client closed its side of the connection (a
+/// pipelined next request is not a close: then it never resolves).
+async fn client_gone(s: &TcpStream) {
+    let mut b = [0u8; 1];
+    match s.peek(&mut b).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
+}
+
 async fn serve_unverified(
     cache: &Arc<Cache>,
-    s: &mut TcpStream,
+    s: &mut ClientStream,
     req: &Request,
     url: &UpstreamUrl,
     ka: bool,
+    client: IpAddr,
 ) -> io::Result<Served> {
     let m = &cache.metrics.cache;
     if cache.cfg.unverified == Unverified::Refuse {
@@ -580,6 +611,14 @@ async fn serve_unverified(
         .await?;
         return Ok(Served::plain(k));
     }
+    // A pass-through is an upstream download too: it needs a slot.
+    let _slot = match cache.download_slot(Requester::Client(client)).await {
+        Ok(slot) => slot,
+        Err((status, msg)) => {
+            let k = http::write_text(s, status, &msg, ka, req.is_head()).await?;
+            return Ok(Served::plain(k));
+        }
+    };
     m.request("passthrough");
     m.upstream_requests.inc();
     let validators = Validators {

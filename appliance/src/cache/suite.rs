@@ -9,7 +9,6 @@
 //! upstream is unreachable.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::Context;
 use outpost_storage::now_ms;
@@ -18,10 +17,11 @@ use super::tables::{CACHE_EXPECT, CACHE_SUITES, CACHE_URLS};
 
 use super::blobs::sha256;
 use super::index::{Expect, SuiteState, UrlEntry};
-use super::release::{self, Checksum};
 use super::upstream::Validators;
-use super::url::UpstreamUrl;
+use super::url::{Suite, UpstreamUrl};
 use super::{Cache, lock};
+use outpost_apt::packages;
+use outpost_apt::release::{self, Checksum};
 
 /// How an InRelease answer was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,24 +38,17 @@ pub enum ReleaseSource {
 pub type ClientError = (u16, String);
 
 impl Cache {
-    fn release_lock(&self, url: &UpstreamUrl) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.release_locks)
-            .entry(url.to_string())
-            .or_default()
-            .clone()
-    }
-
     /// The current verified `InRelease` of `url` (…/dists/SUITE/InRelease),
     /// revalidating upstream when due.
     pub async fn release(
         &self,
         url: &UpstreamUrl,
     ) -> Result<(UrlEntry, ReleaseSource), ClientError> {
-        let Some((suite, _)) = url.suite() else {
+        let Some(suite) = url.release_suite() else {
             return Err((404, format!("{url} is not under …/dists/SUITE/")));
         };
-        let l = self.release_lock(url);
-        let _guard = l.lock().await;
+        let url_s = url.to_string();
+        let _guard = self.release_locks.lock(&url_s).await;
         let now = now_ms();
         let cached: Option<UrlEntry> = self
             .store
@@ -65,15 +58,25 @@ impl Cache {
             .filter(|e| self.blobs().contains(&e.sha256));
         let state: Option<SuiteState> = self
             .store
-            .get::<SuiteState>(CACHE_SUITES, &suite.key())
+            .get::<SuiteState>(CACHE_SUITES, &suite.url.key())
             .ok()
             .flatten();
+        let m = &self.metrics.cache;
         if let Some(c) = &cached
             && now.saturating_sub(c.checked_ms) < self.cfg.release_refresh.as_millis() as u64
         {
-            return Ok((c.clone(), ReleaseSource::Cached));
+            return self.confirmed(url, c.clone(), state.as_ref(), now);
         }
-        let m = &self.metrics.cache;
+        // Upstream failed a moment ago: do not ask it again yet.
+        let remembered = lock(&self.negative).get(&url_s, now);
+        if let Some((status, msg)) = remembered {
+            m.release_negative_hits.inc();
+            return self.fallback(url, cached, state.as_ref(), status, msg);
+        }
+        let remember = |status: u16, msg: &str| {
+            let until = now.saturating_add(self.cfg.release_failure_ttl.as_millis() as u64);
+            lock(&self.negative).put(&url_s, until, now, status, msg);
+        };
         let validators = cached
             .as_ref()
             .map(|c| Validators {
@@ -86,6 +89,7 @@ impl Cache {
             Ok(r) => r,
             Err(e) => {
                 let (status, msg) = self.upstream_failure(e);
+                remember(status, &msg);
                 return self.fallback(url, cached, state.as_ref(), status, msg);
             }
         };
@@ -103,22 +107,20 @@ impl Cache {
                 let mut c = cached.unwrap_or_else(|| unreachable!());
                 c.checked_ms = now;
                 self.put_url(url, &c);
-                return Ok((c, ReleaseSource::Cached));
+                return self.confirmed(url, c, state.as_ref(), now);
             }
             200 => {}
             404 => {
                 m.upstream_errors.inc();
-                return Err((404, format!("upstream has no {url} (404)")));
+                let msg = format!("upstream has no {url} (404)");
+                remember(404, &msg);
+                return Err((404, msg));
             }
             s => {
                 m.upstream_errors.inc();
-                return self.fallback(
-                    url,
-                    cached,
-                    state.as_ref(),
-                    502,
-                    format!("upstream {url} answered {s}"),
-                );
+                let msg = format!("upstream {url} answered {s}");
+                remember(502, &msg);
+                return self.fallback(url, cached, state.as_ref(), 502, msg);
             }
         }
         let body = match self
@@ -132,6 +134,7 @@ impl Cache {
                     m.verify_failure("size_cap");
                 }
                 let (status, msg) = self.upstream_failure(e);
+                remember(status, &msg);
                 return self.fallback(url, cached, state.as_ref(), status, msg);
             }
         };
@@ -145,7 +148,7 @@ impl Cache {
             c.etag = etag;
             c.last_modified = last_modified;
             self.put_url(url, &c);
-            return Ok((c, ReleaseSource::Cached));
+            return self.confirmed(url, c, state.as_ref(), now);
         }
         // Verify the new InRelease.
         let signed = match self
@@ -180,34 +183,23 @@ impl Cache {
                 );
             }
         };
-        if let Some(prev) = &state
-            && info.date_ms < prev.date_ms
-        {
-            m.verify_failure("rollback");
-            self.quarantine_bytes(&body, url);
+        if let Err(rej) = release::judge_release(
+            &info,
+            suite.expected_dist(),
+            state.as_ref().map(|s| s.date_ms),
+            now,
+            self.cfg.release_max_future.as_millis() as u64,
+        ) {
+            m.verify_failure(rej.reason());
+            if !matches!(rej, release::Rejection::Expired { .. }) {
+                self.quarantine_bytes(&body, url);
+            }
             return self.fallback(
                 url,
                 cached,
                 state.as_ref(),
                 502,
-                format!(
-                    "{url} rejected: its Date ({}) is older than the InRelease already accepted for this suite ({}): \
-                     possible rollback or freeze attack",
-                    fmt_ms(info.date_ms),
-                    fmt_ms(prev.date_ms)
-                ),
-            );
-        }
-        if let Some(vu) = info.valid_until_ms
-            && vu < now
-        {
-            m.verify_failure("expired");
-            return self.fallback(
-                url,
-                cached,
-                state.as_ref(),
-                502,
-                format!("{url} rejected: expired (Valid-Until {})", fmt_ms(vu)),
+                format!("{url} rejected: {rej}"),
             );
         }
         // Accept: store the file, then its index in one batch.
@@ -239,27 +231,44 @@ impl Cache {
                     size: c.size,
                     index_name: path.clone(),
                 };
-                let file_url = suite.with_path(format!("{}/{path}", suite.path));
-                b.put(CACHE_EXPECT, &file_url.key(), &e)?;
+                b.put(CACHE_EXPECT, &suite.file(path).key(), &e)?;
                 if info.by_hash {
                     let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-                    let bh = suite.with_path(format!(
-                        "{}/{dir}/by-hash/SHA256/{}",
-                        suite.path,
-                        hex::encode(c.sha256)
-                    ));
+                    let bh = suite.file(&format!("{dir}/by-hash/SHA256/{}", hex::encode(c.sha256)));
                     b.put(CACHE_EXPECT, &bh.key(), &e)?;
                 }
             }
-            b.put(CACHE_SUITES, &suite.key(), &new_state)?;
+            b.put(CACHE_SUITES, &suite.url.key(), &new_state)?;
             b.put(CACHE_URLS, &url.key(), &entry)?;
             self.store.write(b)?;
-            self.add_blob(sha, entry.size, &url.to_string())?;
+            self.add_blob(sha, entry.size, &url_s)?;
             Ok(())
         })();
         res.map_err(|e| (500, format!("recording {url}: {e:#}")))?;
-        tracing::info!(%url, files = info.files.len(), date = %fmt_ms(info.date_ms), "accepted InRelease");
+        tracing::info!(%url, suite = %suite.name, files = info.files.len(), date = %fmt_ms(info.date_ms), "accepted InRelease");
         Ok((entry, ReleaseSource::Fetched))
+    }
+
+    /// The cached copy, confirmed (fresh, a 304, or the same bytes again):
+    /// trusted only until the Valid-Until of the InRelease accepted.
+    fn confirmed(
+        &self,
+        url: &UpstreamUrl,
+        c: UrlEntry,
+        state: Option<&SuiteState>,
+        now: u64,
+    ) -> Result<(UrlEntry, ReleaseSource), ClientError> {
+        if let Some(s) = state
+            && s.sha256 == c.sha256
+            && let Err(rej) = release::check_valid_until(s.valid_until_ms, now)
+        {
+            self.metrics.cache.verify_failure(rej.reason());
+            return Err((
+                502,
+                format!("{url} rejected: {rej}, though upstream still serves it; not served"),
+            ));
+        }
+        Ok((c, ReleaseSource::Cached))
     }
 
     /// Serves the cached InRelease when it is still valid, else the error.
@@ -319,20 +328,35 @@ impl Cache {
         if let Some(e) = get()? {
             return Ok(Some(e));
         }
-        if let Some((suite, _)) = url.suite() {
-            let inrelease = suite.with_path(format!("{}/InRelease", suite.path));
-            let known = self
-                .store
-                .get::<SuiteState>(CACHE_SUITES, &suite.key())
+        // The suites that may list it (`…/dists/A`, `…/dists/A/B`): if one
+        // is known, its InRelease does not list this file.
+        let candidates = url.suite_candidates();
+        let known = |s: &Suite| {
+            self.store
+                .get::<SuiteState>(CACHE_SUITES, &s.url.key())
                 .ok()
                 .flatten()
-                .is_some();
-            if !known {
-                self.release(&inrelease).await?;
-                return get();
+                .is_some()
+        };
+        if candidates.iter().any(|(s, _)| known(s)) {
+            return Ok(None);
+        }
+        // None known: fetch the InRelease of the first that has one
+        // (`buster` has none when the suite is `buster/updates`).
+        let mut first_err = None;
+        for (s, _) in &candidates {
+            match self.release(&s.inrelease()).await {
+                Ok(_) => return get(),
+                Err((404, msg)) => {
+                    first_err.get_or_insert((404, msg));
+                }
+                Err(e) => return Err(e),
             }
         }
-        Ok(None)
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
     }
 
     /// Records the package files a verified `Packages`/`Sources` index
@@ -345,7 +369,7 @@ impl Cache {
         path: &Path,
         sha: super::index::Sha256,
     ) -> anyhow::Result<u64> {
-        let Some((kind, comp)) = release::package_index(index_name) else {
+        let Some((kind, comp)) = packages::package_index(index_name) else {
             self.note_recorded(url, sha, path)?;
             return Ok(0);
         };
@@ -358,8 +382,8 @@ impl Cache {
             let f = std::fs::File::open(&p).context("opening the index")?;
             let mut b = store.batch();
             let mut err = None;
-            let n = release::for_each_package_file(
-                release::decompress(f, comp),
+            let n = packages::for_each_package_file(
+                packages::decompress(f, comp),
                 kind,
                 |rel, Checksum { sha256, size }| {
                     let u =
@@ -426,13 +450,95 @@ impl Cache {
     }
 }
 
-/// RFC 3339 for messages.
-pub fn fmt_ms(ms: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
+/// `POST /api/v1/cache/reset-suite`: what an operator's reset forgot.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ResetSuiteReport {
+    /// The suite URL (`http://host/…/dists/NAME`).
+    pub suite: String,
+    /// Whether an accepted InRelease was recorded (its Date no longer
+    /// bounds the next one).
+    pub had_state: bool,
+    /// Index entries of the suite forgotten (they come back with the next
+    /// InRelease accepted).
+    pub index_entries: u64,
 }
+
+impl Cache {
+    /// Forgets what the cache trusts about a suite: its last accepted
+    /// InRelease (so the rollback check starts afresh: for a suite frozen
+    /// by an InRelease dated in the future, or a repository rebuilt with
+    /// older dates), the index entries it listed and a remembered upstream
+    /// failure. Cached files stay (by hash); the next request fetches and
+    /// verifies the InRelease again. `url` is the suite URL or its InRelease.
+    pub fn reset_suite(&self, url: &str) -> Result<ResetSuiteReport, String> {
+        let u = UpstreamUrl::parse_absolute(url).map_err(|e| e.to_string())?;
+        let suite = match u.release_suite() {
+            Some(s) => s,
+            None => {
+                let i = u.path.find("/dists/").ok_or_else(|| {
+                    format!("{u} is not a suite: give …/dists/SUITE or …/dists/SUITE/InRelease")
+                })?;
+                let name = u.path[i + "/dists/".len()..].to_string();
+                if name.is_empty() {
+                    return Err(format!("{u} names no suite after /dists/"));
+                }
+                Suite {
+                    url: u.clone(),
+                    name,
+                }
+            }
+        };
+        let suite_key = suite.url.key();
+        let had_state = self
+            .store
+            .get::<SuiteState>(CACHE_SUITES, &suite_key)
+            .map_err(|e| e.to_string())?
+            .is_some();
+        // Deeper suites (`…/dists/buster/updates` under `…/dists/buster`)
+        // keep their entries.
+        let mut prefix = suite_key.clone();
+        prefix.push(b'/');
+        let mut end = suite_key.clone();
+        end.push(b'/' + 1);
+        let mut deeper: Vec<Vec<u8>> = Vec::new();
+        self.store
+            .scan::<SuiteState>(CACHE_SUITES, &prefix, Some(&end), |k, _| {
+                let mut d = k.to_vec();
+                d.push(b'/');
+                deeper.push(d);
+                true
+            })
+            .map_err(|e| e.to_string())?;
+        let mut keys = Vec::new();
+        self.store
+            .scan_raw(CACHE_EXPECT, &prefix, Some(&end), |k, _| {
+                if !deeper.iter().any(|d| k.starts_with(d)) {
+                    keys.push(k.to_vec());
+                }
+                Ok(true)
+            })
+            .map_err(|e| e.to_string())?;
+        let mut b = self.store.batch();
+        let res = (|| {
+            for k in &keys {
+                b.delete(CACHE_EXPECT, k)?;
+            }
+            b.delete(CACHE_SUITES, &suite_key)?;
+            for f in ["InRelease", "Release"] {
+                b.delete(CACHE_URLS, &suite.file(f).key())?;
+            }
+            self.store.write(b)
+        })();
+        res.map_err(|e| e.to_string())?;
+        lock(&self.negative).remove_prefix(&format!("{}/", suite.url));
+        tracing::warn!(suite = %suite.url, had_state, index_entries = keys.len(), "suite state reset by an operator");
+        Ok(ResetSuiteReport {
+            suite: suite.url.to_string(),
+            had_state,
+            index_entries: keys.len() as u64,
+        })
+    }
+}
+
+/// RFC 3339 for messages.
+pub use outpost_apt::release::fmt_ms;

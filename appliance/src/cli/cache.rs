@@ -48,6 +48,14 @@ pub enum CacheCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Forget a suite's accepted InRelease (its Date, Valid-Until and
+    /// index entries): the next request verifies the upstream one afresh.
+    /// URL: `http://HOST/…/dists/SUITE` or its InRelease.
+    ResetSuite {
+        url: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn human_bytes(n: u64) -> String {
@@ -238,6 +246,29 @@ pub async fn run(cmd: CacheCmd, client: AdminClient) -> anyhow::Result<()> {
             let _: serde_json::Value = client
                 .post("/api/v1/cache/unpin", &serde_json::json!({ "url": url }))
                 .await?;
+            Ok(())
+        }
+        CacheCmd::ResetSuite { url, json } => {
+            let r: crate::cache::suite::ResetSuiteReport = client
+                .post(
+                    "/api/v1/cache/reset-suite",
+                    &serde_json::json!({ "url": url }),
+                )
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "reset {} ({}; {} index entries forgotten)",
+                    r.suite,
+                    if r.had_state {
+                        "its accepted InRelease forgotten"
+                    } else {
+                        "no InRelease was accepted"
+                    },
+                    r.index_entries
+                );
+            }
             Ok(())
         }
         CacheCmd::Pins { json } => {

@@ -27,6 +27,9 @@ pub struct IngestCtx {
     /// the same device supersedes an older one).
     pub live: Arc<live::LiveSessions>,
     pub max_frame_bytes: usize,
+    /// Memory one session's records may hold in the writer queue before the
+    /// session stops reading (see [`writer::SessionBudget`]).
+    pub session_max_bytes: u64,
     /// Cancelled when the appliance shuts down.
     pub shutdown: CancellationToken,
 }

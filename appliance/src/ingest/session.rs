@@ -1,6 +1,11 @@
 //! One agent session: authenticate by client certificate, Hello/Welcome,
 //! then read record frames into the writer queue and send cumulative acks as
 //! the writer makes records durable.
+//!
+//! A session reads its stream only while its records in the writer queue
+//! fit its byte budget ([`SessionBudget`]): over it, the session keeps
+//! sending acks but reads nothing, so QUIC flow control slows that agent
+//! alone. If the writer thread fails, the session closes with the reason.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +22,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::IngestCtx;
-use super::writer::AckState;
+use super::writer::{AckState, SessionBudget};
 use crate::metrics::labels::KindLabel;
 
 /// Deadline for the agent's Hello after the handshake.
@@ -84,6 +89,13 @@ fn authenticate(
 /// Serves one session connection until it ends.
 pub async fn serve(conn: quinn::Connection, ctx: Arc<IngestCtx>) {
     let remote = conn.remote_address();
+    if ctx.writer.health().failure().is_some() {
+        let message = ctx.writer.health().close_message();
+        ctx.metrics.reject("writer_failed");
+        warn!(%remote, message, "session refused");
+        close(&conn, CloseReason::Internal, &message);
+        return;
+    }
     let device = match authenticate(&conn, &ctx) {
         Ok(d) => d,
         Err((reason, message)) => {
@@ -109,6 +121,48 @@ pub async fn serve(conn: quinn::Connection, ctx: Arc<IngestCtx>) {
 }
 
 type SessionResult = Result<(), (CloseReason, String)>;
+
+/// Why a session ends when the writer refused its records.
+fn writer_error(ctx: &IngestCtx, e: anyhow::Error) -> (CloseReason, String) {
+    if ctx.writer.health().failure().is_some() {
+        (CloseReason::Internal, ctx.writer.health().close_message())
+    } else {
+        (CloseReason::ShuttingDown, format!("{e:#}"))
+    }
+}
+
+/// What to do after the writer published a new ack state.
+enum AckStep {
+    Continue,
+    /// The agent's stream is gone: the session is over.
+    StreamGone,
+}
+
+/// Forwards the ack the writer published, if it moved past `acked`.
+async fn on_ack_changed(
+    changed: Result<(), watch::error::RecvError>,
+    ack_rx: &mut watch::Receiver<AckState>,
+    acked: &mut u64,
+    send: &mut quinn::SendStream,
+    out: &mut BytesMut,
+    ctx: &IngestCtx,
+) -> Result<AckStep, (CloseReason, String)> {
+    if changed.is_err() {
+        return Err((CloseReason::Internal, "writer stopped".into()));
+    }
+    let state = ack_rx.borrow_and_update().clone();
+    match state {
+        AckState::Acked(n) if n > *acked => {
+            *acked = n;
+            if !send_ack(send, out, *acked, ctx).await {
+                return Ok(AckStep::StreamGone);
+            }
+            Ok(AckStep::Continue)
+        }
+        AckState::Acked(_) => Ok(AckStep::Continue),
+        AckState::Failed(msg) => Err((CloseReason::Internal, msg)),
+    }
+}
 
 fn frame_error(e: FrameError) -> (CloseReason, String) {
     let reason = match &e {
@@ -153,11 +207,13 @@ async fn run(conn: &quinn::Connection, ctx: &IngestCtx, device: DeviceId) -> Ses
         ));
     }
     let agent_version = hello.agent_version.clone();
-    let last_seq = ctx
-        .writer
-        .session(device, hello)
-        .await
-        .map_err(|e| (CloseReason::Internal, format!("{e:#}")))?;
+    let last_seq = ctx.writer.session(device, hello).await.map_err(|e| {
+        if ctx.writer.health().failure().is_some() {
+            (CloseReason::Internal, ctx.writer.health().close_message())
+        } else {
+            (CloseReason::Internal, format!("{e:#}"))
+        }
+    })?;
     let mut out = BytesMut::new();
     let welcome = ApplianceFrame::Welcome(Welcome {
         protocol_version: PROTOCOL_VERSION,
@@ -173,6 +229,7 @@ async fn run(conn: &quinn::Connection, ctx: &IngestCtx, device: DeviceId) -> Ses
 
     let (ack_tx, mut ack_rx) = watch::channel(AckState::Acked(last_seq));
     let ack_tx = Arc::new(ack_tx);
+    let budget = SessionBudget::new(ctx.session_max_bytes);
     let mut acked = last_seq;
     let mut submitted = last_seq;
     let mut bytes_seen = reader.bytes_read();
@@ -185,20 +242,13 @@ async fn run(conn: &quinn::Connection, ctx: &IngestCtx, device: DeviceId) -> Ses
                 send_ack(&mut send, &mut out, acked, ctx).await;
                 return Err((CloseReason::ShuttingDown, "appliance shutting down; reconnect later".into()));
             }
+            _ = ctx.writer.health().failed() => {
+                return Err((CloseReason::Internal, ctx.writer.health().close_message()));
+            }
             changed = ack_rx.changed() => {
-                if changed.is_err() {
-                    return Err((CloseReason::Internal, "writer stopped".into()));
-                }
-                let state = ack_rx.borrow_and_update().clone();
-                match state {
-                    AckState::Acked(n) if n > acked => {
-                        acked = n;
-                        if !send_ack(&mut send, &mut out, acked, ctx).await {
-                            return Ok(());
-                        }
-                    }
-                    AckState::Acked(_) => {}
-                    AckState::Failed(msg) => return Err((CloseReason::Internal, msg)),
+                match on_ack_changed(changed, &mut ack_rx, &mut acked, &mut send, &mut out, ctx).await? {
+                    AckStep::Continue => {}
+                    AckStep::StreamGone => return Ok(()),
                 }
             }
             read = reader.fill(&mut recv) => {
@@ -238,11 +288,38 @@ async fn run(conn: &quinn::Connection, ctx: &IngestCtx, device: DeviceId) -> Ses
                     }
                 }
                 if let Some(max) = records.iter().map(|r| r.seq).max() {
+                    // Waits for budget (reading nothing meanwhile) but keeps
+                    // forwarding acks: a slow queue must not starve them.
+                    let submit = ctx.writer.submit(
+                        IncomingRecords { device, records },
+                        ack_tx.clone(),
+                        &budget,
+                    );
+                    tokio::pin!(submit);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            r = &mut submit => {
+                                r.map_err(|e| writer_error(ctx, e))?;
+                                break;
+                            }
+                            _ = ctx.shutdown.cancelled() => {
+                                acked = drain_acks(&mut ack_rx, acked, submitted).await;
+                                send_ack(&mut send, &mut out, acked, ctx).await;
+                                return Err((CloseReason::ShuttingDown, "appliance shutting down; reconnect later".into()));
+                            }
+                            _ = ctx.writer.health().failed() => {
+                                return Err((CloseReason::Internal, ctx.writer.health().close_message()));
+                            }
+                            changed = ack_rx.changed() => {
+                                match on_ack_changed(changed, &mut ack_rx, &mut acked, &mut send, &mut out, ctx).await? {
+                                    AckStep::Continue => {}
+                                    AckStep::StreamGone => return Ok(()),
+                                }
+                            }
+                        }
+                    }
                     submitted = submitted.max(max);
-                    ctx.writer
-                        .submit(IncomingRecords { device, records }, ack_tx.clone())
-                        .await
-                        .map_err(|e| (CloseReason::ShuttingDown, e.to_string()))?;
                 }
                 if goodbye {
                     // Let the last records become durable and acked.

@@ -4,21 +4,40 @@
 //! Each session owns an [`AckSlot`]; after a batch is durable the writer
 //! publishes the new cumulative ack into the slots of the sessions that had
 //! records in it. A failed write publishes an error instead and acks nothing.
+//!
+//! The queue is bounded by group count (`queue_groups`) and by the memory
+//! the queued records hold: per session ([`SessionBudget`]) and for all
+//! sessions together. [`WriterHandle::submit`] reserves both before it
+//! queues a group, and the writer releases the [`Reservation`] once the
+//! group is committed, so a session over its budget waits — and, waiting,
+//! does not read its stream — while every other session keeps going.
+//!
+//! The thread is supervised ([`WriterHealth`]): if it panics, the failure
+//! is recorded (log, `outpost_writer_failures_total`) before its queue
+//! closes; sessions then close with that reason, new ones are refused and
+//! `/healthz` answers 503 with it, instead of the appliance hanging.
+//!
+//! This module does not touch the network or the sessions' streams.
 
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use outpost_proto::DeviceId;
 use outpost_proto::messages::{Hello, MetricValue, RecordBody};
-use outpost_storage::ingest::{GroupOutcome, IncomingRecords, IngestWriter};
+use outpost_storage::ingest::{
+    FaultInjector, GroupOutcome, IncomingRecords, IngestLimits, IngestWriter,
+};
 use outpost_storage::model::StatusTransition;
 use outpost_storage::{Store, now_ms};
-use tokio::sync::{mpsc, oneshot, watch};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::metrics::{KindLabel, Metrics};
+use crate::metrics::{BudgetLabel, KindLabel, Metrics};
 
 /// What a session learns from the writer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,10 +53,12 @@ pub type AckSlot = watch::Sender<AckState>;
 
 /// Messages to the writer.
 pub enum WriterMsg {
-    /// Records from one session read.
+    /// Records from one session read, with the budget they hold until
+    /// they are committed.
     Records {
         group: IncomingRecords,
         ack: Arc<AckSlot>,
+        reservation: Reservation,
     },
     /// A session started; answer with the device's stored high-water mark.
     Session {
@@ -78,11 +99,95 @@ impl Sinks {
     }
 }
 
+/// Whether the writer thread is alive. Set once, when it dies; shared by the
+/// handle, the sessions, the accept path and `/healthz`.
+#[derive(Debug, Default)]
+pub struct WriterHealth {
+    /// Why the writer stopped (set once).
+    failure: OnceLock<String>,
+    /// Cancelled when it stopped, to wake the sessions waiting on it.
+    failed: CancellationToken,
+}
+
+impl WriterHealth {
+    /// Why the writer stopped, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+
+    /// Resolves once the writer has failed.
+    pub async fn failed(&self) {
+        self.failed.cancelled().await
+    }
+
+    /// Records the failure (the first reason wins) and wakes every waiter.
+    pub fn fail(&self, reason: String) {
+        let _ = self.failure.set(reason);
+        self.failed.cancel();
+    }
+
+    /// What a session is told when it is closed or refused for it.
+    pub fn close_message(&self) -> String {
+        format!(
+            "the appliance cannot store records: {}; it accepts no sessions until it is restarted (see its log)",
+            self.failure().unwrap_or("the writer stopped")
+        )
+    }
+}
+
+/// One session's byte budget: memory of its records queued for the writer
+/// and not yet committed.
+#[derive(Debug)]
+pub struct SessionBudget {
+    permits: Arc<Semaphore>,
+    /// The budget; a group larger than it reserves all of it (so it still
+    /// goes through, alone).
+    max_bytes: usize,
+}
+
+impl SessionBudget {
+    pub fn new(max_bytes: u64) -> SessionBudget {
+        let max_bytes = usize::try_from(max_bytes)
+            .unwrap_or(usize::MAX)
+            .clamp(1, u32::MAX as usize);
+        SessionBudget {
+            permits: Arc::new(Semaphore::new(max_bytes)),
+            max_bytes,
+        }
+    }
+
+    /// Bytes of budget not reserved right now.
+    pub fn available(&self) -> usize {
+        self.permits.available_permits()
+    }
+}
+
+/// Budget held by one queued group: released when the writer drops it,
+/// after the group's commit.
+#[derive(Debug)]
+pub struct Reservation {
+    _session: OwnedSemaphorePermit,
+    _queue: OwnedSemaphorePermit,
+    /// Bytes counted in `writer_queue_bytes`.
+    bytes: i64,
+    queue_bytes: Gauge,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.queue_bytes.dec_by(self.bytes);
+    }
+}
+
 /// Handle to the writer thread.
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: mpsc::Sender<WriterMsg>,
     metrics: Arc<Metrics>,
+    /// Bytes of records all sessions may have queued.
+    queue_budget: Arc<Semaphore>,
+    queue_max_bytes: usize,
+    health: Arc<WriterHealth>,
 }
 
 impl std::fmt::Debug for WriterHandle {
@@ -91,15 +196,87 @@ impl std::fmt::Debug for WriterHandle {
     }
 }
 
+/// Takes `n` permits, counting a wait under `budget` if they are not free.
+async fn reserve_permits(
+    sem: &Arc<Semaphore>,
+    n: usize,
+    metrics: &Metrics,
+    budget: &str,
+) -> anyhow::Result<OwnedSemaphorePermit> {
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    match sem.clone().try_acquire_many_owned(n) {
+        Ok(p) => Ok(p),
+        Err(TryAcquireError::NoPermits) => {
+            metrics
+                .ingest_budget_waits
+                .get_or_create(&BudgetLabel {
+                    budget: budget.to_string(),
+                })
+                .inc();
+            sem.clone()
+                .acquire_many_owned(n)
+                .await
+                .map_err(|_| anyhow::anyhow!("the {budget} budget was closed"))
+        }
+        Err(TryAcquireError::Closed) => Err(anyhow::anyhow!("the {budget} budget was closed")),
+    }
+}
+
 impl WriterHandle {
-    /// Queues records; waits while the queue is full (backpressure).
-    pub async fn submit(&self, group: IncomingRecords, ack: Arc<AckSlot>) -> anyhow::Result<()> {
+    /// The writer thread's health.
+    pub fn health(&self) -> &Arc<WriterHealth> {
+        &self.health
+    }
+
+    fn stopped(&self) -> anyhow::Error {
+        match self.health.failure() {
+            Some(why) => anyhow::anyhow!("the writer has failed: {why}"),
+            None => anyhow::anyhow!("the writer has stopped"),
+        }
+    }
+
+    /// Queues records once `session`'s budget and the queue's budget have
+    /// room for the memory they hold; waits until then (backpressure: the
+    /// caller reads nothing meanwhile), and while the queue is full.
+    pub async fn submit(
+        &self,
+        group: IncomingRecords,
+        ack: Arc<AckSlot>,
+        session: &SessionBudget,
+    ) -> anyhow::Result<()> {
+        let bytes = group.held_bytes();
+        let own = reserve_permits(
+            &session.permits,
+            bytes.min(session.max_bytes),
+            &self.metrics,
+            "session",
+        )
+        .await?;
+        let shared = reserve_permits(
+            &self.queue_budget,
+            bytes.min(self.queue_max_bytes),
+            &self.metrics,
+            "queue",
+        )
+        .await?;
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.metrics.writer_queue_bytes.inc_by(bytes);
+        let reservation = Reservation {
+            _session: own,
+            _queue: shared,
+            bytes,
+            queue_bytes: self.metrics.writer_queue_bytes.clone(),
+        };
         self.metrics.writer_queue_depth.inc();
         let r = self
             .tx
-            .send(WriterMsg::Records { group, ack })
+            .send(WriterMsg::Records {
+                group,
+                ack,
+                reservation,
+            })
             .await
-            .map_err(|_| anyhow::anyhow!("the writer has stopped"));
+            .map_err(|_| self.stopped());
         if r.is_err() {
             self.metrics.writer_queue_depth.dec();
         }
@@ -116,8 +293,11 @@ impl WriterHandle {
                 reply,
             })
             .await
-            .map_err(|_| anyhow::anyhow!("the writer has stopped"))?;
-        rx.await.context("the writer dropped the session request")?
+            .map_err(|_| self.stopped())?;
+        match rx.await {
+            Ok(answer) => answer,
+            Err(_) => Err(self.stopped()).context("the writer dropped the session request"),
+        }
     }
 
     /// Sends a control message without waiting for queue space.
@@ -140,12 +320,35 @@ impl WriterHandle {
 pub struct WriterOptions {
     pub max_batch_records: usize,
     pub queue_groups: usize,
+    /// Memory all queued records may hold (see [`SessionBudget`] for one
+    /// session's share).
+    pub queue_max_bytes: u64,
     pub offline_grace: Duration,
     pub rollup_settle: Duration,
+    /// Bounds on what devices send (series per device, future timestamps).
+    pub limits: IngestLimits,
+    /// Test seam: failure injection into the writer's storage steps
+    /// (`None` in production).
+    pub faults: Option<Arc<dyn FaultInjector>>,
+}
+
+impl WriterOptions {
+    /// Options for tests and tools: small bounds, no faults.
+    pub fn for_tests() -> WriterOptions {
+        WriterOptions {
+            max_batch_records: 1024,
+            queue_groups: 64,
+            queue_max_bytes: 64 * 1024 * 1024,
+            offline_grace: Duration::from_secs(10),
+            rollup_settle: Duration::from_secs(120),
+            limits: IngestLimits::DEFAULT,
+            faults: None,
+        }
+    }
 }
 
 /// Starts the writer thread. It exits when every handle is dropped, after
-/// committing what was queued.
+/// committing what was queued, or when it fails (see [`WriterHealth`]).
 pub fn spawn(
     store: Store,
     opts: WriterOptions,
@@ -153,27 +356,84 @@ pub fn spawn(
     sinks: Sinks,
 ) -> anyhow::Result<(WriterHandle, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(opts.queue_groups);
-    let writer =
-        IngestWriter::new(store, now_ms()).context("loading device state for the writer")?;
-    let m = metrics.clone();
+    let mut writer = IngestWriter::with_limits(store, now_ms(), opts.limits)
+        .context("loading device state for the writer")?;
+    if let Some(f) = &opts.faults {
+        writer.set_fault_injector(f.clone());
+    }
+    let queue_max_bytes = usize::try_from(opts.queue_max_bytes)
+        .unwrap_or(usize::MAX)
+        .clamp(1, u32::MAX as usize);
+    let health = Arc::new(WriterHealth::default());
+    let (m, h) = (metrics.clone(), health.clone());
     let join = std::thread::Builder::new()
         .name("outpost-writer".into())
-        .spawn(move || run(writer, rx, opts, m, sinks))
+        .spawn(move || supervise(writer, rx, opts, m, sinks, h))
         .context("spawning the writer thread")?;
-    Ok((WriterHandle { tx, metrics }, join))
+    Ok((
+        WriterHandle {
+            tx,
+            metrics,
+            queue_budget: Arc::new(Semaphore::new(queue_max_bytes)),
+            queue_max_bytes,
+            health,
+        },
+        join,
+    ))
 }
 
-fn run(
-    mut writer: IngestWriter,
+/// Runs the writer; if it panics, records why before the queue closes.
+fn supervise(
+    writer: IngestWriter,
     mut rx: mpsc::Receiver<WriterMsg>,
     opts: WriterOptions,
     metrics: Arc<Metrics>,
     sinks: Sinks,
+    health: Arc<WriterHealth>,
+) {
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        run(writer, &mut rx, &opts, &metrics, &sinks)
+    }));
+    if let Err(panic) = outcome {
+        let what = panic_message(panic.as_ref());
+        metrics.writer_failures.inc();
+        error!(
+            panic = %what,
+            "the writer thread failed: open sessions are closed and new ones refused until the appliance is restarted"
+        );
+        health.fail(format!("the writer thread panicked: {what}"));
+        // Only now does the queue close: whoever finds it closed can learn why.
+        rx.close();
+        while let Ok(msg) = rx.try_recv() {
+            if let WriterMsg::Records { .. } = msg {
+                metrics.writer_queue_depth.dec();
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
+fn run(
+    mut writer: IngestWriter,
+    rx: &mut mpsc::Receiver<WriterMsg>,
+    opts: &WriterOptions,
+    metrics: &Metrics,
+    sinks: &Sinks,
 ) {
     let mut groups: Vec<IncomingRecords> = Vec::new();
     let mut slots: Vec<Arc<AckSlot>> = Vec::new();
+    let mut reservations: Vec<Reservation> = Vec::new();
     let mut controls: Vec<WriterMsg> = Vec::new();
-    publish_counts(&writer, &metrics);
+    publish_counts(&writer, metrics);
     while let Some(first) = rx.blocking_recv() {
         // Drain what is queued, up to the batch bound: the batch grows by
         // itself while the previous write (and its fsync) was in progress.
@@ -181,11 +441,16 @@ fn run(
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                WriterMsg::Records { group, ack } => {
+                WriterMsg::Records {
+                    group,
+                    ack,
+                    reservation,
+                } => {
                     metrics.writer_queue_depth.dec();
                     records += group.records.len();
                     groups.push(group);
                     slots.push(ack);
+                    reservations.push(reservation);
                 }
                 other => controls.push(other),
             }
@@ -195,10 +460,12 @@ fn run(
             next = rx.try_recv().ok();
         }
         if !groups.is_empty() {
-            commit(&mut writer, &mut groups, &mut slots, &metrics, &sinks);
+            commit(&mut writer, &mut groups, &mut slots, metrics, sinks);
         }
+        // The committed groups' memory is free: their sessions may read on.
+        reservations.clear();
         for msg in controls.drain(..) {
-            control(&mut writer, msg, &opts, &metrics, &sinks);
+            control(&mut writer, msg, opts, metrics, sinks);
         }
     }
     info!("writer stopped: queue closed and drained");
@@ -224,6 +491,8 @@ fn commit(
             metrics.samples_stored.inc_by(out.samples);
             metrics.duplicates_dropped.inc_by(out.duplicates);
             metrics.values_rejected.inc_by(out.rejected_values);
+            metrics.reject_n("series_cap", out.series_rejected);
+            metrics.reject_n("bad_timestamp", out.bad_timestamps);
             outcomes = out.groups.clone();
             for (slot, g) in slots.iter().zip(out.groups.iter()) {
                 slot.send_if_modified(|cur| match cur {
@@ -375,4 +644,319 @@ fn note_transitions(ts: &[(DeviceId, StatusTransition)], metrics: &Metrics) {
 
 fn publish_counts(writer: &IngestWriter, metrics: &Metrics) {
     metrics.devices_online.set(writer.online_count() as i64);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::{Condvar, Mutex};
+    use std::task::{Context as TaskContext, Poll, Waker};
+
+    use outpost_proto::messages::{Heartbeat, MetricsSample, Record};
+    use outpost_storage::ingest::FaultPoint;
+    use outpost_storage::{Durability, StoreOptions};
+
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(20);
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            durability: Durability::Buffered,
+            ..StoreOptions::default()
+        };
+        let s = Store::open(dir.path(), &opts, outpost_storage::TABLES).unwrap();
+        (dir, s)
+    }
+
+    fn heartbeats(device: u64, first_seq: u64, n: u64, ts_ms: u64) -> IncomingRecords {
+        IncomingRecords {
+            device: DeviceId(device),
+            records: (first_seq..first_seq + n)
+                .map(|seq| Record {
+                    seq,
+                    ts_ms,
+                    body: RecordBody::Heartbeat(Heartbeat {
+                        uptime_s: seq,
+                        buffered_records: 0,
+                        dropped_records: 0,
+                    }),
+                })
+                .collect(),
+        }
+    }
+
+    fn slot() -> (Arc<AckSlot>, watch::Receiver<AckState>) {
+        let (tx, rx) = watch::channel(AckState::Acked(0));
+        (Arc::new(tx), rx)
+    }
+
+    async fn acked(rx: &mut watch::Receiver<AckState>, up_to: u64) {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match &*rx.borrow_and_update() {
+                    AckState::Acked(n) if *n >= up_to => return,
+                    AckState::Failed(e) => panic!("write failed: {e}"),
+                    AckState::Acked(_) => {}
+                }
+                rx.changed().await.expect("writer alive");
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no ack up to {up_to}"));
+    }
+
+    fn poll_once<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut TaskContext::from_waker(Waker::noop()))
+    }
+
+    fn budget_waits(m: &Metrics, budget: &str) -> u64 {
+        m.ingest_budget_waits
+            .get_or_create(&BudgetLabel {
+                budget: budget.into(),
+            })
+            .get()
+    }
+
+    /// Holds every write until opened.
+    #[derive(Debug, Default)]
+    struct Gate {
+        open: Mutex<bool>,
+        cv: Condvar,
+    }
+
+    impl Gate {
+        fn open(&self) {
+            *self.open.lock().unwrap() = true;
+            self.cv.notify_all();
+        }
+    }
+
+    impl FaultInjector for Gate {
+        fn check(&self, point: FaultPoint) -> outpost_storage::error::Result<()> {
+            if point == FaultPoint::Write {
+                let mut open = self.open.lock().unwrap();
+                while !*open {
+                    open = self.cv.wait(open).unwrap();
+                }
+            }
+            Ok(())
+        }
+    }
+
+    #[derive(Debug)]
+    struct PanicOnWrite;
+
+    impl FaultInjector for PanicOnWrite {
+        fn check(&self, point: FaultPoint) -> outpost_storage::error::Result<()> {
+            if point == FaultPoint::Write {
+                panic!("injected writer panic");
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_over_its_byte_budget_waits_while_other_sessions_go_on() {
+        let (_d, store) = open();
+        let gate = Arc::new(Gate::default());
+        let metrics = Arc::new(Metrics::new());
+        let opts = WriterOptions {
+            faults: Some(gate.clone()),
+            ..WriterOptions::for_tests()
+        };
+        let (writer, thread) = spawn(store, opts, metrics.clone(), Sinks::none()).unwrap();
+        let a1 = heartbeats(1, 1, 100, 1_000);
+        let group_bytes = a1.held_bytes();
+        let budget_a = SessionBudget::new((group_bytes + group_bytes / 2) as u64);
+        {
+            let (ack_a, mut rx_a) = slot();
+            // The writer takes A's first group and is held writing it.
+            writer.submit(a1, ack_a.clone(), &budget_a).await.unwrap();
+            assert_eq!(metrics.writer_queue_bytes.get(), group_bytes as i64);
+            // A's second group does not fit A's budget: A waits (and, in a
+            // session, reads nothing meanwhile) instead of the queue growing.
+            let a2 = writer.submit(heartbeats(1, 101, 100, 1_000), ack_a.clone(), &budget_a);
+            tokio::pin!(a2);
+            assert!(poll_once(a2.as_mut()).is_pending(), "A is over its budget");
+            assert_eq!(budget_waits(&metrics, "session"), 1);
+            assert_eq!(metrics.writer_queue_bytes.get(), group_bytes as i64);
+            // B is not held back by A.
+            let budget_b = SessionBudget::new((group_bytes + group_bytes / 2) as u64);
+            let (ack_b, mut rx_b) = slot();
+            let b = writer.submit(heartbeats(2, 1, 10, 1_000), ack_b, &budget_b);
+            tokio::pin!(b);
+            assert!(matches!(poll_once(b.as_mut()), Poll::Ready(Ok(()))));
+            assert_eq!(budget_waits(&metrics, "queue"), 0);
+            // The writer catches up: A's first group is committed, its budget
+            // released, its second group queued; everything is acknowledged.
+            gate.open();
+            tokio::time::timeout(WAIT, a2).await.unwrap().unwrap();
+            acked(&mut rx_a, 200).await;
+            acked(&mut rx_b, 10).await;
+        }
+        drop(writer);
+        thread.join().unwrap();
+        assert_eq!(metrics.writer_queue_bytes.get(), 0, "every budget released");
+        assert_eq!(budget_a.available(), group_bytes + group_bytes / 2);
+    }
+
+    #[tokio::test]
+    async fn a_group_larger_than_the_session_budget_still_goes_through_alone() {
+        let (_d, store) = open();
+        let gate = Arc::new(Gate::default());
+        let metrics = Arc::new(Metrics::new());
+        let opts = WriterOptions {
+            faults: Some(gate.clone()),
+            queue_max_bytes: 64 * 1024,
+            ..WriterOptions::for_tests()
+        };
+        let (writer, thread) = spawn(store, opts, metrics.clone(), Sinks::none()).unwrap();
+        let big = heartbeats(1, 1, 5_000, 1_000);
+        assert!(big.held_bytes() > 64 * 1024);
+        let budget = SessionBudget::new(64 * 1024);
+        let (ack, mut rx) = slot();
+        {
+            writer.submit(big, ack.clone(), &budget).await.unwrap();
+            let next = writer.submit(heartbeats(1, 5_001, 1, 1_000), ack.clone(), &budget);
+            tokio::pin!(next);
+            assert!(poll_once(next.as_mut()).is_pending());
+            gate.open();
+            tokio::time::timeout(WAIT, next).await.unwrap().unwrap();
+            acked(&mut rx, 5_001).await;
+        }
+        drop(writer);
+        thread.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_writer_panic_is_counted_and_every_caller_learns_why() {
+        let (_d, store) = open();
+        let metrics = Arc::new(Metrics::new());
+        let opts = WriterOptions {
+            faults: Some(Arc::new(PanicOnWrite)),
+            ..WriterOptions::for_tests()
+        };
+        let (writer, thread) = spawn(store, opts, metrics.clone(), Sinks::none()).unwrap();
+        assert!(writer.health().failure().is_none());
+        let budget = SessionBudget::new(1 << 20);
+        let (ack, _rx) = slot();
+        writer
+            .submit(heartbeats(1, 1, 5, 1_000), ack.clone(), &budget)
+            .await
+            .unwrap();
+        tokio::time::timeout(WAIT, writer.health().failed())
+            .await
+            .expect("the failure is reported");
+        let why = writer.health().failure().unwrap().to_string();
+        assert!(why.contains("injected writer panic"), "{why}");
+        assert!(writer.health().close_message().contains(&why));
+        assert_eq!(metrics.writer_failures.get(), 1);
+        // The thread ended (the panic did not escape it) and closed the
+        // queue: callers are refused with the reason, not left hanging.
+        thread.join().expect("the panic is caught");
+        let err = writer
+            .submit(heartbeats(1, 6, 1, 1_000), ack, &budget)
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("injected writer panic"),
+            "{err:#}"
+        );
+        let hello = Hello {
+            protocol_version: 1,
+            agent_version: "t".into(),
+            heartbeat_interval_ms: 1_000,
+            metrics_interval_ms: 1_000,
+        };
+        let err = writer.session(DeviceId(1), hello).await.unwrap_err();
+        assert!(
+            format!("{err:#}").contains("injected writer panic"),
+            "{err:#}"
+        );
+        assert_eq!(metrics.writer_queue_bytes.get(), 0);
+        assert_eq!(budget.available(), 1 << 20);
+        let text = metrics.encode();
+        assert!(text.contains("outpost_writer_failures_total 1"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn extreme_timestamps_never_stop_the_writer() {
+        for limits in [IngestLimits::DEFAULT, IngestLimits::NONE] {
+            let (_d, store) = open();
+            let metrics = Arc::new(Metrics::new());
+            let opts = WriterOptions {
+                limits,
+                ..WriterOptions::for_tests()
+            };
+            let (writer, thread) = spawn(store, opts, metrics.clone(), Sinks::none()).unwrap();
+            let budget = SessionBudget::new(1 << 20);
+            let (ack, mut rx) = slot();
+            let now = now_ms();
+            let stamps = [
+                u64::MAX,
+                u64::MAX - 1,
+                u64::MAX - 299_999,
+                0,
+                now,
+                now + 2 * 86_400_000,
+            ];
+            let records = stamps
+                .iter()
+                .enumerate()
+                .flat_map(|(i, ts)| {
+                    let seq = 2 * i as u64 + 1;
+                    [
+                        Record {
+                            seq,
+                            ts_ms: *ts,
+                            body: RecordBody::Heartbeat(Heartbeat {
+                                uptime_s: 1,
+                                buffered_records: 0,
+                                dropped_records: 0,
+                            }),
+                        },
+                        Record {
+                            seq: seq + 1,
+                            ts_ms: *ts,
+                            body: RecordBody::Metrics(MetricsSample {
+                                values: vec![MetricValue {
+                                    name: "cpu".into(),
+                                    label: String::new(),
+                                    value: 1.0,
+                                }],
+                            }),
+                        },
+                    ]
+                })
+                .collect();
+            let group = IncomingRecords {
+                device: DeviceId(9),
+                records,
+            };
+            writer.submit(group, ack.clone(), &budget).await.unwrap();
+            acked(&mut rx, 12).await;
+            writer.control(WriterMsg::RollUp);
+            writer.control(WriterMsg::Seal);
+            writer.control(WriterMsg::Sweep);
+            writer.control(WriterMsg::Retire(DeviceId(9)));
+            writer
+                .submit(heartbeats(9, 13, 1, now), ack.clone(), &budget)
+                .await
+                .unwrap();
+            acked(&mut rx, 13).await;
+            assert!(writer.health().failure().is_none(), "{limits:?}");
+            let text = metrics.encode();
+            if limits == IngestLimits::DEFAULT {
+                assert!(
+                    text.contains("outpost_rejects_total{reason=\"bad_timestamp\"} 8"),
+                    "{text}"
+                );
+            }
+            drop(writer);
+            thread.join().unwrap();
+        }
+    }
 }

@@ -32,3 +32,9 @@ pub struct NotifyLabel {
 pub struct OpLabel {
     pub op: String,
 }
+
+/// A byte budget of the ingest queue (`outpost_ingest_budget_waits_total{budget}`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabel {
+    pub budget: String,
+}

@@ -22,14 +22,18 @@
 //! * Series names are a per-batch string table.
 //!
 //! Decoding reproduces every `f64` bit pattern and rejects malformed input
-//! with an error, never a panic.
+//! with an error, never a panic. Every column is bounded while it is read
+//! and the totals (entries, series per entry and in all, names, name
+//! lengths, the bytes of the names once each series holds its own) are
+//! checked against [`super::limits`] before the rollups are expanded.
 
 use std::collections::HashMap;
 
 use outpost_proto::DeviceId;
 use serde::{Deserialize, Serialize};
 
-use super::{DeviceRollups, Rollup, SeriesRollup};
+use super::limits::{self, Limit};
+use super::{BatchError, DeviceRollups, Rollup, SeriesRollup};
 
 const RAW: u8 = 15;
 const MAX_DECIMALS: u8 = 9;
@@ -39,27 +43,46 @@ const LAST_TS_EXCEPTION: u8 = 1 << 6;
 /// Scaled integers stay below 2^53 so that `n as f64` is exact.
 const MAX_SCALED: f64 = 9.0e15;
 
-/// The columnar form (see the module docs).
+/// The columnar form (see the module docs). Columns are decoded bounded:
+/// the per-entry ones by [`limits::MAX_ROLLUP_ENTRIES`], the per-series
+/// ones by [`limits::MAX_SERIES_ROLLUPS`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CompactRollups {
+    #[serde(deserialize_with = "limits::de::series_names")]
     names: Vec<(String, String)>,
     // One entry per (device, bucket).
+    #[serde(deserialize_with = "limits::de::rollup_entries")]
     devices: Vec<u64>,
+    #[serde(deserialize_with = "limits::de::rollup_entries")]
     bucket_deltas: Vec<i64>,
+    #[serde(deserialize_with = "limits::de::rollup_entries")]
     computed_offsets: Vec<i64>,
+    #[serde(deserialize_with = "limits::de::rollup_entries")]
     counts: Vec<u64>,
+    #[serde(deserialize_with = "limits::de::rollup_entries")]
     last_offsets: Vec<i64>,
+    #[serde(deserialize_with = "limits::de::rollup_entries")]
     series_per_entry: Vec<u32>,
     // One entry per series rollup.
+    #[serde(deserialize_with = "limits::de::series_rollups")]
     name_refs: Vec<u32>,
+    #[serde(deserialize_with = "limits::de::series_rollups")]
     flags: Vec<u8>,
+    #[serde(deserialize_with = "limits::de::series_rollups")]
     mins: Vec<i64>,
+    #[serde(deserialize_with = "limits::de::series_rollups")]
     spans: Vec<u64>,
+    #[serde(deserialize_with = "limits::de::series_rollups")]
     lasts: Vec<u64>,
+    #[serde(deserialize_with = "limits::de::series_rollups")]
     sums: Vec<i64>,
+    #[serde(deserialize_with = "limits::de::series_rollups")]
     sum_ulps: Vec<i64>,
+    #[serde(deserialize_with = "limits::de::raw_values")]
     raw: Vec<f64>,
+    #[serde(deserialize_with = "limits::de::series_rollups")]
     exception_counts: Vec<u64>,
+    #[serde(deserialize_with = "limits::de::series_rollups")]
     exception_last_offsets: Vec<i64>,
 }
 
@@ -181,21 +204,17 @@ impl CompactRollups {
     }
 
     /// Decodes back to rollups, exactly as encoded (by this build).
-    pub fn decode(&self) -> Result<Vec<DeviceRollups>, String> {
+    pub fn decode(&self) -> Result<Vec<DeviceRollups>, BatchError> {
         self.decode_format(super::BATCH_FORMAT)
     }
 
-    /// Decodes rollups written in batch `format` 1 (absolute `min`) or 2
-    /// and later (`min` relative to the same series' previous entry).
-    pub fn decode_format(&self, format: u16) -> Result<Vec<DeviceRollups>, String> {
-        let min_deltas = format >= 2;
-        let mut prev_min = vec![0i64; self.names.len()];
-        fn take<T: Copy>(it: &mut std::slice::Iter<'_, T>, what: &str) -> Result<T, String> {
-            it.next()
-                .copied()
-                .ok_or_else(|| format!("rollup column {what} too short"))
-        }
+    /// Checks the shape and the totals against [`limits`] without
+    /// expanding anything: the columns agree in length, every count, name
+    /// and name reference is within bounds.
+    fn check(&self) -> Result<(), BatchError> {
+        let malformed = |m: &str| BatchError::Malformed(m.into());
         let n = self.devices.len();
+        Limit::RollupEntries.check(n as u64)?;
         if [
             self.bucket_deltas.len(),
             self.computed_offsets.len(),
@@ -206,12 +225,51 @@ impl CompactRollups {
         .iter()
         .any(|l| *l != n)
         {
-            return Err("rollup entry columns differ in length".into());
+            return Err(malformed("rollup entry columns differ in length"));
         }
-        let total: u64 = self.series_per_entry.iter().map(|x| u64::from(*x)).sum();
+        Limit::SeriesNames.check(self.names.len() as u64)?;
+        for (name, label) in &self.names {
+            limits::check_name(name)?;
+            limits::check_name(label)?;
+        }
+        let mut total = 0u64;
+        for &k in &self.series_per_entry {
+            Limit::SeriesPerEntry.check(u64::from(k))?;
+            total += u64::from(k);
+        }
+        Limit::SeriesRollups.check(total)?;
         if total != self.name_refs.len() as u64 || total != self.flags.len() as u64 {
-            return Err("rollup series columns differ in length".into());
+            return Err(malformed("rollup series columns differ in length"));
         }
+        let mut expanded = 0u64;
+        for &r in &self.name_refs {
+            let (name, label) = self
+                .names
+                .get(r as usize)
+                .ok_or_else(|| malformed("rollup names a series outside the table"))?;
+            expanded += (name.len() + label.len()) as u64;
+        }
+        Limit::ExpandedNameBytes.check(expanded)?;
+        Ok(())
+    }
+
+    /// Decodes rollups written in batch `format` 1 (absolute `min`) or 2
+    /// and later (`min` relative to the same series' previous entry),
+    /// after [`CompactRollups::check`].
+    pub fn decode_format(&self, format: u16) -> Result<Vec<DeviceRollups>, BatchError> {
+        self.check()?;
+        self.expand(format).map_err(BatchError::Malformed)
+    }
+
+    fn expand(&self, format: u16) -> Result<Vec<DeviceRollups>, String> {
+        let min_deltas = format >= 2;
+        let mut prev_min = vec![0i64; self.names.len()];
+        fn take<T: Copy>(it: &mut std::slice::Iter<'_, T>, what: &str) -> Result<T, String> {
+            it.next()
+                .copied()
+                .ok_or_else(|| format!("rollup column {what} too short"))
+        }
+        let n = self.devices.len();
         let mut name_refs = self.name_refs.iter();
         let mut flags_it = self.flags.iter();
         let mut mins = self.mins.iter();
@@ -229,7 +287,8 @@ impl CompactRollups {
             let count0 = self.counts[i];
             let last0 = bucket.wrapping_add(self.last_offsets[i] as u64);
             let k = self.series_per_entry[i] as usize;
-            let mut series = Vec::with_capacity(k.min(4096));
+            // `k` was checked against the limit.
+            let mut series = Vec::with_capacity(k);
             for _ in 0..k {
                 let idx = take(&mut name_refs, "names")? as usize;
                 let (name, label) = self
@@ -489,5 +548,92 @@ mod tests {
         let mut c = good;
         c.flags[0] = 0x0C;
         assert!(c.decode().is_err());
+    }
+
+    fn over(r: Result<Vec<DeviceRollups>, BatchError>) -> Limit {
+        match r {
+            Err(BatchError::OverLimit(o)) => o.limit,
+            other => panic!("expected an over-limit error, got {other:?}"),
+        }
+    }
+
+    /// `entries` entries of `k` constant series each, all naming table
+    /// entry 0: the columns of a batch that claims far more than it sends.
+    fn claiming(names: Vec<(String, String)>, entries: usize, k: u32) -> CompactRollups {
+        let total = entries * k as usize;
+        CompactRollups {
+            names,
+            devices: vec![1; entries],
+            bucket_deltas: vec![0; entries],
+            computed_offsets: vec![0; entries],
+            counts: vec![1; entries],
+            last_offsets: vec![0; entries],
+            series_per_entry: vec![k; entries],
+            name_refs: vec![0; total],
+            flags: vec![CONSTANT; total],
+            mins: vec![0; total],
+            ..CompactRollups::default()
+        }
+    }
+
+    /// The name table is sent once but each decoded series holds its own
+    /// copy: one 128-byte name and label referenced by 327,680 series
+    /// (a few hundred KB compressed) would expand to 80 MiB of names. The
+    /// total is checked before anything is expanded.
+    #[test]
+    fn names_referenced_by_many_series_are_bounded_before_they_are_copied() {
+        let long = ("n".repeat(MAX_NAME_BYTES_T), "l".repeat(MAX_NAME_BYTES_T));
+        let c = claiming(vec![long.clone()], 20, 16_384);
+        assert_eq!(over(c.decode()), Limit::ExpandedNameBytes);
+        // Short names, the same number of series: fine.
+        let c = claiming(vec![("cpu".into(), String::new())], 20, 16_384);
+        assert_eq!(c.decode().unwrap().len(), 20);
+        // Within the bound, long names decode too.
+        let c = claiming(vec![long], 2, 100);
+        assert_eq!(
+            c.decode().unwrap()[1].series[99].name.len(),
+            MAX_NAME_BYTES_T
+        );
+    }
+
+    const MAX_NAME_BYTES_T: usize = limits::MAX_NAME_BYTES;
+
+    #[test]
+    fn counts_and_name_lengths_above_the_limits_are_refused() {
+        let c = claiming(
+            vec![("x".repeat(MAX_NAME_BYTES_T + 1), String::new())],
+            1,
+            1,
+        );
+        assert_eq!(over(c.decode()), Limit::NameBytes);
+        let c = claiming(
+            vec![(String::new(), "y".repeat(MAX_NAME_BYTES_T + 1))],
+            1,
+            1,
+        );
+        assert_eq!(over(c.decode()), Limit::NameBytes);
+        let mut c = claiming(vec![("cpu".into(), String::new())], 1, 1);
+        c.series_per_entry[0] = limits::MAX_SERIES_PER_ENTRY as u32 + 1;
+        assert_eq!(over(c.decode()), Limit::SeriesPerEntry);
+        // Series in all: 61 entries of 16,384 fit, 62 do not.
+        let c = claiming(vec![("cpu".into(), String::new())], 61, 16_384);
+        assert!(c.check().is_ok());
+        let c = claiming(vec![("cpu".into(), String::new())], 62, 16_384);
+        assert_eq!(over(c.decode()), Limit::SeriesRollups);
+    }
+
+    /// Decoding the columns from bytes: a column longer than its limit is
+    /// refused on its length prefix, before it is read.
+    #[test]
+    fn a_column_claiming_more_than_its_limit_is_refused_on_its_length() {
+        let mut bytes = Vec::new();
+        // names: empty; devices: claims 2^40 entries in 6 bytes.
+        outpost_proto::codec::encode_into(&Vec::<(String, String)>::new(), &mut bytes).unwrap();
+        outpost_proto::codec::encode_into(&(1u64 << 40), &mut bytes).unwrap();
+        let err = outpost_proto::codec::decode::<CompactRollups>(&bytes).unwrap_err();
+        assert!(
+            err.to_string().contains("batch over limit rollup_entries"),
+            "{err}"
+        );
     }
 }

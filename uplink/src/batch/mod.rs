@@ -6,7 +6,11 @@
 //! devices enrolled under another tenant ([`ForeignTenant`], a snapshot),
 //! and room for patch compliance and command summaries. [`encode`] turns it into bytes (rollups
 //! in the columnar [`compact`] form, then the one bincode configuration, then
-//! zstd); [`decode`] reverses it with bounded allocation and never panics.
+//! zstd); [`decode`] reverses it with bounded allocation and never panics:
+//! every count a sender chooses is checked against [`limits`] before
+//! anything is allocated from it. [`open`] decompresses a batch and reads
+//! only its [`BatchHeader`] (format, sequence, site, tenant), so a receiver
+//! checks who the batch claims to be before it decodes the body.
 //!
 //! Applying a batch at central is order-independent and idempotent by
 //! construction: device snapshots carry `as_of_ms` (last writer wins),
@@ -15,6 +19,7 @@
 //! `(alert_id, at_ms, state)`. Sequence numbers make each batch apply once.
 
 pub mod compact;
+pub mod limits;
 
 use outpost_proto::DeviceId;
 use outpost_proto::codec::{self, CodecError};
@@ -34,8 +39,7 @@ pub use outpost_proto::alert::Severity;
 /// foreign tenant, so a central that reads only format 2 refuses only those
 /// batches, by their format number (upgrade central first all the same).
 pub const BATCH_FORMAT: u16 = 3;
-/// Largest decompressed batch accepted (the codec's decode limit).
-pub const MAX_DECODED_BYTES: usize = outpost_proto::codec::DECODE_LIMIT_BYTES;
+pub use limits::{Limit, MAX_DECODED_BYTES, OverLimit};
 
 /// Everything one batch carries.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -230,7 +234,8 @@ pub struct CommandSummary {
     pub as_of_ms: u64,
 }
 
-/// The encoded layout (bincode), rollups in columnar form.
+/// The encoded layout (bincode), rollups in columnar form. Every list is
+/// decoded bounded by its [`limits`].
 #[derive(Debug, Serialize, Deserialize)]
 struct WireSiteBatch {
     format: u16,
@@ -238,10 +243,14 @@ struct WireSiteBatch {
     site: SiteId,
     tenant: TenantId,
     created_ms: u64,
+    #[serde(deserialize_with = "limits::de::device_updates")]
     devices: Vec<DeviceUpdate>,
     rollups: compact::CompactRollups,
+    #[serde(deserialize_with = "limits::de::alert_transitions")]
     alerts: Vec<AlertTransition>,
+    #[serde(deserialize_with = "limits::de::patch_compliance")]
     patch_compliance: Vec<PatchCompliance>,
+    #[serde(deserialize_with = "limits::de::command_summaries")]
     commands: Vec<CommandSummary>,
     dropped_rollups: u64,
 }
@@ -249,8 +258,27 @@ struct WireSiteBatch {
 /// What format 3 appends after the [`WireSiteBatch`].
 #[derive(Debug, Serialize, Deserialize)]
 struct WireFormat3 {
+    #[serde(deserialize_with = "limits::de::foreign_tenants")]
     foreign_tenants: Vec<ForeignTenant>,
 }
+
+/// The first fields of every batch format: who the batch claims to be,
+/// readable before the rest is decoded ([`open`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchHeader {
+    /// Batch layout version ([`BATCH_FORMAT`]).
+    pub format: u16,
+    /// Per-site sequence number.
+    pub seq: u64,
+    /// The site the batch claims to come from.
+    pub site: SiteId,
+    /// The tenant it claims.
+    pub tenant: TenantId,
+}
+
+/// The header is read from at most this many decompressed bytes (a site id
+/// and a tenant are at most 64 characters each).
+const HEADER_MAX_BYTES: usize = 1024;
 
 /// Why a batch could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -263,6 +291,21 @@ pub enum BatchError {
     Malformed(String),
     #[error("batch format {0} is not supported by this build (reads 1 to {BATCH_FORMAT})")]
     Format(u16),
+    /// A count or total above one of the [`limits`]: refused before it
+    /// was allocated.
+    #[error("{0}")]
+    OverLimit(#[from] OverLimit),
+}
+
+impl BatchError {
+    /// A codec error, or the [`OverLimit`] a bounded list reported through
+    /// it.
+    fn from_codec(e: CodecError) -> BatchError {
+        match OverLimit::from_error_text(&e.to_string()) {
+            Some(o) => BatchError::OverLimit(o),
+            None => BatchError::Codec(e),
+        }
+    }
 }
 
 /// Default zstd level (batches are small; level 9 costs < 1 ms per 100 KB).
@@ -312,50 +355,143 @@ pub fn encode(batch: &SiteBatch, level: i32) -> Result<Vec<u8>, BatchError> {
     zstd::bulk::compress(&raw, level).map_err(BatchError::Compression)
 }
 
-/// Decodes a batch; allocation is bounded by [`MAX_DECODED_BYTES`].
-pub fn decode(payload: &[u8]) -> Result<SiteBatch, BatchError> {
-    let raw =
-        zstd::bulk::decompress(payload, MAX_DECODED_BYTES).map_err(BatchError::Compression)?;
-    let (wire, used): (WireSiteBatch, usize) = codec::decode_prefix(&raw)?;
-    if !(1..=BATCH_FORMAT).contains(&wire.format) {
-        return Err(BatchError::Format(wire.format));
+/// A decompressed batch whose [`BatchHeader`] is read and whose body is
+/// not decoded yet.
+#[derive(Debug)]
+pub struct OpenedBatch {
+    raw: Vec<u8>,
+    header: BatchHeader,
+}
+
+/// Decompresses `payload` (refused before anything is allocated when its
+/// zstd frame does not state a size of at most [`MAX_DECODED_BYTES`]) and
+/// reads its header: the format (checked), sequence, site and tenant.
+pub fn open(payload: &[u8]) -> Result<OpenedBatch, BatchError> {
+    let raw = decompress(payload)?;
+    let head = raw
+        .get(..HEADER_MAX_BYTES.min(raw.len()))
+        .unwrap_or_default();
+    let (header, _): (BatchHeader, usize) =
+        codec::decode_prefix(head).map_err(BatchError::from_codec)?;
+    if !(1..=BATCH_FORMAT).contains(&header.format) {
+        return Err(BatchError::Format(header.format));
     }
-    if let Some(a) = wire
-        .alerts
-        .iter()
-        .find(|a| a.state.since_format() > wire.format)
-    {
+    Ok(OpenedBatch { raw, header })
+}
+
+/// Decompresses one zstd frame whose header states its decompressed size,
+/// into a buffer of exactly that size.
+fn decompress(payload: &[u8]) -> Result<Vec<u8>, BatchError> {
+    let size = match zstd::zstd_safe::get_frame_content_size(payload) {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return Err(BatchError::Malformed(
+                "the zstd frame does not state its decompressed size".into(),
+            ));
+        }
+        Err(_) => {
+            return Err(BatchError::Compression(std::io::Error::other(
+                "not a zstd frame",
+            )));
+        }
+    };
+    Limit::DecodedBytes.check(size)?;
+    // `size` fits: it is at most MAX_DECODED_BYTES.
+    let raw = zstd::bulk::decompress(payload, size as usize).map_err(BatchError::Compression)?;
+    if raw.len() as u64 != size {
         return Err(BatchError::Malformed(format!(
-            "alert {} state {} in a format {} batch",
-            a.alert_id,
-            a.state.as_str(),
-            wire.format
+            "the zstd frame states {size} bytes but holds {}",
+            raw.len()
         )));
     }
-    let rest = raw.get(used..).unwrap_or_default();
-    let foreign_tenants = if wire.format >= 3 {
-        codec::decode::<WireFormat3>(rest)?.foreign_tenants
-    } else if rest.is_empty() {
-        Vec::new()
-    } else {
-        return Err(CodecError::TrailingBytes(rest.len()).into());
-    };
-    Ok(SiteBatch {
-        seq: wire.seq,
-        site: wire.site,
-        tenant: wire.tenant,
-        created_ms: wire.created_ms,
-        devices: wire.devices,
-        rollups: wire
-            .rollups
-            .decode_format(wire.format)
-            .map_err(BatchError::Malformed)?,
-        alerts: wire.alerts,
-        patch_compliance: wire.patch_compliance,
-        commands: wire.commands,
-        dropped_rollups: wire.dropped_rollups,
-        foreign_tenants,
-    })
+    Ok(raw)
+}
+
+impl OpenedBatch {
+    /// Who the batch claims to be.
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
+    /// Bytes after decompression.
+    pub fn decoded_bytes(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Decodes the body, every list and total bounded by [`limits`].
+    pub fn decode(self) -> Result<SiteBatch, BatchError> {
+        let raw = self.raw;
+        let (wire, used): (WireSiteBatch, usize) =
+            codec::decode_prefix(&raw).map_err(BatchError::from_codec)?;
+        if let Some(a) = wire
+            .alerts
+            .iter()
+            .find(|a| a.state.since_format() > wire.format)
+        {
+            return Err(BatchError::Malformed(format!(
+                "alert {} state {} in a format {} batch",
+                a.alert_id,
+                a.state.as_str(),
+                wire.format
+            )));
+        }
+        let rest = raw.get(used..).unwrap_or_default();
+        let foreign_tenants = if wire.format >= 3 {
+            codec::decode::<WireFormat3>(rest)
+                .map_err(BatchError::from_codec)?
+                .foreign_tenants
+        } else if rest.is_empty() {
+            Vec::new()
+        } else {
+            return Err(CodecError::TrailingBytes(rest.len()).into());
+        };
+        let rollups = wire.rollups.decode_format(wire.format)?;
+        Ok(SiteBatch {
+            seq: wire.seq,
+            site: wire.site,
+            tenant: wire.tenant,
+            created_ms: wire.created_ms,
+            devices: wire.devices,
+            rollups,
+            alerts: wire.alerts,
+            patch_compliance: wire.patch_compliance,
+            commands: wire.commands,
+            dropped_rollups: wire.dropped_rollups,
+            foreign_tenants,
+        })
+    }
+}
+
+/// Decodes a batch ([`open`], then [`OpenedBatch::decode`]): allocation is
+/// bounded by [`MAX_DECODED_BYTES`] and the [`limits`].
+pub fn decode(payload: &[u8]) -> Result<SiteBatch, BatchError> {
+    open(payload)?.decode()
+}
+
+impl SiteBatch {
+    /// Checks this batch against the [`limits`] the decoder applies (what
+    /// the compactor keeps to).
+    pub fn check_limits(&self) -> Result<(), OverLimit> {
+        Limit::DeviceUpdates.check(self.devices.len() as u64)?;
+        Limit::AlertTransitions.check(self.alerts.len() as u64)?;
+        Limit::PatchCompliance.check(self.patch_compliance.len() as u64)?;
+        Limit::CommandSummaries.check(self.commands.len() as u64)?;
+        Limit::ForeignTenants.check(self.foreign_tenants.len() as u64)?;
+        let mut names = std::collections::HashSet::new();
+        let mut budget = limits::RollupBudget::default();
+        for e in &self.rollups {
+            let mut new = 0;
+            for s in &e.series {
+                limits::check_name(&s.name)?;
+                limits::check_name(&s.label)?;
+                if names.insert((s.name.as_str(), s.label.as_str())) {
+                    new += 1;
+                }
+            }
+            budget = budget.with_entry(e, new)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -612,5 +748,152 @@ pub(crate) mod tests {
         let n = bytes.len();
         bytes.truncate(n / 2);
         assert!(decode(&bytes).is_err());
+    }
+
+    /// The bincode of a batch's first fields (format 2), up to and
+    /// including `created_ms`: what a hostile sender writes before a list
+    /// claiming more elements than it sends.
+    fn head(seq: u64) -> Vec<u8> {
+        codec::encode(&(2u16, seq, "s-1", "msp", 7u64)).unwrap()
+    }
+
+    fn over(r: Result<SiteBatch, BatchError>) -> Limit {
+        match r {
+            Err(BatchError::OverLimit(o)) => o.limit,
+            other => panic!("expected an over-limit error, got {other:?}"),
+        }
+    }
+
+    /// A few bytes claiming 2^40 device snapshots are refused on the claim,
+    /// and a batch really holding one more than the limit on its length.
+    #[test]
+    fn a_list_longer_than_its_limit_is_refused_before_it_is_built() {
+        let mut raw = head(1);
+        codec::encode_into(&(1u64 << 40), &mut raw).unwrap();
+        let bytes = zstd::bulk::compress(&raw, 1).unwrap();
+        assert_eq!(over(decode(&bytes)), Limit::DeviceUpdates);
+
+        let mut b = sample_batch(2);
+        let d = b.devices[0].clone();
+        b.devices = (0..limits::MAX_DEVICE_UPDATES as u64 + 1)
+            .map(|i| DeviceUpdate {
+                device: DeviceId(i),
+                ..d.clone()
+            })
+            .collect();
+        assert_eq!(
+            b.check_limits().map_err(|e| e.limit),
+            Err(Limit::DeviceUpdates)
+        );
+        let bytes = encode(&b, 1).unwrap();
+        assert_eq!(over(decode(&bytes)), Limit::DeviceUpdates);
+        b.devices.pop();
+        assert!(b.check_limits().is_ok());
+        assert_eq!(decode(&encode(&b, 1).unwrap()).unwrap(), b);
+    }
+
+    /// Every list of the batch is bounded, the format 3 section included.
+    #[test]
+    fn every_list_of_a_batch_is_bounded() {
+        // Each list in layout order; the ones before it are empty.
+        let lists = [
+            Limit::DeviceUpdates,
+            Limit::AlertTransitions,
+            Limit::PatchCompliance,
+            Limit::CommandSummaries,
+            Limit::ForeignTenants,
+        ];
+        for (i, limit) in lists.into_iter().enumerate() {
+            let mut raw = codec::encode(&(3u16, 1u64, "s-1", "msp", 7u64)).unwrap();
+            for j in 0..i {
+                codec::encode_into(&0u64, &mut raw).unwrap(); // an empty list
+                if j == 0 {
+                    codec::encode_into(&compact::CompactRollups::default(), &mut raw).unwrap();
+                }
+            }
+            if limit == Limit::ForeignTenants {
+                codec::encode_into(&0u64, &mut raw).unwrap(); // dropped_rollups
+            }
+            codec::encode_into(&(limit.max() as u64 + 1), &mut raw).unwrap();
+            let bytes = zstd::bulk::compress(&raw, 1).unwrap();
+            assert_eq!(over(decode(&bytes)), limit, "{limit:?}");
+        }
+    }
+
+    /// The decompressed size is read from the zstd frame header and
+    /// checked before anything is decompressed; a frame that does not
+    /// state it is refused.
+    #[test]
+    fn the_decompressed_size_is_checked_before_decompressing() {
+        let big = vec![0u8; MAX_DECODED_BYTES + 1];
+        let bytes = zstd::bulk::compress(&big, 1).unwrap();
+        drop(big);
+        assert!(bytes.len() < 64 * 1024, "{}", bytes.len());
+        assert_eq!(over(decode(&bytes)), Limit::DecodedBytes);
+        let raw = zstd::bulk::decompress(&encode(&sample_batch(1), 1).unwrap(), 4096).unwrap();
+        let unsized_frame = zstd::stream::encode_all(&raw[..], 1).unwrap();
+        let err = decode(&unsized_frame).unwrap_err();
+        assert!(err.to_string().contains("does not state"), "{err}");
+    }
+
+    /// The header (who the batch claims to be) is read without decoding the
+    /// body: a receiver checks it first.
+    #[test]
+    fn the_header_is_read_before_the_body_is_decoded() {
+        let b = sample_batch(6);
+        let opened = open(&encode(&b, 1).unwrap()).unwrap();
+        assert_eq!(
+            opened.header(),
+            &BatchHeader {
+                format: 2,
+                seq: 6,
+                site: "s-1".into(),
+                tenant: "msp".into(),
+            }
+        );
+        assert_eq!(opened.decode().unwrap(), b);
+        // A valid head and a body of garbage: the head reads, the body fails.
+        let mut raw = head(9);
+        raw.extend_from_slice(&[0xFF; 32]);
+        let opened = open(&zstd::bulk::compress(&raw, 1).unwrap()).unwrap();
+        assert_eq!(opened.header().seq, 9);
+        assert!(opened.decode().is_err());
+        // An unknown format is refused at the head.
+        let raw = codec::encode(&(BATCH_FORMAT + 1, 1u64, "s-1", "msp")).unwrap();
+        let err = open(&zstd::bulk::compress(&raw, 1).unwrap()).unwrap_err();
+        assert!(
+            matches!(err, BatchError::Format(f) if f == BATCH_FORMAT + 1),
+            "{err}"
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// Valid batches with a few bytes changed (before compression, so
+        /// the codec sees them) decode to a batch or an error, never a
+        /// panic, and whatever decodes is within the limits.
+        #[test]
+        fn mutated_batches_decode_or_fail_without_panicking(
+            edits in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>()), 1..6),
+            truncate in proptest::option::of(0usize..4096),
+        ) {
+            let mut b = sample_batch(3);
+            b.foreign_tenants = vec![ForeignTenant { tenant: "acme".into(), devices: 2 }];
+            let mut more = b.rollups[0].clone();
+            more.device = DeviceId(43);
+            more.series[1].rollup.min = 0.1 + 0.2;
+            b.rollups.push(more);
+            let mut raw = zstd::bulk::decompress(&encode(&b, 1).unwrap(), MAX_DECODED_BYTES).unwrap();
+            for (at, byte) in edits {
+                let n = raw.len();
+                raw[at % n] = byte;
+            }
+            if let Some(t) = truncate {
+                raw.truncate(t % (raw.len() + 1));
+            }
+            if let Ok(back) = decode(&zstd::bulk::compress(&raw, 1).unwrap()) {
+                proptest::prop_assert!(back.check_limits().is_ok());
+            }
+        }
     }
 }

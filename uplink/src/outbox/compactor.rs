@@ -3,7 +3,7 @@
 //! caller deletes the returned keys in the batch that stores the outbox
 //! entry.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use outpost_proto::{DeviceId, TenantId};
@@ -15,6 +15,7 @@ use outpost_storage::registry::DEVICES;
 use outpost_storage::rollup::{self, ROLLUPS, SeriesInfo, UPLINK_PENDING};
 
 use super::{ALERT_PREFIX, Result};
+use crate::batch::limits::{self, RollupBudget};
 use crate::batch::{
     self, AlertTransition, DeviceRollups, DeviceUpdate, ForeignTenant, SeriesRollup,
 };
@@ -100,12 +101,25 @@ pub fn foreign_tenants<'a>(
             *per.entry(&r.tenant).or_default() += 1;
         }
     }
-    per.into_iter()
+    // A report of a mistake: beyond the batch limit, the tenants with the
+    // fewest devices are left out.
+    let mut v: Vec<ForeignTenant> = per
+        .into_iter()
         .map(|(tenant, devices)| ForeignTenant {
             tenant: tenant.clone(),
             devices,
         })
-        .collect()
+        .collect();
+    if v.len() > limits::MAX_FOREIGN_TENANTS {
+        v.sort_by(|a, b| {
+            b.devices
+                .cmp(&a.devices)
+                .then_with(|| a.tenant.cmp(&b.tenant))
+        });
+        v.truncate(limits::MAX_FOREIGN_TENANTS);
+        v.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+    }
+    v
 }
 
 /// Every device record of the registry.
@@ -156,52 +170,81 @@ pub(super) fn device_changes(
         let h = snapshot_hash(&u);
         if snapshot_due(sent.get(&u.device), h, u.last_seen_ms, last_seen_bound_ms) {
             out.push((u, h));
+            if out.len() == limits::MAX_DEVICE_UPDATES {
+                // The others stay due: the next batches carry them.
+                break;
+            }
         }
     }
     Ok((out, foreign))
 }
 
+/// What [`pending_rollups`] takes for the next batch.
+#[derive(Debug, Default)]
+pub(super) struct PendingRollups {
+    pub entries: Vec<DeviceRollups>,
+    /// Every marker key consumed by `entries` (and unreadable ones).
+    pub keys: Vec<Vec<u8>>,
+    /// Series left out of an entry above [`limits::MAX_SERIES_PER_ENTRY`].
+    pub dropped_series: u64,
+}
+
 /// Up to `max_buckets` (device, bucket) rollup sets with pending markers,
-/// and every marker key consumed (several generations of one bucket
-/// collapse into one entry carrying the newest generation).
-pub(super) fn pending_rollups(
-    store: &Store,
-    max_buckets: usize,
-) -> Result<(Vec<DeviceRollups>, Vec<Vec<u8>>)> {
-    let mut marks: Vec<(DeviceId, u64, u64)> = Vec::new();
-    let mut keys_out: Vec<Vec<u8>> = Vec::new();
+/// within the batch [`limits`] (a set that would exceed them waits for the
+/// next batch), and every marker key consumed (several generations of one
+/// bucket collapse into one entry carrying the newest generation).
+pub(super) fn pending_rollups(store: &Store, max_buckets: usize) -> Result<PendingRollups> {
+    let max_buckets = max_buckets.min(limits::MAX_ROLLUP_ENTRIES);
+    // (device, bucket, newest generation, its marker keys)
+    let mut marks: Vec<(DeviceId, u64, u64, Vec<Vec<u8>>)> = Vec::new();
+    let mut out = PendingRollups::default();
     let from = [rollup::UPLINK_ROLLUP_PREFIX];
     let to = [rollup::UPLINK_ROLLUP_PREFIX + 1];
     store.scan_raw(UPLINK_PENDING, &from, Some(&to), |k, _| {
         let Some((d, bucket, generation)) = rollup::parse_uplink_rollup_marker(k) else {
-            keys_out.push(k.to_vec());
+            out.keys.push(k.to_vec());
             return Ok(true);
         };
         match marks.last_mut() {
-            Some(last) if last.0 == d && last.1 == bucket => last.2 = last.2.max(generation),
+            Some(last) if last.0 == d && last.1 == bucket => {
+                last.2 = last.2.max(generation);
+                last.3.push(k.to_vec());
+            }
             _ => {
                 if marks.len() >= max_buckets {
                     return Ok(false);
                 }
-                marks.push((d, bucket, generation));
+                marks.push((d, bucket, generation, vec![k.to_vec()]));
             }
         }
-        keys_out.push(k.to_vec());
         Ok(true)
     })?;
-    let mut out = Vec::with_capacity(marks.len());
+    let mut budget = RollupBudget::default();
+    // Series names already in the batch: name → labels.
+    let mut names: HashMap<String, HashSet<String>> = HashMap::new();
     let mut series_of: Option<DeviceId> = None;
     let mut series: Vec<SeriesInfo> = Vec::new();
-    for (device, bucket, generation) in marks {
+    for (device, bucket, generation, keys) in marks {
         if series_of != Some(device) {
             series = rollup::device_series(store, device)?;
             series_of = Some(device);
         }
-        let mut ss = Vec::with_capacity(series.len());
+        let mut ss = Vec::with_capacity(series.len().min(limits::MAX_SERIES_PER_ENTRY));
+        // Series of this entry left out (counted once the entry is taken).
+        let mut dropped = 0;
         for s in &series {
+            if limits::check_name(&s.name).is_err() || limits::check_name(&s.label).is_err() {
+                // The ingest writer refuses such names; never sent.
+                dropped += 1;
+                continue;
+            }
             if let Some(r) =
                 store.get::<Rollup>(ROLLUPS, &keys::series_time_key(device, s.id, bucket))?
             {
+                if ss.len() == limits::MAX_SERIES_PER_ENTRY {
+                    dropped += 1;
+                    continue;
+                }
                 ss.push(SeriesRollup {
                     name: s.name.clone(),
                     label: s.label.clone(),
@@ -209,16 +252,40 @@ pub(super) fn pending_rollups(
                 });
             }
         }
-        if !ss.is_empty() {
-            out.push(DeviceRollups {
-                device,
-                bucket_start_ms: bucket,
-                computed_ms: generation,
-                series: ss,
-            });
+        if ss.is_empty() {
+            out.dropped_series += dropped;
+            out.keys.extend(keys);
+            continue;
         }
+        let entry = DeviceRollups {
+            device,
+            bucket_start_ms: bucket,
+            computed_ms: generation,
+            series: ss,
+        };
+        let new_names = entry
+            .series
+            .iter()
+            .filter(|s| names.get(&s.name).is_none_or(|ls| !ls.contains(&s.label)))
+            .map(|s| (s.name.as_str(), s.label.as_str()))
+            .collect::<HashSet<_>>();
+        // One entry always fits an empty budget (see `limits`): a batch
+        // never stalls on one.
+        match budget.with_entry(&entry, new_names.len() as u64) {
+            Ok(b) => budget = b,
+            Err(_) => break,
+        }
+        for (n, l) in new_names {
+            names
+                .entry(n.to_string())
+                .or_default()
+                .insert(l.to_string());
+        }
+        out.dropped_series += dropped;
+        out.keys.extend(keys);
+        out.entries.push(entry);
     }
-    Ok((out, keys_out))
+    Ok(out)
 }
 
 /// Up to `max` pending alert transitions, oldest first, and their keys.
@@ -226,6 +293,7 @@ pub(super) fn pending_alerts(
     store: &Store,
     max: usize,
 ) -> Result<(Vec<AlertTransition>, Vec<Vec<u8>>)> {
+    let max = max.min(limits::MAX_ALERT_TRANSITIONS);
     let mut out = Vec::new();
     let mut ks = Vec::new();
     let mut corrupt = Vec::new();

@@ -254,8 +254,9 @@ impl Outbox {
             tenant,
             now_ms,
         )?;
-        let (rollups, rollup_keys) =
+        let pending =
             compactor::pending_rollups(&self.store, self.cfg.max_rollup_buckets_per_batch)?;
+        let (rollups, rollup_keys) = (pending.entries, pending.keys);
         let (alerts, alert_keys) =
             compactor::pending_alerts(&self.store, self.cfg.max_alerts_per_batch)?;
         let b = SiteBatch {
@@ -268,13 +269,14 @@ impl Outbox {
             alerts,
             patch_compliance: Vec::new(),
             commands: Vec::new(),
-            dropped_rollups: 0,
+            dropped_rollups: pending.dropped_series,
             foreign_tenants,
         };
         let payload = batch::encode(&b, self.cfg.zstd_level)?;
         let rec = OutboxRecord::new(&b, payload);
         let mut meta = g.meta.clone();
         meta.next_seq = seq + 1;
+        meta.dropped_rollups_total += pending.dropped_series;
         let mut wb = self.store.batch();
         wb.put(UPLINK_OUTBOX, &seq_key(seq), &rec)?;
         for k in rollup_keys.iter().chain(alert_keys.iter()) {
@@ -307,6 +309,14 @@ impl Outbox {
         m.rollups_enqueued.inc_by(u64::from(rec.rollups));
         m.device_updates_enqueued.inc_by(u64::from(rec.devices));
         m.alert_transitions_enqueued.inc_by(u64::from(rec.alerts));
+        if pending.dropped_series > 0 {
+            m.rollups_dropped.inc_by(pending.dropped_series);
+            tracing::warn!(
+                seq,
+                series = pending.dropped_series,
+                "series above the batch limits left out of the uplink"
+            );
+        }
         drop(g);
         self.enforce_bound()?;
         self.publish();

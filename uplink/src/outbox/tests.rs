@@ -364,3 +364,81 @@ fn acknowledging_an_unknown_batch_changes_nothing() {
     assert_eq!(ob.stats().last_acked_seq, e.seq);
     assert_eq!(ob.metrics.batches_acked.get(), 1);
 }
+
+/// Stores `n` series of `device` with the longest names and labels the
+/// appliance accepts (the same `n` names for every device), each with a
+/// rollup in `bucket`, and the bucket's pending marker.
+fn pending_wide_rollups(store: &Store, device: u64, bucket: u64, n: u32) {
+    let device = DeviceId(device);
+    let long = |c: char, i: u32| format!("{c}{i:0>127}");
+    let mut wb = store.batch();
+    for i in 0..n {
+        wb.put_raw(
+            outpost_storage::samples::SERIES,
+            &keys::series_name_key(device, &long('n', i), &long('l', i)),
+            &i.to_be_bytes(),
+        )
+        .unwrap();
+        wb.put(
+            outpost_storage::rollup::ROLLUPS,
+            &keys::series_time_key(device, i, bucket),
+            &Rollup::of(bucket + 1000, 12.5),
+        )
+        .unwrap();
+    }
+    wb.put_raw(
+        UPLINK_PENDING,
+        &rollup::uplink_rollup_marker(device, bucket, NOW),
+        &[],
+    )
+    .unwrap();
+    store.write(wb).unwrap();
+}
+
+/// Nine devices of 16,384 series with 256 bytes of name and label each
+/// expand to 36 MiB of names: more than one batch may carry
+/// (`limits::MAX_EXPANDED_NAME_BYTES`). The compactor fills a batch up to
+/// the limits and leaves the rest pending for the next, so central never
+/// has to refuse a batch an honest site built; one more series than a
+/// device may send in a bucket is left out and counted.
+#[test]
+fn batches_are_built_within_the_decoder_limits_and_the_rest_waits() {
+    use crate::batch::limits::{self, MAX_SERIES_PER_ENTRY};
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let ob = outbox(&store, u64::MAX);
+    let per = MAX_SERIES_PER_ENTRY as u32;
+    for d in 1..=8 {
+        pending_wide_rollups(&store, d, 300_000, per);
+    }
+    pending_wide_rollups(&store, 9, 300_000, per + 1);
+    let e1 = ob.compact(&SITE.into(), &TENANT.into(), NOW).unwrap();
+    let b1 = batch::decode(&stored_record(&store, e1.seq).payload).unwrap();
+    b1.check_limits().unwrap();
+    assert_eq!(
+        b1.rollups.len(),
+        8,
+        "8 × 4 MiB of names fill the first batch"
+    );
+    let expanded: u64 = b1
+        .rollups
+        .iter()
+        .flat_map(|e| &e.series)
+        .map(limits::name_bytes)
+        .sum();
+    assert_eq!(expanded, limits::MAX_EXPANDED_NAME_BYTES as u64);
+    let keys = pending_keys(&store);
+    assert_eq!(keys.len(), 1, "device 9 waits: {keys:?}");
+    let e2 = ob.compact(&SITE.into(), &TENANT.into(), NOW + 1).unwrap();
+    let b2 = batch::decode(&stored_record(&store, e2.seq).payload).unwrap();
+    b2.check_limits().unwrap();
+    assert_eq!(b2.rollups.len(), 1);
+    assert_eq!(b2.rollups[0].device, DeviceId(9));
+    assert_eq!(b2.rollups[0].series.len(), MAX_SERIES_PER_ENTRY);
+    assert_eq!(
+        b2.dropped_rollups, 1,
+        "the one series above the entry limit"
+    );
+    assert_eq!(ob.stats().dropped_rollups_total, 1);
+    assert!(pending_keys(&store).is_empty());
+}

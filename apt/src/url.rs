@@ -15,6 +15,40 @@ pub struct UpstreamUrl {
     pub path: String,
 }
 
+/// A suite of an archive: `…/dists/NAME`, whose `InRelease` lists its
+/// index files.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Suite {
+    /// `http://host/…/dists/NAME`.
+    pub url: UpstreamUrl,
+    /// NAME, as in a sources.list line (`bookworm`, `bookworm-security`,
+    /// `buster/updates`).
+    pub name: String,
+}
+
+impl Suite {
+    /// `…/dists/NAME/InRelease`.
+    pub fn inrelease(&self) -> UpstreamUrl {
+        self.file("InRelease")
+    }
+
+    /// A file of the suite by its path relative to `…/dists/NAME/`.
+    pub fn file(&self, rel: &str) -> UpstreamUrl {
+        self.url
+            .with_path(format!("{}/{}", self.url.path, rel.trim_start_matches('/')))
+    }
+
+    /// The distribution apt expects in the `Suite:` or `Codename:` of this
+    /// suite's InRelease: NAME up to its last `/` (`buster/updates` →
+    /// `buster`), as apt's own check does.
+    pub fn expected_dist(&self) -> &str {
+        self.name
+            .rsplit_once('/')
+            .map(|(d, _)| d)
+            .unwrap_or(&self.name)
+    }
+}
+
 /// Why a request target is not an upstream URL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
@@ -117,19 +151,67 @@ impl UpstreamUrl {
         }
     }
 
-    /// For a file under `…/dists/SUITE/…`: the suite URL `…/dists/SUITE` and
-    /// the path relative to it.
-    pub fn suite(&self) -> Option<(UpstreamUrl, String)> {
-        let i = self.path.find("/dists/")?;
-        let after = &self.path[i + "/dists/".len()..];
-        let (suite, rel) = after.split_once('/')?;
-        if suite.is_empty() || rel.is_empty() {
+    /// For `…/dists/SUITE/InRelease` (or `Release`, `Release.gpg`): its
+    /// suite. SUITE is everything between `dists/` and the file name, so
+    /// it may contain `/` (`buster/updates`).
+    pub fn release_suite(&self) -> Option<Suite> {
+        if !matches!(self.kind(), FileKind::InRelease | FileKind::Release) {
             return None;
         }
-        Some((
-            self.with_path(format!("{}/dists/{suite}", &self.path[..i])),
-            rel.to_string(),
-        ))
+        let i = self.path.find("/dists/")?;
+        let after = &self.path[i + "/dists/".len()..];
+        let (name, _file) = after.rsplit_once('/')?;
+        if name.is_empty() {
+            return None;
+        }
+        Some(Suite {
+            url: self.with_path(format!("{}/dists/{name}", &self.path[..i])),
+            name: name.to_string(),
+        })
+    }
+
+    /// The suites that may cover a file under `…/dists/`, each with the
+    /// path relative to it: `…/dists/A` (`bookworm`, `bookworm-security`),
+    /// then `…/dists/A/B` for the suites whose name has a `/`
+    /// (`buster/updates`). Deeper names are not guessed (apt's own suites
+    /// have at most one `/`); their `InRelease` is still found when
+    /// requested directly.
+    pub fn suite_candidates(&self) -> Vec<(Suite, String)> {
+        let Some(i) = self.path.find("/dists/") else {
+            return Vec::new();
+        };
+        let base = &self.path[..i];
+        let after = &self.path[i + "/dists/".len()..];
+        let mut out = Vec::new();
+        let mut name_end = 0;
+        for _ in 0..2 {
+            let Some(slash) = after[name_end..].find('/') else {
+                break;
+            };
+            let end = name_end + slash;
+            let (name, rel) = (&after[..end], &after[end + 1..]);
+            if name.is_empty() || rel.is_empty() {
+                break;
+            }
+            out.push((
+                Suite {
+                    url: self.with_path(format!("{base}/dists/{name}")),
+                    name: name.to_string(),
+                },
+                rel.to_string(),
+            ));
+            name_end = end + 1;
+        }
+        out
+    }
+
+    /// The first of [`UpstreamUrl::suite_candidates`]: `…/dists/A` and
+    /// the path relative to it.
+    pub fn suite(&self) -> Option<(UpstreamUrl, String)> {
+        self.suite_candidates()
+            .into_iter()
+            .next()
+            .map(|(s, rel)| (s.url, rel))
     }
 
     /// The archive root (`…` before `/dists/`), against which `Filename:` of
@@ -164,7 +246,14 @@ fn split_host_port(authority: &str) -> Option<(String, u16)> {
             None if tail.is_empty() => 80,
             None => return None,
         };
-        return Some((h.to_string(), port));
+        // Only an IPv6 literal, in its canonical text (so `[::1]` and
+        // `[0:0::1]` are one cache entry, and no stray byte reaches a
+        // request line).
+        let ip: std::net::Ipv6Addr = h.parse().ok()?;
+        if port == 0 {
+            return None;
+        }
+        return Some((ip.to_string(), port));
     }
     let (h, port) = match authority.rsplit_once(':') {
         Some((h, p)) => (h, p.parse().ok()?),
@@ -331,5 +420,79 @@ mod tests {
             FileKind::Package
         );
         assert_eq!(FileKind::of_path("/d/README"), FileKind::Other);
+    }
+
+    #[test]
+    fn suites_with_a_slash_are_found_from_their_inrelease_and_their_files() {
+        let ir = UpstreamUrl::parse_target(
+            "http://security.debian.org/debian-security/dists/buster/updates/InRelease",
+        )
+        .unwrap();
+        let s = ir.release_suite().unwrap();
+        assert_eq!(s.name, "buster/updates");
+        assert_eq!(
+            s.url.to_string(),
+            "http://security.debian.org/debian-security/dists/buster/updates"
+        );
+        assert_eq!(s.expected_dist(), "buster");
+        assert_eq!(s.inrelease(), ir);
+        let pk = UpstreamUrl::parse_target(
+            "http://security.debian.org/debian-security/dists/buster/updates/main/binary-amd64/Packages.xz",
+        )
+        .unwrap();
+        let c = pk.suite_candidates();
+        let names: Vec<(&str, &str)> = c
+            .iter()
+            .map(|(s, r)| (s.name.as_str(), r.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("buster", "updates/main/binary-amd64/Packages.xz"),
+                ("buster/updates", "main/binary-amd64/Packages.xz")
+            ]
+        );
+        assert_eq!(c[1].0, s);
+        assert_eq!(c[1].0.file(&c[1].1), pk);
+        let sec = UpstreamUrl::parse_target(
+            "http://security.debian.org/debian-security/dists/bookworm-security/InRelease",
+        )
+        .unwrap();
+        let s = sec.release_suite().unwrap();
+        assert_eq!(
+            (s.name.as_str(), s.expected_dist()),
+            ("bookworm-security", "bookworm-security")
+        );
+        assert!(
+            UpstreamUrl::parse_target("http://h/d/dists/InRelease")
+                .unwrap()
+                .release_suite()
+                .is_none()
+        );
+        assert!(
+            UpstreamUrl::parse_target("http://h/d/pool/InRelease")
+                .unwrap()
+                .release_suite()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn bracketed_hosts_must_be_ipv6_literals_and_are_normalised() {
+        // Found by the apt_url fuzz target: any bytes were accepted between
+        // brackets (NUL, `>`), and the URL did not parse back to itself.
+        assert!(matches!(
+            UpstreamUrl::parse_target("http://[fe80=\0\0hh>]:312/p/eb"),
+            Err(UrlError::BadHost(_))
+        ));
+        assert!(UpstreamUrl::parse_target("http://[x.org]/a").is_err());
+        assert!(UpstreamUrl::parse_target("http://[::1]:0/a").is_err());
+        let a = UpstreamUrl::parse_target("http://[0:0::1]:8080/a").unwrap();
+        let b = UpstreamUrl::parse_target("/[::1]:8080/a").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.to_string(), "http://[::1]:8080/a");
+        assert_eq!(UpstreamUrl::parse_absolute(&a.to_string()).unwrap(), a);
+        let c = UpstreamUrl::parse_target("http://[FE80::1]/a").unwrap();
+        assert_eq!(c.authority(), "[fe80::1]");
     }
 }
