@@ -1,7 +1,9 @@
 //! The workspace's dependency direction: the appliance never links central
-//! code (DESIGN.md, "Workspace"), and the pure parser crates (apt, patch)
-//! link no storage. Reads the resolved dependency graph with `cargo tree`
-//! (no build), so it takes well under a second.
+//! code (DESIGN.md, "Workspace"), and the crates the fuzz targets build
+//! (`fuzz/`: the apt parsers, the patch core, proto, the uplink wire and
+//! batch codec, the alerting model) and the console link no storage. Reads
+//! the resolved dependency graph with `cargo tree` (no build), so it takes
+//! well under a second.
 
 use std::process::Command;
 
@@ -12,6 +14,11 @@ const CENTRAL_ONLY: &[&str] = &["outpost-central"];
 
 /// Names of the crates in `cargo tree -p <package> -e normal`.
 fn normal_dependencies(package: &str) -> Vec<String> {
+    normal_dependencies_with(package, &[])
+}
+
+/// Names of the crates in `cargo tree -p <package> -e normal <extra>`.
+fn normal_dependencies_with(package: &str, extra: &[&str]) -> Vec<String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
     let out = Command::new(cargo)
@@ -26,6 +33,7 @@ fn normal_dependencies(package: &str) -> Vec<String> {
             "none",
         ])
         .args(["--manifest-path", manifest])
+        .args(extra)
         .output()
         .expect("running cargo tree");
     assert!(
@@ -59,7 +67,8 @@ fn the_appliance_links_no_central_only_crate() {
     assert!(central.iter().any(|d| d == "outpost-web"), "{central:?}");
 }
 
-/// Crates that link RocksDB or the appliance's storage.
+/// Crates that link RocksDB or the appliance's storage (the C++ build takes
+/// ~10 minutes and every sanitizer flag change rebuilds it).
 const STORAGE_CRATES: &[&str] = &["outpost-storage", "rocksdb", "librocksdb-sys"];
 
 #[test]
@@ -120,4 +129,35 @@ fn the_console_links_no_storage() {
              (see `cargo tree -p outpost-console -i {c}`)"
         );
     }
+}
+
+/// The workspace crates holding the parsers `fuzz/` fuzzes, with the cargo
+/// flags the fuzz build uses for them.
+const FUZZED_CRATES: &[(&str, &[&str])] = &[
+    ("outpost-proto", &[]),
+    ("outpost-uplink", &["--no-default-features"]),
+    ("outpost-alerting", &[]),
+];
+
+#[test]
+fn the_fuzzed_parsers_link_no_rocksdb() {
+    for (package, flags) in FUZZED_CRATES {
+        let deps = normal_dependencies_with(package, flags);
+        assert!(
+            deps.iter().any(|d| d == package),
+            "the tree should list {package} itself: {deps:?}"
+        );
+        for c in STORAGE_CRATES {
+            assert!(
+                !deps.iter().any(|d| d == c),
+                "{package} {flags:?} depends on {c}: the fuzz build would link RocksDB \
+                 (see `cargo tree -p {package} {} -e normal -i {c}`)",
+                flags.join(" ")
+            );
+        }
+    }
+    // The check is not vacuous: with its default (appliance) feature the
+    // uplink crate does link RocksDB.
+    let uplink = normal_dependencies("outpost-uplink");
+    assert!(uplink.iter().any(|d| d == "librocksdb-sys"), "{uplink:?}");
 }

@@ -11,6 +11,7 @@ mod demo;
 mod durability;
 mod foundation;
 mod frames;
+mod fuzz_seeds;
 mod layout;
 mod refusals;
 mod uplink;

@@ -8,19 +8,30 @@
 //! acknowledged it as durable; [`join`] enrolls the appliance as a site;
 //! [`service`] runs all of it inside the appliance.
 //!
+//! The appliance side is the default cargo feature `appliance`; without it
+//! (`default-features = false`) only [`wire`] and [`batch`] remain, with no
+//! RocksDB and no QUIC stack linked (the fuzz targets build it so).
+//!
 //! Central itself (receiver, store, API, web view) is the `outpost-central`
 //! crate, which depends on this one; nothing here may depend on it.
 
 pub mod batch;
+#[cfg(feature = "appliance")]
 pub mod join;
+#[cfg(feature = "appliance")]
 pub mod metrics;
+#[cfg(feature = "appliance")]
 pub mod outbox;
+#[cfg(feature = "appliance")]
 pub mod sender;
+#[cfg(feature = "appliance")]
 pub mod service;
+#[cfg(feature = "appliance")]
 pub mod site_files;
 pub mod wire;
 
 /// Milliseconds since the Unix epoch.
+#[cfg(feature = "appliance")]
 pub fn now_ms() -> u64 {
     outpost_storage::now_ms()
 }

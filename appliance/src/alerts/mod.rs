@@ -4,13 +4,14 @@
 //! notifications delivered off the ingest path with retries and dead
 //! letters.
 //!
-//! * [`model`]: rules, channels, policies, windows, alerts (API bodies too);
+//! * [`model`]: rules, channels, policies, windows, alerts (API bodies too;
+//!   from the RocksDB-free `outpost-alerting` crate, re-exported here);
 //! * the pure decision core, with the time passed in and no I/O:
 //!   [`eval`] (the threshold state machine), [`lifecycle`] (what each
 //!   transition records and notifies), [`timers`] (due times, windows
 //!   ending, escalation, reminders, no-data), [`windows`] (maintenance
-//!   window schedules, time zones), and [`decision`] (their vocabulary:
-//!   rule plans, outcomes);
+//!   window schedules, time zones; from `outpost-alerting`), and
+//!   [`decision`] (their vocabulary: rule plans, outcomes);
 //! * [`engine`]: the task that owns open alerts and routes inputs to the
 //!   core; [`apply`]: writes outcomes and submits their notifications;
 //! * [`builtin`]: the rules shipped with the appliance;
@@ -28,12 +29,12 @@ pub mod decision;
 pub mod engine;
 pub mod eval;
 pub mod lifecycle;
-pub mod model;
 pub mod notify;
 pub mod references;
 pub mod store;
 pub mod timers;
-pub mod windows;
+
+pub use outpost_alerting::{model, windows};
 
 use std::time::Duration;
 

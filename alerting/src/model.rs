@@ -117,7 +117,7 @@ pub enum Condition {
         keep_firing_for: Duration,
         /// How long the series may be silent before an open alert stops
         /// trusting its last value and closes `stale` (default
-        /// [`DEFAULT_STALE_AFTER`]; see [`super::eval`]).
+        /// [`DEFAULT_STALE_AFTER`]; see the appliance's `alerts::eval`).
         #[serde(
             default,
             with = "humantime_serde",
