@@ -41,12 +41,43 @@ pub fn package_index(rel: &str) -> Option<(PackageIndex, Compression)> {
     }
 }
 
-/// Decompressing reader over `r`.
+/// Memory the xz decoder may use for one index. The dictionary size is
+/// chosen by whoever compressed the file (up to 4 GiB in its header) and
+/// the decoder allocates it up front; the largest standard preset
+/// (`xz -9`, 64 MiB dictionary) needs about 65 MiB to decompress. A file
+/// asking for more fails with "memory limit reached" instead of
+/// allocating it.
+pub const XZ_MEMLIMIT_BYTES: u64 = 128 << 20;
+
+/// Decompressing reader over `r`. `.xz` is read as xz streams only (not
+/// the legacy `.lzma` format, which apt does not use for indexes), one
+/// after the other, within [`XZ_MEMLIMIT_BYTES`].
 pub fn decompress<'a, R: Read + 'a>(r: R, c: Compression) -> Box<dyn Read + 'a> {
     match c {
         Compression::None => Box::new(r),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
-        Compression::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)),
+        Compression::Xz => {
+            match liblzma::stream::Stream::new_stream_decoder(
+                XZ_MEMLIMIT_BYTES,
+                liblzma::stream::CONCATENATED,
+            ) {
+                Ok(stream) => Box::new(liblzma::read::XzDecoder::new_stream(r, stream)),
+                Err(e) => Box::new(Failed(Some(e.into()))),
+            }
+        }
+    }
+}
+
+/// A reader whose first read fails with the error it holds (a decoder that
+/// could not be set up), then reads as empty.
+struct Failed(Option<std::io::Error>);
+
+impl Read for Failed {
+    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+        match self.0.take() {
+            Some(e) => Err(e),
+            None => Ok(0),
+        }
     }
 }
 
@@ -223,5 +254,83 @@ mod tests {
             .read_to_string(&mut out)
             .unwrap();
         assert_eq!(out, "world");
+    }
+
+    /// An xz stream of `text` whose LZMA2 filter asks for a dictionary of
+    /// 4 GiB (dictionary byte 40), its block header checksum fixed up.
+    fn xz_with_4gib_dictionary(text: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
+        xz.write_all(text).unwrap();
+        let mut bytes = xz.finish().unwrap();
+        // Stream header: 12 bytes. Block header: size, flags, optional
+        // sizes (varints), then the filter flags, then its CRC32.
+        let start = 12;
+        let size = (usize::from(bytes[start]) + 1) * 4;
+        let flags = bytes[start + 1];
+        let mut at = start + 2;
+        let skip_varint = |at: &mut usize, bytes: &[u8]| {
+            while bytes[*at] & 0x80 != 0 {
+                *at += 1;
+            }
+            *at += 1;
+        };
+        if flags & 0x40 != 0 {
+            skip_varint(&mut at, &bytes);
+        }
+        if flags & 0x80 != 0 {
+            skip_varint(&mut at, &bytes);
+        }
+        assert_eq!(
+            &bytes[at..at + 2],
+            &[0x21, 0x01],
+            "the LZMA2 filter, 1 property byte"
+        );
+        bytes[at + 2] = 40;
+        let mut crc = flate2::Crc::new();
+        crc.update(&bytes[start..start + size - 4]);
+        bytes[start + size - 4..start + size].copy_from_slice(&crc.sum().to_le_bytes());
+        bytes
+    }
+
+    /// Fails before the fix (the auto decoder had no memory limit and
+    /// allocated the 4 GiB dictionary, then decoded "Package: a").
+    #[test]
+    fn an_xz_index_asking_for_a_4_gib_dictionary_is_refused_before_allocating_it() {
+        let bytes = xz_with_4gib_dictionary(b"Package: a\n");
+        let mut out = Vec::new();
+        let err = decompress(&bytes[..], Compression::Xz)
+            .read_to_end(&mut out)
+            .expect_err("over the decoder's memory limit");
+        assert!(err.to_string().contains("memory limit"), "{err}");
+        assert!(out.is_empty());
+        // The fuzzer's input: a legacy .lzma header with a 4 GiB
+        // dictionary, named .xz. Not an xz stream: refused as such.
+        let lzma = [
+            &[0x0a][..],
+            &[0xff; 52],
+            &[0x87, 0x41, 0, 0, 0x25, 0x0a, 0x0d],
+        ]
+        .concat();
+        let err = decompress(&lzma[..], Compression::Xz)
+            .read_to_end(&mut out)
+            .expect_err("not an xz stream");
+        assert!(err.to_string().contains("format"), "{err}");
+    }
+
+    #[test]
+    fn concatenated_xz_streams_are_read_one_after_the_other() {
+        use std::io::Write;
+        let mut bytes = Vec::new();
+        for part in [&b"Package: a\n"[..], b"Package: b\n"] {
+            let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
+            xz.write_all(part).unwrap();
+            bytes.extend(xz.finish().unwrap());
+        }
+        let mut out = String::new();
+        decompress(&bytes[..], Compression::Xz)
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(out, "Package: a\nPackage: b\n");
     }
 }
