@@ -3,11 +3,12 @@
 //! token), roles, acknowledgements through the engine, live events from
 //! the hooks, charts from stored samples.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use outpost_console::backend::DeviceSort;
 use outpost_console::live::{Delivery, Scope};
 use outpost_proto::messages::{MetricsSample, Record, RecordBody};
 use outpost_storage::StoreOptions;
@@ -686,4 +687,143 @@ fn ack_history_lines_name_who_and_what() {
         (h.what.as_str(), h.by, h.value),
         ("firing", None, Some(3.0))
     );
+}
+
+/// The site console at the appliance's scale: 10,000 devices with CPU,
+/// memory and two disks each. Prints what each step costs (a debug
+/// build: release is several times faster) and bounds it loosely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_list_of_10000_devices_is_answered_from_the_index_in_milliseconds() {
+    const N: u64 = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::db::open(dir.path(), &StoreOptions::default()).unwrap();
+    let now = outpost_storage::now_ms();
+    let mut b = store.batch();
+    for n in 1..=N {
+        let mut d = device(n, &format!("host-{n:05}"));
+        d.customer = if n % 10 == 0 { "vet" } else { "dental" }.into();
+        b.put(
+            outpost_storage::registry::DEVICES,
+            &outpost_storage::keys::device_key(d.id),
+            &d,
+        )
+        .unwrap();
+    }
+    store.write(b).unwrap();
+    let mut w = IngestWriter::new(store.clone(), now).unwrap();
+    let groups: Vec<IncomingRecords> = (1..=N)
+        .map(|n| IncomingRecords {
+            device: DeviceId(n),
+            records: vec![Record {
+                seq: 1,
+                ts_ms: now - 1_000,
+                body: RecordBody::Metrics(MetricsSample {
+                    values: [
+                        ("cpu", "", (n % 100) as f64),
+                        ("memory", "", 50.0),
+                        ("disk_used_percent", "/", 40.0),
+                        ("disk_used_percent", "/srv", (n % 97) as f64),
+                    ]
+                    .into_iter()
+                    .map(|(name, label, value)| MetricValue {
+                        name: name.into(),
+                        label: label.into(),
+                        value,
+                    })
+                    .collect(),
+                }),
+            }],
+        })
+        .collect();
+    for chunk in groups.chunks(1000) {
+        w.apply(chunk, now).unwrap();
+    }
+    let metrics = Metrics::new();
+    let uplink = Uplink::new(
+        store.clone(),
+        dir.path(),
+        Default::default(),
+        metrics.uplink.clone(),
+        CancellationToken::new(),
+        TaskTracker::new(),
+    )
+    .unwrap();
+    let t = Instant::now();
+    let site = Site::load(
+        store.clone(),
+        uplink,
+        "big".into(),
+        LiveHub::new(Default::default()),
+        Freshness::default(),
+    )
+    .unwrap();
+    let load = t.elapsed();
+    assert_eq!(site.index.len(), N as usize);
+    let t = Instant::now();
+    site.merge_now(false).unwrap();
+    let merge = t.elapsed();
+    let t = Instant::now();
+    site.merge_now(true).unwrap();
+    let merge_ips = t.elapsed();
+    let me = site.identity();
+    let timed = |q: &DeviceQuery| {
+        let mut times: Vec<Duration> = (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                site.index.query(q, &me).unwrap();
+                t.elapsed()
+            })
+            .collect();
+        times.sort();
+        (times[2], site.index.query(q, &me).unwrap())
+    };
+    let q = DeviceQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    let (first, page) = timed(&q);
+    assert_eq!((page.total, page.rows.len()), (N, 100));
+    assert_eq!(page.rows[0].hostname, "host-00001");
+    let mut deep = q.clone();
+    for _ in 0..49 {
+        deep.after = site.index.query(&deep, &me).unwrap().next;
+    }
+    let (page50, p) = timed(&deep);
+    assert_eq!(p.rows[0].hostname, "host-04901");
+    let mut search = q.clone();
+    search.text = "HOST-0999".into();
+    let (search_t, p) = timed(&search);
+    assert_eq!(p.total, 10, "host-09990 to host-09999");
+    let mut cpu = q.clone();
+    cpu.sort = DeviceSort::Cpu;
+    cpu.descending = true;
+    cpu.status = Some("online".into());
+    cpu.customer = Some("dental".into());
+    let (filter_sort, p) = timed(&cpu);
+    assert_eq!((p.total, p.rows[0].cpu), (9_000, Some(99.0)));
+    let t = Instant::now();
+    let c = site.index.counts();
+    let counts = t.elapsed();
+    assert_eq!((c.totals.devices, c.totals.online), (N, N));
+    println!(
+        "RESULT console_site_index devices={N} load_ms={} merge_ms={} merge_with_ips_ms={} first_page_ms={:.1} page50_ms={:.1} search_ms={:.1} filter_sort_ms={:.1} counts_ms={:.1} (debug build)",
+        load.as_millis(),
+        merge.as_millis(),
+        merge_ips.as_millis(),
+        first.as_secs_f64() * 1e3,
+        page50.as_secs_f64() * 1e3,
+        search_t.as_secs_f64() * 1e3,
+        filter_sort.as_secs_f64() * 1e3,
+        counts.as_secs_f64() * 1e3,
+    );
+    // Loose bounds (a debug build on a shared 2-core machine).
+    for (what, d) in [
+        ("first page", first),
+        ("page 50", page50),
+        ("search", search_t),
+        ("filter and sort", filter_sort),
+    ] {
+        assert!(d < Duration::from_millis(500), "{what}: {d:?}");
+    }
+    assert!(merge < Duration::from_secs(5), "merge: {merge:?}");
 }
