@@ -229,14 +229,15 @@ impl Snapshot {
     }
 }
 
-/// The addresses of a device's interfaces (loopback left out).
+/// The addresses of a device's interfaces (loopback and IPv6 link-local
+/// left out, prefix lengths dropped).
 pub fn inventory_ips(inv: &Inventory) -> Vec<String> {
     let mut out: Vec<String> = inv
         .nics
         .iter()
         .flat_map(|n| n.ips.iter())
-        .filter(|ip| !ip.starts_with("127.") && ip.as_str() != "::1")
         .map(|ip| ip.split('/').next().unwrap_or(ip).to_string())
+        .filter(|ip| !ip.starts_with("127.") && ip != "::1" && !ip.starts_with("fe80:"))
         .collect();
     out.dedup();
     out.truncate(16);

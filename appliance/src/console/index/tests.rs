@@ -388,12 +388,16 @@ fn inventory_addresses_leave_out_loopback_and_prefix_lengths() {
             NicInventory {
                 name: "lo".into(),
                 mac: String::new(),
-                ips: vec!["127.0.0.1/8".into(), "::1".into()],
+                ips: vec!["127.0.0.1/8".into(), "::1/128".into()],
             },
             NicInventory {
                 name: "eth0".into(),
                 mac: "aa:bb".into(),
-                ips: vec!["192.0.2.7/24".into(), "2001:db8::7".into()],
+                ips: vec![
+                    "192.0.2.7/24".into(),
+                    "2001:db8::7".into(),
+                    "fe80::1/64".into(),
+                ],
             },
         ],
         ..Default::default()
