@@ -35,6 +35,28 @@ pub struct Config {
     pub cache: CacheConfig,
     pub alerts: crate::alerts::AlertsConfig,
     pub uplink: UplinkConfig,
+    pub console: ConsoleConfig,
+}
+
+/// `[console]`: the site console on the admin listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// The site's name in the console until the appliance joins central
+    /// (then central's name for the site); default: the hostname.
+    pub site_name: Option<String>,
+    /// Live-update streams open at once (one per open page); one more is
+    /// refused (503, counted) and its page works without live updates.
+    pub max_live_subscribers: usize,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            site_name: None,
+            max_live_subscribers: 200,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -249,6 +271,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             alerts: crate::alerts::AlertsConfig::default(),
             uplink: UplinkConfig::default(),
+            console: ConsoleConfig::default(),
         }
     }
 }

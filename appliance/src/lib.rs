@@ -6,7 +6,7 @@
 //! ([`db`]), metrics ([`metrics`]) and the kernel's socket counters they
 //! read ([`net`]), background jobs ([`jobs`]), the LAN patch cache
 //! ([`cache`]), local users and their sessions ([`users`]), the admin CLI
-//! ([`cli`], one module per subsystem) and its
+//! ([`cli`], one module per subsystem), the site console ([`console`]) and its
 //! HTTP client ([`client`]). [`serve`] wires
 //! them together.
 
@@ -16,6 +16,7 @@ pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod ingest;
 pub mod jobs;

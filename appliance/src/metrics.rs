@@ -90,6 +90,11 @@ pub struct Metrics {
     /// Datagrams the kernel dropped on the QUIC socket (receive buffer
     /// full), read from the kernel at each scrape.
     pub quic_udp_receive_drops: Counter,
+    /// The site console's refusals (`outpost_console_refused_total{reason}`).
+    pub console: outpost_console::ConsoleMetrics,
+    /// The site console's live hub (`outpost_console_live_*`): the hub
+    /// counts into these.
+    pub console_live: outpost_console::live::LiveMetrics,
     /// Inode of the QUIC socket (0: not known).
     quic_socket_inode: AtomicU64,
     /// Kernel drop count at the previous scrape.
@@ -146,6 +151,8 @@ impl Metrics {
             alert_errors: Family::default(),
             notifications: Family::default(),
             quic_udp_receive_drops: Counter::default(),
+            console: Default::default(),
+            console_live: Default::default(),
             quic_socket_inode: AtomicU64::new(0),
             quic_drops_seen: AtomicU64::new(0),
             registry: Registry::default(),
@@ -314,6 +321,12 @@ impl Metrics {
             "Datagrams the kernel dropped on the QUIC socket because its receive buffer was full",
             m.quic_udp_receive_drops.clone(),
         );
+        r.register(
+            "console_refused",
+            "Site console requests refused (bad CSRF token, cross-origin, role), by reason",
+            m.console.refused.clone(),
+        );
+        m.console_live.register(r);
         m.uplink.register(&mut registry);
         Metrics { registry, ..m }
     }

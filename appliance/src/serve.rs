@@ -44,6 +44,33 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
     .with_context(|| format!("opening the database in {}", data.db().display()))?;
     let metrics = Arc::new(Metrics::new());
     let tracker = TaskTracker::new();
+    let uplink = outpost_uplink::service::Uplink::new(
+        store.clone(),
+        &data.0,
+        cfg.uplink.options(),
+        metrics.uplink.clone(),
+        shutdown.clone(),
+        tracker.clone(),
+    )
+    .context("opening the uplink outbox")?;
+    // The console's view of the site, loaded before the writer and the
+    // alert engine start: they feed it from then on.
+    let mut hub = outpost_console::LiveHub::new(outpost_console::LiveConfig {
+        max_subscribers: cfg.console.max_live_subscribers.max(1),
+        ..Default::default()
+    });
+    hub.metrics = metrics.console_live.clone();
+    let site = crate::console::Site::load(
+        store.clone(),
+        uplink.clone(),
+        cfg.console
+            .site_name
+            .clone()
+            .unwrap_or_else(crate::console::hostname),
+        hub,
+        crate::console::Freshness::default(),
+    )
+    .context("loading the console's device index")?;
     // Alerting first: the writer feeds it.
     let notify = alerts::notify::spawn(
         store.clone(),
@@ -52,15 +79,20 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         shutdown.clone(),
         &tracker,
     )?;
-    let engine = alerts::engine::Engine::load(
+    let mut engine = alerts::engine::Engine::load(
         store.clone(),
         metrics.clone(),
         notify,
         outpost_storage::now_ms(),
     )
     .context("loading alert rules and open alerts")?;
+    {
+        let site = site.clone();
+        engine.set_observer(Arc::new(move |a, before| site.on_alert(a, before)));
+    }
     let alerts = alerts::engine::spawn(engine, cfg.alerts.eval_queue, shutdown.clone(), &tracker);
     let (a1, a2) = (alerts.clone(), alerts.clone());
+    let (s1, s2) = (site.clone(), site.clone());
     let (writer, writer_thread) = writer::spawn(
         store.clone(),
         WriterOptions {
@@ -74,8 +106,14 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         },
         metrics.clone(),
         writer::Sinks {
-            transitions: Box::new(move |ts| a1.status(ts.to_vec())),
-            samples: Box::new(move |batch| a2.samples(batch)),
+            transitions: Box::new(move |ts| {
+                s1.on_transitions(ts);
+                a1.status(ts.to_vec());
+            }),
+            samples: Box::new(move |batch| {
+                s2.on_samples(&batch, outpost_storage::now_ms());
+                a2.samples(batch);
+            }),
         },
     )?;
 
@@ -106,26 +144,27 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         .with_context(|| format!("binding the admin API on {}", cfg.admin_listen))?;
     let admin_addr = admin.local_addr()?;
     std::fs::write(data.admin_addr(), format!("{admin_addr}\n")).context("writing admin.addr")?;
-    let tracker = TaskTracker::new();
-    let uplink = outpost_uplink::service::Uplink::new(
-        store.clone(),
-        &data.0,
-        cfg.uplink.options(),
-        metrics.uplink.clone(),
-        shutdown.clone(),
-        tracker.clone(),
-    )
-    .context("opening the uplink outbox")?;
     uplink.start().context("starting the uplink")?;
+    let auth = Arc::new(crate::users::auth::Auth::new(
+        store.clone(),
+        metrics.clone(),
+        keys.admin_token.clone(),
+        crate::users::auth::AuthOptions::default(),
+    ));
+    let console = Arc::new(outpost_console::Console {
+        backend: Arc::new(crate::console::SiteConsole {
+            site: site.clone(),
+            auth: auth.clone(),
+            alerts: alerts.clone(),
+            sessions: live.clone(),
+        }),
+        csrf: outpost_console::CsrfKey::random(),
+        metrics: metrics.console.clone(),
+    });
     let api_state = Arc::new(ApiState {
         store: store.clone(),
         metrics: metrics.clone(),
-        auth: Arc::new(crate::users::auth::Auth::new(
-            store.clone(),
-            metrics.clone(),
-            keys.admin_token.clone(),
-            crate::users::auth::AuthOptions::default(),
-        )),
+        auth,
         writer: writer.clone(),
         live: live.clone(),
         alerts,
@@ -172,6 +211,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
             cache
                 .as_ref()
                 .map(|(c, _)| crate::cache::api::router(c.clone())),
+            Some(console),
         );
         tracker.spawn(async move {
             // The peer address feeds the login limits.
@@ -197,6 +237,9 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
 
     shutdown.cancelled().await;
     info!("shutting down: draining sessions");
+    // Open console pages hold event streams: end them, or the admin
+    // listener's graceful shutdown would wait for every browser tab.
+    site.hub.close();
     tracker.close();
     tracker.wait().await;
     conns.close();

@@ -1,11 +1,16 @@
-//! The console at central in a real browser: headless Chromium driven over
-//! the DevTools protocol (a minimal WebSocket client below; no driver
-//! crate). Logs in as a viewer, a technician and a customer-scoped user;
+//! The console in a real browser, at central and on the appliance:
+//! headless Chromium driven over the DevTools protocol (a minimal
+//! WebSocket client below; no driver crate). At central: logs in as a
+//! viewer, a technician and a customer-scoped user;
 //! checks the dashboard against the API, search and filters, the chart's
 //! path against the stored rollups, an acknowledgement with a comment, a
 //! status change arriving live (no reload), a viewer without action
 //! buttons whose forged POSTs are refused, and a customer's user seeing
-//! only its customer. Screenshots go to the scratch directory (kept with
+//! only its customer. On the appliance
+//! ([`site_console_in_headless_chromium_with_real_agents_and_central_unreachable`]):
+//! local users and the admin token, real agents, a live offline badge,
+//! and the console working with central stopped. Screenshots go to the
+//! scratch directory (kept with
 //! `OUTPOST_TEST_KEEP=1`); with `OUTPOST_SCREENSHOTS=DIR` the README's
 //! are copied there too (`docs/screenshots`).
 
@@ -251,11 +256,19 @@ impl Browser {
     }
 
     fn login(&mut self, user: &str) {
+        self.sign_in(Some("acme"), user, "correct horse battery");
+    }
+
+    /// Fills and sends the sign-in form (the tenant field at central).
+    fn sign_in(&mut self, tenant: Option<&str>, user: &str, password: &str) {
         self.go("/login");
         self.ws
             .wait_until("location.pathname === '/login' && document.getElementById('signin')");
+        let tenant = tenant.map_or_else(String::new, |t| {
+            format!("document.getElementById('tenant').value='{t}'; ")
+        });
         self.ws.eval(&format!(
-            "document.getElementById('tenant').value='acme'; document.getElementById('username').value='{user}'; document.getElementById('password').value='correct horse battery'; document.getElementById('signin').click(); true"
+            "{tenant}document.getElementById('username').value='{user}'; document.getElementById('password').value='{password}'; document.getElementById('signin').click(); true"
         ));
         self.ws
             .wait_until("location.pathname === '/' && document.getElementById('tiles')");
@@ -275,17 +288,90 @@ impl Browser {
 
     /// The session cookie Chromium holds for central.
     fn cookie(&mut self) -> String {
+        self.cookie_named("outpost_session")
+    }
+
+    /// The cookie `name` Chromium holds, as a `Cookie` header value.
+    fn cookie_named(&mut self, name: &str) -> String {
         let r = self.ws.call("Network.getAllCookies", json!({}));
         let c = r["cookies"]
             .as_array()
-            .and_then(|cs| cs.iter().find(|c| c["name"] == "outpost_session"))
+            .and_then(|cs| cs.iter().find(|c| c["name"] == name))
             .expect("a session cookie");
-        format!("outpost_session={}", c["value"].as_str().unwrap())
+        format!("{name}={}", c["value"].as_str().unwrap())
+    }
+
+    /// The points a chart's line draws, in data units (ms, value), read
+    /// back from the SVG path with the plot box and axes it declares.
+    fn chart_points(&mut self, id: &str) -> Vec<(f64, f64)> {
+        let v = self.ws.eval(&format!(
+            r#"(() => {{ const svg = document.getElementById('{id}');
+            const [l, t, w, h] = svg.dataset.plot.split(' ').map(Number);
+            const x0 = +svg.dataset.x0, x1 = +svg.dataset.x1, y0 = +svg.dataset.y0, y1 = +svg.dataset.y1;
+            const d = svg.querySelector('path.line').getAttribute('d');
+            return d.split(/[ML]/).filter(s => s.trim()).map(s => {{
+              const [px, py] = s.trim().split(/\s+/).map(Number);
+              return [x0 + (px - l) / w * (x1 - x0), y0 + (t + h - py) / h * (y1 - y0)];
+            }}); }})()"#
+        ));
+        v.as_array()
+            .expect("chart points")
+            .iter()
+            .map(|p| (p[0].as_f64().unwrap(), p[1].as_f64().unwrap()))
+            .collect()
     }
 
     fn text(&mut self) -> String {
         self.ws.body_text()
     }
+
+    /// The status of `method` `path` fetched by the page itself (its
+    /// cookies, its origin) with a form `body`.
+    fn fetch_post(&mut self, path: &str, body: &str) -> u16 {
+        let r = self.ws.call(
+            "Runtime.evaluate",
+            json!({
+                "expression": format!(
+                    "fetch('{path}', {{method: 'POST', headers: {{'content-type': 'application/x-www-form-urlencoded'}}, body: '{body}'}}).then(r => r.status)"
+                ),
+                "awaitPromise": true,
+                "returnByValue": true
+            }),
+        );
+        r["result"]["value"].as_u64().expect("a status") as u16
+    }
+}
+
+/// Starts headless Chromium with its profile under `root`; the process
+/// and a DevTools connection to its page.
+fn chromium(root: &Path) -> (Proc, Ws) {
+    let port = free_port();
+    let profile = root.join("chromium-profile");
+    let mut cmd = Command::new("chromium");
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--window-size=1280,860",
+        "--force-prefers-reduced-motion",
+    ])
+    .arg(format!("--remote-debugging-port={port}"))
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .arg("about:blank");
+    let browser = Proc::spawn("chromium", &mut cmd, root)
+        .expect("start chromium (Debian package `chromium`)");
+    let devtools = SocketAddr::from(([127, 0, 0, 1], port));
+    let ws_url = wait_for(Duration::from_secs(30), "chromium DevTools", || {
+        let list: Value = serde_json::from_str(&devtools_get(devtools, "/json/list")?).ok()?;
+        list.as_array()?.iter().find(|t| t["type"] == "page")?["webSocketDebuggerUrl"]
+            .as_str()
+            .map(str::to_string)
+    });
+    let mut ws = Ws::connect(&ws_url);
+    ws.call("Network.enable", json!({}));
+    (browser, ws)
 }
 
 #[test]
@@ -356,36 +442,12 @@ fn console_in_headless_chromium_dashboard_search_chart_ack_live_and_scopes() {
     }
     let api = central.api_token("acme", "admin");
 
-    let port = free_port();
-    let profile = root.join("chromium-profile");
-    let mut cmd = Command::new("chromium");
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--window-size=1280,860",
-        "--force-prefers-reduced-motion",
-    ])
-    .arg(format!("--remote-debugging-port={port}"))
-    .arg(format!("--user-data-dir={}", profile.display()))
-    .arg("about:blank");
-    let mut browser = Proc::spawn("chromium", &mut cmd, root)
-        .expect("start chromium (Debian package `chromium`)");
-    let devtools = SocketAddr::from(([127, 0, 0, 1], port));
-    let ws_url = wait_for(Duration::from_secs(30), "chromium DevTools", || {
-        let list: Value = serde_json::from_str(&devtools_get(devtools, "/json/list")?).ok()?;
-        list.as_array()?.iter().find(|t| t["type"] == "page")?["webSocketDebuggerUrl"]
-            .as_str()
-            .map(str::to_string)
-    });
+    let (mut browser, ws) = chromium(root);
     let mut b = Browser {
-        ws: Ws::connect(&ws_url),
+        ws,
         base: format!("http://{}", central.http),
         shots: root.to_path_buf(),
     };
-    b.ws.call("Network.enable", json!({}));
 
     // Sign-in page, then the dashboard of a viewer.
     b.go("/");
@@ -488,21 +550,11 @@ fn console_in_headless_chromium_dashboard_search_chart_ack_live_and_scopes() {
         "[...document.querySelectorAll('#inventory dt')].find(d => d.textContent === 'Rollups stored').nextElementSibling.textContent",
     );
     assert_eq!(rollups, json!("12"));
-    let points = b.ws.eval(
-        r#"(() => { const svg = document.getElementById('chart-cpu');
-            const [l, t, w, h] = svg.dataset.plot.split(' ').map(Number);
-            const x0 = +svg.dataset.x0, x1 = +svg.dataset.x1, y0 = +svg.dataset.y0, y1 = +svg.dataset.y1;
-            const d = svg.querySelector('path.line').getAttribute('d');
-            return d.split(/[ML]/).filter(s => s.trim()).map(s => {
-              const [px, py] = s.trim().split(/\s+/).map(Number);
-              return [x0 + (px - l) / w * (x1 - x0), y0 + (t + h - py) / h * (y1 - y0)];
-            }); })()"#,
-    );
-    let points = points.as_array().expect("chart points");
+    let points = b.chart_points("chart-cpu");
     assert_eq!(points.len(), 12, "one point per stored 5-minute rollup");
     let ms_per_px = 24.0 * 3_600_000.0 / 644.0;
-    for (p, (t, v)) in points.iter().zip(&stored) {
-        let (pt, pv) = (p[0].as_f64().unwrap(), p[1].as_f64().unwrap());
+    for ((pt, pv), (t, v)) in points.iter().zip(&stored) {
+        let (pt, pv) = (*pt, *pv);
         assert!((pt - *t as f64).abs() <= ms_per_px, "time {pt} vs {t}");
         assert!((pv - v).abs() < 0.5, "value {pv} vs {v}");
     }
@@ -671,6 +723,312 @@ fn console_in_headless_chromium_dashboard_search_chart_ack_live_and_scopes() {
         for f in ["02-dashboard.png", "04-device.png", "05-alert.png"] {
             std::fs::copy(root.join(f), dir.join(f)).unwrap();
         }
+    }
+    browser.kill9();
+}
+
+/// The appliance's console for its own site, with real agents: local
+/// users and the admin token sign in; the dashboard is the API's numbers;
+/// search (by tag) and filters; a live offline badge when an agent dies;
+/// the CPU chart draws the stored raw samples; a technician acknowledges
+/// with a comment; a viewer gets no button and its forged POSTs are
+/// refused; with central stopped the console says so and still works
+/// (sign-in, pages, acknowledgements).
+#[test]
+fn site_console_in_headless_chromium_with_real_agents_and_central_unreachable() {
+    let tmp = scratch("site-browser");
+    let root = tmp.path();
+    let mut central = Central::start(root);
+    let mut app = Appliance::start(root);
+    let (token, fp) = central.site_add("acme", "dental", "harbour-clinic");
+    let o = app.cli(&[
+        "uplink",
+        "join",
+        "--central",
+        &central.quic.to_string(),
+        "--token",
+        &token,
+        "--ca-fingerprint",
+        &fp,
+        "--interval",
+        "1s",
+    ]);
+    assert!(o.status.success(), "uplink join: {}", stderr(&o));
+    let site_id = stdout(&o).trim().to_string();
+    for (name, role) in [("tess", "technician"), ("vera", "viewer")] {
+        let (st, out) = app.api_post(
+            "/api/v1/users",
+            &json!({"name": name, "role": role, "password": "correct horse battery"}),
+        );
+        assert_eq!(st, 201, "{out}");
+    }
+    let (st, out) = app.api_post(
+        "/api/v1/alert-rules",
+        &json!({
+            "id": "cpu-seen",
+            "name": "cpu reported",
+            "condition": {"type": "threshold", "metric": "cpu", "comparison": ">=", "threshold": 0, "for": "0s"},
+            "severity": "critical",
+        }),
+    );
+    assert_eq!(st, 200, "{out}");
+    let mut web = Agent::enroll(root, "web", &app);
+    let mut backup = Agent::enroll(root, "backup", &app);
+    for (a, tag) in [(&web, "web"), (&backup, "backup")] {
+        let (st, out) = app.api_send(
+            "PUT",
+            &format!("/api/v1/devices/{}/tags", a.device_id),
+            Some(&json!([tag])),
+        );
+        assert_eq!(st, 200, "{out}");
+    }
+    web.start();
+    backup.start();
+    wait_for(
+        Duration::from_secs(30),
+        "both agents online, both alerts firing",
+        || {
+            let devices: Vec<Value> = app.api("/api/v1/devices").ok()?;
+            let firing: Vec<Value> = app.api("/api/v1/alerts?state=firing").ok()?;
+            (devices.iter().all(|d| d["status"] == "online") && firing.len() == 2).then_some(())
+        },
+    );
+
+    let (mut browser, ws) = chromium(root);
+    let mut b = Browser {
+        ws,
+        base: format!("http://{}", app.admin),
+        shots: root.to_path_buf(),
+    };
+    b.go("/");
+    b.ws.wait_until("location.pathname === '/login' && document.getElementById('signin')");
+    assert_eq!(
+        b.ws.eval("!!document.getElementById('tenant')"),
+        json!(false),
+        "one site: no tenant to ask for"
+    );
+    b.shot("site-01-login.png");
+    // A wrong password: refused on the form.
+    b.go("/login");
+    b.ws.wait_until("document.getElementById('signin')");
+    b.ws.eval("document.getElementById('username').value='tess'; document.getElementById('password').value='wrong password'; document.getElementById('signin').click(); true");
+    b.ws.wait_until("document.getElementById('refused')");
+    b.sign_in(None, "tess", "correct horse battery");
+    let text = b.text();
+    assert!(
+        text.contains("site harbour-clinic")
+            && text.contains("tess")
+            && text.contains("technician"),
+        "{text}"
+    );
+    // Every tile is the API's number.
+    let devices: Vec<Value> = app.api("/api/v1/devices").unwrap();
+    let firing: Vec<Value> = app.api("/api/v1/alerts?state=firing").unwrap();
+    let pending: Vec<Value> = app.api("/api/v1/alerts?state=pending").unwrap();
+    let count = |s: &str| devices.iter().filter(|d| d["status"] == s).count();
+    for (tile, want) in [
+        ("devices", devices.len()),
+        ("online", count("online")),
+        ("offline", count("offline")),
+        ("critical", 2),
+        ("alerts_firing", firing.len()),
+        ("alerts_pending", pending.len()),
+    ] {
+        let shown = b.ws.eval(&format!(
+            "document.querySelector('#tiles [data-k=\"{tile}\"]').textContent"
+        ));
+        assert_eq!(shown, json!(want.to_string()), "tile {tile}");
+    }
+    b.shot("site-02-dashboard.png");
+
+    // Search (a tag) and filters on the site's devices.
+    b.go("/devices");
+    b.ws.wait_until("document.getElementById('f-q')");
+    b.ws.eval("document.getElementById('f-q').value='BACKUP'; document.getElementById('f-apply').click(); true");
+    b.ws.wait_until("location.search.includes('q=BACKUP') && document.getElementById('devices')");
+    let keys = |b: &mut Browser| {
+        b.ws.eval("[...document.querySelectorAll('#devices tr[data-key]')].map(r => r.dataset.key.split('/')[1]).sort().join(',')")
+    };
+    assert_eq!(keys(&mut b), json!(backup.device_id));
+    b.go("/devices?tag=web");
+    b.ws.wait_until("document.getElementById('devices')");
+    assert_eq!(keys(&mut b), json!(web.device_id));
+
+    // A live status change: the agent dies, its badge turns offline, no reload.
+    b.go("/devices");
+    b.ws.wait_until("document.getElementById('devices') && document.getElementById('live-status').className === 'live-on'");
+    b.ws.eval("window.__no_reload = 1; true");
+    backup.kill9();
+    let badge = format!(
+        "document.querySelector('#devices tr[data-key$=\"/{}\"] [data-field=st]').textContent",
+        backup.device_id
+    );
+    b.ws.wait_until(&format!(
+        "{badge} === 'offline' && window.__no_reload === 1"
+    ));
+    assert!(app.metric("outpost_console_live_events_sent_total") >= 1.0);
+    // Choosing a status applies it at once.
+    b.ws.eval("const s = document.getElementById('f-status'); s.value='online'; s.dispatchEvent(new Event('change', {bubbles: true})); true");
+    b.ws.wait_until(
+        "location.search.includes('status=online') && document.getElementById('devices')",
+    );
+    assert_eq!(keys(&mut b), json!(web.device_id));
+
+    // The chart draws the stored samples (the agent stopped: nothing new).
+    web.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    let stored: Value = app
+        .api(&format!(
+            "/api/v1/devices/{}/metrics?name=cpu",
+            web.device_id
+        ))
+        .unwrap();
+    let stored: Vec<(f64, f64)> = stored["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["ts_ms"].as_f64().unwrap(), p["avg"].as_f64().unwrap()))
+        .collect();
+    assert!(stored.len() >= 3, "{stored:?}");
+    b.go(&format!(
+        "/sites/{site_id}/devices/{}?range=1h",
+        web.device_id
+    ));
+    b.ws.wait_until("document.getElementById('chart-cpu')");
+    let text = b.text();
+    assert!(
+        text.contains("CPU (raw samples)") && text.contains("cpu reported"),
+        "{text}"
+    );
+    let points = b.chart_points("chart-cpu");
+    assert_eq!(points.len(), stored.len(), "one point per stored sample");
+    let ms_per_px = 3_600_000.0 / 600.0;
+    for ((pt, pv), (t, v)) in points.iter().zip(&stored) {
+        assert!((pt - t).abs() <= ms_per_px, "time {pt} vs {t}");
+        assert!((pv - v).abs() < 1.0, "value {pv} vs {v}");
+    }
+    b.shot("site-03-device.png");
+
+    // A technician acknowledges with a comment; the same cookie and token
+    // from another origin are refused.
+    b.go("/alerts");
+    b.ws.wait_until("document.querySelector('#alerts a[href*=\"/alerts/\"]')");
+    let alert_path =
+        b.ws.eval("document.querySelector('#alerts a[href*=\"/alerts/\"]').getAttribute('href')")
+            .as_str()
+            .unwrap()
+            .to_string();
+    let alert_id = alert_path.rsplit('/').next().unwrap().to_string();
+    b.go(&alert_path);
+    b.ws.wait_until("document.getElementById('ack-comment')");
+    let cookie = b.cookie_named("outpost_site_session");
+    let tech_token =
+        b.ws.eval("document.querySelector('form.ack input[name=csrf]').value")
+            .as_str()
+            .unwrap()
+            .to_string();
+    for h in [
+        ("Origin", "http://evil.example"),
+        ("Sec-Fetch-Site", "cross-site"),
+    ] {
+        let st = raw_post(
+            app.admin,
+            &format!("{alert_path}/ack"),
+            &[("Cookie", &cookie), h],
+            &format!("csrf={tech_token}&comment=forged"),
+        );
+        assert_eq!(st, 403, "{h:?}");
+    }
+    b.ws.eval("document.getElementById('ack-comment').value = 'Fan replaced, <i>watching</i>'; document.querySelector('#ack .ack-button').click(); true");
+    b.ws.wait_until("document.getElementById('history') && document.body.innerText.includes('acknowledged by tess')");
+    assert!(
+        b.text().contains("Fan replaced, <i>watching</i>"),
+        "escaped, shown as typed"
+    );
+    let a: Value = app.api(&format!("/api/v1/alerts/{alert_id}")).unwrap();
+    assert_eq!(a["alert"]["acknowledged_by"], "tess");
+    assert_eq!(a["alert"]["ack_comment"], "Fan replaced, <i>watching</i>");
+    b.logout();
+
+    // A viewer: no action button; its POSTs are refused, token or not.
+    b.sign_in(None, "vera", "correct horse battery");
+    b.go("/alerts");
+    b.ws.wait_until("document.getElementById('alerts')");
+    assert_eq!(
+        b.ws.eval("document.querySelectorAll('.ack-button, form.ack').length"),
+        json!(0)
+    );
+    let vera_token =
+        b.ws.eval("document.querySelector('input[name=csrf]').value")
+            .as_str()
+            .unwrap()
+            .to_string();
+    let other = firing
+        .iter()
+        .map(|a| a["id"].to_string())
+        .find(|id| *id != alert_id)
+        .expect("the other alert");
+    let path = format!("/sites/{site_id}/alerts/{other}/ack");
+    assert_eq!(b.fetch_post(&path, "comment=forged"), 403, "no token");
+    assert_eq!(
+        b.fetch_post(&path, &format!("csrf={vera_token}&comment=forged")),
+        403,
+        "a viewer's own token"
+    );
+    b.logout();
+
+    // Central goes away: the site console says so, and everything works.
+    central.stop();
+    b.sign_in(None, "admin-token", &app.admin_token());
+    wait_for(Duration::from_secs(30), "the uplink-down notice", || {
+        b.go(&format!("/sites/{site_id}"));
+        b.ws.wait_until("document.getElementById('site-info')");
+        (b.ws.eval("!!document.getElementById('uplink-down')") == json!(true)).then_some(())
+    });
+    let text = b.text();
+    assert!(text.contains("Central is out of reach"), "{text}");
+    b.shot("site-04-offline.png");
+    b.go("/alerts");
+    // The other agent's alert (held firing while its device is offline).
+    let form = format!("document.querySelector('#alerts tr[data-alert$=\"/{other}\"] form.ack')");
+    b.ws.wait_until(&form);
+    b.ws.eval(&format!("const f = {form}; f.querySelector('input[name=comment]').value = 'on site, WAN down'; f.querySelector('.ack-button').click(); true"));
+    b.ws.wait_until("document.getElementById('history') && document.body.innerText.includes('acknowledged by admin-token')");
+    let open: Vec<Value> = app.api("/api/v1/alerts?state=open").unwrap();
+    assert!(
+        open.iter()
+            .any(|a| a["acknowledged_by"] == "admin-token"
+                && a["ack_comment"] == "on site, WAN down"),
+        "{open:?}"
+    );
+    b.go("/");
+    b.ws.wait_until("document.getElementById('tiles') && document.getElementById('live-status').className === 'live-on'");
+
+    // The appliance stops promptly with a page (and its stream) open.
+    let mut proc = app.proc.take().expect("appliance running");
+    let stopping = Instant::now();
+    let status = proc.terminate().expect("an exit status");
+    assert!(
+        status.success() && stopping.elapsed() < Duration::from_secs(15),
+        "the appliance stopped with {status:?} after {:?}",
+        stopping.elapsed()
+    );
+    for f in [
+        "site-01-login.png",
+        "site-02-dashboard.png",
+        "site-03-device.png",
+        "site-04-offline.png",
+    ] {
+        assert!(std::fs::metadata(root.join(f)).unwrap().len() > 1000, "{f}");
+    }
+    if let Some(dir) = std::env::var_os("OUTPOST_SCREENSHOTS") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(
+            root.join("site-02-dashboard.png"),
+            dir.join("06-site-dashboard.png"),
+        )
+        .unwrap();
     }
     browser.kill9();
 }

@@ -317,6 +317,18 @@ impl Uplink {
         Ok(site)
     }
 
+    /// The site this appliance joined as, if it did (no I/O: for pages
+    /// that ask at every request).
+    pub fn joined(&self) -> Option<JoinedSite> {
+        self.link().site.clone()
+    }
+
+    /// The link's state, since when (ms), and its last error (no I/O).
+    pub fn link_state(&self) -> (LinkState, Option<u64>, Option<String>) {
+        let l = self.link();
+        (l.state, l.since_ms, l.last_error.clone())
+    }
+
     /// The link's status. Reads the device registry (for
     /// `foreign_tenants`): call it off the async threads.
     pub fn status(&self) -> UplinkStatus {

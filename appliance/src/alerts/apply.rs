@@ -73,10 +73,11 @@ impl Applier {
     }
 
     /// Applies `out` for `a` (the alert after the decision) at `now_ms`.
-    /// Nothing to do: nothing is written.
-    pub fn apply(&mut self, a: &Alert, out: Outcome, now_ms: u64) {
+    /// Nothing to do: nothing is written. Whether the alert record was
+    /// written (false: nothing to do, or the write failed).
+    pub fn apply(&mut self, a: &Alert, out: Outcome, now_ms: u64) -> bool {
         if out.is_empty() {
-            return;
+            return false;
         }
         if let Some(kind) = out.transition {
             self.metrics
@@ -136,11 +137,12 @@ impl Applier {
         if let Err(e) = store::save_alert(&mut batch, a).and_then(|_| self.store.write(batch)) {
             self.metrics.write_errors.inc();
             self.error(op::PERSIST, Some(a.id), &e);
-            return;
+            return false;
         }
         for n in queued {
             self.notify.submit(n);
         }
+        true
     }
 
     /// Adds one history event to `b`; lifecycle transitions also go up to

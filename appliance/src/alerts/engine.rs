@@ -16,6 +16,10 @@
 //!   a deleted rule are retired with the rule's last plan, so the channels
 //!   that heard them fire are told, as when it is disabled).
 //!
+//! Every alert whose state moved (or that was acknowledged) is handed,
+//! once written, to the [`AlertObserver`] if one is set (the console's
+//! live updates): a cheap call on the engine's task, no I/O.
+//!
 //! It decides nothing itself and writes nothing itself: decisions are the
 //! pure modules' ([`eval`], [`lifecycle`], [`timers`]), writes and
 //! notifications are [`super::apply`]'s. After a restart it loads the open
@@ -66,6 +70,11 @@ pub enum Control {
 
 /// Metric values of one committed group commit: (device, values).
 pub type SampleBatch = Vec<(DeviceId, Vec<MetricValue>)>;
+
+/// Told of every written alert change: the alert as written and its state
+/// before (`None`: a new alert). Called on the engine's task: must not
+/// block.
+pub type AlertObserver = Arc<dyn Fn(&Alert, Option<AlertState>) + Send + Sync>;
 
 /// Handle to the engine task.
 #[derive(Clone)]
@@ -184,6 +193,8 @@ pub struct Engine {
     /// Last time each (metric, device, label) read by a no-data rule reported.
     last_seen: HashMap<Key, u64>,
     next_alert_id: u64,
+    /// Told of written changes (the console's live updates), if set.
+    observer: Option<AlertObserver>,
 }
 
 impl Engine {
@@ -218,6 +229,7 @@ impl Engine {
             windows: Vec::new(),
             open: HashMap::new(),
             last_seen: HashMap::new(),
+            observer: None,
         };
         e.reload_config()?;
         for mut a in store::load_open(&e.store)? {
@@ -259,6 +271,11 @@ impl Engine {
         Ok(())
     }
 
+    /// Sets who is told of written alert changes.
+    pub fn set_observer(&mut self, observer: AlertObserver) {
+        self.observer = Some(observer);
+    }
+
     /// Open alerts, for tests and the API.
     pub fn open_alerts(&self) -> Vec<&Alert> {
         self.open.values().collect()
@@ -278,7 +295,21 @@ impl Engine {
     /// of its device, applies the outcome and keeps the alert if still open.
     fn settle(
         &mut self,
+        a: Alert,
+        plan: &RulePlan,
+        now: u64,
+        decide: impl FnOnce(&mut Alert, &RulePlan, &DeviceWindows<'_>) -> Outcome,
+    ) {
+        let before = Some(a.state);
+        self.settle_from(a, before, plan, now, decide);
+    }
+
+    /// [`Engine::settle`] of an alert that was in state `before` (`None`:
+    /// a new alert).
+    fn settle_from(
+        &mut self,
         mut a: Alert,
+        before: Option<AlertState>,
         plan: &RulePlan,
         now: u64,
         decide: impl FnOnce(&mut Alert, &RulePlan, &DeviceWindows<'_>) -> Outcome,
@@ -290,7 +321,13 @@ impl Engine {
         };
         let outcome = decide(&mut a, plan, &windows);
         let transition = outcome.transition.is_some();
-        self.out.apply(&a, outcome, now);
+        let written = self.out.apply(&a, outcome, now);
+        if written
+            && (transition || before != Some(a.state))
+            && let Some(o) = &self.observer
+        {
+            o(&a, before);
+        }
         if a.state.is_open() {
             self.open.insert(key_of(&a), a);
         }
@@ -299,9 +336,17 @@ impl Engine {
         }
     }
 
-    /// Records a step the state machine took for `a`.
-    fn transition(&mut self, a: Alert, step: Step, plan: &RulePlan, now: u64) {
-        self.settle(a, plan, now, |a, p, w| {
+    /// Records a step the state machine took for `a` (in state `before`
+    /// until the step was decided).
+    fn transition(&mut self, a: Alert, before: AlertState, step: Step, plan: &RulePlan, now: u64) {
+        self.settle_from(a, Some(before), plan, now, |a, p, w| {
+            lifecycle::transition(a, step, p, w, now)
+        });
+    }
+
+    /// Records the first step of a new alert `a`.
+    fn transition_new(&mut self, a: Alert, step: Step, plan: &RulePlan, now: u64) {
+        self.settle_from(a, None, plan, now, |a, p, w| {
             lifecycle::transition(a, step, p, w, now)
         });
     }
@@ -320,7 +365,7 @@ impl Engine {
         let id = self.take_alert_id();
         let mut a = lifecycle::new_alert(rule, id, device, &scope, label, value, now);
         lifecycle::fire_now(&mut a, now);
-        self.transition(a, Step::StartFiring, plan, now);
+        self.transition_new(a, Step::StartFiring, plan, now);
     }
 
     /// Evaluates freshly stored samples.
@@ -369,8 +414,9 @@ impl Engine {
                                 }
                             }
                             if let Some(mut a) = self.open.remove(&key) {
+                                let before = a.state;
                                 let step = eval::on_sample(&t, &mut a, v.value, now);
-                                self.transition(a, step, &plan, now);
+                                self.transition(a, before, step, &plan, now);
                             } else {
                                 let step = eval::on_sample_new(&t, v.value);
                                 if step == Step::None {
@@ -396,15 +442,16 @@ impl Engine {
                                         Some(v.value),
                                         now,
                                     );
-                                    self.transition(a, step, &plan, now);
+                                    self.transition_new(a, step, &plan, now);
                                 }
                             }
                         }
                         Condition::NoData { .. } => {
                             self.last_seen.insert(key.clone(), now);
                             if let Some(mut a) = self.open.remove(&key) {
+                                let before = a.state;
                                 let step = lifecycle::resolve_now(&mut a, Some(v.value), now);
-                                self.transition(a, step, &plan, now);
+                                self.transition(a, before, step, &plan, now);
                             }
                         }
                         Condition::DeviceOffline => {}
@@ -440,8 +487,9 @@ impl Engine {
                     }
                     OfflineDecision::Resolve => {
                         if let Some(mut a) = self.open.remove(&key) {
+                            let before = a.state;
                             let step = lifecycle::resolve_now(&mut a, None, now);
-                            self.transition(a, step, &plan, now);
+                            self.transition(a, before, step, &plan, now);
                         }
                     }
                     OfflineDecision::Nothing => {}
@@ -459,8 +507,9 @@ impl Engine {
                         continue;
                     };
                     if let Some(mut a) = self.open.remove(&key) {
+                        let before = a.state;
                         let step = lifecycle::on_device_offline(&mut a, &plan, now);
-                        self.transition(a, step, &plan, now);
+                        self.transition(a, before, step, &plan, now);
                     }
                 }
             }
@@ -559,8 +608,11 @@ impl Engine {
         // or audited.
         let outcome = lifecycle::acknowledge(&mut a, by, comment, now);
         if !outcome.is_empty() {
-            self.out.apply(&a, outcome, now);
+            let written = self.out.apply(&a, outcome, now);
             self.out.audit_ack(id, by, comment, now);
+            if written && let Some(o) = &self.observer {
+                o(&a, Some(a.state));
+            }
         }
         self.open.insert(key, a.clone());
         Ok(a)
@@ -600,8 +652,9 @@ impl Engine {
                     .unwrap_or_else(|| {
                         Arc::new(RulePlan::of(&lifecycle::removed_rule(&a), &HashMap::new()))
                     });
+                let before = a.state;
                 let step = lifecycle::retire(&mut a, now);
-                self.transition(a, step, &plan, now);
+                self.transition(a, before, step, &plan, now);
             }
         }
     }

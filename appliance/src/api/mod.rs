@@ -3,7 +3,9 @@
 //! `login` and `logout` is authenticated (the admin bearer token, or a
 //! local user's session cookie) and authorised by role
 //! ([`crate::users::auth::authorize`]), the patch cache's routes merged in
-//! by [`admin_router`] included.
+//! by [`admin_router`] included. The site console ([`crate::console`]) is
+//! merged beside them: its pages authenticate through the same
+//! [`crate::users::auth::Auth`] and check roles with the same table.
 
 mod alerts;
 mod devices;
@@ -80,10 +82,15 @@ impl std::fmt::Debug for ApiState {
 /// The admin listener's router: the API, plus `extra` routes served beside
 /// it (the patch cache's) behind the same authentication and roles, every
 /// error answered as `{"error": ...}` ([`outpost_web::json_errors`]
-/// outermost, so it covers both).
-pub fn admin_router(state: Arc<ApiState>, extra: Option<Router>) -> Router {
+/// outermost, so it covers both; the console's HTML error pages pass), and
+/// the `console` at `/` (its pages counted like API requests).
+pub fn admin_router(
+    state: Arc<ApiState>,
+    extra: Option<Router>,
+    console: Option<Arc<outpost_console::Console>>,
+) -> Router {
     let auth = state.auth.clone();
-    let mut r = router(state);
+    let mut r = router_with(state, console);
     if let Some(extra) = extra {
         r = r.merge(extra.route_layer(middleware::from_fn_with_state(
             auth,
@@ -95,6 +102,10 @@ pub fn admin_router(state: Arc<ApiState>, extra: Option<Router>) -> Router {
 
 /// Builds the router of the API routes (see [`admin_router`]).
 pub fn router(state: Arc<ApiState>) -> Router {
+    router_with(state, None)
+}
+
+fn router_with(state: Arc<ApiState>, console: Option<Arc<outpost_console::Console>>) -> Router {
     let api = Router::new()
         .route("/devices", get(devices::list))
         .route("/devices/{id}", get(devices::show))
@@ -115,13 +126,16 @@ pub fn router(state: Arc<ApiState>) -> Router {
             state.auth.clone(),
             crate::users::auth::authorize,
         ));
-    Router::new()
+    let mut r = Router::new()
         .route("/api/v1/login", post(users::login))
         .route("/api/v1/logout", post(users::logout))
         .nest("/api/v1", api)
         .route("/metrics", get(prometheus))
-        .route("/healthz", get(healthz))
-        .fallback(outpost_web::not_found)
+        .route("/healthz", get(healthz));
+    if let Some(c) = console {
+        r = r.merge(outpost_console::router(c));
+    }
+    r.fallback(outpost_web::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }

@@ -11,8 +11,11 @@
 //!   the table needs admin when it changes anything, viewer when it only
 //!   reads. A cookie-authenticated request that changes something must
 //!   also come from the listener's own origin ([`same_origin`]).
-//! * Logins ([`Auth::login`]): failed attempts limited per user name and
-//!   per address ([`outpost_web::login::LoginLimiter`]), argon2 on a
+//! * Logins ([`Auth::login`]): a local user's name and password, or the
+//!   user name [`ADMIN_TOKEN_ACTOR`] with the admin token as password (an
+//!   admin session for browsers, which cannot send a bearer token; the
+//!   name is reserved). Failed attempts limited per user name and per
+//!   address ([`outpost_web::login::LoginLimiter`]), argon2 on a
 //!   bounded pool with the same work for unknown users
 //!   ([`outpost_web::login::Passwords`]), counted at
 //!   `outpost_logins_total{result}`; the first refusal of a burst is
@@ -50,7 +53,9 @@ pub const SESSION_COOKIE: &str = "outpost_site_session";
 /// How long a session lasts (from the login; not extended by use).
 pub const SESSION_TTL_MS: u64 = 12 * 3600 * 1000;
 
-/// The actor of requests made with the admin token (audit log).
+/// The actor of requests made with the admin token (audit log), and the
+/// user name that signs in with the admin token as its password (no local
+/// user may take it).
 pub const ADMIN_TOKEN_ACTOR: &str = "admin-token";
 
 /// How a request authenticated.
@@ -173,7 +178,8 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.trim().to_string())
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The bearer token of the request, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -387,15 +393,41 @@ impl Auth {
         };
         let key = sha256(&secret);
         let now = outpost_storage::now_ms();
-        let found = blocking(&self.store, move |s| Ok(store::session_user(s, &key, now)?)).await?;
+        let found = blocking(&self.store, move |s| {
+            let Some(session) = store::session(s, &key)? else {
+                return Ok(None);
+            };
+            if session.user == ADMIN_TOKEN_ACTOR {
+                return Ok(Some((session, None)));
+            }
+            Ok(store::session_user(s, &key, now)?.map(|(s, u)| (s, Some(u))))
+        })
+        .await?;
         Ok(match found {
-            Some((_, user)) => Authenticated::Caller(Caller {
+            Some((_, Some(user))) => Authenticated::Caller(Caller {
                 user: user.name,
                 role: user.role,
                 credential: Credential::Session,
             }),
-            None => Authenticated::BadSession,
+            // A session opened with the admin token: valid while it has
+            // not expired and the token is the one it was opened with.
+            Some((s, None))
+                if now < s.expires_ms && secrets_equal(&s.credential, &self.token_credential()) =>
+            {
+                Authenticated::Caller(Caller {
+                    user: ADMIN_TOKEN_ACTOR.into(),
+                    role: Role::Admin,
+                    credential: Credential::Session,
+                })
+            }
+            _ => Authenticated::BadSession,
         })
+    }
+
+    /// What a session opened with the admin token records of it (its
+    /// SHA-256: a new token ends those sessions).
+    fn token_credential(&self) -> [u8; 32] {
+        sha256(&self.admin_token)
     }
 
     /// [`Auth::authenticate`], as an option: `None` for every request
@@ -484,6 +516,9 @@ impl Auth {
             self.failed_attempt(None, addr, now_ms);
             return Err(LoginError::Unauthorized);
         }
+        if user == ADMIN_TOKEN_ACTOR {
+            return self.login_with_token(password, addr, now_ms).await;
+        }
         let name = user.to_string();
         let found = blocking(&self.store, move |s| Ok(store::get_user(s, &name)?))
             .await
@@ -506,16 +541,57 @@ impl Auth {
             return Err(LoginError::Unauthorized);
         };
         self.limiter().succeeded(user);
+        let credential = found.credential();
+        let caller = Caller {
+            user: found.name,
+            role: found.role,
+            credential: Credential::Session,
+        };
+        self.open_session(caller, credential, now_ms).await
+    }
+
+    /// The sign-in of [`ADMIN_TOKEN_ACTOR`]: the admin token as password
+    /// (compared in constant time, limited like every login) opens an
+    /// admin session.
+    async fn login_with_token(
+        &self,
+        token: String,
+        addr: Option<IpAddr>,
+        now_ms: u64,
+    ) -> Result<LoginOk, LoginError> {
+        let user = ADMIN_TOKEN_ACTOR;
+        if !secrets_equal(token.trim().as_bytes(), self.admin_token.as_bytes()) {
+            self.failed_attempt(Some(user), addr, now_ms);
+            return Err(LoginError::Unauthorized);
+        }
+        self.limiter().succeeded(user);
+        let caller = Caller {
+            user: user.into(),
+            role: Role::Admin,
+            credential: Credential::Session,
+        };
+        self.open_session(caller, self.token_credential(), now_ms)
+            .await
+    }
+
+    /// Stores a new session of `caller` (its secret only as a hash) and
+    /// counts the login.
+    async fn open_session(
+        &self,
+        caller: Caller,
+        credential: [u8; 32],
+        now_ms: u64,
+    ) -> Result<LoginOk, LoginError> {
         let secret = format!(
             "{:032x}{:032x}",
             rand::random::<u128>(),
             rand::random::<u128>()
         );
         let session = SessionRecord {
-            user: found.name.clone(),
+            user: caller.user.clone(),
             created_ms: now_ms,
             expires_ms: now_ms.saturating_add(self.opts.session_ttl_ms),
-            credential: found.credential(),
+            credential,
         };
         let key = sha256(&secret);
         let s2 = session.clone();
@@ -525,13 +601,9 @@ impl Auth {
         .await
         .map_err(|e| LoginError::Internal(e.to_string()))?;
         self.count_login("ok");
-        tracing::info!(user = %found.name, role = %found.role, "login");
+        tracing::info!(user = %caller.user, role = %caller.role, "login");
         Ok(LoginOk {
-            caller: Caller {
-                user: found.name,
-                role: found.role,
-                credential: Credential::Session,
-            },
+            caller,
             secret,
             expires_ms: session.expires_ms,
         })
@@ -596,6 +668,11 @@ impl Auth {
         password: String,
     ) -> Result<UserOut, ApiError> {
         store::check_user_name(name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        if name == ADMIN_TOKEN_ACTOR {
+            return Err(ApiError::BadRequest(format!(
+                "the user name {ADMIN_TOKEN_ACTOR} is reserved: it signs in with the admin token"
+            )));
+        }
         login::check_password(&password).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let exists = |name: &str| {
             ApiError::Conflict(format!(

@@ -262,6 +262,11 @@ pub fn open_session(
     Ok(prune.len())
 }
 
+/// The session stored under `secret_sha256`, valid or not.
+pub fn session(store: &Store, secret_sha256: &[u8; 32]) -> Result<Option<SessionRecord>> {
+    store.get::<SessionRecord>(SESSIONS, secret_sha256)
+}
+
 /// The session stored under `secret_sha256` and its user, if the session
 /// is valid at `now_ms` ([`SessionRecord::valid_for`]).
 pub fn session_user(

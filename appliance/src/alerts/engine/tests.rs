@@ -638,3 +638,48 @@ fn acknowledging_again_keeps_the_first_comment_and_records_one_acknowledgement()
         "{audit:?}"
     );
 }
+
+#[test]
+fn the_observer_hears_each_written_change_with_the_state_before() {
+    let mut rig = Rig::new();
+    type Heard = Vec<(u64, Option<AlertState>, AlertState, bool)>;
+    let heard: Arc<std::sync::Mutex<Heard>> = Arc::default();
+    let h = heard.clone();
+    rig.engine.set_observer(Arc::new(move |a, before| {
+        h.lock()
+            .unwrap()
+            .push((a.id, before, a.state, a.acknowledged_by.is_some()));
+    }));
+    rig.put(ConfigKind::Rule, "slow", &cpu_rule("slow", 60, |_| {}), T);
+    rig.put(ConfigKind::Rule, "fast", &cpu_rule("fast", 0, |_| {}), T);
+    rig.sample("cpu", 95.0, T);
+    let slow = rig.alert("slow").id;
+    let fast = rig.alert("fast").id;
+    rig.sample("cpu", 96.0, T + 30_000);
+    rig.engine.on_tick(T + 61_000);
+    rig.engine.ack(fast, "tess", "on it", T + 62_000).unwrap();
+    rig.engine.ack(fast, "tess", "", T + 63_000).unwrap();
+    rig.sample("cpu", 10.0, T + 64_000);
+    // (The built-in CPU rule's alerts are heard too: not this test's.)
+    let mut got: Vec<_> = heard
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|h| h.0 == slow || h.0 == fast)
+        .cloned()
+        .collect();
+    got.sort_by_key(|(id, ..)| *id);
+    let mut want = vec![
+        (slow, None, AlertState::Pending, false),
+        (slow, Some(AlertState::Pending), AlertState::Firing, false),
+        (slow, Some(AlertState::Firing), AlertState::Resolved, false),
+        (fast, None, AlertState::Firing, false),
+        (fast, Some(AlertState::Firing), AlertState::Firing, true),
+        (fast, Some(AlertState::Firing), AlertState::Resolved, true),
+    ];
+    want.sort_by_key(|(id, ..)| *id);
+    assert_eq!(
+        got, want,
+        "a repeated acknowledgement changes nothing: not heard"
+    );
+}

@@ -478,3 +478,67 @@ async fn users_change_their_own_password_with_the_current_one_and_admins_any() {
     let eve_row = users.iter().find(|u| u.name == "eve").unwrap();
     assert_eq!((eve_row.role, eve_row.sessions), (Role::Technician, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_signs_in_as_admin_token_and_its_session_ends_with_the_token() {
+    let (dir, auth, _m) = auth();
+    let r = stub_router(auth.clone());
+    // The reserved name: no local user may take it.
+    let e = auth
+        .add_user(
+            "test",
+            ADMIN_TOKEN_ACTOR,
+            Role::Viewer,
+            "some-password".into(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+    assert!(e.to_string().contains("reserved"), "{e}");
+    // A wrong token is a failed login like any other.
+    let now = outpost_storage::now_ms();
+    assert_eq!(
+        auth.login(ADMIN_TOKEN_ACTOR, "not-the-token".into(), ADDR, now)
+            .await
+            .unwrap_err(),
+        LoginError::Unauthorized
+    );
+    let cookie = cookie_of(&auth, ADMIN_TOKEN_ACTOR, TOKEN).await;
+    let (st, body) = call(
+        &r,
+        "POST",
+        "/api/v1/devices/1/revoke",
+        &[("cookie", &cookie)],
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "an admin: {body}");
+    assert!(
+        body.contains("\"user\":\"admin-token\"") && body.contains("\"credential\":\"session\""),
+        "{body}"
+    );
+    // A cookie session: the origin check applies to it.
+    let (st, _) = call(
+        &r,
+        "POST",
+        "/api/v1/devices/1/revoke",
+        &[
+            ("cookie", &cookie),
+            ("host", "a:1"),
+            ("origin", "http://b:2"),
+        ],
+    )
+    .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    // Another admin token (a new data directory's) does not accept it.
+    let store = auth.store.clone();
+    let other = Auth::new(
+        store,
+        Arc::new(Metrics::new()),
+        "another-token-0123456789".into(),
+        AuthOptions::default(),
+    );
+    let r2 = stub_router(Arc::new(other));
+    let (st, _) = call(&r2, "GET", "/api/v1/devices", &[("cookie", &cookie)]).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    drop(dir);
+}
