@@ -793,6 +793,12 @@ impl SiteClient {
 impl Drop for SiteClient {
     fn drop(&mut self) {
         self.conn.close(0u32.into(), b"done");
+        // Let the endpoint's driver send the close before its runtime goes
+        // away: otherwise central learns of it only at its 30 s idle timeout.
+        let ep = self._ep.clone();
+        self.rt.block_on(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+        });
     }
 }
 
