@@ -6,6 +6,7 @@
 //! by [`admin_router`] included.
 
 mod alerts;
+pub mod commands;
 mod devices;
 mod error;
 mod tokens;
@@ -69,6 +70,8 @@ pub struct ApiState {
     pub alerts: crate::alerts::engine::EngineHandle,
     pub started: Instant,
     pub uplink: Arc<outpost_uplink::service::Uplink>,
+    /// Remote commands: queue, cancel, read.
+    pub commands: crate::commands::service::CommandService,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -105,6 +108,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/tokens", post(tokens::create))
         .route("/audit", get(tokens::audit))
         .merge(alerts::routes())
+        .route("/commands", get(commands::list).post(commands::run))
+        .route("/commands/{id}", get(commands::show))
+        .route("/commands/{id}/cancel", post(commands::cancel))
         .route("/uplink/join", post(uplink::join))
         .route("/uplink/status", get(uplink::status))
         .route("/me", get(users::me))
