@@ -13,6 +13,7 @@
 pub mod alerts;
 pub mod api;
 pub mod cache;
+pub mod commands;
 pub mod devices;
 pub mod serve;
 pub mod table;
@@ -85,4 +86,7 @@ pub enum Command {
     /// Local users of the admin API and console: add, list, passwd, remove.
     #[command(subcommand)]
     Users(users::UsersCmd),
+    /// Remote commands: run, show, list, cancel.
+    #[command(subcommand)]
+    Commands(commands::CommandsCmd),
 }
