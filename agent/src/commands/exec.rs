@@ -128,7 +128,7 @@ fn exit_of(status: std::process::ExitStatus) -> End {
 /// SIGTERM to the group, SIGKILL to the group after `grace` (always: a
 /// child that ignores SIGTERM or a grandchild that outlives the leader
 /// dies too), then reaps the leader.
-async fn stop_group(group: Pid, child: &mut tokio::process::Child, grace: Duration) {
+async fn stop_group(group: Option<Pid>, child: &mut tokio::process::Child, grace: Duration) {
     if let Some(g) = group {
         let _ = kill_process_group(g, Signal::TERM);
     }
