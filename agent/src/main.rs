@@ -166,11 +166,11 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 session::now_ms(),
                 writer_stop.clone(),
             ));
-            let executor = outpost_agent::commands::Executor::start(
-                &dir.commands(),
-                cfg.command_policy(),
-            )
-            .with_context(|| format!("opening the command ledger {}", dir.commands().display()))?;
+            let executor =
+                outpost_agent::commands::Executor::start(&dir.commands(), cfg.command_policy())
+                    .with_context(|| {
+                        format!("opening the command ledger {}", dir.commands().display())
+                    })?;
             let result =
                 session::run_with(ident, cfg, shared.clone(), shutdown, Arc::new(executor)).await;
             if let Err(e) = &result {

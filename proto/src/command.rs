@@ -98,7 +98,9 @@ pub enum BuiltinAction {
 pub enum CommandKind {
     /// A command line run by the interpreter (`sh -c LINE`), with the
     /// spec's `args` as positional parameters (`$1`...).
-    Shell { line: String },
+    Shell {
+        line: String,
+    },
     /// A script of the library, in the version the run was queued with
     /// (its body travels with it: an edit never changes a queued run).
     Script {

@@ -236,7 +236,10 @@ mod tests {
     #[test]
     fn users_are_looked_up_in_passwd() {
         let p = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
-        assert_eq!(lookup_user(p, "nobody"), Some((65534, 65534, "/nonexistent".into())));
+        assert_eq!(
+            lookup_user(p, "nobody"),
+            Some((65534, 65534, "/nonexistent".into()))
+        );
         assert_eq!(lookup_user(p, "alice"), None);
     }
 }

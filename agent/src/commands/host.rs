@@ -47,7 +47,8 @@ pub struct Policy {
 }
 
 /// Reason given when `remote_commands = false`.
-pub const DISABLED: &str = "remote commands are disabled on this device (remote_commands = false in agent.toml)";
+pub const DISABLED: &str =
+    "remote commands are disabled on this device (remote_commands = false in agent.toml)";
 
 enum Msg {
     Event(AgentEvent),
@@ -157,7 +158,11 @@ impl Executor {
                         // Never started here (or not yet received): the id
                         // is recorded cancelled, so a later delivery never
                         // runs it.
-                        None | Some(Entry { phase: Phase::Recorded, .. }) => {
+                        None
+                        | Some(Entry {
+                            phase: Phase::Recorded,
+                            ..
+                        }) => {
                             self.finish(id, CommandOutcome::Cancelled).await;
                         }
                         _ => {}
@@ -184,7 +189,10 @@ impl Executor {
             }
             Msg::Event(AgentEvent::FileChunk(c)) => {
                 if let Some(link) = self.link() {
-                    let _ = link.abort_file(c.transfer, "file transfers are not supported by this agent yet");
+                    let _ = link.abort_file(
+                        c.transfer,
+                        "file transfers are not supported by this agent yet",
+                    );
                 }
             }
             Msg::Event(_) => {}
@@ -215,7 +223,9 @@ impl Executor {
     /// command holds more than the bound.
     fn bound_output(&self, id: CommandId, e: &Entry) -> anyhow::Result<()> {
         let l = &self.inner.ledger;
-        let unacked_tail = e.output_len.saturating_sub(e.output_acked.max(KEEP_HEAD_BYTES));
+        let unacked_tail = e
+            .output_len
+            .saturating_sub(e.output_acked.max(KEEP_HEAD_BYTES));
         if unacked_tail <= MAX_UNACKED_TAIL_BYTES {
             return Ok(());
         }
@@ -336,8 +346,7 @@ impl Executor {
         let spec = CommandSpec::decode(spec).map_err(|e| refuse(e.to_string()))?;
         spec.validate().map_err(|e| refuse(e.to_string()))?;
         let passwd = || std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-        launch_of(&spec, &self.inner.policy, &current_user(), passwd)
-            .map_err(refuse)
+        launch_of(&spec, &self.inner.policy, &current_user(), passwd).map_err(refuse)
     }
 }
 
@@ -462,7 +471,11 @@ impl Executor {
                 };
                 let from = sent_to.get(&id).copied().unwrap_or(0).max(e.output_acked);
                 if from < e.output_len {
-                    let chunks = self.inner.ledger.output_from(id, from, 16).unwrap_or_default();
+                    let chunks = self
+                        .inner
+                        .ledger
+                        .output_from(id, from, 16)
+                        .unwrap_or_default();
                     let mut to = from;
                     for (off, bytes) in chunks {
                         let skip = from.saturating_sub(off) as usize;
@@ -538,7 +551,12 @@ mod tests {
         let l = launch_of(&s, &policy(), "root", || PASSWD.into()).unwrap();
         assert_eq!(l.user, Some((65534, 65534)));
         s.run_as = Some("root".into());
-        assert!(launch_of(&s, &policy(), "root", || PASSWD.into()).unwrap().user.is_none());
+        assert!(
+            launch_of(&s, &policy(), "root", || PASSWD.into())
+                .unwrap()
+                .user
+                .is_none()
+        );
         s.run_as = Some("postgres".into());
         let e = launch_of(&s, &policy(), "root", || PASSWD.into()).unwrap_err();
         assert!(e.contains("not allowed"), "{e}");
@@ -553,7 +571,11 @@ mod tests {
     fn powershell_and_reboot_are_refused_with_a_reason() {
         let mut s = CommandSpec::shell("x", "t");
         s.interpreter = Interpreter::Powershell;
-        assert!(launch_of(&s, &policy(), "root", String::new).unwrap_err().contains("Windows"));
+        assert!(
+            launch_of(&s, &policy(), "root", String::new)
+                .unwrap_err()
+                .contains("Windows")
+        );
         let s = CommandSpec {
             kind: CommandKind::Builtin(BuiltinAction::Reboot { delay_ms: 0 }),
             ..CommandSpec::shell("x", "t")

@@ -206,7 +206,10 @@ impl Ledger {
     /// chunk first: (offset, length).
     pub fn output_chunks(&self, id: CommandId) -> Result<Vec<(u64, usize)>> {
         let mut out = Vec::new();
-        for item in self.output.range(output_key(id, 0)..=output_key(id, u64::MAX)) {
+        for item in self
+            .output
+            .range(output_key(id, 0)..=output_key(id, u64::MAX))
+        {
             let (k, v) = item?;
             let off = u64::from_be_bytes(k[16..24].try_into().unwrap_or([0; 8]));
             out.push((off, v.len()));
@@ -275,7 +278,10 @@ mod tests {
         let e = l.get(id).unwrap().unwrap();
         assert_eq!(e.result().unwrap().outcome, CommandOutcome::Interrupted);
         assert_eq!(e.result().unwrap().output_bytes, 5);
-        assert_eq!(l.output_from(id, 2, 10).unwrap(), vec![(0, b"hello".to_vec())]);
+        assert_eq!(
+            l.output_from(id, 2, 10).unwrap(),
+            vec![(0, b"hello".to_vec())]
+        );
         l.drop_output_below(id, 5).unwrap();
         assert!(l.output_from(id, 0, 10).unwrap().is_empty());
         // A second restart reports nothing new.

@@ -128,12 +128,16 @@ pub async fn run(
         expiry_ms: req.expiry_ms.unwrap_or(DEFAULT_EXPIRY_MS),
         requested_by: caller.actor(&headers),
     };
-    let rec = st.commands.create(device, spec).await.map_err(|e| match e {
-        CreateError::UnknownDevice(_) => ApiError::NotFound(e.to_string()),
-        CreateError::RevokedDevice(_) => ApiError::Conflict(e.to_string()),
-        CreateError::Invalid(_) => ApiError::BadRequest(e.to_string()),
-        CreateError::Store(_) | CreateError::Stopped => ApiError::Internal(e.to_string()),
-    })?;
+    let rec = st
+        .commands
+        .create(device, spec)
+        .await
+        .map_err(|e| match e {
+            CreateError::UnknownDevice(_) => ApiError::NotFound(e.to_string()),
+            CreateError::RevokedDevice(_) => ApiError::Conflict(e.to_string()),
+            CreateError::Invalid(_) => ApiError::BadRequest(e.to_string()),
+            CreateError::Store(_) | CreateError::Stopped => ApiError::Internal(e.to_string()),
+        })?;
     Ok((StatusCode::CREATED, Json(CommandView::of(&rec))))
 }
 

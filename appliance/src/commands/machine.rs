@@ -314,7 +314,12 @@ mod tests {
             }),
             T0 + 2,
         );
-        assert!(r.reason.as_deref().unwrap().contains("run-as root not allowed"));
+        assert!(
+            r.reason
+                .as_deref()
+                .unwrap()
+                .contains("run-as root not allowed")
+        );
     }
 
     #[test]
@@ -344,7 +349,8 @@ mod tests {
     #[test]
     fn a_device_that_connects_after_the_expiry_does_not_get_the_command() {
         let mut r = rec();
-        let s = step(&mut r, Input::Dispatch, r.expires_ms + 10);
+        let at = r.expires_ms + 10;
+        let s = step(&mut r, Input::Dispatch, at);
         assert!(s.changed && !s.send);
         assert_eq!(r.state, CommandState::Expired);
     }
@@ -353,7 +359,8 @@ mod tests {
     fn a_sent_command_does_not_expire() {
         let mut r = rec();
         step(&mut r, Input::Dispatch, T0 + 1);
-        assert!(!step(&mut r, Input::Tick, r.expires_ms + 1).changed);
+        let at = r.expires_ms + 1;
+        assert!(!step(&mut r, Input::Tick, at).changed);
         assert_eq!(r.state, CommandState::Sent);
     }
 

@@ -15,8 +15,8 @@
 //! talks to sessions only through `RemoteLink`.
 
 pub mod machine;
+pub mod metrics;
 pub mod model;
 pub mod output;
-pub mod metrics;
-pub mod store;
 pub mod service;
+pub mod store;

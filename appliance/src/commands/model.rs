@@ -4,9 +4,9 @@
 //! [`super::machine`], output capping in [`super::output`], storage in
 //! [`super::store`].
 
+use outpost_proto::DeviceId;
 use outpost_proto::command::CommandSpec;
 use outpost_proto::ids::CommandId;
-use outpost_proto::DeviceId;
 use serde::{Deserialize, Serialize};
 
 use super::output::OutputState;

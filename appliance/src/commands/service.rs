@@ -208,7 +208,7 @@ struct Worker {
 
 impl Worker {
     fn load(&mut self) -> anyhow::Result<()> {
-        for (device, id) in store::open_commands(&self.store)? {
+        for (_device, id) in store::open_commands(&self.store)? {
             if let Some(rec) = store::get(&self.store, id)? {
                 self.index(&rec);
             }
@@ -451,7 +451,9 @@ impl Worker {
         self.metrics.commands.entered(rec.state.as_str());
         self.index(rec);
         match rec.state {
-            CommandState::Expired => self.metrics.commands.expiries.inc(),
+            CommandState::Expired => {
+                self.metrics.commands.expiries.inc();
+            }
             CommandState::Failed => {
                 if let Some(r) = &rec.reason {
                     if r.starts_with("refused") {
@@ -544,7 +546,12 @@ impl Worker {
             }
         };
         let was_truncated = rec.output.truncated();
-        let p = output::plan(&mut rec.output, self.opts.output_cap, o.offset, o.bytes.len());
+        let p = output::plan(
+            &mut rec.output,
+            self.opts.output_cap,
+            o.offset,
+            o.bytes.len(),
+        );
         let m = &self.metrics.commands;
         m.output_bytes_received.inc_by(o.bytes.len() as u64);
         m.output_bytes_duplicate.inc_by(p.duplicate_bytes);
@@ -555,7 +562,11 @@ impl Worker {
             for (off, range) in &p.store {
                 stored += range.len() as u64;
                 r = r.and_then(|_| {
-                    b.put_raw(store::COMMAND_OUTPUT, &store::output_key(id, *off), &o.bytes[range.clone()])
+                    b.put_raw(
+                        store::COMMAND_OUTPUT,
+                        &store::output_key(id, *off),
+                        &o.bytes[range.clone()],
+                    )
                 });
             }
             for off in &p.delete {

@@ -219,7 +219,14 @@ mod tests {
         put(&mut b, &done, false).unwrap();
         s.write(b).unwrap();
 
-        let all = list(&s, &ListFilter { limit: 10, ..Default::default() }).unwrap();
+        let all = list(
+            &s,
+            &ListFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let ids: Vec<u8> = all.iter().map(|r| r.id.0[0]).collect();
         assert_eq!(ids, vec![3, 2, 1]);
         let dev1 = list(
