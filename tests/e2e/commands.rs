@@ -347,3 +347,44 @@ fn kill_9_of_the_agent_mid_run_reports_interrupted_and_never_reruns() {
     assert_eq!(s, 409, "{body}");
     assert!(body.contains("revoked"), "{body}");
 }
+
+#[test]
+fn restart_service_runs_systemctl_on_the_device_and_reports_the_unit_state() {
+    // Restarting a real unit would disturb the machine running the tests:
+    // a unit that does not exist proves the wiring (systemctl's failure and
+    // the unit's state come back). Without systemd, systemctl fails too and
+    // the output says so.
+    let tmp = scratch("cmd-restart-service");
+    let app = Appliance::start(tmp.path());
+    let a = agent(tmp.path(), "a1", &app, true);
+    let o = app.cli(&[
+        "device",
+        "restart-service",
+        &a.device_id,
+        "outpost-no-such-unit.service",
+    ]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let out = stdout(&o);
+    assert!(out.contains("outpost-no-such-unit.service:"), "{out}");
+    if Path::new("/run/systemd/system").exists() {
+        assert!(out.contains("inactive") || out.contains("unknown"), "{out}");
+    } else {
+        eprintln!("systemd is not running here: only the failure path is checked");
+    }
+    let list: Vec<Value> = app.api("/api/v1/commands").unwrap();
+    assert_eq!(list[0]["state"], "failed");
+    assert_eq!(
+        list[0]["command"],
+        "restart-service outpost-no-such-unit.service"
+    );
+    // A reboot is refused until it has its guard.
+    let (s, body) = http_request(
+        app.admin,
+        "POST",
+        "/api/v1/commands",
+        Some(&app.admin_token()),
+        Some(&json!({"device": a.device_id, "action": {"reboot": {"delay_ms": 0}}}).to_string()),
+    )
+    .unwrap();
+    assert_eq!(s, 400, "{body}");
+}

@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use outpost_proto::DeviceId;
 use outpost_proto::command::{
-    CommandKind, CommandSpec, DEFAULT_EXPIRY_MS, DEFAULT_TIMEOUT_MS, Interpreter,
+    BuiltinAction, CommandKind, CommandSpec, DEFAULT_EXPIRY_MS, DEFAULT_TIMEOUT_MS, Interpreter,
 };
 use outpost_proto::ids::CommandId;
 use serde::{Deserialize, Serialize};
@@ -28,8 +28,13 @@ use crate::users::auth::Caller;
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
     pub device: String,
-    /// The command line.
-    pub command: String,
+    /// The command line (or `action`).
+    #[serde(default)]
+    pub command: Option<String>,
+    /// A built-in action instead of a command line:
+    /// `{"restart_service": {"unit": "nginx.service"}}`.
+    #[serde(default)]
+    pub action: Option<BuiltinAction>,
     #[serde(default)]
     pub interpreter: Option<Interpreter>,
     #[serde(default)]
@@ -117,8 +122,22 @@ pub async fn run(
     Json(req): Json<RunRequest>,
 ) -> Result<(StatusCode, Json<CommandView>), ApiError> {
     let device = parse_device(&req.device)?;
+    let kind = match (req.command, req.action) {
+        (Some(line), None) => CommandKind::Shell { line },
+        (None, Some(BuiltinAction::Reboot { .. })) => {
+            return Err(ApiError::BadRequest(
+                "reboot is not supported yet (it needs its guard: confirmation, patch installs, boot id)".into(),
+            ));
+        }
+        (None, Some(a)) => CommandKind::Builtin(a),
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give exactly one of \"command\" and \"action\"".into(),
+            ));
+        }
+    };
     let spec = CommandSpec {
-        kind: CommandKind::Shell { line: req.command },
+        kind,
         interpreter: req.interpreter.unwrap_or_default(),
         args: req.args,
         env: req.env,

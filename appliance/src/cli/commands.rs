@@ -70,6 +70,59 @@ pub enum CommandsCmd {
     Cancel { id: String },
 }
 
+/// `outpost device restart-service ID UNIT`: restarts a systemd unit on
+/// the device, waits, prints the unit's state and exits with systemctl's
+/// code.
+pub async fn restart_service(
+    device: String,
+    unit: String,
+    timeout: Option<Duration>,
+    c: AdminClient,
+) -> anyhow::Result<()> {
+    let req = RunRequest {
+        device: device.clone(),
+        command: None,
+        action: Some(outpost_proto::command::BuiltinAction::RestartService { unit }),
+        interpreter: None,
+        args: Vec::new(),
+        env: Vec::new(),
+        cwd: None,
+        run_as: None,
+        timeout_ms: timeout.map(|d| d.as_millis() as u64),
+        expiry_ms: None,
+    };
+    let v: CommandView = c
+        .post("/api/v1/commands", &req)
+        .await
+        .with_context(|| format!("queueing restart-service for device {device}"))?;
+    finish_waiting(&c, &v.id).await
+}
+
+/// Polls a command until it ends, prints its output, exits with its code.
+async fn finish_waiting(c: &AdminClient, id: &str) -> anyhow::Result<()> {
+    let path = format!("/api/v1/commands/{id}");
+    let mut delay = Duration::from_millis(50);
+    let done = loop {
+        let v: CommandView = c.get(&path).await?;
+        if v.state.is_terminal() {
+            break v;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(done.output.as_deref().unwrap_or("").as_bytes())?;
+    out.flush()?;
+    let code = exit_code(&done);
+    if done.state != CommandState::Completed {
+        eprintln!("command {} {}", done.id, describe(&done));
+    }
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
 pub async fn run(cmd: CommandsCmd, c: AdminClient) -> anyhow::Result<()> {
     match cmd {
         CommandsCmd::Run {
@@ -93,7 +146,8 @@ pub async fn run(cmd: CommandsCmd, c: AdminClient) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let req = RunRequest {
                 device: device.clone(),
-                command: outpost_proto::command::shell_join(&command),
+                command: Some(outpost_proto::command::shell_join(&command)),
+                action: None,
                 interpreter,
                 args: Vec::new(),
                 env,
@@ -110,27 +164,7 @@ pub async fn run(cmd: CommandsCmd, c: AdminClient) -> anyhow::Result<()> {
                 println!("{}", v.id);
                 return Ok(());
             }
-            let path = format!("/api/v1/commands/{}", v.id);
-            let mut delay = Duration::from_millis(50);
-            let done = loop {
-                let v: CommandView = c.get(&path).await?;
-                if v.state.is_terminal() {
-                    break v;
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
-            };
-            let mut out = std::io::stdout().lock();
-            out.write_all(done.output.as_deref().unwrap_or("").as_bytes())?;
-            out.flush()?;
-            let code = exit_code(&done);
-            if done.state != CommandState::Completed {
-                eprintln!("command {} {}", done.id, describe(&done));
-            }
-            if code != 0 {
-                std::process::exit(code);
-            }
-            Ok(())
+            finish_waiting(&c, &v.id).await
         }
         CommandsCmd::Show { id, json } => {
             let path = format!("/api/v1/commands/{id}");
