@@ -603,3 +603,133 @@ pub fn describe_outcome(o: &CommandOutcome) -> String {
         CommandOutcome::FailedToStart { message } => format!("failed to start: {message}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use outpost_proto::messages::CommandResult;
+    use outpost_proto::{CustomerId, TenantId};
+    use outpost_storage::StoreOptions;
+    use outpost_storage::model::DeviceRecord;
+
+    use super::*;
+    use crate::ingest::remote::LinkInput;
+
+    fn device(store: &Store, id: u64, revoked: bool) -> DeviceId {
+        let d = DeviceId(id);
+        outpost_storage::registry::register(
+            store,
+            &DeviceRecord {
+                id: d,
+                tenant: TenantId::new("acme"),
+                customer: CustomerId::new("dental"),
+                hostname: "h".into(),
+                os: "linux".into(),
+                kernel: "6".into(),
+                arch: "x86_64".into(),
+                agent_version: "0".into(),
+                enrolled_at_ms: 1,
+                cert_serial: "00".into(),
+                revoked_at_ms: revoked.then_some(2),
+            },
+        )
+        .unwrap();
+        d
+    }
+
+    async fn next(inbox: &mut crate::ingest::remote::LinkInbox) -> LinkInput {
+        tokio::time::timeout(Duration::from_secs(5), inbox.rx.recv())
+            .await
+            .expect("a link input")
+            .expect("link open")
+    }
+
+    #[tokio::test]
+    async fn a_result_is_stored_before_it_is_acked_and_a_repeat_is_acked_but_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::db::open(dir.path(), &StoreOptions::default()).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let (svc, h) =
+            CommandService::start(store.clone(), metrics.clone(), CommandOptions::default())
+                .unwrap();
+        let dev = device(&store, 7, false);
+        let (link, mut inbox) = RemoteLink::new(dev);
+        svc.session_up(dev, link.clone());
+        let rec = svc
+            .create(dev, CommandSpec::shell("uptime", "alice"))
+            .await
+            .unwrap();
+        // Online: pushed at once, and stored as sent before that.
+        let LinkInput::SendCommand(c) = next(&mut inbox).await else {
+            panic!("expected the command")
+        };
+        assert_eq!(c.id, rec.id);
+        assert_eq!(CommandSpec::decode(&c.spec).unwrap().summary(), "uptime");
+        assert_eq!(svc.get(rec.id).unwrap().unwrap().state, CommandState::Sent);
+
+        let result = |code| {
+            ApplianceEvent::Result(CommandResult {
+                id: rec.id,
+                outcome: CommandOutcome::Exited { code },
+                output_bytes: 0,
+                finished_ms: 9,
+            })
+        };
+        svc.event(dev, result(0));
+        assert!(matches!(next(&mut inbox).await, LinkInput::AckResult(i) if i == rec.id));
+        // By the time the ack is out, the result is durable.
+        let stored = svc.get(rec.id).unwrap().unwrap();
+        assert_eq!(stored.state, CommandState::Completed);
+        svc.event(dev, result(1));
+        assert!(matches!(next(&mut inbox).await, LinkInput::AckResult(i) if i == rec.id));
+        assert_eq!(svc.get(rec.id).unwrap().unwrap(), stored, "stored once");
+
+        // Unknown and revoked devices are refused with their reason.
+        assert!(matches!(
+            svc.create(DeviceId(99), CommandSpec::shell("x", "a")).await,
+            Err(CreateError::UnknownDevice(DeviceId(99)))
+        ));
+        let revoked = device(&store, 8, true);
+        assert!(matches!(
+            svc.create(revoked, CommandSpec::shell("x", "a")).await,
+            Err(CreateError::RevokedDevice(_))
+        ));
+        svc.stop();
+        h.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_queued_command_is_sent_when_its_device_connects_even_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::db::open(dir.path(), &StoreOptions::default()).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let dev = device(&store, 7, false);
+        let id = {
+            let (svc, h) =
+                CommandService::start(store.clone(), metrics.clone(), CommandOptions::default())
+                    .unwrap();
+            let rec = svc
+                .create(dev, CommandSpec::shell("true", "a"))
+                .await
+                .unwrap();
+            assert_eq!(rec.state, CommandState::Queued);
+            svc.stop();
+            h.join().unwrap();
+            rec.id
+        };
+        let (svc, h) =
+            CommandService::start(store.clone(), metrics, CommandOptions::default()).unwrap();
+        let (link, mut inbox) = RemoteLink::new(dev);
+        svc.session_up(dev, link);
+        assert!(matches!(next(&mut inbox).await, LinkInput::SendCommand(c) if c.id == id));
+        // A reconnect before the ack sends it again (the agent dedupes).
+        let (link2, mut inbox2) = RemoteLink::new(dev);
+        svc.session_up(dev, link2);
+        assert!(matches!(next(&mut inbox2).await, LinkInput::SendCommand(c) if c.id == id));
+        svc.event(dev, ApplianceEvent::CommandAcked { id });
+        let (link3, mut inbox3) = RemoteLink::new(dev);
+        svc.session_up(dev, link3);
+        svc.stop();
+        h.join().unwrap();
+        assert!(inbox3.rx.try_recv().is_err(), "acked: not sent again");
+    }
+}
