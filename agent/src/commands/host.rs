@@ -519,6 +519,59 @@ impl Executor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::remote::{LinkInbox, LinkInput};
+
+    async fn next_result(inbox: &mut LinkInbox) -> CommandResult {
+        loop {
+            let i = tokio::time::timeout(Duration::from_secs(10), inbox.rx.recv())
+                .await
+                .expect("a link input")
+                .expect("open");
+            if let LinkInput::Result(r) = i {
+                return r;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_redelivered_command_is_never_started_twice_and_its_result_is_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let count = dir.path().join("count");
+        let ex = Executor::start(&dir.path().join("ledger"), policy()).unwrap();
+        let (link, mut inbox) = RemoteLink::new(64 * 1024);
+        ex.session_up(link);
+        let cmd = Command {
+            id: CommandId([9; 16]),
+            spec: CommandSpec::shell(format!("echo ran >> {}", count.display()), "t")
+                .encode()
+                .unwrap(),
+        };
+        ex.event(AgentEvent::Command(cmd.clone()));
+        let first = tokio::time::timeout(Duration::from_secs(10), inbox.rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(first, LinkInput::AckCommand(i) if i == cmd.id),
+            "acked first"
+        );
+        // No output: the result goes at once.
+        let r = next_result(&mut inbox).await;
+        assert_eq!(r.outcome, CommandOutcome::Exited { code: 0 });
+        // Delivered again (the ack was lost): acked, not run.
+        ex.event(AgentEvent::Command(cmd.clone()));
+        // A new session: the unacknowledged result is sent again.
+        ex.session_down();
+        drop(inbox);
+        let (link, mut inbox) = RemoteLink::new(64 * 1024);
+        ex.session_up(link);
+        ex.event(AgentEvent::Command(cmd.clone()));
+        let again = next_result(&mut inbox).await;
+        assert_eq!(again, r);
+        ex.event(AgentEvent::ResultAcked { id: cmd.id });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(std::fs::read_to_string(&count).unwrap(), "ran\n");
+    }
 
     fn policy() -> Policy {
         Policy {
@@ -529,6 +582,64 @@ mod tests {
     }
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
+
+    #[tokio::test]
+    async fn with_remote_commands_off_a_command_is_recorded_and_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = policy();
+        p.enabled = false;
+        let ex = Executor::start(dir.path(), p).unwrap();
+        let (link, mut inbox) = RemoteLink::new(64 * 1024);
+        ex.session_up(link);
+        let id = CommandId([4; 16]);
+        ex.event(AgentEvent::Command(Command {
+            id,
+            spec: CommandSpec::shell("true", "t").encode().unwrap(),
+        }));
+        let r = next_result(&mut inbox).await;
+        assert_eq!(
+            r.outcome,
+            CommandOutcome::Refused {
+                reason: DISABLED.into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn output_is_streamed_and_the_result_waits_until_the_output_is_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let ex = Executor::start(dir.path(), policy()).unwrap();
+        let (link, mut inbox) = RemoteLink::new(64 * 1024);
+        ex.session_up(link);
+        let id = CommandId([5; 16]);
+        ex.event(AgentEvent::Command(Command {
+            id,
+            spec: CommandSpec::shell("echo one; echo two", "t")
+                .encode()
+                .unwrap(),
+        }));
+        let mut got = Vec::new();
+        while got.len() < 8 {
+            let o = tokio::time::timeout(Duration::from_secs(10), inbox.output.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(o.offset as usize, got.len());
+            got.extend(o.bytes);
+        }
+        assert_eq!(got, b"one\ntwo\n");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while let Ok(i) = inbox.rx.try_recv() {
+            assert!(
+                !matches!(i, LinkInput::Result(_)),
+                "result before the output's ack"
+            );
+        }
+        ex.event(AgentEvent::OutputAcked { id, up_to: 8 });
+        let r = next_result(&mut inbox).await;
+        assert_eq!(r.outcome, CommandOutcome::Exited { code: 0 });
+        assert_eq!(r.output_bytes, 8);
+    }
 
     #[test]
     fn a_shell_line_runs_with_its_interpreter_and_positional_args() {
