@@ -41,9 +41,9 @@ mod tests {
         // The 25 tables of wave 1 (plus `meta`, always opened): stored
         // data of existing appliances keeps its column families; plus
         // `cache_misses` (issue 10); `users` and `sessions` (issue 12);
-        // `commands`, `commands_by_time`, `commands_open`, `command_output`
-        // (issue 13).
-        assert_eq!(n, 32);
+        // `commands`, `commands_by_time`, `commands_open`, `command_output`,
+        // `scripts` (issue 13).
+        assert_eq!(n, 33);
     }
 
     #[test]
@@ -68,7 +68,7 @@ mod tests {
     fn the_database_opens_and_reopens_with_every_table() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), &StoreOptions::default()).unwrap();
-        assert_eq!(s.tables().len(), 33);
+        assert_eq!(s.tables().len(), 34);
         drop(s);
         open(dir.path(), &StoreOptions::default()).unwrap();
     }

@@ -111,6 +111,15 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/commands", get(commands::list).post(commands::run))
         .route("/commands/{id}", get(commands::show))
         .route("/commands/{id}/cancel", post(commands::cancel))
+        .route(
+            "/scripts",
+            get(commands::script_list).post(commands::script_add),
+        )
+        .route(
+            "/scripts/{name}",
+            get(commands::script_show).put(commands::script_edit),
+        )
+        .route("/scripts/{name}/run", post(commands::script_run))
         .route("/uplink/join", post(uplink::join))
         .route("/uplink/status", get(uplink::status))
         .route("/me", get(users::me))

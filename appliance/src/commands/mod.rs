@@ -9,8 +9,9 @@
 //! * [`store`]: the tables; [`metrics`]: `outpost_commands_*`;
 //! * [`service`]: the worker that owns state changes and implements
 //!   `RemoteHost`;
+//! * [`scripts`]: the versioned script library;
 //!
-//! This module owns the `commands*` tables. It must not touch the device
+//! This module owns the `commands*` tables and `scripts`. It must not touch the device
 //! session's protocol (`outpost_proto::session`) or the ingest path: it
 //! talks to sessions only through `RemoteLink`.
 
@@ -18,5 +19,6 @@ pub mod machine;
 pub mod metrics;
 pub mod model;
 pub mod output;
+pub mod scripts;
 pub mod service;
 pub mod store;

@@ -89,6 +89,8 @@ pub struct CommandService {
     tx: std_mpsc::Sender<Msg>,
     store: Store,
     opts: CommandOptions,
+    /// Serialises script edits (read the latest version, write the next).
+    scripts: Arc<std::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for CommandService {
@@ -124,7 +126,15 @@ impl CommandService {
         let h = std::thread::Builder::new()
             .name("commands".into())
             .spawn(move || w.run(rx))?;
-        Ok((CommandService { tx, store, opts }, h))
+        Ok((
+            CommandService {
+                tx,
+                store,
+                opts,
+                scripts: Arc::default(),
+            },
+            h,
+        ))
     }
 
     /// Queues a command for `device` (pushed at once if it is online).
@@ -171,6 +181,39 @@ impl CommandService {
 
     pub fn output(&self, rec: &CommandRecord) -> outpost_storage::error::Result<Vec<u8>> {
         store::read_output(&self.store, rec, self.opts.output_cap)
+    }
+
+    /// Stores the next version of a script (see
+    /// [`super::scripts::put_next`]); edits are serialised. Blocking.
+    pub fn put_script(
+        &self,
+        v: super::scripts::ScriptVersion,
+        expect_new: bool,
+    ) -> outpost_storage::error::Result<
+        Result<super::scripts::ScriptVersion, Option<super::scripts::ScriptVersion>>,
+    > {
+        let _g = self.scripts.lock().unwrap_or_else(|p| p.into_inner());
+        let r = super::scripts::put_next(&self.store, v, expect_new)?;
+        if let Ok(v) = &r {
+            let e = AuditEntry {
+                at_ms: v.created_ms,
+                actor: v.created_by.clone(),
+                action: if v.version == 1 {
+                    "script.add"
+                } else {
+                    "script.edit"
+                }
+                .into(),
+                target: v.name.clone(),
+                detail: format!("version {}", v.version),
+            };
+            outpost_storage::registry::audit(&self.store, &e)?;
+        }
+        Ok(r)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Stops the worker (after the messages already sent).

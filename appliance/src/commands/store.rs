@@ -26,7 +26,13 @@ pub const COMMANDS_OPEN: Table = Table::new("commands_open").codec(Codec::Raw);
 pub const COMMAND_OUTPUT: Table = Table::new("command_output").codec(Codec::Raw);
 
 /// Every table of the command subsystem, for `Store::open`.
-pub const TABLES: &[Table] = &[COMMANDS, COMMANDS_BY_TIME, COMMANDS_OPEN, COMMAND_OUTPUT];
+pub const TABLES: &[Table] = &[
+    COMMANDS,
+    COMMANDS_BY_TIME,
+    COMMANDS_OPEN,
+    COMMAND_OUTPUT,
+    super::scripts::SCRIPTS,
+];
 
 fn by_time_key(created_ms: u64, id: CommandId) -> [u8; 24] {
     let mut k = [0u8; 24];
