@@ -59,5 +59,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Uplink(cmd) => cli::uplink::run(cmd, client()?).await,
         Command::Users(cmd) => cli::users::run(cmd, client()?).await,
         Command::Commands(cmd) => cli::commands::run(cmd, client()?).await,
+        Command::Scripts(cmd) => cli::scripts::run(cmd, client()?).await,
     }
 }

@@ -388,3 +388,85 @@ fn restart_service_runs_systemctl_on_the_device_and_reports_the_unit_state() {
     .unwrap();
     assert_eq!(s, 400, "{body}");
 }
+
+#[test]
+fn a_queued_script_run_keeps_its_version_when_the_script_is_edited() {
+    let tmp = scratch("cmd-scripts");
+    let app = Appliance::start(tmp.path());
+    let mut a = agent(tmp.path(), "a1", &app, false);
+    let v1 = tmp.path().join("v1.sh");
+    std::fs::write(&v1, "echo \"v1 $1\"\n").unwrap();
+    let v2 = tmp.path().join("v2.sh");
+    std::fs::write(&v2, "echo \"v2 $1\"\n").unwrap();
+    let out = app.cli_ok(&["scripts", "add", "greet", "--file", v1.to_str().unwrap()]);
+    assert_eq!(out.trim(), "greet v1");
+    // Adding it again is refused; editing makes version 2.
+    let o = app.cli(&["scripts", "add", "greet", "--file", v1.to_str().unwrap()]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("exists"),
+        "{}",
+        stderr(&o)
+    );
+    // Queued while the device is offline: version 1.
+    let queued = app
+        .cli_ok(&[
+            "scripts",
+            "run",
+            "greet",
+            "--device",
+            &a.device_id,
+            "--",
+            "world",
+        ])
+        .trim()
+        .to_string();
+    let out = app.cli_ok(&["scripts", "edit", "greet", "--file", v2.to_str().unwrap()]);
+    assert_eq!(out.trim(), "greet v2");
+    a.start();
+    let v = wait_state(&app, &queued, 60, terminal);
+    assert_eq!(v["state"], "completed", "{v}");
+    assert_eq!(v["output"], "v1 world\n");
+    assert_eq!(v["command"], "script greet v1");
+    // A new run takes the newest version; an older one on request.
+    let o = app.cli(&[
+        "scripts",
+        "run",
+        "greet",
+        "--device",
+        &a.device_id,
+        "--wait",
+        "--",
+        "x",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "v2 x\n");
+    let o = app.cli(&[
+        "scripts",
+        "run",
+        "greet",
+        "--device",
+        &a.device_id,
+        "--version",
+        "1",
+        "--wait",
+    ]);
+    assert_eq!(stdout(&o), "v1 \n");
+    assert!(
+        app.cli_ok(&["scripts", "show", "greet", "--version", "1"])
+            .contains("v1 $1")
+    );
+    assert!(app.cli_ok(&["scripts", "list"]).contains("greet"));
+    // Unknown script: 404 with its name.
+    let o = app.cli(&["scripts", "run", "nope", "--device", &a.device_id]);
+    assert!(
+        stderr(&o).contains("404") && stderr(&o).contains("nope"),
+        "{}",
+        stderr(&o)
+    );
+    let audit: Vec<Value> = app.api("/api/v1/audit").unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["action"] == "script.edit" && e["detail"] == "version 2")
+    );
+}

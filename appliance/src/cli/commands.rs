@@ -99,7 +99,7 @@ pub async fn restart_service(
 }
 
 /// Polls a command until it ends, prints its output, exits with its code.
-async fn finish_waiting(c: &AdminClient, id: &str) -> anyhow::Result<()> {
+pub async fn finish_waiting(c: &AdminClient, id: &str) -> anyhow::Result<()> {
     let path = format!("/api/v1/commands/{id}");
     let mut delay = Duration::from_millis(50);
     let done = loop {

@@ -15,6 +15,7 @@ pub mod api;
 pub mod cache;
 pub mod commands;
 pub mod devices;
+pub mod scripts;
 pub mod serve;
 pub mod table;
 pub mod tokens;
@@ -89,4 +90,7 @@ pub enum Command {
     /// Remote commands: run, show, list, cancel.
     #[command(subcommand)]
     Commands(commands::CommandsCmd),
+    /// The versioned script library: add, edit, list, show, run.
+    #[command(subcommand)]
+    Scripts(scripts::ScriptsCmd),
 }
