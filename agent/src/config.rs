@@ -37,6 +37,18 @@ pub struct AgentConfig {
     pub services: Vec<String>,
     /// Process names reported as `process_count{name}` with every metrics sample.
     pub processes: Vec<String>,
+    /// Run remote commands pushed by the appliance. On by default (running
+    /// commands is what an RMM agent is for; the appliance is reached over
+    /// mutual TLS pinned to its CA, and only its technicians and admins may
+    /// queue commands). `false` refuses every command with the reason.
+    pub remote_commands: bool,
+    /// Users a command may run as besides the agent's own user (which needs
+    /// no switch). Empty by default: `--run-as` anyone else is refused.
+    pub allowed_run_as: Vec<String>,
+    /// On timeout or cancel: SIGTERM to the command's process group, then
+    /// SIGKILL after this grace.
+    #[serde(with = "humantime_serde")]
+    pub command_kill_grace: Duration,
 }
 
 impl Default for AgentConfig {
@@ -52,6 +64,9 @@ impl Default for AgentConfig {
             ack_timeout: Duration::from_secs(10),
             services: Vec::new(),
             processes: Vec::new(),
+            remote_commands: true,
+            allowed_run_as: Vec::new(),
+            command_kill_grace: Duration::from_secs(5),
         }
     }
 }
@@ -65,6 +80,15 @@ impl AgentConfig {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading agent config {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing agent config {}", path.display()))
+    }
+
+    /// What remote commands may do on this agent.
+    pub fn command_policy(&self) -> crate::commands::Policy {
+        crate::commands::Policy {
+            enabled: self.remote_commands,
+            allowed_run_as: self.allowed_run_as.clone(),
+            kill_grace: self.command_kill_grace,
+        }
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {

@@ -63,6 +63,10 @@ impl StateDir {
     pub fn buffer(&self) -> PathBuf {
         self.0.join("buffer")
     }
+    /// The command ledger (see [`crate::commands::ledger`]).
+    pub fn commands(&self) -> PathBuf {
+        self.0.join("commands")
+    }
     /// The running agent's live state (see [`crate::status`]).
     pub fn status(&self) -> PathBuf {
         self.0.join(crate::status::STATUS_FILE)

@@ -11,6 +11,7 @@
 pub mod backoff;
 pub mod buffer;
 pub mod collect;
+pub mod commands;
 pub mod config;
 pub mod enroll;
 pub mod identity;

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -165,7 +166,13 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 session::now_ms(),
                 writer_stop.clone(),
             ));
-            let result = session::run(ident, cfg, shared.clone(), shutdown).await;
+            let executor =
+                outpost_agent::commands::Executor::start(&dir.commands(), cfg.command_policy())
+                    .with_context(|| {
+                        format!("opening the command ledger {}", dir.commands().display())
+                    })?;
+            let result =
+                session::run_with(ident, cfg, shared.clone(), shutdown, Arc::new(executor)).await;
             if let Err(e) = &result {
                 shared.note_error(format!("{e:#}"));
             }

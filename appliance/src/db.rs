@@ -7,7 +7,8 @@ use std::path::Path;
 use outpost_storage::{Store, StoreOptions, Table};
 
 /// Every table of the appliance: the ingest engine's, the alert engine's,
-/// the patch cache's, the uplink outbox's and the local users'.
+/// the patch cache's, the uplink outbox's, the local users' and the
+/// command queue's.
 pub fn tables() -> Vec<Table> {
     [
         outpost_storage::TABLES,
@@ -15,6 +16,7 @@ pub fn tables() -> Vec<Table> {
         crate::cache::tables::TABLES,
         outpost_uplink::outbox::TABLES,
         crate::users::store::TABLES,
+        crate::commands::store::TABLES,
     ]
     .concat()
 }
@@ -38,8 +40,10 @@ mod tests {
         assert_eq!(names.len(), n, "two subsystems declare the same table name");
         // The 25 tables of wave 1 (plus `meta`, always opened): stored
         // data of existing appliances keeps its column families; plus
-        // `cache_misses` (issue 10); `users` and `sessions` (issue 12).
-        assert_eq!(n, 28);
+        // `cache_misses` (issue 10); `users` and `sessions` (issue 12);
+        // `commands`, `commands_by_time`, `commands_open`, `command_output`,
+        // `scripts` (issue 13).
+        assert_eq!(n, 33);
     }
 
     #[test]
@@ -64,7 +68,7 @@ mod tests {
     fn the_database_opens_and_reopens_with_every_table() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), &StoreOptions::default()).unwrap();
-        assert_eq!(s.tables().len(), 29);
+        assert_eq!(s.tables().len(), 34);
         drop(s);
         open(dir.path(), &StoreOptions::default()).unwrap();
     }

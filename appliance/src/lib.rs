@@ -15,6 +15,7 @@ pub mod api;
 pub mod cache;
 pub mod cli;
 pub mod client;
+pub mod commands;
 pub mod config;
 pub mod console;
 pub mod db;

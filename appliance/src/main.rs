@@ -58,5 +58,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Api(args) => cli::api::run(args, client).await,
         Command::Uplink(cmd) => cli::uplink::run(cmd, client()?).await,
         Command::Users(cmd) => cli::users::run(cmd, client()?).await,
+        Command::Commands(cmd) => cli::commands::run(cmd, client()?).await,
+        Command::Scripts(cmd) => cli::scripts::run(cmd, client()?).await,
     }
 }

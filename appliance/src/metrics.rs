@@ -76,6 +76,8 @@ pub struct Metrics {
     pub logins: Family<ResultLabel, Counter>,
     /// LAN patch cache (`outpost_cache_*`).
     pub cache: crate::cache::metrics::CacheMetrics,
+    /// Remote commands (`outpost_commands_*`).
+    pub commands: crate::commands::metrics::CommandMetrics,
     /// Alert transitions by kind (pending, firing, resolved, cleared, ...).
     pub alert_transitions: Family<KindLabel, Counter>,
     pub alerts_firing: Gauge,
@@ -144,6 +146,7 @@ impl Metrics {
             api_requests: Family::default(),
             logins: Family::default(),
             cache: Default::default(),
+            commands: Default::default(),
             alert_transitions: Family::default(),
             alerts_firing: Gauge::default(),
             alerts_pending: Gauge::default(),
@@ -286,6 +289,7 @@ impl Metrics {
             m.logins.clone(),
         );
         m.cache.register(r);
+        m.commands.register(r);
         r.register(
             "alert_transitions",
             "Alert transitions by kind",

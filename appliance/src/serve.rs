@@ -127,6 +127,12 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         &metrics,
     )?;
     let live = Arc::new(LiveSessions::default());
+    let (commands, commands_thread) = crate::commands::service::CommandService::start(
+        store.clone(),
+        metrics.clone(),
+        crate::commands::service::CommandOptions::default(),
+    )
+    .context("loading the command queue")?;
     let ctx = Arc::new(IngestCtx {
         store: store.clone(),
         ca: keys.ca,
@@ -136,7 +142,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         max_frame_bytes: cfg.max_frame_bytes,
         session_max_bytes: cfg.ingest.session_max_bytes,
         shutdown: shutdown.clone(),
-        remote: Arc::new(crate::ingest::remote::NoRemote),
+        remote: Arc::new(commands.clone()),
     });
 
     let admin = tokio::net::TcpListener::bind(cfg.admin_listen)
@@ -170,6 +176,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         alerts,
         started: Instant::now(),
         uplink: uplink.clone(),
+        commands: commands.clone(),
     });
     let tracker = TaskTracker::new();
     let cache = if cfg.cache.enabled {
@@ -253,6 +260,14 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
     // Dropping the last handles closes the writer queue; the thread commits
     // what is queued and exits.
     let writer_health = writer.health().clone();
+    // The command worker finishes what it has queued (each change is
+    // written before it is acknowledged, so stopping loses nothing).
+    commands.stop();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::task::spawn_blocking(move || commands_thread.join()),
+    )
+    .await;
     drop(api_state);
     drop(uplink);
     drop(ctx);

@@ -14,6 +14,7 @@
 pub mod alert;
 pub mod backoff;
 pub mod codec;
+pub mod command;
 pub mod frame;
 pub mod ids;
 pub mod messages;

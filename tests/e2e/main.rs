@@ -7,6 +7,7 @@ mod alerts;
 mod bench_smoke;
 mod browser;
 mod cache;
+mod commands;
 mod demo;
 mod durability;
 mod foundation;

@@ -8,6 +8,7 @@
 //! [`crate::users::auth::Auth`] and check roles with the same table.
 
 mod alerts;
+pub mod commands;
 mod devices;
 mod error;
 mod tokens;
@@ -71,6 +72,8 @@ pub struct ApiState {
     pub alerts: crate::alerts::engine::EngineHandle,
     pub started: Instant,
     pub uplink: Arc<outpost_uplink::service::Uplink>,
+    /// Remote commands: queue, cancel, read.
+    pub commands: crate::commands::service::CommandService,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -116,6 +119,18 @@ fn router_with(state: Arc<ApiState>, console: Option<Arc<outpost_console::Consol
         .route("/tokens", post(tokens::create))
         .route("/audit", get(tokens::audit))
         .merge(alerts::routes())
+        .route("/commands", get(commands::list).post(commands::run))
+        .route("/commands/{id}", get(commands::show))
+        .route("/commands/{id}/cancel", post(commands::cancel))
+        .route(
+            "/scripts",
+            get(commands::script_list).post(commands::script_add),
+        )
+        .route(
+            "/scripts/{name}",
+            get(commands::script_show).put(commands::script_edit),
+        )
+        .route("/scripts/{name}/run", post(commands::script_run))
         .route("/uplink/join", post(uplink::join))
         .route("/uplink/status", get(uplink::status))
         .route("/me", get(users::me))

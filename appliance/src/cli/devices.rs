@@ -25,6 +25,14 @@ pub enum DeviceCmd {
     },
     /// Revoke a device: refuse its certificate from now on and close its session.
     Revoke { id: String },
+    /// Restart a systemd unit on the device and print its state after
+    /// (a remote command: see `outpost commands`).
+    RestartService {
+        id: String,
+        unit: String,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+    },
 }
 
 /// `outpost devices`: a table, or the API's JSON with `--json`.
@@ -51,6 +59,9 @@ pub async fn run(cmd: DeviceCmd, c: AdminClient) -> anyhow::Result<()> {
             let d: DeviceDetail = c.get(&path).await?;
             print_device(&d);
             Ok(())
+        }
+        DeviceCmd::RestartService { id, unit, timeout } => {
+            super::commands::restart_service(id, unit, timeout, c).await
         }
         DeviceCmd::Revoke { id } => {
             let r: RevokeAnswer = c

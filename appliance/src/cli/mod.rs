@@ -13,7 +13,9 @@
 pub mod alerts;
 pub mod api;
 pub mod cache;
+pub mod commands;
 pub mod devices;
+pub mod scripts;
 pub mod serve;
 pub mod table;
 pub mod tokens;
@@ -85,4 +87,10 @@ pub enum Command {
     /// Local users of the admin API and console: add, list, passwd, remove.
     #[command(subcommand)]
     Users(users::UsersCmd),
+    /// Remote commands: run, show, list, cancel.
+    #[command(subcommand)]
+    Commands(commands::CommandsCmd),
+    /// The versioned script library: add, edit, list, show, run.
+    #[command(subcommand)]
+    Scripts(scripts::ScriptsCmd),
 }

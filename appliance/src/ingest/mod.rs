@@ -35,7 +35,9 @@ pub struct IngestCtx {
     /// Cancelled when the appliance shuts down.
     pub shutdown: CancellationToken,
     /// Remote management: told of sessions that carry commands and of
-    /// their command and file events ([`remote::NoRemote`] until commands exist).
+    /// their command and file events (the command service,
+    /// [`crate::commands::service::CommandService`]; [`remote::NoRemote`] in
+    /// tests that need none).
     pub remote: Arc<dyn remote::RemoteHost>,
 }
 

@@ -38,3 +38,9 @@ pub struct OpLabel {
 pub struct BudgetLabel {
     pub budget: String,
 }
+
+/// A command state (`outpost_commands_transitions_total{state}`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}

@@ -132,6 +132,15 @@ pub fn required_role(method: &Method, route: &str) -> Role {
         "/api/v1/users" | "/api/v1/users/{name}" | "/api/v1/audit" => Role::Admin,
         "/api/v1/channels" | "/api/v1/channels/{id}" => Role::Admin,
         "/api/v1/alerts/{id}/ack" | "/api/v1/devices/{id}/tags" => Role::Technician,
+        "/api/v1/commands"
+        | "/api/v1/commands/{id}/cancel"
+        | "/api/v1/scripts"
+        | "/api/v1/scripts/{name}"
+        | "/api/v1/scripts/{name}/run"
+            if !reads =>
+        {
+            Role::Technician
+        }
         _ if reads => Role::Viewer,
         _ => Role::Admin,
     }

@@ -1,0 +1,696 @@
+//! The agent's command executor: the [`RemoteHost`] that records each
+//! command id in the ledger before acknowledging it, applies the agent's
+//! policy, runs commands ([`super::exec`]), stores their output and
+//! results, and re-sends what the appliance has not acknowledged on every
+//! session.
+//!
+//! One worker task applies every change to the ledger in order (the
+//! session's calls only queue messages: they never block); one pump task
+//! per session sends stored output and results through its link.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outpost_proto::command::{BuiltinAction, CommandKind, CommandSpec, Interpreter};
+use outpost_proto::ids::CommandId;
+use outpost_proto::messages::{Command, CommandOutcome, CommandOutput, CommandResult};
+use outpost_proto::session::agent::AgentEvent;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::exec::{self, End, Launch};
+use super::ledger::{Entry, Ledger, Phase};
+use crate::remote::{RemoteHost, RemoteLink};
+use crate::session::now_ms;
+
+/// Output kept from the start of a command whatever happens (the rest of
+/// what is not yet acknowledged is bounded by [`MAX_UNACKED_TAIL_BYTES`]).
+const KEEP_HEAD_BYTES: u64 = 512 * 1024;
+/// Unacknowledged output beyond the head kept per command while the
+/// appliance is unreachable; older bytes are dropped (the appliance sees
+/// the gap and marks the output truncated).
+const MAX_UNACKED_TAIL_BYTES: u64 = 1024 * 1024;
+
+/// What the agent's configuration allows (`agent.toml`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// `remote_commands`: run commands at all.
+    pub enabled: bool,
+    /// `allowed_run_as`: users a command may run as (besides the agent's
+    /// own, which needs no switch).
+    pub allowed_run_as: Vec<String>,
+    /// SIGTERM → SIGKILL grace on timeout and cancel.
+    pub kill_grace: Duration,
+}
+
+/// Reason given when `remote_commands = false`.
+pub const DISABLED: &str =
+    "remote commands are disabled on this device (remote_commands = false in agent.toml)";
+
+enum Msg {
+    Event(AgentEvent),
+    Output(CommandId, Vec<u8>),
+    Started(CommandId, u64),
+    Finished(CommandId, CommandOutcome),
+}
+
+struct Inner {
+    ledger: Ledger,
+    policy: Policy,
+    link: Mutex<Option<RemoteLink>>,
+    tx: mpsc::UnboundedSender<Msg>,
+    /// Bumped whenever there may be something new to send.
+    wake: watch::Sender<u64>,
+    /// Commands with output or a result not yet acknowledged.
+    pending: Mutex<HashSet<CommandId>>,
+    /// Cancel handles of running commands.
+    running: Mutex<HashMap<CommandId, CancellationToken>>,
+}
+
+/// The executor (cheap to clone).
+#[derive(Clone)]
+pub struct Executor {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Executor {
+    /// Opens the ledger in `dir`, reports commands cut short by the last
+    /// stop as `interrupted`, and starts the worker.
+    pub fn start(dir: &Path, policy: Policy) -> anyhow::Result<Executor> {
+        let ledger = Ledger::open(dir)?;
+        let interrupted = ledger.recover(now_ms())?;
+        for id in &interrupted {
+            warn!(%id, "a command was running when the agent stopped: reported interrupted, not re-run");
+        }
+        let mut pending = HashSet::new();
+        let mut to_start = Vec::new();
+        for (id, e) in ledger.entries()? {
+            match &e.phase {
+                Phase::Finished(_) if !e.result_acked || e.output_acked < e.output_len => {
+                    pending.insert(id);
+                }
+                // Recorded, never started (the agent stopped between the
+                // two writes): it never ran, so it may start now.
+                Phase::Recorded => to_start.push(id),
+                _ => {}
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (wake, _) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            ledger,
+            policy,
+            link: Mutex::new(None),
+            tx,
+            wake,
+            pending: Mutex::new(pending),
+            running: Mutex::new(HashMap::new()),
+        });
+        let ex = Executor { inner };
+        tokio::spawn(ex.clone().worker(rx, to_start));
+        Ok(ex)
+    }
+
+    fn wake(&self) {
+        self.inner.wake.send_modify(|n| *n += 1);
+    }
+
+    fn link(&self) -> Option<RemoteLink> {
+        lock(&self.inner.link).clone()
+    }
+
+    async fn worker(self, mut rx: mpsc::UnboundedReceiver<Msg>, to_start: Vec<CommandId>) {
+        for id in to_start {
+            // The spec is not kept in the ledger: a recorded, unstarted
+            // command is reported interrupted (it never ran).
+            self.finish(id, CommandOutcome::Interrupted).await;
+        }
+        while let Some(m) = rx.recv().await {
+            if let Err(e) = self.handle(m).await {
+                warn!(error = %e, "command ledger update failed");
+            }
+        }
+    }
+
+    async fn handle(&self, m: Msg) -> anyhow::Result<()> {
+        let l = &self.inner.ledger;
+        match m {
+            Msg::Event(AgentEvent::Command(cmd)) => self.command(cmd).await?,
+            Msg::Event(AgentEvent::CancelCommand { id }) => {
+                let token = lock(&self.inner.running).get(&id).cloned();
+                if let Some(t) = token {
+                    t.cancel();
+                } else {
+                    match l.get(id)? {
+                        // Never started here (or not yet received): the id
+                        // is recorded cancelled, so a later delivery never
+                        // runs it.
+                        None
+                        | Some(Entry {
+                            phase: Phase::Recorded,
+                            ..
+                        }) => {
+                            self.finish(id, CommandOutcome::Cancelled).await;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Msg::Event(AgentEvent::ResultAcked { id }) => {
+                if let Some(mut e) = l.get(id)? {
+                    e.result_acked = true;
+                    l.put(id, &e)?;
+                    self.settle(id, &e);
+                }
+            }
+            Msg::Event(AgentEvent::OutputAcked { id, up_to }) => {
+                if let Some(mut e) = l.get(id)?
+                    && up_to > e.output_acked
+                {
+                    e.output_acked = up_to.min(e.output_len);
+                    l.drop_output_below(id, e.output_acked)?;
+                    l.put(id, &e)?;
+                    self.settle(id, &e);
+                    self.wake();
+                }
+            }
+            Msg::Event(AgentEvent::FileChunk(c)) => {
+                if let Some(link) = self.link() {
+                    let _ = link.abort_file(
+                        c.transfer,
+                        "file transfers are not supported by this agent yet",
+                    );
+                }
+            }
+            Msg::Event(_) => {}
+            Msg::Output(id, bytes) => {
+                if let Some(mut e) = l.get(id)? {
+                    l.put_output(id, e.output_len, &bytes)?;
+                    e.output_len += bytes.len() as u64;
+                    self.bound_output(id, &e)?;
+                    l.put(id, &e)?;
+                    lock(&self.inner.pending).insert(id);
+                    self.wake();
+                }
+            }
+            Msg::Started(id, ms) => {
+                if let Some(link) = self.link() {
+                    let _ = link.command_started(id, ms);
+                }
+            }
+            Msg::Finished(id, outcome) => {
+                lock(&self.inner.running).remove(&id);
+                self.finish(id, outcome).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the oldest unacknowledged output beyond the head while the
+    /// command holds more than the bound.
+    fn bound_output(&self, id: CommandId, e: &Entry) -> anyhow::Result<()> {
+        let l = &self.inner.ledger;
+        let unacked_tail = e
+            .output_len
+            .saturating_sub(e.output_acked.max(KEEP_HEAD_BYTES));
+        if unacked_tail <= MAX_UNACKED_TAIL_BYTES {
+            return Ok(());
+        }
+        let mut over = unacked_tail - MAX_UNACKED_TAIL_BYTES;
+        for (off, len) in l.output_chunks(id)? {
+            if over == 0 {
+                break;
+            }
+            if off >= KEEP_HEAD_BYTES && off >= e.output_acked {
+                l.remove_output_chunk(id, off)?;
+                over = over.saturating_sub(len as u64);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets a command's pending state once everything is acknowledged.
+    fn settle(&self, id: CommandId, e: &Entry) {
+        if e.result_acked && e.output_acked >= e.output_len {
+            lock(&self.inner.pending).remove(&id);
+        }
+    }
+
+    /// Records the end of a command (durably) and lets the pump send it.
+    async fn finish(&self, id: CommandId, outcome: CommandOutcome) {
+        let l = &self.inner.ledger;
+        let r: anyhow::Result<()> = async {
+            let mut e = l.get(id)?.unwrap_or_else(|| Entry::new(now_ms()));
+            if matches!(e.phase, Phase::Finished(_)) {
+                return Ok(());
+            }
+            e.phase = Phase::Finished(CommandResult {
+                id,
+                outcome,
+                output_bytes: e.output_len,
+                finished_ms: now_ms(),
+            });
+            l.put(id, &e)?;
+            l.flush().await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = r {
+            warn!(error = %e, %id, "recording a command's result failed");
+        }
+        lock(&self.inner.pending).insert(id);
+        self.wake();
+    }
+
+    async fn command(&self, cmd: Command) -> anyhow::Result<()> {
+        let l = &self.inner.ledger;
+        let id = cmd.id;
+        if l.get(id)?.is_some() {
+            // Known: never started again. Its result goes out (again) by
+            // the pump until acknowledged.
+            if let Some(link) = self.link() {
+                let _ = link.ack_command(id);
+            }
+            lock(&self.inner.pending).insert(id);
+            self.wake();
+            return Ok(());
+        }
+        l.put(id, &Entry::new(now_ms()))?;
+        l.flush().await?;
+        if let Some(link) = self.link() {
+            let _ = link.ack_command(id);
+        }
+        let launch = match self.prepare(&cmd.spec) {
+            Ok(l) => l,
+            Err(outcome) => {
+                info!(%id, ?outcome, "command not run");
+                self.finish(id, outcome).await;
+                return Ok(());
+            }
+        };
+        // Marked running (durably) before the process exists: after a
+        // crash it is reported interrupted, never started again.
+        let mut e = l.get(id)?.unwrap_or_else(|| Entry::new(now_ms()));
+        let started_ms = now_ms();
+        e.phase = Phase::Running { started_ms };
+        l.put(id, &e)?;
+        l.flush().await?;
+        let cancel = CancellationToken::new();
+        lock(&self.inner.running).insert(id, cancel.clone());
+        let tx = self.inner.tx.clone();
+        tokio::spawn(async move {
+            let (otx, mut orx) = mpsc::channel::<Vec<u8>>(16);
+            let fwd_tx = tx.clone();
+            let fwd = tokio::spawn(async move {
+                while let Some(b) = orx.recv().await {
+                    let _ = fwd_tx.send(Msg::Output(id, b));
+                }
+            });
+            let stx = tx.clone();
+            let r = exec::run(launch, otx, cancel, move |_pid| {
+                let _ = stx.send(Msg::Started(id, started_ms));
+            })
+            .await;
+            let _ = fwd.await;
+            let outcome = match r {
+                Ok(End::Exited(code)) => CommandOutcome::Exited { code },
+                Ok(End::Signaled(signal)) => CommandOutcome::Signaled { signal },
+                Ok(End::TimedOut) => CommandOutcome::TimedOut,
+                Ok(End::Cancelled) => CommandOutcome::Cancelled,
+                Err(message) => CommandOutcome::FailedToStart { message },
+            };
+            let _ = tx.send(Msg::Finished(id, outcome));
+        });
+        Ok(())
+    }
+
+    /// The spec as a process to start, or why not.
+    fn prepare(&self, spec: &[u8]) -> Result<Launch, CommandOutcome> {
+        let refuse = |reason: String| CommandOutcome::Refused { reason };
+        if !self.inner.policy.enabled {
+            return Err(refuse(DISABLED.into()));
+        }
+        let spec = CommandSpec::decode(spec).map_err(|e| refuse(e.to_string()))?;
+        spec.validate().map_err(|e| refuse(e.to_string()))?;
+        let passwd = || std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        launch_of(&spec, &self.inner.policy, &current_user(), passwd).map_err(refuse)
+    }
+}
+
+fn current_user() -> String {
+    let uid = rustix::process::getuid().as_raw();
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| {
+            p.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() >= 3 && f[2] == uid.to_string()).then(|| f[0].to_string())
+            })
+        })
+        .unwrap_or_else(|| uid.to_string())
+}
+
+/// How a spec runs on this agent (pure: the policy, the agent's user and
+/// the passwd text are inputs).
+pub fn launch_of(
+    spec: &CommandSpec,
+    policy: &Policy,
+    agent_user: &str,
+    passwd: impl FnOnce() -> String,
+) -> Result<Launch, String> {
+    let program = match spec.interpreter {
+        Interpreter::Powershell => {
+            return Err("the powershell interpreter is reserved for Windows agents".into());
+        }
+        i => i.as_str().to_string(),
+    };
+    let mut args: Vec<String> = match &spec.kind {
+        CommandKind::Shell { line } => vec!["-c".into(), line.clone()],
+        CommandKind::Script { body, .. } => vec!["-c".into(), body.clone()],
+        CommandKind::Builtin(BuiltinAction::RestartService { unit }) => {
+            if spec.interpreter != Interpreter::Sh {
+                return Err("built-in actions run with sh".into());
+            }
+            return Ok(Launch {
+                program: "sh".into(),
+                args: vec![
+                    "-c".into(),
+                    "systemctl restart -- \"$1\"; rc=$?; echo \"$1: $(systemctl is-active -- \"$1\")\"; exit $rc".into(),
+                    "sh".into(),
+                    unit.clone(),
+                ],
+                env: spec.env.clone(),
+                cwd: "/".into(),
+                user: None,
+                timeout: Duration::from_millis(spec.timeout_ms),
+                kill_grace: policy.kill_grace,
+            });
+        }
+        CommandKind::Builtin(BuiltinAction::Reboot { .. }) => {
+            return Err("reboot is not supported by this agent yet".into());
+        }
+    };
+    // `sh -c LINE NAME ARGS...`: NAME is $0. python3 takes the args as
+    // sys.argv[1:] directly.
+    if spec.interpreter != Interpreter::Python3 {
+        args.push(program.clone());
+    }
+    args.extend(spec.args.iter().cloned());
+    let mut env = spec.env.clone();
+    let user = match &spec.run_as {
+        None => None,
+        Some(u) if u == agent_user => None,
+        Some(u) => {
+            if !policy.allowed_run_as.iter().any(|a| a == u) {
+                return Err(format!(
+                    "run-as user {u:?} is not allowed on this device (allowed_run_as in agent.toml)"
+                ));
+            }
+            let (uid, gid, home) = exec::lookup_user(&passwd(), u)
+                .ok_or_else(|| format!("run-as user {u:?} does not exist on this device"))?;
+            env.push(("HOME".into(), home));
+            env.push(("USER".into(), u.clone()));
+            env.push(("LOGNAME".into(), u.clone()));
+            Some((uid, gid))
+        }
+    };
+    Ok(Launch {
+        program,
+        args,
+        env,
+        cwd: spec.cwd.clone().unwrap_or_else(|| "/".into()),
+        user,
+        timeout: Duration::from_millis(spec.timeout_ms),
+        kill_grace: policy.kill_grace,
+    })
+}
+
+impl RemoteHost for Executor {
+    fn session_up(&self, link: RemoteLink) {
+        *lock(&self.inner.link) = Some(link.clone());
+        tokio::spawn(self.clone().pump(link));
+    }
+
+    fn event(&self, event: AgentEvent) {
+        let _ = self.inner.tx.send(Msg::Event(event));
+    }
+
+    fn session_down(&self) {
+        *lock(&self.inner.link) = None;
+    }
+}
+
+impl Executor {
+    /// Sends, on one session, stored output from the acknowledged offset
+    /// and then results whose output is all acknowledged, until the
+    /// session ends.
+    async fn pump(self, link: RemoteLink) {
+        let mut wake = self.inner.wake.subscribe();
+        let mut sent_to: HashMap<CommandId, u64> = HashMap::new();
+        let mut sent_results: HashSet<CommandId> = HashSet::new();
+        let max = link.max_chunk_bytes().max(1);
+        while link.is_open() {
+            wake.borrow_and_update();
+            let ids: Vec<CommandId> = lock(&self.inner.pending).iter().copied().collect();
+            for id in ids {
+                let Ok(Some(e)) = self.inner.ledger.get(id) else {
+                    continue;
+                };
+                let from = sent_to.get(&id).copied().unwrap_or(0).max(e.output_acked);
+                if from < e.output_len {
+                    let chunks = self
+                        .inner
+                        .ledger
+                        .output_from(id, from, 16)
+                        .unwrap_or_default();
+                    let mut to = from;
+                    for (off, bytes) in chunks {
+                        let skip = from.saturating_sub(off) as usize;
+                        let mut at = off + skip as u64;
+                        for piece in bytes[skip.min(bytes.len())..].chunks(max) {
+                            let o = CommandOutput {
+                                id,
+                                offset: at,
+                                bytes: piece.to_vec(),
+                            };
+                            if link.send_output(o).await.is_err() {
+                                return;
+                            }
+                            at += piece.len() as u64;
+                        }
+                        to = at;
+                    }
+                    sent_to.insert(id, to.max(from));
+                    // More may be stored: look again at once.
+                    self.wake();
+                }
+                if let Some(r) = e.result()
+                    && !e.result_acked
+                    && e.output_acked >= e.output_len
+                    && !sent_results.contains(&id)
+                {
+                    if link.send_result(r.clone()).is_err() {
+                        return;
+                    }
+                    sent_results.insert(id);
+                }
+            }
+            tokio::select! {
+                r = wake.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::{LinkInbox, LinkInput};
+
+    async fn next_result(inbox: &mut LinkInbox) -> CommandResult {
+        loop {
+            let i = tokio::time::timeout(Duration::from_secs(10), inbox.rx.recv())
+                .await
+                .expect("a link input")
+                .expect("open");
+            if let LinkInput::Result(r) = i {
+                return r;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_redelivered_command_is_never_started_twice_and_its_result_is_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let count = dir.path().join("count");
+        let ex = Executor::start(&dir.path().join("ledger"), policy()).unwrap();
+        let (link, mut inbox) = RemoteLink::new(64 * 1024);
+        ex.session_up(link);
+        let cmd = Command {
+            id: CommandId([9; 16]),
+            spec: CommandSpec::shell(format!("echo ran >> {}", count.display()), "t")
+                .encode()
+                .unwrap(),
+        };
+        ex.event(AgentEvent::Command(cmd.clone()));
+        let first = tokio::time::timeout(Duration::from_secs(10), inbox.rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(first, LinkInput::AckCommand(i) if i == cmd.id),
+            "acked first"
+        );
+        // No output: the result goes at once.
+        let r = next_result(&mut inbox).await;
+        assert_eq!(r.outcome, CommandOutcome::Exited { code: 0 });
+        // Delivered again (the ack was lost): acked, not run.
+        ex.event(AgentEvent::Command(cmd.clone()));
+        // A new session: the unacknowledged result is sent again.
+        ex.session_down();
+        drop(inbox);
+        let (link, mut inbox) = RemoteLink::new(64 * 1024);
+        ex.session_up(link);
+        ex.event(AgentEvent::Command(cmd.clone()));
+        let again = next_result(&mut inbox).await;
+        assert_eq!(again, r);
+        ex.event(AgentEvent::ResultAcked { id: cmd.id });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(std::fs::read_to_string(&count).unwrap(), "ran\n");
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            enabled: true,
+            allowed_run_as: vec!["nobody".into()],
+            kill_grace: Duration::from_secs(1),
+        }
+    }
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
+
+    #[tokio::test]
+    async fn with_remote_commands_off_a_command_is_recorded_and_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = policy();
+        p.enabled = false;
+        let ex = Executor::start(dir.path(), p).unwrap();
+        let (link, mut inbox) = RemoteLink::new(64 * 1024);
+        ex.session_up(link);
+        let id = CommandId([4; 16]);
+        ex.event(AgentEvent::Command(Command {
+            id,
+            spec: CommandSpec::shell("true", "t").encode().unwrap(),
+        }));
+        let r = next_result(&mut inbox).await;
+        assert_eq!(
+            r.outcome,
+            CommandOutcome::Refused {
+                reason: DISABLED.into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn output_is_streamed_and_the_result_waits_until_the_output_is_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let ex = Executor::start(dir.path(), policy()).unwrap();
+        let (link, mut inbox) = RemoteLink::new(64 * 1024);
+        ex.session_up(link);
+        let id = CommandId([5; 16]);
+        ex.event(AgentEvent::Command(Command {
+            id,
+            spec: CommandSpec::shell("echo one; echo two", "t")
+                .encode()
+                .unwrap(),
+        }));
+        let mut got = Vec::new();
+        while got.len() < 8 {
+            let o = tokio::time::timeout(Duration::from_secs(10), inbox.output.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(o.offset as usize, got.len());
+            got.extend(o.bytes);
+        }
+        assert_eq!(got, b"one\ntwo\n");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while let Ok(i) = inbox.rx.try_recv() {
+            assert!(
+                !matches!(i, LinkInput::Result(_)),
+                "result before the output's ack"
+            );
+        }
+        ex.event(AgentEvent::OutputAcked { id, up_to: 8 });
+        let r = next_result(&mut inbox).await;
+        assert_eq!(r.outcome, CommandOutcome::Exited { code: 0 });
+        assert_eq!(r.output_bytes, 8);
+    }
+
+    #[test]
+    fn a_shell_line_runs_with_its_interpreter_and_positional_args() {
+        let mut s = CommandSpec::shell("echo \"$1\"", "t");
+        s.args = vec!["a b".into()];
+        let l = launch_of(&s, &policy(), "root", || PASSWD.into()).unwrap();
+        assert_eq!(l.program, "sh");
+        assert_eq!(l.args, vec!["-c", "echo \"$1\"", "sh", "a b"]);
+        assert_eq!(l.cwd, "/");
+        assert_eq!(l.timeout, Duration::from_secs(300));
+        s.interpreter = Interpreter::Python3;
+        let l = launch_of(&s, &policy(), "root", || PASSWD.into()).unwrap();
+        assert_eq!(l.args, vec!["-c", "echo \"$1\"", "a b"]);
+    }
+
+    #[test]
+    fn run_as_is_refused_unless_allowed_and_existing() {
+        let mut s = CommandSpec::shell("id", "t");
+        s.run_as = Some("nobody".into());
+        let l = launch_of(&s, &policy(), "root", || PASSWD.into()).unwrap();
+        assert_eq!(l.user, Some((65534, 65534)));
+        s.run_as = Some("root".into());
+        assert!(
+            launch_of(&s, &policy(), "root", || PASSWD.into())
+                .unwrap()
+                .user
+                .is_none()
+        );
+        s.run_as = Some("postgres".into());
+        let e = launch_of(&s, &policy(), "root", || PASSWD.into()).unwrap_err();
+        assert!(e.contains("not allowed"), "{e}");
+        let mut p = policy();
+        p.allowed_run_as.push("ghost".into());
+        s.run_as = Some("ghost".into());
+        let e = launch_of(&s, &p, "root", || PASSWD.into()).unwrap_err();
+        assert!(e.contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn powershell_and_reboot_are_refused_with_a_reason() {
+        let mut s = CommandSpec::shell("x", "t");
+        s.interpreter = Interpreter::Powershell;
+        assert!(
+            launch_of(&s, &policy(), "root", String::new)
+                .unwrap_err()
+                .contains("Windows")
+        );
+        let s = CommandSpec {
+            kind: CommandKind::Builtin(BuiltinAction::Reboot { delay_ms: 0 }),
+            ..CommandSpec::shell("x", "t")
+        };
+        assert!(launch_of(&s, &policy(), "root", String::new).is_err());
+    }
+}

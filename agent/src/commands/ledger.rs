@@ -1,0 +1,290 @@
+//! The agent's command ledger (sled, `STATE/commands`): every command id
+//! the agent has recorded, what became of it, and its output not yet
+//! acknowledged by the appliance.
+//!
+//! * tree `commands`: id (16 bytes) → [`Entry`] (the one codec);
+//! * tree `output`: id | offset (8, BE) → output bytes.
+//!
+//! An id is written (and flushed) before the agent acknowledges the
+//! command, and marked `running` (flushed) before its process starts: after
+//! a crash, a `running` entry is reported `interrupted`, never started
+//! again (so is a `recorded` one: the spec is not kept, and the appliance,
+//! which had the acknowledgement, does not send it again). This module
+//! owns the ledger's layout; it runs nothing.
+
+use std::path::Path;
+
+use outpost_proto::codec;
+use outpost_proto::ids::CommandId;
+use outpost_proto::messages::{CommandOutcome, CommandResult};
+use serde::{Deserialize, Serialize};
+
+/// Bytes of sled page cache (explicit: the default costs RSS).
+const SLED_CACHE_BYTES: u64 = 1024 * 1024;
+
+/// Finished entries whose result the appliance acknowledged are kept this
+/// long (an id is never run twice while its entry exists), then pruned.
+pub const KEEP_FINISHED_MS: u64 = 40 * 24 * 3600 * 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("command ledger (sled): {0}")]
+    Sled(#[from] sled::Error),
+    #[error("command ledger entry is malformed: {0}")]
+    Codec(#[from] codec::CodecError),
+}
+
+pub type Result<T> = std::result::Result<T, LedgerError>;
+
+/// Where a recorded command stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Recorded (and acknowledged); the process has not been started.
+    Recorded,
+    /// The process was (about to be) started.
+    Running { started_ms: u64 },
+    /// Over: the result is final.
+    Finished(CommandResult),
+}
+
+/// One recorded command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub phase: Phase,
+    pub recorded_ms: u64,
+    /// Output bytes produced (the next offset).
+    pub output_len: u64,
+    /// Output the appliance acknowledged (bytes below are deleted here).
+    pub output_acked: u64,
+    /// The appliance acknowledged the result.
+    pub result_acked: bool,
+}
+
+impl Entry {
+    pub fn new(now_ms: u64) -> Entry {
+        Entry {
+            phase: Phase::Recorded,
+            recorded_ms: now_ms,
+            output_len: 0,
+            output_acked: 0,
+            result_acked: false,
+        }
+    }
+
+    pub fn result(&self) -> Option<&CommandResult> {
+        match &self.phase {
+            Phase::Finished(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// The ledger (cheap to clone).
+#[derive(Clone)]
+pub struct Ledger {
+    db: sled::Db,
+    commands: sled::Tree,
+    output: sled::Tree,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").finish_non_exhaustive()
+    }
+}
+
+fn output_key(id: CommandId, offset: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(&id.0);
+    k[16..].copy_from_slice(&offset.to_be_bytes());
+    k
+}
+
+fn id_of(k: &[u8]) -> Option<CommandId> {
+    let b: [u8; 16] = k.get(..16)?.try_into().ok()?;
+    Some(CommandId(b))
+}
+
+impl Ledger {
+    pub fn open(dir: &Path) -> Result<Ledger> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .flush_every_ms(Some(200))
+            .open()?;
+        let commands = db.open_tree("commands")?;
+        let output = db.open_tree("output")?;
+        Ok(Ledger {
+            db,
+            commands,
+            output,
+        })
+    }
+
+    pub fn get(&self, id: CommandId) -> Result<Option<Entry>> {
+        match self.commands.get(id.0)? {
+            Some(v) => Ok(Some(codec::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes an entry (not flushed: call [`Ledger::flush`] where the
+    /// write must be durable before going on).
+    pub fn put(&self, id: CommandId, e: &Entry) -> Result<()> {
+        self.commands.insert(id.0, codec::encode(e)?)?;
+        Ok(())
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Every entry (start-up and session-up scans; the ledger is small).
+    pub fn entries(&self) -> Result<Vec<(CommandId, Entry)>> {
+        let mut out = Vec::new();
+        for item in self.commands.iter() {
+            let (k, v) = item?;
+            if let Some(id) = id_of(&k) {
+                out.push((id, codec::decode(&v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Appends output at `offset`.
+    pub fn put_output(&self, id: CommandId, offset: u64, bytes: &[u8]) -> Result<()> {
+        self.output.insert(output_key(id, offset), bytes)?;
+        Ok(())
+    }
+
+    /// Stored output chunks of `id` at or after `from` (offset, bytes),
+    /// at most `max` chunks.
+    pub fn output_from(&self, id: CommandId, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        // The chunk containing `from` starts at or before it.
+        let start = match self
+            .output
+            .range(output_key(id, 0)..=output_key(id, from))
+            .next_back()
+        {
+            Some(item) => item?.0.to_vec(),
+            None => output_key(id, from).to_vec(),
+        };
+        for item in self.output.range(start..) {
+            let (k, v) = item?;
+            if id_of(&k) != Some(id) || out.len() >= max {
+                break;
+            }
+            let off = u64::from_be_bytes(k[16..24].try_into().unwrap_or([0; 8]));
+            if off + v.len() as u64 <= from {
+                continue;
+            }
+            out.push((off, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Deletes stored output of `id` entirely below `up_to`.
+    pub fn drop_output_below(&self, id: CommandId, up_to: u64) -> Result<()> {
+        let mut dead = Vec::new();
+        for item in self.output.range(output_key(id, 0)..output_key(id, up_to)) {
+            let (k, v) = item?;
+            let off = u64::from_be_bytes(k[16..24].try_into().unwrap_or([0; 8]));
+            if off + v.len() as u64 <= up_to {
+                dead.push(k);
+            }
+        }
+        for k in dead {
+            self.output.remove(k)?;
+        }
+        Ok(())
+    }
+
+    /// Output bytes stored for `id` and not yet acknowledged, oldest
+    /// chunk first: (offset, length).
+    pub fn output_chunks(&self, id: CommandId) -> Result<Vec<(u64, usize)>> {
+        let mut out = Vec::new();
+        for item in self
+            .output
+            .range(output_key(id, 0)..=output_key(id, u64::MAX))
+        {
+            let (k, v) = item?;
+            let off = u64::from_be_bytes(k[16..24].try_into().unwrap_or([0; 8]));
+            out.push((off, v.len()));
+        }
+        Ok(out)
+    }
+
+    pub fn remove_output_chunk(&self, id: CommandId, offset: u64) -> Result<()> {
+        self.output.remove(output_key(id, offset))?;
+        Ok(())
+    }
+
+    /// At start-up: a command that was running when the agent stopped is
+    /// finished `interrupted` (never started again). Returns those ids.
+    /// Also prunes finished, acknowledged entries older than
+    /// [`KEEP_FINISHED_MS`].
+    pub fn recover(&self, now_ms: u64) -> Result<Vec<CommandId>> {
+        let mut interrupted = Vec::new();
+        for (id, mut e) in self.entries()? {
+            match &e.phase {
+                Phase::Running { .. } => {
+                    e.phase = Phase::Finished(CommandResult {
+                        id,
+                        outcome: CommandOutcome::Interrupted,
+                        output_bytes: e.output_len,
+                        finished_ms: now_ms,
+                    });
+                    self.put(id, &e)?;
+                    interrupted.push(id);
+                }
+                Phase::Finished(r)
+                    if e.result_acked
+                        && e.output_acked >= e.output_len
+                        && now_ms.saturating_sub(r.finished_ms) > KEEP_FINISHED_MS =>
+                {
+                    self.commands.remove(id.0)?;
+                    self.drop_output_below(id, u64::MAX)?;
+                }
+                _ => {}
+            }
+        }
+        self.db.flush()?;
+        Ok(interrupted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_command_running_at_a_crash_is_interrupted_after_restart_and_output_survives() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = CommandId([3; 16]);
+        {
+            let l = Ledger::open(dir.path()).unwrap();
+            let mut e = Entry::new(1);
+            e.phase = Phase::Running { started_ms: 2 };
+            e.output_len = 5;
+            l.put(id, &e).unwrap();
+            l.put_output(id, 0, b"hello").unwrap();
+            l.flush().await.unwrap();
+        }
+        let l = Ledger::open(dir.path()).unwrap();
+        assert_eq!(l.recover(10).unwrap(), vec![id]);
+        let e = l.get(id).unwrap().unwrap();
+        assert_eq!(e.result().unwrap().outcome, CommandOutcome::Interrupted);
+        assert_eq!(e.result().unwrap().output_bytes, 5);
+        assert_eq!(
+            l.output_from(id, 2, 10).unwrap(),
+            vec![(0, b"hello".to_vec())]
+        );
+        l.drop_output_below(id, 5).unwrap();
+        assert!(l.output_from(id, 0, 10).unwrap().is_empty());
+        // A second restart reports nothing new.
+        assert!(l.recover(11).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,436 @@
+//! `/api/v1/commands`: queue a command for a device (technician), list and
+//! show commands with their output (viewer), cancel (technician);
+//! `/api/v1/scripts`: the versioned script library (add, edit, run:
+//! technician; read: viewer). The
+//! command subsystem ([`crate::commands`]) owns the state; this module only
+//! translates HTTP.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use outpost_proto::DeviceId;
+use outpost_proto::command::{
+    BuiltinAction, CommandKind, CommandSpec, DEFAULT_EXPIRY_MS, DEFAULT_TIMEOUT_MS, Interpreter,
+};
+use outpost_proto::ids::CommandId;
+use serde::{Deserialize, Serialize};
+
+use super::ApiState;
+use super::error::ApiError;
+use crate::commands::model::{CommandRecord, CommandState, Transition};
+use crate::commands::scripts::{self, ScriptVersion};
+use crate::commands::service::{CancelError, CreateError};
+use crate::commands::store::ListFilter;
+use crate::users::auth::Caller;
+
+/// Body of `POST /api/v1/commands`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    pub device: String,
+    /// The command line (or `action`).
+    #[serde(default)]
+    pub command: Option<String>,
+    /// A built-in action instead of a command line:
+    /// `{"restart_service": {"unit": "nginx.service"}}`.
+    #[serde(default)]
+    pub action: Option<BuiltinAction>,
+    #[serde(default)]
+    pub interpreter: Option<Interpreter>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub run_as: Option<String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub expiry_ms: Option<u64>,
+}
+
+/// A command as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CommandView {
+    pub id: String,
+    pub device: String,
+    pub state: CommandState,
+    pub command: String,
+    pub spec: CommandSpec,
+    pub requested_by: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    pub transitions: Vec<Transition>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub reason: Option<String>,
+    pub acked: bool,
+    pub cancel_requested: bool,
+    pub output_bytes: u64,
+    pub output_truncated: bool,
+    /// The stored output (head, truncation marker, tail), lossily UTF-8;
+    /// only in `GET /api/v1/commands/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+}
+
+impl CommandView {
+    fn of(r: &CommandRecord) -> CommandView {
+        CommandView {
+            id: r.id.to_string(),
+            device: r.device.to_string(),
+            state: r.state,
+            command: r.spec.summary(),
+            spec: r.spec.clone(),
+            requested_by: r.spec.requested_by.clone(),
+            created_ms: r.created_ms,
+            expires_ms: r.expires_ms,
+            transitions: r.transitions.clone(),
+            exit_code: r.exit_code,
+            signal: r.signal,
+            reason: r.reason.clone(),
+            acked: r.acked,
+            cancel_requested: r.cancel_requested,
+            output_bytes: r.output_total.unwrap_or(r.output.received),
+            output_truncated: r.output.truncated(),
+            output: None,
+        }
+    }
+}
+
+fn parse_command_id(s: &str) -> Result<CommandId, ApiError> {
+    s.parse()
+        .map_err(|e: outpost_proto::ParseIdError| ApiError::BadRequest(e.to_string()))
+}
+
+fn parse_device(s: &str) -> Result<DeviceId, ApiError> {
+    s.parse()
+        .map_err(|e: outpost_proto::ParseIdError| ApiError::BadRequest(e.to_string()))
+}
+
+fn storage(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(format!("reading commands failed: {e}"))
+}
+
+/// `POST /api/v1/commands`.
+pub async fn run(
+    State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Json(req): Json<RunRequest>,
+) -> Result<(StatusCode, Json<CommandView>), ApiError> {
+    let device = parse_device(&req.device)?;
+    let kind = match (req.command, req.action) {
+        (Some(line), None) => CommandKind::Shell { line },
+        (None, Some(BuiltinAction::Reboot { .. })) => {
+            return Err(ApiError::BadRequest(
+                "reboot is not supported yet (it needs its guard: confirmation, patch installs, boot id)".into(),
+            ));
+        }
+        (None, Some(a)) => CommandKind::Builtin(a),
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give exactly one of \"command\" and \"action\"".into(),
+            ));
+        }
+    };
+    let spec = CommandSpec {
+        kind,
+        interpreter: req.interpreter.unwrap_or_default(),
+        args: req.args,
+        env: req.env,
+        cwd: req.cwd,
+        run_as: req.run_as,
+        timeout_ms: req.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+        expiry_ms: req.expiry_ms.unwrap_or(DEFAULT_EXPIRY_MS),
+        requested_by: caller.actor(&headers),
+    };
+    let rec = st
+        .commands
+        .create(device, spec)
+        .await
+        .map_err(|e| match e {
+            CreateError::UnknownDevice(_) => ApiError::NotFound(e.to_string()),
+            CreateError::RevokedDevice(_) => ApiError::Conflict(e.to_string()),
+            CreateError::Invalid(_) => ApiError::BadRequest(e.to_string()),
+            CreateError::Store(_) | CreateError::Stopped => ApiError::Internal(e.to_string()),
+        })?;
+    Ok((StatusCode::CREATED, Json(CommandView::of(&rec))))
+}
+
+/// Query of `GET /api/v1/commands`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub device: Option<String>,
+    pub state: Option<String>,
+    pub before_ms: Option<u64>,
+    pub limit: Option<usize>,
+}
+
+/// `GET /api/v1/commands`: newest first.
+pub async fn list(
+    State(st): State<Arc<ApiState>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<CommandView>>, ApiError> {
+    let f = ListFilter {
+        device: q.device.as_deref().map(parse_device).transpose()?,
+        state: q
+            .state
+            .as_deref()
+            .map(|s| s.parse::<CommandState>().map_err(ApiError::BadRequest))
+            .transpose()?,
+        before_ms: q.before_ms,
+        limit: q.limit.unwrap_or(100).clamp(1, 1000),
+    };
+    let svc = st.commands.clone();
+    let rows = tokio::task::spawn_blocking(move || svc.list(&f))
+        .await
+        .map_err(storage)?
+        .map_err(storage)?;
+    Ok(Json(rows.iter().map(CommandView::of).collect()))
+}
+
+/// `GET /api/v1/commands/{id}`: the command with its output.
+pub async fn show(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Json<CommandView>, ApiError> {
+    let id = parse_command_id(&id)?;
+    let svc = st.commands.clone();
+    let view = tokio::task::spawn_blocking(move || -> Result<CommandView, ApiError> {
+        let rec = svc
+            .get(id)
+            .map_err(storage)?
+            .ok_or_else(|| ApiError::NotFound(format!("no command {id}")))?;
+        let out = svc.output(&rec).map_err(storage)?;
+        let mut v = CommandView::of(&rec);
+        v.output = Some(String::from_utf8_lossy(&out).into_owned());
+        Ok(v)
+    })
+    .await
+    .map_err(storage)??;
+    Ok(Json(view))
+}
+
+/// `POST /api/v1/commands/{id}/cancel`.
+pub async fn cancel(
+    State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<CommandView>, ApiError> {
+    let id = parse_command_id(&id)?;
+    let rec = st
+        .commands
+        .cancel(id, &caller.actor(&headers))
+        .await
+        .map_err(|e| match e {
+            CancelError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            CancelError::Finished(..) => ApiError::Conflict(e.to_string()),
+            CancelError::Store(_) | CancelError::Stopped => ApiError::Internal(e.to_string()),
+        })?;
+    Ok(Json(CommandView::of(&rec)))
+}
+
+/// Body of `POST /api/v1/scripts` and `PUT /api/v1/scripts/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptRequest {
+    /// Only in `POST` (the path names it in `PUT`).
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub interpreter: Option<Interpreter>,
+    pub body: String,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub parameters: Vec<String>,
+}
+
+fn script_version(name: String, req: ScriptRequest, by: String) -> Result<ScriptVersion, ApiError> {
+    let timeout = req.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+    scripts::validate(&name, &req.body, timeout).map_err(ApiError::BadRequest)?;
+    Ok(ScriptVersion {
+        name,
+        version: 0,
+        interpreter: req.interpreter.unwrap_or_default(),
+        body: req.body,
+        default_timeout_ms: timeout,
+        parameters: req.parameters,
+        created_ms: outpost_storage::now_ms(),
+        created_by: by,
+    })
+}
+
+/// `POST /api/v1/scripts`: a new script (version 1).
+pub async fn script_add(
+    State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Json(req): Json<ScriptRequest>,
+) -> Result<(StatusCode, Json<ScriptVersion>), ApiError> {
+    let name = req
+        .name
+        .clone()
+        .ok_or_else(|| ApiError::BadRequest("\"name\" is required".into()))?;
+    let v = script_version(name.clone(), req, caller.actor(&headers))?;
+    let svc = st.commands.clone();
+    let r = tokio::task::spawn_blocking(move || svc.put_script(v, true))
+        .await
+        .map_err(storage)?
+        .map_err(storage)?;
+    match r {
+        Ok(v) => Ok((StatusCode::CREATED, Json(v))),
+        Err(_) => Err(ApiError::Conflict(format!(
+            "script {name} exists: edit it with PUT /api/v1/scripts/{name}"
+        ))),
+    }
+}
+
+/// `PUT /api/v1/scripts/{name}`: a new version.
+pub async fn script_edit(
+    State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Json(req): Json<ScriptRequest>,
+) -> Result<Json<ScriptVersion>, ApiError> {
+    if req.name.as_ref().is_some_and(|n| *n != name) {
+        return Err(ApiError::BadRequest(
+            "a script is not renamed: \"name\" must match the path".into(),
+        ));
+    }
+    let v = script_version(name.clone(), req, caller.actor(&headers))?;
+    let svc = st.commands.clone();
+    let r = tokio::task::spawn_blocking(move || svc.put_script(v, false))
+        .await
+        .map_err(storage)?
+        .map_err(storage)?;
+    r.map(Json)
+        .map_err(|_| ApiError::NotFound(format!("no script {name}")))
+}
+
+/// `GET /api/v1/scripts`: the newest version of each.
+pub async fn script_list(
+    State(st): State<Arc<ApiState>>,
+) -> Result<Json<Vec<ScriptVersion>>, ApiError> {
+    let store = st.commands.store().clone();
+    let v = tokio::task::spawn_blocking(move || scripts::list(&store))
+        .await
+        .map_err(storage)?
+        .map_err(storage)?;
+    Ok(Json(v))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionQuery {
+    pub version: Option<u32>,
+}
+
+/// `GET /api/v1/scripts/{name}[?version=N]`: one version (the newest by
+/// default).
+pub async fn script_show(
+    State(st): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    Query(q): Query<VersionQuery>,
+) -> Result<Json<ScriptVersion>, ApiError> {
+    let store = st.commands.store().clone();
+    let n = name.clone();
+    let v = tokio::task::spawn_blocking(move || match q.version {
+        Some(ver) => scripts::get(&store, &n, ver),
+        None => scripts::latest(&store, &n),
+    })
+    .await
+    .map_err(storage)?
+    .map_err(storage)?;
+    v.map(Json).ok_or_else(|| match q.version {
+        Some(ver) => ApiError::NotFound(format!("no version {ver} of script {name}")),
+        None => ApiError::NotFound(format!("no script {name}")),
+    })
+}
+
+/// Body of `POST /api/v1/scripts/{name}/run`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptRunRequest {
+    pub device: String,
+    /// The version to run (the newest by default).
+    #[serde(default)]
+    pub version: Option<u32>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub run_as: Option<String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub expiry_ms: Option<u64>,
+}
+
+/// `POST /api/v1/scripts/{name}/run`: queues a run of the script on a
+/// device; the command records the version (and carries its body).
+pub async fn script_run(
+    State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Json(req): Json<ScriptRunRequest>,
+) -> Result<(StatusCode, Json<CommandView>), ApiError> {
+    let device = parse_device(&req.device)?;
+    let store = st.commands.store().clone();
+    let n = name.clone();
+    let ver = req.version;
+    let script = tokio::task::spawn_blocking(move || match ver {
+        Some(v) => scripts::get(&store, &n, v),
+        None => scripts::latest(&store, &n),
+    })
+    .await
+    .map_err(storage)?
+    .map_err(storage)?
+    .ok_or_else(|| match ver {
+        Some(v) => ApiError::NotFound(format!("no version {v} of script {name}")),
+        None => ApiError::NotFound(format!("no script {name}")),
+    })?;
+    let spec = CommandSpec {
+        kind: CommandKind::Script {
+            name: script.name,
+            version: script.version,
+            body: script.body,
+        },
+        interpreter: script.interpreter,
+        args: req.args,
+        env: req.env,
+        cwd: req.cwd,
+        run_as: req.run_as,
+        timeout_ms: req.timeout_ms.unwrap_or(script.default_timeout_ms),
+        expiry_ms: req.expiry_ms.unwrap_or(DEFAULT_EXPIRY_MS),
+        requested_by: caller.actor(&headers),
+    };
+    let rec = st
+        .commands
+        .create(device, spec)
+        .await
+        .map_err(create_error)?;
+    Ok((StatusCode::CREATED, Json(CommandView::of(&rec))))
+}
+
+fn create_error(e: CreateError) -> ApiError {
+    match e {
+        CreateError::UnknownDevice(_) => ApiError::NotFound(e.to_string()),
+        CreateError::RevokedDevice(_) => ApiError::Conflict(e.to_string()),
+        CreateError::Invalid(_) => ApiError::BadRequest(e.to_string()),
+        CreateError::Store(_) | CreateError::Stopped => ApiError::Internal(e.to_string()),
+    }
+}

@@ -1,0 +1,271 @@
+//! `outpost commands run|show|list|cancel`: remote commands through the
+//! admin API (`/api/v1/commands`).
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use outpost_proto::command::Interpreter;
+
+use super::table::{ago, print_table};
+use crate::api::commands::{CommandView, RunRequest};
+use crate::client::AdminClient;
+use crate::commands::model::CommandState;
+
+#[derive(Subcommand, Debug)]
+pub enum CommandsCmd {
+    /// Queue a command for a device (pushed at once if it is online) and
+    /// print its id; with --wait, print its output and exit with its exit
+    /// code.
+    Run {
+        #[arg(long)]
+        device: String,
+        /// Kill the command after this long (default 5m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        /// Give up if the device does not connect within this long (default 24h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expiry: Option<Duration>,
+        /// Run as this user (the agent must allow it in allowed_run_as).
+        #[arg(long)]
+        run_as: Option<String>,
+        /// sh (default), bash or python3.
+        #[arg(long)]
+        interpreter: Option<Interpreter>,
+        /// Working directory on the device (default /).
+        #[arg(long)]
+        cwd: Option<String>,
+        /// Environment variable NAME=VALUE (repeatable).
+        #[arg(long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// Wait for the end, print the output, exit with the command's code.
+        #[arg(long)]
+        wait: bool,
+        /// The command line: one word is taken as it is (`-- 'a; b'`),
+        /// several are quoted and joined (`-- ls -l /tmp`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Show one command: state, transitions, output.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List commands, newest first.
+    List {
+        #[arg(long)]
+        device: Option<String>,
+        /// queued, sent, running, completed, failed, timed_out, cancelled,
+        /// expired or interrupted.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a command: removed if still queued, stopped if running.
+    Cancel { id: String },
+}
+
+/// `outpost device restart-service ID UNIT`: restarts a systemd unit on
+/// the device, waits, prints the unit's state and exits with systemctl's
+/// code.
+pub async fn restart_service(
+    device: String,
+    unit: String,
+    timeout: Option<Duration>,
+    c: AdminClient,
+) -> anyhow::Result<()> {
+    let req = RunRequest {
+        device: device.clone(),
+        command: None,
+        action: Some(outpost_proto::command::BuiltinAction::RestartService { unit }),
+        interpreter: None,
+        args: Vec::new(),
+        env: Vec::new(),
+        cwd: None,
+        run_as: None,
+        timeout_ms: timeout.map(|d| d.as_millis() as u64),
+        expiry_ms: None,
+    };
+    let v: CommandView = c
+        .post("/api/v1/commands", &req)
+        .await
+        .with_context(|| format!("queueing restart-service for device {device}"))?;
+    finish_waiting(&c, &v.id).await
+}
+
+/// Polls a command until it ends, prints its output, exits with its code.
+pub async fn finish_waiting(c: &AdminClient, id: &str) -> anyhow::Result<()> {
+    let path = format!("/api/v1/commands/{id}");
+    let mut delay = Duration::from_millis(50);
+    let done = loop {
+        let v: CommandView = c.get(&path).await?;
+        if v.state.is_terminal() {
+            break v;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(done.output.as_deref().unwrap_or("").as_bytes())?;
+    out.flush()?;
+    let code = exit_code(&done);
+    if done.state != CommandState::Completed {
+        eprintln!("command {} {}", done.id, describe(&done));
+    }
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
+pub async fn run(cmd: CommandsCmd, c: AdminClient) -> anyhow::Result<()> {
+    match cmd {
+        CommandsCmd::Run {
+            device,
+            timeout,
+            expiry,
+            run_as,
+            interpreter,
+            cwd,
+            env,
+            wait,
+            command,
+        } => {
+            let env = env
+                .iter()
+                .map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .with_context(|| format!("--env {kv:?}: expected NAME=VALUE"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let req = RunRequest {
+                device: device.clone(),
+                command: Some(outpost_proto::command::shell_join(&command)),
+                action: None,
+                interpreter,
+                args: Vec::new(),
+                env,
+                cwd,
+                run_as,
+                timeout_ms: timeout.map(|d| d.as_millis() as u64),
+                expiry_ms: expiry.map(|d| d.as_millis() as u64),
+            };
+            let v: CommandView = c
+                .post("/api/v1/commands", &req)
+                .await
+                .with_context(|| format!("queueing a command for device {device}"))?;
+            if !wait {
+                println!("{}", v.id);
+                return Ok(());
+            }
+            finish_waiting(&c, &v.id).await
+        }
+        CommandsCmd::Show { id, json } => {
+            let path = format!("/api/v1/commands/{id}");
+            if json {
+                println!("{}", String::from_utf8_lossy(&c.get_raw(&path).await?));
+                return Ok(());
+            }
+            let v: CommandView = c.get(&path).await?;
+            println!("id:        {}", v.id);
+            println!("device:    {}", v.device);
+            println!("command:   {}", v.command);
+            println!("by:        {}", v.requested_by);
+            println!("state:     {}", describe(&v));
+            for t in &v.transitions {
+                println!("  {:<12} {}", t.state.as_str(), ago(t.at_ms));
+            }
+            if v.output_truncated {
+                println!("output:    {} bytes (truncated)", v.output_bytes);
+            }
+            println!("---");
+            print!("{}", v.output.as_deref().unwrap_or(""));
+            Ok(())
+        }
+        CommandsCmd::List {
+            device,
+            state,
+            limit,
+            json,
+        } => {
+            let mut path = format!("/api/v1/commands?limit={limit}");
+            if let Some(d) = device {
+                path.push_str(&format!("&device={d}"));
+            }
+            if let Some(s) = state {
+                path.push_str(&format!("&state={s}"));
+            }
+            if json {
+                println!("{}", String::from_utf8_lossy(&c.get_raw(&path).await?));
+                return Ok(());
+            }
+            let rows: Vec<CommandView> = c.get(&path).await?;
+            let rows: Vec<Vec<String>> = rows
+                .iter()
+                .map(|v| {
+                    vec![
+                        v.id.clone(),
+                        v.device.clone(),
+                        v.state.as_str().to_string(),
+                        v.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+                        ago(v.created_ms),
+                        v.requested_by.clone(),
+                        v.command.chars().take(60).collect(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["ID", "DEVICE", "STATE", "EXIT", "CREATED", "BY", "COMMAND"],
+                &rows,
+            );
+            Ok(())
+        }
+        CommandsCmd::Cancel { id } => {
+            let v: CommandView = c
+                .post(
+                    &format!("/api/v1/commands/{id}/cancel"),
+                    &serde_json::json!({}),
+                )
+                .await
+                .with_context(|| format!("cancelling command {id}"))?;
+            println!("{} {}", v.id, v.state.as_str());
+            Ok(())
+        }
+    }
+}
+
+/// The state in words, with the exit code, signal or reason.
+fn describe(v: &CommandView) -> String {
+    let mut s = v.state.as_str().to_string();
+    if let Some(c) = v.exit_code {
+        s.push_str(&format!(" (exit code {c})"));
+    }
+    if let Some(sig) = v.signal {
+        s.push_str(&format!(" (signal {sig})"));
+    }
+    if let Some(r) = &v.reason {
+        s.push_str(&format!(": {r}"));
+    }
+    s
+}
+
+/// `--wait`'s exit code: the command's own; 128+N for a signal; 124 for a
+/// timeout (as timeout(1)); 130 for a cancel; 1 otherwise.
+pub fn exit_code(v: &CommandView) -> i32 {
+    match v.state {
+        CommandState::Completed => 0,
+        CommandState::TimedOut => 124,
+        CommandState::Cancelled => 130,
+        _ => match (v.exit_code, v.signal) {
+            (Some(c), _) if c != 0 => c,
+            (_, Some(s)) => 128 + s,
+            _ => 1,
+        },
+    }
+}

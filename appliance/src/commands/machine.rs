@@ -1,0 +1,429 @@
+//! The pure command state machine: each input with the time (`now_ms`,
+//! the appliance's wall clock) changes a [`CommandRecord`] and says what
+//! the host must do. No I/O, no clock: the host ([`super::host`]) stores
+//! the record durably before doing what the step says (sending, acking).
+//!
+//! ```text
+//! queued ──dispatch──▶ sent ──started──▶ running ──result──▶ completed | failed
+//!   │  │                 │ (re-sent on each          │        | timed_out | cancelled
+//!   │  └─expire─▶ expired│  reconnect until acked)   │        | interrupted
+//!   └─cancel─▶ cancelled └─result / withdrawn────────┘
+//! ```
+//!
+//! A result for a command that is already terminal changes nothing (it is
+//! acknowledged again: the agent re-sends until acked), so a result
+//! reported twice is stored once.
+
+use outpost_proto::messages::CommandOutcome;
+
+use super::model::{CommandRecord, CommandState};
+
+/// What happened to a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The device has a session: may the command go out on it?
+    Dispatch,
+    /// The agent recorded the id.
+    Acked,
+    /// The agent started the process (agent clock).
+    Started { agent_ms: u64 },
+    /// The agent reports the end (maybe again).
+    Result {
+        outcome: CommandOutcome,
+        output_bytes: u64,
+        agent_ms: u64,
+    },
+    /// The command was cancelled before it left the device's session.
+    Withdrawn,
+    /// A technician cancels it.
+    Cancel { by: String },
+    /// Time passes (expiry of queued commands).
+    Tick,
+}
+
+/// What the host must do after storing the record (if `changed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Step {
+    /// The record changed: store it before anything else.
+    pub changed: bool,
+    /// Push the command on the device's session.
+    pub send: bool,
+    /// Tell the agent to stop it.
+    pub send_cancel: bool,
+    /// Acknowledge the result to the agent (after storing).
+    pub ack_result: bool,
+    /// The input was a repeat with nothing new (counted).
+    pub duplicate: bool,
+    /// The input was refused: the command is already finished.
+    pub already_finished: bool,
+}
+
+/// The terminal state an outcome maps to, and its details.
+fn outcome_state(outcome: &CommandOutcome) -> CommandState {
+    match outcome {
+        CommandOutcome::Exited { code: 0 } => CommandState::Completed,
+        CommandOutcome::Exited { .. }
+        | CommandOutcome::Signaled { .. }
+        | CommandOutcome::Refused { .. }
+        | CommandOutcome::FailedToStart { .. } => CommandState::Failed,
+        CommandOutcome::TimedOut => CommandState::TimedOut,
+        CommandOutcome::Cancelled => CommandState::Cancelled,
+        CommandOutcome::Interrupted => CommandState::Interrupted,
+    }
+}
+
+/// Applies `input` at `now_ms`.
+pub fn step(rec: &mut CommandRecord, input: Input, now_ms: u64) -> Step {
+    let mut s = Step::default();
+    match input {
+        Input::Dispatch => match rec.state {
+            CommandState::Queued => {
+                if now_ms >= rec.expires_ms {
+                    rec.enter(CommandState::Expired, now_ms);
+                    s.changed = true;
+                } else {
+                    rec.enter(CommandState::Sent, now_ms);
+                    s.changed = true;
+                    s.send = true;
+                }
+            }
+            // Sent on a session that ended before the agent acked: the
+            // agent may or may not have it; it dedupes by id.
+            CommandState::Sent if !rec.acked => {
+                if rec.cancel_requested {
+                    s.send_cancel = true;
+                } else {
+                    s.send = true;
+                }
+            }
+            CommandState::Sent | CommandState::Running => {
+                s.send_cancel = rec.cancel_requested;
+            }
+            _ => {}
+        },
+        Input::Acked => {
+            if !rec.acked {
+                rec.acked = true;
+                s.changed = true;
+            } else {
+                s.duplicate = true;
+            }
+        }
+        Input::Started { agent_ms } => match rec.state {
+            CommandState::Queued | CommandState::Sent => {
+                rec.acked = true;
+                rec.started_agent_ms = Some(agent_ms);
+                rec.enter(CommandState::Running, now_ms);
+                s.changed = true;
+            }
+            _ => s.duplicate = true,
+        },
+        Input::Result {
+            outcome,
+            output_bytes,
+            agent_ms,
+        } => {
+            s.ack_result = true;
+            if rec.state.is_terminal() {
+                s.duplicate = true;
+            } else {
+                let state = outcome_state(&outcome);
+                match &outcome {
+                    CommandOutcome::Exited { code } => rec.exit_code = Some(*code),
+                    CommandOutcome::Signaled { signal } => rec.signal = Some(*signal),
+                    CommandOutcome::Refused { reason } => {
+                        rec.reason = Some(format!("refused by the agent: {reason}"))
+                    }
+                    CommandOutcome::FailedToStart { message } => {
+                        rec.reason = Some(format!("could not start: {message}"))
+                    }
+                    _ => {}
+                }
+                rec.acked = true;
+                rec.output_total = Some(output_bytes);
+                rec.finished_agent_ms = Some(agent_ms);
+                rec.enter(state, now_ms);
+                s.changed = true;
+            }
+        }
+        Input::Withdrawn => {
+            if rec.state == CommandState::Sent && !rec.acked {
+                rec.enter(CommandState::Cancelled, now_ms);
+                s.changed = true;
+            } else {
+                s.duplicate = true;
+            }
+        }
+        Input::Cancel { by } => match rec.state {
+            CommandState::Queued => {
+                rec.reason = Some(format!("cancelled by {by} before it was sent"));
+                rec.enter(CommandState::Cancelled, now_ms);
+                s.changed = true;
+            }
+            CommandState::Sent | CommandState::Running => {
+                if !rec.cancel_requested {
+                    rec.cancel_requested = true;
+                    rec.reason = Some(format!("cancelled by {by}"));
+                    s.changed = true;
+                }
+                s.send_cancel = true;
+            }
+            _ => s.already_finished = true,
+        },
+        Input::Tick => {
+            if rec.state == CommandState::Queued && now_ms >= rec.expires_ms {
+                rec.enter(CommandState::Expired, now_ms);
+                s.changed = true;
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use outpost_proto::DeviceId;
+    use outpost_proto::command::CommandSpec;
+    use outpost_proto::ids::CommandId;
+
+    use super::*;
+
+    const T0: u64 = 1_000_000;
+
+    fn rec() -> CommandRecord {
+        CommandRecord::new(
+            CommandId([1; 16]),
+            DeviceId(7),
+            CommandSpec::shell("uptime", "alice"),
+            T0,
+        )
+    }
+
+    fn result(outcome: CommandOutcome) -> Input {
+        Input::Result {
+            outcome,
+            output_bytes: 3,
+            agent_ms: 5,
+        }
+    }
+
+    fn states(r: &CommandRecord) -> Vec<(CommandState, u64)> {
+        r.transitions.iter().map(|t| (t.state, t.at_ms)).collect()
+    }
+
+    #[test]
+    fn a_new_command_is_queued_at_its_creation_time_with_the_default_expiry() {
+        let r = rec();
+        assert_eq!(states(&r), vec![(CommandState::Queued, T0)]);
+        assert_eq!(r.expires_ms, T0 + 24 * 3600 * 1000);
+    }
+
+    #[test]
+    fn dispatch_sends_a_queued_command_and_records_the_time() {
+        let mut r = rec();
+        let s = step(&mut r, Input::Dispatch, T0 + 5);
+        assert!(s.changed && s.send);
+        assert_eq!(r.state, CommandState::Sent);
+        assert_eq!(r.entered(CommandState::Sent), Some(T0 + 5));
+    }
+
+    #[test]
+    fn an_unacked_command_is_sent_again_after_a_reconnect_until_acked() {
+        let mut r = rec();
+        step(&mut r, Input::Dispatch, T0 + 1);
+        // The session ended before the ack: the next session sends again,
+        // without a new transition.
+        let s = step(&mut r, Input::Dispatch, T0 + 100);
+        assert!(s.send && !s.changed);
+        assert_eq!(r.transitions.len(), 2);
+        let s = step(&mut r, Input::Acked, T0 + 101);
+        assert!(s.changed && r.acked);
+        let s = step(&mut r, Input::Dispatch, T0 + 200);
+        assert!(!s.send, "acked: the agent has it");
+        assert!(step(&mut r, Input::Acked, T0 + 201).duplicate);
+    }
+
+    #[test]
+    fn started_moves_a_sent_command_to_running() {
+        let mut r = rec();
+        step(&mut r, Input::Dispatch, T0 + 1);
+        let s = step(&mut r, Input::Started { agent_ms: 42 }, T0 + 2);
+        assert!(s.changed);
+        assert_eq!(r.state, CommandState::Running);
+        assert_eq!(r.started_agent_ms, Some(42));
+        assert!(r.acked, "a start implies the agent recorded it");
+        assert!(step(&mut r, Input::Started { agent_ms: 42 }, T0 + 3).duplicate);
+    }
+
+    #[test]
+    fn exit_zero_completes_and_nonzero_fails_with_the_code() {
+        for (code, want) in [(0, CommandState::Completed), (3, CommandState::Failed)] {
+            let mut r = rec();
+            step(&mut r, Input::Dispatch, T0 + 1);
+            step(&mut r, Input::Started { agent_ms: 1 }, T0 + 2);
+            let s = step(&mut r, result(CommandOutcome::Exited { code }), T0 + 3);
+            assert!(s.changed && s.ack_result);
+            assert_eq!(r.state, want);
+            assert_eq!(r.exit_code, Some(code));
+            assert_eq!(r.output_total, Some(3));
+            assert_eq!(
+                states(&r),
+                vec![
+                    (CommandState::Queued, T0),
+                    (CommandState::Sent, T0 + 1),
+                    (CommandState::Running, T0 + 2),
+                    (want, T0 + 3)
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn every_outcome_maps_to_its_terminal_state() {
+        let cases = [
+            (CommandOutcome::Signaled { signal: 9 }, CommandState::Failed),
+            (CommandOutcome::TimedOut, CommandState::TimedOut),
+            (CommandOutcome::Cancelled, CommandState::Cancelled),
+            (CommandOutcome::Interrupted, CommandState::Interrupted),
+            (
+                CommandOutcome::Refused {
+                    reason: "remote_commands = false".into(),
+                },
+                CommandState::Failed,
+            ),
+            (
+                CommandOutcome::FailedToStart {
+                    message: "no python3".into(),
+                },
+                CommandState::Failed,
+            ),
+        ];
+        for (outcome, want) in cases {
+            let mut r = rec();
+            step(&mut r, Input::Dispatch, T0 + 1);
+            step(&mut r, result(outcome.clone()), T0 + 2);
+            assert_eq!(r.state, want, "{outcome:?}");
+            assert_eq!(r.entered(want), Some(T0 + 2));
+        }
+        let mut r = rec();
+        step(&mut r, Input::Dispatch, T0 + 1);
+        step(
+            &mut r,
+            result(CommandOutcome::Refused {
+                reason: "run-as root not allowed".into(),
+            }),
+            T0 + 2,
+        );
+        assert!(
+            r.reason
+                .as_deref()
+                .unwrap()
+                .contains("run-as root not allowed")
+        );
+    }
+
+    #[test]
+    fn a_result_reported_twice_is_stored_once_and_acked_both_times() {
+        let mut r = rec();
+        step(&mut r, Input::Dispatch, T0 + 1);
+        step(&mut r, result(CommandOutcome::Exited { code: 0 }), T0 + 2);
+        let before = r.clone();
+        let s = step(&mut r, result(CommandOutcome::Exited { code: 1 }), T0 + 9);
+        assert!(s.ack_result && s.duplicate && !s.changed);
+        assert_eq!(r, before, "the first result stands");
+    }
+
+    #[test]
+    fn a_queued_command_for_an_offline_device_expires_at_its_expiry() {
+        let mut r = rec();
+        let exp = r.expires_ms;
+        assert!(!step(&mut r, Input::Tick, exp - 1).changed);
+        assert_eq!(r.state, CommandState::Queued);
+        assert!(step(&mut r, Input::Tick, exp).changed);
+        assert_eq!(r.state, CommandState::Expired);
+        assert_eq!(r.entered(CommandState::Expired), Some(exp));
+        // An expired command is never sent.
+        assert!(!step(&mut r, Input::Dispatch, exp + 1).send);
+    }
+
+    #[test]
+    fn a_device_that_connects_after_the_expiry_does_not_get_the_command() {
+        let mut r = rec();
+        let at = r.expires_ms + 10;
+        let s = step(&mut r, Input::Dispatch, at);
+        assert!(s.changed && !s.send);
+        assert_eq!(r.state, CommandState::Expired);
+    }
+
+    #[test]
+    fn a_sent_command_does_not_expire() {
+        let mut r = rec();
+        step(&mut r, Input::Dispatch, T0 + 1);
+        let at = r.expires_ms + 1;
+        assert!(!step(&mut r, Input::Tick, at).changed);
+        assert_eq!(r.state, CommandState::Sent);
+    }
+
+    #[test]
+    fn cancelling_a_queued_command_removes_it_before_it_is_sent() {
+        let mut r = rec();
+        let s = step(&mut r, Input::Cancel { by: "bob".into() }, T0 + 3);
+        assert!(s.changed && !s.send_cancel, "nothing to tell the agent");
+        assert_eq!(r.state, CommandState::Cancelled);
+        assert!(!step(&mut r, Input::Dispatch, T0 + 4).send);
+        assert!(r.reason.as_deref().unwrap().contains("bob"));
+    }
+
+    #[test]
+    fn cancelling_a_running_command_tells_the_agent_and_waits_for_its_result() {
+        let mut r = rec();
+        step(&mut r, Input::Dispatch, T0 + 1);
+        step(&mut r, Input::Started { agent_ms: 1 }, T0 + 2);
+        let s = step(&mut r, Input::Cancel { by: "bob".into() }, T0 + 3);
+        assert!(s.changed && s.send_cancel);
+        assert_eq!(r.state, CommandState::Running, "until the agent reports");
+        // After a reconnect, the cancel is repeated.
+        assert!(step(&mut r, Input::Dispatch, T0 + 4).send_cancel);
+        step(&mut r, result(CommandOutcome::Cancelled), T0 + 5);
+        assert_eq!(r.state, CommandState::Cancelled);
+        let s = step(&mut r, Input::Cancel { by: "bob".into() }, T0 + 6);
+        assert!(s.already_finished && !s.changed);
+    }
+
+    #[test]
+    fn a_cancelled_unacked_command_is_not_sent_again_but_cancelled_on_the_agent() {
+        let mut r = rec();
+        step(&mut r, Input::Dispatch, T0 + 1);
+        step(&mut r, Input::Cancel { by: "bob".into() }, T0 + 2);
+        let s = step(&mut r, Input::Dispatch, T0 + 3);
+        assert!(!s.send && s.send_cancel);
+    }
+
+    #[test]
+    fn a_command_withdrawn_from_the_session_is_cancelled() {
+        let mut r = rec();
+        step(&mut r, Input::Dispatch, T0 + 1);
+        step(&mut r, Input::Cancel { by: "bob".into() }, T0 + 2);
+        assert!(step(&mut r, Input::Withdrawn, T0 + 3).changed);
+        assert_eq!(r.state, CommandState::Cancelled);
+        assert!(step(&mut r, Input::Withdrawn, T0 + 4).duplicate);
+    }
+
+    #[test]
+    fn an_agent_restart_reports_a_running_command_interrupted() {
+        let mut r = rec();
+        step(&mut r, Input::Dispatch, T0 + 1);
+        step(&mut r, Input::Started { agent_ms: 1 }, T0 + 2);
+        step(&mut r, Input::Dispatch, T0 + 50); // reconnect: nothing to send
+        step(&mut r, result(CommandOutcome::Interrupted), T0 + 51);
+        assert_eq!(r.state, CommandState::Interrupted);
+    }
+
+    #[test]
+    fn states_parse_from_their_names() {
+        for s in CommandState::ALL {
+            assert_eq!(s.as_str().parse::<CommandState>().unwrap(), s);
+        }
+        assert!("done".parse::<CommandState>().is_err());
+    }
+}
