@@ -151,8 +151,15 @@ async fn rig() -> Rig {
         csrf: outpost_console::CsrfKey::from_bytes(b"test key"),
         metrics: metrics.console.clone(),
     });
+    let (commands, _commands_thread) = crate::commands::service::CommandService::start(
+        store.clone(),
+        metrics.clone(),
+        crate::commands::service::CommandOptions::default(),
+    )
+    .unwrap();
     let state = Arc::new(ApiState {
         store: store.clone(),
+        commands,
         metrics,
         auth: auth.clone(),
         writer,
