@@ -389,27 +389,13 @@ impl AgentSession {
     }
 
     fn on_file(&mut self, f: FileFrame) {
+        if let Err(e) = super::account_file_frame(&mut self.files_down, &mut self.files_up, &f) {
+            return self.fail(format!("protocol violation: file flow: {e}"));
+        }
         let ev = match f {
-            FileFrame::Chunk(chunk) => {
-                if let Err(e) = self.files_down.receive(
-                    chunk.transfer,
-                    chunk.offset,
-                    chunk.bytes.len() as u64,
-                    MAX_CHUNK_BYTES as u64,
-                ) {
-                    return self.fail(format!("protocol violation: file flow: {e}"));
-                }
-                AgentEvent::FileChunk(chunk)
-            }
-            FileFrame::Ack { transfer, up_to } => {
-                self.files_up.ack(transfer, up_to);
-                AgentEvent::FileAcked { transfer, up_to }
-            }
-            FileFrame::Abort { transfer, reason } => {
-                self.files_up.release(transfer);
-                self.files_down.release(transfer);
-                AgentEvent::FileAborted { transfer, reason }
-            }
+            FileFrame::Chunk(chunk) => AgentEvent::FileChunk(chunk),
+            FileFrame::Ack { transfer, up_to } => AgentEvent::FileAcked { transfer, up_to },
+            FileFrame::Abort { transfer, reason } => AgentEvent::FileAborted { transfer, reason },
         };
         self.events.push_back(ev);
     }

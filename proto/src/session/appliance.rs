@@ -317,25 +317,13 @@ impl ApplianceSession {
     }
 
     fn on_file(&mut self, f: FileFrame) {
+        if let Err(e) = super::account_file_frame(&mut self.files_up, &mut self.files_down, &f) {
+            return self.violation(format!("file flow: {e}"));
+        }
         let ev = match f {
-            FileFrame::Chunk(chunk) => {
-                if let Err(e) = self.files_up.receive(
-                    chunk.transfer,
-                    chunk.offset,
-                    chunk.bytes.len() as u64,
-                    MAX_CHUNK_BYTES as u64,
-                ) {
-                    return self.violation(format!("file flow: {e}"));
-                }
-                ApplianceEvent::FileChunk(chunk)
-            }
-            FileFrame::Ack { transfer, up_to } => {
-                self.files_down.ack(transfer, up_to);
-                ApplianceEvent::FileAcked { transfer, up_to }
-            }
+            FileFrame::Chunk(chunk) => ApplianceEvent::FileChunk(chunk),
+            FileFrame::Ack { transfer, up_to } => ApplianceEvent::FileAcked { transfer, up_to },
             FileFrame::Abort { transfer, reason } => {
-                self.files_up.release(transfer);
-                self.files_down.release(transfer);
                 ApplianceEvent::FileAborted { transfer, reason }
             }
         };

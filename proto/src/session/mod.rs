@@ -84,6 +84,35 @@ pub const FILE_WINDOW_BYTES: u64 = 1024 * 1024;
 /// limit is smaller: see `max_chunk_bytes` on the machines).
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
 
+/// Accounts a file frame received from the peer on the two file windows
+/// both ends keep: a chunk against `incoming` (at most one chunk beyond the
+/// window), an ack against `outgoing`; an abort releases the transfer in
+/// both directions. An error is a protocol violation by the peer.
+fn account_file_frame(
+    incoming: &mut flow::ByteWindow<crate::ids::TransferId>,
+    outgoing: &mut flow::ByteWindow<crate::ids::TransferId>,
+    f: &crate::messages::FileFrame,
+) -> Result<(), flow::WindowError> {
+    use crate::messages::FileFrame;
+    match f {
+        FileFrame::Chunk(chunk) => incoming.receive(
+            chunk.transfer,
+            chunk.offset,
+            chunk.bytes.len() as u64,
+            MAX_CHUNK_BYTES as u64,
+        ),
+        FileFrame::Ack { transfer, up_to } => {
+            outgoing.ack(*transfer, *up_to);
+            Ok(())
+        }
+        FileFrame::Abort { transfer, .. } => {
+            incoming.release(*transfer);
+            outgoing.release(*transfer);
+            Ok(())
+        }
+    }
+}
+
 /// Frame bytes around a chunk's payload (variant tags, id, offset, length).
 pub const CHUNK_OVERHEAD_BYTES: usize = 64;
 
