@@ -4,6 +4,8 @@
 //! - [`version`]: dpkg and rpm version order, exact to the tools.
 //! - [`release`]: which distribution release a device runs or an advisory
 //!   speaks of.
+//! - [`approval`]: approval rules per scope and the decision for a patch
+//!   on a device (which rule decided).
 //! - [`assess`]: the pure assessment of a device (findings, missing
 //!   patches, risk, compliance) and views over many devices.
 //! - [`catalog`]: vulnerability catalogs (Debian tracker JSON, OSV),
@@ -18,6 +20,7 @@
 //! milliseconds). The agent, the appliance and central link it; it must
 //! never depend on `outpost-storage`, RocksDB or tokio.
 
+pub mod approval;
 pub mod assess;
 pub mod catalog;
 pub mod release;
