@@ -13,6 +13,8 @@
 //! - [`severity`]: one severity scale for every source.
 //! - `testing` (feature `testing`): synthetic catalogs and scans for
 //!   benchmarks.
+//! - [`window`]: weekly install windows in IANA time zones, combined with
+//!   the maintenance windows that pause patch installs.
 //! - [`scan`]: parsers of the package tools' output, the scan model and
 //!   scan deltas.
 //!
@@ -30,3 +32,4 @@ pub mod smallstr;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod version;
+pub mod window;
