@@ -10,6 +10,8 @@
 //!   patches, risk, compliance) and views over many devices.
 //! - [`catalog`]: vulnerability catalogs (Debian tracker JSON, OSV),
 //!   indexed by (release, source package), and their change sets.
+//! - [`rollout`]: staged deployments: the stage plan and the state machine
+//!   (gates, windows, rollbacks) the orchestrator applies.
 //! - [`severity`]: one severity scale for every source.
 //! - `testing` (feature `testing`): synthetic catalogs and scans for
 //!   benchmarks.
@@ -26,6 +28,7 @@ pub mod approval;
 pub mod assess;
 pub mod catalog;
 pub mod release;
+pub mod rollout;
 pub mod scan;
 pub mod severity;
 pub mod smallstr;
