@@ -8,6 +8,8 @@
 //!   on a device (which rule decided).
 //! - [`assess`]: the pure assessment of a device (findings, missing
 //!   patches, risk, compliance) and views over many devices.
+//! - [`install`]: the device-side install and rollback plans (apt command
+//!   line, pre-checks, previous versions) and the parsers of apt/dpkg output.
 //! - [`catalog`]: vulnerability catalogs (Debian tracker JSON, OSV),
 //!   indexed by (release, source package), and their change sets.
 //! - [`rollout`]: staged deployments: the stage plan and the state machine
@@ -27,6 +29,7 @@
 pub mod approval;
 pub mod assess;
 pub mod catalog;
+pub mod install;
 pub mod release;
 pub mod rollout;
 pub mod scan;
