@@ -135,6 +135,8 @@ pub enum PauseReason {
     },
     GateFailed {
         figures: GateFigures,
+        /// Why, in one line (`1 of 1 devices failed: …`).
+        why: String,
     },
     /// The stage was rolled back (automatically or by a technician).
     StageRolledBack,
@@ -232,6 +234,7 @@ pub enum Event {
     GateFailed {
         stage: u32,
         figures: GateFigures,
+        why: String,
     },
     AutoRollback {
         stage: u32,
@@ -813,15 +816,20 @@ impl Deployment {
                         self.gate(stage, now_ms)
                     };
                     match status {
-                        GateStatus::Fails(_) => {
+                        GateStatus::Fails(why) => {
                             let figures = self.figures(stage);
                             self.phase = Phase::Paused {
                                 stage,
                                 reason: PauseReason::GateFailed {
                                     figures: figures.clone(),
+                                    why: why.clone(),
                                 },
                             };
-                            out.push(Action::Notify(Event::GateFailed { stage, figures }));
+                            out.push(Action::Notify(Event::GateFailed {
+                                stage,
+                                figures,
+                                why,
+                            }));
                         }
                         GateStatus::Waiting(_) => {}
                         GateStatus::Holds => {

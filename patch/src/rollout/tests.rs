@@ -352,7 +352,17 @@ fn failed_pilot_pauses_the_deployment_notifies_and_later_stages_never_start() {
     let figures = out
         .iter()
         .find_map(|a| match a {
-            Action::Notify(Event::GateFailed { stage: 0, figures }) => Some(figures.clone()),
+            Action::Notify(Event::GateFailed {
+                stage: 0,
+                figures,
+                why,
+            }) => {
+                assert_eq!(
+                    why,
+                    "1 of 1 devices failed: the success rate cannot reach 95%"
+                );
+                Some(figures.clone())
+            }
             _ => None,
         })
         .expect("gate failed notice");
@@ -869,5 +879,34 @@ fn recover_re_emits_only_queued_installs_and_pending_rollbacks_with_their_ids() 
     assert!(
         again.contains(original),
         "same command id as before the crash"
+    );
+}
+
+#[test]
+fn a_thousand_devices_roll_out_through_every_stage_each_installed_once() {
+    let mut s = spec(1000);
+    s.targets = targets(1000, &[3, 500]);
+    let mut sim = Sim::new(s);
+    let started = std::time::Instant::now();
+    let mut dispatched = Vec::new();
+    dispatched.extend(installs(&sim.step(Input::Start)));
+    let sizes: Vec<usize> = sim.dep.stages.iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![10, 90, 400, 500]);
+    let mut steps = 1u32;
+    for k in 0..4 {
+        for d in sim.stage(k) {
+            dispatched.extend(installs(&sim.report(&d, Report::Succeeded)));
+            steps += 1;
+        }
+        dispatched.extend(installs(&sim.tick_after(10 * MIN)));
+        steps += 1;
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(sim.dep.phase, Phase::Completed);
+    let unique: BTreeSet<&String> = dispatched.iter().collect();
+    assert_eq!((dispatched.len(), unique.len()), (1000, 1000));
+    println!(
+        "1000 devices: {steps} steps in {elapsed:?} ({:?} per step, unoptimized build)",
+        elapsed / steps
     );
 }

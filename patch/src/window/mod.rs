@@ -236,5 +236,40 @@ pub fn next_install_at(window: Option<&Schedule>, pauses: &[Pause], now_ms: u64)
     None
 }
 
+/// Every target device's install window and pauses, as the rollout
+/// state machine asks for them ([`crate::rollout::Windows`]): the
+/// orchestrator compiles each device's window (its own, or the
+/// deployment's default) and resolves the maintenance windows with
+/// `pause_patch_installs` that cover it into intervals.
+#[derive(Debug, Clone, Default)]
+pub struct SiteWindows {
+    /// For devices without an entry in `per_device`; `None`: any time.
+    pub default: Option<Schedule>,
+    pub per_device: std::collections::HashMap<String, Option<Schedule>>,
+    pub pauses: std::collections::HashMap<String, Vec<Pause>>,
+}
+
+impl SiteWindows {
+    fn window(&self, device: &str) -> Option<&Schedule> {
+        match self.per_device.get(device) {
+            Some(w) => w.as_ref(),
+            None => self.default.as_ref(),
+        }
+    }
+
+    /// When the device may next install (for "waiting until …").
+    pub fn next_install_at(&self, device: &str, now_ms: u64) -> Option<u64> {
+        let pauses = self.pauses.get(device).map_or(&[][..], Vec::as_slice);
+        next_install_at(self.window(device), pauses, now_ms)
+    }
+}
+
+impl crate::rollout::Windows for SiteWindows {
+    fn can_install(&self, device: &str, now_ms: u64) -> bool {
+        let pauses = self.pauses.get(device).map_or(&[][..], Vec::as_slice);
+        can_install(self.window(device), pauses, now_ms)
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -210,3 +210,27 @@ fn install_windows_round_trip_through_json() {
     assert!(json.contains(r#""days":["tue","sat"]"#), "{json}");
     assert_eq!(serde_json::from_str::<InstallWindow>(&json).unwrap(), w);
 }
+
+#[test]
+fn site_windows_resolve_each_devices_window_and_pauses_for_the_rollout() {
+    use crate::rollout::Windows;
+    let tuesday = window(&[Day::Tue], "02:00", 120, "Europe/Berlin");
+    let mut site = SiteWindows {
+        default: Some(tuesday),
+        ..Default::default()
+    };
+    site.per_device.insert("anytime".into(), None);
+    let open = ms("2026-12-01T01:30:00Z");
+    let closed = ms("2026-12-02T01:30:00Z");
+    site.pauses
+        .insert("paused".into(), vec![(open - 1, open + 1)]);
+    assert!(site.can_install("d1", open));
+    assert!(!site.can_install("d1", closed));
+    assert!(site.can_install("anytime", closed));
+    assert!(!site.can_install("paused", open));
+    assert_eq!(site.next_install_at("paused", open), Some(open + 1));
+    assert_eq!(
+        site.next_install_at("d1", closed),
+        Some(ms("2026-12-08T01:00:00Z"))
+    );
+}
