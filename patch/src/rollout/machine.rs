@@ -263,6 +263,12 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
+    /// Fetch and pin these exact versions in the site cache (before any
+    /// install of them is dispatched: at start, and when a resume
+    /// replaces the versions).
+    Prefetch {
+        patches: Vec<PatchKey>,
+    },
     DispatchInstall {
         device: String,
         command_id: String,
@@ -539,7 +545,12 @@ impl Deployment {
         let mut out = Vec::new();
         match input {
             Input::Start => match self.phase {
-                Phase::Pending => self.start_stage(0, &mut out),
+                Phase::Pending => {
+                    out.push(Action::Prefetch {
+                        patches: self.spec.patches.clone(),
+                    });
+                    self.start_stage(0, &mut out)
+                }
                 _ => reject(
                     &mut out,
                     format!("deployment is {}, not pending", self.phase.name()),
@@ -622,6 +633,9 @@ impl Deployment {
         if let Some(p) = patches {
             if p.is_empty() {
                 return reject(out, "resume with an empty patch list");
+            }
+            if p != self.spec.patches {
+                out.push(Action::Prefetch { patches: p.clone() });
             }
             self.spec.patches = p;
         }

@@ -49,6 +49,10 @@
 //! attempt unless a technician asks for a retry. [`Deployment::recover`]
 //! re-emits the commands of devices dispatched but without any report yet
 //! (the same ids: the agent runs a command id once).
+//!
+//! The patch versions are announced for prefetching ([`Action::Prefetch`])
+//! before the first install of them is dispatched, so the site cache
+//! fetches and pins them once, ahead of the windows.
 
 mod machine;
 #[cfg(test)]
