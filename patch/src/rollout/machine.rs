@@ -186,13 +186,21 @@ impl Phase {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "report", rename_all = "snake_case")]
 pub enum Report {
+    /// The queued install command was withdrawn before it started: after
+    /// an abort's [`Action::CancelInstall`] the device is back to pending;
+    /// otherwise (cancelled by hand) it failed.
+    Cancelled,
     Downloading,
     Installing,
     RebootPending,
     Succeeded,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
     RolledBack,
-    RollbackFailed { reason: String },
+    RollbackFailed {
+        reason: String,
+    },
 }
 
 /// What [`Deployment::step`] reacts to.
@@ -202,8 +210,9 @@ pub enum Input {
     Start,
     /// Time passed (windows, deadlines, soak).
     Tick,
-    /// `attempt`: the install attempt the report is about (the command
-    /// id's last part); a report of an older attempt is ignored.
+    /// `attempt`: the install attempt the report is about (the install
+    /// command id's last part; rollback reports carry the device's current
+    /// install attempt too); a report of an older attempt is ignored.
     Report {
         device: String,
         attempt: u32,
@@ -589,14 +598,13 @@ impl Deployment {
                 } else {
                     for (d, r) in self.devices.iter_mut() {
                         if r.state == DeviceState::Queued {
+                            // Stays queued until the agent confirms the
+                            // withdrawal (`cancelled`) or reports that it
+                            // had started after all.
                             out.push(Action::CancelInstall {
                                 device: d.clone(),
                                 command_id: install_command_id(&self.spec.id, d, r.attempt),
                             });
-                            r.state = DeviceState::Pending;
-                            r.dispatched_at_ms = None;
-                            r.rollback_requested = false;
-                            r.reason = Some("cancelled: deployment aborted".into());
                         } else if r.state == DeviceState::WaitingForWindow {
                             r.state = DeviceState::Pending;
                         }
@@ -680,6 +688,7 @@ impl Deployment {
             })
         };
         let id = self.spec.id.clone();
+        let aborted = matches!(self.phase, Phase::Aborted { .. });
         let Some(r) = self.devices.get_mut(device) else {
             return ignore(out, "not a target of this deployment".into());
         };
@@ -695,6 +704,10 @@ impl Deployment {
         use DeviceState as S;
         let from = r.state;
         let next = match (&report, from) {
+            // Withdrawn after an abort: never installed. Cancelled
+            // otherwise (by hand): a failure, not re-sent by itself.
+            (Report::Cancelled, S::Queued) if aborted => S::Pending,
+            (Report::Cancelled, S::Queued) => S::Failed,
             (Report::Downloading, S::Queued) => S::Downloading,
             (Report::Installing, S::Queued | S::Downloading) => S::Installing,
             (Report::RebootPending, S::Queued | S::Downloading | S::Installing) => S::RebootPending,
@@ -714,6 +727,20 @@ impl Deployment {
         r.state = next;
         match &report {
             Report::RebootPending => r.reboot_at_ms = Some(now_ms),
+            Report::Cancelled if next == S::Pending => {
+                r.dispatched_at_ms = None;
+                r.rollback_requested = false;
+                r.reason = Some("install cancelled before it started".into());
+            }
+            Report::Cancelled => {
+                let reason = "install command cancelled before it started".to_string();
+                r.finished_at_ms = Some(now_ms);
+                r.reason = Some(reason.clone());
+                out.push(Action::Notify(Event::DeviceFailed {
+                    device: device.to_string(),
+                    reason,
+                }));
+            }
             Report::Succeeded => {
                 r.finished_at_ms = Some(now_ms);
                 r.timed_out = false;
@@ -1000,6 +1027,7 @@ impl Deployment {
 
 fn report_name(r: &Report) -> &'static str {
     match r {
+        Report::Cancelled => "cancelled",
         Report::Downloading => "downloading",
         Report::Installing => "installing",
         Report::RebootPending => "reboot_pending",

@@ -36,7 +36,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         20 => (0..120 * MIN).prop_map(Op::Tick),
-        50 => (0..40usize, 0..7u8, prop::bool::weighted(0.05))
+        50 => (0..40usize, 0..8u8, prop::bool::weighted(0.05))
             .prop_map(|(device, kind, stale)| Op::Report { device, kind, stale }),
         3 => Just(Op::Pause),
         5 => any::<bool>().prop_map(|force| Op::Resume { force }),
@@ -92,7 +92,8 @@ fn report(kind: u8) -> Report {
         3 => Report::Succeeded,
         4 => Report::Failed { reason: "x".into() },
         5 => Report::RolledBack,
-        _ => Report::RollbackFailed { reason: "y".into() },
+        6 => Report::RollbackFailed { reason: "y".into() },
+        _ => Report::Cancelled,
     }
 }
 

@@ -644,11 +644,31 @@ fn abort_cancels_queued_installs_and_records_in_flight_results() {
     assert_eq!(cancelled.len(), 3);
     assert!(!cancelled.contains(&&st[0]));
     assert!(has(&out, |a| *a == Action::Notify(Event::Aborted)));
+    // Withdrawn before it started: back to pending; started after all:
+    // its result counts.
+    sim.report(&st[1], Report::Cancelled);
     assert_eq!(sim.state(&st[1]), DeviceState::Pending);
+    sim.report(&st[2], Report::Installing);
+    sim.report(&st[2], Report::Succeeded);
+    assert_eq!(sim.state(&st[2]), DeviceState::Succeeded);
+    let out = sim.report(&st[0], Report::Cancelled);
+    assert!(
+        has(&out, |a| matches!(a, Action::Ignored { .. })),
+        "too late to cancel"
+    );
     sim.report(&st[0], Report::Succeeded);
     assert_eq!(sim.state(&st[0]), DeviceState::Succeeded);
     assert!(installs(&sim.tick_after(3_600_000)).is_empty());
     assert!(matches!(sim.dep.phase, Phase::Aborted { .. }));
+    // Cancelled by hand in a running deployment: failed, not re-sent.
+    let mut s = spec(1);
+    s.stages = vec![100];
+    let mut sim = Sim::new(s);
+    sim.step(Input::Start);
+    let d = sim.stage(0)[0].clone();
+    let out = sim.report(&d, Report::Cancelled);
+    assert_eq!(sim.state(&d), DeviceState::Failed);
+    assert!(installs(&out).is_empty());
 }
 
 #[test]
