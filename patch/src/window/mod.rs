@@ -16,8 +16,7 @@
 //! - A start time that does not exist that day (spring forward, e.g.
 //!   02:30 in Europe/Berlin on the last Sunday of March) opens at the
 //!   instant the skipped time maps to with the offset before the change:
-//!   02:30 CET = 03:30 CEST (jiff's `compatible` disambiguation, as cron
-//!   and systemd do).
+//!   02:30 CET = 03:30 CEST (jiff's `compatible` disambiguation).
 //! - A start time that occurs twice (fall back, 02:30 on the last Sunday
 //!   of October) opens once, at its first occurrence (the earlier, summer
 //!   time).
