@@ -61,14 +61,31 @@ impl AdminClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<Bytes> {
+        let ct = body.as_ref().map(|_| "application/json");
+        self.request_typed(method, path, body, ct).await
+    }
+
+    /// POST a raw body (`application/octet-stream`), returning the answer.
+    pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> anyhow::Result<Bytes> {
+        self.request_typed("POST", path, Some(body), Some("application/octet-stream"))
+            .await
+    }
+
+    async fn request_typed(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        content_type: Option<&str>,
+    ) -> anyhow::Result<Bytes> {
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let url = format!("{}{}", self.base, path);
         let mut req = Request::builder()
             .method(method)
             .uri(&url)
             .header("authorization", format!("Bearer {}", self.token));
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
         }
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
