@@ -849,3 +849,199 @@ enum Written {
     /// Everything announced arrived.
     Complete(PullHeader),
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use outpost_proto::messages::{CommandOutcome, CommandResult};
+    use outpost_proto::{CustomerId, TenantId};
+    use outpost_storage::StoreOptions;
+    use outpost_storage::model::DeviceRecord;
+
+    use super::*;
+    use crate::commands::service::CommandOptions;
+    use crate::ingest::remote::{LinkInbox, LinkInput, RemoteHost};
+
+    fn device(store: &Store, id: u64) -> DeviceId {
+        let d = DeviceId(id);
+        outpost_storage::registry::register(
+            store,
+            &DeviceRecord {
+                id: d,
+                tenant: TenantId::new("acme"),
+                customer: CustomerId::new("dental"),
+                hostname: "h".into(),
+                os: "linux".into(),
+                kernel: "6".into(),
+                arch: "x86_64".into(),
+                agent_version: "0".into(),
+                enrolled_at_ms: 1,
+                cert_serial: "00".into(),
+                revoked_at_ms: None,
+            },
+        )
+        .unwrap();
+        d
+    }
+
+    /// The next file answer on the link (skipping command traffic).
+    async fn file_answer(inbox: &mut LinkInbox) -> LinkInput {
+        loop {
+            let i = tokio::time::timeout(Duration::from_secs(5), inbox.rx.recv())
+                .await
+                .expect("a link input")
+                .expect("open");
+            if matches!(i, LinkInput::AckFile(..) | LinkInput::AbortFile(..)) {
+                return i;
+            }
+        }
+    }
+
+    fn stream(content: &[u8], announced: &[u8]) -> Vec<u8> {
+        let h = PullHeader {
+            size_bytes: content.len() as u64,
+            sha256: Sha256Of::of(announced),
+        };
+        let mut s = h.encode().to_vec();
+        s.extend_from_slice(content);
+        s
+    }
+
+    struct Sha256Of;
+    impl Sha256Of {
+        fn of(b: &[u8]) -> [u8; 32] {
+            use sha2::Digest;
+            sha2::Sha256::digest(b).into()
+        }
+    }
+
+    fn chunk(t: TransferId, offset: u64, bytes: &[u8], last: bool) -> ApplianceEvent {
+        ApplianceEvent::FileChunk(FileChunk {
+            transfer: t,
+            offset,
+            bytes: bytes.to_vec(),
+            last,
+        })
+    }
+
+    async fn wait_state(svc: &FileService, t: TransferId, s: TransferState) -> TransferRecord {
+        for _ in 0..200 {
+            let r = svc.get(t).unwrap().unwrap();
+            if r.state == s {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("transfer {t} never reached {s}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pull_is_kept_only_when_its_hash_matches_and_resent_bytes_are_acknowledged_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::db::open(&dir.path().join("db"), &StoreOptions::default()).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let (commands, ch) =
+            CommandService::start(store.clone(), metrics.clone(), CommandOptions::default())
+                .unwrap();
+        let (svc, fh) = FileService::start(
+            store.clone(),
+            metrics.clone(),
+            &dir.path().join("files"),
+            FileConfig { max_bytes: 1000 },
+            commands.clone(),
+        )
+        .unwrap();
+        let dev = device(&store, 7);
+        let (link, mut inbox) = RemoteLink::new(dev);
+        commands.session_up(dev, link);
+
+        // A good pull, in two chunks with a resend in between.
+        let rec = svc
+            .pull(dev, "/var/log/x".into(), "alice".into())
+            .await
+            .unwrap();
+        assert_eq!(rec.state, TransferState::Queued);
+        assert!(rec.command.is_some());
+        let body = b"hello pulled world".to_vec();
+        let s = stream(&body, &body);
+        commands.event(dev, chunk(rec.id, 0, &s[..30], false));
+        assert!(matches!(
+            file_answer(&mut inbox).await,
+            LinkInput::AckFile(_, 30)
+        ));
+        commands.event(dev, chunk(rec.id, 0, &s[..30], false));
+        assert!(matches!(
+            file_answer(&mut inbox).await,
+            LinkInput::AckFile(_, 30)
+        ));
+        assert_eq!(metrics.files.pull_bytes_duplicate.get(), 30);
+        commands.event(dev, chunk(rec.id, 30, &s[30..], true));
+        let total = s.len() as u64;
+        assert!(matches!(file_answer(&mut inbox).await, LinkInput::AckFile(_, n) if n == total));
+        let r = svc.get(rec.id).unwrap().unwrap();
+        assert_eq!(
+            r.sha256.as_deref(),
+            Some(transfer::hex_sha(&Sha256Of::of(&body)).as_str())
+        );
+        assert_eq!(std::fs::read(svc.content_path(&r).unwrap()).unwrap(), body);
+        // The agent's result completes it.
+        commands.event(
+            dev,
+            ApplianceEvent::Result(CommandResult {
+                id: r.command.unwrap(),
+                outcome: CommandOutcome::Exited { code: 0 },
+                output_bytes: 0,
+                finished_ms: 1,
+            }),
+        );
+        let done = wait_state(&svc, rec.id, TransferState::Completed).await;
+        assert_eq!(done.bytes_done, body.len() as u64);
+
+        // A pull whose content does not match its header: aborted, failed,
+        // counted, nothing kept.
+        let bad = svc
+            .pull(dev, "/var/log/y".into(), "alice".into())
+            .await
+            .unwrap();
+        let s = stream(b"tampered", b"original");
+        commands.event(dev, chunk(bad.id, 0, &s, true));
+        match file_answer(&mut inbox).await {
+            LinkInput::AbortFile(t, reason) => {
+                assert_eq!(t, bad.id);
+                assert!(reason.contains("sha256 mismatch"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let r = wait_state(&svc, bad.id, TransferState::Failed).await;
+        assert!(r.reason.unwrap().contains("sha256 mismatch"));
+        assert_eq!(metrics.files.hash_mismatches.get(), 1);
+        assert!(!svc.blobs().has(&Sha256Of::of(b"tampered")));
+
+        // A header announcing more than the limit: refused.
+        let big = svc
+            .pull(dev, "/var/log/z".into(), "alice".into())
+            .await
+            .unwrap();
+        let h = PullHeader {
+            size_bytes: 5000,
+            sha256: [0; 32],
+        };
+        commands.event(dev, chunk(big.id, 0, &h.encode(), false));
+        assert!(matches!(
+            file_answer(&mut inbox).await,
+            LinkInput::AbortFile(..)
+        ));
+        wait_state(&svc, big.id, TransferState::Failed).await;
+
+        // A chunk of a transfer nobody asked for is aborted.
+        commands.event(dev, chunk(TransferId([9; 16]), 0, b"x", true));
+        assert!(
+            matches!(file_answer(&mut inbox).await, LinkInput::AbortFile(t, _) if t == TransferId([9; 16]))
+        );
+        svc.stop();
+        commands.stop();
+        fh.join().unwrap();
+        ch.join().unwrap();
+    }
+}
