@@ -324,3 +324,67 @@ fn a_push_resumes_from_what_the_agent_holds_after_it_is_killed_mid_transfer() {
         .collect();
     assert_eq!(names, ["image.bin"]);
 }
+
+#[test]
+fn a_pull_survives_kill_9_of_the_appliance_and_a_queued_push_is_cancelled_before_it_is_sent() {
+    let tmp = scratch("files-appliance-kill");
+    let root = tmp.path().join("managed");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut app = Appliance::start(tmp.path());
+    let mut a = agent_with(tmp.path(), "a1", &app, &roots_toml(&root), true);
+    let dev = a.device_id.clone();
+    let size = 48 * 1024 * 1024;
+    let body = content(size, 6);
+    let remote = root.join("dump.bin");
+    std::fs::write(&remote, &body).unwrap();
+    let (s, v) = app.api_post(
+        "/api/v1/files/pull",
+        &json!({"device": dev, "path": remote.to_str().unwrap()}),
+    );
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let v = wait_state(&app, &id, 60, |v| {
+        v["bytes_done"].as_u64().unwrap_or(0) >= 4 * 1024 * 1024 || terminal(v)
+    });
+    assert_eq!(v["state"], "transferring", "{v}");
+    app.kill9();
+    app.restart();
+    let v = wait_state(&app, &id, 120, terminal);
+    assert_eq!(v["state"], "completed", "{v}");
+    assert_eq!(v["sha256"], sha_hex(&body));
+    assert!(v["resumes"].as_u64().unwrap() >= 1, "{v}");
+    let got = tmp.path().join("dump.got");
+    app.cli_ok(&["files", "download", &id, got.to_str().unwrap()]);
+    assert_eq!(sha_hex(&std::fs::read(&got).unwrap()), sha_hex(&body));
+
+    // Offline: a push waits; cancelled, it is never sent.
+    a.stop();
+    wait_for(Duration::from_secs(30), "the agent gone", || {
+        (app.device(&dev)["connected"] != true).then_some(())
+    });
+    let local = tmp.path().join("late.conf");
+    std::fs::write(&local, b"late\n").unwrap();
+    let target = root.join("late.conf");
+    let id = app
+        .cli_ok(&[
+            "files",
+            "push",
+            "--device",
+            &dev,
+            local.to_str().unwrap(),
+            target.to_str().unwrap(),
+        ])
+        .trim()
+        .to_string();
+    assert_eq!(show(&app, &id)["state"], "queued");
+    let text = app.cli_ok(&["files", "cancel", &id]);
+    assert!(text.contains("cancelled"), "{text}");
+    a.start();
+    // Give the agent a session in which the push would have gone out.
+    wait_for(Duration::from_secs(30), "the agent back", || {
+        (app.device(&dev)["connected"] == true).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!target.exists(), "a cancelled push is never written");
+    assert_eq!(show(&app, &id)["state"], "cancelled");
+}
