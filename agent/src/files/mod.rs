@@ -181,10 +181,24 @@ impl FileAgent {
         let mut tokens = Vec::new();
         for (t, e) in self.inner.store.entries().unwrap_or_default() {
             let cancel = CancellationToken::new();
-            tokens.push((e.command(), cancel.clone()));
-            match w.resume(t, e, cancel) {
-                Ok(()) => info!(transfer = %t, "file transfer resumed after a restart"),
-                Err(e) => warn!(transfer = %t, error = %e, "a file transfer could not resume"),
+            let command = e.command();
+            match w.resume(t, e, cancel.clone()) {
+                Ok(()) => {
+                    info!(transfer = %t, "file transfer resumed after a restart");
+                    tokens.push((command, cancel));
+                }
+                Err(e) => {
+                    // Its command must end, not stay running forever.
+                    warn!(transfer = %t, error = %e, "a file transfer could not resume");
+                    let _ = self.inner.store.remove(t);
+                    w.finished(
+                        command,
+                        CommandOutcome::Exited { code: 1 },
+                        Some(format!(
+                            "the transfer could not resume after a restart: {e}"
+                        )),
+                    );
+                }
             }
         }
         tokio::spawn(w.run(rx));

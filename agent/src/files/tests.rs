@@ -266,3 +266,76 @@ async fn a_pull_announces_size_and_hash_then_streams_and_completes_once_acknowle
     );
     assert!(r.inbox.files.try_recv().is_err(), "nothing sent");
 }
+
+#[tokio::test]
+async fn after_a_restart_a_push_resumes_from_its_temporary_file_and_one_that_lost_it_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let root = root.canonicalize().unwrap();
+    let store_dir = dir.path().join("store");
+    let content = b"0123456789abcdef".to_vec();
+    let (t1, t2) = (TransferId([1; 16]), TransferId([2; 16]));
+    // What a killed agent leaves: two entries, one temporary file with
+    // 6 durable bytes, the other's temporary file gone.
+    {
+        let s = store::FileStore::open(&store_dir).unwrap();
+        for (t, id, name) in [(t1, 1u8, "a"), (t2, 2, "b")] {
+            s.put(
+                t,
+                &Entry::Push {
+                    command: CommandId([id; 16]),
+                    target: root.join(name).to_string_lossy().into(),
+                    temp: root.join(format!(".{name}.part")).to_string_lossy().into(),
+                    size: content.len() as u64,
+                    sha256: Sha256::digest(&content).into(),
+                    mode: None,
+                    owner: None,
+                },
+            )
+            .unwrap();
+        }
+        s.flush().await.unwrap();
+        std::fs::write(root.join(".a.part"), &content[..6]).unwrap();
+    }
+    let files = FileAgent::open(&store_dir, vec![root.clone()]).unwrap();
+    assert_eq!(files.live_commands().len(), 2);
+    let (tx, mut reports) = mpsc::unbounded_channel();
+    let tokens = files.attach(Arc::new(Collect(tx)));
+    assert_eq!(
+        tokens.len(),
+        1,
+        "only the resumable one keeps a cancel handle"
+    );
+    // The one without its file ends failed with the reason.
+    let mut out = String::new();
+    loop {
+        match reports.recv().await.unwrap() {
+            Report::Output(s) => out.push_str(&s),
+            Report::Finished(o) => {
+                assert_eq!(o, CommandOutcome::Exited { code: 1 });
+                break;
+            }
+        }
+    }
+    assert!(out.contains("could not resume"), "{out}");
+    // The other resumes at 6 on the next session.
+    let (link, mut inbox) = RemoteLink::new(16);
+    files.session_up(link);
+    let first = tokio::time::timeout(Duration::from_secs(10), inbox.rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(first, LinkInput::AckFile(x, 6) if x == t1),
+        "{first:?}"
+    );
+    files.event(chunk(t1, 6, &content[6..], true));
+    loop {
+        if let Report::Finished(o) = reports.recv().await.unwrap() {
+            assert_eq!(o, CommandOutcome::Exited { code: 0 });
+            break;
+        }
+    }
+    assert_eq!(std::fs::read(root.join("a")).unwrap(), content);
+}
