@@ -262,6 +262,15 @@ fn a_file_over_the_limit_is_refused_before_any_byte_moves() {
     assert!(stderr(&o).contains("limit"), "{}", stderr(&o));
     assert!(!tmp.path().join("got").exists());
     assert_eq!(app.metric("outpost_files_pull_bytes_stored_total"), 0.0);
+
+    // A revoked device takes no transfers: 409.
+    app.cli_ok(&["device", "revoke", &dev]);
+    let (s, v) = app.api_post(
+        "/api/v1/files/pull",
+        &json!({"device": dev, "path": root.join("big.log").to_str().unwrap()}),
+    );
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("revoked"), "{v}");
 }
 
 #[test]
