@@ -60,7 +60,7 @@ pub fn list(
 ) -> Result<Vec<TransferRecord>> {
     let mut ids = Vec::new();
     store.scan_raw(FILE_TRANSFERS_BY_TIME, &[], None, |k, _| {
-        if let Ok(id) = <[u8; 16]>::try_from(&k[8..]) {
+        if let Some(Ok(id)) = k.get(8..).map(<[u8; 16]>::try_from) {
             ids.push(TransferId(id));
         }
         Ok(true)
