@@ -49,6 +49,11 @@ pub struct AgentConfig {
     /// SIGKILL after this grace.
     #[serde(with = "humantime_serde")]
     pub command_kill_grace: Duration,
+    /// Directories the appliance may push files into and pull files from
+    /// (with everything below them; symbolic links are resolved first, so
+    /// a link may not lead outside). Empty by default: every file transfer
+    /// is refused with the reason.
+    pub file_roots: Vec<std::path::PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -67,6 +72,7 @@ impl Default for AgentConfig {
             remote_commands: true,
             allowed_run_as: Vec::new(),
             command_kill_grace: Duration::from_secs(5),
+            file_roots: Vec::new(),
         }
     }
 }

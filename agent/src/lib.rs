@@ -14,6 +14,7 @@ pub mod collect;
 pub mod commands;
 pub mod config;
 pub mod enroll;
+pub mod files;
 pub mod identity;
 pub mod net;
 pub mod remote;

@@ -166,11 +166,17 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 session::now_ms(),
                 writer_stop.clone(),
             ));
-            let executor =
-                outpost_agent::commands::Executor::start(&dir.commands(), cfg.command_policy())
-                    .with_context(|| {
-                        format!("opening the command ledger {}", dir.commands().display())
-                    })?;
+            let files_dir = dir.0.join("files");
+            let files = outpost_agent::files::FileAgent::open(&files_dir, cfg.file_roots.clone())
+                .with_context(|| {
+                format!("opening the file transfer store {}", files_dir.display())
+            })?;
+            let executor = outpost_agent::commands::Executor::start_with_files(
+                &dir.commands(),
+                cfg.command_policy(),
+                Some(files),
+            )
+            .with_context(|| format!("opening the command ledger {}", dir.commands().display()))?;
             let result =
                 session::run_with(ident, cfg, shared.clone(), shutdown, Arc::new(executor)).await;
             if let Err(e) = &result {

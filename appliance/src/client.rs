@@ -61,24 +61,53 @@ impl AdminClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<Bytes> {
+        let ct = body.as_ref().map(|_| "application/json");
+        self.request_typed(method, path, body, ct, 30).await
+    }
+
+    /// POST a raw body (`application/octet-stream`), returning the answer
+    /// (30 s, plus a second per MiB of body for the upload).
+    pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> anyhow::Result<Bytes> {
+        let secs = 30 + (body.len() as u64 >> 20);
+        self.request_typed(
+            "POST",
+            path,
+            Some(body),
+            Some("application/octet-stream"),
+            secs,
+        )
+        .await
+    }
+
+    async fn request_typed(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        content_type: Option<&str>,
+        timeout_secs: u64,
+    ) -> anyhow::Result<Bytes> {
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let url = format!("{}{}", self.base, path);
         let mut req = Request::builder()
             .method(method)
             .uri(&url)
             .header("authorization", format!("Bearer {}", self.token));
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
         }
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .with_context(|| format!("building request to {url}"))?;
-        let resp = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(req))
-            .await
-            .map_err(|_| anyhow!("{url}: no answer within 30s"))?
-            .with_context(|| {
-                format!("cannot reach the admin API at {url} (is the appliance running?)")
-            })?;
+        let resp = tokio::time::timeout(
+            std::time::Duration::from_secs(timeout_secs),
+            client.request(req),
+        )
+        .await
+        .map_err(|_| anyhow!("{url}: no answer within {timeout_secs}s"))?
+        .with_context(|| {
+            format!("cannot reach the admin API at {url} (is the appliance running?)")
+        })?;
         let status = resp.status();
         let bytes = resp
             .into_body()

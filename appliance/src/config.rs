@@ -36,6 +36,8 @@ pub struct Config {
     pub alerts: crate::alerts::AlertsConfig,
     pub uplink: UplinkConfig,
     pub console: ConsoleConfig,
+    /// `[files]`: file push and pull (size limit).
+    pub files: crate::files::FileConfig,
 }
 
 /// `[console]`: the site console on the admin listener.
@@ -272,6 +274,7 @@ impl Default for Config {
             alerts: crate::alerts::AlertsConfig::default(),
             uplink: UplinkConfig::default(),
             console: ConsoleConfig::default(),
+            files: crate::files::FileConfig::default(),
         }
     }
 }

@@ -133,6 +133,14 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         crate::commands::service::CommandOptions::default(),
     )
     .context("loading the command queue")?;
+    let (files, files_thread) = crate::files::service::FileService::start(
+        store.clone(),
+        metrics.clone(),
+        &data.0.join("files"),
+        cfg.files,
+        commands.clone(),
+    )
+    .context("opening the file transfer store")?;
     let ctx = Arc::new(IngestCtx {
         store: store.clone(),
         ca: keys.ca,
@@ -213,13 +221,12 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
     ));
     {
         let sd = shutdown.clone();
-        let router = api::admin_router(
-            api_state.clone(),
-            cache
-                .as_ref()
-                .map(|(c, _)| crate::cache::api::router(c.clone())),
-            Some(console),
-        );
+        // The file routes ride beside the cache's (authorised alike).
+        let mut extra = crate::files::api::router(files.clone());
+        if let Some((c, _)) = &cache {
+            extra = extra.merge(crate::cache::api::router(c.clone()));
+        }
+        let router = api::admin_router(api_state.clone(), Some(extra), Some(console));
         tracker.spawn(async move {
             // The peer address feeds the login limits.
             let r = axum::serve(
@@ -262,6 +269,12 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
     let writer_health = writer.health().clone();
     // The command worker finishes what it has queued (each change is
     // written before it is acknowledged, so stopping loses nothing).
+    files.stop();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::task::spawn_blocking(move || files_thread.join()),
+    )
+    .await;
     commands.stop();
     let _ = tokio::time::timeout(
         Duration::from_secs(5),

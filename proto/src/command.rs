@@ -90,6 +90,30 @@ pub enum BuiltinAction {
     RestartService { unit: String },
     /// Reboot the host after `delay_ms`.
     Reboot { delay_ms: u64 },
+    /// File push (appliance → device): the agent receives the transfer's
+    /// bytes on the file flow, writes them to a temporary file beside
+    /// `path`, checks `size_bytes` and `sha256`, sets `mode`/`owner`, and
+    /// renames it over `path` (see [`crate::transfer`]).
+    PushFile {
+        transfer: crate::ids::TransferId,
+        path: String,
+        size_bytes: u64,
+        /// Lowercase hex SHA-256 of the content.
+        sha256: String,
+        #[serde(default)]
+        mode: Option<u32>,
+        #[serde(default)]
+        owner: Option<String>,
+    },
+    /// File pull (device → appliance): the agent streams `path` on the
+    /// file flow after a header announcing its size and SHA-256 (see
+    /// [`crate::transfer::PullHeader`]); it refuses a file over
+    /// `max_bytes` before sending anything.
+    PullFile {
+        transfer: crate::ids::TransferId,
+        path: String,
+        max_bytes: u64,
+    },
 }
 
 /// What to run.
@@ -132,6 +156,19 @@ pub struct CommandSpec {
     pub expiry_ms: u64,
     /// Who asked (user name or token label), for the audit log.
     pub requested_by: String,
+}
+
+/// A remote file path must be absolute, free of NUL and of `..`.
+fn file_path(p: &str) -> Result<(), SpecError> {
+    if p.contains('\0') {
+        return Err(SpecError::Nul { what: "the path" });
+    }
+    if !p.starts_with('/') || p.split('/').any(|c| c == "..") || p.ends_with('/') {
+        return Err(SpecError::Malformed(format!(
+            "path {p:?} must be an absolute file path without `..`"
+        )));
+    }
+    Ok(())
 }
 
 /// Why a spec is not acceptable.
@@ -197,6 +234,33 @@ impl CommandSpec {
                 no_nul(unit, "the unit name")?
             }
             CommandKind::Builtin(BuiltinAction::Reboot { .. }) => {}
+            CommandKind::Builtin(BuiltinAction::PushFile {
+                path,
+                sha256,
+                mode,
+                owner,
+                ..
+            }) => {
+                file_path(path)?;
+                if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(SpecError::Malformed(format!(
+                        "sha256 {sha256:?} is not 64 hex digits"
+                    )));
+                }
+                if mode.is_some_and(|m| m > 0o7777) {
+                    return Err(SpecError::Malformed(format!(
+                        "mode {:o} is not a file mode (at most 7777 octal)",
+                        mode.unwrap_or(0)
+                    )));
+                }
+                if let Some(o) = owner {
+                    if o.is_empty() {
+                        return Err(SpecError::Malformed("the owner is empty".into()));
+                    }
+                    no_nul(o, "the owner")?;
+                }
+            }
+            CommandKind::Builtin(BuiltinAction::PullFile { path, .. }) => file_path(path)?,
         }
         if self.timeout_ms == 0 || self.timeout_ms > MAX_TIMEOUT_MS {
             return Err(SpecError::Timeout(self.timeout_ms));
@@ -270,6 +334,12 @@ impl CommandSpec {
             }
             CommandKind::Builtin(BuiltinAction::Reboot { delay_ms }) => {
                 format!("reboot (delay {delay_ms} ms)")
+            }
+            CommandKind::Builtin(BuiltinAction::PushFile {
+                path, size_bytes, ..
+            }) => format!("push-file {path} ({size_bytes} bytes)"),
+            CommandKind::Builtin(BuiltinAction::PullFile { path, .. }) => {
+                format!("pull-file {path}")
             }
         }
     }
@@ -372,6 +442,44 @@ mod tests {
         let mut s = full();
         s.args = vec!["a\0".into()];
         assert!(matches!(s.validate(), Err(SpecError::Nul { .. })));
+    }
+
+    #[test]
+    fn file_actions_round_trip_and_bad_paths_hashes_and_modes_are_refused() {
+        let push = |path: &str, sha: &str, mode| CommandSpec {
+            kind: CommandKind::Builtin(BuiltinAction::PushFile {
+                transfer: crate::ids::TransferId([3; 16]),
+                path: path.into(),
+                size_bytes: 5,
+                sha256: sha.into(),
+                mode,
+                owner: Some("root".into()),
+            }),
+            ..CommandSpec::shell("-", "cli")
+        };
+        let good = push("/etc/motd", &"ab".repeat(32), Some(0o644));
+        good.validate().unwrap();
+        assert_eq!(CommandSpec::decode(&good.encode().unwrap()).unwrap(), good);
+        assert_eq!(good.summary(), "push-file /etc/motd (5 bytes)");
+        for bad in [
+            push("etc/motd", &"ab".repeat(32), None),
+            push("/etc/../shadow", &"ab".repeat(32), None),
+            push("/etc/", &"ab".repeat(32), None),
+            push("/etc/motd", "abc", None),
+            push("/etc/motd", &"ab".repeat(32), Some(0o10000)),
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?} accepted");
+        }
+        let pull = CommandSpec {
+            kind: CommandKind::Builtin(BuiltinAction::PullFile {
+                transfer: crate::ids::TransferId([4; 16]),
+                path: "/var/log/syslog".into(),
+                max_bytes: 10,
+            }),
+            ..CommandSpec::shell("-", "cli")
+        };
+        pull.validate().unwrap();
+        assert_eq!(CommandSpec::decode(&pull.encode().unwrap()).unwrap(), pull);
     }
 
     #[test]

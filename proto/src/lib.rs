@@ -22,6 +22,7 @@ pub mod metric_names;
 pub mod pki;
 pub mod session;
 pub mod tls;
+pub mod transfer;
 
 pub use ids::{CommandId, CustomerId, DeviceId, ParseIdError, SiteId, TenantId, TransferId};
 

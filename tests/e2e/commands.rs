@@ -6,28 +6,15 @@
 //! runs a command twice (a side effect counted in a file) and ends in a
 //! terminal state; a viewer is refused.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use outpost_tests::{
-    Agent, Appliance, bin, http_raw, http_request, scratch, stderr, stdout, wait_for,
-};
+use outpost_tests::{Agent, Appliance, http_raw, http_request, scratch, stderr, stdout, wait_for};
 use serde_json::{Value, json};
 
 /// An agent with a short kill grace (so timeouts end quickly), started.
 fn agent(root: &Path, name: &str, app: &Appliance, start: bool) -> Agent {
-    let mut a = Agent::enroll(root, name, app);
-    std::fs::write(
-        a.state.join("agent.toml"),
-        "command_kill_grace = \"500ms\"\n",
-    )
-    .unwrap();
-    if start {
-        a.start();
-    }
-    a
+    crate::remote::agent_with(root, name, app, "", start)
 }
 
 /// Queues a command through the CLI and returns its id.
@@ -124,48 +111,7 @@ fn a_command_returns_its_output_and_exit_code_and_a_viewer_may_not_run_one() {
     assert!(stderr(&o).contains("404"), "{}", stderr(&o));
 
     // A viewer reads but may not run or cancel.
-    let mut child = Command::new(bin("outpost"))
-        .arg("--data")
-        .arg(&app.dir)
-        .args([
-            "users",
-            "add",
-            "vera",
-            "--role",
-            "viewer",
-            "--password-stdin",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"viewer-pass-1\n")
-        .unwrap();
-    assert!(child.wait_with_output().unwrap().status.success());
-    let (s, head, body) = http_raw(
-        app.admin,
-        "POST",
-        "/api/v1/login",
-        &[("Content-Type", "application/json")],
-        &json!({"user": "vera", "password": "viewer-pass-1"}).to_string(),
-    );
-    assert_eq!(s, 200, "{body}");
-    let cookie = head
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("set-cookie: ")
-                .or(l.strip_prefix("Set-Cookie: "))
-        })
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = crate::remote::login_as(&app, "vera", "viewer", "viewer-pass-1");
     let run = json!({"device": dev, "command": "touch /tmp/viewer-was-here"}).to_string();
     let (s, _, out) = http_raw(
         app.admin,

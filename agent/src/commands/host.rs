@@ -68,6 +68,21 @@ struct Inner {
     pending: Mutex<HashSet<CommandId>>,
     /// Cancel handles of running commands.
     running: Mutex<HashMap<CommandId, CancellationToken>>,
+    /// File push and pull (`crate::files`): file actions and file flow
+    /// events go there; without it they are refused.
+    files: Option<crate::files::FileAgent>,
+}
+
+/// How the file module reports the end of a transfer's command.
+struct FileReporter(mpsc::UnboundedSender<Msg>);
+
+impl crate::files::Reporter for FileReporter {
+    fn output(&self, id: CommandId, bytes: Vec<u8>) {
+        let _ = self.0.send(Msg::Output(id, bytes));
+    }
+    fn finished(&self, id: CommandId, outcome: CommandOutcome) {
+        let _ = self.0.send(Msg::Finished(id, outcome));
+    }
 }
 
 /// The executor (cheap to clone).
@@ -90,8 +105,22 @@ impl Executor {
     /// Opens the ledger in `dir`, reports commands cut short by the last
     /// stop as `interrupted`, and starts the worker.
     pub fn start(dir: &Path, policy: Policy) -> anyhow::Result<Executor> {
+        Self::start_with_files(dir, policy, None)
+    }
+
+    /// As [`Executor::start`], with file transfers: their commands stay
+    /// running across a restart (they resume) instead of `interrupted`.
+    pub fn start_with_files(
+        dir: &Path,
+        policy: Policy,
+        files: Option<crate::files::FileAgent>,
+    ) -> anyhow::Result<Executor> {
         let ledger = Ledger::open(dir)?;
-        let interrupted = ledger.recover(now_ms())?;
+        let resumable: HashSet<CommandId> = files
+            .as_ref()
+            .map(|f| f.live_commands().into_iter().collect())
+            .unwrap_or_default();
+        let interrupted = ledger.recover_except(now_ms(), &resumable)?;
         for id in &interrupted {
             warn!(%id, "a command was running when the agent stopped: reported interrupted, not re-run");
         }
@@ -110,6 +139,22 @@ impl Executor {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let (wake, _) = watch::channel(0);
+        let mut running = HashMap::new();
+        if let Some(f) = &files {
+            for id in &resumable {
+                // A transfer whose command is not running here is over.
+                if !matches!(
+                    ledger.get(*id)?,
+                    Some(Entry {
+                        phase: Phase::Running { .. },
+                        ..
+                    })
+                ) {
+                    f.forget(*id);
+                }
+            }
+            running.extend(f.attach(Arc::new(FileReporter(tx.clone()))));
+        }
         let inner = Arc::new(Inner {
             ledger,
             policy,
@@ -117,7 +162,8 @@ impl Executor {
             tx,
             wake,
             pending: Mutex::new(pending),
-            running: Mutex::new(HashMap::new()),
+            running: Mutex::new(running),
+            files,
         });
         let ex = Executor { inner };
         tokio::spawn(ex.clone().worker(rx, to_start));
@@ -185,6 +231,15 @@ impl Executor {
                     l.put(id, &e)?;
                     self.settle(id, &e);
                     self.wake();
+                }
+            }
+            Msg::Event(
+                e @ (AgentEvent::FileChunk(_)
+                | AgentEvent::FileAcked { .. }
+                | AgentEvent::FileAborted { .. }),
+            ) if self.inner.files.is_some() => {
+                if let Some(f) = &self.inner.files {
+                    f.event(e);
                 }
             }
             Msg::Event(AgentEvent::FileChunk(c)) => {
@@ -292,6 +347,34 @@ impl Executor {
         l.flush().await?;
         if let Some(link) = self.link() {
             let _ = link.ack_command(id);
+        }
+        if let Some(files) = &self.inner.files
+            && let Some(spec) = crate::files::file_action(&cmd.spec)
+        {
+            if !self.inner.policy.enabled {
+                self.finish(
+                    id,
+                    CommandOutcome::Refused {
+                        reason: DISABLED.into(),
+                    },
+                )
+                .await;
+                return Ok(());
+            }
+            // Running (durably) before the transfer starts: a restart
+            // resumes it (see `start_with_files`), never starts it twice.
+            let mut e = l.get(id)?.unwrap_or_else(|| Entry::new(now_ms()));
+            let started_ms = now_ms();
+            e.phase = Phase::Running { started_ms };
+            l.put(id, &e)?;
+            l.flush().await?;
+            let cancel = CancellationToken::new();
+            lock(&self.inner.running).insert(id, cancel.clone());
+            if let Some(link) = self.link() {
+                let _ = link.command_started(id, started_ms);
+            }
+            files.start(id, spec, cancel);
+            return Ok(());
         }
         let launch = match self.prepare(&cmd.spec) {
             Ok(l) => l,
@@ -402,6 +485,9 @@ pub fn launch_of(
         CommandKind::Builtin(BuiltinAction::Reboot { .. }) => {
             return Err("reboot is not supported by this agent yet".into());
         }
+        CommandKind::Builtin(BuiltinAction::PushFile { .. } | BuiltinAction::PullFile { .. }) => {
+            return Err("file transfers are not supported by this agent".into());
+        }
     };
     // `sh -c LINE NAME ARGS...`: NAME is $0. python3 takes the args as
     // sys.argv[1:] directly.
@@ -441,6 +527,9 @@ pub fn launch_of(
 impl RemoteHost for Executor {
     fn session_up(&self, link: RemoteLink) {
         *lock(&self.inner.link) = Some(link.clone());
+        if let Some(f) = &self.inner.files {
+            f.session_up(link.clone());
+        }
         tokio::spawn(self.clone().pump(link));
     }
 
@@ -450,6 +539,9 @@ impl RemoteHost for Executor {
 
     fn session_down(&self) {
         *lock(&self.inner.link) = None;
+        if let Some(f) = &self.inner.files {
+            f.session_down();
+        }
     }
 }
 

@@ -227,9 +227,21 @@ impl Ledger {
     /// Also prunes finished, acknowledged entries older than
     /// [`KEEP_FINISHED_MS`].
     pub fn recover(&self, now_ms: u64) -> Result<Vec<CommandId>> {
+        self.recover_except(now_ms, &std::collections::HashSet::new())
+    }
+
+    /// As [`Ledger::recover`], but the `running` commands in `resumable`
+    /// stay running: their work survives a restart (file transfers, which
+    /// resume from what is durable).
+    pub fn recover_except(
+        &self,
+        now_ms: u64,
+        resumable: &std::collections::HashSet<CommandId>,
+    ) -> Result<Vec<CommandId>> {
         let mut interrupted = Vec::new();
         for (id, mut e) in self.entries()? {
             match &e.phase {
+                Phase::Running { .. } if resumable.contains(&id) => {}
                 Phase::Running { .. } => {
                     e.phase = Phase::Finished(CommandResult {
                         id,

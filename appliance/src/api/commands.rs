@@ -132,6 +132,11 @@ pub async fn run(
                 "reboot is not supported yet (it needs its guard: confirmation, patch installs, boot id)".into(),
             ));
         }
+        (None, Some(BuiltinAction::PushFile { .. } | BuiltinAction::PullFile { .. })) => {
+            return Err(ApiError::BadRequest(
+                "file transfers go through /api/v1/files (push, pull)".into(),
+            ));
+        }
         (None, Some(a)) => CommandKind::Builtin(a),
         _ => {
             return Err(ApiError::BadRequest(

@@ -15,6 +15,7 @@ pub mod api;
 pub mod cache;
 pub mod commands;
 pub mod devices;
+pub mod files;
 pub mod scripts;
 pub mod serve;
 pub mod table;
@@ -93,4 +94,7 @@ pub enum Command {
     /// The versioned script library: add, edit, list, show, run.
     #[command(subcommand)]
     Scripts(scripts::ScriptsCmd),
+    /// File transfer: push, pull, list, show, download, cancel.
+    #[command(subcommand)]
+    Files(files::FilesCmd),
 }

@@ -74,6 +74,8 @@ enum Msg {
         by: String,
         reply: oneshot::Sender<Result<CommandRecord, CancelError>>,
     },
+    /// Route file events and transfer commands' ends to the file service.
+    FileHooks(Arc<dyn crate::files::service::FileHooks>),
     Stop,
 }
 
@@ -120,6 +122,7 @@ impl CommandService {
             links: HashMap::new(),
             open: HashMap::new(),
             queued: BTreeSet::new(),
+            files: None,
         };
         w.load()?;
         let (tx, rx) = std_mpsc::channel();
@@ -216,6 +219,13 @@ impl CommandService {
         &self.store
     }
 
+    /// Routes file flow events, session changes and the end of transfer
+    /// commands to the file service (`crate::files`); until then a file
+    /// chunk is aborted with a reason.
+    pub fn set_file_hooks(&self, hooks: Arc<dyn crate::files::service::FileHooks>) {
+        let _ = self.tx.send(Msg::FileHooks(hooks));
+    }
+
     /// Stops the worker (after the messages already sent).
     pub fn stop(&self) {
         let _ = self.tx.send(Msg::Stop);
@@ -247,6 +257,9 @@ struct Worker {
     open: HashMap<DeviceId, BTreeSet<CommandId>>,
     /// Queued commands by expiry time.
     queued: BTreeSet<(u64, CommandId)>,
+    /// The file service, told about sessions, file events and transfer
+    /// commands' ends.
+    files: Option<Arc<dyn crate::files::service::FileHooks>>,
 }
 
 impl Worker {
@@ -304,6 +317,9 @@ impl Worker {
         let now = now_ms();
         match m {
             Msg::Up(device, link) => {
+                if let Some(f) = &self.files {
+                    f.session_up(device, link.clone());
+                }
                 self.links.insert(device, link);
                 let ids: Vec<CommandId> = self
                     .open
@@ -315,6 +331,9 @@ impl Worker {
                 }
             }
             Msg::Down(device, link_id) => {
+                if let Some(f) = &self.files {
+                    f.session_down(device, link_id);
+                }
                 if self.links.get(&device).is_some_and(|l| l.id() == link_id) {
                     self.links.remove(&device);
                 }
@@ -330,6 +349,7 @@ impl Worker {
             Msg::Cancel { id, by, reply } => {
                 let _ = reply.send(self.cancel(id, &by, now));
             }
+            Msg::FileHooks(h) => self.files = Some(h),
             Msg::Stop => {}
         }
         self.update_gauge();
@@ -508,6 +528,12 @@ impl Worker {
             }
             _ => {}
         }
+        if rec.state.is_terminal()
+            && let Some(f) = &self.files
+            && crate::files::service::transfer_of(&rec.spec).is_some()
+        {
+            f.command_ended(rec);
+        }
         if rec.state.is_terminal() {
             let mut detail = format!("{} {}", rec.id, rec.state);
             if let Some(c) = rec.exit_code {
@@ -562,6 +588,15 @@ impl Worker {
                 }
             }
             ApplianceEvent::Output(o) => self.output(device, o, now),
+            e @ (ApplianceEvent::FileChunk(_)
+            | ApplianceEvent::FileAcked { .. }
+            | ApplianceEvent::FileAborted { .. })
+                if self.files.is_some() =>
+            {
+                if let Some(f) = &self.files {
+                    f.file_event(device, e);
+                }
+            }
             ApplianceEvent::FileChunk(c) => {
                 if let Some(link) = self.links.get(&device) {
                     let _ = link.abort_file(c.transfer, "file transfers are not supported yet");

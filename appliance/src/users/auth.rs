@@ -137,6 +137,9 @@ pub fn required_role(method: &Method, route: &str) -> Role {
         | "/api/v1/scripts"
         | "/api/v1/scripts/{name}"
         | "/api/v1/scripts/{name}/run"
+        | "/api/v1/files/push"
+        | "/api/v1/files/pull"
+        | "/api/v1/files/{id}/cancel"
             if !reads =>
         {
             Role::Technician
