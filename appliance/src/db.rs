@@ -42,8 +42,8 @@ mod tests {
         // data of existing appliances keeps its column families; plus
         // `cache_misses` (issue 10); `users` and `sessions` (issue 12);
         // `commands`, `commands_by_time`, `commands_open`, `command_output`,
-        // `scripts` (issue 13).
-        assert_eq!(n, 33);
+        // `scripts`, `bulk_runs`, `command_runs` (issue 13).
+        assert_eq!(n, 35);
     }
 
     #[test]
@@ -68,7 +68,7 @@ mod tests {
     fn the_database_opens_and_reopens_with_every_table() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), &StoreOptions::default()).unwrap();
-        assert_eq!(s.tables().len(), 34);
+        assert_eq!(s.tables().len(), 36);
         drop(s);
         open(dir.path(), &StoreOptions::default()).unwrap();
     }

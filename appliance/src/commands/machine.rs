@@ -13,6 +13,16 @@
 //! A result for a command that is already terminal changes nothing (it is
 //! acknowledged again: the agent re-sends until acked), so a result
 //! reported twice is stored once.
+//!
+//! **No-report deadline.** A `sent` or `running` command whose device has
+//! no session is `interrupted` with the reason [`NO_REPORT_REASON`] once
+//! `now ≥ deadline_ms(rec)`: the time it entered that state plus its
+//! timeout plus [`NO_REPORT_MARGIN_MS`] (10 minutes, which covers the
+//! agent's kill grace and a reconnect). While the device is online the agent enforces
+//! the timeout itself and the deadline does nothing. If the agent comes
+//! back later and reports the real end, that result replaces the deadline's
+//! verdict (a new transition; the agent knows the truth); it is the only
+//! case where a terminal state changes.
 
 use outpost_proto::messages::CommandOutcome;
 
@@ -39,6 +49,41 @@ pub enum Input {
     Cancel { by: String },
     /// Time passes (expiry of queued commands).
     Tick,
+    /// Time passes for a `sent`/`running` command: is its device online?
+    /// (the no-report deadline, see the module's documentation).
+    NoReportCheck { online: bool },
+}
+
+/// Margin after a command's timeout before an offline device's `sent` or
+/// `running` command is given up as `interrupted`: 10 minutes.
+pub const NO_REPORT_MARGIN_MS: u64 = 10 * 60 * 1000;
+
+/// The reason recorded when the no-report deadline passes (a result the
+/// agent reports afterwards replaces this verdict).
+pub const NO_REPORT_REASON: &str = "device did not report";
+
+/// When a `sent` or `running` command is given up if its device is
+/// offline: entering that state + timeout + [`NO_REPORT_MARGIN_MS`].
+/// `None` for other states.
+pub fn deadline_ms(rec: &CommandRecord) -> Option<u64> {
+    match rec.state {
+        CommandState::Sent | CommandState::Running => Some(
+            rec.entered(rec.state)
+                .unwrap_or(rec.created_ms)
+                .saturating_add(rec.spec.timeout_ms)
+                .saturating_add(NO_REPORT_MARGIN_MS),
+        ),
+        _ => None,
+    }
+}
+
+/// The command was ended by the no-report deadline (not by its agent).
+pub fn ended_by_deadline(rec: &CommandRecord) -> bool {
+    rec.state == CommandState::Interrupted
+        && rec
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with(NO_REPORT_REASON))
 }
 
 /// What the host must do after storing the record (if `changed`).
@@ -124,9 +169,13 @@ pub fn step(rec: &mut CommandRecord, input: Input, now_ms: u64) -> Step {
             agent_ms,
         } => {
             s.ack_result = true;
-            if rec.state.is_terminal() {
+            if rec.state.is_terminal() && !ended_by_deadline(rec) {
                 s.duplicate = true;
             } else {
+                if ended_by_deadline(rec) {
+                    // The agent knows what really happened.
+                    rec.reason = None;
+                }
                 let state = outcome_state(&outcome);
                 match &outcome {
                     CommandOutcome::Exited { code } => rec.exit_code = Some(*code),
@@ -173,6 +222,16 @@ pub fn step(rec: &mut CommandRecord, input: Input, now_ms: u64) -> Step {
         Input::Tick => {
             if rec.state == CommandState::Queued && now_ms >= rec.expires_ms {
                 rec.enter(CommandState::Expired, now_ms);
+                s.changed = true;
+            }
+        }
+        Input::NoReportCheck { online } => {
+            if !online && deadline_ms(rec).is_some_and(|d| now_ms >= d) {
+                let secs = (rec.spec.timeout_ms + NO_REPORT_MARGIN_MS) / 1000;
+                rec.reason = Some(format!(
+                    "{NO_REPORT_REASON} within its timeout + 10 min ({secs} s) while offline"
+                ));
+                rec.enter(CommandState::Interrupted, now_ms);
                 s.changed = true;
             }
         }
@@ -417,6 +476,95 @@ mod tests {
         step(&mut r, Input::Dispatch, T0 + 50); // reconnect: nothing to send
         step(&mut r, result(CommandOutcome::Interrupted), T0 + 51);
         assert_eq!(r.state, CommandState::Interrupted);
+    }
+
+    #[test]
+    fn an_offline_running_command_is_interrupted_at_timeout_plus_ten_minutes() {
+        let mut r = rec();
+        step(&mut r, Input::Dispatch, T0 + 1);
+        step(&mut r, Input::Started { agent_ms: 1 }, T0 + 2);
+        let d = T0 + 2 + r.spec.timeout_ms + NO_REPORT_MARGIN_MS;
+        assert_eq!(deadline_ms(&r), Some(d));
+        let off = Input::NoReportCheck { online: false };
+        assert!(!step(&mut r, off.clone(), d - 1).changed);
+        assert_eq!(r.state, CommandState::Running);
+        let s = step(&mut r, off.clone(), d);
+        assert!(s.changed && !s.send && !s.send_cancel);
+        assert_eq!(r.state, CommandState::Interrupted);
+        assert_eq!(r.entered(CommandState::Interrupted), Some(d));
+        assert!(r.reason.as_deref().unwrap().starts_with(NO_REPORT_REASON));
+        assert!(ended_by_deadline(&r));
+        assert_eq!(deadline_ms(&r), None);
+        assert!(!step(&mut r, off, d + 1).changed, "once");
+    }
+
+    #[test]
+    fn an_online_device_keeps_its_running_command_past_the_deadline() {
+        let mut r = rec();
+        step(&mut r, Input::Dispatch, T0 + 1);
+        step(&mut r, Input::Started { agent_ms: 1 }, T0 + 2);
+        let late = deadline_ms(&r).unwrap() + 3_600_000;
+        let s = step(&mut r, Input::NoReportCheck { online: true }, late);
+        assert!(!s.changed);
+        assert_eq!(r.state, CommandState::Running);
+    }
+
+    #[test]
+    fn an_offline_sent_command_counts_its_deadline_from_the_send() {
+        let mut r = rec();
+        step(&mut r, Input::Dispatch, T0 + 100);
+        let d = T0 + 100 + r.spec.timeout_ms + NO_REPORT_MARGIN_MS;
+        assert_eq!(deadline_ms(&r), Some(d));
+        step(&mut r, Input::NoReportCheck { online: false }, d);
+        assert_eq!(r.state, CommandState::Interrupted);
+        // Not re-sent when the device returns: the verdict is terminal.
+        let s = step(&mut r, Input::Dispatch, d + 5);
+        assert!(!s.send && !s.changed);
+    }
+
+    #[test]
+    fn queued_and_finished_commands_have_no_report_deadline() {
+        let mut r = rec();
+        assert_eq!(deadline_ms(&r), None);
+        assert!(
+            !step(&mut r, Input::NoReportCheck { online: false }, u64::MAX).changed,
+            "queued commands only expire"
+        );
+        step(&mut r, Input::Dispatch, T0 + 1);
+        step(&mut r, result(CommandOutcome::Exited { code: 0 }), T0 + 2);
+        assert_eq!(deadline_ms(&r), None);
+        assert!(!step(&mut r, Input::NoReportCheck { online: false }, u64::MAX).changed);
+    }
+
+    #[test]
+    fn a_late_result_replaces_the_deadline_verdict_once() {
+        let mut r = rec();
+        step(&mut r, Input::Dispatch, T0 + 1);
+        step(&mut r, Input::Started { agent_ms: 1 }, T0 + 2);
+        let d = deadline_ms(&r).unwrap();
+        step(&mut r, Input::NoReportCheck { online: false }, d);
+        let s = step(&mut r, result(CommandOutcome::Exited { code: 0 }), d + 50);
+        assert!(s.changed && s.ack_result && !s.duplicate);
+        assert_eq!(r.state, CommandState::Completed);
+        assert_eq!(r.reason, None);
+        assert_eq!(
+            states(&r).into_iter().map(|(s, _)| s).collect::<Vec<_>>(),
+            vec![
+                CommandState::Queued,
+                CommandState::Sent,
+                CommandState::Running,
+                CommandState::Interrupted,
+                CommandState::Completed
+            ]
+        );
+        let s = step(&mut r, result(CommandOutcome::Exited { code: 1 }), d + 60);
+        assert!(s.duplicate && !s.changed, "then terminal as usual");
+        // A real `interrupted` from the agent is final.
+        let mut r = rec();
+        step(&mut r, Input::Dispatch, T0 + 1);
+        step(&mut r, result(CommandOutcome::Interrupted), T0 + 2);
+        assert!(!ended_by_deadline(&r));
+        assert!(step(&mut r, result(CommandOutcome::Exited { code: 0 }), T0 + 3).duplicate);
     }
 
     #[test]

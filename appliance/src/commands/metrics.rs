@@ -28,6 +28,11 @@ pub struct CommandMetrics {
     pub truncations: Counter,
     /// Queued commands that expired before their device connected.
     pub expiries: Counter,
+    /// `sent`/`running` commands given up as `interrupted` because their
+    /// offline device did not report within timeout + 10 min.
+    pub no_report_deadlines: Counter,
+    /// Bulk runs created.
+    pub bulk_runs: Counter,
     /// Commands refused, by reason: at the appliance (`unknown_device`,
     /// `revoked_device`, `invalid_spec`) and by agents (`agent_policy`,
     /// `agent_failed_to_start`).
@@ -51,6 +56,8 @@ impl Default for CommandMetrics {
             output_bytes_duplicate: Counter::default(),
             truncations: Counter::default(),
             expiries: Counter::default(),
+            no_report_deadlines: Counter::default(),
+            bulk_runs: Counter::default(),
             refusals: Family::default(),
             duplicate_results: Counter::default(),
             unknown_events: Counter::default(),
@@ -118,6 +125,12 @@ impl CommandMetrics {
             "Queued commands that expired before their device connected",
             self.expiries.clone(),
         );
+        r.register(
+            "no_report_deadlines",
+            "Commands interrupted because their offline device did not report in time",
+            self.no_report_deadlines.clone(),
+        );
+        r.register("bulk_runs", "Bulk runs created", self.bulk_runs.clone());
         r.register(
             "refusals",
             "Commands refused, by reason",

@@ -22,6 +22,7 @@ use outpost_storage::model::AuditEntry;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
+use super::bulk::{self, BulkRun, BulkTarget, RunId, RunSlots};
 use super::machine::{self, Input};
 use super::model::{CommandRecord, CommandState};
 use super::output::{self, OutputCap};
@@ -60,6 +61,50 @@ pub enum CancelError {
     Stopped,
 }
 
+/// Why a bulk run was not created.
+#[derive(Debug, thiserror::Error)]
+pub enum BulkError {
+    #[error("device {0} is not enrolled here")]
+    UnknownDevice(String),
+    #[error("device {0} is revoked: it takes no commands")]
+    RevokedDevice(DeviceId),
+    #[error("no enrolled, non-revoked device matches {0}")]
+    NoDevice(BulkTarget),
+    #[error("invalid bulk run: {0}")]
+    Invalid(String),
+    #[error("storing the run failed: {0}")]
+    Store(String),
+    #[error("the command service stopped")]
+    Stopped,
+}
+
+impl From<SpecError> for BulkError {
+    fn from(e: SpecError) -> Self {
+        BulkError::Invalid(e.to_string())
+    }
+}
+
+/// Why a bulk run's cancel was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelRunError {
+    #[error("bulk run {0} not found")]
+    NotFound(RunId),
+    #[error("storing the cancel failed: {0}")]
+    Store(String),
+    #[error("the command service stopped")]
+    Stopped,
+}
+
+/// What a bulk run asks for.
+#[derive(Debug, Clone)]
+pub struct BulkRequest {
+    pub target: BulkTarget,
+    /// The spec every member runs (`requested_by` names the actor).
+    pub spec: CommandSpec,
+    /// At most this many of the run's commands sent or running at once.
+    pub concurrency: u32,
+}
+
 enum Msg {
     Up(DeviceId, RemoteLink),
     Down(DeviceId, u64),
@@ -73,6 +118,15 @@ enum Msg {
         id: CommandId,
         by: String,
         reply: oneshot::Sender<Result<CommandRecord, CancelError>>,
+    },
+    CreateBulk {
+        req: BulkRequest,
+        reply: oneshot::Sender<Result<BulkRun, BulkError>>,
+    },
+    CancelRun {
+        id: RunId,
+        by: String,
+        reply: oneshot::Sender<Result<BulkRun, CancelRunError>>,
     },
     Stop,
 }
@@ -113,14 +167,7 @@ impl CommandService {
         metrics: Arc<Metrics>,
         opts: CommandOptions,
     ) -> anyhow::Result<(CommandService, std::thread::JoinHandle<()>)> {
-        let mut w = Worker {
-            store: store.clone(),
-            metrics,
-            opts,
-            links: HashMap::new(),
-            open: HashMap::new(),
-            queued: BTreeSet::new(),
-        };
+        let mut w = Worker::new(store.clone(), metrics, opts);
         w.load()?;
         let (tx, rx) = std_mpsc::channel();
         let h = std::thread::Builder::new()
@@ -166,6 +213,39 @@ impl CommandService {
             })
             .map_err(|_| CancelError::Stopped)?;
         rx.await.map_err(|_| CancelError::Stopped)?
+    }
+
+    /// Creates a bulk run: one queued command per target device, stored
+    /// with the run in one batch; at most `concurrency` of them are sent
+    /// or running at once (see [`super::bulk`]).
+    pub async fn create_bulk(&self, req: BulkRequest) -> Result<BulkRun, BulkError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::CreateBulk { req, reply })
+            .map_err(|_| BulkError::Stopped)?;
+        rx.await.map_err(|_| BulkError::Stopped)?
+    }
+
+    /// Cancels a bulk run: its queued commands are cancelled, its running
+    /// ones are told to stop (their states change when the agents report).
+    pub async fn cancel_run(&self, id: RunId, by: &str) -> Result<BulkRun, CancelRunError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::CancelRun {
+                id,
+                by: by.to_string(),
+                reply,
+            })
+            .map_err(|_| CancelRunError::Stopped)?;
+        rx.await.map_err(|_| CancelRunError::Stopped)?
+    }
+
+    pub fn get_run(&self, id: RunId) -> outpost_storage::error::Result<Option<BulkRun>> {
+        bulk::get_run(&self.store, id)
+    }
+
+    pub fn list_runs(&self, limit: usize) -> outpost_storage::error::Result<Vec<BulkRun>> {
+        bulk::list_runs(&self.store, limit)
     }
 
     pub fn get(&self, id: CommandId) -> outpost_storage::error::Result<Option<CommandRecord>> {
@@ -247,17 +327,98 @@ struct Worker {
     open: HashMap<DeviceId, BTreeSet<CommandId>>,
     /// Queued commands by expiry time.
     queued: BTreeSet<(u64, CommandId)>,
+    /// `sent`/`running` commands by no-report deadline
+    /// ([`machine::deadline_ms`]), with their device.
+    deadlines: BTreeSet<(u64, CommandId, DeviceId)>,
+    deadline_of: HashMap<CommandId, u64>,
+    /// Bulk runs with open commands: their dispatch slots.
+    runs: HashMap<RunId, RunSlots>,
+    /// The run of each open command that belongs to one.
+    run_of: HashMap<CommandId, RunId>,
+    /// Runs where a slot may have freed: dispatch their next members.
+    refill: Vec<RunId>,
 }
 
 impl Worker {
+    fn new(store: Store, metrics: Arc<Metrics>, opts: CommandOptions) -> Worker {
+        Worker {
+            store,
+            metrics,
+            opts,
+            links: HashMap::new(),
+            open: HashMap::new(),
+            queued: BTreeSet::new(),
+            deadlines: BTreeSet::new(),
+            deadline_of: HashMap::new(),
+            runs: HashMap::new(),
+            run_of: HashMap::new(),
+            refill: Vec::new(),
+        }
+    }
+
     fn load(&mut self) -> anyhow::Result<()> {
+        let mut positions: HashMap<RunId, HashMap<CommandId, u32>> = HashMap::new();
         for (_device, id) in store::open_commands(&self.store)? {
             if let Some(rec) = store::get(&self.store, id)? {
+                if let Some(run) = bulk::run_of(&self.store, id)? {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = positions.entry(run) {
+                        let Some(r) = bulk::get_run(&self.store, run)? else {
+                            warn!(%run, %id, "a command names a bulk run that is not stored");
+                            self.index(&rec);
+                            continue;
+                        };
+                        slot.insert(
+                            r.members
+                                .iter()
+                                .enumerate()
+                                .map(|(i, (_, c))| (*c, i as u32))
+                                .collect(),
+                        );
+                        self.runs.insert(run, RunSlots::new(r.concurrency));
+                    }
+                    let pos = positions
+                        .get(&run)
+                        .and_then(|p| p.get(&id))
+                        .copied()
+                        .unwrap_or(u32::MAX);
+                    if let Some(sl) = self.runs.get_mut(&run) {
+                        sl.update(pos, id, rec.device, rec.state);
+                        self.run_of.insert(id, run);
+                    }
+                }
                 self.index(&rec);
             }
         }
         self.update_gauge();
         Ok(())
+    }
+
+    /// Whether a bulk run's slot limit holds this command back.
+    fn held(&self, id: CommandId) -> bool {
+        self.run_of
+            .get(&id)
+            .and_then(|r| self.runs.get(r))
+            .is_some_and(|sl| !sl.may_dispatch(id))
+    }
+
+    /// Dispatches the next members of the runs where a slot freed.
+    fn refill_runs(&mut self, now: u64) {
+        while let Some(run) = self.refill.pop() {
+            // A member may expire instead of going out: look again (a few
+            // rounds at most, in case a write keeps failing).
+            for _ in 0..8 {
+                let next = match self.runs.get(&run) {
+                    Some(sl) => sl.next(|d| self.links.contains_key(&d)),
+                    None => break,
+                };
+                if next.is_empty() {
+                    break;
+                }
+                for id in next {
+                    self.apply(id, Input::Dispatch, now);
+                }
+            }
+        }
     }
 
     fn update_gauge(&self) {
@@ -281,6 +442,13 @@ impl Worker {
             self.queued.insert((rec.expires_ms, rec.id));
         } else {
             self.queued.remove(&(rec.expires_ms, rec.id));
+        }
+        if let Some(old) = self.deadline_of.remove(&rec.id) {
+            self.deadlines.remove(&(old, rec.id, rec.device));
+        }
+        if let Some(d) = machine::deadline_ms(rec) {
+            self.deadline_of.insert(rec.id, d);
+            self.deadlines.insert((d, rec.id, rec.device));
         }
     }
 
@@ -311,7 +479,9 @@ impl Worker {
                     .map(|s| s.iter().copied().collect())
                     .unwrap_or_default();
                 for id in ids {
-                    self.apply(id, Input::Dispatch, now);
+                    if !self.held(id) {
+                        self.apply(id, Input::Dispatch, now);
+                    }
                 }
             }
             Msg::Down(device, link_id) => {
@@ -330,9 +500,180 @@ impl Worker {
             Msg::Cancel { id, by, reply } => {
                 let _ = reply.send(self.cancel(id, &by, now));
             }
+            Msg::CreateBulk { req, reply } => {
+                let _ = reply.send(self.create_bulk(req, now));
+            }
+            Msg::CancelRun { id, by, reply } => {
+                let _ = reply.send(self.cancel_run(id, &by, now));
+            }
             Msg::Stop => {}
         }
+        self.refill_runs(now);
         self.update_gauge();
+    }
+
+    /// The devices a bulk target names, in order (deduplicated).
+    fn resolve(&self, target: &BulkTarget) -> Result<Vec<DeviceId>, BulkError> {
+        let st = |e: outpost_storage::error::StorageError| BulkError::Store(e.to_string());
+        let mut out = Vec::new();
+        match target {
+            BulkTarget::Devices(names) => {
+                let mut seen = std::collections::HashSet::new();
+                for n in names {
+                    let d: DeviceId = n
+                        .parse()
+                        .map_err(|e| BulkError::Invalid(format!("device {n:?}: {e}")))?;
+                    let Some(rec) = outpost_storage::registry::get(&self.store, d).map_err(st)?
+                    else {
+                        self.refuse("unknown_device");
+                        return Err(BulkError::UnknownDevice(n.clone()));
+                    };
+                    if rec.revoked_at_ms.is_some() {
+                        self.refuse("revoked_device");
+                        return Err(BulkError::RevokedDevice(d));
+                    }
+                    if seen.insert(d) {
+                        out.push(d);
+                    }
+                }
+            }
+            BulkTarget::Tag(_) | BulkTarget::Customer(_) | BulkTarget::All => {
+                let mut all = Vec::new();
+                self.store
+                    .scan::<outpost_storage::model::DeviceRecord>(
+                        outpost_storage::registry::DEVICES,
+                        &[],
+                        None,
+                        |_, r| {
+                            all.push(r);
+                            true
+                        },
+                    )
+                    .map_err(st)?;
+                for r in all {
+                    if r.revoked_at_ms.is_some() {
+                        continue;
+                    }
+                    let take = match target {
+                        BulkTarget::Tag(t) => outpost_storage::registry::tags(&self.store, r.id)
+                            .map_err(st)?
+                            .iter()
+                            .any(|x| x == t),
+                        BulkTarget::Customer(c) => r.customer.as_str() == c,
+                        _ => true,
+                    };
+                    if take {
+                        out.push(r.id);
+                    }
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err(BulkError::NoDevice(target.clone()));
+        }
+        Ok(out)
+    }
+
+    fn create_bulk(&mut self, req: BulkRequest, now: u64) -> Result<BulkRun, BulkError> {
+        if req.concurrency == 0 || req.concurrency > bulk::MAX_CONCURRENCY {
+            self.refuse("invalid_spec");
+            return Err(BulkError::Invalid(format!(
+                "concurrency {} is not within 1..={}",
+                req.concurrency,
+                bulk::MAX_CONCURRENCY
+            )));
+        }
+        if let Err(e) = req
+            .spec
+            .validate()
+            .and_then(|_| req.spec.encode().map(|_| ()))
+        {
+            self.refuse("invalid_spec");
+            return Err(e.into());
+        }
+        let devices = self.resolve(&req.target)?;
+        let recs: Vec<CommandRecord> = devices
+            .iter()
+            .map(|d| CommandRecord::new(CommandId::random(), *d, req.spec.clone(), now))
+            .collect();
+        let run = BulkRun {
+            id: CommandId::random(),
+            target: req.target.clone(),
+            command: req.spec.summary(),
+            concurrency: req.concurrency,
+            created_ms: now,
+            created_by: req.spec.requested_by.clone(),
+            cancelled: None,
+            members: recs.iter().map(|r| (r.device, r.id)).collect(),
+        };
+        let mut b = self.store.batch();
+        let st = |e: outpost_storage::error::StorageError| BulkError::Store(e.to_string());
+        for r in &recs {
+            store::put(&mut b, r, true).map_err(st)?;
+        }
+        bulk::put_run(&mut b, &run, true).map_err(st)?;
+        self.store.write(b).map_err(st)?;
+        for _ in &recs {
+            self.metrics.commands.entered(CommandState::Queued.as_str());
+        }
+        self.metrics.commands.bulk_runs.inc();
+        self.audit_target(
+            &run.created_by,
+            "command.bulk",
+            &run.target.to_string(),
+            format!(
+                "run {} on {} devices, concurrency {}: {}",
+                run.id,
+                recs.len(),
+                run.concurrency,
+                run.command
+            ),
+            now,
+        );
+        let mut slots = RunSlots::new(run.concurrency);
+        for (i, r) in recs.iter().enumerate() {
+            slots.update(i as u32, r.id, r.device, r.state);
+            self.run_of.insert(r.id, run.id);
+            self.index(r);
+        }
+        self.runs.insert(run.id, slots);
+        self.refill.push(run.id);
+        Ok(run)
+    }
+
+    fn cancel_run(&mut self, id: RunId, by: &str, now: u64) -> Result<BulkRun, CancelRunError> {
+        let st = |e: outpost_storage::error::StorageError| CancelRunError::Store(e.to_string());
+        let mut run = bulk::get_run(&self.store, id)
+            .map_err(st)?
+            .ok_or(CancelRunError::NotFound(id))?;
+        if run.cancelled.is_none() {
+            run.cancelled = Some((now, by.to_string()));
+            let mut b = self.store.batch();
+            bulk::put_run(&mut b, &run, false).map_err(st)?;
+            self.store.write(b).map_err(st)?;
+        }
+        self.audit_target(
+            by,
+            "command.bulk_cancel",
+            &run.target.to_string(),
+            format!("run {id}"),
+            now,
+        );
+        // Queued members first (those without a no-report deadline: not
+        // sent yet), so that no freed slot sends one of them.
+        let open: Vec<CommandId> = run
+            .members
+            .iter()
+            .map(|(_, c)| *c)
+            .filter(|c| self.run_of.contains_key(c))
+            .collect();
+        let (waiting, in_flight): (Vec<CommandId>, Vec<CommandId>) = open
+            .into_iter()
+            .partition(|c| !self.deadline_of.contains_key(c));
+        for c in waiting.into_iter().chain(in_flight) {
+            self.apply(c, Input::Cancel { by: by.into() }, now);
+        }
+        Ok(run)
     }
 
     fn refuse(&self, reason: &str) {
@@ -409,15 +750,35 @@ impl Worker {
         for id in due {
             self.apply(id, Input::Tick, now);
         }
+        // Devices still online enforce their commands' timeouts themselves.
+        let overdue: Vec<CommandId> = self
+            .deadlines
+            .iter()
+            .take_while(|(at, _, _)| *at <= now)
+            .filter(|(_, _, dev)| !self.links.contains_key(dev))
+            .map(|(_, id, _)| *id)
+            .collect();
+        for id in overdue {
+            if let Some((rec, _)) = self.apply(id, Input::NoReportCheck { online: false }, now)
+                && machine::ended_by_deadline(&rec)
+            {
+                self.metrics.commands.no_report_deadlines.inc();
+            }
+        }
+        self.refill_runs(now);
         self.update_gauge();
     }
 
     fn audit(&self, actor: &str, action: &str, device: DeviceId, detail: String, now: u64) {
+        self.audit_target(actor, action, &device.to_string(), detail, now)
+    }
+
+    fn audit_target(&self, actor: &str, action: &str, target: &str, detail: String, now: u64) {
         let e = AuditEntry {
             at_ms: now,
             actor: actor.to_string(),
             action: action.to_string(),
-            target: device.to_string(),
+            target: target.to_string(),
             detail,
         };
         if let Err(e) = outpost_storage::registry::audit(&self.store, &e) {
@@ -493,6 +854,21 @@ impl Worker {
     fn entered(&mut self, rec: &CommandRecord, now: u64) {
         self.metrics.commands.entered(rec.state.as_str());
         self.index(rec);
+        if let Some(run) = self.run_of.get(&rec.id).copied() {
+            if let Some(sl) = self.runs.get_mut(&run) {
+                let before = sl.in_flight();
+                sl.changed(rec.id, rec.state);
+                if sl.in_flight() < before {
+                    self.refill.push(run);
+                }
+                if sl.is_finished() {
+                    self.runs.remove(&run);
+                }
+            }
+            if rec.state.is_terminal() {
+                self.run_of.remove(&rec.id);
+            }
+        }
         match rec.state {
             CommandState::Expired => {
                 self.metrics.commands.expiries.inc();
@@ -774,5 +1150,172 @@ mod tests {
         svc.stop();
         h.join().unwrap();
         assert!(inbox3.rx.try_recv().is_err(), "acked: not sent again");
+    }
+
+    async fn bulk(svc: &CommandService, target: BulkTarget, conc: u32) -> BulkRun {
+        svc.create_bulk(BulkRequest {
+            target,
+            spec: CommandSpec::shell("uptime", "alice"),
+            concurrency: conc,
+        })
+        .await
+        .unwrap()
+    }
+
+    fn exited(id: CommandId) -> ApplianceEvent {
+        ApplianceEvent::Result(CommandResult {
+            id,
+            outcome: CommandOutcome::Exited { code: 0 },
+            output_bytes: 0,
+            finished_ms: 9,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_bulk_run_sends_no_more_than_its_concurrency_and_the_next_when_one_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::db::open(dir.path(), &StoreOptions::default()).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let (svc, h) =
+            CommandService::start(store.clone(), metrics, CommandOptions::default()).unwrap();
+        let devs: Vec<DeviceId> = (1..=3).map(|i| device(&store, i, false)).collect();
+        let mut inboxes = Vec::new();
+        for d in &devs {
+            let (link, inbox) = RemoteLink::new(*d);
+            svc.session_up(*d, link);
+            inboxes.push(inbox);
+        }
+        let run = bulk(&svc, BulkTarget::All, 2).await;
+        assert_eq!(run.members.len(), 3);
+        // The first two in target order go out; the third waits.
+        for (i, inbox) in inboxes.iter_mut().enumerate().take(2) {
+            assert!(
+                matches!(next(inbox).await, LinkInput::SendCommand(c) if c.id == run.members[i].1)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(inboxes[2].rx.try_recv().is_err(), "held by the limit");
+        let third = run.members[2].1;
+        assert_eq!(svc.get(third).unwrap().unwrap().state, CommandState::Queued);
+        // One ends: the third goes.
+        svc.event(devs[0], exited(run.members[0].1));
+        assert!(matches!(next(&mut inboxes[2]).await, LinkInput::SendCommand(c) if c.id == third));
+        svc.stop();
+        h.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_bulk_run_keeps_its_limit_across_a_restart_and_a_cancel_removes_the_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::db::open(dir.path(), &StoreOptions::default()).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let devs: Vec<DeviceId> = (1..=3).map(|i| device(&store, i, false)).collect();
+        outpost_storage::registry::set_tags(&store, devs[0], &["web".into()]).unwrap();
+        outpost_storage::registry::set_tags(&store, devs[2], &["web".into()]).unwrap();
+        let run = {
+            let (svc, h) =
+                CommandService::start(store.clone(), metrics.clone(), CommandOptions::default())
+                    .unwrap();
+            // Unknown tag, unknown device: refused with the name.
+            let e = svc
+                .create_bulk(BulkRequest {
+                    target: BulkTarget::Tag("db".into()),
+                    spec: CommandSpec::shell("x", "a"),
+                    concurrency: 1,
+                })
+                .await
+                .unwrap_err();
+            assert!(matches!(e, BulkError::NoDevice(_)), "{e}");
+            let e = svc
+                .create_bulk(BulkRequest {
+                    target: BulkTarget::Devices(vec![DeviceId(99).to_string()]),
+                    spec: CommandSpec::shell("x", "a"),
+                    concurrency: 1,
+                })
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains(&DeviceId(99).to_string()), "{e}");
+            let run = bulk(&svc, BulkTarget::Tag("web".into()), 1).await;
+            let members: Vec<DeviceId> = run.members.iter().map(|m| m.0).collect();
+            assert_eq!(members, vec![devs[0], devs[2]]);
+            svc.stop();
+            h.join().unwrap();
+            run
+        };
+        let (svc, h) =
+            CommandService::start(store.clone(), metrics, CommandOptions::default()).unwrap();
+        // Both devices connect: only one command goes (concurrency 1).
+        let (l0, mut i0) = RemoteLink::new(devs[0]);
+        let (l2, mut i2) = RemoteLink::new(devs[2]);
+        svc.session_up(devs[2], l2);
+        svc.session_up(devs[0], l0);
+        assert!(
+            matches!(next(&mut i2).await, LinkInput::SendCommand(c) if c.id == run.members[1].1)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(i0.rx.try_recv().is_err(), "held by the limit");
+        // Cancel the run: the queued one is cancelled, the sent one is told.
+        let r = svc.cancel_run(run.id, "bob").await.unwrap();
+        assert_eq!(r.cancelled.as_ref().map(|c| c.1.as_str()), Some("bob"));
+        assert!(
+            matches!(next(&mut i2).await, LinkInput::CancelCommand(c) if c == run.members[1].1)
+        );
+        assert_eq!(
+            svc.get(run.members[0].1).unwrap().unwrap().state,
+            CommandState::Cancelled
+        );
+        svc.event(
+            devs[2],
+            ApplianceEvent::Result(CommandResult {
+                id: run.members[1].1,
+                outcome: CommandOutcome::Cancelled,
+                output_bytes: 0,
+                finished_ms: 9,
+            }),
+        );
+        assert!(matches!(next(&mut i2).await, LinkInput::AckResult(_)));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            i0.rx.try_recv().is_err(),
+            "a cancelled run sends nothing more"
+        );
+        svc.stop();
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn the_worker_interrupts_a_running_command_of_an_offline_device_at_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::db::open(dir.path(), &StoreOptions::default()).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let mut w = Worker::new(store.clone(), metrics.clone(), CommandOptions::default());
+        let dev = device(&store, 7, false);
+        let (link, _inbox) = RemoteLink::new(dev);
+        let t0 = 1_000_000;
+        w.links.insert(dev, link.clone());
+        let rec = w
+            .create(dev, CommandSpec::shell("sleep 1000", "a"), t0)
+            .unwrap();
+        w.apply(rec.id, Input::Started { agent_ms: 1 }, t0 + 10);
+        let d = t0 + 10 + rec.spec.timeout_ms + machine::NO_REPORT_MARGIN_MS;
+        // Online: nothing happens, even long after.
+        w.tick(d + 1);
+        assert_eq!(
+            store::get(&store, rec.id).unwrap().unwrap().state,
+            CommandState::Running
+        );
+        // Offline: just before the deadline nothing, at it interrupted.
+        w.links.remove(&dev);
+        w.tick(d - 1);
+        assert_eq!(
+            store::get(&store, rec.id).unwrap().unwrap().state,
+            CommandState::Running
+        );
+        w.tick(d);
+        let r = store::get(&store, rec.id).unwrap().unwrap();
+        assert_eq!(r.state, CommandState::Interrupted);
+        assert!(machine::ended_by_deadline(&r));
+        assert_eq!(metrics.commands.no_report_deadlines.get(), 1);
+        assert!(w.deadlines.is_empty() && w.open.is_empty());
     }
 }
