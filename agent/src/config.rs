@@ -49,6 +49,15 @@ pub struct AgentConfig {
     /// SIGKILL after this grace.
     #[serde(with = "humantime_serde")]
     pub command_kill_grace: Duration,
+    /// The reboot action's command, run with `sh -c` (`OUTPOST_REBOOT_DELAY_S`
+    /// and `OUTPOST_AGENT_PID` in its environment). Default: `shutdown -r
+    /// +MINUTES` with a delay, `systemctl reboot` without.
+    pub reboot_command: String,
+    /// A reboot is refused while another process holds this fcntl lock
+    /// (dpkg and apt hold it during package installs).
+    pub dpkg_lock: std::path::PathBuf,
+    /// Where the kernel's boot id is read (new at every boot).
+    pub boot_id_path: std::path::PathBuf,
 }
 
 impl Default for AgentConfig {
@@ -67,6 +76,9 @@ impl Default for AgentConfig {
             remote_commands: true,
             allowed_run_as: Vec::new(),
             command_kill_grace: Duration::from_secs(5),
+            reboot_command: crate::commands::reboot::DEFAULT_REBOOT_COMMAND.into(),
+            dpkg_lock: crate::commands::reboot::DEFAULT_DPKG_LOCK.into(),
+            boot_id_path: crate::commands::reboot::DEFAULT_BOOT_ID_PATH.into(),
         }
     }
 }
@@ -88,6 +100,11 @@ impl AgentConfig {
             enabled: self.remote_commands,
             allowed_run_as: self.allowed_run_as.clone(),
             kill_grace: self.command_kill_grace,
+            reboot: crate::commands::reboot::RebootConfig {
+                command: self.reboot_command.clone(),
+                dpkg_lock: self.dpkg_lock.clone(),
+                boot_id_path: self.boot_id_path.clone(),
+            },
         }
     }
 

@@ -571,3 +571,103 @@ fn a_bulk_run_over_several_agents_keeps_its_concurrency_and_a_cancel_stops_the_q
     assert_eq!(n("command.bulk"), 2);
     assert_eq!(n("command.bulk_cancel"), 1);
 }
+
+#[test]
+fn a_reboot_needs_confirmation_is_refused_during_an_install_and_completes_on_a_new_boot_id() {
+    let tmp = scratch("cmd-reboot");
+    let app = Appliance::start(tmp.path());
+    let mut a = Agent::enroll(tmp.path(), "a1", &app);
+    let boot = tmp.path().join("boot_id");
+    std::fs::write(&boot, "boot-1\n").unwrap();
+    let lock = tmp.path().join("lock-frontend");
+    let count = tmp.path().join("reboots");
+    // The "reboot": counted, then the agent dies as with a real reboot.
+    let script = format!(
+        "echo \"$OUTPOST_REBOOT_DELAY_S\" >> {}; kill -9 \"$OUTPOST_AGENT_PID\"",
+        count.display()
+    );
+    std::fs::write(
+        a.state.join("agent.toml"),
+        format!(
+            "reboot_command = {script:?}\ndpkg_lock = {:?}\nboot_id_path = {:?}\n",
+            lock.display().to_string(),
+            boot.display().to_string()
+        ),
+    )
+    .unwrap();
+    a.start();
+    let probe = queue(&app, &a.device_id, "true", &[]);
+    wait_state(&app, &probe, 30, |s| s == "completed");
+
+    // Without confirmation: refused by the CLI and the API.
+    let o = app.cli(&["device", "reboot", &a.device_id]);
+    assert!(!o.status.success() && stderr(&o).contains("--confirm"));
+    let (s, v) = app.api_post(
+        "/api/v1/commands",
+        &json!({"device": a.device_id, "action": {"reboot": {"delay_s": 0}}}),
+    );
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("confirm"), "{v}");
+
+    // A package install holds the dpkg lock: refused with the reason.
+    let ready = tmp.path().join("ready");
+    let mut holder = Command::new("python3")
+        .arg("-c")
+        .arg("import fcntl,sys,time\nf=open(sys.argv[1],'w')\nfcntl.lockf(f,fcntl.LOCK_EX)\nopen(sys.argv[2],'w').close()\ntime.sleep(60)")
+        .arg(&lock)
+        .arg(&ready)
+        .spawn()
+        .expect("python3 holds the lock");
+    wait_for(Duration::from_secs(10), "the lock holder", || {
+        ready.exists().then_some(())
+    });
+    let o = app.cli(&["device", "reboot", &a.device_id, "--confirm"]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("package install is running"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!count.exists(), "the reboot ran during an install");
+
+    // Confirmed, no install: the agent records boot-1, runs the reboot
+    // command (which kills it), stays running.
+    let id = app
+        .cli_ok(&[
+            "device",
+            "reboot",
+            &a.device_id,
+            "--confirm",
+            "--delay",
+            "90s",
+            "--no-wait",
+        ])
+        .trim()
+        .to_string();
+    wait_state(&app, &id, 30, |s| s == "running");
+    wait_for(
+        Duration::from_secs(30),
+        "the agent killed by the reboot",
+        || a.proc.as_mut().and_then(|p| p.try_exit()),
+    );
+    a.proc = None;
+    assert_eq!(std::fs::read_to_string(&count).unwrap(), "90\n");
+    // The agent starts again with the same boot id: not rebooted, still running.
+    a.start();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(show(&app, &id)["state"], "running");
+    a.stop();
+    // Back on a new boot id: completed, both ids in the output, run once.
+    std::fs::write(&boot, "boot-2\n").unwrap();
+    a.start();
+    let v = wait_state(&app, &id, 60, terminal);
+    assert_eq!(v["state"], "completed", "{v}");
+    let out = v["output"].as_str().unwrap();
+    assert!(
+        out.contains("boot id boot-1") && out.contains("boot id boot-2"),
+        "{out}"
+    );
+    assert_eq!(lines(&count), 1, "the reboot ran twice");
+}

@@ -38,9 +38,10 @@ pub struct RunRequest {
     #[serde(default)]
     pub command: Option<String>,
     /// A built-in action instead of a command line:
-    /// `{"restart_service": {"unit": "nginx.service"}}`.
+    /// `{"restart_service": {"unit": "nginx.service"}}` or
+    /// `{"reboot": {"delay_s": 60, "confirm": true}}`.
     #[serde(default)]
-    pub action: Option<BuiltinAction>,
+    pub action: Option<ActionRequest>,
     #[serde(default)]
     pub interpreter: Option<Interpreter>,
     #[serde(default)]
@@ -55,6 +56,52 @@ pub struct RunRequest {
     pub timeout_ms: Option<u64>,
     #[serde(default)]
     pub expiry_ms: Option<u64>,
+}
+
+/// A built-in action as the API takes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ActionRequest {
+    RestartService {
+        unit: String,
+    },
+    /// Refused (400) without `"confirm": true`. The delay in seconds
+    /// (`delay_s`) or milliseconds (`delay_ms`, the spec's unit).
+    Reboot {
+        #[serde(default)]
+        delay_s: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delay_ms: Option<u64>,
+        #[serde(default)]
+        confirm: bool,
+    },
+}
+
+/// Longest reboot delay: one day.
+pub const MAX_REBOOT_DELAY_S: u64 = 24 * 3600;
+
+impl ActionRequest {
+    /// The spec's action, or why the request is refused.
+    pub fn into_builtin(self) -> Result<BuiltinAction, ApiError> {
+        match self {
+            ActionRequest::RestartService { unit } => Ok(BuiltinAction::RestartService { unit }),
+            ActionRequest::Reboot { confirm: false, .. } => Err(ApiError::BadRequest(
+                "a reboot needs \"confirm\": true (outpost device reboot ID --confirm)".into(),
+            )),
+            ActionRequest::Reboot {
+                delay_s, delay_ms, ..
+            } => {
+                let ms = delay_ms.unwrap_or(delay_s.saturating_mul(1000));
+                if ms > MAX_REBOOT_DELAY_S * 1000 {
+                    return Err(ApiError::BadRequest(format!(
+                        "reboot delay {} s is over the limit of {MAX_REBOOT_DELAY_S} s",
+                        ms / 1000
+                    )));
+                }
+                Ok(BuiltinAction::Reboot { delay_ms: ms })
+            }
+        }
+    }
 }
 
 /// A command as the API shows it.
@@ -130,12 +177,7 @@ pub async fn run(
     let device = parse_device(&req.device)?;
     let kind = match (req.command, req.action) {
         (Some(line), None) => CommandKind::Shell { line },
-        (None, Some(BuiltinAction::Reboot { .. })) => {
-            return Err(ApiError::BadRequest(
-                "reboot is not supported yet (it needs its guard: confirmation, patch installs, boot id)".into(),
-            ));
-        }
-        (None, Some(a)) => CommandKind::Builtin(a),
+        (None, Some(a)) => CommandKind::Builtin(a.into_builtin()?),
         _ => {
             return Err(ApiError::BadRequest(
                 "give exactly one of \"command\" and \"action\"".into(),

@@ -10,7 +10,9 @@ use clap::Subcommand;
 use outpost_proto::command::Interpreter;
 
 use super::table::{ago, print_table};
-use crate::api::commands::{BulkRequestBody, BulkView, CommandView, RunRequest, ScriptRef};
+use crate::api::commands::{
+    ActionRequest, BulkRequestBody, BulkView, CommandView, RunRequest, ScriptRef,
+};
 use crate::client::AdminClient;
 use crate::commands::bulk::BulkTarget;
 use crate::commands::model::CommandState;
@@ -193,7 +195,7 @@ pub async fn restart_service(
     let req = RunRequest {
         device: device.clone(),
         command: None,
-        action: Some(outpost_proto::command::BuiltinAction::RestartService { unit }),
+        action: Some(ActionRequest::RestartService { unit }),
         interpreter: None,
         args: Vec::new(),
         env: Vec::new(),
@@ -206,6 +208,48 @@ pub async fn restart_service(
         .post("/api/v1/commands", &req)
         .await
         .with_context(|| format!("queueing restart-service for device {device}"))?;
+    finish_waiting(&c, &v.id).await
+}
+
+/// `outpost device reboot ID --confirm [--delay 1m]`: reboots the device
+/// (refused by the agent while a package install runs), waits until it
+/// is back with a new boot id (completed) or the deadline passes (failed),
+/// prints the command's output and exits 0 only if it came back; with
+/// `--no-wait`, prints the command id.
+pub async fn reboot(
+    device: String,
+    delay: Option<Duration>,
+    confirm: bool,
+    no_wait: bool,
+    c: AdminClient,
+) -> anyhow::Result<()> {
+    if !confirm {
+        anyhow::bail!("a reboot needs --confirm");
+    }
+    let req = RunRequest {
+        device: device.clone(),
+        command: None,
+        action: Some(ActionRequest::Reboot {
+            delay_s: 0,
+            delay_ms: Some(delay.map(|d| d.as_millis() as u64).unwrap_or(0)),
+            confirm,
+        }),
+        interpreter: None,
+        args: Vec::new(),
+        env: Vec::new(),
+        cwd: None,
+        run_as: None,
+        timeout_ms: None,
+        expiry_ms: None,
+    };
+    let v: CommandView = c
+        .post("/api/v1/commands", &req)
+        .await
+        .with_context(|| format!("queueing a reboot of device {device}"))?;
+    if no_wait {
+        println!("{}", v.id);
+        return Ok(());
+    }
     finish_waiting(&c, &v.id).await
 }
 

@@ -23,7 +23,16 @@
 //! back later and reports the real end, that result replaces the deadline's
 //! verdict (a new transition; the agent knows the truth); it is the only
 //! case where a terminal state changes.
+//!
+//! **Reboot deadline.** A reboot (built-in action) stays `running` while
+//! the host reboots; the agent reports it completed when it starts again
+//! on a new boot id. If that has not happened by the time it entered
+//! `sent`/`running` plus its delay plus [`REBOOT_DEADLINE_MS`] (15
+//! minutes), it is `failed` with the reason [`REBOOT_REASON`], online or
+//! not (an agent that is online with the old boot id did not reboot). A
+//! later report from the agent replaces this verdict as above.
 
+use outpost_proto::command::{BuiltinAction, CommandKind};
 use outpost_proto::messages::CommandOutcome;
 
 use super::model::{CommandRecord, CommandState};
@@ -62,28 +71,46 @@ pub const NO_REPORT_MARGIN_MS: u64 = 10 * 60 * 1000;
 /// agent reports afterwards replaces this verdict).
 pub const NO_REPORT_REASON: &str = "device did not report";
 
+/// How long a reboot may take (after its delay) before it is `failed`.
+pub const REBOOT_DEADLINE_MS: u64 = 15 * 60 * 1000;
+
+/// The reason recorded when a reboot's deadline passes.
+pub const REBOOT_REASON: &str = "the device did not come back with a new boot id";
+
+/// The reboot's delay if the command is the reboot action.
+pub fn reboot_delay_ms(rec: &CommandRecord) -> Option<u64> {
+    match rec.spec.kind {
+        CommandKind::Builtin(BuiltinAction::Reboot { delay_ms }) => Some(delay_ms),
+        _ => None,
+    }
+}
+
 /// When a `sent` or `running` command is given up if its device is
 /// offline: entering that state + timeout + [`NO_REPORT_MARGIN_MS`].
 /// `None` for other states.
 pub fn deadline_ms(rec: &CommandRecord) -> Option<u64> {
     match rec.state {
-        CommandState::Sent | CommandState::Running => Some(
-            rec.entered(rec.state)
-                .unwrap_or(rec.created_ms)
-                .saturating_add(rec.spec.timeout_ms)
-                .saturating_add(NO_REPORT_MARGIN_MS),
-        ),
+        CommandState::Sent | CommandState::Running => {
+            let from = rec.entered(rec.state).unwrap_or(rec.created_ms);
+            Some(match reboot_delay_ms(rec) {
+                Some(delay) => from
+                    .saturating_add(delay)
+                    .saturating_add(REBOOT_DEADLINE_MS),
+                None => from
+                    .saturating_add(rec.spec.timeout_ms)
+                    .saturating_add(NO_REPORT_MARGIN_MS),
+            })
+        }
         _ => None,
     }
 }
 
-/// The command was ended by the no-report deadline (not by its agent).
+/// The command was ended by a deadline (no report, or a reboot that did
+/// not come back), not by its agent.
 pub fn ended_by_deadline(rec: &CommandRecord) -> bool {
-    rec.state == CommandState::Interrupted
-        && rec
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.starts_with(NO_REPORT_REASON))
+    let reason = |p: &str| rec.reason.as_deref().is_some_and(|r| r.starts_with(p));
+    (rec.state == CommandState::Interrupted && reason(NO_REPORT_REASON))
+        || (rec.state == CommandState::Failed && reason(REBOOT_REASON))
 }
 
 /// What the host must do after storing the record (if `changed`).
@@ -226,7 +253,15 @@ pub fn step(rec: &mut CommandRecord, input: Input, now_ms: u64) -> Step {
             }
         }
         Input::NoReportCheck { online } => {
-            if !online && deadline_ms(rec).is_some_and(|d| now_ms >= d) {
+            let due = deadline_ms(rec).is_some_and(|d| now_ms >= d);
+            if due && let Some(delay) = reboot_delay_ms(rec) {
+                rec.reason = Some(format!(
+                    "{REBOOT_REASON} within {} s of the reboot",
+                    (delay + REBOOT_DEADLINE_MS) / 1000
+                ));
+                rec.enter(CommandState::Failed, now_ms);
+                s.changed = true;
+            } else if !online && due {
                 let secs = (rec.spec.timeout_ms + NO_REPORT_MARGIN_MS) / 1000;
                 rec.reason = Some(format!(
                     "{NO_REPORT_REASON} within its timeout + 10 min ({secs} s) while offline"
@@ -565,6 +600,62 @@ mod tests {
         step(&mut r, result(CommandOutcome::Interrupted), T0 + 2);
         assert!(!ended_by_deadline(&r));
         assert!(step(&mut r, result(CommandOutcome::Exited { code: 0 }), T0 + 3).duplicate);
+    }
+
+    fn reboot(delay_ms: u64) -> CommandRecord {
+        let mut r = rec();
+        r.spec.kind = CommandKind::Builtin(BuiltinAction::Reboot { delay_ms });
+        r
+    }
+
+    #[test]
+    fn a_reboot_that_does_not_come_back_fails_after_its_delay_plus_fifteen_minutes() {
+        for online in [false, true] {
+            let mut r = reboot(60_000);
+            step(&mut r, Input::Dispatch, T0 + 1);
+            step(&mut r, Input::Started { agent_ms: 1 }, T0 + 2);
+            let d = T0 + 2 + 60_000 + REBOOT_DEADLINE_MS;
+            assert_eq!(deadline_ms(&r), Some(d));
+            assert!(!step(&mut r, Input::NoReportCheck { online }, d - 1).changed);
+            let s = step(&mut r, Input::NoReportCheck { online }, d);
+            assert!(s.changed);
+            assert_eq!(r.state, CommandState::Failed, "online={online}");
+            assert!(r.reason.as_deref().unwrap().starts_with(REBOOT_REASON));
+            assert!(ended_by_deadline(&r));
+        }
+    }
+
+    #[test]
+    fn a_reboot_that_comes_back_in_time_completes_and_a_late_one_replaces_the_failure() {
+        let mut r = reboot(0);
+        step(&mut r, Input::Dispatch, T0 + 1);
+        step(&mut r, Input::Started { agent_ms: 1 }, T0 + 2);
+        step(
+            &mut r,
+            result(CommandOutcome::Exited { code: 0 }),
+            T0 + 60_000,
+        );
+        assert_eq!(r.state, CommandState::Completed);
+        assert_eq!(deadline_ms(&r), None);
+        let mut r = reboot(0);
+        step(&mut r, Input::Dispatch, T0 + 1);
+        let d = deadline_ms(&r).unwrap();
+        step(&mut r, Input::NoReportCheck { online: false }, d);
+        assert_eq!(r.state, CommandState::Failed);
+        step(&mut r, result(CommandOutcome::Exited { code: 0 }), d + 1);
+        assert_eq!(r.state, CommandState::Completed);
+        // A refusal (package install running) is an ordinary failure.
+        let mut r = reboot(0);
+        step(&mut r, Input::Dispatch, T0 + 1);
+        step(
+            &mut r,
+            result(CommandOutcome::Refused {
+                reason: "a package install is running".into(),
+            }),
+            T0 + 2,
+        );
+        assert_eq!(r.state, CommandState::Failed);
+        assert!(!ended_by_deadline(&r));
     }
 
     #[test]

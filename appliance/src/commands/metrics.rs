@@ -28,8 +28,9 @@ pub struct CommandMetrics {
     pub truncations: Counter,
     /// Queued commands that expired before their device connected.
     pub expiries: Counter,
-    /// `sent`/`running` commands given up as `interrupted` because their
-    /// offline device did not report within timeout + 10 min.
+    /// `sent`/`running` commands ended by a deadline: `interrupted`
+    /// because their offline device did not report within timeout + 10
+    /// min, or reboots `failed` because the device did not come back.
     pub no_report_deadlines: Counter,
     /// Bulk runs created.
     pub bulk_runs: Counter,
@@ -127,7 +128,7 @@ impl CommandMetrics {
         );
         r.register(
             "no_report_deadlines",
-            "Commands interrupted because their offline device did not report in time",
+            "Commands ended by a deadline (offline device silent, reboot not back)",
             self.no_report_deadlines.clone(),
         );
         r.register("bulk_runs", "Bulk runs created", self.bulk_runs.clone());

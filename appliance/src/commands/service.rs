@@ -329,8 +329,10 @@ struct Worker {
     queued: BTreeSet<(u64, CommandId)>,
     /// `sent`/`running` commands by no-report deadline
     /// ([`machine::deadline_ms`]), with their device.
-    deadlines: BTreeSet<(u64, CommandId, DeviceId)>,
-    deadline_of: HashMap<CommandId, u64>,
+    /// (deadline, id, device, applies even while the device is online:
+    /// reboots).
+    deadlines: BTreeSet<(u64, CommandId, DeviceId, bool)>,
+    deadline_of: HashMap<CommandId, (u64, bool)>,
     /// Bulk runs with open commands: their dispatch slots.
     runs: HashMap<RunId, RunSlots>,
     /// The run of each open command that belongs to one.
@@ -443,12 +445,13 @@ impl Worker {
         } else {
             self.queued.remove(&(rec.expires_ms, rec.id));
         }
-        if let Some(old) = self.deadline_of.remove(&rec.id) {
-            self.deadlines.remove(&(old, rec.id, rec.device));
+        if let Some((old, any)) = self.deadline_of.remove(&rec.id) {
+            self.deadlines.remove(&(old, rec.id, rec.device, any));
         }
         if let Some(d) = machine::deadline_ms(rec) {
-            self.deadline_of.insert(rec.id, d);
-            self.deadlines.insert((d, rec.id, rec.device));
+            let any = machine::reboot_delay_ms(rec).is_some();
+            self.deadline_of.insert(rec.id, (d, any));
+            self.deadlines.insert((d, rec.id, rec.device, any));
         }
     }
 
@@ -750,16 +753,18 @@ impl Worker {
         for id in due {
             self.apply(id, Input::Tick, now);
         }
-        // Devices still online enforce their commands' timeouts themselves.
-        let overdue: Vec<CommandId> = self
+        // Devices still online enforce their commands' timeouts themselves
+        // (a reboot's deadline holds online or not).
+        let overdue: Vec<(CommandId, bool)> = self
             .deadlines
             .iter()
-            .take_while(|(at, _, _)| *at <= now)
-            .filter(|(_, _, dev)| !self.links.contains_key(dev))
-            .map(|(_, id, _)| *id)
+            .take_while(|(at, _, _, _)| *at <= now)
+            .map(|(_, id, dev, any)| (*id, *any, self.links.contains_key(dev)))
+            .filter(|(_, any, online)| *any || !online)
+            .map(|(id, _, online)| (id, online))
             .collect();
-        for id in overdue {
-            if let Some((rec, _)) = self.apply(id, Input::NoReportCheck { online: false }, now)
+        for (id, online) in overdue {
+            if let Some((rec, _)) = self.apply(id, Input::NoReportCheck { online }, now)
                 && machine::ended_by_deadline(&rec)
             {
                 self.metrics.commands.no_report_deadlines.inc();
