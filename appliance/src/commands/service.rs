@@ -339,6 +339,49 @@ struct Worker {
     run_of: HashMap<CommandId, RunId>,
     /// Runs where a slot may have freed: dispatch their next members.
     refill: Vec<RunId>,
+    /// The group of messages being handled: their writes go into one batch
+    /// (one WAL sync), their link actions wait until it is durable.
+    group: Option<Group>,
+}
+
+/// Most messages handled in one group (one write, one sync).
+const GROUP_MAX: usize = 1024;
+
+/// Group commit: the writes of a group of messages in one batch, the
+/// records as they will be once it is written, and what to do on the
+/// links after.
+struct Group {
+    batch: outpost_storage::Batch,
+    dirty: bool,
+    recs: HashMap<CommandId, CommandRecord>,
+    after: Vec<LinkAction>,
+    /// Answers to the API (sent once the group is durable; given the
+    /// write's error if it failed).
+    replies: Vec<Reply>,
+}
+
+type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// Sends `r` once the group is durable (an error if its write failed).
+fn reply_later<T: Send + 'static, E: Send + 'static>(
+    tx: oneshot::Sender<Result<T, E>>,
+    r: Result<T, E>,
+    store_err: fn(String) -> E,
+) -> Reply {
+    Box::new(move |w: Result<(), String>| {
+        let _ = tx.send(match w {
+            Ok(()) => r,
+            Err(e) => Err(store_err(e)),
+        });
+    })
+}
+
+/// A link action that waits for the group's write.
+enum LinkAction {
+    Send(DeviceId, Command),
+    Cancel(DeviceId, CommandId),
+    AckResult(DeviceId, CommandId),
+    AckOutput(DeviceId, CommandId, u64),
 }
 
 impl Worker {
@@ -355,6 +398,133 @@ impl Worker {
             runs: HashMap::new(),
             run_of: HashMap::new(),
             refill: Vec::new(),
+            group: None,
+        }
+    }
+
+    /// Starts a group: writes go into one batch until [`Worker::commit`].
+    fn begin(&mut self) {
+        if self.group.is_none() {
+            self.group = Some(Group {
+                batch: self.store.batch(),
+                dirty: false,
+                recs: HashMap::new(),
+                after: Vec::new(),
+                replies: Vec::new(),
+            });
+        }
+    }
+
+    /// Writes the group's batch (one sync), then does its link actions. A
+    /// failed write does none of them and reloads the in-memory state
+    /// from the store (the peers re-send what was not acknowledged).
+    fn commit(&mut self) {
+        let Some(g) = self.group.take() else {
+            return;
+        };
+        if g.dirty
+            && let Err(e) = self.store.write(g.batch)
+        {
+            warn!(error = %e, "storing a group of command changes failed");
+            self.metrics.commands.store_errors.inc();
+            self.open.clear();
+            self.queued.clear();
+            self.deadlines.clear();
+            self.deadline_of.clear();
+            self.runs.clear();
+            self.run_of.clear();
+            self.refill.clear();
+            if let Err(e) = self.load() {
+                warn!(error = %e, "reloading open commands failed");
+            }
+            for r in g.replies {
+                r(Err(e.to_string()));
+            }
+            return;
+        }
+        for r in g.replies {
+            r(Ok(()));
+        }
+        for a in g.after {
+            self.link_now(a);
+        }
+    }
+
+    fn link_now(&self, a: LinkAction) {
+        let dev = match &a {
+            LinkAction::Send(d, _)
+            | LinkAction::Cancel(d, _)
+            | LinkAction::AckResult(d, _)
+            | LinkAction::AckOutput(d, _, _) => *d,
+        };
+        let Some(link) = self.links.get(&dev) else {
+            return;
+        };
+        match a {
+            LinkAction::Send(_, c) => {
+                let id = c.id;
+                if let Err(e) = link.send_command(c) {
+                    debug!(error = %e, %id, "command not sent (sent again on reconnect)");
+                }
+            }
+            LinkAction::Cancel(_, id) => {
+                let _ = link.cancel_command(id);
+            }
+            LinkAction::AckResult(_, id) => {
+                let _ = link.ack_result(id);
+            }
+            LinkAction::AckOutput(_, id, up_to) => {
+                let _ = link.ack_output(id, up_to);
+            }
+        }
+    }
+
+    /// Answers the API once what it changed is durable (at once outside a
+    /// group).
+    fn answer(&mut self, r: Reply) {
+        match &mut self.group {
+            Some(g) => g.replies.push(r),
+            None => r(Ok(())),
+        }
+    }
+
+    /// A link action: at once, or after the group's write.
+    fn link(&mut self, a: LinkAction) {
+        match &mut self.group {
+            Some(g) => g.after.push(a),
+            None => self.link_now(a),
+        }
+    }
+
+    /// A record as it stands (including the group's unwritten changes).
+    fn read(&self, id: CommandId) -> outpost_storage::error::Result<Option<CommandRecord>> {
+        if let Some(r) = self.group.as_ref().and_then(|g| g.recs.get(&id)) {
+            return Ok(Some(r.clone()));
+        }
+        store::get(&self.store, id)
+    }
+
+    /// Stores a record (and `extra` writes) in the group's batch, or at
+    /// once outside a group.
+    fn persist(
+        &mut self,
+        rec: &CommandRecord,
+        extra: impl FnOnce(&mut outpost_storage::Batch) -> outpost_storage::error::Result<()>,
+    ) -> outpost_storage::error::Result<()> {
+        match &mut self.group {
+            Some(g) => {
+                extra(&mut g.batch)?;
+                store::put(&mut g.batch, rec, false)?;
+                g.dirty = true;
+                g.recs.insert(rec.id, rec.clone());
+                Ok(())
+            }
+            None => {
+                let mut b = self.store.batch();
+                extra(&mut b)?;
+                store::put(&mut b, rec, false)?;
+                self.store.write(b)
+            }
         }
     }
 
@@ -461,11 +631,33 @@ impl Worker {
             let wait = next_tick.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(wait) {
                 Ok(Msg::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
-                Ok(m) => self.handle(m),
+                Ok(m) => {
+                    // Group commit: what is already waiting is handled with
+                    // it, written in one batch, then sent.
+                    self.begin();
+                    self.handle(m);
+                    let mut stop = false;
+                    for _ in 1..GROUP_MAX {
+                        match rx.try_recv() {
+                            Ok(Msg::Stop) => {
+                                stop = true;
+                                break;
+                            }
+                            Ok(m) => self.handle(m),
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit();
+                    if stop {
+                        return;
+                    }
+                }
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
             }
             if std::time::Instant::now() >= next_tick {
+                self.begin();
                 self.tick(now_ms());
+                self.commit();
                 next_tick = std::time::Instant::now() + TICK;
             }
         }
@@ -498,16 +690,20 @@ impl Worker {
                 spec,
                 reply,
             } => {
-                let _ = reply.send(self.create(device, spec, now));
+                let r = self.create(device, spec, now);
+                self.answer(reply_later(reply, r, CreateError::Store));
             }
             Msg::Cancel { id, by, reply } => {
-                let _ = reply.send(self.cancel(id, &by, now));
+                let r = self.cancel(id, &by, now);
+                self.answer(reply_later(reply, r, CancelError::Store));
             }
             Msg::CreateBulk { req, reply } => {
-                let _ = reply.send(self.create_bulk(req, now));
+                let r = self.create_bulk(req, now);
+                self.answer(reply_later(reply, r, BulkError::Store));
             }
             Msg::CancelRun { id, by, reply } => {
-                let _ = reply.send(self.cancel_run(id, &by, now));
+                let r = self.cancel_run(id, &by, now);
+                self.answer(reply_later(reply, r, CancelRunError::Store));
             }
             Msg::Stop => {}
         }
@@ -704,11 +900,21 @@ impl Worker {
             return Err(e.into());
         }
         let rec = CommandRecord::new(CommandId::random(), device, spec, now);
-        let mut b = self.store.batch();
-        store::put(&mut b, &rec, true).map_err(|e| CreateError::Store(e.to_string()))?;
-        self.store
-            .write(b)
-            .map_err(|e| CreateError::Store(e.to_string()))?;
+        match &mut self.group {
+            Some(g) => {
+                store::put(&mut g.batch, &rec, true)
+                    .map_err(|e| CreateError::Store(e.to_string()))?;
+                g.dirty = true;
+                g.recs.insert(rec.id, rec.clone());
+            }
+            None => {
+                let mut b = self.store.batch();
+                store::put(&mut b, &rec, true).map_err(|e| CreateError::Store(e.to_string()))?;
+                self.store
+                    .write(b)
+                    .map_err(|e| CreateError::Store(e.to_string()))?;
+            }
+        }
         self.metrics.commands.entered(CommandState::Queued.as_str());
         self.audit(
             &rec.spec.requested_by,
@@ -722,15 +928,12 @@ impl Worker {
         if self.links.contains_key(&device) {
             self.apply(rec.id, Input::Dispatch, now);
         }
-        store::get(&self.store, rec.id)
-            .ok()
-            .flatten()
-            .map(Ok)
-            .unwrap_or(Ok(rec))
+        self.read(rec.id).ok().flatten().map(Ok).unwrap_or(Ok(rec))
     }
 
     fn cancel(&mut self, id: CommandId, by: &str, now: u64) -> Result<CommandRecord, CancelError> {
-        let rec = store::get(&self.store, id)
+        let rec = self
+            .read(id)
             .map_err(|e| CancelError::Store(e.to_string()))?
             .ok_or(CancelError::NotFound(id))?;
         if rec.state.is_terminal() {
@@ -774,11 +977,11 @@ impl Worker {
         self.update_gauge();
     }
 
-    fn audit(&self, actor: &str, action: &str, device: DeviceId, detail: String, now: u64) {
+    fn audit(&mut self, actor: &str, action: &str, device: DeviceId, detail: String, now: u64) {
         self.audit_target(actor, action, &device.to_string(), detail, now)
     }
 
-    fn audit_target(&self, actor: &str, action: &str, target: &str, detail: String, now: u64) {
+    fn audit_target(&mut self, actor: &str, action: &str, target: &str, detail: String, now: u64) {
         let e = AuditEntry {
             at_ms: now,
             actor: actor.to_string(),
@@ -786,7 +989,18 @@ impl Worker {
             target: target.to_string(),
             detail,
         };
-        if let Err(e) = outpost_storage::registry::audit(&self.store, &e) {
+        let r = match &mut self.group {
+            Some(g) => {
+                g.dirty = true;
+                g.batch.put(
+                    outpost_storage::registry::AUDIT,
+                    &outpost_storage::keys::time_counter_key::<4>(&[], now),
+                    &e,
+                )
+            }
+            None => outpost_storage::registry::audit(&self.store, &e),
+        };
+        if let Err(e) = r {
             warn!(error = %e, "writing the audit log failed");
         }
     }
@@ -800,7 +1014,7 @@ impl Worker {
         input: Input,
         now: u64,
     ) -> Option<(CommandRecord, machine::Step)> {
-        let mut rec = match store::get(&self.store, id) {
+        let mut rec = match self.read(id) {
             Ok(Some(r)) => r,
             Ok(None) => {
                 self.metrics.commands.unknown_events.inc();
@@ -815,14 +1029,12 @@ impl Worker {
         let before = rec.state;
         let was_started = matches!(input, Input::Started { .. });
         let s = machine::step(&mut rec, input, now);
-        if s.changed {
-            let mut b = self.store.batch();
-            let written = store::put(&mut b, &rec, false).and_then(|_| self.store.write(b));
-            if let Err(e) = written {
-                warn!(error = %e, %id, "storing a command transition failed");
-                self.metrics.commands.store_errors.inc();
-                return None;
-            }
+        if s.changed
+            && let Err(e) = self.persist(&rec, |_| Ok(()))
+        {
+            warn!(error = %e, %id, "storing a command transition failed");
+            self.metrics.commands.store_errors.inc();
+            return None;
         }
         if rec.state != before {
             self.entered(&rec, now);
@@ -834,22 +1046,18 @@ impl Worker {
         if s.duplicate && matches!(rec.state, st if st.is_terminal()) && s.ack_result {
             self.metrics.commands.duplicate_results.inc();
         }
-        if let Some(link) = self.links.get(&rec.device) {
+        if self.links.contains_key(&rec.device) {
             if s.send {
                 match rec.spec.encode() {
-                    Ok(spec) => {
-                        if let Err(e) = link.send_command(Command { id, spec }) {
-                            debug!(error = %e, %id, "command not sent (sent again on reconnect)");
-                        }
-                    }
+                    Ok(spec) => self.link(LinkAction::Send(rec.device, Command { id, spec })),
                     Err(e) => warn!(error = %e, %id, "a stored command no longer encodes"),
                 }
             }
             if s.send_cancel {
-                let _ = link.cancel_command(id);
+                self.link(LinkAction::Cancel(rec.device, id));
             }
             if s.ack_result {
-                let _ = link.ack_result(id);
+                self.link(LinkAction::AckResult(rec.device, id));
             }
         }
         Some((rec, s))
@@ -934,12 +1142,9 @@ impl Worker {
                         now,
                     )
                     .is_some();
-                if !known
-                    && matches!(store::get(&self.store, id), Ok(None))
-                    && let Some(link) = self.links.get(&device)
-                {
+                if !known && matches!(self.read(id), Ok(None)) {
                     // Not ours (an older database?): ack so the agent forgets it.
-                    let _ = link.ack_result(id);
+                    self.link(LinkAction::AckResult(device, id));
                 }
             }
             ApplianceEvent::Output(o) => self.output(device, o, now),
@@ -954,13 +1159,15 @@ impl Worker {
 
     fn output(&mut self, device: DeviceId, o: outpost_proto::messages::CommandOutput, _now: u64) {
         let id = o.id;
-        let mut rec = match store::get(&self.store, id) {
+        let mut rec = match self.read(id) {
             Ok(Some(r)) => r,
             Ok(None) => {
                 self.metrics.commands.unknown_events.inc();
-                if let Some(link) = self.links.get(&device) {
-                    let _ = link.ack_output(id, o.offset + o.bytes.len() as u64);
-                }
+                self.link(LinkAction::AckOutput(
+                    device,
+                    id,
+                    o.offset + o.bytes.len() as u64,
+                ));
                 return;
             }
             Err(e) => {
@@ -976,29 +1183,28 @@ impl Worker {
             o.offset,
             o.bytes.len(),
         );
-        let m = &self.metrics.commands;
+        let m = self.metrics.clone();
+        let m = &m.commands;
         m.output_bytes_received.inc_by(o.bytes.len() as u64);
         m.output_bytes_duplicate.inc_by(p.duplicate_bytes);
         if !p.store.is_empty() || !p.delete.is_empty() || p.newly_dropped > 0 {
-            let mut b = self.store.batch();
             let mut stored = 0;
-            let mut r = Ok(());
-            for (off, range) in &p.store {
+            for (_, range) in &p.store {
                 stored += range.len() as u64;
-                r = r.and_then(|_| {
+            }
+            let r = self.persist(&rec, |b| {
+                for (off, range) in &p.store {
                     b.put_raw(
                         store::COMMAND_OUTPUT,
                         &store::output_key(id, *off),
                         &o.bytes[range.clone()],
-                    )
-                });
-            }
-            for off in &p.delete {
-                r = r.and_then(|_| b.delete(store::COMMAND_OUTPUT, &store::output_key(id, *off)));
-            }
-            let r = r
-                .and_then(|_| store::put(&mut b, &rec, false))
-                .and_then(|_| self.store.write(b));
+                    )?;
+                }
+                for off in &p.delete {
+                    b.delete(store::COMMAND_OUTPUT, &store::output_key(id, *off))?;
+                }
+                Ok(())
+            });
             if let Err(e) = r {
                 warn!(error = %e, %id, "storing command output failed");
                 m.store_errors.inc();
@@ -1009,9 +1215,7 @@ impl Worker {
                 m.truncations.inc();
             }
         }
-        if let Some(link) = self.links.get(&device) {
-            let _ = link.ack_output(id, p.ack_to);
-        }
+        self.link(LinkAction::AckOutput(device, id, p.ack_to));
     }
 }
 
