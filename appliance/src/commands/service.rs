@@ -1527,4 +1527,65 @@ mod tests {
         assert_eq!(metrics.commands.no_report_deadlines.get(), 1);
         assert!(w.deadlines.is_empty() && w.open.is_empty());
     }
+
+    #[test]
+    fn in_a_group_nothing_is_sent_or_answered_before_the_groups_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::db::open(dir.path(), &StoreOptions::default()).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let mut w = Worker::new(store.clone(), metrics, CommandOptions::default());
+        let dev = device(&store, 7, false);
+        let (link, mut inbox) = RemoteLink::new(dev);
+        w.links.insert(dev, link);
+        w.begin();
+        let (reply, mut answer) = oneshot::channel();
+        w.handle(Msg::Create {
+            device: dev,
+            spec: CommandSpec::shell("uptime", "alice"),
+            reply,
+        });
+        assert!(inbox.rx.try_recv().is_err(), "sent before it is durable");
+        assert!(answer.try_recv().is_err(), "answered before it is durable");
+        assert_eq!(
+            store::list(
+                &store,
+                &store::ListFilter {
+                    limit: 10,
+                    ..Default::default()
+                }
+            )
+            .unwrap()
+            .len(),
+            0
+        );
+        w.commit();
+        let rec = answer.try_recv().unwrap().unwrap();
+        assert_eq!(
+            store::get(&store, rec.id).unwrap().unwrap().state,
+            CommandState::Sent
+        );
+        assert!(matches!(inbox.rx.try_recv(), Ok(LinkInput::SendCommand(c)) if c.id == rec.id));
+        // The agent's ack, start and result in one group: one record write
+        // with all three, then the result's ack.
+        w.begin();
+        w.handle(Msg::Event(dev, ApplianceEvent::CommandAcked { id: rec.id }));
+        w.handle(Msg::Event(
+            dev,
+            ApplianceEvent::CommandStarted {
+                id: rec.id,
+                started_ms: 5,
+            },
+        ));
+        w.handle(Msg::Event(dev, exited(rec.id)));
+        assert!(inbox.rx.try_recv().is_err());
+        assert_eq!(
+            store::get(&store, rec.id).unwrap().unwrap().state,
+            CommandState::Sent
+        );
+        w.commit();
+        let r = store::get(&store, rec.id).unwrap().unwrap();
+        assert_eq!(r.state, CommandState::Completed);
+        assert_eq!(r.started_agent_ms, Some(5));
+        assert!(matches!(inbox.rx.try_recv(), Ok(LinkInput::AckResult(i)) if i == rec.id));
+    }
 }
