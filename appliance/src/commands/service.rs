@@ -5,6 +5,13 @@
 //! record durably, and only then sends, cancels or acknowledges on the
 //! device's link.
 //!
+//! Group commit: the worker handles the messages already waiting (up to
+//! [`GROUP_MAX`]) as one group; their writes (records, output, audit
+//! entries) go into one batch, one WAL sync, and the group's link actions
+//! and API answers wait until it is written. It also keeps the deadlines
+//! ([`super::machine::deadline_ms`]) and the dispatch slots of bulk runs
+//! ([`super::bulk::RunSlots`]).
+//!
 //! Reads (show, list, output) go to the store directly.
 
 use std::collections::{BTreeSet, HashMap};
