@@ -54,6 +54,15 @@ pub struct AgentConfig {
     /// a link may not lead outside). Empty by default: every file transfer
     /// is refused with the reason.
     pub file_roots: Vec<std::path::PathBuf>,
+    /// The reboot action's command, run with `sh -c` (`OUTPOST_REBOOT_DELAY_S`
+    /// and `OUTPOST_AGENT_PID` in its environment). Default: `shutdown -r
+    /// +MINUTES` with a delay, `systemctl reboot` without.
+    pub reboot_command: String,
+    /// A reboot is refused while another process holds this fcntl lock
+    /// (dpkg and apt hold it during package installs).
+    pub dpkg_lock: std::path::PathBuf,
+    /// Where the kernel's boot id is read (new at every boot).
+    pub boot_id_path: std::path::PathBuf,
 }
 
 impl Default for AgentConfig {
@@ -73,6 +82,9 @@ impl Default for AgentConfig {
             allowed_run_as: Vec::new(),
             command_kill_grace: Duration::from_secs(5),
             file_roots: Vec::new(),
+            reboot_command: crate::commands::reboot::DEFAULT_REBOOT_COMMAND.into(),
+            dpkg_lock: crate::commands::reboot::DEFAULT_DPKG_LOCK.into(),
+            boot_id_path: crate::commands::reboot::DEFAULT_BOOT_ID_PATH.into(),
         }
     }
 }
@@ -94,6 +106,11 @@ impl AgentConfig {
             enabled: self.remote_commands,
             allowed_run_as: self.allowed_run_as.clone(),
             kill_grace: self.command_kill_grace,
+            reboot: crate::commands::reboot::RebootConfig {
+                command: self.reboot_command.clone(),
+                dpkg_lock: self.dpkg_lock.clone(),
+                boot_id_path: self.boot_id_path.clone(),
+            },
         }
     }
 

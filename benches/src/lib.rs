@@ -1,11 +1,13 @@
 //! Outpost's load harness: simulated agent fleets over real QUIC against a
 //! real appliance ([`ingest`], [`reconnect`], [`chaos`]: kill -9 loops
-//! with an exactly-once check of the appliance's database), the storage-efficiency
+//! with an exactly-once check of the appliance's database; [`commands`]:
+//! dispatch latency and a bulk run over agents that answer commands), the storage-efficiency
 //! scenario on a real RocksDB ([`storage_eff`]), `/proc` measurements
 //! ([`procstat`]) and the `RESULT` line format ([`report`]).
 
 pub mod alert_latency;
 pub mod chaos;
+pub mod commands;
 pub mod console;
 pub mod fleet;
 pub mod ingest;

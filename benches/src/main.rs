@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use outpost_bench::alert_latency::{self, AlertRun};
 use outpost_bench::chaos::{self, ChaosRun};
+use outpost_bench::commands::{self, CommandsRun};
 use outpost_bench::ingest::{self, IngestRun};
 use outpost_bench::reconnect::{self, ReconnectRun};
 use outpost_bench::sim::Mix;
@@ -46,6 +47,34 @@ enum Command {
     /// agents, then prove from its database that every acknowledged record
     /// is stored exactly once (exit 1 otherwise).
     Chaos(ChaosArgs),
+    /// N connected simulated agents that answer commands: dispatch latency
+    /// (API call to the agent receiving the command) and one bulk command to
+    /// all N devices until every result is stored.
+    Commands(CommandsArgs),
+}
+
+#[derive(Args, Debug)]
+struct CommandsArgs {
+    #[arg(long, default_value_t = 10_000)]
+    agents: usize,
+    /// Single commands timed one at a time (dispatch latency).
+    #[arg(long, default_value_t = 1000)]
+    singles: usize,
+    /// Skip the bulk run.
+    #[arg(long)]
+    no_bulk: bool,
+    /// Where enrolled identities are cached (with --appliance-data, reused across runs).
+    #[arg(long)]
+    state: PathBuf,
+    /// Data directory of the spawned appliance (default: temporary).
+    #[arg(long)]
+    appliance_data: Option<PathBuf>,
+    #[arg(long)]
+    outpost: Option<PathBuf>,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args, Debug)]
@@ -514,6 +543,23 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 "chaos: acknowledged records lost, duplicated or out of order (see the RESULT line)"
             );
             Ok(())
+        }
+        Command::Commands(a) => {
+            let tmp = tempfile::tempdir()?;
+            let (app, state) = spawn_for(&tmp, &a.outpost, &a.appliance_data, &a.state)?;
+            let rep = commands::run(
+                &CommandsRun {
+                    agents: a.agents,
+                    singles: a.singles,
+                    no_bulk: a.no_bulk,
+                    state,
+                    quiet: a.quiet,
+                },
+                &app,
+            )
+            .await?;
+            eprintln!("{}", rep.line());
+            rep.emit(a.json.as_deref())
         }
         Command::Reconnect(a) => {
             let tmp = tempfile::tempdir()?;

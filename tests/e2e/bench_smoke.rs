@@ -210,3 +210,30 @@ fn chaos_kill9_loop_loses_and_duplicates_no_acknowledged_record() {
     assert_eq!(int("duplicated"), 0, "{line}");
     assert_eq!(int("gaps"), 0, "{line}");
 }
+
+#[test]
+fn commands_scenario_measures_dispatch_latency_and_a_bulk_run_to_every_agent() {
+    let tmp = scratch("bench-commands");
+    let app = Spawned::start(&bin("outpost"), &tmp.path().join("appliance"), &[]).unwrap();
+    let r = outpost_bench::commands::CommandsRun {
+        agents: 12,
+        singles: 20,
+        no_bulk: false,
+        state: tmp.path().join("fleet"),
+        quiet: true,
+    };
+    let rep = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(outpost_bench::commands::run(&r, &app))
+        .unwrap();
+    let line = rep.line();
+    assert!(line.starts_with("RESULT commands agents=12 "), "{line}");
+    assert_eq!(rep.get("singles"), Some("20"), "{line}");
+    assert_eq!(rep.get("bulk_done"), Some("12"), "{line}");
+    assert_eq!(rep.get("commands_received"), Some("32"), "{line}");
+    assert_eq!(rep.get("session_errors"), Some("0"), "{line}");
+    for key in ["dispatch_p50_ms", "dispatch_p99_ms", "bulk_secs"] {
+        let v: f64 = rep.get(key).unwrap().parse().unwrap();
+        assert!(v > 0.0, "{key}: {line}");
+    }
+}

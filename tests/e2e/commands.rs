@@ -416,3 +416,210 @@ fn a_queued_script_run_keeps_its_version_when_the_script_is_edited() {
             .any(|e| e["action"] == "script.edit" && e["detail"] == "version 2")
     );
 }
+
+#[test]
+fn a_bulk_run_over_several_agents_keeps_its_concurrency_and_a_cancel_stops_the_queued() {
+    let tmp = scratch("cmd-bulk");
+    let app = Appliance::start(tmp.path());
+    let a1 = agent(tmp.path(), "a1", &app, true);
+    let a2 = agent(tmp.path(), "a2", &app, true);
+    let a3 = agent(tmp.path(), "a3", &app, false);
+    for a in [&a1, &a2] {
+        let (s, b) = app.api_send(
+            "PUT",
+            &format!("/api/v1/devices/{}/tags", a.device_id),
+            Some(&json!(["web"])),
+        );
+        assert_eq!(s, 200, "{b}");
+    }
+    // Wait for both sessions (a probe each).
+    for a in [&a1, &a2] {
+        let p = queue(&app, &a.device_id, "true", &[]);
+        wait_state(&app, &p, 30, |s| s == "completed");
+    }
+    // Concurrency 1: the two devices never run at the same time.
+    let log = tmp.path().join("log");
+    let line = format!(
+        "echo start >> {l}; sleep 1; echo end >> {l}",
+        l = log.display()
+    );
+    let out = app.cli_ok(&[
+        "commands",
+        "bulk",
+        "--tag",
+        "web",
+        "--concurrency",
+        "1",
+        "--wait",
+        "--",
+        &line,
+    ]);
+    assert!(out.contains("done 2"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "start\nend\nstart\nend\n",
+        "the two ran at once"
+    );
+    let runs: Vec<Value> = app.api("/api/v1/commands/bulk").unwrap();
+    assert_eq!(runs.len(), 1);
+    let run_id = runs[0]["id"].as_str().unwrap().to_string();
+    let v: Value = app.api(&format!("/api/v1/commands/bulk/{run_id}")).unwrap();
+    assert_eq!(v["summary"]["done"], 2, "{v}");
+    assert_eq!(v["devices"].as_array().unwrap().len(), 2);
+    for m in v["devices"].as_array().unwrap() {
+        assert_eq!(m["state"], "completed");
+        let c = show(&app, m["command"].as_str().unwrap());
+        assert_eq!(c["device"], m["device"]);
+    }
+
+    // All devices, one offline: it stays pending; a cancel removes it.
+    let marker = tmp.path().join("never");
+    let (s, v) = app.api_post(
+        "/api/v1/commands/bulk",
+        &json!({"target": "all", "command": format!("touch {}.$(hostname)-$$", marker.display()), "concurrency": 5}),
+    );
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["summary"]["total"], 3);
+    let id = v["id"].as_str().unwrap().to_string();
+    let v = wait_for(Duration::from_secs(30), "two of three done", || {
+        let v: Value = app.api(&format!("/api/v1/commands/bulk/{id}")).unwrap();
+        (v["summary"]["done"] == 2).then_some(v)
+    });
+    assert_eq!(v["summary"]["pending"], 1, "{v}");
+    assert_eq!(v["summary"]["finished"], false);
+    let out = app.cli_ok(&["commands", "bulk-cancel", &id]);
+    assert!(out.contains("cancelled 1"), "{out}");
+    let out = app.cli_ok(&["commands", "bulk-show", &id]);
+    assert!(
+        out.contains(&a3.device_id) && out.contains("cancelled"),
+        "{out}"
+    );
+    let v: Value = app.api(&format!("/api/v1/commands/bulk/{id}")).unwrap();
+    assert_eq!(v["summary"]["finished"], true, "{v}");
+    assert!(v["cancelled_by"].is_string());
+
+    // Bad targets: an unknown tag or device is a 404 naming it.
+    let (s, v) = app.api_post(
+        "/api/v1/commands/bulk",
+        &json!({"target": {"tag": "nope"}, "command": "true"}),
+    );
+    assert_eq!(s, 404, "{v}");
+    assert!(v.to_string().contains("nope"), "{v}");
+    let (s, v) = app.api_post(
+        "/api/v1/commands/bulk",
+        &json!({"target": {"devices": ["00000000000000ff"]}, "command": "true"}),
+    );
+    assert_eq!(s, 404, "{v}");
+    assert!(v.to_string().contains("00000000000000ff"), "{v}");
+    // One audit entry per run (and per cancel).
+    let audit: Vec<Value> = app.api("/api/v1/audit").unwrap();
+    let n = |a: &str| audit.iter().filter(|e| e["action"] == a).count();
+    assert_eq!(n("command.bulk"), 2);
+    assert_eq!(n("command.bulk_cancel"), 1);
+}
+
+#[test]
+fn a_reboot_needs_confirmation_is_refused_during_an_install_and_completes_on_a_new_boot_id() {
+    let tmp = scratch("cmd-reboot");
+    let app = Appliance::start(tmp.path());
+    let mut a = Agent::enroll(tmp.path(), "a1", &app);
+    let boot = tmp.path().join("boot_id");
+    std::fs::write(&boot, "boot-1\n").unwrap();
+    let lock = tmp.path().join("lock-frontend");
+    let count = tmp.path().join("reboots");
+    // The "reboot": counted, then the agent dies as with a real reboot.
+    let script = format!(
+        "echo \"$OUTPOST_REBOOT_DELAY_S\" >> {}; kill -9 \"$OUTPOST_AGENT_PID\"",
+        count.display()
+    );
+    std::fs::write(
+        a.state.join("agent.toml"),
+        format!(
+            "reboot_command = {script:?}\ndpkg_lock = {:?}\nboot_id_path = {:?}\n",
+            lock.display().to_string(),
+            boot.display().to_string()
+        ),
+    )
+    .unwrap();
+    a.start();
+    let probe = queue(&app, &a.device_id, "true", &[]);
+    wait_state(&app, &probe, 30, |s| s == "completed");
+
+    // Without confirmation: refused by the CLI and the API.
+    let o = app.cli(&["device", "reboot", &a.device_id]);
+    assert!(!o.status.success() && stderr(&o).contains("--confirm"));
+    let (s, v) = app.api_post(
+        "/api/v1/commands",
+        &json!({"device": a.device_id, "action": {"reboot": {"delay_s": 0}}}),
+    );
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("confirm"), "{v}");
+
+    // A package install holds the dpkg lock: refused with the reason.
+    let ready = tmp.path().join("ready");
+    let mut holder = Command::new("python3")
+        .arg("-c")
+        .arg("import fcntl,sys,time\nf=open(sys.argv[1],'w')\nfcntl.lockf(f,fcntl.LOCK_EX)\nopen(sys.argv[2],'w').close()\ntime.sleep(60)")
+        .arg(&lock)
+        .arg(&ready)
+        .spawn()
+        .expect("python3 holds the lock");
+    wait_for(Duration::from_secs(10), "the lock holder", || {
+        ready.exists().then_some(())
+    });
+    let o = app.cli(&["device", "reboot", &a.device_id, "--confirm"]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("package install is running"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!count.exists(), "the reboot ran during an install");
+
+    // Confirmed, no install: the agent records boot-1, runs the reboot
+    // command (which kills it), stays running.
+    let id = app
+        .cli_ok(&[
+            "device",
+            "reboot",
+            &a.device_id,
+            "--confirm",
+            "--delay",
+            "90s",
+            "--no-wait",
+        ])
+        .trim()
+        .to_string();
+    // The agent recorded it (acked) before running the reboot command; the
+    // kill may come before its `started` frame leaves the socket.
+    wait_for(Duration::from_secs(30), "the reboot acked", || {
+        let v = show(&app, &id);
+        (v["acked"] == true).then_some(v)
+    });
+    wait_for(
+        Duration::from_secs(30),
+        "the agent killed by the reboot",
+        || a.proc.as_mut().and_then(|p| p.try_exit()),
+    );
+    a.proc = None;
+    assert_eq!(std::fs::read_to_string(&count).unwrap(), "90\n");
+    // The agent starts again with the same boot id: not rebooted, still running.
+    a.start();
+    std::thread::sleep(Duration::from_secs(3));
+    let st = show(&app, &id)["state"].as_str().unwrap().to_string();
+    assert!(st == "sent" || st == "running", "{st}");
+    a.stop();
+    // Back on a new boot id: completed, both ids in the output, run once.
+    std::fs::write(&boot, "boot-2\n").unwrap();
+    a.start();
+    let v = wait_state(&app, &id, 60, terminal);
+    assert_eq!(v["state"], "completed", "{v}");
+    let out = v["output"].as_str().unwrap();
+    assert!(
+        out.contains("boot id boot-1") && out.contains("boot id boot-2"),
+        "{out}"
+    );
+    assert_eq!(lines(&count), 1, "the reboot ran twice");
+}

@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use super::exec::{self, End, Launch};
 use super::ledger::{Entry, Ledger, Phase};
+use super::reboot::{self, RebootConfig};
 use crate::remote::{RemoteHost, RemoteLink};
 use crate::session::now_ms;
 
@@ -44,6 +45,9 @@ pub struct Policy {
     pub allowed_run_as: Vec<String>,
     /// SIGTERM → SIGKILL grace on timeout and cancel.
     pub kill_grace: Duration,
+    /// The reboot action: its command, the dpkg lock it respects, where
+    /// the boot id is read.
+    pub reboot: RebootConfig,
 }
 
 /// Reason given when `remote_commands = false`.
@@ -55,6 +59,9 @@ enum Msg {
     Output(CommandId, Vec<u8>),
     Started(CommandId, u64),
     Finished(CommandId, CommandOutcome),
+    /// The reboot command exited 0: the reboot is scheduled; the command
+    /// stays running until the agent starts on a new boot id.
+    RebootScheduled(CommandId),
 }
 
 struct Inner {
@@ -120,7 +127,12 @@ impl Executor {
             .as_ref()
             .map(|f| f.live_commands().into_iter().collect())
             .unwrap_or_default();
-        let interrupted = ledger.recover_except(now_ms(), &resumable)?;
+        let boot = reboot::boot_id(&policy.reboot)
+            .map_err(
+                |e| warn!(error = %e, "the boot id is unreadable: pending reboots stay running"),
+            )
+            .ok();
+        let interrupted = ledger.recover_except(now_ms(), boot.as_deref(), &resumable)?;
         for id in &interrupted {
             warn!(%id, "a command was running when the agent stopped: reported interrupted, not re-run");
         }
@@ -270,6 +282,10 @@ impl Executor {
                 lock(&self.inner.running).remove(&id);
                 self.finish(id, outcome).await;
             }
+            Msg::RebootScheduled(id) => {
+                lock(&self.inner.running).remove(&id);
+                info!(%id, "reboot scheduled: the command completes when the agent starts on a new boot id");
+            }
         }
         Ok(())
     }
@@ -376,7 +392,7 @@ impl Executor {
             files.start(id, spec, cancel);
             return Ok(());
         }
-        let launch = match self.prepare(&cmd.spec) {
+        let (launch, is_reboot) = match self.prepare(&cmd.spec) {
             Ok(l) => l,
             Err(outcome) => {
                 info!(%id, ?outcome, "command not run");
@@ -384,13 +400,46 @@ impl Executor {
                 return Ok(());
             }
         };
+        // A reboot: refused during a package install; the boot id is
+        // recorded with the running mark (see `super::reboot`).
+        let boot_before = if is_reboot {
+            let pol = &self.inner.policy.reboot;
+            match reboot::guard(pol).and_then(|_| reboot::boot_id(pol)) {
+                Ok(b) => Some(b),
+                Err(reason) => {
+                    info!(%id, %reason, "reboot refused");
+                    self.finish(id, CommandOutcome::Refused { reason }).await;
+                    return Ok(());
+                }
+            }
+        } else {
+            None
+        };
         // Marked running (durably) before the process exists: after a
         // crash it is reported interrupted, never started again.
         let mut e = l.get(id)?.unwrap_or_else(|| Entry::new(now_ms()));
         let started_ms = now_ms();
         e.phase = Phase::Running { started_ms };
+        if let Some(b) = &boot_before {
+            // Durable with the running mark: the reboot may kill the agent
+            // before a later write is flushed.
+            let delay = launch
+                .env
+                .iter()
+                .find(|(k, _)| k == "OUTPOST_REBOOT_DELAY_S")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            let line = format!("rebooting in {delay} s (boot id {b})\n");
+            l.put_output(id, e.output_len, line.as_bytes())?;
+            e.output_len += line.len() as u64;
+            l.put_reboot(id, b)?;
+            lock(&self.inner.pending).insert(id);
+        }
         l.put(id, &e)?;
         l.flush().await?;
+        if boot_before.is_some() {
+            self.wake();
+        }
         let cancel = CancellationToken::new();
         lock(&self.inner.running).insert(id, cancel.clone());
         let tx = self.inner.tx.clone();
@@ -408,6 +457,10 @@ impl Executor {
             })
             .await;
             let _ = fwd.await;
+            if is_reboot && matches!(r, Ok(End::Exited(0))) {
+                let _ = tx.send(Msg::RebootScheduled(id));
+                return;
+            }
             let outcome = match r {
                 Ok(End::Exited(code)) => CommandOutcome::Exited { code },
                 Ok(End::Signaled(signal)) => CommandOutcome::Signaled { signal },
@@ -420,8 +473,9 @@ impl Executor {
         Ok(())
     }
 
-    /// The spec as a process to start, or why not.
-    fn prepare(&self, spec: &[u8]) -> Result<Launch, CommandOutcome> {
+    /// The spec as a process to start (and whether it is the reboot
+    /// action), or why not.
+    fn prepare(&self, spec: &[u8]) -> Result<(Launch, bool), CommandOutcome> {
         let refuse = |reason: String| CommandOutcome::Refused { reason };
         if !self.inner.policy.enabled {
             return Err(refuse(DISABLED.into()));
@@ -429,7 +483,13 @@ impl Executor {
         let spec = CommandSpec::decode(spec).map_err(|e| refuse(e.to_string()))?;
         spec.validate().map_err(|e| refuse(e.to_string()))?;
         let passwd = || std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-        launch_of(&spec, &self.inner.policy, &current_user(), passwd).map_err(refuse)
+        let is_reboot = matches!(
+            spec.kind,
+            CommandKind::Builtin(BuiltinAction::Reboot { .. })
+        );
+        launch_of(&spec, &self.inner.policy, &current_user(), passwd)
+            .map(|l| (l, is_reboot))
+            .map_err(refuse)
     }
 }
 
@@ -482,8 +542,29 @@ pub fn launch_of(
                 kill_grace: policy.kill_grace,
             });
         }
-        CommandKind::Builtin(BuiltinAction::Reboot { .. }) => {
-            return Err("reboot is not supported by this agent yet".into());
+        CommandKind::Builtin(BuiltinAction::Reboot { delay_ms }) => {
+            if spec.interpreter != Interpreter::Sh {
+                return Err("built-in actions run with sh".into());
+            }
+            let mut env = spec.env.clone();
+            env.push((
+                "OUTPOST_REBOOT_DELAY_S".into(),
+                delay_ms.div_ceil(1000).to_string(),
+            ));
+            env.push(("OUTPOST_AGENT_PID".into(), std::process::id().to_string()));
+            return Ok(Launch {
+                program: "sh".into(),
+                args: vec![
+                    "-c".into(),
+                    policy.reboot.command.clone(),
+                    "outpost-reboot".into(),
+                ],
+                env,
+                cwd: "/".into(),
+                user: None,
+                timeout: Duration::from_millis(spec.timeout_ms),
+                kill_grace: policy.kill_grace,
+            });
         }
         CommandKind::Builtin(BuiltinAction::PushFile { .. } | BuiltinAction::PullFile { .. }) => {
             return Err("file transfers are not supported by this agent".into());
@@ -670,6 +751,7 @@ mod tests {
             enabled: true,
             allowed_run_as: vec!["nobody".into()],
             kill_grace: Duration::from_secs(1),
+            reboot: RebootConfig::default(),
         }
     }
 
@@ -771,7 +853,7 @@ mod tests {
     }
 
     #[test]
-    fn powershell_and_reboot_are_refused_with_a_reason() {
+    fn powershell_is_refused_with_a_reason_and_reboot_runs_the_configured_command() {
         let mut s = CommandSpec::shell("x", "t");
         s.interpreter = Interpreter::Powershell;
         assert!(
@@ -780,9 +862,92 @@ mod tests {
                 .contains("Windows")
         );
         let s = CommandSpec {
-            kind: CommandKind::Builtin(BuiltinAction::Reboot { delay_ms: 0 }),
+            kind: CommandKind::Builtin(BuiltinAction::Reboot { delay_ms: 61_000 }),
             ..CommandSpec::shell("x", "t")
         };
-        assert!(launch_of(&s, &policy(), "root", String::new).is_err());
+        let mut p = policy();
+        p.reboot.command = "echo fake reboot".into();
+        let l = launch_of(&s, &p, "root", String::new).unwrap();
+        assert_eq!(l.args[1], "echo fake reboot");
+        assert!(
+            l.env
+                .contains(&("OUTPOST_REBOOT_DELAY_S".into(), "61".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reboot_is_refused_while_the_dpkg_lock_is_held_and_otherwise_stays_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let boot = dir.path().join("boot_id");
+        std::fs::write(&boot, "boot-1\n").unwrap();
+        let ran = dir.path().join("ran");
+        let mut p = policy();
+        p.reboot = RebootConfig {
+            command: format!("echo \"$OUTPOST_REBOOT_DELAY_S\" > {}", ran.display()),
+            dpkg_lock: dir.path().join("lock-frontend"),
+            boot_id_path: boot.clone(),
+        };
+        let ex = Executor::start(&dir.path().join("ledger"), p.clone()).unwrap();
+        let (link, mut inbox) = RemoteLink::new(64 * 1024);
+        ex.session_up(link);
+        let reboot = |n: u8| Command {
+            id: CommandId([n; 16]),
+            spec: CommandSpec {
+                kind: CommandKind::Builtin(BuiltinAction::Reboot { delay_ms: 2000 }),
+                ..CommandSpec::shell("x", "t")
+            }
+            .encode()
+            .unwrap(),
+        };
+        // No package install: scheduled, stays running (no result).
+        ex.event(AgentEvent::Command(reboot(1)));
+        let t0 = std::time::Instant::now();
+        while !ran.exists() && t0.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(std::fs::read_to_string(&ran).unwrap(), "2\n");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while let Ok(i) = inbox.rx.try_recv() {
+            assert!(
+                !matches!(i, LinkInput::Result(_)),
+                "a scheduled reboot has no result yet"
+            );
+        }
+        // A package install holds the dpkg lock (fcntl, as dpkg): refused
+        // with the reason, the reboot command does not run.
+        if std::process::Command::new("python3")
+            .arg("-c")
+            .arg("1")
+            .status()
+            .is_err()
+        {
+            eprintln!("skipped the lock half: python3 is not available to hold an fcntl lock");
+            return;
+        }
+        std::fs::remove_file(&ran).unwrap();
+        let ready = dir.path().join("ready");
+        let mut holder = std::process::Command::new("python3")
+            .arg("-c")
+            .arg("import fcntl,sys,time\nf=open(sys.argv[1],'w')\nfcntl.lockf(f,fcntl.LOCK_EX)\nopen(sys.argv[2],'w').close()\ntime.sleep(30)")
+            .arg(&p.reboot.dpkg_lock)
+            .arg(&ready)
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        while !ready.exists() && t0.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ex.event(AgentEvent::Command(reboot(2)));
+        let r = next_result(&mut inbox).await;
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        assert_eq!(r.id, CommandId([2; 16]));
+        match r.outcome {
+            CommandOutcome::Refused { reason } => {
+                assert!(reason.contains("package install is running"), "{reason}")
+            }
+            o => panic!("expected a refusal, got {o:?}"),
+        }
+        assert!(!ran.exists(), "the reboot command ran during an install");
     }
 }

@@ -3,7 +3,9 @@
 //! acknowledged by the appliance.
 //!
 //! * tree `commands`: id (16 bytes) → [`Entry`] (the one codec);
-//! * tree `output`: id | offset (8, BE) → output bytes.
+//! * tree `output`: id | offset (8, BE) → output bytes;
+//! * tree `reboots`: id → the boot id (text) recorded before a reboot was
+//!   scheduled (see [`super::reboot`]).
 //!
 //! An id is written (and flushed) before the agent acknowledges the
 //! command, and marked `running` (flushed) before its process starts: after
@@ -85,6 +87,7 @@ pub struct Ledger {
     db: sled::Db,
     commands: sled::Tree,
     output: sled::Tree,
+    reboots: sled::Tree,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -114,10 +117,12 @@ impl Ledger {
             .open()?;
         let commands = db.open_tree("commands")?;
         let output = db.open_tree("output")?;
+        let reboots = db.open_tree("reboots")?;
         Ok(Ledger {
             db,
             commands,
             output,
+            reboots,
         })
     }
 
@@ -222,12 +227,29 @@ impl Ledger {
         Ok(())
     }
 
+    /// Records the boot id before a reboot is scheduled (not flushed).
+    pub fn put_reboot(&self, id: CommandId, boot_id: &str) -> Result<()> {
+        self.reboots.insert(id.0, boot_id.as_bytes())?;
+        Ok(())
+    }
+
+    /// The boot id recorded for a reboot command.
+    pub fn reboot_boot_id(&self, id: CommandId) -> Result<Option<String>> {
+        Ok(self
+            .reboots
+            .get(id.0)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
     /// At start-up: a command that was running when the agent stopped is
     /// finished `interrupted` (never started again). Returns those ids.
-    /// Also prunes finished, acknowledged entries older than
+    /// A running reboot is finished `exited 0` if the host's boot id
+    /// (`boot_id`) differs from the one recorded before it, with both ids
+    /// in its output; otherwise it stays running (the reboot may still be
+    /// pending). Also prunes finished, acknowledged entries older than
     /// [`KEEP_FINISHED_MS`].
-    pub fn recover(&self, now_ms: u64) -> Result<Vec<CommandId>> {
-        self.recover_except(now_ms, &std::collections::HashSet::new())
+    pub fn recover(&self, now_ms: u64, boot_id: Option<&str>) -> Result<Vec<CommandId>> {
+        self.recover_except(now_ms, boot_id, &std::collections::HashSet::new())
     }
 
     /// As [`Ledger::recover`], but the `running` commands in `resumable`
@@ -236,12 +258,36 @@ impl Ledger {
     pub fn recover_except(
         &self,
         now_ms: u64,
+        boot_id: Option<&str>,
         resumable: &std::collections::HashSet<CommandId>,
     ) -> Result<Vec<CommandId>> {
         let mut interrupted = Vec::new();
         for (id, mut e) in self.entries()? {
+            let reboot = match &e.phase {
+                Phase::Running { .. } => self.reboot_boot_id(id)?,
+                _ => None,
+            };
             match &e.phase {
                 Phase::Running { .. } if resumable.contains(&id) => {}
+                Phase::Running { .. } if reboot.is_some() => {
+                    let before = reboot.unwrap_or_default();
+                    if super::reboot::rebooted(&before, boot_id) {
+                        let line = format!(
+                            "the device came back: boot id {} (was {before})\n",
+                            boot_id.unwrap_or_default()
+                        );
+                        self.put_output(id, e.output_len, line.as_bytes())?;
+                        e.output_len += line.len() as u64;
+                        e.phase = Phase::Finished(CommandResult {
+                            id,
+                            outcome: CommandOutcome::Exited { code: 0 },
+                            output_bytes: e.output_len,
+                            finished_ms: now_ms,
+                        });
+                        self.put(id, &e)?;
+                        self.reboots.remove(id.0)?;
+                    }
+                }
                 Phase::Running { .. } => {
                     e.phase = Phase::Finished(CommandResult {
                         id,
@@ -258,6 +304,7 @@ impl Ledger {
                         && now_ms.saturating_sub(r.finished_ms) > KEEP_FINISHED_MS =>
                 {
                     self.commands.remove(id.0)?;
+                    self.reboots.remove(id.0)?;
                     self.drop_output_below(id, u64::MAX)?;
                 }
                 _ => {}
@@ -286,7 +333,7 @@ mod tests {
             l.flush().await.unwrap();
         }
         let l = Ledger::open(dir.path()).unwrap();
-        assert_eq!(l.recover(10).unwrap(), vec![id]);
+        assert_eq!(l.recover(10, Some("b1")).unwrap(), vec![id]);
         let e = l.get(id).unwrap().unwrap();
         assert_eq!(e.result().unwrap().outcome, CommandOutcome::Interrupted);
         assert_eq!(e.result().unwrap().output_bytes, 5);
@@ -297,6 +344,39 @@ mod tests {
         l.drop_output_below(id, 5).unwrap();
         assert!(l.output_from(id, 0, 10).unwrap().is_empty());
         // A second restart reports nothing new.
-        assert!(l.recover(11).unwrap().is_empty());
+        assert!(l.recover(11, Some("b1")).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_running_reboot_completes_after_a_restart_with_a_new_boot_id_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = CommandId([4; 16]);
+        {
+            let l = Ledger::open(dir.path()).unwrap();
+            let mut e = Entry::new(1);
+            e.phase = Phase::Running { started_ms: 2 };
+            l.put(id, &e).unwrap();
+            l.put_reboot(id, "boot-1").unwrap();
+            l.flush().await.unwrap();
+        }
+        let l = Ledger::open(dir.path()).unwrap();
+        // The agent restarted, the host did not (yet): still running.
+        assert!(l.recover(10, Some("boot-1")).unwrap().is_empty());
+        assert!(l.recover(10, None).unwrap().is_empty());
+        assert!(matches!(
+            l.get(id).unwrap().unwrap().phase,
+            Phase::Running { .. }
+        ));
+        // Back with a new boot id: exited 0, both ids in the output.
+        assert!(l.recover(20, Some("boot-2")).unwrap().is_empty());
+        let e = l.get(id).unwrap().unwrap();
+        assert_eq!(
+            e.result().unwrap().outcome,
+            CommandOutcome::Exited { code: 0 }
+        );
+        let out = l.output_from(id, 0, 10).unwrap();
+        let text = String::from_utf8(out[0].1.clone()).unwrap();
+        assert!(text.contains("boot-2") && text.contains("boot-1"), "{text}");
+        assert_eq!(l.reboot_boot_id(id).unwrap(), None);
     }
 }

@@ -11,5 +11,6 @@
 pub mod exec;
 pub mod host;
 pub mod ledger;
+pub mod reboot;
 
 pub use host::{Executor, Policy};

@@ -1,5 +1,7 @@
 //! `/api/v1/commands`: queue a command for a device (technician), list and
 //! show commands with their output (viewer), cancel (technician);
+//! `/api/v1/commands/bulk`: bulk runs (create, cancel: technician; read:
+//! viewer);
 //! `/api/v1/scripts`: the versioned script library (add, edit, run:
 //! technician; read: viewer). The
 //! command subsystem ([`crate::commands`]) owns the state; this module only
@@ -20,9 +22,10 @@ use serde::{Deserialize, Serialize};
 
 use super::ApiState;
 use super::error::ApiError;
+use crate::commands::bulk::{self, BulkRun, BulkTarget, RunId, Summary};
 use crate::commands::model::{CommandRecord, CommandState, Transition};
 use crate::commands::scripts::{self, ScriptVersion};
-use crate::commands::service::{CancelError, CreateError};
+use crate::commands::service::{BulkError, BulkRequest, CancelError, CancelRunError, CreateError};
 use crate::commands::store::ListFilter;
 use crate::users::auth::Caller;
 
@@ -35,9 +38,10 @@ pub struct RunRequest {
     #[serde(default)]
     pub command: Option<String>,
     /// A built-in action instead of a command line:
-    /// `{"restart_service": {"unit": "nginx.service"}}`.
+    /// `{"restart_service": {"unit": "nginx.service"}}` or
+    /// `{"reboot": {"delay_s": 60, "confirm": true}}`.
     #[serde(default)]
-    pub action: Option<BuiltinAction>,
+    pub action: Option<ActionRequest>,
     #[serde(default)]
     pub interpreter: Option<Interpreter>,
     #[serde(default)]
@@ -52,6 +56,52 @@ pub struct RunRequest {
     pub timeout_ms: Option<u64>,
     #[serde(default)]
     pub expiry_ms: Option<u64>,
+}
+
+/// A built-in action as the API takes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ActionRequest {
+    RestartService {
+        unit: String,
+    },
+    /// Refused (400) without `"confirm": true`. The delay in seconds
+    /// (`delay_s`) or milliseconds (`delay_ms`, the spec's unit).
+    Reboot {
+        #[serde(default)]
+        delay_s: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delay_ms: Option<u64>,
+        #[serde(default)]
+        confirm: bool,
+    },
+}
+
+/// Longest reboot delay: one day.
+pub const MAX_REBOOT_DELAY_S: u64 = 24 * 3600;
+
+impl ActionRequest {
+    /// The spec's action, or why the request is refused.
+    pub fn into_builtin(self) -> Result<BuiltinAction, ApiError> {
+        match self {
+            ActionRequest::RestartService { unit } => Ok(BuiltinAction::RestartService { unit }),
+            ActionRequest::Reboot { confirm: false, .. } => Err(ApiError::BadRequest(
+                "a reboot needs \"confirm\": true (outpost device reboot ID --confirm)".into(),
+            )),
+            ActionRequest::Reboot {
+                delay_s, delay_ms, ..
+            } => {
+                let ms = delay_ms.unwrap_or(delay_s.saturating_mul(1000));
+                if ms > MAX_REBOOT_DELAY_S * 1000 {
+                    return Err(ApiError::BadRequest(format!(
+                        "reboot delay {} s is over the limit of {MAX_REBOOT_DELAY_S} s",
+                        ms / 1000
+                    )));
+                }
+                Ok(BuiltinAction::Reboot { delay_ms: ms })
+            }
+        }
+    }
 }
 
 /// A command as the API shows it.
@@ -127,17 +177,7 @@ pub async fn run(
     let device = parse_device(&req.device)?;
     let kind = match (req.command, req.action) {
         (Some(line), None) => CommandKind::Shell { line },
-        (None, Some(BuiltinAction::Reboot { .. })) => {
-            return Err(ApiError::BadRequest(
-                "reboot is not supported yet (it needs its guard: confirmation, patch installs, boot id)".into(),
-            ));
-        }
-        (None, Some(BuiltinAction::PushFile { .. } | BuiltinAction::PullFile { .. })) => {
-            return Err(ApiError::BadRequest(
-                "file transfers go through /api/v1/files (push, pull)".into(),
-            ));
-        }
-        (None, Some(a)) => CommandKind::Builtin(a),
+        (None, Some(a)) => CommandKind::Builtin(a.into_builtin()?),
         _ => {
             return Err(ApiError::BadRequest(
                 "give exactly one of \"command\" and \"action\"".into(),
@@ -438,4 +478,276 @@ fn create_error(e: CreateError) -> ApiError {
         CreateError::Invalid(_) => ApiError::BadRequest(e.to_string()),
         CreateError::Store(_) | CreateError::Stopped => ApiError::Internal(e.to_string()),
     }
+}
+
+/// Body of `POST /api/v1/commands/bulk`: a target, then either a command
+/// line, a script of the library or a built-in action, with the usual
+/// options.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRequestBody {
+    /// `{"devices": ["ID", ...]}`, `{"tag": "web"}`,
+    /// `{"customer": "dental"}` or `"all"`.
+    pub target: BulkTarget,
+    #[serde(default)]
+    pub command: Option<String>,
+    /// `{"name": "cleanup", "version": 2}` (the newest without `version`).
+    #[serde(default)]
+    pub script: Option<ScriptRef>,
+    #[serde(default)]
+    pub action: Option<BuiltinAction>,
+    /// At most this many of the run's commands sent or running at once
+    /// (default 50).
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+    #[serde(default)]
+    pub interpreter: Option<Interpreter>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub run_as: Option<String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub expiry_ms: Option<u64>,
+}
+
+/// A script of the library, by name and (optionally) version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptRef {
+    pub name: String,
+    #[serde(default)]
+    pub version: Option<u32>,
+}
+
+/// One device of a bulk run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BulkMemberView {
+    pub device: String,
+    pub command: String,
+    pub state: CommandState,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub reason: Option<String>,
+}
+
+/// A bulk run as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BulkView {
+    pub id: String,
+    pub target: BulkTarget,
+    pub command: String,
+    pub concurrency: u32,
+    pub created_ms: u64,
+    pub created_by: String,
+    pub cancelled_ms: Option<u64>,
+    pub cancelled_by: Option<String>,
+    pub summary: Summary,
+    /// Every device with its command (only in `GET .../bulk/{id}` and the
+    /// answers to create and cancel).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<BulkMemberView>,
+}
+
+fn bulk_view(
+    svc: &crate::commands::service::CommandService,
+    run: &BulkRun,
+    members: bool,
+) -> Result<BulkView, ApiError> {
+    let mut devices = Vec::with_capacity(run.members.len());
+    let mut states = Vec::with_capacity(run.members.len());
+    for (dev, cid) in &run.members {
+        let rec = svc.get(*cid).map_err(storage)?;
+        let state = rec.as_ref().map_or(CommandState::Queued, |r| r.state);
+        states.push(state);
+        if members {
+            devices.push(BulkMemberView {
+                device: dev.to_string(),
+                command: cid.to_string(),
+                state,
+                exit_code: rec.as_ref().and_then(|r| r.exit_code),
+                signal: rec.as_ref().and_then(|r| r.signal),
+                reason: rec.as_ref().and_then(|r| r.reason.clone()),
+            });
+        }
+    }
+    Ok(BulkView {
+        id: run.id.to_string(),
+        target: run.target.clone(),
+        command: run.command.clone(),
+        concurrency: run.concurrency,
+        created_ms: run.created_ms,
+        created_by: run.created_by.clone(),
+        cancelled_ms: run.cancelled.as_ref().map(|c| c.0),
+        cancelled_by: run.cancelled.as_ref().map(|c| c.1.clone()),
+        summary: Summary::of(states),
+        devices,
+    })
+}
+
+async fn bulk_view_blocking(
+    st: &ApiState,
+    run: BulkRun,
+    members: bool,
+) -> Result<BulkView, ApiError> {
+    let svc = st.commands.clone();
+    tokio::task::spawn_blocking(move || bulk_view(&svc, &run, members))
+        .await
+        .map_err(storage)?
+}
+
+/// `POST /api/v1/commands/bulk`: one command per target device under one
+/// run id (201 with the run).
+pub async fn bulk_create(
+    State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Json(req): Json<BulkRequestBody>,
+) -> Result<(StatusCode, Json<BulkView>), ApiError> {
+    let (kind, interpreter, default_timeout) = match (req.command, req.script, req.action) {
+        (Some(line), None, None) => (
+            CommandKind::Shell { line },
+            req.interpreter.unwrap_or_default(),
+            DEFAULT_TIMEOUT_MS,
+        ),
+        (None, Some(sref), None) => {
+            let store = st.commands.store().clone();
+            let n = sref.name.clone();
+            let ver = sref.version;
+            let script = tokio::task::spawn_blocking(move || match ver {
+                Some(v) => scripts::get(&store, &n, v),
+                None => scripts::latest(&store, &n),
+            })
+            .await
+            .map_err(storage)?
+            .map_err(storage)?
+            .ok_or_else(|| match ver {
+                Some(v) => ApiError::NotFound(format!("no version {v} of script {}", sref.name)),
+                None => ApiError::NotFound(format!("no script {}", sref.name)),
+            })?;
+            (
+                CommandKind::Script {
+                    name: script.name,
+                    version: script.version,
+                    body: script.body,
+                },
+                script.interpreter,
+                script.default_timeout_ms,
+            )
+        }
+        (None, None, Some(BuiltinAction::Reboot { .. })) => {
+            return Err(ApiError::BadRequest(
+                "reboot is not available in bulk runs".into(),
+            ));
+        }
+        (None, None, Some(a)) => (
+            CommandKind::Builtin(a),
+            req.interpreter.unwrap_or_default(),
+            DEFAULT_TIMEOUT_MS,
+        ),
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give exactly one of \"command\", \"script\" and \"action\"".into(),
+            ));
+        }
+    };
+    let spec = CommandSpec {
+        kind,
+        interpreter,
+        args: req.args,
+        env: req.env,
+        cwd: req.cwd,
+        run_as: req.run_as,
+        timeout_ms: req.timeout_ms.unwrap_or(default_timeout),
+        expiry_ms: req.expiry_ms.unwrap_or(DEFAULT_EXPIRY_MS),
+        requested_by: caller.actor(&headers),
+    };
+    let run = st
+        .commands
+        .create_bulk(BulkRequest {
+            target: req.target,
+            spec,
+            concurrency: req.concurrency.unwrap_or(bulk::DEFAULT_CONCURRENCY),
+        })
+        .await
+        .map_err(|e| match e {
+            BulkError::UnknownDevice(_) | BulkError::NoDevice(_) => {
+                ApiError::NotFound(e.to_string())
+            }
+            BulkError::RevokedDevice(_) => ApiError::Conflict(e.to_string()),
+            BulkError::Invalid(_) => ApiError::BadRequest(e.to_string()),
+            BulkError::Store(_) | BulkError::Stopped => ApiError::Internal(e.to_string()),
+        })?;
+    let view = bulk_view_blocking(&st, run, true).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkListQuery {
+    pub limit: Option<usize>,
+}
+
+/// `GET /api/v1/commands/bulk`: runs newest first, with their summaries.
+pub async fn bulk_list(
+    State(st): State<Arc<ApiState>>,
+    Query(q): Query<BulkListQuery>,
+) -> Result<Json<Vec<BulkView>>, ApiError> {
+    let svc = st.commands.clone();
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let views = tokio::task::spawn_blocking(move || -> Result<Vec<BulkView>, ApiError> {
+        svc.list_runs(limit)
+            .map_err(storage)?
+            .iter()
+            .map(|r| bulk_view(&svc, r, false))
+            .collect()
+    })
+    .await
+    .map_err(storage)??;
+    Ok(Json(views))
+}
+
+fn parse_run_id(s: &str) -> Result<RunId, ApiError> {
+    s.parse()
+        .map_err(|e: outpost_proto::ParseIdError| ApiError::BadRequest(e.to_string()))
+}
+
+/// `GET /api/v1/commands/bulk/{id}`: the run, its summary and every
+/// device's command.
+pub async fn bulk_show(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Json<BulkView>, ApiError> {
+    let id = parse_run_id(&id)?;
+    let run = st
+        .commands
+        .get_run(id)
+        .map_err(storage)?
+        .ok_or_else(|| ApiError::NotFound(format!("no bulk run {id}")))?;
+    Ok(Json(bulk_view_blocking(&st, run, true).await?))
+}
+
+/// `POST /api/v1/commands/bulk/{id}/cancel`: cancels what is queued and
+/// stops what runs.
+pub async fn bulk_cancel(
+    State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<BulkView>, ApiError> {
+    let id = parse_run_id(&id)?;
+    let run = st
+        .commands
+        .cancel_run(id, &caller.actor(&headers))
+        .await
+        .map_err(|e| match e {
+            CancelRunError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            CancelRunError::Store(_) | CancelRunError::Stopped => ApiError::Internal(e.to_string()),
+        })?;
+    Ok(Json(bulk_view_blocking(&st, run, true).await?))
 }

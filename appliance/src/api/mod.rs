@@ -120,6 +120,12 @@ fn router_with(state: Arc<ApiState>, console: Option<Arc<outpost_console::Consol
         .route("/audit", get(tokens::audit))
         .merge(alerts::routes())
         .route("/commands", get(commands::list).post(commands::run))
+        .route(
+            "/commands/bulk",
+            get(commands::bulk_list).post(commands::bulk_create),
+        )
+        .route("/commands/bulk/{id}", get(commands::bulk_show))
+        .route("/commands/bulk/{id}/cancel", post(commands::bulk_cancel))
         .route("/commands/{id}", get(commands::show))
         .route("/commands/{id}/cancel", post(commands::cancel))
         .route(

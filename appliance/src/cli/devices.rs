@@ -33,6 +33,20 @@ pub enum DeviceCmd {
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<std::time::Duration>,
     },
+    /// Reboot the device (needs --confirm; refused while a package install
+    /// runs); waits until it is back with a new boot id unless --no-wait.
+    Reboot {
+        id: String,
+        /// Required: a reboot is never asked for by accident.
+        #[arg(long)]
+        confirm: bool,
+        /// Reboot after this long (rounded up to minutes by shutdown -r).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        delay: Option<std::time::Duration>,
+        /// Print the command id and return at once.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 /// `outpost devices`: a table, or the API's JSON with `--json`.
@@ -63,6 +77,12 @@ pub async fn run(cmd: DeviceCmd, c: AdminClient) -> anyhow::Result<()> {
         DeviceCmd::RestartService { id, unit, timeout } => {
             super::commands::restart_service(id, unit, timeout, c).await
         }
+        DeviceCmd::Reboot {
+            id,
+            confirm,
+            delay,
+            no_wait,
+        } => super::commands::reboot(id, delay, confirm, no_wait, c).await,
         DeviceCmd::Revoke { id } => {
             let r: RevokeAnswer = c
                 .post(

@@ -13,7 +13,26 @@
 //! A result for a command that is already terminal changes nothing (it is
 //! acknowledged again: the agent re-sends until acked), so a result
 //! reported twice is stored once.
+//!
+//! **No-report deadline.** A `sent` or `running` command whose device has
+//! no session is `interrupted` with the reason [`NO_REPORT_REASON`] once
+//! `now ≥ deadline_ms(rec)`: the time it entered that state plus its
+//! timeout plus [`NO_REPORT_MARGIN_MS`] (10 minutes, which covers the
+//! agent's kill grace and a reconnect). While the device is online the agent enforces
+//! the timeout itself and the deadline does nothing. If the agent comes
+//! back later and reports the real end, that result replaces the deadline's
+//! verdict (a new transition; the agent knows the truth); it is the only
+//! case where a terminal state changes.
+//!
+//! **Reboot deadline.** A reboot (built-in action) stays `running` while
+//! the host reboots; the agent reports it completed when it starts again
+//! on a new boot id. If that has not happened by the time it entered
+//! `sent`/`running` plus its delay plus [`REBOOT_DEADLINE_MS`] (15
+//! minutes), it is `failed` with the reason [`REBOOT_REASON`], online or
+//! not (an agent that is online with the old boot id did not reboot). A
+//! later report from the agent replaces this verdict as above.
 
+use outpost_proto::command::{BuiltinAction, CommandKind};
 use outpost_proto::messages::CommandOutcome;
 
 use super::model::{CommandRecord, CommandState};
@@ -39,6 +58,59 @@ pub enum Input {
     Cancel { by: String },
     /// Time passes (expiry of queued commands).
     Tick,
+    /// Time passes for a `sent`/`running` command: is its device online?
+    /// (the no-report deadline, see the module's documentation).
+    NoReportCheck { online: bool },
+}
+
+/// Margin after a command's timeout before an offline device's `sent` or
+/// `running` command is given up as `interrupted`: 10 minutes.
+pub const NO_REPORT_MARGIN_MS: u64 = 10 * 60 * 1000;
+
+/// The reason recorded when the no-report deadline passes (a result the
+/// agent reports afterwards replaces this verdict).
+pub const NO_REPORT_REASON: &str = "device did not report";
+
+/// How long a reboot may take (after its delay) before it is `failed`.
+pub const REBOOT_DEADLINE_MS: u64 = 15 * 60 * 1000;
+
+/// The reason recorded when a reboot's deadline passes.
+pub const REBOOT_REASON: &str = "the device did not come back with a new boot id";
+
+/// The reboot's delay if the command is the reboot action.
+pub fn reboot_delay_ms(rec: &CommandRecord) -> Option<u64> {
+    match rec.spec.kind {
+        CommandKind::Builtin(BuiltinAction::Reboot { delay_ms }) => Some(delay_ms),
+        _ => None,
+    }
+}
+
+/// When a `sent` or `running` command is given up if its device is
+/// offline: entering that state + timeout + [`NO_REPORT_MARGIN_MS`].
+/// `None` for other states.
+pub fn deadline_ms(rec: &CommandRecord) -> Option<u64> {
+    match rec.state {
+        CommandState::Sent | CommandState::Running => {
+            let from = rec.entered(rec.state).unwrap_or(rec.created_ms);
+            Some(match reboot_delay_ms(rec) {
+                Some(delay) => from
+                    .saturating_add(delay)
+                    .saturating_add(REBOOT_DEADLINE_MS),
+                None => from
+                    .saturating_add(rec.spec.timeout_ms)
+                    .saturating_add(NO_REPORT_MARGIN_MS),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The command was ended by a deadline (no report, or a reboot that did
+/// not come back), not by its agent.
+pub fn ended_by_deadline(rec: &CommandRecord) -> bool {
+    let reason = |p: &str| rec.reason.as_deref().is_some_and(|r| r.starts_with(p));
+    (rec.state == CommandState::Interrupted && reason(NO_REPORT_REASON))
+        || (rec.state == CommandState::Failed && reason(REBOOT_REASON))
 }
 
 /// What the host must do after storing the record (if `changed`).
@@ -124,9 +196,13 @@ pub fn step(rec: &mut CommandRecord, input: Input, now_ms: u64) -> Step {
             agent_ms,
         } => {
             s.ack_result = true;
-            if rec.state.is_terminal() {
+            if rec.state.is_terminal() && !ended_by_deadline(rec) {
                 s.duplicate = true;
             } else {
+                if ended_by_deadline(rec) {
+                    // The agent knows what really happened.
+                    rec.reason = None;
+                }
                 let state = outcome_state(&outcome);
                 match &outcome {
                     CommandOutcome::Exited { code } => rec.exit_code = Some(*code),
@@ -173,6 +249,24 @@ pub fn step(rec: &mut CommandRecord, input: Input, now_ms: u64) -> Step {
         Input::Tick => {
             if rec.state == CommandState::Queued && now_ms >= rec.expires_ms {
                 rec.enter(CommandState::Expired, now_ms);
+                s.changed = true;
+            }
+        }
+        Input::NoReportCheck { online } => {
+            let due = deadline_ms(rec).is_some_and(|d| now_ms >= d);
+            if due && let Some(delay) = reboot_delay_ms(rec) {
+                rec.reason = Some(format!(
+                    "{REBOOT_REASON} within {} s of the reboot",
+                    (delay + REBOOT_DEADLINE_MS) / 1000
+                ));
+                rec.enter(CommandState::Failed, now_ms);
+                s.changed = true;
+            } else if !online && due {
+                let secs = (rec.spec.timeout_ms + NO_REPORT_MARGIN_MS) / 1000;
+                rec.reason = Some(format!(
+                    "{NO_REPORT_REASON} within its timeout + 10 min ({secs} s) while offline"
+                ));
+                rec.enter(CommandState::Interrupted, now_ms);
                 s.changed = true;
             }
         }
@@ -417,6 +511,151 @@ mod tests {
         step(&mut r, Input::Dispatch, T0 + 50); // reconnect: nothing to send
         step(&mut r, result(CommandOutcome::Interrupted), T0 + 51);
         assert_eq!(r.state, CommandState::Interrupted);
+    }
+
+    #[test]
+    fn an_offline_running_command_is_interrupted_at_timeout_plus_ten_minutes() {
+        let mut r = rec();
+        step(&mut r, Input::Dispatch, T0 + 1);
+        step(&mut r, Input::Started { agent_ms: 1 }, T0 + 2);
+        let d = T0 + 2 + r.spec.timeout_ms + NO_REPORT_MARGIN_MS;
+        assert_eq!(deadline_ms(&r), Some(d));
+        let off = Input::NoReportCheck { online: false };
+        assert!(!step(&mut r, off.clone(), d - 1).changed);
+        assert_eq!(r.state, CommandState::Running);
+        let s = step(&mut r, off.clone(), d);
+        assert!(s.changed && !s.send && !s.send_cancel);
+        assert_eq!(r.state, CommandState::Interrupted);
+        assert_eq!(r.entered(CommandState::Interrupted), Some(d));
+        assert!(r.reason.as_deref().unwrap().starts_with(NO_REPORT_REASON));
+        assert!(ended_by_deadline(&r));
+        assert_eq!(deadline_ms(&r), None);
+        assert!(!step(&mut r, off, d + 1).changed, "once");
+    }
+
+    #[test]
+    fn an_online_device_keeps_its_running_command_past_the_deadline() {
+        let mut r = rec();
+        step(&mut r, Input::Dispatch, T0 + 1);
+        step(&mut r, Input::Started { agent_ms: 1 }, T0 + 2);
+        let late = deadline_ms(&r).unwrap() + 3_600_000;
+        let s = step(&mut r, Input::NoReportCheck { online: true }, late);
+        assert!(!s.changed);
+        assert_eq!(r.state, CommandState::Running);
+    }
+
+    #[test]
+    fn an_offline_sent_command_counts_its_deadline_from_the_send() {
+        let mut r = rec();
+        step(&mut r, Input::Dispatch, T0 + 100);
+        let d = T0 + 100 + r.spec.timeout_ms + NO_REPORT_MARGIN_MS;
+        assert_eq!(deadline_ms(&r), Some(d));
+        step(&mut r, Input::NoReportCheck { online: false }, d);
+        assert_eq!(r.state, CommandState::Interrupted);
+        // Not re-sent when the device returns: the verdict is terminal.
+        let s = step(&mut r, Input::Dispatch, d + 5);
+        assert!(!s.send && !s.changed);
+    }
+
+    #[test]
+    fn queued_and_finished_commands_have_no_report_deadline() {
+        let mut r = rec();
+        assert_eq!(deadline_ms(&r), None);
+        assert!(
+            !step(&mut r, Input::NoReportCheck { online: false }, u64::MAX).changed,
+            "queued commands only expire"
+        );
+        step(&mut r, Input::Dispatch, T0 + 1);
+        step(&mut r, result(CommandOutcome::Exited { code: 0 }), T0 + 2);
+        assert_eq!(deadline_ms(&r), None);
+        assert!(!step(&mut r, Input::NoReportCheck { online: false }, u64::MAX).changed);
+    }
+
+    #[test]
+    fn a_late_result_replaces_the_deadline_verdict_once() {
+        let mut r = rec();
+        step(&mut r, Input::Dispatch, T0 + 1);
+        step(&mut r, Input::Started { agent_ms: 1 }, T0 + 2);
+        let d = deadline_ms(&r).unwrap();
+        step(&mut r, Input::NoReportCheck { online: false }, d);
+        let s = step(&mut r, result(CommandOutcome::Exited { code: 0 }), d + 50);
+        assert!(s.changed && s.ack_result && !s.duplicate);
+        assert_eq!(r.state, CommandState::Completed);
+        assert_eq!(r.reason, None);
+        assert_eq!(
+            states(&r).into_iter().map(|(s, _)| s).collect::<Vec<_>>(),
+            vec![
+                CommandState::Queued,
+                CommandState::Sent,
+                CommandState::Running,
+                CommandState::Interrupted,
+                CommandState::Completed
+            ]
+        );
+        let s = step(&mut r, result(CommandOutcome::Exited { code: 1 }), d + 60);
+        assert!(s.duplicate && !s.changed, "then terminal as usual");
+        // A real `interrupted` from the agent is final.
+        let mut r = rec();
+        step(&mut r, Input::Dispatch, T0 + 1);
+        step(&mut r, result(CommandOutcome::Interrupted), T0 + 2);
+        assert!(!ended_by_deadline(&r));
+        assert!(step(&mut r, result(CommandOutcome::Exited { code: 0 }), T0 + 3).duplicate);
+    }
+
+    fn reboot(delay_ms: u64) -> CommandRecord {
+        let mut r = rec();
+        r.spec.kind = CommandKind::Builtin(BuiltinAction::Reboot { delay_ms });
+        r
+    }
+
+    #[test]
+    fn a_reboot_that_does_not_come_back_fails_after_its_delay_plus_fifteen_minutes() {
+        for online in [false, true] {
+            let mut r = reboot(60_000);
+            step(&mut r, Input::Dispatch, T0 + 1);
+            step(&mut r, Input::Started { agent_ms: 1 }, T0 + 2);
+            let d = T0 + 2 + 60_000 + REBOOT_DEADLINE_MS;
+            assert_eq!(deadline_ms(&r), Some(d));
+            assert!(!step(&mut r, Input::NoReportCheck { online }, d - 1).changed);
+            let s = step(&mut r, Input::NoReportCheck { online }, d);
+            assert!(s.changed);
+            assert_eq!(r.state, CommandState::Failed, "online={online}");
+            assert!(r.reason.as_deref().unwrap().starts_with(REBOOT_REASON));
+            assert!(ended_by_deadline(&r));
+        }
+    }
+
+    #[test]
+    fn a_reboot_that_comes_back_in_time_completes_and_a_late_one_replaces_the_failure() {
+        let mut r = reboot(0);
+        step(&mut r, Input::Dispatch, T0 + 1);
+        step(&mut r, Input::Started { agent_ms: 1 }, T0 + 2);
+        step(
+            &mut r,
+            result(CommandOutcome::Exited { code: 0 }),
+            T0 + 60_000,
+        );
+        assert_eq!(r.state, CommandState::Completed);
+        assert_eq!(deadline_ms(&r), None);
+        let mut r = reboot(0);
+        step(&mut r, Input::Dispatch, T0 + 1);
+        let d = deadline_ms(&r).unwrap();
+        step(&mut r, Input::NoReportCheck { online: false }, d);
+        assert_eq!(r.state, CommandState::Failed);
+        step(&mut r, result(CommandOutcome::Exited { code: 0 }), d + 1);
+        assert_eq!(r.state, CommandState::Completed);
+        // A refusal (package install running) is an ordinary failure.
+        let mut r = reboot(0);
+        step(&mut r, Input::Dispatch, T0 + 1);
+        step(
+            &mut r,
+            result(CommandOutcome::Refused {
+                reason: "a package install is running".into(),
+            }),
+            T0 + 2,
+        );
+        assert_eq!(r.state, CommandState::Failed);
+        assert!(!ended_by_deadline(&r));
     }
 
     #[test]

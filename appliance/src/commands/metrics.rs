@@ -28,6 +28,12 @@ pub struct CommandMetrics {
     pub truncations: Counter,
     /// Queued commands that expired before their device connected.
     pub expiries: Counter,
+    /// `sent`/`running` commands ended by a deadline: `interrupted`
+    /// because their offline device did not report within timeout + 10
+    /// min, or reboots `failed` because the device did not come back.
+    pub no_report_deadlines: Counter,
+    /// Bulk runs created.
+    pub bulk_runs: Counter,
     /// Commands refused, by reason: at the appliance (`unknown_device`,
     /// `revoked_device`, `invalid_spec`) and by agents (`agent_policy`,
     /// `agent_failed_to_start`).
@@ -51,6 +57,8 @@ impl Default for CommandMetrics {
             output_bytes_duplicate: Counter::default(),
             truncations: Counter::default(),
             expiries: Counter::default(),
+            no_report_deadlines: Counter::default(),
+            bulk_runs: Counter::default(),
             refusals: Family::default(),
             duplicate_results: Counter::default(),
             unknown_events: Counter::default(),
@@ -118,6 +126,12 @@ impl CommandMetrics {
             "Queued commands that expired before their device connected",
             self.expiries.clone(),
         );
+        r.register(
+            "no_report_deadlines",
+            "Commands ended by a deadline (offline device silent, reboot not back)",
+            self.no_report_deadlines.clone(),
+        );
+        r.register("bulk_runs", "Bulk runs created", self.bulk_runs.clone());
         r.register(
             "refusals",
             "Commands refused, by reason",

@@ -10,11 +10,14 @@
 //! * [`service`]: the worker that owns state changes and implements
 //!   `RemoteHost`;
 //! * [`scripts`]: the versioned script library;
+//! * [`bulk`]: bulk runs (one spec, many devices, a concurrency limit);
 //!
-//! This module owns the `commands*` tables and `scripts`. It must not touch the device
+//! This module owns the `commands*` tables, `scripts`, `bulk_runs` and
+//! `command_runs`. It must not touch the device
 //! session's protocol (`outpost_proto::session`) or the ingest path: it
 //! talks to sessions only through `RemoteLink`.
 
+pub mod bulk;
 pub mod machine;
 pub mod metrics;
 pub mod model;

@@ -32,6 +32,8 @@ pub const TABLES: &[Table] = &[
     COMMANDS_OPEN,
     COMMAND_OUTPUT,
     super::scripts::SCRIPTS,
+    super::bulk::BULK_RUNS,
+    super::bulk::COMMAND_RUNS,
 ];
 
 fn by_time_key(created_ms: u64, id: CommandId) -> [u8; 24] {

@@ -134,6 +134,8 @@ pub fn required_role(method: &Method, route: &str) -> Role {
         "/api/v1/alerts/{id}/ack" | "/api/v1/devices/{id}/tags" => Role::Technician,
         "/api/v1/commands"
         | "/api/v1/commands/{id}/cancel"
+        | "/api/v1/commands/bulk"
+        | "/api/v1/commands/bulk/{id}/cancel"
         | "/api/v1/scripts"
         | "/api/v1/scripts/{name}"
         | "/api/v1/scripts/{name}/run"
