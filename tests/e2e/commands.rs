@@ -7,6 +7,7 @@
 //! terminal state; a viewer is refused.
 
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use outpost_tests::{Agent, Appliance, http_raw, http_request, scratch, stderr, stdout, wait_for};

@@ -418,6 +418,7 @@ impl Worker {
             run_of: HashMap::new(),
             refill: Vec::new(),
             group: None,
+            files: None,
         }
     }
 
