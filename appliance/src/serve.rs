@@ -150,6 +150,17 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         .with_context(|| format!("binding the admin API on {}", cfg.admin_listen))?;
     let admin_addr = admin.local_addr()?;
     std::fs::write(data.admin_addr(), format!("{admin_addr}\n")).context("writing admin.addr")?;
+    {
+        // Central's commands come down the uplink: the adapter queues them
+        // in the command service under central's ids.
+        let (port, end) = outpost_uplink::downlink::DownlinkPort::pair(64);
+        uplink.attach_downlink(port);
+        tracker.spawn(crate::downlink::run(
+            commands.clone(),
+            end,
+            shutdown.clone(),
+        ));
+    }
     uplink.start().context("starting the uplink")?;
     let auth = Arc::new(crate::users::auth::Auth::new(
         store.clone(),

@@ -67,6 +67,9 @@ enum Msg {
     Create {
         device: DeviceId,
         spec: CommandSpec,
+        /// A caller-given id (central's): an existing command of that id
+        /// is answered as it is, never queued twice.
+        id: Option<CommandId>,
         reply: oneshot::Sender<Result<CommandRecord, CreateError>>,
     },
     Cancel {
@@ -91,6 +94,8 @@ pub struct CommandService {
     opts: CommandOptions,
     /// Serialises script edits (read the latest version, write the next).
     scripts: Arc<std::sync::Mutex<()>>,
+    /// Bumped after every stored change of a command ([`CommandService::subscribe`]).
+    changes: tokio::sync::watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for CommandService {
@@ -113,6 +118,7 @@ impl CommandService {
         metrics: Arc<Metrics>,
         opts: CommandOptions,
     ) -> anyhow::Result<(CommandService, std::thread::JoinHandle<()>)> {
+        let (changes_tx, changes) = tokio::sync::watch::channel(0u64);
         let mut w = Worker {
             store: store.clone(),
             metrics,
@@ -120,6 +126,7 @@ impl CommandService {
             links: HashMap::new(),
             open: HashMap::new(),
             queued: BTreeSet::new(),
+            changes: changes_tx,
         };
         w.load()?;
         let (tx, rx) = std_mpsc::channel();
@@ -132,6 +139,7 @@ impl CommandService {
                 store,
                 opts,
                 scripts: Arc::default(),
+                changes,
             },
             h,
         ))
@@ -148,10 +156,38 @@ impl CommandService {
             .send(Msg::Create {
                 device,
                 spec,
+                id: None,
                 reply,
             })
             .map_err(|_| CreateError::Stopped)?;
         rx.await.map_err(|_| CreateError::Stopped)?
+    }
+
+    /// Queues a command under a caller-given id (central's idempotency
+    /// key): if a command of that id exists it is returned as it is and
+    /// nothing is queued. Durable when it returns.
+    pub async fn create_with_id(
+        &self,
+        id: CommandId,
+        device: DeviceId,
+        spec: CommandSpec,
+    ) -> Result<CommandRecord, CreateError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Create {
+                device,
+                spec,
+                id: Some(id),
+                reply,
+            })
+            .map_err(|_| CreateError::Stopped)?;
+        rx.await.map_err(|_| CreateError::Stopped)?
+    }
+
+    /// A counter bumped after every stored change of any command (state
+    /// or output): wake on it, then read what changed.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.clone()
     }
 
     /// Cancels a command: removed if still queued, otherwise the agent is
@@ -247,6 +283,7 @@ struct Worker {
     open: HashMap<DeviceId, BTreeSet<CommandId>>,
     /// Queued commands by expiry time.
     queued: BTreeSet<(u64, CommandId)>,
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Worker {
@@ -323,9 +360,10 @@ impl Worker {
             Msg::Create {
                 device,
                 spec,
+                id,
                 reply,
             } => {
-                let _ = reply.send(self.create(device, spec, now));
+                let _ = reply.send(self.create(device, spec, id, now));
             }
             Msg::Cancel { id, by, reply } => {
                 let _ = reply.send(self.cancel(id, &by, now));
@@ -333,6 +371,7 @@ impl Worker {
             Msg::Stop => {}
         }
         self.update_gauge();
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn refuse(&self, reason: &str) {
@@ -343,8 +382,15 @@ impl Worker {
         &mut self,
         device: DeviceId,
         spec: CommandSpec,
+        id: Option<CommandId>,
         now: u64,
     ) -> Result<CommandRecord, CreateError> {
+        if let Some(id) = id
+            && let Some(rec) =
+                store::get(&self.store, id).map_err(|e| CreateError::Store(e.to_string()))?
+        {
+            return Ok(rec);
+        }
         let dev = outpost_storage::registry::get(&self.store, device)
             .map_err(|e| CreateError::Store(e.to_string()))?;
         let Some(dev) = dev else {
@@ -359,7 +405,7 @@ impl Worker {
             self.refuse("invalid_spec");
             return Err(e.into());
         }
-        let rec = CommandRecord::new(CommandId::random(), device, spec, now);
+        let rec = CommandRecord::new(id.unwrap_or_else(CommandId::random), device, spec, now);
         let mut b = self.store.batch();
         store::put(&mut b, &rec, true).map_err(|e| CreateError::Store(e.to_string()))?;
         self.store
@@ -406,10 +452,14 @@ impl Worker {
             .take_while(|(at, _)| *at <= now)
             .map(|(_, id)| *id)
             .collect();
+        let any = !due.is_empty();
         for id in due {
             self.apply(id, Input::Tick, now);
         }
         self.update_gauge();
+        if any {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 
     fn audit(&self, actor: &str, action: &str, device: DeviceId, detail: String, now: u64) {
