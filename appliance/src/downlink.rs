@@ -22,8 +22,8 @@ use std::collections::HashMap;
 use outpost_proto::command::CommandSpec;
 use outpost_proto::ids::CommandId;
 use outpost_uplink::downlink::{
-    CentralHolds, CommandAck, CommandUpdate, DownCommand, DownEvent, OutputChunk,
-    SiteCommandState, SiteEnd, SiteView, plan_update,
+    CentralHolds, CommandAck, CommandUpdate, DownCommand, DownEvent, OutputChunk, SiteCommandState,
+    SiteEnd, SiteView, plan_update,
 };
 use outpost_uplink::wire::SiteFrame;
 use tokio_util::sync::CancellationToken;

@@ -251,10 +251,15 @@ mod port {
     pub enum DownEvent {
         /// A new uplink stream is up and central speaks `protocol_version`
         /// (the adapter forgets what it tracked for the old one).
-        Connected { protocol_version: u16 },
+        Connected {
+            protocol_version: u16,
+        },
         Disconnected,
         Commands(Vec<DownCommand>),
-        Cancel { id: CommandId, by: String },
+        Cancel {
+            id: CommandId,
+            by: String,
+        },
         UpdateAck(UpdateAck),
     }
 

@@ -19,17 +19,17 @@ use outpost_proto::tls;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::downlink::{DownEvent, DownlinkPort};
 use crate::join::{client_endpoint, quic_client_config, resolve};
 use crate::metrics::ReasonLabel;
 use crate::service::{LinkState, Uplink};
 use crate::site_files::SiteIdentity;
-use crate::downlink::{DownEvent, DownlinkPort};
 use crate::wire::{
     ALPN_UPLINK, CENTRAL_SERVER_NAME, COMMANDS_PROTOCOL_VERSION, CentralFrame,
     MAX_UPLINK_FRAME_BYTES, SiteFrame, SiteHello, WireBatch,
 };
-use std::sync::atomic::Ordering;
 use outpost_proto::backoff::Backoff;
+use std::sync::atomic::Ordering;
 
 /// Chooses the next batch to send: the newest stored batch if it is newer
 /// than everything sent on this connection, else the oldest unsent one.

@@ -217,9 +217,7 @@ impl Uplink {
             join_lock: tokio::sync::Mutex::new(()),
             compact_now: tokio::sync::Notify::new(),
             downlink: Mutex::new(None),
-            hello_version: std::sync::atomic::AtomicU16::new(
-                crate::wire::UPLINK_PROTOCOL_VERSION,
-            ),
+            hello_version: std::sync::atomic::AtomicU16::new(crate::wire::UPLINK_PROTOCOL_VERSION),
         }))
     }
 
