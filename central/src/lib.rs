@@ -18,6 +18,8 @@ pub mod api_commands;
 mod api_tests;
 pub mod apply;
 pub mod commands;
+#[cfg(test)]
+mod commands_api_tests;
 pub mod console;
 #[cfg(test)]
 mod console_tests;
