@@ -174,6 +174,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
             auth: auth.clone(),
             alerts: alerts.clone(),
             sessions: live.clone(),
+            commands: Some(commands.clone()),
         }),
         csrf: outpost_console::CsrfKey::random(),
         metrics: metrics.console.clone(),
