@@ -310,3 +310,73 @@ fn an_offline_site_keeps_commands_queued_at_central_runs_them_once_on_connect_an
     assert_eq!(lines(&late), 0, "an expired command never runs");
     assert_eq!(r.show(&expiring)["state"], "expired");
 }
+
+/// The web view: a technician runs a command from the device page in
+/// headless Chromium, the command page follows it live (it reloads
+/// itself while open) to its output and exit code; a viewer gets no run
+/// form; the site's commands page lists it.
+#[test]
+fn a_technician_runs_a_command_from_centrals_device_page_in_headless_chromium() {
+    use crate::browser::{Browser, chromium};
+    let tmp = scratch("central-cmd-browser");
+    let r = rig(tmp.path());
+    for (name, role) in [("tess", "technician"), ("vic", "viewer")] {
+        let (ok, _, err) = r.central.cli(
+            &[
+                "user", "add", "--tenant", "acme", "--name", name, "--role", role,
+            ],
+            Some("correct horse battery\n"),
+        );
+        assert!(ok, "{err}");
+    }
+    let (mut proc, ws) = chromium(tmp.path());
+    let mut b = Browser {
+        ws,
+        base: format!("http://{}", r.central.http),
+        shots: tmp.path().to_path_buf(),
+    };
+    let device_page = format!("/sites/{}/devices/{}", r.site, r.agent.device_id);
+    b.login("vic");
+    b.go(&device_page);
+    b.ws.wait_until("document.getElementById('run-command')");
+    assert_eq!(
+        b.ws.eval("document.getElementById('run-command-line') === null"),
+        json!(true),
+        "a viewer gets no run form"
+    );
+    b.logout();
+    b.login("tess");
+    b.go(&device_page);
+    b.ws.wait_until("document.getElementById('run-command-line')");
+    b.ws.eval(
+        "document.getElementById('run-command-line').value = 'echo from-the-browser; exit 4'; \
+         document.getElementById('run-timeout').value = '60'; \
+         document.getElementById('run-submit').click(); true",
+    );
+    b.ws.wait_until("location.pathname.startsWith('/commands/')");
+    // The page reloads itself until the command ends.
+    b.ws.wait_until(
+        "document.getElementById('exit-code') && document.getElementById('exit-code').textContent === '4'",
+    );
+    let text = b.text();
+    assert!(
+        text.contains("from-the-browser") && text.contains("failed"),
+        "{text}"
+    );
+    b.shot("command-page.png");
+    let id =
+        b.ws.eval("location.pathname.split('/').pop()")
+            .as_str()
+            .unwrap()
+            .to_string();
+    let v = r.show(&id);
+    assert_eq!(
+        (v["exit_code"].as_i64(), v["closed"].as_bool()),
+        (Some(4), Some(true)),
+        "{v}"
+    );
+    b.go(&format!("/sites/{}/commands", r.site));
+    b.ws.wait_until("document.getElementById('commands')");
+    assert!(b.text().contains("echo from-the-browser"));
+    proc.kill9();
+}
