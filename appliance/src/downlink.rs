@@ -241,3 +241,140 @@ async fn pump(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outpost_proto::DeviceId;
+    use outpost_storage::StoreOptions;
+    use outpost_storage::model::DeviceRecord;
+    use outpost_uplink::downlink::DownlinkPort;
+
+    const DEV: DeviceId = DeviceId(0x2a);
+
+    fn service() -> (CommandService, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::db::open(&dir.path().join("db"), &StoreOptions::default()).unwrap();
+        outpost_storage::registry::register(
+            &store,
+            &DeviceRecord {
+                id: DEV,
+                tenant: "msp".into(),
+                customer: "dental".into(),
+                hostname: "web-1".into(),
+                os: "Debian 12".into(),
+                kernel: "6.1".into(),
+                arch: "x86_64".into(),
+                agent_version: "0.1.0".into(),
+                enrolled_at_ms: 1,
+                cert_serial: String::new(),
+                revoked_at_ms: None,
+            },
+        )
+        .unwrap();
+        let (svc, _thread) = CommandService::start(
+            store,
+            std::sync::Arc::new(crate::metrics::Metrics::new()),
+            Default::default(),
+        )
+        .unwrap();
+        (svc, dir)
+    }
+
+    fn down(id: CommandId, device: DeviceId) -> DownCommand {
+        DownCommand {
+            id,
+            device,
+            spec: CommandSpec::shell("echo hi", "ann@central")
+                .encode()
+                .unwrap(),
+            cancel: None,
+            output_len: 0,
+            transitions: 0,
+        }
+    }
+
+    async fn next_frame(end: &mut tokio::sync::mpsc::Receiver<SiteFrame>) -> SiteFrame {
+        tokio::time::timeout(std::time::Duration::from_secs(5), end.recv())
+            .await
+            .expect("a frame in time")
+            .expect("the adapter runs")
+    }
+
+    /// Central's command is queued under central's id and acknowledged;
+    /// delivered again (a reconnect, a restart of central) it is answered
+    /// from the stored record, never queued twice; its state goes up at
+    /// once; a command for a device the site does not know is refused
+    /// with the reason.
+    #[tokio::test]
+    async fn a_command_delivered_twice_is_queued_once_and_its_state_goes_up() {
+        let (svc, _dir) = service();
+        let (port, end) = DownlinkPort::pair(16);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(run(svc.clone(), end, shutdown.clone()));
+        let mut frames = port.frames.lock().await;
+        let id = CommandId([9; 16]);
+        port.events
+            .send(DownEvent::Connected {
+                protocol_version: 2,
+            })
+            .unwrap();
+        port.events
+            .send(DownEvent::Commands(vec![down(id, DEV)]))
+            .unwrap();
+        assert_eq!(
+            next_frame(&mut frames).await,
+            SiteFrame::CommandAck(CommandAck::accepted(id))
+        );
+        let rec = svc.get(id).unwrap().expect("stored under central's id");
+        assert_eq!(rec.spec.requested_by, "ann@central");
+        match next_frame(&mut frames).await {
+            SiteFrame::CommandUpdate(u) => {
+                assert_eq!((u.id, u.state), (id, SiteCommandState::Queued));
+                assert!(!u.last);
+            }
+            f => panic!("expected an update, got {f:?}"),
+        }
+        // Delivered again on a new stream: the same record answers.
+        port.events.send(DownEvent::Disconnected).unwrap();
+        port.events
+            .send(DownEvent::Connected {
+                protocol_version: 2,
+            })
+            .unwrap();
+        port.events
+            .send(DownEvent::Commands(vec![down(id, DEV)]))
+            .unwrap();
+        assert_eq!(
+            next_frame(&mut frames).await,
+            SiteFrame::CommandAck(CommandAck::accepted(id))
+        );
+        let all = svc
+            .list(&crate::commands::store::ListFilter {
+                device: None,
+                state: None,
+                before_ms: None,
+                limit: 100,
+            })
+            .unwrap();
+        assert_eq!(all.len(), 1, "queued once");
+        assert_eq!(svc.get(id).unwrap().unwrap().created_ms, rec.created_ms);
+        // An unknown device: refused with the reason, nothing stored.
+        let other = CommandId([8; 16]);
+        port.events
+            .send(DownEvent::Commands(vec![down(other, DeviceId(0xff))]))
+            .unwrap();
+        loop {
+            match next_frame(&mut frames).await {
+                SiteFrame::CommandAck(a) if a.id == other => {
+                    assert!(a.refused.unwrap().contains("not enrolled"));
+                    break;
+                }
+                _ => continue,
+            }
+        }
+        assert!(svc.get(other).unwrap().is_none());
+        shutdown.cancel();
+        svc.stop();
+    }
+}
