@@ -380,3 +380,106 @@ fn a_technician_runs_a_command_from_centrals_device_page_in_headless_chromium() 
     assert!(b.text().contains("echo from-the-browser"));
     proc.kill9();
 }
+
+/// An appliance from before the downlink (uplink protocol 1) is sent no
+/// command frame: a command for its site answers 409 while it is
+/// connected, one queued while it was away shows why it waits, and its
+/// batches are acknowledged as before. The same site speaking version 2
+/// gets the queued command at once after `Welcome`.
+#[test]
+fn a_protocol_1_site_is_sent_no_commands_and_central_says_so() {
+    use crate::uplink::SiteClient;
+    use outpost_uplink::wire::CentralFrame;
+    let tmp = scratch("central-cmd-v1");
+    let root = tmp.path();
+    let central = Central::start(root);
+    let mut old = SiteClient::join_version(root, &central, "acme", "old-site", 1);
+    let b = old.batch(1, 7, 0..0);
+    let site = b.site.to_string();
+    assert_eq!(old.send(&b), CentralFrame::Ack { seq: 1 });
+    let tech = central.api_token("acme", "technician");
+    let body = json!({"site": site, "device": "0000000000000007", "command": "uptime"});
+    let (st, v) = call(
+        &central,
+        &tech,
+        "POST",
+        "/api/v1/commands",
+        Some(body.clone()),
+    );
+    assert_eq!(st, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("site does not support commands"),
+        "{v}"
+    );
+    drop(old);
+    let id = wait_for(Duration::from_secs(30), "the old site disconnected", || {
+        let (st, v) = call(
+            &central,
+            &tech,
+            "POST",
+            "/api/v1/commands",
+            Some(body.clone()),
+        );
+        (st == 201).then(|| v["id"].as_str().unwrap().to_string())
+    });
+    let mut old = SiteClient::connect_version(root, &central, "old-site", 1).unwrap();
+    let b2 = old.batch(2, 7, 0..0);
+    assert_eq!(
+        old.send(&b2),
+        CentralFrame::Ack { seq: 2 },
+        "no command frame first"
+    );
+    let (_, v) = call(
+        &central,
+        &tech,
+        "GET",
+        &format!("/api/v1/commands/{id}"),
+        None,
+    );
+    assert_eq!(v["state"], "queued_at_central");
+    assert!(
+        v["note"]
+            .as_str()
+            .unwrap()
+            .contains("does not support commands"),
+        "{v}"
+    );
+    drop(old);
+    std::thread::sleep(Duration::from_secs(1));
+    let mut new = SiteClient::connect(root, &central, "old-site").unwrap();
+    match new.next_frame() {
+        CentralFrame::Commands(v) => {
+            assert_eq!(v.len(), 1);
+            assert_eq!(v[0].id.to_string(), id);
+        }
+        f => panic!("expected the queued command, got {f:?}"),
+    }
+}
+
+/// `kill -9` of the appliance while central's command runs: the agent
+/// finishes it, the restarted appliance reports it, central shows the
+/// final state; the side effect happened once.
+#[test]
+fn kill_9_of_the_appliance_while_centrals_command_runs_never_runs_it_twice() {
+    let tmp = scratch("central-cmd-app-kill");
+    let mut r = rig(tmp.path());
+    let effect = tmp.path().join("effect");
+    let id = r.run(
+        &format!("echo ran >> {}; sleep 3; echo finished", effect.display()),
+        json!({}),
+    );
+    wait_for(Duration::from_secs(60), "the command running", || {
+        (lines(&effect) == 1).then_some(())
+    });
+    r.app.kill9();
+    std::thread::sleep(Duration::from_secs(1));
+    r.app.restart();
+    let v = r.wait_closed(&id, 90);
+    assert_eq!(v["state"], "completed", "{v}");
+    assert!(v["output"].as_str().unwrap().contains("finished"), "{v}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(lines(&effect), 1, "ran exactly once");
+}
