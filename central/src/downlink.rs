@@ -341,3 +341,126 @@ pub async fn sweep(c: &Central, now_ms: u64) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::{AuditRow, CentralCommandState};
+    use outpost_proto::command::CommandSpec;
+    use outpost_uplink::downlink::{OutputChunk, SiteCommandState};
+
+    async fn queued(c: &Central, site: &SiteId) -> CentralCommand {
+        let cmd = CentralCommand::new(
+            CommandId::random(),
+            "msp".into(),
+            site.clone(),
+            "dental".into(),
+            "000000000000002a".into(),
+            "web-1".into(),
+            CommandSpec::shell("echo hi", "ann@central"),
+            "ann".into(),
+            1_000,
+        );
+        let audit = AuditRow {
+            at_ms: 1_000,
+            tenant: "msp".into(),
+            actor: "ann".into(),
+            action: "command.run".into(),
+            target: String::new(),
+            detail: String::new(),
+        };
+        c.store.create_command(&cmd, &audit).await.unwrap();
+        cmd
+    }
+
+    fn report(id: CommandId) -> CommandUpdate {
+        CommandUpdate {
+            id,
+            state: SiteCommandState::Completed,
+            transitions: vec![
+                (SiteCommandState::Queued, 1),
+                (SiteCommandState::Completed, 2),
+            ],
+            exit_code: Some(0),
+            signal: None,
+            reason: None,
+            output_total: Some(2),
+            output_truncated: false,
+            output: OutputChunk {
+                replace: false,
+                offset: 0,
+                bytes: b"hi".to_vec(),
+            },
+            last: true,
+        }
+    }
+
+    /// A site acknowledges and reports only its own commands: another
+    /// site's (same tenant) are ignored and counted, and the reporter is
+    /// told to forget them; its own open commands go down after
+    /// `Welcome`, and a report closes one.
+    #[tokio::test]
+    async fn a_site_acts_only_on_its_own_commands() {
+        let (c, site, _dir) = crate::testing::central_with_site(Default::default()).await;
+        let other = crate::ops::add_site(
+            c.store.as_ref(),
+            &crate::ops::AddSite {
+                tenant: "msp".into(),
+                customer: "dental".into(),
+                site: "other".into(),
+            },
+            1,
+        )
+        .await
+        .unwrap()
+        .site_id;
+        let cmd = queued(&c, &site).await;
+        let tenant: TenantId = "msp".into();
+        let mut intruder = SiteDownlink::new(&c, &tenant, &other);
+        assert!(intruder.opening(2_000).await.is_empty());
+        assert_eq!(
+            intruder.on_ack(CommandAck::accepted(cmd.id), 2_000).await,
+            None
+        );
+        match intruder.on_update(report(cmd.id), 2_000).await {
+            Some(CentralFrame::CommandUpdateAck(a)) => assert!(a.closed),
+            f => panic!("{f:?}"),
+        }
+        let now = c.store.command(&tenant, cmd.id).await.unwrap().unwrap();
+        assert_eq!(now.state, CentralCommandState::QueuedAtCentral);
+        assert!(
+            c.metrics
+                .encode(false)
+                .contains("outpost_central_command_frames_unknown_total 2")
+        );
+        // The owner gets it after Welcome, acknowledges, reports.
+        let mut owner = SiteDownlink::new(&c, &tenant, &site);
+        let frames = owner.opening(2_000).await;
+        assert!(
+            matches!(&frames[..], [CentralFrame::Commands(v)] if v.len() == 1 && v[0].id == cmd.id)
+        );
+        assert_eq!(
+            owner.next_resend(),
+            Some(2_000 + crate::commands::RESEND_AFTER_MS)
+        );
+        assert_eq!(
+            owner.on_ack(CommandAck::accepted(cmd.id), 2_001).await,
+            None
+        );
+        assert_eq!(owner.next_resend(), None);
+        match owner.on_update(report(cmd.id), 2_002).await {
+            Some(CentralFrame::CommandUpdateAck(a)) => {
+                assert!(a.closed);
+                assert_eq!(a.output_len, 2);
+            }
+            f => panic!("{f:?}"),
+        }
+        let done = c.store.command(&tenant, cmd.id).await.unwrap().unwrap();
+        assert_eq!(done.state, CentralCommandState::Completed);
+        assert_eq!(
+            c.store.command_output(&tenant, cmd.id).await.unwrap(),
+            b"hi"
+        );
+        assert!(c.store.open_commands(None).await.unwrap().is_empty());
+    }
+}

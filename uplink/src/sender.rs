@@ -42,6 +42,14 @@ pub fn pick_next(stored: &[u64], in_flight: &BTreeSet<u64>, sent_max: u64) -> Op
     stored.iter().find(|s| !in_flight.contains(s)).copied()
 }
 
+/// The version to say from now on after central closed the connection
+/// before its `Welcome` with `close_code`, having said `said`: version 1
+/// when central refused the version as unsupported (an older central),
+/// else no change.
+pub fn fallback_version(close_code: Option<u32>, said: u16) -> Option<u16> {
+    (close_code == Some(crate::wire::close::UNSUPPORTED_VERSION) && said > 1).then_some(1)
+}
+
 /// Runs until `cancel`: connect, stream, reconnect with backoff.
 pub async fn run(uplink: Arc<Uplink>, ident: Arc<SiteIdentity>, cancel: CancellationToken) {
     let opts = uplink.options().clone();
@@ -149,12 +157,15 @@ async fn stream(
     {
         Err(_) => bail!("central sent no Welcome within 10s"),
         Ok(Err(e)) => {
-            if let Some(quinn::ConnectionError::ApplicationClosed(c)) = conn.close_reason()
-                && c.error_code == crate::wire::close::UNSUPPORTED_VERSION.into()
-                && hello_version > 1
-            {
+            let code = match conn.close_reason() {
+                Some(quinn::ConnectionError::ApplicationClosed(c)) => {
+                    u32::try_from(c.error_code.into_inner()).ok()
+                }
+                _ => None,
+            };
+            if let Some(v) = fallback_version(code, hello_version) {
                 // An older central: speak version 1 (no downlink) from now on.
-                uplink.hello_version.store(1, Ordering::Relaxed);
+                uplink.hello_version.store(v, Ordering::Relaxed);
                 warn!(
                     version = hello_version,
                     "central does not speak this uplink protocol version; \
@@ -318,6 +329,18 @@ async fn stream_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_older_central_refusing_the_version_makes_the_site_speak_version_1() {
+        use crate::wire::close;
+        assert_eq!(
+            fallback_version(Some(close::UNSUPPORTED_VERSION), 2),
+            Some(1)
+        );
+        assert_eq!(fallback_version(Some(close::UNSUPPORTED_VERSION), 1), None);
+        assert_eq!(fallback_version(Some(close::PROTOCOL), 2), None);
+        assert_eq!(fallback_version(None, 2), None);
+    }
 
     #[test]
     fn newest_first_after_reconnect_then_oldest_first_and_fresh_batches_jump_ahead() {
