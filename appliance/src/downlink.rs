@@ -25,6 +25,7 @@ use outpost_uplink::downlink::{
     CentralHolds, CommandAck, CommandUpdate, DownCommand, DownEvent, OutputChunk, SiteCommandState,
     SiteEnd, SiteView, plan_update,
 };
+use outpost_uplink::metrics::{ReasonLabel, UplinkMetrics};
 use outpost_uplink::wire::SiteFrame;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -79,8 +80,21 @@ pub fn view_of(rec: &CommandRecord, output: Vec<u8>) -> SiteView {
     }
 }
 
+fn refused(m: &UplinkMetrics, reason: &str) {
+    m.downlink_refusals
+        .get_or_create(&ReasonLabel {
+            reason: reason.into(),
+        })
+        .inc();
+}
+
 /// Runs the adapter until `shutdown`.
-pub async fn run(svc: CommandService, mut end: SiteEnd, shutdown: CancellationToken) {
+pub async fn run(
+    svc: CommandService,
+    metrics: UplinkMetrics,
+    mut end: SiteEnd,
+    shutdown: CancellationToken,
+) {
     let mut changes = svc.subscribe();
     let mut tracked: HashMap<CommandId, Track> = HashMap::new();
     loop {
@@ -96,7 +110,8 @@ pub async fn run(svc: CommandService, mut end: SiteEnd, shutdown: CancellationTo
                     DownEvent::Disconnected => tracked.clear(),
                     DownEvent::Commands(v) => {
                         for dc in v {
-                            if let Some(ack) = take(&svc, &dc, &mut tracked).await
+                            metrics.downlink_commands.inc();
+                            if let Some(ack) = take(&svc, &metrics, &dc, &mut tracked).await
                                 && end.frames.send(SiteFrame::CommandAck(ack)).await.is_err()
                             {
                                 return;
@@ -127,7 +142,10 @@ pub async fn run(svc: CommandService, mut end: SiteEnd, shutdown: CancellationTo
                 }
             }
         }
-        if pump(&svc, &mut tracked, &end.frames).await.is_err() {
+        if pump(&svc, &metrics, &mut tracked, &end.frames)
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -138,6 +156,7 @@ pub async fn run(svc: CommandService, mut end: SiteEnd, shutdown: CancellationTo
 /// again on the next connection).
 async fn take(
     svc: &CommandService,
+    metrics: &UplinkMetrics,
     dc: &DownCommand,
     tracked: &mut HashMap<CommandId, Track>,
 ) -> Option<CommandAck> {
@@ -145,6 +164,7 @@ async fn take(
         Ok(s) => s,
         Err(e) => {
             warn!(id = %dc.id, error = %e, "central sent a command this appliance cannot read");
+            refused(metrics, "unreadable_spec");
             return Some(CommandAck {
                 id: dc.id,
                 refused: Some(format!("the site cannot read the command: {e}")),
@@ -177,11 +197,22 @@ async fn take(
             e @ (CreateError::UnknownDevice(_)
             | CreateError::RevokedDevice(_)
             | CreateError::Invalid(_)),
-        ) => Some(CommandAck {
-            id: dc.id,
-            refused: Some(e.to_string()),
-        }),
+        ) => {
+            refused(
+                metrics,
+                match e {
+                    CreateError::UnknownDevice(_) => "unknown_device",
+                    CreateError::RevokedDevice(_) => "revoked_device",
+                    _ => "invalid_spec",
+                },
+            );
+            Some(CommandAck {
+                id: dc.id,
+                refused: Some(e.to_string()),
+            })
+        }
         Err(e @ (CreateError::Store(_) | CreateError::Stopped)) => {
+            metrics.downlink_store_failures.inc();
             warn!(id = %dc.id, error = %e, "could not queue a command from central; central sends it again");
             None
         }
@@ -192,6 +223,7 @@ async fn take(
 /// in flight.
 async fn pump(
     svc: &CommandService,
+    metrics: &UplinkMetrics,
     tracked: &mut HashMap<CommandId, Track>,
     frames: &tokio::sync::mpsc::Sender<SiteFrame>,
 ) -> Result<(), ()> {
@@ -234,6 +266,10 @@ async fn pump(
         if let Some(t) = tracked.get_mut(&u.id) {
             t.in_flight = true;
         }
+        metrics.downlink_updates_sent.inc();
+        metrics
+            .downlink_output_bytes_sent
+            .inc_by(u.output.bytes.len() as u64);
         frames
             .send(SiteFrame::CommandUpdate(u))
             .await
@@ -311,7 +347,8 @@ mod tests {
         let (svc, _dir) = service();
         let (port, end) = DownlinkPort::pair(16);
         let shutdown = CancellationToken::new();
-        tokio::spawn(run(svc.clone(), end, shutdown.clone()));
+        let metrics = UplinkMetrics::default();
+        tokio::spawn(run(svc.clone(), metrics.clone(), end, shutdown.clone()));
         let mut frames = port.frames.lock().await;
         let id = CommandId([9; 16]);
         port.events
@@ -374,6 +411,16 @@ mod tests {
             }
         }
         assert!(svc.get(other).unwrap().is_none());
+        assert_eq!(metrics.downlink_commands.get(), 3);
+        assert_eq!(
+            metrics
+                .downlink_refusals
+                .get_or_create(&ReasonLabel {
+                    reason: "unknown_device".into()
+                })
+                .get(),
+            1
+        );
         shutdown.cancel();
         svc.stop();
     }

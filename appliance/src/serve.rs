@@ -157,6 +157,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         uplink.attach_downlink(port);
         tracker.spawn(crate::downlink::run(
             commands.clone(),
+            metrics.uplink.clone(),
             end,
             shutdown.clone(),
         ));
