@@ -158,6 +158,18 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         .with_context(|| format!("binding the admin API on {}", cfg.admin_listen))?;
     let admin_addr = admin.local_addr()?;
     std::fs::write(data.admin_addr(), format!("{admin_addr}\n")).context("writing admin.addr")?;
+    {
+        // Central's commands come down the uplink: the adapter queues them
+        // in the command service under central's ids.
+        let (port, end) = outpost_uplink::downlink::DownlinkPort::pair(64);
+        uplink.attach_downlink(port);
+        tracker.spawn(crate::downlink::run(
+            commands.clone(),
+            metrics.uplink.clone(),
+            end,
+            shutdown.clone(),
+        ));
+    }
     uplink.start().context("starting the uplink")?;
     let auth = Arc::new(crate::users::auth::Auth::new(
         store.clone(),
@@ -171,6 +183,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
             auth: auth.clone(),
             alerts: alerts.clone(),
             sessions: live.clone(),
+            commands: Some(commands.clone()),
         }),
         csrf: outpost_console::CsrfKey::random(),
         metrics: metrics.console.clone(),

@@ -66,6 +66,13 @@ pub fn router(c: Arc<Central>) -> Router {
         .route("/devices", get(devices))
         .route("/alerts", get(alerts))
         .route("/sites/{site}/alerts/{alert}/ack", post(ack_alert))
+        .route(
+            "/commands",
+            get(crate::api_commands::list).post(crate::api_commands::run),
+        )
+        .route("/commands/{id}", get(crate::api_commands::show))
+        .route("/commands/{id}/cancel", post(crate::api_commands::cancel))
+        .route("/audit", get(crate::api_commands::audit))
         .route("/tokens", post(create_token))
         .route("/users", post(create_user))
         .route("/users/{name}/password", put(change_password))

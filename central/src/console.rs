@@ -38,6 +38,29 @@ pub struct CentralConsole {
     pub central: Arc<Central>,
 }
 
+/// A command as the console's lists show it.
+fn command_row(
+    c: &crate::commands::CentralCommand,
+    names: &HashMap<SiteId, (String, String)>,
+) -> outpost_console::commands::CommandRow {
+    outpost_console::commands::CommandRow {
+        id: c.id.to_string(),
+        site_id: c.site_id.to_string(),
+        site_name: names
+            .get(&c.site_id)
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| c.site_id.to_string()),
+        device: c.device.clone(),
+        hostname: c.hostname.clone(),
+        state: c.state.as_str().into(),
+        command: c.spec.summary(),
+        requested_by: c.requested_by.clone(),
+        created_ms: c.created_ms,
+        exit_code: c.exit_code,
+        finished: c.closed,
+    }
+}
+
 fn err(e: ApiError) -> ConsoleError {
     match e {
         ApiError::NotFound(m) => ConsoleError::NotFound(m),
@@ -79,7 +102,7 @@ fn viewer_of(p: Principal, subject: [u8; 32]) -> Viewer {
         role: p.role.as_str().to_string(),
         can: Capabilities {
             ack_alerts: at_least(Role::Technician),
-            run_commands: false,
+            run_commands: at_least(Role::Technician),
             approve_patches: false,
             administer: at_least(Role::Admin),
         },
@@ -352,7 +375,10 @@ impl ConsoleBackend for CentralConsole {
             product: "central".into(),
             scope: ScopeKind::Tenant,
             login_tenant: true,
-            features: Features::default(),
+            features: Features {
+                commands: true,
+                ..Features::default()
+            },
         }
     }
 
@@ -875,6 +901,121 @@ impl ConsoleBackend for CentralConsole {
                 .await
                 .map(|_| ())
                 .map_err(err)
+        })
+    }
+
+    fn commands<'a>(
+        &'a self,
+        v: &'a Viewer,
+        q: &'a outpost_console::commands::CommandQuery,
+    ) -> ConsoleFuture<'a, Vec<outpost_console::commands::CommandRow>> {
+        Box::pin(async move {
+            let p = principal(v);
+            let lq = crate::api_commands::ListQuery {
+                site: q.site.as_deref().map(Into::into),
+                device: q.device.clone(),
+                state: q.state.clone(),
+                before_ms: None,
+                limit: Some(q.limit),
+            };
+            let rows = crate::api_commands::list_commands(&self.central, &p, lq)
+                .await
+                .map_err(err)?;
+            let names = self.site_names(&p).await?;
+            Ok(rows.iter().map(|c| command_row(c, &names)).collect())
+        })
+    }
+
+    fn command<'a>(
+        &'a self,
+        v: &'a Viewer,
+        id: &'a str,
+    ) -> ConsoleFuture<'a, outpost_console::commands::CommandDetail> {
+        Box::pin(async move {
+            let p = principal(v);
+            let c = crate::api_commands::visible_command(&self.central, &p, id)
+                .await
+                .map_err(err)?;
+            let out = self
+                .central
+                .store
+                .command_output(&p.tenant, c.id)
+                .await
+                .map_err(store_err)?;
+            let names = self.site_names(&p).await?;
+            let view = crate::api_commands::CommandView::of(&c, &self.central);
+            let mut steps: Vec<outpost_console::commands::CommandStep> =
+                c.central_transitions
+                    .iter()
+                    .map(|t| outpost_console::commands::CommandStep {
+                        state: t.state.as_str().into(),
+                        at_ms: t.at_ms,
+                        source: "central".into(),
+                    })
+                    .chain(c.site_transitions.iter().map(|t| {
+                        outpost_console::commands::CommandStep {
+                            state: t.state.as_str().into(),
+                            at_ms: t.at_ms,
+                            source: "site".into(),
+                        }
+                    }))
+                    .collect();
+            steps.sort_by_key(|s| s.at_ms);
+            Ok(outpost_console::commands::CommandDetail {
+                row: command_row(&c, &names),
+                steps,
+                signal: c.signal,
+                reason: c.reason.clone(),
+                timeout_ms: c.spec.timeout_ms,
+                run_as: c.spec.run_as.clone(),
+                interpreter: c.spec.interpreter.as_str().into(),
+                cancel_requested: c.cancel_requested.is_some(),
+                note: view.note,
+                output: String::from_utf8_lossy(&out).into_owned(),
+                output_truncated: c.output_truncated,
+            })
+        })
+    }
+
+    fn run_command<'a>(
+        &'a self,
+        v: &'a Viewer,
+        site: &'a str,
+        device: &'a str,
+        req: &'a outpost_console::commands::RunCommand,
+    ) -> ConsoleFuture<'a, String> {
+        Box::pin(async move {
+            let p = principal(v);
+            let interpreter = req.interpreter.parse().map_err(ConsoleError::BadRequest)?;
+            let r = crate::api_commands::RunRequest {
+                site: site.into(),
+                device: device.to_string(),
+                command: Some(req.command.clone()),
+                interpreter: Some(interpreter),
+                run_as: req.run_as.clone(),
+                timeout_ms: Some(req.timeout_secs.saturating_mul(1000)),
+                ..Default::default()
+            };
+            let c = crate::api_commands::run_command(&self.central, &p, r)
+                .await
+                .map_err(|e| match e {
+                    ApiError::Conflict(m) => ConsoleError::BadRequest(m),
+                    e => err(e),
+                })?;
+            Ok(c.id.to_string())
+        })
+    }
+
+    fn cancel_command<'a>(&'a self, v: &'a Viewer, id: &'a str) -> ConsoleFuture<'a, ()> {
+        Box::pin(async move {
+            let p = principal(v);
+            crate::api_commands::cancel_command(&self.central, &p, id)
+                .await
+                .map_err(|e| match e {
+                    ApiError::Conflict(m) => ConsoleError::BadRequest(m),
+                    e => err(e),
+                })?;
+            Ok(())
         })
     }
 }

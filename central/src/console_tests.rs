@@ -406,3 +406,89 @@ async fn search_filter_sort_and_the_device_page_draw_what_is_stored() {
     let (st, _, _) = send(&c, "GET", &format!("/sites/{dental}/devices/00ff"), &ck, "").await;
     assert_eq!(st, 404);
 }
+
+/// The device page offers "Run command" to technicians only; the form
+/// queues a command at central and shows its page (reloading while open);
+/// a viewer's forged POST and a stale CSRF token are refused; the lists
+/// per site and fleet-wide show it; cancel closes a command still queued
+/// at central.
+#[tokio::test]
+async fn technicians_run_commands_from_the_device_page_and_viewers_cannot() {
+    let (c, dental, _vet, _dir) = two_customers().await;
+    let tech = session(&c, "tina", Role::Technician, &[]).await;
+    let viewer = session(&c, "vic", Role::Viewer, &[]).await;
+    let dev = "/sites/".to_string() + dental.as_str() + "/devices/000000000000002a";
+    let (st, _, page) = send(&c, "GET", &dev, &[("cookie", &tech)], "").await;
+    assert_eq!(st, 200);
+    assert!(page.contains("id=\"run-command-line\""), "{page}");
+    let csrf = csrf_in(&page);
+    let (_, _, vpage) = send(&c, "GET", &dev, &[("cookie", &viewer)], "").await;
+    assert!(!vpage.contains("run-command-line") && vpage.contains("Recent commands"));
+    let form = "application/x-www-form-urlencoded";
+    let run = format!("{dev}/commands");
+    // A viewer's forged POST (with its own valid token) is refused.
+    let vcsrf = csrf_in(&vpage);
+    let (st, _, _) = send(
+        &c,
+        "POST",
+        &run,
+        &[("cookie", &viewer), ("content-type", form)],
+        &format!("csrf={vcsrf}&command=id"),
+    )
+    .await;
+    assert_eq!(st, 403);
+    // A stale token is refused.
+    let (st, _, _) = send(
+        &c,
+        "POST",
+        &run,
+        &[("cookie", &tech), ("content-type", form)],
+        "csrf=nope&command=id",
+    )
+    .await;
+    assert_eq!(st, 403);
+    let (st, h, body) = send(
+        &c,
+        "POST",
+        &run,
+        &[("cookie", &tech), ("content-type", form)],
+        &format!("csrf={csrf}&command=uptime&interpreter=bash&timeout_secs=30&run_as="),
+    )
+    .await;
+    assert_eq!(st, 303, "{body}");
+    let at = h[header::LOCATION].to_str().unwrap().to_string();
+    assert!(at.starts_with("/commands/"), "{at}");
+    let (st, h, page) = send(&c, "GET", &at, &[("cookie", &viewer)], "").await;
+    assert_eq!(st, 200);
+    assert!(
+        page.contains("queued_at_central") && page.contains("uptime"),
+        "{page}"
+    );
+    assert_eq!(h["refresh"], "2", "an open command's page reloads itself");
+    assert!(
+        !page.contains("cancel-command"),
+        "viewers get no cancel button"
+    );
+    for list in ["/commands".to_string(), format!("/sites/{dental}/commands")] {
+        let (st, _, page) = send(&c, "GET", &list, &[("cookie", &viewer)], "").await;
+        assert_eq!(st, 200, "{list}");
+        assert!(page.contains(&at), "{list}: {page}");
+    }
+    let (_, _, page) = send(&c, "GET", &at, &[("cookie", &tech)], "").await;
+    assert!(page.contains("cancel-command"));
+    let (st, _, _) = send(
+        &c,
+        "POST",
+        &format!("{at}/cancel"),
+        &[("cookie", &tech), ("content-type", form)],
+        &format!("csrf={}", csrf_in(&page)),
+    )
+    .await;
+    assert_eq!(st, 303);
+    let (_, h, page) = send(&c, "GET", &at, &[("cookie", &tech)], "").await;
+    assert!(page.contains("cmd-cancelled"), "{page}");
+    assert!(
+        h.get("refresh").is_none(),
+        "a closed command's page stays put"
+    );
+}

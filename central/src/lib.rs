@@ -13,13 +13,18 @@
 //! crate: nothing here may be needed by `outpost`.
 
 pub mod api;
+pub mod api_commands;
 #[cfg(test)]
 mod api_tests;
 pub mod apply;
+pub mod commands;
+#[cfg(test)]
+mod commands_api_tests;
 pub mod console;
 #[cfg(test)]
 mod console_tests;
 pub mod dir;
+pub mod downlink;
 pub mod fleet_index;
 /// The login limits, password pool and roles, shared with the appliance.
 pub use outpost_web::login;
@@ -123,6 +128,8 @@ pub struct Central {
     pub csrf: outpost_console::CsrfKey,
     /// The console's refusal counters.
     pub console_metrics: outpost_console::ConsoleMetrics,
+    /// Connected sites and their downlinks of commands.
+    pub downlinks: downlink::Registry,
 }
 
 impl std::fmt::Debug for Central {
@@ -187,6 +194,7 @@ impl Central {
             limits,
             links: Mutex::new(HashMap::new()),
             site_connections: Mutex::new(HashMap::new()),
+            downlinks: downlink::Registry::default(),
         }
     }
 
@@ -265,6 +273,19 @@ pub async fn serve(
         central.clone(),
         conns.clone(),
     ));
+    {
+        // Commands still queued at central past their expiry.
+        let (c, sd) = (central.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => downlink::sweep(&c, now_ms()).await,
+                    _ = sd.cancelled() => return,
+                }
+            }
+        });
+    }
     {
         let sd = shutdown.clone();
         let router =

@@ -23,6 +23,11 @@ pub struct SiteLabel {
     pub site: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
 pub use outpost_web::RouteLabel;
 
 #[derive(Debug)]
@@ -56,6 +61,25 @@ pub struct CentralMetrics {
     pub logins_throttled: Counter,
     /// Logins answered 503 (every password slot busy for the whole wait).
     pub password_checks_busy: Counter,
+    /// Commands queued at central (API).
+    pub commands_created: Counter,
+    /// Commands refused at central, by reason.
+    pub command_refusals: Family<ReasonLabel, Counter>,
+    /// Commands sent down to sites (first sends and on reconnects).
+    pub commands_sent: Counter,
+    /// Commands sent again because the site did not acknowledge in time.
+    pub commands_resent: Counter,
+    /// Commands that entered a state at central, by state.
+    pub commands_entered: Family<StateLabel, Counter>,
+    /// Commands expired at central (their site stayed offline).
+    pub commands_expired: Counter,
+    /// Output bytes sites reported for central's commands.
+    pub command_output_bytes: Counter,
+    /// Output bytes dropped at central's cap.
+    pub command_output_dropped: Counter,
+    /// Command acknowledgements or reports naming a command that is not
+    /// the site's (ignored).
+    pub command_frames_unknown: Counter,
     registry: Registry,
     /// Series labelled with tenant and site ids (operator token only).
     site_registry: Registry,
@@ -83,6 +107,15 @@ impl CentralMetrics {
             sequence_gaps_expired: Counter::default(),
             logins_throttled: Counter::default(),
             password_checks_busy: Counter::default(),
+            commands_created: Counter::default(),
+            command_refusals: Family::default(),
+            commands_sent: Counter::default(),
+            commands_resent: Counter::default(),
+            commands_entered: Family::default(),
+            commands_expired: Counter::default(),
+            command_output_bytes: Counter::default(),
+            command_output_dropped: Counter::default(),
+            command_frames_unknown: Counter::default(),
             registry: Registry::with_prefix("outpost_central"),
             site_registry: Registry::with_prefix("outpost_central"),
         };
@@ -133,6 +166,51 @@ impl CentralMetrics {
             m.connection_rejects.clone(),
         );
         r.register("joins", "Sites joined", m.joins.clone());
+        r.register(
+            "commands_created",
+            "Commands queued at central",
+            m.commands_created.clone(),
+        );
+        r.register(
+            "command_refusals",
+            "Commands refused at central, by reason",
+            m.command_refusals.clone(),
+        );
+        r.register(
+            "commands_sent",
+            "Commands sent down to sites",
+            m.commands_sent.clone(),
+        );
+        r.register(
+            "commands_resent",
+            "Commands sent again for want of an acknowledgement",
+            m.commands_resent.clone(),
+        );
+        r.register(
+            "commands_entered",
+            "Command state changes reported by sites, by state",
+            m.commands_entered.clone(),
+        );
+        r.register(
+            "commands_expired",
+            "Commands expired at central (site offline)",
+            m.commands_expired.clone(),
+        );
+        r.register(
+            "command_output_bytes",
+            "Command output bytes received from sites",
+            m.command_output_bytes.clone(),
+        );
+        r.register(
+            "command_output_dropped_bytes",
+            "Command output bytes dropped at central's cap",
+            m.command_output_dropped.clone(),
+        );
+        r.register(
+            "command_frames_unknown",
+            "Command acknowledgements or reports for commands not the site's",
+            m.command_frames_unknown.clone(),
+        );
         r.register(
             "api_requests",
             "HTTP requests by route and status",

@@ -36,8 +36,9 @@ use crate::model::DeadLetter;
 use crate::store::{ApplyOutcome, DeadLetterOutcome};
 use outpost_uplink::batch::{self, BatchError};
 use outpost_uplink::wire::{
-    ALPN_UPLINK, ALPN_UPLINK_JOIN, CentralFrame, CentralWelcome, JoinRequest, JoinResponse,
-    MAX_UPLINK_FRAME_BYTES, RejectReason, SiteFrame, UPLINK_PROTOCOL_VERSION, close,
+    ALPN_UPLINK, ALPN_UPLINK_JOIN, COMMANDS_PROTOCOL_VERSION, CentralFrame, CentralWelcome,
+    JoinRequest, JoinResponse, MAX_UPLINK_FRAME_BYTES, MIN_UPLINK_PROTOCOL_VERSION, RejectReason,
+    SiteFrame, UPLINK_PROTOCOL_VERSION, close,
 };
 
 /// Validity of site certificates.
@@ -246,22 +247,54 @@ async fn uplink_stream(
         Some(SiteFrame::Hello(h)) => h,
         _ => anyhow::bail!("expected Hello"),
     };
-    if hello.protocol_version != UPLINK_PROTOCOL_VERSION {
+    if !(MIN_UPLINK_PROTOCOL_VERSION..=UPLINK_PROTOCOL_VERSION).contains(&hello.protocol_version) {
         conn.close(
             close::UNSUPPORTED_VERSION.into(),
             b"unsupported uplink protocol version",
         );
         anyhow::bail!("unsupported protocol version {}", hello.protocol_version);
     }
+    let version = hello.protocol_version.min(UPLINK_PROTOCOL_VERSION);
     if site.interval_ms != hello.interval_ms {
         site.interval_ms = hello.interval_ms;
         c.store.update_site(&site).await?;
     }
     c.set_link(tenant, site_id, true);
+    let (conn_no, down_rx) = c.downlinks.register(tenant, site_id, version);
+    let r = serve_stream(
+        c,
+        tenant,
+        site_id,
+        &site,
+        version,
+        &hello,
+        &mut send,
+        &mut recv,
+        &mut reader,
+        down_rx,
+    )
+    .await;
+    c.downlinks.unregister(tenant, site_id, conn_no);
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_stream(
+    c: &Arc<Central>,
+    tenant: &TenantId,
+    site_id: &SiteId,
+    site: &crate::model::SiteRecord,
+    version: u16,
+    hello: &outpost_uplink::wire::SiteHello,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    reader: &mut FrameReader,
+    mut down_rx: Option<tokio::sync::mpsc::UnboundedReceiver<crate::downlink::Down>>,
+) -> anyhow::Result<()> {
     let mut out = BytesMut::new();
     write_frame(
         &CentralFrame::Welcome(CentralWelcome {
-            protocol_version: UPLINK_PROTOCOL_VERSION,
+            protocol_version: version,
             site_id: site_id.clone(),
             applied_up_to: site.applied_up_to,
             applied_above: site.applied_above.clone(),
@@ -273,22 +306,66 @@ async fn uplink_stream(
     info!(
         backlog = hello.backlog_batches,
         applied_up_to = site.applied_up_to,
+        protocol_version = version,
         "site connected"
     );
+    let mut down = crate::downlink::SiteDownlink::new(c, tenant, site_id);
+    if down_rx.is_some() {
+        for f in down.opening(crate::now_ms()).await {
+            out.clear();
+            write_frame(&f, &mut out, MAX_UPLINK_FRAME_BYTES)?;
+            send.write_all(&out).await?;
+        }
+    }
     loop {
-        let frame = tokio::select! {
-            f = reader.next::<SiteFrame, _>(&mut recv) => f?,
+        let resend_in = down
+            .next_resend()
+            .map(|at| Duration::from_millis(at.saturating_sub(crate::now_ms())))
+            .unwrap_or(Duration::from_secs(3600));
+        let mut answers: Vec<CentralFrame> = Vec::new();
+        tokio::select! {
+            f = reader.next::<SiteFrame, _>(recv) => {
+                match f? {
+                    None => return Ok(()),
+                    Some(SiteFrame::Hello(_)) => anyhow::bail!("second Hello"),
+                    Some(SiteFrame::Batch(wb)) => {
+                        answers.push(answer_batch(c, tenant, site_id, wb.seq, wb.payload).await);
+                    }
+                    Some(SiteFrame::CommandAck(a)) => {
+                        if version < COMMANDS_PROTOCOL_VERSION {
+                            anyhow::bail!("a command acknowledgement on a protocol-{version} stream");
+                        }
+                        answers.extend(down.on_ack(a, crate::now_ms()).await);
+                    }
+                    Some(SiteFrame::CommandUpdate(u)) => {
+                        if version < COMMANDS_PROTOCOL_VERSION {
+                            anyhow::bail!("a command report on a protocol-{version} stream");
+                        }
+                        answers.extend(down.on_update(u, crate::now_ms()).await);
+                    }
+                }
+            }
+            d = async {
+                match down_rx.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // The registry dropped this connection's sender: a newer
+                // connection of the site took over.
+                let Some(d) = d else { return Ok(()) };
+                answers.extend(down.on_down(d, crate::now_ms()).await);
+            }
+            _ = tokio::time::sleep(resend_in) => {
+                answers.extend(down.resends(crate::now_ms()).await);
+            }
             _ = c.shutdown.cancelled() => return Ok(()),
-        };
-        let wb = match frame {
-            None => return Ok(()),
-            Some(SiteFrame::Hello(_)) => anyhow::bail!("second Hello"),
-            Some(SiteFrame::Batch(b)) => b,
-        };
-        let answer = answer_batch(c, tenant, site_id, wb.seq, wb.payload).await;
-        out.clear();
-        write_frame(&answer, &mut out, MAX_UPLINK_FRAME_BYTES)?;
-        send.write_all(&out).await?;
+        }
+        for a in answers {
+            out.clear();
+            write_frame(&a, &mut out, MAX_UPLINK_FRAME_BYTES)?;
+            send.write_all(&out).await?;
+        }
     }
 }
 

@@ -23,15 +23,16 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::apply::{self, ApplyPlan, CurrentRows, DeadLetterPlan, Touched};
+use crate::commands::{self, AuditRow, CentralCommand, Change, Outcome, OutputOp};
 use crate::fleet_index::FleetIndex;
 use crate::model::{
     AlertRow, ApiTokenRecord, BucketRow, DeadLetter, DeviceRow, DeviceStatus, JoinTokenRecord,
     Rollup, RollupRow, SessionRecord, SiteRecord, UserRecord,
 };
 use crate::store::{
-    AlertHistoryEntry, ApplyOutcome, AuthStore, BatchStore, CentralStoreError, DeadLetterOutcome,
-    DeviceFilter, DeviceSearch, FleetCounts, FleetDelta, FleetStore, Page, Result, RollupQuery,
-    SearchPage, SeriesQuery, StoreFuture,
+    AlertHistoryEntry, ApplyOutcome, AuthStore, BatchStore, CentralStoreError, CommandFilter,
+    CommandStore, DeadLetterOutcome, DeviceFilter, DeviceSearch, FleetCounts, FleetDelta,
+    FleetStore, Page, Result, RollupQuery, SearchPage, SeriesQuery, StoreFuture,
 };
 use outpost_uplink::batch::SiteBatch;
 
@@ -47,8 +48,23 @@ const CF_AUTH: &str = "auth";
 /// for a transition, `... \0 k at_be by` for an acknowledgement) and
 /// device status changes (`tenant \0 site \0 d \0 device \0 since_be`).
 const CF_HISTORY: &str = "history";
-const CFS: [&str; 6] = [
-    CF_SITES, CF_DEVICES, CF_ROLLUPS, CF_ALERTS, CF_AUTH, CF_HISTORY,
+/// Commands from central: `tenant \0 r \0 id_hex` → [`CentralCommand`],
+/// `tenant \0 o \0 id_hex` → its output (raw bytes).
+const CF_COMMANDS: &str = "commands";
+/// Commands not closed: `tenant \0 site \0 id_hex` → empty.
+const CF_COMMANDS_OPEN: &str = "commands_open";
+/// Central's audit log: `tenant \0 at_be random_be` → [`AuditRow`].
+const CF_AUDIT: &str = "audit";
+const CFS: [&str; 9] = [
+    CF_SITES,
+    CF_DEVICES,
+    CF_ROLLUPS,
+    CF_ALERTS,
+    CF_AUTH,
+    CF_HISTORY,
+    CF_COMMANDS,
+    CF_COMMANDS_OPEN,
+    CF_AUDIT,
 ];
 
 /// Central's RocksDB store: a cheap handle (clones share the database).
@@ -63,6 +79,8 @@ pub struct RocksCentralStore {
     site_locks: Arc<[Mutex<()>]>,
     /// Join tokens (read, then deleted).
     auth_lock: Arc<Mutex<()>>,
+    /// Read-modify-write of commands.
+    commands_lock: Arc<Mutex<()>>,
     /// What the console's search and counts read ([`FleetIndex`]):
     /// rebuilt at open, updated after each durable write.
     index: Arc<RwLock<FleetIndex>>,
@@ -142,6 +160,7 @@ impl RocksCentralStore {
             db: Arc::new(db),
             site_locks: (0..SITE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             auth_lock: Arc::new(Mutex::new(())),
+            commands_lock: Arc::new(Mutex::new(())),
             index: Arc::new(RwLock::new(FleetIndex::default())),
         };
         st.rebuild_index()?;
@@ -875,6 +894,273 @@ impl RocksCentralStore {
         let mut wb = WriteBatch::default();
         wb.delete_cf(self.cf(CF_AUTH)?, auth_key(b's', hash));
         self.write(wb)
+    }
+}
+
+fn command_key(tenant: &str, kind: u8, id: outpost_proto::ids::CommandId) -> Vec<u8> {
+    key(&[tenant.as_bytes(), &[kind], id.to_string().as_bytes()])
+}
+
+/// Commands from central (blocking; see [`CommandStore`]).
+impl RocksCentralStore {
+    fn open_key(c: &CentralCommand) -> Vec<u8> {
+        key(&[
+            c.tenant.as_bytes(),
+            c.site_id.as_bytes(),
+            c.id.to_string().as_bytes(),
+        ])
+    }
+
+    fn commands_guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.commands_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn put_audit(&self, wb: &mut WriteBatch, row: &AuditRow) -> Result<()> {
+        let mut k = prefix(&[row.tenant.as_bytes()]);
+        k.extend_from_slice(&row.at_ms.to_be_bytes());
+        k.extend_from_slice(&rand::random::<u64>().to_be_bytes());
+        self.put(wb, CF_AUDIT, &k, row)
+    }
+
+    pub fn create_command(&self, c: &CentralCommand, audit: &AuditRow) -> Result<()> {
+        let _g = self.commands_guard();
+        let k = command_key(&c.tenant, b'r', c.id);
+        if self
+            .db
+            .get_cf(self.cf(CF_COMMANDS)?, &k)
+            .map_err(be)?
+            .is_some()
+        {
+            return Err(CentralStoreError::Conflict(format!(
+                "command {} exists",
+                c.id
+            )));
+        }
+        let mut wb = WriteBatch::default();
+        self.put(&mut wb, CF_COMMANDS, &k, c)?;
+        if !c.closed {
+            wb.put_cf(self.cf(CF_COMMANDS_OPEN)?, Self::open_key(c), b"");
+        }
+        self.put_audit(&mut wb, audit)?;
+        self.write(wb)
+    }
+
+    pub fn command(
+        &self,
+        tenant: &str,
+        id: outpost_proto::ids::CommandId,
+    ) -> Result<Option<CentralCommand>> {
+        self.get(CF_COMMANDS, &command_key(tenant, b'r', id))
+    }
+
+    pub fn command_output(
+        &self,
+        tenant: &str,
+        id: outpost_proto::ids::CommandId,
+    ) -> Result<Vec<u8>> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_COMMANDS)?, command_key(tenant, b'o', id))
+            .map_err(be)?
+            .unwrap_or_default())
+    }
+
+    /// Scans a tenant's command records (a PostgreSQL backend indexes
+    /// `(tenant, created_ms)`, `(tenant, site)` and `(tenant, device)`).
+    pub fn commands(&self, tenant: &str, f: &CommandFilter) -> Result<Vec<CentralCommand>> {
+        let p = prefix(&[tenant.as_bytes(), b"r"]);
+        let mut v = Vec::new();
+        self.scan::<CentralCommand>(CF_COMMANDS, &p, &p, |_, c| {
+            let ok = f.site_id.as_ref().is_none_or(|s| *s == c.site_id)
+                && f.device.as_ref().is_none_or(|d| *d == c.device)
+                && f.state.is_none_or(|s| s == c.state)
+                && (f.customers_allowed.is_empty() || f.customers_allowed.contains(&c.customer))
+                && f.before_ms.is_none_or(|b| c.created_ms < b);
+            if ok {
+                v.push(c);
+            }
+            true
+        })?;
+        v.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.0.cmp(&a.id.0)));
+        v.truncate(f.limit.max(1));
+        Ok(v)
+    }
+
+    pub fn open_commands(&self, site: Option<(&str, &str)>) -> Result<Vec<CentralCommand>> {
+        let p = match site {
+            Some((t, s)) => prefix(&[t.as_bytes(), s.as_bytes()]),
+            None => Vec::new(),
+        };
+        let mut keys = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_COMMANDS_OPEN)?,
+            IteratorMode::From(&p, Direction::Forward),
+        );
+        for item in it {
+            let (k, _) = item.map_err(be)?;
+            if !k.starts_with(&p) {
+                break;
+            }
+            let parts: Vec<&[u8]> = k.split(|b| *b == 0).collect();
+            if let [t, _s, id] = parts[..] {
+                let (Ok(t), Ok(id)) = (std::str::from_utf8(t), std::str::from_utf8(id)) else {
+                    continue;
+                };
+                if let Ok(id) = id.parse() {
+                    keys.push(command_key(t, b'r', id));
+                }
+            }
+        }
+        Ok(self
+            .multi_get::<CentralCommand>(CF_COMMANDS, &keys)?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    pub fn change_command(
+        &self,
+        tenant: &str,
+        id: outpost_proto::ids::CommandId,
+        change: Change,
+        now_ms: u64,
+        audit: Option<AuditRow>,
+    ) -> Result<Option<(CentralCommand, Outcome)>> {
+        let _g = self.commands_guard();
+        let k = command_key(tenant, b'r', id);
+        let Some(mut c) = self.get::<CentralCommand>(CF_COMMANDS, &k)? else {
+            return Ok(None);
+        };
+        let o = commands::apply(&mut c, change, now_ms);
+        if !o.changed {
+            return Ok(Some((c, o)));
+        }
+        let mut wb = WriteBatch::default();
+        self.put(&mut wb, CF_COMMANDS, &k, &c)?;
+        let ok = command_key(tenant, b'o', id);
+        match &o.output {
+            OutputOp::Keep => {}
+            OutputOp::Replace(b) => wb.put_cf(self.cf(CF_COMMANDS)?, &ok, b),
+            OutputOp::Append(b) => {
+                let mut cur = self
+                    .db
+                    .get_cf(self.cf(CF_COMMANDS)?, &ok)
+                    .map_err(be)?
+                    .unwrap_or_default();
+                cur.extend_from_slice(b);
+                wb.put_cf(self.cf(CF_COMMANDS)?, &ok, cur);
+            }
+        }
+        if c.closed {
+            wb.delete_cf(self.cf(CF_COMMANDS_OPEN)?, Self::open_key(&c));
+        } else {
+            wb.put_cf(self.cf(CF_COMMANDS_OPEN)?, Self::open_key(&c), b"");
+        }
+        if let Some(a) = &audit {
+            self.put_audit(&mut wb, a)?;
+        }
+        if let Some(a) = commands::result_audit(&c, &o, now_ms) {
+            self.put_audit(&mut wb, &a)?;
+        }
+        self.write(wb)?;
+        Ok(Some((c, o)))
+    }
+
+    pub fn append_audit(&self, row: &AuditRow) -> Result<()> {
+        let mut wb = WriteBatch::default();
+        self.put_audit(&mut wb, row)?;
+        self.write(wb)
+    }
+
+    pub fn audit(&self, tenant: &str, limit: usize) -> Result<Vec<AuditRow>> {
+        let p = prefix(&[tenant.as_bytes()]);
+        let mut end = p.clone();
+        end.extend_from_slice(&[0xff; 17]);
+        let mut v = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_AUDIT)?,
+            IteratorMode::From(&end, Direction::Reverse),
+        );
+        for item in it {
+            let (k, val) = item.map_err(be)?;
+            if !k.starts_with(&p) {
+                break;
+            }
+            v.push(codec::decode(&val)?);
+            if v.len() >= limit.max(1) {
+                break;
+            }
+        }
+        Ok(v)
+    }
+}
+
+impl CommandStore for RocksCentralStore {
+    fn create_command<'a>(
+        &'a self,
+        cmd: &'a CentralCommand,
+        audit: &'a AuditRow,
+    ) -> StoreFuture<'a, ()> {
+        let (st, c, a) = (self.clone(), cmd.clone(), audit.clone());
+        blocking(move || st.create_command(&c, &a))
+    }
+
+    fn command<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: outpost_proto::ids::CommandId,
+    ) -> StoreFuture<'a, Option<CentralCommand>> {
+        let (st, t) = (self.clone(), tenant.to_owned());
+        blocking(move || st.command(&t, id))
+    }
+
+    fn command_output<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: outpost_proto::ids::CommandId,
+    ) -> StoreFuture<'a, Vec<u8>> {
+        let (st, t) = (self.clone(), tenant.to_owned());
+        blocking(move || st.command_output(&t, id))
+    }
+
+    fn commands<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        f: &'a CommandFilter,
+    ) -> StoreFuture<'a, Vec<CentralCommand>> {
+        let (st, t, f) = (self.clone(), tenant.to_owned(), f.clone());
+        blocking(move || st.commands(&t, &f))
+    }
+
+    fn open_commands<'a>(
+        &'a self,
+        site: Option<(&'a TenantId, &'a SiteId)>,
+    ) -> StoreFuture<'a, Vec<CentralCommand>> {
+        let st = self.clone();
+        let site = site.map(|(t, s)| (t.to_string(), s.to_string()));
+        blocking(move || st.open_commands(site.as_ref().map(|(t, s)| (t.as_str(), s.as_str()))))
+    }
+
+    fn change_command<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: outpost_proto::ids::CommandId,
+        change: Change,
+        now_ms: u64,
+        audit: Option<AuditRow>,
+    ) -> StoreFuture<'a, Option<(CentralCommand, Outcome)>> {
+        let (st, t) = (self.clone(), tenant.to_owned());
+        blocking(move || st.change_command(&t, id, change, now_ms, audit))
+    }
+
+    fn append_audit<'a>(&'a self, row: &'a AuditRow) -> StoreFuture<'a, ()> {
+        let (st, r) = (self.clone(), row.clone());
+        blocking(move || st.append_audit(&r))
+    }
+
+    fn audit<'a>(&'a self, tenant: &'a TenantId, limit: usize) -> StoreFuture<'a, Vec<AuditRow>> {
+        let (st, t) = (self.clone(), tenant.to_owned());
+        blocking(move || st.audit(&t, limit))
     }
 }
 

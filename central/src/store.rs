@@ -243,9 +243,78 @@ pub struct FleetDelta {
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
 /// Central's storage (see the module docs).
-pub trait CentralStore: BatchStore + FleetStore + AuthStore {}
+pub trait CentralStore: BatchStore + FleetStore + AuthStore + CommandStore {}
 
-impl<T: BatchStore + FleetStore + AuthStore> CentralStore for T {}
+impl<T: BatchStore + FleetStore + AuthStore + CommandStore> CentralStore for T {}
+
+/// Filters of the command list ([`CommandStore::commands`]).
+#[derive(Debug, Clone, Default)]
+pub struct CommandFilter {
+    pub site_id: Option<SiteId>,
+    pub device: Option<String>,
+    pub state: Option<crate::commands::CentralCommandState>,
+    /// Customers the caller may see (empty = all).
+    pub customers_allowed: Vec<CustomerId>,
+    /// Only commands created before this time (paging, newest first).
+    pub before_ms: Option<u64>,
+    pub limit: usize,
+}
+
+/// Commands queued at central for devices of its sites, their output, and
+/// central's audit log. A backend applies every change through
+/// [`crate::commands::apply`] under a lock (RocksDB) or in one
+/// transaction (PostgreSQL: `SELECT ... FOR UPDATE`, the plan, `UPDATE`),
+/// writing the record, its output and its open-index row together.
+pub trait CommandStore: Send + Sync + 'static {
+    /// Stores a new command with its audit entry; `Conflict` if the id
+    /// exists.
+    fn create_command<'a>(
+        &'a self,
+        cmd: &'a crate::commands::CentralCommand,
+        audit: &'a crate::commands::AuditRow,
+    ) -> StoreFuture<'a, ()>;
+    fn command<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: outpost_proto::ids::CommandId,
+    ) -> StoreFuture<'a, Option<crate::commands::CentralCommand>>;
+    /// The output central holds of a command (empty if none).
+    fn command_output<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: outpost_proto::ids::CommandId,
+    ) -> StoreFuture<'a, Vec<u8>>;
+    /// A tenant's commands, newest first, filtered, at most `limit`.
+    fn commands<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        f: &'a CommandFilter,
+    ) -> StoreFuture<'a, Vec<crate::commands::CentralCommand>>;
+    /// Commands not closed: of one site, or (`None`) of every tenant and
+    /// site (the expiry sweep).
+    fn open_commands<'a>(
+        &'a self,
+        site: Option<(&'a TenantId, &'a SiteId)>,
+    ) -> StoreFuture<'a, Vec<crate::commands::CentralCommand>>;
+    /// Applies `change` ([`crate::commands::apply`]) durably, with
+    /// `audit` when the state changed; `None` if the tenant has no such
+    /// command.
+    fn change_command<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: outpost_proto::ids::CommandId,
+        change: crate::commands::Change,
+        now_ms: u64,
+        audit: Option<crate::commands::AuditRow>,
+    ) -> StoreFuture<'a, Option<(crate::commands::CentralCommand, crate::commands::Outcome)>>;
+    fn append_audit<'a>(&'a self, row: &'a crate::commands::AuditRow) -> StoreFuture<'a, ()>;
+    /// A tenant's audit entries, newest first, at most `limit`.
+    fn audit<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<crate::commands::AuditRow>>;
+}
 
 /// Applying site batches.
 pub trait BatchStore: Send + Sync + 'static {

@@ -550,4 +550,41 @@ pub trait ConsoleBackend: Send + Sync + 'static {
         alert_id: u64,
         comment: &'a str,
     ) -> ConsoleFuture<'a, ()>;
+
+    /// Commands the viewer sees, newest first (backends with
+    /// [`Features::commands`]; the default has none).
+    fn commands<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+        _q: &'a crate::commands::CommandQuery,
+    ) -> ConsoleFuture<'a, Vec<crate::commands::CommandRow>> {
+        Box::pin(async { Err(no_commands()) })
+    }
+    /// One command with its output.
+    fn command<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+        _id: &'a str,
+    ) -> ConsoleFuture<'a, crate::commands::CommandDetail> {
+        Box::pin(async { Err(no_commands()) })
+    }
+    /// Queues a command for a device (the backend checks the role);
+    /// answers the command's id.
+    fn run_command<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+        _site: &'a str,
+        _device: &'a str,
+        _req: &'a crate::commands::RunCommand,
+    ) -> ConsoleFuture<'a, String> {
+        Box::pin(async { Err(no_commands()) })
+    }
+    /// Cancels a command (the backend checks the role).
+    fn cancel_command<'a>(&'a self, _viewer: &'a Viewer, _id: &'a str) -> ConsoleFuture<'a, ()> {
+        Box::pin(async { Err(no_commands()) })
+    }
+}
+
+fn no_commands() -> ConsoleError {
+    ConsoleError::NotFound("Commands are not available on this server.".into())
 }

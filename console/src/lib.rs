@@ -18,6 +18,7 @@
 
 pub mod backend;
 pub mod chart;
+pub mod commands;
 pub mod format;
 pub mod live;
 pub mod pages;

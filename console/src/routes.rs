@@ -42,7 +42,14 @@ pub fn router<S: Clone + Send + Sync + 'static>(c: Arc<Console>) -> Router<S> {
         .route("/alerts", get(alerts_page))
         .route("/sites/{site}/alerts/{alert}", get(alert_page))
         .route("/sites/{site}/alerts/{alert}/ack", post(ack))
-        .route("/commands", get(|s, h| later(s, h, "Commands")))
+        .route("/commands", get(crate::commands::list))
+        .route("/commands/{id}", get(crate::commands::show))
+        .route("/commands/{id}/cancel", post(crate::commands::cancel))
+        .route("/sites/{site}/commands", get(crate::commands::site_list))
+        .route(
+            "/sites/{site}/devices/{device}/commands",
+            post(crate::commands::run),
+        )
         .route("/scripts", get(|s, h| later(s, h, "Scripts")))
         .route("/patches", get(|s, h| later(s, h, "Patches")))
         .route("/deployments", get(|s, h| later(s, h, "Deployments")))
@@ -67,19 +74,19 @@ async fn no_store(req: Request, next: Next) -> Response {
 
 type C = State<Arc<Console>>;
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
-fn html(status: StatusCode, m: Markup) -> Response {
+pub(crate) fn html(status: StatusCode, m: Markup) -> Response {
     (status, Html(m.into_string())).into_response()
 }
 
 /// A page in the shell.
-fn render(
+pub(crate) fn render(
     c: &Console,
     v: Option<&Viewer>,
     section: layout::Section,
@@ -103,7 +110,7 @@ fn render(
 }
 
 /// An error page of the right status.
-fn error_page(c: &Console, v: Option<&Viewer>, e: ConsoleError) -> Response {
+pub(crate) fn error_page(c: &Console, v: Option<&Viewer>, e: ConsoleError) -> Response {
     let (status, title) = match &e {
         ConsoleError::NotFound(_) => (StatusCode::NOT_FOUND, "Not found"),
         ConsoleError::Forbidden(_) => (StatusCode::FORBIDDEN, "Not allowed"),
@@ -125,7 +132,7 @@ fn error_page(c: &Console, v: Option<&Viewer>, e: ConsoleError) -> Response {
 }
 
 /// The viewer, or the sign-in page (303) / an error page.
-async fn viewer(c: &Console, h: &HeaderMap) -> Result<Viewer, Response> {
+pub(crate) async fn viewer(c: &Console, h: &HeaderMap) -> Result<Viewer, Response> {
     match c.backend.viewer(h).await {
         Ok(Some(v)) => Ok(v),
         Ok(None) => Err(Redirect::to("/login").into_response()),
@@ -134,7 +141,7 @@ async fn viewer(c: &Console, h: &HeaderMap) -> Result<Viewer, Response> {
 }
 
 /// Refuses a state-changing request (403 page, counted by reason).
-fn refuse(c: &Console, v: Option<&Viewer>, reason: &str, text: &str) -> Response {
+pub(crate) fn refuse(c: &Console, v: Option<&Viewer>, reason: &str, text: &str) -> Response {
     c.metrics.refused(reason);
     let m = render(
         c,
@@ -147,7 +154,7 @@ fn refuse(c: &Console, v: Option<&Viewer>, reason: &str, text: &str) -> Response
     html(StatusCode::FORBIDDEN, m)
 }
 
-fn cross_origin(c: &Console, h: &HeaderMap) -> Option<Response> {
+pub(crate) fn cross_origin(c: &Console, h: &HeaderMap) -> Option<Response> {
     security::same_origin(h).err().map(|why| {
         refuse(
             c,
@@ -506,7 +513,12 @@ async fn device_page(
             layout::crumb(dv.site_name.clone(), layout::site_href(&dv.site_id)),
             layout::here(name),
         ],
-        pages::device(&d, &series, range, &v, &csrf, now),
+        maud::html! {
+            (pages::device(&d, &series, range, &v, &csrf, now))
+            @if c.backend.info().features.commands {
+                (crate::commands::device_section(&dv.site_id, &dv.device, &v, &csrf))
+            }
+        },
     );
     html(StatusCode::OK, m)
 }

@@ -26,13 +26,13 @@ use serde_json::{Value, json};
 use crate::uplink::{Central, SiteClient};
 
 /// A blocking WebSocket connection (client side, text frames).
-struct Ws {
+pub(crate) struct Ws {
     s: TcpStream,
     next_id: u64,
 }
 
 impl Ws {
-    fn connect(url: &str) -> Ws {
+    pub(crate) fn connect(url: &str) -> Ws {
         let rest = url.strip_prefix("ws://").expect("ws url");
         let (host, path) = rest.split_once('/').expect("ws path");
         let mut s = TcpStream::connect(host).expect("connect devtools");
@@ -55,7 +55,7 @@ impl Ws {
         Ws { s, next_id: 0 }
     }
 
-    fn send_text(&mut self, text: &str) {
+    pub(crate) fn send_text(&mut self, text: &str) {
         let p = text.as_bytes();
         let mut f = vec![0x81u8];
         if p.len() < 126 {
@@ -72,7 +72,7 @@ impl Ws {
         self.s.write_all(&f).unwrap();
     }
 
-    fn recv_text(&mut self) -> String {
+    pub(crate) fn recv_text(&mut self) -> String {
         let mut msg = Vec::new();
         loop {
             let mut h = [0u8; 2];
@@ -99,7 +99,7 @@ impl Ws {
 
     /// Sends a DevTools command and returns its `result`, or the error
     /// object DevTools answered with.
-    fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
+    pub(crate) fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         self.send_text(&json!({"id": id, "method": method, "params": params}).to_string());
@@ -115,12 +115,12 @@ impl Ws {
     }
 
     /// Sends a DevTools command and returns its `result`.
-    fn call(&mut self, method: &str, params: Value) -> Value {
+    pub(crate) fn call(&mut self, method: &str, params: Value) -> Value {
         self.try_call(method, params)
             .unwrap_or_else(|e| panic!("{method}: {e}"))
     }
 
-    fn try_eval(&mut self, expr: &str) -> Result<Value, Value> {
+    pub(crate) fn try_eval(&mut self, expr: &str) -> Result<Value, Value> {
         self.try_call(
             "Runtime.evaluate",
             json!({"expression": expr, "returnByValue": true}),
@@ -128,7 +128,7 @@ impl Ws {
         .map(|r| r["result"]["value"].clone())
     }
 
-    fn eval(&mut self, expr: &str) -> Value {
+    pub(crate) fn eval(&mut self, expr: &str) -> Value {
         self.try_eval(expr)
             .unwrap_or_else(|e| panic!("Runtime.evaluate: {e}"))
     }
@@ -136,7 +136,7 @@ impl Ws {
     /// Waits until `expr` is true in a fully loaded page. An evaluation
     /// that races a navigation ("Inspected target navigated or closed")
     /// counts as "not yet": the click that started it is asynchronous.
-    fn wait_until(&mut self, expr: &str) {
+    pub(crate) fn wait_until(&mut self, expr: &str) {
         let start = Instant::now();
         loop {
             let full = format!("document.readyState === 'complete' && !!({expr})");
@@ -152,14 +152,14 @@ impl Ws {
         }
     }
 
-    fn body_text(&mut self) -> String {
+    pub(crate) fn body_text(&mut self) -> String {
         self.eval("document.body.innerText")
             .as_str()
             .unwrap_or_default()
             .to_string()
     }
 
-    fn screenshot(&mut self, path: &Path) {
+    pub(crate) fn screenshot(&mut self, path: &Path) {
         let r = self.call("Page.captureScreenshot", json!({"format": "png"}));
         let png = b64(r["data"].as_str().expect("png data"));
         assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
@@ -241,26 +241,26 @@ fn raw_post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) 
         .unwrap_or(0)
 }
 
-struct Browser {
-    ws: Ws,
-    base: String,
-    shots: std::path::PathBuf,
+pub(crate) struct Browser {
+    pub(crate) ws: Ws,
+    pub(crate) base: String,
+    pub(crate) shots: std::path::PathBuf,
 }
 
 impl Browser {
-    fn go(&mut self, path: &str) {
+    pub(crate) fn go(&mut self, path: &str) {
         self.ws.call(
             "Page.navigate",
             json!({"url": format!("{}{path}", self.base)}),
         );
     }
 
-    fn login(&mut self, user: &str) {
+    pub(crate) fn login(&mut self, user: &str) {
         self.sign_in(Some("acme"), user, "correct horse battery");
     }
 
     /// Fills and sends the sign-in form (the tenant field at central).
-    fn sign_in(&mut self, tenant: Option<&str>, user: &str, password: &str) {
+    pub(crate) fn sign_in(&mut self, tenant: Option<&str>, user: &str, password: &str) {
         self.go("/login");
         self.ws
             .wait_until("location.pathname === '/login' && document.getElementById('signin')");
@@ -274,25 +274,25 @@ impl Browser {
             .wait_until("location.pathname === '/' && document.getElementById('tiles')");
     }
 
-    fn logout(&mut self) {
+    pub(crate) fn logout(&mut self) {
         self.ws
             .eval("document.getElementById('signout').click(); true");
         self.ws.wait_until("location.pathname === '/login'");
     }
 
-    fn shot(&mut self, name: &str) {
+    pub(crate) fn shot(&mut self, name: &str) {
         // Let the fonts and the live dot settle.
         std::thread::sleep(Duration::from_millis(300));
         self.ws.screenshot(&self.shots.join(name));
     }
 
     /// The session cookie Chromium holds for central.
-    fn cookie(&mut self) -> String {
+    pub(crate) fn cookie(&mut self) -> String {
         self.cookie_named("outpost_session")
     }
 
     /// The cookie `name` Chromium holds, as a `Cookie` header value.
-    fn cookie_named(&mut self, name: &str) -> String {
+    pub(crate) fn cookie_named(&mut self, name: &str) -> String {
         let r = self.ws.call("Network.getAllCookies", json!({}));
         let c = r["cookies"]
             .as_array()
@@ -303,7 +303,7 @@ impl Browser {
 
     /// The points a chart's line draws, in data units (ms, value), read
     /// back from the SVG path with the plot box and axes it declares.
-    fn chart_points(&mut self, id: &str) -> Vec<(f64, f64)> {
+    pub(crate) fn chart_points(&mut self, id: &str) -> Vec<(f64, f64)> {
         let v = self.ws.eval(&format!(
             r#"(() => {{ const svg = document.getElementById('{id}');
             const [l, t, w, h] = svg.dataset.plot.split(' ').map(Number);
@@ -321,13 +321,13 @@ impl Browser {
             .collect()
     }
 
-    fn text(&mut self) -> String {
+    pub(crate) fn text(&mut self) -> String {
         self.ws.body_text()
     }
 
     /// The status of `method` `path` fetched by the page itself (its
     /// cookies, its origin) with a form `body`.
-    fn fetch_post(&mut self, path: &str, body: &str) -> u16 {
+    pub(crate) fn fetch_post(&mut self, path: &str, body: &str) -> u16 {
         let r = self.ws.call(
             "Runtime.evaluate",
             json!({
@@ -344,7 +344,7 @@ impl Browser {
 
 /// Starts headless Chromium with its profile under `root`; the process
 /// and a DevTools connection to its page.
-fn chromium(root: &Path) -> (Proc, Ws) {
+pub(crate) fn chromium(root: &Path) -> (Proc, Ws) {
     let port = free_port();
     let profile = root.join("chromium-profile");
     let mut cmd = Command::new("chromium");

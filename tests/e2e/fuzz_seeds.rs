@@ -407,6 +407,29 @@ fn uplink(seeds: &mut Vec<Seed>) {
                 backlog_batches: 1,
             }),
             SiteFrame::Batch(WireBatch { seq: 42, payload }),
+            SiteFrame::CommandAck(outpost_uplink::downlink::CommandAck::accepted(
+                outpost_proto::ids::CommandId([7; 16]),
+            )),
+            SiteFrame::CommandUpdate(outpost_uplink::downlink::CommandUpdate {
+                id: outpost_proto::ids::CommandId([7; 16]),
+                state: outpost_uplink::downlink::SiteCommandState::Completed,
+                transitions: vec![
+                    (outpost_uplink::downlink::SiteCommandState::Queued, 1),
+                    (outpost_uplink::downlink::SiteCommandState::Running, 2),
+                    (outpost_uplink::downlink::SiteCommandState::Completed, 3),
+                ],
+                exit_code: Some(0),
+                signal: None,
+                reason: None,
+                output_total: Some(6),
+                output_truncated: false,
+                output: outpost_uplink::downlink::OutputChunk {
+                    replace: false,
+                    offset: 0,
+                    bytes: b"hello\n".to_vec(),
+                },
+                last: true,
+            }),
         ],
     );
     frames(
@@ -425,6 +448,26 @@ fn uplink(seeds: &mut Vec<Seed>) {
                 reason: RejectReason::Malformed,
                 message: "batch over limit series_names: 70000 > 65536".into(),
             },
+            CentralFrame::Commands(vec![outpost_uplink::downlink::DownCommand {
+                id: outpost_proto::ids::CommandId([7; 16]),
+                device: outpost_proto::DeviceId(42),
+                spec: outpost_proto::command::CommandSpec::shell("uptime", "ann@central")
+                    .encode()
+                    .expect("encodes"),
+                cancel: None,
+                output_len: 0,
+                transitions: 0,
+            }]),
+            CentralFrame::Cancel {
+                id: outpost_proto::ids::CommandId([7; 16]),
+                by: "ann@central".into(),
+            },
+            CentralFrame::CommandUpdateAck(outpost_uplink::downlink::UpdateAck {
+                id: outpost_proto::ids::CommandId([7; 16]),
+                output_len: 6,
+                transitions: 3,
+                closed: true,
+            }),
         ],
     );
     frames(

@@ -7,6 +7,7 @@ mod alerts;
 mod bench_smoke;
 mod browser;
 mod cache;
+mod central_commands;
 mod commands;
 mod demo;
 mod durability;

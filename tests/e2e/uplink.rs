@@ -659,6 +659,34 @@ impl SiteClient {
 
     /// A new uplink connection of the site `name` joined before.
     pub fn connect(root: &Path, central: &Central, name: &str) -> anyhow::Result<SiteClient> {
+        SiteClient::connect_version(
+            root,
+            central,
+            name,
+            outpost_uplink::wire::UPLINK_PROTOCOL_VERSION,
+        )
+    }
+
+    /// Joins the site `name` of `tenant` and connects saying protocol
+    /// `version` (1: an appliance from before the command downlink).
+    pub fn join_version(
+        root: &Path,
+        central: &Central,
+        tenant: &str,
+        name: &str,
+        version: u16,
+    ) -> SiteClient {
+        join_site(root, central, tenant, name).expect("join");
+        SiteClient::connect_version(root, central, name, version).expect("uplink connection")
+    }
+
+    /// [`SiteClient::connect`] saying protocol `version` in its `Hello`.
+    pub fn connect_version(
+        root: &Path,
+        central: &Central,
+        name: &str,
+        version: u16,
+    ) -> anyhow::Result<SiteClient> {
         use outpost_uplink::wire::*;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -682,7 +710,7 @@ impl SiteClient {
                 .await?;
             let (mut send, mut recv) = conn.open_bi().await?;
             let hello = SiteFrame::Hello(SiteHello {
-                protocol_version: UPLINK_PROTOCOL_VERSION,
+                protocol_version: version,
                 appliance_version: "test".into(),
                 interval_ms: 1000,
                 backlog_batches: 0,
@@ -723,6 +751,17 @@ impl SiteClient {
                 .await
                 .unwrap();
             self.reader.next(&mut self.recv).await.unwrap().unwrap()
+        })
+    }
+
+    /// The next frame central sends (within 10 s).
+    pub fn next_frame(&mut self) -> outpost_uplink::wire::CentralFrame {
+        self.rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), self.reader.next(&mut self.recv))
+                .await
+                .expect("a frame from central in time")
+                .unwrap()
+                .unwrap()
         })
     }
 

@@ -37,6 +37,18 @@ pub struct UplinkMetrics {
     pub backlog_bytes: Gauge,
     /// 1 while the uplink stream is open.
     pub connected: Gauge,
+    /// Commands central sent down (deliveries, redeliveries included).
+    pub downlink_commands: Counter,
+    /// Central's commands the site refused, by reason (`unknown_device`,
+    /// `revoked_device`, `invalid_spec`, `unreadable_spec`).
+    pub downlink_refusals: Family<ReasonLabel, Counter>,
+    /// Central's commands not acknowledged because storing them failed
+    /// (central sends them again).
+    pub downlink_store_failures: Counter,
+    /// State and output reports sent up to central.
+    pub downlink_updates_sent: Counter,
+    /// Output bytes in those reports.
+    pub downlink_output_bytes_sent: Counter,
 }
 
 impl UplinkMetrics {
@@ -127,6 +139,31 @@ impl UplinkMetrics {
             "connected",
             "1 while the uplink stream to central is open",
             self.connected.clone(),
+        );
+        r.register(
+            "downlink_commands",
+            "Commands central sent down (redeliveries included)",
+            self.downlink_commands.clone(),
+        );
+        r.register(
+            "downlink_refusals",
+            "Central's commands refused by the site, by reason",
+            self.downlink_refusals.clone(),
+        );
+        r.register(
+            "downlink_store_failures",
+            "Central's commands not acknowledged because storing them failed",
+            self.downlink_store_failures.clone(),
+        );
+        r.register(
+            "downlink_updates_sent",
+            "Command state and output reports sent to central",
+            self.downlink_updates_sent.clone(),
+        );
+        r.register(
+            "downlink_output_bytes_sent",
+            "Command output bytes reported to central",
+            self.downlink_output_bytes_sent.clone(),
         );
     }
 }

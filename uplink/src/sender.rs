@@ -19,15 +19,17 @@ use outpost_proto::tls;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::downlink::{DownEvent, DownlinkPort};
 use crate::join::{client_endpoint, quic_client_config, resolve};
 use crate::metrics::ReasonLabel;
 use crate::service::{LinkState, Uplink};
 use crate::site_files::SiteIdentity;
 use crate::wire::{
-    ALPN_UPLINK, CENTRAL_SERVER_NAME, CentralFrame, MAX_UPLINK_FRAME_BYTES, SiteFrame, SiteHello,
-    UPLINK_PROTOCOL_VERSION, WireBatch,
+    ALPN_UPLINK, CENTRAL_SERVER_NAME, COMMANDS_PROTOCOL_VERSION, CentralFrame,
+    MAX_UPLINK_FRAME_BYTES, SiteFrame, SiteHello, WireBatch,
 };
 use outpost_proto::backoff::Backoff;
+use std::sync::atomic::Ordering;
 
 /// Chooses the next batch to send: the newest stored batch if it is newer
 /// than everything sent on this connection, else the oldest unsent one.
@@ -38,6 +40,14 @@ pub fn pick_next(stored: &[u64], in_flight: &BTreeSet<u64>, sent_max: u64) -> Op
         return Some(*newest);
     }
     stored.iter().find(|s| !in_flight.contains(s)).copied()
+}
+
+/// The version to say from now on after central closed the connection
+/// before its `Welcome` with `close_code`, having said `said`: version 1
+/// when central refused the version as unsupported (an older central),
+/// else no change.
+pub fn fallback_version(close_code: Option<u32>, said: u16) -> Option<u16> {
+    (close_code == Some(crate::wire::close::UNSUPPORTED_VERSION) && said > 1).then_some(1)
 }
 
 /// Runs until `cancel`: connect, stream, reconnect with backoff.
@@ -119,11 +129,18 @@ async fn stream(
 ) -> anyhow::Result<()> {
     let outbox = uplink.outbox().clone();
     let metrics = uplink.metrics().clone();
-    let max_in_flight = uplink.options().max_in_flight_batches.max(1);
     let (mut send, mut recv) = conn.open_bi().await.context("opening the uplink stream")?;
     let mut out = BytesMut::new();
+    let downlink = uplink.downlink();
+    // Without a downlink adapter this appliance takes no commands: it
+    // says version 1, and central sends it none.
+    let hello_version = if downlink.is_some() {
+        uplink.hello_version.load(Ordering::Relaxed)
+    } else {
+        1
+    };
     let hello = SiteFrame::Hello(SiteHello {
-        protocol_version: UPLINK_PROTOCOL_VERSION,
+        protocol_version: hello_version,
         appliance_version: env!("CARGO_PKG_VERSION").to_string(),
         interval_ms: ident.site.interval.as_millis() as u64,
         backlog_batches: outbox.seqs().len() as u64,
@@ -139,7 +156,25 @@ async fn stream(
     .await
     {
         Err(_) => bail!("central sent no Welcome within 10s"),
-        Ok(r) => match r.context("reading Welcome")? {
+        Ok(Err(e)) => {
+            let code = match conn.close_reason() {
+                Some(quinn::ConnectionError::ApplicationClosed(c)) => {
+                    u32::try_from(c.error_code.into_inner()).ok()
+                }
+                _ => None,
+            };
+            if let Some(v) = fallback_version(code, hello_version) {
+                // An older central: speak version 1 (no downlink) from now on.
+                uplink.hello_version.store(v, Ordering::Relaxed);
+                warn!(
+                    version = hello_version,
+                    "central does not speak this uplink protocol version; \
+                     falling back to version 1 (central's commands need a newer central)"
+                );
+            }
+            return Err(anyhow::Error::new(e).context("reading Welcome"));
+        }
+        Ok(Ok(r)) => match r {
             Some(CentralFrame::Welcome(w)) => w,
             Some(other) => bail!("central answered Hello with {other:?}"),
             None => bail!("central closed the stream before Welcome"),
@@ -169,6 +204,52 @@ async fn stream(
     );
     // Fresh state first: compact now rather than at the next tick.
     uplink.compact_now.notify_one();
+    let downlink_on = downlink.is_some()
+        && welcome.protocol_version >= COMMANDS_PROTOCOL_VERSION
+        && hello_version >= COMMANDS_PROTOCOL_VERSION;
+    let mut frames_up = match (&downlink, downlink_on) {
+        (Some(d), true) => {
+            let _ = d.events.send(DownEvent::Connected {
+                protocol_version: welcome.protocol_version,
+            });
+            Some(d.frames.lock().await)
+        }
+        _ => None,
+    };
+    let r = stream_loop(
+        uplink,
+        &mut send,
+        &mut recv,
+        &mut reader,
+        cancel,
+        downlink.as_deref().filter(|_| downlink_on),
+        frames_up.as_deref_mut(),
+    )
+    .await;
+    if let (Some(d), true) = (&downlink, downlink_on) {
+        let _ = d.events.send(DownEvent::Disconnected);
+    }
+    r
+}
+
+async fn stream_loop(
+    uplink: &Arc<Uplink>,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    reader: &mut FrameReader,
+    cancel: &CancellationToken,
+    downlink: Option<&DownlinkPort>,
+    mut frames_up: Option<&mut tokio::sync::mpsc::Receiver<SiteFrame>>,
+) -> anyhow::Result<()> {
+    let outbox = uplink.outbox().clone();
+    let metrics = uplink.metrics().clone();
+    let max_in_flight = uplink.options().max_in_flight_batches.max(1);
+    let mut out = BytesMut::new();
+    let down = |e: DownEvent| {
+        if let Some(d) = downlink {
+            let _ = d.events.send(e);
+        }
+    };
 
     let mut in_flight: BTreeSet<u64> = BTreeSet::new();
     let mut sent_max = 0u64;
@@ -203,7 +284,18 @@ async fn stream(
                 let _ = send.finish();
                 return Ok(());
             }
-            frame = reader.next::<CentralFrame, _>(&mut recv) => {
+            f = async {
+                match frames_up.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let Some(f) = f else { bail!("the downlink adapter stopped") };
+                write_frame(&f, &mut out, MAX_UPLINK_FRAME_BYTES)?;
+                send.write_all(&out).await.context("sending a downlink report")?;
+                out.clear();
+            }
+            frame = reader.next::<CentralFrame, _>(recv) => {
                 match frame.context("reading from central")? {
                     Some(CentralFrame::Ack { seq }) => {
                         outbox.ack(seq)?;
@@ -223,6 +315,9 @@ async fn stream(
                         }
                     }
                     Some(CentralFrame::Welcome(_)) => bail!("unexpected second Welcome"),
+                    Some(CentralFrame::Commands(v)) => down(DownEvent::Commands(v)),
+                    Some(CentralFrame::Cancel { id, by }) => down(DownEvent::Cancel { id, by }),
+                    Some(CentralFrame::CommandUpdateAck(a)) => down(DownEvent::UpdateAck(a)),
                     None => bail!("central closed the uplink stream"),
                 }
             }
@@ -234,6 +329,18 @@ async fn stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_older_central_refusing_the_version_makes_the_site_speak_version_1() {
+        use crate::wire::close;
+        assert_eq!(
+            fallback_version(Some(close::UNSUPPORTED_VERSION), 2),
+            Some(1)
+        );
+        assert_eq!(fallback_version(Some(close::UNSUPPORTED_VERSION), 1), None);
+        assert_eq!(fallback_version(Some(close::PROTOCOL), 2), None);
+        assert_eq!(fallback_version(None, 2), None);
+    }
 
     #[test]
     fn newest_first_after_reconnect_then_oldest_first_and_fresh_batches_jump_ahead() {

@@ -167,6 +167,14 @@ pub struct Uplink {
     join_lock: tokio::sync::Mutex<()>,
     /// Asks the compactor for a batch now (after a reconnect).
     pub compact_now: tokio::sync::Notify,
+    /// The downlink adapter's port, once the appliance attached one
+    /// ([`Uplink::attach_downlink`]); without it central's commands are
+    /// not taken (the `Hello` then says protocol version 1).
+    downlink: Mutex<Option<Arc<crate::downlink::DownlinkPort>>>,
+    /// The protocol version the next `Hello` says: this build's, or 1
+    /// after a central closed the link as not speaking it (an older
+    /// central), until the process restarts.
+    pub(crate) hello_version: std::sync::atomic::AtomicU16,
 }
 
 impl std::fmt::Debug for Uplink {
@@ -208,7 +216,22 @@ impl Uplink {
             running: Mutex::new(None),
             join_lock: tokio::sync::Mutex::new(()),
             compact_now: tokio::sync::Notify::new(),
+            downlink: Mutex::new(None),
+            hello_version: std::sync::atomic::AtomicU16::new(crate::wire::UPLINK_PROTOCOL_VERSION),
         }))
+    }
+
+    /// Attaches the downlink adapter (before [`Uplink::start`]): central's
+    /// commands go to it, its frames go up the uplink stream.
+    pub fn attach_downlink(&self, port: crate::downlink::DownlinkPort) {
+        *self.downlink.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(port));
+    }
+
+    pub(crate) fn downlink(&self) -> Option<Arc<crate::downlink::DownlinkPort>> {
+        self.downlink
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn options(&self) -> &UplinkOptions {

@@ -14,6 +14,15 @@
 //!   [`CentralFrame::Ack`] once the batch is durable (or was already applied),
 //!   or [`CentralFrame::Reject`].
 //!
+//! * **Downlink** (protocol version 2, on the same stream): central sends
+//!   [`CentralFrame::Commands`] (pushed at once, all of a site's open ones
+//!   again after each `Welcome`) and [`CentralFrame::Cancel`]; the site
+//!   answers [`SiteFrame::CommandAck`] once the command is durable at the
+//!   site and streams [`SiteFrame::CommandUpdate`]s (state and output),
+//!   each answered by [`CentralFrame::CommandUpdateAck`]. A site that says
+//!   version 1 in its `Hello` is never sent a downlink frame. See
+//!   [`crate::downlink`].
+//!
 //! Frames use `outpost_proto::frame` (length prefix checked before
 //! allocation) and the one bincode configuration. Enums are encoded by
 //! variant index: new variants are only appended.
@@ -28,8 +37,14 @@ pub const ALPN_UPLINK: &[u8] = b"outpost-uplink/1";
 /// TLS server name appliances use for central; central's server certificate
 /// carries it, and appliances pin central's own CA, so the name is fixed.
 pub const CENTRAL_SERVER_NAME: &str = "outpost-central";
-/// Version of the uplink protocol of this build.
-pub const UPLINK_PROTOCOL_VERSION: u16 = 1;
+/// Version of the uplink protocol of this build (2: the downlink of
+/// commands).
+pub const UPLINK_PROTOCOL_VERSION: u16 = 2;
+/// Oldest site protocol central still accepts (a version-1 site gets
+/// batches acknowledged and no downlink frames).
+pub const MIN_UPLINK_PROTOCOL_VERSION: u16 = 1;
+/// First protocol version that carries the downlink of commands.
+pub const COMMANDS_PROTOCOL_VERSION: u16 = 2;
 /// Largest uplink frame (a batch is compressed and bounded well below it).
 pub const MAX_UPLINK_FRAME_BYTES: usize = 32 * 1024 * 1024;
 
@@ -38,6 +53,10 @@ pub const MAX_UPLINK_FRAME_BYTES: usize = 32 * 1024 * 1024;
 pub enum SiteFrame {
     Hello(SiteHello),
     Batch(WireBatch),
+    /// A command of central's is durable at the site (or refused for good).
+    CommandAck(crate::downlink::CommandAck),
+    /// Where a command of central's stands at the site, with output.
+    CommandUpdate(crate::downlink::CommandUpdate),
 }
 
 /// Opening frame of an uplink stream.
@@ -73,6 +92,15 @@ pub enum CentralFrame {
         reason: RejectReason,
         message: String,
     },
+    /// Commands for devices of the site (idempotent by id).
+    Commands(Vec<crate::downlink::DownCommand>),
+    /// Stop a command (idempotent; unknown ids are ignored).
+    Cancel {
+        id: outpost_proto::ids::CommandId,
+        by: String,
+    },
+    /// Central stored a [`SiteFrame::CommandUpdate`].
+    CommandUpdateAck(crate::downlink::UpdateAck),
 }
 
 /// Answer to [`SiteHello`].

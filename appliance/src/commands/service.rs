@@ -119,6 +119,9 @@ enum Msg {
     Create {
         device: DeviceId,
         spec: CommandSpec,
+        /// A caller-given id (central's): an existing command of that id
+        /// is answered as it is, never queued twice.
+        id: Option<CommandId>,
         reply: oneshot::Sender<Result<CommandRecord, CreateError>>,
     },
     Cancel {
@@ -154,6 +157,8 @@ pub struct CommandService {
     opts: CommandOptions,
     /// Serialises script edits (read the latest version, write the next).
     scripts: Arc<std::sync::Mutex<()>>,
+    /// Bumped after every stored change of a command ([`CommandService::subscribe`]).
+    changes: tokio::sync::watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for CommandService {
@@ -176,7 +181,8 @@ impl CommandService {
         metrics: Arc<Metrics>,
         opts: CommandOptions,
     ) -> anyhow::Result<(CommandService, std::thread::JoinHandle<()>)> {
-        let mut w = Worker::new(store.clone(), metrics, opts);
+        let (changes_tx, changes) = tokio::sync::watch::channel(0u64);
+        let mut w = Worker::new(store.clone(), metrics, opts, changes_tx);
         w.load()?;
         let (tx, rx) = std_mpsc::channel();
         let h = std::thread::Builder::new()
@@ -188,6 +194,7 @@ impl CommandService {
                 store,
                 opts,
                 scripts: Arc::default(),
+                changes,
             },
             h,
         ))
@@ -204,10 +211,38 @@ impl CommandService {
             .send(Msg::Create {
                 device,
                 spec,
+                id: None,
                 reply,
             })
             .map_err(|_| CreateError::Stopped)?;
         rx.await.map_err(|_| CreateError::Stopped)?
+    }
+
+    /// Queues a command under a caller-given id (central's idempotency
+    /// key): if a command of that id exists it is returned as it is and
+    /// nothing is queued. Durable when it returns.
+    pub async fn create_with_id(
+        &self,
+        id: CommandId,
+        device: DeviceId,
+        spec: CommandSpec,
+    ) -> Result<CommandRecord, CreateError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Create {
+                device,
+                spec,
+                id: Some(id),
+                reply,
+            })
+            .map_err(|_| CreateError::Stopped)?;
+        rx.await.map_err(|_| CreateError::Stopped)?
+    }
+
+    /// A counter bumped after every stored change of any command (state
+    /// or output): wake on it, then read what changed.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.clone()
     }
 
     /// Cancels a command: removed if still queued, otherwise the agent is
@@ -337,6 +372,8 @@ struct Worker {
     store: Store,
     metrics: Arc<Metrics>,
     opts: CommandOptions,
+    /// Bumped after every durable change ([`CommandService::subscribe`]).
+    changes: tokio::sync::watch::Sender<u64>,
     /// The current session of each online device that carries commands.
     links: HashMap<DeviceId, RemoteLink>,
     /// Commands not yet terminal, by device.
@@ -404,8 +441,14 @@ enum LinkAction {
 }
 
 impl Worker {
-    fn new(store: Store, metrics: Arc<Metrics>, opts: CommandOptions) -> Worker {
+    fn new(
+        store: Store,
+        metrics: Arc<Metrics>,
+        opts: CommandOptions,
+        changes: tokio::sync::watch::Sender<u64>,
+    ) -> Worker {
         Worker {
+            changes,
             store,
             metrics,
             opts,
@@ -464,6 +507,11 @@ impl Worker {
         }
         for r in g.replies {
             r(Ok(()));
+        }
+        if g.dirty {
+            // Subscribers (central's downlink) read what changed: only now
+            // is it durable.
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
         }
         for a in g.after {
             self.link_now(a);
@@ -714,9 +762,10 @@ impl Worker {
             Msg::Create {
                 device,
                 spec,
+                id,
                 reply,
             } => {
-                let r = self.create(device, spec, now);
+                let r = self.create(device, spec, id, now);
                 self.answer(reply_later(reply, r, CreateError::Store));
             }
             Msg::Cancel { id, by, reply } => {
@@ -910,8 +959,16 @@ impl Worker {
         &mut self,
         device: DeviceId,
         spec: CommandSpec,
+        id: Option<CommandId>,
         now: u64,
     ) -> Result<CommandRecord, CreateError> {
+        if let Some(id) = id
+            && let Some(rec) = self
+                .read(id)
+                .map_err(|e| CreateError::Store(e.to_string()))?
+        {
+            return Ok(rec);
+        }
         let dev = outpost_storage::registry::get(&self.store, device)
             .map_err(|e| CreateError::Store(e.to_string()))?;
         let Some(dev) = dev else {
@@ -926,7 +983,7 @@ impl Worker {
             self.refuse("invalid_spec");
             return Err(e.into());
         }
-        let rec = CommandRecord::new(CommandId::random(), device, spec, now);
+        let rec = CommandRecord::new(id.unwrap_or_else(CommandId::random), device, spec, now);
         match &mut self.group {
             Some(g) => {
                 store::put(&mut g.batch, &rec, true)
@@ -1539,13 +1596,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::db::open(dir.path(), &StoreOptions::default()).unwrap();
         let metrics = Arc::new(Metrics::new());
-        let mut w = Worker::new(store.clone(), metrics.clone(), CommandOptions::default());
+        let mut w = Worker::new(
+            store.clone(),
+            metrics.clone(),
+            CommandOptions::default(),
+            tokio::sync::watch::channel(0).0,
+        );
         let dev = device(&store, 7, false);
         let (link, _inbox) = RemoteLink::new(dev);
         let t0 = 1_000_000;
         w.links.insert(dev, link.clone());
         let rec = w
-            .create(dev, CommandSpec::shell("sleep 1000", "a"), t0)
+            .create(dev, CommandSpec::shell("sleep 1000", "a"), None, t0)
             .unwrap();
         w.apply(rec.id, Input::Started { agent_ms: 1 }, t0 + 10);
         let d = t0 + 10 + rec.spec.timeout_ms + machine::NO_REPORT_MARGIN_MS;
@@ -1575,7 +1637,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::db::open(dir.path(), &StoreOptions::default()).unwrap();
         let metrics = Arc::new(Metrics::new());
-        let mut w = Worker::new(store.clone(), metrics, CommandOptions::default());
+        let mut w = Worker::new(
+            store.clone(),
+            metrics,
+            CommandOptions::default(),
+            tokio::sync::watch::channel(0).0,
+        );
         let dev = device(&store, 7, false);
         let (link, mut inbox) = RemoteLink::new(dev);
         w.links.insert(dev, link);
@@ -1584,6 +1651,7 @@ mod tests {
         w.handle(Msg::Create {
             device: dev,
             spec: CommandSpec::shell("uptime", "alice"),
+            id: None,
             reply,
         });
         assert!(inbox.rx.try_recv().is_err(), "sent before it is durable");

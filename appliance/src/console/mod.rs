@@ -19,6 +19,7 @@
 //! Owns no table and no rule: reads go through the storage crate's and
 //! the alert store's functions, decisions through [`Auth`] and the engine.
 
+mod commands;
 pub mod index;
 
 use std::net::IpAddr;
@@ -395,7 +396,9 @@ pub fn viewer_of(c: &Caller, subject: [u8; 32]) -> Viewer {
         role: c.role.as_str().to_string(),
         can: Capabilities {
             ack_alerts: c.role.allows(required_role(&Method::POST, ACK_ROUTE)),
-            run_commands: false,
+            run_commands: c
+                .role
+                .allows(required_role(&Method::POST, commands::COMMANDS_ROUTE)),
             approve_patches: false,
             administer: c.role.allows(required_role(&Method::POST, USERS_ROUTE)),
         },
@@ -480,6 +483,9 @@ pub struct SiteConsole {
     pub alerts: EngineHandle,
     /// Whether a device's session is open now (device page).
     pub sessions: Arc<LiveSessions>,
+    /// Remote commands (the command pages); `None`: the pages say they
+    /// are not available.
+    pub commands: Option<crate::commands::service::CommandService>,
 }
 
 impl SiteConsole {
@@ -557,6 +563,7 @@ impl ConsoleBackend for SiteConsole {
             login_tenant: false,
             features: Features {
                 tags: true,
+                commands: self.commands.is_some(),
                 ..Features::default()
             },
         }
@@ -1009,6 +1016,36 @@ impl ConsoleBackend for SiteConsole {
                     }
                 })
         })
+    }
+
+    fn commands<'a>(
+        &'a self,
+        _v: &'a Viewer,
+        q: &'a outpost_console::commands::CommandQuery,
+    ) -> ConsoleFuture<'a, Vec<outpost_console::commands::CommandRow>> {
+        Box::pin(self.command_rows(q))
+    }
+
+    fn command<'a>(
+        &'a self,
+        _v: &'a Viewer,
+        id: &'a str,
+    ) -> ConsoleFuture<'a, outpost_console::commands::CommandDetail> {
+        Box::pin(self.command_detail(id))
+    }
+
+    fn run_command<'a>(
+        &'a self,
+        v: &'a Viewer,
+        site: &'a str,
+        device: &'a str,
+        req: &'a outpost_console::commands::RunCommand,
+    ) -> ConsoleFuture<'a, String> {
+        Box::pin(self.command_run(v, site, device, req))
+    }
+
+    fn cancel_command<'a>(&'a self, v: &'a Viewer, id: &'a str) -> ConsoleFuture<'a, ()> {
+        Box::pin(self.command_cancel(v, id))
     }
 }
 

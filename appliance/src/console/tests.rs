@@ -141,22 +141,23 @@ async fn rig() -> Rig {
         AuthOptions::default(),
     ));
     let sessions = Arc::new(LiveSessions::default());
-    let console = Arc::new(outpost_console::Console {
-        backend: Arc::new(SiteConsole {
-            site: site.clone(),
-            auth: auth.clone(),
-            alerts: alerts.clone(),
-            sessions: sessions.clone(),
-        }),
-        csrf: outpost_console::CsrfKey::from_bytes(b"test key"),
-        metrics: metrics.console.clone(),
-    });
     let (commands, _commands_thread) = crate::commands::service::CommandService::start(
         store.clone(),
         metrics.clone(),
         crate::commands::service::CommandOptions::default(),
     )
     .unwrap();
+    let console = Arc::new(outpost_console::Console {
+        backend: Arc::new(SiteConsole {
+            site: site.clone(),
+            auth: auth.clone(),
+            alerts: alerts.clone(),
+            sessions: sessions.clone(),
+            commands: Some(commands.clone()),
+        }),
+        csrf: outpost_console::CsrfKey::from_bytes(b"test key"),
+        metrics: metrics.console.clone(),
+    });
     let state = Arc::new(ApiState {
         store: store.clone(),
         commands,
@@ -833,4 +834,53 @@ async fn the_device_list_of_10000_devices_is_answered_from_the_index_in_millisec
         assert!(d < Duration::from_millis(500), "{what}: {d:?}");
     }
     assert!(merge < Duration::from_secs(5), "merge: {merge:?}");
+}
+
+/// The site console gets central's command pages for its own devices:
+/// the run form for technicians (a viewer sees none and its POST is
+/// refused), the command page, the site's list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_site_console_runs_commands_for_its_devices_and_viewers_cannot() {
+    let rig = rig().await;
+    rig.add_user("tess", Role::Technician).await;
+    rig.add_user("val", Role::Viewer).await;
+    let tech = rig.sign_in("tess", "correct+horse+battery").await;
+    let viewer = rig.sign_in("val", "correct+horse+battery").await;
+    let page = format!("/sites/local/devices/{DEV}");
+    let r = rig.call("GET", &page, &[("cookie", &tech)], "").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("id=\"run-command-line\""), "{}", r.body);
+    let csrf = csrf_of(&r.body);
+    let v = rig.call("GET", &page, &[("cookie", &viewer)], "").await;
+    assert!(!v.body.contains("run-command-line"));
+    let r = rig
+        .call(
+            "POST",
+            &format!("{page}/commands"),
+            &[("cookie", &viewer)],
+            &format!("csrf={}&command=id", csrf_of(&v.body)),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = rig
+        .call(
+            "POST",
+            &format!("{page}/commands"),
+            &[("cookie", &tech)],
+            &format!("csrf={csrf}&command=uptime&interpreter=sh&timeout_secs=20"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let at = r.headers[header::LOCATION].to_str().unwrap().to_string();
+    let r = rig.call("GET", &at, &[("cookie", &viewer)], "").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body.contains("cmd-queued") && r.body.contains("uptime"),
+        "{}",
+        r.body
+    );
+    let r = rig
+        .call("GET", "/sites/local/commands", &[("cookie", &viewer)], "")
+        .await;
+    assert!(r.body.contains(&at), "{}", r.body);
 }
