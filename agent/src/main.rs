@@ -171,6 +171,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| {
                         format!("opening the command ledger {}", dir.commands().display())
                     })?;
+            // systemd (Type=notify): identity loaded, buffer and ledger
+            // open. The agent is useful offline (it buffers), so this does
+            // not wait for the appliance. A no-op when not under systemd.
+            if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+                tracing::warn!(error = %e, "telling systemd the agent is ready");
+            }
             let result =
                 session::run_with(ident, cfg, shared.clone(), shutdown, Arc::new(executor)).await;
             if let Err(e) = &result {

@@ -60,5 +60,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Users(cmd) => cli::users::run(cmd, client()?).await,
         Command::Commands(cmd) => cli::commands::run(cmd, client()?).await,
         Command::Scripts(cmd) => cli::scripts::run(cmd, client()?).await,
+        Command::AgentInstaller(args) => cli::installer::run(args, &data, client()?).await,
     }
 }

@@ -14,6 +14,7 @@ mod foundation;
 mod frames;
 mod fuzz_seeds;
 mod layout;
+mod packaging;
 mod refusals;
 mod uplink;
 mod users;

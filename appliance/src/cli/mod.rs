@@ -15,6 +15,7 @@ pub mod api;
 pub mod cache;
 pub mod commands;
 pub mod devices;
+pub mod installer;
 pub mod scripts;
 pub mod serve;
 pub mod table;
@@ -93,4 +94,11 @@ pub enum Command {
     /// The versioned script library: add, edit, list, show, run.
     #[command(subcommand)]
     Scripts(scripts::ScriptsCmd),
+    /// Create an enrollment token and print the one command line that
+    /// installs, enrolls and starts the agent on a Linux endpoint (run it
+    /// there as root): it downloads the outpost-agent package from this
+    /// appliance's cache port, checks its SHA-256 against the value in the
+    /// line, installs it, enrolls pinned to this site's CA fingerprint (also
+    /// in the line) and starts outpost-agent.service.
+    AgentInstaller(installer::AgentInstallerArgs),
 }
