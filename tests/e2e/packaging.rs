@@ -746,3 +746,56 @@ fn packaged_configuration_files_show_the_built_in_defaults() {
         toml::from_str(&uncommented(&text)).expect("uncommented agent.toml parses");
     assert_eq!(parsed, outpost_agent::config::AgentConfig::default());
 }
+
+/// Receives one sd_notify datagram (bounded wait).
+fn notified(sock: &std::os::unix::net::UnixDatagram, what: &str) -> String {
+    let mut buf = [0u8; 1024];
+    let n = sock
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no {what} notification: {e}"));
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// What the Type=notify units rely on: READY=1 on $NOTIFY_SOCKET once the
+/// listeners are bound (they answer when it arrives), STOPPING=1 on SIGTERM.
+#[test]
+fn appliance_and_central_tell_systemd_they_are_ready_once_listening() {
+    use std::os::unix::net::UnixDatagram;
+    let t = scratch("notify");
+    let sock_path = t.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let port = || format!("127.0.0.1:{}", free_port());
+
+    let admin = port();
+    let mut cmd = Command::new(bin("outpost"));
+    cmd.arg("serve")
+        .arg("--data")
+        .arg(t.path().join("appliance"))
+        .args(["--quic-listen", &port(), "--admin-listen", &admin])
+        .args(["--cache-listen", &port()])
+        .env("NOTIFY_SOCKET", &sock_path);
+    let mut p = Proc::spawn("appliance", &mut cmd, t.path()).unwrap();
+    let msg = notified(&sock, "appliance READY");
+    assert!(msg.contains("READY=1"), "{msg}");
+    outpost_tests::http_get(admin.parse().unwrap(), "/healthz", None)
+        .expect("the admin API answers once READY=1 is sent");
+    p.terminate();
+    let msg = notified(&sock, "appliance STOPPING");
+    assert!(msg.contains("STOPPING=1"), "{msg}");
+
+    let http = port();
+    let mut cmd = Command::new(bin("outpost-central"));
+    cmd.arg("serve")
+        .arg("--data")
+        .arg(t.path().join("central"))
+        .args(["--listen", &port(), "--http-listen", &http])
+        .env("NOTIFY_SOCKET", &sock_path);
+    let mut c = Proc::spawn("central", &mut cmd, t.path()).unwrap();
+    let msg = notified(&sock, "central READY");
+    assert!(msg.contains("READY=1"), "{msg}");
+    outpost_tests::http_get(http.parse().unwrap(), "/metrics", None)
+        .expect("central's HTTP listener answers once READY=1 is sent");
+    c.terminate();
+}
