@@ -688,6 +688,11 @@ fn installer_line_installs_enrolls_and_starts_the_agent_and_a_tampered_package_i
         (devices.iter().filter(|d| d["status"] == "online").count() == 2).then_some(())
     });
 
+    assert!(
+        app.metric("outpost_cache_requests_total{result=\"agent_package\"}") >= 2.0,
+        "agent package downloads are counted"
+    );
+
     // The served package differs from the one the line names (tampered
     // with, or a different build): refused before anything is installed.
     let mut bytes = std::fs::read(&served).unwrap();
