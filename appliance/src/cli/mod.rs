@@ -94,11 +94,14 @@ pub enum Command {
     /// The versioned script library: add, edit, list, show, run.
     #[command(subcommand)]
     Scripts(scripts::ScriptsCmd),
-    /// Create an enrollment token and print the one command line that
+    /// Print the one command line that installs and enrolls an agent.
+    ///
+    /// Creates an enrollment token and prints the one command line that
     /// installs, enrolls and starts the agent on a Linux endpoint (run it
     /// there as root): it downloads the outpost-agent package from this
     /// appliance's cache port, checks its SHA-256 against the value in the
-    /// line, installs it, enrolls pinned to this site's CA fingerprint (also
-    /// in the line) and starts outpost-agent.service.
+    /// line (a package that differs is deleted before anything is
+    /// installed), installs it, enrolls pinned to this site's CA fingerprint
+    /// (also in the line) and starts outpost-agent.service.
     AgentInstaller(installer::AgentInstallerArgs),
 }
