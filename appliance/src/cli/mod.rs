@@ -27,11 +27,27 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// The man-page sections of `outpost --help`.
+const AFTER_LONG_HELP: &str = "\
+Files:
+  /etc/outpost/outpost.toml   configuration of `outpost serve` (packaged: commented defaults)
+  /var/lib/outpost/           data directory: site CA, keys (0600), admin token, database, patch cache
+  /usr/share/outpost/agent/   the outpost-agent package `outpost agent-installer` points endpoints at
+
+Environment:
+  OUTPOST_DATA, OUTPOST_API, OUTPOST_ADMIN_TOKEN   defaults of --data, --api, --token
+  OUTPOST_LOG                 log filter (e.g. debug, info,outpost_appliance=debug); logs go to stderr
+  NO_COLOR                    no colours in logs even on a terminal
+
+Exit status: 0 on success, 1 on an error (the reason on stderr), 2 on a usage error.
+Under systemd: outpost.service (Type=notify, user outpost). See /usr/share/doc/outpost/README.md.";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "outpost",
     version,
-    about = "Outpost site appliance: ingest, alerts, patches, admin"
+    about = "Outpost site appliance: ingest, alerts, patches, admin",
+    after_long_help = AFTER_LONG_HELP
 )]
 pub struct Cli {
     /// Data directory (CA, admin token, database).
