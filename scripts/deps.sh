@@ -16,6 +16,10 @@ if [ "${1:-}" = "--test" ]; then
   packages+=(chromium)
   # scripts/demo.sh --check (run by the demo:: end-to-end test) talks HTTP with curl.
   packages+=(curl)
+  # The packaging tests (scripts/package.sh, then dpkg into an isolated
+  # root): systemd-sysusers (the maintainer scripts' user creation),
+  # systemd-analyze verify (the units), setpriv (util-linux, essential).
+  packages+=(systemd)
 fi
 
 missing=()

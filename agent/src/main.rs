@@ -14,8 +14,29 @@ use outpost_agent::{collect, enroll, net, session, status};
 use outpost_proto::tls::CaFingerprint;
 use tokio_util::sync::CancellationToken;
 
+/// The man-page sections of `outpost-agent --help`.
+const AFTER_LONG_HELP: &str = "\
+Files:
+  /var/lib/outpost-agent/     state directory (packaged): identity, device key (0600), offline buffer,
+                              command ledger, status.json; agent.toml there is read by `run`
+  /etc/outpost/agent.toml     the packaged agent.toml (commented defaults; linked from the state directory)
+
+Environment:
+  OUTPOST_TOKEN               default of `enroll --token`
+  OUTPOST_LOG                 log filter (e.g. debug); logs go to stderr
+  NO_COLOR                    no colours in logs even on a terminal
+
+Exit status: 0 on success, 1 on an error (the reason on stderr), 2 on a usage error.
+Under systemd: outpost-agent.service (Type=notify, runs as root: it installs packages and runs
+commands as other users). See /usr/share/doc/outpost-agent/README.md.";
+
 #[derive(Parser, Debug)]
-#[command(name = "outpost-agent", version, about = "Outpost endpoint agent")]
+#[command(
+    name = "outpost-agent",
+    version,
+    about = "Outpost endpoint agent",
+    after_long_help = AFTER_LONG_HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -177,6 +198,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 Some(files),
             )
             .with_context(|| format!("opening the command ledger {}", dir.commands().display()))?;
+            // systemd (Type=notify): identity loaded, buffer and ledger
+            // open. The agent is useful offline (it buffers), so this does
+            // not wait for the appliance. A no-op when not under systemd.
+            if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+                tracing::warn!(error = %e, "telling systemd the agent is ready");
+            }
             let result =
                 session::run_with(ident, cfg, shared.clone(), shutdown, Arc::new(executor)).await;
             if let Err(e) = &result {

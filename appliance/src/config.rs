@@ -232,6 +232,10 @@ pub struct CacheConfig {
     /// An InRelease whose upstream failed is not asked for again for this long.
     #[serde(with = "humantime_serde")]
     pub release_failure_ttl: Duration,
+    /// Directory holding the `outpost-agent_*.deb` that
+    /// `outpost agent-installer` points endpoints at, served on this port
+    /// under `/outpost/agent/` (the `outpost` package installs it there).
+    pub agent_package_dir: std::path::PathBuf,
 }
 
 impl Default for CacheConfig {
@@ -254,6 +258,7 @@ impl Default for CacheConfig {
             min_free_bytes: 1024 * 1024 * 1024,
             release_max_future: Duration::from_secs(600),
             release_failure_ttl: Duration::from_secs(10),
+            agent_package_dir: crate::installer::DEFAULT_PACKAGE_DIR.into(),
         }
     }
 }

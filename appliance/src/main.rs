@@ -61,5 +61,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Commands(cmd) => cli::commands::run(cmd, client()?).await,
         Command::Scripts(cmd) => cli::scripts::run(cmd, client()?).await,
         Command::Files(cmd) => cli::files::run(cmd, client()?).await,
+        Command::AgentInstaller(args) => cli::installer::run(args, &data, client()?).await,
     }
 }

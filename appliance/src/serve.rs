@@ -25,6 +25,9 @@ use crate::site::{self, DataDir};
 /// Runs the appliance until `shutdown` is cancelled.
 pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     cfg.validate()?;
+    // Before anything is created or opened: a data directory written by a
+    // newer Outpost is refused (downgrade), an older one is upgraded.
+    crate::format::check_and_upgrade(&data.0)?;
     let keys = site::init_or_load(&data)?;
     let fingerprint = keys.ca.fingerprint();
     // The fingerprint installers pin, alone on stdout.
@@ -170,6 +173,12 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
             shutdown.clone(),
         ));
     }
+    // Where agents enroll (`outpost agent-installer` prints its port).
+    std::fs::write(
+        data.0.join(crate::installer::QUIC_ADDR_FILE),
+        format!("{}\n", endpoint.local_addr()?),
+    )
+    .context("writing quic.addr")?;
     uplink.start().context("starting the uplink")?;
     let auth = Arc::new(crate::users::auth::Auth::new(
         store.clone(),
@@ -224,6 +233,11 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         durability = ?cfg.storage.durability,
         "appliance ready"
     );
+    // systemd (Type=notify): the listeners are bound and the database is
+    // open. Not under systemd (NOTIFY_SOCKET unset) this does nothing.
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "telling systemd the appliance is ready");
+    }
 
     let conns = TaskTracker::new();
     tracker.spawn(server::accept_loop(
@@ -263,6 +277,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
     ));
 
     shutdown.cancelled().await;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     info!("shutting down: draining sessions");
     // Open console pages hold event streams: end them, or the admin
     // listener's graceful shutdown would wait for every browser tab.

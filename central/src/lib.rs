@@ -266,6 +266,11 @@ pub async fn serve(
     std::fs::write(dir.http_addr(), format!("{http_addr}\n")).context("writing http.addr")?;
     println!("{fingerprint}");
     info!(quic = %endpoint.local_addr()?, http = %http_addr, %fingerprint, "central ready");
+    // systemd (Type=notify): listeners bound, store open. A no-op when not
+    // under systemd.
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "telling systemd central is ready");
+    }
     let tracker = TaskTracker::new();
     let conns = TaskTracker::new();
     tracker.spawn(receiver::accept_loop(

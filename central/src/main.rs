@@ -16,11 +16,26 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+/// The man-page sections of `outpost-central --help`.
+const AFTER_LONG_HELP: &str = "\
+Files:
+  /var/lib/outpost-central/       data directory (packaged): central CA, keys (0600), database
+  /etc/default/outpost-central    OUTPOST_CENTRAL_OPTS: the flags outpost-central.service passes to `serve`
+
+Environment:
+  OUTPOST_LOG (or RUST_LOG)       log filter (e.g. debug); logs go to stderr
+  NO_COLOR                        no colours in logs even on a terminal
+
+Exit status: 0 on success, 1 on an error (the reason on stderr), 2 on a usage error.
+Under systemd: outpost-central.service (Type=notify, user outpost-central).
+See /usr/share/doc/outpost-central/README.md.";
+
 #[derive(Parser)]
 #[command(
     name = "outpost-central",
     version,
-    about = "Outpost central: MSP rollup view of many sites"
+    about = "Outpost central: MSP rollup view of many sites",
+    after_long_help = AFTER_LONG_HELP
 )]
 struct Cli {
     #[command(subcommand)]

@@ -16,6 +16,7 @@ mod foundation;
 mod frames;
 mod fuzz_seeds;
 mod layout;
+mod packaging;
 mod refusals;
 mod remote;
 mod uplink;

@@ -32,11 +32,32 @@ pub fn router(cache: Arc<Cache>) -> Router {
         .route("/api/v1/cache/pins", get(pins).post(pin))
         .route("/api/v1/cache/unpin", post(unpin))
         .route("/api/v1/cache/reset-suite", post(reset_suite))
+        .route("/api/v1/agent-package", get(agent_package))
         .with_state(ctx)
 }
 
 fn err(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+}
+
+/// `GET /api/v1/agent-package`: the agent packages the cache port serves
+/// (`deb` and `tarball`: file, SHA-256, size, path), for
+/// `outpost agent-installer`.
+async fn agent_package(State(ctx): State<ApiCtx>) -> Response {
+    let dir = ctx.cache.cfg.agent_package_dir.clone();
+    let shown = dir.display().to_string();
+    match tokio::task::spawn_blocking(move || crate::installer::describe_all(&dir)).await {
+        Ok(Ok(p)) if p.deb.is_some() || p.tarball.is_some() => Json(p).into_response(),
+        Ok(Ok(_)) => err(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no outpost-agent_*.deb or .tar.gz in {shown}: install the outpost package (it ships one) \
+                 or set [cache] agent_package_dir"
+            ),
+        ),
+        Ok(Err(e)) => err(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 async fn stats(State(ctx): State<ApiCtx>) -> Response {

@@ -36,7 +36,8 @@ pub struct CacheMetrics {
     pub verify_failures: Family<ReasonLabel, Counter>,
     /// Requests refused, by reason (`forbidden_host`, `method`, `bad_target`,
     /// `unverified`, `bad_range`, `downloads_busy`, `client_downloads`,
-    /// `cache_full`, `disk_reserve`, `too_large_for_cache`).
+    /// `cache_full`, `disk_reserve`, `too_large_for_cache`,
+    /// `agent_package_not_found`).
     pub refused: Family<ReasonLabel, Counter>,
     /// Cached indexes served while upstream was unreachable.
     pub stale_served: Counter,

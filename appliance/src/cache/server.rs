@@ -191,6 +191,9 @@ async fn route(
         .await?;
         return Ok(Served::plain(k));
     }
+    if let Some(file) = req.target.strip_prefix(crate::installer::URL_PREFIX) {
+        return serve_agent_package(cache, s, req, file, ka).await;
+    }
     let url = match UpstreamUrl::parse_target(&req.target) {
         Ok(u) => u,
         Err(e) => {
@@ -230,6 +233,73 @@ async fn route(
         Some(e) => serve_verified(cache, s, req, &url, e, ka, client).await,
         None => serve_unverified(cache, s, req, &url, ka, client).await,
     }
+}
+
+/// `GET /outpost/agent/FILE`: the agent package `outpost agent-installer`
+/// points endpoints at (only the file [`crate::installer`] finds in the
+/// configured directory; any other name is 404). Not verified here: the
+/// installer line carries its SHA-256 and checks it on the endpoint.
+async fn serve_agent_package(
+    cache: &Arc<Cache>,
+    s: &mut ClientStream,
+    req: &Request,
+    file: &str,
+    ka: bool,
+) -> io::Result<Served> {
+    let m = &cache.metrics.cache;
+    let head_only = req.is_head();
+    let dir = cache.cfg.agent_package_dir.clone();
+    let found = match crate::installer::PackageKind::of_name(file) {
+        Some(kind) => {
+            tokio::task::spawn_blocking(move || crate::installer::find_package_file(&dir, kind))
+                .await
+                .map_err(io::Error::other)?
+        }
+        None => Ok(None),
+    };
+    let path = match found {
+        Ok(Some((name, path))) if name == file => path,
+        Ok(_) => {
+            m.refuse("agent_package_not_found");
+            let k = http::write_text(
+                s,
+                404,
+                &format!(
+                    "no agent package {file:?} here (`outpost agent-installer` prints the current line)"
+                ),
+                ka,
+                head_only,
+            )
+            .await?;
+            return Ok(Served::plain(k));
+        }
+        Err(e) => {
+            m.request("error");
+            tracing::warn!(error = %format!("{e:#}"), "agent package directory");
+            let k =
+                http::write_text(s, 500, "the agent package cannot be read", ka, head_only).await?;
+            return Ok(Served::plain(k));
+        }
+    };
+    let f = std::fs::File::open(&path)?;
+    let size = f.metadata()?.len();
+    let content_type = if file.ends_with(".deb") {
+        "application/vnd.debian.binary-package"
+    } else {
+        "application/gzip"
+    };
+    let head = Head::new(200, Some(size)).with("Content-Type", content_type);
+    let keep = http::write_head(s, &head, ka).await?;
+    if head_only {
+        return Ok(Served::plain(keep));
+    }
+    let n = http::send_file_range(s, &f, 0, size).await?;
+    m.request("agent_package");
+    Ok(Served {
+        keep,
+        hit: false,
+        bytes: n,
+    })
 }
 
 fn etag_of(sha: &Sha256) -> String {

@@ -16,6 +16,7 @@ pub mod cache;
 pub mod commands;
 pub mod devices;
 pub mod files;
+pub mod installer;
 pub mod scripts;
 pub mod serve;
 pub mod table;
@@ -27,11 +28,27 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// The man-page sections of `outpost --help`.
+const AFTER_LONG_HELP: &str = "\
+Files:
+  /etc/outpost/outpost.toml   configuration of `outpost serve` (packaged: commented defaults)
+  /var/lib/outpost/           data directory: site CA, keys (0600), admin token, database, patch cache
+  /usr/share/outpost/agent/   the outpost-agent package `outpost agent-installer` points endpoints at
+
+Environment:
+  OUTPOST_DATA, OUTPOST_API, OUTPOST_ADMIN_TOKEN   defaults of --data, --api, --token
+  OUTPOST_LOG                 log filter (e.g. debug, info,outpost_appliance=debug); logs go to stderr
+  NO_COLOR                    no colours in logs even on a terminal
+
+Exit status: 0 on success, 1 on an error (the reason on stderr), 2 on a usage error.
+Under systemd: outpost.service (Type=notify, user outpost). See /usr/share/doc/outpost/README.md.";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "outpost",
     version,
-    about = "Outpost site appliance: ingest, alerts, patches, admin"
+    about = "Outpost site appliance: ingest, alerts, patches, admin",
+    after_long_help = AFTER_LONG_HELP
 )]
 pub struct Cli {
     /// Data directory (CA, admin token, database).
@@ -97,4 +114,14 @@ pub enum Command {
     /// File transfer: push, pull, list, show, download, cancel.
     #[command(subcommand)]
     Files(files::FilesCmd),
+    /// Print the one command line that installs and enrolls an agent.
+    ///
+    /// Creates an enrollment token and prints the one command line that
+    /// installs, enrolls and starts the agent on a Linux endpoint (run it
+    /// there as root): it downloads the outpost-agent package from this
+    /// appliance's cache port, checks its SHA-256 against the value in the
+    /// line (a package that differs is deleted before anything is
+    /// installed), installs it, enrolls pinned to this site's CA fingerprint
+    /// (also in the line) and starts outpost-agent.service.
+    AgentInstaller(installer::AgentInstallerArgs),
 }
