@@ -54,6 +54,11 @@ pub const DEVICE_STATE: Table = Table::new("device_state");
 pub const STATUS_LOG: Table = Table::new("status_log").bulk();
 /// `device | ts | seq` → `Heartbeat`.
 pub const HEARTBEATS: Table = Table::new("heartbeats").bulk();
+/// `device | seq` → `PackageScanRecord`, as received: the patch
+/// subsystem's inbox. Ingest only stores a report (so its ack means
+/// durable); the appliance's patch worker applies it off the writer
+/// thread and deletes it.
+pub const PACKAGE_SCANS_IN: Table = Table::new("package_scans_in");
 
 /// Records from one connection, in arrival order.
 #[derive(Debug)]
@@ -87,6 +92,7 @@ pub fn records_held_bytes(records: &Vec<Record>) -> usize {
                         .sum::<usize>()
             }
             RecordBody::Inventory(inv) => inventory_held_bytes(inv),
+            RecordBody::PackageScan(p) => p.payload.capacity(),
         })
     })
 }
@@ -639,6 +645,9 @@ impl IngestWriter {
                     }
                     RecordBody::Inventory(inv) => {
                         batch.put(INVENTORY, &keys::device_key(device), inv.as_ref())?;
+                    }
+                    RecordBody::PackageScan(p) => {
+                        batch.put(PACKAGE_SCANS_IN, &keys::device_time_key(device, rec.seq), p)?;
                     }
                 }
                 c.state.last_seq = rec.seq;
