@@ -17,6 +17,7 @@ pub fn tables() -> Vec<Table> {
         outpost_uplink::outbox::TABLES,
         crate::users::store::TABLES,
         crate::commands::store::TABLES,
+        crate::patches::store::TABLES,
     ]
     .concat()
 }
@@ -42,8 +43,10 @@ mod tests {
         // data of existing appliances keeps its column families; plus
         // `cache_misses` (issue 10); `users` and `sessions` (issue 12);
         // `commands`, `commands_by_time`, `commands_open`, `command_output`,
-        // `scripts` (issue 13).
-        assert_eq!(n, 33);
+        // `scripts` (issue 13); `package_scans_in`, `patch_scans`,
+        // `patch_assessments`, `patch_sources`, `patch_compliance_daily`
+        // (issue 14).
+        assert_eq!(n, 38);
     }
 
     #[test]
@@ -68,7 +71,7 @@ mod tests {
     fn the_database_opens_and_reopens_with_every_table() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), &StoreOptions::default()).unwrap();
-        assert_eq!(s.tables().len(), 34);
+        assert_eq!(s.tables().len(), 39);
         drop(s);
         open(dir.path(), &StoreOptions::default()).unwrap();
     }

@@ -78,6 +78,8 @@ pub struct Metrics {
     pub cache: crate::cache::metrics::CacheMetrics,
     /// Remote commands (`outpost_commands_*`).
     pub commands: crate::commands::metrics::CommandMetrics,
+    /// Patch assessment (`outpost_patches_*`).
+    pub patches: crate::patches::metrics::PatchMetrics,
     /// Alert transitions by kind (pending, firing, resolved, cleared, ...).
     pub alert_transitions: Family<KindLabel, Counter>,
     pub alerts_firing: Gauge,
@@ -147,6 +149,7 @@ impl Metrics {
             logins: Family::default(),
             cache: Default::default(),
             commands: Default::default(),
+            patches: Default::default(),
             alert_transitions: Family::default(),
             alerts_firing: Gauge::default(),
             alerts_pending: Gauge::default(),
@@ -290,6 +293,7 @@ impl Metrics {
         );
         m.cache.register(r);
         m.commands.register(r);
+        m.patches.register(r);
         r.register(
             "alert_transitions",
             "Alert transitions by kind",

@@ -133,6 +133,18 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         crate::commands::service::CommandOptions::default(),
     )
     .context("loading the command queue")?;
+    // Patch assessment (issue 14): its own worker thread applies the
+    // package reports the writer stored and assesses devices.
+    let patches = crate::patches::PatchService::open(
+        store.clone(),
+        &data.0,
+        metrics.clone(),
+        outpost_patch::assess::Policy::default(),
+    )
+    .context("loading the patch catalog and assessments")?;
+    let patches_thread = patches
+        .spawn_worker(Duration::from_secs(1), shutdown.clone())
+        .context("starting the patch worker")?;
     let ctx = Arc::new(IngestCtx {
         store: store.clone(),
         ca: keys.ca,
@@ -213,13 +225,12 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
     ));
     {
         let sd = shutdown.clone();
-        let router = api::admin_router(
-            api_state.clone(),
-            cache
-                .as_ref()
-                .map(|(c, _)| crate::cache::api::router(c.clone())),
-            Some(console),
-        );
+        let patches_routes = crate::patches::api::router(patches.clone());
+        let extra = match cache.as_ref() {
+            Some((c, _)) => crate::cache::api::router(c.clone()).merge(patches_routes),
+            None => patches_routes,
+        };
+        let router = api::admin_router(api_state.clone(), Some(extra), Some(console));
         tracker.spawn(async move {
             // The peer address feeds the login limits.
             let r = axum::serve(
@@ -266,6 +277,12 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
     let _ = tokio::time::timeout(
         Duration::from_secs(5),
         tokio::task::spawn_blocking(move || commands_thread.join()),
+    )
+    .await;
+    patches.wake();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::task::spawn_blocking(move || patches_thread.join()),
     )
     .await;
     drop(api_state);

@@ -1,0 +1,291 @@
+use std::sync::Arc;
+
+use outpost_patch::assess::{Compliance, FindingState};
+use outpost_patch::catalog::FeedFormat;
+use outpost_patch::scan::{
+    PACKAGE_REPORT_FORMAT, PackageReport, Scan, parse_dpkg_query, parse_os_release,
+};
+use outpost_proto::DeviceId;
+use outpost_proto::codec;
+use outpost_proto::messages::PackageScanRecord;
+use outpost_storage::ingest::PACKAGE_SCANS_IN;
+use outpost_storage::{Store, StoreOptions};
+
+use super::*;
+use crate::metrics::Metrics;
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    store: Store,
+    metrics: Arc<Metrics>,
+    service: PatchService,
+}
+
+fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::db::open(&dir.path().join("db"), &StoreOptions::default()).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let service = PatchService::open(
+        store.clone(),
+        dir.path(),
+        metrics.clone(),
+        Policy::default(),
+    )
+    .unwrap();
+    Rig {
+        _dir: dir,
+        store,
+        metrics,
+        service,
+    }
+}
+
+fn scan(lines: &str, at: u64) -> Scan {
+    let mut s = Scan::new_dpkg(
+        at,
+        parse_os_release("ID=debian\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\n"),
+    );
+    s.dpkg = parse_dpkg_query(lines).packages;
+    s.normalize();
+    s
+}
+
+const V1: &str = "ii \tlibssl3\tamd64\t3.0.11-1~deb12u2\topenssl\t3.0.11-1~deb12u2\nii \tbash\tamd64\t5.2.15-2+b2\tbash\t5.2.15-2\n";
+const V2: &str = "ii \tlibssl3\tamd64\t3.0.15-1~deb12u1\topenssl\t3.0.15-1~deb12u1\nii \tbash\tamd64\t5.2.15-2+b2\tbash\t5.2.15-2\n";
+
+const TRACKER: &str = r#"{
+ "openssl": {
+  "CVE-2024-0001": {"description": "fixed in u1", "releases": {"bookworm": {"status": "resolved", "fixed_version": "3.0.13-1~deb12u1", "urgency": "high"}}},
+  "CVE-2024-0002": {"description": "not fixed", "releases": {"bookworm": {"status": "open", "urgency": "medium"}}}
+ },
+ "bash": {
+  "CVE-2024-0003": {"releases": {"bookworm": {"status": "resolved", "fixed_version": "5.2.15-1", "urgency": "low"}}}
+ }
+}"#;
+
+fn put_report(store: &Store, dev: DeviceId, seq: u64, report: &PackageReport, format: u16) {
+    let rec = PackageScanRecord {
+        format,
+        full: report.is_full(),
+        payload: codec::encode_compressed(report).unwrap(),
+    };
+    store
+        .put(
+            PACKAGE_SCANS_IN,
+            &outpost_storage::keys::device_time_key(dev, seq),
+            &rec,
+        )
+        .unwrap();
+}
+
+fn ids(a: &DeviceAssessment, state: FindingState) -> Vec<String> {
+    a.all_findings()
+        .filter(|(_, f)| f.state == state)
+        .map(|(_, f)| f.id.to_string())
+        .collect()
+}
+
+#[test]
+fn a_full_scan_then_a_delta_are_applied_and_assessed_against_the_imported_catalog() {
+    let r = rig();
+    r.service
+        .import(FeedFormat::DebianTracker, None, "test", TRACKER.as_bytes())
+        .unwrap();
+    let dev = DeviceId(7);
+    let s1 = scan(V1, 1_000);
+    put_report(
+        &r.store,
+        dev,
+        1,
+        &PackageReport::Full(Box::new(s1.clone())),
+        PACKAGE_REPORT_FORMAT,
+    );
+    assert_eq!(r.service.process_reports(5_000).unwrap(), 1);
+    let d = r.service.device(dev).unwrap().unwrap();
+    let a = d.assessment.unwrap();
+    assert_eq!(ids(&a, FindingState::Fixable), ["CVE-2024-0001"]);
+    assert_eq!(ids(&a, FindingState::Open), ["CVE-2024-0002"]);
+    assert_eq!(d.packages, 2);
+
+    let s2 = scan(V2, 2_000);
+    put_report(
+        &r.store,
+        dev,
+        2,
+        &PackageReport::Delta(Box::new(s1.diff(&s2))),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(6_000).unwrap();
+    let a = r.service.device(dev).unwrap().unwrap().assessment.unwrap();
+    assert!(
+        ids(&a, FindingState::Fixable).is_empty(),
+        "upgraded past the fix"
+    );
+    assert_eq!(a.scanned_at_ms, 2_000);
+    let mut inbox = 0;
+    r.store
+        .scan_raw(PACKAGE_SCANS_IN, &[], None, |_, _| {
+            inbox += 1;
+            Ok(true)
+        })
+        .unwrap();
+    assert_eq!(inbox, 0, "applied reports leave the inbox");
+    let cve = r.service.cve("CVE-2024-0002");
+    assert_eq!(cve.devices.len(), 1);
+    assert_eq!(cve.open, 1);
+}
+
+#[test]
+fn a_delta_against_an_unknown_base_is_counted_and_waits_for_a_full_scan() {
+    let r = rig();
+    let dev = DeviceId(9);
+    let delta = scan(V1, 1).diff(&scan(V2, 2));
+    put_report(
+        &r.store,
+        dev,
+        1,
+        &PackageReport::Delta(Box::new(delta.clone())),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(10).unwrap();
+    let d = r.service.device(dev).unwrap().unwrap();
+    assert!(d.needs_full_scan);
+    assert_eq!(d.base_misses, 1);
+    assert_eq!(r.metrics.patches.delta_base_misses.get(), 1);
+    // A stored scan of another state: the delta does not apply either.
+    put_report(
+        &r.store,
+        dev,
+        2,
+        &PackageReport::Full(Box::new(scan(V2, 3))),
+        PACKAGE_REPORT_FORMAT,
+    );
+    put_report(
+        &r.store,
+        dev,
+        3,
+        &PackageReport::Delta(Box::new(delta)),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(20).unwrap();
+    let d = r.service.device(dev).unwrap().unwrap();
+    assert!(d.needs_full_scan);
+    assert_eq!(d.base_misses, 2);
+    assert!(d.last_error.unwrap().contains("full scan"));
+    assert_eq!(d.packages, 2, "the stored scan is kept");
+}
+
+#[test]
+fn a_report_of_an_unknown_format_or_malformed_is_refused_with_a_reason() {
+    let r = rig();
+    let dev = DeviceId(3);
+    put_report(
+        &r.store,
+        dev,
+        1,
+        &PackageReport::Full(Box::new(scan(V1, 1))),
+        PACKAGE_REPORT_FORMAT + 1,
+    );
+    r.service.process_reports(10).unwrap();
+    let d = r.service.device(dev).unwrap().unwrap();
+    assert!(d.last_error.unwrap().contains("format"));
+    assert!(d.assessment.is_none());
+    r.store
+        .put(
+            PACKAGE_SCANS_IN,
+            &outpost_storage::keys::device_time_key(dev, 2),
+            &PackageScanRecord {
+                format: PACKAGE_REPORT_FORMAT,
+                full: true,
+                payload: vec![1, 2, 3],
+            },
+        )
+        .unwrap();
+    r.service.process_reports(20).unwrap();
+    let d = r.service.device(dev).unwrap().unwrap();
+    assert!(d.last_error.unwrap().contains("malformed"));
+}
+
+#[test]
+fn a_malformed_feed_is_refused_with_its_position_and_the_previous_catalog_stays() {
+    let r = rig();
+    r.service
+        .import(FeedFormat::DebianTracker, None, "good", TRACKER.as_bytes())
+        .unwrap();
+    let dev = DeviceId(1);
+    put_report(
+        &r.store,
+        dev,
+        1,
+        &PackageReport::Full(Box::new(scan(V1, 1))),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(10).unwrap();
+    let bad = &TRACKER[..TRACKER.len() / 2];
+    let e = r
+        .service
+        .import(FeedFormat::DebianTracker, None, "bad", bad.as_bytes())
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("line"), "{msg}");
+    assert_eq!(r.metrics.patches.import_failures.get(), 1);
+    let st = r.service.advisories_status(100).unwrap();
+    assert_eq!(st.sources.len(), 1);
+    assert_eq!(st.sources[0].location, "good");
+    assert_eq!(st.advisories, 3);
+    let a = r.service.device(dev).unwrap().unwrap().assessment.unwrap();
+    assert_eq!(ids(&a, FindingState::Fixable), ["CVE-2024-0001"]);
+}
+
+#[test]
+fn an_import_reassesses_devices_and_the_catalog_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = DeviceId(5);
+    {
+        let store = crate::db::open(&dir.path().join("db"), &StoreOptions::default()).unwrap();
+        let m = Arc::new(Metrics::new());
+        let s = PatchService::open(store.clone(), dir.path(), m, Policy::default()).unwrap();
+        put_report(
+            &store,
+            dev,
+            1,
+            &PackageReport::Full(Box::new(scan(V1, 1))),
+            PACKAGE_REPORT_FORMAT,
+        );
+        s.process_reports(10).unwrap();
+        let a = s.device(dev).unwrap().unwrap().assessment.unwrap();
+        assert_eq!(a.compliance, Compliance::NoCatalog);
+        let out = s
+            .import(FeedFormat::DebianTracker, None, "t", TRACKER.as_bytes())
+            .unwrap();
+        assert_eq!(out.devices_reassessed, 1);
+        let a = s.device(dev).unwrap().unwrap().assessment.unwrap();
+        assert_eq!(ids(&a, FindingState::Fixable), ["CVE-2024-0001"]);
+        s.record_compliance(DAY_MS + 5).unwrap();
+    }
+    let store = crate::db::open(&dir.path().join("db"), &StoreOptions::default()).unwrap();
+    let s = PatchService::open(
+        store,
+        dir.path(),
+        Arc::new(Metrics::new()),
+        Policy::default(),
+    )
+    .unwrap();
+    let st = s.advisories_status(100).unwrap();
+    assert!(st.sources[0].loaded);
+    assert_eq!(st.advisories, 3);
+    let sum = s.summary(DAY_MS + 10).unwrap();
+    assert_eq!(sum.fleet.devices, 1);
+    assert_eq!(sum.history.len(), 1);
+    assert_eq!(sum.top_cves.len(), 2);
+}
+
+#[test]
+fn a_source_name_that_is_not_a_file_name_is_refused() {
+    let r = rig();
+    let e = r
+        .service
+        .import(FeedFormat::Osv, Some("../etc/passwd"), "x", b"[]")
+        .unwrap_err();
+    assert!(matches!(e, ImportFailure::Invalid(_)), "{e}");
+}
