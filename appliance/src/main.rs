@@ -60,5 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Users(cmd) => cli::users::run(cmd, client()?).await,
         Command::Commands(cmd) => cli::commands::run(cmd, client()?).await,
         Command::Scripts(cmd) => cli::scripts::run(cmd, client()?).await,
+        Command::Advisories(cmd) => cli::patches::run_advisories(cmd, client()?).await,
+        Command::Patches(cmd) => cli::patches::run_patches(cmd, client()?).await,
     }
 }

@@ -15,6 +15,7 @@ pub mod api;
 pub mod cache;
 pub mod commands;
 pub mod devices;
+pub mod patches;
 pub mod scripts;
 pub mod serve;
 pub mod table;
@@ -93,4 +94,10 @@ pub enum Command {
     /// The versioned script library: add, edit, list, show, run.
     #[command(subcommand)]
     Scripts(scripts::ScriptsCmd),
+    /// The advisory catalog: import a feed, show what is imported.
+    #[command(subcommand)]
+    Advisories(patches::AdvisoriesCmd),
+    /// Patch assessment: per device, per patch, per CVE, fleet summary.
+    #[command(subcommand)]
+    Patches(patches::PatchesCmd),
 }

@@ -19,6 +19,8 @@ use super::service::{ImportFailure, PatchService};
 /// Largest feed accepted in one import (the whole Debian tracker JSON is
 /// ~80 MB).
 pub const MAX_FEED_BYTES: usize = 512 * 1024 * 1024;
+/// Longest a feed download may take.
+const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 pub fn router(service: PatchService) -> Router {
     Router::new()
@@ -57,6 +59,8 @@ pub struct ImportQuery {
     pub name: Option<String>,
     /// Where the feed came from (file or URL), for the status.
     pub location: Option<String>,
+    /// Fetch the feed from this URL (HTTP or HTTPS) instead of the body.
+    pub url: Option<String>,
 }
 
 async fn import(
@@ -73,7 +77,23 @@ async fn import(
             ),
         );
     };
-    let location = q.location.unwrap_or_else(|| "upload".into());
+    let body = match &q.url {
+        Some(url) => match super::feed::fetch(url, MAX_FEED_BYTES, FETCH_TIMEOUT).await {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                s.note_import_failure();
+                return err(
+                    StatusCode::BAD_GATEWAY,
+                    format!("{e:#}; the previous catalog stays in service"),
+                );
+            }
+        },
+        None => body,
+    };
+    let location = q
+        .location
+        .or(q.url.clone())
+        .unwrap_or_else(|| "upload".into());
     let r =
         tokio::task::spawn_blocking(move || s.import(format, q.name.as_deref(), &location, &body))
             .await;

@@ -6,6 +6,7 @@
 //!
 //! - [`store`] — this subsystem's tables.
 //! - [`service`] — applies reports, imports feeds, assesses, answers views.
+//! - [`feed`] — fetching a feed from a URL.
 //! - [`api`] — `/api/v1/advisories` and `/api/v1/patches/...`.
 //! - [`metrics`] — `outpost_patches_*`.
 //!
@@ -15,6 +16,7 @@
 //! thread.
 
 pub mod api;
+pub mod feed;
 pub mod metrics;
 pub mod service;
 pub mod store;

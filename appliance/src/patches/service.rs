@@ -570,6 +570,11 @@ impl PatchService {
         })
     }
 
+    /// Counts an import that failed before the feed was read (download).
+    pub fn note_import_failure(&self) {
+        self.inner.metrics.patches.import_failures.inc();
+    }
+
     /// Re-assesses the devices a catalog change touches (only the changed
     /// packages of each); returns the new map and how many changed.
     fn reassess_all(
