@@ -14,6 +14,7 @@ mod foundation;
 mod frames;
 mod fuzz_seeds;
 mod layout;
+mod patches;
 mod refusals;
 mod uplink;
 mod users;
