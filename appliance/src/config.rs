@@ -36,6 +36,8 @@ pub struct Config {
     pub alerts: crate::alerts::AlertsConfig,
     pub uplink: UplinkConfig,
     pub console: ConsoleConfig,
+    /// `[patches]`: compliance policy, scheduled advisory feeds.
+    pub patches: crate::patches::PatchesConfig,
 }
 
 /// `[console]`: the site console on the admin listener.
@@ -272,6 +274,7 @@ impl Default for Config {
             alerts: crate::alerts::AlertsConfig::default(),
             uplink: UplinkConfig::default(),
             console: ConsoleConfig::default(),
+            patches: crate::patches::PatchesConfig::default(),
         }
     }
 }
@@ -323,6 +326,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.patches.validate()?;
         if self.max_frame_bytes < 1024 || self.max_frame_bytes > 16 * 1024 * 1024 {
             bail!("max_frame_bytes must be between 1 KiB and 16 MiB");
         }

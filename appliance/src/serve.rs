@@ -139,7 +139,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         store.clone(),
         &data.0,
         metrics.clone(),
-        outpost_patch::assess::Policy::default(),
+        cfg.patches.policy.clone(),
     )
     .context("loading the patch catalog and assessments")?;
     let patches_thread = patches
@@ -244,6 +244,11 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
             }
         });
     }
+    tracker.spawn(crate::patches::feed::fetch_loop(
+        patches.clone(),
+        cfg.patches.clone(),
+        shutdown.clone(),
+    ));
     tracker.spawn(jobs::writer_ticks(writer.clone(), shutdown.clone()));
     tracker.spawn(jobs::retention_loop(
         store.clone(),

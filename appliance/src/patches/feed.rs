@@ -48,3 +48,74 @@ pub async fn fetch(url: &str, limit: usize, timeout: Duration) -> anyhow::Result
     }
     Ok(out)
 }
+
+/// Wait after start before the first scheduled fetch.
+const FIRST_FETCH_DELAY: Duration = Duration::from_secs(30);
+
+/// When a feed is due: never imported, or imported `interval` ago.
+pub fn due(imported_at_ms: Option<u64>, now_ms: u64, interval_ms: u64) -> bool {
+    imported_at_ms.is_none_or(|t| now_ms.saturating_sub(t) >= interval_ms)
+}
+
+/// Fetches one feed and imports it.
+pub async fn fetch_and_import(
+    service: &super::PatchService,
+    feed: &super::config::FeedConfig,
+    timeout: Duration,
+) -> anyhow::Result<super::service::ImportOutcome> {
+    let format = outpost_patch::catalog::FeedFormat::parse(&feed.format)
+        .ok_or_else(|| anyhow::anyhow!("unknown feed format {:?}", feed.format))?;
+    let body = match fetch(&feed.url, super::api::MAX_FEED_BYTES, timeout).await {
+        Ok(b) => b,
+        Err(e) => {
+            service.note_import_failure();
+            return Err(e);
+        }
+    };
+    let s = service.clone();
+    let (name, url) = (feed.name.clone(), feed.url.clone());
+    let outcome =
+        tokio::task::spawn_blocking(move || s.import(format, Some(&name), &url, &body)).await??;
+    Ok(outcome)
+}
+
+/// Fetches the configured feeds on their schedule until shutdown.
+pub async fn fetch_loop(
+    service: super::PatchService,
+    cfg: super::config::PatchesConfig,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    if cfg.feeds.is_empty() {
+        return;
+    }
+    let interval_ms = cfg.fetch_interval.as_millis() as u64;
+    let check = cfg.fetch_interval.min(Duration::from_secs(600));
+    // Not in the first seconds of a start: the appliance is busy loading,
+    // and a short-lived appliance (tests, a restart loop) fetches nothing.
+    tokio::select! {
+        _ = tokio::time::sleep(FIRST_FETCH_DELAY) => {}
+        _ = shutdown.cancelled() => return,
+    }
+    loop {
+        let now = outpost_storage::now_ms();
+        for feed in &cfg.feeds {
+            let imported = service.imported_at(&feed.name);
+            if !due(imported, now, interval_ms) {
+                continue;
+            }
+            match fetch_and_import(&service, feed, Duration::from_secs(300)).await {
+                Ok(o) => {
+                    tracing::info!(source = %o.source, advisories = o.advisories, "scheduled advisory fetch imported")
+                }
+                Err(e) => {
+                    tracing::warn!(source = %feed.name, url = %feed.url, error = %format!("{e:#}"),
+                    "scheduled advisory fetch failed; the catalog in service stays")
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(check) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}

@@ -6,7 +6,8 @@
 //!
 //! - [`store`] — this subsystem's tables.
 //! - [`service`] — applies reports, imports feeds, assesses, answers views.
-//! - [`feed`] — fetching a feed from a URL.
+//! - [`config`] — `[patches]`: policy and scheduled feeds.
+//! - [`feed`] — fetching a feed from a URL, and the schedule.
 //! - [`api`] — `/api/v1/advisories` and `/api/v1/patches/...`.
 //! - [`metrics`] — `outpost_patches_*`.
 //!
@@ -16,9 +17,11 @@
 //! thread.
 
 pub mod api;
+pub mod config;
 pub mod feed;
 pub mod metrics;
 pub mod service;
 pub mod store;
 
+pub use config::PatchesConfig;
 pub use service::PatchService;

@@ -570,6 +570,15 @@ impl PatchService {
         })
     }
 
+    /// When the source `name` was last imported.
+    pub fn imported_at(&self, name: &str) -> Option<u64> {
+        self.view()
+            .catalog
+            .sources()
+            .find(|s| s.info.name == name)
+            .map(|s| s.info.imported_at_ms)
+    }
+
     /// Counts an import that failed before the feed was read (download).
     pub fn note_import_failure(&self) {
         self.inner.metrics.patches.import_failures.inc();
@@ -714,9 +723,17 @@ impl PatchService {
         }))
     }
 
+    /// Every missing patch, most risky and widespread first.
     pub fn patches(&self) -> Vec<PatchSummary> {
         let v = self.view();
-        patch_list(v.assessments.values().map(|a| a.as_ref()))
+        let mut list = patch_list(v.assessments.values().map(|a| a.as_ref()));
+        list.sort_by(|a, b| {
+            b.max_risk
+                .cmp(&a.max_risk)
+                .then(b.devices.cmp(&a.devices))
+                .then(a.source.cmp(&b.source))
+        });
+        list
     }
 
     pub fn cve(&self, id: &str) -> CveView<DeviceId> {

@@ -1,4 +1,5 @@
 use std::sync::Arc;
+use std::time::Duration;
 
 use outpost_patch::assess::{Compliance, FindingState};
 use outpost_patch::catalog::FeedFormat;
@@ -288,4 +289,87 @@ fn a_source_name_that_is_not_a_file_name_is_refused() {
         .import(FeedFormat::Osv, Some("../etc/passwd"), "x", b"[]")
         .unwrap_err();
     assert!(matches!(e, ImportFailure::Invalid(_)), "{e}");
+}
+
+/// Serves `body` with `status` to every request on 127.0.0.1.
+async fn serve_once(status: &'static str, body: &'static str) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let head = format!(
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(body.as_bytes()).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_fetch_imports_the_feed_and_an_unreachable_or_failing_one_changes_nothing() {
+    let r = rig();
+    let ok = serve_once("200 OK", TRACKER).await;
+    let feed = super::super::config::FeedConfig {
+        name: "debian-tracker".into(),
+        format: "debian-tracker".into(),
+        url: format!("http://{ok}/tracker/data/json"),
+    };
+    let out = super::super::feed::fetch_and_import(&r.service, &feed, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(out.advisories, 3);
+    let imported = r.service.imported_at("debian-tracker").unwrap();
+
+    let failing = serve_once("503 Service Unavailable", "down").await;
+    let bad = super::super::config::FeedConfig {
+        url: format!("http://{failing}/json"),
+        ..feed.clone()
+    };
+    let e = super::super::feed::fetch_and_import(&r.service, &bad, Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("503"), "{e:#}");
+    let truncated = serve_once("200 OK", "{\"openssl\": {").await;
+    let bad = super::super::config::FeedConfig {
+        url: format!("http://{truncated}/json"),
+        ..feed.clone()
+    };
+    assert!(
+        super::super::feed::fetch_and_import(&r.service, &bad, Duration::from_secs(10))
+            .await
+            .is_err()
+    );
+    assert_eq!(r.metrics.patches.import_failures.get(), 2);
+    assert_eq!(r.service.imported_at("debian-tracker"), Some(imported));
+    assert_eq!(r.service.advisories_status(0).unwrap().advisories, 3);
+}
+
+#[test]
+fn a_feed_is_due_when_never_imported_or_older_than_the_interval() {
+    use super::super::feed::due;
+    assert!(due(None, 0, 10));
+    assert!(!due(Some(100), 109, 10));
+    assert!(due(Some(100), 110, 10));
+}
+
+#[test]
+fn the_default_patches_config_fetches_the_tracker_and_a_bad_feed_is_refused() {
+    let c = super::super::PatchesConfig::default();
+    c.validate().unwrap();
+    assert_eq!(c.feeds[0].url, super::super::feed::DEBIAN_TRACKER_URL);
+    let mut bad = c.clone();
+    bad.feeds[0].format = "oval".into();
+    assert!(bad.validate().is_err());
+    let parsed: crate::config::Config = toml::from_str(
+        "[patches]\nfetch_interval = \"1h\"\nfeeds = []\n[patches.policy]\ngrace_days = 3\n",
+    )
+    .unwrap();
+    assert_eq!(parsed.patches.policy.grace_days, 3);
+    assert!(parsed.patches.feeds.is_empty());
 }
