@@ -893,6 +893,46 @@ mod tests {
     }
 
     #[test]
+    fn package_scans_are_stored_once_in_the_inbox_by_device_and_seq() {
+        use outpost_proto::messages::PackageScanRecord;
+        let (_d, store) = open();
+        let dev = DeviceId(3);
+        let mut w = IngestWriter::new(store.clone(), 1_000).unwrap();
+        let scan = |seq: u64| Record {
+            seq,
+            ts_ms: 1_000 + seq,
+            body: RecordBody::PackageScan(PackageScanRecord {
+                format: 1,
+                full: seq == 1,
+                payload: vec![seq as u8; 10],
+            }),
+        };
+        let group = |records: Vec<Record>| IncomingRecords {
+            device: dev,
+            records,
+        };
+        w.apply(&[group(vec![hb(1, 1_001), scan(2), scan(3)])], 2_000)
+            .unwrap();
+        // Replayed: acknowledged, not stored again.
+        let out = w.apply(&[group(vec![scan(3)])], 2_000).unwrap();
+        assert_eq!(out.duplicates, 1);
+        let mut inbox = Vec::new();
+        store
+            .scan::<PackageScanRecord>(PACKAGE_SCANS_IN, &[], None, |k, v| {
+                inbox.push((k.to_vec(), v.payload[0]));
+                true
+            })
+            .unwrap();
+        assert_eq!(
+            inbox,
+            vec![
+                (keys::device_time_key(dev, 2).to_vec(), 2),
+                (keys::device_time_key(dev, 3).to_vec(), 3)
+            ]
+        );
+    }
+
+    #[test]
     fn replayed_heartbeats_are_stored_once() {
         let (_d, store) = open();
         let dev = DeviceId(7);
