@@ -55,6 +55,14 @@ pub enum PatchesCmd {
     },
     /// Fleet compliance, devices, most widespread CVEs, daily history.
     Summary(JsonArg),
+    /// Every device's missing patches as a report (`--format csv`).
+    Report {
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// Only this customer's devices.
+        #[arg(long)]
+        customer: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -367,6 +375,15 @@ pub async fn run_patches(cmd: PatchesCmd, c: AdminClient) -> anyhow::Result<()> 
                     &rows,
                 );
             }
+            Ok(())
+        }
+        PatchesCmd::Report { format, customer } => {
+            let mut path = format!("/api/v1/patches/report?format={}", query_escape(&format));
+            if let Some(c) = customer {
+                path.push_str(&format!("&customer={}", query_escape(&c)));
+            }
+            let body = c.get_raw(&path).await?;
+            print!("{}", String::from_utf8_lossy(&body));
             Ok(())
         }
         PatchesCmd::Summary(a) => {

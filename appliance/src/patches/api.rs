@@ -33,6 +33,7 @@ pub fn router(service: PatchService) -> Router {
         .route("/api/v1/patches/summary", get(summary))
         .route("/api/v1/patches/devices/{id}", get(device))
         .route("/api/v1/patches/cves/{id}", get(cve))
+        .route("/api/v1/patches/report", get(report))
         .with_state(service)
 }
 
@@ -133,6 +134,31 @@ async fn device(State(s): State<PatchService>, Path(id): Path<String>) -> Respon
             StatusCode::NOT_FOUND,
             format!("no package scan from device {dev} yet"),
         ),
+        Err(e) => internal(format!("{e:#}")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReportQuery {
+    /// `csv` (the only format so far).
+    pub format: Option<String>,
+    pub customer: Option<String>,
+}
+
+async fn report(State(s): State<PatchService>, Query(q): Query<ReportQuery>) -> Response {
+    let format = q.format.as_deref().unwrap_or("csv");
+    if format != "csv" {
+        return err(
+            StatusCode::BAD_REQUEST,
+            format!("report format {format:?}: only csv is available"),
+        );
+    }
+    match s.report_csv(q.customer.as_deref()) {
+        Ok(text) => (
+            [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            text,
+        )
+            .into_response(),
         Err(e) => internal(format!("{e:#}")),
     }
 }

@@ -723,6 +723,71 @@ impl PatchService {
         }))
     }
 
+    /// The missing patches of every device (of `customer`, when given) as
+    /// CSV, one line per (device, patch), most risky first per device.
+    pub fn report_csv(&self, customer: Option<&str>) -> anyhow::Result<String> {
+        fn field(s: &str) -> String {
+            if s.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", s.replace('"', "\"\""))
+            } else {
+                s.to_string()
+            }
+        }
+        let v = self.view();
+        let mut out = String::from(
+            "device,hostname,customer,release,compliance,source,installed,candidate,security,severity,cves,risk,reboot_expected,missing_since_ms\n",
+        );
+        for (dev, a) in &v.assessments {
+            let rec = outpost_storage::registry::get(&self.inner.store, *dev)?;
+            let (hostname, cust) = rec
+                .as_ref()
+                .map(|r| (r.hostname.clone(), r.customer.to_string()))
+                .unwrap_or_default();
+            if customer.is_some_and(|c| c != cust) {
+                continue;
+            }
+            let mut patches: Vec<_> = a.patches.iter().collect();
+            patches.sort_by(|x, y| y.risk.cmp(&x.risk).then(x.source.cmp(&y.source)));
+            for p in patches {
+                let cells = [
+                    dev.to_string(),
+                    hostname.clone(),
+                    cust.clone(),
+                    a.release
+                        .as_ref()
+                        .map(|r| r.to_string())
+                        .unwrap_or_default(),
+                    serde_json::to_value(a.compliance)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    p.source.to_string(),
+                    p.installed.to_string(),
+                    p.candidate
+                        .as_ref()
+                        .map(|c| c.to_string())
+                        .unwrap_or_default(),
+                    p.security.to_string(),
+                    p.severity
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default(),
+                    p.cves
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    p.risk.to_string(),
+                    p.reboot_expected.to_string(),
+                    p.first_seen_ms.to_string(),
+                ];
+                let line: Vec<String> = cells.iter().map(|c| field(c)).collect();
+                out.push_str(&line.join(","));
+                out.push('\n');
+            }
+        }
+        Ok(out)
+    }
+
     /// Every missing patch, most risky and widespread first.
     pub fn patches(&self) -> Vec<PatchSummary> {
         let v = self.view();

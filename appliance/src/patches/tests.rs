@@ -373,3 +373,71 @@ fn the_default_patches_config_fetches_the_tracker_and_a_bad_feed_is_refused() {
     assert_eq!(parsed.patches.policy.grace_days, 3);
     assert!(parsed.patches.feeds.is_empty());
 }
+
+#[test]
+fn the_csv_report_lists_each_devices_missing_patches_and_filters_by_customer() {
+    use outpost_patch::scan::AptUpgrade;
+    use outpost_patch::version::DebVersion;
+    let r = rig();
+    r.service
+        .import(FeedFormat::DebianTracker, None, "t", TRACKER.as_bytes())
+        .unwrap();
+    let dev = DeviceId(11);
+    outpost_storage::registry::register(
+        &r.store,
+        &outpost_storage::model::DeviceRecord {
+            id: dev,
+            tenant: "acme".into(),
+            customer: "dental".into(),
+            hostname: "web, 1".into(),
+            os: String::new(),
+            kernel: String::new(),
+            arch: String::new(),
+            agent_version: String::new(),
+            enrolled_at_ms: 0,
+            cert_serial: String::new(),
+            revoked_at_ms: None,
+        },
+    )
+    .unwrap();
+    let mut s = scan(V1, 1);
+    s.upgrades.push(AptUpgrade {
+        name: "libssl3".into(),
+        arch: Some("amd64".into()),
+        from: Some(DebVersion::parse("3.0.11-1~deb12u2").unwrap()),
+        to: DebVersion::parse("3.0.15-1~deb12u1").unwrap(),
+        origins: vec!["Debian-Security:12/stable-security".into()],
+        security: true,
+    });
+    s.normalize();
+    put_report(
+        &r.store,
+        dev,
+        1,
+        &PackageReport::Full(Box::new(s)),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(10).unwrap();
+    let csv = r.service.report_csv(None).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(lines[0].starts_with("device,hostname,customer,"));
+    assert!(lines[1].contains(",\"web, 1\",dental,"), "{}", lines[1]);
+    assert!(
+        lines[1].contains(",openssl,3.0.11-1~deb12u2,3.0.15-1~deb12u1,true,high,CVE-2024-0001,"),
+        "{}",
+        lines[1]
+    );
+    assert_eq!(
+        r.service.report_csv(Some("other")).unwrap().lines().count(),
+        1
+    );
+    assert_eq!(
+        r.service
+            .report_csv(Some("dental"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+}
