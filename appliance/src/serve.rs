@@ -142,6 +142,10 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         cfg.patches.policy.clone(),
     )
     .context("loading the patch catalog and assessments")?;
+    {
+        let alerts = alerts.clone();
+        patches.set_alert_sink(Box::new(move |batch| alerts.samples(batch)));
+    }
     let patches_thread = patches
         .spawn_worker(Duration::from_secs(1), shutdown.clone())
         .context("starting the patch worker")?;

@@ -6,6 +6,7 @@
 //!
 //! - [`store`] — this subsystem's tables.
 //! - [`service`] — applies reports, imports feeds, assesses, answers views.
+//! - [`alerts`] — the patch state as alert-engine samples.
 //! - [`config`] — `[patches]`: policy and scheduled feeds.
 //! - [`feed`] — fetching a feed from a URL, and the schedule.
 //! - [`api`] — `/api/v1/advisories` and `/api/v1/patches/...`.
@@ -16,6 +17,7 @@
 //! and deleting `package_scans_in`, and runs no assessment on the writer
 //! thread.
 
+pub mod alerts;
 pub mod api;
 pub mod config;
 pub mod feed;

@@ -40,13 +40,22 @@ use crate::metrics::Metrics;
 const DAY_MS: u64 = 86_400_000;
 /// Reports applied per pass of the worker (then the view is published).
 const REPORTS_PER_PASS: usize = 256;
+/// How often the patch state is sent to the alert engine (besides after
+/// every applied report).
+const ALERT_SAMPLE_INTERVAL_MS: u64 = 5 * 60 * 1000;
 
 /// What readers see: the catalog in service and every device's assessment.
 #[derive(Default)]
 pub struct View {
     pub catalog: Arc<Catalog>,
     pub assessments: BTreeMap<DeviceId, Arc<DeviceAssessment>>,
+    /// Since when each device waiting for a reboot has been waiting.
+    pub reboot_since: BTreeMap<DeviceId, u64>,
 }
+
+/// Where the patch state goes as alert samples (the alert engine).
+pub type AlertSink =
+    Box<dyn Fn(Vec<(DeviceId, Vec<outpost_proto::messages::MetricValue>)>) + Send + Sync>;
 
 /// The patch service (cheap to clone).
 #[derive(Clone)]
@@ -66,6 +75,8 @@ struct Inner {
     /// Wakes the worker early (tests, imports).
     wake: std::sync::Condvar,
     wake_flag: Mutex<bool>,
+    /// The alert engine's input, once wired ([`PatchService::set_alert_sink`]).
+    alert_sink: Mutex<Option<AlertSink>>,
 }
 
 /// Why an import was refused.
@@ -207,6 +218,13 @@ impl PatchService {
             }
             true
         })?;
+        let mut reboot_since = BTreeMap::new();
+        store.scan::<DeviceScan>(PATCH_SCANS, &[], None, |k, ds| {
+            if let (Ok(b), Some(t)) = (<[u8; 8]>::try_from(k), ds.reboot_since_ms) {
+                reboot_since.insert(DeviceId(u64::from_be_bytes(b)), t);
+            }
+            true
+        })?;
         let mut catalog = Catalog::new();
         let mut sources = Vec::new();
         store.scan::<SourceRecord>(PATCH_SOURCES, &[], None, |_, r| {
@@ -242,9 +260,11 @@ impl PatchService {
                 view: RwLock::new(Arc::new(View {
                     catalog: Arc::new(catalog),
                     assessments,
+                    reboot_since,
                 })),
                 wake: std::sync::Condvar::new(),
                 wake_flag: Mutex::new(false),
+                alert_sink: Mutex::new(None),
             }),
         };
         service.publish_gauges();
@@ -263,9 +283,13 @@ impl PatchService {
             .name("patches".into())
             .spawn(move || {
                 let mut last_snapshot = 0u64;
+                let mut last_alerts = 0u64;
                 while !shutdown.is_cancelled() {
                     match s.process_reports(now_ms()) {
-                        Ok(n) if n > 0 => last_snapshot = 0,
+                        Ok(n) if n > 0 => {
+                            last_snapshot = 0;
+                            last_alerts = 0;
+                        }
                         Ok(_) => {}
                         Err(e) => {
                             warn!(error = %format!("{e:#}"), "applying package reports failed")
@@ -277,6 +301,10 @@ impl PatchService {
                             warn!(error = %format!("{e:#}"), "recording compliance failed");
                         }
                         last_snapshot = now;
+                    }
+                    if now.saturating_sub(last_alerts) >= ALERT_SAMPLE_INTERVAL_MS {
+                        s.send_alert_samples(now);
+                        last_alerts = now;
                     }
                     s.wait(poll);
                 }
@@ -295,6 +323,39 @@ impl PatchService {
             .wait_timeout_while(guard, poll, |woken| !*woken)
             .unwrap_or_else(|p| p.into_inner());
         *guard = false;
+    }
+
+    /// Sends the patch state to the alert engine from now on.
+    pub fn set_alert_sink(&self, sink: AlertSink) {
+        *self
+            .inner
+            .alert_sink
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    }
+
+    /// Sends every device's patch values ([`super::alerts`]) to the sink.
+    pub fn send_alert_samples(&self, now: u64) {
+        let sink = self
+            .inner
+            .alert_sink
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(sink) = sink.as_ref() else { return };
+        let v = self.view();
+        let batch = v
+            .assessments
+            .iter()
+            .map(|(d, a)| {
+                (
+                    *d,
+                    super::alerts::device_values(a, v.reboot_since.get(d).copied(), now),
+                )
+            })
+            .collect::<Vec<_>>();
+        if !batch.is_empty() {
+            sink(batch);
+        }
     }
 
     /// Wakes the worker.
@@ -365,6 +426,7 @@ impl PatchService {
             let _g = self.inner.change.lock().unwrap_or_else(|p| p.into_inner());
             let view = self.view();
             let mut assessments = view.assessments.clone();
+            let mut reboot_since = view.reboot_since.clone();
             for (key, rec) in pending {
                 let (Some(dev), Some(seq)) = (
                     key.get(..8)
@@ -385,6 +447,17 @@ impl PatchService {
                     .get(PATCH_SCANS, &device_key(dev))?
                     .unwrap_or_default();
                 let changed = self.apply_report(&mut ds, &rec, seq, now);
+                if changed && let Some(scan) = &ds.scan {
+                    ds.reboot_since_ms = if scan.reboot.required {
+                        Some(ds.reboot_since_ms.unwrap_or(scan.scanned_at_ms))
+                    } else {
+                        None
+                    };
+                    match ds.reboot_since_ms {
+                        Some(t) => reboot_since.insert(dev, t),
+                        None => reboot_since.remove(&dev),
+                    };
+                }
                 let mut b = self.inner.store.batch();
                 if changed && let Some(scan) = &ds.scan {
                     let prev = assessments.get(&dev).map(|a| a.as_ref());
@@ -399,6 +472,7 @@ impl PatchService {
             self.publish(View {
                 catalog: view.catalog.clone(),
                 assessments,
+                reboot_since,
             });
         }
     }
@@ -545,6 +619,7 @@ impl PatchService {
         self.publish(View {
             catalog,
             assessments,
+            reboot_since: view.reboot_since.clone(),
         });
         self.inner.metrics.patches.imports.inc();
         info!(

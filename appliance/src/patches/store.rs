@@ -49,6 +49,8 @@ pub struct DeviceScan {
     pub base_misses: u64,
     /// Why the last report was refused.
     pub last_error: Option<String>,
+    /// Since when (the device's scan time) it waits for a reboot.
+    pub reboot_since_ms: Option<u64>,
 }
 
 /// An imported feed, re-imported from its file when the appliance starts.

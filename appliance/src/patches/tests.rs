@@ -441,3 +441,44 @@ fn the_csv_report_lists_each_devices_missing_patches_and_filters_by_customer() {
         2
     );
 }
+
+#[test]
+fn the_alert_engine_receives_each_devices_patch_values_with_the_reboot_wait() {
+    let r = rig();
+    type Samples = Vec<(DeviceId, Vec<outpost_proto::messages::MetricValue>)>;
+    let got: Arc<std::sync::Mutex<Samples>> = Arc::default();
+    {
+        let got = got.clone();
+        r.service
+            .set_alert_sink(Box::new(move |b| got.lock().unwrap().extend(b)));
+    }
+    let dev = DeviceId(4);
+    let mut s = scan(V1, DAY_MS);
+    s.reboot.required = true;
+    put_report(
+        &r.store,
+        dev,
+        1,
+        &PackageReport::Full(Box::new(s.clone())),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(DAY_MS).unwrap();
+    // Still waiting one day later: the wait counts from the first scan.
+    let mut later = s.clone();
+    later.scanned_at_ms = 2 * DAY_MS;
+    put_report(
+        &r.store,
+        dev,
+        2,
+        &PackageReport::Delta(Box::new(s.diff(&later))),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(2 * DAY_MS).unwrap();
+    r.service.send_alert_samples(4 * DAY_MS);
+    let got = got.lock().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, dev);
+    let v = |n: &str| got[0].1.iter().find(|v| v.name == n).unwrap().value;
+    assert_eq!(v(super::super::alerts::REBOOT_REQUIRED_DAYS), 3.0);
+    assert_eq!(v(super::super::alerts::SCAN_AGE_DAYS), 2.0);
+}
