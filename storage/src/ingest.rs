@@ -904,6 +904,8 @@ mod tests {
             body: RecordBody::PackageScan(PackageScanRecord {
                 format: 1,
                 full: seq == 1,
+                part: 0,
+                parts: 1,
                 payload: vec![seq as u8; 10],
             }),
         };

@@ -17,11 +17,12 @@ use super::tools::{self, Collected, PackageTools};
 use crate::config::AgentConfig;
 use crate::session::{Shared, now_ms};
 
-/// Largest encoded report buffered: under the agent's frame payload
-/// (256 KiB), so the record is deliverable. A compressed scan of 1,000
-/// packages is ~15 KiB; this bound is ~15,000 packages. Beyond it the
+/// Largest encoded report buffered (it is sent in parts of
+/// `PackageScanRecord::MAX_PART_BYTES`). A compressed scan of 1,000
+/// packages is ~15 KiB; this bound is ~50,000 packages. Beyond it the
 /// scan is refused with a log line (and the status error).
-pub const MAX_REPORT_BYTES: usize = 240 * 1024;
+pub const MAX_REPORT_BYTES: usize =
+    PackageScanRecord::MAX_PART_BYTES * PackageScanRecord::MAX_PARTS as usize;
 
 /// What the scanner is configured with (from `agent.toml`).
 #[derive(Debug, Clone)]
@@ -174,15 +175,27 @@ fn buffer_report(sched: &mut Scheduler, shared: &Shared, reason: ScanReason, c: 
         return;
     }
     let bytes = payload.len();
-    let body = RecordBody::PackageScan(PackageScanRecord {
-        format: PACKAGE_REPORT_FORMAT,
-        full,
-        payload,
-    });
-    match shared.record_at(now, body) {
+    let chunks: Vec<&[u8]> = payload.chunks(PackageScanRecord::MAX_PART_BYTES).collect();
+    let parts = chunks.len().max(1) as u32;
+    let mut result = Ok(0);
+    for (i, chunk) in chunks.iter().enumerate() {
+        let body = RecordBody::PackageScan(PackageScanRecord {
+            format: PACKAGE_REPORT_FORMAT,
+            full,
+            part: i as u32,
+            parts,
+            payload: chunk.to_vec(),
+        });
+        result = shared.record_at(now, body);
+        if result.is_err() {
+            break;
+        }
+    }
+    match result {
         Ok(seq) => {
             info!(
                 seq,
+                parts,
                 reason = reason.label(),
                 full,
                 packages = c.scan.dpkg.len() + c.scan.rpm.len(),

@@ -38,8 +38,6 @@ use super::store::{
 use crate::metrics::Metrics;
 
 const DAY_MS: u64 = 86_400_000;
-/// Reports applied per pass of the worker (then the view is published).
-const REPORTS_PER_PASS: usize = 256;
 /// How often the patch state is sent to the alert engine (besides after
 /// every applied report).
 const ALERT_SAMPLE_INTERVAL_MS: u64 = 5 * 60 * 1000;
@@ -407,74 +405,173 @@ impl PatchService {
         a
     }
 
-    /// Applies the stored package reports (oldest first per device), in
-    /// passes of [`REPORTS_PER_PASS`]. Returns how many were handled.
+    /// Applies the stored package reports, device by device, oldest first;
+    /// the parts of a report are joined first (a report whose parts have
+    /// not all arrived waits; one whose parts are broken — a part dropped
+    /// by a full agent buffer — is discarded, counted, and the device waits
+    /// for a full scan). Returns how many records were consumed.
     pub fn process_reports(&self, now: u64) -> anyhow::Result<usize> {
         let mut total = 0;
-        loop {
-            let mut pending: Vec<(Vec<u8>, PackageScanRecord)> = Vec::new();
-            self.inner
+        let mut cursor: Vec<u8> = Vec::new();
+        let view = self.view();
+        let mut assessments = view.assessments.clone();
+        let mut reboot_since = view.reboot_since.clone();
+        let mut changed_any = false;
+        let result = loop {
+            let mut next = None;
+            if let Err(e) = self
+                .inner
                 .store
-                .scan::<PackageScanRecord>(PACKAGE_SCANS_IN, &[], None, |k, v| {
-                    pending.push((k.to_vec(), v));
-                    pending.len() < REPORTS_PER_PASS
-                })?;
-            if pending.is_empty() {
-                return Ok(total);
+                .scan_raw(PACKAGE_SCANS_IN, &cursor, None, |k, _| {
+                    next = k
+                        .get(..8)
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .map(|b| DeviceId(u64::from_be_bytes(b)));
+                    Ok(false)
+                })
+            {
+                break Err(e.into());
             }
-            total += pending.len();
+            let Some(dev) = next else { break Ok(()) };
+            let upper = dev.0.checked_add(1).map(|n| n.to_be_bytes().to_vec());
+            let mut entries: Vec<(Vec<u8>, u64, PackageScanRecord)> = Vec::new();
+            if let Err(e) = self.inner.store.scan::<PackageScanRecord>(
+                PACKAGE_SCANS_IN,
+                &device_key(dev),
+                upper.as_deref(),
+                |k, v| {
+                    let seq = k
+                        .get(8..16)
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .map(u64::from_be_bytes)
+                        .unwrap_or(0);
+                    entries.push((k.to_vec(), seq, v));
+                    true
+                },
+            ) {
+                break Err(e.into());
+            }
             let _g = self.inner.change.lock().unwrap_or_else(|p| p.into_inner());
-            let view = self.view();
-            let mut assessments = view.assessments.clone();
-            let mut reboot_since = view.reboot_since.clone();
-            for (key, rec) in pending {
-                let (Some(dev), Some(seq)) = (
-                    key.get(..8)
-                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                        .map(|b| DeviceId(u64::from_be_bytes(b))),
-                    key.get(8..16)
-                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                        .map(u64::from_be_bytes),
-                ) else {
-                    let mut b = self.inner.store.batch();
-                    b.delete(PACKAGE_SCANS_IN, &key)?;
-                    self.inner.store.write(b)?;
-                    continue;
-                };
-                let mut ds: DeviceScan = self
-                    .inner
-                    .store
-                    .get(PATCH_SCANS, &device_key(dev))?
-                    .unwrap_or_default();
-                let changed = self.apply_report(&mut ds, &rec, seq, now);
-                if changed && let Some(scan) = &ds.scan {
-                    ds.reboot_since_ms = if scan.reboot.required {
-                        Some(ds.reboot_since_ms.unwrap_or(scan.scanned_at_ms))
-                    } else {
-                        None
-                    };
-                    match ds.reboot_since_ms {
-                        Some(t) => reboot_since.insert(dev, t),
-                        None => reboot_since.remove(&dev),
-                    };
+            match self.process_device(
+                dev,
+                &entries,
+                &view.catalog,
+                &mut assessments,
+                &mut reboot_since,
+                now,
+            ) {
+                Ok(n) => {
+                    total += n;
+                    changed_any |= n > 0;
                 }
-                let mut b = self.inner.store.batch();
-                if changed && let Some(scan) = &ds.scan {
-                    let prev = assessments.get(&dev).map(|a| a.as_ref());
-                    let a = self.assess(scan, &view.catalog, prev, now);
-                    b.put(PATCH_ASSESSMENTS, &device_key(dev), &a)?;
-                    assessments.insert(dev, Arc::new(a));
-                }
-                b.put(PATCH_SCANS, &device_key(dev), &ds)?;
-                b.delete(PACKAGE_SCANS_IN, &key)?;
-                self.inner.store.write(b)?;
+                Err(e) => break Err(e),
             }
+            match upper {
+                Some(u) => cursor = u,
+                None => break Ok(()),
+            }
+        };
+        if changed_any {
             self.publish(View {
                 catalog: view.catalog.clone(),
                 assessments,
                 reboot_since,
             });
         }
+        result.map(|()| total)
+    }
+
+    /// Applies one device's complete reports (see [`Self::process_reports`]).
+    fn process_device(
+        &self,
+        dev: DeviceId,
+        entries: &[(Vec<u8>, u64, PackageScanRecord)],
+        catalog: &Catalog,
+        assessments: &mut BTreeMap<DeviceId, Arc<DeviceAssessment>>,
+        reboot_since: &mut BTreeMap<DeviceId, u64>,
+        now: u64,
+    ) -> anyhow::Result<usize> {
+        let mut consumed = 0;
+        let mut i = 0;
+        while i < entries.len() {
+            let (_, seq, first) = &entries[i];
+            let parts = first.parts as usize;
+            let well_formed =
+                first.part == 0 && first.parts >= 1 && first.parts <= PackageScanRecord::MAX_PARTS;
+            let group_ok = |group: &[(Vec<u8>, u64, PackageScanRecord)]| {
+                group.iter().enumerate().all(|(j, (_, _, r))| {
+                    r.part as usize == j
+                        && r.parts == first.parts
+                        && r.format == first.format
+                        && r.full == first.full
+                })
+            };
+            let mut ds: DeviceScan = self
+                .inner
+                .store
+                .get(PATCH_SCANS, &device_key(dev))?
+                .unwrap_or_default();
+            if well_formed && i + parts > entries.len() && group_ok(&entries[i..]) {
+                // The rest of the report has not arrived yet.
+                break;
+            }
+            if !well_formed || i + parts > entries.len() || !group_ok(&entries[i..i + parts]) {
+                // A part without its start, or a report with a part missing.
+                self.inner.metrics.patches.rejected("incomplete");
+                ds.needs_full = true;
+                ds.last_seq = *seq;
+                ds.received_at_ms = now;
+                ds.last_error = Some(format!(
+                    "package report part {} of {} (record {seq}) without the rest: a part was lost; waiting for a full scan",
+                    first.part + 1,
+                    first.parts
+                ));
+                let mut b = self.inner.store.batch();
+                b.put(PATCH_SCANS, &device_key(dev), &ds)?;
+                b.delete(PACKAGE_SCANS_IN, &entries[i].0)?;
+                self.inner.store.write(b)?;
+                consumed += 1;
+                i += 1;
+                continue;
+            }
+            let group = &entries[i..i + parts];
+            let joined = PackageScanRecord {
+                format: first.format,
+                full: first.full,
+                part: 0,
+                parts: 1,
+                payload: group
+                    .iter()
+                    .flat_map(|(_, _, r)| r.payload.iter().copied())
+                    .collect(),
+            };
+            let last_seq = group.last().map_or(*seq, |(_, s, _)| *s);
+            let changed = self.apply_report(&mut ds, &joined, last_seq, now);
+            let mut b = self.inner.store.batch();
+            if changed && let Some(scan) = &ds.scan {
+                ds.reboot_since_ms = if scan.reboot.required {
+                    Some(ds.reboot_since_ms.unwrap_or(scan.scanned_at_ms))
+                } else {
+                    None
+                };
+                match ds.reboot_since_ms {
+                    Some(t) => reboot_since.insert(dev, t),
+                    None => reboot_since.remove(&dev),
+                };
+                let prev = assessments.get(&dev).map(|a| a.as_ref());
+                let a = self.assess(scan, catalog, prev, now);
+                b.put(PATCH_ASSESSMENTS, &device_key(dev), &a)?;
+                assessments.insert(dev, Arc::new(a));
+            }
+            b.put(PATCH_SCANS, &device_key(dev), &ds)?;
+            for (k, _, _) in group {
+                b.delete(PACKAGE_SCANS_IN, k)?;
+            }
+            self.inner.store.write(b)?;
+            consumed += parts;
+            i += parts;
+        }
+        Ok(consumed)
     }
 
     /// Applies one report to a device's stored scan; true when the scan

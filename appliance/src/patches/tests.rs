@@ -68,6 +68,8 @@ fn put_report(store: &Store, dev: DeviceId, seq: u64, report: &PackageReport, fo
     let rec = PackageScanRecord {
         format,
         full: report.is_full(),
+        part: 0,
+        parts: 1,
         payload: codec::encode_compressed(report).unwrap(),
     };
     store
@@ -198,6 +200,8 @@ fn a_report_of_an_unknown_format_or_malformed_is_refused_with_a_reason() {
             &PackageScanRecord {
                 format: PACKAGE_REPORT_FORMAT,
                 full: true,
+                part: 0,
+                parts: 1,
                 payload: vec![1, 2, 3],
             },
         )
@@ -481,4 +485,107 @@ fn the_alert_engine_receives_each_devices_patch_values_with_the_reboot_wait() {
     let v = |n: &str| got[0].1.iter().find(|v| v.name == n).unwrap().value;
     assert_eq!(v(super::super::alerts::REBOOT_REQUIRED_DAYS), 3.0);
     assert_eq!(v(super::super::alerts::SCAN_AGE_DAYS), 2.0);
+}
+
+/// Stores `report` in parts of `size` bytes at seqs `first..`, skipping
+/// the part indexes in `lose`.
+fn put_parts(
+    store: &Store,
+    dev: DeviceId,
+    first: u64,
+    report: &PackageReport,
+    size: usize,
+    lose: &[usize],
+) -> u64 {
+    let payload = codec::encode_compressed(report).unwrap();
+    let chunks: Vec<&[u8]> = payload.chunks(size).collect();
+    let mut seq = first;
+    for (i, c) in chunks.iter().enumerate() {
+        if !lose.contains(&i) {
+            store
+                .put(
+                    PACKAGE_SCANS_IN,
+                    &outpost_storage::keys::device_time_key(dev, seq),
+                    &PackageScanRecord {
+                        format: PACKAGE_REPORT_FORMAT,
+                        full: report.is_full(),
+                        part: i as u32,
+                        parts: chunks.len() as u32,
+                        payload: c.to_vec(),
+                    },
+                )
+                .unwrap();
+        }
+        // Another record kind between parts (a heartbeat) takes a seq.
+        seq += 2;
+    }
+    seq
+}
+
+#[test]
+fn a_report_in_parts_is_applied_once_all_parts_arrived_and_a_lost_part_waits_for_a_full_scan() {
+    let r = rig();
+    let dev = DeviceId(21);
+    let report = PackageReport::Full(Box::new(scan(V1, 1)));
+    let payload_len = codec::encode_compressed(&report).unwrap().len();
+    assert!(payload_len > 100);
+    // Only the first parts: nothing applied yet, nothing consumed.
+    let payload = codec::encode_compressed(&report).unwrap();
+    let n = payload.chunks(40).count();
+    let lose_tail: Vec<usize> = (n - 1..n).collect();
+    let next = put_parts(&r.store, dev, 1, &report, 40, &lose_tail);
+    assert_eq!(r.service.process_reports(10).unwrap(), 0);
+    assert!(r.service.device(dev).unwrap().is_none());
+    // The last part arrives: applied.
+    let last = payload.chunks(40).last().unwrap().to_vec();
+    r.store
+        .put(
+            PACKAGE_SCANS_IN,
+            &outpost_storage::keys::device_time_key(dev, next - 2),
+            &PackageScanRecord {
+                format: PACKAGE_REPORT_FORMAT,
+                full: true,
+                part: (n - 1) as u32,
+                parts: n as u32,
+                payload: last,
+            },
+        )
+        .unwrap();
+    assert_eq!(r.service.process_reports(20).unwrap(), n);
+    let d = r.service.device(dev).unwrap().unwrap();
+    assert_eq!(d.packages, 2);
+    assert!(!d.needs_full_scan);
+    // A delta with a part lost in the middle, then another report: the
+    // broken one is discarded and counted, the device waits for a full scan.
+    let delta = PackageReport::Delta(Box::new(scan(V1, 1).diff(&scan(V2, 2))));
+    let after = put_parts(&r.store, dev, 1000, &delta, 8, &[1]);
+    put_parts(
+        &r.store,
+        dev,
+        after,
+        &PackageReport::Delta(Box::new(scan(V2, 2).diff(&scan(V2, 3)))),
+        8,
+        &[],
+    );
+    r.service.process_reports(30).unwrap();
+    let d = r.service.device(dev).unwrap().unwrap();
+    assert!(d.needs_full_scan, "{d:?}");
+    assert!(
+        r.metrics
+            .patches
+            .reports_rejected
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: "incomplete".into()
+            })
+            .get()
+            >= 1
+    );
+    let mut left = 0;
+    r.store
+        .scan_raw(PACKAGE_SCANS_IN, &[], None, |_, _| {
+            left += 1;
+            Ok(true)
+        })
+        .unwrap();
+    assert_eq!(left, 0, "everything consumed");
 }
