@@ -63,6 +63,22 @@ pub struct AgentConfig {
     pub dpkg_lock: std::path::PathBuf,
     /// Where the kernel's boot id is read (new at every boot).
     pub boot_id_path: std::path::PathBuf,
+    /// Scan installed packages (dpkg/apt or rpm) at start, every
+    /// `package_scan_interval`, and soon after the package database
+    /// changes; `false` turns package scans off.
+    pub package_scan: bool,
+    /// Period of the scheduled package scan.
+    #[serde(with = "humantime_serde")]
+    pub package_scan_interval: Duration,
+    /// How often the package database's modification time is checked: an
+    /// install made outside Outpost is scanned within this period.
+    #[serde(with = "humantime_serde")]
+    pub package_db_poll_interval: Duration,
+    /// A whole scan is sent at least this often (deltas otherwise).
+    #[serde(with = "humantime_serde")]
+    pub package_scan_full_interval: Duration,
+    /// Where the package tools and files are (`[package_tools]`).
+    pub package_tools: crate::scan::PackageTools,
 }
 
 impl Default for AgentConfig {
@@ -85,6 +101,11 @@ impl Default for AgentConfig {
             reboot_command: crate::commands::reboot::DEFAULT_REBOOT_COMMAND.into(),
             dpkg_lock: crate::commands::reboot::DEFAULT_DPKG_LOCK.into(),
             boot_id_path: crate::commands::reboot::DEFAULT_BOOT_ID_PATH.into(),
+            package_scan: true,
+            package_scan_interval: Duration::from_secs(24 * 3600),
+            package_db_poll_interval: Duration::from_secs(10),
+            package_scan_full_interval: Duration::from_secs(7 * 24 * 3600),
+            package_tools: crate::scan::PackageTools::default(),
         }
     }
 }
@@ -136,6 +157,15 @@ impl AgentConfig {
         if self.max_in_flight_records == 0 {
             bail!("max_in_flight_records must be positive");
         }
+        if self.package_db_poll_interval < Duration::from_secs(1) {
+            bail!("package_db_poll_interval must be at least 1s");
+        }
+        if self.package_scan_interval < Duration::from_secs(60) {
+            bail!("package_scan_interval must be at least 1m");
+        }
+        self.package_tools
+            .manager()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(())
     }
 }

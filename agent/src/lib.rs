@@ -5,7 +5,8 @@
 //! ([`collect`]), buffers every record on disk until the appliance
 //! acknowledges it ([`buffer`]) and streams records over one long-lived QUIC
 //! session with reconnect backoff ([`session`]), hands command and file
-//! events to remote management ([`remote`]), and while running keeps its
+//! events to remote management ([`remote`]), scans installed packages
+//! ([`scan`]), and while running keeps its
 //! live state in `status.json` for `outpost-agent status` ([`status`]).
 
 pub mod backoff;
@@ -18,5 +19,6 @@ pub mod files;
 pub mod identity;
 pub mod net;
 pub mod remote;
+pub mod scan;
 pub mod session;
 pub mod status;

@@ -705,6 +705,8 @@ fn spawn_collectors(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let collector = Arc::new(Mutex::new(Collector::new()));
     let mut tasks = Vec::new();
+    // Package scans (issue 14).
+    tasks.extend(crate::scan::spawn(cfg, shared.clone(), shutdown.clone()));
 
     // Heartbeats, ±10% jitter.
     {

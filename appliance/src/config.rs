@@ -38,6 +38,8 @@ pub struct Config {
     pub console: ConsoleConfig,
     /// `[files]`: file push and pull (size limit).
     pub files: crate::files::FileConfig,
+    /// `[patches]`: compliance policy, scheduled advisory feeds.
+    pub patches: crate::patches::PatchesConfig,
 }
 
 /// `[console]`: the site console on the admin listener.
@@ -280,6 +282,7 @@ impl Default for Config {
             uplink: UplinkConfig::default(),
             console: ConsoleConfig::default(),
             files: crate::files::FileConfig::default(),
+            patches: crate::patches::PatchesConfig::default(),
         }
     }
 }
@@ -331,6 +334,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.patches.validate()?;
         if self.max_frame_bytes < 1024 || self.max_frame_bytes > 16 * 1024 * 1024 {
             bail!("max_frame_bytes must be between 1 KiB and 16 MiB");
         }

@@ -18,6 +18,7 @@ pub fn tables() -> Vec<Table> {
         crate::users::store::TABLES,
         crate::commands::store::TABLES,
         crate::files::store::TABLES,
+        crate::patches::store::TABLES,
     ]
     .concat()
 }
@@ -44,8 +45,10 @@ mod tests {
         // `cache_misses` (issue 10); `users` and `sessions` (issue 12);
         // `commands`, `commands_by_time`, `commands_open`, `command_output`,
         // `scripts`, `bulk_runs`, `command_runs`, `file_transfers`,
-        // `file_transfers_by_time` (issue 13).
-        assert_eq!(n, 37);
+        // `file_transfers_by_time` (issue 13); `package_scans_in`,
+        // `patch_scans`, `patch_assessments`, `patch_sources`,
+        // `patch_compliance_daily` (issue 14).
+        assert_eq!(n, 42);
     }
 
     #[test]
@@ -70,7 +73,7 @@ mod tests {
     fn the_database_opens_and_reopens_with_every_table() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), &StoreOptions::default()).unwrap();
-        assert_eq!(s.tables().len(), 38);
+        assert_eq!(s.tables().len(), 43);
         drop(s);
         open(dir.path(), &StoreOptions::default()).unwrap();
     }

@@ -7,7 +7,7 @@
 //! read ([`net`]), background jobs ([`jobs`]), the LAN patch cache
 //! ([`cache`]), local users and their sessions ([`users`]), the admin CLI
 //! ([`cli`], one module per subsystem), the site console ([`console`]) and its
-//! HTTP client ([`client`]). [`serve`] wires
+//! HTTP client ([`client`]), patch assessment ([`patches`]). [`serve`] wires
 //! them together.
 
 pub mod alerts;
@@ -27,6 +27,7 @@ pub mod installer;
 pub mod jobs;
 pub mod metrics;
 pub mod net;
+pub mod patches;
 pub mod serve;
 pub mod site;
 pub mod users;

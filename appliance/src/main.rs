@@ -62,5 +62,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scripts(cmd) => cli::scripts::run(cmd, client()?).await,
         Command::Files(cmd) => cli::files::run(cmd, client()?).await,
         Command::AgentInstaller(args) => cli::installer::run(args, &data, client()?).await,
+        Command::Advisories(cmd) => cli::patches::run_advisories(cmd, client()?).await,
+        Command::Patches(cmd) => cli::patches::run_patches(cmd, client()?).await,
     }
 }

@@ -80,6 +80,8 @@ pub struct Metrics {
     pub commands: crate::commands::metrics::CommandMetrics,
     /// File transfers (`outpost_files_*`).
     pub files: crate::files::metrics::FileMetrics,
+    /// Patch assessment (`outpost_patches_*`).
+    pub patches: crate::patches::metrics::PatchMetrics,
     /// Alert transitions by kind (pending, firing, resolved, cleared, ...).
     pub alert_transitions: Family<KindLabel, Counter>,
     pub alerts_firing: Gauge,
@@ -150,6 +152,7 @@ impl Metrics {
             cache: Default::default(),
             commands: Default::default(),
             files: Default::default(),
+            patches: Default::default(),
             alert_transitions: Family::default(),
             alerts_firing: Gauge::default(),
             alerts_pending: Gauge::default(),
@@ -294,6 +297,7 @@ impl Metrics {
         m.cache.register(r);
         m.commands.register(r);
         m.files.register(r);
+        m.patches.register(r);
         r.register(
             "alert_transitions",
             "Alert transitions by kind",

@@ -144,6 +144,22 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         commands.clone(),
     )
     .context("opening the file transfer store")?;
+    // Patch assessment (issue 14): its own worker thread applies the
+    // package reports the writer stored and assesses devices.
+    let patches = crate::patches::PatchService::open(
+        store.clone(),
+        &data.0,
+        metrics.clone(),
+        cfg.patches.policy.clone(),
+    )
+    .context("loading the patch catalog and assessments")?;
+    {
+        let alerts = alerts.clone();
+        patches.set_alert_sink(Box::new(move |batch| alerts.samples(batch)));
+    }
+    let patches_thread = patches
+        .spawn_worker(Duration::from_secs(1), shutdown.clone())
+        .context("starting the patch worker")?;
     let ctx = Arc::new(IngestCtx {
         store: store.clone(),
         ca: keys.ca,
@@ -248,8 +264,9 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
     ));
     {
         let sd = shutdown.clone();
-        // The file routes ride beside the cache's (authorised alike).
-        let mut extra = crate::files::api::router(files.clone());
+        // The file and patch routes ride beside the cache's (authorised alike).
+        let mut extra = crate::files::api::router(files.clone())
+            .merge(crate::patches::api::router(patches.clone()));
         if let Some((c, _)) = &cache {
             extra = extra.merge(crate::cache::api::router(c.clone()));
         }
@@ -267,6 +284,11 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
             }
         });
     }
+    tracker.spawn(crate::patches::feed::fetch_loop(
+        patches.clone(),
+        cfg.patches.clone(),
+        shutdown.clone(),
+    ));
     tracker.spawn(jobs::writer_ticks(writer.clone(), shutdown.clone()));
     tracker.spawn(jobs::retention_loop(
         store.clone(),
@@ -307,6 +329,12 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
     let _ = tokio::time::timeout(
         Duration::from_secs(5),
         tokio::task::spawn_blocking(move || commands_thread.join()),
+    )
+    .await;
+    patches.wake();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::task::spawn_blocking(move || patches_thread.join()),
     )
     .await;
     drop(api_state);

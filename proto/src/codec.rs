@@ -65,6 +65,33 @@ pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), Co
     Ok(bincode::serde::decode_from_slice(bytes, CONFIG)?)
 }
 
+/// A compressed encoding failed or does not fit its bound.
+#[derive(Debug, thiserror::Error)]
+pub enum CompressedError {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("zstd: {0}")]
+    Zstd(std::io::Error),
+}
+
+/// Encodes `value` and compresses it with zstd (level 3): for payloads
+/// that are large and repetitive (package scans), carried as opaque bytes.
+pub fn encode_compressed<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CompressedError> {
+    let plain = encode(value)?;
+    zstd::bulk::compress(&plain, 3).map_err(CompressedError::Zstd)
+}
+
+/// Decompresses at most `max_plain_bytes` (a larger content is refused,
+/// never allocated) and decodes a value that must fill them exactly.
+pub fn decode_compressed<T: DeserializeOwned>(
+    bytes: &[u8],
+    max_plain_bytes: usize,
+) -> Result<T, CompressedError> {
+    let plain = zstd::bulk::decompress(bytes, max_plain_bytes.min(DECODE_LIMIT_BYTES))
+        .map_err(CompressedError::Zstd)?;
+    Ok(decode(&plain)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +117,19 @@ mod tests {
         assert_eq!((v, used), ((7, "x".to_string()), head));
         assert_eq!(decode::<u32>(&bytes[used..]).unwrap(), 9);
         assert!(decode_prefix::<(u64, String)>(&bytes[..head - 1]).is_err());
+    }
+
+    #[test]
+    fn a_compressed_value_round_trips_and_an_oversized_content_is_refused() {
+        let v: Vec<String> = (0..1000).map(|i| format!("package-{i}")).collect();
+        let bytes = encode_compressed(&v).unwrap();
+        assert!(bytes.len() < encode(&v).unwrap().len() / 2);
+        assert_eq!(
+            decode_compressed::<Vec<String>>(&bytes, 1 << 20).unwrap(),
+            v
+        );
+        assert!(decode_compressed::<Vec<String>>(&bytes, 1000).is_err());
+        assert!(decode_compressed::<Vec<String>>(&bytes[..bytes.len() / 2], 1 << 20).is_err());
     }
 
     #[test]

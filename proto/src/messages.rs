@@ -363,6 +363,9 @@ pub enum RecordBody {
     Heartbeat(Heartbeat),
     Metrics(MetricsSample),
     Inventory(Box<Inventory>),
+    /// A package scan (issue 14): a full scan or a delta against the
+    /// previous one, in the patch subsystem's own versioned encoding.
+    PackageScan(PackageScanRecord),
 }
 
 impl RecordBody {
@@ -371,8 +374,41 @@ impl RecordBody {
             RecordBody::Heartbeat(_) => "heartbeat",
             RecordBody::Metrics(_) => "metrics",
             RecordBody::Inventory(_) => "inventory",
+            RecordBody::PackageScan(_) => "package_scan",
         }
     }
+}
+
+/// A package scan as the session carries it: opaque to the session and to
+/// ingest (which stores it for the patch subsystem as is). `payload` is
+/// `outpost_patch::scan::PackageReport` encoded with
+/// [`crate::codec::encode_compressed`]; `format` names that encoding
+/// (`outpost_patch::scan::PACKAGE_REPORT_FORMAT`), so an appliance that
+/// does not know a format refuses the record with a reason and asks for a
+/// full scan instead of guessing.
+///
+/// A report larger than [`PackageScanRecord::MAX_PART_BYTES`] is sent as
+/// several records (`part` 0..`parts`, in sequence order, possibly
+/// interleaved with other kinds): every part fits the smallest frame an
+/// appliance may configure, so no report is ever undeliverable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageScanRecord {
+    pub format: u16,
+    /// A whole scan (else a delta against the device's previous scan).
+    pub full: bool,
+    /// This record's index among the report's parts, and their number.
+    pub part: u32,
+    pub parts: u32,
+    #[serde(with = "raw_bytes")]
+    pub payload: Vec<u8>,
+}
+
+impl PackageScanRecord {
+    /// Payload bytes per record: with the frame, record and field overhead
+    /// (under 100 bytes) it fits `session::MIN_FRAME_BYTES` (1 KiB).
+    pub const MAX_PART_BYTES: usize = 768;
+    /// Parts one report may have (768 KiB compressed, ~50,000 packages).
+    pub const MAX_PARTS: u32 = 1024;
 }
 
 /// "I am alive", with the cheapest facts worth having at heartbeat rate.

@@ -54,6 +54,11 @@ pub const DEVICE_STATE: Table = Table::new("device_state");
 pub const STATUS_LOG: Table = Table::new("status_log").bulk();
 /// `device | ts | seq` → `Heartbeat`.
 pub const HEARTBEATS: Table = Table::new("heartbeats").bulk();
+/// `device | seq` → `PackageScanRecord`, as received: the patch
+/// subsystem's inbox. Ingest only stores a report (so its ack means
+/// durable); the appliance's patch worker applies it off the writer
+/// thread and deletes it.
+pub const PACKAGE_SCANS_IN: Table = Table::new("package_scans_in");
 
 /// Records from one connection, in arrival order.
 #[derive(Debug)]
@@ -87,6 +92,7 @@ pub fn records_held_bytes(records: &Vec<Record>) -> usize {
                         .sum::<usize>()
             }
             RecordBody::Inventory(inv) => inventory_held_bytes(inv),
+            RecordBody::PackageScan(p) => p.payload.capacity(),
         })
     })
 }
@@ -640,6 +646,9 @@ impl IngestWriter {
                     RecordBody::Inventory(inv) => {
                         batch.put(INVENTORY, &keys::device_key(device), inv.as_ref())?;
                     }
+                    RecordBody::PackageScan(p) => {
+                        batch.put(PACKAGE_SCANS_IN, &keys::device_time_key(device, rec.seq), p)?;
+                    }
                 }
                 c.state.last_seq = rec.seq;
                 c.state.records_stored += 1;
@@ -881,6 +890,48 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path(), &StoreOptions::default(), crate::TABLES).unwrap();
         (dir, s)
+    }
+
+    #[test]
+    fn package_scans_are_stored_once_in_the_inbox_by_device_and_seq() {
+        use outpost_proto::messages::PackageScanRecord;
+        let (_d, store) = open();
+        let dev = DeviceId(3);
+        let mut w = IngestWriter::new(store.clone(), 1_000).unwrap();
+        let scan = |seq: u64| Record {
+            seq,
+            ts_ms: 1_000 + seq,
+            body: RecordBody::PackageScan(PackageScanRecord {
+                format: 1,
+                full: seq == 1,
+                part: 0,
+                parts: 1,
+                payload: vec![seq as u8; 10],
+            }),
+        };
+        let group = |records: Vec<Record>| IncomingRecords {
+            device: dev,
+            records,
+        };
+        w.apply(&[group(vec![hb(1, 1_001), scan(2), scan(3)])], 2_000)
+            .unwrap();
+        // Replayed: acknowledged, not stored again.
+        let out = w.apply(&[group(vec![scan(3)])], 2_000).unwrap();
+        assert_eq!(out.duplicates, 1);
+        let mut inbox = Vec::new();
+        store
+            .scan::<PackageScanRecord>(PACKAGE_SCANS_IN, &[], None, |k, v| {
+                inbox.push((k.to_vec(), v.payload[0]));
+                true
+            })
+            .unwrap();
+        assert_eq!(
+            inbox,
+            vec![
+                (keys::device_time_key(dev, 2).to_vec(), 2),
+                (keys::device_time_key(dev, 3).to_vec(), 3)
+            ]
+        );
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub const TABLES: &[Table] = &[
     ingest::DEVICE_STATE,
     ingest::STATUS_LOG,
     ingest::HEARTBEATS,
+    ingest::PACKAGE_SCANS_IN,
     samples::SERIES,
     samples::SAMPLES,
     samples::CHUNKS,

@@ -141,7 +141,11 @@ fn agent_reconnects_when_a_hung_appliance_stops_acknowledging() {
     let tmp = scratch("hung");
     let app = Appliance::start(tmp.path());
     let mut agent = Agent::enroll(tmp.path(), "agent", &app);
-    std::fs::write(agent.state.join("agent.toml"), "ack_timeout = \"2s\"\n").unwrap();
+    std::fs::write(
+        agent.state.join("agent.toml"),
+        "ack_timeout = \"2s\"\npackage_scan = false\n",
+    )
+    .unwrap();
     agent.start();
     let id = agent.device_id.clone();
     wait_for(Duration::from_secs(20), "records stored", || {

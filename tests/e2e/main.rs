@@ -17,6 +17,7 @@ mod frames;
 mod fuzz_seeds;
 mod layout;
 mod packaging;
+mod patches;
 mod refusals;
 mod remote;
 mod uplink;

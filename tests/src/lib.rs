@@ -432,6 +432,12 @@ impl Agent {
             16,
             "enroll prints the device id: {device_id:?}"
         );
+        // Package scans off unless a test's own agent.toml turns them on
+        // (tests/e2e/patches.rs): tests that account for every record kind
+        // (durability, frames) count heartbeats, metrics and inventories,
+        // and each scan runs `apt-get -s` (seconds of CPU on this machine).
+        std::fs::write(state.join("agent.toml"), "package_scan = false\n")
+            .expect("write agent.toml");
         Agent {
             state,
             proc: None,

@@ -88,7 +88,7 @@ fn plural(n: usize) -> &'static str {
 
 /// Whether `name` is a metric the agent reports (README § Metric names).
 pub fn is_known_metric(name: &str) -> bool {
-    metric_names::ALL.contains(&name)
+    metric_names::ALL.contains(&name) || crate::patches::alerts::METRICS.contains(&name)
 }
 
 /// The warnings of a rule saved through the API: its metric is neither a

@@ -17,6 +17,7 @@ pub mod commands;
 pub mod devices;
 pub mod files;
 pub mod installer;
+pub mod patches;
 pub mod scripts;
 pub mod serve;
 pub mod table;
@@ -124,4 +125,10 @@ pub enum Command {
     /// installed), installs it, enrolls pinned to this site's CA fingerprint
     /// (also in the line) and starts outpost-agent.service.
     AgentInstaller(installer::AgentInstallerArgs),
+    /// The advisory catalog: import a feed, show what is imported.
+    #[command(subcommand)]
+    Advisories(patches::AdvisoriesCmd),
+    /// Patch assessment: per device, per patch, per CVE, fleet summary.
+    #[command(subcommand)]
+    Patches(patches::PatchesCmd),
 }

@@ -131,6 +131,8 @@ pub fn required_role(method: &Method, route: &str) -> Role {
         "/api/v1/me" | "/api/v1/users/{name}/password" => Role::Viewer,
         "/api/v1/users" | "/api/v1/users/{name}" | "/api/v1/audit" => Role::Admin,
         "/api/v1/channels" | "/api/v1/channels/{id}" => Role::Admin,
+        // Importing advisories replaces the catalog every assessment uses.
+        "/api/v1/advisories/import" => Role::Admin,
         "/api/v1/alerts/{id}/ack" | "/api/v1/devices/{id}/tags" => Role::Technician,
         "/api/v1/commands"
         | "/api/v1/commands/{id}/cancel"

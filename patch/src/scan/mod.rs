@@ -11,6 +11,7 @@ pub mod dpkg_query;
 pub mod model;
 pub mod os_release;
 pub mod reboot;
+pub mod report;
 pub mod rpm_qa;
 
 pub use apt_sim::{
@@ -24,4 +25,5 @@ pub use model::{
 };
 pub use os_release::{OsInfo, parse_os_release};
 pub use reboot::{dpkg_reboot_state, rpm_reboot_state};
+pub use report::{MAX_REPORT_PLAIN_BYTES, PACKAGE_REPORT_FORMAT, PackageReport};
 pub use rpm_qa::{RPM_QUERY_FORMAT, RpmQueryOutput, parse_rpm_query};

@@ -1,0 +1,223 @@
+//! The package scanner's loop: polls the package database's stamp, asks
+//! the [`Scheduler`] whether to scan, scans off the runtime
+//! (`spawn_blocking`), and buffers the report (whole or delta) as a
+//! sequenced `PackageScan` record.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_patch::scan::{PACKAGE_REPORT_FORMAT, PackageManager, PackageReport};
+use outpost_proto::codec;
+use outpost_proto::messages::{PackageScanRecord, RecordBody};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::schedule::{ReportKind, ScanReason, Scheduler};
+use super::tools::{self, Collected, PackageTools};
+use crate::config::AgentConfig;
+use crate::session::{Shared, now_ms};
+
+/// Largest encoded report buffered (it is sent in parts of
+/// `PackageScanRecord::MAX_PART_BYTES`). A compressed scan of 1,000
+/// packages is ~15 KiB; this bound is ~50,000 packages. Beyond it the
+/// scan is refused with a log line (and the status error).
+pub const MAX_REPORT_BYTES: usize =
+    PackageScanRecord::MAX_PART_BYTES * PackageScanRecord::MAX_PARTS as usize;
+
+/// What the scanner is configured with (from `agent.toml`).
+#[derive(Debug, Clone)]
+pub struct PackageScanner {
+    pub tools: PackageTools,
+    /// How often the database's stamp is checked.
+    pub poll: Duration,
+    pub interval: Duration,
+    pub full_interval: Duration,
+    /// Attempts while dpkg is in the middle of a transaction, and the pause
+    /// between them; after the last the scan is sent with a problem noted.
+    pub busy_attempts: u32,
+    pub busy_retry_delay: Duration,
+}
+
+impl PackageScanner {
+    pub fn from_config(cfg: &AgentConfig) -> PackageScanner {
+        PackageScanner {
+            tools: cfg.package_tools.clone(),
+            poll: cfg.package_db_poll_interval,
+            interval: cfg.package_scan_interval,
+            full_interval: cfg.package_scan_full_interval,
+            busy_attempts: 3,
+            busy_retry_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Starts the scanner unless scanning is off (`package_scan = false`) or
+/// this host has no package manager (logged once).
+pub fn spawn(
+    cfg: &AgentConfig,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if !cfg.package_scan {
+        return None;
+    }
+    let scanner = PackageScanner::from_config(cfg);
+    let manager = match scanner.tools.manager() {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            info!("no package manager found: package scans are off");
+            return None;
+        }
+        Err(e) => {
+            warn!(error = %e, "package scans are off");
+            shared.note_error(format!("package scans are off: {e}"));
+            return None;
+        }
+    };
+    Some(tokio::spawn(run(scanner, manager, shared, shutdown)))
+}
+
+async fn run(
+    scanner: PackageScanner,
+    manager: PackageManager,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
+    let mut sched = Scheduler::new(ms(scanner.interval), ms(scanner.full_interval));
+    loop {
+        let now = now_ms();
+        let stamp = tools::db_stamp(&scanner.tools, manager);
+        if let Some(plan) = sched.due(now, stamp) {
+            match scan_with_retries(&scanner, &shutdown).await {
+                Some(c) => buffer_report(&mut sched, &shared, plan.reason, c),
+                None => sched.failed(now, stamp),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(scanner.poll) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Scans, waiting out a dpkg transaction for a few attempts.
+async fn scan_with_retries(
+    scanner: &PackageScanner,
+    shutdown: &CancellationToken,
+) -> Option<Collected> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let t = scanner.tools.clone();
+        let result = tokio::task::spawn_blocking(move || tools::collect(&t, now_ms())).await;
+        match result {
+            Ok(Ok(mut c)) => {
+                if c.busy && attempt < scanner.busy_attempts {
+                    info!(
+                        attempt,
+                        "dpkg is in the middle of a transaction; scanning again shortly"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(scanner.busy_retry_delay) => continue,
+                        _ = shutdown.cancelled() => return None,
+                    }
+                }
+                if c.busy {
+                    tools::note_busy(&mut c.scan.problems, attempt);
+                    warn!(
+                        attempts = attempt,
+                        "dpkg stayed busy; sending the scan as it is"
+                    );
+                }
+                return Some(c);
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "package scan failed");
+                return None;
+            }
+            Err(e) => {
+                warn!(error = %e, "package scan task failed");
+                return None;
+            }
+        }
+    }
+}
+
+/// Encodes the report (whole or delta) and buffers it.
+fn buffer_report(sched: &mut Scheduler, shared: &Shared, reason: ScanReason, c: Collected) {
+    let now = c.scan.scanned_at_ms;
+    let dropped = shared.buffer().dropped();
+    let kind = sched.report_kind(now, reason, dropped);
+    let report = match (kind, sched.last()) {
+        (ReportKind::Delta, Some(base)) => PackageReport::Delta(Box::new(base.diff(&c.scan))),
+        _ => PackageReport::Full(Box::new(c.scan.clone())),
+    };
+    let full = report.is_full();
+    let payload = match codec::encode_compressed(&report) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "encoding the package report failed");
+            sched.failed(now, c.stamp);
+            return;
+        }
+    };
+    if payload.len() > MAX_REPORT_BYTES {
+        let message = format!(
+            "package report of {} packages is {} bytes compressed, over the {} byte limit: not sent",
+            c.scan.dpkg.len() + c.scan.rpm.len(),
+            payload.len(),
+            MAX_REPORT_BYTES
+        );
+        warn!("{message}");
+        shared.note_error(message);
+        sched.failed(now, c.stamp);
+        return;
+    }
+    let bytes = payload.len();
+    let chunks: Vec<&[u8]> = payload.chunks(PackageScanRecord::MAX_PART_BYTES).collect();
+    let parts = chunks.len().max(1) as u32;
+    let mut result = Ok(0);
+    for (i, chunk) in chunks.iter().enumerate() {
+        let body = RecordBody::PackageScan(PackageScanRecord {
+            format: PACKAGE_REPORT_FORMAT,
+            full,
+            part: i as u32,
+            parts,
+            payload: chunk.to_vec(),
+        });
+        result = shared.record_at(now, body);
+        if result.is_err() {
+            break;
+        }
+    }
+    match result {
+        Ok(seq) => {
+            info!(
+                seq,
+                parts,
+                reason = reason.label(),
+                full,
+                packages = c.scan.dpkg.len() + c.scan.rpm.len(),
+                upgrades = c.scan.upgrades.len(),
+                bytes,
+                tools_ms = c.tools_elapsed.as_millis() as u64,
+                own_ms = c.own_elapsed.as_millis() as u64,
+                "package scan buffered"
+            );
+            let kind = if full {
+                ReportKind::Full
+            } else {
+                ReportKind::Delta
+            };
+            // The count before this append: if the append pushed older
+            // records out (the previous report among them), the next
+            // report sees a difference and goes whole.
+            sched.sent(now, c.scan, c.stamp, kind, dropped);
+        }
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "could not buffer the package scan");
+            sched.failed(now, c.stamp);
+        }
+    }
+}

@@ -1,0 +1,527 @@
+//! Runs the package tools and reads the files a scan needs, then hands
+//! their text to `outpost_patch::scan`'s parsers. Blocking: call it from
+//! `spawn_blocking`.
+//!
+//! Tools run with `LC_ALL=C` (apt's simulation lines and dpkg's fields
+//! are then the stable untranslated ones), a timeout, and a bound on the
+//! output read.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use outpost_patch::scan::{
+    APT_SIMULATE_ARGS, DPKG_QUERY_FORMAT, IndexState, PackageManager, Problems, RPM_QUERY_FORMAT,
+    Scan, dpkg_reboot_state, parse_apt_simulation, parse_dpkg_query, parse_os_release,
+    parse_rpm_query, rpm_reboot_state,
+};
+use serde::{Deserialize, Serialize};
+
+/// Largest tool output read (a host with 100,000 packages prints ~6 MB).
+const MAX_TOOL_OUTPUT_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest `os-release` / `reboot-required.pkgs` read.
+const MAX_SMALL_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Where the package tools and files are (`[package_tools]` in
+/// `agent.toml`). The defaults are a stock Debian/Ubuntu or RPM host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PackageTools {
+    /// `auto` (dpkg when `dpkg_admindir/status` exists, else rpm when
+    /// `rpm_dbpath` exists), `dpkg`, `rpm`, or `none` (no scan).
+    pub manager: String,
+    pub dpkg_query: PathBuf,
+    /// dpkg's database directory (`--admindir`); apt's simulation reads
+    /// `status` from it too.
+    pub dpkg_admindir: PathBuf,
+    pub apt_get: PathBuf,
+    /// Extra `apt-get` arguments before the simulation's (`-o Dir::Etc=...`).
+    pub apt_extra_args: Vec<String>,
+    /// apt's index directory: its newest file's time is when the indexes
+    /// were last refreshed.
+    pub apt_lists_dir: PathBuf,
+    /// Run `apt-get -s` at all (an image without apt, or a test).
+    pub apt_simulate: bool,
+    /// Where apt keeps its binary cache for the agent's simulations
+    /// (`Dir::Cache::pkgcache`), when the host's is disabled or not
+    /// writable (containers ship with `Dir::Cache::pkgcache ""`, which
+    /// makes every simulation rebuild it: ~2 s instead of ~0.3 s).
+    pub apt_pkgcache_dir: Option<PathBuf>,
+    pub rpm: PathBuf,
+    /// rpm's database directory (`--dbpath`).
+    pub rpm_dbpath: PathBuf,
+    pub os_release: PathBuf,
+    /// Debian/Ubuntu's reboot flag; its `.pkgs` sibling lists the packages.
+    pub reboot_required: PathBuf,
+    /// The running kernel's release (what `uname -r` prints).
+    pub kernel_release: PathBuf,
+    /// Longest a tool may run before it is killed and the scan fails.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for PackageTools {
+    fn default() -> Self {
+        PackageTools {
+            manager: "auto".into(),
+            dpkg_query: "dpkg-query".into(),
+            dpkg_admindir: "/var/lib/dpkg".into(),
+            apt_get: "apt-get".into(),
+            apt_extra_args: Vec::new(),
+            apt_lists_dir: "/var/lib/apt/lists".into(),
+            apt_simulate: true,
+            apt_pkgcache_dir: None,
+            rpm: "rpm".into(),
+            rpm_dbpath: "/var/lib/rpm".into(),
+            os_release: "/etc/os-release".into(),
+            reboot_required: "/var/run/reboot-required".into(),
+            kernel_release: "/proc/sys/kernel/osrelease".into(),
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl PackageTools {
+    /// The package manager to scan, `None` when there is none (or
+    /// `manager = "none"`).
+    pub fn manager(&self) -> Result<Option<PackageManager>, CollectError> {
+        match self.manager.as_str() {
+            "dpkg" => Ok(Some(PackageManager::Dpkg)),
+            "rpm" => Ok(Some(PackageManager::Rpm)),
+            "none" => Ok(None),
+            "auto" => {
+                if self.dpkg_admindir.join("status").is_file() {
+                    Ok(Some(PackageManager::Dpkg))
+                } else if self.rpm_dbpath.is_dir() {
+                    Ok(Some(PackageManager::Rpm))
+                } else {
+                    Ok(None)
+                }
+            }
+            other => Err(CollectError::Config(format!(
+                "package_tools.manager = {other:?}: expected auto, dpkg, rpm or none"
+            ))),
+        }
+    }
+
+    /// The file whose change means the package database changed.
+    fn db_file(&self, manager: PackageManager) -> PathBuf {
+        match manager {
+            PackageManager::Dpkg => self.dpkg_admindir.join("status"),
+            PackageManager::Rpm => self.rpm_dbpath.clone(),
+        }
+    }
+
+    /// dpkg is in the middle of a transaction: its journal
+    /// (`updates/`) holds entries. Readable without root, unlike the lock.
+    fn dpkg_busy(&self) -> bool {
+        std::fs::read_dir(self.dpkg_admindir.join("updates"))
+            .map(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name() != "tmp.i")))
+            .unwrap_or(false)
+    }
+}
+
+/// Identity of the package database's state: modification time and size
+/// of dpkg's `status` (or the newest file in rpm's database directory).
+/// Reading it is one `stat` (or one directory listing): cheap enough to
+/// poll every few seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbStamp {
+    pub mtime_ns: u128,
+    pub size: u64,
+}
+
+fn mtime_ns(m: &std::fs::Metadata) -> u128 {
+    m.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// The database's current stamp, `None` when it cannot be read.
+pub fn db_stamp(tools: &PackageTools, manager: PackageManager) -> Option<DbStamp> {
+    let path = tools.db_file(manager);
+    let meta = std::fs::metadata(&path).ok()?;
+    if !meta.is_dir() {
+        return Some(DbStamp {
+            mtime_ns: mtime_ns(&meta),
+            size: meta.len(),
+        });
+    }
+    let mut stamp = DbStamp {
+        mtime_ns: mtime_ns(&meta),
+        size: 0,
+    };
+    for e in std::fs::read_dir(&path).ok()?.flatten() {
+        if let Ok(m) = e.metadata() {
+            stamp.mtime_ns = stamp.mtime_ns.max(mtime_ns(&m));
+            stamp.size = stamp.size.wrapping_add(m.len());
+        }
+    }
+    Some(stamp)
+}
+
+/// Why a scan could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("{0}")]
+    Config(String),
+    #[error("no package manager found (no {0}/status, no rpm database): nothing to scan")]
+    NoPackageManager(String),
+    #[error("running {tool}: {message}")]
+    Tool { tool: String, message: String },
+}
+
+/// A scan and how it went.
+#[derive(Debug, Clone)]
+pub struct Collected {
+    pub scan: Scan,
+    /// The database's stamp read before the tools ran.
+    pub stamp: Option<DbStamp>,
+    /// dpkg was in the middle of a transaction: the scan may be between
+    /// two states (the caller retries, then reports it).
+    pub busy: bool,
+    /// Time spent waiting for the tools (their own CPU and I/O).
+    pub tools_elapsed: Duration,
+    /// Everything else: reading files, parsing, building the scan.
+    pub own_elapsed: Duration,
+}
+
+/// Takes a scan of this host.
+pub fn collect(tools: &PackageTools, now_ms: u64) -> Result<Collected, CollectError> {
+    let started = Instant::now();
+    let manager = tools
+        .manager()?
+        .ok_or_else(|| CollectError::NoPackageManager(tools.dpkg_admindir.display().to_string()))?;
+    let stamp = db_stamp(tools, manager);
+    let os = parse_os_release(&read_small(&tools.os_release).unwrap_or_default());
+    let kernel = read_small(&tools.kernel_release);
+    let mut tools_elapsed = Duration::ZERO;
+    let mut timed = |cmd: Command, name: &str| {
+        let t = Instant::now();
+        let r = run_tool(cmd, name, tools.timeout);
+        tools_elapsed += t.elapsed();
+        r
+    };
+    let (scan, busy) = match manager {
+        PackageManager::Dpkg => {
+            let busy = tools.dpkg_busy();
+            let mut q = Command::new(&tools.dpkg_query);
+            q.arg(format!("--admindir={}", tools.dpkg_admindir.display()))
+                .arg("-W")
+                .arg("-f")
+                .arg(DPKG_QUERY_FORMAT);
+            let text = timed(q, "dpkg-query")?;
+            let parsed = parse_dpkg_query(&text);
+            let mut scan = Scan::new_dpkg(now_ms, os);
+            scan.dpkg = parsed.packages;
+            scan.problems = parsed.problems;
+            if tools.apt_simulate {
+                let mut a = Command::new(&tools.apt_get);
+                a.arg("-o").arg(format!(
+                    "Dir::State::status={}",
+                    tools.dpkg_admindir.join("status").display()
+                ));
+                if let Some(dir) = &tools.apt_pkgcache_dir {
+                    a.arg("-o")
+                        .arg(format!(
+                            "Dir::Cache::pkgcache={}",
+                            dir.join("pkgcache.bin").display()
+                        ))
+                        .arg("-o")
+                        .arg(format!(
+                            "Dir::Cache::srcpkgcache={}",
+                            dir.join("srcpkgcache.bin").display()
+                        ));
+                }
+                a.args(&tools.apt_extra_args).args(APT_SIMULATE_ARGS);
+                match timed(a, "apt-get") {
+                    Ok(text) => {
+                        let plan = parse_apt_simulation(&text);
+                        // Upgrades of installed packages only: a package
+                        // newly pulled in is not a missing patch.
+                        scan.upgrades = plan.upgrades;
+                        scan.problems.extend(plan.problems);
+                        scan.indexes = IndexState {
+                            refreshed_at_ms: lists_refreshed_ms(&tools.apt_lists_dir),
+                            error: None,
+                        };
+                    }
+                    Err(e) => {
+                        scan.indexes = IndexState {
+                            refreshed_at_ms: lists_refreshed_ms(&tools.apt_lists_dir),
+                            error: Some(format!("{e}: upgrades unknown")),
+                        };
+                    }
+                }
+            } else {
+                scan.indexes.refreshed_at_ms = lists_refreshed_ms(&tools.apt_lists_dir);
+            }
+            let pkgs_file = {
+                let mut p = tools.reboot_required.clone().into_os_string();
+                p.push(".pkgs");
+                read_small(Path::new(&p))
+            };
+            scan.reboot = dpkg_reboot_state(
+                tools.reboot_required.exists(),
+                pkgs_file.as_deref(),
+                kernel.as_deref(),
+                &scan.dpkg,
+            );
+            (scan, busy)
+        }
+        PackageManager::Rpm => {
+            let mut q = Command::new(&tools.rpm);
+            q.arg("--dbpath")
+                .arg(&tools.rpm_dbpath)
+                .arg("-qa")
+                .arg("--qf")
+                .arg(RPM_QUERY_FORMAT);
+            let text = timed(q, "rpm")?;
+            let parsed = parse_rpm_query(&text);
+            let mut scan = Scan::new_rpm(now_ms, os);
+            scan.rpm = parsed.packages;
+            scan.problems = parsed.problems;
+            scan.reboot = rpm_reboot_state(kernel.as_deref(), &scan.rpm);
+            (scan, false)
+        }
+    };
+    let mut scan = scan;
+    scan.normalize();
+    let total = started.elapsed();
+    Ok(Collected {
+        scan,
+        stamp,
+        busy,
+        tools_elapsed,
+        own_elapsed: total.saturating_sub(tools_elapsed),
+    })
+}
+
+/// Notes in the scan that dpkg stayed busy through every attempt.
+pub fn note_busy(problems: &mut Problems, attempts: u32) {
+    problems.push(
+        "dpkg",
+        0,
+        format!(
+            "dpkg was in the middle of a transaction through {attempts} attempts: \
+             the package list may be between two states"
+        ),
+    );
+}
+
+fn read_small(path: &Path) -> Option<String> {
+    let f = std::fs::File::open(path).ok()?;
+    let mut text = String::new();
+    f.take(MAX_SMALL_FILE_BYTES)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
+}
+
+/// The newest modification time of apt's index files (Unix ms).
+fn lists_refreshed_ms(dir: &Path) -> Option<u64> {
+    let mut newest: Option<SystemTime> = None;
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let name = e.file_name();
+        if name == "lock" || name == "partial" || name == "auxfiles" {
+            continue;
+        }
+        if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+            newest = Some(newest.map_or(t, |n| n.max(t)));
+        }
+    }
+    newest
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+}
+
+/// Runs a tool, returns its stdout; a non-zero exit, a timeout or an
+/// output beyond the bound is an error with the tool's stderr.
+fn run_tool(mut cmd: Command, name: &str, timeout: Duration) -> Result<String, CollectError> {
+    let err = |message: String| CollectError::Tool {
+        tool: name.to_string(),
+        message,
+    };
+    cmd.env("LC_ALL", "C")
+        .env("LANG", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| err(format!("cannot start: {e}")))?;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(s) = stdout {
+            let _ = s.take(MAX_TOOL_OUTPUT_BYTES + 1).read_to_end(&mut buf);
+        }
+        buf
+    });
+    let errs = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(s) = stderr {
+            let _ = s.take(64 * 1024).read_to_end(&mut buf);
+        }
+        buf
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(err(format!("no answer within {timeout:?}: killed")));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(err(format!("waiting: {e}"))),
+        }
+    };
+    let out = out.join().unwrap_or_default();
+    let errs = errs.join().unwrap_or_default();
+    if !status.success() {
+        let text = String::from_utf8_lossy(&errs);
+        let text = text.trim();
+        return Err(err(format!(
+            "{status}{}{}",
+            if text.is_empty() { "" } else { ": " },
+            text.lines().take(5).collect::<Vec<_>>().join(" / ")
+        )));
+    }
+    if out.len() as u64 > MAX_TOOL_OUTPUT_BYTES {
+        return Err(err(format!(
+            "output larger than {MAX_TOOL_OUTPUT_BYTES} bytes"
+        )));
+    }
+    String::from_utf8(out).map_err(|e| err(format!("output is not UTF-8: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A throwaway dpkg database with the given `status` paragraphs.
+    fn admindir(status: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("status"), status).unwrap();
+        std::fs::create_dir_all(d.path().join("updates")).unwrap();
+        std::fs::create_dir_all(d.path().join("info")).unwrap();
+        d
+    }
+
+    const STATUS: &str = "Package: hello\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2.10-3\n\nPackage: libfoo1\nStatus: hold ok installed\nArchitecture: amd64\nSource: foo (1.2-1)\nVersion: 1.2-1+b1\n\nPackage: gone\nStatus: deinstall ok config-files\nArchitecture: amd64\nVersion: 0.1\n\n";
+
+    fn tools(dir: &Path) -> PackageTools {
+        PackageTools {
+            manager: "auto".into(),
+            dpkg_admindir: dir.to_path_buf(),
+            apt_simulate: false,
+            os_release: dir.join("os-release"),
+            reboot_required: dir.join("reboot-required"),
+            kernel_release: dir.join("osrelease"),
+            apt_lists_dir: dir.join("lists"),
+            ..PackageTools::default()
+        }
+    }
+
+    fn have_dpkg() -> bool {
+        Command::new("dpkg-query").arg("--version").output().is_ok()
+    }
+
+    #[test]
+    fn a_scan_of_a_throwaway_dpkg_database_lists_its_installed_packages() {
+        if !have_dpkg() {
+            eprintln!("skipped: no dpkg-query");
+            return;
+        }
+        let d = admindir(STATUS);
+        std::fs::write(
+            d.path().join("os-release"),
+            "ID=debian\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("reboot-required"), "").unwrap();
+        std::fs::write(d.path().join("reboot-required.pkgs"), "libfoo1\n").unwrap();
+        let c = collect(&tools(d.path()), 1234).unwrap();
+        let s = &c.scan;
+        assert_eq!(s.scanned_at_ms, 1234);
+        assert_eq!(s.manager, PackageManager::Dpkg);
+        let names: Vec<&str> = s.dpkg.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["hello", "libfoo1"],
+            "config-files only is not installed"
+        );
+        let foo = &s.dpkg[1];
+        assert_eq!(foo.source_name(), "foo");
+        assert_eq!(foo.source_version().as_str(), "1.2-1");
+        assert!(foo.held);
+        assert!(s.reboot.required);
+        assert_eq!(s.reboot.packages, ["libfoo1"]);
+        assert_eq!(s.os.codename.as_deref(), Some("bookworm"));
+        assert!(!c.busy);
+        assert!(c.stamp.is_some());
+    }
+
+    #[test]
+    fn a_pending_dpkg_journal_marks_the_scan_busy() {
+        if !have_dpkg() {
+            return;
+        }
+        let d = admindir(STATUS);
+        std::fs::write(d.path().join("updates").join("0000"), "Package: x\n").unwrap();
+        let c = collect(&tools(d.path()), 1).unwrap();
+        assert!(c.busy);
+    }
+
+    #[test]
+    fn a_failing_apt_marks_the_indexes_stale_and_keeps_the_installed_packages() {
+        if !have_dpkg() {
+            return;
+        }
+        let d = admindir(STATUS);
+        let t = PackageTools {
+            apt_simulate: true,
+            apt_get: d.path().join("no-such-apt-get"),
+            ..tools(d.path())
+        };
+        let c = collect(&t, 1).unwrap();
+        assert_eq!(c.scan.dpkg.len(), 2);
+        let e = c.scan.indexes.error.as_deref().unwrap();
+        assert!(e.contains("apt-get") && e.contains("cannot start"), "{e}");
+    }
+
+    #[test]
+    fn a_tool_that_does_not_answer_is_killed_at_its_timeout() {
+        let mut c = Command::new("sleep");
+        c.arg("5");
+        let t = Instant::now();
+        let e = run_tool(c, "sleep", Duration::from_millis(200)).unwrap_err();
+        assert!(e.to_string().contains("killed"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn no_package_database_is_a_clear_error_and_an_unknown_manager_too() {
+        let d = tempfile::tempdir().unwrap();
+        let mut t = tools(d.path());
+        t.rpm_dbpath = d.path().join("no-rpm");
+        let e = collect(&t, 1).unwrap_err();
+        assert!(e.to_string().contains("no package manager"), "{e}");
+        t.manager = "pacman".into();
+        assert!(collect(&t, 1).unwrap_err().to_string().contains("pacman"));
+    }
+
+    #[test]
+    fn the_database_stamp_moves_when_dpkg_status_changes() {
+        let d = admindir(STATUS);
+        let t = tools(d.path());
+        let a = db_stamp(&t, PackageManager::Dpkg).unwrap();
+        std::fs::write(d.path().join("status"), format!("{STATUS}\n")).unwrap();
+        let b = db_stamp(&t, PackageManager::Dpkg).unwrap();
+        assert_ne!(a, b);
+    }
+}

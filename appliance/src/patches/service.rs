@@ -1,0 +1,1023 @@
+//! The patch service: applies the package reports the ingest writer stored
+//! (`package_scans_in`) to each device's current scan, keeps the advisory
+//! catalog in service, assesses devices when their scan or the catalog
+//! changes, and answers the views.
+//!
+//! All assessment work runs on the service's own worker thread or on the
+//! caller's blocking thread (imports), never on the ingest writer. One
+//! mutex serialises every change (reports, imports); readers take a
+//! snapshot of the [`View`] (an `Arc` swap) and never wait for an import.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use outpost_patch::assess::fleet::{
+    CveSummary, CveView, FleetSummary, PatchSummary, cve_list, cve_view, fleet_summary, patch_list,
+};
+use outpost_patch::assess::{DeviceAssessment, Policy, assess_device, reassess_device};
+use outpost_patch::catalog::{
+    Catalog, ChangeSet, FeedFormat, ImportOptions, SourceCatalog, osv::import_osv,
+    tracker::import_debian_tracker,
+};
+use outpost_patch::scan::{MAX_REPORT_PLAIN_BYTES, PACKAGE_REPORT_FORMAT, PackageReport, Scan};
+use outpost_proto::DeviceId;
+use outpost_proto::codec;
+use outpost_proto::messages::PackageScanRecord;
+use outpost_storage::Store;
+use outpost_storage::ingest::PACKAGE_SCANS_IN;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::store::{
+    DailyCompliance, DeviceScan, PATCH_ASSESSMENTS, PATCH_COMPLIANCE_DAILY, PATCH_SCANS,
+    PATCH_SOURCES, SourceRecord,
+};
+use crate::metrics::Metrics;
+
+const DAY_MS: u64 = 86_400_000;
+/// How often the patch state is sent to the alert engine (besides after
+/// every applied report).
+const ALERT_SAMPLE_INTERVAL_MS: u64 = 5 * 60 * 1000;
+
+/// What readers see: the catalog in service and every device's assessment.
+#[derive(Default)]
+pub struct View {
+    pub catalog: Arc<Catalog>,
+    pub assessments: BTreeMap<DeviceId, Arc<DeviceAssessment>>,
+    /// Since when each device waiting for a reboot has been waiting.
+    pub reboot_since: BTreeMap<DeviceId, u64>,
+}
+
+/// Where the patch state goes as alert samples (the alert engine).
+pub type AlertSink =
+    Box<dyn Fn(Vec<(DeviceId, Vec<outpost_proto::messages::MetricValue>)>) + Send + Sync>;
+
+/// The patch service (cheap to clone).
+#[derive(Clone)]
+pub struct PatchService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    /// `DATA/advisories`: the imported feeds, one file per source.
+    dir: PathBuf,
+    metrics: Arc<Metrics>,
+    policy: Policy,
+    /// Serialises every change: report application and imports.
+    change: Mutex<()>,
+    view: RwLock<Arc<View>>,
+    /// Wakes the worker early (tests, imports).
+    wake: std::sync::Condvar,
+    wake_flag: Mutex<bool>,
+    /// The alert engine's input, once wired ([`PatchService::set_alert_sink`]).
+    alert_sink: Mutex<Option<AlertSink>>,
+}
+
+/// Why an import was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportFailure {
+    #[error("{0}")]
+    Feed(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("storing the catalog: {0:#}")]
+    Store(anyhow::Error),
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ImportOutcome {
+    pub source: String,
+    pub format: FeedFormat,
+    pub advisories: u64,
+    pub vulns: u64,
+    /// (release, source package) pairs whose advisories changed.
+    pub changed_packages: usize,
+    pub devices_reassessed: usize,
+    pub import_ms: u64,
+    pub reassess_ms: u64,
+}
+
+/// `outpost advisories status`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct AdvisoriesStatus {
+    pub sources: Vec<SourceStatus>,
+    pub advisories: u64,
+    pub releases: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SourceStatus {
+    pub name: String,
+    pub format: FeedFormat,
+    pub location: String,
+    pub imported_at_ms: u64,
+    pub age_ms: u64,
+    pub entries: u64,
+    pub vulns: u64,
+    pub advisories: u64,
+    pub skipped: u64,
+    pub size_bytes: u64,
+    /// Loaded in the catalog in service (false: its file failed to load at start).
+    pub loaded: bool,
+}
+
+/// A device's scan state and assessment (`outpost patches device`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct DevicePatches {
+    pub device: DeviceId,
+    pub scanned_at_ms: Option<u64>,
+    pub received_at_ms: u64,
+    pub packages: usize,
+    pub upgrades: usize,
+    pub needs_full_scan: bool,
+    pub base_misses: u64,
+    pub last_error: Option<String>,
+    pub index_refreshed_at_ms: Option<u64>,
+    pub index_error: Option<String>,
+    pub os: Option<String>,
+    pub assessment: Option<DeviceAssessment>,
+}
+
+/// One device's line in `outpost patches devices`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct DeviceLine {
+    pub device: DeviceId,
+    pub release: Option<String>,
+    pub compliance: outpost_patch::assess::Compliance,
+    pub risk: Option<u32>,
+    pub patches: u32,
+    pub fixable: u32,
+    pub open: u32,
+    pub reboot_required: bool,
+    pub scanned_at_ms: u64,
+}
+
+/// `outpost patches summary`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Summary {
+    pub fleet: FleetSummary,
+    pub devices: Vec<DeviceLine>,
+    /// Most severe and widespread CVEs first (at most 50).
+    pub top_cves: Vec<CveSummary>,
+    /// Daily compliance, oldest first (at most 90 days).
+    pub history: Vec<DailyCompliance>,
+}
+
+fn now_ms() -> u64 {
+    outpost_storage::now_ms()
+}
+
+fn device_key(d: DeviceId) -> [u8; 8] {
+    d.to_be_bytes()
+}
+
+/// Source names are file names: letters, digits, `-`, `_`, `.`.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn import_feed(
+    format: FeedFormat,
+    reader: impl std::io::Read,
+    options: ImportOptions,
+) -> Result<SourceCatalog, String> {
+    match format {
+        FeedFormat::DebianTracker => import_debian_tracker(reader, options),
+        FeedFormat::Osv => import_osv(reader, options),
+    }
+    .map_err(|e| e.to_string())
+}
+
+impl PatchService {
+    /// Opens the service: loads the stored assessments (views work at
+    /// once), then re-imports the stored feeds.
+    pub fn open(
+        store: Store,
+        data_dir: &Path,
+        metrics: Arc<Metrics>,
+        policy: Policy,
+    ) -> anyhow::Result<PatchService> {
+        let dir = data_dir.join("advisories");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut assessments = BTreeMap::new();
+        store.scan::<DeviceAssessment>(PATCH_ASSESSMENTS, &[], None, |k, a| {
+            if let Ok(b) = <[u8; 8]>::try_from(k) {
+                assessments.insert(DeviceId(u64::from_be_bytes(b)), Arc::new(a));
+            }
+            true
+        })?;
+        let mut reboot_since = BTreeMap::new();
+        store.scan::<DeviceScan>(PATCH_SCANS, &[], None, |k, ds| {
+            if let (Ok(b), Some(t)) = (<[u8; 8]>::try_from(k), ds.reboot_since_ms) {
+                reboot_since.insert(DeviceId(u64::from_be_bytes(b)), t);
+            }
+            true
+        })?;
+        let mut catalog = Catalog::new();
+        let mut sources = Vec::new();
+        store.scan::<SourceRecord>(PATCH_SOURCES, &[], None, |_, r| {
+            sources.push(r);
+            true
+        })?;
+        for r in sources {
+            let path = dir.join(&r.file);
+            let loaded = std::fs::File::open(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|f| {
+                    let mut o =
+                        ImportOptions::new(&r.info.name, &r.info.location, r.info.imported_at_ms);
+                    o.max_description_bytes = 2048;
+                    import_feed(r.format, f, o)
+                });
+            match loaded {
+                Ok(src) => catalog = catalog.with_source(src),
+                Err(e) => {
+                    metrics.patches.import_failures.inc();
+                    warn!(source = %r.info.name, file = %path.display(), error = %e,
+                        "could not reload an imported advisory feed; import it again");
+                }
+            }
+        }
+        let service = PatchService {
+            inner: Arc::new(Inner {
+                store,
+                dir,
+                metrics,
+                policy,
+                change: Mutex::new(()),
+                view: RwLock::new(Arc::new(View {
+                    catalog: Arc::new(catalog),
+                    assessments,
+                    reboot_since,
+                })),
+                wake: std::sync::Condvar::new(),
+                wake_flag: Mutex::new(false),
+                alert_sink: Mutex::new(None),
+            }),
+        };
+        service.publish_gauges();
+        Ok(service)
+    }
+
+    /// Starts the worker thread: applies stored reports every `poll`
+    /// (or when woken), records the day's compliance.
+    pub fn spawn_worker(
+        &self,
+        poll: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let s = self.clone();
+        std::thread::Builder::new()
+            .name("patches".into())
+            .spawn(move || {
+                let mut last_snapshot = 0u64;
+                let mut last_alerts = 0u64;
+                while !shutdown.is_cancelled() {
+                    match s.process_reports(now_ms()) {
+                        Ok(n) if n > 0 => {
+                            last_snapshot = 0;
+                            last_alerts = 0;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            warn!(error = %format!("{e:#}"), "applying package reports failed")
+                        }
+                    }
+                    let now = now_ms();
+                    if now.saturating_sub(last_snapshot) >= 60_000 {
+                        if let Err(e) = s.record_compliance(now) {
+                            warn!(error = %format!("{e:#}"), "recording compliance failed");
+                        }
+                        last_snapshot = now;
+                    }
+                    if now.saturating_sub(last_alerts) >= ALERT_SAMPLE_INTERVAL_MS {
+                        s.send_alert_samples(now);
+                        last_alerts = now;
+                    }
+                    s.wait(poll);
+                }
+            })
+    }
+
+    fn wait(&self, poll: Duration) {
+        let guard = self
+            .inner
+            .wake_flag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (mut guard, _) = self
+            .inner
+            .wake
+            .wait_timeout_while(guard, poll, |woken| !*woken)
+            .unwrap_or_else(|p| p.into_inner());
+        *guard = false;
+    }
+
+    /// Sends the patch state to the alert engine from now on.
+    pub fn set_alert_sink(&self, sink: AlertSink) {
+        *self
+            .inner
+            .alert_sink
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    }
+
+    /// Sends every device's patch values ([`super::alerts`]) to the sink.
+    pub fn send_alert_samples(&self, now: u64) {
+        let sink = self
+            .inner
+            .alert_sink
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(sink) = sink.as_ref() else { return };
+        let v = self.view();
+        let batch = v
+            .assessments
+            .iter()
+            .map(|(d, a)| {
+                (
+                    *d,
+                    super::alerts::device_values(a, v.reboot_since.get(d).copied(), now),
+                )
+            })
+            .collect::<Vec<_>>();
+        if !batch.is_empty() {
+            sink(batch);
+        }
+    }
+
+    /// Wakes the worker.
+    pub fn wake(&self) {
+        *self
+            .inner
+            .wake_flag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = true;
+        self.inner.wake.notify_all();
+    }
+
+    /// The current view (a snapshot).
+    pub fn view(&self) -> Arc<View> {
+        self.inner
+            .view
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn publish(&self, view: View) {
+        *self.inner.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(view);
+        self.publish_gauges();
+    }
+
+    fn publish_gauges(&self) {
+        let v = self.view();
+        let m = &self.inner.metrics.patches;
+        m.devices.set(v.assessments.len() as i64);
+        let advisories: u64 = v.catalog.sources().map(|s| s.info.stats.advisories).sum();
+        m.catalog_advisories.set(advisories as i64);
+    }
+
+    fn assess(
+        &self,
+        scan: &Scan,
+        catalog: &Catalog,
+        previous: Option<&DeviceAssessment>,
+        now: u64,
+    ) -> DeviceAssessment {
+        let t = Instant::now();
+        let a = assess_device(scan, catalog, &self.inner.policy, previous, now);
+        self.inner
+            .metrics
+            .patches
+            .assessment_seconds
+            .observe(t.elapsed().as_secs_f64());
+        a
+    }
+
+    /// Applies the stored package reports, device by device, oldest first;
+    /// the parts of a report are joined first (a report whose parts have
+    /// not all arrived waits; one whose parts are broken — a part dropped
+    /// by a full agent buffer — is discarded, counted, and the device waits
+    /// for a full scan). Returns how many records were consumed.
+    pub fn process_reports(&self, now: u64) -> anyhow::Result<usize> {
+        let mut total = 0;
+        let mut cursor: Vec<u8> = Vec::new();
+        let view = self.view();
+        let mut assessments = view.assessments.clone();
+        let mut reboot_since = view.reboot_since.clone();
+        let mut changed_any = false;
+        let result = loop {
+            let mut next = None;
+            if let Err(e) = self
+                .inner
+                .store
+                .scan_raw(PACKAGE_SCANS_IN, &cursor, None, |k, _| {
+                    next = k
+                        .get(..8)
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .map(|b| DeviceId(u64::from_be_bytes(b)));
+                    Ok(false)
+                })
+            {
+                break Err(e.into());
+            }
+            let Some(dev) = next else { break Ok(()) };
+            let upper = dev.0.checked_add(1).map(|n| n.to_be_bytes().to_vec());
+            let mut entries: Vec<(Vec<u8>, u64, PackageScanRecord)> = Vec::new();
+            if let Err(e) = self.inner.store.scan::<PackageScanRecord>(
+                PACKAGE_SCANS_IN,
+                &device_key(dev),
+                upper.as_deref(),
+                |k, v| {
+                    let seq = k
+                        .get(8..16)
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .map(u64::from_be_bytes)
+                        .unwrap_or(0);
+                    entries.push((k.to_vec(), seq, v));
+                    true
+                },
+            ) {
+                break Err(e.into());
+            }
+            let _g = self.inner.change.lock().unwrap_or_else(|p| p.into_inner());
+            match self.process_device(
+                dev,
+                &entries,
+                &view.catalog,
+                &mut assessments,
+                &mut reboot_since,
+                now,
+            ) {
+                Ok(n) => {
+                    total += n;
+                    changed_any |= n > 0;
+                }
+                Err(e) => break Err(e),
+            }
+            match upper {
+                Some(u) => cursor = u,
+                None => break Ok(()),
+            }
+        };
+        if changed_any {
+            self.publish(View {
+                catalog: view.catalog.clone(),
+                assessments,
+                reboot_since,
+            });
+        }
+        result.map(|()| total)
+    }
+
+    /// Applies one device's complete reports (see [`Self::process_reports`]).
+    fn process_device(
+        &self,
+        dev: DeviceId,
+        entries: &[(Vec<u8>, u64, PackageScanRecord)],
+        catalog: &Catalog,
+        assessments: &mut BTreeMap<DeviceId, Arc<DeviceAssessment>>,
+        reboot_since: &mut BTreeMap<DeviceId, u64>,
+        now: u64,
+    ) -> anyhow::Result<usize> {
+        let mut consumed = 0;
+        let mut i = 0;
+        while i < entries.len() {
+            let (_, seq, first) = &entries[i];
+            let parts = first.parts as usize;
+            let well_formed =
+                first.part == 0 && first.parts >= 1 && first.parts <= PackageScanRecord::MAX_PARTS;
+            let group_ok = |group: &[(Vec<u8>, u64, PackageScanRecord)]| {
+                group.iter().enumerate().all(|(j, (_, _, r))| {
+                    r.part as usize == j
+                        && r.parts == first.parts
+                        && r.format == first.format
+                        && r.full == first.full
+                })
+            };
+            let mut ds: DeviceScan = self
+                .inner
+                .store
+                .get(PATCH_SCANS, &device_key(dev))?
+                .unwrap_or_default();
+            if well_formed && i + parts > entries.len() && group_ok(&entries[i..]) {
+                // The rest of the report has not arrived yet.
+                break;
+            }
+            if !well_formed || i + parts > entries.len() || !group_ok(&entries[i..i + parts]) {
+                // A part without its start, or a report with a part missing.
+                self.inner.metrics.patches.rejected("incomplete");
+                ds.needs_full = true;
+                ds.last_seq = *seq;
+                ds.received_at_ms = now;
+                ds.last_error = Some(format!(
+                    "package report part {} of {} (record {seq}) without the rest: a part was lost; waiting for a full scan",
+                    first.part + 1,
+                    first.parts
+                ));
+                let mut b = self.inner.store.batch();
+                b.put(PATCH_SCANS, &device_key(dev), &ds)?;
+                b.delete(PACKAGE_SCANS_IN, &entries[i].0)?;
+                self.inner.store.write(b)?;
+                consumed += 1;
+                i += 1;
+                continue;
+            }
+            let group = &entries[i..i + parts];
+            let joined = PackageScanRecord {
+                format: first.format,
+                full: first.full,
+                part: 0,
+                parts: 1,
+                payload: group
+                    .iter()
+                    .flat_map(|(_, _, r)| r.payload.iter().copied())
+                    .collect(),
+            };
+            let last_seq = group.last().map_or(*seq, |(_, s, _)| *s);
+            let changed = self.apply_report(&mut ds, &joined, last_seq, now);
+            let mut b = self.inner.store.batch();
+            if changed && let Some(scan) = &ds.scan {
+                ds.reboot_since_ms = if scan.reboot.required {
+                    Some(ds.reboot_since_ms.unwrap_or(scan.scanned_at_ms))
+                } else {
+                    None
+                };
+                match ds.reboot_since_ms {
+                    Some(t) => reboot_since.insert(dev, t),
+                    None => reboot_since.remove(&dev),
+                };
+                let prev = assessments.get(&dev).map(|a| a.as_ref());
+                let a = self.assess(scan, catalog, prev, now);
+                b.put(PATCH_ASSESSMENTS, &device_key(dev), &a)?;
+                assessments.insert(dev, Arc::new(a));
+            }
+            b.put(PATCH_SCANS, &device_key(dev), &ds)?;
+            for (k, _, _) in group {
+                b.delete(PACKAGE_SCANS_IN, k)?;
+            }
+            self.inner.store.write(b)?;
+            consumed += parts;
+            i += parts;
+        }
+        Ok(consumed)
+    }
+
+    /// Applies one report to a device's stored scan; true when the scan
+    /// changed (or arrived).
+    fn apply_report(
+        &self,
+        ds: &mut DeviceScan,
+        rec: &PackageScanRecord,
+        seq: u64,
+        now: u64,
+    ) -> bool {
+        let m = &self.inner.metrics.patches;
+        ds.last_seq = seq;
+        ds.received_at_ms = now;
+        if rec.format != PACKAGE_REPORT_FORMAT {
+            m.rejected("unknown_format");
+            ds.needs_full = true;
+            ds.last_error = Some(format!(
+                "package report format {} is not known to this appliance (it reads {PACKAGE_REPORT_FORMAT}); upgrade the appliance",
+                rec.format
+            ));
+            return false;
+        }
+        let report: PackageReport =
+            match codec::decode_compressed(&rec.payload, MAX_REPORT_PLAIN_BYTES) {
+                Ok(r) => r,
+                Err(e) => {
+                    m.rejected("malformed");
+                    ds.needs_full = true;
+                    ds.last_error = Some(format!("malformed package report: {e}"));
+                    return false;
+                }
+            };
+        match report {
+            PackageReport::Full(scan) => {
+                m.received("full");
+                m.unparsable_versions_skipped
+                    .inc_by(u64::from(scan.problems.total));
+                let mut scan = *scan;
+                scan.normalize();
+                ds.scan = Some(scan);
+                ds.full_reports += 1;
+                ds.needs_full = false;
+                ds.last_error = None;
+                true
+            }
+            PackageReport::Delta(delta) => {
+                m.received("delta");
+                ds.delta_reports += 1;
+                let Some(scan) = ds.scan.as_mut().filter(|_| !ds.needs_full) else {
+                    m.delta_base_misses.inc();
+                    ds.base_misses += 1;
+                    ds.needs_full = true;
+                    ds.last_error = Some(
+                        "a delta arrived without a stored scan: waiting for a full scan".into(),
+                    );
+                    return false;
+                };
+                match scan.apply(&delta) {
+                    Ok(()) => {
+                        if let Some(p) = &delta.problems {
+                            m.unparsable_versions_skipped.inc_by(u64::from(p.total));
+                        }
+                        ds.last_error = None;
+                        true
+                    }
+                    Err(e) => {
+                        m.delta_base_misses.inc();
+                        ds.base_misses += 1;
+                        ds.needs_full = true;
+                        ds.last_error = Some(e.to_string());
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    /// Imports a feed and puts it in service; the previous catalog stays
+    /// in service when the feed is refused. Blocking (seconds for the
+    /// whole tracker): call it from a blocking thread.
+    pub fn import(
+        &self,
+        format: FeedFormat,
+        name: Option<&str>,
+        location: &str,
+        body: &[u8],
+    ) -> Result<ImportOutcome, ImportFailure> {
+        let name = name.unwrap_or(format.as_str());
+        if !valid_name(name) {
+            return Err(ImportFailure::Invalid(format!(
+                "source name {name:?}: use letters, digits, '-', '_' or '.' (at most 64)"
+            )));
+        }
+        let now = now_ms();
+        let started = Instant::now();
+        let src = match import_feed(format, body, ImportOptions::new(name, location, now)) {
+            Ok(s) => s,
+            Err(e) => {
+                self.inner.metrics.patches.import_failures.inc();
+                warn!(source = name, error = %e, "advisory import refused; the previous catalog stays in service");
+                return Err(ImportFailure::Feed(e));
+            }
+        };
+        let import_ms = started.elapsed().as_millis() as u64;
+        let info = src.info.clone();
+        let _g = self.inner.change.lock().unwrap_or_else(|p| p.into_inner());
+        // The feed file first (atomically), then its record: a crash in
+        // between leaves the old record naming the new file, which is the
+        // feed that was being put in service.
+        let file = format!("{name}.json");
+        let tmp = self.inner.dir.join(format!(".{file}.tmp"));
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(body)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, self.inner.dir.join(&file))
+        };
+        write().map_err(|e| ImportFailure::Store(anyhow::anyhow!("writing the feed file: {e}")))?;
+        self.inner
+            .store
+            .put(
+                PATCH_SOURCES,
+                name.as_bytes(),
+                &SourceRecord {
+                    info: info.clone(),
+                    format,
+                    file,
+                    size_bytes: body.len() as u64,
+                },
+            )
+            .map_err(|e| ImportFailure::Store(e.into()))?;
+        let view = self.view();
+        let catalog = Arc::new(view.catalog.with_source(src));
+        let changes = catalog.changes_since(&view.catalog);
+        let t = Instant::now();
+        let (assessments, n) = self
+            .reassess_all(&view, &catalog, &changes, now)
+            .map_err(ImportFailure::Store)?;
+        let reassess_ms = t.elapsed().as_millis() as u64;
+        self.publish(View {
+            catalog,
+            assessments,
+            reboot_since: view.reboot_since.clone(),
+        });
+        self.inner.metrics.patches.imports.inc();
+        info!(
+            source = name,
+            advisories = info.stats.advisories,
+            changed = changes.len(),
+            devices = n,
+            import_ms,
+            reassess_ms,
+            "advisories imported"
+        );
+        drop(_g);
+        self.wake();
+        Ok(ImportOutcome {
+            source: name.to_string(),
+            format,
+            advisories: info.stats.advisories,
+            vulns: info.stats.vulns,
+            changed_packages: changes.len(),
+            devices_reassessed: n,
+            import_ms,
+            reassess_ms,
+        })
+    }
+
+    /// When the source `name` was last imported.
+    pub fn imported_at(&self, name: &str) -> Option<u64> {
+        self.view()
+            .catalog
+            .sources()
+            .find(|s| s.info.name == name)
+            .map(|s| s.info.imported_at_ms)
+    }
+
+    /// Counts an import that failed before the feed was read (download).
+    pub fn note_import_failure(&self) {
+        self.inner.metrics.patches.import_failures.inc();
+    }
+
+    /// Re-assesses the devices a catalog change touches (only the changed
+    /// packages of each); returns the new map and how many changed.
+    fn reassess_all(
+        &self,
+        view: &View,
+        catalog: &Catalog,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> anyhow::Result<(BTreeMap<DeviceId, Arc<DeviceAssessment>>, usize)> {
+        let mut out = view.assessments.clone();
+        let mut n = 0;
+        let mut batch = self.inner.store.batch();
+        let mut scans: Vec<(DeviceId, Scan)> = Vec::new();
+        self.inner
+            .store
+            .scan::<DeviceScan>(PATCH_SCANS, &[], None, |k, ds| {
+                if let (Ok(b), Some(scan)) = (<[u8; 8]>::try_from(k), ds.scan) {
+                    scans.push((DeviceId(u64::from_be_bytes(b)), scan));
+                }
+                true
+            })?;
+        for (dev, scan) in scans {
+            let prev = view.assessments.get(&dev);
+            let stale_status =
+                prev.is_none_or(|p| p.status != outpost_patch::assess::AssessmentStatus::Assessed);
+            if !stale_status && !changes.touches_scan(&scan) {
+                continue;
+            }
+            let t = Instant::now();
+            let a = match prev {
+                Some(p) => reassess_device(p, &scan, catalog, changes, &self.inner.policy, now),
+                None => assess_device(&scan, catalog, &self.inner.policy, None, now),
+            };
+            self.inner
+                .metrics
+                .patches
+                .assessment_seconds
+                .observe(t.elapsed().as_secs_f64());
+            batch.put(PATCH_ASSESSMENTS, &device_key(dev), &a)?;
+            out.insert(dev, Arc::new(a));
+            n += 1;
+            if batch.len() >= 256 {
+                let full = std::mem::replace(&mut batch, self.inner.store.batch());
+                self.inner.store.write(full)?;
+            }
+        }
+        self.inner.store.write(batch)?;
+        Ok((out, n))
+    }
+
+    /// Writes today's fleet compliance (the day's last value wins).
+    pub fn record_compliance(&self, now: u64) -> anyhow::Result<()> {
+        let view = self.view();
+        if view.assessments.is_empty() {
+            return Ok(());
+        }
+        let day = now - now % DAY_MS;
+        let summary = fleet_summary(view.assessments.values().map(|a| a.as_ref()));
+        self.inner.store.put(
+            PATCH_COMPLIANCE_DAILY,
+            &day.to_be_bytes(),
+            &DailyCompliance {
+                day_start_ms: day,
+                at_ms: now,
+                summary,
+            },
+        )?;
+        Ok(())
+    }
+
+    // ---- views ----
+
+    pub fn advisories_status(&self, now: u64) -> anyhow::Result<AdvisoriesStatus> {
+        let view = self.view();
+        let mut sources = Vec::new();
+        self.inner
+            .store
+            .scan::<SourceRecord>(PATCH_SOURCES, &[], None, |_, r| {
+                let loaded = view.catalog.sources().any(|s| {
+                    s.info.name == r.info.name && s.info.imported_at_ms == r.info.imported_at_ms
+                });
+                sources.push(SourceStatus {
+                    name: r.info.name.clone(),
+                    format: r.format,
+                    location: r.info.location.clone(),
+                    imported_at_ms: r.info.imported_at_ms,
+                    age_ms: now.saturating_sub(r.info.imported_at_ms),
+                    entries: r.info.stats.entries,
+                    vulns: r.info.stats.vulns,
+                    advisories: r.info.stats.advisories,
+                    skipped: r.info.stats.skipped,
+                    size_bytes: r.size_bytes,
+                    loaded,
+                });
+                true
+            })?;
+        Ok(AdvisoriesStatus {
+            advisories: view
+                .catalog
+                .sources()
+                .map(|s| s.info.stats.advisories)
+                .sum(),
+            releases: view
+                .catalog
+                .releases()
+                .iter()
+                .map(|r| r.to_string())
+                .collect(),
+            sources,
+        })
+    }
+
+    pub fn device(&self, dev: DeviceId) -> anyhow::Result<Option<DevicePatches>> {
+        let ds: Option<DeviceScan> = self.inner.store.get(PATCH_SCANS, &device_key(dev))?;
+        let Some(ds) = ds else {
+            return Ok(None);
+        };
+        let a = self
+            .view()
+            .assessments
+            .get(&dev)
+            .map(|a| a.as_ref().clone());
+        let scan = ds.scan.as_ref();
+        Ok(Some(DevicePatches {
+            device: dev,
+            scanned_at_ms: scan.map(|s| s.scanned_at_ms),
+            received_at_ms: ds.received_at_ms,
+            packages: scan.map_or(0, |s| s.dpkg.len() + s.rpm.len()),
+            upgrades: scan.map_or(0, |s| s.upgrades.len()),
+            needs_full_scan: ds.needs_full,
+            base_misses: ds.base_misses,
+            last_error: ds.last_error.clone(),
+            index_refreshed_at_ms: scan.and_then(|s| s.indexes.refreshed_at_ms),
+            index_error: scan.and_then(|s| s.indexes.error.clone()),
+            os: scan.and_then(|s| s.os.pretty_name.clone()),
+            assessment: a,
+        }))
+    }
+
+    /// The missing patches of every device (of `customer`, when given) as
+    /// CSV, one line per (device, patch), most risky first per device.
+    pub fn report_csv(&self, customer: Option<&str>) -> anyhow::Result<String> {
+        fn field(s: &str) -> String {
+            if s.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", s.replace('"', "\"\""))
+            } else {
+                s.to_string()
+            }
+        }
+        let v = self.view();
+        let mut out = String::from(
+            "device,hostname,customer,release,compliance,source,installed,candidate,security,severity,cves,risk,reboot_expected,missing_since_ms\n",
+        );
+        for (dev, a) in &v.assessments {
+            let rec = outpost_storage::registry::get(&self.inner.store, *dev)?;
+            let (hostname, cust) = rec
+                .as_ref()
+                .map(|r| (r.hostname.clone(), r.customer.to_string()))
+                .unwrap_or_default();
+            if customer.is_some_and(|c| c != cust) {
+                continue;
+            }
+            let mut patches: Vec<_> = a.patches.iter().collect();
+            patches.sort_by(|x, y| y.risk.cmp(&x.risk).then(x.source.cmp(&y.source)));
+            for p in patches {
+                let cells = [
+                    dev.to_string(),
+                    hostname.clone(),
+                    cust.clone(),
+                    a.release
+                        .as_ref()
+                        .map(|r| r.to_string())
+                        .unwrap_or_default(),
+                    serde_json::to_value(a.compliance)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    p.source.to_string(),
+                    p.installed.to_string(),
+                    p.candidate
+                        .as_ref()
+                        .map(|c| c.to_string())
+                        .unwrap_or_default(),
+                    p.security.to_string(),
+                    p.severity
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default(),
+                    p.cves
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    p.risk.to_string(),
+                    p.reboot_expected.to_string(),
+                    p.first_seen_ms.to_string(),
+                ];
+                let line: Vec<String> = cells.iter().map(|c| field(c)).collect();
+                out.push_str(&line.join(","));
+                out.push('\n');
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every missing patch, most risky and widespread first.
+    pub fn patches(&self) -> Vec<PatchSummary> {
+        let v = self.view();
+        let mut list = patch_list(v.assessments.values().map(|a| a.as_ref()));
+        list.sort_by(|a, b| {
+            b.max_risk
+                .cmp(&a.max_risk)
+                .then(b.devices.cmp(&a.devices))
+                .then(a.source.cmp(&b.source))
+        });
+        list
+    }
+
+    pub fn cve(&self, id: &str) -> CveView<DeviceId> {
+        let v = self.view();
+        cve_view(id, v.assessments.iter().map(|(k, a)| (k, a.as_ref())))
+    }
+
+    pub fn summary(&self, now: u64) -> anyhow::Result<Summary> {
+        let v = self.view();
+        let fleet = fleet_summary(v.assessments.values().map(|a| a.as_ref()));
+        let mut top_cves = cve_list(v.assessments.values().map(|a| a.as_ref()));
+        top_cves.truncate(50);
+        let devices = v
+            .assessments
+            .iter()
+            .map(|(d, a)| DeviceLine {
+                device: *d,
+                release: a.release.as_ref().map(|r| r.to_string()),
+                compliance: a.compliance,
+                risk: a.risk,
+                patches: a.counts.patches,
+                fixable: a.counts.fixable.total(),
+                open: a.counts.open.total(),
+                reboot_required: a.reboot_required,
+                scanned_at_ms: a.scanned_at_ms,
+            })
+            .collect();
+        let from = (now - now % DAY_MS).saturating_sub(89 * DAY_MS);
+        let mut history = Vec::new();
+        self.inner.store.scan::<DailyCompliance>(
+            PATCH_COMPLIANCE_DAILY,
+            &from.to_be_bytes(),
+            None,
+            |_, d| {
+                history.push(d);
+                true
+            },
+        )?;
+        Ok(Summary {
+            fleet,
+            devices,
+            top_cves,
+            history,
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

@@ -1,0 +1,591 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_patch::assess::{Compliance, FindingState};
+use outpost_patch::catalog::FeedFormat;
+use outpost_patch::scan::{
+    PACKAGE_REPORT_FORMAT, PackageReport, Scan, parse_dpkg_query, parse_os_release,
+};
+use outpost_proto::DeviceId;
+use outpost_proto::codec;
+use outpost_proto::messages::PackageScanRecord;
+use outpost_storage::ingest::PACKAGE_SCANS_IN;
+use outpost_storage::{Store, StoreOptions};
+
+use super::*;
+use crate::metrics::Metrics;
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    store: Store,
+    metrics: Arc<Metrics>,
+    service: PatchService,
+}
+
+fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::db::open(&dir.path().join("db"), &StoreOptions::default()).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let service = PatchService::open(
+        store.clone(),
+        dir.path(),
+        metrics.clone(),
+        Policy::default(),
+    )
+    .unwrap();
+    Rig {
+        _dir: dir,
+        store,
+        metrics,
+        service,
+    }
+}
+
+fn scan(lines: &str, at: u64) -> Scan {
+    let mut s = Scan::new_dpkg(
+        at,
+        parse_os_release("ID=debian\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\n"),
+    );
+    s.dpkg = parse_dpkg_query(lines).packages;
+    s.normalize();
+    s
+}
+
+const V1: &str = "ii \tlibssl3\tamd64\t3.0.11-1~deb12u2\topenssl\t3.0.11-1~deb12u2\nii \tbash\tamd64\t5.2.15-2+b2\tbash\t5.2.15-2\n";
+const V2: &str = "ii \tlibssl3\tamd64\t3.0.15-1~deb12u1\topenssl\t3.0.15-1~deb12u1\nii \tbash\tamd64\t5.2.15-2+b2\tbash\t5.2.15-2\n";
+
+const TRACKER: &str = r#"{
+ "openssl": {
+  "CVE-2024-0001": {"description": "fixed in u1", "releases": {"bookworm": {"status": "resolved", "fixed_version": "3.0.13-1~deb12u1", "urgency": "high"}}},
+  "CVE-2024-0002": {"description": "not fixed", "releases": {"bookworm": {"status": "open", "urgency": "medium"}}}
+ },
+ "bash": {
+  "CVE-2024-0003": {"releases": {"bookworm": {"status": "resolved", "fixed_version": "5.2.15-1", "urgency": "low"}}}
+ }
+}"#;
+
+fn put_report(store: &Store, dev: DeviceId, seq: u64, report: &PackageReport, format: u16) {
+    let rec = PackageScanRecord {
+        format,
+        full: report.is_full(),
+        part: 0,
+        parts: 1,
+        payload: codec::encode_compressed(report).unwrap(),
+    };
+    store
+        .put(
+            PACKAGE_SCANS_IN,
+            &outpost_storage::keys::device_time_key(dev, seq),
+            &rec,
+        )
+        .unwrap();
+}
+
+fn ids(a: &DeviceAssessment, state: FindingState) -> Vec<String> {
+    a.all_findings()
+        .filter(|(_, f)| f.state == state)
+        .map(|(_, f)| f.id.to_string())
+        .collect()
+}
+
+#[test]
+fn a_full_scan_then_a_delta_are_applied_and_assessed_against_the_imported_catalog() {
+    let r = rig();
+    r.service
+        .import(FeedFormat::DebianTracker, None, "test", TRACKER.as_bytes())
+        .unwrap();
+    let dev = DeviceId(7);
+    let s1 = scan(V1, 1_000);
+    put_report(
+        &r.store,
+        dev,
+        1,
+        &PackageReport::Full(Box::new(s1.clone())),
+        PACKAGE_REPORT_FORMAT,
+    );
+    assert_eq!(r.service.process_reports(5_000).unwrap(), 1);
+    let d = r.service.device(dev).unwrap().unwrap();
+    let a = d.assessment.unwrap();
+    assert_eq!(ids(&a, FindingState::Fixable), ["CVE-2024-0001"]);
+    assert_eq!(ids(&a, FindingState::Open), ["CVE-2024-0002"]);
+    assert_eq!(d.packages, 2);
+
+    let s2 = scan(V2, 2_000);
+    put_report(
+        &r.store,
+        dev,
+        2,
+        &PackageReport::Delta(Box::new(s1.diff(&s2))),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(6_000).unwrap();
+    let a = r.service.device(dev).unwrap().unwrap().assessment.unwrap();
+    assert!(
+        ids(&a, FindingState::Fixable).is_empty(),
+        "upgraded past the fix"
+    );
+    assert_eq!(a.scanned_at_ms, 2_000);
+    let mut inbox = 0;
+    r.store
+        .scan_raw(PACKAGE_SCANS_IN, &[], None, |_, _| {
+            inbox += 1;
+            Ok(true)
+        })
+        .unwrap();
+    assert_eq!(inbox, 0, "applied reports leave the inbox");
+    let cve = r.service.cve("CVE-2024-0002");
+    assert_eq!(cve.devices.len(), 1);
+    assert_eq!(cve.open, 1);
+}
+
+#[test]
+fn a_delta_against_an_unknown_base_is_counted_and_waits_for_a_full_scan() {
+    let r = rig();
+    let dev = DeviceId(9);
+    let delta = scan(V1, 1).diff(&scan(V2, 2));
+    put_report(
+        &r.store,
+        dev,
+        1,
+        &PackageReport::Delta(Box::new(delta.clone())),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(10).unwrap();
+    let d = r.service.device(dev).unwrap().unwrap();
+    assert!(d.needs_full_scan);
+    assert_eq!(d.base_misses, 1);
+    assert_eq!(r.metrics.patches.delta_base_misses.get(), 1);
+    // A stored scan of another state: the delta does not apply either.
+    put_report(
+        &r.store,
+        dev,
+        2,
+        &PackageReport::Full(Box::new(scan(V2, 3))),
+        PACKAGE_REPORT_FORMAT,
+    );
+    put_report(
+        &r.store,
+        dev,
+        3,
+        &PackageReport::Delta(Box::new(delta)),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(20).unwrap();
+    let d = r.service.device(dev).unwrap().unwrap();
+    assert!(d.needs_full_scan);
+    assert_eq!(d.base_misses, 2);
+    assert!(d.last_error.unwrap().contains("full scan"));
+    assert_eq!(d.packages, 2, "the stored scan is kept");
+}
+
+#[test]
+fn a_report_of_an_unknown_format_or_malformed_is_refused_with_a_reason() {
+    let r = rig();
+    let dev = DeviceId(3);
+    put_report(
+        &r.store,
+        dev,
+        1,
+        &PackageReport::Full(Box::new(scan(V1, 1))),
+        PACKAGE_REPORT_FORMAT + 1,
+    );
+    r.service.process_reports(10).unwrap();
+    let d = r.service.device(dev).unwrap().unwrap();
+    assert!(d.last_error.unwrap().contains("format"));
+    assert!(d.assessment.is_none());
+    r.store
+        .put(
+            PACKAGE_SCANS_IN,
+            &outpost_storage::keys::device_time_key(dev, 2),
+            &PackageScanRecord {
+                format: PACKAGE_REPORT_FORMAT,
+                full: true,
+                part: 0,
+                parts: 1,
+                payload: vec![1, 2, 3],
+            },
+        )
+        .unwrap();
+    r.service.process_reports(20).unwrap();
+    let d = r.service.device(dev).unwrap().unwrap();
+    assert!(d.last_error.unwrap().contains("malformed"));
+}
+
+#[test]
+fn a_malformed_feed_is_refused_with_its_position_and_the_previous_catalog_stays() {
+    let r = rig();
+    r.service
+        .import(FeedFormat::DebianTracker, None, "good", TRACKER.as_bytes())
+        .unwrap();
+    let dev = DeviceId(1);
+    put_report(
+        &r.store,
+        dev,
+        1,
+        &PackageReport::Full(Box::new(scan(V1, 1))),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(10).unwrap();
+    let bad = &TRACKER[..TRACKER.len() / 2];
+    let e = r
+        .service
+        .import(FeedFormat::DebianTracker, None, "bad", bad.as_bytes())
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("line"), "{msg}");
+    assert_eq!(r.metrics.patches.import_failures.get(), 1);
+    let st = r.service.advisories_status(100).unwrap();
+    assert_eq!(st.sources.len(), 1);
+    assert_eq!(st.sources[0].location, "good");
+    assert_eq!(st.advisories, 3);
+    let a = r.service.device(dev).unwrap().unwrap().assessment.unwrap();
+    assert_eq!(ids(&a, FindingState::Fixable), ["CVE-2024-0001"]);
+}
+
+#[test]
+fn an_import_reassesses_devices_and_the_catalog_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = DeviceId(5);
+    {
+        let store = crate::db::open(&dir.path().join("db"), &StoreOptions::default()).unwrap();
+        let m = Arc::new(Metrics::new());
+        let s = PatchService::open(store.clone(), dir.path(), m, Policy::default()).unwrap();
+        put_report(
+            &store,
+            dev,
+            1,
+            &PackageReport::Full(Box::new(scan(V1, 1))),
+            PACKAGE_REPORT_FORMAT,
+        );
+        s.process_reports(10).unwrap();
+        let a = s.device(dev).unwrap().unwrap().assessment.unwrap();
+        assert_eq!(a.compliance, Compliance::NoCatalog);
+        let out = s
+            .import(FeedFormat::DebianTracker, None, "t", TRACKER.as_bytes())
+            .unwrap();
+        assert_eq!(out.devices_reassessed, 1);
+        let a = s.device(dev).unwrap().unwrap().assessment.unwrap();
+        assert_eq!(ids(&a, FindingState::Fixable), ["CVE-2024-0001"]);
+        s.record_compliance(DAY_MS + 5).unwrap();
+    }
+    let store = crate::db::open(&dir.path().join("db"), &StoreOptions::default()).unwrap();
+    let s = PatchService::open(
+        store,
+        dir.path(),
+        Arc::new(Metrics::new()),
+        Policy::default(),
+    )
+    .unwrap();
+    let st = s.advisories_status(100).unwrap();
+    assert!(st.sources[0].loaded);
+    assert_eq!(st.advisories, 3);
+    let sum = s.summary(DAY_MS + 10).unwrap();
+    assert_eq!(sum.fleet.devices, 1);
+    assert_eq!(sum.history.len(), 1);
+    assert_eq!(sum.top_cves.len(), 2);
+}
+
+#[test]
+fn a_source_name_that_is_not_a_file_name_is_refused() {
+    let r = rig();
+    let e = r
+        .service
+        .import(FeedFormat::Osv, Some("../etc/passwd"), "x", b"[]")
+        .unwrap_err();
+    assert!(matches!(e, ImportFailure::Invalid(_)), "{e}");
+}
+
+/// Serves `body` with `status` to every request on 127.0.0.1.
+async fn serve_once(status: &'static str, body: &'static str) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let head = format!(
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(body.as_bytes()).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_fetch_imports_the_feed_and_an_unreachable_or_failing_one_changes_nothing() {
+    let r = rig();
+    let ok = serve_once("200 OK", TRACKER).await;
+    let feed = super::super::config::FeedConfig {
+        name: "debian-tracker".into(),
+        format: "debian-tracker".into(),
+        url: format!("http://{ok}/tracker/data/json"),
+    };
+    let out = super::super::feed::fetch_and_import(&r.service, &feed, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(out.advisories, 3);
+    let imported = r.service.imported_at("debian-tracker").unwrap();
+
+    let failing = serve_once("503 Service Unavailable", "down").await;
+    let bad = super::super::config::FeedConfig {
+        url: format!("http://{failing}/json"),
+        ..feed.clone()
+    };
+    let e = super::super::feed::fetch_and_import(&r.service, &bad, Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("503"), "{e:#}");
+    let truncated = serve_once("200 OK", "{\"openssl\": {").await;
+    let bad = super::super::config::FeedConfig {
+        url: format!("http://{truncated}/json"),
+        ..feed.clone()
+    };
+    assert!(
+        super::super::feed::fetch_and_import(&r.service, &bad, Duration::from_secs(10))
+            .await
+            .is_err()
+    );
+    assert_eq!(r.metrics.patches.import_failures.get(), 2);
+    assert_eq!(r.service.imported_at("debian-tracker"), Some(imported));
+    assert_eq!(r.service.advisories_status(0).unwrap().advisories, 3);
+}
+
+#[test]
+fn a_feed_is_due_when_never_imported_or_older_than_the_interval() {
+    use super::super::feed::due;
+    assert!(due(None, 0, 10));
+    assert!(!due(Some(100), 109, 10));
+    assert!(due(Some(100), 110, 10));
+}
+
+#[test]
+fn the_default_patches_config_fetches_the_tracker_and_a_bad_feed_is_refused() {
+    let c = super::super::PatchesConfig::default();
+    c.validate().unwrap();
+    assert_eq!(c.feeds[0].url, super::super::feed::DEBIAN_TRACKER_URL);
+    let mut bad = c.clone();
+    bad.feeds[0].format = "oval".into();
+    assert!(bad.validate().is_err());
+    let parsed: crate::config::Config = toml::from_str(
+        "[patches]\nfetch_interval = \"1h\"\nfeeds = []\n[patches.policy]\ngrace_days = 3\n",
+    )
+    .unwrap();
+    assert_eq!(parsed.patches.policy.grace_days, 3);
+    assert!(parsed.patches.feeds.is_empty());
+}
+
+#[test]
+fn the_csv_report_lists_each_devices_missing_patches_and_filters_by_customer() {
+    use outpost_patch::scan::AptUpgrade;
+    use outpost_patch::version::DebVersion;
+    let r = rig();
+    r.service
+        .import(FeedFormat::DebianTracker, None, "t", TRACKER.as_bytes())
+        .unwrap();
+    let dev = DeviceId(11);
+    outpost_storage::registry::register(
+        &r.store,
+        &outpost_storage::model::DeviceRecord {
+            id: dev,
+            tenant: "acme".into(),
+            customer: "dental".into(),
+            hostname: "web, 1".into(),
+            os: String::new(),
+            kernel: String::new(),
+            arch: String::new(),
+            agent_version: String::new(),
+            enrolled_at_ms: 0,
+            cert_serial: String::new(),
+            revoked_at_ms: None,
+        },
+    )
+    .unwrap();
+    let mut s = scan(V1, 1);
+    s.upgrades.push(AptUpgrade {
+        name: "libssl3".into(),
+        arch: Some("amd64".into()),
+        from: Some(DebVersion::parse("3.0.11-1~deb12u2").unwrap()),
+        to: DebVersion::parse("3.0.15-1~deb12u1").unwrap(),
+        origins: vec!["Debian-Security:12/stable-security".into()],
+        security: true,
+    });
+    s.normalize();
+    put_report(
+        &r.store,
+        dev,
+        1,
+        &PackageReport::Full(Box::new(s)),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(10).unwrap();
+    let csv = r.service.report_csv(None).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(lines[0].starts_with("device,hostname,customer,"));
+    assert!(lines[1].contains(",\"web, 1\",dental,"), "{}", lines[1]);
+    assert!(
+        lines[1].contains(",openssl,3.0.11-1~deb12u2,3.0.15-1~deb12u1,true,high,CVE-2024-0001,"),
+        "{}",
+        lines[1]
+    );
+    assert_eq!(
+        r.service.report_csv(Some("other")).unwrap().lines().count(),
+        1
+    );
+    assert_eq!(
+        r.service
+            .report_csv(Some("dental"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn the_alert_engine_receives_each_devices_patch_values_with_the_reboot_wait() {
+    let r = rig();
+    type Samples = Vec<(DeviceId, Vec<outpost_proto::messages::MetricValue>)>;
+    let got: Arc<std::sync::Mutex<Samples>> = Arc::default();
+    {
+        let got = got.clone();
+        r.service
+            .set_alert_sink(Box::new(move |b| got.lock().unwrap().extend(b)));
+    }
+    let dev = DeviceId(4);
+    let mut s = scan(V1, DAY_MS);
+    s.reboot.required = true;
+    put_report(
+        &r.store,
+        dev,
+        1,
+        &PackageReport::Full(Box::new(s.clone())),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(DAY_MS).unwrap();
+    // Still waiting one day later: the wait counts from the first scan.
+    let mut later = s.clone();
+    later.scanned_at_ms = 2 * DAY_MS;
+    put_report(
+        &r.store,
+        dev,
+        2,
+        &PackageReport::Delta(Box::new(s.diff(&later))),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(2 * DAY_MS).unwrap();
+    r.service.send_alert_samples(4 * DAY_MS);
+    let got = got.lock().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, dev);
+    let v = |n: &str| got[0].1.iter().find(|v| v.name == n).unwrap().value;
+    assert_eq!(v(super::super::alerts::REBOOT_REQUIRED_DAYS), 3.0);
+    assert_eq!(v(super::super::alerts::SCAN_AGE_DAYS), 2.0);
+}
+
+/// Stores `report` in parts of `size` bytes at seqs `first..`, skipping
+/// the part indexes in `lose`.
+fn put_parts(
+    store: &Store,
+    dev: DeviceId,
+    first: u64,
+    report: &PackageReport,
+    size: usize,
+    lose: &[usize],
+) -> u64 {
+    let payload = codec::encode_compressed(report).unwrap();
+    let chunks: Vec<&[u8]> = payload.chunks(size).collect();
+    let mut seq = first;
+    for (i, c) in chunks.iter().enumerate() {
+        if !lose.contains(&i) {
+            store
+                .put(
+                    PACKAGE_SCANS_IN,
+                    &outpost_storage::keys::device_time_key(dev, seq),
+                    &PackageScanRecord {
+                        format: PACKAGE_REPORT_FORMAT,
+                        full: report.is_full(),
+                        part: i as u32,
+                        parts: chunks.len() as u32,
+                        payload: c.to_vec(),
+                    },
+                )
+                .unwrap();
+        }
+        // Another record kind between parts (a heartbeat) takes a seq.
+        seq += 2;
+    }
+    seq
+}
+
+#[test]
+fn a_report_in_parts_is_applied_once_all_parts_arrived_and_a_lost_part_waits_for_a_full_scan() {
+    let r = rig();
+    let dev = DeviceId(21);
+    let report = PackageReport::Full(Box::new(scan(V1, 1)));
+    let payload_len = codec::encode_compressed(&report).unwrap().len();
+    assert!(payload_len > 100);
+    // Only the first parts: nothing applied yet, nothing consumed.
+    let payload = codec::encode_compressed(&report).unwrap();
+    let n = payload.chunks(40).count();
+    let lose_tail: Vec<usize> = (n - 1..n).collect();
+    let next = put_parts(&r.store, dev, 1, &report, 40, &lose_tail);
+    assert_eq!(r.service.process_reports(10).unwrap(), 0);
+    assert!(r.service.device(dev).unwrap().is_none());
+    // The last part arrives: applied.
+    let last = payload.chunks(40).last().unwrap().to_vec();
+    r.store
+        .put(
+            PACKAGE_SCANS_IN,
+            &outpost_storage::keys::device_time_key(dev, next - 2),
+            &PackageScanRecord {
+                format: PACKAGE_REPORT_FORMAT,
+                full: true,
+                part: (n - 1) as u32,
+                parts: n as u32,
+                payload: last,
+            },
+        )
+        .unwrap();
+    assert_eq!(r.service.process_reports(20).unwrap(), n);
+    let d = r.service.device(dev).unwrap().unwrap();
+    assert_eq!(d.packages, 2);
+    assert!(!d.needs_full_scan);
+    // A delta with a part lost in the middle, then another report: the
+    // broken one is discarded and counted, the device waits for a full scan.
+    let delta = PackageReport::Delta(Box::new(scan(V1, 1).diff(&scan(V2, 2))));
+    let after = put_parts(&r.store, dev, 1000, &delta, 8, &[1]);
+    put_parts(
+        &r.store,
+        dev,
+        after,
+        &PackageReport::Delta(Box::new(scan(V2, 2).diff(&scan(V2, 3)))),
+        8,
+        &[],
+    );
+    r.service.process_reports(30).unwrap();
+    let d = r.service.device(dev).unwrap().unwrap();
+    assert!(d.needs_full_scan, "{d:?}");
+    assert!(
+        r.metrics
+            .patches
+            .reports_rejected
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: "incomplete".into()
+            })
+            .get()
+            >= 1
+    );
+    let mut left = 0;
+    r.store
+        .scan_raw(PACKAGE_SCANS_IN, &[], None, |_, _| {
+            left += 1;
+            Ok(true)
+        })
+        .unwrap();
+    assert_eq!(left, 0, "everything consumed");
+}

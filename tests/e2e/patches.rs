@@ -1,0 +1,326 @@
+//! Patch assessment end to end (issue 14): a real agent scans this
+//! machine's real dpkg database; catalogs in the Debian tracker format and
+//! in OSV, written here from real installed source packages with fixed
+//! versions above and below the installed ones, are imported through the
+//! CLI; the device's fixable and open CVEs equal what `dpkg
+//! --compare-versions` says. A malformed feed is refused with its position
+//! and the previous catalog stays in service. A package installed into a
+//! throwaway dpkg root is reported within a minute.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use outpost_tests::{Agent, Appliance, scratch, stderr, wait_for};
+use serde_json::{Value, json};
+
+/// Installed source packages of this machine with one source version each.
+fn installed_sources() -> BTreeMap<String, String> {
+    let o = Command::new("dpkg-query")
+        .args([
+            "-W",
+            "-f",
+            "${db:Status-Abbrev}\t${source:Package}\t${source:Version}\n",
+        ])
+        .output()
+        .expect("dpkg-query");
+    let mut versions: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in String::from_utf8_lossy(&o.stdout).lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() == 3 && f[0].starts_with("ii") {
+            versions
+                .entry(f[1].to_string())
+                .or_default()
+                .insert(f[2].to_string());
+        }
+    }
+    versions
+        .into_iter()
+        .filter(|(_, v)| v.len() == 1)
+        .map(|(s, v)| (s, v.into_iter().next().unwrap_or_default()))
+        .collect()
+}
+
+/// `dpkg --compare-versions a lt b`.
+fn dpkg_lt(a: &str, b: &str) -> bool {
+    Command::new("dpkg")
+        .args(["--compare-versions", a, "lt", b])
+        .status()
+        .expect("dpkg --compare-versions")
+        .success()
+}
+
+/// The device's findings of our test CVEs, by state.
+fn findings(app: &Appliance, dev: &str) -> Option<(BTreeSet<String>, BTreeSet<String>)> {
+    let v: Value = app.api(&format!("/api/v1/patches/devices/{dev}")).ok()?;
+    let a = v.get("assessment")?;
+    if a.is_null() || a["status"] != "assessed" {
+        return None;
+    }
+    let mut fixable = BTreeSet::new();
+    let mut open = BTreeSet::new();
+    for f in a["findings"].as_array()? {
+        let id = f["id"].as_str().unwrap_or("").to_string();
+        if !id.starts_with("CVE-2099-") {
+            continue;
+        }
+        match f["state"].as_str() {
+            Some("fixable") => fixable.insert(id),
+            Some("open") => open.insert(id),
+            _ => false,
+        };
+    }
+    Some((fixable, open))
+}
+
+fn write(path: &Path, v: &Value) {
+    std::fs::write(path, serde_json::to_vec_pretty(v).unwrap()).unwrap();
+}
+
+#[test]
+fn a_real_scan_is_assessed_exactly_as_dpkg_compare_versions_says_and_a_bad_feed_changes_nothing() {
+    let sources = installed_sources();
+    assert!(sources.len() >= 8, "too few installed source packages");
+    // Spread over the alphabet: a deterministic, varied choice.
+    let step = sources.len() / 8;
+    let chosen: Vec<(String, String)> = sources.into_iter().step_by(step.max(1)).take(8).collect();
+    let above = |v: &str| format!("{v}+outpost1");
+    let below = "0.0~outpost1".to_string();
+
+    let tmp = scratch("patches-real");
+    let app = Appliance::start(tmp.path());
+
+    // The tracker: sources 0..4, a fix above and a fix below each, plus
+    // an open CVE for source 0.
+    let mut tracker = serde_json::Map::new();
+    let mut expected_fixable = BTreeSet::new();
+    let mut expected_open = BTreeSet::new();
+    let mut n = 1000;
+    for (src, installed) in &chosen[..4] {
+        let mut cves = serde_json::Map::new();
+        for fixed in [above(installed), below.clone()] {
+            let id = format!("CVE-2099-{n}");
+            n += 1;
+            if dpkg_lt(installed, &fixed) {
+                expected_fixable.insert(id.clone());
+            }
+            cves.insert(
+                id,
+                json!({"description": "e2e", "releases": {"bookworm": {
+                    "status": "resolved", "fixed_version": fixed, "urgency": "high"}}}),
+            );
+        }
+        tracker.insert(src.clone(), Value::Object(cves));
+    }
+    tracker
+        .get_mut(&chosen[0].0)
+        .and_then(Value::as_object_mut)
+        .unwrap()
+        .insert(
+            "CVE-2099-1999".into(),
+            json!({"releases": {"bookworm": {"status": "open", "urgency": "medium"}}}),
+        );
+    expected_open.insert("CVE-2099-1999".to_string());
+    let tracker_path = tmp.path().join("tracker.json");
+    write(&tracker_path, &Value::Object(tracker.clone()));
+
+    // OSV: sources 4..8, the same pattern, plus one record with no fix.
+    let mut records = Vec::new();
+    let mut m = 2000;
+    for (src, installed) in &chosen[4..] {
+        for fixed in [above(installed), below.clone()] {
+            let cve = format!("CVE-2099-{m}");
+            m += 1;
+            if dpkg_lt(installed, &fixed) {
+                expected_fixable.insert(cve.clone());
+            }
+            records.push(json!({
+                "id": format!("DEBIAN-{cve}"), "upstream": [cve], "summary": "e2e",
+                "affected": [{"package": {"ecosystem": "Debian:12", "name": src},
+                    "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": fixed}]}]}]
+            }));
+        }
+    }
+    records.push(json!({
+        "id": "DEBIAN-CVE-2099-2999", "upstream": ["CVE-2099-2999"],
+        "affected": [{"package": {"ecosystem": "Debian:12", "name": chosen[5].0},
+            "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}]}]}]
+    }));
+    expected_open.insert("CVE-2099-2999".to_string());
+    let osv_path = tmp.path().join("osv.json");
+    write(&osv_path, &Value::Array(records));
+
+    // The tracker before the agent's first scan, OSV after it (a catalog
+    // change re-assesses the stored device).
+    let out = app.cli_ok(&["advisories", "import", tracker_path.to_str().unwrap()]);
+    assert!(out.contains("imported debian-tracker"), "{out}");
+
+    let mut agent = Agent::enroll(tmp.path(), "a1", &app);
+    std::fs::write(
+        agent.state.join("agent.toml"),
+        format!(
+            "package_db_poll_interval = \"2s\"\n[package_tools]\napt_pkgcache_dir = \"{}\"\n",
+            agent.state.display()
+        ),
+    )
+    .unwrap();
+    agent.start();
+    let dev = agent.device_id.clone();
+    wait_for(Duration::from_secs(90), "the agent's first scan", || {
+        findings(&app, &dev)
+    });
+    let out = app.cli_ok(&[
+        "advisories",
+        "import",
+        osv_path.to_str().unwrap(),
+        "--format",
+        "osv",
+        "--json",
+    ]);
+    let imported: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(imported["devices_reassessed"], 1, "{out}");
+
+    let (fixable, open) = findings(&app, &dev).expect("assessed");
+    assert_eq!(fixable, expected_fixable, "fixable CVEs");
+    assert_eq!(open, expected_open, "open CVEs");
+    // The scan is this machine's dpkg database.
+    let d: Value = app.api(&format!("/api/v1/patches/devices/{dev}")).unwrap();
+    let dpkg_count = String::from_utf8_lossy(
+        &Command::new("dpkg-query")
+            .args(["-W", "-f", "${db:Status-Abbrev}\n"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .lines()
+    .filter(|l| {
+        let b = l.as_bytes();
+        b.len() > 1 && !matches!(b[1], b'n' | b'c')
+    })
+    .count();
+    assert_eq!(d["packages"].as_u64().unwrap() as usize, dpkg_count);
+
+    // The views answer.
+    let cve: Value = app.api("/api/v1/patches/cves/CVE-2099-1999").unwrap();
+    assert_eq!(cve["open"], 1);
+    let text = app.cli_ok(&["patches", "device", &dev]);
+    assert!(text.contains("CVE-2099-1999"), "{text}");
+    let summary: Value =
+        serde_json::from_str(&app.cli_ok(&["patches", "summary", "--json"])).unwrap();
+    assert_eq!(summary["fleet"]["devices"], 1);
+
+    // A truncated tracker: refused with its position, nothing changes.
+    let bad = tmp.path().join("bad.json");
+    let good_text = serde_json::to_string(&Value::Object(tracker)).unwrap();
+    std::fs::write(&bad, &good_text[..good_text.len() * 2 / 3]).unwrap();
+    let o = app.cli(&["advisories", "import", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("line") && err.contains("previous catalog stays"),
+        "{err}"
+    );
+    let status: Value =
+        serde_json::from_str(&app.cli_ok(&["advisories", "status", "--json"])).unwrap();
+    let tracker_src = status["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "debian-tracker")
+        .expect("the tracker source is still there");
+    assert!(
+        tracker_src["location"]
+            .as_str()
+            .unwrap()
+            .ends_with("tracker.json")
+    );
+    let (fixable2, open2) = findings(&app, &dev).expect("assessed");
+    assert_eq!((fixable2, open2), (expected_fixable, expected_open));
+    assert_eq!(app.metric("outpost_patches_import_failures_total"), 1.0);
+    assert!(app.metric("outpost_patches_scans_received_total{kind=\"full\"}") >= 1.0);
+}
+
+#[test]
+fn a_package_installed_in_a_throwaway_dpkg_root_is_reported_within_a_minute() {
+    let tmp = scratch("patches-root");
+    let root = tmp.path().join("root");
+    let admin = root.join("var/lib/dpkg");
+    std::fs::create_dir_all(admin.join("updates")).unwrap();
+    std::fs::create_dir_all(admin.join("info")).unwrap();
+    std::fs::write(admin.join("status"), "").unwrap();
+    // A tiny package built here.
+    let pkg = tmp.path().join("pkg");
+    std::fs::create_dir_all(pkg.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(pkg.join("usr/share/doc/outpost-e2e-probe")).unwrap();
+    std::fs::write(
+        pkg.join("DEBIAN/control"),
+        "Package: outpost-e2e-probe\nVersion: 1.0-1\nArchitecture: all\nMaintainer: e2e <e2e@example.invalid>\nDescription: probe\n",
+    )
+    .unwrap();
+    std::fs::write(pkg.join("usr/share/doc/outpost-e2e-probe/x"), "x").unwrap();
+    let deb = tmp.path().join("probe.deb");
+    let o = Command::new("dpkg-deb")
+        .arg("--build")
+        .arg(&pkg)
+        .arg(&deb)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let app = Appliance::start(tmp.path());
+    let mut agent = Agent::enroll(tmp.path(), "a2", &app);
+    std::fs::write(
+        agent.state.join("agent.toml"),
+        format!(
+            "package_db_poll_interval = \"2s\"\n[package_tools]\nmanager = \"dpkg\"\ndpkg_admindir = \"{}\"\napt_simulate = false\n",
+            admin.display()
+        ),
+    )
+    .unwrap();
+    agent.start();
+    let dev = agent.device_id.clone();
+    let packages = |app: &Appliance| -> Option<u64> {
+        let v: Value = app.api(&format!("/api/v1/patches/devices/{dev}")).ok()?;
+        v["packages"].as_u64()
+    };
+    assert_eq!(
+        wait_for(Duration::from_secs(60), "the first scan", || packages(&app)),
+        0
+    );
+    let o = Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args(["--force-script-chrootless", "--force-not-root", "-i"])
+        .arg(&deb)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let installed_at = std::time::Instant::now();
+    wait_for(
+        Duration::from_secs(60),
+        "the install to be reported",
+        || (packages(&app) == Some(1)).then_some(()),
+    );
+    assert!(installed_at.elapsed() < Duration::from_secs(60));
+    assert!(
+        app.metric("outpost_patches_scans_received_total{kind=\"delta\"}") >= 1.0,
+        "the change came as a delta"
+    );
+    // Removed again: reported too.
+    let o = Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args([
+            "--force-script-chrootless",
+            "--force-not-root",
+            "-r",
+            "outpost-e2e-probe",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_for(
+        Duration::from_secs(60),
+        "the removal to be reported",
+        || (packages(&app) == Some(0)).then_some(()),
+    );
+}
