@@ -750,6 +750,55 @@ fn packaged_configuration_files_show_the_built_in_defaults() {
     let parsed: outpost_agent::config::AgentConfig =
         toml::from_str(&uncommented(&text)).expect("uncommented agent.toml parses");
     assert_eq!(parsed, outpost_agent::config::AgentConfig::default());
+    every_key_is_shown(&text, &outpost_agent::config::AgentConfig::default());
+    let text = std::fs::read_to_string(src.join("outpost/outpost.toml")).unwrap();
+    every_key_is_shown(&text, &outpost_appliance::config::Config::default());
+}
+
+/// Every setting of `defaults` (top-level keys and the keys of its tables)
+/// is written out in the packaged file `text`: a setting added to the code
+/// but not to the commented file fails here.
+fn every_key_is_shown<T: serde::Serialize>(text: &str, defaults: &T) {
+    let shown = uncommented(text);
+    let v = toml::Value::try_from(defaults).expect("defaults serialize");
+    let top = v.as_table().expect("a table");
+    let mentioned = |table: Option<&str>, key: &str| {
+        let mut current: Option<String> = None;
+        shown.lines().any(|l| {
+            let l = l.split('#').next().unwrap_or("").trim();
+            if l.starts_with('[') {
+                current = Some(l.trim_matches(|c| c == '[' || c == ']').to_string());
+                return false;
+            }
+            current.as_deref() == table && l.split('=').next().is_some_and(|k| k.trim() == key)
+        })
+    };
+    for (k, val) in top {
+        match val.as_table() {
+            Some(t) => {
+                for (sub, sv) in t {
+                    if sv.is_table()
+                        || sv
+                            .as_array()
+                            .is_some_and(|a| a.iter().any(|e| e.is_table()))
+                    {
+                        let name = format!("{k}.{sub}");
+                        assert!(
+                            shown.contains(&format!("[{name}]"))
+                                || shown.contains(&format!("[[{name}]]")),
+                            "[{name}] is not in the packaged file"
+                        );
+                    } else {
+                        assert!(
+                            mentioned(Some(k), sub),
+                            "{k}.{sub} is not in the packaged file"
+                        );
+                    }
+                }
+            }
+            None => assert!(mentioned(None, k), "{k} is not in the packaged file"),
+        }
+    }
 }
 
 /// Receives one sd_notify datagram (bounded wait).
