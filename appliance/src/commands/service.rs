@@ -411,6 +411,9 @@ struct Group {
     dirty: bool,
     recs: HashMap<CommandId, CommandRecord>,
     after: Vec<LinkAction>,
+    /// Transfer commands that ended in this group: told to the file
+    /// service after the write.
+    ended: Vec<CommandRecord>,
     /// Answers to the API (sent once the group is durable; given the
     /// write's error if it failed).
     replies: Vec<Reply>,
@@ -473,6 +476,7 @@ impl Worker {
                 dirty: false,
                 recs: HashMap::new(),
                 after: Vec::new(),
+                ended: Vec::new(),
                 replies: Vec::new(),
             });
         }
@@ -512,6 +516,11 @@ impl Worker {
             // Subscribers (central's downlink) read what changed: only now
             // is it durable.
             self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        if let Some(f) = &self.files {
+            for rec in &g.ended {
+                f.command_ended(rec);
+            }
         }
         for a in g.after {
             self.link_now(a);
@@ -1182,10 +1191,19 @@ impl Worker {
             _ => {}
         }
         if rec.state.is_terminal()
-            && let Some(f) = &self.files
+            && self.files.is_some()
             && crate::files::service::transfer_of(&rec.spec).is_some()
         {
-            f.command_ended(rec);
+            // The file service reads the command's output: tell it once
+            // the group holding the end (and the output) is written.
+            match &mut self.group {
+                Some(g) => g.ended.push(rec.clone()),
+                None => {
+                    if let Some(f) = &self.files {
+                        f.command_ended(rec);
+                    }
+                }
+            }
         }
         if rec.state.is_terminal() {
             let mut detail = format!("{} {}", rec.id, rec.state);
@@ -1697,5 +1715,57 @@ mod tests {
         assert_eq!(r.state, CommandState::Completed);
         assert_eq!(r.started_agent_ms, Some(5));
         assert!(matches!(inbox.rx.try_recv(), Ok(LinkInput::AckResult(i)) if i == rec.id));
+    }
+
+    /// Records what the command worker tells the file service.
+    #[derive(Default)]
+    struct Ended(std::sync::Mutex<Vec<CommandId>>);
+
+    impl crate::files::service::FileHooks for Ended {
+        fn session_up(&self, _device: DeviceId, _link: RemoteLink) {}
+        fn session_down(&self, _device: DeviceId, _link_id: u64) {}
+        fn file_event(&self, _device: DeviceId, _event: ApplianceEvent) {}
+        fn command_ended(&self, rec: &CommandRecord) {
+            self.0.lock().unwrap().push(rec.id);
+        }
+    }
+
+    #[test]
+    fn the_file_service_hears_of_a_transfers_end_only_once_its_group_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::db::open(dir.path(), &StoreOptions::default()).unwrap();
+        let mut w = Worker::new(
+            store.clone(),
+            Arc::new(Metrics::new()),
+            CommandOptions::default(),
+            tokio::sync::watch::channel(0).0,
+        );
+        let hooks = Arc::new(Ended::default());
+        w.files = Some(hooks.clone());
+        let dev = device(&store, 7, false);
+        let (link, _inbox) = RemoteLink::new(dev);
+        w.links.insert(dev, link);
+        let mut spec = CommandSpec::shell("x", "alice");
+        spec.kind = outpost_proto::command::CommandKind::Builtin(
+            outpost_proto::command::BuiltinAction::PullFile {
+                transfer: outpost_proto::ids::TransferId::random(),
+                path: "/var/log/syslog".into(),
+                max_bytes: 1 << 20,
+            },
+        );
+        let rec = w.create(dev, spec, None, 1_000).unwrap();
+        w.begin();
+        w.handle(Msg::Event(dev, ApplianceEvent::CommandAcked { id: rec.id }));
+        w.handle(Msg::Event(dev, exited(rec.id)));
+        assert!(
+            hooks.0.lock().unwrap().is_empty(),
+            "told before the end (and its output) is stored"
+        );
+        w.commit();
+        assert_eq!(*hooks.0.lock().unwrap(), vec![rec.id]);
+        assert_eq!(
+            store::get(&store, rec.id).unwrap().unwrap().state,
+            CommandState::Completed
+        );
     }
 }
