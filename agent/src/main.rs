@@ -192,10 +192,11 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| {
                 format!("opening the file transfer store {}", files_dir.display())
             })?;
-            let executor = outpost_agent::commands::Executor::start_with_files(
+            let executor = outpost_agent::commands::Executor::start_with(
                 &dir.commands(),
                 cfg.command_policy(),
                 Some(files),
+                Some(shared.scan_requests()),
             )
             .with_context(|| format!("opening the command ledger {}", dir.commands().display()))?;
             // systemd (Type=notify): identity loaded, buffer and ledger

@@ -59,6 +59,9 @@ pub struct Shared {
     wake: Notify,
     /// Connection state, last ack and last error, for `status.json`.
     link: Mutex<LinkState>,
+    /// Scans on request (`ScanPackages`): the scanner attaches to it, the
+    /// command executor asks through it.
+    scan_requests: crate::scan::ScanRequests,
 }
 
 impl Shared {
@@ -67,7 +70,13 @@ impl Shared {
             buffer: Mutex::new(buffer),
             wake: Notify::new(),
             link: Mutex::new(LinkState::new(now_ms())),
+            scan_requests: crate::scan::ScanRequests::new(),
         })
+    }
+
+    /// The handle the command executor asks package scans through.
+    pub fn scan_requests(&self) -> crate::scan::ScanRequests {
+        self.scan_requests.clone()
     }
 
     pub fn buffer(&self) -> MutexGuard<'_, Buffer> {

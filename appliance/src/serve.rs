@@ -157,6 +157,15 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         let alerts = alerts.clone();
         patches.set_alert_sink(Box::new(move |batch| alerts.samples(batch)));
     }
+    // A device whose package report cannot be applied gets a full scan
+    // asked for (`ScanPackages` through the command service).
+    patches.set_scan_requester(
+        Arc::new(crate::patches::full_scan::FullScanRequester::new(
+            commands.clone(),
+            metrics.clone(),
+        )),
+        tokio::runtime::Handle::current(),
+    );
     let patches_thread = patches
         .spawn_worker(Duration::from_secs(1), shutdown.clone())
         .context("starting the patch worker")?;

@@ -114,6 +114,12 @@ pub enum BuiltinAction {
         path: String,
         max_bytes: u64,
     },
+    /// Package scan now: the agent's package scanner scans at once (the
+    /// whole inventory when `full`, else a delta against its last
+    /// report) and the command completes when the scan record is
+    /// buffered for the appliance. Refused when the agent's
+    /// `package_scan` is off.
+    ScanPackages { full: bool },
 }
 
 /// What to run.
@@ -261,6 +267,7 @@ impl CommandSpec {
                 }
             }
             CommandKind::Builtin(BuiltinAction::PullFile { path, .. }) => file_path(path)?,
+            CommandKind::Builtin(BuiltinAction::ScanPackages { .. }) => {}
         }
         if self.timeout_ms == 0 || self.timeout_ms > MAX_TIMEOUT_MS {
             return Err(SpecError::Timeout(self.timeout_ms));
@@ -340,6 +347,13 @@ impl CommandSpec {
             }) => format!("push-file {path} ({size_bytes} bytes)"),
             CommandKind::Builtin(BuiltinAction::PullFile { path, .. }) => {
                 format!("pull-file {path}")
+            }
+            CommandKind::Builtin(BuiltinAction::ScanPackages { full }) => {
+                if *full {
+                    "scan-packages (full)".to_string()
+                } else {
+                    "scan-packages".to_string()
+                }
             }
         }
     }
@@ -480,6 +494,41 @@ mod tests {
         };
         pull.validate().unwrap();
         assert_eq!(CommandSpec::decode(&pull.encode().unwrap()).unwrap(), pull);
+    }
+
+    #[test]
+    fn scan_packages_round_trips_and_earlier_actions_keep_their_indexes() {
+        for full in [true, false] {
+            let spec = CommandSpec {
+                kind: CommandKind::Builtin(BuiltinAction::ScanPackages { full }),
+                ..CommandSpec::shell("-", "cli")
+            };
+            spec.validate().unwrap();
+            assert_eq!(CommandSpec::decode(&spec.encode().unwrap()).unwrap(), spec);
+        }
+        // bincode numbers variants by position: the appended action is
+        // index 4, the earlier ones keep 0..=3.
+        let index = |a: BuiltinAction| -> u32 {
+            let bytes = codec::encode(&a).unwrap();
+            let (i, _): (u32, usize) = codec::decode_prefix(&bytes).unwrap();
+            i
+        };
+        assert_eq!(index(BuiltinAction::RestartService { unit: "x".into() }), 0);
+        assert_eq!(index(BuiltinAction::Reboot { delay_ms: 1 }), 1);
+        assert_eq!(
+            index(BuiltinAction::PullFile {
+                transfer: crate::ids::TransferId([4; 16]),
+                path: "/x".into(),
+                max_bytes: 1,
+            }),
+            3
+        );
+        assert_eq!(index(BuiltinAction::ScanPackages { full: true }), 4);
+        let spec = CommandSpec {
+            kind: CommandKind::Builtin(BuiltinAction::ScanPackages { full: true }),
+            ..CommandSpec::shell("-", "cli")
+        };
+        assert_eq!(spec.summary(), "scan-packages (full)");
     }
 
     #[test]

@@ -324,3 +324,58 @@ fn a_package_installed_in_a_throwaway_dpkg_root_is_reported_within_a_minute() {
         || (packages(&app) == Some(0)).then_some(()),
     );
 }
+
+#[test]
+fn patches_scan_wait_completes_when_the_agent_buffered_a_new_full_scan() {
+    let tmp = scratch("patches-scan");
+    let admin = tmp.path().join("dpkg");
+    std::fs::create_dir_all(admin.join("updates")).unwrap();
+    std::fs::create_dir_all(admin.join("info")).unwrap();
+    std::fs::write(
+        admin.join("status"),
+        "Package: hello\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2.10-3\n\n",
+    )
+    .unwrap();
+    let app = Appliance::start(tmp.path());
+    let mut agent = Agent::enroll(tmp.path(), "a3", &app);
+    // Scans only at start and on request (polls and intervals far away).
+    std::fs::write(
+        agent.state.join("agent.toml"),
+        format!(
+            "package_db_poll_interval = \"1h\"\npackage_scan_interval = \"24h\"\n[package_tools]\nmanager = \"dpkg\"\ndpkg_admindir = \"{}\"\napt_simulate = false\n",
+            admin.display()
+        ),
+    )
+    .unwrap();
+    agent.start();
+    let dev = agent.device_id.clone();
+    let scanned_at = |app: &Appliance| -> Option<u64> {
+        let v: Value = app.api(&format!("/api/v1/patches/devices/{dev}")).ok()?;
+        v["scanned_at_ms"].as_u64()
+    };
+    let first = wait_for(Duration::from_secs(60), "the start scan", || {
+        scanned_at(&app)
+    });
+    let fulls = app.metric("outpost_patches_scans_received_total{kind=\"full\"}");
+    let out = app.cli_ok(&["patches", "scan", &dev, "--wait"]);
+    assert!(
+        out.contains("full report") && out.contains("packages=1") && out.contains("bytes="),
+        "{out}"
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "the requested scan to arrive",
+        || scanned_at(&app).filter(|t| *t > first),
+    );
+    assert!(app.metric("outpost_patches_scans_received_total{kind=\"full\"}") > fulls);
+    assert_eq!(app.metric("outpost_patches_full_scan_requests_total"), 1.0);
+    // The command shows in the command list as the technician's.
+    let cmds: Value = app.api(&format!("/api/v1/commands?device={dev}")).unwrap();
+    let scan = cmds
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["command"] == "scan-packages (full)")
+        .expect("the scan command is listed");
+    assert_eq!(scan["state"], "completed");
+}

@@ -78,6 +78,9 @@ struct Inner {
     /// File push and pull (`crate::files`): file actions and file flow
     /// events go there; without it they are refused.
     files: Option<crate::files::FileAgent>,
+    /// Package scans on request (`ScanPackages`, `crate::scan`): without
+    /// it the action is refused.
+    scanner: Option<crate::scan::ScanRequests>,
 }
 
 /// How the file module reports the end of a transfer's command.
@@ -121,6 +124,17 @@ impl Executor {
         dir: &Path,
         policy: Policy,
         files: Option<crate::files::FileAgent>,
+    ) -> anyhow::Result<Executor> {
+        Self::start_with(dir, policy, files, None)
+    }
+
+    /// As [`Executor::start_with_files`], with package scans on request
+    /// (`ScanPackages`) served by the scanner behind `scanner`.
+    pub fn start_with(
+        dir: &Path,
+        policy: Policy,
+        files: Option<crate::files::FileAgent>,
+        scanner: Option<crate::scan::ScanRequests>,
     ) -> anyhow::Result<Executor> {
         let ledger = Ledger::open(dir)?;
         let resumable: HashSet<CommandId> = files
@@ -176,6 +190,7 @@ impl Executor {
             pending: Mutex::new(pending),
             running: Mutex::new(running),
             files,
+            scanner,
         });
         let ex = Executor { inner };
         tokio::spawn(ex.clone().worker(rx, to_start));
@@ -392,6 +407,9 @@ impl Executor {
             files.start(id, spec, cancel);
             return Ok(());
         }
+        if let Some((full, timeout)) = scan_action(&cmd.spec) {
+            return self.scan_packages(id, full, timeout).await;
+        }
         let (launch, is_reboot) = match self.prepare(&cmd.spec) {
             Ok(l) => l,
             Err(outcome) => {
@@ -473,6 +491,58 @@ impl Executor {
         Ok(())
     }
 
+    /// `ScanPackages`: refused when commands or scans are off; else
+    /// running (durably) until the scanner has buffered the scan's record.
+    async fn scan_packages(
+        &self,
+        id: CommandId,
+        full: bool,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let refusal = if !self.inner.policy.enabled {
+            Some(DISABLED.to_string())
+        } else {
+            match &self.inner.scanner {
+                None => Some(crate::scan::SCANS_OFF.to_string()),
+                Some(s) => s.available().err(),
+            }
+        };
+        let (Some(scanner), None) = (self.inner.scanner.clone(), refusal.clone()) else {
+            let reason = refusal.unwrap_or_else(|| crate::scan::SCANS_OFF.to_string());
+            info!(%id, %reason, "package scan refused");
+            self.finish(id, CommandOutcome::Refused { reason }).await;
+            return Ok(());
+        };
+        let l = &self.inner.ledger;
+        let mut e = l.get(id)?.unwrap_or_else(|| Entry::new(now_ms()));
+        let started_ms = now_ms();
+        e.phase = Phase::Running { started_ms };
+        l.put(id, &e)?;
+        l.flush().await?;
+        let cancel = CancellationToken::new();
+        lock(&self.inner.running).insert(id, cancel.clone());
+        let tx = self.inner.tx.clone();
+        let _ = tx.send(Msg::Started(id, started_ms));
+        tokio::spawn(async move {
+            let outcome = tokio::select! {
+                r = tokio::time::timeout(timeout, scanner.scan(full)) => match r {
+                    Ok(Ok(done)) => {
+                        let _ = tx.send(Msg::Output(id, done.line().into_bytes()));
+                        CommandOutcome::Exited { code: 0 }
+                    }
+                    Ok(Err(reason)) => {
+                        let _ = tx.send(Msg::Output(id, format!("{reason}\n").into_bytes()));
+                        CommandOutcome::Exited { code: 1 }
+                    }
+                    Err(_) => CommandOutcome::TimedOut,
+                },
+                _ = cancel.cancelled() => CommandOutcome::Cancelled,
+            };
+            let _ = tx.send(Msg::Finished(id, outcome));
+        });
+        Ok(())
+    }
+
     /// The spec as a process to start (and whether it is the reboot
     /// action), or why not.
     fn prepare(&self, spec: &[u8]) -> Result<(Launch, bool), CommandOutcome> {
@@ -490,6 +560,19 @@ impl Executor {
         launch_of(&spec, &self.inner.policy, &current_user(), passwd)
             .map(|l| (l, is_reboot))
             .map_err(refuse)
+    }
+}
+
+/// `(full, timeout)` when the spec is a valid `ScanPackages` action (an
+/// invalid spec goes the usual way and is refused with its reason).
+fn scan_action(spec: &[u8]) -> Option<(bool, Duration)> {
+    let spec = CommandSpec::decode(spec).ok()?;
+    spec.validate().ok()?;
+    match spec.kind {
+        CommandKind::Builtin(BuiltinAction::ScanPackages { full }) => {
+            Some((full, Duration::from_millis(spec.timeout_ms)))
+        }
+        _ => None,
     }
 }
 
@@ -568,6 +651,9 @@ pub fn launch_of(
         }
         CommandKind::Builtin(BuiltinAction::PushFile { .. } | BuiltinAction::PullFile { .. }) => {
             return Err("file transfers are not supported by this agent".into());
+        }
+        CommandKind::Builtin(BuiltinAction::ScanPackages { .. }) => {
+            return Err("package scans run in the agent's scanner, not as a process".into());
         }
     };
     // `sh -c LINE NAME ARGS...`: NAME is $0. python3 takes the args as
@@ -769,6 +855,100 @@ mod tests {
         ex.event(AgentEvent::Command(Command {
             id,
             spec: CommandSpec::shell("true", "t").encode().unwrap(),
+        }));
+        let r = next_result(&mut inbox).await;
+        assert_eq!(
+            r.outcome,
+            CommandOutcome::Refused {
+                reason: DISABLED.into()
+            }
+        );
+    }
+
+    fn scan_spec(full: bool) -> Vec<u8> {
+        CommandSpec {
+            kind: CommandKind::Builtin(BuiltinAction::ScanPackages { full }),
+            ..CommandSpec::shell("-", "t")
+        }
+        .encode()
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn scan_packages_asks_the_scanner_and_completes_when_the_scan_is_buffered() {
+        let dir = tempfile::tempdir().unwrap();
+        let scanner = crate::scan::ScanRequests::new();
+        let mut requests = scanner.attach();
+        let ex = Executor::start_with(dir.path(), policy(), None, Some(scanner)).unwrap();
+        let (link, mut inbox) = RemoteLink::new(64 * 1024);
+        ex.session_up(link);
+        let id = CommandId([6; 16]);
+        ex.event(AgentEvent::Command(Command {
+            id,
+            spec: scan_spec(true),
+        }));
+        let req = tokio::time::timeout(Duration::from_secs(10), requests.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(req.full, "a full scan was asked for");
+        let done = crate::scan::ScanDone {
+            seq: 42,
+            full: true,
+            packages: 852,
+            upgrades: 3,
+            bytes: 13707,
+        };
+        req.reply.send(Ok(done.clone())).unwrap();
+        let o = tokio::time::timeout(Duration::from_secs(10), inbox.output.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let line = String::from_utf8(o.bytes).unwrap();
+        assert_eq!(line, done.line());
+        assert!(
+            line.contains("packages=852") && line.contains("bytes=13707"),
+            "{line}"
+        );
+        ex.event(AgentEvent::OutputAcked {
+            id,
+            up_to: line.len() as u64,
+        });
+        let r = next_result(&mut inbox).await;
+        assert_eq!(r.outcome, CommandOutcome::Exited { code: 0 });
+    }
+
+    #[tokio::test]
+    async fn scan_packages_is_refused_with_the_reason_when_scans_are_off() {
+        let dir = tempfile::tempdir().unwrap();
+        // package_scan = false: the scanner never attaches.
+        let scanner = crate::scan::ScanRequests::new();
+        let ex = Executor::start_with(dir.path(), policy(), None, Some(scanner)).unwrap();
+        let (link, mut inbox) = RemoteLink::new(64 * 1024);
+        ex.session_up(link);
+        ex.event(AgentEvent::Command(Command {
+            id: CommandId([7; 16]),
+            spec: scan_spec(false),
+        }));
+        let r = next_result(&mut inbox).await;
+        assert_eq!(
+            r.outcome,
+            CommandOutcome::Refused {
+                reason: crate::scan::SCANS_OFF.into()
+            }
+        );
+        // And with remote commands off, that reason comes first.
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = policy();
+        p.enabled = false;
+        let scanner = crate::scan::ScanRequests::new();
+        let _rx = scanner.attach();
+        let ex = Executor::start_with(dir.path(), p, None, Some(scanner)).unwrap();
+        let (link, mut inbox) = RemoteLink::new(64 * 1024);
+        ex.session_up(link);
+        ex.event(AgentEvent::Command(Command {
+            id: CommandId([8; 16]),
+            spec: scan_spec(true),
         }));
         let r = next_result(&mut inbox).await;
         assert_eq!(

@@ -10,6 +10,8 @@
 //! - [`schedule`]: the pure decision of when to scan (at start, every
 //!   `package_scan_interval`, soon after the package database changes)
 //!   and whether to send a whole scan or a delta.
+//! - [`request`]: scans on request (the command action `ScanPackages`):
+//!   the executor's handle and the channel the loop serves.
 //! - [`task`]: the async loop that polls the database's stamp, scans off
 //!   the runtime, and buffers the report as a sequenced record.
 //!
@@ -17,10 +19,12 @@
 //! durability and sequence rules as every record). It must not touch the
 //! session protocol or the command ledger.
 
+pub mod request;
 pub mod schedule;
 pub mod task;
 pub mod tools;
 
+pub use request::{SCANS_OFF, ScanDone, ScanRequest, ScanRequests};
 pub use schedule::{ReportKind, ScanPlan, ScanReason, Scheduler};
 pub use task::{PackageScanner, spawn};
 pub use tools::{CollectError, Collected, DbStamp, PackageTools, collect, db_stamp};

@@ -26,6 +26,9 @@ pub enum ScanReason {
     Interval,
     DatabaseChanged,
     Requested,
+    /// Requested as a delta (`ScanPackages { full: false }`): whole only
+    /// when a delta would be (no base, dropped records, weekly).
+    RequestedDelta,
 }
 
 impl ScanReason {
@@ -35,6 +38,7 @@ impl ScanReason {
             ScanReason::Interval => "interval",
             ScanReason::DatabaseChanged => "database_changed",
             ScanReason::Requested => "requested",
+            ScanReason::RequestedDelta => "requested_delta",
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The package scanner's loop: polls the package database's stamp, asks
 //! the [`Scheduler`] whether to scan, scans off the runtime
 //! (`spawn_blocking`), and buffers the report (whole or delta) as a
-//! sequenced `PackageScan` record.
+//! sequenced `PackageScan` record. Requests from the command executor
+//! ([`super::request`]) are served between polls: scanned at once, and
+//! answered when the record is buffered.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +14,7 @@ use outpost_proto::messages::{PackageScanRecord, RecordBody};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::request::{ScanDone, ScanRequest};
 use super::schedule::{ReportKind, ScanReason, Scheduler};
 use super::tools::{self, Collected, PackageTools};
 use crate::config::AgentConfig;
@@ -58,7 +61,9 @@ pub fn spawn(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
+    let requests = shared.scan_requests();
     if !cfg.package_scan {
+        requests.set_off(super::request::SCANS_OFF);
         return None;
     }
     let scanner = PackageScanner::from_config(cfg);
@@ -66,21 +71,25 @@ pub fn spawn(
         Ok(Some(m)) => m,
         Ok(None) => {
             info!("no package manager found: package scans are off");
+            requests.set_off("no package manager (dpkg or rpm) found on this device");
             return None;
         }
         Err(e) => {
             warn!(error = %e, "package scans are off");
             shared.note_error(format!("package scans are off: {e}"));
+            requests.set_off(format!("package scans are off: {e}"));
             return None;
         }
     };
-    Some(tokio::spawn(run(scanner, manager, shared, shutdown)))
+    let rx = requests.attach();
+    Some(tokio::spawn(run(scanner, manager, shared, rx, shutdown)))
 }
 
 async fn run(
     scanner: PackageScanner,
     manager: PackageManager,
     shared: Arc<Shared>,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<ScanRequest>,
     shutdown: CancellationToken,
 ) {
     let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
@@ -89,14 +98,51 @@ async fn run(
         let now = now_ms();
         let stamp = tools::db_stamp(&scanner.tools, manager);
         if let Some(plan) = sched.due(now, stamp) {
-            match scan_with_retries(&scanner, &shutdown).await {
-                Some(c) => buffer_report(&mut sched, &shared, plan.reason, c),
-                None => sched.failed(now, stamp),
-            }
+            // Failures are logged where they happen; the next poll goes on.
+            let _ = scan_and_buffer(
+                &scanner,
+                manager,
+                &mut sched,
+                &shared,
+                plan.reason,
+                &shutdown,
+            )
+            .await;
         }
         tokio::select! {
             _ = tokio::time::sleep(scanner.poll) => {}
+            Some(req) = requests.recv() => {
+                let reason = if req.full {
+                    ScanReason::Requested
+                } else {
+                    ScanReason::RequestedDelta
+                };
+                info!(full = req.full, "package scan requested");
+                let r = scan_and_buffer(&scanner, manager, &mut sched, &shared, reason, &shutdown)
+                    .await;
+                let _ = req.reply.send(r);
+            }
             _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// One scan, buffered: what it produced, or why not.
+async fn scan_and_buffer(
+    scanner: &PackageScanner,
+    manager: PackageManager,
+    sched: &mut Scheduler,
+    shared: &Shared,
+    reason: ScanReason,
+    shutdown: &CancellationToken,
+) -> Result<ScanDone, String> {
+    let now = now_ms();
+    let stamp = tools::db_stamp(&scanner.tools, manager);
+    match scan_with_retries(scanner, shutdown).await {
+        Ok(c) => buffer_report(sched, shared, reason, c),
+        Err(e) => {
+            sched.failed(now, stamp);
+            Err(e)
         }
     }
 }
@@ -105,7 +151,7 @@ async fn run(
 async fn scan_with_retries(
     scanner: &PackageScanner,
     shutdown: &CancellationToken,
-) -> Option<Collected> {
+) -> Result<Collected, String> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -120,7 +166,7 @@ async fn scan_with_retries(
                     );
                     tokio::select! {
                         _ = tokio::time::sleep(scanner.busy_retry_delay) => continue,
-                        _ = shutdown.cancelled() => return None,
+                        _ = shutdown.cancelled() => return Err("the agent is stopping".into()),
                     }
                 }
                 if c.busy {
@@ -130,22 +176,27 @@ async fn scan_with_retries(
                         "dpkg stayed busy; sending the scan as it is"
                     );
                 }
-                return Some(c);
+                return Ok(c);
             }
             Ok(Err(e)) => {
                 warn!(error = %e, "package scan failed");
-                return None;
+                return Err(format!("package scan failed: {e}"));
             }
             Err(e) => {
                 warn!(error = %e, "package scan task failed");
-                return None;
+                return Err(format!("package scan task failed: {e}"));
             }
         }
     }
 }
 
 /// Encodes the report (whole or delta) and buffers it.
-fn buffer_report(sched: &mut Scheduler, shared: &Shared, reason: ScanReason, c: Collected) {
+fn buffer_report(
+    sched: &mut Scheduler,
+    shared: &Shared,
+    reason: ScanReason,
+    c: Collected,
+) -> Result<ScanDone, String> {
     let now = c.scan.scanned_at_ms;
     let dropped = shared.buffer().dropped();
     let kind = sched.report_kind(now, reason, dropped);
@@ -159,7 +210,7 @@ fn buffer_report(sched: &mut Scheduler, shared: &Shared, reason: ScanReason, c: 
         Err(e) => {
             warn!(error = %e, "encoding the package report failed");
             sched.failed(now, c.stamp);
-            return;
+            return Err(format!("encoding the package report failed: {e}"));
         }
     };
     if payload.len() > MAX_REPORT_BYTES {
@@ -170,9 +221,9 @@ fn buffer_report(sched: &mut Scheduler, shared: &Shared, reason: ScanReason, c: 
             MAX_REPORT_BYTES
         );
         warn!("{message}");
-        shared.note_error(message);
+        shared.note_error(message.clone());
         sched.failed(now, c.stamp);
-        return;
+        return Err(message);
     }
     let bytes = payload.len();
     let chunks: Vec<&[u8]> = payload.chunks(PackageScanRecord::MAX_PART_BYTES).collect();
@@ -191,6 +242,8 @@ fn buffer_report(sched: &mut Scheduler, shared: &Shared, reason: ScanReason, c: 
             break;
         }
     }
+    let packages = c.scan.dpkg.len() + c.scan.rpm.len();
+    let upgrades = c.scan.upgrades.len();
     match result {
         Ok(seq) => {
             info!(
@@ -214,10 +267,88 @@ fn buffer_report(sched: &mut Scheduler, shared: &Shared, reason: ScanReason, c: 
             // records out (the previous report among them), the next
             // report sees a difference and goes whole.
             sched.sent(now, c.scan, c.stamp, kind, dropped);
+            Ok(ScanDone {
+                seq,
+                full,
+                packages,
+                upgrades,
+                bytes,
+            })
         }
         Err(e) => {
             warn!(error = %format!("{e:#}"), "could not buffer the package scan");
             sched.failed(now, c.stamp);
+            Err(format!("could not buffer the package scan: {e:#}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buffer::Buffer;
+    use crate::scan::tools::tests::{STATUS, admindir, have_dpkg, tools};
+
+    #[tokio::test]
+    async fn a_requested_scan_runs_at_once_and_answers_when_its_record_is_buffered() {
+        if !have_dpkg() {
+            eprintln!("skipped: no dpkg-query");
+            return;
+        }
+        let d = admindir(STATUS);
+        std::fs::write(
+            d.path().join("os-release"),
+            "ID=debian\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\n",
+        )
+        .unwrap();
+        let bdir = tempfile::tempdir().unwrap();
+        let shared = Shared::new(Buffer::open(bdir.path(), 1 << 20).unwrap());
+        // Polls and intervals far away: only the start scan and the
+        // requests scan.
+        let scanner = PackageScanner {
+            tools: tools(d.path()),
+            poll: Duration::from_secs(3600),
+            interval: Duration::from_secs(86_400),
+            full_interval: Duration::from_secs(7 * 86_400),
+            busy_attempts: 1,
+            busy_retry_delay: Duration::ZERO,
+        };
+        let requests = shared.scan_requests();
+        let rx = requests.attach();
+        let stop = CancellationToken::new();
+        let h = tokio::spawn(run(
+            scanner,
+            PackageManager::Dpkg,
+            shared.clone(),
+            rx,
+            stop.clone(),
+        ));
+        let done = tokio::time::timeout(Duration::from_secs(30), requests.scan(true))
+            .await
+            .expect("answered")
+            .expect("scanned");
+        assert!(done.full);
+        assert_eq!(done.packages, 2);
+        assert!(done.bytes > 0);
+        let records = shared.buffer().read_from(0, 100, 1 << 20).unwrap();
+        let last = records
+            .iter()
+            .find(|r| r.seq == done.seq)
+            .expect("buffered");
+        assert!(
+            matches!(&last.body, RecordBody::PackageScan(p) if p.full),
+            "{last:?}"
+        );
+        let starts = records.len();
+        // A delta on request: against the report just buffered.
+        let delta = tokio::time::timeout(Duration::from_secs(30), requests.scan(false))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!delta.full, "{delta:?}");
+        assert!(delta.seq > done.seq);
+        assert!(shared.buffer().read_from(0, 100, 1 << 20).unwrap().len() > starts);
+        stop.cancel();
+        h.await.unwrap();
     }
 }

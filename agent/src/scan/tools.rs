@@ -400,11 +400,11 @@ fn run_tool(mut cmd: Command, name: &str, timeout: Duration) -> Result<String, C
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A throwaway dpkg database with the given `status` paragraphs.
-    fn admindir(status: &str) -> tempfile::TempDir {
+    pub(crate) fn admindir(status: &str) -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("status"), status).unwrap();
         std::fs::create_dir_all(d.path().join("updates")).unwrap();
@@ -412,9 +412,9 @@ mod tests {
         d
     }
 
-    const STATUS: &str = "Package: hello\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2.10-3\n\nPackage: libfoo1\nStatus: hold ok installed\nArchitecture: amd64\nSource: foo (1.2-1)\nVersion: 1.2-1+b1\n\nPackage: gone\nStatus: deinstall ok config-files\nArchitecture: amd64\nVersion: 0.1\n\n";
+    pub(crate) const STATUS: &str = "Package: hello\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2.10-3\n\nPackage: libfoo1\nStatus: hold ok installed\nArchitecture: amd64\nSource: foo (1.2-1)\nVersion: 1.2-1+b1\n\nPackage: gone\nStatus: deinstall ok config-files\nArchitecture: amd64\nVersion: 0.1\n\n";
 
-    fn tools(dir: &Path) -> PackageTools {
+    pub(crate) fn tools(dir: &Path) -> PackageTools {
         PackageTools {
             manager: "auto".into(),
             dpkg_admindir: dir.to_path_buf(),
@@ -427,7 +427,7 @@ mod tests {
         }
     }
 
-    fn have_dpkg() -> bool {
+    pub(crate) fn have_dpkg() -> bool {
         Command::new("dpkg-query").arg("--version").output().is_ok()
     }
 

@@ -75,6 +75,12 @@ pub enum ActionRequest {
         #[serde(default)]
         confirm: bool,
     },
+    /// A package scan now (`{"scan_packages": {"full": true}}`); the
+    /// command completes when the agent has buffered the scan's record.
+    ScanPackages {
+        #[serde(default)]
+        full: bool,
+    },
 }
 
 /// Longest reboot delay: one day.
@@ -100,6 +106,7 @@ impl ActionRequest {
                 }
                 Ok(BuiltinAction::Reboot { delay_ms: ms })
             }
+            ActionRequest::ScanPackages { full } => Ok(BuiltinAction::ScanPackages { full }),
         }
     }
 }
@@ -130,7 +137,7 @@ pub struct CommandView {
 }
 
 impl CommandView {
-    fn of(r: &CommandRecord) -> CommandView {
+    pub fn of(r: &CommandRecord) -> CommandView {
         CommandView {
             id: r.id.to_string(),
             device: r.device.to_string(),

@@ -1,5 +1,5 @@
 //! `outpost advisories import|status` and `outpost patches
-//! device|list|cve|summary`: the advisory catalog and the assessment views
+//! device|list|cve|summary|report|scan`: the advisory catalog and the assessment views
 //! of the running appliance (`/api/v1/advisories`, `/api/v1/patches/...`).
 
 use anyhow::Context;
@@ -55,6 +55,18 @@ pub enum PatchesCmd {
     },
     /// Fleet compliance, devices, most widespread CVEs, daily history.
     Summary(JsonArg),
+    /// Ask a device for a package scan now (a `scan_packages` command; the
+    /// device's open one if there is one). Prints the command id; with
+    /// --wait, waits until the agent has buffered the scan and prints the
+    /// command's output (packages, bytes).
+    Scan {
+        id: DeviceId,
+        /// A delta against the agent's last scan instead of a whole one.
+        #[arg(long)]
+        delta: bool,
+        #[arg(long)]
+        wait: bool,
+    },
     /// Every device's missing patches as a report (`--format csv`).
     Report {
         #[arg(long, default_value = "csv")]
@@ -376,6 +388,22 @@ pub async fn run_patches(cmd: PatchesCmd, c: AdminClient) -> anyhow::Result<()> 
                 );
             }
             Ok(())
+        }
+        PatchesCmd::Scan { id, delta, wait } => {
+            let path = if delta {
+                format!("/api/v1/patches/devices/{id}/scan?full=false")
+            } else {
+                format!("/api/v1/patches/devices/{id}/scan")
+            };
+            let v: crate::api::commands::CommandView = c
+                .post(&path, &serde_json::json!({}))
+                .await
+                .with_context(|| format!("asking device {id} for a package scan"))?;
+            if !wait {
+                println!("{}", v.id);
+                return Ok(());
+            }
+            super::commands::finish_waiting(&c, &v.id).await
         }
         PatchesCmd::Report { format, customer } => {
             let mut path = format!("/api/v1/patches/report?format={}", query_escape(&format));

@@ -3,10 +3,12 @@
 //! the admin router behind the same authentication and roles
 //! (`crate::users::auth::required_role`).
 
+use axum::Extension;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,6 +17,9 @@ use outpost_proto::DeviceId;
 use serde::Deserialize;
 
 use super::service::{ImportFailure, PatchService};
+use crate::api::commands::CommandView;
+use crate::commands::service::CreateError;
+use crate::users::auth::Caller;
 
 /// Largest feed accepted in one import (the whole Debian tracker JSON is
 /// ~80 MB).
@@ -32,6 +37,7 @@ pub fn router(service: PatchService) -> Router {
         .route("/api/v1/patches", get(patches))
         .route("/api/v1/patches/summary", get(summary))
         .route("/api/v1/patches/devices/{id}", get(device))
+        .route("/api/v1/patches/devices/{id}/scan", post(scan))
         .route("/api/v1/patches/cves/{id}", get(cve))
         .route("/api/v1/patches/report", get(report))
         .with_state(service)
@@ -135,6 +141,53 @@ async fn device(State(s): State<PatchService>, Path(id): Path<String>) -> Respon
             format!("no package scan from device {dev} yet"),
         ),
         Err(e) => internal(format!("{e:#}")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ScanQuery {
+    /// Whole scan (the default) or a delta against the agent's last one.
+    pub full: Option<bool>,
+}
+
+/// `POST /api/v1/patches/devices/{id}/scan[?full=false]` (technician):
+/// queues a `ScanPackages` command, or returns the device's open one
+/// (201 when queued now, 200 when one was already open).
+async fn scan(
+    State(s): State<PatchService>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<ScanQuery>,
+) -> Response {
+    let Ok(dev) = id.parse::<DeviceId>() else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not a device id"),
+        );
+    };
+    let Some(requester) = s.scan_requester() else {
+        return err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "package scan requests are not available on this appliance",
+        );
+    };
+    match requester
+        .request(dev, q.full.unwrap_or(true), &caller.actor(&headers))
+        .await
+    {
+        Ok((rec, created)) => {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, Json(CommandView::of(&rec))).into_response()
+        }
+        Err(e @ CreateError::UnknownDevice(_)) => err(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ CreateError::RevokedDevice(_)) => err(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ CreateError::Invalid(_)) => err(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => internal(e),
     }
 }
 

@@ -17,6 +17,9 @@ pub struct PatchMetrics {
     pub scans_received: Family<KindLabel, Counter>,
     /// Deltas whose base is not the stored scan (a full scan is needed).
     pub delta_base_misses: Counter,
+    /// `ScanPackages` commands queued (a base miss, or a technician's
+    /// request): `outpost_patches_full_scan_requests_total`.
+    pub full_scan_requests: Counter,
     /// Reports refused, by reason (`unknown_format`, `malformed`).
     pub reports_rejected: Family<ReasonLabel, Counter>,
     /// Tool-output lines the agents skipped (unparsable versions...), as
@@ -37,6 +40,7 @@ impl Default for PatchMetrics {
         PatchMetrics {
             scans_received: Family::default(),
             delta_base_misses: Counter::default(),
+            full_scan_requests: Counter::default(),
             reports_rejected: Family::default(),
             unparsable_versions_skipped: Counter::default(),
             imports: Counter::default(),
@@ -76,6 +80,11 @@ impl PatchMetrics {
             "delta_base_misses",
             "Package deltas against a scan the appliance does not hold (a full scan is needed)",
             self.delta_base_misses.clone(),
+        );
+        r.register(
+            "full_scan_requests",
+            "Package scan commands queued (a delta base miss or a technician's request)",
+            self.full_scan_requests.clone(),
         );
         r.register(
             "reports_rejected",

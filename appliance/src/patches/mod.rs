@@ -7,6 +7,7 @@
 //! - [`store`] — this subsystem's tables.
 //! - [`service`] — applies reports, imports feeds, assesses, answers views.
 //! - [`alerts`] — the patch state as alert-engine samples.
+//! - [`full_scan`] — `ScanPackages` commands on a base miss or on request.
 //! - [`config`] — `[patches]`: policy and scheduled feeds.
 //! - [`feed`] — fetching a feed from a URL, and the schedule.
 //! - [`api`] — `/api/v1/advisories` and `/api/v1/patches/...`.
@@ -21,6 +22,7 @@ pub mod alerts;
 pub mod api;
 pub mod config;
 pub mod feed;
+pub mod full_scan;
 pub mod metrics;
 pub mod service;
 pub mod store;

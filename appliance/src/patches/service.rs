@@ -55,6 +55,10 @@ pub struct View {
 pub type AlertSink =
     Box<dyn Fn(Vec<(DeviceId, Vec<outpost_proto::messages::MetricValue>)>) + Send + Sync>;
 
+/// Where a device that needs a whole scan is reported
+/// ([`super::full_scan::FullScanRequester::sink`]).
+pub type FullScanSink = Box<dyn Fn(DeviceId) + Send + Sync>;
+
 /// The patch service (cheap to clone).
 #[derive(Clone)]
 pub struct PatchService {
@@ -75,6 +79,12 @@ struct Inner {
     wake_flag: Mutex<bool>,
     /// The alert engine's input, once wired ([`PatchService::set_alert_sink`]).
     alert_sink: Mutex<Option<AlertSink>>,
+    /// Asks devices for a whole scan, once wired
+    /// ([`PatchService::set_full_scan_sink`]).
+    full_scan_sink: Mutex<Option<FullScanSink>>,
+    /// Queues scan commands (`POST /api/v1/patches/devices/{id}/scan`),
+    /// once wired ([`PatchService::set_scan_requester`]).
+    scan_requester: Mutex<Option<Arc<super::full_scan::FullScanRequester>>>,
 }
 
 /// Why an import was refused.
@@ -263,6 +273,8 @@ impl PatchService {
                 wake: std::sync::Condvar::new(),
                 wake_flag: Mutex::new(false),
                 alert_sink: Mutex::new(None),
+                full_scan_sink: Mutex::new(None),
+                scan_requester: Mutex::new(None),
             }),
         };
         service.publish_gauges();
@@ -330,6 +342,51 @@ impl PatchService {
             .alert_sink
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    }
+
+    /// Asks a device for a whole scan (through the sink) whenever a report
+    /// cannot be applied to its stored scan.
+    pub fn set_full_scan_sink(&self, sink: FullScanSink) {
+        *self
+            .inner
+            .full_scan_sink
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    }
+
+    /// Wires scan commands: a device whose report cannot be applied gets
+    /// one queued (on `rt`), and the API queues them through it.
+    pub fn set_scan_requester(
+        &self,
+        requester: Arc<super::full_scan::FullScanRequester>,
+        rt: tokio::runtime::Handle,
+    ) {
+        self.set_full_scan_sink(requester.clone().sink(rt));
+        *self
+            .inner
+            .scan_requester
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(requester);
+    }
+
+    /// The scan command queue, when wired.
+    pub fn scan_requester(&self) -> Option<Arc<super::full_scan::FullScanRequester>> {
+        self.inner
+            .scan_requester
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn request_full_scan(&self, dev: DeviceId) {
+        let sink = self
+            .inner
+            .full_scan_sink
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(sink) = sink.as_ref() {
+            sink(dev);
+        }
     }
 
     /// Sends every device's patch values ([`super::alerts`]) to the sink.
@@ -530,6 +587,7 @@ impl PatchService {
                 b.put(PATCH_SCANS, &device_key(dev), &ds)?;
                 b.delete(PACKAGE_SCANS_IN, &entries[i].0)?;
                 self.inner.store.write(b)?;
+                self.request_full_scan(dev);
                 consumed += 1;
                 i += 1;
                 continue;
@@ -546,6 +604,7 @@ impl PatchService {
                     .collect(),
             };
             let last_seq = group.last().map_or(*seq, |(_, s, _)| *s);
+            let misses_before = ds.base_misses;
             let changed = self.apply_report(&mut ds, &joined, last_seq, now);
             let mut b = self.inner.store.batch();
             if changed && let Some(scan) = &ds.scan {
@@ -568,6 +627,9 @@ impl PatchService {
                 b.delete(PACKAGE_SCANS_IN, k)?;
             }
             self.inner.store.write(b)?;
+            if ds.base_misses > misses_before {
+                self.request_full_scan(dev);
+            }
             consumed += parts;
             i += parts;
         }

@@ -589,3 +589,94 @@ fn a_report_in_parts_is_applied_once_all_parts_arrived_and_a_lost_part_waits_for
         .unwrap();
     assert_eq!(left, 0, "everything consumed");
 }
+
+fn enrolled(store: &Store, id: u64) -> DeviceId {
+    let d = DeviceId(id);
+    outpost_storage::registry::register(
+        store,
+        &outpost_storage::model::DeviceRecord {
+            id: d,
+            tenant: outpost_proto::TenantId::new("acme"),
+            customer: outpost_proto::CustomerId::new("dental"),
+            hostname: "h".into(),
+            os: "linux".into(),
+            kernel: "6".into(),
+            arch: "x86_64".into(),
+            agent_version: "0".into(),
+            enrolled_at_ms: 1,
+            cert_serial: "00".into(),
+            revoked_at_ms: None,
+        },
+    )
+    .unwrap();
+    d
+}
+
+async fn scan_commands(
+    commands: &crate::commands::service::CommandService,
+    dev: DeviceId,
+    want: usize,
+) -> Vec<crate::commands::model::CommandRecord> {
+    let f = crate::commands::store::ListFilter {
+        device: Some(dev),
+        state: None,
+        before_ms: None,
+        limit: 100,
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let l = commands.list(&f).unwrap();
+        if l.len() >= want || std::time::Instant::now() > deadline {
+            // Settle: a second queued command would show up by now.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            return commands.list(&f).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_miss_queues_one_full_scan_command_not_one_per_delta() {
+    use outpost_proto::command::{BuiltinAction, CommandKind};
+    let r = rig();
+    let (commands, _thread) = crate::commands::service::CommandService::start(
+        r.store.clone(),
+        r.metrics.clone(),
+        crate::commands::service::CommandOptions::default(),
+    )
+    .unwrap();
+    r.service.set_scan_requester(
+        Arc::new(crate::patches::full_scan::FullScanRequester::new(
+            commands.clone(),
+            r.metrics.clone(),
+        )),
+        tokio::runtime::Handle::current(),
+    );
+    let dev = enrolled(&r.store, 9);
+    let delta = PackageReport::Delta(Box::new(scan(V1, 1).diff(&scan(V2, 2))));
+    // Two deltas without a base, applied in two passes: two misses.
+    put_report(&r.store, dev, 1, &delta, PACKAGE_REPORT_FORMAT);
+    r.service.process_reports(10).unwrap();
+    put_report(&r.store, dev, 2, &delta, PACKAGE_REPORT_FORMAT);
+    r.service.process_reports(20).unwrap();
+    assert_eq!(r.service.device(dev).unwrap().unwrap().base_misses, 2);
+    let cmds = scan_commands(&commands, dev, 1).await;
+    assert_eq!(cmds.len(), 1, "one open scan command per device: {cmds:?}");
+    assert_eq!(
+        cmds[0].spec.kind,
+        CommandKind::Builtin(BuiltinAction::ScanPackages { full: true })
+    );
+    assert_eq!(
+        cmds[0].spec.requested_by,
+        crate::patches::full_scan::REQUESTED_BY
+    );
+    assert_eq!(r.metrics.patches.full_scan_requests.get(), 1);
+    // Once that command is over, the next miss asks again.
+    commands.cancel(cmds[0].id, "t").await.unwrap();
+    put_report(&r.store, dev, 3, &delta, PACKAGE_REPORT_FORMAT);
+    r.service.process_reports(30).unwrap();
+    let cmds = scan_commands(&commands, dev, 2).await;
+    assert_eq!(cmds.len(), 2, "{cmds:?}");
+    assert_eq!(r.metrics.patches.full_scan_requests.get(), 2);
+    commands.stop();
+}

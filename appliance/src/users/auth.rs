@@ -144,6 +144,7 @@ pub fn required_role(method: &Method, route: &str) -> Role {
         | "/api/v1/files/push"
         | "/api/v1/files/pull"
         | "/api/v1/files/{id}/cancel"
+        | "/api/v1/patches/devices/{id}/scan"
             if !reads =>
         {
             Role::Technician
