@@ -54,7 +54,7 @@ pub fn rig(root: &Path) -> Rig {
     let mut agent = Agent::enroll(root, "agent-a", &app);
     std::fs::write(
         agent.state.join("agent.toml"),
-        "command_kill_grace = \"500ms\"\n",
+        "command_kill_grace = \"500ms\"\npackage_scan = false\n",
     )
     .unwrap();
     agent.start();

@@ -536,7 +536,7 @@ fn a_reboot_needs_confirmation_is_refused_during_an_install_and_completes_on_a_n
     std::fs::write(
         a.state.join("agent.toml"),
         format!(
-            "reboot_command = {script:?}\ndpkg_lock = {:?}\nboot_id_path = {:?}\n",
+            "package_scan = false\nreboot_command = {script:?}\ndpkg_lock = {:?}\nboot_id_path = {:?}\n",
             lock.display().to_string(),
             boot.display().to_string()
         ),

@@ -12,9 +12,16 @@ use serde_json::json;
 /// timeouts end quickly), started if `start`.
 pub fn agent_with(root: &Path, name: &str, app: &Appliance, toml: &str, start: bool) -> Agent {
     let mut a = Agent::enroll(root, name, app);
+    // Package scans (apt-get -s, ~2 s of CPU each here) are not what these
+    // tests exercise: off unless the test's own settings name them.
+    let scans = if toml.contains("package_scan") {
+        ""
+    } else {
+        "package_scan = false\n"
+    };
     std::fs::write(
         a.state.join("agent.toml"),
-        format!("command_kill_grace = \"500ms\"\n{toml}"),
+        format!("command_kill_grace = \"500ms\"\n{scans}{toml}"),
     )
     .unwrap();
     if start {
