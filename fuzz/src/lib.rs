@@ -534,6 +534,7 @@ pub mod generate {
                     missing_critical: u.arbitrary()?,
                     installed_pending_reboot: u.arbitrary()?,
                     as_of_ms: u64_(u)?,
+                    detail: None,
                 })
             })?,
             commands: vec(u, 3, |u| {

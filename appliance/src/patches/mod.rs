@@ -11,6 +11,7 @@
 //! - [`feed`] — fetching a feed from a URL, and the schedule.
 //! - [`api`] — `/api/v1/advisories` and `/api/v1/patches/...`.
 //! - [`metrics`] — `outpost_patches_*`.
+//! - [`uplink`] — a device's compliance for the uplink batch.
 //!
 //! The pure work (parsing, version order, assessment) is `outpost-patch`.
 //! This module must not touch the ingest writer's tables beyond reading
@@ -24,6 +25,7 @@ pub mod feed;
 pub mod metrics;
 pub mod service;
 pub mod store;
+pub mod uplink;
 
 pub use config::PatchesConfig;
 pub use service::PatchService;

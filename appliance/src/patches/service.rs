@@ -561,6 +561,7 @@ impl PatchService {
                 let prev = assessments.get(&dev).map(|a| a.as_ref());
                 let a = self.assess(scan, catalog, prev, now);
                 b.put(PATCH_ASSESSMENTS, &device_key(dev), &a)?;
+                super::uplink::queue_if_changed(&self.inner.store, &mut b, dev, &a, prev)?;
                 assessments.insert(dev, Arc::new(a));
             }
             b.put(PATCH_SCANS, &device_key(dev), &ds)?;
@@ -795,6 +796,13 @@ impl PatchService {
                 .assessment_seconds
                 .observe(t.elapsed().as_secs_f64());
             batch.put(PATCH_ASSESSMENTS, &device_key(dev), &a)?;
+            super::uplink::queue_if_changed(
+                &self.inner.store,
+                &mut batch,
+                dev,
+                &a,
+                prev.map(|p| p.as_ref()),
+            )?;
             out.insert(dev, Arc::new(a));
             n += 1;
             if batch.len() >= 256 {
