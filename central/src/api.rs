@@ -30,8 +30,8 @@ use tracing::info_span;
 
 use crate::Central;
 use crate::model::{
-    AlertRow, DeadLetter, DeviceRow, DeviceStatus, ForeignTenantRow, Principal, Role,
-    SessionRecord, Severity, SiteRecord,
+    AlertRow, DeadLetter, DeviceRow, DeviceStatus, ForeignTenantRow, PatchComplianceRow, Principal,
+    Role, SessionRecord, Severity, SiteRecord,
 };
 use crate::ops;
 use crate::store::{CentralStoreError, DeviceFilter};
@@ -65,6 +65,7 @@ pub fn router(c: Arc<Central>) -> Router {
         )
         .route("/devices", get(devices))
         .route("/alerts", get(alerts))
+        .route("/patches/compliance", get(crate::api_patches::compliance))
         .route("/sites/{site}/alerts/{alert}/ack", post(ack_alert))
         .route(
             "/commands",
@@ -757,6 +758,10 @@ pub struct DeviceDetail {
     pub device: DeviceRow,
     pub site: SiteOut,
     pub alerts: Vec<AlertRow>,
+    /// The device's patch compliance as its site last reported it (`null`
+    /// when the site sent none).
+    #[serde(default)]
+    pub patches: Option<PatchComplianceRow>,
 }
 
 pub async fn device_detail(
@@ -780,10 +785,16 @@ pub async fn device_detail(
         .filter(|a| a.device.as_deref() == Some(device))
         .collect();
     let d = d.ok_or_else(|| ApiError::NotFound(format!("no device {device} at site {site}")))?;
+    let patches = c
+        .store
+        .device_patch_compliance(&p.tenant, site, device)
+        .await
+        .map_err(internal)?;
     Ok(DeviceDetail {
         device: d,
         site: site_out(c, &s, crate::now_ms()),
         alerts,
+        patches,
     })
 }
 

@@ -761,3 +761,167 @@ async fn per_site_metrics_need_the_operator_token() {
     assert!(all.contains("outpost_central_batches_applied_total 1"));
     assert_eq!(all.matches("# EOF").count(), 1, "{all}");
 }
+
+fn compliance(device: u64, state: batch::ComplianceState, critical: u32) -> batch::PatchCompliance {
+    batch::PatchCompliance {
+        device: DeviceId(device),
+        missing: critical + 2,
+        missing_critical: critical,
+        installed_pending_reboot: 1,
+        as_of_ms: 100,
+        detail: Some(batch::PatchDetail {
+            compliance: state,
+            security_patches: batch::PatchSeverityCounts {
+                critical,
+                high: 1,
+                ..Default::default()
+            },
+            fixable_cves: 3,
+            open_cves: 1,
+            risk: Some(55),
+            scanned_at_ms: 90,
+            reboot_required: true,
+        }),
+    }
+}
+
+/// Patch compliance per customer and site, and per device, scoped like
+/// every view: a customer-scoped caller sees only its customers' sites,
+/// another tenant sees nothing of this one (its device is a 404).
+#[tokio::test]
+async fn patch_compliance_shows_per_customer_site_and_device_within_the_callers_scope() {
+    let f = fixture().await;
+    let vet_site = ops::add_site(
+        f.central.store.as_ref(),
+        &ops::AddSite {
+            tenant: "msp".into(),
+            customer: "vet".into(),
+            site: "clinic".into(),
+        },
+        1,
+    )
+    .await
+    .unwrap()
+    .site_id;
+    let mut b = crate::testing::batch_of(&f.site, 1);
+    b.patch_compliance = vec![
+        compliance(0x2a, batch::ComplianceState::NonCompliant, 2),
+        compliance(0x2b, batch::ComplianceState::UnsupportedRelease, 0),
+    ];
+    f.central
+        .store
+        .apply_batch(&"msp".into(), &f.site, b, 10)
+        .await
+        .unwrap();
+    let mut b = crate::testing::batch_of(&vet_site, 1);
+    b.devices[0].device = DeviceId(0x3c);
+    b.rollups.clear();
+    b.alerts.clear();
+    b.patch_compliance = vec![compliance(0x3c, batch::ComplianceState::Compliant, 0)];
+    f.central
+        .store
+        .apply_batch(&"msp".into(), &vet_site, b, 10)
+        .await
+        .unwrap();
+    ops::add_site(
+        f.central.store.as_ref(),
+        &ops::AddSite {
+            tenant: "other".into(),
+            customer: "dental".into(),
+            site: "main".into(),
+        },
+        1,
+    )
+    .await
+    .unwrap();
+    let other = ops::create_token(
+        f.central.store.as_ref(),
+        &ops::CreateToken {
+            tenant: "other".into(),
+            role: Role::Admin,
+            customers: vec![],
+        },
+        1,
+    )
+    .await
+    .unwrap();
+    let vet = token(&f, Role::Viewer, &["vet"]).await;
+    let get = |t: String, uri: String| {
+        let f = &f;
+        async move {
+            let (st, _, body) =
+                request(f, "GET", &uri, &[("authorization", &bearer(&t))], "", None).await;
+            (st, body)
+        }
+    };
+
+    let all = f.get_json("/api/v1/patches/compliance").await;
+    let total = &all["total"];
+    assert_eq!(
+        (
+            &total["devices"],
+            &total["compliant"],
+            &total["non_compliant"],
+            &total["unsupported"],
+            &total["reboot_required"],
+        ),
+        (&3.into(), &1.into(), &1.into(), &1.into(), &3.into()),
+        "{all}"
+    );
+    assert_eq!(total["security_patches"]["critical"], 2, "{all}");
+    assert_eq!(total["security_patches"]["high"], 3, "{all}");
+    let customers = all["customers"].as_array().unwrap();
+    assert_eq!(customers.len(), 2, "{all}");
+    assert_eq!(customers[0]["customer"], "dental");
+    assert_eq!(customers[0]["summary"]["devices"], 2);
+    assert_eq!(customers[1]["customer"], "vet");
+    assert_eq!(customers[1]["summary"]["compliance_percent"], 100.0);
+    assert_eq!(all["sites"].as_array().unwrap().len(), 2, "{all}");
+    let dental = f
+        .get_json("/api/v1/patches/compliance?customer=dental")
+        .await;
+    assert_eq!(dental["total"]["devices"], 2, "{dental}");
+    let one = f
+        .get_json(&format!("/api/v1/patches/compliance?site={vet_site}"))
+        .await;
+    assert_eq!(one["total"]["devices"], 1, "{one}");
+
+    // Customer scope: the vet viewer sees only vet.
+    let (st, body) = get(vet.clone(), "/api/v1/patches/compliance".into()).await;
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["total"]["devices"], 1, "{v}");
+    assert!(
+        !body.contains(f.site.as_str()) && !body.contains("dental"),
+        "{body}"
+    );
+    let (st, body) = get(
+        vet.clone(),
+        format!("/api/v1/patches/compliance?site={}", f.site),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["total"]["devices"], 0, "{v}");
+
+    // Another tenant sees none of it.
+    let (st, body) = get(other.clone(), "/api/v1/patches/compliance".into()).await;
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["total"]["devices"], 0, "{v}");
+    let dev = format!("/api/v1/sites/{}/devices/000000000000002a", f.site);
+    let (st, _) = get(other, dev.clone()).await;
+    assert_eq!(st, 404);
+    let (st, _) = get(vet, dev.clone()).await;
+    assert_eq!(st, 404);
+
+    // Per device, in the device API.
+    let d = f.get_json(&dev).await;
+    let p = &d["patches"];
+    assert_eq!(p["compliance"], "non-compliant", "{d}");
+    assert_eq!(p["missing"], 4);
+    assert_eq!(p["security_patches"]["critical"], 2);
+    assert_eq!((&p["risk"], &p["last_scan_ms"]), (&55.into(), &90.into()));
+    assert_eq!(p["reboot_required"], true);
+    assert_eq!(p["customer"], "dental");
+}

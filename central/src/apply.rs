@@ -40,6 +40,9 @@
 //!   that never fired ends `cleared`, never `resolved`.
 //!   Transitions of one alert within one batch fold in batch order, as if
 //!   each came in its own batch.
+//! * **Patch compliance**: one row per device (the site's customer), the
+//!   newest `as_of_ms` wins (an equal one applies); entries of one device
+//!   within one batch fold in batch order.
 //! * **Site**: `last_batch_ms` is the arrival time, `last_batch_created_ms`
 //!   the newest creation time seen, `batches_applied` and `dropped_rollups`
 //!   add up.
@@ -57,7 +60,7 @@ use outpost_uplink::batch::SiteBatch;
 
 use crate::model::{
     AlertRow, AlertState, BucketRow, BucketSeries, DeadLetter, DeviceRow, DeviceStatus,
-    ForeignTenantRow, LatestRollup, SiteRecord, TenantMismatch,
+    ForeignTenantRow, LatestRollup, PatchComplianceRow, SiteRecord, TenantMismatch,
 };
 use crate::store::{AlertHistoryEntry, ApplyOutcome, FleetDelta};
 
@@ -72,12 +75,16 @@ pub struct Touched {
     pub buckets: Vec<(usize, u64)>,
     /// Alert ids.
     pub alerts: Vec<u64>,
+    /// Devices of the patch compliance entries (stored ids), distinct.
+    pub patches: Vec<String>,
     /// Per snapshot of the batch: its index into `devices`.
     device_of_update: Vec<usize>,
     /// Per rollup entry of the batch: (index into `devices`, into `buckets`).
     row_of_rollups: Vec<(usize, usize)>,
     /// Per alert transition of the batch: its index into `alerts`.
     alert_of_transition: Vec<usize>,
+    /// Per patch compliance entry of the batch: its index into `patches`.
+    patch_of_entry: Vec<usize>,
 }
 
 impl Touched {
@@ -118,6 +125,14 @@ impl Touched {
             });
             t.alert_of_transition.push(i);
         }
+        let mut patches: HashMap<DeviceId, usize> = HashMap::new();
+        for p in &batch.patch_compliance {
+            let i = *patches.entry(p.device).or_insert_with(|| {
+                t.patches.push(p.device.to_string());
+                t.patches.len() - 1
+            });
+            t.patch_of_entry.push(i);
+        }
         t
     }
 
@@ -126,6 +141,7 @@ impl Touched {
         self.device_of_update.len() == batch.devices.len()
             && self.row_of_rollups.len() == batch.rollups.len()
             && self.alert_of_transition.len() == batch.alerts.len()
+            && self.patch_of_entry.len() == batch.patch_compliance.len()
     }
 }
 
@@ -139,6 +155,7 @@ pub struct CurrentRows {
     pub devices: Vec<Option<DeviceRow>>,
     pub buckets: Vec<Option<BucketRow<'static>>>,
     pub alerts: Vec<Option<AlertRow>>,
+    pub patches: Vec<Option<PatchComplianceRow>>,
 }
 
 impl CurrentRows {
@@ -149,6 +166,7 @@ impl CurrentRows {
             devices: vec![None; touched.devices.len()],
             buckets: vec![None; touched.buckets.len()],
             alerts: vec![None; touched.alerts.len()],
+            patches: vec![None; touched.patches.len()],
             touched,
             site,
         }
@@ -180,6 +198,9 @@ pub struct Changes<'b> {
     pub buckets: Vec<Option<BucketRow<'b>>>,
     /// Every touched alert.
     pub alerts: Vec<AlertRow>,
+    /// Patch compliance rows: `Some` where the batch changed the row,
+    /// `None` where the stored one is newer (nothing to write).
+    pub patches: Vec<Option<PatchComplianceRow>>,
     pub rollups_new: u64,
     pub rollups_replaced: u64,
     /// Devices reported under another tenant beyond the site's previous
@@ -275,6 +296,7 @@ pub fn plan<'b>(
         devices,
         buckets,
         alerts,
+        patches,
     } = current;
     if is_duplicate(&site, batch) {
         return Ok(ApplyPlan::Duplicate);
@@ -290,6 +312,7 @@ pub fn plan<'b>(
     if devices.len() != touched.devices.len()
         || buckets.len() != touched.buckets.len()
         || alerts.len() != touched.alerts.len()
+        || patches.len() != touched.patches.len()
     {
         return Err(out_of_step("row count"));
     }
@@ -469,6 +492,24 @@ pub fn plan<'b>(
         return Err(out_of_step("alert without a transition"));
     }
 
+    let mut patch_rows = patches;
+    let mut patch_dirty = vec![false; patch_rows.len()];
+    for (p, &i) in batch.patch_compliance.iter().zip(&touched.patch_of_entry) {
+        let (Some(slot), Some(dirty)) = (patch_rows.get_mut(i), patch_dirty.get_mut(i)) else {
+            return Err(out_of_step("patch compliance index"));
+        };
+        if slot.as_ref().is_some_and(|r| r.as_of_ms > p.as_of_ms) {
+            continue;
+        }
+        *slot = Some(PatchComplianceRow::from_batch(&site, p));
+        *dirty = true;
+    }
+    for (row, dirty) in patch_rows.iter_mut().zip(patch_dirty) {
+        if !dirty {
+            *row = None;
+        }
+    }
+
     let mut tenant_mismatches_new = 0;
     if batch.created_ms >= site.tenant_mismatch.as_of_ms {
         let before = &site.tenant_mismatch.tenants;
@@ -496,6 +537,7 @@ pub fn plan<'b>(
         devices,
         buckets: rows,
         alerts,
+        patches: patch_rows,
         rollups_new: new,
         rollups_replaced: replaced,
         tenant_mismatches_new,
@@ -619,6 +661,7 @@ mod tests {
         devices: HashMap<String, DeviceRow>,
         buckets: HashMap<(String, u64), BucketRow<'static>>,
         alerts: HashMap<u64, AlertRow>,
+        patches: HashMap<String, PatchComplianceRow>,
     }
 
     impl Memory {
@@ -628,6 +671,7 @@ mod tests {
                 devices: HashMap::new(),
                 buckets: HashMap::new(),
                 alerts: HashMap::new(),
+                patches: HashMap::new(),
             }
         }
 
@@ -653,6 +697,11 @@ mod tests {
                     .alerts
                     .iter()
                     .map(|a| self.alerts.get(a).cloned())
+                    .collect(),
+                patches: touched
+                    .patches
+                    .iter()
+                    .map(|d| self.patches.get(d).cloned())
                     .collect(),
                 touched,
             }
@@ -689,8 +738,84 @@ mod tests {
             for (id, row) in touched.alerts.iter().zip(c.alerts) {
                 self.alerts.insert(*id, row);
             }
+            for (id, row) in touched.patches.iter().zip(c.patches) {
+                if let Some(row) = row {
+                    self.patches.insert(id.clone(), row);
+                }
+            }
             outcome
         }
+    }
+
+    fn compliance(device: u64, missing: u32, as_of_ms: u64) -> batch::PatchCompliance {
+        batch::PatchCompliance {
+            device: DeviceId(device),
+            missing,
+            missing_critical: 1,
+            installed_pending_reboot: 1,
+            as_of_ms,
+            detail: Some(batch::PatchDetail {
+                compliance: batch::ComplianceState::NonCompliant,
+                security_patches: batch::PatchSeverityCounts {
+                    critical: 1,
+                    high: 2,
+                    ..Default::default()
+                },
+                fixable_cves: 4,
+                open_cves: 1,
+                risk: Some(70),
+                scanned_at_ms: as_of_ms - 1,
+                reboot_required: true,
+            }),
+        }
+    }
+
+    #[test]
+    fn patch_compliance_keeps_the_newest_assessment_in_any_order_and_applies_once() {
+        let mut older = bare(1);
+        older.patch_compliance = vec![compliance(42, 5, 100)];
+        let mut newer = bare(2);
+        newer.patch_compliance = vec![compliance(42, 2, 200), compliance(43, 1, 150)];
+        let mut in_order = Memory::new();
+        in_order.apply(&older, 10);
+        in_order.apply(&newer, 11);
+        let mut reversed = Memory::new();
+        reversed.apply(&newer, 10);
+        reversed.apply(&older, 11);
+        assert_eq!(in_order.patches, reversed.patches);
+        let row = &in_order.patches[&DeviceId(42).to_string()];
+        assert_eq!((row.missing, row.as_of_ms), (2, 200));
+        assert_eq!(row.customer, site().customer, "the site's customer");
+        assert_eq!(row.compliance, Some(batch::ComplianceState::NonCompliant));
+        assert_eq!(row.security_patches.high, 2);
+        assert_eq!(
+            (row.risk, row.last_scan_ms, row.reboot_required),
+            (Some(70), 199, true)
+        );
+        assert_eq!(in_order.patches.len(), 2);
+        // A replayed batch changes nothing.
+        let before = in_order.clone();
+        assert_eq!(in_order.apply(&older, 12), ApplyOutcome::Duplicate);
+        assert_eq!(in_order, before);
+        // An older entry than the stored one writes nothing.
+        let mut stale = bare(3);
+        stale.patch_compliance = vec![compliance(42, 9, 150)];
+        let c = changes(plan(in_order.read(&stale), &stale, 13).unwrap());
+        assert_eq!(c.patches, vec![None]);
+    }
+
+    #[test]
+    fn a_summary_without_detail_is_stored_with_unknown_compliance() {
+        let mut b = bare(1);
+        let mut p = compliance(42, 3, 100);
+        p.detail = None;
+        b.patch_compliance = vec![p];
+        let mut m = Memory::new();
+        m.apply(&b, 10);
+        let row = &m.patches[&DeviceId(42).to_string()];
+        assert_eq!(row.compliance, None);
+        assert_eq!((row.missing, row.security_patches.critical), (3, 1));
+        assert!(row.reboot_required);
     }
 
     #[test]

@@ -485,7 +485,15 @@ impl ConsoleBackend for CentralConsole {
                             .collect(),
                     })
                     .collect(),
-                patch_compliance: None,
+                patch_compliance: crate::api_patches::compliance_report(
+                    &self.central,
+                    &p,
+                    &Default::default(),
+                )
+                .await
+                .map_err(err)?
+                .total
+                .compliance_percent,
             })
         })
     }

@@ -492,3 +492,44 @@ async fn technicians_run_commands_from_the_device_page_and_viewers_cannot() {
         "a closed command's page stays put"
     );
 }
+
+#[tokio::test]
+async fn the_dashboard_shows_patch_compliance_once_a_site_reports_it() {
+    let (c, dental, _, _dir) = two_customers().await;
+    let admin = session(&c, "ada", Role::Admin, &[]).await;
+    let (_, _, page) = send(&c, "GET", "/", &[("cookie", &admin)], "").await;
+    assert!(!page.contains("patch compliance"), "no reports yet");
+    let mut b = batch_of(&dental, 2);
+    b.devices.clear();
+    b.rollups.clear();
+    b.alerts.clear();
+    let entry = |device: u64, compliance| batch::PatchCompliance {
+        device: DeviceId(device),
+        missing: 1,
+        missing_critical: 0,
+        installed_pending_reboot: 0,
+        as_of_ms: 50,
+        detail: Some(batch::PatchDetail {
+            compliance,
+            security_patches: Default::default(),
+            fixable_cves: 0,
+            open_cves: 0,
+            risk: Some(0),
+            scanned_at_ms: 40,
+            reboot_required: false,
+        }),
+    };
+    b.patch_compliance = vec![
+        entry(42, batch::ComplianceState::Compliant),
+        entry(43, batch::ComplianceState::NonCompliant),
+    ];
+    c.store
+        .apply_batch(&"msp".into(), &dental, b, 20)
+        .await
+        .unwrap();
+    let (st, _, page) = send(&c, "GET", "/", &[("cookie", &admin)], "").await;
+    assert_eq!(st, 200);
+    let at = page.find("patch compliance").expect("the patch tile");
+    let tile = &page[at.saturating_sub(120)..at];
+    assert!(tile.contains("50 %"), "1 of 2 devices compliant: {tile}");
+}

@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod api_commands;
+pub mod api_patches;
 #[cfg(test)]
 mod api_tests;
 pub mod apply;

@@ -412,6 +412,61 @@ pub struct DeviceRow {
     pub latest: Vec<LatestRollup>,
 }
 
+/// A device's patch compliance as its site last reported it (the newest
+/// `as_of_ms` wins). Stored apart from the [`DeviceRow`] (keyed alike),
+/// so a site without patch assessment stores none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatchComplianceRow {
+    pub tenant: TenantId,
+    pub site_id: SiteId,
+    /// The site's customer.
+    pub customer: CustomerId,
+    /// The appliance's device id (hex).
+    pub device: String,
+    /// `None` when the site sent only the format-3 summary (no detail).
+    pub compliance: Option<batch::ComplianceState>,
+    /// Missing patches (upgradable packages).
+    pub missing: u32,
+    /// Missing security patches by severity.
+    pub security_patches: batch::PatchSeverityCounts,
+    pub fixable_cves: u32,
+    pub open_cves: u32,
+    /// 0–100.
+    pub risk: Option<u32>,
+    /// When the device's package scan was taken (0: unknown).
+    pub last_scan_ms: u64,
+    pub reboot_required: bool,
+    /// When the site assessed it.
+    pub as_of_ms: u64,
+}
+
+impl PatchComplianceRow {
+    /// The row for `p`, reported by `site`.
+    pub fn from_batch(site: &SiteRecord, p: &batch::PatchCompliance) -> Self {
+        let d = p.detail.as_ref();
+        PatchComplianceRow {
+            tenant: site.tenant.clone(),
+            site_id: site.site_id.clone(),
+            customer: site.customer.clone(),
+            device: p.device.to_string(),
+            compliance: d.map(|d| d.compliance),
+            missing: p.missing,
+            security_patches: d
+                .map(|d| d.security_patches)
+                .unwrap_or(batch::PatchSeverityCounts {
+                    critical: p.missing_critical,
+                    ..Default::default()
+                }),
+            fixable_cves: d.map_or(0, |d| d.fixable_cves),
+            open_cves: d.map_or(0, |d| d.open_cves),
+            risk: d.and_then(|d| d.risk),
+            last_scan_ms: d.map_or(0, |d| d.scanned_at_ms),
+            reboot_required: d.map_or(p.installed_pending_reboot > 0, |d| d.reboot_required),
+            as_of_ms: p.as_of_ms,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LatestRollup {
     pub series: String,

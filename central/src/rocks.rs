@@ -27,7 +27,7 @@ use crate::commands::{self, AuditRow, CentralCommand, Change, Outcome, OutputOp}
 use crate::fleet_index::FleetIndex;
 use crate::model::{
     AlertRow, ApiTokenRecord, BucketRow, DeadLetter, DeviceRow, DeviceStatus, JoinTokenRecord,
-    Rollup, RollupRow, SessionRecord, SiteRecord, UserRecord,
+    PatchComplianceRow, Rollup, RollupRow, SessionRecord, SiteRecord, UserRecord,
 };
 use crate::store::{
     AlertHistoryEntry, ApplyOutcome, AuthStore, BatchStore, CentralStoreError, CommandFilter,
@@ -55,7 +55,9 @@ const CF_COMMANDS: &str = "commands";
 const CF_COMMANDS_OPEN: &str = "commands_open";
 /// Central's audit log: `tenant \0 at_be random_be` → [`AuditRow`].
 const CF_AUDIT: &str = "audit";
-const CFS: [&str; 9] = [
+/// `tenant \0 site \0 device` → [`PatchComplianceRow`].
+const CF_PATCH_COMPLIANCE: &str = "patch_compliance";
+const CFS: [&str; 10] = [
     CF_SITES,
     CF_DEVICES,
     CF_ROLLUPS,
@@ -65,6 +67,7 @@ const CFS: [&str; 9] = [
     CF_COMMANDS,
     CF_COMMANDS_OPEN,
     CF_AUDIT,
+    CF_PATCH_COMPLIANCE,
 ];
 
 /// Central's RocksDB store: a cheap handle (clones share the database).
@@ -448,10 +451,16 @@ impl RocksCentralStore {
             .iter()
             .map(|id| key(&[t, s, &id.to_be_bytes()]))
             .collect();
+        let patch_keys: Vec<Vec<u8>> = touched
+            .patches
+            .iter()
+            .map(|d| key(&[t, s, d.as_bytes()]))
+            .collect();
         let current = CurrentRows {
             devices: self.multi_get(CF_DEVICES, &device_keys)?,
             buckets: self.multi_get(CF_ROLLUPS, &bucket_keys)?,
             alerts: self.multi_get(CF_ALERTS, &alert_keys)?,
+            patches: self.multi_get(CF_PATCH_COMPLIANCE, &patch_keys)?,
             touched,
             site,
         };
@@ -481,6 +490,11 @@ impl RocksCentralStore {
         }
         for (k, row) in device_keys.iter().zip(&changes.devices) {
             self.put(&mut wb, CF_DEVICES, k, row)?;
+        }
+        for (k, row) in patch_keys.iter().zip(&changes.patches) {
+            if let Some(row) = row {
+                self.put(&mut wb, CF_PATCH_COMPLIANCE, k, row)?;
+            }
         }
         for (alert_id, number, entry) in &changes.alert_history {
             let mut k = prefix(&[t, s, b"a", &alert_id.to_be_bytes()]);
@@ -607,6 +621,50 @@ impl RocksCentralStore {
             d.customer = site.customer;
         }
         Ok(Some(d))
+    }
+
+    /// Patch compliance rows of `tenant`, of one site when `site_id` is
+    /// given, each with its site's current customer (rows of a site no
+    /// longer known are left out).
+    pub fn patch_compliance(
+        &self,
+        tenant: &str,
+        site_id: Option<&str>,
+    ) -> Result<Vec<PatchComplianceRow>> {
+        let customers = self.site_customers(tenant)?;
+        let p = match site_id {
+            Some(s) => prefix(&[tenant.as_bytes(), s.as_bytes()]),
+            None => prefix(&[tenant.as_bytes()]),
+        };
+        let mut out = Vec::new();
+        self.scan::<PatchComplianceRow>(CF_PATCH_COMPLIANCE, &p, &p, |_, mut r| {
+            if let Some(c) = customers.get(&r.site_id) {
+                r.customer = c.clone();
+                out.push(r);
+            }
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// One device's patch compliance row.
+    pub fn device_patch_compliance(
+        &self,
+        tenant: &str,
+        site_id: &str,
+        device: &str,
+    ) -> Result<Option<PatchComplianceRow>> {
+        let Some(mut r) = self.get::<PatchComplianceRow>(
+            CF_PATCH_COMPLIANCE,
+            &key(&[tenant.as_bytes(), site_id.as_bytes(), device.as_bytes()]),
+        )?
+        else {
+            return Ok(None);
+        };
+        if let Some(site) = self.site(tenant, site_id)? {
+            r.customer = site.customer;
+        }
+        Ok(Some(r))
     }
 
     pub fn rollups(&self, tenant: &str, q: &RollupQuery) -> Result<Vec<(u64, RollupRow)>> {
@@ -1201,6 +1259,30 @@ impl BatchStore for RocksCentralStore {
 }
 
 impl FleetStore for RocksCentralStore {
+    fn patch_compliance<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: Option<&'a SiteId>,
+    ) -> StoreFuture<'a, Vec<PatchComplianceRow>> {
+        let (st, t, s) = (self.clone(), tenant.to_owned(), site_id.cloned());
+        blocking(move || st.patch_compliance(&t, s.as_deref()))
+    }
+
+    fn device_patch_compliance<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: &'a SiteId,
+        device: &'a str,
+    ) -> StoreFuture<'a, Option<PatchComplianceRow>> {
+        let (st, t, s, d) = (
+            self.clone(),
+            tenant.to_owned(),
+            site_id.to_owned(),
+            device.to_owned(),
+        );
+        blocking(move || st.device_patch_compliance(&t, &s, &d))
+    }
+
     fn devices<'a>(
         &'a self,
         tenant: &'a TenantId,

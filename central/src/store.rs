@@ -30,7 +30,7 @@ use outpost_uplink::batch::SiteBatch;
 
 use crate::model::{
     AlertRow, AlertState, ApiTokenRecord, DeadLetter, DeviceRow, DeviceStatus, JoinTokenRecord,
-    Rollup, RollupRow, SessionRecord, Severity, SiteRecord, UserRecord,
+    PatchComplianceRow, Rollup, RollupRow, SessionRecord, Severity, SiteRecord, UserRecord,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -358,6 +358,20 @@ pub trait BatchStore: Send + Sync + 'static {
 /// What the API and the web view read, all tenant-scoped, and alert
 /// acknowledgement. A device row read here carries its site's customer.
 pub trait FleetStore: Send + Sync + 'static {
+    /// Patch compliance rows of the tenant (of one site when given), each
+    /// with its site's current customer.
+    fn patch_compliance<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: Option<&'a SiteId>,
+    ) -> StoreFuture<'a, Vec<PatchComplianceRow>>;
+    /// One device's patch compliance, `None` when its site sent none.
+    fn device_patch_compliance<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: &'a SiteId,
+        device: &'a str,
+    ) -> StoreFuture<'a, Option<PatchComplianceRow>>;
     fn devices<'a>(
         &'a self,
         tenant: &'a TenantId,

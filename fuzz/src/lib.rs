@@ -534,6 +534,30 @@ pub mod generate {
                     missing_critical: u.arbitrary()?,
                     installed_pending_reboot: u.arbitrary()?,
                     as_of_ms: u64_(u)?,
+                    detail: if u.arbitrary()? {
+                        Some(PatchDetail {
+                            compliance: *u.choose(&[
+                                ComplianceState::Compliant,
+                                ComplianceState::NonCompliant,
+                                ComplianceState::UnsupportedRelease,
+                                ComplianceState::NoCatalog,
+                            ])?,
+                            security_patches: PatchSeverityCounts {
+                                critical: u.arbitrary()?,
+                                high: u.arbitrary()?,
+                                medium: u.arbitrary()?,
+                                low: u.arbitrary()?,
+                                unknown: u.arbitrary()?,
+                            },
+                            fixable_cves: u.arbitrary()?,
+                            open_cves: u.arbitrary()?,
+                            risk: u.arbitrary()?,
+                            scanned_at_ms: u64_(u)?,
+                            reboot_required: u.arbitrary()?,
+                        })
+                    } else {
+                        None
+                    },
                 })
             })?,
             commands: vec(u, 3, |u| {

@@ -23,7 +23,8 @@ pub const ROLLUP_DIRTY: Table = Table::new("rollup_dirty").codec(Codec::Raw);
 /// site is joined to a central (see [`Store::uplink_tracking`]):
 /// `'r' | device | bucket start | generation` → () for (re)computed rollups
 /// (written here, in the same write as the rollups), `'a' | ts | n` → alert
-/// transition (written by the alert engine through `outpost-uplink`).
+/// transition (written by the alert engine through `outpost-uplink`),
+/// `'p' | device` → patch compliance (the patch subsystem, same way).
 /// Consumed by the uplink's compactor, which owns the values' meaning.
 pub const UPLINK_PENDING: Table = Table::new("uplink_pending");
 

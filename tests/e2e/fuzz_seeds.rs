@@ -358,6 +358,7 @@ fn site_batch(format3: bool) -> SiteBatch {
             missing_critical: 1,
             installed_pending_reboot: 0,
             as_of_ms: T0,
+            detail: None,
         }],
         commands: vec![CommandSummary {
             device: DeviceId(2),

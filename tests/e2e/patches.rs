@@ -379,3 +379,122 @@ fn patches_scan_wait_completes_when_the_agent_buffered_a_new_full_scan() {
         .expect("the scan command is listed");
     assert_eq!(scan["state"], "completed");
 }
+
+/// A security upgrade apt offers on this machine: (source package, the
+/// candidate version), from `apt-get -s dist-upgrade`.
+fn a_security_upgrade() -> Option<(String, String)> {
+    let out = Command::new("apt-get")
+        .args(["-s", "dist-upgrade"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Inst ") && l.contains("-security"))?;
+    let mut words = line.split_whitespace();
+    let binary = words.nth(1)?.to_string();
+    let candidate = line
+        .split('(')
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .to_string();
+    let q = Command::new("dpkg-query")
+        .args(["-W", "-f", "${source:Package}", &binary])
+        .output()
+        .ok()?;
+    let source = String::from_utf8_lossy(&q.stdout).trim().to_string();
+    (!source.is_empty()).then_some((source, candidate))
+}
+
+/// Issue 14, central: a real agent's scan, assessed at the site against a
+/// test catalog whose high CVE is fixed by a security upgrade apt offers
+/// here, makes the device non-compliant (grace 0 days, once re-assessed);
+/// the site's uplink batch carries it and central shows it per device and
+/// per customer.
+#[test]
+fn a_non_compliant_device_at_the_site_shows_non_compliant_at_central() {
+    let Some((source, candidate)) = a_security_upgrade() else {
+        eprintln!("no security upgrade offered by apt on this machine: skipped");
+        return;
+    };
+    let tmp = scratch("patches-central");
+    let root = tmp.path();
+    let central = crate::uplink::Central::start(root);
+    let (token, fp) = central.site_add("acme", "dental", "main-office");
+    let cfg = root.join("outpost.toml");
+    std::fs::write(
+        &cfg,
+        "[uplink]\nreconnect_base = \"200ms\"\nreconnect_max = \"1s\"\n[patches.policy]\ngrace_days = 0\n",
+    )
+    .unwrap();
+    let app = Appliance::start_with(root, &["--config", cfg.to_str().unwrap()]);
+    let o = app.cli(&[
+        "uplink",
+        "join",
+        "--central",
+        &central.quic.to_string(),
+        "--token",
+        &token,
+        "--ca-fingerprint",
+        &fp,
+        "--interval",
+        "1s",
+    ]);
+    assert!(o.status.success(), "uplink join: {}", stderr(&o));
+    let site = String::from_utf8_lossy(&o.stdout).trim().to_string();
+
+    let tracker = json!({ source.clone(): {
+        "CVE-2099-5000": {"description": "e2e", "releases": {"bookworm": {
+            "status": "resolved", "fixed_version": candidate, "urgency": "high"}}}
+    }});
+    let tracker_path = root.join("tracker.json");
+    write(&tracker_path, &tracker);
+    app.cli_ok(&["advisories", "import", tracker_path.to_str().unwrap()]);
+
+    let mut agent = Agent::enroll(root, "a1", &app);
+    std::fs::write(
+        agent.state.join("agent.toml"),
+        format!(
+            "[package_tools]\napt_pkgcache_dir = \"{}\"\n",
+            agent.state.display()
+        ),
+    )
+    .unwrap();
+    agent.start();
+    let dev = agent.device_id.clone();
+    wait_for(Duration::from_secs(90), "the agent's first scan", || {
+        findings(&app, &dev)
+    });
+    // Re-assessed later (the same CVEs under another source name): the
+    // missing patch is now older than 0 days.
+    std::thread::sleep(Duration::from_millis(5));
+    app.cli_ok(&[
+        "advisories",
+        "import",
+        tracker_path.to_str().unwrap(),
+        "--name",
+        "again",
+    ]);
+    let d: Value = app.api(&format!("/api/v1/patches/devices/{dev}")).unwrap();
+    assert_eq!(
+        d["assessment"]["compliance"], "non-compliant",
+        "at the site: {d}"
+    );
+
+    let viewer = central.api_token("acme", "viewer");
+    let row = wait_for(Duration::from_secs(60), "compliance at central", || {
+        let v = central.get(&format!("/api/v1/sites/{site}/devices/{dev}"), &viewer);
+        (v["patches"]["compliance"] == "non-compliant").then(|| v["patches"].clone())
+    });
+    assert!(row["missing"].as_u64().unwrap() >= 1, "{row}");
+    assert!(
+        row["security_patches"]["high"].as_u64().unwrap() >= 1,
+        "{row}"
+    );
+    assert!(row["last_scan_ms"].as_u64().unwrap() > 0, "{row}");
+    let all = central.get("/api/v1/patches/compliance", &viewer);
+    assert_eq!(all["total"]["non_compliant"], 1, "{all}");
+    assert_eq!(all["customers"][0]["customer"], "dental", "{all}");
+    assert_eq!(all["sites"][0]["site_id"], site.as_str(), "{all}");
+}

@@ -12,6 +12,7 @@
 //! - [`feed`] — fetching a feed from a URL, and the schedule.
 //! - [`api`] — `/api/v1/advisories` and `/api/v1/patches/...`.
 //! - [`metrics`] — `outpost_patches_*`.
+//! - [`uplink`] — a device's compliance for the uplink batch.
 //!
 //! The pure work (parsing, version order, assessment) is `outpost-patch`.
 //! This module must not touch the ingest writer's tables beyond reading
@@ -26,6 +27,7 @@ pub mod full_scan;
 pub mod metrics;
 pub mod service;
 pub mod store;
+pub mod uplink;
 
 pub use config::PatchesConfig;
 pub use service::PatchService;

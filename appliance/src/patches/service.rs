@@ -294,7 +294,22 @@ impl PatchService {
             .spawn(move || {
                 let mut last_snapshot = 0u64;
                 let mut last_alerts = 0u64;
+                // Whether every assessment was queued for the uplink since
+                // the site's tracking went on (join, or start while joined).
+                let mut uplink_queued = false;
                 while !shutdown.is_cancelled() {
+                    let tracking = s.inner.store.uplink_tracking();
+                    if tracking && !uplink_queued {
+                        match s.queue_all_for_uplink() {
+                            Ok(n) => {
+                                info!(devices = n, "patch compliance queued for the uplink");
+                                uplink_queued = true;
+                            }
+                            Err(e) => warn!(error = %format!("{e:#}"),
+                                "queueing patch compliance for the uplink failed"),
+                        }
+                    }
+                    uplink_queued &= tracking;
                     match s.process_reports(now_ms()) {
                         Ok(n) if n > 0 => {
                             last_snapshot = 0;
@@ -319,6 +334,27 @@ impl PatchService {
                     s.wait(poll);
                 }
             })
+    }
+
+    /// Queues every device's current compliance for the next uplink batch
+    /// (when the site joins central, or starts joined: what central holds
+    /// may be older). Returns how many were queued (0 when not joined).
+    pub fn queue_all_for_uplink(&self) -> anyhow::Result<usize> {
+        let _g = self.inner.change.lock().unwrap_or_else(|p| p.into_inner());
+        let view = self.view();
+        let mut n = 0;
+        let mut b = self.inner.store.batch();
+        for (dev, a) in &view.assessments {
+            if super::uplink::queue_if_changed(&self.inner.store, &mut b, *dev, a, None)? {
+                n += 1;
+            }
+            if b.len() >= 256 {
+                let full = std::mem::replace(&mut b, self.inner.store.batch());
+                self.inner.store.write(full)?;
+            }
+        }
+        self.inner.store.write(b)?;
+        Ok(n)
     }
 
     fn wait(&self, poll: Duration) {
@@ -620,6 +656,7 @@ impl PatchService {
                 let prev = assessments.get(&dev).map(|a| a.as_ref());
                 let a = self.assess(scan, catalog, prev, now);
                 b.put(PATCH_ASSESSMENTS, &device_key(dev), &a)?;
+                super::uplink::queue_if_changed(&self.inner.store, &mut b, dev, &a, prev)?;
                 assessments.insert(dev, Arc::new(a));
             }
             b.put(PATCH_SCANS, &device_key(dev), &ds)?;
@@ -857,6 +894,13 @@ impl PatchService {
                 .assessment_seconds
                 .observe(t.elapsed().as_secs_f64());
             batch.put(PATCH_ASSESSMENTS, &device_key(dev), &a)?;
+            super::uplink::queue_if_changed(
+                &self.inner.store,
+                &mut batch,
+                dev,
+                &a,
+                prev.map(|p| p.as_ref()),
+            )?;
             out.insert(dev, Arc::new(a));
             n += 1;
             if batch.len() >= 256 {

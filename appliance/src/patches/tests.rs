@@ -680,3 +680,111 @@ async fn a_base_miss_queues_one_full_scan_command_not_one_per_delta() {
     assert_eq!(r.metrics.patches.full_scan_requests.get(), 2);
     commands.stop();
 }
+
+fn pending_compliance(store: &Store) -> Vec<outpost_uplink::batch::PatchCompliance> {
+    let mut v = Vec::new();
+    store
+        .scan_raw(
+            outpost_storage::rollup::UPLINK_PENDING,
+            &[outpost_uplink::outbox::PATCH_PREFIX],
+            Some(&[outpost_uplink::outbox::PATCH_PREFIX + 1]),
+            |_, val| {
+                v.push(codec::decode(val).unwrap());
+                Ok(true)
+            },
+        )
+        .unwrap();
+    v
+}
+
+fn clear_pending(store: &Store) {
+    let mut b = store.batch();
+    let mut keys = Vec::new();
+    store
+        .scan_raw(
+            outpost_storage::rollup::UPLINK_PENDING,
+            &[],
+            None,
+            |k, _| {
+                keys.push(k.to_vec());
+                Ok(true)
+            },
+        )
+        .unwrap();
+    for k in keys {
+        b.delete(outpost_storage::rollup::UPLINK_PENDING, &k)
+            .unwrap();
+    }
+    store.write(b).unwrap();
+}
+
+#[test]
+fn a_changed_assessment_is_queued_for_the_uplink_only_while_the_site_is_joined() {
+    let r = rig();
+    r.service
+        .import(FeedFormat::DebianTracker, None, "test", TRACKER.as_bytes())
+        .unwrap();
+    let dev = DeviceId(7);
+    let s1 = scan(V1, 1_000);
+    put_report(
+        &r.store,
+        dev,
+        1,
+        &PackageReport::Full(Box::new(s1.clone())),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(5_000).unwrap();
+    assert!(pending_compliance(&r.store).is_empty(), "not joined");
+
+    r.store.set_uplink_tracking(true);
+    let s2 = scan(V2, 2_000);
+    put_report(
+        &r.store,
+        dev,
+        2,
+        &PackageReport::Delta(Box::new(s1.diff(&s2))),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(6_000).unwrap();
+    let p = pending_compliance(&r.store);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].device, dev);
+    let d = p[0].detail.clone().unwrap();
+    assert_eq!((d.fixable_cves, d.open_cves), (0, 1), "{d:?}");
+    assert_eq!(d.scanned_at_ms, 2_000);
+    let a = r.service.device(dev).unwrap().unwrap().assessment.unwrap();
+    assert_eq!(p[0], crate::patches::uplink::compliance_of(dev, &a));
+
+    // Joining (or starting joined) queues every device again.
+    clear_pending(&r.store);
+    assert_eq!(r.service.queue_all_for_uplink().unwrap(), 1);
+    assert_eq!(pending_compliance(&r.store).len(), 1);
+    r.store.set_uplink_tracking(false);
+    clear_pending(&r.store);
+    assert_eq!(r.service.queue_all_for_uplink().unwrap(), 0);
+}
+
+#[test]
+fn an_unchanged_assessment_is_not_queued_again() {
+    let mut a = outpost_patch::assess::assess_device(
+        &scan(V1, 1_000),
+        &outpost_patch::catalog::Catalog::new(),
+        &Policy::default(),
+        None,
+        5_000,
+    );
+    let r = rig();
+    r.store.set_uplink_tracking(true);
+    let prev = a.clone();
+    a.assessed_at_ms = 9_000;
+    let mut b = r.store.batch();
+    assert!(
+        !crate::patches::uplink::queue_if_changed(&r.store, &mut b, DeviceId(1), &a, Some(&prev))
+            .unwrap()
+    );
+    a.reboot_required = !a.reboot_required;
+    assert!(
+        crate::patches::uplink::queue_if_changed(&r.store, &mut b, DeviceId(1), &a, Some(&prev))
+            .unwrap()
+    );
+}

@@ -32,13 +32,14 @@ pub use outpost_proto::alert::Severity;
 /// 1 to this one).
 /// 2: rollup `min` column relative to the previous entry (see [`compact`]);
 /// 3: alert state [`AlertState::Cleared`], and the batch is followed by
-///    the [`ForeignTenant`] list.
+///    the [`ForeignTenant`] list;
+/// 4: followed by the [`PatchDetail`] of each patch compliance entry.
 /// Batches of every earlier format (still in an outbox after an upgrade)
 /// are decoded too. A batch is written in the oldest format that can carry
 /// it ([`format_of`]): 2 unless it holds a `cleared` transition or a
 /// foreign tenant, so a central that reads only format 2 refuses only those
 /// batches, by their format number (upgrade central first all the same).
-pub const BATCH_FORMAT: u16 = 3;
+pub const BATCH_FORMAT: u16 = 4;
 pub use limits::{Limit, MAX_DECODED_BYTES, OverLimit};
 
 /// Everything one batch carries.
@@ -213,14 +214,87 @@ pub struct AlertTransition {
     pub value: Option<f64>,
 }
 
-/// Patch compliance of one device (filled by the patch issue).
+/// Patch compliance of one device: a snapshot of its assessment at the
+/// site, sent when the assessment changed (latest `as_of_ms` wins at
+/// central).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PatchCompliance {
     pub device: DeviceId,
+    /// Missing patches (upgradable packages).
     pub missing: u32,
+    /// Missing security patches of critical severity.
     pub missing_critical: u32,
+    /// 1 when the device waits for a reboot, 0 otherwise (the site does
+    /// not count installed patches per reboot).
     pub installed_pending_reboot: u32,
+    /// When the site assessed the device (appliance clock).
     pub as_of_ms: u64,
+    /// Since format 4: the rest of the assessment. `None` in batches of
+    /// format 3 or older (which carry only the fields above).
+    pub detail: Option<PatchDetail>,
+}
+
+/// What format 4 adds to a [`PatchCompliance`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchDetail {
+    pub compliance: ComplianceState,
+    /// Missing security patches by (effective) severity.
+    pub security_patches: PatchSeverityCounts,
+    /// Vulnerable and fixable CVEs (not unimportant).
+    pub fixable_cves: u32,
+    /// Vulnerable CVEs without a fix yet (not unimportant).
+    pub open_cves: u32,
+    /// 0–100; `None` when the device is not assessed.
+    pub risk: Option<u32>,
+    /// When the device's package scan was taken (its clock).
+    pub scanned_at_ms: u64,
+    pub reboot_required: bool,
+}
+
+/// A device's patch compliance, as the batch carries it (the batch's own
+/// type: new states are appended, never reordered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ComplianceState {
+    Compliant,
+    NonCompliant,
+    /// A release the site's catalog does not know (or RPM): never counted
+    /// as compliant.
+    UnsupportedRelease,
+    /// The site has no advisories imported yet.
+    NoCatalog,
+}
+
+impl ComplianceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComplianceState::Compliant => "compliant",
+            ComplianceState::NonCompliant => "non-compliant",
+            ComplianceState::UnsupportedRelease => "unsupported-release",
+            ComplianceState::NoCatalog => "no-catalog",
+        }
+    }
+}
+
+/// Counts by severity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchSeverityCounts {
+    pub critical: u32,
+    pub high: u32,
+    pub medium: u32,
+    pub low: u32,
+    pub unknown: u32,
+}
+
+/// The fields of a [`PatchCompliance`] every format carries (the layout
+/// of formats 1 to 3).
+#[derive(Debug, Serialize, Deserialize)]
+struct WirePatchCompliance {
+    device: DeviceId,
+    missing: u32,
+    missing_critical: u32,
+    installed_pending_reboot: u32,
+    as_of_ms: u64,
 }
 
 /// Command counts of one device since the previous batch (filled by the
@@ -249,7 +323,7 @@ struct WireSiteBatch {
     #[serde(deserialize_with = "limits::de::alert_transitions")]
     alerts: Vec<AlertTransition>,
     #[serde(deserialize_with = "limits::de::patch_compliance")]
-    patch_compliance: Vec<PatchCompliance>,
+    patch_compliance: Vec<WirePatchCompliance>,
     #[serde(deserialize_with = "limits::de::command_summaries")]
     commands: Vec<CommandSummary>,
     dropped_rollups: u64,
@@ -260,6 +334,14 @@ struct WireSiteBatch {
 struct WireFormat3 {
     #[serde(deserialize_with = "limits::de::foreign_tenants")]
     foreign_tenants: Vec<ForeignTenant>,
+}
+
+/// What format 4 appends after the [`WireFormat3`]: the [`PatchDetail`] of
+/// each patch compliance entry, in the same order (as many entries).
+#[derive(Debug, Serialize, Deserialize)]
+struct WireFormat4 {
+    #[serde(deserialize_with = "limits::de::patch_compliance")]
+    patch_details: Vec<Option<PatchDetail>>,
 }
 
 /// The first fields of every batch format: who the batch claims to be,
@@ -314,7 +396,9 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 9;
 /// The oldest format (from 2, the rollup layout this build writes) that can
 /// carry `batch`.
 pub fn format_of(batch: &SiteBatch) -> u16 {
-    let base = if batch.foreign_tenants.is_empty() {
+    let base = if batch.patch_compliance.iter().any(|p| p.detail.is_some()) {
+        4
+    } else if batch.foreign_tenants.is_empty() {
         2
     } else {
         3
@@ -339,7 +423,17 @@ pub fn encode(batch: &SiteBatch, level: i32) -> Result<Vec<u8>, BatchError> {
         devices: batch.devices.clone(),
         rollups: compact::CompactRollups::encode(&batch.rollups),
         alerts: batch.alerts.clone(),
-        patch_compliance: batch.patch_compliance.clone(),
+        patch_compliance: batch
+            .patch_compliance
+            .iter()
+            .map(|p| WirePatchCompliance {
+                device: p.device,
+                missing: p.missing,
+                missing_critical: p.missing_critical,
+                installed_pending_reboot: p.installed_pending_reboot,
+                as_of_ms: p.as_of_ms,
+            })
+            .collect(),
         commands: batch.commands.clone(),
         dropped_rollups: batch.dropped_rollups,
     };
@@ -348,6 +442,18 @@ pub fn encode(batch: &SiteBatch, level: i32) -> Result<Vec<u8>, BatchError> {
         codec::encode_into(
             &WireFormat3 {
                 foreign_tenants: batch.foreign_tenants.clone(),
+            },
+            &mut raw,
+        )?;
+    }
+    if format >= 4 {
+        codec::encode_into(
+            &WireFormat4 {
+                patch_details: batch
+                    .patch_compliance
+                    .iter()
+                    .map(|p| p.detail.clone())
+                    .collect(),
             },
             &mut raw,
         )?;
@@ -436,15 +542,40 @@ impl OpenedBatch {
             )));
         }
         let rest = raw.get(used..).unwrap_or_default();
-        let foreign_tenants = if wire.format >= 3 {
-            codec::decode::<WireFormat3>(rest)
-                .map_err(BatchError::from_codec)?
-                .foreign_tenants
+        let (foreign_tenants, patch_details) = if wire.format >= 4 {
+            let (f3, used3): (WireFormat3, usize) =
+                codec::decode_prefix(rest).map_err(BatchError::from_codec)?;
+            let f4 = codec::decode::<WireFormat4>(rest.get(used3..).unwrap_or_default())
+                .map_err(BatchError::from_codec)?;
+            if f4.patch_details.len() != wire.patch_compliance.len() {
+                return Err(BatchError::Malformed(format!(
+                    "{} patch details for {} patch compliance entries",
+                    f4.patch_details.len(),
+                    wire.patch_compliance.len()
+                )));
+            }
+            (f3.foreign_tenants, f4.patch_details)
+        } else if wire.format >= 3 {
+            let f3 = codec::decode::<WireFormat3>(rest).map_err(BatchError::from_codec)?;
+            (f3.foreign_tenants, vec![None; wire.patch_compliance.len()])
         } else if rest.is_empty() {
-            Vec::new()
+            (Vec::new(), vec![None; wire.patch_compliance.len()])
         } else {
             return Err(CodecError::TrailingBytes(rest.len()).into());
         };
+        let patch_compliance = wire
+            .patch_compliance
+            .into_iter()
+            .zip(patch_details)
+            .map(|(p, detail)| PatchCompliance {
+                device: p.device,
+                missing: p.missing,
+                missing_critical: p.missing_critical,
+                installed_pending_reboot: p.installed_pending_reboot,
+                as_of_ms: p.as_of_ms,
+                detail,
+            })
+            .collect();
         let rollups = wire.rollups.decode_format(wire.format)?;
         Ok(SiteBatch {
             seq: wire.seq,
@@ -454,7 +585,7 @@ impl OpenedBatch {
             devices: wire.devices,
             rollups,
             alerts: wire.alerts,
-            patch_compliance: wire.patch_compliance,
+            patch_compliance,
             commands: wire.commands,
             dropped_rollups: wire.dropped_rollups,
             foreign_tenants,
@@ -652,6 +783,7 @@ pub(crate) mod tests {
             missing_critical: 1,
             installed_pending_reboot: 0,
             as_of_ms: 9,
+            detail: None,
         });
         b.commands.push(CommandSummary {
             device: DeviceId(43),
@@ -694,6 +826,56 @@ pub(crate) mod tests {
         let back = decode(&bytes).unwrap();
         assert_eq!(back.alerts[0].state, AlertState::Cleared);
         assert_eq!(back, b);
+    }
+
+    /// A patch compliance entry with its detail goes up in format 4: the
+    /// bytes of format 3 (with an empty foreign-tenant list), then the
+    /// details; without details the batch stays in the older format.
+    #[test]
+    fn patch_details_go_up_in_format_4_after_the_format_3_layout() {
+        let mut b = sample_batch(9);
+        b.patch_compliance.push(PatchCompliance {
+            device: DeviceId(42),
+            missing: 5,
+            missing_critical: 1,
+            installed_pending_reboot: 1,
+            as_of_ms: 9,
+            detail: None,
+        });
+        assert_eq!(format_of(&b), 2, "no detail: format 2 carries it");
+        let plain = zstd::bulk::decompress(&encode(&b, 1).unwrap(), MAX_DECODED_BYTES).unwrap();
+        b.patch_compliance[0].detail = Some(PatchDetail {
+            compliance: ComplianceState::NonCompliant,
+            security_patches: PatchSeverityCounts {
+                critical: 1,
+                high: 2,
+                medium: 0,
+                low: 1,
+                unknown: 0,
+            },
+            fixable_cves: 7,
+            open_cves: 3,
+            risk: Some(64),
+            scanned_at_ms: 8,
+            reboot_required: true,
+        });
+        assert_eq!(format_of(&b), 4);
+        let bytes = encode(&b, 1).unwrap();
+        let raw = zstd::bulk::decompress(&bytes, MAX_DECODED_BYTES).unwrap();
+        assert_eq!(raw[0], 4);
+        assert_eq!(raw[1..plain.len()], plain[1..], "format 2's layout first");
+        assert_eq!(raw[plain.len()], 0, "then an empty foreign-tenant list");
+        assert_eq!(decode(&bytes).unwrap(), b);
+        // Fewer details than entries is malformed.
+        let mut short = raw.clone();
+        let tail = codec::encode(&WireFormat4 {
+            patch_details: vec![],
+        })
+        .unwrap();
+        short.truncate(plain.len() + 1);
+        short.extend(tail);
+        let short = zstd::bulk::compress(&short, 1).unwrap();
+        assert!(matches!(decode(&short), Err(BatchError::Malformed(_))));
     }
 
     #[test]

@@ -14,10 +14,11 @@ use outpost_storage::model::{DeviceRecord, DeviceState, DeviceStatus, Rollup};
 use outpost_storage::registry::DEVICES;
 use outpost_storage::rollup::{self, ROLLUPS, SeriesInfo, UPLINK_PENDING};
 
-use super::{ALERT_PREFIX, Result};
+use super::{ALERT_PREFIX, PATCH_PREFIX, Result};
 use crate::batch::limits::{self, RollupBudget};
 use crate::batch::{
-    self, AlertTransition, DeviceRollups, DeviceUpdate, ForeignTenant, SeriesRollup,
+    self, AlertTransition, DeviceRollups, DeviceUpdate, ForeignTenant, PatchCompliance,
+    SeriesRollup,
 };
 
 /// The batch's copy of a device status (the batch has its own types, so a
@@ -309,6 +310,38 @@ pub(super) fn pending_alerts(
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "dropping a corrupt pending alert transition");
+                    corrupt.push(k.to_vec());
+                }
+            }
+            Ok(out.len() < max)
+        },
+    )?;
+    ks.extend(corrupt);
+    Ok((out, ks))
+}
+
+/// Pending patch compliance entries (one per device, its latest), at most
+/// the batch limit (the rest waits for the next batch), with their keys;
+/// corrupt entries are dropped (their keys returned too).
+pub(super) fn pending_patch_compliance(
+    store: &Store,
+) -> Result<(Vec<PatchCompliance>, Vec<Vec<u8>>)> {
+    let max = limits::MAX_PATCH_COMPLIANCE;
+    let mut out = Vec::new();
+    let mut ks = Vec::new();
+    let mut corrupt = Vec::new();
+    store.scan_raw(
+        UPLINK_PENDING,
+        &[PATCH_PREFIX],
+        Some(&[PATCH_PREFIX + 1]),
+        |k, v| {
+            match outpost_proto::codec::decode::<PatchCompliance>(v) {
+                Ok(p) => {
+                    out.push(p);
+                    ks.push(k.to_vec());
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "dropping a corrupt pending patch compliance");
                     corrupt.push(k.to_vec());
                 }
             }

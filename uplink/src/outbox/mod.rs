@@ -33,7 +33,7 @@ use outpost_storage::rollup::UPLINK_PENDING;
 use outpost_storage::{Batch, META, StorageError, Store, Table};
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{self, AlertTransition, BatchError, SiteBatch};
+use crate::batch::{self, AlertTransition, BatchError, PatchCompliance, SiteBatch};
 use crate::metrics::UplinkMetrics;
 
 /// `seq` (u64 BE) → [`OutboxRecord`]: compacted, compressed batches
@@ -47,6 +47,10 @@ pub const TABLES: &[Table] = &[UPLINK_OUTBOX];
 
 /// First byte of alert-transition keys in [`UPLINK_PENDING`].
 pub const ALERT_PREFIX: u8 = b'a';
+/// First byte of patch-compliance keys in [`UPLINK_PENDING`]: `'p' |
+/// device (8, BE)` → [`PatchCompliance`], the device's latest (a newer
+/// assessment replaces one not sent yet).
+pub const PATCH_PREFIX: u8 = b'p';
 const META_KEY: &[u8] = b"uplink.outbox";
 
 #[derive(Debug, thiserror::Error)]
@@ -259,6 +263,7 @@ impl Outbox {
         let (rollups, rollup_keys) = (pending.entries, pending.keys);
         let (alerts, alert_keys) =
             compactor::pending_alerts(&self.store, self.cfg.max_alerts_per_batch)?;
+        let (patch_compliance, patch_keys) = compactor::pending_patch_compliance(&self.store)?;
         let b = SiteBatch {
             seq,
             site: site.clone(),
@@ -267,7 +272,7 @@ impl Outbox {
             devices: devices.iter().map(|(u, _)| u.clone()).collect(),
             rollups,
             alerts,
-            patch_compliance: Vec::new(),
+            patch_compliance,
             commands: Vec::new(),
             dropped_rollups: pending.dropped_series,
             foreign_tenants,
@@ -279,7 +284,11 @@ impl Outbox {
         meta.dropped_rollups_total += pending.dropped_series;
         let mut wb = self.store.batch();
         wb.put(UPLINK_OUTBOX, &seq_key(seq), &rec)?;
-        for k in rollup_keys.iter().chain(alert_keys.iter()) {
+        for k in rollup_keys
+            .iter()
+            .chain(alert_keys.iter())
+            .chain(patch_keys.iter())
+        {
             wb.delete(UPLINK_PENDING, k)?;
         }
         wb.put(META, META_KEY, &meta)?;
@@ -493,6 +502,29 @@ pub fn alert_transition_into(
     }
     batch.put(UPLINK_PENDING, &alert_key(t), t)?;
     Ok(true)
+}
+
+/// Adds a device's patch compliance for the uplink to `batch` (the patch
+/// subsystem's own write batch, beside the assessment it summarises); it
+/// replaces the device's entry not sent yet. Returns `false` (and adds
+/// nothing) when the site is not joined to a central.
+pub fn patch_compliance_into(
+    store: &Store,
+    batch: &mut Batch,
+    p: &PatchCompliance,
+) -> Result<bool> {
+    if !store.uplink_tracking() {
+        return Ok(false);
+    }
+    batch.put(UPLINK_PENDING, &patch_key(p.device), p)?;
+    Ok(true)
+}
+
+fn patch_key(device: DeviceId) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = PATCH_PREFIX;
+    k[1..].copy_from_slice(&device.0.to_be_bytes());
+    k
 }
 
 /// Records an alert transition for the uplink, durably (one write). Returns

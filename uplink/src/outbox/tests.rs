@@ -442,3 +442,58 @@ fn batches_are_built_within_the_decoder_limits_and_the_rest_waits() {
     assert_eq!(ob.stats().dropped_rollups_total, 1);
     assert!(pending_keys(&store).is_empty());
 }
+
+fn compliance(device: u64, missing: u32, as_of_ms: u64) -> batch::PatchCompliance {
+    batch::PatchCompliance {
+        device: DeviceId(device),
+        missing,
+        missing_critical: 0,
+        installed_pending_reboot: 0,
+        as_of_ms,
+        detail: Some(batch::PatchDetail {
+            compliance: batch::ComplianceState::NonCompliant,
+            security_patches: Default::default(),
+            fixable_cves: missing,
+            open_cves: 0,
+            risk: Some(10),
+            scanned_at_ms: as_of_ms,
+            reboot_required: false,
+        }),
+    }
+}
+
+#[test]
+fn a_devices_latest_patch_compliance_goes_up_once_in_the_next_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let ob = outbox(&store, u64::MAX);
+    let push = |p: &batch::PatchCompliance| {
+        let mut wb = store.batch();
+        assert!(patch_compliance_into(&store, &mut wb, p).unwrap());
+        store.write(wb).unwrap();
+    };
+    push(&compliance(1, 3, NOW));
+    push(&compliance(2, 1, NOW));
+    push(&compliance(1, 4, NOW + 1));
+    let e = ob.compact(&SITE.into(), &TENANT.into(), NOW + 10).unwrap();
+    let b = batch::decode(&ob.get(e.seq).unwrap().unwrap().payload).unwrap();
+    assert_eq!(
+        b.patch_compliance,
+        vec![compliance(1, 4, NOW + 1), compliance(2, 1, NOW)],
+        "one entry per device, its latest"
+    );
+    assert_eq!(pending_keys(&store), Vec::<Vec<u8>>::new(), "all consumed");
+    let e = ob.compact(&SITE.into(), &TENANT.into(), NOW + 20).unwrap();
+    let b = batch::decode(&ob.get(e.seq).unwrap().unwrap().payload).unwrap();
+    assert!(b.patch_compliance.is_empty(), "sent once");
+}
+
+#[test]
+fn patch_compliance_is_not_recorded_while_the_site_is_not_joined() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    store.set_uplink_tracking(false);
+    let mut wb = store.batch();
+    assert!(!patch_compliance_into(&store, &mut wb, &compliance(1, 1, NOW)).unwrap());
+    assert_eq!(wb.len(), 0);
+}
