@@ -593,12 +593,9 @@ fn a_reboot_needs_confirmation_is_refused_during_an_install_and_completes_on_a_n
         ])
         .trim()
         .to_string();
-    // The agent recorded it (acked) before running the reboot command; the
-    // kill may come before its `started` frame leaves the socket.
-    wait_for(Duration::from_secs(30), "the reboot acked", || {
-        let v = show(&app, &id);
-        (v["acked"] == true).then_some(v)
-    });
+    // The agent records it durably before running the reboot command, but
+    // the kill may come before its ack or `started` frame leaves the
+    // socket: the appliance may learn of it only after the restart below.
     wait_for(
         Duration::from_secs(30),
         "the agent killed by the reboot",
@@ -608,9 +605,16 @@ fn a_reboot_needs_confirmation_is_refused_during_an_install_and_completes_on_a_n
     assert_eq!(std::fs::read_to_string(&count).unwrap(), "90\n");
     // The agent starts again with the same boot id: not rebooted, still running.
     a.start();
-    std::thread::sleep(Duration::from_secs(3));
+    // Re-sent on the new session, deduplicated by the agent's ledger: acked,
+    // not run again, and still open (the boot id did not change).
+    let v = wait_for(Duration::from_secs(30), "the reboot acked", || {
+        let v = show(&app, &id);
+        (v["acked"] == true).then_some(v)
+    });
+    std::thread::sleep(Duration::from_secs(2));
     let st = show(&app, &id)["state"].as_str().unwrap().to_string();
-    assert!(st == "sent" || st == "running", "{st}");
+    assert!(st == "sent" || st == "running", "{st} {v}");
+    assert_eq!(lines(&count), 1, "the reboot ran again after the restart");
     a.stop();
     // Back on a new boot id: completed, both ids in the output, run once.
     std::fs::write(&boot, "boot-2\n").unwrap();
