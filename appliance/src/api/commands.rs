@@ -501,8 +501,10 @@ pub struct BulkRequestBody {
     /// `{"name": "cleanup", "version": 2}` (the newest without `version`).
     #[serde(default)]
     pub script: Option<ScriptRef>,
+    /// A built-in action, as `POST /api/v1/commands` takes it (reboots
+    /// are refused in bulk).
     #[serde(default)]
-    pub action: Option<BuiltinAction>,
+    pub action: Option<ActionRequest>,
     /// At most this many of the run's commands sent or running at once
     /// (default 50).
     #[serde(default)]
@@ -647,13 +649,13 @@ pub async fn bulk_create(
                 script.default_timeout_ms,
             )
         }
-        (None, None, Some(BuiltinAction::Reboot { .. })) => {
+        (None, None, Some(ActionRequest::Reboot { .. })) => {
             return Err(ApiError::BadRequest(
                 "reboot is not available in bulk runs".into(),
             ));
         }
         (None, None, Some(a)) => (
-            CommandKind::Builtin(a),
+            CommandKind::Builtin(a.into_builtin()?),
             req.interpreter.unwrap_or_default(),
             DEFAULT_TIMEOUT_MS,
         ),
@@ -757,4 +759,42 @@ pub async fn bulk_cancel(
             CancelRunError::Store(_) | CancelRunError::Stopped => ApiError::Internal(e.to_string()),
         })?;
     Ok(Json(bulk_view_blocking(&st, run, true).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bulk run takes the same actions as a single command: a file
+    /// transfer (which needs the file service's content and limits) is
+    /// not one of them.
+    #[test]
+    fn a_bulk_body_takes_the_api_actions_and_not_a_raw_file_transfer() {
+        let ok: BulkRequestBody = serde_json::from_value(serde_json::json!({
+            "target": "all",
+            "action": {"restart_service": {"unit": "nginx.service"}},
+        }))
+        .unwrap();
+        assert!(matches!(
+            ok.action,
+            Some(ActionRequest::RestartService { ref unit }) if unit == "nginx.service"
+        ));
+        let action = serde_json::to_value(BuiltinAction::PushFile {
+            transfer: outpost_proto::ids::TransferId::random(),
+            path: "/etc/x".into(),
+            size_bytes: 1,
+            sha256: "00".repeat(32),
+            mode: None,
+            owner: None,
+        })
+        .unwrap();
+        // A well-formed spec action (what the old body type accepted)...
+        serde_json::from_value::<BuiltinAction>(action.clone()).unwrap();
+        // ...is refused in a bulk body.
+        let push = serde_json::from_value::<BulkRequestBody>(serde_json::json!({
+            "target": "all",
+            "action": action,
+        }));
+        assert!(push.is_err(), "a raw file action was accepted");
+    }
 }
