@@ -171,6 +171,17 @@ async fn take(
             });
         }
     };
+    if crate::files::service::transfer_of(&spec).is_some() {
+        // A transfer's content and limits live in the file service, which
+        // central does not reach: a bare file action would run with no
+        // content behind it.
+        warn!(id = %dc.id, "central sent a file transfer: refused");
+        refused(metrics, "file_transfer");
+        return Some(CommandAck {
+            id: dc.id,
+            refused: Some("file transfers from central are not supported by this site".into()),
+        });
+    }
     match svc.create_with_id(dc.id, dc.device, spec).await {
         Ok(rec) => {
             info!(id = %dc.id, device = %dc.device, state = %rec.state, "command from central queued");
@@ -411,12 +422,47 @@ mod tests {
             }
         }
         assert!(svc.get(other).unwrap().is_none());
-        assert_eq!(metrics.downlink_commands.get(), 3);
+        // A file action from central: refused, nothing queued.
+        let file = CommandId([7; 16]);
+        let mut spec = CommandSpec::shell("x", "ann@central");
+        spec.kind = outpost_proto::command::CommandKind::Builtin(
+            outpost_proto::command::BuiltinAction::PullFile {
+                transfer: outpost_proto::ids::TransferId::random(),
+                path: "/etc/passwd".into(),
+                max_bytes: 1 << 20,
+            },
+        );
+        port.events
+            .send(DownEvent::Commands(vec![DownCommand {
+                spec: spec.encode().unwrap(),
+                ..down(file, DEV)
+            }]))
+            .unwrap();
+        loop {
+            match next_frame(&mut frames).await {
+                SiteFrame::CommandAck(a) if a.id == file => {
+                    assert!(a.refused.unwrap().contains("file transfers"));
+                    break;
+                }
+                _ => continue,
+            }
+        }
+        assert!(svc.get(file).unwrap().is_none());
+        assert_eq!(metrics.downlink_commands.get(), 4);
         assert_eq!(
             metrics
                 .downlink_refusals
                 .get_or_create(&ReasonLabel {
                     reason: "unknown_device".into()
+                })
+                .get(),
+            1
+        );
+        assert_eq!(
+            metrics
+                .downlink_refusals
+                .get_or_create(&ReasonLabel {
+                    reason: "file_transfer".into()
                 })
                 .get(),
             1

@@ -189,6 +189,11 @@ pub async fn run_command(
                 "reboot is not supported yet (it needs its guard: confirmation, patch installs, boot id)".into(),
             ));
         }
+        (None, Some(BuiltinAction::PushFile { .. } | BuiltinAction::PullFile { .. })) => {
+            return Err(ApiError::BadRequest(
+                "file transfers from central are not supported yet (push and pull at the site: /api/v1/files)".into(),
+            ));
+        }
         (None, Some(a)) => CommandKind::Builtin(a),
         _ => {
             return Err(ApiError::BadRequest(

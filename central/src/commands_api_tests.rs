@@ -283,3 +283,29 @@ async fn a_command_for_a_connected_site_is_pushed_at_once_and_a_protocol_1_site_
         .await;
     assert_eq!(st, 201, "an offline site's commands wait at central");
 }
+
+/// A file action is refused at central with the reason (its content and
+/// limits live in the site's file service): 400, nothing queued.
+#[tokio::test]
+async fn a_file_transfer_is_refused_at_central_and_nothing_is_queued() {
+    let f = fixture().await;
+    let tech = f.token("msp", Role::Technician, &[]).await;
+    let action = serde_json::to_value(outpost_proto::command::BuiltinAction::PullFile {
+        transfer: outpost_proto::ids::TransferId::random(),
+        path: "/etc/passwd".into(),
+        max_bytes: 1 << 20,
+    })
+    .unwrap();
+    let (st, v) = f
+        .call(
+            &tech,
+            "POST",
+            "/api/v1/commands",
+            Some(json!({"site": f.site, "device": DEVICE, "action": action})),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v.to_string().contains("file transfers"), "{v}");
+    let (st, v) = f.call(&tech, "GET", "/api/v1/commands", None).await;
+    assert_eq!((st, v.as_array().unwrap().len()), (200, 0));
+}
