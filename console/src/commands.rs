@@ -23,7 +23,7 @@ use serde::Deserialize;
 use crate::Console;
 use crate::backend::{ConsoleError, Viewer};
 use crate::pages::layout::{self, badge, device_href, enc, site_href, time};
-use crate::routes::{cross_origin, error_page, html as page, now_ms, refuse, render, viewer};
+use crate::routes::{error_page, form_viewer, html as page, now_ms, refuse, render, viewer};
 
 /// The command page reloads itself this often while the command is open.
 pub const REFRESH_SECS: u32 = 2;
@@ -381,21 +381,10 @@ pub async fn run(
     Path((site, device)): Path<(String, String)>,
     Form(f): Form<RunFormFields>,
 ) -> Response {
-    if let Some(r) = cross_origin(&c, &h) {
-        return r;
-    }
-    let v = match viewer(&c, &h).await {
+    let v = match form_viewer(&c, &h, &f.csrf).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    if !c.csrf.verify(&v.csrf_subject, &f.csrf) {
-        return refuse(
-            &c,
-            Some(&v),
-            "csrf_token",
-            "The form's token is missing or stale: reload the page and try again.",
-        );
-    }
     if !v.can.run_commands {
         return refuse(
             &c,
@@ -431,21 +420,10 @@ pub async fn cancel(
     Path(id): Path<String>,
     Form(f): Form<CsrfOnly>,
 ) -> Response {
-    if let Some(r) = cross_origin(&c, &h) {
-        return r;
-    }
-    let v = match viewer(&c, &h).await {
+    let v = match form_viewer(&c, &h, &f.csrf).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    if !c.csrf.verify(&v.csrf_subject, &f.csrf) {
-        return refuse(
-            &c,
-            Some(&v),
-            "csrf_token",
-            "The form's token is missing or stale: reload the page and try again.",
-        );
-    }
     if !v.can.run_commands {
         return refuse(
             &c,

@@ -165,6 +165,29 @@ pub(crate) fn cross_origin(c: &Console, h: &HeaderMap) -> Option<Response> {
     })
 }
 
+/// The checks every console form post makes before its own: same origin,
+/// a signed-in viewer, and the form's CSRF token. The viewer, or the
+/// response refusing the post.
+pub(crate) async fn form_viewer(
+    c: &Console,
+    h: &HeaderMap,
+    csrf: &str,
+) -> Result<Viewer, Response> {
+    if let Some(r) = cross_origin(c, h) {
+        return Err(r);
+    }
+    let v = viewer(c, h).await?;
+    if !c.csrf.verify(&v.csrf_subject, csrf) {
+        return Err(refuse(
+            c,
+            Some(&v),
+            "csrf_token",
+            "The form's token is missing or stale: reload the page and try again.",
+        ));
+    }
+    Ok(v)
+}
+
 fn opt(s: Option<String>) -> Option<String> {
     s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
@@ -271,21 +294,10 @@ struct CsrfForm {
 }
 
 async fn logout(State(c): C, h: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
-    if let Some(r) = cross_origin(&c, &h) {
-        return r;
-    }
-    let v = match viewer(&c, &h).await {
+    let v = match form_viewer(&c, &h, &f.csrf).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    if !c.csrf.verify(&v.csrf_subject, &f.csrf) {
-        return refuse(
-            &c,
-            Some(&v),
-            "csrf_token",
-            "The form's token is missing or stale: reload the page and try again.",
-        );
-    }
     match c.backend.logout(&h).await {
         Ok(cookie) => {
             let mut r = Redirect::to("/login").into_response();
@@ -603,21 +615,10 @@ async fn ack(
     Path((site, id)): Path<(String, u64)>,
     Form(f): Form<AckForm>,
 ) -> Response {
-    if let Some(r) = cross_origin(&c, &h) {
-        return r;
-    }
-    let v = match viewer(&c, &h).await {
+    let v = match form_viewer(&c, &h, &f.csrf).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    if !c.csrf.verify(&v.csrf_subject, &f.csrf) {
-        return refuse(
-            &c,
-            Some(&v),
-            "csrf_token",
-            "The form's token is missing or stale: reload the page and try again.",
-        );
-    }
     if !v.can.ack_alerts {
         return refuse(
             &c,
