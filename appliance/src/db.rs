@@ -73,7 +73,7 @@ mod tests {
     fn the_database_opens_and_reopens_with_every_table() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), &StoreOptions::default()).unwrap();
-        assert_eq!(s.tables().len(), 43);
+        assert_eq!(s.tables().len(), 44);
         drop(s);
         open(dir.path(), &StoreOptions::default()).unwrap();
     }

@@ -70,3 +70,75 @@ fn scans_deltas_and_assessments_round_trip_through_the_wire_codec() {
     assert_eq!(a.fixable().count(), 1);
     assert_eq!(round_trip(&a), a);
 }
+
+#[test]
+fn install_requests_and_device_statuses_round_trip_through_the_wire_codec() {
+    use outpost_patch::install::wire::{
+        DeviceStatus, InstallRequest, Phase, RebootPolicy, RollbackRequest, ScriptStep,
+    };
+    use outpost_patch::install::{BinaryTarget, KeptDeb, PackageChange};
+    let req = InstallRequest {
+        deployment: "dep-7".into(),
+        attempt: 2,
+        targets: vec![BinaryTarget {
+            name: "libssl3".into(),
+            arch: Some("amd64".into()),
+            version: "3.0.15-1~deb12u1".into(),
+        }],
+        proxy: Some("http://10.0.0.2:3142".into()),
+        reboot: RebootPolicy::IfRequired,
+        min_free_root_bytes: 500 << 20,
+        keep_previous_debs: true,
+        pre_script: Some(ScriptStep {
+            name: "stop-app".into(),
+            version: 3,
+            interpreter: "sh".into(),
+            body: "systemctl stop app".into(),
+            timeout_ms: 60_000,
+        }),
+        post_script: None,
+        snapshot: false,
+    };
+    assert_eq!(round_trip(&req), req);
+    let change = PackageChange {
+        name: "libssl3".into(),
+        arch: Some("amd64".into()),
+        from: Some("3.0.11-1~deb12u2".into()),
+        to: Some("3.0.15-1~deb12u1".into()),
+        configured: true,
+    };
+    let kept = KeptDeb {
+        name: "libssl3".into(),
+        arch: "amd64".into(),
+        version: "3.0.11-1~deb12u2".into(),
+        path: "/var/lib/outpost-agent/debs/libssl3_3.0.11-1~deb12u2_amd64.deb".into(),
+        sha256: "ab".repeat(32),
+    };
+    let rb = RollbackRequest {
+        deployment: "dep-7".into(),
+        attempt: 2,
+        install_command: "dep-7/dev/install/2".into(),
+        changes: vec![change.clone()],
+        kept: vec![kept.clone()],
+        proxy: None,
+    };
+    assert_eq!(round_trip(&rb), rb);
+    let status = DeviceStatus {
+        command: "dep-7/dev/install/2".into(),
+        deployment: "dep-7".into(),
+        attempt: 2,
+        rollback: false,
+        phase: Phase::Failed,
+        reason: Some("preinst of libssl3 exited 1".into()),
+        changes: vec![change],
+        kept: vec![kept],
+        skipped: vec!["nginx: held at 1.22.1-9".into()],
+        snapshot: None,
+        boot_id: Some("0f1e".into()),
+        reboot_required: false,
+        log_tail: "dpkg: error processing archive".into(),
+        at_ms: 1_700_000_000_000,
+    };
+    assert_eq!(round_trip(&status), status);
+    assert!(status.phase.is_final() && !Phase::RebootPending.is_final());
+}

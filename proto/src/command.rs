@@ -120,6 +120,27 @@ pub enum BuiltinAction {
     /// buffered for the appliance. Refused when the agent's
     /// `package_scan` is off.
     ScanPackages { full: bool },
+    /// One device's part of a patch deployment (issue 15): install exact
+    /// package versions. `request` is
+    /// `outpost_patch::install::wire::InstallRequest` encoded with
+    /// [`crate::codec::encode_compressed`]; `format` names that encoding
+    /// (`outpost_patch::install::wire::REQUEST_FORMAT`), so an agent that
+    /// does not know it refuses the command instead of guessing. Progress
+    /// travels up as `PatchStatus` records; the command's output is the
+    /// apt/dpkg log.
+    InstallPatches {
+        format: u16,
+        #[serde(with = "crate::messages::raw_bytes")]
+        request: Vec<u8>,
+    },
+    /// Undo an install of a deployment on one device: `request` is
+    /// `outpost_patch::install::wire::RollbackRequest`, encoded as for
+    /// [`BuiltinAction::InstallPatches`].
+    RollbackPatches {
+        format: u16,
+        #[serde(with = "crate::messages::raw_bytes")]
+        request: Vec<u8>,
+    },
 }
 
 /// What to run.
@@ -268,6 +289,14 @@ impl CommandSpec {
             }
             CommandKind::Builtin(BuiltinAction::PullFile { path, .. }) => file_path(path)?,
             CommandKind::Builtin(BuiltinAction::ScanPackages { .. }) => {}
+            CommandKind::Builtin(
+                BuiltinAction::InstallPatches { request, .. }
+                | BuiltinAction::RollbackPatches { request, .. },
+            ) => {
+                if request.is_empty() {
+                    return Err(SpecError::Malformed("the patch request is empty".into()));
+                }
+            }
         }
         if self.timeout_ms == 0 || self.timeout_ms > MAX_TIMEOUT_MS {
             return Err(SpecError::Timeout(self.timeout_ms));
@@ -354,6 +383,12 @@ impl CommandSpec {
                 } else {
                     "scan-packages".to_string()
                 }
+            }
+            CommandKind::Builtin(BuiltinAction::InstallPatches { .. }) => {
+                "install-patches".to_string()
+            }
+            CommandKind::Builtin(BuiltinAction::RollbackPatches { .. }) => {
+                "rollback-patches".to_string()
             }
         }
     }

@@ -224,7 +224,7 @@ pub struct FileChunk {
 /// Byte payloads as one byte string rather than a sequence of `u8`
 /// values: the same bincode encoding (a length, then the bytes), copied in
 /// one piece instead of decoded byte by byte.
-mod raw_bytes {
+pub(crate) mod raw_bytes {
     use serde::de::{Deserializer, Error, SeqAccess, Visitor};
     use serde::ser::Serializer;
 
@@ -366,6 +366,9 @@ pub enum RecordBody {
     /// A package scan (issue 14): a full scan or a delta against the
     /// previous one, in the patch subsystem's own versioned encoding.
     PackageScan(PackageScanRecord),
+    /// A patch deployment's status on this device (issue 15), in the
+    /// patch subsystem's own versioned encoding.
+    PatchStatus(PatchStatusRecord),
 }
 
 impl RecordBody {
@@ -375,6 +378,7 @@ impl RecordBody {
             RecordBody::Metrics(_) => "metrics",
             RecordBody::Inventory(_) => "inventory",
             RecordBody::PackageScan(_) => "package_scan",
+            RecordBody::PatchStatus(_) => "patch_status",
         }
     }
 }
@@ -409,6 +413,22 @@ impl PackageScanRecord {
     pub const MAX_PART_BYTES: usize = 768;
     /// Parts one report may have (768 KiB compressed, ~50,000 packages).
     pub const MAX_PARTS: u32 = 1024;
+}
+
+/// One status report of a patch install or rollback on the device, opaque
+/// to the session and to ingest: `payload` is
+/// `outpost_patch::install::wire::DeviceStatus` encoded with
+/// [`crate::codec::encode_compressed`], `format` its encoding
+/// (`outpost_patch::install::wire::STATUS_FORMAT`). Split into parts as
+/// [`PackageScanRecord`] is, with the same limits, so every part fits the
+/// smallest frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchStatusRecord {
+    pub format: u16,
+    pub part: u32,
+    pub parts: u32,
+    #[serde(with = "raw_bytes")]
+    pub payload: Vec<u8>,
 }
 
 /// "I am alive", with the cheapest facts worth having at heartbeat rate.

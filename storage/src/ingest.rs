@@ -59,6 +59,9 @@ pub const HEARTBEATS: Table = Table::new("heartbeats").bulk();
 /// durable); the appliance's patch worker applies it off the writer
 /// thread and deletes it.
 pub const PACKAGE_SCANS_IN: Table = Table::new("package_scans_in");
+/// `device | seq` → `PatchStatusRecord`, as received: the deployment
+/// subsystem's inbox, kept and drained like [`PACKAGE_SCANS_IN`].
+pub const PATCH_STATUS_IN: Table = Table::new("patch_status_in");
 
 /// Records from one connection, in arrival order.
 #[derive(Debug)]
@@ -93,6 +96,7 @@ pub fn records_held_bytes(records: &Vec<Record>) -> usize {
             }
             RecordBody::Inventory(inv) => inventory_held_bytes(inv),
             RecordBody::PackageScan(p) => p.payload.capacity(),
+            RecordBody::PatchStatus(p) => p.payload.capacity(),
         })
     })
 }
@@ -648,6 +652,9 @@ impl IngestWriter {
                     }
                     RecordBody::PackageScan(p) => {
                         batch.put(PACKAGE_SCANS_IN, &keys::device_time_key(device, rec.seq), p)?;
+                    }
+                    RecordBody::PatchStatus(p) => {
+                        batch.put(PATCH_STATUS_IN, &keys::device_time_key(device, rec.seq), p)?;
                     }
                 }
                 c.state.last_seq = rec.seq;

@@ -46,6 +46,7 @@ pub const TABLES: &[Table] = &[
     ingest::STATUS_LOG,
     ingest::HEARTBEATS,
     ingest::PACKAGE_SCANS_IN,
+    ingest::PATCH_STATUS_IN,
     samples::SERIES,
     samples::SAMPLES,
     samples::CHUNKS,

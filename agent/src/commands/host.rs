@@ -655,6 +655,11 @@ pub fn launch_of(
         CommandKind::Builtin(BuiltinAction::ScanPackages { .. }) => {
             return Err("package scans run in the agent's scanner, not as a process".into());
         }
+        CommandKind::Builtin(
+            BuiltinAction::InstallPatches { .. } | BuiltinAction::RollbackPatches { .. },
+        ) => {
+            return Err("patch installs are not supported by this agent yet".into());
+        }
     };
     // `sh -c LINE NAME ARGS...`: NAME is $0. python3 takes the args as
     // sys.argv[1:] directly.

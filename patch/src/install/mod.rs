@@ -48,6 +48,7 @@
 pub mod outcome;
 #[cfg(test)]
 mod tests;
+pub mod wire;
 
 use crate::assess::MissingPatch;
 use crate::scan::model::{DpkgPackage, PkgState, Scan};
