@@ -19,6 +19,7 @@ pub mod commands;
 pub mod config;
 pub mod console;
 pub mod db;
+pub mod deploy;
 pub mod downlink;
 pub mod files;
 pub mod format;
