@@ -68,6 +68,14 @@ pub trait Installer: Send + Sync {
     fn cancel<'a>(&'a self, key: &'a str, requested_by: &'a str) -> LinkFuture<'a>;
 }
 
+/// Where device statuses go: every `PatchStatus` an agent sends, and a
+/// synthesized final status (phase `failed`, with the reason) when an
+/// install or rollback command ends without one (refused, expired,
+/// timed out, interrupted, failed to start, cancelled).
+pub trait StatusSink: Send + Sync {
+    fn status(&self, device: DeviceId, status: &DeviceStatus);
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -76,12 +84,4 @@ mod tests {
         assert_eq!(a, super::command_id("dep-1/dev-a/install/1"));
         assert_ne!(a, super::command_id("dep-1/dev-a/install/2"));
     }
-}
-
-/// Where device statuses go: every `PatchStatus` an agent sends, and a
-/// synthesized final status (phase `failed`, with the reason) when an
-/// install or rollback command ends without one (refused, expired,
-/// timed out, interrupted, failed to start, cancelled).
-pub trait StatusSink: Send + Sync {
-    fn status(&self, device: DeviceId, status: &DeviceStatus);
 }
