@@ -20,6 +20,16 @@ if [ "${1:-}" = "--test" ]; then
   # root): systemd-sysusers (the maintainer scripts' user creation),
   # systemd-analyze verify (the units), setpriv (util-linux, essential).
   packages+=(systemd)
+  # The agent tarball's static build (x86_64-unknown-linux-musl): musl-gcc
+  # compiles its C parts (zstd, ring).
+  packages+=(musl-tools binutils)
+fi
+
+# The static agent's Rust target (rustup downloads its standard library).
+if [ "${1:-}" = "--test" ] && command -v rustup >/dev/null &&
+  ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  echo "adding the Rust target x86_64-unknown-linux-musl" >&2
+  rustup target add x86_64-unknown-linux-musl
 fi
 
 missing=()

@@ -7,7 +7,13 @@
 #
 # A release:
 #   cargo build --release --bins -p outpost-appliance -p outpost-agent -p outpost-central
+#   cargo build --release -p outpost-agent --bin outpost-agent --target x86_64-unknown-linux-musl
 #   scripts/package.sh                       # -> target/debian/*.deb, and the agent's .tar.gz
+# The tarball carries the musl build of the agent: statically linked, it
+# runs on any x86-64 Linux whatever its C library (the .deb's binary needs
+# the build host's glibc or newer). `rustup target add
+# x86_64-unknown-linux-musl` and Debian's musl-tools (for the C parts:
+# zstd, ring) are what that build needs; scripts/deps.sh --test installs both.
 # CI and the packaging tests package the test build's debug binaries
 # (--profile dev: stripped, fast compression), so they add no release
 # compile. --deb-version overrides the version (default: the workspace
@@ -56,6 +62,17 @@ for b in outpost outpost-agent outpost-central; do
     exit 1
   fi
 done
+static_agent="$target_dir/x86_64-unknown-linux-musl/$profile_dir/outpost-agent"
+if [ ! -x "$static_agent" ]; then
+  echo "$static_agent is missing: build the static agent first" \
+    "(cargo build -p outpost-agent --bin outpost-agent --target x86_64-unknown-linux-musl$([ "$profile" = release ] && echo ' --release'))" >&2
+  exit 1
+fi
+# A dynamically linked binary has a program interpreter (ld.so): refuse it.
+if readelf -l "$static_agent" | grep -q 'program interpreter'; then
+  echo "$static_agent is dynamically linked; the tarball needs the static musl build" >&2
+  exit 1
+fi
 out=${out:-$target_dir/debian}
 mkdir -p "$out"
 
@@ -67,14 +84,15 @@ deb() {
 
 agent=$(deb -p outpost-agent)
 
-# The same agent for Linux hosts without dpkg: a tarball of the .deb's own
-# binary, unit and defaults plus packaging/agent/install.sh.
+# The agent for Linux hosts without dpkg: a tarball of the static (musl)
+# binary with the .deb's own unit and defaults plus packaging/agent/install.sh.
 tarball=${agent%.deb}.tar.gz
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 dpkg-deb -x "$agent" "$work/root"
 mkdir "$work/outpost-agent"
-cp "$work/root/usr/bin/outpost-agent" "$work/root/etc/outpost/agent.toml" \
+strip -o "$work/outpost-agent/outpost-agent" "$static_agent"
+cp "$work/root/etc/outpost/agent.toml" \
   "$work/root/usr/lib/systemd/system/outpost-agent.service" packaging/agent/install.sh \
   "$work/outpost-agent/"
 tar -C "$work" --owner=0 --group=0 --numeric-owner -czf "$tarball" outpost-agent

@@ -58,6 +58,8 @@ fn skip_reason() -> Option<String> {
         "systemd-sysusers",
         "setpriv",
         "curl",
+        "musl-gcc",
+        "readelf",
     ] {
         if Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
@@ -93,6 +95,7 @@ fn package(out: &Path, version: Option<&str>) -> Set {
         "dev"
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    static_agent(&root, bin_dir.parent().unwrap(), profile);
     let mut cmd = Command::new(root.join("scripts/package.sh"));
     cmd.args(["--profile", profile, "--out"])
         .arg(out)
@@ -118,6 +121,40 @@ fn package(out: &Path, version: Option<&str>) -> Set {
         central: paths[2].clone(),
         tarball: paths[3].clone(),
     }
+}
+
+/// Builds the agent for the tarball (musl, statically linked) into the
+/// same target directory, once per test run: the one compile packaging
+/// needs beyond the test build (the agent links no RocksDB).
+fn static_agent(root: &Path, target_dir: &Path, profile: &str) {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.current_dir(root)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "outpost-agent",
+                "--bin",
+                "outpost-agent",
+                "--target",
+                "x86_64-unknown-linux-musl",
+            ])
+            .env("CARGO_TARGET_DIR", target_dir);
+        if profile == "release" {
+            cmd.arg("--release");
+        }
+        let o = cmd
+            .output()
+            .expect("running cargo build for the static agent");
+        assert!(
+            o.status.success(),
+            "the static agent does not build (rustup target add x86_64-unknown-linux-musl; \
+             apt-get install musl-tools):\n{}",
+            stderr(&o)
+        );
+    });
 }
 
 /// Builds both sets once per test run.
@@ -673,6 +710,19 @@ fn installer_line_installs_enrolls_and_starts_the_agent_and_a_tampered_package_i
         stderr(&o)
     );
     assert_eq!(mode(&tar_host.p("usr/local/bin/outpost-agent")), 0o755);
+    // The tarball's agent is statically linked: no program interpreter, so
+    // it runs whatever C library the host has.
+    let headers = Command::new("readelf")
+        .arg("-l")
+        .arg(tar_host.p("usr/local/bin/outpost-agent"))
+        .output()
+        .expect("readelf");
+    assert!(headers.status.success(), "{}", stderr(&headers));
+    assert!(
+        !stdout(&headers).contains("program interpreter"),
+        "the tarball's agent is dynamically linked:\n{}",
+        stdout(&headers)
+    );
     assert_eq!(mode(&tar_host.p("var/lib/outpost-agent")), 0o700);
     assert_eq!(mode(&tar_host.p("var/lib/outpost-agent/device.key")), 0o600);
     let unit =
