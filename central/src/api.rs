@@ -901,7 +901,12 @@ pub struct AlertsQuery {
     /// Only open alerts: firing and pending (not resolved nor cleared).
     #[serde(default)]
     pub active: bool,
+    /// The newest this many (default and maximum [`MAX_ALERTS`]).
+    pub limit: Option<usize>,
 }
+
+/// Alerts one `GET /api/v1/alerts` returns at most (newest first).
+pub const MAX_ALERTS: usize = 5000;
 
 pub async fn alert_list(
     c: &Arc<Central>,
@@ -911,14 +916,23 @@ pub async fn alert_list(
     if let Some(s) = &q.site {
         one_site(c, p, s).await?;
     }
-    let mut v = c
+    let filter = crate::store::AlertFilter {
+        site: q.site.clone(),
+        customers_allowed: p.customers.clone(),
+        states: if q.active {
+            crate::store::AlertStates::Open
+        } else {
+            crate::store::AlertStates::All
+        },
+        limit: q.limit.unwrap_or(MAX_ALERTS).clamp(1, MAX_ALERTS),
+        ..Default::default()
+    };
+    let page = c
         .store
-        .alerts(&p.tenant, q.site.as_ref())
+        .alert_page(&p.tenant, &filter)
         .await
         .map_err(internal)?;
-    v.retain(|a| p.sees_customer(&a.customer) && (!q.active || a.state.is_open()));
-    v.sort_by_key(|a| std::cmp::Reverse(a.at_ms));
-    Ok(v)
+    Ok(page.rows)
 }
 
 async fn alerts(

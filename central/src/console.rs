@@ -22,15 +22,15 @@ use outpost_console::backend::{
 use outpost_console::chart::ChartPoint;
 use outpost_console::live::{AlertChange, DeviceChange, LiveEvent, LiveHub};
 use outpost_console::{format, pages::layout};
-use outpost_proto::{SiteId, TenantId};
+use outpost_proto::{CustomerId, SiteId, TenantId};
 
 use crate::Central;
 use crate::api::{self, ApiError, Counts, FleetSummary, SiteOut};
 use crate::model::{AlertRow, AlertState, DeviceStatus, Principal, Role, Severity};
 use crate::ops;
 use crate::store::{
-    AlertHistoryEntry, CentralStoreError, DeviceBrief, DeviceSearch, DeviceSortKey, FleetDelta,
-    SeriesQuery,
+    AlertFilter, AlertHistoryEntry, AlertStates, CentralStoreError, DeviceBrief, DeviceSearch,
+    DeviceSortKey, FleetDelta, SeriesQuery,
 };
 
 /// The console's backend at central.
@@ -764,30 +764,45 @@ impl ConsoleBackend for CentralConsole {
             {
                 return Err(ConsoleError::NotFound(format!("no site {s}")));
             }
-            let state = q.state.as_deref().unwrap_or("open");
-            let mut rows = self
+            let states = match q.state.as_deref().unwrap_or("open") {
+                "open" => AlertStates::Open,
+                "all" => AlertStates::All,
+                "pending" => AlertStates::Only(AlertState::Pending),
+                "firing" => AlertStates::Only(AlertState::Firing),
+                "resolved" => AlertStates::Only(AlertState::Resolved),
+                "cleared" => AlertStates::Only(AlertState::Cleared),
+                other => {
+                    return Err(ConsoleError::BadRequest(format!(
+                        "unknown alert state {other:?}: open, all, pending, firing, resolved or cleared"
+                    )));
+                }
+            };
+            let severity = match q.severity.as_deref() {
+                None => None,
+                Some("critical") => Some(Severity::Critical),
+                Some("warning") => Some(Severity::Warning),
+                Some("info") => Some(Severity::Info),
+                Some(s) => {
+                    return Err(ConsoleError::BadRequest(format!(
+                        "unknown severity {s:?}: critical, warning or info"
+                    )));
+                }
+            };
+            let filter = AlertFilter {
+                site,
+                customers_allowed: p.customers.clone(),
+                customer: q.customer.as_deref().map(CustomerId::from),
+                severity,
+                states,
+                limit: q.limit.max(1),
+            };
+            let page = self
                 .central
                 .store
-                .alerts(&p.tenant, site.as_ref())
+                .alert_page(&p.tenant, &filter)
                 .await
                 .map_err(store_err)?;
-            rows.retain(|a| {
-                p.sees_customer(&a.customer)
-                    && q.customer
-                        .as_deref()
-                        .is_none_or(|c| a.customer.as_str() == c)
-                    && q.severity
-                        .as_deref()
-                        .is_none_or(|s| a.severity.as_str() == s)
-                    && match state {
-                        "open" => a.state.is_open(),
-                        "all" => true,
-                        s => a.state.as_str() == s,
-                    }
-            });
-            rows.sort_by_key(|a| std::cmp::Reverse(a.at_ms));
-            let total = rows.len() as u64;
-            rows.truncate(q.limit.max(1));
+            let (rows, total) = (page.rows, page.total);
             let keys: Vec<(SiteId, String)> = rows
                 .iter()
                 .filter_map(|a| a.device.clone().map(|d| (a.site_id.clone(), d)))

@@ -233,6 +233,18 @@ impl TenantIndex {
 pub struct BadCursor(pub String);
 
 impl FleetIndex {
+    /// The open (pending or firing) alerts of a tenant, of one site or all:
+    /// (site, alert id).
+    pub fn open_alerts(&self, tenant: &str, site: Option<&SiteId>) -> Vec<(SiteId, u64)> {
+        self.tenants.get(tenant).map_or_else(Vec::new, |t| {
+            t.open
+                .keys()
+                .filter(|(s, _)| site.is_none_or(|w| w == s))
+                .cloned()
+                .collect()
+        })
+    }
+
     pub fn upsert_site(&mut self, s: &SiteRecord) {
         let t = self.tenants.entry(s.tenant.clone()).or_default();
         t.sites.insert(

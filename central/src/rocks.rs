@@ -30,9 +30,10 @@ use crate::model::{
     PatchComplianceRow, Rollup, RollupRow, SessionRecord, SiteRecord, UserRecord,
 };
 use crate::store::{
-    AlertHistoryEntry, ApplyOutcome, AuthStore, BatchStore, CentralStoreError, CommandFilter,
-    CommandStore, DeadLetterOutcome, DeviceFilter, DeviceSearch, FleetCounts, FleetDelta,
-    FleetStore, Page, Result, RollupQuery, SearchPage, SeriesQuery, StoreFuture,
+    AlertFilter, AlertHistoryEntry, AlertPage, ApplyOutcome, AuthStore, BatchStore,
+    CentralStoreError, CommandFilter, CommandStore, DeadLetterOutcome, DeviceFilter, DeviceSearch,
+    FleetCounts, FleetDelta, FleetStore, NewestAlerts, Page, Result, RollupQuery, SearchPage,
+    SeriesQuery, StoreFuture,
 };
 use outpost_uplink::batch::SiteBatch;
 
@@ -714,6 +715,37 @@ impl RocksCentralStore {
         Ok(out)
     }
 
+    /// The newest alerts matching `f` and their count. Open-only filters
+    /// read just the open alerts the fleet index lists (one point read
+    /// each); others scan the tenant's (or site's) alerts keeping only the
+    /// newest `limit` in memory.
+    pub fn alert_page(&self, tenant: &str, f: &AlertFilter) -> Result<AlertPage> {
+        let mut keep = NewestAlerts::new(f.limit);
+        if f.states.open_only() {
+            let open = self.index().open_alerts(tenant, f.site.as_ref());
+            for (site, id) in open {
+                let k = key(&[tenant.as_bytes(), site.as_bytes(), &id.to_be_bytes()]);
+                if let Some(a) = self.get::<AlertRow>(CF_ALERTS, &k)?
+                    && f.matches(&a)
+                {
+                    keep.push(a);
+                }
+            }
+        } else {
+            let p = match &f.site {
+                Some(s) => prefix(&[tenant.as_bytes(), s.as_bytes()]),
+                None => prefix(&[tenant.as_bytes()]),
+            };
+            self.scan::<AlertRow>(CF_ALERTS, &p, &p, |_, a| {
+                if f.matches(&a) {
+                    keep.push(a);
+                }
+                true
+            })?;
+        }
+        Ok(keep.finish())
+    }
+
     /// Acknowledges an alert; its history keeps who, when and why. The
     /// alert as it is now, `None` if the tenant has no such alert.
     pub fn ack_alert(
@@ -1325,6 +1357,15 @@ impl FleetStore for RocksCentralStore {
         blocking(move || st.alerts(&t, s.as_deref()))
     }
 
+    fn alert_page<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        filter: &'a AlertFilter,
+    ) -> StoreFuture<'a, AlertPage> {
+        let (st, t, f) = (self.clone(), tenant.to_owned(), filter.clone());
+        blocking(move || st.alert_page(&t, &f))
+    }
+
     fn ack_alert<'a>(
         &'a self,
         tenant: &'a TenantId,
@@ -1546,6 +1587,114 @@ mod tests {
             tenant: t.into(),
             site_id: s.into(),
             expires_ms: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn an_alert_page_filters_in_the_store_keeps_the_newest_and_counts_all() {
+        use crate::model::{AlertState, Severity};
+        use crate::store::{AlertFilter, AlertStates};
+        use outpost_uplink::batch::{AlertState as BState, AlertTransition, Severity as BSev};
+        let dir = tempfile::tempdir().unwrap();
+        let st = RocksCentralStore::open(dir.path()).unwrap();
+        st.create_site(&site("msp", "s-1"), &[1; 32], &tok("msp", "s-1"))
+            .unwrap();
+        // 30 alerts: ids 1..=30 at time id; every third resolved, the rest
+        // firing; ids divisible by 5 are warnings.
+        let mut b = sample_batch(1);
+        b.alerts = (1..=30u64)
+            .map(|id| AlertTransition {
+                alert_id: id,
+                device: b.alerts[0].device,
+                rule: format!("r{id}"),
+                severity: if id % 5 == 0 {
+                    BSev::Warning
+                } else {
+                    BSev::Critical
+                },
+                state: if id % 3 == 0 {
+                    BState::Resolved
+                } else {
+                    BState::Firing
+                },
+                at_ms: id,
+                message: String::new(),
+                value: None,
+            })
+            .collect();
+        st.apply_batch("msp", "s-1", &b, 10).unwrap();
+        let ids = |p: &AlertPage| p.rows.iter().map(|a| a.alert_id).collect::<Vec<_>>();
+
+        let open = st
+            .alert_page(
+                "msp",
+                &AlertFilter {
+                    limit: 3,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(open.total, 20, "30 minus the 10 resolved");
+        assert_eq!(ids(&open), vec![29, 28, 26], "newest open first");
+
+        let all = st
+            .alert_page(
+                "msp",
+                &AlertFilter {
+                    states: AlertStates::All,
+                    limit: 4,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!((all.total, ids(&all)), (30, vec![30, 29, 28, 27]));
+
+        let resolved_warn = st
+            .alert_page(
+                "msp",
+                &AlertFilter {
+                    states: AlertStates::Only(AlertState::Resolved),
+                    severity: Some(Severity::Warning),
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            (resolved_warn.total, ids(&resolved_warn)),
+            (2, vec![30, 15])
+        );
+
+        // Out of the reader's customers, another site, another tenant: nothing.
+        for (tenant, f) in [
+            (
+                "msp",
+                AlertFilter {
+                    customers_allowed: vec!["other".into()],
+                    limit: 5,
+                    ..Default::default()
+                },
+            ),
+            (
+                "msp",
+                AlertFilter {
+                    site: Some("s-2".into()),
+                    states: AlertStates::All,
+                    limit: 5,
+                    ..Default::default()
+                },
+            ),
+            (
+                "other",
+                AlertFilter {
+                    states: AlertStates::All,
+                    limit: 5,
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let p = st.alert_page(tenant, &f).unwrap();
+            assert_eq!((p.total, p.rows.len()), (0, 0), "{tenant} {f:?}");
         }
     }
 

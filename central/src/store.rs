@@ -170,6 +170,109 @@ pub struct DeviceBrief {
     pub critical: bool,
 }
 
+/// Which alerts state an inbox asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AlertStates {
+    /// Pending and firing (the inbox's default).
+    #[default]
+    Open,
+    All,
+    Only(AlertState),
+}
+
+impl AlertStates {
+    /// Every state it selects is open: the backend can answer from its
+    /// open alerts without reading closed ones.
+    pub fn open_only(self) -> bool {
+        match self {
+            AlertStates::Open => true,
+            AlertStates::All => false,
+            AlertStates::Only(s) => s.is_open(),
+        }
+    }
+
+    pub fn matches(self, s: AlertState) -> bool {
+        match self {
+            AlertStates::Open => s.is_open(),
+            AlertStates::All => true,
+            AlertStates::Only(o) => o == s,
+        }
+    }
+}
+
+/// One page of an alert inbox: the filter, applied by the backend so a
+/// page never loads every alert of the tenant.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AlertFilter {
+    pub site: Option<SiteId>,
+    /// Customers the reader may see (empty: the whole tenant).
+    pub customers_allowed: Vec<CustomerId>,
+    pub customer: Option<CustomerId>,
+    pub severity: Option<Severity>,
+    pub states: AlertStates,
+    /// Rows returned at most (newest first); `total` counts them all.
+    pub limit: usize,
+}
+
+impl AlertFilter {
+    pub fn matches(&self, a: &AlertRow) -> bool {
+        (self.customers_allowed.is_empty() || self.customers_allowed.contains(&a.customer))
+            && self.site.as_ref().is_none_or(|s| *s == a.site_id)
+            && self.customer.as_ref().is_none_or(|c| *c == a.customer)
+            && self.severity.is_none_or(|s| s == a.severity)
+            && self.states.matches(a.state)
+    }
+}
+
+/// The newest alerts matching a filter, and how many match.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AlertPage {
+    pub rows: Vec<AlertRow>,
+    pub total: u64,
+}
+
+/// Keeps the newest `limit` of what is pushed (memory bounded by the
+/// limit, not by the number of alerts read).
+#[derive(Debug)]
+pub struct NewestAlerts {
+    limit: usize,
+    rows: Vec<AlertRow>,
+    total: u64,
+}
+
+impl NewestAlerts {
+    pub fn new(limit: usize) -> Self {
+        NewestAlerts {
+            limit: limit.max(1),
+            rows: Vec::new(),
+            total: 0,
+        }
+    }
+
+    pub fn push(&mut self, a: AlertRow) {
+        self.total += 1;
+        self.rows.push(a);
+        if self.rows.len() >= self.limit * 2 {
+            self.trim();
+        }
+    }
+
+    fn trim(&mut self) {
+        self.rows.sort_by(|a, b| {
+            (b.at_ms, &b.site_id, b.alert_id).cmp(&(a.at_ms, &a.site_id, a.alert_id))
+        });
+        self.rows.truncate(self.limit);
+    }
+
+    pub fn finish(mut self) -> AlertPage {
+        self.trim();
+        AlertPage {
+            rows: self.rows,
+            total: self.total,
+        }
+    }
+}
+
 /// A page of a device search.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchPage {
@@ -394,6 +497,14 @@ pub trait FleetStore: Send + Sync + 'static {
         tenant: &'a TenantId,
         site_id: Option<&'a SiteId>,
     ) -> StoreFuture<'a, Vec<AlertRow>>;
+    /// The newest alerts matching `filter`, and their count: what an inbox
+    /// page and the alert API read (a backend answers open-only filters
+    /// from its open alerts, not by reading every closed one).
+    fn alert_page<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        filter: &'a AlertFilter,
+    ) -> StoreFuture<'a, AlertPage>;
     /// Marks an alert acknowledged by `by` with `comment` (kept in the
     /// alert's history); the alert as it is now, `None` if the tenant has
     /// no such alert.
