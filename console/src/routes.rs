@@ -312,7 +312,15 @@ async fn logout(State(c): C, h: HeaderMap, Form(f): Form<CsrfForm>) -> Response 
 
 // ---- pages ----
 
-async fn dashboard(State(c): C, h: HeaderMap) -> Response {
+/// The dashboard's query string: `customer` lists all of that customer's
+/// sites (else each customer shows its first [`pages::SITES_PER_CUSTOMER`],
+/// those needing attention first).
+#[derive(Debug, Default, Deserialize)]
+struct DashboardParams {
+    customer: Option<String>,
+}
+
+async fn dashboard(State(c): C, h: HeaderMap, Query(p): Query<DashboardParams>) -> Response {
     let v = match viewer(&c, &h).await {
         Ok(v) => v,
         Err(r) => return r,
@@ -325,7 +333,7 @@ async fn dashboard(State(c): C, h: HeaderMap) -> Response {
                 layout::Section::Dashboard,
                 "Dashboard",
                 vec![],
-                pages::dashboard(&d, now_ms()),
+                pages::dashboard(&d, opt(p.customer).as_deref(), now_ms()),
             );
             html(StatusCode::OK, m)
         }

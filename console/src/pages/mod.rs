@@ -7,8 +7,9 @@ pub mod layout;
 use maud::{Markup, html};
 
 use crate::backend::{
-    AlertDetail, AlertList, AlertQuery, AlertView, Counts, Dashboard, DeviceDetail, DeviceList,
-    DeviceQuery, DeviceSort, DeviceView, Facets, MetricSeries, Range, SiteDetail, Viewer,
+    AlertDetail, AlertList, AlertQuery, AlertView, Counts, CustomerHealth, Dashboard, DeviceDetail,
+    DeviceList, DeviceQuery, DeviceSort, DeviceView, Facets, MetricSeries, Range, SiteDetail,
+    SiteHealth, Viewer,
 };
 use crate::chart::{self, Chart, ChartSeries};
 use crate::format::{self, Unit};
@@ -61,7 +62,39 @@ fn tile(label: &str, n: u64, href: &str, key: &str, bad: bool) -> Markup {
 
 /// The dashboard: counts first (each a link to the filtered list), then
 /// per customer and site.
-pub fn dashboard(d: &Dashboard, now_ms: u64) -> Markup {
+/// Site rows a customer shows on the dashboard unless expanded: a tenant
+/// with thousands of sites gets a page of customers, not of every site.
+pub const SITES_PER_CUSTOMER: usize = 8;
+
+/// A site a technician should look at: devices offline or critical,
+/// alerts firing, a stale or disconnected uplink.
+fn needs_attention(s: &SiteHealth) -> bool {
+    s.counts.offline > 0
+        || s.counts.critical > 0
+        || s.counts.alerts_firing > 0
+        || s.stale
+        || s.link.as_deref().is_some_and(|l| l != "connected")
+}
+
+/// The sites a customer's rows show, those needing attention first (then
+/// by name), all of them when `expanded`; and how many are left out.
+fn shown_sites(c: &CustomerHealth, expanded: bool) -> (Vec<&SiteHealth>, usize) {
+    let mut v: Vec<&SiteHealth> = c.sites.iter().collect();
+    v.sort_by(|a, b| {
+        needs_attention(b)
+            .cmp(&needs_attention(a))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    if expanded || v.len() <= SITES_PER_CUSTOMER {
+        return (v, 0);
+    }
+    let hidden = v.len() - SITES_PER_CUSTOMER;
+    v.truncate(SITES_PER_CUSTOMER);
+    (v, hidden)
+}
+
+/// `expanded`: the customer whose sites are all listed.
+pub fn dashboard(d: &Dashboard, expanded: Option<&str>, now_ms: u64) -> Markup {
     let t = &d.totals;
     let sev = &d.firing_by_severity;
     html! {
@@ -112,7 +145,8 @@ pub fn dashboard(d: &Dashboard, now_ms: u64) -> Markup {
                                 (count_cells(&c.counts, None, Some(&c.customer)))
                                 td {} td {}
                             }
-                            @for s in &c.sites {
+                            @let (shown, hidden) = shown_sites(c, expanded == Some(c.customer.as_str()));
+                            @for s in shown {
                                 tr.site-row data-scope=(format!("site:{}", s.site_id)) {
                                     td.site {
                                         a href=(site_href(&s.site_id)) { (s.name) }
@@ -126,6 +160,15 @@ pub fn dashboard(d: &Dashboard, now_ms: u64) -> Markup {
                                         }
                                     }
                                     td { @match s.lag_ms { Some(l) => (format::duration_ms(l)), None => span.muted { "–" } } }
+                                }
+                            }
+                            @if hidden > 0 {
+                                tr.more-sites {
+                                    td colspan="10" {
+                                        a href=(format!("/?customer={}#sites", enc(&c.customer))) {
+                                            (format::count(hidden as i64)) " more sites of " (c.customer) " — show all"
+                                        }
+                                    }
                                 }
                             }
                         }
@@ -756,7 +799,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let html = dashboard(&d, 1_700_000_000_000).into_string();
+        let html = dashboard(&d, None, 1_700_000_000_000).into_string();
         assert!(html.contains("1 revoked"), "{html}");
         assert!(html.contains("(tenant mismatch)"), "{html}");
         assert!(html.contains(r#"href="/devices?status=online""#), "{html}");
@@ -769,6 +812,50 @@ mod tests {
             html.contains(r#"href="/devices?customer=dental""#),
             "{html}"
         );
+    }
+
+    #[test]
+    fn a_customer_with_many_sites_shows_those_needing_attention_first_and_a_link_to_all() {
+        let sites: Vec<SiteHealth> = (0..20)
+            .map(|i| SiteHealth {
+                site_id: format!("s-{i:02}"),
+                name: format!("site {i:02}"),
+                customer: "dental".into(),
+                link: Some("connected".into()),
+                counts: Counts {
+                    devices: 3,
+                    online: 3,
+                    // The last two have a device offline.
+                    offline: u64::from(i >= 18),
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
+            .collect();
+        let d = Dashboard {
+            customers: vec![CustomerHealth {
+                customer: "dental & co".into(),
+                sites,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let rows = |h: &str| h.matches("class=\"site-row\"").count();
+        let html = dashboard(&d, None, 0).into_string();
+        assert_eq!(rows(&html), SITES_PER_CUSTOMER, "{html}");
+        assert!(
+            html.contains("site 18") && html.contains("site 19"),
+            "attention first: {html}"
+        );
+        assert!(!html.contains("site 10"), "{html}");
+        assert!(html.contains("12 more sites"), "{html}");
+        assert!(
+            html.contains(r#"href="/?customer=dental%20%26%20co#sites""#),
+            "{html}"
+        );
+        let all = dashboard(&d, Some("dental & co"), 0).into_string();
+        assert_eq!(rows(&all), 20);
+        assert!(!all.contains("more sites"));
     }
 
     #[test]
