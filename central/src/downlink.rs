@@ -163,8 +163,21 @@ impl<'a> SiteDownlink<'a> {
                 return Vec::new();
             }
         };
+        // Bulk members held for a slot stay here until released.
+        let held: std::collections::HashSet<CommandId> = match self
+            .c
+            .store
+            .held(Some((&self.tenant, &self.site)))
+            .await
+        {
+            Ok(v) => v.into_iter().map(|(_, _, _, id)| id).collect(),
+            Err(e) => {
+                warn!(error = %e, "reading the site's held commands failed; they go down on the next connection");
+                return Vec::new();
+            }
+        };
         let mut v = Vec::new();
-        for c in open.iter().filter(|c| !c.closed) {
+        for c in open.iter().filter(|c| !c.closed && !held.contains(&c.id)) {
             if let Some(d) = down_command(c, now_ms) {
                 if !c.delivered() {
                     self.queue.sent(c.id, now_ms);
@@ -314,8 +327,14 @@ impl<'a> SiteDownlink<'a> {
     }
 }
 
-/// Expires the commands still queued at central past their expiry.
+/// Expires the commands still queued at central past their expiry, then
+/// releases held bulk members whose site has a free slot.
 pub async fn sweep(c: &Central, now_ms: u64) {
+    expire(c, now_ms).await;
+    crate::api_bulk::pump_all(c).await;
+}
+
+async fn expire(c: &Central, now_ms: u64) {
     let open = match c.store.open_commands(None).await {
         Ok(v) => v,
         Err(e) => {

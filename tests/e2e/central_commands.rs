@@ -29,7 +29,29 @@ pub struct Rig {
 
 pub fn rig(root: &Path) -> Rig {
     let central = Central::start(root);
-    let (token, fp) = central.site_add("acme", "dental", "main-office");
+    let (app, agent, site, cfg) = join_site(&central, root, "dental", "main-office");
+    let tech = central.api_token("acme", "technician");
+    let viewer = central.api_token("acme", "viewer");
+    Rig {
+        central,
+        app,
+        agent,
+        site,
+        tech,
+        viewer,
+        _cfg: cfg,
+    }
+}
+
+/// A new site of `customer` under `root` joined to `central` (1 s uplink
+/// interval), with one running agent that central lists online.
+pub fn join_site(
+    central: &Central,
+    root: &Path,
+    customer: &str,
+    name: &str,
+) -> (Appliance, Agent, String, PathBuf) {
+    let (token, fp) = central.site_add("acme", customer, name);
     let cfg = root.join("outpost.toml");
     std::fs::write(
         &cfg,
@@ -58,7 +80,6 @@ pub fn rig(root: &Path) -> Rig {
     )
     .unwrap();
     agent.start();
-    let tech = central.api_token("acme", "technician");
     let viewer = central.api_token("acme", "viewer");
     wait_for(Duration::from_secs(60), "the device at central", || {
         let v = central.get(&format!("/api/v1/devices?site={site}"), &viewer);
@@ -68,15 +89,7 @@ pub fn rig(root: &Path) -> Rig {
             .any(|d| d["device"] == agent.device_id.as_str() && d["status"] == "online")
             .then_some(())
     });
-    Rig {
-        central,
-        app,
-        agent,
-        site,
-        tech,
-        viewer,
-        _cfg: cfg,
-    }
+    (app, agent, site, cfg)
 }
 
 pub fn call(
@@ -482,4 +495,95 @@ fn kill_9_of_the_appliance_while_centrals_command_runs_never_runs_it_twice() {
     assert!(v["output"].as_str().unwrap().contains("finished"), "{v}");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(lines(&effect), 1, "ran exactly once");
+}
+
+#[test]
+fn a_script_and_a_bulk_run_from_central_reach_agents_of_two_sites_with_the_version_they_were_queued_with()
+ {
+    let tmp = scratch("central-scripts");
+    let r = rig(tmp.path());
+    let branch_root = tmp.path().join("branch");
+    std::fs::create_dir_all(&branch_root).unwrap();
+    let (_app2, agent2, site2, _cfg2) = join_site(&r.central, &branch_root, "ortho", "branch");
+    let admin = r.central.api_token("acme", "admin");
+
+    // The library: an admin adds version 1; a technician runs it.
+    let (st, v) = call(
+        &r.central,
+        &admin,
+        "POST",
+        "/api/v1/scripts",
+        Some(json!({"name": "greet", "body": "echo \"greet v1 $1\"", "interpreter": "bash"})),
+    );
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = call(
+        &r.central,
+        &r.viewer,
+        "POST",
+        "/api/v1/scripts/greet/run",
+        Some(json!({"site": r.site, "device": r.agent.device_id})),
+    );
+    assert_eq!(st, 403, "a viewer may not run: {v}");
+    let (st, v) = call(
+        &r.central,
+        &r.tech,
+        "POST",
+        "/api/v1/scripts/greet/run",
+        Some(json!({"site": r.site, "device": r.agent.device_id, "args": ["there"]})),
+    );
+    assert_eq!(st, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    // Edited at once: the queued run keeps version 1.
+    let (st, v) = call(
+        &r.central,
+        &admin,
+        "PUT",
+        "/api/v1/scripts/greet",
+        Some(json!({"body": "echo \"greet v2 $1\"", "interpreter": "bash"})),
+    );
+    assert_eq!((st, &v["version"]), (200, &json!(2)), "{v}");
+    let v = r.wait_closed(&id, 60);
+    assert_eq!(v["state"], "completed", "{v}");
+    assert!(
+        v["output"].as_str().unwrap().contains("greet v1 there"),
+        "{v}"
+    );
+
+    // A bulk run of the newest version over both sites.
+    let (st, v) = call(
+        &r.central,
+        &r.tech,
+        "POST",
+        "/api/v1/commands/bulk",
+        Some(
+            json!({"target": "all", "script": {"name": "greet"}, "args": ["all"], "concurrency": 1}),
+        ),
+    );
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["summary"]["total"], 2, "{v}");
+    assert_eq!(v["sites"].as_array().unwrap().len(), 2, "{v}");
+    let run = v["id"].as_str().unwrap().to_string();
+    let v = wait_for(Duration::from_secs(90), "the bulk run finished", || {
+        let (_, v) = call(
+            &r.central,
+            &r.viewer,
+            "GET",
+            &format!("/api/v1/commands/bulk/{run}"),
+            None,
+        );
+        (v["summary"]["finished"] == true).then_some(v)
+    });
+    assert_eq!(v["summary"]["done"], 2, "{v}");
+    for d in v["devices"].as_array().unwrap() {
+        let c = r.wait_closed(d["command"].as_str().unwrap(), 30);
+        assert!(
+            c["output"].as_str().unwrap().contains("greet v2 all"),
+            "{c}"
+        );
+        assert!(
+            [r.agent.device_id.as_str(), agent2.device_id.as_str()]
+                .contains(&d["device"].as_str().unwrap())
+        );
+    }
+    let _ = site2;
 }
