@@ -405,6 +405,7 @@ pub async fn create_bulk(
         .map_err(internal)?;
     c.metrics.commands_created.inc_by(cmds.len() as u64);
     info!(run = %run.id, devices = cmds.len(), "bulk run created at central");
+    publish_run(c, &run);
     let sites: BTreeSet<SiteId> = run.members.iter().map(|m| m.site_id.clone()).collect();
     for s in sites {
         pump_site(c, &p.tenant, &s).await;
@@ -563,11 +564,21 @@ pub async fn cancel_bulk(
             Err(e) => warn!(command = %m.command, error = %e, "cancelling a bulk member failed"),
         }
     }
+    publish_run(c, &run);
     let sites: BTreeSet<SiteId> = run.members.iter().map(|m| m.site_id.clone()).collect();
     for s in sites {
         pump_site(c, &p.tenant, &s).await;
     }
     Ok(run)
+}
+
+/// One live event per customer of the run (not one per member).
+fn publish_run(c: &Central, run: &CentralBulk) {
+    let customers: BTreeSet<&outpost_proto::CustomerId> =
+        run.members.iter().map(|m| &m.customer).collect();
+    for cu in customers {
+        crate::console::publish_commands(&c.live, &run.tenant, cu);
+    }
 }
 
 /// `POST /api/v1/commands/bulk` (201 with the run and its devices).

@@ -300,6 +300,7 @@ pub async fn queue(
         .await
         .map_err(internal)?;
     c.metrics.commands_created.inc();
+    crate::console::publish_command(&c.live, &cmd);
     // Connected: down at once; otherwise it waits here for the site.
     c.downlinks
         .push(&p.tenant, &cmd.site_id, Down::Command(cmd.id));
@@ -357,6 +358,9 @@ pub async fn cancel_command(
         .await
         .map_err(internal)?
         .ok_or_else(|| ApiError::NotFound(format!("no command {id}")))?;
+    if o.changed {
+        crate::console::publish_command(&c.live, &rec);
+    }
     if o.send_cancel {
         c.downlinks.push(
             &p.tenant,

@@ -717,3 +717,54 @@ async fn cancelling_a_bulk_run_cancels_its_held_and_queued_members() {
     assert_eq!(st, 404);
     assert!(v.to_string().contains("00000000000000ff"));
 }
+
+#[tokio::test]
+async fn a_command_change_reaches_live_viewers_of_its_customer_only() {
+    use outpost_console::live::{Delivery, Scope};
+    let f = fixture().await;
+    let tech = f.token("msp", Role::Technician, &[]).await;
+    let scope = |c: &[&str]| Scope {
+        tenant: "msp".into(),
+        customers: c.iter().map(|x| x.to_string()).collect(),
+    };
+    let mut dental = f.c.live.subscribe(scope(&["dental"])).unwrap();
+    let mut ortho = f.c.live.subscribe(scope(&["ortho"])).unwrap();
+    let (st, v) = f
+        .call(&tech, "POST", "/api/v1/commands", Some(f.run_body()))
+        .await;
+    assert_eq!(st, 201);
+    let id = v["id"].as_str().unwrap().to_string();
+    async fn next(s: &mut outpost_console::live::Subscription) -> Option<Delivery> {
+        tokio::time::timeout(std::time::Duration::from_millis(500), s.next())
+            .await
+            .ok()
+            .flatten()
+    }
+    match next(&mut dental).await {
+        Some(Delivery::Event(e)) => {
+            assert_eq!(e.kind, "command");
+            let c: outpost_console::live::CommandChange = serde_json::from_str(&e.data).unwrap();
+            assert_eq!(
+                (c.id.as_str(), c.state.as_str()),
+                (id.as_str(), "queued_at_central")
+            );
+        }
+        d => panic!("{d:?}"),
+    }
+    // The site's acknowledgement moves it: another event.
+    let tenant: outpost_proto::TenantId = "msp".into();
+    let mut dl = crate::downlink::SiteDownlink::new(&f.c, &tenant, &f.site);
+    dl.on_ack(
+        outpost_uplink::downlink::CommandAck::accepted(id.parse().unwrap()),
+        crate::now_ms(),
+    )
+    .await;
+    match next(&mut dental).await {
+        Some(Delivery::Event(e)) => assert!(e.data.contains("delivered_to_site"), "{}", e.data),
+        d => panic!("{d:?}"),
+    }
+    assert!(
+        next(&mut ortho).await.is_none(),
+        "another customer hears nothing"
+    );
+}

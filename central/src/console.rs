@@ -276,6 +276,36 @@ fn alert_change(
     )
 }
 
+/// Publishes that command `c` changed (state or output) to the live hub:
+/// open command pages and lists of its customer read themselves again.
+pub fn publish_command(hub: &LiveHub, c: &crate::commands::CentralCommand) {
+    hub.publish(LiveEvent::command(
+        &c.tenant,
+        &outpost_console::live::CommandChange {
+            id: c.id.to_string(),
+            site_id: c.site_id.to_string(),
+            customer: c.customer.to_string(),
+            state: c.state.as_str().to_string(),
+            finished: c.closed,
+        },
+    ));
+}
+
+/// Publishes that many commands of `customer` changed at once (a bulk
+/// run created or cancelled): one event without an id.
+pub fn publish_commands(hub: &LiveHub, tenant: &TenantId, customer: &outpost_proto::CustomerId) {
+    hub.publish(LiveEvent::command(
+        tenant,
+        &outpost_console::live::CommandChange {
+            id: String::new(),
+            site_id: String::new(),
+            customer: customer.to_string(),
+            state: String::new(),
+            finished: false,
+        },
+    ));
+}
+
 /// Publishes what a batch changed (devices whose status changed, alerts
 /// it moved) to the console's live hub: one event per change, whatever
 /// the number of viewers.

@@ -259,6 +259,9 @@ impl<'a> SiteDownlink<'a> {
                 if o.state_changed {
                     debug!(id = %rec.id, state = %rec.state, "command acknowledged by the site");
                 }
+                if o.changed {
+                    crate::console::publish_command(&self.c.live, &rec);
+                }
                 o.send_cancel.then(|| CentralFrame::Cancel {
                     id: rec.id,
                     by: rec.cancel_requested.unwrap_or_default(),
@@ -295,6 +298,9 @@ impl<'a> SiteDownlink<'a> {
             .await
         {
             Ok(Some((rec, o))) => {
+                if o.changed {
+                    crate::console::publish_command(&self.c.live, &rec);
+                }
                 self.c.metrics.command_output_bytes.inc_by(bytes);
                 if o.dropped > 0 {
                     self.c.metrics.command_output_dropped.inc_by(o.dropped);
@@ -351,7 +357,8 @@ async fn expire(c: &Central, now_ms: u64) {
             .change_command(&cmd.tenant, cmd.id, Change::Expire, now_ms, None)
             .await
         {
-            Ok(Some((_, o))) if o.state_changed => {
+            Ok(Some((rec, o))) if o.state_changed => {
+                crate::console::publish_command(&c.live, &rec);
                 c.metrics.commands_expired.inc();
                 info!(id = %cmd.id, site = %cmd.site_id, "command expired at central: its site stayed offline");
             }

@@ -362,14 +362,36 @@ fn a_technician_runs_a_command_from_centrals_device_page_in_headless_chromium() 
     b.go(&device_page);
     b.ws.wait_until("document.getElementById('run-command-line')");
     b.ws.eval(
-        "document.getElementById('run-command-line').value = 'echo from-the-browser; exit 4'; \
+        "document.getElementById('run-command-line').value = 'echo from-the-browser; sleep 3; exit 4'; \
          document.getElementById('run-timeout').value = '60'; \
          document.getElementById('run-submit').click(); true",
     );
     b.ws.wait_until("location.pathname.startsWith('/commands/')");
-    // The page reloads itself until the command ends.
+    let id =
+        b.ws.eval("location.pathname.split('/').pop()")
+            .as_str()
+            .unwrap()
+            .to_string();
+    // The page follows the live stream: never reloaded (the marker stays),
+    // it shows the output while running and the exit code within a second
+    // of central storing it.
+    b.ws.eval("window.__sameDocument = true; true");
+    b.ws.wait_until("document.getElementById('output').textContent.includes('from-the-browser')");
+    let closed_at = wait_for(Duration::from_secs(60), "closed at central", || {
+        (r.show(&id)["closed"] == true).then(std::time::Instant::now)
+    });
     b.ws.wait_until(
         "document.getElementById('exit-code') && document.getElementById('exit-code').textContent === '4'",
+    );
+    assert!(
+        closed_at.elapsed() < Duration::from_millis(1_500),
+        "the page showed the result {:?} after central stored it",
+        closed_at.elapsed()
+    );
+    assert_eq!(
+        b.ws.eval("window.__sameDocument === true"),
+        json!(true),
+        "the page was updated in place, not reloaded"
     );
     let text = b.text();
     assert!(
@@ -377,11 +399,6 @@ fn a_technician_runs_a_command_from_centrals_device_page_in_headless_chromium() 
         "{text}"
     );
     b.shot("command-page.png");
-    let id =
-        b.ws.eval("location.pathname.split('/').pop()")
-            .as_str()
-            .unwrap()
-            .to_string();
     let v = r.show(&id);
     assert_eq!(
         (v["exit_code"].as_i64(), v["closed"].as_bool()),
