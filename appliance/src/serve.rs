@@ -299,6 +299,13 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         shutdown.clone(),
     ));
     tracker.spawn(jobs::writer_ticks(writer.clone(), shutdown.clone()));
+    // Open command pages follow the command service through the live hub.
+    tracker.spawn(crate::console::commands::live_loop(
+        commands.clone(),
+        site.clone(),
+        Duration::from_millis(200),
+        shutdown.clone(),
+    ));
     tracker.spawn(jobs::retention_loop(
         store.clone(),
         cfg.storage.retention(),

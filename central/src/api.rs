@@ -71,9 +71,24 @@ pub fn router(c: Arc<Central>) -> Router {
             "/commands",
             get(crate::api_commands::list).post(crate::api_commands::run),
         )
+        .route(
+            "/commands/bulk",
+            get(crate::api_bulk::list).post(crate::api_bulk::create),
+        )
+        .route("/commands/bulk/{id}", get(crate::api_bulk::show))
+        .route("/commands/bulk/{id}/cancel", post(crate::api_bulk::cancel))
         .route("/commands/{id}", get(crate::api_commands::show))
         .route("/commands/{id}/cancel", post(crate::api_commands::cancel))
         .route("/audit", get(crate::api_commands::audit))
+        .route(
+            "/scripts",
+            get(crate::api_scripts::list).post(crate::api_scripts::add),
+        )
+        .route(
+            "/scripts/{name}",
+            get(crate::api_scripts::show).put(crate::api_scripts::edit),
+        )
+        .route("/scripts/{name}/run", post(crate::api_scripts::run))
         .route("/tokens", post(create_token))
         .route("/users", post(create_user))
         .route("/users/{name}/password", put(change_password))

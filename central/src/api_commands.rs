@@ -43,6 +43,10 @@ pub struct RunRequest {
     /// A built-in action: `{"restart_service": {"unit": "nginx.service"}}`.
     #[serde(default)]
     pub action: Option<BuiltinAction>,
+    /// A script of central's library: `{"name": "cleanup", "version": 2}`
+    /// (the newest without `version`).
+    #[serde(default)]
+    pub script: Option<crate::api_scripts::ScriptRef>,
     #[serde(default)]
     pub interpreter: Option<Interpreter>,
     #[serde(default)]
@@ -146,34 +150,103 @@ pub async fn run_command(
     p: &Principal,
     req: RunRequest,
 ) -> Result<CentralCommand, ApiError> {
+    let (site, dev) = target(c, p, &req.site, &req.device).await?;
+    let (kind, interpreter, default_timeout) = match (req.command, req.action, req.script) {
+        (Some(line), None, None) => (
+            CommandKind::Shell { line },
+            req.interpreter.unwrap_or_default(),
+            DEFAULT_TIMEOUT_MS,
+        ),
+        (None, Some(BuiltinAction::Reboot { .. }), None) => {
+            return Err(ApiError::BadRequest(
+                "reboot is not supported yet (it needs its guard: confirmation, patch installs, boot id)".into(),
+            ));
+        }
+        (None, Some(BuiltinAction::PushFile { .. } | BuiltinAction::PullFile { .. }), None) => {
+            return Err(ApiError::BadRequest(
+                "file transfers from central are not supported yet (push and pull at the site: /api/v1/files)".into(),
+            ));
+        }
+        (None, Some(a), None) => (
+            CommandKind::Builtin(a),
+            req.interpreter.unwrap_or_default(),
+            DEFAULT_TIMEOUT_MS,
+        ),
+        (None, None, Some(r)) => {
+            let s = crate::api_scripts::runnable(c, p, &r.name, r.version, &site.customer).await?;
+            (
+                CommandKind::Script {
+                    name: s.name,
+                    version: s.version,
+                    body: s.body,
+                },
+                s.interpreter,
+                s.default_timeout_ms,
+            )
+        }
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give exactly one of \"command\", \"script\" and \"action\"".into(),
+            ));
+        }
+    };
+    let spec = CommandSpec {
+        kind,
+        interpreter,
+        args: req.args,
+        env: req.env,
+        cwd: req.cwd,
+        run_as: req.run_as,
+        timeout_ms: req.timeout_ms.unwrap_or(default_timeout),
+        expiry_ms: req.expiry_ms.unwrap_or(DEFAULT_EXPIRY_MS),
+        requested_by: format!("{}@central", p.name),
+    };
+    queue(
+        c,
+        p,
+        &site,
+        &dev,
+        spec,
+        CommandId::random(),
+        crate::now_ms(),
+    )
+    .await
+}
+
+/// Checks that `p` may run commands on `device` of `site` (role, scope,
+/// device known and not revoked, the site speaks the downlink); answers
+/// the site and the device.
+pub async fn target(
+    c: &Arc<Central>,
+    p: &Principal,
+    site_id: &SiteId,
+    device: &str,
+) -> Result<(crate::model::SiteRecord, crate::model::DeviceRow), ApiError> {
     if let Err(e) = require(p, Role::Technician) {
         return Err(refuse(c, "forbidden", e));
     }
-    let site = one_site(c, p, &req.site).await?;
+    let site = one_site(c, p, site_id).await?;
     let dev = c
         .store
-        .device(&p.tenant, &req.site, &req.device)
+        .device(&p.tenant, site_id, device)
         .await
         .map_err(internal)?
         .ok_or_else(|| {
             refuse(
                 c,
                 "unknown_device",
-                ApiError::NotFound(format!("no device {} at site {}", req.device, req.site)),
+                ApiError::NotFound(format!("no device {device} at site {site_id}")),
             )
         })?;
     if dev.revoked {
         return Err(refuse(
             c,
             "revoked_device",
-            ApiError::Conflict(format!(
-                "device {} is revoked: it takes no commands",
-                req.device
-            )),
+            ApiError::Conflict(format!("device {device} is revoked: it takes no commands")),
         ));
     }
     if c.downlinks
-        .version(&p.tenant, &req.site)
+        .version(&p.tenant, site_id)
         .is_some_and(|v| v < outpost_uplink::wire::COMMANDS_PROTOCOL_VERSION)
     {
         return Err(refuse(
@@ -182,36 +255,20 @@ pub async fn run_command(
             ApiError::Conflict(UNSUPPORTED.to_string()),
         ));
     }
-    let kind = match (req.command, req.action) {
-        (Some(line), None) => CommandKind::Shell { line },
-        (None, Some(BuiltinAction::Reboot { .. })) => {
-            return Err(ApiError::BadRequest(
-                "reboot is not supported yet (it needs its guard: confirmation, patch installs, boot id)".into(),
-            ));
-        }
-        (None, Some(BuiltinAction::PushFile { .. } | BuiltinAction::PullFile { .. })) => {
-            return Err(ApiError::BadRequest(
-                "file transfers from central are not supported yet (push and pull at the site: /api/v1/files)".into(),
-            ));
-        }
-        (None, Some(a)) => CommandKind::Builtin(a),
-        _ => {
-            return Err(ApiError::BadRequest(
-                "give exactly one of \"command\" and \"action\"".into(),
-            ));
-        }
-    };
-    let spec = CommandSpec {
-        kind,
-        interpreter: req.interpreter.unwrap_or_default(),
-        args: req.args,
-        env: req.env,
-        cwd: req.cwd,
-        run_as: req.run_as,
-        timeout_ms: req.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
-        expiry_ms: req.expiry_ms.unwrap_or(DEFAULT_EXPIRY_MS),
-        requested_by: format!("{}@central", p.name),
-    };
+    Ok((site, dev))
+}
+
+/// Validates `spec` and stores it as command `id` for `dev` (with its
+/// audit entry), then pushes it down if the site is connected.
+pub async fn queue(
+    c: &Arc<Central>,
+    p: &Principal,
+    site: &crate::model::SiteRecord,
+    dev: &crate::model::DeviceRow,
+    spec: CommandSpec,
+    id: CommandId,
+    now: u64,
+) -> Result<CentralCommand, ApiError> {
     if let Err(e) = spec.validate().and_then(|_| spec.encode().map(|_| ())) {
         return Err(refuse(
             c,
@@ -219,9 +276,8 @@ pub async fn run_command(
             ApiError::BadRequest(format!("invalid command: {e}")),
         ));
     }
-    let now = crate::now_ms();
     let cmd = CentralCommand::new(
-        CommandId::random(),
+        id,
         p.tenant.clone(),
         site.site_id.clone(),
         site.customer.clone(),
@@ -244,6 +300,7 @@ pub async fn run_command(
         .await
         .map_err(internal)?;
     c.metrics.commands_created.inc();
+    crate::console::publish_command(&c.live, &cmd);
     // Connected: down at once; otherwise it waits here for the site.
     c.downlinks
         .push(&p.tenant, &cmd.site_id, Down::Command(cmd.id));
@@ -301,6 +358,9 @@ pub async fn cancel_command(
         .await
         .map_err(internal)?
         .ok_or_else(|| ApiError::NotFound(format!("no command {id}")))?;
+    if o.changed {
+        crate::console::publish_command(&c.live, &rec);
+    }
     if o.send_cancel {
         c.downlinks.push(
             &p.tenant,

@@ -276,6 +276,36 @@ fn alert_change(
     )
 }
 
+/// Publishes that command `c` changed (state or output) to the live hub:
+/// open command pages and lists of its customer read themselves again.
+pub fn publish_command(hub: &LiveHub, c: &crate::commands::CentralCommand) {
+    hub.publish(LiveEvent::command(
+        &c.tenant,
+        &outpost_console::live::CommandChange {
+            id: c.id.to_string(),
+            site_id: c.site_id.to_string(),
+            customer: c.customer.to_string(),
+            state: c.state.as_str().to_string(),
+            finished: c.closed,
+        },
+    ));
+}
+
+/// Publishes that many commands of `customer` changed at once (a bulk
+/// run created or cancelled): one event without an id.
+pub fn publish_commands(hub: &LiveHub, tenant: &TenantId, customer: &outpost_proto::CustomerId) {
+    hub.publish(LiveEvent::command(
+        tenant,
+        &outpost_console::live::CommandChange {
+            id: String::new(),
+            site_id: String::new(),
+            customer: customer.to_string(),
+            state: String::new(),
+            finished: false,
+        },
+    ));
+}
+
 /// Publishes what a batch changed (devices whose status changed, alerts
 /// it moved) to the console's live hub: one event per change, whatever
 /// the number of viewers.
@@ -377,6 +407,7 @@ impl ConsoleBackend for CentralConsole {
             login_tenant: true,
             features: Features {
                 commands: true,
+                scripts: true,
                 ..Features::default()
             },
         }
@@ -1040,6 +1071,156 @@ impl ConsoleBackend for CentralConsole {
                 })?;
             Ok(())
         })
+    }
+
+    fn scripts<'a>(
+        &'a self,
+        v: &'a Viewer,
+    ) -> ConsoleFuture<'a, Vec<outpost_console::scripts::ScriptRow>> {
+        Box::pin(async move {
+            let p = principal(v);
+            let v = crate::api_scripts::list_scripts(&self.central, &p)
+                .await
+                .map_err(err)?;
+            Ok(v.iter().map(script_row).collect())
+        })
+    }
+
+    fn script<'a>(
+        &'a self,
+        v: &'a Viewer,
+        name: &'a str,
+        version: Option<u32>,
+    ) -> ConsoleFuture<'a, outpost_console::scripts::ScriptDetail> {
+        Box::pin(async move {
+            let p = principal(v);
+            let s = crate::api_scripts::visible_script(&self.central, &p, name, version)
+                .await
+                .map_err(err)?;
+            Ok(outpost_console::scripts::ScriptDetail {
+                row: script_row(&s),
+                body: s.body,
+            })
+        })
+    }
+
+    fn run_script<'a>(
+        &'a self,
+        v: &'a Viewer,
+        site: &'a str,
+        device: &'a str,
+        name: &'a str,
+        args: &'a [String],
+    ) -> ConsoleFuture<'a, String> {
+        Box::pin(async move {
+            let p = principal(v);
+            let r = crate::api_commands::RunRequest {
+                site: site.into(),
+                device: device.to_string(),
+                script: Some(crate::api_scripts::ScriptRef {
+                    name: name.to_string(),
+                    version: None,
+                }),
+                args: args.to_vec(),
+                ..Default::default()
+            };
+            let c = crate::api_commands::run_command(&self.central, &p, r)
+                .await
+                .map_err(|e| match e {
+                    ApiError::Conflict(m) => ConsoleError::BadRequest(m),
+                    e => err(e),
+                })?;
+            Ok(c.id.to_string())
+        })
+    }
+
+    fn bulks<'a>(
+        &'a self,
+        v: &'a Viewer,
+    ) -> ConsoleFuture<'a, Vec<outpost_console::scripts::BulkRow>> {
+        Box::pin(async move {
+            let p = principal(v);
+            let runs = crate::api_bulk::list_bulks(&self.central, &p, 50)
+                .await
+                .map_err(err)?;
+            let mut out = Vec::with_capacity(runs.len());
+            for r in &runs {
+                let view = crate::api_bulk::bulk_view(&self.central, r, false)
+                    .await
+                    .map_err(err)?;
+                out.push(bulk_row(&view));
+            }
+            Ok(out)
+        })
+    }
+
+    fn bulk<'a>(
+        &'a self,
+        v: &'a Viewer,
+        id: &'a str,
+    ) -> ConsoleFuture<'a, outpost_console::scripts::BulkDetail> {
+        Box::pin(async move {
+            let p = principal(v);
+            let run = crate::api_bulk::visible_bulk(&self.central, &p, id)
+                .await
+                .map_err(err)?;
+            let view = crate::api_bulk::bulk_view(&self.central, &run, true)
+                .await
+                .map_err(err)?;
+            Ok(outpost_console::scripts::BulkDetail {
+                row: bulk_row(&view),
+                members: view
+                    .devices
+                    .iter()
+                    .map(|m| outpost_console::scripts::BulkMemberRow {
+                        site_id: m.site.to_string(),
+                        device: m.device.clone(),
+                        hostname: m.hostname.clone(),
+                        command: m.command.clone(),
+                        state: m.state.as_str().into(),
+                        held: m.held,
+                        exit_code: m.exit_code,
+                    })
+                    .collect(),
+            })
+        })
+    }
+}
+
+fn script_row(s: &crate::scripts::CentralScript) -> outpost_console::scripts::ScriptRow {
+    outpost_console::scripts::ScriptRow {
+        name: s.name.clone(),
+        version: s.version,
+        interpreter: s.interpreter.as_str().into(),
+        customer: s.customer.as_ref().map(|c| c.to_string()),
+        parameters: s.parameters.clone(),
+        default_timeout_ms: s.default_timeout_ms,
+        created_ms: s.created_ms,
+        created_by: s.created_by.clone(),
+    }
+}
+
+fn bulk_row(v: &crate::api_bulk::BulkView) -> outpost_console::scripts::BulkRow {
+    let s = &v.summary;
+    outpost_console::scripts::BulkRow {
+        id: v.id.clone(),
+        command: v.command.clone(),
+        concurrency: v.concurrency,
+        sites: v.sites.len(),
+        created_ms: v.created_ms,
+        created_by: v.created_by.clone(),
+        cancelled_by: v.cancelled_by.clone(),
+        counts: outpost_console::scripts::BulkCounts {
+            total: s.total,
+            held: s.held,
+            pending: s.pending,
+            running: s.running,
+            done: s.done,
+            failed: s.failed,
+            cancelled: s.cancelled,
+            expired: s.expired,
+            finished: s.finished,
+        },
     }
 }
 

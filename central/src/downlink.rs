@@ -163,8 +163,21 @@ impl<'a> SiteDownlink<'a> {
                 return Vec::new();
             }
         };
+        // Bulk members held for a slot stay here until released.
+        let held: std::collections::HashSet<CommandId> = match self
+            .c
+            .store
+            .held(Some((&self.tenant, &self.site)))
+            .await
+        {
+            Ok(v) => v.into_iter().map(|(_, _, _, id)| id).collect(),
+            Err(e) => {
+                warn!(error = %e, "reading the site's held commands failed; they go down on the next connection");
+                return Vec::new();
+            }
+        };
         let mut v = Vec::new();
-        for c in open.iter().filter(|c| !c.closed) {
+        for c in open.iter().filter(|c| !c.closed && !held.contains(&c.id)) {
             if let Some(d) = down_command(c, now_ms) {
                 if !c.delivered() {
                     self.queue.sent(c.id, now_ms);
@@ -246,6 +259,9 @@ impl<'a> SiteDownlink<'a> {
                 if o.state_changed {
                     debug!(id = %rec.id, state = %rec.state, "command acknowledged by the site");
                 }
+                if o.changed {
+                    crate::console::publish_command(&self.c.live, &rec);
+                }
                 o.send_cancel.then(|| CentralFrame::Cancel {
                     id: rec.id,
                     by: rec.cancel_requested.unwrap_or_default(),
@@ -282,6 +298,9 @@ impl<'a> SiteDownlink<'a> {
             .await
         {
             Ok(Some((rec, o))) => {
+                if o.changed {
+                    crate::console::publish_command(&self.c.live, &rec);
+                }
                 self.c.metrics.command_output_bytes.inc_by(bytes);
                 if o.dropped > 0 {
                     self.c.metrics.command_output_dropped.inc_by(o.dropped);
@@ -314,8 +333,14 @@ impl<'a> SiteDownlink<'a> {
     }
 }
 
-/// Expires the commands still queued at central past their expiry.
+/// Expires the commands still queued at central past their expiry, then
+/// releases held bulk members whose site has a free slot.
 pub async fn sweep(c: &Central, now_ms: u64) {
+    expire(c, now_ms).await;
+    crate::api_bulk::pump_all(c).await;
+}
+
+async fn expire(c: &Central, now_ms: u64) {
     let open = match c.store.open_commands(None).await {
         Ok(v) => v,
         Err(e) => {
@@ -332,7 +357,8 @@ pub async fn sweep(c: &Central, now_ms: u64) {
             .change_command(&cmd.tenant, cmd.id, Change::Expire, now_ms, None)
             .await
         {
-            Ok(Some((_, o))) if o.state_changed => {
+            Ok(Some((rec, o))) if o.state_changed => {
+                crate::console::publish_command(&c.live, &rec);
                 c.metrics.commands_expired.inc();
                 info!(id = %cmd.id, site = %cmd.site_id, "command expired at central: its site stayed offline");
             }

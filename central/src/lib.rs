@@ -13,11 +13,14 @@
 //! crate: nothing here may be needed by `outpost`.
 
 pub mod api;
+pub mod api_bulk;
 pub mod api_commands;
 pub mod api_patches;
+pub mod api_scripts;
 #[cfg(test)]
 mod api_tests;
 pub mod apply;
+pub mod bulk;
 pub mod commands;
 #[cfg(test)]
 mod commands_api_tests;
@@ -34,6 +37,7 @@ pub mod model;
 pub mod ops;
 pub mod receiver;
 pub mod rocks;
+pub mod scripts;
 pub mod store;
 #[cfg(test)]
 pub(crate) mod testing;

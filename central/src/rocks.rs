@@ -23,18 +23,21 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::apply::{self, ApplyPlan, CurrentRows, DeadLetterPlan, Touched};
+use crate::bulk::CentralBulk;
 use crate::commands::{self, AuditRow, CentralCommand, Change, Outcome, OutputOp};
 use crate::fleet_index::FleetIndex;
 use crate::model::{
     AlertRow, ApiTokenRecord, BucketRow, DeadLetter, DeviceRow, DeviceStatus, JoinTokenRecord,
     PatchComplianceRow, Rollup, RollupRow, SessionRecord, SiteRecord, UserRecord,
 };
+use crate::scripts::CentralScript;
 use crate::store::{
     AlertFilter, AlertHistoryEntry, AlertPage, ApplyOutcome, AuthStore, BatchStore,
     CentralStoreError, CommandFilter, CommandStore, DeadLetterOutcome, DeviceFilter, DeviceSearch,
     FleetCounts, FleetDelta, FleetStore, NewestAlerts, Page, Result, RollupQuery, SearchPage,
     SeriesQuery, StoreFuture,
 };
+use outpost_proto::ids::CommandId;
 use outpost_uplink::batch::SiteBatch;
 
 const CF_SITES: &str = "sites";
@@ -50,15 +53,20 @@ const CF_AUTH: &str = "auth";
 /// device status changes (`tenant \0 site \0 d \0 device \0 since_be`).
 const CF_HISTORY: &str = "history";
 /// Commands from central: `tenant \0 r \0 id_hex` → [`CentralCommand`],
-/// `tenant \0 o \0 id_hex` → its output (raw bytes).
+/// `tenant \0 o \0 id_hex` → its output (raw bytes), and the script
+/// library: `tenant \0 s \0 name \0 version (4, BE)` →
+/// [`crate::scripts::CentralScript`].
 const CF_COMMANDS: &str = "commands";
 /// Commands not closed: `tenant \0 site \0 id_hex` → empty.
 const CF_COMMANDS_OPEN: &str = "commands_open";
 /// Central's audit log: `tenant \0 at_be random_be` → [`AuditRow`].
 const CF_AUDIT: &str = "audit";
+/// Members of bulk runs held at central until a slot of their site frees:
+/// `tenant \0 site \0 run_hex \0 command_hex` → empty.
+const CF_COMMANDS_HELD: &str = "commands_held";
 /// `tenant \0 site \0 device` → [`PatchComplianceRow`].
 const CF_PATCH_COMPLIANCE: &str = "patch_compliance";
-const CFS: [&str; 10] = [
+const CFS: [&str; 11] = [
     CF_SITES,
     CF_DEVICES,
     CF_ROLLUPS,
@@ -68,6 +76,7 @@ const CFS: [&str; 10] = [
     CF_COMMANDS,
     CF_COMMANDS_OPEN,
     CF_AUDIT,
+    CF_COMMANDS_HELD,
     CF_PATCH_COMPLIANCE,
 ];
 
@@ -1156,6 +1165,223 @@ impl RocksCentralStore {
         Ok(Some((c, o)))
     }
 
+    fn script_key(tenant: &str, name: &str, version: u32) -> Vec<u8> {
+        key(&[
+            tenant.as_bytes(),
+            b"s",
+            name.as_bytes(),
+            &version.to_be_bytes(),
+        ])
+    }
+
+    /// Versions of script `name`, oldest first (names hold no NUL, so
+    /// `tenant \0 s \0 name \0` is this name's prefix alone).
+    fn script_versions(&self, tenant: &str, name: &str) -> Result<Vec<CentralScript>> {
+        let p = prefix(&[tenant.as_bytes(), b"s", name.as_bytes()]);
+        let mut v = Vec::new();
+        self.scan::<CentralScript>(CF_COMMANDS, &p, &p, |_, s| {
+            v.push(s);
+            true
+        })?;
+        Ok(v)
+    }
+
+    pub fn script(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<CentralScript>> {
+        match version {
+            Some(n) => self.get(CF_COMMANDS, &Self::script_key(tenant, name, n)),
+            None => Ok(self.script_versions(tenant, name)?.pop()),
+        }
+    }
+
+    pub fn scripts(&self, tenant: &str) -> Result<Vec<CentralScript>> {
+        let p = prefix(&[tenant.as_bytes(), b"s"]);
+        let mut out: Vec<CentralScript> = Vec::new();
+        self.scan::<CentralScript>(CF_COMMANDS, &p, &p, |_, s| {
+            match out.last_mut() {
+                Some(last) if last.name == s.name => *last = s,
+                _ => out.push(s),
+            }
+            true
+        })?;
+        Ok(out)
+    }
+
+    pub fn put_script(
+        &self,
+        tenant: &str,
+        mut s: CentralScript,
+        expect_new: bool,
+        audit: &AuditRow,
+    ) -> Result<std::result::Result<CentralScript, Option<CentralScript>>> {
+        let _g = self.commands_guard();
+        let versions = self.script_versions(tenant, &s.name)?;
+        let (first, cur) = (versions.first(), versions.last());
+        match (cur, expect_new) {
+            (Some(c), true) => return Ok(Err(Some(c.clone()))),
+            (None, false) => return Ok(Err(None)),
+            _ => {}
+        }
+        if let Some(f) = first {
+            s.customer = f.customer.clone();
+        }
+        s.version = cur.map(|c| c.version + 1).unwrap_or(1);
+        let mut audit = audit.clone();
+        audit.detail = format!("{} version {}", s.name, s.version);
+        let mut wb = WriteBatch::default();
+        self.put(
+            &mut wb,
+            CF_COMMANDS,
+            &Self::script_key(tenant, &s.name, s.version),
+            &s,
+        )?;
+        self.put_audit(&mut wb, &audit)?;
+        self.write(wb)?;
+        Ok(Ok(s))
+    }
+
+    fn held_key(tenant: &str, site: &str, run: CommandId, cmd: CommandId) -> Vec<u8> {
+        key(&[
+            tenant.as_bytes(),
+            site.as_bytes(),
+            run.to_string().as_bytes(),
+            cmd.to_string().as_bytes(),
+        ])
+    }
+
+    pub fn create_bulk(
+        &self,
+        run: &CentralBulk,
+        cmds: &[CentralCommand],
+        held: &[CommandId],
+        audit: &AuditRow,
+    ) -> Result<()> {
+        let _g = self.commands_guard();
+        let t = run.tenant.as_str();
+        let mut wb = WriteBatch::default();
+        self.put(&mut wb, CF_COMMANDS, &command_key(t, b'u', run.id), run)?;
+        let held: std::collections::HashSet<CommandId> = held.iter().copied().collect();
+        for c in cmds {
+            self.put(&mut wb, CF_COMMANDS, &command_key(t, b'r', c.id), c)?;
+            wb.put_cf(self.cf(CF_COMMANDS_OPEN)?, Self::open_key(c), b"");
+            if held.contains(&c.id) {
+                wb.put_cf(
+                    self.cf(CF_COMMANDS_HELD)?,
+                    Self::held_key(t, &c.site_id, run.id, c.id),
+                    b"",
+                );
+            }
+        }
+        self.put_audit(&mut wb, audit)?;
+        self.write(wb)
+    }
+
+    pub fn bulk(&self, tenant: &str, id: CommandId) -> Result<Option<CentralBulk>> {
+        self.get(CF_COMMANDS, &command_key(tenant, b'u', id))
+    }
+
+    pub fn bulks(&self, tenant: &str, limit: usize) -> Result<Vec<CentralBulk>> {
+        let p = prefix(&[tenant.as_bytes(), b"u"]);
+        let mut v = Vec::new();
+        self.scan::<CentralBulk>(CF_COMMANDS, &p, &p, |_, b| {
+            v.push(b);
+            true
+        })?;
+        v.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.0.cmp(&a.id.0)));
+        v.truncate(limit.max(1));
+        Ok(v)
+    }
+
+    pub fn cancel_bulk(
+        &self,
+        tenant: &str,
+        id: CommandId,
+        by: &str,
+        now_ms: u64,
+        audit: &AuditRow,
+    ) -> Result<Option<CentralBulk>> {
+        let _g = self.commands_guard();
+        let k = command_key(tenant, b'u', id);
+        let Some(mut run) = self.get::<CentralBulk>(CF_COMMANDS, &k)? else {
+            return Ok(None);
+        };
+        if run.cancelled.is_none() {
+            run.cancelled = Some((now_ms, by.to_string()));
+            let mut wb = WriteBatch::default();
+            self.put(&mut wb, CF_COMMANDS, &k, &run)?;
+            self.put_audit(&mut wb, audit)?;
+            self.write(wb)?;
+        }
+        Ok(Some(run))
+    }
+
+    pub fn held(
+        &self,
+        site: Option<(&str, &str)>,
+    ) -> Result<Vec<(TenantId, SiteId, CommandId, CommandId)>> {
+        let p = match site {
+            Some((t, s)) => prefix(&[t.as_bytes(), s.as_bytes()]),
+            None => Vec::new(),
+        };
+        let mut v = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_COMMANDS_HELD)?,
+            IteratorMode::From(&p, Direction::Forward),
+        );
+        for item in it {
+            let (k, _) = item.map_err(be)?;
+            if !k.starts_with(&p) {
+                break;
+            }
+            let parts: Vec<&[u8]> = k.split(|b| *b == 0).collect();
+            if let [t, s, r, c] = parts[..] {
+                let parsed = (
+                    std::str::from_utf8(t),
+                    std::str::from_utf8(s),
+                    std::str::from_utf8(r).ok().and_then(|r| r.parse().ok()),
+                    std::str::from_utf8(c).ok().and_then(|c| c.parse().ok()),
+                );
+                if let (Ok(t), Ok(s), Some(r), Some(c)) = parsed {
+                    v.push((t.into(), s.into(), r, c));
+                }
+            }
+        }
+        Ok(v)
+    }
+
+    pub fn unhold(
+        &self,
+        tenant: &str,
+        site: &str,
+        run: CommandId,
+        cmds: &[CommandId],
+    ) -> Result<()> {
+        let mut wb = WriteBatch::default();
+        for c in cmds {
+            wb.delete_cf(
+                self.cf(CF_COMMANDS_HELD)?,
+                Self::held_key(tenant, site, run, *c),
+            );
+        }
+        self.write(wb)
+    }
+
+    pub fn commands_by_id(
+        &self,
+        tenant: &str,
+        ids: &[CommandId],
+    ) -> Result<Vec<Option<CentralCommand>>> {
+        let keys: Vec<Vec<u8>> = ids
+            .iter()
+            .map(|id| command_key(tenant, b'r', *id))
+            .collect();
+        self.multi_get(CF_COMMANDS, &keys)
+    }
+
     pub fn append_audit(&self, row: &AuditRow) -> Result<()> {
         let mut wb = WriteBatch::default();
         self.put_audit(&mut wb, row)?;
@@ -1241,6 +1467,113 @@ impl CommandStore for RocksCentralStore {
     ) -> StoreFuture<'a, Option<(CentralCommand, Outcome)>> {
         let (st, t) = (self.clone(), tenant.to_owned());
         blocking(move || st.change_command(&t, id, change, now_ms, audit))
+    }
+
+    fn put_script<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        script: CentralScript,
+        expect_new: bool,
+        audit: AuditRow,
+    ) -> StoreFuture<'a, std::result::Result<CentralScript, Option<CentralScript>>> {
+        let (st, t) = (self.clone(), tenant.to_owned());
+        blocking(move || st.put_script(&t, script, expect_new, &audit))
+    }
+
+    fn script<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        name: &'a str,
+        version: Option<u32>,
+    ) -> StoreFuture<'a, Option<CentralScript>> {
+        let (st, t, n) = (self.clone(), tenant.to_owned(), name.to_owned());
+        blocking(move || st.script(&t, &n, version))
+    }
+
+    fn scripts<'a>(&'a self, tenant: &'a TenantId) -> StoreFuture<'a, Vec<CentralScript>> {
+        let (st, t) = (self.clone(), tenant.to_owned());
+        blocking(move || st.scripts(&t))
+    }
+
+    fn create_bulk<'a>(
+        &'a self,
+        run: &'a CentralBulk,
+        cmds: &'a [CentralCommand],
+        held: &'a [CommandId],
+        audit: &'a AuditRow,
+    ) -> StoreFuture<'a, ()> {
+        let (st, r, c, h, a) = (
+            self.clone(),
+            run.clone(),
+            cmds.to_vec(),
+            held.to_vec(),
+            audit.clone(),
+        );
+        blocking(move || st.create_bulk(&r, &c, &h, &a))
+    }
+
+    fn bulk<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: CommandId,
+    ) -> StoreFuture<'a, Option<CentralBulk>> {
+        let (st, t) = (self.clone(), tenant.to_owned());
+        blocking(move || st.bulk(&t, id))
+    }
+
+    fn bulks<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<CentralBulk>> {
+        let (st, t) = (self.clone(), tenant.to_owned());
+        blocking(move || st.bulks(&t, limit))
+    }
+
+    fn cancel_bulk<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: CommandId,
+        by: &'a str,
+        now_ms: u64,
+        audit: AuditRow,
+    ) -> StoreFuture<'a, Option<CentralBulk>> {
+        let (st, t, b) = (self.clone(), tenant.to_owned(), by.to_owned());
+        blocking(move || st.cancel_bulk(&t, id, &b, now_ms, &audit))
+    }
+
+    fn held<'a>(
+        &'a self,
+        site: Option<(&'a TenantId, &'a SiteId)>,
+    ) -> StoreFuture<'a, Vec<(TenantId, SiteId, CommandId, CommandId)>> {
+        let st = self.clone();
+        let site = site.map(|(t, s)| (t.to_string(), s.to_string()));
+        blocking(move || st.held(site.as_ref().map(|(t, s)| (t.as_str(), s.as_str()))))
+    }
+
+    fn unhold<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site: &'a SiteId,
+        run: CommandId,
+        cmds: &'a [CommandId],
+    ) -> StoreFuture<'a, ()> {
+        let (st, t, s, c) = (
+            self.clone(),
+            tenant.to_owned(),
+            site.to_owned(),
+            cmds.to_vec(),
+        );
+        blocking(move || st.unhold(&t, &s, run, &c))
+    }
+
+    fn commands_by_id<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        ids: &'a [CommandId],
+    ) -> StoreFuture<'a, Vec<Option<CentralCommand>>> {
+        let (st, t, i) = (self.clone(), tenant.to_owned(), ids.to_vec());
+        blocking(move || st.commands_by_id(&t, &i))
     }
 
     fn append_audit<'a>(&'a self, row: &'a AuditRow) -> StoreFuture<'a, ()> {

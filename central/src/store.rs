@@ -410,6 +410,89 @@ pub trait CommandStore: Send + Sync + 'static {
         now_ms: u64,
         audit: Option<crate::commands::AuditRow>,
     ) -> StoreFuture<'a, Option<(crate::commands::CentralCommand, crate::commands::Outcome)>>;
+    /// Stores `script` as the next version of its name (1 for a new one;
+    /// an edit keeps the first version's customer) with `audit`, under the
+    /// commands' lock. `expect_new`: `Err(Some(latest))` if the name
+    /// exists; otherwise `Err(None)` if it does not.
+    fn put_script<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        script: crate::scripts::CentralScript,
+        expect_new: bool,
+        audit: crate::commands::AuditRow,
+    ) -> StoreFuture<
+        'a,
+        std::result::Result<crate::scripts::CentralScript, Option<crate::scripts::CentralScript>>,
+    >;
+    /// Version `version` of script `name` (the newest with `None`).
+    fn script<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        name: &'a str,
+        version: Option<u32>,
+    ) -> StoreFuture<'a, Option<crate::scripts::CentralScript>>;
+    /// The newest version of each of the tenant's scripts, by name.
+    fn scripts<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> StoreFuture<'a, Vec<crate::scripts::CentralScript>>;
+    /// Stores a bulk run, its members' commands, which of them are held
+    /// (not sent until released) and its audit entry, in one write.
+    fn create_bulk<'a>(
+        &'a self,
+        run: &'a crate::bulk::CentralBulk,
+        cmds: &'a [crate::commands::CentralCommand],
+        held: &'a [outpost_proto::ids::CommandId],
+        audit: &'a crate::commands::AuditRow,
+    ) -> StoreFuture<'a, ()>;
+    fn bulk<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: outpost_proto::ids::CommandId,
+    ) -> StoreFuture<'a, Option<crate::bulk::CentralBulk>>;
+    /// A tenant's runs, newest first, at most `limit`.
+    fn bulks<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<crate::bulk::CentralBulk>>;
+    /// Marks a run cancelled (the first cancel wins); `None` if unknown.
+    fn cancel_bulk<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: outpost_proto::ids::CommandId,
+        by: &'a str,
+        now_ms: u64,
+        audit: crate::commands::AuditRow,
+    ) -> StoreFuture<'a, Option<crate::bulk::CentralBulk>>;
+    /// Held members: of one site, or (`None`) of every tenant and site:
+    /// `(tenant, site, run, command)`.
+    fn held<'a>(
+        &'a self,
+        site: Option<(&'a TenantId, &'a SiteId)>,
+    ) -> StoreFuture<
+        'a,
+        Vec<(
+            TenantId,
+            SiteId,
+            outpost_proto::ids::CommandId,
+            outpost_proto::ids::CommandId,
+        )>,
+    >;
+    /// No longer held (released or finished).
+    fn unhold<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site: &'a SiteId,
+        run: outpost_proto::ids::CommandId,
+        cmds: &'a [outpost_proto::ids::CommandId],
+    ) -> StoreFuture<'a, ()>;
+    /// Several commands by id (`None` for unknown ones), in order.
+    fn commands_by_id<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        ids: &'a [outpost_proto::ids::CommandId],
+    ) -> StoreFuture<'a, Vec<Option<crate::commands::CentralCommand>>>;
     fn append_audit<'a>(&'a self, row: &'a crate::commands::AuditRow) -> StoreFuture<'a, ()>;
     /// A tenant's audit entries, newest first, at most `limit`.
     fn audit<'a>(

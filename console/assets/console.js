@@ -98,6 +98,42 @@
     if (a.state === "firing") bump(sev, "sev_" + a.severity, 1);
   }
 
+  // Commands: a `command` event makes the page read itself again and swap
+  // every [data-live-commands] element (the command's state, output and
+  // steps; a command list). One read at a time; events that arrive during
+  // one cause one more read after it.
+  var cmdBusy = false, cmdAgain = false;
+  function refreshCommands() {
+    if (cmdBusy) { cmdAgain = true; return; }
+    cmdBusy = true;
+    fetch(location.href, { credentials: "same-origin" }).then(function (r) {
+      if (!r.ok) throw new Error(r.status);
+      return r.text();
+    }).then(function (text) {
+      var doc = new DOMParser().parseFromString(text, "text/html");
+      var parts = document.querySelectorAll("[data-live-commands]");
+      for (var i = 0; i < parts.length; i++) {
+        var fresh = parts[i].id && doc.getElementById(parts[i].id);
+        if (!fresh) continue;
+        for (var j = 0; j < fresh.attributes.length; j++) {
+          parts[i].setAttribute(fresh.attributes[j].name, fresh.attributes[j].value);
+        }
+        parts[i].innerHTML = fresh.innerHTML;
+        localiseTimes(parts[i]);
+      }
+    }).catch(function () { /* the next event tries again */ }).then(function () {
+      cmdBusy = false;
+      if (cmdAgain) { cmdAgain = false; setTimeout(refreshCommands, 100); }
+    });
+  }
+
+  function onCommand(c) {
+    if (!window.fetch || !document.querySelector("[data-live-commands]")) return;
+    var page = document.getElementById("command");
+    if (page && c.id && c.id !== page.getAttribute("data-command")) return;
+    refreshCommands();
+  }
+
   function live() {
     var url = document.body.getAttribute("data-live");
     var dot = document.getElementById("live-status");
@@ -112,6 +148,7 @@
     }
     es.addEventListener("device", handler(onDevice));
     es.addEventListener("alert", handler(onAlert));
+    es.addEventListener("command", handler(onCommand));
     es.addEventListener("reload", function () { es.close(); location.reload(); });
     window.addEventListener("pagehide", function () { es.close(); });
   }

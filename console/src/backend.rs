@@ -583,6 +583,48 @@ pub trait ConsoleBackend: Send + Sync + 'static {
     fn cancel_command<'a>(&'a self, _viewer: &'a Viewer, _id: &'a str) -> ConsoleFuture<'a, ()> {
         Box::pin(async { Err(no_commands()) })
     }
+
+    /// The newest version of each script the viewer sees (backends with
+    /// [`Features::scripts`]).
+    fn scripts<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+    ) -> ConsoleFuture<'a, Vec<crate::scripts::ScriptRow>> {
+        Box::pin(async { Err(no_commands()) })
+    }
+    /// Version `version` (the newest with `None`) of a script.
+    fn script<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+        _name: &'a str,
+        _version: Option<u32>,
+    ) -> ConsoleFuture<'a, crate::scripts::ScriptDetail> {
+        Box::pin(async { Err(no_commands()) })
+    }
+    /// Queues a run of a script's newest version on a device (the backend
+    /// checks the role); answers the command's id.
+    fn run_script<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+        _site: &'a str,
+        _device: &'a str,
+        _name: &'a str,
+        _args: &'a [String],
+    ) -> ConsoleFuture<'a, String> {
+        Box::pin(async { Err(no_commands()) })
+    }
+    /// Bulk runs the viewer sees, newest first.
+    fn bulks<'a>(&'a self, _viewer: &'a Viewer) -> ConsoleFuture<'a, Vec<crate::scripts::BulkRow>> {
+        Box::pin(async { Err(no_commands()) })
+    }
+    /// One bulk run with its devices.
+    fn bulk<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+        _id: &'a str,
+    ) -> ConsoleFuture<'a, crate::scripts::BulkDetail> {
+        Box::pin(async { Err(no_commands()) })
+    }
 }
 
 fn no_commands() -> ConsoleError {

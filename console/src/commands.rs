@@ -1,9 +1,11 @@
 //! The console's command pages, for both scopes: "Run command" on a
 //! device page (command line, interpreter, timeout, run-as), the command
-//! page (state, transitions, output; it reloads itself every
-//! [`REFRESH_SECS`] while the command is open, through a `Refresh` header:
-//! no script needed), the list per site (`/sites/{site}/commands`) and
-//! fleet-wide (`/commands`), and cancel.
+//! page (state, transitions, output; while the page is open, a `command`
+//! event of the live stream ([`crate::live::CommandChange`]) makes the
+//! page's script read the page again and swap its sections, so a state
+//! change or new output shows within a second; without JavaScript the
+//! page says to reload), the list per site (`/sites/{site}/commands`) and
+//! fleet-wide (`/commands`, swapped alike), and cancel.
 //!
 //! This module owns those pages and routes only. Whether a backend has
 //! commands is [`crate::backend::Features::commands`]; who may run them is
@@ -14,7 +16,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use outpost_web::{Form, Path, Query};
@@ -25,8 +27,6 @@ use crate::backend::{ConsoleError, Viewer};
 use crate::pages::layout::{self, badge, device_href, enc, site_href, time};
 use crate::routes::{error_page, form_viewer, html as page, now_ms, refuse, render, viewer};
 
-/// The command page reloads itself this often while the command is open.
-pub const REFRESH_SECS: u32 = 2;
 /// Rows of a command list.
 pub const COMMAND_PAGE: usize = 200;
 /// Interpreters the form offers.
@@ -184,8 +184,13 @@ pub fn device_section(site: &str, device: &str, v: &Viewer, csrf: &str) -> Marku
     }
 }
 
-/// A list of commands.
+/// A list of commands (swapped whole by the page's script on a `command`
+/// live event).
 pub fn command_list(rows: &[CommandRow], with_site: bool) -> Markup {
+    html! { div #command-list data-live-commands { (command_table(rows, with_site)) } }
+}
+
+fn command_table(rows: &[CommandRow], with_site: bool) -> Markup {
     html! {
         @if rows.is_empty() { p.empty { "No command yet." } } @else {
             div.scroll { table.grid #commands {
@@ -214,12 +219,12 @@ pub fn command_list(rows: &[CommandRow], with_site: bool) -> Markup {
 pub fn command_page(d: &CommandDetail, v: &Viewer, csrf: &str) -> Markup {
     let r = &d.row;
     html! {
-        section #command data-command=(r.id) data-state=(r.state) {
+        section #command data-command=(r.id) data-state=(r.state) data-live-commands {
             p.facts {
                 (state_badge(&r.state))
                 @if let Some(c) = r.exit_code { " · exit code " b #exit-code { (c) } }
                 @if let Some(s) = d.signal { " · signal " b { (s) } }
-                @if !r.finished { " · " span.muted #live-note { "updating every " (REFRESH_SECS) " s" } }
+                @if !r.finished { " · " span.muted #command-live { "live" noscript { " (reload to update)" } } }
             }
             @if let Some(n) = &d.note { p.notice #command-note { (n) } }
             @if let Some(reason) = &d.reason { p #command-reason { (reason) } }
@@ -241,11 +246,11 @@ pub fn command_page(d: &CommandDetail, v: &Viewer, csrf: &str) -> Markup {
             }
             @if d.cancel_requested && !r.finished { p.muted { "Cancel requested." } }
         }
-        section #command-output {
+        section #command-output data-live-commands {
             h2 { "Output" @if d.output_truncated { " " span.muted { "(truncated: head and tail kept)" } } }
             pre #output { (d.output) }
         }
-        section #command-steps {
+        section #command-steps data-live-commands {
             h2 { "States" }
             ol.timeline { @for s in &d.steps { li { (time(s.at_ms, false)) " " (state_badge(&s.state)) " " span.muted { (s.source) } } } }
         }
@@ -362,12 +367,7 @@ pub async fn show(State(c): C, h: HeaderMap, Path(id): Path<String>) -> Response
                 ],
                 command_page(&d, &v, &csrf),
             );
-            let mut resp = page(StatusCode::OK, m);
-            if !r.finished {
-                resp.headers_mut()
-                    .insert("refresh", HeaderValue::from(REFRESH_SECS));
-            }
-            resp
+            page(StatusCode::OK, m)
         }
         Err(e) => error_page(&c, Some(&v), e),
     }

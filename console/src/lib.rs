@@ -23,6 +23,7 @@ pub mod format;
 pub mod live;
 pub mod pages;
 pub mod routes;
+pub mod scripts;
 pub mod security;
 
 use std::sync::Arc;

@@ -2,8 +2,8 @@
 //! data changes (central: the batch apply path; the appliance: its ingest
 //! and alert engine), and one server-sent-event stream per open page.
 //!
-//! * **Deltas only**: an event is one changed device (status) or one alert
-//!   transition, serialised once ([`LiveEvent::data`]) and shared by every
+//! * **Deltas only**: an event is one changed device (status), one alert
+//!   transition or one command that moved ([`CommandChange`]), serialised once ([`LiveEvent::data`]) and shared by every
 //!   subscriber; nobody polls the database per viewer.
 //! * **Scoped before sending**: a subscriber gets only the events of its
 //!   tenant and customers ([`Scope::sees`]); the page never receives
@@ -33,7 +33,7 @@ pub struct LiveEvent {
     pub tenant: String,
     /// The customer the change belongs to (scope filter).
     pub customer: String,
-    /// SSE event name: `device` or `alert`.
+    /// SSE event name: `device`, `alert` or `command`.
     pub kind: &'static str,
     /// The JSON payload (see [`DeviceChange`], [`AlertChange`]).
     pub data: String,
@@ -73,7 +73,30 @@ pub struct AlertChange {
     pub acked_by: Option<String>,
 }
 
+/// A command whose state or output changed (central's or the site's).
+/// An empty `id` means "some command changed" (the appliance, whose
+/// service only signals that something moved): open command pages and
+/// lists read themselves again.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CommandChange {
+    pub id: String,
+    pub site_id: String,
+    pub customer: String,
+    pub state: String,
+    pub finished: bool,
+}
+
 impl LiveEvent {
+    /// SSE event `command` (see [`CommandChange`]).
+    pub fn command(tenant: &str, c: &CommandChange) -> LiveEvent {
+        LiveEvent {
+            tenant: tenant.to_string(),
+            customer: c.customer.clone(),
+            kind: "command",
+            data: serde_json::to_string(c).unwrap_or_default(),
+        }
+    }
+
     pub fn device(tenant: &str, d: &DeviceChange) -> LiveEvent {
         LiveEvent {
             tenant: tenant.to_string(),

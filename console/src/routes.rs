@@ -50,7 +50,14 @@ pub fn router<S: Clone + Send + Sync + 'static>(c: Arc<Console>) -> Router<S> {
             "/sites/{site}/devices/{device}/commands",
             post(crate::commands::run),
         )
-        .route("/scripts", get(|s, h| later(s, h, "Scripts")))
+        .route("/scripts", get(crate::scripts::list))
+        .route("/scripts/{name}", get(crate::scripts::show))
+        .route("/commands/bulk", get(crate::scripts::bulk_runs))
+        .route("/commands/bulk/{id}", get(crate::scripts::bulk_run))
+        .route(
+            "/sites/{site}/devices/{device}/scripts",
+            post(crate::scripts::run),
+        )
         .route("/patches", get(|s, h| later(s, h, "Patches")))
         .route("/deployments", get(|s, h| later(s, h, "Deployments")))
         .route("/console/live", get(live))
@@ -518,6 +525,12 @@ async fn device_page(
         dv.hostname.clone()
     };
     let title = format!("Device {name}");
+    // The run-script form lists the library (none if it cannot be read).
+    let scripts = if c.backend.info().features.scripts && v.can.run_commands {
+        c.backend.scripts(&v).await.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let csrf = c.csrf.token(&v.csrf_subject);
     let m = render(
         &c,
@@ -537,6 +550,9 @@ async fn device_page(
             (pages::device(&d, &series, range, &v, &csrf, now))
             @if c.backend.info().features.commands {
                 (crate::commands::device_section(&dv.site_id, &dv.device, &v, &csrf))
+            }
+            @if c.backend.info().features.scripts {
+                (crate::scripts::device_section(&dv.site_id, &dv.device, &scripts, &v, &csrf))
             }
         },
     );

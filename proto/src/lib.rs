@@ -20,6 +20,7 @@ pub mod ids;
 pub mod messages;
 pub mod metric_names;
 pub mod pki;
+pub mod script;
 pub mod session;
 pub mod tls;
 pub mod transfer;

@@ -29,7 +29,29 @@ pub struct Rig {
 
 pub fn rig(root: &Path) -> Rig {
     let central = Central::start(root);
-    let (token, fp) = central.site_add("acme", "dental", "main-office");
+    let (app, agent, site, cfg) = join_site(&central, root, "dental", "main-office");
+    let tech = central.api_token("acme", "technician");
+    let viewer = central.api_token("acme", "viewer");
+    Rig {
+        central,
+        app,
+        agent,
+        site,
+        tech,
+        viewer,
+        _cfg: cfg,
+    }
+}
+
+/// A new site of `customer` under `root` joined to `central` (1 s uplink
+/// interval), with one running agent that central lists online.
+pub fn join_site(
+    central: &Central,
+    root: &Path,
+    customer: &str,
+    name: &str,
+) -> (Appliance, Agent, String, PathBuf) {
+    let (token, fp) = central.site_add("acme", customer, name);
     let cfg = root.join("outpost.toml");
     std::fs::write(
         &cfg,
@@ -58,7 +80,6 @@ pub fn rig(root: &Path) -> Rig {
     )
     .unwrap();
     agent.start();
-    let tech = central.api_token("acme", "technician");
     let viewer = central.api_token("acme", "viewer");
     wait_for(Duration::from_secs(60), "the device at central", || {
         let v = central.get(&format!("/api/v1/devices?site={site}"), &viewer);
@@ -68,15 +89,7 @@ pub fn rig(root: &Path) -> Rig {
             .any(|d| d["device"] == agent.device_id.as_str() && d["status"] == "online")
             .then_some(())
     });
-    Rig {
-        central,
-        app,
-        agent,
-        site,
-        tech,
-        viewer,
-        _cfg: cfg,
-    }
+    (app, agent, site, cfg)
 }
 
 pub fn call(
@@ -349,14 +362,36 @@ fn a_technician_runs_a_command_from_centrals_device_page_in_headless_chromium() 
     b.go(&device_page);
     b.ws.wait_until("document.getElementById('run-command-line')");
     b.ws.eval(
-        "document.getElementById('run-command-line').value = 'echo from-the-browser; exit 4'; \
+        "document.getElementById('run-command-line').value = 'echo from-the-browser; sleep 3; exit 4'; \
          document.getElementById('run-timeout').value = '60'; \
          document.getElementById('run-submit').click(); true",
     );
     b.ws.wait_until("location.pathname.startsWith('/commands/')");
-    // The page reloads itself until the command ends.
+    let id =
+        b.ws.eval("location.pathname.split('/').pop()")
+            .as_str()
+            .unwrap()
+            .to_string();
+    // The page follows the live stream: never reloaded (the marker stays),
+    // it shows the output while running and the exit code within a second
+    // of central storing it.
+    b.ws.eval("window.__sameDocument = true; true");
+    b.ws.wait_until("document.getElementById('output').textContent.includes('from-the-browser')");
+    let closed_at = wait_for(Duration::from_secs(60), "closed at central", || {
+        (r.show(&id)["closed"] == true).then(std::time::Instant::now)
+    });
     b.ws.wait_until(
         "document.getElementById('exit-code') && document.getElementById('exit-code').textContent === '4'",
+    );
+    assert!(
+        closed_at.elapsed() < Duration::from_millis(1_500),
+        "the page showed the result {:?} after central stored it",
+        closed_at.elapsed()
+    );
+    assert_eq!(
+        b.ws.eval("window.__sameDocument === true"),
+        json!(true),
+        "the page was updated in place, not reloaded"
     );
     let text = b.text();
     assert!(
@@ -364,11 +399,6 @@ fn a_technician_runs_a_command_from_centrals_device_page_in_headless_chromium() 
         "{text}"
     );
     b.shot("command-page.png");
-    let id =
-        b.ws.eval("location.pathname.split('/').pop()")
-            .as_str()
-            .unwrap()
-            .to_string();
     let v = r.show(&id);
     assert_eq!(
         (v["exit_code"].as_i64(), v["closed"].as_bool()),
@@ -482,4 +512,95 @@ fn kill_9_of_the_appliance_while_centrals_command_runs_never_runs_it_twice() {
     assert!(v["output"].as_str().unwrap().contains("finished"), "{v}");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(lines(&effect), 1, "ran exactly once");
+}
+
+#[test]
+fn a_script_and_a_bulk_run_from_central_reach_agents_of_two_sites_with_the_version_they_were_queued_with()
+ {
+    let tmp = scratch("central-scripts");
+    let r = rig(tmp.path());
+    let branch_root = tmp.path().join("branch");
+    std::fs::create_dir_all(&branch_root).unwrap();
+    let (_app2, agent2, site2, _cfg2) = join_site(&r.central, &branch_root, "ortho", "branch");
+    let admin = r.central.api_token("acme", "admin");
+
+    // The library: an admin adds version 1; a technician runs it.
+    let (st, v) = call(
+        &r.central,
+        &admin,
+        "POST",
+        "/api/v1/scripts",
+        Some(json!({"name": "greet", "body": "echo \"greet v1 $1\"", "interpreter": "bash"})),
+    );
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = call(
+        &r.central,
+        &r.viewer,
+        "POST",
+        "/api/v1/scripts/greet/run",
+        Some(json!({"site": r.site, "device": r.agent.device_id})),
+    );
+    assert_eq!(st, 403, "a viewer may not run: {v}");
+    let (st, v) = call(
+        &r.central,
+        &r.tech,
+        "POST",
+        "/api/v1/scripts/greet/run",
+        Some(json!({"site": r.site, "device": r.agent.device_id, "args": ["there"]})),
+    );
+    assert_eq!(st, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    // Edited at once: the queued run keeps version 1.
+    let (st, v) = call(
+        &r.central,
+        &admin,
+        "PUT",
+        "/api/v1/scripts/greet",
+        Some(json!({"body": "echo \"greet v2 $1\"", "interpreter": "bash"})),
+    );
+    assert_eq!((st, &v["version"]), (200, &json!(2)), "{v}");
+    let v = r.wait_closed(&id, 60);
+    assert_eq!(v["state"], "completed", "{v}");
+    assert!(
+        v["output"].as_str().unwrap().contains("greet v1 there"),
+        "{v}"
+    );
+
+    // A bulk run of the newest version over both sites.
+    let (st, v) = call(
+        &r.central,
+        &r.tech,
+        "POST",
+        "/api/v1/commands/bulk",
+        Some(
+            json!({"target": "all", "script": {"name": "greet"}, "args": ["all"], "concurrency": 1}),
+        ),
+    );
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["summary"]["total"], 2, "{v}");
+    assert_eq!(v["sites"].as_array().unwrap().len(), 2, "{v}");
+    let run = v["id"].as_str().unwrap().to_string();
+    let v = wait_for(Duration::from_secs(90), "the bulk run finished", || {
+        let (_, v) = call(
+            &r.central,
+            &r.viewer,
+            "GET",
+            &format!("/api/v1/commands/bulk/{run}"),
+            None,
+        );
+        (v["summary"]["finished"] == true).then_some(v)
+    });
+    assert_eq!(v["summary"]["done"], 2, "{v}");
+    for d in v["devices"].as_array().unwrap() {
+        let c = r.wait_closed(d["command"].as_str().unwrap(), 30);
+        assert!(
+            c["output"].as_str().unwrap().contains("greet v2 all"),
+            "{c}"
+        );
+        assert!(
+            [r.agent.device_id.as_str(), agent2.device_id.as_str()]
+                .contains(&d["device"].as_str().unwrap())
+        );
+    }
+    let _ = site2;
 }

@@ -6,17 +6,15 @@
 //! Table `scripts`: `name | 0x00 | version (4, BE)` → [`ScriptVersion`].
 //! Versions are never rewritten or deleted.
 
-use outpost_proto::command::{Interpreter, MAX_TIMEOUT_MS};
+use outpost_proto::command::Interpreter;
 use outpost_storage::error::Result;
 use outpost_storage::{Store, Table};
 use serde::{Deserialize, Serialize};
 
 pub const SCRIPTS: Table = Table::new("scripts");
 
-/// Largest script body.
-pub const MAX_BODY_BYTES: usize = 128 * 1024;
+pub use outpost_proto::script::{MAX_BODY_BYTES, validate};
 
-/// One version of a script.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScriptVersion {
     pub name: String,
@@ -45,38 +43,6 @@ fn prefix(name: &str) -> (Vec<u8>, Vec<u8>) {
     let mut to = name.as_bytes().to_vec();
     to.push(1);
     (from, to)
-}
-
-/// Checks a script's name and contents.
-pub fn validate(name: &str, body: &str, timeout_ms: u64) -> std::result::Result<(), String> {
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    {
-        return Err(format!(
-            "script name {name:?} must be 1-64 characters of [A-Za-z0-9._-]"
-        ));
-    }
-    if body.trim().is_empty() {
-        return Err("the script body is empty".into());
-    }
-    if body.len() > MAX_BODY_BYTES {
-        return Err(format!(
-            "the script body is {} bytes; the limit is {MAX_BODY_BYTES}",
-            body.len()
-        ));
-    }
-    if body.contains('\0') {
-        return Err("the script body contains a NUL byte".into());
-    }
-    if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
-        return Err(format!(
-            "timeout {timeout_ms} ms is out of range (1 ms to 24 h)"
-        ));
-    }
-    Ok(())
 }
 
 /// The newest version of `name`.

@@ -202,3 +202,33 @@ impl SiteConsole {
             })
     }
 }
+
+/// Tells open command pages and lists that commands moved: after each
+/// stored change of the command service (its counter; bumps that come
+/// while one event is out coalesce), one live event without an id, at
+/// most every `min_gap`. Runs until `shutdown`.
+pub async fn live_loop(
+    svc: CommandService,
+    site: std::sync::Arc<super::Site>,
+    min_gap: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut changes = svc.subscribe();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = changes.changed() => if r.is_err() { return },
+        }
+        site.hub.publish(outpost_console::live::LiveEvent::command(
+            super::LIVE_TENANT,
+            &outpost_console::live::CommandChange {
+                id: String::new(),
+                site_id: String::new(),
+                customer: String::new(),
+                state: String::new(),
+                finished: false,
+            },
+        ));
+        tokio::time::sleep(min_gap).await;
+    }
+}

@@ -19,7 +19,7 @@
 //! Owns no table and no rule: reads go through the storage crate's and
 //! the alert store's functions, decisions through [`Auth`] and the engine.
 
-mod commands;
+pub(crate) mod commands;
 pub mod index;
 
 use std::net::IpAddr;

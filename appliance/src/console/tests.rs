@@ -35,6 +35,7 @@ struct Rig {
     alerts: EngineHandle,
     auth: Arc<Auth>,
     shutdown: CancellationToken,
+    commands: crate::commands::service::CommandService,
     /// What the engine hands the notification dispatcher (kept open).
     _sent: tokio::sync::mpsc::UnboundedReceiver<crate::alerts::model::Notification>,
 }
@@ -160,7 +161,7 @@ async fn rig() -> Rig {
     });
     let state = Arc::new(ApiState {
         store: store.clone(),
-        commands,
+        commands: commands.clone(),
         metrics,
         auth: auth.clone(),
         writer,
@@ -178,6 +179,7 @@ async fn rig() -> Rig {
         alerts,
         auth,
         shutdown,
+        commands,
         _sent: sent,
     }
 }
@@ -883,4 +885,43 @@ async fn the_site_console_runs_commands_for_its_devices_and_viewers_cannot() {
         .call("GET", "/sites/local/commands", &[("cookie", &viewer)], "")
         .await;
     assert!(r.body.contains(&at), "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_stored_command_change_tells_open_command_pages_through_the_live_stream() {
+    let rig = rig().await;
+    rig.add_user("tess", Role::Technician).await;
+    let tech = rig.sign_in("tess", "correct+horse+battery").await;
+    let mut sub = rig
+        .site
+        .hub
+        .subscribe(Scope {
+            tenant: LIVE_TENANT.into(),
+            customers: vec![],
+        })
+        .unwrap();
+    tokio::spawn(super::commands::live_loop(
+        rig.commands.clone(),
+        rig.site.clone(),
+        Duration::ZERO,
+        rig.shutdown.clone(),
+    ));
+    let page = format!("/sites/local/devices/{DEV}");
+    let r = rig.call("GET", &page, &[("cookie", &tech)], "").await;
+    let r = rig
+        .call(
+            "POST",
+            &format!("{page}/commands"),
+            &[("cookie", &tech)],
+            &format!("csrf={}&command=uptime", csrf_of(&r.body)),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let d = tokio::time::timeout(Duration::from_secs(1), sub.next())
+        .await
+        .expect("an event within a second");
+    match d {
+        Some(outpost_console::live::Delivery::Event(e)) => assert_eq!(e.kind, "command"),
+        d => panic!("{d:?}"),
+    }
 }
