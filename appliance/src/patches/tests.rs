@@ -764,6 +764,42 @@ fn findings_carry_fixable_and_open_cves_grouped_by_package_fix_and_severity() {
     assert_eq!(f.patches.len(), a.patches.len());
 }
 
+/// The site console's device panel from an assessment: the fixable CVE
+/// with its fixed version (no upgrade offered: not in the repositories),
+/// the open one after it.
+#[test]
+fn the_site_consoles_device_panel_lists_fixable_then_open_cves() {
+    let r = rig();
+    r.service
+        .import(FeedFormat::DebianTracker, None, "test", TRACKER.as_bytes())
+        .unwrap();
+    let dev = DeviceId(11);
+    put_report(
+        &r.store,
+        dev,
+        1,
+        &PackageReport::Full(Box::new(scan(V1, 1_000))),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(5_000).unwrap();
+    let a = r.service.device(dev).unwrap().unwrap().assessment.unwrap();
+    let v = crate::console::patches::device_view(&a);
+    let got: Vec<_> = v
+        .cves
+        .iter()
+        .map(|c| (c.cve.as_str(), c.state.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("CVE-2024-0001", "fix-not-in-repositories"),
+            ("CVE-2024-0002", "open")
+        ]
+    );
+    assert_eq!(v.last_scan_ms, 1_000);
+    assert_eq!((v.fixable_cves, v.open_cves), (1, 1));
+}
+
 fn clear_pending(store: &Store) {
     let mut b = store.batch();
     let mut keys = Vec::new();
