@@ -218,6 +218,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
             alerts: alerts.clone(),
             sessions: live.clone(),
             commands: Some(commands.clone()),
+            patches: Some(patches.clone()),
         }),
         csrf: outpost_console::CsrfKey::random(),
         metrics: metrics.console.clone(),

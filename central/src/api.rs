@@ -66,6 +66,13 @@ pub fn router(c: Arc<Central>) -> Router {
         .route("/devices", get(devices))
         .route("/alerts", get(alerts))
         .route("/patches/compliance", get(crate::api_patches::compliance))
+        .route("/patches/cves", get(crate::api_patches::cves))
+        .route("/patches/cves/{cve}", get(crate::api_patches::cve))
+        .route("/patches/report", get(crate::api_patches::report))
+        .route(
+            "/sites/{site}/devices/{device}/patches",
+            get(crate::api_patches::device),
+        )
         .route("/sites/{site}/alerts/{alert}/ack", post(ack_alert))
         .route(
             "/commands",

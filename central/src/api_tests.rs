@@ -925,3 +925,252 @@ async fn patch_compliance_shows_per_customer_site_and_device_within_the_callers_
     assert_eq!(p["reboot_required"], true);
     assert_eq!(p["customer"], "dental");
 }
+
+/// Findings of one device: `cves` fixable through `pkg` (an upgrade is
+/// offered), and CVE-2026-9999 open in `libfoo`.
+fn findings(device: u64, as_of_ms: u64, cves: &[&str]) -> batch::PatchFindings {
+    batch::PatchFindings {
+        device: DeviceId(device),
+        as_of_ms,
+        patches: vec![batch::MissingPatchEntry {
+            source: "openssl".into(),
+            installed: "3.0.11-1~deb12u1".into(),
+            candidate: Some("3.0.15-1~deb12u1".into()),
+            binaries: 2,
+            security: true,
+            severity: Some(batch::FindingSeverity::High),
+            cves: cves.iter().map(|c| c.to_string()).collect(),
+            reboot_expected: false,
+            first_seen_ms: 5,
+        }],
+        vulns: vec![
+            batch::VulnGroup {
+                source: "openssl".into(),
+                installed: "3.0.11-1~deb12u1".into(),
+                fixed: Some("3.0.15-1~deb12u1".into()),
+                fix_available: true,
+                severity: batch::FindingSeverity::High,
+                cves: cves.iter().map(|c| c.to_string()).collect(),
+            },
+            batch::VulnGroup {
+                source: "libfoo".into(),
+                installed: "1.0-1".into(),
+                fixed: None,
+                fix_available: false,
+                severity: batch::FindingSeverity::Medium,
+                cves: vec!["CVE-2026-9999".into()],
+            },
+        ],
+    }
+}
+
+/// "Which of my customers are exposed to CVE-X": across the tenant's
+/// customers and sites, fixable vs open, with names; a customer-scoped
+/// caller sees only its customers; another tenant's query for the same
+/// CVE returns only its own devices; a device's missing patches; the
+/// per-customer report as JSON and CSV (out-of-scope customer 404).
+#[tokio::test]
+async fn cve_exposure_device_patches_and_reports_stay_within_the_callers_scope() {
+    let f = fixture().await;
+    let add = |tenant: &str, customer: &str, site: &str| ops::AddSite {
+        tenant: tenant.into(),
+        customer: customer.into(),
+        site: site.into(),
+    };
+    let vet_site = ops::add_site(f.central.store.as_ref(), &add("msp", "vet", "clinic"), 1)
+        .await
+        .unwrap()
+        .site_id;
+    let other_site = ops::add_site(f.central.store.as_ref(), &add("other", "dental", "main"), 1)
+        .await
+        .unwrap()
+        .site_id;
+    let apply = |tenant: &'static str,
+                 site: SiteId,
+                 seq: u64,
+                 dev: u64,
+                 b_findings: batch::PatchFindings| {
+        let f = &f;
+        async move {
+            let mut b = crate::testing::batch_of(&site, seq);
+            b.tenant = tenant.into();
+            b.devices[0].device = DeviceId(dev);
+            b.devices[0].hostname = format!("host-{dev:x}");
+            b.rollups.clear();
+            b.alerts.clear();
+            b.patch_compliance = vec![compliance(dev, batch::ComplianceState::NonCompliant, 1)];
+            b.patch_findings = vec![b_findings];
+            f.central
+                .store
+                .apply_batch(&tenant.into(), &site, b, 10)
+                .await
+                .unwrap();
+        }
+    };
+    apply(
+        "msp",
+        f.site.clone(),
+        1,
+        0x2a,
+        findings(0x2a, 100, &["CVE-2026-0001", "CVE-2026-0002"]),
+    )
+    .await;
+    apply(
+        "msp",
+        vet_site.clone(),
+        1,
+        0x3c,
+        findings(0x3c, 100, &["CVE-2026-0001"]),
+    )
+    .await;
+    apply(
+        "other",
+        other_site.clone(),
+        1,
+        0x4d,
+        findings(0x4d, 100, &["CVE-2026-0001"]),
+    )
+    .await;
+    // A newer assessment of 0x2a no longer has CVE-2026-0002: the index follows.
+    apply(
+        "msp",
+        f.site.clone(),
+        2,
+        0x2a,
+        findings(0x2a, 200, &["CVE-2026-0001"]),
+    )
+    .await;
+
+    let e = f.get_json("/api/v1/patches/cves/CVE-2026-0001").await;
+    assert_eq!(e["total"]["devices"], 2, "{e}");
+    assert_eq!(e["total"]["fixable"], 2, "{e}");
+    assert_eq!(e["severity"], "high");
+    let customers: Vec<&str> = e["customers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["customer"].as_str().unwrap())
+        .collect();
+    assert_eq!(customers, ["dental", "vet"], "{e}");
+    let d0 = &e["devices"][0];
+    assert_eq!(
+        (&d0["hostname"], &d0["state"], &d0["fixed"], &d0["customer"]),
+        (
+            &"host-2a".into(),
+            &"fixable".into(),
+            &"3.0.15-1~deb12u1".into(),
+            &"dental".into()
+        ),
+        "{e}"
+    );
+    let open = f.get_json("/api/v1/patches/cves/CVE-2026-9999").await;
+    assert_eq!(
+        (&open["total"]["devices"], &open["total"]["open"]),
+        (&2.into(), &2.into()),
+        "{open}"
+    );
+    let gone = f.get_json("/api/v1/patches/cves/CVE-2026-0002").await;
+    assert_eq!(
+        gone["total"]["devices"], 0,
+        "replaced findings leave the index: {gone}"
+    );
+    let top = f.get_json("/api/v1/patches/cves").await;
+    assert_eq!(top[0]["cve"], "CVE-2026-0001", "high before medium: {top}");
+    assert_eq!(top[0]["customers"], 2);
+    assert_eq!(top.as_array().unwrap().len(), 2, "{top}");
+
+    let vet = token(&f, Role::Viewer, &["vet"]).await;
+    let other = ops::create_token(
+        f.central.store.as_ref(),
+        &ops::CreateToken {
+            tenant: "other".into(),
+            role: Role::Admin,
+            customers: vec![],
+        },
+        1,
+    )
+    .await
+    .unwrap();
+    let get = |t: String, uri: String| {
+        let f = &f;
+        async move {
+            let (st, h, body) =
+                request(f, "GET", &uri, &[("authorization", &bearer(&t))], "", None).await;
+            (st, h, body)
+        }
+    };
+    let (st, _, body) = get(vet.clone(), "/api/v1/patches/cves/CVE-2026-0001".into()).await;
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["total"]["devices"], 1, "{v}");
+    assert!(
+        !body.contains("dental") && !body.contains("host-2a"),
+        "{body}"
+    );
+    // The other tenant's query for the same CVE: its own device only.
+    let (st, _, body) = get(other.clone(), "/api/v1/patches/cves/CVE-2026-0001".into()).await;
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["total"]["devices"], 1, "{v}");
+    assert_eq!(v["devices"][0]["site_id"], other_site.as_str(), "{v}");
+    assert!(!body.contains(f.site.as_str()), "{body}");
+    let (st, _, _) = get(vet.clone(), "/api/v1/patches/cves/not%20a%20cve".into()).await;
+    assert_eq!(st, 400);
+
+    // A device's missing patches and CVEs.
+    let dev = format!("/api/v1/sites/{}/devices/000000000000002a/patches", f.site);
+    let d = f.get_json(&dev).await;
+    assert_eq!(d["findings"]["patches"][0]["source"], "openssl", "{d}");
+    assert_eq!(d["findings"]["patches"][0]["candidate"], "3.0.15-1~deb12u1");
+    assert_eq!(d["findings"]["vulns"].as_array().unwrap().len(), 2, "{d}");
+    assert_eq!(d["compliance"]["compliance"], "non-compliant");
+    let (st, _, _) = get(vet.clone(), dev.clone()).await;
+    assert_eq!(st, 404, "out of the viewer's customers");
+    let (st, _, _) = get(other.clone(), dev).await;
+    assert_eq!(st, 404, "another tenant");
+
+    // Reports: JSON and CSV per customer; a customer out of scope is 404.
+    let r = f.get_json("/api/v1/patches/report?customer=vet").await;
+    assert_eq!(r["devices"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["devices"][0]["hostname"], "host-3c");
+    assert_eq!(r["devices"][0]["cves"][0], "CVE-2026-0001");
+    let (st, h, csv) = get(
+        vet.clone(),
+        "/api/v1/patches/report?customer=vet&format=csv".into(),
+    )
+    .await;
+    assert_eq!(st, 200, "{csv}");
+    assert!(h["content-type"].to_str().unwrap().starts_with("text/csv"));
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(lines[0].starts_with("customer,site,site_id,hostname,device,compliance"));
+    assert!(
+        lines[1].starts_with("vet,clinic,")
+            && lines[1].contains(",host-3c,000000000000003c,non-compliant,"),
+        "{csv}"
+    );
+    assert!(
+        lines[1].ends_with("CVE-2026-0001 CVE-2026-9999"),
+        "fixable first: {csv}"
+    );
+    let (st, _, _) = get(
+        vet.clone(),
+        "/api/v1/patches/report?customer=dental&format=csv".into(),
+    )
+    .await;
+    assert_eq!(st, 404);
+    let (st, _, _) = get(other, "/api/v1/patches/report?customer=vet".into()).await;
+    assert_eq!(st, 404, "another tenant's customer");
+    let (st, _, _) = get(vet, "/api/v1/patches/report?format=pdf".into()).await;
+    assert_eq!(st, 400);
+}
+
+#[test]
+fn csv_fields_are_quoted_and_formulas_defused() {
+    use crate::api_patches::csv_field;
+    assert_eq!(csv_field("web-1"), "web-1");
+    assert_eq!(csv_field("a,b"), "\"a,b\"");
+    assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    assert_eq!(csv_field("=cmd()"), "'=cmd()");
+    assert_eq!(csv_field("-1,2"), "\"'-1,2\"");
+}

@@ -40,9 +40,11 @@
 //!   that never fired ends `cleared`, never `resolved`.
 //!   Transitions of one alert within one batch fold in batch order, as if
 //!   each came in its own batch.
-//! * **Patch compliance**: one row per device (the site's customer), the
-//!   newest `as_of_ms` wins (an equal one applies); entries of one device
-//!   within one batch fold in batch order.
+//! * **Patch compliance** and **patch findings** (missing patches and
+//!   CVEs): one row each per device (the site's customer), the newest
+//!   `as_of_ms` wins (an equal one applies); entries of one device within
+//!   one batch fold in batch order. (A backend derives its CVE index from
+//!   the findings rows it replaces and writes.)
 //! * **Site**: `last_batch_ms` is the arrival time, `last_batch_created_ms`
 //!   the newest creation time seen, `batches_applied` and `dropped_rollups`
 //!   add up.
@@ -60,7 +62,8 @@ use outpost_uplink::batch::SiteBatch;
 
 use crate::model::{
     AlertRow, AlertState, BucketRow, BucketSeries, DeadLetter, DeviceRow, DeviceStatus,
-    ForeignTenantRow, LatestRollup, PatchComplianceRow, SiteRecord, TenantMismatch,
+    ForeignTenantRow, LatestRollup, PatchComplianceRow, PatchFindingsRow, SiteRecord,
+    TenantMismatch,
 };
 use crate::store::{AlertHistoryEntry, ApplyOutcome, FleetDelta};
 
@@ -77,6 +80,8 @@ pub struct Touched {
     pub alerts: Vec<u64>,
     /// Devices of the patch compliance entries (stored ids), distinct.
     pub patches: Vec<String>,
+    /// Devices of the patch findings entries (stored ids), distinct.
+    pub findings: Vec<String>,
     /// Per snapshot of the batch: its index into `devices`.
     device_of_update: Vec<usize>,
     /// Per rollup entry of the batch: (index into `devices`, into `buckets`).
@@ -85,6 +90,8 @@ pub struct Touched {
     alert_of_transition: Vec<usize>,
     /// Per patch compliance entry of the batch: its index into `patches`.
     patch_of_entry: Vec<usize>,
+    /// Per patch findings entry of the batch: its index into `findings`.
+    findings_of_entry: Vec<usize>,
 }
 
 impl Touched {
@@ -133,6 +140,14 @@ impl Touched {
             });
             t.patch_of_entry.push(i);
         }
+        let mut findings: HashMap<DeviceId, usize> = HashMap::new();
+        for f in &batch.patch_findings {
+            let i = *findings.entry(f.device).or_insert_with(|| {
+                t.findings.push(f.device.to_string());
+                t.findings.len() - 1
+            });
+            t.findings_of_entry.push(i);
+        }
         t
     }
 
@@ -142,6 +157,7 @@ impl Touched {
             && self.row_of_rollups.len() == batch.rollups.len()
             && self.alert_of_transition.len() == batch.alerts.len()
             && self.patch_of_entry.len() == batch.patch_compliance.len()
+            && self.findings_of_entry.len() == batch.patch_findings.len()
     }
 }
 
@@ -156,6 +172,7 @@ pub struct CurrentRows {
     pub buckets: Vec<Option<BucketRow<'static>>>,
     pub alerts: Vec<Option<AlertRow>>,
     pub patches: Vec<Option<PatchComplianceRow>>,
+    pub findings: Vec<Option<PatchFindingsRow>>,
 }
 
 impl CurrentRows {
@@ -167,6 +184,7 @@ impl CurrentRows {
             buckets: vec![None; touched.buckets.len()],
             alerts: vec![None; touched.alerts.len()],
             patches: vec![None; touched.patches.len()],
+            findings: vec![None; touched.findings.len()],
             touched,
             site,
         }
@@ -201,6 +219,9 @@ pub struct Changes<'b> {
     /// Patch compliance rows: `Some` where the batch changed the row,
     /// `None` where the stored one is newer (nothing to write).
     pub patches: Vec<Option<PatchComplianceRow>>,
+    /// Patch findings rows: `Some` where the batch changed the row, `None`
+    /// where the stored one is newer (nothing to write).
+    pub findings: Vec<Option<PatchFindingsRow>>,
     pub rollups_new: u64,
     pub rollups_replaced: u64,
     /// Devices reported under another tenant beyond the site's previous
@@ -297,6 +318,7 @@ pub fn plan<'b>(
         buckets,
         alerts,
         patches,
+        findings,
     } = current;
     if is_duplicate(&site, batch) {
         return Ok(ApplyPlan::Duplicate);
@@ -313,6 +335,7 @@ pub fn plan<'b>(
         || buckets.len() != touched.buckets.len()
         || alerts.len() != touched.alerts.len()
         || patches.len() != touched.patches.len()
+        || findings.len() != touched.findings.len()
     {
         return Err(out_of_step("row count"));
     }
@@ -509,6 +532,23 @@ pub fn plan<'b>(
             *row = None;
         }
     }
+    let mut finding_rows = findings;
+    let mut finding_dirty = vec![false; finding_rows.len()];
+    for (f, &i) in batch.patch_findings.iter().zip(&touched.findings_of_entry) {
+        let (Some(slot), Some(dirty)) = (finding_rows.get_mut(i), finding_dirty.get_mut(i)) else {
+            return Err(out_of_step("patch findings index"));
+        };
+        if slot.as_ref().is_some_and(|r| r.as_of_ms > f.as_of_ms) {
+            continue;
+        }
+        *slot = Some(PatchFindingsRow::from_batch(&site, f));
+        *dirty = true;
+    }
+    for (row, dirty) in finding_rows.iter_mut().zip(finding_dirty) {
+        if !dirty {
+            *row = None;
+        }
+    }
 
     let mut tenant_mismatches_new = 0;
     if batch.created_ms >= site.tenant_mismatch.as_of_ms {
@@ -538,6 +578,7 @@ pub fn plan<'b>(
         buckets: rows,
         alerts,
         patches: patch_rows,
+        findings: finding_rows,
         rollups_new: new,
         rollups_replaced: replaced,
         tenant_mismatches_new,
@@ -662,6 +703,7 @@ mod tests {
         buckets: HashMap<(String, u64), BucketRow<'static>>,
         alerts: HashMap<u64, AlertRow>,
         patches: HashMap<String, PatchComplianceRow>,
+        findings: HashMap<String, PatchFindingsRow>,
     }
 
     impl Memory {
@@ -672,6 +714,7 @@ mod tests {
                 buckets: HashMap::new(),
                 alerts: HashMap::new(),
                 patches: HashMap::new(),
+                findings: HashMap::new(),
             }
         }
 
@@ -702,6 +745,11 @@ mod tests {
                     .patches
                     .iter()
                     .map(|d| self.patches.get(d).cloned())
+                    .collect(),
+                findings: touched
+                    .findings
+                    .iter()
+                    .map(|d| self.findings.get(d).cloned())
                     .collect(),
                 touched,
             }
@@ -743,8 +791,69 @@ mod tests {
                     self.patches.insert(id.clone(), row);
                 }
             }
+            for (id, row) in touched.findings.iter().zip(c.findings) {
+                if let Some(row) = row {
+                    self.findings.insert(id.clone(), row);
+                }
+            }
             outcome
         }
+    }
+
+    fn findings(device: u64, patches: usize, as_of_ms: u64) -> batch::PatchFindings {
+        let mut f = outpost_uplink::batch::PatchFindings {
+            device: DeviceId(device),
+            as_of_ms,
+            patches: vec![],
+            vulns: vec![],
+        };
+        for i in 0..patches {
+            f.patches.push(batch::MissingPatchEntry {
+                source: format!("pkg-{i}"),
+                installed: "1.0-1".into(),
+                candidate: Some("1.0-2".into()),
+                binaries: 1,
+                security: true,
+                severity: Some(batch::FindingSeverity::High),
+                cves: vec![format!("CVE-2026-{i}")],
+                reboot_expected: false,
+                first_seen_ms: 1,
+            });
+            f.vulns.push(batch::VulnGroup {
+                source: format!("pkg-{i}"),
+                installed: "1.0-1".into(),
+                fixed: Some("1.0-2".into()),
+                fix_available: true,
+                severity: batch::FindingSeverity::High,
+                cves: vec![format!("CVE-2026-{i}")],
+            });
+        }
+        f
+    }
+
+    #[test]
+    fn patch_findings_keep_the_newest_assessment_in_any_order_and_applies_once() {
+        let mut older = bare(1);
+        older.patch_findings = vec![findings(42, 5, 100)];
+        let mut newer = bare(2);
+        newer.patch_findings = vec![findings(42, 2, 200), findings(43, 1, 150)];
+        let mut in_order = Memory::new();
+        in_order.apply(&older, 10);
+        in_order.apply(&newer, 11);
+        let mut reversed = Memory::new();
+        reversed.apply(&newer, 10);
+        reversed.apply(&older, 11);
+        assert_eq!(in_order.findings, reversed.findings);
+        let row = &in_order.findings[&DeviceId(42).to_string()];
+        assert_eq!((row.patches.len(), row.as_of_ms), (2, 200));
+        assert_eq!(row.customer, site().customer, "the site's customer");
+        assert_eq!(row.cve_hits().len(), 2);
+        assert_eq!(in_order.apply(&newer, 12), ApplyOutcome::Duplicate);
+        // An older entry for a stored device writes nothing.
+        let mut stale = bare(3);
+        stale.patch_findings = vec![findings(42, 9, 150)];
+        let c = changes(plan(in_order.read(&stale), &stale, 13).unwrap());
+        assert_eq!(c.findings, vec![None]);
     }
 
     fn compliance(device: u64, missing: u32, as_of_ms: u64) -> batch::PatchCompliance {

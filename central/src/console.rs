@@ -408,6 +408,7 @@ impl ConsoleBackend for CentralConsole {
             features: Features {
                 commands: true,
                 scripts: true,
+                patches: true,
                 ..Features::default()
             },
         }
@@ -1057,6 +1058,54 @@ impl ConsoleBackend for CentralConsole {
                     e => err(e),
                 })?;
             Ok(c.id.to_string())
+        })
+    }
+
+    fn patch_overview<'a>(
+        &'a self,
+        v: &'a Viewer,
+    ) -> ConsoleFuture<'a, outpost_console::patches::PatchOverview> {
+        Box::pin(async move {
+            crate::console_patches::overview(&self.central, &principal(v))
+                .await
+                .map_err(err)
+        })
+    }
+
+    fn patch_cve<'a>(
+        &'a self,
+        v: &'a Viewer,
+        cve: &'a str,
+    ) -> ConsoleFuture<'a, outpost_console::patches::CvePage> {
+        Box::pin(async move {
+            crate::console_patches::cve(&self.central, &principal(v), cve)
+                .await
+                .map_err(err)
+        })
+    }
+
+    fn device_patches<'a>(
+        &'a self,
+        v: &'a Viewer,
+        site: &'a str,
+        device: &'a str,
+    ) -> ConsoleFuture<'a, Option<outpost_console::patches::DevicePatchView>> {
+        Box::pin(async move {
+            crate::console_patches::device(&self.central, &principal(v), site, device)
+                .await
+                .map_err(err)
+        })
+    }
+
+    fn patch_report_csv<'a>(
+        &'a self,
+        v: &'a Viewer,
+        customer: Option<&'a str>,
+    ) -> ConsoleFuture<'a, String> {
+        Box::pin(async move {
+            crate::console_patches::report_csv(&self.central, &principal(v), customer)
+                .await
+                .map_err(err)
         })
     }
 

@@ -624,3 +624,146 @@ async fn technicians_run_library_scripts_from_the_device_page_and_see_scripts_an
         "{page}"
     );
 }
+
+/// The Patches pages at central: the overview (compliance per customer,
+/// devices by risk, top CVEs), a CVE's page listing the exposed devices
+/// by name, the device page's panel with its missing patch, the CSV
+/// download; a customer-scoped user sees none of another customer's.
+#[tokio::test]
+async fn the_patch_pages_show_compliance_cves_and_a_devices_missing_patches_within_scope() {
+    let (c, dental, vet, _dir) = two_customers().await;
+    let admin = session(&c, "ada", Role::Admin, &[]).await;
+    let vet_user = session(&c, "val", Role::Viewer, &["vet"]).await;
+    let (_, _, page) = send(&c, "GET", "/patches", &[("cookie", &admin)], "").await;
+    assert!(
+        page.contains("No device has a patch assessment yet"),
+        "{page}"
+    );
+    let mut b = batch_of(&dental, 2);
+    b.devices.clear();
+    b.rollups.clear();
+    b.alerts.clear();
+    b.patch_compliance = vec![batch::PatchCompliance {
+        device: DeviceId(42),
+        missing: 1,
+        missing_critical: 0,
+        installed_pending_reboot: 1,
+        as_of_ms: 50,
+        detail: Some(batch::PatchDetail {
+            compliance: batch::ComplianceState::NonCompliant,
+            security_patches: batch::PatchSeverityCounts {
+                high: 1,
+                ..Default::default()
+            },
+            fixable_cves: 1,
+            open_cves: 0,
+            risk: Some(61),
+            scanned_at_ms: 40,
+            reboot_required: true,
+        }),
+    }];
+    b.patch_findings = vec![batch::PatchFindings {
+        device: DeviceId(42),
+        as_of_ms: 50,
+        patches: vec![batch::MissingPatchEntry {
+            source: "openssl".into(),
+            installed: "3.0.11-1~deb12u1".into(),
+            candidate: Some("3.0.15-1~deb12u1".into()),
+            binaries: 2,
+            security: true,
+            severity: Some(batch::FindingSeverity::High),
+            cves: vec!["CVE-2026-1234".into()],
+            reboot_expected: false,
+            first_seen_ms: 30,
+        }],
+        vulns: vec![batch::VulnGroup {
+            source: "openssl".into(),
+            installed: "3.0.11-1~deb12u1".into(),
+            fixed: Some("3.0.15-1~deb12u1".into()),
+            fix_available: true,
+            severity: batch::FindingSeverity::High,
+            cves: vec!["CVE-2026-1234".into()],
+        }],
+    }];
+    c.store
+        .apply_batch(&"msp".into(), &dental, b, 20)
+        .await
+        .unwrap();
+
+    let (st, _, page) = send(&c, "GET", "/patches", &[("cookie", &admin)], "").await;
+    assert_eq!(st, 200, "{page}");
+    assert!(page.contains("id=\"compliance-customers\""), "{page}");
+    assert!(
+        page.contains("href=\"/patches/cves/CVE-2026-1234\""),
+        "{page}"
+    );
+    assert!(
+        page.contains("data-device=\"000000000000002a\""),
+        "risk list: {page}"
+    );
+    assert!(page.contains("web-1"), "names, not ids: {page}");
+
+    let (st, _, page) = send(
+        &c,
+        "GET",
+        "/patches/cves/CVE-2026-1234",
+        &[("cookie", &admin)],
+        "",
+    )
+    .await;
+    assert_eq!(st, 200, "{page}");
+    assert!(page.contains("data-state=\"fixable\""), "{page}");
+    assert!(page.contains(">web-1<"), "{page}");
+    assert!(page.contains("3.0.15-1~deb12u1"), "{page}");
+
+    let dev = format!("/sites/{dental}/devices/000000000000002a");
+    let (st, _, page) = send(&c, "GET", &dev, &[("cookie", &admin)], "").await;
+    assert_eq!(st, 200, "{page}");
+    assert!(page.contains("id=\"missing-patches\""), "{page}");
+    assert!(page.contains("data-source=\"openssl\""), "{page}");
+
+    let (st, h, csv) = send(
+        &c,
+        "GET",
+        "/patches/report.csv?customer=dental",
+        &[("cookie", &admin)],
+        "",
+    )
+    .await;
+    assert_eq!(st, 200, "{csv}");
+    assert!(h["content-type"].to_str().unwrap().starts_with("text/csv"));
+    assert!(
+        csv.contains(",web-1,000000000000002a,non-compliant,1,"),
+        "{csv}"
+    );
+
+    // The vet user: no dental names, the CVE not exposed in its scope,
+    // the dental device and report not found.
+    let (_, _, page) = send(&c, "GET", "/patches", &[("cookie", &vet_user)], "").await;
+    assert!(
+        !page.contains("web-1") && !page.contains("CVE-2026-1234"),
+        "{page}"
+    );
+    let (_, _, page) = send(
+        &c,
+        "GET",
+        "/patches/cves/CVE-2026-1234",
+        &[("cookie", &vet_user)],
+        "",
+    )
+    .await;
+    assert!(
+        page.contains("No device in your scope is exposed"),
+        "{page}"
+    );
+    let (st, _, _) = send(
+        &c,
+        "GET",
+        "/patches/report.csv?customer=dental",
+        &[("cookie", &vet_user)],
+        "",
+    )
+    .await;
+    assert_eq!(st, 404);
+    let _ = vet;
+}

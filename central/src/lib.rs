@@ -25,6 +25,7 @@ pub mod commands;
 #[cfg(test)]
 mod commands_api_tests;
 pub mod console;
+pub mod console_patches;
 #[cfg(test)]
 mod console_tests;
 pub mod dir;

@@ -440,6 +440,95 @@ pub struct PatchComplianceRow {
     pub as_of_ms: u64,
 }
 
+/// A device's missing patches and vulnerable CVEs as its site last
+/// reported them (batch format 5; the newest `as_of_ms` wins). Stored
+/// apart from the [`PatchComplianceRow`] (keyed alike); central's CVE
+/// index (`tenant, CVE, site, device`) is derived from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatchFindingsRow {
+    pub tenant: TenantId,
+    pub site_id: SiteId,
+    /// The site's customer.
+    pub customer: CustomerId,
+    /// The appliance's device id (hex).
+    pub device: String,
+    /// When the site assessed it.
+    pub as_of_ms: u64,
+    pub patches: Vec<batch::MissingPatchEntry>,
+    pub vulns: Vec<batch::VulnGroup>,
+}
+
+impl PatchFindingsRow {
+    pub fn from_batch(site: &SiteRecord, f: &batch::PatchFindings) -> Self {
+        PatchFindingsRow {
+            tenant: site.tenant.clone(),
+            site_id: site.site_id.clone(),
+            customer: site.customer.clone(),
+            device: f.device.to_string(),
+            as_of_ms: f.as_of_ms,
+            patches: f.patches.clone(),
+            vulns: f.vulns.clone(),
+        }
+    }
+
+    /// Each CVE of the device with how it is exposed (a CVE in several
+    /// source packages has several hits), ordered by CVE id.
+    pub fn cve_hits(&self) -> std::collections::BTreeMap<&str, Vec<CveHit>> {
+        let mut out: std::collections::BTreeMap<&str, Vec<CveHit>> = Default::default();
+        for v in &self.vulns {
+            for c in &v.cves {
+                out.entry(c.as_str()).or_default().push(CveHit::of(v));
+            }
+        }
+        out
+    }
+}
+
+/// A device exposed to a CVE, as central's CVE index holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CveExposureRow {
+    pub site_id: SiteId,
+    /// The appliance's device id (hex).
+    pub device: String,
+    pub hits: Vec<CveHit>,
+}
+
+/// How a device is exposed to one CVE through one source package: an
+/// entry of central's CVE index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CveHit {
+    pub source: String,
+    pub installed: String,
+    /// `None`: open (no fix in the release yet).
+    pub fixed: Option<String>,
+    /// A candidate upgrade of the device reaches the fix.
+    pub fix_available: bool,
+    pub severity: batch::FindingSeverity,
+}
+
+impl CveHit {
+    pub fn of(v: &batch::VulnGroup) -> CveHit {
+        CveHit {
+            source: v.source.clone(),
+            installed: v.installed.clone(),
+            fixed: v.fixed.clone(),
+            fix_available: v.fix_available,
+            severity: v.severity,
+        }
+    }
+
+    /// `fixable` (an upgrade is offered), `fix-not-in-repositories` (the
+    /// release has a fix the device's repositories do not offer) or `open`
+    /// (no fix yet).
+    pub fn state(&self) -> &'static str {
+        match (&self.fixed, self.fix_available) {
+            (None, _) => "open",
+            (Some(_), true) => "fixable",
+            (Some(_), false) => "fix-not-in-repositories",
+        }
+    }
+}
+
 impl PatchComplianceRow {
     /// The row for `p`, reported by `site`.
     pub fn from_batch(site: &SiteRecord, p: &batch::PatchCompliance) -> Self {

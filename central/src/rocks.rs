@@ -27,8 +27,9 @@ use crate::bulk::CentralBulk;
 use crate::commands::{self, AuditRow, CentralCommand, Change, Outcome, OutputOp};
 use crate::fleet_index::FleetIndex;
 use crate::model::{
-    AlertRow, ApiTokenRecord, BucketRow, DeadLetter, DeviceRow, DeviceStatus, JoinTokenRecord,
-    PatchComplianceRow, Rollup, RollupRow, SessionRecord, SiteRecord, UserRecord,
+    AlertRow, ApiTokenRecord, BucketRow, CveExposureRow, CveHit, DeadLetter, DeviceRow,
+    DeviceStatus, JoinTokenRecord, PatchComplianceRow, PatchFindingsRow, Rollup, RollupRow,
+    SessionRecord, SiteRecord, UserRecord,
 };
 use crate::scripts::CentralScript;
 use crate::store::{
@@ -66,7 +67,12 @@ const CF_AUDIT: &str = "audit";
 const CF_COMMANDS_HELD: &str = "commands_held";
 /// `tenant \0 site \0 device` → [`PatchComplianceRow`].
 const CF_PATCH_COMPLIANCE: &str = "patch_compliance";
-const CFS: [&str; 11] = [
+/// `tenant \0 site \0 device` → [`PatchFindingsRow`].
+const CF_PATCH_FINDINGS: &str = "patch_findings";
+/// Central's CVE index, derived from the findings rows in the same write:
+/// `tenant \0 cve \0 site \0 device` → `Vec<`[`CveHit`]`>`.
+const CF_PATCH_CVES: &str = "patch_cves";
+const CFS: [&str; 13] = [
     CF_SITES,
     CF_DEVICES,
     CF_ROLLUPS,
@@ -78,6 +84,8 @@ const CFS: [&str; 11] = [
     CF_AUDIT,
     CF_COMMANDS_HELD,
     CF_PATCH_COMPLIANCE,
+    CF_PATCH_FINDINGS,
+    CF_PATCH_CVES,
 ];
 
 /// Central's RocksDB store: a cheap handle (clones share the database).
@@ -466,14 +474,31 @@ impl RocksCentralStore {
             .iter()
             .map(|d| key(&[t, s, d.as_bytes()]))
             .collect();
+        let finding_keys: Vec<Vec<u8>> = touched
+            .findings
+            .iter()
+            .map(|d| key(&[t, s, d.as_bytes()]))
+            .collect();
         let current = CurrentRows {
             devices: self.multi_get(CF_DEVICES, &device_keys)?,
             buckets: self.multi_get(CF_ROLLUPS, &bucket_keys)?,
             alerts: self.multi_get(CF_ALERTS, &alert_keys)?,
             patches: self.multi_get(CF_PATCH_COMPLIANCE, &patch_keys)?,
+            findings: self.multi_get(CF_PATCH_FINDINGS, &finding_keys)?,
             touched,
             site,
         };
+        // The CVEs of the findings rows the batch may replace: their index
+        // entries go when a replacing row no longer has them.
+        let cves_before: Vec<Vec<String>> = current
+            .findings
+            .iter()
+            .map(|r| {
+                r.as_ref().map_or_else(Vec::new, |r| {
+                    r.cve_hits().into_keys().map(str::to_owned).collect()
+                })
+            })
+            .collect();
         let changes = match apply::plan(current, b, received_ms)
             .map_err(|e| CentralStoreError::Backend(e.to_string()))?
         {
@@ -504,6 +529,24 @@ impl RocksCentralStore {
         for (k, row) in patch_keys.iter().zip(&changes.patches) {
             if let Some(row) = row {
                 self.put(&mut wb, CF_PATCH_COMPLIANCE, k, row)?;
+            }
+        }
+        for ((k, row), before) in finding_keys.iter().zip(&changes.findings).zip(&cves_before) {
+            let Some(row) = row else { continue };
+            self.put(&mut wb, CF_PATCH_FINDINGS, k, row)?;
+            let hits = row.cve_hits();
+            let dev = row.device.as_bytes();
+            let cves = self.cf(CF_PATCH_CVES)?;
+            for gone in before.iter().filter(|c| !hits.contains_key(c.as_str())) {
+                wb.delete_cf(cves, key(&[t, gone.as_bytes(), s, dev]));
+            }
+            for (cve, h) in &hits {
+                self.put(
+                    &mut wb,
+                    CF_PATCH_CVES,
+                    &key(&[t, cve.as_bytes(), s, dev]),
+                    h,
+                )?;
             }
         }
         for (alert_id, number, entry) in &changes.alert_history {
@@ -653,6 +696,74 @@ impl RocksCentralStore {
                 out.push(r);
             }
             true
+        })?;
+        Ok(out)
+    }
+
+    /// One device's patch findings row (its site's current customer).
+    pub fn device_patch_findings(
+        &self,
+        tenant: &str,
+        site_id: &str,
+        device: &str,
+    ) -> Result<Option<PatchFindingsRow>> {
+        let Some(mut r) = self.get::<PatchFindingsRow>(
+            CF_PATCH_FINDINGS,
+            &key(&[tenant.as_bytes(), site_id.as_bytes(), device.as_bytes()]),
+        )?
+        else {
+            return Ok(None);
+        };
+        if let Some(site) = self.site(tenant, site_id)? {
+            r.customer = site.customer;
+        }
+        Ok(Some(r))
+    }
+
+    /// Findings rows of `tenant`, of one site when given (rows of a site no
+    /// longer known are left out), each with its site's current customer.
+    pub fn patch_findings(
+        &self,
+        tenant: &str,
+        site_id: Option<&str>,
+    ) -> Result<Vec<PatchFindingsRow>> {
+        let customers = self.site_customers(tenant)?;
+        let p = match site_id {
+            Some(s) => prefix(&[tenant.as_bytes(), s.as_bytes()]),
+            None => prefix(&[tenant.as_bytes()]),
+        };
+        let mut out = Vec::new();
+        self.scan::<PatchFindingsRow>(CF_PATCH_FINDINGS, &p, &p, |_, mut r| {
+            if let Some(c) = customers.get(&r.site_id) {
+                r.customer = c.clone();
+                out.push(r);
+            }
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// The devices of `tenant` exposed to `cve` (from the CVE index): (site,
+    /// device, how), at most `limit`.
+    pub fn cve_exposure(
+        &self,
+        tenant: &str,
+        cve: &str,
+        limit: usize,
+    ) -> Result<Vec<CveExposureRow>> {
+        let p = prefix(&[tenant.as_bytes(), cve.as_bytes()]);
+        let mut out = Vec::new();
+        self.scan::<Vec<CveHit>>(CF_PATCH_CVES, &p, &p, |k, hits| {
+            let rest = k.get(p.len()..).unwrap_or_default();
+            let mut parts = rest.splitn(2, |b| *b == 0);
+            let site = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            let device = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            out.push(CveExposureRow {
+                site_id: SiteId::from(site),
+                device,
+                hits,
+            });
+            out.len() < limit
         })?;
         Ok(out)
     }
@@ -1624,6 +1735,40 @@ impl BatchStore for RocksCentralStore {
 }
 
 impl FleetStore for RocksCentralStore {
+    fn patch_findings<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: Option<&'a SiteId>,
+    ) -> StoreFuture<'a, Vec<PatchFindingsRow>> {
+        let (st, t, s) = (self.clone(), tenant.to_owned(), site_id.cloned());
+        blocking(move || st.patch_findings(&t, s.as_deref()))
+    }
+
+    fn device_patch_findings<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: &'a SiteId,
+        device: &'a str,
+    ) -> StoreFuture<'a, Option<PatchFindingsRow>> {
+        let (st, t, s, d) = (
+            self.clone(),
+            tenant.to_owned(),
+            site_id.to_owned(),
+            device.to_owned(),
+        );
+        blocking(move || st.device_patch_findings(&t, &s, &d))
+    }
+
+    fn cve_exposure<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        cve: &'a str,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<CveExposureRow>> {
+        let (st, t, c) = (self.clone(), tenant.to_owned(), cve.to_owned());
+        blocking(move || st.cve_exposure(&t, &c, limit))
+    }
+
     fn patch_compliance<'a>(
         &'a self,
         tenant: &'a TenantId,

@@ -29,8 +29,9 @@ use outpost_proto::{CustomerId, SiteId, TenantId};
 use outpost_uplink::batch::SiteBatch;
 
 use crate::model::{
-    AlertRow, AlertState, ApiTokenRecord, DeadLetter, DeviceRow, DeviceStatus, JoinTokenRecord,
-    PatchComplianceRow, Rollup, RollupRow, SessionRecord, Severity, SiteRecord, UserRecord,
+    AlertRow, AlertState, ApiTokenRecord, CveExposureRow, DeadLetter, DeviceRow, DeviceStatus,
+    JoinTokenRecord, PatchComplianceRow, PatchFindingsRow, Rollup, RollupRow, SessionRecord,
+    Severity, SiteRecord, UserRecord,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -544,6 +545,29 @@ pub trait BatchStore: Send + Sync + 'static {
 /// What the API and the web view read, all tenant-scoped, and alert
 /// acknowledgement. A device row read here carries its site's customer.
 pub trait FleetStore: Send + Sync + 'static {
+    /// Patch findings rows (missing patches and CVEs) of the tenant (of one
+    /// site when given), each with its site's current customer.
+    fn patch_findings<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: Option<&'a SiteId>,
+    ) -> StoreFuture<'a, Vec<PatchFindingsRow>>;
+    /// One device's patch findings, `None` when its site sent none.
+    fn device_patch_findings<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: &'a SiteId,
+        device: &'a str,
+    ) -> StoreFuture<'a, Option<PatchFindingsRow>>;
+    /// The tenant's devices exposed to `cve` (central's CVE index), at
+    /// most `limit`, in (site, device) order. Not scoped by customer: the
+    /// caller filters.
+    fn cve_exposure<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        cve: &'a str,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<CveExposureRow>>;
     /// Patch compliance rows of the tenant (of one site when given), each
     /// with its site's current customer.
     fn patch_compliance<'a>(

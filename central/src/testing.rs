@@ -68,6 +68,7 @@ pub fn sample_batch(seq: u64) -> SiteBatch {
         commands: vec![],
         dropped_rollups: 0,
         foreign_tenants: vec![],
+        patch_findings: vec![],
     }
 }
 

@@ -625,6 +625,44 @@ pub trait ConsoleBackend: Send + Sync + 'static {
     ) -> ConsoleFuture<'a, crate::scripts::BulkDetail> {
         Box::pin(async { Err(no_commands()) })
     }
+    /// The Patches overview of the viewer's scope (backends with
+    /// [`Features::patches`]; the default has none).
+    fn patch_overview<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+    ) -> ConsoleFuture<'a, crate::patches::PatchOverview> {
+        Box::pin(async { Err(no_patches()) })
+    }
+    /// Which devices of the viewer's scope are exposed to a CVE.
+    fn patch_cve<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+        _cve: &'a str,
+    ) -> ConsoleFuture<'a, crate::patches::CvePage> {
+        Box::pin(async { Err(no_patches()) })
+    }
+    /// A device's patch panel; `None` when it has no assessment.
+    fn device_patches<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+        _site: &'a str,
+        _device: &'a str,
+    ) -> ConsoleFuture<'a, Option<crate::patches::DevicePatchView>> {
+        Box::pin(async { Err(no_patches()) })
+    }
+    /// The compliance report (CSV) of the viewer's scope, of one customer
+    /// when given (one out of scope is `NotFound`).
+    fn patch_report_csv<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+        _customer: Option<&'a str>,
+    ) -> ConsoleFuture<'a, String> {
+        Box::pin(async { Err(no_patches()) })
+    }
+}
+
+fn no_patches() -> ConsoleError {
+    ConsoleError::NotFound("Patches are not available on this server.".into())
 }
 
 fn no_commands() -> ConsoleError {

@@ -22,6 +22,7 @@ pub mod commands;
 pub mod format;
 pub mod live;
 pub mod pages;
+pub mod patches;
 pub mod routes;
 pub mod scripts;
 pub mod security;

@@ -58,7 +58,9 @@ pub fn router<S: Clone + Send + Sync + 'static>(c: Arc<Console>) -> Router<S> {
             "/sites/{site}/devices/{device}/scripts",
             post(crate::scripts::run),
         )
-        .route("/patches", get(|s, h| later(s, h, "Patches")))
+        .route("/patches", get(crate::patches::overview))
+        .route("/patches/cves/{cve}", get(crate::patches::cve))
+        .route("/patches/report.csv", get(crate::patches::report_csv))
         .route("/deployments", get(|s, h| later(s, h, "Deployments")))
         .route("/console/live", get(live))
         .route("/console/console.js", get(js))
@@ -532,6 +534,11 @@ async fn device_page(
         Vec::new()
     };
     let csrf = c.csrf.token(&v.csrf_subject);
+    let patch_panel = if c.backend.info().features.patches {
+        crate::patches::device_panel(&c, &v, &dv.site_id, &dv.device).await
+    } else {
+        maud::html! {}
+    };
     let m = render(
         &c,
         Some(&v),
@@ -548,6 +555,9 @@ async fn device_page(
         ],
         maud::html! {
             (pages::device(&d, &series, range, &v, &csrf, now))
+            @if c.backend.info().features.patches {
+                (patch_panel)
+            }
             @if c.backend.info().features.commands {
                 (crate::commands::device_section(&dv.site_id, &dv.device, &v, &csrf))
             }

@@ -22,6 +22,10 @@ pub struct UplinkMetrics {
     pub device_updates_enqueued: Counter,
     pub alert_transitions_enqueued: Counter,
     pub batches_sent: Counter,
+    /// Batches re-encoded without what central does not read (patch
+    /// findings or details for a central that announced an older
+    /// protocol), each time one was sent.
+    pub batches_downgraded: Counter,
     pub bytes_sent: Counter,
     pub batches_acked: Counter,
     /// Rollups removed from the outbox because it hit its bound.
@@ -84,6 +88,11 @@ impl UplinkMetrics {
             "batches_sent",
             "Batches sent to central (including resends)",
             self.batches_sent.clone(),
+        );
+        r.register(
+            "batches_downgraded",
+            "Batches sent without patch findings or details central does not read (an older central)",
+            self.batches_downgraded.clone(),
         );
         r.register(
             "bytes_sent",

@@ -43,11 +43,35 @@ pub fn pick_next(stored: &[u64], in_flight: &BTreeSet<u64>, sent_max: u64) -> Op
 }
 
 /// The version to say from now on after central closed the connection
-/// before its `Welcome` with `close_code`, having said `said`: version 1
-/// when central refused the version as unsupported (an older central),
+/// before its `Welcome` with `close_code`, having said `said`: one version
+/// lower when central refused the version as unsupported (an older
+/// central: 3 → 2 keeps the downlink of commands, 2 → 1 the batches),
 /// else no change.
 pub fn fallback_version(close_code: Option<u32>, said: u16) -> Option<u16> {
-    (close_code == Some(crate::wire::close::UNSUPPORTED_VERSION) && said > 1).then_some(1)
+    (close_code == Some(crate::wire::close::UNSUPPORTED_VERSION) && said > 1).then(|| said - 1)
+}
+
+/// The payload of a stored batch as it goes to a central that reads batch
+/// formats up to `max_format`: as stored, or re-encoded without what that
+/// central does not read (counted). A payload that does not open is sent
+/// as it is (central dead-letters it, as before).
+fn payload_for(
+    payload: Vec<u8>,
+    max_format: u16,
+    level: i32,
+    metrics: &crate::metrics::UplinkMetrics,
+) -> Vec<u8> {
+    match crate::batch::reencode_for(&payload, max_format, level) {
+        Ok(Some(p)) => {
+            metrics.batches_downgraded.inc();
+            p
+        }
+        Ok(None) => payload,
+        Err(e) => {
+            warn!(error = %e, "a stored batch does not decode; sending it as stored");
+            payload
+        }
+    }
 }
 
 /// Runs until `cancel`: connect, stream, reconnect with backoff.
@@ -168,8 +192,10 @@ async fn stream(
                 uplink.hello_version.store(v, Ordering::Relaxed);
                 warn!(
                     version = hello_version,
+                    fallback = v,
                     "central does not speak this uplink protocol version; \
-                     falling back to version 1 (central's commands need a newer central)"
+                     falling back to an older one (patch findings need protocol 3, \
+                     central's commands protocol 2)"
                 );
             }
             return Err(anyhow::Error::new(e).context("reading Welcome"));
@@ -216,8 +242,10 @@ async fn stream(
         }
         _ => None,
     };
+    let max_format = crate::wire::max_batch_format(welcome.protocol_version.min(hello_version));
     let r = stream_loop(
         uplink,
+        max_format,
         &mut send,
         &mut recv,
         &mut reader,
@@ -232,8 +260,10 @@ async fn stream(
     r
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn stream_loop(
     uplink: &Arc<Uplink>,
+    max_format: u16,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
     reader: &mut FrameReader,
@@ -262,12 +292,15 @@ async fn stream_loop(
             let Some(rec) = outbox.get(seq)? else {
                 continue;
             };
-            let n = rec.payload.len() as u64;
+            let payload = payload_for(
+                rec.payload,
+                max_format,
+                uplink.outbox().zstd_level(),
+                &metrics,
+            );
+            let n = payload.len() as u64;
             write_frame(
-                &SiteFrame::Batch(WireBatch {
-                    seq,
-                    payload: rec.payload,
-                }),
+                &SiteFrame::Batch(WireBatch { seq, payload }),
                 &mut out,
                 MAX_UPLINK_FRAME_BYTES,
             )?;
@@ -329,10 +362,64 @@ async fn stream_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::{self, PatchDetail};
+    use crate::wire::{PATCH_FINDINGS_PROTOCOL_VERSION, max_batch_format};
+
+    /// A batch holding patch details (format 4) and findings (format 5)
+    /// goes to a central that announced protocol 2 (or 1) re-encoded in
+    /// format 3, which such a central reads, with the counts every format
+    /// carries; a central of protocol 3 gets it as stored. Before the
+    /// gate, format 4 went to every central and an older one
+    /// dead-lettered it.
+    #[test]
+    fn batches_go_to_an_older_central_in_a_format_it_reads() {
+        let mut b = batch::tests::sample_batch(4);
+        b.patch_compliance.push(batch::PatchCompliance {
+            device: outpost_proto::DeviceId(42),
+            missing: 5,
+            missing_critical: 1,
+            installed_pending_reboot: 0,
+            as_of_ms: 9,
+            detail: Some(PatchDetail {
+                compliance: batch::ComplianceState::NonCompliant,
+                security_patches: Default::default(),
+                fixable_cves: 3,
+                open_cves: 1,
+                risk: Some(40),
+                scanned_at_ms: 8,
+                reboot_required: false,
+            }),
+        });
+        b.patch_findings = vec![batch::findings::tests::typical_device(42, 3, 4, 0)];
+        let stored = batch::encode(&b, 3).unwrap();
+        let m = crate::metrics::UplinkMetrics::default();
+        for v in [1, 2] {
+            let max = max_batch_format(v);
+            assert_eq!(max, 3);
+            let sent = payload_for(stored.clone(), max, 3, &m);
+            let opened = batch::open(&sent).unwrap();
+            assert!(opened.header().format <= 3, "{}", opened.header().format);
+            let back = opened.decode().unwrap();
+            assert!(back.patch_findings.is_empty());
+            assert_eq!(back.patch_compliance[0].missing, 5);
+            assert_eq!(back.patch_compliance[0].detail, None);
+            assert_eq!((back.seq, &back.devices), (b.seq, &b.devices));
+        }
+        assert_eq!(m.batches_downgraded.get(), 2);
+        let max = max_batch_format(PATCH_FINDINGS_PROTOCOL_VERSION);
+        assert_eq!(payload_for(stored.clone(), max, 3, &m), stored);
+        assert_eq!(batch::decode(&stored).unwrap(), b);
+        assert_eq!(m.batches_downgraded.get(), 2);
+    }
 
     #[test]
-    fn an_older_central_refusing_the_version_makes_the_site_speak_version_1() {
+    fn an_older_central_refusing_the_version_makes_the_site_step_down_one_version() {
         use crate::wire::close;
+        assert_eq!(
+            fallback_version(Some(close::UNSUPPORTED_VERSION), 3),
+            Some(2),
+            "a central of version 2 still takes commands"
+        );
         assert_eq!(
             fallback_version(Some(close::UNSUPPORTED_VERSION), 2),
             Some(1)

@@ -38,13 +38,30 @@ pub const ALPN_UPLINK: &[u8] = b"outpost-uplink/1";
 /// carries it, and appliances pin central's own CA, so the name is fixed.
 pub const CENTRAL_SERVER_NAME: &str = "outpost-central";
 /// Version of the uplink protocol of this build (2: the downlink of
-/// commands).
-pub const UPLINK_PROTOCOL_VERSION: u16 = 2;
+/// commands; 3: central reads batch formats 4 and 5, patch details and
+/// findings).
+pub const UPLINK_PROTOCOL_VERSION: u16 = 3;
 /// Oldest site protocol central still accepts (a version-1 site gets
 /// batches acknowledged and no downlink frames).
 pub const MIN_UPLINK_PROTOCOL_VERSION: u16 = 1;
 /// First protocol version that carries the downlink of commands.
 pub const COMMANDS_PROTOCOL_VERSION: u16 = 2;
+/// First protocol version whose central reads patch details and findings
+/// (batch formats 4 and 5).
+pub const PATCH_FINDINGS_PROTOCOL_VERSION: u16 = 3;
+
+/// The newest batch format a central that announced `protocol_version` in
+/// its Welcome reads: 5 from [`PATCH_FINDINGS_PROTOCOL_VERSION`], else 3
+/// (what centrals of versions 1 and 2 were released reading). The sender
+/// re-encodes a stored batch above it ([`crate::batch::reencode_for`])
+/// rather than have it refused for good.
+pub fn max_batch_format(protocol_version: u16) -> u16 {
+    if protocol_version >= PATCH_FINDINGS_PROTOCOL_VERSION {
+        crate::batch::BATCH_FORMAT
+    } else {
+        3
+    }
+}
 /// Largest uplink frame (a batch is compressed and bounded well below it).
 pub const MAX_UPLINK_FRAME_BYTES: usize = 32 * 1024 * 1024;
 

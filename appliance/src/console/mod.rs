@@ -21,6 +21,7 @@
 
 pub(crate) mod commands;
 pub mod index;
+pub(crate) mod patches;
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -486,6 +487,9 @@ pub struct SiteConsole {
     /// Remote commands (the command pages); `None`: the pages say they
     /// are not available.
     pub commands: Option<crate::commands::service::CommandService>,
+    /// Patch assessment (the patch pages); `None`: the pages say they are
+    /// not available.
+    pub patches: Option<crate::patches::PatchService>,
 }
 
 impl SiteConsole {
@@ -564,6 +568,7 @@ impl ConsoleBackend for SiteConsole {
             features: Features {
                 tags: true,
                 commands: self.commands.is_some(),
+                patches: self.patches.is_some(),
                 ..Features::default()
             },
         }
@@ -1046,6 +1051,40 @@ impl ConsoleBackend for SiteConsole {
 
     fn cancel_command<'a>(&'a self, v: &'a Viewer, id: &'a str) -> ConsoleFuture<'a, ()> {
         Box::pin(self.command_cancel(v, id))
+    }
+
+    // The patch pages read the patch service's in-memory view and a few
+    // registry rows: short reads, done inline.
+    fn patch_overview<'a>(
+        &'a self,
+        _v: &'a Viewer,
+    ) -> ConsoleFuture<'a, outpost_console::patches::PatchOverview> {
+        Box::pin(async move { patches::overview(self, outpost_storage::now_ms()) })
+    }
+
+    fn patch_cve<'a>(
+        &'a self,
+        _v: &'a Viewer,
+        cve: &'a str,
+    ) -> ConsoleFuture<'a, outpost_console::patches::CvePage> {
+        Box::pin(async move { patches::cve(self, cve) })
+    }
+
+    fn device_patches<'a>(
+        &'a self,
+        _v: &'a Viewer,
+        site: &'a str,
+        device: &'a str,
+    ) -> ConsoleFuture<'a, Option<outpost_console::patches::DevicePatchView>> {
+        Box::pin(async move { patches::device(self, site, device) })
+    }
+
+    fn patch_report_csv<'a>(
+        &'a self,
+        _v: &'a Viewer,
+        customer: Option<&'a str>,
+    ) -> ConsoleFuture<'a, String> {
+        Box::pin(async move { patches::report_csv(self, customer) })
     }
 }
 

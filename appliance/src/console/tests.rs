@@ -155,6 +155,7 @@ async fn rig() -> Rig {
             alerts: alerts.clone(),
             sessions: sessions.clone(),
             commands: Some(commands.clone()),
+            patches: None,
         }),
         csrf: outpost_console::CsrfKey::from_bytes(b"test key"),
         metrics: metrics.console.clone(),

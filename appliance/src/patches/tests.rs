@@ -697,6 +697,109 @@ fn pending_compliance(store: &Store) -> Vec<outpost_uplink::batch::PatchComplian
     v
 }
 
+fn pending_findings(store: &Store) -> Vec<outpost_uplink::batch::PatchFindings> {
+    let mut v = Vec::new();
+    store
+        .scan_raw(
+            outpost_storage::rollup::UPLINK_PENDING,
+            &[outpost_uplink::outbox::FINDINGS_PREFIX],
+            Some(&[outpost_uplink::outbox::FINDINGS_PREFIX + 1]),
+            |_, val| {
+                v.push(codec::decode(val).unwrap());
+                Ok(true)
+            },
+        )
+        .unwrap();
+    v
+}
+
+/// V1 (openssl 3.0.11) against the tracker: the fixable high CVE with its
+/// fixed version and whether an upgrade reaches it, the open medium one
+/// apart, the unimportant-free low one of bash fixed below the installed
+/// version (not a finding at all).
+#[test]
+fn findings_carry_fixable_and_open_cves_grouped_by_package_fix_and_severity() {
+    let r = rig();
+    r.service
+        .import(FeedFormat::DebianTracker, None, "test", TRACKER.as_bytes())
+        .unwrap();
+    let dev = DeviceId(9);
+    put_report(
+        &r.store,
+        dev,
+        1,
+        &PackageReport::Full(Box::new(scan(V1, 1_000))),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(5_000).unwrap();
+    let a = r.service.device(dev).unwrap().unwrap().assessment.unwrap();
+    let f = crate::patches::uplink::findings_of(dev, &a);
+    assert_eq!(f.as_of_ms, a.assessed_at_ms);
+    let got: Vec<_> = f
+        .vulns
+        .iter()
+        .map(|v| {
+            (
+                v.source.as_str(),
+                v.fixed.as_deref(),
+                v.severity,
+                v.cves.join(" "),
+            )
+        })
+        .collect();
+    use outpost_uplink::batch::FindingSeverity as S;
+    assert_eq!(
+        got,
+        vec![
+            ("openssl", None, S::Medium, "CVE-2024-0002".to_string()),
+            (
+                "openssl",
+                Some("3.0.13-1~deb12u1"),
+                S::High,
+                "CVE-2024-0001".to_string()
+            ),
+        ],
+        "{f:?}"
+    );
+    assert_eq!(f.patches.len(), a.patches.len());
+}
+
+/// The site console's device panel from an assessment: the fixable CVE
+/// with its fixed version (no upgrade offered: not in the repositories),
+/// the open one after it.
+#[test]
+fn the_site_consoles_device_panel_lists_fixable_then_open_cves() {
+    let r = rig();
+    r.service
+        .import(FeedFormat::DebianTracker, None, "test", TRACKER.as_bytes())
+        .unwrap();
+    let dev = DeviceId(11);
+    put_report(
+        &r.store,
+        dev,
+        1,
+        &PackageReport::Full(Box::new(scan(V1, 1_000))),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(5_000).unwrap();
+    let a = r.service.device(dev).unwrap().unwrap().assessment.unwrap();
+    let v = crate::console::patches::device_view(&a);
+    let got: Vec<_> = v
+        .cves
+        .iter()
+        .map(|c| (c.cve.as_str(), c.state.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("CVE-2024-0001", "fix-not-in-repositories"),
+            ("CVE-2024-0002", "open")
+        ]
+    );
+    assert_eq!(v.last_scan_ms, 1_000);
+    assert_eq!((v.fixable_cves, v.open_cves), (1, 1));
+}
+
 fn clear_pending(store: &Store) {
     let mut b = store.batch();
     let mut keys = Vec::new();
@@ -754,6 +857,18 @@ fn a_changed_assessment_is_queued_for_the_uplink_only_while_the_site_is_joined()
     assert_eq!(d.scanned_at_ms, 2_000);
     let a = r.service.device(dev).unwrap().unwrap().assessment.unwrap();
     assert_eq!(p[0], crate::patches::uplink::compliance_of(dev, &a));
+    // The findings travel beside it: V2 has openssl 3.0.15, so only the
+    // open CVE is left (V1's fixable one is gone).
+    let f = pending_findings(&r.store);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0], crate::patches::uplink::findings_of(dev, &a));
+    assert_eq!(f[0].vulns.len(), 1, "{f:?}");
+    let v = &f[0].vulns[0];
+    assert_eq!(
+        (v.source.as_str(), v.fixed.as_deref(), v.cves.as_slice()),
+        ("openssl", None, &["CVE-2024-0002".to_string()][..])
+    );
+    assert_eq!(v.severity, outpost_uplink::batch::FindingSeverity::Medium);
 
     // Joining (or starting joined) queues every device again.
     clear_pending(&r.store);

@@ -1,12 +1,19 @@
 //! A device's assessment as the uplink batch carries it
-//! ([`outpost_uplink::batch::PatchCompliance`]), and queueing it for the
-//! next batch when it changed. Owns only that conversion; the pending
-//! entries belong to the uplink outbox (`uplink_pending`).
+//! ([`outpost_uplink::batch::PatchCompliance`], and its missing patches
+//! and CVEs as [`PatchFindings`]), and queueing both for the next batch
+//! when they changed. Owns only that conversion; the pending entries
+//! belong to the uplink outbox (`uplink_pending`).
 
-use outpost_patch::assess::{Compliance, DeviceAssessment, SeverityCounts};
+use std::collections::BTreeMap;
+
+use outpost_patch::assess::{Compliance, DeviceAssessment, FindingState, SeverityCounts};
+use outpost_patch::severity::Severity;
 use outpost_proto::DeviceId;
 use outpost_storage::{Batch, Store};
-use outpost_uplink::batch::{ComplianceState, PatchCompliance, PatchDetail, PatchSeverityCounts};
+use outpost_uplink::batch::{
+    ComplianceState, FindingSeverity, MissingPatchEntry, PatchCompliance, PatchDetail,
+    PatchFindings, PatchSeverityCounts, VulnGroup,
+};
 
 /// The uplink summary of `a` (its `as_of_ms` is the assessment time).
 pub fn compliance_of(device: DeviceId, a: &DeviceAssessment) -> PatchCompliance {
@@ -31,6 +38,83 @@ pub fn compliance_of(device: DeviceId, a: &DeviceAssessment) -> PatchCompliance 
             scanned_at_ms: a.scanned_at_ms,
             reboot_required: a.reboot_required,
         }),
+    }
+}
+
+fn finding_severity(s: Severity) -> FindingSeverity {
+    match s {
+        Severity::Unimportant => FindingSeverity::Unimportant,
+        Severity::Unknown => FindingSeverity::Unknown,
+        Severity::Low => FindingSeverity::Low,
+        Severity::Medium => FindingSeverity::Medium,
+        Severity::High => FindingSeverity::High,
+        Severity::Critical => FindingSeverity::Critical,
+    }
+}
+
+/// The missing patches and vulnerable CVEs (fixable and open, not
+/// unimportant: those the site counts) of `a`, as the batch carries them.
+/// CVEs are grouped by (source package, installed version, fixed version,
+/// fix available, severity), in the assessment's order.
+pub fn findings_of(device: DeviceId, a: &DeviceAssessment) -> PatchFindings {
+    let patches = a
+        .patches
+        .iter()
+        .map(|p| MissingPatchEntry {
+            source: p.source.to_string(),
+            installed: p.installed.to_string(),
+            candidate: p.candidate.as_ref().map(|c| c.to_string()),
+            binaries: p.binaries.len() as u32,
+            security: p.security,
+            severity: p.severity.map(finding_severity),
+            cves: p.cves.iter().map(|c| c.to_string()).collect(),
+            reboot_expected: p.reboot_expected,
+            first_seen_ms: p.first_seen_ms,
+        })
+        .collect();
+    type Key = (String, String, Option<String>, bool, FindingSeverity);
+    let mut groups: BTreeMap<Key, Vec<String>> = BTreeMap::new();
+    for (p, f) in a.all_findings() {
+        if f.severity == Severity::Unimportant
+            || !matches!(f.state, FindingState::Fixable | FindingState::Open)
+        {
+            continue;
+        }
+        let fixed = match f.state {
+            FindingState::Fixable => f.fixed.as_ref().map(|v| v.to_string()),
+            _ => None,
+        };
+        // A fixable finding always names its fixed version; without one
+        // it is shown open rather than lost.
+        let fix_available = fixed.is_some() && f.fix_available;
+        groups
+            .entry((
+                p.source.to_string(),
+                p.installed.to_string(),
+                fixed,
+                fix_available,
+                finding_severity(f.severity),
+            ))
+            .or_default()
+            .push(f.id.to_string());
+    }
+    PatchFindings {
+        device,
+        as_of_ms: a.assessed_at_ms,
+        patches,
+        vulns: groups
+            .into_iter()
+            .map(
+                |((source, installed, fixed, fix_available, severity), cves)| VulnGroup {
+                    source,
+                    installed,
+                    fixed,
+                    fix_available,
+                    severity,
+                    cves,
+                },
+            )
+            .collect(),
     }
 }
 
@@ -60,9 +144,14 @@ fn same(a: &PatchCompliance, b: &PatchCompliance) -> bool {
     }
 }
 
-/// Adds `a`'s summary to `batch` for the uplink when it differs from
-/// `previous`'s (or there is none), and the site is joined. Returns
-/// whether it was added.
+/// Whether two findings say the same (ignoring when they were taken).
+fn same_findings(a: &PatchFindings, b: &PatchFindings) -> bool {
+    a.patches == b.patches && a.vulns == b.vulns
+}
+
+/// Adds `a`'s summary, and its findings, to `batch` for the uplink, each
+/// when it differs from `previous`'s (or there is none), and the site is
+/// joined. Returns whether anything was added.
 pub fn queue_if_changed(
     store: &Store,
     batch: &mut Batch,
@@ -70,11 +159,14 @@ pub fn queue_if_changed(
     a: &DeviceAssessment,
     previous: Option<&DeviceAssessment>,
 ) -> anyhow::Result<bool> {
+    let mut added = false;
     let now = compliance_of(device, a);
-    if previous.is_some_and(|p| same(&compliance_of(device, p), &now)) {
-        return Ok(false);
+    if !previous.is_some_and(|p| same(&compliance_of(device, p), &now)) {
+        added |= outpost_uplink::outbox::patch_compliance_into(store, batch, &now)?;
     }
-    Ok(outpost_uplink::outbox::patch_compliance_into(
-        store, batch, &now,
-    )?)
+    let findings = findings_of(device, a);
+    if !previous.is_some_and(|p| same_findings(&findings_of(device, p), &findings)) {
+        added |= outpost_uplink::outbox::patch_findings_into(store, batch, &findings)?;
+    }
+    Ok(added)
 }

@@ -83,6 +83,29 @@ pub const MAX_NAME_BYTES: usize = outpost_proto::metric_names::MAX_NAME_BYTES;
 /// about 15 MiB.
 pub const MAX_EXPANDED_NAME_BYTES: usize = 32 * 1024 * 1024;
 
+/// Devices with patch findings in one batch (format 5). The compactor
+/// takes fewer: it stops at [`MAX_EXPANDED_FINDING_BYTES`] (the rest waits
+/// for the next batch).
+pub const MAX_PATCH_FINDINGS: usize = 20_000;
+
+/// Strings in a batch's finding dictionary (source packages, versions and
+/// CVE ids of every device together; a release has ~30,000 source
+/// packages and the tracker ~45,000 CVEs).
+pub const MAX_FINDING_STRINGS: usize = 1_000_000;
+
+/// Missing patches, and CVE groups, of one device (each list): a host has
+/// ~1,500 to ~5,000 packages.
+pub const MAX_FINDING_ENTRIES: usize = 20_000;
+
+/// CVE ids of one missing patch or CVE group (a kernel update fixes a few
+/// hundred).
+pub const MAX_FINDING_CVES: usize = 4_096;
+
+/// Bytes the finding strings expand into once decoded (every reference is
+/// its own copy): a typical device of ~100 findings expands into ~10 KB,
+/// so a batch carries a few thousand devices' findings.
+pub const MAX_EXPANDED_FINDING_BYTES: usize = 64 * 1024 * 1024;
+
 /// Values in the raw `f64` column of the rollups: at most four per series
 /// rollup (min, max, sum, last of a value that is not a short decimal).
 pub const MAX_RAW_VALUES: usize = 4 * MAX_SERIES_ROLLUPS;
@@ -115,10 +138,15 @@ pub enum Limit {
     NameBytes,
     ExpandedNameBytes,
     RawValues,
+    PatchFindings,
+    FindingStrings,
+    FindingEntries,
+    FindingCves,
+    ExpandedFindingBytes,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 13] = [
+    pub const ALL: [Limit; 18] = [
         Limit::DecodedBytes,
         Limit::DeviceUpdates,
         Limit::AlertTransitions,
@@ -132,6 +160,11 @@ impl Limit {
         Limit::NameBytes,
         Limit::ExpandedNameBytes,
         Limit::RawValues,
+        Limit::PatchFindings,
+        Limit::FindingStrings,
+        Limit::FindingEntries,
+        Limit::FindingCves,
+        Limit::ExpandedFindingBytes,
     ];
 
     /// The bound.
@@ -150,6 +183,11 @@ impl Limit {
             Limit::NameBytes => MAX_NAME_BYTES,
             Limit::ExpandedNameBytes => MAX_EXPANDED_NAME_BYTES,
             Limit::RawValues => MAX_RAW_VALUES,
+            Limit::PatchFindings => MAX_PATCH_FINDINGS,
+            Limit::FindingStrings => MAX_FINDING_STRINGS,
+            Limit::FindingEntries => MAX_FINDING_ENTRIES,
+            Limit::FindingCves => MAX_FINDING_CVES,
+            Limit::ExpandedFindingBytes => MAX_EXPANDED_FINDING_BYTES,
         }
     }
 
@@ -169,6 +207,11 @@ impl Limit {
             Limit::NameBytes => "name_bytes",
             Limit::ExpandedNameBytes => "expanded_name_bytes",
             Limit::RawValues => "raw_values",
+            Limit::PatchFindings => "patch_findings",
+            Limit::FindingStrings => "finding_strings",
+            Limit::FindingEntries => "finding_entries",
+            Limit::FindingCves => "finding_cves",
+            Limit::ExpandedFindingBytes => "expanded_finding_bytes",
         }
     }
 
@@ -284,6 +327,10 @@ pub(crate) mod de {
         series_rollups => Limit::SeriesRollups,
         series_names => Limit::SeriesNames,
         raw_values => Limit::RawValues,
+        patch_findings => Limit::PatchFindings,
+        finding_strings => Limit::FindingStrings,
+        finding_entries => Limit::FindingEntries,
+        finding_cves => Limit::FindingCves,
     }
 }
 

@@ -19,7 +19,10 @@
 //! `(alert_id, at_ms, state)`. Sequence numbers make each batch apply once.
 
 pub mod compact;
+pub mod findings;
 pub mod limits;
+
+pub use findings::{FindingSeverity, MissingPatchEntry, PatchFindings, VulnGroup};
 
 use outpost_proto::DeviceId;
 use outpost_proto::codec::{self, CodecError};
@@ -33,13 +36,17 @@ pub use outpost_proto::alert::Severity;
 /// 2: rollup `min` column relative to the previous entry (see [`compact`]);
 /// 3: alert state [`AlertState::Cleared`], and the batch is followed by
 ///    the [`ForeignTenant`] list;
-/// 4: followed by the [`PatchDetail`] of each patch compliance entry.
+/// 4: followed by the [`PatchDetail`] of each patch compliance entry;
+/// 5: followed by the devices' [`PatchFindings`] (missing patches and
+///    CVEs, strings in a per-batch dictionary, see [`findings`]).
 /// Batches of every earlier format (still in an outbox after an upgrade)
 /// are decoded too. A batch is written in the oldest format that can carry
 /// it ([`format_of`]): 2 unless it holds a `cleared` transition or a
 /// foreign tenant, so a central that reads only format 2 refuses only those
 /// batches, by their format number (upgrade central first all the same).
-pub const BATCH_FORMAT: u16 = 4;
+/// The sender never sends a central more than it announced it reads
+/// ([`crate::wire::max_batch_format`], [`downgrade`]).
+pub const BATCH_FORMAT: u16 = 5;
 pub use limits::{Limit, MAX_DECODED_BYTES, OverLimit};
 
 /// Everything one batch carries.
@@ -66,6 +73,9 @@ pub struct SiteBatch {
     /// `tenant`, per tenant, as of `created_ms`: a snapshot, empty when
     /// there are none (and in batches of format 2 or older).
     pub foreign_tenants: Vec<ForeignTenant>,
+    /// Since format 5: the missing patches and CVEs of the devices whose
+    /// assessment changed (one entry per device, its latest).
+    pub patch_findings: Vec<PatchFindings>,
 }
 
 /// Devices of a site enrolled under a tenant other than the one the site
@@ -396,7 +406,9 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 9;
 /// The oldest format (from 2, the rollup layout this build writes) that can
 /// carry `batch`.
 pub fn format_of(batch: &SiteBatch) -> u16 {
-    let base = if batch.patch_compliance.iter().any(|p| p.detail.is_some()) {
+    let base = if !batch.patch_findings.is_empty() {
+        5
+    } else if batch.patch_compliance.iter().any(|p| p.detail.is_some()) {
         4
     } else if batch.foreign_tenants.is_empty() {
         2
@@ -458,7 +470,48 @@ pub fn encode(batch: &SiteBatch, level: i32) -> Result<Vec<u8>, BatchError> {
             &mut raw,
         )?;
     }
+    if format >= 5 {
+        codec::encode_into(
+            &findings::WireFindings::encode(&batch.patch_findings),
+            &mut raw,
+        )?;
+    }
     zstd::bulk::compress(&raw, level).map_err(BatchError::Compression)
+}
+
+/// `batch` as a central that reads formats up to `max_format` can take it:
+/// without findings below format 5, without patch details below format 4
+/// (the counts every format carries stay). Alert states and foreign
+/// tenants need format 3, the oldest any central still announces.
+/// Returns whether anything was removed.
+pub fn downgrade(batch: &mut SiteBatch, max_format: u16) -> bool {
+    let mut changed = false;
+    if max_format < 5 && !batch.patch_findings.is_empty() {
+        batch.patch_findings.clear();
+        changed = true;
+    }
+    if max_format < 4 {
+        for p in &mut batch.patch_compliance {
+            changed |= p.detail.take().is_some();
+        }
+    }
+    changed
+}
+
+/// The stored `payload` re-encoded for a central that reads formats up to
+/// `max_format` ([`downgrade`]), or `None` when it can take it as it is.
+pub fn reencode_for(
+    payload: &[u8],
+    max_format: u16,
+    level: i32,
+) -> Result<Option<Vec<u8>>, BatchError> {
+    let opened = open(payload)?;
+    if opened.header().format <= max_format {
+        return Ok(None);
+    }
+    let mut b = opened.decode()?;
+    downgrade(&mut b, max_format);
+    Ok(Some(encode(&b, level)?))
 }
 
 /// A decompressed batch whose [`BatchHeader`] is read and whose body is
@@ -542,11 +595,22 @@ impl OpenedBatch {
             )));
         }
         let rest = raw.get(used..).unwrap_or_default();
+        let mut patch_findings = Vec::new();
         let (foreign_tenants, patch_details) = if wire.format >= 4 {
             let (f3, used3): (WireFormat3, usize) =
                 codec::decode_prefix(rest).map_err(BatchError::from_codec)?;
-            let f4 = codec::decode::<WireFormat4>(rest.get(used3..).unwrap_or_default())
-                .map_err(BatchError::from_codec)?;
+            let rest4 = rest.get(used3..).unwrap_or_default();
+            let f4 = if wire.format >= 5 {
+                let (f4, used4): (WireFormat4, usize) =
+                    codec::decode_prefix(rest4).map_err(BatchError::from_codec)?;
+                let f5 =
+                    codec::decode::<findings::WireFindings>(rest4.get(used4..).unwrap_or_default())
+                        .map_err(BatchError::from_codec)?;
+                patch_findings = f5.decode()?;
+                f4
+            } else {
+                codec::decode::<WireFormat4>(rest4).map_err(BatchError::from_codec)?
+            };
             if f4.patch_details.len() != wire.patch_compliance.len() {
                 return Err(BatchError::Malformed(format!(
                     "{} patch details for {} patch compliance entries",
@@ -589,6 +653,7 @@ impl OpenedBatch {
             commands: wire.commands,
             dropped_rollups: wire.dropped_rollups,
             foreign_tenants,
+            patch_findings,
         })
     }
 }
@@ -608,6 +673,7 @@ impl SiteBatch {
         Limit::PatchCompliance.check(self.patch_compliance.len() as u64)?;
         Limit::CommandSummaries.check(self.commands.len() as u64)?;
         Limit::ForeignTenants.check(self.foreign_tenants.len() as u64)?;
+        findings::check_all(&self.patch_findings)?;
         let mut names = std::collections::HashSet::new();
         let mut budget = limits::RollupBudget::default();
         for e in &self.rollups {
@@ -690,6 +756,7 @@ pub(crate) mod tests {
             commands: vec![],
             dropped_rollups: 0,
             foreign_tenants: vec![],
+            patch_findings: vec![],
         }
     }
 

@@ -14,11 +14,11 @@ use outpost_storage::model::{DeviceRecord, DeviceState, DeviceStatus, Rollup};
 use outpost_storage::registry::DEVICES;
 use outpost_storage::rollup::{self, ROLLUPS, SeriesInfo, UPLINK_PENDING};
 
-use super::{ALERT_PREFIX, PATCH_PREFIX, Result};
+use super::{ALERT_PREFIX, FINDINGS_PREFIX, PATCH_PREFIX, Result};
 use crate::batch::limits::{self, RollupBudget};
 use crate::batch::{
     self, AlertTransition, DeviceRollups, DeviceUpdate, ForeignTenant, PatchCompliance,
-    SeriesRollup,
+    PatchFindings, SeriesRollup,
 };
 
 /// The batch's copy of a device status (the batch has its own types, so a
@@ -349,6 +349,55 @@ pub(super) fn pending_patch_compliance(
         },
     )?;
     ks.extend(corrupt);
+    Ok((out, ks))
+}
+
+/// Pending patch findings (one per device, its latest) while they fit the
+/// batch's [`limits::MAX_EXPANDED_FINDING_BYTES`] and
+/// [`limits::MAX_PATCH_FINDINGS`] (the rest waits for the next batch; one
+/// device always goes), with their keys; corrupt entries and devices over
+/// the per-device limits are dropped (counted in the log, keys returned).
+pub(super) fn pending_patch_findings(store: &Store) -> Result<(Vec<PatchFindings>, Vec<Vec<u8>>)> {
+    let mut out: Vec<PatchFindings> = Vec::new();
+    let mut ks = Vec::new();
+    let mut dropped = Vec::new();
+    let mut bytes = 0u64;
+    store.scan_raw(
+        UPLINK_PENDING,
+        &[FINDINGS_PREFIX],
+        Some(&[FINDINGS_PREFIX + 1]),
+        |k, v| match outpost_proto::codec::decode::<PatchFindings>(v) {
+            Ok(f) => {
+                if let Err(e) = f.check_limits() {
+                    tracing::warn!(device = %f.device, error = %e, "patch findings over the batch limits left out of the uplink");
+                    dropped.push(k.to_vec());
+                    return Ok(true);
+                }
+                let b = f.expanded_bytes();
+                if !out.is_empty()
+                    && (bytes + b > limits::MAX_EXPANDED_FINDING_BYTES as u64
+                        || out.len() >= limits::MAX_PATCH_FINDINGS)
+                {
+                    return Ok(false);
+                }
+                if b > limits::MAX_EXPANDED_FINDING_BYTES as u64 {
+                    tracing::warn!(device = %f.device, bytes = b, "patch findings over the batch limits left out of the uplink");
+                    dropped.push(k.to_vec());
+                    return Ok(true);
+                }
+                bytes += b;
+                out.push(f);
+                ks.push(k.to_vec());
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "dropping corrupt pending patch findings");
+                dropped.push(k.to_vec());
+                Ok(true)
+            }
+        },
+    )?;
+    ks.extend(dropped);
     Ok((out, ks))
 }
 

@@ -33,7 +33,7 @@ use outpost_storage::rollup::UPLINK_PENDING;
 use outpost_storage::{Batch, META, StorageError, Store, Table};
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{self, AlertTransition, BatchError, PatchCompliance, SiteBatch};
+use crate::batch::{self, AlertTransition, BatchError, PatchCompliance, PatchFindings, SiteBatch};
 use crate::metrics::UplinkMetrics;
 
 /// `seq` (u64 BE) → [`OutboxRecord`]: compacted, compressed batches
@@ -51,6 +51,9 @@ pub const ALERT_PREFIX: u8 = b'a';
 /// device (8, BE)` → [`PatchCompliance`], the device's latest (a newer
 /// assessment replaces one not sent yet).
 pub const PATCH_PREFIX: u8 = b'p';
+/// First byte of patch-findings keys in [`UPLINK_PENDING`]: `'f' | device
+/// (8, BE)` → [`PatchFindings`], the device's latest (format 5).
+pub const FINDINGS_PREFIX: u8 = b'f';
 const META_KEY: &[u8] = b"uplink.outbox";
 
 #[derive(Debug, thiserror::Error)]
@@ -246,6 +249,12 @@ impl Outbox {
         &self.store
     }
 
+    /// The zstd level batches are compressed at (the sender re-encodes
+    /// with it for an older central).
+    pub fn zstd_level(&self) -> i32 {
+        self.cfg.zstd_level
+    }
+
     /// Compacts pending changes into the next batch and stores it. Returns
     /// the stored entry.
     pub fn compact(&self, site: &SiteId, tenant: &TenantId, now_ms: u64) -> Result<Entry> {
@@ -264,6 +273,7 @@ impl Outbox {
         let (alerts, alert_keys) =
             compactor::pending_alerts(&self.store, self.cfg.max_alerts_per_batch)?;
         let (patch_compliance, patch_keys) = compactor::pending_patch_compliance(&self.store)?;
+        let (patch_findings, findings_keys) = compactor::pending_patch_findings(&self.store)?;
         let b = SiteBatch {
             seq,
             site: site.clone(),
@@ -276,6 +286,7 @@ impl Outbox {
             commands: Vec::new(),
             dropped_rollups: pending.dropped_series,
             foreign_tenants,
+            patch_findings,
         };
         let payload = batch::encode(&b, self.cfg.zstd_level)?;
         let rec = OutboxRecord::new(&b, payload);
@@ -288,6 +299,7 @@ impl Outbox {
             .iter()
             .chain(alert_keys.iter())
             .chain(patch_keys.iter())
+            .chain(findings_keys.iter())
         {
             wb.delete(UPLINK_PENDING, k)?;
         }
@@ -520,9 +532,24 @@ pub fn patch_compliance_into(
     Ok(true)
 }
 
+/// Adds a device's missing patches and CVEs for the uplink to `batch`,
+/// beside its [`patch_compliance_into`]; it replaces the device's findings
+/// not sent yet. Returns `false` when the site is not joined.
+pub fn patch_findings_into(store: &Store, batch: &mut Batch, f: &PatchFindings) -> Result<bool> {
+    if !store.uplink_tracking() {
+        return Ok(false);
+    }
+    batch.put(UPLINK_PENDING, &device_key(FINDINGS_PREFIX, f.device), f)?;
+    Ok(true)
+}
+
 fn patch_key(device: DeviceId) -> [u8; 9] {
+    device_key(PATCH_PREFIX, device)
+}
+
+fn device_key(prefix: u8, device: DeviceId) -> [u8; 9] {
     let mut k = [0u8; 9];
-    k[0] = PATCH_PREFIX;
+    k[0] = prefix;
     k[1..].copy_from_slice(&device.0.to_be_bytes());
     k
 }

@@ -301,6 +301,7 @@ impl Model {
             commands: Vec::new(),
             dropped_rollups: 0,
             foreign_tenants: Vec::new(),
+            patch_findings: Vec::new(),
         };
         for u in &b.devices {
             self.sent_snapshots

@@ -497,3 +497,64 @@ fn patch_compliance_is_not_recorded_while_the_site_is_not_joined() {
     assert!(!patch_compliance_into(&store, &mut wb, &compliance(1, 1, NOW)).unwrap());
     assert_eq!(wb.len(), 0);
 }
+
+#[test]
+fn a_devices_latest_patch_findings_go_up_once_and_a_large_backlog_spreads_over_batches() {
+    use crate::batch::findings::tests::typical_device;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let ob = outbox(&store, u64::MAX);
+    let push = |f: &batch::PatchFindings| {
+        let mut wb = store.batch();
+        assert!(patch_findings_into(&store, &mut wb, f).unwrap());
+        store.write(wb).unwrap();
+    };
+    push(&typical_device(1, 3, 4, 0));
+    push(&typical_device(2, 1, 1, 0));
+    let newer = typical_device(1, 5, 2, 0);
+    push(&newer);
+    let e = ob.compact(&SITE.into(), &TENANT.into(), NOW + 10).unwrap();
+    let b = batch::decode(&ob.get(e.seq).unwrap().unwrap().payload).unwrap();
+    assert_eq!(
+        b.patch_findings,
+        vec![newer, typical_device(2, 1, 1, 0)],
+        "one entry per device, its latest"
+    );
+    assert_eq!(pending_keys(&store), Vec::<Vec<u8>>::new(), "all consumed");
+    let e = ob.compact(&SITE.into(), &TENANT.into(), NOW + 20).unwrap();
+    let b = batch::decode(&ob.get(e.seq).unwrap().unwrap().payload).unwrap();
+    assert!(b.patch_findings.is_empty(), "sent once");
+
+    // Devices whose findings together expand beyond the batch limit go
+    // up over several batches, none lost, each batch within the limits.
+    let big = typical_device(0, 2_000, 2_000, 0);
+    let per = big.expanded_bytes();
+    let n = crate::batch::limits::MAX_EXPANDED_FINDING_BYTES as u64 / per + 2;
+    for d in 0..n {
+        push(&batch::PatchFindings {
+            device: DeviceId(100 + d),
+            ..big.clone()
+        });
+    }
+    let mut seen = 0;
+    for i in 0..4 {
+        let e = ob
+            .compact(&SITE.into(), &TENANT.into(), NOW + 30 + i)
+            .unwrap();
+        let b = batch::decode(&ob.get(e.seq).unwrap().unwrap().payload).unwrap();
+        assert!(b.check_limits().is_ok());
+        seen += b.patch_findings.len() as u64;
+    }
+    assert_eq!(seen, n);
+}
+
+#[test]
+fn patch_findings_are_not_recorded_while_the_site_is_not_joined() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    store.set_uplink_tracking(false);
+    let mut wb = store.batch();
+    let f = crate::batch::findings::tests::typical_device(1, 1, 1, 0);
+    assert!(!patch_findings_into(&store, &mut wb, &f).unwrap());
+    assert_eq!(wb.len(), 0);
+}

@@ -1,0 +1,580 @@
+//! The console's patch pages, for both scopes: the Patches overview
+//! (`/patches`: compliance per customer and site, devices by risk, the
+//! CVEs the fleet is exposed to, the CSV report), a CVE's page
+//! (`/patches/cves/{cve}`: which customers and devices are exposed, fixable
+//! or open), the compliance report download (`/patches/report.csv`), and
+//! the patch panel of a device page (missing patches, open CVEs, last scan
+//! age, reboot required).
+//!
+//! This module owns those pages, their types and routes only. Whether a
+//! backend has patches is [`crate::backend::Features::patches`]; what a
+//! viewer may see is the backend's decision (an object out of scope is
+//! `NotFound`). Read-only pages: no form, no CSRF token needed.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use maud::{Markup, html};
+use outpost_web::{Path, Query};
+use serde::Deserialize;
+
+use crate::Console;
+use crate::backend::{ConsoleError, Viewer};
+use crate::format;
+use crate::pages::layout::{self, badge, device_href, enc, site_href, time};
+use crate::routes::{error_page, html as page, now_ms, render, viewer};
+
+/// Devices listed by risk on the overview.
+pub const RISKY_DEVICES: usize = 25;
+/// CVEs listed on the overview.
+pub const TOP_CVES: usize = 25;
+
+/// Compliance of a set of devices (the scope, a customer, a site).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ComplianceLine {
+    /// Customer name, or site name.
+    pub label: String,
+    pub customer: String,
+    /// Set for a site's line.
+    pub site_id: Option<String>,
+    pub devices: u32,
+    pub compliant: u32,
+    pub non_compliant: u32,
+    pub unsupported: u32,
+    pub not_assessed: u32,
+    pub percent: Option<f64>,
+    pub security_critical: u64,
+    pub security_high: u64,
+    pub reboot_required: u32,
+}
+
+/// A device on the overview's risk list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RiskyDevice {
+    pub site_id: String,
+    pub site_name: String,
+    pub customer: String,
+    pub device: String,
+    pub hostname: String,
+    pub compliance: String,
+    pub risk: Option<u32>,
+    pub missing: u32,
+    pub security_critical: u32,
+    pub security_high: u32,
+    pub last_scan_ms: u64,
+    pub reboot_required: bool,
+}
+
+/// A CVE on the overview.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CveLine {
+    pub cve: String,
+    pub severity: String,
+    pub devices: u32,
+    pub fixable: u32,
+    pub fix_not_in_repositories: u32,
+    pub open: u32,
+    pub customers: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PatchOverview {
+    pub total: ComplianceLine,
+    /// Per customer (central); empty on a site.
+    pub customers: Vec<ComplianceLine>,
+    pub sites: Vec<ComplianceLine>,
+    /// Highest risk first.
+    pub risky: Vec<RiskyDevice>,
+    pub top_cves: Vec<CveLine>,
+    /// Customers the report can be narrowed to.
+    pub report_customers: Vec<String>,
+}
+
+/// A device exposed to a CVE.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CveDevice {
+    pub customer: String,
+    pub site_id: String,
+    pub site_name: String,
+    pub device: String,
+    pub hostname: String,
+    /// `fixable`, `fix-not-in-repositories`, `open`.
+    pub state: String,
+    pub source: String,
+    pub installed: String,
+    pub fixed: Option<String>,
+    pub severity: String,
+}
+
+/// Exposure of one customer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CustomerExposure {
+    pub customer: String,
+    pub devices: u32,
+    pub fixable: u32,
+    pub fix_not_in_repositories: u32,
+    pub open: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CvePage {
+    pub cve: String,
+    pub severity: Option<String>,
+    pub total: CustomerExposure,
+    pub customers: Vec<CustomerExposure>,
+    pub devices: Vec<CveDevice>,
+}
+
+/// A missing patch on a device page.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MissingRow {
+    pub source: String,
+    pub installed: String,
+    pub candidate: Option<String>,
+    pub security: bool,
+    pub severity: Option<String>,
+    pub cves: Vec<String>,
+    pub reboot_expected: bool,
+    pub first_seen_ms: u64,
+}
+
+/// A CVE a device is exposed to.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeviceCve {
+    pub cve: String,
+    pub source: String,
+    pub installed: String,
+    pub fixed: Option<String>,
+    pub state: String,
+    pub severity: String,
+}
+
+/// The patch panel of a device page.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DevicePatchView {
+    /// `compliant`, `non-compliant`, `unsupported-release`, `no-catalog`,
+    /// `not-assessed`.
+    pub compliance: String,
+    pub risk: Option<u32>,
+    /// When the device's packages were scanned (0: unknown).
+    pub last_scan_ms: u64,
+    pub reboot_required: bool,
+    pub missing: Vec<MissingRow>,
+    /// Fixable first, then by severity.
+    pub cves: Vec<DeviceCve>,
+    /// Missing patches and CVEs are not known (the site sent counts only).
+    pub counts_only: bool,
+    pub missing_count: u32,
+    pub fixable_cves: u32,
+    pub open_cves: u32,
+}
+
+pub fn cve_href(cve: &str) -> String {
+    format!("/patches/cves/{}", enc(cve))
+}
+
+fn percent(p: Option<f64>) -> String {
+    p.map_or_else(|| "–".to_string(), format::percent)
+}
+
+fn name_of(hostname: &str, device: &str) -> String {
+    if hostname.is_empty() {
+        device.to_string()
+    } else {
+        hostname.to_string()
+    }
+}
+
+fn compliance_table(id: &str, first: &str, lines: &[ComplianceLine]) -> Markup {
+    html! {
+        div.scroll { table.grid id=(id) {
+            thead { tr {
+                th { (first) } th.n { "Compliant" } th.n { "Devices" } th.n { "Non-compliant" }
+                th.n { "Unsupported" } th.n { "Not assessed" } th.n { "Critical patches" }
+                th.n { "High patches" } th.n { "Reboot required" }
+            } }
+            tbody { @for l in lines {
+                tr data-customer=(l.customer) {
+                    td { @match &l.site_id {
+                        Some(s) => { a href=(site_href(s)) { (l.label) } " " span.muted { (l.customer) } }
+                        None => { a href=(format!("/devices?customer={}", enc(&l.customer))) { (l.label) } }
+                    } }
+                    td.n.compliance { (percent(l.percent)) }
+                    td.n { (l.devices) }
+                    td.n { (l.non_compliant) }
+                    td.n { (l.unsupported) }
+                    td.n { (l.not_assessed) }
+                    td.n { (l.security_critical) }
+                    td.n { (l.security_high) }
+                    td.n { (l.reboot_required) }
+                }
+            } }
+        } }
+    }
+}
+
+/// The Patches overview.
+pub fn overview_page(o: &PatchOverview, tenant_scope: bool, now: u64) -> Markup {
+    let t = &o.total;
+    html! {
+        section #patch-summary {
+            p.facts {
+                b #fleet-compliance { (percent(t.percent)) } " compliant · "
+                (t.devices) " devices assessed · "
+                (t.non_compliant) " non-compliant · "
+                (t.security_critical) " critical and " (t.security_high) " high security patches missing · "
+                (t.reboot_required) " waiting for a reboot"
+            }
+            form.filters method="get" action="/patches/report.csv" #report-form {
+                @if tenant_scope && !o.report_customers.is_empty() {
+                    label { span { "Customer" }
+                        select name="customer" id="report-customer" {
+                            option value="" { "All customers" }
+                            @for c in &o.report_customers { option value=(c) { (c) } }
+                        }
+                    }
+                }
+                button type="submit" { "Download compliance report (CSV)" }
+            }
+            p { a href="/patches/report.csv" #report-csv { "Compliance report, every device (CSV)" } }
+        }
+        @if tenant_scope {
+            section #patch-customers {
+                h2 { "Compliance per customer" }
+                (compliance_table("compliance-customers", "Customer", &o.customers))
+            }
+        }
+        section #patch-sites {
+            h2 { "Compliance per site" }
+            (compliance_table("compliance-sites", "Site", &o.sites))
+        }
+        section #patch-risky {
+            h2 { "Devices by risk" }
+            @if o.risky.is_empty() { p.empty { "No device has a patch assessment yet." } } @else {
+                div.scroll { table.grid #risky-devices {
+                    thead { tr {
+                        th { "Device" } th { "Site" } th.n { "Risk" } th { "Compliance" }
+                        th.n { "Missing" } th.n { "Critical" } th.n { "High" } th { "Last scan" } th { "Reboot" }
+                    } }
+                    tbody { @for d in &o.risky {
+                        tr data-device=(d.device) {
+                            td { a href=(device_href(&d.site_id, &d.device)) { (name_of(&d.hostname, &d.device)) } }
+                            td { a href=(site_href(&d.site_id)) { (d.site_name) } " " span.muted { (d.customer) } }
+                            td.n { @if let Some(r) = d.risk { (r) } @else { "–" } }
+                            td { (badge("compliance", &d.compliance)) }
+                            td.n { (d.missing) }
+                            td.n { (d.security_critical) }
+                            td.n { (d.security_high) }
+                            td { @if d.last_scan_ms > 0 { (format::ago(d.last_scan_ms, now)) } @else { "never" } }
+                            td { @if d.reboot_required { (badge("reboot", "required")) } }
+                        }
+                    } }
+                } }
+            }
+        }
+        section #patch-cves {
+            h2 { "CVEs the fleet is exposed to" }
+            @if o.top_cves.is_empty() { p.empty { "No exposed CVE known (or the sites have not sent their findings yet)." } } @else {
+                div.scroll { table.grid #top-cves {
+                    thead { tr {
+                        th { "CVE" } th { "Severity" } th.n { "Devices" } th.n { "Fixable now" }
+                        th.n { "Fix not in repositories" } th.n { "No fix yet" }
+                        @if tenant_scope { th.n { "Customers" } }
+                    } }
+                    tbody { @for c in &o.top_cves {
+                        tr data-cve=(c.cve) {
+                            td { a href=(cve_href(&c.cve)) { (c.cve) } }
+                            td { (badge("sev", &c.severity)) }
+                            td.n { (c.devices) }
+                            td.n { (c.fixable) }
+                            td.n { (c.fix_not_in_repositories) }
+                            td.n { (c.open) }
+                            @if tenant_scope { td.n { (c.customers) } }
+                        }
+                    } }
+                } }
+            }
+        }
+    }
+}
+
+/// A CVE's page.
+pub fn cve_page(p: &CvePage, tenant_scope: bool) -> Markup {
+    let t = &p.total;
+    html! {
+        section #cve data-cve=(p.cve) {
+            p.facts {
+                @if let Some(s) = &p.severity { (badge("sev", s)) " · " }
+                b #exposed-devices { (t.devices) } " devices exposed · "
+                (t.fixable) " fixable now · "
+                (t.fix_not_in_repositories) " fix not in their repositories · "
+                (t.open) " without a fix yet"
+            }
+            @if t.devices == 0 { p.empty #not-exposed { "No device in your scope is exposed to " (p.cve) "." } }
+        }
+        @if tenant_scope && !p.customers.is_empty() {
+            section #cve-customers {
+                h2 { "Customers exposed" }
+                table.grid #exposed-customers {
+                    thead { tr { th { "Customer" } th.n { "Devices" } th.n { "Fixable now" } th.n { "Fix not in repositories" } th.n { "No fix yet" } } }
+                    tbody { @for c in &p.customers {
+                        tr data-customer=(c.customer) {
+                            td { a href=(format!("/devices?customer={}", enc(&c.customer))) { (c.customer) } }
+                            td.n { (c.devices) } td.n { (c.fixable) } td.n { (c.fix_not_in_repositories) } td.n { (c.open) }
+                        }
+                    } }
+                }
+            }
+        }
+        @if !p.devices.is_empty() {
+            section #cve-devices {
+                h2 { "Devices exposed" }
+                div.scroll { table.grid #exposed {
+                    thead { tr {
+                        th { "Device" } th { "Site" } @if tenant_scope { th { "Customer" } }
+                        th { "State" } th { "Package" } th { "Installed" } th { "Fixed in" } th { "Severity" }
+                    } }
+                    tbody { @for d in &p.devices {
+                        tr data-device=(d.device) data-state=(d.state) {
+                            td { a href=(device_href(&d.site_id, &d.device)) { (name_of(&d.hostname, &d.device)) } }
+                            td { a href=(site_href(&d.site_id)) { (d.site_name) } }
+                            @if tenant_scope { td { (d.customer) } }
+                            td { (badge("finding", &d.state)) }
+                            td { code { (d.source) } }
+                            td { code { (d.installed) } }
+                            td { @if let Some(f) = &d.fixed { code { (f) } } @else { span.muted { "no fix yet" } } }
+                            td { (badge("sev", &d.severity)) }
+                        }
+                    } }
+                } }
+            }
+        }
+    }
+}
+
+/// The patch panel of a device page.
+pub fn device_section(p: Option<&DevicePatchView>, now: u64) -> Markup {
+    html! {
+        section #device-patches {
+            h2 { "Patches" }
+            @match p {
+                None => { p.empty { "No patch assessment of this device yet." } }
+                Some(p) => {
+                    p.facts {
+                        (badge("compliance", &p.compliance))
+                        @if let Some(r) = p.risk { " · risk " b #device-risk { (r) } }
+                        " · last scan "
+                        @if p.last_scan_ms > 0 { span #last-scan { (format::ago(p.last_scan_ms, now)) } " (" (time(p.last_scan_ms, false)) ")" } @else { "never" }
+                        @if p.reboot_required { " · " (badge("reboot", "required")) }
+                        " · " (p.missing_count) " missing patches, "
+                        (p.fixable_cves) " fixable and " (p.open_cves) " open CVEs"
+                    }
+                    @if p.counts_only {
+                        p.muted { "The site sent counts only (an older appliance): the lists are not available here." }
+                    }
+                    @if !p.missing.is_empty() {
+                        h3 { "Missing patches" }
+                        div.scroll { table.grid #missing-patches {
+                            thead { tr {
+                                th { "Package" } th { "Installed" } th { "Candidate" } th { "Severity" }
+                                th { "CVEs" } th { "Missing since" } th { "Reboot" }
+                            } }
+                            tbody { @for m in &p.missing {
+                                tr data-source=(m.source) {
+                                    td { code { (m.source) } @if m.security { " " (badge("patch", "security")) } }
+                                    td { code { (m.installed) } }
+                                    td { @if let Some(c) = &m.candidate { code { (c) } } }
+                                    td { @if let Some(s) = &m.severity { (badge("sev", s)) } }
+                                    td { @for (i, c) in m.cves.iter().enumerate() {
+                                        @if i > 0 { " " } a href=(cve_href(c)) { (c) }
+                                    } }
+                                    td { @if m.first_seen_ms > 0 { (format::ago(m.first_seen_ms, now)) } }
+                                    td { @if m.reboot_expected { "expected" } }
+                                }
+                            } }
+                        } }
+                    }
+                    @if !p.cves.is_empty() {
+                        h3 { "CVEs" }
+                        div.scroll { table.grid #device-cves {
+                            thead { tr { th { "CVE" } th { "State" } th { "Severity" } th { "Package" } th { "Installed" } th { "Fixed in" } } }
+                            tbody { @for c in &p.cves {
+                                tr data-cve=(c.cve) data-state=(c.state) {
+                                    td { a href=(cve_href(&c.cve)) { (c.cve) } }
+                                    td { (badge("finding", &c.state)) }
+                                    td { (badge("sev", &c.severity)) }
+                                    td { code { (c.source) } }
+                                    td { code { (c.installed) } }
+                                    td { @if let Some(f) = &c.fixed { code { (f) } } @else { span.muted { "no fix yet" } } }
+                                }
+                            } }
+                        } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---- routes ----
+
+type C = State<Arc<Console>>;
+
+fn unavailable() -> ConsoleError {
+    ConsoleError::NotFound("Patches are not available on this server.".into())
+}
+
+/// `GET /patches`.
+pub async fn overview(State(c): C, h: HeaderMap) -> Response {
+    let v = match viewer(&c, &h).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if !c.backend.info().features.patches {
+        return error_page(&c, Some(&v), unavailable());
+    }
+    match c.backend.patch_overview(&v).await {
+        Ok(o) => {
+            let tenant = c.backend.info().scope == crate::backend::ScopeKind::Tenant;
+            let m = render(
+                &c,
+                Some(&v),
+                layout::Section::Patches,
+                "Patches",
+                vec![layout::crumb("Dashboard", "/"), layout::here("Patches")],
+                overview_page(&o, tenant, now_ms()),
+            );
+            page(StatusCode::OK, m)
+        }
+        Err(e) => error_page(&c, Some(&v), e),
+    }
+}
+
+/// `GET /patches/cves/{cve}`.
+pub async fn cve(State(c): C, h: HeaderMap, Path(cve): Path<String>) -> Response {
+    let v = match viewer(&c, &h).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if !c.backend.info().features.patches {
+        return error_page(&c, Some(&v), unavailable());
+    }
+    match c.backend.patch_cve(&v, &cve).await {
+        Ok(p) => {
+            let tenant = c.backend.info().scope == crate::backend::ScopeKind::Tenant;
+            let m = render(
+                &c,
+                Some(&v),
+                layout::Section::Patches,
+                &p.cve,
+                vec![
+                    layout::crumb("Dashboard", "/"),
+                    layout::crumb("Patches", "/patches"),
+                    layout::here(p.cve.clone()),
+                ],
+                cve_page(&p, tenant),
+            );
+            page(StatusCode::OK, m)
+        }
+        Err(e) => error_page(&c, Some(&v), e),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ReportParams {
+    pub customer: Option<String>,
+}
+
+/// `GET /patches/report.csv[?customer=C]`: one line per device.
+pub async fn report_csv(State(c): C, h: HeaderMap, Query(p): Query<ReportParams>) -> Response {
+    let v = match viewer(&c, &h).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if !c.backend.info().features.patches {
+        return error_page(&c, Some(&v), unavailable());
+    }
+    let customer = p
+        .customer
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    match c.backend.patch_report_csv(&v, customer.as_deref()).await {
+        Ok(csv) => {
+            let name = format!(
+                "patch-compliance-{}.csv",
+                customer
+                    .as_deref()
+                    .unwrap_or("all")
+                    .replace(|ch: char| !ch.is_ascii_alphanumeric() && ch != '-', "_")
+            );
+            let mut r = (StatusCode::OK, csv).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/csv; charset=utf-8"),
+            );
+            if let Ok(d) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+                r.headers_mut().insert(header::CONTENT_DISPOSITION, d);
+            }
+            r
+        }
+        Err(e) => error_page(&c, Some(&v), e),
+    }
+}
+
+/// The device page's panel (backends with patches).
+pub async fn device_panel(c: &Console, v: &Viewer, site: &str, device: &str) -> Markup {
+    match c.backend.device_patches(v, site, device).await {
+        Ok(p) => device_section(p.as_ref(), now_ms()),
+        Err(e) => {
+            html! { section #device-patches { h2 { "Patches" } p.notice { (e.to_string()) } } }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_panel_escapes_and_links_cves() {
+        let p = DevicePatchView {
+            compliance: "non-compliant".into(),
+            risk: Some(40),
+            last_scan_ms: 1_000,
+            reboot_required: true,
+            missing: vec![MissingRow {
+                source: "openssl<script>".into(),
+                installed: "1".into(),
+                candidate: Some("2".into()),
+                security: true,
+                severity: Some("high".into()),
+                cves: vec!["CVE-2026-0001".into()],
+                reboot_expected: false,
+                first_seen_ms: 500,
+            }],
+            cves: vec![],
+            counts_only: false,
+            missing_count: 1,
+            fixable_cves: 1,
+            open_cves: 0,
+        };
+        let s = device_section(Some(&p), 3_600_000).into_string();
+        assert!(s.contains("openssl&lt;script&gt;"), "{s}");
+        assert!(s.contains("href=\"/patches/cves/CVE-2026-0001\""), "{s}");
+        assert!(s.contains("1 missing patches"), "{s}");
+        let none = device_section(None, 0).into_string();
+        assert!(none.contains("No patch assessment"), "{none}");
+    }
+
+    #[test]
+    fn a_cve_page_without_exposure_says_so() {
+        let p = CvePage {
+            cve: "CVE-2026-1".into(),
+            ..Default::default()
+        };
+        let s = cve_page(&p, true).into_string();
+        assert!(s.contains("No device in your scope is exposed"), "{s}");
+    }
+}
