@@ -47,8 +47,8 @@ mod tests {
         // `scripts`, `bulk_runs`, `command_runs`, `file_transfers`,
         // `file_transfers_by_time` (issue 13); `package_scans_in`,
         // `patch_scans`, `patch_assessments`, `patch_sources`,
-        // `patch_compliance_daily` (issue 14).
-        assert_eq!(n, 42);
+        // `patch_compliance_daily` (issue 14); `patch_status_in` (issue 15).
+        assert_eq!(n, 43);
     }
 
     #[test]
