@@ -1,0 +1,347 @@
+//! `/api/v1/approvals/...` and `/api/v1/deployments/...`: approval rules,
+//! manual approve/decline, per-device decisions, and deployments
+//! (create, list, show, pause, resume, abort, rollback). Merged into the
+//! admin router behind the same authentication and roles
+//! (`crate::users::auth::required_role`: viewer reads, admin writes,
+//! technician pauses, resumes and rolls back).
+//!
+//! Owns only the HTTP mapping; the work is in [`super::approvals`] and
+//! [`super::orchestrator`].
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use outpost_patch::approval::{ApprovalRule, ApprovalScope, PatchKey, Verdict};
+use outpost_patch::rollout::{GateFigures, GateStatus, Input, RollbackScope};
+use outpost_proto::DeviceId;
+use outpost_storage::Store;
+use outpost_web::ApiError;
+use serde::{Deserialize, Serialize};
+
+use super::approvals::{self, ApprovalError, DeviceApprovals, MissingPatches};
+use super::orchestrator::{CreateRequest, DeployError, Orchestrator};
+use super::store::StoredDeployment;
+use crate::users::auth::Caller;
+
+/// Shared state of the routes.
+#[derive(Clone)]
+pub struct DeployApi {
+    pub store: Store,
+    pub patches: Arc<dyn MissingPatches>,
+    pub orchestrator: Arc<Orchestrator>,
+}
+
+pub fn router(api: DeployApi) -> Router {
+    Router::new()
+        .route("/api/v1/approvals", post(set_manual))
+        .route("/api/v1/approvals/rules", get(rules).post(add_rule))
+        .route(
+            "/api/v1/approvals/rules/{id}",
+            axum::routing::delete(remove_rule),
+        )
+        .route("/api/v1/approvals/devices/{id}", get(device))
+        .route("/api/v1/deployments", get(list).post(create))
+        .route("/api/v1/deployments/{id}", get(show))
+        .route("/api/v1/deployments/{id}/pause", post(pause))
+        .route("/api/v1/deployments/{id}/resume", post(resume))
+        .route("/api/v1/deployments/{id}/abort", post(abort))
+        .route("/api/v1/deployments/{id}/rollback", post(rollback))
+        .with_state(api)
+}
+
+fn approval_error(e: ApprovalError) -> ApiError {
+    match e {
+        ApprovalError::UnknownDevice(_)
+        | ApprovalError::UnknownPatch(_)
+        | ApprovalError::UnknownRule(_) => ApiError::NotFound(e.to_string()),
+        ApprovalError::DuplicateRule(_) => ApiError::Conflict(e.to_string()),
+        ApprovalError::Invalid(_) => ApiError::BadRequest(e.to_string()),
+        ApprovalError::Store(_) => ApiError::Internal(e.to_string()),
+    }
+}
+
+fn deploy_error(e: DeployError) -> ApiError {
+    match e {
+        DeployError::NotFound(_) | DeployError::UnknownDevice(_) => {
+            ApiError::NotFound(e.to_string())
+        }
+        DeployError::Conflict(_) | DeployError::Refused(_) => ApiError::Conflict(e.to_string()),
+        DeployError::Approvals(a) => approval_error(a),
+        DeployError::Store(_) => ApiError::Internal(e.to_string()),
+    }
+}
+
+fn now() -> u64 {
+    outpost_storage::now_ms()
+}
+
+async fn rules(State(a): State<DeployApi>) -> Result<Json<Vec<ApprovalRule>>, ApiError> {
+    approvals::list(&a.store).map(Json).map_err(approval_error)
+}
+
+async fn add_rule(
+    State(a): State<DeployApi>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Json(rule): Json<ApprovalRule>,
+) -> Result<Response, ApiError> {
+    approvals::add_rule(&a.store, &rule, &caller.actor(&headers), now()).map_err(approval_error)?;
+    Ok((StatusCode::CREATED, Json(rule)).into_response())
+}
+
+async fn remove_rule(
+    State(a): State<DeployApi>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<ApprovalRule>, ApiError> {
+    approvals::remove_rule(&a.store, &id, &caller.actor(&headers), now())
+        .map(Json)
+        .map_err(approval_error)
+}
+
+/// Body of `POST /api/v1/approvals`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManualBody {
+    /// `PKG=VERSION`.
+    pub patch: String,
+    /// `device:ID`, `tag:T`, `customer:C`, `tenant[:T]` (default: the
+    /// site's tenant).
+    #[serde(default)]
+    pub scope: Option<String>,
+    pub verdict: Verdict,
+}
+
+async fn set_manual(
+    State(a): State<DeployApi>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Json(b): Json<ManualBody>,
+) -> Result<Response, ApiError> {
+    let patch = approvals::parse_patch(&b.patch).map_err(ApiError::BadRequest)?;
+    let tenant = approvals::site_tenant(&a.store).map_err(approval_error)?;
+    let scope: ApprovalScope =
+        approvals::parse_scope(b.scope.as_deref().unwrap_or("tenant"), tenant.as_deref())
+            .map_err(ApiError::BadRequest)?;
+    let rule = approvals::set_manual(
+        &a.store,
+        a.patches.as_ref(),
+        patch,
+        scope,
+        b.verdict,
+        &caller.actor(&headers),
+        now(),
+    )
+    .map_err(approval_error)?;
+    Ok((StatusCode::CREATED, Json(rule)).into_response())
+}
+
+async fn device(
+    State(a): State<DeployApi>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceApprovals>, ApiError> {
+    let dev = id
+        .parse::<DeviceId>()
+        .map_err(|_| ApiError::NotFound(format!("unknown device {id}")))?;
+    approvals::device_decisions(&a.store, a.patches.as_ref(), dev, now())
+        .map(Json)
+        .map_err(approval_error)
+}
+
+/// One line of `GET /api/v1/deployments`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeploymentSummary {
+    pub id: String,
+    pub phase: String,
+    /// The stage reached (running, paused or rolling back).
+    pub stage: Option<u32>,
+    pub stages: u32,
+    pub target: String,
+    pub patches: Vec<PatchKey>,
+    pub devices: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub created_at_ms: u64,
+    pub created_by: String,
+    pub updated_at_ms: u64,
+}
+
+/// One stage of `GET /api/v1/deployments/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageView {
+    pub figures: GateFigures,
+    /// `holds`, `waiting: …`, `fails: …`.
+    pub gate: String,
+}
+
+/// `GET /api/v1/deployments/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeploymentView {
+    pub summary: DeploymentSummary,
+    pub stages: Vec<StageView>,
+    pub stored: StoredDeployment,
+}
+
+pub fn summary(d: &StoredDeployment) -> DeploymentSummary {
+    let dep = &d.deployment;
+    let mut succeeded = 0;
+    let mut failed = 0;
+    for r in dep.devices.values() {
+        match r.state {
+            outpost_patch::rollout::DeviceState::Succeeded => succeeded += 1,
+            s if s.is_finished() => failed += 1,
+            _ => {}
+        }
+    }
+    DeploymentSummary {
+        id: d.id().to_string(),
+        phase: dep.phase.name().to_string(),
+        stage: dep.current_stage(),
+        stages: dep.stages.len() as u32,
+        target: d.target.to_string(),
+        patches: dep.spec.patches.clone(),
+        devices: dep.devices.len() as u32,
+        succeeded,
+        failed,
+        created_at_ms: d.created_at_ms,
+        created_by: d.created_by.clone(),
+        updated_at_ms: d.updated_at_ms,
+    }
+}
+
+pub fn view(d: StoredDeployment, now_ms: u64) -> DeploymentView {
+    let stages = (0..d.deployment.stages.len() as u32)
+        .map(|k| StageView {
+            figures: d.deployment.figures(k),
+            gate: match d.deployment.gate(k, now_ms) {
+                GateStatus::Holds => "holds".into(),
+                GateStatus::Waiting(w) => format!("waiting: {w}"),
+                GateStatus::Fails(f) => format!("fails: {f}"),
+            },
+        })
+        .collect();
+    DeploymentView {
+        summary: summary(&d),
+        stages,
+        stored: d,
+    }
+}
+
+async fn list(State(a): State<DeployApi>) -> Result<Json<Vec<DeploymentSummary>>, ApiError> {
+    let all = a.orchestrator.list().map_err(deploy_error)?;
+    Ok(Json(all.iter().map(summary).collect()))
+}
+
+async fn show(
+    State(a): State<DeployApi>,
+    Path(id): Path<String>,
+) -> Result<Json<DeploymentView>, ApiError> {
+    let d = a.orchestrator.get(&id).map_err(deploy_error)?;
+    Ok(Json(view(d, now())))
+}
+
+async fn create(
+    State(a): State<DeployApi>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Json(req): Json<CreateRequest>,
+) -> Result<Response, ApiError> {
+    let d = a
+        .orchestrator
+        .create(req, a.patches.as_ref(), &caller.actor(&headers), now())
+        .await
+        .map_err(deploy_error)?;
+    Ok((StatusCode::CREATED, Json(view(d, now()))).into_response())
+}
+
+/// Body of pause and abort.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NoteBody {
+    #[serde(default)]
+    pub note: String,
+}
+
+/// Body of resume.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ResumeBody {
+    /// Give failed and rolled-back devices of the started stages a new attempt.
+    #[serde(default)]
+    pub retry_failed: bool,
+    /// Override the current stage's gate.
+    #[serde(default)]
+    pub force: bool,
+    /// Replace the versions to install (a fixed version).
+    #[serde(default)]
+    pub patches: Option<Vec<PatchKey>>,
+}
+
+/// Body of rollback: `{"scope": "deployment"}`, `{"scope": "stage",
+/// "stage": 1}`, `{"scope": "device", "device": "ID"}`.
+pub type RollbackBody = RollbackScope;
+
+async fn act(
+    a: &DeployApi,
+    id: &str,
+    input: Input,
+    actor: &str,
+) -> Result<Json<DeploymentView>, ApiError> {
+    let d = a
+        .orchestrator
+        .input(id, input, actor, now())
+        .await
+        .map_err(deploy_error)?;
+    Ok(Json(view(d, now())))
+}
+
+async fn pause(
+    State(a): State<DeployApi>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<NoteBody>>,
+) -> Result<Json<DeploymentView>, ApiError> {
+    let note = body.map(|b| b.0.note).unwrap_or_default();
+    act(&a, &id, Input::Pause { note }, &caller.actor(&headers)).await
+}
+
+async fn resume(
+    State(a): State<DeployApi>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<ResumeBody>>,
+) -> Result<Json<DeploymentView>, ApiError> {
+    let b = body.map(|b| b.0).unwrap_or_default();
+    let input = Input::Resume {
+        retry_failed: b.retry_failed,
+        force: b.force,
+        patches: b.patches,
+    };
+    act(&a, &id, input, &caller.actor(&headers)).await
+}
+
+async fn abort(
+    State(a): State<DeployApi>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<NoteBody>>,
+) -> Result<Json<DeploymentView>, ApiError> {
+    let note = body.map(|b| b.0.note).unwrap_or_default();
+    act(&a, &id, Input::Abort { note }, &caller.actor(&headers)).await
+}
+
+async fn rollback(
+    State(a): State<DeployApi>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(scope): Json<RollbackBody>,
+) -> Result<Json<DeploymentView>, ApiError> {
+    act(&a, &id, Input::Rollback(scope), &caller.actor(&headers)).await
+}
