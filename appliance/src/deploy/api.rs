@@ -345,3 +345,154 @@ async fn rollback(
 ) -> Result<Json<DeploymentView>, ApiError> {
     act(&a, &id, Input::Rollback(scope), &caller.actor(&headers)).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::approvals::tests::{FakePatches, enroll, missing, open_store};
+    use crate::deploy::orchestrator::{InstallOptions, SiteEnv};
+    use crate::users::auth::required_role;
+    use axum::body::Body;
+    use axum::http::{Method, Request};
+    use outpost_web::login::Role;
+    use tower::ServiceExt;
+
+    async fn call(r: &Router, method: &str, path: &str, body: &str) -> (StatusCode, String) {
+        let mut req = Request::builder().method(method).uri(path);
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req.body(Body::from(body.to_string())).unwrap();
+        let resp = r.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let b = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&b).into_owned())
+    }
+
+    #[test]
+    fn technicians_pause_resume_and_roll_back_admins_create_and_abort_viewers_read() {
+        let post = Method::POST;
+        for r in ["pause", "resume", "rollback"] {
+            let route = format!("/api/v1/deployments/{{id}}/{r}");
+            assert_eq!(required_role(&post, &route), Role::Technician, "{route}");
+        }
+        assert_eq!(
+            required_role(&post, "/api/v1/deployments/{id}/abort"),
+            Role::Admin
+        );
+        assert_eq!(required_role(&post, "/api/v1/deployments"), Role::Admin);
+        assert_eq!(required_role(&post, "/api/v1/approvals"), Role::Admin);
+        assert_eq!(
+            required_role(&Method::DELETE, "/api/v1/approvals/rules/{id}"),
+            Role::Admin
+        );
+        assert_eq!(
+            required_role(&Method::GET, "/api/v1/deployments/{id}"),
+            Role::Viewer
+        );
+        assert_eq!(
+            required_role(&Method::GET, "/api/v1/approvals/devices/{id}"),
+            Role::Viewer
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_patches_and_devices_are_404_and_a_deployment_with_nothing_approved_is_409() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        let d = enroll(&store, 1, "dental", &[]);
+        let fake = Arc::new(FakePatches::default());
+        fake.0
+            .lock()
+            .unwrap()
+            .insert(d, vec![missing("openssl", "3.0.1-1", "3.0.2-1", true)]);
+        let patches: Arc<dyn MissingPatches> = fake;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let orchestrator = Arc::new(Orchestrator::new(
+            store.clone(),
+            Arc::new(crate::deploy::NoDeviceLink),
+            Arc::new(SiteEnv {
+                store: store.clone(),
+                patches: patches.clone(),
+            }),
+            metrics.clone(),
+            InstallOptions::default(),
+        ));
+        let r = router(DeployApi {
+            store: store.clone(),
+            patches,
+            orchestrator,
+        })
+        .layer(Extension(Caller::admin_token()));
+        let (s, b) = call(
+            &r,
+            "POST",
+            "/api/v1/approvals",
+            r#"{"patch":"nginx=1.2-1","verdict":"approve"}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+        assert!(b.contains("nginx=1.2-1"), "{b}");
+        let (s, b) = call(
+            &r,
+            "POST",
+            "/api/v1/approvals",
+            r#"{"patch":"openssl=3.0.2-1","scope":"device:00000000000000ff","verdict":"approve"}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+        assert!(b.contains("00000000000000ff"), "{b}");
+        let (s, b) = call(&r, "GET", "/api/v1/approvals/devices/00000000000000ff", "").await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+        let (s, b) = call(
+            &r,
+            "POST",
+            "/api/v1/deployments",
+            r#"{"target":{"type":"all"}}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::CONFLICT, "{b}");
+        assert!(b.contains("no patch is approved"), "{b}");
+        // Approve by hand (the site's tenant), then deploy: with no device
+        // link every install fails with the reason and the gate pauses.
+        let (s, b) = call(
+            &r,
+            "POST",
+            "/api/v1/approvals",
+            r#"{"patch":"openssl=3.0.2-1","verdict":"approve"}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        let (s, b) = call(&r, "GET", &format!("/api/v1/approvals/devices/{d}"), "").await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert!(b.contains("approved by hand for tenant msp"), "{b}");
+        let (s, b) = call(
+            &r,
+            "POST",
+            "/api/v1/deployments",
+            r#"{"id":"dep-x","target":{"type":"all"}}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        let (s, b) = call(&r, "GET", "/api/v1/deployments/dep-x", "").await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert!(b.contains("device link not available"), "{b}");
+        assert!(b.contains("\"phase\":\"paused\""), "{b}");
+        let (s, b) = call(&r, "POST", "/api/v1/deployments/dep-x/pause", "").await;
+        assert_eq!(s, StatusCode::CONFLICT, "{b}");
+        assert!(b.contains("not running"), "{b}");
+        let (s, _) = call(&r, "POST", "/api/v1/deployments/nope/pause", "").await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let text = metrics.encode();
+        assert!(
+            text.contains("outpost_deploy_gate_failures_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("outpost_deployments{state=\"paused\"} 1"),
+            "{text}"
+        );
+    }
+}
