@@ -192,6 +192,10 @@ pub async fn run_with_device_link(
         Arc::new(crate::deploy::orchestrator::SiteEnv {
             store: store.clone(),
             patches: patch_view.clone(),
+            alerts: {
+                let alerts = alerts.clone();
+                Some(Box::new(move |batch| alerts.samples(batch)))
+            },
         }),
         metrics.clone(),
         crate::deploy::orchestrator::InstallOptions::default(),

@@ -416,6 +416,7 @@ mod tests {
             Arc::new(SiteEnv {
                 store: store.clone(),
                 patches: patches.clone(),
+                alerts: None,
             }),
             metrics.clone(),
             InstallOptions::default(),

@@ -68,6 +68,10 @@ pub trait DeployEnv: Send + Sync {
     fn notify(&self, d: &StoredDeployment, event: &Event);
     /// Fetch and pin these versions in the site cache.
     fn prefetch<'a>(&'a self, deployment: &'a str, patches: &'a [PatchKey]) -> PrefetchFuture<'a>;
+    /// The deployment's alert levels (`deploy_gate_failed`, label = the
+    /// deployment id, 1 raised / 0 lowered) for the alert engine: a
+    /// built-in rule notifies its channels.
+    fn alert_levels(&self, d: &StoredDeployment);
     /// The binaries to install on `device` for `patches`: only patches the
     /// device misses and that are approved for it now (a decline after
     /// creation holds).
@@ -308,6 +312,7 @@ impl Orchestrator {
             created_by: actor.to_string(),
             window: req.window.clone(),
             installs: Default::default(),
+            alert_marks: Default::default(),
             updated_at_ms: now_ms,
         };
         {
@@ -361,6 +366,7 @@ impl Orchestrator {
         let windows = self.env.windows(&sd, now_ms);
         let actions = sd.deployment.step(input, &windows, now_ms);
         sd.updated_at_ms = now_ms;
+        mark_alerts(&mut sd, &actions, now_ms);
         store::put(&self.store, &sd)?;
         Ok((sd, actions))
     }
@@ -458,6 +464,9 @@ impl Orchestrator {
     pub async fn tick(&self, now_ms: u64) -> Result<(), DeployError> {
         for sd in self.list()? {
             if sd.deployment.is_terminal() {
+                if !sd.alert_marks.is_empty() {
+                    self.env.alert_levels(&sd);
+                }
                 continue;
             }
             let _g = self.lock.lock().await;
@@ -614,6 +623,9 @@ impl Orchestrator {
             }
             self.fail_later(&mut queue, &mut sd, failed, now_ms)?;
         }
+        if !sd.alert_marks.is_empty() {
+            self.env.alert_levels(&sd);
+        }
         Ok(sd)
     }
 
@@ -683,6 +695,91 @@ impl Orchestrator {
     }
 }
 
+/// Updates the deployment's alert marks from the notices of one step: a
+/// failed gate (or an automatic rollback) raises the failed devices of
+/// that stage; a resume, completion, abort or rollback lowers every
+/// raised one; lowered marks older than [`store::LOWERED_MARK_MS`] go.
+fn mark_alerts(sd: &mut StoredDeployment, actions: &[Action], now_ms: u64) {
+    use outpost_patch::rollout::DeviceState;
+    for a in actions {
+        let Action::Notify(event) = a else { continue };
+        match event {
+            Event::GateFailed { stage, .. } | Event::AutoRollback { stage, .. } => {
+                let devs = sd
+                    .deployment
+                    .stages
+                    .get(*stage as usize)
+                    .cloned()
+                    .unwrap_or_default();
+                for d in devs {
+                    let failed = sd.deployment.devices.get(&d).is_some_and(|r| {
+                        matches!(
+                            r.state,
+                            DeviceState::Failed
+                                | DeviceState::RollingBack
+                                | DeviceState::RolledBack
+                                | DeviceState::RollbackFailed
+                        )
+                    });
+                    if failed {
+                        sd.alert_marks.insert(
+                            d,
+                            store::AlertMark {
+                                raised: true,
+                                since_ms: now_ms,
+                            },
+                        );
+                    }
+                }
+            }
+            Event::Resumed { .. }
+            | Event::Completed
+            | Event::Aborted
+            | Event::RolledBack { .. } => {
+                for m in sd.alert_marks.values_mut() {
+                    if m.raised {
+                        *m = store::AlertMark {
+                            raised: false,
+                            since_ms: now_ms,
+                        };
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    sd.alert_marks
+        .retain(|_, m| m.raised || now_ms.saturating_sub(m.since_ms) < store::LOWERED_MARK_MS);
+}
+
+/// The metric of a deployment's alert samples (the built-in rule
+/// `builtin-deploy-gate` watches it).
+pub const GATE_FAILED_METRIC: &str = "deploy_gate_failed";
+
+/// The alert samples of a deployment's marks.
+pub fn alert_samples(
+    d: &StoredDeployment,
+) -> Vec<(DeviceId, Vec<outpost_proto::messages::MetricValue>)> {
+    d.alert_marks
+        .iter()
+        .filter_map(|(dev, m)| {
+            let id = dev.parse::<DeviceId>().ok()?;
+            Some((
+                id,
+                vec![outpost_proto::messages::MetricValue {
+                    name: GATE_FAILED_METRIC.to_string(),
+                    label: d.id().to_string(),
+                    value: if m.raised { 1.0 } else { 0.0 },
+                }],
+            ))
+        })
+        .collect()
+}
+
+/// Where a deployment's alert samples go (the alert engine's input).
+pub type AlertSink =
+    Box<dyn Fn(Vec<(DeviceId, Vec<outpost_proto::messages::MetricValue>)>) + Send + Sync>;
+
 /// The [`StatusSink`] the device link calls: statuses go to the
 /// orchestrator's loop ([`run`]) through a bounded queue (a full queue
 /// is counted and dropped: the device link re-sends the final status of
@@ -751,6 +848,8 @@ pub fn spawn(
 pub struct SiteEnv {
     pub store: Store,
     pub patches: Arc<dyn MissingPatches>,
+    /// The alert engine's sample input (`None`: no alerts, e.g. tests).
+    pub alerts: Option<AlertSink>,
 }
 
 impl DeployEnv for SiteEnv {
@@ -772,6 +871,12 @@ impl DeployEnv for SiteEnv {
         };
         if let Err(e) = registry::audit(&self.store, &e) {
             warn!(error = %e, "writing the audit log failed");
+        }
+    }
+
+    fn alert_levels(&self, d: &StoredDeployment) {
+        if let Some(sink) = &self.alerts {
+            sink(alert_samples(d));
         }
     }
 

@@ -60,6 +60,17 @@ pub struct InstallRecord {
     pub at_ms: u64,
 }
 
+/// The alert level of one device for one deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertMark {
+    pub raised: bool,
+    pub since_ms: u64,
+}
+
+/// How long a lowered mark is still sent (so the alert resolves even
+/// after a lost sample), before it is dropped.
+pub const LOWERED_MARK_MS: u64 = 3_600_000;
+
 /// One stored deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredDeployment {
@@ -73,6 +84,11 @@ pub struct StoredDeployment {
     /// Per device: its install's last report.
     #[serde(default)]
     pub installs: BTreeMap<String, InstallRecord>,
+    /// Per device: the level of its `deploy_gate_failed` alert sample
+    /// (raised when a gate failed on it, lowered when the deployment
+    /// resumed or ended), re-sent to the alert engine on every tick.
+    #[serde(default)]
+    pub alert_marks: BTreeMap<String, AlertMark>,
     pub updated_at_ms: u64,
 }
 

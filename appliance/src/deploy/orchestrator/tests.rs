@@ -117,6 +117,8 @@ struct TestEnv {
     site: SiteEnv,
     notices: Mutex<Vec<Event>>,
     prefetched: Mutex<Vec<Vec<PatchKey>>>,
+    /// The last alert level sent per (device, deployment).
+    levels: Mutex<BTreeMap<(DeviceId, String), f64>>,
 }
 
 impl DeployEnv for TestEnv {
@@ -126,6 +128,14 @@ impl DeployEnv for TestEnv {
     fn notify(&self, d: &StoredDeployment, event: &Event) {
         self.site.notify(d, event);
         self.notices.lock().unwrap().push(event.clone());
+    }
+    fn alert_levels(&self, d: &StoredDeployment) {
+        for (dev, values) in alert_samples(d) {
+            for v in values {
+                assert_eq!(v.name, GATE_FAILED_METRIC);
+                self.levels.lock().unwrap().insert((dev, v.label), v.value);
+            }
+        }
     }
     fn prefetch<'a>(&'a self, _d: &'a str, patches: &'a [PatchKey]) -> PrefetchFuture<'a> {
         self.prefetched.lock().unwrap().push(patches.to_vec());
@@ -191,9 +201,11 @@ fn orchestrator(s: &Site, installer: Arc<TestInstaller>) -> (Orchestrator, Arc<T
         site: SiteEnv {
             store: s.store.clone(),
             patches: s.patches.clone(),
+            alerts: None,
         },
         notices: Mutex::new(Vec::new()),
         prefetched: Mutex::new(Vec::new()),
+        levels: Mutex::new(BTreeMap::new()),
     });
     let o = Orchestrator::new(
         s.store.clone(),
@@ -303,6 +315,14 @@ async fn a_failed_pilot_pauses_notifies_and_holds_later_stages_until_resumed_wit
         "{:?}",
         env.notices.lock().unwrap()
     );
+    assert_eq!(
+        env.levels
+            .lock()
+            .unwrap()
+            .get(&(pilot, "dep-1".to_string())),
+        Some(&1.0),
+        "the failed pilot raises its deploy_gate_failed alert"
+    );
     // Days pass: nothing else is dispatched while paused.
     o.tick(t0 + 48 * H).await.unwrap();
     assert_eq!(inst.installs().len(), 1);
@@ -324,6 +344,14 @@ async fn a_failed_pilot_pauses_notifies_and_holds_later_stages_until_resumed_wit
     .await
     .unwrap();
     assert_eq!(env.prefetched.lock().unwrap()[1], vec![fixed.clone()]);
+    assert_eq!(
+        env.levels
+            .lock()
+            .unwrap()
+            .get(&(pilot, "dep-1".to_string())),
+        Some(&0.0),
+        "resuming lowers it"
+    );
     let calls = inst.calls.lock().unwrap().clone();
     assert!(
         matches!(calls.last(), Some(Call::Install { device, key, targets })
