@@ -142,6 +142,10 @@ pub struct Orchestrator {
     options: InstallOptions,
     /// One input at a time: load, step, persist, apply.
     lock: tokio::sync::Mutex<()>,
+    /// The deployments as last persisted (a step loads from here instead
+    /// of decoding the whole deployment again; filled only from what was
+    /// written or read back).
+    cache: std::sync::Mutex<std::collections::HashMap<String, StoredDeployment>>,
 }
 
 /// A device status mapped to the core's report (`None`: nothing to
@@ -179,6 +183,7 @@ impl Orchestrator {
             metrics,
             options,
             lock: tokio::sync::Mutex::new(()),
+            cache: Default::default(),
         }
     }
 
@@ -361,13 +366,25 @@ impl Orchestrator {
         now_ms: u64,
         before: impl FnOnce(&mut StoredDeployment),
     ) -> Result<(StoredDeployment, Vec<Action>), DeployError> {
-        let mut sd = self.get(id)?;
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        let mut sd = match cached {
+            Some(sd) => sd,
+            None => self.get(id)?,
+        };
         before(&mut sd);
         let windows = self.env.windows(&sd, now_ms);
         let actions = sd.deployment.step(input, &windows, now_ms);
         sd.updated_at_ms = now_ms;
         mark_alerts(&mut sd, &actions, now_ms);
         store::put(&self.store, &sd)?;
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), sd.clone());
         Ok((sd, actions))
     }
 
