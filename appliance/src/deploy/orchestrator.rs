@@ -870,11 +870,13 @@ pub struct SiteEnv {
 }
 
 impl DeployEnv for SiteEnv {
-    fn windows(&self, d: &StoredDeployment, _now_ms: u64) -> SiteWindows {
-        SiteWindows {
+    fn windows(&self, d: &StoredDeployment, now_ms: u64) -> SiteWindows {
+        let mut w = SiteWindows {
             default: d.window.as_ref().and_then(|w| w.compile(None).ok()),
             ..Default::default()
-        }
+        };
+        w.pauses = maintenance_pauses(&self.store, d, now_ms);
+        w
     }
 
     fn notify(&self, d: &StoredDeployment, event: &Event) {
@@ -910,6 +912,56 @@ impl DeployEnv for SiteEnv {
     fn targets(&self, device: DeviceId, patches: &[PatchKey], now_ms: u64) -> Vec<BinaryTarget> {
         targets_for(&self.store, self.patches.as_ref(), device, patches, now_ms)
     }
+}
+
+/// The target devices that a maintenance window with
+/// `pause_patch_installs` covers at `now_ms`, each with a pause interval
+/// covering `now_ms` (the state machine asks only "may it install now";
+/// the windows are resolved again at every step). Reads the registry only
+/// when such a window is active.
+pub fn maintenance_pauses(
+    store: &Store,
+    d: &StoredDeployment,
+    now_ms: u64,
+) -> std::collections::HashMap<String, Vec<outpost_patch::window::Pause>> {
+    use crate::alerts::model::{DeviceScope, MaintenanceWindow, WindowEffect};
+    let mut out = std::collections::HashMap::new();
+    let windows: Vec<MaintenanceWindow> =
+        match crate::alerts::store::list_config(store, crate::alerts::store::ConfigKind::Window) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "reading maintenance windows");
+                return out;
+            }
+        };
+    let active: Vec<&MaintenanceWindow> = windows
+        .iter()
+        .filter(|w| {
+            w.effects.contains(&WindowEffect::PausePatchInstalls)
+                && crate::alerts::windows::active(&w.schedule, now_ms)
+        })
+        .collect();
+    if active.is_empty() {
+        return out;
+    }
+    for dev in d.deployment.devices.keys() {
+        let Ok(id) = dev.parse::<DeviceId>() else {
+            continue;
+        };
+        let Ok(Some(rec)) = registry::get(store, id) else {
+            continue;
+        };
+        let scope = DeviceScope {
+            tenant: rec.tenant.clone(),
+            customer: rec.customer.clone(),
+            tags: registry::tags(store, id).unwrap_or_default(),
+            hostname: rec.hostname.clone(),
+        };
+        if active.iter().any(|w| w.scope.matches(id, &scope)) {
+            out.insert(dev.clone(), vec![(now_ms, now_ms.saturating_add(1))]);
+        }
+    }
+    out
 }
 
 /// The binaries of `patches` that `device` misses and that are approved

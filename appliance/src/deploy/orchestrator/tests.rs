@@ -719,3 +719,54 @@ async fn bench_one_patch_to_1000_devices() {
         "RESULT deploy_orchestration devices=1000 create_ms={create_ms:.1} stage_start_to_all_dispatched_ms={dispatch_ms:.1} report_step_persist_us={report_us:.0} gate_eval_us={gate_us:.0} final_report_gate_to_completed_ms={gate_ms:.2}"
     );
 }
+
+#[tokio::test]
+async fn a_maintenance_window_that_pauses_patch_installs_holds_its_devices_until_it_ends() {
+    use crate::alerts::model::{MaintenanceWindow, Schedule, Scope, WindowEffect};
+    let s = site(3);
+    let inst = Arc::new(TestInstaller::default());
+    let (o, _) = orchestrator(&s, inst.clone());
+    // 2026-11-24 10:00–11:00 UTC, devices tagged `servers` (not the pilot).
+    let start: u64 = 1_795_514_400_000;
+    let w = MaintenanceWindow {
+        id: "freeze".into(),
+        name: "freeze".into(),
+        scope: Scope::Tag {
+            tag: "servers".into(),
+        },
+        schedule: Schedule::OneOff {
+            start: "2026-11-24T10:00:00Z".into(),
+            end: "2026-11-24T11:00:00Z".into(),
+        },
+        effects: vec![WindowEffect::PausePatchInstalls],
+    };
+    crate::alerts::store::put_config(
+        &s.store,
+        crate::alerts::store::ConfigKind::Window,
+        "freeze",
+        &w,
+    )
+    .unwrap();
+    let mut req = request(DeployTarget::All);
+    req.stages = Some(vec![100]);
+    o.create(req, s.patches.as_ref(), "admin", start + 60_000)
+        .await
+        .unwrap();
+    let keys = dispatched_keys(&inst);
+    assert_eq!(
+        keys.keys().copied().collect::<Vec<_>>(),
+        vec![s.devices[0]],
+        "only the device outside the window installs"
+    );
+    let d = o.get("dep-1").unwrap();
+    assert_eq!(
+        d.deployment.devices[&s.devices[1].to_string()].state,
+        outpost_patch::rollout::DeviceState::WaitingForWindow
+    );
+    o.tick(start + 3_600_000 + 1).await.unwrap();
+    assert_eq!(
+        dispatched_keys(&inst).len(),
+        3,
+        "the window ended: all dispatched"
+    );
+}
