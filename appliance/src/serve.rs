@@ -336,6 +336,7 @@ pub async fn run_with_device_link(
     ));
     crate::deploy::orchestrator::spawn(
         orchestrator.clone(),
+        patch_view.clone(),
         status_rx,
         Duration::from_secs(15),
         shutdown.clone(),

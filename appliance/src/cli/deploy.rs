@@ -90,6 +90,9 @@ pub enum DeploymentsCmd {
         /// approved patch).
         #[arg(long)]
         patch: Vec<String>,
+        /// Only security updates among the approved patches.
+        #[arg(long)]
+        security_only: bool,
         /// Cumulative stage percentages, e.g. `1,10,50,100`.
         #[arg(long, value_delimiter = ',')]
         stages: Vec<u8>,
@@ -166,6 +169,145 @@ pub enum DeploymentsCmd {
         #[arg(long)]
         stage: Option<u32>,
     },
+    /// Recurring deployments: add, list, remove.
+    #[command(subcommand)]
+    Schedule(ScheduleCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScheduleCmd {
+    /// Every week on --days at --start (--tz), deploy the approved patches
+    /// to the target, installing within --minutes.
+    Add {
+        id: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        days: Vec<String>,
+        /// `HH:MM`.
+        #[arg(long)]
+        start: String,
+        #[arg(long, default_value_t = 180)]
+        minutes: u32,
+        /// IANA time zone.
+        #[arg(long, default_value = "UTC")]
+        tz: String,
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long)]
+        customer: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        security_only: bool,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Remove {
+        id: String,
+    },
+}
+
+fn parse_days(days: &[String]) -> anyhow::Result<Vec<Day>> {
+    days.iter()
+        .map(|d| {
+            serde_json::from_value::<Day>(serde_json::Value::String(d.trim().to_lowercase()))
+                .map_err(|_| anyhow::anyhow!("unknown day {d:?} (mon … sun)"))
+        })
+        .collect()
+}
+
+async fn run_schedule(cmd: ScheduleCmd, c: AdminClient) -> anyhow::Result<()> {
+    use crate::deploy::schedules::DeploySchedule;
+    match cmd {
+        ScheduleCmd::Add {
+            id,
+            days,
+            start,
+            minutes,
+            tz,
+            tag,
+            customer,
+            all,
+            security_only,
+        } => {
+            let target = match (tag, customer, all) {
+                (Some(tag), None, false) => DeployTarget::Tag { tag },
+                (None, Some(customer), false) => DeployTarget::Customer { customer },
+                (None, None, true) => DeployTarget::All,
+                _ => anyhow::bail!("name one target: --tag T, --customer C or --all"),
+            };
+            let s = DeploySchedule {
+                id,
+                window: InstallWindow {
+                    days: parse_days(&days)?,
+                    start,
+                    duration_minutes: minutes,
+                    timezone: tz,
+                },
+                target,
+                security_only,
+                stages: None,
+                gate: None,
+                created_by: String::new(),
+                last_run_ms: None,
+                last_result: None,
+            };
+            let s: DeploySchedule = c.post("/api/v1/deploy-schedules", &s).await?;
+            println!("{}", s.id);
+        }
+        ScheduleCmd::List { json } => {
+            let all: Vec<DeploySchedule> = c.get("/api/v1/deploy-schedules").await?;
+            if json {
+                println!("{}", serde_json::to_string(&all)?);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = all
+                .iter()
+                .map(|s| {
+                    let days: Vec<String> = s
+                        .window
+                        .days
+                        .iter()
+                        .map(|d| {
+                            serde_json::to_value(d)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_string))
+                                .unwrap_or_default()
+                        })
+                        .collect();
+                    vec![
+                        s.id.clone(),
+                        format!(
+                            "{} {} {}m {}",
+                            days.join(","),
+                            s.window.start,
+                            s.window.duration_minutes,
+                            s.window.timezone
+                        ),
+                        s.target.to_string(),
+                        if s.security_only {
+                            "security"
+                        } else {
+                            "all approved"
+                        }
+                        .to_string(),
+                        s.last_result.clone().unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            print_table(&["ID", "WHEN", "TARGET", "PATCHES", "LAST"], &rows);
+        }
+        ScheduleCmd::Remove { id } => {
+            c.request(
+                "DELETE",
+                &format!("/api/v1/deploy-schedules/{}", path_escape(&id)),
+                None,
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 fn patches(list: &[String]) -> anyhow::Result<Vec<PatchKey>> {
@@ -390,6 +532,7 @@ pub async fn run_deployments(cmd: DeploymentsCmd, c: AdminClient) -> anyhow::Res
             customer,
             all,
             patch,
+            security_only,
             stages,
             min_success,
             min_finished,
@@ -432,15 +575,7 @@ pub async fn run_deployments(cmd: DeploymentsCmd, c: AdminClient) -> anyhow::Res
             let window = match window_start {
                 None => None,
                 Some(start) => {
-                    let days = window_days
-                        .iter()
-                        .map(|d| {
-                            serde_json::from_value::<Day>(serde_json::Value::String(
-                                d.trim().to_lowercase(),
-                            ))
-                            .map_err(|_| anyhow::anyhow!("unknown day {d:?} (mon … sun)"))
-                        })
-                        .collect::<anyhow::Result<Vec<Day>>>()?;
+                    let days = parse_days(&window_days)?;
                     Some(InstallWindow {
                         days,
                         start,
@@ -457,6 +592,7 @@ pub async fn run_deployments(cmd: DeploymentsCmd, c: AdminClient) -> anyhow::Res
                 } else {
                     Some(patches(&patch)?)
                 },
+                security_only,
                 stages: (!stages.is_empty()).then_some(stages),
                 gate,
                 auto_rollback_failed_pct: auto_rollback,
@@ -569,6 +705,7 @@ pub async fn run_deployments(cmd: DeploymentsCmd, c: AdminClient) -> anyhow::Res
                 .await?;
             println!("{}", v.summary.phase);
         }
+        DeploymentsCmd::Schedule(cmd) => run_schedule(cmd, c).await?,
     }
     Ok(())
 }

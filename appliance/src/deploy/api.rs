@@ -50,6 +50,14 @@ pub fn router(api: DeployApi) -> Router {
         .route("/api/v1/deployments/{id}/resume", post(resume))
         .route("/api/v1/deployments/{id}/abort", post(abort))
         .route("/api/v1/deployments/{id}/rollback", post(rollback))
+        .route(
+            "/api/v1/deploy-schedules",
+            get(schedules).post(add_schedule),
+        )
+        .route(
+            "/api/v1/deploy-schedules/{id}",
+            axum::routing::delete(remove_schedule),
+        )
         .with_state(api)
 }
 
@@ -344,6 +352,46 @@ async fn rollback(
     Json(scope): Json<RollbackBody>,
 ) -> Result<Json<DeploymentView>, ApiError> {
     act(&a, &id, Input::Rollback(scope), &caller.actor(&headers)).await
+}
+
+fn schedule_error(e: super::schedules::ScheduleError) -> ApiError {
+    use super::schedules::ScheduleError as E;
+    match e {
+        E::Invalid(_) => ApiError::BadRequest(e.to_string()),
+        E::Duplicate(_) => ApiError::Conflict(e.to_string()),
+        E::NotFound(_) => ApiError::NotFound(e.to_string()),
+        E::Store(_) => ApiError::Internal(e.to_string()),
+    }
+}
+
+async fn schedules(
+    State(a): State<DeployApi>,
+) -> Result<Json<Vec<super::schedules::DeploySchedule>>, ApiError> {
+    super::schedules::list(&a.store)
+        .map(Json)
+        .map_err(schedule_error)
+}
+
+async fn add_schedule(
+    State(a): State<DeployApi>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Json(mut s): Json<super::schedules::DeploySchedule>,
+) -> Result<Response, ApiError> {
+    s.created_by = caller.actor(&headers);
+    s.last_run_ms = None;
+    s.last_result = None;
+    super::schedules::add(&a.store, &s).map_err(schedule_error)?;
+    Ok((StatusCode::CREATED, Json(s)).into_response())
+}
+
+async fn remove_schedule(
+    State(a): State<DeployApi>,
+    Path(id): Path<String>,
+) -> Result<Json<super::schedules::DeploySchedule>, ApiError> {
+    super::schedules::remove(&a.store, &id)
+        .map(Json)
+        .map_err(schedule_error)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod api;
 pub mod approvals;
 pub mod metrics;
 pub mod orchestrator;
+pub mod schedules;
 pub mod store;
 
 use outpost_patch::install::wire::{DeviceStatus, InstallRequest, RollbackRequest};

@@ -110,6 +110,9 @@ pub struct CreateRequest {
     /// every patch approved on the target.
     #[serde(default)]
     pub patches: Option<Vec<PatchKey>>,
+    /// Only security updates among the approved patches.
+    #[serde(default)]
+    pub security_only: bool,
     /// Cumulative percentages (default 1, 10, 50, 100).
     #[serde(default)]
     pub stages: Option<Vec<u8>>,
@@ -261,10 +264,25 @@ impl Orchestrator {
         let mut targets = Vec::new();
         for dev in devices {
             let a = approvals::decisions_with(&self.store, patches, &rules, dev, now_ms)?;
+            let security: std::collections::BTreeSet<PatchKey> = if req.security_only {
+                patches
+                    .missing(dev)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|p| p.is_security())
+                    .filter_map(|p| {
+                        let c = p.candidate.as_ref()?;
+                        Some(PatchKey::new(p.source.as_str(), c.as_str()))
+                    })
+                    .collect()
+            } else {
+                Default::default()
+            };
             let mine: Vec<PatchKey> = a
                 .approved()
                 .into_iter()
                 .filter(|k| req.patches.as_ref().is_none_or(|only| only.contains(k)))
+                .filter(|k| !req.security_only || security.contains(k))
                 .collect();
             if mine.is_empty() {
                 continue;
@@ -827,9 +845,11 @@ pub fn status_channel(metrics: Arc<Metrics>) -> (Arc<StatusPort>, StatusReceiver
 }
 
 /// The orchestrator's loop: recovers, then steps device statuses as they
-/// come and ticks every `tick`.
+/// come, and every `tick` creates the deployments of due schedules
+/// ([`super::schedules`]) and ticks.
 pub fn spawn(
     orch: Arc<Orchestrator>,
+    patches: Arc<dyn MissingPatches>,
     mut rx: StatusReceiver,
     tick: std::time::Duration,
     shutdown: tokio_util::sync::CancellationToken,
@@ -844,7 +864,11 @@ pub fn spawn(
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = timer.tick() => {
-                    if let Err(e) = orch.tick(outpost_storage::now_ms()).await {
+                    let now = outpost_storage::now_ms();
+                    if let Err(e) = super::schedules::run_due(&orch.store, &orch, patches.as_ref(), now).await {
+                        warn!(error = %e, "running deployment schedules failed");
+                    }
+                    if let Err(e) = orch.tick(now).await {
                         warn!(error = %e, "deployment tick failed");
                     }
                 }

@@ -251,6 +251,7 @@ fn request(target: DeployTarget) -> CreateRequest {
         id: Some("dep-1".into()),
         target,
         patches: None,
+        security_only: false,
         stages: None,
         gate: Some(GateSpec {
             soak_ms: H,
