@@ -311,11 +311,6 @@ impl Orchestrator {
             let r: u32 = rand::random();
             format!("dep-{r:08x}")
         });
-        if store::get(&self.store, &id)?.is_some() {
-            return Err(DeployError::Conflict(format!(
-                "deployment {id} exists already"
-            )));
-        }
         let mut spec = DeploymentSpec::new(&id, keys.into_iter().collect(), targets);
         if let Some(s) = req.stages.clone() {
             spec.stages = s;
@@ -340,6 +335,12 @@ impl Orchestrator {
         };
         {
             let _g = self.lock.lock().await;
+            // Checked under the lock: two creations of one id store one.
+            if store::get(&self.store, &id)?.is_some() {
+                return Err(DeployError::Conflict(format!(
+                    "deployment {id} exists already"
+                )));
+            }
             store::put(&self.store, &sd)?;
         }
         self.audit(
@@ -427,14 +428,17 @@ impl Orchestrator {
         let sd = {
             let _g = self.lock.lock().await;
             let (sd, actions) = self.step_persist(id, input, now_ms, |_| {})?;
-            if let Some(Action::Rejected { reason }) = actions
-                .iter()
-                .find(|a| matches!(a, Action::Rejected { .. }))
-            {
-                self.metrics.deploy.rejected.inc();
-                return Err(DeployError::Conflict(reason.clone()));
+            let rejected = actions.iter().find_map(|a| match a {
+                Action::Rejected { reason } => Some(reason.clone()),
+                _ => None,
+            });
+            // A refused input still advanced the deployment (time passed):
+            // what that decided is persisted, so it is applied too.
+            let sd = self.apply(sd, actions, actor, now_ms).await?;
+            if let Some(reason) = rejected {
+                return Err(DeployError::Conflict(reason));
             }
-            self.apply(sd, actions, actor, now_ms).await?
+            sd
         };
         if let Some(what) = what {
             self.audit(actor, what, &sd, detail, now_ms);

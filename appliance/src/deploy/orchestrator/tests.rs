@@ -764,10 +764,25 @@ async fn a_maintenance_window_that_pauses_patch_installs_holds_its_devices_until
         d.deployment.devices[&s.devices[1].to_string()].state,
         outpost_patch::rollout::DeviceState::WaitingForWindow
     );
-    o.tick(start + 3_600_000 + 1).await.unwrap();
+    // The window ends; before any tick a technician's refused input
+    // steps the deployment: what that step dispatched is applied too.
+    let e = o
+        .input(
+            "dep-1",
+            Input::Resume {
+                retry_failed: false,
+                force: false,
+                patches: None,
+            },
+            "tech",
+            start + 3_600_000 + 1,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DeployError::Conflict(_)), "{e}");
     assert_eq!(
         dispatched_keys(&inst).len(),
         3,
-        "the window ended: all dispatched"
+        "the window ended: all dispatched, even by a refused input's step"
     );
 }
