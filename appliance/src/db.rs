@@ -19,6 +19,9 @@ pub fn tables() -> Vec<Table> {
         crate::commands::store::TABLES,
         crate::files::store::TABLES,
         crate::patches::store::TABLES,
+        crate::deploy::approvals::TABLES,
+        crate::deploy::store::TABLES,
+        crate::deploy::schedules::TABLES,
     ]
     .concat()
 }
@@ -47,8 +50,9 @@ mod tests {
         // `scripts`, `bulk_runs`, `command_runs`, `file_transfers`,
         // `file_transfers_by_time` (issue 13); `package_scans_in`,
         // `patch_scans`, `patch_assessments`, `patch_sources`,
-        // `patch_compliance_daily` (issue 14); `patch_status_in` (issue 15).
-        assert_eq!(n, 43);
+        // `patch_compliance_daily` (issue 14); `patch_status_in`,
+        // `approval_rules`, `deployments`, `deploy_schedules` (issue 15).
+        assert_eq!(n, 46);
     }
 
     #[test]
@@ -73,7 +77,7 @@ mod tests {
     fn the_database_opens_and_reopens_with_every_table() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), &StoreOptions::default()).unwrap();
-        assert_eq!(s.tables().len(), 44);
+        assert_eq!(s.tables().len(), 47);
         drop(s);
         open(dir.path(), &StoreOptions::default()).unwrap();
     }

@@ -64,5 +64,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::AgentInstaller(args) => cli::installer::run(args, &data, client()?).await,
         Command::Advisories(cmd) => cli::patches::run_advisories(cmd, client()?).await,
         Command::Patches(cmd) => cli::patches::run_patches(cmd, client()?).await,
+        Command::ApprovalRules(cmd) => cli::deploy::run_rules(cmd, client()?).await,
+        Command::Deployments(cmd) => cli::deploy::run_deployments(cmd, client()?).await,
     }
 }

@@ -78,6 +78,8 @@ pub struct Metrics {
     pub cache: crate::cache::metrics::CacheMetrics,
     /// Remote commands (`outpost_commands_*`).
     pub commands: crate::commands::metrics::CommandMetrics,
+    /// Patch deployments (`outpost_deployments`, `outpost_deploy_*`).
+    pub deploy: crate::deploy::metrics::DeployMetrics,
     /// File transfers (`outpost_files_*`).
     pub files: crate::files::metrics::FileMetrics,
     /// Patch assessment (`outpost_patches_*`).
@@ -151,6 +153,7 @@ impl Metrics {
             logins: Family::default(),
             cache: Default::default(),
             commands: Default::default(),
+            deploy: Default::default(),
             files: Default::default(),
             patches: Default::default(),
             alert_transitions: Family::default(),
@@ -296,6 +299,7 @@ impl Metrics {
         );
         m.cache.register(r);
         m.commands.register(r);
+        m.deploy.register(r);
         m.files.register(r);
         m.patches.register(r);
         r.register(

@@ -24,6 +24,18 @@ use crate::site::{self, DataDir};
 
 /// Runs the appliance until `shutdown` is cancelled.
 pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with_device_link(data, cfg, shutdown, crate::deploy::no_device_link()).await
+}
+
+/// [`run`] with the device link the deployment orchestrator installs
+/// through (`device_link` builds it from the command service and the
+/// orchestrator's status sink).
+pub async fn run_with_device_link(
+    data: DataDir,
+    cfg: Config,
+    shutdown: CancellationToken,
+    device_link: crate::deploy::DeviceLinkFactory,
+) -> anyhow::Result<()> {
     cfg.validate()?;
     // Before anything is created or opened: a data directory written by a
     // newer Outpost is refused (downgrade), an older one is upgraded.
@@ -169,6 +181,25 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
     let patches_thread = patches
         .spawn_worker(Duration::from_secs(1), shutdown.clone())
         .context("starting the patch worker")?;
+    // Patch deployment (issue 15): the orchestrator installs through the
+    // device link and hears from it through its status port.
+    let (status_port, status_rx) = crate::deploy::orchestrator::status_channel(metrics.clone());
+    let installer = device_link(&commands, status_port);
+    let patch_view: Arc<dyn crate::deploy::approvals::MissingPatches> = Arc::new(patches.clone());
+    let orchestrator = Arc::new(crate::deploy::orchestrator::Orchestrator::new(
+        store.clone(),
+        installer,
+        Arc::new(crate::deploy::orchestrator::SiteEnv {
+            store: store.clone(),
+            patches: patch_view.clone(),
+            alerts: {
+                let alerts = alerts.clone();
+                Some(Box::new(move |batch| alerts.samples(batch)))
+            },
+        }),
+        metrics.clone(),
+        crate::deploy::orchestrator::InstallOptions::default(),
+    ));
     let ctx = Arc::new(IngestCtx {
         store: store.clone(),
         ca: keys.ca,
@@ -276,7 +307,12 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         let sd = shutdown.clone();
         // The file and patch routes ride beside the cache's (authorised alike).
         let mut extra = crate::files::api::router(files.clone())
-            .merge(crate::patches::api::router(patches.clone()));
+            .merge(crate::patches::api::router(patches.clone()))
+            .merge(crate::deploy::api::router(crate::deploy::api::DeployApi {
+                store: store.clone(),
+                patches: patch_view.clone(),
+                orchestrator: orchestrator.clone(),
+            }));
         if let Some((c, _)) = &cache {
             extra = extra.merge(crate::cache::api::router(c.clone()));
         }
@@ -299,6 +335,14 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         cfg.patches.clone(),
         shutdown.clone(),
     ));
+    crate::deploy::orchestrator::spawn(
+        orchestrator.clone(),
+        patch_view.clone(),
+        status_rx,
+        Duration::from_secs(15),
+        shutdown.clone(),
+        &tracker,
+    );
     tracker.spawn(jobs::writer_ticks(writer.clone(), shutdown.clone()));
     // Open command pages follow the command service through the live hub.
     tracker.spawn(crate::console::commands::live_loop(

@@ -53,5 +53,13 @@ pub fn builtin_rules() -> Vec<Rule> {
             threshold("cpu", 95.0, 900),
             Severity::Warning,
         ),
+        // Raised by the deployment orchestrator on the devices whose
+        // failures failed a stage's gate (label: the deployment id).
+        rule(
+            "builtin-deploy-gate",
+            "Patch deployment paused: stage gate failed",
+            threshold("deploy_gate_failed", 0.0, 0),
+            Severity::Warning,
+        ),
     ]
 }

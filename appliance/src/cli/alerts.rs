@@ -291,7 +291,7 @@ mod tests {
             &rule_rows(&rules),
         );
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 5, "{out}");
+        assert_eq!(lines.len(), 6, "{out}");
         assert!(lines[1].starts_with("builtin-device-offline  yes"), "{out}");
         assert!(lines[1].contains("device offline"), "{out}");
         assert!(lines[2].contains("disk_used_percent > 90 for 5m"), "{out}");

@@ -14,6 +14,7 @@ pub mod alerts;
 pub mod api;
 pub mod cache;
 pub mod commands;
+pub mod deploy;
 pub mod devices;
 pub mod files;
 pub mod installer;
@@ -131,4 +132,10 @@ pub enum Command {
     /// Patch assessment: per device, per patch, per CVE, fleet summary.
     #[command(subcommand)]
     Patches(patches::PatchesCmd),
+    /// Approval rules: add, list, remove (manual verdicts: `patches approve|decline`).
+    #[command(subcommand)]
+    ApprovalRules(deploy::ApprovalRulesCmd),
+    /// Patch deployments: create, list, show, pause, resume, abort, rollback.
+    #[command(subcommand)]
+    Deployments(deploy::DeploymentsCmd),
 }

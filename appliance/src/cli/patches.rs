@@ -67,6 +67,12 @@ pub enum PatchesCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Approve one exact patch for a scope (prints the rule id).
+    Approve(super::deploy::VerdictArgs),
+    /// Decline one exact patch for a scope (prints the rule id).
+    Decline(super::deploy::VerdictArgs),
+    /// Which rule decided each missing patch of a device.
+    Approvals(super::deploy::ApprovalsArgs),
     /// Every device's missing patches as a report (`--format csv`).
     Report {
         #[arg(long, default_value = "csv")]
@@ -405,6 +411,13 @@ pub async fn run_patches(cmd: PatchesCmd, c: AdminClient) -> anyhow::Result<()> 
             }
             super::commands::finish_waiting(&c, &v.id).await
         }
+        PatchesCmd::Approve(a) => {
+            super::deploy::run_verdict(a, outpost_patch::approval::Verdict::Approve, c).await
+        }
+        PatchesCmd::Decline(a) => {
+            super::deploy::run_verdict(a, outpost_patch::approval::Verdict::Decline, c).await
+        }
+        PatchesCmd::Approvals(a) => super::deploy::run_approvals(a, c).await,
         PatchesCmd::Report { format, customer } => {
             let mut path = format!("/api/v1/patches/report?format={}", query_escape(&format));
             if let Some(c) = customer {

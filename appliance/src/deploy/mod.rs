@@ -10,6 +10,13 @@
 //! keys (`DEPLOYMENT/DEVICE/install/ATTEMPT`) to command ids, so queueing
 //! the same key twice queues one command.
 
+pub mod api;
+pub mod approvals;
+pub mod metrics;
+pub mod orchestrator;
+pub mod schedules;
+pub mod store;
+
 use outpost_patch::install::wire::{DeviceStatus, InstallRequest, RollbackRequest};
 use outpost_proto::ids::{CommandId, DeviceId};
 use sha2::{Digest, Sha256};
@@ -74,6 +81,51 @@ pub trait Installer: Send + Sync {
 /// timed out, interrupted, failed to start, cancelled).
 pub trait StatusSink: Send + Sync {
     fn status(&self, device: DeviceId, status: &DeviceStatus);
+}
+
+/// The installer `outpost serve` wires until the device link is merged:
+/// every install is refused with "device link not available" (the
+/// orchestrator reports the device failed with that reason).
+pub struct NoDeviceLink;
+
+impl Installer for NoDeviceLink {
+    fn install<'a>(
+        &'a self,
+        _: DeviceId,
+        _: &'a str,
+        _: &'a InstallRequest,
+        _: &'a str,
+    ) -> LinkFuture<'a> {
+        Box::pin(async { Err(LinkError::Refused("device link not available".into())) })
+    }
+    fn rollback<'a>(
+        &'a self,
+        _: DeviceId,
+        _: &'a str,
+        _: &'a RollbackRequest,
+        _: &'a str,
+    ) -> LinkFuture<'a> {
+        Box::pin(async { Err(LinkError::Refused("device link not available".into())) })
+    }
+    fn cancel<'a>(&'a self, _: &'a str, _: &'a str) -> LinkFuture<'a> {
+        Box::pin(async { Err(LinkError::Refused("device link not available".into())) })
+    }
+}
+
+/// Builds the device link `outpost serve` gives the orchestrator, from
+/// the command service and the sink its statuses go to
+/// ([`crate::serve::run_with_device_link`]).
+pub type DeviceLinkFactory = Box<
+    dyn FnOnce(
+            &crate::commands::service::CommandService,
+            std::sync::Arc<dyn StatusSink>,
+        ) -> std::sync::Arc<dyn Installer>
+        + Send,
+>;
+
+/// The factory of [`NoDeviceLink`].
+pub fn no_device_link() -> DeviceLinkFactory {
+    Box::new(|_, _| std::sync::Arc::new(NoDeviceLink))
 }
 
 #[cfg(test)]

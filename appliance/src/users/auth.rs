@@ -145,6 +145,9 @@ pub fn required_role(method: &Method, route: &str) -> Role {
         | "/api/v1/files/pull"
         | "/api/v1/files/{id}/cancel"
         | "/api/v1/patches/devices/{id}/scan"
+        | "/api/v1/deployments/{id}/pause"
+        | "/api/v1/deployments/{id}/resume"
+        | "/api/v1/deployments/{id}/rollback"
             if !reads =>
         {
             Role::Technician

@@ -683,3 +683,30 @@ fn the_observer_hears_each_written_change_with_the_state_before() {
         "a repeated acknowledgement changes nothing: not heard"
     );
 }
+
+#[test]
+fn a_failed_deployment_gate_fires_the_builtin_rule_and_resuming_resolves_it() {
+    let mut rig = Rig::new();
+    let mut rule: Rule = store::get_config(&rig.store, ConfigKind::Rule, "builtin-deploy-gate")
+        .unwrap()
+        .expect("built-in rule created on first start");
+    rule.channels = vec!["ops".into()];
+    rig.put(ConfigKind::Rule, "builtin-deploy-gate", &rule, T);
+    let level = |v: f64| {
+        vec![(
+            DEV,
+            vec![MetricValue {
+                name: crate::deploy::orchestrator::GATE_FAILED_METRIC.into(),
+                label: "dep-1".into(),
+                value: v,
+            }],
+        )]
+    };
+    rig.engine.on_samples(level(1.0), T);
+    assert_eq!(rig.sent(), vec![ops(NotifyEvent::Firing)]);
+    rig.engine.on_samples(level(1.0), T + 15_000);
+    assert!(rig.sent().is_empty(), "re-sent levels do not notify again");
+    rig.engine.on_samples(level(0.0), T + 30_000);
+    assert_eq!(rig.sent(), vec![ops(NotifyEvent::Resolved)]);
+    assert_eq!(rig.alert("builtin-deploy-gate").label, "dep-1");
+}

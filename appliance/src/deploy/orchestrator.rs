@@ -1,0 +1,1021 @@
+//! The deployment orchestrator: creates deployments (approved patches ×
+//! a target), and for every input (start, a tick, a device status, a
+//! technician action) loads the deployment, steps the rollout core with
+//! `now`, **persists the new state, then applies** the actions: installs,
+//! cancels and rollbacks through the [`Installer`] (idempotent on the
+//! command key, so re-applying after a crash queues nothing twice),
+//! notifications and prefetches through the [`DeployEnv`]. On start,
+//! [`Orchestrator::recover`] re-applies what a crash may have cut short.
+//!
+//! Owns the loop and the mapping between the core's actions and the
+//! device link. Must not decide (the core does), nor talk to agents
+//! directly (the `Installer` does), nor store anything but through
+//! [`super::store`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use outpost_patch::approval::PatchKey;
+use outpost_patch::install::BinaryTarget;
+use outpost_patch::install::wire::{
+    DeviceStatus, InstallRequest, Phase, RebootPolicy, RollbackRequest,
+};
+use outpost_patch::rollout::{
+    Action, Deployment, DeploymentSpec, Event, GateSpec, Input, Report, Target, install_command_id,
+};
+use outpost_patch::window::SiteWindows;
+use outpost_proto::DeviceId;
+use outpost_storage::model::{AuditEntry, DeviceRecord};
+use outpost_storage::{Store, registry};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::approvals::{self, MissingPatches};
+use super::store::{self, DeployTarget, InstallRecord, StoredDeployment};
+use super::{Installer, LinkError, StatusSink};
+use crate::metrics::Metrics;
+
+/// Why a deployment request failed (the API maps these to 404/409/422).
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("unknown deployment {0:?}")]
+    NotFound(String),
+    #[error("unknown device {0}")]
+    UnknownDevice(String),
+    /// The action is not possible in the deployment's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// Nothing to deploy, or a bad spec.
+    #[error("{0}")]
+    Refused(String),
+    #[error("the deployment store failed: {0}")]
+    Store(#[from] outpost_storage::StorageError),
+    #[error("{0}")]
+    Approvals(#[from] approvals::ApprovalError),
+}
+
+/// The future a prefetch returns: bytes fetched into the cache.
+pub type PrefetchFuture<'a> = Pin<Box<dyn Future<Output = Result<u64, String>> + Send + 'a>>;
+
+/// What the orchestrator needs from the rest of the site besides the
+/// device link: install windows, alert channels, the LAN cache, and
+/// the exact binaries of a patch on a device.
+pub trait DeployEnv: Send + Sync {
+    /// The install windows of the deployment's devices at `now_ms`.
+    fn windows(&self, d: &StoredDeployment, now_ms: u64) -> SiteWindows;
+    /// A gate failure, pause, rollback, completion… for the alert channels.
+    fn notify(&self, d: &StoredDeployment, event: &Event);
+    /// Fetch and pin these versions in the site cache.
+    fn prefetch<'a>(&'a self, deployment: &'a str, patches: &'a [PatchKey]) -> PrefetchFuture<'a>;
+    /// The deployment's alert levels (`deploy_gate_failed`, label = the
+    /// deployment id, 1 raised / 0 lowered) for the alert engine: a
+    /// built-in rule notifies its channels.
+    fn alert_levels(&self, d: &StoredDeployment);
+    /// The binaries to install on `device` for `patches`: only patches the
+    /// device misses and that are approved for it now (a decline after
+    /// creation holds).
+    fn targets(&self, device: DeviceId, patches: &[PatchKey], now_ms: u64) -> Vec<BinaryTarget>;
+}
+
+/// How installs are asked for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstallOptions {
+    /// The site cache as apt's proxy (`http://HOST:PORT`).
+    pub proxy: Option<String>,
+    pub reboot: RebootPolicy,
+    pub min_free_root_bytes: u64,
+    pub snapshot: bool,
+}
+
+impl Default for InstallOptions {
+    fn default() -> Self {
+        InstallOptions {
+            proxy: None,
+            reboot: RebootPolicy::IfRequired,
+            min_free_root_bytes: 500 * 1024 * 1024,
+            snapshot: true,
+        }
+    }
+}
+
+/// `POST /api/v1/deployments`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateRequest {
+    /// Default: generated (`dep-` + 8 hex digits).
+    #[serde(default)]
+    pub id: Option<String>,
+    pub target: DeployTarget,
+    /// Only these (each must be approved on some target device); default:
+    /// every patch approved on the target.
+    #[serde(default)]
+    pub patches: Option<Vec<PatchKey>>,
+    /// Only security updates among the approved patches.
+    #[serde(default)]
+    pub security_only: bool,
+    /// Cumulative percentages (default 1, 10, 50, 100).
+    #[serde(default)]
+    pub stages: Option<Vec<u8>>,
+    #[serde(default)]
+    pub gate: Option<GateSpec>,
+    #[serde(default)]
+    pub auto_rollback_failed_pct: Option<u8>,
+    #[serde(default)]
+    pub install_deadline_ms: Option<u64>,
+    #[serde(default)]
+    pub window: Option<outpost_patch::window::InstallWindow>,
+    /// Create without starting (`pending`; start with resume… not
+    /// exposed: tests use it to cut between persist and apply).
+    #[serde(default = "yes")]
+    pub start: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The orchestrator (share it in an `Arc`).
+pub struct Orchestrator {
+    store: Store,
+    /// The device link: installs, rollbacks, cancels.
+    installer: Arc<dyn Installer>,
+    /// Windows, notifications, prefetch, per-device binaries.
+    env: Arc<dyn DeployEnv>,
+    metrics: Arc<Metrics>,
+    options: InstallOptions,
+    /// One input at a time: load, step, persist, apply.
+    lock: tokio::sync::Mutex<()>,
+    /// The deployments as last persisted (a step loads from here instead
+    /// of decoding the whole deployment again; filled only from what was
+    /// written or read back).
+    cache: std::sync::Mutex<std::collections::HashMap<String, StoredDeployment>>,
+}
+
+/// A device status mapped to the core's report (`None`: nothing to
+/// report, e.g. an intermediate rollback phase).
+pub fn report_of(s: &DeviceStatus) -> Report {
+    let reason = || s.reason.clone().unwrap_or_else(|| "no reason given".into());
+    match (s.phase, s.rollback) {
+        (Phase::Downloading, _) => Report::Downloading,
+        (Phase::Installing, _) => Report::Installing,
+        (Phase::RebootPending, _) => Report::RebootPending,
+        (Phase::Succeeded, false) => Report::Succeeded,
+        (Phase::Succeeded, true) | (Phase::RolledBack, _) => Report::RolledBack,
+        // The device link synthesizes `failed` with a reason starting with
+        // `cancelled` for a withdrawn command.
+        (Phase::Failed, false) if reason().starts_with("cancelled") => Report::Cancelled,
+        (Phase::Failed, false) => Report::Failed { reason: reason() },
+        (Phase::Failed, true) | (Phase::RollbackFailed, _) => {
+            Report::RollbackFailed { reason: reason() }
+        }
+    }
+}
+
+impl Orchestrator {
+    pub fn new(
+        store: Store,
+        installer: Arc<dyn Installer>,
+        env: Arc<dyn DeployEnv>,
+        metrics: Arc<Metrics>,
+        options: InstallOptions,
+    ) -> Orchestrator {
+        Orchestrator {
+            store,
+            installer,
+            env,
+            metrics,
+            options,
+            lock: tokio::sync::Mutex::new(()),
+            cache: Default::default(),
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Result<StoredDeployment, DeployError> {
+        store::get(&self.store, id)?.ok_or_else(|| DeployError::NotFound(id.to_string()))
+    }
+
+    pub fn list(&self) -> Result<Vec<StoredDeployment>, DeployError> {
+        Ok(store::list(&self.store)?)
+    }
+
+    /// The enrolled, not revoked devices a target names.
+    fn resolve(&self, target: &DeployTarget) -> Result<Vec<DeviceId>, DeployError> {
+        if let DeployTarget::Devices { devices } = target {
+            let mut out = Vec::new();
+            for d in devices {
+                let id = d
+                    .parse::<DeviceId>()
+                    .map_err(|_| DeployError::UnknownDevice(d.clone()))?;
+                match registry::get(&self.store, id)? {
+                    Some(r) if r.revoked_at_ms.is_none() => out.push(id),
+                    _ => return Err(DeployError::UnknownDevice(d.clone())),
+                }
+            }
+            return Ok(out);
+        }
+        let mut all = Vec::new();
+        self.store
+            .scan::<DeviceRecord>(registry::DEVICES, &[], None, |_, r| {
+                all.push(r);
+                true
+            })?;
+        let mut out = Vec::new();
+        for r in all {
+            if r.revoked_at_ms.is_some() {
+                continue;
+            }
+            let keep = match target {
+                DeployTarget::Tag { tag } => {
+                    registry::tags(&self.store, r.id)?.iter().any(|t| t == tag)
+                }
+                DeployTarget::Customer { customer } => r.customer.as_str() == customer,
+                _ => true,
+            };
+            if keep {
+                out.push(r.id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates a deployment of the patches approved on `req.target` (and
+    /// starts it unless `req.start` is false). Refused with the reason
+    /// when nothing is approved there.
+    pub async fn create(
+        &self,
+        req: CreateRequest,
+        patches: &dyn MissingPatches,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<StoredDeployment, DeployError> {
+        let devices = self.resolve(&req.target)?;
+        if devices.is_empty() {
+            return Err(DeployError::Refused(format!(
+                "no enrolled device matches {}",
+                req.target
+            )));
+        }
+        if let Some(w) = &req.window {
+            w.compile(None)
+                .map_err(|e| DeployError::Refused(format!("install window: {e}")))?;
+        }
+        let rules = approvals::list(&self.store)?;
+        let mut keys = std::collections::BTreeSet::new();
+        let mut targets = Vec::new();
+        for dev in devices {
+            let a = approvals::decisions_with(&self.store, patches, &rules, dev, now_ms)?;
+            let security: std::collections::BTreeSet<PatchKey> = if req.security_only {
+                patches
+                    .missing(dev)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|p| p.is_security())
+                    .filter_map(|p| {
+                        let c = p.candidate.as_ref()?;
+                        Some(PatchKey::new(p.source.as_str(), c.as_str()))
+                    })
+                    .collect()
+            } else {
+                Default::default()
+            };
+            let mine: Vec<PatchKey> = a
+                .approved()
+                .into_iter()
+                .filter(|k| req.patches.as_ref().is_none_or(|only| only.contains(k)))
+                .filter(|k| !req.security_only || security.contains(k))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            keys.extend(mine);
+            targets.push(Target {
+                device: dev.to_string(),
+                pilot: a.scopes.tags.iter().any(|t| t == "pilot"),
+            });
+        }
+        if let Some(only) = &req.patches
+            && let Some(missing) = only.iter().find(|k| !keys.contains(*k))
+        {
+            return Err(DeployError::Refused(format!(
+                "patch {missing} is not approved on any device of {}",
+                req.target
+            )));
+        }
+        if targets.is_empty() {
+            return Err(DeployError::Refused(format!(
+                "no patch is approved for {}: approve patches first (outpost patches approve, outpost approval-rules add)",
+                req.target
+            )));
+        }
+        let id = req.id.clone().unwrap_or_else(|| {
+            let r: u32 = rand::random();
+            format!("dep-{r:08x}")
+        });
+        let mut spec = DeploymentSpec::new(&id, keys.into_iter().collect(), targets);
+        if let Some(s) = req.stages.clone() {
+            spec.stages = s;
+        }
+        if let Some(g) = req.gate.clone() {
+            spec.gate = g;
+        }
+        spec.auto_rollback_failed_pct = req.auto_rollback_failed_pct;
+        if let Some(d) = req.install_deadline_ms {
+            spec.install_deadline_ms = d;
+        }
+        let deployment = Deployment::new(spec).map_err(|e| DeployError::Refused(e.to_string()))?;
+        let sd = StoredDeployment {
+            deployment,
+            target: req.target.clone(),
+            created_at_ms: now_ms,
+            created_by: actor.to_string(),
+            window: req.window.clone(),
+            installs: Default::default(),
+            alert_marks: Default::default(),
+            updated_at_ms: now_ms,
+        };
+        {
+            let _g = self.lock.lock().await;
+            // Checked under the lock: two creations of one id store one.
+            if store::get(&self.store, &id)?.is_some() {
+                return Err(DeployError::Conflict(format!(
+                    "deployment {id} exists already"
+                )));
+            }
+            store::put(&self.store, &sd)?;
+        }
+        self.audit(
+            actor,
+            "deployment.create",
+            &sd,
+            format!(
+                "{} patches to {} devices ({})",
+                sd.deployment.spec.patches.len(),
+                sd.deployment.devices.len(),
+                sd.target
+            ),
+            now_ms,
+        );
+        if req.start {
+            self.input(&id, Input::Start, actor, now_ms).await?;
+        }
+        self.refresh_gauge();
+        self.get(&id)
+    }
+
+    fn audit(&self, actor: &str, action: &str, sd: &StoredDeployment, detail: String, now_ms: u64) {
+        let e = AuditEntry {
+            at_ms: now_ms,
+            actor: actor.to_string(),
+            action: action.to_string(),
+            target: sd.id().to_string(),
+            detail,
+        };
+        if let Err(e) = registry::audit(&self.store, &e) {
+            warn!(error = %e, "writing the audit log failed");
+        }
+    }
+
+    /// Steps the deployment with `input` at `now_ms` and persists the new
+    /// state; returns it and the actions still to apply. `before` may
+    /// change the stored record first (in the same write).
+    pub fn step_persist(
+        &self,
+        id: &str,
+        input: Input,
+        now_ms: u64,
+        before: impl FnOnce(&mut StoredDeployment),
+    ) -> Result<(StoredDeployment, Vec<Action>), DeployError> {
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        let mut sd = match cached {
+            Some(sd) => sd,
+            None => self.get(id)?,
+        };
+        before(&mut sd);
+        let windows = self.env.windows(&sd, now_ms);
+        let actions = sd.deployment.step(input, &windows, now_ms);
+        sd.updated_at_ms = now_ms;
+        mark_alerts(&mut sd, &actions, now_ms);
+        store::put(&self.store, &sd)?;
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), sd.clone());
+        Ok((sd, actions))
+    }
+
+    /// A technician's (or the system's) input: step, persist, apply.
+    /// A refusal in the deployment's state is [`DeployError::Conflict`].
+    pub async fn input(
+        &self,
+        id: &str,
+        input: Input,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<StoredDeployment, DeployError> {
+        let what = match &input {
+            Input::Start => Some("deployment.start"),
+            Input::Pause { .. } => Some("deployment.pause"),
+            Input::Resume { .. } => Some("deployment.resume"),
+            Input::Abort { .. } => Some("deployment.abort"),
+            Input::Rollback(_) => Some("deployment.rollback"),
+            _ => None,
+        };
+        let detail = serde_json::to_string(&input).unwrap_or_default();
+        let sd = {
+            let _g = self.lock.lock().await;
+            let (sd, actions) = self.step_persist(id, input, now_ms, |_| {})?;
+            let rejected = actions.iter().find_map(|a| match a {
+                Action::Rejected { reason } => Some(reason.clone()),
+                _ => None,
+            });
+            // A refused input still advanced the deployment (time passed):
+            // what that decided is persisted, so it is applied too.
+            let sd = self.apply(sd, actions, actor, now_ms).await?;
+            if let Some(reason) = rejected {
+                return Err(DeployError::Conflict(reason));
+            }
+            sd
+        };
+        if let Some(what) = what {
+            self.audit(actor, what, &sd, detail, now_ms);
+        }
+        self.refresh_gauge();
+        Ok(sd)
+    }
+
+    /// A device's status (from the device link): recorded for its
+    /// rollback, stepped as a report.
+    pub async fn report(
+        &self,
+        device: DeviceId,
+        status: &DeviceStatus,
+        now_ms: u64,
+    ) -> Result<(), DeployError> {
+        let _g = self.lock.lock().await;
+        let dev = device.to_string();
+        let input = Input::Report {
+            device: dev.clone(),
+            attempt: status.attempt,
+            report: report_of(status),
+        };
+        let (sd, actions) = self.step_persist(&status.deployment, input, now_ms, |sd| {
+            if !status.rollback {
+                sd.installs.insert(
+                    dev.clone(),
+                    InstallRecord {
+                        attempt: status.attempt,
+                        phase: status.phase.as_str().to_string(),
+                        reason: status.reason.clone(),
+                        changes: status.changes.clone(),
+                        kept: status.kept.clone(),
+                        skipped: status.skipped.clone(),
+                        snapshot: status.snapshot.clone(),
+                        log_tail: status.log_tail.clone(),
+                        at_ms: status.at_ms,
+                    },
+                );
+            } else if let Some(r) = sd.installs.get_mut(&dev) {
+                r.phase = status.phase.as_str().to_string();
+                r.reason = status.reason.clone();
+            }
+        })?;
+        let ignored = actions.iter().any(|a| matches!(a, Action::Ignored { .. }));
+        if status.phase.is_final() && !ignored {
+            let result = if status.rollback && status.phase == Phase::Failed {
+                "rollback_failed"
+            } else if status.rollback && status.phase == Phase::Succeeded {
+                "rolled_back"
+            } else {
+                status.phase.as_str()
+            };
+            self.metrics.deploy.install_result(result);
+        }
+        self.apply(sd, actions, "agent", now_ms).await?;
+        Ok(())
+    }
+
+    /// Time passed: every deployment not finished is stepped (windows,
+    /// deadlines, soak times).
+    pub async fn tick(&self, now_ms: u64) -> Result<(), DeployError> {
+        for sd in self.list()? {
+            if sd.deployment.is_terminal() {
+                if !sd.alert_marks.is_empty() {
+                    self.env.alert_levels(&sd);
+                }
+                continue;
+            }
+            let _g = self.lock.lock().await;
+            let (sd, actions) = self.step_persist(sd.id(), Input::Tick, now_ms, |_| {})?;
+            self.apply(sd, actions, "scheduler", now_ms).await?;
+        }
+        self.refresh_gauge();
+        Ok(())
+    }
+
+    /// After a start: re-applies the commands of every deployment that
+    /// were dispatched without a report yet (same command keys: the
+    /// installer queues each once), then ticks.
+    pub async fn recover(&self, now_ms: u64) -> Result<(), DeployError> {
+        for sd in self.list()? {
+            let actions = sd.deployment.recover();
+            if actions.is_empty() {
+                continue;
+            }
+            info!(
+                deployment = sd.id(),
+                actions = actions.len(),
+                "re-applying after a restart"
+            );
+            let _g = self.lock.lock().await;
+            self.apply(sd, actions, "recovery", now_ms).await?;
+        }
+        self.tick(now_ms).await
+    }
+
+    /// Applies actions in order. An install the device link refuses for
+    /// good (unknown device, refused) is reported failed with the reason
+    /// (stepped and persisted before its own actions are applied); a
+    /// stopped link leaves it queued (re-applied by the next recovery).
+    async fn apply(
+        &self,
+        mut sd: StoredDeployment,
+        actions: Vec<Action>,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<StoredDeployment, DeployError> {
+        let mut queue: std::collections::VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            let mut failed: Option<(String, u32, String)> = None;
+            match action {
+                Action::Prefetch { patches } => match self.env.prefetch(sd.id(), &patches).await {
+                    Ok(bytes) => {
+                        self.metrics.deploy.prefetch_bytes.inc_by(bytes);
+                    }
+                    Err(e) => {
+                        self.metrics.deploy.dispatch_error("prefetch");
+                        warn!(deployment = sd.id(), error = %e, "prefetch failed; installs fetch through the cache");
+                    }
+                },
+                Action::DispatchInstall {
+                    device,
+                    command_id,
+                    attempt,
+                    patches,
+                } => {
+                    let Ok(dev) = device.parse::<DeviceId>() else {
+                        failed =
+                            Some((device.clone(), attempt, format!("bad device id {device:?}")));
+                        self.fail_later(&mut queue, &mut sd, failed.take(), now_ms)?;
+                        continue;
+                    };
+                    let targets = self.env.targets(dev, &patches, now_ms);
+                    if targets.is_empty() {
+                        // Nothing of it is missing (or approved) there now.
+                        let (s, a) = self.step_persist(
+                            sd.id(),
+                            Input::Report {
+                                device: device.clone(),
+                                attempt,
+                                report: Report::Succeeded,
+                            },
+                            now_ms,
+                            |_| {},
+                        )?;
+                        sd = s;
+                        queue.extend(a);
+                        continue;
+                    }
+                    let request = InstallRequest {
+                        deployment: sd.id().to_string(),
+                        attempt,
+                        targets,
+                        proxy: self.options.proxy.clone(),
+                        reboot: self.options.reboot,
+                        min_free_root_bytes: self.options.min_free_root_bytes,
+                        keep_previous_debs: true,
+                        pre_script: None,
+                        post_script: None,
+                        snapshot: self.options.snapshot,
+                    };
+                    if let Err(e) = self
+                        .installer
+                        .install(dev, &command_id, &request, actor)
+                        .await
+                    {
+                        failed = self.link_error(&e, device, attempt);
+                    }
+                }
+                Action::CancelInstall { command_id, .. } => {
+                    if let Err(e) = self.installer.cancel(&command_id, actor).await {
+                        self.metrics.deploy.dispatch_error("cancel");
+                        warn!(command = %command_id, error = %e, "cancelling an install failed");
+                    }
+                }
+                Action::DispatchRollback { device, command_id } => {
+                    let Ok(dev) = device.parse::<DeviceId>() else {
+                        continue;
+                    };
+                    let attempt = sd.deployment.devices.get(&device).map_or(0, |r| r.attempt);
+                    let rec = sd.installs.get(&device).cloned().unwrap_or_default();
+                    let request = RollbackRequest {
+                        deployment: sd.id().to_string(),
+                        attempt,
+                        install_command: install_command_id(sd.id(), &device, attempt),
+                        changes: rec.changes,
+                        kept: rec.kept,
+                        proxy: self.options.proxy.clone(),
+                    };
+                    self.metrics.deploy.rollbacks.inc();
+                    if let Err(e) = self
+                        .installer
+                        .rollback(dev, &command_id, &request, actor)
+                        .await
+                    {
+                        self.metrics.deploy.dispatch_error("rollback");
+                        warn!(command = %command_id, error = %e, "dispatching a rollback failed");
+                    }
+                }
+                Action::StartStage { stage, devices } => {
+                    info!(deployment = sd.id(), stage, devices, "stage started");
+                }
+                Action::PromoteStage { from, to, .. } => {
+                    info!(deployment = sd.id(), from, to, "stage promoted");
+                }
+                Action::Notify(event) => {
+                    if matches!(event, Event::GateFailed { .. }) {
+                        self.metrics.deploy.gate_failures.inc();
+                    }
+                    self.env.notify(&sd, &event);
+                }
+                Action::Rejected { reason } => {
+                    self.metrics.deploy.rejected.inc();
+                    warn!(deployment = sd.id(), %reason, "action rejected");
+                }
+                Action::Ignored { device, reason } => {
+                    self.metrics.deploy.ignored_reports.inc();
+                    tracing::debug!(deployment = sd.id(), %device, %reason, "report ignored");
+                }
+            }
+            self.fail_later(&mut queue, &mut sd, failed, now_ms)?;
+        }
+        if !sd.alert_marks.is_empty() {
+            self.env.alert_levels(&sd);
+        }
+        Ok(sd)
+    }
+
+    /// A link error: `Some` (device, attempt, reason) when the install can
+    /// never be queued (reported failed), `None` when it may be re-applied.
+    fn link_error(
+        &self,
+        e: &LinkError,
+        device: String,
+        attempt: u32,
+    ) -> Option<(String, u32, String)> {
+        match e {
+            LinkError::Stopped => {
+                self.metrics.deploy.dispatch_error("stopped");
+                None
+            }
+            LinkError::UnknownDevice(_) => {
+                self.metrics.deploy.dispatch_error("unknown_device");
+                Some((device, attempt, e.to_string()))
+            }
+            LinkError::Encode(_) => {
+                self.metrics.deploy.dispatch_error("encode");
+                Some((device, attempt, e.to_string()))
+            }
+            LinkError::Refused(_) => {
+                self.metrics.deploy.dispatch_error("refused");
+                Some((device, attempt, e.to_string()))
+            }
+        }
+    }
+
+    fn fail_later(
+        &self,
+        queue: &mut std::collections::VecDeque<Action>,
+        sd: &mut StoredDeployment,
+        failed: Option<(String, u32, String)>,
+        now_ms: u64,
+    ) -> Result<(), DeployError> {
+        let Some((device, attempt, reason)) = failed else {
+            return Ok(());
+        };
+        warn!(deployment = sd.id(), %device, %reason, "install could not be queued");
+        self.metrics.deploy.install_result("failed");
+        let (s, a) = self.step_persist(
+            sd.id(),
+            Input::Report {
+                device,
+                attempt,
+                report: Report::Failed { reason },
+            },
+            now_ms,
+            |_| {},
+        )?;
+        *sd = s;
+        queue.extend(a);
+        Ok(())
+    }
+
+    /// Sets `outpost_deployments{state}` from the stored deployments.
+    pub fn refresh_gauge(&self) {
+        let Ok(all) = self.list() else { return };
+        let mut counts = std::collections::BTreeMap::new();
+        for d in &all {
+            *counts.entry(d.deployment.phase.name()).or_insert(0i64) += 1;
+        }
+        self.metrics.deploy.set_states(&counts);
+    }
+}
+
+/// Updates the deployment's alert marks from the notices of one step: a
+/// failed gate (or an automatic rollback) raises the failed devices of
+/// that stage; a resume, completion, abort or rollback lowers every
+/// raised one; lowered marks older than [`store::LOWERED_MARK_MS`] go.
+fn mark_alerts(sd: &mut StoredDeployment, actions: &[Action], now_ms: u64) {
+    use outpost_patch::rollout::DeviceState;
+    for a in actions {
+        let Action::Notify(event) = a else { continue };
+        match event {
+            Event::GateFailed { stage, .. } | Event::AutoRollback { stage, .. } => {
+                let devs = sd
+                    .deployment
+                    .stages
+                    .get(*stage as usize)
+                    .cloned()
+                    .unwrap_or_default();
+                for d in devs {
+                    let failed = sd.deployment.devices.get(&d).is_some_and(|r| {
+                        matches!(
+                            r.state,
+                            DeviceState::Failed
+                                | DeviceState::RollingBack
+                                | DeviceState::RolledBack
+                                | DeviceState::RollbackFailed
+                        )
+                    });
+                    if failed {
+                        sd.alert_marks.insert(
+                            d,
+                            store::AlertMark {
+                                raised: true,
+                                since_ms: now_ms,
+                            },
+                        );
+                    }
+                }
+            }
+            Event::Resumed { .. }
+            | Event::Completed
+            | Event::Aborted
+            | Event::RolledBack { .. } => {
+                for m in sd.alert_marks.values_mut() {
+                    if m.raised {
+                        *m = store::AlertMark {
+                            raised: false,
+                            since_ms: now_ms,
+                        };
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    sd.alert_marks
+        .retain(|_, m| m.raised || now_ms.saturating_sub(m.since_ms) < store::LOWERED_MARK_MS);
+}
+
+/// The metric of a deployment's alert samples (the built-in rule
+/// `builtin-deploy-gate` watches it).
+pub const GATE_FAILED_METRIC: &str = "deploy_gate_failed";
+
+/// The alert samples of a deployment's marks.
+pub fn alert_samples(
+    d: &StoredDeployment,
+) -> Vec<(DeviceId, Vec<outpost_proto::messages::MetricValue>)> {
+    d.alert_marks
+        .iter()
+        .filter_map(|(dev, m)| {
+            let id = dev.parse::<DeviceId>().ok()?;
+            Some((
+                id,
+                vec![outpost_proto::messages::MetricValue {
+                    name: GATE_FAILED_METRIC.to_string(),
+                    label: d.id().to_string(),
+                    value: if m.raised { 1.0 } else { 0.0 },
+                }],
+            ))
+        })
+        .collect()
+}
+
+/// Where a deployment's alert samples go (the alert engine's input).
+pub type AlertSink =
+    Box<dyn Fn(Vec<(DeviceId, Vec<outpost_proto::messages::MetricValue>)>) + Send + Sync>;
+
+/// The [`StatusSink`] the device link calls: statuses go to the
+/// orchestrator's loop ([`run`]) through a bounded queue (a full queue
+/// is counted and dropped: the device link re-sends the final status of
+/// a command after a restart, and the install deadline covers the rest).
+pub struct StatusPort {
+    tx: tokio::sync::mpsc::Sender<(DeviceId, DeviceStatus)>,
+    metrics: Arc<Metrics>,
+}
+
+impl StatusSink for StatusPort {
+    fn status(&self, device: DeviceId, status: &DeviceStatus) {
+        if self.tx.try_send((device, status.clone())).is_err() {
+            self.metrics.deploy.dispatch_error("status_queue_full");
+        }
+    }
+}
+
+/// The receiving end of a [`StatusPort`], for [`spawn`].
+pub type StatusReceiver = tokio::sync::mpsc::Receiver<(DeviceId, DeviceStatus)>;
+
+/// Device statuses waiting for the orchestrator's loop.
+pub const STATUS_QUEUE: usize = 4096;
+
+/// The [`StatusSink`] to hand to the device link, and its receiving end.
+pub fn status_channel(metrics: Arc<Metrics>) -> (Arc<StatusPort>, StatusReceiver) {
+    let (tx, rx) = tokio::sync::mpsc::channel(STATUS_QUEUE);
+    (Arc::new(StatusPort { tx, metrics }), rx)
+}
+
+/// The orchestrator's loop: recovers, then steps device statuses as they
+/// come, and every `tick` creates the deployments of due schedules
+/// ([`super::schedules`]) and ticks.
+pub fn spawn(
+    orch: Arc<Orchestrator>,
+    patches: Arc<dyn MissingPatches>,
+    mut rx: StatusReceiver,
+    tick: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+) {
+    tracker.spawn(async move {
+        if let Err(e) = orch.recover(outpost_storage::now_ms()).await {
+            warn!(error = %e, "recovering deployments failed");
+        }
+        let mut timer = tokio::time::interval(tick);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = timer.tick() => {
+                    let now = outpost_storage::now_ms();
+                    if let Err(e) = super::schedules::run_due(&orch.store, &orch, patches.as_ref(), now).await {
+                        warn!(error = %e, "running deployment schedules failed");
+                    }
+                    if let Err(e) = orch.tick(now).await {
+                        warn!(error = %e, "deployment tick failed");
+                    }
+                }
+                Some((dev, status)) = rx.recv() => {
+                    if let Err(e) = orch.report(dev, &status, outpost_storage::now_ms()).await {
+                        orch.metrics.deploy.ignored_reports.inc();
+                        warn!(device = %dev, deployment = %status.deployment, error = %e, "device status not applied");
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// The environment of a running appliance: windows from the deployment's
+/// window, notifications to the log and audit trail, binaries from the
+/// patch service's assessments and the approvals.
+pub struct SiteEnv {
+    pub store: Store,
+    pub patches: Arc<dyn MissingPatches>,
+    /// The alert engine's sample input (`None`: no alerts, e.g. tests).
+    pub alerts: Option<AlertSink>,
+}
+
+impl DeployEnv for SiteEnv {
+    fn windows(&self, d: &StoredDeployment, now_ms: u64) -> SiteWindows {
+        let mut w = SiteWindows {
+            default: d.window.as_ref().and_then(|w| w.compile(None).ok()),
+            ..Default::default()
+        };
+        w.pauses = maintenance_pauses(&self.store, d, now_ms);
+        w
+    }
+
+    fn notify(&self, d: &StoredDeployment, event: &Event) {
+        warn!(deployment = d.id(), event = ?event, "deployment notice");
+        let e = AuditEntry {
+            at_ms: outpost_storage::now_ms(),
+            actor: "orchestrator".into(),
+            action: "deployment.notify".into(),
+            target: d.id().to_string(),
+            detail: serde_json::to_string(event).unwrap_or_default(),
+        };
+        if let Err(e) = registry::audit(&self.store, &e) {
+            warn!(error = %e, "writing the audit log failed");
+        }
+    }
+
+    fn alert_levels(&self, d: &StoredDeployment) {
+        if let Some(sink) = &self.alerts {
+            sink(alert_samples(d));
+        }
+    }
+
+    fn prefetch<'a>(
+        &'a self,
+        _deployment: &'a str,
+        _patches: &'a [PatchKey],
+    ) -> PrefetchFuture<'a> {
+        // No pin/prefetch-by-version API in the cache yet: installs fetch
+        // through the cache on first use.
+        Box::pin(async { Ok(0) })
+    }
+
+    fn targets(&self, device: DeviceId, patches: &[PatchKey], now_ms: u64) -> Vec<BinaryTarget> {
+        targets_for(&self.store, self.patches.as_ref(), device, patches, now_ms)
+    }
+}
+
+/// The target devices that a maintenance window with
+/// `pause_patch_installs` covers at `now_ms`, each with a pause interval
+/// covering `now_ms` (the state machine asks only "may it install now";
+/// the windows are resolved again at every step). Reads the registry only
+/// when such a window is active.
+pub fn maintenance_pauses(
+    store: &Store,
+    d: &StoredDeployment,
+    now_ms: u64,
+) -> std::collections::HashMap<String, Vec<outpost_patch::window::Pause>> {
+    use crate::alerts::model::{DeviceScope, MaintenanceWindow, WindowEffect};
+    let mut out = std::collections::HashMap::new();
+    let windows: Vec<MaintenanceWindow> =
+        match crate::alerts::store::list_config(store, crate::alerts::store::ConfigKind::Window) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "reading maintenance windows");
+                return out;
+            }
+        };
+    let active: Vec<&MaintenanceWindow> = windows
+        .iter()
+        .filter(|w| {
+            w.effects.contains(&WindowEffect::PausePatchInstalls)
+                && crate::alerts::windows::active(&w.schedule, now_ms)
+        })
+        .collect();
+    if active.is_empty() {
+        return out;
+    }
+    for dev in d.deployment.devices.keys() {
+        let Ok(id) = dev.parse::<DeviceId>() else {
+            continue;
+        };
+        let Ok(Some(rec)) = registry::get(store, id) else {
+            continue;
+        };
+        let scope = DeviceScope {
+            tenant: rec.tenant.clone(),
+            customer: rec.customer.clone(),
+            tags: registry::tags(store, id).unwrap_or_default(),
+            hostname: rec.hostname.clone(),
+        };
+        if active.iter().any(|w| w.scope.matches(id, &scope)) {
+            out.insert(dev.clone(), vec![(now_ms, now_ms.saturating_add(1))]);
+        }
+    }
+    out
+}
+
+/// The binaries of `patches` that `device` misses and that are approved
+/// for it at `now_ms`.
+pub fn targets_for(
+    store: &Store,
+    patches: &dyn MissingPatches,
+    device: DeviceId,
+    keys: &[PatchKey],
+    now_ms: u64,
+) -> Vec<BinaryTarget> {
+    let Ok(a) = approvals::device_decisions(store, patches, device, now_ms) else {
+        return Vec::new();
+    };
+    let approved = a.approved();
+    let missing = patches.missing(device).unwrap_or_default();
+    let mut out = Vec::new();
+    for p in &missing {
+        let Some(c) = &p.candidate else { continue };
+        let key = PatchKey::new(p.source.as_str(), c.as_str());
+        if keys.contains(&key) && approved.contains(&key) {
+            out.extend(BinaryTarget::from_missing(p));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
