@@ -19,6 +19,7 @@ pub fn tables() -> Vec<Table> {
         crate::commands::store::TABLES,
         crate::files::store::TABLES,
         crate::patches::store::TABLES,
+        crate::deploy::device::TABLES,
     ]
     .concat()
 }
@@ -47,8 +48,9 @@ mod tests {
         // `scripts`, `bulk_runs`, `command_runs`, `file_transfers`,
         // `file_transfers_by_time` (issue 13); `package_scans_in`,
         // `patch_scans`, `patch_assessments`, `patch_sources`,
-        // `patch_compliance_daily` (issue 14).
-        assert_eq!(n, 42);
+        // `patch_compliance_daily` (issue 14); `patch_status_in` (ingest)
+        // and `deploy_device_commands` (the device link) (issue 15).
+        assert_eq!(n, 44);
     }
 
     #[test]
@@ -73,7 +75,7 @@ mod tests {
     fn the_database_opens_and_reopens_with_every_table() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), &StoreOptions::default()).unwrap();
-        assert_eq!(s.tables().len(), 44);
+        assert_eq!(s.tables().len(), 45);
         drop(s);
         open(dir.path(), &StoreOptions::default()).unwrap();
     }

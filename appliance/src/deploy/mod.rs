@@ -10,6 +10,8 @@
 //! keys (`DEPLOYMENT/DEVICE/install/ATTEMPT`) to command ids, so queueing
 //! the same key twice queues one command.
 
+pub mod device;
+
 use outpost_patch::install::wire::{DeviceStatus, InstallRequest, RollbackRequest};
 use outpost_proto::ids::{CommandId, DeviceId};
 use sha2::{Digest, Sha256};
