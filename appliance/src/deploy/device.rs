@@ -153,7 +153,9 @@ fn id_key(id: CommandId) -> [u8; 16] {
 /// The final status of a command that ended without one, if it is due:
 /// the command is terminal, no final status is known, and either the
 /// agent never recorded it or `grace_ms` passed since the link saw it
-/// end (`ended_seen_ms`). Pure.
+/// end (`ended_seen_ms`). An install whose command completed after its
+/// `reboot_pending` status is not ended: the device reports again when
+/// it is back (the orchestrator owns the reboot deadline). Pure.
 pub fn synthesize(
     linked: &LinkedCommand,
     cmd: &CommandRecord,
@@ -162,6 +164,16 @@ pub fn synthesize(
     grace_ms: u64,
 ) -> Option<DeviceStatus> {
     if linked.is_final() || !cmd.state.is_terminal() {
+        return None;
+    }
+    // An install that scheduled its reboot completes its command and waits
+    // for the device's next start: its deadline is the orchestrator's.
+    if cmd.state == CommandState::Completed
+        && linked
+            .latest
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::RebootPending)
+    {
         return None;
     }
     if cmd.acked && now_ms < ended_seen_ms.saturating_add(grace_ms) {

@@ -345,6 +345,18 @@ fn a_final_status_is_synthesized_only_for_an_ended_command_without_one_after_the
     let mut done = linked(false);
     done.latest = Some(status(CommandId([1; 16]), Phase::Succeeded, String::new()));
     assert!(synthesize(&done, &interrupted, 0, 1 << 40, 100).is_none());
+    // A completed install waiting for its reboot is not ended.
+    let mut rebooting = linked(false);
+    rebooting.latest = Some(status(
+        CommandId([1; 16]),
+        Phase::RebootPending,
+        String::new(),
+    ));
+    let completed = record(CommandState::Completed, true, None);
+    assert!(synthesize(&rebooting, &completed, 0, 1 << 40, 100).is_none());
+    // But a completed install that never said anything final is failed.
+    let s = synthesize(&linked(false), &completed, 0, 1 << 40, 100).unwrap();
+    assert!(s.reason.unwrap().contains("no final status"));
     // A last non-final status is kept (its changes) and made final.
     let mut mid = linked(false);
     mid.latest = Some(status(CommandId([1; 16]), Phase::Installing, "log".into()));
