@@ -68,6 +68,12 @@ mk broken-outpost 1.0-1
 mk broken-outpost 1.1-1 "" 1
 mk held-outpost 1.0-1
 mk held-outpost 1.1-1
+mk slow-outpost 1.0-1
+mk slow-outpost 1.1-1 "" 0
+d=$(mktemp -d); dpkg-deb -R "$W/repo/slow-outpost_1.1-1_all.deb" "$d"
+printf '#!/bin/sh\ntouch "%s/preinst-started"\nsleep 120\n' "$W" > "$d/DEBIAN/preinst"
+chmod 755 "$d/DEBIAN/preinst"
+dpkg-deb --root-owner-group -Zgzip -b "$d" "$W/repo/slow-outpost_1.1-1_all.deb" >/dev/null; rm -rf "$d"
 (cd "$W/repo" && dpkg-scanpackages -m . 2>/dev/null > Packages)
 mkdir -p "$R/var/lib/dpkg/info" "$R/var/lib/dpkg/updates" "$R/var/log/apt" \
   "$R/etc/apt/sources.list.d" "$R/etc/apt/preferences.d" "$R/etc/apt/apt.conf.d" \
@@ -76,12 +82,12 @@ touch "$R/var/lib/dpkg/status"
 echo "deb [trusted=yes] file:$W/repo ./" > "$R/etc/apt/sources.list"
 dpkg --root="$R" --force-script-chrootless --force-not-root --log="$R/var/log/dpkg.log" \
   -i "$W/repo/hello-outpost_1.0-1_all.deb" "$W/repo/broken-outpost_1.0-1_all.deb" \
-  "$W/repo/held-outpost_1.0-1_all.deb" >/dev/null
+  "$W/repo/held-outpost_1.0-1_all.deb" "$W/repo/slow-outpost_1.0-1_all.deb" >/dev/null
 echo "held-outpost hold" | dpkg --root="$R" --force-not-root --set-selections
 "#;
 
 struct Device {
-    _tmp: tempfile::TempDir,
+    _tmp: Option<tempfile::TempDir>,
     work: PathBuf,
     root: PathBuf,
     statuses: Arc<Statuses>,
@@ -146,12 +152,12 @@ impl Device {
         let work = tmp.path().to_path_buf();
         let root = work.join("root");
         sh(SETUP, &[work.to_str().unwrap()]);
-        let d = Device::with(tmp, work, root);
+        let d = Device::with(Some(tmp), work, root);
         d.apt_update();
         Some(d)
     }
 
-    fn with(tmp: tempfile::TempDir, work: PathBuf, root: PathBuf) -> Device {
+    fn with(tmp: Option<tempfile::TempDir>, work: PathBuf, root: PathBuf) -> Device {
         let boot_id = work.join("boot_id");
         std::fs::write(&boot_id, "boot-1\n").unwrap();
         let rebooted = work.join("rebooted");
@@ -513,4 +519,157 @@ async fn a_reboot_pending_install_succeeds_after_the_agent_starts_on_a_new_boot_
     assert_eq!(s[0].boot_id.as_deref(), Some("boot-2"));
     d.installer.recover().await;
     assert_eq!(d.statuses.of(CommandId([1; 16])).len(), 1, "reported once");
+}
+
+/// The child agent of the next test: runs the install through the
+/// executor until it is killed (does nothing unless asked).
+#[tokio::test]
+#[ignore = "a child process of a_killed_agent_reports_the_install_interrupted_once_and_never_reruns_it"]
+async fn child_agent_installing_until_killed() {
+    let Ok(work) = std::env::var("OUTPOST_TEST_CHILD_WORK") else {
+        return;
+    };
+    let work = PathBuf::from(work);
+    let d = Device::with(None, work.clone(), work.join("root"));
+    let ex = crate::commands::Executor::start_full(
+        &work.join("ledger"),
+        child_policy(),
+        None,
+        None,
+        Some(d.installer.clone()),
+    )
+    .unwrap();
+    let (link, _inbox) = crate::remote::RemoteLink::new(64 * 1024);
+    crate::remote::RemoteHost::session_up(&ex, link);
+    crate::remote::RemoteHost::event(&ex, child_command(&d));
+    tokio::time::sleep(Duration::from_secs(120)).await;
+}
+
+fn child_policy() -> crate::commands::Policy {
+    crate::commands::Policy {
+        enabled: true,
+        allowed_run_as: Vec::new(),
+        kill_grace: Duration::from_secs(1),
+        reboot: RebootConfig::default(),
+    }
+}
+
+fn child_command(d: &Device) -> outpost_proto::session::agent::AgentEvent {
+    let mut req = d.request(&[("slow-outpost", "1.1-1")]);
+    req.keep_previous_debs = false;
+    let spec = outpost_proto::command::CommandSpec {
+        kind: outpost_proto::command::CommandKind::Builtin(
+            outpost_proto::command::BuiltinAction::InstallPatches {
+                format: REQUEST_FORMAT,
+                request: codec::encode_compressed(&req).unwrap(),
+            },
+        ),
+        ..outpost_proto::command::CommandSpec::shell("-", "t")
+    };
+    outpost_proto::session::agent::AgentEvent::Command(outpost_proto::messages::Command {
+        id: CommandId([21; 16]),
+        spec: spec.encode().unwrap(),
+    })
+}
+
+/// Every process whose command line names `dir` (apt, dpkg and the
+/// maintainer script of the child's install), killed as systemd kills
+/// the agent's control group.
+fn kill_processes_naming(dir: &Path) {
+    let needle = dir.display().to_string();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle)
+            && let Some(p) = rustix::process::Pid::from_raw(pid)
+        {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_killed_agent_reports_the_install_interrupted_once_and_never_reruns_it() {
+    let Some(d) = Device::new() else { return };
+    let marker = d.work.join("preinst-started");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "install::tests::child_agent_installing_until_killed",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("OUTPOST_TEST_CHILD_WORK", &d.work)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !marker.exists() && t0.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(marker.exists(), "the child's install reached the preinst");
+    // kill -9 of the agent and of everything it started.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    kill_processes_naming(&d.work);
+    std::fs::remove_file(&marker).unwrap();
+    // The agent starts again on the same ledger and state.
+    let d = d.restarted();
+    let ex = crate::commands::Executor::start_full(
+        &d.work.join("ledger"),
+        child_policy(),
+        None,
+        None,
+        Some(d.installer.clone()),
+    )
+    .unwrap();
+    d.installer.recover().await;
+    let (link, mut inbox) = crate::remote::RemoteLink::new(64 * 1024);
+    crate::remote::RemoteHost::session_up(&ex, link);
+    let id = CommandId([21; 16]);
+    // The output the child stored (apt's log up to the kill) goes first,
+    // then the result.
+    let mut log = Vec::new();
+    let result = loop {
+        tokio::select! {
+            i = inbox.rx.recv() => {
+                if let Some(crate::remote::LinkInput::Result(r)) = i {
+                    break r;
+                }
+            }
+            Some(o) = inbox.output.recv() => {
+                log.extend_from_slice(&o.bytes);
+                crate::remote::RemoteHost::event(
+                    &ex,
+                    outpost_proto::session::agent::AgentEvent::OutputAcked {
+                        id: o.id,
+                        up_to: o.offset + o.bytes.len() as u64,
+                    },
+                );
+            }
+            _ = tokio::time::sleep(Duration::from_secs(15)) => panic!("no result"),
+        }
+    };
+    assert!(
+        String::from_utf8_lossy(&log).contains("slow-outpost"),
+        "the log up to the kill is kept"
+    );
+    assert_eq!(result.id, id);
+    assert_eq!(result.outcome, CommandOutcome::Interrupted);
+    let s = d.statuses.of(id);
+    assert_eq!(phases(&s), vec![Phase::Failed], "{s:?}");
+    let reason = s[0].reason.clone().unwrap();
+    assert!(reason.starts_with("interrupted"), "{reason}");
+    assert!(
+        reason.contains("slow-outpost"),
+        "the audit names it: {reason}"
+    );
+    // Delivered again: never re-run.
+    crate::remote::RemoteHost::event(&ex, child_command(&d));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!marker.exists(), "the install ran again");
+    assert_eq!(d.statuses.of(id).len(), 1);
 }
