@@ -281,6 +281,23 @@ impl DeviceLink {
         })
     }
 
+    /// What `outpost serve` wires: the link opened, its sink set, its
+    /// worker started (polling every `poll`, and on every command change)
+    /// until `stop`.
+    pub fn start(
+        commands: CommandService,
+        store: Store,
+        metrics: Arc<crate::metrics::Metrics>,
+        sink: Arc<dyn StatusSink>,
+        poll: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<(DeviceLink, tokio::task::JoinHandle<()>)> {
+        let link = DeviceLink::open(commands, store, metrics, DEFAULT_GRACE_MS)?;
+        link.set_sink(sink);
+        let worker = link.spawn(poll, stop);
+        Ok((link, worker))
+    }
+
     pub fn set_sink(&self, sink: Arc<dyn StatusSink>) {
         *lock(&self.inner.sink) = Some(sink);
     }

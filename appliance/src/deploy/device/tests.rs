@@ -390,3 +390,37 @@ async fn a_cancelled_install_that_never_reached_the_device_gets_a_synthesized_fa
     again.set_sink(r.sink.clone());
     assert_eq!(again.check_commands(4).unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_started_worker_hands_on_a_status_that_ingest_stored() {
+    let r = rig();
+    let dev = enrolled(&r.store, 7);
+    let sink = Arc::new(Sink::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (link, worker) = DeviceLink::start(
+        r.commands.clone(),
+        r.store.clone(),
+        r.metrics.clone(),
+        sink.clone(),
+        std::time::Duration::from_millis(50),
+        stop.clone(),
+    )
+    .unwrap();
+    let key = "dep-1/7/install/1";
+    link.install(dev, key, &request(), "alice").await.unwrap();
+    let s = status(command_id(key), Phase::Downloading, String::new());
+    put_parts(
+        &r.store,
+        dev,
+        1,
+        STATUS_FORMAT,
+        &codec::encode_compressed(&s).unwrap(),
+    );
+    let t0 = std::time::Instant::now();
+    while sink.0.lock().unwrap().is_empty() && t0.elapsed() < std::time::Duration::from_secs(10) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(sink.0.lock().unwrap().clone(), vec![(dev, s)]);
+    stop.cancel();
+    worker.await.unwrap();
+}
