@@ -673,3 +673,24 @@ async fn a_killed_agent_reports_the_install_interrupted_once_and_never_reruns_it
     assert!(!marker.exists(), "the install ran again");
     assert_eq!(d.statuses.of(id).len(), 1);
 }
+
+#[test]
+fn the_patch_install_section_of_agent_toml_parses_and_unknown_keys_are_errors() {
+    let cfg: crate::config::AgentConfig = toml::from_str(
+        "[patch_install]\nenabled = false\napt_extra_args = [\"-o\", \"Dir=/srv/d1\"]\nroot = \"/srv/d1\"\napt_timeout = \"1h\"\nreboot_delay = \"60s\"\n",
+    )
+    .unwrap();
+    assert!(!cfg.patch_install.enabled);
+    assert_eq!(cfg.patch_install.root, PathBuf::from("/srv/d1"));
+    assert_eq!(cfg.patch_install.apt_timeout, Duration::from_secs(3600));
+    assert!(
+        PatchInstaller::from_config(&cfg, Path::new("/x"), Arc::new(Statuses::default())).is_none()
+    );
+    assert!(
+        toml::from_str::<crate::config::AgentConfig>("[patch_install]\nforce = true\n").is_err()
+    );
+    let on = crate::config::AgentConfig::default();
+    let i =
+        PatchInstaller::from_config(&on, Path::new("/x"), Arc::new(Statuses::default())).unwrap();
+    assert_eq!(i.inner.state.0, PathBuf::from("/x/install"));
+}
