@@ -337,6 +337,26 @@ impl PatchInstaller {
             rep.status.kept = self.keep_debs(&plan, req.proxy.as_deref(), &rep).await;
         }
         rep.send(Phase::Downloading);
+        // Fresh indexes through the site cache (the approved version may
+        // be newer than the device's lists); a failure is only logged: the
+        // download below says whether the version is reachable.
+        let mut update = vec![
+            self.inner.tools.apt_get.display().to_string(),
+            "update".into(),
+        ];
+        if let Some(p) = &req.proxy {
+            update.push("-o".into());
+            update.push(format!("Acquire::http::Proxy={p}"));
+        }
+        let u = self
+            .apt(&update, &plan.env, &[], cancel.clone(), &output)
+            .await;
+        if !u.ok() {
+            rep.line(format!(
+                "apt-get update: {} (going on with the current indexes)",
+                u.how()
+            ));
+        }
         if cancel.is_cancelled() {
             return rep.finish(
                 Phase::Failed,
