@@ -10,6 +10,7 @@ mod cache;
 mod central_commands;
 mod commands;
 mod demo;
+mod deploy_device;
 mod durability;
 mod files;
 mod foundation;

@@ -333,10 +333,6 @@ impl PatchInstaller {
                 Err(why) => rep.line(format!("snapshot {why}")),
             }
         }
-        if req.keep_previous_debs {
-            rep.status.kept = self.keep_debs(&plan, req.proxy.as_deref(), &rep).await;
-        }
-        rep.send(Phase::Downloading);
         // Fresh indexes through the site cache (the approved version may
         // be newer than the device's lists); a failure is only logged: the
         // download below says whether the version is reachable.
@@ -357,6 +353,10 @@ impl PatchInstaller {
                 u.how()
             ));
         }
+        if req.keep_previous_debs {
+            rep.status.kept = self.keep_debs(&plan, req.proxy.as_deref(), &rep).await;
+        }
+        rep.send(Phase::Downloading);
         if cancel.is_cancelled() {
             return rep.finish(
                 Phase::Failed,
