@@ -79,6 +79,8 @@ pub struct AgentConfig {
     pub package_scan_full_interval: Duration,
     /// Where the package tools and files are (`[package_tools]`).
     pub package_tools: crate::scan::PackageTools,
+    /// Patch installs and rollbacks (`[patch_install]`).
+    pub patch_install: crate::install::InstallTools,
 }
 
 impl Default for AgentConfig {
@@ -106,6 +108,7 @@ impl Default for AgentConfig {
             package_db_poll_interval: Duration::from_secs(10),
             package_scan_full_interval: Duration::from_secs(7 * 24 * 3600),
             package_tools: crate::scan::PackageTools::default(),
+            patch_install: crate::install::InstallTools::default(),
         }
     }
 }

@@ -6,7 +6,7 @@
 //! acknowledges it ([`buffer`]) and streams records over one long-lived QUIC
 //! session with reconnect backoff ([`session`]), hands command and file
 //! events to remote management ([`remote`]), scans installed packages
-//! ([`scan`]), and while running keeps its
+//! ([`scan`]), installs and rolls back patches ([`install`]), and while running keeps its
 //! live state in `status.json` for `outpost-agent status` ([`status`]).
 
 pub mod backoff;
@@ -17,6 +17,7 @@ pub mod config;
 pub mod enroll;
 pub mod files;
 pub mod identity;
+pub mod install;
 pub mod net;
 pub mod remote;
 pub mod scan;

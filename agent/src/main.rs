@@ -192,11 +192,19 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| {
                 format!("opening the file transfer store {}", files_dir.display())
             })?;
-            let executor = outpost_agent::commands::Executor::start_with(
+            let installer =
+                outpost_agent::install::PatchInstaller::from_config(&cfg, &dir.0, shared.clone());
+            if let Some(i) = installer.clone() {
+                // Interrupted installs and completed reboots are reported
+                // (statuses go to the buffer; the session sends them).
+                tokio::spawn(async move { i.recover().await });
+            }
+            let executor = outpost_agent::commands::Executor::start_full(
                 &dir.commands(),
                 cfg.command_policy(),
                 Some(files),
                 Some(shared.scan_requests()),
+                installer,
             )
             .with_context(|| format!("opening the command ledger {}", dir.commands().display()))?;
             // systemd (Type=notify): identity loaded, buffer and ledger

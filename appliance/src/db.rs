@@ -22,6 +22,7 @@ pub fn tables() -> Vec<Table> {
         crate::deploy::approvals::TABLES,
         crate::deploy::store::TABLES,
         crate::deploy::schedules::TABLES,
+        crate::deploy::device::TABLES,
     ]
     .concat()
 }
@@ -50,9 +51,10 @@ mod tests {
         // `scripts`, `bulk_runs`, `command_runs`, `file_transfers`,
         // `file_transfers_by_time` (issue 13); `package_scans_in`,
         // `patch_scans`, `patch_assessments`, `patch_sources`,
-        // `patch_compliance_daily` (issue 14); `patch_status_in`,
-        // `approval_rules`, `deployments`, `deploy_schedules` (issue 15).
-        assert_eq!(n, 46);
+        // `patch_compliance_daily` (issue 14); `patch_status_in` (ingest),
+        // `deploy_device_commands` (the device link), `approval_rules`,
+        // `deployments`, `deploy_schedules` (issue 15).
+        assert_eq!(n, 47);
     }
 
     #[test]
@@ -77,7 +79,7 @@ mod tests {
     fn the_database_opens_and_reopens_with_every_table() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), &StoreOptions::default()).unwrap();
-        assert_eq!(s.tables().len(), 47);
+        assert_eq!(s.tables().len(), 48);
         drop(s);
         open(dir.path(), &StoreOptions::default()).unwrap();
     }

@@ -98,6 +98,9 @@ pub struct Metrics {
     /// Datagrams the kernel dropped on the QUIC socket (receive buffer
     /// full), read from the kernel at each scrape.
     pub quic_udp_receive_drops: Counter,
+    /// The deployment device link (`outpost_deploy_device_statuses_total`,
+    /// `outpost_deploy_status_rejected_total`).
+    pub deploy_device: crate::deploy::device::DeviceLinkMetrics,
     /// The site console's refusals (`outpost_console_refused_total{reason}`).
     pub console: outpost_console::ConsoleMetrics,
     /// The site console's live hub (`outpost_console_live_*`): the hub
@@ -163,6 +166,7 @@ impl Metrics {
             alert_errors: Family::default(),
             notifications: Family::default(),
             quic_udp_receive_drops: Counter::default(),
+            deploy_device: Default::default(),
             console: Default::default(),
             console_live: Default::default(),
             quic_socket_inode: AtomicU64::new(0),
@@ -337,6 +341,7 @@ impl Metrics {
             "Datagrams the kernel dropped on the QUIC socket because its receive buffer was full",
             m.quic_udp_receive_drops.clone(),
         );
+        m.deploy_device.register(r);
         r.register(
             "console_refused",
             "Site console requests refused (bad CSRF token, cross-origin, role), by reason",

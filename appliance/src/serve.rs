@@ -24,18 +24,6 @@ use crate::site::{self, DataDir};
 
 /// Runs the appliance until `shutdown` is cancelled.
 pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    run_with_device_link(data, cfg, shutdown, crate::deploy::no_device_link()).await
-}
-
-/// [`run`] with the device link the deployment orchestrator installs
-/// through (`device_link` builds it from the command service and the
-/// orchestrator's status sink).
-pub async fn run_with_device_link(
-    data: DataDir,
-    cfg: Config,
-    shutdown: CancellationToken,
-    device_link: crate::deploy::DeviceLinkFactory,
-) -> anyhow::Result<()> {
     cfg.validate()?;
     // Before anything is created or opened: a data directory written by a
     // newer Outpost is refused (downgrade), an older one is upgraded.
@@ -184,7 +172,16 @@ pub async fn run_with_device_link(
     // Patch deployment (issue 15): the orchestrator installs through the
     // device link and hears from it through its status port.
     let (status_port, status_rx) = crate::deploy::orchestrator::status_channel(metrics.clone());
-    let installer = device_link(&commands, status_port);
+    let (device_link, device_link_worker) = crate::deploy::device::DeviceLink::start(
+        commands.clone(),
+        store.clone(),
+        metrics.clone(),
+        status_port,
+        Duration::from_secs(1),
+        shutdown.clone(),
+    )
+    .context("starting the deployment device link")?;
+    let installer: Arc<dyn crate::deploy::Installer> = Arc::new(device_link);
     let patch_view: Arc<dyn crate::deploy::approvals::MissingPatches> = Arc::new(patches.clone());
     let orchestrator = Arc::new(crate::deploy::orchestrator::Orchestrator::new(
         store.clone(),
@@ -386,6 +383,7 @@ pub async fn run_with_device_link(
         tokio::task::spawn_blocking(move || files_thread.join()),
     )
     .await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), device_link_worker).await;
     commands.stop();
     let _ = tokio::time::timeout(
         Duration::from_secs(5),

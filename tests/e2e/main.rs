@@ -11,6 +11,7 @@ mod central_commands;
 mod commands;
 mod demo;
 mod deploy;
+mod deploy_device;
 mod durability;
 mod files;
 mod foundation;

@@ -81,6 +81,9 @@ struct Inner {
     /// Package scans on request (`ScanPackages`, `crate::scan`): without
     /// it the action is refused.
     scanner: Option<crate::scan::ScanRequests>,
+    /// Patch installs and rollbacks (`InstallPatches`, `RollbackPatches`,
+    /// `crate::install`): without it they are refused.
+    installer: Option<crate::install::PatchInstaller>,
 }
 
 /// How the file module reports the end of a transfer's command.
@@ -135,6 +138,18 @@ impl Executor {
         policy: Policy,
         files: Option<crate::files::FileAgent>,
         scanner: Option<crate::scan::ScanRequests>,
+    ) -> anyhow::Result<Executor> {
+        Self::start_full(dir, policy, files, scanner, None)
+    }
+
+    /// As [`Executor::start_with`], with patch installs and rollbacks
+    /// served by `installer`.
+    pub fn start_full(
+        dir: &Path,
+        policy: Policy,
+        files: Option<crate::files::FileAgent>,
+        scanner: Option<crate::scan::ScanRequests>,
+        installer: Option<crate::install::PatchInstaller>,
     ) -> anyhow::Result<Executor> {
         let ledger = Ledger::open(dir)?;
         let resumable: HashSet<CommandId> = files
@@ -191,6 +206,7 @@ impl Executor {
             running: Mutex::new(running),
             files,
             scanner,
+            installer,
         });
         let ex = Executor { inner };
         tokio::spawn(ex.clone().worker(rx, to_start));
@@ -410,6 +426,9 @@ impl Executor {
         if let Some((full, timeout)) = scan_action(&cmd.spec) {
             return self.scan_packages(id, full, timeout).await;
         }
+        if let Some(action) = patch_action(&cmd.spec) {
+            return self.patch(id, action).await;
+        }
         let (launch, is_reboot) = match self.prepare(&cmd.spec) {
             Ok(l) => l,
             Err(outcome) => {
@@ -543,6 +562,58 @@ impl Executor {
         Ok(())
     }
 
+    /// `InstallPatches` / `RollbackPatches`: refused when commands or
+    /// installs are off; else running (durably) while the installer works
+    /// (`crate::install`), its log streamed as the output.
+    async fn patch(&self, id: CommandId, action: BuiltinAction) -> anyhow::Result<()> {
+        let refusal = if !self.inner.policy.enabled {
+            Some(DISABLED.to_string())
+        } else if self.inner.installer.is_none() {
+            Some(crate::install::INSTALLS_OFF.to_string())
+        } else {
+            None
+        };
+        let (Some(installer), None) = (self.inner.installer.clone(), refusal.clone()) else {
+            let reason = refusal.unwrap_or_else(|| crate::install::INSTALLS_OFF.to_string());
+            info!(%id, %reason, "patch command refused");
+            self.finish(id, CommandOutcome::Refused { reason }).await;
+            return Ok(());
+        };
+        let l = &self.inner.ledger;
+        let mut e = l.get(id)?.unwrap_or_else(|| Entry::new(now_ms()));
+        let started_ms = now_ms();
+        e.phase = Phase::Running { started_ms };
+        l.put(id, &e)?;
+        l.flush().await?;
+        let cancel = CancellationToken::new();
+        lock(&self.inner.running).insert(id, cancel.clone());
+        let tx = self.inner.tx.clone();
+        let _ = tx.send(Msg::Started(id, started_ms));
+        let otx = tx.clone();
+        let output: crate::install::tools::OutputFn = Arc::new(move |b: Vec<u8>| {
+            let _ = otx.send(Msg::Output(id, b));
+        });
+        tokio::spawn(async move {
+            let outcome = match action {
+                BuiltinAction::InstallPatches { format, request } => {
+                    installer
+                        .install(id, format, &request, output, cancel)
+                        .await
+                }
+                BuiltinAction::RollbackPatches { format, request } => {
+                    installer
+                        .rollback(id, format, &request, output, cancel)
+                        .await
+                }
+                _ => CommandOutcome::Refused {
+                    reason: "not a patch action".into(),
+                },
+            };
+            let _ = tx.send(Msg::Finished(id, outcome));
+        });
+        Ok(())
+    }
+
     /// The spec as a process to start (and whether it is the reboot
     /// action), or why not.
     fn prepare(&self, spec: &[u8]) -> Result<(Launch, bool), CommandOutcome> {
@@ -572,6 +643,20 @@ fn scan_action(spec: &[u8]) -> Option<(bool, Duration)> {
         CommandKind::Builtin(BuiltinAction::ScanPackages { full }) => {
             Some((full, Duration::from_millis(spec.timeout_ms)))
         }
+        _ => None,
+    }
+}
+
+/// The action when the spec is a valid `InstallPatches` or
+/// `RollbackPatches` (an invalid spec goes the usual way and is refused
+/// with its reason).
+fn patch_action(spec: &[u8]) -> Option<BuiltinAction> {
+    let spec = CommandSpec::decode(spec).ok()?;
+    spec.validate().ok()?;
+    match spec.kind {
+        CommandKind::Builtin(
+            a @ (BuiltinAction::InstallPatches { .. } | BuiltinAction::RollbackPatches { .. }),
+        ) => Some(a),
         _ => None,
     }
 }
@@ -658,7 +743,7 @@ pub fn launch_of(
         CommandKind::Builtin(
             BuiltinAction::InstallPatches { .. } | BuiltinAction::RollbackPatches { .. },
         ) => {
-            return Err("patch installs are not supported by this agent yet".into());
+            return Err("patch installs run in the agent's installer, not as a process".into());
         }
     };
     // `sh -c LINE NAME ARGS...`: NAME is $0. python3 takes the args as
@@ -962,6 +1047,82 @@ mod tests {
                 reason: DISABLED.into()
             }
         );
+    }
+
+    #[tokio::test]
+    async fn patch_actions_are_refused_with_the_reason_without_an_installer() {
+        let dir = tempfile::tempdir().unwrap();
+        let ex = Executor::start(dir.path(), policy()).unwrap();
+        let (link, mut inbox) = RemoteLink::new(64 * 1024);
+        ex.session_up(link);
+        ex.event(AgentEvent::Command(Command {
+            id: CommandId([11; 16]),
+            spec: CommandSpec {
+                kind: CommandKind::Builtin(BuiltinAction::InstallPatches {
+                    format: 1,
+                    request: vec![1, 2, 3],
+                }),
+                ..CommandSpec::shell("-", "t")
+            }
+            .encode()
+            .unwrap(),
+        }));
+        let r = next_result(&mut inbox).await;
+        assert_eq!(
+            r.outcome,
+            CommandOutcome::Refused {
+                reason: crate::install::INSTALLS_OFF.into()
+            }
+        );
+    }
+
+    struct NoStatuses;
+    impl crate::install::StatusWriter for NoStatuses {
+        fn write(&self, _: &outpost_patch::install::wire::DeviceStatus) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn patch_actions_go_to_the_installer_which_refuses_an_unknown_request_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let installer = crate::install::PatchInstaller::new(
+            crate::install::InstallTools::default(),
+            crate::scan::PackageTools::default(),
+            RebootConfig::default(),
+            Duration::from_secs(1),
+            dir.path().join("install"),
+            Arc::new(NoStatuses),
+        );
+        let ex = Executor::start_full(
+            &dir.path().join("ledger"),
+            policy(),
+            None,
+            None,
+            Some(installer),
+        )
+        .unwrap();
+        let (link, mut inbox) = RemoteLink::new(64 * 1024);
+        ex.session_up(link);
+        ex.event(AgentEvent::Command(Command {
+            id: CommandId([12; 16]),
+            spec: CommandSpec {
+                kind: CommandKind::Builtin(BuiltinAction::RollbackPatches {
+                    format: 77,
+                    request: vec![1, 2, 3],
+                }),
+                ..CommandSpec::shell("-", "t")
+            }
+            .encode()
+            .unwrap(),
+        }));
+        let r = next_result(&mut inbox).await;
+        match r.outcome {
+            CommandOutcome::Refused { reason } => {
+                assert!(reason.contains("format 77"), "{reason}")
+            }
+            o => panic!("expected a refusal, got {o:?}"),
+        }
     }
 
     #[tokio::test]

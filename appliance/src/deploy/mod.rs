@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod approvals;
+pub mod device;
 pub mod metrics;
 pub mod orchestrator;
 pub mod schedules;
@@ -78,7 +79,9 @@ pub trait Installer: Send + Sync {
 /// Where device statuses go: every `PatchStatus` an agent sends, and a
 /// synthesized final status (phase `failed`, with the reason) when an
 /// install or rollback command ends without one (refused, expired,
-/// timed out, interrupted, failed to start, cancelled).
+/// timed out, interrupted, failed to start, cancelled). Called from a
+/// blocking thread before the status leaves the link's durable inbox: an
+/// implementation may block (back-pressure) but must not drop it.
 pub trait StatusSink: Send + Sync {
     fn status(&self, device: DeviceId, status: &DeviceStatus);
 }
@@ -110,22 +113,6 @@ impl Installer for NoDeviceLink {
     fn cancel<'a>(&'a self, _: &'a str, _: &'a str) -> LinkFuture<'a> {
         Box::pin(async { Err(LinkError::Refused("device link not available".into())) })
     }
-}
-
-/// Builds the device link `outpost serve` gives the orchestrator, from
-/// the command service and the sink its statuses go to
-/// ([`crate::serve::run_with_device_link`]).
-pub type DeviceLinkFactory = Box<
-    dyn FnOnce(
-            &crate::commands::service::CommandService,
-            std::sync::Arc<dyn StatusSink>,
-        ) -> std::sync::Arc<dyn Installer>
-        + Send,
->;
-
-/// The factory of [`NoDeviceLink`].
-pub fn no_device_link() -> DeviceLinkFactory {
-    Box::new(|_, _| std::sync::Arc::new(NoDeviceLink))
 }
 
 #[cfg(test)]

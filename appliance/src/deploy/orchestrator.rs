@@ -829,9 +829,24 @@ pub struct StatusPort {
 }
 
 impl StatusSink for StatusPort {
+    /// Waits while the orchestrator's queue is full (the device link calls
+    /// this from its blocking worker thread, before it deletes the status
+    /// from its durable inbox): back-pressure, never a lost status.
     fn status(&self, device: DeviceId, status: &DeviceStatus) {
-        if self.tx.try_send((device, status.clone())).is_err() {
-            self.metrics.deploy.dispatch_error("status_queue_full");
+        use tokio::sync::mpsc::error::TrySendError;
+        match self.tx.try_send((device, status.clone())) {
+            Ok(()) => {}
+            Err(TrySendError::Full(item)) => {
+                self.metrics
+                    .deploy
+                    .dispatch_error("status_queue_full_waited");
+                if self.tx.blocking_send(item).is_err() {
+                    self.metrics.deploy.dispatch_error("status_queue_closed");
+                }
+            }
+            Err(TrySendError::Closed(_)) => {
+                self.metrics.deploy.dispatch_error("status_queue_closed");
+            }
         }
     }
 }
