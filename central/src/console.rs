@@ -970,7 +970,7 @@ impl ConsoleBackend for CentralConsole {
                 site: q.site.as_deref().map(Into::into),
                 device: q.device.clone(),
                 state: q.state.clone(),
-                before_ms: None,
+                before_ms: q.before_ms,
                 limit: Some(q.limit),
             };
             let rows = crate::api_commands::list_commands(&self.central, &p, lq)

@@ -21,6 +21,7 @@ pub mod api_scripts;
 mod api_tests;
 pub mod apply;
 pub mod bulk;
+pub mod cli;
 pub mod commands;
 #[cfg(test)]
 mod commands_api_tests;

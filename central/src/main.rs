@@ -89,6 +89,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: UserCmd,
     },
+    /// Commands from central, over the running central's API (an API token:
+    /// `--token` or OUTPOST_CENTRAL_TOKEN).
+    Commands {
+        #[command(subcommand)]
+        cmd: outpost_central::cli::CommandsCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -170,6 +176,15 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if let Cmd::Commands { cmd } = cli.cmd {
+        return match rt.block_on(outpost_central::cli::run(cmd)) {
+            Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     match rt.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -376,5 +391,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?;
             Ok(())
         }
+        // Run in `main` (its exit code is the command's).
+        Cmd::Commands { .. } => bail!("commands are run by main"),
     }
 }

@@ -38,6 +38,9 @@ pub struct CommandQuery {
     pub site: Option<String>,
     pub device: Option<String>,
     pub state: Option<String>,
+    /// Only commands queued before this time (paging: the `created_ms` of
+    /// the last row of the previous page).
+    pub before_ms: Option<u64>,
     pub limit: usize,
 }
 
@@ -266,6 +269,10 @@ pub struct ListParams {
     pub site: Option<String>,
     pub device: Option<String>,
     pub state: Option<String>,
+    /// Paging: commands queued before this time (ms).
+    pub before: Option<u64>,
+    /// Rows per page (1 to [`COMMAND_PAGE`], the default).
+    pub limit: Option<usize>,
 }
 
 fn opt(s: Option<String>) -> Option<String> {
@@ -302,7 +309,8 @@ async fn list_page(c: Arc<Console>, h: HeaderMap, p: ListParams, site: Option<St
         site: site.clone().or(opt(p.site)),
         device: opt(p.device),
         state: opt(p.state),
-        limit: COMMAND_PAGE,
+        before_ms: p.before,
+        limit: p.limit.unwrap_or(COMMAND_PAGE).clamp(1, COMMAND_PAGE),
     };
     let site_name = match &q.site {
         Some(s) => match c.backend.site(&v, s).await {
@@ -322,13 +330,39 @@ async fn list_page(c: Arc<Console>, h: HeaderMap, p: ListParams, site: Option<St
                 crumbs.push(layout::crumb(n.clone(), site_href(s)));
             }
             crumbs.push(layout::here("Commands"));
+            // A full page: there may be older ones.
+            let older = (rows.len() >= q.limit)
+                .then(|| rows.last())
+                .flatten()
+                .map(|last| {
+                    let base = match (&site, &q.site) {
+                        (Some(s), _) => format!("/sites/{}/commands", enc(s)),
+                        _ => "/commands".to_string(),
+                    };
+                    let before = last.created_ms.to_string();
+                    let limit = q.limit.to_string();
+                    format!(
+                        "{base}{}",
+                        layout::query(&[
+                            ("site", q.site.as_deref().filter(|_| site.is_none())),
+                            ("device", q.device.as_deref()),
+                            ("state", q.state.as_deref()),
+                            ("before", Some(before.as_str())),
+                            ("limit", (q.limit != COMMAND_PAGE).then_some(limit.as_str())),
+                        ])
+                    )
+                });
             let m = render(
                 &c,
                 Some(&v),
                 layout::Section::Commands,
                 &title,
                 crumbs,
-                command_list(&rows, q.site.is_none()),
+                html! {
+                    (command_list(&rows, q.site.is_none()))
+                    @if let Some(h) = &older { p.paging { a #older-commands href=(h) { "Older commands →" } } }
+                    @if q.before_ms.is_some() { p.paging { a href=(match &site { Some(s) => format!("/sites/{}/commands", enc(s)), None => "/commands".into() }) { "← Newest" } } }
+                },
             );
             page(StatusCode::OK, m)
         }

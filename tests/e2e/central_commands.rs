@@ -603,4 +603,53 @@ fn a_script_and_a_bulk_run_from_central_reach_agents_of_two_sites_with_the_versi
         );
     }
     let _ = site2;
+
+    // The CLI: a thin client over the API; --wait prints the output and
+    // exits with the command's code.
+    let api = format!("http://{}", r.central.http);
+    let cli = |args: &[&str]| {
+        std::process::Command::new(bin("outpost-central"))
+            .arg("commands")
+            .args(args)
+            .env("OUTPOST_CENTRAL_TOKEN", &r.tech)
+            .output()
+            .expect("outpost-central commands")
+    };
+    let o = cli(&[
+        "run",
+        "--api",
+        &api,
+        "--site",
+        &r.site,
+        "--device",
+        &r.agent.device_id,
+        "--wait",
+        "--",
+        "echo cli-says-hi; exit 5",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("cli-says-hi"));
+    let o = cli(&["list", "--api", &api, "--site", &r.site]);
+    assert!(o.status.success());
+    let listed = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(listed.contains("echo cli-says-hi"), "{listed}");
+    let o = std::process::Command::new(bin("outpost-central"))
+        .args(["commands", "list", "--api", &api, "--token", &r.viewer])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "viewers read");
+    let o = std::process::Command::new(bin("outpost-central"))
+        .args([
+            "commands", "run", "--api", &api, "--token", &r.viewer, "--site", &r.site,
+        ])
+        .args(["--device", &r.agent.device_id, "--", "true"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "viewers may not run");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("403"));
 }

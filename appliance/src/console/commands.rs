@@ -93,7 +93,7 @@ impl SiteConsole {
         let f = ListFilter {
             device,
             state,
-            before_ms: None,
+            before_ms: q.before_ms,
             limit: q.limit.clamp(1, 1000),
         };
         tokio::task::spawn_blocking(move || {

@@ -926,3 +926,58 @@ async fn a_stored_command_change_tells_open_command_pages_through_the_live_strea
         d => panic!("{d:?}"),
     }
 }
+
+#[tokio::test]
+async fn the_site_consoles_command_list_pages_back_through_older_commands() {
+    let rig = rig().await;
+    rig.add_user("tess", Role::Technician).await;
+    let tech = rig.sign_in("tess", "correct+horse+battery").await;
+    let page = format!("/sites/local/devices/{DEV}");
+    let mut ids = Vec::new();
+    for line in ["echo first", "echo second"] {
+        let r = rig.call("GET", &page, &[("cookie", &tech)], "").await;
+        let r = rig
+            .call(
+                "POST",
+                &format!("{page}/commands"),
+                &[("cookie", &tech)],
+                &format!(
+                    "csrf={}&command={}",
+                    csrf_of(&r.body),
+                    line.replace(' ', "+")
+                ),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+        ids.push(r.headers[header::LOCATION].to_str().unwrap().to_string());
+        // Distinct queue times (paging is by time).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = rig
+        .call(
+            "GET",
+            "/sites/local/commands?limit=1",
+            &[("cookie", &tech)],
+            "",
+        )
+        .await;
+    assert!(
+        r.body.contains(&ids[1]) && !r.body.contains(&ids[0]),
+        "{}",
+        r.body
+    );
+    let href = r
+        .body
+        .split("id=\"older-commands\" href=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("an older-commands link")
+        .replace("&amp;", "&");
+    let r = rig.call("GET", &href, &[("cookie", &tech)], "").await;
+    assert_eq!(r.status, StatusCode::OK, "{href}: {}", r.body);
+    assert!(
+        r.body.contains(&ids[0]) && !r.body.contains(&ids[1]),
+        "{}",
+        r.body
+    );
+}
