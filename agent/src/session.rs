@@ -151,6 +151,11 @@ pub async fn run_with(
     shutdown: CancellationToken,
     remote: Arc<dyn RemoteHost>,
 ) -> anyhow::Result<()> {
+    let mut cfg = cfg;
+    if cfg.package_tools.apt_update && cfg.package_tools.apt_proxy.is_none() {
+        // apt's index refresh goes through the site's LAN cache.
+        cfg.package_tools.apt_proxy = crate::scan::tools::default_apt_proxy(&ident.appliance);
+    }
     let addr = net::resolve(&ident.appliance).await?;
     let endpoint = net::client_endpoint(addr)?;
     let tls = tls::mtls_client_config(

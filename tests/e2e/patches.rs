@@ -411,9 +411,11 @@ fn a_security_upgrade() -> Option<(String, String)> {
 /// test catalog whose high CVE is fixed by a security upgrade apt offers
 /// here, makes the device non-compliant (grace 0 days, once re-assessed);
 /// the site's uplink batch carries it and central shows it per device and
-/// per customer.
+/// per customer, the missing patch and its CVE too: in the API ("which
+/// devices are exposed to CVE-X") and on the console's device and CVE
+/// pages in headless Chromium.
 #[test]
-fn a_non_compliant_device_at_the_site_shows_non_compliant_at_central() {
+fn a_non_compliant_device_at_the_site_shows_at_central_with_its_missing_patch_in_the_browser() {
     let Some((source, candidate)) = a_security_upgrade() else {
         eprintln!("no security upgrade offered by apt on this machine: skipped");
         return;
@@ -497,4 +499,60 @@ fn a_non_compliant_device_at_the_site_shows_non_compliant_at_central() {
     assert_eq!(all["total"]["non_compliant"], 1, "{all}");
     assert_eq!(all["customers"][0]["customer"], "dental", "{all}");
     assert_eq!(all["sites"][0]["site_id"], site.as_str(), "{all}");
+
+    // The findings travelled too (batch format 5): the missing patch of
+    // the device, and the CVE's exposure across the tenant.
+    let patches = wait_for(Duration::from_secs(60), "findings at central", || {
+        let v = central.get(
+            &format!("/api/v1/sites/{site}/devices/{dev}/patches"),
+            &viewer,
+        );
+        v["findings"]["patches"]
+            .as_array()
+            .filter(|p| p.iter().any(|p| p["source"] == source.as_str()))
+            .cloned()
+    });
+    let p = patches
+        .iter()
+        .find(|p| p["source"] == source.as_str())
+        .unwrap();
+    assert_eq!(p["cves"][0], "CVE-2099-5000", "{p}");
+    let e = central.get("/api/v1/patches/cves/CVE-2099-5000", &viewer);
+    assert_eq!(e["total"]["devices"], 1, "{e}");
+    assert_eq!(e["total"]["fixable"], 1, "{e}");
+    assert_eq!(e["customers"][0]["customer"], "dental", "{e}");
+
+    // The console at central, in headless Chromium.
+    let (ok, _, err) = central.cli(
+        &[
+            "user", "add", "--tenant", "acme", "--name", "pat", "--role", "viewer",
+        ],
+        Some("correct horse battery\n"),
+    );
+    assert!(ok, "{err}");
+    let (mut chromium, ws) = crate::browser::chromium(root);
+    let mut b = crate::browser::Browser {
+        ws,
+        base: format!("http://{}", central.http),
+        shots: root.to_path_buf(),
+    };
+    b.login("pat");
+    b.go(&format!("/sites/{site}/devices/{dev}"));
+    b.ws.wait_until(&format!(
+        "document.querySelector('#missing-patches tr[data-source=\"{source}\"]') !== null"
+    ));
+    let text = b.text();
+    assert!(
+        text.contains("CVE-2099-5000") && text.contains(&candidate),
+        "the device page lists the missing patch: {text}"
+    );
+    b.shot("patches-device.png");
+    b.go("/patches/cves/CVE-2099-5000");
+    b.ws.wait_until(&format!(
+        "document.querySelector('#exposed tr[data-device=\"{dev}\"][data-state=\"fixable\"]') !== null"
+    ));
+    b.go("/patches");
+    b.ws.wait_until("document.querySelector('#top-cves tr[data-cve=\"CVE-2099-5000\"]') !== null");
+    b.shot("patches-overview.png");
+    chromium.kill9();
 }

@@ -138,7 +138,13 @@ async fn scan_and_buffer(
 ) -> Result<ScanDone, String> {
     let now = now_ms();
     let stamp = tools::db_stamp(&scanner.tools, manager);
-    match scan_with_retries(scanner, shutdown).await {
+    // The scans of the schedule (and a full one asked for) refresh apt's
+    // indexes first; the scans after a database change do not.
+    let refresh = matches!(
+        reason,
+        ScanReason::Start | ScanReason::Interval | ScanReason::Requested
+    );
+    match scan_with_retries(scanner, refresh, shutdown).await {
         Ok(c) => buffer_report(sched, shared, reason, c),
         Err(e) => {
             sched.failed(now, stamp);
@@ -150,13 +156,15 @@ async fn scan_and_buffer(
 /// Scans, waiting out a dpkg transaction for a few attempts.
 async fn scan_with_retries(
     scanner: &PackageScanner,
+    refresh: bool,
     shutdown: &CancellationToken,
 ) -> Result<Collected, String> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         let t = scanner.tools.clone();
-        let result = tokio::task::spawn_blocking(move || tools::collect(&t, now_ms())).await;
+        let result =
+            tokio::task::spawn_blocking(move || tools::collect_with(&t, now_ms(), refresh)).await;
         match result {
             Ok(Ok(mut c)) => {
                 if c.busy && attempt < scanner.busy_attempts {

@@ -43,6 +43,19 @@ pub struct PackageTools {
     pub apt_lists_dir: PathBuf,
     /// Run `apt-get -s` at all (an image without apt, or a test).
     pub apt_simulate: bool,
+    /// Refresh apt's indexes (`apt-get update`) before the scans of the
+    /// schedule (at start, every `package_scan_interval`, a full scan on
+    /// request; not the scans after a database change), through
+    /// `apt_proxy`. Needs root (the packaged agent runs as root). A failed
+    /// refresh does not fail the scan: its installed packages and the
+    /// upgrades of the old indexes are sent, the indexes marked stale
+    /// with the reason.
+    pub apt_update: bool,
+    /// The HTTP proxy of the refresh: the site's LAN cache, so a site
+    /// fetches each index once. Default (when `apt_update` is on): the
+    /// appliance the agent enrolled with, port 3142 (`http://HOST:3142/`).
+    /// `"direct"`: no proxy.
+    pub apt_proxy: Option<String>,
     /// Where apt keeps its binary cache for the agent's simulations
     /// (`Dir::Cache::pkgcache`), when the host's is disabled or not
     /// writable (containers ship with `Dir::Cache::pkgcache ""`, which
@@ -71,6 +84,8 @@ impl Default for PackageTools {
             apt_extra_args: Vec::new(),
             apt_lists_dir: "/var/lib/apt/lists".into(),
             apt_simulate: true,
+            apt_update: false,
+            apt_proxy: None,
             apt_pkgcache_dir: None,
             rpm: "rpm".into(),
             rpm_dbpath: "/var/lib/rpm".into(),
@@ -189,8 +204,47 @@ pub struct Collected {
     pub own_elapsed: Duration,
 }
 
+/// The LAN cache of the appliance at `appliance` (`HOST:PORT` as the
+/// agent enrolled): `http://HOST:3142/`.
+pub fn default_apt_proxy(appliance: &str) -> Option<String> {
+    let host = match appliance.rsplit_once(':') {
+        Some((h, port)) if port.parse::<u16>().is_ok() => h,
+        _ => appliance,
+    };
+    (!host.is_empty()).then(|| format!("http://{host}:{APPLIANCE_CACHE_PORT}/"))
+}
+
+/// The appliance's patch cache port (`outpost serve --cache-listen`).
+pub const APPLIANCE_CACHE_PORT: u16 = 3142;
+
+/// The `apt-get update` of a refresh through the configured proxy, and
+/// how it goes ("through PROXY", "directly") for the error.
+fn refresh_command(tools: &PackageTools) -> (Command, String) {
+    let mut a = Command::new(&tools.apt_get);
+    let via = match tools.apt_proxy.as_deref() {
+        // apt's own configuration (its proxy, if any) applies.
+        Some("direct") | None => "directly".to_string(),
+        Some(p) => {
+            a.arg("-o").arg(format!("Acquire::http::Proxy={p}"));
+            format!("through {p}")
+        }
+    };
+    a.args(&tools.apt_extra_args).args(["-q", "update"]);
+    (a, via)
+}
+
 /// Takes a scan of this host.
 pub fn collect(tools: &PackageTools, now_ms: u64) -> Result<Collected, CollectError> {
+    collect_with(tools, now_ms, false)
+}
+
+/// Takes a scan of this host, refreshing apt's indexes first when
+/// `refresh` and [`PackageTools::apt_update`] (dpkg hosts).
+pub fn collect_with(
+    tools: &PackageTools,
+    now_ms: u64,
+    refresh: bool,
+) -> Result<Collected, CollectError> {
     let started = Instant::now();
     let manager = tools
         .manager()?
@@ -218,6 +272,14 @@ pub fn collect(tools: &PackageTools, now_ms: u64) -> Result<Collected, CollectEr
             let mut scan = Scan::new_dpkg(now_ms, os);
             scan.dpkg = parsed.packages;
             scan.problems = parsed.problems;
+            let refresh_error = if refresh && tools.apt_update {
+                let (cmd, via) = refresh_command(tools);
+                timed(cmd, "apt-get update")
+                    .err()
+                    .map(|e| format!("refreshing apt's indexes {via} failed ({e})"))
+            } else {
+                None
+            };
             if tools.apt_simulate {
                 let mut a = Command::new(&tools.apt_get);
                 a.arg("-o").arg(format!(
@@ -258,6 +320,18 @@ pub fn collect(tools: &PackageTools, now_ms: u64) -> Result<Collected, CollectEr
                 }
             } else {
                 scan.indexes.refreshed_at_ms = lists_refreshed_ms(&tools.apt_lists_dir);
+            }
+            if let Some(e) = refresh_error {
+                // The upgrades are those of the old indexes: stale.
+                let age = scan.indexes.refreshed_at_ms.map_or_else(
+                    || "never refreshed".to_string(),
+                    |t| format!("last refreshed at {t} (Unix ms)"),
+                );
+                let e = format!("{e}; indexes {age}");
+                scan.indexes.error = Some(match scan.indexes.error.take() {
+                    Some(prev) => format!("{e}; {prev}"),
+                    None => e,
+                });
             }
             let pkgs_file = {
                 let mut p = tools.reboot_required.clone().into_os_string();
@@ -492,6 +566,104 @@ pub(crate) mod tests {
         assert_eq!(c.scan.dpkg.len(), 2);
         let e = c.scan.indexes.error.as_deref().unwrap();
         assert!(e.contains("apt-get") && e.contains("cannot start"), "{e}");
+    }
+
+    /// A fake `apt-get` that records its arguments in `args.log` and
+    /// fails `update` when `fail_update`.
+    fn fake_apt(dir: &Path, fail_update: bool) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let log = dir.join("args.log");
+        let p = dir.join("apt-get");
+        let fail = if fail_update {
+            "echo 'E: Could not open lock file' >&2; exit 100"
+        } else {
+            "exit 0"
+        };
+        std::fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> {}\ncase \"$*\" in *update*) {fail};; esac\nexit 0\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    /// A scheduled scan refreshes the indexes through the site's cache
+    /// before the simulation; a scan after a database change does not.
+    #[test]
+    fn a_scheduled_scan_refreshes_apts_indexes_through_the_sites_cache_first() {
+        if !have_dpkg() {
+            return;
+        }
+        let d = admindir(STATUS);
+        let t = PackageTools {
+            apt_simulate: true,
+            apt_update: true,
+            apt_proxy: default_apt_proxy("10.0.0.2:4433"),
+            apt_get: fake_apt(d.path(), false),
+            ..tools(d.path())
+        };
+        let c = collect_with(&t, 1, true).unwrap();
+        assert_eq!(c.scan.indexes.error, None);
+        let log = std::fs::read_to_string(d.path().join("args.log")).unwrap();
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 2, "{log}");
+        assert!(
+            lines[0].contains("Acquire::http::Proxy=http://10.0.0.2:3142/")
+                && lines[0].ends_with("-q update"),
+            "{log}"
+        );
+        assert!(!lines[1].contains("update"), "then the simulation: {log}");
+        std::fs::remove_file(d.path().join("args.log")).unwrap();
+        collect_with(&t, 2, false).unwrap();
+        let log = std::fs::read_to_string(d.path().join("args.log")).unwrap();
+        assert_eq!(log.lines().count(), 1, "no refresh: {log}");
+    }
+
+    /// A refresh that fails (no root, cache unreachable) keeps the scan:
+    /// installed packages and the old indexes' upgrades, the indexes
+    /// marked stale with the reason and the proxy.
+    #[test]
+    fn a_failed_index_refresh_is_reported_stale_and_the_scan_still_goes() {
+        if !have_dpkg() {
+            return;
+        }
+        let d = admindir(STATUS);
+        let t = PackageTools {
+            apt_simulate: true,
+            apt_update: true,
+            apt_proxy: Some("http://cache:3142/".into()),
+            apt_get: fake_apt(d.path(), true),
+            ..tools(d.path())
+        };
+        let c = collect_with(&t, 1, true).unwrap();
+        assert_eq!(c.scan.dpkg.len(), 2);
+        let e = c.scan.indexes.error.as_deref().unwrap();
+        assert!(
+            e.contains("through http://cache:3142/") && e.contains("Could not open lock file"),
+            "{e}"
+        );
+        assert!(e.contains("never refreshed"), "{e}");
+    }
+
+    #[test]
+    fn the_default_proxy_is_the_enrolled_appliances_cache_port() {
+        assert_eq!(
+            default_apt_proxy("appliance.lan:4433").as_deref(),
+            Some("http://appliance.lan:3142/")
+        );
+        assert_eq!(
+            default_apt_proxy("[fd00::2]:4433").as_deref(),
+            Some("http://[fd00::2]:3142/")
+        );
+        assert_eq!(
+            default_apt_proxy("host").as_deref(),
+            Some("http://host:3142/")
+        );
+        assert_eq!(default_apt_proxy(""), None);
     }
 
     #[test]

@@ -208,7 +208,10 @@ impl Engine {
         notify: NotifyHandle,
         now: u64,
     ) -> Result<Engine> {
-        for r in builtin_rules() {
+        for r in builtin_rules()
+            .into_iter()
+            .chain(super::builtin::builtin_patch_rules())
+        {
             if store::get_config::<Rule>(&store, ConfigKind::Rule, &r.id)?.is_none() {
                 store::put_config(&store, ConfigKind::Rule, &r.id, &r)?;
             }

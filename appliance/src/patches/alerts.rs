@@ -80,6 +80,68 @@ pub fn device_values(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alerts::builtin::builtin_patch_rules;
+    use crate::alerts::model::{Condition, Rule};
+
+    /// Whether `rule` (a threshold on one of these values) holds for `vs`.
+    fn fires(rule: &Rule, vs: &[MetricValue]) -> bool {
+        let Condition::Threshold {
+            metric,
+            comparison,
+            threshold,
+            ..
+        } = &rule.condition
+        else {
+            panic!("{rule:?}");
+        };
+        comparison.holds(value(vs, metric), *threshold)
+    }
+
+    /// The shipped patch rules against the values of one device, on an
+    /// explicit clock: a high security patch first seen at day 1 fires the
+    /// overdue rule after day 15, not at day 14; a reboot pending since day
+    /// 2 fires after day 9; a scan taken at day 0 is stale after day 3.
+    #[test]
+    fn the_builtin_patch_rules_fire_after_their_days_and_not_before() {
+        let mut s = Scan::new_dpkg(
+            0,
+            parse_os_release("ID=debian\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\n"),
+        );
+        s.dpkg = parse_dpkg_query("ii \tlibssl3\tamd64\t3.0.11-1\topenssl\t3.0.11-1\n").packages;
+        s.upgrades.push(AptUpgrade {
+            name: "libssl3".into(),
+            arch: Some("amd64".into()),
+            from: Some(DebVersion::parse("3.0.11-1").unwrap()),
+            to: DebVersion::parse("3.0.11-2").unwrap(),
+            origins: vec!["Debian-Security:12/stable-security".into()],
+            security: true,
+        });
+        s.reboot.required = true;
+        s.normalize();
+        let catalog = outpost_patch::catalog::Catalog::new();
+        let mut a = assess_device(&s, &catalog, &Policy::default(), None, DAY_MS);
+        a.patches[0].severity = Some(Severity::High);
+        let rules = builtin_patch_rules();
+        let rule = |id: &str| rules.iter().find(|r| r.id == id).unwrap();
+        assert!(
+            rules.iter().all(|r| r.enabled
+                && r.builtin
+                && r.metric().is_some_and(|m| METRICS.contains(&m)))
+        );
+        let at = |day: u64| device_values(&a, Some(2 * DAY_MS), day * DAY_MS);
+        let overdue = rule("builtin-patch-high-overdue");
+        assert!(!fires(overdue, &at(15)), "14 days: not yet");
+        assert!(fires(overdue, &at(16)), "15 days");
+        let reboot = rule("builtin-patch-reboot-pending");
+        assert!(!fires(reboot, &at(9)));
+        assert!(fires(reboot, &at(10)));
+        let stale = rule("builtin-patch-scan-stale");
+        assert!(!fires(stale, &at(3)));
+        assert!(fires(stale, &at(4)));
+        // A medium patch never fires the high rule.
+        a.patches[0].severity = Some(Severity::Medium);
+        assert!(!fires(overdue, &device_values(&a, None, 100 * DAY_MS)));
+    }
     use outpost_patch::assess::{Policy, assess_device};
     use outpost_patch::scan::{AptUpgrade, Scan, parse_dpkg_query, parse_os_release};
     use outpost_patch::version::DebVersion;
