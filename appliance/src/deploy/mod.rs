@@ -86,11 +86,14 @@ pub trait StatusSink: Send + Sync {
     fn status(&self, device: DeviceId, status: &DeviceStatus);
 }
 
-/// The installer `outpost serve` wires until the device link is merged:
-/// every install is refused with "device link not available" (the
-/// orchestrator reports the device failed with that reason).
+/// An installer that refuses every install with "device link not
+/// available" (tests of what the orchestrator does when the link refuses:
+/// the device is reported failed with that reason). `outpost serve` wires
+/// the real [`device::DeviceLink`].
+#[cfg(test)]
 pub struct NoDeviceLink;
 
+#[cfg(test)]
 impl Installer for NoDeviceLink {
     fn install<'a>(
         &'a self,
