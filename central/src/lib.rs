@@ -32,9 +32,12 @@ pub use outpost_web::login;
 pub mod metrics;
 pub mod model;
 pub mod ops;
+pub mod pg;
 pub mod receiver;
 pub mod rocks;
 pub mod store;
+#[cfg(test)]
+mod store_tests;
 #[cfg(test)]
 pub(crate) mod testing;
 
