@@ -68,6 +68,16 @@ enum Cmd {
         /// X-Forwarded-For is believed for the login limits (repeatable).
         #[arg(long = "trusted-proxy")]
         trusted_proxies: Vec<std::net::IpAddr>,
+        /// Where rows live: `rocksdb:DIR` (default: DATA/db) or
+        /// `postgres://USER@HOST/DB` (see README "Central on PostgreSQL").
+        #[arg(long)]
+        store: Option<String>,
+        /// PostgreSQL: connections in the pool at most.
+        #[arg(long, default_value_t = 16)]
+        store_pool_size: usize,
+        /// PostgreSQL: statement and lock timeout (milliseconds).
+        #[arg(long, default_value_t = 30_000)]
+        store_statement_timeout_ms: u64,
     },
     /// Prints central's CA fingerprint (`sha256:HEX`).
     CaFingerprint {
@@ -242,7 +252,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_connections_per_site,
             max_concurrent_batches,
             trusted_proxies,
+            store,
+            store_pool_size,
+            store_statement_timeout_ms,
         } => {
+            let dir = CentralDir(data);
+            let store = match store {
+                Some(s) => {
+                    central::StoreLocation::parse(&s, store_pool_size, store_statement_timeout_ms)?
+                }
+                None => central::StoreLocation::Rocks(dir.db()),
+            };
             let defaults = central::CentralLimits::default();
             let limits = central::CentralLimits {
                 max_connections,
@@ -267,8 +287,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 sd.cancel();
             });
-            central::serve(
-                CentralDir(data),
+            central::serve_on(
+                dir,
+                store,
                 ServeOptions {
                     listen,
                     http_listen,

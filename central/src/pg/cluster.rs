@@ -218,8 +218,24 @@ impl TestCluster {
         )
     }
 
+    /// Database `db` as a `postgres://` URL (what `serve --store` takes).
+    pub fn postgres_url(&self, db: &str) -> String {
+        format!(
+            "postgresql:///{db}?host={}&port={}&user={}",
+            self.socket_dir.display(),
+            self.port,
+            self.user
+        )
+    }
+
     /// Creates a new empty database and returns its connection string.
     pub async fn fresh_database(&self) -> String {
+        let name = self.create_database().await;
+        self.url(&name)
+    }
+
+    /// Creates a new empty database and returns its name.
+    pub async fn create_database(&self) -> String {
         let n = self.next_db.fetch_add(1, Ordering::Relaxed);
         let name = format!("t{n}");
         let (client, conn) = tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
@@ -232,6 +248,6 @@ impl TestCluster {
             .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
         drop(client);
         let _ = task.await;
-        self.url(&name)
+        name
     }
 }

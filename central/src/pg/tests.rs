@@ -180,3 +180,44 @@ async fn two_instances_applying_the_same_batches_apply_each_once() {
     let rec = b.site(&t("msp"), &s("s-1")).await.unwrap().unwrap();
     assert_eq!((rec.applied_up_to, rec.batches_applied), (30, 30));
 }
+
+/// `serve --store` takes `postgres://…` (connects and migrates) or
+/// `rocksdb:DIR`, and refuses anything else with a message naming both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_flag_opens_postgres_or_rocksdb_and_refuses_anything_else() {
+    use crate::StoreLocation;
+    let dir = tempfile::tempdir().unwrap();
+    let rocks = format!("rocksdb:{}", dir.path().join("db").display());
+    assert_eq!(
+        StoreLocation::parse(&rocks, 4, 1000).unwrap(),
+        StoreLocation::Rocks(dir.path().join("db"))
+    );
+    StoreLocation::parse(&rocks, 4, 1000)
+        .unwrap()
+        .open()
+        .await
+        .unwrap();
+    for bad in ["mysql://x", "rocksdb:", "/var/lib/db"] {
+        let e = StoreLocation::parse(bad, 4, 1000).unwrap_err().to_string();
+        assert!(e.contains("rocksdb:"), "{bad}: {e}");
+    }
+    let Some(c) = tokio::task::spawn_blocking(|| TestCluster::shared_or_skip("store_flag"))
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let db = c.create_database().await;
+    let loc = StoreLocation::parse(&c.postgres_url(&db), 4, 1000).unwrap();
+    assert!(matches!(
+        &loc,
+        StoreLocation::Postgres {
+            pool_size: 4,
+            statement_timeout_ms: 1000,
+            ..
+        }
+    ));
+    let st = loc.open().await.unwrap();
+    add_site(&st, "msp", "s-1", 1).await;
+    assert_eq!(st.sites(&t("msp")).await.unwrap().len(), 1);
+}
