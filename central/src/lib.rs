@@ -322,6 +322,11 @@ pub async fn serve_on(
 ) -> anyhow::Result<()> {
     let keys = dir.init_or_load()?;
     let fingerprint = keys.ca.fingerprint();
+    let kind = match &store {
+        StoreLocation::Rocks(_) => "rocksdb",
+        StoreLocation::Postgres { .. } => "postgres",
+    };
+    std::fs::write(dir.store_kind(), format!("{kind}\n")).context("writing DATA/store")?;
     let store = store.open().await?;
     let central = Arc::new(Central::with_limits(
         store,

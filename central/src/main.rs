@@ -198,6 +198,17 @@ async fn operate<B: Serialize, R: DeserializeOwned>(
     f: impl AsyncFnOnce(&RocksCentralStore) -> anyhow::Result<R>,
 ) -> anyhow::Result<R> {
     let keys = dir.init_or_load()?;
+    if dir.uses_postgres() {
+        // Central runs on PostgreSQL: go through the running central.
+        let addr = std::fs::read_to_string(dir.http_addr()).map_err(|_| {
+            anyhow::anyhow!(
+                "central runs on PostgreSQL ({}): start `outpost-central serve`, \
+                 the CLI goes through its API",
+                dir.store_kind().display()
+            )
+        })?;
+        return post(addr.trim(), path, &keys.admin_token, body).await;
+    }
     match RocksCentralStore::open(&dir.db()) {
         Ok(store) => f(&store).await,
         Err(open_err) => {
