@@ -117,6 +117,7 @@ both_backends!(
     concurrent_applies_of_one_site_apply_each_batch_once,
     an_existing_user_is_a_conflict_and_a_new_password_ends_the_users_sessions,
     an_existing_site_is_a_conflict_and_an_ack_is_kept_in_the_alerts_history,
+    a_batch_reports_its_delta_and_writes_histories_search_and_counts_follow,
 );
 
 async fn an_alert_page_filters_in_the_store_keeps_the_newest_and_counts_all(st: Store) {
@@ -549,4 +550,128 @@ async fn an_existing_site_is_a_conflict_and_an_ack_is_kept_in_the_alerts_history
     assert_eq!(alerts[0].acked_by.as_deref(), Some("alice"));
     let sites = st.sites(&msp).await.unwrap();
     assert_eq!((sites.len(), sites[0].batches_applied), (1, 1));
+}
+
+/// A batch answers what changed for live viewers (a device whose status
+/// changed, every alert it moved, with what they were before), appends
+/// the status change and the alert's transitions to their histories, and
+/// the search, counts, hostnames and series reads follow it.
+async fn a_batch_reports_its_delta_and_writes_histories_search_and_counts_follow(st: Store) {
+    use crate::model::{AlertState, DeviceStatus};
+    use crate::store::{AlertHistoryEntry, DeviceSearch, FleetDelta, SeriesQuery};
+    add_site(&st, "msp", "s-1", 1).await;
+    let (msp, s1) = (t("msp"), s("s-1"));
+    let (_, d1) = st
+        .apply_batch_delta(&msp, &s1, sample_batch(1), 1)
+        .await
+        .unwrap();
+    assert_eq!(d1.devices.len(), 1, "a new device");
+    assert_eq!(d1.devices[0].1, None);
+    assert_eq!(d1.alerts.len(), 1);
+    assert_eq!(
+        (d1.alerts[0].1, d1.alerts[0].2.as_deref()),
+        (None, Some("web-1"))
+    );
+    // Same status again: no device change; the alert resolves.
+    let mut b = sample_batch(2);
+    b.devices[0].as_of_ms = 10;
+    b.alerts[0].state = outpost_uplink::batch::AlertState::Resolved;
+    b.alerts[0].at_ms = 50;
+    let (_, d2) = st.apply_batch_delta(&msp, &s1, b, 2).await.unwrap();
+    assert!(d2.devices.is_empty(), "{d2:?}");
+    assert_eq!(d2.alerts[0].1, Some(AlertState::Firing));
+    assert_eq!(d2.alerts[0].0.state, AlertState::Resolved);
+    let mut b = sample_batch(3);
+    b.devices[0].as_of_ms = 20;
+    b.devices[0].status = outpost_uplink::batch::DeviceStatus::Offline;
+    b.devices[0].status_since_ms = 30;
+    b.alerts.clear();
+    let (_, d3) = st.apply_batch_delta(&msp, &s1, b.clone(), 3).await.unwrap();
+    assert_eq!(d3.devices.len(), 1);
+    assert_eq!(d3.devices[0].1, Some(DeviceStatus::Online));
+    assert_eq!(d3.devices[0].0.status, DeviceStatus::Offline);
+    let (_, dup) = st.apply_batch_delta(&msp, &s1, b, 4).await.unwrap();
+    assert_eq!(dup, FleetDelta::default(), "a duplicate changes nothing");
+    let dev = "000000000000002a";
+    assert_eq!(
+        st.status_history(&msp, &s1, dev, 10).await.unwrap(),
+        vec![(30, DeviceStatus::Offline), (2, DeviceStatus::Online)]
+    );
+    st.ack_alert(&msp, &s1, 9, "tess", "looked", 60)
+        .await
+        .unwrap();
+    let h = st.alert_history(&msp, &s1, 9).await.unwrap();
+    assert_eq!(h.len(), 3, "{h:?}");
+    assert!(matches!(
+        h[0],
+        AlertHistoryEntry::Transition {
+            state: AlertState::Firing,
+            at_ms: 5,
+            ..
+        }
+    ));
+    assert!(matches!(
+        h[1],
+        AlertHistoryEntry::Transition {
+            state: AlertState::Resolved,
+            ..
+        }
+    ));
+    assert!(
+        matches!(&h[2], AlertHistoryEntry::Ack { by, comment, .. } if by == "tess" && comment == "looked")
+    );
+    assert!(
+        st.alert_history(&t("other"), &s1, 9)
+            .await
+            .unwrap()
+            .is_empty(),
+        "tenant-scoped"
+    );
+    let p = st
+        .search_devices(
+            &msp,
+            &DeviceSearch {
+                words: vec!["web".into()],
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((p.total, p.items[0].status), (1, DeviceStatus::Offline));
+    assert_eq!(p.items[0].site_name, "main");
+    assert_eq!(p.items[0].cpu, Some(12.75), "latest cpu average");
+    let c = st.fleet_counts(&msp, &[]).await.unwrap();
+    assert_eq!(c.per_site[&s1].offline, 1);
+    assert!(
+        st.fleet_counts(&t("other"), &[])
+            .await
+            .unwrap()
+            .per_site
+            .is_empty()
+    );
+    assert_eq!(
+        st.hostnames(&msp, &[(s1.clone(), dev.into()), (s1.clone(), "ff".into())])
+            .await
+            .unwrap(),
+        vec![Some("web-1".to_string()), None]
+    );
+    let series = st
+        .series_rollups(
+            &msp,
+            &SeriesQuery {
+                site_id: "s-1".into(),
+                device: dev.into(),
+                series: vec![
+                    ("disk_used_percent".into(), "/".into()),
+                    ("cpu".into(), String::new()),
+                ],
+                from_ms: 0,
+                to_ms: u64::MAX,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((series[0].len(), series[0][0].1.min), (1, 71.5));
+    assert_eq!((series[1].len(), series[1][0].1.min), (1, 12.25));
 }
