@@ -15,6 +15,12 @@ use crate::downlink::Down;
 use crate::model::Role;
 use crate::ops;
 
+crate::testing::on_both_backends!(
+    technicians_run_and_cancel_viewers_read_only_and_other_tenants_and_customers_see_nothing,
+    a_command_for_a_connected_site_is_pushed_at_once_and_a_protocol_1_site_is_refused,
+    a_file_transfer_is_refused_at_central_and_nothing_is_queued,
+);
+
 /// The device of `testing::sample_batch`.
 const DEVICE: &str = "000000000000002a";
 
@@ -87,7 +93,6 @@ impl F {
     }
 }
 
-#[tokio::test]
 async fn technicians_run_and_cancel_viewers_read_only_and_other_tenants_and_customers_see_nothing()
 {
     let f = fixture().await;
@@ -239,7 +244,6 @@ async fn technicians_run_and_cancel_viewers_read_only_and_other_tenants_and_cust
     assert_eq!(st, 403);
 }
 
-#[tokio::test]
 async fn a_command_for_a_connected_site_is_pushed_at_once_and_a_protocol_1_site_is_refused() {
     let f = fixture().await;
     let tech = f.token("msp", Role::Technician, &[]).await;
@@ -286,7 +290,6 @@ async fn a_command_for_a_connected_site_is_pushed_at_once_and_a_protocol_1_site_
 
 /// A file action is refused at central with the reason (its content and
 /// limits live in the site's file service): 400, nothing queued.
-#[tokio::test]
 async fn a_file_transfer_is_refused_at_central_and_nothing_is_queued() {
     let f = fixture().await;
     let tech = f.token("msp", Role::Technician, &[]).await;

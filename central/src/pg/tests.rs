@@ -1,0 +1,223 @@
+//! PostgreSQL-only behaviour: row-level security, the schema version
+//! check, rollup partitions, and two instances over one database. The
+//! behaviour shared with RocksDB is in `crate::store_tests`.
+
+use std::sync::Arc;
+
+use super::{PARTITION_MS, PgCentralStore};
+use crate::pg::cluster::TestCluster;
+use crate::store::{ApplyOutcome, CentralStore, RollupQuery};
+use crate::store_tests::{add_site, s, t};
+use crate::testing::sample_batch;
+
+async fn fresh(test: &str) -> Option<String> {
+    let test = test.to_string();
+    let c = tokio::task::spawn_blocking(move || TestCluster::shared_or_skip(&test))
+        .await
+        .unwrap()?;
+    Some(c.fresh_database().await)
+}
+
+async fn store(url: &str) -> Arc<PgCentralStore> {
+    Arc::new(
+        PgCentralStore::connect(url, Default::default())
+            .await
+            .unwrap(),
+    )
+}
+
+/// A query that forgets its tenant filter still sees only the rows of the
+/// tenant its transaction names (row-level security), none without a
+/// tenant, and cannot write a row of another tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_level_security_refuses_a_query_that_forgets_the_tenant_filter() {
+    let Some(url) = fresh("row_level_security").await else {
+        return;
+    };
+    let pg = store(&url).await;
+    let st: Arc<dyn CentralStore> = pg.clone();
+    add_site(&st, "msp", "s-1", 1).await;
+    add_site(&st, "other", "s-1", 2).await;
+    for tenant in ["msp", "other"] {
+        st.apply_batch(&t(tenant), &s("s-1"), sample_batch(1), 1)
+            .await
+            .unwrap();
+    }
+    for table in ["sites", "devices", "alerts", "rollups", "alert_history"] {
+        let rows = pg
+            .query_as_api_role(Some("msp"), &format!("SELECT tenant_id FROM {table}"))
+            .await
+            .unwrap();
+        let tenants: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        assert!(!tenants.is_empty(), "{table}");
+        assert!(tenants.iter().all(|x| x == "msp"), "{table}: {tenants:?}");
+        let none = pg
+            .query_as_api_role(None, &format!("SELECT tenant_id FROM {table}"))
+            .await
+            .unwrap();
+        assert!(none.is_empty(), "{table} without a tenant: {}", none.len());
+    }
+    let write = pg
+        .query_as_api_role(
+            Some("msp"),
+            "UPDATE devices SET hostname = 'pwned' WHERE tenant_id = 'other' RETURNING 1",
+        )
+        .await
+        .unwrap();
+    assert!(write.is_empty(), "another tenant's rows are not updatable");
+    let insert = pg
+        .query_as_api_role(
+            Some("msp"),
+            "INSERT INTO users (tenant_id, name, body) VALUES ('other', 'x', '\\x00') RETURNING 1",
+        )
+        .await;
+    assert!(insert.is_err(), "a row of another tenant is refused");
+}
+
+/// A database migrated by a newer central (a schema version this binary
+/// does not know) is refused at start, with a message saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_newer_than_the_binary_knows_is_refused() {
+    let Some(url) = fresh("schema_newer").await else {
+        return;
+    };
+    drop(store(&url).await);
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .execute(
+            "INSERT INTO outpost_schema_version (version, name, applied_ms) VALUES (99, 'future', 0)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let e = match PgCentralStore::connect(&url, Default::default()).await {
+        Ok(_) => panic!("a newer schema was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("newer"), "{e}");
+    // The current version opens again once the row is gone (migrations
+    // are idempotent at the same version).
+    client
+        .execute("DELETE FROM outpost_schema_version WHERE version = 99", &[])
+        .await
+        .unwrap();
+    drop(store(&url).await);
+}
+
+/// Rollups of any age land in their week's partition (created on
+/// demand); retention drops whole partitions and their rows with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollup_partitions_are_made_on_demand_and_retention_drops_them() {
+    let Some(url) = fresh("rollup_partitions").await else {
+        return;
+    };
+    let pg = store(&url).await;
+    let st: Arc<dyn CentralStore> = pg.clone();
+    add_site(&st, "msp", "s-1", 1).await;
+    let b = sample_batch(1);
+    let bucket = b.rollups[0].bucket_start_ms;
+    st.apply_batch(&t("msp"), &s("s-1"), b, 1).await.unwrap();
+    let q = RollupQuery {
+        site_id: "s-1".into(),
+        device: "000000000000002a".into(),
+        series: "cpu".into(),
+        label: String::new(),
+        from_ms: 0,
+        to_ms: u64::MAX,
+        limit: 10,
+    };
+    assert_eq!(st.rollups(&t("msp"), &q).await.unwrap().len(), 1);
+    let week = bucket / PARTITION_MS;
+    let kept = pg
+        .drop_rollup_partitions_before(week * PARTITION_MS)
+        .await
+        .unwrap();
+    assert!(kept.is_empty(), "{kept:?}");
+    let dropped = pg
+        .drop_rollup_partitions_before((week + 1) * PARTITION_MS)
+        .await
+        .unwrap();
+    assert_eq!(dropped, vec![format!("rollups_w{week}")]);
+    assert!(st.rollups(&t("msp"), &q).await.unwrap().is_empty());
+    // A late batch for that week makes the partition again.
+    let mut late = sample_batch(2);
+    late.created_ms += 1;
+    st.apply_batch(&t("msp"), &s("s-1"), late, 2).await.unwrap();
+    assert_eq!(st.rollups(&t("msp"), &q).await.unwrap().len(), 1);
+}
+
+/// Two central instances (two stores, two pools) over one database apply
+/// the same batches at the same time: each batch applies once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_applying_the_same_batches_apply_each_once() {
+    let Some(url) = fresh("two_instances").await else {
+        return;
+    };
+    let a: Arc<dyn CentralStore> = store(&url).await;
+    let b: Arc<dyn CentralStore> = store(&url).await;
+    add_site(&a, "msp", "s-1", 1).await;
+    let run = |st: Arc<dyn CentralStore>| {
+        tokio::spawn(async move {
+            let mut applied = 0;
+            for seq in 1..=30 {
+                if let ApplyOutcome::Applied { .. } = st
+                    .apply_batch(&t("msp"), &s("s-1"), sample_batch(seq), seq)
+                    .await
+                    .unwrap()
+                {
+                    applied += 1;
+                }
+            }
+            applied
+        })
+    };
+    let (x, y) = (run(a.clone()), run(b.clone()));
+    let total = x.await.unwrap() + y.await.unwrap();
+    assert_eq!(total, 30);
+    let rec = b.site(&t("msp"), &s("s-1")).await.unwrap().unwrap();
+    assert_eq!((rec.applied_up_to, rec.batches_applied), (30, 30));
+}
+
+/// `serve --store` takes `postgres://…` (connects and migrates) or
+/// `rocksdb:DIR`, and refuses anything else with a message naming both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_flag_opens_postgres_or_rocksdb_and_refuses_anything_else() {
+    use crate::StoreLocation;
+    let dir = tempfile::tempdir().unwrap();
+    let rocks = format!("rocksdb:{}", dir.path().join("db").display());
+    assert_eq!(
+        StoreLocation::parse(&rocks, 4, 1000).unwrap(),
+        StoreLocation::Rocks(dir.path().join("db"))
+    );
+    StoreLocation::parse(&rocks, 4, 1000)
+        .unwrap()
+        .open()
+        .await
+        .unwrap();
+    for bad in ["mysql://x", "rocksdb:", "/var/lib/db"] {
+        let e = StoreLocation::parse(bad, 4, 1000).unwrap_err().to_string();
+        assert!(e.contains("rocksdb:"), "{bad}: {e}");
+    }
+    let Some(c) = tokio::task::spawn_blocking(|| TestCluster::shared_or_skip("store_flag"))
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let db = c.create_database().await;
+    let loc = StoreLocation::parse(&c.postgres_url(&db), 4, 1000).unwrap();
+    assert!(matches!(
+        &loc,
+        StoreLocation::Postgres {
+            pool_size: 4,
+            statement_timeout_ms: 1000,
+            ..
+        }
+    ));
+    let st = loc.open().await.unwrap();
+    add_site(&st, "msp", "s-1", 1).await;
+    assert_eq!(st.sites(&t("msp")).await.unwrap().len(), 1);
+}
