@@ -43,11 +43,13 @@ use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
 use crate::apply::{self, ApplyPlan, CurrentRows, DeadLetterPlan, Touched};
+use crate::bulk::CentralBulk;
 use crate::commands::{self, AuditRow, CentralCommand, Change, Outcome, OutputOp};
 use crate::fleet_index::FleetIndex;
+use crate::scripts::CentralScript;
 use crate::model::{
     AlertRow, ApiTokenRecord, BucketRow, DeadLetter, DeviceRow, DeviceStatus, JoinTokenRecord,
-    PatchComplianceRow, Rollup, RollupRow, SessionRecord, SiteRecord, UserRecord,
+    CveExposureRow, CveHit, PatchComplianceRow, PatchFindingsRow, Rollup, RollupRow, SessionRecord, SiteRecord, UserRecord,
 };
 use crate::store::{
     AlertFilter, AlertHistoryEntry, AlertPage, AlertStates, ApplyOutcome, AuthStore, BatchStore,
@@ -57,10 +59,21 @@ use crate::store::{
 };
 
 /// The schema migrations this binary knows, in order: (version, name, SQL).
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "init", include_str!("V1__init.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("V1__init.sql")),
+    (
+        2,
+        "scripts_bulk_findings",
+        include_str!("V2__scripts_bulk_findings.sql"),
+    ),
+];
 
 /// Width of a rollup partition (one week of bucket time).
 pub const PARTITION_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// First key of the two-key advisory locks serialising the versions of
+/// one script name (`put_script`; two-key locks never meet `LOCK_KEY`).
+const SCRIPT_LOCK_CLASS: i32 = 0x6f75_7470;
 
 /// Key of the advisory lock that serialises migrations and partition
 /// creation between instances ("outpost" in ASCII).
@@ -480,6 +493,31 @@ impl PgCentralStore {
             }
             touched.patches.iter().map(|d| by.remove(d)).collect()
         };
+        let findings: Vec<Option<PatchFindingsRow>> = {
+            let rows = tx
+                .query(
+                    "SELECT device, body FROM patch_findings \
+                     WHERE tenant_id = $1 AND site_id = $2 AND device = ANY($3)",
+                    &[&tenant, &site_id, &touched.findings],
+                )
+                .await
+                .map_err(be)?;
+            let mut by: HashMap<String, PatchFindingsRow> = HashMap::new();
+            for r in rows {
+                by.insert(r.get(0), dec(r.get::<_, &[u8]>(1))?);
+            }
+            touched.findings.iter().map(|d| by.remove(d)).collect()
+        };
+        // The CVEs of the findings rows the batch may replace: their index
+        // rows go when a replacing row no longer has them (as RocksDB).
+        let cves_before: Vec<Vec<String>> = findings
+            .iter()
+            .map(|r| {
+                r.as_ref().map_or_else(Vec::new, |r| {
+                    r.cve_hits().into_keys().map(str::to_owned).collect()
+                })
+            })
+            .collect();
         let current = CurrentRows {
             touched,
             site,
@@ -487,10 +525,12 @@ impl PgCentralStore {
             buckets,
             alerts,
             patches,
+            findings,
         };
         let touched_buckets = current.touched.buckets.clone();
         let touched_devices = current.touched.devices.clone();
         let touched_patches = current.touched.patches.clone();
+        let touched_findings = current.touched.findings.clone();
         let changes = match apply::plan(current, b, received_ms)
             .map_err(|e| CentralStoreError::Backend(e.to_string()))?
         {
@@ -568,6 +608,15 @@ impl PgCentralStore {
                 .map_err(be)?;
             }
         }
+        Self::write_findings(
+            &tx,
+            tenant,
+            site_id,
+            &touched_findings,
+            &changes.findings,
+            &cves_before,
+        )
+        .await?;
         if !changes.alert_history.is_empty() {
             let (mut ids, mut entries, mut ats, mut bodies) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -644,6 +693,69 @@ impl PgCentralStore {
         )
         .await
         .map_err(be)?;
+        Ok(())
+    }
+
+    /// Findings rows the batch changed, and the CVE index rows derived
+    /// from them: index rows of CVEs a row no longer has are deleted, the
+    /// others upserted (same transaction as the findings rows).
+    async fn write_findings(
+        tx: &deadpool_postgres::Transaction<'_>,
+        tenant: &str,
+        site_id: &str,
+        devices: &[String],
+        rows: &[Option<PatchFindingsRow>],
+        cves_before: &[Vec<String>],
+    ) -> Result<()> {
+        let (mut devs, mut bodies) = (Vec::new(), Vec::new());
+        let (mut gone_cves, mut gone_devs) = (Vec::<String>::new(), Vec::<String>::new());
+        let (mut cves, mut cve_devs, mut hits_bodies) =
+            (Vec::<String>::new(), Vec::<String>::new(), Vec::new());
+        for ((d, row), before) in devices.iter().zip(rows).zip(cves_before) {
+            let Some(row) = row else { continue };
+            devs.push(d.clone());
+            bodies.push(enc(row)?);
+            let hits = row.cve_hits();
+            for gone in before.iter().filter(|c| !hits.contains_key(c.as_str())) {
+                gone_cves.push(gone.clone());
+                gone_devs.push(row.device.clone());
+            }
+            for (cve, h) in &hits {
+                cves.push((*cve).to_owned());
+                cve_devs.push(row.device.clone());
+                hits_bodies.push(enc(h)?);
+            }
+        }
+        if devs.is_empty() {
+            return Ok(());
+        }
+        tx.execute(
+            "INSERT INTO patch_findings (tenant_id, site_id, device, body) \
+             SELECT $1, $2, * FROM unnest($3::text[], $4::bytea[]) \
+             ON CONFLICT (tenant_id, site_id, device) DO UPDATE SET body = excluded.body",
+            &[&tenant, &site_id, &devs, &bodies],
+        )
+        .await
+        .map_err(be)?;
+        if !gone_cves.is_empty() {
+            tx.execute(
+                "DELETE FROM patch_cves p USING unnest($3::text[], $4::text[]) AS g(cve, device) \
+                 WHERE p.tenant_id = $1 AND p.site_id = $2 AND p.cve = g.cve AND p.device = g.device",
+                &[&tenant, &site_id, &gone_cves, &gone_devs],
+            )
+            .await
+            .map_err(be)?;
+        }
+        if !cves.is_empty() {
+            tx.execute(
+                "INSERT INTO patch_cves (tenant_id, site_id, cve, device, body) \
+                 SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::bytea[]) \
+                 ON CONFLICT (tenant_id, cve, site_id, device) DO UPDATE SET body = excluded.body",
+                &[&tenant, &site_id, &cves, &cve_devs, &hits_bodies],
+            )
+            .await
+            .map_err(be)?;
+        }
         Ok(())
     }
 
@@ -838,6 +950,87 @@ impl PgCentralStore {
                 let mut p: PatchComplianceRow = dec(r.get::<_, &[u8]>(0))?;
                 p.customer = r.get::<_, String>(1).into();
                 Ok(p)
+            })
+            .collect()
+    }
+
+    /// Findings rows of the tenant (of one site), each with its site's
+    /// current customer; rows of a site no longer known are left out.
+    async fn patch_findings_impl(
+        &self,
+        tenant: &str,
+        site_id: Option<&str>,
+    ) -> Result<Vec<PatchFindingsRow>> {
+        let rows = self
+            .tenant_query(
+                tenant,
+                "SELECT p.body, s.customer FROM patch_findings p \
+                 JOIN sites s ON s.tenant_id = p.tenant_id AND s.site_id = p.site_id \
+                 WHERE p.tenant_id = $1 AND ($2::text IS NULL OR p.site_id = $2) \
+                 ORDER BY p.site_id, p.device",
+                &[&tenant, &site_id],
+            )
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let mut p: PatchFindingsRow = dec(r.get::<_, &[u8]>(0))?;
+                p.customer = r.get::<_, String>(1).into();
+                Ok(p)
+            })
+            .collect()
+    }
+
+    /// One device's findings row, with its site's customer when the site
+    /// is known (as RocksDB: the row is returned either way).
+    async fn device_patch_findings_impl(
+        &self,
+        tenant: &str,
+        site_id: &str,
+        device: &str,
+    ) -> Result<Option<PatchFindingsRow>> {
+        let rows = self
+            .tenant_query(
+                tenant,
+                "SELECT p.body, s.customer FROM patch_findings p \
+                 LEFT JOIN sites s ON s.tenant_id = p.tenant_id AND s.site_id = p.site_id \
+                 WHERE p.tenant_id = $1 AND p.site_id = $2 AND p.device = $3",
+                &[&tenant, &site_id, &device],
+            )
+            .await?;
+        let Some(r) = rows.first() else {
+            return Ok(None);
+        };
+        let mut p: PatchFindingsRow = dec(r.get::<_, &[u8]>(0))?;
+        if let Some(c) = r.get::<_, Option<String>>(1) {
+            p.customer = c.into();
+        }
+        Ok(Some(p))
+    }
+
+    /// The tenant's devices exposed to `cve`, from the CVE index, in
+    /// (site, device) order; at least one row is read even with a zero
+    /// limit, as the RocksDB scan does.
+    async fn cve_exposure_impl(
+        &self,
+        tenant: &str,
+        cve: &str,
+        limit: usize,
+    ) -> Result<Vec<CveExposureRow>> {
+        let rows = self
+            .tenant_query(
+                tenant,
+                "SELECT site_id, device, body FROM patch_cves \
+                 WHERE tenant_id = $1 AND cve = $2 ORDER BY site_id, device LIMIT $3",
+                &[&tenant, &cve, &i(limit.max(1) as u64)],
+            )
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(CveExposureRow {
+                    site_id: SiteId::from(r.get::<_, String>(0)),
+                    device: r.get(1),
+                    hits: dec::<Vec<CveHit>>(r.get::<_, &[u8]>(2))?,
+                })
             })
             .collect()
     }
@@ -1419,6 +1612,317 @@ impl PgCentralStore {
         Ok(())
     }
 
+    async fn script_one(
+        tx: &deadpool_postgres::Transaction<'_>,
+        tenant: &str,
+        name: &str,
+        newest: bool,
+    ) -> Result<Option<CentralScript>> {
+        let sql = if newest {
+            "SELECT body FROM scripts WHERE tenant_id = $1 AND name = $2 \
+             ORDER BY version DESC LIMIT 1"
+        } else {
+            "SELECT body FROM scripts WHERE tenant_id = $1 AND name = $2 \
+             ORDER BY version ASC LIMIT 1"
+        };
+        let row = tx
+            .query_opt(sql, &[&tenant, &name])
+            .await
+            .map_err(be)?;
+        row.map(|r| dec(r.get::<_, &[u8]>(0))).transpose()
+    }
+
+    async fn put_script_impl(
+        &self,
+        tenant: &str,
+        mut s: CentralScript,
+        expect_new: bool,
+        audit: &AuditRow,
+    ) -> Result<std::result::Result<CentralScript, Option<CentralScript>>> {
+        let mut c = self.client().await?;
+        let tx = Self::tenant_tx(&mut c, tenant).await?;
+        // One writer per (tenant, name) at a time, across instances (the
+        // two-key form: a lock space apart from the migration lock).
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2 || '/' || $3))",
+            &[&SCRIPT_LOCK_CLASS, &tenant, &s.name],
+        )
+        .await
+        .map_err(be)?;
+        let cur = Self::script_one(&tx, tenant, &s.name, true).await?;
+        match (&cur, expect_new) {
+            (Some(c), true) => return Ok(Err(Some(c.clone()))),
+            (None, false) => return Ok(Err(None)),
+            _ => {}
+        }
+        if cur.is_some()
+            && let Some(f) = Self::script_one(&tx, tenant, &s.name, false).await?
+        {
+            s.customer = f.customer;
+        }
+        s.version = cur.map(|c| c.version + 1).unwrap_or(1);
+        let mut audit = audit.clone();
+        audit.detail = format!("{} version {}", s.name, s.version);
+        tx.execute(
+            "INSERT INTO scripts (tenant_id, name, version, body) VALUES ($1, $2, $3, $4)",
+            &[&tenant, &s.name, &i64::from(s.version), &enc(&s)?],
+        )
+        .await
+        .map_err(be)?;
+        insert_audit(&tx, &audit).await?;
+        tx.commit().await.map_err(be)?;
+        Ok(Ok(s))
+    }
+
+    async fn script_impl(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<CentralScript>> {
+        let rows = match version {
+            Some(v) => {
+                self.tenant_query(
+                    tenant,
+                    "SELECT body FROM scripts WHERE tenant_id = $1 AND name = $2 AND version = $3",
+                    &[&tenant, &name, &i64::from(v)],
+                )
+                .await?
+            }
+            None => {
+                self.tenant_query(
+                    tenant,
+                    "SELECT body FROM scripts WHERE tenant_id = $1 AND name = $2 \
+                     ORDER BY version DESC LIMIT 1",
+                    &[&tenant, &name],
+                )
+                .await?
+            }
+        };
+        rows.first().map(|r| dec(r.get::<_, &[u8]>(0))).transpose()
+    }
+
+    async fn scripts_impl(&self, tenant: &str) -> Result<Vec<CentralScript>> {
+        let rows = self
+            .tenant_query(
+                tenant,
+                "SELECT DISTINCT ON (name) body FROM scripts WHERE tenant_id = $1 \
+                 ORDER BY name, version DESC",
+                &[&tenant],
+            )
+            .await?;
+        rows.iter().map(|r| dec(r.get::<_, &[u8]>(0))).collect()
+    }
+
+    async fn create_bulk_impl(
+        &self,
+        run: &CentralBulk,
+        cmds: &[CentralCommand],
+        held: &[CommandId],
+        audit: &AuditRow,
+    ) -> Result<()> {
+        let t = run.tenant.as_str();
+        let mut c = self.client().await?;
+        let tx = Self::tenant_tx(&mut c, t).await?;
+        tx.execute(
+            "INSERT INTO bulks (tenant_id, id, created_ms, body) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant_id, id) DO UPDATE SET created_ms = excluded.created_ms, \
+             body = excluded.body",
+            &[&t, &run.id.to_string(), &i(run.created_ms), &enc(run)?],
+        )
+        .await
+        .map_err(be)?;
+        let held: HashSet<CommandId> = held.iter().copied().collect();
+        let mut cols = (
+            Vec::<String>::new(),
+            Vec::<&str>::new(),
+            Vec::<&str>::new(),
+            Vec::<&str>::new(),
+            Vec::<String>::new(),
+            Vec::<i64>::new(),
+            Vec::<bool>::new(),
+        );
+        let mut bodies = Vec::with_capacity(cmds.len());
+        let (mut held_sites, mut held_cmds) = (Vec::<&str>::new(), Vec::<String>::new());
+        for cmd in cmds {
+            cols.0.push(cmd.id.to_string());
+            cols.1.push(cmd.site_id.as_str());
+            cols.2.push(&cmd.device);
+            cols.3.push(cmd.customer.as_str());
+            cols.4.push(state_name(cmd.state));
+            cols.5.push(i(cmd.created_ms));
+            cols.6.push(cmd.closed);
+            bodies.push(enc(cmd)?);
+            if held.contains(&cmd.id) {
+                held_sites.push(cmd.site_id.as_str());
+                held_cmds.push(cmd.id.to_string());
+            }
+        }
+        if !cmds.is_empty() {
+            tx.execute(
+                "INSERT INTO commands (tenant_id, id, site_id, device, customer, state, created_ms, closed, body) \
+                 SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                   $7::bigint[], $8::boolean[], $9::bytea[]) \
+                 ON CONFLICT (tenant_id, id) DO UPDATE SET site_id = excluded.site_id, \
+                 device = excluded.device, customer = excluded.customer, state = excluded.state, \
+                 created_ms = excluded.created_ms, closed = excluded.closed, body = excluded.body",
+                &[&t, &cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &cols.6, &bodies],
+            )
+            .await
+            .map_err(be)?;
+        }
+        if !held_cmds.is_empty() {
+            tx.execute(
+                "INSERT INTO commands_held (tenant_id, site_id, run_id, command_id) \
+                 SELECT $1, s, $2, c FROM unnest($3::text[], $4::text[]) AS h(s, c) \
+                 ON CONFLICT DO NOTHING",
+                &[&t, &run.id.to_string(), &held_sites, &held_cmds],
+            )
+            .await
+            .map_err(be)?;
+        }
+        insert_audit(&tx, audit).await?;
+        tx.commit().await.map_err(be)?;
+        Ok(())
+    }
+
+    async fn bulk_impl(&self, tenant: &str, id: CommandId) -> Result<Option<CentralBulk>> {
+        let rows = self
+            .tenant_query(
+                tenant,
+                "SELECT body FROM bulks WHERE tenant_id = $1 AND id = $2",
+                &[&tenant, &id.to_string()],
+            )
+            .await?;
+        rows.first().map(|r| dec(r.get::<_, &[u8]>(0))).transpose()
+    }
+
+    async fn bulks_impl(&self, tenant: &str, limit: usize) -> Result<Vec<CentralBulk>> {
+        let rows = self
+            .tenant_query(
+                tenant,
+                "SELECT body FROM bulks WHERE tenant_id = $1 \
+                 ORDER BY created_ms DESC, id DESC LIMIT $2",
+                &[&tenant, &i(limit.max(1) as u64)],
+            )
+            .await?;
+        rows.iter().map(|r| dec(r.get::<_, &[u8]>(0))).collect()
+    }
+
+    async fn cancel_bulk_impl(
+        &self,
+        tenant: &str,
+        id: CommandId,
+        by: &str,
+        now_ms: u64,
+        audit: &AuditRow,
+    ) -> Result<Option<CentralBulk>> {
+        let mut c = self.client().await?;
+        let tx = Self::tenant_tx(&mut c, tenant).await?;
+        let ids = id.to_string();
+        let Some(row) = tx
+            .query_opt(
+                "SELECT body FROM bulks WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+                &[&tenant, &ids],
+            )
+            .await
+            .map_err(be)?
+        else {
+            return Ok(None);
+        };
+        let mut run: CentralBulk = dec(row.get::<_, &[u8]>(0))?;
+        if run.cancelled.is_none() {
+            run.cancelled = Some((now_ms, by.to_string()));
+            tx.execute(
+                "UPDATE bulks SET body = $3 WHERE tenant_id = $1 AND id = $2",
+                &[&tenant, &ids, &enc(&run)?],
+            )
+            .await
+            .map_err(be)?;
+            insert_audit(&tx, audit).await?;
+            tx.commit().await.map_err(be)?;
+        }
+        Ok(Some(run))
+    }
+
+    async fn held_impl(
+        &self,
+        site: Option<(&str, &str)>,
+    ) -> Result<Vec<(TenantId, SiteId, CommandId, CommandId)>> {
+        let rows = match site {
+            Some((t, s)) => {
+                self.tenant_query(
+                    t,
+                    "SELECT tenant_id, site_id, run_id, command_id FROM commands_held \
+                     WHERE tenant_id = $1 AND site_id = $2 ORDER BY run_id, command_id",
+                    &[&t, &s],
+                )
+                .await?
+            }
+            // Every tenant's (the release sweep): as the owner.
+            None => {
+                self.owner_query(
+                    "SELECT tenant_id, site_id, run_id, command_id FROM commands_held \
+                     ORDER BY tenant_id, site_id, run_id, command_id",
+                    &[],
+                )
+                .await?
+            }
+        };
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let run = r.get::<_, &str>(2).parse().ok()?;
+                let cmd = r.get::<_, &str>(3).parse().ok()?;
+                Some((
+                    TenantId::from(r.get::<_, String>(0)),
+                    SiteId::from(r.get::<_, String>(1)),
+                    run,
+                    cmd,
+                ))
+            })
+            .collect())
+    }
+
+    async fn unhold_impl(
+        &self,
+        tenant: &str,
+        site: &str,
+        run: CommandId,
+        cmds: &[CommandId],
+    ) -> Result<()> {
+        let ids: Vec<String> = cmds.iter().map(|c| c.to_string()).collect();
+        self.tenant_exec(
+            tenant,
+            "DELETE FROM commands_held WHERE tenant_id = $1 AND site_id = $2 \
+             AND run_id = $3 AND command_id = ANY($4)",
+            &[&tenant, &site, &run.to_string(), &ids],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn commands_by_id_impl(
+        &self,
+        tenant: &str,
+        ids: &[CommandId],
+    ) -> Result<Vec<Option<CentralCommand>>> {
+        let keys: Vec<String> = ids.iter().map(|c| c.to_string()).collect();
+        let rows = self
+            .tenant_query(
+                tenant,
+                "SELECT id, body FROM commands WHERE tenant_id = $1 AND id = ANY($2)",
+                &[&tenant, &keys],
+            )
+            .await?;
+        let mut by: HashMap<String, CentralCommand> = HashMap::with_capacity(rows.len());
+        for r in rows {
+            by.insert(r.get(0), dec(r.get::<_, &[u8]>(1))?);
+        }
+        // The same id asked twice gets its row twice.
+        Ok(keys.iter().map(|k| by.get(k).cloned()).collect())
+    }
+
     async fn commands_impl(&self, tenant: &str, f: &CommandFilter) -> Result<Vec<CentralCommand>> {
         let allowed: Vec<&str> = f.customers_allowed.iter().map(|c| c.as_str()).collect();
         let rows = self
@@ -1565,6 +2069,32 @@ impl BatchStore for PgCentralStore {
 }
 
 impl FleetStore for PgCentralStore {
+    fn patch_findings<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: Option<&'a SiteId>,
+    ) -> StoreFuture<'a, Vec<PatchFindingsRow>> {
+        Box::pin(self.patch_findings_impl(tenant, site_id.map(|s| s.as_str())))
+    }
+
+    fn device_patch_findings<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: &'a SiteId,
+        device: &'a str,
+    ) -> StoreFuture<'a, Option<PatchFindingsRow>> {
+        Box::pin(self.device_patch_findings_impl(tenant, site_id, device))
+    }
+
+    fn cve_exposure<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        cve: &'a str,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<CveExposureRow>> {
+        Box::pin(self.cve_exposure_impl(tenant, cve, limit))
+    }
+
     fn patch_compliance<'a>(
         &'a self,
         tenant: &'a TenantId,
@@ -1917,6 +2447,91 @@ impl CommandStore for PgCentralStore {
         audit: Option<AuditRow>,
     ) -> StoreFuture<'a, Option<(CentralCommand, Outcome)>> {
         Box::pin(self.change_command_impl(tenant, id, change, now_ms, audit))
+    }
+
+    fn put_script<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        script: CentralScript,
+        expect_new: bool,
+        audit: AuditRow,
+    ) -> StoreFuture<'a, std::result::Result<CentralScript, Option<CentralScript>>> {
+        Box::pin(async move { self.put_script_impl(tenant, script, expect_new, &audit).await })
+    }
+
+    fn script<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        name: &'a str,
+        version: Option<u32>,
+    ) -> StoreFuture<'a, Option<CentralScript>> {
+        Box::pin(self.script_impl(tenant, name, version))
+    }
+
+    fn scripts<'a>(&'a self, tenant: &'a TenantId) -> StoreFuture<'a, Vec<CentralScript>> {
+        Box::pin(self.scripts_impl(tenant))
+    }
+
+    fn create_bulk<'a>(
+        &'a self,
+        run: &'a CentralBulk,
+        cmds: &'a [CentralCommand],
+        held: &'a [CommandId],
+        audit: &'a AuditRow,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(self.create_bulk_impl(run, cmds, held, audit))
+    }
+
+    fn bulk<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: CommandId,
+    ) -> StoreFuture<'a, Option<CentralBulk>> {
+        Box::pin(self.bulk_impl(tenant, id))
+    }
+
+    fn bulks<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<CentralBulk>> {
+        Box::pin(self.bulks_impl(tenant, limit))
+    }
+
+    fn cancel_bulk<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: CommandId,
+        by: &'a str,
+        now_ms: u64,
+        audit: AuditRow,
+    ) -> StoreFuture<'a, Option<CentralBulk>> {
+        Box::pin(async move { self.cancel_bulk_impl(tenant, id, by, now_ms, &audit).await })
+    }
+
+    fn held<'a>(
+        &'a self,
+        site: Option<(&'a TenantId, &'a SiteId)>,
+    ) -> StoreFuture<'a, Vec<(TenantId, SiteId, CommandId, CommandId)>> {
+        Box::pin(self.held_impl(site.map(|(t, s)| (t.as_str(), s.as_str()))))
+    }
+
+    fn unhold<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site: &'a SiteId,
+        run: CommandId,
+        cmds: &'a [CommandId],
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(self.unhold_impl(tenant, site, run, cmds))
+    }
+
+    fn commands_by_id<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        ids: &'a [CommandId],
+    ) -> StoreFuture<'a, Vec<Option<CentralCommand>>> {
+        Box::pin(self.commands_by_id_impl(tenant, ids))
     }
 
     fn append_audit<'a>(&'a self, row: &'a AuditRow) -> StoreFuture<'a, ()> {
