@@ -38,6 +38,7 @@ crate::testing::on_both_backends!(
     dead_letters_show_on_the_site_in_the_api_and_the_web_view,
     per_site_metrics_need_the_operator_token,
     patch_compliance_shows_per_customer_site_and_device_within_the_callers_scope,
+    cve_exposure_device_patches_and_reports_stay_within_the_callers_scope,
 );
 
 /// A central with tenant `msp`, one site (customer `dental`) and an admin
@@ -974,7 +975,6 @@ fn findings(device: u64, as_of_ms: u64, cves: &[&str]) -> batch::PatchFindings {
 /// caller sees only its customers; another tenant's query for the same
 /// CVE returns only its own devices; a device's missing patches; the
 /// per-customer report as JSON and CSV (out-of-scope customer 404).
-#[tokio::test]
 async fn cve_exposure_device_patches_and_reports_stay_within_the_callers_scope() {
     let f = fixture().await;
     let add = |tenant: &str, customer: &str, site: &str| ops::AddSite {

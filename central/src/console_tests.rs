@@ -26,6 +26,8 @@ crate::testing::on_both_backends!(
     search_filter_sort_and_the_device_page_draw_what_is_stored,
     technicians_run_commands_from_the_device_page_and_viewers_cannot,
     the_dashboard_shows_patch_compliance_once_a_site_reports_it,
+    technicians_run_library_scripts_from_the_device_page_and_see_scripts_and_bulk_runs,
+    the_patch_pages_show_compliance_cves_and_a_devices_missing_patches_within_scope,
 );
 
 async fn send(
@@ -540,7 +542,6 @@ async fn the_dashboard_shows_patch_compliance_once_a_site_reports_it() {
     assert!(tile.contains("50 %"), "1 of 2 devices compliant: {tile}");
 }
 
-#[tokio::test]
 async fn technicians_run_library_scripts_from_the_device_page_and_see_scripts_and_bulk_runs() {
     let (c, dental, _vet, _dir) = two_customers().await;
     let tech = session(&c, "tina", Role::Technician, &[]).await;
@@ -632,7 +633,6 @@ async fn technicians_run_library_scripts_from_the_device_page_and_see_scripts_an
 /// devices by risk, top CVEs), a CVE's page listing the exposed devices
 /// by name, the device page's panel with its missing patch, the CSV
 /// download; a customer-scoped user sees none of another customer's.
-#[tokio::test]
 async fn the_patch_pages_show_compliance_cves_and_a_devices_missing_patches_within_scope() {
     let (c, dental, vet, _dir) = two_customers().await;
     let admin = session(&c, "ada", Role::Admin, &[]).await;

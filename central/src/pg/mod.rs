@@ -46,11 +46,12 @@ use crate::apply::{self, ApplyPlan, CurrentRows, DeadLetterPlan, Touched};
 use crate::bulk::CentralBulk;
 use crate::commands::{self, AuditRow, CentralCommand, Change, Outcome, OutputOp};
 use crate::fleet_index::FleetIndex;
-use crate::scripts::CentralScript;
 use crate::model::{
-    AlertRow, ApiTokenRecord, BucketRow, DeadLetter, DeviceRow, DeviceStatus, JoinTokenRecord,
-    CveExposureRow, CveHit, PatchComplianceRow, PatchFindingsRow, Rollup, RollupRow, SessionRecord, SiteRecord, UserRecord,
+    AlertRow, ApiTokenRecord, BucketRow, CveExposureRow, CveHit, DeadLetter, DeviceRow,
+    DeviceStatus, JoinTokenRecord, PatchComplianceRow, PatchFindingsRow, Rollup, RollupRow,
+    SessionRecord, SiteRecord, UserRecord,
 };
+use crate::scripts::CentralScript;
 use crate::store::{
     AlertFilter, AlertHistoryEntry, AlertPage, AlertStates, ApplyOutcome, AuthStore, BatchStore,
     CentralStoreError, CommandFilter, CommandStore, DeadLetterOutcome, DeviceFilter, DeviceSearch,
@@ -1625,10 +1626,7 @@ impl PgCentralStore {
             "SELECT body FROM scripts WHERE tenant_id = $1 AND name = $2 \
              ORDER BY version ASC LIMIT 1"
         };
-        let row = tx
-            .query_opt(sql, &[&tenant, &name])
-            .await
-            .map_err(be)?;
+        let row = tx.query_opt(sql, &[&tenant, &name]).await.map_err(be)?;
         row.map(|r| dec(r.get::<_, &[u8]>(0))).transpose()
     }
 
@@ -2456,7 +2454,10 @@ impl CommandStore for PgCentralStore {
         expect_new: bool,
         audit: AuditRow,
     ) -> StoreFuture<'a, std::result::Result<CentralScript, Option<CentralScript>>> {
-        Box::pin(async move { self.put_script_impl(tenant, script, expect_new, &audit).await })
+        Box::pin(async move {
+            self.put_script_impl(tenant, script, expect_new, &audit)
+                .await
+        })
     }
 
     fn script<'a>(
