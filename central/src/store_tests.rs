@@ -118,6 +118,8 @@ both_backends!(
     an_existing_user_is_a_conflict_and_a_new_password_ends_the_users_sessions,
     an_existing_site_is_a_conflict_and_an_ack_is_kept_in_the_alerts_history,
     a_batch_reports_its_delta_and_writes_histories_search_and_counts_follow,
+    the_cve_index_follows_the_newest_findings_of_each_device,
+    script_versions_bulk_runs_and_held_members_round_trip_in_one_tenant,
 );
 
 async fn an_alert_page_filters_in_the_store_keeps_the_newest_and_counts_all(st: Store) {
@@ -674,4 +676,332 @@ async fn a_batch_reports_its_delta_and_writes_histories_search_and_counts_follow
         .unwrap();
     assert_eq!((series[0].len(), series[0][0].1.min), (1, 71.5));
     assert_eq!((series[1].len(), series[1][0].1.min), (1, 12.25));
+}
+
+/// Findings of `device` whose fixable `openssl` group has `cves`.
+pub(crate) fn findings_of(
+    device: u64,
+    as_of_ms: u64,
+    cves: &[&str],
+) -> outpost_uplink::batch::PatchFindings {
+    use outpost_uplink::batch;
+    batch::PatchFindings {
+        device: outpost_proto::DeviceId(device),
+        as_of_ms,
+        patches: vec![],
+        vulns: vec![batch::VulnGroup {
+            source: "openssl".into(),
+            installed: "3.0.11-1".into(),
+            fixed: Some("3.0.15-1".into()),
+            fix_available: true,
+            severity: batch::FindingSeverity::High,
+            cves: cves.iter().map(|c| c.to_string()).collect(),
+        }],
+    }
+}
+
+/// The CVE index is written with the findings rows: a newer assessment
+/// that no longer has a CVE takes the device out of that CVE's exposure,
+/// an older one changes nothing, and another tenant's devices never show.
+async fn the_cve_index_follows_the_newest_findings_of_each_device(st: Store) {
+    add_site(&st, "msp", "s-1", 1).await;
+    add_site(&st, "msp", "s-2", 2).await;
+    add_site(&st, "other", "s-1", 3).await;
+    let exposed = |st: Store, tenant: &'static str, cve: &'static str| async move {
+        st.cve_exposure(&t(tenant), cve, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| format!("{}/{}", r.site_id, r.device))
+            .collect::<Vec<_>>()
+    };
+    let mut b = sample_batch(1);
+    b.patch_findings = vec![
+        findings_of(0x2a, 100, &["CVE-A", "CVE-B"]),
+        findings_of(0x2b, 100, &["CVE-A"]),
+    ];
+    st.apply_batch(&t("msp"), &s("s-2"), b.clone(), 1)
+        .await
+        .unwrap();
+    st.apply_batch(&t("msp"), &s("s-1"), b.clone(), 1)
+        .await
+        .unwrap();
+    st.apply_batch(&t("other"), &s("s-1"), b, 1).await.unwrap();
+    assert_eq!(
+        exposed(st.clone(), "msp", "CVE-A").await,
+        [
+            "s-1/000000000000002a",
+            "s-1/000000000000002b",
+            "s-2/000000000000002a",
+            "s-2/000000000000002b"
+        ],
+        "(site, device) order"
+    );
+    let first = st.cve_exposure(&t("msp"), "CVE-A", 1).await.unwrap();
+    assert_eq!(first.len(), 1, "at most `limit`");
+    assert_eq!(first[0].hits.len(), 1);
+    assert!(first[0].hits[0].fix_available);
+
+    // Device 2a of s-1 is reassessed: CVE-B is fixed.
+    let mut newer = sample_batch(2);
+    newer.patch_findings = vec![findings_of(0x2a, 200, &["CVE-A"])];
+    st.apply_batch(&t("msp"), &s("s-1"), newer, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        exposed(st.clone(), "msp", "CVE-B").await,
+        ["s-2/000000000000002a"]
+    );
+    // An older assessment arriving late changes nothing.
+    let mut stale = sample_batch(3);
+    stale.patch_findings = vec![findings_of(0x2a, 150, &["CVE-B", "CVE-C"])];
+    st.apply_batch(&t("msp"), &s("s-1"), stale, 3)
+        .await
+        .unwrap();
+    assert!(exposed(st.clone(), "msp", "CVE-C").await.is_empty());
+    assert_eq!(
+        exposed(st.clone(), "msp", "CVE-B").await,
+        ["s-2/000000000000002a"]
+    );
+    assert_eq!(
+        exposed(st.clone(), "other", "CVE-A").await,
+        ["s-1/000000000000002a", "s-1/000000000000002b"]
+    );
+
+    let rows = st.patch_findings(&t("msp"), Some(&s("s-1"))).await.unwrap();
+    let got: Vec<(String, u64)> = rows
+        .iter()
+        .map(|r| (r.device.clone(), r.as_of_ms))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("000000000000002a".to_string(), 200),
+            ("000000000000002b".to_string(), 100)
+        ]
+    );
+    assert!(rows.iter().all(|r| r.customer.as_str() == "dental"));
+    assert_eq!(st.patch_findings(&t("msp"), None).await.unwrap().len(), 4);
+    let one = st
+        .device_patch_findings(&t("msp"), &s("s-2"), "000000000000002b")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(one.vulns[0].cves, ["CVE-A"]);
+    assert!(
+        st.device_patch_findings(&t("msp"), &s("s-2"), "00000000000000ff")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+pub(crate) fn audit_row(tenant: &str, at_ms: u64) -> crate::commands::AuditRow {
+    crate::commands::AuditRow {
+        at_ms,
+        tenant: tenant.into(),
+        actor: "ann".into(),
+        action: "test".into(),
+        target: String::new(),
+        detail: String::new(),
+    }
+}
+
+/// Scripts keep every version (an edit keeps the first version's
+/// customer, a second "new" is refused with the latest), bulk runs list
+/// newest first and cancel once, held members are listed per site and
+/// released, and commands are read back by id in the order asked; another
+/// tenant sees none of it.
+async fn script_versions_bulk_runs_and_held_members_round_trip_in_one_tenant(st: Store) {
+    use crate::bulk::{BulkTarget, CentralBulk};
+    use crate::commands::CentralCommand;
+    use crate::scripts::CentralScript;
+    use outpost_proto::command::CommandSpec;
+    use outpost_proto::ids::CommandId;
+
+    let script = |body: &str, customer: Option<&str>| CentralScript {
+        name: "restart-cups".into(),
+        version: 0,
+        interpreter: Default::default(),
+        body: body.into(),
+        default_timeout_ms: 30_000,
+        parameters: vec![],
+        created_ms: 5,
+        created_by: "ann".into(),
+        customer: customer.map(Into::into),
+    };
+    let v1 = st
+        .put_script(
+            &t("msp"),
+            script("v1", Some("dental")),
+            true,
+            audit_row("msp", 1),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v1.version, 1);
+    let again = st
+        .put_script(&t("msp"), script("again", None), true, audit_row("msp", 2))
+        .await
+        .unwrap();
+    assert_eq!(again, Err(Some(v1.clone())));
+    let missing = st
+        .put_script(
+            &t("other"),
+            script("edit", None),
+            false,
+            audit_row("other", 2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(missing, Err(None), "an edit of another tenant's name");
+    let v2 = st
+        .put_script(&t("msp"), script("v2", None), false, audit_row("msp", 3))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (v2.version, v2.customer.as_ref().map(|c| c.as_str())),
+        (2, Some("dental"))
+    );
+    let mut other = script("x", None);
+    other.name = "a-first".into();
+    st.put_script(&t("msp"), other, true, audit_row("msp", 4))
+        .await
+        .unwrap()
+        .unwrap();
+    let names: Vec<(String, u32)> = st
+        .scripts(&t("msp"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.name, s.version))
+        .collect();
+    assert_eq!(
+        names,
+        [("a-first".to_string(), 1), ("restart-cups".to_string(), 2)]
+    );
+    assert_eq!(
+        st.script(&t("msp"), "restart-cups", Some(1)).await.unwrap(),
+        Some(v1)
+    );
+    assert_eq!(
+        st.script(&t("msp"), "restart-cups", None).await.unwrap(),
+        Some(v2)
+    );
+    assert!(st.scripts(&t("other")).await.unwrap().is_empty());
+    let audit = st.audit(&t("msp"), 10).await.unwrap();
+    assert!(
+        audit.iter().any(|a| a.detail == "restart-cups version 2"),
+        "{audit:?}"
+    );
+
+    let cmd = |id: u8, site: &str| {
+        CentralCommand::new(
+            CommandId([id; 16]),
+            "msp".into(),
+            site.into(),
+            "dental".into(),
+            format!("00000000000000{id:02x}"),
+            "web".into(),
+            CommandSpec::shell("true", "ann"),
+            "ann".into(),
+            10,
+        )
+    };
+    let run = |id: u8, created_ms: u64| CentralBulk {
+        id: CommandId([id; 16]),
+        tenant: "msp".into(),
+        target: BulkTarget::All,
+        command: "true".into(),
+        concurrency: 1,
+        created_ms,
+        created_by: "ann".into(),
+        cancelled: None,
+        members: vec![],
+    };
+    let cmds = [cmd(1, "s-1"), cmd(2, "s-1"), cmd(3, "s-2")];
+    let (r1, r2) = (run(0xa1, 100), run(0xa2, 200));
+    st.create_bulk(&r1, &cmds, &[cmds[1].id, cmds[2].id], &audit_row("msp", 5))
+        .await
+        .unwrap();
+    st.create_bulk(&r2, &[], &[], &audit_row("msp", 6))
+        .await
+        .unwrap();
+    let ids: Vec<CommandId> = st
+        .bulks(&t("msp"), 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(ids, [r2.id, r1.id], "newest first");
+    assert_eq!(st.bulks(&t("msp"), 1).await.unwrap().len(), 1);
+    assert!(st.bulks(&t("other"), 10).await.unwrap().is_empty());
+    assert!(st.bulk(&t("other"), r1.id).await.unwrap().is_none());
+    assert_eq!(st.bulk(&t("msp"), r1.id).await.unwrap(), Some(r1.clone()));
+
+    assert_eq!(
+        st.held(Some((&t("msp"), &s("s-1")))).await.unwrap(),
+        [(t("msp"), s("s-1"), r1.id, cmds[1].id)]
+    );
+    assert_eq!(st.held(None).await.unwrap().len(), 2);
+    assert!(
+        st.held(Some((&t("other"), &s("s-1"))))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    st.unhold(&t("msp"), &s("s-1"), r1.id, &[cmds[1].id])
+        .await
+        .unwrap();
+    assert_eq!(
+        st.held(None).await.unwrap(),
+        [(t("msp"), s("s-2"), r1.id, cmds[2].id)]
+    );
+    let by_id = st
+        .commands_by_id(&t("msp"), &[cmds[2].id, CommandId([9; 16]), cmds[0].id])
+        .await
+        .unwrap();
+    let got: Vec<Option<CommandId>> = by_id.iter().map(|c| c.as_ref().map(|c| c.id)).collect();
+    assert_eq!(got, [Some(cmds[2].id), None, Some(cmds[0].id)]);
+    assert!(
+        st.commands_by_id(&t("other"), &[cmds[0].id])
+            .await
+            .unwrap()
+            .iter()
+            .all(Option::is_none)
+    );
+    assert_eq!(
+        st.open_commands(Some((&t("msp"), &s("s-1"))))
+            .await
+            .unwrap()
+            .len(),
+        2,
+        "members are open commands"
+    );
+
+    let c1 = st
+        .cancel_bulk(&t("msp"), r1.id, "bob", 300, audit_row("msp", 300))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c1.cancelled, Some((300, "bob".to_string())));
+    let c2 = st
+        .cancel_bulk(&t("msp"), r1.id, "eve", 400, audit_row("msp", 400))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        c2.cancelled,
+        Some((300, "bob".to_string())),
+        "the first cancel wins"
+    );
+    assert!(
+        st.cancel_bulk(&t("other"), r1.id, "eve", 400, audit_row("other", 400))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

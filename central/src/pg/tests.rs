@@ -74,6 +74,96 @@ async fn row_level_security_refuses_a_query_that_forgets_the_tenant_filter() {
     assert!(insert.is_err(), "a row of another tenant is refused");
 }
 
+/// The tables of schema version 2 (scripts, bulk runs, held members,
+/// patch findings, the CVE index) have the same row-level security: a
+/// query without a tenant filter sees only its tenant's rows, none
+/// without a tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_level_security_covers_the_version_2_tables() {
+    use crate::bulk::{BulkTarget, CentralBulk};
+    use crate::commands::CentralCommand;
+    use crate::scripts::CentralScript;
+    use crate::store_tests::{audit_row, findings_of};
+    use outpost_proto::command::CommandSpec;
+    use outpost_proto::ids::CommandId;
+
+    let Some(url) = fresh("row_level_security_v2").await else {
+        return;
+    };
+    let pg = store(&url).await;
+    let st: Arc<dyn CentralStore> = pg.clone();
+    for (n, tenant) in [(1u8, "msp"), (2, "other")] {
+        add_site(&st, tenant, "s-1", n).await;
+        let mut b = sample_batch(1);
+        b.patch_findings = vec![findings_of(0x2a, 100, &["CVE-A"])];
+        st.apply_batch(&t(tenant), &s("s-1"), b, 1).await.unwrap();
+        let script = CentralScript {
+            name: "fix".into(),
+            version: 0,
+            interpreter: Default::default(),
+            body: "true".into(),
+            default_timeout_ms: 1_000,
+            parameters: vec![],
+            created_ms: 1,
+            created_by: "ann".into(),
+            customer: None,
+        };
+        st.put_script(&t(tenant), script, true, audit_row(tenant, 1))
+            .await
+            .unwrap()
+            .unwrap();
+        let cmd = CentralCommand::new(
+            CommandId([n; 16]),
+            tenant.into(),
+            "s-1".into(),
+            "dental".into(),
+            "000000000000002a".into(),
+            "web".into(),
+            CommandSpec::shell("true", "ann"),
+            "ann".into(),
+            1,
+        );
+        let run = CentralBulk {
+            id: CommandId([0xa0 + n; 16]),
+            tenant: tenant.into(),
+            target: BulkTarget::All,
+            command: "true".into(),
+            concurrency: 1,
+            created_ms: 1,
+            created_by: "ann".into(),
+            cancelled: None,
+            members: vec![],
+        };
+        st.create_bulk(
+            &run,
+            std::slice::from_ref(&cmd),
+            &[cmd.id],
+            &audit_row(tenant, 1),
+        )
+        .await
+        .unwrap();
+    }
+    for table in [
+        "scripts",
+        "bulks",
+        "commands_held",
+        "patch_findings",
+        "patch_cves",
+    ] {
+        let rows = pg
+            .query_as_api_role(Some("msp"), &format!("SELECT tenant_id FROM {table}"))
+            .await
+            .unwrap();
+        let tenants: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        assert_eq!(tenants, ["msp"], "{table}");
+        let none = pg
+            .query_as_api_role(None, &format!("SELECT tenant_id FROM {table}"))
+            .await
+            .unwrap();
+        assert!(none.is_empty(), "{table} without a tenant: {}", none.len());
+    }
+}
+
 /// A database migrated by a newer central (a schema version this binary
 /// does not know) is refused at start, with a message saying why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,6 +195,71 @@ async fn a_schema_newer_than_the_binary_knows_is_refused() {
         .await
         .unwrap();
     drop(store(&url).await);
+}
+
+/// A database at schema version 1 (a central of the previous release) is
+/// upgraded to version 2 at start: its rows stay, the new tables work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_database_is_upgraded_at_start_and_keeps_its_rows() {
+    let Some(url) = fresh("schema_upgrade").await else {
+        return;
+    };
+    let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // What the previous release ran: version 1 only.
+    client
+        .batch_execute(
+            "CREATE TABLE outpost_schema_version (
+                version integer PRIMARY KEY,
+                name text NOT NULL,
+                applied_ms bigint NOT NULL)",
+        )
+        .await
+        .unwrap();
+    let (v1, name, sql) = super::MIGRATIONS[0];
+    assert_eq!(v1, 1);
+    let tx = client.transaction().await.unwrap();
+    tx.batch_execute(sql).await.unwrap();
+    tx.execute(
+        "INSERT INTO outpost_schema_version (version, name, applied_ms) VALUES ($1, $2, 0)",
+        &[&v1, &name],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    client
+        .execute(
+            "INSERT INTO users (tenant_id, name, body) VALUES ('msp', 'kept', '\\x00')",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let pg = store(&url).await;
+    let versions: Vec<i32> = client
+        .query("SELECT version FROM outpost_schema_version ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [1, 2]);
+    let kept = client
+        .query("SELECT 1 FROM users WHERE name = 'kept'", &[])
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 1, "version 1 rows stay");
+    let st: Arc<dyn CentralStore> = pg;
+    add_site(&st, "msp", "s-1", 1).await;
+    let mut b = sample_batch(1);
+    b.patch_findings = vec![crate::store_tests::findings_of(0x2a, 1, &["CVE-A"])];
+    st.apply_batch(&t("msp"), &s("s-1"), b, 1).await.unwrap();
+    assert_eq!(
+        st.cve_exposure(&t("msp"), "CVE-A", 10).await.unwrap().len(),
+        1
+    );
 }
 
 /// Rollups of any age land in their week's partition (created on
