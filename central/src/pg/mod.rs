@@ -11,9 +11,12 @@
 //!   tenant runs as the non-owner role `outpost_api` with
 //!   `app.tenant` set to that tenant (both `SET LOCAL`, ended by the
 //!   commit), so a query that forgets its tenant filter still sees only
-//!   that tenant's rows. Four lookups run before the tenant is known, as
+//!   that tenant's rows. Five lookups run before the tenant is known, as
 //!   the connecting (owner) role: a join token, an API token and a session
-//!   by the SHA-256 of their secret, and the expiry sweep of open commands.
+//!   by the SHA-256 of their secret, the expiry sweep of open commands and
+//!   the sweep of held bulk-run members (`held(None)`).
+//! * **Patch findings** and the **CVE index** (`patch_cves`) are written
+//!   in the batch's apply transaction, as RocksDB writes both in one batch.
 //! * **Exactly once**: `apply_batch` locks the site row (`FOR UPDATE`),
 //!   inserts the unique `(tenant, site, seq)` row of `applied_batches`,
 //!   reads the rows the batch touches, runs [`crate::apply::plan`] and
