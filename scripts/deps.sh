@@ -23,6 +23,9 @@ if [ "${1:-}" = "--test" ]; then
   # The agent tarball's static build (x86_64-unknown-linux-musl): musl-gcc
   # compiles its C parts (zstd, ring).
   packages+=(musl-tools binutils)
+  # Central's PostgreSQL backend: its tests start a private server
+  # (initdb + postgres from /usr/lib/postgresql/*/bin, as the postgres user).
+  packages+=(postgresql)
 fi
 
 # The static agent's Rust target (rustup downloads its standard library).

@@ -1,7 +1,9 @@
 //! Router-level tests of central's HTTP API and web view (tower's
 //! `oneshot`, no socket): every class of error answers `{"error": ...}`
 //! naming what is wrong, page limits and cursors are checked, revoked
-//! devices and tenant mismatches show.
+//! devices and tenant mismatches show. Each test runs on both store
+//! backends (`rocks_backend::NAME`, `pg_backend::NAME`, see
+//! [`crate::testing::Backend`]).
 
 use std::sync::Arc;
 
@@ -24,6 +26,20 @@ struct Fixture {
     site: SiteId,
     _dir: tempfile::TempDir,
 }
+
+crate::testing::on_both_backends!(
+    every_error_of_login_and_the_login_form_is_json_naming_the_field,
+    limits_out_of_range_bad_cursors_and_statuses_are_bad_requests,
+    revoked_devices_and_tenant_mismatches_show_in_the_api_and_the_web_view,
+    a_customer_scoped_admin_grants_only_within_its_own_customers,
+    an_existing_user_is_a_conflict_and_passwords_change_on_their_own_route,
+    failed_logins_are_limited_per_user_and_per_address,
+    a_device_claimed_for_another_customer_stays_out_of_that_customers_view,
+    dead_letters_show_on_the_site_in_the_api_and_the_web_view,
+    per_site_metrics_need_the_operator_token,
+    patch_compliance_shows_per_customer_site_and_device_within_the_callers_scope,
+    cve_exposure_device_patches_and_reports_stay_within_the_callers_scope,
+);
 
 /// A central with tenant `msp`, one site (customer `dental`) and an admin
 /// API token.
@@ -118,7 +134,6 @@ impl Fixture {
 const JSON: Option<&str> = Some("application/json");
 const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
 
-#[tokio::test]
 async fn every_error_of_login_and_the_login_form_is_json_naming_the_field() {
     let f = fixture().await;
     for path in ["/api/v1/login", "/login"] {
@@ -190,7 +205,6 @@ async fn every_error_of_login_and_the_login_form_is_json_naming_the_field() {
     assert!(m.starts_with("invalid path parameter"), "{m}");
 }
 
-#[tokio::test]
 async fn limits_out_of_range_bad_cursors_and_statuses_are_bad_requests() {
     let f = fixture().await;
     for q in ["limit=0", "limit=1001"] {
@@ -258,7 +272,6 @@ async fn limits_out_of_range_bad_cursors_and_statuses_are_bad_requests() {
     assert_eq!(page["devices"][0]["device"], "000000000000002b");
 }
 
-#[tokio::test]
 async fn revoked_devices_and_tenant_mismatches_show_in_the_api_and_the_web_view() {
     let f = fixture().await;
     let mut b = sample_batch(1);
@@ -394,7 +407,6 @@ async fn post_json(f: &Fixture, uri: &str, token: &str, body: &str) -> (u16, Str
 /// Item 2: an admin limited to some customers grants only a subset of
 /// them (an empty list means every customer: not for it), never a higher
 /// role; a tenant-wide admin grants anything in the tenant.
-#[tokio::test]
 async fn a_customer_scoped_admin_grants_only_within_its_own_customers() {
     let f = fixture().await;
     let scoped = token(&f, Role::Admin, &["dental"]).await;
@@ -480,7 +492,6 @@ fn cookie_of(h: &axum::http::HeaderMap) -> String {
 /// its password); a password changes on its own route, by the user itself
 /// (giving the current one) or a tenant-wide admin, and every session of
 /// the user ends.
-#[tokio::test]
 async fn an_existing_user_is_a_conflict_and_passwords_change_on_their_own_route() {
     let f = fixture().await;
     let alice = r#"{"name":"alice","role":"admin","password":"correct horse"}"#;
@@ -570,7 +581,6 @@ async fn an_existing_user_is_a_conflict_and_passwords_change_on_their_own_route(
 /// Item 4: failed logins are limited per user name (known or not) and per
 /// address: 429 with `Retry-After`, counted; while limited, even the
 /// right password is not checked.
-#[tokio::test]
 async fn failed_logins_are_limited_per_user_and_per_address() {
     let mut limits = crate::CentralLimits::default();
     limits.login.per_user.burst = 3;
@@ -624,7 +634,6 @@ async fn failed_logins_are_limited_per_user_and_per_address() {
 /// Item 5: a device's customer is its site's. A batch claiming another
 /// customer for a device does not put it in that customer's view, by any
 /// route or query parameter.
-#[tokio::test]
 async fn a_device_claimed_for_another_customer_stays_out_of_that_customers_view() {
     let f = fixture().await;
     let mut b = sample_batch(1);
@@ -680,7 +689,6 @@ async fn a_device_claimed_for_another_customer_stays_out_of_that_customers_view(
 
 /// Item 6: a dead-lettered batch shows on its site, in the JSON and the
 /// web view.
-#[tokio::test]
 async fn dead_letters_show_on_the_site_in_the_api_and_the_web_view() {
     let f = fixture().await;
     crate::receiver::answer_batch(
@@ -711,7 +719,6 @@ async fn dead_letters_show_on_the_site_in_the_api_and_the_web_view() {
 
 /// Item 7: `/metrics` without credentials names no tenant and no site;
 /// with the operator token it has the per-site series too.
-#[tokio::test]
 async fn per_site_metrics_need_the_operator_token() {
     let f = fixture().await;
     let mut b = sample_batch(1);
@@ -788,7 +795,6 @@ fn compliance(device: u64, state: batch::ComplianceState, critical: u32) -> batc
 /// Patch compliance per customer and site, and per device, scoped like
 /// every view: a customer-scoped caller sees only its customers' sites,
 /// another tenant sees nothing of this one (its device is a 404).
-#[tokio::test]
 async fn patch_compliance_shows_per_customer_site_and_device_within_the_callers_scope() {
     let f = fixture().await;
     let vet_site = ops::add_site(
@@ -969,7 +975,6 @@ fn findings(device: u64, as_of_ms: u64, cves: &[&str]) -> batch::PatchFindings {
 /// caller sees only its customers; another tenant's query for the same
 /// CVE returns only its own devices; a device's missing patches; the
 /// per-customer report as JSON and CSV (out-of-scope customer 404).
-#[tokio::test]
 async fn cve_exposure_device_patches_and_reports_stay_within_the_callers_scope() {
     let f = fixture().await;
     let add = |tenant: &str, customer: &str, site: &str| ops::AddSite {

@@ -15,6 +15,17 @@ use crate::downlink::Down;
 use crate::model::Role;
 use crate::ops;
 
+crate::testing::on_both_backends!(
+    technicians_run_and_cancel_viewers_read_only_and_other_tenants_and_customers_see_nothing,
+    a_command_for_a_connected_site_is_pushed_at_once_and_a_protocol_1_site_is_refused,
+    a_file_transfer_is_refused_at_central_and_nothing_is_queued,
+    admins_edit_scripts_technicians_run_them_and_a_queued_run_keeps_its_version,
+    a_customers_script_is_invisible_outside_it_and_other_tenants_see_no_script,
+    a_bulk_run_spans_sites_releases_per_site_slots_and_an_offline_sites_share_waits_until_expiry,
+    cancelling_a_bulk_run_cancels_its_held_and_queued_members,
+    a_command_change_reaches_live_viewers_of_its_customer_only,
+);
+
 /// The device of `testing::sample_batch`.
 const DEVICE: &str = "000000000000002a";
 
@@ -87,7 +98,6 @@ impl F {
     }
 }
 
-#[tokio::test]
 async fn technicians_run_and_cancel_viewers_read_only_and_other_tenants_and_customers_see_nothing()
 {
     let f = fixture().await;
@@ -239,7 +249,6 @@ async fn technicians_run_and_cancel_viewers_read_only_and_other_tenants_and_cust
     assert_eq!(st, 403);
 }
 
-#[tokio::test]
 async fn a_command_for_a_connected_site_is_pushed_at_once_and_a_protocol_1_site_is_refused() {
     let f = fixture().await;
     let tech = f.token("msp", Role::Technician, &[]).await;
@@ -286,7 +295,6 @@ async fn a_command_for_a_connected_site_is_pushed_at_once_and_a_protocol_1_site_
 
 /// A file action is refused at central with the reason (its content and
 /// limits live in the site's file service): 400, nothing queued.
-#[tokio::test]
 async fn a_file_transfer_is_refused_at_central_and_nothing_is_queued() {
     let f = fixture().await;
     let tech = f.token("msp", Role::Technician, &[]).await;
@@ -316,7 +324,6 @@ fn script_body(name: &str, body: &str) -> Value {
     json!({"name": name, "body": body, "interpreter": "bash", "timeout_ms": 30000, "parameters": ["path"]})
 }
 
-#[tokio::test]
 async fn admins_edit_scripts_technicians_run_them_and_a_queued_run_keeps_its_version() {
     let f = fixture().await;
     let admin = f.token("msp", Role::Admin, &[]).await;
@@ -458,7 +465,6 @@ async fn admins_edit_scripts_technicians_run_them_and_a_queued_run_keeps_its_ver
     );
 }
 
-#[tokio::test]
 async fn a_customers_script_is_invisible_outside_it_and_other_tenants_see_no_script() {
     let f = fixture().await;
     let admin = f.token("msp", Role::Admin, &[]).await;
@@ -526,7 +532,6 @@ async fn a_customers_script_is_invisible_outside_it_and_other_tenants_see_no_scr
 
 // ---- bulk runs (`/api/v1/commands/bulk`) ----
 
-#[tokio::test]
 async fn a_bulk_run_spans_sites_releases_per_site_slots_and_an_offline_sites_share_waits_until_expiry()
  {
     let f = fixture().await;
@@ -677,7 +682,6 @@ async fn a_bulk_run_spans_sites_releases_per_site_slots_and_an_offline_sites_sha
     assert_eq!(v["summary"]["finished"], true, "{v}");
 }
 
-#[tokio::test]
 async fn cancelling_a_bulk_run_cancels_its_held_and_queued_members() {
     let f = fixture().await;
     let tech = f.token("msp", Role::Technician, &[]).await;
@@ -718,7 +722,6 @@ async fn cancelling_a_bulk_run_cancels_its_held_and_queued_members() {
     assert!(v.to_string().contains("00000000000000ff"));
 }
 
-#[tokio::test]
 async fn a_command_change_reaches_live_viewers_of_its_customer_only() {
     use outpost_console::live::{Delivery, Scope};
     let f = fixture().await;

@@ -18,6 +18,18 @@ use crate::model::Role;
 use crate::ops;
 use crate::testing::{batch_of, central_with_site};
 
+crate::testing::on_both_backends!(
+    the_dashboard_shows_the_apis_numbers_and_links_them_to_filtered_lists,
+    a_customer_scoped_user_never_sees_another_customers_names_or_counts,
+    a_viewer_gets_no_ack_button_and_its_forged_posts_are_refused,
+    an_ack_with_a_comment_goes_through_the_ack_path_into_the_alerts_history,
+    search_filter_sort_and_the_device_page_draw_what_is_stored,
+    technicians_run_commands_from_the_device_page_and_viewers_cannot,
+    the_dashboard_shows_patch_compliance_once_a_site_reports_it,
+    technicians_run_library_scripts_from_the_device_page_and_see_scripts_and_bulk_runs,
+    the_patch_pages_show_compliance_cves_and_a_devices_missing_patches_within_scope,
+);
+
 async fn send(
     c: &Arc<Central>,
     method: &str,
@@ -125,7 +137,6 @@ async fn two_customers() -> (Arc<Central>, SiteId, SiteId, tempfile::TempDir) {
     (c, dental, vet, dir)
 }
 
-#[tokio::test]
 async fn the_dashboard_shows_the_apis_numbers_and_links_them_to_filtered_lists() {
     let (c, _, _, _dir) = two_customers().await;
     let admin = session(&c, "ada", Role::Admin, &[]).await;
@@ -160,7 +171,6 @@ async fn the_dashboard_shows_the_apis_numbers_and_links_them_to_filtered_lists()
     assert!(page.contains("Vet Clinic") && page.contains("main"));
 }
 
-#[tokio::test]
 async fn a_customer_scoped_user_never_sees_another_customers_names_or_counts() {
     let (c, dental, vet, _dir) = two_customers().await;
     let vet_user = session(&c, "val", Role::Technician, &["vet"]).await;
@@ -234,7 +244,6 @@ async fn a_customer_scoped_user_never_sees_another_customers_names_or_counts() {
     );
 }
 
-#[tokio::test]
 async fn a_viewer_gets_no_ack_button_and_its_forged_posts_are_refused() {
     let (c, dental, _, _dir) = two_customers().await;
     let viewer = session(&c, "vic", Role::Viewer, &[]).await;
@@ -293,7 +302,6 @@ async fn a_viewer_gets_no_ack_button_and_its_forged_posts_are_refused() {
     );
 }
 
-#[tokio::test]
 async fn an_ack_with_a_comment_goes_through_the_ack_path_into_the_alerts_history() {
     let (c, dental, _, _dir) = two_customers().await;
     let tech = session(&c, "tess", Role::Technician, &[]).await;
@@ -375,7 +383,6 @@ async fn an_ack_with_a_comment_goes_through_the_ack_path_into_the_alerts_history
     assert_eq!(st, 200);
 }
 
-#[tokio::test]
 async fn search_filter_sort_and_the_device_page_draw_what_is_stored() {
     let (c, dental, _, _dir) = two_customers().await;
     let admin = session(&c, "ada", Role::Admin, &[]).await;
@@ -412,7 +419,6 @@ async fn search_filter_sort_and_the_device_page_draw_what_is_stored() {
 /// a viewer's forged POST and a stale CSRF token are refused; the lists
 /// per site and fleet-wide show it; cancel closes a command still queued
 /// at central.
-#[tokio::test]
 async fn technicians_run_commands_from_the_device_page_and_viewers_cannot() {
     let (c, dental, _vet, _dir) = two_customers().await;
     let tech = session(&c, "tina", Role::Technician, &[]).await;
@@ -496,7 +502,6 @@ async fn technicians_run_commands_from_the_device_page_and_viewers_cannot() {
     );
 }
 
-#[tokio::test]
 async fn the_dashboard_shows_patch_compliance_once_a_site_reports_it() {
     let (c, dental, _, _dir) = two_customers().await;
     let admin = session(&c, "ada", Role::Admin, &[]).await;
@@ -537,7 +542,6 @@ async fn the_dashboard_shows_patch_compliance_once_a_site_reports_it() {
     assert!(tile.contains("50 %"), "1 of 2 devices compliant: {tile}");
 }
 
-#[tokio::test]
 async fn technicians_run_library_scripts_from_the_device_page_and_see_scripts_and_bulk_runs() {
     let (c, dental, _vet, _dir) = two_customers().await;
     let tech = session(&c, "tina", Role::Technician, &[]).await;
@@ -629,7 +633,6 @@ async fn technicians_run_library_scripts_from_the_device_page_and_see_scripts_an
 /// devices by risk, top CVEs), a CVE's page listing the exposed devices
 /// by name, the device page's panel with its missing patch, the CSV
 /// download; a customer-scoped user sees none of another customer's.
-#[tokio::test]
 async fn the_patch_pages_show_compliance_cves_and_a_devices_missing_patches_within_scope() {
     let (c, dental, vet, _dir) = two_customers().await;
     let admin = session(&c, "ada", Role::Admin, &[]).await;

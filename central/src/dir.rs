@@ -49,6 +49,16 @@ impl CentralDir {
     pub fn http_addr(&self) -> PathBuf {
         self.path("http.addr")
     }
+    /// Says which backend `serve` last ran on (`rocksdb` or `postgres`,
+    /// never the connection string), so the operator CLI does not open a
+    /// stray RocksDB next to a PostgreSQL central.
+    pub fn store_kind(&self) -> PathBuf {
+        self.path("store")
+    }
+    /// True when `serve` last ran on PostgreSQL.
+    pub fn uses_postgres(&self) -> bool {
+        std::fs::read_to_string(self.store_kind()).is_ok_and(|s| s.trim() == "postgres")
+    }
 
     /// Loads the keys, creating the CA, server certificate and operator
     /// token on first use.
@@ -100,5 +110,23 @@ impl CentralDir {
             ca,
             admin_token,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data directory whose central ran on PostgreSQL says so (and no
+    /// connection string), so the CLI never opens a stray RocksDB there.
+    #[test]
+    fn the_data_directory_remembers_a_postgres_store() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = CentralDir(d.path().to_path_buf());
+        assert!(!dir.uses_postgres(), "no marker: RocksDB");
+        std::fs::write(dir.store_kind(), "rocksdb\n").unwrap();
+        assert!(!dir.uses_postgres());
+        std::fs::write(dir.store_kind(), "postgres\n").unwrap();
+        assert!(dir.uses_postgres());
     }
 }

@@ -37,10 +37,13 @@ pub use outpost_web::login;
 pub mod metrics;
 pub mod model;
 pub mod ops;
+pub mod pg;
 pub mod receiver;
 pub mod rocks;
 pub mod scripts;
 pub mod store;
+#[cfg(test)]
+mod store_tests;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -245,22 +248,94 @@ pub struct ServeOptions {
     pub limits: CentralLimits,
 }
 
-/// Runs central until `shutdown`.
+/// Where central keeps its rows (`serve --store`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// The embedded RocksDB in this directory (the default: `DATA/db`).
+    Rocks(std::path::PathBuf),
+    /// A PostgreSQL database (`postgres://…` or `postgresql://…`).
+    Postgres {
+        url: String,
+        pool_size: usize,
+        statement_timeout_ms: u64,
+    },
+}
+
+impl StoreLocation {
+    /// Parses `rocksdb:DIR` or `postgres://…` (`postgresql://…`); the
+    /// pool options apply to PostgreSQL.
+    pub fn parse(s: &str, pool_size: usize, statement_timeout_ms: u64) -> anyhow::Result<Self> {
+        if let Some(dir) = s.strip_prefix("rocksdb:") {
+            anyhow::ensure!(!dir.is_empty(), "--store rocksdb:DIR needs a directory");
+            Ok(StoreLocation::Rocks(dir.into()))
+        } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Ok(StoreLocation::Postgres {
+                url: s.to_string(),
+                pool_size,
+                statement_timeout_ms,
+            })
+        } else {
+            anyhow::bail!("--store takes rocksdb:DIR or postgres://USER@HOST/DB, not {s:?}")
+        }
+    }
+
+    /// Opens the store (PostgreSQL: connects and migrates the schema).
+    pub async fn open(&self) -> anyhow::Result<Arc<dyn CentralStore>> {
+        Ok(match self {
+            StoreLocation::Rocks(dir) => {
+                Arc::new(rocks::RocksCentralStore::open(dir).with_context(|| {
+                    format!(
+                        "opening the database in {} (is another outpost-central running on it?)",
+                        dir.display()
+                    )
+                })?)
+            }
+            StoreLocation::Postgres {
+                url,
+                pool_size,
+                statement_timeout_ms,
+            } => Arc::new(
+                pg::PgCentralStore::connect(
+                    url,
+                    pg::PgOptions {
+                        pool_size: *pool_size,
+                        statement_timeout_ms: *statement_timeout_ms,
+                    },
+                )
+                .await
+                .context("opening the PostgreSQL store")?,
+            ),
+        })
+    }
+}
+
+/// Runs central until `shutdown`, on the RocksDB in `DATA/db`.
 pub async fn serve(
     dir: CentralDir,
     opts: ServeOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let store = StoreLocation::Rocks(dir.db());
+    serve_on(dir, store, opts, shutdown).await
+}
+
+/// Runs central until `shutdown` on `store` (keys and CA stay in `dir`).
+pub async fn serve_on(
+    dir: CentralDir,
+    store: StoreLocation,
+    opts: ServeOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let keys = dir.init_or_load()?;
     let fingerprint = keys.ca.fingerprint();
-    let store = rocks::RocksCentralStore::open(&dir.db()).with_context(|| {
-        format!(
-            "opening the database in {} (is another outpost-central running on it?)",
-            dir.db().display()
-        )
-    })?;
+    let kind = match &store {
+        StoreLocation::Rocks(_) => "rocksdb",
+        StoreLocation::Postgres { .. } => "postgres",
+    };
+    std::fs::write(dir.store_kind(), format!("{kind}\n")).context("writing DATA/store")?;
+    let store = store.open().await?;
     let central = Arc::new(Central::with_limits(
-        Arc::new(store),
+        store,
         keys,
         shutdown.clone(),
         opts.limits.clone(),

@@ -68,6 +68,16 @@ enum Cmd {
         /// X-Forwarded-For is believed for the login limits (repeatable).
         #[arg(long = "trusted-proxy")]
         trusted_proxies: Vec<std::net::IpAddr>,
+        /// Where rows live: `rocksdb:DIR` (default: DATA/db) or
+        /// `postgres://USER@HOST/DB` (see README "Central on PostgreSQL").
+        #[arg(long)]
+        store: Option<String>,
+        /// PostgreSQL: connections in the pool at most.
+        #[arg(long, default_value_t = 16)]
+        store_pool_size: usize,
+        /// PostgreSQL: statement and lock timeout (milliseconds).
+        #[arg(long, default_value_t = 30_000)]
+        store_statement_timeout_ms: u64,
     },
     /// Prints central's CA fingerprint (`sha256:HEX`).
     CaFingerprint {
@@ -203,6 +213,17 @@ async fn operate<B: Serialize, R: DeserializeOwned>(
     f: impl AsyncFnOnce(&RocksCentralStore) -> anyhow::Result<R>,
 ) -> anyhow::Result<R> {
     let keys = dir.init_or_load()?;
+    if dir.uses_postgres() {
+        // Central runs on PostgreSQL: go through the running central.
+        let addr = std::fs::read_to_string(dir.http_addr()).map_err(|_| {
+            anyhow::anyhow!(
+                "central runs on PostgreSQL ({}): start `outpost-central serve`, \
+                 the CLI goes through its API",
+                dir.store_kind().display()
+            )
+        })?;
+        return post(addr.trim(), path, &keys.admin_token, body).await;
+    }
     match RocksCentralStore::open(&dir.db()) {
         Ok(store) => f(&store).await,
         Err(open_err) => {
@@ -257,7 +278,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_connections_per_site,
             max_concurrent_batches,
             trusted_proxies,
+            store,
+            store_pool_size,
+            store_statement_timeout_ms,
         } => {
+            let dir = CentralDir(data);
+            let store = match store {
+                Some(s) => {
+                    central::StoreLocation::parse(&s, store_pool_size, store_statement_timeout_ms)?
+                }
+                None => central::StoreLocation::Rocks(dir.db()),
+            };
             let defaults = central::CentralLimits::default();
             let limits = central::CentralLimits {
                 max_connections,
@@ -282,8 +313,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 sd.cancel();
             });
-            central::serve(
-                CentralDir(data),
+            central::serve_on(
+                dir,
+                store,
                 ServeOptions {
                     listen,
                     http_listen,

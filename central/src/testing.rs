@@ -72,8 +72,72 @@ pub fn sample_batch(seq: u64) -> SiteBatch {
     }
 }
 
-/// A central on a temporary RocksDB with tenant `msp` and one site of
-/// customer `dental` (created, not joined), with `limits`.
+/// Which store backend [`central_with_site`] opens: RocksDB unless the
+/// test runs inside [`BACKEND`]`.scope(Backend::Postgres, ...)` (what
+/// [`on_both_backends!`] does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Rocks,
+    Postgres,
+}
+
+tokio::task_local! {
+    pub static BACKEND: Backend;
+}
+
+/// Runs each named `async fn()` of the enclosing module once per store
+/// backend, as `rocks_backend::NAME` and `pg_backend::NAME` (the latter
+/// skipped with a message only when PostgreSQL is not installed).
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod rocks_backend {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    $crate::testing::BACKEND
+                        .scope($crate::testing::Backend::Rocks, super::$name())
+                        .await;
+                }
+            )*
+        }
+        mod pg_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let name = stringify!($name);
+                    let up = tokio::task::spawn_blocking(move || {
+                        $crate::pg::cluster::TestCluster::shared_or_skip(name).is_some()
+                    })
+                    .await
+                    .unwrap();
+                    if up {
+                        $crate::testing::BACKEND
+                            .scope($crate::testing::Backend::Postgres, super::$name())
+                            .await;
+                    }
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_backends;
+
+/// The store of [`BACKEND`] (RocksDB in `dir`, or a fresh PostgreSQL
+/// database of the test server).
+pub async fn test_store(dir: &std::path::Path) -> std::sync::Arc<dyn crate::store::CentralStore> {
+    match BACKEND.try_with(|b| *b).unwrap_or(Backend::Rocks) {
+        Backend::Rocks => {
+            std::sync::Arc::new(crate::rocks::RocksCentralStore::open(&dir.join("db")).unwrap())
+        }
+        Backend::Postgres => crate::store_tests::pg_store("central_with_site")
+            .await
+            .expect("PostgreSQL checked by on_both_backends"),
+    }
+}
+
+/// A central on a temporary store (RocksDB, or see [`Backend`]) with
+/// tenant `msp` and one site of customer `dental` (created, not joined),
+/// with `limits`.
 pub async fn central_with_site(
     limits: crate::CentralLimits,
 ) -> (
@@ -85,9 +149,9 @@ pub async fn central_with_site(
     let keys = crate::dir::CentralDir(dir.path().join("central"))
         .init_or_load()
         .unwrap();
-    let store = crate::rocks::RocksCentralStore::open(&dir.path().join("db")).unwrap();
+    let store = test_store(dir.path()).await;
     let central = std::sync::Arc::new(crate::Central::with_limits(
-        std::sync::Arc::new(store),
+        store,
         keys,
         tokio_util::sync::CancellationToken::new(),
         limits,

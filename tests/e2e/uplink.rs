@@ -843,10 +843,38 @@ impl Drop for SiteClient {
 
 #[test]
 fn replayed_and_out_of_order_batches_apply_once_and_foreign_claims_are_rejected() {
-    use outpost_uplink::wire::{CentralFrame, RejectReason};
     let tmp = scratch("uplink-replay");
-    let root = tmp.path();
-    let central = Central::start(root);
+    replay_scenario(tmp.path(), &[]);
+}
+
+/// The same on `serve --store postgres://…` (the operator CLI goes through
+/// the running central's API: `site add` in `SiteClient::join`).
+#[test]
+fn on_postgres_replayed_and_out_of_order_batches_apply_once_and_foreign_claims_are_rejected() {
+    use outpost_central::pg::cluster::TestCluster;
+    let Some(pg) = TestCluster::shared_or_skip("uplink-replay-postgres") else {
+        return;
+    };
+    let db = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(pg.create_database());
+    let tmp = scratch("uplink-replay-pg");
+    replay_scenario(tmp.path(), &["--store", &pg.postgres_url(&db)]);
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("central/store")).unwrap(),
+        "postgres\n"
+    );
+    assert!(
+        !tmp.path().join("central/db").exists(),
+        "no RocksDB was made beside the PostgreSQL central"
+    );
+}
+
+fn replay_scenario(root: &Path, central_args: &[&str]) {
+    use outpost_uplink::wire::{CentralFrame, RejectReason};
+    let central = Central::start_with(root, central_args);
     let mut c = SiteClient::join(root, &central, "acme", "replay");
     let viewer = central.api_token("acme", "viewer");
     let b2 = c.batch(2, 7, 10..14);

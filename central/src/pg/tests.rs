@@ -1,0 +1,378 @@
+//! PostgreSQL-only behaviour: row-level security, the schema version
+//! check, rollup partitions, and two instances over one database. The
+//! behaviour shared with RocksDB is in `crate::store_tests`.
+
+use std::sync::Arc;
+
+use super::{PARTITION_MS, PgCentralStore};
+use crate::pg::cluster::TestCluster;
+use crate::store::{ApplyOutcome, CentralStore, RollupQuery};
+use crate::store_tests::{add_site, s, t};
+use crate::testing::sample_batch;
+
+async fn fresh(test: &str) -> Option<String> {
+    let test = test.to_string();
+    let c = tokio::task::spawn_blocking(move || TestCluster::shared_or_skip(&test))
+        .await
+        .unwrap()?;
+    Some(c.fresh_database().await)
+}
+
+async fn store(url: &str) -> Arc<PgCentralStore> {
+    Arc::new(
+        PgCentralStore::connect(url, Default::default())
+            .await
+            .unwrap(),
+    )
+}
+
+/// A query that forgets its tenant filter still sees only the rows of the
+/// tenant its transaction names (row-level security), none without a
+/// tenant, and cannot write a row of another tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_level_security_refuses_a_query_that_forgets_the_tenant_filter() {
+    let Some(url) = fresh("row_level_security").await else {
+        return;
+    };
+    let pg = store(&url).await;
+    let st: Arc<dyn CentralStore> = pg.clone();
+    add_site(&st, "msp", "s-1", 1).await;
+    add_site(&st, "other", "s-1", 2).await;
+    for tenant in ["msp", "other"] {
+        st.apply_batch(&t(tenant), &s("s-1"), sample_batch(1), 1)
+            .await
+            .unwrap();
+    }
+    for table in ["sites", "devices", "alerts", "rollups", "alert_history"] {
+        let rows = pg
+            .query_as_api_role(Some("msp"), &format!("SELECT tenant_id FROM {table}"))
+            .await
+            .unwrap();
+        let tenants: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        assert!(!tenants.is_empty(), "{table}");
+        assert!(tenants.iter().all(|x| x == "msp"), "{table}: {tenants:?}");
+        let none = pg
+            .query_as_api_role(None, &format!("SELECT tenant_id FROM {table}"))
+            .await
+            .unwrap();
+        assert!(none.is_empty(), "{table} without a tenant: {}", none.len());
+    }
+    let write = pg
+        .query_as_api_role(
+            Some("msp"),
+            "UPDATE devices SET hostname = 'pwned' WHERE tenant_id = 'other' RETURNING 1",
+        )
+        .await
+        .unwrap();
+    assert!(write.is_empty(), "another tenant's rows are not updatable");
+    let insert = pg
+        .query_as_api_role(
+            Some("msp"),
+            "INSERT INTO users (tenant_id, name, body) VALUES ('other', 'x', '\\x00') RETURNING 1",
+        )
+        .await;
+    assert!(insert.is_err(), "a row of another tenant is refused");
+}
+
+/// The tables of schema version 2 (scripts, bulk runs, held members,
+/// patch findings, the CVE index) have the same row-level security: a
+/// query without a tenant filter sees only its tenant's rows, none
+/// without a tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_level_security_covers_the_version_2_tables() {
+    use crate::bulk::{BulkTarget, CentralBulk};
+    use crate::commands::CentralCommand;
+    use crate::scripts::CentralScript;
+    use crate::store_tests::{audit_row, findings_of};
+    use outpost_proto::command::CommandSpec;
+    use outpost_proto::ids::CommandId;
+
+    let Some(url) = fresh("row_level_security_v2").await else {
+        return;
+    };
+    let pg = store(&url).await;
+    let st: Arc<dyn CentralStore> = pg.clone();
+    for (n, tenant) in [(1u8, "msp"), (2, "other")] {
+        add_site(&st, tenant, "s-1", n).await;
+        let mut b = sample_batch(1);
+        b.patch_findings = vec![findings_of(0x2a, 100, &["CVE-A"])];
+        st.apply_batch(&t(tenant), &s("s-1"), b, 1).await.unwrap();
+        let script = CentralScript {
+            name: "fix".into(),
+            version: 0,
+            interpreter: Default::default(),
+            body: "true".into(),
+            default_timeout_ms: 1_000,
+            parameters: vec![],
+            created_ms: 1,
+            created_by: "ann".into(),
+            customer: None,
+        };
+        st.put_script(&t(tenant), script, true, audit_row(tenant, 1))
+            .await
+            .unwrap()
+            .unwrap();
+        let cmd = CentralCommand::new(
+            CommandId([n; 16]),
+            tenant.into(),
+            "s-1".into(),
+            "dental".into(),
+            "000000000000002a".into(),
+            "web".into(),
+            CommandSpec::shell("true", "ann"),
+            "ann".into(),
+            1,
+        );
+        let run = CentralBulk {
+            id: CommandId([0xa0 + n; 16]),
+            tenant: tenant.into(),
+            target: BulkTarget::All,
+            command: "true".into(),
+            concurrency: 1,
+            created_ms: 1,
+            created_by: "ann".into(),
+            cancelled: None,
+            members: vec![],
+        };
+        st.create_bulk(
+            &run,
+            std::slice::from_ref(&cmd),
+            &[cmd.id],
+            &audit_row(tenant, 1),
+        )
+        .await
+        .unwrap();
+    }
+    for table in [
+        "scripts",
+        "bulks",
+        "commands_held",
+        "patch_findings",
+        "patch_cves",
+    ] {
+        let rows = pg
+            .query_as_api_role(Some("msp"), &format!("SELECT tenant_id FROM {table}"))
+            .await
+            .unwrap();
+        let tenants: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        assert_eq!(tenants, ["msp"], "{table}");
+        let none = pg
+            .query_as_api_role(None, &format!("SELECT tenant_id FROM {table}"))
+            .await
+            .unwrap();
+        assert!(none.is_empty(), "{table} without a tenant: {}", none.len());
+    }
+}
+
+/// A database migrated by a newer central (a schema version this binary
+/// does not know) is refused at start, with a message saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_newer_than_the_binary_knows_is_refused() {
+    let Some(url) = fresh("schema_newer").await else {
+        return;
+    };
+    drop(store(&url).await);
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .execute(
+            "INSERT INTO outpost_schema_version (version, name, applied_ms) VALUES (99, 'future', 0)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let e = match PgCentralStore::connect(&url, Default::default()).await {
+        Ok(_) => panic!("a newer schema was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("newer"), "{e}");
+    // The current version opens again once the row is gone (migrations
+    // are idempotent at the same version).
+    client
+        .execute("DELETE FROM outpost_schema_version WHERE version = 99", &[])
+        .await
+        .unwrap();
+    drop(store(&url).await);
+}
+
+/// A database at schema version 1 (a central of the previous release) is
+/// upgraded to version 2 at start: its rows stay, the new tables work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_database_is_upgraded_at_start_and_keeps_its_rows() {
+    let Some(url) = fresh("schema_upgrade").await else {
+        return;
+    };
+    let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // What the previous release ran: version 1 only.
+    client
+        .batch_execute(
+            "CREATE TABLE outpost_schema_version (
+                version integer PRIMARY KEY,
+                name text NOT NULL,
+                applied_ms bigint NOT NULL)",
+        )
+        .await
+        .unwrap();
+    let (v1, name, sql) = super::MIGRATIONS[0];
+    assert_eq!(v1, 1);
+    let tx = client.transaction().await.unwrap();
+    tx.batch_execute(sql).await.unwrap();
+    tx.execute(
+        "INSERT INTO outpost_schema_version (version, name, applied_ms) VALUES ($1, $2, 0)",
+        &[&v1, &name],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    client
+        .execute(
+            "INSERT INTO users (tenant_id, name, body) VALUES ('msp', 'kept', '\\x00')",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let pg = store(&url).await;
+    let versions: Vec<i32> = client
+        .query("SELECT version FROM outpost_schema_version ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [1, 2]);
+    let kept = client
+        .query("SELECT 1 FROM users WHERE name = 'kept'", &[])
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 1, "version 1 rows stay");
+    let st: Arc<dyn CentralStore> = pg;
+    add_site(&st, "msp", "s-1", 1).await;
+    let mut b = sample_batch(1);
+    b.patch_findings = vec![crate::store_tests::findings_of(0x2a, 1, &["CVE-A"])];
+    st.apply_batch(&t("msp"), &s("s-1"), b, 1).await.unwrap();
+    assert_eq!(
+        st.cve_exposure(&t("msp"), "CVE-A", 10).await.unwrap().len(),
+        1
+    );
+}
+
+/// Rollups of any age land in their week's partition (created on
+/// demand); retention drops whole partitions and their rows with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollup_partitions_are_made_on_demand_and_retention_drops_them() {
+    let Some(url) = fresh("rollup_partitions").await else {
+        return;
+    };
+    let pg = store(&url).await;
+    let st: Arc<dyn CentralStore> = pg.clone();
+    add_site(&st, "msp", "s-1", 1).await;
+    let b = sample_batch(1);
+    let bucket = b.rollups[0].bucket_start_ms;
+    st.apply_batch(&t("msp"), &s("s-1"), b, 1).await.unwrap();
+    let q = RollupQuery {
+        site_id: "s-1".into(),
+        device: "000000000000002a".into(),
+        series: "cpu".into(),
+        label: String::new(),
+        from_ms: 0,
+        to_ms: u64::MAX,
+        limit: 10,
+    };
+    assert_eq!(st.rollups(&t("msp"), &q).await.unwrap().len(), 1);
+    let week = bucket / PARTITION_MS;
+    let kept = pg
+        .drop_rollup_partitions_before(week * PARTITION_MS)
+        .await
+        .unwrap();
+    assert!(kept.is_empty(), "{kept:?}");
+    let dropped = pg
+        .drop_rollup_partitions_before((week + 1) * PARTITION_MS)
+        .await
+        .unwrap();
+    assert_eq!(dropped, vec![format!("rollups_w{week}")]);
+    assert!(st.rollups(&t("msp"), &q).await.unwrap().is_empty());
+    // A late batch for that week makes the partition again.
+    let mut late = sample_batch(2);
+    late.created_ms += 1;
+    st.apply_batch(&t("msp"), &s("s-1"), late, 2).await.unwrap();
+    assert_eq!(st.rollups(&t("msp"), &q).await.unwrap().len(), 1);
+}
+
+/// Two central instances (two stores, two pools) over one database apply
+/// the same batches at the same time: each batch applies once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_applying_the_same_batches_apply_each_once() {
+    let Some(url) = fresh("two_instances").await else {
+        return;
+    };
+    let a: Arc<dyn CentralStore> = store(&url).await;
+    let b: Arc<dyn CentralStore> = store(&url).await;
+    add_site(&a, "msp", "s-1", 1).await;
+    let run = |st: Arc<dyn CentralStore>| {
+        tokio::spawn(async move {
+            let mut applied = 0;
+            for seq in 1..=30 {
+                if let ApplyOutcome::Applied { .. } = st
+                    .apply_batch(&t("msp"), &s("s-1"), sample_batch(seq), seq)
+                    .await
+                    .unwrap()
+                {
+                    applied += 1;
+                }
+            }
+            applied
+        })
+    };
+    let (x, y) = (run(a.clone()), run(b.clone()));
+    let total = x.await.unwrap() + y.await.unwrap();
+    assert_eq!(total, 30);
+    let rec = b.site(&t("msp"), &s("s-1")).await.unwrap().unwrap();
+    assert_eq!((rec.applied_up_to, rec.batches_applied), (30, 30));
+}
+
+/// `serve --store` takes `postgres://…` (connects and migrates) or
+/// `rocksdb:DIR`, and refuses anything else with a message naming both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_flag_opens_postgres_or_rocksdb_and_refuses_anything_else() {
+    use crate::StoreLocation;
+    let dir = tempfile::tempdir().unwrap();
+    let rocks = format!("rocksdb:{}", dir.path().join("db").display());
+    assert_eq!(
+        StoreLocation::parse(&rocks, 4, 1000).unwrap(),
+        StoreLocation::Rocks(dir.path().join("db"))
+    );
+    StoreLocation::parse(&rocks, 4, 1000)
+        .unwrap()
+        .open()
+        .await
+        .unwrap();
+    for bad in ["mysql://x", "rocksdb:", "/var/lib/db"] {
+        let e = StoreLocation::parse(bad, 4, 1000).unwrap_err().to_string();
+        assert!(e.contains("rocksdb:"), "{bad}: {e}");
+    }
+    let Some(c) = tokio::task::spawn_blocking(|| TestCluster::shared_or_skip("store_flag"))
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let db = c.create_database().await;
+    let loc = StoreLocation::parse(&c.postgres_url(&db), 4, 1000).unwrap();
+    assert!(matches!(
+        &loc,
+        StoreLocation::Postgres {
+            pool_size: 4,
+            statement_timeout_ms: 1000,
+            ..
+        }
+    ));
+    let st = loc.open().await.unwrap();
+    add_site(&st, "msp", "s-1", 1).await;
+    assert_eq!(st.sites(&t("msp")).await.unwrap().len(), 1);
+}
