@@ -539,10 +539,27 @@ async fn child_agent_installing_until_killed() {
         Some(d.installer.clone()),
     )
     .unwrap();
-    let (link, _inbox) = crate::remote::RemoteLink::new(64 * 1024);
+    let (link, mut inbox) = crate::remote::RemoteLink::new(64 * 1024);
     crate::remote::RemoteHost::session_up(&ex, link);
     crate::remote::RemoteHost::event(&ex, child_command(&d));
-    tokio::time::sleep(Duration::from_secs(120)).await;
+    // The executor sends output from its ledger: once the package's name
+    // has been sent, apt's log up to here is stored, and the parent may
+    // kill this agent (else the kill could beat the output into the
+    // ledger, which is allowed: unstored output is not promised).
+    let mut seen = Vec::new();
+    let deadline = tokio::time::sleep(Duration::from_secs(120));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            Some(o) = inbox.output.recv() => {
+                seen.extend_from_slice(&o.bytes);
+                if String::from_utf8_lossy(&seen).contains("slow-outpost") {
+                    let _ = std::fs::write(work.join("output-stored"), b"");
+                }
+            }
+            _ = &mut deadline => return,
+        }
+    }
 }
 
 fn child_policy() -> crate::commands::Policy {
@@ -594,6 +611,7 @@ fn kill_processes_naming(dir: &Path) {
 async fn a_killed_agent_reports_the_install_interrupted_once_and_never_reruns_it() {
     let Some(d) = Device::new() else { return };
     let marker = d.work.join("preinst-started");
+    let stored = d.work.join("output-stored");
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -607,10 +625,18 @@ async fn a_killed_agent_reports_the_install_interrupted_once_and_never_reruns_it
         .spawn()
         .unwrap();
     let t0 = std::time::Instant::now();
-    while !marker.exists() && t0.elapsed() < Duration::from_secs(60) {
+    while !(marker.exists() && stored.exists()) && t0.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(marker.exists(), "the child's install reached the preinst");
+    assert!(
+        stored.exists(),
+        "the child stored apt's log naming the package"
+    );
+    // The ledger (sled) flushes stored output every 200 ms: what was not
+    // flushed when the agent dies is not promised (the appliance has what
+    // it acknowledged). Give the flusher a few periods before the kill.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     // kill -9 of the agent and of everything it started.
     child.kill().unwrap();
     child.wait().unwrap();
