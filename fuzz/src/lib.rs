@@ -576,9 +576,49 @@ pub mod generate {
                     devices: u.arbitrary()?,
                 })
             })?,
-            // Format 5's findings are not generated yet (the codec's own
-            // tests bound them).
-            patch_findings: Vec::new(),
+            // Format 5: per-device findings (their strings go through the
+            // batch's dictionary; shared names make references repeat).
+            patch_findings: vec(u, 3, |u| {
+                Ok(PatchFindings {
+                    device: device(u)?,
+                    as_of_ms: u64_(u)?,
+                    patches: vec(u, 4, |u| {
+                        Ok(MissingPatchEntry {
+                            source: string(u, &["openssl", "bash"])?,
+                            installed: string(u, &["3.0.11-1~deb12u2", "5.2.15-2"])?,
+                            candidate: if u.arbitrary()? {
+                                Some(string(u, &["3.0.15-1~deb12u1"])?)
+                            } else {
+                                None
+                            },
+                            binaries: u.arbitrary()?,
+                            security: u.arbitrary()?,
+                            severity: if u.arbitrary()? {
+                                Some(*u.choose(&FindingSeverity::ALL)?)
+                            } else {
+                                None
+                            },
+                            cves: vec(u, 4, |u| string(u, &["CVE-2024-5535", "CVE-2023-5678"]))?,
+                            reboot_expected: u.arbitrary()?,
+                            first_seen_ms: u64_(u)?,
+                        })
+                    })?,
+                    vulns: vec(u, 4, |u| {
+                        Ok(VulnGroup {
+                            source: string(u, &["openssl", "glibc"])?,
+                            installed: string(u, &["3.0.11-1~deb12u2", "2.36-9"])?,
+                            fixed: if u.arbitrary()? {
+                                Some(string(u, &["3.0.15-1~deb12u1"])?)
+                            } else {
+                                None
+                            },
+                            fix_available: u.arbitrary()?,
+                            severity: *u.choose(&FindingSeverity::ALL)?,
+                            cves: vec(u, 4, |u| string(u, &["CVE-2024-5535", "CVE-2023-4911"]))?,
+                        })
+                    })?,
+                })
+            })?,
         })
     }
 }
