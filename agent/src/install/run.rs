@@ -360,7 +360,10 @@ impl PatchInstaller {
         if cancel.is_cancelled() {
             return rep.finish(
                 Phase::Failed,
-                Some("cancelled before the install".into()),
+                Some(format!(
+                    "{} before the install",
+                    outpost_patch::install::wire::CANCELLED_REASON_PREFIX
+                )),
                 "",
             );
         }

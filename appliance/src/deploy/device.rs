@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use outpost_patch::install::wire::{
-    DeviceStatus, InstallRequest, MAX_PLAIN_BYTES, Phase, REQUEST_FORMAT, RollbackRequest,
-    STATUS_FORMAT,
+    CANCELLED_REASON_PREFIX, DeviceStatus, InstallRequest, MAX_PLAIN_BYTES, Phase, REQUEST_FORMAT,
+    RollbackRequest, STATUS_FORMAT,
 };
 use outpost_proto::codec;
 use outpost_proto::command::{BuiltinAction, CommandKind, CommandSpec, Interpreter};
@@ -192,9 +192,9 @@ pub fn synthesize(
     let reason = match &cmd.reason {
         // The orchestrator reads this prefix as a withdrawn command
         // (`rollout::Report::Cancelled`).
-        _ if cmd.state == CommandState::Cancelled => {
-            format!("cancelled: the {what} command was withdrawn before the device ran it")
-        }
+        _ if cmd.state == CommandState::Cancelled => format!(
+            "{CANCELLED_REASON_PREFIX}: the {what} command was withdrawn before the device ran it"
+        ),
         Some(r) => format!("the {what} command ended {detail}: {r}"),
         None => match cmd.exit_code {
             Some(c) if cmd.state != CommandState::Completed => {

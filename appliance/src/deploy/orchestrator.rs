@@ -19,7 +19,7 @@ use std::sync::Arc;
 use outpost_patch::approval::PatchKey;
 use outpost_patch::install::BinaryTarget;
 use outpost_patch::install::wire::{
-    DeviceStatus, InstallRequest, Phase, RebootPolicy, RollbackRequest,
+    CANCELLED_REASON_PREFIX, DeviceStatus, InstallRequest, Phase, RebootPolicy, RollbackRequest,
 };
 use outpost_patch::rollout::{
     Action, Deployment, DeploymentSpec, Event, GateSpec, Input, Report, Target, install_command_id,
@@ -161,9 +161,11 @@ pub fn report_of(s: &DeviceStatus) -> Report {
         (Phase::RebootPending, _) => Report::RebootPending,
         (Phase::Succeeded, false) => Report::Succeeded,
         (Phase::Succeeded, true) | (Phase::RolledBack, _) => Report::RolledBack,
-        // The device link synthesizes `failed` with a reason starting with
-        // `cancelled` for a withdrawn command.
-        (Phase::Failed, false) if reason().starts_with("cancelled") => Report::Cancelled,
+        // A withdrawn command: the device link's synthesized status, or the
+        // agent's when cancelled before apt ran.
+        (Phase::Failed, false) if reason().starts_with(CANCELLED_REASON_PREFIX) => {
+            Report::Cancelled
+        }
         (Phase::Failed, false) => Report::Failed { reason: reason() },
         (Phase::Failed, true) | (Phase::RollbackFailed, _) => {
             Report::RollbackFailed { reason: reason() }

@@ -27,6 +27,11 @@ pub const MAX_PLAIN_BYTES: usize = 1024 * 1024;
 /// log is the command's output).
 pub const MAX_LOG_TAIL_BYTES: usize = 4096;
 
+/// The start of a `failed` status's reason when the install was withdrawn
+/// before it changed anything (cancelled before apt ran, or never
+/// started): the orchestrator reads it as a cancellation, not a failure.
+pub const CANCELLED_REASON_PREFIX: &str = "cancelled";
+
 /// When the device reboots after an install.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

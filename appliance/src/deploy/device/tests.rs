@@ -382,7 +382,10 @@ async fn a_cancelled_install_that_never_reached_the_device_gets_a_synthesized_fa
     // The orchestrator tells a withdrawn install (abort) from a failure by
     // this prefix (`Report::Cancelled`).
     let reason = got[0].1.reason.as_deref().unwrap();
-    assert!(reason.starts_with("cancelled"), "{reason}");
+    assert!(
+        reason.starts_with(outpost_patch::install::wire::CANCELLED_REASON_PREFIX),
+        "{reason}"
+    );
     let l = r.link.get(key).unwrap().unwrap();
     assert!(l.synthesized && l.is_final());
     // Once.
