@@ -415,6 +415,47 @@ impl PackageScanRecord {
     pub const MAX_PARTS: u32 = 1024;
 }
 
+/// Where the next report stands among a device's stored part records
+/// ([`PackageScanRecord`] and [`PatchStatusRecord`] share the scheme), see
+/// [`next_parts_group`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartsGroup {
+    /// The first `n` records are the whole report.
+    Complete(usize),
+    /// Its first parts are here, in order; the rest has not arrived yet.
+    Waiting,
+    /// The first record does not start a well-formed report (a part
+    /// without its start, a part missing, another report's part between):
+    /// the caller refuses that one record and looks again.
+    Broken,
+}
+
+/// Classifies the report starting at `records[0]` (in sequence order);
+/// `header` gives a record's `(part, parts, kind)`, where `kind` (format,
+/// full or delta...) must be the same for every part of one report.
+pub fn next_parts_group<T, K: PartialEq>(
+    records: &[T],
+    header: impl Fn(&T) -> (u32, u32, K),
+) -> PartsGroup {
+    let Some(first) = records.first() else {
+        return PartsGroup::Waiting;
+    };
+    let (part, parts, kind) = header(first);
+    if part != 0 || parts == 0 || parts > PackageScanRecord::MAX_PARTS {
+        return PartsGroup::Broken;
+    }
+    let n = parts as usize;
+    let in_order = records.iter().take(n).enumerate().all(|(j, r)| {
+        let (p, ps, k) = header(r);
+        p as usize == j && ps == parts && k == kind
+    });
+    match (in_order, records.len() >= n) {
+        (true, true) => PartsGroup::Complete(n),
+        (true, false) => PartsGroup::Waiting,
+        (false, _) => PartsGroup::Broken,
+    }
+}
+
 /// One status report of a patch install or rollback on the device, opaque
 /// to the session and to ingest: `payload` is
 /// `outpost_patch::install::wire::DeviceStatus` encoded with
@@ -614,6 +655,28 @@ pub(crate) fn sample_agent_frames() -> Vec<AgentFrame> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_groups_are_complete_waiting_or_broken() {
+        let h = |r: &(u32, u32, u16)| *r;
+        let g = |v: &[(u32, u32, u16)]| next_parts_group(v, h);
+        assert_eq!(g(&[(0, 1, 1)]), PartsGroup::Complete(1));
+        assert_eq!(
+            g(&[(0, 2, 1), (1, 2, 1), (0, 1, 1)]),
+            PartsGroup::Complete(2)
+        );
+        assert_eq!(g(&[(0, 3, 1), (1, 3, 1)]), PartsGroup::Waiting);
+        assert_eq!(g(&[]), PartsGroup::Waiting);
+        // A part without its start, zero or too many parts, a missing
+        // part, another report's part between, another kind.
+        assert_eq!(g(&[(1, 2, 1)]), PartsGroup::Broken);
+        assert_eq!(g(&[(0, 0, 1)]), PartsGroup::Broken);
+        let too_many = PackageScanRecord::MAX_PARTS + 1;
+        assert_eq!(g(&[(0, too_many, 1)]), PartsGroup::Broken);
+        assert_eq!(g(&[(0, 3, 1), (2, 3, 1)]), PartsGroup::Broken);
+        assert_eq!(g(&[(0, 2, 1), (0, 1, 1)]), PartsGroup::Broken);
+        assert_eq!(g(&[(0, 2, 1), (1, 2, 2)]), PartsGroup::Broken);
+    }
 
     #[test]
     fn byte_payloads_encode_like_a_vec_of_u8_and_round_trip() {

@@ -28,7 +28,7 @@ use outpost_patch::install::wire::{
 use outpost_proto::codec;
 use outpost_proto::command::{BuiltinAction, CommandKind, CommandSpec, Interpreter};
 use outpost_proto::ids::{CommandId, DeviceId};
-use outpost_proto::messages::PatchStatusRecord;
+use outpost_proto::messages::{PartsGroup, PatchStatusRecord, next_parts_group};
 use outpost_storage::ingest::PATCH_STATUS_IN;
 use outpost_storage::{Store, Table};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -421,25 +421,18 @@ impl DeviceLink {
         let mut i = 0;
         while i < entries.len() {
             let first = &entries[i].1;
-            let parts = first.parts as usize;
-            let well_formed = first.part == 0
-                && first.parts >= 1
-                && first.parts <= outpost_proto::messages::PackageScanRecord::MAX_PARTS;
-            let group_ok = |group: &[(Vec<u8>, PatchStatusRecord)]| {
-                group.iter().enumerate().all(|(j, (_, r))| {
-                    r.part as usize == j && r.parts == first.parts && r.format == first.format
-                })
+            let parts = match next_parts_group(&entries[i..], |(_, r)| (r.part, r.parts, r.format))
+            {
+                PartsGroup::Complete(n) => n,
+                PartsGroup::Waiting => break, // The rest has not arrived yet.
+                PartsGroup::Broken => {
+                    self.reject(dev, "incomplete", "a part without the rest of its status");
+                    delete_one(store, &entries[i].0)?;
+                    consumed += 1;
+                    i += 1;
+                    continue;
+                }
             };
-            if well_formed && i + parts > entries.len() && group_ok(&entries[i..]) {
-                break; // The rest has not arrived yet.
-            }
-            if !well_formed || i + parts > entries.len() || !group_ok(&entries[i..i + parts]) {
-                self.reject(dev, "incomplete", "a part without the rest of its status");
-                delete_one(store, &entries[i].0)?;
-                consumed += 1;
-                i += 1;
-                continue;
-            }
             let group = &entries[i..i + parts];
             let payload: Vec<u8> = group
                 .iter()

@@ -25,7 +25,7 @@ use outpost_patch::catalog::{
 use outpost_patch::scan::{MAX_REPORT_PLAIN_BYTES, PACKAGE_REPORT_FORMAT, PackageReport, Scan};
 use outpost_proto::DeviceId;
 use outpost_proto::codec;
-use outpost_proto::messages::PackageScanRecord;
+use outpost_proto::messages::{PackageScanRecord, PartsGroup, next_parts_group};
 use outpost_storage::Store;
 use outpost_storage::ingest::PACKAGE_SCANS_IN;
 use serde::Serialize;
@@ -588,27 +588,20 @@ impl PatchService {
         let mut i = 0;
         while i < entries.len() {
             let (_, seq, first) = &entries[i];
-            let parts = first.parts as usize;
-            let well_formed =
-                first.part == 0 && first.parts >= 1 && first.parts <= PackageScanRecord::MAX_PARTS;
-            let group_ok = |group: &[(Vec<u8>, u64, PackageScanRecord)]| {
-                group.iter().enumerate().all(|(j, (_, _, r))| {
-                    r.part as usize == j
-                        && r.parts == first.parts
-                        && r.format == first.format
-                        && r.full == first.full
-                })
+            let complete = match next_parts_group(&entries[i..], |(_, _, r)| {
+                (r.part, r.parts, (r.format, r.full))
+            }) {
+                PartsGroup::Complete(n) => Some(n),
+                // The rest of the report has not arrived yet.
+                PartsGroup::Waiting => break,
+                PartsGroup::Broken => None,
             };
             let mut ds: DeviceScan = self
                 .inner
                 .store
                 .get(PATCH_SCANS, &device_key(dev))?
                 .unwrap_or_default();
-            if well_formed && i + parts > entries.len() && group_ok(&entries[i..]) {
-                // The rest of the report has not arrived yet.
-                break;
-            }
-            if !well_formed || i + parts > entries.len() || !group_ok(&entries[i..i + parts]) {
+            let Some(parts) = complete else {
                 // A part without its start, or a report with a part missing.
                 self.inner.metrics.patches.rejected("incomplete");
                 ds.needs_full = true;
@@ -627,7 +620,7 @@ impl PatchService {
                 consumed += 1;
                 i += 1;
                 continue;
-            }
+            };
             let group = &entries[i..i + parts];
             let joined = PackageScanRecord {
                 format: first.format,
