@@ -415,6 +415,15 @@ impl PackageScanRecord {
     pub const MAX_PARTS: u32 = 1024;
 }
 
+/// A report's payload as part records carry it: `(part, parts, bytes)`,
+/// each at most [`PackageScanRecord::MAX_PART_BYTES`] (the sender checks
+/// the total against [`PackageScanRecord::MAX_PARTS`] first).
+pub fn split_parts(payload: &[u8]) -> impl Iterator<Item = (u32, u32, &[u8])> {
+    let chunks = payload.chunks(PackageScanRecord::MAX_PART_BYTES);
+    let parts = chunks.len().max(1) as u32;
+    chunks.enumerate().map(move |(i, c)| (i as u32, parts, c))
+}
+
 /// Where the next report stands among a device's stored part records
 /// ([`PackageScanRecord`] and [`PatchStatusRecord`] share the scheme), see
 /// [`next_parts_group`].
@@ -655,6 +664,33 @@ pub(crate) fn sample_agent_frames() -> Vec<AgentFrame> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_split_payload_is_parts_in_order_that_join_back() {
+        let payload: Vec<u8> = (0..2000u32).map(|i| i as u8).collect();
+        let parts: Vec<_> = split_parts(&payload).collect();
+        assert_eq!(parts.len(), 3);
+        assert!(
+            parts
+                .iter()
+                .enumerate()
+                .all(|(i, p)| p.0 == i as u32 && p.1 == 3)
+        );
+        assert!(
+            parts
+                .iter()
+                .all(|p| p.2.len() <= PackageScanRecord::MAX_PART_BYTES)
+        );
+        assert_eq!(
+            parts
+                .iter()
+                .flat_map(|p| p.2.iter().copied())
+                .collect::<Vec<_>>(),
+            payload
+        );
+        let one: Vec<_> = split_parts(b"x").collect();
+        assert_eq!(one, vec![(0, 1, &b"x"[..])]);
+    }
 
     #[test]
     fn parts_groups_are_complete_waiting_or_broken() {

@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use outpost_patch::install::wire::{DeviceStatus, STATUS_FORMAT};
 use outpost_proto::codec;
-use outpost_proto::messages::{PackageScanRecord, PatchStatusRecord, RecordBody};
+use outpost_proto::messages::{PackageScanRecord, PatchStatusRecord, RecordBody, split_parts};
 use serde::{Deserialize, Serialize};
 
 use crate::commands::reboot::RebootConfig;
@@ -134,15 +134,11 @@ pub fn status_records(status: &DeviceStatus) -> Result<Vec<RecordBody>, String> 
             payload.len()
         ));
     }
-    let chunks: Vec<&[u8]> = payload.chunks(max).collect();
-    let parts = chunks.len().max(1) as u32;
-    Ok(chunks
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
+    Ok(split_parts(&payload)
+        .map(|(part, parts, c)| {
             RecordBody::PatchStatus(PatchStatusRecord {
                 format: STATUS_FORMAT,
-                part: i as u32,
+                part,
                 parts,
                 payload: c.to_vec(),
             })

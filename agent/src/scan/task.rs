@@ -234,15 +234,15 @@ fn buffer_report(
         return Err(message);
     }
     let bytes = payload.len();
-    let chunks: Vec<&[u8]> = payload.chunks(PackageScanRecord::MAX_PART_BYTES).collect();
-    let parts = chunks.len().max(1) as u32;
     let mut result = Ok(0);
-    for (i, chunk) in chunks.iter().enumerate() {
+    let mut parts = 0;
+    for (part, n, chunk) in outpost_proto::messages::split_parts(&payload) {
+        parts = n;
         let body = RecordBody::PackageScan(PackageScanRecord {
             format: PACKAGE_REPORT_FORMAT,
             full,
-            part: i as u32,
-            parts,
+            part,
+            parts: n,
             payload: chunk.to_vec(),
         });
         result = shared.record_at(now, body);
