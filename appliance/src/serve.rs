@@ -247,6 +247,11 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
             sessions: live.clone(),
             commands: Some(commands.clone()),
             patches: Some(patches.clone()),
+            deployments: Some(crate::deploy::api::DeployApi {
+                store: store.clone(),
+                patches: patch_view.clone(),
+                orchestrator: orchestrator.clone(),
+            }),
         }),
         csrf: outpost_console::CsrfKey::random(),
         metrics: metrics.console.clone(),

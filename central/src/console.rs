@@ -105,6 +105,8 @@ fn viewer_of(p: Principal, subject: [u8; 32]) -> Viewer {
             run_commands: at_least(Role::Technician),
             approve_patches: false,
             administer: at_least(Role::Admin),
+            manage_deployments: false,
+            create_deployments: false,
         },
         csrf_subject: subject.to_vec(),
     }

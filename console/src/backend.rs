@@ -100,6 +100,10 @@ pub struct Capabilities {
     pub approve_patches: bool,
     /// Users, tokens, sites.
     pub administer: bool,
+    /// Pause, resume and roll back deployments.
+    pub manage_deployments: bool,
+    /// Create and abort deployments.
+    pub create_deployments: bool,
 }
 
 /// The person (or token) a request acts for.
@@ -659,6 +663,53 @@ pub trait ConsoleBackend: Send + Sync + 'static {
     ) -> ConsoleFuture<'a, String> {
         Box::pin(async { Err(no_patches()) })
     }
+
+    /// Deployments the viewer sees, newest first (backends with
+    /// [`Features::deployments`]; the default has none).
+    fn deployments<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+    ) -> ConsoleFuture<'a, Vec<crate::deployments::DeploymentRow>> {
+        Box::pin(async { Err(no_deployments()) })
+    }
+    /// One deployment with its stages and devices.
+    fn deployment<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+        _id: &'a str,
+    ) -> ConsoleFuture<'a, crate::deployments::DeploymentDetail> {
+        Box::pin(async { Err(no_deployments()) })
+    }
+    /// Pauses, resumes, aborts or rolls back (the backend checks the role).
+    fn deployment_action<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+        _id: &'a str,
+        _action: &'a crate::deployments::DeploymentAction,
+    ) -> ConsoleFuture<'a, ()> {
+        Box::pin(async { Err(no_deployments()) })
+    }
+    /// Creates and starts a deployment (the backend checks the role);
+    /// answers its id.
+    fn create_deployment<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+        _req: &'a crate::deployments::NewDeployment,
+    ) -> ConsoleFuture<'a, String> {
+        Box::pin(async { Err(no_deployments()) })
+    }
+    /// Approval rules, and `device`'s decisions when given.
+    fn approvals<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+        _device: Option<&'a str>,
+    ) -> ConsoleFuture<'a, crate::deployments::ApprovalsView> {
+        Box::pin(async { Err(no_deployments()) })
+    }
+}
+
+fn no_deployments() -> ConsoleError {
+    ConsoleError::NotFound("Deployments are not available on this server.".into())
 }
 
 fn no_patches() -> ConsoleError {

@@ -19,6 +19,7 @@
 pub mod backend;
 pub mod chart;
 pub mod commands;
+pub mod deployments;
 pub mod format;
 pub mod live;
 pub mod pages;

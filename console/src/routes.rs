@@ -61,7 +61,13 @@ pub fn router<S: Clone + Send + Sync + 'static>(c: Arc<Console>) -> Router<S> {
         .route("/patches", get(crate::patches::overview))
         .route("/patches/cves/{cve}", get(crate::patches::cve))
         .route("/patches/report.csv", get(crate::patches::report_csv))
-        .route("/deployments", get(|s, h| later(s, h, "Deployments")))
+        .route(
+            "/deployments",
+            get(crate::deployments::list).post(crate::deployments::create),
+        )
+        .route("/deployments/{id}", get(crate::deployments::show))
+        .route("/deployments/{id}/{action}", post(crate::deployments::act))
+        .route("/approvals", get(crate::deployments::approvals))
         .route("/console/live", get(live))
         .route("/console/console.js", get(js))
         .route("/console/console.css", get(css))
@@ -676,22 +682,6 @@ async fn ack(
         Err(ConsoleError::Forbidden(m)) => refuse(&c, Some(&v), "forbidden", &m),
         Err(e) => error_page(&c, Some(&v), e),
     }
-}
-
-async fn later(State(c): C, h: HeaderMap, what: &'static str) -> Response {
-    let v = match viewer(&c, &h).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let m = render(
-        &c,
-        Some(&v),
-        layout::Section::None,
-        what,
-        vec![layout::crumb("Dashboard", "/"), layout::here(what)],
-        pages::not_yet(what),
-    );
-    html(StatusCode::NOT_FOUND, m)
 }
 
 // ---- live and assets ----

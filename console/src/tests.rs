@@ -498,3 +498,17 @@ async fn a_stream_beyond_the_cap_is_a_503_and_counted() {
     let (st, _, _) = send(&c, "GET", "/alerts", &[("cookie", "s=tech")], "").await;
     assert_eq!(st, 200);
 }
+
+#[tokio::test]
+async fn a_backend_without_deployments_says_where_they_will_come_from_and_shows_nothing_made_up() {
+    let (c, _) = console();
+    for path in ["/deployments", "/deployments/dep-1", "/approvals"] {
+        let (st, _, body) = send(&c, "GET", path, &[("cookie", "s=tech")], "").await;
+        assert_eq!(st, 200, "{path}: {body}");
+        assert!(
+            body.contains("deployments-later") && body.contains("Deployments from central arrive"),
+            "{path}: {body}"
+        );
+        assert!(!body.contains("id=\"deployments\""), "{path}: {body}");
+    }
+}

@@ -221,7 +221,7 @@ fn b64(s: &str) -> Vec<u8> {
 }
 
 /// One raw HTTP/1.1 POST with any headers; the status code.
-fn raw_post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> u16 {
+pub(crate) fn raw_post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> u16 {
     let mut s = TcpStream::connect(addr).expect("connect central");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");

@@ -6,6 +6,7 @@
 mod alerts;
 mod bench_smoke;
 mod browser;
+mod browser_deploy;
 mod cache;
 mod central_commands;
 mod commands;

@@ -20,6 +20,7 @@
 //! the alert store's functions, decisions through [`Auth`] and the engine.
 
 pub(crate) mod commands;
+pub(crate) mod deployments;
 pub mod index;
 pub(crate) mod patches;
 
@@ -402,6 +403,14 @@ pub fn viewer_of(c: &Caller, subject: [u8; 32]) -> Viewer {
                 .allows(required_role(&Method::POST, commands::COMMANDS_ROUTE)),
             approve_patches: false,
             administer: c.role.allows(required_role(&Method::POST, USERS_ROUTE)),
+            manage_deployments: c
+                .role
+                .allows(required_role(&Method::POST, deployments::MANAGE_ROUTE)),
+            create_deployments: c
+                .role
+                .allows(required_role(&Method::POST, deployments::CREATE_ROUTE))
+                && c.role
+                    .allows(required_role(&Method::POST, deployments::ABORT_ROUTE)),
         },
         csrf_subject: subject.to_vec(),
     }
@@ -490,6 +499,9 @@ pub struct SiteConsole {
     /// Patch assessment (the patch pages); `None`: the pages say they are
     /// not available.
     pub patches: Option<crate::patches::PatchService>,
+    /// Approvals and deployments (the deployment pages); `None`: the
+    /// pages say they are not available.
+    pub deployments: Option<crate::deploy::api::DeployApi>,
 }
 
 impl SiteConsole {
@@ -569,6 +581,7 @@ impl ConsoleBackend for SiteConsole {
                 tags: true,
                 commands: self.commands.is_some(),
                 patches: self.patches.is_some(),
+                deployments: self.deployments.is_some(),
                 ..Features::default()
             },
         }
@@ -1085,6 +1098,46 @@ impl ConsoleBackend for SiteConsole {
         customer: Option<&'a str>,
     ) -> ConsoleFuture<'a, String> {
         Box::pin(async move { patches::report_csv(self, customer) })
+    }
+
+    fn deployments<'a>(
+        &'a self,
+        _v: &'a Viewer,
+    ) -> ConsoleFuture<'a, Vec<outpost_console::deployments::DeploymentRow>> {
+        Box::pin(self.deployment_rows())
+    }
+
+    fn deployment<'a>(
+        &'a self,
+        _v: &'a Viewer,
+        id: &'a str,
+    ) -> ConsoleFuture<'a, outpost_console::deployments::DeploymentDetail> {
+        Box::pin(self.deployment_detail(id))
+    }
+
+    fn deployment_action<'a>(
+        &'a self,
+        v: &'a Viewer,
+        id: &'a str,
+        a: &'a outpost_console::deployments::DeploymentAction,
+    ) -> ConsoleFuture<'a, ()> {
+        Box::pin(self.deployment_act(v, id, a))
+    }
+
+    fn create_deployment<'a>(
+        &'a self,
+        v: &'a Viewer,
+        req: &'a outpost_console::deployments::NewDeployment,
+    ) -> ConsoleFuture<'a, String> {
+        Box::pin(self.deployment_create(v, req))
+    }
+
+    fn approvals<'a>(
+        &'a self,
+        _v: &'a Viewer,
+        device: Option<&'a str>,
+    ) -> ConsoleFuture<'a, outpost_console::deployments::ApprovalsView> {
+        Box::pin(self.approvals_view(device))
     }
 }
 

@@ -36,6 +36,8 @@ struct Rig {
     auth: Arc<Auth>,
     shutdown: CancellationToken,
     commands: crate::commands::service::CommandService,
+    /// The missing patches the deployment pages see (set by the test).
+    fake: Arc<crate::deploy::approvals::tests::FakePatches>,
     /// What the engine hands the notification dispatcher (kept open).
     _sent: tokio::sync::mpsc::UnboundedReceiver<crate::alerts::model::Notification>,
 }
@@ -148,6 +150,19 @@ async fn rig() -> Rig {
         crate::commands::service::CommandOptions::default(),
     )
     .unwrap();
+    let fake = Arc::new(crate::deploy::approvals::tests::FakePatches::default());
+    let patch_view: Arc<dyn crate::deploy::approvals::MissingPatches> = fake.clone();
+    let orchestrator = Arc::new(crate::deploy::orchestrator::Orchestrator::new(
+        store.clone(),
+        Arc::new(crate::deploy::NoDeviceLink),
+        Arc::new(crate::deploy::orchestrator::SiteEnv {
+            store: store.clone(),
+            patches: patch_view.clone(),
+            alerts: None,
+        }),
+        metrics.clone(),
+        crate::deploy::orchestrator::InstallOptions::default(),
+    ));
     let console = Arc::new(outpost_console::Console {
         backend: Arc::new(SiteConsole {
             site: site.clone(),
@@ -156,6 +171,11 @@ async fn rig() -> Rig {
             sessions: sessions.clone(),
             commands: Some(commands.clone()),
             patches: None,
+            deployments: Some(crate::deploy::api::DeployApi {
+                store: store.clone(),
+                patches: patch_view,
+                orchestrator,
+            }),
         }),
         csrf: outpost_console::CsrfKey::from_bytes(b"test key"),
         metrics: metrics.console.clone(),
@@ -181,6 +201,7 @@ async fn rig() -> Rig {
         auth,
         shutdown,
         commands,
+        fake,
         _sent: sent,
     }
 }
@@ -651,11 +672,14 @@ fn capabilities_follow_the_role_table() {
     };
     let v = viewer_of(&c(Role::Viewer), [1; 32]);
     assert!(!v.can.ack_alerts && !v.can.administer);
+    assert!(!v.can.manage_deployments && !v.can.create_deployments);
     assert_eq!(caller_of(&v), c(Role::Viewer));
     let t = viewer_of(&c(Role::Technician), [1; 32]);
     assert!(t.can.ack_alerts && !t.can.administer);
+    assert!(t.can.manage_deployments && !t.can.create_deployments);
     let a = viewer_of(&c(Role::Admin), [1; 32]);
     assert!(a.can.ack_alerts && a.can.administer);
+    assert!(a.can.manage_deployments && a.can.create_deployments);
     assert_eq!(a.scope().tenant, LIVE_TENANT);
 }
 
@@ -977,6 +1001,182 @@ async fn the_site_consoles_command_list_pages_back_through_older_commands() {
     assert_eq!(r.status, StatusCode::OK, "{href}: {}", r.body);
     assert!(
         r.body.contains(&ids[0]) && !r.body.contains(&ids[1]),
+        "{}",
+        r.body
+    );
+}
+
+/// The Deployments and Approvals pages over the real orchestrator: an
+/// admin creates a deployment of a patch approved by hand; with no device
+/// link its install fails, the gate pauses it, and the pages show the
+/// stage, the device's failure reason and the deciding rule. A technician
+/// may resume and roll back but not abort; a viewer gets no button and
+/// its POSTs (its own token, or none) are refused, as is a cross-site one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_pages_show_real_deployments_and_only_allowed_roles_act() {
+    use crate::deploy::approvals::tests::missing;
+    let rig = rig().await;
+    rig.fake
+        .0
+        .lock()
+        .unwrap()
+        .insert(DEV, vec![missing("openssl", "3.0.1-1", "3.0.2-1", true)]);
+    crate::deploy::approvals::set_manual(
+        &rig.store,
+        rig.fake.as_ref(),
+        outpost_patch::approval::PatchKey::new("openssl", "3.0.2-1"),
+        outpost_patch::approval::ApprovalScope::Tenant {
+            tenant: "msp".into(),
+        },
+        outpost_patch::approval::Verdict::Approve,
+        "admin",
+        outpost_storage::now_ms(),
+    )
+    .unwrap();
+    rig.add_user("tess", Role::Technician).await;
+    rig.add_user("vera", Role::Viewer).await;
+    let tess = rig.sign_in("tess", "correct+horse+battery").await;
+    let vera = rig.sign_in("vera", "correct+horse+battery").await;
+    let admin = rig.sign_in("admin-token", TOKEN).await;
+
+    // Nothing yet; the admin gets the form with the approved patch.
+    let r = rig
+        .call("GET", "/deployments", &[("cookie", &admin)], "")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("no-deployments"), "{}", r.body);
+    assert!(
+        r.body.contains("value=\"openssl=3.0.2-1\"") && r.body.contains("id=\"dep-create\""),
+        "{}",
+        r.body
+    );
+    let admin_csrf = csrf_of(&r.body);
+    let r = rig
+        .call("GET", "/deployments", &[("cookie", &vera)], "")
+        .await;
+    assert!(!r.body.contains("dep-create"), "a viewer gets no form");
+    let vera_csrf = csrf_of(&r.body);
+    for body in [
+        "target=all&patch=openssl%3D3.0.2-1".to_string(),
+        format!("csrf={vera_csrf}&target=all&patch=openssl%3D3.0.2-1"),
+    ] {
+        let r = rig
+            .call("POST", "/deployments", &[("cookie", &vera)], &body)
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{body}");
+    }
+    let r = rig
+        .call(
+            "POST",
+            "/deployments",
+            &[("cookie", &admin), ("sec-fetch-site", "cross-site")],
+            &format!("csrf={admin_csrf}&target=all&patch=openssl%3D3.0.2-1"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "cross-site");
+    let r = rig
+        .call(
+            "POST",
+            "/deployments",
+            &[("cookie", &admin)],
+            &format!("csrf={admin_csrf}&target=all&patch=openssl%3D3.0.2-1"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let at = r.headers[header::LOCATION].to_str().unwrap().to_string();
+    let id = at.rsplit('/').next().unwrap().to_string();
+    assert!(id.starts_with("dep-"), "{at}");
+    let stored = crate::deploy::store::get(&rig.store, &id).unwrap().unwrap();
+    assert_eq!(stored.created_by, "admin-token");
+
+    // The install fails (no device link): the gate pauses the deployment.
+    let r = rig.call("GET", &at, &[("cookie", &vera)], "").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("dep-paused"), "{}", r.body);
+    assert!(r.body.contains("stage 1/"), "{}", r.body);
+    assert!(r.body.contains("device link not available"), "{}", r.body);
+    assert!(
+        r.body.contains("web-1") && r.body.contains("dev-failed"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("gate failed"), "{}", r.body);
+    assert!(!r.body.contains("dep-action"), "a viewer gets no action");
+    let r = rig
+        .call("GET", "/deployments", &[("cookie", &vera)], "")
+        .await;
+    assert!(
+        r.body.contains(&format!("data-deployment=\"{id}\""))
+            && r.body.contains("dep-paused")
+            && r.body.contains("admin-token"),
+        "{}",
+        r.body
+    );
+    for action in ["resume", "rollback", "abort"] {
+        let r = rig
+            .call(
+                "POST",
+                &format!("{at}/{action}"),
+                &[("cookie", &vera)],
+                &format!("csrf={vera_csrf}"),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "viewer {action}");
+    }
+    // A technician: resume and roll back, no abort.
+    let r = rig.call("GET", &at, &[("cookie", &tess)], "").await;
+    assert!(
+        r.body.contains("dep-resume") && r.body.contains("dep-rollback"),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains("class=\"dep-abort\""), "{}", r.body);
+    let tess_csrf = csrf_of(&r.body);
+    let r = rig
+        .call(
+            "POST",
+            &format!("{at}/abort"),
+            &[("cookie", &tess)],
+            &format!("csrf={tess_csrf}"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // The admin aborts.
+    let r = rig.call("GET", &at, &[("cookie", &admin)], "").await;
+    assert!(r.body.contains("class=\"dep-abort\""), "{}", r.body);
+    let r = rig
+        .call(
+            "POST",
+            &format!("{at}/abort"),
+            &[("cookie", &admin)],
+            &format!("csrf={admin_csrf}&note=wrong+window"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let r = rig.call("GET", &at, &[("cookie", &vera)], "").await;
+    assert!(
+        r.body.contains("dep-aborted") && r.body.contains("aborted: wrong window"),
+        "{}",
+        r.body
+    );
+
+    // Approvals: the manual approval, and which rule decided for web-1.
+    let r = rig
+        .call(
+            "GET",
+            &format!("/approvals?device={DEV}"),
+            &[("cookie", &vera)],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body.contains("openssl=3.0.2-1") && r.body.contains("verdict-approve"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains("outcome-approved") && r.body.contains("(tenant msp)"),
         "{}",
         r.body
     );

@@ -1,0 +1,851 @@
+//! The console's Deployments and Approvals pages (backends with
+//! [`crate::backend::Features::deployments`]; the appliance today):
+//! `/deployments` (every deployment: phase, stage i/n, the current
+//! stage's gate figures, failures, who created it and when; admins also
+//! get the create form: approved patches × a target), `/deployments/{id}`
+//! (its stages with their gate, every device's phase and failure reason,
+//! and pause / resume / abort / rollback for those whose role allows),
+//! and `/approvals` (approval rules, manual approvals and declines, and
+//! for a chosen device which rule decided each of its missing patches).
+//!
+//! A backend without deployments gets one page saying where they will
+//! come from; nothing is made up.
+//!
+//! This module owns those pages and routes only; the backend reads,
+//! checks roles and acts (`ConsoleBackend::deployments`, `deployment`,
+//! `deployment_action`, `create_deployment`, `approvals`). POSTs go
+//! through the same origin check and CSRF token as every console form.
+//! Open deployment pages follow the live stream's `command` events (the
+//! installs are commands) and read themselves again, like the command
+//! pages.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::{Markup, html};
+use outpost_web::{Form, Path, Query};
+use serde::Deserialize;
+
+use crate::Console;
+use crate::backend::{ConsoleError, Viewer};
+use crate::pages::layout::{self, badge, device_href, enc, time};
+use crate::routes::{error_page, form_viewer, html as page, refuse, render, viewer};
+
+/// One stage's figures and gate.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StageView {
+    /// 0-based (shown 1-based).
+    pub stage: u32,
+    pub devices: u32,
+    /// Dispatched (had their window).
+    pub counted: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub in_flight: u32,
+    pub waiting: u32,
+    /// `holds`, `waiting: …`, `fails: …`.
+    pub gate: String,
+}
+
+/// A deployment as lists show it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeploymentRow {
+    pub id: String,
+    /// `pending`, `running`, `paused`, `completed`, `aborted`,
+    /// `rolling_back`, `rolled_back`.
+    pub phase: String,
+    /// The stage reached (0-based), while running, paused or rolling back.
+    pub stage: Option<u32>,
+    pub stages: u32,
+    pub target: String,
+    /// `PKG=VERSION`.
+    pub patches: Vec<String>,
+    pub devices: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    /// The reached stage's figures and gate.
+    pub current: Option<StageView>,
+    pub created_ms: u64,
+    pub created_by: String,
+    pub updated_ms: u64,
+}
+
+impl DeploymentRow {
+    /// Whether it can still move (actions make sense).
+    pub fn is_open(&self) -> bool {
+        !matches!(self.phase.as_str(), "completed" | "aborted" | "rolled_back")
+    }
+}
+
+/// One device of a deployment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeploymentDevice {
+    pub site_id: String,
+    pub device: String,
+    pub hostname: String,
+    pub stage: u32,
+    /// `pending`, `waiting_for_window`, `queued`, `installing`,
+    /// `succeeded`, `failed`, `rolled_back`, …
+    pub state: String,
+    pub attempt: u32,
+    /// Why it failed (or what the technician said).
+    pub reason: Option<String>,
+    /// Its last report, or its dispatch.
+    pub at_ms: u64,
+}
+
+/// A deployment with its stages and devices.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeploymentDetail {
+    pub row: DeploymentRow,
+    /// Why it is paused, or the abort's note.
+    pub note: Option<String>,
+    pub stages: Vec<StageView>,
+    pub devices: Vec<DeploymentDevice>,
+}
+
+/// What a technician or an admin asks of a deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeploymentAction {
+    Pause {
+        note: String,
+    },
+    Resume {
+        retry_failed: bool,
+        force: bool,
+    },
+    Abort {
+        note: String,
+    },
+    /// Roll the whole deployment back.
+    Rollback,
+}
+
+impl DeploymentAction {
+    pub fn name(&self) -> &'static str {
+        match self {
+            DeploymentAction::Pause { .. } => "pause",
+            DeploymentAction::Resume { .. } => "resume",
+            DeploymentAction::Abort { .. } => "abort",
+            DeploymentAction::Rollback => "rollback",
+        }
+    }
+}
+
+/// The create form's answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewDeployment {
+    /// `all`, `tag:T`, `customer:C`, or `device:ID`.
+    pub target: String,
+    /// `PKG=VERSION`; empty: every patch approved on the target.
+    pub patches: Vec<String>,
+    pub security_only: bool,
+}
+
+/// One approval rule.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RuleRow {
+    pub id: String,
+    /// `tenant msp`, `tag web`, `device 00…2a`.
+    pub scope: String,
+    /// `approve`, `decline` (manual), or `auto`.
+    pub kind: String,
+    /// The patch of a manual verdict.
+    pub patch: Option<String>,
+    /// What an auto rule asks, in one line.
+    pub detail: String,
+}
+
+/// One missing patch of a device and what decided it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DecisionRow {
+    pub patch: String,
+    /// `approved`, `declined`, `deferred`, `unapproved`.
+    pub outcome: String,
+    /// The deciding rule's id and scope.
+    pub rule: Option<String>,
+    pub explanation: String,
+}
+
+/// A device's decisions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeviceDecisions {
+    pub site_id: String,
+    pub device: String,
+    pub hostname: String,
+    /// It has an assessment (else no decision).
+    pub assessed: bool,
+    pub rows: Vec<DecisionRow>,
+    /// Missing patches that cannot be named exactly (never approvable).
+    pub unnamed: Vec<String>,
+}
+
+/// The approvals page.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ApprovalsView {
+    pub rules: Vec<RuleRow>,
+    /// Devices to choose from (id, hostname).
+    pub devices: Vec<(String, String)>,
+    /// The chosen device's decisions.
+    pub device: Option<DeviceDecisions>,
+    /// Targets the create form offers (value, label).
+    pub targets: Vec<(String, String)>,
+}
+
+impl ApprovalsView {
+    /// Patches approved by hand (the create form's choices), sorted.
+    pub fn approved(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .rules
+            .iter()
+            .filter(|r| r.kind == "approve")
+            .filter_map(|r| r.patch.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+/// The page of a deployment.
+pub fn deployment_href(id: &str) -> String {
+    format!("/deployments/{}", enc(id))
+}
+
+fn stage_of(r: &DeploymentRow) -> Markup {
+    html! {
+        @match r.stage {
+            Some(s) => { "stage " (s + 1) "/" (r.stages) }
+            None => span.muted { (r.stages) " stages" }
+        }
+    }
+}
+
+fn figures(s: &StageView) -> Markup {
+    html! {
+        span.counts data-field="figures" {
+            (s.succeeded) " ok · " (s.failed) " failed · " (s.in_flight) " in flight · "
+            (s.waiting) " waiting · " (s.devices) " in stage"
+        }
+    }
+}
+
+fn tabs(here: &str) -> Markup {
+    html! {
+        p.tabs #deploy-tabs {
+            @for (href, text) in [("/deployments", "Deployments"), ("/approvals", "Approvals")] {
+                @if href == here { b { (text) } } @else { a href=(href) { (text) } }
+                " "
+            }
+        }
+    }
+}
+
+/// The list of deployments (and, for admins, the create form).
+pub fn deployment_list(rows: &[DeploymentRow], form: Option<&ApprovalsView>, csrf: &str) -> Markup {
+    html! {
+        (tabs("/deployments"))
+        div #deployment-list data-live-commands {
+            @if rows.is_empty() { p.empty #no-deployments { "No deployment yet." } } @else {
+                div.scroll { table.grid #deployments {
+                    thead { tr { th { "Deployment" } th { "State" } th { "Stage" } th { "Gate" } th { "Devices" } th { "Failures" } th { "Target" } th { "Created by" } th { "Created" } } }
+                    tbody { @for r in rows {
+                        tr data-deployment=(r.id) data-phase=(r.phase) {
+                            td { a href=(deployment_href(&r.id)) { code { (r.id) } } }
+                            td { (badge("dep", &r.phase)) }
+                            td { (stage_of(r)) }
+                            td { @if let Some(s) = &r.current { (figures(s)) br; span.muted { (s.gate) } } }
+                            td.n { (r.succeeded) "/" (r.devices) }
+                            td.n data-field="failed" { (r.failed) }
+                            td { (r.target) }
+                            td { (r.created_by) }
+                            td { (time(r.created_ms, true)) }
+                        }
+                    } }
+                } }
+            }
+        }
+        @if let Some(f) = form { (create_form(f, csrf)) }
+    }
+}
+
+fn create_form(f: &ApprovalsView, csrf: &str) -> Markup {
+    let approved = f.approved();
+    html! {
+        section #new-deployment {
+            h2 { "New deployment" }
+            @if approved.is_empty() {
+                p.empty { "No patch is approved by hand yet: approve one ("
+                    a href="/approvals" { "Approvals" } ") or leave the choice empty to deploy what the rules approve." }
+            }
+            form.run #create-deployment method="post" action="/deployments" {
+                input type="hidden" name="csrf" value=(csrf);
+                label { span { "Target" }
+                    select name="target" id="dep-target" {
+                        @for (v, l) in &f.targets { option value=(v) { (l) } }
+                    }
+                }
+                @if !approved.is_empty() {
+                    fieldset #dep-patches {
+                        legend { "Patches (none checked: every approved patch of the target)" }
+                        @for p in &approved {
+                            label.check { input type="checkbox" name="patch" value=(p); " " code { (p) } }
+                        }
+                    }
+                }
+                label.check { input type="checkbox" name="security_only" value="1" id="dep-security"; " security updates only" }
+                button type="submit" id="dep-create" { "Create deployment" }
+            }
+        }
+    }
+}
+
+fn action_form(id: &str, action: &str, label: &str, csrf: &str, extra: Markup) -> Markup {
+    html! {
+        form.run.dep-action method="post" action=(format!("{}/{action}", deployment_href(id))) data-action=(action) {
+            input type="hidden" name="csrf" value=(csrf);
+            (extra)
+            button type="submit" class=(format!("dep-{action}")) { (label) }
+        }
+    }
+}
+
+/// The page of one deployment. Actions are shown to those whose role
+/// allows them (the backend checks again).
+pub fn deployment_page(d: &DeploymentDetail, v: &Viewer, csrf: &str) -> Markup {
+    let r = &d.row;
+    let phase = r.phase.as_str();
+    let manage = v.can.manage_deployments && r.is_open();
+    let admin = v.can.create_deployments && r.is_open();
+    html! {
+        section #deployment data-deployment=(r.id) data-phase=(r.phase) data-live-commands {
+            p.facts #deployment-summary {
+                (badge("dep", &r.phase)) " · " (stage_of(r)) " · "
+                (r.succeeded) " of " (r.devices) " succeeded · " (r.failed) " failed"
+                @if let Some(n) = &d.note { " · " span #deployment-note { (n) } }
+            }
+            dl.inventory {
+                dt { "Target" } dd { (r.target) }
+                dt { "Patches" } dd { @for p in &r.patches { code { (p) } " " } }
+                dt { "Created by" } dd { (r.created_by) " · " (time(r.created_ms, false)) }
+                dt { "Updated" } dd { (time(r.updated_ms, true)) }
+            }
+            @if manage || admin {
+                div #deployment-actions {
+                    @if manage && phase == "running" {
+                        (action_form(&r.id, "pause", "Pause", csrf, html! { input type="text" name="note" placeholder="note"; }))
+                    }
+                    @if manage && phase == "paused" {
+                        (action_form(&r.id, "resume", "Resume", csrf, html! {
+                            label.check { input type="checkbox" name="retry_failed" value="1"; " retry failed" }
+                            label.check { input type="checkbox" name="force" value="1"; " override the gate" }
+                        }))
+                    }
+                    @if manage && phase != "rolling_back" {
+                        (action_form(&r.id, "rollback", "Roll back", csrf, html! {}))
+                    }
+                    @if admin {
+                        (action_form(&r.id, "abort", "Abort", csrf, html! { input type="text" name="note" placeholder="note"; }))
+                    }
+                }
+            }
+            h2 { "Stages" }
+            div.scroll { table.grid #stages {
+                thead { tr { th { "Stage" } th { "Figures" } th { "Gate" } } }
+                tbody { @for s in &d.stages {
+                    tr data-stage=(s.stage) {
+                        td { (s.stage + 1) "/" (r.stages) @if r.stage == Some(s.stage) { " " b { "current" } } }
+                        td { (figures(s)) }
+                        td data-field="gate" { (s.gate) }
+                    }
+                } }
+            } }
+            h2 { "Devices" }
+            div.scroll { table.grid #deployment-devices {
+                thead { tr { th { "Device" } th { "Stage" } th { "Phase" } th { "Attempt" } th { "Reason" } th { "When" } } }
+                tbody { @for m in &d.devices {
+                    tr data-device=(m.device) data-state=(m.state) {
+                        td { a href=(device_href(&m.site_id, &m.device)) { (if m.hostname.is_empty() { &m.device } else { &m.hostname }) } }
+                        td.n { (m.stage + 1) }
+                        td { (badge("dev", &m.state)) }
+                        td.n { (m.attempt) }
+                        td data-field="reason" { @if let Some(w) = &m.reason { (w) } }
+                        td { (time(m.at_ms, true)) }
+                    }
+                } }
+            } }
+        }
+    }
+}
+
+/// The approvals page: rules, then the chosen device's decisions.
+pub fn approvals_page(a: &ApprovalsView) -> Markup {
+    html! {
+        (tabs("/approvals"))
+        section #approvals {
+            h2 { "Approved and declined patches" }
+            @let manual: Vec<&RuleRow> = a.rules.iter().filter(|r| r.kind != "auto").collect();
+            @if manual.is_empty() { p.empty #no-manual { "No patch approved or declined by hand." } } @else {
+                div.scroll { table.grid #manual {
+                    thead { tr { th { "Patch" } th { "Verdict" } th { "Scope" } th { "Rule" } } }
+                    tbody { @for r in manual {
+                        tr data-rule=(r.id) {
+                            td { @if let Some(p) = &r.patch { code { (p) } } }
+                            td { (badge("verdict", &r.kind)) }
+                            td { (r.scope) }
+                            td { code { (r.id) } }
+                        }
+                    } }
+                } }
+            }
+            h2 { "Rules" }
+            @let auto: Vec<&RuleRow> = a.rules.iter().filter(|r| r.kind == "auto").collect();
+            @if auto.is_empty() { p.empty #no-rules { "No approval rule." } } @else {
+                div.scroll { table.grid #rules {
+                    thead { tr { th { "Rule" } th { "Scope" } th { "Approves" } } }
+                    tbody { @for r in auto {
+                        tr data-rule=(r.id) { td { code { (r.id) } } td { (r.scope) } td { (r.detail) } }
+                    } }
+                } }
+            }
+            h2 { "Which rule decided" }
+            form.filters #decided method="get" action="/approvals" {
+                label { span { "Device" }
+                    select name="device" id="ap-device" {
+                        @for (id, host) in &a.devices {
+                            @let chosen = a.device.as_ref().is_some_and(|d| &d.device == id);
+                            option value=(id) selected[chosen] { (if host.is_empty() { id } else { host }) }
+                        }
+                    }
+                }
+                button type="submit" id="ap-show" { "Show" }
+            }
+            @if let Some(d) = &a.device {
+                div #decisions data-device=(d.device) {
+                    @if !d.assessed { p.empty { (d.hostname) " has no patch assessment yet." } }
+                    @else if d.rows.is_empty() { p.empty { (d.hostname) " misses no patch." } }
+                    @else {
+                        div.scroll { table.grid #device-decisions {
+                            thead { tr { th { "Patch" } th { "Outcome" } th { "Decided by" } th { "Why" } } }
+                            tbody { @for r in &d.rows {
+                                tr data-patch=(r.patch) data-outcome=(r.outcome) {
+                                    td { code { (r.patch) } }
+                                    td { (badge("outcome", &r.outcome)) }
+                                    td data-field="rule" { @match &r.rule { Some(x) => (x), None => span.muted { "no rule" } } }
+                                    td { (r.explanation) }
+                                }
+                            } }
+                        } }
+                    }
+                    @if !d.unnamed.is_empty() {
+                        p.muted { "Not approvable (no exact version known): " (d.unnamed.join(", ")) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a backend without deployments shows.
+pub fn later_page() -> Markup {
+    html! {
+        p.notice #deployments-later {
+            "Deployments from central arrive with the next change (central deployments). "
+            "Until then each site runs its own: open the site's console, or use "
+            code { "outpost deployments" } " on the appliance."
+        }
+    }
+}
+
+// ---- routes ----
+
+type C = State<Arc<Console>>;
+
+fn later(c: &Console, v: &Viewer, title: &str) -> Response {
+    page(
+        StatusCode::OK,
+        render(
+            c,
+            Some(v),
+            layout::Section::Deployments,
+            title,
+            vec![layout::crumb("Dashboard", "/"), layout::here(title)],
+            later_page(),
+        ),
+    )
+}
+
+/// `GET /deployments`.
+pub async fn list(State(c): C, h: HeaderMap) -> Response {
+    let v = match viewer(&c, &h).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if !c.backend.info().features.deployments {
+        return later(&c, &v, "Deployments");
+    }
+    let rows = match c.backend.deployments(&v).await {
+        Ok(r) => r,
+        Err(e) => return error_page(&c, Some(&v), e),
+    };
+    let form = if v.can.create_deployments {
+        match c.backend.approvals(&v, None).await {
+            Ok(a) => Some(a),
+            Err(e) => return error_page(&c, Some(&v), e),
+        }
+    } else {
+        None
+    };
+    let csrf = c.csrf.token(&v.csrf_subject);
+    page(
+        StatusCode::OK,
+        render(
+            &c,
+            Some(&v),
+            layout::Section::Deployments,
+            "Deployments",
+            vec![layout::crumb("Dashboard", "/"), layout::here("Deployments")],
+            deployment_list(&rows, form.as_ref(), &csrf),
+        ),
+    )
+}
+
+/// `GET /deployments/{id}`.
+pub async fn show(State(c): C, h: HeaderMap, Path(id): Path<String>) -> Response {
+    let v = match viewer(&c, &h).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if !c.backend.info().features.deployments {
+        return later(&c, &v, "Deployments");
+    }
+    match c.backend.deployment(&v, &id).await {
+        Ok(d) => {
+            let csrf = c.csrf.token(&v.csrf_subject);
+            page(
+                StatusCode::OK,
+                render(
+                    &c,
+                    Some(&v),
+                    layout::Section::Deployments,
+                    &format!("Deployment {id}"),
+                    vec![
+                        layout::crumb("Dashboard", "/"),
+                        layout::crumb("Deployments", "/deployments"),
+                        layout::here(id.clone()),
+                    ],
+                    deployment_page(&d, &v, &csrf),
+                ),
+            )
+        }
+        Err(e) => error_page(&c, Some(&v), e),
+    }
+}
+
+/// The create form's fields (`patch` repeats, so the body is read as
+/// pairs).
+#[derive(Debug, Default)]
+pub struct CreateForm {
+    pub csrf: String,
+    pub target: String,
+    pub patch: Vec<String>,
+    pub security_only: bool,
+}
+
+impl CreateForm {
+    pub fn of(pairs: Vec<(String, String)>) -> CreateForm {
+        let mut f = CreateForm::default();
+        for (k, v) in pairs {
+            match k.as_str() {
+                "csrf" => f.csrf = v,
+                "target" => f.target = v,
+                "patch" => f.patch.push(v),
+                "security_only" => f.security_only = true,
+                _ => {}
+            }
+        }
+        f
+    }
+}
+
+/// `POST /deployments` (admins).
+pub async fn create(
+    State(c): C,
+    h: HeaderMap,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
+    let f = CreateForm::of(pairs);
+    let v = match form_viewer(&c, &h, &f.csrf).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if !v.can.create_deployments {
+        return refuse(
+            &c,
+            Some(&v),
+            "forbidden",
+            &format!("Role {} may not create deployments.", v.role),
+        );
+    }
+    let req = NewDeployment {
+        target: f.target.trim().to_string(),
+        patches: f
+            .patch
+            .iter()
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect(),
+        security_only: f.security_only,
+    };
+    match c.backend.create_deployment(&v, &req).await {
+        Ok(id) => {
+            c.backend.live().publish(crate::live::LiveEvent::command(
+                &v.tenant,
+                &crate::live::CommandChange {
+                    id: String::new(),
+                    site_id: String::new(),
+                    customer: String::new(),
+                    state: String::new(),
+                    finished: false,
+                },
+            ));
+            Redirect::to(&deployment_href(&id)).into_response()
+        }
+        Err(ConsoleError::Forbidden(m)) => refuse(&c, Some(&v), "forbidden", &m),
+        Err(e) => error_page(&c, Some(&v), e),
+    }
+}
+
+/// An action form's fields.
+#[derive(Debug, Default, Deserialize)]
+pub struct ActionForm {
+    #[serde(default)]
+    pub csrf: String,
+    #[serde(default)]
+    pub note: String,
+    #[serde(default)]
+    pub retry_failed: Option<String>,
+    #[serde(default)]
+    pub force: Option<String>,
+}
+
+/// `POST /deployments/{id}/{action}`: pause, resume and rollback need
+/// [`crate::backend::Capabilities::manage_deployments`], abort
+/// `create_deployments`.
+pub async fn act(
+    State(c): C,
+    h: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    Form(f): Form<ActionForm>,
+) -> Response {
+    let v = match form_viewer(&c, &h, &f.csrf).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let note: String = f
+        .note
+        .trim()
+        .chars()
+        .take(crate::backend::MAX_COMMENT_CHARS)
+        .collect();
+    let a = match action.as_str() {
+        "pause" => DeploymentAction::Pause { note },
+        "resume" => DeploymentAction::Resume {
+            retry_failed: f.retry_failed.is_some(),
+            force: f.force.is_some(),
+        },
+        "abort" => DeploymentAction::Abort { note },
+        "rollback" => DeploymentAction::Rollback,
+        other => {
+            return error_page(
+                &c,
+                Some(&v),
+                ConsoleError::NotFound(format!("no action {other}")),
+            );
+        }
+    };
+    let allowed = match a {
+        DeploymentAction::Abort { .. } => v.can.create_deployments,
+        _ => v.can.manage_deployments,
+    };
+    if !allowed {
+        return refuse(
+            &c,
+            Some(&v),
+            "forbidden",
+            &format!("Role {} may not {} deployments.", v.role, a.name()),
+        );
+    }
+    match c.backend.deployment_action(&v, &id, &a).await {
+        Ok(()) => {
+            c.backend.live().publish(crate::live::LiveEvent::command(
+                &v.tenant,
+                &crate::live::CommandChange {
+                    id: String::new(),
+                    site_id: String::new(),
+                    customer: String::new(),
+                    state: String::new(),
+                    finished: false,
+                },
+            ));
+            Redirect::to(&deployment_href(&id)).into_response()
+        }
+        Err(ConsoleError::Forbidden(m)) => refuse(&c, Some(&v), "forbidden", &m),
+        Err(e) => error_page(&c, Some(&v), e),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ApprovalParams {
+    pub device: Option<String>,
+}
+
+/// `GET /approvals[?device=ID]`.
+pub async fn approvals(State(c): C, h: HeaderMap, Query(p): Query<ApprovalParams>) -> Response {
+    let v = match viewer(&c, &h).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if !c.backend.info().features.deployments {
+        return later(&c, &v, "Approvals");
+    }
+    let device = p
+        .device
+        .map(|d| d.trim().to_string())
+        .filter(|d| !d.is_empty());
+    match c.backend.approvals(&v, device.as_deref()).await {
+        Ok(a) => page(
+            StatusCode::OK,
+            render(
+                &c,
+                Some(&v),
+                layout::Section::Deployments,
+                "Approvals",
+                vec![
+                    layout::crumb("Dashboard", "/"),
+                    layout::crumb("Deployments", "/deployments"),
+                    layout::here("Approvals"),
+                ],
+                approvals_page(&a),
+            ),
+        ),
+        Err(e) => error_page(&c, Some(&v), e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Capabilities;
+
+    fn viewer(manage: bool, admin: bool) -> Viewer {
+        Viewer {
+            name: "t".into(),
+            tenant: "site".into(),
+            customers: vec![],
+            role: "x".into(),
+            can: Capabilities {
+                manage_deployments: manage,
+                create_deployments: admin,
+                ..Default::default()
+            },
+            csrf_subject: vec![],
+        }
+    }
+
+    fn detail(phase: &str) -> DeploymentDetail {
+        DeploymentDetail {
+            row: DeploymentRow {
+                id: "dep-1".into(),
+                phase: phase.into(),
+                stage: Some(0),
+                stages: 2,
+                target: "all devices".into(),
+                patches: vec!["openssl=3.0.2-1".into()],
+                devices: 2,
+                failed: 1,
+                ..Default::default()
+            },
+            note: Some("gate: 1 of 1 devices failed".into()),
+            stages: vec![StageView {
+                stage: 0,
+                devices: 1,
+                failed: 1,
+                gate: "fails: <b>1 of 1</b>".into(),
+                ..Default::default()
+            }],
+            devices: vec![DeploymentDevice {
+                site_id: "local".into(),
+                device: "000000000000002a".into(),
+                hostname: "web-1".into(),
+                state: "failed".into(),
+                reason: Some("dpkg: <error>".into()),
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn a_paused_deployment_offers_resume_and_rollback_to_technicians_abort_to_admins_nothing_to_viewers()
+     {
+        let d = detail("paused");
+        let tech = deployment_page(&d, &viewer(true, false), "tok").into_string();
+        assert!(
+            tech.contains("class=\"dep-resume\"") && tech.contains("class=\"dep-rollback\""),
+            "{tech}"
+        );
+        assert!(
+            !tech.contains("class=\"dep-abort\"") && !tech.contains("class=\"dep-pause\""),
+            "{tech}"
+        );
+        let admin = deployment_page(&d, &viewer(true, true), "tok").into_string();
+        assert!(admin.contains("class=\"dep-abort\""), "{admin}");
+        let view = deployment_page(&d, &viewer(false, false), "tok").into_string();
+        assert!(
+            !view.contains("dep-action") && !view.contains("<form"),
+            "{view}"
+        );
+        // Agent-supplied text is escaped.
+        assert!(
+            view.contains("dpkg: &lt;error&gt;") && view.contains("&lt;b&gt;1 of 1"),
+            "{view}"
+        );
+        // A finished deployment offers nothing, even to an admin.
+        let done = deployment_page(&detail("completed"), &viewer(true, true), "tok").into_string();
+        assert!(!done.contains("dep-action"), "{done}");
+    }
+
+    #[test]
+    fn the_create_form_offers_the_patches_approved_by_hand_once_each() {
+        let a = ApprovalsView {
+            rules: vec![
+                RuleRow {
+                    id: "m1".into(),
+                    kind: "approve".into(),
+                    patch: Some("openssl=3.0.2-1".into()),
+                    ..Default::default()
+                },
+                RuleRow {
+                    id: "m2".into(),
+                    kind: "approve".into(),
+                    patch: Some("openssl=3.0.2-1".into()),
+                    ..Default::default()
+                },
+                RuleRow {
+                    id: "m3".into(),
+                    kind: "decline".into(),
+                    patch: Some("curl=8.0-1".into()),
+                    ..Default::default()
+                },
+            ],
+            targets: vec![("all".into(), "all devices".into())],
+            ..Default::default()
+        };
+        assert_eq!(a.approved(), vec!["openssl=3.0.2-1".to_string()]);
+        let m = deployment_list(&[], Some(&a), "tok").into_string();
+        assert_eq!(m.matches("name=\"patch\"").count(), 1, "{m}");
+        assert!(m.contains("no-deployments"), "{m}");
+    }
+}

@@ -1,0 +1,222 @@
+//! The site console's Deployments and Approvals pages in headless
+//! Chromium, over real data: a real agent scans this machine's packages
+//! (its upgradable ones are the device's missing patches), one is
+//! approved by hand for the device, and a deployment of it is created
+//! through the API with an install window that is not open today (so
+//! nothing is installed on this machine: the device waits for its
+//! window). The pages show that deployment; a technician pauses it from
+//! the page; a viewer sees no action and its POSTs (its own token, none)
+//! are refused, as is a technician's from another origin; an action
+//! taken elsewhere reaches an open page without a reload (live stream);
+//! the approvals page says which rule decided.
+
+use std::time::Duration;
+
+use outpost_tests::*;
+use serde_json::{Value, json};
+
+use crate::browser::{Browser, chromium, raw_post};
+
+/// The `csrf` field of a page.
+fn csrf_of(page: &str) -> String {
+    let at = page.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
+    page[at..].split('"').next().unwrap().to_string()
+}
+
+/// A weekday (UTC) three days from now, as the window's days name it.
+fn not_today() -> &'static str {
+    let days_since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    // 1970-01-01 was a Thursday.
+    ["thu", "fri", "sat", "sun", "mon", "tue", "wed"][((days_since_epoch + 3) % 7) as usize]
+}
+
+#[test]
+fn site_deployment_pages_in_headless_chromium_with_a_real_agent_and_roles() {
+    let tmp = scratch("site-deploy-browser");
+    let root = tmp.path();
+    let app = Appliance::start(root);
+    for (name, role) in [("tess", "technician"), ("vera", "viewer")] {
+        let (st, out) = app.api_post(
+            "/api/v1/users",
+            &json!({"name": name, "role": role, "password": "correct horse battery"}),
+        );
+        assert_eq!(st, 201, "{out}");
+    }
+    let mut web = Agent::enroll(root, "web", &app);
+    web.start();
+    let dev = web.device_id.clone();
+    // The agent's scan (apt-get -s) gives the device its missing patches.
+    let patch: Value = wait_for(
+        Duration::from_secs(120),
+        "the device's missing patches",
+        || {
+            let d: Value = app.api(&format!("/api/v1/approvals/devices/{dev}")).ok()?;
+            d["decisions"]
+                .as_array()?
+                .first()
+                .map(|x| x["patch"].clone())
+        },
+    );
+    let key = format!(
+        "{}={}",
+        patch["package"].as_str().unwrap(),
+        patch["version"].as_str().unwrap()
+    );
+    let (st, out) = app.api_post(
+        "/api/v1/approvals",
+        &json!({"patch": key, "scope": format!("device:{dev}"), "verdict": "approve"}),
+    );
+    assert_eq!(st, 201, "{out}");
+    let (st, out) = app.api_post(
+        "/api/v1/deployments",
+        &json!({
+            "id": "dep-browser",
+            "target": {"type": "all"},
+            "patches": [patch],
+            "window": {"days": [not_today()], "start": "00:00", "duration_minutes": 60, "timezone": "UTC"},
+        }),
+    );
+    assert_eq!(st, 201, "{out}");
+    assert_eq!(out["summary"]["phase"], "running", "{out}");
+
+    let (mut browser, ws) = chromium(root);
+    let mut b = Browser {
+        ws,
+        base: format!("http://{}", app.admin),
+        shots: root.to_path_buf(),
+    };
+    // An admin: the list with the deployment, and the create form.
+    b.sign_in(None, "admin-token", &app.admin_token());
+    b.go("/deployments");
+    b.ws.wait_until("document.querySelector('#deployments tr[data-deployment=\"dep-browser\"]')");
+    let row = b.ws.eval(
+        "document.querySelector('#deployments tr[data-deployment=\"dep-browser\"]').innerText",
+    );
+    let row = row.as_str().unwrap();
+    assert!(
+        row.contains("running") && row.contains("stage 1/") && row.contains("admin-token"),
+        "{row}"
+    );
+    assert_eq!(
+        b.ws.eval(&format!(
+            "!!document.querySelector('#dep-patches input[value=\"{key}\"]')"
+        )),
+        json!(true),
+        "the approved patch is offered"
+    );
+    b.shot("site-deploy-01-list.png");
+    b.logout();
+
+    // A technician: pause and roll back, no abort; a post from another
+    // origin is refused; the page's own form pauses.
+    b.sign_in(None, "tess", "correct horse battery");
+    b.go("/deployments/dep-browser");
+    b.ws.wait_until("document.getElementById('deployment-devices')");
+    let text = b.text();
+    assert!(
+        text.contains("web") && text.contains("waiting_for_window"),
+        "{text}"
+    );
+    assert_eq!(
+        b.ws.eval(
+            "[...document.querySelectorAll('form.dep-action')].map(f => f.dataset.action).join(',')"
+        ),
+        json!("pause,rollback")
+    );
+    let cookie = b.cookie_named("outpost_site_session");
+    let token =
+        b.ws.eval("document.querySelector('form.dep-action input[name=csrf]').value")
+            .as_str()
+            .unwrap()
+            .to_string();
+    let st = raw_post(
+        app.admin,
+        "/deployments/dep-browser/pause",
+        &[("Cookie", &cookie), ("Origin", "http://evil.example")],
+        &format!("csrf={token}&note=forged"),
+    );
+    assert_eq!(st, 403);
+    let d: Value = app.api("/api/v1/deployments/dep-browser").unwrap();
+    assert_eq!(d["summary"]["phase"], "running");
+    b.ws.eval("const f = document.querySelector('form.dep-action[data-action=pause]'); f.querySelector('input[name=note]').value = 'from the browser'; f.querySelector('button').click(); true");
+    b.ws.wait_until("document.querySelector('#deployment[data-phase=paused]') && document.getElementById('deployment-note')");
+    assert!(b.text().contains("paused: from the browser"));
+    let d: Value = app.api("/api/v1/deployments/dep-browser").unwrap();
+    assert_eq!(d["summary"]["phase"], "paused", "{d}");
+    b.shot("site-deploy-02-deployment.png");
+    b.logout();
+
+    // A viewer: no action; its POSTs are refused, its own token or none.
+    b.sign_in(None, "vera", "correct horse battery");
+    b.go("/deployments/dep-browser");
+    b.ws.wait_until("document.getElementById('deployment-devices')");
+    assert_eq!(
+        b.ws.eval("document.querySelectorAll('form.dep-action, #deployment-actions, #create-deployment').length"),
+        json!(0)
+    );
+    let vera_token =
+        b.ws.eval("document.querySelector('input[name=csrf]').value")
+            .as_str()
+            .unwrap()
+            .to_string();
+    let path = "/deployments/dep-browser/resume";
+    assert_eq!(b.fetch_post(path, ""), 403, "no token");
+    assert_eq!(
+        b.fetch_post(path, &format!("csrf={vera_token}")),
+        403,
+        "a viewer's own token"
+    );
+    let d: Value = app.api("/api/v1/deployments/dep-browser").unwrap();
+    assert_eq!(d["summary"]["phase"], "paused");
+
+    // Live: an admin resumes from another client; the open page follows.
+    b.ws.wait_until("document.getElementById('live-status').className === 'live-on'");
+    b.ws.eval("window.__no_reload = 1; true");
+    let (st, page) = http_request(
+        app.admin,
+        "GET",
+        "/deployments/dep-browser",
+        Some(&app.admin_token()),
+        None,
+    )
+    .unwrap();
+    assert_eq!(st, 200, "{page}");
+    let admin_csrf = csrf_of(&page);
+    let st = raw_post(
+        app.admin,
+        path,
+        &[("Authorization", &format!("Bearer {}", app.admin_token()))],
+        &format!("csrf={admin_csrf}"),
+    );
+    assert_eq!(st, 303);
+    b.ws.wait_until(
+        "document.querySelector('#deployment[data-phase=running]') && window.__no_reload === 1",
+    );
+
+    // Approvals: the manual approval and the rule that decided.
+    b.go(&format!("/approvals?device={dev}"));
+    b.ws.wait_until("document.getElementById('device-decisions')");
+    let decided = b.ws.eval(&format!(
+        "document.querySelector('#device-decisions tr[data-patch=\"{key}\"]').innerText"
+    ));
+    let decided = decided.as_str().unwrap();
+    assert!(
+        decided.contains("approved") && decided.contains(&format!("device {dev}")),
+        "{decided}"
+    );
+    assert!(b.text().contains(&key));
+    b.shot("site-deploy-03-approvals.png");
+    for f in [
+        "site-deploy-01-list.png",
+        "site-deploy-02-deployment.png",
+        "site-deploy-03-approvals.png",
+    ] {
+        assert!(std::fs::metadata(root.join(f)).unwrap().len() > 1000, "{f}");
+    }
+    web.stop();
+    browser.kill9();
+}
