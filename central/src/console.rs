@@ -1185,6 +1185,52 @@ impl ConsoleBackend for CentralConsole {
         })
     }
 
+    fn bulk_run<'a>(
+        &'a self,
+        v: &'a Viewer,
+        devices: &'a [outpost_console::bulk_actions::DeviceKey],
+        req: &'a outpost_console::bulk_actions::BulkRunRequest,
+    ) -> ConsoleFuture<'a, String> {
+        Box::pin(async move {
+            let p = principal(v);
+            let body = crate::api_bulk::BulkRequestBody {
+                target: crate::bulk::BulkTarget::Devices(
+                    devices
+                        .iter()
+                        .map(|(site, device)| crate::bulk::DeviceRef {
+                            site: site.as_str().into(),
+                            device: device.clone(),
+                        })
+                        .collect(),
+                ),
+                command: req.command.clone(),
+                script: req
+                    .script
+                    .as_ref()
+                    .map(|name| crate::api_scripts::ScriptRef {
+                        name: name.clone(),
+                        version: None,
+                    }),
+                action: None,
+                concurrency: None,
+                interpreter: None,
+                args: req.args.clone(),
+                env: Vec::new(),
+                cwd: None,
+                run_as: None,
+                timeout_ms: None,
+                expiry_ms: None,
+            };
+            let run = crate::api_bulk::create_bulk(&self.central, &p, body)
+                .await
+                .map_err(|e| match e {
+                    ApiError::Conflict(m) => ConsoleError::BadRequest(m),
+                    e => err(e),
+                })?;
+            Ok(run.id.to_string())
+        })
+    }
+
     fn bulks<'a>(
         &'a self,
         v: &'a Viewer,

@@ -28,6 +28,7 @@ crate::testing::on_both_backends!(
     the_dashboard_shows_patch_compliance_once_a_site_reports_it,
     technicians_run_library_scripts_from_the_device_page_and_see_scripts_and_bulk_runs,
     the_patch_pages_show_compliance_cves_and_a_devices_missing_patches_within_scope,
+    selected_devices_get_one_bulk_run_from_the_list_and_viewers_cannot,
 );
 
 async fn send(
@@ -769,4 +770,67 @@ async fn the_patch_pages_show_compliance_cves_and_a_devices_missing_patches_with
     .await;
     assert_eq!(st, 404);
     let _ = vet;
+}
+
+/// The device list's bulk bar at central: a technician selects two
+/// devices of two sites and runs a command line on them as one bulk run
+/// (through `/commands/bulk`'s own path); a viewer gets no form and its
+/// POST is refused; a device of another customer's scope is refused.
+async fn selected_devices_get_one_bulk_run_from_the_list_and_viewers_cannot() {
+    let (c, dental, vet, _dir) = two_customers().await;
+    let tech = session(&c, "tina", Role::Technician, &[]).await;
+    let viewer = session(&c, "vic", Role::Viewer, &[]).await;
+    let scoped = session(&c, "dora", Role::Technician, &["dental"]).await;
+    let (_, _, page) = send(&c, "GET", "/devices", &[("cookie", &tech)], "").await;
+    assert!(
+        page.contains("id=\"bulk-run\"") && page.contains("form=\"bulk-form\""),
+        "{page}"
+    );
+    assert!(!page.contains("id=\"bulk-tag\""), "central has no tags");
+    let (_, _, vpage) = send(&c, "GET", "/devices", &[("cookie", &viewer)], "").await;
+    assert!(!vpage.contains("id=\"bulk-run\""), "{vpage}");
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    let body = |csrf: &str| {
+        format!(
+            "csrf={csrf}&action=run&command=uptime&device={}%2F000000000000002a&device={}%2F000000000000004d",
+            dental.as_str(),
+            vet.as_str()
+        )
+    };
+    let (st, _, _) = send(
+        &c,
+        "POST",
+        "/devices/bulk",
+        &[("cookie", &viewer), form],
+        &body(&csrf_in(&vpage)),
+    )
+    .await;
+    assert_eq!(st, 403);
+    let (_, _, spage) = send(&c, "GET", "/devices", &[("cookie", &scoped)], "").await;
+    let (st, _, _) = send(
+        &c,
+        "POST",
+        "/devices/bulk",
+        &[("cookie", &scoped), form],
+        &body(&csrf_in(&spage)),
+    )
+    .await;
+    assert_eq!(st, 404, "another customer's device is not found");
+    let (st, h, out) = send(
+        &c,
+        "POST",
+        "/devices/bulk",
+        &[("cookie", &tech), form],
+        &body(&csrf_in(&page)),
+    )
+    .await;
+    assert_eq!(st, 303, "{out}");
+    let at = h[header::LOCATION].to_str().unwrap().to_string();
+    assert!(at.starts_with("/commands/bulk/"), "{at}");
+    let (st, _, page) = send(&c, "GET", &at, &[("cookie", &viewer)], "").await;
+    assert_eq!(st, 200, "{page}");
+    assert!(
+        page.contains("2 in all") && page.contains("uptime"),
+        "{page}"
+    );
 }

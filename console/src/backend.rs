@@ -698,6 +698,31 @@ pub trait ConsoleBackend: Send + Sync + 'static {
     ) -> ConsoleFuture<'a, String> {
         Box::pin(async { Err(no_deployments()) })
     }
+    /// Runs one script or command line on the selected devices as one
+    /// bulk run (the backend checks the role and that each device is in
+    /// the viewer's scope); answers the run's id.
+    fn bulk_run<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+        _devices: &'a [crate::bulk_actions::DeviceKey],
+        _req: &'a crate::bulk_actions::BulkRunRequest,
+    ) -> ConsoleFuture<'a, String> {
+        Box::pin(async { Err(no_commands()) })
+    }
+    /// Adds `tags` to each selected device (backends with
+    /// [`Features::tags`]; the backend checks the role).
+    fn tag_devices<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+        _devices: &'a [crate::bulk_actions::DeviceKey],
+        _tags: &'a [String],
+    ) -> ConsoleFuture<'a, ()> {
+        Box::pin(async {
+            Err(ConsoleError::NotFound(
+                "Tags are not available on this server.".into(),
+            ))
+        })
+    }
     /// Approval rules, and `device`'s decisions when given.
     fn approvals<'a>(
         &'a self,

@@ -17,6 +17,7 @@
 //! may see or do what is the backend's decision.
 
 pub mod backend;
+pub mod bulk_actions;
 pub mod chart;
 pub mod commands;
 pub mod deployments;

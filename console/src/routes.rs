@@ -37,6 +37,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(c: Arc<Console>) -> Router<S> {
         .route("/login", get(login_form).post(login_submit))
         .route("/logout", post(logout))
         .route("/devices", get(devices))
+        .route("/devices/bulk", post(crate::bulk_actions::submit))
         .route("/sites/{site}", get(site_page))
         .route("/sites/{site}/devices/{device}", get(device_page))
         .route("/alerts", get(alerts_page))
@@ -399,13 +400,15 @@ async fn devices(State(c): C, h: HeaderMap, Query(p): Query<DeviceParams>) -> Re
     match c.backend.devices(&v, &q).await {
         Ok(l) => {
             let tags = c.backend.info().features.tags;
+            let (csrf, scripts) = bar_parts(&c, &v).await;
+            let bar = bulk_bar(&c, &v, &csrf, &scripts);
             let m = render(
                 &c,
                 Some(&v),
                 layout::Section::Devices,
                 "Devices",
                 vec![layout::crumb("Dashboard", "/"), layout::here("Devices")],
-                pages::device_list(&l, &q, "/devices", true, tags, now_ms()),
+                pages::device_list(&l, &q, "/devices", true, tags, &bar, now_ms()),
             );
             html(StatusCode::OK, m)
         }
@@ -433,6 +436,8 @@ async fn site_page(
     match c.backend.devices(&v, &q).await {
         Ok(l) => {
             let tags = c.backend.info().features.tags;
+            let (csrf, scripts) = bar_parts(&c, &v).await;
+            let bar = bulk_bar(&c, &v, &csrf, &scripts);
             let title = format!("Site {}", s.health.name);
             let m = render(
                 &c,
@@ -447,11 +452,43 @@ async fn site_page(
                     ),
                     layout::here(s.health.name.clone()),
                 ],
-                pages::site(&s, &l, &q, tags, now_ms()),
+                pages::site(&s, &l, &q, tags, &bar, now_ms()),
             );
             html(StatusCode::OK, m)
         }
         Err(e) => error_page(&c, Some(&v), e),
+    }
+}
+
+/// The bulk bar's CSRF token and the script names it offers (the
+/// library's, when the backend has one and the viewer runs commands).
+async fn bar_parts(c: &Console, v: &Viewer) -> (String, Vec<String>) {
+    let csrf = c.csrf.token(&v.csrf_subject);
+    let scripts = if c.backend.info().features.scripts && v.can.run_commands {
+        c.backend
+            .scripts(v)
+            .await
+            .map(|s| s.into_iter().map(|r| r.name).collect())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    (csrf, scripts)
+}
+
+/// What the bulk bar offers `v`.
+fn bulk_bar<'a>(
+    c: &Console,
+    v: &Viewer,
+    csrf: &'a str,
+    scripts: &'a [String],
+) -> crate::bulk_actions::BulkBar<'a> {
+    let f = c.backend.info().features;
+    crate::bulk_actions::BulkBar {
+        csrf,
+        run: f.commands && v.can.run_commands,
+        tag: f.tags && v.can.run_commands,
+        scripts,
     }
 }
 

@@ -19,6 +19,7 @@
 //! Owns no table and no rule: reads go through the storage crate's and
 //! the alert store's functions, decisions through [`Auth`] and the engine.
 
+pub(crate) mod bulk;
 pub(crate) mod commands;
 pub(crate) mod deployments;
 pub mod index;
@@ -1130,6 +1131,24 @@ impl ConsoleBackend for SiteConsole {
         req: &'a outpost_console::deployments::NewDeployment,
     ) -> ConsoleFuture<'a, String> {
         Box::pin(self.deployment_create(v, req))
+    }
+
+    fn bulk_run<'a>(
+        &'a self,
+        v: &'a Viewer,
+        devices: &'a [outpost_console::bulk_actions::DeviceKey],
+        req: &'a outpost_console::bulk_actions::BulkRunRequest,
+    ) -> ConsoleFuture<'a, String> {
+        Box::pin(self.bulk_run_of(v, devices, req))
+    }
+
+    fn tag_devices<'a>(
+        &'a self,
+        v: &'a Viewer,
+        devices: &'a [outpost_console::bulk_actions::DeviceKey],
+        tags: &'a [String],
+    ) -> ConsoleFuture<'a, ()> {
+        Box::pin(self.tag_devices_of(v, devices, tags))
     }
 
     fn approvals<'a>(

@@ -1181,3 +1181,99 @@ async fn deployment_pages_show_real_deployments_and_only_allowed_roles_act() {
         r.body
     );
 }
+
+/// The device list's bulk bar on the site: a technician runs a command
+/// line on two selected devices as one bulk run of the command service,
+/// and tags them (added to their tags, audited, shown in the list); a
+/// viewer gets no form and its POST is refused, as is one from another
+/// origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selected_devices_are_run_on_as_one_bulk_run_and_tagged_and_viewers_cannot() {
+    let rig = rig().await;
+    registry::register(&rig.store, &device(0x2b, "web-2")).unwrap();
+    registry::set_tags(&rig.store, DeviceId(0x2b), &["old".into()]).unwrap();
+    rig.site.merge_now(true).unwrap();
+    rig.add_user("tess", Role::Technician).await;
+    rig.add_user("vera", Role::Viewer).await;
+    let tess = rig.sign_in("tess", "correct+horse+battery").await;
+    let vera = rig.sign_in("vera", "correct+horse+battery").await;
+    let r = rig.call("GET", "/devices", &[("cookie", &tess)], "").await;
+    assert!(
+        r.body.contains("id=\"bulk-run\"") && r.body.contains("id=\"bulk-tag\""),
+        "{}",
+        r.body
+    );
+    let tess_csrf = csrf_of(&r.body);
+    let v = rig.call("GET", "/devices", &[("cookie", &vera)], "").await;
+    assert!(!v.body.contains("bulk-form\" method"), "{}", v.body);
+    let sel = "device=local%2F000000000000002a&device=local%2F000000000000002b";
+    let r = rig
+        .call(
+            "POST",
+            "/devices/bulk",
+            &[("cookie", &vera)],
+            &format!("csrf={}&action=tag&tags=x&{sel}", csrf_of(&v.body)),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = rig
+        .call(
+            "POST",
+            "/devices/bulk",
+            &[("cookie", &tess), ("origin", "http://evil.example")],
+            &format!("csrf={tess_csrf}&action=tag&tags=x&{sel}"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        registry::tags(&rig.store, DEV).unwrap(),
+        Vec::<String>::new()
+    );
+    // Run.
+    let r = rig
+        .call(
+            "POST",
+            "/devices/bulk",
+            &[("cookie", &tess)],
+            &format!("csrf={tess_csrf}&action=run&command=uptime&{sel}"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let runs = rig.commands.list_runs(10).unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].members.len(), 2);
+    assert_eq!(runs[0].created_by, "tess");
+    // Tag.
+    let r = rig
+        .call(
+            "POST",
+            "/devices/bulk",
+            &[("cookie", &tess)],
+            &format!("csrf={tess_csrf}&action=tag&tags=web%2C+patched&{sel}"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(
+        registry::tags(&rig.store, DeviceId(0x2b)).unwrap(),
+        vec!["old", "web", "patched"]
+    );
+    assert_eq!(
+        registry::tags(&rig.store, DEV).unwrap(),
+        vec!["web", "patched"]
+    );
+    let r = rig
+        .call("GET", "/devices?tag=patched", &[("cookie", &vera)], "")
+        .await;
+    assert!(
+        r.body.contains("web-1") && r.body.contains("web-2"),
+        "{}",
+        r.body
+    );
+    let audit = registry::audit_log(&rig.store, 0, u64::MAX, 100).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "device.tags" && e.actor == "tess"),
+        "{audit:?}"
+    );
+}

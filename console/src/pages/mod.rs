@@ -284,7 +284,7 @@ fn device_row(d: &DeviceView, now_ms: u64, bulk: bool) -> Markup {
     let _ = now_ms;
     html! {
         tr data-key=(key) data-status=(d.status) {
-            @if bulk { td.sel { input type="checkbox" name="device" value=(key) aria-label=(format!("Select {name}")); } }
+            @if bulk { td.sel { input type="checkbox" name="device" form="bulk-form" value=(key) aria-label=(format!("Select {name}")); } }
             td {
                 a.host href=(device_href(&d.site_id, &d.device)) { (name) }
                 @if d.critical { " " span.badge.sev-critical title="A critical alert is firing" { "critical" } }
@@ -335,6 +335,7 @@ pub fn device_list(
     base: &str,
     with_site: bool,
     tags: bool,
+    bar: &crate::bulk_actions::BulkBar,
     now_ms: u64,
 ) -> Markup {
     let next = l.next.as_ref().map(|n| {
@@ -370,12 +371,7 @@ pub fn device_list(
             span #match-count { (format::count(l.total as i64)) } " device" @if l.total != 1 { "s" } " match"
             @if q.after.is_some() { " · " a href=(first) { "first page" } }
         }
-        div.bulk #bulk-bar hidden {
-            span #bulk-count { "0" } " selected · "
-            button type="button" disabled title="Needs the scripts feature" { "Run script…" }
-            " "
-            button type="button" disabled title="Needs the tags feature" { "Tag…" }
-        }
+        (crate::bulk_actions::bar(bar))
         div.scroll {
             table.grid #devices {
                 thead { tr {
@@ -404,7 +400,14 @@ pub fn device_list(
 }
 
 /// A site's page: facts, warnings, refused batches, then its devices.
-pub fn site(s: &SiteDetail, l: &DeviceList, q: &DeviceQuery, tags: bool, now_ms: u64) -> Markup {
+pub fn site(
+    s: &SiteDetail,
+    l: &DeviceList,
+    q: &DeviceQuery,
+    tags: bool,
+    bar: &crate::bulk_actions::BulkBar,
+    now_ms: u64,
+) -> Markup {
     let h = &s.health;
     let c = &h.counts;
     html! {
@@ -432,7 +435,7 @@ pub fn site(s: &SiteDetail, l: &DeviceList, q: &DeviceQuery, tags: bool, now_ms:
             }
         }
         h2 { "Devices" }
-        (device_list(l, q, &site_href(&h.site_id), false, tags, now_ms))
+        (device_list(l, q, &site_href(&h.site_id), false, tags, bar, now_ms))
     }
 }
 
