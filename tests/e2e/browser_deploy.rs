@@ -8,7 +8,9 @@
 //! the page; a viewer sees no action and its POSTs (its own token, none)
 //! are refused, as is a technician's from another origin; an action
 //! taken elsewhere reaches an open page without a reload (live stream);
-//! the approvals page says which rule decided.
+//! the approvals page says which rule decided. Then the device list's
+//! bulk bar: a technician tags the selected device and runs a command
+//! line on the selection as one bulk run.
 
 use std::time::Duration;
 
@@ -47,11 +49,18 @@ fn site_deployment_pages_in_headless_chromium_with_a_real_agent_and_roles() {
         assert_eq!(st, 201, "{out}");
     }
     let mut web = Agent::enroll(root, "web", &app);
+    // One scan at start (the harness turns scans off by default): dpkg
+    // and `apt-get -s` of this machine, nothing installed.
+    std::fs::write(
+        web.state.join("agent.toml"),
+        "package_db_poll_interval = \"1h\"\npackage_scan_interval = \"24h\"\n",
+    )
+    .unwrap();
     web.start();
     let dev = web.device_id.clone();
     // The agent's scan (apt-get -s) gives the device its missing patches.
     let patch: Value = wait_for(
-        Duration::from_secs(120),
+        Duration::from_secs(240),
         "the device's missing patches",
         || {
             let d: Value = app.api(&format!("/api/v1/approvals/devices/{dev}")).ok()?;
@@ -116,10 +125,17 @@ fn site_deployment_pages_in_headless_chromium_with_a_real_agent_and_roles() {
     b.sign_in(None, "tess", "correct horse battery");
     b.go("/deployments/dep-browser");
     b.ws.wait_until("document.getElementById('deployment-devices')");
-    let text = b.text();
+    // The device (named by its hostname, this machine's) waits for its
+    // window.
+    let devices: Vec<Value> = app.api("/api/v1/devices").unwrap();
+    let host = devices[0]["hostname"].as_str().unwrap().to_string();
+    let row = b.ws.eval(&format!(
+        "document.querySelector('#deployment-devices tr[data-device=\"{dev}\"]').innerText"
+    ));
+    let row = row.as_str().unwrap();
     assert!(
-        text.contains("web") && text.contains("waiting_for_window"),
-        "{text}"
+        row.contains(&host) && row.contains("waiting_for_window"),
+        "{row}"
     );
     assert_eq!(
         b.ws.eval(
@@ -210,10 +226,39 @@ fn site_deployment_pages_in_headless_chromium_with_a_real_agent_and_roles() {
     );
     assert!(b.text().contains(&key));
     b.shot("site-deploy-03-approvals.png");
+    b.logout();
+
+    // Bulk actions on the device list: a technician selects the device,
+    // tags it, then runs a command line on the selection as a bulk run.
+    b.sign_in(None, "tess", "correct horse battery");
+    b.go("/devices");
+    b.ws.wait_until("document.getElementById('devices') && document.getElementById('bulk-form')");
+    let select = format!(
+        "const c = document.querySelector('#devices input[name=device][value$=\"/{dev}\"]'); c.checked = true; c.dispatchEvent(new Event('change', {{bubbles: true}})); true"
+    );
+    b.ws.eval(&select);
+    b.ws.wait_until("!document.getElementById('bulk-bar').hidden && document.getElementById('bulk-count').textContent === '1'");
+    b.shot("site-deploy-04-bulk.png");
+    b.ws.eval("document.getElementById('bulk-tags').value = 'bulk-e2e, patched'; document.getElementById('bulk-tag').click(); true");
+    b.ws.wait_until(
+        "location.pathname === '/devices' && !!document.querySelector('#devices .tag')",
+    );
+    let shown = b.text();
+    assert!(
+        shown.contains("bulk-e2e") && shown.contains("patched"),
+        "{shown}"
+    );
+    b.ws.eval(&select);
+    b.ws.eval("document.getElementById('bulk-command').value = 'true'; document.getElementById('bulk-run').click(); true");
+    b.ws.wait_until("location.pathname === '/commands'");
+    let runs: Vec<Value> = app.api("/api/v1/commands/bulk").unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["created_by"], "tess", "{runs:?}");
     for f in [
         "site-deploy-01-list.png",
         "site-deploy-02-deployment.png",
         "site-deploy-03-approvals.png",
+        "site-deploy-04-bulk.png",
     ] {
         assert!(std::fs::metadata(root.join(f)).unwrap().len() > 1000, "{f}");
     }
