@@ -69,6 +69,7 @@ pub fn sample_batch(seq: u64) -> SiteBatch {
         dropped_rollups: 0,
         foreign_tenants: vec![],
         patch_findings: vec![],
+        device_facts: vec![],
     }
 }
 

@@ -619,6 +619,14 @@ pub mod generate {
                     })?,
                 })
             })?,
+            // Format 6: devices' addresses and tags.
+            device_facts: vec(u, 3, |u| {
+                Ok(outpost_uplink::batch::DeviceIpsTags {
+                    device: device(u)?,
+                    ips: vec(u, 3, |u| string(u, &["10.0.0.5", "2001:db8::5"]))?,
+                    tags: vec(u, 3, |u| string(u, &["web", "eu-west"]))?,
+                })
+            })?,
         })
     }
 }

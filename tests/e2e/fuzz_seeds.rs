@@ -370,6 +370,7 @@ fn site_batch(format3: bool) -> SiteBatch {
         dropped_rollups: 0,
         foreign_tenants,
         patch_findings: vec![],
+        device_facts: vec![],
     }
 }
 

@@ -39,7 +39,8 @@ pub const ALPN_UPLINK: &[u8] = b"outpost-uplink/1";
 pub const CENTRAL_SERVER_NAME: &str = "outpost-central";
 /// Version of the uplink protocol of this build (2: the downlink of
 /// commands; 3: central reads batch formats 4 and 5, patch details and
-/// findings).
+/// findings; 6: central reads batch format 6, devices' IP addresses and
+/// tags, once central stores them: until then this build announces 3).
 pub const UPLINK_PROTOCOL_VERSION: u16 = 3;
 /// Oldest site protocol central still accepts (a version-1 site gets
 /// batches acknowledged and no downlink frames).
@@ -49,15 +50,21 @@ pub const COMMANDS_PROTOCOL_VERSION: u16 = 2;
 /// First protocol version whose central reads patch details and findings
 /// (batch formats 4 and 5).
 pub const PATCH_FINDINGS_PROTOCOL_VERSION: u16 = 3;
+/// First protocol version whose central reads devices' IP addresses and
+/// tags (batch format 6).
+pub const DEVICE_TAGS_PROTOCOL_VERSION: u16 = 6;
 
 /// The newest batch format a central that announced `protocol_version` in
-/// its Welcome reads: 5 from [`PATCH_FINDINGS_PROTOCOL_VERSION`], else 3
+/// its Welcome reads: 6 from [`DEVICE_TAGS_PROTOCOL_VERSION`], 5 from
+/// [`PATCH_FINDINGS_PROTOCOL_VERSION`], else 3
 /// (what centrals of versions 1 and 2 were released reading). The sender
 /// re-encodes a stored batch above it ([`crate::batch::reencode_for`])
 /// rather than have it refused for good.
 pub fn max_batch_format(protocol_version: u16) -> u16 {
-    if protocol_version >= PATCH_FINDINGS_PROTOCOL_VERSION {
+    if protocol_version >= DEVICE_TAGS_PROTOCOL_VERSION {
         crate::batch::BATCH_FORMAT
+    } else if protocol_version >= PATCH_FINDINGS_PROTOCOL_VERSION {
+        5
     } else {
         3
     }

@@ -38,7 +38,9 @@ pub use outpost_proto::alert::Severity;
 ///    the [`ForeignTenant`] list;
 /// 4: followed by the [`PatchDetail`] of each patch compliance entry;
 /// 5: followed by the devices' [`PatchFindings`] (missing patches and
-///    CVEs, strings in a per-batch dictionary, see [`findings`]).
+///    CVEs, strings in a per-batch dictionary, see [`findings`]);
+/// 6: followed by the [`DeviceIpsTags`] (IP addresses and tags) of the
+///    devices whose snapshot the batch carries.
 /// Batches of every earlier format (still in an outbox after an upgrade)
 /// are decoded too. A batch is written in the oldest format that can carry
 /// it ([`format_of`]): 2 unless it holds a `cleared` transition or a
@@ -46,7 +48,7 @@ pub use outpost_proto::alert::Severity;
 /// batches, by their format number (upgrade central first all the same).
 /// The sender never sends a central more than it announced it reads
 /// ([`crate::wire::max_batch_format`], [`downgrade`]).
-pub const BATCH_FORMAT: u16 = 5;
+pub const BATCH_FORMAT: u16 = 6;
 pub use limits::{Limit, MAX_DECODED_BYTES, OverLimit};
 
 /// Everything one batch carries.
@@ -76,6 +78,48 @@ pub struct SiteBatch {
     /// Since format 5: the missing patches and CVEs of the devices whose
     /// assessment changed (one entry per device, its latest).
     pub patch_findings: Vec<PatchFindings>,
+    /// Since format 6: the IP addresses and tags of devices whose snapshot
+    /// is in `devices` (at most one entry per device).
+    pub device_facts: Vec<DeviceIpsTags>,
+}
+
+/// A device's IP addresses (of its interfaces, loopback and link-local
+/// left out, no prefix length) and tags, as its site knows them (format
+/// 6). Sent with the device's snapshot, whole: central replaces what it
+/// had.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceIpsTags {
+    pub device: DeviceId,
+    pub ips: Vec<String>,
+    pub tags: Vec<String>,
+}
+
+/// Most addresses and most tags of one device in a batch.
+pub const MAX_DEVICE_FACTS: usize = 64;
+/// Longest address or tag (bytes).
+pub const MAX_FACT_BYTES: usize = 100;
+
+impl DeviceIpsTags {
+    /// Whether it keeps to [`MAX_DEVICE_FACTS`] and [`MAX_FACT_BYTES`].
+    pub fn check(&self) -> Result<(), String> {
+        for (what, v) in [("addresses", &self.ips), ("tags", &self.tags)] {
+            if v.len() > MAX_DEVICE_FACTS {
+                return Err(format!(
+                    "device {} has {} {what}, more than {MAX_DEVICE_FACTS}",
+                    self.device,
+                    v.len()
+                ));
+            }
+            if let Some(s) = v.iter().find(|s| s.len() > MAX_FACT_BYTES) {
+                return Err(format!(
+                    "device {}: {what} entry of {} bytes, more than {MAX_FACT_BYTES}",
+                    self.device,
+                    s.len()
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Devices of a site enrolled under a tenant other than the one the site
@@ -346,6 +390,13 @@ struct WireFormat3 {
     foreign_tenants: Vec<ForeignTenant>,
 }
 
+/// What format 6 appends after the findings of format 5.
+#[derive(Debug, Serialize, Deserialize)]
+struct WireFormat6 {
+    #[serde(deserialize_with = "limits::de::device_updates")]
+    device_facts: Vec<DeviceIpsTags>,
+}
+
 /// What format 4 appends after the [`WireFormat3`]: the [`PatchDetail`] of
 /// each patch compliance entry, in the same order (as many entries).
 #[derive(Debug, Serialize, Deserialize)]
@@ -406,7 +457,9 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 9;
 /// The oldest format (from 2, the rollup layout this build writes) that can
 /// carry `batch`.
 pub fn format_of(batch: &SiteBatch) -> u16 {
-    let base = if !batch.patch_findings.is_empty() {
+    let base = if !batch.device_facts.is_empty() {
+        6
+    } else if !batch.patch_findings.is_empty() {
         5
     } else if batch.patch_compliance.iter().any(|p| p.detail.is_some()) {
         4
@@ -476,16 +529,29 @@ pub fn encode(batch: &SiteBatch, level: i32) -> Result<Vec<u8>, BatchError> {
             &mut raw,
         )?;
     }
+    if format >= 6 {
+        codec::encode_into(
+            &WireFormat6 {
+                device_facts: batch.device_facts.clone(),
+            },
+            &mut raw,
+        )?;
+    }
     zstd::bulk::compress(&raw, level).map_err(BatchError::Compression)
 }
 
 /// `batch` as a central that reads formats up to `max_format` can take it:
-/// without findings below format 5, without patch details below format 4
-/// (the counts every format carries stay). Alert states and foreign
+/// without device facts below format 6, without findings below format 5,
+/// without patch details below format 4 (the counts every format carries
+/// stay). Alert states and foreign
 /// tenants need format 3, the oldest any central still announces.
 /// Returns whether anything was removed.
 pub fn downgrade(batch: &mut SiteBatch, max_format: u16) -> bool {
     let mut changed = false;
+    if max_format < 6 && !batch.device_facts.is_empty() {
+        batch.device_facts.clear();
+        changed = true;
+    }
     if max_format < 5 && !batch.patch_findings.is_empty() {
         batch.patch_findings.clear();
         changed = true;
@@ -594,23 +660,20 @@ impl OpenedBatch {
                 wire.format
             )));
         }
-        let rest = raw.get(used..).unwrap_or_default();
-        let mut patch_findings = Vec::new();
-        let (foreign_tenants, patch_details) = if wire.format >= 4 {
-            let (f3, used3): (WireFormat3, usize) =
-                codec::decode_prefix(rest).map_err(BatchError::from_codec)?;
-            let rest4 = rest.get(used3..).unwrap_or_default();
-            let f4 = if wire.format >= 5 {
-                let (f4, used4): (WireFormat4, usize) =
-                    codec::decode_prefix(rest4).map_err(BatchError::from_codec)?;
-                let f5 =
-                    codec::decode::<findings::WireFindings>(rest4.get(used4..).unwrap_or_default())
-                        .map_err(BatchError::from_codec)?;
-                patch_findings = f5.decode()?;
-                f4
-            } else {
-                codec::decode::<WireFormat4>(rest4).map_err(BatchError::from_codec)?
-            };
+        let mut rest = raw.get(used..).unwrap_or_default();
+        /// Decodes the next part of the tail and moves past it.
+        fn take<T: serde::de::DeserializeOwned>(rest: &mut &[u8]) -> Result<T, BatchError> {
+            let (v, n): (T, usize) = codec::decode_prefix(rest).map_err(BatchError::from_codec)?;
+            *rest = rest.get(n..).unwrap_or_default();
+            Ok(v)
+        }
+        let foreign_tenants = if wire.format >= 3 {
+            take::<WireFormat3>(&mut rest)?.foreign_tenants
+        } else {
+            Vec::new()
+        };
+        let patch_details = if wire.format >= 4 {
+            let f4: WireFormat4 = take(&mut rest)?;
             if f4.patch_details.len() != wire.patch_compliance.len() {
                 return Err(BatchError::Malformed(format!(
                     "{} patch details for {} patch compliance entries",
@@ -618,15 +681,27 @@ impl OpenedBatch {
                     wire.patch_compliance.len()
                 )));
             }
-            (f3.foreign_tenants, f4.patch_details)
-        } else if wire.format >= 3 {
-            let f3 = codec::decode::<WireFormat3>(rest).map_err(BatchError::from_codec)?;
-            (f3.foreign_tenants, vec![None; wire.patch_compliance.len()])
-        } else if rest.is_empty() {
-            (Vec::new(), vec![None; wire.patch_compliance.len()])
+            f4.patch_details
         } else {
-            return Err(CodecError::TrailingBytes(rest.len()).into());
+            vec![None; wire.patch_compliance.len()]
         };
+        let patch_findings = if wire.format >= 5 {
+            take::<findings::WireFindings>(&mut rest)?.decode()?
+        } else {
+            Vec::new()
+        };
+        let device_facts = if wire.format >= 6 {
+            let f6: WireFormat6 = take(&mut rest)?;
+            for f in &f6.device_facts {
+                f.check().map_err(BatchError::Malformed)?;
+            }
+            f6.device_facts
+        } else {
+            Vec::new()
+        };
+        if !rest.is_empty() {
+            return Err(CodecError::TrailingBytes(rest.len()).into());
+        }
         let patch_compliance = wire
             .patch_compliance
             .into_iter()
@@ -654,6 +729,7 @@ impl OpenedBatch {
             dropped_rollups: wire.dropped_rollups,
             foreign_tenants,
             patch_findings,
+            device_facts,
         })
     }
 }
@@ -673,6 +749,7 @@ impl SiteBatch {
         Limit::PatchCompliance.check(self.patch_compliance.len() as u64)?;
         Limit::CommandSummaries.check(self.commands.len() as u64)?;
         Limit::ForeignTenants.check(self.foreign_tenants.len() as u64)?;
+        Limit::DeviceUpdates.check(self.device_facts.len() as u64)?;
         findings::check_all(&self.patch_findings)?;
         let mut names = std::collections::HashSet::new();
         let mut budget = limits::RollupBudget::default();
@@ -757,6 +834,7 @@ pub(crate) mod tests {
             dropped_rollups: 0,
             foreign_tenants: vec![],
             patch_findings: vec![],
+            device_facts: vec![],
         }
     }
 
@@ -865,6 +943,69 @@ pub(crate) mod tests {
         assert_eq!(hex(&raw), GOLDEN_BATCH);
         assert_eq!(hex(&alert), GOLDEN_ALERT);
         assert_eq!(decode(&encode(&b, 1).unwrap()).unwrap(), b);
+    }
+
+    /// Devices' addresses and tags go up in format 6, after the format-5
+    /// findings, and come back; a central that reads up to 5 gets the
+    /// batch re-encoded without them (the rest unchanged), one that reads
+    /// 6 gets it as stored. Before format 6 no batch carried them.
+    #[test]
+    fn device_facts_round_trip_in_format_6_and_are_left_out_for_an_older_central() {
+        let mut b = sample_batch(12);
+        b.patch_findings = vec![findings::tests::typical_device(42, 2, 3, 0)];
+        assert_eq!(format_of(&b), 5);
+        b.device_facts = vec![DeviceIpsTags {
+            device: DeviceId(42),
+            ips: vec!["10.0.0.5".into(), "2001:db8::5".into()],
+            tags: vec!["web".into(), "eu-west".into()],
+        }];
+        assert_eq!(format_of(&b), 6);
+        let stored = encode(&b, 3).unwrap();
+        assert_eq!(open(&stored).unwrap().header().format, 6);
+        assert_eq!(decode(&stored).unwrap(), b);
+        assert_eq!(reencode_for(&stored, 6, 3).unwrap(), None);
+        let older = reencode_for(&stored, 5, 3).unwrap().expect("re-encoded");
+        assert_eq!(open(&older).unwrap().header().format, 5);
+        let back = decode(&older).unwrap();
+        assert!(back.device_facts.is_empty());
+        assert_eq!(back.patch_findings, b.patch_findings);
+        assert_eq!((back.seq, &back.devices), (b.seq, &b.devices));
+        assert_eq!(
+            crate::wire::max_batch_format(crate::wire::PATCH_FINDINGS_PROTOCOL_VERSION),
+            5
+        );
+        assert_eq!(
+            crate::wire::max_batch_format(crate::wire::DEVICE_TAGS_PROTOCOL_VERSION),
+            6
+        );
+    }
+
+    /// A device's facts beyond their bounds are refused, never stored.
+    #[test]
+    fn too_many_or_too_long_device_facts_are_refused() {
+        let mut b = sample_batch(13);
+        b.device_facts = vec![DeviceIpsTags {
+            device: DeviceId(42),
+            ips: vec![],
+            tags: (0..=MAX_DEVICE_FACTS).map(|i| format!("t{i}")).collect(),
+        }];
+        let err = decode(&encode(&b, 3).unwrap()).unwrap_err();
+        assert!(
+            matches!(&err, BatchError::Malformed(m) if m.contains("tags")),
+            "{err}"
+        );
+        b.device_facts[0].tags = vec!["x".repeat(MAX_FACT_BYTES + 1)];
+        let err = decode(&encode(&b, 3).unwrap()).unwrap_err();
+        assert!(
+            matches!(&err, BatchError::Malformed(m) if m.contains("bytes")),
+            "{err}"
+        );
+        // Trailing bytes after the last part are refused too.
+        b.device_facts[0].tags = vec!["ok".into()];
+        let mut raw = zstd::bulk::decompress(&encode(&b, 1).unwrap(), MAX_DECODED_BYTES).unwrap();
+        raw.push(0);
+        let payload = zstd::bulk::compress(&raw, 1).unwrap();
+        assert!(decode(&payload).is_err());
     }
 
     /// Captured with the storage-model types (commit "outpost-central in

@@ -17,8 +17,8 @@ use outpost_storage::rollup::{self, ROLLUPS, SeriesInfo, UPLINK_PENDING};
 use super::{ALERT_PREFIX, FINDINGS_PREFIX, PATCH_PREFIX, Result};
 use crate::batch::limits::{self, RollupBudget};
 use crate::batch::{
-    self, AlertTransition, DeviceRollups, DeviceUpdate, ForeignTenant, PatchCompliance,
-    PatchFindings, SeriesRollup,
+    self, AlertTransition, DeviceIpsTags, DeviceRollups, DeviceUpdate, ForeignTenant,
+    PatchCompliance, PatchFindings, SeriesRollup,
 };
 
 /// The batch's copy of a device status (the batch has its own types, so a
@@ -46,8 +46,9 @@ pub(super) fn batch_rollup(r: &Rollup) -> batch::Rollup {
 /// What identifies a device snapshot worth sending at once: registry facts
 /// and status, not `last_seen` (which moves with every heartbeat; it is
 /// sent at a bounded rate, see [`snapshot_due`]).
-fn snapshot_hash(u: &DeviceUpdate) -> u64 {
+fn snapshot_hash(u: &DeviceUpdate, facts: &DeviceIpsTags) -> u64 {
     let mut h = DefaultHasher::new();
+    (&facts.ips, &facts.tags).hash(&mut h);
     (
         &u.customer,
         &u.hostname,
@@ -133,8 +134,38 @@ pub(crate) fn device_records(store: &Store) -> Result<Vec<DeviceRecord>> {
     Ok(records)
 }
 
-/// Device snapshots due, each with its [`snapshot_hash`].
-pub(super) type DueSnapshots = Vec<(DeviceUpdate, u64)>;
+/// Device snapshots due, each with its IP addresses and tags and its
+/// [`snapshot_hash`].
+pub(super) type DueSnapshots = Vec<(DeviceUpdate, DeviceIpsTags, u64)>;
+
+/// The addresses of a device's interfaces as the batch carries them
+/// (loopback and IPv6 link-local left out, prefix lengths dropped; what
+/// the site console shows).
+pub fn inventory_ips(inv: &outpost_proto::messages::Inventory) -> Vec<String> {
+    let mut out: Vec<String> = inv
+        .nics
+        .iter()
+        .flat_map(|n| n.ips.iter())
+        .map(|ip| ip.split('/').next().unwrap_or(ip).to_string())
+        .filter(|ip| !ip.starts_with("127.") && ip != "::1" && !ip.starts_with("fe80:"))
+        .filter(|ip| ip.len() <= batch::MAX_FACT_BYTES)
+        .collect();
+    out.sort();
+    out.dedup();
+    out.truncate(16);
+    out
+}
+
+/// A device's facts for the batch: its addresses and tags.
+fn device_facts(store: &Store, device: DeviceId) -> Result<DeviceIpsTags> {
+    let ips = outpost_storage::registry::inventory(store, device)?
+        .map(|inv| inventory_ips(&inv))
+        .unwrap_or_default();
+    let mut tags = outpost_storage::registry::tags(store, device)?;
+    tags.retain(|t| t.len() <= batch::MAX_FACT_BYTES);
+    tags.truncate(batch::MAX_DEVICE_FACTS);
+    Ok(DeviceIpsTags { device, ips, tags })
+}
 
 /// Devices whose snapshot is due ([`snapshot_due`]) given `sent`, with
 /// their new hash; and the devices enrolled under a tenant other than
@@ -168,9 +199,10 @@ pub(super) fn device_changes(
             last_seen_ms: seen,
             as_of_ms: now_ms,
         };
-        let h = snapshot_hash(&u);
+        let facts = device_facts(store, u.device)?;
+        let h = snapshot_hash(&u, &facts);
         if snapshot_due(sent.get(&u.device), h, u.last_seen_ms, last_seen_bound_ms) {
-            out.push((u, h));
+            out.push((u, facts, h));
             if out.len() == limits::MAX_DEVICE_UPDATES {
                 // The others stay due: the next batches carry them.
                 break;

@@ -279,7 +279,7 @@ impl Outbox {
             site: site.clone(),
             tenant: tenant.clone(),
             created_ms: now_ms,
-            devices: devices.iter().map(|(u, _)| u.clone()).collect(),
+            devices: devices.iter().map(|(u, _, _)| u.clone()).collect(),
             rollups,
             alerts,
             patch_compliance,
@@ -287,6 +287,11 @@ impl Outbox {
             dropped_rollups: pending.dropped_series,
             foreign_tenants,
             patch_findings,
+            device_facts: devices
+                .iter()
+                .map(|(_, f, _)| f.clone())
+                .filter(|f| !f.ips.is_empty() || !f.tags.is_empty())
+                .collect(),
         };
         let payload = batch::encode(&b, self.cfg.zstd_level)?;
         let rec = OutboxRecord::new(&b, payload);
@@ -307,7 +312,7 @@ impl Outbox {
         self.store.write(wb)?;
         // Durable: now update memory.
         g.meta = meta;
-        for (u, h) in &devices {
+        for (u, _, h) in &devices {
             g.sent_snapshots.insert(
                 u.device,
                 compactor::SentSnapshot {

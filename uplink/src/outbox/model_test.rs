@@ -302,6 +302,7 @@ impl Model {
             dropped_rollups: 0,
             foreign_tenants: Vec::new(),
             patch_findings: Vec::new(),
+            device_facts: Vec::new(),
         };
         for u in &b.devices {
             self.sent_snapshots

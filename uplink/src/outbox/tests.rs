@@ -558,3 +558,56 @@ fn patch_findings_are_not_recorded_while_the_site_is_not_joined() {
     assert!(!patch_findings_into(&store, &mut wb, &f).unwrap());
     assert_eq!(wb.len(), 0);
 }
+
+/// A device's tags go up with its snapshot (batch format 6), and a tag
+/// change alone makes the snapshot due again; a device without addresses
+/// or tags adds no facts (its batch keeps the older format).
+#[test]
+fn a_devices_tags_go_up_with_its_snapshot_and_a_tag_change_resends_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let ob = outbox(&store, 1 << 30);
+    let rec = outpost_storage::model::DeviceRecord {
+        id: DeviceId(7),
+        tenant: TENANT.into(),
+        customer: "dental".into(),
+        hostname: "web-7".into(),
+        os: "Debian 12".into(),
+        kernel: "6.1".into(),
+        arch: "x86_64".into(),
+        agent_version: "0.1.0".into(),
+        enrolled_at_ms: NOW,
+        cert_serial: String::new(),
+        revoked_at_ms: None,
+    };
+    outpost_storage::registry::register(&store, &rec).unwrap();
+    let e = ob.compact(&SITE.into(), &TENANT.into(), NOW).unwrap();
+    let b = batch::decode(&ob.get(e.seq).unwrap().unwrap().payload).unwrap();
+    assert_eq!(b.devices.len(), 1);
+    assert!(b.device_facts.is_empty());
+    assert!(
+        batch::open(&ob.get(e.seq).unwrap().unwrap().payload)
+            .unwrap()
+            .header()
+            .format
+            < 6
+    );
+    // Unchanged: not due.
+    let e = ob.compact(&SITE.into(), &TENANT.into(), NOW + 1).unwrap();
+    let b = batch::decode(&ob.get(e.seq).unwrap().unwrap().payload).unwrap();
+    assert!(b.devices.is_empty(), "{b:?}");
+    outpost_storage::registry::set_tags(&store, DeviceId(7), &["web".into(), "eu".into()]).unwrap();
+    let e = ob.compact(&SITE.into(), &TENANT.into(), NOW + 2).unwrap();
+    let payload = ob.get(e.seq).unwrap().unwrap().payload;
+    assert_eq!(batch::open(&payload).unwrap().header().format, 6);
+    let b = batch::decode(&payload).unwrap();
+    assert_eq!(b.devices.len(), 1);
+    assert_eq!(
+        b.device_facts,
+        vec![batch::DeviceIpsTags {
+            device: DeviceId(7),
+            ips: vec![],
+            tags: vec!["web".into(), "eu".into()],
+        }]
+    );
+}
