@@ -619,12 +619,19 @@ pub mod generate {
                     })?,
                 })
             })?,
-            // Format 6: devices' addresses and tags.
+            // Format 6: devices' addresses and tags, within their
+            // per-device bounds as a site sends them (beyond them the
+            // decoder refuses the batch as malformed, which
+            // `check_limits` does not model).
             device_facts: vec(u, 3, |u| {
                 Ok(outpost_uplink::batch::DeviceIpsTags {
                     device: device(u)?,
-                    ips: vec(u, 3, |u| string(u, &["10.0.0.5", "2001:db8::5"]))?,
-                    tags: vec(u, 3, |u| string(u, &["web", "eu-west"]))?,
+                    ips: vec(u, 3, |u| {
+                        Ok(u.choose(&["10.0.0.5", "2001:db8::5", ""])?.to_string())
+                    })?,
+                    tags: vec(u, 3, |u| {
+                        Ok(u.choose(&["web", "eu-west", "ünïcødé"])?.to_string())
+                    })?,
                 })
             })?,
         })
