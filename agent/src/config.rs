@@ -54,6 +54,10 @@ pub struct AgentConfig {
     /// a link may not lead outside). Empty by default: every file transfer
     /// is refused with the reason.
     pub file_roots: Vec<std::path::PathBuf>,
+    /// A file transfer that makes no progress for this long while the
+    /// appliance is connected fails with that reason (0 s: never).
+    #[serde(with = "humantime_serde")]
+    pub file_idle_timeout: Duration,
     /// The reboot action's command, run with `sh -c` (`OUTPOST_REBOOT_DELAY_S`
     /// and `OUTPOST_AGENT_PID` in its environment). Default: `shutdown -r
     /// +MINUTES` with a delay, `systemctl reboot` without.
@@ -100,6 +104,7 @@ impl Default for AgentConfig {
             allowed_run_as: Vec::new(),
             command_kill_grace: Duration::from_secs(5),
             file_roots: Vec::new(),
+            file_idle_timeout: Duration::from_millis(crate::files::idle::DEFAULT_IDLE_TIMEOUT_MS),
             reboot_command: crate::commands::reboot::DEFAULT_REBOOT_COMMAND.into(),
             dpkg_lock: crate::commands::reboot::DEFAULT_DPKG_LOCK.into(),
             boot_id_path: crate::commands::reboot::DEFAULT_BOOT_ID_PATH.into(),

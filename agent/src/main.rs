@@ -192,6 +192,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| {
                 format!("opening the file transfer store {}", files_dir.display())
             })?;
+            files.set_idle_timeout(cfg.file_idle_timeout);
             let installer =
                 outpost_agent::install::PatchInstaller::from_config(&cfg, &dir.0, shared.clone());
             if let Some(i) = installer.clone() {
