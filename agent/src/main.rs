@@ -208,6 +208,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 installer,
             )
             .with_context(|| format!("opening the command ledger {}", dir.commands().display()))?;
+            executor.set_reboot_cancel_command(cfg.reboot_cancel_command.clone());
             // systemd (Type=notify): identity loaded, buffer and ledger
             // open. The agent is useful offline (it buffers), so this does
             // not wait for the appliance. A no-op when not under systemd.
