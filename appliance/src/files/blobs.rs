@@ -72,6 +72,10 @@ impl Blobs {
         let dest = self.path(sha);
         if dest.is_file() {
             let _ = std::fs::remove_file(tmp);
+            // Written again now: the collector's grace counts from here.
+            if let Ok(f) = File::options().write(true).open(&dest) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
             return Ok(dest);
         }
         File::open(tmp)?.sync_all()?;
@@ -114,6 +118,38 @@ impl Blobs {
         }
         self.adopt(&tmp, &sha)?;
         Ok(Ok((sha, n_total)))
+    }
+
+    /// Every blob on disk: its hash and metadata (names that are not a
+    /// hash are skipped).
+    pub fn list(&self) -> io::Result<Vec<([u8; 32], std::fs::Metadata)>> {
+        let mut out = Vec::new();
+        for d in std::fs::read_dir(self.root.join("blobs"))? {
+            let d = d?;
+            if !d.file_type()?.is_dir() {
+                continue;
+            }
+            for e in std::fs::read_dir(d.path())? {
+                let e = e?;
+                let name = e.file_name();
+                let Some(sha) = name.to_str().and_then(outpost_proto::transfer::parse_sha) else {
+                    continue;
+                };
+                let meta = e.metadata()?;
+                if meta.is_file() {
+                    out.push((sha, meta));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes the blob `sha` (gone already: fine).
+    pub fn remove(&self, sha: &[u8; 32]) -> io::Result<()> {
+        match std::fs::remove_file(self.path(sha)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// The partial file of a pull in progress.
