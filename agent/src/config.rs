@@ -54,10 +54,17 @@ pub struct AgentConfig {
     /// a link may not lead outside). Empty by default: every file transfer
     /// is refused with the reason.
     pub file_roots: Vec<std::path::PathBuf>,
+    /// A file transfer that makes no progress for this long while the
+    /// appliance is connected fails with that reason (0 s: never).
+    #[serde(with = "humantime_serde")]
+    pub file_idle_timeout: Duration,
     /// The reboot action's command, run with `sh -c` (`OUTPOST_REBOOT_DELAY_S`
     /// and `OUTPOST_AGENT_PID` in its environment). Default: `shutdown -r
     /// +MINUTES` with a delay, `systemctl reboot` without.
     pub reboot_command: String,
+    /// Cancels a scheduled reboot (run with `sh -c` when a reboot command
+    /// is cancelled before it is due). Default `shutdown -c`.
+    pub reboot_cancel_command: String,
     /// A reboot is refused while another process holds this fcntl lock
     /// (dpkg and apt hold it during package installs).
     pub dpkg_lock: std::path::PathBuf,
@@ -100,7 +107,9 @@ impl Default for AgentConfig {
             allowed_run_as: Vec::new(),
             command_kill_grace: Duration::from_secs(5),
             file_roots: Vec::new(),
+            file_idle_timeout: Duration::from_millis(crate::files::idle::DEFAULT_IDLE_TIMEOUT_MS),
             reboot_command: crate::commands::reboot::DEFAULT_REBOOT_COMMAND.into(),
+            reboot_cancel_command: crate::commands::reboot::DEFAULT_REBOOT_CANCEL_COMMAND.into(),
             dpkg_lock: crate::commands::reboot::DEFAULT_DPKG_LOCK.into(),
             boot_id_path: crate::commands::reboot::DEFAULT_BOOT_ID_PATH.into(),
             package_scan: true,

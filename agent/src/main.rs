@@ -192,6 +192,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| {
                 format!("opening the file transfer store {}", files_dir.display())
             })?;
+            files.set_idle_timeout(cfg.file_idle_timeout);
             let installer =
                 outpost_agent::install::PatchInstaller::from_config(&cfg, &dir.0, shared.clone());
             if let Some(i) = installer.clone() {
@@ -207,6 +208,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 installer,
             )
             .with_context(|| format!("opening the command ledger {}", dir.commands().display()))?;
+            executor.set_reboot_cancel_command(cfg.reboot_cancel_command.clone());
             // systemd (Type=notify): identity loaded, buffer and ledger
             // open. The agent is useful offline (it buffers), so this does
             // not wait for the appliance. A no-op when not under systemd.

@@ -118,6 +118,11 @@ pub async fn run(
                             }
                         }
                     }
+                    DownEvent::FileChunk(_) | DownEvent::FileAck(_) | DownEvent::FileAbort(_) => {
+                        // Protocol 4 (outpost_uplink::files): this site
+                        // announces 3, so central sends none.
+                        debug!("downlink: file frame ignored (this site does not take files from central yet)");
+                    }
                     DownEvent::Cancel { id, by } => {
                         if let Err(e) = svc.cancel(id, &by).await {
                             debug!(%id, error = %e, "central's cancel not taken");

@@ -353,6 +353,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         Duration::from_millis(200),
         shutdown.clone(),
     ));
+    tracker.spawn(crate::files::gc::gc_loop(files.clone(), shutdown.clone()));
     tracker.spawn(jobs::retention_loop(
         store.clone(),
         cfg.storage.retention(),

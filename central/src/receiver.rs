@@ -343,6 +343,14 @@ async fn serve_stream(
                         }
                         answers.extend(down.on_update(u, crate::now_ms()).await);
                     }
+                    Some(SiteFrame::FileChunk(_) | SiteFrame::FileAck(_) | SiteFrame::FileAbort(_)) => {
+                        // Protocol 4 (outpost_uplink::files): no site
+                        // announces it yet; below it this is a protocol error.
+                        if version < outpost_uplink::wire::FILES_PROTOCOL_VERSION {
+                            anyhow::bail!("a file frame on a protocol-{version} stream");
+                        }
+                        tracing::debug!("file frame ignored: files from central are not wired yet");
+                    }
                 }
             }
             d = async {

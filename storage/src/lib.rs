@@ -15,6 +15,7 @@
 //! knows nothing about networking: callers hand it decoded records and get
 //! back what became durable. Keys are big-endian so byte order is time order.
 
+pub mod blobs;
 pub mod chunk;
 pub mod error;
 pub mod ingest;

@@ -628,3 +628,53 @@ fn a_reboot_needs_confirmation_is_refused_during_an_install_and_completes_on_a_n
     );
     assert_eq!(lines(&count), 1, "the reboot ran twice");
 }
+
+#[test]
+fn a_scheduled_reboot_cancelled_before_it_is_due_is_stopped_on_the_device_and_ends_cancelled() {
+    let tmp = scratch("cmd-reboot-cancel");
+    let app = Appliance::start(tmp.path());
+    let mut a = Agent::enroll(tmp.path(), "a1", &app);
+    let boot = tmp.path().join("boot_id");
+    std::fs::write(&boot, "boot-1\n").unwrap();
+    let scheduled = tmp.path().join("scheduled");
+    let undone = tmp.path().join("undone");
+    std::fs::write(
+        a.state.join("agent.toml"),
+        format!(
+            "package_scan = false\nreboot_command = {:?}\nreboot_cancel_command = {:?}\ndpkg_lock = {:?}\nboot_id_path = {:?}\n",
+            format!("echo \"$OUTPOST_REBOOT_DELAY_S\" >> {}", scheduled.display()),
+            format!("echo cancelled >> {}", undone.display()),
+            tmp.path().join("lock-frontend").display().to_string(),
+            boot.display().to_string()
+        ),
+    )
+    .unwrap();
+    a.start();
+    let id = app
+        .cli_ok(&[
+            "device",
+            "reboot",
+            &a.device_id,
+            "--confirm",
+            "--delay",
+            "10m",
+            "--no-wait",
+        ])
+        .trim()
+        .to_string();
+    wait_for(Duration::from_secs(30), "the reboot scheduled", || {
+        scheduled.exists().then_some(())
+    });
+    wait_state(&app, &id, 30, |s| s == "running");
+    // Its scheduling command has ended; the reboot is pending on the device.
+    std::thread::sleep(Duration::from_millis(500));
+    app.cli_ok(&["commands", "cancel", &id]);
+    let v = wait_state(&app, &id, 30, terminal);
+    assert_eq!(v["state"], "cancelled", "{v}");
+    assert!(
+        v["output"].as_str().unwrap().contains("reboot cancelled"),
+        "{v}"
+    );
+    assert_eq!(std::fs::read_to_string(&undone).unwrap(), "cancelled\n");
+    assert_eq!(std::fs::read_to_string(&scheduled).unwrap(), "600\n");
+}

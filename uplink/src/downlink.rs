@@ -261,6 +261,10 @@ mod port {
             by: String,
         },
         UpdateAck(UpdateAck),
+        /// File frames (protocol 4, [`crate::files`]).
+        FileChunk(crate::files::UpFileChunk),
+        FileAck(crate::files::UpFileAck),
+        FileAbort(crate::files::UpFileAbort),
     }
 
     /// The sender's end: events to the adapter, frames from it.

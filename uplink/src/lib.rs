@@ -17,6 +17,7 @@
 
 pub mod batch;
 pub mod downlink;
+pub mod files;
 #[cfg(feature = "appliance")]
 pub mod join;
 #[cfg(feature = "appliance")]

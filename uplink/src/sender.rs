@@ -351,6 +351,9 @@ async fn stream_loop(
                     Some(CentralFrame::Commands(v)) => down(DownEvent::Commands(v)),
                     Some(CentralFrame::Cancel { id, by }) => down(DownEvent::Cancel { id, by }),
                     Some(CentralFrame::CommandUpdateAck(a)) => down(DownEvent::UpdateAck(a)),
+                    Some(CentralFrame::FileChunk(c)) => down(DownEvent::FileChunk(c)),
+                    Some(CentralFrame::FileAck(a)) => down(DownEvent::FileAck(a)),
+                    Some(CentralFrame::FileAbort(a)) => down(DownEvent::FileAbort(a)),
                     None => bail!("central closed the uplink stream"),
                 }
             }

@@ -47,6 +47,11 @@ pub const UPLINK_PROTOCOL_VERSION: u16 = 3;
 pub const MIN_UPLINK_PROTOCOL_VERSION: u16 = 1;
 /// First protocol version that carries the downlink of commands.
 pub const COMMANDS_PROTOCOL_VERSION: u16 = 2;
+/// First protocol version that carries file bytes ([`crate::files`]:
+/// pushes and pulls from central). Not announced yet: this build's site
+/// does not handle the file frames (UPLINK_PROTOCOL_VERSION stays 3 until
+/// it does), so central must not send them to any site below it.
+pub const FILES_PROTOCOL_VERSION: u16 = 4;
 /// First protocol version whose central reads patch details and findings
 /// (batch formats 4 and 5).
 pub const PATCH_FINDINGS_PROTOCOL_VERSION: u16 = 3;
@@ -81,6 +86,13 @@ pub enum SiteFrame {
     CommandAck(crate::downlink::CommandAck),
     /// Where a command of central's stands at the site, with output.
     CommandUpdate(crate::downlink::CommandUpdate),
+    /// Protocol 4 ([`FILES_PROTOCOL_VERSION`]): a pull's verified content
+    /// (see [`crate::files`]).
+    FileChunk(crate::files::UpFileChunk),
+    /// The site holds a push's content up to `up_to`.
+    FileAck(crate::files::UpFileAck),
+    /// The site gives a stream up (either direction).
+    FileAbort(crate::files::UpFileAbort),
 }
 
 /// Opening frame of an uplink stream.
@@ -125,6 +137,13 @@ pub enum CentralFrame {
     },
     /// Central stored a [`SiteFrame::CommandUpdate`].
     CommandUpdateAck(crate::downlink::UpdateAck),
+    /// Protocol 4 ([`FILES_PROTOCOL_VERSION`]): a push's content (see
+    /// [`crate::files`]).
+    FileChunk(crate::files::UpFileChunk),
+    /// Central holds a pull's content up to `up_to`.
+    FileAck(crate::files::UpFileAck),
+    /// Central gives a stream up (either direction).
+    FileAbort(crate::files::UpFileAbort),
 }
 
 /// Answer to [`SiteHello`].
@@ -226,6 +245,20 @@ mod tests {
             SiteFrame::Batch(WireBatch {
                 seq: 7,
                 payload: vec![1, 2, 3],
+            }),
+            SiteFrame::FileChunk(crate::files::UpFileChunk {
+                transfer: outpost_proto::ids::TransferId([3; 16]),
+                offset: 262_144,
+                bytes: vec![9; 100],
+                last: true,
+            }),
+            SiteFrame::FileAck(crate::files::UpFileAck {
+                transfer: outpost_proto::ids::TransferId([4; 16]),
+                up_to: 5,
+            }),
+            SiteFrame::FileAbort(crate::files::UpFileAbort {
+                transfer: outpost_proto::ids::TransferId([4; 16]),
+                reason: "hash mismatch".into(),
             }),
         ];
         let mut bytes = Vec::new();

@@ -62,6 +62,9 @@ enum Msg {
     /// The reboot command exited 0: the reboot is scheduled; the command
     /// stays running until the agent starts on a new boot id.
     RebootScheduled(CommandId),
+    /// `reboot_cancel_command` ended: `Ok(line)` (exit 0: the reboot is
+    /// cancelled) or `Err(reason)` (it still runs).
+    RebootCancel(CommandId, Result<String, String>),
 }
 
 struct Inner {
@@ -84,6 +87,8 @@ struct Inner {
     /// Patch installs and rollbacks (`InstallPatches`, `RollbackPatches`,
     /// `crate::install`): without it they are refused.
     installer: Option<crate::install::PatchInstaller>,
+    /// `reboot_cancel_command` (run with `sh -c`).
+    reboot_cancel: Mutex<String>,
 }
 
 /// How the file module reports the end of a transfer's command.
@@ -207,14 +212,62 @@ impl Executor {
             files,
             scanner,
             installer,
+            reboot_cancel: Mutex::new(reboot::DEFAULT_REBOOT_CANCEL_COMMAND.into()),
         });
         let ex = Executor { inner };
         tokio::spawn(ex.clone().worker(rx, to_start));
         Ok(ex)
     }
 
+    /// Sets `reboot_cancel_command` (agent.toml; default `shutdown -c`).
+    pub fn set_reboot_cancel_command(&self, command: String) {
+        *lock(&self.inner.reboot_cancel) = command;
+    }
+
     fn wake(&self) {
         self.inner.wake.send_modify(|n| *n += 1);
+    }
+
+    /// A cancel of a scheduled reboot (running, its scheduling command
+    /// done): too late once due (a line says so, it stays running); else
+    /// `reboot_cancel_command` runs and, if it exits 0, the command ends
+    /// `cancelled`.
+    fn cancel_reboot(&self, id: CommandId) -> anyhow::Result<()> {
+        let due = self.inner.ledger.reboot_due(id)?;
+        if let Err(reason) = reboot::cancel_verdict(due, now_ms()) {
+            info!(%id, %reason, "reboot cancel refused");
+            let _ = self
+                .inner
+                .tx
+                .send(Msg::Output(id, format!("{reason}\n").into_bytes()));
+            return Ok(());
+        }
+        let command = lock(&self.inner.reboot_cancel).clone();
+        let tx = self.inner.tx.clone();
+        tokio::spawn(async move {
+            let run = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(&command)
+                .arg("outpost-reboot-cancel")
+                .env("OUTPOST_AGENT_PID", std::process::id().to_string())
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output();
+            let r = match tokio::time::timeout(Duration::from_secs(60), run).await {
+                Err(_) => Err(format!("{command:?} did not end within 60 s")),
+                Ok(Err(e)) => Err(format!("{command:?} could not start: {e}")),
+                Ok(Ok(o)) if o.status.success() => {
+                    Ok(format!("reboot cancelled ({command} exited 0)\n"))
+                }
+                Ok(Ok(o)) => Err(format!(
+                    "{command:?} failed ({}): {}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )),
+            };
+            let _ = tx.send(Msg::RebootCancel(id, r));
+        });
+        Ok(())
     }
 
     fn link(&self) -> Option<RemoteLink> {
@@ -242,8 +295,18 @@ impl Executor {
                 let token = lock(&self.inner.running).get(&id).cloned();
                 if let Some(t) = token {
                     t.cancel();
+                    if l.reboot_boot_id(id)?.is_some() {
+                        // Its scheduling command was still running: it
+                        // may have scheduled the reboot already.
+                        self.cancel_reboot(id)?;
+                    }
                 } else {
                     match l.get(id)? {
+                        // A scheduled reboot (see `cancel_reboot`).
+                        Some(Entry {
+                            phase: Phase::Running { .. },
+                            ..
+                        }) if l.reboot_boot_id(id)?.is_some() => self.cancel_reboot(id)?,
                         // Never started here (or not yet received): the id
                         // is recorded cancelled, so a later delivery never
                         // runs it.
@@ -294,16 +357,7 @@ impl Executor {
                 }
             }
             Msg::Event(_) => {}
-            Msg::Output(id, bytes) => {
-                if let Some(mut e) = l.get(id)? {
-                    l.put_output(id, e.output_len, &bytes)?;
-                    e.output_len += bytes.len() as u64;
-                    self.bound_output(id, &e)?;
-                    l.put(id, &e)?;
-                    lock(&self.inner.pending).insert(id);
-                    self.wake();
-                }
-            }
+            Msg::Output(id, bytes) => self.append_output(id, &bytes)?,
             Msg::Started(id, ms) => {
                 if let Some(link) = self.link() {
                     let _ = link.command_started(id, ms);
@@ -313,10 +367,47 @@ impl Executor {
                 lock(&self.inner.running).remove(&id);
                 self.finish(id, outcome).await;
             }
+            Msg::RebootCancel(id, r) => {
+                let running = matches!(
+                    l.get(id)?,
+                    Some(Entry {
+                        phase: Phase::Running { .. },
+                        ..
+                    })
+                );
+                match r {
+                    Ok(line) if running => {
+                        info!(%id, "scheduled reboot cancelled");
+                        l.remove_reboot(id)?;
+                        self.append_output(id, line.as_bytes())?;
+                        self.finish(id, CommandOutcome::Cancelled).await;
+                    }
+                    Ok(_) => {}
+                    Err(reason) => {
+                        warn!(%id, %reason, "cancelling a scheduled reboot failed");
+                        let line = format!("cancelling the reboot failed: {reason}\n");
+                        self.append_output(id, line.as_bytes())?;
+                    }
+                }
+            }
             Msg::RebootScheduled(id) => {
                 lock(&self.inner.running).remove(&id);
                 info!(%id, "reboot scheduled: the command completes when the agent starts on a new boot id");
             }
+        }
+        Ok(())
+    }
+
+    /// Appends output to a command (bounded, sent by the pump).
+    fn append_output(&self, id: CommandId, bytes: &[u8]) -> anyhow::Result<()> {
+        let l = &self.inner.ledger;
+        if let Some(mut e) = l.get(id)? {
+            l.put_output(id, e.output_len, bytes)?;
+            e.output_len += bytes.len() as u64;
+            self.bound_output(id, &e)?;
+            l.put(id, &e)?;
+            lock(&self.inner.pending).insert(id);
+            self.wake();
         }
         Ok(())
     }
@@ -470,6 +561,8 @@ impl Executor {
             l.put_output(id, e.output_len, line.as_bytes())?;
             e.output_len += line.len() as u64;
             l.put_reboot(id, b)?;
+            let delay_s: u64 = delay.parse().unwrap_or(0);
+            l.put_reboot_due(id, started_ms.saturating_add(delay_s.saturating_mul(1000)))?;
             lock(&self.inner.pending).insert(id);
         }
         l.put(id, &e)?;
@@ -1295,5 +1388,101 @@ mod tests {
             o => panic!("expected a refusal, got {o:?}"),
         }
         assert!(!ran.exists(), "the reboot command ran during an install");
+    }
+
+    /// Output of `id` until it contains `what` (or panics after 10 s),
+    /// acknowledged.
+    async fn output_until(
+        ex: &Executor,
+        inbox: &mut LinkInbox,
+        id: CommandId,
+        what: &str,
+    ) -> String {
+        let mut got = String::new();
+        while !got.contains(what) {
+            let o = tokio::time::timeout(Duration::from_secs(10), inbox.output.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {what:?} in the output: {got:?}"))
+                .unwrap();
+            if o.id == id {
+                got.push_str(&String::from_utf8_lossy(&o.bytes));
+                let up_to = o.offset + o.bytes.len() as u64;
+                ex.event(AgentEvent::OutputAcked { id, up_to });
+            }
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn cancelling_a_scheduled_reboot_before_it_is_due_runs_the_cancel_command_and_ends_cancelled()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let boot = dir.path().join("boot_id");
+        std::fs::write(&boot, "boot-1\n").unwrap();
+        let ran = dir.path().join("ran");
+        let undone = dir.path().join("undone");
+        let mut p = policy();
+        p.reboot = RebootConfig {
+            command: format!("echo \"$OUTPOST_REBOOT_DELAY_S\" >> {}", ran.display()),
+            dpkg_lock: dir.path().join("lock-frontend"),
+            boot_id_path: boot.clone(),
+        };
+        let ex = Executor::start(&dir.path().join("ledger"), p).unwrap();
+        ex.set_reboot_cancel_command(format!("echo cancelled >> {}", undone.display()));
+        let (link, mut inbox) = RemoteLink::new(64 * 1024);
+        ex.session_up(link);
+        let reboot = |n: u8, delay_ms: u64| Command {
+            id: CommandId([n; 16]),
+            spec: CommandSpec {
+                kind: CommandKind::Builtin(BuiltinAction::Reboot { delay_ms }),
+                ..CommandSpec::shell("x", "t")
+            }
+            .encode()
+            .unwrap(),
+        };
+        let scheduled = |n: usize| {
+            let ran = ran.clone();
+            async move {
+                let t0 = std::time::Instant::now();
+                while std::fs::read_to_string(&ran)
+                    .unwrap_or_default()
+                    .lines()
+                    .count()
+                    < n
+                    && t0.elapsed() < Duration::from_secs(10)
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                // Its scheduling command has ended (the command stays running).
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        };
+        // Due in 10 minutes: the cancel stops it.
+        let id = CommandId([1; 16]);
+        ex.event(AgentEvent::Command(reboot(1, 600_000)));
+        scheduled(1).await;
+        ex.event(AgentEvent::CancelCommand { id });
+        output_until(&ex, &mut inbox, id, "reboot cancelled").await;
+        let r = next_result(&mut inbox).await;
+        assert_eq!((r.id, r.outcome), (id, CommandOutcome::Cancelled));
+        assert_eq!(std::fs::read_to_string(&undone).unwrap(), "cancelled\n");
+        assert_eq!(ex.inner.ledger.reboot_boot_id(id).unwrap(), None);
+        assert_eq!(ex.inner.ledger.reboot_due(id).unwrap(), None);
+        // Without a delay it is due at once: too late, refused with the
+        // reason, the cancel command does not run, it stays running.
+        let id = CommandId([2; 16]);
+        ex.event(AgentEvent::Command(reboot(2, 0)));
+        scheduled(2).await;
+        ex.event(AgentEvent::CancelCommand { id });
+        output_until(&ex, &mut inbox, id, "too late to cancel").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while let Ok(i) = inbox.rx.try_recv() {
+            assert!(
+                !matches!(i, LinkInput::Result(ref r) if r.id == id),
+                "a reboot past its due time has no result: {i:?}"
+            );
+        }
+        assert_eq!(std::fs::read_to_string(&undone).unwrap(), "cancelled\n");
+        assert!(ex.inner.ledger.reboot_boot_id(id).unwrap().is_some());
     }
 }

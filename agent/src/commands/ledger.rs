@@ -6,6 +6,8 @@
 //! * tree `output`: id | offset (8, BE) → output bytes;
 //! * tree `reboots`: id → the boot id (text) recorded before a reboot was
 //!   scheduled (see [`super::reboot`]).
+//! * tree `reboot_due`: id → when a scheduled reboot is due (ms since the
+//!   epoch, big-endian u64): a cancel after it is too late.
 //!
 //! An id is written (and flushed) before the agent acknowledges the
 //! command, and marked `running` (flushed) before its process starts: after
@@ -88,6 +90,7 @@ pub struct Ledger {
     commands: sled::Tree,
     output: sled::Tree,
     reboots: sled::Tree,
+    reboot_due: sled::Tree,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -118,11 +121,13 @@ impl Ledger {
         let commands = db.open_tree("commands")?;
         let output = db.open_tree("output")?;
         let reboots = db.open_tree("reboots")?;
+        let reboot_due = db.open_tree("reboot_due")?;
         Ok(Ledger {
             db,
             commands,
             output,
             reboots,
+            reboot_due,
         })
     }
 
@@ -233,6 +238,29 @@ impl Ledger {
         Ok(())
     }
 
+    /// Records when a scheduled reboot is due (not flushed).
+    pub fn put_reboot_due(&self, id: CommandId, due_ms: u64) -> Result<()> {
+        self.reboot_due.insert(id.0, &due_ms.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// When a scheduled reboot is due (`None`: not recorded, e.g. by an
+    /// older agent).
+    pub fn reboot_due(&self, id: CommandId) -> Result<Option<u64>> {
+        Ok(self
+            .reboot_due
+            .get(id.0)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes))
+    }
+
+    /// Forgets a reboot (cancelled): its boot id and due time.
+    pub fn remove_reboot(&self, id: CommandId) -> Result<()> {
+        self.reboots.remove(id.0)?;
+        self.reboot_due.remove(id.0)?;
+        Ok(())
+    }
+
     /// The boot id recorded for a reboot command.
     pub fn reboot_boot_id(&self, id: CommandId) -> Result<Option<String>> {
         Ok(self
@@ -285,7 +313,7 @@ impl Ledger {
                             finished_ms: now_ms,
                         });
                         self.put(id, &e)?;
-                        self.reboots.remove(id.0)?;
+                        self.remove_reboot(id)?;
                     }
                 }
                 Phase::Running { .. } => {
@@ -304,7 +332,7 @@ impl Ledger {
                         && now_ms.saturating_sub(r.finished_ms) > KEEP_FINISHED_MS =>
                 {
                     self.commands.remove(id.0)?;
-                    self.reboots.remove(id.0)?;
+                    self.remove_reboot(id)?;
                     self.drop_output_below(id, u64::MAX)?;
                 }
                 _ => {}

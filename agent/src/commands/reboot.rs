@@ -13,6 +13,10 @@
 //!   ids in its output); with the same boot id it stays `running` (the
 //!   reboot may still be pending) and the appliance's deadline decides.
 //!
+//! * a cancel of a scheduled reboot before it is due runs
+//!   `reboot_cancel_command` (default `shutdown -c`); once due it is too
+//!   late and refused with the reason ([`cancel_verdict`]).
+//!
 //! The boot id therefore reaches the appliance inside the command's result
 //! and output: the session protocol (Hello, heartbeats) is unchanged.
 //! This module runs nothing itself; [`super::host`] does.
@@ -24,6 +28,22 @@ use std::path::{Path, PathBuf};
 /// `systemctl reboot` without.
 pub const DEFAULT_REBOOT_COMMAND: &str = "if [ \"${OUTPOST_REBOOT_DELAY_S:-0}\" -gt 0 ]; then \
      exec shutdown -r +$(( (OUTPOST_REBOOT_DELAY_S + 59) / 60 )); else exec systemctl reboot; fi";
+
+/// Default command that cancels a scheduled reboot (`reboot_cancel_command`).
+pub const DEFAULT_REBOOT_CANCEL_COMMAND: &str = "shutdown -c";
+
+/// Whether a cancel of a scheduled reboot due at `due_ms` can still stop
+/// it at `now_ms` (`None`: the due time was not recorded; try). Once due,
+/// the reboot runs: the reason says so.
+pub fn cancel_verdict(due_ms: Option<u64>, now_ms: u64) -> Result<(), String> {
+    match due_ms {
+        Some(d) if now_ms >= d => Err(format!(
+            "too late to cancel: the reboot was due {} s ago and runs",
+            (now_ms - d) / 1000
+        )),
+        _ => Ok(()),
+    }
+}
 
 /// Default dpkg frontend lock (held by apt and dpkg during installs).
 pub const DEFAULT_DPKG_LOCK: &str = "/var/lib/dpkg/lock-frontend";
@@ -115,6 +135,18 @@ pub fn rebooted(recorded: &str, current: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reboot_can_be_cancelled_only_before_it_is_due() {
+        assert!(cancel_verdict(Some(60_000), 59_999).is_ok());
+        let late = cancel_verdict(Some(60_000), 62_000).unwrap_err();
+        assert!(
+            late.contains("too late") && late.contains("2 s ago"),
+            "{late}"
+        );
+        assert!(cancel_verdict(Some(60_000), 60_000).is_err());
+        assert!(cancel_verdict(None, 1).is_ok(), "no due time recorded: try");
+    }
 
     #[test]
     fn a_new_boot_id_means_the_host_rebooted_and_the_same_or_none_does_not() {

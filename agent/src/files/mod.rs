@@ -29,17 +29,22 @@
 //! The command ends `completed` (exit 0, one line of output saying what
 //! was written or sent), `failed` with the reason as output (exit 1: hash
 //! mismatch, write error, the appliance gave up) or refused by policy
-//! (the reason), or `cancelled`. This module must not touch the session
+//! (the reason), or `cancelled`. A transfer that makes no progress for
+//! `file_idle_timeout` (agent.toml, default 10 min) while a session is up
+//! fails with that reason ([`idle`]). This module must not touch the session
 //! protocol or the command ledger: it talks through [`RemoteLink`] and
 //! reports through [`Reporter`].
 
+pub mod idle;
 pub mod policy;
 mod store;
 
 use std::collections::HashMap;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use outpost_proto::command::{BuiltinAction, CommandKind, CommandSpec};
 use outpost_proto::ids::{CommandId, TransferId};
@@ -92,6 +97,8 @@ struct Inner {
     tx: mpsc::UnboundedSender<Msg>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<Msg>>>,
     reporter: OnceLock<Arc<dyn Reporter>>,
+    /// `file_idle_timeout` in ms (0: none).
+    idle_timeout_ms: AtomicU64,
 }
 
 /// The agent's file transfers (cheap to clone).
@@ -129,8 +136,15 @@ impl FileAgent {
                 tx,
                 rx: Mutex::new(Some(rx)),
                 reporter: OnceLock::new(),
+                idle_timeout_ms: AtomicU64::new(idle::DEFAULT_IDLE_TIMEOUT_MS),
             }),
         })
+    }
+
+    /// Sets `file_idle_timeout` (before [`FileAgent::attach`]; zero: none).
+    pub fn set_idle_timeout(&self, d: Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.inner.idle_timeout_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Commands of the transfers in progress (kept `running` by the
@@ -177,6 +191,7 @@ impl FileAgent {
             inner: self.inner.clone(),
             live: HashMap::new(),
             link: None,
+            idle: idle::IdleClock::new(self.inner.idle_timeout_ms.load(Ordering::Relaxed)),
         };
         let mut tokens = Vec::new();
         for (t, e) in self.inner.store.entries().unwrap_or_default() {
@@ -232,6 +247,14 @@ struct Worker {
     inner: Arc<Inner>,
     live: HashMap<TransferId, Live>,
     link: Option<RemoteLink>,
+    idle: idle::IdleClock,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn sha_of_file(path: &Path) -> std::io::Result<[u8; 32]> {
@@ -285,6 +308,7 @@ impl Worker {
         };
         let done = CancellationToken::new();
         self.watch_cancel(t, cancel, done.clone());
+        self.idle.progress(t, now_ms());
         self.live.insert(
             t,
             Live {
@@ -298,7 +322,21 @@ impl Worker {
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
-        while let Some(m) = rx.recv().await {
+        // Checked a few times per timeout (at most every 30 s).
+        let every = (self.idle.timeout_ms() / 4).clamp(100, 30_000);
+        let mut tick = tokio::time::interval(Duration::from_millis(every));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let m = tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    self.fail_idle(now_ms()).await;
+                    continue;
+                }
+            };
             match m {
                 Msg::Start { id, spec, cancel } => self.start(id, *spec, cancel).await,
                 Msg::Event(AgentEvent::FileChunk(c)) => self.chunk(c).await,
@@ -314,8 +352,14 @@ impl Worker {
                     .await
                 }
                 Msg::Event(_) => {}
-                Msg::Up(link) => self.up(link),
-                Msg::Down => self.link = None,
+                Msg::Up(link) => {
+                    self.idle.up(now_ms());
+                    self.up(link)
+                }
+                Msg::Down => {
+                    self.idle.down();
+                    self.link = None
+                }
                 Msg::Cancelled(t) => {
                     if let Some(l) = self.end(t).await {
                         if let Some(link) = &self.link {
@@ -330,6 +374,14 @@ impl Worker {
                 }
                 Msg::PumpFailed(t, reason) => self.fail(t, reason, true).await,
             }
+        }
+    }
+
+    /// Fails every transfer idle beyond `file_idle_timeout` at `now_ms`.
+    async fn fail_idle(&mut self, now_ms: u64) {
+        for (t, idle_ms) in self.idle.idle_due(now_ms) {
+            let reason = self.idle.reason(idle_ms);
+            self.fail(t, reason, true).await;
         }
     }
 
@@ -348,6 +400,7 @@ impl Worker {
 
     /// Removes a transfer (entry, temporary file) and returns it.
     async fn end(&mut self, t: TransferId) -> Option<Live> {
+        self.idle.forget(t);
         let l = self.live.remove(&t)?;
         l.done.cancel();
         if let Entry::Push { temp, .. } = &l.entry {
@@ -495,6 +548,7 @@ impl Worker {
             );
         }
         self.watch_cancel(t, cancel, live.done.clone());
+        self.idle.progress(t, now_ms());
         let push_size = match &live.entry {
             Entry::Push { size, .. } => Some(*size),
             Entry::Pull { .. } => None,
@@ -562,6 +616,7 @@ impl Worker {
                         .await;
                 }
                 l.durable = c.offset + c.bytes.len() as u64;
+                self.idle.progress(t, now_ms());
             }
             ChunkPlan::Duplicate | ChunkPlan::Gap => {}
             ChunkPlan::TooLong => {
@@ -606,6 +661,7 @@ impl Worker {
         match r {
             Ok(line) => {
                 // The temporary file is renamed: ending removes nothing.
+                self.idle.forget(t);
                 if let Some(l) = self.live.remove(&t) {
                     l.done.cancel();
                 }
@@ -636,6 +692,7 @@ impl Worker {
             return;
         }
         *acked = up_to;
+        self.idle.progress(t, now_ms());
         let header = PullHeader {
             size_bytes: *size,
             sha256: *sha256,
@@ -649,6 +706,7 @@ impl Worker {
         // Not flushed: after a crash the appliance dedupes what it has.
         let _ = self.inner.store.put(t, &l.entry);
         if done {
+            self.idle.forget(t);
             if let Some(l) = self.live.remove(&t) {
                 l.done.cancel();
             }

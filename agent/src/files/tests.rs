@@ -41,11 +41,18 @@ struct Rig {
 }
 
 fn rig() -> Rig {
+    rig_with_idle(None)
+}
+
+fn rig_with_idle(idle: Option<Duration>) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir_all(&root).unwrap();
     let root = root.canonicalize().unwrap();
     let files = FileAgent::open(&dir.path().join("store"), vec![root.clone()]).unwrap();
+    if let Some(d) = idle {
+        files.set_idle_timeout(d);
+    }
     let (tx, reports) = mpsc::unbounded_channel();
     assert!(files.attach(Arc::new(Collect(tx))).is_empty());
     let (link, inbox) = RemoteLink::new(16);
@@ -206,6 +213,26 @@ async fn a_cancelled_push_removes_its_temporary_file_and_tells_the_appliance() {
     cancel.cancel();
     let (_, outcome) = end(&mut r).await;
     assert_eq!(outcome, CommandOutcome::Cancelled);
+    assert!(matches!(input(&mut r).await, LinkInput::AbortFile(x, _) if x == t));
+    assert_eq!(std::fs::read_dir(&r.root).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn a_push_without_progress_beyond_file_idle_timeout_fails_with_the_reason() {
+    // Wiring only: the rule itself is tested with an explicit clock in idle.rs.
+    let mut r = rig_with_idle(Some(Duration::from_millis(300)));
+    let t = TransferId([6; 16]);
+    r.files.start(
+        CommandId([6; 16]),
+        push_spec(t, &r.root.join("idle"), b"0123456789", None),
+        CancellationToken::new(),
+    );
+    assert!(matches!(input(&mut r).await, LinkInput::AckFile(_, 0)));
+    r.files.event(chunk(t, 0, b"01234", false));
+    assert!(matches!(input(&mut r).await, LinkInput::AckFile(_, 5)));
+    let (out, outcome) = end(&mut r).await;
+    assert_eq!(outcome, CommandOutcome::Exited { code: 1 });
+    assert!(out.contains("file_idle_timeout"), "{out}");
     assert!(matches!(input(&mut r).await, LinkInput::AbortFile(x, _) if x == t));
     assert_eq!(std::fs::read_dir(&r.root).unwrap().count(), 0);
 }

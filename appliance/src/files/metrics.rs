@@ -29,6 +29,8 @@ pub struct FileMetrics {
     pub resumes: Counter,
     /// Storage or file system failures.
     pub store_errors: Counter,
+    /// Blobs deleted by the daily collector (no live transfer names them).
+    pub blobs_collected: Counter,
 }
 
 impl FileMetrics {
@@ -94,6 +96,11 @@ impl FileMetrics {
             "store_errors",
             "File transfer storage failures",
             self.store_errors.clone(),
+        );
+        r.register(
+            "blobs_collected",
+            "File blobs deleted because no live transfer names them",
+            self.blobs_collected.clone(),
         );
     }
 }

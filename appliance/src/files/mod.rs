@@ -85,6 +85,7 @@
 
 pub mod api;
 pub mod blobs;
+pub mod gc;
 pub mod metrics;
 pub mod model;
 pub mod service;
@@ -101,15 +102,23 @@ pub struct FileConfig {
     /// Largest file pushed or pulled; a larger one is refused before any
     /// byte moves (413 for an upload, a refusal by the agent for a pull).
     pub max_bytes: u64,
+    /// How long the content of an ended transfer is kept (a pulled file
+    /// stays downloadable); the daily collector deletes it after.
+    #[serde(with = "humantime_serde")]
+    pub retention: std::time::Duration,
 }
 
 /// Default size limit of a transfer: 256 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
+/// Default `[files] retention`: 7 days.
+pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 impl Default for FileConfig {
     fn default() -> Self {
         FileConfig {
             max_bytes: DEFAULT_MAX_BYTES,
+            retention: DEFAULT_RETENTION,
         }
     }
 }

@@ -163,6 +163,22 @@ impl FileService {
         &self.metrics
     }
 
+    /// Deletes the blobs no live transfer names at `now_ms` (see
+    /// [`super::gc`]); counted. Blocking.
+    pub fn collect_blobs(&self, now_ms: u64) -> anyhow::Result<super::gc::GcReport> {
+        let retention = u64::try_from(self.cfg.retention.as_millis()).unwrap_or(u64::MAX);
+        let r = super::gc::collect(&self.store, &self.blobs, now_ms, retention);
+        match &r {
+            Ok(r) => {
+                self.metrics.files.blobs_collected.inc_by(r.collected);
+            }
+            Err(_) => {
+                self.metrics.files.store_errors.inc();
+            }
+        }
+        r
+    }
+
     pub fn get(&self, id: TransferId) -> outpost_storage::error::Result<Option<TransferRecord>> {
         store::get(&self.store, id)
     }
@@ -948,7 +964,10 @@ mod tests {
             store.clone(),
             metrics.clone(),
             &dir.path().join("files"),
-            FileConfig { max_bytes: 1000 },
+            FileConfig {
+                max_bytes: 1000,
+                ..FileConfig::default()
+            },
             commands.clone(),
         )
         .unwrap();

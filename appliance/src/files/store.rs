@@ -81,6 +81,14 @@ pub fn list(
 }
 
 /// Transfers not yet terminal (loaded at start).
+/// Calls `f` with every transfer record.
+pub fn scan_all(store: &Store, mut f: impl FnMut(&TransferRecord)) -> Result<()> {
+    store.scan::<TransferRecord>(FILE_TRANSFERS, &[], None, |_, r| {
+        f(&r);
+        true
+    })
+}
+
 pub fn open_transfers(store: &Store) -> Result<Vec<TransferRecord>> {
     let mut out = Vec::new();
     store.scan::<TransferRecord>(FILE_TRANSFERS, &[], None, |_, r| {
