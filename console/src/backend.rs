@@ -659,6 +659,14 @@ pub trait ConsoleBackend: Send + Sync + 'static {
     ) -> ConsoleFuture<'a, String> {
         Box::pin(async { Err(no_patches()) })
     }
+    /// The compliance report as a PDF, same scope rules as the CSV.
+    fn patch_report_pdf<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+        _customer: Option<&'a str>,
+    ) -> ConsoleFuture<'a, Vec<u8>> {
+        Box::pin(async { Err(no_patches()) })
+    }
 }
 
 fn no_patches() -> ConsoleError {

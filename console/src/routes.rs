@@ -61,6 +61,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(c: Arc<Console>) -> Router<S> {
         .route("/patches", get(crate::patches::overview))
         .route("/patches/cves/{cve}", get(crate::patches::cve))
         .route("/patches/report.csv", get(crate::patches::report_csv))
+        .route("/patches/report.pdf", get(crate::patches::report_pdf))
         .route("/deployments", get(|s, h| later(s, h, "Deployments")))
         .route("/console/live", get(live))
         .route("/console/console.js", get(js))
