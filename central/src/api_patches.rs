@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::Central;
 use crate::api::{ApiError, visible_sites};
-use crate::model::{CveHit, PatchComplianceRow, PatchFindingsRow, Principal, SiteRecord};
+use crate::model::{
+    CveHit, CveSiteExposure, PatchComplianceRow, PatchFindingsRow, Principal, SiteRecord,
+};
 
 /// Compliance counts of a set of devices.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -289,13 +291,7 @@ fn check_cve_id(cve: &str) -> Result<(), ApiError> {
 
 /// The CVE's state on a device from its hits: the best one.
 fn best_hit(hits: &[CveHit]) -> Option<&CveHit> {
-    let rank = |h: &CveHit| match h.state() {
-        "fixable" => 0,
-        "fix-not-in-repositories" => 1,
-        _ => 2,
-    };
-    hits.iter()
-        .min_by_key(|h| (rank(h), std::cmp::Reverse(h.severity)))
+    CveHit::best(hits)
 }
 
 /// Which devices (and customers) in `p`'s scope are exposed to `cve`.
@@ -412,7 +408,8 @@ pub struct CvesQuery {
 }
 
 /// The CVEs devices in `p`'s scope are exposed to, most severe and most
-/// widespread first (from the findings rows: every visible device read).
+/// widespread first, from central's CVE index (per CVE and site counts;
+/// no findings row is read).
 pub async fn top_cves(
     c: &Arc<Central>,
     p: &Principal,
@@ -426,19 +423,71 @@ pub async fn top_cves(
         .filter(|s| q.site.as_ref().is_none_or(|id| &s.site_id == id))
         .map(|s| (s.site_id, s.customer))
         .collect();
-    let rows = c
+    let lines = c
         .store
-        .patch_findings(&p.tenant, q.site.as_ref())
+        .cve_site_exposure(&p.tenant, q.site.as_ref())
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let mut out = cves_of_findings(&rows, &sites);
+    let mut out = cves_of_index(&lines, &sites);
     out.truncate(limit);
     Ok(out)
 }
 
+/// The CVE list from the index's (CVE, site) lines of the given sites
+/// (site → customer), most severe and widespread first.
+fn cves_of_index(
+    lines: &[CveSiteExposure],
+    sites: &HashMap<SiteId, CustomerId>,
+) -> Vec<CveSummary> {
+    let mut by_cve: HashMap<&str, (FindingSeverity, ExposureCounts, BTreeSet<&CustomerId>)> =
+        HashMap::new();
+    for l in lines {
+        let Some(customer) = sites.get(&l.site_id) else {
+            continue;
+        };
+        let e = by_cve
+            .entry(l.cve.as_str())
+            .or_insert_with(|| (l.severity, ExposureCounts::default(), BTreeSet::new()));
+        e.0 = e.0.max(l.severity);
+        e.1.devices += l.devices;
+        e.1.fixable += l.fixable;
+        e.1.fix_not_in_repositories += l.fix_not_in_repositories;
+        e.1.open += l.open;
+        e.2.insert(customer);
+    }
+    let mut out: Vec<CveSummary> = by_cve
+        .into_iter()
+        .map(|(cve, (severity, counts, customers))| CveSummary {
+            cve: cve.to_string(),
+            severity,
+            counts,
+            customers: customers.len() as u32,
+        })
+        .collect();
+    sort_cves(&mut out);
+    out
+}
+
+/// Most severe, then most widespread, then by id.
+fn sort_cves(out: &mut [CveSummary]) {
+    out.sort_by(|a, b| {
+        (
+            std::cmp::Reverse(a.severity),
+            std::cmp::Reverse(a.counts.devices),
+            &a.cve,
+        )
+            .cmp(&(
+                std::cmp::Reverse(b.severity),
+                std::cmp::Reverse(b.counts.devices),
+                &b.cve,
+            ))
+    });
+}
+
 /// The CVEs of findings rows of the given sites (site → customer), most
-/// severe and widespread first.
-fn cves_of_findings(
+/// severe and widespread first (the report's, whose findings are read
+/// anyway; the same figures as [`cves_of_index`] gives).
+pub(crate) fn cves_of_findings(
     rows: &[PatchFindingsRow],
     sites: &HashMap<SiteId, CustomerId>,
 ) -> Vec<CveSummary> {
@@ -470,18 +519,7 @@ fn cves_of_findings(
             customers: customers.len() as u32,
         })
         .collect();
-    out.sort_by(|a, b| {
-        (
-            std::cmp::Reverse(a.severity),
-            std::cmp::Reverse(a.counts.devices),
-            &a.cve,
-        )
-            .cmp(&(
-                std::cmp::Reverse(b.severity),
-                std::cmp::Reverse(b.counts.devices),
-                &b.cve,
-            ))
-    });
+    sort_cves(&mut out);
     out
 }
 

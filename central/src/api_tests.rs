@@ -40,6 +40,7 @@ crate::testing::on_both_backends!(
     patch_compliance_shows_per_customer_site_and_device_within_the_callers_scope,
     cve_exposure_device_patches_and_reports_stay_within_the_callers_scope,
     the_pdf_report_shows_the_figures_of_the_json_report,
+    the_top_cve_list_from_the_index_equals_the_one_from_the_findings_rows,
 );
 
 /// A central with tenant `msp`, one site (customer `dental`) and an admin
@@ -1360,4 +1361,78 @@ fn csv_fields_are_quoted_and_formulas_defused() {
     assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
     assert_eq!(csv_field("=cmd()"), "'=cmd()");
     assert_eq!(csv_field("-1,2"), "\"'-1,2\"");
+}
+
+/// `GET /api/v1/patches/cves` counts from the CVE index (no findings row
+/// read); its answer is exactly what the findings rows give (the former
+/// computation), for the whole tenant and for one customer.
+async fn the_top_cve_list_from_the_index_equals_the_one_from_the_findings_rows() {
+    let f = fixture().await;
+    let vet_site = ops::add_site(
+        f.central.store.as_ref(),
+        &ops::AddSite {
+            tenant: "msp".into(),
+            customer: "vet".into(),
+            site: "clinic".into(),
+        },
+        1,
+    )
+    .await
+    .unwrap()
+    .site_id;
+    let mut not_in_repos = findings(0x2c, 100, &["CVE-2026-0003"]);
+    not_in_repos.vulns[0].fix_available = false;
+    for (site, list) in [
+        (
+            f.site.clone(),
+            vec![
+                findings(0x2a, 100, &["CVE-2026-0001", "CVE-2026-0002"]),
+                findings(0x2b, 100, &["CVE-2026-0001"]),
+                not_in_repos,
+            ],
+        ),
+        (
+            vet_site.clone(),
+            vec![
+                findings(0x3a, 100, &["CVE-2026-0001", "CVE-2026-0003"]),
+                findings(0x3b, 100, &["CVE-2026-0004"]),
+            ],
+        ),
+    ] {
+        let mut b = crate::testing::batch_of(&site, 1);
+        b.rollups.clear();
+        b.alerts.clear();
+        b.patch_findings = list;
+        f.central
+            .store
+            .apply_batch(&"msp".into(), &site, b, 10)
+            .await
+            .unwrap();
+    }
+    let rows = f
+        .central
+        .store
+        .patch_findings(&"msp".into(), None)
+        .await
+        .unwrap();
+    for (query, sites) in [
+        (
+            "",
+            vec![(f.site.clone(), "dental"), (vet_site.clone(), "vet")],
+        ),
+        ("&customer=vet", vec![(vet_site.clone(), "vet")]),
+    ] {
+        let sites: std::collections::HashMap<SiteId, outpost_proto::CustomerId> =
+            sites.into_iter().map(|(s, c)| (s, c.into())).collect();
+        let want = crate::api_patches::cves_of_findings(&rows, &sites);
+        let got = f
+            .get_json(&format!("/api/v1/patches/cves?limit=1000{query}"))
+            .await;
+        assert_eq!(got, serde_json::to_value(&want).unwrap(), "{query}");
+        assert!(!want.is_empty());
+    }
+    let all = f.get_json("/api/v1/patches/cves").await;
+    assert_eq!(all[0]["cve"], "CVE-2026-0001", "{all}");
+    assert_eq!(all[0]["counts"]["devices"], 3, "{all}");
+    assert_eq!(all[0]["customers"], 2, "{all}");
 }
