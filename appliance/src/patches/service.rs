@@ -85,6 +85,9 @@ struct Inner {
     /// Queues scan commands (`POST /api/v1/patches/devices/{id}/scan`),
     /// once wired ([`PatchService::set_scan_requester`]).
     scan_requester: Mutex<Option<Arc<super::full_scan::FullScanRequester>>>,
+    /// Findings owed to central after batches went to an older one, once
+    /// wired ([`PatchService::set_findings_resend`]).
+    findings_resend: Mutex<Option<Arc<outpost_uplink::resend::FindingsResend>>>,
 }
 
 /// Why an import was refused.
@@ -275,6 +278,7 @@ impl PatchService {
                 alert_sink: Mutex::new(None),
                 full_scan_sink: Mutex::new(None),
                 scan_requester: Mutex::new(None),
+                findings_resend: Mutex::new(None),
             }),
         };
         service.publish_gauges();
@@ -310,6 +314,9 @@ impl PatchService {
                         }
                     }
                     uplink_queued &= tracking;
+                    if let Err(e) = s.resend_findings_if_due() {
+                        warn!(error = %format!("{e:#}"), "re-queueing patch findings failed");
+                    }
                     match s.process_reports(now_ms()) {
                         Ok(n) if n > 0 => {
                             last_snapshot = 0;
@@ -369,6 +376,42 @@ impl PatchService {
             .wait_timeout_while(guard, poll, |woken| !*woken)
             .unwrap_or_else(|p| p.into_inner());
         *guard = false;
+    }
+
+    /// Re-queues every device's findings when the uplink owes them to a
+    /// central that now reads them (see [`outpost_uplink::resend`]).
+    pub fn set_findings_resend(&self, r: Arc<outpost_uplink::resend::FindingsResend>) {
+        *self
+            .inner
+            .findings_resend
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(r);
+    }
+
+    /// When findings are owed and central reads them (and the site is
+    /// joined): queues every device's compliance and findings again and
+    /// clears the debt; how many devices, `None` when nothing was due.
+    pub fn resend_findings_if_due(&self) -> anyhow::Result<Option<usize>> {
+        let Some(r) = self
+            .inner
+            .findings_resend
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return Ok(None);
+        };
+        if !r.due() || !self.inner.store.uplink_tracking() {
+            return Ok(None);
+        }
+        let n = self.queue_all_for_uplink()?;
+        r.done()
+            .context("clearing the findings-resend marker of the uplink")?;
+        info!(
+            devices = n,
+            "central reads patch findings again: every device's findings queued once more"
+        );
+        Ok(Some(n))
     }
 
     /// Sends the patch state to the alert engine from now on.

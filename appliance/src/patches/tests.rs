@@ -1059,6 +1059,60 @@ fn a_changed_assessment_is_queued_for_the_uplink_only_while_the_site_is_joined()
     assert_eq!(r.service.queue_all_for_uplink().unwrap(), 0);
 }
 
+/// Findings left out of batches for an older central are queued again,
+/// once, when a central that reads them welcomes the site (not before,
+/// not while the site is not joined); before, they came back only when a
+/// device's assessment changed or the appliance restarted.
+#[test]
+fn findings_an_older_central_did_not_take_are_queued_again_once_central_reads_them() {
+    let r = rig();
+    r.service
+        .import(FeedFormat::DebianTracker, None, "test", TRACKER.as_bytes())
+        .unwrap();
+    let dev = DeviceId(7);
+    put_report(
+        &r.store,
+        dev,
+        1,
+        &PackageReport::Full(Box::new(scan(V1, 1_000))),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.store.set_uplink_tracking(true);
+    r.service.process_reports(5_000).unwrap();
+    clear_pending(&r.store);
+    let dir = tempfile::tempdir().unwrap();
+    let owed = Arc::new(outpost_uplink::resend::FindingsResend::open(dir.path()));
+    r.service.set_findings_resend(owed.clone());
+    assert_eq!(
+        r.service.resend_findings_if_due().unwrap(),
+        None,
+        "nothing owed"
+    );
+
+    // The sender left the findings out for a central of format 3.
+    owed.connected(3);
+    owed.note_dropped().unwrap();
+    assert_eq!(r.service.resend_findings_if_due().unwrap(), None);
+    assert!(pending_findings(&r.store).is_empty());
+    // Central upgraded: its Welcome says format 5.
+    owed.connected(5);
+    r.store.set_uplink_tracking(false);
+    assert_eq!(
+        r.service.resend_findings_if_due().unwrap(),
+        None,
+        "not joined"
+    );
+    r.store.set_uplink_tracking(true);
+    assert_eq!(r.service.resend_findings_if_due().unwrap(), Some(1));
+    let f = pending_findings(&r.store);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].device, dev);
+    assert!(!owed.pending());
+    clear_pending(&r.store);
+    assert_eq!(r.service.resend_findings_if_due().unwrap(), None, "once");
+    assert!(pending_findings(&r.store).is_empty());
+}
+
 #[test]
 fn an_unchanged_assessment_is_not_queued_again() {
     let mut a = outpost_patch::assess::assess_device(
