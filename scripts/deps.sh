@@ -14,6 +14,8 @@ if [ "${1:-}" = "--test" ]; then
   # outpost-patch compares its rpm version order with rpm's own (rpm.vercmp).
   packages+=(rpm)
   packages+=(chromium)
+  # The PDF compliance reports are checked by extracting their text (pdftotext).
+  packages+=(poppler-utils)
   # scripts/demo.sh --check (run by the demo:: end-to-end test) talks HTTP with curl.
   packages+=(curl)
   # The packaging tests (scripts/package.sh, then dpkg into an isolated

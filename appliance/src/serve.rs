@@ -166,6 +166,8 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         )),
         tokio::runtime::Handle::current(),
     );
+    // Findings an older central did not take go again once it reads them.
+    patches.set_findings_resend(uplink.findings_resend());
     let patches_thread = patches
         .spawn_worker(Duration::from_secs(1), shutdown.clone())
         .context("starting the patch worker")?;

@@ -2,9 +2,10 @@
 //! [`crate::apply`]): `GET /api/v1/patches/compliance` (per customer and
 //! site), `/patches/cves` (the CVEs the fleet is exposed to),
 //! `/patches/cves/{cve}` (which customers and devices are exposed to it,
-//! fixable or open), `/patches/report?format=csv|json[&customer=C]` (one
-//! line per device) and `/sites/{site}/devices/{device}/patches` (a
-//! device's missing patches and CVEs). Scoped like every view: the
+//! fixable or open), `/patches/report?format=json|csv|pdf[&customer=C]`
+//! (one line per device; the PDF with the top missing patches and CVEs)
+//! and `/sites/{site}/devices/{device}/patches` (a device's missing
+//! patches and CVEs). Scoped like every view: the
 //! caller's tenant only, and only its customers' sites. Reads only; owns
 //! nothing stored.
 
@@ -12,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use axum::extract::State;
+use outpost_patch::report::{ComplianceDocument, MAX_REPORT_TOP, ReportPatch};
 use outpost_proto::{CustomerId, SiteId};
 use outpost_uplink::batch::{ComplianceState, FindingSeverity, PatchSeverityCounts};
 use outpost_web::{Json, Path, Query};
@@ -19,7 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::Central;
 use crate::api::{ApiError, visible_sites};
-use crate::model::{CveHit, PatchComplianceRow, PatchFindingsRow, Principal, SiteRecord};
+use crate::model::{
+    CveHit, CveSiteExposure, PatchComplianceRow, PatchFindingsRow, Principal, SiteRecord,
+};
 
 /// Compliance counts of a set of devices.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -287,13 +291,7 @@ fn check_cve_id(cve: &str) -> Result<(), ApiError> {
 
 /// The CVE's state on a device from its hits: the best one.
 fn best_hit(hits: &[CveHit]) -> Option<&CveHit> {
-    let rank = |h: &CveHit| match h.state() {
-        "fixable" => 0,
-        "fix-not-in-repositories" => 1,
-        _ => 2,
-    };
-    hits.iter()
-        .min_by_key(|h| (rank(h), std::cmp::Reverse(h.severity)))
+    CveHit::best(hits)
 }
 
 /// Which devices (and customers) in `p`'s scope are exposed to `cve`.
@@ -410,7 +408,8 @@ pub struct CvesQuery {
 }
 
 /// The CVEs devices in `p`'s scope are exposed to, most severe and most
-/// widespread first (from the findings rows: every visible device read).
+/// widespread first, from central's CVE index (per CVE and site counts;
+/// no findings row is read).
 pub async fn top_cves(
     c: &Arc<Central>,
     p: &Principal,
@@ -424,14 +423,77 @@ pub async fn top_cves(
         .filter(|s| q.site.as_ref().is_none_or(|id| &s.site_id == id))
         .map(|s| (s.site_id, s.customer))
         .collect();
-    let rows = c
+    let lines = c
         .store
-        .patch_findings(&p.tenant, q.site.as_ref())
+        .cve_site_exposure(&p.tenant, q.site.as_ref())
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut out = cves_of_index(&lines, &sites);
+    out.truncate(limit);
+    Ok(out)
+}
+
+/// The CVE list from the index's (CVE, site) lines of the given sites
+/// (site → customer), most severe and widespread first.
+fn cves_of_index(
+    lines: &[CveSiteExposure],
+    sites: &HashMap<SiteId, CustomerId>,
+) -> Vec<CveSummary> {
+    let mut by_cve: HashMap<&str, (FindingSeverity, ExposureCounts, BTreeSet<&CustomerId>)> =
+        HashMap::new();
+    for l in lines {
+        let Some(customer) = sites.get(&l.site_id) else {
+            continue;
+        };
+        let e = by_cve
+            .entry(l.cve.as_str())
+            .or_insert_with(|| (l.severity, ExposureCounts::default(), BTreeSet::new()));
+        e.0 = e.0.max(l.severity);
+        e.1.devices += l.devices;
+        e.1.fixable += l.fixable;
+        e.1.fix_not_in_repositories += l.fix_not_in_repositories;
+        e.1.open += l.open;
+        e.2.insert(customer);
+    }
+    let mut out: Vec<CveSummary> = by_cve
+        .into_iter()
+        .map(|(cve, (severity, counts, customers))| CveSummary {
+            cve: cve.to_string(),
+            severity,
+            counts,
+            customers: customers.len() as u32,
+        })
+        .collect();
+    sort_cves(&mut out);
+    out
+}
+
+/// Most severe, then most widespread, then by id.
+fn sort_cves(out: &mut [CveSummary]) {
+    out.sort_by(|a, b| {
+        (
+            std::cmp::Reverse(a.severity),
+            std::cmp::Reverse(a.counts.devices),
+            &a.cve,
+        )
+            .cmp(&(
+                std::cmp::Reverse(b.severity),
+                std::cmp::Reverse(b.counts.devices),
+                &b.cve,
+            ))
+    });
+}
+
+/// The CVEs of findings rows of the given sites (site → customer), most
+/// severe and widespread first (the report's, whose findings are read
+/// anyway; the same figures as [`cves_of_index`] gives).
+pub(crate) fn cves_of_findings(
+    rows: &[PatchFindingsRow],
+    sites: &HashMap<SiteId, CustomerId>,
+) -> Vec<CveSummary> {
     let mut by_cve: HashMap<String, (FindingSeverity, ExposureCounts, BTreeSet<CustomerId>)> =
         HashMap::new();
-    for r in &rows {
+    for r in rows {
         let Some(customer) = sites.get(&r.site_id) else {
             continue;
         };
@@ -457,20 +519,8 @@ pub async fn top_cves(
             customers: customers.len() as u32,
         })
         .collect();
-    out.sort_by(|a, b| {
-        (
-            std::cmp::Reverse(a.severity),
-            std::cmp::Reverse(a.counts.devices),
-            &a.cve,
-        )
-            .cmp(&(
-                std::cmp::Reverse(b.severity),
-                std::cmp::Reverse(b.counts.devices),
-                &b.cve,
-            ))
-    });
-    out.truncate(limit);
-    Ok(out)
+    sort_cves(&mut out);
+    out
 }
 
 pub(crate) async fn cves(
@@ -575,13 +625,21 @@ pub struct ComplianceReportLines {
     pub customer: Option<CustomerId>,
     pub summary: ComplianceSummary,
     pub devices: Vec<ReportLine>,
+    /// Missing patches of the report's devices, most severe and
+    /// widespread first (at most 25; from the sites' findings).
+    #[serde(default)]
+    pub top_patches: Vec<ReportPatch>,
+    /// CVEs the report's devices are exposed to, most severe and
+    /// widespread first (at most 25).
+    #[serde(default)]
+    pub top_cves: Vec<CveSummary>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ReportQuery {
     pub customer: Option<CustomerId>,
     pub site: Option<SiteId>,
-    /// `json` (default) or `csv`.
+    /// `json` (default), `csv` or `pdf`.
     pub format: Option<String>,
 }
 
@@ -682,12 +740,165 @@ pub async fn report_lines(
             &b.device,
         ))
     });
+    let customers: HashMap<SiteId, CustomerId> = sites
+        .values()
+        .map(|s| (s.site_id.clone(), s.customer.clone()))
+        .collect();
+    let in_scope: Vec<PatchFindingsRow> = findings
+        .into_values()
+        .filter(|f| customers.contains_key(&f.site_id))
+        .collect();
+    let mut top_cves = cves_of_findings(&in_scope, &customers);
+    top_cves.truncate(MAX_REPORT_TOP);
     Ok(ComplianceReportLines {
         generated_ms: now_ms,
         customer: q.customer.clone(),
         summary,
         devices,
+        top_patches: patches_of_findings(&in_scope),
+        top_cves,
     })
+}
+
+/// The missing patches of findings rows by source package: devices
+/// missing it, the newest candidate (dpkg order), the highest severity
+/// and the CVEs fixed; most severe and widespread first, at most
+/// [`MAX_REPORT_TOP`].
+fn patches_of_findings(rows: &[PatchFindingsRow]) -> Vec<ReportPatch> {
+    let mut by_source: BTreeMap<&str, (ReportPatch, Option<FindingSeverity>, BTreeSet<&str>)> =
+        BTreeMap::new();
+    for r in rows {
+        for m in &r.patches {
+            let (p, sev, cves) = by_source.entry(m.source.as_str()).or_insert_with(|| {
+                (
+                    ReportPatch {
+                        source: m.source.clone(),
+                        ..Default::default()
+                    },
+                    None,
+                    BTreeSet::new(),
+                )
+            });
+            p.devices += 1;
+            p.security |= m.security;
+            *sev = (*sev).max(m.severity);
+            cves.extend(m.cves.iter().map(String::as_str));
+            if let Some(cand) = &m.candidate {
+                let newer = p.candidate.is_empty()
+                    || outpost_patch::version::dpkg::compare_versions(cand, &p.candidate)
+                        .is_ok_and(|o| o.is_gt());
+                if newer {
+                    p.candidate = cand.clone();
+                }
+            }
+        }
+    }
+    let mut out: Vec<(ReportPatch, Option<FindingSeverity>)> = by_source
+        .into_values()
+        .map(|(mut p, sev, cves)| {
+            p.cves = cves.len() as u32;
+            p.severity = sev.map(|s| s.as_str().to_string()).unwrap_or_default();
+            (p, sev)
+        })
+        .collect();
+    out.sort_by(|(a, sa), (b, sb)| {
+        (
+            std::cmp::Reverse(*sa),
+            std::cmp::Reverse(a.devices),
+            &a.source,
+        )
+            .cmp(&(
+                std::cmp::Reverse(*sb),
+                std::cmp::Reverse(b.devices),
+                &b.source,
+            ))
+    });
+    out.truncate(MAX_REPORT_TOP);
+    out.into_iter().map(|(p, _)| p).collect()
+}
+
+/// The report as the document both PDFs print (central's and the site's).
+pub fn report_document(r: &ComplianceReportLines) -> ComplianceDocument {
+    use outpost_patch::report::{ReportCve, ReportDevice, SeverityFigures};
+    let s = &r.summary;
+    let mut doc = ComplianceDocument {
+        customer: r.customer.as_ref().map(|c| c.to_string()),
+        source: "central".to_string(),
+        generated_ms: r.generated_ms,
+        devices_total: s.devices,
+        compliant: s.compliant,
+        non_compliant: s.non_compliant,
+        unsupported_release: s.unsupported,
+        not_assessed: s.not_assessed,
+        compliance_percent: s.compliance_percent,
+        missing_patches: s.missing_patches,
+        security_patches: SeverityFigures {
+            critical: s.security_patches.critical,
+            high: s.security_patches.high,
+            medium: s.security_patches.medium,
+            low: s.security_patches.low,
+        },
+        reboot_required: s.reboot_required,
+        devices: r
+            .devices
+            .iter()
+            .map(|l| ReportDevice {
+                name: if l.hostname.is_empty() {
+                    l.device.clone()
+                } else {
+                    l.hostname.clone()
+                },
+                site: l.site_name.clone(),
+                compliance: l.compliance.clone(),
+                missing_patches: u64::from(l.missing_patches),
+                security: SeverityFigures {
+                    critical: u64::from(l.security_critical),
+                    high: u64::from(l.security_high),
+                    medium: u64::from(l.security_medium),
+                    low: u64::from(l.security_low),
+                },
+                fixable_cves: u64::from(l.fixable_cves),
+                open_cves: u64::from(l.open_cves),
+                risk: l.risk,
+                reboot_required: l.reboot_required,
+            })
+            .collect(),
+        devices_left_out: 0,
+        top_patches: r.top_patches.clone(),
+        top_cves: r
+            .top_cves
+            .iter()
+            .map(|c| ReportCve {
+                id: c.cve.clone(),
+                severity: c.severity.as_str().to_string(),
+                devices: c.counts.devices,
+                fixable: c.counts.fixable,
+                fix_not_in_repositories: c.counts.fix_not_in_repositories,
+                open: c.counts.open,
+            })
+            .collect(),
+    };
+    doc.finish_devices();
+    doc
+}
+
+/// The report as a PDF (rendered on the blocking pool: a big report is
+/// milliseconds of CPU).
+pub async fn report_pdf(r: &ComplianceReportLines) -> Result<Vec<u8>, ApiError> {
+    let doc = report_document(r);
+    tokio::task::spawn_blocking(move || outpost_patch::report::pdf::render(&doc))
+        .await
+        .map_err(|e| ApiError::Internal(format!("rendering the PDF report: {e}")))
+}
+
+/// `patch-compliance-CUSTOMER.EXT` (characters unsafe in a file name as `_`).
+pub fn report_file_name(customer: Option<&str>, ext: &str) -> String {
+    format!(
+        "patch-compliance-{}.{ext}",
+        customer
+            .unwrap_or("all")
+            .replace(|ch: char| !ch.is_ascii_alphanumeric() && ch != '-', "_")
+    )
 }
 
 /// A CSV field: quoted when it holds a separator, a quote or a line
@@ -754,10 +965,7 @@ pub(crate) async fn report(
     match q.format.as_deref().unwrap_or("json") {
         "json" => Ok(Json(lines).into_response()),
         "csv" => {
-            let name = format!(
-                "patch-compliance-{}.csv",
-                q.customer.as_ref().map_or("all", |c| c.as_str())
-            );
+            let name = report_file_name(q.customer.as_ref().map(|c| c.as_str()), "csv");
             Ok((
                 [
                     (
@@ -766,15 +974,32 @@ pub(crate) async fn report(
                     ),
                     (
                         axum::http::header::CONTENT_DISPOSITION,
-                        format!("attachment; filename=\"{}\"", name.replace('"', "")),
+                        format!("attachment; filename=\"{name}\""),
                     ),
                 ],
                 report_csv(&lines),
             )
                 .into_response())
         }
+        "pdf" => {
+            let name = report_file_name(q.customer.as_ref().map(|c| c.as_str()), "pdf");
+            Ok((
+                [
+                    (
+                        axum::http::header::CONTENT_TYPE,
+                        "application/pdf".to_string(),
+                    ),
+                    (
+                        axum::http::header::CONTENT_DISPOSITION,
+                        format!("attachment; filename=\"{name}\""),
+                    ),
+                ],
+                report_pdf(&lines).await?,
+            )
+                .into_response())
+        }
         other => Err(ApiError::BadRequest(format!(
-            "unknown report format {other:?} (json or csv)"
+            "unknown report format {other:?} (json, csv or pdf)"
         ))),
     }
 }

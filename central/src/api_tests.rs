@@ -39,6 +39,8 @@ crate::testing::on_both_backends!(
     per_site_metrics_need_the_operator_token,
     patch_compliance_shows_per_customer_site_and_device_within_the_callers_scope,
     cve_exposure_device_patches_and_reports_stay_within_the_callers_scope,
+    the_pdf_report_shows_the_figures_of_the_json_report,
+    the_top_cve_list_from_the_index_equals_the_one_from_the_findings_rows,
 );
 
 /// A central with tenant `msp`, one site (customer `dental`) and an admin
@@ -1166,8 +1168,189 @@ async fn cve_exposure_device_patches_and_reports_stay_within_the_callers_scope()
     assert_eq!(st, 404);
     let (st, _, _) = get(other, "/api/v1/patches/report?customer=vet".into()).await;
     assert_eq!(st, 404, "another tenant's customer");
-    let (st, _, _) = get(vet, "/api/v1/patches/report?format=pdf".into()).await;
+    let (st, _, _) = get(vet, "/api/v1/patches/report?format=xml".into()).await;
     assert_eq!(st, 400);
+}
+
+/// The text of a PDF by poppler's `pdftotext -layout`; `None` (the
+/// caller skips, saying why) when poppler-utils is not installed.
+fn pdftotext(pdf: &[u8]) -> Option<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("report.pdf");
+    std::fs::write(&path, pdf).unwrap();
+    let out = match std::process::Command::new("pdftotext")
+        .arg("-layout")
+        .arg(&path)
+        .arg("-")
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => panic!("running pdftotext: {e}"),
+    };
+    assert!(
+        out.status.success(),
+        "pdftotext refused the report: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8(out.stdout).unwrap())
+}
+
+/// The words of the PDF's line that starts with `first` (a table row).
+fn pdf_row<'a>(text: &'a str, first: &str) -> Vec<&'a str> {
+    text.lines()
+        .map(str::split_whitespace)
+        .map(Iterator::collect::<Vec<_>>)
+        .find(|w| w.first() == Some(&first))
+        .unwrap_or_else(|| panic!("no line starting with {first:?} in:\n{text}"))
+}
+
+/// `GET /api/v1/patches/report?format=pdf&customer=C` is a PDF whose
+/// text (extracted by pdftotext) shows the customer, the compliance
+/// figure, each device's counts, the top missing patches and the open
+/// CVEs exactly as the JSON report of the same customer gives them.
+async fn the_pdf_report_shows_the_figures_of_the_json_report() {
+    let f = fixture().await;
+    let mut b = crate::testing::batch_of(&f.site, 1);
+    b.rollups.clear();
+    b.alerts.clear();
+    let mut second = b.devices[0].clone();
+    b.devices[0].device = DeviceId(0x2a);
+    b.devices[0].hostname = "web-1".into();
+    second.device = DeviceId(0x2b);
+    second.hostname = "db-1".into();
+    b.devices.push(second);
+    b.patch_compliance = vec![
+        compliance(0x2a, batch::ComplianceState::NonCompliant, 2),
+        compliance(0x2b, batch::ComplianceState::Compliant, 0),
+    ];
+    b.patch_findings = vec![
+        findings(0x2a, 100, &["CVE-2026-0001", "CVE-2026-0002"]),
+        findings(0x2b, 100, &["CVE-2026-0001"]),
+    ];
+    f.central
+        .store
+        .apply_batch(&"msp".into(), &f.site, b, 10)
+        .await
+        .unwrap();
+
+    let json = f.get_json("/api/v1/patches/report?customer=dental").await;
+    let uri = "/api/v1/patches/report?customer=dental&format=pdf";
+    let req = Request::builder()
+        .uri(uri)
+        .header("authorization", bearer(&f.token))
+        .body(Body::empty())
+        .unwrap();
+    let resp = crate::api::router(f.central.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/pdf");
+    assert_eq!(
+        resp.headers()[header::CONTENT_DISPOSITION],
+        "attachment; filename=\"patch-compliance-dental.pdf\""
+    );
+    let pdf = axum::body::to_bytes(resp.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    assert!(pdf.starts_with(b"%PDF-"));
+    let Some(text) = pdftotext(&pdf) else {
+        eprintln!(
+            "skipped: pdftotext (poppler-utils) is not installed; scripts/deps.sh --test installs it"
+        );
+        return;
+    };
+
+    let s = &json["summary"];
+    assert!(text.contains("Customer: dental"), "{text}");
+    let pct = s["compliance_percent"].as_f64().unwrap();
+    assert_eq!(pct, 50.0, "{json}");
+    let want = format!(
+        "Compliance: {pct:.1} % ({} of {} devices compliant)",
+        s["compliant"], s["devices"]
+    );
+    assert!(text.contains(&want), "{want:?} not in:\n{text}");
+    let sp = &s["security_patches"];
+    let want = format!(
+        "Missing patches: {}   Missing security patches: critical {}   high {}   medium {}   low {}",
+        s["missing_patches"], sp["critical"], sp["high"], sp["medium"], sp["low"]
+    );
+    let squeeze = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        squeeze(&text).contains(&squeeze(&want)),
+        "{want:?} not in:\n{text}"
+    );
+    let generated = outpost_patch::report::time_text(json["generated_ms"].as_u64().unwrap());
+    let next_minute =
+        outpost_patch::report::time_text(json["generated_ms"].as_u64().unwrap() + 60_000);
+    assert!(
+        text.contains(&format!("Generated: {generated}"))
+            || text.contains(&format!("Generated: {next_minute}")),
+        "{text}"
+    );
+
+    let devices = json["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 2, "{json}");
+    for d in devices {
+        let row = pdf_row(&text, d["hostname"].as_str().unwrap());
+        let at = row
+            .iter()
+            .position(|w| *w == d["compliance"].as_str().unwrap())
+            .unwrap_or_else(|| panic!("{row:?}"));
+        let figures: Vec<String> = [
+            "missing_patches",
+            "security_critical",
+            "security_high",
+            "security_medium",
+            "security_low",
+            "fixable_cves",
+            "open_cves",
+            "risk",
+        ]
+        .iter()
+        .map(|k| d[*k].to_string())
+        .collect();
+        assert_eq!(row[at + 1..], figures, "{row:?} vs {d}");
+    }
+
+    let patches = json["top_patches"].as_array().unwrap();
+    assert_eq!(patches.len(), 1, "{json}");
+    for p in patches {
+        let row = pdf_row(&text, p["source"].as_str().unwrap());
+        let want = [
+            p["source"].as_str().unwrap().to_string(),
+            p["candidate"].as_str().unwrap().to_string(),
+            p["severity"].as_str().unwrap().to_string(),
+            if p["security"] == true { "yes" } else { "no" }.to_string(),
+            p["devices"].to_string(),
+            p["cves"].to_string(),
+        ];
+        assert_eq!(row, want, "{p}");
+    }
+    assert_eq!(patches[0]["devices"], 2);
+    assert_eq!(patches[0]["cves"], 2, "CVE-2026-0001 and -0002: {json}");
+
+    let cves = json["top_cves"].as_array().unwrap();
+    assert_eq!(cves.len(), 3, "{json}");
+    for c in cves {
+        let row = pdf_row(&text, c["cve"].as_str().unwrap());
+        let n = &c["counts"];
+        let want = [
+            c["cve"].as_str().unwrap().to_string(),
+            c["severity"].as_str().unwrap().to_string(),
+            n["devices"].to_string(),
+            n["fixable"].to_string(),
+            n["fix_not_in_repositories"].to_string(),
+            n["open"].to_string(),
+        ];
+        assert_eq!(row, want, "{c}");
+    }
+    assert_eq!(
+        cves[0]["cve"], "CVE-2026-0001",
+        "most widespread high first"
+    );
+    assert_eq!(cves[0]["counts"]["devices"], 2);
 }
 
 #[test]
@@ -1178,4 +1361,78 @@ fn csv_fields_are_quoted_and_formulas_defused() {
     assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
     assert_eq!(csv_field("=cmd()"), "'=cmd()");
     assert_eq!(csv_field("-1,2"), "\"'-1,2\"");
+}
+
+/// `GET /api/v1/patches/cves` counts from the CVE index (no findings row
+/// read); its answer is exactly what the findings rows give (the former
+/// computation), for the whole tenant and for one customer.
+async fn the_top_cve_list_from_the_index_equals_the_one_from_the_findings_rows() {
+    let f = fixture().await;
+    let vet_site = ops::add_site(
+        f.central.store.as_ref(),
+        &ops::AddSite {
+            tenant: "msp".into(),
+            customer: "vet".into(),
+            site: "clinic".into(),
+        },
+        1,
+    )
+    .await
+    .unwrap()
+    .site_id;
+    let mut not_in_repos = findings(0x2c, 100, &["CVE-2026-0003"]);
+    not_in_repos.vulns[0].fix_available = false;
+    for (site, list) in [
+        (
+            f.site.clone(),
+            vec![
+                findings(0x2a, 100, &["CVE-2026-0001", "CVE-2026-0002"]),
+                findings(0x2b, 100, &["CVE-2026-0001"]),
+                not_in_repos,
+            ],
+        ),
+        (
+            vet_site.clone(),
+            vec![
+                findings(0x3a, 100, &["CVE-2026-0001", "CVE-2026-0003"]),
+                findings(0x3b, 100, &["CVE-2026-0004"]),
+            ],
+        ),
+    ] {
+        let mut b = crate::testing::batch_of(&site, 1);
+        b.rollups.clear();
+        b.alerts.clear();
+        b.patch_findings = list;
+        f.central
+            .store
+            .apply_batch(&"msp".into(), &site, b, 10)
+            .await
+            .unwrap();
+    }
+    let rows = f
+        .central
+        .store
+        .patch_findings(&"msp".into(), None)
+        .await
+        .unwrap();
+    for (query, sites) in [
+        (
+            "",
+            vec![(f.site.clone(), "dental"), (vet_site.clone(), "vet")],
+        ),
+        ("&customer=vet", vec![(vet_site.clone(), "vet")]),
+    ] {
+        let sites: std::collections::HashMap<SiteId, outpost_proto::CustomerId> =
+            sites.into_iter().map(|(s, c)| (s, c.into())).collect();
+        let want = crate::api_patches::cves_of_findings(&rows, &sites);
+        let got = f
+            .get_json(&format!("/api/v1/patches/cves?limit=1000{query}"))
+            .await;
+        assert_eq!(got, serde_json::to_value(&want).unwrap(), "{query}");
+        assert!(!want.is_empty());
+    }
+    let all = f.get_json("/api/v1/patches/cves").await;
+    assert_eq!(all[0]["cve"], "CVE-2026-0001", "{all}");
+    assert_eq!(all[0]["counts"]["devices"], 3, "{all}");
+    assert_eq!(all[0]["customers"], 2, "{all}");
 }

@@ -1111,6 +1111,18 @@ impl ConsoleBackend for CentralConsole {
         })
     }
 
+    fn patch_report_pdf<'a>(
+        &'a self,
+        v: &'a Viewer,
+        customer: Option<&'a str>,
+    ) -> ConsoleFuture<'a, Vec<u8>> {
+        Box::pin(async move {
+            crate::console_patches::report_pdf(&self.central, &principal(v), customer)
+                .await
+                .map_err(err)
+        })
+    }
+
     fn cancel_command<'a>(&'a self, v: &'a Viewer, id: &'a str) -> ConsoleFuture<'a, ()> {
         Box::pin(async move {
             let p = principal(v);

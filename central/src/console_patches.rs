@@ -251,3 +251,16 @@ pub async fn report_csv(
     let lines = api_patches::report_lines(c, p, &q, crate::now_ms()).await?;
     Ok(api_patches::report_csv(&lines))
 }
+
+pub async fn report_pdf(
+    c: &Arc<Central>,
+    p: &Principal,
+    customer: Option<&str>,
+) -> Result<Vec<u8>, ApiError> {
+    let q = ReportQuery {
+        customer: customer.map(Into::into),
+        ..Default::default()
+    };
+    let lines = api_patches::report_lines(c, p, &q, crate::now_ms()).await?;
+    api_patches::report_pdf(&lines).await
+}

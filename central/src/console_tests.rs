@@ -740,6 +740,17 @@ async fn the_patch_pages_show_compliance_cves_and_a_devices_missing_patches_with
         csv.contains(",web-1,000000000000002a,non-compliant,1,"),
         "{csv}"
     );
+    let (st, h, pdf) = send(
+        &c,
+        "GET",
+        "/patches/report.pdf?customer=dental",
+        &[("cookie", &admin)],
+        "",
+    )
+    .await;
+    assert_eq!(st, 200, "{pdf}");
+    assert_eq!(h["content-type"], "application/pdf");
+    assert!(pdf.starts_with("%PDF-"), "{pdf}");
 
     // The vet user: no dental names, the CVE not exposed in its scope,
     // the dental device and report not found.
@@ -769,6 +780,15 @@ async fn the_patch_pages_show_compliance_cves_and_a_devices_missing_patches_with
     )
     .await;
     assert_eq!(st, 404);
+    let (st, _, _) = send(
+        &c,
+        "GET",
+        "/patches/report.pdf?customer=dental",
+        &[("cookie", &vet_user)],
+        "",
+    )
+    .await;
+    assert_eq!(st, 404, "another customer's PDF report");
     let _ = vet;
 }
 

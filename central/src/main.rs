@@ -105,6 +105,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: outpost_central::cli::CommandsCmd,
     },
+    /// Patch reports, over the running central's API (an API token).
+    Patches {
+        #[command(subcommand)]
+        cmd: outpost_central::cli_patches::PatchesCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -189,6 +194,15 @@ fn main() -> std::process::ExitCode {
     if let Cmd::Commands { cmd } = cli.cmd {
         return match rt.block_on(outpost_central::cli::run(cmd)) {
             Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    if let Cmd::Patches { cmd } = cli.cmd {
+        return match rt.block_on(outpost_central::cli_patches::run(cmd)) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
                 std::process::ExitCode::FAILURE
@@ -425,5 +439,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         // Run in `main` (its exit code is the command's).
         Cmd::Commands { .. } => bail!("commands are run by main"),
+        Cmd::Patches { .. } => bail!("patches are run by main"),
     }
 }

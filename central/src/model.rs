@@ -506,7 +506,72 @@ pub struct CveHit {
     pub severity: batch::FindingSeverity,
 }
 
+/// One site's devices exposed to one CVE (from central's CVE index): the
+/// counts of the top-CVE list without reading any findings row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CveSiteExposure {
+    pub cve: String,
+    pub site_id: SiteId,
+    /// Highest severity of the CVE on any of these devices.
+    pub severity: batch::FindingSeverity,
+    pub devices: u32,
+    /// Devices whose best hit is fixable (see [`CveHit::best`]).
+    pub fixable: u32,
+    pub fix_not_in_repositories: u32,
+    pub open: u32,
+}
+
+impl CveSiteExposure {
+    /// Adds one device's index entry to `out`, whose entries come in
+    /// (CVE, site) order (the index's key order): the same (CVE, site)
+    /// as the last line adds to it, another starts a line.
+    pub fn fold(out: &mut Vec<CveSiteExposure>, cve: &str, site_id: &SiteId, hits: &[CveHit]) {
+        let (Some(best), Some(top)) = (CveHit::best(hits), hits.iter().map(|h| h.severity).max())
+        else {
+            return;
+        };
+        let line = match out.last_mut() {
+            Some(l) if l.cve == cve && &l.site_id == site_id => l,
+            _ => {
+                out.push(CveSiteExposure {
+                    cve: cve.to_string(),
+                    site_id: site_id.clone(),
+                    severity: top,
+                    devices: 0,
+                    fixable: 0,
+                    fix_not_in_repositories: 0,
+                    open: 0,
+                });
+                match out.last_mut() {
+                    Some(l) => l,
+                    None => return,
+                }
+            }
+        };
+        line.severity = line.severity.max(top);
+        line.devices += 1;
+        match best.state() {
+            "fixable" => line.fixable += 1,
+            "open" => line.open += 1,
+            _ => line.fix_not_in_repositories += 1,
+        }
+    }
+}
+
 impl CveHit {
+    /// The CVE's state on a device from its hits (a CVE in several source
+    /// packages has several): the best one, fixable before fix not in
+    /// repositories before open, then the most severe.
+    pub fn best(hits: &[CveHit]) -> Option<&CveHit> {
+        let rank = |h: &CveHit| match h.state() {
+            "fixable" => 0,
+            "fix-not-in-repositories" => 1,
+            _ => 2,
+        };
+        hits.iter()
+            .min_by_key(|h| (rank(h), std::cmp::Reverse(h.severity)))
+    }
+
     pub fn of(v: &batch::VulnGroup) -> CveHit {
         CveHit {
             source: v.source.clone(),

@@ -27,9 +27,9 @@ use crate::bulk::CentralBulk;
 use crate::commands::{self, AuditRow, CentralCommand, Change, Outcome, OutputOp};
 use crate::fleet_index::FleetIndex;
 use crate::model::{
-    AlertRow, ApiTokenRecord, BucketRow, CveExposureRow, CveHit, DeadLetter, DeviceRow,
-    DeviceStatus, JoinTokenRecord, PatchComplianceRow, PatchFindingsRow, Rollup, RollupRow,
-    SessionRecord, SiteRecord, UserRecord,
+    AlertRow, ApiTokenRecord, BucketRow, CveExposureRow, CveHit, CveSiteExposure, DeadLetter,
+    DeviceRow, DeviceStatus, JoinTokenRecord, PatchComplianceRow, PatchFindingsRow, Rollup,
+    RollupRow, SessionRecord, SiteRecord, UserRecord,
 };
 use crate::scripts::CentralScript;
 use crate::store::{
@@ -764,6 +764,28 @@ impl RocksCentralStore {
                 hits,
             });
             out.len() < limit
+        })?;
+        Ok(out)
+    }
+
+    /// Per (CVE, site) exposure from the CVE index (one prefix scan of the
+    /// tenant's index entries; findings rows are not read).
+    pub fn cve_site_exposure(
+        &self,
+        tenant: &str,
+        site_id: Option<&str>,
+    ) -> Result<Vec<CveSiteExposure>> {
+        let p = prefix(&[tenant.as_bytes()]);
+        let mut out = Vec::new();
+        self.scan::<Vec<CveHit>>(CF_PATCH_CVES, &p, &p, |k, hits| {
+            let rest = k.get(p.len()..).unwrap_or_default();
+            let mut parts = rest.splitn(3, |b| *b == 0);
+            let cve = String::from_utf8_lossy(parts.next().unwrap_or_default());
+            let site = String::from_utf8_lossy(parts.next().unwrap_or_default());
+            if site_id.is_none_or(|s| s == site) {
+                CveSiteExposure::fold(&mut out, &cve, &SiteId::from(site.into_owned()), &hits);
+            }
+            true
         })?;
         Ok(out)
     }
@@ -1767,6 +1789,15 @@ impl FleetStore for RocksCentralStore {
     ) -> StoreFuture<'a, Vec<CveExposureRow>> {
         let (st, t, c) = (self.clone(), tenant.to_owned(), cve.to_owned());
         blocking(move || st.cve_exposure(&t, &c, limit))
+    }
+
+    fn cve_site_exposure<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: Option<&'a SiteId>,
+    ) -> StoreFuture<'a, Vec<CveSiteExposure>> {
+        let (st, t, s) = (self.clone(), tenant.to_owned(), site_id.cloned());
+        blocking(move || st.cve_site_exposure(&t, s.as_deref()))
     }
 
     fn patch_compliance<'a>(

@@ -29,9 +29,9 @@ use outpost_proto::{CustomerId, SiteId, TenantId};
 use outpost_uplink::batch::SiteBatch;
 
 use crate::model::{
-    AlertRow, AlertState, ApiTokenRecord, CveExposureRow, DeadLetter, DeviceRow, DeviceStatus,
-    JoinTokenRecord, PatchComplianceRow, PatchFindingsRow, Rollup, RollupRow, SessionRecord,
-    Severity, SiteRecord, UserRecord,
+    AlertRow, AlertState, ApiTokenRecord, CveExposureRow, CveSiteExposure, DeadLetter, DeviceRow,
+    DeviceStatus, JoinTokenRecord, PatchComplianceRow, PatchFindingsRow, Rollup, RollupRow,
+    SessionRecord, Severity, SiteRecord, UserRecord,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -568,6 +568,14 @@ pub trait FleetStore: Send + Sync + 'static {
         cve: &'a str,
         limit: usize,
     ) -> StoreFuture<'a, Vec<CveExposureRow>>;
+    /// Per (CVE, site), the tenant's devices exposed (of one site when
+    /// given), from the CVE index alone, in (CVE, site) order. Not scoped
+    /// by customer: the caller filters sites.
+    fn cve_site_exposure<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: Option<&'a SiteId>,
+    ) -> StoreFuture<'a, Vec<CveSiteExposure>>;
     /// Patch compliance rows of the tenant (of one site when given), each
     /// with its site's current customer.
     fn patch_compliance<'a>(

@@ -119,6 +119,7 @@ both_backends!(
     an_existing_site_is_a_conflict_and_an_ack_is_kept_in_the_alerts_history,
     a_batch_reports_its_delta_and_writes_histories_search_and_counts_follow,
     the_cve_index_follows_the_newest_findings_of_each_device,
+    the_cve_index_counts_each_cves_devices_per_site_by_their_best_state,
     script_versions_bulk_runs_and_held_members_round_trip_in_one_tenant,
 );
 
@@ -794,6 +795,70 @@ async fn the_cve_index_follows_the_newest_findings_of_each_device(st: Store) {
             .unwrap()
             .is_none()
     );
+}
+
+/// Per (CVE, site) counts from the CVE index alone: a device counts once
+/// with its best state (a CVE fixable in one source package and open in
+/// another is fixable), the severity is the highest, lines come in (CVE,
+/// site) order, one site's when asked, and another tenant's never.
+async fn the_cve_index_counts_each_cves_devices_per_site_by_their_best_state(st: Store) {
+    use outpost_uplink::batch;
+    add_site(&st, "msp", "s-1", 1).await;
+    add_site(&st, "msp", "s-2", 2).await;
+    add_site(&st, "other", "s-1", 3).await;
+    let mut two_packages = findings_of(0x2c, 100, &["CVE-A"]);
+    two_packages.vulns.push(batch::VulnGroup {
+        source: "libfoo".into(),
+        installed: "1.0-1".into(),
+        fixed: None,
+        fix_available: false,
+        severity: batch::FindingSeverity::Critical,
+        cves: vec!["CVE-A".into(), "CVE-OPEN".into()],
+    });
+    let mut not_in_repos = findings_of(0x2d, 100, &["CVE-A"]);
+    not_in_repos.vulns[0].fix_available = false;
+    let mut b = sample_batch(1);
+    b.patch_findings = vec![
+        findings_of(0x2a, 100, &["CVE-A", "CVE-B"]),
+        findings_of(0x2b, 100, &["CVE-A"]),
+        two_packages,
+        not_in_repos,
+    ];
+    st.apply_batch(&t("msp"), &s("s-1"), b, 1).await.unwrap();
+    let mut b = sample_batch(1);
+    b.patch_findings = vec![findings_of(0x2a, 100, &["CVE-B"])];
+    st.apply_batch(&t("msp"), &s("s-2"), b.clone(), 1)
+        .await
+        .unwrap();
+    st.apply_batch(&t("other"), &s("s-1"), b, 1).await.unwrap();
+
+    let line = |cve: &str, site: &str, severity, counts: [u32; 4]| crate::model::CveSiteExposure {
+        cve: cve.into(),
+        site_id: s(site),
+        severity,
+        devices: counts[0],
+        fixable: counts[1],
+        fix_not_in_repositories: counts[2],
+        open: counts[3],
+    };
+    use batch::FindingSeverity::{Critical, High};
+    let all = st.cve_site_exposure(&t("msp"), None).await.unwrap();
+    assert_eq!(
+        all,
+        [
+            line("CVE-A", "s-1", Critical, [4, 3, 1, 0]),
+            line("CVE-B", "s-1", High, [1, 1, 0, 0]),
+            line("CVE-B", "s-2", High, [1, 1, 0, 0]),
+            line("CVE-OPEN", "s-1", Critical, [1, 0, 0, 1]),
+        ]
+    );
+    let one = st
+        .cve_site_exposure(&t("msp"), Some(&s("s-2")))
+        .await
+        .unwrap();
+    assert_eq!(one, [line("CVE-B", "s-2", High, [1, 1, 0, 0])]);
+    let other = st.cve_site_exposure(&t("other"), None).await.unwrap();
+    assert_eq!(other, [line("CVE-B", "s-1", High, [1, 1, 0, 0])]);
 }
 
 pub(crate) fn audit_row(tenant: &str, at_ms: u64) -> crate::commands::AuditRow {

@@ -731,6 +731,14 @@ pub trait ConsoleBackend: Send + Sync + 'static {
     ) -> ConsoleFuture<'a, crate::deployments::ApprovalsView> {
         Box::pin(async { Err(no_deployments()) })
     }
+    /// The compliance report as a PDF, same scope rules as the CSV.
+    fn patch_report_pdf<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+        _customer: Option<&'a str>,
+    ) -> ConsoleFuture<'a, Vec<u8>> {
+        Box::pin(async { Err(no_patches()) })
+    }
 }
 
 fn no_deployments() -> ConsoleError {

@@ -237,8 +237,14 @@ pub fn overview_page(o: &PatchOverview, tenant_scope: bool, now: u64) -> Markup 
                     }
                 }
                 button type="submit" { "Download compliance report (CSV)" }
+                " "
+                button type="submit" formaction="/patches/report.pdf" #report-pdf-button { "Download compliance report (PDF)" }
             }
-            p { a href="/patches/report.csv" #report-csv { "Compliance report, every device (CSV)" } }
+            p {
+                a href="/patches/report.csv" #report-csv { "Compliance report, every device (CSV)" }
+                " · "
+                a href="/patches/report.pdf" #report-pdf { "(PDF)" }
+            }
         }
         @if tenant_scope {
             section #patch-customers {
@@ -488,7 +494,28 @@ pub struct ReportParams {
 }
 
 /// `GET /patches/report.csv[?customer=C]`: one line per device.
-pub async fn report_csv(State(c): C, h: HeaderMap, Query(p): Query<ReportParams>) -> Response {
+pub async fn report_csv(c: State<Arc<Console>>, h: HeaderMap, p: Query<ReportParams>) -> Response {
+    report(c, h, p, ReportFormat::Csv).await
+}
+
+/// `GET /patches/report.pdf[?customer=C]`: the same report as a PDF, with
+/// the top missing patches and open CVEs.
+pub async fn report_pdf(c: State<Arc<Console>>, h: HeaderMap, p: Query<ReportParams>) -> Response {
+    report(c, h, p, ReportFormat::Pdf).await
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReportFormat {
+    Csv,
+    Pdf,
+}
+
+async fn report(
+    State(c): State<Arc<Console>>,
+    h: HeaderMap,
+    Query(p): Query<ReportParams>,
+    format: ReportFormat,
+) -> Response {
     let v = match viewer(&c, &h).await {
         Ok(v) => v,
         Err(r) => return r,
@@ -500,20 +527,33 @@ pub async fn report_csv(State(c): C, h: HeaderMap, Query(p): Query<ReportParams>
         .customer
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty());
-    match c.backend.patch_report_csv(&v, customer.as_deref()).await {
-        Ok(csv) => {
+    let (body, content_type, ext) = match format {
+        ReportFormat::Csv => (
+            c.backend
+                .patch_report_csv(&v, customer.as_deref())
+                .await
+                .map(String::into_bytes),
+            "text/csv; charset=utf-8",
+            "csv",
+        ),
+        ReportFormat::Pdf => (
+            c.backend.patch_report_pdf(&v, customer.as_deref()).await,
+            "application/pdf",
+            "pdf",
+        ),
+    };
+    match body {
+        Ok(body) => {
             let name = format!(
-                "patch-compliance-{}.csv",
+                "patch-compliance-{}.{ext}",
                 customer
                     .as_deref()
                     .unwrap_or("all")
                     .replace(|ch: char| !ch.is_ascii_alphanumeric() && ch != '-', "_")
             );
-            let mut r = (StatusCode::OK, csv).into_response();
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/csv; charset=utf-8"),
-            );
+            let mut r = (StatusCode::OK, body).into_response();
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
             if let Ok(d) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
                 r.headers_mut().insert(header::CONTENT_DISPOSITION, d);
             }

@@ -62,6 +62,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(c: Arc<Console>) -> Router<S> {
         .route("/patches", get(crate::patches::overview))
         .route("/patches/cves/{cve}", get(crate::patches::cve))
         .route("/patches/report.csv", get(crate::patches::report_csv))
+        .route("/patches/report.pdf", get(crate::patches::report_pdf))
         .route(
             "/deployments",
             get(crate::deployments::list).post(crate::deployments::create),

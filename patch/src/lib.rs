@@ -12,6 +12,8 @@
 //!   line, pre-checks, previous versions) and the parsers of apt/dpkg output.
 //! - [`catalog`]: vulnerability catalogs (Debian tracker JSON, OSV),
 //!   indexed by (release, source package), and their change sets.
+//! - [`report`]: the compliance report of a customer as a document (JSON)
+//!   and, with the `pdf` feature, as a PDF.
 //! - [`rollout`]: staged deployments: the stage plan and the state machine
 //!   (gates, windows, rollbacks) the orchestrator applies.
 //! - [`severity`]: one severity scale for every source.
@@ -31,6 +33,7 @@ pub mod assess;
 pub mod catalog;
 pub mod install;
 pub mod release;
+pub mod report;
 pub mod rollout;
 pub mod scan;
 pub mod severity;

@@ -286,8 +286,8 @@ struct UpstreamLog {
 
 /// A small HTTP/1.1 file server on 127.0.0.1 (one thread per connection),
 /// counting requests and bytes per path; optionally throttled.
-struct Upstream {
-    addr: SocketAddr,
+pub(crate) struct Upstream {
+    pub(crate) addr: SocketAddr,
     log: Arc<Mutex<UpstreamLog>>,
     /// (chunk bytes, pause between chunks) for bodies.
     throttle: Arc<Mutex<Option<(usize, Duration)>>>,
@@ -332,7 +332,7 @@ impl Upstream {
     }
 
     /// Stops accepting; the port refuses connections afterwards.
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(self.addr);
         if let Some(t) = self.thread.take() {
@@ -340,7 +340,7 @@ impl Upstream {
         }
     }
 
-    fn hits(&self, path: &str) -> u64 {
+    pub(crate) fn hits(&self, path: &str) -> u64 {
         self.log
             .lock()
             .unwrap()
@@ -569,6 +569,20 @@ fn start_appliance(
     let app = Appliance::start(root);
     let addr = cache_addr(&app);
     (app, addr)
+}
+
+/// For other modules' tests (patches: apt index refresh): a signed
+/// repository of `packages` served by a local upstream, and an appliance
+/// whose cache allows it: (the repository's keyring, the upstream, the
+/// appliance, its cache's address).
+pub(crate) fn cached_repo(
+    root: &Path,
+    packages: &[(&str, usize)],
+) -> (PathBuf, Upstream, Appliance, SocketAddr) {
+    let repo = Repo::build(root, packages);
+    let up = Upstream::start(&repo.root);
+    let (app, cache) = start_appliance(root, &up, &repo.key.keyring, "");
+    (repo.key.keyring.clone(), up, app, cache)
 }
 
 fn cache_addr(app: &Appliance) -> SocketAddr {

@@ -5,7 +5,10 @@
 //! CLI; the device's fixable and open CVEs equal what `dpkg
 //! --compare-versions` says. A malformed feed is refused with its position
 //! and the previous catalog stays in service. A package installed into a
-//! throwaway dpkg root is reported within a minute.
+//! throwaway dpkg root is reported within a minute. Two agents refresh
+//! apt's indexes (real `apt-get update`) through the appliance's LAN
+//! cache: each index is fetched from upstream once per site; an agent
+//! whose cache is unreachable reports its indexes stale.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -555,4 +558,160 @@ fn a_non_compliant_device_at_the_site_shows_at_central_with_its_missing_patch_in
     b.ws.wait_until("document.querySelector('#top-cves tr[data-cve=\"CVE-2099-5000\"]') !== null");
     b.shot("patches-overview.png");
     chromium.kill9();
+}
+
+/// An isolated apt root for an agent's index refresh (sources.list on the
+/// test repository, empty dpkg status) and an `apt-get` wrapper that reads
+/// only its configuration (`APT_CONFIG`): the machine's own apt setup is
+/// not used. Returns (apt-get wrapper, lists dir, dpkg admindir).
+fn isolated_apt(
+    root: &Path,
+    name: &str,
+    repo_addr: std::net::SocketAddr,
+    keyring: &Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let dir = root.join(name);
+    for d in [
+        "etc/apt/apt.conf.d",
+        "etc/apt/preferences.d",
+        "etc/apt/sources.list.d",
+        "etc/apt/trusted.gpg.d",
+        "var/lib/apt/lists/partial",
+        "var/cache/apt/archives/partial",
+        "var/lib/dpkg",
+        "var/log/apt",
+    ] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::write(dir.join("var/lib/dpkg/status"), "").unwrap();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("etc/apt/apt.conf"),
+        format!(
+            "Dir \"{d}/\";\nDir::Etc \"{d}/etc/apt/\";\nDir::State \"{d}/var/lib/apt/\";\n\
+             Dir::State::status \"{d}/var/lib/dpkg/status\";\nDir::Cache \"{d}/var/cache/apt/\";\n\
+             Dir::Log \"{d}/var/log/apt/\";\nAcquire::Retries \"0\";\nAPT::Sandbox::User \"root\";\n\
+             Debug::NoLocking \"1\";\nAcquire::Languages \"none\";\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("etc/apt/sources.list"),
+        format!(
+            "deb [signed-by={}] http://{repo_addr}/debian stable main\n",
+            keyring.display()
+        ),
+    )
+    .unwrap();
+    let wrapper = dir.join("apt-get");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nAPT_CONFIG={d}/etc/apt/apt.conf exec apt-get \"$@\"\n"),
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&wrapper).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&wrapper, perms).unwrap();
+    (
+        wrapper,
+        dir.join("var/lib/apt/lists"),
+        dir.join("var/lib/dpkg"),
+    )
+}
+
+/// Two real agents refresh apt's indexes (a real `apt-get update`)
+/// through the appliance's LAN cache: the site fetches each index from
+/// upstream once; the appliance shows both devices' indexes fresh. An
+/// agent whose cache is unreachable still reports its packages, with its
+/// indexes stale and the reason.
+#[test]
+fn agents_refresh_apt_indexes_through_the_lan_cache_once_per_site_and_report_stale_ones() {
+    let tmp = scratch("patches-apt-refresh");
+    let (keyring, up, app, cache) =
+        crate::cache::cached_repo(tmp.path(), &[("outpost-hello", 10_000)]);
+    let index = |dev: &str| -> Option<Value> {
+        app.api::<Value>(&format!("/api/v1/patches/devices/{dev}"))
+            .ok()
+    };
+    let config = |name: &str, proxy: &str| {
+        let (apt_get, lists, admin) = isolated_apt(tmp.path(), name, up.addr, &keyring);
+        format!(
+            "package_db_poll_interval = \"2s\"\n[package_tools]\nmanager = \"dpkg\"\n\
+             dpkg_admindir = \"{}\"\napt_get = \"{}\"\napt_lists_dir = \"{}\"\n\
+             apt_simulate = false\napt_update = true\napt_proxy = \"{proxy}\"\n",
+            admin.display(),
+            apt_get.display(),
+            lists.display()
+        )
+    };
+    let proxy = format!("http://{cache}/");
+    let mut agents = Vec::new();
+    for name in ["apt-a", "apt-b"] {
+        let mut agent = Agent::enroll(tmp.path(), name, &app);
+        std::fs::write(
+            agent.state.join("agent.toml"),
+            config(&format!("{name}-apt"), &proxy),
+        )
+        .unwrap();
+        agent.start();
+        let dev = agent.device_id.clone();
+        let d = wait_for(Duration::from_secs(90), "a refreshed scan", || {
+            index(&dev).filter(|d| d["index_refreshed_at_ms"].is_u64())
+        });
+        assert!(d["index_error"].is_null(), "{d}\n{}", agent.stderr());
+        agents.push(agent);
+    }
+    let inrelease = "/debian/dists/stable/InRelease";
+    assert_eq!(up.hits(inrelease), 1, "InRelease fetched once for the site");
+    let arch = String::from_utf8(
+        Command::new("dpkg")
+            .arg("--print-architecture")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let bin = format!("/debian/dists/stable/main/binary-{}", arch.trim());
+    let packages_gz = up.hits(&format!("{bin}/Packages.gz")) + up.hits(&format!("{bin}/Packages"));
+    assert_eq!(
+        packages_gz, 1,
+        "the Packages index fetched once for the site"
+    );
+    assert!(app.metric("outpost_cache_hits_total") >= 1.0);
+
+    // The cache unreachable for the second agent (its proxy points at a
+    // closed port): the next refreshed scan still reports, stale.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let b = &mut agents[1];
+    b.stop();
+    std::fs::write(
+        b.state.join("agent.toml"),
+        config("apt-b-apt", &format!("http://{closed}/")),
+    )
+    .unwrap();
+    b.start();
+    let dev = b.device_id.clone();
+    // A full scan asked for refreshes first (the start scan of an
+    // unchanged database may send nothing new); queued until the agent is
+    // back.
+    let out = app.cli_ok(&["patches", "scan", &dev, "--wait"]);
+    assert!(!out.is_empty());
+    let d = wait_for(Duration::from_secs(60), "stale indexes reported", || {
+        index(&dev).filter(|d| d["index_error"].is_string())
+    });
+    let e = d["index_error"].as_str().unwrap();
+    assert!(
+        e.contains("refreshing apt's indexes") && e.contains(&closed.to_string()),
+        "{e}"
+    );
+    assert!(
+        d["index_refreshed_at_ms"].is_u64(),
+        "the last refresh is still known: {d}"
+    );
+    assert_eq!(d["packages"], 0, "the scan itself went through: {d}");
+    let s: Value = app.api("/api/v1/patches/summary").unwrap();
+    assert_eq!(s["fleet"]["stale_indexes"], 1, "{s}");
 }

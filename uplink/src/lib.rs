@@ -25,6 +25,8 @@ pub mod metrics;
 #[cfg(feature = "appliance")]
 pub mod outbox;
 #[cfg(feature = "appliance")]
+pub mod resend;
+#[cfg(feature = "appliance")]
 pub mod sender;
 #[cfg(feature = "appliance")]
 pub mod service;

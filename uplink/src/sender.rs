@@ -60,10 +60,14 @@ fn payload_for(
     max_format: u16,
     level: i32,
     metrics: &crate::metrics::UplinkMetrics,
+    resend: &crate::resend::FindingsResend,
 ) -> Vec<u8> {
-    match crate::batch::reencode_for(&payload, max_format, level) {
-        Ok(Some(p)) => {
+    match crate::batch::reencode_noting_findings(&payload, max_format, level) {
+        Ok(Some((p, findings_dropped))) => {
             metrics.batches_downgraded.inc();
+            if findings_dropped && let Err(e) = resend.note_dropped() {
+                warn!(error = %e, "recording that patch findings are owed to central failed");
+            }
             p
         }
         Ok(None) => payload,
@@ -243,6 +247,7 @@ async fn stream(
         _ => None,
     };
     let max_format = crate::wire::max_batch_format(welcome.protocol_version.min(hello_version));
+    uplink.findings_resend().connected(max_format);
     let r = stream_loop(
         uplink,
         max_format,
@@ -297,6 +302,7 @@ async fn stream_loop(
                 max_format,
                 uplink.outbox().zstd_level(),
                 &metrics,
+                &uplink.findings_resend(),
             );
             let n = payload.len() as u64;
             write_frame(
@@ -396,10 +402,12 @@ mod tests {
         b.patch_findings = vec![batch::findings::tests::typical_device(42, 3, 4, 0)];
         let stored = batch::encode(&b, 3).unwrap();
         let m = crate::metrics::UplinkMetrics::default();
+        let dir = tempfile::tempdir().unwrap();
+        let owed = crate::resend::FindingsResend::open(dir.path());
         for v in [1, 2] {
             let max = max_batch_format(v);
             assert_eq!(max, 3);
-            let sent = payload_for(stored.clone(), max, 3, &m);
+            let sent = payload_for(stored.clone(), max, 3, &m, &owed);
             let opened = batch::open(&sent).unwrap();
             assert!(opened.header().format <= 3, "{}", opened.header().format);
             let back = opened.decode().unwrap();
@@ -409,10 +417,19 @@ mod tests {
             assert_eq!((back.seq, &back.devices), (b.seq, &b.devices));
         }
         assert_eq!(m.batches_downgraded.get(), 2);
+        assert!(owed.pending(), "the findings left out are owed to central");
         let max = max_batch_format(PATCH_FINDINGS_PROTOCOL_VERSION);
-        assert_eq!(payload_for(stored.clone(), max, 3, &m), stored);
+        assert_eq!(payload_for(stored.clone(), max, 3, &m, &owed), stored);
         assert_eq!(batch::decode(&stored).unwrap(), b);
         assert_eq!(m.batches_downgraded.get(), 2);
+        // A batch with details but no findings owes nothing.
+        let clean_dir = tempfile::tempdir().unwrap();
+        let clean = crate::resend::FindingsResend::open(clean_dir.path());
+        b.patch_findings.clear();
+        let details_only = batch::encode(&b, 3).unwrap();
+        payload_for(details_only, 3, 3, &m, &clean);
+        assert_eq!(m.batches_downgraded.get(), 3);
+        assert!(!clean.pending());
     }
 
     #[test]

@@ -175,6 +175,9 @@ pub struct Uplink {
     /// after a central closed the link as not speaking it (an older
     /// central), until the process restarts.
     pub(crate) hello_version: std::sync::atomic::AtomicU16,
+    /// Findings left out of batches for an older central, owed to it
+    /// once it reads them ([`crate::resend`]).
+    findings_resend: Arc<crate::resend::FindingsResend>,
 }
 
 impl std::fmt::Debug for Uplink {
@@ -218,6 +221,9 @@ impl Uplink {
             compact_now: tokio::sync::Notify::new(),
             downlink: Mutex::new(None),
             hello_version: std::sync::atomic::AtomicU16::new(crate::wire::UPLINK_PROTOCOL_VERSION),
+            findings_resend: Arc::new(crate::resend::FindingsResend::open(
+                &UplinkDir::new(data_dir).0,
+            )),
         }))
     }
 
@@ -232,6 +238,12 @@ impl Uplink {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Whether patch findings are owed to central (the patch service
+    /// re-queues them once central reads them).
+    pub fn findings_resend(&self) -> Arc<crate::resend::FindingsResend> {
+        self.findings_resend.clone()
     }
 
     pub fn options(&self) -> &UplinkOptions {

@@ -229,6 +229,11 @@ fn refresh_command(tools: &PackageTools) -> (Command, String) {
             format!("through {p}")
         }
     };
+    // apt-get update exits 0 when an index cannot be fetched (a warning
+    // only, "old ones used instead"): an unreachable cache would never
+    // show as stale. `Error-Mode=any` (apt >= 2.1; older apt ignores the
+    // key) makes any failed fetch exit 100.
+    a.args(["-o", "APT::Update::Error-Mode=any"]);
     a.args(&tools.apt_extra_args).args(["-q", "update"]);
     (a, via)
 }
@@ -613,6 +618,7 @@ pub(crate) mod tests {
         assert_eq!(lines.len(), 2, "{log}");
         assert!(
             lines[0].contains("Acquire::http::Proxy=http://10.0.0.2:3142/")
+                && lines[0].contains("-o APT::Update::Error-Mode=any")
                 && lines[0].ends_with("-q update"),
             "{log}"
         );

@@ -73,7 +73,9 @@ pub enum PatchesCmd {
     Decline(super::deploy::VerdictArgs),
     /// Which rule decided each missing patch of a device.
     Approvals(super::deploy::ApprovalsArgs),
-    /// Every device's missing patches as a report (`--format csv`).
+    /// Every device's missing patches as a report: `--format csv` (one
+    /// line per missing patch), `json` or `pdf` (the compliance report:
+    /// summary, devices, top missing patches and open CVEs) on stdout.
     Report {
         #[arg(long, default_value = "csv")]
         format: String,
@@ -424,8 +426,12 @@ pub async fn run_patches(cmd: PatchesCmd, c: AdminClient) -> anyhow::Result<()> 
                 path.push_str(&format!("&customer={}", query_escape(&c)));
             }
             let body = c.get_raw(&path).await?;
-            print!("{}", String::from_utf8_lossy(&body));
-            Ok(())
+            // Bytes as they came (a PDF is binary).
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&body)
+                .and_then(|()| out.flush())
+                .context("writing the report to stdout")
         }
         PatchesCmd::Summary(a) => {
             let s: Summary = c.get("/api/v1/patches/summary").await?;

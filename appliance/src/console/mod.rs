@@ -1073,7 +1073,10 @@ impl ConsoleBackend for SiteConsole {
         &'a self,
         _v: &'a Viewer,
     ) -> ConsoleFuture<'a, outpost_console::patches::PatchOverview> {
-        Box::pin(async move { patches::overview(self, outpost_storage::now_ms()) })
+        Box::pin(async move {
+            let now = outpost_storage::now_ms();
+            patches::on_pool(self, move |p| patches::overview(p, now)).await
+        })
     }
 
     fn patch_cve<'a>(
@@ -1081,7 +1084,10 @@ impl ConsoleBackend for SiteConsole {
         _v: &'a Viewer,
         cve: &'a str,
     ) -> ConsoleFuture<'a, outpost_console::patches::CvePage> {
-        Box::pin(async move { patches::cve(self, cve) })
+        Box::pin(async move {
+            let cve = cve.to_string();
+            patches::on_pool(self, move |p| patches::cve(p, &cve)).await
+        })
     }
 
     fn device_patches<'a>(
@@ -1090,7 +1096,10 @@ impl ConsoleBackend for SiteConsole {
         site: &'a str,
         device: &'a str,
     ) -> ConsoleFuture<'a, Option<outpost_console::patches::DevicePatchView>> {
-        Box::pin(async move { patches::device(self, site, device) })
+        Box::pin(async move {
+            let (site, device) = (site.to_string(), device.to_string());
+            patches::on_pool(self, move |p| patches::device(p, &site, &device)).await
+        })
     }
 
     fn patch_report_csv<'a>(
@@ -1098,7 +1107,21 @@ impl ConsoleBackend for SiteConsole {
         _v: &'a Viewer,
         customer: Option<&'a str>,
     ) -> ConsoleFuture<'a, String> {
-        Box::pin(async move { patches::report_csv(self, customer) })
+        Box::pin(async move {
+            let customer = customer.map(str::to_string);
+            patches::on_pool(self, move |p| patches::report_csv(p, customer.as_deref())).await
+        })
+    }
+
+    fn patch_report_pdf<'a>(
+        &'a self,
+        _v: &'a Viewer,
+        customer: Option<&'a str>,
+    ) -> ConsoleFuture<'a, Vec<u8>> {
+        Box::pin(async move {
+            let customer = customer.map(str::to_string);
+            patches::on_pool(self, move |p| patches::report_pdf(p, customer.as_deref())).await
+        })
     }
 
     fn deployments<'a>(

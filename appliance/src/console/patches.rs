@@ -1,7 +1,9 @@
 //! The site's patch pages of the console (site scope): the mapping from
 //! the patch service's views ([`crate::patches::PatchService`]) to the
 //! console's patch types, names from the device registry. Owns no data
-//! and no rule; works with the uplink down.
+//! and no rule; works with the uplink down. Every read runs on the
+//! blocking pool ([`on_pool`]): the views walk every assessment and the
+//! registry in RocksDB.
 
 use std::collections::HashMap;
 
@@ -14,8 +16,32 @@ use outpost_patch::assess::{Compliance, DeviceAssessment, FindingState};
 use outpost_proto::DeviceId;
 use outpost_storage::Store;
 
-use super::{SiteConsole, internal};
+use super::{Site, SiteConsole, internal};
 use crate::patches::PatchService;
+
+/// What the patch pages read, taken off the console so that the reads
+/// can run on the blocking pool.
+pub(super) struct PatchPages {
+    svc: PatchService,
+    store: Store,
+    site: std::sync::Arc<Site>,
+}
+
+/// Runs a patch page's reads on the blocking pool (the other pages' way,
+/// see `blocking`); not available without a patch service.
+pub(super) async fn on_pool<T: Send + 'static>(
+    c: &SiteConsole,
+    f: impl FnOnce(&PatchPages) -> Result<T, ConsoleError> + Send + 'static,
+) -> Result<T, ConsoleError> {
+    let pages = PatchPages {
+        svc: patches(c)?.clone(),
+        store: c.store().clone(),
+        site: c.site.clone(),
+    };
+    tokio::task::spawn_blocking(move || f(&pages))
+        .await
+        .map_err(|e| internal(format!("patch page task failed: {e}")))?
+}
 
 fn compliance_str(c: Compliance) -> &'static str {
     match c {
@@ -55,11 +81,11 @@ fn patches(c: &SiteConsole) -> Result<&PatchService, ConsoleError> {
         .ok_or_else(|| ConsoleError::NotFound("Patches are not available on this server.".into()))
 }
 
-pub(super) fn overview(c: &SiteConsole, now: u64) -> Result<PatchOverview, ConsoleError> {
-    let svc = patches(c)?;
+pub(super) fn overview(c: &PatchPages, now: u64) -> Result<PatchOverview, ConsoleError> {
+    let svc = &c.svc;
     let s = svc.summary(now).map_err(internal)?;
     let site = c.site.identity();
-    let names = names(c.store(), s.devices.iter().map(|d| d.device))?;
+    let names = names(&c.store, s.devices.iter().map(|d| d.device))?;
     let f = &s.fleet;
     let line = ComplianceLine {
         label: site.name.clone(),
@@ -146,11 +172,11 @@ pub(super) fn overview(c: &SiteConsole, now: u64) -> Result<PatchOverview, Conso
     })
 }
 
-pub(super) fn cve(c: &SiteConsole, id: &str) -> Result<CvePage, ConsoleError> {
-    let svc = patches(c)?;
+pub(super) fn cve(c: &PatchPages, id: &str) -> Result<CvePage, ConsoleError> {
+    let svc = &c.svc;
     let v = svc.cve(id);
     let site = c.site.identity();
-    let names = names(c.store(), v.devices.iter().map(|d| d.device))?;
+    let names = names(&c.store, v.devices.iter().map(|d| d.device))?;
     let mut total = CustomerExposure::default();
     let mut devices: Vec<CveDevice> = Vec::new();
     for d in &v.devices {
@@ -246,12 +272,12 @@ pub fn device_view(a: &DeviceAssessment) -> DevicePatchView {
 }
 
 pub(super) fn device(
-    c: &SiteConsole,
+    c: &PatchPages,
     site: &str,
     device: &str,
 ) -> Result<Option<DevicePatchView>, ConsoleError> {
     c.site.check(site)?;
-    let svc = patches(c)?;
+    let svc = &c.svc;
     let id: DeviceId = device
         .parse()
         .map_err(|_| ConsoleError::NotFound(format!("no device {device}")))?;
@@ -259,6 +285,14 @@ pub(super) fn device(
     Ok(d.and_then(|d| d.assessment).map(|a| device_view(&a)))
 }
 
-pub(super) fn report_csv(c: &SiteConsole, customer: Option<&str>) -> Result<String, ConsoleError> {
-    patches(c)?.report_csv(customer).map_err(internal)
+pub(super) fn report_csv(c: &PatchPages, customer: Option<&str>) -> Result<String, ConsoleError> {
+    c.svc.report_csv(customer).map_err(internal)
+}
+
+pub(super) fn report_pdf(c: &PatchPages, customer: Option<&str>) -> Result<Vec<u8>, ConsoleError> {
+    let doc = c
+        .svc
+        .report_document(customer, outpost_storage::now_ms())
+        .map_err(internal)?;
+    Ok(outpost_patch::report::pdf::render(&doc))
 }

@@ -38,6 +38,8 @@ struct Rig {
     commands: crate::commands::service::CommandService,
     /// The missing patches the deployment pages see (set by the test).
     fake: Arc<crate::deploy::approvals::tests::FakePatches>,
+    /// The console's patch service ([`rig_with_patches`]).
+    patches: Option<crate::patches::PatchService>,
     /// What the engine hands the notification dispatcher (kept open).
     _sent: tokio::sync::mpsc::UnboundedReceiver<crate::alerts::model::Notification>,
 }
@@ -90,6 +92,11 @@ fn cpu_rule() -> Rule {
 /// An appliance's console over `records` registered devices, with an
 /// engine evaluating `cpu > 90` at once.
 async fn rig() -> Rig {
+    rig_with_patches(false).await
+}
+
+/// [`rig`], with a patch service over the same store when asked.
+async fn rig_with_patches(with_patches: bool) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let store = crate::db::open(&dir.path().join("db"), &StoreOptions::default()).unwrap();
     registry::register(&store, &device(DEV.0, "web-1")).unwrap();
@@ -150,6 +157,15 @@ async fn rig() -> Rig {
         crate::commands::service::CommandOptions::default(),
     )
     .unwrap();
+    let patches = with_patches.then(|| {
+        crate::patches::PatchService::open(
+            store.clone(),
+            dir.path(),
+            metrics.clone(),
+            Default::default(),
+        )
+        .unwrap()
+    });
     let fake = Arc::new(crate::deploy::approvals::tests::FakePatches::default());
     let patch_view: Arc<dyn crate::deploy::approvals::MissingPatches> = fake.clone();
     let orchestrator = Arc::new(crate::deploy::orchestrator::Orchestrator::new(
@@ -170,7 +186,7 @@ async fn rig() -> Rig {
             alerts: alerts.clone(),
             sessions: sessions.clone(),
             commands: Some(commands.clone()),
-            patches: None,
+            patches: patches.clone(),
             deployments: Some(crate::deploy::api::DeployApi {
                 store: store.clone(),
                 patches: patch_view,
@@ -202,6 +218,7 @@ async fn rig() -> Rig {
         shutdown,
         commands,
         fake,
+        patches,
         _sent: sent,
     }
 }
@@ -1276,4 +1293,95 @@ async fn selected_devices_are_run_on_as_one_bulk_run_and_tagged_and_viewers_cann
             .any(|e| e.action == "device.tags" && e.actor == "tess"),
         "{audit:?}"
     );
+}
+
+/// The site's patch pages through the console's router, over a patch
+/// service whose assessments are in RocksDB: the overview, a CVE's page,
+/// the device page's panel and both report downloads (CSV, and a PDF
+/// whose text names the device), each read on the blocking pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_site_patch_pages_show_the_stored_assessments_through_the_router() {
+    let rig = rig_with_patches(true).await;
+    crate::patches::service::tests::assess_two_customers(&rig.store, rig.patches.as_ref().unwrap());
+    rig.add_user("val", Role::Viewer).await;
+    let viewer = rig.sign_in("val", "correct+horse+battery").await;
+    let get = |path: &'static str| {
+        let (rig, viewer) = (&rig, viewer.clone());
+        async move { rig.call("GET", path, &[("cookie", &viewer)], "").await }
+    };
+    let r = get("/patches").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    for want in [
+        "id=\"fleet-compliance\">100 %",
+        "web-1",
+        "db-1",
+        "CVE-2024-0001",
+        "report.pdf",
+    ] {
+        assert!(r.body.contains(want), "{want} not in {}", r.body);
+    }
+    let r = get("/patches/cves/CVE-2024-0001").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body.contains("web-1") && r.body.contains("fixable") && !r.body.contains("db-1"),
+        "{}",
+        r.body
+    );
+    let r = get("/sites/local/devices/000000000000000b").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body.contains("id=\"device-patches\"") && r.body.contains("openssl"),
+        "{}",
+        r.body
+    );
+    let r = get("/patches/report.csv?customer=dental").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    assert!(
+        r.body.contains(",web-1,dental,") && !r.body.contains("db-1"),
+        "{}",
+        r.body
+    );
+
+    let req = Request::builder()
+        .uri("/patches/report.pdf?customer=dental")
+        .header("cookie", &viewer)
+        .body(Body::empty())
+        .unwrap();
+    let resp = rig.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/pdf");
+    let pdf = axum::body::to_bytes(resp.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    assert!(pdf.starts_with(b"%PDF-"));
+    if let Some(text) = crate::patches::service::tests::pdftotext(&pdf) {
+        assert!(
+            text.contains("Customer: dental") && text.contains("web-1"),
+            "{text}"
+        );
+        assert!(!text.contains("db-1"), "{text}");
+    }
+}
+
+/// Without a patch service the pages say so instead of failing.
+#[tokio::test]
+async fn the_site_patch_pages_say_when_patches_are_not_available() {
+    let rig = rig().await;
+    rig.add_user("val", Role::Viewer).await;
+    let viewer = rig.sign_in("val", "correct+horse+battery").await;
+    for path in ["/patches", "/patches/report.pdf"] {
+        let r = rig.call("GET", path, &[("cookie", &viewer)], "").await;
+        assert!(
+            r.body.contains("not available"),
+            "{path}: {} {}",
+            r.status,
+            r.body
+        );
+    }
 }

@@ -193,26 +193,43 @@ async fn scan(
 
 #[derive(Debug, Deserialize)]
 pub struct ReportQuery {
-    /// `csv` (the only format so far).
+    /// `csv` (the default: one line per missing patch), `json` or `pdf`
+    /// (the compliance report: summary, devices, top patches and CVEs).
     pub format: Option<String>,
     pub customer: Option<String>,
 }
 
 async fn report(State(s): State<PatchService>, Query(q): Query<ReportQuery>) -> Response {
-    let format = q.format.as_deref().unwrap_or("csv");
-    if format != "csv" {
+    let format = q.format.unwrap_or_else(|| "csv".to_string());
+    if !["csv", "json", "pdf"].contains(&format.as_str()) {
         return err(
             StatusCode::BAD_REQUEST,
-            format!("report format {format:?}: only csv is available"),
+            format!("report format {format:?}: csv, json or pdf"),
         );
     }
-    match s.report_csv(q.customer.as_deref()) {
-        Ok(text) => (
-            [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-            text,
-        )
-            .into_response(),
-        Err(e) => internal(format!("{e:#}")),
+    let customer = q.customer;
+    let now = outpost_storage::now_ms();
+    let r = tokio::task::spawn_blocking(move || -> anyhow::Result<Response> {
+        let customer = customer.as_deref();
+        Ok(match format.as_str() {
+            "csv" => (
+                [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+                s.report_csv(customer)?,
+            )
+                .into_response(),
+            "json" => Json(s.report_document(customer, now)?).into_response(),
+            _ => (
+                [(axum::http::header::CONTENT_TYPE, "application/pdf")],
+                outpost_patch::report::pdf::render(&s.report_document(customer, now)?),
+            )
+                .into_response(),
+        })
+    })
+    .await;
+    match r {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => internal(format!("{e:#}")),
+        Err(e) => internal(e),
     }
 }
 

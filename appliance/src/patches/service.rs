@@ -85,6 +85,9 @@ struct Inner {
     /// Queues scan commands (`POST /api/v1/patches/devices/{id}/scan`),
     /// once wired ([`PatchService::set_scan_requester`]).
     scan_requester: Mutex<Option<Arc<super::full_scan::FullScanRequester>>>,
+    /// Findings owed to central after batches went to an older one, once
+    /// wired ([`PatchService::set_findings_resend`]).
+    findings_resend: Mutex<Option<Arc<outpost_uplink::resend::FindingsResend>>>,
 }
 
 /// Why an import was refused.
@@ -275,6 +278,7 @@ impl PatchService {
                 alert_sink: Mutex::new(None),
                 full_scan_sink: Mutex::new(None),
                 scan_requester: Mutex::new(None),
+                findings_resend: Mutex::new(None),
             }),
         };
         service.publish_gauges();
@@ -310,6 +314,9 @@ impl PatchService {
                         }
                     }
                     uplink_queued &= tracking;
+                    if let Err(e) = s.resend_findings_if_due() {
+                        warn!(error = %format!("{e:#}"), "re-queueing patch findings failed");
+                    }
                     match s.process_reports(now_ms()) {
                         Ok(n) if n > 0 => {
                             last_snapshot = 0;
@@ -369,6 +376,42 @@ impl PatchService {
             .wait_timeout_while(guard, poll, |woken| !*woken)
             .unwrap_or_else(|p| p.into_inner());
         *guard = false;
+    }
+
+    /// Re-queues every device's findings when the uplink owes them to a
+    /// central that now reads them (see [`outpost_uplink::resend`]).
+    pub fn set_findings_resend(&self, r: Arc<outpost_uplink::resend::FindingsResend>) {
+        *self
+            .inner
+            .findings_resend
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(r);
+    }
+
+    /// When findings are owed and central reads them (and the site is
+    /// joined): queues every device's compliance and findings again and
+    /// clears the debt; how many devices, `None` when nothing was due.
+    pub fn resend_findings_if_due(&self) -> anyhow::Result<Option<usize>> {
+        let Some(r) = self
+            .inner
+            .findings_resend
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return Ok(None);
+        };
+        if !r.due() || !self.inner.store.uplink_tracking() {
+            return Ok(None);
+        }
+        let n = self.queue_all_for_uplink()?;
+        r.done()
+            .context("clearing the findings-resend marker of the uplink")?;
+        info!(
+            devices = n,
+            "central reads patch findings again: every device's findings queued once more"
+        );
+        Ok(Some(n))
     }
 
     /// Sends the patch state to the alert engine from now on.
@@ -1059,6 +1102,136 @@ impl PatchService {
         Ok(out)
     }
 
+    /// The compliance report of the site's devices (one customer's when
+    /// given): what `outpost patches report --format json|pdf` prints.
+    pub fn report_document(
+        &self,
+        customer: Option<&str>,
+        now: u64,
+    ) -> anyhow::Result<outpost_patch::report::ComplianceDocument> {
+        use outpost_patch::assess::Compliance;
+        use outpost_patch::report::{
+            ComplianceDocument, MAX_REPORT_TOP, ReportCve, ReportDevice, ReportPatch,
+            SeverityFigures,
+        };
+        let v = self.view();
+        let mut chosen: Vec<&DeviceAssessment> = Vec::new();
+        let mut devices = Vec::new();
+        for (dev, a) in &v.assessments {
+            let rec = outpost_storage::registry::get(&self.inner.store, *dev)?;
+            let (hostname, cust) = rec
+                .as_ref()
+                .map(|r| (r.hostname.clone(), r.customer.to_string()))
+                .unwrap_or_default();
+            if customer.is_some_and(|c| c != cust) {
+                continue;
+            }
+            chosen.push(a);
+            let sp = &a.counts.security_patches;
+            devices.push(ReportDevice {
+                name: if hostname.is_empty() {
+                    dev.to_string()
+                } else {
+                    hostname
+                },
+                site: String::new(),
+                compliance: match a.compliance {
+                    Compliance::Compliant => "compliant",
+                    Compliance::NonCompliant => "non-compliant",
+                    Compliance::UnsupportedRelease => "unsupported-release",
+                    Compliance::NoCatalog => "no-catalog",
+                }
+                .to_string(),
+                missing_patches: u64::from(a.counts.patches),
+                security: SeverityFigures {
+                    critical: u64::from(sp.critical),
+                    high: u64::from(sp.high),
+                    medium: u64::from(sp.medium),
+                    low: u64::from(sp.low),
+                },
+                fixable_cves: u64::from(a.counts.fixable.total() - a.counts.fixable.unimportant),
+                open_cves: u64::from(a.counts.open.total() - a.counts.open.unimportant),
+                risk: a.risk,
+                reboot_required: a.reboot_required,
+            });
+        }
+        let fleet = fleet_summary(chosen.iter().copied());
+        let mut patches = patch_list(chosen.iter().copied());
+        patches.sort_by(|a, b| {
+            (
+                std::cmp::Reverse(a.severity),
+                std::cmp::Reverse(a.devices),
+                &a.source,
+            )
+                .cmp(&(
+                    std::cmp::Reverse(b.severity),
+                    std::cmp::Reverse(b.devices),
+                    &b.source,
+                ))
+        });
+        patches.truncate(MAX_REPORT_TOP);
+        let mut cves = cve_list(chosen.iter().copied());
+        cves.truncate(MAX_REPORT_TOP);
+        let sp = &fleet.security_patches;
+        let mut doc = ComplianceDocument {
+            customer: customer.map(str::to_string),
+            source: "site".to_string(),
+            generated_ms: now,
+            devices_total: fleet.devices,
+            compliant: fleet.compliant,
+            non_compliant: fleet.non_compliant,
+            unsupported_release: fleet.unsupported_release,
+            not_assessed: fleet.no_catalog,
+            compliance_percent: fleet.compliance_percent,
+            missing_patches: devices.iter().map(|d| d.missing_patches).sum(),
+            security_patches: SeverityFigures {
+                critical: u64::from(sp.critical),
+                high: u64::from(sp.high),
+                medium: u64::from(sp.medium),
+                low: u64::from(sp.low),
+            },
+            reboot_required: fleet.reboot_required,
+            devices,
+            devices_left_out: 0,
+            top_patches: patches
+                .into_iter()
+                .map(|p| ReportPatch {
+                    candidate: p
+                        .candidates
+                        .iter()
+                        .filter(|c| c.as_str() != "?")
+                        .max_by(|a, b| {
+                            outpost_patch::version::dpkg::compare_versions(a, b)
+                                .unwrap_or(std::cmp::Ordering::Equal)
+                        })
+                        .cloned()
+                        .unwrap_or_default(),
+                    severity: p
+                        .severity
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default(),
+                    security: p.security,
+                    devices: p.devices,
+                    cves: p.cves,
+                    source: p.source,
+                })
+                .collect(),
+            top_cves: cves
+                .into_iter()
+                .map(|c| ReportCve {
+                    id: c.id.to_string(),
+                    severity: c.severity.as_str().to_string(),
+                    devices: c.devices,
+                    fixable: c.fixable_now,
+                    fix_not_in_repositories: c.fix_not_in_repositories,
+                    open: c.open,
+                })
+                .collect(),
+        };
+        doc.finish_devices();
+        Ok(doc)
+    }
+
     /// Every missing patch, most risky and widespread first.
     pub fn patches(&self) -> Vec<PatchSummary> {
         let v = self.view();
@@ -1119,4 +1292,4 @@ impl PatchService {
 
 #[cfg(test)]
 #[path = "tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -41,7 +41,7 @@ fn rig() -> Rig {
     }
 }
 
-fn scan(lines: &str, at: u64) -> Scan {
+pub(crate) fn scan(lines: &str, at: u64) -> Scan {
     let mut s = Scan::new_dpkg(
         at,
         parse_os_release("ID=debian\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\n"),
@@ -51,10 +51,10 @@ fn scan(lines: &str, at: u64) -> Scan {
     s
 }
 
-const V1: &str = "ii \tlibssl3\tamd64\t3.0.11-1~deb12u2\topenssl\t3.0.11-1~deb12u2\nii \tbash\tamd64\t5.2.15-2+b2\tbash\t5.2.15-2\n";
+pub(crate) const V1: &str = "ii \tlibssl3\tamd64\t3.0.11-1~deb12u2\topenssl\t3.0.11-1~deb12u2\nii \tbash\tamd64\t5.2.15-2+b2\tbash\t5.2.15-2\n";
 const V2: &str = "ii \tlibssl3\tamd64\t3.0.15-1~deb12u1\topenssl\t3.0.15-1~deb12u1\nii \tbash\tamd64\t5.2.15-2+b2\tbash\t5.2.15-2\n";
 
-const TRACKER: &str = r#"{
+pub(crate) const TRACKER: &str = r#"{
  "openssl": {
   "CVE-2024-0001": {"description": "fixed in u1", "releases": {"bookworm": {"status": "resolved", "fixed_version": "3.0.13-1~deb12u1", "urgency": "high"}}},
   "CVE-2024-0002": {"description": "not fixed", "releases": {"bookworm": {"status": "open", "urgency": "medium"}}}
@@ -64,7 +64,13 @@ const TRACKER: &str = r#"{
  }
 }"#;
 
-fn put_report(store: &Store, dev: DeviceId, seq: u64, report: &PackageReport, format: u16) {
+pub(crate) fn put_report(
+    store: &Store,
+    dev: DeviceId,
+    seq: u64,
+    report: &PackageReport,
+    format: u16,
+) {
     let rec = PackageScanRecord {
         format,
         full: report.is_full(),
@@ -444,6 +450,180 @@ fn the_csv_report_lists_each_devices_missing_patches_and_filters_by_customer() {
             .count(),
         2
     );
+}
+
+/// A site with two assessed devices of two customers: `web-1` (dental,
+/// missing the openssl security update) and `db-1` (vet, up to date).
+fn two_customer_rig() -> Rig {
+    let r = rig();
+    assess_two_customers(&r.store, &r.service);
+    r
+}
+
+/// Registers and assesses the two devices of [`two_customer_rig`] in
+/// `store` through `service`.
+pub(crate) fn assess_two_customers(store: &Store, service: &PatchService) {
+    use outpost_patch::scan::AptUpgrade;
+    use outpost_patch::version::DebVersion;
+    service
+        .import(FeedFormat::DebianTracker, None, "t", TRACKER.as_bytes())
+        .unwrap();
+    for (n, host, customer, lines, upgrade) in [
+        (11, "web-1", "dental", V1, true),
+        (12, "db-1", "vet", V2, false),
+    ] {
+        let dev = DeviceId(n);
+        outpost_storage::registry::register(
+            store,
+            &outpost_storage::model::DeviceRecord {
+                id: dev,
+                tenant: "acme".into(),
+                customer: customer.into(),
+                hostname: host.into(),
+                os: String::new(),
+                kernel: String::new(),
+                arch: String::new(),
+                agent_version: String::new(),
+                enrolled_at_ms: 0,
+                cert_serial: String::new(),
+                revoked_at_ms: None,
+            },
+        )
+        .unwrap();
+        let mut s = scan(lines, 1);
+        if upgrade {
+            s.upgrades.push(AptUpgrade {
+                name: "libssl3".into(),
+                arch: Some("amd64".into()),
+                from: Some(DebVersion::parse("3.0.11-1~deb12u2").unwrap()),
+                to: DebVersion::parse("3.0.15-1~deb12u1").unwrap(),
+                origins: vec!["Debian-Security:12/stable-security".into()],
+                security: true,
+            });
+            s.normalize();
+        }
+        put_report(
+            store,
+            dev,
+            1,
+            &PackageReport::Full(Box::new(s)),
+            PACKAGE_REPORT_FORMAT,
+        );
+    }
+    service.process_reports(10).unwrap();
+}
+
+/// The text of a PDF by poppler's `pdftotext -layout`; `None` (the
+/// caller skips, saying why) when poppler-utils is not installed.
+pub(crate) fn pdftotext(pdf: &[u8]) -> Option<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("report.pdf");
+    std::fs::write(&path, pdf).unwrap();
+    let out = match std::process::Command::new("pdftotext")
+        .arg("-layout")
+        .arg(&path)
+        .arg("-")
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "skipped: pdftotext (poppler-utils) is not installed; scripts/deps.sh --test installs it"
+            );
+            return None;
+        }
+        Err(e) => panic!("running pdftotext: {e}"),
+    };
+    assert!(
+        out.status.success(),
+        "pdftotext refused the report: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8(out.stdout).unwrap())
+}
+
+#[test]
+fn the_sites_pdf_report_of_a_customer_shows_the_figures_of_its_json_document() {
+    let r = two_customer_rig();
+    let all = r.service.report_document(None, 1_764_460_500_000).unwrap();
+    // web-1's missing patch is within the policy's grace days: compliant.
+    assert_eq!((all.devices_total, all.compliant), (2, 2), "{all:?}");
+    assert_eq!(all.compliance_percent, Some(100.0));
+    assert_eq!(all.missing_patches, 1);
+    let doc = r
+        .service
+        .report_document(Some("dental"), 1_764_460_500_000)
+        .unwrap();
+    assert_eq!(doc.devices_total, 1, "{doc:?}");
+    assert_eq!(doc.compliant, 1);
+    assert_eq!(doc.compliance_percent, Some(100.0));
+    assert_eq!(doc.devices[0].name, "web-1");
+    assert_eq!(doc.devices[0].missing_patches, 1);
+    assert_eq!(doc.devices[0].security.high, 1);
+    assert_eq!(doc.top_patches.len(), 1, "{doc:?}");
+    assert_eq!(doc.top_patches[0].source, "openssl");
+    assert_eq!(doc.top_patches[0].candidate, "3.0.15-1~deb12u1");
+    let ids: Vec<&str> = doc.top_cves.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["CVE-2024-0001", "CVE-2024-0002"], "{doc:?}");
+
+    let pdf = outpost_patch::report::pdf::render(&doc);
+    let Some(text) = pdftotext(&pdf) else {
+        return;
+    };
+    assert!(text.contains("Customer: dental"), "{text}");
+    assert!(text.contains("Generated: 2025-11-29 23:55 UTC"), "{text}");
+    assert!(
+        text.contains("Compliance: 100.0 % (1 of 1 devices compliant)"),
+        "{text}"
+    );
+    assert!(!text.contains("db-1"), "another customer's device: {text}");
+    let row = |first: &str| -> Vec<String> {
+        text.lines()
+            .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .find(|w| w.first().map(String::as_str) == Some(first))
+            .unwrap_or_else(|| panic!("no row {first:?} in:\n{text}"))
+    };
+    let d = &doc.devices[0];
+    assert_eq!(
+        row("web-1"),
+        [
+            "web-1".to_string(),
+            d.compliance.clone(),
+            d.missing_patches.to_string(),
+            d.security.critical.to_string(),
+            d.security.high.to_string(),
+            d.security.medium.to_string(),
+            d.security.low.to_string(),
+            d.fixable_cves.to_string(),
+            d.open_cves.to_string(),
+            d.risk.map_or("-".into(), |r| r.to_string()),
+        ]
+    );
+    let p = &doc.top_patches[0];
+    assert_eq!(
+        row("openssl"),
+        [
+            "openssl".to_string(),
+            p.candidate.clone(),
+            p.severity.clone(),
+            "yes".into(),
+            p.devices.to_string(),
+            p.cves.to_string(),
+        ]
+    );
+    for c in &doc.top_cves {
+        assert_eq!(
+            row(&c.id),
+            [
+                c.id.clone(),
+                c.severity.clone(),
+                c.devices.to_string(),
+                c.fixable.to_string(),
+                c.fix_not_in_repositories.to_string(),
+                c.open.to_string(),
+            ]
+        );
+    }
 }
 
 #[test]
@@ -877,6 +1057,60 @@ fn a_changed_assessment_is_queued_for_the_uplink_only_while_the_site_is_joined()
     r.store.set_uplink_tracking(false);
     clear_pending(&r.store);
     assert_eq!(r.service.queue_all_for_uplink().unwrap(), 0);
+}
+
+/// Findings left out of batches for an older central are queued again,
+/// once, when a central that reads them welcomes the site (not before,
+/// not while the site is not joined); before, they came back only when a
+/// device's assessment changed or the appliance restarted.
+#[test]
+fn findings_an_older_central_did_not_take_are_queued_again_once_central_reads_them() {
+    let r = rig();
+    r.service
+        .import(FeedFormat::DebianTracker, None, "test", TRACKER.as_bytes())
+        .unwrap();
+    let dev = DeviceId(7);
+    put_report(
+        &r.store,
+        dev,
+        1,
+        &PackageReport::Full(Box::new(scan(V1, 1_000))),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.store.set_uplink_tracking(true);
+    r.service.process_reports(5_000).unwrap();
+    clear_pending(&r.store);
+    let dir = tempfile::tempdir().unwrap();
+    let owed = Arc::new(outpost_uplink::resend::FindingsResend::open(dir.path()));
+    r.service.set_findings_resend(owed.clone());
+    assert_eq!(
+        r.service.resend_findings_if_due().unwrap(),
+        None,
+        "nothing owed"
+    );
+
+    // The sender left the findings out for a central of format 3.
+    owed.connected(3);
+    owed.note_dropped().unwrap();
+    assert_eq!(r.service.resend_findings_if_due().unwrap(), None);
+    assert!(pending_findings(&r.store).is_empty());
+    // Central upgraded: its Welcome says format 5.
+    owed.connected(5);
+    r.store.set_uplink_tracking(false);
+    assert_eq!(
+        r.service.resend_findings_if_due().unwrap(),
+        None,
+        "not joined"
+    );
+    r.store.set_uplink_tracking(true);
+    assert_eq!(r.service.resend_findings_if_due().unwrap(), Some(1));
+    let f = pending_findings(&r.store);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].device, dev);
+    assert!(!owed.pending());
+    clear_pending(&r.store);
+    assert_eq!(r.service.resend_findings_if_due().unwrap(), None, "once");
+    assert!(pending_findings(&r.store).is_empty());
 }
 
 #[test]

@@ -50,9 +50,9 @@ use crate::bulk::CentralBulk;
 use crate::commands::{self, AuditRow, CentralCommand, Change, Outcome, OutputOp};
 use crate::fleet_index::FleetIndex;
 use crate::model::{
-    AlertRow, ApiTokenRecord, BucketRow, CveExposureRow, CveHit, DeadLetter, DeviceRow,
-    DeviceStatus, JoinTokenRecord, PatchComplianceRow, PatchFindingsRow, Rollup, RollupRow,
-    SessionRecord, SiteRecord, UserRecord,
+    AlertRow, ApiTokenRecord, BucketRow, CveExposureRow, CveHit, CveSiteExposure, DeadLetter,
+    DeviceRow, DeviceStatus, JoinTokenRecord, PatchComplianceRow, PatchFindingsRow, Rollup,
+    RollupRow, SessionRecord, SiteRecord, UserRecord,
 };
 use crate::scripts::CentralScript;
 use crate::store::{
@@ -1037,6 +1037,33 @@ impl PgCentralStore {
                 })
             })
             .collect()
+    }
+
+    async fn cve_site_exposure_impl(
+        &self,
+        tenant: &str,
+        site_id: Option<&str>,
+    ) -> Result<Vec<CveSiteExposure>> {
+        let rows = self
+            .tenant_query(
+                tenant,
+                "SELECT cve, site_id, body FROM patch_cves \
+                 WHERE tenant_id = $1 AND ($2::text IS NULL OR site_id = $2) \
+                 ORDER BY cve, site_id",
+                &[&tenant, &site_id],
+            )
+            .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let hits = dec::<Vec<CveHit>>(r.get::<_, &[u8]>(2))?;
+            CveSiteExposure::fold(
+                &mut out,
+                r.get::<_, &str>(0),
+                &SiteId::from(r.get::<_, String>(1)),
+                &hits,
+            );
+        }
+        Ok(out)
     }
 
     /// Visits the bucket rows of one device in `[from, to)`, oldest first,
@@ -2094,6 +2121,14 @@ impl FleetStore for PgCentralStore {
         limit: usize,
     ) -> StoreFuture<'a, Vec<CveExposureRow>> {
         Box::pin(self.cve_exposure_impl(tenant, cve, limit))
+    }
+
+    fn cve_site_exposure<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: Option<&'a SiteId>,
+    ) -> StoreFuture<'a, Vec<CveSiteExposure>> {
+        Box::pin(self.cve_site_exposure_impl(tenant, site_id.map(|s| s.as_str())))
     }
 
     fn patch_compliance<'a>(

@@ -571,13 +571,27 @@ pub fn reencode_for(
     max_format: u16,
     level: i32,
 ) -> Result<Option<Vec<u8>>, BatchError> {
+    Ok(reencode_noting_findings(payload, max_format, level)?.map(|(p, _)| p))
+}
+
+/// [`reencode_for`], also saying whether patch findings were left out
+/// (the site owes them to central: [`crate::resend`]).
+pub fn reencode_noting_findings(
+    payload: &[u8],
+    max_format: u16,
+    level: i32,
+) -> Result<Option<(Vec<u8>, bool)>, BatchError> {
     let opened = open(payload)?;
     if opened.header().format <= max_format {
         return Ok(None);
     }
     let mut b = opened.decode()?;
+    let had_findings = !b.patch_findings.is_empty();
     downgrade(&mut b, max_format);
-    Ok(Some(encode(&b, level)?))
+    Ok(Some((
+        encode(&b, level)?,
+        had_findings && b.patch_findings.is_empty(),
+    )))
 }
 
 /// A decompressed batch whose [`BatchHeader`] is read and whose body is
