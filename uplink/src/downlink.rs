@@ -261,6 +261,9 @@ mod port {
             by: String,
         },
         UpdateAck(UpdateAck),
+        /// Deployment orders (protocol 5, [`crate::deploy_link`]).
+        DeployOrders(Vec<crate::deploy_link::DeployOrder>),
+        DeployProgressAck(crate::deploy_link::DeployProgressAck),
     }
 
     /// The sender's end: events to the adapter, frames from it.

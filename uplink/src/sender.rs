@@ -351,6 +351,8 @@ async fn stream_loop(
                     Some(CentralFrame::Commands(v)) => down(DownEvent::Commands(v)),
                     Some(CentralFrame::Cancel { id, by }) => down(DownEvent::Cancel { id, by }),
                     Some(CentralFrame::CommandUpdateAck(a)) => down(DownEvent::UpdateAck(a)),
+                    Some(CentralFrame::DeployOrders(v)) => down(DownEvent::DeployOrders(v)),
+                    Some(CentralFrame::DeployProgressAck(a)) => down(DownEvent::DeployProgressAck(a)),
                     None => bail!("central closed the uplink stream"),
                 }
             }
