@@ -126,7 +126,7 @@ pub enum ApprovalRulesCmd {
     Add {
         #[command(flatten)]
         conn: Conn,
-        /// e.g. `{"id":"sec","scope":{"tenant":{"tenant":"msp"}},"rule":{...}}`.
+        /// e.g. `{"id":"sec","scope":{"type":"tenant","tenant":"msp"},"rule":{"kind":"auto","security_only":true}}`.
         rule: String,
         #[arg(long = "site")]
         sites: Vec<String>,

@@ -422,7 +422,7 @@ async fn approvals_and_rules_go_to_every_site_and_a_removed_rule_leaves_the_list
     assert_eq!(st, 400, "PKG=VERSION");
     let (_, v) = f.call(&tech, "GET", "/api/v1/approvals", None).await;
     assert_eq!(v.as_array().unwrap().len(), 1);
-    let rule = json!({"id": "sec", "scope": {"type": "tenant", "tenant": "msp"}, "rule": {"type": "auto"}});
+    let rule = json!({"id": "sec", "scope": {"type": "tenant", "tenant": "msp"}, "rule": {"kind": "auto"}});
     let (st, v) = f
         .call(
             &admin,

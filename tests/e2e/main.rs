@@ -8,6 +8,7 @@ mod bench_smoke;
 mod browser;
 mod cache;
 mod central_commands;
+mod central_deploy;
 mod commands;
 mod demo;
 mod deploy;
