@@ -2562,9 +2562,6 @@ impl CommandStore for PgCentralStore {
     }
 }
 
-#[cfg(test)]
-mod tests;
-
 // ------------------------------------------------------------- deployments
 
 impl PgCentralStore {
@@ -2807,3 +2804,6 @@ impl crate::store::DeployStore for PgCentralStore {
         Box::pin(self.site_deployments_impl(tenant))
     }
 }
+
+#[cfg(test)]
+mod tests;
