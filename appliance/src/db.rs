@@ -23,6 +23,7 @@ pub fn tables() -> Vec<Table> {
         crate::deploy::store::TABLES,
         crate::deploy::schedules::TABLES,
         crate::deploy::device::TABLES,
+        crate::deploy::central::TABLES,
     ]
     .concat()
 }
@@ -53,8 +54,9 @@ mod tests {
         // `patch_scans`, `patch_assessments`, `patch_sources`,
         // `patch_compliance_daily` (issue 14); `patch_status_in` (ingest),
         // `deploy_device_commands` (the device link), `approval_rules`,
-        // `deployments`, `deploy_schedules` (issue 15).
-        assert_eq!(n, 47);
+        // `deployments`, `deploy_schedules`, `central_deploy_orders`
+        // (issue 15).
+        assert_eq!(n, 48);
     }
 
     #[test]
@@ -79,7 +81,7 @@ mod tests {
     fn the_database_opens_and_reopens_with_every_table() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), &StoreOptions::default()).unwrap();
-        assert_eq!(s.tables().len(), 48);
+        assert_eq!(s.tables().len(), 49);
         drop(s);
         open(dir.path(), &StoreOptions::default()).unwrap();
     }

@@ -92,9 +92,27 @@ fn refused(m: &UplinkMetrics, reason: &str) {
 pub async fn run(
     svc: CommandService,
     metrics: UplinkMetrics,
-    mut end: SiteEnd,
+    end: SiteEnd,
     shutdown: CancellationToken,
 ) {
+    run_with_deploy(svc, metrics, end, None, shutdown).await
+}
+
+/// [`run`], handing deployment events (orders, progress
+/// acknowledgements, and every connect and disconnect) to `deploy`
+/// (`crate::deploy::central::run`).
+pub async fn run_with_deploy(
+    svc: CommandService,
+    metrics: UplinkMetrics,
+    mut end: SiteEnd,
+    deploy: Option<tokio::sync::mpsc::UnboundedSender<DownEvent>>,
+    shutdown: CancellationToken,
+) {
+    let to_deploy = |e: DownEvent| {
+        if let Some(d) = &deploy {
+            let _ = d.send(e);
+        }
+    };
     let mut changes = svc.subscribe();
     let mut tracked: HashMap<CommandId, Track> = HashMap::new();
     loop {
@@ -106,8 +124,15 @@ pub async fn run(
                     DownEvent::Connected { protocol_version } => {
                         debug!(protocol_version, "downlink: central connected");
                         tracked.clear();
+                        to_deploy(DownEvent::Connected { protocol_version });
                     }
-                    DownEvent::Disconnected => tracked.clear(),
+                    DownEvent::Disconnected => {
+                        tracked.clear();
+                        to_deploy(DownEvent::Disconnected);
+                    }
+                    e @ (DownEvent::DeployOrders(_) | DownEvent::DeployProgressAck(_)) => {
+                        to_deploy(e);
+                    }
                     DownEvent::Commands(v) => {
                         for dc in v {
                             metrics.downlink_commands.inc();

@@ -221,10 +221,24 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         // in the command service under central's ids.
         let (port, end) = outpost_uplink::downlink::DownlinkPort::pair(64);
         uplink.attach_downlink(port);
-        tracker.spawn(crate::downlink::run(
+        // Central's deployment orders go to their own adapter (protocol 5).
+        let (deploy_tx, deploy_rx) = tokio::sync::mpsc::unbounded_channel();
+        tracker.spawn(crate::deploy::central::run(
+            crate::deploy::central::CentralDeploy {
+                store: store.clone(),
+                patches: patch_view.clone(),
+                orchestrator: orchestrator.clone(),
+                metrics: metrics.uplink.clone(),
+            },
+            deploy_rx,
+            end.frames.clone(),
+            shutdown.clone(),
+        ));
+        tracker.spawn(crate::downlink::run_with_deploy(
             commands.clone(),
             metrics.uplink.clone(),
             end,
+            Some(deploy_tx),
             shutdown.clone(),
         ));
     }

@@ -96,6 +96,24 @@ pub fn router(c: Arc<Central>) -> Router {
             get(crate::api_scripts::show).put(crate::api_scripts::edit),
         )
         .route("/scripts/{name}/run", post(crate::api_scripts::run))
+        .route(
+            "/approvals",
+            get(crate::api_deploy::verdicts).post(crate::api_deploy::set_verdict),
+        )
+        .route(
+            "/approval-rules",
+            get(crate::api_deploy::rules).post(crate::api_deploy::add_rule),
+        )
+        .route(
+            "/approval-rules/{id}",
+            axum::routing::delete(crate::api_deploy::remove_rule),
+        )
+        .route(
+            "/deployments",
+            get(crate::api_deploy::list).post(crate::api_deploy::create),
+        )
+        .route("/deployments/{id}", get(crate::api_deploy::show))
+        .route("/deployments/{id}/{action}", post(crate::api_deploy::act))
         .route("/tokens", post(create_token))
         .route("/users", post(create_user))
         .route("/users/{name}/password", put(change_password))

@@ -89,7 +89,12 @@ pub enum CommandsCmd {
     },
 }
 
-async fn call(c: &Conn, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+pub(crate) async fn call(
+    c: &Conn,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let url = format!("{}{}", c.api.trim_end_matches('/'), path);
     let mut req = Request::builder()

@@ -32,7 +32,12 @@ use crate::commands::{CentralCommand, Change, DownQueue};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Down {
     Command(CommandId),
-    Cancel { id: CommandId, by: String },
+    Cancel {
+        id: CommandId,
+        by: String,
+    },
+    /// A deployment order (protocol 5, [`crate::deploy_link`]).
+    DeployOrder(String),
 }
 
 #[derive(Debug)]
@@ -199,6 +204,8 @@ impl<'a> SiteDownlink<'a> {
     pub async fn on_down(&mut self, d: Down, now_ms: u64) -> Option<CentralFrame> {
         match d {
             Down::Cancel { id, by } => Some(CentralFrame::Cancel { id, by }),
+            // Handled by the stream's deployment link.
+            Down::DeployOrder(_) => None,
             Down::Command(id) => {
                 let c = self.c.store.command(&self.tenant, id).await.ok()??;
                 if c.closed || c.site_id != self.site {

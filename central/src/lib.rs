@@ -15,6 +15,7 @@
 pub mod api;
 pub mod api_bulk;
 pub mod api_commands;
+pub mod api_deploy;
 pub mod api_patches;
 pub mod api_scripts;
 #[cfg(test)]
@@ -23,6 +24,7 @@ pub mod apply;
 pub mod bulk;
 pub mod cli;
 pub mod cli_patches;
+pub mod cli_deploy;
 pub mod commands;
 #[cfg(test)]
 mod commands_api_tests;
@@ -30,6 +32,10 @@ pub mod console;
 pub mod console_patches;
 #[cfg(test)]
 mod console_tests;
+pub mod deploy;
+#[cfg(test)]
+mod deploy_api_tests;
+pub mod deploy_link;
 pub mod dir;
 pub mod downlink;
 pub mod fleet_index;

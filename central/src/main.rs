@@ -105,10 +105,21 @@ enum Cmd {
         #[command(subcommand)]
         cmd: outpost_central::cli::CommandsCmd,
     },
-    /// Patch reports, over the running central's API (an API token).
+    /// Patch deployments at sites, over the running central's API.
+    Deployments {
+        #[command(subcommand)]
+        cmd: outpost_central::cli_deploy::DeploymentsCmd,
+    },
+    /// Approve or decline a patch version at sites, or a compliance
+    /// report, over the API.
     Patches {
         #[command(subcommand)]
-        cmd: outpost_central::cli_patches::PatchesCmd,
+        cmd: outpost_central::cli_deploy::PatchesCmd,
+    },
+    /// Approval rules at sites, over the API.
+    ApprovalRules {
+        #[command(subcommand)]
+        cmd: outpost_central::cli_deploy::ApprovalRulesCmd,
     },
 }
 
@@ -191,24 +202,23 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    if let Cmd::Commands { cmd } = cli.cmd {
-        return match rt.block_on(outpost_central::cli::run(cmd)) {
-            Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                std::process::ExitCode::FAILURE
-            }
-        };
+    let client = match cli.cmd {
+        Cmd::Commands { cmd } => rt.block_on(outpost_central::cli::run(cmd)),
+        Cmd::Deployments { cmd } => rt.block_on(outpost_central::cli_deploy::run_deployments(cmd)),
+        Cmd::Patches { cmd } => rt.block_on(outpost_central::cli_deploy::run_patches(cmd)),
+        Cmd::ApprovalRules { cmd } => rt.block_on(outpost_central::cli_deploy::run_rules(cmd)),
+        cmd => return serve_or_operate(&rt, Cli { cmd }),
+    };
+    match client {
+        Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
-    if let Cmd::Patches { cmd } = cli.cmd {
-        return match rt.block_on(outpost_central::cli_patches::run(cmd)) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                std::process::ExitCode::FAILURE
-            }
-        };
-    }
+}
+
+fn serve_or_operate(rt: &tokio::runtime::Runtime, cli: Cli) -> std::process::ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -438,7 +448,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         // Run in `main` (its exit code is the command's).
-        Cmd::Commands { .. } => bail!("commands are run by main"),
-        Cmd::Patches { .. } => bail!("patches are run by main"),
+        Cmd::Commands { .. }
+        | Cmd::Deployments { .. }
+        | Cmd::Patches { .. }
+        | Cmd::ApprovalRules { .. } => bail!("API clients are run by main"),
     }
 }

@@ -80,6 +80,21 @@ pub struct CentralMetrics {
     /// Command acknowledgements or reports naming a command that is not
     /// the site's (ignored).
     pub command_frames_unknown: Counter,
+    /// Deployment orders sent down to sites (first sends and on reconnects).
+    pub deploy_orders_sent: Counter,
+    /// Deployment orders sent again for want of an acknowledgement.
+    pub deploy_orders_resent: Counter,
+    /// Deployment orders a site acknowledged as applied.
+    pub deploy_orders_acked: Counter,
+    /// Deployment orders a site refused for good.
+    pub deploy_orders_site_refused: Counter,
+    /// Deployment requests refused at central, by reason.
+    pub deploy_refusals: Family<ReasonLabel, Counter>,
+    /// Deployment progress reports stored (newer than the one held).
+    pub deploy_progress_stored: Counter,
+    /// Deployment progress reports not stored (stale, repeated, or not
+    /// the site's to report).
+    pub deploy_progress_ignored: Counter,
     registry: Registry,
     /// Series labelled with tenant and site ids (operator token only).
     site_registry: Registry,
@@ -116,6 +131,13 @@ impl CentralMetrics {
             command_output_bytes: Counter::default(),
             command_output_dropped: Counter::default(),
             command_frames_unknown: Counter::default(),
+            deploy_orders_sent: Counter::default(),
+            deploy_orders_resent: Counter::default(),
+            deploy_orders_acked: Counter::default(),
+            deploy_orders_site_refused: Counter::default(),
+            deploy_refusals: Family::default(),
+            deploy_progress_stored: Counter::default(),
+            deploy_progress_ignored: Counter::default(),
             registry: Registry::with_prefix("outpost_central"),
             site_registry: Registry::with_prefix("outpost_central"),
         };
@@ -175,6 +197,41 @@ impl CentralMetrics {
             "command_refusals",
             "Commands refused at central, by reason",
             m.command_refusals.clone(),
+        );
+        r.register(
+            "deploy_orders_sent",
+            "Deployment orders sent down to sites",
+            m.deploy_orders_sent.clone(),
+        );
+        r.register(
+            "deploy_orders_resent",
+            "Deployment orders sent again for want of an acknowledgement",
+            m.deploy_orders_resent.clone(),
+        );
+        r.register(
+            "deploy_orders_acked",
+            "Deployment orders sites acknowledged as applied",
+            m.deploy_orders_acked.clone(),
+        );
+        r.register(
+            "deploy_orders_site_refused",
+            "Deployment orders sites refused for good",
+            m.deploy_orders_site_refused.clone(),
+        );
+        r.register(
+            "deploy_refusals",
+            "Deployment requests refused at central, by reason",
+            m.deploy_refusals.clone(),
+        );
+        r.register(
+            "deploy_progress_stored",
+            "Deployment progress reports stored",
+            m.deploy_progress_stored.clone(),
+        );
+        r.register(
+            "deploy_progress_ignored",
+            "Deployment progress reports not stored (stale or repeated)",
+            m.deploy_progress_ignored.clone(),
         );
         r.register(
             "commands_sent",

@@ -37,8 +37,8 @@ use crate::store::{ApplyOutcome, DeadLetterOutcome};
 use outpost_uplink::batch::{self, BatchError};
 use outpost_uplink::wire::{
     ALPN_UPLINK, ALPN_UPLINK_JOIN, COMMANDS_PROTOCOL_VERSION, CentralFrame, CentralWelcome,
-    JoinRequest, JoinResponse, MAX_UPLINK_FRAME_BYTES, MIN_UPLINK_PROTOCOL_VERSION, RejectReason,
-    SiteFrame, UPLINK_PROTOCOL_VERSION, close,
+    DEPLOY_PROTOCOL_VERSION, JoinRequest, JoinResponse, MAX_UPLINK_FRAME_BYTES,
+    MIN_UPLINK_PROTOCOL_VERSION, RejectReason, SiteFrame, UPLINK_PROTOCOL_VERSION, close,
 };
 
 /// Validity of site certificates.
@@ -310,16 +310,23 @@ async fn serve_stream(
         "site connected"
     );
     let mut down = crate::downlink::SiteDownlink::new(c, tenant, site_id);
+    let mut deploy =
+        crate::deploy_link::SiteDeployLink::new(c, tenant, site_id, &site.customer, version);
     if down_rx.is_some() {
-        for f in down.opening(crate::now_ms()).await {
+        let mut opening = down.opening(crate::now_ms()).await;
+        opening.extend(deploy.opening(crate::now_ms()).await);
+        for f in opening {
             out.clear();
             write_frame(&f, &mut out, MAX_UPLINK_FRAME_BYTES)?;
             send.write_all(&out).await?;
         }
     }
     loop {
-        let resend_in = down
-            .next_resend()
+        let next_resend = match (down.next_resend(), deploy.next_resend()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let resend_in = next_resend
             .map(|at| Duration::from_millis(at.saturating_sub(crate::now_ms())))
             .unwrap_or(Duration::from_secs(3600));
         let mut answers: Vec<CentralFrame> = Vec::new();
@@ -344,12 +351,25 @@ async fn serve_stream(
                         answers.extend(down.on_update(u, crate::now_ms()).await);
                     }
                     Some(SiteFrame::FileChunk(_) | SiteFrame::FileAck(_) | SiteFrame::FileAbort(_)) => {
-                        // Protocol 4 (outpost_uplink::files): no site
-                        // announces it yet; below it this is a protocol error.
+                        // Protocol 4 (outpost_uplink::files): not wired at
+                        // central yet (sites announce 5 for deployments and
+                        // send none); below 4 this is a protocol error.
                         if version < outpost_uplink::wire::FILES_PROTOCOL_VERSION {
                             anyhow::bail!("a file frame on a protocol-{version} stream");
                         }
                         tracing::debug!("file frame ignored: files from central are not wired yet");
+                    }
+                    Some(SiteFrame::DeployAck(a)) => {
+                        if version < DEPLOY_PROTOCOL_VERSION {
+                            anyhow::bail!("a deployment acknowledgement on a protocol-{version} stream");
+                        }
+                        deploy.on_ack(a, crate::now_ms()).await;
+                    }
+                    Some(SiteFrame::DeployProgress(p)) => {
+                        if version < DEPLOY_PROTOCOL_VERSION {
+                            anyhow::bail!("a deployment report on a protocol-{version} stream");
+                        }
+                        answers.extend(deploy.on_progress(p, crate::now_ms()).await);
                     }
                 }
             }
@@ -362,10 +382,16 @@ async fn serve_stream(
                 // The registry dropped this connection's sender: a newer
                 // connection of the site took over.
                 let Some(d) = d else { return Ok(()) };
-                answers.extend(down.on_down(d, crate::now_ms()).await);
+                match d {
+                    crate::downlink::Down::DeployOrder(id) => {
+                        answers.extend(deploy.on_order(&id, crate::now_ms()).await);
+                    }
+                    d => answers.extend(down.on_down(d, crate::now_ms()).await),
+                }
             }
             _ = tokio::time::sleep(resend_in) => {
                 answers.extend(down.resends(crate::now_ms()).await);
+                answers.extend(deploy.resends(crate::now_ms()).await);
             }
             _ = c.shutdown.cancelled() => return Ok(()),
         }

@@ -72,7 +72,11 @@ const CF_PATCH_FINDINGS: &str = "patch_findings";
 /// Central's CVE index, derived from the findings rows in the same write:
 /// `tenant \0 cve \0 site \0 device` → `Vec<`[`CveHit`]`>`.
 const CF_PATCH_CVES: &str = "patch_cves";
-const CFS: [&str; 13] = [
+/// Deployment orders from central (`tenant\0o\0id`), their deliveries
+/// (`tenant\0d\0site\0order`) and the progress sites report
+/// (`tenant\0p\0site\0deployment`).
+const CF_DEPLOY: &str = "deploy";
+const CFS: [&str; 14] = [
     CF_SITES,
     CF_DEVICES,
     CF_ROLLUPS,
@@ -86,6 +90,7 @@ const CFS: [&str; 13] = [
     CF_PATCH_COMPLIANCE,
     CF_PATCH_FINDINGS,
     CF_PATCH_CVES,
+    CF_DEPLOY,
 ];
 
 /// Central's RocksDB store: a cheap handle (clones share the database).
@@ -2062,6 +2067,224 @@ impl AuthStore for RocksCentralStore {
     fn delete_session<'a>(&'a self, hash: &'a [u8; 32]) -> StoreFuture<'a, ()> {
         let (st, hash) = (self.clone(), *hash);
         blocking(move || st.delete_session(&hash))
+    }
+}
+
+// ------------------------------------------------------------- deployments
+
+impl RocksCentralStore {
+    fn order_key(tenant: &str, id: &str) -> Vec<u8> {
+        key(&[tenant.as_bytes(), b"o", id.as_bytes()])
+    }
+
+    fn delivery_key(tenant: &str, site: &str, order: &str) -> Vec<u8> {
+        key(&[tenant.as_bytes(), b"d", site.as_bytes(), order.as_bytes()])
+    }
+
+    fn progress_key(tenant: &str, site: &str, dep: &str) -> Vec<u8> {
+        key(&[tenant.as_bytes(), b"p", site.as_bytes(), dep.as_bytes()])
+    }
+
+    pub fn create_order(
+        &self,
+        o: &crate::deploy::OrderRecord,
+        deliveries: &[crate::deploy::Delivery],
+        audit: &AuditRow,
+    ) -> Result<()> {
+        let _g = self.commands_guard();
+        let k = Self::order_key(&o.tenant, &o.id);
+        if self
+            .db
+            .get_cf(self.cf(CF_DEPLOY)?, &k)
+            .map_err(be)?
+            .is_some()
+        {
+            return Err(CentralStoreError::Conflict(format!(
+                "order {} exists already",
+                o.id
+            )));
+        }
+        let mut wb = WriteBatch::default();
+        self.put(&mut wb, CF_DEPLOY, &k, o)?;
+        for d in deliveries {
+            self.put(
+                &mut wb,
+                CF_DEPLOY,
+                &Self::delivery_key(&d.tenant, &d.site, &d.order),
+                d,
+            )?;
+        }
+        self.put_audit(&mut wb, audit)?;
+        self.write(wb)
+    }
+
+    pub fn order(&self, tenant: &str, id: &str) -> Result<Option<crate::deploy::OrderRecord>> {
+        self.get(CF_DEPLOY, &Self::order_key(tenant, id))
+    }
+
+    pub fn orders(&self, tenant: &str) -> Result<Vec<crate::deploy::OrderRecord>> {
+        let p = prefix(&[tenant.as_bytes(), b"o"]);
+        let mut v: Vec<crate::deploy::OrderRecord> = Vec::new();
+        self.scan(CF_DEPLOY, &p, &p, |_, o| {
+            v.push(o);
+            true
+        })?;
+        v.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        Ok(v)
+    }
+
+    pub fn deliveries(&self, tenant: &str) -> Result<Vec<crate::deploy::Delivery>> {
+        let p = prefix(&[tenant.as_bytes(), b"d"]);
+        let mut v = Vec::new();
+        self.scan(CF_DEPLOY, &p, &p, |_, d| {
+            v.push(d);
+            true
+        })?;
+        Ok(v)
+    }
+
+    pub fn open_orders(&self, tenant: &str, site: &str) -> Result<Vec<crate::deploy::OrderRecord>> {
+        let p = prefix(&[tenant.as_bytes(), b"d", site.as_bytes()]);
+        let mut ids = Vec::new();
+        self.scan::<crate::deploy::Delivery>(CF_DEPLOY, &p, &p, |_, d| {
+            if d.is_open() {
+                ids.push(d.order);
+            }
+            true
+        })?;
+        let mut v = Vec::new();
+        for id in ids {
+            if let Some(o) = self.order(tenant, &id)? {
+                v.push(o);
+            }
+        }
+        Ok(crate::deploy::opening_order(v))
+    }
+
+    pub fn acknowledge_order(
+        &self,
+        tenant: &str,
+        site: &str,
+        ack: &outpost_uplink::deploy_link::DeployAck,
+        now_ms: u64,
+    ) -> Result<Option<crate::deploy::Delivery>> {
+        let _g = self.commands_guard();
+        let k = Self::delivery_key(tenant, site, &ack.id);
+        let Some(d) = self.get::<crate::deploy::Delivery>(CF_DEPLOY, &k)? else {
+            return Ok(None);
+        };
+        let Some(n) = crate::deploy::acknowledge(&d, ack, now_ms) else {
+            return Ok(None);
+        };
+        self.put_one(CF_DEPLOY, &k, &n)?;
+        Ok(Some(n))
+    }
+
+    pub fn put_site_deployment(&self, r: &crate::deploy::SiteDeploymentRecord) -> Result<bool> {
+        let _g = self.commands_guard();
+        let k = Self::progress_key(&r.tenant, &r.site, &r.deployment);
+        let held = self.get::<crate::deploy::SiteDeploymentRecord>(CF_DEPLOY, &k)?;
+        if !crate::deploy::newer(held.as_ref(), r) {
+            return Ok(false);
+        }
+        self.put_one(CF_DEPLOY, &k, r)?;
+        Ok(true)
+    }
+
+    pub fn site_deployments(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<crate::deploy::SiteDeploymentRecord>> {
+        let p = prefix(&[tenant.as_bytes(), b"p"]);
+        let mut v = Vec::new();
+        self.scan(CF_DEPLOY, &p, &p, |_, r| {
+            v.push(r);
+            true
+        })?;
+        Ok(v)
+    }
+}
+
+impl crate::store::DeployStore for RocksCentralStore {
+    fn create_order<'a>(
+        &'a self,
+        order: &'a crate::deploy::OrderRecord,
+        deliveries: &'a [crate::deploy::Delivery],
+        audit: &'a AuditRow,
+    ) -> StoreFuture<'a, ()> {
+        let (st, o, d, a) = (
+            self.clone(),
+            order.clone(),
+            deliveries.to_vec(),
+            audit.clone(),
+        );
+        blocking(move || st.create_order(&o, &d, &a))
+    }
+
+    fn order<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: &'a str,
+    ) -> StoreFuture<'a, Option<crate::deploy::OrderRecord>> {
+        let (st, t, id) = (self.clone(), tenant.to_owned(), id.to_owned());
+        blocking(move || st.order(&t, &id))
+    }
+
+    fn orders<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> StoreFuture<'a, Vec<crate::deploy::OrderRecord>> {
+        let (st, t) = (self.clone(), tenant.to_owned());
+        blocking(move || st.orders(&t))
+    }
+
+    fn deliveries<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> StoreFuture<'a, Vec<crate::deploy::Delivery>> {
+        let (st, t) = (self.clone(), tenant.to_owned());
+        blocking(move || st.deliveries(&t))
+    }
+
+    fn open_orders<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site: &'a SiteId,
+    ) -> StoreFuture<'a, Vec<crate::deploy::OrderRecord>> {
+        let (st, t, s) = (self.clone(), tenant.to_owned(), site.to_owned());
+        blocking(move || st.open_orders(&t, &s))
+    }
+
+    fn acknowledge_order<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site: &'a SiteId,
+        ack: &'a outpost_uplink::deploy_link::DeployAck,
+        now_ms: u64,
+    ) -> StoreFuture<'a, Option<crate::deploy::Delivery>> {
+        let (st, t, s, a) = (
+            self.clone(),
+            tenant.to_owned(),
+            site.to_owned(),
+            ack.clone(),
+        );
+        blocking(move || st.acknowledge_order(&t, &s, &a, now_ms))
+    }
+
+    fn put_site_deployment<'a>(
+        &'a self,
+        rec: &'a crate::deploy::SiteDeploymentRecord,
+    ) -> StoreFuture<'a, bool> {
+        let (st, r) = (self.clone(), rec.clone());
+        blocking(move || st.put_site_deployment(&r))
+    }
+
+    fn site_deployments<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> StoreFuture<'a, Vec<crate::deploy::SiteDeploymentRecord>> {
+        let (st, t) = (self.clone(), tenant.to_owned());
+        blocking(move || st.site_deployments(&t))
     }
 }
 

@@ -347,9 +347,66 @@ pub struct FleetDelta {
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
 /// Central's storage (see the module docs).
-pub trait CentralStore: BatchStore + FleetStore + AuthStore + CommandStore {}
+pub trait CentralStore: BatchStore + FleetStore + AuthStore + CommandStore + DeployStore {}
 
-impl<T: BatchStore + FleetStore + AuthStore + CommandStore> CentralStore for T {}
+impl<T: BatchStore + FleetStore + AuthStore + CommandStore + DeployStore> CentralStore for T {}
+
+/// Deployment orders from central, their delivery to each site, and the
+/// progress sites report ([`crate::deploy`]). Every method is scoped to
+/// one tenant.
+pub trait DeployStore: Send + Sync + 'static {
+    /// Stores a new order with one queued delivery per site and its audit
+    /// entry, in one write; `Conflict` if the id exists.
+    fn create_order<'a>(
+        &'a self,
+        order: &'a crate::deploy::OrderRecord,
+        deliveries: &'a [crate::deploy::Delivery],
+        audit: &'a crate::commands::AuditRow,
+    ) -> StoreFuture<'a, ()>;
+    fn order<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: &'a str,
+    ) -> StoreFuture<'a, Option<crate::deploy::OrderRecord>>;
+    /// A tenant's orders, oldest first.
+    fn orders<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> StoreFuture<'a, Vec<crate::deploy::OrderRecord>>;
+    /// A tenant's deliveries (of every order and site).
+    fn deliveries<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> StoreFuture<'a, Vec<crate::deploy::Delivery>>;
+    /// The orders still queued for one site, with their deliveries.
+    fn open_orders<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site: &'a SiteId,
+    ) -> StoreFuture<'a, Vec<crate::deploy::OrderRecord>>;
+    /// Applies a site's acknowledgement to its delivery
+    /// ([`crate::deploy::acknowledge`], under a lock or in one
+    /// transaction): the new delivery, or `None` when it was not open (or
+    /// is unknown).
+    fn acknowledge_order<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site: &'a SiteId,
+        ack: &'a outpost_uplink::deploy_link::DeployAck,
+        now_ms: u64,
+    ) -> StoreFuture<'a, Option<crate::deploy::Delivery>>;
+    /// Stores a site's progress report if it is newer than the one held
+    /// ([`crate::deploy::newer`]); whether it was stored.
+    fn put_site_deployment<'a>(
+        &'a self,
+        rec: &'a crate::deploy::SiteDeploymentRecord,
+    ) -> StoreFuture<'a, bool>;
+    /// The progress held of a tenant's deployments at its sites.
+    fn site_deployments<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> StoreFuture<'a, Vec<crate::deploy::SiteDeploymentRecord>>;
+}
 
 /// Filters of the command list ([`CommandStore::commands`]).
 #[derive(Debug, Clone, Default)]

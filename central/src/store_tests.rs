@@ -121,6 +121,7 @@ both_backends!(
     the_cve_index_follows_the_newest_findings_of_each_device,
     the_cve_index_counts_each_cves_devices_per_site_by_their_best_state,
     script_versions_bulk_runs_and_held_members_round_trip_in_one_tenant,
+    deployment_orders_are_acknowledged_once_per_site_and_progress_only_moves_forward,
 );
 
 async fn an_alert_page_filters_in_the_store_keeps_the_newest_and_counts_all(st: Store) {
@@ -1069,4 +1070,102 @@ async fn script_versions_bulk_runs_and_held_members_round_trip_in_one_tenant(st:
             .unwrap()
             .is_none()
     );
+}
+
+async fn deployment_orders_are_acknowledged_once_per_site_and_progress_only_moves_forward(
+    st: Store,
+) {
+    use crate::deploy::{Delivery, DeliveryState, OrderRecord, SiteDeploymentRecord};
+    use outpost_uplink::deploy_link::{DeployAck, DeployOrderKind};
+    add_site(&st, "msp", "s-1", 1).await;
+    add_site(&st, "msp", "s-2", 2).await;
+    let order = |id: &str, at: u64| OrderRecord {
+        tenant: t("msp"),
+        id: id.into(),
+        created_ms: at,
+        created_by: "ann".into(),
+        deployment: Some("cdep-1".into()),
+        sites: vec![s("s-1"), s("s-2")],
+        customers: vec!["dental".into()],
+        kind: DeployOrderKind::RemoveRule { id: "r".into() },
+    };
+    let audit = crate::commands::AuditRow {
+        at_ms: 1,
+        tenant: t("msp"),
+        actor: "ann".into(),
+        action: "deployment.create".into(),
+        target: "cdep-1".into(),
+        detail: String::new(),
+    };
+    for (id, at) in [("ord-b", 2), ("ord-a", 1)] {
+        let o = order(id, at);
+        let d: Vec<Delivery> = o.sites.iter().map(|x| Delivery::queued(&o, x)).collect();
+        st.create_order(&o, &d, &audit).await.unwrap();
+    }
+    let o = order("ord-a", 1);
+    assert!(matches!(
+        st.create_order(&o, &[], &audit).await,
+        Err(CentralStoreError::Conflict(_))
+    ));
+    let ids = |v: Vec<OrderRecord>| v.into_iter().map(|o| o.id).collect::<Vec<_>>();
+    assert_eq!(ids(st.orders(&t("msp")).await.unwrap()), ["ord-a", "ord-b"]);
+    assert_eq!(
+        ids(st.open_orders(&t("msp"), &s("s-1")).await.unwrap()),
+        ["ord-a", "ord-b"]
+    );
+    assert!(st.orders(&t("other")).await.unwrap().is_empty());
+    assert!(st.order(&t("other"), "ord-a").await.unwrap().is_none());
+    assert_eq!(st.order(&t("msp"), "ord-a").await.unwrap(), Some(o));
+    // s-1 acknowledges ord-a: delivered there only, and only once.
+    let ack = DeployAck {
+        id: "ord-a".into(),
+        refused: None,
+    };
+    let d = st
+        .acknowledge_order(&t("msp"), &s("s-1"), &ack, 7)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((d.state, d.done_ms), (DeliveryState::Delivered, Some(7)));
+    assert!(
+        st.acknowledge_order(&t("msp"), &s("s-1"), &ack, 8)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        st.acknowledge_order(&t("other"), &s("s-1"), &ack, 8)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        ids(st.open_orders(&t("msp"), &s("s-1")).await.unwrap()),
+        ["ord-b"]
+    );
+    assert_eq!(
+        ids(st.open_orders(&t("msp"), &s("s-2")).await.unwrap()),
+        ["ord-a", "ord-b"]
+    );
+    let all = st.deliveries(&t("msp")).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all.iter().filter(|d| d.is_open()).count(), 3);
+    // Progress: the newest state stands.
+    let rec = |at: u64| SiteDeploymentRecord {
+        tenant: t("msp"),
+        site: s("s-1"),
+        customer: "dental".into(),
+        deployment: "cdep-1".into(),
+        from_central: true,
+        updated_at_ms: at,
+        received_ms: 0,
+        view_json: format!("{{\"at\":{at}}}"),
+    };
+    assert!(st.put_site_deployment(&rec(5)).await.unwrap());
+    assert!(!st.put_site_deployment(&rec(4)).await.unwrap());
+    assert!(!st.put_site_deployment(&rec(5)).await.unwrap());
+    assert!(st.put_site_deployment(&rec(6)).await.unwrap());
+    let held = st.site_deployments(&t("msp")).await.unwrap();
+    assert_eq!(held, vec![rec(6)]);
+    assert!(st.site_deployments(&t("other")).await.unwrap().is_empty());
 }

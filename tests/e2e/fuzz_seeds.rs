@@ -433,6 +433,17 @@ fn uplink(seeds: &mut Vec<Seed>) {
                 },
                 last: true,
             }),
+            SiteFrame::DeployAck(outpost_uplink::deploy_link::DeployAck {
+                id: "ord-00000000000000a1".into(),
+                refused: None,
+            }),
+            SiteFrame::DeployProgress(outpost_uplink::deploy_link::DeployProgress {
+                deployment: "cdep-1a2b3c4d".into(),
+                updated_at_ms: 1_700_000_000_000,
+                from_central: true,
+                view_json: r#"{"summary":{"phase":"running","stage":0},"stages":[],"devices":[]}"#
+                    .into(),
+            }),
         ],
     );
     frames(
@@ -470,6 +481,17 @@ fn uplink(seeds: &mut Vec<Seed>) {
                 output_len: 6,
                 transitions: 3,
                 closed: true,
+            }),
+            CentralFrame::DeployOrders(vec![outpost_uplink::deploy_link::DeployOrder {
+                id: "ord-00000000000000a1".into(),
+                actor: "ann@central".into(),
+                kind: outpost_uplink::deploy_link::DeployOrderKind::CreateDeployment {
+                    request_json: r#"{"id":"cdep-1a2b3c4d","target":{"type":"all"}}"#.into(),
+                },
+            }]),
+            CentralFrame::DeployProgressAck(outpost_uplink::deploy_link::DeployProgressAck {
+                deployment: "cdep-1a2b3c4d".into(),
+                updated_at_ms: 1_700_000_000_000,
             }),
         ],
     );

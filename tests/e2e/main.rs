@@ -9,6 +9,7 @@ mod browser;
 mod browser_deploy;
 mod cache;
 mod central_commands;
+mod central_deploy;
 mod commands;
 mod demo;
 mod deploy;

@@ -265,6 +265,9 @@ mod port {
         FileChunk(crate::files::UpFileChunk),
         FileAck(crate::files::UpFileAck),
         FileAbort(crate::files::UpFileAbort),
+        /// Deployment orders (protocol 5, [`crate::deploy_link`]).
+        DeployOrders(Vec<crate::deploy_link::DeployOrder>),
+        DeployProgressAck(crate::deploy_link::DeployProgressAck),
     }
 
     /// The sender's end: events to the adapter, frames from it.

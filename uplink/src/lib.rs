@@ -16,6 +16,7 @@
 //! crate, which depends on this one; nothing here may depend on it.
 
 pub mod batch;
+pub mod deploy_link;
 pub mod downlink;
 pub mod files;
 #[cfg(feature = "appliance")]

@@ -53,6 +53,21 @@ pub struct UplinkMetrics {
     pub downlink_updates_sent: Counter,
     /// Output bytes in those reports.
     pub downlink_output_bytes_sent: Counter,
+    /// Deployment orders central sent down (redeliveries included).
+    pub deploy_orders: Counter,
+    /// Deployment orders applied here (first deliveries only).
+    pub deploy_orders_applied: Counter,
+    /// Deployment orders answered from the site's record of them (a
+    /// redelivery: not applied again).
+    pub deploy_orders_redelivered: Counter,
+    /// Deployment orders the site refused, by reason (`invalid`,
+    /// `refused`, `unknown`).
+    pub deploy_order_refusals: Family<ReasonLabel, Counter>,
+    /// Deployment orders not acknowledged because storing failed
+    /// (central sends them again).
+    pub deploy_order_store_failures: Counter,
+    /// Deployment progress reports sent up to central.
+    pub deploy_progress_sent: Counter,
 }
 
 impl UplinkMetrics {
@@ -163,6 +178,36 @@ impl UplinkMetrics {
             "downlink_store_failures",
             "Central's commands not acknowledged because storing them failed",
             self.downlink_store_failures.clone(),
+        );
+        r.register(
+            "deploy_orders",
+            "Deployment orders central sent down",
+            self.deploy_orders.clone(),
+        );
+        r.register(
+            "deploy_orders_applied",
+            "Deployment orders from central applied at the site",
+            self.deploy_orders_applied.clone(),
+        );
+        r.register(
+            "deploy_orders_redelivered",
+            "Deployment orders delivered again and answered from the site's record",
+            self.deploy_orders_redelivered.clone(),
+        );
+        r.register(
+            "deploy_order_refusals",
+            "Deployment orders from central the site refused, by reason",
+            self.deploy_order_refusals.clone(),
+        );
+        r.register(
+            "deploy_order_store_failures",
+            "Deployment orders not acknowledged because storing failed",
+            self.deploy_order_store_failures.clone(),
+        );
+        r.register(
+            "deploy_progress_sent",
+            "Deployment progress reports sent to central",
+            self.deploy_progress_sent.clone(),
         );
         r.register(
             "downlink_updates_sent",

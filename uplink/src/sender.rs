@@ -360,6 +360,8 @@ async fn stream_loop(
                     Some(CentralFrame::FileChunk(c)) => down(DownEvent::FileChunk(c)),
                     Some(CentralFrame::FileAck(a)) => down(DownEvent::FileAck(a)),
                     Some(CentralFrame::FileAbort(a)) => down(DownEvent::FileAbort(a)),
+                    Some(CentralFrame::DeployOrders(v)) => down(DownEvent::DeployOrders(v)),
+                    Some(CentralFrame::DeployProgressAck(a)) => down(DownEvent::DeployProgressAck(a)),
                     None => bail!("central closed the uplink stream"),
                 }
             }

@@ -22,6 +22,11 @@
 //!   each answered by [`CentralFrame::CommandUpdateAck`]. A site that says
 //!   version 1 in its `Hello` is never sent a downlink frame. See
 //!   [`crate::downlink`].
+//! * **Deployments** (protocol version 5, same stream): central sends
+//!   [`CentralFrame::DeployOrders`]; the site answers each with
+//!   [`SiteFrame::DeployAck`] and reports [`SiteFrame::DeployProgress`],
+//!   each answered by [`CentralFrame::DeployProgressAck`]. A site below
+//!   version 5 is never sent an order. See [`crate::deploy_link`].
 //!
 //! Frames use `outpost_proto::frame` (length prefix checked before
 //! allocation) and the one bincode configuration. Enums are encoded by
@@ -39,9 +44,11 @@ pub const ALPN_UPLINK: &[u8] = b"outpost-uplink/1";
 pub const CENTRAL_SERVER_NAME: &str = "outpost-central";
 /// Version of the uplink protocol of this build (2: the downlink of
 /// commands; 3: central reads batch formats 4 and 5, patch details and
-/// findings; 6: central reads batch format 6, devices' IP addresses and
-/// tags, once central stores them: until then this build announces 3).
-pub const UPLINK_PROTOCOL_VERSION: u16 = 3;
+/// findings; 4: file frames, [`FILES_PROTOCOL_VERSION`] (not wired at
+/// the site or central yet: both ignore them); 5: the downlink of patch
+/// deployments; 6, once central stores them: batch format 6, devices' IP
+/// addresses and tags, [`DEVICE_TAGS_PROTOCOL_VERSION`]).
+pub const UPLINK_PROTOCOL_VERSION: u16 = 5;
 /// Oldest site protocol central still accepts (a version-1 site gets
 /// batches acknowledged and no downlink frames).
 pub const MIN_UPLINK_PROTOCOL_VERSION: u16 = 1;
@@ -58,6 +65,9 @@ pub const PATCH_FINDINGS_PROTOCOL_VERSION: u16 = 3;
 /// First protocol version whose central reads devices' IP addresses and
 /// tags (batch format 6).
 pub const DEVICE_TAGS_PROTOCOL_VERSION: u16 = 6;
+/// First protocol version that carries deployment orders and progress
+/// ([`crate::deploy_link`]).
+pub const DEPLOY_PROTOCOL_VERSION: u16 = 5;
 
 /// The newest batch format a central that announced `protocol_version` in
 /// its Welcome reads: 6 from [`DEVICE_TAGS_PROTOCOL_VERSION`], 5 from
@@ -93,6 +103,11 @@ pub enum SiteFrame {
     FileAck(crate::files::UpFileAck),
     /// The site gives a stream up (either direction).
     FileAbort(crate::files::UpFileAbort),
+    /// A deployment order of central's is applied at the site (or refused
+    /// for good). Protocol 5.
+    DeployAck(crate::deploy_link::DeployAck),
+    /// Where a deployment of the site stands. Protocol 5.
+    DeployProgress(crate::deploy_link::DeployProgress),
 }
 
 /// Opening frame of an uplink stream.
@@ -144,6 +159,10 @@ pub enum CentralFrame {
     FileAck(crate::files::UpFileAck),
     /// Central gives a stream up (either direction).
     FileAbort(crate::files::UpFileAbort),
+    /// Deployment orders for the site (idempotent by id). Protocol 5.
+    DeployOrders(Vec<crate::deploy_link::DeployOrder>),
+    /// Central stored a [`SiteFrame::DeployProgress`]. Protocol 5.
+    DeployProgressAck(crate::deploy_link::DeployProgressAck),
 }
 
 /// Answer to [`SiteHello`].

@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod approvals;
+pub mod central;
 pub mod device;
 pub mod metrics;
 pub mod orchestrator;

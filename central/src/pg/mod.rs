@@ -70,6 +70,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "scripts_bulk_findings",
         include_str!("V2__scripts_bulk_findings.sql"),
     ),
+    (3, "deployments", include_str!("V3__deployments.sql")),
 ];
 
 /// Width of a rollup partition (one week of bucket time).
@@ -2593,6 +2594,249 @@ impl CommandStore for PgCentralStore {
                 .await?;
             rows.iter().map(|r| dec(r.get::<_, &[u8]>(0))).collect()
         })
+    }
+}
+
+// ------------------------------------------------------------- deployments
+
+impl PgCentralStore {
+    async fn create_order_impl(
+        &self,
+        o: &crate::deploy::OrderRecord,
+        deliveries: &[crate::deploy::Delivery],
+        audit: &AuditRow,
+    ) -> Result<()> {
+        let t = o.tenant.as_str();
+        let mut c = self.client().await?;
+        let tx = Self::tenant_tx(&mut c, t).await?;
+        let n = tx
+            .execute(
+                "INSERT INTO deploy_orders (tenant_id, id, created_ms, body) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT DO NOTHING",
+                &[&t, &o.id, &i(o.created_ms), &enc(o)?],
+            )
+            .await
+            .map_err(be)?;
+        if n == 0 {
+            return Err(CentralStoreError::Conflict(format!(
+                "order {} exists already",
+                o.id
+            )));
+        }
+        for d in deliveries {
+            tx.execute(
+                "INSERT INTO deploy_deliveries (tenant_id, site_id, order_id, open, body) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&t, &d.site.as_str(), &d.order, &d.is_open(), &enc(d)?],
+            )
+            .await
+            .map_err(be)?;
+        }
+        insert_audit(&tx, audit).await?;
+        tx.commit().await.map_err(be)?;
+        Ok(())
+    }
+
+    async fn order_impl(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<crate::deploy::OrderRecord>> {
+        let rows = self
+            .tenant_query(
+                tenant,
+                "SELECT body FROM deploy_orders WHERE tenant_id = $1 AND id = $2",
+                &[&tenant, &id],
+            )
+            .await?;
+        rows.first().map(|r| dec(r.get::<_, &[u8]>(0))).transpose()
+    }
+
+    async fn orders_impl(&self, tenant: &str) -> Result<Vec<crate::deploy::OrderRecord>> {
+        let rows = self
+            .tenant_query(
+                tenant,
+                "SELECT body FROM deploy_orders WHERE tenant_id = $1 ORDER BY created_ms, id",
+                &[&tenant],
+            )
+            .await?;
+        rows.iter().map(|r| dec(r.get::<_, &[u8]>(0))).collect()
+    }
+
+    async fn deliveries_impl(&self, tenant: &str) -> Result<Vec<crate::deploy::Delivery>> {
+        let rows = self
+            .tenant_query(
+                tenant,
+                "SELECT body FROM deploy_deliveries WHERE tenant_id = $1",
+                &[&tenant],
+            )
+            .await?;
+        rows.iter().map(|r| dec(r.get::<_, &[u8]>(0))).collect()
+    }
+
+    async fn open_orders_impl(
+        &self,
+        tenant: &str,
+        site: &str,
+    ) -> Result<Vec<crate::deploy::OrderRecord>> {
+        let rows = self
+            .tenant_query(
+                tenant,
+                "SELECT o.body FROM deploy_deliveries d JOIN deploy_orders o \
+                 ON o.tenant_id = d.tenant_id AND o.id = d.order_id \
+                 WHERE d.tenant_id = $1 AND d.site_id = $2 AND d.open",
+                &[&tenant, &site],
+            )
+            .await?;
+        let v: Vec<crate::deploy::OrderRecord> = rows
+            .iter()
+            .map(|r| dec(r.get::<_, &[u8]>(0)))
+            .collect::<Result<_>>()?;
+        Ok(crate::deploy::opening_order(v))
+    }
+
+    async fn acknowledge_order_impl(
+        &self,
+        tenant: &str,
+        site: &str,
+        ack: &outpost_uplink::deploy_link::DeployAck,
+        now_ms: u64,
+    ) -> Result<Option<crate::deploy::Delivery>> {
+        let mut c = self.client().await?;
+        let tx = Self::tenant_tx(&mut c, tenant).await?;
+        let rows = tx
+            .query(
+                "SELECT body FROM deploy_deliveries WHERE tenant_id = $1 AND site_id = $2 \
+                 AND order_id = $3 FOR UPDATE",
+                &[&tenant, &site, &ack.id],
+            )
+            .await
+            .map_err(be)?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let d: crate::deploy::Delivery = dec(row.get::<_, &[u8]>(0))?;
+        let Some(n) = crate::deploy::acknowledge(&d, ack, now_ms) else {
+            return Ok(None);
+        };
+        tx.execute(
+            "UPDATE deploy_deliveries SET open = $4, body = $5 \
+             WHERE tenant_id = $1 AND site_id = $2 AND order_id = $3",
+            &[&tenant, &site, &ack.id, &n.is_open(), &enc(&n)?],
+        )
+        .await
+        .map_err(be)?;
+        tx.commit().await.map_err(be)?;
+        Ok(Some(n))
+    }
+
+    async fn put_site_deployment_impl(
+        &self,
+        r: &crate::deploy::SiteDeploymentRecord,
+    ) -> Result<bool> {
+        let t = r.tenant.as_str();
+        let mut c = self.client().await?;
+        let tx = Self::tenant_tx(&mut c, t).await?;
+        // Only a newer state replaces the one held (one statement: two
+        // reports racing keep the newest).
+        let n = tx
+            .execute(
+                "INSERT INTO site_deployments (tenant_id, site_id, deployment, updated_at_ms, body) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (tenant_id, site_id, deployment) DO UPDATE \
+                 SET updated_at_ms = excluded.updated_at_ms, body = excluded.body \
+                 WHERE site_deployments.updated_at_ms < excluded.updated_at_ms",
+                &[
+                    &t,
+                    &r.site.as_str(),
+                    &r.deployment,
+                    &i(r.updated_at_ms),
+                    &enc(r)?,
+                ],
+            )
+            .await
+            .map_err(be)?;
+        tx.commit().await.map_err(be)?;
+        Ok(n > 0)
+    }
+
+    async fn site_deployments_impl(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<crate::deploy::SiteDeploymentRecord>> {
+        let rows = self
+            .tenant_query(
+                tenant,
+                "SELECT body FROM site_deployments WHERE tenant_id = $1",
+                &[&tenant],
+            )
+            .await?;
+        rows.iter().map(|r| dec(r.get::<_, &[u8]>(0))).collect()
+    }
+}
+
+impl crate::store::DeployStore for PgCentralStore {
+    fn create_order<'a>(
+        &'a self,
+        order: &'a crate::deploy::OrderRecord,
+        deliveries: &'a [crate::deploy::Delivery],
+        audit: &'a AuditRow,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(self.create_order_impl(order, deliveries, audit))
+    }
+
+    fn order<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: &'a str,
+    ) -> StoreFuture<'a, Option<crate::deploy::OrderRecord>> {
+        Box::pin(self.order_impl(tenant, id))
+    }
+
+    fn orders<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> StoreFuture<'a, Vec<crate::deploy::OrderRecord>> {
+        Box::pin(self.orders_impl(tenant))
+    }
+
+    fn deliveries<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> StoreFuture<'a, Vec<crate::deploy::Delivery>> {
+        Box::pin(self.deliveries_impl(tenant))
+    }
+
+    fn open_orders<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site: &'a SiteId,
+    ) -> StoreFuture<'a, Vec<crate::deploy::OrderRecord>> {
+        Box::pin(self.open_orders_impl(tenant, site))
+    }
+
+    fn acknowledge_order<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site: &'a SiteId,
+        ack: &'a outpost_uplink::deploy_link::DeployAck,
+        now_ms: u64,
+    ) -> StoreFuture<'a, Option<crate::deploy::Delivery>> {
+        Box::pin(self.acknowledge_order_impl(tenant, site, ack, now_ms))
+    }
+
+    fn put_site_deployment<'a>(
+        &'a self,
+        rec: &'a crate::deploy::SiteDeploymentRecord,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(self.put_site_deployment_impl(rec))
+    }
+
+    fn site_deployments<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> StoreFuture<'a, Vec<crate::deploy::SiteDeploymentRecord>> {
+        Box::pin(self.site_deployments_impl(tenant))
     }
 }
 

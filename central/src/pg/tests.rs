@@ -245,7 +245,7 @@ async fn a_version_1_database_is_upgraded_at_start_and_keeps_its_rows() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3]);
     let kept = client
         .query("SELECT 1 FROM users WHERE name = 'kept'", &[])
         .await

@@ -1,0 +1,587 @@
+//! The site's end of central's deployment downlink (uplink protocol 5):
+//! applies the orders central sends (approve/decline, approval rules,
+//! deployments and the actions on them) through the site's own
+//! [`super::approvals`] and [`super::orchestrator`], exactly once, and
+//! reports every deployment's progress back up, coalesced.
+//!
+//! Owns the table of applied orders ([`CENTRAL_ORDERS`]) and the adapter
+//! task ([`run`]). Must not touch the approval rules or deployments but
+//! through their public functions, nor the uplink stream (frames pass
+//! through `outpost_uplink::downlink::SiteEnd`'s sender).
+//!
+//! Exactly once: an order's id is recorded here (with its answer) once it
+//! is applied, and a redelivery is answered from the record. A deployment
+//! created from central carries central's id, so even an order applied
+//! but not yet recorded (a crash in between) cannot create it twice: the
+//! orchestrator refuses a second creation of an id, which is taken as
+//! done. The deployment runs with the site's orchestrator whatever
+//! becomes of the uplink.
+//!
+//! Progress: once a second, each deployment whose state is newer than
+//! what central acknowledged, and that has no report in flight, goes up
+//! whole ([`progress_of`]); deployments created at the site too (central
+//! shows them read-only).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use outpost_patch::approval::{ApprovalRule, Verdict};
+use outpost_patch::rollout::{Input, RollbackScope};
+use outpost_storage::{Codec, Store, Table};
+use outpost_uplink::deploy_link::{
+    DeployAck, DeployOrder, DeployOrderKind, DeployProgress, MAX_DEPLOY_JSON_BYTES,
+    PROGRESS_INTERVAL_MS,
+};
+use outpost_uplink::downlink::DownEvent;
+use outpost_uplink::metrics::{ReasonLabel, UplinkMetrics};
+use outpost_uplink::wire::{DEPLOY_PROTOCOL_VERSION, SiteFrame};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::api::{NoteBody, ResumeBody};
+use super::approvals::{self, ApprovalError, MissingPatches};
+use super::orchestrator::{CreateRequest, DeployError, Orchestrator};
+use super::store::StoredDeployment;
+
+/// Orders from central applied here: order id → [`AppliedOrder`].
+pub const CENTRAL_ORDERS: Table = Table::new("central_deploy_orders").codec(Codec::Json);
+pub const TABLES: &[Table] = &[CENTRAL_ORDERS];
+
+/// A report in flight longer than this goes again (its answer was lost
+/// with a stream that did not close).
+const PROGRESS_RESEND_MS: u64 = 30_000;
+
+/// The record of an applied (or refused) order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppliedOrder {
+    pub id: String,
+    pub kind: String,
+    pub refused: Option<String>,
+    pub at_ms: u64,
+}
+
+/// What applying an order came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Applied,
+    Refused(String),
+    /// Not applied now (a store failure): not answered, central sends it
+    /// again.
+    Retry(String),
+}
+
+/// What the adapter applies orders with.
+#[derive(Clone)]
+pub struct CentralDeploy {
+    pub store: Store,
+    pub patches: Arc<dyn MissingPatches>,
+    pub orchestrator: Arc<Orchestrator>,
+    pub metrics: UplinkMetrics,
+}
+
+fn approval_outcome(e: ApprovalError) -> Outcome {
+    match e {
+        ApprovalError::Store(e) => Outcome::Retry(e.to_string()),
+        e => Outcome::Refused(e.to_string()),
+    }
+}
+
+fn deploy_outcome(e: DeployError) -> Outcome {
+    match e {
+        DeployError::Store(e) => Outcome::Retry(e.to_string()),
+        DeployError::Approvals(a) => approval_outcome(a),
+        e => Outcome::Refused(e.to_string()),
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T, Outcome> {
+    serde_json::from_str(s).map_err(|e| Outcome::Refused(format!("{what}: {e}")))
+}
+
+impl CentralDeploy {
+    /// Applies `o` once: a redelivery is answered from the record. `None`
+    /// when it could not be applied now (no answer; central resends).
+    pub async fn take(&self, o: &DeployOrder, now_ms: u64) -> Option<DeployAck> {
+        self.metrics.deploy_orders.inc();
+        match self
+            .store
+            .get::<AppliedOrder>(CENTRAL_ORDERS, o.id.as_bytes())
+        {
+            Ok(Some(rec)) => {
+                self.metrics.deploy_orders_redelivered.inc();
+                debug!(order = %o.id, "a deployment order delivered again: answered from its record");
+                return Some(DeployAck {
+                    id: o.id.clone(),
+                    refused: rec.refused,
+                });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.metrics.deploy_order_store_failures.inc();
+                warn!(order = %o.id, error = %e, "reading the applied deployment orders failed; central sends it again");
+                return None;
+            }
+        }
+        let outcome = self.apply(o, now_ms).await;
+        let refused = match outcome {
+            Outcome::Applied => None,
+            Outcome::Refused(r) => Some(r),
+            Outcome::Retry(e) => {
+                self.metrics.deploy_order_store_failures.inc();
+                warn!(order = %o.id, error = %e, "a deployment order could not be applied now; central sends it again");
+                return None;
+            }
+        };
+        let rec = AppliedOrder {
+            id: o.id.clone(),
+            kind: o.kind.label().into(),
+            refused: refused.clone(),
+            at_ms: now_ms,
+        };
+        if let Err(e) = self.store.put(CENTRAL_ORDERS, o.id.as_bytes(), &rec) {
+            // Applied but not recorded: the redelivery applies it again
+            // (a deployment's creation is then found by its id).
+            self.metrics.deploy_order_store_failures.inc();
+            warn!(order = %o.id, error = %e, "recording an applied deployment order failed");
+            return None;
+        }
+        match &refused {
+            None => {
+                self.metrics.deploy_orders_applied.inc();
+                info!(order = %o.id, kind = o.kind.label(), "deployment order from central applied");
+            }
+            Some(r) => {
+                self.metrics
+                    .deploy_order_refusals
+                    .get_or_create(&ReasonLabel {
+                        reason: o.kind.label().into(),
+                    })
+                    .inc();
+                info!(order = %o.id, kind = o.kind.label(), reason = %r, "deployment order from central refused");
+            }
+        }
+        Some(DeployAck {
+            id: o.id.clone(),
+            refused,
+        })
+    }
+
+    async fn apply(&self, o: &DeployOrder, now_ms: u64) -> Outcome {
+        match self.apply_inner(o, now_ms).await {
+            Ok(()) => Outcome::Applied,
+            Err(out) => out,
+        }
+    }
+
+    async fn apply_inner(&self, o: &DeployOrder, now_ms: u64) -> Result<(), Outcome> {
+        let actor = o.actor.as_str();
+        match &o.kind {
+            DeployOrderKind::Verdict {
+                patch,
+                scope,
+                verdict,
+            } => {
+                let patch = approvals::parse_patch(patch).map_err(Outcome::Refused)?;
+                let verdict: Verdict = parse("verdict", &format!("{verdict:?}"))?;
+                let tenant = approvals::site_tenant(&self.store).map_err(approval_outcome)?;
+                let scope =
+                    approvals::parse_scope(scope, tenant.as_deref()).map_err(Outcome::Refused)?;
+                approvals::set_manual(
+                    &self.store,
+                    self.patches.as_ref(),
+                    patch,
+                    scope,
+                    verdict,
+                    actor,
+                    now_ms,
+                )
+                .map(|_| ())
+                .map_err(approval_outcome)
+            }
+            DeployOrderKind::AddRule { rule_json } => {
+                let rule: ApprovalRule = parse("approval rule", rule_json)?;
+                match approvals::add_rule(&self.store, &rule, actor, now_ms) {
+                    Ok(()) => Ok(()),
+                    // Added before (this order applied but not recorded):
+                    // the same rule is done.
+                    Err(ApprovalError::DuplicateRule(id))
+                        if approvals::list(&self.store)
+                            .map_err(approval_outcome)?
+                            .contains(&rule) =>
+                    {
+                        debug!(rule = %id, "approval rule from central exists already");
+                        Ok(())
+                    }
+                    Err(e) => Err(approval_outcome(e)),
+                }
+            }
+            DeployOrderKind::RemoveRule { id } => {
+                match approvals::remove_rule(&self.store, id, actor, now_ms) {
+                    Ok(_) | Err(ApprovalError::UnknownRule(_)) => Ok(()),
+                    Err(e) => Err(approval_outcome(e)),
+                }
+            }
+            DeployOrderKind::CreateDeployment { request_json } => {
+                let mut req: CreateRequest = parse("deployment request", request_json)?;
+                req.start = true;
+                let Some(id) = req.id.clone() else {
+                    return Err(Outcome::Refused(
+                        "a deployment from central needs its id".into(),
+                    ));
+                };
+                if self.orchestrator.get(&id).is_ok() {
+                    // Created before (applied, not recorded): never twice.
+                    return Ok(());
+                }
+                self.orchestrator
+                    .create(req, self.patches.as_ref(), actor, now_ms)
+                    .await
+                    .map(|_| ())
+                    .map_err(deploy_outcome)
+            }
+            DeployOrderKind::Act {
+                deployment,
+                action,
+                body_json,
+            } => {
+                let input = match action.as_str() {
+                    "pause" => Input::Pause {
+                        note: parse::<NoteBody>("pause", body_json)?.note,
+                    },
+                    "abort" => Input::Abort {
+                        note: parse::<NoteBody>("abort", body_json)?.note,
+                    },
+                    "resume" => {
+                        let b: ResumeBody = parse("resume", body_json)?;
+                        Input::Resume {
+                            retry_failed: b.retry_failed,
+                            force: b.force,
+                            patches: b.patches,
+                        }
+                    }
+                    "rollback" => Input::Rollback(parse::<RollbackScope>("rollback", body_json)?),
+                    a => return Err(Outcome::Refused(format!("unknown action {a:?}"))),
+                };
+                self.orchestrator
+                    .input(deployment, input, actor, now_ms)
+                    .await
+                    .map(|_| ())
+                    .map_err(deploy_outcome)
+            }
+        }
+    }
+}
+
+/// One device of a progress report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceProgress {
+    pub device: String,
+    pub stage: u32,
+    pub state: String,
+    pub attempt: u32,
+    pub reason: Option<String>,
+}
+
+/// The progress view sent to central (JSON in [`DeployProgress`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProgressView {
+    pub summary: super::api::DeploymentSummary,
+    pub stages: Vec<super::api::StageView>,
+    pub devices: Vec<DeviceProgress>,
+}
+
+/// The report of `sd` at `now_ms` (devices beyond the size bound are left
+/// out, failed ones kept first).
+pub fn progress_of(sd: &StoredDeployment, now_ms: u64) -> DeployProgress {
+    let view = super::api::view(sd.clone(), now_ms);
+    let mut devices: Vec<DeviceProgress> = sd
+        .deployment
+        .devices
+        .iter()
+        .map(|(id, r)| DeviceProgress {
+            device: id.clone(),
+            stage: r.stage,
+            state: r.state.as_str().to_string(),
+            attempt: r.attempt,
+            reason: r.reason.clone(),
+        })
+        .collect();
+    let mut p = ProgressView {
+        summary: view.summary,
+        stages: view.stages,
+        devices: Vec::new(),
+    };
+    // Failures first, so a bound cuts the quiet ones.
+    devices.sort_by_key(|d| d.reason.is_none());
+    p.devices = devices;
+    let mut json = serde_json::to_string(&p).unwrap_or_default();
+    while json.len() > MAX_DEPLOY_JSON_BYTES && !p.devices.is_empty() {
+        let keep = p.devices.len() / 2;
+        p.devices.truncate(keep);
+        json = serde_json::to_string(&p).unwrap_or_default();
+    }
+    DeployProgress {
+        deployment: sd.id().to_string(),
+        updated_at_ms: sd.updated_at_ms,
+        from_central: sd.created_by.ends_with("@central"),
+        view_json: json,
+    }
+}
+
+/// What the adapter tracks of progress on the current stream.
+#[derive(Debug, Default)]
+pub struct ProgressTracker {
+    /// The newest state central acknowledged per deployment (kept across
+    /// streams: central stored it durably).
+    acked: HashMap<String, u64>,
+    /// Reports in flight on this stream: (state time, sent at).
+    in_flight: HashMap<String, (u64, u64)>,
+}
+
+impl ProgressTracker {
+    /// A new stream: nothing is in flight.
+    pub fn connected(&mut self) {
+        self.in_flight.clear();
+    }
+
+    /// Whether a deployment at state time `updated_at_ms` is due at `now_ms`. Pure.
+    pub fn due(&self, id: &str, updated_at_ms: u64, now_ms: u64) -> bool {
+        if self.acked.get(id).is_some_and(|a| *a >= updated_at_ms) {
+            return false;
+        }
+        match self.in_flight.get(id) {
+            Some((_, sent)) => now_ms.saturating_sub(*sent) >= PROGRESS_RESEND_MS,
+            None => true,
+        }
+    }
+
+    pub fn sent(&mut self, id: &str, updated_at_ms: u64, now_ms: u64) {
+        self.in_flight
+            .insert(id.to_string(), (updated_at_ms, now_ms));
+    }
+
+    pub fn acked(&mut self, id: &str, updated_at_ms: u64) {
+        let a = self.acked.entry(id.to_string()).or_insert(0);
+        *a = (*a).max(updated_at_ms);
+        if self
+            .in_flight
+            .get(id)
+            .is_some_and(|(u, _)| *u <= updated_at_ms)
+        {
+            self.in_flight.remove(id);
+        }
+    }
+}
+
+/// Runs the adapter until `shutdown`: orders from `events` (the command
+/// adapter forwards deployment events here), frames up through `frames`.
+pub async fn run(
+    cd: CentralDeploy,
+    mut events: mpsc::UnboundedReceiver<DownEvent>,
+    frames: mpsc::Sender<SiteFrame>,
+    shutdown: CancellationToken,
+) {
+    let mut on = false;
+    let mut progress = ProgressTracker::default();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(PROGRESS_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ev = events.recv() => {
+                let Some(ev) = ev else { return };
+                match ev {
+                    DownEvent::Connected { protocol_version } => {
+                        on = protocol_version >= DEPLOY_PROTOCOL_VERSION;
+                        progress.connected();
+                    }
+                    DownEvent::Disconnected => on = false,
+                    DownEvent::DeployOrders(v) => {
+                        for o in v {
+                            if let Some(ack) = cd.take(&o, outpost_storage::now_ms()).await
+                                && frames.send(SiteFrame::DeployAck(ack)).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                    DownEvent::DeployProgressAck(a) => progress.acked(&a.deployment, a.updated_at_ms),
+                    _ => {}
+                }
+            }
+            _ = tick.tick() => {
+                if on && report(&cd, &mut progress, &frames).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Sends the due progress reports.
+async fn report(
+    cd: &CentralDeploy,
+    progress: &mut ProgressTracker,
+    frames: &mpsc::Sender<SiteFrame>,
+) -> Result<(), ()> {
+    let now = outpost_storage::now_ms();
+    let orch = cd.orchestrator.clone();
+    let all = match tokio::task::spawn_blocking(move || orch.list()).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            warn!(error = %e, "reading deployments for central failed");
+            return Ok(());
+        }
+        Err(_) => return Ok(()),
+    };
+    for sd in all {
+        if !progress.due(sd.id(), sd.updated_at_ms, now) {
+            continue;
+        }
+        let p = progress_of(&sd, now);
+        progress.sent(&p.deployment, p.updated_at_ms, now);
+        cd.metrics.deploy_progress_sent.inc();
+        frames
+            .send(SiteFrame::DeployProgress(p))
+            .await
+            .map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::approvals::tests::{FakePatches, enroll, missing, open_store};
+    use crate::deploy::orchestrator::{InstallOptions, SiteEnv};
+
+    fn central_deploy(dir: &std::path::Path) -> CentralDeploy {
+        let store = open_store(dir);
+        let d = enroll(&store, 1, "dental", &[]);
+        let fake = Arc::new(FakePatches::default());
+        fake.0
+            .lock()
+            .unwrap()
+            .insert(d, vec![missing("openssl", "3.0.1-1", "3.0.2-1", true)]);
+        let patches: Arc<dyn MissingPatches> = fake;
+        let orchestrator = Arc::new(Orchestrator::new(
+            store.clone(),
+            Arc::new(crate::deploy::NoDeviceLink),
+            Arc::new(SiteEnv {
+                store: store.clone(),
+                patches: patches.clone(),
+                alerts: None,
+            }),
+            Arc::new(crate::metrics::Metrics::new()),
+            InstallOptions::default(),
+        ));
+        CentralDeploy {
+            store,
+            patches,
+            orchestrator,
+            metrics: UplinkMetrics::default(),
+        }
+    }
+
+    fn order(id: &str, kind: DeployOrderKind) -> DeployOrder {
+        DeployOrder {
+            id: id.into(),
+            actor: "ann@central".into(),
+            kind,
+        }
+    }
+
+    /// Central's approval and deployment are applied once: delivered
+    /// again (a reconnect, a restart of either side) they are answered
+    /// from the record; even a second order creating the same deployment
+    /// id (its record lost) creates nothing; refusals carry the reason.
+    #[tokio::test]
+    async fn orders_delivered_again_are_applied_once_and_a_deployment_id_is_created_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cd = central_deploy(dir.path());
+        let approve = order(
+            "ord-1",
+            DeployOrderKind::Verdict {
+                patch: "openssl=3.0.2-1".into(),
+                scope: "tenant".into(),
+                verdict: "approve".into(),
+            },
+        );
+        for _ in 0..2 {
+            let a = cd.take(&approve, 10).await.unwrap();
+            assert_eq!(a.refused, None);
+        }
+        assert_eq!(approvals::list(&cd.store).unwrap().len(), 1);
+        let create = |id: &str| {
+            order(
+                id,
+                DeployOrderKind::CreateDeployment {
+                    request_json: r#"{"id":"cdep-1","target":{"type":"all"}}"#.into(),
+                },
+            )
+        };
+        assert_eq!(cd.take(&create("ord-2"), 20).await.unwrap().refused, None);
+        assert_eq!(cd.take(&create("ord-2"), 21).await.unwrap().refused, None);
+        assert_eq!(cd.take(&create("ord-2b"), 22).await.unwrap().refused, None);
+        let all = cd.orchestrator.list().unwrap();
+        assert_eq!(all.len(), 1, "created once");
+        assert_eq!(all[0].created_by, "ann@central");
+        assert_eq!(cd.metrics.deploy_orders_redelivered.get(), 2);
+        assert_eq!(cd.metrics.deploy_orders_applied.get(), 3);
+        // An action on an unknown deployment: refused with the reason, and
+        // the same answer on a redelivery.
+        let pause = order(
+            "ord-3",
+            DeployOrderKind::Act {
+                deployment: "cdep-nope".into(),
+                action: "pause".into(),
+                body_json: "{}".into(),
+            },
+        );
+        let a = cd.take(&pause, 30).await.unwrap();
+        assert!(a.refused.as_deref().unwrap().contains("cdep-nope"), "{a:?}");
+        assert_eq!(cd.take(&pause, 31).await.unwrap(), a);
+        // Nothing approved for a patch no device misses: refused.
+        let a = cd
+            .take(
+                &order(
+                    "ord-4",
+                    DeployOrderKind::Verdict {
+                        patch: "nope=1".into(),
+                        scope: "tenant".into(),
+                        verdict: "approve".into(),
+                    },
+                ),
+                40,
+            )
+            .await
+            .unwrap();
+        assert!(a.refused.is_some());
+        // Progress of the deployment: central's, with its devices.
+        let p = progress_of(&all[0], 50);
+        assert!(p.from_central);
+        assert_eq!(p.deployment, "cdep-1");
+        let v: serde_json::Value = serde_json::from_str(&p.view_json).unwrap();
+        assert_eq!(v["summary"]["id"], "cdep-1");
+        assert_eq!(v["devices"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn progress_goes_up_when_newer_than_acknowledged_one_in_flight_and_again_after_30_s() {
+        let mut t = ProgressTracker::default();
+        assert!(t.due("d", 5, 0));
+        t.sent("d", 5, 0);
+        assert!(!t.due("d", 6, 1_000), "one in flight");
+        assert!(t.due("d", 6, PROGRESS_RESEND_MS), "its answer was lost");
+        t.acked("d", 5);
+        assert!(t.due("d", 6, 1_000));
+        assert!(!t.due("d", 5, 1_000), "central holds it");
+        t.sent("d", 6, 1_000);
+        t.connected();
+        assert!(t.due("d", 6, 1_001), "a new stream: sent again");
+        t.acked("d", 6);
+        assert!(!t.due("d", 6, 2_000));
+    }
+}

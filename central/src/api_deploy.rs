@@ -1,0 +1,722 @@
+//! Central's `/api/v1/approvals`, `/api/v1/approval-rules` and
+//! `/api/v1/deployments`: orders for the sites of a tenant and the
+//! progress they report. Admins approve, add rules, create and abort;
+//! technicians pause, resume and roll back; every role reads. Customer
+//! scopes apply (a site of another customer is 404, an order is seen only
+//! by who sees all its sites); another tenant's ids are 404. A connected
+//! site below uplink protocol 5 is refused (409, naming it and its
+//! version); an offline one gets its orders when it connects.
+//!
+//! This module only translates HTTP; records and rules are
+//! [`crate::deploy`], storage [`crate::store::DeployStore`], delivery
+//! [`crate::deploy_link`]. Bodies of the site's own API (a rule, a
+//! deployment's options, an action's body) are forwarded as JSON: the
+//! site checks them and refuses with the reason, shown per site.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use outpost_proto::SiteId;
+use outpost_uplink::deploy_link::DeployOrderKind;
+use outpost_uplink::wire::DEPLOY_PROTOCOL_VERSION;
+use outpost_web::{Json, Path, Query};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::Central;
+use crate::api::{ApiError, require};
+use crate::commands::AuditRow;
+use crate::deploy::{self, Delivery, OrderRecord, SiteDeploymentRecord};
+use crate::model::{Principal, Role, SiteRecord};
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+fn refuse(c: &Central, reason: &str, e: ApiError) -> ApiError {
+    c.metrics
+        .deploy_refusals
+        .get_or_create(&crate::metrics::ReasonLabel {
+            reason: reason.into(),
+        })
+        .inc();
+    e
+}
+
+/// One site's delivery of an order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryView {
+    pub site: SiteId,
+    pub state: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub done_ms: Option<u64>,
+}
+
+/// An order with its deliveries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderView {
+    pub id: String,
+    pub kind: String,
+    pub created_ms: u64,
+    pub created_by: String,
+    #[serde(default)]
+    pub deployment: Option<String>,
+    /// The order's content (patch/scope/verdict, rule, action...).
+    pub detail: Value,
+    pub deliveries: Vec<DeliveryView>,
+}
+
+fn detail(k: &DeployOrderKind) -> Value {
+    let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::String(s.into()));
+    match k {
+        DeployOrderKind::Verdict {
+            patch,
+            scope,
+            verdict,
+        } => serde_json::json!({"patch": patch, "scope": scope, "verdict": verdict}),
+        DeployOrderKind::AddRule { rule_json } => serde_json::json!({"rule": parse(rule_json)}),
+        DeployOrderKind::RemoveRule { id } => serde_json::json!({"remove_rule": id}),
+        DeployOrderKind::CreateDeployment { request_json } => parse(request_json),
+        DeployOrderKind::Act {
+            action, body_json, ..
+        } => serde_json::json!({"action": action, "body": parse(body_json)}),
+    }
+}
+
+fn order_view(o: &OrderRecord, deliveries: &[Delivery]) -> OrderView {
+    OrderView {
+        id: o.id.clone(),
+        kind: o.kind.label().into(),
+        created_ms: o.created_ms,
+        created_by: o.created_by.clone(),
+        deployment: o.deployment.clone(),
+        detail: detail(&o.kind),
+        deliveries: deliveries
+            .iter()
+            .filter(|d| d.order == o.id)
+            .map(|d| DeliveryView {
+                site: d.site.clone(),
+                state: d.state.as_str().into(),
+                reason: d.reason.clone(),
+                done_ms: d.done_ms,
+            })
+            .collect(),
+    }
+}
+
+/// The sites an order goes to: the named ones (each must be the
+/// caller's: 404 otherwise) or every site the caller sees; each
+/// connected one must speak protocol 5 (409).
+async fn target_sites(
+    c: &Arc<Central>,
+    p: &Principal,
+    named: Option<&[SiteId]>,
+) -> Result<Vec<SiteRecord>, ApiError> {
+    let all = c.store.sites(&p.tenant).await.map_err(internal)?;
+    let sites: Vec<SiteRecord> = match named {
+        Some(names) if !names.is_empty() => {
+            let mut v = Vec::new();
+            for n in names {
+                let s = all
+                    .iter()
+                    .find(|s| &s.site_id == n && p.sees_customer(&s.customer))
+                    .ok_or_else(|| {
+                        refuse(
+                            c,
+                            "unknown_site",
+                            ApiError::NotFound(format!("no site {n}")),
+                        )
+                    })?;
+                if !v.iter().any(|x: &SiteRecord| x.site_id == s.site_id) {
+                    v.push(s.clone());
+                }
+            }
+            v
+        }
+        _ => all
+            .into_iter()
+            .filter(|s| p.sees_customer(&s.customer))
+            .collect(),
+    };
+    if sites.is_empty() {
+        return Err(refuse(
+            c,
+            "no_site",
+            ApiError::NotFound("no site to send it to".into()),
+        ));
+    }
+    for s in &sites {
+        if let Some(v) = c.downlinks.version(&p.tenant, &s.site_id)
+            && v < DEPLOY_PROTOCOL_VERSION
+        {
+            return Err(refuse(
+                c,
+                "protocol",
+                ApiError::Conflict(format!(
+                    "site {} speaks uplink protocol {v}: deployments from central need protocol {DEPLOY_PROTOCOL_VERSION} (upgrade its appliance)",
+                    s.site_id
+                )),
+            ));
+        }
+    }
+    Ok(sites)
+}
+
+/// Stores an order for `sites` and pushes it to the connected ones.
+async fn send_order(
+    c: &Arc<Central>,
+    p: &Principal,
+    sites: &[SiteRecord],
+    kind: DeployOrderKind,
+    deployment: Option<String>,
+    action: &str,
+) -> Result<OrderView, ApiError> {
+    let now = crate::now_ms();
+    let mut customers: Vec<_> = sites.iter().map(|s| s.customer.clone()).collect();
+    customers.sort();
+    customers.dedup();
+    let o = OrderRecord {
+        tenant: p.tenant.clone(),
+        id: deploy::new_order_id(),
+        created_ms: now,
+        created_by: p.name.clone(),
+        deployment,
+        sites: sites.iter().map(|s| s.site_id.clone()).collect(),
+        customers,
+        kind,
+    };
+    let deliveries: Vec<Delivery> = o.sites.iter().map(|s| Delivery::queued(&o, s)).collect();
+    let audit = AuditRow {
+        at_ms: now,
+        tenant: p.tenant.clone(),
+        actor: p.name.clone(),
+        action: action.into(),
+        target: o.deployment.clone().unwrap_or_else(|| o.id.clone()),
+        detail: format!(
+            "{} to {}",
+            detail(&o.kind),
+            o.sites
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    };
+    c.store
+        .create_order(&o, &deliveries, &audit)
+        .await
+        .map_err(internal)?;
+    for s in &o.sites {
+        c.downlinks.push(
+            &p.tenant,
+            s,
+            crate::downlink::Down::DeployOrder(o.id.clone()),
+        );
+    }
+    Ok(order_view(&o, &deliveries))
+}
+
+async fn visible_orders(
+    c: &Arc<Central>,
+    p: &Principal,
+) -> Result<(Vec<OrderRecord>, Vec<Delivery>), ApiError> {
+    let orders = c.store.orders(&p.tenant).await.map_err(internal)?;
+    let deliveries = c.store.deliveries(&p.tenant).await.map_err(internal)?;
+    Ok((
+        orders
+            .into_iter()
+            .filter(|o| deploy::visible(p, o))
+            .collect(),
+        deliveries,
+    ))
+}
+
+// --------------------------------------------------------------- approvals
+
+/// Body of `POST /api/v1/approvals` (the site's plus `sites`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictRequest {
+    /// `PKG=VERSION`.
+    pub patch: String,
+    /// `tenant` (default), `customer:C`, `tag:T`, `device:ID`.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// `approve` or `decline`.
+    pub verdict: String,
+    /// Default: every site the caller sees.
+    #[serde(default)]
+    pub sites: Option<Vec<SiteId>>,
+}
+
+fn check_patch(s: &str) -> Result<(), ApiError> {
+    match s.split_once('=') {
+        Some((p, v)) if !p.is_empty() && !v.is_empty() => Ok(()),
+        _ => Err(ApiError::BadRequest(format!(
+            "patch {s:?} is not PKG=VERSION"
+        ))),
+    }
+}
+
+/// `POST /api/v1/approvals`: approve or decline `PKG=VERSION` at sites.
+pub async fn set_verdict(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Json(req): Json<VerdictRequest>,
+) -> Result<(StatusCode, Json<OrderView>), ApiError> {
+    require(&p, Role::Admin).map_err(|e| refuse(&c, "forbidden", e))?;
+    check_patch(&req.patch)?;
+    if !matches!(req.verdict.as_str(), "approve" | "decline") {
+        return Err(ApiError::BadRequest(format!(
+            "verdict {:?}: approve or decline",
+            req.verdict
+        )));
+    }
+    let sites = target_sites(&c, &p, req.sites.as_deref()).await?;
+    let action = format!("approval.{}", req.verdict);
+    let kind = DeployOrderKind::Verdict {
+        patch: req.patch,
+        scope: req.scope.unwrap_or_else(|| "tenant".into()),
+        verdict: req.verdict,
+    };
+    let v = send_order(&c, &p, &sites, kind, None, &action).await?;
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+/// `GET /api/v1/approvals`: verdicts sent from central.
+pub async fn verdicts(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+) -> Result<Json<Vec<OrderView>>, ApiError> {
+    let (orders, deliveries) = visible_orders(&c, &p).await?;
+    Ok(Json(
+        orders
+            .iter()
+            .filter(|o| matches!(o.kind, DeployOrderKind::Verdict { .. }))
+            .map(|o| order_view(o, &deliveries))
+            .collect(),
+    ))
+}
+
+/// Body of `POST /api/v1/approval-rules`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleRequest {
+    /// The site's `ApprovalRule` (`id`, `scope`, `rule`).
+    pub rule: Value,
+    #[serde(default)]
+    pub sites: Option<Vec<SiteId>>,
+}
+
+fn rule_id(rule: &Value) -> Result<String, ApiError> {
+    rule.get("id")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::BadRequest("the rule needs an \"id\"".into()))
+}
+
+/// `POST /api/v1/approval-rules`.
+pub async fn add_rule(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Json(req): Json<RuleRequest>,
+) -> Result<(StatusCode, Json<OrderView>), ApiError> {
+    require(&p, Role::Admin).map_err(|e| refuse(&c, "forbidden", e))?;
+    rule_id(&req.rule)?;
+    let sites = target_sites(&c, &p, req.sites.as_deref()).await?;
+    let kind = DeployOrderKind::AddRule {
+        rule_json: req.rule.to_string(),
+    };
+    let v = send_order(&c, &p, &sites, kind, None, "approval.rule.add").await?;
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+/// A rule added from central and not removed since.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuleView {
+    pub id: String,
+    pub rule: Value,
+    pub added: OrderView,
+}
+
+async fn live_rules(c: &Arc<Central>, p: &Principal) -> Result<Vec<RuleView>, ApiError> {
+    let (orders, deliveries) = visible_orders(c, p).await?;
+    let mut rules: BTreeMap<String, RuleView> = BTreeMap::new();
+    for o in &orders {
+        match &o.kind {
+            DeployOrderKind::AddRule { rule_json } => {
+                let rule: Value = serde_json::from_str(rule_json).unwrap_or(Value::Null);
+                if let Ok(id) = rule_id(&rule) {
+                    rules.insert(
+                        id.clone(),
+                        RuleView {
+                            id,
+                            rule,
+                            added: order_view(o, &deliveries),
+                        },
+                    );
+                }
+            }
+            DeployOrderKind::RemoveRule { id } => {
+                rules.remove(id);
+            }
+            _ => {}
+        }
+    }
+    Ok(rules.into_values().collect())
+}
+
+/// `GET /api/v1/approval-rules`: the rules added from central.
+pub async fn rules(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+) -> Result<Json<Vec<RuleView>>, ApiError> {
+    Ok(Json(live_rules(&c, &p).await?))
+}
+
+/// `DELETE /api/v1/approval-rules/{id}`: removed at the sites it was sent to.
+pub async fn remove_rule(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<OrderView>, ApiError> {
+    require(&p, Role::Admin).map_err(|e| refuse(&c, "forbidden", e))?;
+    let rule = live_rules(&c, &p)
+        .await?
+        .into_iter()
+        .find(|r| r.id == id)
+        .ok_or_else(|| ApiError::NotFound(format!("no approval rule {id} from central")))?;
+    let names: Vec<SiteId> = rule
+        .added
+        .deliveries
+        .iter()
+        .map(|d| d.site.clone())
+        .collect();
+    let sites = target_sites(&c, &p, Some(&names)).await?;
+    let kind = DeployOrderKind::RemoveRule { id };
+    Ok(Json(
+        send_order(&c, &p, &sites, kind, None, "approval.rule.remove").await?,
+    ))
+}
+
+// ------------------------------------------------------------- deployments
+
+/// Body of `POST /api/v1/deployments`: the site's create request
+/// (`target`, `patches`, `security_only`, `stages`, `gate`,
+/// `auto_rollback_failed_pct`, `install_deadline_ms`, `window`) plus
+/// `sites` (default: every site the caller sees).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateDeployment {
+    #[serde(default)]
+    pub sites: Option<Vec<SiteId>>,
+    #[serde(flatten)]
+    pub request: serde_json::Map<String, Value>,
+}
+
+/// One site of a deployment: its delivery and the progress it reported.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteProgress {
+    pub site: SiteId,
+    /// Delivery of the creation (`queued`, `delivered`, `refused`).
+    pub delivery: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Site phase (`running`, `paused`, `completed`...), once reported.
+    #[serde(default)]
+    pub phase: Option<String>,
+    #[serde(default)]
+    pub stage: Option<u32>,
+    #[serde(default)]
+    pub stages: Option<u32>,
+    #[serde(default)]
+    pub devices: Option<u32>,
+    #[serde(default)]
+    pub succeeded: Option<u32>,
+    #[serde(default)]
+    pub failed: Option<u32>,
+    /// Gate figures and state per stage.
+    #[serde(default)]
+    pub gates: Value,
+    /// Devices that failed, with the reason.
+    #[serde(default)]
+    pub failures: Vec<Value>,
+    /// Every device (`show` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_results: Option<Value>,
+    #[serde(default)]
+    pub updated_at_ms: Option<u64>,
+}
+
+/// One deployment at central: created there (`origin` `central`, over
+/// its sites) or mirrored from a site (`site`, read-only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeploymentView {
+    pub id: String,
+    pub origin: String,
+    #[serde(default)]
+    pub created_ms: Option<u64>,
+    #[serde(default)]
+    pub created_by: Option<String>,
+    /// The request as sent (central ones).
+    #[serde(default)]
+    pub request: Value,
+    pub sites: Vec<SiteProgress>,
+    /// Actions sent from central (`show` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actions: Option<Vec<OrderView>>,
+}
+
+fn progress(
+    site: &SiteId,
+    delivery: Option<&Delivery>,
+    rec: Option<&SiteDeploymentRecord>,
+    full: bool,
+) -> SiteProgress {
+    let view: Value = rec
+        .and_then(|r| serde_json::from_str(&r.view_json).ok())
+        .unwrap_or(Value::Null);
+    let sum = &view["summary"];
+    let num = |k: &str| sum[k].as_u64().map(|v| v as u32);
+    let devices = view["devices"].as_array().cloned().unwrap_or_default();
+    let failures = devices
+        .iter()
+        .filter(|d| {
+            matches!(
+                d["state"].as_str(),
+                Some("failed" | "rollback_failed" | "rolled_back")
+            )
+        })
+        .cloned()
+        .collect();
+    SiteProgress {
+        site: site.clone(),
+        delivery: delivery
+            .map(|d| d.state.as_str().to_string())
+            .unwrap_or_else(|| "site".into()),
+        reason: delivery.and_then(|d| d.reason.clone()),
+        phase: sum["phase"].as_str().map(str::to_string),
+        stage: num("stage"),
+        stages: num("stages"),
+        devices: num("devices"),
+        succeeded: num("succeeded"),
+        failed: num("failed"),
+        gates: view["stages"].clone(),
+        failures,
+        device_results: full.then_some(Value::Array(devices)),
+        updated_at_ms: rec.map(|r| r.updated_at_ms),
+    }
+}
+
+async fn all_views(
+    c: &Arc<Central>,
+    p: &Principal,
+    full: bool,
+) -> Result<Vec<DeploymentView>, ApiError> {
+    let (orders, deliveries) = visible_orders(c, p).await?;
+    let recs: Vec<SiteDeploymentRecord> = c
+        .store
+        .site_deployments(&p.tenant)
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .filter(|r| p.sees_customer(&r.customer))
+        .collect();
+    let mut out = Vec::new();
+    let mut central_ids = std::collections::HashSet::new();
+    for o in &orders {
+        let (DeployOrderKind::CreateDeployment { request_json }, Some(dep)) =
+            (&o.kind, &o.deployment)
+        else {
+            continue;
+        };
+        central_ids.insert(dep.clone());
+        let sites = o
+            .sites
+            .iter()
+            .map(|s| {
+                let d = deliveries.iter().find(|d| d.order == o.id && &d.site == s);
+                let r = recs.iter().find(|r| &r.site == s && &r.deployment == dep);
+                progress(s, d, r, full)
+            })
+            .collect();
+        let actions = full.then(|| {
+            orders
+                .iter()
+                .filter(|a| {
+                    matches!(a.kind, DeployOrderKind::Act { .. })
+                        && a.deployment.as_ref() == Some(dep)
+                })
+                .map(|a| order_view(a, &deliveries))
+                .collect()
+        });
+        out.push(DeploymentView {
+            id: dep.clone(),
+            origin: "central".into(),
+            created_ms: Some(o.created_ms),
+            created_by: Some(o.created_by.clone()),
+            request: serde_json::from_str(request_json).unwrap_or(Value::Null),
+            sites,
+            actions,
+        });
+    }
+    for r in recs
+        .iter()
+        .filter(|r| !r.from_central && !central_ids.contains(&r.deployment))
+    {
+        let view: Value = serde_json::from_str(&r.view_json).unwrap_or(Value::Null);
+        out.push(DeploymentView {
+            id: r.deployment.clone(),
+            origin: "site".into(),
+            created_ms: view["summary"]["created_at_ms"].as_u64(),
+            created_by: view["summary"]["created_by"].as_str().map(str::to_string),
+            request: Value::Null,
+            sites: vec![progress(&r.site, None, Some(r), full)],
+            actions: None,
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteQuery {
+    /// A site's own deployment (mirror): its site.
+    #[serde(default)]
+    pub site: Option<SiteId>,
+}
+
+/// `GET /api/v1/deployments`: every deployment across the caller's sites.
+pub async fn list(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+) -> Result<Json<Vec<DeploymentView>>, ApiError> {
+    Ok(Json(all_views(&c, &p, false).await?))
+}
+
+/// `GET /api/v1/deployments/{id}[?site=S]`: with per-device results.
+pub async fn show(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Path(id): Path<String>,
+    Query(q): Query<SiteQuery>,
+) -> Result<Json<DeploymentView>, ApiError> {
+    all_views(&c, &p, true)
+        .await?
+        .into_iter()
+        .find(|d| {
+            d.id == id
+                && q.site
+                    .as_ref()
+                    .is_none_or(|s| d.sites.iter().any(|x| &x.site == s))
+        })
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no deployment {id}")))
+}
+
+/// `POST /api/v1/deployments`: one deployment over the sites (the same
+/// id at each).
+pub async fn create(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Json(req): Json<CreateDeployment>,
+) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
+    require(&p, Role::Admin).map_err(|e| refuse(&c, "forbidden", e))?;
+    if !req.request.contains_key("target") {
+        return Err(ApiError::BadRequest(
+            "\"target\" is required: {\"type\":\"all\"}, {\"type\":\"customer\",\"customer\":C}, {\"type\":\"tag\",\"tag\":T} or {\"type\":\"devices\",\"devices\":[ID]}".into(),
+        ));
+    }
+    if req.request.contains_key("id") || req.request.contains_key("start") {
+        return Err(ApiError::BadRequest(
+            "\"id\" and \"start\" are central's to set".into(),
+        ));
+    }
+    let sites = target_sites(&c, &p, req.sites.as_deref()).await?;
+    let dep = deploy::new_deployment_id();
+    let mut body = req.request.clone();
+    body.insert("id".into(), Value::String(dep.clone()));
+    let kind = DeployOrderKind::CreateDeployment {
+        request_json: Value::Object(body).to_string(),
+    };
+    send_order(&c, &p, &sites, kind, Some(dep.clone()), "deployment.create").await?;
+    let v = all_views(&c, &p, true)
+        .await?
+        .into_iter()
+        .find(|d| d.id == dep)
+        .ok_or_else(|| internal("the deployment just stored is missing"))?;
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+/// `POST /api/v1/deployments/{id}/{action}` (pause, resume, abort,
+/// rollback; the site's body of that action).
+pub async fn act(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Path((id, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<OrderView>, ApiError> {
+    let min = match action.as_str() {
+        "pause" | "resume" | "rollback" => Role::Technician,
+        "abort" => Role::Admin,
+        _ => return Err(ApiError::NotFound(format!("no action {action}"))),
+    };
+    require(&p, min).map_err(|e| refuse(&c, "forbidden", e))?;
+    let (orders, _) = visible_orders(&c, &p).await?;
+    let Some(created) = orders.iter().find(|o| {
+        matches!(o.kind, DeployOrderKind::CreateDeployment { .. })
+            && o.deployment.as_deref() == Some(id.as_str())
+    }) else {
+        let mirrored = c
+            .store
+            .site_deployments(&p.tenant)
+            .await
+            .map_err(internal)?
+            .iter()
+            .any(|r| r.deployment == id && p.sees_customer(&r.customer));
+        return Err(if mirrored {
+            ApiError::Conflict(format!(
+                "deployment {id} was created at its site: act on it there"
+            ))
+        } else {
+            ApiError::NotFound(format!("no deployment {id}"))
+        });
+    };
+    let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Object(Default::default())
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?
+    };
+    if !body.is_object() {
+        return Err(ApiError::BadRequest(
+            "the body must be a JSON object".into(),
+        ));
+    }
+    if action == "rollback" && body.get("scope").is_none() {
+        return Err(ApiError::BadRequest(
+            "rollback needs {\"scope\":\"deployment\"}, {\"scope\":\"stage\",\"stage\":N} or {\"scope\":\"device\",\"device\":ID}".into(),
+        ));
+    }
+    let sites = target_sites(&c, &p, Some(&created.sites)).await?;
+    let kind = DeployOrderKind::Act {
+        deployment: id.clone(),
+        action: action.clone(),
+        body_json: body.to_string(),
+    };
+    Ok(Json(
+        send_order(
+            &c,
+            &p,
+            &sites,
+            kind,
+            Some(id),
+            &format!("deployment.{action}"),
+        )
+        .await?,
+    ))
+}

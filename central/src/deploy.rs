@@ -1,0 +1,340 @@
+//! Patch deployments from central (issue 15, "From central"): the orders
+//! central sends sites (approve/decline, approval rules, deployments and
+//! the actions on them), their delivery to each site, and the progress
+//! each site reports back.
+//!
+//! This module owns the records and their pure rules (who sees an order,
+//! how an acknowledgement moves a delivery, which progress report is
+//! newer, what goes down after `Welcome`). Storage is
+//! [`crate::store::DeployStore`]; the HTTP mapping is
+//! [`crate::api_deploy`]; the site stream's part is
+//! [`crate::deploy_link`]. The wire types are
+//! `outpost_uplink::deploy_link`. It must not touch commands.
+//!
+//! An order is addressed to one or more sites of a tenant; each site has
+//! its own [`Delivery`] (queued → delivered or refused), moved only by
+//! that site's acknowledgement. Central's order id is the site's
+//! idempotency key, and a deployment's central id is its id at every
+//! site, so a re-delivery never creates a second one.
+
+use std::collections::HashMap;
+
+use outpost_proto::{CustomerId, SiteId, TenantId};
+use outpost_uplink::deploy_link::{DeployAck, DeployOrder, DeployOrderKind, DeployProgress};
+use serde::{Deserialize, Serialize};
+
+use crate::model::Principal;
+
+/// An unacknowledged order goes down again after this long (the stream
+/// may have lost it with a connection that did not close).
+pub const RESEND_AFTER_MS: u64 = 30_000;
+
+/// One order of central's, addressed to `sites`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    pub tenant: TenantId,
+    /// `ord-` + 16 hex digits.
+    pub id: String,
+    pub created_ms: u64,
+    /// The central user or token.
+    pub created_by: String,
+    /// The central deployment the order creates or acts on.
+    pub deployment: Option<String>,
+    /// The sites it goes to (their customers decide who sees it).
+    pub sites: Vec<SiteId>,
+    /// The customers of `sites` when it was created.
+    pub customers: Vec<CustomerId>,
+    pub kind: DeployOrderKind,
+}
+
+impl OrderRecord {
+    /// Its wire form.
+    pub fn wire(&self) -> DeployOrder {
+        DeployOrder {
+            id: self.id.clone(),
+            actor: format!("{}@central", self.created_by),
+            kind: self.kind.clone(),
+        }
+    }
+}
+
+/// Where an order stands at one site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Waiting at central (site offline, or sent and not acknowledged).
+    Queued,
+    /// Applied and recorded at the site.
+    Delivered,
+    /// The site refused it for good (`reason`).
+    Refused,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Queued => "queued",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Refused => "refused",
+        }
+    }
+}
+
+/// An order's delivery to one site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub tenant: TenantId,
+    pub order: String,
+    pub site: SiteId,
+    /// The order's creation time (open deliveries go down oldest first).
+    pub created_ms: u64,
+    pub state: DeliveryState,
+    pub reason: Option<String>,
+    /// When it left `queued`.
+    pub done_ms: Option<u64>,
+}
+
+impl Delivery {
+    pub fn queued(o: &OrderRecord, site: &SiteId) -> Delivery {
+        Delivery {
+            tenant: o.tenant.clone(),
+            order: o.id.clone(),
+            site: site.clone(),
+            created_ms: o.created_ms,
+            state: DeliveryState::Queued,
+            reason: None,
+            done_ms: None,
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.state == DeliveryState::Queued
+    }
+}
+
+/// The delivery after the site's acknowledgement, or `None` when nothing
+/// changes (it was acknowledged before: the first answer stands). Pure.
+pub fn acknowledge(d: &Delivery, ack: &DeployAck, now_ms: u64) -> Option<Delivery> {
+    if !d.is_open() || d.order != ack.id {
+        return None;
+    }
+    let mut n = d.clone();
+    n.state = match ack.refused {
+        None => DeliveryState::Delivered,
+        Some(_) => DeliveryState::Refused,
+    };
+    n.reason = ack.refused.clone();
+    n.done_ms = Some(now_ms);
+    Some(n)
+}
+
+/// What central holds of one deployment at one site: the site's newest
+/// progress report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SiteDeploymentRecord {
+    pub tenant: TenantId,
+    pub site: SiteId,
+    /// The site's customer (visibility).
+    pub customer: CustomerId,
+    pub deployment: String,
+    pub from_central: bool,
+    /// The site's time of the state held.
+    pub updated_at_ms: u64,
+    /// Central's time it was stored.
+    pub received_ms: u64,
+    /// The site's progress view (JSON).
+    pub view_json: String,
+}
+
+impl SiteDeploymentRecord {
+    pub fn of(
+        tenant: &TenantId,
+        site: &SiteId,
+        customer: &CustomerId,
+        p: &DeployProgress,
+        now_ms: u64,
+    ) -> SiteDeploymentRecord {
+        SiteDeploymentRecord {
+            tenant: tenant.clone(),
+            site: site.clone(),
+            customer: customer.clone(),
+            deployment: p.deployment.clone(),
+            from_central: p.from_central,
+            updated_at_ms: p.updated_at_ms,
+            received_ms: now_ms,
+            view_json: p.view_json.clone(),
+        }
+    }
+}
+
+/// Whether `incoming` replaces `held` (a stale or repeated report never
+/// moves a deployment back). Pure.
+pub fn newer(held: Option<&SiteDeploymentRecord>, incoming: &SiteDeploymentRecord) -> bool {
+    held.is_none_or(|h| incoming.updated_at_ms > h.updated_at_ms)
+}
+
+/// Whether `p` sees an order: every customer of its sites.
+pub fn visible(p: &Principal, o: &OrderRecord) -> bool {
+    p.tenant == o.tenant && o.customers.iter().all(|c| p.sees_customer(c))
+}
+
+/// The site's open orders in the order they go down: oldest first (a
+/// deployment's creation before its pause), ties by id.
+pub fn opening_order(mut open: Vec<OrderRecord>) -> Vec<OrderRecord> {
+    open.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+    open
+}
+
+/// Orders sent on one stream and not yet acknowledged (resend after
+/// [`RESEND_AFTER_MS`]).
+#[derive(Debug, Default)]
+pub struct SentOrders {
+    sent: HashMap<String, u64>,
+}
+
+impl SentOrders {
+    pub fn sent(&mut self, id: &str, now_ms: u64) {
+        self.sent.insert(id.to_string(), now_ms);
+    }
+
+    pub fn acked(&mut self, id: &str) {
+        self.sent.remove(id);
+    }
+
+    /// Ids due for a resend at `now_ms` (their clock restarts).
+    pub fn due(&mut self, now_ms: u64) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .sent
+            .iter()
+            .filter(|(_, at)| now_ms.saturating_sub(**at) >= RESEND_AFTER_MS)
+            .map(|(id, _)| id.clone())
+            .collect();
+        v.sort();
+        for id in &v {
+            self.sent.insert(id.clone(), now_ms);
+        }
+        v
+    }
+
+    pub fn next_due(&self) -> Option<u64> {
+        self.sent.values().min().map(|at| at + RESEND_AFTER_MS)
+    }
+}
+
+/// A new order id.
+pub fn new_order_id() -> String {
+    format!("ord-{:016x}", rand::random::<u64>())
+}
+
+/// A new central deployment id (the deployment's id at every site).
+pub fn new_deployment_id() -> String {
+    format!("cdep-{:08x}", rand::random::<u32>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(id: &str, at: u64) -> OrderRecord {
+        OrderRecord {
+            tenant: "msp".into(),
+            id: id.into(),
+            created_ms: at,
+            created_by: "ann".into(),
+            deployment: None,
+            sites: vec!["s-1".into()],
+            customers: vec!["dental".into()],
+            kind: DeployOrderKind::RemoveRule { id: "r".into() },
+        }
+    }
+
+    #[test]
+    fn the_first_acknowledgement_of_a_delivery_stands() {
+        let o = order("ord-1", 1);
+        let d = Delivery::queued(&o, &"s-1".into());
+        let done = acknowledge(
+            &d,
+            &DeployAck {
+                id: "ord-1".into(),
+                refused: None,
+            },
+            5,
+        )
+        .unwrap();
+        assert_eq!(
+            (done.state, done.done_ms),
+            (DeliveryState::Delivered, Some(5))
+        );
+        // A re-delivery answered again (or a late refusal) changes nothing.
+        assert_eq!(
+            acknowledge(
+                &done,
+                &DeployAck {
+                    id: "ord-1".into(),
+                    refused: Some("x".into())
+                },
+                9
+            ),
+            None
+        );
+        let refused = acknowledge(
+            &d,
+            &DeployAck {
+                id: "ord-1".into(),
+                refused: Some("unknown patch".into()),
+            },
+            5,
+        )
+        .unwrap();
+        assert_eq!(refused.state, DeliveryState::Refused);
+        assert_eq!(refused.reason.as_deref(), Some("unknown patch"));
+    }
+
+    #[test]
+    fn a_stale_or_repeated_progress_report_never_replaces_a_newer_one() {
+        let rec = |at| SiteDeploymentRecord {
+            tenant: "msp".into(),
+            site: "s-1".into(),
+            customer: "dental".into(),
+            deployment: "cdep-1".into(),
+            from_central: true,
+            updated_at_ms: at,
+            received_ms: 0,
+            view_json: "{}".into(),
+        };
+        assert!(newer(None, &rec(5)));
+        assert!(newer(Some(&rec(5)), &rec(6)));
+        assert!(!newer(Some(&rec(6)), &rec(6)));
+        assert!(!newer(Some(&rec(6)), &rec(5)));
+    }
+
+    #[test]
+    fn open_orders_go_down_oldest_first_and_unacknowledged_ones_again_after_30_s() {
+        let v = opening_order(vec![order("b", 2), order("a", 2), order("c", 1)]);
+        let ids: Vec<&str> = v.iter().map(|o| o.id.as_str()).collect();
+        assert_eq!(ids, ["c", "a", "b"]);
+        let mut s = SentOrders::default();
+        s.sent("a", 1_000);
+        s.sent("b", 2_000);
+        assert_eq!(s.next_due(), Some(31_000));
+        assert!(s.due(30_999).is_empty());
+        s.acked("b");
+        assert_eq!(s.due(31_000), vec!["a".to_string()]);
+        assert_eq!(s.next_due(), Some(61_000));
+    }
+
+    #[test]
+    fn an_order_is_visible_only_to_who_sees_every_customer_of_its_sites() {
+        let p = |customers: Vec<&str>, tenant: &str| Principal {
+            tenant: tenant.into(),
+            role: crate::model::Role::Viewer,
+            customers: customers.into_iter().map(Into::into).collect(),
+            name: "v".into(),
+        };
+        let o = order("a", 1);
+        assert!(visible(&p(vec![], "msp"), &o));
+        assert!(visible(&p(vec!["dental"], "msp"), &o));
+        assert!(!visible(&p(vec!["law"], "msp"), &o));
+        assert!(!visible(&p(vec![], "other"), &o));
+    }
+}

@@ -1,0 +1,452 @@
+//! Router-level tests of central's `/api/v1/deployments`,
+//! `/api/v1/approvals` and `/api/v1/approval-rules`, with the site end
+//! of the stream driven directly ([`crate::deploy_link::SiteDeployLink`]):
+//! roles, customer scopes, tenants, the protocol refusal, delivery
+//! exactly once and progress.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, header};
+use outpost_proto::SiteId;
+use outpost_uplink::deploy_link::{DeployAck, DeployProgress};
+use outpost_uplink::wire::CentralFrame;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::Central;
+use crate::deploy_link::SiteDeployLink;
+use crate::downlink::Down;
+use crate::model::Role;
+use crate::ops;
+
+crate::testing::on_both_backends!(
+    admins_deploy_technicians_pause_viewers_read_and_other_tenants_and_customers_get_404,
+    a_connected_site_below_protocol_5_is_refused_with_its_name_and_version,
+    approvals_and_rules_go_to_every_site_and_a_removed_rule_leaves_the_list,
+);
+
+struct F {
+    c: Arc<Central>,
+    site: SiteId,
+    branch: SiteId,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture() -> F {
+    let (c, site, dir) = crate::testing::central_with_site(Default::default()).await;
+    let branch = ops::add_site(
+        c.store.as_ref(),
+        &ops::AddSite {
+            tenant: "msp".into(),
+            customer: "ortho".into(),
+            site: "branch".into(),
+        },
+        1,
+    )
+    .await
+    .unwrap()
+    .site_id;
+    F {
+        c,
+        site,
+        branch,
+        _dir: dir,
+    }
+}
+
+impl F {
+    async fn token(&self, tenant: &str, role: Role, customers: &[&str]) -> String {
+        ops::create_token(
+            self.c.store.as_ref(),
+            &ops::CreateToken {
+                tenant: tenant.into(),
+                role,
+                customers: customers.iter().map(|c| (*c).into()).collect(),
+            },
+            1,
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn call(
+        &self,
+        token: &str,
+        method: &str,
+        uri: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"));
+        let body = match body {
+            Some(b) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Body::from(b.to_string())
+            }
+            None => Body::empty(),
+        };
+        let resp = crate::api::router(self.c.clone())
+            .oneshot(req.body(body).unwrap())
+            .await
+            .unwrap();
+        let st = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (st, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+}
+
+fn order_ids(frames: &[CentralFrame]) -> Vec<String> {
+    frames
+        .iter()
+        .flat_map(|f| match f {
+            CentralFrame::DeployOrders(v) => v.iter().map(|o| o.id.clone()).collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+fn view(phase: &str, failed_device: Option<&str>) -> String {
+    let mut devices = vec![
+        json!({"device": "000000000000002a", "stage": 0, "state": "succeeded", "attempt": 1, "reason": null}),
+    ];
+    if let Some(d) = failed_device {
+        devices.push(json!({"device": d, "stage": 0, "state": "failed", "attempt": 1, "reason": "preinst failed"}));
+    }
+    json!({
+        "summary": {"id": "x", "phase": phase, "stage": 0, "stages": 2, "devices": devices.len(),
+                    "succeeded": 1, "failed": u32::from(failed_device.is_some()),
+                    "created_at_ms": 1, "created_by": "ann@central"},
+        "stages": [{"figures": {"devices": 2}, "gate": "fails: 50% failed"}],
+        "devices": devices,
+    })
+    .to_string()
+}
+
+async fn admins_deploy_technicians_pause_viewers_read_and_other_tenants_and_customers_get_404() {
+    let f = fixture().await;
+    let tenant: outpost_proto::TenantId = "msp".into();
+    let admin = f.token("msp", Role::Admin, &[]).await;
+    let tech = f.token("msp", Role::Technician, &[]).await;
+    let viewer = f.token("msp", Role::Viewer, &[]).await;
+    let dental_viewer = f.token("msp", Role::Viewer, &["dental"]).await;
+    let other_tenant = f.token("zeta", Role::Admin, &[]).await;
+    let (_conn, rx) = f.c.downlinks.register(&tenant, &f.site, 5);
+    let mut rx = rx.unwrap();
+
+    let body = json!({"target": {"type": "all"}, "stages": [50, 100]});
+    for t in [&viewer, &tech] {
+        let (st, v) = f
+            .call(t, "POST", "/api/v1/deployments", Some(body.clone()))
+            .await;
+        assert_eq!(st, 403, "{v}");
+    }
+    let (st, v) = f
+        .call(&admin, "POST", "/api/v1/deployments", Some(body.clone()))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let dep = v["id"].as_str().unwrap().to_string();
+    assert!(dep.starts_with("cdep-"));
+    assert_eq!(
+        v["request"]["id"],
+        dep.as_str(),
+        "central's id is the site's"
+    );
+    assert_eq!(v["sites"].as_array().unwrap().len(), 2, "every site: {v}");
+    assert!(
+        v["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["delivery"] == "queued")
+    );
+    // Pushed at once to the connected site.
+    let Ok(Down::DeployOrder(order)) = rx.try_recv() else {
+        panic!("the connected site gets the order at once")
+    };
+
+    // The site's stream: the order goes down after Welcome (oldest first),
+    // the site acknowledges; acknowledged again after a reconnect (a
+    // redelivery) nothing changes and it is not sent again.
+    let mut link = SiteDeployLink::new(&f.c, &tenant, &f.site, &"dental".into(), 5);
+    assert_eq!(
+        order_ids(&link.opening(1_000).await),
+        std::slice::from_ref(&order)
+    );
+    assert!(link.next_resend().is_some());
+    link.on_ack(
+        DeployAck {
+            id: order.clone(),
+            refused: None,
+        },
+        1_001,
+    )
+    .await;
+    assert_eq!(link.next_resend(), None);
+    let mut again = SiteDeployLink::new(&f.c, &tenant, &f.site, &"dental".into(), 5);
+    assert!(
+        again.opening(2_000).await.is_empty(),
+        "delivered: not sent again"
+    );
+    again
+        .on_ack(
+            DeployAck {
+                id: order.clone(),
+                refused: Some("late".into()),
+            },
+            2_001,
+        )
+        .await;
+    // A protocol-4 stream of the same site gets nothing.
+    let mut old = SiteDeployLink::new(&f.c, &tenant, &f.branch, &"ortho".into(), 4);
+    assert!(old.opening(2_000).await.is_empty());
+
+    // Progress comes up, acknowledged; a stale one is not stored.
+    let p = |at, phase| DeployProgress {
+        deployment: dep.clone(),
+        updated_at_ms: at,
+        from_central: true,
+        view_json: view(phase, Some("000000000000002b")),
+    };
+    assert!(matches!(
+        link.on_progress(p(10, "paused"), 3_000).await,
+        Some(CentralFrame::DeployProgressAck(a)) if a.updated_at_ms == 10
+    ));
+    assert!(link.on_progress(p(9, "running"), 3_001).await.is_some());
+    let (st, v) = f.call(&viewer, "GET", "/api/v1/deployments", None).await;
+    assert_eq!(st, 200);
+    let d = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == dep.as_str())
+        .unwrap();
+    let s = d["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["site"] == f.site.to_string())
+        .unwrap();
+    assert_eq!(s["delivery"], "delivered");
+    assert_eq!(s["phase"], "paused", "the newest report stands");
+    assert_eq!(s["failures"][0]["reason"], "preinst failed");
+    assert_eq!(s["gates"][0]["gate"], "fails: 50% failed");
+    let (st, v) = f
+        .call(&viewer, "GET", &format!("/api/v1/deployments/{dep}"), None)
+        .await;
+    assert_eq!(st, 200);
+    let s = v["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["site"] == f.site.to_string())
+        .unwrap();
+    assert_eq!(s["device_results"].as_array().unwrap().len(), 2);
+
+    // Actions: technicians pause/resume/roll back, admins abort, viewers none.
+    let (st, _) = f
+        .call(
+            &viewer,
+            "POST",
+            &format!("/api/v1/deployments/{dep}/pause"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 403);
+    let (st, _) = f
+        .call(
+            &tech,
+            "POST",
+            &format!("/api/v1/deployments/{dep}/abort"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 403);
+    let (st, v) = f
+        .call(
+            &tech,
+            "POST",
+            &format!("/api/v1/deployments/{dep}/pause"),
+            Some(json!({"note": "wait"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["kind"], "action");
+    assert!(matches!(rx.try_recv(), Ok(Down::DeployOrder(id)) if id == v["id"]));
+    let (st, _) = f
+        .call(
+            &tech,
+            "POST",
+            &format!("/api/v1/deployments/{dep}/rollback"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(st, 400, "a rollback names its scope");
+
+    // Another tenant and a customer that does not see every site: 404.
+    for t in [&other_tenant, &dental_viewer] {
+        let (st, _) = f
+            .call(t, "GET", &format!("/api/v1/deployments/{dep}"), None)
+            .await;
+        assert_eq!(st, 404);
+    }
+    let (st, _) = f
+        .call(
+            &other_tenant,
+            "POST",
+            &format!("/api/v1/deployments/{dep}/pause"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 404);
+
+    // A deployment created at the site shows read-only.
+    link.on_progress(
+        DeployProgress {
+            deployment: "dep-local".into(),
+            updated_at_ms: 5,
+            from_central: false,
+            view_json: view("running", None),
+        },
+        3_002,
+    )
+    .await;
+    let (_, v) = f
+        .call(&dental_viewer, "GET", "/api/v1/deployments", None)
+        .await;
+    let ids: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["dep-local"],
+        "the dental viewer sees its site's own only"
+    );
+    assert_eq!(v[0]["origin"], "site");
+    let (st, _) = f
+        .call(&tech, "POST", "/api/v1/deployments/dep-local/pause", None)
+        .await;
+    assert_eq!(st, 409);
+    let m = f.c.metrics.encode(false);
+    assert!(
+        m.contains("outpost_central_deploy_orders_sent_total 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("outpost_central_deploy_orders_acked_total 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("outpost_central_deploy_progress_ignored_total 1"),
+        "{m}"
+    );
+}
+
+async fn a_connected_site_below_protocol_5_is_refused_with_its_name_and_version() {
+    let f = fixture().await;
+    let tenant: outpost_proto::TenantId = "msp".into();
+    let admin = f.token("msp", Role::Admin, &[]).await;
+    let _link = f.c.downlinks.register(&tenant, &f.branch, 3);
+    let (st, v) = f
+        .call(
+            &admin,
+            "POST",
+            "/api/v1/deployments",
+            Some(json!({"target": {"type": "all"}})),
+        )
+        .await;
+    assert_eq!(st, 409, "{v}");
+    let msg = v["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        msg.contains(&f.branch.to_string()) && msg.contains("protocol 3"),
+        "{msg}"
+    );
+    let (_, v) = f.call(&admin, "GET", "/api/v1/deployments", None).await;
+    assert_eq!(v, json!([]), "nothing stored");
+    // Only the other site: accepted (it is offline: queued).
+    let (st, v) = f
+        .call(
+            &admin,
+            "POST",
+            "/api/v1/deployments",
+            Some(json!({"target": {"type": "all"}, "sites": [f.site]})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let (st, _) = f
+        .call(
+            &admin,
+            "POST",
+            "/api/v1/deployments",
+            Some(json!({"target": {"type": "all"}, "sites": ["nope"]})),
+        )
+        .await;
+    assert_eq!(st, 404);
+    assert!(
+        f.c.metrics
+            .encode(false)
+            .contains("outpost_central_deploy_refusals_total{reason=\"protocol\"} 1")
+    );
+}
+
+async fn approvals_and_rules_go_to_every_site_and_a_removed_rule_leaves_the_list() {
+    let f = fixture().await;
+    let admin = f.token("msp", Role::Admin, &[]).await;
+    let tech = f.token("msp", Role::Technician, &[]).await;
+    let body = json!({"patch": "openssl=3.0.15-1", "verdict": "approve", "scope": "tag:pilot"});
+    let (st, _) = f
+        .call(&tech, "POST", "/api/v1/approvals", Some(body.clone()))
+        .await;
+    assert_eq!(st, 403);
+    let (st, v) = f
+        .call(&admin, "POST", "/api/v1/approvals", Some(body))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["deliveries"].as_array().unwrap().len(), 2);
+    assert_eq!(v["detail"]["scope"], "tag:pilot");
+    let (st, _) = f
+        .call(
+            &admin,
+            "POST",
+            "/api/v1/approvals",
+            Some(json!({"patch": "openssl", "verdict": "approve"})),
+        )
+        .await;
+    assert_eq!(st, 400, "PKG=VERSION");
+    let (_, v) = f.call(&tech, "GET", "/api/v1/approvals", None).await;
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    let rule = json!({"id": "sec", "scope": {"type": "tenant", "tenant": "msp"}, "rule": {"kind": "auto"}});
+    let (st, v) = f
+        .call(
+            &admin,
+            "POST",
+            "/api/v1/approval-rules",
+            Some(json!({"rule": rule, "sites": [f.site]})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let (_, v) = f.call(&tech, "GET", "/api/v1/approval-rules", None).await;
+    assert_eq!(v[0]["id"], "sec");
+    let (st, v) = f
+        .call(&admin, "DELETE", "/api/v1/approval-rules/sec", None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        v["deliveries"][0]["site"],
+        f.site.to_string(),
+        "where it was added"
+    );
+    let (_, v) = f.call(&tech, "GET", "/api/v1/approval-rules", None).await;
+    assert_eq!(v, json!([]));
+    let (st, _) = f
+        .call(&admin, "DELETE", "/api/v1/approval-rules/sec", None)
+        .await;
+    assert_eq!(st, 404);
+}

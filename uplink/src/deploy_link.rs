@@ -1,0 +1,153 @@
+//! The downlink of patch deployments: central → site orders (approvals,
+//! approval rules, deployments and the actions on them) and site →
+//! central progress, on the site's own uplink stream (protocol version 5,
+//! [`crate::wire::DEPLOY_PROTOCOL_VERSION`]).
+//!
+//! This module owns the wire types only. Central keeps its orders and the
+//! progress it heard (`outpost-central`'s `deploy` module); the appliance
+//! applies orders through its approvals and orchestrator (`outpost`'s
+//! `deploy::central` module). The frames travel through the same
+//! [`crate::downlink::DownlinkPort`] as the commands'.
+//!
+//! The contract, both ends:
+//!
+//! * **Central's order id is the idempotency key.** The site records the
+//!   id of every order it applied (durably, with the result) before it
+//!   answers [`DeployAck`]; an order delivered again (reconnect, restart
+//!   of either side, a resend) is answered from that record and never
+//!   applied twice. A deployment created from central carries central's
+//!   deployment id as its site id, so even a lost record cannot create it
+//!   twice (the site's orchestrator refuses a second creation of an id).
+//! * **Central is the source of truth of what is undelivered.** After
+//!   every `Welcome` central sends every order of the site the site has
+//!   not acknowledged, oldest first (a pause follows its creation).
+//! * **Progress is the full, coalesced state.** The site sends at most one
+//!   [`DeployProgress`] per deployment in flight, with the state as of
+//!   `updated_at_ms`, at most once per [`PROGRESS_INTERVAL_MS`]; central
+//!   keeps the newest (a stale report never moves it back) and answers
+//!   [`DeployProgressAck`]. Deployments created at the site are reported
+//!   too (central shows them read-only).
+//!
+//! Payloads that name appliance types (a rule, a create request, a
+//! rollback scope, the progress view) are JSON text inside the bincode
+//! frame: both ends already speak that JSON on their HTTP APIs, and a
+//! field added there needs no new protocol version.
+
+use serde::{Deserialize, Serialize};
+
+/// Least time between two progress reports of one deployment.
+pub const PROGRESS_INTERVAL_MS: u64 = 1_000;
+/// Most bytes of a JSON payload in one order or progress report (bounded
+/// well below the frame limit; a larger one is refused by its sender).
+pub const MAX_DEPLOY_JSON_BYTES: usize = 8 * 1024 * 1024;
+
+/// One order of central's for the site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployOrder {
+    /// Central's id of the order (the idempotency key).
+    pub id: String,
+    /// Who asked at central (`NAME@central`), for the site's audit log.
+    pub actor: String,
+    pub kind: DeployOrderKind,
+}
+
+/// What an order asks of the site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum DeployOrderKind {
+    /// Approve or decline one exact patch for a scope (the site API's
+    /// `POST /api/v1/approvals` body: `patch` `PKG=VERSION`, `scope`
+    /// `tenant`, `customer:C`, `tag:T`, `device:ID`; `verdict`
+    /// `approve`|`decline`).
+    Verdict {
+        patch: String,
+        scope: String,
+        verdict: String,
+    },
+    /// Add an approval rule (the site's `ApprovalRule` JSON).
+    AddRule { rule_json: String },
+    /// Remove an approval rule by id (an unknown id is done already).
+    RemoveRule { id: String },
+    /// Create and start a deployment (the site's `CreateRequest` JSON; its
+    /// `id` is central's deployment id).
+    CreateDeployment { request_json: String },
+    /// `pause`, `resume`, `abort` or `rollback` a deployment, with the
+    /// site API's body of that action (JSON).
+    Act {
+        deployment: String,
+        action: String,
+        body_json: String,
+    },
+}
+
+impl DeployOrderKind {
+    /// Stable label (metrics, listings).
+    pub fn label(&self) -> &'static str {
+        match self {
+            DeployOrderKind::Verdict { .. } => "verdict",
+            DeployOrderKind::AddRule { .. } => "rule_add",
+            DeployOrderKind::RemoveRule { .. } => "rule_remove",
+            DeployOrderKind::CreateDeployment { .. } => "deployment",
+            DeployOrderKind::Act { .. } => "action",
+        }
+    }
+}
+
+/// The site's answer to a [`DeployOrder`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployAck {
+    pub id: String,
+    /// `None`: applied (and recorded) at the site. `Some`: refused for
+    /// good, with the reason (unknown patch, nothing approved, a pause of
+    /// a finished deployment...).
+    pub refused: Option<String>,
+}
+
+/// Where one deployment of the site stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployProgress {
+    /// The site's deployment id (central's id for one created there).
+    pub deployment: String,
+    /// The site's time of the state reported (a newer one wins).
+    pub updated_at_ms: u64,
+    /// Created from central (`true`) or at the site (a read-only mirror).
+    pub from_central: bool,
+    /// The progress view (JSON: phase, stage, gate figures per stage,
+    /// per-device state and failure reason).
+    pub view_json: String,
+}
+
+/// Central stored a [`DeployProgress`] (or holds a newer one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployProgressAck {
+    pub deployment: String,
+    pub updated_at_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{CentralFrame, SiteFrame};
+
+    #[test]
+    fn deploy_frames_round_trip_through_the_codec() {
+        let f = CentralFrame::DeployOrders(vec![DeployOrder {
+            id: "ord-1".into(),
+            actor: "ann@central".into(),
+            kind: DeployOrderKind::Act {
+                deployment: "cdep-1".into(),
+                action: "pause".into(),
+                body_json: "{\"note\":\"x\"}".into(),
+            },
+        }]);
+        let b = outpost_proto::codec::encode(&f).unwrap();
+        assert_eq!(outpost_proto::codec::decode::<CentralFrame>(&b).unwrap(), f);
+        let s = SiteFrame::DeployProgress(DeployProgress {
+            deployment: "cdep-1".into(),
+            updated_at_ms: 5,
+            from_central: true,
+            view_json: "{}".into(),
+        });
+        let b = outpost_proto::codec::encode(&s).unwrap();
+        assert_eq!(outpost_proto::codec::decode::<SiteFrame>(&b).unwrap(), s);
+    }
+}
