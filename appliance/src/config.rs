@@ -40,6 +40,8 @@ pub struct Config {
     pub files: crate::files::FileConfig,
     /// `[patches]`: compliance policy, scheduled advisory feeds.
     pub patches: crate::patches::PatchesConfig,
+    /// `[deploy]`: the deployment orchestrator's tick and install proxy.
+    pub deploy: crate::deploy::DeployConfig,
 }
 
 /// `[console]`: the site console on the admin listener.
@@ -283,6 +285,7 @@ impl Default for Config {
             console: ConsoleConfig::default(),
             files: crate::files::FileConfig::default(),
             patches: crate::patches::PatchesConfig::default(),
+            deploy: crate::deploy::DeployConfig::default(),
         }
     }
 }

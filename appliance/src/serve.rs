@@ -185,6 +185,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
     .context("starting the deployment device link")?;
     let installer: Arc<dyn crate::deploy::Installer> = Arc::new(device_link);
     let patch_view: Arc<dyn crate::deploy::approvals::MissingPatches> = Arc::new(patches.clone());
+    let site_cache: Arc<std::sync::OnceLock<Arc<crate::cache::Cache>>> = Default::default();
     let orchestrator = Arc::new(crate::deploy::orchestrator::Orchestrator::new(
         store.clone(),
         installer,
@@ -195,9 +196,13 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
                 let alerts = alerts.clone();
                 Some(Box::new(move |batch| alerts.samples(batch)))
             },
+            cache: site_cache.clone(),
         }),
         metrics.clone(),
-        crate::deploy::orchestrator::InstallOptions::default(),
+        crate::deploy::orchestrator::InstallOptions {
+            proxy: cfg.deploy.proxy.clone(),
+            ..Default::default()
+        },
     ));
     let ctx = Arc::new(IngestCtx {
         store: store.clone(),
@@ -297,6 +302,8 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         // Where the cache listens (for scripts and tests; port 0 picks one).
         std::fs::write(data.0.join("cache.addr"), format!("{addr}\n"))
             .context("writing cache.addr")?;
+        // Deployments prefetch and pin their packages in it.
+        let _ = site_cache.set(c.clone());
         Some((c, addr))
     } else {
         None
@@ -357,7 +364,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         orchestrator.clone(),
         patch_view.clone(),
         status_rx,
-        Duration::from_secs(15),
+        cfg.deploy.tick_interval,
         shutdown.clone(),
         &tracker,
     );

@@ -33,7 +33,7 @@ use outpost_tests::{Appliance, scratch};
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
-fn run_ok(cmd: &mut Command) -> String {
+pub(crate) fn run_ok(cmd: &mut Command) -> String {
     let o = cmd
         .output()
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
@@ -94,18 +94,29 @@ mk broken-outpost 1.1-1 "" 1
 "#;
 
 /// A signed repository `UP/debian` (suite `stable`, component `main`).
-struct Repo {
-    up: PathBuf,
+pub(crate) struct Repo {
+    pub(crate) up: PathBuf,
     home: PathBuf,
-    keyring: PathBuf,
+    pub(crate) keyring: PathBuf,
     arch: String,
 }
 
 impl Repo {
     fn build(dir: &Path) -> Repo {
+        Repo::build_with(dir, BUILD)
+    }
+
+    /// A repository whose pool `script` fills (its `$1`).
+    pub(crate) fn build_with(dir: &Path, script: &str) -> Repo {
         let up = dir.join("upstream");
         let pool = up.join("debian/pool/main");
-        run_ok(Command::new("sh").arg("-c").arg(BUILD).arg("sh").arg(&pool));
+        run_ok(
+            Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .arg("sh")
+                .arg(&pool),
+        );
         let home = dir.join("gnupg");
         std::fs::create_dir_all(&home).unwrap();
         let mut perms = std::fs::metadata(&home).unwrap().permissions();
@@ -145,7 +156,7 @@ impl Repo {
     }
 
     /// Packages (every version in the pool), Release and InRelease.
-    fn index(&self) {
+    pub(crate) fn index(&self) {
         let debian = self.up.join("debian");
         let packages = run_ok(
             Command::new("dpkg-scanpackages")
@@ -185,7 +196,7 @@ impl Repo {
         );
     }
 
-    fn deb(&self, name: &str, version: &str) -> PathBuf {
+    pub(crate) fn deb(&self, name: &str, version: &str) -> PathBuf {
         self.up
             .join(format!("debian/pool/main/{name}_{version}_all.deb"))
     }
@@ -202,14 +213,14 @@ impl Drop for Repo {
 }
 
 /// A small HTTP/1.1 file server counting requests per path.
-struct Upstream {
-    addr: SocketAddr,
+pub(crate) struct Upstream {
+    pub(crate) addr: SocketAddr,
     hits: Arc<Mutex<HashMap<String, u64>>>,
     stop: Arc<AtomicBool>,
 }
 
 impl Upstream {
-    fn start(root: &Path) -> Upstream {
+    pub(crate) fn start(root: &Path) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(Mutex::new(HashMap::new()));
@@ -228,12 +239,12 @@ impl Upstream {
         Upstream { addr, hits, stop }
     }
 
-    fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(self.addr);
     }
 
-    fn hits(&self, path: &str) -> u64 {
+    pub(crate) fn hits(&self, path: &str) -> u64 {
         self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
     }
 }
@@ -264,16 +275,67 @@ fn serve(mut conn: TcpStream, root: &Path, hits: &Mutex<HashMap<String, u64>>) {
             .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         return;
     };
+    // The file's own time: an index rewritten later is newer (apt and the
+    // cache revalidate with If-Modified-Since).
+    let modified = std::fs::metadata(&file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
     let _ = conn.write_all(
         format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Sat, 17 May 2025 08:49:13 GMT\r\nConnection: close\r\n\r\n",
-            body.len()
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: {}\r\nConnection: close\r\n\r\n",
+            body.len(),
+            http_date(modified)
         )
         .as_bytes(),
     );
     if method != "HEAD" {
         let _ = conn.write_all(&body);
     }
+}
+
+/// `Sun, 30 Nov 2026 00:20:33 GMT` (days to civil date: H. Hinnant's
+/// algorithm).
+fn http_date(epoch_s: u64) -> String {
+    let days = (epoch_s / 86_400) as i64;
+    let secs = epoch_s % 86_400;
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let name = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][(month - 1) as usize];
+    format!(
+        "{weekday}, {day:02} {name} {year} {:02}:{:02}:{:02} GMT",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[test]
+fn http_dates_are_rfc_7231() {
+    assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+    assert_eq!(http_date(1_796_000_000), rfc2822_gmt(1_796_000_000));
+}
+
+fn rfc2822_gmt(epoch_s: u64) -> String {
+    run_ok(Command::new("date").args([
+        "-u",
+        "-d",
+        &format!("@{epoch_s}"),
+        "+%a, %d %b %Y %H:%M:%S GMT",
+    ]))
+    .trim()
+    .to_string()
 }
 
 #[derive(Default)]
@@ -438,7 +500,7 @@ impl Device {
     }
 }
 
-fn have_tools() -> bool {
+pub(crate) fn have_tools() -> bool {
     ["dpkg-deb", "dpkg-scanpackages", "apt-get", "gpg"]
         .iter()
         .all(|t| Command::new(t).arg("--version").output().is_ok())

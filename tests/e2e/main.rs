@@ -14,6 +14,7 @@ mod commands;
 mod demo;
 mod deploy;
 mod deploy_device;
+mod deploy_fleet;
 mod durability;
 mod files;
 mod foundation;

@@ -196,6 +196,9 @@ pub struct Appliance {
     pub extra_args: Vec<String>,
     pub proc: Option<Proc>,
     pub log_dir: PathBuf,
+    /// The LAN cache's port, kept across restarts (agents and apt name it
+    /// as their proxy).
+    pub cache_port: u16,
     starts: u32,
 }
 
@@ -215,6 +218,7 @@ impl Appliance {
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             proc: None,
             log_dir: root.to_path_buf(),
+            cache_port: free_port(),
             starts: 0,
         };
         a.restart();
@@ -235,7 +239,7 @@ impl Appliance {
             .arg("--admin-listen")
             .arg(self.admin.to_string())
             .arg("--cache-listen")
-            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg(format!("127.0.0.1:{}", self.cache_port))
             .args(&self.extra_args);
         let p = Proc::spawn(
             &format!("appliance-{}", self.starts),

@@ -119,6 +119,15 @@ impl Report<'_> {
 }
 
 impl PatchInstaller {
+    /// apt's proxy for a request: the request's own, else the scanner's
+    /// (`[package_tools] apt_proxy`: the site's LAN cache), `"direct"`
+    /// meaning none.
+    pub fn proxy_for(&self, requested: Option<String>) -> Option<String> {
+        requested
+            .or_else(|| self.inner.scan.apt_proxy.clone())
+            .filter(|p| p != "direct")
+    }
+
     fn boot_id(&self) -> Option<String> {
         crate::commands::reboot::boot_id(&self.inner.reboot).ok()
     }
@@ -254,10 +263,11 @@ impl PatchInstaller {
         output: OutputFn,
         cancel: CancellationToken,
     ) -> CommandOutcome {
-        let req: InstallRequest = match decode(format, request) {
+        let mut req: InstallRequest = match decode(format, request) {
             Ok(r) => r,
             Err(reason) => return CommandOutcome::Refused { reason },
         };
+        req.proxy = self.proxy_for(req.proxy.take());
         let command = id.to_string();
         let mut rep = Report {
             inst: self,
@@ -390,6 +400,16 @@ impl PatchInstaller {
                 &output,
             )
             .await;
+        if !r.ok() {
+            // A failed transaction leaves what it unpacked unconfigured
+            // (a new dependency of the package that failed): configure it
+            // so dpkg's database is clean for the next attempt (the
+            // failed package itself stays at its old version).
+            match tools::configure_pending(&self.inner.tools, self.inner.kill_grace).await {
+                Ok(_) => rep.line("configured the packages the failed install left unpacked"),
+                Err(e) => rep.line(e),
+            }
+        }
         let after = self.scan().await;
         if let Ok(after) = &after {
             rep.status.changes = changes_between(&before, after);
@@ -548,10 +568,11 @@ impl PatchInstaller {
         output: OutputFn,
         _cancel: CancellationToken,
     ) -> CommandOutcome {
-        let req: RollbackRequest = match decode(format, request) {
+        let mut req: RollbackRequest = match decode(format, request) {
             Ok(r) => r,
             Err(reason) => return CommandOutcome::Refused { reason },
         };
+        req.proxy = self.proxy_for(req.proxy.take());
         let command = id.to_string();
         let mut rep = Report {
             inst: self,

@@ -68,6 +68,8 @@ mk broken-outpost 1.0-1
 mk broken-outpost 1.1-1 "" 1
 mk held-outpost 1.0-1
 mk held-outpost 1.1-1
+mk pulling-outpost 1.0-1
+mk pulling-outpost 1.1-1 "newdep-outpost (>= 1.0)" 1
 mk slow-outpost 1.0-1
 mk slow-outpost 1.1-1 "" 0
 d=$(mktemp -d); dpkg-deb -R "$W/repo/slow-outpost_1.1-1_all.deb" "$d"
@@ -82,7 +84,8 @@ touch "$R/var/lib/dpkg/status"
 echo "deb [trusted=yes] file:$W/repo ./" > "$R/etc/apt/sources.list"
 dpkg --root="$R" --force-script-chrootless --force-not-root --log="$R/var/log/dpkg.log" \
   -i "$W/repo/hello-outpost_1.0-1_all.deb" "$W/repo/broken-outpost_1.0-1_all.deb" \
-  "$W/repo/held-outpost_1.0-1_all.deb" "$W/repo/slow-outpost_1.0-1_all.deb" >/dev/null
+  "$W/repo/held-outpost_1.0-1_all.deb" "$W/repo/slow-outpost_1.0-1_all.deb" \
+  "$W/repo/pulling-outpost_1.0-1_all.deb" >/dev/null
 echo "held-outpost hold" | dpkg --root="$R" --force-not-root --set-selections
 "#;
 
@@ -395,6 +398,34 @@ async fn a_failing_preinst_fails_the_install_with_dpkgs_reason_and_the_log_tail(
         last.log_tail
     );
     assert_eq!(d.version("broken-outpost").as_deref(), Some("1.0-1"));
+}
+
+#[tokio::test]
+async fn a_failed_install_leaves_dpkg_clean_so_the_next_attempt_passes_its_prechecks() {
+    let Some(d) = Device::new() else { return };
+    // pulling-outpost 1.1-1 pulls in newdep-outpost, then its preinst fails:
+    // apt stops with newdep unpacked but not configured.
+    let (o, _) = d
+        .install(31, &d.request(&[("pulling-outpost", "1.1-1")]))
+        .await;
+    assert_eq!(o, CommandOutcome::Exited { code: 1 });
+    assert_eq!(d.version("pulling-outpost").as_deref(), Some("1.0-1"));
+    let audit = tools::audit(&d.installer.inner.tools, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(audit.is_empty(), "{audit:?}");
+    // The next install (another package needing newdep) is not refused by
+    // the dpkg --audit pre-check.
+    let (o, log) = d
+        .install(32, &d.request(&[("hello-outpost", "1.1-1")]))
+        .await;
+    assert_eq!(
+        o,
+        CommandOutcome::Exited { code: 0 },
+        "{log}\n{:?}",
+        d.statuses.of(CommandId([32; 16]))
+    );
+    assert_eq!(d.version("hello-outpost").as_deref(), Some("1.1-1"));
 }
 
 #[tokio::test]
@@ -719,4 +750,35 @@ fn the_patch_install_section_of_agent_toml_parses_and_unknown_keys_are_errors() 
     let i =
         PatchInstaller::from_config(&on, Path::new("/x"), Arc::new(Statuses::default())).unwrap();
     assert_eq!(i.inner.state.0, PathBuf::from("/x/install"));
+}
+
+#[test]
+fn a_request_without_a_proxy_goes_through_the_scanners_site_cache_and_direct_means_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let make = |proxy: Option<&str>| {
+        PatchInstaller::new(
+            InstallTools::default(),
+            crate::scan::PackageTools {
+                apt_proxy: proxy.map(str::to_string),
+                ..crate::scan::PackageTools::default()
+            },
+            RebootConfig {
+                command: "true".into(),
+                dpkg_lock: dir.path().join("lock"),
+                boot_id_path: dir.path().join("boot_id"),
+            },
+            Duration::from_secs(1),
+            dir.path().join("state"),
+            Arc::new(Statuses::default()),
+        )
+    };
+    let site = make(Some("http://cache:3142/"));
+    assert_eq!(site.proxy_for(None).as_deref(), Some("http://cache:3142/"));
+    assert_eq!(
+        site.proxy_for(Some("http://other:8080".into())).as_deref(),
+        Some("http://other:8080"),
+        "the appliance's proxy wins"
+    );
+    assert_eq!(make(Some("direct")).proxy_for(None), None);
+    assert_eq!(make(None).proxy_for(None), None);
 }

@@ -184,6 +184,39 @@ pub async fn audit(
     Ok(parse_dpkg_audit(&r.text))
 }
 
+/// `dpkg --configure --pending`: finishes configuring what a failed
+/// transaction left unpacked (apt's advice after a failure, limited to
+/// the pending packages). Returns dpkg's output.
+pub async fn configure_pending(
+    tools: &InstallTools,
+    kill_grace: Duration,
+) -> Result<String, String> {
+    let mut args = tools.dpkg_extra_args.clone();
+    args.extend(["--configure".to_string(), "--pending".to_string()]);
+    let env = [("DEBIAN_FRONTEND".to_string(), "noninteractive".to_string())];
+    let r = run(
+        &tools.dpkg.display().to_string(),
+        &args,
+        &env,
+        Path::new("/"),
+        Limits {
+            timeout: tools.apt_timeout,
+            kill_grace,
+        },
+        CancellationToken::new(),
+        None,
+    )
+    .await;
+    match &r.end {
+        Err(e) => Err(format!("dpkg --configure --pending: {e}")),
+        Ok(_) if !r.ok() => Err(format!(
+            "dpkg --configure --pending failed: {}",
+            r.text.trim()
+        )),
+        Ok(_) => Ok(r.text),
+    }
+}
+
 /// One line per finding (`pkg: problem; ...`).
 pub fn audit_line(findings: &[AuditFinding]) -> String {
     findings

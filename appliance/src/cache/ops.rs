@@ -131,6 +131,48 @@ pub struct PinInfo {
 /// Bound on the files one `prefetch --index` fetches.
 const MAX_PREFETCH_FILES: usize = 10_000;
 
+/// One binary package version a deployment installs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageWanted {
+    pub name: String,
+    pub version: String,
+    /// `None`: any architecture the indexes list.
+    pub arch: Option<String>,
+}
+
+/// What [`Cache::prefetch_pin_packages`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackagePrefetch {
+    /// Pool URLs pinned (fetched now or already cached).
+    pub pinned: Vec<String>,
+    /// Bytes fetched from upstream by this call.
+    pub fetched_bytes: u64,
+    /// Packages no verified index lists (`name=version`).
+    pub unknown: Vec<String>,
+    /// URLs that failed, with the reason.
+    pub errors: Vec<(String, String)>,
+}
+
+/// Whether `url` is the pool file of `name` at `version` (the file name
+/// `NAME_VERSION_ARCH.deb` Debian's archive tools give every binary, the
+/// epoch dropped; `arch` `None` matches any, `all` always matches).
+pub fn is_package_file(url: &str, name: &str, version: &str, arch: Option<&str>) -> bool {
+    let file = url.rsplit('/').next().unwrap_or("");
+    let Some(stem) = file.strip_suffix(".deb") else {
+        return false;
+    };
+    let version = version.split_once(':').map_or(version, |(_, v)| v);
+    let Some(rest) = stem
+        .strip_prefix(name)
+        .and_then(|r| r.strip_prefix('_'))
+        .and_then(|r| r.strip_prefix(version))
+        .and_then(|r| r.strip_prefix('_'))
+    else {
+        return false;
+    };
+    !rest.contains('_') && (rest == "all" || arch.is_none_or(|a| a == rest))
+}
+
 impl Cache {
     pub fn stats(&self) -> CacheStats {
         let m = &self.metrics.cache;
@@ -376,6 +418,69 @@ impl Cache {
         .map_err(|e| e.to_string())?
     }
 
+    /// The pool URLs of `want` that the verified indexes the cache holds
+    /// list (`cache_expect`: every file of every `Packages` index whose
+    /// InRelease verified).
+    pub fn package_urls(&self, want: &PackageWanted) -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        self.store
+            .scan_raw(super::tables::CACHE_EXPECT, &[], None, |k, _| {
+                let url = String::from_utf8_lossy(k);
+                if is_package_file(&url, &want.name, &want.version, want.arch.as_deref()) {
+                    out.push(url.into_owned());
+                }
+                Ok(out.len() < MAX_PREFETCH_FILES)
+            })
+            .map_err(|e| format!("reading the cache index: {e}"))?;
+        Ok(out)
+    }
+
+    /// Fetches (through the verifying path) and pins every file of
+    /// `packages`, so a deployment's installs never wait on the WAN and
+    /// the files stay until unpinned. `reason` is stored with each pin.
+    pub async fn prefetch_pin_packages(
+        self: &Arc<Self>,
+        packages: &[PackageWanted],
+        reason: &str,
+    ) -> PackagePrefetch {
+        let mut out = PackagePrefetch::default();
+        for p in packages {
+            let urls = match self.package_urls(p) {
+                Ok(u) => u,
+                Err(e) => {
+                    out.errors.push((format!("{}={}", p.name, p.version), e));
+                    continue;
+                }
+            };
+            if urls.is_empty() {
+                out.unknown.push(format!("{}={}", p.name, p.version));
+            }
+            for url in urls {
+                let fetched = match UpstreamUrl::parse_absolute(&url) {
+                    Err(e) => Err(e.to_string()),
+                    Ok(u) => self.ensure_cached(&u).await,
+                };
+                match fetched {
+                    Err(e) => out.errors.push((url, e)),
+                    Ok((_, size, fetched)) => {
+                        if fetched {
+                            out.fetched_bytes += size;
+                        }
+                        let pin = PinRequest {
+                            url: url.clone(),
+                            reason: reason.to_string(),
+                        };
+                        match self.pin(&pin).await {
+                            Ok(_) => out.pinned.push(url),
+                            Err(e) => out.errors.push((url, e)),
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Re-hashes every stored file; bad ones are quarantined and dropped.
     pub async fn verify_all(self: &Arc<Self>) -> VerifyReport {
         let files = self.blobs().all();
@@ -489,5 +594,41 @@ fn pin_info(url: String, r: &PinRecord, cached: bool) -> PinInfo {
         reason: r.reason.clone(),
         since_ms: r.since_ms,
         cached,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_package_file;
+
+    #[test]
+    fn a_pool_file_is_matched_by_name_version_without_epoch_and_architecture() {
+        let u = "http://deb.example/debian/pool/main/o/openssl/openssl_3.0.2-1_amd64.deb";
+        assert!(is_package_file(u, "openssl", "3.0.2-1", None));
+        assert!(is_package_file(u, "openssl", "3.0.2-1", Some("amd64")));
+        assert!(is_package_file(u, "openssl", "1:3.0.2-1", Some("amd64")));
+        assert!(!is_package_file(u, "openssl", "3.0.2-1", Some("arm64")));
+        assert!(!is_package_file(u, "openssl", "3.0.2", None));
+        assert!(!is_package_file(u, "openss", "l_3.0.2-1", None));
+        assert!(!is_package_file(u, "libssl3", "3.0.2-1", None));
+        let all = "http://h/debian/pool/main/hello-outpost_1.1-1_all.deb";
+        assert!(is_package_file(
+            all,
+            "hello-outpost",
+            "1.1-1",
+            Some("amd64")
+        ));
+        assert!(!is_package_file(
+            "http://h/debian/dists/stable/InRelease",
+            "InRelease",
+            "1",
+            None
+        ));
+        assert!(!is_package_file(
+            "http://h/pool/a_1_amd64.dsc",
+            "a",
+            "1",
+            None
+        ));
     }
 }

@@ -465,6 +465,7 @@ mod tests {
                 store: store.clone(),
                 patches: patches.clone(),
                 alerts: None,
+                cache: Default::default(),
             }),
             metrics.clone(),
             InstallOptions::default(),

@@ -24,6 +24,33 @@ use outpost_proto::ids::{CommandId, DeviceId};
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
+
+/// `[deploy]` of `outpost.toml`: how often the orchestrator steps the
+/// running deployments (install windows, soak times, deadlines), and the
+/// proxy the installs go through.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeployConfig {
+    /// Time between two ticks of the orchestrator (a gate's soak time is
+    /// noticed at the first tick after it ends). Default 15 s.
+    #[serde(with = "humantime_serde")]
+    pub tick_interval: Duration,
+    /// apt's proxy in every install and rollback request
+    /// (`http://HOST:PORT`). Default: none in the request, so each agent
+    /// uses its own `[package_tools] apt_proxy` (the site's LAN cache,
+    /// `http://APPLIANCE:3142/` by default).
+    pub proxy: Option<String>,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        DeployConfig {
+            tick_interval: Duration::from_secs(15),
+            proxy: None,
+        }
+    }
+}
 
 /// The future an [`Installer`] method returns (boxed: the orchestrator
 /// holds a `dyn Installer`).

@@ -912,6 +912,9 @@ pub struct SiteEnv {
     pub patches: Arc<dyn MissingPatches>,
     /// The alert engine's sample input (`None`: no alerts, e.g. tests).
     pub alerts: Option<AlertSink>,
+    /// The site's LAN cache, set once it listens (empty: the cache is
+    /// off, or tests; nothing is prefetched).
+    pub cache: Arc<std::sync::OnceLock<Arc<crate::cache::Cache>>>,
 }
 
 impl DeployEnv for SiteEnv {
@@ -944,14 +947,34 @@ impl DeployEnv for SiteEnv {
         }
     }
 
-    fn prefetch<'a>(
-        &'a self,
-        _deployment: &'a str,
-        _patches: &'a [PatchKey],
-    ) -> PrefetchFuture<'a> {
-        // No pin/prefetch-by-version API in the cache yet: installs fetch
-        // through the cache on first use.
-        Box::pin(async { Ok(0) })
+    fn prefetch<'a>(&'a self, deployment: &'a str, patches: &'a [PatchKey]) -> PrefetchFuture<'a> {
+        Box::pin(async move {
+            let Some(cache) = self.cache.get().cloned() else {
+                return Ok(0);
+            };
+            let sd = store::get(&self.store, deployment)
+                .map_err(|e| format!("reading deployment {deployment}: {e}"))?
+                .ok_or_else(|| format!("unknown deployment {deployment}"))?;
+            let want = prefetch_wanted(&self.store, self.patches.as_ref(), &sd, patches);
+            let r = cache
+                .prefetch_pin_packages(&want, &format!("deployment {deployment}"))
+                .await;
+            info!(
+                deployment,
+                pinned = r.pinned.len(),
+                bytes = r.fetched_bytes,
+                unknown = ?r.unknown,
+                "prefetched and pinned in the site cache"
+            );
+            if let Some((url, e)) = r.errors.first() {
+                return Err(format!(
+                    "{} of {} files failed, first {url}: {e}",
+                    r.errors.len(),
+                    r.errors.len() + r.pinned.len()
+                ));
+            }
+            Ok(r.fetched_bytes)
+        })
     }
 
     fn targets(&self, device: DeviceId, patches: &[PatchKey], now_ms: u64) -> Vec<BinaryTarget> {
@@ -1007,6 +1030,33 @@ pub fn maintenance_pauses(
         }
     }
     out
+}
+
+/// The binary package versions a deployment of `keys` installs on its
+/// devices now (what the site cache prefetches and pins).
+pub fn prefetch_wanted(
+    store: &Store,
+    patches: &dyn MissingPatches,
+    sd: &StoredDeployment,
+    keys: &[PatchKey],
+) -> Vec<crate::cache::ops::PackageWanted> {
+    let now = outpost_storage::now_ms();
+    let mut want = std::collections::BTreeSet::new();
+    for dev in sd.deployment.devices.keys() {
+        let Ok(id) = dev.parse::<DeviceId>() else {
+            continue;
+        };
+        for t in targets_for(store, patches, id, keys, now) {
+            want.insert((t.name, t.version, t.arch));
+        }
+    }
+    want.into_iter()
+        .map(|(name, version, arch)| crate::cache::ops::PackageWanted {
+            name,
+            version,
+            arch,
+        })
+        .collect()
 }
 
 /// The binaries of `patches` that `device` misses and that are approved

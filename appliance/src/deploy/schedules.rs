@@ -227,6 +227,7 @@ mod tests {
                 store: store.clone(),
                 patches: fake.clone(),
                 alerts: None,
+                cache: Default::default(),
             }),
             Arc::new(crate::metrics::Metrics::new()),
             InstallOptions::default(),

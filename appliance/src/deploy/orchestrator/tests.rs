@@ -202,6 +202,7 @@ fn orchestrator(s: &Site, installer: Arc<TestInstaller>) -> (Orchestrator, Arc<T
             store: s.store.clone(),
             patches: s.patches.clone(),
             alerts: None,
+            cache: Default::default(),
         },
         notices: Mutex::new(Vec::new()),
         prefetched: Mutex::new(Vec::new()),
