@@ -23,8 +23,8 @@ mod api_tests;
 pub mod apply;
 pub mod bulk;
 pub mod cli;
-pub mod cli_patches;
 pub mod cli_deploy;
+pub mod cli_patches;
 pub mod commands;
 #[cfg(test)]
 mod commands_api_tests;
