@@ -175,6 +175,7 @@ async fn rig_with_patches(with_patches: bool) -> Rig {
             store: store.clone(),
             patches: patch_view.clone(),
             alerts: None,
+            cache: Default::default(),
         }),
         metrics.clone(),
         crate::deploy::orchestrator::InstallOptions::default(),

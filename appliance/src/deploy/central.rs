@@ -473,6 +473,7 @@ mod tests {
                 store: store.clone(),
                 patches: patches.clone(),
                 alerts: None,
+                cache: Default::default(),
             }),
             Arc::new(crate::metrics::Metrics::new()),
             InstallOptions::default(),
