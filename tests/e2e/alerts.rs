@@ -726,7 +726,16 @@ fn firing_alert_is_reminded_at_the_renotify_interval() {
             .starts_with("[REMINDER][critical]"),
         "{reminder}"
     );
-    assert!(app.metric("outpost_notifications_total{channel_type=\"webhook\",event=\"reminder\",result=\"delivered\"}") >= 1.0);
+    // The receiver answers before the dispatcher counts the delivery:
+    // wait for the counter rather than race it.
+    outpost_tests::wait_for(
+        Duration::from_secs(10),
+        "the reminder counted as delivered",
+        || {
+            (app.metric("outpost_notifications_total{channel_type=\"webhook\",event=\"reminder\",result=\"delivered\"}") >= 1.0)
+            .then_some(())
+        },
+    );
 }
 
 #[test]
