@@ -28,6 +28,12 @@
 //!   `last_seen_ms` is the snapshot's (the appliance resends a snapshot
 //!   when last-seen moved by more than its bound, so it does not freeze at
 //!   the last status change).
+//! * **Device IPs and tags** (batch format 6) go with the snapshot: when
+//!   a device's snapshot wins, its stored IPs and tags become the batch's
+//!   entry for it, or none when the batch has no entry (a site sends an
+//!   entry only for a device with an address or a tag); a snapshot that
+//!   loses leaves them as stored ([`Changes::facts`]). Entries for a
+//!   device without a snapshot in the batch are ignored.
 //! * **Rollups**: a series new to its (device, bucket) row is stored and
 //!   counted new (and in the device's `rollups_stored`); a stored series is
 //!   replaced only by a newer `computed_ms` (counted replaced), never by an
@@ -61,8 +67,8 @@ use outpost_proto::DeviceId;
 use outpost_uplink::batch::SiteBatch;
 
 use crate::model::{
-    AlertRow, AlertState, BucketRow, BucketSeries, DeadLetter, DeviceRow, DeviceStatus,
-    ForeignTenantRow, LatestRollup, PatchComplianceRow, PatchFindingsRow, SiteRecord,
+    AlertRow, AlertState, BucketRow, BucketSeries, DeadLetter, DeviceFacts, DeviceRow,
+    DeviceStatus, ForeignTenantRow, LatestRollup, PatchComplianceRow, PatchFindingsRow, SiteRecord,
     TenantMismatch,
 };
 use crate::store::{AlertHistoryEntry, ApplyOutcome, FleetDelta};
@@ -211,6 +217,10 @@ pub struct Changes<'b> {
     pub site: SiteRecord,
     /// Every touched device.
     pub devices: Vec<DeviceRow>,
+    /// Aligned with `devices`: the IPs and tags to store where the
+    /// device's snapshot in the batch won (empty: delete what is stored),
+    /// `None` where they stay as stored.
+    pub facts: Vec<Option<DeviceFacts>>,
     /// Rollup rows: `Some` where the batch changed the row, `None` where it
     /// left the row as stored (nothing to write).
     pub buckets: Vec<Option<BucketRow<'b>>>,
@@ -362,6 +372,9 @@ pub fn plan<'b>(
         }
     }
     let mut customer_mismatches = 0;
+    let mut facts: Vec<Option<DeviceFacts>> = vec![None; devices.len()];
+    let facts_of: HashMap<outpost_proto::DeviceId, &outpost_uplink::batch::DeviceIpsTags> =
+        batch.device_facts.iter().map(|f| (f.device, f)).collect();
     for (u, &d) in batch.devices.iter().zip(&touched.device_of_update) {
         let row = devices
             .get_mut(d)
@@ -389,6 +402,16 @@ pub fn plan<'b>(
         row.status_since_ms = u.status_since_ms;
         row.last_seen_ms = u.last_seen_ms;
         row.as_of_ms = u.as_of_ms;
+        if let Some(slot) = facts.get_mut(d) {
+            *slot = Some(
+                facts_of
+                    .get(&u.device)
+                    .map_or_else(DeviceFacts::default, |f| DeviceFacts {
+                        ips: f.ips.clone(),
+                        tags: f.tags.clone(),
+                    }),
+            );
+        }
     }
 
     let (mut new, mut replaced) = (0u64, 0u64);
@@ -575,6 +598,7 @@ pub fn plan<'b>(
     Ok(ApplyPlan::Apply(Changes {
         site,
         devices,
+        facts,
         buckets: rows,
         alerts,
         patches: patch_rows,
@@ -704,6 +728,7 @@ mod tests {
         alerts: HashMap<u64, AlertRow>,
         patches: HashMap<String, PatchComplianceRow>,
         findings: HashMap<String, PatchFindingsRow>,
+        facts: HashMap<String, DeviceFacts>,
     }
 
     impl Memory {
@@ -715,6 +740,7 @@ mod tests {
                 alerts: HashMap::new(),
                 patches: HashMap::new(),
                 findings: HashMap::new(),
+                facts: HashMap::new(),
             }
         }
 
@@ -765,6 +791,17 @@ mod tests {
             self.site = c.site;
             for (id, row) in touched.devices.iter().zip(c.devices) {
                 self.devices.insert(id.clone(), row);
+            }
+            for (id, f) in touched.devices.iter().zip(c.facts) {
+                match f {
+                    Some(f) if f.is_empty() => {
+                        self.facts.remove(id);
+                    }
+                    Some(f) => {
+                        self.facts.insert(id.clone(), f);
+                    }
+                    None => {}
+                }
             }
             for ((d, t), row) in touched.buckets.iter().zip(c.buckets) {
                 if let Some(row) = row {
@@ -1104,6 +1141,60 @@ mod tests {
         m.apply(&snap(4, 200, "newer", "dental"), 4);
         assert_eq!(m.devices[DEV].as_of_ms, 200);
         assert_eq!(m.devices[DEV].hostname, "newer");
+    }
+
+    fn facts_of(device: u64, ips: &[&str], tags: &[&str]) -> batch::DeviceIpsTags {
+        batch::DeviceIpsTags {
+            device: outpost_proto::DeviceId(device),
+            ips: ips.iter().map(|s| s.to_string()).collect(),
+            tags: tags.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// A device's IPs and tags follow its winning snapshot: an older
+    /// snapshot's never overwrite a newer one's, an equal one applies, a
+    /// winning snapshot without an entry clears them, and an entry for a
+    /// device without a snapshot in the batch is ignored.
+    #[test]
+    fn device_ips_and_tags_follow_the_winning_snapshot_only() {
+        let mut m = Memory::new();
+        let snap = |seq: u64, as_of_ms: u64, facts: Vec<batch::DeviceIpsTags>| {
+            let mut b = bare(seq);
+            let mut u = sample_batch(seq).devices[0].clone();
+            u.as_of_ms = as_of_ms;
+            b.devices = vec![u];
+            b.device_facts = facts;
+            b
+        };
+        let want = |ips: &[&str], tags: &[&str]| DeviceFacts {
+            ips: ips.iter().map(|s| s.to_string()).collect(),
+            tags: tags.iter().map(|s| s.to_string()).collect(),
+        };
+        m.apply(
+            &snap(1, 100, vec![facts_of(42, &["10.0.0.5"], &["web"])]),
+            1,
+        );
+        assert_eq!(m.facts[DEV], want(&["10.0.0.5"], &["web"]));
+        m.apply(&snap(2, 50, vec![facts_of(42, &["10.9.9.9"], &["old"])]), 2);
+        assert_eq!(
+            m.facts[DEV],
+            want(&["10.0.0.5"], &["web"]),
+            "an older snapshot's facts are ignored"
+        );
+        m.apply(&snap(3, 100, vec![facts_of(42, &["10.0.0.6"], &["db"])]), 3);
+        assert_eq!(
+            m.facts[DEV],
+            want(&["10.0.0.6"], &["db"]),
+            "equal as_of applies"
+        );
+        // An entry without a snapshot: ignored.
+        let mut b = bare(4);
+        b.device_facts = vec![facts_of(42, &["1.1.1.1"], &["x"])];
+        m.apply(&b, 4);
+        assert_eq!(m.facts[DEV], want(&["10.0.0.6"], &["db"]));
+        // A newer snapshot without an entry: the device has none now.
+        m.apply(&snap(5, 200, vec![]), 5);
+        assert!(!m.facts.contains_key(DEV), "{:?}", m.facts);
     }
 
     /// A device's customer is its site's (the site's enrollment): a batch
