@@ -33,7 +33,8 @@
 //!   entry for it, or none when the batch has no entry (a site sends an
 //!   entry only for a device with an address or a tag); a snapshot that
 //!   loses leaves them as stored ([`Changes::facts`]). Entries for a
-//!   device without a snapshot in the batch are ignored.
+//!   device without a snapshot in the batch are ignored and counted
+//!   ([`Changes::device_facts_ignored`]).
 //! * **Rollups**: a series new to its (device, bucket) row is stored and
 //!   counted new (and in the device's `rollups_stored`); a stored series is
 //!   replaced only by a newer `computed_ms` (counted replaced), never by an
@@ -240,6 +241,9 @@ pub struct Changes<'b> {
     /// Device snapshots of the batch claiming a customer other than the
     /// site's (not believed: the device stays the site's customer's).
     pub customer_mismatches: u64,
+    /// IP and tag entries of the batch for a device without a snapshot in
+    /// it (ignored: a site sends them only with a snapshot).
+    pub device_facts_ignored: u64,
     /// Gaps of the applied set that expired to make room for this batch.
     pub gaps_expired: Vec<DeadLetter>,
     /// Per touched device, its status before the batch (`None`: new).
@@ -262,6 +266,7 @@ impl Changes<'_> {
             rollups_replaced: self.rollups_replaced,
             tenant_mismatches_new: self.tenant_mismatches_new,
             customer_mismatches: self.customer_mismatches,
+            device_facts_ignored: self.device_facts_ignored,
             gaps_expired: self.gaps_expired.len() as u64,
         }
     }
@@ -375,6 +380,15 @@ pub fn plan<'b>(
     let mut facts: Vec<Option<DeviceFacts>> = vec![None; devices.len()];
     let facts_of: HashMap<outpost_proto::DeviceId, &outpost_uplink::batch::DeviceIpsTags> =
         batch.device_facts.iter().map(|f| (f.device, f)).collect();
+    let device_facts_ignored = {
+        let with_snapshot: std::collections::HashSet<outpost_proto::DeviceId> =
+            batch.devices.iter().map(|u| u.device).collect();
+        batch
+            .device_facts
+            .iter()
+            .filter(|f| !with_snapshot.contains(&f.device))
+            .count() as u64
+    };
     for (u, &d) in batch.devices.iter().zip(&touched.device_of_update) {
         let row = devices
             .get_mut(d)
@@ -607,6 +621,7 @@ pub fn plan<'b>(
         rollups_replaced: replaced,
         tenant_mismatches_new,
         customer_mismatches,
+        device_facts_ignored,
         gaps_expired,
         status_before,
         state_before,
@@ -1190,7 +1205,13 @@ mod tests {
         // An entry without a snapshot: ignored.
         let mut b = bare(4);
         b.device_facts = vec![facts_of(42, &["1.1.1.1"], &["x"])];
-        m.apply(&b, 4);
+        assert!(matches!(
+            m.apply(&b, 4),
+            ApplyOutcome::Applied {
+                device_facts_ignored: 1,
+                ..
+            }
+        ));
         assert_eq!(m.facts[DEV], want(&["10.0.0.6"], &["db"]));
         // A newer snapshot without an entry: the device has none now.
         m.apply(&snap(5, 200, vec![]), 5);
@@ -1215,6 +1236,7 @@ mod tests {
                 o,
                 ApplyOutcome::Applied {
                     customer_mismatches: 1,
+                    device_facts_ignored: 0,
                     ..
                 }
             ),
@@ -1231,6 +1253,7 @@ mod tests {
                 o,
                 ApplyOutcome::Applied {
                     customer_mismatches: 0,
+                    device_facts_ignored: 0,
                     ..
                 }
             ),
@@ -1404,6 +1427,7 @@ mod tests {
                 rollups_replaced: 0,
                 tenant_mismatches_new: 0,
                 customer_mismatches: 0,
+                device_facts_ignored: 0,
                 gaps_expired: 0
             }
         );
@@ -1431,6 +1455,7 @@ mod tests {
                 rollups_replaced: 1,
                 tenant_mismatches_new: 0,
                 customer_mismatches: 0,
+                device_facts_ignored: 0,
                 gaps_expired: 0
             }
         );

@@ -2441,6 +2441,7 @@ mod tests {
                 rollups_replaced: 0,
                 tenant_mismatches_new: 0,
                 customer_mismatches: 0,
+                device_facts_ignored: 0,
                 gaps_expired: 0
             }
         );
@@ -2470,6 +2471,7 @@ mod tests {
                 rollups_replaced: 1,
                 tenant_mismatches_new: 0,
                 customer_mismatches: 0,
+                device_facts_ignored: 0,
                 gaps_expired: 0
             }
         );

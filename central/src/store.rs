@@ -62,6 +62,9 @@ pub enum ApplyOutcome {
         /// Device snapshots claiming a customer other than the site's (not
         /// believed; counted in `outpost_central_customer_mismatches_total`).
         customer_mismatches: u64,
+        /// IP and tag entries for devices without a snapshot in the batch
+        /// (ignored; counted in `outpost_central_device_facts_ignored_total`).
+        device_facts_ignored: u64,
         /// Gaps of the applied set expired to make room (see
         /// [`crate::model::MAX_APPLIED_ABOVE`]).
         gaps_expired: u64,
