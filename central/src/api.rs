@@ -738,6 +738,8 @@ pub struct DevicesQuery {
     pub site: Option<SiteId>,
     pub customer: Option<CustomerId>,
     pub status: Option<String>,
+    /// Only devices with this tag (exact), as their site last sent it.
+    pub tag: Option<String>,
     pub after: Option<String>,
     pub limit: Option<usize>,
 }
@@ -772,6 +774,7 @@ pub async fn device_page(
         customer: q.customer,
         customers_allowed: p.customers.clone(),
         status: q.status,
+        tag: q.tag.filter(|t| !t.is_empty()),
         after: q.after,
         limit,
     };

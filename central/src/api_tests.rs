@@ -41,6 +41,7 @@ crate::testing::on_both_backends!(
     cve_exposure_device_patches_and_reports_stay_within_the_callers_scope,
     the_pdf_report_shows_the_figures_of_the_json_report,
     the_top_cve_list_from_the_index_equals_the_one_from_the_findings_rows,
+    the_device_list_filters_by_a_tag_its_site_sent,
 );
 
 /// A central with tenant `msp`, one site (customer `dental`) and an admin
@@ -1435,4 +1436,54 @@ async fn the_top_cve_list_from_the_index_equals_the_one_from_the_findings_rows()
     assert_eq!(all[0]["cve"], "CVE-2026-0001", "{all}");
     assert_eq!(all[0]["counts"]["devices"], 3, "{all}");
     assert_eq!(all[0]["customers"], 2, "{all}");
+}
+
+/// `GET /api/v1/devices?tag=T` lists the devices whose site sent tag `T`
+/// (exact), page by page.
+async fn the_device_list_filters_by_a_tag_its_site_sent() {
+    let f = fixture().await;
+    let mut b = sample_batch(1);
+    (b.site, b.tenant) = (f.site.clone(), "msp".into());
+    for d in [43, 44] {
+        let mut more = b.devices[0].clone();
+        more.device = DeviceId(d);
+        b.devices.push(more);
+    }
+    let tagged = |d: u64, tags: &[&str]| batch::DeviceIpsTags {
+        device: DeviceId(d),
+        ips: vec![format!("10.0.0.{d}")],
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+    };
+    b.device_facts = vec![
+        tagged(42, &["web"]),
+        tagged(43, &["db", "eu"]),
+        tagged(44, &["db"]),
+    ];
+    f.central
+        .store
+        .apply_batch(&"msp".into(), &f.site, b, 10)
+        .await
+        .unwrap();
+    let ids = |page: &serde_json::Value| -> Vec<String> {
+        page["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["device"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let page = f.get_json("/api/v1/devices?tag=db&limit=1").await;
+    assert_eq!(ids(&page), ["000000000000002b"], "{page}");
+    let next = page["next"].as_str().expect("a next cursor").to_string();
+    let page = f
+        .get_json(&format!("/api/v1/devices?tag=db&limit=1&after={next}"))
+        .await;
+    assert_eq!(ids(&page), ["000000000000002c"], "{page}");
+    assert!(page["next"].is_null(), "{page}");
+    let page = f.get_json("/api/v1/devices?tag=eu").await;
+    assert_eq!(ids(&page), ["000000000000002b"]);
+    let page = f.get_json("/api/v1/devices?tag=DB").await;
+    assert!(ids(&page).is_empty(), "exact: {page}");
+    let page = f.get_json("/api/v1/devices").await;
+    assert_eq!(ids(&page).len(), 3, "no tag: every device");
 }

@@ -28,6 +28,13 @@
 //!   `last_seen_ms` is the snapshot's (the appliance resends a snapshot
 //!   when last-seen moved by more than its bound, so it does not freeze at
 //!   the last status change).
+//! * **Device IPs and tags** (batch format 6) go with the snapshot: when
+//!   a device's snapshot wins, its stored IPs and tags become the batch's
+//!   entry for it, or none when the batch has no entry (a site sends an
+//!   entry only for a device with an address or a tag); a snapshot that
+//!   loses leaves them as stored ([`Changes::facts`]). Entries for a
+//!   device without a snapshot in the batch are ignored and counted
+//!   ([`Changes::device_facts_ignored`]).
 //! * **Rollups**: a series new to its (device, bucket) row is stored and
 //!   counted new (and in the device's `rollups_stored`); a stored series is
 //!   replaced only by a newer `computed_ms` (counted replaced), never by an
@@ -61,8 +68,8 @@ use outpost_proto::DeviceId;
 use outpost_uplink::batch::SiteBatch;
 
 use crate::model::{
-    AlertRow, AlertState, BucketRow, BucketSeries, DeadLetter, DeviceRow, DeviceStatus,
-    ForeignTenantRow, LatestRollup, PatchComplianceRow, PatchFindingsRow, SiteRecord,
+    AlertRow, AlertState, BucketRow, BucketSeries, DeadLetter, DeviceFacts, DeviceRow,
+    DeviceStatus, ForeignTenantRow, LatestRollup, PatchComplianceRow, PatchFindingsRow, SiteRecord,
     TenantMismatch,
 };
 use crate::store::{AlertHistoryEntry, ApplyOutcome, FleetDelta};
@@ -211,6 +218,10 @@ pub struct Changes<'b> {
     pub site: SiteRecord,
     /// Every touched device.
     pub devices: Vec<DeviceRow>,
+    /// Aligned with `devices`: the IPs and tags to store where the
+    /// device's snapshot in the batch won (empty: delete what is stored),
+    /// `None` where they stay as stored.
+    pub facts: Vec<Option<DeviceFacts>>,
     /// Rollup rows: `Some` where the batch changed the row, `None` where it
     /// left the row as stored (nothing to write).
     pub buckets: Vec<Option<BucketRow<'b>>>,
@@ -230,6 +241,9 @@ pub struct Changes<'b> {
     /// Device snapshots of the batch claiming a customer other than the
     /// site's (not believed: the device stays the site's customer's).
     pub customer_mismatches: u64,
+    /// IP and tag entries of the batch for a device without a snapshot in
+    /// it (ignored: a site sends them only with a snapshot).
+    pub device_facts_ignored: u64,
     /// Gaps of the applied set that expired to make room for this batch.
     pub gaps_expired: Vec<DeadLetter>,
     /// Per touched device, its status before the batch (`None`: new).
@@ -252,6 +266,7 @@ impl Changes<'_> {
             rollups_replaced: self.rollups_replaced,
             tenant_mismatches_new: self.tenant_mismatches_new,
             customer_mismatches: self.customer_mismatches,
+            device_facts_ignored: self.device_facts_ignored,
             gaps_expired: self.gaps_expired.len() as u64,
         }
     }
@@ -362,6 +377,18 @@ pub fn plan<'b>(
         }
     }
     let mut customer_mismatches = 0;
+    let mut facts: Vec<Option<DeviceFacts>> = vec![None; devices.len()];
+    let facts_of: HashMap<outpost_proto::DeviceId, &outpost_uplink::batch::DeviceIpsTags> =
+        batch.device_facts.iter().map(|f| (f.device, f)).collect();
+    let device_facts_ignored = {
+        let with_snapshot: std::collections::HashSet<outpost_proto::DeviceId> =
+            batch.devices.iter().map(|u| u.device).collect();
+        batch
+            .device_facts
+            .iter()
+            .filter(|f| !with_snapshot.contains(&f.device))
+            .count() as u64
+    };
     for (u, &d) in batch.devices.iter().zip(&touched.device_of_update) {
         let row = devices
             .get_mut(d)
@@ -389,6 +416,16 @@ pub fn plan<'b>(
         row.status_since_ms = u.status_since_ms;
         row.last_seen_ms = u.last_seen_ms;
         row.as_of_ms = u.as_of_ms;
+        if let Some(slot) = facts.get_mut(d) {
+            *slot = Some(
+                facts_of
+                    .get(&u.device)
+                    .map_or_else(DeviceFacts::default, |f| DeviceFacts {
+                        ips: f.ips.clone(),
+                        tags: f.tags.clone(),
+                    }),
+            );
+        }
     }
 
     let (mut new, mut replaced) = (0u64, 0u64);
@@ -575,6 +612,7 @@ pub fn plan<'b>(
     Ok(ApplyPlan::Apply(Changes {
         site,
         devices,
+        facts,
         buckets: rows,
         alerts,
         patches: patch_rows,
@@ -583,6 +621,7 @@ pub fn plan<'b>(
         rollups_replaced: replaced,
         tenant_mismatches_new,
         customer_mismatches,
+        device_facts_ignored,
         gaps_expired,
         status_before,
         state_before,
@@ -704,6 +743,7 @@ mod tests {
         alerts: HashMap<u64, AlertRow>,
         patches: HashMap<String, PatchComplianceRow>,
         findings: HashMap<String, PatchFindingsRow>,
+        facts: HashMap<String, DeviceFacts>,
     }
 
     impl Memory {
@@ -715,6 +755,7 @@ mod tests {
                 alerts: HashMap::new(),
                 patches: HashMap::new(),
                 findings: HashMap::new(),
+                facts: HashMap::new(),
             }
         }
 
@@ -765,6 +806,17 @@ mod tests {
             self.site = c.site;
             for (id, row) in touched.devices.iter().zip(c.devices) {
                 self.devices.insert(id.clone(), row);
+            }
+            for (id, f) in touched.devices.iter().zip(c.facts) {
+                match f {
+                    Some(f) if f.is_empty() => {
+                        self.facts.remove(id);
+                    }
+                    Some(f) => {
+                        self.facts.insert(id.clone(), f);
+                    }
+                    None => {}
+                }
             }
             for ((d, t), row) in touched.buckets.iter().zip(c.buckets) {
                 if let Some(row) = row {
@@ -1106,6 +1158,66 @@ mod tests {
         assert_eq!(m.devices[DEV].hostname, "newer");
     }
 
+    fn facts_of(device: u64, ips: &[&str], tags: &[&str]) -> batch::DeviceIpsTags {
+        batch::DeviceIpsTags {
+            device: outpost_proto::DeviceId(device),
+            ips: ips.iter().map(|s| s.to_string()).collect(),
+            tags: tags.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// A device's IPs and tags follow its winning snapshot: an older
+    /// snapshot's never overwrite a newer one's, an equal one applies, a
+    /// winning snapshot without an entry clears them, and an entry for a
+    /// device without a snapshot in the batch is ignored.
+    #[test]
+    fn device_ips_and_tags_follow_the_winning_snapshot_only() {
+        let mut m = Memory::new();
+        let snap = |seq: u64, as_of_ms: u64, facts: Vec<batch::DeviceIpsTags>| {
+            let mut b = bare(seq);
+            let mut u = sample_batch(seq).devices[0].clone();
+            u.as_of_ms = as_of_ms;
+            b.devices = vec![u];
+            b.device_facts = facts;
+            b
+        };
+        let want = |ips: &[&str], tags: &[&str]| DeviceFacts {
+            ips: ips.iter().map(|s| s.to_string()).collect(),
+            tags: tags.iter().map(|s| s.to_string()).collect(),
+        };
+        m.apply(
+            &snap(1, 100, vec![facts_of(42, &["10.0.0.5"], &["web"])]),
+            1,
+        );
+        assert_eq!(m.facts[DEV], want(&["10.0.0.5"], &["web"]));
+        m.apply(&snap(2, 50, vec![facts_of(42, &["10.9.9.9"], &["old"])]), 2);
+        assert_eq!(
+            m.facts[DEV],
+            want(&["10.0.0.5"], &["web"]),
+            "an older snapshot's facts are ignored"
+        );
+        m.apply(&snap(3, 100, vec![facts_of(42, &["10.0.0.6"], &["db"])]), 3);
+        assert_eq!(
+            m.facts[DEV],
+            want(&["10.0.0.6"], &["db"]),
+            "equal as_of applies"
+        );
+        // An entry without a snapshot: ignored.
+        let mut b = bare(4);
+        b.device_facts = vec![facts_of(42, &["1.1.1.1"], &["x"])];
+        assert!(matches!(
+            m.apply(&b, 4),
+            ApplyOutcome::Applied {
+                device_facts_ignored: 1,
+                ..
+            }
+        ));
+        assert_eq!(m.facts[DEV], want(&["10.0.0.6"], &["db"]));
+        // A newer snapshot without an entry: the device has none now.
+        m.apply(&snap(5, 200, vec![]), 5);
+        assert!(!m.facts.contains_key(DEV), "{:?}", m.facts);
+    }
+
     /// A device's customer is its site's (the site's enrollment): a batch
     /// claiming another customer for it is not believed, only counted,
     /// and a row stored with another customer (before this rule) is
@@ -1124,6 +1236,7 @@ mod tests {
                 o,
                 ApplyOutcome::Applied {
                     customer_mismatches: 1,
+                    device_facts_ignored: 0,
                     ..
                 }
             ),
@@ -1140,6 +1253,7 @@ mod tests {
                 o,
                 ApplyOutcome::Applied {
                     customer_mismatches: 0,
+                    device_facts_ignored: 0,
                     ..
                 }
             ),
@@ -1313,6 +1427,7 @@ mod tests {
                 rollups_replaced: 0,
                 tenant_mismatches_new: 0,
                 customer_mismatches: 0,
+                device_facts_ignored: 0,
                 gaps_expired: 0
             }
         );
@@ -1340,6 +1455,7 @@ mod tests {
                 rollups_replaced: 1,
                 tenant_mismatches_new: 0,
                 customer_mismatches: 0,
+                device_facts_ignored: 0,
                 gaps_expired: 0
             }
         );

@@ -184,8 +184,8 @@ fn brief_view(d: DeviceBrief) -> DeviceView {
         disk: d.disk,
         open_alerts: d.open_alerts,
         critical: d.critical,
-        ips: vec![],
-        tags: vec![],
+        ips: d.ips,
+        tags: d.tags,
     }
 }
 
@@ -411,6 +411,9 @@ impl ConsoleBackend for CentralConsole {
                 commands: true,
                 scripts: true,
                 patches: true,
+                // Search and filter by tag; tags are set at the site.
+                tags: true,
+                tag_devices: false,
                 ..Features::default()
             },
         }
@@ -595,13 +598,13 @@ impl ConsoleBackend for CentralConsole {
                     }
                 },
             };
-            if q.tag.is_some() {
-                // Batches carry no tags yet: nothing matches a tag.
-                return Ok(DeviceList {
-                    facets,
-                    ..Default::default()
-                });
-            }
+            let mut facets = facets;
+            facets.tags = self
+                .central
+                .store
+                .device_tags(&p.tenant, &p.customers)
+                .await
+                .map_err(store_err)?;
             let search = DeviceSearch {
                 words: q
                     .text
@@ -614,6 +617,7 @@ impl ConsoleBackend for CentralConsole {
                 customers_allowed: p.customers.clone(),
                 status,
                 critical,
+                tag: q.tag.clone().filter(|t| !t.is_empty()),
                 sort: match q.sort {
                     DeviceSort::Hostname => DeviceSortKey::Hostname,
                     DeviceSort::Status => DeviceSortKey::Status,
@@ -659,6 +663,12 @@ impl ConsoleBackend for CentralConsole {
                 .status_history(&p.tenant, &id, device, 50)
                 .await
                 .map_err(store_err)?;
+            let facts = self
+                .central
+                .store
+                .device_facts(&p.tenant, &id, device)
+                .await
+                .map_err(store_err)?;
             let dv = &d.device;
             // The list's figures from the row itself (no search needed).
             let avg = |name: &str| {
@@ -693,8 +703,8 @@ impl ConsoleBackend for CentralConsole {
                     .alerts
                     .iter()
                     .any(|a| a.state == AlertState::Firing && a.severity == Severity::Critical),
-                ips: vec![],
-                tags: vec![],
+                ips: facts.ips,
+                tags: facts.tags,
             };
             let mut alerts: Vec<AlertView> = d
                 .alerts

@@ -2,8 +2,9 @@
 //! the dashboard's numbers are the API's, a customer-scoped user never
 //! sees another customer's names or counts, a viewer cannot acknowledge
 //! (no button, and its forged POST is refused), an acknowledgement with
-//! a comment lands in the alert's history through the API's ack path, and
-//! an applied batch reaches a live subscriber as a delta.
+//! a comment lands in the alert's history through the API's ack path, an
+//! applied batch reaches a live subscriber as a delta, and devices are
+//! found by the IPs and tags their sites send.
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ crate::testing::on_both_backends!(
     technicians_run_library_scripts_from_the_device_page_and_see_scripts_and_bulk_runs,
     the_patch_pages_show_compliance_cves_and_a_devices_missing_patches_within_scope,
     selected_devices_get_one_bulk_run_from_the_list_and_viewers_cannot,
+    devices_are_found_by_ip_and_tag_and_the_tag_filter_lists_only_the_viewers_tags,
 );
 
 async fn send(
@@ -853,4 +855,109 @@ async fn selected_devices_get_one_bulk_run_from_the_list_and_viewers_cannot() {
         page.contains("2 in all") && page.contains("uptime"),
         "{page}"
     );
+}
+
+/// The IPs and tags sites send (batch format 6) reach the console: the
+/// search finds a device by an IP prefix and a tag, the Tag filter offers
+/// the tags of the devices the viewer may see and keeps exact matches, the
+/// list and the device page show them; tags cannot be set at central (no
+/// Tag… action, its POST refused).
+async fn devices_are_found_by_ip_and_tag_and_the_tag_filter_lists_only_the_viewers_tags() {
+    let (c, dental, vet, _dir) = two_customers().await;
+    let facts = |device: u64, ips: &[&str], tags: &[&str]| batch::DeviceIpsTags {
+        device: DeviceId(device),
+        ips: ips.iter().map(|s| s.to_string()).collect(),
+        tags: tags.iter().map(|s| s.to_string()).collect(),
+    };
+    let mut b = batch_of(&dental, 2);
+    b.rollups.clear();
+    b.alerts.clear();
+    b.devices[0].as_of_ms += 1;
+    let mut db = b.devices[0].clone();
+    db.device = DeviceId(43);
+    db.hostname = "db-2".into();
+    db.status = batch::DeviceStatus::Offline;
+    b.devices.push(db);
+    b.device_facts = vec![
+        facts(42, &["10.20.0.5"], &["web", "eu"]),
+        facts(43, &["10.30.0.7"], &["db"]),
+    ];
+    c.store
+        .apply_batch(&"msp".into(), &dental, b, 20)
+        .await
+        .unwrap();
+    let mut v = batch_of(&vet, 2);
+    v.rollups.clear();
+    v.alerts.clear();
+    v.devices[0].device = DeviceId(77);
+    v.devices[0].hostname = "vet-secret-host".into();
+    v.devices[0].as_of_ms += 1;
+    v.device_facts = vec![facts(77, &["10.20.9.9"], &["vet-secret-tag"])];
+    c.store
+        .apply_batch(&"msp".into(), &vet, v, 20)
+        .await
+        .unwrap();
+    let admin = session(&c, "ada", Role::Admin, &[]).await;
+    let ck = [("cookie", admin.as_str())];
+    let (st, _, page) = send(&c, "GET", "/devices?q=10.30", &ck, "").await;
+    assert_eq!(st, 200, "{page}");
+    assert!(page.contains("db-2") && !page.contains(">web-1<"), "{page}");
+    assert!(page.contains("10.30.0.7"), "the list shows the IPs: {page}");
+    let (_, _, page) = send(&c, "GET", "/devices?q=eu", &ck, "").await;
+    assert!(page.contains(">web-1<") && !page.contains("db-2"), "{page}");
+    let (_, _, page) = send(&c, "GET", "/devices?tag=db", &ck, "").await;
+    assert!(page.contains("db-2") && !page.contains(">web-1<"), "{page}");
+    assert!(page.contains("<span id=\"match-count\">1</span>"), "{page}");
+    assert!(page.contains("name=\"tag\""), "the Tag filter: {page}");
+    for t in ["web", "eu", "db", "vet-secret-tag"] {
+        assert!(
+            page.contains(&format!("<option value=\"{t}\"")),
+            "{t}: {page}"
+        );
+    }
+    let (_, _, page) = send(&c, "GET", "/devices?tag=DB", &ck, "").await;
+    assert!(
+        page.contains("<span id=\"match-count\">0</span>"),
+        "exact: {page}"
+    );
+    assert!(
+        !page.contains("id=\"bulk-tag\""),
+        "tags are set at the site"
+    );
+    let (_, _, page) = send(
+        &c,
+        "GET",
+        &format!("/sites/{dental}/devices/000000000000002a"),
+        &ck,
+        "",
+    )
+    .await;
+    assert!(
+        page.contains("IP addresses") && page.contains("10.20.0.5") && page.contains(">eu<"),
+        "{page}"
+    );
+    // A dental-scoped user: no vet tag offered, nothing of vet found.
+    let scoped = session(&c, "dora", Role::Technician, &["dental"]).await;
+    let sk = [("cookie", scoped.as_str())];
+    let (_, _, page) = send(&c, "GET", "/devices?q=10.20", &sk, "").await;
+    assert!(page.contains(">web-1<"), "{page}");
+    assert!(!page.contains("vet-secret"), "{page}");
+    let (_, _, page) = send(&c, "GET", "/devices?tag=vet-secret-tag", &sk, "").await;
+    assert!(page.contains("<span id=\"match-count\">0</span>"), "{page}");
+    // Tag… is refused at central.
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    let (_, _, page) = send(&c, "GET", "/devices", &ck, "").await;
+    let (st, _, out) = send(
+        &c,
+        "POST",
+        "/devices/bulk",
+        &[("cookie", &admin), form],
+        &format!(
+            "csrf={}&action=tag&tags=x&device={}%2F000000000000002a",
+            csrf_in(&page),
+            dental.as_str()
+        ),
+    )
+    .await;
+    assert_eq!(st, 400, "{out}");
 }

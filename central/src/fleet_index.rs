@@ -1,8 +1,9 @@
 //! The RocksDB backend's in-memory fleet index: what the console's device
 //! search and the dashboard's counts read, so neither scans (and decodes)
 //! every stored device row per request. A compact entry per device (names
-//! lowercased for search, the latest CPU/memory/disk averages, open-alert
-//! counts), the sites' names and customers, and the open alerts.
+//! lowercased for search, its IPs and tags, the latest CPU/memory/disk
+//! averages, open-alert counts), the sites' names and customers, and the
+//! open alerts.
 //!
 //! It is derived: rebuilt from the store at open, updated by the apply
 //! path (and acknowledgements) after each durable write, never written to
@@ -20,7 +21,9 @@ use std::ops::Bound;
 use outpost_proto::metric_names as m;
 use outpost_proto::{CustomerId, SiteId, TenantId};
 
-use crate::model::{AlertRow, AlertState, DeviceRow, DeviceStatus, Severity, SiteRecord};
+use crate::model::{
+    AlertRow, AlertState, DeviceFacts, DeviceRow, DeviceStatus, Severity, SiteRecord,
+};
 use crate::store::{DeviceBrief, DeviceSearch, DeviceSortKey, FleetCounts, SearchPage, SiteCounts};
 
 /// One device.
@@ -43,6 +46,22 @@ struct Entry {
     disk: Option<f64>,
     open_alerts: u32,
     critical_firing: u32,
+    /// Addresses and tags (format 6), as stored.
+    ips: Vec<String>,
+    tags: Vec<String>,
+    /// `tags` lowercased, for search.
+    tags_lc: Vec<String>,
+}
+
+impl Entry {
+    /// Whether a search word (lowercase) matches: a substring of the
+    /// hostname, device id, OS or a tag, or the start of an IP address.
+    fn matches_word(&self, w: &str) -> bool {
+        self.hostname_lc.contains(w)
+            || self.os_lc.contains(w)
+            || self.ips.iter().any(|ip| ip.to_lowercase().starts_with(w))
+            || self.tags_lc.iter().any(|t| t.contains(w))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +89,9 @@ struct TenantIndex {
     /// Pending and firing alerts: (site, alert id) → (device, alert).
     open: HashMap<(SiteId, u64), (Option<String>, OpenAlert)>,
 }
+
+/// Most tags [`FleetIndex::tags`] lists.
+pub const MAX_TAG_FACETS: usize = 500;
 
 /// See the module docs.
 #[derive(Debug, Default)]
@@ -221,6 +243,8 @@ impl TenantIndex {
             disk: e.disk,
             open_alerts: e.open_alerts,
             critical: e.critical_firing > 0,
+            ips: e.ips.clone(),
+            tags: e.tags.clone(),
         }
     }
 }
@@ -289,6 +313,9 @@ impl FleetIndex {
             disk: latest(m::DISK_USED_PERCENT),
             open_alerts: 0,
             critical_firing: 0,
+            ips: Vec::new(),
+            tags: Vec::new(),
+            tags_lc: Vec::new(),
         };
         let key = (d.site_id.clone(), d.device.clone());
         let order = |e: &Entry| {
@@ -306,9 +333,15 @@ impl FleetIndex {
                         t.by_hostname.insert(order(&e), i);
                     }
                     let (open, crit) = (old.open_alerts, old.critical_firing);
+                    let ips = std::mem::take(&mut old.ips);
+                    let tags = std::mem::take(&mut old.tags);
+                    let tags_lc = std::mem::take(&mut old.tags_lc);
                     *old = Entry {
                         open_alerts: open,
                         critical_firing: crit,
+                        ips,
+                        tags,
+                        tags_lc,
                         ..e
                     };
                 }
@@ -321,6 +354,40 @@ impl FleetIndex {
                 t.recount_alerts(&d.site_id, &d.device);
             }
         }
+    }
+
+    /// Sets a device's IPs and tags (after [`FleetIndex::upsert_device`];
+    /// a device not in the index is left out).
+    pub fn set_facts(&mut self, tenant: &str, site: &SiteId, device: &str, f: &DeviceFacts) {
+        let Some(t) = self.tenants.get_mut(tenant) else {
+            return;
+        };
+        let Some(&i) = t.by_key.get(&(site.clone(), device.to_string())) else {
+            return;
+        };
+        if let Some(e) = t.entries.get_mut(i) {
+            e.ips = f.ips.clone();
+            e.tags = f.tags.clone();
+            e.tags_lc = f.tags.iter().map(|t| t.to_lowercase()).collect();
+        }
+    }
+
+    /// The distinct tags of `tenant`'s devices within `allowed` customers
+    /// (empty = all), sorted: the console's tag filter.
+    pub fn tags(&self, tenant: &str, allowed: &[CustomerId]) -> Vec<String> {
+        let Some(t) = self.tenants.get(tenant) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = t
+            .entries
+            .iter()
+            .filter(|e| allowed.is_empty() || allowed.contains(&e.customer))
+            .flat_map(|e| e.tags.iter().cloned())
+            .collect::<std::collections::BTreeSet<String>>()
+            .into_iter()
+            .collect();
+        out.truncate(MAX_TAG_FACETS);
+        out
     }
 
     /// Adds, moves or closes an alert.
@@ -397,9 +464,8 @@ impl FleetIndex {
                 && (q.customers_allowed.is_empty() || q.customers_allowed.contains(&e.customer))
                 && q.status.is_none_or(|s| s == e.status)
                 && (!q.critical || e.critical_firing > 0)
-                && q.words
-                    .iter()
-                    .all(|w| e.hostname_lc.contains(w.as_str()) || e.os_lc.contains(w.as_str()))
+                && q.tag.as_ref().is_none_or(|t| e.tags.contains(t))
+                && q.words.iter().all(|w| e.matches_word(w))
         };
         let order = |a: &Key, b: &Key| {
             let o = a.cmp(b);
@@ -410,6 +476,7 @@ impl FleetIndex {
             && q.customers_allowed.is_empty()
             && q.status.is_none()
             && !q.critical
+            && q.tag.is_none()
             && q.words.is_empty();
         let limit = q.limit.max(1);
         let total;

@@ -52,6 +52,9 @@ pub struct CentralMetrics {
     /// Device snapshots claiming a customer other than their site's (not
     /// believed).
     pub customer_mismatches: Counter,
+    /// IP and tag entries of batches for devices without a snapshot in
+    /// the batch (ignored).
+    pub device_facts_ignored: Counter,
     /// Batches refused for good and recorded on their site.
     pub batches_dead_lettered: Counter,
     /// Gaps of sites' applied sets that expired (their batches count as
@@ -118,6 +121,7 @@ impl CentralMetrics {
             logins_failed: Counter::default(),
             tenant_mismatches: Counter::default(),
             customer_mismatches: Counter::default(),
+            device_facts_ignored: Counter::default(),
             batches_dead_lettered: Counter::default(),
             sequence_gaps_expired: Counter::default(),
             logins_throttled: Counter::default(),
@@ -287,6 +291,11 @@ impl CentralMetrics {
             "customer_mismatches",
             "Device snapshots claiming a customer other than their site's (the site's is kept)",
             m.customer_mismatches.clone(),
+        );
+        r.register(
+            "device_facts_ignored",
+            "IP and tag entries of batches for devices without a snapshot in the batch (ignored)",
+            m.device_facts_ignored.clone(),
         );
         r.register(
             "batches_dead_lettered",

@@ -412,6 +412,26 @@ pub struct DeviceRow {
     pub latest: Vec<LatestRollup>,
 }
 
+/// A device's IP addresses and tags as its site last reported them (batch
+/// format 6, sent whole with the device's snapshot). Stored apart from
+/// the [`DeviceRow`] (keyed alike; RocksDB: its own column family,
+/// PostgreSQL: the `ips` and `tags` columns of `devices`), replaced only
+/// together with a snapshot that wins (see [`crate::apply`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceFacts {
+    /// Interface addresses (no prefix length), as the site sent them.
+    pub ips: Vec<String>,
+    /// The device's tags at its site.
+    pub tags: Vec<String>,
+}
+
+impl DeviceFacts {
+    /// No address and no tag (nothing to store).
+    pub fn is_empty(&self) -> bool {
+        self.ips.is_empty() && self.tags.is_empty()
+    }
+}
+
 /// A device's patch compliance as its site last reported it (the newest
 /// `as_of_ms` wins). Stored apart from the [`DeviceRow`] (keyed alike),
 /// so a site without patch assessment stores none.

@@ -564,6 +564,7 @@ async fn receive_batch(
             rollups_replaced,
             tenant_mismatches_new,
             customer_mismatches,
+            device_facts_ignored,
             gaps_expired,
         } => {
             gaps_expired_note(c, gaps_expired);
@@ -582,6 +583,13 @@ async fn receive_batch(
                 debug!(
                     devices = customer_mismatches,
                     "device snapshots claim a customer other than the site's; the site's is kept"
+                );
+            }
+            if device_facts_ignored > 0 {
+                c.metrics.device_facts_ignored.inc_by(device_facts_ignored);
+                debug!(
+                    devices = device_facts_ignored,
+                    "IPs and tags of devices without a snapshot in the batch; ignored"
                 );
             }
             c.metrics

@@ -28,8 +28,8 @@ use crate::commands::{self, AuditRow, CentralCommand, Change, Outcome, OutputOp}
 use crate::fleet_index::FleetIndex;
 use crate::model::{
     AlertRow, ApiTokenRecord, BucketRow, CveExposureRow, CveHit, CveSiteExposure, DeadLetter,
-    DeviceRow, DeviceStatus, JoinTokenRecord, PatchComplianceRow, PatchFindingsRow, Rollup,
-    RollupRow, SessionRecord, SiteRecord, UserRecord,
+    DeviceFacts, DeviceRow, DeviceStatus, JoinTokenRecord, PatchComplianceRow, PatchFindingsRow,
+    Rollup, RollupRow, SessionRecord, SiteRecord, UserRecord,
 };
 use crate::scripts::CentralScript;
 use crate::store::{
@@ -76,7 +76,10 @@ const CF_PATCH_CVES: &str = "patch_cves";
 /// (`tenant\0d\0site\0order`) and the progress sites report
 /// (`tenant\0p\0site\0deployment`).
 const CF_DEPLOY: &str = "deploy";
-const CFS: [&str; 14] = [
+/// `tenant \0 site \0 device` → [`DeviceFacts`] (IPs and tags, batch
+/// format 6; no row when the device has neither).
+const CF_DEVICE_FACTS: &str = "device_facts";
+const CFS: [&str; 15] = [
     CF_SITES,
     CF_DEVICES,
     CF_ROLLUPS,
@@ -91,6 +94,7 @@ const CFS: [&str; 14] = [
     CF_PATCH_FINDINGS,
     CF_PATCH_CVES,
     CF_DEPLOY,
+    CF_DEVICE_FACTS,
 ];
 
 /// Central's RocksDB store: a cheap handle (clones share the database).
@@ -217,6 +221,18 @@ impl RocksCentralStore {
             }
             ix.upsert_device(&d);
             devices += 1;
+            true
+        })?;
+        self.scan::<DeviceFacts>(CF_DEVICE_FACTS, &[], &[], |k, f| {
+            let mut parts = k.splitn(3, |&b| b == 0);
+            if let (Some(t), Some(s), Some(d)) = (parts.next(), parts.next(), parts.next()) {
+                let (t, s, d) = (
+                    String::from_utf8_lossy(t),
+                    String::from_utf8_lossy(s),
+                    String::from_utf8_lossy(d),
+                );
+                ix.set_facts(&t, &SiteId::from(s.as_ref()), &d, &f);
+            }
             true
         })?;
         self.scan::<AlertRow>(CF_ALERTS, &[], &[], |_, a| {
@@ -531,6 +547,13 @@ impl RocksCentralStore {
         for (k, row) in device_keys.iter().zip(&changes.devices) {
             self.put(&mut wb, CF_DEVICES, k, row)?;
         }
+        for (k, f) in device_keys.iter().zip(&changes.facts) {
+            match f {
+                Some(f) if f.is_empty() => wb.delete_cf(self.cf(CF_DEVICE_FACTS)?, k),
+                Some(f) => self.put(&mut wb, CF_DEVICE_FACTS, k, f)?,
+                None => {}
+            }
+        }
         for (k, row) in patch_keys.iter().zip(&changes.patches) {
             if let Some(row) = row {
                 self.put(&mut wb, CF_PATCH_COMPLIANCE, k, row)?;
@@ -571,8 +594,11 @@ impl RocksCentralStore {
         {
             let mut ix = self.index_mut();
             ix.upsert_site(&changes.site);
-            for d in &changes.devices {
+            for (d, f) in changes.devices.iter().zip(&changes.facts) {
                 ix.upsert_device(d);
+                if let Some(f) = f {
+                    ix.set_facts(tenant, &d.site_id, &d.device, f);
+                }
             }
             for a in &changes.alerts {
                 ix.upsert_alert(a);
@@ -641,6 +667,17 @@ impl RocksCentralStore {
         let mut items = Vec::new();
         let mut last = None;
         let mut more = false;
+        // The tag filter reads the device's facts row (same key); a read
+        // error counts as untagged and is reported after the scan.
+        let mut facts_error = None;
+        let mut tagged = |k: &[u8], tag: &String| match self.get::<DeviceFacts>(CF_DEVICE_FACTS, k)
+        {
+            Ok(f) => f.is_some_and(|f| f.tags.contains(tag)),
+            Err(e) => {
+                facts_error = Some(e);
+                false
+            }
+        };
         self.scan::<DeviceRow>(CF_DEVICES, &p, &start, |k, d| {
             let mut d = d.upgraded();
             if let Some(c) = customers.get(&d.site_id) {
@@ -648,7 +685,8 @@ impl RocksCentralStore {
             }
             let ok = f.customer.as_ref().is_none_or(|c| *c == d.customer)
                 && (f.customers_allowed.is_empty() || f.customers_allowed.contains(&d.customer))
-                && f.status.as_ref().is_none_or(|s| s == d.status.as_str());
+                && f.status.as_ref().is_none_or(|s| s == d.status.as_str())
+                && f.tag.as_ref().is_none_or(|t| tagged(k, t));
             if !ok {
                 return true;
             }
@@ -660,6 +698,9 @@ impl RocksCentralStore {
             items.push(d);
             true
         })?;
+        if let Some(e) = facts_error {
+            return Err(e);
+        }
         Ok(Page {
             items,
             next: if more { last.map(hex::encode) } else { None },
@@ -1000,6 +1041,16 @@ impl RocksCentralStore {
         self.index()
             .search(tenant, q)
             .map_err(|e| CentralStoreError::InvalidCursor(e.to_string()))
+    }
+
+    /// A device's IPs and tags (empty when its site sent none).
+    pub fn device_facts(&self, tenant: &str, site_id: &str, device: &str) -> Result<DeviceFacts> {
+        Ok(self
+            .get::<DeviceFacts>(
+                CF_DEVICE_FACTS,
+                &key(&[tenant.as_bytes(), site_id.as_bytes(), device.as_bytes()]),
+            )?
+            .unwrap_or_default())
     }
 
     /// Counts per site, from the fleet index.
@@ -1936,6 +1987,30 @@ impl FleetStore for RocksCentralStore {
         Box::pin(async move { r })
     }
 
+    fn device_tags<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        customers_allowed: &'a [CustomerId],
+    ) -> StoreFuture<'a, Vec<String>> {
+        let r = self.index().tags(tenant, customers_allowed);
+        Box::pin(async move { Ok(r) })
+    }
+
+    fn device_facts<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: &'a SiteId,
+        device: &'a str,
+    ) -> StoreFuture<'a, DeviceFacts> {
+        let (st, t, s, d) = (
+            self.clone(),
+            tenant.to_owned(),
+            site_id.to_owned(),
+            device.to_owned(),
+        );
+        blocking(move || st.device_facts(&t, &s, &d))
+    }
+
     fn fleet_counts<'a>(
         &'a self,
         tenant: &'a TenantId,
@@ -2366,6 +2441,7 @@ mod tests {
                 rollups_replaced: 0,
                 tenant_mismatches_new: 0,
                 customer_mismatches: 0,
+                device_facts_ignored: 0,
                 gaps_expired: 0
             }
         );
@@ -2395,6 +2471,7 @@ mod tests {
                 rollups_replaced: 1,
                 tenant_mismatches_new: 0,
                 customer_mismatches: 0,
+                device_facts_ignored: 0,
                 gaps_expired: 0
             }
         );
@@ -2538,12 +2615,14 @@ mod tests {
         b.devices[0].status = outpost_uplink::batch::DeviceStatus::Offline;
         b.devices[0].status_since_ms = 30;
         b.alerts.clear();
+        b.device_facts = vec![crate::store_tests::ips_tags(42, &["10.0.1.5"], &["eu"])];
         st.apply_batch("msp", "s-1", &b, 3).unwrap();
         let search = |st: &RocksCentralStore| {
             st.search_devices(
                 "msp",
                 &DeviceSearch {
-                    words: vec!["web".into()],
+                    words: vec!["web".into(), "10.0.1".into()],
+                    tag: Some("eu".into()),
                     limit: 10,
                     ..Default::default()
                 },
@@ -2554,7 +2633,12 @@ mod tests {
         assert_eq!((p.total, p.items[0].status), (1, DeviceStatus::Offline));
         drop(st);
         let st = RocksCentralStore::open(dir.path()).unwrap();
-        assert_eq!(search(&st).items, p.items, "rebuilt at open");
+        assert_eq!(
+            search(&st).items,
+            p.items,
+            "rebuilt at open (IPs and tags too)"
+        );
+        assert_eq!(st.index().tags("msp", &[]), ["eu"]);
         let c = st.fleet_counts("msp", &[]);
         assert_eq!(c.per_site[&SiteId::from("s-1")].offline, 1);
     }

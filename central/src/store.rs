@@ -29,9 +29,9 @@ use outpost_proto::{CustomerId, SiteId, TenantId};
 use outpost_uplink::batch::SiteBatch;
 
 use crate::model::{
-    AlertRow, AlertState, ApiTokenRecord, CveExposureRow, CveSiteExposure, DeadLetter, DeviceRow,
-    DeviceStatus, JoinTokenRecord, PatchComplianceRow, PatchFindingsRow, Rollup, RollupRow,
-    SessionRecord, Severity, SiteRecord, UserRecord,
+    AlertRow, AlertState, ApiTokenRecord, CveExposureRow, CveSiteExposure, DeadLetter, DeviceFacts,
+    DeviceRow, DeviceStatus, JoinTokenRecord, PatchComplianceRow, PatchFindingsRow, Rollup,
+    RollupRow, SessionRecord, Severity, SiteRecord, UserRecord,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +62,9 @@ pub enum ApplyOutcome {
         /// Device snapshots claiming a customer other than the site's (not
         /// believed; counted in `outpost_central_customer_mismatches_total`).
         customer_mismatches: u64,
+        /// IP and tag entries for devices without a snapshot in the batch
+        /// (ignored; counted in `outpost_central_device_facts_ignored_total`).
+        device_facts_ignored: u64,
         /// Gaps of the applied set expired to make room (see
         /// [`crate::model::MAX_APPLIED_ABOVE`]).
         gaps_expired: u64,
@@ -96,6 +99,8 @@ pub struct DeviceFilter {
     /// Customers the caller may see (empty = all).
     pub customers_allowed: Vec<CustomerId>,
     pub status: Option<String>,
+    /// Only devices with this tag (exact).
+    pub tag: Option<String>,
     /// Cursor returned by the previous page (one the backend did not hand
     /// out for this listing is [`CentralStoreError::InvalidCursor`]).
     pub after: Option<String>,
@@ -126,10 +131,10 @@ pub enum DeviceSortKey {
     Cpu,
 }
 
-/// The console's device search: words over hostname, OS and device id
-/// (IP addresses and tags once batches carry them), filters, a sort and a
-/// cursor. A PostgreSQL backend answers it with indexes (a trigram index
-/// on hostname/OS, b-trees on the sort columns, keyset pagination).
+/// The console's device search: words over hostname, OS, device id, tags
+/// (substrings) and IP addresses (prefixes), filters (a tag among them),
+/// a sort and a cursor. Both backends answer it from the
+/// [`crate::fleet_index::FleetIndex`] (PostgreSQL builds it per request).
 #[derive(Debug, Clone, Default)]
 pub struct DeviceSearch {
     /// Lowercase words, each matched as a substring.
@@ -141,6 +146,8 @@ pub struct DeviceSearch {
     pub status: Option<DeviceStatus>,
     /// Only devices with a firing critical alert.
     pub critical: bool,
+    /// Only devices with this tag (exact).
+    pub tag: Option<String>,
     pub sort: DeviceSortKey,
     pub descending: bool,
     /// Cursor returned by the previous page of the same search.
@@ -169,6 +176,9 @@ pub struct DeviceBrief {
     pub open_alerts: u32,
     /// A critical alert of the device is firing.
     pub critical: bool,
+    /// Its IP addresses and tags as its site last sent them.
+    pub ips: Vec<String>,
+    pub tags: Vec<String>,
 }
 
 /// Which alerts state an inbox asks for.
@@ -711,6 +721,21 @@ pub trait FleetStore: Send + Sync + 'static {
         tenant: &'a TenantId,
         q: &'a DeviceSearch,
     ) -> StoreFuture<'a, SearchPage>;
+    /// The distinct tags of the tenant's devices within
+    /// `customers_allowed` (empty = all), sorted, at most
+    /// [`crate::fleet_index::MAX_TAG_FACETS`].
+    fn device_tags<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        customers_allowed: &'a [CustomerId],
+    ) -> StoreFuture<'a, Vec<String>>;
+    /// A device's IPs and tags (empty when its site sent none).
+    fn device_facts<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: &'a SiteId,
+        device: &'a str,
+    ) -> StoreFuture<'a, DeviceFacts>;
     /// Device and open-alert counts per site, within `customers_allowed`
     /// (empty = all).
     fn fleet_counts<'a>(

@@ -122,6 +122,7 @@ both_backends!(
     the_cve_index_counts_each_cves_devices_per_site_by_their_best_state,
     script_versions_bulk_runs_and_held_members_round_trip_in_one_tenant,
     deployment_orders_are_acknowledged_once_per_site_and_progress_only_moves_forward,
+    device_ips_and_tags_follow_the_newest_snapshot_and_feed_search_and_the_tag_filter,
 );
 
 async fn an_alert_page_filters_in_the_store_keeps_the_newest_and_counts_all(st: Store) {
@@ -1168,4 +1169,168 @@ async fn deployment_orders_are_acknowledged_once_per_site_and_progress_only_move
     let held = st.site_deployments(&t("msp")).await.unwrap();
     assert_eq!(held, vec![rec(6)]);
     assert!(st.site_deployments(&t("other")).await.unwrap().is_empty());
+}
+
+/// A batch of `seq`: devices 42 (`web-1`) and 43 (`db-1`) as of
+/// `as_of_ms`, with `facts` (format 6).
+fn facts_batch(
+    seq: u64,
+    as_of_ms: u64,
+    facts: Vec<outpost_uplink::batch::DeviceIpsTags>,
+) -> outpost_uplink::batch::SiteBatch {
+    let mut b = sample_batch(seq);
+    b.rollups.clear();
+    b.alerts.clear();
+    b.devices[0].as_of_ms = as_of_ms;
+    let mut db = b.devices[0].clone();
+    db.device = outpost_proto::DeviceId(43);
+    db.hostname = "db-1".into();
+    b.devices.push(db);
+    b.device_facts = facts;
+    b
+}
+
+pub(crate) fn ips_tags(
+    device: u64,
+    ips: &[&str],
+    tags: &[&str],
+) -> outpost_uplink::batch::DeviceIpsTags {
+    outpost_uplink::batch::DeviceIpsTags {
+        device: outpost_proto::DeviceId(device),
+        ips: ips.iter().map(|s| s.to_string()).collect(),
+        tags: tags.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// IPs and tags (batch format 6) are stored with a winning snapshot only:
+/// the search finds a device by an IP prefix and by a tag, the tag filter
+/// (search and device list) keeps exact matches, the tag facets list the
+/// tenant's tags; an older snapshot's facts change nothing, and a newer
+/// snapshot without facts clears them.
+async fn device_ips_and_tags_follow_the_newest_snapshot_and_feed_search_and_the_tag_filter(
+    st: Store,
+) {
+    use crate::model::DeviceFacts;
+    use crate::store::DeviceSearch;
+    add_site(&st, "msp", "s-1", 1).await;
+    let (msp, s1) = (t("msp"), s("s-1"));
+    let b = facts_batch(
+        1,
+        4,
+        vec![
+            ips_tags(42, &["10.0.1.5", "2001:db8::5"], &["Web", "eu"]),
+            ips_tags(43, &["192.168.7.20"], &["db"]),
+        ],
+    );
+    st.apply_batch(&msp, &s1, b, 1).await.unwrap();
+    let search = |words: &[&str], tag: Option<&str>| DeviceSearch {
+        words: words.iter().map(|w| w.to_string()).collect(),
+        tag: tag.map(str::to_string),
+        limit: 10,
+        ..Default::default()
+    };
+    let hosts = |p: crate::store::SearchPage| -> Vec<String> {
+        p.items.into_iter().map(|d| d.hostname).collect()
+    };
+    let find = |words: &'static [&'static str], tag: Option<&'static str>| {
+        let (st, msp) = (st.clone(), msp.clone());
+        async move { hosts(st.search_devices(&msp, &search(words, tag)).await.unwrap()) }
+    };
+    assert_eq!(find(&["10.0.1"], None).await, ["web-1"], "IP prefix");
+    assert_eq!(find(&["2001:db8"], None).await, ["web-1"], "IPv6 prefix");
+    assert_eq!(find(&["192.168.7.20"], None).await, ["db-1"]);
+    assert!(
+        find(&["0.1.5"], None).await.is_empty(),
+        "a prefix, not a substring"
+    );
+    assert_eq!(find(&["eu"], None).await, ["web-1"], "a tag word");
+    assert_eq!(
+        find(&["web"], None).await,
+        ["web-1"],
+        "tags are searched lowercased"
+    );
+    assert_eq!(find(&[], Some("db")).await, ["db-1"], "tag filter");
+    assert_eq!(find(&[], Some("Web")).await, ["web-1"]);
+    assert!(
+        find(&[], Some("web")).await.is_empty(),
+        "the tag filter is exact"
+    );
+    let items = st
+        .search_devices(&msp, &search(&["10.0"], None))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(
+        (items[0].ips.clone(), items[0].tags.clone()),
+        (
+            vec!["10.0.1.5".to_string(), "2001:db8::5".to_string()],
+            vec!["Web".to_string(), "eu".to_string()]
+        )
+    );
+    assert_eq!(
+        st.device_tags(&msp, &[]).await.unwrap(),
+        ["Web", "db", "eu"]
+    );
+    assert!(
+        st.device_tags(&msp, &["vet".into()])
+            .await
+            .unwrap()
+            .is_empty(),
+        "scoped"
+    );
+    assert!(st.device_tags(&t("other"), &[]).await.unwrap().is_empty());
+    let listed = st
+        .devices(
+            &msp,
+            &DeviceFilter {
+                tag: Some("db".into()),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        listed
+            .items
+            .iter()
+            .map(|d| d.hostname.as_str())
+            .collect::<Vec<_>>(),
+        ["db-1"],
+        "the device list's tag filter"
+    );
+    // An older snapshot: its facts are not stored.
+    let b = facts_batch(2, 1, vec![ips_tags(42, &["1.2.3.4"], &["stale"])]);
+    st.apply_batch(&msp, &s1, b, 2).await.unwrap();
+    assert!(find(&["1.2.3"], None).await.is_empty());
+    assert_eq!(
+        st.device_facts(&msp, &s1, "000000000000002a")
+            .await
+            .unwrap(),
+        DeviceFacts {
+            ips: vec!["10.0.1.5".into(), "2001:db8::5".into()],
+            tags: vec!["Web".into(), "eu".into()],
+        }
+    );
+    // A newer snapshot of 42 without facts: it has none now; 43 (same
+    // batch, newer too) gets its new ones.
+    let b = facts_batch(3, 10, vec![ips_tags(43, &["192.168.7.21"], &["db", "eu"])]);
+    st.apply_batch(&msp, &s1, b, 3).await.unwrap();
+    assert_eq!(
+        st.device_facts(&msp, &s1, "000000000000002a")
+            .await
+            .unwrap(),
+        DeviceFacts::default()
+    );
+    assert!(find(&["10.0.1"], None).await.is_empty());
+    assert_eq!(find(&[], Some("eu")).await, ["db-1"]);
+    assert_eq!(find(&["192.168.7.21"], None).await, ["db-1"]);
+    assert_eq!(st.device_tags(&msp, &[]).await.unwrap(), ["db", "eu"]);
+    assert_eq!(
+        st.device_facts(&t("other"), &s1, "000000000000002b")
+            .await
+            .unwrap(),
+        DeviceFacts::default(),
+        "tenant-scoped"
+    );
 }

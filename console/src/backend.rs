@@ -77,8 +77,11 @@ pub struct Features {
     pub scripts: bool,
     pub patches: bool,
     pub deployments: bool,
-    /// Device tags (a filter, a bulk action).
+    /// Device tags: shown, searched and a filter of the device list.
     pub tags: bool,
+    /// Tags can be set here (the "Tag…" bulk action): at the site, where
+    /// tags live; central shows the tags its sites send.
+    pub tag_devices: bool,
 }
 
 /// What the console shows of the backend itself.

@@ -218,7 +218,7 @@ pub async fn submit(
             }),
             Err(e) => Err(e),
         },
-        "tag" if info.features.tags => match f.tag_list() {
+        "tag" if info.features.tag_devices => match f.tag_list() {
             Ok(tags) => c
                 .backend
                 .tag_devices(&v, &f.devices, &tags)

@@ -488,7 +488,7 @@ fn bulk_bar<'a>(
     crate::bulk_actions::BulkBar {
         csrf,
         run: f.commands && v.can.run_commands,
-        tag: f.tags && v.can.run_commands,
+        tag: f.tag_devices && v.can.run_commands,
         scripts,
     }
 }

@@ -378,6 +378,16 @@ fn uplink(seeds: &mut Vec<Seed>) {
     let batches = [
         ("format2", site_batch(false)),
         ("format3", site_batch(true)),
+        ("format6", {
+            // Devices' IPs and tags (uplink protocol 6).
+            let mut b = site_batch(true);
+            b.device_facts = vec![DeviceIpsTags {
+                device: DeviceId(1),
+                ips: vec!["192.168.10.21".into(), "fd00::21".into()],
+                tags: vec!["web".into(), "eu-west".into()],
+            }];
+            b
+        }),
         ("empty", SiteBatch::default()),
     ];
     for (name, b) in &batches {

@@ -279,6 +279,28 @@ fn agent_to_appliance_to_central_device_and_rollups_appear_in_centrals_api() {
         page.contains("<svg id=\"chart-cpu\"") && page.contains("cpu") && page.contains("online"),
         "{page}"
     );
+    // A tag set at the site reaches central's search (batch format 6,
+    // uplink protocol 6): the Tag filter finds the device.
+    let (st, body) = app.api_send(
+        "PUT",
+        &format!("/api/v1/devices/{}/tags", agent.device_id),
+        Some(&serde_json::json!(["e2e-tagged"])),
+    );
+    assert_eq!(st, 200, "{body}");
+    wait_for(
+        Duration::from_secs(60),
+        "the site's tag in central's device search",
+        || {
+            let (st, _, page) = raw(
+                central.http,
+                "GET",
+                "/devices?tag=e2e-tagged",
+                &[("Cookie", &cookie)],
+                "",
+            );
+            (st == 200 && page.contains(agent.device_id.as_str())).then_some(())
+        },
+    );
     let s = central.get(&format!("/api/v1/sites/{site}"), &viewer);
     assert_eq!(s["link"], "connected");
     assert_eq!(s["stale"], false);

@@ -46,9 +46,10 @@ pub const CENTRAL_SERVER_NAME: &str = "outpost-central";
 /// commands; 3: central reads batch formats 4 and 5, patch details and
 /// findings; 4: file frames, [`FILES_PROTOCOL_VERSION`] (not wired at
 /// the site or central yet: both ignore them); 5: the downlink of patch
-/// deployments; 6, once central stores them: batch format 6, devices' IP
-/// addresses and tags, [`DEVICE_TAGS_PROTOCOL_VERSION`]).
-pub const UPLINK_PROTOCOL_VERSION: u16 = 5;
+/// deployments; 6: central reads and stores batch format 6, devices' IP
+/// addresses and tags, [`DEVICE_TAGS_PROTOCOL_VERSION`], so a site sends
+/// them to a central announcing 6).
+pub const UPLINK_PROTOCOL_VERSION: u16 = 6;
 /// Oldest site protocol central still accepts (a version-1 site gets
 /// batches acknowledged and no downlink frames).
 pub const MIN_UPLINK_PROTOCOL_VERSION: u16 = 1;

@@ -580,6 +580,7 @@ impl ConsoleBackend for SiteConsole {
             login_tenant: false,
             features: Features {
                 tags: true,
+                tag_devices: true,
                 commands: self.commands.is_some(),
                 patches: self.patches.is_some(),
                 deployments: self.deployments.is_some(),

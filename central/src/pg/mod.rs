@@ -51,8 +51,8 @@ use crate::commands::{self, AuditRow, CentralCommand, Change, Outcome, OutputOp}
 use crate::fleet_index::FleetIndex;
 use crate::model::{
     AlertRow, ApiTokenRecord, BucketRow, CveExposureRow, CveHit, CveSiteExposure, DeadLetter,
-    DeviceRow, DeviceStatus, JoinTokenRecord, PatchComplianceRow, PatchFindingsRow, Rollup,
-    RollupRow, SessionRecord, SiteRecord, UserRecord,
+    DeviceFacts, DeviceRow, DeviceStatus, JoinTokenRecord, PatchComplianceRow, PatchFindingsRow,
+    Rollup, RollupRow, SessionRecord, SiteRecord, UserRecord,
 };
 use crate::scripts::CentralScript;
 use crate::store::{
@@ -71,6 +71,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("V2__scripts_bulk_findings.sql"),
     ),
     (3, "deployments", include_str!("V3__deployments.sql")),
+    (
+        4,
+        "device_ips_tags",
+        include_str!("V4__device_ips_tags.sql"),
+    ),
 ];
 
 /// Width of a rollup partition (one week of bucket time).
@@ -593,6 +598,8 @@ impl PgCentralStore {
         }
         if !changes.devices.is_empty() {
             Self::write_devices(&tx, tenant, site_id, &changes.devices).await?;
+            Self::write_device_facts(&tx, tenant, site_id, &changes.devices, &changes.facts)
+                .await?;
         }
         {
             let (mut devs, mut bodies) = (Vec::new(), Vec::new());
@@ -698,6 +705,30 @@ impl PgCentralStore {
         )
         .await
         .map_err(be)?;
+        Ok(())
+    }
+
+    /// The IPs and tags of the devices whose snapshot won (after
+    /// [`Self::write_devices`], same transaction): one statement per
+    /// device (arrays of arrays do not unnest), only for winning
+    /// snapshots.
+    async fn write_device_facts(
+        tx: &deadpool_postgres::Transaction<'_>,
+        tenant: &str,
+        site_id: &str,
+        rows: &[DeviceRow],
+        facts: &[Option<DeviceFacts>],
+    ) -> Result<()> {
+        for (d, f) in rows.iter().zip(facts) {
+            let Some(f) = f else { continue };
+            tx.execute(
+                "UPDATE devices SET ips = $4, tags = $5 \
+                 WHERE tenant_id = $1 AND site_id = $2 AND device = $3",
+                &[&tenant, &site_id, &d.device, &f.ips, &f.tags],
+            )
+            .await
+            .map_err(be)?;
+        }
         Ok(())
     }
 
@@ -870,6 +901,7 @@ impl PgCentralStore {
                    AND (cardinality($4::text[]) = 0 OR COALESCE(s.customer, d.customer) = ANY($4)) \
                    AND ($5::text IS NULL OR d.status = $5) \
                    AND ($6::text IS NULL OR (d.site_id, d.device) > ($6, $7)) \
+                   AND ($9::text IS NULL OR d.tags @> ARRAY[$9::text]) \
                  ORDER BY d.site_id, d.device LIMIT $8",
                 &[
                     &tenant,
@@ -880,6 +912,7 @@ impl PgCentralStore {
                     &after_site,
                     &after_dev.unwrap_or_default(),
                     &(limit as i64 + 1),
+                    &f.tag.as_deref(),
                 ],
             )
             .await
@@ -1347,7 +1380,10 @@ impl PgCentralStore {
             .await
             .map_err(be)?;
         let devices = tx
-            .query("SELECT body FROM devices WHERE tenant_id = $1", &[&tenant])
+            .query(
+                "SELECT body, ips, tags FROM devices WHERE tenant_id = $1",
+                &[&tenant],
+            )
             .await
             .map_err(be)?;
         let alerts = tx
@@ -1363,7 +1399,15 @@ impl PgCentralStore {
             ix.upsert_site(&SiteRecord::from_stored(r.get::<_, &[u8]>(0))?);
         }
         for r in &devices {
-            ix.upsert_device(&dec::<DeviceRow>(r.get::<_, &[u8]>(0))?);
+            let d = dec::<DeviceRow>(r.get::<_, &[u8]>(0))?;
+            ix.upsert_device(&d);
+            let f = DeviceFacts {
+                ips: r.get(1),
+                tags: r.get(2),
+            };
+            if !f.is_empty() {
+                ix.set_facts(tenant, &d.site_id, &d.device, &f);
+            }
         }
         for r in &alerts {
             ix.upsert_alert(&dec::<AlertRow>(r.get::<_, &[u8]>(0))?);
@@ -2236,6 +2280,57 @@ impl FleetStore for PgCentralStore {
                 .await?
                 .search(tenant, q)
                 .map_err(|e| CentralStoreError::InvalidCursor(e.to_string()))
+        })
+    }
+
+    fn device_tags<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        customers_allowed: &'a [CustomerId],
+    ) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let allowed: Vec<&str> = customers_allowed.iter().map(|c| c.as_str()).collect();
+            let rows = self
+                .tenant_query(
+                    tenant,
+                    "SELECT DISTINCT t FROM devices d \
+                     LEFT JOIN sites s ON s.tenant_id = d.tenant_id AND s.site_id = d.site_id \
+                     CROSS JOIN LATERAL unnest(d.tags) AS t \
+                     WHERE d.tenant_id = $1 \
+                       AND (cardinality($2::text[]) = 0 OR COALESCE(s.customer, d.customer) = ANY($2)) \
+                     ORDER BY t LIMIT $3",
+                    &[
+                        &tenant.as_str(),
+                        &allowed,
+                        &(crate::fleet_index::MAX_TAG_FACETS as i64),
+                    ],
+                )
+                .await?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn device_facts<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site_id: &'a SiteId,
+        device: &'a str,
+    ) -> StoreFuture<'a, DeviceFacts> {
+        Box::pin(async move {
+            let rows = self
+                .tenant_query(
+                    tenant,
+                    "SELECT ips, tags FROM devices \
+                     WHERE tenant_id = $1 AND site_id = $2 AND device = $3",
+                    &[&tenant.as_str(), &site_id.as_str(), &device],
+                )
+                .await?;
+            Ok(rows
+                .first()
+                .map_or_else(DeviceFacts::default, |r| DeviceFacts {
+                    ips: r.get(0),
+                    tags: r.get(1),
+                }))
         })
     }
 
