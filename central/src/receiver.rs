@@ -351,9 +351,9 @@ async fn serve_stream(
                         answers.extend(down.on_update(u, crate::now_ms()).await);
                     }
                     Some(SiteFrame::FileChunk(_) | SiteFrame::FileAck(_) | SiteFrame::FileAbort(_)) => {
-                        // Protocol 4 (outpost_uplink::files): not wired at
-                        // central yet (sites announce 5 for deployments and
-                        // send none); below 4 this is a protocol error.
+                        // FILES_PROTOCOL_VERSION (outpost_uplink::files): not
+                        // wired at central yet and no site announces it;
+                        // below it a file frame is a protocol error.
                         if version < outpost_uplink::wire::FILES_PROTOCOL_VERSION {
                             anyhow::bail!("a file frame on a protocol-{version} stream");
                         }

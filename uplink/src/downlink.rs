@@ -261,7 +261,7 @@ mod port {
             by: String,
         },
         UpdateAck(UpdateAck),
-        /// File frames (protocol 4, [`crate::files`]).
+        /// File frames (protocol 7, [`crate::files`]).
         FileChunk(crate::files::UpFileChunk),
         FileAck(crate::files::UpFileAck),
         FileAbort(crate::files::UpFileAbort),

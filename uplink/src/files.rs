@@ -1,4 +1,4 @@
-//! File bytes on the uplink (protocol version 4,
+//! File bytes on the uplink (protocol version 7,
 //! [`crate::wire::FILES_PROTOCOL_VERSION`]): a push's content central →
 //! site, a pull's verified content site → central, on the site's one
 //! uplink stream beside batches and command frames.

@@ -44,8 +44,8 @@ pub const ALPN_UPLINK: &[u8] = b"outpost-uplink/1";
 pub const CENTRAL_SERVER_NAME: &str = "outpost-central";
 /// Version of the uplink protocol of this build (2: the downlink of
 /// commands; 3: central reads batch formats 4 and 5, patch details and
-/// findings; 4: file frames, [`FILES_PROTOCOL_VERSION`] (not wired at
-/// the site or central yet: both ignore them); 5: the downlink of patch
+/// findings; 4: unused (the file frames are defined and gated on
+/// [`FILES_PROTOCOL_VERSION`], not wired yet); 5: the downlink of patch
 /// deployments; 6: central reads and stores batch format 6, devices' IP
 /// addresses and tags, [`DEVICE_TAGS_PROTOCOL_VERSION`], so a site sends
 /// them to a central announcing 6).
@@ -56,10 +56,11 @@ pub const MIN_UPLINK_PROTOCOL_VERSION: u16 = 1;
 /// First protocol version that carries the downlink of commands.
 pub const COMMANDS_PROTOCOL_VERSION: u16 = 2;
 /// First protocol version that carries file bytes ([`crate::files`]:
-/// pushes and pulls from central). Not announced yet: this build's site
-/// does not handle the file frames (UPLINK_PROTOCOL_VERSION stays 3 until
-/// it does), so central must not send them to any site below it.
-pub const FILES_PROTOCOL_VERSION: u16 = 4;
+/// pushes and pulls from central). Above every version announced so far:
+/// sites of this build announce 6 and ignore file frames, so the build
+/// that wires files from central announces this version, and central sends
+/// file frames only to sites at or above it.
+pub const FILES_PROTOCOL_VERSION: u16 = 7;
 /// First protocol version whose central reads patch details and findings
 /// (batch formats 4 and 5).
 pub const PATCH_FINDINGS_PROTOCOL_VERSION: u16 = 3;
@@ -97,7 +98,7 @@ pub enum SiteFrame {
     CommandAck(crate::downlink::CommandAck),
     /// Where a command of central's stands at the site, with output.
     CommandUpdate(crate::downlink::CommandUpdate),
-    /// Protocol 4 ([`FILES_PROTOCOL_VERSION`]): a pull's verified content
+    /// Protocol 7 ([`FILES_PROTOCOL_VERSION`]): a pull's verified content
     /// (see [`crate::files`]).
     FileChunk(crate::files::UpFileChunk),
     /// The site holds a push's content up to `up_to`.
@@ -153,7 +154,7 @@ pub enum CentralFrame {
     },
     /// Central stored a [`SiteFrame::CommandUpdate`].
     CommandUpdateAck(crate::downlink::UpdateAck),
-    /// Protocol 4 ([`FILES_PROTOCOL_VERSION`]): a push's content (see
+    /// Protocol 7 ([`FILES_PROTOCOL_VERSION`]): a push's content (see
     /// [`crate::files`]).
     FileChunk(crate::files::UpFileChunk),
     /// Central holds a pull's content up to `up_to`.
