@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use outpost_tests::{Agent, Appliance, WebhookReceiver, scratch, wait_for};
+use outpost_tests::{Agent, Appliance, WebhookReceiver, http_raw, scratch, wait_for};
 use serde_json::{Value, json};
 
 use crate::deploy_device::{Repo, Upstream, have_tools, run_ok};
@@ -484,6 +484,21 @@ fn a_fleet_deployment_pauses_on_the_pilots_failure_resumes_with_a_fix_survives_a
         .unwrap();
     }
     repo.index();
+    // The site cache serves an InRelease it confirmed upstream less than
+    // `release_refresh` ago without asking again (the pilot's install has
+    // just refreshed it): a rescan requested before that lapses sees the
+    // old index. Wait until the cache serves the new InRelease.
+    let fresh = std::fs::read_to_string(repo.up.join("debian/dists/stable/InRelease")).unwrap();
+    let cache: std::net::SocketAddr = format!("127.0.0.1:{}", app.cache_port).parse().unwrap();
+    let release_url = format!("http://{}/debian/dists/stable/InRelease", up.addr);
+    wait_for(
+        Duration::from_secs(30),
+        "the site cache to serve the new InRelease",
+        || {
+            let (status, _, body) = http_raw(cache, "GET", &release_url, &[], "");
+            (status == 200 && body == fresh).then_some(())
+        },
+    );
     for d in &devices {
         let dev = &d.agent.device_id;
         let (s, b) = app.api_post(&format!("/api/v1/patches/devices/{dev}/scan"), &json!({}));
