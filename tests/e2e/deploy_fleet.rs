@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use outpost_tests::{Agent, Appliance, WebhookReceiver, scratch, wait_for};
+use outpost_tests::{Agent, Appliance, WebhookReceiver, http_raw, scratch, wait_for};
 use serde_json::{Value, json};
 
 use crate::deploy_device::{Repo, Upstream, have_tools, run_ok};
@@ -78,12 +78,9 @@ fn apt_args(root: &Path) -> Vec<String> {
         "DPkg::Options::=--force-script-chrootless".into(),
         "DPkg::Options::=--force-not-root".into(),
         "APT::Sandbox::User=root".into(),
-        // apt's own retries (with their back-off) carry a download over
-        // the appliance's restart after its kill -9 (the cache is down for
-        // a moment).
-        "Acquire::Retries=8".into(),
-        "Acquire::Retries::Delay::Maximum=2".into(),
-        "Acquire::http::Timeout=10".into(),
+        // No Acquire::Retries / Acquire::http::Timeout here: the agent's
+        // `[patch_install]` defaults (3 retries, 30 s) carry the installs
+        // in flight over the appliance's kill -9 and restart.
         "Acquire::Languages=none".into(),
     ]
     .into_iter()
@@ -298,9 +295,6 @@ fn local_hhmm(zone: &str, epoch_s: u64) -> String {
 }
 
 #[test]
-#[ignore = "passes up to the kill -9: after the appliance's restart the installs that were \
-            downloading through its cache stay in apt for minutes (notes/deploy-e2e-status.md); \
-            run with --ignored"]
 fn a_fleet_deployment_pauses_on_the_pilots_failure_resumes_with_a_fix_survives_a_kill_and_rolls_back_offline()
  {
     if !have_tools() {
@@ -484,6 +478,21 @@ fn a_fleet_deployment_pauses_on_the_pilots_failure_resumes_with_a_fix_survives_a
         .unwrap();
     }
     repo.index();
+    // The site cache serves an InRelease it confirmed upstream less than
+    // `release_refresh` ago without asking again (the pilot's install has
+    // just refreshed it): a rescan requested before that lapses sees the
+    // old index. Wait until the cache serves the new InRelease.
+    let fresh = std::fs::read_to_string(repo.up.join("debian/dists/stable/InRelease")).unwrap();
+    let cache: std::net::SocketAddr = format!("127.0.0.1:{}", app.cache_port).parse().unwrap();
+    let release_url = format!("http://{}/debian/dists/stable/InRelease", up.addr);
+    wait_for(
+        Duration::from_secs(30),
+        "the site cache to serve the new InRelease",
+        || {
+            let (status, _, body) = http_raw(cache, "GET", &release_url, &[], "");
+            (status == 200 && body == fresh).then_some(())
+        },
+    );
     for d in &devices {
         let dev = &d.agent.device_id;
         let (s, b) = app.api_post(&format!("/api/v1/patches/devices/{dev}/scan"), &json!({}));

@@ -77,6 +77,15 @@ pub struct InstallTools {
     /// Longest apt run (download, install or rollback).
     #[serde(with = "humantime_serde")]
     pub apt_timeout: Duration,
+    /// apt's bound on a stalled HTTP connection (`Acquire::http::Timeout`,
+    /// whole seconds): when the site cache restarts under a download, apt
+    /// drops the dead connection and retries after this long instead of
+    /// apt's default 120 s.
+    #[serde(with = "humantime_serde")]
+    pub apt_http_timeout: Duration,
+    /// apt's retries of a failed download (`Acquire::Retries`), so that a
+    /// download cut by the cache's restart resumes.
+    pub apt_retries: u32,
     /// Delay given to the reboot command after an install.
     #[serde(with = "humantime_serde")]
     pub reboot_delay: Duration,
@@ -97,8 +106,27 @@ impl Default for InstallTools {
             root: "/".into(),
             state_dir: None,
             apt_timeout: Duration::from_secs(3600),
+            apt_http_timeout: Duration::from_secs(30),
+            apt_retries: 3,
             reboot_delay: Duration::from_secs(60),
         }
+    }
+}
+
+impl InstallTools {
+    /// The options of every `apt-get` run (update, download, install,
+    /// rollback), after the program: the acquire bounds, then
+    /// `apt_extra_args` (which may override them: apt keeps the last `-o`).
+    pub fn apt_args(&self) -> Vec<String> {
+        let secs = self.apt_http_timeout.as_secs_f64().ceil().max(1.0) as u64;
+        let mut args = vec![
+            "-o".to_string(),
+            format!("Acquire::http::Timeout={secs}"),
+            "-o".to_string(),
+            format!("Acquire::Retries={}", self.apt_retries),
+        ];
+        args.extend(self.apt_extra_args.iter().cloned());
+        args
     }
 }
 

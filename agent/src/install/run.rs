@@ -145,7 +145,7 @@ impl PatchInstaller {
         .map_err(|e| format!("the scan task failed: {e}"))?
     }
 
-    /// apt-get with the configured extra options.
+    /// apt-get with the acquire bounds and the configured extra options.
     async fn apt(
         &self,
         argv: &[String],
@@ -155,7 +155,7 @@ impl PatchInstaller {
         output: &OutputFn,
     ) -> Ran {
         let t = &self.inner.tools;
-        let mut args = t.apt_extra_args.clone();
+        let mut args = t.apt_args();
         args.extend(extra.iter().map(|s| s.to_string()));
         args.extend(argv.iter().skip(1).cloned());
         (output)(

@@ -782,3 +782,80 @@ fn a_request_without_a_proxy_goes_through_the_scanners_site_cache_and_direct_mea
     assert_eq!(make(Some("direct")).proxy_for(None), None);
     assert_eq!(make(None).proxy_for(None), None);
 }
+
+#[tokio::test]
+async fn every_apt_run_of_an_install_bounds_a_stalled_download_and_retries_it() {
+    let Some(d) = Device::new() else { return };
+    // apt-get that records its arguments (one run a line) and fails.
+    let calls = d.work.join("apt-calls");
+    let fake = d.work.join("fake-apt-get");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\necho \"$*\" >> {}\nexit 100\n", calls.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let inner = &d.installer.inner;
+    let installer = PatchInstaller::new(
+        InstallTools {
+            apt_get: fake,
+            ..inner.tools.clone()
+        },
+        inner.scan.clone(),
+        inner.reboot.clone(),
+        inner.kill_grace,
+        d.work.join("state-fake"),
+        d.statuses.clone(),
+    );
+    let bytes = codec::encode_compressed(&d.request(&[("hello-outpost", "1.1-1")])).unwrap();
+    let out: tools::OutputFn = Arc::new(|_| {});
+    let o = installer
+        .install(
+            CommandId([9; 16]),
+            REQUEST_FORMAT,
+            &bytes,
+            out,
+            CancellationToken::new(),
+        )
+        .await;
+    assert_eq!(o, CommandOutcome::Exited { code: 1 });
+    let calls = std::fs::read_to_string(&calls).unwrap();
+    let runs: Vec<&str> = calls.lines().collect();
+    // update, download of the previous version's .deb, download-only.
+    assert_eq!(runs.len(), 3, "{calls}");
+    assert!(runs[0].ends_with(" update"), "{calls}");
+    assert!(
+        runs[1].contains(" download hello-outpost:all=1.0-1"),
+        "{calls}"
+    );
+    assert!(runs[2].contains("--download-only"), "{calls}");
+    for run in &runs {
+        assert!(
+            run.starts_with("-o Acquire::http::Timeout=30 -o Acquire::Retries=3 -o Dir="),
+            "the acquire bounds come first, the configured options may override them: {run}"
+        );
+    }
+}
+
+#[test]
+fn the_apt_acquire_bounds_are_configurable_in_patch_install() {
+    let cfg: crate::config::AgentConfig = toml::from_str(
+        "[patch_install]\napt_http_timeout = \"1500ms\"\napt_retries = 0\napt_extra_args = [\"-o\", \"Acquire::Retries=8\"]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.patch_install.apt_args(),
+        [
+            "-o",
+            "Acquire::http::Timeout=2",
+            "-o",
+            "Acquire::Retries=0",
+            "-o",
+            "Acquire::Retries=8"
+        ]
+    );
+    let d = InstallTools::default();
+    assert_eq!(d.apt_http_timeout, Duration::from_secs(30));
+    assert_eq!(d.apt_retries, 3);
+}

@@ -353,7 +353,7 @@ pub async fn keep_deb(
     let work = debs.join(format!(".work-{}-{}", p.name, std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| format!("creating {}: {e}", work.display()))?;
-    let mut args = tools.apt_extra_args.clone();
+    let mut args = tools.apt_args();
     if let Some(px) = proxy {
         args.push("-o".into());
         args.push(format!("Acquire::http::Proxy={px}"));
