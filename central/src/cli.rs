@@ -95,6 +95,19 @@ pub(crate) async fn call(
     path: &str,
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
+    let bytes = call_raw(c, method, path, body, Duration::from_secs(30)).await?;
+    Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// The answer's bytes of one API request (an error naming the API's
+/// `error` text for a non-success status), within `timeout`.
+pub(crate) async fn call_raw(
+    c: &Conn,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    timeout: Duration,
+) -> anyhow::Result<Bytes> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let url = format!("{}{}", c.api.trim_end_matches('/'), path);
     let mut req = Request::builder()
@@ -108,9 +121,9 @@ pub(crate) async fn call(
     let req = req
         .body(Full::new(Bytes::from(bytes)))
         .with_context(|| format!("building a request to {url}"))?;
-    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+    let resp = tokio::time::timeout(timeout, client.request(req))
         .await
-        .map_err(|_| anyhow!("{url}: no answer within 30 s"))?
+        .map_err(|_| anyhow!("{url}: no answer within {} s", timeout.as_secs()))?
         .with_context(|| format!("cannot reach central's API at {url} (is it running? --api)"))?;
     let status = resp.status();
     let bytes = resp
@@ -119,8 +132,8 @@ pub(crate) async fn call(
         .await
         .with_context(|| format!("reading the answer from {url}"))?
         .to_bytes();
-    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     if !status.is_success() {
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let msg = v
             .get("error")
             .and_then(|e| e.as_str())
@@ -128,7 +141,7 @@ pub(crate) async fn call(
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
         bail!("{status}: {msg}");
     }
-    Ok(v)
+    Ok(bytes)
 }
 
 /// The body of `POST /api/v1/commands` for `run`.
@@ -303,7 +316,7 @@ pub async fn run(cmd: CommandsCmd) -> anyhow::Result<i32> {
 }
 
 /// Percent-encodes a query or path value.
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

@@ -9,15 +9,10 @@
 use std::io::Write;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::Context;
 use clap::Subcommand;
-use http_body_util::{BodyExt, Empty};
-use hyper::Request;
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
-use crate::cli::Conn;
+use crate::cli::{Conn, call_raw, enc};
 
 #[derive(Debug, Subcommand)]
 pub enum PatchesCmd {
@@ -61,11 +56,8 @@ pub async fn run(cmd: PatchesCmd) -> anyhow::Result<()> {
             site,
             output,
         } => {
-            let body = get_raw(
-                &conn,
-                &report_path(&format, customer.as_deref(), site.as_deref()),
-            )
-            .await?;
+            let path = report_path(&format, customer.as_deref(), site.as_deref());
+            let body = call_raw(&conn, "GET", &path, None, Duration::from_secs(120)).await?;
             match output {
                 Some(path) => std::fs::write(&path, &body)
                     .with_context(|| format!("writing the report to {}", path.display())),
@@ -78,52 +70,6 @@ pub async fn run(cmd: PatchesCmd) -> anyhow::Result<()> {
             }
         }
     }
-}
-
-/// The answer's bytes of a GET (an error for a non-success status).
-async fn get_raw(c: &Conn, path: &str) -> anyhow::Result<Bytes> {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let url = format!("{}{}", c.api.trim_end_matches('/'), path);
-    let req = Request::builder()
-        .method("GET")
-        .uri(&url)
-        .header("authorization", format!("Bearer {}", c.token))
-        .body(Empty::new())
-        .with_context(|| format!("building a request to {url}"))?;
-    let resp = tokio::time::timeout(Duration::from_secs(120), client.request(req))
-        .await
-        .map_err(|_| anyhow!("{url}: no answer within 120 s"))?
-        .with_context(|| format!("cannot reach central's API at {url} (is it running? --api)"))?;
-    let status = resp.status();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .with_context(|| format!("reading the answer from {url}"))?
-        .to_bytes();
-    if !status.is_success() {
-        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        let msg = v
-            .get("error")
-            .and_then(|e| e.as_str())
-            .map(str::to_string)
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-        bail!("{status}: {msg}");
-    }
-    Ok(bytes)
-}
-
-/// Percent-encodes a query value.
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
