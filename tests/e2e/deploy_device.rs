@@ -355,23 +355,29 @@ struct Device {
     installer: PatchInstaller,
 }
 
+/// Makes `root` an empty dpkg/apt root (the directories dpkg and apt
+/// expect, no package installed): one simulated device.
+pub(crate) fn empty_dpkg_root(root: &Path) {
+    for d in [
+        "var/lib/dpkg/info",
+        "var/lib/dpkg/updates",
+        "var/log/apt",
+        "etc/apt/sources.list.d",
+        "etc/apt/preferences.d",
+        "etc/apt/apt.conf.d",
+        "var/lib/apt/lists/partial",
+        "var/cache/apt/archives/partial",
+        "var/run",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+}
+
 impl Device {
     fn new(dir: &Path, name: &str, repo: &Repo, up: &Upstream) -> Device {
         let root = dir.join(name);
-        for d in [
-            "var/lib/dpkg/info",
-            "var/lib/dpkg/updates",
-            "var/log/apt",
-            "etc/apt/sources.list.d",
-            "etc/apt/preferences.d",
-            "etc/apt/apt.conf.d",
-            "var/lib/apt/lists/partial",
-            "var/cache/apt/archives/partial",
-            "var/run",
-        ] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+        empty_dpkg_root(&root);
         std::fs::write(
             root.join("etc/apt/sources.list"),
             format!(

@@ -102,20 +102,7 @@ impl Device {
     fn new(dir: &Path, i: usize, repo: &Repo, up: &Upstream, app: &Appliance) -> Device {
         let name = format!("dev{i}");
         let root = dir.join(format!("{name}-root"));
-        for d in [
-            "var/lib/dpkg/info",
-            "var/lib/dpkg/updates",
-            "var/log/apt",
-            "etc/apt/sources.list.d",
-            "etc/apt/preferences.d",
-            "etc/apt/apt.conf.d",
-            "var/lib/apt/lists/partial",
-            "var/cache/apt/archives/partial",
-            "var/run",
-        ] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+        crate::deploy_device::empty_dpkg_root(&root);
         std::fs::write(
             root.join("etc/os-release"),
             "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\n",
