@@ -744,9 +744,51 @@ pub struct DevicesQuery {
     pub limit: Option<usize>,
 }
 
+/// A device as the API shows it: the stored row and, beside its fields,
+/// the IPs and tags its site last sent (empty when none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceJson {
+    #[serde(flatten)]
+    pub row: DeviceRow,
+    #[serde(default)]
+    pub ips: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+impl std::ops::Deref for DeviceJson {
+    type Target = DeviceRow;
+    fn deref(&self) -> &DeviceRow {
+        &self.row
+    }
+}
+
+/// Rows with their IPs and tags (one read per device: a page is at most
+/// 1,000 devices).
+async fn with_facts(
+    c: &Arc<Central>,
+    tenant: &TenantId,
+    rows: Vec<DeviceRow>,
+) -> Result<Vec<DeviceJson>, ApiError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let f = c
+            .store
+            .device_facts(tenant, &row.site_id, &row.device)
+            .await
+            .map_err(internal)?;
+        out.push(DeviceJson {
+            row,
+            ips: f.ips,
+            tags: f.tags,
+        });
+    }
+    Ok(out)
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DevicePage {
-    pub devices: Vec<DeviceRow>,
+    pub devices: Vec<DeviceJson>,
     /// Pass as `after` for the next page.
     pub next: Option<String>,
 }
@@ -783,7 +825,7 @@ pub async fn device_page(
         e => internal(e),
     })?;
     Ok(DevicePage {
-        devices: page.items,
+        devices: with_facts(c, &p.tenant, page.items).await?,
         next: page.next,
     })
 }
@@ -798,7 +840,7 @@ async fn devices(
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DeviceDetail {
-    pub device: DeviceRow,
+    pub device: DeviceJson,
     pub site: SiteOut,
     pub alerts: Vec<AlertRow>,
     /// The device's patch compliance as its site last reported it (`null`
@@ -833,8 +875,12 @@ pub async fn device_detail(
         .device_patch_compliance(&p.tenant, site, device)
         .await
         .map_err(internal)?;
+    let device = with_facts(c, &p.tenant, vec![d])
+        .await?
+        .pop()
+        .ok_or_else(|| internal("the device just read is missing"))?;
     Ok(DeviceDetail {
-        device: d,
+        device,
         site: site_out(c, &s, crate::now_ms()),
         alerts,
         patches,

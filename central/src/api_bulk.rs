@@ -50,7 +50,7 @@ static PUMP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 #[serde(deny_unknown_fields)]
 pub struct BulkRequestBody {
     /// `{"devices": [{"site": S, "device": D}, ...]}`,
-    /// `{"customer": C}`, `{"site": S}` or `"all"`.
+    /// `{"customer": C}`, `{"site": S}`, `{"tag": T}` or `"all"`.
     pub target: BulkTarget,
     #[serde(default)]
     pub command: Option<String>,
@@ -274,6 +274,24 @@ async fn resolve(
             .await?
         }
         BulkTarget::All => all_devices(c, &p.tenant, scoped).await?,
+        BulkTarget::Tag(t) => {
+            let t = t.trim();
+            if t.is_empty() {
+                return Err(ApiError::BadRequest("the tag target needs a tag".into()));
+            }
+            // The store's tag filter (the fleet index's tags) within the
+            // caller's customers: a device of another customer with the
+            // same tag is never a member.
+            all_devices(
+                c,
+                &p.tenant,
+                DeviceFilter {
+                    tag: Some(t.to_string()),
+                    ..scoped
+                },
+            )
+            .await?
+        }
     };
     Ok(devices.into_iter().filter(|d| !d.revoked).collect())
 }

@@ -87,7 +87,7 @@ fn detail(k: &DeployOrderKind) -> Value {
     }
 }
 
-fn order_view(o: &OrderRecord, deliveries: &[Delivery]) -> OrderView {
+pub(crate) fn order_view(o: &OrderRecord, deliveries: &[Delivery]) -> OrderView {
     OrderView {
         id: o.id.clone(),
         kind: o.kind.label().into(),
@@ -220,7 +220,7 @@ async fn send_order(
     Ok(order_view(&o, &deliveries))
 }
 
-async fn visible_orders(
+pub(crate) async fn visible_orders(
     c: &Arc<Central>,
     p: &Principal,
 ) -> Result<(Vec<OrderRecord>, Vec<Delivery>), ApiError> {
@@ -268,7 +268,16 @@ pub async fn set_verdict(
     axum::Extension(p): axum::Extension<Principal>,
     Json(req): Json<VerdictRequest>,
 ) -> Result<(StatusCode, Json<OrderView>), ApiError> {
-    require(&p, Role::Admin).map_err(|e| refuse(&c, "forbidden", e))?;
+    Ok((StatusCode::CREATED, Json(verdict_on(&c, &p, req).await?)))
+}
+
+/// Approves or declines at sites (the API's and the console's path).
+pub(crate) async fn verdict_on(
+    c: &Arc<Central>,
+    p: &Principal,
+    req: VerdictRequest,
+) -> Result<OrderView, ApiError> {
+    require(p, Role::Admin).map_err(|e| refuse(c, "forbidden", e))?;
     check_patch(&req.patch)?;
     if !matches!(req.verdict.as_str(), "approve" | "decline") {
         return Err(ApiError::BadRequest(format!(
@@ -276,15 +285,14 @@ pub async fn set_verdict(
             req.verdict
         )));
     }
-    let sites = target_sites(&c, &p, req.sites.as_deref()).await?;
+    let sites = target_sites(c, p, req.sites.as_deref()).await?;
     let action = format!("approval.{}", req.verdict);
     let kind = DeployOrderKind::Verdict {
         patch: req.patch,
         scope: req.scope.unwrap_or_else(|| "tenant".into()),
         verdict: req.verdict,
     };
-    let v = send_order(&c, &p, &sites, kind, None, &action).await?;
-    Ok((StatusCode::CREATED, Json(v)))
+    send_order(c, p, &sites, kind, None, &action).await
 }
 
 /// `GET /api/v1/approvals`: verdicts sent from central.
@@ -326,14 +334,22 @@ pub async fn add_rule(
     axum::Extension(p): axum::Extension<Principal>,
     Json(req): Json<RuleRequest>,
 ) -> Result<(StatusCode, Json<OrderView>), ApiError> {
-    require(&p, Role::Admin).map_err(|e| refuse(&c, "forbidden", e))?;
+    Ok((StatusCode::CREATED, Json(add_rule_on(&c, &p, req).await?)))
+}
+
+/// Sends a rule to sites (the API's and the console's path).
+pub(crate) async fn add_rule_on(
+    c: &Arc<Central>,
+    p: &Principal,
+    req: RuleRequest,
+) -> Result<OrderView, ApiError> {
+    require(p, Role::Admin).map_err(|e| refuse(c, "forbidden", e))?;
     rule_id(&req.rule)?;
-    let sites = target_sites(&c, &p, req.sites.as_deref()).await?;
+    let sites = target_sites(c, p, req.sites.as_deref()).await?;
     let kind = DeployOrderKind::AddRule {
         rule_json: req.rule.to_string(),
     };
-    let v = send_order(&c, &p, &sites, kind, None, "approval.rule.add").await?;
-    Ok((StatusCode::CREATED, Json(v)))
+    send_order(c, p, &sites, kind, None, "approval.rule.add").await
 }
 
 /// A rule added from central and not removed since.
@@ -344,7 +360,7 @@ pub struct RuleView {
     pub added: OrderView,
 }
 
-async fn live_rules(c: &Arc<Central>, p: &Principal) -> Result<Vec<RuleView>, ApiError> {
+pub(crate) async fn live_rules(c: &Arc<Central>, p: &Principal) -> Result<Vec<RuleView>, ApiError> {
     let (orders, deliveries) = visible_orders(c, p).await?;
     let mut rules: BTreeMap<String, RuleView> = BTreeMap::new();
     for o in &orders {
@@ -385,8 +401,18 @@ pub async fn remove_rule(
     axum::Extension(p): axum::Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<OrderView>, ApiError> {
-    require(&p, Role::Admin).map_err(|e| refuse(&c, "forbidden", e))?;
-    let rule = live_rules(&c, &p)
+    Ok(Json(remove_rule_on(&c, &p, id).await?))
+}
+
+/// Removes a rule from central at the sites it was sent to (the API's
+/// and the console's path).
+pub(crate) async fn remove_rule_on(
+    c: &Arc<Central>,
+    p: &Principal,
+    id: String,
+) -> Result<OrderView, ApiError> {
+    require(p, Role::Admin).map_err(|e| refuse(c, "forbidden", e))?;
+    let rule = live_rules(c, p)
         .await?
         .into_iter()
         .find(|r| r.id == id)
@@ -397,11 +423,9 @@ pub async fn remove_rule(
         .iter()
         .map(|d| d.site.clone())
         .collect();
-    let sites = target_sites(&c, &p, Some(&names)).await?;
+    let sites = target_sites(c, p, Some(&names)).await?;
     let kind = DeployOrderKind::RemoveRule { id };
-    Ok(Json(
-        send_order(&c, &p, &sites, kind, None, "approval.rule.remove").await?,
-    ))
+    send_order(c, p, &sites, kind, None, "approval.rule.remove").await
 }
 
 // ------------------------------------------------------------- deployments
@@ -512,7 +536,7 @@ fn progress(
     }
 }
 
-async fn all_views(
+pub(crate) async fn all_views(
     c: &Arc<Central>,
     p: &Principal,
     full: bool,
@@ -625,7 +649,16 @@ pub async fn create(
     axum::Extension(p): axum::Extension<Principal>,
     Json(req): Json<CreateDeployment>,
 ) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
-    require(&p, Role::Admin).map_err(|e| refuse(&c, "forbidden", e))?;
+    Ok((StatusCode::CREATED, Json(create_on(&c, &p, req).await?)))
+}
+
+/// Creates a deployment over sites (the API's and the console's path).
+pub(crate) async fn create_on(
+    c: &Arc<Central>,
+    p: &Principal,
+    req: CreateDeployment,
+) -> Result<DeploymentView, ApiError> {
+    require(p, Role::Admin).map_err(|e| refuse(c, "forbidden", e))?;
     if !req.request.contains_key("target") {
         return Err(ApiError::BadRequest(
             "\"target\" is required: {\"type\":\"all\"}, {\"type\":\"customer\",\"customer\":C}, {\"type\":\"tag\",\"tag\":T} or {\"type\":\"devices\",\"devices\":[ID]}".into(),
@@ -636,20 +669,19 @@ pub async fn create(
             "\"id\" and \"start\" are central's to set".into(),
         ));
     }
-    let sites = target_sites(&c, &p, req.sites.as_deref()).await?;
+    let sites = target_sites(c, p, req.sites.as_deref()).await?;
     let dep = deploy::new_deployment_id();
     let mut body = req.request.clone();
     body.insert("id".into(), Value::String(dep.clone()));
     let kind = DeployOrderKind::CreateDeployment {
         request_json: Value::Object(body).to_string(),
     };
-    send_order(&c, &p, &sites, kind, Some(dep.clone()), "deployment.create").await?;
-    let v = all_views(&c, &p, true)
+    send_order(c, p, &sites, kind, Some(dep.clone()), "deployment.create").await?;
+    all_views(c, p, true)
         .await?
         .into_iter()
         .find(|d| d.id == dep)
-        .ok_or_else(|| internal("the deployment just stored is missing"))?;
-    Ok((StatusCode::CREATED, Json(v)))
+        .ok_or_else(|| internal("the deployment just stored is missing"))
 }
 
 /// `POST /api/v1/deployments/{id}/{action}` (pause, resume, abort,
@@ -660,13 +692,25 @@ pub async fn act(
     Path((id, action)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Result<Json<OrderView>, ApiError> {
+    Ok(Json(act_on(&c, &p, id, action, &body).await?))
+}
+
+/// Sends an action on a central deployment to its sites (the API's and
+/// the console's path).
+pub(crate) async fn act_on(
+    c: &Arc<Central>,
+    p: &Principal,
+    id: String,
+    action: String,
+    body: &[u8],
+) -> Result<OrderView, ApiError> {
     let min = match action.as_str() {
         "pause" | "resume" | "rollback" => Role::Technician,
         "abort" => Role::Admin,
         _ => return Err(ApiError::NotFound(format!("no action {action}"))),
     };
-    require(&p, min).map_err(|e| refuse(&c, "forbidden", e))?;
-    let (orders, _) = visible_orders(&c, &p).await?;
+    require(p, min).map_err(|e| refuse(c, "forbidden", e))?;
+    let (orders, _) = visible_orders(c, p).await?;
     let Some(created) = orders.iter().find(|o| {
         matches!(o.kind, DeployOrderKind::CreateDeployment { .. })
             && o.deployment.as_deref() == Some(id.as_str())
@@ -689,7 +733,7 @@ pub async fn act(
     let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Default::default())
     } else {
-        serde_json::from_slice(&body)
+        serde_json::from_slice(body)
             .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?
     };
     if !body.is_object() {
@@ -702,21 +746,19 @@ pub async fn act(
             "rollback needs {\"scope\":\"deployment\"}, {\"scope\":\"stage\",\"stage\":N} or {\"scope\":\"device\",\"device\":ID}".into(),
         ));
     }
-    let sites = target_sites(&c, &p, Some(&created.sites)).await?;
+    let sites = target_sites(c, p, Some(&created.sites)).await?;
     let kind = DeployOrderKind::Act {
         deployment: id.clone(),
         action: action.clone(),
         body_json: body.to_string(),
     };
-    Ok(Json(
-        send_order(
-            &c,
-            &p,
-            &sites,
-            kind,
-            Some(id),
-            &format!("deployment.{action}"),
-        )
-        .await?,
-    ))
+    send_order(
+        c,
+        p,
+        &sites,
+        kind,
+        Some(id),
+        &format!("deployment.{action}"),
+    )
+    .await
 }

@@ -40,6 +40,9 @@ pub enum BulkTarget {
     Site(SiteId),
     /// Every non-revoked device the caller sees.
     All,
+    /// Every non-revoked device the caller sees with this tag (exact), as
+    /// its site last sent it (`{"tag": T}`; `tag:T` in the CLI).
+    Tag(String),
 }
 
 /// A device of one site.

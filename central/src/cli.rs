@@ -79,6 +79,27 @@ pub enum CommandsCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Runs a command line (or a script of central's library) on many
+    /// devices as one bulk run; prints the run's id.
+    Bulk {
+        #[command(flatten)]
+        conn: Conn,
+        /// `all`, `customer:C`, `site:S`, `tag:T`, or `SITE/DEVICE[,SITE/DEVICE...]`.
+        #[arg(long)]
+        target: String,
+        /// Members released to one site at once (default 50).
+        #[arg(long)]
+        concurrency: Option<u32>,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        #[arg(long)]
+        script: Option<String>,
+        #[arg(long, requires = "script")]
+        script_version: Option<u32>,
+        /// The command line (or the script's arguments).
+        #[arg(last = true)]
+        words: Vec<String>,
+    },
     /// Shows one command with its output.
     Show {
         #[command(flatten)]
@@ -179,6 +200,38 @@ pub fn run_body(
         b["run_as"] = json!(u);
     }
     Ok(b)
+}
+
+/// The bulk API's target of `--target` (`all`, `customer:C`, `site:S`,
+/// `tag:T`, `SITE/DEVICE[,...]`).
+pub fn bulk_target(s: &str) -> anyhow::Result<Value> {
+    let s = s.trim();
+    let need = |v: &str, what: &str| {
+        let v = v.trim();
+        if v.is_empty() {
+            bail!("--target {what}: needs a value ({what}:NAME)")
+        }
+        Ok(v.to_string())
+    };
+    Ok(match s.split_once(':') {
+        None if s == "all" => json!("all"),
+        Some(("customer", v)) => json!({"customer": need(v, "customer")?}),
+        Some(("site", v)) => json!({"site": need(v, "site")?}),
+        Some(("tag", v)) => json!({"tag": need(v, "tag")?}),
+        None if s.contains('/') => {
+            let mut v = Vec::new();
+            for d in s.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+                let Some((site, device)) = d.split_once('/') else {
+                    bail!("--target {d:?}: not SITE/DEVICE");
+                };
+                v.push(json!({"site": site, "device": device}));
+            }
+            json!({ "devices": v })
+        }
+        _ => {
+            bail!("--target {s:?}: all, customer:C, site:S, tag:T or SITE/DEVICE[,SITE/DEVICE...]")
+        }
+    })
 }
 
 /// `--wait`'s exit code (the appliance's rule): the command's own; 128+N
@@ -290,6 +343,40 @@ pub async fn run(cmd: CommandsCmd) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        CommandsCmd::Bulk {
+            conn,
+            target,
+            concurrency,
+            timeout,
+            script,
+            script_version,
+            words,
+        } => {
+            let mut body = run_body(
+                "",
+                "",
+                timeout,
+                None,
+                None,
+                script.as_deref(),
+                script_version,
+                &words,
+            )?;
+            if let Some(m) = body.as_object_mut() {
+                m.remove("site");
+                m.remove("device");
+            }
+            body["target"] = bulk_target(&target)?;
+            if let Some(n) = concurrency {
+                body["concurrency"] = json!(n);
+            }
+            let v = call(&conn, "POST", "/api/v1/commands/bulk", Some(body)).await?;
+            let id = v["id"]
+                .as_str()
+                .ok_or_else(|| anyhow!("central answered without an id: {v}"))?;
+            println!("{id}");
+            Ok(0)
+        }
         CommandsCmd::Show { conn, id, json } => {
             let v = call(
                 &conn,
@@ -364,5 +451,23 @@ mod tests {
         assert_eq!(b["args"], json!(["echo", "a b"]));
         assert_eq!(b["run_as"], "www");
         assert!(run_body("s", "d", None, None, None, None, None, &[]).is_err());
+    }
+
+    #[test]
+    fn bulk_targets_name_all_a_customer_a_site_a_tag_or_devices() {
+        assert_eq!(bulk_target("all").unwrap(), json!("all"));
+        assert_eq!(bulk_target("tag:web").unwrap(), json!({"tag": "web"}));
+        assert_eq!(
+            bulk_target("customer:dental").unwrap(),
+            json!({"customer": "dental"})
+        );
+        assert_eq!(bulk_target("site:s-1").unwrap(), json!({"site": "s-1"}));
+        assert_eq!(
+            bulk_target("s-1/2a, s-2/2b").unwrap(),
+            json!({"devices": [{"site": "s-1", "device": "2a"}, {"site": "s-2", "device": "2b"}]})
+        );
+        for bad in ["tag:", "everything", "role:x"] {
+            assert!(bulk_target(bad).is_err(), "{bad}");
+        }
     }
 }

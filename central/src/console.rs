@@ -65,7 +65,7 @@ fn err(e: ApiError) -> ConsoleError {
     match e {
         ApiError::NotFound(m) => ConsoleError::NotFound(m),
         ApiError::Forbidden(m) => ConsoleError::Forbidden(m),
-        ApiError::BadRequest(m) => ConsoleError::BadRequest(m),
+        ApiError::BadRequest(m) | ApiError::Conflict(m) => ConsoleError::BadRequest(m),
         e => ConsoleError::Internal(e.to_string()),
     }
 }
@@ -103,10 +103,12 @@ fn viewer_of(p: Principal, subject: [u8; 32]) -> Viewer {
         can: Capabilities {
             ack_alerts: at_least(Role::Technician),
             run_commands: at_least(Role::Technician),
-            approve_patches: false,
+            // Approvals, rules, creating and aborting deployments: admins;
+            // pausing, resuming, rolling back: technicians (the API's roles).
+            approve_patches: at_least(Role::Admin),
             administer: at_least(Role::Admin),
-            manage_deployments: false,
-            create_deployments: false,
+            manage_deployments: at_least(Role::Technician),
+            create_deployments: at_least(Role::Admin),
         },
         csrf_subject: subject.to_vec(),
     }
@@ -308,6 +310,44 @@ pub fn publish_commands(hub: &LiveHub, tenant: &TenantId, customer: &outpost_pro
     ));
 }
 
+/// One bulk run of the console's request over `target`, through the
+/// API's path (role, scope and the target's resolution are its).
+async fn run_bulk(
+    c: &Arc<Central>,
+    v: &Viewer,
+    target: crate::bulk::BulkTarget,
+    req: &outpost_console::bulk_actions::BulkRunRequest,
+) -> Result<String, ConsoleError> {
+    let p = principal(v);
+    let body = crate::api_bulk::BulkRequestBody {
+        target,
+        command: req.command.clone(),
+        script: req
+            .script
+            .as_ref()
+            .map(|name| crate::api_scripts::ScriptRef {
+                name: name.clone(),
+                version: None,
+            }),
+        action: None,
+        concurrency: None,
+        interpreter: None,
+        args: req.args.clone(),
+        env: Vec::new(),
+        cwd: None,
+        run_as: None,
+        timeout_ms: None,
+        expiry_ms: None,
+    };
+    let run = crate::api_bulk::create_bulk(c, &p, body)
+        .await
+        .map_err(|e| match e {
+            ApiError::Conflict(m) => ConsoleError::BadRequest(m),
+            e => err(e),
+        })?;
+    Ok(run.id.to_string())
+}
+
 /// Publishes what a batch changed (devices whose status changed, alerts
 /// it moved) to the console's live hub: one event per change, whatever
 /// the number of viewers.
@@ -402,6 +442,7 @@ impl CentralConsole {
 }
 
 impl ConsoleBackend for CentralConsole {
+    #[allow(clippy::needless_update)]
     fn info(&self) -> BackendInfo {
         BackendInfo {
             product: "central".into(),
@@ -414,6 +455,10 @@ impl ConsoleBackend for CentralConsole {
                 // Search and filter by tag; tags are set at the site.
                 tags: true,
                 tag_devices: false,
+                deployments: true,
+                edit_approvals: true,
+                bulk_by_tag: true,
+                // Features added later stay off until central has them.
                 ..Features::default()
             },
         }
@@ -1133,6 +1178,114 @@ impl ConsoleBackend for CentralConsole {
         })
     }
 
+    fn deployments<'a>(
+        &'a self,
+        v: &'a Viewer,
+    ) -> ConsoleFuture<'a, Vec<outpost_console::deployments::DeploymentRow>> {
+        Box::pin(async move {
+            crate::console_deploy::rows(&self.central, &principal(v))
+                .await
+                .map_err(err)
+        })
+    }
+
+    fn deployment<'a>(
+        &'a self,
+        v: &'a Viewer,
+        id: &'a str,
+    ) -> ConsoleFuture<'a, outpost_console::deployments::DeploymentDetail> {
+        Box::pin(async move {
+            crate::console_deploy::detail(&self.central, &principal(v), id)
+                .await
+                .map_err(err)
+        })
+    }
+
+    fn deployment_action<'a>(
+        &'a self,
+        v: &'a Viewer,
+        id: &'a str,
+        a: &'a outpost_console::deployments::DeploymentAction,
+    ) -> ConsoleFuture<'a, ()> {
+        Box::pin(async move {
+            crate::console_deploy::act(&self.central, &principal(v), id, a)
+                .await
+                .map_err(err)
+        })
+    }
+
+    fn create_deployment<'a>(
+        &'a self,
+        v: &'a Viewer,
+        req: &'a outpost_console::deployments::NewDeployment,
+    ) -> ConsoleFuture<'a, String> {
+        Box::pin(async move {
+            crate::console_deploy::create(&self.central, &principal(v), req)
+                .await
+                .map_err(err)
+        })
+    }
+
+    fn approvals<'a>(
+        &'a self,
+        v: &'a Viewer,
+        _device: Option<&'a str>,
+    ) -> ConsoleFuture<'a, outpost_console::deployments::ApprovalsView> {
+        Box::pin(async move {
+            let tags = self
+                .devices(
+                    v,
+                    &DeviceQuery {
+                        limit: 1,
+                        ..Default::default()
+                    },
+                )
+                .await?
+                .facets
+                .tags;
+            crate::console_deploy::approvals(
+                &self.central,
+                &principal(v),
+                &tags,
+                v.can.approve_patches,
+            )
+            .await
+            .map_err(err)
+        })
+    }
+
+    fn set_verdict<'a>(
+        &'a self,
+        v: &'a Viewer,
+        req: &'a outpost_console::deployments::VerdictRequest,
+    ) -> ConsoleFuture<'a, ()> {
+        Box::pin(async move {
+            crate::console_deploy::verdict(&self.central, &principal(v), req)
+                .await
+                .map_err(err)
+        })
+    }
+
+    fn add_approval_rule<'a>(
+        &'a self,
+        v: &'a Viewer,
+        rule: &'a outpost_console::deployments::NewRule,
+    ) -> ConsoleFuture<'a, ()> {
+        Box::pin(async move {
+            crate::console_deploy::add_rule(&self.central, &principal(v), rule)
+                .await
+                .map_err(err)
+        })
+    }
+
+    fn remove_approval_rule<'a>(&'a self, v: &'a Viewer, id: &'a str) -> ConsoleFuture<'a, ()> {
+        Box::pin(async move {
+            crate::console_deploy::remove_rule(&self.central, &principal(v), id)
+                .await
+                .map_err(err)
+        })
+    }
+
     fn cancel_command<'a>(&'a self, v: &'a Viewer, id: &'a str) -> ConsoleFuture<'a, ()> {
         Box::pin(async move {
             let p = principal(v);
@@ -1213,44 +1366,26 @@ impl ConsoleBackend for CentralConsole {
         devices: &'a [outpost_console::bulk_actions::DeviceKey],
         req: &'a outpost_console::bulk_actions::BulkRunRequest,
     ) -> ConsoleFuture<'a, String> {
-        Box::pin(async move {
-            let p = principal(v);
-            let body = crate::api_bulk::BulkRequestBody {
-                target: crate::bulk::BulkTarget::Devices(
-                    devices
-                        .iter()
-                        .map(|(site, device)| crate::bulk::DeviceRef {
-                            site: site.as_str().into(),
-                            device: device.clone(),
-                        })
-                        .collect(),
-                ),
-                command: req.command.clone(),
-                script: req
-                    .script
-                    .as_ref()
-                    .map(|name| crate::api_scripts::ScriptRef {
-                        name: name.clone(),
-                        version: None,
-                    }),
-                action: None,
-                concurrency: None,
-                interpreter: None,
-                args: req.args.clone(),
-                env: Vec::new(),
-                cwd: None,
-                run_as: None,
-                timeout_ms: None,
-                expiry_ms: None,
-            };
-            let run = crate::api_bulk::create_bulk(&self.central, &p, body)
-                .await
-                .map_err(|e| match e {
-                    ApiError::Conflict(m) => ConsoleError::BadRequest(m),
-                    e => err(e),
-                })?;
-            Ok(run.id.to_string())
-        })
+        let target = crate::bulk::BulkTarget::Devices(
+            devices
+                .iter()
+                .map(|(site, device)| crate::bulk::DeviceRef {
+                    site: site.as_str().into(),
+                    device: device.clone(),
+                })
+                .collect(),
+        );
+        Box::pin(async move { run_bulk(&self.central, v, target, req).await })
+    }
+
+    fn bulk_run_tag<'a>(
+        &'a self,
+        v: &'a Viewer,
+        tag: &'a str,
+        req: &'a outpost_console::bulk_actions::BulkRunRequest,
+    ) -> ConsoleFuture<'a, String> {
+        let target = crate::bulk::BulkTarget::Tag(tag.to_string());
+        Box::pin(async move { run_bulk(&self.central, v, target, req).await })
     }
 
     fn bulks<'a>(
@@ -1389,10 +1524,13 @@ mod tests {
         let v = viewer_of(p(Role::Viewer), [1; 32]);
         assert!(!v.can.ack_alerts && !v.can.administer);
         assert_eq!(principal(&v), p(Role::Viewer), "round trip");
+        assert!(!v.can.manage_deployments && !v.can.create_deployments && !v.can.approve_patches);
         let t = viewer_of(p(Role::Technician), [1; 32]);
         assert!(t.can.ack_alerts && !t.can.administer);
+        assert!(t.can.manage_deployments && !t.can.create_deployments && !t.can.approve_patches);
         let a = viewer_of(p(Role::Admin), [1; 32]);
         assert!(a.can.ack_alerts && a.can.administer);
+        assert!(a.can.manage_deployments && a.can.create_deployments && a.can.approve_patches);
         assert_eq!(a.customers, vec!["dental".to_string()]);
     }
 }

@@ -151,6 +151,8 @@ impl<'a> SiteDeployLink<'a> {
             Ok(stored) => {
                 if stored {
                     self.c.metrics.deploy_progress_stored.inc();
+                    // Open deployment pages of its customer read themselves again.
+                    crate::console::publish_commands(&self.c.live, &self.tenant, &self.customer);
                 } else {
                     self.c.metrics.deploy_progress_ignored.inc();
                 }

@@ -16,6 +16,8 @@ pub mod api;
 pub mod api_bulk;
 pub mod api_commands;
 pub mod api_deploy;
+#[cfg(test)]
+mod api_device_tags_tests;
 pub mod api_patches;
 pub mod api_scripts;
 #[cfg(test)]
@@ -29,6 +31,9 @@ pub mod commands;
 #[cfg(test)]
 mod commands_api_tests;
 pub mod console;
+pub mod console_deploy;
+#[cfg(test)]
+mod console_deploy_tests;
 pub mod console_patches;
 #[cfg(test)]
 mod console_tests;

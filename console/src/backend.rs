@@ -82,6 +82,12 @@ pub struct Features {
     /// Tags can be set here (the "Tag…" bulk action): at the site, where
     /// tags live; central shows the tags its sites send.
     pub tag_devices: bool,
+    /// A bulk run can target every device with a tag (the device list
+    /// filtered by a tag offers "Run on every device tagged T").
+    pub bulk_by_tag: bool,
+    /// Approvals and approval rules can be changed from the Approvals
+    /// page (central: sent to its sites as orders).
+    pub edit_approvals: bool,
 }
 
 /// What the console shows of the backend itself.
@@ -712,6 +718,18 @@ pub trait ConsoleBackend: Send + Sync + 'static {
     ) -> ConsoleFuture<'a, String> {
         Box::pin(async { Err(no_commands()) })
     }
+    /// Runs one script or command line on every device of the viewer's
+    /// scope with `tag` as one bulk run (backends with
+    /// [`Features::bulk_by_tag`]; the backend resolves the tag within the
+    /// viewer's customers and checks the role); answers the run's id.
+    fn bulk_run_tag<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+        _tag: &'a str,
+        _req: &'a crate::bulk_actions::BulkRunRequest,
+    ) -> ConsoleFuture<'a, String> {
+        Box::pin(async { Err(no_commands()) })
+    }
     /// Adds `tags` to each selected device (backends with
     /// [`Features::tags`]; the backend checks the role).
     fn tag_devices<'a>(
@@ -732,6 +750,31 @@ pub trait ConsoleBackend: Send + Sync + 'static {
         _viewer: &'a Viewer,
         _device: Option<&'a str>,
     ) -> ConsoleFuture<'a, crate::deployments::ApprovalsView> {
+        Box::pin(async { Err(no_deployments()) })
+    }
+    /// Approves or declines a patch (backends with
+    /// [`Features::edit_approvals`]; the backend checks the role).
+    fn set_verdict<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+        _req: &'a crate::deployments::VerdictRequest,
+    ) -> ConsoleFuture<'a, ()> {
+        Box::pin(async { Err(no_deployments()) })
+    }
+    /// Adds an approval rule (the backend checks the role).
+    fn add_approval_rule<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+        _rule: &'a crate::deployments::NewRule,
+    ) -> ConsoleFuture<'a, ()> {
+        Box::pin(async { Err(no_deployments()) })
+    }
+    /// Removes an approval rule (the backend checks the role).
+    fn remove_approval_rule<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+        _id: &'a str,
+    ) -> ConsoleFuture<'a, ()> {
         Box::pin(async { Err(no_deployments()) })
     }
     /// The compliance report as a PDF, same scope rules as the CSV.

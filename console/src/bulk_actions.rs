@@ -48,11 +48,24 @@ pub struct BulkBar<'a> {
     pub tag: bool,
     /// Script names offered (the library's, where readable).
     pub scripts: &'a [String],
+    /// The list is filtered by this tag and the backend runs by tag:
+    /// "Run on every device tagged T" (no selection needed).
+    pub by_tag: Option<&'a str>,
 }
 
 /// The bar shown above the device list once devices are selected.
 pub fn bar(b: &BulkBar) -> Markup {
     html! {
+        @if let Some(t) = b.by_tag {
+            form.run #tag-run-form method="post" action="/devices/bulk" data-tag=(t) {
+                input type="hidden" name="csrf" value=(b.csrf);
+                input type="hidden" name="target_tag" value=(t);
+                label { span { "Script" } input type="text" name="script" list="bulk-scripts" placeholder="script name"; }
+                label { span { "or command" } input type="text" name="command" id="tag-command" placeholder="e.g. uptime"; }
+                label { span { "Arguments" } input type="text" name="args" placeholder="space-separated"; }
+                button type="submit" name="action" value="run_tag" id="tag-run" { "Run on every device tagged " (t) }
+            }
+        }
         div.bulk #bulk-bar hidden {
             span #bulk-count { "0" } " selected · "
             @if b.run || b.tag {
@@ -91,6 +104,8 @@ pub struct BulkForm {
     pub command: String,
     pub args: String,
     pub tags: String,
+    /// `run_tag`: the tag whose devices run it.
+    pub target_tag: String,
 }
 
 impl BulkForm {
@@ -112,6 +127,7 @@ impl BulkForm {
                 "command" => f.command = v.trim().to_string(),
                 "args" => f.args = v,
                 "tags" => f.tags = v,
+                "target_tag" => f.target_tag = v.trim().to_string(),
                 _ => {}
             }
         }
@@ -192,6 +208,19 @@ pub async fn submit(
             &format!("Role {} may not act on devices.", v.role),
         );
     }
+    let info = c.backend.info();
+    if f.action == "run_tag" && info.features.bulk_by_tag {
+        let done = match (f.run_request(), f.target_tag.is_empty()) {
+            (_, true) => Err(ConsoleError::BadRequest("Give a tag.".into())),
+            (Ok(req), false) => c.backend.bulk_run_tag(&v, &f.target_tag, &req).await,
+            (Err(e), false) => Err(e),
+        };
+        return match done {
+            Ok(id) => Redirect::to(&crate::scripts::bulk_href(&id)).into_response(),
+            Err(ConsoleError::Forbidden(m)) => refuse(&c, Some(&v), "forbidden", &m),
+            Err(e) => error_page(&c, Some(&v), e),
+        };
+    }
     if f.devices.is_empty() {
         return error_page(
             &c,
@@ -206,7 +235,6 @@ pub async fn submit(
             ConsoleError::BadRequest(format!("At most {MAX_SELECTED} devices at once.")),
         );
     }
-    let info = c.backend.info();
     let done = match f.action.as_str() {
         "run" if info.features.commands => match f.run_request() {
             Ok(req) => c.backend.bulk_run(&v, &f.devices, &req).await.map(|id| {
@@ -303,6 +331,7 @@ mod tests {
             run: true,
             tag: true,
             scripts: &["restart-nginx".to_string()],
+            by_tag: None,
         })
         .into_string();
         assert!(
@@ -311,5 +340,31 @@ mod tests {
                 && both.contains("value=\"restart-nginx\""),
             "{both}"
         );
+        assert!(!both.contains("tag-run-form"), "{both}");
+    }
+
+    #[test]
+    fn a_list_filtered_by_a_tag_offers_a_run_on_every_device_with_it() {
+        let b = bar(&BulkBar {
+            csrf: "tok",
+            run: true,
+            by_tag: Some("web<1>"),
+            ..Default::default()
+        })
+        .into_string();
+        assert!(
+            b.contains("id=\"tag-run-form\"")
+                && b.contains("name=\"target_tag\" value=\"web&lt;1&gt;\"")
+                && b.contains("value=\"run_tag\""),
+            "{b}"
+        );
+        let f = BulkForm::of(vec![
+            ("action".into(), "run_tag".into()),
+            ("target_tag".into(), " web ".into()),
+            ("command".into(), "uptime".into()),
+        ])
+        .unwrap();
+        assert_eq!(f.target_tag, "web");
+        assert!(f.devices.is_empty());
     }
 }

@@ -70,6 +70,54 @@ pub struct DeploymentRow {
     pub created_ms: u64,
     pub created_by: String,
     pub updated_ms: u64,
+    /// Its sites (central: one deployment over several sites); empty
+    /// where the console runs on the site itself.
+    pub sites: Vec<SiteLine>,
+    /// Why no action is offered here (a deployment created at its site,
+    /// seen from central: act on it there).
+    pub read_only: Option<String>,
+}
+
+/// One site of a deployment seen from central: the delivery of its
+/// creation and the progress the site reported.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SiteLine {
+    pub site_id: String,
+    pub site_name: String,
+    pub customer: String,
+    /// `queued`, `delivered`, `refused`, or `site` (created there).
+    pub delivery: String,
+    /// Why the site refused it.
+    pub reason: Option<String>,
+    /// The site's phase, once it reported.
+    pub phase: Option<String>,
+    pub stage: Option<u32>,
+    pub stages: u32,
+    pub devices: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    /// The site's time of the state shown.
+    pub updated_ms: Option<u64>,
+}
+
+impl SiteLine {
+    /// The phase, or where the order stands while the site has not
+    /// reported (`queued`, `refused`).
+    pub fn state(&self) -> &str {
+        self.phase.as_deref().unwrap_or(&self.delivery)
+    }
+}
+
+/// An action sent from central (pause, resume...) and its delivery.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ActionLine {
+    pub action: String,
+    pub by: String,
+    pub at_ms: u64,
+    /// The action's body in one line (note, options).
+    pub detail: String,
+    /// `delivered 1/2 · queued 1/2`.
+    pub delivery: String,
 }
 
 impl DeploymentRow {
@@ -104,6 +152,8 @@ pub struct DeploymentDetail {
     pub note: Option<String>,
     pub stages: Vec<StageView>,
     pub devices: Vec<DeploymentDevice>,
+    /// Actions sent from central, oldest first (central only).
+    pub actions: Vec<ActionLine>,
 }
 
 /// What a technician or an admin asks of a deployment.
@@ -192,6 +242,41 @@ pub struct ApprovalsView {
     pub device: Option<DeviceDecisions>,
     /// Targets the create form offers (value, label).
     pub targets: Vec<(String, String)>,
+    /// The viewer may approve, decline, add and remove rules here (the
+    /// forms are shown; the backend checks again).
+    pub editable: bool,
+    /// Rules that can be removed here (ids).
+    pub removable: Vec<String>,
+    /// Said instead of the per-device decisions where there are none
+    /// (central: each site decides).
+    pub decisions_note: Option<String>,
+}
+
+/// An approve/decline form's answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerdictRequest {
+    /// `PKG=VERSION`.
+    pub patch: String,
+    /// `approve` or `decline`.
+    pub verdict: String,
+    /// `tenant` (default), `customer:C`, `tag:T`, `device:ID`.
+    pub scope: String,
+}
+
+/// A new approval rule (rule-based approval).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewRule {
+    pub id: String,
+    /// `tenant` (default), `customer:C`, `tag:T`, `device:ID`.
+    pub scope: String,
+    /// `low`, `medium`, `high`, `critical`; `None`: any.
+    pub min_severity: Option<String>,
+    pub security_only: bool,
+    pub delay_days: u32,
+    /// Source packages it is limited to (empty: all).
+    pub allow: Vec<String>,
+    /// Source packages it declines.
+    pub deny: Vec<String>,
 }
 
 impl ApprovalsView {
@@ -245,12 +330,13 @@ fn tabs(here: &str) -> Markup {
 
 /// The list of deployments (and, for admins, the create form).
 pub fn deployment_list(rows: &[DeploymentRow], form: Option<&ApprovalsView>, csrf: &str) -> Markup {
+    let with_sites = rows.iter().any(|r| !r.sites.is_empty());
     html! {
         (tabs("/deployments"))
         div #deployment-list data-live-commands {
             @if rows.is_empty() { p.empty #no-deployments { "No deployment yet." } } @else {
                 div.scroll { table.grid #deployments {
-                    thead { tr { th { "Deployment" } th { "State" } th { "Stage" } th { "Gate" } th { "Devices" } th { "Failures" } th { "Target" } th { "Created by" } th { "Created" } } }
+                    thead { tr { th { "Deployment" } th { "State" } th { "Stage" } th { "Gate" } th { "Devices" } th { "Failures" } th { "Target" } @if with_sites { th { "Sites" } } th { "Created by" } th { "Created" } } }
                     tbody { @for r in rows {
                         tr data-deployment=(r.id) data-phase=(r.phase) {
                             td { a href=(deployment_href(&r.id)) { code { (r.id) } } }
@@ -260,6 +346,7 @@ pub fn deployment_list(rows: &[DeploymentRow], form: Option<&ApprovalsView>, csr
                             td.n { (r.succeeded) "/" (r.devices) }
                             td.n data-field="failed" { (r.failed) }
                             td { (r.target) }
+                            @if with_sites { td data-field="sites" { (site_summary(&r.sites)) } }
                             td { (r.created_by) }
                             td { (time(r.created_ms, true)) }
                         }
@@ -268,6 +355,55 @@ pub fn deployment_list(rows: &[DeploymentRow], form: Option<&ApprovalsView>, csr
             }
         }
         @if let Some(f) = form { (create_form(f, csrf)) }
+    }
+}
+
+/// Each site's state in one line: `main-office running · branch queued`.
+fn site_summary(sites: &[SiteLine]) -> Markup {
+    html! {
+        @for (i, l) in sites.iter().enumerate() {
+            @if i > 0 { " · " }
+            span data-site=(l.site_id) { (l.site_name) " " (badge("dep", l.state())) }
+        }
+    }
+}
+
+fn site_table(r: &DeploymentRow) -> Markup {
+    html! {
+        h2 { "Sites" }
+        div.scroll { table.grid #deployment-sites {
+            thead { tr { th { "Site" } th { "Customer" } th { "Order" } th { "State" } th { "Stage" } th { "Devices" } th { "Failures" } th { "Reported" } } }
+            tbody { @for l in &r.sites {
+                tr data-site=(l.site_id) data-state=(l.state()) {
+                    td { a href=(format!("/sites/{}", enc(&l.site_id))) { (l.site_name) } }
+                    td { (l.customer) }
+                    td { (badge("delivery", &l.delivery)) @if let Some(w) = &l.reason { " " span.muted data-field="reason" { (w) } } }
+                    td { @match &l.phase { Some(p) => (badge("dep", p)), None => span.muted { "not reported yet" } } }
+                    td { @match l.stage { Some(s) => { (s + 1) "/" (l.stages) } None => span.muted { "–" } } }
+                    td.n { (l.succeeded) "/" (l.devices) }
+                    td.n { (l.failed) }
+                    td { @match l.updated_ms { Some(t) => (time(t, true)), None => span.muted { "–" } } }
+                }
+            } }
+        } }
+    }
+}
+
+fn action_table(actions: &[ActionLine]) -> Markup {
+    html! {
+        h2 { "Actions from central" }
+        div.scroll { table.grid #deployment-orders {
+            thead { tr { th { "Action" } th { "By" } th { "When" } th { "Detail" } th { "Delivery" } } }
+            tbody { @for a in actions {
+                tr data-action=(a.action) {
+                    td { (a.action) }
+                    td { (a.by) }
+                    td { (time(a.at_ms, true)) }
+                    td { (a.detail) }
+                    td data-field="delivery" { (a.delivery) }
+                }
+            } }
+        } }
     }
 }
 
@@ -317,8 +453,8 @@ fn action_form(id: &str, action: &str, label: &str, csrf: &str, extra: Markup) -
 pub fn deployment_page(d: &DeploymentDetail, v: &Viewer, csrf: &str) -> Markup {
     let r = &d.row;
     let phase = r.phase.as_str();
-    let manage = v.can.manage_deployments && r.is_open();
-    let admin = v.can.create_deployments && r.is_open();
+    let manage = v.can.manage_deployments && r.is_open() && r.read_only.is_none();
+    let admin = v.can.create_deployments && r.is_open() && r.read_only.is_none();
     html! {
         section #deployment data-deployment=(r.id) data-phase=(r.phase) data-live-commands {
             p.facts #deployment-summary {
@@ -326,6 +462,7 @@ pub fn deployment_page(d: &DeploymentDetail, v: &Viewer, csrf: &str) -> Markup {
                 (r.succeeded) " of " (r.devices) " succeeded · " (r.failed) " failed"
                 @if let Some(n) = &d.note { " · " span #deployment-note { (n) } }
             }
+            @if let Some(why) = &r.read_only { p.notice #deployment-read-only { (why) } }
             dl.inventory {
                 dt { "Target" } dd { (r.target) }
                 dt { "Patches" } dd { @for p in &r.patches { code { (p) } " " } }
@@ -351,6 +488,8 @@ pub fn deployment_page(d: &DeploymentDetail, v: &Viewer, csrf: &str) -> Markup {
                     }
                 }
             }
+            @if !r.sites.is_empty() { (site_table(r)) }
+            @if !d.actions.is_empty() { (action_table(&d.actions)) }
             h2 { "Stages" }
             div.scroll { table.grid #stages {
                 thead { tr { th { "Stage" } th { "Figures" } th { "Gate" } } }
@@ -381,21 +520,23 @@ pub fn deployment_page(d: &DeploymentDetail, v: &Viewer, csrf: &str) -> Markup {
 }
 
 /// The approvals page: rules, then the chosen device's decisions.
-pub fn approvals_page(a: &ApprovalsView) -> Markup {
+pub fn approvals_page(a: &ApprovalsView, csrf: &str) -> Markup {
     html! {
         (tabs("/approvals"))
         section #approvals {
+            @if a.editable { (approval_forms(csrf)) }
             h2 { "Approved and declined patches" }
             @let manual: Vec<&RuleRow> = a.rules.iter().filter(|r| r.kind != "auto").collect();
             @if manual.is_empty() { p.empty #no-manual { "No patch approved or declined by hand." } } @else {
                 div.scroll { table.grid #manual {
-                    thead { tr { th { "Patch" } th { "Verdict" } th { "Scope" } th { "Rule" } } }
-                    tbody { @for r in manual {
+                    thead { tr { th { "Patch" } th { "Verdict" } th { "Scope" } th { "Rule" } @if has_detail(&manual) { th { "Sent" } } } }
+                    tbody { @for r in &manual {
                         tr data-rule=(r.id) {
                             td { @if let Some(p) = &r.patch { code { (p) } } }
                             td { (badge("verdict", &r.kind)) }
                             td { (r.scope) }
-                            td { code { (r.id) } }
+                            td { code { (r.id) } (remove_button(a, &r.id, csrf)) }
+                            @if has_detail(&manual) { td { (r.detail) } }
                         }
                     } }
                 } }
@@ -406,11 +547,13 @@ pub fn approvals_page(a: &ApprovalsView) -> Markup {
                 div.scroll { table.grid #rules {
                     thead { tr { th { "Rule" } th { "Scope" } th { "Approves" } } }
                     tbody { @for r in auto {
-                        tr data-rule=(r.id) { td { code { (r.id) } } td { (r.scope) } td { (r.detail) } }
+                        tr data-rule=(r.id) { td { code { (r.id) } (remove_button(a, &r.id, csrf)) } td { (r.scope) } td { (r.detail) } }
                     } }
                 } }
             }
             h2 { "Which rule decided" }
+            @if let Some(n) = &a.decisions_note { p.muted #decisions-note { (n) } }
+            @if !a.devices.is_empty() {
             form.filters #decided method="get" action="/approvals" {
                 label { span { "Device" }
                     select name="device" id="ap-device" {
@@ -421,6 +564,7 @@ pub fn approvals_page(a: &ApprovalsView) -> Markup {
                     }
                 }
                 button type="submit" id="ap-show" { "Show" }
+            }
             }
             @if let Some(d) = &a.device {
                 div #decisions data-device=(d.device) {
@@ -443,6 +587,58 @@ pub fn approvals_page(a: &ApprovalsView) -> Markup {
                         p.muted { "Not approvable (no exact version known): " (d.unnamed.join(", ")) }
                     }
                 }
+            }
+        }
+    }
+}
+
+fn has_detail(rows: &[&RuleRow]) -> bool {
+    rows.iter().any(|r| !r.detail.is_empty())
+}
+
+fn remove_button(a: &ApprovalsView, id: &str, csrf: &str) -> Markup {
+    html! {
+        @if a.editable && a.removable.iter().any(|r| r == id) {
+            " "
+            form.inline.rule-remove method="post" action=(format!("/approval-rules/{}/delete", enc(id))) data-rule=(id) {
+                input type="hidden" name="csrf" value=(csrf);
+                button type="submit" class="rule-remove" { "Remove" }
+            }
+        }
+    }
+}
+
+/// Approve/decline a patch, and add a rule (those who may).
+fn approval_forms(csrf: &str) -> Markup {
+    const SCOPE_HINT: &str = "tenant, customer:C, tag:T or device:ID";
+    html! {
+        div.forms #approval-forms {
+            form.run #verdict-form method="post" action="/approvals" {
+                h2 { "Approve or decline a patch" }
+                input type="hidden" name="csrf" value=(csrf);
+                label { span { "Patch" } input type="text" name="patch" placeholder="PKG=VERSION" required; }
+                label { span { "Verdict" }
+                    select name="verdict" { option value="approve" { "approve" } option value="decline" { "decline" } }
+                }
+                label { span { "Scope" } input type="text" name="scope" placeholder=(SCOPE_HINT); }
+                button type="submit" id="verdict-send" { "Send" }
+            }
+            form.run #rule-form method="post" action="/approval-rules" {
+                h2 { "Add an approval rule" }
+                input type="hidden" name="csrf" value=(csrf);
+                label { span { "Id" } input type="text" name="id" required; }
+                label { span { "Scope" } input type="text" name="scope" placeholder=(SCOPE_HINT); }
+                label { span { "Minimum severity" }
+                    select name="min_severity" {
+                        option value="" { "any" }
+                        @for s in ["low", "medium", "high", "critical"] { option value=(s) { (s) } }
+                    }
+                }
+                label.check { input type="checkbox" name="security_only" value="1"; " security updates only" }
+                label { span { "After days" } input type="number" name="delay_days" min="0" value="0"; }
+                label { span { "Only packages" } input type="text" name="allow" placeholder="comma-separated"; }
+                label { span { "Never packages" } input type="text" name="deny" placeholder="comma-separated"; }
+                button type="submit" id="rule-add" { "Add rule" }
             }
         }
     }
@@ -715,6 +911,7 @@ pub async fn approvals(State(c): C, h: HeaderMap, Query(p): Query<ApprovalParams
         .device
         .map(|d| d.trim().to_string())
         .filter(|d| !d.is_empty());
+    let csrf = c.csrf.token(&v.csrf_subject);
     match c.backend.approvals(&v, device.as_deref()).await {
         Ok(a) => page(
             StatusCode::OK,
@@ -728,11 +925,147 @@ pub async fn approvals(State(c): C, h: HeaderMap, Query(p): Query<ApprovalParams
                     layout::crumb("Deployments", "/deployments"),
                     layout::here("Approvals"),
                 ],
-                approvals_page(&a),
+                approvals_page(&a, &csrf),
             ),
         ),
         Err(e) => error_page(&c, Some(&v), e),
     }
+}
+
+/// The approve/decline form's fields.
+#[derive(Debug, Default, Deserialize)]
+pub struct VerdictForm {
+    #[serde(default)]
+    pub csrf: String,
+    #[serde(default)]
+    pub patch: String,
+    #[serde(default)]
+    pub verdict: String,
+    #[serde(default)]
+    pub scope: String,
+}
+
+/// The rule form's fields.
+#[derive(Debug, Default, Deserialize)]
+pub struct RuleForm {
+    #[serde(default)]
+    pub csrf: String,
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub scope: String,
+    #[serde(default)]
+    pub min_severity: String,
+    #[serde(default)]
+    pub security_only: Option<String>,
+    #[serde(default)]
+    pub delay_days: String,
+    #[serde(default)]
+    pub allow: String,
+    #[serde(default)]
+    pub deny: String,
+}
+
+/// A comma-separated list, trimmed, empty items left out.
+fn list_of(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(|x| x.trim().to_string())
+        .filter(|x| !x.is_empty())
+        .collect()
+}
+
+/// An approvals form's viewer, refused unless it may edit approvals.
+async fn approval_editor(c: &Console, h: &HeaderMap, csrf: &str) -> Result<Viewer, Response> {
+    let v = form_viewer(c, h, csrf).await?;
+    if !v.can.approve_patches || !c.backend.info().features.edit_approvals {
+        return Err(refuse(
+            c,
+            Some(&v),
+            "forbidden",
+            &format!("Role {} may not change approvals here.", v.role),
+        ));
+    }
+    Ok(v)
+}
+
+fn after_approval(c: &Console, v: &Viewer, r: Result<(), ConsoleError>) -> Response {
+    match r {
+        Ok(()) => Redirect::to("/approvals").into_response(),
+        Err(ConsoleError::Forbidden(m)) => refuse(c, Some(v), "forbidden", &m),
+        Err(e) => error_page(c, Some(v), e),
+    }
+}
+
+/// `POST /approvals`: approve or decline a patch (backends with
+/// [`crate::backend::Features::edit_approvals`]).
+pub async fn verdict(State(c): C, h: HeaderMap, Form(f): Form<VerdictForm>) -> Response {
+    let v = match approval_editor(&c, &h, &f.csrf).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let req = VerdictRequest {
+        patch: f.patch.trim().to_string(),
+        verdict: f.verdict.trim().to_string(),
+        scope: f.scope.trim().to_string(),
+    };
+    let r = c.backend.set_verdict(&v, &req).await;
+    after_approval(&c, &v, r)
+}
+
+/// `POST /approval-rules`: adds a rule.
+pub async fn add_rule(State(c): C, h: HeaderMap, Form(f): Form<RuleForm>) -> Response {
+    let v = match approval_editor(&c, &h, &f.csrf).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let delay = f.delay_days.trim();
+    let delay_days = if delay.is_empty() {
+        0
+    } else {
+        match delay.parse::<u32>() {
+            Ok(d) => d,
+            Err(_) => {
+                return error_page(
+                    &c,
+                    Some(&v),
+                    ConsoleError::BadRequest(format!("\"{delay}\" is not a number of days")),
+                );
+            }
+        }
+    };
+    let min = f.min_severity.trim();
+    let req = NewRule {
+        id: f.id.trim().to_string(),
+        scope: f.scope.trim().to_string(),
+        min_severity: (!min.is_empty()).then(|| min.to_string()),
+        security_only: f.security_only.is_some(),
+        delay_days,
+        allow: list_of(&f.allow),
+        deny: list_of(&f.deny),
+    };
+    let r = c.backend.add_approval_rule(&v, &req).await;
+    after_approval(&c, &v, r)
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct CsrfOnly {
+    #[serde(default)]
+    pub csrf: String,
+}
+
+/// `POST /approval-rules/{id}/delete`: removes a rule.
+pub async fn remove_rule(
+    State(c): C,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
+    let v = match approval_editor(&c, &h, &f.csrf).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let r = c.backend.remove_approval_rule(&v, &id).await;
+    after_approval(&c, &v, r)
 }
 
 #[cfg(test)]
@@ -784,7 +1117,91 @@ mod tests {
                 reason: Some("dpkg: <error>".into()),
                 ..Default::default()
             }],
+            actions: vec![],
         }
+    }
+
+    #[test]
+    fn a_deployment_over_sites_shows_each_sites_state_and_one_created_at_its_site_offers_no_action()
+    {
+        let mut d = detail("running");
+        d.row.sites = vec![
+            SiteLine {
+                site_id: "s-1".into(),
+                site_name: "main <office>".into(),
+                customer: "dental".into(),
+                delivery: "delivered".into(),
+                phase: Some("paused".into()),
+                stage: Some(0),
+                stages: 2,
+                devices: 1,
+                ..Default::default()
+            },
+            SiteLine {
+                site_id: "s-2".into(),
+                site_name: "branch".into(),
+                delivery: "refused".into(),
+                reason: Some("unknown <patch>".into()),
+                ..Default::default()
+            },
+        ];
+        d.actions = vec![ActionLine {
+            action: "pause".into(),
+            by: "tess".into(),
+            detail: "note: <x>".into(),
+            delivery: "delivered 1/2".into(),
+            ..Default::default()
+        }];
+        let tech = deployment_page(&d, &viewer(true, false), "tok").into_string();
+        assert!(tech.contains("id=\"deployment-sites\""), "{tech}");
+        assert!(
+            tech.contains("data-site=\"s-1\" data-state=\"paused\"")
+                && tech.contains("data-site=\"s-2\" data-state=\"refused\""),
+            "{tech}"
+        );
+        assert!(
+            tech.contains("main &lt;office&gt;")
+                && tech.contains("unknown &lt;patch&gt;")
+                && tech.contains("note: &lt;x&gt;"),
+            "escaped: {tech}"
+        );
+        assert!(tech.contains("class=\"dep-pause\""), "{tech}");
+        let list = deployment_list(std::slice::from_ref(&d.row), None, "tok").into_string();
+        assert!(list.contains("data-field=\"sites\""), "{list}");
+        d.row.read_only = Some("Created at site main: act on it there.".into());
+        let ro = deployment_page(&d, &viewer(true, true), "tok").into_string();
+        assert!(
+            !ro.contains("dep-action") && ro.contains("deployment-read-only"),
+            "{ro}"
+        );
+    }
+
+    #[test]
+    fn approval_forms_and_remove_buttons_show_only_when_the_backend_says_editable() {
+        let mut a = ApprovalsView {
+            rules: vec![RuleRow {
+                id: "r1".into(),
+                kind: "auto".into(),
+                scope: "tenant msp".into(),
+                ..Default::default()
+            }],
+            removable: vec!["r1".into()],
+            decisions_note: Some("each site decides".into()),
+            ..Default::default()
+        };
+        let ro = approvals_page(&a, "tok").into_string();
+        assert!(
+            !ro.contains("<form") && ro.contains("each site decides"),
+            "{ro}"
+        );
+        a.editable = true;
+        let ed = approvals_page(&a, "tok").into_string();
+        assert!(
+            ed.contains("id=\"verdict-form\"")
+                && ed.contains("id=\"rule-form\"")
+                && ed.contains("action=\"/approval-rules/r1/delete\""),
+            "{ed}"
+        );
     }
 
     #[test]

@@ -69,7 +69,15 @@ pub fn router<S: Clone + Send + Sync + 'static>(c: Arc<Console>) -> Router<S> {
         )
         .route("/deployments/{id}", get(crate::deployments::show))
         .route("/deployments/{id}/{action}", post(crate::deployments::act))
-        .route("/approvals", get(crate::deployments::approvals))
+        .route(
+            "/approvals",
+            get(crate::deployments::approvals).post(crate::deployments::verdict),
+        )
+        .route("/approval-rules", post(crate::deployments::add_rule))
+        .route(
+            "/approval-rules/{id}/delete",
+            post(crate::deployments::remove_rule),
+        )
         .route("/console/live", get(live))
         .route("/console/console.js", get(js))
         .route("/console/console.css", get(css))
@@ -402,7 +410,10 @@ async fn devices(State(c): C, h: HeaderMap, Query(p): Query<DeviceParams>) -> Re
         Ok(l) => {
             let tags = c.backend.info().features.tags;
             let (csrf, scripts) = bar_parts(&c, &v).await;
-            let bar = bulk_bar(&c, &v, &csrf, &scripts);
+            let mut bar = bulk_bar(&c, &v, &csrf, &scripts);
+            if bar.run && c.backend.info().features.bulk_by_tag {
+                bar.by_tag = q.tag.as_deref();
+            }
             let m = render(
                 &c,
                 Some(&v),
@@ -490,6 +501,7 @@ fn bulk_bar<'a>(
         run: f.commands && v.can.run_commands,
         tag: f.tag_devices && v.can.run_commands,
         scripts,
+        by_tag: None,
     }
 }
 

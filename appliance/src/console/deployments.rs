@@ -98,6 +98,7 @@ pub fn row(d: &StoredDeployment, now_ms: u64) -> DeploymentRow {
         created_ms: s.created_at_ms,
         created_by: s.created_by.clone(),
         updated_ms: s.updated_at_ms,
+        ..Default::default()
     }
 }
 
@@ -156,6 +157,7 @@ pub fn detail(
         note: note(&d.deployment.phase),
         stages: v.stages.iter().map(stage_view).collect(),
         devices,
+        ..Default::default()
     }
 }
 
@@ -456,6 +458,7 @@ impl SiteConsole {
                 devices,
                 device,
                 targets,
+                ..Default::default()
             })
         })
         .await

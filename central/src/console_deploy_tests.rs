@@ -1,0 +1,521 @@
+//! The console's Deployments and Approvals pages at central,
+//! router-level (tower `oneshot`, no socket), with the site end of the
+//! stream driven directly ([`crate::deploy_link::SiteDeployLink`]): the
+//! list and a deployment's page show each site's delivery and progress;
+//! technicians pause from the page through the API's order path (the
+//! order goes down to the site), viewers see no button and their forged
+//! POSTs are refused, a customer-scoped user and another tenant get 404;
+//! a deployment created at its site is read-only here; admins approve,
+//! add and remove rules from the Approvals page.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, header};
+use outpost_proto::SiteId;
+use outpost_uplink::deploy_link::{DeployAck, DeployProgress};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::Central;
+use crate::deploy_link::SiteDeployLink;
+use crate::downlink::Down;
+use crate::model::Role;
+use crate::ops;
+use crate::testing::{batch_of, central_with_site};
+
+crate::testing::on_both_backends!(
+    the_deployment_pages_show_each_sites_progress_within_scope_and_404_elsewhere,
+    technicians_pause_from_the_page_through_the_order_path_and_viewers_are_refused,
+    admins_approve_and_add_and_remove_rules_from_the_approvals_page_and_others_cannot,
+);
+
+struct F {
+    c: Arc<Central>,
+    site: SiteId,
+    branch: SiteId,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture() -> F {
+    let (c, site, dir) = central_with_site(Default::default()).await;
+    c.store
+        .apply_batch(&"msp".into(), &site, batch_of(&site, 1), 10)
+        .await
+        .unwrap();
+    let branch = ops::add_site(
+        c.store.as_ref(),
+        &ops::AddSite {
+            tenant: "msp".into(),
+            customer: "ortho".into(),
+            site: "branch".into(),
+        },
+        1,
+    )
+    .await
+    .unwrap()
+    .site_id;
+    F {
+        c,
+        site,
+        branch,
+        _dir: dir,
+    }
+}
+
+impl F {
+    async fn send(
+        &self,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, axum::http::HeaderMap, String) {
+        let mut req = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = crate::api::router(self.c.clone())
+            .oneshot(req.body(Body::from(body.to_string())).unwrap())
+            .await
+            .unwrap();
+        let st = resp.status().as_u16();
+        let h = resp.headers().clone();
+        let b = axum::body::to_bytes(resp.into_body(), 1 << 22)
+            .await
+            .unwrap();
+        (st, h, String::from_utf8_lossy(&b).into_owned())
+    }
+
+    /// A user's session cookie.
+    async fn session(&self, tenant: &str, name: &str, role: Role, customers: &[&str]) -> String {
+        ops::add_user(
+            self.c.store.as_ref(),
+            &ops::AddUser {
+                tenant: tenant.into(),
+                name: name.into(),
+                role,
+                customers: customers.iter().map(|c| (*c).into()).collect(),
+                password: "correct horse battery".into(),
+            },
+            1,
+            &self.c.passwords,
+        )
+        .await
+        .unwrap();
+        let (st, h, body) = self
+            .send(
+                "POST",
+                "/login",
+                &[("content-type", "application/x-www-form-urlencoded")],
+                &format!("tenant={tenant}&username={name}&password=correct+horse+battery"),
+            )
+            .await;
+        assert_eq!(st, 303, "{body}");
+        h[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    async fn page(&self, cookie: &str, uri: &str) -> (u16, String) {
+        let (st, _, b) = self.send("GET", uri, &[("cookie", cookie)], "").await;
+        (st, b)
+    }
+
+    /// A form POST of a session (same origin).
+    async fn post(&self, cookie: &str, uri: &str, body: &str) -> u16 {
+        self.send(
+            "POST",
+            uri,
+            &[
+                ("cookie", cookie),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            body,
+        )
+        .await
+        .0
+    }
+
+    async fn api(&self, token: &str, method: &str, uri: &str, body: Option<Value>) -> (u16, Value) {
+        let auth = format!("Bearer {token}");
+        let mut h = vec![("authorization", auth.as_str())];
+        if body.is_some() {
+            h.push(("content-type", "application/json"));
+        }
+        let b = body.map(|b| b.to_string()).unwrap_or_default();
+        let (st, _, text) = self.send(method, uri, &h, &b).await;
+        (st, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn token(&self, role: Role) -> String {
+        ops::create_token(
+            self.c.store.as_ref(),
+            &ops::CreateToken {
+                tenant: "msp".into(),
+                role,
+                customers: vec![],
+            },
+            1,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// A deployment created at central over both sites; the main site
+    /// acknowledges it and reports `phase` (its device 2a waiting).
+    async fn deployment(&self, phase: &str) -> String {
+        let admin = self.token(Role::Admin).await;
+        let (st, v) = self
+            .api(
+                &admin,
+                "POST",
+                "/api/v1/deployments",
+                Some(json!({"target": {"type": "all"}, "patches": [{"package": "openssl", "version": "3.0.2-1"}]})),
+            )
+            .await;
+        assert_eq!(st, 201, "{v}");
+        let dep = v["id"].as_str().unwrap().to_string();
+        let mut link = SiteDeployLink::new(&self.c, &"msp".into(), &self.site, &"dental".into(), 5);
+        for f in link.opening(1_000).await {
+            if let outpost_uplink::wire::CentralFrame::DeployOrders(v) = f {
+                for o in v {
+                    link.on_ack(
+                        DeployAck {
+                            id: o.id,
+                            refused: None,
+                        },
+                        1_001,
+                    )
+                    .await;
+                }
+            }
+        }
+        self.progress(&dep, 10, phase, true).await;
+        dep
+    }
+
+    async fn progress(&self, dep: &str, at: u64, phase: &str, from_central: bool) {
+        let mut link = SiteDeployLink::new(&self.c, &"msp".into(), &self.site, &"dental".into(), 5);
+        let view = json!({
+            "summary": {"id": dep, "phase": phase, "stage": 0, "stages": 1, "devices": 1,
+                        "succeeded": 0, "failed": 0, "target": "all devices", "patches": [],
+                        "created_at_ms": 1, "created_by": "site-admin", "updated_at_ms": at},
+            "stages": [{"figures": {"stage": 0, "devices": 1, "counted": 0, "succeeded": 0,
+                        "failed": 0, "in_flight": 0, "waiting": 1}, "gate": "waiting: <window>"}],
+            "devices": [{"device": "000000000000002a", "stage": 0, "state": "waiting_for_window",
+                         "attempt": 0, "reason": null}],
+        });
+        let p = DeployProgress {
+            deployment: dep.to_string(),
+            updated_at_ms: at,
+            from_central,
+            view_json: view.to_string(),
+        };
+        assert!(link.on_progress(p, 2_000).await.is_some());
+    }
+}
+
+fn csrf_in(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a csrf field")
+        .to_string()
+}
+
+async fn the_deployment_pages_show_each_sites_progress_within_scope_and_404_elsewhere() {
+    let f = fixture().await;
+    let dep = f.deployment("running").await;
+    let viewer = f.session("msp", "vera", Role::Viewer, &[]).await;
+    let (st, list) = f.page(&viewer, "/deployments").await;
+    assert_eq!(st, 200, "{list}");
+    assert!(
+        list.contains(&format!("data-deployment=\"{dep}\" data-phase=\"running\"")),
+        "{list}"
+    );
+    assert!(
+        list.contains(&format!("data-site=\"{}\"", f.site))
+            && list.contains(&format!("data-site=\"{}\"", f.branch)),
+        "both sites: {list}"
+    );
+    assert!(
+        !list.contains("create-deployment"),
+        "viewers create nothing"
+    );
+    let (st, page) = f.page(&viewer, &format!("/deployments/{dep}")).await;
+    assert_eq!(st, 200, "{page}");
+    // Each site: main reported running; branch still queued.
+    assert!(
+        page.contains(&format!("data-site=\"{}\" data-state=\"running\"", f.site))
+            && page.contains(&format!("data-site=\"{}\" data-state=\"queued\"", f.branch)),
+        "{page}"
+    );
+    // The device by its hostname, the gate escaped, no action for a viewer.
+    assert!(
+        page.contains("web-1") && page.contains("waiting_for_window"),
+        "{page}"
+    );
+    assert!(page.contains("waiting: &lt;window&gt;"), "{page}");
+    assert!(!page.contains("dep-action"), "{page}");
+    assert!(page.contains("openssl=3.0.2-1"), "{page}");
+
+    // An admin gets the create form.
+    let admin = f.session("msp", "ann", Role::Admin, &[]).await;
+    let (_, list) = f.page(&admin, "/deployments").await;
+    assert!(list.contains("id=\"create-deployment\""), "{list}");
+
+    // A dental user does not see an order to ortho's site too; another
+    // tenant's admin gets 404.
+    let dental = f
+        .session("msp", "dora", Role::Technician, &["dental"])
+        .await;
+    let (st, list) = f.page(&dental, "/deployments").await;
+    assert_eq!(st, 200);
+    assert!(!list.contains(&dep), "{list}");
+    let (st, _) = f.page(&dental, &format!("/deployments/{dep}")).await;
+    assert_eq!(st, 404);
+    let zeta = f.session("zeta", "zed", Role::Admin, &[]).await;
+    let (st, _) = f.page(&zeta, &format!("/deployments/{dep}")).await;
+    assert_eq!(st, 404);
+    let (_, list) = f.page(&zeta, "/deployments").await;
+    assert!(!list.contains(&dep) && !list.contains("web-1"), "{list}");
+}
+
+async fn technicians_pause_from_the_page_through_the_order_path_and_viewers_are_refused() {
+    let f = fixture().await;
+    let (_conn, rx) = f.c.downlinks.register(&"msp".into(), &f.site, 5);
+    let mut rx = rx.unwrap();
+    let dep = f.deployment("running").await;
+    while rx.try_recv().is_ok() {}
+    let uri = format!("/deployments/{dep}");
+
+    // A viewer: no button, and its own token is refused.
+    let viewer = f.session("msp", "vera", Role::Viewer, &[]).await;
+    let (_, page) = f.page(&viewer, &uri).await;
+    assert!(!page.contains("dep-action"));
+    let token = csrf_in(&page);
+    assert_eq!(
+        f.post(
+            &viewer,
+            &format!("{uri}/pause"),
+            &format!("csrf={token}&note=x")
+        )
+        .await,
+        403
+    );
+    // A technician: pause and roll back, no abort.
+    let tech = f.session("msp", "tess", Role::Technician, &[]).await;
+    let (_, page) = f.page(&tech, &uri).await;
+    assert!(
+        page.contains("class=\"dep-pause\"") && page.contains("class=\"dep-rollback\""),
+        "{page}"
+    );
+    assert!(!page.contains("class=\"dep-abort\""), "{page}");
+    let token = csrf_in(&page);
+    assert_eq!(
+        f.post(
+            &tech,
+            &format!("{uri}/abort"),
+            &format!("csrf={token}&note=x")
+        )
+        .await,
+        403
+    );
+    // Forged (no token): refused.
+    assert_eq!(f.post(&tech, &format!("{uri}/pause"), "note=x").await, 403);
+    let admin = f.token(Role::Admin).await;
+    let (_, v) = f
+        .api(&admin, "GET", &format!("/api/v1/deployments/{dep}"), None)
+        .await;
+    assert_eq!(v["actions"], json!([]), "nothing sent yet: {v}");
+
+    // The page's pause: one order through the API's path, pushed to the
+    // connected site at once, shown on the page.
+    assert_eq!(
+        f.post(
+            &tech,
+            &format!("{uri}/pause"),
+            &format!("csrf={token}&note=from+the+page")
+        )
+        .await,
+        303
+    );
+    let (_, v) = f
+        .api(&admin, "GET", &format!("/api/v1/deployments/{dep}"), None)
+        .await;
+    let acts = v["actions"].as_array().unwrap();
+    assert_eq!(acts.len(), 1, "{v}");
+    assert_eq!(acts[0]["detail"]["action"], "pause");
+    assert_eq!(acts[0]["detail"]["body"]["note"], "from the page");
+    assert_eq!(acts[0]["created_by"], "tess");
+    assert!(matches!(rx.try_recv(), Ok(Down::DeployOrder(_))));
+    let (_, page) = f.page(&tech, &uri).await;
+    assert!(
+        page.contains("id=\"deployment-orders\"") && page.contains("note: from the page"),
+        "{page}"
+    );
+    // The site reports it paused: the page's state changes.
+    f.progress(&dep, 20, "paused", true).await;
+    let (_, page) = f.page(&tech, &uri).await;
+    assert!(page.contains("data-phase=\"paused\""), "{page}");
+    assert!(page.contains("class=\"dep-resume\""), "{page}");
+    assert!(page.contains("paused from central by tess"), "{page}");
+
+    // Another tenant's technician: 404, nothing sent.
+    let zeta = f.session("zeta", "zed", Role::Technician, &[]).await;
+    let (_, zpage) = f.page(&zeta, "/deployments").await;
+    let ztoken = csrf_in(&zpage);
+    assert_eq!(
+        f.post(&zeta, &format!("{uri}/resume"), &format!("csrf={ztoken}"))
+            .await,
+        404
+    );
+    // A deployment created at its site is read-only here.
+    f.progress("dep-local", 30, "running", false).await;
+    let local = format!("/deployments/dep-local@{}", f.site);
+    let (st, page) = f.page(&tech, &local).await;
+    assert_eq!(st, 200, "{page}");
+    assert!(
+        page.contains("deployment-read-only") && !page.contains("dep-action"),
+        "{page}"
+    );
+    assert_eq!(
+        f.post(&tech, &format!("{local}/pause"), &format!("csrf={token}"))
+            .await,
+        400
+    );
+    let (_, v) = f
+        .api(&admin, "GET", &format!("/api/v1/deployments/{dep}"), None)
+        .await;
+    assert_eq!(v["actions"].as_array().unwrap().len(), 1, "{v}");
+}
+
+async fn admins_approve_and_add_and_remove_rules_from_the_approvals_page_and_others_cannot() {
+    let f = fixture().await;
+    let admin_token = f.token(Role::Admin).await;
+    let tech = f.session("msp", "tess", Role::Technician, &[]).await;
+    let (st, page) = f.page(&tech, "/approvals").await;
+    assert_eq!(st, 200, "{page}");
+    assert!(
+        !page.contains("verdict-form") && !page.contains("rule-form"),
+        "{page}"
+    );
+    assert!(page.contains("decisions-note"), "{page}");
+    let token = csrf_in(&page);
+    assert_eq!(
+        f.post(
+            &tech,
+            "/approvals",
+            &format!("csrf={token}&patch=openssl%3D3.0.2-1&verdict=approve")
+        )
+        .await,
+        403
+    );
+    let (_, v) = f.api(&admin_token, "GET", "/api/v1/approvals", None).await;
+    assert_eq!(v, json!([]));
+
+    let admin = f.session("msp", "ann", Role::Admin, &[]).await;
+    let (_, page) = f.page(&admin, "/approvals").await;
+    assert!(
+        page.contains("id=\"verdict-form\"") && page.contains("id=\"rule-form\""),
+        "{page}"
+    );
+    let token = csrf_in(&page);
+    assert_eq!(
+        f.post(
+            &admin,
+            "/approvals",
+            &format!("csrf={token}&patch=openssl%3D3.0.2-1&verdict=approve&scope=")
+        )
+        .await,
+        303
+    );
+    let (_, v) = f.api(&admin_token, "GET", "/api/v1/approvals", None).await;
+    assert_eq!(v[0]["detail"]["patch"], "openssl=3.0.2-1", "{v}");
+    assert_eq!(v[0]["detail"]["scope"], "tenant", "{v}");
+    assert_eq!(v[0]["deliveries"].as_array().unwrap().len(), 2, "{v}");
+    // A bad patch or rule is refused with the reason, nothing sent.
+    assert_eq!(
+        f.post(
+            &admin,
+            "/approvals",
+            &format!("csrf={token}&patch=openssl&verdict=approve")
+        )
+        .await,
+        400
+    );
+    assert_eq!(
+        f.post(
+            &admin,
+            "/approval-rules",
+            &format!("csrf={token}&id=x&min_severity=apocalyptic")
+        )
+        .await,
+        400
+    );
+    assert_eq!(
+        f.post(
+            &admin,
+            "/approval-rules",
+            &format!("csrf={token}&id=crit&scope=tag%3Aweb&min_severity=high&security_only=1&delay_days=2&allow=openssl%2C+curl")
+        )
+        .await,
+        303
+    );
+    let (_, v) = f
+        .api(&admin_token, "GET", "/api/v1/approval-rules", None)
+        .await;
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v[0]["rule"]["scope"], json!({"type": "tag", "tag": "web"}));
+    assert_eq!(v[0]["rule"]["rule"]["allow"], json!(["openssl", "curl"]));
+    let (_, page) = f.page(&admin, "/approvals").await;
+    assert!(
+        page.contains("data-rule=\"crit\"")
+            && page.contains("action=\"/approval-rules/crit/delete\""),
+        "{page}"
+    );
+    assert!(page.contains("severity ≥ high"), "{page}");
+    // The technician sees the rule, without a remove button; its POST is refused.
+    let (_, tpage) = f.page(&tech, "/approvals").await;
+    assert!(
+        tpage.contains("data-rule=\"crit\"") && !tpage.contains("/delete"),
+        "{tpage}"
+    );
+    let ttoken = csrf_in(&tpage);
+    assert_eq!(
+        f.post(
+            &tech,
+            "/approval-rules/crit/delete",
+            &format!("csrf={ttoken}")
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        f.post(
+            &admin,
+            "/approval-rules/crit/delete",
+            &format!("csrf={token}")
+        )
+        .await,
+        303
+    );
+    let (_, v) = f
+        .api(&admin_token, "GET", "/api/v1/approval-rules", None)
+        .await;
+    assert_eq!(v, json!([]));
+    assert_eq!(
+        f.post(
+            &admin,
+            "/approval-rules/crit/delete",
+            &format!("csrf={token}")
+        )
+        .await,
+        404
+    );
+}
