@@ -1,5 +1,5 @@
 //! The console's Deployments and Approvals pages (backends with
-//! [`crate::backend::Features::deployments`]; the appliance today):
+//! [`crate::backend::Features::deployments`]: the appliance and central):
 //! `/deployments` (every deployment: phase, stage i/n, the current
 //! stage's gate figures, failures, who created it and when; admins also
 //! get the create form: approved patches × a target), `/deployments/{id}`
@@ -7,6 +7,14 @@
 //! and pause / resume / abort / rollback for those whose role allows),
 //! and `/approvals` (approval rules, manual approvals and declines, and
 //! for a chosen device which rule decided each of its missing patches).
+//!
+//! Central's rows span sites ([`DeploymentRow::sites`]: each site's
+//! delivery and reported phase) and list the actions it sent
+//! ([`DeploymentDetail::actions`]); a row with
+//! [`DeploymentRow::read_only`] offers no action. Backends with
+//! [`crate::backend::Features::edit_approvals`] also get the approve /
+//! decline and rule forms on `/approvals` (`POST /approvals`,
+//! `/approval-rules`, `/approval-rules/{id}/delete`).
 //!
 //! A backend without deployments gets one page saying where they will
 //! come from; nothing is made up.
@@ -648,8 +656,8 @@ fn approval_forms(csrf: &str) -> Markup {
 pub fn later_page() -> Markup {
     html! {
         p.notice #deployments-later {
-            "Deployments from central arrive with the next change (central deployments). "
-            "Until then each site runs its own: open the site's console, or use "
+            "Deployments are not available on this server. Each site runs its own: "
+            "open the site's console, or use "
             code { "outpost deployments" } " on the appliance."
         }
     }

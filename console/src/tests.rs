@@ -506,7 +506,7 @@ async fn a_backend_without_deployments_says_where_they_will_come_from_and_shows_
         let (st, _, body) = send(&c, "GET", path, &[("cookie", "s=tech")], "").await;
         assert_eq!(st, 200, "{path}: {body}");
         assert!(
-            body.contains("deployments-later") && body.contains("Deployments from central arrive"),
+            body.contains("deployments-later") && body.contains("Each site runs its own"),
             "{path}: {body}"
         );
         assert!(!body.contains("id=\"deployments\""), "{path}: {body}");

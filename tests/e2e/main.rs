@@ -6,6 +6,7 @@
 mod alerts;
 mod bench_smoke;
 mod browser;
+mod browser_central_deploy;
 mod browser_deploy;
 mod cache;
 mod central_commands;

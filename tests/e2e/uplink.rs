@@ -776,6 +776,17 @@ impl SiteClient {
         })
     }
 
+    /// Writes one frame to central (no answer read).
+    pub fn send_frame(&mut self, f: &outpost_uplink::wire::SiteFrame) {
+        use outpost_uplink::wire::MAX_UPLINK_FRAME_BYTES;
+        self.rt.block_on(async {
+            self.send
+                .write_all(&outpost_proto::frame::encode_frame(f, MAX_UPLINK_FRAME_BYTES).unwrap())
+                .await
+                .unwrap();
+        })
+    }
+
     /// The next frame central sends (within 10 s).
     pub fn next_frame(&mut self) -> outpost_uplink::wire::CentralFrame {
         self.rt.block_on(async {

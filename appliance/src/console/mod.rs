@@ -675,12 +675,19 @@ impl ConsoleBackend for SiteConsole {
                     sites: vec![self.site_health(&site, cu, c.totals)],
                 });
             }
+            // The patch compliance tile, as central's, once patches exist.
+            let patch_compliance = if self.patches.is_some() {
+                let now = outpost_storage::now_ms();
+                patches::on_pool(self, move |p| patches::compliance_percent(p, now)).await?
+            } else {
+                None
+            };
             Ok(Dashboard {
                 totals: c.totals,
                 firing_by_severity: c.firing_by_severity,
                 stale_sites: 0,
                 customers,
-                patch_compliance: None,
+                patch_compliance,
             })
         })
     }

@@ -81,6 +81,16 @@ fn patches(c: &SiteConsole) -> Result<&PatchService, ConsoleError> {
         .ok_or_else(|| ConsoleError::NotFound("Patches are not available on this server.".into()))
 }
 
+/// The site's patch compliance (percent of assessed devices fully
+/// patched), for the dashboard's tile.
+pub(super) fn compliance_percent(c: &PatchPages, now: u64) -> Result<Option<f64>, ConsoleError> {
+    Ok(c.svc
+        .summary(now)
+        .map_err(internal)?
+        .fleet
+        .compliance_percent)
+}
+
 pub(super) fn overview(c: &PatchPages, now: u64) -> Result<PatchOverview, ConsoleError> {
     let svc = &c.svc;
     let s = svc.summary(now).map_err(internal)?;

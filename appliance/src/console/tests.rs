@@ -1310,6 +1310,15 @@ async fn the_site_patch_pages_show_the_stored_assessments_through_the_router() {
         let (rig, viewer) = (&rig, viewer.clone());
         async move { rig.call("GET", path, &[("cookie", &viewer)], "").await }
     };
+    // The dashboard's tile (as central's): the same figure, linked.
+    let r = get("/").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body
+            .contains("<a class=\"tile\" href=\"/patches\"><span class=\"num\">100 %</span>"),
+        "{}",
+        r.body
+    );
     let r = get("/patches").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     for want in [
