@@ -158,6 +158,19 @@ pub struct Orchestrator {
     /// Deployments stepped since [`Orchestrator::take_changed`] last
     /// took them (the progress loop up to central).
     changed: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Every deployment's phase and alert mark count, read from the
+    /// headers and state records once (first tick or gauge refresh) and
+    /// kept by every write since: a tick steps the running ones and reads
+    /// no other.
+    index: std::sync::Mutex<Option<std::collections::HashMap<String, Indexed>>>,
+}
+
+/// What the orchestrator's tick and gauge need of a deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Indexed {
+    phase: outpost_patch::rollout::Phase,
+    /// Alert marks held (`None`: unknown, an old-layout record).
+    marks: Option<u32>,
 }
 
 /// A deployment in the orchestrator's memory, with what is on disk of it
@@ -317,6 +330,7 @@ impl Orchestrator {
             lock: tokio::sync::Mutex::new(()),
             cache: Default::default(),
             changed: Default::default(),
+            index: Default::default(),
         }
     }
 
@@ -492,6 +506,7 @@ impl Orchestrator {
                 ..Default::default()
             };
             store::put(&self.store, &sd, &state)?;
+            self.indexed(&id, &sd.deployment.phase, 0);
             self.keep(
                 &id,
                 Cached::new(store::Loaded {
@@ -618,6 +633,7 @@ impl Orchestrator {
             m.store_header_writes.inc();
         }
         let sd = c.sd.clone();
+        self.indexed(id, &sd.deployment.phase, c.state.marks);
         self.keep(id, c);
         self.mark_changed(id);
         Ok(Stepped {
@@ -625,6 +641,51 @@ impl Orchestrator {
             actions,
             replayed: None,
         })
+    }
+
+    /// Records a deployment's phase and marks as written (if the index
+    /// was read already).
+    fn indexed(&self, id: &str, phase: &outpost_patch::rollout::Phase, marks: u32) {
+        if let Some(ix) = self
+            .index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            ix.insert(
+                id.to_string(),
+                Indexed {
+                    phase: phase.clone(),
+                    marks: Some(marks),
+                },
+            );
+        }
+    }
+
+    /// `f` of the index (read from the store the first time).
+    fn with_index<R>(
+        &self,
+        f: impl FnOnce(&std::collections::HashMap<String, Indexed>) -> R,
+    ) -> Result<R, DeployError> {
+        let mut g = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ix) = g.as_ref() {
+            return Ok(f(ix));
+        }
+        let ix: std::collections::HashMap<String, Indexed> = store::summaries(&self.store)?
+            .into_iter()
+            .map(|(id, phase, state)| {
+                (
+                    id,
+                    Indexed {
+                        phase,
+                        marks: state.map(|s| s.marks),
+                    },
+                )
+            })
+            .collect();
+        let r = f(&ix);
+        *g = Some(ix);
+        Ok(r)
     }
 
     /// Keeps a deployment in memory unless it ended (a late report on it
@@ -789,10 +850,17 @@ impl Orchestrator {
     /// Time passed: every deployment not finished is stepped (windows,
     /// deadlines, soak times).
     pub async fn tick(&self, now_ms: u64) -> Result<(), DeployError> {
-        for (id, phase, state) in store::summaries(&self.store)? {
+        let mut ix: Vec<(String, Indexed)> = self.with_index(|ix| {
+            ix.iter()
+                .filter(|(_, i)| !store::ended(&i.phase) || i.marks.is_none_or(|m| m > 0))
+                .map(|(id, i)| (id.clone(), i.clone()))
+                .collect()
+        })?;
+        ix.sort_by(|a, b| a.0.cmp(&b.0));
+        for (id, Indexed { phase, marks }) in ix {
             if store::ended(&phase) {
                 // Only ended deployments with alert marks are read whole.
-                if state.is_none_or(|s| s.marks > 0)
+                if marks.is_none_or(|m| m > 0)
                     && let Some(sd) = store::get(&self.store, &id)?
                     && !sd.alert_marks.is_empty()
                 {
@@ -1039,15 +1107,18 @@ impl Orchestrator {
         Ok(s)
     }
 
-    /// Sets `outpost_deployments{state}` from the stored deployments.
+    /// Sets `outpost_deployments{state}` from the stored deployments
+    /// (the in-memory index of their phases).
     pub fn refresh_gauge(&self) {
-        let Ok(all) = store::summaries(&self.store) else {
+        let Ok(counts) = self.with_index(|ix| {
+            let mut counts = std::collections::BTreeMap::new();
+            for i in ix.values() {
+                *counts.entry(i.phase.name()).or_insert(0i64) += 1;
+            }
+            counts
+        }) else {
             return;
         };
-        let mut counts = std::collections::BTreeMap::new();
-        for (_, phase, _) in &all {
-            *counts.entry(phase.name()).or_insert(0i64) += 1;
-        }
         self.metrics.deploy.set_states(&counts);
     }
 }

@@ -1133,3 +1133,76 @@ async fn cache_pins_are_released_when_a_deployment_ends_and_at_start_for_ended_o
     r.sort();
     assert_eq!(r, vec!["dep-1", "dep-2", "dep-3"]);
 }
+
+fn gauge(o: &Orchestrator, state: &str) -> i64 {
+    o.metrics
+        .deploy
+        .deployments
+        .get_or_create(&crate::metrics::labels::StateLabel {
+            state: state.to_string(),
+        })
+        .get()
+}
+
+/// The phases the tick and the `outpost_deployments{state}` gauge use are
+/// kept in memory from every write, and read back right after a restart.
+#[tokio::test]
+async fn the_deployment_state_gauge_follows_every_step_and_is_read_back_after_a_restart() {
+    let s = site(2);
+    let t0 = 1_000 * H;
+    let (o, _) = orchestrator(&s, Arc::new(TestInstaller::default()));
+    let mut req = request(DeployTarget::All);
+    req.stages = Some(vec![100]);
+    req.gate = Some(GateSpec {
+        soak_ms: 0,
+        ..Default::default()
+    });
+    for id in ["dep-1", "dep-2", "dep-3"] {
+        req.id = Some(id.into());
+        o.create(req.clone(), s.patches.as_ref(), "admin", t0)
+            .await
+            .unwrap();
+    }
+    assert_eq!(gauge(&o, "running"), 3);
+    succeed_queued(&o, t0 + 1).await;
+    o.input("dep-2", Input::Pause { note: "x".into() }, "tech", t0 + 2)
+        .await
+        .unwrap();
+    o.input("dep-3", Input::Abort { note: "x".into() }, "tech", t0 + 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            gauge(&o, "completed"),
+            gauge(&o, "paused"),
+            gauge(&o, "aborted"),
+            gauge(&o, "running")
+        ),
+        (1, 1, 1, 0)
+    );
+    drop(o);
+    let (o, _) = orchestrator(&s, Arc::new(TestInstaller::default()));
+    o.recover(t0 + 4).await.unwrap();
+    assert_eq!(
+        (
+            gauge(&o, "completed"),
+            gauge(&o, "paused"),
+            gauge(&o, "aborted"),
+            gauge(&o, "running")
+        ),
+        (1, 1, 1, 0)
+    );
+    o.input(
+        "dep-2",
+        Input::Resume {
+            retry_failed: false,
+            force: false,
+            patches: None,
+        },
+        "tech",
+        t0 + 5,
+    )
+    .await
+    .unwrap();
+    assert_eq!((gauge(&o, "paused"), gauge(&o, "running")), (0, 1));
+}
