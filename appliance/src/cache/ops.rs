@@ -1,13 +1,15 @@
 //! Operations on the cache for the admin API and CLI: statistics,
 //! prefetch (pre-warm before a maintenance window), re-verification of
 //! every stored file, and pins (files an approved patch rollout needs are
-//! never evicted).
+//! never evicted). A pin taken for an owner (a deployment,
+//! [`Cache::pin_owned`]) is released with its last owner
+//! ([`Cache::release_owner`]); a pin an admin took stays until unpinned.
 
 use std::sync::Arc;
 
 use outpost_storage::now_ms;
 
-use super::tables::{CACHE_PINS, CACHE_URLS};
+use super::tables::{CACHE_PIN_OWNERS, CACHE_PINS, CACHE_URLS};
 use serde::{Deserialize, Serialize};
 
 use super::Cache;
@@ -466,11 +468,7 @@ impl Cache {
                         if fetched {
                             out.fetched_bytes += size;
                         }
-                        let pin = PinRequest {
-                            url: url.clone(),
-                            reason: reason.to_string(),
-                        };
-                        match self.pin(&pin).await {
+                        match self.pin_owned(&url, reason).await {
                             Ok(_) => out.pinned.push(url),
                             Err(e) => out.errors.push((url, e)),
                         }
@@ -564,6 +562,51 @@ impl Cache {
         Ok(true)
     }
 
+    /// Pins a URL's file (fetching it first if needed) for `owner`: the
+    /// pin stays while any owner holds it, or for good if an admin pinned
+    /// it (its record keeps the admin's reason). Record and owner written
+    /// in one batch.
+    pub async fn pin_owned(self: &Arc<Self>, url: &str, owner: &str) -> Result<PinInfo, String> {
+        let url = UpstreamUrl::parse_absolute(url).map_err(|e| e.to_string())?;
+        let (sha, size, _) = self.ensure_cached(&url).await?;
+        let old: Option<PinRecord> = self
+            .store
+            .get(CACHE_PINS, &url.key())
+            .map_err(|e| e.to_string())?;
+        let key = url.key();
+        let mut b = self.store.batch();
+        // The index holds one pin per pinned URL: `replaced` is the file
+        // of this URL's record before (if any and different).
+        let (rec, replaced, new) = match old {
+            Some(o) if o.sha256 == sha => (o, None, false),
+            other => {
+                let replaced = other.as_ref().map(|o| o.sha256);
+                let rec = PinRecord {
+                    sha256: sha,
+                    size,
+                    reason: other.map_or_else(|| owner.to_string(), |o| o.reason),
+                    since_ms: now_ms(),
+                };
+                b.put(CACHE_PINS, &key, &rec).map_err(|e| e.to_string())?;
+                (rec, replaced, true)
+            }
+        };
+        let (by_owner, by_url) = owner_key(owner, &key);
+        b.put_raw(CACHE_PIN_OWNERS, &by_owner, &[])
+            .and_then(|()| b.put_raw(CACHE_PIN_OWNERS, &by_url, &[]))
+            .and_then(|()| self.store.write(b))
+            .map_err(|e| e.to_string())?;
+        if new {
+            let mut ix = self.blobs();
+            if let Some(o) = replaced {
+                ix.unpin(&o);
+            }
+            ix.pin(sha);
+        }
+        self.update_gauges();
+        Ok(pin_info(url.to_string(), &rec, true))
+    }
+
     pub fn pins(&self) -> Result<Vec<PinInfo>, String> {
         let mut out = Vec::new();
         let ix = self.blobs();
@@ -586,6 +629,101 @@ impl Cache {
     }
 }
 
+/// The two keys of one (owner, URL) in `cache_pin_owners`: `o`, the
+/// owner's length (u16 big endian), owner, URL key; and `u`, the URL
+/// key's length, URL key, owner.
+pub fn owner_key(owner: &str, url_key: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    (
+        [owner_prefix(owner).as_slice(), url_key].concat(),
+        [url_prefix(url_key).as_slice(), owner.as_bytes()].concat(),
+    )
+}
+
+fn owner_prefix(owner: &str) -> Vec<u8> {
+    let len = u16::try_from(owner.len()).unwrap_or(u16::MAX);
+    [b"o".as_slice(), &len.to_be_bytes(), owner.as_bytes()].concat()
+}
+
+fn url_prefix(url_key: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(url_key.len()).unwrap_or(u16::MAX);
+    [b"u".as_slice(), &len.to_be_bytes(), url_key].concat()
+}
+
+/// What [`Cache::release_owner`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {
+    /// Pins removed (no owner left, not an admin's).
+    pub unpinned: Vec<String>,
+    /// Pins kept: another owner holds them, or an admin pinned them.
+    pub kept: Vec<String>,
+}
+
+impl Cache {
+    /// Releases every pin `owner` holds: a URL no other owner holds is
+    /// unpinned (unless an admin pinned it: its record names another
+    /// reason), then the cache evicts over its cap. Idempotent.
+    pub fn release_owner(&self, owner: &str) -> Result<Released, String> {
+        let e = |e: outpost_storage::StorageError| e.to_string();
+        let prefix = owner_prefix(owner);
+        let end = outpost_storage::keys::prefix_successor(&prefix);
+        let mut urls: Vec<Vec<u8>> = Vec::new();
+        self.store
+            .scan_raw(CACHE_PIN_OWNERS, &prefix, end.as_deref(), |k, _| {
+                urls.push(k[prefix.len()..].to_vec());
+                Ok(true)
+            })
+            .map_err(e)?;
+        let mut out = Released::default();
+        for url in urls {
+            let (by_owner, by_url) = owner_key(owner, &url);
+            let mut b = self.store.batch();
+            b.delete(CACHE_PIN_OWNERS, &by_owner).map_err(e)?;
+            b.delete(CACHE_PIN_OWNERS, &by_url).map_err(e)?;
+            // Other owners of this URL.
+            let up = url_prefix(&url);
+            let up_end = outpost_storage::keys::prefix_successor(&up);
+            let mut others = Vec::new();
+            self.store
+                .scan_raw(CACHE_PIN_OWNERS, &up, up_end.as_deref(), |k, _| {
+                    if k != by_url.as_slice() {
+                        others.push(String::from_utf8_lossy(&k[up.len()..]).into_owned());
+                    }
+                    Ok(others.is_empty())
+                })
+                .map_err(e)?;
+            let name = String::from_utf8_lossy(&url).into_owned();
+            let rec: Option<PinRecord> = self.store.get(CACHE_PINS, &url).map_err(e)?;
+            let mut unpin = None;
+            match rec {
+                None => {}
+                Some(mut r) if r.reason == owner => {
+                    if let Some(next) = others.first() {
+                        // Handed to the next owner.
+                        r.reason = next.clone();
+                        b.put(CACHE_PINS, &url, &r).map_err(e)?;
+                        out.kept.push(name);
+                    } else {
+                        b.delete(CACHE_PINS, &url).map_err(e)?;
+                        unpin = Some(r.sha256);
+                        out.unpinned.push(name);
+                    }
+                }
+                // An admin's pin, or another owner's record.
+                Some(_) => out.kept.push(name),
+            }
+            self.store.write(b).map_err(e)?;
+            if let Some(sha) = unpin {
+                self.blobs().unpin(&sha);
+            }
+        }
+        if !out.unpinned.is_empty() {
+            self.update_gauges();
+            self.evict_over_cap();
+        }
+        Ok(out)
+    }
+}
+
 fn pin_info(url: String, r: &PinRecord, cached: bool) -> PinInfo {
     PinInfo {
         url,
@@ -600,6 +738,226 @@ fn pin_info(url: String, r: &PinRecord, cached: bool) -> PinInfo {
 #[cfg(test)]
 mod tests {
     use super::is_package_file;
+    use super::*;
+    use crate::cache::index::Expect;
+    use crate::cache::tables::CACHE_EXPECT;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A test repository's upstream: serves `files` (path → bytes) over
+    /// HTTP/1.1 and counts the GETs per path.
+    async fn upstream(
+        files: Vec<(&'static str, Vec<u8>)>,
+    ) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let hits = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let h = hits.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut c, _)) = l.accept().await else {
+                    return;
+                };
+                let files = files.clone();
+                let h = h.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match c.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).into_owned();
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    h.lock().unwrap().push(path.clone());
+                    let resp = match files.iter().find(|(p, _)| *p == path) {
+                        Some((_, body)) => {
+                            let mut r = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
+                                body.len()
+                            )
+                            .into_bytes();
+                            r.extend_from_slice(body);
+                            r
+                        }
+                        None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+                    };
+                    let _ = c.write_all(&resp).await;
+                    let _ = c.shutdown().await;
+                });
+            }
+        });
+        (format!("127.0.0.1:{}", addr.port()), hits)
+    }
+
+    fn sha(b: &[u8]) -> Sha256 {
+        use sha2::Digest;
+        sha2::Sha256::digest(b).into()
+    }
+
+    /// The real cache over the appliance database, allowed to fetch from
+    /// `host`, with the pool files of a test repository recorded as a
+    /// verified `Packages` index lists them (`cache_expect`).
+    fn cache_with(dir: &std::path::Path, host: &str, files: &[(String, Vec<u8>)]) -> Arc<Cache> {
+        let store =
+            crate::db::open(&dir.join("db"), &outpost_storage::StoreOptions::default()).unwrap();
+        for (url, body) in files {
+            let u = UpstreamUrl::parse_absolute(url).unwrap();
+            store
+                .put(
+                    CACHE_EXPECT,
+                    &u.key(),
+                    &Expect {
+                        sha256: sha(body),
+                        size: body.len() as u64,
+                        index_name: String::new(),
+                    },
+                )
+                .unwrap();
+        }
+        let cfg = crate::config::CacheConfig {
+            allow_hosts: vec![host.to_string()],
+            allow_apt_sources: false,
+            keyrings: Vec::new(),
+            min_free_bytes: 0,
+            ..Default::default()
+        };
+        Cache::open(
+            &dir.join("cache"),
+            cfg,
+            None,
+            store,
+            Arc::new(crate::metrics::Metrics::new()),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .unwrap()
+    }
+
+    fn wanted(name: &str, version: &str) -> PackageWanted {
+        PackageWanted {
+            name: name.into(),
+            version: version.into(),
+            arch: Some("amd64".into()),
+        }
+    }
+
+    /// Prefetch of a deployment's versions through the real cache: each
+    /// file is fetched upstream once and pinned for the deployment; the
+    /// version no index lists is reported unknown; a second deployment of
+    /// the same file shares the pin, which goes with the last owner; an
+    /// admin's pin survives every release.
+    #[tokio::test]
+    async fn prefetched_packages_are_fetched_once_pinned_per_deployment_and_released_with_the_last()
+    {
+        let hello = b"hello 1.1-2 deb".repeat(100);
+        let lib = b"libhello 1.1-2 deb".repeat(50);
+        let (host, hits) = upstream(vec![
+            (
+                "/debian/pool/main/h/hello/hello_1.1-2_amd64.deb",
+                hello.clone(),
+            ),
+            (
+                "/debian/pool/main/h/hello/libhello_1.1-2_all.deb",
+                lib.clone(),
+            ),
+        ])
+        .await;
+        let hello_url = format!("http://{host}/debian/pool/main/h/hello/hello_1.1-2_amd64.deb");
+        let lib_url = format!("http://{host}/debian/pool/main/h/hello/libhello_1.1-2_all.deb");
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache_with(
+            dir.path(),
+            &host,
+            &[
+                (hello_url.clone(), hello.clone()),
+                (lib_url.clone(), lib.clone()),
+            ],
+        );
+        let want = [
+            wanted("hello", "1.1-2"),
+            wanted("libhello", "1.1-2"),
+            wanted("hello", "9.9"),
+        ];
+        let r = cache.prefetch_pin_packages(&want, "deployment dep-a").await;
+        assert_eq!(r.errors, Vec::<(String, String)>::new());
+        assert_eq!(
+            r.pinned
+                .iter()
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>(),
+            [hello_url.clone(), lib_url.clone()].into_iter().collect()
+        );
+        assert_eq!(r.fetched_bytes, (hello.len() + lib.len()) as u64);
+        assert_eq!(r.unknown, vec!["hello=9.9".to_string()]);
+        // A second deployment of hello: cached already, nothing fetched.
+        let r2 = cache
+            .prefetch_pin_packages(&want[..1], "deployment dep-b")
+            .await;
+        assert_eq!(r2.pinned, vec![hello_url.clone()]);
+        assert_eq!(r2.fetched_bytes, 0);
+        assert_eq!(
+            hits.lock().unwrap().len(),
+            2,
+            "each file fetched upstream once"
+        );
+        let pins = |c: &Cache| {
+            c.pins()
+                .unwrap()
+                .into_iter()
+                .map(|p| (p.url, p.reason))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        assert_eq!(pins(&cache).len(), 2);
+        assert_eq!(cache.blobs().pinned_files(), 2);
+        // dep-a ends: libhello goes, hello stays (dep-b holds it).
+        let rel = cache.release_owner("deployment dep-a").unwrap();
+        assert_eq!(rel.unpinned, vec![lib_url.clone()]);
+        assert_eq!(rel.kept, vec![hello_url.clone()]);
+        assert_eq!(
+            pins(&cache),
+            [(hello_url.clone(), "deployment dep-b".to_string())]
+                .into_iter()
+                .collect()
+        );
+        assert_eq!(cache.blobs().pinned_files(), 1);
+        // Released again: nothing held, nothing changes.
+        assert_eq!(
+            cache.release_owner("deployment dep-a").unwrap(),
+            Released::default()
+        );
+        // An admin pins hello too; dep-b ends: the admin's pin stays.
+        cache
+            .pin(&PinRequest {
+                url: hello_url.clone(),
+                reason: "keep for the lab".into(),
+            })
+            .await
+            .unwrap();
+        let rel = cache.release_owner("deployment dep-b").unwrap();
+        assert!(rel.unpinned.is_empty(), "{rel:?}");
+        assert_eq!(
+            pins(&cache),
+            [(hello_url.clone(), "keep for the lab".to_string())]
+                .into_iter()
+                .collect()
+        );
+        assert_eq!(cache.blobs().pinned_files(), 1);
+        // The pins as reloaded from the database at the next start agree.
+        let store = cache.store.clone();
+        drop(cache);
+        let owners = {
+            let mut n = 0;
+            store
+                .scan_raw(CACHE_PIN_OWNERS, &[], None, |_, _| {
+                    n += 1;
+                    Ok(true)
+                })
+                .unwrap();
+            n
+        };
+        assert_eq!(owners, 0, "no owner left behind");
+    }
 
     #[test]
     fn a_pool_file_is_matched_by_name_version_without_epoch_and_architecture() {

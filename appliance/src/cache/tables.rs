@@ -16,6 +16,11 @@ pub const CACHE_EXPECT: Table = Table::new("cache_expect");
 pub const CACHE_SUITES: Table = Table::new("cache_suites");
 /// Upstream URL → pin (never evicted).
 pub const CACHE_PINS: Table = Table::new("cache_pins");
+/// Who holds a pin (a deployment): empty values under two keys,
+/// `o` + owner + URL (an owner's pins) and `u` + URL + owner (a URL's
+/// owners); see [`super::ops::owner_key`].
+pub const CACHE_PIN_OWNERS: Table =
+    Table::new("cache_pin_owners").codec(outpost_storage::Codec::Raw);
 
 /// Every table of the cache, for `Store::open`.
 pub const TABLES: &[Table] = &[
@@ -25,4 +30,5 @@ pub const TABLES: &[Table] = &[
     CACHE_EXPECT,
     CACHE_SUITES,
     CACHE_PINS,
+    CACHE_PIN_OWNERS,
 ];

@@ -14,13 +14,18 @@
 //! created from central carries central's id, so even an order applied
 //! but not yet recorded (a crash in between) cannot create it twice: the
 //! orchestrator refuses a second creation of an id, which is taken as
-//! done. The deployment runs with the site's orchestrator whatever
-//! becomes of the uplink.
+//! done. A pause, resume, abort or rollback goes through
+//! [`Orchestrator::input_order`], which writes the order's id in the same
+//! write as the step it causes: its redelivery after such a crash steps
+//! nothing and is answered `applied`. The deployment runs with the site's
+//! orchestrator whatever becomes of the uplink.
 //!
 //! Progress: once a second, each deployment whose state is newer than
 //! what central acknowledged, and that has no report in flight, goes up
 //! whole ([`progress_of`]); deployments created at the site too (central
-//! shows them read-only).
+//! shows them read-only). Only the deployments the orchestrator stepped
+//! since ([`Orchestrator::take_changed`]) and those not acknowledged yet
+//! are read; every deployment is looked at once per stream.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,7 +47,7 @@ use tracing::{debug, info, warn};
 
 use super::api::{NoteBody, ResumeBody};
 use super::approvals::{self, ApprovalError, MissingPatches};
-use super::orchestrator::{CreateRequest, DeployError, Orchestrator};
+use super::orchestrator::{CreateRequest, DeployError, Orchestrator, OrderResult};
 use super::store::StoredDeployment;
 
 /// Orders from central applied here: order id → [`AppliedOrder`].
@@ -264,11 +269,22 @@ impl CentralDeploy {
                     "rollback" => Input::Rollback(parse::<RollbackScope>("rollback", body_json)?),
                     a => return Err(Outcome::Refused(format!("unknown action {a:?}"))),
                 };
-                self.orchestrator
-                    .input(deployment, input, actor, now_ms)
+                match self
+                    .orchestrator
+                    .input_order(deployment, input, actor, now_ms, &o.id)
                     .await
-                    .map(|_| ())
-                    .map_err(deploy_outcome)
+                {
+                    Ok(OrderResult::Applied) => Ok(()),
+                    Ok(OrderResult::AlreadyApplied { refused: None }) => {
+                        self.metrics.deploy_orders_redelivered.inc();
+                        Ok(())
+                    }
+                    Ok(OrderResult::AlreadyApplied { refused: Some(r) }) => {
+                        self.metrics.deploy_orders_redelivered.inc();
+                        Err(Outcome::Refused(r))
+                    }
+                    Err(e) => Err(deploy_outcome(e)),
+                }
             }
         }
     }
@@ -338,12 +354,20 @@ pub struct ProgressTracker {
     acked: HashMap<String, u64>,
     /// Reports in flight on this stream: (state time, sent at).
     in_flight: HashMap<String, (u64, u64)>,
+    /// Deployments to look at: changed since, or not acknowledged yet.
+    pending: std::collections::BTreeSet<String>,
+    /// Look at every stored deployment at the next report (a new stream).
+    rescan: bool,
+    /// Deployments read whole by the reports (a figure for tests).
+    pub reads: u64,
 }
 
 impl ProgressTracker {
-    /// A new stream: nothing is in flight.
+    /// A new stream: nothing is in flight; every deployment is looked at
+    /// once.
     pub fn connected(&mut self) {
         self.in_flight.clear();
+        self.rescan = true;
     }
 
     /// Whether a deployment at state time `updated_at_ms` is due at `now_ms`. Pure.
@@ -420,7 +444,9 @@ pub async fn run(
     }
 }
 
-/// Sends the due progress reports.
+/// Sends the due progress reports: of the deployments the orchestrator
+/// stepped since the last report and those still waiting for central's
+/// acknowledgement (all of them once per stream).
 async fn report(
     cd: &CentralDeploy,
     progress: &mut ProgressTracker,
@@ -428,19 +454,38 @@ async fn report(
 ) -> Result<(), ()> {
     let now = outpost_storage::now_ms();
     let orch = cd.orchestrator.clone();
-    let all = match tokio::task::spawn_blocking(move || orch.list()).await {
-        Ok(Ok(v)) => v,
+    let rescan = std::mem::take(&mut progress.rescan);
+    let store = cd.store.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let changed = orch.take_changed();
+        let all = if rescan {
+            Some(super::store::summaries(&store)?)
+        } else {
+            None
+        };
+        Ok::<_, outpost_storage::StorageError>((changed, all))
+    })
+    .await;
+    match found {
+        Ok(Ok((changed, all))) => {
+            progress.pending.extend(changed);
+            if let Some(all) = all {
+                progress
+                    .pending
+                    .extend(all.into_iter().map(|(id, _, _)| id));
+            }
+        }
         Ok(Err(e)) => {
+            progress.rescan |= rescan;
             warn!(error = %e, "reading deployments for central failed");
             return Ok(());
         }
-        Err(_) => return Ok(()),
-    };
-    for sd in all {
-        if !progress.due(sd.id(), sd.updated_at_ms, now) {
-            continue;
+        Err(_) => {
+            progress.rescan |= rescan;
+            return Ok(());
         }
-        let p = progress_of(&sd, now);
+    }
+    for p in progress_due(cd, progress, now).await {
         progress.sent(&p.deployment, p.updated_at_ms, now);
         cd.metrics.deploy_progress_sent.inc();
         frames
@@ -449,6 +494,66 @@ async fn report(
             .map_err(|_| ())?;
     }
     Ok(())
+}
+
+/// The reports due among the pending deployments; drops from the pending
+/// set those central holds (or that no longer exist).
+async fn progress_due(
+    cd: &CentralDeploy,
+    progress: &mut ProgressTracker,
+    now: u64,
+) -> Vec<DeployProgress> {
+    let ids: Vec<String> = progress.pending.iter().cloned().collect();
+    let mut out = Vec::new();
+    for id in ids {
+        if progress
+            .in_flight
+            .get(&id)
+            .is_some_and(|(_, sent)| now.saturating_sub(*sent) < PROGRESS_RESEND_MS)
+        {
+            // Waits for its answer.
+            continue;
+        }
+        if let Some(a) = progress.acked.get(&id).copied() {
+            // The cheap check of its state's time first (no device read).
+            let state: Option<super::store::DeploymentState> = cd
+                .store
+                .get(super::store::DEPLOYMENT_STATE, id.as_bytes())
+                .ok()
+                .flatten();
+            if state.is_some_and(|st| st.updated_at_ms <= a) {
+                progress.pending.remove(&id);
+                continue;
+            }
+        }
+        let orch = cd.orchestrator.clone();
+        let id2 = id.clone();
+        let sd = match tokio::task::spawn_blocking(move || orch.get(&id2)).await {
+            Ok(Ok(sd)) => sd,
+            Ok(Err(DeployError::NotFound(_))) => {
+                progress.pending.remove(&id);
+                continue;
+            }
+            Ok(Err(e)) => {
+                warn!(deployment = %id, error = %e, "reading a deployment for central failed");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        progress.reads += 1;
+        if progress
+            .acked
+            .get(&id)
+            .is_some_and(|a| *a >= sd.updated_at_ms)
+        {
+            progress.pending.remove(&id);
+            continue;
+        }
+        if progress.due(&id, sd.updated_at_ms, now) {
+            out.push(progress_of(&sd, now));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -567,6 +672,188 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&p.view_json).unwrap();
         assert_eq!(v["summary"]["id"], "cdep-1");
         assert_eq!(v["devices"].as_array().unwrap().len(), 1);
+    }
+
+    fn act(id: &str, action: &str) -> DeployOrder {
+        order(
+            id,
+            DeployOrderKind::Act {
+                deployment: "cdep-1".into(),
+                action: action.into(),
+                body_json: "{}".into(),
+            },
+        )
+    }
+
+    /// The pause audited (one per step the order caused).
+    fn pauses(store: &Store) -> usize {
+        outpost_storage::registry::audit_log(store, 0, u64::MAX, 1000)
+            .unwrap()
+            .iter()
+            .filter(|e| e.action == "deployment.pause")
+            .count()
+    }
+
+    /// A pause applied at the site whose acknowledgement (and record) was
+    /// lost in a crash is delivered again: it is recognised by its id,
+    /// written with the step, so nothing is stepped twice and central is
+    /// told `applied` (before: `refused`, "deployment is paused").
+    #[tokio::test]
+    async fn an_action_applied_but_not_acknowledged_before_a_crash_is_applied_once_and_acked_applied()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let cd = central_deploy(dir.path());
+        let approve = order(
+            "ord-1",
+            DeployOrderKind::Verdict {
+                patch: "openssl=3.0.2-1".into(),
+                scope: "tenant".into(),
+                verdict: "approve".into(),
+            },
+        );
+        assert_eq!(cd.take(&approve, 10).await.unwrap().refused, None);
+        let create = order(
+            "ord-2",
+            DeployOrderKind::CreateDeployment {
+                // The window stays closed (1970 starts on a Thursday):
+                // nothing is dispatched, the deployment stays running.
+                request_json: r#"{"id":"cdep-1","target":{"type":"all"},"window":{"days":["mon"],"start":"00:00","duration_minutes":1,"timezone":"UTC"}}"#
+                    .into(),
+            },
+        );
+        assert_eq!(cd.take(&create, 20).await.unwrap().refused, None);
+        let pause = act("ord-3", "pause");
+        assert_eq!(cd.take(&pause, 30).await.unwrap().refused, None);
+        assert_eq!(pauses(&cd.store), 1);
+        // The crash: the ack never left and the order's record is gone
+        // (the site died between the step and recording the order).
+        let mut b = cd.store.batch();
+        b.delete(CENTRAL_ORDERS, b"ord-3").unwrap();
+        cd.store.write(b).unwrap();
+        // A restarted site (a new orchestrator over the same database).
+        let restarted = CentralDeploy {
+            orchestrator: Arc::new(Orchestrator::new(
+                cd.store.clone(),
+                Arc::new(crate::deploy::NoDeviceLink),
+                Arc::new(SiteEnv {
+                    store: cd.store.clone(),
+                    patches: cd.patches.clone(),
+                    alerts: None,
+                    cache: Default::default(),
+                }),
+                Arc::new(crate::metrics::Metrics::new()),
+                InstallOptions::default(),
+            )),
+            ..cd.clone()
+        };
+        let a = restarted.take(&pause, 40).await.unwrap();
+        assert_eq!(a.refused, None, "acked applied");
+        assert_eq!(pauses(&restarted.store), 1, "one step");
+        // A new pause order is a new step: refused in the paused state.
+        let again = restarted.take(&act("ord-4", "pause"), 50).await.unwrap();
+        assert!(again.refused.unwrap().contains("not running"));
+        // That refusal, redelivered after the same crash, keeps its answer.
+        let mut b = cd.store.batch();
+        b.delete(CENTRAL_ORDERS, b"ord-4").unwrap();
+        cd.store.write(b).unwrap();
+        let again2 = restarted.take(&act("ord-4", "pause"), 60).await.unwrap();
+        assert!(again2.refused.unwrap().contains("not running"));
+        // A resume goes through once.
+        let resume = act("ord-5", "resume");
+        assert_eq!(restarted.take(&resume, 70).await.unwrap().refused, None);
+        let mut b = cd.store.batch();
+        b.delete(CENTRAL_ORDERS, b"ord-5").unwrap();
+        cd.store.write(b).unwrap();
+        assert_eq!(restarted.take(&resume, 80).await.unwrap().refused, None);
+        assert!(matches!(
+            restarted
+                .orchestrator
+                .get("cdep-1")
+                .unwrap()
+                .deployment
+                .phase,
+            outpost_patch::rollout::Phase::Running { .. }
+        ));
+    }
+
+    fn progress_frames(rx: &mut mpsc::Receiver<SiteFrame>) -> Vec<DeployProgress> {
+        let mut out = Vec::new();
+        while let Ok(f) = rx.try_recv() {
+            if let SiteFrame::DeployProgress(p) = f {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    /// The progress loop reads every deployment once per stream, then only
+    /// those the orchestrator stepped since (and those not acknowledged):
+    /// an idle second reads none.
+    #[tokio::test]
+    async fn progress_reads_only_the_deployments_changed_since_the_last_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let cd = central_deploy(dir.path());
+        let approve = order(
+            "ord-1",
+            DeployOrderKind::Verdict {
+                patch: "openssl=3.0.2-1".into(),
+                scope: "tenant".into(),
+                verdict: "approve".into(),
+            },
+        );
+        assert_eq!(cd.take(&approve, 10).await.unwrap().refused, None);
+        for (i, id) in ["cdep-1", "cdep-2", "cdep-3"].iter().enumerate() {
+            let create = order(
+                &format!("ord-c{i}"),
+                DeployOrderKind::CreateDeployment {
+                    request_json: format!(
+                        r#"{{"id":"{id}","target":{{"type":"all"}},"window":{{"days":["mon"],"start":"00:00","duration_minutes":1,"timezone":"UTC"}}}}"#
+                    ),
+                },
+            );
+            assert_eq!(cd.take(&create, 20).await.unwrap().refused, None);
+        }
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut p = ProgressTracker::default();
+        p.connected();
+        report(&cd, &mut p, &tx).await.unwrap();
+        let sent = progress_frames(&mut rx);
+        assert_eq!(sent.len(), 3, "a new stream: every deployment goes up");
+        assert_eq!(p.reads, 3);
+        for f in &sent {
+            p.acked(&f.deployment, f.updated_at_ms);
+        }
+        report(&cd, &mut p, &tx).await.unwrap();
+        report(&cd, &mut p, &tx).await.unwrap();
+        assert!(progress_frames(&mut rx).is_empty());
+        assert_eq!(p.reads, 3, "idle seconds read no deployment");
+        // One deployment is stepped: only it is read and sent.
+        cd.orchestrator
+            .input("cdep-2", Input::Pause { note: "x".into() }, "tech", 100)
+            .await
+            .unwrap();
+        report(&cd, &mut p, &tx).await.unwrap();
+        let sent = progress_frames(&mut rx);
+        assert_eq!(
+            sent.iter()
+                .map(|f| f.deployment.as_str())
+                .collect::<Vec<_>>(),
+            vec!["cdep-2"]
+        );
+        assert_eq!(sent[0].updated_at_ms, 100);
+        assert_eq!(p.reads, 4);
+        // In flight: not read again until answered (or 30 s pass).
+        report(&cd, &mut p, &tx).await.unwrap();
+        assert_eq!(p.reads, 4);
+        p.acked("cdep-2", 100);
+        report(&cd, &mut p, &tx).await.unwrap();
+        assert!(progress_frames(&mut rx).is_empty());
+        assert_eq!(p.reads, 4);
+        // A new stream looks at all again (central may have lost nothing:
+        // the acknowledged ones are not sent).
+        p.connected();
+        report(&cd, &mut p, &tx).await.unwrap();
+        assert!(progress_frames(&mut rx).is_empty());
     }
 
     #[test]

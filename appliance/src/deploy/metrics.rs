@@ -32,6 +32,12 @@ pub struct DeployMetrics {
     /// Installer calls that failed (by reason); the action is retried on
     /// the next start (`recover`).
     pub dispatch_errors: Family<ReasonLabel, Counter>,
+    /// Bytes of the deployment store's writes (one per step).
+    pub store_write_bytes: Counter,
+    /// Device records written (the devices a step changed).
+    pub store_device_records: Counter,
+    /// Deployment headers written (creation, phase or patch changes).
+    pub store_header_writes: Counter,
 }
 
 impl DeployMetrics {
@@ -111,6 +117,21 @@ impl DeployMetrics {
             "dispatch_errors",
             "Installer calls that failed, by reason (re-applied at the next start)",
             self.dispatch_errors.clone(),
+        );
+        r.register(
+            "store_write_bytes",
+            "Bytes of the deployment store's writes (one per step)",
+            self.store_write_bytes.clone(),
+        );
+        r.register(
+            "store_device_records",
+            "Per-device deployment records written (the devices a step changed)",
+            self.store_device_records.clone(),
+        );
+        r.register(
+            "store_header_writes",
+            "Deployment headers written (creation, phase or patch changes)",
+            self.store_header_writes.clone(),
         );
     }
 }

@@ -55,8 +55,9 @@ pub enum DeployError {
     Approvals(#[from] approvals::ApprovalError),
 }
 
-/// The future a prefetch returns: bytes fetched into the cache.
-pub type PrefetchFuture<'a> = Pin<Box<dyn Future<Output = Result<u64, String>> + Send + 'a>>;
+/// The future a prefetch returns: bytes fetched into the cache. The
+/// orchestrator spawns it (`'static`): downloads never hold its lock.
+pub type PrefetchFuture = Pin<Box<dyn Future<Output = Result<u64, String>> + Send + 'static>>;
 
 /// What the orchestrator needs from the rest of the site besides the
 /// device link: install windows, alert channels, the LAN cache, and
@@ -66,8 +67,12 @@ pub trait DeployEnv: Send + Sync {
     fn windows(&self, d: &StoredDeployment, now_ms: u64) -> SiteWindows;
     /// A gate failure, pause, rollback, completion… for the alert channels.
     fn notify(&self, d: &StoredDeployment, event: &Event);
-    /// Fetch and pin these versions in the site cache.
-    fn prefetch<'a>(&'a self, deployment: &'a str, patches: &'a [PatchKey]) -> PrefetchFuture<'a>;
+    /// Fetch and pin these versions in the site cache (for the
+    /// deployment: [`DeployEnv::release`] lets them go).
+    fn prefetch(&self, deployment: &str, patches: &[PatchKey]) -> PrefetchFuture;
+    /// The deployment ended (completed, aborted, rolled back): release
+    /// the cache pins it holds. Idempotent.
+    fn release(&self, deployment: &str);
     /// The deployment's alert levels (`deploy_gate_failed`, label = the
     /// deployment id, 1 raised / 0 lowered) for the alert engine: a
     /// built-in rule notifies its channels.
@@ -145,10 +150,145 @@ pub struct Orchestrator {
     options: InstallOptions,
     /// One input at a time: load, step, persist, apply.
     lock: tokio::sync::Mutex<()>,
-    /// The deployments as last persisted (a step loads from here instead
-    /// of decoding the whole deployment again; filled only from what was
-    /// written or read back).
-    cache: std::sync::Mutex<std::collections::HashMap<String, StoredDeployment>>,
+    /// The deployments not finished, as last persisted: a step loads from
+    /// here instead of decoding the deployment again, and writes only
+    /// what changed against it (filled only from what was written or
+    /// read back).
+    cache: std::sync::Mutex<std::collections::HashMap<String, Cached>>,
+    /// Deployments stepped since [`Orchestrator::take_changed`] last
+    /// took them (the progress loop up to central).
+    changed: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Every deployment's phase and alert mark count, read from the
+    /// headers and state records once (first tick or gauge refresh) and
+    /// kept by every write since: a tick steps the running ones and reads
+    /// no other.
+    index: std::sync::Mutex<Option<std::collections::HashMap<String, Indexed>>>,
+}
+
+/// What the orchestrator's tick and gauge need of a deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Indexed {
+    phase: outpost_patch::rollout::Phase,
+    /// Alert marks held (`None`: unknown, an old-layout record).
+    marks: Option<u32>,
+}
+
+/// A deployment in the orchestrator's memory, with what is on disk of it
+/// (a step writes the difference).
+struct Cached {
+    sd: Arc<StoredDeployment>,
+    state: store::DeploymentState,
+    /// The device records as written.
+    written: std::collections::BTreeMap<String, outpost_patch::rollout::DeviceRecord>,
+    /// The alert marks as written.
+    marks: std::collections::BTreeMap<String, store::AlertMark>,
+    /// The header's changing part as written.
+    head: HeadMark,
+    /// Read from the old layout: the next write writes it whole.
+    legacy: bool,
+}
+
+/// What of a deployment's header the rollout core changes after creation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HeadMark {
+    phase: outpost_patch::rollout::Phase,
+    forced: std::collections::BTreeSet<u32>,
+    patches: Vec<PatchKey>,
+}
+
+impl HeadMark {
+    fn of(sd: &StoredDeployment) -> HeadMark {
+        HeadMark {
+            phase: sd.deployment.phase.clone(),
+            forced: sd.deployment.forced.clone(),
+            patches: sd.deployment.spec.patches.clone(),
+        }
+    }
+}
+
+impl Cached {
+    fn new(l: store::Loaded) -> Cached {
+        Cached {
+            written: l.sd.deployment.devices.clone(),
+            marks: l.sd.alert_marks.clone(),
+            head: HeadMark::of(&l.sd),
+            legacy: l.legacy,
+            sd: Arc::new(l.sd),
+            state: l.state,
+        }
+    }
+
+    /// What a step changed against what is written (and marks it
+    /// written: the caller drops this entry if the write fails).
+    fn diff(&mut self, touched: Option<&str>) -> store::Dirty {
+        let sd = &self.sd;
+        let mut dirty = store::Dirty::default();
+        if self.legacy {
+            dirty.header = true;
+            dirty.devices = sd.deployment.devices.keys().cloned().collect();
+            self.written = sd.deployment.devices.clone();
+            self.marks = sd.alert_marks.clone();
+            self.head = HeadMark::of(sd);
+            self.legacy = false;
+            return dirty;
+        }
+        let d = &sd.deployment;
+        if d.phase != self.head.phase
+            || d.forced != self.head.forced
+            || d.spec.patches != self.head.patches
+        {
+            dirty.header = true;
+            self.head = HeadMark::of(sd);
+        }
+        for (dev, r) in &d.devices {
+            match self.written.get_mut(dev) {
+                Some(w) if w == r => {}
+                Some(w) => {
+                    *w = r.clone();
+                    dirty.devices.insert(dev.clone());
+                }
+                None => {
+                    self.written.insert(dev.clone(), r.clone());
+                    dirty.devices.insert(dev.clone());
+                }
+            }
+        }
+        if sd.alert_marks != self.marks {
+            for (dev, m) in &sd.alert_marks {
+                if self.marks.get(dev) != Some(m) {
+                    dirty.devices.insert(dev.clone());
+                }
+            }
+            for dev in self.marks.keys() {
+                if !sd.alert_marks.contains_key(dev) {
+                    dirty.devices.insert(dev.clone());
+                }
+            }
+            self.marks = sd.alert_marks.clone();
+        }
+        if let Some(dev) = touched {
+            dirty.devices.insert(dev.to_string());
+        }
+        dirty
+    }
+}
+
+/// One step as persisted.
+struct Stepped {
+    sd: Arc<StoredDeployment>,
+    actions: Vec<Action>,
+    /// The order was applied before (nothing stepped): its outcome.
+    replayed: Option<store::OrderMark>,
+}
+
+/// What an order from central came to ([`Orchestrator::input_order`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderResult {
+    /// Stepped now.
+    Applied,
+    /// Stepped before (the same order id was written with its step):
+    /// nothing done again; `refused` is what the state machine said then.
+    AlreadyApplied { refused: Option<String> },
 }
 
 /// A device status mapped to the core's report (`None`: nothing to
@@ -189,11 +329,29 @@ impl Orchestrator {
             options,
             lock: tokio::sync::Mutex::new(()),
             cache: Default::default(),
+            changed: Default::default(),
+            index: Default::default(),
         }
     }
 
     pub fn get(&self, id: &str) -> Result<StoredDeployment, DeployError> {
+        if let Some(c) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            return Ok(StoredDeployment::clone(&c.sd));
+        }
         store::get(&self.store, id)?.ok_or_else(|| DeployError::NotFound(id.to_string()))
+    }
+
+    /// The deployments stepped (or created) since the last call, and
+    /// forgets them: the progress loop up to central reads only these.
+    pub fn take_changed(&self) -> std::collections::BTreeSet<String> {
+        std::mem::take(&mut *self.changed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn mark_changed(&self, id: &str) {
+        self.changed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string());
     }
 
     pub fn list(&self) -> Result<Vec<StoredDeployment>, DeployError> {
@@ -338,13 +496,27 @@ impl Orchestrator {
         {
             let _g = self.lock.lock().await;
             // Checked under the lock: two creations of one id store one.
-            if store::get(&self.store, &id)?.is_some() {
+            if store::exists(&self.store, &id)? {
                 return Err(DeployError::Conflict(format!(
                     "deployment {id} exists already"
                 )));
             }
-            store::put(&self.store, &sd)?;
+            let state = store::DeploymentState {
+                updated_at_ms: now_ms,
+                ..Default::default()
+            };
+            store::put(&self.store, &sd, &state)?;
+            self.indexed(&id, &sd.deployment.phase, 0);
+            self.keep(
+                &id,
+                Cached::new(store::Loaded {
+                    sd: sd.clone(),
+                    state,
+                    legacy: false,
+                }),
+            );
         }
+        self.mark_changed(&id);
         self.audit(
             actor,
             "deployment.create",
@@ -379,34 +551,166 @@ impl Orchestrator {
 
     /// Steps the deployment with `input` at `now_ms` and persists the new
     /// state; returns it and the actions still to apply. `before` may
-    /// change the stored record first (in the same write).
+    /// change the stored record first (in the same write; it must not
+    /// change a device's install record: see [`Orchestrator::report`]).
     pub fn step_persist(
         &self,
         id: &str,
         input: Input,
         now_ms: u64,
         before: impl FnOnce(&mut StoredDeployment),
-    ) -> Result<(StoredDeployment, Vec<Action>), DeployError> {
+    ) -> Result<(Arc<StoredDeployment>, Vec<Action>), DeployError> {
+        let s = self.step_inner(id, input, now_ms, before, None, None)?;
+        Ok((s.sd, s.actions))
+    }
+
+    /// The cached deployment, or read from the store.
+    fn take_cached(&self, id: &str) -> Result<Cached, DeployError> {
         let cached = self
             .cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
-        let mut sd = match cached {
-            Some(sd) => sd,
-            None => self.get(id)?,
-        };
-        before(&mut sd);
-        let windows = self.env.windows(&sd, now_ms);
+        match cached {
+            Some(c) => Ok(c),
+            None => store::load(&self.store, id)?
+                .map(Cached::new)
+                .ok_or_else(|| DeployError::NotFound(id.to_string())),
+        }
+    }
+
+    /// Steps and persists in one write: the devices whose record changed
+    /// (and `touched`, whose install record `before` changed), the header
+    /// if its phase, forced gates or patches changed, the state record,
+    /// and `order` (an order from central) with what came of it. An
+    /// order already written is not stepped again.
+    fn step_inner(
+        &self,
+        id: &str,
+        input: Input,
+        now_ms: u64,
+        before: impl FnOnce(&mut StoredDeployment),
+        touched: Option<&str>,
+        order: Option<&str>,
+    ) -> Result<Stepped, DeployError> {
+        let mut c = self.take_cached(id)?;
+        if let Some(o) = order
+            && let Some(mark) = c.state.order(o).cloned()
+        {
+            let sd = c.sd.clone();
+            self.keep(id, c);
+            return Ok(Stepped {
+                sd,
+                actions: Vec::new(),
+                replayed: Some(mark),
+            });
+        }
+        let sd = Arc::make_mut(&mut c.sd);
+        before(sd);
+        let windows = self.env.windows(sd, now_ms);
         let actions = sd.deployment.step(input, &windows, now_ms);
         sd.updated_at_ms = now_ms;
-        mark_alerts(&mut sd, &actions, now_ms);
-        store::put(&self.store, &sd)?;
+        mark_alerts(sd, &actions, now_ms);
+        c.state.updated_at_ms = now_ms;
+        c.state.marks = sd.alert_marks.len() as u32;
+        if let Some(o) = order {
+            let refused = actions.iter().find_map(|a| match a {
+                Action::Rejected { reason } => Some(reason.clone()),
+                _ => None,
+            });
+            c.state.remember(store::OrderMark {
+                order: o.to_string(),
+                refused,
+            });
+        }
+        let dirty = c.diff(touched);
+        // On failure the entry is dropped: the next step reads the store.
+        let bytes = store::write(&self.store, &c.sd, &c.state, &dirty)?;
+        let m = &self.metrics.deploy;
+        m.store_write_bytes.inc_by(bytes as u64);
+        m.store_device_records.inc_by(dirty.devices.len() as u64);
+        if dirty.header {
+            m.store_header_writes.inc();
+        }
+        let sd = c.sd.clone();
+        self.indexed(id, &sd.deployment.phase, c.state.marks);
+        self.keep(id, c);
+        self.mark_changed(id);
+        Ok(Stepped {
+            sd,
+            actions,
+            replayed: None,
+        })
+    }
+
+    /// Records a deployment's phase and marks as written (if the index
+    /// was read already).
+    fn indexed(&self, id: &str, phase: &outpost_patch::rollout::Phase, marks: u32) {
+        if let Some(ix) = self
+            .index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            ix.insert(
+                id.to_string(),
+                Indexed {
+                    phase: phase.clone(),
+                    marks: Some(marks),
+                },
+            );
+        }
+    }
+
+    /// `f` of the index (read from the store the first time).
+    fn with_index<R>(
+        &self,
+        f: impl FnOnce(&std::collections::HashMap<String, Indexed>) -> R,
+    ) -> Result<R, DeployError> {
+        let mut g = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ix) = g.as_ref() {
+            return Ok(f(ix));
+        }
+        let ix: std::collections::HashMap<String, Indexed> = store::summaries(&self.store)?
+            .into_iter()
+            .map(|(id, phase, state)| {
+                (
+                    id,
+                    Indexed {
+                        phase,
+                        marks: state.map(|s| s.marks),
+                    },
+                )
+            })
+            .collect();
+        let r = f(&ix);
+        *g = Some(ix);
+        Ok(r)
+    }
+
+    /// Keeps a deployment in memory unless it ended (a late report on it
+    /// reads it back).
+    fn keep(&self, id: &str, c: Cached) {
+        if c.sd.deployment.is_terminal() {
+            return;
+        }
         self.cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string(), sd.clone());
-        Ok((sd, actions))
+            .insert(id.to_string(), c);
+    }
+
+    /// Steps again inside [`Orchestrator::apply`] (hands its copy back so
+    /// the cached one is not cloned).
+    fn restep(
+        &self,
+        sd: Arc<StoredDeployment>,
+        input: Input,
+        now_ms: u64,
+    ) -> Result<(Arc<StoredDeployment>, Vec<Action>), DeployError> {
+        let id = sd.id().to_string();
+        drop(sd);
+        self.step_persist(&id, input, now_ms, |_| {})
     }
 
     /// A technician's (or the system's) input: step, persist, apply.
@@ -418,6 +722,37 @@ impl Orchestrator {
         actor: &str,
         now_ms: u64,
     ) -> Result<StoredDeployment, DeployError> {
+        let (sd, _) = self.input_inner(id, input, actor, now_ms, None).await?;
+        Ok(Arc::unwrap_or_clone(sd))
+    }
+
+    /// An order from central (`order`: its id): like
+    /// [`Orchestrator::input`], with the order's id written in the same
+    /// write as the step it causes, so a redelivery (the site died between
+    /// applying and acknowledging) steps nothing and answers
+    /// [`OrderResult::AlreadyApplied`].
+    pub async fn input_order(
+        &self,
+        id: &str,
+        input: Input,
+        actor: &str,
+        now_ms: u64,
+        order: &str,
+    ) -> Result<OrderResult, DeployError> {
+        let (_, r) = self
+            .input_inner(id, input, actor, now_ms, Some(order))
+            .await?;
+        Ok(r)
+    }
+
+    async fn input_inner(
+        &self,
+        id: &str,
+        input: Input,
+        actor: &str,
+        now_ms: u64,
+        order: Option<&str>,
+    ) -> Result<(Arc<StoredDeployment>, OrderResult), DeployError> {
         let what = match &input {
             Input::Start => Some("deployment.start"),
             Input::Pause { .. } => Some("deployment.pause"),
@@ -429,7 +764,17 @@ impl Orchestrator {
         let detail = serde_json::to_string(&input).unwrap_or_default();
         let sd = {
             let _g = self.lock.lock().await;
-            let (sd, actions) = self.step_persist(id, input, now_ms, |_| {})?;
+            let s = self.step_inner(id, input, now_ms, |_| {}, None, order)?;
+            if let Some(mark) = s.replayed {
+                info!(deployment = id, order = ?order, "order from central applied before: not applied again");
+                return Ok((
+                    s.sd,
+                    OrderResult::AlreadyApplied {
+                        refused: mark.refused,
+                    },
+                ));
+            }
+            let (sd, actions) = (s.sd, s.actions);
             let rejected = actions.iter().find_map(|a| match a {
                 Action::Rejected { reason } => Some(reason.clone()),
                 _ => None,
@@ -446,7 +791,7 @@ impl Orchestrator {
             self.audit(actor, what, &sd, detail, now_ms);
         }
         self.refresh_gauge();
-        Ok(sd)
+        Ok((sd, OrderResult::Applied))
     }
 
     /// A device's status (from the device link): recorded for its
@@ -464,7 +809,7 @@ impl Orchestrator {
             attempt: status.attempt,
             report: report_of(status),
         };
-        let (sd, actions) = self.step_persist(&status.deployment, input, now_ms, |sd| {
+        let before = |sd: &mut StoredDeployment| {
             if !status.rollback {
                 sd.installs.insert(
                     dev.clone(),
@@ -484,7 +829,9 @@ impl Orchestrator {
                 r.phase = status.phase.as_str().to_string();
                 r.reason = status.reason.clone();
             }
-        })?;
+        };
+        let s = self.step_inner(&status.deployment, input, now_ms, before, Some(&dev), None)?;
+        let (sd, actions) = (s.sd, s.actions);
         let ignored = actions.iter().any(|a| matches!(a, Action::Ignored { .. }));
         if status.phase.is_final() && !ignored {
             let result = if status.rollback && status.phase == Phase::Failed {
@@ -503,15 +850,26 @@ impl Orchestrator {
     /// Time passed: every deployment not finished is stepped (windows,
     /// deadlines, soak times).
     pub async fn tick(&self, now_ms: u64) -> Result<(), DeployError> {
-        for sd in self.list()? {
-            if sd.deployment.is_terminal() {
-                if !sd.alert_marks.is_empty() {
+        let mut ix: Vec<(String, Indexed)> = self.with_index(|ix| {
+            ix.iter()
+                .filter(|(_, i)| !store::ended(&i.phase) || i.marks.is_none_or(|m| m > 0))
+                .map(|(id, i)| (id.clone(), i.clone()))
+                .collect()
+        })?;
+        ix.sort_by(|a, b| a.0.cmp(&b.0));
+        for (id, Indexed { phase, marks }) in ix {
+            if store::ended(&phase) {
+                // Only ended deployments with alert marks are read whole.
+                if marks.is_none_or(|m| m > 0)
+                    && let Some(sd) = store::get(&self.store, &id)?
+                    && !sd.alert_marks.is_empty()
+                {
                     self.env.alert_levels(&sd);
                 }
                 continue;
             }
             let _g = self.lock.lock().await;
-            let (sd, actions) = self.step_persist(sd.id(), Input::Tick, now_ms, |_| {})?;
+            let (sd, actions) = self.step_persist(&id, Input::Tick, now_ms, |_| {})?;
             self.apply(sd, actions, "scheduler", now_ms).await?;
         }
         self.refresh_gauge();
@@ -522,7 +880,21 @@ impl Orchestrator {
     /// were dispatched without a report yet (same command keys: the
     /// installer queues each once), then ticks.
     pub async fn recover(&self, now_ms: u64) -> Result<(), DeployError> {
-        for sd in self.list()? {
+        for l in store::list_loaded(&self.store)? {
+            if l.sd.deployment.is_terminal() {
+                // Ended before this start (its release may have been cut
+                // short): its pins go.
+                self.env.release(l.sd.id());
+            }
+            if l.legacy {
+                // Migrated on read: rewritten in the per-device layout.
+                info!(
+                    deployment = l.sd.id(),
+                    "rewriting a deployment in the per-device layout"
+                );
+                store::put(&self.store, &l.sd, &l.state)?;
+            }
+            let sd = Arc::new(l.sd);
             let actions = sd.deployment.recover();
             if actions.is_empty() {
                 continue;
@@ -544,24 +916,34 @@ impl Orchestrator {
     /// stopped link leaves it queued (re-applied by the next recovery).
     async fn apply(
         &self,
-        mut sd: StoredDeployment,
+        mut sd: Arc<StoredDeployment>,
         actions: Vec<Action>,
         actor: &str,
         now_ms: u64,
-    ) -> Result<StoredDeployment, DeployError> {
+    ) -> Result<Arc<StoredDeployment>, DeployError> {
         let mut queue: std::collections::VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
             let mut failed: Option<(String, u32, String)> = None;
             match action {
-                Action::Prefetch { patches } => match self.env.prefetch(sd.id(), &patches).await {
-                    Ok(bytes) => {
-                        self.metrics.deploy.prefetch_bytes.inc_by(bytes);
-                    }
-                    Err(e) => {
-                        self.metrics.deploy.dispatch_error("prefetch");
-                        warn!(deployment = sd.id(), error = %e, "prefetch failed; installs fetch through the cache");
-                    }
-                },
+                Action::Prefetch { patches } => {
+                    // Spawned: device reports and ticks do not wait for
+                    // the downloads (an install that comes first fetches
+                    // through the cache, which joins the download).
+                    let fut = self.env.prefetch(sd.id(), &patches);
+                    let metrics = self.metrics.clone();
+                    let id = sd.id().to_string();
+                    tokio::spawn(async move {
+                        match fut.await {
+                            Ok(bytes) => {
+                                metrics.deploy.prefetch_bytes.inc_by(bytes);
+                            }
+                            Err(e) => {
+                                metrics.deploy.dispatch_error("prefetch");
+                                warn!(deployment = %id, error = %e, "prefetch failed; installs fetch through the cache");
+                            }
+                        }
+                    });
+                }
                 Action::DispatchInstall {
                     device,
                     command_id,
@@ -571,21 +953,20 @@ impl Orchestrator {
                     let Ok(dev) = device.parse::<DeviceId>() else {
                         failed =
                             Some((device.clone(), attempt, format!("bad device id {device:?}")));
-                        self.fail_later(&mut queue, &mut sd, failed.take(), now_ms)?;
+                        sd = self.fail_later(&mut queue, sd, failed.take(), now_ms)?;
                         continue;
                     };
                     let targets = self.env.targets(dev, &patches, now_ms);
                     if targets.is_empty() {
                         // Nothing of it is missing (or approved) there now.
-                        let (s, a) = self.step_persist(
-                            sd.id(),
+                        let (s, a) = self.restep(
+                            sd,
                             Input::Report {
                                 device: device.clone(),
                                 attempt,
                                 report: Report::Succeeded,
                             },
                             now_ms,
-                            |_| {},
                         )?;
                         sd = s;
                         queue.extend(a);
@@ -652,6 +1033,9 @@ impl Orchestrator {
                         self.metrics.deploy.gate_failures.inc();
                     }
                     self.env.notify(&sd, &event);
+                    if ends(&event) {
+                        self.env.release(sd.id());
+                    }
                 }
                 Action::Rejected { reason } => {
                     self.metrics.deploy.rejected.inc();
@@ -662,7 +1046,7 @@ impl Orchestrator {
                     tracing::debug!(deployment = sd.id(), %device, %reason, "report ignored");
                 }
             }
-            self.fail_later(&mut queue, &mut sd, failed, now_ms)?;
+            sd = self.fail_later(&mut queue, sd, failed, now_ms)?;
         }
         if !sd.alert_marks.is_empty() {
             self.env.alert_levels(&sd);
@@ -701,39 +1085,54 @@ impl Orchestrator {
     fn fail_later(
         &self,
         queue: &mut std::collections::VecDeque<Action>,
-        sd: &mut StoredDeployment,
+        sd: Arc<StoredDeployment>,
         failed: Option<(String, u32, String)>,
         now_ms: u64,
-    ) -> Result<(), DeployError> {
+    ) -> Result<Arc<StoredDeployment>, DeployError> {
         let Some((device, attempt, reason)) = failed else {
-            return Ok(());
+            return Ok(sd);
         };
         warn!(deployment = sd.id(), %device, %reason, "install could not be queued");
         self.metrics.deploy.install_result("failed");
-        let (s, a) = self.step_persist(
-            sd.id(),
+        let (s, a) = self.restep(
+            sd,
             Input::Report {
                 device,
                 attempt,
                 report: Report::Failed { reason },
             },
             now_ms,
-            |_| {},
         )?;
-        *sd = s;
         queue.extend(a);
-        Ok(())
+        Ok(s)
     }
 
-    /// Sets `outpost_deployments{state}` from the stored deployments.
+    /// Sets `outpost_deployments{state}` from the stored deployments
+    /// (the in-memory index of their phases).
     pub fn refresh_gauge(&self) {
-        let Ok(all) = self.list() else { return };
-        let mut counts = std::collections::BTreeMap::new();
-        for d in &all {
-            *counts.entry(d.deployment.phase.name()).or_insert(0i64) += 1;
-        }
+        let Ok(counts) = self.with_index(|ix| {
+            let mut counts = std::collections::BTreeMap::new();
+            for i in ix.values() {
+                *counts.entry(i.phase.name()).or_insert(0i64) += 1;
+            }
+            counts
+        }) else {
+            return;
+        };
         self.metrics.deploy.set_states(&counts);
     }
+}
+
+/// Whether the event ends the deployment (its cache pins go).
+fn ends(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::Completed
+            | Event::Aborted
+            | Event::RolledBack {
+                scope: outpost_patch::rollout::RollbackScope::Deployment
+            }
+    )
 }
 
 /// Updates the deployment's alert marks from the notices of one step: a
@@ -947,18 +1346,22 @@ impl DeployEnv for SiteEnv {
         }
     }
 
-    fn prefetch<'a>(&'a self, deployment: &'a str, patches: &'a [PatchKey]) -> PrefetchFuture<'a> {
+    fn prefetch(&self, deployment: &str, patches: &[PatchKey]) -> PrefetchFuture {
+        let store = self.store.clone();
+        let missing = self.patches.clone();
+        let cache = self.cache.get().cloned();
+        let deployment = deployment.to_string();
+        let patches = patches.to_vec();
         Box::pin(async move {
-            let Some(cache) = self.cache.get().cloned() else {
+            let Some(cache) = cache else {
                 return Ok(0);
             };
-            let sd = store::get(&self.store, deployment)
+            let sd = store::get(&store, &deployment)
                 .map_err(|e| format!("reading deployment {deployment}: {e}"))?
                 .ok_or_else(|| format!("unknown deployment {deployment}"))?;
-            let want = prefetch_wanted(&self.store, self.patches.as_ref(), &sd, patches);
-            let r = cache
-                .prefetch_pin_packages(&want, &format!("deployment {deployment}"))
-                .await;
+            let want = prefetch_wanted(&store, missing.as_ref(), &sd, &patches);
+            let owner = pin_owner(&deployment);
+            let r = cache.prefetch_pin_packages(&want, &owner).await;
             info!(
                 deployment,
                 pinned = r.pinned.len(),
@@ -966,6 +1369,14 @@ impl DeployEnv for SiteEnv {
                 unknown = ?r.unknown,
                 "prefetched and pinned in the site cache"
             );
+            // Ended while the files came (aborted at once): let them go.
+            if store::get(&store, &deployment)
+                .ok()
+                .flatten()
+                .is_some_and(|d| d.deployment.is_terminal())
+            {
+                release_pins(&cache, &deployment);
+            }
             if let Some((url, e)) = r.errors.first() {
                 return Err(format!(
                     "{} of {} files failed, first {url}: {e}",
@@ -977,8 +1388,34 @@ impl DeployEnv for SiteEnv {
         })
     }
 
+    fn release(&self, deployment: &str) {
+        if let Some(cache) = self.cache.get() {
+            release_pins(cache, deployment);
+        }
+    }
+
     fn targets(&self, device: DeviceId, patches: &[PatchKey], now_ms: u64) -> Vec<BinaryTarget> {
         targets_for(&self.store, self.patches.as_ref(), device, patches, now_ms)
+    }
+}
+
+/// The owner of a deployment's pins in the site cache (the pins' reason).
+pub fn pin_owner(deployment: &str) -> String {
+    format!("deployment {deployment}")
+}
+
+/// Releases a deployment's pins in the site cache (logged, never fatal:
+/// the next start releases those of every ended deployment again).
+pub fn release_pins(cache: &crate::cache::Cache, deployment: &str) {
+    match cache.release_owner(&pin_owner(deployment)) {
+        Ok(r) if r.unpinned.is_empty() && r.kept.is_empty() => {}
+        Ok(r) => info!(
+            deployment,
+            unpinned = r.unpinned.len(),
+            kept = r.kept.len(),
+            "released the deployment's pins in the site cache"
+        ),
+        Err(e) => warn!(deployment, error = %e, "releasing the deployment's cache pins failed"),
     }
 }
 

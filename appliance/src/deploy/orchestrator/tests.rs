@@ -119,6 +119,10 @@ struct TestEnv {
     prefetched: Mutex<Vec<Vec<PatchKey>>>,
     /// The last alert level sent per (device, deployment).
     levels: Mutex<BTreeMap<(DeviceId, String), f64>>,
+    /// Prefetches wait for a permit of this (none: they end at once).
+    prefetch_hold: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    /// Deployments whose cache pins were released.
+    released: Mutex<Vec<String>>,
 }
 
 impl DeployEnv for TestEnv {
@@ -137,9 +141,18 @@ impl DeployEnv for TestEnv {
             }
         }
     }
-    fn prefetch<'a>(&'a self, _d: &'a str, patches: &'a [PatchKey]) -> PrefetchFuture<'a> {
+    fn prefetch(&self, _d: &str, patches: &[PatchKey]) -> PrefetchFuture {
         self.prefetched.lock().unwrap().push(patches.to_vec());
-        Box::pin(async { Ok(1000) })
+        let hold = self.prefetch_hold.lock().unwrap().clone();
+        Box::pin(async move {
+            if let Some(h) = hold {
+                let _p = h.acquire().await;
+            }
+            Ok(1000)
+        })
+    }
+    fn release(&self, deployment: &str) {
+        self.released.lock().unwrap().push(deployment.to_string());
     }
     fn targets(&self, device: DeviceId, patches: &[PatchKey], now_ms: u64) -> Vec<BinaryTarget> {
         self.site.targets(device, patches, now_ms)
@@ -207,6 +220,8 @@ fn orchestrator(s: &Site, installer: Arc<TestInstaller>) -> (Orchestrator, Arc<T
         notices: Mutex::new(Vec::new()),
         prefetched: Mutex::new(Vec::new()),
         levels: Mutex::new(BTreeMap::new()),
+        prefetch_hold: Mutex::new(None),
+        released: Mutex::new(Vec::new()),
     });
     let o = Orchestrator::new(
         s.store.clone(),
@@ -696,13 +711,20 @@ async fn bench_one_patch_to_1000_devices() {
     assert_eq!(inst.installs().len(), 1000);
     let started = std::time::Instant::now();
     let (last, rest) = s.devices.split_last().unwrap();
+    let (bytes0, records0, _) = writes(&o);
     for d in rest {
         o.report(*d, &status("dep-1", 1, Phase::Succeeded, false), t0 + 1)
             .await
             .unwrap();
     }
     let report_us = started.elapsed().as_secs_f64() * 1e6 / rest.len() as f64;
+    let (bytes1, records1, _) = writes(&o);
+    let write_bytes = (bytes1 - bytes0) / rest.len() as u64;
+    let records = (records1 - records0) as f64 / rest.len() as f64;
     let before = o.get("dep-1").unwrap();
+    // What a report wrote before the per-device records: the whole
+    // deployment's JSON.
+    let whole_bytes = serde_json::to_vec(&before).unwrap().len();
     let started = std::time::Instant::now();
     let verdict = before.deployment.gate(0, t0 + 1);
     let gate_us = started.elapsed().as_secs_f64() * 1e6;
@@ -718,7 +740,7 @@ async fn bench_one_patch_to_1000_devices() {
     let gate_ms = started.elapsed().as_secs_f64() * 1e3;
     assert_eq!(o.get("dep-1").unwrap().deployment.phase, DPhase::Completed);
     println!(
-        "RESULT deploy_orchestration devices=1000 create_ms={create_ms:.1} stage_start_to_all_dispatched_ms={dispatch_ms:.1} report_step_persist_us={report_us:.0} gate_eval_us={gate_us:.0} final_report_gate_to_completed_ms={gate_ms:.2}"
+        "RESULT deploy_orchestration devices=1000 create_ms={create_ms:.1} stage_start_to_all_dispatched_ms={dispatch_ms:.1} report_step_persist_us={report_us:.0} report_write_bytes={write_bytes} report_device_records={records:.2} whole_record_bytes={whole_bytes} gate_eval_us={gate_us:.0} final_report_gate_to_completed_ms={gate_ms:.2}"
     );
 }
 
@@ -786,4 +808,401 @@ async fn a_maintenance_window_that_pauses_patch_installs_holds_its_devices_until
         3,
         "the window ended: all dispatched, even by a refused input's step"
     );
+}
+
+/// Bytes, device records and headers written by the orchestrator so far.
+fn writes(o: &Orchestrator) -> (u64, u64, u64) {
+    let m = &o.metrics.deploy;
+    (
+        m.store_write_bytes.get(),
+        m.store_device_records.get(),
+        m.store_header_writes.get(),
+    )
+}
+
+/// One running stage of `n` devices, every install dispatched; returns
+/// what one success report (the second device's) wrote.
+async fn one_report_writes(n: u64) -> (u64, u64, u64) {
+    let s = site(n);
+    let inst = Arc::new(TestInstaller::default());
+    let (o, _) = orchestrator(&s, inst.clone());
+    let t0 = 1_000 * H;
+    let mut req = request(DeployTarget::All);
+    req.stages = Some(vec![100]);
+    o.create(req, s.patches.as_ref(), "admin", t0)
+        .await
+        .unwrap();
+    assert_eq!(inst.installs().len(), n as usize);
+    let before = writes(&o);
+    o.report(
+        s.devices[1],
+        &status("dep-1", 1, Phase::Succeeded, false),
+        t0 + 1,
+    )
+    .await
+    .unwrap();
+    let after = writes(&o);
+    (after.0 - before.0, after.1 - before.1, after.2 - before.2)
+}
+
+#[tokio::test]
+async fn a_device_report_writes_its_device_record_and_the_state_whatever_the_deployment_size() {
+    let small = one_report_writes(5).await;
+    let big = one_report_writes(300).await;
+    assert_eq!(small.1, 1, "one device record written");
+    assert_eq!(big.1, 1, "one device record written");
+    assert_eq!((small.2, big.2), (0, 0), "no header write");
+    // Same bytes (the device ids have the same length): nothing grows with
+    // the deployment.
+    assert_eq!(small.0, big.0, "bytes of one report's write");
+    assert!(big.0 < 2_000, "{} bytes", big.0);
+}
+
+/// Every stage's figures and gate at `now` (what the gates decide from).
+fn gates(d: &StoredDeployment, now: u64) -> Vec<(outpost_patch::rollout::GateFigures, String)> {
+    (0..d.deployment.stages.len() as u32)
+        .map(|k| {
+            (
+                d.deployment.figures(k),
+                format!("{:?}", d.deployment.gate(k, now)),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn state_rebuilt_from_the_per_device_records_after_a_restart_matches_the_state_in_memory() {
+    let s = site(20);
+    let t0 = 1_000 * H;
+    let inst = Arc::new(TestInstaller::default());
+    let (o, _) = orchestrator(&s, inst.clone());
+    let mut req = request(DeployTarget::All);
+    req.stages = Some(vec![10, 50, 100]);
+    req.gate = Some(GateSpec {
+        min_success_pct: 50,
+        soak_ms: 0,
+        ..Default::default()
+    });
+    o.create(req, s.patches.as_ref(), "admin", t0)
+        .await
+        .unwrap();
+    // Stage 0 succeeds; in stage 1 one fails, one reboots, the rest succeed.
+    succeed_queued(&o, t0 + 1).await;
+    let d = o.get("dep-1").unwrap();
+    let queued: Vec<String> = d
+        .deployment
+        .devices
+        .iter()
+        .filter(|(_, r)| r.state == outpost_patch::rollout::DeviceState::Queued)
+        .map(|(d, _)| d.clone())
+        .collect();
+    assert!(queued.len() >= 3, "{queued:?}");
+    o.report(
+        queued[0].parse().unwrap(),
+        &status("dep-1", 1, Phase::Failed, false),
+        t0 + 2,
+    )
+    .await
+    .unwrap();
+    o.report(
+        queued[1].parse().unwrap(),
+        &status("dep-1", 1, Phase::RebootPending, false),
+        t0 + 3,
+    )
+    .await
+    .unwrap();
+    o.report(
+        queued[2].parse().unwrap(),
+        &status("dep-1", 1, Phase::Succeeded, false),
+        t0 + 4,
+    )
+    .await
+    .unwrap();
+    let in_memory = o.get("dep-1").unwrap();
+    drop(o);
+    let (o, _) = orchestrator(&s, Arc::new(TestInstaller::default()));
+    let read = o.get("dep-1").unwrap();
+    assert_eq!(
+        read, in_memory,
+        "the deployment read back is the one in memory"
+    );
+    assert_eq!(gates(&read, t0 + 5), gates(&in_memory, t0 + 5));
+    assert_eq!(
+        read.installs[&queued[0]].reason.as_deref(),
+        Some("preinst failed")
+    );
+    // Stepping on after the restart gives what the first would have.
+    o.recover(t0 + 5).await.unwrap();
+    let d = o.get("dep-1").unwrap();
+    assert_eq!(d.deployment.devices, in_memory.deployment.devices);
+}
+
+#[tokio::test]
+async fn a_deployment_written_whole_by_an_older_build_is_read_and_rewritten_per_device() {
+    let s = site(6);
+    let t0 = 1_000 * H;
+    let mut req = request(DeployTarget::All);
+    req.stages = Some(vec![50, 100]);
+    let old = {
+        let inst = Arc::new(TestInstaller::default());
+        let (o, _) = orchestrator(&s, inst.clone());
+        o.create(req, s.patches.as_ref(), "admin", t0)
+            .await
+            .unwrap();
+        succeed_queued(&o, t0 + 1).await;
+        o.get("dep-1").unwrap()
+    };
+    assert!(!old.installs.is_empty());
+    // What an older build stored: the whole deployment in `deployments`,
+    // no per-device records, no state record.
+    let mut b = s.store.batch();
+    b.delete_range(store::DEPLOYMENT_DEVICES, &[], &[0xff; 8])
+        .unwrap();
+    b.delete(store::DEPLOYMENT_STATE, b"dep-1").unwrap();
+    s.store.write(b).unwrap();
+    store::put_legacy(&s.store, &old).unwrap();
+    let raw: serde_json::Value = s.store.get(store::DEPLOYMENTS, b"dep-1").unwrap().unwrap();
+    assert!(raw.get("layout").is_none());
+    assert_eq!(
+        raw["deployment"]["devices"].as_object().unwrap().len(),
+        6,
+        "the old layout"
+    );
+    // Read as it is.
+    let inst = Arc::new(TestInstaller::default());
+    let (o, _) = orchestrator(&s, inst.clone());
+    assert_eq!(o.get("dep-1").unwrap(), old);
+    // The start rewrites it per device; nothing is dispatched again.
+    o.recover(t0 + 2).await.unwrap();
+    let raw: serde_json::Value = s.store.get(store::DEPLOYMENTS, b"dep-1").unwrap().unwrap();
+    assert_eq!(raw["layout"], store::LAYOUT_SPLIT);
+    assert!(raw["deployment"]["devices"].as_object().unwrap().is_empty());
+    assert!(raw.get("installs").is_none());
+    let read = store::get(&s.store, "dep-1").unwrap().unwrap();
+    assert_eq!(read.deployment.devices, old.deployment.devices);
+    assert_eq!(read.installs, old.installs);
+    // And it runs on: stage 1 starts after the soak, its reports complete it.
+    o.tick(t0 + 2 * H).await.unwrap();
+    succeed_queued(&o, t0 + 3 * H).await;
+    o.tick(t0 + 5 * H).await.unwrap();
+    assert_eq!(o.get("dep-1").unwrap().deployment.phase, DPhase::Completed);
+    let keys = dispatched_keys(&inst);
+    for k in keys.values() {
+        assert_eq!(k.len(), 1, "one install per device");
+    }
+}
+
+/// A prefetch that takes long (a big download) does not hold the
+/// orchestrator: the stage's installs are dispatched and device reports
+/// are stepped while it runs.
+#[tokio::test]
+async fn device_reports_are_stepped_while_a_prefetch_is_still_downloading() {
+    let s = site(3);
+    let inst = Arc::new(TestInstaller::default());
+    let (o, env) = orchestrator(&s, inst.clone());
+    let hold = Arc::new(tokio::sync::Semaphore::new(0));
+    *env.prefetch_hold.lock().unwrap() = Some(hold.clone());
+    let t0 = 1_000 * H;
+    let mut req = request(DeployTarget::All);
+    req.stages = Some(vec![100]);
+    let created = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        o.create(req, s.patches.as_ref(), "admin", t0),
+    )
+    .await
+    .expect("creation waited for the prefetch")
+    .unwrap();
+    assert_eq!(env.prefetched.lock().unwrap().len(), 1, "prefetch started");
+    assert_eq!(inst.installs().len(), 3);
+    assert!(matches!(created.deployment.phase, DPhase::Running { .. }));
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        o.report(
+            s.devices[0],
+            &status("dep-1", 1, Phase::Succeeded, false),
+            t0 + 1,
+        ),
+    )
+    .await
+    .expect("the report waited for the prefetch")
+    .unwrap();
+    assert_eq!(
+        o.get("dep-1").unwrap().deployment.devices[&s.devices[0].to_string()].state,
+        outpost_patch::rollout::DeviceState::Succeeded
+    );
+    // The download ends later: counted then.
+    assert_eq!(o.metrics.deploy.prefetch_bytes.get(), 0);
+    hold.add_permits(1);
+    for _ in 0..100 {
+        if o.metrics.deploy.prefetch_bytes.get() == 1000 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(o.metrics.deploy.prefetch_bytes.get(), 1000);
+}
+
+/// A deployment's cache pins are released when it completes, is aborted
+/// or rolled back, and at the next start for one that ended before (a
+/// crash between its last step and the release).
+#[tokio::test]
+async fn cache_pins_are_released_when_a_deployment_ends_and_at_start_for_ended_ones() {
+    let s = site(2);
+    let t0 = 1_000 * H;
+    let inst = Arc::new(TestInstaller::default());
+    let (o, env) = orchestrator(&s, inst.clone());
+    let mut req = request(DeployTarget::All);
+    req.stages = Some(vec![100]);
+    req.gate = Some(GateSpec {
+        soak_ms: 0,
+        ..Default::default()
+    });
+    o.create(req.clone(), s.patches.as_ref(), "admin", t0)
+        .await
+        .unwrap();
+    succeed_queued(&o, t0 + 1).await;
+    assert_eq!(o.get("dep-1").unwrap().deployment.phase, DPhase::Completed);
+    assert_eq!(*env.released.lock().unwrap(), vec!["dep-1".to_string()]);
+    // Aborted.
+    req.id = Some("dep-2".into());
+    o.create(req.clone(), s.patches.as_ref(), "admin", t0 + 2)
+        .await
+        .unwrap();
+    o.input("dep-2", Input::Abort { note: "no".into() }, "tech", t0 + 3)
+        .await
+        .unwrap();
+    assert_eq!(env.released.lock().unwrap().last().unwrap(), "dep-2");
+    // Rolled back whole (in its first stage, soaking).
+    let mut req3 = req.clone();
+    req3.id = Some("dep-3".into());
+    req3.stages = Some(vec![50, 100]);
+    req3.gate = Some(GateSpec {
+        soak_ms: H,
+        ..Default::default()
+    });
+    o.create(req3, s.patches.as_ref(), "admin", t0 + 4)
+        .await
+        .unwrap();
+    let d = o.get("dep-3").unwrap();
+    for (dev, r) in &d.deployment.devices {
+        if r.state != outpost_patch::rollout::DeviceState::Queued {
+            continue;
+        }
+        o.report(
+            dev.parse().unwrap(),
+            &status("dep-3", r.attempt, Phase::Succeeded, false),
+            t0 + 5,
+        )
+        .await
+        .unwrap();
+    }
+    o.input(
+        "dep-3",
+        Input::Rollback(RollbackScope::Deployment),
+        "tech",
+        t0 + 6,
+    )
+    .await
+    .unwrap();
+    assert_eq!(env.released.lock().unwrap().len(), 2, "not before it ends");
+    let d = o.get("dep-3").unwrap();
+    for (dev, r) in &d.deployment.devices {
+        if r.state != outpost_patch::rollout::DeviceState::RollingBack {
+            continue;
+        }
+        o.report(
+            dev.parse().unwrap(),
+            &status("dep-3", r.attempt, Phase::RolledBack, true),
+            t0 + 7,
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(o.get("dep-3").unwrap().deployment.phase, DPhase::RolledBack);
+    assert_eq!(env.released.lock().unwrap().last().unwrap(), "dep-3");
+    // A running one keeps its pins; at the next start every ended one is
+    // released again (idempotent).
+    req.id = Some("dep-4".into());
+    o.create(req, s.patches.as_ref(), "admin", t0 + 8)
+        .await
+        .unwrap();
+    drop(o);
+    let (o, env) = orchestrator(&s, Arc::new(TestInstaller::default()));
+    o.recover(t0 + 9).await.unwrap();
+    let mut r = env.released.lock().unwrap().clone();
+    r.sort();
+    assert_eq!(r, vec!["dep-1", "dep-2", "dep-3"]);
+}
+
+fn gauge(o: &Orchestrator, state: &str) -> i64 {
+    o.metrics
+        .deploy
+        .deployments
+        .get_or_create(&crate::metrics::labels::StateLabel {
+            state: state.to_string(),
+        })
+        .get()
+}
+
+/// The phases the tick and the `outpost_deployments{state}` gauge use are
+/// kept in memory from every write, and read back right after a restart.
+#[tokio::test]
+async fn the_deployment_state_gauge_follows_every_step_and_is_read_back_after_a_restart() {
+    let s = site(2);
+    let t0 = 1_000 * H;
+    let (o, _) = orchestrator(&s, Arc::new(TestInstaller::default()));
+    let mut req = request(DeployTarget::All);
+    req.stages = Some(vec![100]);
+    req.gate = Some(GateSpec {
+        soak_ms: 0,
+        ..Default::default()
+    });
+    for id in ["dep-1", "dep-2", "dep-3"] {
+        req.id = Some(id.into());
+        o.create(req.clone(), s.patches.as_ref(), "admin", t0)
+            .await
+            .unwrap();
+    }
+    assert_eq!(gauge(&o, "running"), 3);
+    succeed_queued(&o, t0 + 1).await;
+    o.input("dep-2", Input::Pause { note: "x".into() }, "tech", t0 + 2)
+        .await
+        .unwrap();
+    o.input("dep-3", Input::Abort { note: "x".into() }, "tech", t0 + 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            gauge(&o, "completed"),
+            gauge(&o, "paused"),
+            gauge(&o, "aborted"),
+            gauge(&o, "running")
+        ),
+        (1, 1, 1, 0)
+    );
+    drop(o);
+    let (o, _) = orchestrator(&s, Arc::new(TestInstaller::default()));
+    o.recover(t0 + 4).await.unwrap();
+    assert_eq!(
+        (
+            gauge(&o, "completed"),
+            gauge(&o, "paused"),
+            gauge(&o, "aborted"),
+            gauge(&o, "running")
+        ),
+        (1, 1, 1, 0)
+    );
+    o.input(
+        "dep-2",
+        Input::Resume {
+            retry_failed: false,
+            force: false,
+            patches: None,
+        },
+        "tech",
+        t0 + 5,
+    )
+    .await
+    .unwrap();
+    assert_eq!((gauge(&o, "paused"), gauge(&o, "running")), (0, 1));
 }
