@@ -11,7 +11,14 @@ ALTER TABLE devices
     ADD COLUMN host_lc text COLLATE "C",
     ADD COLUMN os_lc text COLLATE "C",
     ADD COLUMN status_rank smallint,
-    ADD COLUMN cpu_key bigint;
+    ADD COLUMN cpu_key bigint,
+    -- Lowercased tags joined by newlines, and each lowercased address
+    -- after a tab (a word matches the start of an address: `\tWORD`).
+    ADD COLUMN tags_lc text COLLATE "C" NOT NULL DEFAULT '',
+    ADD COLUMN ips_lc text COLLATE "C" NOT NULL DEFAULT '',
+    -- host_lc, os_lc and tags_lc joined by newlines: what a search word
+    -- may be a substring of (words hold no whitespace).
+    ADD COLUMN words_lc text COLLATE "C";
 ALTER TABLE sites
     ADD COLUMN name text COLLATE "C",
     ADD COLUMN name_lc text COLLATE "C";
@@ -21,6 +28,11 @@ ALTER TABLE alerts
 -- The list's default order (hostname, then site and device) read from
 -- the cursor; the other sorts are a top-N over the tenant's rows.
 CREATE INDEX devices_search_host ON devices (tenant_id, host_lc, site_id, device);
+-- Search words (`LIKE '%word%'`) through trigram indexes (pg_trgm is a
+-- trusted extension: the database owner may create it).
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
+CREATE INDEX devices_words_trgm ON devices USING gin (words_lc gin_trgm_ops);
+CREATE INDEX devices_ips_trgm ON devices USING gin (ips_lc gin_trgm_ops);
 -- Open alerts of one device (counts, the critical filter).
 CREATE INDEX alerts_open_device ON alerts (tenant_id, site_id, device)
     WHERE state IN ('pending', 'firing');

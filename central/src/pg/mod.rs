@@ -714,6 +714,7 @@ impl PgCentralStore {
             Vec::<String>::new(),
             Vec::<i16>::new(),
             Vec::<i64>::new(),
+            Vec::<String>::new(),
         );
         for d in rows {
             cols.0.push(&d.device);
@@ -725,21 +726,23 @@ impl PgCentralStore {
             let k = crate::fleet_index::search_keys(d);
             keys.2.push(k.status_rank() as i16);
             keys.3.push(i(k.cpu_key()));
+            keys.4.push(search::words_lc(&k.host_lc, &k.os_lc, ""));
             keys.0.push(k.host_lc);
             keys.1.push(k.os_lc);
         }
         tx.execute(
             "INSERT INTO devices (tenant_id, site_id, device, customer, hostname, status, last_seen_ms, body, \
-             host_lc, os_lc, status_rank, cpu_key) \
+             host_lc, os_lc, status_rank, cpu_key, words_lc) \
              SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bytea[], \
-             $9::text[], $10::text[], $11::smallint[], $12::bigint[]) \
+             $9::text[], $10::text[], $11::smallint[], $12::bigint[], $13::text[]) \
              ON CONFLICT (tenant_id, site_id, device) DO UPDATE SET customer = excluded.customer, \
              hostname = excluded.hostname, status = excluded.status, last_seen_ms = excluded.last_seen_ms, \
              body = excluded.body, host_lc = excluded.host_lc, os_lc = excluded.os_lc, \
-             status_rank = excluded.status_rank, cpu_key = excluded.cpu_key",
+             status_rank = excluded.status_rank, cpu_key = excluded.cpu_key, \
+             words_lc = excluded.host_lc || E'\\n' || excluded.os_lc || E'\\n' || devices.tags_lc",
             &[
                 &tenant, &site_id, &cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &bodies, &keys.0,
-                &keys.1, &keys.2, &keys.3,
+                &keys.1, &keys.2, &keys.3, &keys.4,
             ],
         )
         .await
@@ -761,9 +764,18 @@ impl PgCentralStore {
         for (d, f) in rows.iter().zip(facts) {
             let Some(f) = f else { continue };
             tx.execute(
-                "UPDATE devices SET ips = $4, tags = $5 \
+                "UPDATE devices SET ips = $4, tags = $5, tags_lc = $6, ips_lc = $7, \
+                 words_lc = host_lc || E'\\n' || os_lc || E'\\n' || $6 \
                  WHERE tenant_id = $1 AND site_id = $2 AND device = $3",
-                &[&tenant, &site_id, &d.device, &f.ips, &f.tags],
+                &[
+                    &tenant,
+                    &site_id,
+                    &d.device,
+                    &f.ips,
+                    &f.tags,
+                    &search::tags_lc(&f.tags),
+                    &search::ips_lc(&f.ips),
+                ],
             )
             .await
             .map_err(be)?;

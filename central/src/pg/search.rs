@@ -56,6 +56,38 @@ fn key_exprs(sort: DeviceSortKey) -> (&'static str, &'static str, &'static str) 
     }
 }
 
+/// `devices.tags_lc`: the lowercased tags, one per line.
+pub(super) fn tags_lc(tags: &[String]) -> String {
+    tags.iter()
+        .map(|t| t.to_lowercase())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `devices.ips_lc`: each lowercased address after a tab.
+pub(super) fn ips_lc(ips: &[String]) -> String {
+    ips.iter()
+        .map(|ip| format!("\t{}", ip.to_lowercase()))
+        .collect()
+}
+
+/// `devices.words_lc` (what the store writes; SQL keeps it on updates).
+pub(super) fn words_lc(host_lc: &str, os_lc: &str, tags_lc: &str) -> String {
+    format!("{host_lc}\n{os_lc}\n{tags_lc}")
+}
+
+/// `w` as a literal inside a `LIKE` pattern (backslash escapes).
+fn like_literal(w: &str) -> String {
+    let mut out = String::with_capacity(w.len());
+    for c in w.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn severity(s: &str) -> Option<Severity> {
     [Severity::Info, Severity::Warning, Severity::Critical]
         .into_iter()
@@ -70,7 +102,8 @@ impl PgCentralStore {
         loop {
             let rows = c
                 .query(
-                    "SELECT body FROM devices WHERE host_lc IS NULL LIMIT 1000",
+                    "SELECT body, ips, tags FROM devices WHERE host_lc IS NULL OR words_lc IS NULL \
+                     LIMIT 1000",
                     &[],
                 )
                 .await
@@ -80,9 +113,12 @@ impl PgCentralStore {
             }
             for r in &rows {
                 let d: DeviceRow = dec(r.get::<_, &[u8]>(0))?;
+                let (ips, tags): (Vec<String>, Vec<String>) = (r.get(1), r.get(2));
                 let k = search_keys(&d);
+                let tl = tags_lc(&tags);
                 c.execute(
-                    "UPDATE devices SET host_lc = $4, os_lc = $5, status_rank = $6, cpu_key = $7 \
+                    "UPDATE devices SET host_lc = $4, os_lc = $5, status_rank = $6, cpu_key = $7, \
+                     tags_lc = $8, ips_lc = $9, words_lc = $10 \
                      WHERE tenant_id = $1 AND site_id = $2 AND device = $3",
                     &[
                         &d.tenant.as_str(),
@@ -92,6 +128,9 @@ impl PgCentralStore {
                         &k.os_lc,
                         &(k.status_rank() as i16),
                         &i(k.cpu_key()),
+                        &tl,
+                        &ips_lc(&ips),
+                        &words_lc(&k.host_lc, &k.os_lc, &tl),
                     ],
                 )
                 .await
@@ -171,12 +210,12 @@ impl PgCentralStore {
             filter += &format!(" AND d.tags @> ARRAY[{}::text]", ps.p(tag.clone()));
         }
         for w in &q.words {
-            let w = ps.p(w.clone());
-            filter += &format!(
-                " AND (strpos(d.host_lc, {w}) > 0 OR strpos(d.os_lc, {w}) > 0 \
-                 OR EXISTS (SELECT 1 FROM unnest(d.ips) ip WHERE starts_with(lower(ip), {w})) \
-                 OR EXISTS (SELECT 1 FROM unnest(d.tags) tg WHERE strpos(lower(tg), {w}) > 0))"
-            );
+            // A substring of hostname, device id, OS or a tag, or the
+            // start of an address (trigram indexes).
+            let lit = like_literal(w);
+            let words = ps.p(format!("%{lit}%"));
+            let ips = ps.p(format!("%\t{lit}%"));
+            filter += &format!(" AND (d.words_lc LIKE {words} OR d.ips_lc LIKE {ips})");
         }
         let (num, text, text2) = key_exprs(q.sort);
         // Only the non-constant parts of the key order and compare (so the
@@ -212,26 +251,46 @@ impl PgCentralStore {
         }
         let dir = if q.descending { " DESC" } else { "" };
         let order: Vec<String> = key.iter().map(|k| format!("{k}{dir}")).collect();
+        // The same order over the page's own columns (the outer query).
+        let outer: Vec<String> = key
+            .iter()
+            .map(|k| {
+                let col = match *k {
+                    k if k == num => "p.k_num",
+                    k if k == text => "p.k_text",
+                    k if k == text2 => "p.k_text2",
+                    "d.host_lc" => "p.host_lc",
+                    "d.site_id" => "p.site_id",
+                    _ => "p.device",
+                };
+                format!("{col}{dir}")
+            })
+            .collect();
         let limit = q.limit.max(1);
         let lim = ps.p((limit + 1) as i64);
+        // The page is chosen over the key columns only; bodies, site
+        // names and alert counts are read for its rows alone.
         let page_sql = format!(
-            "SELECT d.body, d.ips, d.tags, COALESCE(s.name, d.site_id), \
+            "WITH p AS ( \
+               SELECT d.site_id, d.device, {num} AS k_num, {text}::text AS k_text, \
+                 {text2}::text AS k_text2, d.host_lc \
+               FROM devices d LEFT JOIN sites s ON s.tenant_id = d.tenant_id AND s.site_id = d.site_id \
+               WHERE {page_filter} ORDER BY {} LIMIT {lim}) \
+             SELECT d.body, d.ips, d.tags, COALESCE(s.name, d.site_id), \
              (SELECT count(*) FROM alerts a WHERE a.tenant_id = d.tenant_id AND a.site_id = d.site_id \
               AND a.device = d.device AND a.state IN ('pending', 'firing')), \
              EXISTS (SELECT 1 FROM alerts a WHERE a.tenant_id = d.tenant_id AND a.site_id = d.site_id \
               AND a.device = d.device AND a.state = 'firing' AND a.severity = 'critical'), \
-             {num}, {text}::text, {text2}::text, d.host_lc \
-             FROM devices d LEFT JOIN sites s ON s.tenant_id = d.tenant_id AND s.site_id = d.site_id \
-             WHERE {page_filter} ORDER BY {} LIMIT {lim}",
-            order.join(", ")
+             p.k_num, p.k_text, p.k_text2, p.host_lc \
+             FROM p JOIN devices d ON d.tenant_id = {t} AND d.site_id = p.site_id AND d.device = p.device \
+             LEFT JOIN sites s ON s.tenant_id = d.tenant_id AND s.site_id = d.site_id \
+             ORDER BY {}",
+            order.join(", "),
+            outer.join(", ")
         );
         // The count reads the same filter without the cursor (its
         // parameters are a prefix of the page's, unused ones excepted).
-        let count_sql = format!(
-            "SELECT count(*) FROM devices d \
-             LEFT JOIN sites s ON s.tenant_id = d.tenant_id AND s.site_id = d.site_id \
-             WHERE {filter}"
-        );
+        let count_sql = format!("SELECT count(*) FROM devices d WHERE {filter}");
         let refs = ps.refs();
         let mut c = self.client().await?;
         let tx = Self::tenant_tx(&mut c, tenant).await?;

@@ -280,6 +280,21 @@ async fn rows_from_before_version_7_get_their_search_keys_at_start() {
     assert!(page.items[0].critical && page.items[0].open_alerts == 1);
     let counts = st.fleet_counts(&t("msp"), &[]).await.unwrap();
     assert_eq!(counts.per_site[&s("s-1")].critical, 1);
+    // LIKE's wildcards in a word are literal characters (no host has them).
+    for w in ["%", "_", "\\", "web_1"] {
+        let page = st
+            .search_devices(
+                &t("msp"),
+                &crate::store::DeviceSearch {
+                    words: vec![w.into()],
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.total, 0, "{w:?}");
+    }
 }
 
 /// A database at schema version 1 (a central of the previous release) is
