@@ -147,6 +147,33 @@ pub struct UplinkConfig {
     /// central's `last_seen_ms` lags by at most this plus an interval.
     #[serde(with = "humantime_serde")]
     pub last_seen_resend: Duration,
+    /// Central's addresses (`HOST:PORT`), one or a list in order of
+    /// preference (several instances over PostgreSQL): the next on a
+    /// failure, back to the first after `central_fail_back`. Unset: the
+    /// address the site joined (`uplink.json`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub central: Option<CentralAddrs>,
+    #[serde(with = "humantime_serde")]
+    pub central_fail_back: Duration,
+}
+
+/// `central = "host:port"` or `central = ["a:port", "b:port"]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CentralAddrs {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl UplinkConfig {
+    /// Central's addresses (empty: the joined address).
+    pub fn centrals(&self) -> Vec<String> {
+        match &self.central {
+            None => Vec::new(),
+            Some(CentralAddrs::One(a)) => vec![a.clone()],
+            Some(CentralAddrs::Many(v)) => v.clone(),
+        }
+    }
 }
 
 impl Default for UplinkConfig {
@@ -159,6 +186,8 @@ impl Default for UplinkConfig {
             max_in_flight_batches: o.max_in_flight_batches,
             zstd_level: o.outbox.zstd_level,
             last_seen_resend: Duration::from_millis(o.outbox.last_seen_resend_ms),
+            central: None,
+            central_fail_back: o.fail_back_after,
         }
     }
 }
@@ -172,6 +201,8 @@ impl UplinkConfig {
         o.reconnect_base = self.reconnect_base;
         o.reconnect_max = self.reconnect_max;
         o.max_in_flight_batches = self.max_in_flight_batches;
+        o.centrals = self.centrals();
+        o.fail_back_after = self.central_fail_back;
         o
     }
 }
@@ -376,6 +407,15 @@ impl Config {
         if !(1..=19).contains(&self.uplink.zstd_level) || self.uplink.max_in_flight_batches == 0 {
             bail!("uplink.zstd_level must be 1-19 and uplink.max_in_flight_batches positive");
         }
+        if self.uplink.centrals().iter().any(|a| {
+            a.rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        }) {
+            bail!("uplink.central takes HOST:PORT addresses (one, or a list)");
+        }
+        if self.uplink.central_fail_back < Duration::from_secs(1) {
+            bail!("uplink.central_fail_back must be at least 1s");
+        }
         if self.uplink.last_seen_resend < Duration::from_secs(1) {
             bail!("uplink.last_seen_resend must be at least 1s");
         }
@@ -416,6 +456,26 @@ mod tests {
         assert_eq!(c.storage.retention().raw, Duration::from_secs(7 * 86400));
         std::fs::write(&p, "ofline_grace = \"2s\"\n").unwrap();
         assert!(Config::load(&p).is_err());
+    }
+
+    #[test]
+    fn uplink_central_takes_one_address_or_a_list_and_refuses_a_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        assert!(Config::default().uplink.options().centrals.is_empty());
+        std::fs::write(&p, "[uplink]\ncentral = \"a.example:4433\"\n").unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.uplink.options().centrals, ["a.example:4433"]);
+        std::fs::write(
+            &p,
+            "[uplink]\ncentral = [\"a:4433\", \"10.0.0.2:4433\"]\ncentral_fail_back = \"2m\"\n",
+        )
+        .unwrap();
+        let o = Config::load(&p).unwrap().uplink.options();
+        assert_eq!(o.centrals, ["a:4433", "10.0.0.2:4433"]);
+        assert_eq!(o.fail_back_after, Duration::from_secs(120));
+        std::fs::write(&p, "[uplink]\ncentral = [\"a:4433\", \"nope\"]\n").unwrap();
+        assert!(Config::load(&p).unwrap().validate().is_err());
     }
 }
 

@@ -344,11 +344,10 @@ pub async fn login_response(c: &Arc<Central>, l: Login, addr: Option<IpAddr>) ->
     let now = crate::now_ms();
     // Neither a tenant nor a user name holds a `/` (`ops::check_name`).
     let key = format!("{}/{}", l.tenant, l.username);
-    let limited = c
-        .login_limiter
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .check(&key, addr, now);
+    let limited = match c.login_check(&key, addr, now).await.map_err(internal) {
+        Ok(l) => l,
+        Err(e) => return e.into_response(),
+    };
     if let Err(wait) = limited {
         c.metrics.logins_throttled.inc();
         return retry_after(
@@ -367,10 +366,7 @@ pub async fn login_response(c: &Arc<Central>, l: Login, addr: Option<IpAddr>) ->
         || ops::check_name("user name", &l.username).is_err()
     {
         c.metrics.logins_failed.inc();
-        c.login_limiter
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .failed_address(addr, now);
+        c.login_failed(None, addr, now).await;
         return unauthorized();
     }
     let user = match c.store.user(&l.tenant, &l.username).await.map_err(internal) {
@@ -395,16 +391,10 @@ pub async fn login_response(c: &Arc<Central>, l: Login, addr: Option<IpAddr>) ->
     };
     let Some(user) = user else {
         c.metrics.logins_failed.inc();
-        c.login_limiter
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .failed(&key, addr, crate::now_ms());
+        c.login_failed(Some(&key), addr, crate::now_ms()).await;
         return unauthorized();
     };
-    c.login_limiter
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .succeeded(&key);
+    c.login_succeeded(&key).await;
     let secret = hex::encode(rand::random::<[u8; 32]>());
     let rec = SessionRecord {
         principal: Principal {

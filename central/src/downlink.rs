@@ -47,11 +47,25 @@ struct Link {
     tx: Option<mpsc::UnboundedSender<Down>>,
 }
 
+/// Hands downlink work for a site not connected here to the instance
+/// that holds it (PostgreSQL NOTIFY, [`crate::pg::bus`]).
+pub type Remote = Box<dyn Fn(&TenantId, &SiteId, &Down) + Send + Sync>;
+
 /// The connected sites and the protocol version each speaks.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Registry {
     links: Mutex<HashMap<(TenantId, SiteId), Link>>,
     next: AtomicU64,
+    remote: std::sync::OnceLock<Remote>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("links", &self.links)
+            .field("remote", &self.remote.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Registry {
@@ -96,13 +110,34 @@ impl Registry {
             .map(|l| l.version)
     }
 
-    /// Hands `d` to the site's stream; false when it is not connected (or
-    /// does not speak the downlink): the command waits here.
+    /// Hands `d` to the site's stream; false when it is not connected
+    /// here (or does not speak the downlink): the command waits in the
+    /// store, and with several instances ([`Registry::set_remote`]) `d` is
+    /// also handed to the others, so the one holding the site's
+    /// connection sends it at once.
     pub fn push(&self, tenant: &TenantId, site: &SiteId, d: Down) -> bool {
+        if self.push_local(tenant, site, d.clone()) {
+            return true;
+        }
+        if let Some(r) = self.remote.get() {
+            r(tenant, site, &d);
+        }
+        false
+    }
+
+    /// [`Registry::push`] to this instance's connection only (what a
+    /// notice from another instance does).
+    pub fn push_local(&self, tenant: &TenantId, site: &SiteId, d: Down) -> bool {
         match self.lock().get(&(tenant.clone(), site.clone())) {
             Some(Link { tx: Some(tx), .. }) => tx.send(d).is_ok(),
             _ => false,
         }
+    }
+
+    /// Sets where work for sites connected elsewhere goes (once; false if
+    /// it was set already).
+    pub fn set_remote(&self, r: Remote) -> bool {
+        self.remote.set(r).is_ok()
     }
 }
 

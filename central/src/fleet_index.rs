@@ -107,7 +107,63 @@ fn avg(r: &crate::model::Rollup) -> f64 {
     }
 }
 
-fn status_rank(s: DeviceStatus) -> u64 {
+/// What the search matches, sorts and shows of a device, derived from its
+/// stored row: one definition for this index and for the columns the
+/// PostgreSQL backend stores beside the row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchKeys {
+    /// Lowercased hostname, a space and the device id.
+    pub host_lc: String,
+    pub os_lc: String,
+    /// `Revoked` for a revoked device, else its status.
+    pub status: DeviceStatus,
+    /// Latest 5-minute averages (CPU, memory, the fullest disk).
+    pub cpu: Option<f64>,
+    pub memory: Option<f64>,
+    pub disk: Option<f64>,
+}
+
+impl SearchKeys {
+    /// The status sort's key.
+    pub fn status_rank(&self) -> u64 {
+        status_rank(self.status)
+    }
+
+    /// The CPU sort's key (0 = no value, below every value).
+    pub fn cpu_key(&self) -> u64 {
+        cpu_key(self.cpu)
+    }
+}
+
+/// See [`SearchKeys`].
+pub fn search_keys(d: &DeviceRow) -> SearchKeys {
+    let latest = |name: &str| {
+        d.latest
+            .iter()
+            .filter(|l| l.series == name)
+            .map(|l| avg(&l.rollup))
+            .reduce(f64::max)
+    };
+    SearchKeys {
+        host_lc: format!("{} {}", d.hostname.to_lowercase(), d.device),
+        os_lc: d.os.to_lowercase(),
+        status: if d.revoked {
+            DeviceStatus::Revoked
+        } else {
+            d.status
+        },
+        cpu: latest(m::CPU),
+        memory: latest(m::MEMORY),
+        disk: latest(m::DISK_USED_PERCENT),
+    }
+}
+
+fn cpu_key(cpu: Option<f64>) -> u64 {
+    cpu.map_or(0, |c| 1 + (c.max(0.0) * 1000.0) as u64)
+}
+
+/// The status sort's rank of a status.
+pub fn status_rank(s: DeviceStatus) -> u64 {
     match s {
         DeviceStatus::Offline => 0,
         DeviceStatus::Pending => 1,
@@ -127,17 +183,37 @@ struct Key<'a> {
     device: &'a str,
 }
 
-/// A cursor: the sort and the last key of the previous page.
+/// A cursor: the sort and the last key of the previous page (the same
+/// format on both backends).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-struct Cursor {
-    sort: String,
-    desc: bool,
-    num: u64,
-    text: String,
-    text2: String,
-    host: String,
-    site: String,
-    device: String,
+pub(crate) struct Cursor {
+    pub(crate) sort: String,
+    pub(crate) desc: bool,
+    pub(crate) num: u64,
+    pub(crate) text: String,
+    pub(crate) text2: String,
+    pub(crate) host: String,
+    pub(crate) site: String,
+    pub(crate) device: String,
+}
+
+impl Cursor {
+    /// The cursor of `after` for this search, if it is one.
+    pub(crate) fn decode(q: &DeviceSearch) -> Result<Option<Cursor>, BadCursor> {
+        match &q.after {
+            None => Ok(None),
+            Some(a) => hex::decode(a)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Cursor>(&b).ok())
+                .filter(|c| c.sort == sort_name(q.sort) && c.desc == q.descending)
+                .map(Some)
+                .ok_or_else(|| BadCursor(a.clone())),
+        }
+    }
+
+    pub(crate) fn encode(&self) -> String {
+        hex::encode(serde_json::to_vec(self).unwrap_or_default())
+    }
 }
 
 impl Cursor {
@@ -153,7 +229,7 @@ impl Cursor {
     }
 }
 
-fn sort_name(s: DeviceSortKey) -> &'static str {
+pub(crate) fn sort_name(s: DeviceSortKey) -> &'static str {
     match s {
         DeviceSortKey::Hostname => "hostname",
         DeviceSortKey::Status => "status",
@@ -198,7 +274,7 @@ impl TenantIndex {
                 ..base
             },
             DeviceSortKey::Cpu => Key {
-                num: e.cpu.map_or(0, |c| 1 + (c.max(0.0) * 1000.0) as u64),
+                num: cpu_key(e.cpu),
                 ..base
             },
         }
@@ -284,33 +360,22 @@ impl FleetIndex {
     /// Adds or replaces a device (its row as stored, customer included).
     pub fn upsert_device(&mut self, d: &DeviceRow) {
         let t = self.tenants.entry(d.tenant.clone()).or_default();
-        let latest = |name: &str| {
-            d.latest
-                .iter()
-                .filter(|l| l.series == name)
-                .map(|l| avg(&l.rollup))
-                .reduce(f64::max)
-        };
-        let status = if d.revoked {
-            DeviceStatus::Revoked
-        } else {
-            d.status
-        };
+        let k = search_keys(d);
         let e = Entry {
             site_id: d.site_id.clone(),
             device: d.device.clone(),
             customer: d.customer.clone(),
-            hostname_lc: format!("{} {}", d.hostname.to_lowercase(), d.device),
+            hostname_lc: k.host_lc,
             hostname: d.hostname.clone(),
-            os_lc: d.os.to_lowercase(),
+            os_lc: k.os_lc,
             os: d.os.clone(),
             agent_version: d.agent_version.clone(),
-            status,
+            status: k.status,
             status_since_ms: d.status_since_ms,
             last_seen_ms: d.last_seen_ms,
-            cpu: latest(m::CPU),
-            memory: latest(m::MEMORY),
-            disk: latest(m::DISK_USED_PERCENT),
+            cpu: k.cpu,
+            memory: k.memory,
+            disk: k.disk,
             open_alerts: 0,
             critical_firing: 0,
             ips: Vec::new(),
@@ -447,17 +512,7 @@ impl FleetIndex {
                 next: None,
             });
         };
-        let cursor: Option<Cursor> = match &q.after {
-            None => None,
-            Some(a) => {
-                let c = hex::decode(a)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<Cursor>(&b).ok())
-                    .filter(|c| c.sort == sort_name(q.sort) && c.desc == q.descending)
-                    .ok_or_else(|| BadCursor(a.clone()))?;
-                Some(c)
-            }
-        };
+        let cursor = Cursor::decode(q)?;
         let matches = |e: &Entry| {
             q.site_id.as_ref().is_none_or(|s| *s == e.site_id)
                 && q.customer.as_ref().is_none_or(|c| *c == e.customer)
@@ -556,7 +611,7 @@ impl FleetIndex {
                     site: k.site.into(),
                     device: k.device.into(),
                 };
-                hex::encode(serde_json::to_vec(&c).unwrap_or_default())
+                c.encode()
             })
         } else {
             None

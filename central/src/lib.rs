@@ -44,6 +44,7 @@ pub mod deploy_link;
 pub mod dir;
 pub mod downlink;
 pub mod fleet_index;
+mod login_limits;
 /// The login limits, password pool and roles, shared with the appliance.
 pub use outpost_web::login;
 pub mod metrics;
@@ -345,6 +346,10 @@ pub async fn serve_on(
         StoreLocation::Postgres { .. } => "postgres",
     };
     std::fs::write(dir.store_kind(), format!("{kind}\n")).context("writing DATA/store")?;
+    let bus_url = match &store {
+        StoreLocation::Postgres { url, .. } => Some(url.clone()),
+        StoreLocation::Rocks(_) => None,
+    };
     let store = store.open().await?;
     let central = Arc::new(Central::with_limits(
         store,
@@ -352,6 +357,10 @@ pub async fn serve_on(
         shutdown.clone(),
         opts.limits.clone(),
     ));
+    if let Some(url) = bus_url {
+        // Several instances: work for a site connected elsewhere.
+        let _listening = pg::bus::start(url, &central, shutdown.clone());
+    }
     let endpoint = receiver::bind(&central, opts.listen)?;
     let http = tokio::net::TcpListener::bind(opts.http_listen)
         .await

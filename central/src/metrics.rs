@@ -98,6 +98,11 @@ pub struct CentralMetrics {
     /// Deployment progress reports not stored (stale, repeated, or not
     /// the site's to report).
     pub deploy_progress_ignored: Counter,
+    /// Failed-login state the shared store could not record (logged).
+    pub login_limit_errors: Counter,
+    /// Cross-instance downlink notices (PostgreSQL), by event: `sent`,
+    /// `received`, `send_failed`, `undecodable`, `listen_lost`.
+    pub downlink_notices: Family<ReasonLabel, Counter>,
     registry: Registry,
     /// Series labelled with tenant and site ids (operator token only).
     site_registry: Registry,
@@ -142,6 +147,8 @@ impl CentralMetrics {
             deploy_refusals: Family::default(),
             deploy_progress_stored: Counter::default(),
             deploy_progress_ignored: Counter::default(),
+            login_limit_errors: Counter::default(),
+            downlink_notices: Family::default(),
             registry: Registry::with_prefix("outpost_central"),
             site_registry: Registry::with_prefix("outpost_central"),
         };
@@ -316,6 +323,16 @@ impl CentralMetrics {
             "password_checks_busy",
             "Logins refused with 503: every password-hashing slot stayed busy",
             m.password_checks_busy.clone(),
+        );
+        r.register(
+            "login_limit_errors",
+            "Failed logins the shared store (PostgreSQL) could not record",
+            m.login_limit_errors.clone(),
+        );
+        r.register(
+            "downlink_notices",
+            "Downlink work handed between instances over PostgreSQL NOTIFY, by event",
+            m.downlink_notices.clone(),
         );
         m.site_registry.register(
             "site_lag_seconds",

@@ -133,8 +133,9 @@ pub enum DeviceSortKey {
 
 /// The console's device search: words over hostname, OS, device id, tags
 /// (substrings) and IP addresses (prefixes), filters (a tag among them),
-/// a sort and a cursor. Both backends answer it from the
-/// [`crate::fleet_index::FleetIndex`] (PostgreSQL builds it per request).
+/// a sort and a cursor. RocksDB answers it from its in-memory
+/// [`crate::fleet_index::FleetIndex`], PostgreSQL in SQL over key columns
+/// (`crate::pg::search`); same answers, same cursor format.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceSearch {
     /// Lowercase words, each matched as a substring.
@@ -811,4 +812,29 @@ pub trait AuthStore: Send + Sync + 'static {
     fn put_session<'a>(&'a self, hash: &'a [u8; 32], s: &'a SessionRecord) -> StoreFuture<'a, ()>;
     fn session<'a>(&'a self, hash: &'a [u8; 32]) -> StoreFuture<'a, Option<SessionRecord>>;
     fn delete_session<'a>(&'a self, hash: &'a [u8; 32]) -> StoreFuture<'a, ()>;
+
+    /// Whether failed-login limits live in this store, shared by every
+    /// instance over it (PostgreSQL). `false` (RocksDB, one instance):
+    /// the process keeps them ([`crate::Central::login_limiter`]) and the
+    /// three methods below are not called.
+    fn shares_login_limits(&self) -> bool {
+        false
+    }
+    /// The theoretical arrival times (generic cell rate algorithm) of
+    /// `keys`, in order (`None`: nothing kept).
+    fn login_tats<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<u64>>> {
+        Box::pin(async move { Ok(vec![None; keys.len()]) })
+    }
+    /// Records a failure for each (key, interval): its time becomes
+    /// `max(time, now) + interval`, atomically (instances race); keys idle
+    /// at `now_ms` are forgotten.
+    fn login_failed<'a>(&'a self, keys: &'a [(String, u64)], now_ms: u64) -> StoreFuture<'a, ()> {
+        let _ = (keys, now_ms);
+        Box::pin(async { Ok(()) })
+    }
+    /// Forgets a key (a successful login).
+    fn login_forget<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        let _ = key;
+        Box::pin(async { Ok(()) })
+    }
 }

@@ -157,7 +157,7 @@ impl Drop for Central {
 }
 
 /// Appliance config with 2 s rollup buckets and fast reconnects.
-fn fast_config(root: &Path, extra: &str) -> PathBuf {
+pub(crate) fn fast_config(root: &Path, extra: &str) -> PathBuf {
     let p = root.join("outpost.toml");
     std::fs::write(
         &p,
@@ -185,7 +185,7 @@ fn join_cli(app: &Appliance, central: &Central, token: &str, fp: &str) -> std::p
     ])
 }
 
-fn join(app: &Appliance, central: &Central, token: &str, fp: &str) -> String {
+pub(crate) fn join(app: &Appliance, central: &Central, token: &str, fp: &str) -> String {
     let o = join_cli(app, central, token, fp);
     assert!(o.status.success(), "uplink join failed: {}", stderr(&o));
     let site = stdout(&o).trim().to_string();
@@ -193,7 +193,7 @@ fn join(app: &Appliance, central: &Central, token: &str, fp: &str) -> String {
     site
 }
 
-fn uplink_status(app: &Appliance) -> Value {
+pub(crate) fn uplink_status(app: &Appliance) -> Value {
     serde_json::from_str(&app.cli_ok(&["uplink", "status", "--json"])).expect("status json")
 }
 
@@ -397,7 +397,7 @@ fn agent_to_appliance_to_central_device_and_rollups_appear_in_centrals_api() {
 }
 
 /// Counts the appliance's stored rollups per device (database closed).
-fn appliance_rollups(dir: &Path) -> std::collections::HashMap<String, u64> {
+pub(crate) fn appliance_rollups(dir: &Path) -> std::collections::HashMap<String, u64> {
     let store = outpost_appliance::db::open(&dir.join("db"), &Default::default())
         .expect("open appliance db");
     let mut n = std::collections::HashMap::new();

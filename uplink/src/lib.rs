@@ -18,6 +18,8 @@
 pub mod batch;
 pub mod deploy_link;
 pub mod downlink;
+#[cfg(feature = "appliance")]
+pub mod failover;
 pub mod files;
 #[cfg(feature = "appliance")]
 pub mod join;

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::downlink::{DownEvent, DownlinkPort};
+use crate::failover::Failover;
 use crate::join::{client_endpoint, quic_client_config, resolve};
 use crate::metrics::ReasonLabel;
 use crate::service::{LinkState, Uplink};
@@ -82,23 +83,40 @@ fn payload_for(
 pub async fn run(uplink: Arc<Uplink>, ident: Arc<SiteIdentity>, cancel: CancellationToken) {
     let opts = uplink.options().clone();
     let mut backoff = Backoff::new(opts.reconnect_base, opts.reconnect_max);
+    let mut centrals = Failover::new(
+        &opts.centrals,
+        &ident.site.central,
+        opts.fail_back_after.as_millis() as u64,
+    );
     loop {
         if cancel.is_cancelled() {
             return;
         }
         uplink.metrics().connect_attempts.inc();
         uplink.set_link(LinkState::Connecting, None);
-        let r = session(&uplink, &ident, &cancel, &mut backoff).await;
+        let r = session(&uplink, &ident, &cancel, &mut backoff, &mut centrals).await;
         uplink.metrics().connected.set(0);
         match r {
-            Ok(()) => {
+            Ok(Ended::Cancelled) => {
                 uplink.set_link(LinkState::Disconnected, None);
                 return;
+            }
+            Ok(Ended::FailBack) => {
+                info!(
+                    central = centrals.addrs()[0].as_str(),
+                    "returning to the first central address"
+                );
+                centrals.fail_back();
+                uplink.set_link(LinkState::Disconnected, None);
+                continue;
             }
             Err(e) => {
                 uplink.metrics().connect_failures.inc();
                 let msg = format!("{e:#}");
-                warn!(error = %msg, "uplink to central lost; reconnecting with backoff");
+                let from = centrals.current().to_string();
+                centrals.failed();
+                warn!(error = %msg, central = from.as_str(), next = centrals.current(),
+                    "uplink to central lost; reconnecting with backoff");
                 uplink.set_link(LinkState::Disconnected, Some(msg));
             }
         }
@@ -111,13 +129,21 @@ pub async fn run(uplink: Arc<Uplink>, ident: Arc<SiteIdentity>, cancel: Cancella
     }
 }
 
+/// How a session ended without an error.
+enum Ended {
+    Cancelled,
+    /// On another address long enough: back to the first.
+    FailBack,
+}
+
 async fn session(
     uplink: &Arc<Uplink>,
     ident: &SiteIdentity,
     cancel: &CancellationToken,
     backoff: &mut Backoff,
-) -> anyhow::Result<()> {
-    let addr = resolve(&ident.site.central).await?;
+    centrals: &mut Failover,
+) -> anyhow::Result<Ended> {
+    let addr = resolve(centrals.current()).await?;
     let cfg = quic_client_config(tls::mtls_client_config(
         ident.central_ca.clone(),
         vec![ident.cert.clone()],
@@ -132,16 +158,51 @@ async fn session(
         r = tokio::time::timeout(Duration::from_secs(10), connecting) => r
             .map_err(|_| anyhow!("central at {addr} did not answer within 10s"))?
             .with_context(|| format!("connecting to central at {addr}"))?,
-        _ = cancel.cancelled() => return Ok(()),
+        _ = cancel.cancelled() => return Ok(Ended::Cancelled),
     };
-    let r = stream(uplink, ident, cancel, backoff, &conn).await;
-    let (code, why): (u32, &[u8]) = if r.is_ok() {
-        (
+    // Away from the first address: end the session (dropping the stream;
+    // unacknowledged batches stay in the outbox) when it is time to fail
+    // back. The clock starts once connected.
+    let r = {
+        let connected = std::sync::atomic::AtomicBool::new(false);
+        let s = stream(uplink, ident, cancel, backoff, &conn, &connected);
+        tokio::pin!(s);
+        let mut fail_back: Option<tokio::time::Instant> = None;
+        loop {
+            let at = fail_back;
+            tokio::select! {
+                r = &mut s => break r.map(|()| Ended::Cancelled),
+                _ = async { match at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => tokio::time::sleep(Duration::from_millis(200)).await,
+                } } => {
+                    if at.is_some() {
+                        break Ok(Ended::FailBack);
+                    }
+                    if fail_back.is_none() && connected.load(Ordering::Relaxed) {
+                        let now = crate::now_ms();
+                        centrals.connected(now);
+                        match centrals.fail_back_at_ms() {
+                            Some(t) => fail_back = Some(tokio::time::Instant::now()
+                                + Duration::from_millis(t.saturating_sub(now))),
+                            // On the first address: nothing to watch.
+                            None => break s.await.map(|()| Ended::Cancelled),
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let (code, why): (u32, &[u8]) = match &r {
+        Ok(Ended::Cancelled) => (
             crate::wire::close::SHUTTING_DOWN,
             b"appliance shutting down",
-        )
-    } else {
-        (crate::wire::close::PROTOCOL, b"uplink error")
+        ),
+        Ok(Ended::FailBack) => (
+            crate::wire::close::SHUTTING_DOWN,
+            b"returning to the first central address",
+        ),
+        Err(_) => (crate::wire::close::PROTOCOL, b"uplink error"),
     };
     conn.close(code.into(), why);
     let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
@@ -154,6 +215,7 @@ async fn stream(
     cancel: &CancellationToken,
     backoff: &mut Backoff,
     conn: &quinn::Connection,
+    connected: &std::sync::atomic::AtomicBool,
 ) -> anyhow::Result<()> {
     let outbox = uplink.outbox().clone();
     let metrics = uplink.metrics().clone();
@@ -223,6 +285,7 @@ async fn stream(
         outbox.ack(*s)?;
     }
     backoff.reset();
+    connected.store(true, Ordering::Relaxed);
     metrics.connected.set(1);
     uplink.set_link(LinkState::Connected, None);
     uplink.note_acked(welcome.applied_up_to);

@@ -28,6 +28,13 @@ pub struct UplinkOptions {
     pub reconnect_max: Duration,
     /// Batches sent and not yet acknowledged.
     pub max_in_flight_batches: usize,
+    /// Central's addresses in order of preference (instances over one
+    /// PostgreSQL); empty: the address the site joined
+    /// ([`crate::failover`]).
+    pub centrals: Vec<String>,
+    /// A session on an address other than the first ends after this, to
+    /// return to the first.
+    pub fail_back_after: Duration,
 }
 
 impl Default for UplinkOptions {
@@ -37,6 +44,8 @@ impl Default for UplinkOptions {
             reconnect_base: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(60),
             max_in_flight_batches: 16,
+            centrals: Vec::new(),
+            fail_back_after: Duration::from_secs(300),
         }
     }
 }

@@ -40,6 +40,28 @@ pub struct Rate {
     pub interval_ms: u64,
 }
 
+impl Rate {
+    /// The generic cell rate algorithm on one key whose theoretical
+    /// arrival time is `tat_ms` (`None`: no failure kept): `Err` with the
+    /// wait when one more failure would not fit the rate. What
+    /// [`LoginLimiter`] does per key, for callers that keep the times
+    /// elsewhere (central's database, shared by several instances).
+    pub fn check_tat(self, tat_ms: Option<u64>, now_ms: u64) -> Result<(), RetryAfter> {
+        let Some(tat) = tat_ms else {
+            return Ok(());
+        };
+        let next = tat.max(now_ms).saturating_add(self.interval_ms);
+        let allowed_until = now_ms.saturating_add(self.burst.saturating_mul(self.interval_ms));
+        if next <= allowed_until {
+            Ok(())
+        } else {
+            Err(RetryAfter {
+                ms: next - allowed_until,
+            })
+        }
+    }
+}
+
 /// Limits of failed logins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimiterConfig {
@@ -101,6 +123,13 @@ impl From<IpAddr> for AddressKey {
     }
 }
 
+impl AddressKey {
+    /// A stable text form (the key of a shared store).
+    pub fn text(self) -> String {
+        format!("{:032x}", self.0)
+    }
+}
+
 /// Theoretical arrival times of one map (GCRA): a key is limited while its
 /// time is more than `burst - 1` intervals ahead of now.
 #[derive(Debug)]
@@ -125,19 +154,7 @@ impl<K: Hash + Eq + Clone> Cells<K> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let Some(&tat) = self.tat_ms.get(k) else {
-            return Ok(());
-        };
-        let next = tat.max(now_ms).saturating_add(self.rate.interval_ms);
-        let allowed_until =
-            now_ms.saturating_add(self.rate.burst.saturating_mul(self.rate.interval_ms));
-        if next <= allowed_until {
-            Ok(())
-        } else {
-            Err(RetryAfter {
-                ms: next - allowed_until,
-            })
-        }
+        self.rate.check_tat(self.tat_ms.get(k).copied(), now_ms)
     }
 
     fn fail<Q>(&mut self, k: &Q, now_ms: u64)
