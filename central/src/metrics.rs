@@ -98,6 +98,8 @@ pub struct CentralMetrics {
     /// Deployment progress reports not stored (stale, repeated, or not
     /// the site's to report).
     pub deploy_progress_ignored: Counter,
+    /// Files from central (`outpost_central_files_*`).
+    pub files: crate::files::FileMetrics,
     registry: Registry,
     /// Series labelled with tenant and site ids (operator token only).
     site_registry: Registry,
@@ -142,9 +144,11 @@ impl CentralMetrics {
             deploy_refusals: Family::default(),
             deploy_progress_stored: Counter::default(),
             deploy_progress_ignored: Counter::default(),
+            files: crate::files::FileMetrics::default(),
             registry: Registry::with_prefix("outpost_central"),
             site_registry: Registry::with_prefix("outpost_central"),
         };
+        m.files.register(&mut m.registry);
         let r = &mut m.registry;
         r.register(
             "batches_received",

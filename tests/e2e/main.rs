@@ -10,6 +10,7 @@ mod browser_deploy;
 mod cache;
 mod central_commands;
 mod central_deploy;
+mod central_files;
 mod commands;
 mod demo;
 mod deploy;
