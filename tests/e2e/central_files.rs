@@ -185,7 +185,7 @@ fn a_push_and_a_pull_from_central_are_hash_checked_and_refusals_are_413_403_404_
     assert_eq!(v["sha256"], sha_hex(&body), "{v}");
     // The site recorded it as its own transfer, under central's id, and
     // its agent checked the hash.
-    let at_site = r
+    let at_site: Value = r
         .app
         .api(&format!("/api/v1/files/{id}"))
         .expect("site record");
