@@ -41,6 +41,8 @@ pub mod deploy_link;
 pub mod dir;
 pub mod downlink;
 pub mod files;
+#[cfg(test)]
+mod files_tests;
 pub mod fleet_index;
 /// The login limits, password pool and roles, shared with the appliance.
 pub use outpost_web::login;
