@@ -368,7 +368,7 @@ async fn take(
 /// in flight.
 async fn pump(
     svc: &CommandService,
-    mut files: Option<&mut CentralFiles>,
+    files: Option<&mut CentralFiles>,
     metrics: &UplinkMetrics,
     tracked: &mut HashMap<CommandId, Track>,
     frames: &tokio::sync::mpsc::Sender<SiteFrame>,
@@ -419,7 +419,7 @@ async fn pump(
     .await
     .unwrap_or_default();
     let (planned, pulls) = planned;
-    if let Some(f) = files.as_deref_mut() {
+    if let Some(f) = files {
         for rec in &pulls {
             f.pull_completed(rec);
         }
