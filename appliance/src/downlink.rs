@@ -234,7 +234,14 @@ async fn files_step(
     frames: &tokio::sync::mpsc::Sender<SiteFrame>,
 ) -> Result<(), ()> {
     loop {
+        // Acknowledgements of the content first, then the commands.
+        for fr in f.take_frames() {
+            frames.send(fr).await.map_err(|_| ())?;
+        }
         let ready = f.take_ready();
+        if ready.is_empty() {
+            return Ok(());
+        }
         for dc in &ready {
             if let Some(ack) = take(svc, Some(&mut *f), metrics, dc, tracked).await {
                 frames
@@ -242,12 +249,6 @@ async fn files_step(
                     .await
                     .map_err(|_| ())?;
             }
-        }
-        for fr in f.take_frames() {
-            frames.send(fr).await.map_err(|_| ())?;
-        }
-        if ready.is_empty() {
-            return Ok(());
         }
     }
 }

@@ -423,3 +423,174 @@ fn read_stream(files: &FileService, p: &PullUp, off: u64, len: usize) -> std::io
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use outpost_proto::DeviceId;
+    use outpost_proto::command::CommandSpec;
+    use outpost_storage::StoreOptions;
+    use outpost_storage::model::DeviceRecord;
+    use outpost_uplink::downlink::{CommandAck, DownEvent, DownlinkPort};
+    use sha2::Digest;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    const DEV: DeviceId = DeviceId(0x2a);
+
+    async fn next(frames: &mut tokio::sync::mpsc::Receiver<SiteFrame>) -> SiteFrame {
+        loop {
+            let f = tokio::time::timeout(std::time::Duration::from_secs(5), frames.recv())
+                .await
+                .expect("a frame in time")
+                .expect("the adapter runs");
+            if !matches!(f, SiteFrame::CommandUpdate(_)) {
+                return f;
+            }
+        }
+    }
+
+    /// Central's push is not queued (nor acknowledged) before its content
+    /// is here: the site answers with what it holds, also after a
+    /// reconnect (resume from the durable partial file), and queues it
+    /// under central's command and transfer ids once the SHA-256 matches.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_push_from_central_is_queued_once_its_verified_content_arrived_resuming_after_a_reconnect()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::db::open(&dir.path().join("db"), &StoreOptions::default()).unwrap();
+        outpost_storage::registry::register(
+            &store,
+            &DeviceRecord {
+                id: DEV,
+                tenant: "msp".into(),
+                customer: "dental".into(),
+                hostname: "web-1".into(),
+                os: "Debian 12".into(),
+                kernel: "6.1".into(),
+                arch: "x86_64".into(),
+                agent_version: "0.1.0".into(),
+                enrolled_at_ms: 1,
+                cert_serial: String::new(),
+                revoked_at_ms: None,
+            },
+        )
+        .unwrap();
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+        let (svc, _t) = crate::commands::service::CommandService::start(
+            store.clone(),
+            metrics.clone(),
+            Default::default(),
+        )
+        .unwrap();
+        let (files, _ft) = FileService::start(
+            store,
+            metrics.clone(),
+            &dir.path().join("files"),
+            Default::default(),
+            svc.clone(),
+        )
+        .unwrap();
+        let (port, end) = DownlinkPort::pair(64);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(crate::downlink::run_with_files(
+            svc.clone(),
+            Some(files.clone()),
+            Default::default(),
+            end,
+            None,
+            shutdown.clone(),
+        ));
+        let mut frames = port.frames.lock().await;
+        let content = b"worker_processes 4;\n".to_vec();
+        let sha = hex::encode(sha2::Sha256::digest(&content));
+        let t = TransferId([5; 16]);
+        let id = CommandId([6; 16]);
+        let spec = CommandSpec {
+            kind: CommandKind::Builtin(BuiltinAction::PushFile {
+                transfer: t,
+                path: "/etc/nginx/nginx.conf".into(),
+                size_bytes: content.len() as u64,
+                sha256: sha.clone(),
+                mode: Some(0o644),
+                owner: None,
+            }),
+            ..CommandSpec::shell("-", "ann@central")
+        };
+        let dc = DownCommand {
+            id,
+            device: DEV,
+            spec: spec.encode().unwrap(),
+            cancel: None,
+            output_len: 0,
+            transitions: 0,
+        };
+        let ack = |up_to| SiteFrame::FileAck(UpFileAck { transfer: t, up_to });
+        let chunk = |from: usize, to: usize| {
+            DownEvent::FileChunk(UpFileChunk {
+                transfer: t,
+                offset: from as u64,
+                bytes: content[from..to].to_vec(),
+                last: to == content.len(),
+            })
+        };
+        port.events
+            .send(DownEvent::Connected {
+                protocol_version: 7,
+            })
+            .unwrap();
+        port.events
+            .send(DownEvent::Commands(vec![dc.clone()]))
+            .unwrap();
+        assert_eq!(next(&mut frames).await, ack(0));
+        port.events.send(chunk(0, 8)).unwrap();
+        assert_eq!(next(&mut frames).await, ack(8));
+        assert!(
+            svc.get(id).unwrap().is_none(),
+            "not queued before the content"
+        );
+        // The uplink is cut; central sends the command again: the site
+        // answers what it holds.
+        port.events.send(DownEvent::Disconnected).unwrap();
+        port.events
+            .send(DownEvent::Connected {
+                protocol_version: 7,
+            })
+            .unwrap();
+        port.events
+            .send(DownEvent::Commands(vec![dc.clone()]))
+            .unwrap();
+        assert_eq!(next(&mut frames).await, ack(8));
+        // A re-sent chunk below what is held changes nothing.
+        port.events.send(chunk(0, 8)).unwrap();
+        assert_eq!(next(&mut frames).await, ack(8));
+        port.events.send(chunk(8, content.len())).unwrap();
+        assert_eq!(next(&mut frames).await, ack(content.len() as u64));
+        assert_eq!(
+            next(&mut frames).await,
+            SiteFrame::CommandAck(CommandAck::accepted(id))
+        );
+        let rec = svc.get(id).unwrap().expect("queued under central's id");
+        assert_eq!(crate::files::service::transfer_of(&rec.spec), Some(t));
+        let tr = files.get(t).unwrap().expect("the site's transfer record");
+        assert_eq!(tr.sha256.as_deref(), Some(sha.as_str()));
+        assert_eq!(
+            std::fs::read(files.content_path(&tr).unwrap()).unwrap(),
+            content
+        );
+        assert_eq!(
+            metrics.files.central_bytes_received.get(),
+            content.len() as u64,
+            "each byte written once"
+        );
+        // Delivered again: acknowledged from the stored command, no bytes asked.
+        port.events.send(DownEvent::Commands(vec![dc])).unwrap();
+        assert_eq!(
+            next(&mut frames).await,
+            SiteFrame::CommandAck(CommandAck::accepted(id))
+        );
+        shutdown.cancel();
+        files.stop();
+        svc.stop();
+    }
+}
