@@ -32,6 +32,8 @@ use tracing::{debug, info, warn};
 
 use crate::commands::model::{CommandRecord, CommandState};
 use crate::commands::service::{CommandService, CreateError};
+use crate::files::central::{CentralFiles, Prepared};
+use crate::files::service::{FileError, FileService};
 
 /// What the adapter knows of one of central's commands on the current
 /// uplink stream.
@@ -104,10 +106,24 @@ pub async fn run(
 pub async fn run_with_deploy(
     svc: CommandService,
     metrics: UplinkMetrics,
+    end: SiteEnd,
+    deploy: Option<tokio::sync::mpsc::UnboundedSender<DownEvent>>,
+    shutdown: CancellationToken,
+) {
+    run_with_files(svc, None, metrics, end, deploy, shutdown).await
+}
+
+/// [`run_with_deploy`], taking central's file transfers through `files`
+/// (`crate::files::central`; without it they are refused).
+pub async fn run_with_files(
+    svc: CommandService,
+    files: Option<FileService>,
+    metrics: UplinkMetrics,
     mut end: SiteEnd,
     deploy: Option<tokio::sync::mpsc::UnboundedSender<DownEvent>>,
     shutdown: CancellationToken,
 ) {
+    let mut files = files.map(CentralFiles::new);
     let to_deploy = |e: DownEvent| {
         if let Some(d) = &deploy {
             let _ = d.send(e);
@@ -124,10 +140,12 @@ pub async fn run_with_deploy(
                     DownEvent::Connected { protocol_version } => {
                         debug!(protocol_version, "downlink: central connected");
                         tracked.clear();
+                        files.iter_mut().for_each(CentralFiles::reset);
                         to_deploy(DownEvent::Connected { protocol_version });
                     }
                     DownEvent::Disconnected => {
                         tracked.clear();
+                        files.iter_mut().for_each(CentralFiles::reset);
                         to_deploy(DownEvent::Disconnected);
                     }
                     e @ (DownEvent::DeployOrders(_) | DownEvent::DeployProgressAck(_)) => {
@@ -136,17 +154,26 @@ pub async fn run_with_deploy(
                     DownEvent::Commands(v) => {
                         for dc in v {
                             metrics.downlink_commands.inc();
-                            if let Some(ack) = take(&svc, &metrics, &dc, &mut tracked).await
+                            if let Some(ack) = take(&svc, files.as_mut(), &metrics, &dc, &mut tracked).await
                                 && end.frames.send(SiteFrame::CommandAck(ack)).await.is_err()
                             {
                                 return;
                             }
                         }
                     }
-                    DownEvent::FileChunk(_) | DownEvent::FileAck(_) | DownEvent::FileAbort(_) => {
-                        // Protocol 4 (outpost_uplink::files): this site
-                        // announces 3, so central sends none.
-                        debug!("downlink: file frame ignored (this site does not take files from central yet)");
+                    DownEvent::FileChunk(c) => match files.as_mut() {
+                        Some(f) => f.on_chunk(c),
+                        None => debug!("downlink: file frame ignored (no file service)"),
+                    },
+                    DownEvent::FileAck(a) => {
+                        if let Some(f) = files.as_mut() {
+                            f.on_ack(a);
+                        }
+                    }
+                    DownEvent::FileAbort(a) => {
+                        if let Some(f) = files.as_mut() {
+                            f.on_abort(a);
+                        }
                     }
                     DownEvent::Cancel { id, by } => {
                         if let Err(e) = svc.cancel(id, &by).await {
@@ -156,6 +183,9 @@ pub async fn run_with_deploy(
                     DownEvent::UpdateAck(a) => {
                         if a.closed {
                             tracked.remove(&a.id);
+                            if let Some(f) = files.as_mut() {
+                                f.forget(a.id);
+                            }
                         } else if let Some(t) = tracked.get_mut(&a.id) {
                             t.holds = CentralHolds {
                                 output_len: a.output_len,
@@ -172,11 +202,53 @@ pub async fn run_with_deploy(
                 }
             }
         }
-        if pump(&svc, &metrics, &mut tracked, &end.frames)
+        if let Some(f) = files.as_mut()
+            && files_step(&svc, f, &metrics, &mut tracked, &end.frames)
+                .await
+                .is_err()
+        {
+            return;
+        }
+        if pump(&svc, files.as_mut(), &metrics, &mut tracked, &end.frames)
             .await
             .is_err()
         {
             return;
+        }
+        if let Some(f) = files.as_mut() {
+            while let Some(c) = f.poll_chunk() {
+                if end.frames.send(c).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Sends the file frames due and queues the pushes whose content arrived.
+async fn files_step(
+    svc: &CommandService,
+    f: &mut CentralFiles,
+    metrics: &UplinkMetrics,
+    tracked: &mut HashMap<CommandId, Track>,
+    frames: &tokio::sync::mpsc::Sender<SiteFrame>,
+) -> Result<(), ()> {
+    loop {
+        // Acknowledgements of the content first, then the commands.
+        for fr in f.take_frames() {
+            frames.send(fr).await.map_err(|_| ())?;
+        }
+        let ready = f.take_ready();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        for dc in &ready {
+            if let Some(ack) = take(svc, Some(&mut *f), metrics, dc, tracked).await {
+                frames
+                    .send(SiteFrame::CommandAck(ack))
+                    .await
+                    .map_err(|_| ())?;
+            }
         }
     }
 }
@@ -186,6 +258,7 @@ pub async fn run_with_deploy(
 /// again on the next connection).
 async fn take(
     svc: &CommandService,
+    files: Option<&mut CentralFiles>,
     metrics: &UplinkMetrics,
     dc: &DownCommand,
     tracked: &mut HashMap<CommandId, Track>,
@@ -201,18 +274,50 @@ async fn take(
             });
         }
     };
-    if crate::files::service::transfer_of(&spec).is_some() {
-        // A transfer's content and limits live in the file service, which
-        // central does not reach: a bare file action would run with no
-        // content behind it.
-        warn!(id = %dc.id, "central sent a file transfer: refused");
-        refused(metrics, "file_transfer");
-        return Some(CommandAck {
-            id: dc.id,
-            refused: Some("file transfers from central are not supported by this site".into()),
-        });
-    }
-    match svc.create_with_id(dc.id, dc.device, spec).await {
+    let created = if crate::files::service::transfer_of(&spec).is_some() {
+        // A transfer's content and limits live in the file service: a
+        // bare file action would run with no content behind it.
+        let Some(f) = files else {
+            warn!(id = %dc.id, "central sent a file transfer: refused");
+            refused(metrics, "file_transfer");
+            return Some(CommandAck {
+                id: dc.id,
+                refused: Some("file transfers from central are not supported by this site".into()),
+            });
+        };
+        match f.prepare(dc, &spec) {
+            Prepared::Wait => return None,
+            Prepared::Refuse(reason) => {
+                refused(metrics, "file_transfer");
+                return Some(CommandAck {
+                    id: dc.id,
+                    refused: Some(reason),
+                });
+            }
+            Prepared::Ready => match f
+                .service()
+                .create_from_central(dc.id, dc.device, spec)
+                .await
+            {
+                Ok(rec) => Ok(rec),
+                Err(FileError::UnknownDevice(d)) => Err(CreateError::UnknownDevice(d)),
+                Err(FileError::RevokedDevice(d)) => Err(CreateError::RevokedDevice(d)),
+                Err(e @ (FileError::Store(_) | FileError::Stopped)) => {
+                    Err(CreateError::Store(e.to_string()))
+                }
+                Err(e) => {
+                    refused(metrics, "file_transfer");
+                    return Some(CommandAck {
+                        id: dc.id,
+                        refused: Some(e.to_string()),
+                    });
+                }
+            },
+        }
+    } else {
+        svc.create_with_id(dc.id, dc.device, spec).await
+    };
+    match created {
         Ok(rec) => {
             info!(id = %dc.id, device = %dc.device, state = %rec.state, "command from central queued");
             tracked.insert(
@@ -264,6 +369,7 @@ async fn take(
 /// in flight.
 async fn pump(
     svc: &CommandService,
+    files: Option<&mut CentralFiles>,
     metrics: &UplinkMetrics,
     tracked: &mut HashMap<CommandId, Track>,
     frames: &tokio::sync::mpsc::Sender<SiteFrame>,
@@ -277,8 +383,10 @@ async fn pump(
         return Ok(());
     }
     let s = svc.clone();
+    let released = files.as_deref().map(|f| f.released());
     let planned = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
+        let mut pulls = Vec::new();
         for (id, holds) in ids {
             let rec = match s.get(id) {
                 Ok(Some(r)) => r,
@@ -295,14 +403,28 @@ async fn pump(
                     continue;
                 }
             };
+            if let Some(released) = &released
+                && crate::files::central::holds_final_update(&rec)
+                && !released.contains(&rec.id)
+            {
+                // A pull's content goes up before its final state.
+                pulls.push(rec);
+                continue;
+            }
             if let Some(u) = plan_update(&view_of(&rec, output), holds) {
                 out.push(u);
             }
         }
-        out
+        (out, pulls)
     })
     .await
     .unwrap_or_default();
+    let (planned, pulls) = planned;
+    if let Some(f) = files {
+        for rec in &pulls {
+            f.pull_completed(rec);
+        }
+    }
     for u in planned {
         if let Some(t) = tracked.get_mut(&u.id) {
             t.in_flight = true;

@@ -239,8 +239,9 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
             end.frames.clone(),
             shutdown.clone(),
         ));
-        tracker.spawn(crate::downlink::run_with_deploy(
+        tracker.spawn(crate::downlink::run_with_files(
             commands.clone(),
+            Some(files.clone()),
             metrics.uplink.clone(),
             end,
             Some(deploy_tx),

@@ -164,7 +164,7 @@ pub async fn run_command(
         }
         (None, Some(BuiltinAction::PushFile { .. } | BuiltinAction::PullFile { .. }), None) => {
             return Err(ApiError::BadRequest(
-                "file transfers from central are not supported yet (push and pull at the site: /api/v1/files)".into(),
+                "file transfers from central go through /api/v1/files/push and /api/v1/files/pull (they carry the content)".into(),
             ));
         }
         (None, Some(a), None) => (

@@ -18,6 +18,7 @@ pub mod api_commands;
 pub mod api_deploy;
 #[cfg(test)]
 mod api_device_tags_tests;
+pub mod api_files;
 pub mod api_patches;
 pub mod api_scripts;
 #[cfg(test)]
@@ -26,6 +27,7 @@ pub mod apply;
 pub mod bulk;
 pub mod cli;
 pub mod cli_deploy;
+pub mod cli_files;
 pub mod cli_patches;
 pub mod commands;
 #[cfg(test)]
@@ -43,6 +45,9 @@ mod deploy_api_tests;
 pub mod deploy_link;
 pub mod dir;
 pub mod downlink;
+pub mod files;
+#[cfg(test)]
+mod files_tests;
 pub mod fleet_index;
 mod login_limits;
 /// The login limits, password pool and roles, shared with the appliance.
@@ -109,6 +114,8 @@ pub struct CentralLimits {
     pub trusted_proxies: Vec<IpAddr>,
     /// The console's live updates (subscribers at once, buffer).
     pub live: outpost_console::LiveConfig,
+    /// Files pushed and pulled from central (size limit, retention).
+    pub files: files::FilesConfig,
 }
 
 impl Default for CentralLimits {
@@ -120,6 +127,7 @@ impl Default for CentralLimits {
             login: LimiterConfig::default(),
             trusted_proxies: Vec::new(),
             live: outpost_console::LiveConfig::default(),
+            files: files::FilesConfig::default(),
         }
     }
 }
@@ -153,6 +161,8 @@ pub struct Central {
     pub console_metrics: outpost_console::ConsoleMetrics,
     /// Connected sites and their downlinks of commands.
     pub downlinks: downlink::Registry,
+    /// Content of files from central (`DATA/files`), once `serve` opened it.
+    pub blobs: std::sync::OnceLock<Arc<outpost_storage::blobs::Blobs>>,
 }
 
 impl std::fmt::Debug for Central {
@@ -218,6 +228,7 @@ impl Central {
             links: Mutex::new(HashMap::new()),
             site_connections: Mutex::new(HashMap::new()),
             downlinks: downlink::Registry::default(),
+            blobs: std::sync::OnceLock::new(),
         }
     }
 
@@ -361,6 +372,9 @@ pub async fn serve_on(
         // Several instances: work for a site connected elsewhere.
         let _listening = pg::bus::start(url, &central, shutdown.clone());
     }
+    let blobs = outpost_storage::blobs::Blobs::open(&dir.path("files"))
+        .context("opening the file store DATA/files")?;
+    let _ = central.blobs.set(Arc::new(blobs));
     let endpoint = receiver::bind(&central, opts.listen)?;
     let http = tokio::net::TcpListener::bind(opts.http_listen)
         .await
@@ -389,6 +403,25 @@ pub async fn serve_on(
             loop {
                 tokio::select! {
                     _ = tick.tick() => downlink::sweep(&c, now_ms()).await,
+                    _ = sd.cancelled() => return,
+                }
+            }
+        });
+    }
+    {
+        // Files from central: the blob collector, at start then daily.
+        let (c, sd) = (central.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(24 * 3600));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => match files::collect(&c, now_ms()).await {
+                        Ok(r) => tracing::debug!(?r, "file blobs collected"),
+                        Err(e) => {
+                            c.metrics.files.store_errors.inc();
+                            tracing::warn!(error = %format!("{e:#}"), "collecting file blobs failed");
+                        }
+                    },
                     _ = sd.cancelled() => return,
                 }
             }

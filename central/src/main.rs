@@ -78,6 +78,14 @@ enum Cmd {
         /// PostgreSQL: statement and lock timeout (milliseconds).
         #[arg(long, default_value_t = 30_000)]
         store_statement_timeout_ms: u64,
+        /// Largest file pushed to or pulled from a device through central
+        /// (bytes); a larger upload is refused with 413.
+        #[arg(long, default_value_t = central::files::DEFAULT_MAX_BYTES)]
+        files_max_bytes: u64,
+        /// How long the content of an ended transfer is kept (a pulled
+        /// file stays downloadable), e.g. `7d`.
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        files_retention: std::time::Duration,
     },
     /// Prints central's CA fingerprint (`sha256:HEX`).
     CaFingerprint {
@@ -104,6 +112,12 @@ enum Cmd {
     Commands {
         #[command(subcommand)]
         cmd: outpost_central::cli::CommandsCmd,
+    },
+    /// Files pushed to and pulled from devices of sites, over the running
+    /// central's API.
+    Files {
+        #[command(subcommand)]
+        cmd: outpost_central::cli_files::FilesCmd,
     },
     /// Patch deployments at sites, over the running central's API.
     Deployments {
@@ -204,6 +218,7 @@ fn main() -> std::process::ExitCode {
     };
     let client = match cli.cmd {
         Cmd::Commands { cmd } => rt.block_on(outpost_central::cli::run(cmd)),
+        Cmd::Files { cmd } => rt.block_on(outpost_central::cli_files::run(cmd)),
         Cmd::Deployments { cmd } => rt.block_on(outpost_central::cli_deploy::run_deployments(cmd)),
         Cmd::Patches { cmd } => rt.block_on(outpost_central::cli_deploy::run_patches(cmd)),
         Cmd::ApprovalRules { cmd } => rt.block_on(outpost_central::cli_deploy::run_rules(cmd)),
@@ -305,6 +320,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store,
             store_pool_size,
             store_statement_timeout_ms,
+            files_max_bytes,
+            files_retention,
         } => {
             let dir = CentralDir(data);
             let store = match store {
@@ -320,6 +337,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_concurrent_batches: max_concurrent_batches
                     .unwrap_or(defaults.max_concurrent_batches),
                 trusted_proxies,
+                files: central::files::FilesConfig {
+                    max_bytes: files_max_bytes,
+                    retention_ms: u64::try_from(files_retention.as_millis()).unwrap_or(u64::MAX),
+                },
                 ..defaults
             };
             let shutdown = CancellationToken::new();
@@ -449,6 +470,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         // Run in `main` (its exit code is the command's).
         Cmd::Commands { .. }
+        | Cmd::Files { .. }
         | Cmd::Deployments { .. }
         | Cmd::Patches { .. }
         | Cmd::ApprovalRules { .. } => bail!("API clients are run by main"),

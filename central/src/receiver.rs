@@ -312,6 +312,10 @@ async fn serve_stream(
     let mut down = crate::downlink::SiteDownlink::new(c, tenant, site_id);
     let mut deploy =
         crate::deploy_link::SiteDeployLink::new(c, tenant, site_id, &site.customer, version);
+    // Files from central (protocol 7): pushes stream from what the site
+    // acknowledges, one chunk between other frames.
+    let mut files = crate::files::SiteFiles::new(c, tenant, site_id);
+    let files_on = version >= outpost_uplink::wire::FILES_PROTOCOL_VERSION;
     if down_rx.is_some() {
         let mut opening = down.opening(crate::now_ms()).await;
         opening.extend(deploy.opening(crate::now_ms()).await);
@@ -330,6 +334,7 @@ async fn serve_stream(
             .map(|at| Duration::from_millis(at.saturating_sub(crate::now_ms())))
             .unwrap_or(Duration::from_secs(3600));
         let mut answers: Vec<CentralFrame> = Vec::new();
+        let chunk = if files_on { files.poll_chunk() } else { None };
         tokio::select! {
             f = reader.next::<SiteFrame, _>(recv) => {
                 match f? {
@@ -350,15 +355,14 @@ async fn serve_stream(
                         }
                         answers.extend(down.on_update(u, crate::now_ms()).await);
                     }
-                    Some(SiteFrame::FileChunk(_) | SiteFrame::FileAck(_) | SiteFrame::FileAbort(_)) => {
-                        // FILES_PROTOCOL_VERSION (outpost_uplink::files): not
-                        // wired at central yet and no site announces it;
-                        // below it a file frame is a protocol error.
-                        if version < outpost_uplink::wire::FILES_PROTOCOL_VERSION {
-                            anyhow::bail!("a file frame on a protocol-{version} stream");
-                        }
-                        tracing::debug!("file frame ignored: files from central are not wired yet");
+                    Some(SiteFrame::FileChunk(_) | SiteFrame::FileAck(_) | SiteFrame::FileAbort(_))
+                        if !files_on =>
+                    {
+                        anyhow::bail!("a file frame on a protocol-{version} stream");
                     }
+                    Some(SiteFrame::FileChunk(ch)) => answers.extend(files.on_chunk(ch).await),
+                    Some(SiteFrame::FileAck(a)) => answers.extend(files.on_ack(a).await),
+                    Some(SiteFrame::FileAbort(a)) => files.on_abort(a).await,
                     Some(SiteFrame::DeployAck(a)) => {
                         if version < DEPLOY_PROTOCOL_VERSION {
                             anyhow::bail!("a deployment acknowledgement on a protocol-{version} stream");
@@ -393,8 +397,10 @@ async fn serve_stream(
                 answers.extend(down.resends(crate::now_ms()).await);
                 answers.extend(deploy.resends(crate::now_ms()).await);
             }
+            _ = std::future::ready(()), if chunk.is_some() => {}
             _ = c.shutdown.cancelled() => return Ok(()),
         }
+        answers.extend(chunk);
         for a in answers {
             out.clear();
             write_frame(&a, &mut out, MAX_UPLINK_FRAME_BYTES)?;

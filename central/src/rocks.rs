@@ -2363,6 +2363,74 @@ impl crate::store::DeployStore for RocksCentralStore {
     }
 }
 
+// ------------------------------------------------------------------ files
+
+impl RocksCentralStore {
+    /// `0xff \0 tenant \0 transfer_hex` in [`CF_COMMANDS`] (0xff never
+    /// opens a tenant's UTF-8 name, so tenant scans never meet it).
+    fn file_key(tenant: &str, id: outpost_proto::ids::TransferId) -> Vec<u8> {
+        key(&[&[0xff], tenant.as_bytes(), id.to_string().as_bytes()])
+    }
+
+    pub fn put_file(&self, rec: &crate::files::CentralFile) -> Result<()> {
+        self.put_one(CF_COMMANDS, &Self::file_key(&rec.tenant, rec.id), rec)
+    }
+
+    pub fn file(
+        &self,
+        tenant: &str,
+        id: outpost_proto::ids::TransferId,
+    ) -> Result<Option<crate::files::CentralFile>> {
+        self.get(CF_COMMANDS, &Self::file_key(tenant, id))
+    }
+
+    pub fn all_files(&self) -> Result<Vec<crate::files::CentralFile>> {
+        let p = [0xffu8, 0];
+        let mut v = Vec::new();
+        self.scan(CF_COMMANDS, &p, &p, |_, f| {
+            v.push(f);
+            true
+        })?;
+        Ok(v)
+    }
+
+    pub fn delete_file(&self, tenant: &str, id: outpost_proto::ids::TransferId) -> Result<()> {
+        let mut wb = WriteBatch::default();
+        wb.delete_cf(self.cf(CF_COMMANDS)?, Self::file_key(tenant, id));
+        self.write(wb)
+    }
+}
+
+impl crate::store::FileStore for RocksCentralStore {
+    fn put_file<'a>(&'a self, rec: &'a crate::files::CentralFile) -> StoreFuture<'a, ()> {
+        let (st, r) = (self.clone(), rec.clone());
+        blocking(move || st.put_file(&r))
+    }
+
+    fn file<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: outpost_proto::ids::TransferId,
+    ) -> StoreFuture<'a, Option<crate::files::CentralFile>> {
+        let (st, t) = (self.clone(), tenant.to_string());
+        blocking(move || st.file(&t, id))
+    }
+
+    fn all_files(&self) -> StoreFuture<'_, Vec<crate::files::CentralFile>> {
+        let st = self.clone();
+        blocking(move || st.all_files())
+    }
+
+    fn delete_file<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: outpost_proto::ids::TransferId,
+    ) -> StoreFuture<'a, ()> {
+        let (st, t) = (self.clone(), tenant.to_string());
+        blocking(move || st.delete_file(&t, id))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

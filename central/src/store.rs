@@ -358,9 +358,35 @@ pub struct FleetDelta {
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
 /// Central's storage (see the module docs).
-pub trait CentralStore: BatchStore + FleetStore + AuthStore + CommandStore + DeployStore {}
+pub trait CentralStore:
+    BatchStore + FleetStore + AuthStore + CommandStore + DeployStore + FileStore
+{
+}
 
-impl<T: BatchStore + FleetStore + AuthStore + CommandStore + DeployStore> CentralStore for T {}
+impl<T: BatchStore + FleetStore + AuthStore + CommandStore + DeployStore + FileStore> CentralStore
+    for T
+{
+}
+
+/// File transfers from central ([`crate::files`]): one record per
+/// transfer, beside its command. The content lives in `DATA/files`.
+pub trait FileStore: Send + Sync + 'static {
+    /// Stores (or replaces) a transfer's record.
+    fn put_file<'a>(&'a self, rec: &'a crate::files::CentralFile) -> StoreFuture<'a, ()>;
+    fn file<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: outpost_proto::ids::TransferId,
+    ) -> StoreFuture<'a, Option<crate::files::CentralFile>>;
+    /// Every tenant's transfers (the blob collector).
+    fn all_files(&self) -> StoreFuture<'_, Vec<crate::files::CentralFile>>;
+    /// Deletes a transfer's record (the collector, after its retention).
+    fn delete_file<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: outpost_proto::ids::TransferId,
+    ) -> StoreFuture<'a, ()>;
+}
 
 /// Deployment orders from central, their delivery to each site, and the
 /// progress sites report ([`crate::deploy`]). Every method is scoped to

@@ -37,6 +37,11 @@ pub const MAX_EXPIRY_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// Largest encoded spec: well under a frame, so a command always fits.
 pub const MAX_SPEC_BYTES: usize = 256 * 1024;
 
+/// How the agent's output of a scheduled reboot's command begins the line
+/// answering a cancel that came once the reboot was due (the reboot runs;
+/// the appliance stops asking and records it).
+pub const REBOOT_CANCEL_TOO_LATE: &str = "too late to cancel";
+
 /// The program that runs a command line or a script body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

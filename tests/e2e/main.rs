@@ -11,6 +11,7 @@ mod browser_deploy;
 mod cache;
 mod central_commands;
 mod central_deploy;
+mod central_files;
 mod central_pg;
 mod commands;
 mod demo;

@@ -48,18 +48,17 @@ pub const CENTRAL_SERVER_NAME: &str = "outpost-central";
 /// [`FILES_PROTOCOL_VERSION`], not wired yet); 5: the downlink of patch
 /// deployments; 6: central reads and stores batch format 6, devices' IP
 /// addresses and tags, [`DEVICE_TAGS_PROTOCOL_VERSION`], so a site sends
-/// them to a central announcing 6).
-pub const UPLINK_PROTOCOL_VERSION: u16 = 6;
+/// them to a central announcing 6; 7: files pushed and pulled from
+/// central, [`FILES_PROTOCOL_VERSION`]).
+pub const UPLINK_PROTOCOL_VERSION: u16 = 7;
 /// Oldest site protocol central still accepts (a version-1 site gets
 /// batches acknowledged and no downlink frames).
 pub const MIN_UPLINK_PROTOCOL_VERSION: u16 = 1;
 /// First protocol version that carries the downlink of commands.
 pub const COMMANDS_PROTOCOL_VERSION: u16 = 2;
 /// First protocol version that carries file bytes ([`crate::files`]:
-/// pushes and pulls from central). Above every version announced so far:
-/// sites of this build announce 6 and ignore file frames, so the build
-/// that wires files from central announces this version, and central sends
-/// file frames only to sites at or above it.
+/// pushes and pulls from central). Central sends file frames only to
+/// sites at or above it, and refuses a transfer for a site below it.
 pub const FILES_PROTOCOL_VERSION: u16 = 7;
 /// First protocol version whose central reads patch details and findings
 /// (batch formats 4 and 5).

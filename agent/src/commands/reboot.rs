@@ -38,7 +38,8 @@ pub const DEFAULT_REBOOT_CANCEL_COMMAND: &str = "shutdown -c";
 pub fn cancel_verdict(due_ms: Option<u64>, now_ms: u64) -> Result<(), String> {
     match due_ms {
         Some(d) if now_ms >= d => Err(format!(
-            "too late to cancel: the reboot was due {} s ago and runs",
+            "{}: the reboot was due {} s ago and runs",
+            outpost_proto::command::REBOOT_CANCEL_TOO_LATE,
             (now_ms - d) / 1000
         )),
         _ => Ok(()),

@@ -61,6 +61,23 @@ pub enum Input {
     /// Time passes for a `sent`/`running` command: is its device online?
     /// (the no-report deadline, see the module's documentation).
     NoReportCheck { online: bool },
+    /// The agent answered a cancel of a scheduled reboot that it came too
+    /// late (the reboot was due and runs).
+    CancelTooLate,
+}
+
+/// The reason recorded when a reboot's cancel came too late.
+pub const CANCEL_TOO_LATE_REASON: &str =
+    "the cancel came too late: the reboot was due and went ahead";
+
+/// Whether output `bytes` of `rec` is the agent's answer that a cancel of
+/// its scheduled reboot came too late.
+pub fn is_cancel_too_late(rec: &CommandRecord, bytes: &[u8]) -> bool {
+    rec.cancel_requested
+        && reboot_delay_ms(rec).is_some()
+        && String::from_utf8_lossy(bytes)
+            .lines()
+            .any(|l| l.starts_with(outpost_proto::command::REBOOT_CANCEL_TOO_LATE))
 }
 
 /// Margin after a command's timeout before an offline device's `sent` or
@@ -250,6 +267,17 @@ pub fn step(rec: &mut CommandRecord, input: Input, now_ms: u64) -> Step {
             if rec.state == CommandState::Queued && now_ms >= rec.expires_ms {
                 rec.enter(CommandState::Expired, now_ms);
                 s.changed = true;
+            }
+        }
+        Input::CancelTooLate => {
+            // The reboot goes ahead: stop asking (the cancel would be sent
+            // again on every reconnect) and say why it was not stopped.
+            if rec.cancel_requested && !rec.state.is_terminal() {
+                rec.cancel_requested = false;
+                rec.reason = Some(CANCEL_TOO_LATE_REASON.into());
+                s.changed = true;
+            } else {
+                s.duplicate = true;
             }
         }
         Input::NoReportCheck { online } => {
@@ -664,5 +692,46 @@ mod tests {
             assert_eq!(s.as_str().parse::<CommandState>().unwrap(), s);
         }
         assert!("done".parse::<CommandState>().is_err());
+    }
+
+    /// Before the fix the cancel stayed requested: every reconnect sent it
+    /// again and the reason said "cancelled by X" while the reboot ran.
+    #[test]
+    fn a_reboot_cancel_that_came_too_late_is_not_sent_again_and_the_reason_says_the_reboot_went_ahead()
+     {
+        let mut r = CommandRecord::new(
+            CommandId([2; 16]),
+            DeviceId(7),
+            CommandSpec {
+                kind: outpost_proto::command::CommandKind::Builtin(
+                    outpost_proto::command::BuiltinAction::Reboot { delay_ms: 0 },
+                ),
+                ..CommandSpec::shell("-", "alice")
+            },
+            T0,
+        );
+        step(&mut r, Input::Dispatch, T0 + 1);
+        step(&mut r, Input::Started { agent_ms: 1 }, T0 + 2);
+        let s = step(&mut r, Input::Cancel { by: "bob".into() }, T0 + 3);
+        assert!(s.send_cancel);
+        let line = b"too late to cancel: the reboot was due 0 s ago and runs\n";
+        assert!(is_cancel_too_late(&r, line));
+        assert!(!is_cancel_too_late(&r, b"rebooting\n"));
+        let s = step(&mut r, Input::CancelTooLate, T0 + 4);
+        assert!(s.changed);
+        assert!(!r.cancel_requested);
+        assert_eq!(r.reason.as_deref(), Some(CANCEL_TOO_LATE_REASON));
+        assert_eq!(r.state, CommandState::Running);
+        // A reconnect: nothing to send any more.
+        let s = step(&mut r, Input::Dispatch, T0 + 5);
+        assert!(!s.send_cancel && !s.send);
+        // The answer again (a resend of the output): nothing new.
+        assert!(!is_cancel_too_late(&r, line));
+        assert!(step(&mut r, Input::CancelTooLate, T0 + 6).duplicate);
+        // A shell command's output never counts.
+        let mut sh = rec();
+        step(&mut sh, Input::Dispatch, T0 + 1);
+        step(&mut sh, Input::Cancel { by: "bob".into() }, T0 + 2);
+        assert!(!is_cancel_too_late(&sh, line));
     }
 }

@@ -1274,7 +1274,7 @@ impl Worker {
         }
     }
 
-    fn output(&mut self, device: DeviceId, o: outpost_proto::messages::CommandOutput, _now: u64) {
+    fn output(&mut self, device: DeviceId, o: outpost_proto::messages::CommandOutput, now: u64) {
         let id = o.id;
         let mut rec = match self.read(id) {
             Ok(Some(r)) => r,
@@ -1294,6 +1294,9 @@ impl Worker {
             }
         };
         let was_truncated = rec.output.truncated();
+        // A reboot's cancel that came too late: stop asking, say so.
+        let too_late = super::machine::is_cancel_too_late(&rec, &o.bytes)
+            && super::machine::step(&mut rec, super::machine::Input::CancelTooLate, now).changed;
         let p = output::plan(
             &mut rec.output,
             self.opts.output_cap,
@@ -1304,7 +1307,7 @@ impl Worker {
         let m = &m.commands;
         m.output_bytes_received.inc_by(o.bytes.len() as u64);
         m.output_bytes_duplicate.inc_by(p.duplicate_bytes);
-        if !p.store.is_empty() || !p.delete.is_empty() || p.newly_dropped > 0 {
+        if too_late || !p.store.is_empty() || !p.delete.is_empty() || p.newly_dropped > 0 {
             let mut stored = 0;
             for (_, range) in &p.store {
                 stored += range.len() as u64;

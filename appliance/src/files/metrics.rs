@@ -31,6 +31,10 @@ pub struct FileMetrics {
     pub store_errors: Counter,
     /// Blobs deleted by the daily collector (no live transfer names them).
     pub blobs_collected: Counter,
+    /// Bytes of central's pushes written here (re-sends not counted).
+    pub central_bytes_received: Counter,
+    /// Bytes of pulled files sent up to central (re-sends included).
+    pub central_bytes_sent: Counter,
 }
 
 impl FileMetrics {
@@ -101,6 +105,16 @@ impl FileMetrics {
             "blobs_collected",
             "File blobs deleted because no live transfer names them",
             self.blobs_collected.clone(),
+        );
+        r.register(
+            "central_bytes_received",
+            "Bytes of files pushed from central written on the appliance",
+            self.central_bytes_received.clone(),
+        );
+        r.register(
+            "central_bytes_sent",
+            "Bytes of pulled files sent up to central",
+            self.central_bytes_sent.clone(),
         );
     }
 }

@@ -85,6 +85,7 @@
 
 pub mod api;
 pub mod blobs;
+pub mod central;
 pub mod gc;
 pub mod metrics;
 pub mod model;

@@ -199,6 +199,11 @@ impl FileService {
         p.is_file().then_some(p)
     }
 
+    /// A command of this id is stored (a read of one key).
+    pub fn has_command(&self, id: CommandId) -> bool {
+        matches!(self.commands.get(id), Ok(Some(_)))
+    }
+
     /// Refuses a device that is unknown or revoked (counted).
     pub fn check_device(&self, device: DeviceId) -> Result<(), FileError> {
         let dev = outpost_storage::registry::get(&self.store, device)
@@ -302,17 +307,111 @@ impl FileService {
         self.create(rec, spec).await
     }
 
+    /// Queues a transfer central sent (its `PushFile` or `PullFile`
+    /// command) under central's command id and transfer id, idempotently:
+    /// a command of that id is returned as it is. A push's content must be
+    /// stored here already (`crate::files::central` received it); a pull's
+    /// limit is the smaller of central's and this site's. Returns the
+    /// command as stored.
+    pub async fn create_from_central(
+        &self,
+        id: CommandId,
+        device: DeviceId,
+        spec: CommandSpec,
+    ) -> Result<CommandRecord, FileError> {
+        if let Ok(Some(c)) = self.commands.get(id) {
+            return Ok(c);
+        }
+        self.check_device(device)?;
+        let by = spec.requested_by.clone();
+        let mut spec = spec;
+        let rec = match &mut spec.kind {
+            CommandKind::Builtin(BuiltinAction::PushFile {
+                transfer,
+                path,
+                size_bytes,
+                sha256,
+                mode,
+                owner,
+            }) => {
+                self.check_size(*size_bytes)?;
+                let Some(sha) = transfer::parse_sha(sha256) else {
+                    self.metrics.files.refuse("invalid");
+                    return Err(FileError::Invalid(format!(
+                        "sha256 {sha256:?} is not a hash"
+                    )));
+                };
+                if !self.blobs.has(&sha) {
+                    return Err(FileError::Invalid(
+                        "the content has not arrived from central".into(),
+                    ));
+                }
+                let mut rec = TransferRecord::new(
+                    *transfer,
+                    device,
+                    Direction::Push,
+                    path.clone(),
+                    Some(*size_bytes),
+                    Some(sha256.clone()),
+                    self.cfg.max_bytes,
+                    by,
+                    now_ms(),
+                );
+                rec.mode = *mode;
+                rec.owner = owner.clone();
+                rec
+            }
+            CommandKind::Builtin(BuiltinAction::PullFile {
+                transfer,
+                path,
+                max_bytes,
+            }) => {
+                *max_bytes = (*max_bytes).min(self.cfg.max_bytes);
+                TransferRecord::new(
+                    *transfer,
+                    device,
+                    Direction::Pull,
+                    path.clone(),
+                    None,
+                    None,
+                    *max_bytes,
+                    by,
+                    now_ms(),
+                )
+            }
+            _ => return Err(FileError::Invalid("not a file transfer".into())),
+        };
+        self.create_as(rec, spec, Some(id)).await?;
+        self.commands
+            .get(id)
+            .map_err(|e| FileError::Store(e.to_string()))?
+            .ok_or(FileError::Stopped)
+    }
+
     async fn create(
         &self,
         rec: TransferRecord,
         spec: CommandSpec,
+    ) -> Result<TransferRecord, FileError> {
+        self.create_as(rec, spec, None).await
+    }
+
+    async fn create_as(
+        &self,
+        rec: TransferRecord,
+        spec: CommandSpec,
+        id: Option<CommandId>,
     ) -> Result<TransferRecord, FileError> {
         if let Err(e) = spec.validate() {
             self.metrics.files.refuse("invalid");
             return Err(FileError::Invalid(e.to_string()));
         }
         store::put(&self.store, &rec, true).map_err(|e| FileError::Store(e.to_string()))?;
-        let cmd = match self.commands.create(rec.device, spec).await {
+        let created = match id {
+            Some(id) => self.commands.create_with_id(id, rec.device, spec).await,
+            None => self.commands.create(rec.device, spec).await,
+        };
+        let cmd = match created {
             Ok(c) => c,
             Err(e) => {
                 let _ = store::delete(&self.store, &rec);

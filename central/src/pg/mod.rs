@@ -75,6 +75,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "device_ips_tags",
         include_str!("V4__device_ips_tags.sql"),
     ),
+    (5, "central_files", include_str!("V5__central_files.sql")),
     (7, "search_multi", include_str!("V7__search_multi.sql")),
 ];
 
@@ -2990,3 +2991,93 @@ mod multi_tests;
 
 #[cfg(test)]
 mod fleet_bench;
+// ------------------------------------------------------------------ files
+
+impl PgCentralStore {
+    async fn put_file_impl(&self, r: &crate::files::CentralFile) -> Result<()> {
+        let t = r.tenant.as_str();
+        let mut c = self.client().await?;
+        let tx = Self::tenant_tx(&mut c, t).await?;
+        tx.execute(
+            "INSERT INTO central_files (tenant_id, id, site_id, created_ms, body) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (tenant_id, id) DO UPDATE SET body = excluded.body",
+            &[
+                &t,
+                &r.id.to_string(),
+                &r.site_id.as_str(),
+                &i(r.created_ms),
+                &enc(r)?,
+            ],
+        )
+        .await
+        .map_err(be)?;
+        tx.commit().await.map_err(be)?;
+        Ok(())
+    }
+
+    async fn file_impl(
+        &self,
+        tenant: &str,
+        id: outpost_proto::ids::TransferId,
+    ) -> Result<Option<crate::files::CentralFile>> {
+        let rows = self
+            .tenant_query(
+                tenant,
+                "SELECT body FROM central_files WHERE tenant_id = $1 AND id = $2",
+                &[&tenant, &id.to_string()],
+            )
+            .await?;
+        rows.first().map(|r| dec(r.get::<_, &[u8]>(0))).transpose()
+    }
+
+    async fn all_files_impl(&self) -> Result<Vec<crate::files::CentralFile>> {
+        let rows = self
+            .owner_query("SELECT body FROM central_files ORDER BY tenant_id, id", &[])
+            .await?;
+        rows.iter().map(|r| dec(r.get::<_, &[u8]>(0))).collect()
+    }
+
+    async fn delete_file_impl(
+        &self,
+        tenant: &str,
+        id: outpost_proto::ids::TransferId,
+    ) -> Result<()> {
+        let mut c = self.client().await?;
+        let tx = Self::tenant_tx(&mut c, tenant).await?;
+        tx.execute(
+            "DELETE FROM central_files WHERE tenant_id = $1 AND id = $2",
+            &[&tenant, &id.to_string()],
+        )
+        .await
+        .map_err(be)?;
+        tx.commit().await.map_err(be)?;
+        Ok(())
+    }
+}
+
+impl crate::store::FileStore for PgCentralStore {
+    fn put_file<'a>(&'a self, rec: &'a crate::files::CentralFile) -> StoreFuture<'a, ()> {
+        Box::pin(self.put_file_impl(rec))
+    }
+
+    fn file<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: outpost_proto::ids::TransferId,
+    ) -> StoreFuture<'a, Option<crate::files::CentralFile>> {
+        Box::pin(self.file_impl(tenant, id))
+    }
+
+    fn all_files(&self) -> StoreFuture<'_, Vec<crate::files::CentralFile>> {
+        Box::pin(self.all_files_impl())
+    }
+
+    fn delete_file<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: outpost_proto::ids::TransferId,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(self.delete_file_impl(tenant, id))
+    }
+}
