@@ -168,6 +168,11 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
     );
     // Findings an older central did not take go again once it reads them.
     patches.set_findings_resend(uplink.findings_resend());
+    {
+        // Reports name the site (its name at central once joined).
+        let site = site.clone();
+        patches.set_site_name(Box::new(move || site.identity().name));
+    }
     let patches_thread = patches
         .spawn_worker(Duration::from_secs(1), shutdown.clone())
         .context("starting the patch worker")?;

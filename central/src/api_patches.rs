@@ -861,6 +861,7 @@ pub fn report_document(r: &ComplianceReportLines) -> ComplianceDocument {
                 open_cves: u64::from(l.open_cves),
                 risk: l.risk,
                 reboot_required: l.reboot_required,
+                cves: l.cves.clone(),
             })
             .collect(),
         devices_left_out: 0,

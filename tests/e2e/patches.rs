@@ -525,6 +525,62 @@ fn a_non_compliant_device_at_the_site_shows_at_central_with_its_missing_patch_in
     assert_eq!(e["total"]["fixable"], 1, "{e}");
     assert_eq!(e["customers"][0]["customer"], "dental", "{e}");
 
+    // The compliance report as a PDF from both CLIs: its text names the
+    // device and its CVE, and the site's names the site.
+    let o = app.cli(&["patches", "report", "--format", "pdf"]);
+    assert!(o.status.success(), "site report: {}", stderr(&o));
+    assert!(o.stdout.starts_with(b"%PDF-"), "raw PDF bytes on stdout");
+    let site_doc: Value = app.api("/api/v1/patches/report?format=json").unwrap();
+    let name = site_doc["devices"][0]["name"].as_str().unwrap().to_string();
+    assert_eq!(site_doc["source"], "main-office", "{site_doc}");
+    assert_eq!(
+        site_doc["devices"][0]["cves"][0], "CVE-2099-5000",
+        "{site_doc}"
+    );
+    if let Some(text) = pdf_text(root, "site-report.pdf", &o.stdout) {
+        assert!(text.contains("Source: main-office"), "{text}");
+        assert!(text.contains(&name), "the device {name}: {text}");
+        assert!(text.contains("CVEs per device"), "{text}");
+        assert!(text.contains("CVE-2099-5000"), "{text}");
+    }
+    let central_pdf = root.join("central-report.pdf");
+    let o = Command::new(outpost_tests::bin("outpost-central"))
+        .args([
+            "patches",
+            "report",
+            "--format",
+            "pdf",
+            "--customer",
+            "dental",
+        ])
+        .args([
+            "--api",
+            &format!("http://{}", central.http),
+            "--token",
+            &viewer,
+        ])
+        .arg("--output")
+        .arg(&central_pdf)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "central report: {}", stderr(&o));
+    let bytes = std::fs::read(&central_pdf).unwrap();
+    assert!(bytes.starts_with(b"%PDF-"));
+    let lines = central.get("/api/v1/patches/report?format=json", &viewer);
+    let line = &lines["devices"][0];
+    let central_name = match line["hostname"].as_str() {
+        Some(h) if !h.is_empty() => h.to_string(),
+        _ => line["device"].as_str().unwrap().to_string(),
+    };
+    assert_eq!(line["cves"][0], "CVE-2099-5000", "{lines}");
+    if let Some(text) = pdf_text(root, "central-report-text.pdf", &bytes) {
+        assert!(text.contains("Customer: dental"), "{text}");
+        assert!(text.contains("Source: central"), "{text}");
+        assert!(text.contains(&central_name), "{central_name}: {text}");
+        assert!(text.contains("CVEs per device"), "{text}");
+        assert!(text.contains("CVE-2099-5000"), "{text}");
+    }
+
     // The console at central, in headless Chromium.
     let (ok, _, err) = central.cli(
         &[
@@ -558,6 +614,29 @@ fn a_non_compliant_device_at_the_site_shows_at_central_with_its_missing_patch_in
     b.ws.wait_until("document.querySelector('#top-cves tr[data-cve=\"CVE-2099-5000\"]') !== null");
     b.shot("patches-overview.png");
     chromium.kill9();
+}
+
+/// The text of a PDF by poppler's `pdftotext -layout` (written to
+/// `dir/file` first); `None` (skipped, saying why) without poppler-utils.
+fn pdf_text(dir: &Path, file: &str, pdf: &[u8]) -> Option<String> {
+    let path = dir.join(file);
+    std::fs::write(&path, pdf).unwrap();
+    match Command::new("pdftotext")
+        .arg("-layout")
+        .arg(&path)
+        .arg("-")
+        .output()
+    {
+        Ok(o) => {
+            assert!(o.status.success(), "pdftotext: {}", stderr(&o));
+            Some(String::from_utf8_lossy(&o.stdout).into_owned())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("skipped the PDF text: pdftotext (poppler-utils) is not installed");
+            None
+        }
+        Err(e) => panic!("running pdftotext: {e}"),
+    }
 }
 
 /// An isolated apt root for an agent's index refresh (sources.list on the

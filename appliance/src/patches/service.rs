@@ -88,7 +88,12 @@ struct Inner {
     /// Findings owed to central after batches went to an older one, once
     /// wired ([`PatchService::set_findings_resend`]).
     findings_resend: Mutex<Option<Arc<outpost_uplink::resend::FindingsResend>>>,
+    /// The site's name for reports, once wired ([`PatchService::set_site_name`]).
+    site_name: Mutex<Option<SiteName>>,
 }
+
+/// Gives the site's current name (it changes when the site joins central).
+pub type SiteName = Box<dyn Fn() -> String + Send + Sync>;
 
 /// Why an import was refused.
 #[derive(Debug, thiserror::Error)]
@@ -279,6 +284,7 @@ impl PatchService {
                 full_scan_sink: Mutex::new(None),
                 scan_requester: Mutex::new(None),
                 findings_resend: Mutex::new(None),
+                site_name: Mutex::new(None),
             }),
         };
         service.publish_gauges();
@@ -380,6 +386,27 @@ impl PatchService {
 
     /// Re-queues every device's findings when the uplink owes them to a
     /// central that now reads them (see [`outpost_uplink::resend`]).
+    /// Wires the site's name into reports (`source` of the compliance
+    /// report; `site` until wired).
+    pub fn set_site_name(&self, name: SiteName) {
+        *self
+            .inner
+            .site_name
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(name);
+    }
+
+    fn site_name(&self) -> String {
+        self.inner
+            .site_name
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|f| f())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "site".to_string())
+    }
+
     pub fn set_findings_resend(&self, r: Arc<outpost_uplink::resend::FindingsResend>) {
         *self
             .inner
@@ -1153,6 +1180,7 @@ impl PatchService {
                 open_cves: u64::from(a.counts.open.total() - a.counts.open.unimportant),
                 risk: a.risk,
                 reboot_required: a.reboot_required,
+                cves: device_cve_ids(a),
             });
         }
         let fleet = fleet_summary(chosen.iter().copied());
@@ -1175,7 +1203,7 @@ impl PatchService {
         let sp = &fleet.security_patches;
         let mut doc = ComplianceDocument {
             customer: customer.map(str::to_string),
-            source: "site".to_string(),
+            source: self.site_name(),
             generated_ms: now,
             devices_total: fleet.devices,
             compliant: fleet.compliant,
@@ -1293,3 +1321,19 @@ impl PatchService {
 #[cfg(test)]
 #[path = "tests.rs"]
 pub(crate) mod tests;
+
+/// The CVE ids a device is exposed to, as the report lists them: fixable
+/// by an offered upgrade first, then fixed in the release but not in the
+/// device's repositories, then without a fix yet (central's order); each
+/// id once, at its best state.
+fn device_cve_ids(a: &DeviceAssessment) -> Vec<String> {
+    let mut ids: Vec<(&str, u8)> = a
+        .fixable()
+        .map(|(_, f)| (&*f.id, if f.fix_available { 0 } else { 1 }))
+        .chain(a.open().map(|(_, f)| (&*f.id, 2)))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup_by_key(|(id, _)| *id);
+    ids.sort_unstable_by_key(|(id, rank)| (*rank, *id));
+    ids.into_iter().map(|(id, _)| id.to_string()).collect()
+}

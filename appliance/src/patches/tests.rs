@@ -565,11 +565,27 @@ fn the_sites_pdf_report_of_a_customer_shows_the_figures_of_its_json_document() {
     assert_eq!(doc.top_patches[0].candidate, "3.0.15-1~deb12u1");
     let ids: Vec<&str> = doc.top_cves.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(ids, ["CVE-2024-0001", "CVE-2024-0002"], "{doc:?}");
+    assert_eq!(
+        doc.devices[0].cves, ids,
+        "the device's own CVE ids, as the CSV has them"
+    );
+    assert_eq!(doc.source, "site", "not wired: the word site");
+    r.service
+        .set_site_name(Box::new(|| "Dental HQ".to_string()));
+    let doc = r
+        .service
+        .report_document(Some("dental"), 1_764_460_500_000)
+        .unwrap();
+    assert_eq!(doc.source, "Dental HQ");
 
     let pdf = outpost_patch::report::pdf::render(&doc);
     let Some(text) = pdftotext(&pdf) else {
         return;
     };
+    assert!(text.contains("Source: Dental HQ"), "{text}");
+    assert!(text.contains("CVEs per device"), "{text}");
+    assert!(text.contains("web-1 (2 CVEs)"), "{text}");
+    assert!(text.contains("CVE-2024-0001, CVE-2024-0002"), "{text}");
     assert!(text.contains("Customer: dental"), "{text}");
     assert!(text.contains("Generated: 2025-11-29 23:55 UTC"), "{text}");
     assert!(

@@ -44,7 +44,16 @@ pub struct ReportDevice {
     pub open_cves: u64,
     pub risk: Option<u32>,
     pub reboot_required: bool,
+    /// The CVE ids the device is exposed to: fixable by a candidate
+    /// first, then fixed in the release but not in its repositories, then
+    /// without a fix yet; each group sorted. Empty when unknown (central
+    /// without the site's findings).
+    #[serde(default)]
+    pub cves: Vec<String>,
 }
+
+/// CVE ids listed per device in the PDF at most (the CSV has them all).
+pub const MAX_REPORT_DEVICE_CVES: usize = 100;
 
 /// One missing patch across the report's devices.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

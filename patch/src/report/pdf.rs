@@ -9,7 +9,7 @@
 
 use pdf_writer::{Content, Finish, Name, Pdf, Rect, Ref, Str, TextStr};
 
-use super::{ComplianceDocument, time_text};
+use super::{ComplianceDocument, MAX_REPORT_DEVICE_CVES, time_text};
 
 const PAGE_W: f32 = 595.0;
 const PAGE_H: f32 = 842.0;
@@ -73,6 +73,28 @@ fn fit(s: &str, size: f32, bold: bool, max: f32) -> String {
     }
     out.push_str("...");
     out
+}
+
+/// Words joined with `sep` into lines of at most `max` points.
+fn wrap(words: &[&str], sep: &str, size: f32, max: f32) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for w in words {
+        let w = fit(w, size, false, max);
+        if !line.is_empty() {
+            let candidate = format!("{line}{sep}{w}");
+            if width(&candidate, size, false) <= max {
+                line = candidate;
+                continue;
+            }
+            lines.push(std::mem::take(&mut line));
+        }
+        line = w;
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
 }
 
 /// A table column: header, width in points, right-aligned (numbers).
@@ -277,6 +299,51 @@ pub fn render(doc: &ComplianceDocument) -> Vec<u8> {
             BODY,
             false,
         );
+    }
+
+    // The CVE ids of each device that has some (the CSV lists them all).
+    let exposed: Vec<_> = doc.devices.iter().filter(|d| !d.cves.is_empty()).collect();
+    if !exposed.is_empty() {
+        w.room(3.0 * LINE + 16.0);
+        w.gap(10.0);
+        w.line("CVEs per device", 12.0, true);
+        w.line(
+            "Fixable by an offered upgrade first, then fixed in the release but not in the device's repositories, then without a fix yet.",
+            BODY,
+            false,
+        );
+        for d in exposed {
+            let shown = d.cves.len().min(MAX_REPORT_DEVICE_CVES);
+            let mut words: Vec<&str> = d.cves[..shown].iter().map(String::as_str).collect();
+            let more = (d.cves.len() > shown)
+                .then(|| format!("... and {} more (see the CSV report)", d.cves.len() - shown));
+            if let Some(m) = &more {
+                words.push(m);
+            }
+            let title = if d.site.is_empty() {
+                format!("{} ({} CVEs)", d.name, d.cves.len())
+            } else {
+                format!("{} - {} ({} CVEs)", d.name, d.site, d.cves.len())
+            };
+            let lines = wrap(&words, ", ", BODY, PAGE_W - 2.0 * MARGIN - 12.0);
+            // The device's name stays with its first line.
+            w.room(2.0 * LINE);
+            w.y -= LINE;
+            let y = w.y;
+            let title = fit(&title, BODY, true, PAGE_W - 2.0 * MARGIN);
+            w.text_at(MARGIN, y, &title, BODY, true);
+            for l in lines {
+                if !w.room(LINE) {
+                    w.y -= LINE;
+                    let y = w.y;
+                    let cont = fit(&format!("{} (continued)", d.name), BODY, true, PAGE_W);
+                    w.text_at(MARGIN, y, &cont, BODY, true);
+                }
+                w.y -= LINE;
+                let y = w.y;
+                w.text_at(MARGIN + 12.0, y, &l, BODY, false);
+            }
+        }
     }
 
     let cols = [
@@ -526,6 +593,44 @@ mod tests {
         // The header repeats on every page the table spans.
         let headers = s.iter().filter(|x| *x == "Fixable").count();
         assert!(headers >= pages - 1, "{headers} headers, {pages} pages");
+    }
+
+    #[test]
+    fn each_device_lists_its_cve_ids_wrapped_and_capped() {
+        let mut d = doc(3);
+        d.devices[0].cves = vec!["CVE-2026-0001".into(), "CVE-2026-0002".into()];
+        d.devices[1].cves = (0..150).map(|i| format!("CVE-2025-{i:05}")).collect();
+        let pdf = render(&d);
+        let s = shown_strings(&pdf);
+        assert!(s.iter().any(|x| x == "CVEs per device"), "{s:?}");
+        assert!(
+            s.iter()
+                .any(|x| x == "host-0000 - Main office (HQ) (2 CVEs)"),
+            "{s:?}"
+        );
+        assert!(
+            s.iter().any(|x| x == "CVE-2026-0001, CVE-2026-0002"),
+            "{s:?}"
+        );
+        let ids: Vec<&String> = s.iter().filter(|x| x.starts_with("CVE-2025-")).collect();
+        assert!(ids.len() > 5, "wrapped over several lines: {ids:?}");
+        let all = ids
+            .iter()
+            .map(|x| x.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        assert!(all.contains("CVE-2025-00099") && !all.contains("CVE-2025-00100"));
+        assert!(
+            all.ends_with("... and 50 more (see the CSV report)"),
+            "{all}"
+        );
+        for l in &ids {
+            assert!(width(l, BODY, false) <= PAGE_W - 2.0 * MARGIN, "{l}");
+        }
+        assert!(
+            !s.iter().any(|x| x.starts_with("host-0002 ")),
+            "a device without CVEs gets no entry"
+        );
     }
 
     #[test]
