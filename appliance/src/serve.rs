@@ -201,6 +201,8 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         metrics.clone(),
         crate::deploy::orchestrator::InstallOptions {
             proxy: cfg.deploy.proxy.clone(),
+            reboot: cfg.deploy.reboot,
+            snapshot: cfg.deploy.snapshot,
             ..Default::default()
         },
     ));

@@ -36,6 +36,22 @@ pub enum DeploymentsCmd {
         stages: Vec<u8>,
         #[arg(long)]
         auto_rollback_failed_pct: Option<u8>,
+        /// Reboot after the install: `never`, `if-required` or `always`
+        /// (sites from protocol 8; default: each site's `[deploy]`).
+        #[arg(long)]
+        reboot: Option<String>,
+        /// A script of the sites' libraries run before the install.
+        #[arg(long)]
+        pre_script: Option<String>,
+        /// A script of the sites' libraries run after the install.
+        #[arg(long)]
+        post_script: Option<String>,
+        /// Snapshot before patching (where the root file system allows it).
+        #[arg(long, conflicts_with = "no_snapshot")]
+        snapshot: bool,
+        /// No snapshot before patching.
+        #[arg(long)]
+        no_snapshot: bool,
         /// More options of the site's request as JSON (`gate`, `window`...).
         #[arg(long)]
         options: Option<String>,
@@ -157,6 +173,34 @@ fn sites_field(sites: Vec<String>) -> Value {
     }
 }
 
+/// Puts the install options of `deployments create` into the request
+/// (`reboot` as the site spells it: `if-required` → `if_required`).
+fn install_options(
+    m: &mut serde_json::Map<String, Value>,
+    reboot: Option<&str>,
+    pre_script: Option<String>,
+    post_script: Option<String>,
+    snapshot: Option<bool>,
+) -> anyhow::Result<()> {
+    if let Some(r) = reboot {
+        let r = r.trim().to_ascii_lowercase().replace('-', "_");
+        if !["never", "if_required", "always"].contains(&r.as_str()) {
+            bail!("--reboot must be never, if-required or always");
+        }
+        m.insert("reboot".into(), json!(r));
+    }
+    if let Some(s) = pre_script {
+        m.insert("pre_script".into(), json!(s));
+    }
+    if let Some(s) = post_script {
+        m.insert("post_script".into(), json!(s));
+    }
+    if let Some(s) = snapshot {
+        m.insert("snapshot".into(), json!(s));
+    }
+    Ok(())
+}
+
 /// The site's `target` JSON of `all`, `customer:C`, `tag:T`, `devices:A,B`.
 pub fn target_json(s: &str) -> anyhow::Result<Value> {
     Ok(match s.split_once(':') {
@@ -228,6 +272,11 @@ pub async fn run_deployments(cmd: DeploymentsCmd) -> anyhow::Result<i32> {
             security_only,
             stages,
             auto_rollback_failed_pct,
+            reboot,
+            pre_script,
+            post_script,
+            snapshot,
+            no_snapshot,
             options,
             json,
         } => {
@@ -251,6 +300,8 @@ pub async fn run_deployments(cmd: DeploymentsCmd) -> anyhow::Result<i32> {
             if let Some(p) = auto_rollback_failed_pct {
                 m.insert("auto_rollback_failed_pct".into(), json!(p));
             }
+            let snapshot = (snapshot || no_snapshot).then_some(snapshot);
+            install_options(m, reboot.as_deref(), pre_script, post_script, snapshot)?;
             if !sites.is_empty() {
                 m.insert("sites".into(), json!(sites));
             }
@@ -424,6 +475,27 @@ pub async fn run_rules(cmd: ApprovalRulesCmd) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn install_option_flags_map_to_the_sites_request_fields() {
+        let mut m = serde_json::Map::new();
+        install_options(
+            &mut m,
+            Some("if-required"),
+            Some("stop-app".into()),
+            None,
+            Some(false),
+        )
+        .unwrap();
+        assert_eq!(
+            Value::Object(m),
+            json!({"reboot": "if_required", "pre_script": "stop-app", "snapshot": false})
+        );
+        let mut m = serde_json::Map::new();
+        install_options(&mut m, None, None, None, None).unwrap();
+        assert!(m.is_empty());
+        assert!(install_options(&mut m, Some("sometimes"), None, None, None).is_err());
+    }
 
     #[test]
     fn targets_map_to_the_sites_json() {
