@@ -206,6 +206,8 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         metrics.clone(),
         crate::deploy::orchestrator::InstallOptions {
             proxy: cfg.deploy.proxy.clone(),
+            reboot: cfg.deploy.reboot,
+            snapshot: cfg.deploy.snapshot,
             ..Default::default()
         },
     ));

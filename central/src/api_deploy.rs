@@ -432,8 +432,10 @@ pub(crate) async fn remove_rule_on(
 
 /// Body of `POST /api/v1/deployments`: the site's create request
 /// (`target`, `patches`, `security_only`, `stages`, `gate`,
-/// `auto_rollback_failed_pct`, `install_deadline_ms`, `window`) plus
-/// `sites` (default: every site the caller sees).
+/// `auto_rollback_failed_pct`, `install_deadline_ms`, `window`, and the
+/// install options `reboot`, `pre_script`, `post_script`, `snapshot`:
+/// sites from protocol 8) plus `sites` (default: every site the caller
+/// sees).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateDeployment {
     #[serde(default)]
@@ -469,6 +471,15 @@ pub struct SiteProgress {
     /// Devices that failed, with the reason.
     #[serde(default)]
     pub failures: Vec<Value>,
+    /// The install options the site runs it with (reboot, scripts with
+    /// their versions, snapshot), once reported (sites from protocol 8).
+    #[serde(default)]
+    pub options: Value,
+    /// Who did what to it at the site (`show` only): create with its
+    /// options, pause, resume, abort, rollback, with the actor
+    /// (`NAME@central` for central's orders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<Value>,
     /// Every device (`show` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_results: Option<Value>,
@@ -531,6 +542,8 @@ fn progress(
         failed: num("failed"),
         gates: view["stages"].clone(),
         failures,
+        options: sum["options"].clone(),
+        audit: full.then(|| view["audit"].clone()).filter(|a| !a.is_null()),
         device_results: full.then_some(Value::Array(devices)),
         updated_at_ms: rec.map(|r| r.updated_at_ms),
     }
@@ -642,6 +655,28 @@ pub async fn show(
         .ok_or_else(|| ApiError::NotFound(format!("no deployment {id}")))
 }
 
+/// The install options of a create request, checked for their shape
+/// (each site checks the scripts against its own library).
+fn check_options(req: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
+    let bad = |k: &str, want: &str| ApiError::BadRequest(format!("\"{k}\" must be {want}"));
+    match req.get("reboot") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(r)) if ["never", "if_required", "always"].contains(&r.as_str()) => {}
+        Some(_) => return Err(bad("reboot", "\"never\", \"if_required\" or \"always\"")),
+    }
+    for k in ["pre_script", "post_script"] {
+        match req.get(k) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(n)) if !n.trim().is_empty() => {}
+            Some(_) => return Err(bad(k, "the name of a script of the sites' libraries")),
+        }
+    }
+    match req.get("snapshot") {
+        None | Some(Value::Null | Value::Bool(_)) => Ok(()),
+        Some(_) => Err(bad("snapshot", "true or false")),
+    }
+}
+
 /// `POST /api/v1/deployments`: one deployment over the sites (the same
 /// id at each).
 pub async fn create(
@@ -669,6 +704,7 @@ pub(crate) async fn create_on(
             "\"id\" and \"start\" are central's to set".into(),
         ));
     }
+    check_options(&req.request).map_err(|e| refuse(c, "bad_options", e))?;
     let sites = target_sites(c, p, req.sites.as_deref()).await?;
     let dep = deploy::new_deployment_id();
     let mut body = req.request.clone();
@@ -676,6 +712,15 @@ pub(crate) async fn create_on(
     let kind = DeployOrderKind::CreateDeployment {
         request_json: Value::Object(body).to_string(),
     };
+    // A connected site too old for the options is refused now (one that
+    // is offline is refused on delivery: `crate::deploy_link`).
+    for s in &sites {
+        if let Some(v) = c.downlinks.version(&p.tenant, &s.site_id)
+            && let Some(why) = deploy::too_old(&kind, &s.site_id, v)
+        {
+            return Err(refuse(c, "protocol", ApiError::Conflict(why)));
+        }
+    }
     send_order(c, p, &sites, kind, Some(dep.clone()), "deployment.create").await?;
     all_views(c, p, true)
         .await?

@@ -36,6 +36,9 @@ pub enum DeploymentsCmd {
         stages: Vec<u8>,
         #[arg(long)]
         auto_rollback_failed_pct: Option<u8>,
+        /// Install options and window.
+        #[command(flatten)]
+        install: Box<InstallFlags>,
         /// More options of the site's request as JSON (`gate`, `window`...).
         #[arg(long)]
         options: Option<String>,
@@ -157,6 +160,80 @@ fn sites_field(sites: Vec<String>) -> Value {
     }
 }
 
+/// The install options and window of `deployments create`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InstallFlags {
+    /// Reboot after the install: `never`, `if-required` or `always`
+    /// (sites from protocol 8; default: each site's `[deploy]`).
+    #[arg(long)]
+    pub reboot: Option<String>,
+    /// A script of the sites' libraries run before the install.
+    #[arg(long)]
+    pub pre_script: Option<String>,
+    /// A script of the sites' libraries run after the install.
+    #[arg(long)]
+    pub post_script: Option<String>,
+    /// Snapshot before patching (where the root file system allows it).
+    #[arg(long, conflicts_with = "no_snapshot")]
+    pub snapshot: bool,
+    /// No snapshot before patching.
+    #[arg(long)]
+    pub no_snapshot: bool,
+    /// Install window days, e.g. `tue,thu` (with --window-start).
+    #[arg(long, value_delimiter = ',')]
+    pub window_days: Vec<String>,
+    /// Install window start, `HH:MM` (in --window-tz).
+    #[arg(long)]
+    pub window_start: Option<String>,
+    #[arg(long, default_value_t = 180)]
+    pub window_minutes: u32,
+    /// IANA time zone of the window.
+    #[arg(long, default_value = "UTC")]
+    pub window_tz: String,
+}
+
+/// The site's install window JSON (every day without `days`).
+fn window_json(days: &[String], start: &str, minutes: u32, tz: &str) -> anyhow::Result<Value> {
+    const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    let days: Vec<String> = if days.is_empty() {
+        DAYS.iter().map(|d| d.to_string()).collect()
+    } else {
+        days.iter().map(|d| d.trim().to_ascii_lowercase()).collect()
+    };
+    if let Some(d) = days.iter().find(|d| !DAYS.contains(&d.as_str())) {
+        bail!("unknown day {d:?} (mon … sun)");
+    }
+    Ok(json!({"days": days, "start": start, "duration_minutes": minutes, "timezone": tz}))
+}
+
+/// Puts the install options of `deployments create` into the request
+/// (`reboot` as the site spells it: `if-required` → `if_required`).
+fn install_options(
+    m: &mut serde_json::Map<String, Value>,
+    reboot: Option<&str>,
+    pre_script: Option<String>,
+    post_script: Option<String>,
+    snapshot: Option<bool>,
+) -> anyhow::Result<()> {
+    if let Some(r) = reboot {
+        let r = r.trim().to_ascii_lowercase().replace('-', "_");
+        if !["never", "if_required", "always"].contains(&r.as_str()) {
+            bail!("--reboot must be never, if-required or always");
+        }
+        m.insert("reboot".into(), json!(r));
+    }
+    if let Some(s) = pre_script {
+        m.insert("pre_script".into(), json!(s));
+    }
+    if let Some(s) = post_script {
+        m.insert("post_script".into(), json!(s));
+    }
+    if let Some(s) = snapshot {
+        m.insert("snapshot".into(), json!(s));
+    }
+    Ok(())
+}
+
 /// The site's `target` JSON of `all`, `customer:C`, `tag:T`, `devices:A,B`.
 pub fn target_json(s: &str) -> anyhow::Result<Value> {
     Ok(match s.split_once(':') {
@@ -228,9 +305,21 @@ pub async fn run_deployments(cmd: DeploymentsCmd) -> anyhow::Result<i32> {
             security_only,
             stages,
             auto_rollback_failed_pct,
+            install,
             options,
             json,
         } => {
+            let InstallFlags {
+                reboot,
+                pre_script,
+                post_script,
+                snapshot,
+                no_snapshot,
+                window_days,
+                window_start,
+                window_minutes,
+                window_tz,
+            } = *install;
             let mut body = match options {
                 Some(o) => serde_json::from_str::<Value>(&o).context("--options is not JSON")?,
                 None => json!({}),
@@ -250,6 +339,16 @@ pub async fn run_deployments(cmd: DeploymentsCmd) -> anyhow::Result<i32> {
             }
             if let Some(p) = auto_rollback_failed_pct {
                 m.insert("auto_rollback_failed_pct".into(), json!(p));
+            }
+            let snapshot = (snapshot || no_snapshot).then_some(snapshot);
+            install_options(m, reboot.as_deref(), pre_script, post_script, snapshot)?;
+            if let Some(start) = window_start {
+                m.insert(
+                    "window".into(),
+                    window_json(&window_days, &start, window_minutes, &window_tz)?,
+                );
+            } else if !window_days.is_empty() {
+                bail!("--window-days needs --window-start HH:MM");
             }
             if !sites.is_empty() {
                 m.insert("sites".into(), json!(sites));
@@ -424,6 +523,82 @@ pub async fn run_rules(cmd: ApprovalRulesCmd) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn create_parses_the_install_flags() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(subcommand)]
+            c: DeploymentsCmd,
+        }
+        let t = T::try_parse_from([
+            "t",
+            "create",
+            "--token",
+            "x",
+            "--reboot",
+            "if-required",
+            "--pre-script",
+            "stop-app",
+            "--no-snapshot",
+            "--window-days",
+            "tue,thu",
+            "--window-start",
+            "02:00",
+        ])
+        .unwrap();
+        let DeploymentsCmd::Create { install, .. } = t.c else {
+            panic!("not create")
+        };
+        assert_eq!(install.reboot.as_deref(), Some("if-required"));
+        assert_eq!(install.pre_script.as_deref(), Some("stop-app"));
+        assert!(install.no_snapshot && !install.snapshot);
+        assert_eq!(install.window_days, ["tue", "thu"]);
+        assert_eq!(install.window_minutes, 180);
+        assert!(
+            T::try_parse_from(["t", "create", "--token", "x", "--snapshot", "--no-snapshot"])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn window_flags_map_to_the_sites_window_json() {
+        assert_eq!(
+            window_json(&["Tue".into(), "thu".into()], "02:00", 120, "Europe/Berlin").unwrap(),
+            json!({"days": ["tue", "thu"], "start": "02:00", "duration_minutes": 120,
+                   "timezone": "Europe/Berlin"})
+        );
+        assert_eq!(
+            window_json(&[], "23:30", 60, "UTC").unwrap()["days"]
+                .as_array()
+                .unwrap()
+                .len(),
+            7
+        );
+        assert!(window_json(&["someday".into()], "02:00", 60, "UTC").is_err());
+    }
+
+    #[test]
+    fn install_option_flags_map_to_the_sites_request_fields() {
+        let mut m = serde_json::Map::new();
+        install_options(
+            &mut m,
+            Some("if-required"),
+            Some("stop-app".into()),
+            None,
+            Some(false),
+        )
+        .unwrap();
+        assert_eq!(
+            Value::Object(m),
+            json!({"reboot": "if_required", "pre_script": "stop-app", "snapshot": false})
+        );
+        let mut m = serde_json::Map::new();
+        install_options(&mut m, None, None, None, None).unwrap();
+        assert!(m.is_empty());
+        assert!(install_options(&mut m, Some("sometimes"), None, None, None).is_err());
+    }
 
     #[test]
     fn targets_map_to_the_sites_json() {

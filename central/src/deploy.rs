@@ -112,6 +112,46 @@ impl Delivery {
     }
 }
 
+/// The keys of a site create request that name per-deployment install
+/// options (protocol 8, `outpost_uplink::wire::DEPLOY_OPTIONS_PROTOCOL_VERSION`).
+pub const OPTION_KEYS: &[&str] = &["reboot", "pre_script", "post_script", "snapshot"];
+
+/// The option keys a create request uses (an empty list: any site of the
+/// deployment protocol applies it as asked). Pure.
+pub fn option_keys(request: &serde_json::Map<String, serde_json::Value>) -> Vec<&'static str> {
+    OPTION_KEYS
+        .iter()
+        .copied()
+        .filter(|k| request.get(*k).is_some_and(|v| !v.is_null()))
+        .collect()
+}
+
+/// The least site protocol that applies `kind` as asked: a creation
+/// naming install options needs
+/// `outpost_uplink::wire::DEPLOY_OPTIONS_PROTOCOL_VERSION` (an older site
+/// would drop them silently); everything else the deployment protocol.
+/// Pure.
+pub fn needed_protocol(kind: &DeployOrderKind) -> u16 {
+    use outpost_uplink::wire::{DEPLOY_OPTIONS_PROTOCOL_VERSION, DEPLOY_PROTOCOL_VERSION};
+    if let DeployOrderKind::CreateDeployment { request_json } = kind
+        && let Ok(serde_json::Value::Object(m)) = serde_json::from_str(request_json)
+        && !option_keys(&m).is_empty()
+    {
+        return DEPLOY_OPTIONS_PROTOCOL_VERSION;
+    }
+    DEPLOY_PROTOCOL_VERSION
+}
+
+/// Why `kind` is not sent to `site` speaking `version` (`None`: send it).
+pub fn too_old(kind: &DeployOrderKind, site: &SiteId, version: u16) -> Option<String> {
+    let need = needed_protocol(kind);
+    (version < need).then(|| {
+        format!(
+            "site {site} speaks uplink protocol {version}: deployments with install options (reboot, pre_script, post_script, snapshot) need protocol {need} (upgrade its appliance, or create it without options)"
+        )
+    })
+}
+
 /// The delivery after the site's acknowledgement, or `None` when nothing
 /// changes (it was acknowledged before: the first answer stands). Pure.
 pub fn acknowledge(d: &Delivery, ack: &DeployAck, now_ms: u64) -> Option<Delivery> {
@@ -246,6 +286,37 @@ mod tests {
             customers: vec!["dental".into()],
             kind: DeployOrderKind::RemoveRule { id: "r".into() },
         }
+    }
+
+    #[test]
+    fn a_creation_with_install_options_needs_protocol_8_and_names_the_site() {
+        let site: SiteId = "site-a".into();
+        let create = |json: &str| DeployOrderKind::CreateDeployment {
+            request_json: json.into(),
+        };
+        let plain = create(r#"{"id":"cdep-1","target":{"type":"all"}}"#);
+        assert_eq!(needed_protocol(&plain), 5);
+        assert_eq!(too_old(&plain, &site, 6), None);
+        let with = create(r#"{"id":"cdep-1","target":{"type":"all"},"pre_script":"stop-app"}"#);
+        assert_eq!(needed_protocol(&with), 8);
+        assert_eq!(too_old(&with, &site, 8), None);
+        let why = too_old(&with, &site, 6).unwrap();
+        assert!(
+            why.contains("site site-a speaks uplink protocol 6"),
+            "{why}"
+        );
+        assert!(why.contains("need protocol 8"), "{why}");
+        // An explicit null is no option; actions need no new protocol.
+        assert_eq!(
+            needed_protocol(&create(r#"{"target":{"type":"all"},"reboot":null}"#)),
+            5
+        );
+        let pause = DeployOrderKind::Act {
+            deployment: "cdep-1".into(),
+            action: "pause".into(),
+            body_json: "{}".into(),
+        };
+        assert_eq!(too_old(&pause, &site, 5), None);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::ops;
 crate::testing::on_both_backends!(
     admins_deploy_technicians_pause_viewers_read_and_other_tenants_and_customers_get_404,
     a_connected_site_below_protocol_5_is_refused_with_its_name_and_version,
+    install_options_need_protocol_8_at_creation_and_at_delivery_and_come_back_with_the_audit,
     approvals_and_rules_go_to_every_site_and_a_removed_rule_leaves_the_list,
 );
 
@@ -449,4 +450,149 @@ async fn approvals_and_rules_go_to_every_site_and_a_removed_rule_leaves_the_list
         .call(&admin, "DELETE", "/api/v1/approval-rules/sec", None)
         .await;
     assert_eq!(st, 404);
+}
+
+async fn install_options_need_protocol_8_at_creation_and_at_delivery_and_come_back_with_the_audit()
+{
+    let f = fixture().await;
+    let tenant: outpost_proto::TenantId = "msp".into();
+    let admin = f.token("msp", Role::Admin, &[]).await;
+    let with_options = json!({"target": {"type": "all"}, "reboot": "always",
+                              "pre_script": "stop-app", "snapshot": false});
+    // A bad option value: 400, nothing stored.
+    let (st, v) = f
+        .call(
+            &admin,
+            "POST",
+            "/api/v1/deployments",
+            Some(json!({"target": {"type": "all"}, "reboot": "sometimes"})),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("reboot"), "{v}");
+    // The branch is connected at protocol 6: refused, naming it.
+    let (conn6, _rx6) = f.c.downlinks.register(&tenant, &f.branch, 6);
+    let (st, v) = f
+        .call(
+            &admin,
+            "POST",
+            "/api/v1/deployments",
+            Some(with_options.clone()),
+        )
+        .await;
+    assert_eq!(st, 409, "{v}");
+    let msg = v["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        msg.contains(&format!("site {}", f.branch))
+            && msg.contains("protocol 6")
+            && msg.contains("8"),
+        "{msg}"
+    );
+    let (_, v) = f.call(&admin, "GET", "/api/v1/deployments", None).await;
+    assert_eq!(v, json!([]), "nothing stored");
+    // Without options the same site takes it.
+    let (st, v) = f
+        .call(
+            &admin,
+            "POST",
+            "/api/v1/deployments",
+            Some(json!({"target": {"type": "all"}, "sites": [f.branch]})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    f.c.downlinks.unregister(&tenant, &f.branch, conn6);
+    // Both offline: accepted and queued; the branch then connects with
+    // protocol 6 and the order is refused for it (never sent), the main
+    // site connects with 8 and gets it.
+    let (st, v) = f
+        .call(&admin, "POST", "/api/v1/deployments", Some(with_options))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let dep = v["id"].as_str().unwrap().to_string();
+    assert_eq!(v["request"]["pre_script"], "stop-app", "{v}");
+    let mut old = SiteDeployLink::new(&f.c, &tenant, &f.branch, &"ortho".into(), 6);
+    let sent = order_ids(&old.opening(1_000).await);
+    assert_eq!(sent.len(), 1, "only the order without options: {sent:?}");
+    let mut new = SiteDeployLink::new(&f.c, &tenant, &f.site, &"dental".into(), 8);
+    let sent = order_ids(&new.opening(1_000).await);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let (_, v) = f
+        .call(&admin, "GET", &format!("/api/v1/deployments/{dep}"), None)
+        .await;
+    let branch = v["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["site"] == f.branch.to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(branch["delivery"], "refused", "{v}");
+    assert!(
+        branch["reason"].as_str().unwrap().contains("protocol 6"),
+        "{branch}"
+    );
+    // The main site applies it and reports the options it runs with and
+    // who did what (the audit trail), shown in the deployment's JSON.
+    new.on_ack(
+        DeployAck {
+            id: sent[0].clone(),
+            refused: None,
+        },
+        1_001,
+    )
+    .await;
+    let view = json!({
+        "summary": {"id": dep, "phase": "running", "stage": 0, "stages": 1, "devices": 1,
+                    "succeeded": 0, "failed": 0, "created_at_ms": 1, "created_by": "ann@central",
+                    "options": {"reboot": "always", "pre_script": {"name": "stop-app", "version": 2},
+                                "post_script": null, "snapshot": false}},
+        "stages": [],
+        "devices": [],
+        "audit": [{"at_ms": 2, "actor": "ann@central", "action": "deployment.create",
+                   "target": dep, "detail": "1 patches"},
+                  {"at_ms": 3, "actor": "bob", "action": "deployment.pause",
+                   "target": dep, "detail": "{}"}],
+    });
+    assert!(
+        new.on_progress(
+            DeployProgress {
+                deployment: dep.clone(),
+                updated_at_ms: 5,
+                from_central: true,
+                view_json: view.to_string(),
+            },
+            2_000,
+        )
+        .await
+        .is_some()
+    );
+    let (_, v) = f
+        .call(&admin, "GET", &format!("/api/v1/deployments/{dep}"), None)
+        .await;
+    let main = v["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["site"] == f.site.to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(main["options"]["pre_script"]["version"], 2, "{main}");
+    assert_eq!(main["audit"][1]["actor"], "bob", "{main}");
+    assert_eq!(main["audit"][1]["action"], "deployment.pause", "{main}");
+    // The list stays light: options yes, audit only in `show`.
+    let (_, v) = f.call(&admin, "GET", "/api/v1/deployments", None).await;
+    let listed = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == dep.as_str())
+        .unwrap();
+    let s = listed["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["site"] == f.site.to_string())
+        .unwrap();
+    assert_eq!(s["options"]["reboot"], "always");
+    assert!(s.get("audit").is_none(), "{s}");
 }

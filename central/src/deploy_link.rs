@@ -12,7 +12,7 @@ use outpost_uplink::wire::{CentralFrame, DEPLOY_PROTOCOL_VERSION};
 use tracing::{info, warn};
 
 use crate::Central;
-use crate::deploy::{SentOrders, SiteDeploymentRecord};
+use crate::deploy::{OrderRecord, SentOrders, SiteDeploymentRecord};
 
 /// Most orders in one frame.
 const ORDERS_PER_FRAME: usize = 64;
@@ -25,6 +25,9 @@ pub struct SiteDeployLink<'a> {
     customer: CustomerId,
     /// Whether the site speaks protocol 5 on this stream.
     on: bool,
+    /// The stream's protocol (orders needing a newer one are refused
+    /// here, [`crate::deploy::too_old`]).
+    version: u16,
     sent: SentOrders,
 }
 
@@ -42,6 +45,7 @@ impl<'a> SiteDeployLink<'a> {
             site: site.clone(),
             customer: customer.clone(),
             on: version >= DEPLOY_PROTOCOL_VERSION,
+            version,
             sent: SentOrders::default(),
         }
     }
@@ -52,7 +56,7 @@ impl<'a> SiteDeployLink<'a> {
             return Vec::new();
         }
         let open = match self.c.store.open_orders(&self.tenant, &self.site).await {
-            Ok(v) => v,
+            Ok(v) => self.too_old(v, now_ms).await,
             Err(e) => {
                 warn!(error = %e, "reading the site's open deployment orders failed; they go down on the next connection");
                 return Vec::new();
@@ -82,6 +86,7 @@ impl<'a> SiteDeployLink<'a> {
         if !o.sites.contains(&self.site) {
             return None;
         }
+        let o = self.too_old(vec![o], now_ms).await.pop()?;
         self.sent.sent(id, now_ms);
         self.c.metrics.deploy_orders_sent.inc();
         Some(CentralFrame::DeployOrders(vec![o.wire()]))
@@ -110,6 +115,30 @@ impl<'a> SiteDeployLink<'a> {
         }
         self.c.metrics.deploy_orders_resent.inc_by(v.len() as u64);
         vec![CentralFrame::DeployOrders(v)]
+    }
+
+    /// `orders` without those the site's protocol is too old for: each
+    /// of those is recorded refused for this site, with the reason (the
+    /// site would drop their options silently).
+    async fn too_old(&mut self, orders: Vec<OrderRecord>, now_ms: u64) -> Vec<OrderRecord> {
+        let mut keep = Vec::with_capacity(orders.len());
+        for o in orders {
+            match crate::deploy::too_old(&o.kind, &self.site, self.version) {
+                None => keep.push(o),
+                Some(why) => {
+                    info!(order = %o.id, reason = %why, "a deployment order is refused for an older site");
+                    self.on_ack(
+                        DeployAck {
+                            id: o.id.clone(),
+                            refused: Some(why),
+                        },
+                        now_ms,
+                    )
+                    .await;
+                }
+            }
+        }
+        keep
     }
 
     pub fn next_resend(&self) -> Option<u64> {

@@ -49,8 +49,9 @@ pub const CENTRAL_SERVER_NAME: &str = "outpost-central";
 /// deployments; 6: central reads and stores batch format 6, devices' IP
 /// addresses and tags, [`DEVICE_TAGS_PROTOCOL_VERSION`], so a site sends
 /// them to a central announcing 6; 7: files pushed and pulled from
-/// central, [`FILES_PROTOCOL_VERSION`]).
-pub const UPLINK_PROTOCOL_VERSION: u16 = 7;
+/// central, [`FILES_PROTOCOL_VERSION`]; 8: the site applies
+/// per-deployment install options, [`DEPLOY_OPTIONS_PROTOCOL_VERSION`]).
+pub const UPLINK_PROTOCOL_VERSION: u16 = 8;
 /// Oldest site protocol central still accepts (a version-1 site gets
 /// batches acknowledged and no downlink frames).
 pub const MIN_UPLINK_PROTOCOL_VERSION: u16 = 1;
@@ -69,6 +70,14 @@ pub const DEVICE_TAGS_PROTOCOL_VERSION: u16 = 6;
 /// First protocol version that carries deployment orders and progress
 /// ([`crate::deploy_link`]).
 pub const DEPLOY_PROTOCOL_VERSION: u16 = 5;
+/// First protocol version whose site applies a deployment's install
+/// options (`reboot`, `pre_script`, `post_script`, `snapshot` in the
+/// create request's JSON). An older site would ignore them (its request
+/// type skips unknown fields), so central refuses to send such a
+/// deployment to it (409 at creation naming the site, or a `refused`
+/// delivery for a site that connects later with an older build). The
+/// frames are unchanged: the options travel in the JSON.
+pub const DEPLOY_OPTIONS_PROTOCOL_VERSION: u16 = 8;
 
 /// The newest batch format a central that announced `protocol_version` in
 /// its Welcome reads: 6 from [`DEVICE_TAGS_PROTOCOL_VERSION`], 5 from

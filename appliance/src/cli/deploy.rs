@@ -6,6 +6,7 @@
 
 use clap::{Args, Subcommand};
 use outpost_patch::approval::{ApprovalRule, AutoRule, Outcome, PatchKey, RuleKind, Verdict};
+use outpost_patch::install::wire::RebootPolicy;
 use outpost_patch::rollout::{GateSpec, RollbackScope};
 use outpost_patch::severity::Severity;
 use outpost_patch::window::{Day, InstallWindow};
@@ -15,6 +16,7 @@ use super::table::{ago, print_table};
 use crate::client::AdminClient;
 use crate::deploy::api::{DeploymentSummary, DeploymentView, ManualBody, NoteBody, ResumeBody};
 use crate::deploy::approvals::{DeviceApprovals, parse_patch, parse_scope};
+use crate::deploy::options::DeployOptions;
 use crate::deploy::orchestrator::CreateRequest;
 use crate::deploy::store::DeployTarget;
 
@@ -122,6 +124,8 @@ pub enum DeploymentsCmd {
         /// Deployment id (default: generated).
         #[arg(long)]
         id: Option<String>,
+        #[command(flatten)]
+        options: OptionArgs,
         #[arg(long)]
         json: bool,
     },
@@ -198,6 +202,8 @@ pub enum ScheduleCmd {
         all: bool,
         #[arg(long)]
         security_only: bool,
+        #[command(flatten)]
+        options: OptionArgs,
     },
     List {
         #[arg(long)]
@@ -206,6 +212,58 @@ pub enum ScheduleCmd {
     Remove {
         id: String,
     },
+}
+
+/// The per-deployment install options of `deployments create` and
+/// `deployments schedule add` (unset: the appliance's `[deploy]` default).
+#[derive(Args, Debug, Clone, Default)]
+pub struct OptionArgs {
+    /// Reboot after the install: `never`, `if-required` or `always`
+    /// (only inside the install window).
+    #[arg(long, value_parser = parse_reboot)]
+    pub reboot: Option<RebootPolicy>,
+    /// Run this script of the library before the install (its newest
+    /// version; the install fails if the script fails).
+    #[arg(long)]
+    pub pre_script: Option<String>,
+    /// Run this script of the library after a successful install.
+    #[arg(long)]
+    pub post_script: Option<String>,
+    /// Take a file-system snapshot before patching (btrfs, LVM thin, ZFS).
+    #[arg(long, conflicts_with = "no_snapshot")]
+    pub snapshot: bool,
+    /// Do not take a snapshot before patching.
+    #[arg(long)]
+    pub no_snapshot: bool,
+}
+
+impl OptionArgs {
+    pub fn options(&self) -> DeployOptions {
+        DeployOptions {
+            reboot: self.reboot,
+            pre_script: self.pre_script.clone(),
+            post_script: self.post_script.clone(),
+            snapshot: if self.snapshot {
+                Some(true)
+            } else if self.no_snapshot {
+                Some(false)
+            } else {
+                None
+            },
+        }
+    }
+}
+
+/// `never`, `if-required` (or `if_required`), `always`.
+pub fn parse_reboot(s: &str) -> Result<RebootPolicy, String> {
+    match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+        "never" => Ok(RebootPolicy::Never),
+        "if_required" => Ok(RebootPolicy::IfRequired),
+        "always" => Ok(RebootPolicy::Always),
+        _ => Err(format!(
+            "unknown reboot policy {s:?}: never, if-required or always"
+        )),
+    }
 }
 
 fn parse_days(days: &[String]) -> anyhow::Result<Vec<Day>> {
@@ -230,6 +288,7 @@ async fn run_schedule(cmd: ScheduleCmd, c: AdminClient) -> anyhow::Result<()> {
             customer,
             all,
             security_only,
+            options,
         } => {
             let target = match (tag, customer, all) {
                 (Some(tag), None, false) => DeployTarget::Tag { tag },
@@ -249,6 +308,7 @@ async fn run_schedule(cmd: ScheduleCmd, c: AdminClient) -> anyhow::Result<()> {
                 security_only,
                 stages: None,
                 gate: None,
+                options: options.options(),
                 created_by: String::new(),
                 last_run_ms: None,
                 last_result: None,
@@ -543,6 +603,7 @@ pub async fn run_deployments(cmd: DeploymentsCmd, c: AdminClient) -> anyhow::Res
             window_minutes,
             window_tz,
             id,
+            options,
             json,
         } => {
             let chosen = usize::from(!device.is_empty())
@@ -598,6 +659,7 @@ pub async fn run_deployments(cmd: DeploymentsCmd, c: AdminClient) -> anyhow::Res
                 auto_rollback_failed_pct: auto_rollback,
                 install_deadline_ms: None,
                 window,
+                options: options.options(),
                 start: true,
             };
             let v: DeploymentView = c.post("/api/v1/deployments", &req).await?;

@@ -55,7 +55,7 @@ fn deploy_err(e: DeployError) -> ConsoleError {
         DeployError::NotFound(_) | DeployError::UnknownDevice(_) => {
             ConsoleError::NotFound(e.to_string())
         }
-        DeployError::Conflict(_) | DeployError::Refused(_) => {
+        DeployError::Conflict(_) | DeployError::Refused(_) | DeployError::Invalid(_) => {
             ConsoleError::BadRequest(e.to_string())
         }
         DeployError::Approvals(a) => approval_err(a),
@@ -354,6 +354,7 @@ impl SiteConsole {
             auto_rollback_failed_pct: None,
             install_deadline_ms: None,
             window: None,
+            options: Default::default(),
             start: true,
         };
         let d = api

@@ -78,6 +78,7 @@ fn deploy_error(e: DeployError) -> ApiError {
             ApiError::NotFound(e.to_string())
         }
         DeployError::Conflict(_) | DeployError::Refused(_) => ApiError::Conflict(e.to_string()),
+        DeployError::Invalid(_) => ApiError::BadRequest(e.to_string()),
         DeployError::Approvals(a) => approval_error(a),
         DeployError::Store(_) => ApiError::Internal(e.to_string()),
     }
@@ -177,6 +178,10 @@ pub struct DeploymentSummary {
     pub created_at_ms: u64,
     pub created_by: String,
     pub updated_at_ms: u64,
+    /// Reboot policy, scripts (name and version), snapshot (`null`: made
+    /// before per-deployment options, runs with `[deploy]`'s defaults).
+    #[serde(default)]
+    pub options: Option<super::options::StoredOptions>,
 }
 
 /// One stage of `GET /api/v1/deployments/{id}`.
@@ -193,6 +198,39 @@ pub struct DeploymentView {
     pub summary: DeploymentSummary,
     pub stages: Vec<StageView>,
     pub stored: StoredDeployment,
+    /// Who did what to it (create with its options, start, pause,
+    /// resume, abort, rollback), oldest first ([`deployment_audit`]).
+    #[serde(default)]
+    pub audit: Vec<outpost_storage::model::AuditEntry>,
+}
+
+/// Most audit entries read (from the deployment's creation on) when
+/// looking for a deployment's own.
+pub const AUDIT_SCAN: usize = 10_000;
+/// Most audit entries shown per deployment (the newest).
+pub const MAX_DEPLOYMENT_AUDIT: usize = 100;
+
+/// The audit entries of deployment `d` (actions `deployment.*` on its
+/// id), oldest first: at most [`MAX_DEPLOYMENT_AUDIT`], the newest, out
+/// of the first [`AUDIT_SCAN`] entries of the site's log since its
+/// creation.
+pub fn deployment_audit(
+    store: &Store,
+    d: &StoredDeployment,
+) -> Result<Vec<outpost_storage::model::AuditEntry>, outpost_storage::StorageError> {
+    let all = outpost_storage::registry::audit_log(
+        store,
+        d.created_at_ms.saturating_sub(1_000),
+        u64::MAX,
+        AUDIT_SCAN,
+    )?;
+    let mut mine: Vec<_> = all
+        .into_iter()
+        .filter(|e| e.target == d.id() && e.action.starts_with("deployment."))
+        .collect();
+    let extra = mine.len().saturating_sub(MAX_DEPLOYMENT_AUDIT);
+    mine.drain(..extra);
+    Ok(mine)
 }
 
 pub fn summary(d: &StoredDeployment) -> DeploymentSummary {
@@ -219,6 +257,7 @@ pub fn summary(d: &StoredDeployment) -> DeploymentSummary {
         created_at_ms: d.created_at_ms,
         created_by: d.created_by.clone(),
         updated_at_ms: d.updated_at_ms,
+        options: d.options.clone(),
     }
 }
 
@@ -237,6 +276,7 @@ pub fn view(d: StoredDeployment, now_ms: u64) -> DeploymentView {
         summary: summary(&d),
         stages,
         stored: d,
+        audit: Vec::new(),
     }
 }
 
@@ -250,7 +290,10 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<DeploymentView>, ApiError> {
     let d = a.orchestrator.get(&id).map_err(deploy_error)?;
-    Ok(Json(view(d, now())))
+    let audit = deployment_audit(&a.store, &d).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut v = view(d, now());
+    v.audit = audit;
+    Ok(Json(v))
 }
 
 async fn create(
@@ -378,6 +421,11 @@ async fn add_schedule(
     headers: HeaderMap,
     Json(mut s): Json<super::schedules::DeploySchedule>,
 ) -> Result<Response, ApiError> {
+    // Checked now (400 naming an unknown script), resolved again by each
+    // deployment it creates (the scripts' newest versions then).
+    a.orchestrator
+        .resolve_options(&s.options)
+        .map_err(deploy_error)?;
     s.created_by = caller.actor(&headers);
     s.last_run_ms = None;
     s.last_result = None;
@@ -544,5 +592,372 @@ mod tests {
             text.contains("outpost_deployments{state=\"paused\"} 1"),
             "{text}"
         );
+    }
+
+    /// A device link that keeps every install request it is given.
+    #[derive(Default)]
+    struct Requests(std::sync::Mutex<Vec<outpost_patch::install::wire::InstallRequest>>);
+
+    impl crate::deploy::Installer for Requests {
+        fn install<'a>(
+            &'a self,
+            _: DeviceId,
+            _: &'a str,
+            request: &'a outpost_patch::install::wire::InstallRequest,
+            _: &'a str,
+        ) -> crate::deploy::LinkFuture<'a> {
+            self.0.lock().unwrap().push(request.clone());
+            Box::pin(async { Ok(()) })
+        }
+        fn rollback<'a>(
+            &'a self,
+            _: DeviceId,
+            _: &'a str,
+            _: &'a outpost_patch::install::wire::RollbackRequest,
+            _: &'a str,
+        ) -> crate::deploy::LinkFuture<'a> {
+            Box::pin(async { Ok(()) })
+        }
+        fn cancel<'a>(&'a self, _: &'a str, _: &'a str) -> crate::deploy::LinkFuture<'a> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    /// One enrolled device missing openssl 3.0.2-1 (approved for the
+    /// tenant), a script `stop-app` in the library, and the API over an
+    /// orchestrator whose `[deploy]` defaults are `defaults`.
+    fn options_site(
+        dir: &std::path::Path,
+        defaults: InstallOptions,
+    ) -> (
+        Store,
+        Router,
+        Arc<Requests>,
+        Arc<Orchestrator>,
+        Arc<FakePatches>,
+    ) {
+        use crate::commands::scripts::{self, ScriptVersion};
+        let store = open_store(dir);
+        let d = enroll(&store, 1, "dental", &[]);
+        let fake = Arc::new(FakePatches::default());
+        fake.0
+            .lock()
+            .unwrap()
+            .insert(d, vec![missing("openssl", "3.0.1-1", "3.0.2-1", true)]);
+        let patches: Arc<dyn MissingPatches> = fake.clone();
+        approvals::set_manual(
+            &store,
+            patches.as_ref(),
+            PatchKey::new("openssl", "3.0.2-1"),
+            ApprovalScope::Tenant {
+                tenant: "msp".into(),
+            },
+            Verdict::Approve,
+            "admin",
+            0,
+        )
+        .unwrap();
+        scripts::put_next(
+            &store,
+            ScriptVersion {
+                name: "stop-app".into(),
+                version: 0,
+                interpreter: outpost_proto::command::Interpreter::Sh,
+                body: "echo stopping".into(),
+                default_timeout_ms: 20_000,
+                parameters: vec![],
+                created_ms: 0,
+                created_by: "admin".into(),
+            },
+            true,
+        )
+        .unwrap()
+        .unwrap();
+        let link = Arc::new(Requests::default());
+        let orchestrator = Arc::new(Orchestrator::new(
+            store.clone(),
+            link.clone(),
+            Arc::new(SiteEnv {
+                store: store.clone(),
+                patches: patches.clone(),
+                alerts: None,
+                cache: Default::default(),
+            }),
+            Arc::new(crate::metrics::Metrics::new()),
+            defaults,
+        ));
+        let r = router(DeployApi {
+            store: store.clone(),
+            patches,
+            orchestrator: orchestrator.clone(),
+        })
+        .layer(Extension(Caller::admin_token()));
+        (store, r, link, orchestrator, fake)
+    }
+
+    #[tokio::test]
+    async fn deployment_options_are_stored_shown_and_sent_in_every_install_request() {
+        use outpost_patch::install::wire::RebootPolicy;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, r, link, _, _) = options_site(dir.path(), InstallOptions::default());
+        let (s, b) = call(
+            &r,
+            "POST",
+            "/api/v1/deployments",
+            r#"{"id":"dep-o","target":{"type":"all"},"stages":[100],"reboot":"always","pre_script":"stop-app","snapshot":false}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        let (s, b) = call(&r, "GET", "/api/v1/deployments/dep-o", "").await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        let want = serde_json::json!({
+            "reboot": "always",
+            "pre_script": {"name": "stop-app", "version": 1},
+            "post_script": null,
+            "snapshot": false
+        });
+        assert_eq!(v["stored"]["options"], want, "{b}");
+        assert_eq!(v["summary"]["options"], want, "{b}");
+        let reqs = link.0.lock().unwrap().clone();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].reboot, RebootPolicy::Always);
+        assert!(!reqs[0].snapshot);
+        let pre = reqs[0].pre_script.clone().unwrap();
+        assert_eq!((pre.name.as_str(), pre.version), ("stop-app", 1));
+        assert_eq!(pre.body, "echo stopping");
+        assert_eq!(pre.timeout_ms, 20_000);
+        assert_eq!(reqs[0].post_script, None);
+        // The audit of the creation names the options.
+        let audit = outpost_storage::registry::audit_log(&store, 0, u64::MAX, 100).unwrap();
+        let create = audit
+            .iter()
+            .find(|e| e.action == "deployment.create")
+            .unwrap();
+        assert!(create.detail.contains("stop-app"), "{}", create.detail);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_script_or_reboot_policy_is_refused_with_400_naming_it_and_nothing_is_created()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, r, link, orch, _) = options_site(dir.path(), InstallOptions::default());
+        let (s, b) = call(
+            &r,
+            "POST",
+            "/api/v1/deployments",
+            r#"{"id":"dep-u","target":{"type":"all"},"post_script":"no-such-script"}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+        assert!(
+            b.contains("no-such-script") && b.contains("post-install"),
+            "{b}"
+        );
+        let (s, b) = call(
+            &r,
+            "POST",
+            "/api/v1/deployments",
+            r#"{"id":"dep-u","target":{"type":"all"},"reboot":"sometimes"}"#,
+        )
+        .await;
+        assert!(s.is_client_error(), "{s} {b}");
+        assert!(b.contains("sometimes"), "{b}");
+        let (s, b) = call(
+            &r,
+            "POST",
+            "/api/v1/deploy-schedules",
+            r#"{"id":"weekly","window":{"days":["tue"],"start":"02:00","duration_minutes":60,"timezone":"UTC"},"target":{"type":"all"},"pre_script":"gone"}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+        assert!(b.contains("gone") && b.contains("pre-install"), "{b}");
+        assert!(orch.list().unwrap().is_empty());
+        assert!(link.0.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_deployment_stored_before_options_decodes_and_installs_with_the_deploy_defaults() {
+        use outpost_patch::install::wire::RebootPolicy;
+        let dir = tempfile::tempdir().unwrap();
+        let defaults = InstallOptions {
+            reboot: RebootPolicy::Never,
+            snapshot: false,
+            ..Default::default()
+        };
+        let (store, r, link, orch, _) = options_site(dir.path(), defaults);
+        let (s, b) = call(
+            &r,
+            "POST",
+            "/api/v1/deployments",
+            r#"{"id":"dep-old","target":{"type":"all"},"stages":[100],"start":false}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        // Unset options took the [deploy] defaults...
+        let sd = orch.get("dep-old").unwrap();
+        let o = sd.options.clone().unwrap();
+        assert_eq!((o.reboot, o.snapshot), (RebootPolicy::Never, false));
+        // ...and a record written by an older build (no `options`) decodes.
+        let mut json = serde_json::to_value(&sd).unwrap();
+        json.as_object_mut().unwrap().remove("options");
+        let old: crate::deploy::store::StoredDeployment = serde_json::from_value(json).unwrap();
+        assert_eq!(old.options, None);
+        crate::deploy::store::put(&store, &old).unwrap();
+        // Started now, it installs with [deploy]'s defaults.
+        orch.input("dep-old", Input::Start, "admin", now())
+            .await
+            .unwrap();
+        let reqs = link.0.lock().unwrap().clone();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].reboot, RebootPolicy::Never);
+        assert!(!reqs[0].snapshot);
+        assert_eq!(reqs[0].pre_script, None);
+        let (s, b) = call(&r, "GET", "/api/v1/deployments/dep-old", "").await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert!(b.contains("\"options\":null"), "{b}");
+    }
+
+    #[tokio::test]
+    async fn a_recurring_schedule_carries_its_options_into_every_deployment_it_creates() {
+        use outpost_patch::install::wire::RebootPolicy;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, r, link, orch, fake) = options_site(dir.path(), InstallOptions::default());
+        let (s, b) = call(
+            &r,
+            "POST",
+            "/api/v1/deploy-schedules",
+            r#"{"id":"weekly","window":{"days":["tue"],"start":"02:00","duration_minutes":180,"timezone":"UTC"},"target":{"type":"all"},"stages":[100],"reboot":"never","pre_script":"stop-app"}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        let (_, b) = call(&r, "GET", "/api/v1/deploy-schedules", "").await;
+        assert!(b.contains("\"pre_script\":\"stop-app\""), "{b}");
+        // 2026-11-24 (a Tuesday) 02:05 UTC: the occurrence is created.
+        let tue = 1_795_485_600_000 + 300_000;
+        let created = super::super::schedules::run_due(&store, &orch, fake.as_ref(), tue)
+            .await
+            .unwrap();
+        assert_eq!(created.len(), 1);
+        let o = orch.get(&created[0]).unwrap().options.unwrap();
+        assert_eq!(o.reboot, RebootPolicy::Never);
+        assert_eq!(o.pre_script.unwrap().name, "stop-app");
+        let reqs = link.0.lock().unwrap().clone();
+        assert_eq!(reqs.len(), 1, "inside the window the install is dispatched");
+        assert_eq!(reqs[0].reboot, RebootPolicy::Never);
+        assert_eq!(reqs[0].pre_script.as_ref().unwrap().body, "echo stopping");
+    }
+
+    #[tokio::test]
+    async fn every_technician_action_on_a_deployment_is_in_its_json_with_the_actor() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, r, _, orch, _) = options_site(dir.path(), InstallOptions::default());
+        let (s, b) = call(
+            &r,
+            "POST",
+            "/api/v1/deployments",
+            r#"{"id":"dep-a","target":{"type":"all"},"stages":[100],"gate":{"min_success_pct":95,"min_finished":1,"soak_ms":3600000},"pre_script":"stop-app"}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        for (path, body) in [("pause", r#"{"note":"hold on"}"#), ("resume", "")] {
+            let (s, b) = call(
+                &r,
+                "POST",
+                &format!("/api/v1/deployments/dep-a/{path}"),
+                body,
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK, "{path}: {b}");
+        }
+        // From central: the order's actor.
+        orch.input(
+            "dep-a",
+            Input::Abort {
+                note: "from central".into(),
+            },
+            "ann@central",
+            now(),
+        )
+        .await
+        .unwrap();
+        let (s, b) = call(
+            &r,
+            "POST",
+            "/api/v1/deployments/dep-a/rollback",
+            r#"{"scope":"deployment"}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "rollback: {b}");
+        // A refused action is not recorded as done.
+        let (s, _) = call(&r, "POST", "/api/v1/deployments/dep-a/pause", "").await;
+        assert_eq!(s, StatusCode::CONFLICT);
+        let (s, b) = call(&r, "GET", "/api/v1/deployments/dep-a", "").await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        let trail: Vec<(String, String)> = v["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["action"].as_str().unwrap().to_string(),
+                    e["actor"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        // The orchestrator's own notices are in the trail too.
+        assert!(
+            trail
+                .iter()
+                .any(|(a, who)| a == "deployment.notify" && who == "orchestrator"),
+            "{trail:?}"
+        );
+        let trail: Vec<(String, String)> = trail
+            .into_iter()
+            .filter(|(a, _)| a != "deployment.notify")
+            .collect();
+        let actions: Vec<&str> = trail.iter().map(|(a, _)| a.as_str()).collect();
+        assert_eq!(
+            actions,
+            [
+                "deployment.create",
+                "deployment.start",
+                "deployment.pause",
+                "deployment.resume",
+                "deployment.abort",
+                "deployment.rollback"
+            ],
+            "{b}"
+        );
+        assert_eq!(trail[4].1, "ann@central");
+        assert!(
+            [0, 1, 2, 3, 5].iter().all(|&i| trail[i].1 == trail[0].1),
+            "{trail:?}"
+        );
+        assert!(!trail[0].1.is_empty());
+        let create = &v["audit"][0]["detail"];
+        assert!(create.as_str().unwrap().contains("stop-app"), "{create}");
+        assert!(
+            v["audit"][2]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("hold on")
+        );
+        assert_eq!(v["audit"][2]["action"], "deployment.pause");
+        // The progress sent to central carries the same trail.
+        let d = orch.get("dep-a").unwrap();
+        let p = crate::deploy::central::progress_with_audit(
+            &d,
+            deployment_audit(&store, &d).unwrap(),
+            now(),
+        );
+        let pv: serde_json::Value = serde_json::from_str(&p.view_json).unwrap();
+        assert_eq!(
+            pv["audit"].as_array().unwrap().len(),
+            v["audit"].as_array().unwrap().len(),
+            "{pv}"
+        );
+        assert_eq!(pv["summary"]["options"]["pre_script"]["name"], "stop-app");
     }
 }

@@ -306,11 +306,24 @@ pub struct ProgressView {
     pub summary: super::api::DeploymentSummary,
     pub stages: Vec<super::api::StageView>,
     pub devices: Vec<DeviceProgress>,
+    /// Who did what to it at the site (`NAME@central` for central's
+    /// orders): `super::api::deployment_audit`.
+    #[serde(default)]
+    pub audit: Vec<outpost_storage::model::AuditEntry>,
 }
 
 /// The report of `sd` at `now_ms` (devices beyond the size bound are left
 /// out, failed ones kept first).
 pub fn progress_of(sd: &StoredDeployment, now_ms: u64) -> DeployProgress {
+    progress_with_audit(sd, Vec::new(), now_ms)
+}
+
+/// [`progress_of`] with the deployment's audit trail at the site.
+pub fn progress_with_audit(
+    sd: &StoredDeployment,
+    audit: Vec<outpost_storage::model::AuditEntry>,
+    now_ms: u64,
+) -> DeployProgress {
     let view = super::api::view(sd.clone(), now_ms);
     let mut devices: Vec<DeviceProgress> = sd
         .deployment
@@ -328,6 +341,7 @@ pub fn progress_of(sd: &StoredDeployment, now_ms: u64) -> DeployProgress {
         summary: view.summary,
         stages: view.stages,
         devices: Vec::new(),
+        audit,
     };
     // Failures first, so a bound cuts the quiet ones.
     devices.sort_by_key(|d| d.reason.is_none());
@@ -550,7 +564,19 @@ async fn progress_due(
             continue;
         }
         if progress.due(&id, sd.updated_at_ms, now) {
-            out.push(progress_of(&sd, now));
+            let (store, d) = (cd.store.clone(), sd.clone());
+            let audit =
+                match tokio::task::spawn_blocking(move || super::api::deployment_audit(&store, &d))
+                    .await
+                {
+                    Ok(Ok(a)) => a,
+                    Ok(Err(e)) => {
+                        warn!(deployment = %id, error = %e, "reading a deployment's audit trail for central failed");
+                        Vec::new()
+                    }
+                    Err(_) => Vec::new(),
+                };
+            out.push(progress_with_audit(&sd, audit, now));
         }
     }
     out

@@ -15,6 +15,7 @@ pub mod approvals;
 pub mod central;
 pub mod device;
 pub mod metrics;
+pub mod options;
 pub mod orchestrator;
 pub mod schedules;
 pub mod store;
@@ -27,8 +28,10 @@ use std::pin::Pin;
 use std::time::Duration;
 
 /// `[deploy]` of `outpost.toml`: how often the orchestrator steps the
-/// running deployments (install windows, soak times, deadlines), and the
-/// proxy the installs go through.
+/// running deployments (install windows, soak times, deadlines), the
+/// proxy the installs go through, and the install options a deployment
+/// takes when its creation does not name them (and that deployments
+/// stored before per-deployment options run with).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeployConfig {
@@ -41,6 +44,10 @@ pub struct DeployConfig {
     /// uses its own `[package_tools] apt_proxy` (the site's LAN cache,
     /// `http://APPLIANCE:3142/` by default).
     pub proxy: Option<String>,
+    /// Default reboot policy: `never`, `if_required` (default), `always`.
+    pub reboot: outpost_patch::install::wire::RebootPolicy,
+    /// Default for the snapshot before patching. Default true.
+    pub snapshot: bool,
 }
 
 impl Default for DeployConfig {
@@ -48,6 +55,8 @@ impl Default for DeployConfig {
         DeployConfig {
             tick_interval: Duration::from_secs(15),
             proxy: None,
+            reboot: Default::default(),
+            snapshot: true,
         }
     }
 }

@@ -49,6 +49,9 @@ pub enum DeployError {
     /// Nothing to deploy, or a bad spec.
     #[error("{0}")]
     Refused(String),
+    /// Bad input, e.g. an unknown script named in the options (400).
+    #[error("{0}")]
+    Invalid(String),
     #[error("the deployment store failed: {0}")]
     Store(#[from] outpost_storage::StorageError),
     #[error("{0}")]
@@ -129,6 +132,10 @@ pub struct CreateRequest {
     pub install_deadline_ms: Option<u64>,
     #[serde(default)]
     pub window: Option<outpost_patch::window::InstallWindow>,
+    /// Reboot policy, pre/post-install scripts, snapshot (flat in the
+    /// JSON; unset ones take `[deploy]`'s defaults).
+    #[serde(flatten)]
+    pub options: super::options::DeployOptions,
     /// Create without starting (`pending`; start with resume… not
     /// exposed: tests use it to cut between persist and apply).
     #[serde(default = "yes")]
@@ -419,6 +426,7 @@ impl Orchestrator {
             w.compile(None)
                 .map_err(|e| DeployError::Refused(format!("install window: {e}")))?;
         }
+        let options = self.resolve_options(&req.options)?;
         let rules = approvals::list(&self.store)?;
         let mut keys = std::collections::BTreeSet::new();
         let mut targets = Vec::new();
@@ -492,6 +500,7 @@ impl Orchestrator {
             installs: Default::default(),
             alert_marks: Default::default(),
             updated_at_ms: now_ms,
+            options: Some(options),
         };
         {
             let _g = self.lock.lock().await;
@@ -522,10 +531,11 @@ impl Orchestrator {
             "deployment.create",
             &sd,
             format!(
-                "{} patches to {} devices ({})",
+                "{} patches to {} devices ({}), options {}",
                 sd.deployment.spec.patches.len(),
                 sd.deployment.devices.len(),
-                sd.target
+                sd.target,
+                serde_json::to_string(&sd.options).unwrap_or_default()
             ),
             now_ms,
         );
@@ -534,6 +544,36 @@ impl Orchestrator {
         }
         self.refresh_gauge();
         self.get(&id)
+    }
+
+    /// `[deploy]`'s defaults of the per-deployment options.
+    pub fn option_defaults(&self) -> super::options::Defaults {
+        super::options::Defaults {
+            reboot: self.options.reboot,
+            snapshot: self.options.snapshot,
+        }
+    }
+
+    /// Asked options resolved against the defaults and the script library
+    /// (an unknown script: [`DeployError::Invalid`], naming it).
+    pub fn resolve_options(
+        &self,
+        asked: &super::options::DeployOptions,
+    ) -> Result<super::options::StoredOptions, DeployError> {
+        use super::options::OptionsError;
+        super::options::resolve(&self.store, asked, self.option_defaults()).map_err(|e| match e {
+            OptionsError::Invalid(m) => DeployError::Invalid(m),
+            OptionsError::Store(e) => DeployError::Store(e),
+        })
+    }
+
+    /// The deployment's options into one install request.
+    fn apply_options(&self, sd: &StoredDeployment, req: &mut InstallRequest) -> Result<(), String> {
+        let o = sd
+            .options
+            .clone()
+            .unwrap_or_else(|| super::options::StoredOptions::defaults(self.option_defaults()));
+        o.apply(req, |p| super::options::lookup(&self.store, p))
     }
 
     fn audit(&self, actor: &str, action: &str, sd: &StoredDeployment, detail: String, now_ms: u64) {
@@ -779,6 +819,12 @@ impl Orchestrator {
                 Action::Rejected { reason } => Some(reason.clone()),
                 _ => None,
             });
+            // Audited right after the step is stored (before its actions
+            // are applied), so the progress sent to central with this
+            // state carries it.
+            if let (Some(what), None) = (what, &rejected) {
+                self.audit(actor, what, &sd, detail, now_ms);
+            }
             // A refused input still advanced the deployment (time passed):
             // what that decided is persisted, so it is applied too.
             let sd = self.apply(sd, actions, actor, now_ms).await?;
@@ -787,9 +833,6 @@ impl Orchestrator {
             }
             sd
         };
-        if let Some(what) = what {
-            self.audit(actor, what, &sd, detail, now_ms);
-        }
         self.refresh_gauge();
         Ok((sd, OrderResult::Applied))
     }
@@ -972,7 +1015,7 @@ impl Orchestrator {
                         queue.extend(a);
                         continue;
                     }
-                    let request = InstallRequest {
+                    let mut request = InstallRequest {
                         deployment: sd.id().to_string(),
                         attempt,
                         targets,
@@ -984,7 +1027,9 @@ impl Orchestrator {
                         post_script: None,
                         snapshot: self.options.snapshot,
                     };
-                    if let Err(e) = self
+                    if let Err(why) = self.apply_options(&sd, &mut request) {
+                        failed = Some((device, attempt, why));
+                    } else if let Err(e) = self
                         .installer
                         .install(dev, &command_id, &request, actor)
                         .await

@@ -42,6 +42,10 @@ pub struct DeploySchedule {
     pub stages: Option<Vec<u8>>,
     #[serde(default)]
     pub gate: Option<GateSpec>,
+    /// Reboot policy, pre/post-install scripts, snapshot of every
+    /// deployment it creates (flat in the JSON, like a create request's).
+    #[serde(flatten)]
+    pub options: super::options::DeployOptions,
     #[serde(default)]
     pub created_by: String,
     /// Start of the last occurrence a deployment was created for (or
@@ -154,6 +158,7 @@ pub async fn run_due(
             auto_rollback_failed_pct: None,
             install_deadline_ms: None,
             window: Some(s.window.clone()),
+            options: s.options.clone(),
             start: true,
         };
         let actor = format!("schedule {}", s.id);
@@ -246,6 +251,7 @@ mod tests {
             security_only: true,
             stages: None,
             gate: None,
+            options: Default::default(),
             created_by: "admin".into(),
             last_run_ms: None,
             last_result: None,
@@ -308,6 +314,7 @@ mod tests {
             security_only: false,
             stages: None,
             gate: None,
+            options: Default::default(),
             created_by: String::new(),
             last_run_ms: None,
             last_result: None,

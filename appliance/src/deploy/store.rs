@@ -123,6 +123,10 @@ pub struct StoredDeployment {
     #[serde(default)]
     pub alert_marks: BTreeMap<String, AlertMark>,
     pub updated_at_ms: u64,
+    /// Reboot policy, scripts and snapshot of its installs (`None`: stored
+    /// before per-deployment options; runs with `[deploy]`'s defaults).
+    #[serde(default)]
+    pub options: Option<super::options::StoredOptions>,
 }
 
 impl StoredDeployment {

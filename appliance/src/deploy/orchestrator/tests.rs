@@ -276,6 +276,7 @@ fn request(target: DeployTarget) -> CreateRequest {
         auto_rollback_failed_pct: None,
         install_deadline_ms: None,
         window: None,
+        options: Default::default(),
         start: true,
     }
 }
