@@ -785,7 +785,7 @@ mod tests {
             snapshot: false,
             ..Default::default()
         };
-        let (store, r, link, orch, _) = options_site(dir.path(), defaults);
+        let (store, r, link, orch, fake) = options_site(dir.path(), defaults);
         let (s, b) = call(
             &r,
             "POST",
@@ -803,8 +803,33 @@ mod tests {
         json.as_object_mut().unwrap().remove("options");
         let old: crate::deploy::store::StoredDeployment = serde_json::from_value(json).unwrap();
         assert_eq!(old.options, None);
-        crate::deploy::store::put(&store, &old).unwrap();
-        // Started now, it installs with [deploy]'s defaults.
+        crate::deploy::store::put_legacy(&store, &old).unwrap();
+        // After a restart over that record, started, it installs with
+        // [deploy]'s defaults.
+        drop((r, orch));
+        let patches: Arc<dyn MissingPatches> = fake.clone();
+        let orch = Arc::new(Orchestrator::new(
+            store.clone(),
+            link.clone(),
+            Arc::new(SiteEnv {
+                store: store.clone(),
+                patches: patches.clone(),
+                alerts: None,
+                cache: Default::default(),
+            }),
+            Arc::new(crate::metrics::Metrics::new()),
+            InstallOptions {
+                reboot: RebootPolicy::Never,
+                snapshot: false,
+                ..Default::default()
+            },
+        ));
+        let r = router(DeployApi {
+            store: store.clone(),
+            patches,
+            orchestrator: orch.clone(),
+        })
+        .layer(Extension(Caller::admin_token()));
         orch.input("dep-old", Input::Start, "admin", now())
             .await
             .unwrap();

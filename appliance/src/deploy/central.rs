@@ -565,17 +565,18 @@ async fn progress_due(
         }
         if progress.due(&id, sd.updated_at_ms, now) {
             let (store, d) = (cd.store.clone(), sd.clone());
-            let audit =
-                match tokio::task::spawn_blocking(move || super::api::deployment_audit(&store, &d))
-                    .await
-                {
-                    Ok(Ok(a)) => a,
-                    Ok(Err(e)) => {
-                        warn!(deployment = %id, error = %e, "reading a deployment's audit trail for central failed");
-                        Vec::new()
-                    }
-                    Err(_) => Vec::new(),
-                };
+            let audit = match tokio::task::spawn_blocking(move || {
+                super::api::deployment_audit(&store, &d)
+            })
+            .await
+            {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => {
+                    warn!(deployment = %id, error = %e, "reading a deployment's audit trail for central failed");
+                    Vec::new()
+                }
+                Err(_) => Vec::new(),
+            };
             out.push(progress_with_audit(&sd, audit, now));
         }
     }

@@ -153,6 +153,8 @@ struct HeaderRef<'a> {
     created_at_ms: u64,
     created_by: &'a str,
     window: &'a Option<InstallWindow>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    options: &'a Option<super::options::StoredOptions>,
     updated_at_ms: u64,
     layout: u32,
 }
@@ -172,6 +174,9 @@ pub struct Header {
     #[serde(default)]
     pub alert_marks: BTreeMap<String, AlertMark>,
     pub updated_at_ms: u64,
+    /// Per-deployment install options (absent: `[deploy]`'s defaults).
+    #[serde(default)]
+    pub options: Option<super::options::StoredOptions>,
     /// 0 (absent): the old layout, everything in this record.
     #[serde(default)]
     pub layout: u32,
@@ -268,6 +273,7 @@ fn put_header(b: &mut Batch, sd: &StoredDeployment) -> Result<(), StorageError> 
         created_at_ms: sd.created_at_ms,
         created_by: &sd.created_by,
         window: &sd.window,
+        options: &sd.options,
         updated_at_ms: sd.updated_at_ms,
         layout: LAYOUT_SPLIT,
     };
@@ -333,6 +339,7 @@ fn assemble(store: &Store, id: &str, h: Header) -> Result<Loaded, StorageError> 
         installs: h.installs,
         alert_marks: h.alert_marks,
         updated_at_ms: h.updated_at_ms,
+        options: h.options,
     };
     if h.layout < LAYOUT_SPLIT {
         return Ok(Loaded {

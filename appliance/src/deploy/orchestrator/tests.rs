@@ -1207,3 +1207,31 @@ async fn the_deployment_state_gauge_follows_every_step_and_is_read_back_after_a_
     .unwrap();
     assert_eq!((gauge(&o, "paused"), gauge(&o, "running")), (0, 1));
 }
+
+/// The per-deployment options live in the header of the split layout: a
+/// restart reads them back (merge of per-device records with options).
+#[tokio::test]
+async fn a_deployments_install_options_survive_a_restart_in_the_split_layout() {
+    let s = site(2);
+    let t0 = 1_000 * H;
+    let created = {
+        let inst = Arc::new(TestInstaller::default());
+        let (o, _) = orchestrator(&s, inst.clone());
+        o.create(request(DeployTarget::All), s.patches.as_ref(), "admin", t0)
+            .await
+            .unwrap();
+        o.get("dep-1").unwrap()
+    };
+    assert!(created.options.is_some(), "create stores the options");
+    let raw: serde_json::Value = s.store.get(store::DEPLOYMENTS, b"dep-1").unwrap().unwrap();
+    assert_eq!(raw["layout"], store::LAYOUT_SPLIT);
+    assert!(raw.get("options").is_some(), "{raw}");
+    let inst = Arc::new(TestInstaller::default());
+    let (o, _) = orchestrator(&s, inst.clone());
+    o.recover(t0 + 1).await.unwrap();
+    assert_eq!(o.get("dep-1").unwrap().options, created.options);
+    assert_eq!(
+        store::get(&s.store, "dep-1").unwrap().unwrap().options,
+        created.options
+    );
+}
