@@ -54,9 +54,10 @@ mod tests {
         // `patch_scans`, `patch_assessments`, `patch_sources`,
         // `patch_compliance_daily` (issue 14); `patch_status_in` (ingest),
         // `deploy_device_commands` (the device link), `approval_rules`,
-        // `deployments`, `deploy_schedules`, `central_deploy_orders`
-        // (issue 15).
-        assert_eq!(n, 48);
+        // `deployments`, `deploy_schedules`, `central_deploy_orders`,
+        // `deployment_devices`, `deployment_state` (per-device records),
+        // `cache_pin_owners` (pins held per deployment) (issue 15).
+        assert_eq!(n, 51);
     }
 
     #[test]
@@ -81,7 +82,7 @@ mod tests {
     fn the_database_opens_and_reopens_with_every_table() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), &StoreOptions::default()).unwrap();
-        assert_eq!(s.tables().len(), 49);
+        assert_eq!(s.tables().len(), 52);
         drop(s);
         open(dir.path(), &StoreOptions::default()).unwrap();
     }
