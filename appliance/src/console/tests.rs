@@ -1529,3 +1529,92 @@ async fn the_site_scripts_pages_list_show_and_run_scripts_and_viewers_cannot_run
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert!(r.body.contains("cmd-queued"), "{}", r.body);
 }
+
+/// The site's bulk runs: "Run script…" on two selected devices opens the
+/// run's page, which shows each device (hostname, its command's state and
+/// a link to its output) and the counts; the run is listed at
+/// `/commands/bulk` (a viewer reads both); an unknown run is 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_lists_bulk_run_opens_the_runs_page_with_each_devices_state() {
+    let rig = rig().await;
+    put_script(&rig, "hello", 1);
+    registry::register(&rig.store, &device(0x2b, "web-2")).unwrap();
+    rig.site.merge_now(true).unwrap();
+    rig.add_user("tess", Role::Technician).await;
+    rig.add_user("vera", Role::Viewer).await;
+    let tess = rig.sign_in("tess", "correct+horse+battery").await;
+    let vera = rig.sign_in("vera", "correct+horse+battery").await;
+    let r = rig.call("GET", "/devices", &[("cookie", &tess)], "").await;
+    assert!(
+        r.body.contains(r#"<option value="hello">"#),
+        "the bar offers the library's scripts: {}",
+        r.body
+    );
+    let csrf = csrf_of(&r.body);
+    let sel = "device=local%2F000000000000002a&device=local%2F000000000000002b";
+    let r = rig
+        .call(
+            "POST",
+            "/devices/bulk",
+            &[("cookie", &tess)],
+            &format!("csrf={csrf}&action=run&script=hello&args=x&{sel}"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let runs = rig.commands.list_runs(10).unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let run = &runs[0];
+    let at = r.headers[header::LOCATION].to_str().unwrap().to_string();
+    assert_eq!(at, format!("/commands/bulk/{}", run.id));
+    let r = rig.call("GET", &at, &[("cookie", &vera)], "").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body.contains("web-1") && r.body.contains("web-2"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains("2 pending") && r.body.contains("2 in all"),
+        "{}",
+        r.body
+    );
+    for (_, cid) in &run.members {
+        assert!(
+            r.body
+                .contains(&format!(r#"data-command="{cid}" data-state="queued""#)),
+            "{cid}: {}",
+            r.body
+        );
+        assert!(r.body.contains(&format!("/commands/{cid}")), "{}", r.body);
+    }
+    assert!(r.body.contains("data-live-commands"), "{}", r.body);
+    let r = rig.call("GET", "/commands", &[("cookie", &vera)], "").await;
+    assert!(
+        r.body
+            .contains(r#"id="bulk-runs-link" href="/commands/bulk""#),
+        "the command list links the bulk runs: {}",
+        r.body
+    );
+    let r = rig
+        .call("GET", "/commands/bulk", &[("cookie", &vera)], "")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body.contains(&format!("data-bulk=\"{}\"", run.id)) && r.body.contains("hello"),
+        "{}",
+        r.body
+    );
+    let r = rig
+        .call(
+            "GET",
+            "/commands/bulk/00000000000000000000000000000000",
+            &[("cookie", &vera)],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let r = rig
+        .call("GET", "/commands/bulk/zz", &[("cookie", &vera)], "")
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+}
