@@ -139,7 +139,10 @@
     var dot = document.getElementById("live-status");
     if (!url || !window.EventSource) return;
     var es = new EventSource(url);
-    es.onopen = function () { if (dot) dot.className = "live-on"; };
+    // Once subscribed (and after each reconnect), command parts re-read
+    // once: a change made between the page's render and the subscription
+    // sent its event to nobody.
+    es.onopen = function () { if (dot) dot.className = "live-on"; onCommand({}); };
     es.onerror = function () { if (dot) dot.className = "live-off"; };
     function handler(f) {
       return function (ev) {

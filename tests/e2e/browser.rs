@@ -1032,3 +1032,141 @@ fn site_console_in_headless_chromium_with_real_agents_and_central_unreachable() 
     }
     browser.kill9();
 }
+
+/// The site console's Scripts pages with a real agent and no central: a
+/// technician opens Scripts, reads the script's newest version (older ones
+/// linked), runs it on the agent's device from the device page and sees
+/// its output on the command page (live, no reload); the device list's
+/// *Run script…* on the selected device opens the bulk run's page, which
+/// shows the device's command completed. A viewer reads the scripts, has
+/// no run form, and its POST (with its own token) is refused.
+#[test]
+fn site_console_runs_a_library_script_on_a_real_agent_in_headless_chromium() {
+    let tmp = scratch("site-scripts-browser");
+    let root = tmp.path();
+    let app = Appliance::start(root);
+    for (name, role) in [("tess", "technician"), ("vera", "viewer")] {
+        let (st, out) = app.api_post(
+            "/api/v1/users",
+            &json!({"name": name, "role": role, "password": "correct horse battery"}),
+        );
+        assert_eq!(st, 201, "{out}");
+    }
+    let v1 = root.join("greet-v1.sh");
+    std::fs::write(&v1, "echo \"greet v1 $1\"\n").unwrap();
+    let v2 = root.join("greet-v2.sh");
+    std::fs::write(&v2, "echo \"greet v2 <$1> on $(uname -s)\"\n").unwrap();
+    app.cli_ok(&["scripts", "add", "greet", "--file", v1.to_str().unwrap()]);
+    app.cli_ok(&["scripts", "edit", "greet", "--file", v2.to_str().unwrap()]);
+    let web = crate::remote::agent_with(root, "web", &app, "", true);
+    let dev = web.device_id.clone();
+    wait_for(Duration::from_secs(30), "the agent online", || {
+        let devices: Vec<Value> = app.api("/api/v1/devices").ok()?;
+        devices
+            .iter()
+            .any(|d| d["status"] == "online")
+            .then_some(())
+    });
+
+    let (mut browser, ws) = chromium(root);
+    let mut b = Browser {
+        ws,
+        base: format!("http://{}", app.admin),
+        shots: root.to_path_buf(),
+    };
+    b.sign_in(None, "tess", "correct horse battery");
+    // Scripts is in the navigation, enabled.
+    b.ws.eval("document.querySelector('nav.main a[href=\"/scripts\"]').click(); true");
+    b.ws.wait_until("document.querySelector('#scripts tr[data-script=\"greet\"]')");
+    assert!(b.text().contains("greet"), "{}", b.text());
+    b.ws.eval("document.querySelector('#scripts a[href=\"/scripts/greet\"]').click(); true");
+    b.ws.wait_until("document.getElementById('script-body')");
+    assert_eq!(
+        b.ws.eval("document.getElementById('script-version').textContent"),
+        json!("2")
+    );
+    assert!(
+        b.ws.eval("document.getElementById('script-body').textContent")
+            .as_str()
+            .unwrap()
+            .contains("greet v2 <$1>"),
+        "the body, escaped and shown as stored"
+    );
+    assert_eq!(
+        b.ws.eval("!!document.querySelector('a[href=\"/scripts/greet?version=1\"]')"),
+        json!(true)
+    );
+    b.shot("site-scripts-01-script.png");
+
+    // Run it on the agent's device from the device page.
+    b.go(&format!("/sites/local/devices/{dev}"));
+    b.ws.wait_until("document.getElementById('run-script-name')");
+    b.ws.eval("document.getElementById('run-script-name').value = 'greet'; document.getElementById('run-script-args').value = 'from-chromium'; document.getElementById('run-script-submit').click(); true");
+    b.ws.wait_until(
+        "location.pathname.startsWith('/commands/') && document.getElementById('command')",
+    );
+    b.ws.eval("window.__no_reload = 1; true");
+    b.ws.wait_until("document.getElementById('command').dataset.state === 'completed' && document.getElementById('output').textContent.includes('greet v2 <from-chromium> on Linux') && window.__no_reload === 1");
+    let id =
+        b.ws.eval("document.getElementById('command').dataset.command")
+            .as_str()
+            .unwrap()
+            .to_string();
+    let c: Value = app.api(&format!("/api/v1/commands/{id}")).unwrap();
+    assert_eq!(c["requested_by"], "tess", "{c}");
+    assert_eq!(c["exit_code"], 0, "{c}");
+    b.shot("site-scripts-02-output.png");
+
+    // The device list's bulk action opens the run's page.
+    b.go("/devices");
+    b.ws.wait_until("document.getElementById('devices') && document.getElementById('bulk-form')");
+    b.ws.eval(&format!(
+        "const c = document.querySelector('#devices input[name=device][value$=\"/{dev}\"]'); c.checked = true; c.dispatchEvent(new Event('change', {{bubbles: true}})); true"
+    ));
+    b.ws.wait_until("!document.getElementById('bulk-bar').hidden");
+    b.ws.eval("document.getElementById('bulk-script').value = 'greet'; document.getElementById('bulk-args').value = 'bulk'; document.getElementById('bulk-run').click(); true");
+    b.ws.wait_until("location.pathname.startsWith('/commands/bulk/') && document.getElementById('bulk-members')");
+    b.ws.wait_until("document.querySelector('#bulk-members tr[data-state=\"completed\"]') && document.getElementById('bulk').dataset.finished === 'true'");
+    assert!(b.text().contains("1 done"), "{}", b.text());
+    let runs: Vec<Value> = app.api("/api/v1/commands/bulk").unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["created_by"], "tess", "{runs:?}");
+    b.shot("site-scripts-03-bulk.png");
+    b.logout();
+
+    // A viewer reads, cannot run.
+    b.sign_in(None, "vera", "correct horse battery");
+    b.go("/scripts/greet");
+    b.ws.wait_until("document.getElementById('script-body')");
+    b.go(&format!("/sites/local/devices/{dev}"));
+    b.ws.wait_until("document.getElementById('device-info')");
+    assert_eq!(
+        b.ws.eval(
+            "!!document.getElementById('run-script') || !!document.getElementById('bulk-form')"
+        ),
+        json!(false)
+    );
+    let token =
+        b.ws.eval("document.querySelector('input[name=csrf]').value")
+            .as_str()
+            .unwrap()
+            .to_string();
+    assert_eq!(
+        b.fetch_post(
+            &format!("/sites/local/devices/{dev}/scripts"),
+            &format!("csrf={token}&script=greet&args=forged")
+        ),
+        403
+    );
+    let all: Vec<Value> = app.api("/api/v1/commands").unwrap();
+    assert_eq!(all.len(), 2, "the viewer's POST made no command: {all:?}");
+    for f in [
+        "site-scripts-01-script.png",
+        "site-scripts-02-output.png",
+        "site-scripts-03-bulk.png",
+    ] {
+        assert!(std::fs::metadata(root.join(f)).unwrap().len() > 1000, "{f}");
+    }
+    drop(web);
+    browser.kill9();
+}

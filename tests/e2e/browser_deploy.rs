@@ -250,7 +250,7 @@ fn site_deployment_pages_in_headless_chromium_with_a_real_agent_and_roles() {
     );
     b.ws.eval(&select);
     b.ws.eval("document.getElementById('bulk-command').value = 'true'; document.getElementById('bulk-run').click(); true");
-    b.ws.wait_until("location.pathname === '/commands'");
+    b.ws.wait_until("location.pathname.startsWith('/commands/bulk/')");
     let runs: Vec<Value> = app.api("/api/v1/commands/bulk").unwrap();
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert_eq!(runs[0]["created_by"], "tess", "{runs:?}");

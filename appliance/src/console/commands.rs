@@ -46,7 +46,7 @@ fn row(r: &CommandRecord, site: &SiteRef, hostnames: &HashMap<DeviceId, String>)
     }
 }
 
-fn hostnames(
+pub(super) fn hostnames(
     svc: &CommandService,
     ids: impl Iterator<Item = DeviceId>,
 ) -> HashMap<DeviceId, String> {

@@ -24,6 +24,7 @@ pub(crate) mod commands;
 pub(crate) mod deployments;
 pub mod index;
 pub(crate) mod patches;
+pub(crate) mod scripts;
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -582,6 +583,7 @@ impl ConsoleBackend for SiteConsole {
                 tags: true,
                 tag_devices: true,
                 commands: self.commands.is_some(),
+                scripts: self.commands.is_some(),
                 patches: self.patches.is_some(),
                 deployments: self.deployments.is_some(),
                 ..Features::default()
@@ -1073,6 +1075,48 @@ impl ConsoleBackend for SiteConsole {
 
     fn cancel_command<'a>(&'a self, v: &'a Viewer, id: &'a str) -> ConsoleFuture<'a, ()> {
         Box::pin(self.command_cancel(v, id))
+    }
+
+    fn scripts<'a>(
+        &'a self,
+        _v: &'a Viewer,
+    ) -> ConsoleFuture<'a, Vec<outpost_console::scripts::ScriptRow>> {
+        Box::pin(self.script_rows())
+    }
+
+    fn script<'a>(
+        &'a self,
+        _v: &'a Viewer,
+        name: &'a str,
+        version: Option<u32>,
+    ) -> ConsoleFuture<'a, outpost_console::scripts::ScriptDetail> {
+        Box::pin(self.script_detail(name, version))
+    }
+
+    fn run_script<'a>(
+        &'a self,
+        v: &'a Viewer,
+        site: &'a str,
+        device: &'a str,
+        name: &'a str,
+        args: &'a [String],
+    ) -> ConsoleFuture<'a, String> {
+        Box::pin(self.script_run(v, site, device, name, args))
+    }
+
+    fn bulks<'a>(
+        &'a self,
+        _v: &'a Viewer,
+    ) -> ConsoleFuture<'a, Vec<outpost_console::scripts::BulkRow>> {
+        Box::pin(self.bulk_rows())
+    }
+
+    fn bulk<'a>(
+        &'a self,
+        _v: &'a Viewer,
+        id: &'a str,
+    ) -> ConsoleFuture<'a, outpost_console::scripts::BulkDetail> {
+        Box::pin(self.bulk_of(id))
     }
 
     // The patch pages read the patch service's in-memory view and a few

@@ -1395,3 +1395,226 @@ async fn the_site_patch_pages_say_when_patches_are_not_available() {
         );
     }
 }
+
+fn all_commands() -> crate::commands::store::ListFilter {
+    crate::commands::store::ListFilter {
+        limit: 100,
+        ..Default::default()
+    }
+}
+
+/// Stores version `n` of script `name` (a body that names the version).
+fn put_script(rig: &Rig, name: &str, n: u32) {
+    let v = crate::commands::scripts::ScriptVersion {
+        name: name.into(),
+        version: 0,
+        interpreter: outpost_proto::command::Interpreter::Sh,
+        body: format!("echo <v{n}> \"$1\""),
+        default_timeout_ms: 30_000,
+        parameters: vec!["who".into()],
+        created_ms: outpost_storage::now_ms(),
+        created_by: "ada".into(),
+    };
+    rig.commands.put_script(v, n == 1).unwrap().unwrap();
+}
+
+/// The site's Scripts pages over the appliance's script library: the
+/// navigation enables Scripts, the list shows each script's newest
+/// version, a script's page shows a version's body (older ones by
+/// `?version=`), an unknown script or version is 404; a technician runs
+/// a script on a device from the device page (a command of the script's
+/// newest version, its arguments, asked by the technician), a viewer
+/// sees no run form and its POST is refused (403) with no command made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_site_scripts_pages_list_show_and_run_scripts_and_viewers_cannot_run() {
+    let rig = rig().await;
+    put_script(&rig, "hello", 1);
+    put_script(&rig, "hello", 2);
+    put_script(&rig, "disk-free", 1);
+    rig.add_user("tess", Role::Technician).await;
+    rig.add_user("vera", Role::Viewer).await;
+    let tess = rig.sign_in("tess", "correct+horse+battery").await;
+    let vera = rig.sign_in("vera", "correct+horse+battery").await;
+    let r = rig.call("GET", "/scripts", &[("cookie", &vera)], "").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body.contains("data-script=\"hello\"") && r.body.contains("data-script=\"disk-free\""),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains(r#"href="/scripts""#), "{}", r.body);
+    assert!(
+        !r.body.contains(r#"aria-disabled="true">Scripts</span>"#),
+        "Scripts must be enabled in the navigation: {}",
+        r.body
+    );
+    let r = rig
+        .call("GET", "/scripts/hello", &[("cookie", &vera)], "")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body.contains("data-version=\"2\"") && r.body.contains("echo &lt;v2&gt;"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("/scripts/hello?version=1"), "{}", r.body);
+    let r = rig
+        .call("GET", "/scripts/hello?version=1", &[("cookie", &vera)], "")
+        .await;
+    assert!(r.body.contains("echo &lt;v1&gt;"), "{}", r.body);
+    for missing in ["/scripts/nope", "/scripts/hello?version=9"] {
+        let r = rig.call("GET", missing, &[("cookie", &vera)], "").await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{missing}: {}", r.body);
+    }
+    // The device page: a run form for the technician only.
+    let page = format!("/sites/local/devices/{DEV}");
+    let t = rig.call("GET", &page, &[("cookie", &tess)], "").await;
+    assert!(
+        t.body.contains("id=\"run-script-name\"") && t.body.contains("hello (v2)"),
+        "{}",
+        t.body
+    );
+    let v = rig.call("GET", &page, &[("cookie", &vera)], "").await;
+    assert!(!v.body.contains("run-script"), "{}", v.body);
+    let r = rig
+        .call(
+            "POST",
+            &format!("{page}/scripts"),
+            &[("cookie", &vera)],
+            &format!("csrf={}&script=hello&args=x", csrf_of(&v.body)),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert!(rig.commands.list(&all_commands()).unwrap().is_empty());
+    let csrf = csrf_of(&t.body);
+    let r = rig
+        .call(
+            "POST",
+            &format!("{page}/scripts"),
+            &[("cookie", &tess)],
+            &format!("csrf={csrf}&script=nope&args="),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let r = rig
+        .call(
+            "POST",
+            &format!("{page}/scripts"),
+            &[("cookie", &tess)],
+            &format!("csrf={csrf}&script=hello&args=world+again"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let at = r.headers[header::LOCATION].to_str().unwrap().to_string();
+    let cmds = rig.commands.list(&all_commands()).unwrap();
+    assert_eq!(cmds.len(), 1, "{cmds:?}");
+    let c = &cmds[0];
+    assert_eq!(at, format!("/commands/{}", c.id));
+    assert_eq!(c.device, DEV);
+    assert_eq!(c.spec.requested_by, "tess");
+    assert_eq!(c.spec.args, vec!["world", "again"]);
+    assert_eq!(c.spec.timeout_ms, 30_000);
+    match &c.spec.kind {
+        outpost_proto::command::CommandKind::Script {
+            name,
+            version,
+            body,
+        } => {
+            assert_eq!((name.as_str(), *version), ("hello", 2));
+            assert!(body.contains("<v2>"), "{body}");
+        }
+        k => panic!("not a script run: {k:?}"),
+    }
+    let r = rig.call("GET", &at, &[("cookie", &vera)], "").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("cmd-queued"), "{}", r.body);
+}
+
+/// The site's bulk runs: "Run script…" on two selected devices opens the
+/// run's page, which shows each device (hostname, its command's state and
+/// a link to its output) and the counts; the run is listed at
+/// `/commands/bulk` (a viewer reads both); an unknown run is 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_lists_bulk_run_opens_the_runs_page_with_each_devices_state() {
+    let rig = rig().await;
+    put_script(&rig, "hello", 1);
+    registry::register(&rig.store, &device(0x2b, "web-2")).unwrap();
+    rig.site.merge_now(true).unwrap();
+    rig.add_user("tess", Role::Technician).await;
+    rig.add_user("vera", Role::Viewer).await;
+    let tess = rig.sign_in("tess", "correct+horse+battery").await;
+    let vera = rig.sign_in("vera", "correct+horse+battery").await;
+    let r = rig.call("GET", "/devices", &[("cookie", &tess)], "").await;
+    assert!(
+        r.body.contains(r#"<option value="hello">"#),
+        "the bar offers the library's scripts: {}",
+        r.body
+    );
+    let csrf = csrf_of(&r.body);
+    let sel = "device=local%2F000000000000002a&device=local%2F000000000000002b";
+    let r = rig
+        .call(
+            "POST",
+            "/devices/bulk",
+            &[("cookie", &tess)],
+            &format!("csrf={csrf}&action=run&script=hello&args=x&{sel}"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let runs = rig.commands.list_runs(10).unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let run = &runs[0];
+    let at = r.headers[header::LOCATION].to_str().unwrap().to_string();
+    assert_eq!(at, format!("/commands/bulk/{}", run.id));
+    let r = rig.call("GET", &at, &[("cookie", &vera)], "").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body.contains("web-1") && r.body.contains("web-2"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains("2 pending") && r.body.contains("2 in all"),
+        "{}",
+        r.body
+    );
+    for (_, cid) in &run.members {
+        assert!(
+            r.body
+                .contains(&format!(r#"data-command="{cid}" data-state="queued""#)),
+            "{cid}: {}",
+            r.body
+        );
+        assert!(r.body.contains(&format!("/commands/{cid}")), "{}", r.body);
+    }
+    assert!(r.body.contains("data-live-commands"), "{}", r.body);
+    let r = rig.call("GET", "/commands", &[("cookie", &vera)], "").await;
+    assert!(
+        r.body
+            .contains(r#"id="bulk-runs-link" href="/commands/bulk""#),
+        "the command list links the bulk runs: {}",
+        r.body
+    );
+    let r = rig
+        .call("GET", "/commands/bulk", &[("cookie", &vera)], "")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body.contains(&format!("data-bulk=\"{}\"", run.id)) && r.body.contains("hello"),
+        "{}",
+        r.body
+    );
+    let r = rig
+        .call(
+            "GET",
+            "/commands/bulk/00000000000000000000000000000000",
+            &[("cookie", &vera)],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let r = rig
+        .call("GET", "/commands/bulk/zz", &[("cookie", &vera)], "")
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+}
