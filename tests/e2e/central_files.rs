@@ -220,6 +220,27 @@ fn a_push_and_a_pull_from_central_are_hash_checked_and_refusals_are_413_403_404_
         sha_hex(&log_body)
     );
     assert_eq!(std::fs::read(&got).unwrap(), log_body);
+    // The CLI lists both, newest first; a cancel of the finished push is
+    // refused (409) with the reason.
+    let o = central_cli(
+        &r,
+        &["list", "--api", &api, "--site", &r.site, "--device", &dev],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    // (The pull's final state may still be on its way up.)
+    assert_eq!(lines[0].split(' ').nth(1), Some("pull"), "{lines:?}");
+    assert!(
+        lines[1].starts_with(&format!("completed push {id} {} {dev} ", r.site)),
+        "{lines:?}"
+    );
+    let o = central_cli(&r, &["cancel", "--api", &api, &id]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("already finished"), "{}", stderr(&o));
     // The API's download has the same bytes and hash; the pull's command
     // is closed completed at central (its final state came up only after
     // central held the content).
