@@ -416,3 +416,66 @@ fn a_push_from_central_resumes_from_what_the_site_holds_after_the_uplink_is_cut(
     );
     assert_eq!(r.app.metric(received), size as f64);
 }
+
+#[test]
+fn a_push_cancelled_at_central_while_its_content_travels_stops_and_the_site_drops_it() {
+    let tmp = scratch("central-files-cancel");
+    let r = rig(tmp.path(), &[]);
+    let api = format!("http://{}", r.central.http);
+    let dev = r.agent.device_id.clone();
+    let size = 96 * 1024 * 1024;
+    let local = tmp.path().join("image.bin");
+    std::fs::write(&local, content(size, 7)).unwrap();
+    let remote = r.managed.join("image.bin");
+    let o = central_cli(
+        &r,
+        &[
+            "push",
+            "--api",
+            &api,
+            "--site",
+            &r.site,
+            "--device",
+            &dev,
+            local.to_str().unwrap(),
+            remote.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let received = "outpost_files_central_bytes_received_total";
+    wait_for(
+        Duration::from_secs(60),
+        "part of the push at the site",
+        || (r.app.metric(received) >= 4.0 * 1024.0 * 1024.0).then_some(()),
+    );
+    let partial = r.app.dir.join("files").join("partial").join(&id);
+    assert!(partial.is_file(), "{} held at the site", partial.display());
+    // Cancel from central's CLI while the content travels.
+    let o = central_cli(&r, &["cancel", "--api", &api, &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("cancelled push "),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert_eq!(show(&r, &id)["state"], "cancelled");
+    // Central stopped streaming and told the site, which dropped the
+    // partial content; nothing reached the device.
+    wait_for(
+        Duration::from_secs(30),
+        "the site dropped the partial",
+        || (!partial.exists()).then_some(()),
+    );
+    assert!(central_metric(&r.central, "outpost_central_files_cancelled_total") >= 1.0);
+    let held = r.app.metric(received);
+    assert!(held < size as f64, "the whole file arrived: {held}");
+    let sent = central_metric(&r.central, "outpost_central_files_push_bytes_sent_total");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        central_metric(&r.central, "outpost_central_files_push_bytes_sent_total"),
+        sent,
+        "central sends no more of it"
+    );
+    assert!(!remote.exists());
+}
