@@ -87,10 +87,12 @@ pub fn router(c: Arc<Central>) -> Router {
         .route("/commands/{id}", get(crate::api_commands::show))
         .route("/commands/{id}/cancel", post(crate::api_commands::cancel))
         .route("/audit", get(crate::api_commands::audit))
+        .route("/files", get(crate::api_files::list))
         .route("/files/push", post(crate::api_files::push))
         .route("/files/pull", post(crate::api_files::pull))
         .route("/files/{id}", get(crate::api_files::show))
         .route("/files/{id}/content", get(crate::api_files::content))
+        .route("/files/{id}/cancel", post(crate::api_files::cancel))
         .route(
             "/scripts",
             get(crate::api_scripts::list).post(crate::api_scripts::add),

@@ -9,7 +9,14 @@
 //!   verified content (a stored pull, or a push's upload), header
 //!   `x-outpost-sha256`; 409 while central does not hold it.
 //!
-//! Push and pull: admin and technician (viewer 403), customer scopes
+//! * `GET /api/v1/files?site=&device=&state=&before_ms=&limit=`: the
+//!   caller's transfers (its tenant, its customers), newest first, at most
+//!   `limit` (default 100, at most 1000); any role.
+//! * `POST /api/v1/files/{id}/cancel`: cancels the transfer's command
+//!   through central's command cancel ([`crate::api_commands::cancel_command`];
+//!   a push still streaming to the site stops there: [`crate::files::SiteFiles::on_cancel`]).
+//!
+//! Push, pull and cancel: admin and technician (viewer 403), customer scopes
 //! apply, another tenant's site, device or transfer is 404, a connected
 //! site below uplink protocol 7 is 409 naming the site. This module only
 //! translates HTTP: records, content and delivery are [`crate::files`]
@@ -400,4 +407,92 @@ pub async fn content(
         body,
     )
         .into_response())
+}
+
+/// Query of `GET /api/v1/files`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub site: Option<SiteId>,
+    pub device: Option<String>,
+    /// The command's state (`queued_at_central`, `completed`, ...).
+    pub state: Option<String>,
+    pub before_ms: Option<u64>,
+    pub limit: Option<usize>,
+}
+
+/// Records read at most for one state-filtered list (the state is the
+/// command's, not a column of the transfer).
+const STATE_SCAN_MAX: usize = 10_000;
+
+/// The transfers the caller sees, newest first, with their commands.
+pub async fn list_files(
+    c: &Arc<Central>,
+    p: &Principal,
+    q: ListQuery,
+) -> Result<Vec<FileView>, ApiError> {
+    if let Some(s) = &q.site {
+        crate::api::one_site(c, p, s).await?;
+    }
+    let state = q
+        .state
+        .as_deref()
+        .map(|s| {
+            s.parse::<CentralCommandState>()
+                .map_err(ApiError::BadRequest)
+        })
+        .transpose()?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let f = crate::store::FileFilter {
+        site_id: q.site,
+        device: q.device,
+        customers_allowed: p.customers.clone(),
+        before_ms: q.before_ms,
+        limit: if state.is_some() {
+            STATE_SCAN_MAX
+        } else {
+            limit
+        },
+    };
+    let files = c.store.files(&p.tenant, &f).await.map_err(internal)?;
+    let mut v = Vec::new();
+    for rec in files.iter().filter(|r| p.sees_customer(&r.customer)) {
+        let cmd = c
+            .store
+            .command(&p.tenant, rec.command)
+            .await
+            .map_err(internal)?;
+        if state.is_some_and(|s| cmd.as_ref().map(|c| c.state) != Some(s)) {
+            continue;
+        }
+        v.push(FileView::of(rec, cmd.as_ref(), c));
+        if v.len() >= limit {
+            break;
+        }
+    }
+    Ok(v)
+}
+
+pub async fn list(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<FileView>>, ApiError> {
+    Ok(Json(list_files(&c, &p, q).await?))
+}
+
+/// Cancels a transfer: its command, through central's command cancel
+/// (404 before 403, as there: another tenant learns nothing).
+pub async fn cancel(
+    State(c): State<Arc<Central>>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<FileView>, ApiError> {
+    let f = visible(&c, &p, &id).await?;
+    if let Err(e) = crate::api::require(&p, crate::model::Role::Technician) {
+        c.metrics.files.refuse("forbidden");
+        return Err(e);
+    }
+    let cmd = crate::api_commands::cancel_command(&c, &p, &f.command.to_string()).await?;
+    Ok(Json(FileView::of(&f, Some(&cmd), &c)))
 }

@@ -1,9 +1,11 @@
-//! `outpost-central files push|pull|show`: a thin client over central's
-//! `/api/v1/files` (like the appliance's `outpost files`). `push` prints
-//! the transfer id (`--wait`: waits for the device to hold the file);
-//! `pull` waits until central holds the verified content, downloads it,
-//! checks its SHA-256 and writes LOCAL, then prints the hash; `show`
-//! prints `STATE DIRECTION ID PATH SIZE SHA256` (`--json`: the record).
+//! `outpost-central files push|pull|show|list|cancel`: a thin client over
+//! central's `/api/v1/files` (like the appliance's `outpost files`). `push`
+//! prints the transfer id (`--wait`: waits for the device to hold the
+//! file); `pull` waits until central holds the verified content, downloads
+//! it, checks its SHA-256 and writes LOCAL, then prints the hash; `show`
+//! and `cancel` print `STATE DIRECTION ID PATH SIZE SHA256` (`--json`: the
+//! record); `list` prints one `STATE DIRECTION ID SITE DEVICE PATH SIZE`
+//! line per transfer, newest first (`--json`: the records).
 //!
 //! This module owns the CLI's arguments and output only; every rule is
 //! the API's.
@@ -60,6 +62,32 @@ pub enum FilesCmd {
         remote: String,
         local: std::path::PathBuf,
     },
+    /// Lists the transfers you may see, newest first.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long)]
+        device: Option<String>,
+        /// The command's state, e.g. `completed` or `queued_at_central`.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many (the API caps it at 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancels a transfer (its command); a push still streaming to the
+    /// site stops there.
+    Cancel {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Shows one transfer.
     Show {
         #[command(flatten)]
@@ -97,6 +125,40 @@ pub fn show_line(v: &Value) -> String {
             .unwrap_or_else(|| "-".into()),
         s("sha256"),
     )
+}
+
+/// `STATE DIRECTION ID SITE DEVICE PATH SIZE` (a line of `files list`).
+pub fn list_line(v: &Value) -> String {
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_string();
+    format!(
+        "{} {} {} {} {} {} {}",
+        s("state"),
+        s("direction"),
+        s("id"),
+        s("site"),
+        s("device"),
+        s("path"),
+        v.get("size_bytes")
+            .and_then(|x| x.as_u64())
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "-".into()),
+    )
+}
+
+/// The query of `GET /api/v1/files` for `files list`.
+pub fn list_path(
+    site: Option<&str>,
+    device: Option<&str>,
+    state: Option<&str>,
+    limit: usize,
+) -> String {
+    let mut p = format!("/api/v1/files?limit={limit}");
+    for (k, v) in [("site", site), ("device", device), ("state", state)] {
+        if let Some(v) = v {
+            p.push_str(&format!("&{k}={}", enc(v)));
+        }
+    }
+    p
 }
 
 const TERMINAL: [&str; 6] = [
@@ -266,6 +328,40 @@ pub async fn run(cmd: FilesCmd) -> anyhow::Result<i32> {
             println!("{got}");
             Ok(0)
         }
+        FilesCmd::List {
+            conn,
+            site,
+            device,
+            state,
+            limit,
+            json,
+        } => {
+            let path = list_path(site.as_deref(), device.as_deref(), state.as_deref(), limit);
+            let v = call(&conn, "GET", &path, None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for t in v.as_array().into_iter().flatten() {
+                    println!("{}", list_line(t));
+                }
+            }
+            Ok(0)
+        }
+        FilesCmd::Cancel { conn, id, json } => {
+            let v = call(
+                &conn,
+                "POST",
+                &format!("/api/v1/files/{}/cancel", enc(&id)),
+                None,
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{}", show_line(&v));
+            }
+            Ok(0)
+        }
         FilesCmd::Show { conn, id, json } => {
             let v = call(&conn, "GET", &format!("/api/v1/files/{}", enc(&id)), None).await?;
             if json {
@@ -275,5 +371,25 @@ pub async fn run(cmd: FilesCmd) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_list_builds_its_query_and_prints_one_line_per_transfer() {
+        assert_eq!(list_path(None, None, None, 100), "/api/v1/files?limit=100");
+        assert_eq!(
+            list_path(Some("s 1"), Some("00ff"), Some("completed"), 5),
+            "/api/v1/files?limit=5&site=s%201&device=00ff&state=completed"
+        );
+        let v = json!({"state": "completed", "direction": "pull", "id": "t1",
+            "site": "s-1", "device": "00ff", "path": "/etc/hosts", "size_bytes": 12});
+        assert_eq!(list_line(&v), "completed pull t1 s-1 00ff /etc/hosts 12");
+        let v = json!({"state": "queued_at_central", "direction": "pull", "id": "t2",
+            "site": "s-1", "device": "00ff", "path": "/x", "size_bytes": null});
+        assert_eq!(list_line(&v), "queued_at_central pull t2 s-1 00ff /x -");
     }
 }

@@ -133,6 +133,9 @@ pub struct FileMetrics {
     /// Streams given up (either side), and file frames naming no transfer
     /// of the site.
     pub aborts: Counter,
+    /// Pushes whose content stopped streaming to the site because they
+    /// were cancelled at central.
+    pub cancelled: Counter,
     /// Blobs deleted by the collector.
     pub blobs_collected: Counter,
     /// Storage or file system failures.
@@ -191,6 +194,11 @@ impl FileMetrics {
             self.aborts.clone(),
         );
         r.register(
+            "cancelled",
+            "Pushes stopped while streaming to the site, cancelled at central",
+            self.cancelled.clone(),
+        );
+        r.register(
             "blobs_collected",
             "File blobs deleted because no live transfer names them",
             self.blobs_collected.clone(),
@@ -216,6 +224,8 @@ pub struct SiteFiles<'a> {
     flow: FileFlow,
     /// Pushes streaming: their content's hash.
     pushes: HashMap<TransferId, [u8; 32]>,
+    /// The command of each push streaming (a cancel names the command).
+    push_commands: HashMap<CommandId, TransferId>,
 }
 
 impl<'a> SiteFiles<'a> {
@@ -226,6 +236,7 @@ impl<'a> SiteFiles<'a> {
             site: site.clone(),
             flow: FileFlow::new(FILE_WINDOW_BYTES, FILE_CHUNK_BYTES),
             pushes: HashMap::new(),
+            push_commands: HashMap::new(),
         }
     }
 
@@ -259,6 +270,7 @@ impl<'a> SiteFiles<'a> {
         if self.flow.get(t).is_some() {
             if self.flow.on_ack(t, a.up_to) == Some(true) {
                 self.pushes.remove(&t);
+                self.push_commands.retain(|_, x| *x != t);
                 debug!(transfer = %t, "the site holds a push's content");
             }
             return Vec::new();
@@ -275,6 +287,23 @@ impl<'a> SiteFiles<'a> {
         if !blobs(self.c).is_some_and(|b| b.has(&sha)) {
             return vec![self.abort(t, "central no longer holds the content")];
         }
+        // Cancelled (or otherwise closed) at central while the content was
+        // on its way: the site drops what it holds, nothing more is sent.
+        match self.c.store.command(&self.tenant, f.command).await {
+            Ok(Some(cmd)) if cmd.closed || cmd.cancel_requested.is_some() => {
+                self.m().cancelled.inc();
+                let why = cmd
+                    .cancel_requested
+                    .map(|by| format!("the push was cancelled at central by {by}"))
+                    .unwrap_or_else(|| format!("the push's command is {} at central", cmd.state));
+                return vec![self.abort(t, why)];
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(transfer = %t, error = %e, "reading a push's command failed");
+                self.m().store_errors.inc();
+            }
+        }
         if a.up_to >= size && size > 0 {
             return Vec::new();
         }
@@ -284,7 +313,22 @@ impl<'a> SiteFiles<'a> {
         }
         self.flow.open(t, size, a.up_to);
         self.pushes.insert(t, sha);
+        self.push_commands.insert(f.command, t);
         Vec::new()
+    }
+
+    /// Command `cmd` was cancelled at central (the connection's `Down::Cancel`):
+    /// a push of it still streaming to the site stops here, and the site is
+    /// told to drop the partial content. `None` when no push of it streams.
+    pub fn on_cancel(&mut self, cmd: CommandId, by: &str) -> Option<CentralFrame> {
+        let t = self.push_commands.remove(&cmd)?;
+        // None: its content already reached the site, the command's cancel
+        // goes down the normal way.
+        self.pushes.remove(&t)?;
+        self.flow.close(t);
+        self.m().cancelled.inc();
+        info!(transfer = %t, command = %cmd, "a push cancelled while its content streamed");
+        Some(self.abort(t, format!("the push was cancelled at central by {by}")))
     }
 
     /// The next chunk of a push, if the window has room.

@@ -18,6 +18,8 @@ use crate::ops;
 crate::testing::on_both_backends!(
     a_push_is_stored_with_its_record_and_command_and_refusals_are_413_403_404_409,
     the_collector_keeps_open_and_recent_transfers_and_deletes_the_rest_with_their_records,
+    the_list_shows_the_callers_transfers_newest_first_filtered_and_nobody_elses,
+    a_cancelled_push_is_cancelled_and_stops_streaming_and_cancel_is_403_for_viewers_404_elsewhere,
 );
 
 /// The device of `testing::sample_batch`.
@@ -55,12 +57,16 @@ async fn fixture() -> F {
 
 impl F {
     async fn token(&self, tenant: &str, role: Role) -> String {
+        self.token_for(tenant, role, &[]).await
+    }
+
+    async fn token_for(&self, tenant: &str, role: Role, customers: &[&str]) -> String {
         ops::create_token(
             self.c.store.as_ref(),
             &ops::CreateToken {
                 tenant: tenant.into(),
                 role,
-                customers: Vec::new(),
+                customers: customers.iter().map(|c| (*c).into()).collect(),
             },
             1,
         )
@@ -265,4 +271,256 @@ async fn the_collector_keeps_open_and_recent_transfers_and_deletes_the_rest_with
     assert!(f.c.store.file(&t, tid(&ended)).await.unwrap().is_none());
     assert_eq!(f.c.store.all_files().await.unwrap().len(), 1);
     assert!(f.c.metrics.files.blobs_collected.get() >= 2, "counted");
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|x| x["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn the_list_shows_the_callers_transfers_newest_first_filtered_and_nobody_elses() {
+    let f = fixture().await;
+    let tech = f.token("msp", Role::Technician).await;
+    let viewer = f.token("msp", Role::Viewer).await;
+    let dental = f.token_for("msp", Role::Viewer, &["dental"]).await;
+    let other_customer = f.token_for("msp", Role::Admin, &["bakery"]).await;
+    let zeta = f.token("zeta", Role::Admin).await;
+
+    let (st, a) = f.push(&tech, b"one").await;
+    assert_eq!(st, 201, "{a}");
+    let body = serde_json::json!({"site": f.site, "device": DEVICE, "path": "/var/log/syslog"});
+    let (st, b) = f
+        .call(
+            &tech,
+            "POST",
+            "/api/v1/files/pull",
+            Some(body.to_string().into_bytes()),
+            None,
+        )
+        .await;
+    assert_eq!(st, 201, "{b}");
+    let (a, b) = (
+        a["id"].as_str().unwrap().to_string(),
+        b["id"].as_str().unwrap().to_string(),
+    );
+    // Records of another tenant, another customer and another device,
+    // stored beside them (their commands are not stored: no state).
+    let rec = |id: &str| {
+        let c = f.c.clone();
+        let id: outpost_proto::ids::TransferId = id.parse().unwrap();
+        async move { c.store.file(&"msp".into(), id).await.unwrap().unwrap() }
+    };
+    let mut base = rec(&a).await;
+    base.command = outpost_proto::ids::CommandId::random();
+    let newer = base.created_ms + 10_000;
+    let mut theirs = base.clone();
+    theirs.id = outpost_proto::ids::TransferId::random();
+    theirs.tenant = "zeta".into();
+    theirs.created_ms = newer;
+    f.c.store.put_file(&theirs).await.unwrap();
+    let mut bakery = base.clone();
+    bakery.id = outpost_proto::ids::TransferId::random();
+    bakery.customer = "bakery".into();
+    bakery.created_ms = newer + 1;
+    f.c.store.put_file(&bakery).await.unwrap();
+    let mut other_dev = base.clone();
+    other_dev.id = outpost_proto::ids::TransferId::random();
+    other_dev.device = "00000000000000ff".into();
+    other_dev.created_ms = base.created_ms.saturating_sub(10_000);
+    f.c.store.put_file(&other_dev).await.unwrap();
+    let other_dev = other_dev.id.to_string();
+
+    // A viewer lists the tenant's transfers, newest first (the pull was
+    // made after the push); the other tenant's is not there.
+    let (st, v) = f.call(&viewer, "GET", "/api/v1/files", None, None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        ids(&v),
+        [
+            bakery.id.to_string(),
+            b.clone(),
+            a.clone(),
+            other_dev.clone()
+        ]
+    );
+    assert_eq!(v[1]["direction"], "pull");
+    assert_eq!(v[1]["state"], "queued_at_central");
+    // Customer scope: dental's token does not see bakery's; bakery's sees
+    // only bakery's (and its site filter on dental's site is 404).
+    let (_, v) = f.call(&dental, "GET", "/api/v1/files", None, None).await;
+    assert_eq!(ids(&v), [b.clone(), a.clone(), other_dev.clone()]);
+    let (_, v) = f
+        .call(&other_customer, "GET", "/api/v1/files", None, None)
+        .await;
+    assert_eq!(ids(&v), [bakery.id.to_string()]);
+    let (st, _) = f
+        .call(
+            &other_customer,
+            "GET",
+            &format!("/api/v1/files?site={}", f.site),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(st, 404);
+    // Another tenant lists its own only; msp's site is 404 to it.
+    let (_, v) = f.call(&zeta, "GET", "/api/v1/files", None, None).await;
+    assert_eq!(ids(&v), [theirs.id.to_string()]);
+    let (st, _) = f
+        .call(
+            &zeta,
+            "GET",
+            &format!("/api/v1/files?site={}", f.site),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(st, 404);
+    // Filters: device, site, state, limit, before_ms.
+    let (_, v) = f
+        .call(
+            &dental,
+            "GET",
+            &format!("/api/v1/files?site={}&device={DEVICE}", f.site),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(ids(&v), [b.clone(), a.clone()]);
+    let (_, v) = f
+        .call(
+            &dental,
+            "GET",
+            "/api/v1/files?device=00000000000000ff",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(ids(&v), vec![other_dev.clone()]);
+    let (_, v) = f
+        .call(
+            &viewer,
+            "GET",
+            "/api/v1/files?state=queued_at_central&limit=1",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(ids(&v), vec![b.clone()], "the newest with a queued command");
+    let (_, v) = f
+        .call(
+            &viewer,
+            "GET",
+            "/api/v1/files?state=queued_at_central",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(ids(&v), [b.clone(), a.clone()]);
+    let (_, v) = f
+        .call(&viewer, "GET", "/api/v1/files?state=completed", None, None)
+        .await;
+    assert_eq!(ids(&v), Vec::<String>::new());
+    let (_, v) = f
+        .call(&viewer, "GET", "/api/v1/files?limit=2", None, None)
+        .await;
+    assert_eq!(ids(&v), [bakery.id.to_string(), b.clone()]);
+    let (_, v) = f
+        .call(
+            &viewer,
+            "GET",
+            &format!("/api/v1/files?before_ms={}", base.created_ms),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(ids(&v), vec![other_dev.clone()]);
+    let (st, _) = f
+        .call(&viewer, "GET", "/api/v1/files?state=bogus", None, None)
+        .await;
+    assert_eq!(st, 400);
+}
+
+async fn a_cancelled_push_is_cancelled_and_stops_streaming_and_cancel_is_403_for_viewers_404_elsewhere()
+ {
+    use outpost_uplink::files::UpFileAck;
+    use outpost_uplink::wire::CentralFrame;
+
+    let f = fixture().await;
+    let tech = f.token("msp", Role::Technician).await;
+    let viewer = f.token("msp", Role::Viewer).await;
+    let zeta = f.token("zeta", Role::Admin).await;
+    let (st, v) = f.push(&tech, &[5u8; 900]).await;
+    assert_eq!(st, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let t: outpost_proto::ids::TransferId = id.parse().unwrap();
+    let cmd: outpost_proto::ids::CommandId = v["command"].as_str().unwrap().parse().unwrap();
+    // The site answered the push's command with what it holds (nothing):
+    // central streams the content from there.
+    let mut link = crate::files::SiteFiles::new(&f.c, &"msp".into(), &f.site);
+    assert!(
+        link.on_ack(UpFileAck {
+            transfer: t,
+            up_to: 0
+        })
+        .await
+        .is_empty()
+    );
+    // Refusals first: a viewer 403, another tenant (or no such id) 404.
+    let cancel = format!("/api/v1/files/{id}/cancel");
+    let (st, _) = f.call(&viewer, "POST", &cancel, None, None).await;
+    assert_eq!(st, 403);
+    let (st, _) = f.call(&zeta, "POST", &cancel, None, None).await;
+    assert_eq!(st, 404);
+    let (st, _) = f
+        .call(&tech, "POST", "/api/v1/files/not-an-id/cancel", None, None)
+        .await;
+    assert_eq!(st, 404);
+    // The technician cancels: the command never reached the site, so it is
+    // cancelled at once.
+    let (st, v) = f.call(&tech, "POST", &cancel, None, None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["state"], "cancelled", "{v}");
+    let (_, cv) = f
+        .call(
+            &viewer,
+            "GET",
+            &format!("/api/v1/commands/{cmd}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(cv["state"], "cancelled", "{cv}");
+    // The connection hears of the cancel: the site is told to drop the
+    // partial content and no chunk follows.
+    match link.on_cancel(cmd, "tech@central") {
+        Some(CentralFrame::FileAbort(a)) => {
+            assert_eq!(a.transfer, t);
+            assert!(a.reason.contains("cancelled"), "{}", a.reason);
+        }
+        other => panic!("expected a FileAbort, got {other:?}"),
+    }
+    assert!(link.poll_chunk().is_none(), "no chunk after the cancel");
+    assert!(link.on_cancel(cmd, "tech@central").is_none(), "once");
+    // After a reconnect the site acknowledges again: central does not
+    // stream a cancelled push, it tells the site to give it up.
+    let mut again = crate::files::SiteFiles::new(&f.c, &"msp".into(), &f.site);
+    let answers = again
+        .on_ack(UpFileAck {
+            transfer: t,
+            up_to: 100,
+        })
+        .await;
+    assert!(
+        matches!(answers.as_slice(), [CentralFrame::FileAbort(a)] if a.transfer == t),
+        "{answers:?}"
+    );
+    assert!(again.poll_chunk().is_none());
+    // A second cancel: the command is closed already (409).
+    let (st, _) = f.call(&tech, "POST", &cancel, None, None).await;
+    assert_eq!(st, 409);
+    assert_eq!(f.c.metrics.files.cancelled.get(), 2);
 }

@@ -390,7 +390,12 @@ async fn serve_stream(
                     crate::downlink::Down::DeployOrder(id) => {
                         answers.extend(deploy.on_order(&id, crate::now_ms()).await);
                     }
-                    d => answers.extend(down.on_down(d, crate::now_ms()).await),
+                    d => {
+                        if let crate::downlink::Down::Cancel { id, by } = &d {
+                            answers.extend(files.on_cancel(*id, by));
+                        }
+                        answers.extend(down.on_down(d, crate::now_ms()).await);
+                    }
                 }
             }
             _ = tokio::time::sleep(resend_in) => {

@@ -2384,6 +2384,30 @@ impl RocksCentralStore {
         self.get(CF_COMMANDS, &Self::file_key(tenant, id))
     }
 
+    /// One tenant's transfers (a scan of its key prefix only), newest
+    /// first.
+    pub fn files(
+        &self,
+        tenant: &str,
+        f: &crate::store::FileFilter,
+    ) -> Result<Vec<crate::files::CentralFile>> {
+        let p = prefix(&[&[0xff], tenant.as_bytes()]);
+        let mut v = Vec::new();
+        self.scan::<crate::files::CentralFile>(CF_COMMANDS, &p, &p, |_, r| {
+            if r.tenant == tenant && f.matches(&r) {
+                v.push(r);
+            }
+            true
+        })?;
+        v.sort_by(|a, b| {
+            b.created_ms
+                .cmp(&a.created_ms)
+                .then(b.id.to_string().cmp(&a.id.to_string()))
+        });
+        v.truncate(f.limit.max(1));
+        Ok(v)
+    }
+
     pub fn all_files(&self) -> Result<Vec<crate::files::CentralFile>> {
         let p = [0xffu8, 0];
         let mut v = Vec::new();
@@ -2414,6 +2438,15 @@ impl crate::store::FileStore for RocksCentralStore {
     ) -> StoreFuture<'a, Option<crate::files::CentralFile>> {
         let (st, t) = (self.clone(), tenant.to_string());
         blocking(move || st.file(&t, id))
+    }
+
+    fn files<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        f: &'a crate::store::FileFilter,
+    ) -> StoreFuture<'a, Vec<crate::files::CentralFile>> {
+        let (st, t, f) = (self.clone(), tenant.to_string(), f.clone());
+        blocking(move || st.files(&t, &f))
     }
 
     fn all_files(&self) -> StoreFuture<'_, Vec<crate::files::CentralFile>> {

@@ -378,6 +378,15 @@ pub trait FileStore: Send + Sync + 'static {
         tenant: &'a TenantId,
         id: outpost_proto::ids::TransferId,
     ) -> StoreFuture<'a, Option<crate::files::CentralFile>>;
+    /// One tenant's transfers matching `f`, newest first (`created_ms`,
+    /// then id, descending), at most `f.limit`. Never reads another
+    /// tenant's records (RocksDB: the tenant's key prefix; PostgreSQL: the
+    /// `(tenant_id, created_ms, id)` index of V8).
+    fn files<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        f: &'a FileFilter,
+    ) -> StoreFuture<'a, Vec<crate::files::CentralFile>>;
     /// Every tenant's transfers (the blob collector).
     fn all_files(&self) -> StoreFuture<'_, Vec<crate::files::CentralFile>>;
     /// Deletes a transfer's record (the collector, after its retention).
@@ -386,6 +395,28 @@ pub trait FileStore: Send + Sync + 'static {
         tenant: &'a TenantId,
         id: outpost_proto::ids::TransferId,
     ) -> StoreFuture<'a, ()>;
+}
+
+/// What [`FileStore::files`] lists.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FileFilter {
+    pub site_id: Option<SiteId>,
+    pub device: Option<String>,
+    /// Customers the caller may see (empty = all).
+    pub customers_allowed: Vec<CustomerId>,
+    /// Only transfers created before this time (paging, newest first).
+    pub before_ms: Option<u64>,
+    pub limit: usize,
+}
+
+impl FileFilter {
+    /// Whether `f` passes the filter (the tenant is the caller's business).
+    pub fn matches(&self, f: &crate::files::CentralFile) -> bool {
+        self.site_id.as_ref().is_none_or(|s| *s == f.site_id)
+            && self.device.as_ref().is_none_or(|d| *d == f.device)
+            && (self.customers_allowed.is_empty() || self.customers_allowed.contains(&f.customer))
+            && self.before_ms.is_none_or(|b| f.created_ms < b)
+    }
 }
 
 /// Deployment orders from central, their delivery to each site, and the

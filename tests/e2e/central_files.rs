@@ -220,6 +220,27 @@ fn a_push_and_a_pull_from_central_are_hash_checked_and_refusals_are_413_403_404_
         sha_hex(&log_body)
     );
     assert_eq!(std::fs::read(&got).unwrap(), log_body);
+    // The CLI lists both, newest first; a cancel of the finished push is
+    // refused (409) with the reason.
+    let o = central_cli(
+        &r,
+        &["list", "--api", &api, "--site", &r.site, "--device", &dev],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    // (The pull's final state may still be on its way up.)
+    assert_eq!(lines[0].split(' ').nth(1), Some("pull"), "{lines:?}");
+    assert!(
+        lines[1].starts_with(&format!("completed push {id} {} {dev} ", r.site)),
+        "{lines:?}"
+    );
+    let o = central_cli(&r, &["cancel", "--api", &api, &id]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("already finished"), "{}", stderr(&o));
     // The API's download has the same bytes and hash; the pull's command
     // is closed completed at central (its final state came up only after
     // central held the content).
@@ -394,4 +415,67 @@ fn a_push_from_central_resumes_from_what_the_site_holds_after_the_uplink_is_cut(
         "central sent {sent} of {size}"
     );
     assert_eq!(r.app.metric(received), size as f64);
+}
+
+#[test]
+fn a_push_cancelled_at_central_while_its_content_travels_stops_and_the_site_drops_it() {
+    let tmp = scratch("central-files-cancel");
+    let r = rig(tmp.path(), &[]);
+    let api = format!("http://{}", r.central.http);
+    let dev = r.agent.device_id.clone();
+    let size = 96 * 1024 * 1024;
+    let local = tmp.path().join("image.bin");
+    std::fs::write(&local, content(size, 7)).unwrap();
+    let remote = r.managed.join("image.bin");
+    let o = central_cli(
+        &r,
+        &[
+            "push",
+            "--api",
+            &api,
+            "--site",
+            &r.site,
+            "--device",
+            &dev,
+            local.to_str().unwrap(),
+            remote.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let received = "outpost_files_central_bytes_received_total";
+    wait_for(
+        Duration::from_secs(60),
+        "part of the push at the site",
+        || (r.app.metric(received) >= 4.0 * 1024.0 * 1024.0).then_some(()),
+    );
+    let partial = r.app.dir.join("files").join("partial").join(&id);
+    assert!(partial.is_file(), "{} held at the site", partial.display());
+    // Cancel from central's CLI while the content travels.
+    let o = central_cli(&r, &["cancel", "--api", &api, &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("cancelled push "),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert_eq!(show(&r, &id)["state"], "cancelled");
+    // Central stopped streaming and told the site, which dropped the
+    // partial content; nothing reached the device.
+    wait_for(
+        Duration::from_secs(30),
+        "the site dropped the partial",
+        || (!partial.exists()).then_some(()),
+    );
+    assert!(central_metric(&r.central, "outpost_central_files_cancelled_total") >= 1.0);
+    let held = r.app.metric(received);
+    assert!(held < size as f64, "the whole file arrived: {held}");
+    let sent = central_metric(&r.central, "outpost_central_files_push_bytes_sent_total");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        central_metric(&r.central, "outpost_central_files_push_bytes_sent_total"),
+        sent,
+        "central sends no more of it"
+    );
+    assert!(!remote.exists());
 }

@@ -77,6 +77,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (5, "central_files", include_str!("V5__central_files.sql")),
     (7, "search_multi", include_str!("V7__search_multi.sql")),
+    (
+        8,
+        "central_files_newest",
+        include_str!("V8__central_files_newest.sql"),
+    ),
 ];
 
 /// Width of a rollup partition (one week of bucket time).
@@ -3031,6 +3036,69 @@ impl PgCentralStore {
         rows.first().map(|r| dec(r.get::<_, &[u8]>(0))).transpose()
     }
 
+    /// Pages down the tenant's `(tenant_id, created_ms, id)` index (V8),
+    /// newest first, filtering on the decoded record (device and customer
+    /// are not columns) until `f.limit` matched.
+    async fn files_impl(
+        &self,
+        tenant: &str,
+        f: &crate::store::FileFilter,
+    ) -> Result<Vec<crate::files::CentralFile>> {
+        self.files_paged(tenant, f, 500).await
+    }
+
+    /// [`Self::files_impl`] reading `page` rows per query (tests page small).
+    pub(crate) async fn files_paged(
+        &self,
+        tenant: &str,
+        f: &crate::store::FileFilter,
+        page: i64,
+    ) -> Result<Vec<crate::files::CentralFile>> {
+        let page = page.max(1);
+        let limit = f.limit.max(1);
+        let mut v = Vec::new();
+        // Keyset: rows strictly below (created_ms, id).
+        let mut below: Option<(i64, String)> = None;
+        loop {
+            let (ms, id) = match &below {
+                Some((ms, id)) => (Some(*ms), Some(id.clone())),
+                None => (f.before_ms.map(i), None),
+            };
+            let rows = self
+                .tenant_query(
+                    tenant,
+                    "SELECT body, created_ms, id FROM central_files WHERE tenant_id = $1 \
+                       AND ($2::text IS NULL OR site_id = $2) \
+                       AND ($3::bigint IS NULL OR created_ms < $3 \
+                            OR ($4::text IS NOT NULL AND created_ms = $3 AND id < $4)) \
+                     ORDER BY created_ms DESC, id DESC LIMIT $5",
+                    &[
+                        &tenant,
+                        &f.site_id.as_ref().map(|s| s.as_str()),
+                        &ms,
+                        &id.as_deref(),
+                        &page,
+                    ],
+                )
+                .await?;
+            for r in &rows {
+                let rec: crate::files::CentralFile = dec(r.get::<_, &[u8]>(0))?;
+                if f.matches(&rec) {
+                    v.push(rec);
+                    if v.len() >= limit {
+                        return Ok(v);
+                    }
+                }
+            }
+            match rows.last() {
+                Some(r) if rows.len() as i64 == page => {
+                    below = Some((r.get::<_, i64>(1), r.get::<_, String>(2)));
+                }
+                _ => return Ok(v),
+            }
+        }
+    }
+
     async fn all_files_impl(&self) -> Result<Vec<crate::files::CentralFile>> {
         let rows = self
             .owner_query("SELECT body FROM central_files ORDER BY tenant_id, id", &[])
@@ -3067,6 +3135,14 @@ impl crate::store::FileStore for PgCentralStore {
         id: outpost_proto::ids::TransferId,
     ) -> StoreFuture<'a, Option<crate::files::CentralFile>> {
         Box::pin(self.file_impl(tenant, id))
+    }
+
+    fn files<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        f: &'a crate::store::FileFilter,
+    ) -> StoreFuture<'a, Vec<crate::files::CentralFile>> {
+        Box::pin(self.files_impl(tenant, f))
     }
 
     fn all_files(&self) -> StoreFuture<'_, Vec<crate::files::CentralFile>> {

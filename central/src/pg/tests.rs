@@ -478,3 +478,99 @@ async fn the_store_flag_opens_postgres_or_rocksdb_and_refuses_anything_else() {
     add_site(&st, "msp", "s-1", 1).await;
     assert_eq!(st.sites(&t("msp")).await.unwrap().len(), 1);
 }
+
+/// `GET /api/v1/files` on PostgreSQL pages down the tenant's
+/// `(tenant_id, created_ms, id)` index: with one row per page, ties in
+/// `created_ms` are neither skipped nor repeated, filters on the decoded
+/// record (device, customer) still fill the limit, and another tenant's
+/// rows never appear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_files_list_pages_one_tenants_index_newest_first_across_ties() {
+    use crate::files::{CentralFile, Direction};
+    use crate::store::{FileFilter, FileStore};
+    use outpost_proto::ids::{CommandId, TransferId};
+
+    let Some(url) = fresh("files_list_pages").await else {
+        return;
+    };
+    let pg = store(&url).await;
+    let rec = |tenant: &str, device: &str, customer: &str, ms: u64| CentralFile {
+        id: TransferId::random(),
+        tenant: t(tenant),
+        site_id: s("s-1"),
+        customer: customer.into(),
+        device: device.into(),
+        command: CommandId::random(),
+        direction: Direction::Pull,
+        path: "/x".into(),
+        size_bytes: None,
+        sha256: None,
+        mode: None,
+        owner: None,
+        max_bytes: 10,
+        requested_by: "ann".into(),
+        created_ms: ms,
+        stored_ms: None,
+        failure: None,
+    };
+    let mut mine = Vec::new();
+    for (i, ms) in [5u64, 5, 5, 7, 3, 7, 1].into_iter().enumerate() {
+        let dev = if i % 2 == 0 { "aa" } else { "bb" };
+        let cust = if i == 3 { "bakery" } else { "dental" };
+        let r = rec("msp", dev, cust, ms);
+        pg.put_file(&r).await.unwrap();
+        mine.push(r);
+    }
+    for ms in [6, 9] {
+        pg.put_file(&rec("zeta", "aa", "dental", ms)).await.unwrap();
+    }
+    // Expected order: created_ms desc, then id desc.
+    let mut want = mine.clone();
+    want.sort_by(|a, b| {
+        b.created_ms
+            .cmp(&a.created_ms)
+            .then(b.id.to_string().cmp(&a.id.to_string()))
+    });
+    let ids = |v: &[CentralFile]| v.iter().map(|r| r.id).collect::<Vec<_>>();
+    let all = FileFilter {
+        limit: 100,
+        ..Default::default()
+    };
+    for page in [1, 2, 3, 500] {
+        let got = pg.files_paged("msp", &all, page).await.unwrap();
+        assert_eq!(ids(&got), ids(&want), "page size {page}");
+    }
+    let f = FileFilter {
+        device: Some("aa".into()),
+        customers_allowed: vec!["dental".into()],
+        limit: 2,
+        ..Default::default()
+    };
+    let expect: Vec<_> = want
+        .iter()
+        .filter(|r| r.device == "aa" && r.customer.as_str() == "dental")
+        .take(2)
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids(&pg.files_paged("msp", &f, 1).await.unwrap()), expect);
+    let before = FileFilter {
+        before_ms: Some(5),
+        limit: 100,
+        ..Default::default()
+    };
+    let expect: Vec<_> = want
+        .iter()
+        .filter(|r| r.created_ms < 5)
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(
+        ids(&pg.files_paged("msp", &before, 1).await.unwrap()),
+        expect
+    );
+    // Through the trait: the other tenant sees its two only.
+    let theirs = pg.files(&t("zeta"), &all).await.unwrap();
+    assert_eq!(
+        theirs.iter().map(|r| r.created_ms).collect::<Vec<_>>(),
+        [9, 6]
+    );
+}
