@@ -96,17 +96,7 @@ async fn send(
 }
 
 async fn token(c: &Arc<Central>, role: Role, customers: &[&str]) -> String {
-    ops::create_token(
-        c.store.as_ref(),
-        &ops::CreateToken {
-            tenant: "msp".into(),
-            role,
-            customers: customers.iter().map(|c| (*c).into()).collect(),
-        },
-        1,
-    )
-    .await
-    .unwrap()
+    crate::testing::token(c, "msp", role, customers).await
 }
 
 async fn api(

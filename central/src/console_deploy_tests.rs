@@ -153,17 +153,7 @@ impl F {
     }
 
     async fn token(&self, role: Role) -> String {
-        ops::create_token(
-            self.c.store.as_ref(),
-            &ops::CreateToken {
-                tenant: "msp".into(),
-                role,
-                customers: vec![],
-            },
-            1,
-        )
-        .await
-        .unwrap()
+        crate::testing::token(&self.c, "msp", role, &[]).await
     }
 
     /// A deployment created at central over both sites; the main site

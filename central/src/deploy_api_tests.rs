@@ -58,17 +58,7 @@ async fn fixture() -> F {
 
 impl F {
     async fn token(&self, tenant: &str, role: Role, customers: &[&str]) -> String {
-        ops::create_token(
-            self.c.store.as_ref(),
-            &ops::CreateToken {
-                tenant: tenant.into(),
-                role,
-                customers: customers.iter().map(|c| (*c).into()).collect(),
-            },
-            1,
-        )
-        .await
-        .unwrap()
+        crate::testing::token(&self.c, tenant, role, customers).await
     }
 
     async fn call(

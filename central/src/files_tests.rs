@@ -13,7 +13,6 @@ use tower::ServiceExt;
 
 use crate::Central;
 use crate::model::Role;
-use crate::ops;
 
 crate::testing::on_both_backends!(
     a_push_is_stored_with_its_record_and_command_and_refusals_are_413_403_404_409,
@@ -61,17 +60,7 @@ impl F {
     }
 
     async fn token_for(&self, tenant: &str, role: Role, customers: &[&str]) -> String {
-        ops::create_token(
-            self.c.store.as_ref(),
-            &ops::CreateToken {
-                tenant: tenant.into(),
-                role,
-                customers: customers.iter().map(|c| (*c).into()).collect(),
-            },
-            1,
-        )
-        .await
-        .unwrap()
+        crate::testing::token(&self.c, tenant, role, customers).await
     }
 
     async fn call(

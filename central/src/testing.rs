@@ -178,3 +178,24 @@ pub fn batch_of(site: &outpost_proto::SiteId, seq: u64) -> SiteBatch {
     (b.site, b.tenant) = (site.clone(), "msp".into());
     b
 }
+
+/// An API token of `role` in `tenant`, limited to `customers` (none: the
+/// whole tenant): the router tests' login.
+pub async fn token(
+    c: &crate::Central,
+    tenant: &str,
+    role: crate::model::Role,
+    customers: &[&str],
+) -> String {
+    crate::ops::create_token(
+        c.store.as_ref(),
+        &crate::ops::CreateToken {
+            tenant: tenant.into(),
+            role,
+            customers: customers.iter().map(|c| (*c).into()).collect(),
+        },
+        1,
+    )
+    .await
+    .expect("creating a test token")
+}
