@@ -28,6 +28,9 @@ if [ "${1:-}" = "--test" ]; then
   # Central's PostgreSQL backend: its tests start a private server
   # (initdb + postgres from /usr/lib/postgresql/*/bin, as the postgres user).
   packages+=(postgresql)
+  # The side-by-side ingest script's peers (bench_smoke:: runs it briefly):
+  # VictoriaMetrics and a Zabbix proxy with its SQLite database.
+  packages+=(victoria-metrics zabbix-proxy-sqlite3 sqlite3)
 fi
 
 # The static agent's Rust target (rustup downloads its standard library).

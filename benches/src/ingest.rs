@@ -254,13 +254,20 @@ pub async fn run(r: &IngestRun) -> anyhow::Result<IngestOutcome> {
         );
     }
     rep.num("client_cpu_pct", self_cpu / elapsed * 100.0);
-    rep.text(
-        "mix",
-        match r.mix {
-            Mix::Heartbeat => "heartbeat",
-            Mix::Realistic => "realistic",
-        },
-    );
+    rep.text("mix", r.mix.label());
+    if r.mix == Mix::Metrics {
+        // The side-by-side figures: every record is one sample of
+        // METRICS_VALUES values.
+        let per = sim::METRICS_VALUES as f64;
+        rep.num("samples_per_sec", rps * per)
+            .int("samples_acked_total", acked * sim::METRICS_VALUES as u64);
+        if let (Some(cpu), true) = (app_cpu, acked_window > 0) {
+            rep.num(
+                "cpu_s_per_million_samples",
+                cpu / (acked_window as f64 * per / 1e6),
+            );
+        }
+    }
     if !r.quiet {
         let errs = stats
             .errors

@@ -3,7 +3,8 @@
 //! with an exactly-once check of the appliance's database; [`commands`]:
 //! dispatch latency and a bulk run over agents that answer commands), the storage-efficiency
 //! scenario on a real RocksDB ([`storage_eff`]), `/proc` measurements
-//! ([`procstat`]) and the `RESULT` line format ([`report`]).
+//! ([`procstat`]), the side-by-side peers' stream ([`peers`]: VictoriaMetrics,
+//! Zabbix proxy) and the `RESULT` line format ([`report`]).
 
 pub mod alert_latency;
 pub mod chaos;
@@ -12,6 +13,7 @@ pub mod console;
 pub mod fleet;
 pub mod ingest;
 pub mod netem;
+pub mod peers;
 pub mod procstat;
 pub mod reconnect;
 pub mod report;

@@ -13,6 +13,7 @@ use outpost_bench::alert_latency::{self, AlertRun};
 use outpost_bench::chaos::{self, ChaosRun};
 use outpost_bench::commands::{self, CommandsRun};
 use outpost_bench::ingest::{self, IngestRun};
+use outpost_bench::peers;
 use outpost_bench::reconnect::{self, ReconnectRun};
 use outpost_bench::sim::Mix;
 use outpost_bench::spawn::{self, Spawned};
@@ -51,6 +52,67 @@ enum Command {
     /// (API call to the agent receiving the command) and one bulk command to
     /// all N devices until every result is stored.
     Commands(CommandsArgs),
+    /// Side by side (benches/ingest-side-by-side.sh): the `ingest --mix
+    /// metrics` sample stream sent to VictoriaMetrics or a Zabbix proxy.
+    Peer(PeerArgs),
+    /// SQL declaring the side-by-side stream's hosts and trapper items in a
+    /// Zabbix proxy's SQLite database (pipe into `sqlite3 DB`).
+    ZabbixSeed(ZabbixSeedArgs),
+    /// Bytes on disk per sample of a stopped appliance's database after
+    /// sealing every sample window and a full compaction.
+    OutpostDisk(OutpostDiskArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum PeerKind {
+    VictoriaMetrics,
+    Zabbix,
+}
+
+#[derive(Args, Debug)]
+struct PeerArgs {
+    #[arg(long, value_enum)]
+    target: PeerKind,
+    /// The peer's address: VictoriaMetrics' HTTP listener or the proxy's trapper port.
+    #[arg(long)]
+    addr: SocketAddr,
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    /// Samples per device per second (each sample = 28 values).
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// Connections the stream is spread over.
+    #[arg(long, default_value_t = 8)]
+    senders: usize,
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// The peer's pid (CPU per million samples, peak RSS).
+    #[arg(long)]
+    pid: Option<u32>,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct ZabbixSeedArgs {
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+}
+
+#[derive(Args, Debug)]
+struct OutpostDiskArgs {
+    /// The appliance's database directory (`DATA/db`), appliance stopped.
+    #[arg(long)]
+    db: PathBuf,
+    /// Samples (values) the appliance acknowledged.
+    #[arg(long)]
+    samples: u64,
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -468,6 +530,33 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 rep.get("sites_per_minute").unwrap_or("?"),
                 a.devices,
             );
+            rep.emit(a.json.as_deref())
+        }
+        Command::Peer(a) => {
+            let target = match a.target {
+                PeerKind::VictoriaMetrics => peers::Target::VictoriaMetrics { addr: a.addr },
+                PeerKind::Zabbix => peers::Target::Zabbix { addr: a.addr },
+            };
+            let rep = peers::run(&peers::PeerRun {
+                target,
+                devices: a.devices,
+                rate: a.rate,
+                duration: a.duration,
+                warmup: a.warmup,
+                senders: a.senders,
+                pid: a.pid,
+                quiet: a.quiet,
+            })
+            .await?;
+            rep.emit(a.json.as_deref())
+        }
+        Command::ZabbixSeed(a) => {
+            print!("{}", peers::zabbix_seed_sql(a.devices));
+            Ok(())
+        }
+        Command::OutpostDisk(a) => {
+            let rep = tokio::task::spawn_blocking(move || peers::outpost_disk(&a.db, a.samples))
+                .await??;
             rep.emit(a.json.as_deref())
         }
         Command::Storage(a) => {

@@ -76,6 +76,70 @@ pub fn pid_of_udp_port(port: u16) -> Option<u32> {
     None
 }
 
+/// `pid` and every process descended from it (a multi-process server such
+/// as a Zabbix proxy forks its workers).
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut parent = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            // The 4th field overall, the 2nd after the command name.
+            if let Some(pp) = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|x| x.parse::<u32>().ok())
+            {
+                parent.push((p, pp));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        tree.extend(parent.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    tree
+}
+
+/// CPU seconds of `pid` and its descendants (the living ones: sample while
+/// the server runs).
+pub fn tree_cpu_seconds(pid: u32) -> Option<f64> {
+    let own = cpu_seconds(pid)?;
+    Some(
+        own + process_tree(pid)
+            .into_iter()
+            .skip(1)
+            .filter_map(cpu_seconds)
+            .sum::<f64>(),
+    )
+}
+
+/// Proportional set size of `pid` and its descendants in bytes: memory
+/// shared between a server's processes is counted once.
+pub fn tree_pss_bytes(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for p in process_tree(pid) {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")) else {
+            continue;
+        };
+        total += text
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024;
+    }
+    (total > 0).then_some(total)
+}
+
 /// This process's own CPU seconds.
 pub fn self_cpu_seconds() -> f64 {
     cpu_seconds(std::process::id()).unwrap_or(0.0)
@@ -84,6 +148,22 @@ pub fn self_cpu_seconds() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_tree_includes_children_and_their_memory() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("spawn sleep");
+        let me = std::process::id();
+        let tree = process_tree(me);
+        assert_eq!(tree[0], me);
+        assert!(tree.contains(&child.id()), "{tree:?} lacks {}", child.id());
+        assert!(tree_cpu_seconds(me).unwrap() >= cpu_seconds(me).unwrap());
+        assert!(tree_pss_bytes(me).unwrap() > 0);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 
     #[test]
     fn reads_our_own_process() {

@@ -31,7 +31,25 @@ pub enum Mix {
     /// The real agent's default proportions: two heartbeats per metrics
     /// sample of ~30 values (30 s heartbeats, 60 s metrics).
     Realistic,
+    /// Metrics samples only (the side-by-side stream of
+    /// `benches/ingest-side-by-side.sh`: every record is one sample of
+    /// [`METRICS_VALUES`] values, the stream the peers get too).
+    Metrics,
 }
+
+impl Mix {
+    /// The name used in RESULT lines.
+    pub fn label(self) -> &'static str {
+        match self {
+            Mix::Heartbeat => "heartbeat",
+            Mix::Realistic => "realistic",
+            Mix::Metrics => "metrics",
+        }
+    }
+}
+
+/// Values in one simulated metrics sample.
+pub const METRICS_VALUES: usize = 28;
 
 /// Shared counters and histograms of a run.
 pub struct RunStats {
@@ -111,7 +129,7 @@ fn now_ms() -> u64 {
 }
 
 /// A metrics sample shaped like the Linux agent's (~30 values).
-fn metrics_sample(n: u64) -> MetricsSample {
+pub fn metrics_sample(n: u64) -> MetricsSample {
     // Two decimals, as the real agent reports (`collect.rs`, `round2`).
     let v = |name: &str, label: &str, value: f64| MetricValue {
         name: name.to_string(),
@@ -157,6 +175,7 @@ fn metrics_sample(n: u64) -> MetricsSample {
 pub fn record_body(mix: Mix, n: u64) -> RecordBody {
     match mix {
         Mix::Realistic if n % 3 == 2 => RecordBody::Metrics(metrics_sample(n)),
+        Mix::Metrics => RecordBody::Metrics(metrics_sample(n)),
         _ => RecordBody::Heartbeat(Heartbeat {
             uptime_s: 86_400 + n,
             buffered_records: 0,

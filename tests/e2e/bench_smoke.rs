@@ -237,3 +237,69 @@ fn commands_scenario_measures_dispatch_latency_and_a_bulk_run_to_every_agent() {
         assert!(v > 0.0, "{key}: {line}");
     }
 }
+
+/// `benches/ingest-side-by-side.sh` at toy scale: the same stream reaches
+/// Outpost, VictoriaMetrics and a Zabbix proxy, each stores exactly what it
+/// accepted, and the table is printed.
+#[test]
+fn side_by_side_script_feeds_outpost_victoria_metrics_and_zabbix_the_same_stream() {
+    let tmp = scratch("bench-side-by-side");
+    let bin_dir = bin("outpost-bench")
+        .parent()
+        .expect("binary directory")
+        .to_path_buf();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/ingest-side-by-side.sh");
+    let out = tmp.path().join("out");
+    let result = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(&out)
+        .env("BIN", &bin_dir)
+        .env("DEVICES", "10")
+        .env("RATE", "2")
+        .env("DURATION", "2s")
+        .env("WARMUP", "1s")
+        .env("PHASES", "fixed")
+        .env("VM_PORT", outpost_tests::free_port().to_string())
+        .env("ZBX_PORT", outpost_tests::free_port().to_string())
+        .env("KEEP", "1")
+        .output()
+        .expect("running the side-by-side script");
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "script failed: {stdout}\n{stderr}");
+    assert!(
+        stdout.contains("| accepted samples/s |"),
+        "no results table: {stdout}"
+    );
+    let read = |name: &str| -> serde_json::Value {
+        let p = out.join(name);
+        serde_json::from_str(
+            &std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+        )
+        .unwrap()
+    };
+    let f = |v: &serde_json::Value, k: &str| -> f64 {
+        v.get(k)
+            .and_then(|x| x.as_f64())
+            .unwrap_or_else(|| panic!("no {k} in {v}"))
+    };
+    let outpost = read("outpost-fixed.json");
+    assert!(f(&outpost, "samples_acked_total") > 0.0, "{outpost}");
+    assert_eq!(f(&outpost, "errors"), 0.0, "{outpost}");
+    let disk = read("outpost-fixed-disk.json");
+    assert_eq!(f(&disk, "samples"), f(&outpost, "samples_acked_total"));
+    assert!(f(&disk, "bytes_per_sample") > 0.0, "{disk}");
+    for peer in ["vm-fixed.json", "zbx-fixed.json"] {
+        let v = read(peer);
+        let accepted = f(&v, "samples_accepted_total");
+        assert!(accepted > 0.0, "{peer}: {v}");
+        assert_eq!(
+            f(&v, "stored"),
+            accepted,
+            "{peer} stored what it accepted: {v}"
+        );
+        assert_eq!(f(&v, "samples_refused"), 0.0, "{peer}: {v}");
+        assert!(f(&v, "cpu_s_per_million_samples") > 0.0, "{peer}: {v}");
+    }
+}
