@@ -40,22 +40,9 @@ QUIC_PORT=$((BASE_PORT + 4))
 
 [ -x "$outpost" ] || { echo "no outpost binary at $outpost: cargo build --release -p outpost-appliance" >&2; exit 1; }
 
-need=()
-command -v apt-cacher-ng >/dev/null || [ -x /usr/sbin/apt-cacher-ng ] || need+=(apt-cacher-ng)
-command -v wrk >/dev/null || need+=(wrk)
-command -v curl >/dev/null || need+=(curl)
-command -v gpg >/dev/null || need+=(gpg gpg-agent)
-command -v gpgv >/dev/null || need+=(gpgv)
-command -v python3 >/dev/null || need+=(python3)
-if [ ${#need[@]} -gt 0 ]; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  echo "installing: ${need[*]}" >&2
-  $SUDO apt-get update -qq
-  # policy-rc.d or not, the packaged service is not what we measure: we
-  # start our own apt-cacher-ng below.
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+# The packaged service is not what we measure: we start our own
+# apt-cacher-ng below.
+"$root/scripts/deps.sh" --packages apt-cacher-ng wrk curl gpg gpg-agent gpgv python3
 ACNG=$(command -v apt-cacher-ng || echo /usr/sbin/apt-cacher-ng)
 
 W=$(mktemp -d /tmp/outpost-cache-bench.XXXXXX)

@@ -69,19 +69,7 @@ bench=$BIN/outpost-bench
   exit 1
 }
 
-need=()
-command -v victoria-metrics >/dev/null || need+=(victoria-metrics)
-[ -x /usr/sbin/zabbix_proxy ] || need+=(zabbix-proxy-sqlite3)
-command -v sqlite3 >/dev/null || need+=(sqlite3)
-command -v curl >/dev/null || need+=(curl)
-command -v python3 >/dev/null || need+=(python3)
-if [ ${#need[@]} -gt 0 ]; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  echo "installing: ${need[*]}" >&2
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+"$root/scripts/deps.sh" --packages victoria-metrics zabbix-proxy-sqlite3 sqlite3 curl python3
 
 mkdir -p "$OUT"
 cd "$OUT"

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Outpost's build and tests need, if missing.
-# Used by scripts/demo.sh, scripts/test.sh and .ci/run.
+# Used by scripts/demo.sh, scripts/test.sh and .ci/run;
+# `scripts/deps.sh --packages P...` installs just P... (the benches' scripts).
 set -euo pipefail
 
 packages=(clang libclang-dev)
-if [ "${1:-}" = "--test" ]; then
+if [ "${1:-}" = "--packages" ]; then
+  shift
+  packages=("$@")
+elif [ "${1:-}" = "--test" ]; then
   # A real SMTP server for the alerting e-mail tests.
   packages+=(python3-aiosmtpd)
   # The patch cache tests build and sign a real apt repository (dpkg-deb,
