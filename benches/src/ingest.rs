@@ -52,6 +52,11 @@ pub struct WindowSignals {
 #[derive(Debug, Clone)]
 pub struct IngestOutcome {
     pub report: Report,
+    /// Sessions opened during the measured window (reconnects).
+    pub reconnects: u64,
+    /// Datagrams the kernel dropped on the appliance's socket during the
+    /// window (`None`: the socket is not visible from here).
+    pub udp_drops: Option<u64>,
     pub sent: u64,
     pub acked: u64,
     pub latency_count: u64,
@@ -159,6 +164,10 @@ pub async fn run(r: &IngestRun) -> anyhow::Result<IngestOutcome> {
         w.started.cancel();
     }
     let acked0 = stats.acked.load(Ordering::Relaxed);
+    // Reconnects and kernel receive drops after the handshake phase (the
+    // scale targets: both must stay 0).
+    let sessions0 = stats.sessions.load(Ordering::Relaxed);
+    let drops0 = procstat::udp_drops(r.addr.port());
     let app_cpu0 = app_pid.and_then(procstat::cpu_seconds);
     let self_cpu0 = procstat::self_cpu_seconds();
     let t0 = Instant::now();
@@ -184,6 +193,10 @@ pub async fn run(r: &IngestRun) -> anyhow::Result<IngestOutcome> {
         w.ended.cancel();
     }
     let acked_window = stats.acked.load(Ordering::Relaxed) - acked0;
+    let reconnects = stats.sessions.load(Ordering::Relaxed) - sessions0;
+    let udp_drops = procstat::udp_drops(r.addr.port())
+        .zip(drops0)
+        .map(|(a, b)| a.saturating_sub(b));
     let app_cpu = app_pid
         .and_then(procstat::cpu_seconds)
         .zip(app_cpu0)
@@ -228,7 +241,11 @@ pub async fn run(r: &IngestRun) -> anyhow::Result<IngestOutcome> {
         .int("sent", sent)
         .int("acked", acked)
         .int("errors", errors)
-        .num("connect_secs", connect_secs);
+        .num("connect_secs", connect_secs)
+        .int("reconnects_in_window", reconnects);
+    if let Some(d) = udp_drops {
+        rep.int("udp_drops_in_window", d);
+    }
     if !error_kinds.is_empty() {
         rep.text("error_kinds", &error_kinds);
     }
@@ -297,6 +314,8 @@ pub async fn run(r: &IngestRun) -> anyhow::Result<IngestOutcome> {
         }
     }
     Ok(IngestOutcome {
+        reconnects,
+        udp_drops,
         records_per_sec: rps,
         p50_ms: q(0.5),
         p99_ms: q(0.99),

@@ -31,6 +31,29 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
         .map(|kb| kb * 1024)
 }
 
+/// Datagrams the kernel dropped on the UDP sockets bound to `port` (the
+/// `drops` column of `/proc/net/udp{,6}`: receive buffer full), summed.
+pub fn udp_drops(port: u16) -> Option<u64> {
+    let mut total = None;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let Some((_, port_hex)) = cols.get(1).and_then(|l| l.rsplit_once(':')) else {
+                continue;
+            };
+            if u16::from_str_radix(port_hex, 16).ok() == Some(port)
+                && let Some(d) = cols.last().and_then(|d| d.parse::<u64>().ok())
+            {
+                *total.get_or_insert(0) += d;
+            }
+        }
+    }
+    total
+}
+
 /// The pid of the process with a UDP socket bound to `port`, if visible.
 pub fn pid_of_udp_port(port: u16) -> Option<u32> {
     let mut inodes = Vec::new();
@@ -163,6 +186,16 @@ mod tests {
         assert!(tree_pss_bytes(me).unwrap() > 0);
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    #[test]
+    fn reads_the_drop_counter_of_a_bound_udp_socket() {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = sock.local_addr().unwrap().port();
+        assert_eq!(udp_drops(port), Some(0));
+        // A port nobody binds has no counter at all.
+        drop(sock);
+        assert_eq!(udp_drops(port), None);
     }
 
     #[test]

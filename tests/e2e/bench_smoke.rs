@@ -76,6 +76,50 @@ fn ingest_scenarios_measure_durable_acks_and_latency() {
     assert_eq!(lines, 4);
 }
 
+/// The smoke version of issue 18's 50,000-agent scenario: the same code path
+/// (every agent its own QUIC connection streaming at 1 record/s) with 300
+/// agents; a reconnect loop or kernel receive drops on the appliance's
+/// socket after the handshake phase fail it.
+#[test]
+fn scale_smoke_streaming_agents_neither_reconnect_nor_lose_datagrams() {
+    let tmp = scratch("bench-scale-smoke");
+    let app = Spawned::start(&bin("outpost"), &tmp.path().join("appliance"), &[]).unwrap();
+    let agents = 300;
+    let r = IngestRun {
+        scenario: "scale_smoke".into(),
+        addr: app.quic,
+        token: app.token(agents).unwrap(),
+        pin: app.fingerprint().unwrap(),
+        agents,
+        duration: Duration::from_secs(5),
+        warmup: Duration::from_secs(1),
+        state: tmp.path().join("fleet"),
+        rate: Some(1.0),
+        window: 64,
+        batch: 16,
+        mix: Mix::Realistic,
+        appliance_pid: app.pid(),
+        endpoints: 8,
+        connect_concurrency: 64,
+        quiet: true,
+        window_signals: None,
+    };
+    let out = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(ingest::run(&r))
+        .unwrap();
+    let line = out.report.line();
+    assert!(line.contains(&format!(" connected={agents} ")), "{line}");
+    assert_eq!(out.reconnects, 0, "reconnect loop: {line}");
+    assert_eq!(out.udp_drops, Some(0), "kernel receive drops: {line}");
+    assert_eq!(out.errors, 0, "{line}");
+    assert!(
+        out.sent >= agents as u64 * 5,
+        "agents did not stream: {line}"
+    );
+    assert_eq!(out.acked, out.sent, "{line}");
+}
+
 #[test]
 fn storage_scenario_measures_real_files() {
     let tmp = scratch("bench-storage");
