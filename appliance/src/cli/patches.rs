@@ -9,6 +9,7 @@ use super::table::{ago, print_table};
 use crate::client::AdminClient;
 use crate::patches::service::{AdvisoriesStatus, DevicePatches, ImportOutcome, Summary};
 use outpost_patch::assess::fleet::{CveView, PatchSummary};
+use outpost_patch::assess::human_bytes;
 use outpost_proto::DeviceId;
 
 #[derive(Subcommand, Debug)]
@@ -268,11 +269,16 @@ pub async fn run_patches(cmd: PatchesCmd, c: AdminClient) -> anyhow::Result<()> 
                             .unwrap_or_default(),
                         p.cves.len().to_string(),
                         p.risk.to_string(),
+                        p.download_bytes.map(human_bytes).unwrap_or("?".into()),
                         ago(p.first_seen_ms),
                     ]
                 })
                 .collect();
-            println!("\nmissing patches: {}", rows.len());
+            println!(
+                "\nmissing patches: {}  download {}",
+                rows.len(),
+                a.download_size().display()
+            );
             if !rows.is_empty() {
                 print_table(
                     &[
@@ -283,6 +289,7 @@ pub async fn run_patches(cmd: PatchesCmd, c: AdminClient) -> anyhow::Result<()> 
                         "SEVERITY",
                         "CVES",
                         "RISK",
+                        "DOWNLOAD",
                         "MISSING SINCE",
                     ],
                     &rows,
@@ -340,6 +347,7 @@ pub async fn run_patches(cmd: PatchesCmd, c: AdminClient) -> anyhow::Result<()> 
                             .unwrap_or_default(),
                         p.cves.to_string(),
                         p.max_risk.to_string(),
+                        p.download.display(),
                         p.candidates.iter().cloned().collect::<Vec<_>>().join(" "),
                     ]
                 })
@@ -352,6 +360,7 @@ pub async fn run_patches(cmd: PatchesCmd, c: AdminClient) -> anyhow::Result<()> 
                     "SEVERITY",
                     "CVES",
                     "MAX RISK",
+                    "DOWNLOAD",
                     "CANDIDATES",
                 ],
                 &rows,
@@ -459,6 +468,7 @@ pub async fn run_patches(cmd: PatchesCmd, c: AdminClient) -> anyhow::Result<()> 
                 f.security_patches.low,
                 f.reboot_required
             );
+            println!("download for every missing patch: {}", s.download.display());
             let rows = s
                 .devices
                 .iter()
@@ -472,6 +482,7 @@ pub async fn run_patches(cmd: PatchesCmd, c: AdminClient) -> anyhow::Result<()> 
                         d.fixable.to_string(),
                         d.open.to_string(),
                         if d.reboot_required { "yes" } else { "" }.into(),
+                        d.download.display(),
                         ago(d.scanned_at_ms),
                     ]
                 })
@@ -488,6 +499,7 @@ pub async fn run_patches(cmd: PatchesCmd, c: AdminClient) -> anyhow::Result<()> 
                         "FIXABLE",
                         "OPEN",
                         "REBOOT",
+                        "DOWNLOAD",
                         "SCANNED",
                     ],
                     &rows,
