@@ -54,8 +54,15 @@ pub enum PatchesCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Fleet compliance, devices, most widespread CVEs, daily history.
-    Summary(JsonArg),
+    /// Fleet compliance, per customer, devices, most widespread CVEs,
+    /// daily history.
+    Summary {
+        /// Only this customer's devices.
+        #[arg(long)]
+        customer: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask a device for a package scan now (a `scan_packages` command; the
     /// device's open one if there is one). Prints the command id; with
     /// --wait, waits until the agent has buffered the scan and prints the
@@ -442,9 +449,13 @@ pub async fn run_patches(cmd: PatchesCmd, c: AdminClient) -> anyhow::Result<()> 
                 .and_then(|()| out.flush())
                 .context("writing the report to stdout")
         }
-        PatchesCmd::Summary(a) => {
-            let s: Summary = c.get("/api/v1/patches/summary").await?;
-            if a.json {
+        PatchesCmd::Summary { customer, json } => {
+            let path = match &customer {
+                Some(cust) => format!("/api/v1/patches/summary?customer={}", query_escape(cust)),
+                None => "/api/v1/patches/summary".to_string(),
+            };
+            let s: Summary = c.get(&path).await?;
+            if json {
                 println!("{}", serde_json::to_string(&s)?);
                 return Ok(());
             }
@@ -469,12 +480,58 @@ pub async fn run_patches(cmd: PatchesCmd, c: AdminClient) -> anyhow::Result<()> 
                 f.reboot_required
             );
             println!("download for every missing patch: {}", s.download.display());
+            if !s.customers.is_empty() {
+                let rows = s
+                    .customers
+                    .iter()
+                    .map(|c| {
+                        let f = &c.summary;
+                        vec![
+                            if c.customer.is_empty() {
+                                "-".to_string()
+                            } else {
+                                c.customer.clone()
+                            },
+                            f.devices.to_string(),
+                            f.compliant.to_string(),
+                            f.non_compliant.to_string(),
+                            f.unsupported_release.to_string(),
+                            f.compliance_percent
+                                .map(|p| format!("{p:.1}%"))
+                                .unwrap_or("-".into()),
+                            f.security_patches.critical.to_string(),
+                            f.security_patches.high.to_string(),
+                            c.download.display(),
+                        ]
+                    })
+                    .collect::<Vec<_>>();
+                println!();
+                print_table(
+                    &[
+                        "CUSTOMER",
+                        "DEVICES",
+                        "COMPLIANT",
+                        "NON-COMPLIANT",
+                        "UNSUPPORTED",
+                        "COMPLIANCE",
+                        "CRITICAL",
+                        "HIGH",
+                        "DOWNLOAD",
+                    ],
+                    &rows,
+                );
+            }
             let rows = s
                 .devices
                 .iter()
                 .map(|d| {
                     vec![
                         d.device.to_string(),
+                        if d.customer.is_empty() {
+                            "-".to_string()
+                        } else {
+                            d.customer.clone()
+                        },
                         d.release.clone().unwrap_or("-".into()),
                         format!("{:?}", d.compliance).to_lowercase(),
                         d.risk.map(|r| r.to_string()).unwrap_or("-".into()),
@@ -492,6 +549,7 @@ pub async fn run_patches(cmd: PatchesCmd, c: AdminClient) -> anyhow::Result<()> 
                 print_table(
                     &[
                         "DEVICE",
+                        "CUSTOMER",
                         "RELEASE",
                         "COMPLIANCE",
                         "RISK",

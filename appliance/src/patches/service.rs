@@ -187,6 +187,18 @@ pub struct DeviceLine {
     /// What its missing patches cost to download.
     #[serde(default)]
     pub download: DownloadSize,
+    /// Its customer (the enrollment token's; empty when unknown).
+    #[serde(default)]
+    pub customer: String,
+}
+
+/// One customer's line of `outpost patches summary` (as central's
+/// per-customer compliance).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct CustomerLine {
+    pub customer: String,
+    pub summary: FleetSummary,
+    pub download: DownloadSize,
 }
 
 /// `outpost patches summary`.
@@ -196,6 +208,12 @@ pub struct Summary {
     /// What every device's missing patches cost to download, in all.
     #[serde(default)]
     pub download: DownloadSize,
+    /// The customer the summary is narrowed to (`?customer=C`).
+    #[serde(default)]
+    pub customer: Option<String>,
+    /// Per customer, by name (one line when narrowed to a customer).
+    #[serde(default)]
+    pub customers: Vec<CustomerLine>,
     pub devices: Vec<DeviceLine>,
     /// Most severe and widespread CVEs first (at most 50).
     pub top_cves: Vec<CveSummary>,
@@ -1312,15 +1330,33 @@ impl PatchService {
         cve_view(id, v.assessments.iter().map(|(k, a)| (k, a.as_ref())))
     }
 
+    /// The site's summary (every customer).
     pub fn summary(&self, now: u64) -> anyhow::Result<Summary> {
+        self.summary_for(now, None)
+    }
+
+    /// The summary of one customer's devices (`customer`), or of all with
+    /// a per-customer breakdown (`Summary::customers`, like central's).
+    /// The daily history is the site's whole fleet's.
+    pub fn summary_for(&self, now: u64, customer: Option<&str>) -> anyhow::Result<Summary> {
         let v = self.view();
-        let fleet = fleet_summary(v.assessments.values().map(|a| a.as_ref()));
-        let mut top_cves = cve_list(v.assessments.values().map(|a| a.as_ref()));
+        let mut mine: Vec<(DeviceId, &DeviceAssessment, String)> =
+            Vec::with_capacity(v.assessments.len());
+        for (d, a) in &v.assessments {
+            let cust = outpost_storage::registry::get(&self.inner.store, *d)?
+                .map(|r| r.customer.to_string())
+                .unwrap_or_default();
+            if customer.is_some_and(|c| c != cust) {
+                continue;
+            }
+            mine.push((*d, a.as_ref(), cust));
+        }
+        let fleet = fleet_summary(mine.iter().map(|(_, a, _)| *a));
+        let mut top_cves = cve_list(mine.iter().map(|(_, a, _)| *a));
         top_cves.truncate(50);
-        let devices = v
-            .assessments
+        let devices = mine
             .iter()
-            .map(|(d, a)| DeviceLine {
+            .map(|(d, a, cust)| DeviceLine {
                 device: *d,
                 release: a.release.as_ref().map(|r| r.to_string()),
                 compliance: a.compliance,
@@ -1331,12 +1367,31 @@ impl PatchService {
                 reboot_required: a.reboot_required,
                 scanned_at_ms: a.scanned_at_ms,
                 download: a.download_size(),
+                customer: cust.clone(),
             })
             .collect::<Vec<DeviceLine>>();
         let mut download = DownloadSize::default();
         for d in &devices {
             download.merge(&d.download);
         }
+        let mut by_customer: BTreeMap<&str, Vec<&DeviceAssessment>> = BTreeMap::new();
+        for (_, a, cust) in &mine {
+            by_customer.entry(cust.as_str()).or_default().push(a);
+        }
+        let customers = by_customer
+            .into_iter()
+            .map(|(c, list)| {
+                let mut download = DownloadSize::default();
+                for a in &list {
+                    download.merge(&a.download_size());
+                }
+                CustomerLine {
+                    customer: c.to_string(),
+                    summary: fleet_summary(list.iter().copied()),
+                    download,
+                }
+            })
+            .collect();
         let from = (now - now % DAY_MS).saturating_sub(89 * DAY_MS);
         let mut history = Vec::new();
         self.inner.store.scan::<DailyCompliance>(
@@ -1351,6 +1406,8 @@ impl PatchService {
         Ok(Summary {
             fleet,
             download,
+            customers,
+            customer: customer.map(str::to_string),
             devices,
             top_cves,
             history,

@@ -1443,3 +1443,118 @@ fn a_deferred_scan_keeps_the_last_assessment_shows_why_and_is_counted() {
     assert_eq!(d.deferred, None);
     assert_eq!(d.deferred_reports, 1);
 }
+
+fn register(store: &Store, dev: DeviceId, customer: &str) {
+    outpost_storage::registry::register(
+        store,
+        &outpost_storage::model::DeviceRecord {
+            id: dev,
+            tenant: "acme".into(),
+            customer: customer.into(),
+            hostname: format!("host-{}", dev.0),
+            os: String::new(),
+            kernel: String::new(),
+            arch: String::new(),
+            agent_version: String::new(),
+            enrolled_at_ms: 0,
+            cert_serial: String::new(),
+            revoked_at_ms: None,
+        },
+    )
+    .unwrap();
+}
+
+/// Fails before the breakdown: the site's summary had no per-customer
+/// lines and no customer filter (central had both).
+#[tokio::test]
+async fn the_site_summary_breaks_compliance_down_per_customer_and_narrows_to_one() {
+    use tower::ServiceExt;
+    let r = rig();
+    r.service
+        .import(FeedFormat::DebianTracker, None, "test", TRACKER.as_bytes())
+        .unwrap();
+    // dental: one device missing openssl's fix (non-compliant once overdue),
+    // one up to date; vet: one up to date.
+    for (dev, customer, lines) in [(1, "dental", V1), (2, "dental", V2), (3, "vet", V2)] {
+        let dev = DeviceId(dev);
+        register(&r.store, dev, customer);
+        let s = if lines == V1 {
+            scan_with_upgrades(1_000, true)
+        } else {
+            scan(V2, 1_000)
+        };
+        put_report(
+            &r.store,
+            dev,
+            1,
+            &PackageReport::Full(Box::new(s)),
+            PACKAGE_REPORT_FORMAT,
+        );
+    }
+    r.service.process_reports(2_000).unwrap();
+    let late = 2_000 + 30 * DAY_MS;
+    // Device 1 scanned again a month later: its patch is overdue.
+    put_report(
+        &r.store,
+        DeviceId(1),
+        2,
+        &PackageReport::Full(Box::new(scan_with_upgrades(late, true))),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(late).unwrap();
+    let s = r.service.summary_for(late, None).unwrap();
+    let by: Vec<(String, u32, u32, u64)> = s
+        .customers
+        .iter()
+        .map(|c| {
+            (
+                c.customer.clone(),
+                c.summary.devices,
+                c.summary.compliant,
+                c.download.bytes,
+            )
+        })
+        .collect();
+    assert_eq!(
+        by,
+        [
+            ("dental".to_string(), 2, 1, 1_502_048),
+            ("vet".to_string(), 1, 1, 0)
+        ]
+    );
+    assert_eq!(s.fleet.devices, 3);
+    assert!(s.devices.iter().all(|d| !d.customer.is_empty()));
+    let dental = r.service.summary_for(late, Some("dental")).unwrap();
+    assert_eq!(dental.customer.as_deref(), Some("dental"));
+    assert_eq!(dental.fleet.devices, 2);
+    assert_eq!(dental.fleet.compliance_percent, Some(50.0));
+    assert_eq!(dental.customers.len(), 1);
+    assert_eq!(dental.devices.len(), 2);
+    assert!(
+        r.service
+            .summary_for(late, Some("nobody"))
+            .unwrap()
+            .devices
+            .is_empty()
+    );
+
+    // The API takes ?customer=C.
+    let app = super::super::api::router(r.service.clone());
+    let res = app
+        .oneshot(
+            axum::http::Request::get("/api/v1/patches/summary?customer=vet")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["customer"], "vet");
+    assert_eq!(v["fleet"]["devices"], 1);
+    assert_eq!(v["customers"][0]["customer"], "vet");
+    assert_eq!(v["devices"][0]["customer"], "vet");
+}
