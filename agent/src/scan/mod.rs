@@ -10,6 +10,9 @@
 //! - [`schedule`]: the pure decision of when to scan (at start, every
 //!   `package_scan_interval`, soon after the package database changes)
 //!   and whether to send a whole scan or a delta.
+//! - [`busy`]: the bounded back-off while dpkg is busy (its lock held by
+//!   an install), after which a scan is deferred (reported without an
+//!   inventory) rather than read between two states.
 //! - [`request`]: scans on request (the command action `ScanPackages`):
 //!   the executor's handle and the channel the loop serves.
 //! - [`task`]: the async loop that polls the database's stamp, scans off
@@ -19,6 +22,7 @@
 //! durability and sequence rules as every record). It must not touch the
 //! session protocol or the command ledger.
 
+pub mod busy;
 pub mod request;
 pub mod schedule;
 pub mod task;
@@ -27,4 +31,6 @@ pub mod tools;
 pub use request::{SCANS_OFF, ScanDone, ScanRequest, ScanRequests};
 pub use schedule::{ReportKind, ScanPlan, ScanReason, Scheduler};
 pub use task::{PackageScanner, spawn};
-pub use tools::{CollectError, Collected, DbStamp, PackageTools, collect, db_stamp};
+pub use tools::{
+    CollectError, Collected, DbStamp, LockHeld, PackageTools, collect, db_stamp, dpkg_lock_held,
+};

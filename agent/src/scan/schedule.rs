@@ -69,6 +69,11 @@ pub struct Scheduler {
     /// The buffer's dropped-records count when the last report was buffered.
     dropped_at_last: u64,
     requested: bool,
+    /// The last attempt was deferred (dpkg's lock held): further
+    /// deferrals in a row are counted, not reported again.
+    deferred_in_row: bool,
+    /// Scans deferred since the agent started.
+    pub deferred_total: u64,
 }
 
 impl Scheduler {
@@ -82,6 +87,8 @@ impl Scheduler {
             last_stamp: None,
             dropped_at_last: 0,
             requested: false,
+            deferred_in_row: false,
+            deferred_total: 0,
         }
     }
 
@@ -143,6 +150,7 @@ impl Scheduler {
         self.last_scan_ms = Some(now_ms);
         self.last_stamp = stamp;
         self.dropped_at_last = dropped_now;
+        self.deferred_in_row = false;
         if kind == ReportKind::Full {
             self.last_full_ms = Some(now_ms);
             self.requested = false;
@@ -154,6 +162,17 @@ impl Scheduler {
     pub fn failed(&mut self, now_ms: u64, stamp: Option<DbStamp>) {
         self.last_scan_ms = Some(now_ms);
         self.last_stamp = stamp;
+    }
+
+    /// A scan was deferred (dpkg's lock stayed held): like [`failed`]
+    /// (the scan after the install follows from the database's change),
+    /// counted; true when it is the first of a row, the one to report.
+    ///
+    /// [`failed`]: Scheduler::failed
+    pub fn deferred(&mut self, now_ms: u64, stamp: Option<DbStamp>) -> bool {
+        self.failed(now_ms, stamp);
+        self.deferred_total += 1;
+        !std::mem::replace(&mut self.deferred_in_row, true)
     }
 }
 
@@ -256,5 +275,24 @@ mod tests {
             ReportKind::Full,
             "nothing sent yet"
         );
+    }
+
+    #[test]
+    fn a_deferred_scan_is_reported_once_per_row_and_retried_on_the_next_database_change() {
+        let mut s = Scheduler::new(DAY, 7 * DAY);
+        assert!(s.deferred(1_000, stamp(1)), "the first is reported");
+        assert!(!s.deferred(2_000, stamp(2)), "the next in a row is not");
+        assert_eq!(s.deferred_total, 2);
+        assert_eq!(s.due(3_000, stamp(2)).map(|p| p.reason), None);
+        assert_eq!(
+            s.due(3_000, stamp(3)).map(|p| p.reason),
+            Some(ScanReason::DatabaseChanged)
+        );
+        assert_eq!(
+            s.report_kind(3_000, ScanReason::DatabaseChanged, 0),
+            ReportKind::Full
+        );
+        s.sent(3_000, scan(3_000), stamp(3), ReportKind::Full, 0);
+        assert!(s.deferred(4_000, stamp(4)), "a new row after a scan");
     }
 }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use outpost_patch::scan::{
     APT_SIMULATE_ARGS, DPKG_QUERY_FORMAT, IndexState, PackageManager, Problems, RPM_QUERY_FORMAT,
-    Scan, dpkg_reboot_state, parse_apt_simulation, parse_dpkg_query, parse_os_release,
-    parse_rpm_query, rpm_reboot_state,
+    Scan, apply_sizes, apt_cache_selectors, dpkg_reboot_state, parse_apt_cache_show,
+    parse_apt_simulation, parse_dpkg_query, parse_os_release, parse_rpm_query, rpm_reboot_state,
 };
 use serde::{Deserialize, Serialize};
 
@@ -36,7 +36,11 @@ pub struct PackageTools {
     /// `status` from it too.
     pub dpkg_admindir: PathBuf,
     pub apt_get: PathBuf,
-    /// Extra `apt-get` arguments before the simulation's (`-o Dir::Etc=...`).
+    /// `apt-cache`, run once per scan with upgrades (`apt-cache show
+    /// NAME:ARCH=VERSION ...`, the same options as the simulation) for
+    /// the candidates' download sizes (the index's `Size:` field).
+    pub apt_cache: PathBuf,
+    /// Extra `apt-get` / `apt-cache` arguments before the simulation's (`-o Dir::Etc=...`).
     pub apt_extra_args: Vec<String>,
     /// apt's index directory: its newest file's time is when the indexes
     /// were last refreshed.
@@ -81,6 +85,7 @@ impl Default for PackageTools {
             dpkg_query: "dpkg-query".into(),
             dpkg_admindir: "/var/lib/dpkg".into(),
             apt_get: "apt-get".into(),
+            apt_cache: "apt-cache".into(),
             apt_extra_args: Vec::new(),
             apt_lists_dir: "/var/lib/apt/lists".into(),
             apt_simulate: true,
@@ -134,6 +139,52 @@ impl PackageTools {
         std::fs::read_dir(self.dpkg_admindir.join("updates"))
             .map(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name() != "tmp.i")))
             .unwrap_or(false)
+    }
+}
+
+/// dpkg's frontend lock is held: an install (apt, dpkg, unattended-upgrades)
+/// is changing the database, and a scan now could read it between two
+/// states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockHeld {
+    pub path: PathBuf,
+    /// The holder's pid, when the kernel tells (fcntl locks).
+    pub pid: Option<i32>,
+}
+
+impl std::fmt::Display for LockHeld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "dpkg's lock {} is held", self.path.display())?;
+        match self.pid {
+            Some(p) => write!(f, " by pid {p}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Probes dpkg's frontend lock (`ADMINDIR/lock-frontend`) the way apt
+/// would meet it, without holding it: an fcntl write-lock query
+/// (`F_GETLK`: apt and dpkg lock with fcntl) and a non-blocking shared
+/// `flock` taken and dropped at once (a holder using flock(2), such as
+/// `flock(1)`). `None` when free, when the file does not exist, or when it
+/// cannot be opened (no root: the journal check still applies).
+pub fn dpkg_lock_held(tools: &PackageTools) -> Option<LockHeld> {
+    let path = tools.dpkg_admindir.join("lock-frontend");
+    let held = |pid: Option<i32>| LockHeld {
+        path: path.clone(),
+        pid,
+    };
+    match crate::commands::reboot::lock_holder(&path) {
+        Ok(Some(pid)) => return Some(held((pid > 0).then_some(pid))),
+        Ok(None) => {}
+        Err(_) => return None,
+    }
+    let f = std::fs::File::open(&path).ok()?;
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared) {
+        // Dropping the file releases the probe's shared lock.
+        Ok(()) => None,
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Some(held(None)),
+        Err(_) => None,
     }
 }
 
@@ -287,23 +338,7 @@ pub fn collect_with(
             };
             if tools.apt_simulate {
                 let mut a = Command::new(&tools.apt_get);
-                a.arg("-o").arg(format!(
-                    "Dir::State::status={}",
-                    tools.dpkg_admindir.join("status").display()
-                ));
-                if let Some(dir) = &tools.apt_pkgcache_dir {
-                    a.arg("-o")
-                        .arg(format!(
-                            "Dir::Cache::pkgcache={}",
-                            dir.join("pkgcache.bin").display()
-                        ))
-                        .arg("-o")
-                        .arg(format!(
-                            "Dir::Cache::srcpkgcache={}",
-                            dir.join("srcpkgcache.bin").display()
-                        ));
-                }
-                a.args(&tools.apt_extra_args).args(APT_SIMULATE_ARGS);
+                a.args(apt_options(tools)).args(APT_SIMULATE_ARGS);
                 match timed(a, "apt-get") {
                     Ok(text) => {
                         let plan = parse_apt_simulation(&text);
@@ -311,6 +346,30 @@ pub fn collect_with(
                         // newly pulled in is not a missing patch.
                         scan.upgrades = plan.upgrades;
                         scan.problems.extend(plan.problems);
+                        // Download sizes from the same indexes: one
+                        // `apt-cache show` per 1,000 upgrades.
+                        let selectors = apt_cache_selectors(&scan.upgrades);
+                        let mut entries = Vec::new();
+                        for chunk in selectors.chunks(1000) {
+                            let mut c = Command::new(&tools.apt_cache);
+                            c.args(apt_options(tools)).arg("show").args(chunk);
+                            match timed(c, "apt-cache") {
+                                Ok(text) => {
+                                    let (e, problems) = parse_apt_cache_show(&text);
+                                    entries.extend(e);
+                                    scan.problems.extend(problems);
+                                }
+                                Err(e) => {
+                                    scan.problems.push(
+                                        "apt-cache",
+                                        0,
+                                        format!("download sizes unknown: {e}"),
+                                    );
+                                    break;
+                                }
+                            }
+                        }
+                        apply_sizes(&mut scan.upgrades, &entries);
                         scan.indexes = IndexState {
                             refreshed_at_ms: lists_refreshed_ms(&tools.apt_lists_dir),
                             error: None,
@@ -377,6 +436,34 @@ pub fn collect_with(
         tools_elapsed,
         own_elapsed: total.saturating_sub(tools_elapsed),
     })
+}
+
+/// The options apt-get's simulation and apt-cache share: dpkg's status
+/// file, the agent's own binary cache when configured, the extra args.
+fn apt_options(tools: &PackageTools) -> Vec<String> {
+    let mut o = vec![
+        "-o".to_string(),
+        format!(
+            "Dir::State::status={}",
+            tools.dpkg_admindir.join("status").display()
+        ),
+    ];
+    if let Some(dir) = &tools.apt_pkgcache_dir {
+        o.extend([
+            "-o".to_string(),
+            format!(
+                "Dir::Cache::pkgcache={}",
+                dir.join("pkgcache.bin").display()
+            ),
+            "-o".to_string(),
+            format!(
+                "Dir::Cache::srcpkgcache={}",
+                dir.join("srcpkgcache.bin").display()
+            ),
+        ]);
+    }
+    o.extend(tools.apt_extra_args.iter().cloned());
+    o
 }
 
 /// Notes in the scan that dpkg stayed busy through every attempt.
@@ -653,6 +740,168 @@ pub(crate) mod tests {
             "{e}"
         );
         assert!(e.contains("never refreshed"), "{e}");
+    }
+
+    /// A throwaway Debian root with real dpkg and apt: `hello-outpost`
+    /// 1.0-1 and `big-outpost` 1.0-1 installed, 1.1-1 of both in a local
+    /// repository (`file:`), apt's indexes updated. `None` (skipped) where
+    /// dpkg-deb, dpkg-scanpackages or apt-get are missing.
+    pub(crate) struct AptRoot {
+        pub(crate) _tmp: tempfile::TempDir,
+        pub(crate) work: PathBuf,
+        pub(crate) root: PathBuf,
+    }
+
+    const APT_ROOT_SETUP: &str = r#"
+set -eu
+W=$1; R=$W/root; mkdir -p "$W/repo"
+mk() { # NAME VERSION PAYLOAD-KIB
+  d=$(mktemp -d); mkdir -p "$d/DEBIAN" "$d/usr/share/$1"
+  head -c $(($3 * 1024)) /dev/urandom > "$d/usr/share/$1/data"
+  printf 'Package: %s\nVersion: %s\nArchitecture: all\nMaintainer: Outpost tests <t@outpost.invalid>\nDescription: test\n x\n' "$1" "$2" > "$d/DEBIAN/control"
+  dpkg-deb --root-owner-group -Zgzip -b "$d" "$W/repo/${1}_${2}_all.deb" >/dev/null; rm -rf "$d"
+}
+mk hello-outpost 1.0-1 1; mk hello-outpost 1.1-1 2
+mk big-outpost 1.0-1 1; mk big-outpost 1.1-1 300
+(cd "$W/repo" && dpkg-scanpackages -m . 2>/dev/null > Packages)
+mkdir -p "$R/var/lib/dpkg/info" "$R/var/lib/dpkg/updates" "$R/var/log/apt" \
+  "$R/etc/apt/sources.list.d" "$R/etc/apt/preferences.d" "$R/etc/apt/apt.conf.d" \
+  "$R/var/lib/apt/lists/partial" "$R/var/cache/apt/archives/partial"
+touch "$R/var/lib/dpkg/status"
+echo "deb [trusted=yes] file:$W/repo ./" > "$R/etc/apt/sources.list"
+dpkg --root="$R" --force-script-chrootless --force-not-root --log="$R/var/log/dpkg.log" \
+  -i "$W/repo/hello-outpost_1.0-1_all.deb" "$W/repo/big-outpost_1.0-1_all.deb" >/dev/null
+"#;
+
+    impl AptRoot {
+        pub(crate) fn new() -> Option<AptRoot> {
+            let have = [
+                "dpkg-deb",
+                "dpkg-scanpackages",
+                "apt-get",
+                "apt-cache",
+                "dpkg",
+            ]
+            .iter()
+            .all(|t| {
+                Command::new(t)
+                    .arg("--version")
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            });
+            if !have {
+                eprintln!("skipped: dpkg-deb, dpkg-scanpackages, apt-get or apt-cache missing");
+                return None;
+            }
+            let tmp = tempfile::tempdir().unwrap();
+            let work = tmp.path().to_path_buf();
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(APT_ROOT_SETUP)
+                .arg("sh")
+                .arg(&work)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            let root = work.join("root");
+            let r = AptRoot {
+                _tmp: tmp,
+                work,
+                root,
+            };
+            let out = Command::new("apt-get")
+                .args(r.apt_args())
+                .arg("update")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            Some(r)
+        }
+
+        /// apt's options for this root (never the host's database).
+        pub(crate) fn apt_args(&self) -> Vec<String> {
+            let r = self.root.display();
+            [
+                format!("Dir={r}"),
+                format!("Dir::State::status={r}/var/lib/dpkg/status"),
+                format!("Dir::Cache={r}/var/cache/apt"),
+                format!("Dir::Etc::Parts={r}/etc/apt/apt.conf.d"),
+                "APT::Sandbox::User=root".into(),
+            ]
+            .into_iter()
+            .flat_map(|o| ["-o".to_string(), o])
+            .collect()
+        }
+
+        pub(crate) fn tools(&self) -> PackageTools {
+            PackageTools {
+                manager: "dpkg".into(),
+                dpkg_admindir: self.root.join("var/lib/dpkg"),
+                apt_simulate: true,
+                apt_extra_args: self.apt_args(),
+                apt_lists_dir: self.root.join("var/lib/apt/lists"),
+                os_release: self.work.join("no-os-release"),
+                reboot_required: self.root.join("var/run/reboot-required"),
+                kernel_release: self.work.join("no-osrelease"),
+                ..PackageTools::default()
+            }
+        }
+    }
+
+    /// The sizes come from apt's own index entry of each exact candidate:
+    /// they equal the candidate .deb files' sizes in the repository.
+    #[test]
+    fn every_upgrade_carries_its_candidates_download_size_from_apts_index() {
+        let Some(r) = AptRoot::new() else { return };
+        let c = collect(&r.tools(), 1).unwrap();
+        assert!(c.scan.problems.is_empty(), "{:?}", c.scan.problems);
+        assert_eq!(c.scan.indexes.error, None);
+        let got: Vec<(&str, &str, Option<u64>)> = c
+            .scan
+            .upgrades
+            .iter()
+            .map(|u| (u.name.as_str(), u.to.as_str(), u.size_bytes))
+            .collect();
+        let size = |f: &str| {
+            std::fs::metadata(r.work.join("repo").join(f))
+                .unwrap()
+                .len()
+        };
+        assert_eq!(
+            got,
+            [
+                (
+                    "big-outpost",
+                    "1.1-1",
+                    Some(size("big-outpost_1.1-1_all.deb"))
+                ),
+                (
+                    "hello-outpost",
+                    "1.1-1",
+                    Some(size("hello-outpost_1.1-1_all.deb"))
+                ),
+            ]
+        );
+        assert!(got[0].2.unwrap() > 300 * 1024, "{got:?}");
+    }
+
+    /// apt-cache failing leaves the sizes unknown and says so; the scan
+    /// still goes with its upgrades.
+    #[test]
+    fn a_failing_apt_cache_leaves_the_sizes_unknown_and_keeps_the_upgrades() {
+        let Some(r) = AptRoot::new() else { return };
+        let t = PackageTools {
+            apt_cache: r.work.join("no-such-apt-cache"),
+            ..r.tools()
+        };
+        let c = collect(&t, 1).unwrap();
+        assert_eq!(c.scan.upgrades.len(), 2);
+        assert!(c.scan.upgrades.iter().all(|u| u.size_bytes.is_none()));
+        let p = &c.scan.problems.first[0];
+        assert!(
+            p.tool == "apt-cache" && p.reason.contains("download sizes unknown"),
+            "{p:?}"
+        );
     }
 
     #[test]

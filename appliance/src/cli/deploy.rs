@@ -538,6 +538,14 @@ fn print_view(v: &DeploymentView) {
     );
     let patches: Vec<String> = s.patches.iter().map(|p| p.to_string()).collect();
     println!("patches {}", patches.join(" "));
+    if let Some(d) = &v.download {
+        println!(
+            "download {} on {} devices still missing them ({} through the site cache)",
+            d.devices.display(),
+            d.devices_missing,
+            d.site.display()
+        );
+    }
     let rows: Vec<Vec<String>> = v
         .stages
         .iter()

@@ -9,6 +9,7 @@ use super::table::{ago, print_table};
 use crate::client::AdminClient;
 use crate::patches::service::{AdvisoriesStatus, DevicePatches, ImportOutcome, Summary};
 use outpost_patch::assess::fleet::{CveView, PatchSummary};
+use outpost_patch::assess::human_bytes;
 use outpost_proto::DeviceId;
 
 #[derive(Subcommand, Debug)]
@@ -53,8 +54,15 @@ pub enum PatchesCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Fleet compliance, devices, most widespread CVEs, daily history.
-    Summary(JsonArg),
+    /// Fleet compliance, per customer, devices, most widespread CVEs,
+    /// daily history.
+    Summary {
+        /// Only this customer's devices.
+        #[arg(long)]
+        customer: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask a device for a package scan now (a `scan_packages` command; the
     /// device's open one if there is one). Prints the command id; with
     /// --wait, waits until the agent has buffered the scan and prints the
@@ -268,11 +276,16 @@ pub async fn run_patches(cmd: PatchesCmd, c: AdminClient) -> anyhow::Result<()> 
                             .unwrap_or_default(),
                         p.cves.len().to_string(),
                         p.risk.to_string(),
+                        p.download_bytes.map(human_bytes).unwrap_or("?".into()),
                         ago(p.first_seen_ms),
                     ]
                 })
                 .collect();
-            println!("\nmissing patches: {}", rows.len());
+            println!(
+                "\nmissing patches: {}  download {}",
+                rows.len(),
+                a.download_size().display()
+            );
             if !rows.is_empty() {
                 print_table(
                     &[
@@ -283,6 +296,7 @@ pub async fn run_patches(cmd: PatchesCmd, c: AdminClient) -> anyhow::Result<()> 
                         "SEVERITY",
                         "CVES",
                         "RISK",
+                        "DOWNLOAD",
                         "MISSING SINCE",
                     ],
                     &rows,
@@ -340,6 +354,7 @@ pub async fn run_patches(cmd: PatchesCmd, c: AdminClient) -> anyhow::Result<()> 
                             .unwrap_or_default(),
                         p.cves.to_string(),
                         p.max_risk.to_string(),
+                        p.download.display(),
                         p.candidates.iter().cloned().collect::<Vec<_>>().join(" "),
                     ]
                 })
@@ -352,6 +367,7 @@ pub async fn run_patches(cmd: PatchesCmd, c: AdminClient) -> anyhow::Result<()> 
                     "SEVERITY",
                     "CVES",
                     "MAX RISK",
+                    "DOWNLOAD",
                     "CANDIDATES",
                 ],
                 &rows,
@@ -433,9 +449,13 @@ pub async fn run_patches(cmd: PatchesCmd, c: AdminClient) -> anyhow::Result<()> 
                 .and_then(|()| out.flush())
                 .context("writing the report to stdout")
         }
-        PatchesCmd::Summary(a) => {
-            let s: Summary = c.get("/api/v1/patches/summary").await?;
-            if a.json {
+        PatchesCmd::Summary { customer, json } => {
+            let path = match &customer {
+                Some(cust) => format!("/api/v1/patches/summary?customer={}", query_escape(cust)),
+                None => "/api/v1/patches/summary".to_string(),
+            };
+            let s: Summary = c.get(&path).await?;
+            if json {
                 println!("{}", serde_json::to_string(&s)?);
                 return Ok(());
             }
@@ -459,12 +479,59 @@ pub async fn run_patches(cmd: PatchesCmd, c: AdminClient) -> anyhow::Result<()> 
                 f.security_patches.low,
                 f.reboot_required
             );
+            println!("download for every missing patch: {}", s.download.display());
+            if !s.customers.is_empty() {
+                let rows = s
+                    .customers
+                    .iter()
+                    .map(|c| {
+                        let f = &c.summary;
+                        vec![
+                            if c.customer.is_empty() {
+                                "-".to_string()
+                            } else {
+                                c.customer.clone()
+                            },
+                            f.devices.to_string(),
+                            f.compliant.to_string(),
+                            f.non_compliant.to_string(),
+                            f.unsupported_release.to_string(),
+                            f.compliance_percent
+                                .map(|p| format!("{p:.1}%"))
+                                .unwrap_or("-".into()),
+                            f.security_patches.critical.to_string(),
+                            f.security_patches.high.to_string(),
+                            c.download.display(),
+                        ]
+                    })
+                    .collect::<Vec<_>>();
+                println!();
+                print_table(
+                    &[
+                        "CUSTOMER",
+                        "DEVICES",
+                        "COMPLIANT",
+                        "NON-COMPLIANT",
+                        "UNSUPPORTED",
+                        "COMPLIANCE",
+                        "CRITICAL",
+                        "HIGH",
+                        "DOWNLOAD",
+                    ],
+                    &rows,
+                );
+            }
             let rows = s
                 .devices
                 .iter()
                 .map(|d| {
                     vec![
                         d.device.to_string(),
+                        if d.customer.is_empty() {
+                            "-".to_string()
+                        } else {
+                            d.customer.clone()
+                        },
                         d.release.clone().unwrap_or("-".into()),
                         format!("{:?}", d.compliance).to_lowercase(),
                         d.risk.map(|r| r.to_string()).unwrap_or("-".into()),
@@ -472,6 +539,7 @@ pub async fn run_patches(cmd: PatchesCmd, c: AdminClient) -> anyhow::Result<()> 
                         d.fixable.to_string(),
                         d.open.to_string(),
                         if d.reboot_required { "yes" } else { "" }.into(),
+                        d.download.display(),
                         ago(d.scanned_at_ms),
                     ]
                 })
@@ -481,6 +549,7 @@ pub async fn run_patches(cmd: PatchesCmd, c: AdminClient) -> anyhow::Result<()> 
                 print_table(
                     &[
                         "DEVICE",
+                        "CUSTOMER",
                         "RELEASE",
                         "COMPLIANCE",
                         "RISK",
@@ -488,6 +557,7 @@ pub async fn run_patches(cmd: PatchesCmd, c: AdminClient) -> anyhow::Result<()> 
                         "FIXABLE",
                         "OPEN",
                         "REBOOT",
+                        "DOWNLOAD",
                         "SCANNED",
                     ],
                     &rows,

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use outpost_patch::approval::{ApprovalRule, ApprovalScope, PatchKey, Verdict};
+use outpost_patch::assess::DownloadSize;
 use outpost_patch::rollout::{GateFigures, GateStatus, Input, RollbackScope};
 use outpost_proto::DeviceId;
 use outpost_storage::Store;
@@ -202,6 +203,58 @@ pub struct DeploymentView {
     /// resume, abort, rollback), oldest first ([`deployment_audit`]).
     #[serde(default)]
     pub audit: Vec<outpost_storage::model::AuditEntry>,
+    /// What its devices still download (`null` from older appliances).
+    #[serde(default)]
+    pub download: Option<PlanDownload>,
+}
+
+/// What a deployment's devices still download: for each target device,
+/// the deployment's patches its assessment still shows missing (their
+/// candidates' sizes, from the agents' scans), and what the site's LAN
+/// cache fetches from upstream for them (each package version once).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanDownload {
+    /// Summed over devices (what the devices fetch from the cache).
+    pub devices: DownloadSize,
+    /// Each distinct patch once (what the cache fetches upstream).
+    pub site: DownloadSize,
+    /// Target devices still missing at least one of its patches.
+    pub devices_missing: u32,
+}
+
+/// [`PlanDownload`] of `patches` on `targets` (device ids as the
+/// deployment stores them; one that does not parse is skipped).
+pub fn plan_download<'a>(
+    missing: &dyn MissingPatches,
+    patches: &[PatchKey],
+    targets: impl IntoIterator<Item = &'a str>,
+) -> PlanDownload {
+    let mut out = PlanDownload::default();
+    let mut seen = std::collections::BTreeSet::new();
+    for t in targets {
+        let Ok(dev) = t.parse::<DeviceId>() else {
+            continue;
+        };
+        let mut any = false;
+        for p in missing.missing(dev).unwrap_or_default() {
+            let Some(candidate) = &p.candidate else {
+                continue;
+            };
+            if !patches
+                .iter()
+                .any(|k| k.package == p.source.as_str() && k.version == candidate.as_str())
+            {
+                continue;
+            }
+            any = true;
+            out.devices.add(&p);
+            if seen.insert((p.source.to_string(), candidate.to_string())) {
+                out.site.add(&p);
+            }
+        }
+        out.devices_missing += u32::from(any);
+    }
+    out
 }
 
 /// Most audit entries read (from the deployment's creation on) when
@@ -277,6 +330,7 @@ pub fn view(d: StoredDeployment, now_ms: u64) -> DeploymentView {
         stages,
         stored: d,
         audit: Vec::new(),
+        download: None,
     }
 }
 
@@ -291,8 +345,14 @@ async fn show(
 ) -> Result<Json<DeploymentView>, ApiError> {
     let d = a.orchestrator.get(&id).map_err(deploy_error)?;
     let audit = deployment_audit(&a.store, &d).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let download = plan_download(
+        a.patches.as_ref(),
+        &d.deployment.spec.patches,
+        d.deployment.spec.targets.iter().map(|t| t.device.as_str()),
+    );
     let mut v = view(d, now());
     v.audit = audit;
+    v.download = Some(download);
     Ok(Json(v))
 }
 
@@ -452,6 +512,59 @@ mod tests {
     use axum::http::{Method, Request};
     use outpost_web::login::Role;
     use tower::ServiceExt;
+
+    /// Fails before: a deployment did not say what it downloads.
+    #[test]
+    fn a_deployments_download_sums_its_patches_per_device_and_once_per_site() {
+        let fake = FakePatches::default();
+        let sized = |src: &str, to: &str, n: Option<u64>| {
+            let mut p = missing(src, "1.0-1", to, true);
+            p.download_bytes = n;
+            p
+        };
+        let (a, b, c) = (DeviceId(1), DeviceId(2), DeviceId(3));
+        {
+            let mut m = fake.0.lock().unwrap();
+            m.insert(
+                a,
+                vec![
+                    sized("openssl", "1.1-1", Some(3_000_000)),
+                    sized("bash", "1.1-1", Some(1_000)),
+                ],
+            );
+            m.insert(b, vec![sized("openssl", "1.1-1", Some(3_000_000))]);
+            m.insert(
+                c,
+                vec![
+                    sized("openssl", "1.1-1", None),
+                    sized("zlib", "2-1", Some(9)),
+                ],
+            );
+        }
+        let patches = [
+            PatchKey::new("openssl", "1.1-1"),
+            PatchKey::new("bash", "1.1-1"),
+        ];
+        let ids: Vec<String> = [a, b, c, DeviceId(4)]
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        let mut targets: Vec<&str> = ids.iter().map(String::as_str).collect();
+        targets.push("not-a-device");
+        let d = plan_download(&fake, &patches, targets);
+        assert_eq!(
+            (d.devices.bytes, d.devices.unknown, d.devices.patches),
+            (6_001_000, 1, 4),
+            "zlib is not in the deployment; device 4 misses nothing"
+        );
+        assert_eq!(
+            (d.site.bytes, d.site.unknown, d.site.patches),
+            (3_001_000, 0, 2),
+            "each package version once"
+        );
+        assert_eq!(d.devices_missing, 3);
+        assert_eq!(d.site.display(), "2.9 MiB");
+    }
 
     async fn call(r: &Router, method: &str, path: &str, body: &str) -> (StatusCode, String) {
         let mut req = Request::builder().method(method).uri(path);

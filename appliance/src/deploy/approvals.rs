@@ -384,6 +384,7 @@ pub(crate) mod tests {
             reboot_expected: false,
             first_seen_ms: 0,
             risk: 5,
+            download_bytes: None,
         }
     }
 

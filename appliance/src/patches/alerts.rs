@@ -115,6 +115,7 @@ mod tests {
             to: DebVersion::parse("3.0.11-2").unwrap(),
             origins: vec!["Debian-Security:12/stable-security".into()],
             security: true,
+            size_bytes: None,
         });
         s.reboot.required = true;
         s.normalize();
@@ -164,6 +165,7 @@ mod tests {
             to: DebVersion::parse("3.0.11-2").unwrap(),
             origins: vec!["Debian-Security:12/stable-security".into()],
             security: true,
+            size_bytes: None,
         });
         s.reboot.required = true;
         s.normalize();

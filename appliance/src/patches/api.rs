@@ -120,8 +120,15 @@ async fn patches(State(s): State<PatchService>) -> Response {
     Json(s.patches()).into_response()
 }
 
-async fn summary(State(s): State<PatchService>) -> Response {
-    match s.summary(outpost_storage::now_ms()) {
+#[derive(Debug, Deserialize)]
+pub struct SummaryQuery {
+    /// Only this customer's devices.
+    pub customer: Option<String>,
+}
+
+async fn summary(State(s): State<PatchService>, Query(q): Query<SummaryQuery>) -> Response {
+    let customer = q.customer.as_deref().filter(|c| !c.is_empty());
+    match s.summary_for(outpost_storage::now_ms(), customer) {
         Ok(v) => Json(v).into_response(),
         Err(e) => internal(format!("{e:#}")),
     }

@@ -17,12 +17,17 @@ use anyhow::Context;
 use outpost_patch::assess::fleet::{
     CveSummary, CveView, FleetSummary, PatchSummary, cve_list, cve_view, fleet_summary, patch_list,
 };
-use outpost_patch::assess::{DeviceAssessment, Policy, assess_device, reassess_device};
+use outpost_patch::assess::{
+    DeviceAssessment, DownloadSize, Policy, assess_device, reassess_device,
+};
 use outpost_patch::catalog::{
     Catalog, ChangeSet, FeedFormat, ImportOptions, SourceCatalog, osv::import_osv,
     tracker::import_debian_tracker,
 };
-use outpost_patch::scan::{MAX_REPORT_PLAIN_BYTES, PACKAGE_REPORT_FORMAT, PackageReport, Scan};
+use outpost_patch::scan::legacy::PackageReportV1;
+use outpost_patch::scan::{
+    MAX_REPORT_PLAIN_BYTES, PACKAGE_REPORT_FORMAT, PackageReport, REPORT_FORMATS, Scan,
+};
 use outpost_proto::DeviceId;
 use outpost_proto::codec;
 use outpost_proto::messages::{PackageScanRecord, PartsGroup, next_parts_group};
@@ -32,8 +37,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::store::{
-    DailyCompliance, DeviceScan, PATCH_ASSESSMENTS, PATCH_COMPLIANCE_DAILY, PATCH_SCANS,
-    PATCH_SOURCES, SourceRecord,
+    DailyCompliance, DeviceScan, PATCH_COMPLIANCE_DAILY, PATCH_SOURCES, SourceRecord,
 };
 use crate::metrics::Metrics;
 
@@ -155,6 +159,13 @@ pub struct DevicePatches {
     pub needs_full_scan: bool,
     pub base_misses: u64,
     pub last_error: Option<String>,
+    /// The agent's last scan was deferred (dpkg's lock held through its
+    /// back-off): why; cleared by the next scan.
+    #[serde(default)]
+    pub deferred: Option<String>,
+    /// Deferred scans of this device so far.
+    #[serde(default)]
+    pub deferred_reports: u64,
     pub index_refreshed_at_ms: Option<u64>,
     pub index_error: Option<String>,
     pub os: Option<String>,
@@ -173,12 +184,36 @@ pub struct DeviceLine {
     pub open: u32,
     pub reboot_required: bool,
     pub scanned_at_ms: u64,
+    /// What its missing patches cost to download.
+    #[serde(default)]
+    pub download: DownloadSize,
+    /// Its customer (the enrollment token's; empty when unknown).
+    #[serde(default)]
+    pub customer: String,
+}
+
+/// One customer's line of `outpost patches summary` (as central's
+/// per-customer compliance).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct CustomerLine {
+    pub customer: String,
+    pub summary: FleetSummary,
+    pub download: DownloadSize,
 }
 
 /// `outpost patches summary`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Summary {
     pub fleet: FleetSummary,
+    /// What every device's missing patches cost to download, in all.
+    #[serde(default)]
+    pub download: DownloadSize,
+    /// The customer the summary is narrowed to (`?customer=C`).
+    #[serde(default)]
+    pub customer: Option<String>,
+    /// Per customer, by name (one line when narrowed to a customer).
+    #[serde(default)]
+    pub customers: Vec<CustomerLine>,
     pub devices: Vec<DeviceLine>,
     /// Most severe and widespread CVEs first (at most 50).
     pub top_cves: Vec<CveSummary>,
@@ -228,18 +263,16 @@ impl PatchService {
         let dir = data_dir.join("advisories");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut assessments = BTreeMap::new();
-        store.scan::<DeviceAssessment>(PATCH_ASSESSMENTS, &[], None, |k, a| {
+        super::store::scan_assessments(&store, |k, a| {
             if let Ok(b) = <[u8; 8]>::try_from(k) {
                 assessments.insert(DeviceId(u64::from_be_bytes(b)), Arc::new(a));
             }
-            true
         })?;
         let mut reboot_since = BTreeMap::new();
-        store.scan::<DeviceScan>(PATCH_SCANS, &[], None, |k, ds| {
+        super::store::scan_scans(&store, |k, ds| {
             if let (Ok(b), Some(t)) = (<[u8; 8]>::try_from(k), ds.reboot_since_ms) {
                 reboot_since.insert(DeviceId(u64::from_be_bytes(b)), t);
             }
-            true
         })?;
         let mut catalog = Catalog::new();
         let mut sources = Vec::new();
@@ -666,11 +699,8 @@ impl PatchService {
                 PartsGroup::Waiting => break,
                 PartsGroup::Broken => None,
             };
-            let mut ds: DeviceScan = self
-                .inner
-                .store
-                .get(PATCH_SCANS, &device_key(dev))?
-                .unwrap_or_default();
+            let mut ds: DeviceScan =
+                super::store::get_scan(&self.inner.store, &device_key(dev))?.unwrap_or_default();
             let Some(parts) = complete else {
                 // A part without its start, or a report with a part missing.
                 self.inner.metrics.patches.rejected("incomplete");
@@ -683,7 +713,7 @@ impl PatchService {
                     first.parts
                 ));
                 let mut b = self.inner.store.batch();
-                b.put(PATCH_SCANS, &device_key(dev), &ds)?;
+                super::store::put_scan(&mut b, &device_key(dev), &ds)?;
                 b.delete(PACKAGE_SCANS_IN, &entries[i].0)?;
                 self.inner.store.write(b)?;
                 self.request_full_scan(dev);
@@ -718,11 +748,11 @@ impl PatchService {
                 };
                 let prev = assessments.get(&dev).map(|a| a.as_ref());
                 let a = self.assess(scan, catalog, prev, now);
-                b.put(PATCH_ASSESSMENTS, &device_key(dev), &a)?;
+                super::store::put_assessment(&mut b, &device_key(dev), &a)?;
                 super::uplink::queue_if_changed(&self.inner.store, &mut b, dev, &a, prev)?;
                 assessments.insert(dev, Arc::new(a));
             }
-            b.put(PATCH_SCANS, &device_key(dev), &ds)?;
+            super::store::put_scan(&mut b, &device_key(dev), &ds)?;
             for (k, _, _) in group {
                 b.delete(PACKAGE_SCANS_IN, k)?;
             }
@@ -748,25 +778,32 @@ impl PatchService {
         let m = &self.inner.metrics.patches;
         ds.last_seq = seq;
         ds.received_at_ms = now;
-        if rec.format != PACKAGE_REPORT_FORMAT {
+        if !REPORT_FORMATS.contains(&rec.format) {
             m.rejected("unknown_format");
             ds.needs_full = true;
             ds.last_error = Some(format!(
-                "package report format {} is not known to this appliance (it reads {PACKAGE_REPORT_FORMAT}); upgrade the appliance",
+                "package report format {} is not known to this appliance (it reads 1 to {PACKAGE_REPORT_FORMAT}); upgrade the appliance",
                 rec.format
             ));
             return false;
         }
-        let report: PackageReport =
-            match codec::decode_compressed(&rec.payload, MAX_REPORT_PLAIN_BYTES) {
-                Ok(r) => r,
-                Err(e) => {
-                    m.rejected("malformed");
-                    ds.needs_full = true;
-                    ds.last_error = Some(format!("malformed package report: {e}"));
-                    return false;
-                }
-            };
+        // Format 1 (agents before download sizes): the old shape, sizes
+        // unknown.
+        let decoded = if rec.format == 1 {
+            codec::decode_compressed::<PackageReportV1>(&rec.payload, MAX_REPORT_PLAIN_BYTES)
+                .map(PackageReport::from)
+        } else {
+            codec::decode_compressed::<PackageReport>(&rec.payload, MAX_REPORT_PLAIN_BYTES)
+        };
+        let report: PackageReport = match decoded {
+            Ok(r) => r,
+            Err(e) => {
+                m.rejected("malformed");
+                ds.needs_full = true;
+                ds.last_error = Some(format!("malformed package report: {e}"));
+                return false;
+            }
+        };
         match report {
             PackageReport::Full(scan) => {
                 m.received("full");
@@ -778,7 +815,21 @@ impl PatchService {
                 ds.full_reports += 1;
                 ds.needs_full = false;
                 ds.last_error = None;
+                ds.deferred = None;
                 true
+            }
+            PackageReport::Deferred(d) => {
+                // The agent did not read a database an install was
+                // changing: the stored scan and assessment stay.
+                m.received("deferred");
+                ds.deferred_reports += 1;
+                ds.deferred = Some(format!(
+                    "scan deferred: {} through {} attempts over {:.1} s; the last scan is kept, the next follows the install",
+                    d.reason,
+                    d.attempts,
+                    d.waited_ms as f64 / 1000.0
+                ));
+                false
             }
             PackageReport::Delta(delta) => {
                 m.received("delta");
@@ -798,6 +849,7 @@ impl PatchService {
                             m.unparsable_versions_skipped.inc_by(u64::from(p.total));
                         }
                         ds.last_error = None;
+                        ds.deferred = None;
                         true
                     }
                     Err(e) => {
@@ -931,14 +983,11 @@ impl PatchService {
         let mut n = 0;
         let mut batch = self.inner.store.batch();
         let mut scans: Vec<(DeviceId, Scan)> = Vec::new();
-        self.inner
-            .store
-            .scan::<DeviceScan>(PATCH_SCANS, &[], None, |k, ds| {
-                if let (Ok(b), Some(scan)) = (<[u8; 8]>::try_from(k), ds.scan) {
-                    scans.push((DeviceId(u64::from_be_bytes(b)), scan));
-                }
-                true
-            })?;
+        super::store::scan_scans(&self.inner.store, |k, ds| {
+            if let (Ok(b), Some(scan)) = (<[u8; 8]>::try_from(k), ds.scan) {
+                scans.push((DeviceId(u64::from_be_bytes(b)), scan));
+            }
+        })?;
         for (dev, scan) in scans {
             let prev = view.assessments.get(&dev);
             let stale_status =
@@ -956,7 +1005,7 @@ impl PatchService {
                 .patches
                 .assessment_seconds
                 .observe(t.elapsed().as_secs_f64());
-            batch.put(PATCH_ASSESSMENTS, &device_key(dev), &a)?;
+            super::store::put_assessment(&mut batch, &device_key(dev), &a)?;
             super::uplink::queue_if_changed(
                 &self.inner.store,
                 &mut batch,
@@ -1038,7 +1087,7 @@ impl PatchService {
     }
 
     pub fn device(&self, dev: DeviceId) -> anyhow::Result<Option<DevicePatches>> {
-        let ds: Option<DeviceScan> = self.inner.store.get(PATCH_SCANS, &device_key(dev))?;
+        let ds: Option<DeviceScan> = super::store::get_scan(&self.inner.store, &device_key(dev))?;
         let Some(ds) = ds else {
             return Ok(None);
         };
@@ -1057,6 +1106,8 @@ impl PatchService {
             needs_full_scan: ds.needs_full,
             base_misses: ds.base_misses,
             last_error: ds.last_error.clone(),
+            deferred: ds.deferred.clone(),
+            deferred_reports: ds.deferred_reports,
             index_refreshed_at_ms: scan.and_then(|s| s.indexes.refreshed_at_ms),
             index_error: scan.and_then(|s| s.indexes.error.clone()),
             os: scan.and_then(|s| s.os.pretty_name.clone()),
@@ -1076,7 +1127,7 @@ impl PatchService {
         }
         let v = self.view();
         let mut out = String::from(
-            "device,hostname,customer,release,compliance,source,installed,candidate,security,severity,cves,risk,reboot_expected,missing_since_ms\n",
+            "device,hostname,customer,release,compliance,source,installed,candidate,security,severity,cves,risk,reboot_expected,missing_since_ms,download_bytes\n",
         );
         for (dev, a) in &v.assessments {
             let rec = outpost_storage::registry::get(&self.inner.store, *dev)?;
@@ -1120,6 +1171,7 @@ impl PatchService {
                     p.risk.to_string(),
                     p.reboot_expected.to_string(),
                     p.first_seen_ms.to_string(),
+                    p.download_bytes.map(|n| n.to_string()).unwrap_or_default(),
                 ];
                 let line: Vec<String> = cells.iter().map(|c| field(c)).collect();
                 out.push_str(&line.join(","));
@@ -1278,15 +1330,33 @@ impl PatchService {
         cve_view(id, v.assessments.iter().map(|(k, a)| (k, a.as_ref())))
     }
 
+    /// The site's summary (every customer).
     pub fn summary(&self, now: u64) -> anyhow::Result<Summary> {
+        self.summary_for(now, None)
+    }
+
+    /// The summary of one customer's devices (`customer`), or of all with
+    /// a per-customer breakdown (`Summary::customers`, like central's).
+    /// The daily history is the site's whole fleet's.
+    pub fn summary_for(&self, now: u64, customer: Option<&str>) -> anyhow::Result<Summary> {
         let v = self.view();
-        let fleet = fleet_summary(v.assessments.values().map(|a| a.as_ref()));
-        let mut top_cves = cve_list(v.assessments.values().map(|a| a.as_ref()));
+        let mut mine: Vec<(DeviceId, &DeviceAssessment, String)> =
+            Vec::with_capacity(v.assessments.len());
+        for (d, a) in &v.assessments {
+            let cust = outpost_storage::registry::get(&self.inner.store, *d)?
+                .map(|r| r.customer.to_string())
+                .unwrap_or_default();
+            if customer.is_some_and(|c| c != cust) {
+                continue;
+            }
+            mine.push((*d, a.as_ref(), cust));
+        }
+        let fleet = fleet_summary(mine.iter().map(|(_, a, _)| *a));
+        let mut top_cves = cve_list(mine.iter().map(|(_, a, _)| *a));
         top_cves.truncate(50);
-        let devices = v
-            .assessments
+        let devices = mine
             .iter()
-            .map(|(d, a)| DeviceLine {
+            .map(|(d, a, cust)| DeviceLine {
                 device: *d,
                 release: a.release.as_ref().map(|r| r.to_string()),
                 compliance: a.compliance,
@@ -1296,6 +1366,30 @@ impl PatchService {
                 open: a.counts.open.total(),
                 reboot_required: a.reboot_required,
                 scanned_at_ms: a.scanned_at_ms,
+                download: a.download_size(),
+                customer: cust.clone(),
+            })
+            .collect::<Vec<DeviceLine>>();
+        let mut download = DownloadSize::default();
+        for d in &devices {
+            download.merge(&d.download);
+        }
+        let mut by_customer: BTreeMap<&str, Vec<&DeviceAssessment>> = BTreeMap::new();
+        for (_, a, cust) in &mine {
+            by_customer.entry(cust.as_str()).or_default().push(a);
+        }
+        let customers = by_customer
+            .into_iter()
+            .map(|(c, list)| {
+                let mut download = DownloadSize::default();
+                for a in &list {
+                    download.merge(&a.download_size());
+                }
+                CustomerLine {
+                    customer: c.to_string(),
+                    summary: fleet_summary(list.iter().copied()),
+                    download,
+                }
             })
             .collect();
         let from = (now - now % DAY_MS).saturating_sub(89 * DAY_MS);
@@ -1311,6 +1405,9 @@ impl PatchService {
         )?;
         Ok(Summary {
             fleet,
+            download,
+            customers,
+            customer: customer.map(str::to_string),
             devices,
             top_cves,
             history,

@@ -10,11 +10,26 @@
 //!
 //! The inbox the ingest writer fills (`package_scans_in`) belongs to
 //! `outpost-storage`; this subsystem only reads and deletes it.
+//!
+//! **Stored shapes.** `patch_scans` and `patch_assessments` hold bincode,
+//! which encodes struct fields in order: when download sizes were added
+//! (`AptUpgrade::size_bytes`, `MissingPatch::download_bytes`) the values
+//! became versioned. A value written since starts with [`VERSIONED`] and a
+//! version byte ([`STORED_VERSION`]); one without it is the older shape
+//! (`DeviceScanV1`, `DeviceAssessmentV1`) and is read as such, sizes
+//! unknown, and rewritten in the new shape by the next write. 0xFF never
+//! starts an old value (an `Option` tag, or a varint `u64`, whose first
+//! byte is at most 253). Always go through [`put_scan`], [`get_scan`],
+//! [`put_assessment`] and the `scan_*` functions here.
 
+use outpost_patch::assess::DeviceAssessment;
 use outpost_patch::assess::fleet::FleetSummary;
+use outpost_patch::assess::legacy::DeviceAssessmentV1;
 use outpost_patch::catalog::{FeedFormat, SourceInfo};
 use outpost_patch::scan::Scan;
-use outpost_storage::Table;
+use outpost_patch::scan::legacy::ScanV1;
+use outpost_proto::codec::{self, CodecError};
+use outpost_storage::{Batch, StorageError, Store, Table};
 use serde::{Deserialize, Serialize};
 
 pub const PATCH_SCANS: Table = Table::new("patch_scans");
@@ -51,6 +66,125 @@ pub struct DeviceScan {
     pub last_error: Option<String>,
     /// Since when (the device's scan time) it waits for a reboot.
     pub reboot_since_ms: Option<u64>,
+    /// Why the agent's last scan was deferred (dpkg's lock held); cleared
+    /// by the next scan applied.
+    pub deferred: Option<String>,
+    /// Deferred scans received.
+    pub deferred_reports: u64,
+}
+
+/// [`DeviceScan`] as stored before download sizes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceScanV1 {
+    pub scan: Option<ScanV1>,
+    pub last_seq: u64,
+    pub received_at_ms: u64,
+    pub full_reports: u64,
+    pub delta_reports: u64,
+    pub needs_full: bool,
+    pub base_misses: u64,
+    pub last_error: Option<String>,
+    pub reboot_since_ms: Option<u64>,
+}
+
+impl From<DeviceScanV1> for DeviceScan {
+    fn from(d: DeviceScanV1) -> DeviceScan {
+        DeviceScan {
+            scan: d.scan.map(Scan::from),
+            last_seq: d.last_seq,
+            received_at_ms: d.received_at_ms,
+            full_reports: d.full_reports,
+            delta_reports: d.delta_reports,
+            needs_full: d.needs_full,
+            base_misses: d.base_misses,
+            last_error: d.last_error,
+            reboot_since_ms: d.reboot_since_ms,
+            deferred: None,
+            deferred_reports: 0,
+        }
+    }
+}
+
+/// First byte of a versioned value of `patch_scans` / `patch_assessments`.
+pub const VERSIONED: u8 = 0xFF;
+/// The shape written now: 2, with download sizes.
+pub const STORED_VERSION: u8 = 2;
+
+fn encode_versioned<T: Serialize>(table: Table, value: &T) -> Result<Vec<u8>, StorageError> {
+    let mut out = vec![VERSIONED, STORED_VERSION];
+    codec::encode_into(value, &mut out).map_err(|source| StorageError::Encode {
+        cf: table.name,
+        source,
+    })?;
+    Ok(out)
+}
+
+/// Decodes a value of either shape: versioned (the current type) or the
+/// older one (`Old`, converted).
+fn decode_versioned<T, Old>(table: Table, bytes: &[u8]) -> Result<T, StorageError>
+where
+    T: serde::de::DeserializeOwned,
+    Old: serde::de::DeserializeOwned + Into<T>,
+{
+    let corrupt = |source: CodecError| StorageError::Corrupt {
+        cf: table.name,
+        source,
+    };
+    match bytes {
+        [VERSIONED, STORED_VERSION, rest @ ..] => codec::decode(rest).map_err(corrupt),
+        [VERSIONED, v, ..] => Err(StorageError::Invalid(format!(
+            "{}: stored shape {v} is newer than this build reads ({STORED_VERSION}); upgrade the appliance",
+            table.name
+        ))),
+        _ => codec::decode::<Old>(bytes).map(Into::into).map_err(corrupt),
+    }
+}
+
+/// Adds a put of a device's scan state to `b`.
+pub fn put_scan(b: &mut Batch, key: &[u8], ds: &DeviceScan) -> Result<(), StorageError> {
+    b.put_raw(PATCH_SCANS, key, &encode_versioned(PATCH_SCANS, ds)?)
+}
+
+/// A device's scan state, either shape.
+pub fn get_scan(store: &Store, key: &[u8]) -> Result<Option<DeviceScan>, StorageError> {
+    store
+        .get_raw(PATCH_SCANS, key)?
+        .map(|v| decode_versioned::<DeviceScan, DeviceScanV1>(PATCH_SCANS, &v))
+        .transpose()
+}
+
+/// Every device's scan state, in key order.
+pub fn scan_scans(store: &Store, mut f: impl FnMut(&[u8], DeviceScan)) -> Result<(), StorageError> {
+    store.scan_raw(PATCH_SCANS, &[], None, |k, v| {
+        f(
+            k,
+            decode_versioned::<DeviceScan, DeviceScanV1>(PATCH_SCANS, v)?,
+        );
+        Ok(true)
+    })
+}
+
+/// Adds a put of a device's assessment to `b`.
+pub fn put_assessment(b: &mut Batch, key: &[u8], a: &DeviceAssessment) -> Result<(), StorageError> {
+    b.put_raw(
+        PATCH_ASSESSMENTS,
+        key,
+        &encode_versioned(PATCH_ASSESSMENTS, a)?,
+    )
+}
+
+/// Every stored assessment, either shape, in key order.
+pub fn scan_assessments(
+    store: &Store,
+    mut f: impl FnMut(&[u8], DeviceAssessment),
+) -> Result<(), StorageError> {
+    store.scan_raw(PATCH_ASSESSMENTS, &[], None, |k, v| {
+        f(
+            k,
+            decode_versioned::<DeviceAssessment, DeviceAssessmentV1>(PATCH_ASSESSMENTS, v)?,
+        );
+        Ok(true)
+    })
 }
 
 /// An imported feed, re-imported from its file when the appliance starts.

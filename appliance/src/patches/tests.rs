@@ -418,6 +418,7 @@ fn the_csv_report_lists_each_devices_missing_patches_and_filters_by_customer() {
         to: DebVersion::parse("3.0.15-1~deb12u1").unwrap(),
         origins: vec!["Debian-Security:12/stable-security".into()],
         security: true,
+        size_bytes: None,
     });
     s.normalize();
     put_report(
@@ -499,6 +500,7 @@ pub(crate) fn assess_two_customers(store: &Store, service: &PatchService) {
                 to: DebVersion::parse("3.0.15-1~deb12u1").unwrap(),
                 origins: vec!["Debian-Security:12/stable-security".into()],
                 security: true,
+                size_bytes: None,
             });
             s.normalize();
         }
@@ -1152,4 +1154,407 @@ fn an_unchanged_assessment_is_not_queued_again() {
         crate::patches::uplink::queue_if_changed(&r.store, &mut b, DeviceId(1), &a, Some(&prev))
             .unwrap()
     );
+}
+
+/// A scan whose openssl and bash have candidates, with or without sizes.
+fn scan_with_upgrades(at: u64, sizes: bool) -> Scan {
+    use outpost_patch::scan::AptUpgrade;
+    use outpost_patch::version::DebVersion;
+    let mut s = scan(V1, at);
+    for (name, from, to, size) in [
+        ("bash", "5.2.15-2+b2", "5.2.15-2+b3", 2_048u64),
+        ("libssl3", "3.0.11-1~deb12u2", "3.0.15-1~deb12u1", 1_500_000),
+    ] {
+        s.upgrades.push(AptUpgrade {
+            name: name.into(),
+            arch: Some("amd64".into()),
+            from: Some(DebVersion::parse(from).unwrap()),
+            to: DebVersion::parse(to).unwrap(),
+            origins: vec!["Debian-Security:12/stable-security".into()],
+            security: true,
+            size_bytes: sizes.then_some(size),
+        });
+    }
+    s.normalize();
+    s
+}
+
+/// The report of an older agent (format 1: no sizes).
+fn format_1(report: &PackageReport) -> PackageReport {
+    // Encoded as the old shape, then read back the way the appliance does.
+    let old = outpost_patch::scan::legacy::PackageReportV1::from_current(report).unwrap();
+    let bytes = codec::encode_compressed(&old).unwrap();
+    let back: outpost_patch::scan::legacy::PackageReportV1 =
+        codec::decode_compressed(&bytes, 1 << 20).unwrap();
+    PackageReport::from(back)
+}
+
+fn put_v1_report(store: &Store, dev: DeviceId, seq: u64, report: &PackageReport) {
+    let old = outpost_patch::scan::legacy::PackageReportV1::from_current(report).unwrap();
+    let rec = PackageScanRecord {
+        format: 1,
+        full: report.is_full(),
+        part: 0,
+        parts: 1,
+        payload: codec::encode_compressed(&old).unwrap(),
+    };
+    store
+        .put(
+            PACKAGE_SCANS_IN,
+            &outpost_storage::keys::device_time_key(dev, seq),
+            &rec,
+        )
+        .unwrap();
+}
+
+/// Fails before download sizes: `size_bytes`/`download_bytes` did not
+/// exist and a format-1 report was the only one read.
+#[test]
+fn download_sizes_of_a_new_agent_reach_the_device_the_patch_list_and_the_summary_and_an_older_agents_show_unknown()
+ {
+    let r = rig();
+    r.service
+        .import(FeedFormat::DebianTracker, None, "test", TRACKER.as_bytes())
+        .unwrap();
+    let (new, old) = (DeviceId(1), DeviceId(2));
+    put_report(
+        &r.store,
+        new,
+        1,
+        &PackageReport::Full(Box::new(scan_with_upgrades(1_000, true))),
+        PACKAGE_REPORT_FORMAT,
+    );
+    let s_old = scan_with_upgrades(1_000, false);
+    put_v1_report(
+        &r.store,
+        old,
+        1,
+        &PackageReport::Full(Box::new(s_old.clone())),
+    );
+    assert_eq!(r.service.process_reports(5_000).unwrap(), 2);
+    let a = r.service.device(new).unwrap().unwrap().assessment.unwrap();
+    let sizes: Vec<(String, Option<u64>)> = a
+        .patches
+        .iter()
+        .map(|p| (p.source.to_string(), p.download_bytes))
+        .collect();
+    assert_eq!(
+        sizes,
+        [
+            ("bash".to_string(), Some(2_048)),
+            ("openssl".to_string(), Some(1_500_000))
+        ]
+    );
+    assert_eq!(a.download_size().display(), "1.4 MiB");
+    let d = r.service.device(old).unwrap().unwrap();
+    assert_eq!(d.last_error, None, "format 1 is read");
+    let a_old = d.assessment.unwrap();
+    assert_eq!(a_old.patches.len(), 2);
+    assert!(a_old.patches.iter().all(|p| p.download_bytes.is_none()));
+    assert_eq!(a_old.download_size().display(), "unknown");
+
+    let s = r.service.summary(6_000).unwrap();
+    let line = |d: DeviceId| s.devices.iter().find(|l| l.device == d).unwrap().download;
+    assert_eq!(line(new).bytes, 1_502_048);
+    assert_eq!((line(old).bytes, line(old).unknown), (0, 2));
+    assert_eq!(
+        (s.download.bytes, s.download.unknown, s.download.patches),
+        (1_502_048, 2, 4)
+    );
+    assert_eq!(s.download.display(), "at least 1.4 MiB (2 sizes unknown)");
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["download"]["bytes"], 1_502_048);
+    let list = r.service.patches();
+    let openssl = list.iter().find(|p| p.source == "openssl").unwrap();
+    assert_eq!(
+        (
+            openssl.download.bytes,
+            openssl.download.unknown,
+            openssl.devices
+        ),
+        (1_500_000, 1, 2)
+    );
+    let csv = r.service.report_csv(None).unwrap();
+    assert!(
+        csv.lines().next().unwrap().ends_with(",download_bytes"),
+        "{csv}"
+    );
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with(&new.to_string()) && l.ends_with(",1500000")),
+        "{csv}"
+    );
+
+    // An older agent's delta (format 1, digests without sizes) applies to
+    // the scan stored from its format-1 report.
+    let mut s2 = scan(V2, 2_000);
+    s2.upgrades = s_old.upgrades.clone();
+    s2.upgrades.retain(|u| u.name == "bash");
+    put_v1_report(
+        &r.store,
+        old,
+        2,
+        &PackageReport::Delta(Box::new(s_old.diff(&s2))),
+    );
+    r.service.process_reports(7_000).unwrap();
+    let d = r.service.device(old).unwrap().unwrap();
+    assert_eq!(d.last_error, None);
+    assert!(!d.needs_full_scan);
+    assert_eq!(d.assessment.unwrap().patches.len(), 1);
+    assert_eq!(
+        format_1(&PackageReport::Full(Box::new(s2.clone()))),
+        PackageReport::Full(Box::new(s2))
+    );
+}
+
+/// Fails before the versioned values: the older shape of `patch_scans`
+/// and `patch_assessments` (no sizes) must still load after an upgrade,
+/// with the patches' first-seen times, and the next write is versioned.
+#[test]
+fn stored_scans_and_assessments_of_the_older_shape_load_after_an_upgrade() {
+    use super::super::store::{
+        DeviceScanV1, PATCH_ASSESSMENTS, PATCH_SCANS, STORED_VERSION, VERSIONED,
+    };
+    use outpost_patch::assess::legacy::DeviceAssessmentV1;
+    use outpost_patch::scan::legacy::ScanV1;
+    let r = rig();
+    r.service
+        .import(FeedFormat::DebianTracker, None, "test", TRACKER.as_bytes())
+        .unwrap();
+    let dev = DeviceId(9);
+    put_report(
+        &r.store,
+        dev,
+        1,
+        &PackageReport::Full(Box::new(scan_with_upgrades(1_000, false))),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(5_000).unwrap();
+    let key = dev.to_be_bytes();
+    let raw = r.store.get_raw(PATCH_SCANS, &key).unwrap().unwrap();
+    assert_eq!(&raw[..2], &[VERSIONED, STORED_VERSION]);
+    // Rewrite both values as an older build stored them.
+    let ds = super::super::store::get_scan(&r.store, &key)
+        .unwrap()
+        .unwrap();
+    let old_ds = DeviceScanV1 {
+        scan: ds.scan.as_ref().map(ScanV1::from),
+        last_seq: ds.last_seq,
+        received_at_ms: ds.received_at_ms,
+        full_reports: ds.full_reports,
+        delta_reports: ds.delta_reports,
+        needs_full: ds.needs_full,
+        base_misses: ds.base_misses,
+        last_error: ds.last_error.clone(),
+        reboot_since_ms: ds.reboot_since_ms,
+    };
+    let a = r.service.device(dev).unwrap().unwrap().assessment.unwrap();
+    r.store.put(PATCH_SCANS, &key, &old_ds).unwrap();
+    r.store
+        .put(PATCH_ASSESSMENTS, &key, &DeviceAssessmentV1::from(&a))
+        .unwrap();
+    let reopened = PatchService::open(
+        r.store.clone(),
+        r._dir.path(),
+        r.metrics.clone(),
+        Policy::default(),
+    )
+    .unwrap();
+    let d = reopened.device(dev).unwrap().unwrap();
+    assert_eq!(d.upgrades, 2);
+    let loaded = d.assessment.unwrap();
+    assert_eq!(loaded, a, "every field, first-seen times included");
+    // A later scan (same packages, now with sizes) keeps the first-seen
+    // time and is written versioned.
+    put_report(
+        &r.store,
+        dev,
+        2,
+        &PackageReport::Full(Box::new(scan_with_upgrades(9_000, true))),
+        PACKAGE_REPORT_FORMAT,
+    );
+    reopened.process_reports(10_000).unwrap();
+    let a2 = reopened.device(dev).unwrap().unwrap().assessment.unwrap();
+    assert_eq!(a2.patches[1].first_seen_ms, a.patches[1].first_seen_ms);
+    assert_eq!(a2.patches[1].download_bytes, Some(1_500_000));
+    for table in [PATCH_SCANS, PATCH_ASSESSMENTS] {
+        let raw = r.store.get_raw(table, &key).unwrap().unwrap();
+        assert_eq!(&raw[..2], &[VERSIONED, STORED_VERSION], "{}", table.name);
+    }
+}
+
+/// A deferred scan (dpkg's lock held on the device) keeps the stored scan
+/// and assessment, shows the reason on the device and is counted; the
+/// next scan clears it.
+#[test]
+fn a_deferred_scan_keeps_the_last_assessment_shows_why_and_is_counted() {
+    use outpost_patch::scan::ScanDeferred;
+    let r = rig();
+    r.service
+        .import(FeedFormat::DebianTracker, None, "test", TRACKER.as_bytes())
+        .unwrap();
+    let dev = DeviceId(4);
+    put_report(
+        &r.store,
+        dev,
+        1,
+        &PackageReport::Full(Box::new(scan_with_upgrades(1_000, true))),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(2_000).unwrap();
+    let before = r.service.device(dev).unwrap().unwrap().assessment.unwrap();
+    put_report(
+        &r.store,
+        dev,
+        2,
+        &PackageReport::Deferred(Box::new(ScanDeferred {
+            at_ms: 3_000,
+            reason: "dpkg's lock /var/lib/dpkg/lock-frontend is held by pid 4242".into(),
+            attempts: 7,
+            waited_ms: 60_000,
+        })),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(4_000).unwrap();
+    let d = r.service.device(dev).unwrap().unwrap();
+    let why = d.deferred.clone().unwrap();
+    assert!(
+        why.contains("pid 4242") && why.contains("7 attempts over 60.0 s"),
+        "{why}"
+    );
+    assert_eq!(d.deferred_reports, 1);
+    assert_eq!(d.last_error, None);
+    assert!(!d.needs_full_scan);
+    assert_eq!(d.assessment.unwrap(), before, "nothing assessed is lost");
+    let text = r.metrics.encode();
+    assert!(
+        text.contains("outpost_patches_scans_received_total{kind=\"deferred\"} 1"),
+        "{text}"
+    );
+    put_report(
+        &r.store,
+        dev,
+        3,
+        &PackageReport::Full(Box::new(scan_with_upgrades(5_000, true))),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(6_000).unwrap();
+    let d = r.service.device(dev).unwrap().unwrap();
+    assert_eq!(d.deferred, None);
+    assert_eq!(d.deferred_reports, 1);
+}
+
+fn register(store: &Store, dev: DeviceId, customer: &str) {
+    outpost_storage::registry::register(
+        store,
+        &outpost_storage::model::DeviceRecord {
+            id: dev,
+            tenant: "acme".into(),
+            customer: customer.into(),
+            hostname: format!("host-{}", dev.0),
+            os: String::new(),
+            kernel: String::new(),
+            arch: String::new(),
+            agent_version: String::new(),
+            enrolled_at_ms: 0,
+            cert_serial: String::new(),
+            revoked_at_ms: None,
+        },
+    )
+    .unwrap();
+}
+
+/// Fails before the breakdown: the site's summary had no per-customer
+/// lines and no customer filter (central had both).
+#[tokio::test]
+async fn the_site_summary_breaks_compliance_down_per_customer_and_narrows_to_one() {
+    use tower::ServiceExt;
+    let r = rig();
+    r.service
+        .import(FeedFormat::DebianTracker, None, "test", TRACKER.as_bytes())
+        .unwrap();
+    // dental: one device missing openssl's fix (non-compliant once overdue),
+    // one up to date; vet: one up to date.
+    for (dev, customer, lines) in [(1, "dental", V1), (2, "dental", V2), (3, "vet", V2)] {
+        let dev = DeviceId(dev);
+        register(&r.store, dev, customer);
+        let s = if lines == V1 {
+            scan_with_upgrades(1_000, true)
+        } else {
+            scan(V2, 1_000)
+        };
+        put_report(
+            &r.store,
+            dev,
+            1,
+            &PackageReport::Full(Box::new(s)),
+            PACKAGE_REPORT_FORMAT,
+        );
+    }
+    r.service.process_reports(2_000).unwrap();
+    let late = 2_000 + 30 * DAY_MS;
+    // Device 1 scanned again a month later: its patch is overdue.
+    put_report(
+        &r.store,
+        DeviceId(1),
+        2,
+        &PackageReport::Full(Box::new(scan_with_upgrades(late, true))),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(late).unwrap();
+    let s = r.service.summary_for(late, None).unwrap();
+    let by: Vec<(String, u32, u32, u64)> = s
+        .customers
+        .iter()
+        .map(|c| {
+            (
+                c.customer.clone(),
+                c.summary.devices,
+                c.summary.compliant,
+                c.download.bytes,
+            )
+        })
+        .collect();
+    assert_eq!(
+        by,
+        [
+            ("dental".to_string(), 2, 1, 1_502_048),
+            ("vet".to_string(), 1, 1, 0)
+        ]
+    );
+    assert_eq!(s.fleet.devices, 3);
+    assert!(s.devices.iter().all(|d| !d.customer.is_empty()));
+    let dental = r.service.summary_for(late, Some("dental")).unwrap();
+    assert_eq!(dental.customer.as_deref(), Some("dental"));
+    assert_eq!(dental.fleet.devices, 2);
+    assert_eq!(dental.fleet.compliance_percent, Some(50.0));
+    assert_eq!(dental.customers.len(), 1);
+    assert_eq!(dental.devices.len(), 2);
+    assert!(
+        r.service
+            .summary_for(late, Some("nobody"))
+            .unwrap()
+            .devices
+            .is_empty()
+    );
+
+    // The API takes ?customer=C.
+    let app = super::super::api::router(r.service.clone());
+    let res = app
+        .oneshot(
+            axum::http::Request::get("/api/v1/patches/summary?customer=vet")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["customer"], "vet");
+    assert_eq!(v["fleet"]["devices"], 1);
+    assert_eq!(v["customers"][0]["customer"], "vet");
+    assert_eq!(v["devices"][0]["customer"], "vet");
 }

@@ -387,6 +387,7 @@ fn facts_come_from_a_missing_patch_and_need_its_candidate() {
         reboot_expected: false,
         first_seen_ms: 42,
         risk: 1,
+        download_bytes: None,
     };
     let f = PatchFacts::from_missing(&m).unwrap();
     assert_eq!(f.key, PatchKey::new("openssl", "3.0.15-1"));

@@ -9,7 +9,9 @@
 use crate::smallstr::{FxBuild, SmallStr};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::{AssessmentStatus, Compliance, DeviceAssessment, FindingState, SeverityCounts};
+use super::{
+    AssessmentStatus, Compliance, DeviceAssessment, DownloadSize, FindingState, SeverityCounts,
+};
 use crate::severity::Severity;
 use crate::version::DebVersion;
 
@@ -151,6 +153,10 @@ pub struct PatchSummary {
     pub reboot_expected: bool,
     pub max_risk: u32,
     pub oldest_first_seen_ms: u64,
+    /// What the devices missing it download in all (each from the site's
+    /// LAN cache; the cache fetches each package once).
+    #[serde(default)]
+    pub download: DownloadSize,
 }
 
 /// Every missing patch across the devices, by source package.
@@ -172,6 +178,7 @@ pub fn patch_list<'a>(
                         reboot_expected: false,
                         max_risk: 0,
                         oldest_first_seen_ms: u64::MAX,
+                        download: DownloadSize::default(),
                     },
                     BTreeSet::new(),
                 )
@@ -188,6 +195,7 @@ pub fn patch_list<'a>(
             s.reboot_expected |= p.reboot_expected;
             s.max_risk = s.max_risk.max(p.risk);
             s.oldest_first_seen_ms = s.oldest_first_seen_ms.min(p.first_seen_ms);
+            s.download.add(p);
         }
     }
     by_source

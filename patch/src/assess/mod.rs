@@ -25,6 +25,7 @@
 //! catalog gives `no-catalog`.
 
 pub mod fleet;
+pub mod legacy;
 pub mod policy;
 
 use crate::smallstr::{FxBuild, SmallStr};
@@ -131,6 +132,10 @@ pub struct MissingPatch {
     pub first_seen_ms: u64,
     /// 1–10, see [`policy`].
     pub risk: u32,
+    /// Bytes to download: the sum of its binaries' candidate sizes, `None`
+    /// when one of them is unknown (a report of format 1, or apt could not
+    /// tell).
+    pub download_bytes: Option<u64>,
 }
 
 impl MissingPatch {
@@ -284,7 +289,76 @@ pub struct DeviceAssessment {
     pub indexes_stale: bool,
 }
 
+/// What a set of missing patches costs to download: the bytes of those
+/// whose size is known, and how many are of unknown size (shown as "at
+/// least", or "unknown" when none is known).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DownloadSize {
+    pub bytes: u64,
+    /// Patches whose size is unknown (not counted in `bytes`).
+    pub unknown: u32,
+    /// Patches counted.
+    pub patches: u32,
+}
+
+impl DownloadSize {
+    pub fn add(&mut self, p: &MissingPatch) {
+        self.patches = self.patches.saturating_add(1);
+        match p.download_bytes {
+            Some(n) => self.bytes = self.bytes.saturating_add(n),
+            None => self.unknown = self.unknown.saturating_add(1),
+        }
+    }
+
+    pub fn merge(&mut self, o: &DownloadSize) {
+        self.bytes = self.bytes.saturating_add(o.bytes);
+        self.unknown = self.unknown.saturating_add(o.unknown);
+        self.patches = self.patches.saturating_add(o.patches);
+    }
+
+    /// `12.3 MiB`, `at least 12.3 MiB (2 sizes unknown)`, `unknown`, or
+    /// `0 B` for nothing to download.
+    pub fn display(&self) -> String {
+        if self.patches > 0 && self.unknown == self.patches {
+            return "unknown".into();
+        }
+        let b = human_bytes(self.bytes);
+        match self.unknown {
+            0 => b,
+            1 => format!("at least {b} (1 size unknown)"),
+            n => format!("at least {b} ({n} sizes unknown)"),
+        }
+    }
+}
+
+/// Bytes in binary units with one decimal (`512 B`, `1.5 KiB`, `12.3 MiB`).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for u in &UNITS[1..] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
+}
+
 impl DeviceAssessment {
+    /// What the device's missing patches cost to download.
+    pub fn download_size(&self) -> DownloadSize {
+        let mut d = DownloadSize::default();
+        for p in &self.patches {
+            d.add(p);
+        }
+        d
+    }
+
     /// The findings of one of this assessment's packages.
     pub fn findings_of(&self, p: &PackageFindings) -> &[Finding] {
         let start = p.first as usize;
@@ -573,6 +647,10 @@ fn build_patches(
         match existing {
             Some(p) => {
                 p.security |= upgrade.security;
+                p.download_bytes = p
+                    .download_bytes
+                    .zip(upgrade.size_bytes)
+                    .map(|(a, b)| a.saturating_add(b));
                 p.binaries.push(binary);
             }
             None => {
@@ -592,6 +670,7 @@ fn build_patches(
                     reboot_expected: false,
                     first_seen_ms,
                     risk: 0,
+                    download_bytes: upgrade.size_bytes,
                 });
             }
         }

@@ -278,6 +278,7 @@ fn targets_come_from_a_missing_patch() {
         reboot_expected: false,
         first_seen_ms: 0,
         risk: 1,
+        download_bytes: None,
     };
     let t = BinaryTarget::from_missing(&m);
     assert_eq!(t[0].apt_arg(), "libssl3:amd64=3.0.15-1");

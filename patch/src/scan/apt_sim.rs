@@ -115,6 +115,8 @@ fn parse_inst(rest: &str) -> Result<AptUpgrade, String> {
         to,
         origins,
         security,
+        // Filled from `apt-cache show` (see `scan::apt_cache`).
+        size_bytes: None,
     })
 }
 

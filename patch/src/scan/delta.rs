@@ -246,6 +246,7 @@ mod tests {
             to: DebVersion::parse("3.1").unwrap(),
             origins: vec!["Debian-Security:12/stable-security".into()],
             security: true,
+            size_bytes: Some(1234),
         });
         new.reboot.required = true;
         let delta = old.diff(&new);

@@ -137,6 +137,10 @@ pub struct AptUpgrade {
     /// Offered by a security pocket (an origin's archive ends in
     /// `-security` or its label names `Security`).
     pub security: bool,
+    /// The candidate's download size in bytes (the `Size:` field of its
+    /// package index entry, as `apt-cache show` prints it); `None` when
+    /// unknown (reports of format 1, or apt could not tell).
+    pub size_bytes: Option<u64>,
 }
 
 impl AptUpgrade {
@@ -148,6 +152,7 @@ impl AptUpgrade {
             && self.to.as_str() == other.to.as_str()
             && self.origins == other.origins
             && self.security == other.security
+            && self.size_bytes == other.size_bytes
     }
 }
 
@@ -320,6 +325,22 @@ impl Scan {
                 put(&mut h, o);
             }
             h.write(&[u8::from(u.security)]);
+        }
+        // Download sizes (report format 2) in a section of their own after
+        // the upgrades, only when one is known: a scan without sizes (format
+        // 1) keeps the digest it always had, so an older agent's deltas
+        // still apply to its stored scan.
+        if self.upgrades.iter().any(|u| u.size_bytes.is_some()) {
+            h.write(b"sizes");
+            for u in &self.upgrades {
+                match u.size_bytes {
+                    Some(n) => {
+                        h.write(&[1]);
+                        h.write(&n.to_le_bytes());
+                    }
+                    None => h.write(&[0]),
+                }
+            }
         }
         h.finish()
     }

@@ -14,7 +14,18 @@ use crate::scan::model::Scan;
 /// The encoding of [`PackageReport`] in a package-scan record: bincode of
 /// this enum, zstd-compressed. A change of [`Scan`] or [`ScanDelta`]'s
 /// fields is a new format number.
-pub const PACKAGE_REPORT_FORMAT: u16 = 1;
+///
+/// - 1: the first shape (`crate::scan::legacy::PackageReportV1`);
+/// - 2: every upgrade carries its candidate's download size
+///   (`AptUpgrade::size_bytes`), and a scan can be reported deferred
+///   ([`PackageReport::Deferred`]).
+///
+/// An appliance reads every format up to its own ([`REPORT_FORMATS`]); an
+/// agent sends the newest it knows (upgrade the appliance first).
+pub const PACKAGE_REPORT_FORMAT: u16 = 2;
+
+/// The formats this build reads, oldest first.
+pub const REPORT_FORMATS: &[u16] = &[1, 2];
 
 /// Largest decompressed report the appliance accepts: 16 MiB, about
 /// 200,000 packages.
@@ -27,6 +38,24 @@ pub enum PackageReport {
     Full(Box<Scan>),
     /// The change since the previous report of the device.
     Delta(Box<ScanDelta>),
+    /// No scan: dpkg's lock stayed held (an install was running) through
+    /// the agent's back-off, so the inventory could have been read between
+    /// two states. The appliance keeps the device's scan and assessment,
+    /// shows the reason and counts it; the agent scans again once the
+    /// database changes.
+    Deferred(Box<ScanDeferred>),
+}
+
+/// Why a scan was deferred.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScanDeferred {
+    /// When the agent gave up (Unix ms, the agent's clock).
+    pub at_ms: u64,
+    /// `dpkg's lock /var/lib/dpkg/lock-frontend is held by pid 4242`.
+    pub reason: String,
+    pub attempts: u32,
+    /// From the first attempt to giving up.
+    pub waited_ms: u64,
 }
 
 impl PackageReport {
@@ -39,6 +68,7 @@ impl PackageReport {
         match self {
             PackageReport::Full(s) => s.scanned_at_ms,
             PackageReport::Delta(d) => d.scanned_at_ms,
+            PackageReport::Deferred(d) => d.at_ms,
         }
     }
 }
