@@ -348,7 +348,11 @@ pub async fn pull(
 }
 
 /// The transfer `id` if the caller may see it, else 404.
-async fn visible(c: &Arc<Central>, p: &Principal, id: &str) -> Result<CentralFile, ApiError> {
+pub(crate) async fn visible(
+    c: &Arc<Central>,
+    p: &Principal,
+    id: &str,
+) -> Result<CentralFile, ApiError> {
     let not_found = || ApiError::NotFound(format!("no transfer {id}"));
     let t: TransferId = id.parse().map_err(|_| not_found())?;
     c.store
@@ -488,11 +492,20 @@ pub async fn cancel(
     axum::Extension(p): axum::Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<FileView>, ApiError> {
-    let f = visible(&c, &p, &id).await?;
-    if let Err(e) = crate::api::require(&p, crate::model::Role::Technician) {
+    Ok(Json(cancel_on(&c, &p, &id).await?))
+}
+
+/// Cancels a transfer (the API's and the console's path).
+pub(crate) async fn cancel_on(
+    c: &Arc<Central>,
+    p: &Principal,
+    id: &str,
+) -> Result<FileView, ApiError> {
+    let f = visible(c, p, id).await?;
+    if let Err(e) = crate::api::require(p, crate::model::Role::Technician) {
         c.metrics.files.refuse("forbidden");
         return Err(e);
     }
-    let cmd = crate::api_commands::cancel_command(&c, &p, &f.command.to_string()).await?;
-    Ok(Json(FileView::of(&f, Some(&cmd), &c)))
+    let cmd = crate::api_commands::cancel_command(c, p, &f.command.to_string()).await?;
+    Ok(FileView::of(&f, Some(&cmd), c))
 }

@@ -458,6 +458,7 @@ impl ConsoleBackend for CentralConsole {
                 deployments: true,
                 edit_approvals: true,
                 bulk_by_tag: true,
+                files: true,
                 // Features added later stay off until central has them.
                 ..Features::default()
             },
@@ -1405,6 +1406,48 @@ impl ConsoleBackend for CentralConsole {
                 out.push(bulk_row(&view));
             }
             Ok(out)
+        })
+    }
+
+    fn files<'a>(
+        &'a self,
+        v: &'a Viewer,
+        state: Option<&'a str>,
+    ) -> ConsoleFuture<'a, Vec<outpost_console::files::FileRow>> {
+        Box::pin(async move {
+            crate::console_files::list(&self.central, &principal(v), state)
+                .await
+                .map_err(err)
+        })
+    }
+
+    fn file<'a>(
+        &'a self,
+        v: &'a Viewer,
+        id: &'a str,
+    ) -> ConsoleFuture<'a, outpost_console::files::FileRow> {
+        Box::pin(async move {
+            crate::console_files::one(&self.central, &principal(v), id)
+                .await
+                .map_err(err)
+        })
+    }
+
+    fn cancel_file<'a>(&'a self, v: &'a Viewer, id: &'a str) -> ConsoleFuture<'a, ()> {
+        Box::pin(async move {
+            crate::console_files::cancel(&self.central, &principal(v), id)
+                .await
+                .map_err(err)
+        })
+    }
+
+    fn cancel_bulk<'a>(&'a self, v: &'a Viewer, id: &'a str) -> ConsoleFuture<'a, ()> {
+        Box::pin(async move {
+            let p = principal(v);
+            crate::api_bulk::cancel_bulk(&self.central, &p, id)
+                .await
+                .map(|_| ())
+                .map_err(err)
         })
     }
 

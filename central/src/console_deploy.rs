@@ -357,8 +357,18 @@ pub fn action_body(a: &DeploymentAction) -> Value {
         DeploymentAction::Resume {
             retry_failed,
             force,
-        } => json!({ "retry_failed": retry_failed, "force": force }),
-        DeploymentAction::Rollback => json!({ "scope": "deployment" }),
+            patches,
+        } => {
+            let mut b = json!({ "retry_failed": retry_failed, "force": force });
+            if !patches.is_empty() {
+                b["patches"] = patches
+                    .iter()
+                    .map(|p| outpost_console::deploy_form::patch_json(p))
+                    .collect();
+            }
+            b
+        }
+        DeploymentAction::Rollback { scope } => scope.json(),
     }
 }
 
@@ -426,6 +436,9 @@ pub fn create_request(
             }
         }
         body["patches"] = Value::Array(v);
+    }
+    if let Value::Object(m) = &mut body {
+        m.extend(req.options.json());
     }
     Ok((body, sites))
 }
@@ -683,6 +696,7 @@ mod tests {
                 target: "customer:dental".into(),
                 patches: vec!["openssl=3.0.2-1".into()],
                 security_only: true,
+                ..Default::default()
             },
             &names,
         )
@@ -707,6 +721,10 @@ mod tests {
         .unwrap();
         assert_eq!((b["target"]["tag"].as_str(), sites), (Some("web"), None));
         assert!(b.get("patches").is_none());
+        assert!(
+            b.get("stages").is_none() && b.get("window").is_none(),
+            "no option set: the sites' defaults: {b}"
+        );
         for bad in ["device:2a", "nope:x", "customer:law"] {
             assert!(
                 create_request(
@@ -720,6 +738,51 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn the_create_forms_options_go_to_the_sites_request_as_the_api_takes_them() {
+        let names = HashMap::new();
+        let (b, _) = create_request(
+            &NewDeployment {
+                target: "all".into(),
+                options: outpost_console::deployments::DeploymentOptions {
+                    stages: Some(vec![10, 100]),
+                    min_success_pct: Some(80),
+                    auto_rollback_failed_pct: Some(50),
+                    install_deadline_minutes: Some(30),
+                    reboot: Some("never".into()),
+                    pre_script: Some("stop-app".into()),
+                    snapshot: Some(false),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            &names,
+        )
+        .unwrap();
+        assert_eq!(b["stages"], json!([10, 100]));
+        assert_eq!(b["gate"], json!({"min_success_pct": 80}));
+        assert_eq!(b["auto_rollback_failed_pct"], 50);
+        assert_eq!(b["install_deadline_ms"], 1_800_000);
+        assert_eq!(
+            (&b["reboot"], &b["pre_script"], &b["snapshot"]),
+            (&json!("never"), &json!("stop-app"), &json!(false))
+        );
+        assert_eq!(
+            action_body(&DeploymentAction::Rollback {
+                scope: outpost_console::deployments::RollbackTarget::Stage(1)
+            }),
+            json!({"scope": "stage", "stage": 1})
+        );
+        assert_eq!(
+            action_body(&DeploymentAction::Resume {
+                retry_failed: false,
+                force: true,
+                patches: vec!["openssl=3.0.2-2".into()],
+            }),
+            json!({"retry_failed": false, "force": true, "patches": [{"package": "openssl", "version": "3.0.2-2"}]})
+        );
     }
 
     #[test]

@@ -28,6 +28,8 @@ crate::testing::on_both_backends!(
     the_deployment_pages_show_each_sites_progress_within_scope_and_404_elsewhere,
     technicians_pause_from_the_page_through_the_order_path_and_viewers_are_refused,
     admins_approve_and_add_and_remove_rules_from_the_approvals_page_and_others_cannot,
+    admins_create_with_options_from_the_form_and_bad_values_come_back_in_the_form_with_the_reason,
+    technicians_roll_back_a_stage_or_a_device_and_resume_with_other_versions_from_the_page,
 );
 
 struct F {
@@ -507,5 +509,238 @@ async fn admins_approve_and_add_and_remove_rules_from_the_approvals_page_and_oth
         )
         .await,
         404
+    );
+}
+
+async fn admins_create_with_options_from_the_form_and_bad_values_come_back_in_the_form_with_the_reason()
+ {
+    let f = fixture().await;
+    let admin_token = f.token(Role::Admin).await;
+    let admin = f.session("msp", "ann", Role::Admin, &[]).await;
+    let (_, list) = f.page(&admin, "/deployments").await;
+    assert!(
+        list.contains("id=\"dep-options\"") && list.contains("name=\"stages\""),
+        "{list}"
+    );
+    let token = csrf_in(&list);
+    let form = |extra: &str| {
+        format!("csrf={token}&target=customer%3Adental&patch=openssl%3D3.0.2-1{extra}")
+    };
+    // Bad values: 400, the list page with the form as typed and every
+    // reason; nothing is sent.
+    let bad = form(
+        "&stages=50%2C10&min_success_pct=101&day=sat&window_start=25%3A00&window_minutes=60&reboot=sometimes",
+    );
+    let (st, _, page) = f
+        .send(
+            "POST",
+            "/deployments",
+            &[
+                ("cookie", admin.as_str()),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            &bad,
+        )
+        .await;
+    assert_eq!(st, 400, "{page}");
+    assert!(page.contains("id=\"dep-error\""), "{page}");
+    for why in [
+        "Stages: &quot;50,10&quot;",
+        "Gate success %: &quot;101&quot;",
+        "Window start: &quot;25:00&quot;",
+        "Reboot: &quot;sometimes&quot;",
+    ] {
+        assert!(page.contains(why), "{why}: {page}");
+    }
+    assert!(
+        page.contains("value=\"50,10\"") && page.contains("value=\"25:00\""),
+        "typed values kept: {page}"
+    );
+    assert!(
+        page.contains("value=\"sat\" checked"),
+        "the day stays checked: {page}"
+    );
+    let (_, v) = f
+        .api(&admin_token, "GET", "/api/v1/deployments", None)
+        .await;
+    assert_eq!(v, json!([]), "nothing created");
+    // An unknown customer: the backend's refusal, shown in the form too.
+    let (st, _, page) = f
+        .send(
+            "POST",
+            "/deployments",
+            &[
+                ("cookie", admin.as_str()),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            &format!("csrf={token}&target=customer%3Alaw"),
+        )
+        .await;
+    assert_eq!(st, 400, "{page}");
+    assert!(
+        page.contains("id=\"dep-error\"") && page.contains("no customer law"),
+        "{page}"
+    );
+
+    // Good values: created with each option as the API takes them.
+    let good = form(
+        "&stages=10%2C100&min_success_pct=90&min_finished=2&soak_minutes=5&auto_rollback_failed_pct=40&deadline_minutes=90&day=sat&day=sun&window_start=22%3A00&window_minutes=240&window_timezone=Europe%2FBerlin&reboot=never&pre_script=stop-app&post_script=start-app&snapshot=no",
+    );
+    assert_eq!(f.post(&admin, "/deployments", &good).await, 303);
+    let (_, v) = f
+        .api(&admin_token, "GET", "/api/v1/deployments", None)
+        .await;
+    assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+    let r = &v[0]["request"];
+    assert_eq!(r["stages"], json!([10, 100]), "{r}");
+    assert_eq!(
+        r["gate"],
+        json!({"min_success_pct": 90, "min_finished": 2, "soak_ms": 300_000})
+    );
+    assert_eq!(r["auto_rollback_failed_pct"], 40);
+    assert_eq!(r["install_deadline_ms"], 5_400_000);
+    assert_eq!(
+        r["window"],
+        json!({"days": ["sat", "sun"], "start": "22:00", "duration_minutes": 240, "timezone": "Europe/Berlin"})
+    );
+    assert_eq!(
+        (
+            &r["reboot"],
+            &r["pre_script"],
+            &r["post_script"],
+            &r["snapshot"]
+        ),
+        (
+            &json!("never"),
+            &json!("stop-app"),
+            &json!("start-app"),
+            &json!(false)
+        )
+    );
+    // The customer target: only dental's site.
+    assert_eq!(v[0]["sites"].as_array().map(Vec::len), Some(1), "{v}");
+    // A technician cannot create, whatever the options.
+    let tech = f.session("msp", "tess", Role::Technician, &[]).await;
+    let (_, tpage) = f.page(&tech, "/deployments").await;
+    assert!(!tpage.contains("dep-options"), "{tpage}");
+    let ttoken = csrf_in_or_none(&tpage);
+    assert_eq!(
+        f.post(
+            &tech,
+            "/deployments",
+            &format!("csrf={ttoken}&target=all&stages=10%2C100")
+        )
+        .await,
+        403
+    );
+}
+
+/// The page's CSRF token, or none where the page has no form.
+fn csrf_in_or_none(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn technicians_roll_back_a_stage_or_a_device_and_resume_with_other_versions_from_the_page() {
+    let f = fixture().await;
+    let dep = f.deployment("paused").await;
+    let uri = format!("/deployments/{dep}");
+    let admin_token = f.token(Role::Admin).await;
+    let tech = f.session("msp", "tess", Role::Technician, &[]).await;
+    let (_, page) = f.page(&tech, &uri).await;
+    // The rollback form offers the stage reached; each device that ran
+    // has its own button (2a waits: none).
+    assert!(
+        page.contains("value=\"stage:1\"") && page.contains("id=\"resume-patches\""),
+        "{page}"
+    );
+    assert!(!page.contains("class=\"dev-rollback\""), "{page}");
+    let token = csrf_in(&page);
+    assert_eq!(
+        f.post(
+            &tech,
+            &format!("{uri}/rollback"),
+            &format!("csrf={token}&scope=stage%3A1")
+        )
+        .await,
+        303
+    );
+    assert_eq!(
+        f.post(
+            &tech,
+            &format!("{uri}/rollback"),
+            &format!("csrf={token}&scope=device%3A000000000000002a")
+        )
+        .await,
+        303
+    );
+    assert_eq!(
+        f.post(
+            &tech,
+            &format!("{uri}/resume"),
+            &format!("csrf={token}&force=1&patches=openssl%3D3.0.2-2")
+        )
+        .await,
+        303
+    );
+    // Bad scope or patch: 400, nothing sent.
+    for (action, body) in [
+        ("rollback", "scope=stage%3A0"),
+        ("rollback", "scope=site%3Ax"),
+        ("resume", "patches=openssl"),
+    ] {
+        assert_eq!(
+            f.post(
+                &tech,
+                &format!("{uri}/{action}"),
+                &format!("csrf={token}&{body}")
+            )
+            .await,
+            400,
+            "{action} {body}"
+        );
+    }
+    let (_, v) = f
+        .api(
+            &admin_token,
+            "GET",
+            &format!("/api/v1/deployments/{dep}"),
+            None,
+        )
+        .await;
+    let bodies: Vec<Value> = v["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["detail"].clone())
+        .collect();
+    assert_eq!(
+        bodies,
+        vec![
+            json!({"action": "rollback", "body": {"scope": "stage", "stage": 0}}),
+            json!({"action": "rollback", "body": {"scope": "device", "device": "000000000000002a"}}),
+            json!({"action": "resume", "body": {"retry_failed": false, "force": true, "patches": [{"package": "openssl", "version": "3.0.2-2"}]}}),
+        ],
+        "{v}"
+    );
+    // A viewer: no rollback or resume form, and a forged POST is refused.
+    let viewer = f.session("msp", "vera", Role::Viewer, &[]).await;
+    let (_, vpage) = f.page(&viewer, &uri).await;
+    assert!(
+        !vpage.contains("rollback-scope") && !vpage.contains("resume-patches"),
+        "{vpage}"
+    );
+    let vtoken = csrf_in_or_none(&vpage);
+    assert_eq!(
+        f.post(
+            &viewer,
+            &format!("{uri}/rollback"),
+            &format!("csrf={vtoken}&scope=deployment")
+        )
+        .await,
+        403
     );
 }

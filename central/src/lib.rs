@@ -36,6 +36,9 @@ pub mod console;
 pub mod console_deploy;
 #[cfg(test)]
 mod console_deploy_tests;
+pub mod console_files;
+#[cfg(test)]
+mod console_files_tests;
 pub mod console_patches;
 #[cfg(test)]
 mod console_tests;

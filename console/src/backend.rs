@@ -88,6 +88,8 @@ pub struct Features {
     /// Approvals and approval rules can be changed from the Approvals
     /// page (central: sent to its sites as orders).
     pub edit_approvals: bool,
+    /// File transfers (pushes and pulls) have their pages (`/files`).
+    pub files: bool,
 }
 
 /// What the console shows of the backend itself.
@@ -636,6 +638,33 @@ pub trait ConsoleBackend: Send + Sync + 'static {
         _viewer: &'a Viewer,
         _id: &'a str,
     ) -> ConsoleFuture<'a, crate::scripts::BulkDetail> {
+        Box::pin(async { Err(no_commands()) })
+    }
+    /// Cancels a bulk run (the backend checks the role): nothing more
+    /// starts, queued members are cancelled, running ones told to stop.
+    fn cancel_bulk<'a>(&'a self, _viewer: &'a Viewer, _id: &'a str) -> ConsoleFuture<'a, ()> {
+        Box::pin(async { Err(no_commands()) })
+    }
+    /// File transfers the viewer sees, newest first (at most
+    /// [`crate::files::MAX_FILES`]), of one command state when given
+    /// (backends with [`Features::files`]).
+    fn files<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+        _state: Option<&'a str>,
+    ) -> ConsoleFuture<'a, Vec<crate::files::FileRow>> {
+        Box::pin(async { Err(no_commands()) })
+    }
+    /// One file transfer.
+    fn file<'a>(
+        &'a self,
+        _viewer: &'a Viewer,
+        _id: &'a str,
+    ) -> ConsoleFuture<'a, crate::files::FileRow> {
+        Box::pin(async { Err(no_commands()) })
+    }
+    /// Cancels a file transfer (the backend checks the role).
+    fn cancel_file<'a>(&'a self, _viewer: &'a Viewer, _id: &'a str) -> ConsoleFuture<'a, ()> {
         Box::pin(async { Err(no_commands()) })
     }
     /// The Patches overview of the viewer's scope (backends with

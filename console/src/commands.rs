@@ -360,6 +360,7 @@ async fn list_page(c: Arc<Console>, h: HeaderMap, p: ListParams, site: Option<St
                 crumbs,
                 html! {
                     @if c.backend.info().features.scripts { p.paging { a #bulk-runs-link href="/commands/bulk" { "Bulk runs →" } } }
+                    @if c.backend.info().features.files { p.paging { a #files-link href="/files" { "File transfers →" } } }
                     (command_list(&rows, q.site.is_none()))
                     @if let Some(h) = &older { p.paging { a #older-commands href=(h) { "Older commands →" } } }
                     @if q.before_ms.is_some() { p.paging { a href=(match &site { Some(s) => format!("/sites/{}/commands", enc(s)), None => "/commands".into() }) { "← Newest" } } }

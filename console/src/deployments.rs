@@ -38,6 +38,7 @@ use serde::Deserialize;
 
 use crate::Console;
 use crate::backend::{ConsoleError, Viewer};
+pub use crate::deploy_form::{CreateForm, DeploymentOptions, RollbackTarget};
 use crate::pages::layout::{self, badge, device_href, enc, time};
 use crate::routes::{error_page, form_viewer, html as page, refuse, render, viewer};
 
@@ -173,12 +174,16 @@ pub enum DeploymentAction {
     Resume {
         retry_failed: bool,
         force: bool,
+        /// `PKG=VERSION` replacing the versions to install (empty: keep).
+        patches: Vec<String>,
     },
     Abort {
         note: String,
     },
-    /// Roll the whole deployment back.
-    Rollback,
+    /// Roll back the whole deployment, one stage or one device.
+    Rollback {
+        scope: RollbackTarget,
+    },
 }
 
 impl DeploymentAction {
@@ -187,7 +192,7 @@ impl DeploymentAction {
             DeploymentAction::Pause { .. } => "pause",
             DeploymentAction::Resume { .. } => "resume",
             DeploymentAction::Abort { .. } => "abort",
-            DeploymentAction::Rollback => "rollback",
+            DeploymentAction::Rollback { .. } => "rollback",
         }
     }
 }
@@ -200,6 +205,8 @@ pub struct NewDeployment {
     /// `PKG=VERSION`; empty: every patch approved on the target.
     pub patches: Vec<String>,
     pub security_only: bool,
+    /// Stages, gate, window, install options (unset: the site's defaults).
+    pub options: DeploymentOptions,
 }
 
 /// One approval rule.
@@ -338,6 +345,17 @@ fn tabs(here: &str) -> Markup {
 
 /// The list of deployments (and, for admins, the create form).
 pub fn deployment_list(rows: &[DeploymentRow], form: Option<&ApprovalsView>, csrf: &str) -> Markup {
+    deployment_list_again(rows, form, csrf, None)
+}
+
+/// The list with the create form filled with what was typed and why it
+/// was refused (`again`).
+pub fn deployment_list_again(
+    rows: &[DeploymentRow],
+    form: Option<&ApprovalsView>,
+    csrf: &str,
+    again: Option<(&CreateForm, &str)>,
+) -> Markup {
     let with_sites = rows.iter().any(|r| !r.sites.is_empty());
     html! {
         (tabs("/deployments"))
@@ -362,7 +380,7 @@ pub fn deployment_list(rows: &[DeploymentRow], form: Option<&ApprovalsView>, csr
                 } }
             }
         }
-        @if let Some(f) = form { (create_form(f, csrf)) }
+        @if let Some(f) = form { (create_form(f, csrf, again)) }
     }
 }
 
@@ -415,11 +433,14 @@ fn action_table(actions: &[ActionLine]) -> Markup {
     }
 }
 
-fn create_form(f: &ApprovalsView, csrf: &str) -> Markup {
+fn create_form(f: &ApprovalsView, csrf: &str, again: Option<(&CreateForm, &str)>) -> Markup {
     let approved = f.approved();
+    let empty = CreateForm::default();
+    let typed = again.map(|(t, _)| t).unwrap_or(&empty);
     html! {
         section #new-deployment {
             h2 { "New deployment" }
+            @if let Some((_, why)) = again { p.error #dep-error role="alert" { (why) } }
             @if approved.is_empty() {
                 p.empty { "No patch is approved by hand yet: approve one ("
                     a href="/approvals" { "Approvals" } ") or leave the choice empty to deploy what the rules approve." }
@@ -428,18 +449,19 @@ fn create_form(f: &ApprovalsView, csrf: &str) -> Markup {
                 input type="hidden" name="csrf" value=(csrf);
                 label { span { "Target" }
                     select name="target" id="dep-target" {
-                        @for (v, l) in &f.targets { option value=(v) { (l) } }
+                        @for (v, l) in &f.targets { option value=(v) selected[typed.target == *v] { (l) } }
                     }
                 }
                 @if !approved.is_empty() {
                     fieldset #dep-patches {
                         legend { "Patches (none checked: every approved patch of the target)" }
                         @for p in &approved {
-                            label.check { input type="checkbox" name="patch" value=(p); " " code { (p) } }
+                            label.check { input type="checkbox" name="patch" value=(p) checked[typed.patch.contains(p)]; " " code { (p) } }
                         }
                     }
                 }
-                label.check { input type="checkbox" name="security_only" value="1" id="dep-security"; " security updates only" }
+                label.check { input type="checkbox" name="security_only" value="1" id="dep-security" checked[typed.security_only]; " security updates only" }
+                (crate::deploy_form::options_fieldset(typed))
                 button type="submit" id="dep-create" { "Create deployment" }
             }
         }
@@ -486,10 +508,18 @@ pub fn deployment_page(d: &DeploymentDetail, v: &Viewer, csrf: &str) -> Markup {
                         (action_form(&r.id, "resume", "Resume", csrf, html! {
                             label.check { input type="checkbox" name="retry_failed" value="1"; " retry failed" }
                             label.check { input type="checkbox" name="force" value="1"; " override the gate" }
+                            input type="text" name="patches" id="resume-patches" placeholder="replace versions: PKG=VERSION, …";
                         }))
                     }
                     @if manage && phase != "rolling_back" {
-                        (action_form(&r.id, "rollback", "Roll back", csrf, html! {}))
+                        (action_form(&r.id, "rollback", "Roll back", csrf, html! {
+                            select name="scope" id="rollback-scope" {
+                                option value="deployment" { "whole deployment" }
+                                @for s in d.stages.iter().filter(|s| r.stage.is_some_and(|at| s.stage <= at)) {
+                                    option value=(format!("stage:{}", s.stage + 1)) { "stage " (s.stage + 1) }
+                                }
+                            }
+                        }))
                     }
                     @if admin {
                         (action_form(&r.id, "abort", "Abort", csrf, html! { input type="text" name="note" placeholder="note"; }))
@@ -511,7 +541,7 @@ pub fn deployment_page(d: &DeploymentDetail, v: &Viewer, csrf: &str) -> Markup {
             } }
             h2 { "Devices" }
             div.scroll { table.grid #deployment-devices {
-                thead { tr { th { "Device" } th { "Stage" } th { "Phase" } th { "Attempt" } th { "Reason" } th { "When" } } }
+                thead { tr { th { "Device" } th { "Stage" } th { "Phase" } th { "Attempt" } th { "Reason" } th { "When" } @if manage { th { } } } }
                 tbody { @for m in &d.devices {
                     tr data-device=(m.device) data-state=(m.state) {
                         td { a href=(device_href(&m.site_id, &m.device)) { (if m.hostname.is_empty() { &m.device } else { &m.hostname }) } }
@@ -520,11 +550,26 @@ pub fn deployment_page(d: &DeploymentDetail, v: &Viewer, csrf: &str) -> Markup {
                         td.n { (m.attempt) }
                         td data-field="reason" { @if let Some(w) = &m.reason { (w) } }
                         td { (time(m.at_ms, true)) }
+                        @if manage { td { @if rollbackable(&m.state) {
+                            form.inline.dev-rollback method="post" action=(format!("{}/rollback", deployment_href(&r.id))) data-device=(m.device) {
+                                input type="hidden" name="csrf" value=(csrf);
+                                input type="hidden" name="scope" value=(format!("device:{}", m.device));
+                                button type="submit" class="dev-rollback" { "Roll back" }
+                            }
+                        } } }
                     }
                 } }
             } }
         }
     }
+}
+
+/// A device whose install can be rolled back (it ran or failed).
+fn rollbackable(state: &str) -> bool {
+    matches!(
+        state,
+        "succeeded" | "failed" | "reboot_pending" | "rollback_failed"
+    )
 }
 
 /// The approvals page: rules, then the chosen device's decisions.
@@ -748,32 +793,6 @@ pub async fn show(State(c): C, h: HeaderMap, Path(id): Path<String>) -> Response
     }
 }
 
-/// The create form's fields (`patch` repeats, so the body is read as
-/// pairs).
-#[derive(Debug, Default)]
-pub struct CreateForm {
-    pub csrf: String,
-    pub target: String,
-    pub patch: Vec<String>,
-    pub security_only: bool,
-}
-
-impl CreateForm {
-    pub fn of(pairs: Vec<(String, String)>) -> CreateForm {
-        let mut f = CreateForm::default();
-        for (k, v) in pairs {
-            match k.as_str() {
-                "csrf" => f.csrf = v,
-                "target" => f.target = v,
-                "patch" => f.patch.push(v),
-                "security_only" => f.security_only = true,
-                _ => {}
-            }
-        }
-        f
-    }
-}
-
 /// `POST /deployments` (admins).
 pub async fn create(
     State(c): C,
@@ -793,15 +812,9 @@ pub async fn create(
             &format!("Role {} may not create deployments.", v.role),
         );
     }
-    let req = NewDeployment {
-        target: f.target.trim().to_string(),
-        patches: f
-            .patch
-            .iter()
-            .map(|p| p.trim().to_string())
-            .filter(|p| !p.is_empty())
-            .collect(),
-        security_only: f.security_only,
+    let req = match f.check() {
+        Ok(r) => r,
+        Err(e) => return create_again(&c, &v, &f, &e.to_string()).await,
     };
     match c.backend.create_deployment(&v, &req).await {
         Ok(id) => {
@@ -818,8 +831,38 @@ pub async fn create(
             Redirect::to(&deployment_href(&id)).into_response()
         }
         Err(ConsoleError::Forbidden(m)) => refuse(&c, Some(&v), "forbidden", &m),
+        // Refused for what was asked (a site's check, an unknown
+        // customer): the form again, with the reason.
+        Err(ConsoleError::BadRequest(m) | ConsoleError::NotFound(m)) => {
+            create_again(&c, &v, &f, &m).await
+        }
         Err(e) => error_page(&c, Some(&v), e),
     }
+}
+
+/// The list page with the create form as typed and why it was refused
+/// (400).
+async fn create_again(c: &Console, v: &Viewer, f: &CreateForm, why: &str) -> Response {
+    let rows = match c.backend.deployments(v).await {
+        Ok(r) => r,
+        Err(e) => return error_page(c, Some(v), e),
+    };
+    let form = match c.backend.approvals(v, None).await {
+        Ok(a) => a,
+        Err(e) => return error_page(c, Some(v), e),
+    };
+    let csrf = c.csrf.token(&v.csrf_subject);
+    page(
+        StatusCode::BAD_REQUEST,
+        render(
+            c,
+            Some(v),
+            layout::Section::Deployments,
+            "Deployments",
+            vec![layout::crumb("Dashboard", "/"), layout::here("Deployments")],
+            deployment_list_again(&rows, Some(&form), &csrf, Some((f, why))),
+        ),
+    )
 }
 
 /// An action form's fields.
@@ -833,6 +876,12 @@ pub struct ActionForm {
     pub retry_failed: Option<String>,
     #[serde(default)]
     pub force: Option<String>,
+    /// Resume: `PKG=VERSION, …` replacing the versions to install.
+    #[serde(default)]
+    pub patches: String,
+    /// Rollback: `deployment`, `stage:N` (1-based), `device:ID`.
+    #[serde(default)]
+    pub scope: String,
 }
 
 /// `POST /deployments/{id}/{action}`: pause, resume and rollback need
@@ -856,12 +905,19 @@ pub async fn act(
         .collect();
     let a = match action.as_str() {
         "pause" => DeploymentAction::Pause { note },
-        "resume" => DeploymentAction::Resume {
-            retry_failed: f.retry_failed.is_some(),
-            force: f.force.is_some(),
+        "resume" => match crate::deploy_form::patch_list(&f.patches) {
+            Ok(patches) => DeploymentAction::Resume {
+                retry_failed: f.retry_failed.is_some(),
+                force: f.force.is_some(),
+                patches,
+            },
+            Err(m) => return error_page(&c, Some(&v), ConsoleError::BadRequest(m)),
         },
         "abort" => DeploymentAction::Abort { note },
-        "rollback" => DeploymentAction::Rollback,
+        "rollback" => match RollbackTarget::parse(&f.scope) {
+            Ok(scope) => DeploymentAction::Rollback { scope },
+            Err(m) => return error_page(&c, Some(&v), ConsoleError::BadRequest(m)),
+        },
         other => {
             return error_page(
                 &c,
@@ -1240,6 +1296,72 @@ mod tests {
         // A finished deployment offers nothing, even to an admin.
         let done = deployment_page(&detail("completed"), &viewer(true, true), "tok").into_string();
         assert!(!done.contains("dep-action"), "{done}");
+    }
+
+    #[test]
+    fn technicians_get_a_rollback_scope_per_stage_reached_a_button_per_device_that_ran_and_a_versions_override()
+     {
+        let mut d = detail("paused");
+        d.row.stage = Some(1);
+        d.stages.push(StageView {
+            stage: 1,
+            ..Default::default()
+        });
+        d.stages.push(StageView {
+            stage: 2,
+            ..Default::default()
+        });
+        d.devices.push(DeploymentDevice {
+            site_id: "local".into(),
+            device: "000000000000002b".into(),
+            state: "waiting_for_window".into(),
+            ..Default::default()
+        });
+        let tech = deployment_page(&d, &viewer(true, false), "tok").into_string();
+        assert!(
+            tech.contains(r#"value="stage:1""#)
+                && tech.contains(r#"value="stage:2""#)
+                && !tech.contains(r#"value="stage:3""#),
+            "stages reached only: {tech}"
+        );
+        assert!(
+            tech.contains(r#"value="device:000000000000002a""#)
+                && !tech.contains(r#"value="device:000000000000002b""#),
+            "the failed device, not the waiting one: {tech}"
+        );
+        assert!(tech.contains(r#"name="patches""#), "{tech}");
+        let view = deployment_page(&d, &viewer(false, false), "tok").into_string();
+        assert!(
+            !view.contains("dev-rollback") && !view.contains("rollback-scope"),
+            "{view}"
+        );
+    }
+
+    #[test]
+    fn a_refused_create_form_comes_back_as_typed_with_the_reason() {
+        let a = ApprovalsView {
+            targets: vec![
+                ("all".into(), "all devices".into()),
+                ("tag:web".into(), "tag web".into()),
+            ],
+            ..Default::default()
+        };
+        let typed = CreateForm {
+            target: "tag:web".into(),
+            stages: "5,<b>".into(),
+            reboot: "never".into(),
+            ..Default::default()
+        };
+        let m = deployment_list_again(&[], Some(&a), "tok", Some((&typed, "Stages: <b> is bad.")))
+            .into_string();
+        assert!(
+            m.contains("Stages: &lt;b&gt; is bad."),
+            "escaped reason: {m}"
+        );
+        assert!(m.contains(r#"value="tag:web" selected"#), "{m}");
+        assert!(m.contains(r#"value="5,&lt;b&gt;""#), "{m}");
+        assert!(m.contains(r#"value="never" selected"#), "{m}");
+        assert!(m.contains("<details id=\"dep-options\" open"), "{m}");
     }
 
     #[test]

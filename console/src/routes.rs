@@ -55,6 +55,13 @@ pub fn router<S: Clone + Send + Sync + 'static>(c: Arc<Console>) -> Router<S> {
         .route("/scripts/{name}", get(crate::scripts::show))
         .route("/commands/bulk", get(crate::scripts::bulk_runs))
         .route("/commands/bulk/{id}", get(crate::scripts::bulk_run))
+        .route("/files", get(crate::files::list))
+        .route("/files/{id}", get(crate::files::show))
+        .route("/files/{id}/cancel", post(crate::files::cancel))
+        .route(
+            "/commands/bulk/{id}/cancel",
+            post(crate::scripts::cancel_bulk),
+        )
         .route(
             "/sites/{site}/devices/{device}/scripts",
             post(crate::scripts::run),

@@ -4,11 +4,13 @@
 //! a "Run script" form on the device page (`POST
 //! /sites/{site}/devices/{device}/scripts`, then the command's page), and
 //! `/commands/bulk` and `/commands/bulk/{id}` (a bulk run's summary and
-//! devices, following the live stream like the command pages).
+//! devices, following the live stream like the command pages; those
+//! who may run commands cancel an unfinished run there: `POST
+//! /commands/bulk/{id}/cancel`).
 //!
 //! This module owns those pages and routes only; the backend reads, checks
 //! roles and scopes and queues (`ConsoleBackend::scripts`, `script`,
-//! `run_script`, `bulks`, `bulk`). POSTs go through the same origin check
+//! `run_script`, `bulks`, `bulk`, `cancel_bulk`). POSTs go through the same origin check
 //! and CSRF token as every console form.
 
 use std::sync::Arc;
@@ -213,15 +215,22 @@ pub fn bulk_list(rows: &[BulkRow]) -> Markup {
     }
 }
 
-/// The page of one bulk run.
-pub fn bulk_page(d: &BulkDetail) -> Markup {
+/// The page of one bulk run; `cancel`: the CSRF token of the cancel
+/// form, for those who may cancel (shown while the run is unfinished).
+pub fn bulk_page(d: &BulkDetail, cancel: Option<&str>) -> Markup {
     let r = &d.row;
     html! {
         section #bulk data-bulk=(r.id) data-finished=(r.counts.finished) data-live-commands {
             p.facts #bulk-summary {
                 (counts(&r.counts))
                 @if r.counts.finished { " · " b { "finished" } }
-                @if let Some(by) = &r.cancelled_by { " · cancelled by " (by) }
+                @if let Some(by) = &r.cancelled_by { " · " span #bulk-cancelled-by { "cancelled by " (by) } }
+            }
+            @if let Some(csrf) = cancel && !r.counts.finished && r.cancelled_by.is_none() {
+                form.cancel #bulk-cancel-form method="post" action=(format!("{}/cancel", bulk_href(&r.id))) {
+                    input type="hidden" name="csrf" value=(csrf);
+                    button type="submit" id="cancel-bulk" { "Cancel the run" }
+                }
             }
             dl.inventory {
                 dt { "Command" } dd { code { (r.command) } }
@@ -404,6 +413,7 @@ pub async fn bulk_run(State(c): C, h: HeaderMap, Path(id): Path<String>) -> Resp
     if !c.backend.info().features.scripts {
         return error_page(&c, Some(&v), unavailable());
     }
+    let csrf = v.can.run_commands.then(|| c.csrf.token(&v.csrf_subject));
     match c.backend.bulk(&v, &id).await {
         Ok(d) => page(
             StatusCode::OK,
@@ -417,9 +427,43 @@ pub async fn bulk_run(State(c): C, h: HeaderMap, Path(id): Path<String>) -> Resp
                     layout::crumb("Bulk runs", "/commands/bulk"),
                     layout::here(d.row.id.get(..8).unwrap_or(&d.row.id).to_string()),
                 ],
-                bulk_page(&d),
+                bulk_page(&d, csrf.as_deref()),
             ),
         ),
+        Err(e) => error_page(&c, Some(&v), e),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct CsrfOnly {
+    #[serde(default)]
+    pub csrf: String,
+}
+
+/// `POST /commands/bulk/{id}/cancel`: nothing more of the run starts, what
+/// is queued is cancelled, what runs is told to stop (those who may run
+/// commands; the backend checks the role again).
+pub async fn cancel_bulk(
+    State(c): C,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
+    let v = match form_viewer(&c, &h, &f.csrf).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if !v.can.run_commands {
+        return refuse(
+            &c,
+            Some(&v),
+            "forbidden",
+            &format!("Role {} may not cancel bulk runs.", v.role),
+        );
+    }
+    match c.backend.cancel_bulk(&v, &id).await {
+        Ok(()) => Redirect::to(&bulk_href(&id)).into_response(),
+        Err(ConsoleError::Forbidden(m)) => refuse(&c, Some(&v), "forbidden", &m),
         Err(e) => error_page(&c, Some(&v), e),
     }
 }
@@ -508,11 +552,32 @@ mod tests {
                 exit_code: None,
             }],
         };
-        let h = bulk_page(&d).into_string();
+        let h = bulk_page(&d, None).into_string();
         assert!(
             h.contains("data-live-commands") && h.contains("1 done") && h.contains("(1 held)"),
             "{h}"
         );
         assert!(h.contains(r#"href="/commands/c1""#), "{h}");
+        assert!(!h.contains("cancel-bulk"), "no token, no button: {h}");
+        let mut d = d;
+        let h = bulk_page(&d, Some("tok")).into_string();
+        assert!(
+            h.contains(r#"action="/commands/bulk/0123456789abcdef/cancel""#)
+                && h.contains(r#"id="cancel-bulk""#),
+            "{h}"
+        );
+        d.row.cancelled_by = Some("tess".into());
+        let h = bulk_page(&d, Some("tok")).into_string();
+        assert!(
+            !h.contains("cancel-bulk") && h.contains("cancelled by tess"),
+            "{h}"
+        );
+        d.row.cancelled_by = None;
+        d.row.counts.finished = true;
+        assert!(
+            !bulk_page(&d, Some("tok"))
+                .into_string()
+                .contains("cancel-bulk")
+        );
     }
 }

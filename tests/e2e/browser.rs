@@ -1167,6 +1167,15 @@ fn site_console_runs_a_library_script_on_a_real_agent_in_headless_chromium() {
     ] {
         assert!(std::fs::metadata(root.join(f)).unwrap().len() > 1000, "{f}");
     }
+    if let Some(dir) = std::env::var_os("OUTPOST_SCREENSHOTS") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(
+            root.join("site-scripts-02-output.png"),
+            dir.join("11-site-script-output.png"),
+        )
+        .unwrap();
+    }
     drop(web);
     browser.kill9();
 }

@@ -20,7 +20,7 @@ use crate::central_commands::call;
 use crate::uplink::{Central, SiteClient};
 
 /// The next orders central sends the site (other frames skipped).
-fn next_orders(site: &mut SiteClient) -> Vec<DeployOrder> {
+pub(crate) fn next_orders(site: &mut SiteClient) -> Vec<DeployOrder> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         assert!(
@@ -35,7 +35,7 @@ fn next_orders(site: &mut SiteClient) -> Vec<DeployOrder> {
 
 /// The site reports deployment `id` in `phase` (one device, waiting for
 /// its window) and reads central's acknowledgement.
-fn report(site: &mut SiteClient, id: &str, at: u64, phase: &str) {
+pub(crate) fn report(site: &mut SiteClient, id: &str, at: u64, phase: &str) {
     let view = json!({
         "summary": {"id": id, "phase": phase, "stage": 0, "stages": 1, "devices": 1,
                     "succeeded": 0, "failed": 0, "target": "all devices", "patches": [],
@@ -215,5 +215,14 @@ fn central_deployment_pages_in_headless_chromium_a_pause_reaches_the_site_and_it
         None,
     );
     assert_eq!(v["actions"].as_array().unwrap().len(), 1, "{v}");
+    if let Some(dir) = std::env::var_os("OUTPOST_SCREENSHOTS") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(
+            root.join("central-deploy-02-paused.png"),
+            dir.join("07-central-deployment.png"),
+        )
+        .unwrap();
+    }
     browser.kill9();
 }

@@ -118,6 +118,41 @@ fn site_deployment_pages_in_headless_chromium_with_a_real_agent_and_roles() {
         "the approved patch is offered"
     );
     b.shot("site-deploy-01-list.png");
+    // The Patches page: the compliance figures are the API's, one row per
+    // assessed device (at most 25).
+    let summary: Value = app.api("/api/v1/patches/summary").unwrap();
+    b.go("/patches");
+    b.ws.wait_until("document.getElementById('fleet-compliance')");
+    let facts =
+        b.ws.eval("document.querySelector('#patch-summary p.facts').innerText")
+            .as_str()
+            .unwrap()
+            .to_string();
+    for want in [
+        format!("{} devices assessed", summary["fleet"]["devices"]),
+        format!("{} non-compliant", summary["fleet"]["non_compliant"]),
+        format!(
+            "{} waiting for a reboot",
+            summary["fleet"]["reboot_required"]
+        ),
+    ] {
+        assert!(facts.contains(&want), "{want} in {facts} ({summary})");
+    }
+    let assessed = summary["devices"].as_array().map_or(0, Vec::len).min(25);
+    assert_eq!(
+        b.ws.eval("document.querySelectorAll('#risky-devices tbody tr').length"),
+        json!(assessed),
+        "{summary}"
+    );
+    if assessed > 0 {
+        assert_eq!(
+            b.ws.eval(&format!(
+                "!!document.querySelector('#risky-devices tr[data-device=\"{dev}\"]')"
+            )),
+            json!(true)
+        );
+    }
+    b.shot("site-deploy-05-patches.png");
     b.logout();
 
     // A technician: pause and roll back, no abort; a post from another
@@ -261,6 +296,16 @@ fn site_deployment_pages_in_headless_chromium_with_a_real_agent_and_roles() {
         "site-deploy-04-bulk.png",
     ] {
         assert!(std::fs::metadata(root.join(f)).unwrap().len() > 1000, "{f}");
+    }
+    if let Some(dir) = std::env::var_os("OUTPOST_SCREENSHOTS") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (from, to) in [
+            ("site-deploy-02-deployment.png", "08-site-deployment.png"),
+            ("site-deploy-05-patches.png", "10-site-patches.png"),
+        ] {
+            std::fs::copy(root.join(from), dir.join(to)).unwrap();
+        }
     }
     web.stop();
     browser.kill9();

@@ -79,7 +79,7 @@ fn rig(root: &Path, central_args: &[&str]) -> Rig {
 
 /// One HTTP/1.1 request with a binary body; `claimed` replaces the
 /// Content-Length (the body is then not sent): (status, body bytes).
-fn http_bin(
+pub(crate) fn http_bin(
     addr: std::net::SocketAddr,
     method: &str,
     path: &str,

@@ -7,6 +7,7 @@ mod alerts;
 mod bench_smoke;
 mod browser;
 mod browser_central_deploy;
+mod browser_central_pages;
 mod browser_deploy;
 mod cache;
 mod central_commands;

@@ -14,7 +14,7 @@ use axum::http::Method;
 use outpost_console::backend::{ConsoleError, DeviceQuery, Viewer};
 use outpost_console::deployments::{
     ApprovalsView, DecisionRow, DeploymentAction, DeploymentDetail, DeploymentDevice,
-    DeploymentRow, DeviceDecisions, NewDeployment, RuleRow, StageView,
+    DeploymentRow, DeviceDecisions, NewDeployment, RollbackTarget, RuleRow, StageView,
 };
 use outpost_patch::approval::{Outcome, RuleKind, Verdict};
 use outpost_patch::rollout::{Input, PauseReason, Phase, RollbackScope};
@@ -33,6 +33,24 @@ pub const MANAGE_ROUTE: &str = "/api/v1/deployments/{id}/pause";
 /// The routes whose role creating and aborting need.
 pub const CREATE_ROUTE: &str = "/api/v1/deployments";
 pub const ABORT_ROUTE: &str = "/api/v1/deployments/{id}/abort";
+
+/// The create form's options as the API's create request takes them
+/// ([`outpost_console::deployments::DeploymentOptions::json`]).
+#[derive(Debug, Default, serde::Deserialize)]
+struct FormOptions {
+    #[serde(default)]
+    stages: Option<Vec<u8>>,
+    #[serde(default)]
+    gate: Option<outpost_patch::rollout::GateSpec>,
+    #[serde(default)]
+    auto_rollback_failed_pct: Option<u8>,
+    #[serde(default)]
+    install_deadline_ms: Option<u64>,
+    #[serde(default)]
+    window: Option<outpost_patch::window::InstallWindow>,
+    #[serde(flatten)]
+    options: crate::deploy::options::DeployOptions,
+}
 
 fn no_service() -> ConsoleError {
     ConsoleError::NotFound("Deployments are not available on this server.".into())
@@ -305,18 +323,37 @@ impl SiteConsole {
             DeploymentAction::Resume {
                 retry_failed,
                 force,
+                patches,
             } => (
                 MANAGE_ROUTE,
                 Input::Resume {
                     retry_failed: *retry_failed,
                     force: *force,
-                    patches: None,
+                    patches: if patches.is_empty() {
+                        None
+                    } else {
+                        Some(
+                            patches
+                                .iter()
+                                .map(|p| {
+                                    approvals::parse_patch(p).map_err(ConsoleError::BadRequest)
+                                })
+                                .collect::<Result<Vec<_>, _>>()?,
+                        )
+                    },
                 },
             ),
             DeploymentAction::Abort { note } => (ABORT_ROUTE, Input::Abort { note: note.clone() }),
-            DeploymentAction::Rollback => {
-                (MANAGE_ROUTE, Input::Rollback(RollbackScope::Deployment))
-            }
+            DeploymentAction::Rollback { scope } => (
+                MANAGE_ROUTE,
+                Input::Rollback(match scope {
+                    RollbackTarget::Deployment => RollbackScope::Deployment,
+                    RollbackTarget::Stage(stage) => RollbackScope::Stage { stage: *stage },
+                    RollbackTarget::Device(device) => RollbackScope::Device {
+                        device: device.clone(),
+                    },
+                }),
+            ),
         };
         Self::may(v, route)?;
         api.orchestrator
@@ -344,17 +381,19 @@ impl SiteConsole {
                     .collect::<Result<Vec<_>, _>>()?,
             )
         };
+        let o: FormOptions = serde_json::from_value(serde_json::Value::Object(req.options.json()))
+            .map_err(|e| ConsoleError::BadRequest(format!("deployment options: {e}")))?;
         let create = CreateRequest {
             id: None,
             target,
             patches,
             security_only: req.security_only,
-            stages: None,
-            gate: None,
-            auto_rollback_failed_pct: None,
-            install_deadline_ms: None,
-            window: None,
-            options: Default::default(),
+            stages: o.stages,
+            gate: o.gate,
+            auto_rollback_failed_pct: o.auto_rollback_failed_pct,
+            install_deadline_ms: o.install_deadline_ms,
+            window: o.window,
+            options: o.options,
             start: true,
         };
         let d = api

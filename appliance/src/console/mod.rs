@@ -1119,6 +1119,10 @@ impl ConsoleBackend for SiteConsole {
         Box::pin(self.bulk_of(id))
     }
 
+    fn cancel_bulk<'a>(&'a self, v: &'a Viewer, id: &'a str) -> ConsoleFuture<'a, ()> {
+        Box::pin(self.bulk_cancel(v, id))
+    }
+
     // The patch pages read the patch service's in-memory view and a few
     // registry rows: short reads, done inline.
     fn patch_overview<'a>(

@@ -24,7 +24,7 @@ use super::{SiteConsole, api_err, caller_of, internal};
 use crate::commands::bulk::{BulkRun, RunId, Summary};
 use crate::commands::model::CommandState;
 use crate::commands::scripts::{self, ScriptVersion};
-use crate::commands::service::{CommandService, CreateError};
+use crate::commands::service::{CancelRunError, CommandService, CreateError};
 use crate::users::auth::required_role;
 
 /// The route whose role running a script needs.
@@ -210,6 +210,27 @@ impl SiteConsole {
         })
         .await
         .map_err(|e| internal(format!("storage task failed: {e}")))?
+    }
+
+    pub(super) async fn bulk_cancel(&self, v: &Viewer, id: &str) -> Result<(), ConsoleError> {
+        let caller = caller_of(v);
+        caller
+            .require(required_role(
+                &Method::POST,
+                "/api/v1/commands/bulk/{id}/cancel",
+            ))
+            .map_err(api_err)?;
+        let svc = self.script_service()?;
+        let rid: RunId = id
+            .parse()
+            .map_err(|_| ConsoleError::NotFound(format!("no bulk run {id}")))?;
+        svc.cancel_run(rid, &caller.user)
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                CancelRunError::NotFound(_) => ConsoleError::NotFound(e.to_string()),
+                e => internal(e.to_string()),
+            })
     }
 
     pub(super) async fn bulk_of(&self, id: &str) -> Result<BulkDetail, ConsoleError> {

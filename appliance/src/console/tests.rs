@@ -1618,3 +1618,224 @@ async fn the_device_lists_bulk_run_opens_the_runs_page_with_each_devices_state()
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
 }
+
+/// The site's create form takes the deployment's options (stages, gate,
+/// window, install options) into the stored spec; a value the site
+/// refuses (an unknown time zone) brings the form back with the reason;
+/// a technician rolls one device back and resumes with other versions
+/// from the page; a stage out of range is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_deployments_take_the_forms_options_and_technicians_roll_back_one_device() {
+    use crate::deploy::approvals::tests::missing;
+    let rig = rig().await;
+    rig.fake
+        .0
+        .lock()
+        .unwrap()
+        .insert(DEV, vec![missing("openssl", "3.0.1-1", "3.0.2-1", true)]);
+    crate::deploy::approvals::set_manual(
+        &rig.store,
+        rig.fake.as_ref(),
+        outpost_patch::approval::PatchKey::new("openssl", "3.0.2-1"),
+        outpost_patch::approval::ApprovalScope::Tenant {
+            tenant: "msp".into(),
+        },
+        outpost_patch::approval::Verdict::Approve,
+        "admin",
+        outpost_storage::now_ms(),
+    )
+    .unwrap();
+    rig.add_user("tess", Role::Technician).await;
+    let tess = rig.sign_in("tess", "correct+horse+battery").await;
+    let admin = rig.sign_in("admin-token", TOKEN).await;
+    let r = rig
+        .call("GET", "/deployments", &[("cookie", &admin)], "")
+        .await;
+    assert!(r.body.contains("id=\"dep-options\""), "{}", r.body);
+    let csrf = csrf_of(&r.body);
+    let base = format!("csrf={csrf}&target=all&patch=openssl%3D3.0.2-1");
+    // The site refuses a zone it does not know: the form again, with it.
+    let r = rig
+        .call(
+            "POST",
+            "/deployments",
+            &[("cookie", &admin)],
+            &format!(
+                "{base}&day=sat&window_start=22%3A00&window_minutes=60&window_timezone=Mars%2FBase"
+            ),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(
+        r.body.contains("id=\"dep-error\"") && r.body.contains("Mars/Base"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains("value=\"Mars/Base\""),
+        "kept as typed: {}",
+        r.body
+    );
+    // A bad value never reaches the orchestrator.
+    let r = rig
+        .call(
+            "POST",
+            "/deployments",
+            &[("cookie", &admin)],
+            &format!("{base}&stages=100%2C50"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.body.contains("Stages: &quot;100,50&quot;"), "{}", r.body);
+    assert!(
+        crate::deploy::store::list(&rig.store).unwrap().is_empty(),
+        "nothing created"
+    );
+    let r = rig
+        .call(
+            "POST",
+            "/deployments",
+            &[("cookie", &admin)],
+            &format!("{base}&stages=50%2C100&min_success_pct=90&min_finished=1&soak_minutes=0&deadline_minutes=30&reboot=never&snapshot=no"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let at = r.headers[header::LOCATION].to_str().unwrap().to_string();
+    let id = at.rsplit('/').next().unwrap().to_string();
+    let stored = crate::deploy::store::get(&rig.store, &id).unwrap().unwrap();
+    let spec = &stored.deployment.spec;
+    assert_eq!(spec.stages, vec![50, 100]);
+    assert_eq!(spec.gate.min_success_pct, 90);
+    assert_eq!(spec.gate.soak_ms, 0);
+    assert_eq!(spec.install_deadline_ms, 1_800_000);
+    let o = stored.options.expect("options stored");
+    assert_eq!(o.reboot, outpost_patch::install::wire::RebootPolicy::Never);
+    assert!(!o.snapshot);
+
+    // The install failed (no device link): the device has its own
+    // rollback button; stage 3 does not exist.
+    let r = rig.call("GET", &at, &[("cookie", &tess)], "").await;
+    assert!(
+        r.body.contains(&format!("value=\"device:{DEV}\""))
+            && r.body.contains("id=\"resume-patches\""),
+        "{}",
+        r.body
+    );
+    let csrf = csrf_of(&r.body);
+    let r = rig
+        .call(
+            "POST",
+            &format!("{at}/rollback"),
+            &[("cookie", &tess)],
+            &format!("csrf={csrf}&scope=stage%3A3"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    let r = rig
+        .call(
+            "POST",
+            &format!("{at}/rollback"),
+            &[("cookie", &tess)],
+            &format!("csrf={csrf}&scope=device%3A{DEV}"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let r = rig.call("GET", &at, &[("cookie", &tess)], "").await;
+    assert!(
+        r.body.contains(&format!(
+            "data-device=\"{DEV}\" data-state=\"rolling_back\""
+        )) || r.body.contains(&format!(
+            "data-device=\"{DEV}\" data-state=\"rollback_failed\""
+        )),
+        "the device's rollback was taken: {}",
+        r.body
+    );
+    let r = rig
+        .call(
+            "POST",
+            &format!("{at}/resume"),
+            &[("cookie", &tess)],
+            &format!("csrf={csrf}&patches=openssl"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "not PKG=VERSION");
+}
+
+/// A bulk run's page offers Cancel to technicians while the run is open:
+/// the cancel goes through the command service (its queued members are
+/// cancelled, the run says who cancelled it, the button is gone); a
+/// viewer sees no button and its POST (its own token) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn technicians_cancel_a_bulk_run_from_its_page_and_viewers_cannot() {
+    let rig = rig().await;
+    put_script(&rig, "hello", 1);
+    rig.add_user("tess", Role::Technician).await;
+    rig.add_user("vera", Role::Viewer).await;
+    let tess = rig.sign_in("tess", "correct+horse+battery").await;
+    let vera = rig.sign_in("vera", "correct+horse+battery").await;
+    let r = rig.call("GET", "/devices", &[("cookie", &tess)], "").await;
+    let csrf = csrf_of(&r.body);
+    let r = rig
+        .call(
+            "POST",
+            "/devices/bulk",
+            &[("cookie", &tess)],
+            &format!("csrf={csrf}&action=run&script=hello&device=local%2F000000000000002a"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let at = r.headers[header::LOCATION].to_str().unwrap().to_string();
+    let run = rig.commands.list_runs(10).unwrap().remove(0);
+    // The viewer: no button; its own token is refused; nothing changes.
+    let r = rig.call("GET", &at, &[("cookie", &vera)], "").await;
+    assert!(!r.body.contains("cancel-bulk"), "{}", r.body);
+    let vcsrf = csrf_of(&r.body);
+    let r = rig
+        .call(
+            "POST",
+            &format!("{at}/cancel"),
+            &[("cookie", &vera)],
+            &format!("csrf={vcsrf}"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(
+        rig.commands
+            .get_run(run.id)
+            .unwrap()
+            .unwrap()
+            .cancelled
+            .is_none()
+    );
+    // The technician cancels from the page.
+    let r = rig.call("GET", &at, &[("cookie", &tess)], "").await;
+    assert!(r.body.contains("id=\"cancel-bulk\""), "{}", r.body);
+    let r = rig
+        .call(
+            "POST",
+            &format!("{at}/cancel"),
+            &[("cookie", &tess)],
+            &format!("csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let stored = rig.commands.get_run(run.id).unwrap().unwrap();
+    assert_eq!(stored.cancelled.map(|c| c.1), Some("tess".to_string()));
+    let r = rig.call("GET", &at, &[("cookie", &tess)], "").await;
+    assert!(
+        r.body.contains("cancelled by tess") && !r.body.contains("id=\"cancel-bulk\""),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("1 cancelled"), "{}", r.body);
+    // An unknown run: 404.
+    let r = rig
+        .call(
+            "POST",
+            "/commands/bulk/00000000000000000000000000000000/cancel",
+            &[("cookie", &tess)],
+            &format!("csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
