@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use outpost_proto::{CustomerId, SiteId};
 use tokio_postgres::types::ToSql;
 
-use super::{PgCentralStore, be, dec, i, u};
+use super::{Client, PgCentralStore, be, dec, i, u};
 use crate::fleet_index::{Cursor, search_keys, sort_name, status_rank};
 use crate::model::{AlertRow, DeviceRow, DeviceStatus, SiteRecord};
 use crate::store::{
@@ -199,16 +199,23 @@ impl PgCentralStore {
         Ok(())
     }
 
-    /// The SQL of a search: the page query and the count query, each
-    /// with its parameters.
-    fn search_sql(
-        &self,
+    /// The SQL of a search's page and its parameters. `plan` says how
+    /// the page is chosen (see [`PagePlan`]).
+    fn page_sql(
         tenant: &str,
         q: &DeviceSearch,
         cursor: Option<&Cursor>,
-    ) -> (String, Params, String, Params, TotalKind) {
+        plan: &PagePlan,
+    ) -> (String, Params) {
         let mut ps = Params::default();
-        let (t, filter) = device_filter(&mut ps, tenant, q);
+        let (t, mut filter) = device_filter(&mut ps, tenant, q);
+        if let PagePlan::Among(sites, devices) = plan {
+            filter += &format!(
+                " AND (d.site_id, d.device) IN (SELECT * FROM unnest({}::text[], {}::text[]))",
+                ps.p(sites.clone()),
+                ps.p(devices.clone())
+            );
+        }
         let (num, text, text2) = key_exprs(q.sort);
         // Only the non-constant parts of the key order and compare (so the
         // hostname sort reads `devices_search_host` from the cursor).
@@ -268,13 +275,23 @@ impl PgCentralStore {
             ""
         };
         // The page is chosen over the key columns only; bodies, site
-        // names and alert counts are read for its rows alone.
+        // names and alert counts are read for its rows alone. Few matches:
+        // all of them first (a materialised CTE), then sorted; many: the
+        // planner's choice (an index in the page's order, read up to the
+        // limit).
+        let keys = format!(
+            "SELECT d.site_id, d.device, {num} AS k_num, {text}::text AS k_text, \
+             {text2}::text AS k_text2, d.host_lc FROM devices d{sites} WHERE {page_filter}"
+        );
+        let chosen = match plan {
+            PagePlan::Ordered => format!("p AS ({keys} ORDER BY {} LIMIT {lim})", order.join(", ")),
+            PagePlan::MatchFirst | PagePlan::Among(..) => format!(
+                "m AS MATERIALIZED ({keys}), p AS (SELECT * FROM m ORDER BY {} LIMIT {lim})",
+                outer.join(", ").replace("p.", "m.")
+            ),
+        };
         let page_sql = format!(
-            "WITH p AS ( \
-               SELECT d.site_id, d.device, {num} AS k_num, {text}::text AS k_text, \
-                 {text2}::text AS k_text2, d.host_lc \
-               FROM devices d{sites} \
-               WHERE {page_filter} ORDER BY {} LIMIT {lim}) \
+            "WITH {chosen} \
              SELECT d.body, d.ips, d.tags, COALESCE(s.name, d.site_id), \
              (SELECT count(*) FROM alerts a WHERE a.tenant_id = d.tenant_id AND a.site_id = d.site_id \
               AND a.device = d.device AND a.state IN ('pending', 'firing')), \
@@ -284,11 +301,9 @@ impl PgCentralStore {
              FROM p JOIN devices d ON d.tenant_id = {t} AND d.site_id = p.site_id AND d.device = p.device \
              LEFT JOIN sites s ON s.tenant_id = d.tenant_id AND s.site_id = d.site_id \
              ORDER BY {}",
-            order.join(", "),
             outer.join(", ")
         );
-        let (count_sql, cps, kind) = self.count_sql(tenant, q);
-        (page_sql, ps, count_sql, cps, kind)
+        (page_sql, ps)
     }
 
     /// The query of a search's `total`: a sum of per-site counts when
@@ -336,25 +351,92 @@ impl PgCentralStore {
         }
     }
 
-    /// `EXPLAIN (ANALYZE, BUFFERS)` of a search's two queries, as the API
-    /// role of `tenant` runs them (the fleet bench prints it).
+    /// A search's `total`, whether more match, and how to choose its page.
+    ///
+    /// A word or tag search first reads the ids of its matches (up to the
+    /// cap + 1) **as the owner role**, with the explicit tenant filter:
+    /// under row-level security PostgreSQL may not use an index for an
+    /// operator that is not leakproof (`LIKE`, `@>`), so the trigram and
+    /// tag indexes would go unused (a scan of the tenant's devices).
+    /// Only ids leave this query; the page itself is read under the
+    /// tenant's policy like every other row. Other searches count in the
+    /// tenant's transaction (per-site counts, else a capped count).
+    async fn plan_search(
+        &self,
+        c: &mut Client,
+        tenant: &str,
+        q: &DeviceSearch,
+    ) -> Result<(u64, bool, PagePlan)> {
+        let cap = self.total_cap;
+        if !q.words.is_empty() || q.tag.is_some() {
+            let mut ps = Params::default();
+            let (_, filter) = device_filter(&mut ps, tenant, q);
+            let lim = ps.p(i(cap.saturating_add(1)));
+            let rows = c
+                .query(
+                    &format!(
+                        "SELECT d.site_id, d.device FROM devices d WHERE {filter} LIMIT {lim}"
+                    ),
+                    &ps.refs(),
+                )
+                .await
+                .map_err(be)?;
+            if rows.len() as u64 > cap {
+                return Ok((cap, true, PagePlan::Ordered));
+            }
+            let (sites, devices): (Vec<String>, Vec<String>) =
+                rows.iter().map(|r| (r.get(0), r.get(1))).unzip();
+            return Ok((sites.len() as u64, false, PagePlan::Among(sites, devices)));
+        }
+        let (sql, ps, kind) = self.count_sql(tenant, q);
+        let tx = Self::tenant_tx(c, tenant).await?;
+        let counted = u(tx
+            .query_one(&sql, &ps.refs())
+            .await
+            .map_err(be)?
+            .get::<_, i64>(0));
+        tx.commit().await.map_err(be)?;
+        let (total, more) = match kind {
+            TotalKind::UpTo(cap) if counted > cap => (cap, true),
+            _ => (counted, false),
+        };
+        let plan = if !more && total <= MATCH_FIRST {
+            PagePlan::MatchFirst
+        } else {
+            PagePlan::Ordered
+        };
+        Ok((total, more, plan))
+    }
+
+    /// `EXPLAIN (ANALYZE, BUFFERS)` of a search's page query, as the API
+    /// role of `tenant` runs it, after its plan (the fleet bench prints it).
     #[cfg(test)]
     pub(crate) async fn explain_search(&self, tenant: &str, q: &DeviceSearch) -> Result<String> {
         let cursor =
             Cursor::decode(q).map_err(|e| CentralStoreError::InvalidCursor(e.to_string()))?;
-        let (page_sql, ps, count_sql, cps, _) = self.search_sql(tenant, q, cursor.as_ref());
         let mut c = self.client().await?;
+        let t0 = std::time::Instant::now();
+        let (total, more, plan) = self.plan_search(&mut c, tenant, q).await?;
+        let mut out = format!(
+            "total {total} more {more} plan {} in {:.2} ms\n",
+            match plan {
+                PagePlan::Ordered => "ordered",
+                PagePlan::MatchFirst => "match-first",
+                PagePlan::Among(..) => "among-ids",
+            },
+            t0.elapsed().as_secs_f64() * 1000.0
+        );
+        let (page_sql, ps) = Self::page_sql(tenant, q, cursor.as_ref(), &plan);
         let tx = Self::tenant_tx(&mut c, tenant).await?;
-        let mut out = String::new();
-        for (sql, ps) in [(page_sql, ps), (count_sql, cps)] {
-            let rows = tx
-                .query(&format!("EXPLAIN (ANALYZE, BUFFERS) {sql}"), &ps.refs())
-                .await
-                .map_err(be)?;
-            for r in rows {
-                out += r.get::<_, &str>(0);
-                out.push('\n');
-            }
+        let rows = tx
+            .query(
+                &format!("EXPLAIN (ANALYZE, BUFFERS) {page_sql}"),
+                &ps.refs(),
+            )
+            .await
+            .map_err(be)?;
+        for r in rows {
+            out += r.get::<_, &str>(0);
             out.push('\n');
         }
         tx.commit().await.map_err(be)?;
@@ -368,20 +450,12 @@ impl PgCentralStore {
     ) -> Result<SearchPage> {
         let cursor =
             Cursor::decode(q).map_err(|e| CentralStoreError::InvalidCursor(e.to_string()))?;
-        let (page_sql, ps, count_sql, cps, kind) = self.search_sql(tenant, q, cursor.as_ref());
         let mut c = self.client().await?;
+        let (total, total_more, plan) = self.plan_search(&mut c, tenant, q).await?;
+        let (page_sql, ps) = Self::page_sql(tenant, q, cursor.as_ref(), &plan);
         let tx = Self::tenant_tx(&mut c, tenant).await?;
         let rows = tx.query(&page_sql, &ps.refs()).await.map_err(be)?;
-        let counted = u(tx
-            .query_one(&count_sql, &cps.refs())
-            .await
-            .map_err(be)?
-            .get::<_, i64>(0));
         tx.commit().await.map_err(be)?;
-        let (total, total_more) = match kind {
-            TotalKind::UpTo(cap) if counted > cap => (cap, true),
-            _ => (counted, false),
-        };
         let limit = q.limit.max(1);
         let more = rows.len() > limit;
         let mut items = Vec::with_capacity(limit);
@@ -485,6 +559,23 @@ impl PgCentralStore {
         })
     }
 }
+
+/// How a search's page is chosen.
+enum PagePlan {
+    /// The planner's choice with `ORDER BY … LIMIT` (many matches: an
+    /// index in the page's order, read up to the limit).
+    Ordered,
+    /// Every match first (a materialised CTE), then the page sorted out
+    /// of them (few matches, known from the count: the planner cannot
+    /// misjudge a filter's selectivity into reading an index in order).
+    MatchFirst,
+    /// Like `MatchFirst`, among these (site, device) ids (the matches of
+    /// a word or tag search, read first).
+    Among(Vec<String>, Vec<String>),
+}
+
+/// At most this many matches are read first and sorted (`MatchFirst`).
+const MATCH_FIRST: u64 = 5_000;
 
 /// How a search's count query reads.
 #[derive(Debug, Clone, Copy)]
