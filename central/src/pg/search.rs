@@ -4,9 +4,14 @@
 //! `alerts.device`), with the same answers and the same cursor format as
 //! the RocksDB backend's in-memory [`crate::fleet_index::FleetIndex`]
 //! (the tests run on both backends). No per-request index build.
+//! Schema version 9 adds the per-site counts (`site_counts`, recounted by
+//! the apply transaction: [`recount_site`]) that the dashboard and most
+//! search totals read, and the indexes of the filters and sorts; a
+//! search's `total` is exact up to [`TOTAL_CAP`], then "more than".
 //!
-//! Owns only these two queries and the start-up fill of the key columns
-//! for rows written before version 7; the keys themselves are defined in
+//! Owns only these two queries, the per-site recount, and the start-up
+//! fill of the key columns (rows before version 7) and of the counts
+//! (before version 9); the keys themselves are defined in
 //! [`crate::fleet_index::search_keys`] (shared), never here.
 
 use std::collections::BTreeMap;
@@ -284,7 +289,9 @@ impl PgCentralStore {
              {text2}::text AS k_text2, d.host_lc FROM devices d{sites} WHERE {page_filter}"
         );
         let chosen = match plan {
-            PagePlan::Ordered => format!("p AS ({keys} ORDER BY {} LIMIT {lim})", order.join(", ")),
+            PagePlan::Ordered | PagePlan::Dense => {
+                format!("p AS ({keys} ORDER BY {} LIMIT {lim})", order.join(", "))
+            }
             PagePlan::MatchFirst | PagePlan::Among(..) => format!(
                 "m AS MATERIALIZED ({keys}), p AS (SELECT * FROM m ORDER BY {} LIMIT {lim})",
                 outer.join(", ").replace("p.", "m.")
@@ -382,7 +389,7 @@ impl PgCentralStore {
                 .await
                 .map_err(be)?;
             if rows.len() as u64 > cap {
-                return Ok((cap, true, PagePlan::Ordered));
+                return Ok((cap, true, PagePlan::Dense));
             }
             let (sites, devices): (Vec<String>, Vec<String>) =
                 rows.iter().map(|r| (r.get(0), r.get(1))).unzip();
@@ -400,10 +407,10 @@ impl PgCentralStore {
             TotalKind::UpTo(cap) if counted > cap => (cap, true),
             _ => (counted, false),
         };
-        let plan = if !more && total <= MATCH_FIRST {
-            PagePlan::MatchFirst
-        } else {
-            PagePlan::Ordered
+        let plan = match kind {
+            _ if !more && total <= MATCH_FIRST => PagePlan::MatchFirst,
+            TotalKind::UpTo(_) => PagePlan::Dense,
+            TotalKind::Exact => PagePlan::Ordered,
         };
         Ok((total, more, plan))
     }
@@ -421,6 +428,7 @@ impl PgCentralStore {
             "total {total} more {more} plan {} in {:.2} ms\n",
             match plan {
                 PagePlan::Ordered => "ordered",
+                PagePlan::Dense => "dense",
                 PagePlan::MatchFirst => "match-first",
                 PagePlan::Among(..) => "among-ids",
             },
@@ -428,6 +436,7 @@ impl PgCentralStore {
         );
         let (page_sql, ps) = Self::page_sql(tenant, q, cursor.as_ref(), &plan);
         let tx = Self::tenant_tx(&mut c, tenant).await?;
+        plan.prepare(&tx).await?;
         let rows = tx
             .query(
                 &format!("EXPLAIN (ANALYZE, BUFFERS) {page_sql}"),
@@ -454,6 +463,7 @@ impl PgCentralStore {
         let (total, total_more, plan) = self.plan_search(&mut c, tenant, q).await?;
         let (page_sql, ps) = Self::page_sql(tenant, q, cursor.as_ref(), &plan);
         let tx = Self::tenant_tx(&mut c, tenant).await?;
+        plan.prepare(&tx).await?;
         let rows = tx.query(&page_sql, &ps.refs()).await.map_err(be)?;
         tx.commit().await.map_err(be)?;
         let limit = q.limit.max(1);
@@ -569,9 +579,28 @@ enum PagePlan {
     /// of them (few matches, known from the count: the planner cannot
     /// misjudge a filter's selectivity into reading an index in order).
     MatchFirst,
+    /// Like `Ordered`, knowing that more than the count's cap match (see
+    /// [`PagePlan::prepare`]).
+    Dense,
     /// Like `MatchFirst`, among these (site, device) ids (the matches of
     /// a word or tag search, read first).
     Among(Vec<String>, Vec<String>),
+}
+
+impl PagePlan {
+    /// `Dense`: the matches are many (more than the count's cap), so the
+    /// page is the first rows of an index in the page's order, but the
+    /// planner cannot know it (it estimates a `LIKE`'s matches at a few
+    /// rows and scans the table to sort them): this transaction may not
+    /// scan the table or build bitmaps.
+    async fn prepare(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<()> {
+        if let PagePlan::Dense = self {
+            tx.batch_execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off")
+                .await
+                .map_err(be)?;
+        }
+        Ok(())
+    }
 }
 
 /// At most this many matches are read first and sorted (`MatchFirst`).
