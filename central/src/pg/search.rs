@@ -591,13 +591,17 @@ impl PagePlan {
     /// `Dense`: the matches are many (more than the count's cap), so the
     /// page is the first rows of an index in the page's order, but the
     /// planner cannot know it (it estimates a `LIKE`'s matches at a few
-    /// rows and scans the table to sort them): this transaction may not
-    /// scan the table or build bitmaps.
+    /// rows and scans the table, or another index, to sort them): this
+    /// transaction may not scan the table, build bitmaps or sort when an
+    /// index gives the order.
     async fn prepare(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<()> {
         if let PagePlan::Dense = self {
-            tx.batch_execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off")
-                .await
-                .map_err(be)?;
+            tx.batch_execute(
+                "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
+                 SET LOCAL enable_sort = off",
+            )
+            .await
+            .map_err(be)?;
         }
         Ok(())
     }
