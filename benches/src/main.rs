@@ -220,8 +220,19 @@ struct UplinkArgs {
     /// Central database directory (default: a temporary one).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Stores to measure the apply rate of, in one run: `rocksdb`,
+    /// `postgres` (one central instance, two instances, and two instances
+    /// racing the same batches, on a private server the bench starts).
+    #[arg(long, value_delimiter = ',', default_value = "rocksdb")]
+    store: Vec<UplinkStore>,
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum UplinkStore {
+    Rocksdb,
+    Postgres,
 }
 
 #[derive(Args, Debug)]
@@ -522,15 +533,58 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 threads: a.threads,
                 full_every: a.full_every,
             };
-            let rep = tokio::task::spawn_blocking(move || outpost_bench::uplink::apply(&run, &dir))
-                .await??;
-            eprintln!(
-                "central apply: {} batches/s = {} sites x {} devices per minute",
-                rep.get("batches_per_s").unwrap_or("?"),
-                rep.get("sites_per_minute").unwrap_or("?"),
-                a.devices,
-            );
-            rep.emit(a.json.as_deref())
+            let mut reports = Vec::new();
+            for store in &a.store {
+                match store {
+                    UplinkStore::Rocksdb => {
+                        let (run, dir) = (run.clone(), dir.clone());
+                        reports.push(
+                            tokio::task::spawn_blocking(move || {
+                                outpost_bench::uplink::apply(&run, &dir)
+                            })
+                            .await??,
+                        );
+                    }
+                    UplinkStore::Postgres => {
+                        for instances in [1, 2] {
+                            reports.push(
+                                outpost_bench::uplink::apply_postgres(&run, instances).await?,
+                            );
+                        }
+                        let race = outpost_bench::uplink::race_postgres(&run).await?;
+                        eprintln!(
+                            "postgres, two instances racing {} batches: {} applied, {} duplicates",
+                            race.get("batches").unwrap_or("?"),
+                            race.get("applied").unwrap_or("?"),
+                            race.get("duplicates").unwrap_or("?"),
+                        );
+                        reports.push(race);
+                    }
+                }
+            }
+            for rep in reports.iter().filter(|r| r.get("batches_per_s").is_some()) {
+                eprintln!(
+                    "central apply ({}{}): {} batches/s = {} sites x {} devices per minute",
+                    rep.get("store").unwrap_or("?"),
+                    rep.get("instances")
+                        .map(|n| format!(", {n} instance(s)"))
+                        .unwrap_or_default(),
+                    rep.get("batches_per_s").unwrap_or("?"),
+                    rep.get("sites_per_minute").unwrap_or("?"),
+                    a.devices,
+                );
+            }
+            if let [rep] = reports.as_slice() {
+                return rep.emit(a.json.as_deref());
+            }
+            for rep in &reports {
+                rep.emit(None)?;
+            }
+            if let Some(p) = &a.json {
+                let all: Vec<serde_json::Value> = reports.iter().map(|r| r.json()).collect();
+                std::fs::write(p, serde_json::to_string_pretty(&all)? + "\n")?;
+            }
+            Ok(())
         }
         Command::Peer(a) => {
             let target = match a.target {

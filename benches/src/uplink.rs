@@ -11,6 +11,14 @@
 //!   device of a site, every series of one closed bucket: the heaviest
 //!   batch a site sends) from `threads` threads, each batch decoded then
 //!   applied with a synced write, as the receiver does.
+//! * **Apply rate on PostgreSQL** (`--store postgres`): the same batches
+//!   through `PgCentralStore` on a private server the bench starts
+//!   (`outpost_central::pg::cluster::TestCluster`, default settings:
+//!   `fsync` and synchronous commit on), with one central instance (one
+//!   pool, `threads` tasks) and with two (two pools, `threads` tasks each,
+//!   each instance applying its half of the sites); then both instances
+//!   race the same batches on a fresh database: each is applied exactly
+//!   once (the bench fails otherwise).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,7 +27,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use outpost_central::model::{JoinTokenRecord, SiteRecord};
+use outpost_central::pg::cluster::TestCluster;
+use outpost_central::pg::{PgCentralStore, PgOptions};
 use outpost_central::rocks::RocksCentralStore;
+use outpost_central::store::{ApplyOutcome, CentralStore};
 use outpost_proto::DeviceId;
 use outpost_proto::codec;
 use outpost_proto::messages::{Record, RecordBody};
@@ -186,39 +197,36 @@ pub fn size(devices: u64) -> anyhow::Result<Report> {
     Ok(rep)
 }
 
-/// Central batch apply rate.
-pub fn apply(run: &UplinkRun, dir: &Path) -> anyhow::Result<Report> {
-    let store = Arc::new(RocksCentralStore::open(dir)?);
-    for s in 0..run.sites {
-        let site = SiteRecord {
-            tenant: "acme".into(),
-            customer: format!("c{}", s % 50).into(),
-            site_id: format!("s-{s:06}").into(),
-            name: format!("site {s}"),
-            created_ms: 1,
-            joined_ms: 1,
-            applied_up_to: 0,
-            applied_above: vec![],
-            last_batch_ms: 0,
-            last_batch_created_ms: 0,
-            batches_applied: 0,
-            duplicates: 0,
-            interval_ms: 60_000,
-            dropped_rollups: 0,
-            tenant_mismatch: Default::default(),
-            dead_letters: Default::default(),
-        };
-        let tok = JoinTokenRecord {
-            tenant: "acme".into(),
-            site_id: site.site_id.clone(),
-            expires_ms: 0,
-        };
-        store.create_site(
-            &site,
-            &outpost_proto::pki::sha256(site.site_id.as_bytes()),
-            &tok,
-        )?;
-    }
+fn site_record(s: u64) -> (SiteRecord, JoinTokenRecord) {
+    let site = SiteRecord {
+        tenant: "acme".into(),
+        customer: format!("c{}", s % 50).into(),
+        site_id: format!("s-{s:06}").into(),
+        name: format!("site {s}"),
+        created_ms: 1,
+        joined_ms: 1,
+        applied_up_to: 0,
+        applied_above: vec![],
+        last_batch_ms: 0,
+        last_batch_created_ms: 0,
+        batches_applied: 0,
+        duplicates: 0,
+        interval_ms: 60_000,
+        dropped_rollups: 0,
+        tenant_mismatch: Default::default(),
+        dead_letters: Default::default(),
+    };
+    let tok = JoinTokenRecord {
+        tenant: "acme".into(),
+        site_id: site.site_id.clone(),
+        expires_ms: 0,
+    };
+    (site, tok)
+}
+
+/// The run's encoded batches (batch `i` is site `i % sites`, seq
+/// `i / sites + 1`) and the series per device.
+fn encoded_batches(run: &UplinkRun) -> anyhow::Result<(Vec<Vec<u8>>, u64)> {
     // One template bucket of `devices` devices.
     let (_, buckets) = device_hour(0, 0);
     let template: Vec<SeriesRollup> = buckets.into_values().next().unwrap_or_default();
@@ -248,6 +256,21 @@ pub fn apply(run: &UplinkRun, dir: &Path) -> anyhow::Result<Report> {
             batch::encode(&b, batch::DEFAULT_ZSTD_LEVEL)
         })
         .collect::<Result<_, _>>()?;
+    Ok((payloads, series))
+}
+
+/// Central batch apply rate.
+pub fn apply(run: &UplinkRun, dir: &Path) -> anyhow::Result<Report> {
+    let store = Arc::new(RocksCentralStore::open(dir)?);
+    for s in 0..run.sites {
+        let (site, tok) = site_record(s);
+        store.create_site(
+            &site,
+            &outpost_proto::pki::sha256(site.site_id.as_bytes()),
+            &tok,
+        )?;
+    }
+    let (payloads, series) = encoded_batches(run)?;
     let payloads = Arc::new(payloads);
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -275,7 +298,8 @@ pub fn apply(run: &UplinkRun, dir: &Path) -> anyhow::Result<Report> {
     let secs = started.elapsed().as_secs_f64();
     let bps = run.batches as f64 / secs;
     let mut rep = Report::new("uplink_apply");
-    rep.int("sites", run.sites)
+    rep.text("store", "rocksdb")
+        .int("sites", run.sites)
         .int("devices_per_batch", run.devices)
         .int("series_per_device", series)
         .int("batches", run.batches)
@@ -288,5 +312,180 @@ pub fn apply(run: &UplinkRun, dir: &Path) -> anyhow::Result<Report> {
             bps * run.devices as f64 / run.full_every.max(1) as f64,
         )
         .num("sites_per_minute", bps * 60.0);
+    Ok(rep)
+}
+
+/// A private PostgreSQL server for the bench (the tests' server: a
+/// temporary directory, a Unix socket, stopped when the process exits).
+async fn pg_server() -> anyhow::Result<&'static TestCluster> {
+    tokio::task::spawn_blocking(TestCluster::shared)
+        .await?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "PostgreSQL server binaries (initdb, postgres) not found: install Debian's \
+                 `postgresql` package (scripts/deps.sh --test)"
+            )
+        })
+}
+
+/// `instances` stores (pools) over a fresh database of `server`, every
+/// site of the run created.
+async fn pg_instances(
+    server: &TestCluster,
+    run: &UplinkRun,
+    instances: usize,
+) -> anyhow::Result<Vec<Arc<dyn CentralStore>>> {
+    let url = server.fresh_database().await;
+    let mut out: Vec<Arc<dyn CentralStore>> = Vec::new();
+    for _ in 0..instances.max(1) {
+        let opts = PgOptions {
+            pool_size: run.threads.max(1) + 1,
+            ..Default::default()
+        };
+        out.push(Arc::new(PgCentralStore::connect(&url, opts).await?));
+    }
+    for s in 0..run.sites {
+        let (site, tok) = site_record(s);
+        out[0]
+            .create_site(
+                &site,
+                &outpost_proto::pki::sha256(site.site_id.as_bytes()),
+                &tok,
+            )
+            .await?;
+    }
+    Ok(out)
+}
+
+/// Applies `payloads[i]` for the indexes of `share` from `threads` tasks
+/// on `store`; returns (applied, duplicates).
+async fn apply_share(
+    store: Arc<dyn CentralStore>,
+    payloads: Arc<Vec<Vec<u8>>>,
+    share: Arc<Vec<usize>>,
+    threads: usize,
+) -> anyhow::Result<(u64, u64)> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..threads.max(1) {
+        let (store, payloads, share, next) =
+            (store.clone(), payloads.clone(), share.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut applied, mut dup) = (0u64, 0u64);
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(&i) = share.get(k) else {
+                    return anyhow::Ok((applied, dup));
+                };
+                let b = batch::decode(&payloads[i])?;
+                let (tenant, site) = (b.tenant.clone(), b.site.clone());
+                match store.apply_batch(&tenant, &site, b, 2).await? {
+                    ApplyOutcome::Duplicate => dup += 1,
+                    _ => applied += 1,
+                }
+            }
+        }));
+    }
+    let (mut applied, mut dup) = (0, 0);
+    for t in tasks {
+        let (a, d) = t.await??;
+        applied += a;
+        dup += d;
+    }
+    Ok((applied, dup))
+}
+
+/// Central batch apply rate on PostgreSQL with `instances` central
+/// instances, each applying the batches of its share of the sites
+/// (`site % instances`) from `run.threads` tasks.
+pub async fn apply_postgres(run: &UplinkRun, instances: usize) -> anyhow::Result<Report> {
+    let server = pg_server().await?;
+    let stores = pg_instances(server, run, instances).await?;
+    let (payloads, series) = encoded_batches(run)?;
+    let payloads = Arc::new(payloads);
+    let n = stores.len();
+    let started = Instant::now();
+    let mut runs = Vec::new();
+    for (k, st) in stores.iter().enumerate() {
+        let share: Vec<usize> = (0..payloads.len())
+            .filter(|i| (*i as u64 % run.sites) as usize % n == k)
+            .collect();
+        runs.push(tokio::spawn(apply_share(
+            st.clone(),
+            payloads.clone(),
+            Arc::new(share),
+            run.threads,
+        )));
+    }
+    let mut applied = 0;
+    for r in runs {
+        applied += r.await??.0;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        applied == run.batches,
+        "{applied} of {} batches applied",
+        run.batches
+    );
+    let bps = run.batches as f64 / secs;
+    let mut rep = Report::new("uplink_apply");
+    rep.text("store", "postgres")
+        .int("instances", n as u64)
+        .int("sites", run.sites)
+        .int("devices_per_batch", run.devices)
+        .int("series_per_device", series)
+        .int("batches", run.batches)
+        .int("threads_per_instance", run.threads as u64)
+        .int("full_every", run.full_every)
+        .num("seconds", secs)
+        .num("batches_per_s", bps)
+        .num(
+            "device_rollup_sets_per_s",
+            bps * run.devices as f64 / run.full_every.max(1) as f64,
+        )
+        .num("sites_per_minute", bps * 60.0);
+    Ok(rep)
+}
+
+/// Two instances race every batch of the run (each applies all of them,
+/// in the same order, `run.threads` tasks each) on a fresh database: each
+/// batch must be applied exactly once (an error otherwise).
+pub async fn race_postgres(run: &UplinkRun) -> anyhow::Result<Report> {
+    let server = pg_server().await?;
+    let stores = pg_instances(server, run, 2).await?;
+    let (payloads, _) = encoded_batches(run)?;
+    let payloads = Arc::new(payloads);
+    let all = Arc::new((0..payloads.len()).collect::<Vec<_>>());
+    let started = Instant::now();
+    let runs: Vec<_> = stores
+        .iter()
+        .map(|st| {
+            tokio::spawn(apply_share(
+                st.clone(),
+                payloads.clone(),
+                all.clone(),
+                run.threads,
+            ))
+        })
+        .collect();
+    let (mut applied, mut dup) = (0, 0);
+    for r in runs {
+        let (a, d) = r.await??;
+        applied += a;
+        dup += d;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        applied == run.batches && dup == run.batches,
+        "two instances racing {} batches applied {applied} and refused {dup} as duplicates",
+        run.batches
+    );
+    let mut rep = Report::new("uplink_apply_race");
+    rep.text("store", "postgres")
+        .int("instances", 2)
+        .int("batches", run.batches)
+        .int("applied", applied)
+        .int("duplicates", dup)
+        .num("seconds", secs);
     Ok(rep)
 }

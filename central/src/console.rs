@@ -685,6 +685,7 @@ impl ConsoleBackend for CentralConsole {
             Ok(DeviceList {
                 rows: page.items.into_iter().map(brief_view).collect(),
                 total: page.total,
+                total_more: page.total_more,
                 next: page.next,
                 facets,
             })

@@ -509,6 +509,7 @@ impl FleetIndex {
             return Ok(SearchPage {
                 items: vec![],
                 total: 0,
+                total_more: false,
                 next: None,
             });
         };
@@ -619,6 +620,7 @@ impl FleetIndex {
         Ok(SearchPage {
             items: page.iter().map(|&i| t.brief(&t.entries[i])).collect(),
             total,
+            total_more: false,
             next,
         })
     }

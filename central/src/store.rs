@@ -289,8 +289,12 @@ impl NewestAlerts {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchPage {
     pub items: Vec<DeviceBrief>,
-    /// Devices matching (all pages).
+    /// Devices matching (all pages), exact unless `total_more`.
     pub total: u64,
+    /// More than `total` devices match: the backend stopped counting at
+    /// `total` (PostgreSQL, a word or tag search matching more than
+    /// `pg::search::TOTAL_CAP` devices). Never set by RocksDB.
+    pub total_more: bool,
     pub next: Option<String>,
 }
 

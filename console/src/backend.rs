@@ -335,8 +335,10 @@ pub struct Facets {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DeviceList {
     pub rows: Vec<DeviceView>,
-    /// Devices matching the query (every page).
+    /// Devices matching the query (every page), exact unless `total_more`.
     pub total: u64,
+    /// More than `total` devices match (the backend stopped counting).
+    pub total_more: bool,
     pub next: Option<String>,
     pub facets: Facets,
 }

@@ -726,6 +726,7 @@ impl ConsoleBackend for SiteConsole {
             Ok(DeviceList {
                 rows: page.rows,
                 total: page.total,
+                total_more: false,
                 next: page.next,
                 facets: self.facets(&me),
             })

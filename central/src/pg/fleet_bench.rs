@@ -7,7 +7,8 @@
 //!
 //! An ignored test (minutes of seeding), run on purpose:
 //! `OUTPOST_FLEET_SITES=1000 cargo test -p outpost-central --lib pg::fleet_bench -- --ignored --nocapture`.
-//! Prints `RESULT` lines like `outpost-bench`.
+//! Prints `RESULT` lines like `outpost-bench`; with `OUTPOST_FLEET_EXPLAIN=1`
+//! also each search's `EXPLAIN (ANALYZE, BUFFERS)` as the API role runs it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -163,11 +164,12 @@ async fn device_list_and_fleet_counts_at_100k_devices() {
         return;
     };
     let url = c.fresh_database().await;
-    let st: Arc<dyn CentralStore> = Arc::new(
+    let pg = Arc::new(
         super::PgCentralStore::connect(&url, Default::default())
             .await
             .unwrap(),
     );
+    let st: Arc<dyn CentralStore> = pg.clone();
     let now = crate::now_ms();
     let t0 = Instant::now();
     for s in 0..sites {
@@ -218,6 +220,14 @@ async fn device_list_and_fleet_counts_at_100k_devices() {
         tokio::spawn(conn);
         client.batch_execute("ANALYZE").await.unwrap();
     }
+    // Keeps the seeded server for a manual look (psql) when asked.
+    if let Some(secs) = std::env::var("OUTPOST_FLEET_HOLD_S")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        println!("HOLD {url}");
+        tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+    }
     let tenant = "acme".into();
     let q = |f: &dyn Fn(&mut DeviceSearch)| {
         let mut s = DeviceSearch {
@@ -238,7 +248,34 @@ async fn device_list_and_fleet_counts_at_100k_devices() {
     }
     let n = 200;
     let first = st.search_devices(&tenant, &q(&|_| {})).await.unwrap();
-    assert_eq!(first.total, devices);
+    assert_eq!((first.total, first.total_more), (devices, false));
+    if std::env::var_os("OUTPOST_FLEET_EXPLAIN").is_some() {
+        let searches: Vec<(&str, DeviceSearch)> = vec![
+            ("first_page", q(&|_| {})),
+            ("search", q(&|s| s.words = vec!["host-0123".into()])),
+            ("search_broad", q(&|s| s.words = vec!["host-0".into()])),
+            (
+                "filter",
+                q(&|s| {
+                    s.status = Some(Status::Offline);
+                    s.customer = Some("customer-007".into());
+                }),
+            ),
+            (
+                "sort_cpu",
+                q(&|s| {
+                    s.sort = DeviceSortKey::Cpu;
+                    s.descending = true;
+                }),
+            ),
+            ("deep_page", q(&|s| s.after = after.clone())),
+            ("critical", q(&|s| s.critical = true)),
+        ];
+        for (name, s) in searches {
+            let plan = pg.explain_search("acme", &s).await.unwrap();
+            println!("EXPLAIN {name}\n{plan}");
+        }
+    }
     time("pg_devices_first_page", n, |_| {
         let (st, q) = (st.clone(), q(&|_| {}));
         async move {
@@ -252,6 +289,23 @@ async fn device_list_and_fleet_counts_at_100k_devices() {
         async move {
             let p = st.search_devices(&"acme".into(), &q).await.unwrap();
             assert_eq!(p.total, 100, "{q:?}");
+        }
+    })
+    .await;
+    time("pg_devices_search_broad", n, |_| {
+        // "host-0" is in every hostname: the total stops at the cap.
+        let (st, q) = (st.clone(), q(&|s| s.words = vec!["host-0".into()]));
+        async move {
+            let p = st.search_devices(&"acme".into(), &q).await.unwrap();
+            assert!(p.total_more || p.total < 10_000, "{q:?}");
+        }
+    })
+    .await;
+    time("pg_devices_customer", n, |i| {
+        let c = format!("customer-{:03}", i % 100);
+        let (st, q) = (st.clone(), q(&|s| s.customer = Some(c.as_str().into())));
+        async move {
+            st.search_devices(&"acme".into(), &q).await.unwrap();
         }
     })
     .await;

@@ -82,6 +82,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "central_files_newest",
         include_str!("V8__central_files_newest.sql"),
     ),
+    (9, "fleet_fast", include_str!("V9__fleet_fast.sql")),
 ];
 
 /// Width of a rollup partition (one week of bucket time).
@@ -121,6 +122,9 @@ pub struct PgCentralStore {
     pool: Pool,
     /// Rollup partitions known to exist (week numbers).
     partitions: Mutex<HashSet<i64>>,
+    /// A search's `total` is counted up to this many matches when no
+    /// per-site count answers it (see [`search`]).
+    total_cap: u64,
 }
 
 impl std::fmt::Debug for PgCentralStore {
@@ -276,6 +280,7 @@ impl PgCentralStore {
         let store = PgCentralStore {
             pool,
             partitions: Mutex::new(HashSet::new()),
+            total_cap: search::TOTAL_CAP,
         };
         {
             let mut c = store.client().await?;
@@ -283,6 +288,7 @@ impl PgCentralStore {
             migrate(client).await?;
         }
         store.fill_search_keys().await?;
+        store.fill_site_counts().await?;
         let now = crate::now_ms();
         let weeks: Vec<u64> = (0..5)
             .map(|w| now.saturating_sub(PARTITION_MS) + w * PARTITION_MS)
@@ -695,6 +701,9 @@ impl PgCentralStore {
             )
             .await
             .map_err(be)?;
+        }
+        if !changes.devices.is_empty() || !changes.alerts.is_empty() {
+            search::recount_site(&tx, tenant, site_id).await?;
         }
         Self::write_site(&tx, &changes.site).await?;
         tx.commit().await.map_err(be)?;
@@ -2996,6 +3005,10 @@ mod multi_tests;
 
 #[cfg(test)]
 mod fleet_bench;
+
+#[cfg(test)]
+mod fast_tests;
+
 // ------------------------------------------------------------------ files
 
 impl PgCentralStore {

@@ -4,9 +4,14 @@
 //! `alerts.device`), with the same answers and the same cursor format as
 //! the RocksDB backend's in-memory [`crate::fleet_index::FleetIndex`]
 //! (the tests run on both backends). No per-request index build.
+//! Schema version 9 adds the per-site counts (`site_counts`, recounted by
+//! the apply transaction: [`recount_site`]) that the dashboard and most
+//! search totals read, and the indexes of the filters and sorts; a
+//! search's `total` is exact up to [`TOTAL_CAP`], then "more than".
 //!
-//! Owns only these two queries and the start-up fill of the key columns
-//! for rows written before version 7; the keys themselves are defined in
+//! Owns only these two queries, the per-site recount, and the start-up
+//! fill of the key columns (rows before version 7) and of the counts
+//! (before version 9); the keys themselves are defined in
 //! [`crate::fleet_index::search_keys`] (shared), never here.
 
 use std::collections::BTreeMap;
@@ -14,7 +19,7 @@ use std::collections::BTreeMap;
 use outpost_proto::{CustomerId, SiteId};
 use tokio_postgres::types::ToSql;
 
-use super::{PgCentralStore, be, dec, i, u};
+use super::{Client, PgCentralStore, be, dec, i, u};
 use crate::fleet_index::{Cursor, search_keys, sort_name, status_rank};
 use crate::model::{AlertRow, DeviceRow, DeviceStatus, SiteRecord};
 use crate::store::{
@@ -86,12 +91,6 @@ fn like_literal(w: &str) -> String {
         out.push(c);
     }
     out
-}
-
-fn severity(s: &str) -> Option<Severity> {
-    [Severity::Info, Severity::Warning, Severity::Critical]
-        .into_iter()
-        .find(|v| v.as_str() == s)
 }
 
 impl PgCentralStore {
@@ -178,44 +177,49 @@ impl PgCentralStore {
         Ok(())
     }
 
-    pub(super) async fn search_devices_sql(
-        &self,
+    /// A store whose searches count `total` up to `cap` matches (tests;
+    /// the default is [`TOTAL_CAP`]).
+    pub fn with_search_total_cap(mut self, cap: u64) -> Self {
+        self.total_cap = cap.max(1);
+        self
+    }
+
+    /// Fills `site_counts` for sites without a row (a database written
+    /// before version 9; owner role, at start). A concurrent apply's row
+    /// wins (`DO NOTHING`; the apply recounts under the site's lock).
+    pub(super) async fn fill_site_counts(&self) -> Result<()> {
+        let c = self.client().await?;
+        c.execute(
+            &format!(
+                "INSERT INTO site_counts ({COUNTS_COLUMNS}) {} ON CONFLICT DO NOTHING",
+                counts_select(
+                    "NOT EXISTS (SELECT 1 FROM site_counts c \
+                     WHERE c.tenant_id = s.tenant_id AND c.site_id = s.site_id)"
+                )
+            ),
+            &[],
+        )
+        .await
+        .map_err(be)?;
+        Ok(())
+    }
+
+    /// The SQL of a search's page and its parameters. `plan` says how
+    /// the page is chosen (see [`PagePlan`]).
+    fn page_sql(
         tenant: &str,
         q: &DeviceSearch,
-    ) -> Result<SearchPage> {
-        let cursor =
-            Cursor::decode(q).map_err(|e| CentralStoreError::InvalidCursor(e.to_string()))?;
+        cursor: Option<&Cursor>,
+        plan: &PagePlan,
+    ) -> (String, Params) {
         let mut ps = Params::default();
-        let t = ps.p(tenant.to_string());
-        let mut filter = format!("d.tenant_id = {t}");
-        if let Some(s) = &q.site_id {
-            filter += &format!(" AND d.site_id = {}", ps.p(s.to_string()));
-        }
-        if let Some(c) = &q.customer {
-            filter += &format!(" AND d.customer = {}", ps.p(c.to_string()));
-        }
-        if !q.customers_allowed.is_empty() {
-            let allowed: Vec<String> = q.customers_allowed.iter().map(|c| c.to_string()).collect();
-            filter += &format!(" AND d.customer = ANY({})", ps.p(allowed));
-        }
-        if let Some(st) = q.status {
-            filter += &format!(" AND d.status_rank = {}", ps.p(status_rank(st) as i16));
-        }
-        if q.critical {
-            filter += " AND EXISTS (SELECT 1 FROM alerts a WHERE a.tenant_id = d.tenant_id \
-                       AND a.site_id = d.site_id AND a.device = d.device \
-                       AND a.state = 'firing' AND a.severity = 'critical')";
-        }
-        if let Some(tag) = &q.tag {
-            filter += &format!(" AND d.tags @> ARRAY[{}::text]", ps.p(tag.clone()));
-        }
-        for w in &q.words {
-            // A substring of hostname, device id, OS or a tag, or the
-            // start of an address (trigram indexes).
-            let lit = like_literal(w);
-            let words = ps.p(format!("%{lit}%"));
-            let ips = ps.p(format!("%\t{lit}%"));
-            filter += &format!(" AND (d.words_lc LIKE {words} OR d.ips_lc LIKE {ips})");
+        let (t, mut filter) = device_filter(&mut ps, tenant, q);
+        if let PagePlan::Among(sites, devices) = plan {
+            filter += &format!(
+                " AND (d.site_id, d.device) IN (SELECT * FROM unnest({}::text[], {}::text[]))",
+                ps.p(sites.clone()),
+                ps.p(devices.clone())
+            );
         }
         let (num, text, text2) = key_exprs(q.sort);
         // Only the non-constant parts of the key order and compare (so the
@@ -232,7 +236,7 @@ impl PgCentralStore {
         }
         key.extend(["d.host_lc", "d.site_id", "d.device"]);
         let mut page_filter = filter.clone();
-        if let Some(c) = &cursor {
+        if let Some(c) = cursor {
             let mut vals: Vec<String> = Vec::new();
             if num != "0::bigint" {
                 vals.push(ps.p(i(c.num)));
@@ -268,14 +272,33 @@ impl PgCentralStore {
             .collect();
         let limit = q.limit.max(1);
         let lim = ps.p((limit + 1) as i64);
+        // Sites are joined only when the sort needs their name.
+        let join_sites = text.contains("s.") || text2.contains("s.");
+        let sites = if join_sites {
+            " LEFT JOIN sites s ON s.tenant_id = d.tenant_id AND s.site_id = d.site_id"
+        } else {
+            ""
+        };
         // The page is chosen over the key columns only; bodies, site
-        // names and alert counts are read for its rows alone.
+        // names and alert counts are read for its rows alone. Few matches:
+        // all of them first (a materialised CTE), then sorted; many: the
+        // planner's choice (an index in the page's order, read up to the
+        // limit).
+        let keys = format!(
+            "SELECT d.site_id, d.device, {num} AS k_num, {text}::text AS k_text, \
+             {text2}::text AS k_text2, d.host_lc FROM devices d{sites} WHERE {page_filter}"
+        );
+        let chosen = match plan {
+            PagePlan::Ordered | PagePlan::Dense => {
+                format!("p AS ({keys} ORDER BY {} LIMIT {lim})", order.join(", "))
+            }
+            PagePlan::MatchFirst | PagePlan::Among(..) => format!(
+                "m AS MATERIALIZED ({keys}), p AS (SELECT * FROM m ORDER BY {} LIMIT {lim})",
+                outer.join(", ").replace("p.", "m.")
+            ),
+        };
         let page_sql = format!(
-            "WITH p AS ( \
-               SELECT d.site_id, d.device, {num} AS k_num, {text}::text AS k_text, \
-                 {text2}::text AS k_text2, d.host_lc \
-               FROM devices d LEFT JOIN sites s ON s.tenant_id = d.tenant_id AND s.site_id = d.site_id \
-               WHERE {page_filter} ORDER BY {} LIMIT {lim}) \
+            "WITH {chosen} \
              SELECT d.body, d.ips, d.tags, COALESCE(s.name, d.site_id), \
              (SELECT count(*) FROM alerts a WHERE a.tenant_id = d.tenant_id AND a.site_id = d.site_id \
               AND a.device = d.device AND a.state IN ('pending', 'firing')), \
@@ -285,23 +308,165 @@ impl PgCentralStore {
              FROM p JOIN devices d ON d.tenant_id = {t} AND d.site_id = p.site_id AND d.device = p.device \
              LEFT JOIN sites s ON s.tenant_id = d.tenant_id AND s.site_id = d.site_id \
              ORDER BY {}",
-            order.join(", "),
             outer.join(", ")
         );
-        // The count reads the same filter without the cursor (its
-        // parameters are a prefix of the page's, unused ones excepted).
-        let count_sql = format!("SELECT count(*) FROM devices d WHERE {filter}");
-        let refs = ps.refs();
-        let mut c = self.client().await?;
-        let tx = Self::tenant_tx(&mut c, tenant).await?;
-        let rows = tx.query(&page_sql, &refs).await.map_err(be)?;
-        let n_count = count_params(&filter);
-        let total: i64 = tx
-            .query_one(&count_sql, &refs[..n_count])
+        (page_sql, ps)
+    }
+
+    /// The query of a search's `total`: a sum of per-site counts when
+    /// they answer it (no word, no tag, not status and critical at once:
+    /// exact, ~1 row per site), else a count of the matches that stops
+    /// after `total_cap + 1`.
+    fn count_sql(&self, tenant: &str, q: &DeviceSearch) -> (String, Params, TotalKind) {
+        let mut ps = Params::default();
+        let per_site = q.words.is_empty() && q.tag.is_none() && !(q.critical && q.status.is_some());
+        if per_site {
+            let column = if q.critical {
+                "critical"
+            } else {
+                match q.status {
+                    None => "devices",
+                    Some(DeviceStatus::Online) => "online",
+                    Some(DeviceStatus::Offline) => "offline",
+                    Some(DeviceStatus::Pending) => "pending",
+                    Some(DeviceStatus::Revoked) => "revoked",
+                }
+            };
+            let mut filter = format!("c.tenant_id = {}", ps.p(tenant.to_string()));
+            if let Some(s) = &q.site_id {
+                filter += &format!(" AND c.site_id = {}", ps.p(s.to_string()));
+            }
+            if let Some(cu) = &q.customer {
+                filter += &format!(" AND c.customer = {}", ps.p(cu.to_string()));
+            }
+            if !q.customers_allowed.is_empty() {
+                let allowed: Vec<String> =
+                    q.customers_allowed.iter().map(|c| c.to_string()).collect();
+                filter += &format!(" AND c.customer = ANY({})", ps.p(allowed));
+            }
+            let sql = format!(
+                "SELECT COALESCE(sum(c.{column}), 0)::bigint FROM site_counts c WHERE {filter}"
+            );
+            (sql, ps, TotalKind::Exact)
+        } else {
+            let (_, filter) = device_filter(&mut ps, tenant, q);
+            let cap = ps.p(i(self.total_cap.saturating_add(1)));
+            let sql = format!(
+                "SELECT count(*) FROM (SELECT 1 FROM devices d WHERE {filter} LIMIT {cap}) m"
+            );
+            (sql, ps, TotalKind::UpTo(self.total_cap))
+        }
+    }
+
+    /// A search's `total`, whether more match, and how to choose its page.
+    ///
+    /// A word or tag search first reads the ids of its matches (up to the
+    /// cap + 1) **as the owner role**, with the explicit tenant filter:
+    /// under row-level security PostgreSQL may not use an index for an
+    /// operator that is not leakproof (`LIKE`, `@>`), so the trigram and
+    /// tag indexes would go unused (a scan of the tenant's devices).
+    /// Only ids leave this query; the page itself is read under the
+    /// tenant's policy like every other row. Other searches count in the
+    /// tenant's transaction (per-site counts, else a capped count).
+    async fn plan_search(
+        &self,
+        c: &mut Client,
+        tenant: &str,
+        q: &DeviceSearch,
+    ) -> Result<(u64, bool, PagePlan)> {
+        let cap = self.total_cap;
+        if !q.words.is_empty() || q.tag.is_some() {
+            let mut ps = Params::default();
+            let (_, filter) = device_filter(&mut ps, tenant, q);
+            let lim = ps.p(i(cap.saturating_add(1)));
+            let rows = c
+                .query(
+                    &format!(
+                        "SELECT d.site_id, d.device FROM devices d WHERE {filter} LIMIT {lim}"
+                    ),
+                    &ps.refs(),
+                )
+                .await
+                .map_err(be)?;
+            if rows.len() as u64 > cap {
+                return Ok((cap, true, PagePlan::Dense));
+            }
+            let (sites, devices): (Vec<String>, Vec<String>) =
+                rows.iter().map(|r| (r.get(0), r.get(1))).unzip();
+            return Ok((sites.len() as u64, false, PagePlan::Among(sites, devices)));
+        }
+        let (sql, ps, kind) = self.count_sql(tenant, q);
+        let tx = Self::tenant_tx(c, tenant).await?;
+        let counted = u(tx
+            .query_one(&sql, &ps.refs())
             .await
             .map_err(be)?
-            .get(0);
+            .get::<_, i64>(0));
         tx.commit().await.map_err(be)?;
+        let (total, more) = match kind {
+            TotalKind::UpTo(cap) if counted > cap => (cap, true),
+            _ => (counted, false),
+        };
+        let plan = match kind {
+            _ if !more && total <= MATCH_FIRST => PagePlan::MatchFirst,
+            TotalKind::UpTo(_) => PagePlan::Dense,
+            TotalKind::Exact => PagePlan::Ordered,
+        };
+        Ok((total, more, plan))
+    }
+
+    /// `EXPLAIN (ANALYZE, BUFFERS)` of a search's page query, as the API
+    /// role of `tenant` runs it, after its plan (the fleet bench prints it).
+    #[cfg(test)]
+    pub(crate) async fn explain_search(&self, tenant: &str, q: &DeviceSearch) -> Result<String> {
+        let cursor =
+            Cursor::decode(q).map_err(|e| CentralStoreError::InvalidCursor(e.to_string()))?;
+        let mut c = self.client().await?;
+        let t0 = std::time::Instant::now();
+        let (total, more, plan) = self.plan_search(&mut c, tenant, q).await?;
+        let mut out = format!(
+            "total {total} more {more} plan {} in {:.2} ms\n",
+            match plan {
+                PagePlan::Ordered => "ordered",
+                PagePlan::Dense => "dense",
+                PagePlan::MatchFirst => "match-first",
+                PagePlan::Among(..) => "among-ids",
+            },
+            t0.elapsed().as_secs_f64() * 1000.0
+        );
+        let (page_sql, ps) = Self::page_sql(tenant, q, cursor.as_ref(), &plan);
+        let tx = Self::tenant_tx(&mut c, tenant).await?;
+        plan.prepare(&tx).await?;
+        let rows = tx
+            .query(
+                &format!("EXPLAIN (ANALYZE, BUFFERS) {page_sql}"),
+                &ps.refs(),
+            )
+            .await
+            .map_err(be)?;
+        for r in rows {
+            out += r.get::<_, &str>(0);
+            out.push('\n');
+        }
+        tx.commit().await.map_err(be)?;
+        Ok(out)
+    }
+
+    pub(super) async fn search_devices_sql(
+        &self,
+        tenant: &str,
+        q: &DeviceSearch,
+    ) -> Result<SearchPage> {
+        let cursor =
+            Cursor::decode(q).map_err(|e| CentralStoreError::InvalidCursor(e.to_string()))?;
+        let mut c = self.client().await?;
+        let (total, total_more, plan) = self.plan_search(&mut c, tenant, q).await?;
+        let (page_sql, ps) = Self::page_sql(tenant, q, cursor.as_ref(), &plan);
+        let tx = Self::tenant_tx(&mut c, tenant).await?;
+        plan.prepare(&tx).await?;
+        let rows = tx.query(&page_sql, &ps.refs()).await.map_err(be)?;
+        tx.commit().await.map_err(be)?;
+        let limit = q.limit.max(1);
         let more = rows.len() > limit;
         let mut items = Vec::with_capacity(limit);
         let mut last = None;
@@ -341,11 +506,14 @@ impl PgCentralStore {
         }
         Ok(SearchPage {
             items,
-            total: u(total),
+            total,
+            total_more,
             next: if more { last.map(|c| c.encode()) } else { None },
         })
     }
 
+    /// The dashboard's counts: the `site_counts` rows of the sites the
+    /// caller sees (kept by the apply transaction, see V9).
     pub(super) async fn fleet_counts_sql(
         &self,
         tenant: &str,
@@ -354,65 +522,46 @@ impl PgCentralStore {
         let allowed: Vec<&str> = allowed.iter().map(|c| c.as_str()).collect();
         let mut c = self.client().await?;
         let tx = Self::tenant_tx(&mut c, tenant).await?;
-        let devices = tx
+        let rows = tx
             .query(
-                "SELECT d.site_id, d.status_rank, count(*), count(cr.device) \
-                 FROM devices d LEFT JOIN ( \
-                   SELECT DISTINCT site_id, device FROM alerts \
-                   WHERE tenant_id = $1 AND state = 'firing' AND severity = 'critical' \
-                     AND device IS NOT NULL) cr \
-                   ON cr.site_id = d.site_id AND cr.device = d.device \
-                 WHERE d.tenant_id = $1 AND (cardinality($2::text[]) = 0 OR d.customer = ANY($2)) \
-                 GROUP BY 1, 2",
-                &[&tenant, &allowed],
-            )
-            .await
-            .map_err(be)?;
-        let alerts = tx
-            .query(
-                "SELECT a.site_id, a.state, a.severity, count(*) FROM alerts a \
-                 JOIN sites s ON s.tenant_id = a.tenant_id AND s.site_id = a.site_id \
-                 WHERE a.tenant_id = $1 AND a.state IN ('pending', 'firing') \
-                   AND (cardinality($2::text[]) = 0 OR s.customer = ANY($2)) \
-                 GROUP BY 1, 2, 3",
+                "SELECT site_id, devices, online, offline, pending, revoked, critical, \
+                   alerts_pending, firing_info, firing_warning, firing_critical \
+                 FROM site_counts \
+                 WHERE tenant_id = $1 AND (cardinality($2::text[]) = 0 OR customer = ANY($2)) \
+                   AND (devices > 0 OR alerts_pending > 0 OR firing_info > 0 OR firing_warning > 0 \
+                     OR firing_critical > 0)",
                 &[&tenant, &allowed],
             )
             .await
             .map_err(be)?;
         tx.commit().await.map_err(be)?;
         let mut per_site: BTreeMap<SiteId, SiteCounts> = BTreeMap::new();
-        for r in &devices {
-            let site = SiteId::from(r.get::<_, String>(0));
-            let rank: Option<i16> = r.get(1);
-            let n = u(r.get(2));
-            let c = per_site.entry(site).or_default();
-            c.devices += n;
-            c.critical += u(r.get(3));
-            let status = DeviceStatus::ALL
-                .into_iter()
-                .find(|s| rank == Some(status_rank(*s) as i16));
-            match status {
-                Some(DeviceStatus::Online) => c.online += n,
-                Some(DeviceStatus::Offline) => c.offline += n,
-                Some(DeviceStatus::Pending) => c.pending += n,
-                Some(DeviceStatus::Revoked) => c.revoked += n,
-                None => {}
-            }
-        }
         let mut sev: BTreeMap<Severity, u64> = BTreeMap::new();
-        for r in &alerts {
-            let site = SiteId::from(r.get::<_, String>(0));
-            let state: &str = r.get(1);
-            let n = u(r.get(3));
-            let c = per_site.entry(site).or_default();
-            if state == "firing" {
-                c.alerts_firing += n;
-                if let Some(s) = severity(r.get(2)) {
-                    *sev.entry(s).or_default() += n;
+        for r in &rows {
+            let n = |k: usize| u(r.get::<_, i64>(k));
+            let firing = [
+                (Severity::Info, n(8)),
+                (Severity::Warning, n(9)),
+                (Severity::Critical, n(10)),
+            ];
+            for (s, k) in firing {
+                if k > 0 {
+                    *sev.entry(s).or_default() += k;
                 }
-            } else {
-                c.alerts_pending += n;
             }
+            per_site.insert(
+                SiteId::from(r.get::<_, String>(0)),
+                SiteCounts {
+                    devices: n(1),
+                    online: n(2),
+                    offline: n(3),
+                    pending: n(4),
+                    revoked: n(5),
+                    critical: n(6),
+                    alerts_firing: firing.iter().map(|(_, k)| k).sum(),
+                    alerts_pending: n(7),
+                },
+            );
         }
         Ok(FleetCounts {
             per_site,
@@ -421,25 +570,157 @@ impl PgCentralStore {
     }
 }
 
-/// The highest `$n` a SQL fragment uses (the count query passes only
-/// the parameters up to it).
-fn count_params(sql: &str) -> usize {
-    let mut max = 0;
-    let b = sql.as_bytes();
-    let mut k = 0;
-    while k < b.len() {
-        if b[k] == b'$' {
-            let mut j = k + 1;
-            while j < b.len() && b[j].is_ascii_digit() {
-                j += 1;
-            }
-            if let Ok(n) = sql[k + 1..j].parse::<usize>() {
-                max = max.max(n);
-            }
-            k = j;
-        } else {
-            k += 1;
+/// How a search's page is chosen.
+enum PagePlan {
+    /// The planner's choice with `ORDER BY … LIMIT` (many matches: an
+    /// index in the page's order, read up to the limit).
+    Ordered,
+    /// Every match first (a materialised CTE), then the page sorted out
+    /// of them (few matches, known from the count: the planner cannot
+    /// misjudge a filter's selectivity into reading an index in order).
+    MatchFirst,
+    /// Like `Ordered`, knowing that more than the count's cap match (see
+    /// [`PagePlan::prepare`]).
+    Dense,
+    /// Like `MatchFirst`, among these (site, device) ids (the matches of
+    /// a word or tag search, read first).
+    Among(Vec<String>, Vec<String>),
+}
+
+impl PagePlan {
+    /// `Dense`: the matches are many (more than the count's cap), so the
+    /// page is the first rows of an index in the page's order, but the
+    /// planner cannot know it (it estimates a `LIKE`'s matches at a few
+    /// rows and scans the table, or another index, to sort them): this
+    /// transaction may not scan the table, build bitmaps or sort when an
+    /// index gives the order.
+    async fn prepare(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<()> {
+        if let PagePlan::Dense = self {
+            tx.batch_execute(
+                "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
+                 SET LOCAL enable_sort = off",
+            )
+            .await
+            .map_err(be)?;
         }
+        Ok(())
     }
-    max
+}
+
+/// At most this many matches are read first and sorted (`MatchFirst`).
+const MATCH_FIRST: u64 = 5_000;
+
+/// How a search's count query reads.
+#[derive(Debug, Clone, Copy)]
+enum TotalKind {
+    /// Summed per-site counts: exact.
+    Exact,
+    /// Matches counted up to the cap (+1, to tell "more").
+    UpTo(u64),
+}
+
+/// The `WHERE` of a search's devices (`d`), without the cursor; returns
+/// the tenant's parameter and the filter.
+fn device_filter(ps: &mut Params, tenant: &str, q: &DeviceSearch) -> (String, String) {
+    let t = ps.p(tenant.to_string());
+    let mut filter = format!("d.tenant_id = {t}");
+    if let Some(s) = &q.site_id {
+        filter += &format!(" AND d.site_id = {}", ps.p(s.to_string()));
+    }
+    if let Some(c) = &q.customer {
+        filter += &format!(" AND d.customer = {}", ps.p(c.to_string()));
+    }
+    if !q.customers_allowed.is_empty() {
+        let allowed: Vec<String> = q.customers_allowed.iter().map(|c| c.to_string()).collect();
+        filter += &format!(" AND d.customer = ANY({})", ps.p(allowed));
+    }
+    if let Some(st) = q.status {
+        filter += &format!(" AND d.status_rank = {}", ps.p(status_rank(st) as i16));
+    }
+    if q.critical {
+        // From the few firing critical alerts (`alerts_critical_device`).
+        filter += &format!(
+            " AND (d.site_id, d.device) IN (SELECT a.site_id, a.device FROM alerts a \
+             WHERE a.tenant_id = {t} AND a.state = 'firing' AND a.severity = 'critical' \
+             AND a.device IS NOT NULL)"
+        );
+    }
+    if let Some(tag) = &q.tag {
+        filter += &format!(" AND d.tags @> ARRAY[{}::text]", ps.p(tag.clone()));
+    }
+    for w in &q.words {
+        // A substring of hostname, device id, OS or a tag, or the
+        // start of an address (trigram indexes).
+        let lit = like_literal(w);
+        let words = ps.p(format!("%{lit}%"));
+        let ips = ps.p(format!("%\t{lit}%"));
+        filter += &format!(" AND (d.words_lc LIKE {words} OR d.ips_lc LIKE {ips})");
+    }
+    (t, filter)
+}
+
+/// A search's `total` is exact up to this many matches, then "more than
+/// this many" ([`SearchPage::total_more`]) when no per-site count answers
+/// it: counting every match of a word over 100,000 devices costs more than
+/// the page itself.
+pub const TOTAL_CAP: u64 = 10_000;
+
+/// The columns of `site_counts`, in [`counts_select`]'s order.
+const COUNTS_COLUMNS: &str = "tenant_id, site_id, customer, devices, online, offline, pending, \
+    revoked, critical, alerts_pending, firing_info, firing_warning, firing_critical";
+
+/// The counts of the sites `s` matching `scope`, one row each in
+/// [`COUNTS_COLUMNS`]' order (device counters by the status of the search
+/// keys, as the RocksDB index counts them).
+fn counts_select(scope: &str) -> String {
+    let rank = |s| status_rank(s) as i16;
+    format!(
+        "SELECT s.tenant_id, s.site_id, s.customer, d.*, a.* FROM sites s, \
+         LATERAL (SELECT count(*), \
+           count(*) FILTER (WHERE dd.status_rank = {}), \
+           count(*) FILTER (WHERE dd.status_rank = {}), \
+           count(*) FILTER (WHERE dd.status_rank = {}), \
+           count(*) FILTER (WHERE dd.status_rank = {}), \
+           count(*) FILTER (WHERE EXISTS (SELECT 1 FROM alerts c WHERE c.tenant_id = dd.tenant_id \
+             AND c.site_id = dd.site_id AND c.device = dd.device AND c.state = 'firing' \
+             AND c.severity = 'critical')) \
+           FROM devices dd WHERE dd.tenant_id = s.tenant_id AND dd.site_id = s.site_id) d, \
+         LATERAL (SELECT count(*) FILTER (WHERE al.state = 'pending'), \
+           count(*) FILTER (WHERE al.state = 'firing' AND al.severity = 'info'), \
+           count(*) FILTER (WHERE al.state = 'firing' AND al.severity = 'warning'), \
+           count(*) FILTER (WHERE al.state = 'firing' AND al.severity = 'critical') \
+           FROM alerts al WHERE al.tenant_id = s.tenant_id AND al.site_id = s.site_id \
+             AND al.state IN ('pending', 'firing')) a \
+         WHERE {scope}",
+        rank(DeviceStatus::Online),
+        rank(DeviceStatus::Offline),
+        rank(DeviceStatus::Pending),
+        rank(DeviceStatus::Revoked),
+    )
+}
+
+/// Recounts one site into `site_counts`, inside the apply transaction
+/// (after its writes, under the site row's lock).
+pub(super) async fn recount_site(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant: &str,
+    site_id: &str,
+) -> Result<()> {
+    let set: Vec<String> = COUNTS_COLUMNS
+        .split(", ")
+        .skip(2)
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    tx.execute(
+        &format!(
+            "INSERT INTO site_counts ({COUNTS_COLUMNS}) {} \
+             ON CONFLICT (tenant_id, site_id) DO UPDATE SET {}",
+            counts_select("s.tenant_id = $1 AND s.site_id = $2"),
+            set.join(", ")
+        ),
+        &[&tenant, &site_id],
+    )
+    .await
+    .map_err(be)?;
+    Ok(())
 }

@@ -368,7 +368,8 @@ pub fn device_list(
     html! {
         (device_filters(q, &l.facets, base, with_site, tags))
         p.count #device-count {
-            span #match-count { (format::count(l.total as i64)) } " device" @if l.total != 1 { "s" } " match"
+            @if l.total_more { "more than " }
+            span #match-count { (format::count(l.total as i64)) } " device" @if l.total != 1 || l.total_more { "s" } " match"
             @if q.after.is_some() { " · " a href=(first) { "first page" } }
         }
         (crate::bulk_actions::bar(bar))
@@ -859,6 +860,29 @@ mod tests {
         let all = dashboard(&d, Some("dental & co"), 0).into_string();
         assert_eq!(rows(&all), 20);
         assert!(!all.contains("more sites"));
+    }
+
+    #[test]
+    fn a_total_the_backend_stopped_counting_reads_more_than() {
+        let list = |total, total_more| DeviceList {
+            total,
+            total_more,
+            ..Default::default()
+        };
+        let q = DeviceQuery::default();
+        let bar = crate::bulk_actions::BulkBar::default();
+        let html =
+            device_list(&list(10_000, true), &q, "/devices", true, false, &bar, 0).into_string();
+        assert!(
+            html.contains(r#"more than <span id="match-count">10,000</span> devices match"#),
+            "{html}"
+        );
+        let html = device_list(&list(1, false), &q, "/devices", true, false, &bar, 0).into_string();
+        assert!(
+            html.contains(r#"<span id="match-count">1</span> device match"#)
+                && !html.contains("more than"),
+            "{html}"
+        );
     }
 
     #[test]
