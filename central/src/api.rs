@@ -46,8 +46,19 @@ pub use outpost_web::ApiError;
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::Internal(e.to_string())
+fn internal(e: impl std::fmt::Display + 'static) -> ApiError {
+    internal_error(e)
+}
+
+/// A failure to serve: 503 with the reason when the store is
+/// unavailable for now ([`CentralStoreError::Unavailable`]: the database
+/// is down, failing over or timed out), else 500.
+pub(crate) fn internal_error<E: std::fmt::Display + 'static>(e: E) -> ApiError {
+    let any: &dyn std::any::Any = &e;
+    match any.downcast_ref::<CentralStoreError>() {
+        Some(s @ CentralStoreError::Unavailable(_)) => ApiError::Unavailable(s.to_string()),
+        _ => ApiError::Internal(e.to_string()),
+    }
 }
 
 pub fn router(c: Arc<Central>) -> Router {
@@ -134,7 +145,7 @@ pub fn router(c: Arc<Central>) -> Router {
         .route("/api/v1/login", post(login))
         .nest("/api/v1", api)
         .route("/metrics", get(prometheus))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz).with_state(c.clone()))
         .merge(outpost_console::router(std::sync::Arc::new(
             outpost_console::Console {
                 backend: std::sync::Arc::new(crate::console::CentralConsole { central: c.clone() }),
@@ -224,6 +235,25 @@ async fn authenticate(State(c): State<Arc<Central>>, mut req: Request, next: Nex
         .into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// How long `/healthz` waits for the store's answer.
+pub const HEALTH_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `GET /healthz`: 200 `ok` when the store answers (always with
+/// RocksDB), else 503 with the reason (PostgreSQL down, failing over,
+/// timed out), so a load balancer sends requests to another instance.
+async fn healthz(State(c): State<Arc<Central>>) -> Response {
+    let reason = match tokio::time::timeout(HEALTH_CHECK_TIMEOUT, c.store.check()).await {
+        Ok(Ok(())) => return "ok\n".into_response(),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!(
+            "central storage unavailable: no answer within {} s",
+            HEALTH_CHECK_TIMEOUT.as_secs()
+        ),
+    };
+    tracing::warn!(reason = %reason, "health check failed");
+    (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response()
 }
 
 /// Whether the request bears the operator token (`DATA/admin.token`).

@@ -35,8 +35,8 @@ use crate::downlink::Down;
 use crate::model::{DeviceRow, Principal, Role};
 use crate::store::DeviceFilter;
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::Internal(e.to_string())
+fn internal(e: impl std::fmt::Display + 'static) -> ApiError {
+    crate::api::internal_error(e)
 }
 
 /// One pump at a time (the API's and the sweep's), so a slot is never

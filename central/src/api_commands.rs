@@ -27,8 +27,8 @@ use crate::downlink::{Down, UNSUPPORTED};
 use crate::model::{Principal, Role};
 use crate::store::CommandFilter;
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::Internal(e.to_string())
+fn internal(e: impl std::fmt::Display + 'static) -> ApiError {
+    crate::api::internal_error(e)
 }
 
 /// Body of `POST /api/v1/commands`.

@@ -31,8 +31,8 @@ use crate::commands::AuditRow;
 use crate::deploy::{self, Delivery, OrderRecord, SiteDeploymentRecord};
 use crate::model::{Principal, Role, SiteRecord};
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::Internal(e.to_string())
+fn internal(e: impl std::fmt::Display + 'static) -> ApiError {
+    crate::api::internal_error(e)
 }
 
 fn refuse(c: &Central, reason: &str, e: ApiError) -> ApiError {

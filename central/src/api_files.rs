@@ -44,8 +44,8 @@ use crate::commands::CentralCommandState;
 use crate::files::{CentralFile, Direction};
 use crate::model::Principal;
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::Internal(e.to_string())
+fn internal(e: impl std::fmt::Display + 'static) -> ApiError {
+    crate::api::internal_error(e)
 }
 
 /// A transfer as central's API shows it.

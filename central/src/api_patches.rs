@@ -136,7 +136,7 @@ pub async fn compliance_report(
         .store
         .patch_compliance(&p.tenant, q.site.as_ref())
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(crate::api::internal_error)?;
     let mut per_site: BTreeMap<&SiteId, Vec<&PatchComplianceRow>> = BTreeMap::new();
     for r in &rows {
         per_site.entry(&r.site_id).or_default().push(r);
@@ -262,7 +262,7 @@ async fn hostnames(
             .store
             .devices(&p.tenant, &filter)
             .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            .map_err(crate::api::internal_error)?;
         for d in page.items {
             out.insert((d.site_id, d.device), d.hostname);
         }
@@ -315,7 +315,7 @@ pub async fn cve_exposure_report(
         .store
         .cve_exposure(&p.tenant, cve, MAX_EXPOSED_LISTED)
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(crate::api::internal_error)?;
     let names = if rows.is_empty() {
         HashMap::new()
     } else {
@@ -427,7 +427,7 @@ pub async fn top_cves(
         .store
         .cve_site_exposure(&p.tenant, q.site.as_ref())
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(crate::api::internal_error)?;
     let mut out = cves_of_index(&lines, &sites);
     out.truncate(limit);
     Ok(out)
@@ -552,7 +552,7 @@ pub async fn device_patches(
     device: &str,
 ) -> Result<DevicePatches, ApiError> {
     crate::api::one_site(c, p, site).await?;
-    let internal = |e: crate::store::CentralStoreError| ApiError::Internal(e.to_string());
+    let internal = crate::api::internal_error::<crate::store::CentralStoreError>;
     let compliance = c
         .store
         .device_patch_compliance(&p.tenant, site, device)
@@ -666,7 +666,7 @@ pub async fn report_lines(
             return Err(ApiError::NotFound(format!("no site {s}")));
         }
     }
-    let internal = |e: crate::store::CentralStoreError| ApiError::Internal(e.to_string());
+    let internal = crate::api::internal_error::<crate::store::CentralStoreError>;
     let rows = c
         .store
         .patch_compliance(&p.tenant, q.site.as_ref())

@@ -29,8 +29,8 @@ use crate::commands::AuditRow;
 use crate::model::{Principal, Role};
 use crate::scripts::{self, CentralScript};
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::Internal(e.to_string())
+fn internal(e: impl std::fmt::Display + 'static) -> ApiError {
+    crate::api::internal_error(e)
 }
 
 /// A script of the library, by name and (optionally) version.

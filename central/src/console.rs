@@ -388,7 +388,7 @@ pub async fn acknowledge(
         .store
         .ack_alert(&p.tenant, site, alert, &p.name, comment, crate::now_ms())
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(crate::api::internal_error)?
         .ok_or_else(|| ApiError::NotFound(format!("no alert {alert} at site {site}")))?;
     let host = match &a.device {
         Some(d) => c

@@ -38,6 +38,10 @@ pub enum Down {
     },
     /// A deployment order (protocol 5, [`crate::deploy_link`]).
     DeployOrder(String),
+    /// Send the site all of its open work again, as after a `Welcome`
+    /// (the cross-instance notice listener reconnected: notices sent
+    /// meanwhile were lost; [`Registry::reopen_all`]).
+    Reopen,
 }
 
 #[derive(Debug)]
@@ -132,6 +136,16 @@ impl Registry {
             Some(Link { tx: Some(tx), .. }) => tx.send(d).is_ok(),
             _ => false,
         }
+    }
+
+    /// Asks every site stream of this instance to send its open work
+    /// again ([`Down::Reopen`]); how many were asked.
+    pub fn reopen_all(&self) -> usize {
+        self.lock()
+            .values()
+            .filter_map(|l| l.tx.as_ref())
+            .filter(|tx| tx.send(Down::Reopen).is_ok())
+            .count()
     }
 
     /// Sets where work for sites connected elsewhere goes (once; false if
@@ -239,8 +253,8 @@ impl<'a> SiteDownlink<'a> {
     pub async fn on_down(&mut self, d: Down, now_ms: u64) -> Option<CentralFrame> {
         match d {
             Down::Cancel { id, by } => Some(CentralFrame::Cancel { id, by }),
-            // Handled by the stream's deployment link.
-            Down::DeployOrder(_) => None,
+            // Handled by the stream's deployment link, and by the stream.
+            Down::DeployOrder(_) | Down::Reopen => None,
             Down::Command(id) => {
                 let c = self.c.store.command(&self.tenant, id).await.ok()??;
                 if c.closed || c.site_id != self.site {

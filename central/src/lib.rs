@@ -285,6 +285,8 @@ pub enum StoreLocation {
         url: String,
         pool_size: usize,
         statement_timeout_ms: u64,
+        /// Wait for a pooled or new connection (`--store-pool-wait-ms`).
+        pool_wait_ms: u64,
     },
 }
 
@@ -300,10 +302,19 @@ impl StoreLocation {
                 url: s.to_string(),
                 pool_size,
                 statement_timeout_ms,
+                pool_wait_ms: pg::DEFAULT_POOL_WAIT_MS,
             })
         } else {
             anyhow::bail!("--store takes rocksdb:DIR or postgres://USER@HOST/DB, not {s:?}")
         }
+    }
+
+    /// With `--store-pool-wait-ms` (PostgreSQL; ignored for RocksDB).
+    pub fn with_pool_wait_ms(mut self, ms: u64) -> Self {
+        if let StoreLocation::Postgres { pool_wait_ms, .. } = &mut self {
+            *pool_wait_ms = ms;
+        }
+        self
     }
 
     /// Opens the store (PostgreSQL: connects and migrates the schema).
@@ -321,12 +332,14 @@ impl StoreLocation {
                 url,
                 pool_size,
                 statement_timeout_ms,
+                pool_wait_ms,
             } => Arc::new(
                 pg::PgCentralStore::connect(
                     url,
                     pg::PgOptions {
                         pool_size: *pool_size,
                         statement_timeout_ms: *statement_timeout_ms,
+                        pool_wait_ms: *pool_wait_ms,
                     },
                 )
                 .await

@@ -75,9 +75,15 @@ enum Cmd {
         /// PostgreSQL: connections in the pool at most.
         #[arg(long, default_value_t = 16)]
         store_pool_size: usize,
-        /// PostgreSQL: statement and lock timeout (milliseconds).
+        /// PostgreSQL: statement and lock timeout (milliseconds; kept
+        /// within 100..=600000).
         #[arg(long, default_value_t = 30_000)]
         store_statement_timeout_ms: u64,
+        /// PostgreSQL: how long a request waits for a connection before it
+        /// is answered 503 / the batch is not acknowledged (milliseconds;
+        /// kept within 50..=60000).
+        #[arg(long, default_value_t = central::pg::DEFAULT_POOL_WAIT_MS)]
+        store_pool_wait_ms: u64,
         /// Largest file pushed to or pulled from a device through central
         /// (bytes); a larger upload is refused with 413.
         #[arg(long, default_value_t = central::files::DEFAULT_MAX_BYTES)]
@@ -320,6 +326,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store,
             store_pool_size,
             store_statement_timeout_ms,
+            store_pool_wait_ms,
             files_max_bytes,
             files_retention,
         } => {
@@ -327,6 +334,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = match store {
                 Some(s) => {
                     central::StoreLocation::parse(&s, store_pool_size, store_statement_timeout_ms)?
+                        .with_pool_wait_ms(store_pool_wait_ms)
                 }
                 None => central::StoreLocation::Rocks(dir.db()),
             };

@@ -101,7 +101,8 @@ pub struct CentralMetrics {
     /// Failed-login state the shared store could not record (logged).
     pub login_limit_errors: Counter,
     /// Cross-instance downlink notices (PostgreSQL), by event: `sent`,
-    /// `received`, `send_failed`, `undecodable`, `listen_lost`.
+    /// `received`, `send_failed`, `undecodable`, `listen_lost`, `reopened`
+    /// (site streams asked to resend their open work after a reconnect).
     pub downlink_notices: Family<ReasonLabel, Counter>,
     /// Files from central (`outpost_central_files_*`).
     pub files: crate::files::FileMetrics,
@@ -337,6 +338,12 @@ impl CentralMetrics {
             "downlink_notices",
             "Downlink work handed between instances over PostgreSQL NOTIFY, by event",
             m.downlink_notices.clone(),
+        );
+        r.register(
+            "store_errors",
+            "Store errors by kind: unavailable (database down, failing over, timed out; \
+             retried later) or other",
+            crate::store::STORE_ERRORS.clone(),
         );
         m.site_registry.register(
             "site_lag_seconds",

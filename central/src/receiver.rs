@@ -390,6 +390,10 @@ async fn serve_stream(
                     crate::downlink::Down::DeployOrder(id) => {
                         answers.extend(deploy.on_order(&id, crate::now_ms()).await);
                     }
+                    crate::downlink::Down::Reopen => {
+                        answers.extend(down.opening(crate::now_ms()).await);
+                        answers.extend(deploy.opening(crate::now_ms()).await);
+                    }
                     d => {
                         if let crate::downlink::Down::Cancel { id, by } = &d {
                             answers.extend(files.on_cancel(*id, by));

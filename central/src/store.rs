@@ -45,6 +45,38 @@ pub enum CentralStoreError {
     /// A page cursor the backend did not hand out (a caller's error).
     #[error("{0}")]
     InvalidCursor(String),
+    /// The database cannot be reached or refuses work for now (down,
+    /// failing over, pool exhausted past its wait, statement timeout):
+    /// retrying later can succeed. The API answers 503, a batch is not
+    /// acknowledged, `/healthz` says why.
+    #[error("central storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl CentralStoreError {
+    /// Whether retrying later can succeed (the database is unavailable).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, CentralStoreError::Unavailable(_))
+    }
+}
+
+/// Store errors of this process by kind (`unavailable`, `other`),
+/// counted where a backend makes them; registered in every
+/// [`crate::metrics::CentralMetrics`] as `outpost_central_store_errors_total`.
+pub static STORE_ERRORS: std::sync::LazyLock<
+    prometheus_client::metrics::family::Family<
+        crate::metrics::ReasonLabel,
+        prometheus_client::metrics::counter::Counter,
+    >,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Counts one store error of `kind` (see [`STORE_ERRORS`]).
+pub fn count_store_error(kind: &str) {
+    STORE_ERRORS
+        .get_or_create(&crate::metrics::ReasonLabel {
+            reason: kind.to_string(),
+        })
+        .inc();
 }
 
 pub type Result<T, E = CentralStoreError> = std::result::Result<T, E>;
@@ -634,6 +666,12 @@ pub trait CommandStore: Send + Sync + 'static {
 
 /// Applying site batches.
 pub trait BatchStore: Send + Sync + 'static {
+    /// Whether the store can serve now (`/healthz`): PostgreSQL runs one
+    /// trivial query; the embedded RocksDB is always there (default).
+    fn check(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Applies `batch` of `site` exactly once, durably before the future
     /// resolves: reads the rows [`crate::apply::Touched::of`] names, writes
     /// what [`crate::apply::plan`] returns, atomically with the site's

@@ -215,6 +215,19 @@ pub struct LiveHub {
     closed: tokio::sync::watch::Sender<bool>,
     pub metrics: LiveMetrics,
     pub config: LiveConfig,
+    /// Where published changes also go (central's other instances,
+    /// [`LiveHub::set_forward`]); set once.
+    forward: std::sync::OnceLock<Forward>,
+}
+
+/// A hook every [`LiveHub::publish`] calls (not
+/// [`LiveHub::publish_local`]).
+pub struct Forward(pub Box<dyn Fn(&LiveEvent) + Send + Sync>);
+
+impl std::fmt::Debug for Forward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Forward")
+    }
 }
 
 /// The hub refused a subscriber: too many streams open.
@@ -231,11 +244,29 @@ impl LiveHub {
             closed: tokio::sync::watch::Sender::new(false),
             metrics: LiveMetrics::default(),
             config,
+            forward: std::sync::OnceLock::new(),
         }
     }
 
-    /// Publishes one change to every current subscriber (none: nothing).
+    /// Sets where every published change also goes (once; false if set
+    /// already): central's instances over one database hand their
+    /// changes to each other, which [`LiveHub::publish_local`] them.
+    pub fn set_forward(&self, f: Forward) -> bool {
+        self.forward.set(f).is_ok()
+    }
+
+    /// Publishes one change to every current subscriber (none: nothing),
+    /// and hands it to the forward hook if set.
     pub fn publish(&self, e: LiveEvent) {
+        if let Some(f) = self.forward.get() {
+            (f.0)(&e);
+        }
+        self.publish_local(e);
+    }
+
+    /// [`LiveHub::publish`] to this hub's subscribers only (a change that
+    /// came from another instance).
+    pub fn publish_local(&self, e: LiveEvent) {
         self.metrics.published.inc();
         let _ = self.tx.send(Arc::new(e));
     }

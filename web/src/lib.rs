@@ -58,7 +58,14 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Internal(String),
+    /// 503: a dependency (central's database) cannot serve for now;
+    /// answered with `Retry-After`.
+    #[error("{0}")]
+    Unavailable(String),
 }
+
+/// Seconds an [`ApiError::Unavailable`] answer asks the client to wait.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
 
 impl ApiError {
     /// The status code this error answers with.
@@ -73,6 +80,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -89,6 +97,7 @@ impl ApiError {
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(message),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(message),
             s if s.is_client_error() => ApiError::BadRequest(message),
+            StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable(message),
             _ => ApiError::Internal(message),
         }
     }
@@ -100,11 +109,21 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(m) = &self {
             tracing::error!(error = %m, "API internal error");
         }
-        (
+        if let ApiError::Unavailable(m) = &self {
+            tracing::warn!(error = %m, "API request answered 503");
+        }
+        let mut resp = (
             status,
             axum::Json(serde_json::json!({ "error": self.to_string() })),
         )
-            .into_response()
+            .into_response();
+        if matches!(self, ApiError::Unavailable(_)) {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
+            );
+        }
+        resp
     }
 }
 

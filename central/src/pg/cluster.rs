@@ -31,6 +31,17 @@ pub struct TestCluster {
     /// The superuser to connect as.
     pub user: String,
     next_db: AtomicU64,
+    /// `pg_ctl` and the server's options, for a server of its own
+    /// ([`TestCluster::own`]) that tests stop and start again.
+    ctl: Option<Ctl>,
+}
+
+#[derive(Debug)]
+struct Ctl {
+    pg_ctl: PathBuf,
+    data: PathBuf,
+    options: String,
+    root: bool,
 }
 
 /// Becoming the `postgres` user (as root): `setpriv` execs the program.
@@ -105,7 +116,79 @@ impl TestCluster {
         c
     }
 
+    /// A server of the caller's own (not shared with other tests), which
+    /// [`TestCluster::stop_immediately`] kills and [`TestCluster::restart`]
+    /// starts again on the same data, socket and port (fault tests). It is
+    /// stopped and removed when the test process exits. `None` when the
+    /// binaries are not installed (skip message printed).
+    pub fn own_or_skip(test: &str) -> Option<TestCluster> {
+        let Some(bin) = find_bin_dir() else {
+            Self::shared_or_skip(test);
+            return None;
+        };
+        Some(
+            TestCluster::start_with(&bin, true)
+                .unwrap_or_else(|e| panic!("starting a test PostgreSQL server: {e}")),
+        )
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
+        let ctl = self
+            .ctl
+            .as_ref()
+            .ok_or("only a server of a test's own is stopped and started")?;
+        let mut cmd = if ctl.root {
+            let mut c = Command::new("setpriv");
+            c.args(SETPRIV).arg(&ctl.pg_ctl);
+            c
+        } else {
+            Command::new(&ctl.pg_ctl)
+        };
+        cmd.arg("-D").arg(&ctl.data).args(args);
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("pg_ctl: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pg_ctl {args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// Kills the server as a crash would (`pg_ctl stop -m immediate`):
+    /// connections drop, nothing is shut down cleanly.
+    pub fn stop_immediately(&self) {
+        self.pg_ctl(&["stop", "-m", "immediate", "-w"])
+            .unwrap_or_else(|e| panic!("stopping the test server: {e}"));
+    }
+
+    /// Starts the server again after [`TestCluster::stop_immediately`]
+    /// (crash recovery replays the log) and waits until it accepts
+    /// connections.
+    pub fn restart(&self) {
+        let (log, options) = match &self.ctl {
+            Some(c) => (
+                // The first log is the watchdog's (written as the caller);
+                // pg_ctl writes its own as the server's user.
+                self.socket_dir.join("log-restarted").display().to_string(),
+                c.options.clone(),
+            ),
+            None => panic!("only a server of a test's own is restarted"),
+        };
+        self.pg_ctl(&["start", "-w", "-t", "60", "-l", &log, "-o", &options])
+            .unwrap_or_else(|e| panic!("starting the test server again: {e}"));
+    }
+
     fn start(bin: &Path) -> Result<TestCluster, String> {
+        Self::start_with(bin, false)
+    }
+
+    fn start_with(bin: &Path, own: bool) -> Result<TestCluster, String> {
         let root = is_root();
         let dir = std::env::temp_dir().join(format!(
             "outpost-pg-{}-{}",
@@ -153,16 +236,26 @@ impl TestCluster {
             ));
         }
         let port = 5432;
+        // A server of a test's own is killed (`stop -m immediate`): a
+        // commit must be in the log when it returns (synchronous_commit
+        // on), as in production; fsync stays off (the machine does not
+        // crash, the OS keeps what was written).
+        let options = format!(
+            "-k {} -c listen_addresses= -p {port} -c fsync=off \
+             -c synchronous_commit={} -c full_page_writes=off -c max_connections=200",
+            dir.display(),
+            if own { "on" } else { "off" }
+        );
+        let ctl = Ctl {
+            pg_ctl: bin.join("pg_ctl"),
+            data: data.clone(),
+            options: options.clone(),
+            root,
+        };
         // The watchdog: starts postgres, then stops it (fast shutdown) and
         // removes the directory once the test process is gone.
         let postgres = bin.join("postgres");
-        let server = format!(
-            "{} -D {} -k {} -c listen_addresses= -p {port} -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
-            postgres.display(),
-            data.display(),
-            dir.display()
-        );
+        let server = format!("{} -D {} {options}", postgres.display(), data.display());
         let server = if root {
             // setpriv execs (no child in between), so the watchdog's
             // signal reaches postgres itself.
@@ -170,14 +263,37 @@ impl TestCluster {
         } else {
             server
         };
-        let script = format!(
-            "{server} >{log} 2>&1 & pid=$!; \
-             while kill -0 {parent} 2>/dev/null && kill -0 $pid 2>/dev/null; do sleep 0.5; done; \
-             kill -INT $pid 2>/dev/null; wait $pid; rm -rf {dir}",
-            log = dir.join("log").display(),
-            parent = std::process::id(),
-            dir = dir.display(),
-        );
+        let script = if own {
+            // Tests stop and start this one: the watchdog follows the
+            // test process only and stops whatever server runs then.
+            let stop = format!(
+                "{}{} -D {} stop -m immediate -w",
+                if root {
+                    format!("setpriv {} ", SETPRIV.join(" "))
+                } else {
+                    String::new()
+                },
+                ctl.pg_ctl.display(),
+                data.display()
+            );
+            format!(
+                "{server} >>{log} 2>&1 & \
+                 while kill -0 {parent} 2>/dev/null; do sleep 0.5; done; \
+                 {stop} >/dev/null 2>&1; rm -rf {dir}",
+                log = dir.join("log").display(),
+                parent = std::process::id(),
+                dir = dir.display(),
+            )
+        } else {
+            format!(
+                "{server} >{log} 2>&1 & pid=$!; \
+                 while kill -0 {parent} 2>/dev/null && kill -0 $pid 2>/dev/null; do sleep 0.5; done; \
+                 kill -INT $pid 2>/dev/null; wait $pid; rm -rf {dir}",
+                log = dir.join("log").display(),
+                parent = std::process::id(),
+                dir = dir.display(),
+            )
+        };
         Command::new("sh")
             .arg("-c")
             .arg(script)
@@ -205,6 +321,7 @@ impl TestCluster {
             port,
             user,
             next_db: AtomicU64::new(0),
+            ctl: own.then_some(ctl),
         })
     }
 

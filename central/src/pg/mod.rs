@@ -106,6 +106,10 @@ pub struct PgOptions {
     pub pool_size: usize,
     /// Statement timeout of every connection (milliseconds).
     pub statement_timeout_ms: u64,
+    /// How long a request waits for a pooled connection, and for a new
+    /// connection to be made, before it is answered "unavailable"
+    /// (milliseconds).
+    pub pool_wait_ms: u64,
 }
 
 impl Default for PgOptions {
@@ -113,6 +117,32 @@ impl Default for PgOptions {
         PgOptions {
             pool_size: 16,
             statement_timeout_ms: 30_000,
+            pool_wait_ms: DEFAULT_POOL_WAIT_MS,
+        }
+    }
+}
+
+/// Default of [`PgOptions::pool_wait_ms`] (`--store-pool-wait-ms`).
+pub const DEFAULT_POOL_WAIT_MS: u64 = 5_000;
+
+/// Bounds of the pool's options: what `connect` clamps them to, so a
+/// typo can neither disable the timeouts nor make them hang a request
+/// for hours.
+pub const POOL_SIZE_BOUNDS: (usize, usize) = (1, 1000);
+pub const STATEMENT_TIMEOUT_BOUNDS_MS: (u64, u64) = (100, 600_000);
+pub const POOL_WAIT_BOUNDS_MS: (u64, u64) = (50, 60_000);
+
+impl PgOptions {
+    /// The options clamped to their bounds (see [`POOL_SIZE_BOUNDS`]).
+    pub fn bounded(&self) -> PgOptions {
+        PgOptions {
+            pool_size: self.pool_size.clamp(POOL_SIZE_BOUNDS.0, POOL_SIZE_BOUNDS.1),
+            statement_timeout_ms: self
+                .statement_timeout_ms
+                .clamp(STATEMENT_TIMEOUT_BOUNDS_MS.0, STATEMENT_TIMEOUT_BOUNDS_MS.1),
+            pool_wait_ms: self
+                .pool_wait_ms
+                .clamp(POOL_WAIT_BOUNDS_MS.0, POOL_WAIT_BOUNDS_MS.1),
         }
     }
 }
@@ -134,9 +164,48 @@ impl std::fmt::Debug for PgCentralStore {
 }
 
 /// A database error with its causes (tokio-postgres puts the server's
-/// message in the source).
-fn be<E: std::error::Error>(e: E) -> CentralStoreError {
-    bs(describe(&e))
+/// message in the source); [`CentralStoreError::Unavailable`] when
+/// [`is_unavailable`] says retrying later can succeed. Counted in
+/// `outpost_central_store_errors_total`.
+fn be<E: std::error::Error + 'static>(e: E) -> CentralStoreError {
+    if is_unavailable(&e) {
+        unavailable(describe(&e))
+    } else {
+        bs(describe(&e))
+    }
+}
+
+fn unavailable(msg: String) -> CentralStoreError {
+    crate::store::count_store_error("unavailable");
+    CentralStoreError::Unavailable(format!("postgresql: {msg}"))
+}
+
+/// Whether an error (or one of its causes) says the database cannot
+/// serve for now rather than that the request is wrong: the connection
+/// is closed or failed (I/O), or the server answers a SQLSTATE of class
+/// 08 (connection exception), 57P (shutting down, cannot connect now),
+/// 53300 (too many connections), 25006 (read-only: a standby during a
+/// failover), 57014 (statement timeout) or 55P03 (lock timeout).
+pub fn is_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(x) = cur {
+        if let Some(pe) = x.downcast_ref::<tokio_postgres::Error>() {
+            if pe.is_closed() {
+                return true;
+            }
+            if let Some(code) = pe.code() {
+                let c = code.code();
+                return c.starts_with("08")
+                    || c.starts_with("57P")
+                    || matches!(c, "53300" | "25006" | "57014" | "55P03");
+            }
+        }
+        if x.downcast_ref::<std::io::Error>().is_some() {
+            return true;
+        }
+        cur = x.source();
+    }
+    false
 }
 
 fn describe(e: &dyn std::error::Error) -> String {
@@ -151,6 +220,7 @@ fn describe(e: &dyn std::error::Error) -> String {
 }
 
 fn bs(msg: String) -> CentralStoreError {
+    crate::store::count_store_error("other");
     CentralStoreError::Backend(format!("postgresql: {msg}"))
 }
 
@@ -258,6 +328,7 @@ impl PgCentralStore {
     /// Connects (`postgres://…` URL or `key=value` string), migrates the
     /// schema and creates the rollup partitions around `now`.
     pub async fn connect(url: &str, opts: PgOptions) -> Result<PgCentralStore> {
+        let opts = opts.bounded();
         let mut cfg: tokio_postgres::Config = url
             .parse()
             .map_err(|e| bs(format!("connection string: {e}")))?;
@@ -266,6 +337,11 @@ impl PgCentralStore {
             opts.statement_timeout_ms, opts.statement_timeout_ms
         ));
         cfg.application_name("outpost-central");
+        let wait = std::time::Duration::from_millis(opts.pool_wait_ms);
+        // A server that vanished without closing (failover, cable) is
+        // noticed within about a minute, not after the kernel's 2 hours.
+        cfg.connect_timeout(wait);
+        cfg.keepalives_idle(std::time::Duration::from_secs(30));
         let mgr = Manager::from_config(
             cfg,
             NoTls,
@@ -274,7 +350,11 @@ impl PgCentralStore {
             },
         );
         let pool = Pool::builder(mgr)
-            .max_size(opts.pool_size.clamp(1, 1000))
+            .max_size(opts.pool_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(wait))
+            .create_timeout(Some(wait))
+            .recycle_timeout(Some(wait))
             .build()
             .map_err(be)?;
         let store = PgCentralStore {
@@ -297,11 +377,15 @@ impl PgCentralStore {
         Ok(store)
     }
 
+    /// A pooled connection, or [`CentralStoreError::Unavailable`] once
+    /// none could be had within the pool's wait (a dead connection is
+    /// dropped by the pool and a new one made, so the store recovers by
+    /// itself when the server is back).
     async fn client(&self) -> Result<Client> {
         self.pool
             .get()
             .await
-            .map_err(|e| bs(format!("no database connection: {e}")))
+            .map_err(|e| unavailable(format!("no database connection: {}", describe(&e))))
     }
 
     /// Runs `f` in a transaction as the API role scoped to `tenant`.
@@ -2147,6 +2231,14 @@ impl PgCentralStore {
 // ------------------------------------------------------------ the traits
 
 impl BatchStore for PgCentralStore {
+    fn check(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let c = self.client().await?;
+            c.simple_query("SELECT 1").await.map_err(be)?;
+            Ok(())
+        })
+    }
+
     fn apply_batch_delta<'a>(
         &'a self,
         tenant: &'a TenantId,
@@ -3002,6 +3094,12 @@ mod tests;
 
 #[cfg(test)]
 mod multi_tests;
+
+#[cfg(test)]
+mod fault_tests;
+
+#[cfg(test)]
+mod bus_tests;
 
 #[cfg(test)]
 mod fleet_bench;
