@@ -53,6 +53,7 @@ mod login_limits;
 /// The login limits, password pool and roles, shared with the appliance.
 pub use outpost_web::login;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod ops;
 pub mod pg;

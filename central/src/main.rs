@@ -135,6 +135,24 @@ enum Cmd {
         #[command(subcommand)]
         cmd: outpost_central::cli_deploy::ApprovalRulesCmd,
     },
+    /// Copies a stopped central's RocksDB store into PostgreSQL: idempotent
+    /// (a second run copies nothing), resumable (a killed run continues
+    /// where it stopped), verified (per-table counts; exit 1 when they
+    /// differ). Copy the data directory's keys and files separately (README
+    /// "Central on PostgreSQL").
+    Migrate {
+        /// `rocksdb:DIR`: the store to copy (central's `--store`; by
+        /// default DATA/db). Refused while a central has it open.
+        #[arg(long)]
+        from: String,
+        /// `postgres://USER@HOST/DB`: the target (schema created or
+        /// upgraded first).
+        #[arg(long)]
+        to: String,
+        /// Source rows per transaction (and per progress mark).
+        #[arg(long, default_value_t = 500)]
+        chunk_rows: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -369,6 +387,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 shutdown,
             )
             .await
+        }
+        Cmd::Migrate {
+            from,
+            to,
+            chunk_rows,
+        } => {
+            let Some(dir) = from.strip_prefix("rocksdb:").filter(|d| !d.is_empty()) else {
+                bail!("--from takes rocksdb:DIR, not {from:?}");
+            };
+            if !(to.starts_with("postgres://") || to.starts_with("postgresql://")) {
+                bail!("--to takes postgres://USER@HOST/DB");
+            }
+            let opts = central::migrate::MigrateOptions {
+                chunk_rows: chunk_rows.clamp(1, 100_000),
+                stop_after_chunks: None,
+            };
+            let report = central::migrate::migrate(std::path::Path::new(dir), &to, &opts).await?;
+            println!("{report}");
+            if !report.mismatches().is_empty() {
+                bail!("the copy is incomplete: counts differ (see the table above)");
+            }
+            Ok(())
         }
         Cmd::CaFingerprint { data } => {
             println!("{}", CentralDir(data).init_or_load()?.ca.fingerprint());

@@ -30,7 +30,7 @@
 
 pub mod bus;
 pub mod cluster;
-mod search;
+pub(crate) mod search;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -81,6 +81,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         8,
         "central_files_newest",
         include_str!("V8__central_files_newest.sql"),
+    ),
+    (
+        10,
+        "migrate_progress",
+        include_str!("V10__migrate_progress.sql"),
     ),
 ];
 
@@ -151,7 +156,7 @@ fn bs(msg: String) -> CentralStoreError {
 }
 
 /// A stored u64 (times, ids) as PostgreSQL's bigint.
-fn i(v: u64) -> i64 {
+pub(crate) fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
@@ -168,7 +173,7 @@ fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
 }
 
 /// A command state as stored (its JSON name).
-fn state_name(s: crate::commands::CentralCommandState) -> String {
+pub(crate) fn state_name(s: crate::commands::CentralCommandState) -> String {
     serde_json::to_value(s)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
@@ -291,7 +296,7 @@ impl PgCentralStore {
         Ok(store)
     }
 
-    async fn client(&self) -> Result<Client> {
+    pub(crate) async fn client(&self) -> Result<Client> {
         self.pool
             .get()
             .await
