@@ -78,6 +78,15 @@ enum Cmd {
         /// PostgreSQL: statement and lock timeout (milliseconds).
         #[arg(long, default_value_t = 30_000)]
         store_statement_timeout_ms: u64,
+        /// PostgreSQL: how often maintenance runs (rollup partitions made
+        /// ahead and dropped past the retention, applied_batches pruned);
+        /// 1m to 24h.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        store_maintenance_interval: std::time::Duration,
+        /// PostgreSQL: rollups older than this are dropped a whole week
+        /// (partition) at a time; at least 14d.
+        #[arg(long, default_value = "400d", value_parser = humantime::parse_duration)]
+        rollup_retention: std::time::Duration,
         /// Largest file pushed to or pulled from a device through central
         /// (bytes); a larger upload is refused with 413.
         #[arg(long, default_value_t = central::files::DEFAULT_MAX_BYTES)]
@@ -338,6 +347,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store,
             store_pool_size,
             store_statement_timeout_ms,
+            store_maintenance_interval,
+            rollup_retention,
             files_max_bytes,
             files_retention,
         } => {
@@ -358,6 +369,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 files: central::files::FilesConfig {
                     max_bytes: files_max_bytes,
                     retention_ms: u64::try_from(files_retention.as_millis()).unwrap_or(u64::MAX),
+                },
+                pg_maintenance: central::pg::maintenance::MaintenanceConfig {
+                    interval_ms: u64::try_from(store_maintenance_interval.as_millis())
+                        .unwrap_or(u64::MAX),
+                    rollup_retention_ms: u64::try_from(rollup_retention.as_millis())
+                        .unwrap_or(u64::MAX),
+                    ..Default::default()
                 },
                 ..defaults
             };

@@ -103,6 +103,8 @@ pub struct CentralMetrics {
     /// Cross-instance downlink notices (PostgreSQL), by event: `sent`,
     /// `received`, `send_failed`, `undecodable`, `listen_lost`.
     pub downlink_notices: Family<ReasonLabel, Counter>,
+    /// PostgreSQL maintenance (partitions, applied_batches pruning).
+    pub pg_maintenance: crate::pg::maintenance::MaintenanceMetrics,
     /// Files from central (`outpost_central_files_*`).
     pub files: crate::files::FileMetrics,
     registry: Registry,
@@ -151,11 +153,13 @@ impl CentralMetrics {
             deploy_progress_ignored: Counter::default(),
             login_limit_errors: Counter::default(),
             downlink_notices: Family::default(),
+            pg_maintenance: Default::default(),
             files: crate::files::FileMetrics::default(),
             registry: Registry::with_prefix("outpost_central"),
             site_registry: Registry::with_prefix("outpost_central"),
         };
         m.files.register(&mut m.registry);
+        m.pg_maintenance.register(&mut m.registry);
         let r = &mut m.registry;
         r.register(
             "batches_received",

@@ -30,6 +30,7 @@
 
 pub mod bus;
 pub mod cluster;
+pub mod maintenance;
 pub(crate) mod search;
 
 use std::collections::{HashMap, HashSet};
@@ -88,6 +89,10 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("V10__migrate_progress.sql"),
     ),
 ];
+
+/// The apply error of a rollup whose partition was dropped meanwhile
+/// (retried once with the partitions asked again).
+const PARTITION_GONE: &str = "a rollup partition was dropped meanwhile";
 
 /// Width of a rollup partition (one week of bucket time).
 pub const PARTITION_MS: u64 = 7 * 24 * 3600 * 1000;
@@ -316,6 +321,27 @@ impl PgCentralStore {
         .await
         .map_err(be)?;
         Ok(tx)
+    }
+
+    /// Forgets which rollup partitions exist (another instance's
+    /// maintenance may have dropped some): the next apply asks again.
+    pub fn forget_partitions(&self) {
+        self.partitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// A rollup insert's error: a row without a partition (dropped by
+    /// maintenance since this pool made it) forgets the cache and is
+    /// [`PARTITION_GONE`], which the apply retries once.
+    fn partition_gone(&self, e: tokio_postgres::Error) -> CentralStoreError {
+        if e.code() == Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION) {
+            self.forget_partitions();
+            CentralStoreError::Backend(PARTITION_GONE.into())
+        } else {
+            be(e)
+        }
     }
 
     /// Creates the weekly rollup partitions holding these bucket times.
@@ -595,7 +621,7 @@ impl PgCentralStore {
                     &[&tenant, &site_id, &devs, &times, &bodies],
                 )
                 .await
-                .map_err(be)?;
+                .map_err(|e| self.partition_gone(e))?;
             }
         }
         if !changes.alerts.is_empty() {
@@ -2150,7 +2176,14 @@ impl BatchStore for PgCentralStore {
         batch: SiteBatch,
         received_ms: u64,
     ) -> StoreFuture<'a, (ApplyOutcome, FleetDelta)> {
-        Box::pin(async move { self.apply_impl(tenant, site_id, &batch, received_ms).await })
+        Box::pin(async move {
+            match self.apply_impl(tenant, site_id, &batch, received_ms).await {
+                Err(CentralStoreError::Backend(m)) if m == PARTITION_GONE => {
+                    self.apply_impl(tenant, site_id, &batch, received_ms).await
+                }
+                r => r,
+            }
+        })
     }
 
     fn dead_letter<'a>(
