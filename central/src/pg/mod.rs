@@ -32,6 +32,7 @@ pub mod bus;
 pub mod cluster;
 pub mod maintenance;
 pub(crate) mod search;
+pub mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -43,7 +44,6 @@ use outpost_proto::{CustomerId, SiteId, TenantId};
 use outpost_uplink::batch::SiteBatch;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
 use crate::apply::{self, ApplyPlan, CurrentRows, DeadLetterPlan, Touched};
@@ -264,9 +264,7 @@ impl PgCentralStore {
     /// Connects (`postgres://…` URL or `key=value` string), migrates the
     /// schema and creates the rollup partitions around `now`.
     pub async fn connect(url: &str, opts: PgOptions) -> Result<PgCentralStore> {
-        let mut cfg: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| bs(format!("connection string: {e}")))?;
+        let (mut cfg, tls) = tls::configure(url)?;
         cfg.options(format!(
             "-c statement_timeout={} -c lock_timeout={}",
             opts.statement_timeout_ms, opts.statement_timeout_ms
@@ -274,7 +272,7 @@ impl PgCentralStore {
         cfg.application_name("outpost-central");
         let mgr = Manager::from_config(
             cfg,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -302,10 +300,12 @@ impl PgCentralStore {
     }
 
     pub(crate) async fn client(&self) -> Result<Client> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| bs(format!("no database connection: {e}")))
+        self.pool.get().await.map_err(|e| {
+            bs(format!(
+                "no database connection: {}",
+                tls::hint(describe(&e))
+            ))
+        })
     }
 
     /// Runs `f` in a transaction as the API role scoped to `tenant`.
