@@ -56,6 +56,7 @@ mod login_limits;
 /// The login limits, password pool and roles, shared with the appliance.
 pub use outpost_web::login;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod ops;
 pub mod pg;
@@ -119,6 +120,8 @@ pub struct CentralLimits {
     pub live: outpost_console::LiveConfig,
     /// Files pushed and pulled from central (size limit, retention).
     pub files: files::FilesConfig,
+    /// PostgreSQL upkeep: interval, rollup retention, partitions ahead.
+    pub pg_maintenance: pg::maintenance::MaintenanceConfig,
 }
 
 impl Default for CentralLimits {
@@ -131,6 +134,7 @@ impl Default for CentralLimits {
             trusted_proxies: Vec::new(),
             live: outpost_console::LiveConfig::default(),
             files: files::FilesConfig::default(),
+            pg_maintenance: pg::maintenance::MaintenanceConfig::default(),
         }
     }
 }
@@ -386,7 +390,13 @@ pub async fn serve_on(
     ));
     if let Some(url) = bus_url {
         // Several instances: work for a site connected elsewhere.
-        let _listening = pg::bus::start(url, &central, shutdown.clone());
+        let _listening = pg::bus::start(url.clone(), &central, shutdown.clone());
+        let _maintaining = pg::maintenance::start(
+            url,
+            opts.limits.pg_maintenance,
+            central.metrics.pg_maintenance.clone(),
+            shutdown.clone(),
+        );
     }
     let blobs = outpost_storage::blobs::Blobs::open(&dir.path("files"))
         .context("opening the file store DATA/files")?;

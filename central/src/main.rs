@@ -84,6 +84,15 @@ enum Cmd {
         /// kept within 50..=60000).
         #[arg(long, default_value_t = central::pg::DEFAULT_POOL_WAIT_MS)]
         store_pool_wait_ms: u64,
+        /// PostgreSQL: how often maintenance runs (rollup partitions made
+        /// ahead and dropped past the retention, applied_batches pruned);
+        /// 1m to 24h.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        store_maintenance_interval: std::time::Duration,
+        /// PostgreSQL: rollups older than this are dropped a whole week
+        /// (partition) at a time; at least 14d.
+        #[arg(long, default_value = "400d", value_parser = humantime::parse_duration)]
+        rollup_retention: std::time::Duration,
         /// Largest file pushed to or pulled from a device through central
         /// (bytes); a larger upload is refused with 413.
         #[arg(long, default_value_t = central::files::DEFAULT_MAX_BYTES)]
@@ -140,6 +149,24 @@ enum Cmd {
     ApprovalRules {
         #[command(subcommand)]
         cmd: outpost_central::cli_deploy::ApprovalRulesCmd,
+    },
+    /// Copies a stopped central's RocksDB store into PostgreSQL: idempotent
+    /// (a second run copies nothing), resumable (a killed run continues
+    /// where it stopped), verified (per-table counts; exit 1 when they
+    /// differ). Copy the data directory's keys and files separately (README
+    /// "Central on PostgreSQL").
+    Migrate {
+        /// `rocksdb:DIR`: the store to copy (central's `--store`; by
+        /// default DATA/db). Refused while a central has it open.
+        #[arg(long)]
+        from: String,
+        /// `postgres://USER@HOST/DB`: the target (schema created or
+        /// upgraded first).
+        #[arg(long)]
+        to: String,
+        /// Source rows per transaction (and per progress mark).
+        #[arg(long, default_value_t = 500)]
+        chunk_rows: usize,
     },
 }
 
@@ -327,6 +354,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store_pool_size,
             store_statement_timeout_ms,
             store_pool_wait_ms,
+            store_maintenance_interval,
+            rollup_retention,
             files_max_bytes,
             files_retention,
         } => {
@@ -348,6 +377,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 files: central::files::FilesConfig {
                     max_bytes: files_max_bytes,
                     retention_ms: u64::try_from(files_retention.as_millis()).unwrap_or(u64::MAX),
+                },
+                pg_maintenance: central::pg::maintenance::MaintenanceConfig {
+                    interval_ms: u64::try_from(store_maintenance_interval.as_millis())
+                        .unwrap_or(u64::MAX),
+                    rollup_retention_ms: u64::try_from(rollup_retention.as_millis())
+                        .unwrap_or(u64::MAX),
+                    ..Default::default()
                 },
                 ..defaults
             };
@@ -377,6 +413,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 shutdown,
             )
             .await
+        }
+        Cmd::Migrate {
+            from,
+            to,
+            chunk_rows,
+        } => {
+            let Some(dir) = from.strip_prefix("rocksdb:").filter(|d| !d.is_empty()) else {
+                bail!("--from takes rocksdb:DIR, not {from:?}");
+            };
+            if !(to.starts_with("postgres://") || to.starts_with("postgresql://")) {
+                bail!("--to takes postgres://USER@HOST/DB");
+            }
+            let opts = central::migrate::MigrateOptions {
+                chunk_rows: chunk_rows.clamp(1, 100_000),
+                stop_after_chunks: None,
+            };
+            let report = central::migrate::migrate(std::path::Path::new(dir), &to, &opts).await?;
+            println!("{report}");
+            if !report.mismatches().is_empty() {
+                bail!("the copy is incomplete: counts differ (see the table above)");
+            }
+            Ok(())
         }
         Cmd::CaFingerprint { data } => {
             println!("{}", CentralDir(data).init_or_load()?.ca.fingerprint());

@@ -104,6 +104,8 @@ pub struct CentralMetrics {
     /// `received`, `send_failed`, `undecodable`, `listen_lost`, `reopened`
     /// (site streams asked to resend their open work after a reconnect).
     pub downlink_notices: Family<ReasonLabel, Counter>,
+    /// PostgreSQL maintenance (partitions, applied_batches pruning).
+    pub pg_maintenance: crate::pg::maintenance::MaintenanceMetrics,
     /// Files from central (`outpost_central_files_*`).
     pub files: crate::files::FileMetrics,
     registry: Registry,
@@ -152,11 +154,13 @@ impl CentralMetrics {
             deploy_progress_ignored: Counter::default(),
             login_limit_errors: Counter::default(),
             downlink_notices: Family::default(),
+            pg_maintenance: Default::default(),
             files: crate::files::FileMetrics::default(),
             registry: Registry::with_prefix("outpost_central"),
             site_registry: Registry::with_prefix("outpost_central"),
         };
         m.files.register(&mut m.registry);
+        m.pg_maintenance.register(&mut m.registry);
         let r = &mut m.registry;
         r.register(
             "batches_received",

@@ -79,7 +79,8 @@ const CF_DEPLOY: &str = "deploy";
 /// `tenant \0 site \0 device` → [`DeviceFacts`] (IPs and tags, batch
 /// format 6; no row when the device has neither).
 const CF_DEVICE_FACTS: &str = "device_facts";
-const CFS: [&str; 15] = [
+/// Every column family (`outpost-central migrate` accounts for each).
+pub(crate) const CFS: [&str; 15] = [
     CF_SITES,
     CF_DEVICES,
     CF_ROLLUPS,
@@ -319,6 +320,38 @@ impl RocksCentralStore {
             }
         }
         Ok(())
+    }
+}
+
+/// A raw row: key and value bytes as stored.
+pub(crate) type RawRow = (Box<[u8]>, Box<[u8]>);
+
+/// Raw rows for `outpost-central migrate` ([`crate::migrate`]).
+impl RocksCentralStore {
+    /// Up to `limit` raw rows of column family `cf` whose keys come after
+    /// `after` (from the first row when `None`), in key order.
+    pub(crate) fn raw_rows_after(
+        &self,
+        cf: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<RawRow>> {
+        let mode = match after {
+            Some(k) => IteratorMode::From(k, Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf)?, mode) {
+            let (k, v) = item.map_err(be)?;
+            if after.is_some_and(|a| *k == *a) {
+                continue;
+            }
+            out.push((k, v));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 }
 

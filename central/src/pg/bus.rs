@@ -32,7 +32,7 @@ use outpost_proto::ids::CommandId;
 use outpost_proto::{SiteId, TenantId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -265,10 +265,13 @@ type Received = (String, String);
 
 async fn listen(
     url: &str,
-) -> Result<(tokio_postgres::Client, mpsc::UnboundedReceiver<Received>), tokio_postgres::Error> {
-    let mut cfg: tokio_postgres::Config = url.parse()?;
+) -> Result<
+    (tokio_postgres::Client, mpsc::UnboundedReceiver<Received>),
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    let (mut cfg, tls) = super::tls::configure(url)?;
     cfg.application_name("outpost-central downlink");
-    let (client, mut conn) = cfg.connect(NoTls).await?;
+    let (client, mut conn) = cfg.connect(tls).await?;
     let (ntx, nrx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {

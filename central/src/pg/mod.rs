@@ -30,7 +30,9 @@
 
 pub mod bus;
 pub mod cluster;
-mod search;
+pub mod maintenance;
+pub(crate) mod search;
+pub mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -42,7 +44,6 @@ use outpost_proto::{CustomerId, SiteId, TenantId};
 use outpost_uplink::batch::SiteBatch;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
 use crate::apply::{self, ApplyPlan, CurrentRows, DeadLetterPlan, Touched};
@@ -83,7 +84,16 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("V8__central_files_newest.sql"),
     ),
     (9, "fleet_fast", include_str!("V9__fleet_fast.sql")),
+    (
+        10,
+        "migrate_progress",
+        include_str!("V10__migrate_progress.sql"),
+    ),
 ];
+
+/// The apply error of a rollup whose partition was dropped meanwhile
+/// (retried once with the partitions asked again).
+const PARTITION_GONE: &str = "a rollup partition was dropped meanwhile";
 
 /// Width of a rollup partition (one week of bucket time).
 pub const PARTITION_MS: u64 = 7 * 24 * 3600 * 1000;
@@ -225,7 +235,7 @@ fn bs(msg: String) -> CentralStoreError {
 }
 
 /// A stored u64 (times, ids) as PostgreSQL's bigint.
-fn i(v: u64) -> i64 {
+pub(crate) fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
@@ -242,7 +252,7 @@ fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
 }
 
 /// A command state as stored (its JSON name).
-fn state_name(s: crate::commands::CentralCommandState) -> String {
+pub(crate) fn state_name(s: crate::commands::CentralCommandState) -> String {
     serde_json::to_value(s)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
@@ -329,9 +339,7 @@ impl PgCentralStore {
     /// schema and creates the rollup partitions around `now`.
     pub async fn connect(url: &str, opts: PgOptions) -> Result<PgCentralStore> {
         let opts = opts.bounded();
-        let mut cfg: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| bs(format!("connection string: {e}")))?;
+        let (mut cfg, tls) = tls::configure(url)?;
         cfg.options(format!(
             "-c statement_timeout={} -c lock_timeout={}",
             opts.statement_timeout_ms, opts.statement_timeout_ms
@@ -344,7 +352,7 @@ impl PgCentralStore {
         cfg.keepalives_idle(std::time::Duration::from_secs(30));
         let mgr = Manager::from_config(
             cfg,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -381,11 +389,13 @@ impl PgCentralStore {
     /// none could be had within the pool's wait (a dead connection is
     /// dropped by the pool and a new one made, so the store recovers by
     /// itself when the server is back).
-    async fn client(&self) -> Result<Client> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| unavailable(format!("no database connection: {}", describe(&e))))
+    pub(crate) async fn client(&self) -> Result<Client> {
+        self.pool.get().await.map_err(|e| {
+            unavailable(format!(
+                "no database connection: {}",
+                tls::hint(describe(&e))
+            ))
+        })
     }
 
     /// Runs `f` in a transaction as the API role scoped to `tenant`.
@@ -401,6 +411,27 @@ impl PgCentralStore {
         .await
         .map_err(be)?;
         Ok(tx)
+    }
+
+    /// Forgets which rollup partitions exist (another instance's
+    /// maintenance may have dropped some): the next apply asks again.
+    pub fn forget_partitions(&self) {
+        self.partitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// A rollup insert's error: a row without a partition (dropped by
+    /// maintenance since this pool made it) forgets the cache and is
+    /// [`PARTITION_GONE`], which the apply retries once.
+    fn partition_gone(&self, e: tokio_postgres::Error) -> CentralStoreError {
+        if e.code() == Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION) {
+            self.forget_partitions();
+            CentralStoreError::Backend(PARTITION_GONE.into())
+        } else {
+            be(e)
+        }
     }
 
     /// Creates the weekly rollup partitions holding these bucket times.
@@ -680,7 +711,7 @@ impl PgCentralStore {
                     &[&tenant, &site_id, &devs, &times, &bodies],
                 )
                 .await
-                .map_err(be)?;
+                .map_err(|e| self.partition_gone(e))?;
             }
         }
         if !changes.alerts.is_empty() {
@@ -2246,7 +2277,14 @@ impl BatchStore for PgCentralStore {
         batch: SiteBatch,
         received_ms: u64,
     ) -> StoreFuture<'a, (ApplyOutcome, FleetDelta)> {
-        Box::pin(async move { self.apply_impl(tenant, site_id, &batch, received_ms).await })
+        Box::pin(async move {
+            match self.apply_impl(tenant, site_id, &batch, received_ms).await {
+                Err(CentralStoreError::Backend(m)) if m == PARTITION_GONE => {
+                    self.apply_impl(tenant, site_id, &batch, received_ms).await
+                }
+                r => r,
+            }
+        })
     }
 
     fn dead_letter<'a>(

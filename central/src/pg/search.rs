@@ -62,7 +62,7 @@ fn key_exprs(sort: DeviceSortKey) -> (&'static str, &'static str, &'static str) 
 }
 
 /// `devices.tags_lc`: the lowercased tags, one per line.
-pub(super) fn tags_lc(tags: &[String]) -> String {
+pub(crate) fn tags_lc(tags: &[String]) -> String {
     tags.iter()
         .map(|t| t.to_lowercase())
         .collect::<Vec<_>>()
@@ -70,14 +70,14 @@ pub(super) fn tags_lc(tags: &[String]) -> String {
 }
 
 /// `devices.ips_lc`: each lowercased address after a tab.
-pub(super) fn ips_lc(ips: &[String]) -> String {
+pub(crate) fn ips_lc(ips: &[String]) -> String {
     ips.iter()
         .map(|ip| format!("\t{}", ip.to_lowercase()))
         .collect()
 }
 
 /// `devices.words_lc` (what the store writes; SQL keeps it on updates).
-pub(super) fn words_lc(host_lc: &str, os_lc: &str, tags_lc: &str) -> String {
+pub(crate) fn words_lc(host_lc: &str, os_lc: &str, tags_lc: &str) -> String {
     format!("{host_lc}\n{os_lc}\n{tags_lc}")
 }
 
