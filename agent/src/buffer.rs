@@ -396,24 +396,8 @@ mod tests {
         ]
     }
 
-    /// Opens the buffer again right after dropping it. sled's flusher thread
-    /// holds the database (and its file lock) for up to one flush interval
-    /// after the last handle is dropped, so a reopen in the same process can
-    /// briefly see `WouldBlock`; a restarted agent is a new process and
-    /// never does.
     fn reopen(dir: &Path, cap: u64) -> Buffer {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match Buffer::open(dir, cap) {
-                Ok(b) => return b,
-                Err(e)
-                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => panic!("reopening the buffer: {e}"),
-            }
-        }
+        crate::reopen_sled(|| Buffer::open(dir, cap))
     }
 
     proptest! {

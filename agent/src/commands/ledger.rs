@@ -352,7 +352,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = CommandId([3; 16]);
         {
-            let l = Ledger::open(dir.path()).unwrap();
+            let l = crate::reopen_sled(|| Ledger::open(dir.path()));
             let mut e = Entry::new(1);
             e.phase = Phase::Running { started_ms: 2 };
             e.output_len = 5;
@@ -360,7 +360,7 @@ mod tests {
             l.put_output(id, 0, b"hello").unwrap();
             l.flush().await.unwrap();
         }
-        let l = Ledger::open(dir.path()).unwrap();
+        let l = crate::reopen_sled(|| Ledger::open(dir.path()));
         assert_eq!(l.recover(10, Some("b1")).unwrap(), vec![id]);
         let e = l.get(id).unwrap().unwrap();
         assert_eq!(e.result().unwrap().outcome, CommandOutcome::Interrupted);
@@ -380,14 +380,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = CommandId([4; 16]);
         {
-            let l = Ledger::open(dir.path()).unwrap();
+            let l = crate::reopen_sled(|| Ledger::open(dir.path()));
             let mut e = Entry::new(1);
             e.phase = Phase::Running { started_ms: 2 };
             l.put(id, &e).unwrap();
             l.put_reboot(id, "boot-1").unwrap();
             l.flush().await.unwrap();
         }
-        let l = Ledger::open(dir.path()).unwrap();
+        let l = crate::reopen_sled(|| Ledger::open(dir.path()));
         // The agent restarted, the host did not (yet): still running.
         assert!(l.recover(10, Some("boot-1")).unwrap().is_empty());
         assert!(l.recover(10, None).unwrap().is_empty());
