@@ -454,7 +454,7 @@ impl ConsoleBackend for CentralConsole {
                 patches: true,
                 // Search and filter by tag; tags are set at the site.
                 tags: true,
-                tag_devices: false,
+                tag_devices: true,
                 deployments: true,
                 edit_approvals: true,
                 bulk_by_tag: true,
@@ -1386,6 +1386,19 @@ impl ConsoleBackend for CentralConsole {
     ) -> ConsoleFuture<'a, String> {
         let target = crate::bulk::BulkTarget::Tag(tag.to_string());
         Box::pin(async move { run_bulk(&self.central, v, target, req).await })
+    }
+
+    fn tag_devices<'a>(
+        &'a self,
+        v: &'a Viewer,
+        devices: &'a [outpost_console::bulk_actions::DeviceKey],
+        tags: &'a [String],
+    ) -> ConsoleFuture<'a, ()> {
+        Box::pin(async move {
+            crate::api_tags::add_from_console(&self.central, &principal(v), devices, tags)
+                .await
+                .map_err(err)
+        })
     }
 
     fn bulks<'a>(

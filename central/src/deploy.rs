@@ -132,7 +132,13 @@ pub fn option_keys(request: &serde_json::Map<String, serde_json::Value>) -> Vec<
 /// would drop them silently); everything else the deployment protocol.
 /// Pure.
 pub fn needed_protocol(kind: &DeployOrderKind) -> u16 {
-    use outpost_uplink::wire::{DEPLOY_OPTIONS_PROTOCOL_VERSION, DEPLOY_PROTOCOL_VERSION};
+    use outpost_uplink::wire::{
+        DEPLOY_OPTIONS_PROTOCOL_VERSION, DEPLOY_PROTOCOL_VERSION, TAGS_PROTOCOL_VERSION,
+    };
+    if let DeployOrderKind::SetTags { .. } = kind {
+        // An older site cannot even decode the order.
+        return TAGS_PROTOCOL_VERSION;
+    }
     if let DeployOrderKind::CreateDeployment { request_json } = kind
         && let Ok(serde_json::Value::Object(m)) = serde_json::from_str(request_json)
         && !option_keys(&m).is_empty()
@@ -145,6 +151,13 @@ pub fn needed_protocol(kind: &DeployOrderKind) -> u16 {
 /// Why `kind` is not sent to `site` speaking `version` (`None`: send it).
 pub fn too_old(kind: &DeployOrderKind, site: &SiteId, version: u16) -> Option<String> {
     let need = needed_protocol(kind);
+    if let DeployOrderKind::SetTags { .. } = kind {
+        return (version < need).then(|| {
+            format!(
+                "site {site} speaks uplink protocol {version}: setting tags from central needs protocol {need} (upgrade its appliance, or tag its devices on the site)"
+            )
+        });
+    }
     (version < need).then(|| {
         format!(
             "site {site} speaks uplink protocol {version}: deployments with install options (reboot, pre_script, post_script, snapshot) need protocol {need} (upgrade its appliance, or create it without options)"
@@ -317,6 +330,24 @@ mod tests {
             body_json: "{}".into(),
         };
         assert_eq!(too_old(&pause, &site, 5), None);
+    }
+
+    #[test]
+    fn a_tag_order_needs_protocol_9_and_an_older_site_is_refused_by_name() {
+        let site: SiteId = "site-a".into();
+        let tags = DeployOrderKind::SetTags {
+            devices: vec!["00000000000000aa".into()],
+            add: vec!["web".into()],
+            remove: vec![],
+        };
+        assert_eq!(needed_protocol(&tags), 9);
+        assert_eq!(too_old(&tags, &site, 9), None);
+        let why = too_old(&tags, &site, 8).unwrap();
+        assert!(
+            why.contains("site site-a speaks uplink protocol 8"),
+            "{why}"
+        );
+        assert!(why.contains("tags from central needs protocol 9"), "{why}");
     }
 
     #[test]

@@ -84,6 +84,9 @@ pub struct CentralDeploy {
     pub patches: Arc<dyn MissingPatches>,
     pub orchestrator: Arc<Orchestrator>,
     pub metrics: UplinkMetrics,
+    /// Called after a tag order changed tags (the alert engine reloads
+    /// its scopes, as after the site API's `PUT /devices/{id}/tags`).
+    pub on_tags: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 fn approval_outcome(e: ApprovalError) -> Outcome {
@@ -129,6 +132,14 @@ impl CentralDeploy {
                 return None;
             }
         }
+        if let DeployOrderKind::SetTags {
+            devices,
+            add,
+            remove,
+        } = &o.kind
+        {
+            return self.set_tags(o, devices, add, remove, now_ms).await;
+        }
         let outcome = self.apply(o, now_ms).await;
         let refused = match outcome {
             Outcome::Applied => None,
@@ -165,6 +176,62 @@ impl CentralDeploy {
                     })
                     .inc();
                 info!(order = %o.id, kind = o.kind.label(), reason = %r, "deployment order from central refused");
+            }
+        }
+        Some(DeployAck {
+            id: o.id.clone(),
+            refused,
+        })
+    }
+
+    /// Applies a tag order to all its devices or to none, writing the
+    /// tags, one audit entry per device (actor `NAME@central`) and the
+    /// order's record in one write: a redelivery finds the record (never
+    /// applied twice). A refusal names each device that failed (unknown at
+    /// the site, over the tag limit) or the bad tag, and is recorded too.
+    async fn set_tags(
+        &self,
+        o: &DeployOrder,
+        devices: &[String],
+        add: &[String],
+        remove: &[String],
+        now_ms: u64,
+    ) -> Option<DeployAck> {
+        let store = self.store.clone();
+        let (id, actor) = (o.id.clone(), o.actor.clone());
+        let (devices, add, remove) = (devices.to_vec(), add.to_vec(), remove.to_vec());
+        let res = tokio::task::spawn_blocking(move || {
+            tag_write(&store, &id, &actor, &devices, &add, &remove, now_ms)
+        })
+        .await;
+        let refused = match res {
+            Ok(Ok(refused)) => refused,
+            Ok(Err(e)) => {
+                self.metrics.deploy_order_store_failures.inc();
+                warn!(order = %o.id, error = %e, "a tag order could not be applied now; central sends it again");
+                return None;
+            }
+            Err(e) => {
+                warn!(order = %o.id, error = %e, "the tag order task failed; central sends it again");
+                return None;
+            }
+        };
+        match &refused {
+            None => {
+                self.metrics.deploy_orders_applied.inc();
+                info!(order = %o.id, "tag order from central applied");
+                if let Some(f) = &self.on_tags {
+                    f();
+                }
+            }
+            Some(r) => {
+                self.metrics
+                    .deploy_order_refusals
+                    .get_or_create(&ReasonLabel {
+                        reason: o.kind.label().into(),
+                    })
+                    .inc();
+                info!(order = %o.id, reason = %r, "tag order from central refused");
             }
         }
         Some(DeployAck {
@@ -286,8 +353,86 @@ impl CentralDeploy {
                     Err(e) => Err(deploy_outcome(e)),
                 }
             }
+            // Taken before (`CentralDeploy::set_tags`: one write with its record).
+            DeployOrderKind::SetTags { .. } => {
+                Err(Outcome::Retry("a tag order goes through set_tags".into()))
+            }
         }
     }
+}
+
+/// Checks and writes a tag order in one write (tags, audit, the order's
+/// record): `Ok(None)` applied, `Ok(Some(reason))` refused (recorded; the
+/// reason names each failing device), `Err` not written (central resends).
+pub fn tag_write(
+    store: &Store,
+    order: &str,
+    actor: &str,
+    devices: &[String],
+    add: &[String],
+    remove: &[String],
+    now_ms: u64,
+) -> Result<Option<String>, outpost_storage::StorageError> {
+    use outpost_storage::registry::{self, AUDIT, DEVICE_TAGS};
+    use outpost_uplink::deploy_link::{MAX_TAGS_PER_DEVICE, apply_tags, check_tag};
+    let mut problems: Vec<String> = Vec::new();
+    for t in add.iter().chain(remove) {
+        if let Err(e) = check_tag(t) {
+            problems.push(e);
+        }
+    }
+    let mut changes: Vec<(outpost_proto::DeviceId, Vec<String>)> = Vec::new();
+    if problems.is_empty() {
+        for d in devices {
+            let Ok(id) = d.parse::<outpost_proto::DeviceId>() else {
+                problems.push(format!("device {d}: not a device id"));
+                continue;
+            };
+            if registry::get(store, id)?.is_none() {
+                problems.push(format!("device {d}: unknown at the site"));
+                continue;
+            }
+            let tags = apply_tags(&registry::tags(store, id)?, add, remove);
+            if tags.len() > MAX_TAGS_PER_DEVICE {
+                problems.push(format!(
+                    "device {d}: would have {} tags (at most {MAX_TAGS_PER_DEVICE})",
+                    tags.len()
+                ));
+                continue;
+            }
+            changes.push((id, tags));
+        }
+    }
+    let refused = (!problems.is_empty()).then(|| problems.join("; "));
+    let mut b = store.batch();
+    if refused.is_none() {
+        for (id, tags) in &changes {
+            b.put(DEVICE_TAGS, &outpost_storage::keys::device_key(*id), tags)?;
+            b.put(
+                AUDIT,
+                &outpost_storage::keys::time_counter_key::<4>(&[], now_ms),
+                &outpost_storage::model::AuditEntry {
+                    at_ms: now_ms,
+                    actor: actor.to_string(),
+                    action: "device.tags".into(),
+                    target: id.to_string(),
+                    detail: format!("{} (order {order})", tags.join(",")),
+                },
+            )?;
+        }
+    }
+    b.put(
+        CENTRAL_ORDERS,
+        order.as_bytes(),
+        &AppliedOrder {
+            id: order.to_string(),
+            kind: "tags".into(),
+            refused: refused.clone(),
+            at_ms: now_ms,
+        },
+    )?;
+    store.write(b)?;
+    Ok(refused)
 }
 
 /// One device of a progress report.
@@ -615,6 +760,7 @@ mod tests {
             patches,
             orchestrator,
             metrics: UplinkMetrics::default(),
+            on_tags: None,
         }
     }
 
@@ -624,6 +770,75 @@ mod tests {
             actor: "ann@central".into(),
             kind,
         }
+    }
+
+    /// A tag order from central is applied to all its devices in one
+    /// write with its id (audited per device as `NAME@central`), and a
+    /// redelivery is answered from the record without touching the tags
+    /// again (a change made at the site since stays). An unknown device or
+    /// a bad tag refuses the whole order, naming each, and changes nothing.
+    #[tokio::test]
+    async fn a_tag_order_is_applied_once_to_all_its_devices_or_refused_naming_each_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cd = central_deploy(dir.path());
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        cd.on_tags = Some({
+            let calls = calls.clone();
+            Arc::new(move || {
+                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })
+        });
+        let d1 = outpost_proto::DeviceId(1);
+        let d2 = enroll(&cd.store, 2, "dental", &["db", "x"]);
+        let tags = |id: &str, devices: &[outpost_proto::DeviceId], add: &[&str]| {
+            order(
+                id,
+                DeployOrderKind::SetTags {
+                    devices: devices.iter().map(|d| d.to_string()).collect(),
+                    add: add.iter().map(|t| t.to_string()).collect(),
+                    remove: vec!["x".into()],
+                },
+            )
+        };
+        let audit = |store: &Store| {
+            outpost_storage::registry::audit_log(store, 0, u64::MAX, 100)
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.action == "device.tags")
+                .collect::<Vec<_>>()
+        };
+        let t1 = tags("ord-t1", &[d1, d2], &["pci"]);
+        assert_eq!(cd.take(&t1, 10).await.unwrap().refused, None);
+        let reg = |d| outpost_storage::registry::tags(&cd.store, d).unwrap();
+        assert_eq!(reg(d1), vec!["pci".to_string()]);
+        assert_eq!(reg(d2), vec!["db".to_string(), "pci".to_string()]);
+        let a = audit(&cd.store);
+        assert_eq!(a.len(), 2);
+        assert!(a.iter().all(|e| e.actor == "ann@central"), "{a:?}");
+        assert!(a[0].detail.contains("order ord-t1"), "{a:?}");
+        // Changed at the site since; the redelivery must not undo it.
+        outpost_storage::registry::set_tags(&cd.store, d1, &[]).unwrap();
+        assert_eq!(cd.take(&t1, 20).await.unwrap().refused, None);
+        assert!(reg(d1).is_empty(), "applied twice");
+        assert_eq!(audit(&cd.store).len(), 2);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+        let unknown = outpost_proto::DeviceId(0xff);
+        let t2 = tags("ord-t2", &[d1, unknown], &["y"]);
+        for at in [30, 40] {
+            let r = cd.take(&t2, at).await.unwrap().refused.unwrap();
+            assert_eq!(r, "device 00000000000000ff: unknown at the site");
+        }
+        assert!(reg(d1).is_empty(), "a refused order changes nothing");
+        let bad = cd
+            .take(&tags("ord-t3", &[d1], &["a,b"]), 50)
+            .await
+            .unwrap()
+            .refused
+            .unwrap();
+        assert!(bad.contains("no commas"), "{bad}");
+        assert_eq!(audit(&cd.store).len(), 2);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
     /// Central's approval and deployment are applied once: delivered
