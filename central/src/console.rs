@@ -1229,28 +1229,48 @@ impl ConsoleBackend for CentralConsole {
     fn approvals<'a>(
         &'a self,
         v: &'a Viewer,
-        _device: Option<&'a str>,
+        device: Option<&'a str>,
     ) -> ConsoleFuture<'a, outpost_console::deployments::ApprovalsView> {
         Box::pin(async move {
-            let tags = self
+            // The picker: the first devices of the list (any other by
+            // `?device=SITE/DEVICE`), and the tags for the forms.
+            let list = self
                 .devices(
                     v,
                     &DeviceQuery {
-                        limit: 1,
+                        limit: crate::console_deploy::DECISION_PICKER_DEVICES,
                         ..Default::default()
                     },
                 )
-                .await?
-                .facets
-                .tags;
-            crate::console_deploy::approvals(
+                .await?;
+            let picker = list
+                .rows
+                .iter()
+                .map(|d| {
+                    (
+                        format!("{}/{}", d.site_id, d.device),
+                        format!("{} · {}", d.hostname, d.site_name),
+                    )
+                })
+                .collect();
+            let mut a = crate::console_deploy::approvals(
                 &self.central,
                 &principal(v),
-                &tags,
+                &list.facets.tags,
                 v.can.approve_patches,
             )
             .await
-            .map_err(err)
+            .map_err(err)?;
+            crate::console_deploy::with_decisions(
+                &self.central,
+                &principal(v),
+                &mut a,
+                picker,
+                device,
+            )
+            .await
+            .map_err(err)?;
+            Ok(a)
         })
     }
 

@@ -274,6 +274,24 @@ impl SentOrders {
     }
 }
 
+/// What central holds of one device's approval decisions (protocol 9):
+/// the site's newest report (which rule decided each missing patch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionsRecord {
+    pub tenant: TenantId,
+    pub site: SiteId,
+    /// The site's customer (visibility).
+    pub customer: CustomerId,
+    /// Central's time it was stored.
+    pub received_ms: u64,
+    pub decisions: outpost_uplink::deploy_link::DeviceDecisions,
+}
+
+/// Whether `new` replaces `held`: only a report computed later. Pure.
+pub fn newer_decisions(held: Option<&DecisionsRecord>, new: &DecisionsRecord) -> bool {
+    held.is_none_or(|h| h.decisions.computed_ms < new.decisions.computed_ms)
+}
+
 /// A new order id.
 pub fn new_order_id() -> String {
     format!("ord-{:016x}", rand::random::<u64>())
@@ -408,6 +426,28 @@ mod tests {
         assert!(newer(Some(&rec(5)), &rec(6)));
         assert!(!newer(Some(&rec(6)), &rec(6)));
         assert!(!newer(Some(&rec(6)), &rec(5)));
+    }
+
+    #[test]
+    fn a_devices_older_or_repeated_decisions_never_replace_newer_ones() {
+        let rec = |at| DecisionsRecord {
+            tenant: "msp".into(),
+            site: "s-1".into(),
+            customer: "dental".into(),
+            received_ms: 0,
+            decisions: outpost_uplink::deploy_link::DeviceDecisions {
+                device: "00000000000000aa".into(),
+                computed_ms: at,
+                assessed: true,
+                rows: vec![],
+                unnamed: vec![],
+                truncated: 0,
+            },
+        };
+        assert!(newer_decisions(None, &rec(5)));
+        assert!(newer_decisions(Some(&rec(5)), &rec(6)));
+        assert!(!newer_decisions(Some(&rec(6)), &rec(6)));
+        assert!(!newer_decisions(Some(&rec(6)), &rec(5)));
     }
 
     #[test]

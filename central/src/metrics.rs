@@ -97,6 +97,11 @@ pub struct CentralMetrics {
     pub tag_refusals: Family<ReasonLabel, Counter>,
     /// Tag orders stored for sites (one per site of a request).
     pub tag_orders: Counter,
+    /// Devices' approval decisions stored (protocol 9).
+    pub decisions_stored: Counter,
+    /// Devices' approval decisions not stored (older than held, or a bad
+    /// device id).
+    pub decisions_ignored: Counter,
     /// Deployment progress reports stored (newer than the one held).
     pub deploy_progress_stored: Counter,
     /// Deployment progress reports not stored (stale, repeated, or not
@@ -153,6 +158,8 @@ impl CentralMetrics {
             deploy_refusals: Family::default(),
             tag_refusals: Family::default(),
             tag_orders: Counter::default(),
+            decisions_stored: Counter::default(),
+            decisions_ignored: Counter::default(),
             deploy_progress_stored: Counter::default(),
             deploy_progress_ignored: Counter::default(),
             login_limit_errors: Counter::default(),
@@ -253,6 +260,16 @@ impl CentralMetrics {
             "tag_orders",
             "Tag orders stored for sites",
             m.tag_orders.clone(),
+        );
+        r.register(
+            "decisions_stored",
+            "Devices' approval decisions stored",
+            m.decisions_stored.clone(),
+        );
+        r.register(
+            "decisions_ignored",
+            "Devices' approval decisions not stored (stale or bad device id)",
+            m.decisions_ignored.clone(),
         );
         r.register(
             "deploy_progress_stored",

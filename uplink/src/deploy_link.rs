@@ -144,6 +144,68 @@ impl DeployOrderKind {
     }
 }
 
+/// Least time between two looks at the site's per-device approval
+/// decisions (protocol 9): the devices whose decisions changed since go
+/// up ([`DeviceDecisions`]).
+pub const DECISIONS_INTERVAL_MS: u64 = 10_000;
+/// Most devices in one [`crate::wire::SiteFrame::ApprovalDecisions`].
+pub const DECISIONS_PER_FRAME: usize = 256;
+/// Most decision rows of one device sent (declined, deferred and
+/// unapproved ones first; the cut is counted in `truncated`).
+pub const MAX_DECISION_ROWS: usize = 1_000;
+
+/// One device's approval decisions at the site (protocol 9,
+/// [`crate::wire::TAGS_PROTOCOL_VERSION`]): for each missing patch, what
+/// the site decided and which rule decided it, as the site's
+/// `GET /api/v1/approvals/devices/{id}` (and its console's
+/// `/approvals?device=ID`) shows them. A derived view, not an event: the
+/// site sends a device's again when it changes and every device's once
+/// per stream; central keeps the newest (`computed_ms`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceDecisions {
+    /// The site's device id (16 hex digits).
+    pub device: String,
+    /// The site's time they were computed.
+    pub computed_ms: u64,
+    /// The device has a patch assessment (else `rows` is empty).
+    pub assessed: bool,
+    pub rows: Vec<DecisionUp>,
+    /// Missing patches that cannot be named exactly (never approvable).
+    pub unnamed: Vec<String>,
+    /// Rows left out beyond [`MAX_DECISION_ROWS`].
+    pub truncated: u32,
+}
+
+/// One missing patch of a device and what decided it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DecisionUp {
+    /// `PKG=VERSION`.
+    pub patch: String,
+    /// `approved`, `declined`, `deferred` or `unapproved`.
+    pub outcome: String,
+    /// The deciding rule's id and scope (`RULE (SCOPE)`), if a rule did.
+    pub rule: Option<String>,
+    pub explanation: String,
+}
+
+impl DeviceDecisions {
+    /// A hash of what the decisions say (not when they were computed):
+    /// the site sends a device's again only when it changes. Pure.
+    pub fn content_hash(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            &self.device,
+            self.assessed,
+            &self.rows,
+            &self.unnamed,
+            self.truncated,
+        )
+            .hash(&mut h);
+        h.finish()
+    }
+}
+
 /// The site's answer to a [`DeployOrder`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeployAck {
@@ -202,6 +264,34 @@ mod tests {
         })
         .unwrap();
         assert_eq!(k[0], 5);
+    }
+
+    #[test]
+    fn decisions_round_trip_and_their_hash_ignores_the_time_they_were_computed() {
+        let d = DeviceDecisions {
+            device: "00000000000000aa".into(),
+            computed_ms: 5,
+            assessed: true,
+            rows: vec![DecisionUp {
+                patch: "openssl=3.0.2-1".into(),
+                outcome: "approved".into(),
+                rule: Some("r-1 (tag:web)".into()),
+                explanation: "security auto-approval".into(),
+            }],
+            unnamed: vec![],
+            truncated: 0,
+        };
+        let f = SiteFrame::ApprovalDecisions(vec![d.clone()]);
+        let b = outpost_proto::codec::encode(&f).unwrap();
+        assert_eq!(outpost_proto::codec::decode::<SiteFrame>(&b).unwrap(), f);
+        let later = DeviceDecisions {
+            computed_ms: 9,
+            ..d.clone()
+        };
+        assert_eq!(d.content_hash(), later.content_hash());
+        let mut other = d.clone();
+        other.rows[0].outcome = "declined".into();
+        assert_ne!(d.content_hash(), other.content_hash());
     }
 
     #[test]

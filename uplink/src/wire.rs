@@ -79,7 +79,9 @@ pub const DEPLOY_PROTOCOL_VERSION: u16 = 5;
 /// delivery for a site that connects later with an older build). The
 /// frames are unchanged: the options travel in the JSON.
 pub const DEPLOY_OPTIONS_PROTOCOL_VERSION: u16 = 8;
-/// First protocol version whose site decodes and applies tag orders
+/// First protocol version whose site decodes and applies tag orders, and
+/// whose central reads devices' approval decisions
+/// ([`SiteFrame::ApprovalDecisions`])
 /// (`crate::deploy_link::DeployOrderKind::SetTags`, appended last). Central
 /// never sends one to an older site (it could not decode the frame):
 /// refused at the API (409 naming the site) or, for a site that connects
@@ -125,6 +127,11 @@ pub enum SiteFrame {
     DeployAck(crate::deploy_link::DeployAck),
     /// Where a deployment of the site stands. Protocol 5.
     DeployProgress(crate::deploy_link::DeployProgress),
+    /// Devices' approval decisions (which rule decided each missing
+    /// patch). Protocol 9 ([`TAGS_PROTOCOL_VERSION`]): sent only to a
+    /// central that announced it; no answer (a derived view, sent again
+    /// on every new stream).
+    ApprovalDecisions(Vec<crate::deploy_link::DeviceDecisions>),
 }
 
 /// Opening frame of an uplink stream.

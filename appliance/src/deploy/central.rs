@@ -34,12 +34,13 @@ use outpost_patch::approval::{ApprovalRule, Verdict};
 use outpost_patch::rollout::{Input, RollbackScope};
 use outpost_storage::{Codec, Store, Table};
 use outpost_uplink::deploy_link::{
-    DeployAck, DeployOrder, DeployOrderKind, DeployProgress, MAX_DEPLOY_JSON_BYTES,
+    DECISIONS_INTERVAL_MS, DECISIONS_PER_FRAME, DecisionUp, DeployAck, DeployOrder,
+    DeployOrderKind, DeployProgress, DeviceDecisions, MAX_DECISION_ROWS, MAX_DEPLOY_JSON_BYTES,
     PROGRESS_INTERVAL_MS,
 };
 use outpost_uplink::downlink::DownEvent;
 use outpost_uplink::metrics::{ReasonLabel, UplinkMetrics};
-use outpost_uplink::wire::{DEPLOY_PROTOCOL_VERSION, SiteFrame};
+use outpost_uplink::wire::{DEPLOY_PROTOCOL_VERSION, SiteFrame, TAGS_PROTOCOL_VERSION};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -435,6 +436,143 @@ pub fn tag_write(
     Ok(refused)
 }
 
+/// A device's approval decisions as central receives them (protocol 9):
+/// rows that decline, defer or leave a patch unapproved first, so a cut
+/// at [`MAX_DECISION_ROWS`] keeps what a technician looks for. Pure.
+pub fn decisions_up(a: &approvals::DeviceApprovals, now_ms: u64) -> DeviceDecisions {
+    use outpost_patch::approval::Outcome;
+    let mut rows: Vec<DecisionUp> = a
+        .decisions
+        .iter()
+        .map(|p| DecisionUp {
+            patch: p.patch.to_string(),
+            outcome: match &p.decision.outcome {
+                Outcome::Approved => "approved",
+                Outcome::Declined => "declined",
+                Outcome::Deferred { .. } => "deferred",
+                Outcome::Unapproved => "unapproved",
+            }
+            .into(),
+            rule: p
+                .decision
+                .rule
+                .as_ref()
+                .map(|r| format!("{} ({})", r.id, r.scope)),
+            explanation: p.decision.explanation.clone(),
+        })
+        .collect();
+    rows.sort_by_key(|r| r.outcome == "approved");
+    let truncated = rows.len().saturating_sub(MAX_DECISION_ROWS) as u32;
+    rows.truncate(MAX_DECISION_ROWS);
+    DeviceDecisions {
+        device: a.device.clone(),
+        computed_ms: now_ms,
+        assessed: a.assessed,
+        rows,
+        unnamed: a.unnamed.clone(),
+        truncated,
+    }
+}
+
+/// Every non-revoked device's decisions at `now_ms` (rules read once).
+pub fn all_decisions(
+    store: &Store,
+    patches: &dyn MissingPatches,
+    now_ms: u64,
+) -> Result<Vec<DeviceDecisions>, ApprovalError> {
+    let rules = approvals::list(store)?;
+    let mut ids = Vec::new();
+    store
+        .scan::<outpost_storage::model::DeviceRecord>(
+            outpost_storage::registry::DEVICES,
+            &[],
+            None,
+            |_, r| {
+                if r.revoked_at_ms.is_none() {
+                    ids.push(r.id);
+                }
+                true
+            },
+        )
+        .map_err(ApprovalError::Store)?;
+    ids.into_iter()
+        .map(|id| {
+            approvals::decisions_with(store, patches, &rules, id, now_ms)
+                .map(|a| decisions_up(&a, now_ms))
+        })
+        .collect()
+}
+
+/// What went up of the devices' decisions on the current stream: the
+/// hash of each device's last sent ([`DeviceDecisions::content_hash`]).
+#[derive(Debug, Default)]
+pub struct DecisionsTracker {
+    sent: HashMap<String, u64>,
+    last_ms: Option<u64>,
+}
+
+impl DecisionsTracker {
+    /// A new stream: every device's decisions go up again at once.
+    pub fn connected(&mut self) {
+        self.sent.clear();
+        self.last_ms = None;
+    }
+
+    /// Whether it is time to look again. Pure.
+    pub fn due(&self, now_ms: u64) -> bool {
+        self.last_ms
+            .is_none_or(|l| now_ms.saturating_sub(l) >= DECISIONS_INTERVAL_MS)
+    }
+
+    /// The decisions that changed since sent (they count as sent now).
+    pub fn changed(&mut self, all: Vec<DeviceDecisions>, now_ms: u64) -> Vec<DeviceDecisions> {
+        self.last_ms = Some(now_ms);
+        let mut out = Vec::new();
+        for d in all {
+            let h = d.content_hash();
+            if self.sent.get(&d.device) != Some(&h) {
+                self.sent.insert(d.device.clone(), h);
+                out.push(d);
+            }
+        }
+        out
+    }
+}
+
+/// Sends the devices' decisions that changed (protocol 9 only).
+async fn report_decisions(
+    cd: &CentralDeploy,
+    tracker: &mut DecisionsTracker,
+    frames: &mpsc::Sender<SiteFrame>,
+) -> Result<(), ()> {
+    let now = outpost_storage::now_ms();
+    if !tracker.due(now) {
+        return Ok(());
+    }
+    let (store, patches) = (cd.store.clone(), cd.patches.clone());
+    let all =
+        match tokio::task::spawn_blocking(move || all_decisions(&store, patches.as_ref(), now))
+            .await
+        {
+            Ok(Ok(all)) => all,
+            Ok(Err(e)) => {
+                warn!(error = %e, "reading the devices' approval decisions for central failed");
+                tracker.last_ms = Some(now);
+                return Ok(());
+            }
+            Err(_) => return Ok(()),
+        };
+    let changed = tracker.changed(all, now);
+    for chunk in changed.chunks(DECISIONS_PER_FRAME) {
+        cd.metrics.decisions_sent.inc_by(chunk.len() as u64);
+        frames
+            .send(SiteFrame::ApprovalDecisions(chunk.to_vec()))
+            .await
+            .map_err(|_| ())?;
+    }
+    Ok(())
+}
+
 /// One device of a progress report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceProgress {
@@ -567,6 +705,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut on = false;
+    let mut decisions_on = false;
+    let mut decisions = DecisionsTracker::default();
     let mut progress = ProgressTracker::default();
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(PROGRESS_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -578,9 +718,14 @@ pub async fn run(
                 match ev {
                     DownEvent::Connected { protocol_version } => {
                         on = protocol_version >= DEPLOY_PROTOCOL_VERSION;
+                        decisions_on = protocol_version >= TAGS_PROTOCOL_VERSION;
                         progress.connected();
+                        decisions.connected();
                     }
-                    DownEvent::Disconnected => on = false,
+                    DownEvent::Disconnected => {
+                        on = false;
+                        decisions_on = false;
+                    }
                     DownEvent::DeployOrders(v) => {
                         for o in v {
                             if let Some(ack) = cd.take(&o, outpost_storage::now_ms()).await
@@ -596,6 +741,9 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 if on && report(&cd, &mut progress, &frames).await.is_err() {
+                    return;
+                }
+                if decisions_on && report_decisions(&cd, &mut decisions, &frames).await.is_err() {
                     return;
                 }
             }
@@ -839,6 +987,44 @@ mod tests {
         assert!(bad.contains("no commas"), "{bad}");
         assert_eq!(audit(&cd.store).len(), 2);
         assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    /// The devices' decisions go up with the rule that decided each
+    /// patch, once per stream and then only when they change.
+    #[test]
+    fn decisions_go_up_with_the_deciding_rule_once_per_stream_and_again_only_when_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cd = central_deploy(dir.path());
+        let all = all_decisions(&cd.store, cd.patches.as_ref(), 10).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].rows[0].patch, "openssl=3.0.2-1");
+        assert_eq!(all[0].rows[0].outcome, "unapproved");
+        let mut t = DecisionsTracker::default();
+        assert!(t.due(10));
+        assert_eq!(t.changed(all.clone(), 10).len(), 1);
+        assert!(!t.due(10 + DECISIONS_INTERVAL_MS - 1));
+        assert!(t.due(10 + DECISIONS_INTERVAL_MS));
+        assert!(t.changed(all, 20).is_empty(), "unchanged: not sent again");
+        approvals::set_manual(
+            &cd.store,
+            cd.patches.as_ref(),
+            outpost_patch::approval::PatchKey::new("openssl", "3.0.2-1"),
+            outpost_patch::approval::ApprovalScope::Tenant {
+                tenant: "msp".into(),
+            },
+            outpost_patch::approval::Verdict::Approve,
+            "ann",
+            30,
+        )
+        .unwrap();
+        let all = all_decisions(&cd.store, cd.patches.as_ref(), 40).unwrap();
+        let sent = t.changed(all.clone(), 40);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].rows[0].outcome, "approved");
+        let rule = sent[0].rows[0].rule.clone().unwrap();
+        assert!(rule.contains("tenant"), "{rule}");
+        t.connected();
+        assert_eq!(t.changed(all, 50).len(), 1, "a new stream gets them all");
     }
 
     /// Central's approval and deployment are applied once: delivered
