@@ -241,6 +241,10 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
                 patches: patch_view.clone(),
                 orchestrator: orchestrator.clone(),
                 metrics: metrics.uplink.clone(),
+                on_tags: {
+                    let alerts = alerts.clone();
+                    Some(Arc::new(move || alerts.reload()))
+                },
             },
             deploy_rx,
             end.frames.clone(),

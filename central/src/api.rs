@@ -75,6 +75,8 @@ pub fn router(c: Arc<Central>) -> Router {
             get(metrics_history),
         )
         .route("/devices", get(devices))
+        .route("/devices/tags", post(crate::api_tags::tag))
+        .route("/devices/tags/{order}", get(crate::api_tags::show))
         .route("/alerts", get(alerts))
         .route("/patches/compliance", get(crate::api_patches::compliance))
         .route("/patches/cves", get(crate::api_patches::cves))

@@ -84,6 +84,11 @@ fn detail(k: &DeployOrderKind) -> Value {
         DeployOrderKind::Act {
             action, body_json, ..
         } => serde_json::json!({"action": action, "body": parse(body_json)}),
+        DeployOrderKind::SetTags {
+            devices,
+            add,
+            remove,
+        } => serde_json::json!({"devices": devices, "add": add, "remove": remove}),
     }
 }
 
@@ -166,8 +171,9 @@ async fn target_sites(
     Ok(sites)
 }
 
-/// Stores an order for `sites` and pushes it to the connected ones.
-async fn send_order(
+/// Stores an order for `sites` and pushes it to the connected ones (also
+/// [`crate::api_tags`]'s path).
+pub(crate) async fn send_order(
     c: &Arc<Central>,
     p: &Principal,
     sites: &[SiteRecord],

@@ -20,6 +20,7 @@ use crate::testing::{batch_of, central_with_site};
 crate::testing::on_both_backends!(
     the_device_json_of_the_list_and_the_detail_carries_the_ips_and_tags_its_site_sent,
     a_tag_target_runs_on_the_callers_devices_with_the_tag_and_never_on_another_customers,
+    tags_set_from_central_become_one_order_per_site_with_unknown_devices_reported_and_roles_kept,
 );
 
 /// `dental` (site main: 2a tagged web and eu, 2b tagged db) and `vet`
@@ -328,4 +329,148 @@ async fn a_tag_target_runs_on_the_callers_devices_with_the_tag_and_never_on_anot
     assert_eq!(st, 200, "{v}");
     assert_eq!(members(&v), vec!["000000000000002a".to_string()]);
     assert_eq!(v["created_by"], "dora");
+}
+
+/// `POST /api/v1/devices/tags`: technicians+ only, tag syntax checked
+/// (400), another customer's site and a device central never heard of
+/// reported per device (nothing sent for them), one order per site pushed
+/// to a connected site of protocol 9, a connected older site refused (409
+/// naming it, nothing stored), the order readable by its customers only,
+/// and audited at central.
+async fn tags_set_from_central_become_one_order_per_site_with_unknown_devices_reported_and_roles_kept()
+ {
+    let (c, dental, vet, _dir) = fleet().await;
+    let tenant: outpost_proto::TenantId = "msp".into();
+    let viewer = token(&c, Role::Viewer, &[]).await;
+    let dental_tech = token(&c, Role::Technician, &["dental"]).await;
+    let vet_tech = token(&c, Role::Technician, &["vet"]).await;
+    let body = |add: &[&str]| {
+        json!({
+            "devices": [
+                {"site": dental.to_string(), "device": "000000000000002a"},
+                {"site": dental.to_string(), "device": "000000000000002B"},
+                {"site": dental.to_string(), "device": "00000000000000ff"},
+                {"site": vet.to_string(), "device": "000000000000004d"},
+            ],
+            "add": add,
+            "remove": ["db"],
+        })
+    };
+    let (st, v) = api(
+        &c,
+        &viewer,
+        "POST",
+        "/api/v1/devices/tags",
+        Some(body(&["pci"])),
+    )
+    .await;
+    assert_eq!(st, 403, "{v}");
+    let (st, v) = api(
+        &c,
+        &dental_tech,
+        "POST",
+        "/api/v1/devices/tags",
+        Some(body(&["a,b"])),
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("no commas"), "{v}");
+
+    // A connected site too old for tag orders: 409 naming it, nothing stored.
+    let (conn, _rx) = c.downlinks.register(&tenant, &dental, 8);
+    let (st, v) = api(
+        &c,
+        &dental_tech,
+        "POST",
+        "/api/v1/devices/tags",
+        Some(body(&["pci"])),
+    )
+    .await;
+    assert_eq!(st, 409, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains(&format!("site {dental} speaks uplink protocol 8")),
+        "{e}"
+    );
+    assert!(c.store.orders(&tenant).await.unwrap().is_empty());
+    c.downlinks.unregister(&tenant, &dental, conn);
+
+    let (_conn, rx) = c.downlinks.register(&tenant, &dental, 9);
+    let mut rx = rx.unwrap();
+    let (st, v) = api(
+        &c,
+        &dental_tech,
+        "POST",
+        "/api/v1/devices/tags",
+        Some(body(&["pci"])),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let orders = v["orders"].as_array().unwrap();
+    assert_eq!(orders.len(), 1, "{v}");
+    let id = orders[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(orders[0]["kind"], "tags");
+    assert_eq!(
+        orders[0]["detail"],
+        json!({"devices": ["000000000000002a", "000000000000002b"], "add": ["pci"], "remove": ["db"]})
+    );
+    assert_eq!(orders[0]["deliveries"][0]["state"], "queued");
+    let results: Vec<(String, String, Option<String>)> = v["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["device"].as_str().unwrap().to_string(),
+                d["result"].as_str().unwrap().to_string(),
+                d["order"].as_str().map(String::from),
+            )
+        })
+        .collect();
+    assert_eq!(
+        results,
+        vec![
+            ("000000000000002a".into(), "queued".into(), Some(id.clone())),
+            ("000000000000002b".into(), "queued".into(), Some(id.clone())),
+            ("00000000000000ff".into(), "unknown device".into(), None),
+            ("000000000000004d".into(), "unknown site".into(), None),
+        ]
+    );
+    assert_eq!(
+        rx.try_recv().unwrap(),
+        crate::downlink::Down::DeployOrder(id.clone())
+    );
+    assert!(rx.try_recv().is_err(), "one order for one site");
+
+    // Readable by who sees its site; not a deployment or approval.
+    let uri = format!("/api/v1/devices/tags/{id}");
+    let (st, o) = api(&c, &viewer, "GET", &uri, None).await;
+    assert_eq!(st, 200, "{o}");
+    assert_eq!(o["deliveries"][0]["site"], dental.to_string());
+    let (st, _) = api(&c, &vet_tech, "GET", &uri, None).await;
+    assert_eq!(st, 404);
+    let (_, deps) = api(&c, &viewer, "GET", "/api/v1/deployments", None).await;
+    assert!(!deps.to_string().contains(&id), "{deps}");
+
+    // The site's answer moves the delivery.
+    c.store
+        .acknowledge_order(
+            &tenant,
+            &dental,
+            &outpost_uplink::deploy_link::DeployAck {
+                id: id.clone(),
+                refused: None,
+            },
+            99,
+        )
+        .await
+        .unwrap();
+    let (_, o) = api(&c, &viewer, "GET", &uri, None).await;
+    assert_eq!(o["deliveries"][0]["state"], "delivered", "{o}");
+
+    // Audited at central.
+    let admin = token(&c, Role::Admin, &[]).await;
+    let (st, a) = api(&c, &admin, "GET", "/api/v1/audit", None).await;
+    assert_eq!(st, 200, "{a}");
+    assert!(a.to_string().contains("device.tags"), "{a}");
 }

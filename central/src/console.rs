@@ -454,7 +454,7 @@ impl ConsoleBackend for CentralConsole {
                 patches: true,
                 // Search and filter by tag; tags are set at the site.
                 tags: true,
-                tag_devices: false,
+                tag_devices: true,
                 deployments: true,
                 edit_approvals: true,
                 bulk_by_tag: true,
@@ -1231,28 +1231,48 @@ impl ConsoleBackend for CentralConsole {
     fn approvals<'a>(
         &'a self,
         v: &'a Viewer,
-        _device: Option<&'a str>,
+        device: Option<&'a str>,
     ) -> ConsoleFuture<'a, outpost_console::deployments::ApprovalsView> {
         Box::pin(async move {
-            let tags = self
+            // The picker: the first devices of the list (any other by
+            // `?device=SITE/DEVICE`), and the tags for the forms.
+            let list = self
                 .devices(
                     v,
                     &DeviceQuery {
-                        limit: 1,
+                        limit: crate::console_deploy::DECISION_PICKER_DEVICES,
                         ..Default::default()
                     },
                 )
-                .await?
-                .facets
-                .tags;
-            crate::console_deploy::approvals(
+                .await?;
+            let picker = list
+                .rows
+                .iter()
+                .map(|d| {
+                    (
+                        format!("{}/{}", d.site_id, d.device),
+                        format!("{} · {}", d.hostname, d.site_name),
+                    )
+                })
+                .collect();
+            let mut a = crate::console_deploy::approvals(
                 &self.central,
                 &principal(v),
-                &tags,
+                &list.facets.tags,
                 v.can.approve_patches,
             )
             .await
-            .map_err(err)
+            .map_err(err)?;
+            crate::console_deploy::with_decisions(
+                &self.central,
+                &principal(v),
+                &mut a,
+                picker,
+                device,
+            )
+            .await
+            .map_err(err)?;
+            Ok(a)
         })
     }
 
@@ -1388,6 +1408,19 @@ impl ConsoleBackend for CentralConsole {
     ) -> ConsoleFuture<'a, String> {
         let target = crate::bulk::BulkTarget::Tag(tag.to_string());
         Box::pin(async move { run_bulk(&self.central, v, target, req).await })
+    }
+
+    fn tag_devices<'a>(
+        &'a self,
+        v: &'a Viewer,
+        devices: &'a [outpost_console::bulk_actions::DeviceKey],
+        tags: &'a [String],
+    ) -> ConsoleFuture<'a, ()> {
+        Box::pin(async move {
+            crate::api_tags::add_from_console(&self.central, &principal(v), devices, tags)
+                .await
+                .map_err(err)
+        })
     }
 
     fn bulks<'a>(

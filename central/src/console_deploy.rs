@@ -30,6 +30,75 @@ use crate::model::Principal;
 /// decisions.
 pub const DECISIONS_NOTE: &str = "Each site decides per device with the rules it holds: see a device's patch panel, or the site's own console, for which rule decided.";
 
+/// Devices offered by the Approvals page's picker at central (any other
+/// one by `?device=SITE/DEVICE`).
+pub const DECISION_PICKER_DEVICES: usize = 500;
+
+/// Said when central holds no decisions of the chosen device (yet).
+pub const NO_DECISIONS_NOTE: &str = "Central holds no decisions of this device yet: its site sends them once it runs uplink protocol 9 (within seconds of a change).";
+
+/// Adds the picker (`SITE/DEVICE`, label) and `device`'s decisions as its
+/// site last sent them (protocol 9) to the Approvals page. A device of a
+/// site `p` does not see is 404.
+pub async fn with_decisions(
+    c: &Arc<Central>,
+    p: &Principal,
+    a: &mut ApprovalsView,
+    picker: Vec<(String, String)>,
+    device: Option<&str>,
+) -> Result<(), ApiError> {
+    a.devices = picker;
+    let Some(key) = device.filter(|d| !d.is_empty()) else {
+        return Ok(());
+    };
+    let (site, dev) = key
+        .split_once('/')
+        .ok_or_else(|| ApiError::BadRequest(format!("{key:?}: name a device as SITE/DEVICE")))?;
+    let site_id: outpost_proto::SiteId = site.into();
+    crate::api::one_site(c, p, &site_id).await?;
+    let row = c
+        .store
+        .device(&p.tenant, &site_id, dev)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .ok_or_else(|| ApiError::NotFound(format!("no device {dev} at site {site}")))?;
+    let held = c
+        .store
+        .decisions(&p.tenant, &site_id, dev)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut d = outpost_console::deployments::DeviceDecisions {
+        site_id: site.to_string(),
+        device: key.to_string(),
+        hostname: row.hostname.clone(),
+        ..Default::default()
+    };
+    match held {
+        Some(r) => {
+            d.assessed = r.decisions.assessed;
+            d.rows = r
+                .decisions
+                .rows
+                .iter()
+                .map(|x| outpost_console::deployments::DecisionRow {
+                    patch: x.patch.clone(),
+                    outcome: x.outcome.clone(),
+                    rule: x.rule.clone(),
+                    explanation: x.explanation.clone(),
+                })
+                .collect();
+            d.unnamed = r.decisions.unnamed.clone();
+            a.decisions_note = None;
+        }
+        None => a.decisions_note = Some(NO_DECISIONS_NOTE.into()),
+    }
+    if !a.devices.iter().any(|(k, _)| k == key) {
+        a.devices.push((key.to_string(), row.hostname));
+    }
+    a.device = Some(d);
+    Ok(())
+}
+
 /// Names of the sites `p` sees: id → (name, customer).
 async fn names(
     c: &Arc<Central>,

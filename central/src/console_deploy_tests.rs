@@ -30,6 +30,7 @@ crate::testing::on_both_backends!(
     admins_approve_and_add_and_remove_rules_from_the_approvals_page_and_others_cannot,
     admins_create_with_options_from_the_form_and_bad_values_come_back_in_the_form_with_the_reason,
     technicians_roll_back_a_stage_or_a_device_and_resume_with_other_versions_from_the_page,
+    the_approvals_page_shows_which_rule_decided_each_patch_of_a_device_as_its_site_sent,
 );
 
 struct F {
@@ -743,4 +744,81 @@ async fn technicians_roll_back_a_stage_or_a_device_and_resume_with_other_version
         .await,
         403
     );
+}
+
+/// Which rule decided, per device, at central (protocol 9): the site's
+/// decisions stored through the stream's handler show on the Approvals
+/// page for `?device=SITE/DEVICE` (rule, outcome, explanation); an older
+/// report never replaces them; a device central holds none of says so;
+/// another customer's site is 404.
+async fn the_approvals_page_shows_which_rule_decided_each_patch_of_a_device_as_its_site_sent() {
+    use outpost_uplink::deploy_link::{DecisionUp, DeviceDecisions};
+    let f = fixture().await;
+    let decisions = |at: u64, outcome: &str| DeviceDecisions {
+        device: "000000000000002a".into(),
+        computed_ms: at,
+        assessed: true,
+        rows: vec![DecisionUp {
+            patch: "openssl=3.0.2-1".into(),
+            outcome: outcome.into(),
+            rule: Some("r-web (tag:web)".into()),
+            explanation: format!("{outcome} by the web rule"),
+        }],
+        unnamed: vec![],
+        truncated: 0,
+    };
+    let mut link = SiteDeployLink::new(&f.c, &"msp".into(), &f.site, &"dental".into(), 9);
+    link.on_decisions(vec![decisions(20, "declined")], 3_000)
+        .await;
+    link.on_decisions(vec![decisions(10, "approved")], 3_001)
+        .await;
+    let held =
+        f.c.store
+            .decisions(&"msp".into(), &f.site, "000000000000002a")
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(
+        held.decisions.computed_ms, 20,
+        "the older report is ignored"
+    );
+    assert_eq!(held.customer.as_str(), "dental");
+
+    let viewer = f.session("msp", "vera", Role::Viewer, &[]).await;
+    let uri = format!("/approvals?device={}%2F000000000000002a", f.site);
+    let (st, page) = f.page(&viewer, &uri).await;
+    assert_eq!(st, 200, "{page}");
+    assert!(page.contains("id=\"device-decisions\""), "{page}");
+    assert!(page.contains("r-web (tag:web)"), "{page}");
+    assert!(page.contains("data-outcome=\"declined\""), "{page}");
+    assert!(page.contains("declined by the web rule"), "{page}");
+    assert!(!page.contains("id=\"decisions-note\""), "{page}");
+
+    // A device central holds no decisions of: the page says so.
+    f.c.store
+        .apply_batch(
+            &"msp".into(),
+            &f.site,
+            {
+                let mut b = batch_of(&f.site, 2);
+                b.devices[0].device = outpost_proto::DeviceId(0x2b);
+                b
+            },
+            20,
+        )
+        .await
+        .unwrap();
+    let (st, page) = f
+        .page(
+            &viewer,
+            &format!("/approvals?device={}%2F000000000000002b", f.site),
+        )
+        .await;
+    assert_eq!(st, 200, "{page}");
+    assert!(page.contains("no decisions of this device yet"), "{page}");
+
+    // Another customer's user: 404.
+    let ortho = f.session("msp", "olga", Role::Viewer, &["ortho"]).await;
+    let (st, _) = f.page(&ortho, &uri).await;
+    assert_eq!(st, 404);
 }

@@ -808,9 +808,11 @@ async fn selected_devices_get_one_bulk_run_from_the_list_and_viewers_cannot() {
         page.contains("id=\"bulk-run\"") && page.contains("form=\"bulk-form\""),
         "{page}"
     );
-    assert!(!page.contains("id=\"bulk-tag\""), "central has no tags");
+    // Tags are set from central through its sites (protocol 9).
+    assert!(page.contains("id=\"bulk-tag\""), "{page}");
     let (_, _, vpage) = send(&c, "GET", "/devices", &[("cookie", &viewer)], "").await;
     assert!(!vpage.contains("id=\"bulk-run\""), "{vpage}");
+    assert!(!vpage.contains("id=\"bulk-tag\""), "{vpage}");
     let form = ("content-type", "application/x-www-form-urlencoded");
     let body = |csrf: &str| {
         format!(
@@ -921,8 +923,8 @@ async fn devices_are_found_by_ip_and_tag_and_the_tag_filter_lists_only_the_viewe
         "exact: {page}"
     );
     assert!(
-        !page.contains("id=\"bulk-tag\""),
-        "tags are set at the site"
+        page.contains("id=\"bulk-tag\""),
+        "tags are set from central through the sites: {page}"
     );
     let (_, _, page) = send(
         &c,
@@ -944,7 +946,7 @@ async fn devices_are_found_by_ip_and_tag_and_the_tag_filter_lists_only_the_viewe
     assert!(!page.contains("vet-secret"), "{page}");
     let (_, _, page) = send(&c, "GET", "/devices?tag=vet-secret-tag", &sk, "").await;
     assert!(page.contains("<span id=\"match-count\">0</span>"), "{page}");
-    // Tag… is refused at central.
+    // Tag… at central (through the sites).
     let form = ("content-type", "application/x-www-form-urlencoded");
     let (_, _, page) = send(&c, "GET", "/devices", &ck, "").await;
     let (st, _, out) = send(
@@ -959,5 +961,14 @@ async fn devices_are_found_by_ip_and_tag_and_the_tag_filter_lists_only_the_viewe
         ),
     )
     .await;
-    assert_eq!(st, 400, "{out}");
+    // Central sets tags through the site: one tag order, back to the list.
+    assert_eq!(st, 303, "{out}");
+    let orders = c.store.orders(&"msp".into()).await.unwrap();
+    assert!(
+        orders.iter().any(|o| matches!(
+            &o.kind,
+            outpost_uplink::deploy_link::DeployOrderKind::SetTags { add, .. } if add == &["x".to_string()]
+        )),
+        "{orders:?}"
+    );
 }

@@ -132,7 +132,13 @@ pub fn option_keys(request: &serde_json::Map<String, serde_json::Value>) -> Vec<
 /// would drop them silently); everything else the deployment protocol.
 /// Pure.
 pub fn needed_protocol(kind: &DeployOrderKind) -> u16 {
-    use outpost_uplink::wire::{DEPLOY_OPTIONS_PROTOCOL_VERSION, DEPLOY_PROTOCOL_VERSION};
+    use outpost_uplink::wire::{
+        DEPLOY_OPTIONS_PROTOCOL_VERSION, DEPLOY_PROTOCOL_VERSION, TAGS_PROTOCOL_VERSION,
+    };
+    if let DeployOrderKind::SetTags { .. } = kind {
+        // An older site cannot even decode the order.
+        return TAGS_PROTOCOL_VERSION;
+    }
     if let DeployOrderKind::CreateDeployment { request_json } = kind
         && let Ok(serde_json::Value::Object(m)) = serde_json::from_str(request_json)
         && !option_keys(&m).is_empty()
@@ -145,6 +151,13 @@ pub fn needed_protocol(kind: &DeployOrderKind) -> u16 {
 /// Why `kind` is not sent to `site` speaking `version` (`None`: send it).
 pub fn too_old(kind: &DeployOrderKind, site: &SiteId, version: u16) -> Option<String> {
     let need = needed_protocol(kind);
+    if let DeployOrderKind::SetTags { .. } = kind {
+        return (version < need).then(|| {
+            format!(
+                "site {site} speaks uplink protocol {version}: setting tags from central needs protocol {need} (upgrade its appliance, or tag its devices on the site)"
+            )
+        });
+    }
     (version < need).then(|| {
         format!(
             "site {site} speaks uplink protocol {version}: deployments with install options (reboot, pre_script, post_script, snapshot) need protocol {need} (upgrade its appliance, or create it without options)"
@@ -261,6 +274,24 @@ impl SentOrders {
     }
 }
 
+/// What central holds of one device's approval decisions (protocol 9):
+/// the site's newest report (which rule decided each missing patch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionsRecord {
+    pub tenant: TenantId,
+    pub site: SiteId,
+    /// The site's customer (visibility).
+    pub customer: CustomerId,
+    /// Central's time it was stored.
+    pub received_ms: u64,
+    pub decisions: outpost_uplink::deploy_link::DeviceDecisions,
+}
+
+/// Whether `new` replaces `held`: only a report computed later. Pure.
+pub fn newer_decisions(held: Option<&DecisionsRecord>, new: &DecisionsRecord) -> bool {
+    held.is_none_or(|h| h.decisions.computed_ms < new.decisions.computed_ms)
+}
+
 /// A new order id.
 pub fn new_order_id() -> String {
     format!("ord-{:016x}", rand::random::<u64>())
@@ -317,6 +348,24 @@ mod tests {
             body_json: "{}".into(),
         };
         assert_eq!(too_old(&pause, &site, 5), None);
+    }
+
+    #[test]
+    fn a_tag_order_needs_protocol_9_and_an_older_site_is_refused_by_name() {
+        let site: SiteId = "site-a".into();
+        let tags = DeployOrderKind::SetTags {
+            devices: vec!["00000000000000aa".into()],
+            add: vec!["web".into()],
+            remove: vec![],
+        };
+        assert_eq!(needed_protocol(&tags), 9);
+        assert_eq!(too_old(&tags, &site, 9), None);
+        let why = too_old(&tags, &site, 8).unwrap();
+        assert!(
+            why.contains("site site-a speaks uplink protocol 8"),
+            "{why}"
+        );
+        assert!(why.contains("tags from central needs protocol 9"), "{why}");
     }
 
     #[test]
@@ -377,6 +426,28 @@ mod tests {
         assert!(newer(Some(&rec(5)), &rec(6)));
         assert!(!newer(Some(&rec(6)), &rec(6)));
         assert!(!newer(Some(&rec(6)), &rec(5)));
+    }
+
+    #[test]
+    fn a_devices_older_or_repeated_decisions_never_replace_newer_ones() {
+        let rec = |at| DecisionsRecord {
+            tenant: "msp".into(),
+            site: "s-1".into(),
+            customer: "dental".into(),
+            received_ms: 0,
+            decisions: outpost_uplink::deploy_link::DeviceDecisions {
+                device: "00000000000000aa".into(),
+                computed_ms: at,
+                assessed: true,
+                rows: vec![],
+                unnamed: vec![],
+                truncated: 0,
+            },
+        };
+        assert!(newer_decisions(None, &rec(5)));
+        assert!(newer_decisions(Some(&rec(5)), &rec(6)));
+        assert!(!newer_decisions(Some(&rec(6)), &rec(6)));
+        assert!(!newer_decisions(Some(&rec(6)), &rec(5)));
     }
 
     #[test]

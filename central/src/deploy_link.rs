@@ -172,6 +172,44 @@ impl<'a> SiteDeployLink<'a> {
         }
     }
 
+    /// A site's devices' approval decisions (protocol 9; no answer: the
+    /// site sends them again on its next stream). Stored newest first
+    /// wins; a device id that is not 16 hex digits is dropped, counted.
+    pub async fn on_decisions(
+        &mut self,
+        v: Vec<outpost_uplink::deploy_link::DeviceDecisions>,
+        now_ms: u64,
+    ) {
+        let (ok, bad): (Vec<_>, Vec<_>) = v
+            .into_iter()
+            .partition(|d| d.device.len() == 16 && d.device.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !bad.is_empty() {
+            self.c.metrics.decisions_ignored.inc_by(bad.len() as u64);
+        }
+        let recs: Vec<crate::deploy::DecisionsRecord> = ok
+            .into_iter()
+            .map(|d| crate::deploy::DecisionsRecord {
+                tenant: self.tenant.clone(),
+                site: self.site.clone(),
+                customer: self.customer.clone(),
+                received_ms: now_ms,
+                decisions: d,
+            })
+            .collect();
+        match self.c.store.put_decisions(&recs).await {
+            Ok(n) => {
+                self.c.metrics.decisions_stored.inc_by(n as u64);
+                self.c
+                    .metrics
+                    .decisions_ignored
+                    .inc_by((recs.len() - n) as u64);
+            }
+            Err(e) => {
+                warn!(devices = recs.len(), error = %e, "storing a site's approval decisions failed; they come again on its next stream")
+            }
+        }
+    }
+
     /// A site's progress report; the acknowledgement (`None`: not stored,
     /// the site reports again).
     pub async fn on_progress(&mut self, p: DeployProgress, now_ms: u64) -> Option<CentralFrame> {

@@ -21,6 +21,7 @@ mod api_device_tags_tests;
 pub mod api_files;
 pub mod api_patches;
 pub mod api_scripts;
+pub mod api_tags;
 #[cfg(test)]
 mod api_tests;
 pub mod apply;
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod cli_deploy;
 pub mod cli_files;
 pub mod cli_patches;
+pub mod cli_tags;
 pub mod commands;
 #[cfg(test)]
 mod commands_api_tests;

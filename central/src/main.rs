@@ -168,6 +168,11 @@ enum Cmd {
         #[arg(long, default_value_t = 500)]
         chunk_rows: usize,
     },
+    /// Devices of sites: set their tags, over the API.
+    Devices {
+        #[command(subcommand)]
+        cmd: outpost_central::cli_tags::DevicesCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -255,6 +260,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Deployments { cmd } => rt.block_on(outpost_central::cli_deploy::run_deployments(cmd)),
         Cmd::Patches { cmd } => rt.block_on(outpost_central::cli_deploy::run_patches(cmd)),
         Cmd::ApprovalRules { cmd } => rt.block_on(outpost_central::cli_deploy::run_rules(cmd)),
+        Cmd::Devices { cmd } => rt.block_on(outpost_central::cli_tags::run(cmd)),
         cmd => return serve_or_operate(&rt, Cli { cmd }),
     };
     match client {
@@ -539,6 +545,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Cmd::Files { .. }
         | Cmd::Deployments { .. }
         | Cmd::Patches { .. }
-        | Cmd::ApprovalRules { .. } => bail!("API clients are run by main"),
+        | Cmd::ApprovalRules { .. }
+        | Cmd::Devices { .. } => bail!("API clients are run by main"),
     }
 }

@@ -93,6 +93,15 @@ pub struct CentralMetrics {
     pub deploy_orders_site_refused: Counter,
     /// Deployment requests refused at central, by reason.
     pub deploy_refusals: Family<ReasonLabel, Counter>,
+    /// Tag requests refused at central (`POST /api/v1/devices/tags`), by reason.
+    pub tag_refusals: Family<ReasonLabel, Counter>,
+    /// Tag orders stored for sites (one per site of a request).
+    pub tag_orders: Counter,
+    /// Devices' approval decisions stored (protocol 9).
+    pub decisions_stored: Counter,
+    /// Devices' approval decisions not stored (older than held, or a bad
+    /// device id).
+    pub decisions_ignored: Counter,
     /// Deployment progress reports stored (newer than the one held).
     pub deploy_progress_stored: Counter,
     /// Deployment progress reports not stored (stale, repeated, or not
@@ -150,6 +159,10 @@ impl CentralMetrics {
             deploy_orders_acked: Counter::default(),
             deploy_orders_site_refused: Counter::default(),
             deploy_refusals: Family::default(),
+            tag_refusals: Family::default(),
+            tag_orders: Counter::default(),
+            decisions_stored: Counter::default(),
+            decisions_ignored: Counter::default(),
             deploy_progress_stored: Counter::default(),
             deploy_progress_ignored: Counter::default(),
             login_limit_errors: Counter::default(),
@@ -242,6 +255,26 @@ impl CentralMetrics {
             "deploy_refusals",
             "Deployment requests refused at central, by reason",
             m.deploy_refusals.clone(),
+        );
+        r.register(
+            "tag_refusals",
+            "Tag requests refused at central, by reason",
+            m.tag_refusals.clone(),
+        );
+        r.register(
+            "tag_orders",
+            "Tag orders stored for sites",
+            m.tag_orders.clone(),
+        );
+        r.register(
+            "decisions_stored",
+            "Devices' approval decisions stored",
+            m.decisions_stored.clone(),
+        );
+        r.register(
+            "decisions_ignored",
+            "Devices' approval decisions not stored (stale or bad device id)",
+            m.decisions_ignored.clone(),
         );
         r.register(
             "deploy_progress_stored",

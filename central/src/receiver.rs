@@ -375,6 +375,12 @@ async fn serve_stream(
                         }
                         answers.extend(deploy.on_progress(p, crate::now_ms()).await);
                     }
+                    Some(SiteFrame::ApprovalDecisions(v)) => {
+                        if version < outpost_uplink::wire::TAGS_PROTOCOL_VERSION {
+                            anyhow::bail!("approval decisions on a protocol-{version} stream");
+                        }
+                        deploy.on_decisions(v, crate::now_ms()).await;
+                    }
                 }
             }
             d = async {

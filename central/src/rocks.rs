@@ -2193,6 +2193,35 @@ impl RocksCentralStore {
         key(&[tenant.as_bytes(), b"p", site.as_bytes(), dep.as_bytes()])
     }
 
+    /// A device's approval decisions (protocol 9), in the deployment
+    /// family under `a`.
+    fn decisions_key(tenant: &str, site: &str, device: &str) -> Vec<u8> {
+        key(&[tenant.as_bytes(), b"a", site.as_bytes(), device.as_bytes()])
+    }
+
+    pub fn put_decisions(&self, recs: &[crate::deploy::DecisionsRecord]) -> Result<usize> {
+        let _g = self.commands_guard();
+        let mut n = 0;
+        for r in recs {
+            let k = Self::decisions_key(&r.tenant, &r.site, &r.decisions.device);
+            let held = self.get::<crate::deploy::DecisionsRecord>(CF_DEPLOY, &k)?;
+            if crate::deploy::newer_decisions(held.as_ref(), r) {
+                self.put_one(CF_DEPLOY, &k, r)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    pub fn decisions(
+        &self,
+        tenant: &str,
+        site: &str,
+        device: &str,
+    ) -> Result<Option<crate::deploy::DecisionsRecord>> {
+        self.get(CF_DEPLOY, &Self::decisions_key(tenant, site, device))
+    }
+
     pub fn create_order(
         &self,
         o: &crate::deploy::OrderRecord,
@@ -2393,6 +2422,29 @@ impl crate::store::DeployStore for RocksCentralStore {
     ) -> StoreFuture<'a, Vec<crate::deploy::SiteDeploymentRecord>> {
         let (st, t) = (self.clone(), tenant.to_owned());
         blocking(move || st.site_deployments(&t))
+    }
+
+    fn put_decisions<'a>(
+        &'a self,
+        recs: &'a [crate::deploy::DecisionsRecord],
+    ) -> StoreFuture<'a, usize> {
+        let (st, r) = (self.clone(), recs.to_vec());
+        blocking(move || st.put_decisions(&r))
+    }
+
+    fn decisions<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site: &'a SiteId,
+        device: &'a str,
+    ) -> StoreFuture<'a, Option<crate::deploy::DecisionsRecord>> {
+        let (st, t, s, d) = (
+            self.clone(),
+            tenant.to_owned(),
+            site.to_string(),
+            device.to_string(),
+        );
+        blocking(move || st.decisions(&t, &s, &d))
     }
 }
 

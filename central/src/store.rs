@@ -510,6 +510,20 @@ pub trait DeployStore: Send + Sync + 'static {
         &'a self,
         tenant: &'a TenantId,
     ) -> StoreFuture<'a, Vec<crate::deploy::SiteDeploymentRecord>>;
+    /// Stores devices' approval decisions (protocol 9), each only if
+    /// newer than the one held ([`crate::deploy::newer_decisions`]); how
+    /// many were stored.
+    fn put_decisions<'a>(
+        &'a self,
+        recs: &'a [crate::deploy::DecisionsRecord],
+    ) -> StoreFuture<'a, usize>;
+    /// One device's approval decisions, as its site last sent them.
+    fn decisions<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site: &'a SiteId,
+        device: &'a str,
+    ) -> StoreFuture<'a, Option<crate::deploy::DecisionsRecord>>;
 }
 
 /// Filters of the command list ([`CommandStore::commands`]).

@@ -653,3 +653,97 @@ fn a_script_and_a_bulk_run_from_central_reach_agents_of_two_sites_with_the_versi
     assert!(!o.status.success(), "viewers may not run");
     assert!(String::from_utf8_lossy(&o.stderr).contains("403"));
 }
+
+/// Tags set from central (uplink protocol 9): `outpost-central devices
+/// tag` queues one order for the site, the site applies it once (its own
+/// audit log names the central user), and central's device list shows
+/// the new tags after the site's next batch; a removal from the API goes
+/// the same way; a viewer is refused 403 and an unknown device is
+/// reported per device, not sent.
+#[test]
+fn tags_set_from_central_are_applied_at_the_site_and_show_in_centrals_device_list() {
+    let tmp = scratch("central-tags");
+    let r = rig(tmp.path());
+    let dev = r.agent.device_id.clone();
+    let target = format!("{}/{dev}", r.site);
+    let out = std::process::Command::new(outpost_tests::bin("outpost-central"))
+        .args(["devices", "tag", "--add", "pci", "--add", "web", "--wait"])
+        .args(["--api", &format!("http://{}", r.central.http)])
+        .arg(&target)
+        .env("OUTPOST_CENTRAL_TOKEN", &r.tech)
+        .output()
+        .expect("outpost-central devices tag");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}\n{}", stderr(&out));
+    assert!(
+        stdout.contains(&format!("queued {target} ord-")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("delivered ord-"), "{stdout}");
+
+    // Applied at the site, audited there as central's user.
+    let audit: Value = r.app.api("/api/v1/audit").unwrap();
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "device.tags"
+                && e["target"] == dev.as_str()
+                && e["actor"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .ends_with("@central")),
+        "{audit}"
+    );
+    let tags_at_central = || {
+        let (st, v) = call(&r.central, &r.viewer, "GET", "/api/v1/devices", None);
+        assert_eq!(st, 200, "{v}");
+        v["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device"] == dev.as_str())
+            .map(|d| d["tags"].clone())
+    };
+    wait_for(
+        Duration::from_secs(30),
+        "the new tags in central's device list",
+        || (tags_at_central()? == json!(["pci", "web"])).then_some(()),
+    );
+
+    // A viewer may not; an unknown device is reported, not sent.
+    let body =
+        |device: &str| json!({"devices": [{"site": r.site, "device": device}], "remove": ["web"]});
+    let (st, _) = call(
+        &r.central,
+        &r.viewer,
+        "POST",
+        "/api/v1/devices/tags",
+        Some(body(&dev)),
+    );
+    assert_eq!(st, 403);
+    let (st, v) = call(
+        &r.central,
+        &r.tech,
+        "POST",
+        "/api/v1/devices/tags",
+        Some(body("00000000000000ff")),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["devices"][0]["result"], "unknown device", "{v}");
+    assert_eq!(v["orders"], json!([]));
+    let (st, v) = call(
+        &r.central,
+        &r.tech,
+        "POST",
+        "/api/v1/devices/tags",
+        Some(body(&dev)),
+    );
+    assert_eq!(st, 200, "{v}");
+    wait_for(
+        Duration::from_secs(30),
+        "the removal in central's device list",
+        || (tags_at_central()? == json!(["pci"])).then_some(()),
+    );
+}

@@ -68,6 +68,8 @@ pub struct UplinkMetrics {
     pub deploy_order_store_failures: Counter,
     /// Deployment progress reports sent up to central.
     pub deploy_progress_sent: Counter,
+    /// Devices' approval decisions sent up to central (protocol 9).
+    pub decisions_sent: Counter,
 }
 
 impl UplinkMetrics {
@@ -208,6 +210,11 @@ impl UplinkMetrics {
             "deploy_progress_sent",
             "Deployment progress reports sent to central",
             self.deploy_progress_sent.clone(),
+        );
+        r.register(
+            "decisions_sent",
+            "Devices' approval decisions sent to central",
+            self.decisions_sent.clone(),
         );
         r.register(
             "downlink_updates_sent",

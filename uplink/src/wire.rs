@@ -50,8 +50,9 @@ pub const CENTRAL_SERVER_NAME: &str = "outpost-central";
 /// addresses and tags, [`DEVICE_TAGS_PROTOCOL_VERSION`], so a site sends
 /// them to a central announcing 6; 7: files pushed and pulled from
 /// central, [`FILES_PROTOCOL_VERSION`]; 8: the site applies
-/// per-deployment install options, [`DEPLOY_OPTIONS_PROTOCOL_VERSION`]).
-pub const UPLINK_PROTOCOL_VERSION: u16 = 8;
+/// per-deployment install options, [`DEPLOY_OPTIONS_PROTOCOL_VERSION`];
+/// 9: tag orders from central, [`TAGS_PROTOCOL_VERSION`]).
+pub const UPLINK_PROTOCOL_VERSION: u16 = 9;
 /// Oldest site protocol central still accepts (a version-1 site gets
 /// batches acknowledged and no downlink frames).
 pub const MIN_UPLINK_PROTOCOL_VERSION: u16 = 1;
@@ -78,6 +79,14 @@ pub const DEPLOY_PROTOCOL_VERSION: u16 = 5;
 /// delivery for a site that connects later with an older build). The
 /// frames are unchanged: the options travel in the JSON.
 pub const DEPLOY_OPTIONS_PROTOCOL_VERSION: u16 = 8;
+/// First protocol version whose site decodes and applies tag orders, and
+/// whose central reads devices' approval decisions
+/// ([`SiteFrame::ApprovalDecisions`])
+/// (`crate::deploy_link::DeployOrderKind::SetTags`, appended last). Central
+/// never sends one to an older site (it could not decode the frame):
+/// refused at the API (409 naming the site) or, for a site that connects
+/// later with an older build, recorded `refused` on delivery.
+pub const TAGS_PROTOCOL_VERSION: u16 = 9;
 
 /// The newest batch format a central that announced `protocol_version` in
 /// its Welcome reads: 6 from [`DEVICE_TAGS_PROTOCOL_VERSION`], 5 from
@@ -118,6 +127,11 @@ pub enum SiteFrame {
     DeployAck(crate::deploy_link::DeployAck),
     /// Where a deployment of the site stands. Protocol 5.
     DeployProgress(crate::deploy_link::DeployProgress),
+    /// Devices' approval decisions (which rule decided each missing
+    /// patch). Protocol 9 ([`TAGS_PROTOCOL_VERSION`]): sent only to a
+    /// central that announced it; no answer (a derived view, sent again
+    /// on every new stream).
+    ApprovalDecisions(Vec<crate::deploy_link::DeviceDecisions>),
 }
 
 /// Opening frame of an uplink stream.

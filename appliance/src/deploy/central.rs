@@ -34,12 +34,13 @@ use outpost_patch::approval::{ApprovalRule, Verdict};
 use outpost_patch::rollout::{Input, RollbackScope};
 use outpost_storage::{Codec, Store, Table};
 use outpost_uplink::deploy_link::{
-    DeployAck, DeployOrder, DeployOrderKind, DeployProgress, MAX_DEPLOY_JSON_BYTES,
+    DECISIONS_INTERVAL_MS, DECISIONS_PER_FRAME, DecisionUp, DeployAck, DeployOrder,
+    DeployOrderKind, DeployProgress, DeviceDecisions, MAX_DECISION_ROWS, MAX_DEPLOY_JSON_BYTES,
     PROGRESS_INTERVAL_MS,
 };
 use outpost_uplink::downlink::DownEvent;
 use outpost_uplink::metrics::{ReasonLabel, UplinkMetrics};
-use outpost_uplink::wire::{DEPLOY_PROTOCOL_VERSION, SiteFrame};
+use outpost_uplink::wire::{DEPLOY_PROTOCOL_VERSION, SiteFrame, TAGS_PROTOCOL_VERSION};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -84,6 +85,9 @@ pub struct CentralDeploy {
     pub patches: Arc<dyn MissingPatches>,
     pub orchestrator: Arc<Orchestrator>,
     pub metrics: UplinkMetrics,
+    /// Called after a tag order changed tags (the alert engine reloads
+    /// its scopes, as after the site API's `PUT /devices/{id}/tags`).
+    pub on_tags: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 fn approval_outcome(e: ApprovalError) -> Outcome {
@@ -129,6 +133,14 @@ impl CentralDeploy {
                 return None;
             }
         }
+        if let DeployOrderKind::SetTags {
+            devices,
+            add,
+            remove,
+        } = &o.kind
+        {
+            return self.set_tags(o, devices, add, remove, now_ms).await;
+        }
         let outcome = self.apply(o, now_ms).await;
         let refused = match outcome {
             Outcome::Applied => None,
@@ -165,6 +177,62 @@ impl CentralDeploy {
                     })
                     .inc();
                 info!(order = %o.id, kind = o.kind.label(), reason = %r, "deployment order from central refused");
+            }
+        }
+        Some(DeployAck {
+            id: o.id.clone(),
+            refused,
+        })
+    }
+
+    /// Applies a tag order to all its devices or to none, writing the
+    /// tags, one audit entry per device (actor `NAME@central`) and the
+    /// order's record in one write: a redelivery finds the record (never
+    /// applied twice). A refusal names each device that failed (unknown at
+    /// the site, over the tag limit) or the bad tag, and is recorded too.
+    async fn set_tags(
+        &self,
+        o: &DeployOrder,
+        devices: &[String],
+        add: &[String],
+        remove: &[String],
+        now_ms: u64,
+    ) -> Option<DeployAck> {
+        let store = self.store.clone();
+        let (id, actor) = (o.id.clone(), o.actor.clone());
+        let (devices, add, remove) = (devices.to_vec(), add.to_vec(), remove.to_vec());
+        let res = tokio::task::spawn_blocking(move || {
+            tag_write(&store, &id, &actor, &devices, &add, &remove, now_ms)
+        })
+        .await;
+        let refused = match res {
+            Ok(Ok(refused)) => refused,
+            Ok(Err(e)) => {
+                self.metrics.deploy_order_store_failures.inc();
+                warn!(order = %o.id, error = %e, "a tag order could not be applied now; central sends it again");
+                return None;
+            }
+            Err(e) => {
+                warn!(order = %o.id, error = %e, "the tag order task failed; central sends it again");
+                return None;
+            }
+        };
+        match &refused {
+            None => {
+                self.metrics.deploy_orders_applied.inc();
+                info!(order = %o.id, "tag order from central applied");
+                if let Some(f) = &self.on_tags {
+                    f();
+                }
+            }
+            Some(r) => {
+                self.metrics
+                    .deploy_order_refusals
+                    .get_or_create(&ReasonLabel {
+                        reason: o.kind.label().into(),
+                    })
+                    .inc();
+                info!(order = %o.id, reason = %r, "tag order from central refused");
             }
         }
         Some(DeployAck {
@@ -286,8 +354,223 @@ impl CentralDeploy {
                     Err(e) => Err(deploy_outcome(e)),
                 }
             }
+            // Taken before (`CentralDeploy::set_tags`: one write with its record).
+            DeployOrderKind::SetTags { .. } => {
+                Err(Outcome::Retry("a tag order goes through set_tags".into()))
+            }
         }
     }
+}
+
+/// Checks and writes a tag order in one write (tags, audit, the order's
+/// record): `Ok(None)` applied, `Ok(Some(reason))` refused (recorded; the
+/// reason names each failing device), `Err` not written (central resends).
+pub fn tag_write(
+    store: &Store,
+    order: &str,
+    actor: &str,
+    devices: &[String],
+    add: &[String],
+    remove: &[String],
+    now_ms: u64,
+) -> Result<Option<String>, outpost_storage::StorageError> {
+    use outpost_storage::registry::{self, AUDIT, DEVICE_TAGS};
+    use outpost_uplink::deploy_link::{MAX_TAGS_PER_DEVICE, apply_tags, check_tag};
+    let mut problems: Vec<String> = Vec::new();
+    for t in add.iter().chain(remove) {
+        if let Err(e) = check_tag(t) {
+            problems.push(e);
+        }
+    }
+    let mut changes: Vec<(outpost_proto::DeviceId, Vec<String>)> = Vec::new();
+    if problems.is_empty() {
+        for d in devices {
+            let Ok(id) = d.parse::<outpost_proto::DeviceId>() else {
+                problems.push(format!("device {d}: not a device id"));
+                continue;
+            };
+            if registry::get(store, id)?.is_none() {
+                problems.push(format!("device {d}: unknown at the site"));
+                continue;
+            }
+            let tags = apply_tags(&registry::tags(store, id)?, add, remove);
+            if tags.len() > MAX_TAGS_PER_DEVICE {
+                problems.push(format!(
+                    "device {d}: would have {} tags (at most {MAX_TAGS_PER_DEVICE})",
+                    tags.len()
+                ));
+                continue;
+            }
+            changes.push((id, tags));
+        }
+    }
+    let refused = (!problems.is_empty()).then(|| problems.join("; "));
+    let mut b = store.batch();
+    if refused.is_none() {
+        for (id, tags) in &changes {
+            b.put(DEVICE_TAGS, &outpost_storage::keys::device_key(*id), tags)?;
+            b.put(
+                AUDIT,
+                &outpost_storage::keys::time_counter_key::<4>(&[], now_ms),
+                &outpost_storage::model::AuditEntry {
+                    at_ms: now_ms,
+                    actor: actor.to_string(),
+                    action: "device.tags".into(),
+                    target: id.to_string(),
+                    detail: format!("{} (order {order})", tags.join(",")),
+                },
+            )?;
+        }
+    }
+    b.put(
+        CENTRAL_ORDERS,
+        order.as_bytes(),
+        &AppliedOrder {
+            id: order.to_string(),
+            kind: "tags".into(),
+            refused: refused.clone(),
+            at_ms: now_ms,
+        },
+    )?;
+    store.write(b)?;
+    Ok(refused)
+}
+
+/// A device's approval decisions as central receives them (protocol 9):
+/// rows that decline, defer or leave a patch unapproved first, so a cut
+/// at [`MAX_DECISION_ROWS`] keeps what a technician looks for. Pure.
+pub fn decisions_up(a: &approvals::DeviceApprovals, now_ms: u64) -> DeviceDecisions {
+    use outpost_patch::approval::Outcome;
+    let mut rows: Vec<DecisionUp> = a
+        .decisions
+        .iter()
+        .map(|p| DecisionUp {
+            patch: p.patch.to_string(),
+            outcome: match &p.decision.outcome {
+                Outcome::Approved => "approved",
+                Outcome::Declined => "declined",
+                Outcome::Deferred { .. } => "deferred",
+                Outcome::Unapproved => "unapproved",
+            }
+            .into(),
+            rule: p
+                .decision
+                .rule
+                .as_ref()
+                .map(|r| format!("{} ({})", r.id, r.scope)),
+            explanation: p.decision.explanation.clone(),
+        })
+        .collect();
+    rows.sort_by_key(|r| r.outcome == "approved");
+    let truncated = rows.len().saturating_sub(MAX_DECISION_ROWS) as u32;
+    rows.truncate(MAX_DECISION_ROWS);
+    DeviceDecisions {
+        device: a.device.clone(),
+        computed_ms: now_ms,
+        assessed: a.assessed,
+        rows,
+        unnamed: a.unnamed.clone(),
+        truncated,
+    }
+}
+
+/// Every non-revoked device's decisions at `now_ms` (rules read once).
+pub fn all_decisions(
+    store: &Store,
+    patches: &dyn MissingPatches,
+    now_ms: u64,
+) -> Result<Vec<DeviceDecisions>, ApprovalError> {
+    let rules = approvals::list(store)?;
+    let mut ids = Vec::new();
+    store
+        .scan::<outpost_storage::model::DeviceRecord>(
+            outpost_storage::registry::DEVICES,
+            &[],
+            None,
+            |_, r| {
+                if r.revoked_at_ms.is_none() {
+                    ids.push(r.id);
+                }
+                true
+            },
+        )
+        .map_err(ApprovalError::Store)?;
+    ids.into_iter()
+        .map(|id| {
+            approvals::decisions_with(store, patches, &rules, id, now_ms)
+                .map(|a| decisions_up(&a, now_ms))
+        })
+        .collect()
+}
+
+/// What went up of the devices' decisions on the current stream: the
+/// hash of each device's last sent ([`DeviceDecisions::content_hash`]).
+#[derive(Debug, Default)]
+pub struct DecisionsTracker {
+    sent: HashMap<String, u64>,
+    last_ms: Option<u64>,
+}
+
+impl DecisionsTracker {
+    /// A new stream: every device's decisions go up again at once.
+    pub fn connected(&mut self) {
+        self.sent.clear();
+        self.last_ms = None;
+    }
+
+    /// Whether it is time to look again. Pure.
+    pub fn due(&self, now_ms: u64) -> bool {
+        self.last_ms
+            .is_none_or(|l| now_ms.saturating_sub(l) >= DECISIONS_INTERVAL_MS)
+    }
+
+    /// The decisions that changed since sent (they count as sent now).
+    pub fn changed(&mut self, all: Vec<DeviceDecisions>, now_ms: u64) -> Vec<DeviceDecisions> {
+        self.last_ms = Some(now_ms);
+        let mut out = Vec::new();
+        for d in all {
+            let h = d.content_hash();
+            if self.sent.get(&d.device) != Some(&h) {
+                self.sent.insert(d.device.clone(), h);
+                out.push(d);
+            }
+        }
+        out
+    }
+}
+
+/// Sends the devices' decisions that changed (protocol 9 only).
+async fn report_decisions(
+    cd: &CentralDeploy,
+    tracker: &mut DecisionsTracker,
+    frames: &mpsc::Sender<SiteFrame>,
+) -> Result<(), ()> {
+    let now = outpost_storage::now_ms();
+    if !tracker.due(now) {
+        return Ok(());
+    }
+    let (store, patches) = (cd.store.clone(), cd.patches.clone());
+    let all =
+        match tokio::task::spawn_blocking(move || all_decisions(&store, patches.as_ref(), now))
+            .await
+        {
+            Ok(Ok(all)) => all,
+            Ok(Err(e)) => {
+                warn!(error = %e, "reading the devices' approval decisions for central failed");
+                tracker.last_ms = Some(now);
+                return Ok(());
+            }
+            Err(_) => return Ok(()),
+        };
+    let changed = tracker.changed(all, now);
+    for chunk in changed.chunks(DECISIONS_PER_FRAME) {
+        cd.metrics.decisions_sent.inc_by(chunk.len() as u64);
+        frames
+            .send(SiteFrame::ApprovalDecisions(chunk.to_vec()))
+            .await
+            .map_err(|_| ())?;
+    }
+    Ok(())
 }
 
 /// One device of a progress report.
@@ -422,6 +705,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut on = false;
+    let mut decisions_on = false;
+    let mut decisions = DecisionsTracker::default();
     let mut progress = ProgressTracker::default();
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(PROGRESS_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -433,9 +718,14 @@ pub async fn run(
                 match ev {
                     DownEvent::Connected { protocol_version } => {
                         on = protocol_version >= DEPLOY_PROTOCOL_VERSION;
+                        decisions_on = protocol_version >= TAGS_PROTOCOL_VERSION;
                         progress.connected();
+                        decisions.connected();
                     }
-                    DownEvent::Disconnected => on = false,
+                    DownEvent::Disconnected => {
+                        on = false;
+                        decisions_on = false;
+                    }
                     DownEvent::DeployOrders(v) => {
                         for o in v {
                             if let Some(ack) = cd.take(&o, outpost_storage::now_ms()).await
@@ -451,6 +741,9 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 if on && report(&cd, &mut progress, &frames).await.is_err() {
+                    return;
+                }
+                if decisions_on && report_decisions(&cd, &mut decisions, &frames).await.is_err() {
                     return;
                 }
             }
@@ -615,6 +908,7 @@ mod tests {
             patches,
             orchestrator,
             metrics: UplinkMetrics::default(),
+            on_tags: None,
         }
     }
 
@@ -624,6 +918,113 @@ mod tests {
             actor: "ann@central".into(),
             kind,
         }
+    }
+
+    /// A tag order from central is applied to all its devices in one
+    /// write with its id (audited per device as `NAME@central`), and a
+    /// redelivery is answered from the record without touching the tags
+    /// again (a change made at the site since stays). An unknown device or
+    /// a bad tag refuses the whole order, naming each, and changes nothing.
+    #[tokio::test]
+    async fn a_tag_order_is_applied_once_to_all_its_devices_or_refused_naming_each_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cd = central_deploy(dir.path());
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        cd.on_tags = Some({
+            let calls = calls.clone();
+            Arc::new(move || {
+                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })
+        });
+        let d1 = outpost_proto::DeviceId(1);
+        let d2 = enroll(&cd.store, 2, "dental", &["db", "x"]);
+        let tags = |id: &str, devices: &[outpost_proto::DeviceId], add: &[&str]| {
+            order(
+                id,
+                DeployOrderKind::SetTags {
+                    devices: devices.iter().map(|d| d.to_string()).collect(),
+                    add: add.iter().map(|t| t.to_string()).collect(),
+                    remove: vec!["x".into()],
+                },
+            )
+        };
+        let audit = |store: &Store| {
+            outpost_storage::registry::audit_log(store, 0, u64::MAX, 100)
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.action == "device.tags")
+                .collect::<Vec<_>>()
+        };
+        let t1 = tags("ord-t1", &[d1, d2], &["pci"]);
+        assert_eq!(cd.take(&t1, 10).await.unwrap().refused, None);
+        let reg = |d| outpost_storage::registry::tags(&cd.store, d).unwrap();
+        assert_eq!(reg(d1), vec!["pci".to_string()]);
+        assert_eq!(reg(d2), vec!["db".to_string(), "pci".to_string()]);
+        let a = audit(&cd.store);
+        assert_eq!(a.len(), 2);
+        assert!(a.iter().all(|e| e.actor == "ann@central"), "{a:?}");
+        assert!(a[0].detail.contains("order ord-t1"), "{a:?}");
+        // Changed at the site since; the redelivery must not undo it.
+        outpost_storage::registry::set_tags(&cd.store, d1, &[]).unwrap();
+        assert_eq!(cd.take(&t1, 20).await.unwrap().refused, None);
+        assert!(reg(d1).is_empty(), "applied twice");
+        assert_eq!(audit(&cd.store).len(), 2);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+        let unknown = outpost_proto::DeviceId(0xff);
+        let t2 = tags("ord-t2", &[d1, unknown], &["y"]);
+        for at in [30, 40] {
+            let r = cd.take(&t2, at).await.unwrap().refused.unwrap();
+            assert_eq!(r, "device 00000000000000ff: unknown at the site");
+        }
+        assert!(reg(d1).is_empty(), "a refused order changes nothing");
+        let bad = cd
+            .take(&tags("ord-t3", &[d1], &["a,b"]), 50)
+            .await
+            .unwrap()
+            .refused
+            .unwrap();
+        assert!(bad.contains("no commas"), "{bad}");
+        assert_eq!(audit(&cd.store).len(), 2);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    /// The devices' decisions go up with the rule that decided each
+    /// patch, once per stream and then only when they change.
+    #[test]
+    fn decisions_go_up_with_the_deciding_rule_once_per_stream_and_again_only_when_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cd = central_deploy(dir.path());
+        let all = all_decisions(&cd.store, cd.patches.as_ref(), 10).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].rows[0].patch, "openssl=3.0.2-1");
+        assert_eq!(all[0].rows[0].outcome, "unapproved");
+        let mut t = DecisionsTracker::default();
+        assert!(t.due(10));
+        assert_eq!(t.changed(all.clone(), 10).len(), 1);
+        assert!(!t.due(10 + DECISIONS_INTERVAL_MS - 1));
+        assert!(t.due(10 + DECISIONS_INTERVAL_MS));
+        assert!(t.changed(all, 20).is_empty(), "unchanged: not sent again");
+        approvals::set_manual(
+            &cd.store,
+            cd.patches.as_ref(),
+            outpost_patch::approval::PatchKey::new("openssl", "3.0.2-1"),
+            outpost_patch::approval::ApprovalScope::Tenant {
+                tenant: "msp".into(),
+            },
+            outpost_patch::approval::Verdict::Approve,
+            "ann",
+            30,
+        )
+        .unwrap();
+        let all = all_decisions(&cd.store, cd.patches.as_ref(), 40).unwrap();
+        let sent = t.changed(all.clone(), 40);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].rows[0].outcome, "approved");
+        let rule = sent[0].rows[0].rule.clone().unwrap();
+        assert!(rule.contains("tenant"), "{rule}");
+        t.connected();
+        assert_eq!(t.changed(all, 50).len(), 1, "a new stream gets them all");
     }
 
     /// Central's approval and deployment are applied once: delivered

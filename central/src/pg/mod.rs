@@ -89,6 +89,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "migrate_progress",
         include_str!("V10__migrate_progress.sql"),
     ),
+    (
+        12,
+        "device_decisions",
+        include_str!("V12__device_decisions.sql"),
+    ),
 ];
 
 /// The apply error of a rollup whose partition was dropped meanwhile
@@ -3047,6 +3052,58 @@ impl PgCentralStore {
         Ok(n > 0)
     }
 
+    async fn put_decisions_impl(&self, recs: &[crate::deploy::DecisionsRecord]) -> Result<usize> {
+        let mut n = 0;
+        // One transaction per tenant (a site's frame has one).
+        let mut by_tenant: std::collections::BTreeMap<&str, Vec<&crate::deploy::DecisionsRecord>> =
+            Default::default();
+        for r in recs {
+            by_tenant.entry(r.tenant.as_str()).or_default().push(r);
+        }
+        for (t, recs) in by_tenant {
+            let mut c = self.client().await?;
+            let tx = Self::tenant_tx(&mut c, t).await?;
+            for r in recs {
+                // Only a later computation replaces the one held.
+                n += tx
+                    .execute(
+                        "INSERT INTO device_decisions (tenant_id, site_id, device, computed_ms, body) \
+                         VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (tenant_id, site_id, device) DO UPDATE \
+                         SET computed_ms = excluded.computed_ms, body = excluded.body \
+                         WHERE device_decisions.computed_ms < excluded.computed_ms",
+                        &[
+                            &t,
+                            &r.site.as_str(),
+                            &r.decisions.device,
+                            &i(r.decisions.computed_ms),
+                            &enc(r)?,
+                        ],
+                    )
+                    .await
+                    .map_err(be)? as usize;
+            }
+            tx.commit().await.map_err(be)?;
+        }
+        Ok(n)
+    }
+
+    async fn decisions_impl(
+        &self,
+        tenant: &str,
+        site: &str,
+        device: &str,
+    ) -> Result<Option<crate::deploy::DecisionsRecord>> {
+        let rows = self
+            .tenant_query(
+                tenant,
+                "SELECT body FROM device_decisions WHERE tenant_id = $1 AND site_id = $2 AND device = $3",
+                &[&tenant, &site, &device],
+            )
+            .await?;
+        rows.first().map(|r| dec(r.get::<_, &[u8]>(0))).transpose()
+    }
+
     async fn site_deployments_impl(
         &self,
         tenant: &str,
@@ -3124,6 +3181,22 @@ impl crate::store::DeployStore for PgCentralStore {
         tenant: &'a TenantId,
     ) -> StoreFuture<'a, Vec<crate::deploy::SiteDeploymentRecord>> {
         Box::pin(self.site_deployments_impl(tenant))
+    }
+
+    fn put_decisions<'a>(
+        &'a self,
+        recs: &'a [crate::deploy::DecisionsRecord],
+    ) -> StoreFuture<'a, usize> {
+        Box::pin(self.put_decisions_impl(recs))
+    }
+
+    fn decisions<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        site: &'a SiteId,
+        device: &'a str,
+    ) -> StoreFuture<'a, Option<crate::deploy::DecisionsRecord>> {
+        Box::pin(self.decisions_impl(tenant, site.as_str(), device))
     }
 }
 
