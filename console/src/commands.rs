@@ -25,7 +25,9 @@ use serde::Deserialize;
 use crate::Console;
 use crate::backend::{ConsoleError, Viewer};
 use crate::pages::layout::{self, badge, device_href, enc, site_href, time};
-use crate::routes::{error_page, form_viewer, html as page, now_ms, refuse, render, viewer};
+use crate::routes::{
+    CsrfOnly, cancel_form, error_page, form_viewer, html as page, now_ms, refuse, render, viewer,
+};
 
 /// Rows of a command list.
 pub const COMMAND_PAGE: usize = 200;
@@ -443,12 +445,6 @@ pub async fn run(
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-pub struct CsrfOnly {
-    #[serde(default)]
-    pub csrf: String,
-}
-
 /// `POST /commands/{id}/cancel`.
 pub async fn cancel(
     State(c): C,
@@ -456,23 +452,10 @@ pub async fn cancel(
     Path(id): Path<String>,
     Form(f): Form<CsrfOnly>,
 ) -> Response {
-    let v = match form_viewer(&c, &h, &f.csrf).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    if !v.can.run_commands {
-        return refuse(
-            &c,
-            Some(&v),
-            "forbidden",
-            &format!("Role {} may not cancel commands.", v.role),
-        );
-    }
-    match c.backend.cancel_command(&v, &id).await {
-        Ok(()) => Redirect::to(&command_href(&id)).into_response(),
-        Err(ConsoleError::Forbidden(m)) => refuse(&c, Some(&v), "forbidden", &m),
-        Err(e) => error_page(&c, Some(&v), e),
-    }
+    cancel_form(&c, &h, &f.csrf, "commands", command_href(&id), async |v| {
+        c.backend.cancel_command(v, &id).await
+    })
+    .await
 }
 
 /// Milliseconds now (for backends' conversions).

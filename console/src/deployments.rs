@@ -40,7 +40,7 @@ use crate::Console;
 use crate::backend::{ConsoleError, Viewer};
 pub use crate::deploy_form::{CreateForm, DeploymentOptions, RollbackTarget};
 use crate::pages::layout::{self, badge, device_href, enc, time};
-use crate::routes::{error_page, form_viewer, html as page, refuse, render, viewer};
+use crate::routes::{CsrfOnly, error_page, form_viewer, html as page, refuse, render, viewer};
 
 /// One stage's figures and gate.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -1109,12 +1109,6 @@ pub async fn add_rule(State(c): C, h: HeaderMap, Form(f): Form<RuleForm>) -> Res
     };
     let r = c.backend.add_approval_rule(&v, &req).await;
     after_approval(&c, &v, r)
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct CsrfOnly {
-    #[serde(default)]
-    pub csrf: String,
 }
 
 /// `POST /approval-rules/{id}/delete`: removes a rule.

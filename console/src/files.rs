@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use maud::{Markup, html};
 use outpost_web::{Form, Path, Query};
 use serde::Deserialize;
@@ -26,7 +26,7 @@ use crate::backend::ConsoleError;
 use crate::commands::command_href;
 use crate::format;
 use crate::pages::layout::{self, badge, device_href, enc, site_href, time};
-use crate::routes::{error_page, form_viewer, html as page, refuse, render, viewer};
+use crate::routes::{CsrfOnly, cancel_form, error_page, html as page, render, viewer};
 
 /// The states the list filters by (the transfer's command's).
 pub const STATES: [&str; 11] = [
@@ -258,12 +258,6 @@ pub async fn show(State(c): C, h: HeaderMap, Path(id): Path<String>) -> Response
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-pub struct CsrfOnly {
-    #[serde(default)]
-    pub csrf: String,
-}
-
 /// `POST /files/{id}/cancel` (those who may run commands; the backend
 /// checks the role again).
 pub async fn cancel(
@@ -272,23 +266,15 @@ pub async fn cancel(
     Path(id): Path<String>,
     Form(f): Form<CsrfOnly>,
 ) -> Response {
-    let v = match form_viewer(&c, &h, &f.csrf).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    if !v.can.run_commands {
-        return refuse(
-            &c,
-            Some(&v),
-            "forbidden",
-            &format!("Role {} may not cancel file transfers.", v.role),
-        );
-    }
-    match c.backend.cancel_file(&v, &id).await {
-        Ok(()) => Redirect::to(&file_href(&id)).into_response(),
-        Err(ConsoleError::Forbidden(m)) => refuse(&c, Some(&v), "forbidden", &m),
-        Err(e) => error_page(&c, Some(&v), e),
-    }
+    cancel_form(
+        &c,
+        &h,
+        &f.csrf,
+        "file transfers",
+        file_href(&id),
+        async |v| c.backend.cancel_file(v, &id).await,
+    )
+    .await
 }
 
 #[cfg(test)]

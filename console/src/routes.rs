@@ -197,6 +197,43 @@ pub(crate) fn cross_origin(c: &Console, h: &HeaderMap) -> Option<Response> {
     })
 }
 
+/// The body of a form that carries only its CSRF token (cancel, delete).
+#[derive(Debug, Default, Deserialize)]
+pub struct CsrfOnly {
+    #[serde(default)]
+    pub csrf: String,
+}
+
+/// A cancel button's post (command, bulk run, file transfer): the form
+/// checks, then those who may run commands call `cancel` (the backend checks
+/// the role again) and go `back`; a refusal of the backend is shown as such.
+pub(crate) async fn cancel_form(
+    c: &Console,
+    h: &HeaderMap,
+    csrf: &str,
+    what: &str,
+    back: String,
+    cancel: impl AsyncFnOnce(&Viewer) -> Result<(), ConsoleError>,
+) -> Response {
+    let v = match form_viewer(c, h, csrf).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if !v.can.run_commands {
+        return refuse(
+            c,
+            Some(&v),
+            "forbidden",
+            &format!("Role {} may not cancel {what}.", v.role),
+        );
+    }
+    match cancel(&v).await {
+        Ok(()) => Redirect::to(&back).into_response(),
+        Err(ConsoleError::Forbidden(m)) => refuse(c, Some(&v), "forbidden", &m),
+        Err(e) => error_page(c, Some(&v), e),
+    }
+}
+
 /// The checks every console form post makes before its own: same origin,
 /// a signed-in viewer, and the form's CSRF token. The viewer, or the
 /// response refusing the post.

@@ -26,7 +26,9 @@ use crate::Console;
 use crate::backend::{ConsoleError, Viewer};
 use crate::commands::command_href;
 use crate::pages::layout::{self, badge, device_href, enc, site_href, time};
-use crate::routes::{error_page, form_viewer, html as page, refuse, render, viewer};
+use crate::routes::{
+    CsrfOnly, cancel_form, error_page, form_viewer, html as page, refuse, render, viewer,
+};
 
 /// A script as lists show it (its newest version).
 #[derive(Debug, Clone, PartialEq)]
@@ -434,12 +436,6 @@ pub async fn bulk_run(State(c): C, h: HeaderMap, Path(id): Path<String>) -> Resp
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-pub struct CsrfOnly {
-    #[serde(default)]
-    pub csrf: String,
-}
-
 /// `POST /commands/bulk/{id}/cancel`: nothing more of the run starts, what
 /// is queued is cancelled, what runs is told to stop (those who may run
 /// commands; the backend checks the role again).
@@ -449,23 +445,10 @@ pub async fn cancel_bulk(
     Path(id): Path<String>,
     Form(f): Form<CsrfOnly>,
 ) -> Response {
-    let v = match form_viewer(&c, &h, &f.csrf).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    if !v.can.run_commands {
-        return refuse(
-            &c,
-            Some(&v),
-            "forbidden",
-            &format!("Role {} may not cancel bulk runs.", v.role),
-        );
-    }
-    match c.backend.cancel_bulk(&v, &id).await {
-        Ok(()) => Redirect::to(&bulk_href(&id)).into_response(),
-        Err(ConsoleError::Forbidden(m)) => refuse(&c, Some(&v), "forbidden", &m),
-        Err(e) => error_page(&c, Some(&v), e),
-    }
+    cancel_form(&c, &h, &f.csrf, "bulk runs", bulk_href(&id), async |v| {
+        c.backend.cancel_bulk(v, &id).await
+    })
+    .await
 }
 
 #[cfg(test)]
