@@ -199,22 +199,15 @@ pub fn size(devices: u64) -> anyhow::Result<Report> {
 
 fn site_record(s: u64) -> (SiteRecord, JoinTokenRecord) {
     let site = SiteRecord {
-        tenant: "acme".into(),
-        customer: format!("c{}", s % 50).into(),
-        site_id: format!("s-{s:06}").into(),
-        name: format!("site {s}"),
-        created_ms: 1,
         joined_ms: 1,
-        applied_up_to: 0,
-        applied_above: vec![],
-        last_batch_ms: 0,
-        last_batch_created_ms: 0,
-        batches_applied: 0,
-        duplicates: 0,
         interval_ms: 60_000,
-        dropped_rollups: 0,
-        tenant_mismatch: Default::default(),
-        dead_letters: Default::default(),
+        ..SiteRecord::new(
+            "acme".into(),
+            format!("c{}", s % 50).into(),
+            format!("s-{s:06}").into(),
+            format!("site {s}"),
+            1,
+        )
     };
     let tok = JoinTokenRecord {
         tenant: "acme".into(),

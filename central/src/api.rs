@@ -1360,24 +1360,13 @@ mod tests {
             with_device(site, id, customer);
         }
         for (id, customer) in [("s-1", "dental"), ("s-2", "dental"), ("s-3", "vet")] {
-            ix.upsert_site(&SiteRecord {
-                tenant: "msp".into(),
-                customer: customer.into(),
-                site_id: id.into(),
-                name: id.into(),
-                created_ms: 0,
-                joined_ms: 0,
-                applied_up_to: 0,
-                applied_above: vec![],
-                last_batch_ms: 0,
-                last_batch_created_ms: 0,
-                batches_applied: 0,
-                duplicates: 0,
-                interval_ms: 0,
-                dropped_rollups: 0,
-                tenant_mismatch: Default::default(),
-                dead_letters: Default::default(),
-            });
+            ix.upsert_site(&SiteRecord::new(
+                "msp".into(),
+                customer.into(),
+                id.into(),
+                id.into(),
+                0,
+            ));
         }
         let counts = ix.counts(&p.tenant, &p.customers);
         let open: Vec<(SiteId, (u64, u64))> = counts

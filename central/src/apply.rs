@@ -697,22 +697,15 @@ mod tests {
 
     fn site() -> SiteRecord {
         SiteRecord {
-            tenant: "msp".into(),
-            customer: "dental".into(),
-            site_id: "s-1".into(),
-            name: "main".into(),
-            created_ms: 1,
             joined_ms: 2,
-            applied_up_to: 0,
-            applied_above: vec![],
-            last_batch_ms: 0,
-            last_batch_created_ms: 0,
-            batches_applied: 0,
-            duplicates: 0,
             interval_ms: 60_000,
-            dropped_rollups: 0,
-            tenant_mismatch: Default::default(),
-            dead_letters: Default::default(),
+            ..SiteRecord::new(
+                "msp".into(),
+                "dental".into(),
+                "s-1".into(),
+                "main".into(),
+                1,
+            )
         }
     }
 

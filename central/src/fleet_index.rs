@@ -675,22 +675,8 @@ mod tests {
 
     fn site(id: &str, name: &str, customer: &str) -> SiteRecord {
         SiteRecord {
-            tenant: "msp".into(),
-            customer: customer.into(),
-            site_id: id.into(),
-            name: name.into(),
-            created_ms: 1,
             joined_ms: 1,
-            applied_up_to: 0,
-            applied_above: vec![],
-            last_batch_ms: 0,
-            last_batch_created_ms: 0,
-            batches_applied: 0,
-            duplicates: 0,
-            interval_ms: 0,
-            dropped_rollups: 0,
-            tenant_mismatch: Default::default(),
-            dead_letters: Default::default(),
+            ..SiteRecord::new("msp".into(), customer.into(), id.into(), name.into(), 1)
         }
     }
 

@@ -270,6 +270,37 @@ impl From<&batch::ForeignTenant> for ForeignTenantRow {
 }
 
 impl SiteRecord {
+    /// A site just added: not joined, nothing applied, no counters.
+    /// Callers set what differs with struct update syntax
+    /// (`SiteRecord { joined_ms: 1, ..SiteRecord::new(…) }`), so a field
+    /// added to the record has one default here.
+    pub fn new(
+        tenant: TenantId,
+        customer: CustomerId,
+        site_id: SiteId,
+        name: String,
+        created_ms: u64,
+    ) -> SiteRecord {
+        SiteRecord {
+            tenant,
+            customer,
+            site_id,
+            name,
+            created_ms,
+            joined_ms: 0,
+            applied_up_to: 0,
+            applied_above: Vec::new(),
+            last_batch_ms: 0,
+            last_batch_created_ms: 0,
+            batches_applied: 0,
+            duplicates: 0,
+            interval_ms: 0,
+            dropped_rollups: 0,
+            tenant_mismatch: TenantMismatch::default(),
+            dead_letters: DeadLetters::default(),
+        }
+    }
+
     /// The stored bytes of a site: the record's encoding, followed by its
     /// [`TenantMismatch`] once the site reported one, then its
     /// [`DeadLetters`] once it has some (so rows written before central

@@ -50,24 +50,13 @@ pub async fn add_site(
     check_name("site", &req.site)?;
     let site_id = SiteId::from(format!("s-{}", hex::encode(rand::random::<[u8; 8]>())));
     let token = format!("ost_{}", hex::encode(rand::random::<[u8; 24]>()));
-    let rec = SiteRecord {
-        tenant: req.tenant.clone(),
-        customer: req.customer.clone(),
-        site_id: site_id.clone(),
-        name: req.site.clone(),
-        created_ms: now_ms,
-        joined_ms: 0,
-        applied_up_to: 0,
-        applied_above: Vec::new(),
-        last_batch_ms: 0,
-        last_batch_created_ms: 0,
-        batches_applied: 0,
-        duplicates: 0,
-        interval_ms: 0,
-        dropped_rollups: 0,
-        tenant_mismatch: Default::default(),
-        dead_letters: Default::default(),
-    };
+    let rec = SiteRecord::new(
+        req.tenant.clone(),
+        req.customer.clone(),
+        site_id.clone(),
+        req.site.clone(),
+        now_ms,
+    );
     let jt = JoinTokenRecord {
         tenant: req.tenant.clone(),
         site_id: site_id.clone(),

@@ -2555,24 +2555,7 @@ mod tests {
     use crate::testing::sample_batch;
 
     fn site(tenant: &str, id: &str) -> SiteRecord {
-        SiteRecord {
-            tenant: tenant.into(),
-            customer: "dental".into(),
-            site_id: id.into(),
-            name: "main".into(),
-            created_ms: 1,
-            joined_ms: 0,
-            applied_up_to: 0,
-            applied_above: vec![],
-            last_batch_ms: 0,
-            last_batch_created_ms: 0,
-            batches_applied: 0,
-            duplicates: 0,
-            interval_ms: 0,
-            dropped_rollups: 0,
-            tenant_mismatch: Default::default(),
-            dead_letters: Default::default(),
-        }
+        SiteRecord::new(tenant.into(), "dental".into(), id.into(), "main".into(), 1)
     }
 
     fn tok(t: &str, s: &str) -> JoinTokenRecord {

@@ -174,22 +174,15 @@ async fn device_list_and_fleet_counts_at_100k_devices() {
     let t0 = Instant::now();
     for s in 0..sites {
         let site = SiteRecord {
-            tenant: "acme".into(),
-            customer: format!("customer-{:03}", s % 100).into(),
-            site_id: site_id(s).into(),
-            name: format!("Site {s:04}"),
-            created_ms: 1,
             joined_ms: 1,
-            applied_up_to: 0,
-            applied_above: vec![],
-            last_batch_ms: 0,
-            last_batch_created_ms: 0,
-            batches_applied: 0,
-            duplicates: 0,
             interval_ms: 60_000,
-            dropped_rollups: 0,
-            tenant_mismatch: Default::default(),
-            dead_letters: Default::default(),
+            ..SiteRecord::new(
+                "acme".into(),
+                format!("customer-{:03}", s % 100).into(),
+                site_id(s).into(),
+                format!("Site {s:04}"),
+                1,
+            )
         };
         let tok = JoinTokenRecord {
             tenant: "acme".into(),
