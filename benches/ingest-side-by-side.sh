@@ -124,9 +124,17 @@ run_vm() { # phase rate
     [ "$active" = 0 ] && break
     sleep 0.5
   done
-  local stored
-  stored=$(curl -fs "http://127.0.0.1:$VM_PORT/api/v1/export" -d 'match[]={__name__!=""}' |
-    python3 -c 'import json,sys; print(sum(len(json.loads(l)["values"]) for l in sys.stdin))')
+  # Rows become searchable a few seconds after they are flushed (new
+  # series are registered in the background): count until all are there.
+  local stored=0 accepted
+  accepted=$(field "vm-$phase.json" samples_accepted_total)
+  for _ in $(seq 120); do
+    stored=$(curl -fs "http://127.0.0.1:$VM_PORT/api/v1/export" -d 'match[]={__name__!=""}' |
+      python3 -c 'import json,sys; print(sum(len(json.loads(l)["values"]) for l in sys.stdin))')
+    [ "$stored" -ge "$accepted" ] && break
+    curl -fs "http://127.0.0.1:$VM_PORT/internal/force_flush" >/dev/null
+    sleep 0.5
+  done
   kill "$pid"
   wait "$pid" 2>/dev/null || true
   python3 - "vm-$phase.json" "$stored" "$(du -sb "$dir" | cut -f1)" "$empty" <<'EOF'
