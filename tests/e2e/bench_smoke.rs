@@ -344,6 +344,8 @@ fn side_by_side_script_feeds_outpost_victoria_metrics_and_zabbix_the_same_stream
             "{peer} stored what it accepted: {v}"
         );
         assert_eq!(f(&v, "samples_refused"), 0.0, "{peer}: {v}");
-        assert!(f(&v, "cpu_s_per_million_samples") > 0.0, "{peer}: {v}");
+        // Measured (the key is there); at toy scale a peer's CPU over the
+        // 2 s window can be below one clock tick, so 0 is a valid figure.
+        assert!(f(&v, "cpu_s_per_million_samples") >= 0.0, "{peer}: {v}");
     }
 }
