@@ -223,6 +223,21 @@ impl Stats {
 /// leaves as one request (as the simulated agents send per 100 ms tick).
 const TICK: Duration = Duration::from_millis(100);
 
+/// Most samples one request carries. A peer slower than the offered load
+/// leaves a backlog; it stays a count (what each device still owes), and
+/// each request takes at most this much of it, so the generator's memory
+/// is bounded however far behind the peer falls (an unbounded request
+/// grew to 22 GB against the Zabbix proxy at 560,000 samples/s).
+/// 10,000 is above what one tick carries at the default loads (8 senders:
+/// 350 samples at 28,000/s, 7,000 at 560,000/s), so a peer that keeps up
+/// sees the same requests as before.
+const MAX_REQUEST_SAMPLES: u64 = 10_000;
+
+/// Whether one more sample would take a request over MAX_REQUEST_SAMPLES.
+fn request_full(samples: u64) -> bool {
+    samples + METRICS_VALUES as u64 > MAX_REQUEST_SAMPLES
+}
+
 type HttpClient = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
     Full<Bytes>,
@@ -280,22 +295,40 @@ async fn sender(
         .map(|d| ((*d as u64).wrapping_mul(2_654_435_761) % 1000) as f64 / 1000.0 * period)
         .collect();
     let mut generated = vec![0u64; mine.len()];
+    // Where the next request starts among `mine`: with a backlog, requests
+    // take turns over the devices instead of always serving the first.
+    let mut next = 0usize;
     let start = Instant::now();
+    let start_ms = now_ms();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Set when the last request stopped at MAX_REQUEST_SAMPLES: the next
+    // one leaves at once instead of waiting for the tick.
+    let mut behind = false;
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
+        if behind {
+            if stop.is_cancelled() {
+                return;
+            }
+        } else {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
         }
         let t = start.elapsed().as_secs_f64();
-        let ts = now_ms();
         let mut prom = String::new();
         let mut items = Vec::new();
         let mut samples = 0u64;
-        for (i, d) in mine.iter().enumerate() {
+        for j in 0..mine.len() {
+            let i = (next + j) % mine.len();
+            let d = &mine[i];
             let due = ((t - phase[i]) * run.rate).floor().max(0.0) as u64;
-            while generated[i] < due {
+            while generated[i] < due && !request_full(samples) {
+                // Each sample carries the time it was due: one device's
+                // samples never share a millisecond (every store here keeps
+                // one value per series and timestamp, or dedups them).
+                let ts = start_ms + ((phase[i] + generated[i] as f64 / run.rate) * 1000.0) as u64;
                 match run.target {
                     Target::VictoriaMetrics { .. } => {
                         prometheus_lines(&mut prom, *d, generated[i], ts)
@@ -305,7 +338,12 @@ async fn sender(
                 generated[i] += 1;
                 samples += METRICS_VALUES as u64;
             }
+            if request_full(samples) {
+                next = (i + 1) % mine.len();
+                break;
+            }
         }
+        behind = request_full(samples);
         if samples == 0 {
             continue;
         }
@@ -331,7 +369,11 @@ async fn sender(
                 stats.refused.fetch_add(refused, Ordering::Relaxed);
                 stats.requests.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => stats.error(&format!("{e:#}").chars().take(80).collect::<String>()),
+            Err(e) => {
+                stats.error(&format!("{e:#}").chars().take(80).collect::<String>());
+                // A refusing peer is not retried in a tight loop.
+                behind = false;
+            }
         }
     }
 }
@@ -472,13 +514,37 @@ pub fn outpost_disk(db: &Path, samples: u64) -> anyhow::Result<Report> {
     let sealed = w.seal_chunks(u64::MAX, 0, usize::MAX)?;
     store.compact_all()?;
     let after = store.disk_usage_bytes()?;
+    let stored = stored_samples(&store)?;
     let mut rep = Report::new("outpost_disk");
     rep.int("samples", samples)
+        .int("stored", stored)
         .int("chunks_sealed", sealed as u64)
         .int("bytes_before_compaction", before)
         .int("bytes_on_disk", after)
-        .num("bytes_per_sample", after as f64 / samples as f64);
+        .num("bytes_per_sample", after as f64 / stored.max(1) as f64);
     Ok(rep)
+}
+
+/// Values stored in the raw-sample tables, counted back: every sealed
+/// chunk decoded, plus head samples not sealed yet. A value counts once
+/// per (device, series, millisecond): two acknowledged samples of one
+/// series with the same timestamp are one stored sample (the newer wins),
+/// which is why the bytes per sample divide by this, not by what was
+/// acknowledged.
+fn stored_samples(store: &outpost_storage::Store) -> anyhow::Result<u64> {
+    use outpost_storage::{chunk, samples};
+    let mut n = 0u64;
+    store.scan_raw(samples::CHUNKS, &[], None, |_, v| {
+        n += chunk::decode(v)
+            .map_err(|e| outpost_storage::StorageError::Invalid(e.to_string()))?
+            .len() as u64;
+        Ok(true)
+    })?;
+    store.scan_raw(samples::SAMPLES, &[], None, |_, _| {
+        n += 1;
+        Ok(true)
+    })?;
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -546,5 +612,66 @@ mod tests {
             sql.matches("INSERT INTO item_rtdata").count(),
             2 * METRICS_VALUES
         );
+    }
+
+    /// A trapper that takes 300 ms per request, far slower than 20,000
+    /// samples/s: the generator must keep each request at most
+    /// MAX_REQUEST_SAMPLES (it used to put the whole backlog in the next
+    /// one and ran out of memory) and still send back to back.
+    #[tokio::test]
+    async fn a_slow_peer_gets_bounded_requests_however_far_behind() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
+        let seen = sizes.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut head = [0u8; 13];
+                    if s.read_exact(&mut head).await.is_err() {
+                        return;
+                    }
+                    let len = u32::from_le_bytes([head[5], head[6], head[7], head[8]]) as usize;
+                    let mut body = vec![0u8; len];
+                    if s.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    let n = v["data"].as_array().map_or(0, |a| a.len());
+                    seen.lock().unwrap().push(n);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let info = format!(
+                        r#"{{"response":"success","info":"processed: {n}; failed: 0; total: {n}"}}"#
+                    );
+                    let _ = s.write_all(&zabbix_frame(info.as_bytes())).await;
+                });
+            }
+        });
+        let run = PeerRun {
+            target: Target::Zabbix { addr },
+            devices: 1000,
+            rate: 20.0,
+            duration: Duration::from_millis(1500),
+            warmup: Duration::from_millis(100),
+            senders: 1,
+            pid: None,
+            quiet: true,
+        };
+        let rep = super::run(&run).await.unwrap();
+        let sizes = sizes.lock().unwrap().clone();
+        assert!(sizes.len() >= 3, "requests: {sizes:?}");
+        assert!(
+            sizes.iter().all(|n| *n as u64 <= MAX_REQUEST_SAMPLES),
+            "a request above {MAX_REQUEST_SAMPLES} samples: {sizes:?}"
+        );
+        // Behind from the first request on: every request is full, and
+        // they leave back to back (300 ms each), not one per tick.
+        assert!(
+            sizes.iter().filter(|n| request_full(**n as u64)).count() >= 3,
+            "{sizes:?}"
+        );
+        let accepted: u64 = rep.get("samples_accepted_total").unwrap().parse().unwrap();
+        assert_eq!(accepted, sizes.iter().map(|n| *n as u64).sum::<u64>());
     }
 }

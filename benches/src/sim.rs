@@ -220,15 +220,26 @@ struct Pending {
     /// Highest sequence number the appliance acknowledged (an `Ack` or a
     /// `Welcome`'s `last_stored_seq`): everything up to it must be stored.
     acked_up_to: u64,
+    /// Timestamp of the last record generated: the next one is later by at
+    /// least 1 ms, as a real agent's are (its samples are seconds apart), so
+    /// a burst in max mode does not store one value per series and
+    /// millisecond in place of several.
+    last_ts_ms: u64,
 }
 
 impl Pending {
     fn generate(&mut self, mix: Mix, stats: &RunStats) {
         stats.sent.fetch_add(1, Ordering::Relaxed);
+        let body = record_body(mix, self.generated);
+        // Heartbeats are keyed by sequence number too and may share one.
+        self.last_ts_ms = match body {
+            RecordBody::Metrics(_) => now_ms().max(self.last_ts_ms + 1),
+            _ => now_ms(),
+        };
         let rec = Record {
             seq: self.next_seq,
-            ts_ms: now_ms(),
-            body: record_body(mix, self.generated),
+            ts_ms: self.last_ts_ms,
+            body,
         };
         self.next_seq += 1;
         self.generated += 1;
@@ -296,6 +307,7 @@ pub async fn run_agent(
         generated: 0,
         announced: false,
         acked_up_to: 0,
+        last_ts_ms: 0,
     };
     let outcome = |p: &Pending| AgentOutcome {
         acked_up_to: p.acked_up_to,

@@ -333,6 +333,13 @@ fn side_by_side_script_feeds_outpost_victoria_metrics_and_zabbix_the_same_stream
     assert_eq!(f(&outpost, "errors"), 0.0, "{outpost}");
     let disk = read("outpost-fixed-disk.json");
     assert_eq!(f(&disk, "samples"), f(&outpost, "samples_acked_total"));
+    // Counted back from the database: every acknowledged value is there,
+    // none folded into another of the same millisecond.
+    assert_eq!(
+        f(&disk, "stored"),
+        f(&outpost, "samples_acked_total"),
+        "{disk}"
+    );
     assert!(f(&disk, "bytes_per_sample") > 0.0, "{disk}");
     for peer in ["vm-fixed.json", "zbx-fixed.json"] {
         let v = read(peer);
