@@ -33,6 +33,11 @@ pub struct AgentConfig {
     /// long, the agent drops the connection and reconnects.
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
+    /// An appliance that says it is slow (session protocol 3: a `Pressure`
+    /// frame with a suggested ack timeout) is waited for up to this long
+    /// instead of `ack_timeout`; at least `ack_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout_max: Duration,
     /// systemd units reported as `service_active{unit}` with every metrics sample.
     pub services: Vec<String>,
     /// Process names reported as `process_count{name}` with every metrics sample.
@@ -101,6 +106,7 @@ impl Default for AgentConfig {
             reconnect_max: Duration::from_secs(30),
             max_in_flight_records: 4096,
             ack_timeout: Duration::from_secs(10),
+            ack_timeout_max: Duration::from_secs(120),
             services: Vec::new(),
             processes: Vec::new(),
             remote_commands: true,
@@ -165,6 +171,13 @@ impl AgentConfig {
         }
         if self.ack_timeout < Duration::from_secs(1) {
             bail!("ack_timeout must be at least 1s");
+        }
+        if self.ack_timeout_max < self.ack_timeout {
+            bail!(
+                "ack_timeout_max ({:?}) must be at least ack_timeout ({:?})",
+                self.ack_timeout_max,
+                self.ack_timeout
+            );
         }
         if self.max_in_flight_records == 0 {
             bail!("max_in_flight_records must be positive");

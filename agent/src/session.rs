@@ -359,6 +359,7 @@ async fn connect_and_stream(
             metrics_interval_ms: cfg.metrics_interval.as_millis().min(u32::MAX as u128) as u32,
             max_in_flight_records: cfg.max_in_flight_records,
             ack_timeout_ms: cfg.ack_timeout.as_millis().min(u64::MAX as u128) as u64,
+            max_ack_timeout_ms: cfg.ack_timeout_max.as_millis().min(u64::MAX as u128) as u64,
             welcome_timeout_ms: WELCOME_TIMEOUT.as_millis() as u64,
         },
         clock.now(),
@@ -622,6 +623,16 @@ fn drain_events(
                     "dropping a record larger than the appliance's frame limit (max_frame_bytes)"
                 );
                 shared.buffer().drop_undeliverable(seq)?;
+            }
+            AgentEvent::Pressure {
+                queue_delay_ms,
+                patience_ms,
+            } => {
+                // The appliance is slow, not gone: keep the connection.
+                debug!(
+                    queue_delay_ms,
+                    patience_ms, "the appliance is slow; waiting longer for acknowledgements"
+                );
             }
             other => down.remote.event(other),
         }

@@ -32,6 +32,8 @@ pub struct Config {
     pub offline_grace: Duration,
     pub storage: StorageConfig,
     pub ingest: IngestConfig,
+    /// `[admission]`: new QUIC handshakes at once and per second.
+    pub admission: crate::ingest::admission::AdmissionConfig,
     pub cache: CacheConfig,
     pub alerts: crate::alerts::AlertsConfig,
     pub uplink: UplinkConfig,
@@ -310,6 +312,7 @@ impl Default for Config {
             offline_grace: Duration::from_secs(10),
             storage: StorageConfig::default(),
             ingest: IngestConfig::default(),
+            admission: Default::default(),
             cache: CacheConfig::default(),
             alerts: crate::alerts::AlertsConfig::default(),
             uplink: UplinkConfig::default(),
@@ -375,6 +378,7 @@ impl Config {
         if self.max_connections == 0 {
             bail!("max_connections must be positive");
         }
+        self.admission.validate()?;
         if self.ingest.max_batch_records == 0 || self.ingest.queue_groups == 0 {
             bail!("ingest.max_batch_records and ingest.queue_groups must be positive");
         }

@@ -106,6 +106,9 @@ pub struct Metrics {
     /// The site console's live hub (`outpost_console_live_*`): the hub
     /// counts into these.
     pub console_live: outpost_console::live::LiveMetrics,
+    /// Handshake admission and back-pressure (`outpost_quic_handshakes_*`,
+    /// `outpost_session_pressure_frames_total`).
+    pub admission: crate::ingest::admission::AdmissionMetrics,
     /// Inode of the QUIC socket (0: not known).
     quic_socket_inode: AtomicU64,
     /// Kernel drop count at the previous scrape.
@@ -169,6 +172,7 @@ impl Metrics {
             deploy_device: Default::default(),
             console: Default::default(),
             console_live: Default::default(),
+            admission: Default::default(),
             quic_socket_inode: AtomicU64::new(0),
             quic_drops_seen: AtomicU64::new(0),
             registry: Registry::default(),
@@ -305,6 +309,7 @@ impl Metrics {
         m.commands.register(r);
         m.deploy.register(r);
         m.files.register(r);
+        m.admission.register(r);
         m.patches.register(r);
         r.register(
             "alert_transitions",

@@ -334,9 +334,14 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
     }
 
     let conns = TaskTracker::new();
+    let admission = Arc::new(crate::ingest::admission::Admission::new(
+        &cfg.admission,
+        metrics.clone(),
+    ));
     tracker.spawn(server::accept_loop(
         endpoint.clone(),
         ctx.clone(),
+        admission,
         cfg.max_connections,
         conns.clone(),
     ));

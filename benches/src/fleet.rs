@@ -149,6 +149,25 @@ pub async fn load_or_enroll(
     })
 }
 
+/// [`load_or_enroll`] without a progress bar (tests).
+pub async fn load_or_enroll_quiet(
+    state: &Path,
+    addr: SocketAddr,
+    token: &str,
+    pin: CaFingerprint,
+    n: usize,
+) -> anyhow::Result<Fleet> {
+    load_or_enroll(
+        state,
+        addr,
+        token,
+        pin,
+        n,
+        &indicatif::ProgressBar::hidden(),
+    )
+    .await
+}
+
 impl Fleet {
     /// The QUIC client configuration of identity `i`.
     pub fn client_config(&self, i: usize) -> anyhow::Result<quinn::ClientConfig> {

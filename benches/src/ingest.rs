@@ -242,7 +242,8 @@ pub async fn run(r: &IngestRun) -> anyhow::Result<IngestOutcome> {
         .int("acked", acked)
         .int("errors", errors)
         .num("connect_secs", connect_secs)
-        .int("reconnects_in_window", reconnects);
+        .int("reconnects_in_window", reconnects)
+        .int("pressure_frames", stats.pressure.load(Ordering::Relaxed));
     if let Some(d) = udp_drops {
         rep.int("udp_drops_in_window", d);
     }

@@ -1,5 +1,6 @@
 //! Outpost's load harness: simulated agent fleets over real QUIC against a
-//! real appliance ([`ingest`], [`reconnect`], [`chaos`]: kill -9 loops
+//! real appliance ([`ingest`], [`reconnect`], [`storm`]: a reconnect
+//! storm beside established sessions, [`chaos`]: kill -9 loops
 //! with an exactly-once check of the appliance's database; [`commands`]:
 //! dispatch latency and a bulk run over agents that answer commands), the storage-efficiency
 //! scenario on a real RocksDB ([`storage_eff`]), `/proc` measurements
@@ -20,4 +21,5 @@ pub mod report;
 pub mod sim;
 pub mod spawn;
 pub mod storage_eff;
+pub mod storm;
 pub mod uplink;

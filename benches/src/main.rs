@@ -18,6 +18,7 @@ use outpost_bench::reconnect::{self, ReconnectRun};
 use outpost_bench::sim::Mix;
 use outpost_bench::spawn::{self, Spawned};
 use outpost_bench::storage_eff::{self, StorageRun};
+use outpost_bench::storm::{self, StormRun};
 use outpost_proto::tls::CaFingerprint;
 
 #[derive(Parser, Debug)]
@@ -35,6 +36,9 @@ enum Command {
     Storage(StorageArgs),
     /// Kill -9 and restart a (spawned) appliance under N agents; time to reconnect and drain.
     Reconnect(ReconnectArgs),
+    /// N agents streaming while M others reconnect in a loop: the
+    /// established sessions' ack latency, handshakes/s, refusals.
+    Storm(StormArgs),
     /// Sample-to-webhook alert latency (optionally under background ingest),
     /// or ingest throughput while every notification fails (--webhook-down).
     Alerts(AlertArgs),
@@ -357,6 +361,39 @@ struct ReconnectArgs {
     #[arg(long)]
     state: PathBuf,
     /// Data directory of the spawned appliance (default: temporary).
+    #[arg(long)]
+    appliance_data: Option<PathBuf>,
+    #[arg(long)]
+    outpost: Option<PathBuf>,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct StormArgs {
+    /// Established agents streaming through the storm.
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    /// Agents reconnecting in a loop.
+    #[arg(long, default_value_t = 200)]
+    churn: usize,
+    /// Records per second per established agent.
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// Sessions per churning agent (0: until the run ends).
+    #[arg(long, default_value_t = 0)]
+    churn_sessions: u64,
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Where enrolled identities are cached (with --appliance-data, reused across runs).
+    #[arg(long)]
+    state: PathBuf,
+    /// Data directory of the spawned appliance (default: temporary; an
+    /// `outpost.toml` in it configures the appliance).
     #[arg(long)]
     appliance_data: Option<PathBuf>,
     #[arg(long)]
@@ -703,6 +740,25 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             .await?;
             eprintln!("{}", rep.line());
             rep.emit(a.json.as_deref())
+        }
+        Command::Storm(a) => {
+            let tmp = tempfile::tempdir()?;
+            let (app, state) = spawn_for(&tmp, &a.outpost, &a.appliance_data, &a.state)?;
+            let out = storm::run(
+                &StormRun {
+                    agents: a.agents,
+                    churn: a.churn,
+                    rate: a.rate,
+                    churn_sessions: a.churn_sessions,
+                    duration: a.duration,
+                    warmup: a.warmup,
+                    state,
+                    quiet: a.quiet,
+                },
+                &app,
+            )
+            .await?;
+            out.report.emit(a.json.as_deref())
         }
         Command::Reconnect(a) => {
             let tmp = tempfile::tempdir()?;

@@ -1,8 +1,11 @@
 //! A simulated agent: one QUIC connection with its own client certificate,
-//! the real session protocol (Hello/Welcome of protocol 2, the command and
-//! file streams opened and left idle, sequenced records, cumulative acks),
-//! records shaped like the real agent's, reconnect with full-jitter
-//! backoff, and replay of unacknowledged records after reconnecting.
+//! the real session protocol (Hello/Welcome of protocol 3, the command and
+//! file streams opened and left idle, sequenced records, cumulative acks,
+//! the appliance's `Pressure` frames), records shaped like the real
+//! agent's, the real agent's ack-timeout rule
+//! ([`outpost_proto::session::pressure::AckClock`], shorter timeouts),
+//! reconnect with full-jitter backoff, and replay of unacknowledged records
+//! after reconnecting.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -20,6 +23,7 @@ use outpost_proto::messages::{
     AgentFrame, ApplianceFrame, CloseReason, Heartbeat, Hello, MetricValue, MetricsSample, Record,
     RecordBody,
 };
+use outpost_proto::session::pressure::AckClock;
 use outpost_proto::{APPLIANCE_SERVER_NAME, DEFAULT_MAX_FRAME_BYTES, SESSION_PROTOCOL_VERSION};
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +62,8 @@ pub struct RunStats {
     pub acked: AtomicU64,
     pub connected: AtomicU64,
     pub sessions: AtomicU64,
+    /// `Pressure` frames received (the appliance said it was slow).
+    pub pressure: AtomicU64,
     pub errors: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// Ack latency in microseconds, sharded to avoid contention.
     pub latency: Vec<std::sync::Mutex<Histogram<u64>>>,
@@ -70,6 +76,7 @@ impl RunStats {
             acked: AtomicU64::new(0),
             connected: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
+            pressure: AtomicU64::new(0),
             errors: Default::default(),
             latency: (0..shards.max(1))
                 .map(|_| {
@@ -202,6 +209,9 @@ fn closed_error(conn: &quinn::Connection) -> anyhow::Error {
 
 /// Silence with records in flight after which a simulated agent reconnects.
 const SIM_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest an appliance's `Pressure` frames make it wait instead (the
+/// real agent's `ack_timeout_max`, shortened like its `ack_timeout`).
+const SIM_ACK_TIMEOUT_MAX: Duration = Duration::from_secs(60);
 
 /// Longest generation tick in rate mode: the records due within it leave as
 /// one frame, as a real agent's sender drains whatever its buffer holds.
@@ -315,7 +325,18 @@ pub async fn run_agent(
     };
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        match session(&endpoint, &cfg, &opts, &stats, shard, &mut pending, &ctl).await {
+        match session(
+            &endpoint,
+            &cfg,
+            &opts,
+            &stats,
+            shard,
+            &mut pending,
+            &ctl,
+            &mut backoff,
+        )
+        .await
+        {
             Ok(()) => return outcome(&pending),
             Err(e) => {
                 let msg = e.to_string();
@@ -334,6 +355,7 @@ pub async fn run_agent(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn session(
     endpoint: &quinn::Endpoint,
     cfg: &quinn::ClientConfig,
@@ -342,6 +364,7 @@ async fn session(
     shard: usize,
     pending: &mut Pending,
     ctl: &Control,
+    backoff: &mut Backoff,
 ) -> anyhow::Result<()> {
     let (stop, drain) = (&ctl.stop, ctl.drain);
     let permit = ctl
@@ -403,6 +426,8 @@ async fn session(
     pending.next_seq = pending.next_seq.max(w.last_stored_seq + 1);
     pending.unsent = 0;
     drop(permit);
+    // Like the real agent: a session resets the reconnect back-off.
+    backoff.reset();
     stats.sessions.fetch_add(1, Ordering::Relaxed);
     if !pending.announced {
         pending.announced = true;
@@ -435,8 +460,16 @@ async fn session(
         i
     });
     let mut drain_deadline: Option<tokio::time::Instant> = None;
-    // Same liveness rule as the real agent (its ack_timeout, shortened).
-    let mut last_rx = Instant::now();
+    // Same liveness rule as the real agent (its ack clock, with shorter
+    // timeouts): silence ends the session, Pressure frames extend patience.
+    let t0 = Instant::now();
+    let ms = move || t0.elapsed().as_millis() as u64;
+    let mut ack_clock = AckClock::new(
+        SIM_ACK_TIMEOUT.as_millis() as u64,
+        SIM_ACK_TIMEOUT_MAX.as_millis() as u64,
+        ms(),
+    );
+    let pressure_allowed = w.protocol_version >= 3;
     let mut watchdog = tokio::time::interval(Duration::from_secs(1));
     loop {
         // Keep the window full (max-rate mode) and send what is unsent.
@@ -447,7 +480,7 @@ async fn session(
         }
         while pending.unsent < pending.queue.len() {
             if pending.unsent == 0 {
-                last_rx = Instant::now();
+                ack_clock.started_waiting(ms());
             }
             let end = (pending.unsent + opts.batch).min(pending.queue.len());
             let now = Instant::now();
@@ -492,13 +525,13 @@ async fn session(
                 }
             }
             _ = watchdog.tick() => {
-                if pending.unsent > 0 && last_rx.elapsed() > SIM_ACK_TIMEOUT {
+                if pending.unsent > 0 && ack_clock.expired(ms()) {
                     conn.close(0u32.into(), b"ack timeout");
                     return Err(anyhow!("closed: ack timeout"));
                 }
             }
             r = reader.fill(&mut recv) => {
-                last_rx = Instant::now();
+                ack_clock.heard(ms());
                 match r {
                     Ok(true) => {}
                     Ok(false) => return Err(closed_error(&conn)),
@@ -509,6 +542,10 @@ async fn session(
                         Ok(Some(ApplianceFrame::Ack(a))) => {
                             let n = pending.ack(a.up_to_seq, stats, shard);
                             stats.acked.fetch_add(n, Ordering::Relaxed);
+                        }
+                        Ok(Some(ApplianceFrame::Pressure(p))) if pressure_allowed => {
+                            stats.pressure.fetch_add(1, Ordering::Relaxed);
+                            ack_clock.pressure(u64::from(p.ack_timeout_hint_ms), ms());
                         }
                         Ok(Some(ApplianceFrame::Close(c))) => return Err(anyhow!("closed: {}", c.reason.label())),
                         Ok(Some(other)) => return Err(anyhow!("protocol: unexpected {other:?}")),

@@ -89,6 +89,23 @@ mod tests {
     }
 
     #[test]
+    fn a_fleet_cut_off_at_once_spreads_its_reconnects() {
+        // 1,000 agents lose the appliance at the same instant: their first
+        // delays spread over the whole first ceiling instead of coinciding.
+        let ceiling = Duration::from_millis(500);
+        let mut buckets = [0u32; 10];
+        for _ in 0..1000 {
+            let mut b = Backoff::new(ceiling, Duration::from_secs(30));
+            let d = b.next_delay();
+            assert!(d <= ceiling);
+            let i = (d.as_millis() as usize * 10 / 500).min(9);
+            buckets[i] += 1;
+        }
+        // About 100 per 50 ms slice; none holds a fifth of the fleet.
+        assert!(buckets.iter().all(|n| *n < 200), "{buckets:?}");
+    }
+
+    #[test]
     fn heartbeat_jitter_is_ten_percent() {
         let i = Duration::from_secs(30);
         assert_eq!(jittered(i, 0.1, 0.0), Duration::from_secs(27));

@@ -34,10 +34,11 @@ pub use ids::{CommandId, CustomerId, DeviceId, ParseIdError, SiteId, TenantId, T
 pub const PROTOCOL_VERSION: u16 = 1;
 
 /// Highest session protocol this build speaks: 2 adds the command and file
-/// flows to the records of 1 (see [`session`]). An agent offers it in
-/// `Hello`; the appliance answers in `Welcome` with the highest version
-/// both speak.
-pub const SESSION_PROTOCOL_VERSION: u16 = 2;
+/// flows to the records of 1, 3 adds the appliance's back-pressure frame
+/// (`Pressure`, see [`session::pressure`]) (see [`session`]). An agent
+/// offers it in `Hello`; the appliance answers in `Welcome` with the
+/// highest version both speak.
+pub const SESSION_PROTOCOL_VERSION: u16 = 3;
 
 /// Lowest session protocol an appliance accepts: agents of protocol 1 keep
 /// streaming records (they get no commands). Below it, the appliance

@@ -56,6 +56,23 @@ pub enum ApplianceFrame {
     Command(CommandDown),
     /// On the file flow: chunks of pushed files, acknowledgements of pulled ones.
     File(FileFrame),
+    // ---- session protocol 3 (see `crate::session::pressure`) ----
+    /// On the session stream: the appliance holds this session's records
+    /// and is slow to make them durable; the agent keeps the connection and
+    /// waits longer for the ack instead of reconnecting. Only to agents
+    /// that were welcomed with protocol 3 or later.
+    Pressure(Pressure),
+}
+
+/// Back-pressure from the appliance (session protocol 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pressure {
+    /// How long the session's oldest unacknowledged record has waited in
+    /// the appliance's queue.
+    pub queue_delay_ms: u32,
+    /// How long the agent should wait for an acknowledgement before it
+    /// gives the connection up (it clamps this to its own bounds).
+    pub ack_timeout_hint_ms: u32,
 }
 
 /// Opening message of a session.

@@ -3,6 +3,7 @@
 //!
 //! One test binary (RocksDB links once); one module per area.
 
+mod admission;
 mod alerts;
 mod bench_smoke;
 mod browser;

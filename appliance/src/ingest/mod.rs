@@ -1,8 +1,10 @@
-//! Agent-facing QUIC service: the accept loop ([`server`]), enrollment
+//! Agent-facing QUIC service: the accept loop ([`server`]) and its
+//! handshake admission ([`admission`]), enrollment
 //! ([`enroll`]), device sessions ([`session`]), the registry of open
 //! sessions ([`live`]), the seam to remote management ([`remote`]) and the
 //! group-commit writer thread ([`writer`]).
 
+pub mod admission;
 pub mod enroll;
 pub mod live;
 pub mod remote;

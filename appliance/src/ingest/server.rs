@@ -1,4 +1,5 @@
-//! The QUIC listener: accepts connections up to a bound, completes the TLS
+//! The QUIC listener: accepts connections up to a bound, admits new
+//! handshakes at a bounded rate ([`super::admission`]), completes the TLS
 //! handshake, and dispatches by ALPN to enrollment or session handlers.
 
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
 use super::IngestCtx;
+use super::admission::{Admission, Admitted};
 use crate::metrics::labels::KindLabel;
 use crate::net::udp_drops::socket_inode;
 
@@ -96,10 +98,12 @@ fn udp_socket(addr: SocketAddr, buffer_bytes: usize) -> anyhow::Result<std::net:
     Ok(socket.into())
 }
 
-/// Accepts connections until shutdown. Handlers are tracked by `tracker`.
+/// Accepts connections until shutdown. Handlers are tracked by `tracker`;
+/// each attempt goes through [`handle_incoming`].
 pub async fn accept_loop(
     endpoint: quinn::Endpoint,
     ctx: Arc<IngestCtx>,
+    admission: Arc<Admission>,
     max_connections: usize,
     tracker: TaskTracker,
 ) {
@@ -111,54 +115,73 @@ pub async fn accept_loop(
             _ = ctx.shutdown.cancelled() => break,
         };
         let Some(incoming) = incoming else { break };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            ctx.metrics.reject("too_many_connections");
-            incoming.refuse();
-            continue;
-        };
-        let ctx = ctx.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
-            let conn = match incoming.await {
-                Ok(c) => c,
-                Err(e) => {
-                    // Includes client certificates from a foreign CA.
-                    ctx.metrics.reject("handshake_failed");
-                    debug!(error = %e, "QUIC handshake failed");
-                    return;
-                }
-            };
-            ctx.metrics.connections_active.inc();
-            let alpn = conn
-                .handshake_data()
-                .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-                .and_then(|h| h.protocol);
-            match alpn.as_deref() {
-                Some(p) if p == ALPN_SESSION => {
-                    ctx.metrics
-                        .connections
-                        .get_or_create(&KindLabel {
-                            kind: "session".into(),
-                        })
-                        .inc();
-                    super::session::serve(conn, ctx.clone()).await;
-                }
-                Some(p) if p == ALPN_ENROLL => {
-                    ctx.metrics
-                        .connections
-                        .get_or_create(&KindLabel {
-                            kind: "enroll".into(),
-                        })
-                        .inc();
-                    super::enroll::serve(conn, ctx.clone()).await;
-                }
-                _ => {
-                    ctx.metrics.reject("unknown_alpn");
-                    conn.close(0u32.into(), b"unknown protocol");
-                }
-            }
-            ctx.metrics.connections_active.dec();
-        });
+        handle_incoming(incoming, &admission, &ctx, &limit, &tracker);
     }
     info!("QUIC listener stopped accepting");
+}
+
+/// One connection attempt: the connection bound, then admission (accepted,
+/// retried or refused: [`Admission::admit`]); an accepted attempt gets a
+/// task that completes the handshake (holding its handshake permit until
+/// then) and dispatches by ALPN.
+pub fn handle_incoming(
+    incoming: quinn::Incoming,
+    admission: &Admission,
+    ctx: &Arc<IngestCtx>,
+    limit: &Arc<Semaphore>,
+    tracker: &TaskTracker,
+) {
+    let Ok(permit) = limit.clone().try_acquire_owned() else {
+        ctx.metrics.reject("too_many_connections");
+        ctx.metrics.admission.outcome("refused");
+        incoming.refuse();
+        return;
+    };
+    let Admitted::Handshake(connecting, handshake) = admission.admit(incoming) else {
+        return;
+    };
+    let ctx = ctx.clone();
+    tracker.spawn(async move {
+        let _permit = permit;
+        let conn = match connecting.await {
+            Ok(c) => c,
+            Err(e) => {
+                // Includes client certificates from a foreign CA.
+                ctx.metrics.reject("handshake_failed");
+                debug!(error = %e, "QUIC handshake failed");
+                return;
+            }
+        };
+        drop(handshake);
+        ctx.metrics.connections_active.inc();
+        let alpn = conn
+            .handshake_data()
+            .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|h| h.protocol);
+        match alpn.as_deref() {
+            Some(p) if p == ALPN_SESSION => {
+                ctx.metrics
+                    .connections
+                    .get_or_create(&KindLabel {
+                        kind: "session".into(),
+                    })
+                    .inc();
+                super::session::serve(conn, ctx.clone()).await;
+            }
+            Some(p) if p == ALPN_ENROLL => {
+                ctx.metrics
+                    .connections
+                    .get_or_create(&KindLabel {
+                        kind: "enroll".into(),
+                    })
+                    .inc();
+                super::enroll::serve(conn, ctx.clone()).await;
+            }
+            _ => {
+                ctx.metrics.reject("unknown_alpn");
+                conn.close(0u32.into(), b"unknown protocol");
+            }
+        }
+        ctx.metrics.connections_active.dec();
+    });
 }

@@ -359,6 +359,8 @@ async fn serve_flows(
     loop {
         let [read0, read1] = &mut reads;
         let [write0, write1] = &mut writes;
+        // Protocol 3: when a Pressure frame may be due (records waiting).
+        let pressure_at = s.poll_timeout();
         tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => {
@@ -381,6 +383,11 @@ async fn serve_flows(
                     AckState::Acked(n) => ack(&mut s, n, ctx),
                     AckState::Failed(msg) => return Err((CloseReason::Internal, msg)),
                 }
+            }
+            _ = tokio::time::sleep_until(clock.at(pressure_at.unwrap_or(0))), if pressure_at.is_some() => {
+                let before = s.pressure_frames_sent();
+                s.handle_timeout(clock.now());
+                m.admission.pressure_frames.inc_by(s.pressure_frames_sent() - before);
             }
             (max, r) = submitted(&mut submitting) => {
                 submitting = None;

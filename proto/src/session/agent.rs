@@ -21,6 +21,7 @@ use std::collections::VecDeque;
 use bytes::BytesMut;
 
 use super::flow::ByteWindow;
+use super::pressure::AckClock;
 use super::{
     CHUNK_OVERHEAD_BYTES, FILE_WINDOW_BYTES, MAX_CHUNK_BYTES, MIN_FRAME_BYTES, OUTPUT_WINDOW_BYTES,
     Outbox, SendError, Transmit,
@@ -49,6 +50,9 @@ pub struct AgentConfig {
     /// With records in flight, silence from the appliance this long ends
     /// the session (the connection is dead; reconnecting beats waiting).
     pub ack_timeout_ms: u64,
+    /// The longest an appliance's `Pressure` frame (protocol 3) may extend
+    /// the ack timeout to: a slow appliance is waited for, up to this.
+    pub max_ack_timeout_ms: u64,
     /// How long the appliance has to answer Hello.
     pub welcome_timeout_ms: u64,
 }
@@ -63,6 +67,7 @@ impl AgentConfig {
             metrics_interval_ms: 60_000,
             max_in_flight_records: 4096,
             ack_timeout_ms: 10_000,
+            max_ack_timeout_ms: 120_000,
             welcome_timeout_ms: 15_000,
         }
     }
@@ -88,6 +93,14 @@ pub enum AgentEvent {
     /// This record alone exceeds the appliance's frame limit and can never
     /// be delivered: drop it from the buffer and count it.
     RecordUndeliverable { seq: u64, len: usize, max: usize },
+    /// The appliance is slow (protocol 3): its oldest record of this
+    /// session has waited `queue_delay_ms`; the session now waits up to
+    /// `patience_ms` for an ack instead of reconnecting. For logs and
+    /// status; the machine already applied it.
+    Pressure {
+        queue_delay_ms: u64,
+        patience_ms: u64,
+    },
     /// A command (new, or delivered again). Record its id durably, then call
     /// [`AgentSession::ack_command`]; run it only if the id was new. For a
     /// known id, send its stored result again if it has one.
@@ -146,8 +159,9 @@ pub struct AgentSession {
     cursor: u64,
     /// Highest sequence number sent.
     sent_up_to: u64,
-    /// When the appliance was last heard (the ack clock).
-    last_rx_ms: u64,
+    /// When the appliance was last heard and how patient to be (the ack
+    /// clock; `Pressure` frames extend it).
+    ack_clock: AckClock,
     /// Output sent and not acknowledged, per command.
     output: ByteWindow<CommandId>,
     /// Pulled-file bytes sent and not acknowledged, per transfer.
@@ -216,6 +230,7 @@ impl AgentSession {
             metrics_interval_ms: cfg.metrics_interval_ms,
         });
         let mut ended = None;
+        let ack_clock = AckClock::new(cfg.ack_timeout_ms, cfg.max_ack_timeout_ms, now);
         if let Err(e) = outbox.push(Flow::Records, &hello, DEFAULT_MAX_FRAME_BYTES) {
             ended = Some(Ended::Failed(format!("encoding Hello: {e}")));
         }
@@ -235,7 +250,7 @@ impl AgentSession {
             acked: 0,
             cursor: 0,
             sent_up_to: 0,
-            last_rx_ms: now,
+            ack_clock,
             output: ByteWindow::new(OUTPUT_WINDOW_BYTES),
             files_up: ByteWindow::new(FILE_WINDOW_BYTES),
             files_down: ByteWindow::new(FILE_WINDOW_BYTES),
@@ -301,7 +316,7 @@ impl AgentSession {
         if self.ended.is_some() {
             return;
         }
-        self.last_rx_ms = now;
+        self.ack_clock.heard(now);
         match (self.state, frame) {
             (_, ApplianceFrame::Close(c)) => self.end(Ended::Closed(c)),
             (State::AwaitingWelcome { .. }, ApplianceFrame::Welcome(w))
@@ -352,6 +367,16 @@ impl AgentSession {
                     self.events
                         .push_back(AgentEvent::RecordsAcked { up_to: a.up_to_seq });
                 }
+            }
+            (State::Established { version }, ApplianceFrame::Pressure(p))
+                if flow == Flow::Records && version >= 3 =>
+            {
+                self.ack_clock
+                    .pressure(u64::from(p.ack_timeout_hint_ms), now);
+                self.events.push_back(AgentEvent::Pressure {
+                    queue_delay_ms: u64::from(p.queue_delay_ms),
+                    patience_ms: self.ack_clock.deadline().saturating_sub(now),
+                });
             }
             (State::Established { version }, ApplianceFrame::Command(c))
                 if flow == Flow::Commands && version >= 2 =>
@@ -434,7 +459,7 @@ impl AgentSession {
         match self.state {
             State::AwaitingWelcome { deadline_ms } => Some(deadline_ms),
             State::Established { .. } if self.sent_up_to > self.acked => {
-                Some(self.last_rx_ms.saturating_add(self.cfg.ack_timeout_ms))
+                Some(self.ack_clock.deadline())
             }
             _ => None,
         }
@@ -447,14 +472,14 @@ impl AgentSession {
                 "no Welcome within {:?}",
                 std::time::Duration::from_millis(self.cfg.welcome_timeout_ms)
             )),
-            State::Established { .. } if self.sent_up_to > self.acked => {
-                let silent_ms = now.saturating_sub(self.last_rx_ms);
-                if silent_ms >= self.cfg.ack_timeout_ms {
-                    self.fail(format!(
-                        "no acknowledgement for {:.1}s with records in flight; reconnecting",
-                        silent_ms as f64 / 1000.0
-                    ));
-                }
+            State::Established { .. }
+                if self.sent_up_to > self.acked && self.ack_clock.expired(now) =>
+            {
+                let silent_ms = self.ack_clock.silent_ms(now);
+                self.fail(format!(
+                    "no acknowledgement for {:.1}s with records in flight; reconnecting",
+                    silent_ms as f64 / 1000.0
+                ));
             }
             _ => {}
         }
@@ -484,7 +509,7 @@ impl AgentSession {
             Ok(Some(EncodedRecords::Frame { last_seq, .. })) => {
                 if self.sent_up_to <= self.acked {
                     // Nothing was in flight: the ack clock starts now.
-                    self.last_rx_ms = now;
+                    self.ack_clock.started_waiting(now);
                 }
                 self.sent_up_to = self.sent_up_to.max(last_seq);
                 self.cursor = last_seq.saturating_add(1);
@@ -676,5 +701,6 @@ pub(crate) fn frame_kind(f: &ApplianceFrame) -> &'static str {
         ApplianceFrame::Close(_) => "Close",
         ApplianceFrame::Command(_) => "Command",
         ApplianceFrame::File(_) => "File",
+        ApplianceFrame::Pressure(_) => "Pressure",
     }
 }

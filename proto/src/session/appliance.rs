@@ -22,6 +22,7 @@ use std::collections::{HashSet, VecDeque};
 use bytes::BytesMut;
 
 use super::flow::ByteWindow;
+use super::pressure::StallWatch;
 use super::{
     COMMAND_WINDOW, FILE_WINDOW_BYTES, MAX_CHUNK_BYTES, OUTPUT_WINDOW_BYTES, Outbox, SendError,
     Transmit, flow_index,
@@ -30,7 +31,7 @@ use crate::frame::{FrameError, write_frame};
 use crate::ids::{CommandId, TransferId};
 use crate::messages::{
     Ack, AgentFrame, ApplianceFrame, CloseReason, Command, CommandDown, CommandOutput,
-    CommandResult, CommandUp, FileChunk, FileFrame, Flow, Hello, Record, Welcome,
+    CommandResult, CommandUp, FileChunk, FileFrame, Flow, Hello, Pressure, Record, Welcome,
 };
 use crate::{
     DEFAULT_MAX_FRAME_BYTES, DeviceId, MIN_SESSION_PROTOCOL_VERSION, SESSION_PROTOCOL_VERSION,
@@ -134,6 +135,9 @@ pub struct ApplianceSession {
     files_up: ByteWindow<TransferId>,
     /// Pushed-file bytes sent and not acknowledged by the agent.
     files_down: ByteWindow<TransferId>,
+    /// When records wait too long for durability: `Pressure` frames to
+    /// agents of protocol 3 (from the Welcome on).
+    stall: Option<StallWatch>,
 }
 
 impl ApplianceSession {
@@ -156,6 +160,7 @@ impl ApplianceSession {
             output: ByteWindow::new(OUTPUT_WINDOW_BYTES),
             files_up: ByteWindow::new(FILE_WINDOW_BYTES),
             files_down: ByteWindow::new(FILE_WINDOW_BYTES),
+            stall: None,
         }
     }
 
@@ -246,7 +251,7 @@ impl ApplianceSession {
     }
 
     /// A frame from the agent on `flow`'s stream.
-    pub fn handle_frame(&mut self, flow: Flow, frame: AgentFrame, _now: u64) {
+    pub fn handle_frame(&mut self, flow: Flow, frame: AgentFrame, now: u64) {
         match (self.state, frame) {
             (State::Closed, _) => {}
             (State::AwaitingHello { .. }, AgentFrame::Hello(h)) if flow == Flow::Records => {
@@ -269,6 +274,9 @@ impl ApplianceSession {
             (_, AgentFrame::Records(rs)) if flow == Flow::Records => {
                 if let Some(max) = rs.iter().map(|r| r.seq).max() {
                     self.received = self.received.max(max);
+                    if let Some(w) = &mut self.stall {
+                        w.received(max, now);
+                    }
                 }
                 match self.events.back_mut() {
                     Some(ApplianceEvent::Records(v)) => v.extend(rs),
@@ -340,22 +348,45 @@ impl ApplianceSession {
         self.close(reason, err.to_string());
     }
 
+    /// When [`ApplianceSession::handle_timeout`] is due next: the Hello
+    /// deadline, then (protocol 3) when a `Pressure` frame may be due.
     pub fn poll_timeout(&self) -> Option<u64> {
         match self.state {
             State::AwaitingHello { deadline_ms } => Some(deadline_ms),
+            State::Established { .. } => self.stall.as_ref().and_then(StallWatch::next_check),
             _ => None,
         }
     }
 
     pub fn handle_timeout(&mut self, now: u64) {
-        if let State::AwaitingHello { deadline_ms } = self.state
-            && now >= deadline_ms
-        {
-            self.violation("no Hello received".into());
+        match self.state {
+            State::AwaitingHello { deadline_ms } if now >= deadline_ms => {
+                self.violation("no Hello received".into());
+            }
+            State::Established { .. } => {
+                let Some(due) = self.stall.as_mut().and_then(|w| w.poll(now)) else {
+                    return;
+                };
+                let pressure = ApplianceFrame::Pressure(Pressure {
+                    queue_delay_ms: due.stalled_ms.min(u64::from(u32::MAX)) as u32,
+                    ack_timeout_hint_ms: due.ack_timeout_hint_ms.min(u64::from(u32::MAX)) as u32,
+                });
+                // A few bytes: fits every limit.
+                let _ = self
+                    .outbox
+                    .push(Flow::Records, &pressure, DEFAULT_MAX_FRAME_BYTES);
+            }
+            _ => {}
         }
     }
 
+    /// `Pressure` frames sent on this session (protocol 3).
+    pub fn pressure_frames_sent(&self) -> u64 {
+        self.stall.as_ref().map_or(0, StallWatch::frames_due)
+    }
+
     /// Answers Hello: everything up to `last_stored_seq` is stored already.
+    /// (The stall clock of protocol 3 starts at the first records.)
     pub fn accept(&mut self, last_stored_seq: u64) {
         let State::AwaitingAccept { version } = self.state else {
             return;
@@ -374,6 +405,9 @@ impl ApplianceSession {
         }
         self.acked = last_stored_seq;
         self.state = State::Established { version };
+        if version >= 3 {
+            self.stall = Some(StallWatch::new(last_stored_seq, 0));
+        }
     }
 
     /// Records up to `up_to` are durable: a cumulative ack (if it moved).
@@ -382,6 +416,9 @@ impl ApplianceSession {
             return;
         }
         self.acked = up_to;
+        if let Some(w) = &mut self.stall {
+            w.acked(up_to);
+        }
         let ack = ApplianceFrame::Ack(Ack { up_to_seq: up_to });
         // An Ack is a few bytes: it fits every limit.
         let _ = self

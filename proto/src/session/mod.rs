@@ -33,7 +33,11 @@
 //! # Versions
 //!
 //! Protocol 1 is the records flow alone. Protocol 2 adds the command and
-//! file flows. An agent offers its highest version in `Hello`; the
+//! file flows. Protocol 3 adds back-pressure: an appliance slow to make a
+//! session's records durable says so with a `Pressure` frame on the
+//! session stream, and the agent waits longer for its ack instead of
+//! reconnecting ([`pressure`]); the frame is never sent to an agent
+//! welcomed with protocol 2 or 1, which would not know it. An agent offers its highest version in `Hello`; the
 //! appliance answers in `Welcome` with the version both speak
 //! (`min(offered, SESSION_PROTOCOL_VERSION)`), refusing with
 //! `UnsupportedVersion` only below [`crate::MIN_SESSION_PROTOCOL_VERSION`].
@@ -57,6 +61,7 @@ pub mod appliance;
 pub mod flow;
 #[cfg(test)]
 mod model;
+pub mod pressure;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]

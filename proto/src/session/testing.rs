@@ -61,7 +61,7 @@ pub struct Pair {
 /// A device id for tests.
 pub const TEST_DEVICE: DeviceId = DeviceId(0x00d0_0d00_0000_0001);
 
-/// An agent configuration for tests (protocol 2, small windows).
+/// An agent configuration for tests (the newest protocol, small windows).
 pub fn agent_config() -> AgentConfig {
     AgentConfig {
         max_in_flight_records: 64,
@@ -528,7 +528,9 @@ impl AgentHost for MemAgent {
                     let _ = s.ack_file(chunk.transfer, f.bytes.len() as u64);
                 }
             }
-            AgentEvent::FileAcked { .. } | AgentEvent::FileAborted { .. } => {}
+            AgentEvent::FileAcked { .. }
+            | AgentEvent::FileAborted { .. }
+            | AgentEvent::Pressure { .. } => {}
         }
     }
 

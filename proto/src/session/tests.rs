@@ -676,7 +676,7 @@ fn hello_below_the_lowest_version_is_refused_as_unsupported() {
     s.handle_frame(Flow::Records, hello(MIN_SESSION_PROTOCOL_VERSION - 1), 0);
     let (r, m) = closed(&s);
     assert_eq!(r, CloseReason::UnsupportedVersion);
-    assert_eq!(m, "agent speaks protocol 0, this appliance speaks 1 to 2");
+    assert_eq!(m, "agent speaks protocol 0, this appliance speaks 1 to 3");
 }
 
 #[test]
@@ -1355,4 +1355,177 @@ fn a_duplicated_welcome_ends_the_session_and_the_next_one_recovers() {
     p.reconnect();
     p.run(&mut a, &mut b);
     assert_eq!(a.acked, 1);
+}
+
+// ------------------------------------------------- back-pressure (protocol 3)
+
+fn pressure(hint_ms: u32) -> ApplianceFrame {
+    ApplianceFrame::Pressure(Pressure {
+        queue_delay_ms: 1_000,
+        ack_timeout_hint_ms: hint_ms,
+    })
+}
+
+fn pressure_frames(out: &[(Flow, ApplianceFrame)]) -> Vec<Pressure> {
+    out.iter()
+        .filter_map(|(flow, f)| match f {
+            ApplianceFrame::Pressure(p) => {
+                assert_eq!(*flow, Flow::Records, "Pressure goes on the session stream");
+                Some(*p)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_slow_but_alive_appliance_keeps_a_protocol_3_agent_connected() {
+    let mut a = established_agent(3, 0);
+    a.send_records(vec![heartbeat(1)], 0);
+    // The appliance says it is slow every second for two minutes; no ack.
+    for t in (1_000..120_000).step_by(1_000) {
+        a.handle_frame(Flow::Records, pressure(20_000), t);
+        a.handle_timeout(t);
+        assert!(a.ended().is_none(), "reconnected at {t} ms");
+    }
+    let evs = agent_events(&mut a);
+    assert!(
+        evs.iter().all(|e| matches!(
+            e,
+            AgentEvent::Pressure {
+                queue_delay_ms: 1_000,
+                patience_ms: 20_000
+            }
+        )),
+        "{evs:?}"
+    );
+    a.handle_frame(
+        Flow::Records,
+        ApplianceFrame::Ack(Ack { up_to_seq: 1 }),
+        121_000,
+    );
+    assert_eq!(a.acked(), 1);
+    assert!(a.ended().is_none());
+}
+
+#[test]
+fn a_silent_appliance_is_given_up_after_the_ack_timeout_even_after_pressure() {
+    let mut a = established_agent(3, 0);
+    a.send_records(vec![heartbeat(1)], 0);
+    // Plain silence: the base timeout (10 s).
+    assert_eq!(a.poll_timeout(), Some(10_000));
+    // A Pressure frame at 2 s asking for 30 s: patience until 32 s.
+    a.handle_frame(Flow::Records, pressure(30_000), 2_000);
+    assert_eq!(a.poll_timeout(), Some(32_000));
+    a.handle_timeout(31_999);
+    assert!(a.ended().is_none());
+    // Then nothing at all: the appliance is gone.
+    a.handle_timeout(32_000);
+    assert!(
+        failed(&a).starts_with("no acknowledgement for 30.0s"),
+        "{}",
+        failed(&a)
+    );
+}
+
+#[test]
+fn a_pressure_hint_is_clamped_to_the_agents_maximum() {
+    let mut a = established_agent(3, 0);
+    a.send_records(vec![heartbeat(1)], 0);
+    a.handle_frame(Flow::Records, pressure(u32::MAX), 0);
+    assert_eq!(a.poll_timeout(), Some(agent_config().max_ack_timeout_ms));
+}
+
+#[test]
+fn pressure_to_an_agent_welcomed_with_protocol_2_is_a_violation() {
+    let mut a = established_agent(2, 0);
+    a.handle_frame(Flow::Records, pressure(20_000), 0);
+    assert!(failed(&a).contains("Pressure"), "{}", failed(&a));
+}
+
+#[test]
+fn pressure_on_another_stream_is_a_violation() {
+    let mut a = established_agent(3, 0);
+    a.handle_frame(Flow::Commands, pressure(20_000), 0);
+    assert!(failed(&a).contains("Pressure"), "{}", failed(&a));
+}
+
+#[test]
+fn an_agent_offering_3_works_with_an_appliance_that_answers_2() {
+    let mut a = AgentSession::new(agent_config(), 0);
+    agent_out(&mut a);
+    a.handle_frame(Flow::Records, welcome(2, 0, 1 << 20), 0);
+    assert_eq!(a.protocol_version(), Some(2));
+    assert!(a.has_remote_flows());
+    // Protocol 2's rule: silence of ack_timeout ends the session.
+    a.send_records(vec![heartbeat(1)], 0);
+    assert_eq!(a.poll_timeout(), Some(10_000));
+}
+
+#[test]
+fn a_protocol_3_appliance_tells_a_stalled_session_it_is_slow() {
+    let mut s = established_appliance(3, &[]);
+    assert_eq!(s.poll_timeout(), None, "nothing waits");
+    s.handle_frame(
+        Flow::Records,
+        AgentFrame::Records(vec![heartbeat(1), heartbeat(2)]),
+        5_000,
+    );
+    appliance_events(&mut s);
+    assert_eq!(s.poll_timeout(), Some(6_000));
+    s.handle_timeout(5_500);
+    assert!(pressure_frames(&appliance_out(&mut s)).is_empty());
+    s.handle_timeout(6_000);
+    let p = pressure_frames(&appliance_out(&mut s));
+    assert_eq!(
+        p,
+        vec![Pressure {
+            queue_delay_ms: 1_000,
+            ack_timeout_hint_ms: 10_000
+        }]
+    );
+    assert_eq!(s.pressure_frames_sent(), 1);
+    // Still stalled a second later: again, with the longer delay.
+    assert_eq!(s.poll_timeout(), Some(7_000));
+    s.handle_timeout(8_000);
+    let p = pressure_frames(&appliance_out(&mut s));
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].queue_delay_ms, 3_000);
+    assert_eq!(p[0].ack_timeout_hint_ms, 12_000);
+    // Durable: an ack, and nothing more to say.
+    s.records_durable(2);
+    let out = appliance_out(&mut s);
+    assert!(matches!(
+        out[..],
+        [(Flow::Records, ApplianceFrame::Ack(Ack { up_to_seq: 2 }))]
+    ));
+    assert_eq!(s.poll_timeout(), None);
+    s.handle_timeout(60_000);
+    assert!(appliance_out(&mut s).is_empty());
+}
+
+#[test]
+fn a_protocol_2_session_never_gets_pressure() {
+    for version in [1, 2] {
+        let mut s = established_appliance(version, &[]);
+        s.handle_frame(Flow::Records, AgentFrame::Records(vec![heartbeat(1)]), 0);
+        appliance_events(&mut s);
+        assert_eq!(s.poll_timeout(), None);
+        s.handle_timeout(600_000);
+        assert!(appliance_out(&mut s).is_empty());
+        assert_eq!(s.pressure_frames_sent(), 0);
+    }
+}
+
+#[test]
+fn a_protocol_2_agent_is_welcomed_with_2_by_a_protocol_3_appliance() {
+    let mut s = ApplianceSession::new(appliance_config(), 0);
+    s.handle_frame(Flow::Records, hello(2), 0);
+    appliance_events(&mut s);
+    s.accept(0);
+    let out = appliance_out(&mut s);
+    let [(Flow::Records, ApplianceFrame::Welcome(w))] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(w.protocol_version, 2);
 }

@@ -1,0 +1,81 @@
+//! Handshake admission with real sockets: a burst of connection attempts
+//! over the appliance's handshake rate is retried and refused (and counted
+//! so at /metrics), the refused agents connect later with their back-off,
+//! and established sessions keep streaming and being acknowledged through
+//! the storm.
+
+use std::time::Duration;
+
+use outpost_bench::spawn::Spawned;
+use outpost_bench::storm::{self, StormRun};
+use outpost_tests::{bin, scratch};
+
+#[test]
+fn a_connection_storm_over_the_rate_is_retried_and_refused_while_established_sessions_stream() {
+    let tmp = scratch("admission-storm");
+    let data = tmp.path().join("appliance");
+    let state = tmp.path().join("fleet");
+    let (agents, churn) = (4usize, 30usize);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Enroll the fleet with the default admission settings...
+    let mut app = Spawned::start(&bin("outpost"), &data, &[]).unwrap();
+    let token = app.token(agents + churn).unwrap();
+    let pin = app.fingerprint().unwrap();
+    rt.block_on(outpost_bench::fleet::load_or_enroll_quiet(
+        &state,
+        app.quic,
+        &token,
+        pin,
+        agents + churn,
+    ))
+    .unwrap();
+    // ...then restart it admitting 10 handshakes/s (5 at once, 4 in flight).
+    app.stop(Duration::from_secs(10)).unwrap();
+    std::fs::write(
+        data.join("outpost.toml"),
+        "[admission]\nmax_handshakes = 4\nhandshake_rate = 10\nhandshake_burst = 5\n",
+    )
+    .unwrap();
+    app.restart().unwrap();
+
+    // 30 agents connect at once (each once), beside 4 streaming ones.
+    let out = rt
+        .block_on(storm::run(
+            &StormRun {
+                agents,
+                churn,
+                rate: 20.0,
+                churn_sessions: 1,
+                duration: Duration::from_secs(10),
+                warmup: Duration::ZERO,
+                state,
+                quiet: true,
+            },
+            &app,
+        ))
+        .unwrap();
+    let line = out.report.line();
+    // The storm was over the rate: retried and refused, and counted.
+    let [accepted, retried, refused] = out.admission.expect("admission counters at /metrics");
+    assert!(retried > 0, "no Retry: {line}");
+    assert!(refused > 0, "no refusal: {line}");
+    assert!(out.churn_failures > 0, "no agent saw a refusal: {line}");
+    assert!(
+        accepted >= (agents + churn) as u64,
+        "{accepted} accepted: {line}"
+    );
+    // The refused agents connected later, with their back-off.
+    assert_eq!(out.churn_connected, churn as u64, "{line}");
+    // The established sessions were neither dropped nor starved.
+    assert_eq!(out.reconnects, 0, "{line}");
+    assert_eq!(out.errors, 0, "{line}");
+    assert!(out.latency_count > 0, "no ack during the storm: {line}");
+    assert_eq!(out.acked, out.sent, "{line}");
+    let metrics = rt.block_on(app.metrics()).unwrap();
+    // Each refusal says which bound it hit.
+    assert!(
+        metrics.contains("outpost_rejects_total{reason=\"handshake_rate\"}")
+            || metrics.contains("outpost_rejects_total{reason=\"handshakes_in_flight\"}"),
+        "{metrics}"
+    );
+}
