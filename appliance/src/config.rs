@@ -115,6 +115,12 @@ pub struct IngestConfig {
     /// but not stored, and counted (`outpost_rejects_total{reason="bad_timestamp"}`).
     #[serde(with = "humantime_serde")]
     pub max_future_skew: Duration,
+    /// Least time between the starts of two group commits unless a batch is
+    /// full: under many small arrivals the writer gathers them this long
+    /// instead of writing and fsyncing each (an idle writer commits at
+    /// once). Adds at most this to an ack's latency; 0 turns it off.
+    #[serde(with = "humantime_serde")]
+    pub commit_window: Duration,
 }
 
 impl IngestConfig {
@@ -347,9 +353,13 @@ impl Default for IngestConfig {
             queue_max_bytes: 128 * 1024 * 1024,
             max_series_per_device: 10_000,
             max_future_skew: Duration::from_secs(24 * 3600),
+            commit_window: DEFAULT_COMMIT_WINDOW,
         }
     }
 }
+
+/// See [`IngestConfig::commit_window`].
+pub const DEFAULT_COMMIT_WINDOW: Duration = Duration::from_millis(1);
 
 impl StorageConfig {
     pub fn retention(&self) -> RetentionPolicy {

@@ -88,8 +88,11 @@ pub struct Metrics {
     pub alert_transitions: Family<KindLabel, Counter>,
     pub alerts_firing: Gauge,
     pub alerts_pending: Gauge,
-    /// Sample batches the alert engine could not take (queue full).
+    /// Sample batches the alert engine's queue could not take (queue full):
+    /// summarized per series and evaluated when it catches up.
     pub alert_inputs_dropped: Counter,
+    /// Metric values of those batches lost because the summary was full too.
+    pub alert_inputs_lost: Counter,
     /// Failed operations of the alert engine, by operation (record_event,
     /// queue_notification, persist, audit, device_lookup, reload_config).
     pub alert_errors: Family<OpLabel, Counter>,
@@ -166,6 +169,7 @@ impl Metrics {
             alerts_firing: Gauge::default(),
             alerts_pending: Gauge::default(),
             alert_inputs_dropped: Counter::default(),
+            alert_inputs_lost: Counter::default(),
             alert_errors: Family::default(),
             notifications: Family::default(),
             quic_udp_receive_drops: Counter::default(),
@@ -328,8 +332,13 @@ impl Metrics {
         );
         r.register(
             "alert_inputs_dropped",
-            "Sample batches dropped because the alert engine queue was full",
+            "Sample batches the alert engine queue could not take (summarized per series, evaluated when it catches up)",
             m.alert_inputs_dropped.clone(),
+        );
+        r.register(
+            "alert_inputs_lost",
+            "Metric values the alert engine never evaluated (queue full and overflow summary full)",
+            m.alert_inputs_lost.clone(),
         );
         r.register(
             "alert_errors",

@@ -106,6 +106,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
             rollup_settle: cfg.ingest.rollup_settle,
             limits: cfg.ingest.limits(),
             faults: None,
+            commit_window: cfg.ingest.commit_window,
         },
         metrics.clone(),
         writer::Sinks {

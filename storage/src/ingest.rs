@@ -1028,6 +1028,34 @@ mod tests {
     }
 
     #[test]
+    fn a_restart_shows_each_devices_last_contact_as_of_its_last_commit() {
+        let (dir, store) = open();
+        let (a, b) = (DeviceId(1), DeviceId(2));
+        let group = |device: DeviceId, seqs: std::ops::RangeInclusive<u64>| IncomingRecords {
+            device,
+            records: seqs.map(|s| hb(s, s)).collect(),
+        };
+        {
+            // The appliance clock is explicit (ms).
+            let mut w = IngestWriter::new(store.clone(), 0).unwrap();
+            w.apply(&[group(a, 1..=3), group(b, 1..=2)], 10_000)
+                .unwrap();
+            w.apply(&[group(a, 4..=4)], 12_500).unwrap();
+            // A replay (nothing new stored) is contact too.
+            w.apply(&[group(b, 1..=2)], 13_000).unwrap();
+            // Several groups of one device in one commit: one state.
+            w.apply(&[group(a, 5..=6), group(a, 7..=9)], 14_000)
+                .unwrap();
+        }
+        drop(store);
+        let store = Store::open(dir.path(), &StoreOptions::default(), crate::TABLES).unwrap();
+        let w = IngestWriter::new(store, 20_000).unwrap();
+        let (sa, sb) = (w.cached(a).unwrap().state, w.cached(b).unwrap().state);
+        assert_eq!((sa.last_seen_ms, sa.last_seq), (14_000, 9));
+        assert_eq!((sb.last_seen_ms, sb.last_seq), (13_000, 2));
+    }
+
+    #[test]
     fn invalid_values_are_rejected_and_counted() {
         let (_d, store) = open();
         let dev = DeviceId(1);

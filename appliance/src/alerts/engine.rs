@@ -20,6 +20,12 @@
 //! once written, to the [`AlertObserver`] if one is set (the console's
 //! live updates): a cheap call on the engine's task, no I/O.
 //!
+//! The writer hands it samples without waiting: a full queue does not
+//! block ingest and loses nothing either; the batches it refuses are
+//! summarized ([`super::overflow`]) and evaluated once everything queued
+//! before them has been (a warning when it starts, a log line when it
+//! catches up, `outpost_alert_inputs_dropped_total` counting the batches).
+//!
 //! It decides nothing itself and writes nothing itself: decisions are the
 //! pure modules' ([`eval`], [`lifecycle`], [`timers`]), writes and
 //! notifications are [`super::apply`]'s. After a restart it loads the open
@@ -28,7 +34,7 @@
 //! from the restart ([`eval::resume`]).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use outpost_proto::DeviceId;
@@ -38,7 +44,7 @@ use outpost_storage::model::{DeviceStatus, StatusTransition};
 use outpost_storage::{Store, now_ms, registry};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use super::apply::{Applier, op};
 use super::builtin::builtin_rules;
@@ -47,6 +53,7 @@ use super::eval::{self, Step};
 use super::lifecycle::{self, OfflineDecision};
 use super::model::*;
 use super::notify::NotifyHandle;
+use super::overflow::{Overflow, Summary};
 use super::store::{self, ConfigKind};
 use super::timers;
 use crate::metrics::Metrics;
@@ -80,8 +87,15 @@ pub type AlertObserver = Arc<dyn Fn(&Alert, Option<AlertState>) + Send + Sync>;
 #[derive(Clone)]
 pub struct EngineHandle {
     samples: mpsc::Sender<SampleBatch>,
+    /// What the queue refused, until the engine catches up (shared with it).
+    overflow: Arc<Mutex<Overflow>>,
     control: mpsc::UnboundedSender<Control>,
     metrics: Arc<Metrics>,
+}
+
+fn lock(o: &Mutex<Overflow>) -> MutexGuard<'_, Overflow> {
+    // The summary is plain data, consistent after any panic of a holder.
+    o.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -91,14 +105,41 @@ impl std::fmt::Debug for EngineHandle {
 }
 
 impl EngineHandle {
-    /// Called by the writer after a commit; never blocks it. A full queue
-    /// drops the batch and counts it.
+    /// Called by the writer after a commit; never blocks it (beyond a
+    /// short lock). A batch the full queue refuses — and every batch after
+    /// it until the engine catches up — is summarized for a later
+    /// evaluation ([`super::overflow`]) and counted.
     pub fn samples(&self, batch: SampleBatch) {
         if batch.is_empty() {
             return;
         }
-        if self.samples.try_send(batch).is_err() {
-            self.metrics.alert_inputs_dropped.inc();
+        let mut o = lock(&self.overflow);
+        let batch = if o.is_active() {
+            batch
+        } else {
+            match self.samples.try_send(batch) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.metrics.alert_inputs_dropped.inc();
+                    debug!("alert engine stopped: samples not evaluated");
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Full(batch)) => {
+                    warn!(
+                        queue = self.samples.max_capacity(),
+                        "alert evaluation is behind ingest: its queue is full; until it catches \
+                         up, samples are summarized per series (first, lowest, highest, last value) \
+                         and evaluated then (outpost_alert_inputs_dropped_total counts the batches)"
+                    );
+                    o.begin(now_ms());
+                    batch
+                }
+            }
+        };
+        self.metrics.alert_inputs_dropped.inc();
+        let lost = o.fold(batch);
+        if lost > 0 {
+            self.metrics.alert_inputs_lost.inc_by(lost);
         }
     }
 
@@ -675,6 +716,56 @@ impl Engine {
     }
 }
 
+/// The engine's end of its inputs.
+pub struct EngineInputs {
+    samples: mpsc::Receiver<SampleBatch>,
+    overflow: Arc<Mutex<Overflow>>,
+    control: mpsc::UnboundedReceiver<Control>,
+}
+
+impl EngineInputs {
+    /// Tells the overflow summary which metrics the rules read.
+    pub fn watch(&self, e: &Engine) {
+        lock(&self.overflow).watch(e.by_metric.keys().cloned().collect());
+    }
+
+    /// The summary of what the queue refused, once every batch queued
+    /// before it has been taken (the summary is newer than all of them).
+    pub fn caught_up(&mut self) -> Option<Summary> {
+        let taken = {
+            let mut o = lock(&self.overflow);
+            if o.is_active() && self.samples.is_empty() {
+                o.take()
+            } else {
+                None
+            }
+        };
+        // Built outside the lock the writer may be waiting on.
+        taken.map(Overflow::into_summary)
+    }
+}
+
+/// The engine's input channels: samples through a queue of `queue`
+/// batches (and the overflow summary beyond it), control messages.
+pub fn channels(queue: usize, metrics: Arc<Metrics>) -> (EngineHandle, EngineInputs) {
+    let (stx, srx) = mpsc::channel(queue.max(1));
+    let (ctx, crx) = mpsc::unbounded_channel();
+    let overflow = Arc::new(Mutex::new(Overflow::default()));
+    (
+        EngineHandle {
+            samples: stx,
+            overflow: overflow.clone(),
+            control: ctx,
+            metrics,
+        },
+        EngineInputs {
+            samples: srx,
+            overflow,
+            control: crx,
+        },
+    )
+}
+
 /// Starts the engine task.
 pub fn spawn(
     engine: Engine,
@@ -682,23 +773,36 @@ pub fn spawn(
     shutdown: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> EngineHandle {
-    let (stx, srx) = mpsc::channel(queue.max(1));
-    let (ctx, crx) = mpsc::unbounded_channel();
-    let handle = EngineHandle {
-        samples: stx,
-        control: ctx,
-        metrics: engine.metrics.clone(),
-    };
-    tracker.spawn(run(engine, srx, crx, shutdown));
+    let (handle, inputs) = channels(queue, engine.metrics.clone());
+    tracker.spawn(run(engine, inputs, shutdown));
     handle
 }
 
-async fn run(
-    mut e: Engine,
-    mut samples: mpsc::Receiver<SampleBatch>,
-    mut control: mpsc::UnboundedReceiver<Control>,
-    shutdown: CancellationToken,
-) {
+impl Engine {
+    /// Evaluates the summary of what the queue refused (see
+    /// [`super::overflow`]), at `now`.
+    pub fn on_summary(&mut self, s: Summary, now: u64) {
+        info!(
+            batches = s.batches,
+            values = s.values,
+            series = s.series,
+            behind_ms = now.saturating_sub(s.since_ms),
+            "alert evaluation caught up with ingest: evaluating the summarized samples"
+        );
+        if s.lost > 0 {
+            warn!(
+                lost = s.lost,
+                "alert evaluation: values of series beyond the summary's bound were not \
+                 evaluated (outpost_alert_inputs_lost_total)"
+            );
+        }
+        self.on_samples(s.batch, now);
+    }
+}
+
+async fn run(mut e: Engine, mut inputs: EngineInputs, shutdown: CancellationToken) {
+    inputs.watch(&e);
+    let mut reloaded = false;
     // Catch up with what happened while the appliance was down.
     e.on_tick(now_ms());
     loop {
@@ -706,12 +810,13 @@ async fn run(
         let wake = tokio::time::Instant::now()
             + Duration::from_millis(e.next_wake(now).saturating_sub(now));
         tokio::select! {
-            Some(batch) = samples.recv() => e.on_samples(batch, now_ms()),
-            Some(c) = control.recv() => match c {
+            Some(batch) = inputs.samples.recv() => e.on_samples(batch, now_ms()),
+            Some(c) = inputs.control.recv() => match c {
                 Control::Status(ts) => e.on_status(ts, now_ms()),
                 Control::Reload => {
                     debug!("alerting configuration reloaded");
                     e.on_reload(now_ms());
+                    reloaded = true;
                 }
                 Control::Ack { id, by, comment, reply } => {
                     if reply.send(e.ack(id, &by, &comment, now_ms())).is_err() {
@@ -721,6 +826,12 @@ async fn run(
             },
             _ = tokio::time::sleep_until(wake) => {}
             _ = shutdown.cancelled() => return,
+        }
+        if std::mem::take(&mut reloaded) {
+            inputs.watch(&e);
+        }
+        if let Some(summary) = inputs.caught_up() {
+            e.on_summary(summary, now_ms());
         }
         e.on_tick(now_ms());
     }

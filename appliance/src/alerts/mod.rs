@@ -21,7 +21,9 @@
 //! * [`store`]: RocksDB persistence.
 //!
 //! This module must not block the ingest writer: the writer hands it
-//! committed samples through a bounded queue (overflow is counted).
+//! committed samples through a bounded queue; what overflows it is
+//! summarized per series and evaluated once the engine catches up
+//! ([`overflow`]), counted and logged.
 
 pub mod apply;
 pub mod builtin;
@@ -30,6 +32,7 @@ pub mod engine;
 pub mod eval;
 pub mod lifecycle;
 pub mod notify;
+pub mod overflow;
 pub mod references;
 pub mod store;
 pub mod timers;
@@ -44,8 +47,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AlertsConfig {
-    /// Sample batches waiting for evaluation; beyond it batches are dropped
-    /// and counted (`outpost_alert_inputs_dropped_total`).
+    /// Sample batches waiting for evaluation; beyond it batches are
+    /// summarized per series and evaluated when the engine catches up, and
+    /// counted (`outpost_alert_inputs_dropped_total`).
     pub eval_queue: usize,
     /// Delivery attempts before a notification becomes a dead letter.
     pub notify_max_attempts: u32,

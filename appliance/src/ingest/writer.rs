@@ -3,7 +3,16 @@
 //!
 //! Each session owns an [`AckSlot`]; after a batch is durable the writer
 //! publishes the new cumulative ack into the slots of the sessions that had
-//! records in it. A failed write publishes an error instead and acks nothing.
+//! records in it, once per session per commit however many of its groups
+//! the commit held ([`acks_per_session`]). A failed write publishes an
+//! error instead and acks nothing.
+//!
+//! Group commits start at least `commit_window` apart unless a batch is
+//! full ([`commit_wait_us`]): under a steady stream of small groups (many
+//! agents each sending a frame every 100 ms) the writer gathers them for up
+//! to the window instead of paying a write and an fsync per arrival, and
+//! each session then gets at most one ack per window. An idle writer
+//! commits the first arrival at once, so a lone record is not delayed.
 //!
 //! The queue is bounded by group count (`queue_groups`) and by the memory
 //! the queued records hold: per session ([`SessionBudget`]) and for all
@@ -330,6 +339,10 @@ pub struct WriterOptions {
     /// Test seam: failure injection into the writer's storage steps
     /// (`None` in production).
     pub faults: Option<Arc<dyn FaultInjector>>,
+    /// Least time between the starts of two group commits unless a batch is
+    /// full (see [`commit_wait_us`]); zero commits whatever is queued as
+    /// soon as the previous commit ends.
+    pub commit_window: Duration,
 }
 
 impl WriterOptions {
@@ -343,8 +356,52 @@ impl WriterOptions {
             rollup_settle: Duration::from_secs(120),
             limits: IngestLimits::DEFAULT,
             faults: None,
+            commit_window: Duration::ZERO,
         }
     }
+}
+
+/// How many more microseconds the writer waits for records before
+/// committing a batch of `records` at `now_us`, when the previous commit
+/// started at `last_commit_us` (`None`: none yet): commits start at least
+/// `window_us` apart, unless the batch already holds `max_records` (or
+/// holds no records: control messages do not wait). 0: commit now.
+pub fn commit_wait_us(
+    window_us: u64,
+    max_records: usize,
+    last_commit_us: Option<u64>,
+    records: usize,
+    now_us: u64,
+) -> u64 {
+    if records == 0 || records >= max_records {
+        return 0;
+    }
+    match last_commit_us {
+        Some(t) => t.saturating_add(window_us).saturating_sub(now_us),
+        None => 0,
+    }
+}
+
+/// The ack to publish to each session after a commit: one per session (the
+/// highest of its groups' acks), in the order the sessions first appear.
+/// `slots[i]` is the session of `acks[i]`.
+pub fn acks_per_session(slots: &[Arc<AckSlot>], acks: &[u64]) -> Vec<(Arc<AckSlot>, u64)> {
+    let mut out: Vec<(Arc<AckSlot>, u64)> = Vec::with_capacity(slots.len());
+    let mut index: std::collections::HashMap<*const AckSlot, usize> =
+        std::collections::HashMap::with_capacity(slots.len());
+    for (slot, ack) in slots.iter().zip(acks) {
+        match index.entry(Arc::as_ptr(slot)) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let n = &mut out[*e.get()].1;
+                *n = (*n).max(*ack);
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(out.len());
+                out.push((slot.clone(), *ack));
+            }
+        }
+    }
+    out
 }
 
 /// Starts the writer thread. It exits when every handle is dropped, after
@@ -434,31 +491,51 @@ fn run(
     let mut reservations: Vec<Reservation> = Vec::new();
     let mut controls: Vec<WriterMsg> = Vec::new();
     publish_counts(&writer, metrics);
+    let window_us = opts.commit_window.as_micros() as u64;
+    let epoch = Instant::now();
+    let clock_us = || epoch.elapsed().as_micros() as u64;
+    let mut last_commit_us: Option<u64> = None;
     while let Some(first) = rx.blocking_recv() {
         // Drain what is queued, up to the batch bound: the batch grows by
-        // itself while the previous write (and its fsync) was in progress.
+        // itself while the previous write (and its fsync) was in progress,
+        // and for the rest of the commit window.
         let mut records = 0usize;
         let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                WriterMsg::Records {
-                    group,
-                    ack,
-                    reservation,
-                } => {
-                    metrics.writer_queue_depth.dec();
-                    records += group.records.len();
-                    groups.push(group);
-                    slots.push(ack);
-                    reservations.push(reservation);
+        loop {
+            while let Some(msg) = next.take() {
+                match msg {
+                    WriterMsg::Records {
+                        group,
+                        ack,
+                        reservation,
+                    } => {
+                        metrics.writer_queue_depth.dec();
+                        records += group.records.len();
+                        groups.push(group);
+                        slots.push(ack);
+                        reservations.push(reservation);
+                    }
+                    other => controls.push(other),
                 }
-                other => controls.push(other),
+                if records >= opts.max_batch_records {
+                    break;
+                }
+                next = rx.try_recv().ok();
             }
-            if records >= opts.max_batch_records {
+            let wait = commit_wait_us(
+                window_us,
+                opts.max_batch_records,
+                last_commit_us,
+                records,
+                clock_us(),
+            );
+            if wait == 0 {
                 break;
             }
+            std::thread::sleep(Duration::from_micros(wait));
             next = rx.try_recv().ok();
         }
+        last_commit_us = Some(clock_us());
         if !groups.is_empty() {
             commit(&mut writer, &mut groups, &mut slots, metrics, sinks);
         }
@@ -494,10 +571,11 @@ fn commit(
             metrics.reject_n("series_cap", out.series_rejected);
             metrics.reject_n("bad_timestamp", out.bad_timestamps);
             outcomes = out.groups.clone();
-            for (slot, g) in slots.iter().zip(out.groups.iter()) {
+            let acks: Vec<u64> = out.groups.iter().map(|g| g.ack_up_to).collect();
+            for (slot, up_to) in acks_per_session(slots, &acks) {
                 slot.send_if_modified(|cur| match cur {
-                    AckState::Acked(n) if *n < g.ack_up_to => {
-                        *n = g.ack_up_to;
+                    AckState::Acked(n) if *n < up_to => {
+                        *n = up_to;
                         true
                     }
                     _ => false,
@@ -801,6 +879,99 @@ mod tests {
         thread.join().unwrap();
         assert_eq!(metrics.writer_queue_bytes.get(), 0, "every budget released");
         assert_eq!(budget_a.available(), group_bytes + group_bytes / 2);
+    }
+
+    #[test]
+    fn an_idle_writer_commits_at_once_and_a_busy_one_waits_out_the_commit_window() {
+        let (w, max) = (1_000, 100);
+        // Nothing committed yet: the first arrival goes at once.
+        assert_eq!(commit_wait_us(w, max, None, 1, 5_000), 0);
+        // Idle for longer than the window: at once (a lone record is not
+        // delayed).
+        assert_eq!(commit_wait_us(w, max, Some(1_000), 1, 2_000), 0);
+        assert_eq!(commit_wait_us(w, max, Some(1_000), 1, 9_000), 0);
+        // The previous commit started 300 µs ago: wait the other 700 µs.
+        assert_eq!(commit_wait_us(w, max, Some(1_000), 10, 1_300), 700);
+        // A full batch, or one holding only control messages, never waits.
+        assert_eq!(commit_wait_us(w, max, Some(1_000), max, 1_300), 0);
+        assert_eq!(commit_wait_us(w, max, Some(1_000), 0, 1_300), 0);
+        // No window: never waits.
+        assert_eq!(commit_wait_us(0, max, Some(1_000), 10, 1_000), 0);
+        // Saturating, whatever the clock says.
+        assert_eq!(
+            commit_wait_us(u64::MAX, max, Some(u64::MAX), 1, 0),
+            u64::MAX
+        );
+    }
+
+    #[test]
+    fn a_session_with_several_groups_in_a_commit_gets_one_ack_with_the_highest() {
+        let (a, _ra) = slot();
+        let (b, _rb) = slot();
+        let slots = [a.clone(), b.clone(), a.clone(), a.clone()];
+        let acks = acks_per_session(&slots, &[64, 30, 128, 192]);
+        assert_eq!(acks.len(), 2);
+        assert!(Arc::ptr_eq(&acks[0].0, &a) && acks[0].1 == 192);
+        assert!(Arc::ptr_eq(&acks[1].0, &b) && acks[1].1 == 30);
+    }
+
+    fn commits(m: &Metrics) -> u64 {
+        let text = m.encode();
+        text.lines()
+            .find_map(|l| l.strip_prefix("outpost_write_batch_records_count "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no batch count in {text}"))
+    }
+
+    #[tokio::test]
+    async fn groups_arriving_within_the_commit_window_share_one_commit_and_are_acked_once_durable()
+    {
+        let (_d, store) = open();
+        let metrics = Arc::new(Metrics::new());
+        let window = Duration::from_millis(400);
+        let opts = WriterOptions {
+            commit_window: window,
+            ..WriterOptions::for_tests()
+        };
+        let (writer, thread) = spawn(store.clone(), opts, metrics.clone(), Sinks::none()).unwrap();
+        let budget = SessionBudget::new(1 << 20);
+        let (a, mut ra) = slot();
+        let (b, mut rb) = slot();
+        // An idle writer commits the first arrival at once.
+        let t0 = Instant::now();
+        writer
+            .submit(heartbeats(1, 1, 5, 1_000), a.clone(), &budget)
+            .await
+            .unwrap();
+        acked(&mut ra, 5).await;
+        assert_eq!(commits(&metrics), 1);
+        // Three more groups right after: they wait out the window and go
+        // in one commit, each session acked once it is durable.
+        writer
+            .submit(heartbeats(1, 6, 5, 1_000), a.clone(), &budget)
+            .await
+            .unwrap();
+        writer
+            .submit(heartbeats(2, 1, 5, 1_000), b.clone(), &budget)
+            .await
+            .unwrap();
+        writer
+            .submit(heartbeats(1, 11, 5, 1_000), a.clone(), &budget)
+            .await
+            .unwrap();
+        acked(&mut ra, 15).await;
+        acked(&mut rb, 5).await;
+        assert!(
+            t0.elapsed() >= window,
+            "the second commit waited out the window"
+        );
+        assert_eq!(commits(&metrics), 2);
+        drop(writer);
+        thread.join().unwrap();
+        // What was acked is stored.
+        let mut w = IngestWriter::new(store, now_ms()).unwrap();
+        assert_eq!(w.last_seq(DeviceId(1)).unwrap(), 15);
+        assert_eq!(w.last_seq(DeviceId(2)).unwrap(), 5);
     }
 
     #[tokio::test]

@@ -710,3 +710,53 @@ fn a_failed_deployment_gate_fires_the_builtin_rule_and_resuming_resolves_it() {
     assert_eq!(rig.sent(), vec![ops(NotifyEvent::Resolved)]);
     assert_eq!(rig.alert("builtin-deploy-gate").label, "dep-1");
 }
+
+fn cpu(value: f64) -> SampleBatch {
+    vec![(
+        DEV,
+        vec![MetricValue {
+            name: "cpu".into(),
+            label: String::new(),
+            value,
+        }],
+    )]
+}
+
+#[test]
+fn a_crossing_in_batches_the_full_queue_refused_is_evaluated_once_the_engine_catches_up() {
+    let mut rig = Rig::new();
+    rig.put(ConfigKind::Rule, "cpu", &cpu_rule("cpu", 0, |_| {}), T);
+    let (handle, mut inputs) = channels(1, rig.metrics.clone());
+    // The queue holds one batch; the next ones overflow, including a
+    // crossing up and back down that no queued batch shows.
+    handle.samples(cpu(10.0));
+    handle.samples(cpu(95.0));
+    handle.samples(cpu(20.0));
+    handle.samples(cpu(30.0));
+    assert_eq!(rig.metrics.alert_inputs_dropped.get(), 3);
+    // Not caught up while older batches wait in the queue.
+    assert!(inputs.caught_up().is_none());
+    let queued = inputs.samples.try_recv().unwrap();
+    rig.engine.on_samples(queued, T + 1_000);
+    assert!(rig.sent().is_empty());
+    // While the summary is pending, a new batch joins it (it is newer
+    // than everything queued), so the queue stays empty.
+    handle.samples(cpu(40.0));
+    assert!(inputs.samples.try_recv().is_err());
+    let summary = inputs.caught_up().expect("caught up");
+    assert_eq!((summary.batches, summary.values, summary.lost), (4, 4, 0));
+    rig.engine.on_summary(summary, T + 2_000);
+    // The crossing was not missed: fired and resolved, in order.
+    assert_eq!(
+        rig.sent(),
+        vec![ops(NotifyEvent::Firing), ops(NotifyEvent::Resolved)]
+    );
+    let a = rig.alert("cpu");
+    assert_eq!((a.state, a.value), (AlertState::Resolved, Some(20.0)));
+    // Caught up: batches go through the queue again.
+    assert!(inputs.caught_up().is_none());
+    handle.samples(cpu(50.0));
+    assert!(inputs.samples.try_recv().is_ok());
+    assert_eq!(rig.metrics.alert_inputs_dropped.get(), 4);
+    assert_eq!(rig.metrics.alert_inputs_lost.get(), 0);
+}
