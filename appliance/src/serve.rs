@@ -243,8 +243,12 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
                 orchestrator: orchestrator.clone(),
                 metrics: metrics.uplink.clone(),
                 on_tags: {
-                    let alerts = alerts.clone();
-                    Some(Arc::new(move || alerts.reload()))
+                    let (alerts, site) = (alerts.clone(), site.clone());
+                    Some(Arc::new(move || {
+                        alerts.reload();
+                        // The console's device list shows them on its next page.
+                        site.mark_stale();
+                    }))
                 },
             },
             deploy_rx,
@@ -286,6 +290,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
                 patches: patch_view.clone(),
                 orchestrator: orchestrator.clone(),
             }),
+            files: Some(files.clone()),
         }),
         csrf: outpost_console::CsrfKey::random(),
         metrics: metrics.console.clone(),
@@ -300,6 +305,10 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         started: Instant::now(),
         uplink: uplink.clone(),
         commands: commands.clone(),
+        on_tags: {
+            let site = site.clone();
+            Some(Arc::new(move |d, tags: &[String]| site.on_tags(d, tags)))
+        },
     });
     let tracker = TaskTracker::new();
     let cache = if cfg.cache.enabled {

@@ -36,6 +36,8 @@ fn line(
         security_critical: s.security_patches.critical,
         security_high: s.security_patches.high,
         reboot_required: s.reboot_required,
+        // The uplink carries no download sizes.
+        download: None,
     }
 }
 
@@ -68,6 +70,7 @@ pub async fn overview(c: &Arc<Central>, p: &Principal) -> Result<PatchOverview, 
             security_high: l.security_high,
             last_scan_ms: l.last_scan_ms,
             reboot_required: l.reboot_required,
+            download: None,
         })
         .collect();
     risky.sort_by(|a, b| {
@@ -136,6 +139,8 @@ pub async fn overview(c: &Arc<Central>, p: &Principal) -> Result<PatchOverview, 
             .iter()
             .map(|c| c.customer.to_string())
             .collect(),
+        patches: None,
+        patches_total: 0,
     })
 }
 
@@ -206,6 +211,7 @@ pub async fn device(
                 cves: m.cves.clone(),
                 reboot_expected: m.reboot_expected,
                 first_seen_ms: m.first_seen_ms,
+                download: None,
             })
             .collect();
         let mut cves: Vec<(u8, std::cmp::Reverse<_>, DeviceCve)> = f

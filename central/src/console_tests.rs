@@ -727,6 +727,15 @@ async fn the_patch_pages_show_compliance_cves_and_a_devices_missing_patches_with
     assert_eq!(st, 200, "{page}");
     assert!(page.contains("id=\"missing-patches\""), "{page}");
     assert!(page.contains("data-source=\"openssl\""), "{page}");
+    // Which rule decided each of its patches: the Approvals page for
+    // this device (SITE/DEVICE).
+    assert!(
+        page.contains("id=\"which-rule\"")
+            && page.contains(&format!(
+                "href=\"/approvals?device={dental}%2F000000000000002a\""
+            )),
+        "{page}"
+    );
 
     let (st, h, csv) = send(
         &c,

@@ -23,6 +23,12 @@
 //! checks roles and acts (`ConsoleBackend::deployments`, `deployment`,
 //! `deployment_action`, `create_deployment`, `approvals`). POSTs go
 //! through the same origin check and CSRF token as every console form.
+//! A finished deployment (completed or aborted) still offers *Roll back*
+//! (the whole deployment, or one device that ran) to those who manage
+//! deployments: a patch can break machines after the run ended. That
+//! rollback asks for a confirmation first ([`confirm_rollback_page`]:
+//! the form again with `confirm=1`).
+//!
 //! Open deployment pages follow the live stream's `command` events (the
 //! installs are commands) and read themselves again, like the command
 //! pages.
@@ -133,6 +139,12 @@ impl DeploymentRow {
     /// Whether it can still move (actions make sense).
     pub fn is_open(&self) -> bool {
         !matches!(self.phase.as_str(), "completed" | "aborted" | "rolled_back")
+    }
+
+    /// Finished without being rolled back: a rollback is still accepted
+    /// (after a confirmation).
+    pub fn finished_rollbackable(&self) -> bool {
+        matches!(self.phase.as_str(), "completed" | "aborted")
     }
 }
 
@@ -485,6 +497,9 @@ pub fn deployment_page(d: &DeploymentDetail, v: &Viewer, csrf: &str) -> Markup {
     let phase = r.phase.as_str();
     let manage = v.can.manage_deployments && r.is_open() && r.read_only.is_none();
     let admin = v.can.create_deployments && r.is_open() && r.read_only.is_none();
+    // Finished: only a rollback (whole or per device), confirmed first.
+    let late = v.can.manage_deployments && r.finished_rollbackable() && r.read_only.is_none();
+    let device_rollback = manage || late;
     html! {
         section #deployment data-deployment=(r.id) data-phase=(r.phase) data-live-commands {
             p.facts #deployment-summary {
@@ -526,6 +541,14 @@ pub fn deployment_page(d: &DeploymentDetail, v: &Viewer, csrf: &str) -> Markup {
                     }
                 }
             }
+            @if late {
+                div #deployment-actions {
+                    (action_form(&r.id, "rollback", "Roll back…", csrf, html! {
+                        input type="hidden" name="scope" value="deployment";
+                        span.muted { "The deployment is " (r.phase) ": rolling it back reinstalls the previous versions on every device that ran it (you confirm first)." }
+                    }))
+                }
+            }
             @if !r.sites.is_empty() { (site_table(r)) }
             @if !d.actions.is_empty() { (action_table(&d.actions)) }
             h2 { "Stages" }
@@ -541,7 +564,7 @@ pub fn deployment_page(d: &DeploymentDetail, v: &Viewer, csrf: &str) -> Markup {
             } }
             h2 { "Devices" }
             div.scroll { table.grid #deployment-devices {
-                thead { tr { th { "Device" } th { "Stage" } th { "Phase" } th { "Attempt" } th { "Reason" } th { "When" } @if manage { th { } } } }
+                thead { tr { th { "Device" } th { "Stage" } th { "Phase" } th { "Attempt" } th { "Reason" } th { "When" } @if device_rollback { th { } } } }
                 tbody { @for m in &d.devices {
                     tr data-device=(m.device) data-state=(m.state) {
                         td { a href=(device_href(&m.site_id, &m.device)) { (if m.hostname.is_empty() { &m.device } else { &m.hostname }) } }
@@ -550,7 +573,7 @@ pub fn deployment_page(d: &DeploymentDetail, v: &Viewer, csrf: &str) -> Markup {
                         td.n { (m.attempt) }
                         td data-field="reason" { @if let Some(w) = &m.reason { (w) } }
                         td { (time(m.at_ms, true)) }
-                        @if manage { td { @if rollbackable(&m.state) {
+                        @if device_rollback { td { @if rollbackable(&m.state) {
                             form.inline.dev-rollback method="post" action=(format!("{}/rollback", deployment_href(&r.id))) data-device=(m.device) {
                                 input type="hidden" name="csrf" value=(csrf);
                                 input type="hidden" name="scope" value=(format!("device:{}", m.device));
@@ -882,6 +905,52 @@ pub struct ActionForm {
     /// Rollback: `deployment`, `stage:N` (1-based), `device:ID`.
     #[serde(default)]
     pub scope: String,
+    /// Rollback of a finished deployment: `1` once confirmed.
+    #[serde(default)]
+    pub confirm: String,
+}
+
+/// What a rollback scope means, in words (`the whole deployment`,
+/// `stage 2`, `device web-1`).
+fn scope_words(scope: &RollbackTarget, d: &DeploymentDetail) -> String {
+    match scope {
+        RollbackTarget::Deployment => "the whole deployment".into(),
+        RollbackTarget::Stage(n) => format!("stage {}", n + 1),
+        RollbackTarget::Device(id) => {
+            let host = d
+                .devices
+                .iter()
+                .find(|m| &m.device == id)
+                .map(|m| m.hostname.as_str())
+                .filter(|h| !h.is_empty())
+                .unwrap_or(id);
+            format!("device {host}")
+        }
+    }
+}
+
+/// The confirmation asked before rolling back a finished deployment:
+/// what will happen, the form again with `confirm=1`, and a way back.
+pub fn confirm_rollback_page(d: &DeploymentDetail, scope: &str, words: &str, csrf: &str) -> Markup {
+    let r = &d.row;
+    let ran = d.devices.iter().filter(|m| rollbackable(&m.state)).count();
+    html! {
+        section #confirm-rollback data-deployment=(r.id) {
+            p.notice {
+                "Deployment " code { (r.id) } " is " (badge("dep", &r.phase)) ". Roll back " b { (words) } "? "
+                "Each device that ran it reinstalls the versions it had before ("
+                (ran) " of " (r.devices) " devices ran it)."
+            }
+            form.run method="post" action=(format!("{}/rollback", deployment_href(&r.id))) {
+                input type="hidden" name="csrf" value=(csrf);
+                input type="hidden" name="scope" value=(scope);
+                input type="hidden" name="confirm" value="1";
+                button type="submit" id="confirm-rollback-button" { "Roll back " (words) }
+                " "
+                a href=(deployment_href(&r.id)) #keep-deployment { "Keep it as it is" }
+            }
+        }
+    }
 }
 
 /// `POST /deployments/{id}/{action}`: pause, resume and rollback need
@@ -937,6 +1006,35 @@ pub async fn act(
             "forbidden",
             &format!("Role {} may not {} deployments.", v.role, a.name()),
         );
+    }
+    // Rolling back a finished deployment: confirmed first.
+    if let DeploymentAction::Rollback { scope } = &a
+        && f.confirm != "1"
+    {
+        let d = match c.backend.deployment(&v, &id).await {
+            Ok(d) => d,
+            Err(e) => return error_page(&c, Some(&v), e),
+        };
+        if d.row.finished_rollbackable() {
+            let csrf = c.csrf.token(&v.csrf_subject);
+            let words = scope_words(scope, &d);
+            return page(
+                StatusCode::OK,
+                render(
+                    &c,
+                    Some(&v),
+                    layout::Section::Deployments,
+                    "Roll back a finished deployment?",
+                    vec![
+                        layout::crumb("Dashboard", "/"),
+                        layout::crumb("Deployments", "/deployments"),
+                        layout::crumb(id.clone(), deployment_href(&id)),
+                        layout::here("Roll back"),
+                    ],
+                    confirm_rollback_page(&d, &f.scope, &words, &csrf),
+                ),
+            );
+        }
     }
     match c.backend.deployment_action(&v, &id, &a).await {
         Ok(()) => {
@@ -1287,9 +1385,53 @@ mod tests {
             view.contains("dpkg: &lt;error&gt;") && view.contains("&lt;b&gt;1 of 1"),
             "{view}"
         );
-        // A finished deployment offers nothing, even to an admin.
+        // A finished deployment offers only a rollback (confirmed first:
+        // a patch can break machines after the run ended), never pause,
+        // resume or abort; a viewer gets nothing.
         let done = deployment_page(&detail("completed"), &viewer(true, true), "tok").into_string();
-        assert!(!done.contains("dep-action"), "{done}");
+        assert!(
+            done.contains("class=\"dep-rollback\"") && done.contains("you confirm first"),
+            "{done}"
+        );
+        assert!(
+            !done.contains("class=\"dep-abort\"")
+                && !done.contains("class=\"dep-pause\"")
+                && !done.contains("class=\"dep-resume\"")
+                && !done.contains("rollback-scope"),
+            "{done}"
+        );
+        assert!(
+            done.contains(r#"value="device:000000000000002a""#),
+            "a device that ran can be rolled back alone: {done}"
+        );
+        let seen =
+            deployment_page(&detail("completed"), &viewer(false, false), "tok").into_string();
+        assert!(!seen.contains("<form"), "{seen}");
+        // Rolled back: nothing left to do.
+        let gone =
+            deployment_page(&detail("rolled_back"), &viewer(true, true), "tok").into_string();
+        assert!(
+            !gone.contains("dep-action") && !gone.contains("dev-rollback"),
+            "{gone}"
+        );
+    }
+
+    #[test]
+    fn the_rollback_confirmation_names_what_is_rolled_back_and_posts_it_confirmed() {
+        let d = detail("completed");
+        let words = scope_words(&RollbackTarget::Device("000000000000002a".into()), &d);
+        let h = confirm_rollback_page(&d, "device:000000000000002a", &words, "tok").into_string();
+        assert!(
+            h.contains(r#"name="confirm" value="1""#)
+                && h.contains(r#"name="scope" value="device:000000000000002a""#)
+                && h.contains(r#"name="csrf" value="tok""#),
+            "{h}"
+        );
+        assert!(h.contains("id=\"keep-deployment\""), "{h}");
+        assert_eq!(
+            scope_words(&RollbackTarget::Deployment, &d),
+            "the whole deployment"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The console's file-transfer pages (backends with
-//! [`crate::backend::Features::files`]; central today): `/files` (the
+//! [`crate::backend::Features::files`]: central and the appliance; their
+//! own navigation entry, *File transfers*): `/files` (the
 //! tenant's pushes and pulls, newest first, filtered by state), and
 //! `/files/{id}` (one transfer: its device, path, size, checksum, the
 //! state of its command, why it failed), with a Cancel button for those
@@ -214,11 +215,10 @@ pub async fn list(State(c): C, h: HeaderMap, Query(q): Query<FileParams>) -> Res
             render(
                 &c,
                 Some(&v),
-                layout::Section::Commands,
+                layout::Section::Files,
                 "File transfers",
                 vec![
                     layout::crumb("Dashboard", "/"),
-                    layout::crumb("Commands", "/commands"),
                     layout::here("File transfers"),
                 ],
                 file_list(&rows, state.as_deref()),
@@ -244,7 +244,7 @@ pub async fn show(State(c): C, h: HeaderMap, Path(id): Path<String>) -> Response
             render(
                 &c,
                 Some(&v),
-                layout::Section::Commands,
+                layout::Section::Files,
                 "File transfer",
                 vec![
                     layout::crumb("Dashboard", "/"),

@@ -4,7 +4,11 @@
 //! (`/patches/cves/{cve}`: which customers and devices are exposed, fixable
 //! or open), the compliance report download (`/patches/report.csv`), and
 //! the patch panel of a device page (missing patches, open CVEs, last scan
-//! age, reboot required).
+//! age, reboot required, download size, a deferred scan's reason, and
+//! a link to the Approvals page's "which rule decided" for the device).
+//!
+//! Download sizes are shown where the backend knows them (the site: its
+//! agents report apt's sizes); `None` hides the column (central).
 //!
 //! This module owns those pages, their types and routes only. Whether a
 //! backend has patches is [`crate::backend::Features::patches`]; what a
@@ -30,6 +34,8 @@ use crate::routes::{error_page, html as page, now_ms, render, viewer};
 pub const RISKY_DEVICES: usize = 25;
 /// CVEs listed on the overview.
 pub const TOP_CVES: usize = 25;
+/// Missing patches listed on the overview (the site's list order).
+pub const TOP_PATCHES: usize = 25;
 
 /// Compliance of a set of devices (the scope, a customer, a site).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -48,6 +54,9 @@ pub struct ComplianceLine {
     pub security_critical: u64,
     pub security_high: u64,
     pub reboot_required: u32,
+    /// What its devices' missing patches download (`12.3 MiB`, `at least
+    /// 1.0 MiB (2 sizes unknown)`); `None` where the backend does not know.
+    pub download: Option<String>,
 }
 
 /// A device on the overview's risk list.
@@ -65,6 +74,24 @@ pub struct RiskyDevice {
     pub security_high: u32,
     pub last_scan_ms: u64,
     pub reboot_required: bool,
+    /// What its missing patches download (`None`: not known here).
+    pub download: Option<String>,
+}
+
+/// A missing patch across the devices (one source package).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PatchLine {
+    pub source: String,
+    /// Candidate versions offered across devices.
+    pub candidates: Vec<String>,
+    pub devices: u32,
+    pub cves: u32,
+    pub severity: Option<String>,
+    pub security: bool,
+    pub reboot_expected: bool,
+    pub max_risk: u32,
+    /// What the devices missing it download in all.
+    pub download: Option<String>,
 }
 
 /// A CVE on the overview.
@@ -90,6 +117,11 @@ pub struct PatchOverview {
     pub top_cves: Vec<CveLine>,
     /// Customers the report can be narrowed to.
     pub report_customers: Vec<String>,
+    /// The missing patches by source package, in the backend's order (at
+    /// most [`TOP_PATCHES`]); `None` where the backend has no such list.
+    pub patches: Option<Vec<PatchLine>>,
+    /// Missing patches in all (the list may be cut).
+    pub patches_total: usize,
 }
 
 /// A device exposed to a CVE.
@@ -138,6 +170,8 @@ pub struct MissingRow {
     pub cves: Vec<String>,
     pub reboot_expected: bool,
     pub first_seen_ms: u64,
+    /// Its download (`12.3 MiB`, `unknown`); `None`: not known here.
+    pub download: Option<String>,
 }
 
 /// A CVE a device is exposed to.
@@ -169,6 +203,14 @@ pub struct DevicePatchView {
     pub missing_count: u32,
     pub fixable_cves: u32,
     pub open_cves: u32,
+    /// What its missing patches download; `None`: not known here.
+    pub download: Option<String>,
+    /// Why its last scan was deferred (dpkg's lock held), if it was.
+    pub deferred: Option<String>,
+    /// When the device's last package report arrived (0: unknown).
+    pub reported_ms: u64,
+    /// No assessment yet: only [`DevicePatchView::deferred`] is known.
+    pub unassessed: bool,
 }
 
 pub fn cve_href(cve: &str) -> String {
@@ -188,12 +230,14 @@ fn name_of(hostname: &str, device: &str) -> String {
 }
 
 fn compliance_table(id: &str, first: &str, lines: &[ComplianceLine]) -> Markup {
+    let sizes = lines.iter().any(|l| l.download.is_some());
     html! {
         div.scroll { table.grid id=(id) {
             thead { tr {
                 th { (first) } th.n { "Compliant" } th.n { "Devices" } th.n { "Non-compliant" }
                 th.n { "Unsupported" } th.n { "Not assessed" } th.n { "Critical patches" }
                 th.n { "High patches" } th.n { "Reboot required" }
+                @if sizes { th.n { "Download" } }
             } }
             tbody { @for l in lines {
                 tr data-customer=(l.customer) {
@@ -209,6 +253,7 @@ fn compliance_table(id: &str, first: &str, lines: &[ComplianceLine]) -> Markup {
                     td.n { (l.security_critical) }
                     td.n { (l.security_high) }
                     td.n { (l.reboot_required) }
+                    @if sizes { td.n.download { (l.download.as_deref().unwrap_or("–")) } }
                 }
             } }
         } }
@@ -226,6 +271,7 @@ pub fn overview_page(o: &PatchOverview, tenant_scope: bool, now: u64) -> Markup 
                 (t.non_compliant) " non-compliant · "
                 (t.security_critical) " critical and " (t.security_high) " high security patches missing · "
                 (t.reboot_required) " waiting for a reboot"
+                @if let Some(d) = &t.download { " · " b #fleet-download { (d) } " to download" }
             }
             form.filters method="get" action="/patches/report.csv" #report-form {
                 @if tenant_scope && !o.report_customers.is_empty() {
@@ -246,7 +292,7 @@ pub fn overview_page(o: &PatchOverview, tenant_scope: bool, now: u64) -> Markup 
                 a href="/patches/report.pdf" #report-pdf { "(PDF)" }
             }
         }
-        @if tenant_scope {
+        @if tenant_scope || !o.customers.is_empty() {
             section #patch-customers {
                 h2 { "Compliance per customer" }
                 (compliance_table("compliance-customers", "Customer", &o.customers))
@@ -258,11 +304,13 @@ pub fn overview_page(o: &PatchOverview, tenant_scope: bool, now: u64) -> Markup 
         }
         section #patch-risky {
             h2 { "Devices by risk" }
+            @let sizes = o.risky.iter().any(|d| d.download.is_some());
             @if o.risky.is_empty() { p.empty { "No device has a patch assessment yet." } } @else {
                 div.scroll { table.grid #risky-devices {
                     thead { tr {
                         th { "Device" } th { "Site" } th.n { "Risk" } th { "Compliance" }
                         th.n { "Missing" } th.n { "Critical" } th.n { "High" } th { "Last scan" } th { "Reboot" }
+                        @if sizes { th.n { "Download" } }
                     } }
                     tbody { @for d in &o.risky {
                         tr data-device=(d.device) {
@@ -275,11 +323,13 @@ pub fn overview_page(o: &PatchOverview, tenant_scope: bool, now: u64) -> Markup 
                             td.n { (d.security_high) }
                             td { @if d.last_scan_ms > 0 { (format::ago(d.last_scan_ms, now)) } @else { "never" } }
                             td { @if d.reboot_required { (badge("reboot", "required")) } }
+                            @if sizes { td.n.download { (d.download.as_deref().unwrap_or("–")) } }
                         }
                     } }
                 } }
             }
         }
+        @if let Some(list) = &o.patches { (patch_table(list, o.patches_total)) }
         section #patch-cves {
             h2 { "CVEs the fleet is exposed to" }
             @if o.top_cves.is_empty() { p.empty { "No exposed CVE known (or the sites have not sent their findings yet)." } } @else {
@@ -298,6 +348,36 @@ pub fn overview_page(o: &PatchOverview, tenant_scope: bool, now: u64) -> Markup 
                             td.n { (c.fix_not_in_repositories) }
                             td.n { (c.open) }
                             @if tenant_scope { td.n { (c.customers) } }
+                        }
+                    } }
+                } }
+            }
+        }
+    }
+}
+
+/// The missing patches by source package (the overview's section).
+fn patch_table(list: &[PatchLine], total: usize) -> Markup {
+    html! {
+        section #patch-list {
+            h2 { "Missing patches" }
+            @if list.is_empty() { p.empty #no-missing { "No device misses a patch." } } @else {
+                @if total > list.len() { p.muted { "The " (list.len()) " riskiest of " (total) " missing patches." } }
+                div.scroll { table.grid #missing-across {
+                    thead { tr {
+                        th { "Package" } th { "Candidate" } th { "Severity" } th.n { "Devices" } th.n { "CVEs" }
+                        th.n { "Max risk" } th { "Reboot" } th.n { "Download" }
+                    } }
+                    tbody { @for l in list {
+                        tr data-source=(l.source) {
+                            td { code { (l.source) } @if l.security { " " (badge("patch", "security")) } }
+                            td { @for (i, c) in l.candidates.iter().enumerate() { @if i > 0 { ", " } code { (c) } } }
+                            td { @if let Some(s) = &l.severity { (badge("sev", s)) } }
+                            td.n.devices { (l.devices) }
+                            td.n { (l.cves) }
+                            td.n { (l.max_risk) }
+                            td { @if l.reboot_expected { "expected" } }
+                            td.n.download { (l.download.as_deref().unwrap_or("–")) }
                         }
                     } }
                 } }
@@ -360,12 +440,20 @@ pub fn cve_page(p: &CvePage, tenant_scope: bool) -> Markup {
     }
 }
 
-/// The patch panel of a device page.
-pub fn device_section(p: Option<&DevicePatchView>, now: u64) -> Markup {
+/// The patch panel of a device page; `decided`: where the Approvals page
+/// shows which rule decided each of its patches (backends with
+/// deployments).
+pub fn device_section(p: Option<&DevicePatchView>, decided: Option<&str>, now: u64) -> Markup {
     html! {
         section #device-patches {
             h2 { "Patches" }
-            @match p {
+            @if let Some(d) = p.and_then(|p| p.deferred.as_ref()) {
+                p.notice #scan-deferred {
+                    (d)
+                    @if let Some(p) = p.filter(|p| p.reported_ms > 0) { " · reported " (format::ago(p.reported_ms, now)) }
+                }
+            }
+            @match p.filter(|p| !p.unassessed) {
                 None => { p.empty { "No patch assessment of this device yet." } }
                 Some(p) => {
                     p.facts {
@@ -376,6 +464,10 @@ pub fn device_section(p: Option<&DevicePatchView>, now: u64) -> Markup {
                         @if p.reboot_required { " · " (badge("reboot", "required")) }
                         " · " (p.missing_count) " missing patches, "
                         (p.fixable_cves) " fixable and " (p.open_cves) " open CVEs"
+                        @if let Some(d) = &p.download { " · " b #device-download { (d) } " to download" }
+                    }
+                    @if let Some(href) = decided {
+                        p { a href=(href) #which-rule { "Which rule decided each patch" } }
                     }
                     @if p.counts_only {
                         p.muted { "The site sent counts only (an older appliance): the lists are not available here." }
@@ -386,6 +478,7 @@ pub fn device_section(p: Option<&DevicePatchView>, now: u64) -> Markup {
                             thead { tr {
                                 th { "Package" } th { "Installed" } th { "Candidate" } th { "Severity" }
                                 th { "CVEs" } th { "Missing since" } th { "Reboot" }
+                                @if p.download.is_some() { th.n { "Download" } }
                             } }
                             tbody { @for m in &p.missing {
                                 tr data-source=(m.source) {
@@ -398,6 +491,7 @@ pub fn device_section(p: Option<&DevicePatchView>, now: u64) -> Markup {
                                     } }
                                     td { @if m.first_seen_ms > 0 { (format::ago(m.first_seen_ms, now)) } }
                                     td { @if m.reboot_expected { "expected" } }
+                                    @if p.download.is_some() { td.n.download { (m.download.as_deref().unwrap_or("–")) } }
                                 }
                             } }
                         } }
@@ -563,10 +657,28 @@ async fn report(
     }
 }
 
+/// Where the Approvals page shows which rule decided a device's patches:
+/// `?device=SITE/DEVICE` at central, `?device=DEVICE` on a site.
+pub fn decided_href(tenant_scope: bool, site: &str, device: &str) -> String {
+    if tenant_scope {
+        format!("/approvals?device={}", enc(&format!("{site}/{device}")))
+    } else {
+        format!("/approvals?device={}", enc(device))
+    }
+}
+
 /// The device page's panel (backends with patches).
 pub async fn device_panel(c: &Console, v: &Viewer, site: &str, device: &str) -> Markup {
+    let info = c.backend.info();
+    let decided = info.features.deployments.then(|| {
+        decided_href(
+            info.scope == crate::backend::ScopeKind::Tenant,
+            site,
+            device,
+        )
+    });
     match c.backend.device_patches(v, site, device).await {
-        Ok(p) => device_section(p.as_ref(), now_ms()),
+        Ok(p) => device_section(p.as_ref(), decided.as_deref(), now_ms()),
         Err(e) => {
             html! { section #device-patches { h2 { "Patches" } p.notice { (e.to_string()) } } }
         }
@@ -593,19 +705,103 @@ mod tests {
                 cves: vec!["CVE-2026-0001".into()],
                 reboot_expected: false,
                 first_seen_ms: 500,
+                download: Some("12.3 MiB".into()),
             }],
             cves: vec![],
             counts_only: false,
             missing_count: 1,
             fixable_cves: 1,
             open_cves: 0,
+            download: Some("at least 12.3 MiB (1 size unknown)".into()),
+            deferred: Some("scan deferred: dpkg <lock>".into()),
+            reported_ms: 1_000,
+            unassessed: false,
         };
-        let s = device_section(Some(&p), 3_600_000).into_string();
+        let s = device_section(Some(&p), Some("/approvals?device=s%2Fd"), 3_600_000).into_string();
         assert!(s.contains("openssl&lt;script&gt;"), "{s}");
         assert!(s.contains("href=\"/patches/cves/CVE-2026-0001\""), "{s}");
         assert!(s.contains("1 missing patches"), "{s}");
-        let none = device_section(None, 0).into_string();
+        assert!(
+            s.contains(r#"id="device-download">at least 12.3 MiB (1 size unknown)</b>"#),
+            "{s}"
+        );
+        assert!(s.contains(r#"<td class="n download">12.3 MiB</td>"#), "{s}");
+        assert!(
+            s.contains(r#"id="scan-deferred">scan deferred: dpkg &lt;lock&gt;"#),
+            "{s}"
+        );
+        assert!(
+            s.contains(r#"id="which-rule""#) && s.contains(r#"href="/approvals?device=s%2Fd""#),
+            "{s}"
+        );
+        let none = device_section(None, None, 0).into_string();
         assert!(none.contains("No patch assessment"), "{none}");
+        // Only a deferred scan known: the reason, and no figures.
+        let only = DevicePatchView {
+            deferred: Some("scan deferred: locked".into()),
+            unassessed: true,
+            ..Default::default()
+        };
+        let s = device_section(Some(&only), None, 0).into_string();
+        assert!(
+            s.contains("scan deferred: locked") && s.contains("No patch assessment"),
+            "{s}"
+        );
+        assert!(!s.contains("missing patches"), "{s}");
+    }
+
+    #[test]
+    fn the_decided_link_names_site_and_device_at_central_and_the_device_on_a_site() {
+        assert_eq!(
+            decided_href(true, "s-1", "00aa"),
+            "/approvals?device=s-1%2F00aa"
+        );
+        assert_eq!(
+            decided_href(false, "local", "00aa"),
+            "/approvals?device=00aa"
+        );
+    }
+
+    #[test]
+    fn the_overview_shows_sizes_customers_and_the_missing_patches_where_known() {
+        let line = |label: &str, download: Option<&str>| ComplianceLine {
+            label: label.into(),
+            customer: label.into(),
+            download: download.map(str::to_string),
+            ..Default::default()
+        };
+        let mut o = PatchOverview {
+            total: line("All", Some("1.5 KiB")),
+            customers: vec![line("dental", Some("1.5 KiB"))],
+            patches: Some(vec![PatchLine {
+                source: "openssl".into(),
+                candidates: vec!["3.0.15-1".into()],
+                devices: 2,
+                download: Some("at least 1.5 KiB (1 size unknown)".into()),
+                ..Default::default()
+            }]),
+            patches_total: 1,
+            ..Default::default()
+        };
+        // A site (not tenant scope) shows its customers when it has them.
+        let s = overview_page(&o, false, 0).into_string();
+        assert!(s.contains(r#"id="fleet-download">1.5 KiB</b>"#), "{s}");
+        assert!(s.contains(r#"id="compliance-customers""#), "{s}");
+        assert!(
+            s.contains(r#"<td class="n download">at least 1.5 KiB (1 size unknown)</td>"#),
+            "{s}"
+        );
+        // Central: no sizes, no list.
+        o.total.download = None;
+        o.customers[0].download = None;
+        o.patches = None;
+        let s = overview_page(&o, true, 0).into_string();
+        assert!(
+            !s.contains("Download</th>")
+                && !s.contains("fleet-download")
+                && !s.contains("missing-across"),
+            "{s}"
+        );
     }
 
     #[test]

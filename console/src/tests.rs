@@ -17,12 +17,17 @@ use crate::{Console, ConsoleMetrics, CsrfKey, LiveConfig, LiveHub};
 struct Fake {
     hub: LiveHub,
     acks: Mutex<Vec<(String, u64, String, String)>>,
+    /// The one deployment (deployments on when set).
+    deployment: Mutex<Option<crate::deployments::DeploymentDetail>>,
+    /// Deployment actions the backend was asked for.
+    actions: Mutex<Vec<(String, crate::deployments::DeploymentAction)>>,
 }
 
 fn viewer_named(name: &str) -> Option<Viewer> {
     let (role, ack, customers) = match name {
         "tech" => ("technician", true, vec![]),
         "view" => ("viewer", false, vec![]),
+        "mgr" => ("technician", true, vec![]),
         "vet" => ("viewer", false, vec!["vet".to_string()]),
         _ => return None,
     };
@@ -33,6 +38,7 @@ fn viewer_named(name: &str) -> Option<Viewer> {
         role: role.into(),
         can: Capabilities {
             ack_alerts: ack,
+            manage_deployments: name == "mgr",
             ..Default::default()
         },
         csrf_subject: format!("session-of-{name}").into_bytes(),
@@ -67,7 +73,10 @@ impl ConsoleBackend for Fake {
             product: "test".into(),
             scope: ScopeKind::Tenant,
             login_tenant: true,
-            features: Features::default(),
+            features: Features {
+                deployments: self.deployment.lock().unwrap().is_some(),
+                ..Features::default()
+            },
         }
     }
     fn live(&self) -> &LiveHub {
@@ -162,12 +171,37 @@ impl ConsoleBackend for Fake {
             .push((site.to_string(), id, v.name.clone(), comment.to_string()));
         ready(Ok(()))
     }
+    fn deployment<'a>(
+        &'a self,
+        _v: &'a Viewer,
+        id: &'a str,
+    ) -> ConsoleFuture<'a, crate::deployments::DeploymentDetail> {
+        let d = self.deployment.lock().unwrap().clone();
+        ready(
+            d.filter(|d| d.row.id == id)
+                .ok_or_else(|| ConsoleError::NotFound(format!("no deployment {id}"))),
+        )
+    }
+    fn deployment_action<'a>(
+        &'a self,
+        _v: &'a Viewer,
+        id: &'a str,
+        action: &'a crate::deployments::DeploymentAction,
+    ) -> ConsoleFuture<'a, ()> {
+        self.actions
+            .lock()
+            .unwrap()
+            .push((id.to_string(), action.clone()));
+        ready(Ok(()))
+    }
 }
 
 fn console() -> (Arc<Console>, Arc<Fake>) {
     let fake = Arc::new(Fake {
         hub: LiveHub::new(LiveConfig::default()),
         acks: Mutex::new(vec![]),
+        deployment: Mutex::new(None),
+        actions: Mutex::new(vec![]),
     });
     let c = Arc::new(Console {
         backend: fake.clone(),
@@ -474,6 +508,8 @@ async fn a_stream_beyond_the_cap_is_a_503_and_counted() {
             ..Default::default()
         }),
         acks: Mutex::new(vec![]),
+        deployment: Mutex::new(None),
+        actions: Mutex::new(vec![]),
     });
     let c = Arc::new(Console {
         backend: fake.clone(),
@@ -511,4 +547,95 @@ async fn a_backend_without_deployments_says_where_they_will_come_from_and_shows_
         );
         assert!(!body.contains("id=\"deployments\""), "{path}: {body}");
     }
+}
+
+/// Rolling back a finished deployment asks first: the POST without
+/// `confirm` answers the confirmation page (nothing sent to the backend),
+/// the confirmed POST rolls back; an open deployment's rollback goes
+/// through at once, as before.
+#[tokio::test]
+async fn rolling_back_a_completed_deployment_is_confirmed_first_then_sent() {
+    use crate::deployments::{
+        DeploymentAction, DeploymentDetail, DeploymentDevice, DeploymentRow, RollbackTarget,
+    };
+    let (c, fake) = console();
+    let detail = |phase: &str| DeploymentDetail {
+        row: DeploymentRow {
+            id: "dep-1".into(),
+            phase: phase.into(),
+            devices: 1,
+            succeeded: 1,
+            ..Default::default()
+        },
+        devices: vec![DeploymentDevice {
+            site_id: "s-1".into(),
+            device: "000000000000002a".into(),
+            hostname: "web-1".into(),
+            state: "succeeded".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    *fake.deployment.lock().unwrap() = Some(detail("completed"));
+    let (st, _, page) = send(&c, "GET", "/deployments/dep-1", &[("cookie", "s=mgr")], "").await;
+    assert_eq!(st, 200, "{page}");
+    assert!(page.contains("class=\"dep-rollback\""), "{page}");
+    let token = c.csrf.token(b"session-of-mgr");
+    let (st, _, page) = send(
+        &c,
+        "POST",
+        "/deployments/dep-1/rollback",
+        &[("cookie", "s=mgr"), FORM],
+        &format!("csrf={token}&scope=device%3A000000000000002a"),
+    )
+    .await;
+    assert_eq!(st, 200, "{page}");
+    assert!(
+        page.contains("id=\"confirm-rollback\"") && page.contains("device web-1"),
+        "{page}"
+    );
+    assert!(fake.actions.lock().unwrap().is_empty(), "nothing sent yet");
+    let (st, h, _) = send(
+        &c,
+        "POST",
+        "/deployments/dep-1/rollback",
+        &[("cookie", "s=mgr"), FORM],
+        &format!("csrf={token}&scope=device%3A000000000000002a&confirm=1"),
+    )
+    .await;
+    assert_eq!(st, 303);
+    assert_eq!(h[header::LOCATION], "/deployments/dep-1");
+    assert_eq!(
+        fake.actions.lock().unwrap().clone(),
+        vec![(
+            "dep-1".to_string(),
+            DeploymentAction::Rollback {
+                scope: RollbackTarget::Device("000000000000002a".into())
+            }
+        )]
+    );
+    // A paused deployment: at once, no confirmation.
+    *fake.deployment.lock().unwrap() = Some(detail("paused"));
+    let (st, _, _) = send(
+        &c,
+        "POST",
+        "/deployments/dep-1/rollback",
+        &[("cookie", "s=mgr"), FORM],
+        &format!("csrf={token}&scope=deployment"),
+    )
+    .await;
+    assert_eq!(st, 303);
+    assert_eq!(fake.actions.lock().unwrap().len(), 2);
+    // A viewer's confirmed POST is refused.
+    let view = c.csrf.token(b"session-of-view");
+    let (st, _, _) = send(
+        &c,
+        "POST",
+        "/deployments/dep-1/rollback",
+        &[("cookie", "s=view"), FORM],
+        &format!("csrf={view}&scope=deployment&confirm=1"),
+    )
+    .await;
+    assert_eq!(st, 403);
+    assert_eq!(fake.actions.lock().unwrap().len(), 2);
 }

@@ -34,8 +34,15 @@ pub(crate) fn next_orders(site: &mut SiteClient) -> Vec<DeployOrder> {
 }
 
 /// The site reports deployment `id` in `phase` (one device, waiting for
-/// its window) and reads central's acknowledgement.
+/// its window) and reads central's acknowledgement. The site's times are
+/// real (a second ago, plus `at` ms: a later report passes a larger `at`,
+/// so each is newer than the one before), so the pages show "Updated 1 s
+/// ago", not 1970's.
 pub(crate) fn report(site: &mut SiteClient, id: &str, at: u64, phase: &str) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let at = now_ms.saturating_sub(1_000) + at;
     let view = json!({
         "summary": {"id": id, "phase": phase, "stage": 0, "stages": 1, "devices": 1,
                     "succeeded": 0, "failed": 0, "target": "all devices", "patches": [],

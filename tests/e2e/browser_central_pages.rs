@@ -10,6 +10,16 @@
 //! buttons and its forged POSTs (its own token) are refused. Screenshots
 //! in the scratch directory; with `OUTPOST_SCREENSHOTS=DIR` the README's
 //! are copied there.
+//!
+//! Central's Scripts pages against a real site and agent
+//! ([`crate::central_commands::rig`]): the list equal to the API's, a
+//! script's page (newest version, the older linked), a run on the agent's
+//! device from central's device page whose output appears on the command
+//! page without a reload, and a bulk run from the device list whose page
+//! counts equal the API's; a viewer reads but has no run form and its
+//! forged POST is refused.
+
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -29,6 +39,181 @@ fn csrf(b: &mut Browser) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
+}
+
+#[test]
+fn central_scripts_pages_run_a_script_on_a_real_agent_live_and_a_bulk_run_in_headless_chromium() {
+    let tmp = scratch("central-scripts-browser");
+    let root = tmp.path();
+    let r = crate::central_commands::rig(root);
+    let dev = r.agent.device_id.clone();
+    for (name, role) in [("tess", "technician"), ("vera", "viewer")] {
+        let (ok, _, err) = r.central.cli(
+            &[
+                "user", "add", "--tenant", "acme", "--name", name, "--role", role,
+            ],
+            Some("correct horse battery\n"),
+        );
+        assert!(ok, "{err}");
+    }
+    let admin = r.central.api_token("acme", "admin");
+    let (st, v) = call(
+        &r.central,
+        &admin,
+        "POST",
+        "/api/v1/scripts",
+        Some(json!({"name": "greet", "body": "echo \"greet v1 $1\"", "interpreter": "bash"})),
+    );
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = call(
+        &r.central,
+        &admin,
+        "PUT",
+        "/api/v1/scripts/greet",
+        Some(json!({"body": "echo \"greet v2 <$1> on $(uname -s)\"", "interpreter": "bash"})),
+    );
+    assert_eq!((st, &v["version"]), (200, &json!(2)), "{v}");
+
+    let (mut browser, ws) = chromium(root);
+    let mut b = Browser {
+        ws,
+        base: format!("http://{}", r.central.http),
+        shots: root.to_path_buf(),
+    };
+    b.login("tess");
+    // Scripts from the navigation: the API's list.
+    b.ws.eval("document.querySelector('nav.main a[href=\"/scripts\"]').click(); true");
+    b.ws.wait_until("document.querySelector('#scripts tr[data-script=\"greet\"]')");
+    let (_, listed) = call(&r.central, &r.tech, "GET", "/api/v1/scripts", None);
+    let names: Vec<Value> = listed
+        .as_array()
+        .unwrap_or_else(|| panic!("{listed}"))
+        .iter()
+        .map(|s| s["name"].clone())
+        .collect();
+    assert_eq!(
+        b.ws.eval("[...document.querySelectorAll('#scripts tbody tr')].map(r => r.dataset.script)"),
+        json!(names)
+    );
+    b.ws.eval("document.querySelector('#scripts a[href=\"/scripts/greet\"]').click(); true");
+    b.ws.wait_until("document.getElementById('script-body')");
+    assert_eq!(
+        b.ws.eval("document.getElementById('script-version').textContent"),
+        json!("2")
+    );
+    assert!(
+        b.ws.eval("document.getElementById('script-body').textContent")
+            .as_str()
+            .unwrap()
+            .contains("greet v2 <$1>"),
+        "the body, escaped and shown as stored"
+    );
+    assert_eq!(
+        b.ws.eval("!!document.querySelector('a[href=\"/scripts/greet?version=1\"]')"),
+        json!(true)
+    );
+    b.shot("central-scripts-01-script.png");
+
+    // Run it on the agent's device from central's device page: the
+    // output appears on the command page without a reload.
+    b.go(&format!("/sites/{}/devices/{dev}", r.site));
+    b.ws.wait_until("document.getElementById('run-script-name')");
+    b.ws.eval("document.getElementById('run-script-name').value = 'greet'; document.getElementById('run-script-args').value = 'from-chromium'; document.getElementById('run-script-submit').click(); true");
+    b.ws.wait_until(
+        "location.pathname.startsWith('/commands/') && document.getElementById('command')",
+    );
+    b.ws.eval("window.__no_reload = 1; true");
+    let id =
+        b.ws.eval("location.pathname.split('/').pop()")
+            .as_str()
+            .unwrap()
+            .to_string();
+    b.ws.wait_until("document.getElementById('output') && document.getElementById('output').textContent.includes('greet v2 <from-chromium> on Linux') && window.__no_reload === 1");
+    let c = r.wait_closed(&id, 60);
+    assert_eq!(c["state"], "completed", "{c}");
+    assert_eq!(c["requested_by"], "tess", "{c}");
+    assert_eq!(c["spec"]["requested_by"], "tess@central", "{c}");
+    b.ws.wait_until("document.getElementById('exit-code') && document.getElementById('exit-code').textContent === '0' && window.__no_reload === 1");
+    b.shot("central-scripts-02-output.png");
+
+    // The device list's bulk action: a run of the script on the selected
+    // device, whose page counts are the API's once it finished.
+    b.go("/devices");
+    b.ws.wait_until("document.getElementById('devices') && document.getElementById('bulk-form')");
+    b.ws.eval(&format!(
+        "const c = document.querySelector('#devices input[name=device][value$=\"/{dev}\"]'); c.checked = true; c.dispatchEvent(new Event('change', {{bubbles: true}})); true"
+    ));
+    b.ws.wait_until("!document.getElementById('bulk-bar').hidden");
+    b.ws.eval("document.getElementById('bulk-script').value = 'greet'; document.getElementById('bulk-args').value = 'bulk'; document.getElementById('bulk-run').click(); true");
+    b.ws.wait_until("location.pathname.startsWith('/commands/bulk/') && document.getElementById('bulk-members')");
+    let run =
+        b.ws.eval("location.pathname.split('/').pop()")
+            .as_str()
+            .unwrap()
+            .to_string();
+    let api = wait_for(Duration::from_secs(90), "the bulk run finished", || {
+        let (_, v) = call(
+            &r.central,
+            &r.tech,
+            "GET",
+            &format!("/api/v1/commands/bulk/{run}"),
+            None,
+        );
+        (v["summary"]["finished"] == true).then_some(v)
+    });
+    assert_eq!(api["summary"]["done"], 1, "{api}");
+    assert_eq!(api["created_by"], "tess", "{api}");
+    b.ws.wait_until("document.querySelector('#bulk-members tr[data-state=\"completed\"]') && document.getElementById('bulk').dataset.finished === 'true'");
+    let summary =
+        b.ws.eval("document.getElementById('bulk-summary').innerText")
+            .as_str()
+            .unwrap()
+            .to_string();
+    assert!(
+        summary.contains(&format!("{} in all", api["summary"]["total"]))
+            && summary.contains(&format!("{} done", api["summary"]["done"])),
+        "{summary} vs {api}"
+    );
+    assert_eq!(
+        b.ws.eval("document.querySelectorAll('#bulk-members tbody tr').length"),
+        json!(api["devices"].as_array().unwrap().len())
+    );
+    b.shot("central-scripts-03-bulk.png");
+    b.logout();
+
+    // A viewer reads the script, has no run form; its POST is refused.
+    b.login("vera");
+    b.go("/scripts/greet");
+    b.ws.wait_until("document.getElementById('script-body')");
+    b.go(&format!("/sites/{}/devices/{dev}", r.site));
+    b.ws.wait_until("document.getElementById('device-info')");
+    assert_eq!(
+        b.ws.eval(
+            "!!document.getElementById('run-script') || !!document.getElementById('bulk-form')"
+        ),
+        json!(false)
+    );
+    let token = csrf(&mut b);
+    assert_eq!(
+        b.fetch_post(
+            &format!("/sites/{}/devices/{dev}/scripts", r.site),
+            &format!("csrf={token}&script=greet&args=forged")
+        ),
+        403
+    );
+    let (_, all) = call(&r.central, &r.tech, "GET", "/api/v1/commands", None);
+    assert!(
+        !all.to_string().contains("forged"),
+        "the viewer's POST made no command: {all}"
+    );
+    for f in [
+        "central-scripts-01-script.png",
+        "central-scripts-02-output.png",
+        "central-scripts-03-bulk.png",
+    ] {
+        assert!(std::fs::metadata(root.join(f)).unwrap().len() > 1000, "{f}");
+    }
+    browser.kill9();
 }
 
 #[test]

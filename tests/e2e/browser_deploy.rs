@@ -11,6 +11,12 @@
 //! the approvals page says which rule decided. Then the device list's
 //! bulk bar: a technician tags the selected device and runs a command
 //! line on the selection as one bulk run.
+//!
+//! The site has an advisory catalog (a Debian tracker written here from
+//! this machine's installed `dpkg` source: one CVE fixed above its
+//! version, one without a fix): the Patches page's figures and download
+//! size, and that CVE's page (its exposed device and counts) equal
+//! `/api/v1/patches/summary` and `/api/v1/patches/cves/{id}`.
 
 use std::time::Duration;
 
@@ -18,6 +24,11 @@ use outpost_tests::*;
 use serde_json::{Value, json};
 
 use crate::browser::{Browser, chromium, raw_post};
+
+/// The catalog's CVE of the installed dpkg source fixed above its version.
+const CVE_FIXED: &str = "CVE-2099-5001";
+/// The catalog's CVE of that source without a fix.
+const CVE_OPEN: &str = "CVE-2099-5002";
 
 /// The `csrf` field of a page.
 fn csrf_of(page: &str) -> String {
@@ -48,6 +59,23 @@ fn site_deployment_pages_in_headless_chromium_with_a_real_agent_and_roles() {
         );
         assert_eq!(st, 201, "{out}");
     }
+    // The advisory catalog, before the agent's first scan: two CVEs of
+    // the installed dpkg source (one fixed above its version, one open).
+    let sources = crate::patches::installed_sources();
+    let (src, installed) = sources
+        .get_key_value("dpkg")
+        .or_else(|| sources.iter().next())
+        .map(|(s, v)| (s.clone(), v.clone()))
+        .expect("an installed source package");
+    let tracker = json!({ src.clone(): {
+        CVE_FIXED: {"description": "e2e", "releases": {"bookworm": {
+            "status": "resolved", "fixed_version": format!("{installed}+outpost1"), "urgency": "high"}}},
+        CVE_OPEN: {"description": "e2e", "releases": {"bookworm": {"status": "open", "urgency": "medium"}}},
+    }});
+    let tracker_path = root.join("tracker.json");
+    std::fs::write(&tracker_path, tracker.to_string()).unwrap();
+    let out = app.cli_ok(&["advisories", "import", tracker_path.to_str().unwrap()]);
+    assert!(out.contains("imported debian-tracker"), "{out}");
     let mut web = Agent::enroll(root, "web", &app);
     // One scan at start (the harness turns scans off by default): dpkg
     // and `apt-get -s` of this machine, nothing installed.
@@ -152,7 +180,96 @@ fn site_deployment_pages_in_headless_chromium_with_a_real_agent_and_roles() {
             json!(true)
         );
     }
+    // Its download size, as the API's summary says it.
+    let download: outpost_patch::assess::DownloadSize =
+        serde_json::from_value(summary["download"].clone()).unwrap();
+    assert_eq!(
+        b.ws.eval("document.getElementById('fleet-download') ? document.getElementById('fleet-download').innerText : ''"),
+        json!(download.display()),
+        "{summary}"
+    );
     b.shot("site-deploy-05-patches.png");
+
+    // The CVE fixed above the installed version: its page's device and
+    // figures are the API's.
+    let cve: Value = wait_for(Duration::from_secs(60), "the CVE's exposed device", || {
+        let v: Value = app.api(&format!("/api/v1/patches/cves/{CVE_FIXED}")).ok()?;
+        v["devices"]
+            .as_array()?
+            .iter()
+            .any(|d| d["device"] == dev.as_str())
+            .then_some(v)
+    });
+    let api_row = cve["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device"] == dev.as_str())
+        .unwrap()
+        .clone();
+    b.go("/patches");
+    b.ws.wait_until(&format!(
+        "document.querySelector('#top-cves tr[data-cve=\"{CVE_FIXED}\"]')"
+    ));
+    b.ws.eval(&format!(
+        "document.querySelector('#top-cves tr[data-cve=\"{CVE_FIXED}\"] a').click(); true"
+    ));
+    b.ws.wait_until(&format!(
+        "document.querySelector('#cve[data-cve=\"{CVE_FIXED}\"]')"
+    ));
+    let exposed = cve["fixable_now"].as_u64().unwrap()
+        + cve["fix_not_in_repositories"].as_u64().unwrap()
+        + cve["open"].as_u64().unwrap();
+    assert_eq!(
+        b.ws.eval("document.getElementById('exposed-devices').innerText"),
+        json!(exposed.to_string()),
+        "{cve}"
+    );
+    let facts =
+        b.ws.eval("document.querySelector('#cve p.facts').innerText")
+            .as_str()
+            .unwrap()
+            .to_string();
+    for want in [
+        format!("{} fixable now", cve["fixable_now"]),
+        format!(
+            "{} fix not in their repositories",
+            cve["fix_not_in_repositories"]
+        ),
+        format!("{} without a fix yet", cve["open"]),
+    ] {
+        assert!(facts.contains(&want), "{want} in {facts} ({cve})");
+    }
+    // The device's row: its state as the API's (a fix above what its
+    // repositories offer), the package and the versions.
+    let want_state = match (
+        api_row["state"].as_str(),
+        api_row["fix_available"].as_bool(),
+    ) {
+        (Some("fixable"), Some(true)) => "fixable",
+        (Some("fixable"), _) => "fix-not-in-repositories",
+        (Some(s), _) => s,
+        _ => panic!("{api_row}"),
+    }
+    .to_string();
+    let row_sel = format!("#exposed tr[data-device=\"{dev}\"]");
+    assert_eq!(
+        b.ws.eval(&format!(
+            "document.querySelector('{row_sel}').dataset.state"
+        )),
+        json!(want_state),
+        "{api_row}"
+    );
+    let row =
+        b.ws.eval(&format!("document.querySelector('{row_sel}').innerText"))
+            .as_str()
+            .unwrap()
+            .to_string();
+    assert!(
+        row.contains(&src) && row.contains(&format!("{installed}+outpost1")),
+        "{row} ({api_row})"
+    );
+    b.shot("site-deploy-06-cve.png");
     b.logout();
 
     // A technician: pause and roll back, no abort; a post from another
@@ -294,6 +411,7 @@ fn site_deployment_pages_in_headless_chromium_with_a_real_agent_and_roles() {
         "site-deploy-02-deployment.png",
         "site-deploy-03-approvals.png",
         "site-deploy-04-bulk.png",
+        "site-deploy-06-cve.png",
     ] {
         assert!(std::fs::metadata(root.join(f)).unwrap().len() > 1000, "{f}");
     }

@@ -19,7 +19,7 @@ use outpost_tests::{Agent, Appliance, scratch, stderr, wait_for};
 use serde_json::{Value, json};
 
 /// Installed source packages of this machine with one source version each.
-fn installed_sources() -> BTreeMap<String, String> {
+pub(crate) fn installed_sources() -> BTreeMap<String, String> {
     let o = Command::new("dpkg-query")
         .args([
             "-W",

@@ -563,6 +563,9 @@ async fn set_tags(
         tags.join(","),
     );
     st.alerts.reload();
+    if let Some(hook) = &st.on_tags {
+        hook(device, tags.as_slice());
+    }
     Ok(Json(tags))
 }
 

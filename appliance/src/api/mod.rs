@@ -74,7 +74,13 @@ pub struct ApiState {
     pub uplink: Arc<outpost_uplink::service::Uplink>,
     /// Remote commands: queue, cancel, read.
     pub commands: crate::commands::service::CommandService,
+    /// Told a device's tags after `PUT /api/v1/devices/{id}/tags` stored
+    /// them (the console's device index takes them at once).
+    pub on_tags: Option<TagsHook>,
 }
+
+/// See [`ApiState::on_tags`].
+pub type TagsHook = Arc<dyn Fn(outpost_proto::DeviceId, &[String]) + Send + Sync>;
 
 impl std::fmt::Debug for ApiState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -429,6 +429,18 @@ impl DeviceIndex {
         self.write().rows.entry(row.id).or_insert(row);
     }
 
+    /// Sets a device's tags (the tags API wrote them); `false` when the
+    /// index has no row of it.
+    pub fn set_tags(&self, d: DeviceId, tags: &[String]) -> bool {
+        let mut inner = self.write();
+        let Some(row) = inner.rows.get_mut(&d) else {
+            return false;
+        };
+        row.tags = tags.to_vec();
+        row.reindex();
+        true
+    }
+
     /// Merges what the database said (see the module docs).
     pub fn merge(&self, s: Snapshot) {
         let mut inner = self.write();

@@ -22,6 +22,7 @@
 pub(crate) mod bulk;
 pub(crate) mod commands;
 pub(crate) mod deployments;
+pub(crate) mod files;
 pub mod index;
 pub(crate) mod patches;
 pub(crate) mod scripts;
@@ -250,6 +251,22 @@ impl Site {
                 acked_by: a.acknowledged_by.clone(),
             },
         ));
+    }
+
+    /// Tags the API just stored for `device` (`PUT
+    /// /api/v1/devices/{id}/tags`): the index takes them at once, so a
+    /// search right after finds them (a device the index does not know
+    /// yet comes with the next merge).
+    pub fn on_tags(&self, device: DeviceId, tags: &[String]) {
+        if !self.index.set_tags(device, tags) {
+            self.mark_stale();
+        }
+    }
+
+    /// The database changed behind the hooks (tags set from central):
+    /// the next page merges it, however recent the last merge.
+    pub fn mark_stale(&self) {
+        self.merged().at = None;
     }
 
     /// Merges the database into the index if it is older than
@@ -504,6 +521,9 @@ pub struct SiteConsole {
     /// Approvals and deployments (the deployment pages); `None`: the
     /// pages say they are not available.
     pub deployments: Option<crate::deploy::api::DeployApi>,
+    /// File transfers (the File transfers pages); `None`: the pages say
+    /// they are not available.
+    pub files: Option<crate::files::service::FileService>,
 }
 
 impl SiteConsole {
@@ -586,6 +606,7 @@ impl ConsoleBackend for SiteConsole {
                 scripts: self.commands.is_some(),
                 patches: self.patches.is_some(),
                 deployments: self.deployments.is_some(),
+                files: self.files.is_some(),
                 ..Features::default()
             },
         }
@@ -1237,6 +1258,26 @@ impl ConsoleBackend for SiteConsole {
         device: Option<&'a str>,
     ) -> ConsoleFuture<'a, outpost_console::deployments::ApprovalsView> {
         Box::pin(self.approvals_view(device))
+    }
+
+    fn files<'a>(
+        &'a self,
+        _v: &'a Viewer,
+        state: Option<&'a str>,
+    ) -> ConsoleFuture<'a, Vec<outpost_console::files::FileRow>> {
+        Box::pin(self.files_of(state))
+    }
+
+    fn file<'a>(
+        &'a self,
+        _v: &'a Viewer,
+        id: &'a str,
+    ) -> ConsoleFuture<'a, outpost_console::files::FileRow> {
+        Box::pin(self.file_of(id))
+    }
+
+    fn cancel_file<'a>(&'a self, v: &'a Viewer, id: &'a str) -> ConsoleFuture<'a, ()> {
+        Box::pin(self.cancel_file_of(v, id))
     }
 }
 

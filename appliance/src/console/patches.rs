@@ -1,7 +1,10 @@
 //! The site's patch pages of the console (site scope): the mapping from
 //! the patch service's views ([`crate::patches::PatchService`]) to the
 //! console's patch types, names from the device registry. Owns no data
-//! and no rule; works with the uplink down. Every read runs on the
+//! and no rule; works with the uplink down. The figures are the site
+//! API's (`/api/v1/patches/summary`, `/api/v1/patches`,
+//! `/api/v1/patches/devices/{id}`): the same service calls, download
+//! sizes shown as [`DownloadSize::display`] does. Every read runs on the
 //! blocking pool ([`on_pool`]): the views walk every assessment and the
 //! registry in RocksDB.
 
@@ -10,9 +13,10 @@ use std::collections::HashMap;
 use outpost_console::backend::ConsoleError;
 use outpost_console::patches::{
     ComplianceLine, CustomerExposure, CveDevice, CveLine, CvePage, DeviceCve, DevicePatchView,
-    MissingRow, PatchOverview, RISKY_DEVICES, RiskyDevice, TOP_CVES,
+    MissingRow, PatchLine, PatchOverview, RISKY_DEVICES, RiskyDevice, TOP_CVES, TOP_PATCHES,
 };
-use outpost_patch::assess::{Compliance, DeviceAssessment, FindingState};
+use outpost_patch::assess::fleet::FleetSummary;
+use outpost_patch::assess::{Compliance, DeviceAssessment, DownloadSize, FindingState};
 use outpost_proto::DeviceId;
 use outpost_storage::Store;
 
@@ -91,16 +95,18 @@ pub(super) fn compliance_percent(c: &PatchPages, now: u64) -> Result<Option<f64>
         .compliance_percent)
 }
 
-pub(super) fn overview(c: &PatchPages, now: u64) -> Result<PatchOverview, ConsoleError> {
-    let svc = &c.svc;
-    let s = svc.summary(now).map_err(internal)?;
-    let site = c.site.identity();
-    let names = names(&c.store, s.devices.iter().map(|d| d.device))?;
-    let f = &s.fleet;
-    let line = ComplianceLine {
-        label: site.name.clone(),
-        customer: String::new(),
-        site_id: Some(site.id.clone()),
+/// A compliance line of a fleet summary.
+fn compliance_line(
+    label: String,
+    customer: String,
+    site_id: Option<String>,
+    f: &FleetSummary,
+    download: &DownloadSize,
+) -> ComplianceLine {
+    ComplianceLine {
+        label,
+        customer,
+        site_id,
         devices: f.devices,
         compliant: f.compliant,
         non_compliant: f.non_compliant,
@@ -110,7 +116,58 @@ pub(super) fn overview(c: &PatchPages, now: u64) -> Result<PatchOverview, Consol
         security_critical: u64::from(f.security_patches.critical),
         security_high: u64::from(f.security_patches.high),
         reboot_required: f.reboot_required,
-    };
+        download: Some(download.display()),
+    }
+}
+
+/// One missing patch's download (`12.3 MiB`, `unknown`).
+fn patch_download(p: &outpost_patch::assess::MissingPatch) -> String {
+    let mut d = DownloadSize::default();
+    d.add(p);
+    d.display()
+}
+
+pub(super) fn overview(c: &PatchPages, now: u64) -> Result<PatchOverview, ConsoleError> {
+    let svc = &c.svc;
+    let s = svc.summary_for(now, None).map_err(internal)?;
+    let site = c.site.identity();
+    let names = names(&c.store, s.devices.iter().map(|d| d.device))?;
+    let line = compliance_line(
+        site.name.clone(),
+        String::new(),
+        Some(site.id.clone()),
+        &s.fleet,
+        &s.download,
+    );
+    let customer_lines = s
+        .customers
+        .iter()
+        .map(|cu| {
+            let label = if cu.customer.is_empty() {
+                "(no customer)".to_string()
+            } else {
+                cu.customer.clone()
+            };
+            compliance_line(label, cu.customer.clone(), None, &cu.summary, &cu.download)
+        })
+        .collect();
+    let all_patches = svc.patches();
+    let patches_total = all_patches.len();
+    let patch_lines = all_patches
+        .into_iter()
+        .take(TOP_PATCHES)
+        .map(|p| PatchLine {
+            source: p.source,
+            candidates: p.candidates.into_iter().collect(),
+            devices: p.devices,
+            cves: p.cves,
+            severity: p.severity.map(|s| s.as_str().to_string()),
+            security: p.security,
+            reboot_expected: p.reboot_expected,
+            max_risk: p.max_risk,
+            download: Some(p.download.display()),
+        })
+        .collect();
     let view = svc.view();
     let mut risky: Vec<RiskyDevice> = s
         .devices
@@ -140,6 +197,7 @@ pub(super) fn overview(c: &PatchPages, now: u64) -> Result<PatchOverview, Consol
                 security_high: sec.1,
                 last_scan_ms: d.scanned_at_ms,
                 reboot_required: d.reboot_required,
+                download: Some(d.download.display()),
             }
         })
         .collect();
@@ -161,7 +219,7 @@ pub(super) fn overview(c: &PatchPages, now: u64) -> Result<PatchOverview, Consol
     customers.dedup();
     Ok(PatchOverview {
         total: line.clone(),
-        customers: Vec::new(),
+        customers: customer_lines,
         sites: vec![line],
         risky,
         top_cves: s
@@ -179,6 +237,8 @@ pub(super) fn overview(c: &PatchPages, now: u64) -> Result<PatchOverview, Consol
             })
             .collect(),
         report_customers: customers,
+        patches: Some(patch_lines),
+        patches_total,
     })
 }
 
@@ -271,6 +331,7 @@ pub fn device_view(a: &DeviceAssessment) -> DevicePatchView {
                 cves: p.cves.iter().map(|c| c.to_string()).collect(),
                 reboot_expected: p.reboot_expected,
                 first_seen_ms: p.first_seen_ms,
+                download: Some(patch_download(p)),
             })
             .collect(),
         counts_only: false,
@@ -278,6 +339,10 @@ pub fn device_view(a: &DeviceAssessment) -> DevicePatchView {
         fixable_cves: a.counts.fixable.total() - a.counts.fixable.unimportant,
         open_cves: a.counts.open.total() - a.counts.open.unimportant,
         cves,
+        download: Some(a.download_size().display()),
+        deferred: None,
+        reported_ms: 0,
+        unassessed: false,
     }
 }
 
@@ -291,8 +356,21 @@ pub(super) fn device(
     let id: DeviceId = device
         .parse()
         .map_err(|_| ConsoleError::NotFound(format!("no device {device}")))?;
-    let d = svc.device(id).map_err(internal)?;
-    Ok(d.and_then(|d| d.assessment).map(|a| device_view(&a)))
+    let Some(d) = svc.device(id).map_err(internal)? else {
+        return Ok(None);
+    };
+    let mut view = match &d.assessment {
+        Some(a) => device_view(a),
+        None if d.deferred.is_some() => DevicePatchView {
+            compliance: "not-assessed".into(),
+            unassessed: true,
+            ..Default::default()
+        },
+        None => return Ok(None),
+    };
+    view.deferred = d.deferred;
+    view.reported_ms = d.received_at_ms;
+    Ok(Some(view))
 }
 
 pub(super) fn report_csv(c: &PatchPages, customer: Option<&str>) -> Result<String, ConsoleError> {

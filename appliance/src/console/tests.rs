@@ -40,12 +40,15 @@ struct Rig {
     fake: Arc<crate::deploy::approvals::tests::FakePatches>,
     /// The console's patch service ([`rig_with_patches`]).
     patches: Option<crate::patches::PatchService>,
+    /// The console's file transfers.
+    files: crate::files::service::FileService,
     /// What the engine hands the notification dispatcher (kept open).
     _sent: tokio::sync::mpsc::UnboundedReceiver<crate::alerts::model::Notification>,
 }
 
 impl Drop for Rig {
     fn drop(&mut self) {
+        self.files.stop();
         self.shutdown.cancel();
     }
 }
@@ -97,6 +100,19 @@ async fn rig() -> Rig {
 
 /// [`rig`], with a patch service over the same store when asked.
 async fn rig_with_patches(with_patches: bool) -> Rig {
+    rig_with(
+        with_patches,
+        Freshness {
+            state: Duration::ZERO,
+            ips: Duration::ZERO,
+        },
+    )
+    .await
+}
+
+/// [`rig_with_patches`], its index merged again only when `freshness`
+/// says (the appliance's is 2 s).
+async fn rig_with(with_patches: bool, freshness: Freshness) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let store = crate::db::open(&dir.path().join("db"), &StoreOptions::default()).unwrap();
     registry::register(&store, &device(DEV.0, "web-1")).unwrap();
@@ -120,10 +136,7 @@ async fn rig_with_patches(with_patches: bool) -> Rig {
         uplink.clone(),
         "harbour".into(),
         hub,
-        Freshness {
-            state: Duration::ZERO,
-            ips: Duration::ZERO,
-        },
+        freshness,
     )
     .unwrap();
     let (notify, sent) = crate::alerts::notify::NotifyHandle::for_tests();
@@ -166,6 +179,14 @@ async fn rig_with_patches(with_patches: bool) -> Rig {
         )
         .unwrap()
     });
+    let (files, _files_thread) = crate::files::service::FileService::start(
+        store.clone(),
+        metrics.clone(),
+        &dir.path().join("files"),
+        Default::default(),
+        commands.clone(),
+    )
+    .unwrap();
     let fake = Arc::new(crate::deploy::approvals::tests::FakePatches::default());
     let patch_view: Arc<dyn crate::deploy::approvals::MissingPatches> = fake.clone();
     let orchestrator = Arc::new(crate::deploy::orchestrator::Orchestrator::new(
@@ -193,6 +214,7 @@ async fn rig_with_patches(with_patches: bool) -> Rig {
                 patches: patch_view,
                 orchestrator,
             }),
+            files: Some(files.clone()),
         }),
         csrf: outpost_console::CsrfKey::from_bytes(b"test key"),
         metrics: metrics.console.clone(),
@@ -207,8 +229,17 @@ async fn rig_with_patches(with_patches: bool) -> Rig {
         alerts: alerts.clone(),
         started: std::time::Instant::now(),
         uplink,
+        on_tags: {
+            let site = site.clone();
+            Some(Arc::new(move |d, tags: &[String]| site.on_tags(d, tags)))
+        },
     });
-    let router = admin_router(state, None, Some(console));
+    // The site's patch API beside the console (the pages' figures are
+    // compared with it).
+    let patch_api = patches
+        .as_ref()
+        .map(|p| crate::patches::api::router(p.clone()));
+    let router = admin_router(state, patch_api, Some(console));
     Rig {
         _dir: dir,
         store,
@@ -220,6 +251,7 @@ async fn rig_with_patches(with_patches: bool) -> Rig {
         commands,
         fake,
         patches,
+        files,
         _sent: sent,
     }
 }
@@ -1377,6 +1409,409 @@ async fn the_site_patch_pages_show_the_stored_assessments_through_the_router() {
         );
         assert!(!text.contains("db-1"), "{text}");
     }
+}
+
+/// Two customers' devices whose agents reported apt's download sizes (one
+/// unknown), the second one's next scan deferred (dpkg's lock held):
+/// web-1 (dental) misses openssl (12.3 MiB) and bash (size unknown),
+/// db-1 (vet) misses openssl (12.3 MiB).
+fn assess_with_sizes(store: &Store, svc: &crate::patches::PatchService) {
+    use crate::patches::service::tests::{TRACKER, V1, put_report, scan};
+    use outpost_patch::scan::{AptUpgrade, PACKAGE_REPORT_FORMAT, PackageReport, ScanDeferred};
+    use outpost_patch::version::DebVersion;
+    svc.import(
+        outpost_patch::catalog::FeedFormat::DebianTracker,
+        None,
+        "t",
+        TRACKER.as_bytes(),
+    )
+    .unwrap();
+    let upgrade = |name: &str, from: &str, to: &str, size: Option<u64>| AptUpgrade {
+        name: name.into(),
+        arch: Some("amd64".into()),
+        from: Some(DebVersion::parse(from).unwrap()),
+        to: DebVersion::parse(to).unwrap(),
+        origins: vec!["Debian-Security:12/stable-security".into()],
+        security: true,
+        size_bytes: size,
+    };
+    for (n, host, customer, with_bash) in
+        [(11, "web-1", "dental", true), (12, "db-1", "vet", false)]
+    {
+        let mut r = device(n, host);
+        r.customer = customer.into();
+        registry::register(store, &r).unwrap();
+        let mut s = scan(V1, 1);
+        s.upgrades.push(upgrade(
+            "libssl3",
+            "3.0.11-1~deb12u2",
+            "3.0.15-1~deb12u1",
+            Some(12_897_485),
+        ));
+        if with_bash {
+            s.upgrades
+                .push(upgrade("bash", "5.2.15-2+b2", "5.2.15-3", None));
+        }
+        s.normalize();
+        put_report(
+            store,
+            DeviceId(n),
+            1,
+            &PackageReport::Full(Box::new(s)),
+            PACKAGE_REPORT_FORMAT,
+        );
+    }
+    svc.process_reports(10).unwrap();
+    put_report(
+        store,
+        DeviceId(12),
+        2,
+        &PackageReport::Deferred(Box::new(ScanDeferred {
+            at_ms: 20,
+            reason: "dpkg is locked by apt (pid 123)".into(),
+            attempts: 7,
+            waited_ms: 60_000,
+        })),
+        PACKAGE_REPORT_FORMAT,
+    );
+    svc.process_reports(30).unwrap();
+}
+
+/// The `<tr>` of table `table` whose attribute `attr` (`data-x="v"`) it
+/// has, up to its `</tr>`.
+fn table_row<'a>(body: &'a str, table: &str, attr: &str) -> &'a str {
+    let t = body
+        .find(&format!("id=\"{table}\""))
+        .unwrap_or_else(|| panic!("no table {table} in {body}"));
+    let rest = &body[t..];
+    let r = rest
+        .find(attr)
+        .unwrap_or_else(|| panic!("no row {attr} in table {table}: {rest}"));
+    let row = &rest[r..];
+    &row[..row.find("</tr>").unwrap_or(row.len())]
+}
+
+/// The site's Patches pages show what the site API returns: download
+/// sizes (the site's, per customer, per device, per missing patch across
+/// the fleet and on the device page), the per-customer breakdown, and a
+/// deferred scan's reason; every figure equal to the JSON API's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_site_patch_pages_show_sizes_customers_and_deferred_scans_as_the_api_returns_them() {
+    use crate::patches::service::{DevicePatches, Summary};
+    use outpost_patch::assess::DownloadSize;
+    use outpost_patch::assess::fleet::PatchSummary;
+    let rig = rig_with_patches(true).await;
+    assess_with_sizes(&rig.store, rig.patches.as_ref().unwrap());
+    rig.add_user("val", Role::Viewer).await;
+    let viewer = rig.sign_in("val", "correct+horse+battery").await;
+    let bearer = format!("Bearer {TOKEN}");
+    let api = |path: String| {
+        let (rig, bearer) = (&rig, bearer.clone());
+        async move {
+            let r = rig
+                .call("GET", &path, &[("authorization", &bearer)], "")
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+            r.body
+        }
+    };
+    let page = |path: String| {
+        let (rig, viewer) = (&rig, viewer.clone());
+        async move {
+            let r = rig.call("GET", &path, &[("cookie", &viewer)], "").await;
+            assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+            r.body
+        }
+    };
+    let summary: Summary =
+        serde_json::from_str(&api("/api/v1/patches/summary".into()).await).unwrap();
+    let patches: Vec<PatchSummary> =
+        serde_json::from_str(&api("/api/v1/patches".into()).await).unwrap();
+
+    let o = page("/patches".into()).await;
+    // The site's total (two openssl and one bash download, one unknown).
+    assert_eq!(
+        summary.download.display(),
+        "at least 24.6 MiB (1 size unknown)"
+    );
+    assert!(
+        o.contains(&format!(
+            "id=\"fleet-download\">{}</b>",
+            summary.download.display()
+        )),
+        "{o}"
+    );
+    // Per customer: the API's lines, each with its compliance and size.
+    assert_eq!(summary.customers.len(), 2);
+    for cu in &summary.customers {
+        let row = table_row(
+            &o,
+            "compliance-customers",
+            &format!("data-customer=\"{}\"", cu.customer),
+        );
+        let percent = cu
+            .summary
+            .compliance_percent
+            .map_or("–".into(), outpost_console::format::percent);
+        assert!(
+            row.contains(&format!("<td class=\"n compliance\">{percent}</td>"))
+                && row.contains(&format!("<td class=\"n\">{}</td>", cu.summary.devices))
+                && row.contains(&format!(
+                    "<td class=\"n download\">{}</td>",
+                    cu.download.display()
+                )),
+            "{}: {row}",
+            cu.customer
+        );
+    }
+    // Per device on the risk list.
+    assert_eq!(summary.devices.len(), 2);
+    for d in &summary.devices {
+        let row = table_row(
+            &o,
+            "risky-devices",
+            &format!("data-device=\"{}\"", d.device),
+        );
+        assert!(
+            row.contains(&format!(
+                "<td class=\"n download\">{}</td>",
+                d.download.display()
+            )),
+            "{}: {row}",
+            d.device
+        );
+    }
+    // Per missing patch across the site (the API's list, its order).
+    assert_eq!(patches.len(), 2, "{patches:?}");
+    for p in &patches {
+        let row = table_row(
+            &o,
+            "missing-across",
+            &format!("data-source=\"{}\"", p.source),
+        );
+        assert!(
+            row.contains(&format!("<td class=\"n devices\">{}</td>", p.devices))
+                && row.contains(&format!(
+                    "<td class=\"n download\">{}</td>",
+                    p.download.display()
+                )),
+            "{}: {row}",
+            p.source
+        );
+    }
+    let openssl = patches.iter().find(|p| p.source == "openssl").unwrap();
+    assert_eq!(
+        (openssl.devices, openssl.download.display().as_str()),
+        (2, "24.6 MiB")
+    );
+
+    // A device's page: its total and each missing patch's size, as the
+    // device API says; no deferred scan.
+    let web = "000000000000000b";
+    let dp: DevicePatches =
+        serde_json::from_str(&api(format!("/api/v1/patches/devices/{web}")).await).unwrap();
+    let a = dp.assessment.as_ref().unwrap();
+    let body = page(format!("/sites/local/devices/{web}")).await;
+    assert!(
+        body.contains(&format!(
+            "id=\"device-download\">{}</b>",
+            a.download_size().display()
+        )),
+        "{body}"
+    );
+    assert_eq!(a.patches.len(), 2);
+    for m in &a.patches {
+        let mut one = DownloadSize::default();
+        one.add(m);
+        let row = table_row(
+            &body,
+            "missing-patches",
+            &format!("data-source=\"{}\"", m.source),
+        );
+        assert!(
+            row.contains(&format!("<td class=\"n download\">{}</td>", one.display())),
+            "{}: {row}",
+            m.source
+        );
+    }
+    assert!(
+        body.contains("<td class=\"n download\">unknown</td>"),
+        "bash's size is unknown: {body}"
+    );
+    assert!(!body.contains("scan-deferred"), "{body}");
+    // Which rule decided: the site's Approvals page for this device.
+    assert!(
+        body.contains("id=\"which-rule\"")
+            && body.contains(&format!("href=\"/approvals?device={web}\"")),
+        "{body}"
+    );
+
+    // db-1's last scan was deferred: the reason the API gives, beside the
+    // kept assessment.
+    let db = "000000000000000c";
+    let dp: DevicePatches =
+        serde_json::from_str(&api(format!("/api/v1/patches/devices/{db}")).await).unwrap();
+    let why = dp.deferred.clone().unwrap();
+    assert!(
+        why.starts_with("scan deferred: dpkg is locked by apt (pid 123)"),
+        "{why}"
+    );
+    let body = page(format!("/sites/local/devices/{db}")).await;
+    assert!(
+        body.contains(&format!("id=\"scan-deferred\">{why}")),
+        "{body}"
+    );
+    assert!(
+        body.contains("id=\"device-download\">12.3 MiB</b>"),
+        "{body}"
+    );
+}
+
+/// The site's File transfers pages (their own navigation entry): a pull
+/// queued through the file service is listed with its device's name and
+/// state, its page shows it; a viewer gets no cancel button and a forged
+/// cancel is refused; a technician cancels it from the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_site_file_transfer_pages_list_show_and_cancel_a_transfer() {
+    let rig = rig().await;
+    let rec = rig
+        .files
+        .pull(DEV, "/etc/hosts".into(), "tess".into())
+        .await
+        .unwrap();
+    let id = rec.id.to_string();
+    rig.add_user("val", Role::Viewer).await;
+    rig.add_user("tess", Role::Technician).await;
+    let viewer = rig.sign_in("val", "correct+horse+battery").await;
+    let tech = rig.sign_in("tess", "correct+horse+battery").await;
+
+    let r = rig.call("GET", "/files", &[("cookie", &viewer)], "").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body
+            .contains(r#"<a href="/files" class="current">File transfers</a>"#),
+        "its own navigation entry: {}",
+        r.body
+    );
+    assert!(
+        r.body
+            .contains(&format!(r#"data-file="{id}" data-state="queued""#))
+            && r.body.contains(">web-1<")
+            && r.body.contains("/etc/hosts"),
+        "{}",
+        r.body
+    );
+    // The state filter: running transfers only (none), then queued ones.
+    let r = rig
+        .call("GET", "/files?state=running", &[("cookie", &viewer)], "")
+        .await;
+    assert!(r.body.contains("no-files"), "{}", r.body);
+    let r = rig
+        .call("GET", "/files?state=queued", &[("cookie", &viewer)], "")
+        .await;
+    assert!(
+        r.body.contains(&format!("data-file=\"{id}\"")),
+        "{}",
+        r.body
+    );
+
+    let page = format!("/files/{id}");
+    let r = rig.call("GET", &page, &[("cookie", &viewer)], "").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(!r.body.contains("cancel-file"), "viewer: {}", r.body);
+    let csrf = csrf_of(&r.body);
+    let r = rig
+        .call(
+            "POST",
+            &format!("{page}/cancel"),
+            &[("cookie", &viewer)],
+            &format!("csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+
+    let r = rig.call("GET", &page, &[("cookie", &tech)], "").await;
+    assert!(r.body.contains("id=\"cancel-file\""), "{}", r.body);
+    let csrf = csrf_of(&r.body);
+    let r = rig
+        .call(
+            "POST",
+            &format!("{page}/cancel"),
+            &[("cookie", &tech)],
+            &format!("csrf={csrf}"),
+        )
+        .await;
+    assert!(r.status.is_redirection(), "{} {}", r.status, r.body);
+    // The file service records the cancelled command (its worker).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let after = rig.files.get(rec.id).unwrap().unwrap();
+        if after.state == crate::files::model::TransferState::Cancelled {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not cancelled: {after:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = rig.call("GET", &page, &[("cookie", &tech)], "").await;
+    assert!(
+        r.body.contains("data-state=\"cancelled\"") && !r.body.contains("id=\"cancel-file\""),
+        "{}",
+        r.body
+    );
+}
+
+/// Tags set through the API (`PUT /api/v1/devices/{id}/tags`) show in a
+/// search of the device list at once, although the index was merged a
+/// moment ago and would not merge again for an hour (before: only once
+/// a page found it older than its freshness, 2 s on an appliance).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_set_through_the_api_are_found_by_a_search_right_after() {
+    let rig = rig_with(
+        false,
+        Freshness {
+            state: Duration::from_secs(3600),
+            ips: Duration::from_secs(3600),
+        },
+    )
+    .await;
+    rig.add_user("val", Role::Viewer).await;
+    let viewer = rig.sign_in("val", "correct+horse+battery").await;
+    let r = rig
+        .call("GET", "/devices?q=frontdesk", &[("cookie", &viewer)], "")
+        .await;
+    assert!(
+        !r.body.contains("data-key=\"local/000000000000002a\""),
+        "{}",
+        r.body
+    );
+    let r = rig
+        .call(
+            "PUT",
+            "/api/v1/devices/000000000000002a/tags",
+            &[
+                ("authorization", &format!("Bearer {TOKEN}")),
+                ("content-type", "application/json"),
+            ],
+            r#"["frontdesk","web"]"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = rig
+        .call("GET", "/devices?q=frontdesk", &[("cookie", &viewer)], "")
+        .await;
+    assert!(
+        r.body.contains("data-key=\"local/000000000000002a\""),
+        "{}",
+        r.body
+    );
+    let r = rig
+        .call("GET", "/devices?tag=web", &[("cookie", &viewer)], "")
+        .await;
+    assert!(
+        r.body.contains("data-key=\"local/000000000000002a\""),
+        "{}",
+        r.body
+    );
 }
 
 /// Without a patch service the pages say so instead of failing.

@@ -35,6 +35,8 @@ pub enum Section {
     Devices,
     Alerts,
     Commands,
+    /// File transfers (pushes and pulls).
+    Files,
     Scripts,
     Patches,
     Deployments,
@@ -144,6 +146,7 @@ pub fn page(s: &Shell, body: Markup) -> Markup {
                             (nav_entry(s.section, Section::Devices, "/devices", "Devices", true))
                             (nav_entry(s.section, Section::Alerts, "/alerts", "Alerts", true))
                             (nav_entry(s.section, Section::Commands, "/commands", "Commands", f.commands))
+                            (nav_entry(s.section, Section::Files, "/files", "File transfers", f.files))
                             (nav_entry(s.section, Section::Scripts, "/scripts", "Scripts", f.scripts))
                             (nav_entry(s.section, Section::Patches, "/patches", "Patches", f.patches))
                             (nav_entry(s.section, Section::Deployments, "/deployments", "Deployments", f.deployments))
@@ -251,6 +254,35 @@ mod tests {
             page(&s, html! {})
                 .into_string()
                 .contains("href=\"/patches\"")
+        );
+    }
+
+    #[test]
+    fn file_transfers_have_their_own_navigation_entry_where_the_backend_has_them() {
+        let v = viewer();
+        let without = info(Features::default());
+        let s = Shell {
+            info: &without,
+            viewer: Some(&v),
+            csrf: None,
+            section: Section::Files,
+            title: "File transfers",
+            crumbs: vec![],
+        };
+        let html = page(&s, html! {}).into_string();
+        assert!(
+            html.contains(r#"aria-disabled="true">File transfers</span>"#),
+            "{html}"
+        );
+        let with = info(Features {
+            files: true,
+            ..Default::default()
+        });
+        let s = Shell { info: &with, ..s };
+        let html = page(&s, html! {}).into_string();
+        assert!(
+            html.contains(r#"<a href="/files" class="current">File transfers</a>"#),
+            "{html}"
         );
     }
 
