@@ -92,7 +92,11 @@ fn device_hour(d: u64, start: u64) -> (u64, BTreeMap<u64, Vec<SeriesRollup>>) {
                 series
                     .entry((v.name.clone(), v.label.clone()))
                     .or_default()
-                    .push((ts, v.value + d as f64 * 0.01));
+                    // Devices differ by 0.01 in every value; the sum is
+                    // rounded to two decimals again, as the agent reports
+                    // (`x + 0.07` is rarely itself a two-decimal f64, which
+                    // sent a third of the rollups to the 8-byte raw column).
+                    .push((ts, ((v.value + d as f64 * 0.01) * 100.0).round() / 100.0));
             }
         }
     }
