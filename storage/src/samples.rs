@@ -198,7 +198,7 @@ pub fn seal_dirty(
     let mut series: Vec<SeriesInfo> = Vec::new();
     // The day chunks of the device being sealed, by key: several windows of
     // one pass may fall on the same day; each chunk is written once.
-    let mut open: BTreeMap<[u8; 20], BTreeMap<SeriesId, Vec<(u64, f64)>>> = BTreeMap::new();
+    let mut open: OpenChunks = BTreeMap::new();
     for &(device, w) in &ready {
         if series_of != Some(device) {
             flush(&mut batch, &mut open)?;
@@ -243,10 +243,13 @@ pub fn seal_dirty(
     Ok(ready)
 }
 
+/// Day chunks being sealed: chunk key → series → samples.
+type OpenChunks = BTreeMap<[u8; 20], BTreeMap<SeriesId, Vec<(u64, f64)>>>;
+
 /// Encodes the open day chunks into `batch`.
 fn flush(
     batch: &mut crate::Batch,
-    open: &mut BTreeMap<[u8; 20], BTreeMap<SeriesId, Vec<(u64, f64)>>>,
+    open: &mut OpenChunks,
 ) -> Result<()> {
     for (key, group) in std::mem::take(open) {
         let series: Vec<chunk::SeriesSamples> = group.into_iter().collect();
