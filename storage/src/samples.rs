@@ -247,10 +247,7 @@ pub fn seal_dirty(
 type OpenChunks = BTreeMap<[u8; 20], BTreeMap<SeriesId, Vec<(u64, f64)>>>;
 
 /// Encodes the open day chunks into `batch`.
-fn flush(
-    batch: &mut crate::Batch,
-    open: &mut OpenChunks,
-) -> Result<()> {
+fn flush(batch: &mut crate::Batch, open: &mut OpenChunks) -> Result<()> {
     for (key, group) in std::mem::take(open) {
         let series: Vec<chunk::SeriesSamples> = group.into_iter().collect();
         batch.put_raw(CHUNKS, &key, &chunk::encode_device(&series))?;
