@@ -342,6 +342,10 @@ struct StorageArgs {
     interval_s: u64,
     #[arg(long, default_value_t = 24)]
     hours: u64,
+    /// How the synthetic values move: `agent` (derived as the agent derives
+    /// them) or `legacy` (the generator before issue 18).
+    #[arg(long, value_enum, default_value_t = storage_eff::ValueModel::Agent)]
+    values: storage_eff::ValueModel,
     /// Database directory (default: a temporary one).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -659,6 +663,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                         devices: a.devices,
                         interval_s: a.interval_s,
                         hours: a.hours,
+                        values: a.values,
                     },
                     &dir,
                 )

@@ -92,7 +92,11 @@ fn device_hour(d: u64, start: u64) -> (u64, BTreeMap<u64, Vec<SeriesRollup>>) {
                 series
                     .entry((v.name.clone(), v.label.clone()))
                     .or_default()
-                    .push((ts, v.value + d as f64 * 0.01));
+                    // Devices differ by 0.01 in every value; the sum is
+                    // rounded to two decimals again, as the agent reports
+                    // (`x + 0.07` is rarely itself a two-decimal f64, which
+                    // sent a third of the rollups to the 8-byte raw column).
+                    .push((ts, ((v.value + d as f64 * 0.01) * 100.0).round() / 100.0));
             }
         }
     }
@@ -141,6 +145,8 @@ pub fn size(devices: u64) -> anyhow::Result<Report> {
     let mut uplink = 0u64;
     let mut batches = 0u64;
     let mut decoded_rollups = 0u64;
+    // Where the batch bytes go: part → (bincode bytes, zstd of it alone).
+    let mut columns: BTreeMap<&'static str, (u64, u64)> = BTreeMap::new();
     for minute in 0..60u64 {
         let now = start + (minute + 1) * 60_000;
         let mut b = SiteBatch {
@@ -167,6 +173,7 @@ pub fn size(devices: u64) -> anyhow::Result<Report> {
         decoded_rollups += batch::decode(&bytes)?.rollup_count() as u64;
         uplink += bytes.len() as u64;
         batches += 1;
+        tally_columns(&mut columns, &b);
     }
     // Buckets that close after the hour went out in the next hour's batches:
     // count the full hour's rollups by sending them once more here.
@@ -182,6 +189,7 @@ pub fn size(devices: u64) -> anyhow::Result<Report> {
         let bytes = batch::encode(&b, batch::DEFAULT_ZSTD_LEVEL)?;
         decoded_rollups += batch::decode(&bytes)?.rollup_count() as u64;
         uplink += bytes.len() as u64;
+        tally_columns(&mut columns, &b);
     }
     anyhow::ensure!(
         decoded_rollups == rollups,
@@ -194,7 +202,34 @@ pub fn size(devices: u64) -> anyhow::Result<Report> {
         .int("raw_bytes_per_device_hour", raw / devices.max(1))
         .int("uplink_bytes_per_device_hour", uplink / devices.max(1))
         .num("reduction", raw as f64 / uplink.max(1) as f64);
+    let bincode: u64 = columns.values().map(|c| c.0).sum();
+    rep.int(
+        "parts_bincode_bytes_per_device_hour",
+        bincode / devices.max(1),
+    );
+    eprintln!("uplink bytes per device-hour by part (bincode, zstd of the part alone):");
+    for (name, (b, z)) in &columns {
+        eprintln!(
+            "  {name:<24} {:>8.1} {:>8.1}",
+            *b as f64 / devices.max(1) as f64,
+            *z as f64 / devices.max(1) as f64
+        );
+        rep.num(
+            &format!("part_{name}_zstd_bytes_per_device_hour"),
+            *z as f64 / devices.max(1) as f64,
+        );
+    }
     Ok(rep)
+}
+
+/// Adds the bytes of each part of `b` (device snapshots, alerts, rollup
+/// columns) to `columns`.
+fn tally_columns(columns: &mut BTreeMap<&'static str, (u64, u64)>, b: &SiteBatch) {
+    for (name, raw, z) in batch::part_sizes(b, batch::DEFAULT_ZSTD_LEVEL) {
+        let e = columns.entry(name).or_default();
+        e.0 += raw as u64;
+        e.1 += z as u64;
+    }
 }
 
 fn site_record(s: u64) -> (SiteRecord, JoinTokenRecord) {

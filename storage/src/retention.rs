@@ -58,10 +58,26 @@ pub fn enforce(store: &Store, now_ms: u64, policy: &RetentionPolicy) -> Result<R
     let mut batch = store.batch();
     for device in devices {
         report.devices += 1;
-        for sid in crate::rollup::device_series(store, device)?
+        let series: Vec<u32> = crate::rollup::device_series(store, device)?
             .into_iter()
             .map(|s| s.id)
-        {
+            .collect();
+        // Format-2 chunks span a day: a day is dropped once it is wholly
+        // older than the cutoff (raw samples live up to a day longer).
+        let mut groups: Vec<u32> = series
+            .iter()
+            .map(|s| crate::samples::group_of(*s))
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        for g in groups {
+            batch.delete_range(
+                CHUNKS,
+                &keys::series_time_key(device, g, 0),
+                &keys::series_time_key(device, g, crate::chunk::day_start(raw_cutoff)),
+            )?;
+        }
+        for sid in series {
             batch.delete_range(
                 SAMPLES,
                 &keys::series_time_key(device, sid, 0),

@@ -1,11 +1,17 @@
 //! Raw samples: the head table (`samples`, one key per sample, written at
-//! ingest) and sealed chunks (`chunks`, one compressed chunk per series and
-//! 2-hour window; see [`crate::chunk`]). Readers see the union; where both
-//! hold a timestamp, the head (newer) wins.
+//! ingest) and sealed chunks (`chunks`; see [`crate::chunk`]): format-2
+//! chunks, one per device, group of [`GROUP_SERIES`] series and day, under
+//! `device | GROUP_BASE + group | day start`, and format-1 chunks written by
+//! earlier versions, one per series and 2-hour window under
+//! `device | series | window start`. Readers see the union; where several
+//! hold a timestamp, the newest wins (head over format 2 over format 1).
+//! This module owns sealing and reading; the ingest path writes the head.
+
+use std::collections::BTreeMap;
 
 use outpost_proto::DeviceId;
 
-use crate::chunk::{self, CHUNK_MS};
+use crate::chunk::{self, CHUNK_MS, GROUP_SERIES};
 use crate::error::{Result, StorageError};
 use crate::keys::{self, SeriesId};
 use crate::rollup::{SeriesInfo, device_series};
@@ -16,10 +22,27 @@ use crate::{Codec, Store, Table};
 pub const SERIES: Table = Table::new("series").codec(Codec::Raw);
 /// `device | series | ts` → f64 (LE): the head of raw samples.
 pub const SAMPLES: Table = Table::new("samples").codec(Codec::Raw).bulk();
-/// `device | series | window start` → sealed chunk (see [`crate::chunk`]).
+/// `device | GROUP_BASE + series / GROUP_SERIES | day start` → format-2 chunk,
+/// and (older databases) `device | series | window start` → format-1 chunk
+/// (see [`crate::chunk`]).
 pub const CHUNKS: Table = Table::new("chunks").codec(Codec::Raw).bulk();
 /// `device | window start` → () : windows with head samples to seal.
 pub const CHUNK_DIRTY: Table = Table::new("chunk_dirty").codec(Codec::Raw);
+
+/// The series field of format-2 chunk keys: `GROUP_BASE + group`. Real
+/// series ids are dense from 0 and bounded far below it (10,000 per device
+/// by default), so the two key families never meet.
+pub const GROUP_BASE: SeriesId = 0xFFFF_0000;
+
+/// The series group (format-2 chunk) a series belongs to.
+pub fn group_of(series: SeriesId) -> SeriesId {
+    GROUP_BASE + series / GROUP_SERIES
+}
+
+/// Key of the format-2 chunk holding `series` on the day starting `day`.
+pub fn group_chunk_key(device: DeviceId, series: SeriesId, day: u64) -> [u8; 20] {
+    keys::series_time_key(device, group_of(series), day)
+}
 
 /// Decodes a head sample value.
 pub fn sample_value(v: &[u8]) -> Option<f64> {
@@ -63,18 +86,38 @@ fn chunks_in(
     from_ms: u64,
     to_ms: u64,
 ) -> Result<Vec<(u64, f64)>> {
+    let in_range = |t: &u64| *t >= from_ms && *t < to_ms;
+    // Format 1 (written before issue 18).
     let start = keys::series_time_key(device, series, chunk::window_start(from_ms));
     let end = keys::series_time_key(device, series, to_ms);
-    let mut out = Vec::new();
+    let mut old = Vec::new();
     store.scan_raw(CHUNKS, &start, Some(&end), |_, v| {
-        out.extend(
-            decode_chunk(v)?
-                .into_iter()
-                .filter(|(t, _)| *t >= from_ms && *t < to_ms),
-        );
+        old.extend(decode_chunk(v)?.into_iter().filter(|(t, _)| in_range(t)));
         Ok(true)
     })?;
-    Ok(out)
+    // Format 2.
+    let start = group_chunk_key(device, series, chunk::day_start(from_ms));
+    let end = group_chunk_key(device, series, to_ms);
+    let mut new = Vec::new();
+    store.scan_raw(CHUNKS, &start, Some(&end), |_, v| {
+        if let Some(s) = decode_group_series(v, series)? {
+            new.extend(s.into_iter().filter(|(t, _)| in_range(t)));
+        }
+        Ok(true)
+    })?;
+    Ok(if old.is_empty() {
+        new
+    } else {
+        chunk::merge(&old, &new)
+    })
+}
+
+fn decode_group_series(v: &[u8], series: SeriesId) -> Result<Option<Vec<(u64, f64)>>> {
+    chunk::decode_device_series(v, series).map_err(|e| StorageError::Invalid(e.to_string()))
+}
+
+fn decode_group(v: &[u8]) -> Result<Vec<chunk::SeriesSamples>> {
+    chunk::decode_device(v).map_err(|e| StorageError::Invalid(e.to_string()))
 }
 
 /// Samples of one series in `[from, to)`, in time order. Stops early if `f`
@@ -107,14 +150,28 @@ pub fn latest(store: &Store, device: DeviceId, series: SeriesId) -> Result<Optio
             .map(|((_, _, t), v)| (t, v)),
         None => None,
     };
-    let sealed = match store.last_in_range(CHUNKS, &from, &to)? {
+    let old = match store.last_in_range(CHUNKS, &from, &to)? {
         Some((_, v)) => decode_chunk(&v)?.last().copied(),
         None => None,
     };
-    Ok(match (head, sealed) {
-        (Some(h), Some(s)) => Some(if s.0 > h.0 { s } else { h }),
-        (h, s) => h.or(s),
-    })
+    // The newest format-2 chunk of the group that holds the series (a
+    // series that stopped reporting is absent from later days' chunks).
+    let lo = group_chunk_key(device, series, 0);
+    let mut hi = group_chunk_key(device, series, u64::MAX).to_vec();
+    let mut new = None;
+    while let Some((k, v)) = store.last_in_range(CHUNKS, &lo, &hi)? {
+        if let Some(s) = decode_group_series(&v, series)? {
+            new = s.last().copied();
+            break;
+        }
+        hi = k;
+    }
+    let newest = |a: Option<(u64, f64)>, b: Option<(u64, f64)>| match (a, b) {
+        // On equal timestamps the newer store (b) wins.
+        (Some(a), Some(b)) => Some(if a.0 > b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    };
+    Ok(newest(newest(old, new), head))
 }
 
 /// Seals up to `max_windows` dirty `(device, window)` pairs whose window
@@ -139,31 +196,63 @@ pub fn seal_dirty(
     let mut batch = store.batch();
     let mut series_of: Option<DeviceId> = None;
     let mut series: Vec<SeriesInfo> = Vec::new();
+    // The day chunks of the device being sealed, by key: several windows of
+    // one pass may fall on the same day; each chunk is written once.
+    let mut open: OpenChunks = BTreeMap::new();
     for &(device, w) in &ready {
         if series_of != Some(device) {
+            flush(&mut batch, &mut open)?;
             series = device_series(store, device)?;
             series_of = Some(device);
         }
         let end = w.saturating_add(CHUNK_MS);
+        let day = chunk::day_start(w);
         for s in &series {
             let head = head_in(store, device, s.id, w, end)?;
             if head.is_empty() {
                 continue;
             }
-            let key = keys::series_time_key(device, s.id, w);
-            let merged = match store.get_raw(CHUNKS, &key)? {
-                Some(old) => chunk::merge(&decode_chunk(&old)?, &head),
+            let key = group_chunk_key(device, s.id, day);
+            let group = match open.entry(key) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let stored = match store.get_raw(CHUNKS, &key)? {
+                        Some(v) => decode_group(&v)?.into_iter().collect(),
+                        None => BTreeMap::new(),
+                    };
+                    e.insert(stored)
+                }
+            };
+            let merged = match group.remove(&s.id) {
+                Some(old) => chunk::merge(&old, &head),
                 None => head,
             };
-            batch.put_raw(CHUNKS, &key, &chunk::encode(&merged))?;
-            batch.delete_range(SAMPLES, &key, &keys::series_time_key(device, s.id, end))?;
+            group.insert(s.id, merged);
+            batch.delete_range(
+                SAMPLES,
+                &keys::series_time_key(device, s.id, w),
+                &keys::series_time_key(device, s.id, end),
+            )?;
         }
         batch.delete(CHUNK_DIRTY, &keys::device_time_key(device, w))?;
     }
+    flush(&mut batch, &mut open)?;
     if !ready.is_empty() {
         store.write(batch)?;
     }
     Ok(ready)
+}
+
+/// Day chunks being sealed: chunk key → series → samples.
+type OpenChunks = BTreeMap<[u8; 20], BTreeMap<SeriesId, Vec<(u64, f64)>>>;
+
+/// Encodes the open day chunks into `batch`.
+fn flush(batch: &mut crate::Batch, open: &mut OpenChunks) -> Result<()> {
+    for (key, group) in std::mem::take(open) {
+        let series: Vec<chunk::SeriesSamples> = group.into_iter().collect();
+        batch.put_raw(CHUNKS, &key, &chunk::encode_device(&series))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -243,5 +332,169 @@ mod tests {
         assert_eq!(after.len(), 361);
         assert!(after.contains(&(30_500, 99.5)));
         assert!(after.windows(2).all(|p| p[0].0 < p[1].0), "time order");
+    }
+
+    /// A format-1 chunk as the code before issue 18 wrote it (series 0,
+    /// samples 12.34 @ 1_700_000_000_000, 12.5 @ +60_003 ms, 99.99 @
+    /// +120_001 ms). Frozen bytes: old databases hold exactly these.
+    const OLD_CHUNK: [u8; 19] = [
+        1, 3, 128, 208, 149, 255, 188, 49, 198, 169, 7, 9, 2, 164, 19, 32, 218, 136, 1,
+    ];
+    const T0: u64 = 1_700_000_000_000;
+
+    #[test]
+    fn format_one_chunks_written_before_issue_18_are_still_read_and_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default(), crate::TABLES).unwrap();
+        let d = DeviceId(7);
+        let mut w = IngestWriter::new(store.clone(), 0).unwrap();
+        // The series dictionary exists (the device reported "cpu" before).
+        w.apply(
+            &[IncomingRecords {
+                device: d,
+                records: vec![rec(1, T0 + 5 * CHUNK_MS, 1.0)],
+            }],
+            0,
+        )
+        .unwrap();
+        let mut b = store.batch();
+        b.put_raw(
+            CHUNKS,
+            &keys::series_time_key(d, 0, chunk::window_start(T0)),
+            &OLD_CHUNK,
+        )
+        .unwrap();
+        store.write(b).unwrap();
+        let old = vec![
+            (T0, 12.34),
+            (T0 + 60_003, 12.5),
+            (T0 + 120_001, 99.99),
+            (T0 + 5 * CHUNK_MS, 1.0),
+        ];
+        assert_eq!(all(&store, d), old);
+        w.seal_chunks(T0 + 10 * CHUNK_MS, 0, 100).unwrap();
+        assert_eq!(all(&store, d), old, "after sealing the head into format 2");
+        // A late sample and a replay of an old one land in format 2; the
+        // newer value wins, nothing is duplicated.
+        w.apply(
+            &[IncomingRecords {
+                device: d,
+                records: vec![rec(2, T0 + 30_000, 5.5), rec(3, T0 + 60_003, 12.75)],
+            }],
+            0,
+        )
+        .unwrap();
+        w.seal_chunks(T0 + 10 * CHUNK_MS, 0, 100).unwrap();
+        assert!(head_in(&store, d, 0, 0, u64::MAX).unwrap().is_empty());
+        assert_eq!(
+            all(&store, d),
+            vec![
+                (T0, 12.34),
+                (T0 + 30_000, 5.5),
+                (T0 + 60_003, 12.75),
+                (T0 + 120_001, 99.99),
+                (T0 + 5 * CHUNK_MS, 1.0),
+            ]
+        );
+        assert_eq!(
+            latest(&store, d, 0).unwrap(),
+            Some((T0 + 5 * CHUNK_MS, 1.0))
+        );
+        let mut v = Vec::new();
+        samples_in(&store, d, 0, T0 + 1, T0 + 120_001, |t, x| {
+            v.push((t, x));
+            true
+        })
+        .unwrap();
+        assert_eq!(v, vec![(T0 + 30_000, 5.5), (T0 + 60_003, 12.75)]);
+    }
+
+    fn count_chunks(store: &Store) -> usize {
+        let mut n = 0;
+        store
+            .scan_raw(CHUNKS, &[], None, |_, _| {
+                n += 1;
+                Ok(true)
+            })
+            .unwrap();
+        n
+    }
+
+    #[test]
+    fn a_day_of_windows_sealed_one_by_one_is_one_chunk_per_series_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default(), crate::TABLES).unwrap();
+        let d = DeviceId(3);
+        let mut w = IngestWriter::new(store.clone(), 0).unwrap();
+        let day = chunk::DAY_CHUNK_MS;
+        let mut seq = 0;
+        for i in 0..(day / 60_000) {
+            seq += 1;
+            let ts = day + i * 60_000;
+            w.apply(
+                &[IncomingRecords {
+                    device: d,
+                    records: vec![rec(seq, ts, (i % 97) as f64 / 100.0)],
+                }],
+                0,
+            )
+            .unwrap();
+            // The appliance seals every window soon after it closes.
+            w.seal_chunks(ts, 0, 100).unwrap();
+        }
+        w.seal_chunks(3 * day, 0, 100).unwrap();
+        assert_eq!(count_chunks(&store), 1, "one day, one group");
+        let got = all(&store, d);
+        assert_eq!(got.len(), 1440);
+        assert!(
+            got.iter()
+                .enumerate()
+                .all(|(i, &(t, v))| t == day + i as u64 * 60_000
+                    && v.to_bits() == (((i % 97) as f64) / 100.0).to_bits())
+        );
+        assert_eq!(latest(&store, d, 0).unwrap(), got.last().copied());
+    }
+
+    #[test]
+    fn latest_finds_a_series_absent_from_the_newest_day_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default(), crate::TABLES).unwrap();
+        let d = DeviceId(4);
+        let mut w = IngestWriter::new(store.clone(), 0).unwrap();
+        let two = |seq, ts, names: &[&str]| Record {
+            seq,
+            ts_ms: ts,
+            body: RecordBody::Metrics(MetricsSample {
+                values: names
+                    .iter()
+                    .map(|n| MetricValue {
+                        name: (*n).into(),
+                        label: String::new(),
+                        value: 2.5,
+                    })
+                    .collect(),
+            }),
+        };
+        let day = chunk::DAY_CHUNK_MS;
+        w.apply(
+            &[IncomingRecords {
+                device: d,
+                records: vec![
+                    two(1, day + 10, &["cpu", "memory"]),
+                    two(2, 3 * day, &["cpu"]),
+                ],
+            }],
+            0,
+        )
+        .unwrap();
+        w.seal_chunks(10 * day, 0, 100).unwrap();
+        assert_eq!(count_chunks(&store), 2);
+        let mem = device_series(&store, d)
+            .unwrap()
+            .into_iter()
+            .find(|s| s.name == "memory")
+            .unwrap()
+            .id;
+        assert_eq!(latest(&store, d, mem).unwrap(), Some((day + 10, 2.5)));
     }
 }

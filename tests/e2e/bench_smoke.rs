@@ -128,12 +128,15 @@ fn storage_scenario_measures_real_files() {
             devices: 3,
             interval_s: 60,
             hours: 2,
+            values: storage_eff::ValueModel::Agent,
         },
         &tmp.path().join("db"),
     )
     .unwrap();
     let samples: u64 = rep.get("samples").unwrap().parse().unwrap();
     assert_eq!(samples, 3 * 120 * 28);
+    // Every sample was read back bit for bit (the run fails otherwise).
+    assert_eq!(rep.get("roundtrip_mismatches"), Some("0"));
     let bytes: u64 = rep.get("bytes_on_disk").unwrap().parse().unwrap();
     let on_disk: u64 = walk(&tmp.path().join("db"));
     assert!(

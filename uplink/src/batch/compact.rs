@@ -203,6 +203,47 @@ impl CompactRollups {
         c
     }
 
+    /// Bytes of each column: (name, bincode bytes, bytes once that column
+    /// alone is zstd-compressed at `level`), for size breakdowns (the
+    /// batch compresses all columns together, so the last figures only
+    /// rank the columns).
+    pub fn column_sizes(&self, level: i32) -> Vec<(&'static str, usize, usize)> {
+        fn one<T: Serialize + ?Sized>(
+            name: &'static str,
+            v: &T,
+            level: i32,
+        ) -> (&'static str, usize, usize) {
+            let raw = outpost_proto::codec::encode(v).unwrap_or_default();
+            let z = zstd::bulk::compress(&raw, level)
+                .map(|z| z.len())
+                .unwrap_or(raw.len());
+            (name, raw.len(), z)
+        }
+        vec![
+            one("names", &self.names, level),
+            one("devices", &self.devices, level),
+            one("bucket_deltas", &self.bucket_deltas, level),
+            one("computed_offsets", &self.computed_offsets, level),
+            one("counts", &self.counts, level),
+            one("last_offsets", &self.last_offsets, level),
+            one("series_per_entry", &self.series_per_entry, level),
+            one("name_refs", &self.name_refs, level),
+            one("flags", &self.flags, level),
+            one("mins", &self.mins, level),
+            one("spans", &self.spans, level),
+            one("lasts", &self.lasts, level),
+            one("sums", &self.sums, level),
+            one("sum_ulps", &self.sum_ulps, level),
+            one("raw", &self.raw, level),
+            one("exception_counts", &self.exception_counts, level),
+            one(
+                "exception_last_offsets",
+                &self.exception_last_offsets,
+                level,
+            ),
+        ]
+    }
+
     /// Decodes back to rollups, exactly as encoded (by this build).
     pub fn decode(&self) -> Result<Vec<DeviceRollups>, BatchError> {
         self.decode_format(super::BATCH_FORMAT)

@@ -540,6 +540,25 @@ pub fn encode(batch: &SiteBatch, level: i32) -> Result<Vec<u8>, BatchError> {
     zstd::bulk::compress(&raw, level).map_err(BatchError::Compression)
 }
 
+/// Bytes of each part of `batch` as [`encode`] lays it out: (part, bincode
+/// bytes, bytes once that part alone is zstd-compressed at `level`). For
+/// size breakdowns (benchmarks); [`encode`] compresses the parts together.
+pub fn part_sizes(batch: &SiteBatch, level: i32) -> Vec<(&'static str, usize, usize)> {
+    let mut parts = compact::CompactRollups::encode(&batch.rollups).column_sizes(level);
+    let mut other = |name: &'static str, raw: Vec<u8>| {
+        let z = zstd::bulk::compress(&raw, level)
+            .map(|z| z.len())
+            .unwrap_or(raw.len());
+        parts.push((name, raw.len(), z));
+    };
+    other(
+        "device_snapshots",
+        codec::encode(&batch.devices).unwrap_or_default(),
+    );
+    other("alerts", codec::encode(&batch.alerts).unwrap_or_default());
+    parts
+}
+
 /// `batch` as a central that reads formats up to `max_format` can take it:
 /// without device facts below format 6, without findings below format 5,
 /// without patch details below format 4 (the counts every format carries
