@@ -13,7 +13,7 @@ use crate::uplink::{Central, appliance_rollups, fast_config, join, uplink_status
 /// of their devices: the 2 s bucket, its 500 ms settle time and a 1 s
 /// uplink interval of [`fast_config`]), then until every batch sealed
 /// since is acknowledged.
-fn wait_for_last_rollups(app: &Appliance, agents: &[Agent]) {
+pub(crate) fn wait_for_last_rollups(app: &Appliance, agents: &[Agent]) {
     let last_seen = agents
         .iter()
         .filter_map(|g| app.device(&g.device_id)["last_seen_ms"].as_u64())
@@ -33,6 +33,51 @@ fn wait_for_last_rollups(app: &Appliance, agents: &[Agent]) {
                 .then_some(())
         },
     );
+}
+
+/// After [`wait_for_last_rollups`]: stops the appliance, then checks that
+/// every rollup it holds is at central once (read through `central`, any
+/// instance) and that central applied each batch the site sent exactly
+/// once: the site row's `batches_applied` and `applied_up_to` are the
+/// site's last acknowledged sequence number.
+pub(crate) fn stop_and_check_every_batch_applied_once(
+    central: &Central,
+    app: &mut Appliance,
+    site: &str,
+    agents: &[Agent],
+    token: &str,
+) {
+    let acked = uplink_status(app)["last_acked_seq"]
+        .as_u64()
+        .expect("last_acked_seq");
+    assert!(acked >= 5, "enough batches to mean something: {acked}");
+    app.stop();
+    let local = appliance_rollups(&app.dir);
+    let devs = central.get(&format!("/api/v1/devices?site={site}"), token);
+    for g in agents {
+        let d = devs["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device"] == g.device_id.as_str())
+            .expect("device at central");
+        let at_central = d["rollups_stored"].as_u64().unwrap();
+        let at_site = local.get(&g.device_id).copied().unwrap_or(0);
+        assert!(at_site >= 5, "enough rollups to mean something: {at_site}");
+        assert_eq!(
+            at_central, at_site,
+            "device {}: central {at_central} vs appliance {at_site}",
+            g.device_id
+        );
+    }
+    let s = central.get(&format!("/api/v1/sites/{site}"), token);
+    assert_eq!(s["applied_up_to"].as_u64(), Some(acked), "{s}");
+    assert_eq!(
+        s["batches_applied"].as_u64(),
+        Some(acked),
+        "every batch the site sent applied once: {s}"
+    );
+    assert_eq!(s["dead_lettered"].as_u64().unwrap_or(0), 0, "{s}");
 }
 
 /// Instance A is stopped while the site streams to it: the site goes on

@@ -14,6 +14,7 @@ mod central_commands;
 mod central_deploy;
 mod central_files;
 mod central_pg;
+mod central_pg_start;
 mod commands;
 mod demo;
 mod deploy;
