@@ -13,6 +13,7 @@ mod cache;
 mod central_commands;
 mod central_deploy;
 mod central_files;
+mod central_migrate;
 mod central_pg;
 mod central_pg_start;
 mod commands;
