@@ -37,7 +37,7 @@ fn device_batch(tenant: &TenantId, site: &SiteId, seq: u64, device: u64, now_ms:
             agent_version: "0.1.0".into(),
             enrolled_at_ms: 1,
             revoked: false,
-            status: if device % 3 == 0 {
+            status: if device.is_multiple_of(3) {
                 batch::DeviceStatus::Offline
             } else {
                 batch::DeviceStatus::Online
