@@ -65,6 +65,7 @@ pub mod pg;
 pub mod receiver;
 pub mod rocks;
 pub mod scripts;
+pub mod startup;
 pub mod store;
 #[cfg(test)]
 mod store_tests;
@@ -366,6 +367,13 @@ pub async fn serve(
 }
 
 /// Runs central until `shutdown` on `store` (keys and CA stay in `dir`).
+///
+/// RocksDB opens first (a directory another central holds is an error at
+/// once). PostgreSQL may not answer yet: the listeners come first, the
+/// store is opened with a bounded back-off ([`startup`]) while `/healthz`
+/// and the API answer 503 with the reason and uplink connections are
+/// refused; only what retrying cannot fix (bad URL, refused credentials,
+/// a newer schema) ends `serve` with an error.
 pub async fn serve_on(
     dir: CentralDir,
     store: StoreLocation,
@@ -383,7 +391,88 @@ pub async fn serve_on(
         StoreLocation::Postgres { url, .. } => Some(url.clone()),
         StoreLocation::Rocks(_) => None,
     };
-    let store = store.open().await?;
+    let opened_first = match &store {
+        StoreLocation::Rocks(_) => Some(store.open().await?),
+        StoreLocation::Postgres { .. } => None,
+    };
+    // After RocksDB's lock: opening clears DATA/files/tmp.
+    let blobs = outpost_storage::blobs::Blobs::open(&dir.path("files"))
+        .context("opening the file store DATA/files")?;
+    let endpoint = receiver::bind_keys(&keys, opts.listen)?;
+    let http = tokio::net::TcpListener::bind(opts.http_listen)
+        .await
+        .with_context(|| format!("binding the HTTP listener on {}", opts.http_listen))?;
+    let http_addr = http.local_addr()?;
+    let tracker = TaskTracker::new();
+    // The HTTP server runs from here on; until the store is open it
+    // answers 503 (`startup::StartGate`).
+    let gate = startup::StartGate::new();
+    let http_stop = shutdown.child_token();
+    {
+        let sd = http_stop.clone();
+        let router = gate
+            .router()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        tracker.spawn(async move {
+            if let Err(e) = axum::serve(http, router)
+                .with_graceful_shutdown(async move { sd.cancelled().await })
+                .await
+            {
+                tracing::error!(error = %e, "HTTP API stopped");
+            }
+        });
+    }
+    // systemd (Type=notify): with PostgreSQL, ready once the listeners
+    // are bound (the store may still be opening: STATUS says why,
+    // /healthz answers 503), so TimeoutStartSec does not kill a central
+    // waiting for its database. A no-op when not under systemd.
+    if opened_first.is_none()
+        && let Err(e) = sd_notify::notify(
+            false,
+            &[
+                sd_notify::NotifyState::Ready,
+                sd_notify::NotifyState::Status("opening the store"),
+            ],
+        )
+    {
+        tracing::warn!(error = %e, "telling systemd central is ready");
+    }
+    let store = match opened_first {
+        Some(s) => Some(s),
+        None => {
+            let refusing = CancellationToken::new();
+            let refuser = tokio::spawn(startup::refuse_uplinks(endpoint.clone(), refusing.clone()));
+            let r =
+                startup::open_store(&store, &gate, &startup::Backoff::default(), &shutdown).await;
+            refusing.cancel();
+            let _ = refuser.await;
+            match r {
+                Ok(s) => s,
+                Err(e) => {
+                    http_stop.cancel();
+                    tracker.close();
+                    tracker.wait().await;
+                    endpoint.close(
+                        outpost_uplink::wire::close::SHUTTING_DOWN.into(),
+                        b"central cannot start",
+                    );
+                    return Err(e);
+                }
+            }
+        }
+    };
+    let Some(store) = store else {
+        // Shut down before the store opened.
+        http_stop.cancel();
+        tracker.close();
+        tracker.wait().await;
+        endpoint.close(
+            outpost_uplink::wire::close::SHUTTING_DOWN.into(),
+            b"central shutting down",
+        );
+        info!("central stopped before its store opened");
+        return Ok(());
+    };
     let central = Arc::new(Central::with_limits(
         store,
         keys,
@@ -400,23 +489,21 @@ pub async fn serve_on(
             shutdown.clone(),
         );
     }
-    let blobs = outpost_storage::blobs::Blobs::open(&dir.path("files"))
-        .context("opening the file store DATA/files")?;
     let _ = central.blobs.set(Arc::new(blobs));
-    let endpoint = receiver::bind(&central, opts.listen)?;
-    let http = tokio::net::TcpListener::bind(opts.http_listen)
-        .await
-        .with_context(|| format!("binding the HTTP listener on {}", opts.http_listen))?;
-    let http_addr = http.local_addr()?;
+    gate.set_ready(api::router(central.clone()));
     std::fs::write(dir.http_addr(), format!("{http_addr}\n")).context("writing http.addr")?;
     println!("{fingerprint}");
     info!(quic = %endpoint.local_addr()?, http = %http_addr, %fingerprint, "central ready");
-    // systemd (Type=notify): listeners bound, store open. A no-op when not
-    // under systemd.
-    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+    // systemd: listeners bound, store open.
+    if let Err(e) = sd_notify::notify(
+        false,
+        &[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("ready"),
+        ],
+    ) {
         tracing::warn!(error = %e, "telling systemd central is ready");
     }
-    let tracker = TaskTracker::new();
     let conns = TaskTracker::new();
     tracker.spawn(receiver::accept_loop(
         endpoint.clone(),
@@ -452,19 +539,6 @@ pub async fn serve_on(
                     },
                     _ = sd.cancelled() => return,
                 }
-            }
-        });
-    }
-    {
-        let sd = shutdown.clone();
-        let router =
-            api::router(central.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        tracker.spawn(async move {
-            if let Err(e) = axum::serve(http, router)
-                .with_graceful_shutdown(async move { sd.cancelled().await })
-                .await
-            {
-                tracing::error!(error = %e, "HTTP API stopped");
             }
         });
     }

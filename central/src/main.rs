@@ -296,7 +296,8 @@ async fn operate<B: Serialize, R: DeserializeOwned>(
         let addr = std::fs::read_to_string(dir.http_addr()).map_err(|_| {
             anyhow::anyhow!(
                 "central runs on PostgreSQL ({}): start `outpost-central serve`, \
-                 the CLI goes through its API",
+                 the CLI goes through its API (DATA/http.addr is written once it is \
+                 ready: its store open)",
                 dir.store_kind().display()
             )
         })?;

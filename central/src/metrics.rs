@@ -382,6 +382,7 @@ impl CentralMetrics {
              retried later) or other",
             crate::store::STORE_ERRORS.clone(),
         );
+        crate::startup::register(r);
         m.site_registry.register(
             "site_lag_seconds",
             "Age of the newest applied batch of a site when applied",

@@ -933,6 +933,30 @@ pub async fn migrate(
             }
         }
     }
+    // The console's per-site counts (`site_counts`), recounted from the
+    // copied rows on every run: `connect` fills only sites without a row,
+    // so a run killed between a site and the rest of its devices would
+    // leave the counts of the rows copied so far for good.
+    let (tenants, sites): (Vec<String>, Vec<String>) = customers.keys().cloned().unzip();
+    c.execute(
+        "DELETE FROM site_counts WHERE (tenant_id, site_id) IN \
+         (SELECT * FROM unnest($1::text[], $2::text[]))",
+        &[&tenants, &sites],
+    )
+    .await
+    .map_err(dbe("site_counts"))?;
+    drop(
+        PgCentralStore::connect(
+            to_url,
+            PgOptions {
+                pool_size: 1,
+                statement_timeout_ms: 600_000,
+                ..PgOptions::default()
+            },
+        )
+        .await
+        .map_err(|e| MigrateError::Target(e.to_string()))?,
+    );
     // Counts: the source by the same conversion, the target by SQL.
     let mut source: BTreeMap<&'static str, u64> = BTreeMap::new();
     for step in STEPS {

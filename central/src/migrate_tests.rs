@@ -17,7 +17,7 @@ use tower::ServiceExt;
 use super::{MigrateError, MigrateOptions, NOT_COPIED, STEPS, migrate};
 use crate::Central;
 use crate::model::{Principal, Role, SessionRecord};
-use crate::store::ApplyOutcome;
+use crate::store::{ApplyOutcome, FleetStore};
 use crate::testing::batch_of;
 
 async fn call(
@@ -532,6 +532,27 @@ async fn a_migration_killed_after_any_chunk_resumes_and_copies_every_row_once() 
     };
     assert!(runs > 3, "the fixture spans several killed runs ({runs})");
     assert!(report.mismatches().is_empty(), "{report}");
+    // The fleet counts (site_counts) are those of every copied device,
+    // not of the devices copied when a killed run's site first appeared.
+    let rocks = crate::rocks::RocksCentralStore::open(&db).unwrap();
+    let pg = crate::pg::PgCentralStore::connect(&url, Default::default())
+        .await
+        .unwrap();
+    for tenant in ["msp", "zeta"] {
+        let t: TenantId = tenant.into();
+        assert_eq!(
+            format!(
+                "{:?}",
+                FleetStore::fleet_counts(&pg, &t, &[]).await.unwrap()
+            ),
+            format!(
+                "{:?}",
+                FleetStore::fleet_counts(&rocks, &t, &[]).await.unwrap()
+            ),
+            "tenant {tenant}: PostgreSQL then RocksDB"
+        );
+    }
+    drop(rocks);
     // Audit rows have no natural key: only the progress rows keep them
     // from being copied twice.
     let audit = report.tables.iter().find(|t| t.table == "audit").unwrap();

@@ -46,7 +46,15 @@ pub const SITE_CERT_VALIDITY: Duration = Duration::from_secs(5 * 365 * 24 * 3600
 
 /// Binds the QUIC endpoint.
 pub fn bind(central: &Central, addr: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
-    let keys = &central.keys;
+    bind_keys(&central.keys, addr)
+}
+
+/// Binds the QUIC endpoint with central's keys (before the store is open:
+/// `serve` refuses connections until it is).
+pub fn bind_keys(
+    keys: &crate::dir::CentralKeys,
+    addr: SocketAddr,
+) -> anyhow::Result<quinn::Endpoint> {
     let tls = tls::server_config(
         keys.server_chain.clone(),
         keys.server_key.clone_key(),

@@ -13,7 +13,7 @@ use crate::uplink::{Central, appliance_rollups, fast_config, join, uplink_status
 /// of their devices: the 2 s bucket, its 500 ms settle time and a 1 s
 /// uplink interval of [`fast_config`]), then until every batch sealed
 /// since is acknowledged.
-fn wait_for_last_rollups(app: &Appliance, agents: &[Agent]) {
+pub(crate) fn wait_for_last_rollups(app: &Appliance, agents: &[Agent]) {
     let last_seen = agents
         .iter()
         .filter_map(|g| app.device(&g.device_id)["last_seen_ms"].as_u64())
@@ -33,6 +33,51 @@ fn wait_for_last_rollups(app: &Appliance, agents: &[Agent]) {
                 .then_some(())
         },
     );
+}
+
+/// After [`wait_for_last_rollups`]: stops the appliance, then checks that
+/// every rollup it holds is at central once (read through `central`, any
+/// instance) and that central applied each batch the site sent exactly
+/// once: the site row's `batches_applied` and `applied_up_to` are the
+/// site's last acknowledged sequence number.
+pub(crate) fn stop_and_check_every_batch_applied_once(
+    central: &Central,
+    app: &mut Appliance,
+    site: &str,
+    agents: &[Agent],
+    token: &str,
+) {
+    let acked = uplink_status(app)["last_acked_seq"]
+        .as_u64()
+        .expect("last_acked_seq");
+    assert!(acked >= 5, "enough batches to mean something: {acked}");
+    app.stop();
+    let local = appliance_rollups(&app.dir);
+    let devs = central.get(&format!("/api/v1/devices?site={site}"), token);
+    for g in agents {
+        let d = devs["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device"] == g.device_id.as_str())
+            .expect("device at central");
+        let at_central = d["rollups_stored"].as_u64().unwrap();
+        let at_site = local.get(&g.device_id).copied().unwrap_or(0);
+        assert!(at_site >= 5, "enough rollups to mean something: {at_site}");
+        assert_eq!(
+            at_central, at_site,
+            "device {}: central {at_central} vs appliance {at_site}",
+            g.device_id
+        );
+    }
+    let s = central.get(&format!("/api/v1/sites/{site}"), token);
+    assert_eq!(s["applied_up_to"].as_u64(), Some(acked), "{s}");
+    assert_eq!(
+        s["batches_applied"].as_u64(),
+        Some(acked),
+        "every batch the site sent applied once: {s}"
+    );
+    assert_eq!(s["dead_lettered"].as_u64().unwrap_or(0), 0, "{s}");
 }
 
 /// Instance A is stopped while the site streams to it: the site goes on
@@ -379,4 +424,219 @@ fn a_session_made_on_one_process_works_on_the_other_and_a_command_created_on_a_i
         b.metric("outpost_central_downlink_notices_total{reason=\"received\"}") >= 1.0,
         "B got the work by notice"
     );
+}
+
+/// Two processes A and B over one database, B with A's CA and keys
+/// (README: copy them), in `root/a` and `root/b`.
+fn two_centrals(root: &std::path::Path, url: &str) -> (Central, Central) {
+    let (ra, rb) = (root.join("a"), root.join("b"));
+    std::fs::create_dir_all(&ra).unwrap();
+    let a = Central::start_with(&ra, &["--store", url]);
+    std::fs::create_dir_all(rb.join("central")).unwrap();
+    for f in [
+        "ca.crt",
+        "ca.key",
+        "server.crt",
+        "server.key",
+        "admin.token",
+    ] {
+        std::fs::copy(a.dir.join(f), rb.join("central").join(f)).unwrap();
+    }
+    let b = Central::start_with(&rb, &["--store", url]);
+    (a, b)
+}
+
+/// The site lists A then B: A stops → the site goes on with B; A starts
+/// again → after `central_fail_back` the site returns to A by itself; a
+/// command created through B's API while the site is on A is delivered
+/// (through A, by notice) and runs; every batch is applied once.
+#[test]
+fn a_site_fails_over_to_b_and_returns_to_a_after_central_fail_back_applying_every_batch_once() {
+    use outpost_central::pg::cluster::TestCluster;
+    use serde_json::json;
+    let Some(pg) = TestCluster::shared_or_skip("central-pg-fail-back") else {
+        return;
+    };
+    let db = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(pg.create_database());
+    let url = pg.postgres_url(&db);
+    let tmp = scratch("central-pg-fail-back");
+    let root = tmp.path();
+    let (mut a, b) = two_centrals(root, &url);
+    let (token, fp) = a.site_add("acme", "dental", "branch");
+    let cfg = fast_config(
+        root,
+        &format!(
+            "central = [\"{}\", \"{}\"]\ncentral_fail_back = \"3s\"\n",
+            a.quic, b.quic
+        ),
+    );
+    let mut app = Appliance::start_with(root, &["--config", cfg.to_str().unwrap()]);
+    let site = join(&app, &a, &token, &fp);
+    let mut agents: Vec<Agent> = (0..2)
+        .map(|i| Agent::enroll(root, &format!("agent-{i}"), &app))
+        .collect();
+    std::fs::write(
+        agents[0].state.join("agent.toml"),
+        "command_kill_grace = \"500ms\"\npackage_scan = false\n",
+    )
+    .unwrap();
+    for g in &mut agents {
+        g.start();
+    }
+    let admin = a.api_token("acme", "admin");
+    let on = |c: &Central| c.metric("outpost_central_connections_active") == 1.0;
+    wait_for(Duration::from_secs(60), "first rollups through A", || {
+        let v = a.get(&format!("/api/v1/devices?site={site}"), &admin);
+        (on(&a)
+            && v["devices"]
+                .as_array()?
+                .iter()
+                .filter(|d| d["rollups_stored"].as_u64().unwrap_or(0) > 0)
+                .count()
+                == 2)
+            .then_some(())
+    });
+
+    // A stops: the site goes on with B.
+    a.stop();
+    wait_for(Duration::from_secs(30), "batches applied by B", || {
+        (on(&b) && b.metric("outpost_central_batches_applied_total") > 0.0).then_some(())
+    });
+    // A is back: after 3 s on B the site returns to A.
+    a.restart();
+    wait_for(Duration::from_secs(60), "the site back on A", || {
+        (on(&a) && !on(&b) && a.metric("outpost_central_batches_applied_total") > 0.0).then_some(())
+    });
+
+    // A command created through B while the site is on A; a console
+    // page open on B sees it finish (the events A publishes reach B).
+    let live_b = LiveStream::open(b.http, &admin);
+    let (st, v) = http_request(
+        b.http,
+        "POST",
+        "/api/v1/commands",
+        Some(&admin),
+        Some(
+            &json!({"site": site, "device": agents[0].device_id, "command": "echo from-b"})
+                .to_string(),
+        ),
+    )
+    .unwrap();
+    assert_eq!(st, 201, "{v}");
+    let id = serde_json::from_str::<serde_json::Value>(&v).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done = wait_for(Duration::from_secs(60), "the command completed", || {
+        let v = b.get(&format!("/api/v1/commands/{id}"), &admin);
+        (v["closed"] == true).then_some(v)
+    });
+    assert_eq!(done["state"], "completed", "{done}");
+    assert!(
+        done["output"].as_str().unwrap_or("").contains("from-b"),
+        "{done}"
+    );
+    assert!(
+        a.metric("outpost_central_downlink_notices_total{reason=\"received\"}") >= 1.0,
+        "A got the work by notice"
+    );
+    assert!(on(&a), "still on A");
+    wait_for(
+        Duration::from_secs(30),
+        "B's console stream shows the command finished",
+        || {
+            live_b
+                .text()
+                .lines()
+                .any(|l| {
+                    l.starts_with("data: ")
+                        && l.contains(&format!("\"id\":\"{id}\""))
+                        && l.contains("\"finished\":true")
+                })
+                .then_some(())
+        },
+    );
+    assert!(
+        b.metric("outpost_central_downlink_notices_total{reason=\"live_received\"}") >= 1.0,
+        "B got the command's events from A"
+    );
+    drop(live_b);
+
+    for g in &mut agents {
+        g.stop();
+    }
+    wait_for_last_rollups(&app, &agents);
+    stop_and_check_every_batch_applied_once(&a, &mut app, &site, &agents, &admin);
+    assert_eq!(a.metric("outpost_central_rollups_replaced_total"), 0.0);
+    assert_eq!(b.metric("outpost_central_rollups_replaced_total"), 0.0);
+}
+
+/// The console's event stream (`GET /console/live`) of one instance, read
+/// by a thread into a buffer until dropped.
+struct LiveStream {
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LiveStream {
+    fn open(addr: std::net::SocketAddr, token: &str) -> LiveStream {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        write!(
+            s,
+            "GET /console/live HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .unwrap();
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (t, st) = (text.clone(), stop.clone());
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while !st.load(Ordering::Relaxed) {
+                match s.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => t
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n])),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        let live = LiveStream {
+            text,
+            stop,
+            reader: Some(reader),
+        };
+        wait_for(Duration::from_secs(10), "the event stream open", || {
+            live.text().contains("text/event-stream").then_some(())
+        });
+        live
+    }
+
+    fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+}
+
+impl Drop for LiveStream {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
 }

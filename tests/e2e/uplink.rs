@@ -32,6 +32,14 @@ impl Central {
     }
 
     pub fn start_with(root: &Path, extra: &[&str]) -> Central {
+        let mut c = Central::start_unready(root, extra);
+        c.wait_ready(Duration::from_secs(30));
+        c
+    }
+
+    /// Starts the process without waiting for it to be ready (its store
+    /// may not answer yet): see [`Central::wait_ready`].
+    pub fn start_unready(root: &Path, extra: &[&str]) -> Central {
         let mut c = Central {
             dir: root.join("central"),
             quic: SocketAddr::from(([127, 0, 0, 1], free_port())),
@@ -41,11 +49,17 @@ impl Central {
             starts: 0,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        c.restart();
+        c.spawn();
         c
     }
 
     pub fn restart(&mut self) {
+        self.spawn();
+        self.wait_ready(Duration::from_secs(30));
+    }
+
+    /// Starts the process (stopped before) and returns at once.
+    pub fn spawn(&mut self) {
         assert!(self.proc.is_none());
         self.starts += 1;
         let _ = std::fs::remove_file(self.dir.join("http.addr"));
@@ -62,8 +76,13 @@ impl Central {
             Proc::spawn(&format!("central-{}", self.starts), &mut cmd, &self.log_dir)
                 .expect("spawn central"),
         );
+    }
+
+    /// Waits until the process wrote `http.addr` and answers `/healthz`
+    /// 200 (panics with its stderr if it exits meanwhile).
+    pub fn wait_ready(&mut self, timeout: Duration) {
         let addr = self.dir.join("http.addr");
-        wait_for(Duration::from_secs(30), "central HTTP API", || {
+        wait_for(timeout, "central HTTP API", || {
             if let Some(p) = self.proc.as_mut()
                 && let Some(st) = p.try_exit()
             {
