@@ -46,6 +46,8 @@ pub mod console_patches;
 mod console_tests;
 pub mod deploy;
 #[cfg(test)]
+mod deploy_bench;
+#[cfg(test)]
 mod deploy_api_tests;
 pub mod deploy_link;
 pub mod dir;

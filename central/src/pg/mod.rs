@@ -3213,7 +3213,7 @@ mod fault_tests;
 mod bus_tests;
 
 #[cfg(test)]
-mod fleet_bench;
+pub(crate) mod fleet_bench;
 
 #[cfg(test)]
 mod fast_tests;
