@@ -241,9 +241,13 @@ async fn run(st: Arc<dyn CentralStore>, label: &str, analyze: Option<&str>) {
         "/api/v1/deployments".into()
     })
     .await;
-    time(&c, &token, &format!("{label}_deployments_page50"), 50, |_| {
-        "/api/v1/deployments?limit=50".into()
-    })
+    time(
+        &c,
+        &token,
+        &format!("{label}_deployments_page50"),
+        50,
+        |_| "/api/v1/deployments?limit=50".into(),
+    )
     .await;
     time(&c, &token, &format!("{label}_deployment_show"), 50, |i| {
         format!("/api/v1/deployments/{}", dep(i))

@@ -46,9 +46,9 @@ pub mod console_patches;
 mod console_tests;
 pub mod deploy;
 #[cfg(test)]
-mod deploy_bench;
-#[cfg(test)]
 mod deploy_api_tests;
+#[cfg(test)]
+mod deploy_bench;
 pub mod deploy_link;
 pub mod dir;
 pub mod downlink;
