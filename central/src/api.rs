@@ -791,27 +791,37 @@ impl std::ops::Deref for DeviceJson {
     }
 }
 
-/// Rows with their IPs and tags (one read per device: a page is at most
+/// Rows with their IPs and tags, read for the whole page at once
+/// ([`crate::store::FleetStore::device_facts_many`]: a page is at most
 /// 1,000 devices).
 async fn with_facts(
     c: &Arc<Central>,
     tenant: &TenantId,
     rows: Vec<DeviceRow>,
 ) -> Result<Vec<DeviceJson>, ApiError> {
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let f = c
-            .store
-            .device_facts(tenant, &row.site_id, &row.device)
-            .await
-            .map_err(internal)?;
-        out.push(DeviceJson {
+    let keys: Vec<(SiteId, String)> = rows
+        .iter()
+        .map(|r| (r.site_id.clone(), r.device.clone()))
+        .collect();
+    let facts = c
+        .store
+        .device_facts_many(tenant, &keys)
+        .await
+        .map_err(internal)?;
+    if facts.len() != rows.len() {
+        return Err(internal(
+            "the store answered facts for fewer devices than asked",
+        ));
+    }
+    Ok(rows
+        .into_iter()
+        .zip(facts)
+        .map(|(row, f)| DeviceJson {
             row,
             ips: f.ips,
             tags: f.tags,
-        });
-    }
-    Ok(out)
+        })
+        .collect())
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -7,6 +7,12 @@
 //! site below uplink protocol 5 is refused (409, naming it and its
 //! version); an offline one gets its orders when it connects.
 //!
+//! The deployment list is read by page (newest first, a cursor, a
+//! total) and a deployment by its id: the store's
+//! [`crate::store::DeployStore::deployment_page`],
+//! `deployment_orders`, `order_deliveries` and `deployment_progress`,
+//! never every order, delivery and report of the tenant per request.
+//!
 //! This module only translates HTTP; records and rules are
 //! [`crate::deploy`], storage [`crate::store::DeployStore`], delivery
 //! [`crate::deploy_link`]. Bodies of the site's own API (a rule, a
@@ -28,8 +34,9 @@ use serde_json::Value;
 use crate::Central;
 use crate::api::{ApiError, require};
 use crate::commands::AuditRow;
-use crate::deploy::{self, Delivery, OrderRecord, SiteDeploymentRecord};
+use crate::deploy::{self, Delivery, DeploymentEntry, OrderRecord, SiteDeploymentRecord};
 use crate::model::{Principal, Role, SiteRecord};
+use crate::store::{CentralStoreError, DeploymentQuery};
 
 fn internal(e: impl std::fmt::Display + 'static) -> ApiError {
     crate::api::internal_error(e)
@@ -555,74 +562,278 @@ fn progress(
     }
 }
 
-pub(crate) async fn all_views(
+/// The view of central's deployment `o` creates (`None` for another
+/// order), with its sites' deliveries and reports among those given.
+fn central_view(
+    o: &OrderRecord,
+    deliveries: &[Delivery],
+    recs: &[SiteDeploymentRecord],
+    full: bool,
+    actions: Option<Vec<OrderView>>,
+) -> Option<DeploymentView> {
+    let (DeployOrderKind::CreateDeployment { request_json }, Some(dep)) = (&o.kind, &o.deployment)
+    else {
+        return None;
+    };
+    let sites = o
+        .sites
+        .iter()
+        .map(|s| {
+            let d = deliveries.iter().find(|d| d.order == o.id && &d.site == s);
+            let r = recs.iter().find(|r| &r.site == s && &r.deployment == dep);
+            progress(s, d, r, full)
+        })
+        .collect();
+    Some(DeploymentView {
+        id: dep.clone(),
+        origin: "central".into(),
+        created_ms: Some(o.created_ms),
+        created_by: Some(o.created_by.clone()),
+        request: serde_json::from_str(request_json).unwrap_or(Value::Null),
+        sites,
+        actions,
+    })
+}
+
+/// The view of a deployment made at a site, from its report.
+fn site_view(r: &SiteDeploymentRecord, full: bool) -> DeploymentView {
+    let view: Value = serde_json::from_str(&r.view_json).unwrap_or(Value::Null);
+    DeploymentView {
+        id: r.deployment.clone(),
+        origin: "site".into(),
+        created_ms: view["summary"]["created_at_ms"].as_u64(),
+        created_by: view["summary"]["created_by"].as_str().map(str::to_string),
+        request: Value::Null,
+        sites: vec![progress(&r.site, None, Some(r), full)],
+        actions: None,
+    }
+}
+
+/// The views of a page of the list, in its order: the create orders,
+/// their deliveries and the deployments' reports in three reads (by id,
+/// never the tenant's other orders and reports).
+async fn views_of(
     c: &Arc<Central>,
     p: &Principal,
-    full: bool,
+    entries: &[DeploymentEntry],
 ) -> Result<Vec<DeploymentView>, ApiError> {
-    let (orders, deliveries) = visible_orders(c, p).await?;
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = entries.iter().filter_map(|e| e.order.clone()).collect();
+    let creates: Vec<OrderRecord> = if ids.is_empty() {
+        Vec::new()
+    } else {
+        c.store
+            .orders_by_id(&p.tenant, &ids)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .filter(|o| deploy::visible(p, o))
+            .collect()
+    };
+    let deliveries = if creates.is_empty() {
+        Vec::new()
+    } else {
+        c.store
+            .order_deliveries(&p.tenant, &creates)
+            .await
+            .map_err(internal)?
+    };
+    let deps: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
     let recs: Vec<SiteDeploymentRecord> = c
         .store
-        .site_deployments(&p.tenant)
+        .deployment_progress(&p.tenant, &deps)
         .await
         .map_err(internal)?
         .into_iter()
         .filter(|r| p.sees_customer(&r.customer))
         .collect();
-    let mut out = Vec::new();
-    let mut central_ids = std::collections::HashSet::new();
-    for o in &orders {
-        let (DeployOrderKind::CreateDeployment { request_json }, Some(dep)) =
-            (&o.kind, &o.deployment)
-        else {
-            continue;
-        };
-        central_ids.insert(dep.clone());
-        let sites = o
-            .sites
-            .iter()
-            .map(|s| {
-                let d = deliveries.iter().find(|d| d.order == o.id && &d.site == s);
-                let r = recs.iter().find(|r| &r.site == s && &r.deployment == dep);
-                progress(s, d, r, full)
-            })
-            .collect();
-        let actions = full.then(|| {
-            orders
-                .iter()
-                .filter(|a| {
-                    matches!(a.kind, DeployOrderKind::Act { .. })
-                        && a.deployment.as_ref() == Some(dep)
-                })
-                .map(|a| order_view(a, &deliveries))
-                .collect()
-        });
-        out.push(DeploymentView {
-            id: dep.clone(),
-            origin: "central".into(),
-            created_ms: Some(o.created_ms),
-            created_by: Some(o.created_by.clone()),
-            request: serde_json::from_str(request_json).unwrap_or(Value::Null),
-            sites,
-            actions,
-        });
-    }
-    for r in recs
+    Ok(entries
         .iter()
-        .filter(|r| !r.from_central && !central_ids.contains(&r.deployment))
-    {
-        let view: Value = serde_json::from_str(&r.view_json).unwrap_or(Value::Null);
-        out.push(DeploymentView {
-            id: r.deployment.clone(),
-            origin: "site".into(),
-            created_ms: view["summary"]["created_at_ms"].as_u64(),
-            created_by: view["summary"]["created_by"].as_str().map(str::to_string),
-            request: Value::Null,
-            sites: vec![progress(&r.site, None, Some(r), full)],
-            actions: None,
-        });
+        .filter_map(|e| match (&e.order, &e.site) {
+            (Some(order), _) => creates
+                .iter()
+                .find(|o| &o.id == order)
+                .and_then(|o| central_view(o, &deliveries, &recs, false, None)),
+            (None, Some(site)) => recs
+                .iter()
+                .find(|r| &r.site == site && r.deployment == e.id && !r.from_central)
+                .map(|r| site_view(r, false)),
+            (None, None) => None,
+        })
+        .collect())
+}
+
+/// Central's deployment `dep` with per-device results and the actions
+/// sent (`None` if `p` sees no such deployment of central's): its orders,
+/// their deliveries and its reports, read by its id.
+pub(crate) async fn central_view_of(
+    c: &Arc<Central>,
+    p: &Principal,
+    dep: &str,
+) -> Result<Option<DeploymentView>, ApiError> {
+    let orders: Vec<OrderRecord> = c
+        .store
+        .deployment_orders(&p.tenant, dep)
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .filter(|o| deploy::visible(p, o))
+        .collect();
+    let Some(create) = orders
+        .iter()
+        .find(|o| matches!(o.kind, DeployOrderKind::CreateDeployment { .. }))
+    else {
+        return Ok(None);
+    };
+    let deliveries = c
+        .store
+        .order_deliveries(&p.tenant, &orders)
+        .await
+        .map_err(internal)?;
+    let recs: Vec<SiteDeploymentRecord> = c
+        .store
+        .deployment_progress(&p.tenant, &[dep.to_string()])
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .filter(|r| p.sees_customer(&r.customer))
+        .collect();
+    let actions = orders
+        .iter()
+        .filter(|a| matches!(a.kind, DeployOrderKind::Act { .. }))
+        .map(|a| order_view(a, &deliveries))
+        .collect();
+    Ok(central_view(
+        create,
+        &deliveries,
+        &recs,
+        true,
+        Some(actions),
+    ))
+}
+
+/// Deployment `dep` made at a site (at `site` when given; else the
+/// first site, by id, reporting one of that id), with per-device
+/// results; `None` if `p` sees none.
+pub(crate) async fn site_view_of(
+    c: &Arc<Central>,
+    p: &Principal,
+    dep: &str,
+    site: Option<&SiteId>,
+) -> Result<Option<DeploymentView>, ApiError> {
+    Ok(c.store
+        .deployment_progress(&p.tenant, &[dep.to_string()])
+        .await
+        .map_err(internal)?
+        .iter()
+        .filter(|r| {
+            !r.from_central && p.sees_customer(&r.customer) && site.is_none_or(|s| &r.site == s)
+        })
+        .min_by(|a, b| a.site.cmp(&b.site))
+        .map(|r| site_view(r, true)))
+}
+
+/// Every deployment `p` sees, in the order this list always had
+/// (central's by creation, then the sites' by site and id): the list's
+/// pages read one after another (`GET /api/v1/deployments` without
+/// `limit` or `after`).
+pub(crate) async fn all_views(
+    c: &Arc<Central>,
+    p: &Principal,
+) -> Result<Vec<DeploymentView>, ApiError> {
+    let mut entries: Vec<DeploymentEntry> = Vec::new();
+    let mut after = None;
+    loop {
+        let page = c
+            .store
+            .deployment_page(
+                &p.tenant,
+                &DeploymentQuery {
+                    customers_allowed: p.customers.clone(),
+                    after,
+                    limit: 1000,
+                },
+            )
+            .await
+            .map_err(internal)?;
+        entries.extend(page.items);
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    entries.sort_by(|a, b| match (&a.site, &b.site) {
+        (None, None) => (a.created_ms, &a.order).cmp(&(b.created_ms, &b.order)),
+        (None, Some(_)) => std::cmp::Ordering::Less,
+        (Some(_), None) => std::cmp::Ordering::Greater,
+        (Some(x), Some(y)) => (x, &a.id).cmp(&(y, &b.id)),
+    });
+    let mut out = Vec::with_capacity(entries.len());
+    for chunk in entries.chunks(500) {
+        out.extend(views_of(c, p, chunk).await?);
     }
     Ok(out)
+}
+
+/// Query of `GET /api/v1/deployments`: with `limit` or `after`, one page
+/// ([`DeploymentList`]); without, the array of every deployment.
+#[derive(Debug, Default, Deserialize)]
+pub struct ListQuery {
+    /// The `next` of the previous page.
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Deployments per page (default 50, at most 500).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// One page of the deployment list, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeploymentList {
+    pub deployments: Vec<DeploymentView>,
+    /// Pass as `after` for the next page (`null` on the last one).
+    pub next: Option<String>,
+    /// Deployments the caller sees (all pages), exact unless `total_more`.
+    pub total: u64,
+    /// More than `total` (the count stopped at 10,000).
+    pub total_more: bool,
+    /// The page size used.
+    pub limit: usize,
+}
+
+/// One page of the deployments `p` sees, newest first (the API's and
+/// the console's list).
+pub(crate) async fn deployment_list(
+    c: &Arc<Central>,
+    p: &Principal,
+    after: Option<String>,
+    limit: Option<usize>,
+) -> Result<DeploymentList, ApiError> {
+    let limit = outpost_web::limit(limit, 50, 500)?;
+    let page = c
+        .store
+        .deployment_page(
+            &p.tenant,
+            &DeploymentQuery {
+                customers_allowed: p.customers.clone(),
+                after,
+                limit,
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            CentralStoreError::InvalidCursor(m) => ApiError::BadRequest(format!("after: {m}")),
+            e => internal(e),
+        })?;
+    Ok(DeploymentList {
+        deployments: views_of(c, p, &page.items).await?,
+        next: page.next,
+        total: page.total,
+        total_more: page.total_more,
+        limit,
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -633,12 +844,19 @@ pub struct SiteQuery {
     pub site: Option<SiteId>,
 }
 
-/// `GET /api/v1/deployments`: every deployment across the caller's sites.
+/// `GET /api/v1/deployments[?limit=N&after=CURSOR]`: with `limit` or
+/// `after`, one page newest first ([`DeploymentList`]); without, every
+/// deployment across the caller's sites (the array it always answered).
 pub async fn list(
     State(c): State<Arc<Central>>,
     axum::Extension(p): axum::Extension<Principal>,
-) -> Result<Json<Vec<DeploymentView>>, ApiError> {
-    Ok(Json(all_views(&c, &p, false).await?))
+    Query(q): Query<ListQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    if q.after.is_none() && q.limit.is_none() {
+        return Ok(Json(all_views(&c, &p).await?).into_response());
+    }
+    Ok(Json(deployment_list(&c, &p, q.after, q.limit).await?).into_response())
 }
 
 /// `GET /api/v1/deployments/{id}[?site=S]`: with per-device results.
@@ -648,15 +866,16 @@ pub async fn show(
     Path(id): Path<String>,
     Query(q): Query<SiteQuery>,
 ) -> Result<Json<DeploymentView>, ApiError> {
-    all_views(&c, &p, true)
-        .await?
-        .into_iter()
-        .find(|d| {
-            d.id == id
-                && q.site
-                    .as_ref()
-                    .is_none_or(|s| d.sites.iter().any(|x| &x.site == s))
-        })
+    let found = match central_view_of(&c, &p, &id).await? {
+        // A site's deployment never shadows central's of the same id.
+        Some(d) => Some(d).filter(|d| {
+            q.site
+                .as_ref()
+                .is_none_or(|s| d.sites.iter().any(|x| &x.site == s))
+        }),
+        None => site_view_of(&c, &p, &id, q.site.as_ref()).await?,
+    };
+    found
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no deployment {id}")))
 }
@@ -728,10 +947,8 @@ pub(crate) async fn create_on(
         }
     }
     send_order(c, p, &sites, kind, Some(dep.clone()), "deployment.create").await?;
-    all_views(c, p, true)
+    central_view_of(c, p, &dep)
         .await?
-        .into_iter()
-        .find(|d| d.id == dep)
         .ok_or_else(|| internal("the deployment just stored is missing"))
 }
 
@@ -761,14 +978,21 @@ pub(crate) async fn act_on(
         _ => return Err(ApiError::NotFound(format!("no action {action}"))),
     };
     require(p, min).map_err(|e| refuse(c, "forbidden", e))?;
-    let (orders, _) = visible_orders(c, p).await?;
-    let Some(created) = orders.iter().find(|o| {
-        matches!(o.kind, DeployOrderKind::CreateDeployment { .. })
-            && o.deployment.as_deref() == Some(id.as_str())
-    }) else {
+    let orders: Vec<OrderRecord> = c
+        .store
+        .deployment_orders(&p.tenant, &id)
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .filter(|o| deploy::visible(p, o))
+        .collect();
+    let Some(created) = orders
+        .iter()
+        .find(|o| matches!(o.kind, DeployOrderKind::CreateDeployment { .. }))
+    else {
         let mirrored = c
             .store
-            .site_deployments(&p.tenant)
+            .deployment_progress(&p.tenant, std::slice::from_ref(&id))
             .await
             .map_err(internal)?
             .iter()

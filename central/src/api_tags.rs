@@ -265,7 +265,11 @@ pub async fn show(
             matches!(o.kind, DeployOrderKind::SetTags { .. }) && crate::deploy::visible(&p, o)
         })
         .ok_or_else(|| ApiError::NotFound(format!("no tag order {id}")))?;
-    let deliveries = c.store.deliveries(&p.tenant).await.map_err(internal)?;
+    let deliveries = c
+        .store
+        .order_deliveries(&p.tenant, std::slice::from_ref(&o))
+        .await
+        .map_err(internal)?;
     Ok(Json(crate::api_deploy::order_view(&o, &deliveries)))
 }
 

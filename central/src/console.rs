@@ -66,6 +66,8 @@ fn err(e: ApiError) -> ConsoleError {
         ApiError::NotFound(m) => ConsoleError::NotFound(m),
         ApiError::Forbidden(m) => ConsoleError::Forbidden(m),
         ApiError::BadRequest(m) | ApiError::Conflict(m) => ConsoleError::BadRequest(m),
+        // The store is down (PostgreSQL): 503, the page retries.
+        ApiError::Unavailable(m) => ConsoleError::Unavailable(m),
         e => ConsoleError::Internal(e.to_string()),
     }
 }
@@ -73,6 +75,7 @@ fn err(e: ApiError) -> ConsoleError {
 fn store_err(e: CentralStoreError) -> ConsoleError {
     match e {
         CentralStoreError::InvalidCursor(m) => ConsoleError::BadRequest(m),
+        e if e.is_unavailable() => ConsoleError::Unavailable(e.to_string()),
         e => ConsoleError::Internal(e.to_string()),
     }
 }
@@ -710,12 +713,7 @@ impl ConsoleBackend for CentralConsole {
                 .status_history(&p.tenant, &id, device, 50)
                 .await
                 .map_err(store_err)?;
-            let facts = self
-                .central
-                .store
-                .device_facts(&p.tenant, &id, device)
-                .await
-                .map_err(store_err)?;
+            // `device_detail` read its IPs and tags already.
             let dv = &d.device;
             // The list's figures from the row itself (no search needed).
             let avg = |name: &str| {
@@ -750,8 +748,8 @@ impl ConsoleBackend for CentralConsole {
                     .alerts
                     .iter()
                     .any(|a| a.state == AlertState::Firing && a.severity == Severity::Critical),
-                ips: facts.ips,
-                tags: facts.tags,
+                ips: dv.ips.clone(),
+                tags: dv.tags.clone(),
             };
             let mut alerts: Vec<AlertView> = d
                 .alerts

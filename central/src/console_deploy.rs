@@ -333,14 +333,20 @@ fn action_line(o: &OrderView) -> ActionLine {
     }
 }
 
-/// Every deployment `p` sees, newest first.
+/// Deployments the console's list shows: the newest (one page of the
+/// API's list, not every deployment of the tenant).
+pub const CONSOLE_DEPLOYMENTS: usize = 200;
+
+/// The newest [`CONSOLE_DEPLOYMENTS`] deployments `p` sees, newest first.
 pub async fn rows(c: &Arc<Central>, p: &Principal) -> Result<Vec<DeploymentRow>, ApiError> {
     let names = names(c, p).await?;
-    let mut v: Vec<DeploymentRow> = api_deploy::all_views(c, p, false)
-        .await?
-        .iter()
-        .map(|d| row_of(d, &names))
-        .collect();
+    let mut v: Vec<DeploymentRow> =
+        api_deploy::deployment_list(c, p, None, Some(CONSOLE_DEPLOYMENTS))
+            .await?
+            .deployments
+            .iter()
+            .map(|d| row_of(d, &names))
+            .collect();
     v.sort_by(|a, b| (b.created_ms, &b.id).cmp(&(a.created_ms, &a.id)));
     Ok(v)
 }
@@ -357,17 +363,11 @@ pub async fn detail(
         None => (id, None),
     };
     let names = names(c, p).await?;
-    let d = api_deploy::all_views(c, p, true)
-        .await?
-        .into_iter()
-        .find(|d| {
-            d.id == dep
-                && match site {
-                    Some(s) => d.origin == "site" && d.sites.iter().any(|x| x.site.as_str() == s),
-                    None => d.origin == "central",
-                }
-        })
-        .ok_or_else(|| ApiError::NotFound(format!("no deployment {id}")))?;
+    let d = match site {
+        Some(s) => api_deploy::site_view_of(c, p, dep, Some(&SiteId::from(s))).await?,
+        None => api_deploy::central_view_of(c, p, dep).await?,
+    }
+    .ok_or_else(|| ApiError::NotFound(format!("no deployment {id}")))?;
     let row = row_of(&d, &names);
     let mut devices = Vec::new();
     let mut keys = Vec::new();

@@ -292,6 +292,139 @@ pub fn newer_decisions(held: Option<&DecisionsRecord>, new: &DecisionsRecord) ->
     held.is_none_or(|h| h.decisions.computed_ms < new.decisions.computed_ms)
 }
 
+/// One line of a tenant's deployment list: a deployment created at
+/// central (its create order, over the order's sites) or one created at
+/// a site (mirrored from its progress reports). Stored beside the
+/// records it is derived from (RocksDB: `tenant\0L\0…`; PostgreSQL: key
+/// columns of `deploy_orders` and `site_deployments`, schema 15), so a
+/// page is read without the tenant's other orders and reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentEntry {
+    /// The deployment's id (the same at every site).
+    pub id: String,
+    /// Central's creation time, or the site's for one made there.
+    pub created_ms: u64,
+    /// The site of a deployment made there (`None`: central's).
+    pub site: Option<SiteId>,
+    /// Central's create order (central's deployments).
+    pub order: Option<String>,
+    /// Who sees it sees every one of these customers.
+    pub customers: Vec<CustomerId>,
+}
+
+impl DeploymentEntry {
+    /// The entry of a create order (`None` for other orders).
+    pub fn of_order(o: &OrderRecord) -> Option<DeploymentEntry> {
+        match (&o.kind, &o.deployment) {
+            (DeployOrderKind::CreateDeployment { .. }, Some(dep)) => Some(DeploymentEntry {
+                id: dep.clone(),
+                created_ms: o.created_ms,
+                site: None,
+                order: Some(o.id.clone()),
+                customers: o.customers.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The entry of a deployment made at a site (`None` for the reports
+    /// of central's deployments).
+    pub fn of_site(r: &SiteDeploymentRecord) -> Option<DeploymentEntry> {
+        (!r.from_central).then(|| DeploymentEntry {
+            id: r.deployment.clone(),
+            created_ms: site_created_ms(&r.view_json),
+            site: Some(r.site.clone()),
+            order: None,
+            customers: vec![r.customer.clone()],
+        })
+    }
+
+    /// Whether a reader limited to `allowed` customers (empty: all) sees
+    /// it: every customer of it.
+    pub fn visible_to(&self, allowed: &[CustomerId]) -> bool {
+        allowed.is_empty() || self.customers.iter().all(|c| allowed.contains(c))
+    }
+
+    /// Its place in the list: newest first, then by id, then by site
+    /// (central's sort before a site's of the same id and time).
+    pub fn cursor(&self) -> DeploymentCursor {
+        DeploymentCursor {
+            created_ms: self.created_ms,
+            id: self.id.clone(),
+            site: self
+                .site
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The creation time a site reports of its deployment (`summary.created_at_ms`
+/// of its progress view; 0 when it has none: listed last).
+pub fn site_created_ms(view_json: &str) -> u64 {
+    serde_json::from_str::<serde_json::Value>(view_json)
+        .ok()
+        .and_then(|v| v["summary"]["created_at_ms"].as_u64())
+        .unwrap_or(0)
+}
+
+/// A position in the deployment list (the `after` of the next page):
+/// `CREATED.HEX(ID).HEX(SITE)`, the same on both stores.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DeploymentCursor {
+    pub created_ms: u64,
+    pub id: String,
+    /// Empty for central's deployments.
+    pub site: String,
+}
+
+impl DeploymentCursor {
+    pub fn encode(&self) -> String {
+        fn hex(s: &str) -> String {
+            s.bytes().map(|b| format!("{b:02x}")).collect()
+        }
+        format!("{}.{}.{}", self.created_ms, hex(&self.id), hex(&self.site))
+    }
+
+    /// A cursor [`DeploymentCursor::encode`] made, or why not.
+    pub fn decode(s: &str) -> Result<DeploymentCursor, String> {
+        fn unhex(h: &str) -> Option<String> {
+            if !h.len().is_multiple_of(2) || h.len() > 2 * 256 {
+                return None;
+            }
+            let bytes: Option<Vec<u8>> = (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
+                .collect();
+            String::from_utf8(bytes?).ok()
+        }
+        let bad = || format!("{s:?} is not a cursor of the deployment list");
+        let mut parts = s.split('.');
+        let (Some(at), Some(id), Some(site), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        Ok(DeploymentCursor {
+            created_ms: at.parse().map_err(|_| bad())?,
+            id: unhex(id).filter(|i| !i.is_empty()).ok_or_else(bad)?,
+            site: unhex(site).ok_or_else(bad)?,
+        })
+    }
+
+    /// Whether `e` comes after this position (newest first, then id,
+    /// then site).
+    pub fn before(&self, e: &DeploymentEntry) -> bool {
+        let c = e.cursor();
+        (std::cmp::Reverse(self.created_ms), &self.id, &self.site)
+            < (std::cmp::Reverse(c.created_ms), &c.id, &c.site)
+    }
+}
+
+/// Most deployments a list counts exactly (`total_more` beyond).
+pub const DEPLOYMENT_TOTAL_CAP: u64 = 10_000;
+
 /// A new order id.
 pub fn new_order_id() -> String {
     format!("ord-{:016x}", rand::random::<u64>())
@@ -317,6 +450,82 @@ mod tests {
             customers: vec!["dental".into()],
             kind: DeployOrderKind::RemoveRule { id: "r".into() },
         }
+    }
+
+    #[test]
+    fn a_deployment_cursor_round_trips_and_orders_newest_first_then_id_then_site() {
+        let e = |at: u64, id: &str, site: Option<&str>| DeploymentEntry {
+            id: id.into(),
+            created_ms: at,
+            site: site.map(SiteId::from),
+            order: None,
+            customers: vec![],
+        };
+        let c = e(5, "cdep-b", None).cursor();
+        assert_eq!(DeploymentCursor::decode(&c.encode()), Ok(c.clone()));
+        let odd = e(7, "dep.1 é", Some("s-1\u{7f}")).cursor();
+        assert_eq!(DeploymentCursor::decode(&odd.encode()), Ok(odd));
+        // After (5, cdep-b, central): older ones, and same time with a
+        // greater id or the same id at a site.
+        assert!(c.before(&e(4, "a", None)));
+        assert!(c.before(&e(5, "cdep-c", None)));
+        assert!(c.before(&e(5, "cdep-b", Some("s-1"))));
+        assert!(!c.before(&e(5, "cdep-b", None)));
+        assert!(!c.before(&e(5, "cdep-a", Some("s-9"))));
+        assert!(!c.before(&e(6, "z", None)));
+        for bad in [
+            "",
+            "5",
+            "5.zz.",
+            "x.6364.",
+            "5..",
+            "5.6364.00.1",
+            "5.636.",
+            "5.ff.",
+        ] {
+            assert!(DeploymentCursor::decode(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn list_entries_come_from_create_orders_and_site_made_deployments_only() {
+        let mut o = order("ord-1", 9);
+        assert_eq!(DeploymentEntry::of_order(&o), None, "not a creation");
+        o.deployment = Some("cdep-1".into());
+        o.kind = DeployOrderKind::CreateDeployment {
+            request_json: "{}".into(),
+        };
+        let e = DeploymentEntry::of_order(&o).unwrap();
+        assert_eq!(
+            (
+                e.id.as_str(),
+                e.created_ms,
+                e.site.is_none(),
+                e.order.as_deref()
+            ),
+            ("cdep-1", 9, true, Some("ord-1"))
+        );
+        assert!(e.visible_to(&[]) && e.visible_to(&["dental".into(), "vet".into()]));
+        assert!(!e.visible_to(&["vet".into()]));
+        let mut r = SiteDeploymentRecord {
+            tenant: "msp".into(),
+            site: "s-1".into(),
+            customer: "vet".into(),
+            deployment: "dep-1".into(),
+            from_central: true,
+            updated_at_ms: 5,
+            received_ms: 5,
+            view_json: r#"{"summary":{"created_at_ms":42}}"#.into(),
+        };
+        assert_eq!(
+            DeploymentEntry::of_site(&r),
+            None,
+            "central's: listed by its order"
+        );
+        r.from_central = false;
+        let e = DeploymentEntry::of_site(&r).unwrap();
+        assert_eq!((e.created_ms, e.site.as_deref()), (42, Some("s-1")));
+        assert_eq!(site_created_ms("not json"), 0);
     }
 
     #[test]

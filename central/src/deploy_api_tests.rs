@@ -25,6 +25,7 @@ crate::testing::on_both_backends!(
     a_connected_site_below_protocol_5_is_refused_with_its_name_and_version,
     install_options_need_protocol_8_at_creation_and_at_delivery_and_come_back_with_the_audit,
     approvals_and_rules_go_to_every_site_and_a_removed_rule_leaves_the_list,
+    the_paged_deployment_list_never_shows_another_tenants_or_an_out_of_scope_customers_deployments,
 );
 
 struct F {
@@ -585,4 +586,171 @@ async fn install_options_need_protocol_8_at_creation_and_at_delivery_and_come_ba
         .unwrap();
     assert_eq!(s["options"]["reboot"], "always");
     assert!(s.get("audit").is_none(), "{s}");
+}
+
+/// Every page of `uri` (`limit=N`, following `next`): the ids in order,
+/// and each page's (total, total_more, limit).
+async fn pages(f: &F, token: &str, limit: usize) -> (Vec<String>, Vec<(u64, bool, u64)>) {
+    let (mut ids, mut meta) = (Vec::new(), Vec::new());
+    let mut after = String::new();
+    loop {
+        let (st, v) = f
+            .call(
+                token,
+                "GET",
+                &format!("/api/v1/deployments?limit={limit}{after}"),
+                None,
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        let items = v["deployments"].as_array().unwrap();
+        assert!(items.len() <= limit, "{v}");
+        ids.extend(items.iter().map(|d| d["id"].as_str().unwrap().to_string()));
+        meta.push((
+            v["total"].as_u64().unwrap(),
+            v["total_more"].as_bool().unwrap(),
+            v["limit"].as_u64().unwrap(),
+        ));
+        match v["next"].as_str() {
+            Some(n) => after = format!("&after={n}"),
+            None => break,
+        }
+    }
+    (ids, meta)
+}
+
+/// `GET /api/v1/deployments?limit=N&after=C`: pages newest first with
+/// `next`, `total` and `limit`, covering exactly what the caller sees; a
+/// customer-scoped technician never gets a deployment touching another
+/// customer's site (nor one made at such a site), another tenant's
+/// never shows, a bad cursor is 400, and without `limit`/`after` the
+/// answer is still the array of every deployment.
+async fn the_paged_deployment_list_never_shows_another_tenants_or_an_out_of_scope_customers_deployments()
+ {
+    let f = fixture().await;
+    let admin = f.token("msp", Role::Admin, &[]).await;
+    let dental_tech = f.token("msp", Role::Technician, &["dental"]).await;
+    let zeta = ops::add_site(
+        f.c.store.as_ref(),
+        &ops::AddSite {
+            tenant: "zeta".into(),
+            customer: "dental".into(),
+            site: "z".into(),
+        },
+        1,
+    )
+    .await
+    .unwrap()
+    .site_id;
+    let zeta_admin = f.token("zeta", Role::Admin, &[]).await;
+    let create = |token: String, sites: Vec<SiteId>| {
+        let f = &f;
+        async move {
+            let body = json!({"target": {"type": "all"}, "sites": sites});
+            let (st, v) = f
+                .call(&token, "POST", "/api/v1/deployments", Some(body))
+                .await;
+            assert_eq!(st, 201, "{v}");
+            v["id"].as_str().unwrap().to_string()
+        }
+    };
+    let d1 = create(admin.clone(), vec![f.site.clone()]).await;
+    let d2 = create(admin.clone(), vec![f.branch.clone()]).await;
+    let d3 = create(admin.clone(), vec![f.site.clone(), f.branch.clone()]).await;
+    let d4 = create(admin.clone(), vec![f.site.clone()]).await;
+    let z1 = create(zeta_admin.clone(), vec![zeta.clone()]).await;
+    // Made at the ortho branch (mirrored, read-only).
+    f.c.store
+        .put_site_deployment(&crate::deploy::SiteDeploymentRecord {
+            tenant: "msp".into(),
+            site: f.branch.clone(),
+            customer: "ortho".into(),
+            deployment: "dep-branch".into(),
+            from_central: false,
+            updated_at_ms: 5,
+            received_ms: 5,
+            view_json: view("running", None),
+        })
+        .await
+        .unwrap();
+
+    let (st, v) = f.call(&admin, "GET", "/api/v1/deployments", None).await;
+    assert_eq!(st, 200);
+    let legacy: Vec<(String, u64)> = v
+        .as_array()
+        .expect("still an array without limit/after")
+        .iter()
+        .map(|d| {
+            (
+                d["id"].as_str().unwrap().to_string(),
+                d["created_ms"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let ids = |v: &[(String, u64)]| v.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>();
+    // Central's by creation (then order id), then the sites'.
+    assert_eq!(legacy.len(), 5, "{legacy:?}");
+    assert_eq!(legacy[4].0, "dep-branch");
+    assert!(
+        legacy[..4].windows(2).all(|w| w[0].1 <= w[1].1),
+        "{legacy:?}"
+    );
+    let mut expect = ids(&legacy);
+    expect.sort();
+    assert_eq!(expect, {
+        let mut e = vec![
+            d1.clone(),
+            d2.clone(),
+            d3.clone(),
+            d4.clone(),
+            "dep-branch".into(),
+        ];
+        e.sort();
+        e
+    });
+    // Newest first, then by id (the site's reports time 1: the oldest).
+    let mut newest: Vec<(String, u64)> = legacy[..4].to_vec();
+    newest.sort_by(|a, b| (std::cmp::Reverse(a.1), &a.0).cmp(&(std::cmp::Reverse(b.1), &b.0)));
+    newest.push(legacy[4].clone());
+    for limit in [1, 2, 5, 500] {
+        let (got, meta) = pages(&f, &admin, limit).await;
+        assert!(
+            meta.iter().all(|m| *m == (5, false, limit as u64)),
+            "{meta:?}"
+        );
+        assert_eq!(
+            got,
+            ids(&newest),
+            "limit {limit}: every one once, newest first"
+        );
+    }
+    let (got, meta) = pages(&f, &dental_tech, 1).await;
+    let dental: Vec<String> = ids(&newest)
+        .into_iter()
+        .filter(|i| *i == d1 || *i == d4)
+        .collect();
+    assert_eq!(got, dental, "dental's sites only");
+    assert!(meta.iter().all(|m| *m == (2, false, 1)), "{meta:?}");
+    for id in [&d2, &d3, &"dep-branch".to_string(), &z1] {
+        let (st, _) = f
+            .call(
+                &dental_tech,
+                "GET",
+                &format!("/api/v1/deployments/{id}"),
+                None,
+            )
+            .await;
+        assert_eq!(st, 404, "{id}");
+    }
+    let (ids, _) = pages(&f, &zeta_admin, 10).await;
+    assert_eq!(ids, std::slice::from_ref(&z1), "another tenant's own only");
+    let (ids, _) = pages(&f, &admin, 10).await;
+    assert!(!ids.contains(&z1));
+    // A cursor of nothing handed out, and limits out of range: 400.
+    for q in ["after=zz", "after=1..", "limit=0", "limit=501"] {
+        let (st, v) = f
+            .call(&admin, "GET", &format!("/api/v1/deployments?{q}"), None)
+            .await;
+        assert_eq!(st, 400, "{q}: {v}");
+    }
 }

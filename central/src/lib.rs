@@ -47,6 +47,8 @@ mod console_tests;
 pub mod deploy;
 #[cfg(test)]
 mod deploy_api_tests;
+#[cfg(test)]
+mod deploy_bench;
 pub mod deploy_link;
 pub mod dir;
 pub mod downlink;

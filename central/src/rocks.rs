@@ -74,8 +74,15 @@ const CF_PATCH_FINDINGS: &str = "patch_findings";
 const CF_PATCH_CVES: &str = "patch_cves";
 /// Deployment orders from central (`tenant\0o\0id`), their deliveries
 /// (`tenant\0d\0site\0order`) and the progress sites report
-/// (`tenant\0p\0site\0deployment`).
+/// (`tenant\0p\0site\0deployment`); derived in the same writes: the
+/// deployment list (`tenant\0L\0(MAX - created)_be\0id\0site` →
+/// [`crate::deploy::DeploymentEntry`]), a deployment's orders
+/// (`tenant\0e\0deployment\0order` → empty) and the sites reporting it
+/// (`tenant\0q\0deployment\0site` → empty), built at open for a store
+/// written before them ([`DEPLOY_INDEX_MARKER`]).
 const CF_DEPLOY: &str = "deploy";
+/// Present once the deployment family's derived keys are complete.
+const DEPLOY_INDEX_MARKER: &[u8] = b"\0m\0deploy-index-1";
 /// `tenant \0 site \0 device` → [`DeviceFacts`] (IPs and tags, batch
 /// format 6; no row when the device has neither).
 const CF_DEVICE_FACTS: &str = "device_facts";
@@ -195,6 +202,7 @@ impl RocksCentralStore {
             index: Arc::new(RwLock::new(FleetIndex::default())),
         };
         st.rebuild_index()?;
+        st.ensure_deploy_index()?;
         Ok(st)
     }
 
@@ -1084,6 +1092,23 @@ impl RocksCentralStore {
                 &key(&[tenant.as_bytes(), site_id.as_bytes(), device.as_bytes()]),
             )?
             .unwrap_or_default())
+    }
+
+    /// Several devices' IPs and tags in one multi-get, in order.
+    pub fn device_facts_many(
+        &self,
+        tenant: &str,
+        devices: &[(SiteId, String)],
+    ) -> Result<Vec<DeviceFacts>> {
+        let keys: Vec<Vec<u8>> = devices
+            .iter()
+            .map(|(s, d)| key(&[tenant.as_bytes(), s.as_bytes(), d.as_bytes()]))
+            .collect();
+        Ok(self
+            .multi_get::<DeviceFacts>(CF_DEVICE_FACTS, &keys)?
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect())
     }
 
     /// Counts per site, from the fleet index.
@@ -2044,6 +2069,15 @@ impl FleetStore for RocksCentralStore {
         blocking(move || st.device_facts(&t, &s, &d))
     }
 
+    fn device_facts_many<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        devices: &'a [(SiteId, String)],
+    ) -> StoreFuture<'a, Vec<DeviceFacts>> {
+        let (st, t, d) = (self.clone(), tenant.to_owned(), devices.to_vec());
+        blocking(move || st.device_facts_many(&t, &d))
+    }
+
     fn fleet_counts<'a>(
         &'a self,
         tenant: &'a TenantId,
@@ -2193,6 +2227,107 @@ impl RocksCentralStore {
         key(&[tenant.as_bytes(), b"p", site.as_bytes(), dep.as_bytes()])
     }
 
+    fn list_key(tenant: &str, c: &crate::deploy::DeploymentCursor) -> Vec<u8> {
+        key(&[
+            tenant.as_bytes(),
+            b"L",
+            &(u64::MAX - c.created_ms).to_be_bytes(),
+            c.id.as_bytes(),
+            c.site.as_bytes(),
+        ])
+    }
+
+    fn deployment_order_key(tenant: &str, dep: &str, order: &str) -> Vec<u8> {
+        key(&[tenant.as_bytes(), b"e", dep.as_bytes(), order.as_bytes()])
+    }
+
+    fn deployment_site_key(tenant: &str, dep: &str, site: &str) -> Vec<u8> {
+        key(&[tenant.as_bytes(), b"q", dep.as_bytes(), site.as_bytes()])
+    }
+
+    /// The derived keys of an order: its deployment's, and the list's
+    /// line of a create order.
+    fn index_order(&self, wb: &mut WriteBatch, o: &crate::deploy::OrderRecord) -> Result<()> {
+        if let Some(dep) = &o.deployment {
+            self.put(
+                wb,
+                CF_DEPLOY,
+                &Self::deployment_order_key(&o.tenant, dep, &o.id),
+                &(),
+            )?;
+        }
+        if let Some(e) = crate::deploy::DeploymentEntry::of_order(o) {
+            self.put(wb, CF_DEPLOY, &Self::list_key(&o.tenant, &e.cursor()), &e)?;
+        }
+        Ok(())
+    }
+
+    /// The derived keys of a progress report (replacing `held`'s list
+    /// line if it moved).
+    fn index_progress(
+        &self,
+        wb: &mut WriteBatch,
+        r: &crate::deploy::SiteDeploymentRecord,
+        held: Option<&crate::deploy::SiteDeploymentRecord>,
+    ) -> Result<()> {
+        self.put(
+            wb,
+            CF_DEPLOY,
+            &Self::deployment_site_key(&r.tenant, &r.deployment, &r.site),
+            &(),
+        )?;
+        let new = crate::deploy::DeploymentEntry::of_site(r);
+        if let Some(old) = held.and_then(crate::deploy::DeploymentEntry::of_site)
+            && new.as_ref().is_none_or(|n| n.cursor() != old.cursor())
+        {
+            wb.delete_cf(
+                self.cf(CF_DEPLOY)?,
+                Self::list_key(&r.tenant, &old.cursor()),
+            );
+        }
+        if let Some(e) = new {
+            self.put(wb, CF_DEPLOY, &Self::list_key(&r.tenant, &e.cursor()), &e)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the derived keys of every order and report once (a store
+    /// written before they existed), then [`DEPLOY_INDEX_MARKER`].
+    fn ensure_deploy_index(&self) -> Result<()> {
+        let cf = self.cf(CF_DEPLOY)?;
+        if self
+            .db
+            .get_cf(cf, DEPLOY_INDEX_MARKER)
+            .map_err(be)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let mut wb = WriteBatch::default();
+        let (mut orders, mut reports) = (0u64, 0u64);
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, v) = item.map_err(be)?;
+            let mut parts = k.splitn(3, |&b| b == 0);
+            match (parts.next(), parts.next()) {
+                (Some(_), Some(b"o")) => {
+                    self.index_order(&mut wb, &codec::decode(&v)?)?;
+                    orders += 1;
+                }
+                (Some(_), Some(b"p")) => {
+                    self.index_progress(&mut wb, &codec::decode(&v)?, None)?;
+                    reports += 1;
+                }
+                _ => {}
+            }
+        }
+        wb.put_cf(cf, DEPLOY_INDEX_MARKER, b"");
+        self.write(wb)?;
+        if orders + reports > 0 {
+            tracing::info!(orders, reports, "deployment list and keys built");
+        }
+        Ok(())
+    }
+
     /// A device's approval decisions (protocol 9), in the deployment
     /// family under `a`.
     fn decisions_key(tenant: &str, site: &str, device: &str) -> Vec<u8> {
@@ -2243,6 +2378,7 @@ impl RocksCentralStore {
         }
         let mut wb = WriteBatch::default();
         self.put(&mut wb, CF_DEPLOY, &k, o)?;
+        self.index_order(&mut wb, o)?;
         for d in deliveries {
             self.put(
                 &mut wb,
@@ -2324,7 +2460,10 @@ impl RocksCentralStore {
         if !crate::deploy::newer(held.as_ref(), r) {
             return Ok(false);
         }
-        self.put_one(CF_DEPLOY, &k, r)?;
+        let mut wb = WriteBatch::default();
+        self.put(&mut wb, CF_DEPLOY, &k, r)?;
+        self.index_progress(&mut wb, r, held.as_ref())?;
+        self.write(wb)?;
         Ok(true)
     }
 
@@ -2339,6 +2478,120 @@ impl RocksCentralStore {
             true
         })?;
         Ok(v)
+    }
+
+    /// One page of the list's own keys (see
+    /// [`crate::store::DeployStore::deployment_page`]): visible lines are
+    /// counted up to the cap, the page is the first `limit` after the
+    /// cursor.
+    pub fn deployment_page(
+        &self,
+        tenant: &str,
+        q: &crate::store::DeploymentQuery,
+    ) -> Result<crate::store::DeploymentPage> {
+        let after = q
+            .after
+            .as_deref()
+            .map(crate::deploy::DeploymentCursor::decode)
+            .transpose()
+            .map_err(CentralStoreError::InvalidCursor)?;
+        let limit = q.limit.max(1);
+        let cap = crate::deploy::DEPLOYMENT_TOTAL_CAP;
+        let p = prefix(&[tenant.as_bytes(), b"L"]);
+        let mut page = crate::store::DeploymentPage::default();
+        let mut more = false;
+        self.scan::<crate::deploy::DeploymentEntry>(CF_DEPLOY, &p, &p, |_, e| {
+            if !e.visible_to(&q.customers_allowed) {
+                return true;
+            }
+            if page.total < cap {
+                page.total += 1;
+            } else {
+                page.total_more = true;
+            }
+            if after.as_ref().is_none_or(|a| a.before(&e)) {
+                if page.items.len() < limit {
+                    page.items.push(e);
+                } else {
+                    more = true;
+                }
+            }
+            // Done once the page has one more and the count its cap.
+            !(more && page.total_more)
+        })?;
+        if more {
+            page.next = page.items.last().map(|e| e.cursor().encode());
+        }
+        Ok(page)
+    }
+
+    pub fn orders_by_id(
+        &self,
+        tenant: &str,
+        ids: &[String],
+    ) -> Result<Vec<crate::deploy::OrderRecord>> {
+        let keys: Vec<Vec<u8>> = ids.iter().map(|id| Self::order_key(tenant, id)).collect();
+        Ok(self
+            .multi_get::<crate::deploy::OrderRecord>(CF_DEPLOY, &keys)?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    pub fn deployment_orders(
+        &self,
+        tenant: &str,
+        dep: &str,
+    ) -> Result<Vec<crate::deploy::OrderRecord>> {
+        let p = prefix(&[tenant.as_bytes(), b"e", dep.as_bytes()]);
+        let mut ids = Vec::new();
+        self.scan::<()>(CF_DEPLOY, &p, &p, |k, ()| {
+            ids.push(String::from_utf8_lossy(&k[p.len()..]).into_owned());
+            true
+        })?;
+        let mut v = self.orders_by_id(tenant, &ids)?;
+        v.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        Ok(v)
+    }
+
+    pub fn order_deliveries(
+        &self,
+        tenant: &str,
+        orders: &[crate::deploy::OrderRecord],
+    ) -> Result<Vec<crate::deploy::Delivery>> {
+        let keys: Vec<Vec<u8>> = orders
+            .iter()
+            .flat_map(|o| o.sites.iter().map(|s| Self::delivery_key(tenant, s, &o.id)))
+            .collect();
+        Ok(self
+            .multi_get::<crate::deploy::Delivery>(CF_DEPLOY, &keys)?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    pub fn deployment_progress(
+        &self,
+        tenant: &str,
+        deps: &[String],
+    ) -> Result<Vec<crate::deploy::SiteDeploymentRecord>> {
+        let mut deps: Vec<&String> = deps.iter().collect();
+        deps.sort();
+        deps.dedup();
+        let mut keys = Vec::new();
+        for dep in deps {
+            let p = prefix(&[tenant.as_bytes(), b"q", dep.as_bytes()]);
+            self.scan::<()>(CF_DEPLOY, &p, &p, |k, ()| {
+                let site = String::from_utf8_lossy(&k[p.len()..]).into_owned();
+                keys.push(Self::progress_key(tenant, &site, dep));
+                true
+            })?;
+        }
+        Ok(self
+            .multi_get::<crate::deploy::SiteDeploymentRecord>(CF_DEPLOY, &keys)?
+            .into_iter()
+            .flatten()
+            .collect())
     }
 }
 
@@ -2422,6 +2675,51 @@ impl crate::store::DeployStore for RocksCentralStore {
     ) -> StoreFuture<'a, Vec<crate::deploy::SiteDeploymentRecord>> {
         let (st, t) = (self.clone(), tenant.to_owned());
         blocking(move || st.site_deployments(&t))
+    }
+
+    fn deployment_page<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        q: &'a crate::store::DeploymentQuery,
+    ) -> StoreFuture<'a, crate::store::DeploymentPage> {
+        let (st, t, q) = (self.clone(), tenant.to_owned(), q.clone());
+        blocking(move || st.deployment_page(&t, &q))
+    }
+
+    fn orders_by_id<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        ids: &'a [String],
+    ) -> StoreFuture<'a, Vec<crate::deploy::OrderRecord>> {
+        let (st, t, ids) = (self.clone(), tenant.to_owned(), ids.to_vec());
+        blocking(move || st.orders_by_id(&t, &ids))
+    }
+
+    fn deployment_orders<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        deployment: &'a str,
+    ) -> StoreFuture<'a, Vec<crate::deploy::OrderRecord>> {
+        let (st, t, d) = (self.clone(), tenant.to_owned(), deployment.to_owned());
+        blocking(move || st.deployment_orders(&t, &d))
+    }
+
+    fn order_deliveries<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        orders: &'a [crate::deploy::OrderRecord],
+    ) -> StoreFuture<'a, Vec<crate::deploy::Delivery>> {
+        let (st, t, o) = (self.clone(), tenant.to_owned(), orders.to_vec());
+        blocking(move || st.order_deliveries(&t, &o))
+    }
+
+    fn deployment_progress<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        deployments: &'a [String],
+    ) -> StoreFuture<'a, Vec<crate::deploy::SiteDeploymentRecord>> {
+        let (st, t, d) = (self.clone(), tenant.to_owned(), deployments.to_vec());
+        blocking(move || st.deployment_progress(&t, &d))
     }
 
     fn put_decisions<'a>(
@@ -2770,6 +3068,89 @@ mod tests {
     /// The fleet index follows applied batches and is rebuilt from the
     /// store at open (what a batch reports and writes is tested on every
     /// backend in `store_tests`).
+    #[test]
+    fn a_store_written_before_the_deployment_keys_gets_them_at_open_once() {
+        use crate::deploy::{Delivery, OrderRecord, SiteDeploymentRecord};
+        use crate::store::DeploymentQuery;
+        let dir = tempfile::tempdir().unwrap();
+        let st = RocksCentralStore::open(dir.path()).unwrap();
+        let o = OrderRecord {
+            tenant: "msp".into(),
+            id: "ord-1".into(),
+            created_ms: 7,
+            created_by: "ann".into(),
+            deployment: Some("cdep-1".into()),
+            sites: vec!["s-1".into()],
+            customers: vec!["dental".into()],
+            kind: outpost_uplink::deploy_link::DeployOrderKind::CreateDeployment {
+                request_json: "{}".into(),
+            },
+        };
+        let audit = AuditRow {
+            at_ms: 7,
+            tenant: "msp".into(),
+            actor: "ann".into(),
+            action: "deployment.create".into(),
+            target: "cdep-1".into(),
+            detail: String::new(),
+        };
+        st.create_order(&o, &[Delivery::queued(&o, &"s-1".into())], &audit)
+            .unwrap();
+        st.put_site_deployment(&SiteDeploymentRecord {
+            tenant: "msp".into(),
+            site: "s-2".into(),
+            customer: "dental".into(),
+            deployment: "dep-2".into(),
+            from_central: false,
+            updated_at_ms: 9,
+            received_ms: 9,
+            view_json: r#"{"summary":{"created_at_ms":8}}"#.into(),
+        })
+        .unwrap();
+        let page = |st: &RocksCentralStore| {
+            st.deployment_page(
+                "msp",
+                &DeploymentQuery {
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        let before = page(&st);
+        assert_eq!(before.total, 2);
+        // As a store written before them: no derived key, no marker.
+        let cf = st.cf(CF_DEPLOY).unwrap();
+        let mut wb = WriteBatch::default();
+        for item in st.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, _) = item.unwrap();
+            let kind = k.splitn(3, |&b| b == 0).nth(1).unwrap_or_default().to_vec();
+            if [&b"L"[..], b"e", b"q", b"m"].contains(&kind.as_slice()) {
+                wb.delete_cf(cf, &k);
+            }
+        }
+        st.write(wb).unwrap();
+        assert_eq!(page(&st).total, 0);
+        assert!(st.deployment_orders("msp", "cdep-1").unwrap().is_empty());
+        drop(st);
+        let st = RocksCentralStore::open(dir.path()).unwrap();
+        assert_eq!(page(&st), before, "built at open");
+        assert_eq!(st.deployment_orders("msp", "cdep-1").unwrap(), vec![o]);
+        assert_eq!(
+            st.deployment_progress("msp", &["dep-2".into()])
+                .unwrap()
+                .len(),
+            1
+        );
+        // Once: a line deleted now stays deleted at the next open.
+        let cf = st.cf(CF_DEPLOY).unwrap();
+        let first = RocksCentralStore::list_key("msp", &before.items[0].cursor());
+        st.db.delete_cf(cf, &first).unwrap();
+        drop(st);
+        let st = RocksCentralStore::open(dir.path()).unwrap();
+        assert_eq!(page(&st).total, 1, "the marker keeps open from rescanning");
+    }
+
     #[test]
     fn the_fleet_index_is_rebuilt_from_the_store_at_open() {
         use crate::model::DeviceStatus;

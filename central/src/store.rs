@@ -510,6 +510,43 @@ pub trait DeployStore: Send + Sync + 'static {
         &'a self,
         tenant: &'a TenantId,
     ) -> StoreFuture<'a, Vec<crate::deploy::SiteDeploymentRecord>>;
+    /// One page of the tenant's deployments `q.customers_allowed` sees
+    /// ([`crate::deploy::DeploymentEntry`]), newest first, and how many
+    /// there are (exact up to [`crate::deploy::DEPLOYMENT_TOTAL_CAP`]).
+    /// Reads the list's own keys, never every order and report; a
+    /// cursor it did not hand out is [`CentralStoreError::InvalidCursor`].
+    fn deployment_page<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        q: &'a DeploymentQuery,
+    ) -> StoreFuture<'a, DeploymentPage>;
+    /// The orders of these ids the tenant has (unknown ones left out).
+    fn orders_by_id<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        ids: &'a [String],
+    ) -> StoreFuture<'a, Vec<crate::deploy::OrderRecord>>;
+    /// The orders that create or act on `deployment`, oldest first (by
+    /// the deployment's own key: RocksDB `tenant\0e\0deployment\0…`,
+    /// PostgreSQL an index on `deployment`).
+    fn deployment_orders<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        deployment: &'a str,
+    ) -> StoreFuture<'a, Vec<crate::deploy::OrderRecord>>;
+    /// The deliveries of these orders (one per order and site).
+    fn order_deliveries<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        orders: &'a [crate::deploy::OrderRecord],
+    ) -> StoreFuture<'a, Vec<crate::deploy::Delivery>>;
+    /// The progress held of these deployments at every site, by
+    /// (deployment, site).
+    fn deployment_progress<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        deployments: &'a [String],
+    ) -> StoreFuture<'a, Vec<crate::deploy::SiteDeploymentRecord>>;
     /// Stores devices' approval decisions (protocol 9), each only if
     /// newer than the one held ([`crate::deploy::newer_decisions`]); how
     /// many were stored.
@@ -524,6 +561,29 @@ pub trait DeployStore: Send + Sync + 'static {
         site: &'a SiteId,
         device: &'a str,
     ) -> StoreFuture<'a, Option<crate::deploy::DecisionsRecord>>;
+}
+
+/// Which page of the deployment list [`DeployStore::deployment_page`]
+/// reads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeploymentQuery {
+    /// Customers the reader may see (empty = all): a deployment is listed
+    /// when every customer of its sites is among them.
+    pub customers_allowed: Vec<CustomerId>,
+    /// The `next` of the previous page.
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+/// A page of the deployment list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeploymentPage {
+    pub items: Vec<crate::deploy::DeploymentEntry>,
+    /// Deployments listed (all pages), exact unless `total_more`.
+    pub total: u64,
+    /// More than `total` (the count stopped at its cap).
+    pub total_more: bool,
+    pub next: Option<String>,
 }
 
 /// Filters of the command list ([`CommandStore::commands`]).
@@ -850,6 +910,14 @@ pub trait FleetStore: Send + Sync + 'static {
         site_id: &'a SiteId,
         device: &'a str,
     ) -> StoreFuture<'a, DeviceFacts>;
+    /// The IPs and tags of several devices in one read (RocksDB: one
+    /// multi-get; PostgreSQL: one `= ANY` query), in the order asked:
+    /// what [`FleetStore::device_facts`] answers for each.
+    fn device_facts_many<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        devices: &'a [(SiteId, String)],
+    ) -> StoreFuture<'a, Vec<DeviceFacts>>;
     /// Device and open-alert counts per site, within `customers_allowed`
     /// (empty = all).
     fn fleet_counts<'a>(

@@ -106,6 +106,8 @@ both_backends!(
     script_versions_bulk_runs_and_held_members_round_trip_in_one_tenant,
     deployment_orders_are_acknowledged_once_per_site_and_progress_only_moves_forward,
     device_ips_and_tags_follow_the_newest_snapshot_and_feed_search_and_the_tag_filter,
+    the_deployment_list_pages_newest_first_within_scope_and_a_deployment_is_read_by_its_id,
+    device_facts_many_answers_what_device_facts_answers_device_by_device,
 );
 
 async fn an_alert_page_filters_in_the_store_keeps_the_newest_and_counts_all(st: Store) {
@@ -1316,4 +1318,304 @@ async fn device_ips_and_tags_follow_the_newest_snapshot_and_feed_search_and_the_
         DeviceFacts::default(),
         "tenant-scoped"
     );
+}
+
+/// The deployment list: central's deployments (by their create order)
+/// and those made at sites, newest first, page by page without gaps or
+/// repeats, counted; only what a customer scope sees all of; another
+/// tenant's never; a bad cursor refused. A deployment's orders,
+/// deliveries and reports are read by its id.
+async fn the_deployment_list_pages_newest_first_within_scope_and_a_deployment_is_read_by_its_id(
+    st: Store,
+) {
+    use crate::deploy::{Delivery, OrderRecord, SiteDeploymentRecord};
+    use crate::store::DeploymentQuery;
+    use outpost_uplink::deploy_link::DeployOrderKind;
+    let audit = crate::commands::AuditRow {
+        at_ms: 1,
+        tenant: t("msp"),
+        actor: "ann".into(),
+        action: "deployment.create".into(),
+        target: String::new(),
+        detail: String::new(),
+    };
+    // (tenant, order, deployment, created, sites, customers, kind)
+    let order = |tenant: &str,
+                 id: &str,
+                 dep: &str,
+                 at: u64,
+                 sites: &[&str],
+                 customers: &[&str],
+                 create: bool| {
+        OrderRecord {
+            tenant: t(tenant),
+            id: id.into(),
+            created_ms: at,
+            created_by: "ann".into(),
+            deployment: Some(dep.into()),
+            sites: sites.iter().map(|x| s(x)).collect(),
+            customers: customers.iter().map(|c| (*c).into()).collect(),
+            kind: if create {
+                DeployOrderKind::CreateDeployment {
+                    request_json: format!("{{\"id\":\"{dep}\"}}"),
+                }
+            } else {
+                DeployOrderKind::Act {
+                    deployment: dep.into(),
+                    action: "pause".into(),
+                    body_json: "{}".into(),
+                }
+            },
+        }
+    };
+    let orders = [
+        order("msp", "ord-1", "cdep-1", 10, &["s-d"], &["dental"], true),
+        order(
+            "msp",
+            "ord-2",
+            "cdep-2",
+            20,
+            &["s-d", "s-v"],
+            &["dental", "vet"],
+            true,
+        ),
+        order("msp", "ord-3", "cdep-3", 30, &["s-v"], &["vet"], true),
+        order("msp", "ord-4", "cdep-4", 30, &["s-d"], &["dental"], true),
+        order("msp", "ord-5", "cdep-1", 40, &["s-d"], &["dental"], false),
+        order("other", "ord-9", "cdep-9", 50, &["s-o"], &["dental"], true),
+    ];
+    for o in &orders {
+        let d: Vec<Delivery> = o.sites.iter().map(|x| Delivery::queued(o, x)).collect();
+        st.create_order(
+            o,
+            &d,
+            &crate::commands::AuditRow {
+                tenant: o.tenant.clone(),
+                ..audit.clone()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let report =
+        |tenant: &str, site: &str, customer: &str, dep: &str, central: bool, created: u64| {
+            SiteDeploymentRecord {
+                tenant: t(tenant),
+                site: s(site),
+                customer: customer.into(),
+                deployment: dep.into(),
+                from_central: central,
+                updated_at_ms: created + 1,
+                received_ms: created + 1,
+                view_json: format!(
+                    "{{\"summary\":{{\"created_at_ms\":{created},\"phase\":\"running\"}}}}"
+                ),
+            }
+        };
+    let reports = [
+        report("msp", "s-d", "dental", "cdep-1", true, 10),
+        report("msp", "s-v", "vet", "cdep-2", true, 20),
+        report("msp", "s-d", "dental", "dep-local", false, 25),
+        report("msp", "s-v", "vet", "dep-local", false, 30),
+        report("other", "s-o", "dental", "dep-other", false, 60),
+    ];
+    for r in &reports {
+        assert!(st.put_site_deployment(r).await.unwrap());
+    }
+    // A newer report of a site-made deployment moves nothing in the list.
+    let mut newer = reports[2].clone();
+    newer.updated_at_ms += 100;
+    assert!(st.put_site_deployment(&newer).await.unwrap());
+
+    let key = |e: &crate::deploy::DeploymentEntry| {
+        format!(
+            "{}{}",
+            e.id,
+            e.site.as_ref().map(|x| format!("@{x}")).unwrap_or_default()
+        )
+    };
+    let all = |allowed: &'static [&'static str], limit: usize| {
+        let st = st.clone();
+        async move {
+            let mut q = DeploymentQuery {
+                customers_allowed: allowed.iter().map(|c| (*c).into()).collect(),
+                after: None,
+                limit,
+            };
+            let mut seen = Vec::new();
+            let mut totals = Vec::new();
+            loop {
+                let p = st.deployment_page(&t("msp"), &q).await.unwrap();
+                assert!(p.items.len() <= limit);
+                totals.push((p.total, p.total_more));
+                seen.extend(p.items.iter().map(key));
+                match p.next {
+                    Some(n) => q.after = Some(n),
+                    None => break,
+                }
+            }
+            (seen, totals)
+        }
+    };
+    // Newest first; at one time by id, then site (central's first).
+    let expect = [
+        "cdep-3",
+        "cdep-4",
+        "dep-local@s-v",
+        "dep-local@s-d",
+        "cdep-2",
+        "cdep-1",
+    ];
+    for limit in [1, 2, 4, 6, 100] {
+        let (seen, totals) = all(&[], limit).await;
+        assert_eq!(seen, expect, "limit {limit}");
+        assert!(totals.iter().all(|t| *t == (6, false)), "{totals:?}");
+    }
+    let (seen, totals) = all(&["dental"], 2).await;
+    assert_eq!(
+        seen,
+        ["cdep-4", "dep-local@s-d", "cdep-1"],
+        "cdep-2 has a vet site"
+    );
+    assert!(totals.iter().all(|t| *t == (3, false)), "{totals:?}");
+    let (seen, _) = all(&["vet"], 1).await;
+    assert_eq!(seen, ["cdep-3", "dep-local@s-v"]);
+    let other = st
+        .deployment_page(
+            &t("other"),
+            &DeploymentQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        other.items.iter().map(key).collect::<Vec<_>>(),
+        ["dep-other@s-o", "cdep-9"]
+    );
+    assert!(matches!(
+        st.deployment_page(
+            &t("msp"),
+            &DeploymentQuery {
+                after: Some("not-a-cursor".into()),
+                limit: 10,
+                ..Default::default()
+            }
+        )
+        .await,
+        Err(CentralStoreError::InvalidCursor(_))
+    ));
+
+    // By id: cdep-1's creation and pause, oldest first; nothing of
+    // another tenant's.
+    let ids = |v: Vec<OrderRecord>| v.into_iter().map(|o| o.id).collect::<Vec<_>>();
+    let of1 = st.deployment_orders(&t("msp"), "cdep-1").await.unwrap();
+    assert_eq!(ids(of1.clone()), ["ord-1", "ord-5"]);
+    assert!(
+        st.deployment_orders(&t("other"), "cdep-1")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        st.deployment_orders(&t("msp"), "cdep-9")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        ids(st
+            .orders_by_id(&t("msp"), &["ord-3".into(), "ord-9".into(), "ord-1".into()])
+            .await
+            .unwrap()),
+        ["ord-3", "ord-1"]
+    );
+    let two = st.orders_by_id(&t("msp"), &["ord-2".into()]).await.unwrap();
+    let d = st.order_deliveries(&t("msp"), &two).await.unwrap();
+    assert_eq!(
+        d.iter()
+            .map(|d| (d.order.as_str(), d.site.as_str()))
+            .collect::<Vec<_>>(),
+        [("ord-2", "s-d"), ("ord-2", "s-v")]
+    );
+    assert!(
+        st.order_deliveries(&t("other"), &two)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let p = st
+        .deployment_progress(&t("msp"), &["dep-local".into(), "cdep-1".into()])
+        .await
+        .unwrap();
+    let mut got: Vec<(String, String, u64)> = p
+        .iter()
+        .map(|r| (r.deployment.clone(), r.site.to_string(), r.updated_at_ms))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("cdep-1".to_string(), "s-d".to_string(), 11),
+            ("dep-local".into(), "s-d".into(), 126),
+            ("dep-local".into(), "s-v".into(), 31),
+        ]
+    );
+    assert!(
+        st.deployment_progress(&t("other"), &["dep-local".into()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// The device list's batched read answers, device by device and in the
+/// order asked, what the one-device read answers (unknown devices and
+/// another tenant's: empty).
+async fn device_facts_many_answers_what_device_facts_answers_device_by_device(st: Store) {
+    add_site(&st, "msp", "s-1", 1).await;
+    add_site(&st, "msp", "s-2", 2).await;
+    let (msp, s1, s2) = (t("msp"), s("s-1"), s("s-2"));
+    let b = facts_batch(
+        1,
+        5,
+        vec![
+            ips_tags(42, &["10.0.1.5"], &["web", "eu"]),
+            ips_tags(43, &["10.0.1.6", "fe80::1"], &[]),
+        ],
+    );
+    st.apply_batch(&msp, &s1, b, 1).await.unwrap();
+    let mut b = facts_batch(1, 5, vec![ips_tags(42, &["192.168.0.9"], &["lab"])]);
+    b.site = s2.clone();
+    st.apply_batch(&msp, &s2, b, 1).await.unwrap();
+    let asked: Vec<(outpost_proto::SiteId, String)> = [
+        (&s2, "000000000000002a"),
+        (&s1, "000000000000002b"),
+        (&s1, "000000000000002a"),
+        (&s2, "000000000000002b"),
+        (&s1, "00000000000000ff"),
+        (&s1, "000000000000002a"),
+    ]
+    .iter()
+    .map(|(x, d)| ((*x).clone(), d.to_string()))
+    .collect();
+    let many = st.device_facts_many(&msp, &asked).await.unwrap();
+    let mut one_by_one = Vec::new();
+    for (x, d) in &asked {
+        one_by_one.push(st.device_facts(&msp, x, d).await.unwrap());
+    }
+    assert_eq!(many, one_by_one);
+    assert_eq!(many[0].tags, ["lab"]);
+    assert_eq!(many[2].ips, ["10.0.1.5"]);
+    assert_eq!(many[4], Default::default(), "unknown device");
+    assert!(
+        st.device_facts_many(&t("other"), &asked)
+            .await
+            .unwrap()
+            .iter()
+            .all(|f| *f == Default::default()),
+        "tenant-scoped"
+    );
+    assert!(st.device_facts_many(&msp, &[]).await.unwrap().is_empty());
 }

@@ -55,7 +55,17 @@ pub enum ConsoleError {
     BadRequest(String),
     #[error("{0}")]
     Internal(String),
+    /// The backend's storage cannot serve for now (central's database is
+    /// down or failing over; retrying later can succeed): a 503 page that
+    /// says so, asks to retry after [`UNAVAILABLE_RETRY_SECS`] and
+    /// reloads by itself.
+    #[error("{0}")]
+    Unavailable(String),
 }
+
+/// Seconds a 503 page asks the browser to wait before it reloads
+/// (`Retry-After`, `Refresh`).
+pub const UNAVAILABLE_RETRY_SECS: u64 = outpost_web::UNAVAILABLE_RETRY_AFTER_SECS;
 
 /// What a backend method returns: a boxed future (object-safe trait).
 pub type ConsoleFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ConsoleError>> + Send + 'a>>;

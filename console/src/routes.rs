@@ -20,7 +20,7 @@ use serde::Deserialize;
 use crate::Console;
 use crate::backend::{
     AlertQuery, ConsoleError, DeviceQuery, DeviceSort, LatestValue, LoginForm, LoginOutcome,
-    MAX_COMMENT_CHARS, MetricKey, Range, Viewer,
+    MAX_COMMENT_CHARS, MetricKey, Range, UNAVAILABLE_RETRY_SECS, Viewer,
 };
 use crate::pages::{self, layout};
 use crate::security;
@@ -151,6 +151,16 @@ pub(crate) fn error_page(c: &Console, v: Option<&Viewer>, e: ConsoleError) -> Re
             tracing::error!(error = %m, "console backend failed");
             (StatusCode::INTERNAL_SERVER_ERROR, "Something failed")
         }
+        ConsoleError::Unavailable(m) => {
+            tracing::warn!(error = %m, "console page answered 503");
+            (StatusCode::SERVICE_UNAVAILABLE, "Temporarily unavailable")
+        }
+    };
+    let text = match &e {
+        ConsoleError::Unavailable(m) => {
+            format!("{m}. This page tries again by itself every {UNAVAILABLE_RETRY_SECS} seconds.")
+        }
+        e => e.to_string(),
     };
     let m = render(
         c,
@@ -158,9 +168,16 @@ pub(crate) fn error_page(c: &Console, v: Option<&Viewer>, e: ConsoleError) -> Re
         layout::Section::None,
         title,
         vec![],
-        pages::message(&e.to_string()),
+        pages::message(&text),
     );
-    html(status, m)
+    let mut resp = html(status, m);
+    if matches!(e, ConsoleError::Unavailable(_)) {
+        let secs = HeaderValue::from(UNAVAILABLE_RETRY_SECS);
+        resp.headers_mut().insert(header::RETRY_AFTER, secs.clone());
+        // Reloads the page (no script: the CSP forbids inline ones).
+        resp.headers_mut().insert(header::REFRESH, secs);
+    }
+    resp
 }
 
 /// The viewer, or the sign-in page (303) / an error page.

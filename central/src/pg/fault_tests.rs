@@ -179,6 +179,172 @@ async fn with_the_database_down_the_api_and_healthz_answer_503_batches_are_not_a
     drop(cluster);
 }
 
+/// A console request (`cookie`, a form `body` for a POST): status,
+/// headers, page.
+async fn page(
+    c: &Arc<Central>,
+    method: &str,
+    uri: &str,
+    cookie: Option<&str>,
+    body: &str,
+) -> (u16, axum::http::HeaderMap, String) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(ck) = cookie {
+        req = req.header("cookie", ck);
+    }
+    if !body.is_empty() {
+        req = req.header("content-type", "application/x-www-form-urlencoded");
+    }
+    let started = Instant::now();
+    let resp = crate::api::router(c.clone())
+        .oneshot(req.body(Body::from(body.to_string())).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{uri} took {:?}",
+        started.elapsed()
+    );
+    let st = resp.status().as_u16();
+    let h = resp.headers().clone();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22)
+        .await
+        .unwrap();
+    (st, h, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// While PostgreSQL is down, a signed-in technician's console pages
+/// answer 503 with a page that names the outage and says it retries
+/// (`Retry-After` and `Refresh`: it reloads by itself, no script), not
+/// 500; once the server is back the same central serves them again.
+/// Failed before the fix: 500 "Something failed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_database_down_console_pages_answer_503_and_retry_then_200_without_restart() {
+    let Some(cluster) = tokio::task::spawn_blocking(|| {
+        super::cluster::TestCluster::own_or_skip("console_down_503")
+    })
+    .await
+    .unwrap() else {
+        return;
+    };
+    let url = cluster.fresh_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = crate::dir::CentralDir(dir.path().join("central"))
+        .init_or_load()
+        .unwrap();
+    let store = Arc::new(
+        super::PgCentralStore::connect(
+            &url,
+            super::PgOptions {
+                pool_size: 4,
+                statement_timeout_ms: 2_000,
+                pool_wait_ms: 300,
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let c = Arc::new(Central::with_limits(
+        store,
+        keys,
+        tokio_util::sync::CancellationToken::new(),
+        Default::default(),
+    ));
+    let site = crate::ops::add_site(
+        c.store.as_ref(),
+        &crate::ops::AddSite {
+            tenant: "msp".into(),
+            customer: "dental".into(),
+            site: "main".into(),
+        },
+        1,
+    )
+    .await
+    .unwrap()
+    .site_id;
+    assert!(matches!(
+        batch(&c, &site, 1).await,
+        CentralFrame::Ack { seq: 1 }
+    ));
+    crate::ops::add_user(
+        c.store.as_ref(),
+        &crate::ops::AddUser {
+            tenant: "msp".into(),
+            name: "tess".into(),
+            role: Role::Technician,
+            customers: vec![],
+            password: "correct horse battery".into(),
+        },
+        1,
+        &c.passwords,
+    )
+    .await
+    .unwrap();
+    let (st, h, body) = page(
+        &c,
+        "POST",
+        "/login",
+        None,
+        "tenant=msp&username=tess&password=correct+horse+battery",
+    )
+    .await;
+    assert_eq!(st, 303, "{body}");
+    let cookie = h["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let uris = ["/", "/devices", "/alerts", "/deployments"];
+    for uri in uris {
+        let (st, _, body) = page(&c, "GET", uri, Some(&cookie), "").await;
+        assert_eq!(st, 200, "{uri}: {body}");
+    }
+
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.stop_immediately();
+        cluster
+    })
+    .await
+    .unwrap();
+    for uri in uris {
+        let (st, h, body) = page(&c, "GET", uri, Some(&cookie), "").await;
+        assert_eq!(st, 503, "{uri}: {body}");
+        assert_eq!(h["retry-after"], "5", "{uri}");
+        assert_eq!(h["refresh"], "5", "{uri}: reloads by itself");
+        assert!(h["content-type"].to_str().unwrap().starts_with("text/html"));
+        assert!(body.contains("Temporarily unavailable"), "{uri}: {body}");
+        assert!(
+            body.contains("central storage unavailable: postgresql"),
+            "{uri}: says what is wrong: {body}"
+        );
+        assert!(
+            body.contains("tries again by itself every 5 seconds"),
+            "{uri}: says it retries: {body}"
+        );
+    }
+
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.restart();
+        cluster
+    })
+    .await
+    .unwrap();
+    until(
+        Duration::from_secs(30),
+        "the console answering 200",
+        || async { page(&c, "GET", "/", Some(&cookie), "").await.0 == 200 },
+    )
+    .await;
+    for uri in uris {
+        let (st, h, body) = page(&c, "GET", uri, Some(&cookie), "").await;
+        assert_eq!(st, 200, "{uri}: {body}");
+        assert!(h.get("refresh").is_none(), "{uri}");
+    }
+    drop(cluster);
+}
+
 #[test]
 fn the_pool_options_are_kept_within_their_bounds() {
     let o = super::PgOptions {

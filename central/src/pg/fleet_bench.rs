@@ -33,11 +33,11 @@ fn rollup(v: f64) -> Rollup {
     }
 }
 
-fn site_id(s: u64) -> String {
+pub(crate) fn site_id(s: u64) -> String {
     format!("s-{s:05}")
 }
 
-fn batch(s: u64, n: u64, now: u64) -> SiteBatch {
+pub(crate) fn batch(s: u64, n: u64, now: u64) -> SiteBatch {
     let bucket = now - now % 300_000 - 300_000;
     let dev = |d: u64| DeviceId((s << 20) | d);
     SiteBatch {

@@ -94,6 +94,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "device_decisions",
         include_str!("V12__device_decisions.sql"),
     ),
+    (
+        15,
+        "deployment_reads",
+        include_str!("V15__deployment_reads.sql"),
+    ),
 ];
 
 /// The apply error of a rollup whose partition was dropped meanwhile
@@ -381,6 +386,7 @@ impl PgCentralStore {
             migrate(client).await?;
         }
         store.fill_search_keys().await?;
+        store.fill_deployment_keys().await?;
         store.fill_site_counts().await?;
         let now = crate::now_ms();
         let weeks: Vec<u64> = (0..5)
@@ -2490,6 +2496,52 @@ impl FleetStore for PgCentralStore {
         })
     }
 
+    fn device_facts_many<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        devices: &'a [(SiteId, String)],
+    ) -> StoreFuture<'a, Vec<DeviceFacts>> {
+        Box::pin(async move {
+            if devices.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut sites: Vec<&str> = devices.iter().map(|(s, _)| s.as_str()).collect();
+            sites.sort_unstable();
+            sites.dedup();
+            let ids: Vec<&str> = devices.iter().map(|(_, d)| d.as_str()).collect();
+            // One query over the primary key; pairs of a site asked and a
+            // device asked elsewhere are left out below.
+            let rows = self
+                .tenant_query(
+                    tenant,
+                    "SELECT site_id, device, ips, tags FROM devices \
+                     WHERE tenant_id = $1 AND site_id = ANY($2) AND device = ANY($3)",
+                    &[&tenant.as_str(), &sites, &ids],
+                )
+                .await?;
+            let found: HashMap<(String, String), DeviceFacts> = rows
+                .iter()
+                .map(|r| {
+                    (
+                        (r.get::<_, String>(0), r.get::<_, String>(1)),
+                        DeviceFacts {
+                            ips: r.get(2),
+                            tags: r.get(3),
+                        },
+                    )
+                })
+                .collect();
+            Ok(devices
+                .iter()
+                .map(|(s, d)| {
+                    let k = (s.to_string(), d.clone());
+                    // A device asked twice gets its facts twice.
+                    found.get(&k).cloned().unwrap_or_default()
+                })
+                .collect())
+        })
+    }
+
     fn fleet_counts<'a>(
         &'a self,
         tenant: &'a TenantId,
@@ -2903,9 +2955,17 @@ impl PgCentralStore {
         let tx = Self::tenant_tx(&mut c, t).await?;
         let n = tx
             .execute(
-                "INSERT INTO deploy_orders (tenant_id, id, created_ms, body) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT DO NOTHING",
-                &[&t, &o.id, &i(o.created_ms), &enc(o)?],
+                "INSERT INTO deploy_orders (tenant_id, id, created_ms, body, kind, deployment, \
+                 customers) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                &[
+                    &t,
+                    &o.id,
+                    &i(o.created_ms),
+                    &enc(o)?,
+                    &o.kind.label(),
+                    &o.deployment,
+                    &customer_strs(&o.customers),
+                ],
             )
             .await
             .map_err(be)?;
@@ -3033,10 +3093,12 @@ impl PgCentralStore {
         // reports racing keep the newest).
         let n = tx
             .execute(
-                "INSERT INTO site_deployments (tenant_id, site_id, deployment, updated_at_ms, body) \
-                 VALUES ($1, $2, $3, $4, $5) \
+                "INSERT INTO site_deployments (tenant_id, site_id, deployment, updated_at_ms, body, \
+                 created_ms, customer, from_central) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
                  ON CONFLICT (tenant_id, site_id, deployment) DO UPDATE \
-                 SET updated_at_ms = excluded.updated_at_ms, body = excluded.body \
+                 SET updated_at_ms = excluded.updated_at_ms, body = excluded.body, \
+                 created_ms = excluded.created_ms, customer = excluded.customer, \
+                 from_central = excluded.from_central \
                  WHERE site_deployments.updated_at_ms < excluded.updated_at_ms",
                 &[
                     &t,
@@ -3044,6 +3106,9 @@ impl PgCentralStore {
                     &r.deployment,
                     &i(r.updated_at_ms),
                     &enc(r)?,
+                    &i(crate::deploy::site_created_ms(&r.view_json)),
+                    &r.customer.as_str(),
+                    &r.from_central,
                 ],
             )
             .await
@@ -3117,6 +3182,256 @@ impl PgCentralStore {
             .await?;
         rows.iter().map(|r| dec(r.get::<_, &[u8]>(0))).collect()
     }
+
+    /// Fills the key columns of schema 15 in rows written before it
+    /// (NULL there), from their bodies; a few statements when none is
+    /// left.
+    async fn fill_deployment_keys(&self) -> Result<()> {
+        let c = self.client().await?;
+        let (mut orders, mut reports) = (0u64, 0u64);
+        loop {
+            let rows = c
+                .query(
+                    "SELECT body FROM deploy_orders WHERE kind IS NULL LIMIT 1000",
+                    &[],
+                )
+                .await
+                .map_err(be)?;
+            if rows.is_empty() {
+                break;
+            }
+            for r in &rows {
+                let o: crate::deploy::OrderRecord = dec(r.get::<_, &[u8]>(0))?;
+                c.execute(
+                    "UPDATE deploy_orders SET kind = $3, deployment = $4, customers = $5 \
+                     WHERE tenant_id = $1 AND id = $2",
+                    &[
+                        &o.tenant.as_str(),
+                        &o.id,
+                        &o.kind.label(),
+                        &o.deployment,
+                        &customer_strs(&o.customers),
+                    ],
+                )
+                .await
+                .map_err(be)?;
+                orders += 1;
+            }
+        }
+        loop {
+            let rows = c
+                .query(
+                    "SELECT body FROM site_deployments WHERE created_ms IS NULL LIMIT 1000",
+                    &[],
+                )
+                .await
+                .map_err(be)?;
+            if rows.is_empty() {
+                break;
+            }
+            for r in &rows {
+                let d: crate::deploy::SiteDeploymentRecord = dec(r.get::<_, &[u8]>(0))?;
+                c.execute(
+                    "UPDATE site_deployments SET created_ms = $4, customer = $5, from_central = $6 \
+                     WHERE tenant_id = $1 AND site_id = $2 AND deployment = $3",
+                    &[
+                        &d.tenant.as_str(),
+                        &d.site.as_str(),
+                        &d.deployment,
+                        &i(crate::deploy::site_created_ms(&d.view_json)),
+                        &d.customer.as_str(),
+                        &d.from_central,
+                    ],
+                )
+                .await
+                .map_err(be)?;
+                reports += 1;
+            }
+        }
+        if orders + reports > 0 {
+            tracing::info!(orders, reports, "deployment key columns filled");
+        }
+        Ok(())
+    }
+
+    /// The deployment list's lines (`created_ms, id, site, order_id,
+    /// customers`; `site` empty for central's) of tenant `$1` that the
+    /// customers `$2` see (NULL: all).
+    const DEPLOYMENT_LINES: &str = "SELECT created_ms, id, site, order_id, customers FROM ( \
+         SELECT o.created_ms, o.deployment AS id, ''::text COLLATE \"C\" AS site, \
+                o.id AS order_id, o.customers \
+           FROM deploy_orders o WHERE o.tenant_id = $1 AND o.kind = 'deployment' \
+         UNION ALL \
+         SELECT s.created_ms, s.deployment, s.site_id, NULL, ARRAY[s.customer::text] \
+           FROM site_deployments s WHERE s.tenant_id = $1 AND NOT s.from_central \
+        ) x WHERE ($2::text[] IS NULL OR x.customers <@ $2::text[])";
+
+    async fn deployment_page_impl(
+        &self,
+        tenant: &str,
+        q: &crate::store::DeploymentQuery,
+    ) -> Result<crate::store::DeploymentPage> {
+        let after = q
+            .after
+            .as_deref()
+            .map(crate::deploy::DeploymentCursor::decode)
+            .transpose()
+            .map_err(CentralStoreError::InvalidCursor)?;
+        let limit = q.limit.max(1);
+        let cap = crate::deploy::DEPLOYMENT_TOTAL_CAP;
+        let allowed: Option<Vec<String>> =
+            (!q.customers_allowed.is_empty()).then(|| customer_strs(&q.customers_allowed));
+        let (at, id, site) = match &after {
+            Some(c) => (Some(i(c.created_ms)), c.id.clone(), c.site.clone()),
+            None => (None, String::new(), String::new()),
+        };
+        let mut c = self.client().await?;
+        let tx = Self::tenant_tx(&mut c, tenant).await?;
+        let rows = tx
+            .query(
+                &format!(
+                    "{} AND ($3::bigint IS NULL OR x.created_ms < $3 OR (x.created_ms = $3 \
+                     AND (x.id COLLATE \"C\", x.site COLLATE \"C\") > ($4::text COLLATE \"C\", \
+                     $5::text COLLATE \"C\"))) \
+                     ORDER BY x.created_ms DESC, x.id COLLATE \"C\", x.site COLLATE \"C\" LIMIT $6",
+                    Self::DEPLOYMENT_LINES
+                ),
+                &[&tenant, &allowed, &at, &id, &site, &(limit as i64 + 1)],
+            )
+            .await
+            .map_err(be)?;
+        let count = tx
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM ({} LIMIT $3) y",
+                    Self::DEPLOYMENT_LINES
+                ),
+                &[&tenant, &allowed, &(cap as i64 + 1)],
+            )
+            .await
+            .map_err(be)?;
+        tx.commit().await.map_err(be)?;
+        let mut items: Vec<crate::deploy::DeploymentEntry> = rows
+            .iter()
+            .map(|r| {
+                let site: String = r.get(2);
+                let customers: Vec<String> = r.get(4);
+                crate::deploy::DeploymentEntry {
+                    created_ms: r.get::<_, i64>(0) as u64,
+                    id: r.get(1),
+                    site: (!site.is_empty()).then(|| SiteId::from(site.as_str())),
+                    order: r.get(3),
+                    customers: customers
+                        .iter()
+                        .map(|c| CustomerId::from(c.as_str()))
+                        .collect(),
+                }
+            })
+            .collect();
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let n = count.get::<_, i64>(0) as u64;
+        Ok(crate::store::DeploymentPage {
+            next: more
+                .then(|| items.last().map(|e| e.cursor().encode()))
+                .flatten(),
+            items,
+            total: n.min(cap),
+            total_more: n > cap,
+        })
+    }
+
+    async fn orders_by_id_impl(
+        &self,
+        tenant: &str,
+        ids: &[String],
+    ) -> Result<Vec<crate::deploy::OrderRecord>> {
+        let rows = self
+            .tenant_query(
+                tenant,
+                "SELECT body FROM deploy_orders WHERE tenant_id = $1 AND id = ANY($2)",
+                &[&tenant, &ids],
+            )
+            .await?;
+        let mut v: Vec<crate::deploy::OrderRecord> = rows
+            .iter()
+            .map(|r| dec(r.get::<_, &[u8]>(0)))
+            .collect::<Result<_>>()?;
+        // In the order asked (as RocksDB's multi-get answers).
+        v.sort_by_key(|o| ids.iter().position(|x| *x == o.id));
+        Ok(v)
+    }
+
+    async fn deployment_orders_impl(
+        &self,
+        tenant: &str,
+        dep: &str,
+    ) -> Result<Vec<crate::deploy::OrderRecord>> {
+        let rows = self
+            .tenant_query(
+                tenant,
+                "SELECT body FROM deploy_orders WHERE tenant_id = $1 AND deployment = $2 \
+                 ORDER BY created_ms, id",
+                &[&tenant, &dep],
+            )
+            .await?;
+        rows.iter().map(|r| dec(r.get::<_, &[u8]>(0))).collect()
+    }
+
+    async fn order_deliveries_impl(
+        &self,
+        tenant: &str,
+        orders: &[crate::deploy::OrderRecord],
+    ) -> Result<Vec<crate::deploy::Delivery>> {
+        if orders.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = orders.iter().map(|o| o.id.as_str()).collect();
+        let rows = self
+            .tenant_query(
+                tenant,
+                "SELECT body FROM deploy_deliveries WHERE tenant_id = $1 AND order_id = ANY($2)",
+                &[&tenant, &ids],
+            )
+            .await?;
+        let mut v: Vec<crate::deploy::Delivery> = rows
+            .iter()
+            .map(|r| dec(r.get::<_, &[u8]>(0)))
+            .collect::<Result<_>>()?;
+        // Orders asked first to last, each by its sites (RocksDB's order).
+        let rank = |d: &crate::deploy::Delivery| {
+            orders
+                .iter()
+                .position(|o| o.id == d.order)
+                .map(|k| (k, orders[k].sites.iter().position(|s| *s == d.site)))
+        };
+        v.sort_by_key(|d| rank(d));
+        Ok(v)
+    }
+
+    async fn deployment_progress_impl(
+        &self,
+        tenant: &str,
+        deps: &[String],
+    ) -> Result<Vec<crate::deploy::SiteDeploymentRecord>> {
+        if deps.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .tenant_query(
+                tenant,
+                "SELECT body FROM site_deployments WHERE tenant_id = $1 AND deployment = ANY($2) \
+                 ORDER BY deployment, site_id",
+                &[&tenant, &deps],
+            )
+            .await?;
+        rows.iter().map(|r| dec(r.get::<_, &[u8]>(0))).collect()
+    }
+}
+
+/// Customers as the text array SQL compares.
+fn customer_strs(c: &[CustomerId]) -> Vec<String> {
+    c.iter().map(|c| c.to_string()).collect()
 }
 
 impl crate::store::DeployStore for PgCentralStore {
@@ -3183,6 +3498,46 @@ impl crate::store::DeployStore for PgCentralStore {
         Box::pin(self.site_deployments_impl(tenant))
     }
 
+    fn deployment_page<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        q: &'a crate::store::DeploymentQuery,
+    ) -> StoreFuture<'a, crate::store::DeploymentPage> {
+        Box::pin(self.deployment_page_impl(tenant, q))
+    }
+
+    fn orders_by_id<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        ids: &'a [String],
+    ) -> StoreFuture<'a, Vec<crate::deploy::OrderRecord>> {
+        Box::pin(self.orders_by_id_impl(tenant, ids))
+    }
+
+    fn deployment_orders<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        deployment: &'a str,
+    ) -> StoreFuture<'a, Vec<crate::deploy::OrderRecord>> {
+        Box::pin(self.deployment_orders_impl(tenant, deployment))
+    }
+
+    fn order_deliveries<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        orders: &'a [crate::deploy::OrderRecord],
+    ) -> StoreFuture<'a, Vec<crate::deploy::Delivery>> {
+        Box::pin(self.order_deliveries_impl(tenant, orders))
+    }
+
+    fn deployment_progress<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        deployments: &'a [String],
+    ) -> StoreFuture<'a, Vec<crate::deploy::SiteDeploymentRecord>> {
+        Box::pin(self.deployment_progress_impl(tenant, deployments))
+    }
+
     fn put_decisions<'a>(
         &'a self,
         recs: &'a [crate::deploy::DecisionsRecord],
@@ -3213,7 +3568,7 @@ mod fault_tests;
 mod bus_tests;
 
 #[cfg(test)]
-mod fleet_bench;
+pub(crate) mod fleet_bench;
 
 #[cfg(test)]
 mod fast_tests;

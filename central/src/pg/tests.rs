@@ -297,6 +297,88 @@ async fn rows_from_before_version_7_get_their_search_keys_at_start() {
     }
 }
 
+/// Orders and reports written before schema version 15 (no key columns)
+/// are listed and read by deployment id once the store has started (it
+/// fills them from their bodies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_from_before_version_15_get_their_key_columns_at_start() {
+    use crate::deploy::{Delivery, OrderRecord, SiteDeploymentRecord};
+    use crate::store::DeploymentQuery;
+    let Some(url) = fresh("deployment_keys_fill").await else {
+        return;
+    };
+    let st: Arc<dyn CentralStore> = store(&url).await;
+    let o = OrderRecord {
+        tenant: t("msp"),
+        id: "ord-1".into(),
+        created_ms: 7,
+        created_by: "ann".into(),
+        deployment: Some("cdep-1".into()),
+        sites: vec![s("s-1")],
+        customers: vec!["dental".into()],
+        kind: outpost_uplink::deploy_link::DeployOrderKind::CreateDeployment {
+            request_json: "{}".into(),
+        },
+    };
+    let audit = crate::commands::AuditRow {
+        at_ms: 7,
+        tenant: t("msp"),
+        actor: "ann".into(),
+        action: "deployment.create".into(),
+        target: "cdep-1".into(),
+        detail: String::new(),
+    };
+    st.create_order(&o, &[Delivery::queued(&o, &s("s-1"))], &audit)
+        .await
+        .unwrap();
+    st.put_site_deployment(&SiteDeploymentRecord {
+        tenant: t("msp"),
+        site: s("s-2"),
+        customer: "vet".into(),
+        deployment: "dep-2".into(),
+        from_central: false,
+        updated_at_ms: 9,
+        received_ms: 9,
+        view_json: r#"{"summary":{"created_at_ms":8}}"#.into(),
+    })
+    .await
+    .unwrap();
+    let q = DeploymentQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    let before = st.deployment_page(&t("msp"), &q).await.unwrap();
+    assert_eq!(before.total, 2);
+    drop(st);
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            "UPDATE deploy_orders SET kind = NULL, deployment = NULL, customers = NULL; \
+             UPDATE site_deployments SET created_ms = NULL, customer = NULL, from_central = NULL",
+        )
+        .await
+        .unwrap();
+    let st: Arc<dyn CentralStore> = store(&url).await;
+    assert_eq!(st.deployment_page(&t("msp"), &q).await.unwrap(), before);
+    assert_eq!(
+        st.deployment_orders(&t("msp"), "cdep-1").await.unwrap(),
+        vec![o]
+    );
+    let vet_only = DeploymentQuery {
+        customers_allowed: vec!["vet".into()],
+        ..q
+    };
+    let p = st.deployment_page(&t("msp"), &vet_only).await.unwrap();
+    assert_eq!(
+        (p.total, p.items[0].id.as_str()),
+        (1, "dep-2"),
+        "customers filled too"
+    );
+}
+
 /// A database at schema version 1 (a central of the previous release) is
 /// upgraded to the newest version at start: its rows stay, the new tables
 /// and columns work.
