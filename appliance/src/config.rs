@@ -22,9 +22,13 @@ pub struct Config {
     pub cache_listen: SocketAddr,
     /// Concurrent QUIC connections; beyond it new ones are refused and counted.
     pub max_connections: usize,
-    /// Kernel receive/send buffer of the QUIC UDP socket (capped by
+    /// Kernel receive/send buffer of each QUIC UDP socket (capped by
     /// net.core.rmem_max / wmem_max; a warning says so).
     pub udp_buffer_bytes: usize,
+    /// QUIC endpoints on `quic_listen`, each with its own UDP socket and
+    /// reader (`SO_REUSEPORT`; the kernel spreads agents over them by
+    /// address and port). 0: one per available core; 1: a single socket.
+    pub quic_endpoints: usize,
     /// Largest frame accepted from an agent.
     pub max_frame_bytes: usize,
     /// Extra time beyond two missed heartbeats before a device is offline.
@@ -314,6 +318,7 @@ impl Default for Config {
             cache_listen: SocketAddr::from(([0, 0, 0, 0], 3142)),
             max_connections: 100_000,
             udp_buffer_bytes: 4 * 1024 * 1024,
+            quic_endpoints: 0,
             max_frame_bytes: outpost_proto::DEFAULT_MAX_FRAME_BYTES,
             offline_grace: Duration::from_secs(10),
             storage: StorageConfig::default(),
@@ -389,6 +394,9 @@ impl Config {
             bail!("max_connections must be positive");
         }
         self.admission.validate()?;
+        if self.quic_endpoints > 64 {
+            bail!("quic_endpoints must be at most 64 (0: one per core)");
+        }
         if self.ingest.max_batch_records == 0 || self.ingest.queue_groups == 0 {
             bail!("ingest.max_batch_records and ingest.queue_groups must be positive");
         }

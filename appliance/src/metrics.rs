@@ -8,8 +8,6 @@
 //! [`labels`], the kernel's UDP drop counter is read by
 //! [`crate::net::udp_drops`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -98,9 +96,10 @@ pub struct Metrics {
     pub alert_errors: Family<OpLabel, Counter>,
     /// Notification delivery outcomes (delivered, retry, dead_letter).
     pub notifications: Family<NotifyLabel, Counter>,
-    /// Datagrams the kernel dropped on the QUIC socket (receive buffer
-    /// full), read from the kernel at each scrape.
-    pub quic_udp_receive_drops: Counter,
+    /// The QUIC listener's sockets: datagrams the kernel dropped on them
+    /// (receive buffer full; all sockets and per socket, read from the
+    /// kernel at each scrape) and connection attempts per socket.
+    pub quic_sockets: udp_drops::QuicSocketMetrics,
     /// The deployment device link (`outpost_deploy_device_statuses_total`,
     /// `outpost_deploy_status_rejected_total`).
     pub deploy_device: crate::deploy::device::DeviceLinkMetrics,
@@ -112,10 +111,6 @@ pub struct Metrics {
     /// Handshake admission and back-pressure (`outpost_quic_handshakes_*`,
     /// `outpost_session_pressure_frames_total`).
     pub admission: crate::ingest::admission::AdmissionMetrics,
-    /// Inode of the QUIC socket (0: not known).
-    quic_socket_inode: AtomicU64,
-    /// Kernel drop count at the previous scrape.
-    quic_drops_seen: AtomicU64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -172,13 +167,11 @@ impl Metrics {
             alert_inputs_lost: Counter::default(),
             alert_errors: Family::default(),
             notifications: Family::default(),
-            quic_udp_receive_drops: Counter::default(),
+            quic_sockets: Default::default(),
             deploy_device: Default::default(),
             console: Default::default(),
             console_live: Default::default(),
             admission: Default::default(),
-            quic_socket_inode: AtomicU64::new(0),
-            quic_drops_seen: AtomicU64::new(0),
             registry: Registry::default(),
             uplink: outpost_uplink::metrics::UplinkMetrics::default(),
         };
@@ -350,11 +343,7 @@ impl Metrics {
             "Notification delivery outcomes by channel type, event and result",
             m.notifications.clone(),
         );
-        r.register(
-            "quic_udp_receive_drops",
-            "Datagrams the kernel dropped on the QUIC socket because its receive buffer was full",
-            m.quic_udp_receive_drops.clone(),
-        );
+        m.quic_sockets.register(r);
         m.deploy_device.register(r);
         r.register(
             "console_refused",
@@ -383,29 +372,10 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// Follows the kernel's drop count of the QUIC socket `inode`.
-    pub fn watch_quic_socket(&self, inode: u64) {
-        let seen = udp_drops::udp_receive_drops(inode).unwrap_or(0);
-        self.quic_drops_seen.store(seen, Ordering::Relaxed);
-        self.quic_socket_inode.store(inode, Ordering::Relaxed);
-    }
-
-    /// Reads counters the kernel keeps (UDP receive drops).
-    fn refresh_kernel_counters(&self) {
-        let inode = self.quic_socket_inode.load(Ordering::Relaxed);
-        if inode == 0 {
-            return;
-        }
-        if let Some(now) = udp_drops::udp_receive_drops(inode) {
-            let before = self.quic_drops_seen.swap(now, Ordering::Relaxed);
-            self.quic_udp_receive_drops
-                .inc_by(now.saturating_sub(before));
-        }
-    }
-
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
-        self.refresh_kernel_counters();
+        // Counters the kernel keeps (UDP receive drops).
+        self.quic_sockets.refresh();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

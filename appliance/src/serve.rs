@@ -121,13 +121,14 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         },
     )?;
 
-    let endpoint = server::bind(
+    let listener = server::bind(
         cfg.quic_listen,
         keys.server_chain.clone(),
         keys.server_key.clone_key(),
         keys.ca.cert_der().clone(),
         &keys.reset_secret,
         cfg.udp_buffer_bytes,
+        cfg.quic_endpoints,
         &metrics,
     )?;
     let live = Arc::new(LiveSessions::default());
@@ -267,7 +268,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
     // Where agents enroll (`outpost agent-installer` prints its port).
     std::fs::write(
         data.0.join(crate::installer::QUIC_ADDR_FILE),
-        format!("{}\n", endpoint.local_addr()?),
+        format!("{}\n", listener.local_addr()?),
     )
     .context("writing quic.addr")?;
     uplink.start().context("starting the uplink")?;
@@ -331,7 +332,8 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         None
     };
     info!(
-        quic = %endpoint.local_addr()?,
+        quic = %listener.local_addr()?,
+        quic_endpoints = listener.endpoints.len(),
         cache = ?cache.as_ref().map(|(_, a)| *a),
         admin = %admin_addr,
         durability = ?cfg.storage.durability,
@@ -348,13 +350,14 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         &cfg.admission,
         metrics.clone(),
     ));
-    tracker.spawn(server::accept_loop(
-        endpoint.clone(),
+    server::spawn_accept_loops(
+        &listener,
         ctx.clone(),
         admission,
         cfg.max_connections,
         conns.clone(),
-    ));
+        &tracker,
+    );
     {
         let sd = shutdown.clone();
         // The file and patch routes ride beside the cache's (authorised alike).
@@ -422,7 +425,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
     tracker.wait().await;
     conns.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), conns.wait()).await;
-    endpoint.close(
+    listener.close(
         outpost_proto::messages::CloseReason::ShuttingDown
             .code()
             .into(),
@@ -468,7 +471,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         // exiting loses no acknowledged record.
         Err(_) => tracing::warn!("writer did not stop within 10s; exiting anyway"),
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), listener.wait_idle()).await;
     if let Some(why) = writer_health.failure() {
         // Exit non-zero: a supervisor restarting on failure should.
         anyhow::bail!("stopped after the writer failed: {why}");

@@ -54,9 +54,15 @@ pub struct IngestOutcome {
     pub report: Report,
     /// Sessions opened during the measured window (reconnects).
     pub reconnects: u64,
-    /// Datagrams the kernel dropped on the appliance's socket during the
-    /// window (`None`: the socket is not visible from here).
+    /// Datagrams the kernel dropped on the appliance's sockets (all of
+    /// them: one per QUIC endpoint) during the window (`None`: the sockets
+    /// are not visible from here).
     pub udp_drops: Option<u64>,
+    /// The same while the fleet connected (handshakes), before the window.
+    pub udp_drops_connecting: Option<u64>,
+    /// UDP sockets bound to the appliance's port (its QUIC endpoints), as
+    /// the kernel lists them; 0 when not visible from here.
+    pub udp_sockets: usize,
     pub sent: u64,
     pub acked: u64,
     pub latency_count: u64,
@@ -94,6 +100,8 @@ pub async fn run(r: &IngestRun) -> anyhow::Result<IngestOutcome> {
     let rss_before = app_pid.and_then(procstat::rss_bytes);
 
     let endpoints = fleet::endpoints(r.addr, r.endpoints.min(r.agents).max(1))?;
+    let drops_before_connect = procstat::udp_drops(r.addr.port());
+    let udp_sockets = procstat::udp_socket_drops(r.addr.port()).len();
     let stats = RunStats::new(16);
     let opts = Arc::new(SimOptions {
         addr: r.addr,
@@ -197,6 +205,9 @@ pub async fn run(r: &IngestRun) -> anyhow::Result<IngestOutcome> {
     let udp_drops = procstat::udp_drops(r.addr.port())
         .zip(drops0)
         .map(|(a, b)| a.saturating_sub(b));
+    let udp_drops_connecting = drops0
+        .zip(drops_before_connect)
+        .map(|(a, b)| a.saturating_sub(b));
     let app_cpu = app_pid
         .and_then(procstat::cpu_seconds)
         .zip(app_cpu0)
@@ -246,6 +257,12 @@ pub async fn run(r: &IngestRun) -> anyhow::Result<IngestOutcome> {
         .int("pressure_frames", stats.pressure.load(Ordering::Relaxed));
     if let Some(d) = udp_drops {
         rep.int("udp_drops_in_window", d);
+    }
+    if let Some(d) = udp_drops_connecting {
+        rep.int("udp_drops_connecting", d);
+    }
+    if udp_sockets > 0 {
+        rep.int("udp_sockets", udp_sockets as u64);
     }
     if !error_kinds.is_empty() {
         rep.text("error_kinds", &error_kinds);
@@ -317,6 +334,8 @@ pub async fn run(r: &IngestRun) -> anyhow::Result<IngestOutcome> {
     Ok(IngestOutcome {
         reconnects,
         udp_drops,
+        udp_drops_connecting,
+        udp_sockets,
         records_per_sec: rps,
         p50_ms: q(0.5),
         p99_ms: q(0.99),

@@ -32,9 +32,17 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
 }
 
 /// Datagrams the kernel dropped on the UDP sockets bound to `port` (the
-/// `drops` column of `/proc/net/udp{,6}`: receive buffer full), summed.
+/// `drops` column of `/proc/net/udp{,6}`: receive buffer full), summed over
+/// every socket (an appliance with several QUIC endpoints has one socket
+/// per endpoint on the same port).
 pub fn udp_drops(port: u16) -> Option<u64> {
-    let mut total = None;
+    let per = udp_socket_drops(port);
+    (!per.is_empty()).then(|| per.iter().sum())
+}
+
+/// The drop count of each UDP socket bound to `port` (empty: none).
+pub fn udp_socket_drops(port: u16) -> Vec<u64> {
+    let mut out = Vec::new();
     for table in ["/proc/net/udp", "/proc/net/udp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
             continue;
@@ -47,11 +55,11 @@ pub fn udp_drops(port: u16) -> Option<u64> {
             if u16::from_str_radix(port_hex, 16).ok() == Some(port)
                 && let Some(d) = cols.last().and_then(|d| d.parse::<u64>().ok())
             {
-                *total.get_or_insert(0) += d;
+                out.push(d);
             }
         }
     }
-    total
+    out
 }
 
 /// The pid of the process with a UDP socket bound to `port`, if visible.
@@ -193,9 +201,11 @@ mod tests {
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = sock.local_addr().unwrap().port();
         assert_eq!(udp_drops(port), Some(0));
+        assert_eq!(udp_socket_drops(port), vec![0]);
         // A port nobody binds has no counter at all.
         drop(sock);
         assert_eq!(udp_drops(port), None);
+        assert!(udp_socket_drops(port).is_empty());
     }
 
     #[test]

@@ -78,12 +78,19 @@ fn ingest_scenarios_measure_durable_acks_and_latency() {
 
 /// The smoke version of issue 18's 50,000-agent scenario: the same code path
 /// (every agent its own QUIC connection streaming at 1 record/s) with 300
-/// agents; a reconnect loop or kernel receive drops on the appliance's
-/// socket after the handshake phase fail it.
+/// agents over an appliance listening with four QUIC endpoints (four
+/// `SO_REUSEPORT` sockets); a reconnect loop or kernel receive drops on any
+/// of the appliance's sockets after the handshake phase fail it, and the
+/// agents must have been spread over several sockets.
 #[test]
 fn scale_smoke_streaming_agents_neither_reconnect_nor_lose_datagrams() {
     let tmp = scratch("bench-scale-smoke");
-    let app = Spawned::start(&bin("outpost"), &tmp.path().join("appliance"), &[]).unwrap();
+    let app = Spawned::start(
+        &bin("outpost"),
+        &tmp.path().join("appliance"),
+        &["--quic-endpoints", "4"],
+    )
+    .unwrap();
     let agents = 300;
     let r = IngestRun {
         scenario: "scale_smoke".into(),
@@ -104,14 +111,26 @@ fn scale_smoke_streaming_agents_neither_reconnect_nor_lose_datagrams() {
         quiet: true,
         window_signals: None,
     };
-    let out = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(ingest::run(&r))
-        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let out = rt.block_on(ingest::run(&r)).unwrap();
     let line = out.report.line();
     assert!(line.contains(&format!(" connected={agents} ")), "{line}");
     assert_eq!(out.reconnects, 0, "reconnect loop: {line}");
+    assert_eq!(out.udp_sockets, 4, "one socket per endpoint: {line}");
+    assert!(line.contains(" udp_sockets=4"), "{line}");
     assert_eq!(out.udp_drops, Some(0), "kernel receive drops: {line}");
+    // The 8 client sockets' sessions spread over the appliance's sockets.
+    let metrics = rt.block_on(app.metrics()).unwrap();
+    let busy: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("outpost_quic_socket_incoming_total{"))
+        .filter(|l| l.rsplit(' ').next().is_some_and(|v| v != "0"))
+        .collect();
+    assert!(busy.len() >= 2, "agents on one socket only: {busy:?}");
+    assert!(
+        metrics.contains("outpost_quic_socket_udp_receive_drops_total{socket=\"3\"} "),
+        "every socket's drops are exported: {metrics}"
+    );
     assert_eq!(out.errors, 0, "{line}");
     assert!(
         out.sent >= agents as u64 * 5,

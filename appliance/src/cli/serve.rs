@@ -23,6 +23,9 @@ pub struct ServeArgs {
     /// QUIC listener for agents [default: 0.0.0.0:4433].
     #[arg(long)]
     pub quic_listen: Option<SocketAddr>,
+    /// QUIC endpoints (UDP sockets) on the QUIC address; 0: one per core [default: 0].
+    #[arg(long)]
+    pub quic_endpoints: Option<usize>,
     /// Admin API listener [default: 127.0.0.1:8080].
     #[arg(long)]
     pub admin_listen: Option<SocketAddr>,
@@ -58,6 +61,9 @@ pub async fn run(data: DataDir, args: ServeArgs) -> anyhow::Result<()> {
     };
     if let Some(v) = args.quic_listen {
         cfg.quic_listen = v;
+    }
+    if let Some(v) = args.quic_endpoints {
+        cfg.quic_endpoints = v;
     }
     if let Some(v) = args.admin_listen {
         cfg.admin_listen = v;
