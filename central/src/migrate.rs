@@ -260,7 +260,7 @@ impl Step {
 
 /// The counted tables and how the target counts them (a "table" with a
 /// parenthesis is a column filled by an update).
-const COUNTS: [(&str, &str); 24] = [
+const COUNTS: [(&str, &str); 25] = [
     ("sites", "SELECT count(*) FROM sites"),
     ("devices", "SELECT count(*) FROM devices"),
     (
@@ -294,6 +294,7 @@ const COUNTS: [(&str, &str); 24] = [
         "SELECT count(*) FROM deploy_deliveries",
     ),
     ("site_deployments", "SELECT count(*) FROM site_deployments"),
+    ("device_decisions", "SELECT count(*) FROM device_decisions"),
 ];
 
 type Param = Box<dyn ToSql + Sync + Send>;
@@ -784,6 +785,21 @@ fn convert(step: Step, k: &[u8], v: &[u8], customers: &Customers) -> Result<Vec<
                             Box::new(r.site.to_string()),
                             Box::new(r.deployment.clone()),
                             Box::new(i(r.updated_at_ms)),
+                            Box::new(v_owned),
+                        ],
+                    )]
+                }
+                b"a" => {
+                    let r: crate::deploy::DecisionsRecord = de(v)?;
+                    vec![w(
+                        "device_decisions",
+                        "INSERT INTO device_decisions (tenant_id, site_id, device, computed_ms, body) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                        vec![
+                            Box::new(r.tenant.to_string()),
+                            Box::new(r.site.to_string()),
+                            Box::new(r.decisions.device.clone()),
+                            Box::new(i(r.decisions.computed_ms)),
                             Box::new(v_owned),
                         ],
                     )]

@@ -335,6 +335,28 @@ async fn filled_source() -> Source {
     })
     .await
     .unwrap();
+    // A device's approval decisions (uplink protocol 9).
+    st.put_decisions(&[crate::deploy::DecisionsRecord {
+        tenant: msp.clone(),
+        site: site.clone(),
+        customer: "dental".into(),
+        received_ms: 9,
+        decisions: outpost_uplink::deploy_link::DeviceDecisions {
+            device: DEVICE.into(),
+            computed_ms: 11,
+            assessed: true,
+            rows: vec![outpost_uplink::deploy_link::DecisionUp {
+                patch: "openssl=3.0.2-1".into(),
+                outcome: "approved".into(),
+                rule: Some("r-web (tag:web)".into()),
+                explanation: "approved by the web rule".into(),
+            }],
+            unnamed: vec![],
+            truncated: 0,
+        },
+    }])
+    .await
+    .unwrap();
     drop(c);
     Source {
         dir,
