@@ -187,11 +187,15 @@ async fn after_the_notice_listener_reconnects_site_streams_resend_work_noticed_m
         })
         .collect();
     assert_eq!(sent, vec![id]);
-    let m = b.metrics.encode(false);
-    assert!(
-        m.contains("outpost_central_downlink_notices_total{reason=\"reopened\"} 1"),
-        "{m}"
-    );
+    // The stream is told first, the counter follows: wait for it (bounded).
+    let counted = "outpost_central_downlink_notices_total{reason=\"reopened\"} 1";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut m = b.metrics.encode(false);
+    while !m.contains(counted) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        m = b.metrics.encode(false);
+    }
+    assert!(m.contains(counted), "{m}");
 }
 
 /// The next live event of `sub` within `within`, if any.
