@@ -510,11 +510,14 @@ pub fn outpost_disk(db: &Path, samples: u64) -> anyhow::Result<Report> {
     .with_context(|| format!("opening the appliance database {}", db.display()))?;
     let before = store.disk_usage_bytes()?;
     let mut w = IngestWriter::new(store.clone(), now_ms())?;
-    w.roll_up(u64::MAX, 0, usize::MAX)?;
-    let sealed = w.seal_chunks(u64::MAX, 0, usize::MAX)?;
+    w.roll_up(u64::MAX, 0, usize::MAX)
+        .context("rolling up the stored samples")?;
+    let sealed = w
+        .seal_chunks(u64::MAX, 0, usize::MAX)
+        .context("sealing the head samples into chunks")?;
     store.compact_all()?;
     let after = store.disk_usage_bytes()?;
-    let stored = stored_samples(&store)?;
+    let stored = stored_samples(&store).context("counting the stored samples")?;
     let mut rep = Report::new("outpost_disk");
     rep.int("samples", samples)
         .int("stored", stored)
@@ -534,10 +537,19 @@ pub fn outpost_disk(db: &Path, samples: u64) -> anyhow::Result<Report> {
 fn stored_samples(store: &outpost_storage::Store) -> anyhow::Result<u64> {
     use outpost_storage::{chunk, samples};
     let mut n = 0u64;
+    let invalid = |e: chunk::ChunkError| outpost_storage::StorageError::Invalid(e.to_string());
     store.scan_raw(samples::CHUNKS, &[], None, |_, v| {
-        n += chunk::decode(v)
-            .map_err(|e| outpost_storage::StorageError::Invalid(e.to_string()))?
-            .len() as u64;
+        // Format 2 (one chunk per device, series group and day) beside
+        // format 1 (one per series and 2-hour window), as readers do.
+        n += if chunk::is_device_chunk(v) {
+            chunk::decode_device(v)
+                .map_err(invalid)?
+                .iter()
+                .map(|(_, s)| s.len() as u64)
+                .sum::<u64>()
+        } else {
+            chunk::decode(v).map_err(invalid)?.len() as u64
+        };
         Ok(true)
     })?;
     store.scan_raw(samples::SAMPLES, &[], None, |_, _| {
