@@ -18,13 +18,40 @@ use outpost_proto::{
     ALPN_ENROLL, APPLIANCE_SERVER_NAME, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 
+use crate::backoff::Backoff;
 use crate::identity::Enrolled;
 use crate::net;
 
-/// How long enrollment may take end to end.
+/// How long one enrollment attempt may take end to end.
 pub const ENROLL_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Enrolls against the appliance at `addr` using `endpoint`.
+/// How long enrollment keeps retrying an appliance that refuses new
+/// handshakes (its admission control during a reconnect storm, or a whole
+/// site enrolling at once): every refusal means "come back later", so the
+/// installer waits, with jittered back-off, rather than failing.
+pub const ENROLL_REFUSED_FOR: Duration = Duration::from_secs(120);
+
+/// Back-off between refused attempts: full jitter up to 0.25 s, doubling
+/// to 5 s, so a thousand enrolling devices spread over the appliance's
+/// handshake rate instead of returning together.
+const REFUSED_BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
+
+/// One attempt's failure when the appliance said "later" (QUIC
+/// `CONNECTION_REFUSED`); any other failure is final.
+#[derive(Debug)]
+struct HandshakeRefused(quinn::ConnectionError);
+
+impl std::fmt::Display for HandshakeRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for HandshakeRefused {}
+
+/// Enrolls against the appliance at `addr` using `endpoint`. A refused
+/// handshake is retried with back-off for up to [`ENROLL_REFUSED_FOR`];
+/// any other failure ends enrollment at once.
 pub async fn enroll(
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,
@@ -32,15 +59,36 @@ pub async fn enroll(
     pin: CaFingerprint,
     facts: DeviceFacts,
 ) -> anyhow::Result<Enrolled> {
-    tokio::time::timeout(
-        ENROLL_TIMEOUT,
-        enroll_inner(endpoint, addr, token, pin, facts),
-    )
-    .await
-    .map_err(|_| anyhow!("enrollment with {addr} timed out after {ENROLL_TIMEOUT:?}"))?
+    let started = tokio::time::Instant::now();
+    let mut backoff = Backoff::new(REFUSED_BACKOFF.0, REFUSED_BACKOFF.1);
+    loop {
+        let attempt = tokio::time::timeout(
+            ENROLL_TIMEOUT,
+            enroll_once(endpoint, addr, token, pin, facts.clone()),
+        )
+        .await
+        .map_err(|_| anyhow!("enrollment with {addr} timed out after {ENROLL_TIMEOUT:?}"))?;
+        let e = match attempt {
+            Ok(enrolled) => return Ok(enrolled),
+            Err(e) => e.downcast::<HandshakeRefused>()?,
+        };
+        let delay = backoff.next_delay();
+        if started.elapsed() + delay > ENROLL_REFUSED_FOR {
+            bail!(
+                "the appliance at {addr} refused the handshake {} times over {:?} ({e}): \
+                 it is admitting new connections slowly (a reconnect storm, or its \
+                 [admission] limits); try again later",
+                backoff.attempt(),
+                started.elapsed()
+            );
+        }
+        tracing::info!(%addr, refusals = backoff.attempt(), ?delay,
+            "the appliance refused the handshake (busy admitting connections); retrying");
+        tokio::time::sleep(delay).await;
+    }
 }
 
-async fn enroll_inner(
+async fn enroll_once(
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,
     token: &str,
@@ -66,6 +114,9 @@ async fn enroll_inner(
                         seen.join(", ")
                     }
                 );
+            }
+            if net::refused_by_server(&e) {
+                return Err(HandshakeRefused(e).into());
             }
             return Err(e).with_context(|| format!("TLS/QUIC handshake with {addr} failed"));
         }

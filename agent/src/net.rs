@@ -63,3 +63,39 @@ pub fn quic_client_config(tls: rustls::ClientConfig) -> anyhow::Result<quinn::Cl
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }
+
+/// Whether the server turned the handshake away with QUIC's
+/// `CONNECTION_REFUSED`: the appliance's admission control saying "come
+/// back later" (over its handshake rate or concurrency), not a failure.
+pub fn refused_by_server(e: &quinn::ConnectionError) -> bool {
+    matches!(
+        e,
+        quinn::ConnectionError::ConnectionClosed(c)
+            if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed(code: quinn::TransportErrorCode) -> quinn::ConnectionError {
+        quinn::ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+            error_code: code,
+            frame_type: None,
+            reason: bytes::Bytes::new(),
+        })
+    }
+
+    #[test]
+    fn only_connection_refused_counts_as_a_refusal() {
+        assert!(refused_by_server(&closed(
+            quinn::TransportErrorCode::CONNECTION_REFUSED
+        )));
+        assert!(!refused_by_server(&closed(
+            quinn::TransportErrorCode::PROTOCOL_VIOLATION
+        )));
+        assert!(!refused_by_server(&quinn::ConnectionError::TimedOut));
+        assert!(!refused_by_server(&quinn::ConnectionError::Reset));
+    }
+}

@@ -79,3 +79,41 @@ fn a_connection_storm_over_the_rate_is_retried_and_refused_while_established_ses
         "{metrics}"
     );
 }
+
+/// Enrollment is a handshake like any other: a whole site enrolling at once
+/// is over the appliance's handshake rate, and every refused device retries
+/// with back-off until it is in (it used to fail at the first refusal,
+/// which aborted `outpost-bench ingest --spawn` with 1,000 agents).
+#[test]
+fn devices_enrolling_over_the_handshake_rate_are_refused_then_enroll_with_back_off() {
+    let tmp = scratch("admission-enroll");
+    let data = tmp.path().join("appliance");
+    let devices = 24usize;
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("outpost.toml"),
+        "[admission]\nmax_handshakes = 2\nhandshake_rate = 8\nhandshake_burst = 2\n",
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let app = Spawned::start(&bin("outpost"), &data, &[]).unwrap();
+    let token = app.token(devices).unwrap();
+    let pin = app.fingerprint().unwrap();
+    // 24 devices at once (32 enrollments in flight) against 8/s: most are
+    // refused at least once.
+    let fleet = rt
+        .block_on(outpost_bench::fleet::load_or_enroll_quiet(
+            &tmp.path().join("fleet"),
+            app.quic,
+            &token,
+            pin,
+            devices,
+        ))
+        .expect("every device enrolls despite the refusals");
+    assert_eq!(fleet.identities.len(), devices);
+    let metrics = rt.block_on(app.metrics()).unwrap();
+    let [accepted, _retried, refused] =
+        storm::admission_counters(&metrics).expect("admission counters at /metrics");
+    assert!(refused > 0, "no handshake was refused:\n{metrics}");
+    assert!(accepted >= devices as u64, "{accepted} accepted");
+}
