@@ -62,6 +62,21 @@ use crate::metrics::Metrics;
 /// end (or be deleted) and no-data series fall silent without an event.
 const POLL_MS: u64 = 1_000;
 
+/// Ticks (each visits every open alert) are at least this far apart; a due
+/// time is met this late at most. Inputs no longer tick: with 50,000
+/// devices a tick after every sample batch kept the engine, and the runtime
+/// thread it ran on, busy scanning.
+const MIN_TICK_MS: u64 = 100;
+
+/// When the engine runs its timers next (appliance clock, ms): at the
+/// earliest due time it knows of — `wake`, from its last tick, or `hint`,
+/// of the alerts that changed since — but not sooner than [`MIN_TICK_MS`]
+/// after the last tick.
+fn next_tick(last_tick: u64, wake: u64, hint: Option<u64>) -> u64 {
+    hint.map_or(wake, |h| wake.min(h))
+        .max(last_tick.saturating_add(MIN_TICK_MS))
+}
+
 /// Control messages (unbounded: rare and must not be lost).
 pub enum Control {
     Status(Vec<(DeviceId, StatusTransition)>),
@@ -181,6 +196,9 @@ impl EngineHandle {
 /// (rule id, device, label): one open alert per key.
 type Key = (String, DeviceId, String);
 
+mod open;
+use open::OpenAlerts;
+
 fn key_of(a: &Alert) -> Key {
     (a.rule_id.clone(), a.device, a.label.clone())
 }
@@ -229,10 +247,13 @@ pub struct Engine {
     /// Rule ids by the metric they read.
     by_metric: HashMap<String, Vec<String>>,
     windows: Vec<MaintenanceWindow>,
-    open: HashMap<Key, Alert>,
+    open: OpenAlerts,
     scopes: DeviceScopes,
     /// Last time each (metric, device, label) read by a no-data rule reported.
     last_seen: HashMap<Key, u64>,
+    /// The earliest due time of the alerts that changed since the last
+    /// tick ([`Engine::next_wake`] knows the rest).
+    due_hint: Option<u64>,
     next_alert_id: u64,
     /// Told of written changes (the console's live updates), if set.
     observer: Option<AlertObserver>,
@@ -271,8 +292,9 @@ impl Engine {
             plans: HashMap::new(),
             by_metric: HashMap::new(),
             windows: Vec::new(),
-            open: HashMap::new(),
+            open: OpenAlerts::default(),
             last_seen: HashMap::new(),
+            due_hint: None,
             observer: None,
         };
         e.reload_config()?;
@@ -373,6 +395,9 @@ impl Engine {
             o(&a, before);
         }
         if a.state.is_open() {
+            if let Some(d) = timers::next_due(&a, plan) {
+                self.due_hint = Some(self.due_hint.map_or(d, |h| h.min(d)));
+            }
             self.open.insert(key_of(&a), a);
         }
         if transition {
@@ -540,13 +565,7 @@ impl Engine {
                 }
             }
             if t.to == DeviceStatus::Offline {
-                let keys: Vec<Key> = self
-                    .open
-                    .keys()
-                    .filter(|k| k.1 == device)
-                    .cloned()
-                    .collect();
-                for key in keys {
+                for key in self.open.keys_of(device) {
                     let Some(plan) = self.plans.get(&key.0).cloned() else {
                         continue;
                     };
@@ -594,7 +613,7 @@ impl Engine {
                 .filter(|(k, seen)| {
                     k.0 == rule.id
                         && timers::no_data_due(**seen, for_ms, now)
-                        && !self.open.contains_key(*k)
+                        && !self.open.contains_key(k)
                 })
                 .map(|(k, _)| k.clone())
                 .collect();
@@ -704,11 +723,7 @@ impl Engine {
     }
 
     fn publish_gauges(&self) {
-        let firing = self
-            .open
-            .values()
-            .filter(|a| a.state == AlertState::Firing)
-            .count();
+        let firing = self.open.firing();
         self.metrics.alerts_firing.set(firing as i64);
         self.metrics
             .alerts_pending
@@ -804,11 +819,14 @@ async fn run(mut e: Engine, mut inputs: EngineInputs, shutdown: CancellationToke
     inputs.watch(&e);
     let mut reloaded = false;
     // Catch up with what happened while the appliance was down.
-    e.on_tick(now_ms());
+    let mut last_tick = now_ms();
+    e.on_tick(last_tick);
+    let mut wake_ms = e.next_wake(last_tick);
+    e.due_hint = None;
     loop {
         let now = now_ms();
-        let wake = tokio::time::Instant::now()
-            + Duration::from_millis(e.next_wake(now).saturating_sub(now));
+        let due = next_tick(last_tick, wake_ms, e.due_hint);
+        let wake = tokio::time::Instant::now() + Duration::from_millis(due.saturating_sub(now));
         tokio::select! {
             Some(batch) = inputs.samples.recv() => e.on_samples(batch, now_ms()),
             Some(c) = inputs.control.recv() => match c {
@@ -827,13 +845,21 @@ async fn run(mut e: Engine, mut inputs: EngineInputs, shutdown: CancellationToke
             _ = tokio::time::sleep_until(wake) => {}
             _ = shutdown.cancelled() => return,
         }
-        if std::mem::take(&mut reloaded) {
+        let reload = std::mem::take(&mut reloaded);
+        if reload {
             inputs.watch(&e);
         }
         if let Some(summary) = inputs.caught_up() {
             e.on_summary(summary, now_ms());
         }
-        e.on_tick(now_ms());
+        // A new configuration can move every due time: tick at once.
+        let now = now_ms();
+        if reload || now >= next_tick(last_tick, wake_ms, e.due_hint) {
+            e.on_tick(now);
+            e.due_hint = None;
+            last_tick = now;
+            wake_ms = e.next_wake(now);
+        }
     }
 }
 

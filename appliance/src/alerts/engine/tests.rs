@@ -760,3 +760,42 @@ fn a_crossing_in_batches_the_full_queue_refused_is_evaluated_once_the_engine_cat
     assert_eq!(rig.metrics.alert_inputs_dropped.get(), 4);
     assert_eq!(rig.metrics.alert_inputs_lost.get(), 0);
 }
+
+#[test]
+fn ticks_come_at_the_earliest_due_time_but_never_closer_than_the_minimum_spacing() {
+    // Nothing changed since the last tick: its own wake time.
+    assert_eq!(next_tick(T, T + 1_000, None), T + 1_000);
+    // An alert that changed since is due sooner: that time.
+    assert_eq!(next_tick(T, T + 1_000, Some(T + 400)), T + 400);
+    assert_eq!(next_tick(T, T + 300, Some(T + 400)), T + 300);
+    // Due at once (or overdue): still MIN_TICK_MS after the last tick, so
+    // a stream of inputs cannot make the engine scan its alerts each time.
+    assert_eq!(next_tick(T, T, None), T + MIN_TICK_MS);
+    assert_eq!(next_tick(T, T + 5, Some(T - 1)), T + MIN_TICK_MS);
+    assert_eq!(next_tick(u64::MAX, u64::MAX, None), u64::MAX);
+}
+
+#[test]
+fn a_changed_alert_leaves_its_due_time_as_a_hint_for_the_next_tick() {
+    let mut rig = Rig::new();
+    rig.put(ConfigKind::Rule, "later", &cpu_rule("later", 12, |_| {}), T);
+    assert_eq!(rig.engine.due_hint, None);
+    // Over the threshold: pending, due 12 s later; the run loop ticks then
+    // without a scan of every open alert after each input.
+    rig.sample("cpu", 95.0, T + 1_000);
+    assert_eq!(rig.alert("later").state, AlertState::Pending);
+    assert_eq!(rig.engine.due_hint, Some(T + 13_000));
+    assert_eq!(
+        rig.engine.next_wake(T + 1_000),
+        T + 2_000,
+        "POLL_MS bounds the wake"
+    );
+    assert_eq!(
+        next_tick(
+            T + 1_000,
+            rig.engine.next_wake(T + 12_500),
+            rig.engine.due_hint
+        ),
+        T + 13_000
+    );
+}
