@@ -62,22 +62,22 @@ pub fn enforce(store: &Store, now_ms: u64, policy: &RetentionPolicy) -> Result<R
         devices.push(d.id);
         true
     })?;
+    report.devices = devices.len() as u64;
     let mut batch = store.batch();
     // Adds the range deletion of `[from, to)` in `table` if it holds a key.
-    let drop_range = |batch: &mut crate::Batch,
-                      report: &mut RetentionReport,
-                      table: crate::Table,
-                      from: &[u8],
-                      to: &[u8]|
-     -> Result<()> {
-        if from < to && store.any_in_range(table, from, to)? {
+    let mut drop_range = |table: crate::Table, from: &[u8], to: &[u8]| -> Result<()> {
+        let mut held = false;
+        store.scan_raw(table, from, Some(to), |_, _| {
+            held = true;
+            Ok(false)
+        })?;
+        if held {
             batch.delete_range(table, from, to)?;
             report.ranges_deleted += 1;
         }
         Ok(())
     };
     for device in devices {
-        report.devices += 1;
         let series: Vec<u32> = crate::rollup::device_series(store, device)?
             .into_iter()
             .map(|s| s.id)
@@ -92,8 +92,6 @@ pub fn enforce(store: &Store, now_ms: u64, policy: &RetentionPolicy) -> Result<R
         groups.dedup();
         for g in groups {
             drop_range(
-                &mut batch,
-                &mut report,
                 CHUNKS,
                 &keys::series_time_key(device, g, 0),
                 &keys::series_time_key(device, g, crate::chunk::day_start(raw_cutoff)),
@@ -101,37 +99,27 @@ pub fn enforce(store: &Store, now_ms: u64, policy: &RetentionPolicy) -> Result<R
         }
         for sid in series {
             drop_range(
-                &mut batch,
-                &mut report,
                 SAMPLES,
                 &keys::series_time_key(device, sid, 0),
                 &keys::series_time_key(device, sid, raw_cutoff),
             )?;
             drop_range(
-                &mut batch,
-                &mut report,
                 CHUNKS,
                 &keys::series_time_key(device, sid, 0),
                 &keys::series_time_key(device, sid, crate::chunk::window_start(raw_cutoff)),
             )?;
             drop_range(
-                &mut batch,
-                &mut report,
                 ROLLUPS,
                 &keys::series_time_key(device, sid, 0),
                 &keys::series_time_key(device, sid, rollup_cutoff),
             )?;
         }
         drop_range(
-            &mut batch,
-            &mut report,
             HEARTBEATS,
             &keys::heartbeat_key(device, 0, 0),
             &keys::heartbeat_key(device, raw_cutoff, 0),
         )?;
         drop_range(
-            &mut batch,
-            &mut report,
             STATUS_LOG,
             &keys::device_time_key(device, 0),
             &keys::device_time_key(device, rollup_cutoff),

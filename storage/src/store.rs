@@ -299,18 +299,6 @@ impl Store {
         Ok(())
     }
 
-    /// Whether `[from, to)` holds any key.
-    pub fn any_in_range(&self, table: Table, from: &[u8], to: &[u8]) -> Result<bool> {
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(to.to_vec());
-        let mut iter = self.inner.db.iterator_cf_opt(
-            self.cf(table)?,
-            ro,
-            IteratorMode::From(from, Direction::Forward),
-        );
-        Ok(iter.next().transpose()?.is_some())
-    }
-
     /// The last `(key, value)` in `[from, to)`, if any.
     pub fn last_in_range(
         &self,
