@@ -733,37 +733,86 @@ impl IngestWriter {
         self.online
     }
 
-    /// Computes rollups for closed dirty buckets (see [`crate::rollup`]) on
-    /// the writer, so no marker can be written between a bucket's read and
-    /// the marker's deletion.
+    /// Computes rollups for up to `max_buckets` closed dirty buckets (see
+    /// [`crate::rollup`]): a whole pass over the markers, in one call.
     pub fn roll_up(
         &mut self,
         now_ms: u64,
         settle_ms: u64,
         max_buckets: usize,
     ) -> Result<Vec<crate::rollup::RolledUp>> {
-        let pass = crate::rollup::process_dirty(&self.store, now_ms, settle_ms, max_buckets)?;
-        for (device, bucket) in pass.cleared {
+        let (mut rolled, mut buckets) = (Vec::new(), 0);
+        let mut from = Vec::new();
+        while buckets < max_buckets {
+            let slice = self.roll_up_slice(&from, now_ms, settle_ms, max_buckets - buckets)?;
+            buckets += slice.cleared.len();
+            rolled.extend(slice.rolled);
+            match slice.resume {
+                Some(k) => from = k,
+                None => break,
+            }
+        }
+        Ok(rolled)
+    }
+
+    /// One slice of a roll-up pass: up to `max_buckets` closed dirty buckets
+    /// from marker key `from` on (see [`crate::dirty`]). On the writer, so
+    /// no marker can be written between a bucket's read and the marker's
+    /// deletion; in slices, so commits go on between them.
+    pub fn roll_up_slice(
+        &mut self,
+        from: &[u8],
+        now_ms: u64,
+        settle_ms: u64,
+        max_buckets: usize,
+    ) -> Result<crate::rollup::DirtyPass> {
+        let pass = crate::rollup::process_dirty(&self.store, from, now_ms, settle_ms, max_buckets)?;
+        for &(device, bucket) in &pass.cleared {
             if let Some(c) = self.devices.get_mut(&device)
                 && c.last_dirty_bucket == Some(bucket)
             {
                 c.last_dirty_bucket = None;
             }
         }
-        Ok(pass.rolled)
+        Ok(pass)
     }
 
-    /// Seals closed chunk windows (see [`crate::samples::seal_dirty`]) on the
-    /// writer, for the same reason as [`IngestWriter::roll_up`]. Rollups of
-    /// a window must be computed before or after sealing, never lost: both
-    /// read the union of head and chunks.
+    /// Seals up to `max_windows` closed chunk windows (see
+    /// [`crate::samples::seal_dirty`]): a whole pass, in one call. Rollups
+    /// of a window must be computed before or after sealing, never lost:
+    /// both read the union of head and chunks.
     pub fn seal_chunks(
         &mut self,
         now_ms: u64,
         settle_ms: u64,
         max_windows: usize,
     ) -> Result<usize> {
-        let sealed = crate::samples::seal_dirty(&self.store, now_ms, settle_ms, max_windows)?;
+        let mut sealed = 0;
+        let mut from = Vec::new();
+        while sealed < max_windows {
+            let (n, resume) =
+                self.seal_chunks_slice(&from, now_ms, settle_ms, max_windows - sealed)?;
+            sealed += n;
+            match resume {
+                Some(k) => from = k,
+                None => break,
+            }
+        }
+        Ok(sealed)
+    }
+
+    /// One slice of a sealing pass, on the writer for the same reason as
+    /// [`IngestWriter::roll_up_slice`]: the windows sealed and where the
+    /// pass resumes.
+    pub fn seal_chunks_slice(
+        &mut self,
+        from: &[u8],
+        now_ms: u64,
+        settle_ms: u64,
+        max_windows: usize,
+    ) -> Result<(usize, crate::dirty::Resume)> {
+        let (sealed, resume) =
+            crate::samples::seal_dirty(&self.store, from, now_ms, settle_ms, max_windows)?;
         for (device, window) in &sealed {
             if let Some(c) = self.devices.get_mut(device)
                 && c.last_chunk_window == Some(*window)
@@ -771,7 +820,7 @@ impl IngestWriter {
                 c.last_chunk_window = None;
             }
         }
-        Ok(sealed.len())
+        Ok((sealed.len(), resume))
     }
 
     /// Retires a device (revoked): marks it offline if it was online and

@@ -17,6 +17,7 @@
 
 pub mod blobs;
 pub mod chunk;
+pub mod dirty;
 pub mod error;
 pub mod ingest;
 pub mod keys;

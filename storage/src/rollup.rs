@@ -116,34 +116,42 @@ pub fn device_series(store: &Store, device: DeviceId) -> Result<Vec<SeriesInfo>>
     Ok(out)
 }
 
-/// What one [`process_dirty`] pass did.
+/// What one [`process_dirty`] slice did.
 #[derive(Debug, Default)]
 pub struct DirtyPass {
     /// Rollups written.
     pub rolled: Vec<RolledUp>,
     /// `(device, bucket start)` markers cleared.
     pub cleared: Vec<(DeviceId, u64)>,
+    /// Where the pass resumes (`None`: it reached the last marker).
+    pub resume: crate::dirty::Resume,
 }
 
-/// Computes rollups for up to `max_buckets` dirty buckets that closed at
-/// least `settle_ms` ago.
+/// Computes rollups for up to `max_buckets` dirty buckets, from marker key
+/// `from` on, that closed at least `settle_ms` ago (one slice of a pass, see
+/// [`crate::dirty`]).
+///
+/// The write is not synced: rollups are derived from durable samples, and
+/// losing them loses their markers' deletion too, so they are computed
+/// again; the next synced write makes them durable.
 pub fn process_dirty(
     store: &Store,
+    from: &[u8],
     now_ms: u64,
     settle_ms: u64,
     max_buckets: usize,
 ) -> Result<DirtyPass> {
-    let mut ready = Vec::new();
     let width = store.rollup_bucket_ms();
     let track = store.uplink_tracking();
-    store.scan_raw(ROLLUP_DIRTY, &[], None, |k, _| {
-        if let (Some(d), Some(bucket)) = (keys::device_from_key(k), keys::be_u64(k, 8))
-            && bucket.saturating_add(width).saturating_add(settle_ms) <= now_ms
-        {
-            ready.push((d, bucket));
-        }
-        Ok(ready.len() < max_buckets)
-    })?;
+    let (ready, resume) = crate::dirty::ready_markers(
+        store,
+        ROLLUP_DIRTY,
+        from,
+        width,
+        settle_ms,
+        now_ms,
+        max_buckets,
+    )?;
     let mut batch = store.batch();
     let mut done = Vec::new();
     // Markers are in device order: load each device's series once.
@@ -190,11 +198,12 @@ pub fn process_dirty(
         }
     }
     if !ready.is_empty() {
-        store.write(batch)?;
+        store.write_unsynced(batch)?;
     }
     Ok(DirtyPass {
         rolled: done,
         cleared: ready,
+        resume,
     })
 }
 

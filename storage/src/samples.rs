@@ -174,25 +174,30 @@ pub fn latest(store: &Store, device: DeviceId, series: SeriesId) -> Result<Optio
     Ok(newest(newest(old, new), head))
 }
 
-/// Seals up to `max_windows` dirty `(device, window)` pairs whose window
-/// closed at least `settle_ms` ago: head samples are merged into the
-/// window's chunk (late samples re-open a sealed window) and removed from
-/// the head. Returns the pairs sealed.
+/// Seals up to `max_windows` dirty `(device, window)` pairs, from marker
+/// key `from` on, whose window closed at least `settle_ms` ago: head samples
+/// are merged into the window's chunk (late samples re-open a sealed window)
+/// and removed from the head. Returns the pairs sealed and where the pass
+/// resumes (see [`crate::dirty`]).
+///
+/// The write is not synced: losing it loses the head's deletion with the
+/// chunk, so the window is sealed again from the head.
 pub fn seal_dirty(
     store: &Store,
+    from: &[u8],
     now_ms: u64,
     settle_ms: u64,
     max_windows: usize,
-) -> Result<Vec<(DeviceId, u64)>> {
-    let mut ready = Vec::new();
-    store.scan_raw(CHUNK_DIRTY, &[], None, |k, _| {
-        if let (Some(d), Some(w)) = (keys::device_from_key(k), keys::be_u64(k, 8))
-            && w.saturating_add(CHUNK_MS).saturating_add(settle_ms) <= now_ms
-        {
-            ready.push((d, w));
-        }
-        Ok(ready.len() < max_windows)
-    })?;
+) -> Result<(Vec<(DeviceId, u64)>, crate::dirty::Resume)> {
+    let (ready, resume) = crate::dirty::ready_markers(
+        store,
+        CHUNK_DIRTY,
+        from,
+        CHUNK_MS,
+        settle_ms,
+        now_ms,
+        max_windows,
+    )?;
     let mut batch = store.batch();
     let mut series_of: Option<DeviceId> = None;
     let mut series: Vec<SeriesInfo> = Vec::new();
@@ -238,9 +243,9 @@ pub fn seal_dirty(
     }
     flush(&mut batch, &mut open)?;
     if !ready.is_empty() {
-        store.write(batch)?;
+        store.write_unsynced(batch)?;
     }
-    Ok(ready)
+    Ok((ready, resume))
 }
 
 /// Day chunks being sealed: chunk key → series → samples.

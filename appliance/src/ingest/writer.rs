@@ -495,7 +495,25 @@ fn run(
     let epoch = Instant::now();
     let clock_us = || epoch.elapsed().as_micros() as u64;
     let mut last_commit_us: Option<u64> = None;
-    while let Some(first) = rx.blocking_recv() {
+    let mut upkeep = Upkeep::default();
+    loop {
+        // A roll-up or sealing pass in progress runs in slices while the
+        // queue is empty, and one slice after each commit otherwise.
+        let first = if upkeep.active() {
+            match rx.try_recv() {
+                Ok(msg) => msg,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    upkeep.slice(&mut writer, opts, metrics);
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            }
+        } else {
+            match rx.blocking_recv() {
+                Some(msg) => msg,
+                None => break,
+            }
+        };
         // Drain what is queued, up to the batch bound: the batch grows by
         // itself while the previous write (and its fsync) was in progress,
         // and for the rest of the commit window.
@@ -542,7 +560,10 @@ fn run(
         // The committed groups' memory is free: their sessions may read on.
         reservations.clear();
         for msg in controls.drain(..) {
-            control(&mut writer, msg, opts, metrics, sinks);
+            control(&mut writer, msg, opts, metrics, sinks, &mut upkeep);
+        }
+        if upkeep.active() {
+            upkeep.slice(&mut writer, opts, metrics);
         }
     }
     info!("writer stopped: queue closed and drained");
@@ -628,7 +649,16 @@ fn control(
     opts: &WriterOptions,
     metrics: &Metrics,
     sinks: &Sinks,
+    upkeep: &mut Upkeep,
 ) {
+    let kind = match &msg {
+        WriterMsg::Records { .. } => return,
+        WriterMsg::Session { .. } => "session",
+        WriterMsg::Sweep => "sweep",
+        WriterMsg::RollUp | WriterMsg::Seal => "",
+        WriterMsg::Retire(_) => "retire",
+    };
+    let started = Instant::now();
     match msg {
         WriterMsg::Records { .. } => {}
         WriterMsg::Session {
@@ -671,27 +701,13 @@ fn control(
                 }
             }
         }
+        // Passes run in slices between commits (see [`Upkeep`]).
+        // A pass in progress goes on; markers behind it wait for the next.
         WriterMsg::RollUp => {
-            match writer.roll_up(now_ms(), opts.rollup_settle.as_millis() as u64, 20_000) {
-                Ok(done) => {
-                    if !done.is_empty() {
-                        debug!(rollups = done.len(), "rollups computed");
-                    }
-                    metrics.rollups_computed.inc_by(done.len() as u64);
-                }
-                Err(e) => warn!(error = %e, "rollup computation failed"),
-            }
+            upkeep.rollup.get_or_insert_with(Vec::new);
         }
         WriterMsg::Seal => {
-            match writer.seal_chunks(now_ms(), opts.rollup_settle.as_millis() as u64, 5_000) {
-                Ok(n) => {
-                    metrics.chunks_sealed.inc_by(n as u64);
-                }
-                Err(e) => {
-                    metrics.write_errors.inc();
-                    warn!(error = %e, "sealing sample chunks failed");
-                }
-            }
+            upkeep.seal.get_or_insert_with(Vec::new);
         }
         WriterMsg::Retire(d) => match writer.retire(d, now_ms()) {
             Ok(Some(t)) => {
@@ -707,6 +723,111 @@ fn control(
             }
         },
     }
+    if !kind.is_empty() {
+        observe_task(metrics, kind, started.elapsed());
+    }
+}
+
+fn observe_task(metrics: &Metrics, kind: &str, took: Duration) {
+    metrics
+        .writer_task_seconds
+        .get_or_create(&KindLabel {
+            kind: kind.to_string(),
+        })
+        .observe(took.as_secs_f64());
+}
+
+/// What a slice of upkeep should take: the writer commits nothing meanwhile,
+/// so this bounds what a pass adds to an ack.
+const UPKEEP_SLICE: Duration = Duration::from_millis(2);
+/// Markers per slice, at least and at most (see [`next_slice_items`]).
+const SLICE_ITEMS_MIN: usize = 1;
+const SLICE_ITEMS_MAX: usize = 4096;
+
+/// The roll-up and sealing passes, run in slices of about [`UPKEEP_SLICE`]
+/// between group commits. At 50,000 devices a pass has 50,000 buckets to
+/// roll up (each one read per series); run whole, as it once was, it held
+/// every ack for seconds every few minutes.
+#[derive(Debug)]
+struct Upkeep {
+    /// The passes in progress and where each resumes (`Some(empty)`: from
+    /// the first marker).
+    rollup: Option<Vec<u8>>,
+    seal: Option<Vec<u8>>,
+    /// Markers per slice, for each pass, adapted to the time slices take.
+    rollup_items: usize,
+    seal_items: usize,
+}
+
+impl Default for Upkeep {
+    fn default() -> Upkeep {
+        Upkeep {
+            rollup: None,
+            seal: None,
+            rollup_items: 16,
+            seal_items: 16,
+        }
+    }
+}
+
+impl Upkeep {
+    fn active(&self) -> bool {
+        self.rollup.is_some() || self.seal.is_some()
+    }
+
+    /// Runs one slice of the roll-up pass if one is in progress, else of the
+    /// sealing pass. A failed slice ends its pass (the markers stay; the
+    /// next tick tries again).
+    fn slice(&mut self, writer: &mut IngestWriter, opts: &WriterOptions, metrics: &Metrics) {
+        let settle = opts.rollup_settle.as_millis() as u64;
+        let started = Instant::now();
+        if let Some(from) = self.rollup.take() {
+            match writer.roll_up_slice(&from, now_ms(), settle, self.rollup_items) {
+                Ok(pass) => {
+                    if !pass.rolled.is_empty() {
+                        debug!(rollups = pass.rolled.len(), "rollups computed");
+                    }
+                    metrics.rollups_computed.inc_by(pass.rolled.len() as u64);
+                    self.rollup = pass.resume;
+                }
+                Err(e) => {
+                    metrics.write_errors.inc();
+                    warn!(error = %e, "rollup computation failed");
+                }
+            }
+            let took = started.elapsed();
+            self.rollup_items = next_slice_items(self.rollup_items, took, UPKEEP_SLICE);
+            observe_task(metrics, "rollup", took);
+        } else if let Some(from) = self.seal.take() {
+            match writer.seal_chunks_slice(&from, now_ms(), settle, self.seal_items) {
+                Ok((n, resume)) => {
+                    metrics.chunks_sealed.inc_by(n as u64);
+                    self.seal = resume;
+                }
+                Err(e) => {
+                    metrics.write_errors.inc();
+                    warn!(error = %e, "sealing sample chunks failed");
+                }
+            }
+            let took = started.elapsed();
+            self.seal_items = next_slice_items(self.seal_items, took, UPKEEP_SLICE);
+            observe_task(metrics, "seal", took);
+        }
+    }
+}
+
+/// Markers for the next slice, given the last slice's size and time:
+/// doubled while slices take under half the target, halved while they take
+/// over it, within [`SLICE_ITEMS_MIN`]..=[`SLICE_ITEMS_MAX`].
+fn next_slice_items(items: usize, took: Duration, target: Duration) -> usize {
+    let next = if took > target {
+        items / 2
+    } else if took < target / 2 {
+        items.saturating_mul(2)
+    } else {
+        items
+    };
+    next.clamp(SLICE_ITEMS_MIN, SLICE_ITEMS_MAX)
 }
 
 fn note_transitions(ts: &[(DeviceId, StatusTransition)], metrics: &Metrics) {
@@ -731,7 +852,7 @@ mod tests {
     use std::sync::{Condvar, Mutex};
     use std::task::{Context as TaskContext, Poll, Waker};
 
-    use outpost_proto::messages::{Heartbeat, MetricsSample, Record};
+    use outpost_proto::messages::{Heartbeat, MetricValue, MetricsSample, Record};
     use outpost_storage::ingest::FaultPoint;
     use outpost_storage::{Durability, StoreOptions};
 
@@ -972,6 +1093,123 @@ mod tests {
         let mut w = IngestWriter::new(store, now_ms()).unwrap();
         assert_eq!(w.last_seq(DeviceId(1)).unwrap(), 15);
         assert_eq!(w.last_seq(DeviceId(2)).unwrap(), 5);
+    }
+
+    fn task_slices(m: &Metrics, kind: &str) -> u64 {
+        let text = m.encode();
+        let prefix = format!("outpost_writer_task_seconds_count{{kind=\"{kind}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn a_roll_up_pass_runs_in_slices_and_a_message_queued_behind_it_waits_for_none() {
+        let (_d, store) = open();
+        // 300 devices, each with a closed bucket of two series to roll up.
+        let devices = 300u64;
+        {
+            let mut w = IngestWriter::new(store.clone(), now_ms()).unwrap();
+            let groups: Vec<IncomingRecords> = (1..=devices)
+                .map(|d| IncomingRecords {
+                    device: DeviceId(d),
+                    records: vec![Record {
+                        seq: 1,
+                        ts_ms: 1_000,
+                        body: RecordBody::Metrics(MetricsSample {
+                            values: ["cpu", "mem"]
+                                .iter()
+                                .map(|n| MetricValue {
+                                    name: (*n).into(),
+                                    label: String::new(),
+                                    value: d as f64,
+                                })
+                                .collect(),
+                        }),
+                    }],
+                })
+                .collect();
+            w.apply(&groups, now_ms()).unwrap();
+        }
+        let gate = Arc::new(Gate::default());
+        let metrics = Arc::new(Metrics::new());
+        // What the roll-up counter said when the writer handled the session
+        // start (on the writer thread, between whatever it ran before).
+        let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let sinks = Sinks {
+            transitions: Box::new({
+                let (m, seen) = (metrics.clone(), seen.clone());
+                move |_| seen.lock().unwrap().push(m.rollups_computed.get())
+            }),
+            samples: Box::new(|_| {}),
+        };
+        let opts = WriterOptions {
+            faults: Some(gate.clone()),
+            ..WriterOptions::for_tests()
+        };
+        let (writer, thread) = spawn(store, opts, metrics.clone(), sinks).unwrap();
+        let budget = SessionBudget::new(1 << 20);
+        let (ack, mut rx) = slot();
+        // The writer is held writing a group; meanwhile a roll-up tick and
+        // a session start queue up behind it.
+        writer
+            .submit(heartbeats(devices + 1, 1, 1, now_ms()), ack, &budget)
+            .await
+            .unwrap();
+        writer.control(WriterMsg::RollUp);
+        let hello = Hello {
+            protocol_version: 1,
+            agent_version: "t".into(),
+            heartbeat_interval_ms: 1_000,
+            metrics_interval_ms: 1_000,
+        };
+        {
+            let session = writer.session(DeviceId(devices + 2), hello);
+            tokio::pin!(session);
+            assert!(poll_once(session.as_mut()).is_pending(), "queued");
+            gate.open();
+            acked(&mut rx, 1).await;
+            tokio::time::timeout(WAIT, session).await.unwrap().unwrap();
+        }
+        // The held group's device came online, then the session's: the
+        // session start did not wait for the pass, no slice ran before it (a
+        // whole pass used to run first).
+        assert_eq!(*seen.lock().unwrap(), vec![0, 0]);
+        // The pass then ran to the end, in slices.
+        let want = 2 * devices;
+        tokio::time::timeout(WAIT, async {
+            while metrics.rollups_computed.get() < want {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{} of {want} rollups", metrics.rollups_computed.get()));
+        assert_eq!(metrics.rollups_computed.get(), want);
+        assert!(task_slices(&metrics, "rollup") >= 3, "{}", metrics.encode());
+        assert_eq!(task_slices(&metrics, "session"), 1);
+        drop(writer);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn slices_grow_while_fast_and_shrink_while_slow_within_bounds() {
+        let t = Duration::from_millis(2);
+        assert_eq!(next_slice_items(16, Duration::from_micros(100), t), 32);
+        assert_eq!(next_slice_items(16, Duration::from_micros(1_500), t), 16);
+        assert_eq!(next_slice_items(16, Duration::from_millis(30), t), 8);
+        assert_eq!(
+            next_slice_items(1, Duration::from_secs(1), t),
+            SLICE_ITEMS_MIN
+        );
+        assert_eq!(
+            next_slice_items(SLICE_ITEMS_MAX, Duration::ZERO, t),
+            SLICE_ITEMS_MAX
+        );
+        assert_eq!(
+            next_slice_items(usize::MAX, Duration::ZERO, t),
+            SLICE_ITEMS_MAX
+        );
     }
 
     #[tokio::test]
