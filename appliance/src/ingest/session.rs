@@ -172,7 +172,7 @@ struct FlowWrite {
     out: PendingWrites,
 }
 
-/// Largest chunk taken from a further stream at once.
+/// Largest chunk taken from a stream at once.
 const FLOW_READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Reads more of a further stream (pending forever when there is none).
@@ -394,10 +394,12 @@ async fn serve_flows(
                 r.map_err(|e| writer_error(ctx, e))?;
                 submitted_up_to = submitted_up_to.max(max);
             }
-            read = reader.fill(&mut recv), if submitting.is_none() => {
+            // Chunks as QUIC delivered them: a session waiting for its next
+            // heartbeat (most of them, most of the time) holds no buffer.
+            read = recv.read_chunk(FLOW_READ_CHUNK_BYTES, true), if submitting.is_none() => {
                 match read {
-                    Ok(true) => {}
-                    Ok(false) => {
+                    Ok(Some(chunk)) => reader.push(&chunk.bytes),
+                    Ok(None) => {
                         debug!("agent finished its stream");
                         return Ok(());
                     }
@@ -429,6 +431,7 @@ async fn serve_flows(
                         }
                     }
                 }
+                reader.shrink_if_empty();
             }
             read = fill(read0) => read_flow(&mut s, read0, write0, read, clock.now()),
             read = fill(read1) => read_flow(&mut s, read1, write1, read, clock.now()),
