@@ -146,6 +146,26 @@ impl FrameReader {
         Ok(n > 0)
     }
 
+    /// Reads what `r` has ready now, without waiting: the bytes read (0 when
+    /// nothing was ready, at the end of the stream, or on an error, which
+    /// the next waiting read reports). After a wait for a stream's chunk
+    /// ([`FrameReader::push`]) this takes the rest of what arrived, so the
+    /// frames decoded together are as many as one larger read gives.
+    pub async fn fill_ready<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> usize {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK_BYTES {
+            self.buf.reserve(READ_CHUNK_BYTES);
+        }
+        let n = {
+            let mut read = std::pin::pin!(r.read_buf(&mut self.buf));
+            match std::future::poll_fn(|cx| std::task::Poll::Ready(read.as_mut().poll(cx))).await {
+                std::task::Poll::Ready(Ok(n)) => n,
+                std::task::Poll::Ready(Err(_)) | std::task::Poll::Pending => 0,
+            }
+        };
+        self.bytes_read += n as u64;
+        n
+    }
+
     /// Reads the next frame. `Ok(None)` on a clean end of stream (between
     /// frames); a stream that ends inside a frame is an error.
     pub async fn next<T: DeserializeOwned, R: AsyncRead + Unpin>(
@@ -411,6 +431,37 @@ mod tests {
         let err = reader.next::<AgentFrame, _>(&mut cut).await.unwrap_err();
         assert!(matches!(err, FrameError::Truncated(_)), "{err}");
         assert_eq!(err.reason_label(), "malformed_frame");
+    }
+
+    #[tokio::test]
+    async fn fill_ready_takes_what_has_arrived_and_never_waits() {
+        use tokio::io::AsyncWriteExt;
+        let (mut tx, mut rx) = tokio::io::duplex(1 << 16);
+        let mut reader = FrameReader::new(MAX);
+        // Nothing there: 0 at once, and the idle reader holds no buffer.
+        assert_eq!(reader.fill_ready(&mut rx).await, 0);
+        reader.shrink_if_empty();
+        let frames = sample_agent_frames();
+        let mut codec = FrameCodec::<AgentFrame, AgentFrame>::new(MAX);
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            codec.encode(f, &mut wire).unwrap();
+        }
+        // The first byte arrives as a chunk; the rest is taken without a wait.
+        tx.write_all(&wire).await.unwrap();
+        let mut first = [0u8; 1];
+        rx.read_exact(&mut first).await.unwrap();
+        reader.push(&first);
+        assert_eq!(reader.fill_ready(&mut rx).await, wire.len() - 1);
+        assert_eq!(reader.bytes_read(), wire.len() as u64);
+        for f in &frames {
+            assert_eq!(reader.try_next::<AgentFrame>().unwrap().as_ref(), Some(f));
+        }
+        assert_eq!(reader.try_next::<AgentFrame>().unwrap(), None);
+        // At the end of the stream: 0, the next waiting read reports the end.
+        drop(tx);
+        assert_eq!(reader.fill_ready(&mut rx).await, 0);
+        assert_eq!(reader.next::<AgentFrame, _>(&mut rx).await.unwrap(), None);
     }
 
     #[tokio::test]

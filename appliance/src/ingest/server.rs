@@ -88,12 +88,6 @@ pub fn server_config(
     // protocol 2) and one spare per connection; no uni streams.
     transport.max_concurrent_bidi_streams(4u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
-    // No UDP segmentation offload: with it quinn keeps a send buffer of
-    // ten datagrams (≈ 12 KB) per connection for good; without, one. The
-    // appliance's sends are acks and commands, not bulk: heaps of mostly
-    // idle connections matter more here (measured: `benches/RESULTS.md`,
-    // "Memory per connection").
-    transport.enable_segmentation_offload(false);
     transport.max_idle_timeout(Some(
         Duration::from_secs(60).try_into().context("idle timeout")?,
     ));

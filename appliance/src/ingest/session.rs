@@ -398,7 +398,10 @@ async fn serve_flows(
             // heartbeat (most of them, most of the time) holds no buffer.
             read = recv.read_chunk(FLOW_READ_CHUNK_BYTES, true), if submitting.is_none() => {
                 match read {
-                    Ok(Some(chunk)) => reader.push(&chunk.bytes),
+                    Ok(Some(chunk)) => {
+                        reader.push(&chunk.bytes);
+                        reader.fill_ready(&mut recv).await;
+                    }
                     Ok(None) => {
                         debug!("agent finished its stream");
                         return Ok(());
