@@ -138,9 +138,7 @@ impl FrameReader {
 
     /// Reads more bytes from `r`. Returns `false` on end of stream.
     pub async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> Result<bool, FrameError> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK_BYTES {
-            self.buf.reserve(READ_CHUNK_BYTES);
-        }
+        self.reserve_read_chunk();
         let n = r.read_buf(&mut self.buf).await?;
         self.bytes_read += n as u64;
         Ok(n > 0)
@@ -152,9 +150,7 @@ impl FrameReader {
     /// ([`FrameReader::push`]) this takes the rest of what arrived, so the
     /// frames decoded together are as many as one larger read gives.
     pub async fn fill_ready<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> usize {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK_BYTES {
-            self.buf.reserve(READ_CHUNK_BYTES);
-        }
+        self.reserve_read_chunk();
         let n = {
             let mut read = std::pin::pin!(r.read_buf(&mut self.buf));
             match std::future::poll_fn(|cx| std::task::Poll::Ready(read.as_mut().poll(cx))).await {
@@ -164,6 +160,13 @@ impl FrameReader {
         };
         self.bytes_read += n as u64;
         n
+    }
+
+    /// Room for one read chunk after what is buffered.
+    fn reserve_read_chunk(&mut self) {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK_BYTES {
+            self.buf.reserve(READ_CHUNK_BYTES);
+        }
     }
 
     /// Reads the next frame. `Ok(None)` on a clean end of stream (between

@@ -651,12 +651,12 @@ fn control(
     sinks: &Sinks,
     upkeep: &mut Upkeep,
 ) {
+    // Timed as writer tasks; passes are timed by their slices instead.
     let kind = match &msg {
-        WriterMsg::Records { .. } => return,
-        WriterMsg::Session { .. } => "session",
-        WriterMsg::Sweep => "sweep",
-        WriterMsg::RollUp | WriterMsg::Seal => "",
-        WriterMsg::Retire(_) => "retire",
+        WriterMsg::Session { .. } => Some("session"),
+        WriterMsg::Sweep => Some("sweep"),
+        WriterMsg::Retire(_) => Some("retire"),
+        WriterMsg::Records { .. } | WriterMsg::RollUp | WriterMsg::Seal => None,
     };
     let started = Instant::now();
     match msg {
@@ -723,7 +723,7 @@ fn control(
             }
         },
     }
-    if !kind.is_empty() {
+    if let Some(kind) = kind {
         observe_task(metrics, kind, started.elapsed());
     }
 }
