@@ -142,8 +142,25 @@ impl AdminClient {
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
+        self.post_waiting(path, body, 30).await
+    }
+
+    /// [`Self::post`] for a request that may take up to `timeout_secs`
+    /// (one that waits on the network beyond the appliance).
+    pub async fn post_waiting<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout_secs: u64,
+    ) -> anyhow::Result<T> {
         let b = self
-            .request("POST", path, Some(serde_json::to_vec(body)?))
+            .request_typed(
+                "POST",
+                path,
+                Some(serde_json::to_vec(body)?),
+                Some("application/json"),
+                timeout_secs,
+            )
             .await?;
         serde_json::from_slice(&b).with_context(|| format!("decoding the answer of {path}"))
     }

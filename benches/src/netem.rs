@@ -164,12 +164,25 @@ impl Relay {
     }
 }
 
-/// Sends `buf` on `sock` (to `to`, or to the connected peer) after `delay`.
-fn deliver(sock: Arc<UdpSocket>, to: Option<SocketAddr>, buf: Vec<u8>, delay: Duration) {
+/// Sends `buf` on `sock` (to `to`, or to the connected peer) after `delay`,
+/// unless the link was cut meanwhile (a cut loses what is in flight too).
+fn deliver(
+    sock: Arc<UdpSocket>,
+    to: Option<SocketAddr>,
+    buf: Vec<u8>,
+    delay: Duration,
+    imp: Arc<Impairment>,
+    stats: Arc<RelayStats>,
+) {
     tokio::spawn(async move {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
+            if imp.cut.load(Ordering::Relaxed) {
+                stats.count(Dropped::Cut);
+                return;
+            }
         }
+        stats.relayed.fetch_add(1, Ordering::Relaxed);
         let _ = match to {
             Some(to) => sock.send_to(&buf, to).await,
             None => sock.send(&buf).await,
@@ -229,10 +242,14 @@ async fn front_loop(
             }
         };
         match imp.decide(rand::random::<u32>() % 1_000_000, rand::random()) {
-            Ok(delay) => {
-                stats.relayed.fetch_add(1, Ordering::Relaxed);
-                deliver(back, None, buf[..n].to_vec(), delay);
-            }
+            Ok(delay) => deliver(
+                back,
+                None,
+                buf[..n].to_vec(),
+                delay,
+                imp.clone(),
+                stats.clone(),
+            ),
             Err(d) => stats.count(d),
         }
     }
@@ -258,10 +275,14 @@ async fn back_loop(
             _ = stop.cancelled() => return,
         };
         match imp.decide(rand::random::<u32>() % 1_000_000, rand::random()) {
-            Ok(delay) => {
-                stats.relayed.fetch_add(1, Ordering::Relaxed);
-                deliver(front.clone(), Some(client), buf[..n].to_vec(), delay);
-            }
+            Ok(delay) => deliver(
+                front.clone(),
+                Some(client),
+                buf[..n].to_vec(),
+                delay,
+                imp.clone(),
+                stats.clone(),
+            ),
             Err(d) => stats.count(d),
         }
     }
@@ -308,5 +329,28 @@ mod tests {
         assert!(r.is_err(), "nothing crosses a cut link");
         assert_eq!(relay.stats.cut.load(Ordering::Relaxed), 1);
         assert_eq!(relay.stats.relayed.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_cut_loses_what_is_in_flight() {
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let up = server.local_addr().unwrap();
+        let imp = Impairment::new(0.0, Duration::from_millis(300), Duration::ZERO);
+        let relay = Relay::start("127.0.0.1:0".parse().unwrap(), up, imp.clone())
+            .await
+            .unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.send_to(b"in flight", relay.addr).await.unwrap();
+        // The relay has it (sleeping out the delay) before the cut starts.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        imp.set_cut(true);
+        let mut b = [0u8; 16];
+        let r = tokio::time::timeout(Duration::from_millis(500), server.recv_from(&mut b)).await;
+        assert!(
+            r.is_err(),
+            "a datagram in flight is lost when the link is cut"
+        );
+        assert_eq!(relay.stats.cut.load(Ordering::Relaxed), 1);
+        assert_eq!(relay.stats.relayed.load(Ordering::Relaxed), 0);
     }
 }

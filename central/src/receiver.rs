@@ -118,6 +118,12 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, central: Arc<Central>, track
     }
 }
 
+/// How long a join connection is kept after the answer was written, for
+/// the appliance to read it and close (see `serve_join`): longer than the
+/// appliance waits for it.
+const JOIN_ANSWER_LINGER: Duration =
+    Duration::from_secs(outpost_uplink::join::JOIN_ANSWER_WAIT.as_secs() + 15);
+
 async fn serve_join(conn: quinn::Connection, c: Arc<Central>) {
     let r = async {
         let (mut send, mut recv) = conn
@@ -144,7 +150,12 @@ async fn serve_join(conn: quinn::Connection, c: Arc<Central>) {
         write_frame(&resp, &mut out, MAX_UPLINK_FRAME_BYTES)?;
         send.write_all(&out).await?;
         let _ = send.finish();
-        let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+        // Dropping the connection closes it and discards whatever of the
+        // answer is still unacknowledged, so keep it until the appliance
+        // closes it after reading. Over a lossy WAN the answer's packets
+        // may take several retransmissions (each timeout doubling); the
+        // bound is above the appliance's own wait for the answer.
+        let _ = tokio::time::timeout(JOIN_ANSWER_LINGER, conn.closed()).await;
         anyhow::Ok(())
     }
     .await;

@@ -648,6 +648,90 @@ fn a_lossy_delayed_and_cut_wan_delivers_every_rollup_exactly_once() {
     drop(relay);
 }
 
+/// The join's answer spends the one-time token, so central must not drop
+/// the connection while the answer is still crossing a bad WAN: here the
+/// link is cut (what is in flight lost too) the moment central has
+/// accepted the join, for longer than central used to keep the
+/// connection, and the join still completes once the link is back.
+#[test]
+fn a_join_whose_answer_is_cut_off_completes_when_the_link_returns() {
+    use outpost_bench::netem::{Impairment, Relay};
+    let tmp = scratch("uplink-join-cut");
+    let root = tmp.path();
+    let central = Central::start(root);
+    let (token, fp) = central.site_add("acme", "dental", "far-away");
+    let app = Appliance::start(root);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // 400 ms each way: the cut below starts well before the answer
+    // arrives, and central's retransmissions (timeouts doubling from about
+    // 2.4 s) bring it within the appliance's wait once the link is back.
+    let wan = Impairment::new(0.0, Duration::from_millis(400), Duration::ZERO);
+    let relay = rt
+        .block_on(Relay::start(
+            "127.0.0.1:0".parse().unwrap(),
+            central.quic,
+            wan.clone(),
+        ))
+        .expect("relay");
+    let cut = Duration::from_secs(6);
+    let started = std::time::Instant::now();
+    let (joined, done_at, cut_ended_at) = std::thread::scope(|s| {
+        let join = s.spawn(|| {
+            let o = app.cli(&[
+                "uplink",
+                "join",
+                "--central",
+                &relay.addr.to_string(),
+                "--token",
+                &token,
+                "--ca-fingerprint",
+                &fp,
+            ]);
+            (o, started.elapsed())
+        });
+        // Polled closely: the answer is 400 ms away when this sees the join.
+        while central.metric("outpost_central_joins_total") < 1.0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "central never accepted the join (WAN: {})",
+                relay.stats.line()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        wan.set_cut(true);
+        std::thread::sleep(cut);
+        wan.set_cut(false);
+        let cut_ended_at = started.elapsed();
+        let (o, done_at) = join.join().expect("join thread");
+        (o, done_at, cut_ended_at)
+    });
+    assert!(
+        joined.status.success(),
+        "join with its answer cut off for {cut:?}: {} (WAN: {})",
+        stderr(&joined),
+        relay.stats.line()
+    );
+    assert!(
+        stdout(&joined).trim().starts_with("s-"),
+        "{}",
+        stdout(&joined)
+    );
+    assert!(
+        done_at > cut_ended_at,
+        "the answer was held up by the cut (join done at {done_at:?}, cut ended at {cut_ended_at:?})"
+    );
+    assert_eq!(
+        uplink_status(&app)["joined"],
+        true,
+        "{}",
+        uplink_status(&app)
+    );
+    eprintln!(
+        "join across a {cut:?} cut: done at {done_at:?}, cut ended at {cut_ended_at:?}; WAN: {}",
+        relay.stats.line()
+    );
+}
+
 /// `site add` then a join of site `name` as a site client (files in
 /// `root/site-NAME`).
 fn join_site(

@@ -62,6 +62,15 @@ pub fn quic_client_config(tls: rustls::ClientConfig) -> anyhow::Result<quinn::Cl
     Ok(cfg)
 }
 
+/// How long the appliance waits for the QUIC handshake with central.
+pub const JOIN_HANDSHAKE_WAIT: Duration = Duration::from_secs(15);
+/// How long the appliance waits for central's answer to a join request.
+pub const JOIN_ANSWER_WAIT: Duration = Duration::from_secs(30);
+/// The longest a join can take before it fails on its own (callers of the
+/// join API wait at least this long).
+pub const JOIN_WAIT_MAX: Duration =
+    Duration::from_secs(JOIN_HANDSHAKE_WAIT.as_secs() + JOIN_ANSWER_WAIT.as_secs());
+
 /// Joins central and stores the identity in `dir`.
 pub async fn join(
     dir: &UplinkDir,
@@ -78,8 +87,11 @@ pub async fn join(
     let connecting = ep
         .connect_with(cfg, addr, CENTRAL_SERVER_NAME)
         .context("starting the QUIC handshake with central")?;
-    let conn = match tokio::time::timeout(Duration::from_secs(15), connecting).await {
-        Err(_) => bail!("central at {addr} did not answer within 15s"),
+    let conn = match tokio::time::timeout(JOIN_HANDSHAKE_WAIT, connecting).await {
+        Err(_) => bail!(
+            "central at {addr} did not answer within {}s",
+            JOIN_HANDSHAKE_WAIT.as_secs()
+        ),
         Ok(Err(e)) => {
             if let Some(seen) = verifier.mismatch() {
                 let seen: Vec<String> = seen.iter().map(|f| f.to_string()).collect();
@@ -109,14 +121,18 @@ pub async fn join(
         .context("sending the join request")?;
     let _ = send.finish();
     let mut reader = FrameReader::new(MAX_UPLINK_FRAME_BYTES);
-    let resp = tokio::time::timeout(
-        Duration::from_secs(15),
-        reader.next::<JoinResponse, _>(&mut recv),
-    )
-    .await
-    .map_err(|_| anyhow!("central did not answer the join request within 15s"))?
-    .context("reading central's answer")?
-    .ok_or_else(|| anyhow!("central closed the join stream without answering"))?;
+    // Generous: over a lossy WAN the answer (two certificates) may need
+    // several retransmissions, and the token is spent once central answers.
+    let resp = tokio::time::timeout(JOIN_ANSWER_WAIT, reader.next::<JoinResponse, _>(&mut recv))
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "central did not answer the join request within {}s",
+                JOIN_ANSWER_WAIT.as_secs()
+            )
+        })?
+        .context("reading central's answer")?
+        .ok_or_else(|| anyhow!("central closed the join stream without answering"))?;
     conn.close(0u32.into(), b"joined");
     ep.wait_idle().await;
     match resp {

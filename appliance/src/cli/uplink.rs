@@ -67,8 +67,11 @@ pub async fn run(cmd: UplinkCmd, c: AdminClient) -> anyhow::Result<()> {
             ca_fingerprint,
             interval,
         } => {
+            // The appliance gives up on its own after JOIN_WAIT_MAX (a slow
+            // WAN); wait a little longer so its message is the one shown.
+            let wait = outpost_uplink::join::JOIN_WAIT_MAX.as_secs() + 15;
             let s: UplinkStatus = c
-                .post(
+                .post_waiting(
                     "/api/v1/uplink/join",
                     &JoinRequest {
                         central,
@@ -76,6 +79,7 @@ pub async fn run(cmd: UplinkCmd, c: AdminClient) -> anyhow::Result<()> {
                         ca_fingerprint,
                         interval: Some(interval),
                     },
+                    wait,
                 )
                 .await
                 .context("joining central")?;
