@@ -29,6 +29,12 @@ pub struct Config {
     /// reader (`SO_REUSEPORT`; the kernel spreads agents over them by
     /// address and port). 0: one per available core; 1: a single socket.
     pub quic_endpoints: usize,
+    /// UDP segmentation offload (GSO) on the QUIC sockets: one send call
+    /// for several datagrams of a connection. quinn then keeps a send
+    /// buffer for ten datagrams per connection, for good; the appliance's
+    /// sends are mostly acks, so with many mostly idle agents the memory
+    /// matters more than bulk send speed (file pushes to agents).
+    pub quic_segmentation_offload: bool,
     /// Largest frame accepted from an agent.
     pub max_frame_bytes: usize,
     /// Extra time beyond two missed heartbeats before a device is offline.
@@ -319,6 +325,7 @@ impl Default for Config {
             max_connections: 100_000,
             udp_buffer_bytes: 4 * 1024 * 1024,
             quic_endpoints: 0,
+            quic_segmentation_offload: true,
             max_frame_bytes: outpost_proto::DEFAULT_MAX_FRAME_BYTES,
             offline_grace: Duration::from_secs(10),
             storage: StorageConfig::default(),

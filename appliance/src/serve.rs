@@ -129,6 +129,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         &keys.reset_secret,
         cfg.udp_buffer_bytes,
         cfg.quic_endpoints,
+        cfg.quic_segmentation_offload,
         &metrics,
     )?;
     let live = Arc::new(LiveSessions::default());

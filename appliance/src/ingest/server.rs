@@ -78,6 +78,7 @@ pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     client_ca: CertificateDer<'static>,
+    segmentation_offload: bool,
 ) -> anyhow::Result<quinn::ServerConfig> {
     let tls = tls::server_config(chain, key, client_ca, &[ALPN_SESSION, ALPN_ENROLL])?;
     let crypto =
@@ -88,6 +89,8 @@ pub fn server_config(
     // protocol 2) and one spare per connection; no uni streams.
     transport.max_concurrent_bidi_streams(4u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
+    // See `Config::quic_segmentation_offload`.
+    transport.enable_segmentation_offload(segmentation_offload);
     transport.max_idle_timeout(Some(
         Duration::from_secs(60).try_into().context("idle timeout")?,
     ));
@@ -127,9 +130,10 @@ pub fn bind(
     reset_secret: &[u8; 32],
     udp_buffer_bytes: usize,
     endpoints: usize,
+    segmentation_offload: bool,
     metrics: &crate::metrics::Metrics,
 ) -> anyhow::Result<Listener> {
-    let server = server_config(chain, key, client_ca)?;
+    let server = server_config(chain, key, client_ca, segmentation_offload)?;
     let bound = bind_endpoints(
         addr,
         endpoint_count(endpoints),
@@ -399,6 +403,7 @@ mod tests {
             vec![issued.cert_der.clone(), ca.cert_der().clone()],
             key,
             ca.cert_der().clone(),
+            true,
         )
         .unwrap();
         let client_tls =
