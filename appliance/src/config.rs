@@ -31,9 +31,11 @@ pub struct Config {
     pub quic_endpoints: usize,
     /// UDP segmentation offload (GSO) on the QUIC sockets: one send call
     /// for several datagrams of a connection. quinn then keeps a send
-    /// buffer for ten datagrams per connection, for good; the appliance's
-    /// sends are mostly acks, so with many mostly idle agents the memory
-    /// matters more than bulk send speed (file pushes to agents).
+    /// buffer for ten datagrams per connection, for good. Off by default:
+    /// the appliance's sends are mostly acks, and with 50,000 agents GSO
+    /// cost 5 KB of RSS per connection for no CPU saving (measured:
+    /// `benches/RESULTS.md`, "GSO"); turn it on for faster bulk sends (file
+    /// pushes to agents) at a site with few agents.
     pub quic_segmentation_offload: bool,
     /// Largest frame accepted from an agent.
     pub max_frame_bytes: usize,
@@ -325,7 +327,7 @@ impl Default for Config {
             max_connections: 100_000,
             udp_buffer_bytes: 4 * 1024 * 1024,
             quic_endpoints: 0,
-            quic_segmentation_offload: true,
+            quic_segmentation_offload: false,
             max_frame_bytes: outpost_proto::DEFAULT_MAX_FRAME_BYTES,
             offline_grace: Duration::from_secs(10),
             storage: StorageConfig::default(),
