@@ -307,15 +307,22 @@ mod tests {
         assert_eq!(i.decide(0, 0), Ok(Duration::from_millis(200)));
     }
 
-    #[tokio::test]
-    async fn the_relay_carries_both_ways_and_drops_everything_while_cut() {
+    /// A server socket, a lossless relay delaying `delay` in front of it,
+    /// and a client socket.
+    async fn relayed(delay: Duration) -> (UdpSocket, Relay, Arc<Impairment>, UdpSocket) {
         let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let up = server.local_addr().unwrap();
-        let imp = Impairment::new(0.0, Duration::from_millis(5), Duration::ZERO);
+        let imp = Impairment::new(0.0, delay, Duration::ZERO);
         let relay = Relay::start("127.0.0.1:0".parse().unwrap(), up, imp.clone())
             .await
             .unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        (server, relay, imp, client)
+    }
+
+    #[tokio::test]
+    async fn the_relay_carries_both_ways_and_drops_everything_while_cut() {
+        let (server, relay, imp, client) = relayed(Duration::from_millis(5)).await;
         client.send_to(b"ping", relay.addr).await.unwrap();
         let mut b = [0u8; 16];
         let (n, via) = server.recv_from(&mut b).await.unwrap();
@@ -333,13 +340,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cut_loses_what_is_in_flight() {
-        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let up = server.local_addr().unwrap();
-        let imp = Impairment::new(0.0, Duration::from_millis(300), Duration::ZERO);
-        let relay = Relay::start("127.0.0.1:0".parse().unwrap(), up, imp.clone())
-            .await
-            .unwrap();
-        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (server, relay, imp, client) = relayed(Duration::from_millis(300)).await;
         client.send_to(b"in flight", relay.addr).await.unwrap();
         // The relay has it (sleeping out the delay) before the cut starts.
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -4,8 +4,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
+use outpost_bench::netem::{Impairment, Relay};
 use outpost_proto::DeviceId;
 use outpost_tests::*;
 use outpost_uplink::batch::{
@@ -190,11 +192,17 @@ pub(crate) fn fast_config(root: &Path, extra: &str) -> PathBuf {
 
 /// `outpost uplink join` against `central`, with `token` and `fp`.
 fn join_cli(app: &Appliance, central: &Central, token: &str, fp: &str) -> std::process::Output {
+    join_cli_at(app, central.quic, token, fp)
+}
+
+/// `outpost uplink join` against central's QUIC address `at` (central
+/// itself, or a relay in front of it), 1 s uplink interval.
+fn join_cli_at(app: &Appliance, at: SocketAddr, token: &str, fp: &str) -> std::process::Output {
     app.cli(&[
         "uplink",
         "join",
         "--central",
-        &central.quic.to_string(),
+        &at.to_string(),
         "--token",
         token,
         "--ca-fingerprint",
@@ -202,6 +210,16 @@ fn join_cli(app: &Appliance, central: &Central, token: &str, fp: &str) -> std::p
         "--interval",
         "1s",
     ])
+}
+
+/// A bad-WAN relay in front of `central`'s QUIC port, run by `rt`.
+fn wan_relay(rt: &tokio::runtime::Runtime, central: &Central, wan: &Arc<Impairment>) -> Relay {
+    rt.block_on(Relay::start(
+        "127.0.0.1:0".parse().unwrap(),
+        central.quic,
+        wan.clone(),
+    ))
+    .expect("relay")
 }
 
 pub(crate) fn join(app: &Appliance, central: &Central, token: &str, fp: &str) -> String {
@@ -532,7 +550,6 @@ fn central_outage_every_rollup_arrives_exactly_once_and_status_is_current() {
 /// cut; the longer run in benches/RESULTS.md uses 600.
 #[test]
 fn a_lossy_delayed_and_cut_wan_delivers_every_rollup_exactly_once() {
-    use outpost_bench::netem::{Impairment, Relay};
     let cut_secs: u64 = std::env::var("OUTPOST_WAN_CUT_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -545,25 +562,8 @@ fn a_lossy_delayed_and_cut_wan_delivers_every_rollup_exactly_once() {
     let mut app = Appliance::start_with(root, &["--config", cfg.to_str().unwrap()]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let wan = Impairment::new(10.0, Duration::from_millis(200), Duration::from_millis(20));
-    let relay = rt
-        .block_on(Relay::start(
-            "127.0.0.1:0".parse().unwrap(),
-            central.quic,
-            wan.clone(),
-        ))
-        .expect("relay");
-    let o = app.cli(&[
-        "uplink",
-        "join",
-        "--central",
-        &relay.addr.to_string(),
-        "--token",
-        &token,
-        "--ca-fingerprint",
-        &fp,
-        "--interval",
-        "1s",
-    ]);
+    let relay = wan_relay(&rt, &central, &wan);
+    let o = join_cli_at(&app, relay.addr, &token, &fp);
     assert!(o.status.success(), "join over the WAN: {}", stderr(&o));
     let site = stdout(&o).trim().to_string();
     let mut agents: Vec<Agent> = (0..2)
@@ -655,7 +655,6 @@ fn a_lossy_delayed_and_cut_wan_delivers_every_rollup_exactly_once() {
 /// connection, and the join still completes once the link is back.
 #[test]
 fn a_join_whose_answer_is_cut_off_completes_when_the_link_returns() {
-    use outpost_bench::netem::{Impairment, Relay};
     let tmp = scratch("uplink-join-cut");
     let root = tmp.path();
     let central = Central::start(root);
@@ -666,27 +665,12 @@ fn a_join_whose_answer_is_cut_off_completes_when_the_link_returns() {
     // arrives, and central's retransmissions (timeouts doubling from about
     // 2.4 s) bring it within the appliance's wait once the link is back.
     let wan = Impairment::new(0.0, Duration::from_millis(400), Duration::ZERO);
-    let relay = rt
-        .block_on(Relay::start(
-            "127.0.0.1:0".parse().unwrap(),
-            central.quic,
-            wan.clone(),
-        ))
-        .expect("relay");
+    let relay = wan_relay(&rt, &central, &wan);
     let cut = Duration::from_secs(6);
     let started = std::time::Instant::now();
     let (joined, done_at, cut_ended_at) = std::thread::scope(|s| {
         let join = s.spawn(|| {
-            let o = app.cli(&[
-                "uplink",
-                "join",
-                "--central",
-                &relay.addr.to_string(),
-                "--token",
-                &token,
-                "--ca-fingerprint",
-                &fp,
-            ]);
+            let o = join_cli_at(&app, relay.addr, &token, &fp);
             (o, started.elapsed())
         });
         // Polled closely: the answer is 400 ms away when this sees the join.
