@@ -1388,6 +1388,7 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), inbox.rx.recv())
             .await
             .expect("a link input")
+            .map(|i| *i)
             .expect("link open")
     }
 
@@ -1695,7 +1696,9 @@ mod tests {
             store::get(&store, rec.id).unwrap().unwrap().state,
             CommandState::Sent
         );
-        assert!(matches!(inbox.rx.try_recv(), Ok(LinkInput::SendCommand(c)) if c.id == rec.id));
+        assert!(
+            matches!(inbox.rx.try_recv().map(|i| *i), Ok(LinkInput::SendCommand(c)) if c.id == rec.id)
+        );
         // The agent's ack, start and result in one group: one record write
         // with all three, then the result's ack.
         w.begin();
@@ -1717,7 +1720,9 @@ mod tests {
         let r = store::get(&store, rec.id).unwrap().unwrap();
         assert_eq!(r.state, CommandState::Completed);
         assert_eq!(r.started_agent_ms, Some(5));
-        assert!(matches!(inbox.rx.try_recv(), Ok(LinkInput::AckResult(i)) if i == rec.id));
+        assert!(
+            matches!(inbox.rx.try_recv().map(|i| *i), Ok(LinkInput::AckResult(i)) if i == rec.id)
+        );
     }
 
     /// Records what the command worker tells the file service.

@@ -1007,8 +1007,8 @@ mod tests {
                 .await
                 .expect("a link input")
                 .expect("open");
-            if matches!(i, LinkInput::AckFile(..) | LinkInput::AbortFile(..)) {
-                return i;
+            if matches!(*i, LinkInput::AckFile(..) | LinkInput::AbortFile(..)) {
+                return *i;
             }
         }
     }

@@ -89,15 +89,20 @@ static NEXT_LINK: AtomicU64 = AtomicU64::new(1);
 pub struct RemoteLink {
     id: u64,
     device: DeviceId,
-    tx: mpsc::UnboundedSender<LinkInput>,
-    files: mpsc::Sender<FileChunk>,
+    tx: mpsc::UnboundedSender<Box<LinkInput>>,
+    files: mpsc::Sender<Box<FileChunk>>,
 }
 
 /// The session's ends of a link's channels.
+///
+/// Items are boxed: a tokio channel allocates its first block of 32 slots
+/// when it is created, and every connected device has both channels
+/// whether or not a command ever comes. Boxed, a block is 32 pointers
+/// (256 B) instead of 32 inputs (1.5 KB) or chunks (1.8 KB).
 #[derive(Debug)]
 pub(crate) struct LinkInbox {
-    pub(crate) rx: mpsc::UnboundedReceiver<LinkInput>,
-    pub(crate) files: mpsc::Receiver<FileChunk>,
+    pub(crate) rx: mpsc::UnboundedReceiver<Box<LinkInput>>,
+    pub(crate) files: mpsc::Receiver<Box<FileChunk>>,
 }
 
 impl RemoteLink {
@@ -131,7 +136,7 @@ impl RemoteLink {
     }
 
     fn input(&self, i: LinkInput) -> Result<(), LinkClosed> {
-        self.tx.send(i).map_err(|_| LinkClosed)
+        self.tx.send(Box::new(i)).map_err(|_| LinkClosed)
     }
 
     /// Pushes a command to the device now (or as soon as its command flow
@@ -179,7 +184,10 @@ impl RemoteLink {
             }
             .into());
         }
-        self.files.send(chunk).await.map_err(|_| LinkClosed)?;
+        self.files
+            .send(Box::new(chunk))
+            .await
+            .map_err(|_| LinkClosed)?;
         Ok(())
     }
 }
@@ -201,8 +209,12 @@ mod tests {
         })
         .unwrap();
         link.cancel_command(id).unwrap();
-        assert!(matches!(inbox.rx.try_recv(), Ok(LinkInput::SendCommand(c)) if c.id == id));
-        assert!(matches!(inbox.rx.try_recv(), Ok(LinkInput::CancelCommand(i)) if i == id));
+        assert!(
+            matches!(inbox.rx.try_recv(), Ok(i) if matches!(&*i, LinkInput::SendCommand(c) if c.id == id))
+        );
+        assert!(
+            matches!(inbox.rx.try_recv(), Ok(i) if matches!(*i, LinkInput::CancelCommand(c) if c == id))
+        );
         // A command no agent could read is refused here, not sent.
         let big = Command {
             id,
