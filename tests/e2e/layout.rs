@@ -1,7 +1,8 @@
 //! The workspace's dependency direction: the appliance never links central
 //! code (DESIGN.md, "Workspace"), and the crates the fuzz targets build
 //! (`fuzz/`: the apt parsers, the patch core, proto, the uplink wire and
-//! batch codec, the alerting model) and the console link no storage. Reads
+//! batch codec, the alerting model) and the console link no storage; quinn
+//! is the patched copy in `third_party/quinn`. Reads
 //! the resolved dependency graph with `cargo tree` (no build), so it takes
 //! well under a second.
 
@@ -19,33 +20,56 @@ fn normal_dependencies(package: &str) -> Vec<String> {
 
 /// Names of the crates in `cargo tree -p <package> -e normal <extra>`.
 fn normal_dependencies_with(package: &str, extra: &[&str]) -> Vec<String> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
-    let out = Command::new(cargo)
-        .args([
-            "tree",
-            "-p",
-            package,
-            "-e",
-            "normal",
-            "--offline",
-            "--prefix",
-            "none",
-        ])
-        .args(["--manifest-path", manifest])
-        .args(extra)
-        .output()
-        .expect("running cargo tree");
-    assert!(
-        out.status.success(),
-        "cargo tree -p {package} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    let mut args = vec!["-p", package, "-e", "normal"];
+    args.extend_from_slice(extra);
+    cargo_tree(&args)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_string)
         .collect()
+}
+
+/// The output of `cargo tree --offline --prefix none <args>` for the
+/// workspace.
+fn cargo_tree(args: &[&str]) -> String {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+    let out = Command::new(cargo)
+        .args(["tree", "--offline", "--prefix", "none"])
+        .args(["--manifest-path", manifest])
+        .args(args)
+        .output()
+        .expect("running cargo tree");
+    assert!(
+        out.status.success(),
+        "cargo tree {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The appliance holds one QUIC connection per agent: it builds on the
+/// patched quinn in third_party/ (OUTPOST-PATCH.md there: 6.5–13 KB less
+/// per connection), not on the crates.io copy a stray `cargo update` or a
+/// dropped `[patch]` entry would bring back.
+#[test]
+fn quinn_is_the_patched_copy_in_third_party() {
+    let tree = cargo_tree(&[
+        "-p",
+        "outpost-appliance",
+        "-e",
+        "normal",
+        "-i",
+        "quinn",
+        "--depth",
+        "0",
+    ]);
+    let line = tree.lines().next().unwrap_or_default();
+    assert!(line.starts_with("quinn v"), "{tree}");
+    assert!(
+        line.contains("third_party/quinn)"),
+        "quinn does not resolve to third_party/quinn: {line}"
+    );
 }
 
 #[test]

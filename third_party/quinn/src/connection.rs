@@ -45,7 +45,7 @@ impl Connecting {
         handle: ConnectionHandle,
         conn: proto::Connection,
         endpoint_events: mpsc::UnboundedSender<(ConnectionHandle, EndpointEvent)>,
-        conn_events: mpsc::UnboundedReceiver<ConnectionEvent>,
+        conn_events: mpsc::UnboundedReceiver<Box<ConnectionEvent>>,
         socket: Arc<dyn AsyncUdpSocket>,
         runtime: Arc<dyn Runtime>,
     ) -> Self {
@@ -899,7 +899,7 @@ impl ConnectionRef {
         handle: ConnectionHandle,
         conn: proto::Connection,
         endpoint_events: mpsc::UnboundedSender<(ConnectionHandle, EndpointEvent)>,
-        conn_events: mpsc::UnboundedReceiver<ConnectionEvent>,
+        conn_events: mpsc::UnboundedReceiver<Box<ConnectionEvent>>,
         on_handshake_data: oneshot::Sender<()>,
         on_connected: oneshot::Sender<bool>,
         socket: Arc<dyn AsyncUdpSocket>,
@@ -997,7 +997,7 @@ pub(crate) struct State {
     connected: bool,
     timer: Option<Pin<Box<dyn AsyncTimer>>>,
     timer_deadline: Option<Instant>,
-    conn_events: mpsc::UnboundedReceiver<ConnectionEvent>,
+    conn_events: mpsc::UnboundedReceiver<Box<ConnectionEvent>>,
     endpoint_events: mpsc::UnboundedSender<(ConnectionHandle, EndpointEvent)>,
     pub(crate) blocked_writers: FxHashMap<StreamId, Waker>,
     pub(crate) blocked_readers: FxHashMap<StreamId, Waker>,
@@ -1095,7 +1095,8 @@ impl State {
         cx: &mut Context,
     ) -> Result<(), ConnectionError> {
         loop {
-            match self.conn_events.poll_recv(cx) {
+            // Outpost patch: events arrive boxed (see `ConnectionSet::senders`).
+            match self.conn_events.poll_recv(cx).map(|e| e.map(|e| *e)) {
                 Poll::Ready(Some(ConnectionEvent::Rebind(socket))) => {
                     self.socket = socket;
                     self.io_poller = self.socket.clone().create_io_poller();
