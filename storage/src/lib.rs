@@ -32,7 +32,7 @@ mod table;
 pub mod tokens;
 
 pub use error::StorageError;
-pub use store::{Batch, Durability, META, MIN_ROLLUP_BUCKET_MS, Store, StoreOptions};
+pub use store::{Batch, Durability, META, MIN_ROLLUP_BUCKET_MS, ScanStep, Store, StoreOptions};
 pub use table::{Codec, Layout, Table};
 
 /// The tables of the device data this crate stores (registry, ingest,

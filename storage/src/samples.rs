@@ -14,8 +14,7 @@ use outpost_proto::DeviceId;
 use crate::chunk::{self, CHUNK_MS, GROUP_SERIES};
 use crate::error::{Result, StorageError};
 use crate::keys::{self, SeriesId};
-use crate::rollup::{SeriesInfo, device_series};
-use crate::{Codec, Store, Table};
+use crate::{Codec, ScanStep, Store, Table};
 
 /// `device | name 0 label` → series id (u32 BE): each device's series
 /// dictionary.
@@ -60,19 +59,23 @@ fn head_in(
     let end = keys::series_time_key(device, series, to_ms);
     let mut out = Vec::new();
     store.scan_raw(SAMPLES, &start, Some(&end), |k, v| {
-        match (keys::parse_series_time_key(k), sample_value(v)) {
-            (Some((_, _, ts)), Some(val)) => {
-                out.push((ts, val));
-                Ok(true)
-            }
-            _ => Err(StorageError::Invalid(format!(
-                "malformed sample entry ({} key bytes, {} value bytes)",
-                k.len(),
-                v.len()
-            ))),
-        }
+        let (_, ts, val) = head_entry(k, v)?;
+        out.push((ts, val));
+        Ok(true)
     })?;
     Ok(out)
+}
+
+/// A head entry's series, timestamp and value.
+fn head_entry(k: &[u8], v: &[u8]) -> Result<(SeriesId, u64, f64)> {
+    match (keys::parse_series_time_key(k), sample_value(v)) {
+        (Some((_, series, ts)), Some(val)) => Ok((series, ts, val)),
+        _ => Err(StorageError::Invalid(format!(
+            "malformed sample entry ({} key bytes, {} value bytes)",
+            k.len(),
+            v.len()
+        ))),
+    }
 }
 
 fn decode_chunk(v: &[u8]) -> Result<Vec<(u64, f64)>> {
@@ -199,25 +202,16 @@ pub fn seal_dirty(
         max_windows,
     )?;
     let mut batch = store.batch();
-    let mut series_of: Option<DeviceId> = None;
-    let mut series: Vec<SeriesInfo> = Vec::new();
     // The day chunks of the device being sealed, by key: several windows of
     // one pass may fall on the same day; each chunk is written once.
     let mut open: OpenChunks = BTreeMap::new();
-    for &(device, w) in &ready {
-        if series_of != Some(device) {
-            flush(&mut batch, &mut open)?;
-            series = device_series(store, device)?;
-            series_of = Some(device);
-        }
-        let end = w.saturating_add(CHUNK_MS);
-        let day = chunk::day_start(w);
-        for s in &series {
-            let head = head_in(store, device, s.id, w, end)?;
-            if head.is_empty() {
-                continue;
-            }
-            let key = group_chunk_key(device, s.id, day);
+    // Markers come in key order: each device's ready windows together.
+    for windows in ready.chunk_by(|a, b| a.0 == b.0) {
+        let device = windows[0].0;
+        let windows: Vec<u64> = windows.iter().map(|&(_, w)| w).collect();
+        for (series, w, head) in ready_head(store, device, &windows)? {
+            let end = w.saturating_add(CHUNK_MS);
+            let key = group_chunk_key(device, series, chunk::day_start(w));
             let group = match open.entry(key) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(e) => {
@@ -228,24 +222,71 @@ pub fn seal_dirty(
                     e.insert(stored)
                 }
             };
-            let merged = match group.remove(&s.id) {
+            let merged = match group.remove(&series) {
                 Some(old) => chunk::merge(&old, &head),
                 None => head,
             };
-            group.insert(s.id, merged);
+            group.insert(series, merged);
             batch.delete_range(
                 SAMPLES,
-                &keys::series_time_key(device, s.id, w),
-                &keys::series_time_key(device, s.id, end),
+                &keys::series_time_key(device, series, w),
+                &keys::series_time_key(device, series, end),
             )?;
         }
-        batch.delete(CHUNK_DIRTY, &keys::device_time_key(device, w))?;
+        for &w in &windows {
+            batch.delete(CHUNK_DIRTY, &keys::device_time_key(device, w))?;
+        }
+        flush(&mut batch, &mut open)?;
     }
-    flush(&mut batch, &mut open)?;
     if !ready.is_empty() {
         store.write_unsynced(batch)?;
     }
     Ok((ready, resume))
+}
+
+/// One series' head samples in one window: `(series, window start,
+/// samples in time order)`.
+type WindowHead = (SeriesId, u64, Vec<(u64, f64)>);
+
+/// The head samples of `device` in the windows starting at `windows`
+/// (ascending).
+///
+/// One iterator over the device's head, seeking within it: to the first
+/// ready window in each series and past the last one to the next series.
+/// An iterator per series and window cost more to create and seek than
+/// the samples cost to read; one plain pass over the whole head walks
+/// the earlier windows' deleted samples still in the memtables.
+fn ready_head(store: &Store, device: DeviceId, windows: &[u64]) -> Result<Vec<WindowHead>> {
+    let mut out: Vec<WindowHead> = Vec::new();
+    let (Some(&first), Some(&last)) = (windows.first(), windows.last()) else {
+        return Ok(out);
+    };
+    let (lo, hi) = (first, last.saturating_add(CHUNK_MS));
+    let from = keys::series_time_key(device, 0, lo);
+    let to = keys::prefix_successor(&keys::device_key(device));
+    store.scan_raw_seeking(SAMPLES, &from, to.as_deref(), |k, v| {
+        let (series, ts, val) = head_entry(k, v)?;
+        if ts < lo {
+            return Ok(ScanStep::Seek(
+                keys::series_time_key(device, series, lo).to_vec(),
+            ));
+        }
+        if ts >= hi {
+            return Ok(match series.checked_add(1) {
+                Some(next) => ScanStep::Seek(keys::series_time_key(device, next, lo).to_vec()),
+                None => ScanStep::Stop,
+            });
+        }
+        let w = chunk::window_start(ts);
+        if windows.binary_search(&w).is_ok() {
+            match out.last_mut() {
+                Some((s, lw, samples)) if *s == series && *lw == w => samples.push((ts, val)),
+                _ => out.push((series, w, vec![(ts, val)])),
+            }
+        }
+        Ok(ScanStep::Next)
+    })?;
+    Ok(out)
 }
 
 /// Day chunks being sealed: chunk key → series → samples.
@@ -265,6 +306,7 @@ mod tests {
     use super::*;
     use crate::StoreOptions;
     use crate::ingest::{IncomingRecords, IngestWriter};
+    use crate::rollup::device_series;
     use outpost_proto::messages::{MetricValue, MetricsSample, Record, RecordBody};
 
     fn rec(seq: u64, ts: u64, v: f64) -> Record {
@@ -337,6 +379,76 @@ mod tests {
         assert_eq!(after.len(), 361);
         assert!(after.contains(&(30_500, 99.5)));
         assert!(after.windows(2).all(|p| p[0].0 < p[1].0), "time order");
+    }
+
+    #[test]
+    fn one_pass_seals_every_ready_window_of_each_device_and_leaves_the_open_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default(), crate::TABLES).unwrap();
+        let mut w = IngestWriter::new(store.clone(), 0).unwrap();
+        // Two devices, three windows each (10-minute samples); the third
+        // window is still open when the pass runs.
+        let devices = [DeviceId(11), DeviceId(12)];
+        for (n, &d) in devices.iter().enumerate() {
+            let recs: Vec<Record> = (0..36u64)
+                .map(|i| rec(i + 1, i * 600_000 + n as u64, i as f64 + n as f64 / 10.0))
+                .collect();
+            w.apply(
+                &[IncomingRecords {
+                    device: d,
+                    records: recs,
+                }],
+                0,
+            )
+            .unwrap();
+        }
+        let before: Vec<_> = devices.iter().map(|&d| all(&store, d)).collect();
+        assert_eq!(w.seal_chunks(2 * CHUNK_MS + 1, 0, 100).unwrap(), 4);
+        for (n, &d) in devices.iter().enumerate() {
+            assert_eq!(all(&store, d), before[n], "readers see the same samples");
+            let head = head_in(&store, d, 0, 0, u64::MAX).unwrap();
+            assert_eq!(head.len(), 12, "only the open window stays in the head");
+            assert!(head.iter().all(|&(t, _)| t >= 2 * CHUNK_MS));
+            let sealed = chunks_in(&store, d, 0, 0, u64::MAX).unwrap();
+            assert_eq!(
+                sealed,
+                before[n][..24].to_vec(),
+                "both closed windows sealed"
+            );
+        }
+        assert_eq!(count_chunks(&store), 2, "one day chunk per device");
+    }
+
+    #[test]
+    fn a_malformed_head_entry_fails_the_seal_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default(), crate::TABLES).unwrap();
+        let d = DeviceId(13);
+        let mut w = IngestWriter::new(store.clone(), 0).unwrap();
+        w.apply(
+            &[IncomingRecords {
+                device: d,
+                records: vec![rec(1, 60_000, 1.5)],
+            }],
+            0,
+        )
+        .unwrap();
+        let mut b = store.batch();
+        b.put_raw(SAMPLES, &keys::series_time_key(d, 0, 120_000), &[1, 2, 3])
+            .unwrap();
+        store.write(b).unwrap();
+        let e = w.seal_chunks(10 * CHUNK_MS, 0, 100).unwrap_err();
+        assert!(e.to_string().contains("malformed sample entry"), "{e}");
+        assert_eq!(count_chunks(&store), 0, "nothing half-sealed");
+        let mut b = store.batch();
+        b.delete(SAMPLES, &keys::series_time_key(d, 0, 120_000))
+            .unwrap();
+        store.write(b).unwrap();
+        assert_eq!(
+            all(&store, d),
+            vec![(60_000, 1.5)],
+            "the good sample is still there"
+        );
     }
 
     /// A format-1 chunk as the code before issue 18 wrote it (series 0,

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamily, ColumnFamilyDescriptor,
-    CompactOptions, DB, DBCompressionType, Direction, IteratorMode, Options, ReadOptions,
-    WriteBatch, WriteOptions,
+    CompactOptions, DB, DBCompressionType, IteratorMode, Options, ReadOptions, WriteBatch,
+    WriteOptions,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -68,6 +68,17 @@ struct Inner {
     /// Whether rollup computations record uplink-pending markers (true
     /// while the site is joined to a central; nothing accumulates otherwise).
     uplink_tracking: AtomicBool,
+}
+
+/// Where [`Store::scan_raw_seeking`] goes after an entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScanStep {
+    /// The next entry.
+    Next,
+    /// The first entry at or after this key (forward only).
+    Seek(Vec<u8>),
+    /// Stop the scan.
+    Stop,
 }
 
 /// A cheap-to-clone handle on the database.
@@ -285,17 +296,45 @@ impl Store {
         if let Some(to) = to {
             ro.set_iterate_upper_bound(to.to_vec());
         }
-        let iter = self.inner.db.iterator_cf_opt(
-            self.cf(table)?,
-            ro,
-            IteratorMode::From(from, Direction::Forward),
-        );
-        for item in iter {
-            let (k, v) = item?;
-            if !f(&k, &v)? {
-                break;
+        // The raw iterator lends each entry: no allocation per key and value.
+        let mut iter = self.inner.db.raw_iterator_cf_opt(self.cf(table)?, ro);
+        iter.seek(from);
+        while let (Some(k), Some(v)) = (iter.key(), iter.value()) {
+            if !f(k, v)? {
+                return Ok(());
+            }
+            iter.next();
+        }
+        iter.status()?;
+        Ok(())
+    }
+
+    /// Like [`Store::scan_raw`], but `f` says where to go next: the next
+    /// entry, a seek forward past entries it does not need (one iterator
+    /// for the whole scan, however many seeks), or stop.
+    pub fn scan_raw_seeking(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<ScanStep>,
+    ) -> Result<()> {
+        let mut ro = ReadOptions::default();
+        if let Some(to) = to {
+            ro.set_iterate_upper_bound(to.to_vec());
+        }
+        let mut iter = self.inner.db.raw_iterator_cf_opt(self.cf(table)?, ro);
+        iter.seek(from);
+        while let (Some(k), Some(v)) = (iter.key(), iter.value()) {
+            match f(k, v)? {
+                ScanStep::Next => iter.next(),
+                ScanStep::Seek(key) if key.as_slice() > k => iter.seek(&key),
+                // A seek backwards would loop: take it as the next entry.
+                ScanStep::Seek(_) => iter.next(),
+                ScanStep::Stop => return Ok(()),
             }
         }
+        iter.status()?;
         Ok(())
     }
 
@@ -482,6 +521,52 @@ mod tests {
         drop(s);
         let err = open(dir.path(), crate::TABLES).unwrap_err();
         assert!(err.to_string().contains("schema version 99"), "{err}");
+    }
+
+    #[test]
+    fn a_seeking_scan_skips_forward_stops_and_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), crate::TABLES).unwrap();
+        let mut b = s.batch();
+        for k in [b"a1", b"a2", b"a3", b"a4", b"b1", b"b2", b"c1"] {
+            b.put_raw(META, k, b"v").unwrap();
+        }
+        s.write(b).unwrap();
+        let scan = |steps: &dyn Fn(&[u8]) -> ScanStep| {
+            let mut seen = Vec::new();
+            s.scan_raw_seeking(META, b"a2", Some(b"c"), |k, _| {
+                seen.push(String::from_utf8_lossy(k).into_owned());
+                Ok(steps(k))
+            })
+            .unwrap();
+            seen
+        };
+        assert_eq!(
+            scan(&|k| if k == b"a2" {
+                ScanStep::Seek(b"b".to_vec())
+            } else {
+                ScanStep::Next
+            }),
+            ["a2", "b1", "b2"],
+            "a seek skips what it passes; the upper bound holds"
+        );
+        assert_eq!(
+            scan(&|k| if k == b"a3" {
+                ScanStep::Stop
+            } else {
+                ScanStep::Next
+            }),
+            ["a2", "a3"]
+        );
+        assert_eq!(
+            scan(&|k| if k == b"b1" {
+                ScanStep::Seek(b"a".to_vec())
+            } else {
+                ScanStep::Next
+            }),
+            ["a2", "a3", "a4", "b1", "b2"],
+            "a seek backwards moves on instead of looping"
+        );
     }
 
     #[test]
