@@ -323,6 +323,12 @@ mod tests {
         }
     }
 
+    /// Applies `records` of device `d` through the ingest writer.
+    fn put(w: &mut IngestWriter, d: DeviceId, records: Vec<Record>) {
+        w.apply(&[IncomingRecords { device: d, records }], 0)
+            .unwrap();
+    }
+
     fn all(store: &Store, d: DeviceId) -> Vec<(u64, f64)> {
         let mut v = Vec::new();
         samples_in(store, d, 0, 0, u64::MAX, |t, x| {
@@ -343,14 +349,7 @@ mod tests {
         let recs: Vec<Record> = (0..360u64)
             .map(|i| rec(i + 1, i * 60_000, (i % 50) as f64 / 4.0))
             .collect();
-        w.apply(
-            &[IncomingRecords {
-                device: d,
-                records: recs,
-            }],
-            0,
-        )
-        .unwrap();
+        put(&mut w, d, recs);
         let before = all(&store, d);
         assert_eq!(before.len(), 360);
         // Only closed windows are sealed.
@@ -365,14 +364,7 @@ mod tests {
         );
 
         // A late sample (replayed after an outage) re-opens its window.
-        w.apply(
-            &[IncomingRecords {
-                device: d,
-                records: vec![rec(400, 30_500, 99.5)],
-            }],
-            0,
-        )
-        .unwrap();
+        put(&mut w, d, vec![rec(400, 30_500, 99.5)]);
         assert_eq!(all(&store, d).len(), 361);
         assert_eq!(w.seal_chunks(10 * CHUNK_MS, 0, 100).unwrap(), 1);
         let after = all(&store, d);
@@ -393,14 +385,7 @@ mod tests {
             let recs: Vec<Record> = (0..36u64)
                 .map(|i| rec(i + 1, i * 600_000 + n as u64, i as f64 + n as f64 / 10.0))
                 .collect();
-            w.apply(
-                &[IncomingRecords {
-                    device: d,
-                    records: recs,
-                }],
-                0,
-            )
-            .unwrap();
+            put(&mut w, d, recs);
         }
         let before: Vec<_> = devices.iter().map(|&d| all(&store, d)).collect();
         assert_eq!(w.seal_chunks(2 * CHUNK_MS + 1, 0, 100).unwrap(), 4);
@@ -425,14 +410,7 @@ mod tests {
         let store = Store::open(dir.path(), &StoreOptions::default(), crate::TABLES).unwrap();
         let d = DeviceId(13);
         let mut w = IngestWriter::new(store.clone(), 0).unwrap();
-        w.apply(
-            &[IncomingRecords {
-                device: d,
-                records: vec![rec(1, 60_000, 1.5)],
-            }],
-            0,
-        )
-        .unwrap();
+        put(&mut w, d, vec![rec(1, 60_000, 1.5)]);
         let mut b = store.batch();
         b.put_raw(SAMPLES, &keys::series_time_key(d, 0, 120_000), &[1, 2, 3])
             .unwrap();
@@ -466,14 +444,7 @@ mod tests {
         let d = DeviceId(7);
         let mut w = IngestWriter::new(store.clone(), 0).unwrap();
         // The series dictionary exists (the device reported "cpu" before).
-        w.apply(
-            &[IncomingRecords {
-                device: d,
-                records: vec![rec(1, T0 + 5 * CHUNK_MS, 1.0)],
-            }],
-            0,
-        )
-        .unwrap();
+        put(&mut w, d, vec![rec(1, T0 + 5 * CHUNK_MS, 1.0)]);
         let mut b = store.batch();
         b.put_raw(
             CHUNKS,
@@ -493,14 +464,11 @@ mod tests {
         assert_eq!(all(&store, d), old, "after sealing the head into format 2");
         // A late sample and a replay of an old one land in format 2; the
         // newer value wins, nothing is duplicated.
-        w.apply(
-            &[IncomingRecords {
-                device: d,
-                records: vec![rec(2, T0 + 30_000, 5.5), rec(3, T0 + 60_003, 12.75)],
-            }],
-            0,
-        )
-        .unwrap();
+        put(
+            &mut w,
+            d,
+            vec![rec(2, T0 + 30_000, 5.5), rec(3, T0 + 60_003, 12.75)],
+        );
         w.seal_chunks(T0 + 10 * CHUNK_MS, 0, 100).unwrap();
         assert!(head_in(&store, d, 0, 0, u64::MAX).unwrap().is_empty());
         assert_eq!(
@@ -548,14 +516,7 @@ mod tests {
         for i in 0..(day / 60_000) {
             seq += 1;
             let ts = day + i * 60_000;
-            w.apply(
-                &[IncomingRecords {
-                    device: d,
-                    records: vec![rec(seq, ts, (i % 97) as f64 / 100.0)],
-                }],
-                0,
-            )
-            .unwrap();
+            put(&mut w, d, vec![rec(seq, ts, (i % 97) as f64 / 100.0)]);
             // The appliance seals every window soon after it closes.
             w.seal_chunks(ts, 0, 100).unwrap();
         }
@@ -593,17 +554,14 @@ mod tests {
             }),
         };
         let day = chunk::DAY_CHUNK_MS;
-        w.apply(
-            &[IncomingRecords {
-                device: d,
-                records: vec![
-                    two(1, day + 10, &["cpu", "memory"]),
-                    two(2, 3 * day, &["cpu"]),
-                ],
-            }],
-            0,
-        )
-        .unwrap();
+        put(
+            &mut w,
+            d,
+            vec![
+                two(1, day + 10, &["cpu", "memory"]),
+                two(2, 3 * day, &["cpu"]),
+            ],
+        );
         w.seal_chunks(10 * day, 0, 100).unwrap();
         assert_eq!(count_chunks(&store), 2);
         let mem = device_series(&store, d)

@@ -292,21 +292,13 @@ impl Store {
         to: Option<&[u8]>,
         mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
     ) -> Result<()> {
-        let mut ro = ReadOptions::default();
-        if let Some(to) = to {
-            ro.set_iterate_upper_bound(to.to_vec());
-        }
-        // The raw iterator lends each entry: no allocation per key and value.
-        let mut iter = self.inner.db.raw_iterator_cf_opt(self.cf(table)?, ro);
-        iter.seek(from);
-        while let (Some(k), Some(v)) = (iter.key(), iter.value()) {
-            if !f(k, v)? {
-                return Ok(());
-            }
-            iter.next();
-        }
-        iter.status()?;
-        Ok(())
+        self.scan_raw_seeking(table, from, to, |k, v| {
+            Ok(if f(k, v)? {
+                ScanStep::Next
+            } else {
+                ScanStep::Stop
+            })
+        })
     }
 
     /// Like [`Store::scan_raw`], but `f` says where to go next: the next
@@ -323,6 +315,7 @@ impl Store {
         if let Some(to) = to {
             ro.set_iterate_upper_bound(to.to_vec());
         }
+        // The raw iterator lends each entry: no allocation per key and value.
         let mut iter = self.inner.db.raw_iterator_cf_opt(self.cf(table)?, ro);
         iter.seek(from);
         while let (Some(k), Some(v)) = (iter.key(), iter.value()) {
