@@ -202,13 +202,13 @@ pub fn seal_dirty(
         max_windows,
     )?;
     let mut batch = store.batch();
-    // The day chunks of the device being sealed, by key: several windows of
-    // one pass may fall on the same day; each chunk is written once.
-    let mut open: OpenChunks = BTreeMap::new();
     // Markers come in key order: each device's ready windows together.
     for windows in ready.chunk_by(|a, b| a.0 == b.0) {
         let device = windows[0].0;
         let windows: Vec<u64> = windows.iter().map(|&(_, w)| w).collect();
+        // The device's day chunks being sealed, by key: several windows of
+        // one pass may fall on the same day; each chunk is written once.
+        let mut open: OpenChunks = BTreeMap::new();
         for (series, w, head) in ready_head(store, device, &windows)? {
             let end = w.saturating_add(CHUNK_MS);
             let key = group_chunk_key(device, series, chunk::day_start(w));
@@ -236,7 +236,7 @@ pub fn seal_dirty(
         for &w in &windows {
             batch.delete(CHUNK_DIRTY, &keys::device_time_key(device, w))?;
         }
-        flush(&mut batch, &mut open)?;
+        flush(&mut batch, open)?;
     }
     if !ready.is_empty() {
         store.write_unsynced(batch)?;
@@ -293,8 +293,8 @@ fn ready_head(store: &Store, device: DeviceId, windows: &[u64]) -> Result<Vec<Wi
 type OpenChunks = BTreeMap<[u8; 20], BTreeMap<SeriesId, Vec<(u64, f64)>>>;
 
 /// Encodes the open day chunks into `batch`.
-fn flush(batch: &mut crate::Batch, open: &mut OpenChunks) -> Result<()> {
-    for (key, group) in std::mem::take(open) {
+fn flush(batch: &mut crate::Batch, open: OpenChunks) -> Result<()> {
+    for (key, group) in open {
         let series: Vec<chunk::SeriesSamples> = group.into_iter().collect();
         batch.put_raw(CHUNKS, &key, &chunk::encode_device(&series))?;
     }
