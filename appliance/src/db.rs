@@ -56,8 +56,10 @@ mod tests {
         // `deploy_device_commands` (the device link), `approval_rules`,
         // `deployments`, `deploy_schedules`, `central_deploy_orders`,
         // `deployment_devices`, `deployment_state` (per-device records),
-        // `cache_pin_owners` (pins held per deployment) (issue 15).
-        assert_eq!(n, 51);
+        // `cache_pin_owners` (pins held per deployment) (issue 15);
+        // `heartbeat_blocks` (issue 18: heartbeats one key per device,
+        // minute and commit; `heartbeats` stays, read and expired).
+        assert_eq!(n, 52);
     }
 
     #[test]
@@ -82,7 +84,7 @@ mod tests {
     fn the_database_opens_and_reopens_with_every_table() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), &StoreOptions::default()).unwrap();
-        assert_eq!(s.tables().len(), 52);
+        assert_eq!(s.tables().len(), 53);
         drop(s);
         open(dir.path(), &StoreOptions::default()).unwrap();
     }

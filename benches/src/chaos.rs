@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use outpost_proto::DeviceId;
 use outpost_proto::tls::CaFingerprint;
-use outpost_storage::ingest::{DEVICE_STATE, HEARTBEATS};
+use outpost_storage::heartbeats;
+use outpost_storage::ingest::DEVICE_STATE;
 use outpost_storage::model::DeviceState;
 use outpost_storage::{Store, StoreOptions, keys};
 use rand::{Rng, SeedableRng};
@@ -95,15 +96,10 @@ pub fn check_device(
 
 /// Reads the stored heartbeat sequence numbers and state of `device`.
 fn stored(store: &Store, device: DeviceId) -> anyhow::Result<(BTreeSet<u64>, Option<DeviceState>)> {
-    let mut seqs = BTreeSet::new();
-    let from = keys::heartbeat_key(device, 0, 0);
-    let to = keys::prefix_successor(&keys::device_key(device));
-    store.scan_raw(HEARTBEATS, &from, to.as_deref(), |k, _| {
-        if let Some(seq) = keys::be_u64(k, 16) {
-            seqs.insert(seq);
-        }
-        Ok(true)
-    })?;
+    let seqs = heartbeats::read(store, device, 0, u64::MAX, usize::MAX)?
+        .into_iter()
+        .map(|b| b.seq)
+        .collect();
     let state = store.get::<DeviceState>(DEVICE_STATE, &keys::device_key(device))?;
     Ok((seqs, state))
 }

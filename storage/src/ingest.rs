@@ -9,8 +9,9 @@
 //! mark (`DeviceState::last_seq`) is a replay and is acknowledged without
 //! being stored again. The high-water mark is written in the same batch as
 //! the records, so it can never run ahead of the data or fall behind it.
-//! Keys are deterministic too (`device | ts | seq`), so even a replay the
-//! mark missed would overwrite itself rather than duplicate.
+//! Sample keys are deterministic too (`device | series | ts`), so even a
+//! replay the mark missed would overwrite itself rather than duplicate;
+//! heartbeats are stored in blocks whose readers drop a repeat.
 //!
 //! Bounds ([`IngestLimits`]): a device has at most `max_series_per_device`
 //! series (a value of a new series beyond it is rejected and counted, the
@@ -41,6 +42,7 @@ use outpost_proto::metric_names::MAX_NAME_BYTES;
 use serde::Serialize;
 
 use crate::error::{Result, StorageError};
+use crate::heartbeats::BLOCKS as HEARTBEAT_BLOCKS;
 use crate::keys::{self, SeriesId};
 use crate::model::{DeviceState, DeviceStatus, StatusTransition};
 use crate::registry::INVENTORY;
@@ -52,8 +54,6 @@ use crate::{Batch, Store, Table};
 pub const DEVICE_STATE: Table = Table::new("device_state");
 /// `device | ts` → `StatusTransition`.
 pub const STATUS_LOG: Table = Table::new("status_log").bulk();
-/// `device | ts | seq` → `Heartbeat`.
-pub const HEARTBEATS: Table = Table::new("heartbeats").bulk();
 /// `device | seq` → `PackageScanRecord`, as received: the patch
 /// subsystem's inbox. Ingest only stores a report (so its ack means
 /// durable); the appliance's patch worker applies it off the writer
@@ -561,6 +561,7 @@ impl IngestWriter {
         let limits = self.limits;
         let newest_ok_ms = now_ms.saturating_add(limits.max_future_ms);
         let mut went_online = 0u64;
+        let mut beats = crate::heartbeats::BlockBuilder::default();
         for g in groups {
             let device = g.device;
             let c = self.cache(device)?;
@@ -584,11 +585,7 @@ impl IngestWriter {
                 }
                 match &rec.body {
                     RecordBody::Heartbeat(h) => {
-                        batch.put(
-                            HEARTBEATS,
-                            &keys::heartbeat_key(device, rec.ts_ms, rec.seq),
-                            h,
-                        )?;
+                        beats.add(device, rec.ts_ms, rec.seq, *h);
                         if rec.ts_ms >= c.state.last_heartbeat_ts_ms {
                             c.state.last_heartbeat = Some(*h);
                             c.state.last_heartbeat_ts_ms = rec.ts_ms;
@@ -673,6 +670,9 @@ impl IngestWriter {
             out.series_rejected += u64::from(go.series_rejected);
             out.bad_timestamps += u64::from(go.bad_timestamps);
             out.groups.push(go);
+        }
+        for (key, block) in beats.drain() {
+            batch.put(HEARTBEAT_BLOCKS, &key, &block)?;
         }
         // Every device the batch touched: its new state, in the same write.
         for d in undo.saved.keys() {
@@ -1043,6 +1043,55 @@ mod tests {
             .map(|h| h.seq)
             .collect();
         assert_eq!(seqs, (1..=15).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_commit_stores_a_devices_heartbeats_as_one_key_per_minute() {
+        let (_d, store) = open();
+        let mut w = IngestWriter::new(store.clone(), 0).unwrap();
+        // Two devices; device 1 sends 120 heartbeats over two minutes in
+        // two groups of the same commit, device 2 sends 5.
+        let d1: Vec<Record> = (1..=120).map(|s| hb(s, 60_000 + s * 1_000)).collect();
+        let out = w
+            .apply(
+                &[
+                    IncomingRecords {
+                        device: DeviceId(1),
+                        records: d1[..70].to_vec(),
+                    },
+                    IncomingRecords {
+                        device: DeviceId(2),
+                        records: (1..=5).map(|s| hb(s, 60_000 + s)).collect(),
+                    },
+                    IncomingRecords {
+                        device: DeviceId(1),
+                        records: d1[70..].to_vec(),
+                    },
+                ],
+                200_000,
+            )
+            .unwrap();
+        assert_eq!(out.stored, 125);
+        let mut blocks = 0;
+        store
+            .scan_raw(HEARTBEAT_BLOCKS, &[], None, |_, _| {
+                blocks += 1;
+                Ok(true)
+            })
+            .unwrap();
+        // Device 1: minutes 1, 2 and 3 (seq 120 lands on 180,000); device 2: one.
+        assert_eq!(blocks, 4);
+        let got: Vec<(u64, u64)> = query::heartbeats(&store, DeviceId(1), 0, u64::MAX, 1000)
+            .unwrap()
+            .iter()
+            .map(|h| (h.seq, h.ts_ms))
+            .collect();
+        assert_eq!(
+            got,
+            (1..=120)
+                .map(|s| (s, 60_000 + s * 1_000))
+                .collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! bincode configuration of `outpost_proto::codec` for every new table).
 //! And the device data the appliance ingests, with its own tables
 //! ([`TABLES`]): the registry ([`registry`]), the group-commit ingest path
-//! ([`ingest`]), samples ([`samples`], [`chunk`]), rollups ([`rollup`]),
+//! ([`ingest`]), heartbeats ([`heartbeats`]), samples ([`samples`], [`chunk`]), rollups ([`rollup`]),
 //! retention ([`retention`]), enrollment tokens ([`tokens`]), their key
 //! encodings ([`keys`]) and records ([`model`]).
 //!
@@ -19,6 +19,7 @@ pub mod blobs;
 pub mod chunk;
 pub mod dirty;
 pub mod error;
+pub mod heartbeats;
 pub mod ingest;
 pub mod keys;
 pub mod model;
@@ -46,7 +47,8 @@ pub const TABLES: &[Table] = &[
     registry::DEVICE_TAGS,
     ingest::DEVICE_STATE,
     ingest::STATUS_LOG,
-    ingest::HEARTBEATS,
+    heartbeats::BLOCKS,
+    heartbeats::LEGACY,
     ingest::PACKAGE_SCANS_IN,
     ingest::PATCH_STATUS_IN,
     samples::SERIES,

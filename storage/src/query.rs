@@ -2,12 +2,11 @@
 //! history (raw or rolled up), heartbeats and status transitions.
 
 use outpost_proto::DeviceId;
-use outpost_proto::messages::Heartbeat;
 use serde::Serialize;
 
 use crate::Store;
 use crate::error::Result;
-use crate::ingest::{DEVICE_STATE, HEARTBEATS, STATUS_LOG};
+use crate::ingest::{DEVICE_STATE, STATUS_LOG};
 use crate::keys;
 use crate::model::{DeviceRecord, DeviceState, Rollup, StatusTransition};
 use crate::registry::DEVICES;
@@ -201,41 +200,7 @@ fn merge(acc: &mut Rollup, r: &Rollup) {
     }
 }
 
-/// A stored heartbeat.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct HeartbeatEntry {
-    pub ts_ms: u64,
-    pub seq: u64,
-    #[serde(flatten)]
-    pub heartbeat: Heartbeat,
-}
-
-/// Heartbeats of a device in `[from, to)`, oldest first, at most `limit`.
-pub fn heartbeats(
-    store: &Store,
-    device: DeviceId,
-    from_ms: u64,
-    to_ms: u64,
-    limit: usize,
-) -> Result<Vec<HeartbeatEntry>> {
-    let mut out = Vec::new();
-    store.scan::<Heartbeat>(
-        HEARTBEATS,
-        &keys::heartbeat_key(device, from_ms, 0),
-        Some(&keys::heartbeat_key(device, to_ms, 0)),
-        |k, h| {
-            if let (Some(ts), Some(seq)) = (keys::be_u64(k, 8), keys::be_u64(k, 16)) {
-                out.push(HeartbeatEntry {
-                    ts_ms: ts,
-                    seq,
-                    heartbeat: h,
-                });
-            }
-            out.len() < limit
-        },
-    )?;
-    Ok(out)
-}
+pub use crate::heartbeats::{HeartbeatEntry, read as heartbeats};
 
 /// Status transitions of a device in `[from, to)`.
 pub fn status_log(

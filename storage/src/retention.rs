@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::Store;
 use crate::error::Result;
-use crate::ingest::{HEARTBEATS, STATUS_LOG};
+use crate::ingest::STATUS_LOG;
 use crate::keys;
 use crate::model::DeviceRecord;
 use crate::registry::DEVICES;
@@ -114,11 +114,9 @@ pub fn enforce(store: &Store, now_ms: u64, policy: &RetentionPolicy) -> Result<R
                 &keys::series_time_key(device, sid, rollup_cutoff),
             )?;
         }
-        drop_range(
-            HEARTBEATS,
-            &keys::heartbeat_key(device, 0, 0),
-            &keys::heartbeat_key(device, raw_cutoff, 0),
-        )?;
+        for (table, from, to) in crate::heartbeats::expired_ranges(device, raw_cutoff) {
+            drop_range(table, &from, &to)?;
+        }
         drop_range(
             STATUS_LOG,
             &keys::device_time_key(device, 0),
