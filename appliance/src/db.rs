@@ -58,8 +58,11 @@ mod tests {
         // `deployment_devices`, `deployment_state` (per-device records),
         // `cache_pin_owners` (pins held per deployment) (issue 15);
         // `heartbeat_blocks` (issue 18: heartbeats one key per device,
-        // minute and commit; `heartbeats` stays, read and expired).
-        assert_eq!(n, 52);
+        // minute and commit; `heartbeats` stays, read and expired);
+        // `sample_blocks` (issue 18: the head of raw samples one key per
+        // device, 5 minutes and commit; `samples` stays, read, sealed and
+        // expired).
+        assert_eq!(n, 53);
     }
 
     #[test]
@@ -84,7 +87,7 @@ mod tests {
     fn the_database_opens_and_reopens_with_every_table() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), &StoreOptions::default()).unwrap();
-        assert_eq!(s.tables().len(), 53);
+        assert_eq!(s.tables().len(), 54);
         drop(s);
         open(dir.path(), &StoreOptions::default()).unwrap();
     }

@@ -552,10 +552,22 @@ fn stored_samples(store: &outpost_storage::Store) -> anyhow::Result<u64> {
         };
         Ok(true)
     })?;
-    store.scan_raw(samples::SAMPLES, &[], None, |_, _| {
-        n += 1;
-        Ok(true)
-    })?;
+    // The head (normally empty once sealed): each device's distinct
+    // (series, millisecond) pairs, blocks and per-sample entries alike.
+    let mut devices = std::collections::BTreeSet::new();
+    for table in [outpost_storage::head::BLOCKS, outpost_storage::head::LEGACY] {
+        store.scan_raw(table, &[], None, |k, _| {
+            if let Some(d) = outpost_storage::keys::device_from_key(k) {
+                devices.insert(d);
+            }
+            Ok(true)
+        })?;
+    }
+    for d in devices {
+        let head =
+            outpost_storage::head::read(store, d, outpost_storage::head::Series::All, 0, u64::MAX)?;
+        n += head.samples.values().map(|s| s.len() as u64).sum::<u64>();
+    }
     Ok(n)
 }
 

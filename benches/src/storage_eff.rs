@@ -12,10 +12,11 @@ use std::time::Instant;
 use outpost_proto::DeviceId;
 use outpost_proto::messages::{MetricsSample, Record, RecordBody};
 use outpost_storage::chunk;
+use outpost_storage::head;
 use outpost_storage::ingest::{IncomingRecords, IngestWriter};
 use outpost_storage::keys;
 use outpost_storage::rollup::{ROLLUPS, device_series};
-use outpost_storage::samples::{self, CHUNKS, SAMPLES};
+use outpost_storage::samples::{self, CHUNKS};
 use outpost_storage::{Durability, Store, StoreOptions};
 use rand::{Rng, SeedableRng};
 
@@ -421,7 +422,7 @@ pub fn run(r: &StorageRun, dir: &Path) -> anyhow::Result<Report> {
     let ingest_secs = started.elapsed().as_secs_f64();
     store.compact_all()?;
     let total = store.disk_usage_bytes()?;
-    let head_sst = store.table_sst_bytes(SAMPLES)?;
+    let head_sst = store.table_sst_bytes(head::BLOCKS)? + store.table_sst_bytes(head::LEGACY)?;
     let chunk_sst = store.table_sst_bytes(CHUNKS)?;
     let sample_sst = head_sst + chunk_sst;
     let rollup_sst = store.table_sst_bytes(ROLLUPS)?;

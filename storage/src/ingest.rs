@@ -42,12 +42,13 @@ use outpost_proto::metric_names::MAX_NAME_BYTES;
 use serde::Serialize;
 
 use crate::error::{Result, StorageError};
+use crate::head::BLOCKS as SAMPLE_BLOCKS;
 use crate::heartbeats::BLOCKS as HEARTBEAT_BLOCKS;
 use crate::keys::{self, SeriesId};
 use crate::model::{DeviceState, DeviceStatus, StatusTransition};
 use crate::registry::INVENTORY;
 use crate::rollup::{ROLLUP_DIRTY, bucket_start};
-use crate::samples::{CHUNK_DIRTY, SAMPLES, SERIES};
+use crate::samples::{CHUNK_DIRTY, SERIES};
 use crate::{Batch, Store, Table};
 
 /// `device` → `DeviceState` (last stored seq, last seen, online status).
@@ -562,6 +563,7 @@ impl IngestWriter {
         let newest_ok_ms = now_ms.saturating_add(limits.max_future_ms);
         let mut went_online = 0u64;
         let mut beats = crate::heartbeats::BlockBuilder::default();
+        let mut samples = crate::head::BlockBuilder::default();
         for g in groups {
             let device = g.device;
             let c = self.cache(device)?;
@@ -594,6 +596,7 @@ impl IngestWriter {
                     RecordBody::Metrics(m) => {
                         let bucket = bucket_start(rec.ts_ms, bucket_width);
                         let mut any = false;
+                        let mut block = samples.record(device, rec.seq, rec.ts_ms);
                         for v in &m.values {
                             if !v.value.is_finite()
                                 || v.name.is_empty()
@@ -618,11 +621,7 @@ impl IngestWriter {
                                 go.series_rejected += 1;
                                 continue;
                             };
-                            batch.put_raw(
-                                SAMPLES,
-                                &keys::series_time_key(device, sid, rec.ts_ms),
-                                &v.value.to_le_bytes(),
-                            )?;
+                            block.push(sid, v.value);
                             out.samples += 1;
                             any = true;
                         }
@@ -673,6 +672,9 @@ impl IngestWriter {
         }
         for (key, block) in beats.drain() {
             batch.put(HEARTBEAT_BLOCKS, &key, &block)?;
+        }
+        for (key, block) in samples.drain() {
+            batch.put_raw(SAMPLE_BLOCKS, &key, &block)?;
         }
         // Every device the batch touched: its new state, in the same write.
         for d in undo.saved.keys() {

@@ -19,6 +19,7 @@ pub mod blobs;
 pub mod chunk;
 pub mod dirty;
 pub mod error;
+pub mod head;
 pub mod heartbeats;
 pub mod ingest;
 pub mod keys;
@@ -52,7 +53,8 @@ pub const TABLES: &[Table] = &[
     ingest::PACKAGE_SCANS_IN,
     ingest::PATCH_STATUS_IN,
     samples::SERIES,
-    samples::SAMPLES,
+    head::BLOCKS,
+    head::LEGACY,
     samples::CHUNKS,
     samples::CHUNK_DIRTY,
     rollup::ROLLUPS,

@@ -17,7 +17,7 @@ use crate::keys;
 use crate::model::DeviceRecord;
 use crate::registry::DEVICES;
 use crate::rollup::ROLLUPS;
-use crate::samples::{CHUNKS, SAMPLES};
+use crate::samples::CHUNKS;
 
 /// How long each kind of data is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +99,7 @@ pub fn enforce(store: &Store, now_ms: u64, policy: &RetentionPolicy) -> Result<R
         }
         for sid in series {
             drop_range(
-                SAMPLES,
+                crate::head::LEGACY,
                 &keys::series_time_key(device, sid, 0),
                 &keys::series_time_key(device, sid, raw_cutoff),
             )?;
@@ -114,6 +114,8 @@ pub fn enforce(store: &Store, now_ms: u64, policy: &RetentionPolicy) -> Result<R
                 &keys::series_time_key(device, sid, rollup_cutoff),
             )?;
         }
+        let (from, to) = crate::head::expired_blocks(device, raw_cutoff);
+        drop_range(crate::head::BLOCKS, &from, &to)?;
         for (table, from, to) in crate::heartbeats::expired_ranges(device, raw_cutoff) {
             drop_range(table, &from, &to)?;
         }

@@ -162,25 +162,26 @@ pub fn process_dirty(
             series = device_series(store, device)?;
             series_of = Some(device);
         }
-        for SeriesInfo { id: sid, .. } in &series {
+        let ids: Vec<SeriesId> = series.iter().map(|s| s.id).collect();
+        let end = bucket.saturating_add(width);
+        // The device's head is read once for all its series.
+        for (sid, samples) in crate::samples::device_samples_in(store, device, &ids, bucket, end)? {
             let mut r: Option<Rollup> = None;
-            let end = bucket.saturating_add(width);
-            crate::samples::samples_in(store, device, *sid, bucket, end, |ts, v| {
+            for (ts, v) in samples {
                 match &mut r {
                     Some(r) => r.add(ts, v),
                     None => r = Some(Rollup::of(ts, v)),
                 }
-                true
-            })?;
+            }
             if let Some(rollup) = r {
                 batch.put(
                     ROLLUPS,
-                    &keys::series_time_key(device, *sid, bucket),
+                    &keys::series_time_key(device, sid, bucket),
                     &rollup,
                 )?;
                 done.push(RolledUp {
                     device,
-                    series: *sid,
+                    series: sid,
                     bucket_start_ms: bucket,
                     rollup,
                 });

@@ -1,11 +1,11 @@
-//! Raw samples: the head table (`samples`, one key per sample, written at
-//! ingest) and sealed chunks (`chunks`; see [`crate::chunk`]): format-2
-//! chunks, one per device, group of [`GROUP_SERIES`] series and day, under
+//! Raw samples: the head (written at ingest, in blocks; see [`crate::head`])
+//! and sealed chunks (`chunks`; see [`crate::chunk`]): format-2 chunks, one
+//! per device, group of [`GROUP_SERIES`] series and day, under
 //! `device | GROUP_BASE + group | day start`, and format-1 chunks written by
 //! earlier versions, one per series and 2-hour window under
 //! `device | series | window start`. Readers see the union; where several
 //! hold a timestamp, the newest wins (head over format 2 over format 1).
-//! This module owns sealing and reading; the ingest path writes the head.
+//! This module owns sealing and reading.
 
 use std::collections::BTreeMap;
 
@@ -13,14 +13,13 @@ use outpost_proto::DeviceId;
 
 use crate::chunk::{self, CHUNK_MS, GROUP_SERIES};
 use crate::error::{Result, StorageError};
+use crate::head::{self, Series};
 use crate::keys::{self, SeriesId};
-use crate::{Codec, ScanStep, Store, Table};
+use crate::{Codec, Store, Table};
 
 /// `device | name 0 label` → series id (u32 BE): each device's series
 /// dictionary.
 pub const SERIES: Table = Table::new("series").codec(Codec::Raw);
-/// `device | series | ts` → f64 (LE): the head of raw samples.
-pub const SAMPLES: Table = Table::new("samples").codec(Codec::Raw).bulk();
 /// `device | GROUP_BASE + series / GROUP_SERIES | day start` → format-2 chunk,
 /// and (older databases) `device | series | window start` → format-1 chunk
 /// (see [`crate::chunk`]).
@@ -43,11 +42,6 @@ pub fn group_chunk_key(device: DeviceId, series: SeriesId, day: u64) -> [u8; 20]
     keys::series_time_key(device, group_of(series), day)
 }
 
-/// Decodes a head sample value.
-pub fn sample_value(v: &[u8]) -> Option<f64> {
-    <[u8; 8]>::try_from(v).ok().map(f64::from_le_bytes)
-}
-
 fn head_in(
     store: &Store,
     device: DeviceId,
@@ -55,27 +49,8 @@ fn head_in(
     from_ms: u64,
     to_ms: u64,
 ) -> Result<Vec<(u64, f64)>> {
-    let start = keys::series_time_key(device, series, from_ms);
-    let end = keys::series_time_key(device, series, to_ms);
-    let mut out = Vec::new();
-    store.scan_raw(SAMPLES, &start, Some(&end), |k, v| {
-        let (_, ts, val) = head_entry(k, v)?;
-        out.push((ts, val));
-        Ok(true)
-    })?;
-    Ok(out)
-}
-
-/// A head entry's series, timestamp and value.
-fn head_entry(k: &[u8], v: &[u8]) -> Result<(SeriesId, u64, f64)> {
-    match (keys::parse_series_time_key(k), sample_value(v)) {
-        (Some((_, series, ts)), Some(val)) => Ok((series, ts, val)),
-        _ => Err(StorageError::Invalid(format!(
-            "malformed sample entry ({} key bytes, {} value bytes)",
-            k.len(),
-            v.len()
-        ))),
-    }
+    let mut head = head::read(store, device, Series::One(series), from_ms, to_ms)?;
+    Ok(head.samples.remove(&series).unwrap_or_default())
 }
 
 fn decode_chunk(v: &[u8]) -> Result<Vec<(u64, f64)>> {
@@ -143,16 +118,37 @@ pub fn samples_in(
     Ok(())
 }
 
+/// Samples of each of `series` in `[from, to)`, each in time order; series
+/// without any are left out. The device's head is read once for all.
+pub fn device_samples_in(
+    store: &Store,
+    device: DeviceId,
+    series: &[SeriesId],
+    from_ms: u64,
+    to_ms: u64,
+) -> Result<Vec<chunk::SeriesSamples>> {
+    let mut head = head::read(store, device, Series::All, from_ms, to_ms)?.samples;
+    let mut out = Vec::new();
+    for &s in series {
+        let sealed = chunks_in(store, device, s, from_ms, to_ms)?;
+        let h = head.remove(&s).unwrap_or_default();
+        let all = if sealed.is_empty() {
+            h
+        } else {
+            chunk::merge(&sealed, &h)
+        };
+        if !all.is_empty() {
+            out.push((s, all));
+        }
+    }
+    Ok(out)
+}
+
 /// The latest sample of one series.
 pub fn latest(store: &Store, device: DeviceId, series: SeriesId) -> Result<Option<(u64, f64)>> {
     let from = keys::series_time_key(device, series, 0);
     let to = keys::series_time_key(device, series, u64::MAX);
-    let head = match store.last_in_range(SAMPLES, &from, &to)? {
-        Some((k, v)) => keys::parse_series_time_key(&k)
-            .zip(sample_value(&v))
-            .map(|((_, _, t), v)| (t, v)),
-        None => None,
-    };
+    let head = head::latest(store, device, series)?;
     let old = match store.last_in_range(CHUNKS, &from, &to)? {
         Some((_, v)) => decode_chunk(&v)?.last().copied(),
         None => None,
@@ -209,29 +205,28 @@ pub fn seal_dirty(
         // The device's day chunks being sealed, by key: several windows of
         // one pass may fall on the same day; each chunk is written once.
         let mut open: OpenChunks = BTreeMap::new();
-        for (series, w, head) in ready_head(store, device, &windows)? {
+        for &w in &windows {
             let end = w.saturating_add(CHUNK_MS);
-            let key = group_chunk_key(device, series, chunk::day_start(w));
-            let group = match open.entry(key) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    let stored = match store.get_raw(CHUNKS, &key)? {
-                        Some(v) => decode_group(&v)?.into_iter().collect(),
-                        None => BTreeMap::new(),
-                    };
-                    e.insert(stored)
-                }
-            };
-            let merged = match group.remove(&series) {
-                Some(old) => chunk::merge(&old, &head),
-                None => head,
-            };
-            group.insert(series, merged);
-            batch.delete_range(
-                SAMPLES,
-                &keys::series_time_key(device, series, w),
-                &keys::series_time_key(device, series, end),
-            )?;
+            let window = head::read(store, device, Series::All, w, end)?;
+            for (series, head) in window.samples {
+                let key = group_chunk_key(device, series, chunk::day_start(w));
+                let group = match open.entry(key) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        let stored = match store.get_raw(CHUNKS, &key)? {
+                            Some(v) => decode_group(&v)?.into_iter().collect(),
+                            None => BTreeMap::new(),
+                        };
+                        e.insert(stored)
+                    }
+                };
+                let merged = match group.remove(&series) {
+                    Some(old) => chunk::merge(&old, &head),
+                    None => head,
+                };
+                group.insert(series, merged);
+            }
+            head::delete_window(&mut batch, device, w, end, &window.legacy_series)?;
         }
         for &w in &windows {
             batch.delete(CHUNK_DIRTY, &keys::device_time_key(device, w))?;
@@ -242,51 +237,6 @@ pub fn seal_dirty(
         store.write_unsynced(batch)?;
     }
     Ok((ready, resume))
-}
-
-/// One series' head samples in one window: `(series, window start,
-/// samples in time order)`.
-type WindowHead = (SeriesId, u64, Vec<(u64, f64)>);
-
-/// The head samples of `device` in the windows starting at `windows`
-/// (ascending).
-///
-/// One iterator over the device's head, seeking within it: to the first
-/// ready window in each series and past the last one to the next series.
-/// An iterator per series and window cost more to create and seek than
-/// the samples cost to read; one plain pass over the whole head walks
-/// the earlier windows' deleted samples still in the memtables.
-fn ready_head(store: &Store, device: DeviceId, windows: &[u64]) -> Result<Vec<WindowHead>> {
-    let mut out: Vec<WindowHead> = Vec::new();
-    let (Some(&first), Some(&last)) = (windows.first(), windows.last()) else {
-        return Ok(out);
-    };
-    let (lo, hi) = (first, last.saturating_add(CHUNK_MS));
-    let from = keys::series_time_key(device, 0, lo);
-    let to = keys::prefix_successor(&keys::device_key(device));
-    store.scan_raw_seeking(SAMPLES, &from, to.as_deref(), |k, v| {
-        let (series, ts, val) = head_entry(k, v)?;
-        if ts < lo {
-            return Ok(ScanStep::Seek(
-                keys::series_time_key(device, series, lo).to_vec(),
-            ));
-        }
-        if ts >= hi {
-            return Ok(match series.checked_add(1) {
-                Some(next) => ScanStep::Seek(keys::series_time_key(device, next, lo).to_vec()),
-                None => ScanStep::Stop,
-            });
-        }
-        let w = chunk::window_start(ts);
-        if windows.binary_search(&w).is_ok() {
-            match out.last_mut() {
-                Some((s, lw, samples)) if *s == series && *lw == w => samples.push((ts, val)),
-                _ => out.push((series, w, vec![(ts, val)])),
-            }
-        }
-        Ok(ScanStep::Next)
-    })?;
-    Ok(out)
 }
 
 /// Day chunks being sealed: chunk key → series → samples.
@@ -411,22 +361,37 @@ mod tests {
         let d = DeviceId(13);
         let mut w = IngestWriter::new(store.clone(), 0).unwrap();
         put(&mut w, d, vec![rec(1, 60_000, 1.5)]);
-        let mut b = store.batch();
-        b.put_raw(SAMPLES, &keys::series_time_key(d, 0, 120_000), &[1, 2, 3])
-            .unwrap();
-        store.write(b).unwrap();
-        let e = w.seal_chunks(10 * CHUNK_MS, 0, 100).unwrap_err();
-        assert!(e.to_string().contains("malformed sample entry"), "{e}");
-        assert_eq!(count_chunks(&store), 0, "nothing half-sealed");
-        let mut b = store.batch();
-        b.delete(SAMPLES, &keys::series_time_key(d, 0, 120_000))
-            .unwrap();
-        store.write(b).unwrap();
-        assert_eq!(
-            all(&store, d),
-            vec![(60_000, 1.5)],
-            "the good sample is still there"
-        );
+        // A per-sample entry written before blocks, and a block.
+        let bad: [(Table, Vec<u8>, &str); 2] = [
+            (
+                head::LEGACY,
+                keys::series_time_key(d, 0, 120_000).to_vec(),
+                "malformed sample entry",
+            ),
+            (
+                head::BLOCKS,
+                head::block_key(d, 0, 99).to_vec(),
+                "malformed sample block",
+            ),
+        ];
+        for (table, key, want) in bad {
+            let mut b = store.batch();
+            b.put_raw(table, &key, &[1, 2, 3]).unwrap();
+            store.write(b).unwrap();
+            let e = w.seal_chunks(10 * CHUNK_MS, 0, 100).unwrap_err();
+            assert!(e.to_string().contains(want), "{e}");
+            assert_eq!(count_chunks(&store), 0, "nothing half-sealed");
+            let mut b = store.batch();
+            b.delete(table, &key).unwrap();
+            store.write(b).unwrap();
+            assert_eq!(
+                all(&store, d),
+                vec![(60_000, 1.5)],
+                "the good sample is still there"
+            );
+        }
+        assert_eq!(w.seal_chunks(10 * CHUNK_MS, 0, 100).unwrap(), 1);
+        assert_eq!(all(&store, d), vec![(60_000, 1.5)]);
     }
 
     /// A format-1 chunk as the code before issue 18 wrote it (series 0,
