@@ -8,6 +8,14 @@ use outpost_appliance::cli::{self, Cli, Command};
 use outpost_appliance::client::AdminClient;
 use outpost_appliance::site::DataDir;
 
+/// mimalloc, not the system allocator: ingest allocates per metric value
+/// on the tokio workers (names and labels, decoded per frame) and frees on
+/// the writer thread; glibc's malloc spent 43 % of the workers' CPU on it
+/// at the realistic mix (`benches/RESULTS.md`, "the head of raw samples in
+/// blocks").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Logs carry colour codes only on a terminal (and not with `NO_COLOR`):
 /// redirected to a file or a journal they stay plain text.
 fn log_in_colour() -> bool {
