@@ -360,13 +360,8 @@ pub fn expired_blocks(device: DeviceId, cutoff_ms: u64) -> ([u8; 24], [u8; 24]) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::StoreOptions;
 
-    fn open() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &StoreOptions::default(), crate::TABLES).unwrap();
-        (dir, store)
-    }
+    use crate::temp_store as open;
 
     fn write(store: &Store, b: &mut BlockBuilder) {
         let mut batch = store.batch();

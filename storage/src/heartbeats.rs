@@ -143,12 +143,17 @@ pub fn read(
     } else {
         let mut all = old;
         all.extend(new);
-        all.sort_by_key(|b| (b.ts_ms, b.seq));
-        all.dedup_by_key(|b| (b.ts_ms, b.seq));
+        in_order(&mut all);
         all
     };
     out.truncate(limit);
     Ok(out)
+}
+
+/// Sorts heartbeats by time, then sequence number, dropping a repeat.
+fn in_order(beats: &mut Vec<HeartbeatEntry>) {
+    beats.sort_by_key(|b| (b.ts_ms, b.seq));
+    beats.dedup_by_key(|b| (b.ts_ms, b.seq));
 }
 
 /// The blocks' part of [`read`]: window by window (a window's blocks may
@@ -166,8 +171,7 @@ fn read_blocks(
     let mut current = None;
     // Sorts the finished window's heartbeats into `out`; false once full.
     let finish = |window: &mut Vec<HeartbeatEntry>, out: &mut Vec<HeartbeatEntry>| {
-        window.sort_by_key(|b| (b.ts_ms, b.seq));
-        window.dedup_by_key(|b| (b.ts_ms, b.seq));
+        in_order(window);
         out.append(window);
         out.len() < limit
     };
@@ -225,7 +229,6 @@ pub fn expired_ranges(device: DeviceId, cutoff_ms: u64) -> [(Table, [u8; 24], [u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::StoreOptions;
 
     fn hb(uptime_s: u64) -> Heartbeat {
         Heartbeat {
@@ -235,11 +238,7 @@ mod tests {
         }
     }
 
-    fn open() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &StoreOptions::default(), crate::TABLES).unwrap();
-        (dir, store)
-    }
+    use crate::temp_store as open;
 
     fn write(store: &Store, b: &mut BlockBuilder) {
         let mut batch = store.batch();

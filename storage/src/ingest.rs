@@ -9,9 +9,9 @@
 //! mark (`DeviceState::last_seq`) is a replay and is acknowledged without
 //! being stored again. The high-water mark is written in the same batch as
 //! the records, so it can never run ahead of the data or fall behind it.
-//! Sample keys are deterministic too (`device | series | ts`), so even a
-//! replay the mark missed would overwrite itself rather than duplicate;
-//! heartbeats are stored in blocks whose readers drop a repeat.
+//! Heartbeats and samples are stored in blocks whose readers keep one
+//! heartbeat per `(ts, seq)` and one value per series and millisecond, so
+//! even a replay the mark missed would not show twice.
 //!
 //! Bounds ([`IngestLimits`]): a device has at most `max_series_per_device`
 //! series (a value of a new series beyond it is rejected and counted, the
@@ -944,11 +944,7 @@ mod tests {
         }
     }
 
-    fn open() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path(), &StoreOptions::default(), crate::TABLES).unwrap();
-        (dir, s)
-    }
+    use crate::temp_store as open;
 
     #[test]
     fn package_scans_are_stored_once_in_the_inbox_by_device_and_seq() {

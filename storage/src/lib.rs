@@ -65,6 +65,14 @@ pub const TABLES: &[Table] = &[
 
 pub use rocksdb;
 
+/// A store of [`TABLES`] in a fresh temporary directory (tests).
+#[cfg(test)]
+pub(crate) fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = Store::open(dir.path(), &StoreOptions::default(), TABLES).expect("open store");
+    (dir, store)
+}
+
 /// Milliseconds since the Unix epoch, from the system clock.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
