@@ -18,7 +18,9 @@ use crate::net::udp_drops;
 
 pub mod labels;
 
-pub use labels::{BudgetLabel, KindLabel, NotifyLabel, OpLabel, ReasonLabel, ResultLabel};
+pub use labels::{
+    BudgetLabel, KindLabel, NotifyLabel, OpLabel, ReasonLabel, ResultLabel, StageLabel,
+};
 pub use outpost_web::RouteLabel;
 
 /// Every metric the appliance exports. Cheap to share (`Arc<Metrics>`);
@@ -98,6 +100,11 @@ pub struct Metrics {
     /// Failed operations of the alert engine, by operation (record_event,
     /// queue_notification, persist, audit, device_lookup, reload_config).
     pub alert_errors: Family<OpLabel, Counter>,
+    /// Time spent in each stage from a group commit to the alert's
+    /// notification, by stage: `queued` (the engine's queue, from the
+    /// writer's hand-off), `evaluate` (one batch), `persist` (an alert's
+    /// durable write), `send` (one delivery attempt through a channel).
+    pub alert_stage_seconds: Family<StageLabel, Histogram, fn() -> Histogram>,
     /// Notification delivery outcomes (delivered, retry, dead_letter).
     pub notifications: Family<NotifyLabel, Counter>,
     /// The QUIC listener's sockets: datagrams the kernel dropped on them
@@ -132,6 +139,18 @@ impl Default for Metrics {
 /// 50 µs to ~1.6 s: a writer task or slice.
 fn task_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+impl Metrics {
+    /// Records `d` as time spent in `stage` of the alert path
+    /// (`outpost_alert_stage_seconds`).
+    pub fn alert_stage(&self, stage: &str, d: std::time::Duration) {
+        self.alert_stage_seconds
+            .get_or_create(&StageLabel {
+                stage: stage.to_string(),
+            })
+            .observe(d.as_secs_f64());
+    }
 }
 
 impl Metrics {
@@ -176,6 +195,7 @@ impl Metrics {
             alert_inputs_dropped: Counter::default(),
             alert_inputs_lost: Counter::default(),
             alert_errors: Family::default(),
+            alert_stage_seconds: Family::new_with_constructor(task_histogram),
             notifications: Family::default(),
             quic_sockets: Default::default(),
             deploy_device: Default::default(),
@@ -352,6 +372,11 @@ impl Metrics {
             "alert_errors",
             "Failed alert engine operations (logged), by operation",
             m.alert_errors.clone(),
+        );
+        r.register(
+            "alert_stage_seconds",
+            "Time from a group commit to an alert's notification, by stage (queued, evaluate, persist, send)",
+            m.alert_stage_seconds.clone(),
         );
         r.register(
             "notifications",

@@ -93,7 +93,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         let site = site.clone();
         engine.set_observer(Arc::new(move |a, before| site.on_alert(a, before)));
     }
-    let alerts = alerts::engine::spawn(engine, cfg.alerts.eval_queue, shutdown.clone(), &tracker);
+    let alerts = alerts::engine::spawn(engine, cfg.alerts.eval_queue, shutdown.clone(), &tracker)?;
     let (a1, a2) = (alerts.clone(), alerts.clone());
     let (s1, s2) = (site.clone(), site.clone());
     let (writer, writer_thread) = writer::spawn(

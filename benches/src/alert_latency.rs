@@ -46,10 +46,8 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    pub async fn start() -> anyhow::Result<Receiver> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the webhook receiver")?;
+    /// Serves `listener` on the current runtime.
+    pub fn serve(listener: tokio::net::TcpListener) -> anyhow::Result<Receiver> {
         let addr = listener.local_addr()?;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -311,6 +309,45 @@ pub fn metric_sum(exposition: &str, name: &str, must: &[&str]) -> f64 {
         .sum()
 }
 
+/// The `q` quantile of what a Prometheus histogram family (the lines of
+/// `name_bucket` containing all of `must`) observed between two
+/// expositions, as the upper bound of the bucket it falls in (`None`: no
+/// observations in between).
+pub fn bucket_quantile(
+    before: &str,
+    after: &str,
+    name: &str,
+    must: &[&str],
+    q: f64,
+) -> Option<f64> {
+    let buckets = |text: &str| -> Vec<(f64, f64)> {
+        let prefix = format!("{name}_bucket{{");
+        let mut v: Vec<(f64, f64)> = text
+            .lines()
+            .filter(|l| l.starts_with(&prefix) && must.iter().all(|m| l.contains(m)))
+            .filter_map(|l| {
+                let le = l.split("le=\"").nth(1)?.split('"').next()?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, l.rsplit(' ').next()?.parse().ok()?))
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        v
+    };
+    let (b, a) = (buckets(before), buckets(after));
+    let count = |v: &[(f64, f64)], le: f64| v.iter().find(|x| x.0 == le).map_or(0.0, |x| x.1);
+    let delta: Vec<(f64, f64)> = a.iter().map(|&(le, n)| (le, n - count(&b, le))).collect();
+    let total = delta.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    delta.iter().find(|x| x.1 >= q * total).map(|x| x.0)
+}
+
 /// Creates an object, or replaces it when it exists (a reused appliance).
 fn upsert(
     app: &crate::spawn::Spawned,
@@ -329,13 +366,19 @@ fn upsert(
 
 /// Runs the scenario against an appliance started by the harness.
 pub async fn run(r: &AlertRun, app: &crate::spawn::Spawned) -> anyhow::Result<Report> {
-    let mut receiver = if r.webhook_down {
+    // The probe agent and the webhook receiver run on their own thread and
+    // runtime, as a real agent and a real receiver are other processes:
+    // their timings do not queue behind the background fleet's tasks.
+    let listener = if r.webhook_down {
         None
     } else {
-        Some(Receiver::start().await?)
+        let l =
+            std::net::TcpListener::bind("127.0.0.1:0").context("binding the webhook receiver")?;
+        l.set_nonblocking(true)?;
+        Some(l)
     };
-    let url = match &receiver {
-        Some(rcv) => format!("http://{}/hook", rcv.addr),
+    let url = match &listener {
+        Some(l) => format!("http://{}/hook", l.local_addr()?),
         None => {
             // A port that was just free: connections are refused.
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -388,19 +431,43 @@ pub async fn run(r: &AlertRun, app: &crate::spawn::Spawned) -> anyhow::Result<Re
             s.ended.cancel();
         });
     }
-    let endpoint = outpost_agent::net::client_endpoint(app.quic)?;
-    let probe_stats = probe(
-        endpoint.clone(),
-        fleet.clone(),
-        r.agents,
-        app.quic,
-        receiver.as_mut().map(|x| &mut x.rx),
-        r.interval,
-        signals.started.clone(),
-        signals.ended.clone(),
-    )
-    .await?;
-    endpoint.close(0u32.into(), b"bench done");
+    let (quic, agents, interval) = (app.quic, r.agents, r.interval);
+    let (started, ended) = (signals.started.clone(), signals.ended.clone());
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("bench-probe".into())
+        .spawn(move || {
+            let probe_run = async move {
+                let mut receiver = match listener {
+                    Some(l) => Some(Receiver::serve(tokio::net::TcpListener::from_std(l)?)?),
+                    None => None,
+                };
+                let endpoint = outpost_agent::net::client_endpoint(quic)?;
+                let stats = probe(
+                    endpoint.clone(),
+                    fleet,
+                    agents,
+                    quic,
+                    receiver.as_mut().map(|x| &mut x.rx),
+                    interval,
+                    started,
+                    ended,
+                )
+                .await;
+                endpoint.close(0u32.into(), b"bench done");
+                stats
+            };
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("building the probe's runtime")
+                .and_then(|rt| rt.block_on(probe_run));
+            let _ = done_tx.send(result);
+        })
+        .context("starting the probe's thread")?;
+    let probe_stats = done_rx
+        .await
+        .map_err(|_| anyhow!("the probe's thread ended without a result"))??;
     let ingest = match background {
         Some(t) => Some(t.await.map_err(|e| anyhow!("background ingest: {e}"))??),
         None => None,
@@ -449,5 +516,65 @@ pub async fn run(r: &AlertRun, app: &crate::spawn::Spawned) -> anyhow::Result<Re
         "alert_inputs_dropped",
         delta("outpost_alert_inputs_dropped_total", &[]),
     );
+    // Where the appliance's part of the latency went, by stage.
+    for stage in ["queued", "evaluate", "persist", "send"] {
+        let label = format!("stage=\"{stage}\"");
+        let name = "outpost_alert_stage_seconds";
+        let sum = |text: &str, what: &str| metric_sum(text, &format!("{name}_{what}"), &[&label]);
+        let n = sum(&metrics_after, "count") - sum(&metrics_before, "count");
+        if n > 0.0 {
+            let mean = (sum(&metrics_after, "sum") - sum(&metrics_before, "sum")) / n;
+            rep.num(&format!("{stage}_mean_ms"), mean * 1000.0);
+        }
+        if let Some(p99) = bucket_quantile(&metrics_before, &metrics_after, name, &[&label], 0.99) {
+            rep.num(&format!("{stage}_p99_le_ms"), p99 * 1000.0);
+        }
+    }
     Ok(rep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bucket_quantile;
+
+    const NAME: &str = "outpost_alert_stage_seconds";
+
+    fn exposition(stage: &str, counts: &[(&str, u64)]) -> String {
+        counts
+            .iter()
+            .map(|(le, n)| format!("{NAME}_bucket{{le=\"{le}\",stage=\"{stage}\"}} {n}\n"))
+            .collect()
+    }
+
+    #[test]
+    fn quantiles_come_from_the_observations_between_two_expositions() {
+        let before = exposition("send", &[("0.001", 10), ("0.01", 10), ("+Inf", 10)])
+            + &exposition("persist", &[("0.001", 0), ("0.01", 50), ("+Inf", 50)]);
+        // In between: 90 at most 1 ms, 9 up to 10 ms, 1 beyond.
+        let after = exposition("send", &[("0.001", 100), ("0.01", 109), ("+Inf", 110)])
+            + &exposition("persist", &[("0.001", 0), ("0.01", 50), ("+Inf", 50)]);
+        let send = ["stage=\"send\""];
+        assert_eq!(
+            bucket_quantile(&before, &after, NAME, &send, 0.5),
+            Some(0.001)
+        );
+        assert_eq!(
+            bucket_quantile(&before, &after, NAME, &send, 0.9),
+            Some(0.001)
+        );
+        assert_eq!(
+            bucket_quantile(&before, &after, NAME, &send, 0.99),
+            Some(0.01)
+        );
+        assert_eq!(
+            bucket_quantile(&before, &after, NAME, &send, 1.0),
+            Some(f64::INFINITY)
+        );
+        // Nothing observed in between, or nothing at all: no quantile.
+        assert_eq!(
+            bucket_quantile(&before, &after, NAME, &["stage=\"persist\""], 0.99),
+            None
+        );
+        assert_eq!(bucket_quantile("", "", NAME, &send, 0.99), None);
+    }
 }

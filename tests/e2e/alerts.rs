@@ -199,6 +199,19 @@ fn webhook_gets_firing_then_resolved_from_a_real_agent_metric() {
     );
     assert!(app.metric("outpost_notifications_total{channel_type=\"webhook\",event=\"firing\",result=\"delivered\"}") >= 1.0);
     assert!(app.metric("outpost_alert_transitions_total{kind=\"resolved\"}") >= 1.0);
+    // Each stage of the path to the webhook is timed: every stored batch
+    // queued and evaluated, both transitions written, both deliveries sent.
+    for (stage, least) in [
+        ("queued", 2.0),
+        ("evaluate", 2.0),
+        ("persist", 2.0),
+        ("send", 2.0),
+    ] {
+        let n = app.metric(&format!(
+            "outpost_alert_stage_seconds_count{{stage=\"{stage}\"}}"
+        ));
+        assert!(n >= least, "stage {stage}: {n} observations");
+    }
 }
 
 /// A real SMTP server (Debian's python3-aiosmtpd) printing what it receives.

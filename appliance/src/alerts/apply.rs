@@ -134,7 +134,10 @@ impl Applier {
                 }
             }
         }
-        if let Err(e) = store::save_alert(&mut batch, a).and_then(|_| self.store.write(batch)) {
+        let started = std::time::Instant::now();
+        let written = store::save_alert(&mut batch, a).and_then(|_| self.store.write(batch));
+        self.metrics.alert_stage("persist", started.elapsed());
+        if let Err(e) = written {
             self.metrics.write_errors.inc();
             self.error(op::PERSIST, Some(a.id), &e);
             return false;

@@ -35,8 +35,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use outpost_proto::DeviceId;
 use outpost_proto::messages::MetricValue;
 use outpost_storage::error::Result;
@@ -101,7 +102,8 @@ pub type AlertObserver = Arc<dyn Fn(&Alert, Option<AlertState>) + Send + Sync>;
 /// Handle to the engine task.
 #[derive(Clone)]
 pub struct EngineHandle {
-    samples: mpsc::Sender<SampleBatch>,
+    /// Each batch with when the writer handed it over.
+    samples: mpsc::Sender<(Instant, SampleBatch)>,
     /// What the queue refused, until the engine catches up (shared with it).
     overflow: Arc<Mutex<Overflow>>,
     control: mpsc::UnboundedSender<Control>,
@@ -132,14 +134,14 @@ impl EngineHandle {
         let batch = if o.is_active() {
             batch
         } else {
-            match self.samples.try_send(batch) {
+            match self.samples.try_send((Instant::now(), batch)) {
                 Ok(()) => return,
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     self.metrics.alert_inputs_dropped.inc();
                     debug!("alert engine stopped: samples not evaluated");
                     return;
                 }
-                Err(mpsc::error::TrySendError::Full(batch)) => {
+                Err(mpsc::error::TrySendError::Full((_, batch))) => {
                     warn!(
                         queue = self.samples.max_capacity(),
                         "alert evaluation is behind ingest: its queue is full; until it catches \
@@ -733,7 +735,7 @@ impl Engine {
 
 /// The engine's end of its inputs.
 pub struct EngineInputs {
-    samples: mpsc::Receiver<SampleBatch>,
+    samples: mpsc::Receiver<(Instant, SampleBatch)>,
     overflow: Arc<Mutex<Overflow>>,
     control: mpsc::UnboundedReceiver<Control>,
 }
@@ -781,16 +783,37 @@ pub fn channels(queue: usize, metrics: Arc<Metrics>) -> (EngineHandle, EngineInp
     )
 }
 
-/// Starts the engine task.
+/// Starts the engine on its own thread (`outpost-alerts`, a single-thread
+/// runtime for its timers and channels): evaluation does not queue behind
+/// the ingest sessions on the shared runtime's workers, and its durable
+/// writes (an fsync each) block no other task. `tracker` waits for it to
+/// stop after `shutdown`.
 pub fn spawn(
     engine: Engine,
     queue: usize,
     shutdown: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
-) -> EngineHandle {
+) -> anyhow::Result<EngineHandle> {
     let (handle, inputs) = channels(queue, engine.metrics.clone());
-    tracker.spawn(run(engine, inputs, shutdown));
-    handle
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the alert engine's runtime")?;
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("outpost-alerts".into())
+        .spawn(move || {
+            rt.block_on(run(engine, inputs, shutdown));
+            let _ = done_tx.send(());
+        })
+        .context("starting the alert engine's thread")?;
+    tracker.spawn(async move {
+        // An error: the thread ended without saying so (a panic).
+        if done_rx.await.is_err() {
+            warn!("the alert engine's thread ended abnormally");
+        }
+    });
+    Ok(handle)
 }
 
 impl Engine {
@@ -828,7 +851,12 @@ async fn run(mut e: Engine, mut inputs: EngineInputs, shutdown: CancellationToke
         let due = next_tick(last_tick, wake_ms, e.due_hint);
         let wake = tokio::time::Instant::now() + Duration::from_millis(due.saturating_sub(now));
         tokio::select! {
-            Some(batch) = inputs.samples.recv() => e.on_samples(batch, now_ms()),
+            Some((handed, batch)) = inputs.samples.recv() => {
+                let started = Instant::now();
+                e.metrics.alert_stage("queued", started - handed);
+                e.on_samples(batch, now_ms());
+                e.metrics.alert_stage("evaluate", started.elapsed());
+            }
             Some(c) = inputs.control.recv() => match c {
                 Control::Status(ts) => e.on_status(ts, now_ms()),
                 Control::Reload => {

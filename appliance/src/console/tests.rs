@@ -149,7 +149,8 @@ async fn rig_with(with_patches: bool, freshness: Freshness) -> Rig {
     .unwrap();
     let s = site.clone();
     engine.set_observer(Arc::new(move |a, before| s.on_alert(a, before)));
-    let alerts = crate::alerts::engine::spawn(engine, 16, shutdown.clone(), &tracker);
+    let alerts = crate::alerts::engine::spawn(engine, 16, shutdown.clone(), &tracker)
+        .expect("starting the alert engine");
     let (writer, _thread) = crate::ingest::writer::spawn(
         store.clone(),
         crate::ingest::writer::WriterOptions::for_tests(),

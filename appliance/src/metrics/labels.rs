@@ -33,6 +33,13 @@ pub struct OpLabel {
     pub op: String,
 }
 
+/// A stage of the path from a stored sample to its alert's notification
+/// (`outpost_alert_stage_seconds{stage}`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    pub stage: String,
+}
+
 /// A byte budget of the ingest queue (`outpost_ingest_budget_waits_total{budget}`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BudgetLabel {

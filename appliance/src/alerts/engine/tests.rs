@@ -184,6 +184,14 @@ fn a_threshold_alert_is_stored_notified_and_resolved() {
     );
     // Both notifications are queued on disk before they are handed over.
     assert_eq!(store::queued(&rig.store).unwrap().len(), 2);
+    // One timed durable write per transition, none for the quiet sample.
+    assert!(
+        rig.metrics
+            .encode()
+            .contains("outpost_alert_stage_seconds_count{stage=\"persist\"} 2\n"),
+        "{}",
+        rig.metrics.encode()
+    );
 }
 
 #[test]
@@ -736,7 +744,7 @@ fn a_crossing_in_batches_the_full_queue_refused_is_evaluated_once_the_engine_cat
     assert_eq!(rig.metrics.alert_inputs_dropped.get(), 3);
     // Not caught up while older batches wait in the queue.
     assert!(inputs.caught_up().is_none());
-    let queued = inputs.samples.try_recv().unwrap();
+    let (_, queued) = inputs.samples.try_recv().unwrap();
     rig.engine.on_samples(queued, T + 1_000);
     assert!(rig.sent().is_empty());
     // While the summary is pending, a new batch joins it (it is newer

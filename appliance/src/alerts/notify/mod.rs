@@ -143,17 +143,20 @@ async fn run(
             let Some(n) = pending.remove(&id) else {
                 continue;
             };
-            let (store, client, done, sem) = (
+            let (store, client, done, sem, metrics) = (
                 store.clone(),
                 client.clone(),
                 done_tx.clone(),
                 in_flight.clone(),
+                metrics.clone(),
             );
             let span = info_span!("notify", id = n.id, channel = %n.channel_id, event = n.event.as_str(), alert = n.alert.id);
             tokio::spawn(
                 async move {
                     let _permit = sem.acquire_owned().await;
+                    let started = std::time::Instant::now();
                     let r = deliver(&store, &client, &n, policy.timeout).await;
+                    metrics.alert_stage("send", started.elapsed());
                     let _ = done.send((n, r));
                 }
                 .instrument(span),
