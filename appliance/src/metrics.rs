@@ -151,9 +151,7 @@ impl Metrics {
             })
             .observe(d.as_secs_f64());
     }
-}
 
-impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("outpost");
         let m = Metrics {

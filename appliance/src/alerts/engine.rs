@@ -796,7 +796,7 @@ pub fn spawn(
 ) -> anyhow::Result<EngineHandle> {
     let (handle, inputs) = channels(queue, engine.metrics.clone());
     let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
+        .enable_time()
         .build()
         .context("building the alert engine's runtime")?;
     let (done_tx, done_rx) = oneshot::channel::<()>();
