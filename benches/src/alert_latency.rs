@@ -41,14 +41,12 @@ pub struct Delivery {
 /// A minimal HTTP/1.1 webhook receiver (keep-alive, Content-Length bodies)
 /// that forwards each notification's event and device with its arrival time.
 pub struct Receiver {
-    pub addr: SocketAddr,
     pub rx: mpsc::UnboundedReceiver<Delivery>,
 }
 
 impl Receiver {
     /// Serves `listener` on the current runtime.
-    pub fn serve(listener: tokio::net::TcpListener) -> anyhow::Result<Receiver> {
-        let addr = listener.local_addr()?;
+    pub fn serve(listener: tokio::net::TcpListener) -> Receiver {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
@@ -56,7 +54,7 @@ impl Receiver {
                 tokio::spawn(serve_conn(sock, tx.clone()));
             }
         });
-        Ok(Receiver { addr, rx })
+        Receiver { rx }
     }
 }
 
@@ -439,7 +437,7 @@ pub async fn run(r: &AlertRun, app: &crate::spawn::Spawned) -> anyhow::Result<Re
         .spawn(move || {
             let probe_run = async move {
                 let mut receiver = match listener {
-                    Some(l) => Some(Receiver::serve(tokio::net::TcpListener::from_std(l)?)?),
+                    Some(l) => Some(Receiver::serve(tokio::net::TcpListener::from_std(l)?)),
                     None => None,
                 };
                 let endpoint = outpost_agent::net::client_endpoint(quic)?;
