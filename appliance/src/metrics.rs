@@ -42,6 +42,9 @@ pub struct Metrics {
     /// Metric samples stored.
     pub samples_stored: Counter,
     pub acks_sent: Counter,
+    /// Time from reading a records frame to acking it (the appliance's part
+    /// of an agent's ack round trip: queue, commit window, commit).
+    pub ack_delay_seconds: Histogram,
     /// Replayed records acknowledged but not stored again.
     pub duplicates_dropped: Counter,
     /// Metric values dropped as invalid (non-finite, bad names).
@@ -163,6 +166,7 @@ impl Metrics {
             records_stored: Counter::default(),
             samples_stored: Counter::default(),
             acks_sent: Counter::default(),
+            ack_delay_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             duplicates_dropped: Counter::default(),
             values_rejected: Counter::default(),
             rejects: Family::default(),
@@ -243,6 +247,11 @@ impl Metrics {
             "acks_sent",
             "Cumulative acks sent to agents",
             m.acks_sent.clone(),
+        );
+        r.register(
+            "ack_delay_seconds",
+            "Time from reading a records frame to acking it, on the appliance",
+            m.ack_delay_seconds.clone(),
         );
         r.register(
             "duplicates_dropped",

@@ -238,22 +238,30 @@ struct Pending {
 }
 
 impl Pending {
-    fn generate(&mut self, mix: Mix, stats: &RunStats) {
-        stats.sent.fetch_add(1, Ordering::Relaxed);
-        let body = record_body(mix, self.generated);
-        // Heartbeats are keyed by sequence number too and may share one.
-        self.last_ts_ms = match body {
-            RecordBody::Metrics(_) => now_ms().max(self.last_ts_ms + 1),
-            _ => now_ms(),
-        };
-        let rec = Record {
-            seq: self.next_seq,
-            ts_ms: self.last_ts_ms,
-            body,
-        };
-        self.next_seq += 1;
-        self.generated += 1;
-        self.queue.push_back((rec, None));
+    /// Appends `n` records, reading the clock once: a frame's records are
+    /// generated together, as a real agent's buffer fills between sends.
+    fn generate(&mut self, n: usize, mix: Mix, stats: &RunStats) {
+        if n == 0 {
+            return;
+        }
+        stats.sent.fetch_add(n as u64, Ordering::Relaxed);
+        let now = now_ms();
+        for _ in 0..n {
+            let body = record_body(mix, self.generated);
+            // Heartbeats are keyed by sequence number too and may share one.
+            self.last_ts_ms = match body {
+                RecordBody::Metrics(_) => now.max(self.last_ts_ms + 1),
+                _ => now,
+            };
+            let rec = Record {
+                seq: self.next_seq,
+                ts_ms: self.last_ts_ms,
+                body,
+            };
+            self.next_seq += 1;
+            self.generated += 1;
+            self.queue.push_back((rec, None));
+        }
     }
 
     fn ack(&mut self, up_to: u64, stats: &RunStats, shard: usize) -> u64 {
@@ -263,17 +271,33 @@ impl Pending {
         let mut h = stats.latency[shard]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        // The records of one frame share their send time: one histogram
+        // update per run of equal times, not one per record.
+        let mut run: Option<(Instant, u64)> = None;
+        let mut flush = |run: Option<(Instant, u64)>| {
+            if let Some((t, count)) = run {
+                let us = now.duration_since(t).as_micros().max(1) as u64;
+                let _ = h.record_n(us, count);
+            }
+        };
         while let Some((r, sent)) = self.queue.front() {
             if r.seq > up_to {
                 break;
             }
-            if let Some(t) = sent {
-                let _ = h.record(now.duration_since(*t).as_micros().max(1) as u64);
+            if let Some(t) = *sent {
+                match run {
+                    Some((rt, ref mut count)) if rt == t => *count += 1,
+                    _ => {
+                        flush(run);
+                        run = Some((t, 1));
+                    }
+                }
             }
             self.queue.pop_front();
             self.unsent = self.unsent.saturating_sub(1);
             n += 1;
         }
+        flush(run);
         n
     }
 }
@@ -474,9 +498,8 @@ async fn session(
     loop {
         // Keep the window full (max-rate mode) and send what is unsent.
         if opts.rate.is_none() && drain_deadline.is_none() {
-            while pending.queue.len() < opts.window {
-                pending.generate(opts.mix, stats);
-            }
+            let room = opts.window.saturating_sub(pending.queue.len());
+            pending.generate(room, opts.mix, stats);
         }
         while pending.unsent < pending.queue.len() {
             if pending.unsent == 0 {
@@ -519,10 +542,9 @@ async fn session(
             }
             _ = async { match tick.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending::<()>().await } }, if tick.is_some() && drain_deadline.is_none() => {
                 carry += per_tick.unwrap_or(1.0);
-                while carry >= 1.0 {
-                    pending.generate(opts.mix, stats);
-                    carry -= 1.0;
-                }
+                let due = carry.floor();
+                carry -= due;
+                pending.generate(due as usize, opts.mix, stats);
             }
             _ = watchdog.tick() => {
                 if pending.unsent > 0 && ack_clock.expired(ms()) {

@@ -15,10 +15,11 @@
 //! This module moves bytes; protocol decisions (ordering, versions,
 //! windows) are the machine's.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use outpost_proto::DeviceId;
 use outpost_proto::frame::{FrameReader, PendingWrites};
@@ -380,6 +381,7 @@ async fn serve_flows(
     let ack_tx = Arc::new(ack_tx);
     let budget = SessionBudget::new(ctx.session_max_bytes);
     let mut submitted_up_to = last_seq;
+    let mut delays = AckDelays::default();
     let mut submitting: Option<(u64, Submit<'_>)> = None;
     let mut goodbye = false;
     let mut bytes_seen = reader.bytes_read();
@@ -390,6 +392,7 @@ async fn serve_flows(
         None => (None, None),
     };
     loop {
+        let mut read_at: Option<Instant> = None;
         let [read0, read1] = &mut reads;
         let [write0, write1] = &mut writes;
         // Protocol 3: when a Pressure frame may be due (records waiting).
@@ -399,7 +402,7 @@ async fn serve_flows(
             _ = ctx.shutdown.cancelled() => {
                 // Ack what becomes durable, then leave.
                 let acked = drain_acks(&mut ack_rx, s.acked(), submitted_up_to).await;
-                ack(s, acked, ctx);
+                ack(s, acked, ctx, &mut delays);
                 route(s, out, &mut writes);
                 let _ = tokio::time::timeout(DRAIN_TIMEOUT, out.drive(send)).await;
                 return Err((CloseReason::ShuttingDown, "appliance shutting down; reconnect later".into()));
@@ -413,7 +416,7 @@ async fn serve_flows(
                 }
                 let state = ack_rx.borrow_and_update().clone();
                 match state {
-                    AckState::Acked(n) => ack(s, n, ctx),
+                    AckState::Acked(n) => ack(s, n, ctx, &mut delays),
                     AckState::Failed(msg) => return Err((CloseReason::Internal, msg)),
                 }
             }
@@ -432,6 +435,7 @@ async fn serve_flows(
             read = recv.read_chunk(FLOW_READ_CHUNK_BYTES, true), if submitting.is_none() => {
                 match read {
                     Ok(Some(chunk)) => {
+                        read_at = Some(Instant::now());
                         reader.push(&chunk.bytes);
                         reader.fill_ready(recv).await;
                     }
@@ -550,6 +554,7 @@ async fn serve_flows(
             }
         }
         if let Some(max) = batch.iter().map(|r| r.seq).max() {
+            delays.submitted(max, read_at.unwrap_or_else(Instant::now));
             // Waits for budget (reading no records meanwhile) while acks
             // and the other flows go on.
             let fut = ctx.writer.submit(
@@ -565,7 +570,7 @@ async fn serve_flows(
         if goodbye && submitting.is_none() {
             // Let the last records become durable and acked.
             let acked = drain_acks(&mut ack_rx, s.acked(), submitted_up_to).await;
-            ack(s, acked, ctx);
+            ack(s, acked, ctx, &mut delays);
             route(s, out, &mut writes);
             let _ = out.drive(send).await;
             return Ok(());
@@ -578,11 +583,39 @@ async fn serve_flows(
 }
 
 /// Hands the writer's ack to the machine (an Ack frame if it moved).
-fn ack(s: &mut ApplianceSession, up_to: u64, ctx: &IngestCtx) {
+fn ack(s: &mut ApplianceSession, up_to: u64, ctx: &IngestCtx, delays: &mut AckDelays) {
     let before = s.acked();
     s.records_durable(up_to);
     if s.acked() > before {
         ctx.metrics.acks_sent.inc();
+        delays.acked(s.acked(), &ctx.metrics.ack_delay_seconds);
+    }
+}
+
+/// The session's submitted groups awaiting their ack: (highest sequence
+/// number, when its frame was read), for `outpost_ack_delay_seconds`.
+/// Bounded by the session's byte budget; a burst's buffer is freed once acked.
+#[derive(Default)]
+struct AckDelays(VecDeque<(u64, Instant)>);
+
+impl AckDelays {
+    fn submitted(&mut self, up_to: u64, read_at: Instant) {
+        self.0.push_back((up_to, read_at));
+    }
+
+    /// Observes the delay of every group `up_to` covers.
+    fn acked(&mut self, up_to: u64, delay: &prometheus_client::metrics::histogram::Histogram) {
+        let now = Instant::now();
+        while let Some(&(seq, read_at)) = self.0.front() {
+            if seq > up_to {
+                break;
+            }
+            delay.observe(now.duration_since(read_at).as_secs_f64());
+            self.0.pop_front();
+        }
+        if self.0.is_empty() && self.0.capacity() > 16 {
+            self.0 = VecDeque::new();
+        }
     }
 }
 
@@ -694,6 +727,42 @@ mod tests {
         F: FnOnce(quinn::Connection, Arc<IngestCtx>) -> Fut,
     {
         std::mem::size_of::<Fut>()
+    }
+
+    /// Each submitted group is observed once, when an ack covers it, and
+    /// not before; a burst's buffer does not outlive it.
+    #[test]
+    fn ack_delays_are_observed_once_per_group_when_acked() {
+        let m = crate::metrics::Metrics::new();
+        let h = &m.ack_delay_seconds;
+        let count = || {
+            let text = m.encode();
+            text.lines()
+                .find_map(|l| l.strip_prefix("outpost_ack_delay_seconds_count "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no ack delay count in {text}"))
+        };
+        let mut d = AckDelays::default();
+        let t = Instant::now();
+        d.submitted(10, t);
+        d.submitted(20, t);
+        d.acked(9, h);
+        assert_eq!(
+            count(),
+            0,
+            "an ack below a group's last record covers none of it"
+        );
+        d.acked(15, h);
+        assert_eq!(count(), 1);
+        d.acked(20, h);
+        d.acked(20, h);
+        assert_eq!(count(), 2, "a repeated ack observes nothing again");
+        for seq in 21..100 {
+            d.submitted(seq, t);
+        }
+        d.acked(99, h);
+        assert_eq!(count(), 81);
+        assert_eq!(d.0.capacity(), 0, "the burst's buffer is freed once acked");
     }
 
     /// Every connected device keeps one session future in its task: state
