@@ -554,7 +554,10 @@ async fn serve_flows(
             }
         }
         if let Some(max) = batch.iter().map(|r| r.seq).max() {
-            delays.submitted(max, read_at.unwrap_or_else(Instant::now));
+            // Replays of what is already acked get no ack of their own.
+            if max > s.acked() {
+                delays.submitted(max, read_at.unwrap_or_else(Instant::now));
+            }
             // Waits for budget (reading no records meanwhile) while acks
             // and the other flows go on.
             let fut = ctx.writer.submit(
