@@ -139,8 +139,9 @@ impl Default for Metrics {
     }
 }
 
-/// 50 µs to ~1.6 s: a writer task or slice.
-fn task_histogram() -> Histogram {
+/// 50 µs to ~1.6 s: a group commit, an ack's delay, a writer task or
+/// slice, an alert stage.
+fn short_latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
 }
 
@@ -166,12 +167,12 @@ impl Metrics {
             records_stored: Counter::default(),
             samples_stored: Counter::default(),
             acks_sent: Counter::default(),
-            ack_delay_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            ack_delay_seconds: short_latency_histogram(),
             duplicates_dropped: Counter::default(),
             values_rejected: Counter::default(),
             rejects: Family::default(),
             write_batch_records: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
-            write_latency_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            write_latency_seconds: short_latency_histogram(),
             write_errors: Counter::default(),
             writer_queue_depth: Gauge::default(),
             writer_queue_bytes: Gauge::default(),
@@ -181,7 +182,7 @@ impl Metrics {
             devices_online: Gauge::default(),
             status_transitions: Family::default(),
             rollups_computed: Counter::default(),
-            writer_task_seconds: Family::new_with_constructor(task_histogram),
+            writer_task_seconds: Family::new_with_constructor(short_latency_histogram),
             chunks_sealed: Counter::default(),
             retention_runs: Family::default(),
             api_requests: Family::default(),
@@ -197,7 +198,7 @@ impl Metrics {
             alert_inputs_dropped: Counter::default(),
             alert_inputs_lost: Counter::default(),
             alert_errors: Family::default(),
-            alert_stage_seconds: Family::new_with_constructor(task_histogram),
+            alert_stage_seconds: Family::new_with_constructor(short_latency_histogram),
             notifications: Family::default(),
             quic_sockets: Default::default(),
             deploy_device: Default::default(),
