@@ -52,7 +52,7 @@ use crate::samples::{CHUNK_DIRTY, SERIES};
 use crate::{Batch, Store, Table};
 
 /// `device` → `DeviceState` (last stored seq, last seen, online status).
-pub const DEVICE_STATE: Table = Table::new("device_state");
+pub const DEVICE_STATE: Table = Table::new("device_state").overwritten();
 /// `device | ts` → `StatusTransition`.
 pub const STATUS_LOG: Table = Table::new("status_log").bulk();
 /// `device | seq` → `PackageScanRecord`, as received: the patch

@@ -36,6 +36,12 @@ pub enum Layout {
     /// Large, append-mostly time series: zstd at the bottom level and
     /// dynamic level sizes.
     Bulk,
+    /// A value per device rewritten on every group commit that touches the
+    /// device (its ingest state): the memtable overwrites a key in place
+    /// when the new value is no larger, instead of stacking a version per
+    /// commit, so it holds about one entry per device and each write
+    /// searches a skip list of that size; LZ4 at every level.
+    Overwritten,
 }
 
 /// A table: its column-family name (stable: it is on disk), its codec and
@@ -66,6 +72,16 @@ impl Table {
     pub const fn bulk(self) -> Table {
         Table {
             layout: Layout::Bulk,
+            ..self
+        }
+    }
+}
+
+impl Table {
+    /// The same table laid out for values rewritten in place.
+    pub const fn overwritten(self) -> Table {
+        Table {
+            layout: Layout::Overwritten,
             ..self
         }
     }
