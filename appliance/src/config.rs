@@ -133,6 +133,14 @@ pub struct IngestConfig {
     /// once). Adds at most this to an ack's latency; 0 turns it off.
     #[serde(with = "humantime_serde")]
     pub commit_window: Duration,
+    /// Niceness the writer thread asks for (-20..=19; Linux). Every ack
+    /// waits for the writer's commits, so by default it runs ahead of the
+    /// session and RocksDB background threads (-10). Going below the
+    /// process's niceness needs CAP_SYS_NICE or RLIMIT_NICE (the packaged
+    /// unit sets `LimitNICE=-10`); where refused the writer keeps the
+    /// process's priority and logs a warning; `outpost_writer_nice` shows
+    /// what it runs at.
+    pub writer_nice: i32,
 }
 
 impl IngestConfig {
@@ -368,12 +376,15 @@ impl Default for IngestConfig {
             max_series_per_device: 10_000,
             max_future_skew: Duration::from_secs(24 * 3600),
             commit_window: DEFAULT_COMMIT_WINDOW,
+            writer_nice: DEFAULT_WRITER_NICE,
         }
     }
 }
 
 /// See [`IngestConfig::commit_window`].
 pub const DEFAULT_COMMIT_WINDOW: Duration = Duration::from_millis(1);
+/// See [`IngestConfig::writer_nice`].
+pub const DEFAULT_WRITER_NICE: i32 = -10;
 
 impl StorageConfig {
     pub fn retention(&self) -> RetentionPolicy {
@@ -410,6 +421,9 @@ impl Config {
             bail!("ingest.max_batch_records and ingest.queue_groups must be positive");
         }
         let i = &self.ingest;
+        if !(-20..=19).contains(&i.writer_nice) {
+            bail!("ingest.writer_nice must be between -20 and 19");
+        }
         if i.session_max_bytes < 64 * 1024
             || i.queue_max_bytes < i.session_max_bytes
             || i.queue_max_bytes > u64::from(u32::MAX)
@@ -532,11 +546,14 @@ mod ingest_bounds {
         assert!(bad(&|i| i.queue_max_bytes = 1 << 33).contains("4 GiB"));
         assert!(bad(&|i| i.max_series_per_device = 0).contains("max_series_per_device"));
         assert!(bad(&|i| i.max_future_skew = Duration::from_secs(1)).contains("max_future_skew"));
+        assert!(bad(&|i| i.writer_nice = -21).contains("writer_nice"));
+        assert!(bad(&|i| i.writer_nice = 20).contains("writer_nice"));
+        assert_eq!(ok.ingest.writer_nice, -10);
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
         std::fs::write(
             &p,
-            "[ingest]\nsession_max_bytes = 65536\nmax_series_per_device = 50\nmax_future_skew = \"10m\"\n",
+            "[ingest]\nsession_max_bytes = 65536\nmax_series_per_device = 50\nmax_future_skew = \"10m\"\nwriter_nice = 0\n",
         )
         .unwrap();
         let c = Config::load(&p).unwrap();
@@ -544,6 +561,7 @@ mod ingest_bounds {
         assert_eq!(c.ingest.session_max_bytes, 65536);
         assert_eq!(c.ingest.limits().max_series_per_device, 50);
         assert_eq!(c.ingest.limits().max_future_ms, 600_000);
+        assert_eq!(c.ingest.writer_nice, 0);
     }
 }
 

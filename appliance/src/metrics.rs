@@ -60,6 +60,8 @@ pub struct Metrics {
     pub writer_queue_depth: Gauge,
     /// Memory held by the records waiting for the writer.
     pub writer_queue_bytes: Gauge,
+    /// Niceness the writer thread runs at (`[ingest] writer_nice`).
+    pub writer_nice: Gauge,
     /// Times a session had to wait for a byte budget before queueing more
     /// records (and so stopped reading its stream), by budget (`session`,
     /// `queue`).
@@ -176,6 +178,7 @@ impl Metrics {
             write_errors: Counter::default(),
             writer_queue_depth: Gauge::default(),
             writer_queue_bytes: Gauge::default(),
+            writer_nice: Gauge::default(),
             ingest_budget_waits: Family::default(),
             writer_failures: Counter::default(),
             enrollments: Family::default(),
@@ -288,6 +291,11 @@ impl Metrics {
             "writer_queue_depth",
             "Record groups waiting for the writer",
             m.writer_queue_depth.clone(),
+        );
+        r.register(
+            "writer_nice",
+            "Niceness the ingest writer thread runs at (ingest.writer_nice; higher when refused)",
+            m.writer_nice.clone(),
         );
         r.register(
             "writer_queue_bytes",

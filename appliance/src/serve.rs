@@ -107,6 +107,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
             limits: cfg.ingest.limits(),
             faults: None,
             commit_window: cfg.ingest.commit_window,
+            nice: Some(cfg.ingest.writer_nice),
         },
         metrics.clone(),
         writer::Sinks {

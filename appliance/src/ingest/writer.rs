@@ -343,6 +343,8 @@ pub struct WriterOptions {
     /// full (see [`commit_wait_us`]); zero commits whatever is queued as
     /// soon as the previous commit ends.
     pub commit_window: Duration,
+    /// Niceness the writer thread sets for itself (`None`: the process's).
+    pub nice: Option<i32>,
 }
 
 impl WriterOptions {
@@ -357,6 +359,7 @@ impl WriterOptions {
             limits: IngestLimits::DEFAULT,
             faults: None,
             commit_window: Duration::ZERO,
+            nice: None,
         }
     }
 }
@@ -425,7 +428,12 @@ pub fn spawn(
     let (m, h) = (metrics.clone(), health.clone());
     let join = std::thread::Builder::new()
         .name("outpost-writer".into())
-        .spawn(move || supervise(writer, rx, opts, m, sinks, h))
+        .spawn(move || {
+            if let Some(nice) = opts.nice {
+                set_thread_nice(nice, &m);
+            }
+            supervise(writer, rx, opts, m, sinks, h)
+        })
         .context("spawning the writer thread")?;
     Ok((
         WriterHandle {
@@ -440,6 +448,38 @@ pub fn spawn(
 }
 
 /// Runs the writer; if it panics, records why before the queue closes.
+/// Sets the calling thread's niceness (Linux niceness is per thread) and
+/// publishes what it runs at in `outpost_writer_nice`. A refusal (no
+/// CAP_SYS_NICE, RLIMIT_NICE too low) leaves the priority as it was.
+fn set_thread_nice(nice: i32, metrics: &Metrics) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the calling thread's own id.
+        let tid = unsafe { libc::gettid() } as libc::id_t;
+        let set = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
+        let err = std::io::Error::last_os_error();
+        // getpriority returns the niceness itself (-1 is also a value).
+        let now = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
+        metrics.writer_nice.set(i64::from(now));
+        if set == 0 {
+            info!(nice = now, "writer thread priority set");
+        } else {
+            warn!(
+                asked = nice,
+                runs_at = now,
+                error = %err,
+                "the writer thread keeps the process's priority: lowering niceness needs \
+                 CAP_SYS_NICE or RLIMIT_NICE (systemd: LimitNICE={nice}); acks wait longer \
+                 when the cores are busy"
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (nice, metrics);
+    }
+}
+
 fn supervise(
     writer: IngestWriter,
     mut rx: mpsc::Receiver<WriterMsg>,
@@ -1236,6 +1276,42 @@ mod tests {
             tokio::time::timeout(WAIT, next).await.unwrap().unwrap();
             acked(&mut rx, 5_001).await;
         }
+        drop(writer);
+        thread.join().unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_writer_thread_runs_at_the_niceness_asked_for_and_shows_it() {
+        let (_d, store) = open();
+        let metrics = Arc::new(Metrics::new());
+        // Raising niceness is always allowed; lowering it needs a privilege
+        // the test may not have (the refusal leaves it and warns).
+        let opts = WriterOptions {
+            nice: Some(7),
+            ..WriterOptions::for_tests()
+        };
+        let (writer, thread) = spawn(store, opts, metrics.clone(), Sinks::none()).unwrap();
+        let budget = SessionBudget::new(1 << 20);
+        let (ack, mut rx) = slot();
+        writer
+            .submit(heartbeats(1, 1, 5, 1_000), ack, &budget)
+            .await
+            .unwrap();
+        acked(&mut rx, 5).await;
+        assert_eq!(metrics.writer_nice.get(), 7);
+        assert!(metrics.encode().contains("outpost_writer_nice 7"));
+        // The kernel's view: a thread named outpost-writer at niceness 7
+        // (field 19 of /proc/self/task/TID/stat, after the command name).
+        let at_7 = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+            .filter(|stat| stat.contains("(outpost-writer)"))
+            .any(|stat| {
+                let after_comm = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+                after_comm.split(' ').nth(16) == Some("7")
+            });
+        assert!(at_7, "no writer thread at niceness 7");
         drop(writer);
         thread.join().unwrap();
     }
