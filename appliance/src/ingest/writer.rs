@@ -447,7 +447,6 @@ pub fn spawn(
     ))
 }
 
-/// Runs the writer; if it panics, records why before the queue closes.
 /// Sets the calling thread's niceness (Linux niceness is per thread) and
 /// publishes what it runs at in `outpost_writer_nice`. A refusal (no
 /// CAP_SYS_NICE, RLIMIT_NICE too low) leaves the priority as it was.
@@ -480,6 +479,7 @@ fn set_thread_nice(nice: i32, metrics: &Metrics) {
     }
 }
 
+/// Runs the writer; if it panics, records why before the queue closes.
 fn supervise(
     writer: IngestWriter,
     mut rx: mpsc::Receiver<WriterMsg>,
