@@ -75,9 +75,7 @@ impl Table {
             ..self
         }
     }
-}
 
-impl Table {
     /// The same table laid out for values rewritten in place.
     pub const fn overwritten(self) -> Table {
         Table {
