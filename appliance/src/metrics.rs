@@ -8,6 +8,7 @@
 //! [`labels`], the kernel's UDP drop counter is read by
 //! [`crate::net::udp_drops`].
 
+use outpost_proto::messages::RecordBody;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -35,8 +36,11 @@ pub struct Metrics {
     pub connections: Family<KindLabel, Counter>,
     pub frames_received: Counter,
     pub bytes_received: Counter,
-    /// Records received by kind (heartbeat, metrics, inventory).
+    /// Records received by kind (`RecordBody::KINDS`).
     pub records_received: Family<KindLabel, Counter>,
+    /// `records_received`'s counter of each kind, by `RecordBody::kind_index`
+    /// (resolved once: the session path counts every frame).
+    pub records_received_by_kind: [Counter; RecordBody::KINDS.len()],
     /// Records newly stored (not duplicates).
     pub records_stored: Counter,
     /// Metric samples stored.
@@ -160,12 +164,20 @@ impl Metrics {
 
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("outpost");
+        let records_received = Family::<KindLabel, Counter>::default();
         let m = Metrics {
             connections_active: Gauge::default(),
             connections: Family::default(),
             frames_received: Counter::default(),
             bytes_received: Counter::default(),
-            records_received: Family::default(),
+            records_received_by_kind: std::array::from_fn(|i| {
+                records_received
+                    .get_or_create(&KindLabel {
+                        kind: RecordBody::KINDS[i].to_string(),
+                    })
+                    .clone()
+            }),
+            records_received,
             records_stored: Counter::default(),
             samples_stored: Counter::default(),
             acks_sent: Counter::default(),

@@ -389,13 +389,29 @@ pub enum RecordBody {
 }
 
 impl RecordBody {
+    /// Every kind's label, indexed by [`RecordBody::kind_index`].
+    pub const KINDS: [&'static str; 5] = [
+        "heartbeat",
+        "metrics",
+        "inventory",
+        "package_scan",
+        "patch_status",
+    ];
+
+    /// The kind's label (metrics, logs).
     pub fn kind(&self) -> &'static str {
+        Self::KINDS[self.kind_index()]
+    }
+
+    /// The kind's position in [`RecordBody::KINDS`]: per-kind counters
+    /// without a label lookup per record.
+    pub fn kind_index(&self) -> usize {
         match self {
-            RecordBody::Heartbeat(_) => "heartbeat",
-            RecordBody::Metrics(_) => "metrics",
-            RecordBody::Inventory(_) => "inventory",
-            RecordBody::PackageScan(_) => "package_scan",
-            RecordBody::PatchStatus(_) => "patch_status",
+            RecordBody::Heartbeat(_) => 0,
+            RecordBody::Metrics(_) => 1,
+            RecordBody::Inventory(_) => 2,
+            RecordBody::PackageScan(_) => 3,
+            RecordBody::PatchStatus(_) => 4,
         }
     }
 }

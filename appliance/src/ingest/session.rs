@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use outpost_proto::DeviceId;
 use outpost_proto::frame::{FrameReader, PendingWrites};
-use outpost_proto::messages::{AgentFrame, CloseReason, Flow, Record};
+use outpost_proto::messages::{AgentFrame, CloseReason, Flow, Record, RecordBody};
 use outpost_proto::pki::{CertIdentity, Principal};
 use outpost_proto::session::appliance::{ApplianceConfig, ApplianceEvent, ApplianceSession};
 use outpost_storage::ingest::IncomingRecords;
@@ -34,8 +34,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::IngestCtx;
 use super::remote::{LinkInbox, LinkInput, RemoteLink};
-use super::writer::{AckState, SessionBudget};
-use crate::metrics::labels::KindLabel;
+use super::writer::{AckState, SessionBudget, WriterHealth};
 
 /// Deadline for the agent's Hello after the handshake.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -134,10 +133,13 @@ pub async fn serve(conn: quinn::Connection, ctx: Arc<IngestCtx>) {
 
 type SessionResult = Result<(), (CloseReason, String)>;
 
-/// Why a session ends when the writer refused its records.
-fn writer_error(ctx: &IngestCtx, e: anyhow::Error) -> (CloseReason, String) {
-    if ctx.writer.health().failure().is_some() {
-        (CloseReason::Internal, ctx.writer.health().close_message())
+/// Why a session ends when the writer refused its records or its Hello:
+/// a failed writer is the appliance's fault (`Internal`, with the reason the
+/// operator sees in the log); a writer that stopped without failing is the
+/// appliance shutting down, and the agent should reconnect to the next one.
+fn writer_error(health: &WriterHealth, e: anyhow::Error) -> (CloseReason, String) {
+    if health.failure().is_some() {
+        (CloseReason::Internal, health.close_message())
     } else {
         (CloseReason::ShuttingDown, format!("{e:#}"))
     }
@@ -330,13 +332,11 @@ async fn establish(
     };
     let agent_version = hello.agent_version.clone();
     let offered = hello.protocol_version;
-    let last_seq = ctx.writer.session(device, hello).await.map_err(|e| {
-        if ctx.writer.health().failure().is_some() {
-            (CloseReason::Internal, ctx.writer.health().close_message())
-        } else {
-            (CloseReason::Internal, format!("{e:#}"))
-        }
-    })?;
+    let last_seq = ctx
+        .writer
+        .session(device, hello)
+        .await
+        .map_err(|e| writer_error(ctx.writer.health(), e))?;
     s.accept(last_seq);
     closed(&s)?;
     let mut out = PendingWrites::new();
@@ -427,7 +427,7 @@ async fn serve_flows(
             }
             (max, r) = submitted(&mut submitting) => {
                 submitting = None;
-                r.map_err(|e| writer_error(ctx, e))?;
+                r.map_err(|e| writer_error(ctx.writer.health(), e))?;
                 submitted_up_to = submitted_up_to.max(max);
             }
             // Chunks as QUIC delivered them: a session waiting for its next
@@ -457,7 +457,7 @@ async fn serve_flows(
                         Ok(Some(frame)) => {
                             m.frames_received.inc();
                             if let AgentFrame::Records(rs) = &frame {
-                                count_kinds(ctx, rs);
+                                count_kinds(&ctx.metrics, rs);
                             }
                             s.handle_frame(Flow::Records, frame, now);
                             if s.is_closed() {
@@ -697,25 +697,16 @@ async fn drain_acks(ack_rx: &mut watch::Receiver<AckState>, mut acked: u64, subm
     acked
 }
 
-fn count_kinds(ctx: &IngestCtx, rs: &[Record]) {
-    // Count per kind without a label lookup per record.
-    let mut counts = [0u64; 3];
+/// Counts `rs` in `outpost_records_received` by kind: one counter update
+/// per kind present, no label lookup.
+fn count_kinds(metrics: &crate::metrics::Metrics, rs: &[Record]) {
+    let mut counts = [0u64; RecordBody::KINDS.len()];
     for r in rs {
-        let i = match r.body.kind() {
-            "heartbeat" => 0,
-            "metrics" => 1,
-            _ => 2,
-        };
-        counts[i] += 1;
+        counts[r.body.kind_index()] += 1;
     }
-    for (kind, n) in ["heartbeat", "metrics", "inventory"].iter().zip(counts) {
+    for (counter, n) in metrics.records_received_by_kind.iter().zip(counts) {
         if n > 0 {
-            ctx.metrics
-                .records_received
-                .get_or_create(&KindLabel {
-                    kind: (*kind).to_string(),
-                })
-                .inc_by(n);
+            counter.inc_by(n);
         }
     }
 }
@@ -766,6 +757,78 @@ mod tests {
         d.acked(99, h);
         assert_eq!(count(), 81);
         assert_eq!(d.0.capacity(), 0, "the burst's buffer is freed once acked");
+    }
+
+    /// Each record is counted under its own kind: package scans and patch
+    /// statuses are not inventory (they were, before the kinds had indices).
+    #[test]
+    fn records_are_counted_by_their_own_kind() {
+        use outpost_proto::messages::{
+            Heartbeat, Inventory, MetricsSample, PackageScanRecord, PatchStatusRecord,
+        };
+        let m = crate::metrics::Metrics::new();
+        let rec = |body| Record {
+            seq: 1,
+            ts_ms: 1,
+            body,
+        };
+        let hb = RecordBody::Heartbeat(Heartbeat {
+            uptime_s: 1,
+            buffered_records: 0,
+            dropped_records: 0,
+        });
+        let mut frame = vec![rec(hb.clone()), rec(hb)];
+        frame.push(rec(RecordBody::Metrics(MetricsSample { values: vec![] })));
+        frame.push(rec(RecordBody::Inventory(Box::<Inventory>::default())));
+        frame.push(rec(RecordBody::PackageScan(PackageScanRecord {
+            format: 1,
+            full: true,
+            part: 0,
+            parts: 1,
+            payload: vec![],
+        })));
+        for _ in 0..3 {
+            frame.push(rec(RecordBody::PatchStatus(PatchStatusRecord {
+                format: 1,
+                part: 0,
+                parts: 1,
+                payload: vec![],
+            })));
+        }
+        count_kinds(&m, &frame);
+        count_kinds(&m, &frame[..1]);
+        let text = m.encode();
+        let count = |kind: &str| {
+            let prefix = format!("outpost_records_received_total{{kind=\"{kind}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no {kind} count in {text}"))
+        };
+        assert_eq!(count("heartbeat"), 3);
+        assert_eq!(count("metrics"), 1);
+        assert_eq!(count("inventory"), 1);
+        assert_eq!(count("package_scan"), 1);
+        assert_eq!(count("patch_status"), 3);
+    }
+
+    /// A writer that stopped without failing (the appliance shutting down)
+    /// closes sessions as `ShuttingDown`, so agents reconnect to the next
+    /// appliance without reporting an error; a failed writer is `Internal`,
+    /// and the message says why and what to do.
+    #[test]
+    fn a_stopped_writer_is_a_shutdown_and_a_failed_one_an_internal_error() {
+        let health = WriterHealth::default();
+        let (reason, msg) = writer_error(&health, anyhow::anyhow!("the writer has stopped"));
+        assert_eq!(reason, CloseReason::ShuttingDown);
+        assert_eq!(msg, "the writer has stopped");
+        health.fail("disk full".into());
+        let (reason, msg) = writer_error(&health, anyhow::anyhow!("the writer has failed"));
+        assert_eq!(reason, CloseReason::Internal);
+        assert!(
+            msg.contains("disk full") && msg.contains("restarted"),
+            "{msg}"
+        );
     }
 
     /// Every connected device keeps one session future in its task: state
