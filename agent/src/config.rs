@@ -103,7 +103,7 @@ impl Default for AgentConfig {
             inventory_interval: Duration::from_secs(24 * 3600),
             buffer_max_bytes: 64 * 1024 * 1024,
             reconnect_base: Duration::from_millis(500),
-            reconnect_max: Duration::from_secs(30),
+            reconnect_max: outpost_proto::backoff::AGENT_RECONNECT_MAX,
             max_in_flight_records: 4096,
             ack_timeout: Duration::from_secs(10),
             ack_timeout_max: Duration::from_secs(120),

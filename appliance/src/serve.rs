@@ -108,6 +108,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
             faults: None,
             commit_window: cfg.ingest.commit_window,
             nice: Some(cfg.ingest.writer_nice),
+            handshake_rate: Some(cfg.admission.handshake_rate),
         },
         metrics.clone(),
         writer::Sinks {

@@ -1,6 +1,7 @@
 //! Reconnect storm: all agents connected and streaming; the appliance is
 //! killed (-9) and restarted; measure how long until every agent has a
-//! session again and its backlog is acknowledged, and the appliance's peak RSS.
+//! session again and its backlog is acknowledged, how many devices the
+//! restarted appliance declared offline meanwhile, and its peak RSS.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -102,6 +103,13 @@ pub async fn run(r: &ReconnectRun, app: &mut Spawned) -> anyhow::Result<Report> 
             break;
         }
     }
+    // Devices the restarted appliance declared offline while the fleet was
+    // coming back (none should be: every agent was trying to reconnect).
+    let offline_declared = crate::alert_latency::metric_sum(
+        &app.metrics().await.unwrap_or_default(),
+        "outpost_status_transitions_total",
+        &["kind=\"offline\""],
+    ) as u64;
     ctl.stop.cancel();
     for t in tasks {
         let _ = t.await;
@@ -113,6 +121,7 @@ pub async fn run(r: &ReconnectRun, app: &mut Spawned) -> anyhow::Result<Report> 
         .int("backlog_records", backlog_at_restart)
         .num("reconnect_secs", reconnect_secs.unwrap_or(f64::NAN))
         .num("backlog_acked_secs", drained_secs.unwrap_or(f64::NAN))
+        .int("offline_declared", offline_declared)
         .num("appliance_peak_rss_mb", peak_rss as f64 / 1048576.0)
         .int("sent", stats.sent.load(Ordering::Relaxed))
         .int("acked", stats.acked.load(Ordering::Relaxed));

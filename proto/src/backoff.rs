@@ -5,6 +5,12 @@
 
 use std::time::Duration;
 
+/// The agent's default longest wait between two reconnect attempts
+/// (`reconnect_max` in its configuration). The appliance counts on it when
+/// it readmits its fleet after a restart: an agent refused a handshake may
+/// sleep this long before it tries again.
+pub const AGENT_RECONNECT_MAX: Duration = Duration::from_secs(30);
+
 /// Exponential backoff with full jitter: attempt `n` sleeps a uniformly
 /// random time in `[0, min(cap, base * 2^n)]`.
 #[derive(Debug, Clone)]

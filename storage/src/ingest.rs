@@ -334,6 +334,11 @@ pub struct IngestWriter {
     /// before they can be declared offline (an appliance restart is not a
     /// fleet outage).
     started_ms: u64,
+    /// Further time, after `started_ms`, that devices online at start and
+    /// not heard from since get before they can be declared offline: the
+    /// appliance's own handshake admission readmits a large fleet at a
+    /// bounded rate (see [`IngestWriter::set_restart_grace`]).
+    restart_grace_ms: u64,
     /// Devices currently online (all of them are in `devices`).
     online: u64,
     /// Bounds on what devices send.
@@ -356,12 +361,24 @@ impl IngestWriter {
             store,
             devices: HashMap::new(),
             started_ms: now_ms,
+            restart_grace_ms: 0,
             online: 0,
             limits,
             faults: None,
         };
         w.load_online()?;
         Ok(w)
+    }
+
+    /// Gives the devices that were online when this writer started (and are
+    /// not heard from since) `grace_ms` more to reconnect before the offline
+    /// sweep's usual deadline (two heartbeat intervals plus its grace)
+    /// starts to count: an appliance that readmits 50,000 agents at 200
+    /// handshakes a second needs minutes, and a device still waiting its
+    /// turn is not offline. Devices heard from since the start keep the
+    /// usual deadline from their last contact.
+    pub fn set_restart_grace(&mut self, grace_ms: u64) {
+        self.restart_grace_ms = grace_ms;
     }
 
     /// Test seam: from now on every load, batch addition and write asks
@@ -697,12 +714,19 @@ impl IngestWriter {
             let mut batch = w.staged();
             let mut out = Vec::new();
             let started_ms = w.started_ms;
+            let readmitted_by_ms = started_ms.saturating_add(w.restart_grace_ms);
             for (d, c) in w.devices.iter_mut() {
                 let st = &c.state;
                 if st.status != DeviceStatus::Online {
                     continue;
                 }
-                let seen = st.last_seen_ms.max(started_ms);
+                // Not heard from since the start: its silence counts from
+                // when the fleet has had its turn to reconnect.
+                let seen = if st.last_seen_ms >= started_ms {
+                    st.last_seen_ms
+                } else {
+                    readmitted_by_ms
+                };
                 let deadline = seen
                     .saturating_add(2 * u64::from(st.heartbeat_interval_ms))
                     .saturating_add(grace_ms);
@@ -1250,6 +1274,50 @@ mod tests {
         let mut w = IngestWriter::new(store.clone(), 100_000).unwrap();
         assert!(w.sweep_offline(100_001, 500).unwrap().is_empty());
         assert_eq!(w.sweep_offline(102_500, 500).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_restart_grace_holds_devices_not_yet_back_and_not_those_heard_from_since() {
+        let (_d, store) = open();
+        let hello = Hello {
+            protocol_version: 1,
+            agent_version: "t".into(),
+            heartbeat_interval_ms: 1_000,
+            metrics_interval_ms: 1_000,
+        };
+        let mut before = IngestWriter::new(store.clone(), 0).unwrap();
+        for d in 1..=3 {
+            before.session_started(DeviceId(d), &hello, 1_000).unwrap();
+        }
+        drop(before);
+        // Restart at 100 s with 60 s of readmission grace.
+        let mut w = IngestWriter::new(store.clone(), 100_000).unwrap();
+        assert_eq!(w.online_count(), 3);
+        w.set_restart_grace(60_000);
+        // Device 3 reconnects at once, then falls silent: its own deadline.
+        w.session_started(DeviceId(3), &hello, 100_500).unwrap();
+        let offline = |w: &mut IngestWriter, now| -> Vec<u64> {
+            let mut v: Vec<u64> = w
+                .sweep_offline(now, 500)
+                .unwrap()
+                .into_iter()
+                .map(|(d, _)| d.0)
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        // Without the grace devices 1 and 2 would be offline at 102.5 s.
+        assert_eq!(offline(&mut w, 103_000), vec![3]);
+        assert!(offline(&mut w, 140_000).is_empty(), "still in their turn");
+        // Device 2 comes back within the grace, then falls silent: from
+        // then on its deadline counts from its last contact.
+        w.session_started(DeviceId(2), &hello, 150_000).unwrap();
+        assert!(offline(&mut w, 152_000).is_empty());
+        assert_eq!(offline(&mut w, 152_500), vec![2]);
+        // Device 1 never comes back: offline once the grace and the usual
+        // deadline after it have passed.
+        assert!(offline(&mut w, 162_499).is_empty(), "still in its turn");
+        assert_eq!(offline(&mut w, 162_500), vec![1]);
     }
 
     fn metric_values(seq: u64, ts: u64, names: &[&str]) -> Record {

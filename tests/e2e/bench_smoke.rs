@@ -202,6 +202,45 @@ fn reconnect_scenario_recovers_every_agent() {
     assert_eq!(rep.get("sent"), rep.get("acked"), "{}", rep.line());
 }
 
+/// An appliance restarted with a slow handshake admission (one a second)
+/// readmits its fleet more slowly than the usual offline deadline (two
+/// heartbeat intervals of 1 s plus a 1 s grace): no device is declared
+/// offline while it waits its turn, and every one comes back.
+#[test]
+fn a_restart_declares_no_device_offline_while_the_fleet_is_readmitted() {
+    let tmp = scratch("bench-reconnect-offline");
+    let data = tmp.path().join("appliance");
+    let mut app = Spawned::start(&bin("outpost"), &data, &[]).unwrap();
+    // Read by the restarted appliance, not by this one.
+    std::fs::write(
+        data.join("outpost.toml"),
+        "offline_grace = \"1s\"\n[admission]\nmax_handshakes = 1\nhandshake_rate = 1\nhandshake_burst = 1\n",
+    )
+    .unwrap();
+    let rep = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(reconnect::run(
+            &ReconnectRun {
+                agents: 8,
+                rate: 2.0,
+                down: Duration::from_secs(1),
+                state: tmp.path().join("fleet"),
+                quiet: true,
+            },
+            &mut app,
+        ))
+        .unwrap();
+    let line = rep.line();
+    eprintln!("{line}");
+    let secs: f64 = rep.get("reconnect_secs").unwrap().parse().unwrap();
+    assert!(
+        secs.is_finite() && secs > 4.0,
+        "the fleet must come back slower than the 3 s offline deadline for this to show anything: {line}"
+    );
+    assert_eq!(rep.get("offline_declared"), Some("0"), "{line}");
+    assert_eq!(rep.get("sent"), rep.get("acked"), "{line}");
+}
+
 #[test]
 fn alert_scenario_measures_sample_to_webhook_latency_and_survives_a_dead_webhook() {
     let tmp = scratch("bench-alerts");

@@ -345,6 +345,11 @@ pub struct WriterOptions {
     pub commit_window: Duration,
     /// Niceness the writer thread sets for itself (`None`: the process's).
     pub nice: Option<i32>,
+    /// New handshakes per second the appliance admits (`[admission]
+    /// handshake_rate`): how fast the devices online before a restart can
+    /// come back, hence how long they get before any is declared offline
+    /// (see [`restart_grace`]; `None`: no more than the usual deadline).
+    pub handshake_rate: Option<u32>,
 }
 
 impl WriterOptions {
@@ -360,8 +365,18 @@ impl WriterOptions {
             faults: None,
             commit_window: Duration::ZERO,
             nice: None,
+            handshake_rate: None,
         }
     }
+}
+
+/// How long, after a start, the devices that were online before it get to
+/// reconnect before the offline sweep's usual deadline starts to count:
+/// `online` devices readmitted at `handshake_rate` a second, plus the
+/// longest an agent refused a handshake sleeps before trying again.
+pub fn restart_grace(online: u64, handshake_rate: u32) -> Duration {
+    Duration::from_secs_f64(online as f64 / f64::from(handshake_rate.max(1)))
+        + outpost_proto::backoff::AGENT_RECONNECT_MAX
 }
 
 /// How many more microseconds the writer waits for records before
@@ -420,6 +435,20 @@ pub fn spawn(
         .context("loading device state for the writer")?;
     if let Some(f) = &opts.faults {
         writer.set_fault_injector(f.clone());
+    }
+    let online = writer.online_count();
+    if let Some(rate) = opts.handshake_rate
+        && online > 0
+    {
+        let grace = restart_grace(online, rate);
+        writer.set_restart_grace(grace.as_millis() as u64);
+        info!(
+            online,
+            handshake_rate = rate,
+            grace_secs = grace.as_secs(),
+            "devices online before this start may take this long to be readmitted; \
+             none of them is declared offline before it has passed"
+        );
     }
     let queue_max_bytes = usize::try_from(opts.queue_max_bytes)
         .unwrap_or(usize::MAX)
@@ -1230,6 +1259,20 @@ mod tests {
         assert_eq!(task_slices(&metrics, "session"), 1);
         drop(writer);
         thread.join().unwrap();
+    }
+
+    /// 50,000 agents at the default 200 handshakes a second take 250 s to
+    /// come back, and a refused agent may sleep 30 s more.
+    #[test]
+    fn the_restart_grace_is_the_fleets_readmission_time_plus_an_agents_longest_back_off() {
+        assert_eq!(restart_grace(50_000, 200), Duration::from_secs(280));
+        assert_eq!(restart_grace(1_000, 200), Duration::from_secs(35));
+        assert_eq!(restart_grace(0, 200), Duration::from_secs(30));
+        assert_eq!(
+            restart_grace(10, 0),
+            Duration::from_secs(40),
+            "a zero rate (refused by the configuration) counts as one a second"
+        );
     }
 
     #[test]
