@@ -20,7 +20,7 @@ use crate::net::udp_drops;
 pub mod labels;
 
 pub use labels::{
-    BudgetLabel, KindLabel, NotifyLabel, OpLabel, ReasonLabel, ResultLabel, StageLabel,
+    AlertStage, BudgetLabel, KindLabel, NotifyLabel, OpLabel, ReasonLabel, ResultLabel, StageLabel,
 };
 pub use outpost_web::RouteLabel;
 
@@ -114,6 +114,9 @@ pub struct Metrics {
     /// writer's hand-off), `evaluate` (one batch), `persist` (an alert's
     /// durable write), `send` (one delivery attempt through a channel).
     pub alert_stage_seconds: Family<StageLabel, Histogram, fn() -> Histogram>,
+    /// `alert_stage_seconds`' histogram of each [`AlertStage`], resolved
+    /// once (indexed by `AlertStage as usize`).
+    alert_stages: [Histogram; AlertStage::ALL.len()],
     /// Notification delivery outcomes (delivered, retry, dead_letter).
     pub notifications: Family<NotifyLabel, Counter>,
     /// The QUIC listener's sockets: datagrams the kernel dropped on them
@@ -154,17 +157,15 @@ fn short_latency_histogram() -> Histogram {
 impl Metrics {
     /// Records `d` as time spent in `stage` of the alert path
     /// (`outpost_alert_stage_seconds`).
-    pub fn alert_stage(&self, stage: &str, d: std::time::Duration) {
-        self.alert_stage_seconds
-            .get_or_create(&StageLabel {
-                stage: stage.to_string(),
-            })
-            .observe(d.as_secs_f64());
+    pub fn alert_stage(&self, stage: AlertStage, d: std::time::Duration) {
+        self.alert_stages[stage as usize].observe(d.as_secs_f64());
     }
 
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("outpost");
         let records_received = Family::<KindLabel, Counter>::default();
+        let alert_stage_seconds: Family<StageLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(short_latency_histogram);
         let m = Metrics {
             connections_active: Gauge::default(),
             connections: Family::default(),
@@ -213,7 +214,14 @@ impl Metrics {
             alert_inputs_dropped: Counter::default(),
             alert_inputs_lost: Counter::default(),
             alert_errors: Family::default(),
-            alert_stage_seconds: Family::new_with_constructor(short_latency_histogram),
+            alert_stages: AlertStage::ALL.map(|stage| {
+                alert_stage_seconds
+                    .get_or_create(&StageLabel {
+                        stage: stage.label().to_string(),
+                    })
+                    .clone()
+            }),
+            alert_stage_seconds,
             notifications: Family::default(),
             quic_sockets: Default::default(),
             deploy_device: Default::default(),
@@ -482,5 +490,26 @@ mod tests {
             text.contains("outpost_alert_errors_total{op=\"record_event\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn each_alert_stage_is_exported_from_the_start_and_times_only_its_own_series() {
+        let m = Metrics::new();
+        let text = m.encode();
+        for stage in AlertStage::ALL {
+            let series = format!(
+                "outpost_alert_stage_seconds_count{{stage=\"{}\"}} 0\n",
+                stage.label()
+            );
+            assert!(text.contains(&series), "{series} missing from:\n{text}");
+        }
+        m.alert_stage(AlertStage::Persist, std::time::Duration::from_millis(2));
+        m.alert_stage(AlertStage::Persist, std::time::Duration::from_millis(3));
+        m.alert_stage(AlertStage::Send, std::time::Duration::from_millis(1));
+        let text = m.encode();
+        for (stage, n) in [("queued", 0), ("evaluate", 0), ("persist", 2), ("send", 1)] {
+            let series = format!("outpost_alert_stage_seconds_count{{stage=\"{stage}\"}} {n}\n");
+            assert!(text.contains(&series), "{series} missing from:\n{text}");
+        }
     }
 }

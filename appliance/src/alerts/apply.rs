@@ -19,7 +19,7 @@ use super::decision::{Action, Outcome};
 use super::model::{Alert, AlertEvent, EventKind, Notification};
 use super::notify::NotifyHandle;
 use super::store;
-use crate::metrics::{KindLabel, Metrics, OpLabel};
+use crate::metrics::{AlertStage, KindLabel, Metrics, OpLabel};
 
 /// The operations whose failures `outpost_alert_errors_total{op}` counts.
 pub mod op {
@@ -136,7 +136,8 @@ impl Applier {
         }
         let started = std::time::Instant::now();
         let written = store::save_alert(&mut batch, a).and_then(|_| self.store.write(batch));
-        self.metrics.alert_stage("persist", started.elapsed());
+        self.metrics
+            .alert_stage(AlertStage::Persist, started.elapsed());
         if let Err(e) = written {
             self.metrics.write_errors.inc();
             self.error(op::PERSIST, Some(a.id), &e);

@@ -57,7 +57,7 @@ use super::notify::NotifyHandle;
 use super::overflow::{Overflow, Summary};
 use super::store::{self, ConfigKind};
 use super::timers;
-use crate::metrics::Metrics;
+use crate::metrics::{AlertStage, Metrics};
 
 /// The engine runs its timers at least this often: maintenance windows can
 /// end (or be deleted) and no-data series fall silent without an event.
@@ -246,8 +246,9 @@ pub struct Engine {
     rules: HashMap<String, Arc<Rule>>,
     /// Every rule resolved for the decisions (by rule id).
     plans: HashMap<String, Arc<RulePlan>>,
-    /// Rule ids by the metric they read.
-    by_metric: HashMap<String, Vec<String>>,
+    /// Rule ids by the metric they read (shared: each sample value takes
+    /// its list without copying it).
+    by_metric: HashMap<String, Arc<[String]>>,
     windows: Vec<MaintenanceWindow>,
     open: OpenAlerts,
     scopes: DeviceScopes,
@@ -318,15 +319,19 @@ impl Engine {
                 .map(|p| (p.id.clone(), p))
                 .collect();
         self.windows = store::list_config(&self.store, ConfigKind::Window)?;
-        self.by_metric.clear();
+        let mut by_metric: HashMap<String, Vec<String>> = HashMap::new();
         for r in &rules {
             if let Some(m) = r.metric() {
-                self.by_metric
+                by_metric
                     .entry(m.to_string())
                     .or_default()
                     .push(r.id.clone());
             }
         }
+        self.by_metric = by_metric
+            .into_iter()
+            .map(|(m, ids)| (m, Arc::from(ids)))
+            .collect();
         self.plans = rules
             .iter()
             .map(|r| (r.id.clone(), Arc::new(RulePlan::of(r, &policies))))
@@ -447,9 +452,9 @@ impl Engine {
                 let Some(ids) = self.by_metric.get(&v.name).cloned() else {
                     continue;
                 };
-                for id in ids {
+                for id in ids.iter() {
                     let (Some(rule), Some(plan)) =
-                        (self.rules.get(&id).cloned(), self.plans.get(&id).cloned())
+                        (self.rules.get(id).cloned(), self.plans.get(id).cloned())
                     else {
                         continue;
                     };
@@ -853,9 +858,9 @@ async fn run(mut e: Engine, mut inputs: EngineInputs, shutdown: CancellationToke
         tokio::select! {
             Some((handed, batch)) = inputs.samples.recv() => {
                 let started = Instant::now();
-                e.metrics.alert_stage("queued", started - handed);
+                e.metrics.alert_stage(AlertStage::Queued, started - handed);
                 e.on_samples(batch, now_ms());
-                e.metrics.alert_stage("evaluate", started.elapsed());
+                e.metrics.alert_stage(AlertStage::Evaluate, started.elapsed());
             }
             Some(c) = inputs.control.recv() => match c {
                 Control::Status(ts) => e.on_status(ts, now_ms()),

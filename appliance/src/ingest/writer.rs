@@ -447,7 +447,8 @@ pub fn spawn(
             handshake_rate = rate,
             grace_secs = grace.as_secs(),
             "devices online before this start may take this long to be readmitted; \
-             none of them is declared offline before it has passed"
+             the silence of one not heard from since counts from then (two heartbeat \
+             intervals and offline_grace later it is declared offline)"
         );
     }
     let queue_max_bytes = usize::try_from(opts.queue_max_bytes)

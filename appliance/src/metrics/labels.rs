@@ -40,6 +40,39 @@ pub struct StageLabel {
     pub stage: String,
 }
 
+/// The stages of `outpost_alert_stage_seconds`, in the order a sample
+/// passes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlertStage {
+    /// In the engine's queue, from the writer's hand-off.
+    Queued,
+    /// One batch evaluated.
+    Evaluate,
+    /// One alert's durable write.
+    Persist,
+    /// One delivery attempt through a channel.
+    Send,
+}
+
+impl AlertStage {
+    pub const ALL: [AlertStage; 4] = [
+        AlertStage::Queued,
+        AlertStage::Evaluate,
+        AlertStage::Persist,
+        AlertStage::Send,
+    ];
+
+    /// The `stage` label's value.
+    pub fn label(self) -> &'static str {
+        match self {
+            AlertStage::Queued => "queued",
+            AlertStage::Evaluate => "evaluate",
+            AlertStage::Persist => "persist",
+            AlertStage::Send => "send",
+        }
+    }
+}
+
 /// A byte budget of the ingest queue (`outpost_ingest_budget_waits_total{budget}`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BudgetLabel {

@@ -19,7 +19,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::model::{Channel, ChannelKind, Notification};
 use super::store::{self, ConfigKind};
-use crate::metrics::{Metrics, NotifyLabel};
+use crate::metrics::{AlertStage, Metrics, NotifyLabel};
 
 /// How failed deliveries are retried.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -156,7 +156,7 @@ async fn run(
                     let _permit = sem.acquire_owned().await;
                     let started = std::time::Instant::now();
                     let r = deliver(&store, &client, &n, policy.timeout).await;
-                    metrics.alert_stage("send", started.elapsed());
+                    metrics.alert_stage(AlertStage::Send, started.elapsed());
                     let _ = done.send((n, r));
                 }
                 .instrument(span),
