@@ -6,14 +6,14 @@
 #   scripts/test.sh             # everything
 #   scripts/test.sh ARGS...     # cargo test --workspace ARGS... only (no fuzzing)
 #
-# OUTPOST_FUZZ_SECONDS: seconds per fuzz target (default 15; 0 skips
+# OUTPOST_FUZZ_SECONDS: seconds per fuzz target (default 10; 0 skips
 # fuzzing); FUZZ_JOBS: targets fuzzed at once (default 2, one per core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh --test
 cargo test --workspace "$@"
 
-fuzz_seconds=${OUTPOST_FUZZ_SECONDS:-15}
+fuzz_seconds=${OUTPOST_FUZZ_SECONDS:-10}
 if [ $# -eq 0 ] && [ "$fuzz_seconds" != 0 ]; then
   FUZZ_JOBS=${FUZZ_JOBS:-2} scripts/fuzz.sh "$fuzz_seconds"
 fi
