@@ -110,12 +110,8 @@ pub struct Metrics {
     /// queue_notification, persist, audit, device_lookup, reload_config).
     pub alert_errors: Family<OpLabel, Counter>,
     /// Time spent in each stage from a group commit to the alert's
-    /// notification, by stage: `queued` (the engine's queue, from the
-    /// writer's hand-off), `evaluate` (one batch), `persist` (an alert's
-    /// durable write), `send` (one delivery attempt through a channel).
-    pub alert_stage_seconds: Family<StageLabel, Histogram, fn() -> Histogram>,
-    /// `alert_stage_seconds`' histogram of each [`AlertStage`], resolved
-    /// once (indexed by `AlertStage as usize`).
+    /// notification (`outpost_alert_stage_seconds{stage}`): the histogram of
+    /// each [`AlertStage`], resolved once (indexed by `AlertStage as usize`).
     alert_stages: [Histogram; AlertStage::ALL.len()],
     /// Notification delivery outcomes (delivered, retry, dead_letter).
     pub notifications: Family<NotifyLabel, Counter>,
@@ -221,7 +217,6 @@ impl Metrics {
                     })
                     .clone()
             }),
-            alert_stage_seconds,
             notifications: Family::default(),
             quic_sockets: Default::default(),
             deploy_device: Default::default(),
@@ -412,7 +407,7 @@ impl Metrics {
         r.register(
             "alert_stage_seconds",
             "Time from a group commit to an alert's notification, by stage (queued, evaluate, persist, send)",
-            m.alert_stage_seconds.clone(),
+            alert_stage_seconds,
         );
         r.register(
             "notifications",
