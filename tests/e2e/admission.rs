@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use outpost_bench::spawn::Spawned;
 use outpost_bench::storm::{self, StormRun};
-use outpost_tests::{bin, scratch};
+use outpost_tests::{bin, load_test_slot, scratch};
 
 #[test]
 fn a_connection_storm_over_the_rate_is_retried_and_refused_while_established_sessions_stream() {
+    let _slot = load_test_slot();
     let tmp = scratch("admission-storm");
     let data = tmp.path().join("appliance");
     let state = tmp.path().join("fleet");
@@ -86,6 +87,7 @@ fn a_connection_storm_over_the_rate_is_retried_and_refused_while_established_ses
 /// which aborted `outpost-bench ingest --spawn` with 1,000 agents).
 #[test]
 fn devices_enrolling_over_the_handshake_rate_are_refused_then_enroll_with_back_off() {
+    let _slot = load_test_slot();
     let tmp = scratch("admission-enroll");
     let data = tmp.path().join("appliance");
     let devices = 24usize;

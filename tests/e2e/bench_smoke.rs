@@ -9,7 +9,7 @@ use outpost_bench::reconnect::{self, ReconnectRun};
 use outpost_bench::sim::Mix;
 use outpost_bench::spawn::Spawned;
 use outpost_bench::storage_eff::{self, StorageRun};
-use outpost_tests::{bin, scratch};
+use outpost_tests::{bin, load_test_slot, scratch};
 
 fn run(
     spawned: &Spawned,
@@ -44,6 +44,7 @@ fn run(
 
 #[test]
 fn ingest_scenarios_measure_durable_acks_and_latency() {
+    let _slot = load_test_slot();
     let tmp = scratch("bench-ingest");
     let app = Spawned::start(&bin("outpost"), &tmp.path().join("appliance"), &[]).unwrap();
     let state = tmp.path().join("fleet");
@@ -84,6 +85,7 @@ fn ingest_scenarios_measure_durable_acks_and_latency() {
 /// agents must have been spread over several sockets.
 #[test]
 fn scale_smoke_streaming_agents_neither_reconnect_nor_lose_datagrams() {
+    let _slot = load_test_slot();
     let tmp = scratch("bench-scale-smoke");
     let app = Spawned::start(
         &bin("outpost"),
@@ -141,6 +143,7 @@ fn scale_smoke_streaming_agents_neither_reconnect_nor_lose_datagrams() {
 
 #[test]
 fn storage_scenario_measures_real_files() {
+    let _slot = load_test_slot();
     let tmp = scratch("bench-storage");
     let rep = storage_eff::run(
         &StorageRun {
@@ -180,6 +183,7 @@ fn walk(p: &std::path::Path) -> u64 {
 
 #[test]
 fn reconnect_scenario_recovers_every_agent() {
+    let _slot = load_test_slot();
     let tmp = scratch("bench-reconnect");
     let mut app = Spawned::start(&bin("outpost"), &tmp.path().join("appliance"), &[]).unwrap();
     let rep = tokio::runtime::Runtime::new()
@@ -208,6 +212,7 @@ fn reconnect_scenario_recovers_every_agent() {
 /// offline while it waits its turn, and every one comes back.
 #[test]
 fn a_restart_declares_no_device_offline_while_the_fleet_is_readmitted() {
+    let _slot = load_test_slot();
     let tmp = scratch("bench-reconnect-offline");
     let data = tmp.path().join("appliance");
     let mut app = Spawned::start(&bin("outpost"), &data, &[]).unwrap();
@@ -243,6 +248,7 @@ fn a_restart_declares_no_device_offline_while_the_fleet_is_readmitted() {
 
 #[test]
 fn alert_scenario_measures_sample_to_webhook_latency_and_survives_a_dead_webhook() {
+    let _slot = load_test_slot();
     let tmp = scratch("bench-alerts");
     let app = Spawned::start(&bin("outpost"), &tmp.path().join("appliance"), &[]).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -287,6 +293,7 @@ fn alert_scenario_measures_sample_to_webhook_latency_and_survives_a_dead_webhook
 
 #[test]
 fn chaos_kill9_loop_loses_and_duplicates_no_acknowledged_record() {
+    let _slot = load_test_slot();
     let tmp = scratch("bench-chaos");
     let mut app = Spawned::start(&bin("outpost"), &tmp.path().join("appliance"), &[]).unwrap();
     let run = outpost_bench::chaos::ChaosRun {
@@ -318,6 +325,7 @@ fn chaos_kill9_loop_loses_and_duplicates_no_acknowledged_record() {
 
 #[test]
 fn commands_scenario_measures_dispatch_latency_and_a_bulk_run_to_every_agent() {
+    let _slot = load_test_slot();
     let tmp = scratch("bench-commands");
     let app = Spawned::start(&bin("outpost"), &tmp.path().join("appliance"), &[]).unwrap();
     let r = outpost_bench::commands::CommandsRun {
@@ -348,6 +356,7 @@ fn commands_scenario_measures_dispatch_latency_and_a_bulk_run_to_every_agent() {
 /// accepted, and the table is printed.
 #[test]
 fn side_by_side_script_feeds_outpost_victoria_metrics_and_zabbix_the_same_stream() {
+    let _slot = load_test_slot();
     let tmp = scratch("bench-side-by-side");
     let bin_dir = bin("outpost-bench")
         .parent()

@@ -71,11 +71,16 @@ pub(crate) fn stop_and_check_every_batch_applied_once(
         );
     }
     let s = central.get(&format!("/api/v1/sites/{site}"), token);
-    assert_eq!(s["applied_up_to"].as_u64(), Some(acked), "{s}");
+    // `acked` was read before the stop: a batch the site sealed after that
+    // (its uplink sends one per interval) can have been applied at central
+    // with its acknowledgement still on the way when the site stopped. The
+    // site sends it again after a restart and central skips it.
+    let applied = s["applied_up_to"].as_u64().expect("applied_up_to");
+    assert!(applied >= acked, "every acknowledged batch applied: {s}");
     assert_eq!(
         s["batches_applied"].as_u64(),
-        Some(acked),
-        "every batch the site sent applied once: {s}"
+        Some(applied),
+        "every batch the site sent applied once, none skipped: {s}"
     );
     assert_eq!(s["dead_lettered"].as_u64().unwrap_or(0), 0, "{s}");
 }

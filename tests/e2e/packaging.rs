@@ -18,7 +18,9 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use outpost_tests::{Appliance, Proc, bin, free_port, scratch, stderr, stdout, wait_for};
+use outpost_tests::{
+    Appliance, Proc, bin, free_port, load_test_slot, scratch, stderr, stdout, wait_for,
+};
 
 /// One set of packages: outpost, outpost-agent, outpost-central, and the
 /// agent's tarball for hosts without dpkg.
@@ -129,6 +131,8 @@ fn package(out: &Path, version: Option<&str>) -> Set {
 fn static_agent(root: &Path, target_dir: &Path, profile: &str) {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
+        // Two cores' worth of compiling: not beside a load test.
+        let _slot = load_test_slot();
         let mut cmd = Command::new(env!("CARGO"));
         cmd.current_dir(root)
             .args([

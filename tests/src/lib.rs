@@ -81,6 +81,18 @@ pub fn free_port() -> u16 {
     panic!("no free port below the ephemeral range");
 }
 
+/// Held by the tests that load the machine or measure under load (the
+/// load-generator smoke runs, the handshake storms, the static agent's
+/// compile), so that at most one of them runs at a time.
+/// `scripts/test.sh` runs more tests at once than there are cores (most
+/// end-to-end tests wait on processes and sockets, not the CPU); two load
+/// tests side by side on two cores could starve each other's acks past
+/// their timeouts. A test that panicked while holding it releases it.
+pub fn load_test_slot() -> std::sync::MutexGuard<'static, ()> {
+    static SLOT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SLOT.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Polls `f` until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
