@@ -15,6 +15,8 @@ elif [ "${1:-}" = "--test" ]; then
   # gpg, gpg-agent, gpgconf), the cache checks InRelease with gpgv, and a
   # real isolated apt-get downloads through it.
   packages+=(dpkg apt gpg gpg-agent gpgconf gpgv)
+  # The fuzz build links Debian's zstd instead of compiling it (scripts/fuzz.sh).
+  packages+=(libzstd-dev pkg-config)
   # outpost-patch compares its rpm version order with rpm's own (rpm.vercmp).
   packages+=(rpm)
   packages+=(chromium)

@@ -40,6 +40,13 @@ else
   mapfile -t targets < <(cargo +nightly fuzz list)
 fi
 
+# Link Debian's libzstd (libzstd-dev) instead of compiling zstd's C
+# sources, when it is there: 74 s of CPU less per fresh build. The C
+# library is not instrumented either way (the sanitizer flags are rustc's).
+if pkg-config --exists libzstd 2>/dev/null; then
+  export ZSTD_SYS_USE_PKG_CONFIG=1
+fi
+
 start=$(date +%s)
 if [ $# -gt 0 ]; then
   for t in "${targets[@]}"; do cargo +nightly fuzz build "$t"; done

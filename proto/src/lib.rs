@@ -19,9 +19,11 @@ pub mod frame;
 pub mod ids;
 pub mod messages;
 pub mod metric_names;
+#[cfg(feature = "tls")]
 pub mod pki;
 pub mod script;
 pub mod session;
+#[cfg(feature = "tls")]
 pub mod tls;
 pub mod transfer;
 

@@ -158,7 +158,7 @@ fn the_console_links_no_storage() {
 /// The workspace crates holding the parsers `fuzz/` fuzzes, with the cargo
 /// flags the fuzz build uses for them.
 const FUZZED_CRATES: &[(&str, &[&str])] = &[
-    ("outpost-proto", &[]),
+    ("outpost-proto", &["--no-default-features"]),
     ("outpost-uplink", &["--no-default-features"]),
     ("outpost-alerting", &[]),
 ];
@@ -184,4 +184,29 @@ fn the_fuzzed_parsers_link_no_rocksdb() {
     // uplink crate does link RocksDB.
     let uplink = normal_dependencies("outpost-uplink");
     assert!(uplink.iter().any(|d| d == "librocksdb-sys"), "{uplink:?}");
+}
+
+/// The TLS stack: the binaries' certificates and handshakes. The fuzzed
+/// parsers need none of it, and compiling it with sanitizers took a
+/// minute of every fresh fuzz build.
+const TLS_CRATES: &[&str] = &["rustls", "ring", "rcgen", "x509-parser"];
+
+#[test]
+fn the_fuzzed_parsers_link_no_tls_stack() {
+    for (package, flags) in FUZZED_CRATES {
+        let deps = normal_dependencies_with(package, flags);
+        for c in TLS_CRATES {
+            assert!(
+                !deps.iter().any(|d| d == c),
+                "{package} {flags:?} depends on {c}: the fuzz build would compile the TLS \
+                 stack (see `cargo tree -p {package} {} -e normal -i {c}`)",
+                flags.join(" ")
+            );
+        }
+    }
+    // Not vacuous: with its default `tls` feature outpost-proto has it all.
+    let proto = normal_dependencies("outpost-proto");
+    for c in TLS_CRATES {
+        assert!(proto.iter().any(|d| d == c), "{c} not in {proto:?}");
+    }
 }
