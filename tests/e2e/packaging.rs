@@ -57,6 +57,7 @@ fn skip_reason() -> Option<String> {
         "dpkg",
         "dpkg-deb",
         "dpkg-query",
+        "flock",
         "systemd-sysusers",
         "setpriv",
         "curl",
@@ -98,14 +99,21 @@ fn package(out: &Path, version: Option<&str>) -> Set {
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     static_agent(&root, bin_dir.parent().unwrap(), profile);
-    let mut cmd = Command::new(root.join("scripts/package.sh"));
-    cmd.args(["--profile", profile, "--out"])
+    // cargo-deb stages (and strips) the binaries in the shared target
+    // directory. Under a runner that starts a process per test (`cargo
+    // nextest`), several processes package at once: util-linux's `flock`
+    // on a file there makes them take turns, so none packages a binary
+    // another is rewriting.
+    let mut cmd = Command::new("flock");
+    cmd.arg(bin_dir.parent().unwrap().join("outpost-packaging-tests.lock"))
+        .arg(root.join("scripts/package.sh"))
+        .args(["--profile", profile, "--out"])
         .arg(out)
         .env("CARGO_TARGET_DIR", bin_dir.parent().unwrap());
     if let Some(v) = version {
         cmd.args(["--deb-version", v]);
     }
-    let o = cmd.output().expect("running scripts/package.sh");
+    let o = cmd.output().expect("running flock scripts/package.sh");
     assert!(
         o.status.success(),
         "scripts/package.sh failed:\n{}\n{}",
