@@ -36,7 +36,6 @@ struct Set {
 struct Debs {
     v1: Set,
     v2: Set,
-    _dir: tempfile::TempDir,
 }
 
 const V2: &str = "0.1.1-1";
@@ -105,11 +104,12 @@ fn package(out: &Path, version: Option<&str>) -> Set {
     // on a file there makes them take turns, so none packages a binary
     // another is rewriting.
     let mut cmd = Command::new("flock");
-    cmd.arg(bin_dir.parent().unwrap().join("outpost-packaging-tests.lock"))
+    let target_dir = bin_dir.parent().unwrap();
+    cmd.arg(target_dir.join("outpost-packaging-tests.lock"))
         .arg(root.join("scripts/package.sh"))
         .args(["--profile", profile, "--out"])
         .arg(out)
-        .env("CARGO_TARGET_DIR", bin_dir.parent().unwrap());
+        .env("CARGO_TARGET_DIR", target_dir);
     if let Some(v) = version {
         cmd.args(["--deb-version", v]);
     }
@@ -169,15 +169,47 @@ fn static_agent(root: &Path, target_dir: &Path, profile: &str) {
     });
 }
 
-/// Builds both sets once per test run.
+/// Builds both sets once per test process.
+///
+/// A static is never dropped, so the packages (~100 MB) do not go in a
+/// temporary directory, which would be left behind by every run: they go in
+/// `TARGET/outpost-test-debs/PID/`, and a run first removes the directories
+/// of processes that have ended (`cargo nextest` runs a process per test,
+/// several at once).
 fn debs() -> &'static Debs {
     static DEBS: OnceLock<Debs> = OnceLock::new();
     DEBS.get_or_init(|| {
-        let dir = scratch("debs");
-        let v1 = package(&dir.path().join("v1"), None);
-        let v2 = package(&dir.path().join("v2"), Some(V2));
-        Debs { v1, v2, _dir: dir }
+        let target_dir = bin("outpost")
+            .parent()
+            .and_then(Path::parent)
+            .expect("the binaries are in a target directory")
+            .to_path_buf();
+        let dir = own_debs_dir(&target_dir.join("outpost-test-debs"));
+        let v1 = package(&dir.join("v1"), None);
+        let v2 = package(&dir.join("v2"), Some(V2));
+        Debs { v1, v2 }
     })
+}
+
+/// This process's directory under `base`, empty; the directories of
+/// processes no longer running are removed.
+fn own_debs_dir(base: &Path) -> PathBuf {
+    std::fs::create_dir_all(base).unwrap_or_else(|e| panic!("{}: {e}", base.display()));
+    let entries = std::fs::read_dir(base).unwrap_or_else(|e| panic!("{}: {e}", base.display()));
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let ended = name
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new("/proc").join(pid.to_string()).exists());
+        if ended {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let own = base.join(std::process::id().to_string());
+    let _ = std::fs::remove_dir_all(&own);
+    std::fs::create_dir_all(&own).unwrap_or_else(|e| panic!("{}: {e}", own.display()));
+    own
 }
 
 /// An isolated root with an empty dpkg database and a minimal passwd.
