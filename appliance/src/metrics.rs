@@ -66,6 +66,10 @@ pub struct Metrics {
     pub writer_queue_bytes: Gauge,
     /// Niceness the writer thread runs at (`[ingest] writer_nice`).
     pub writer_nice: Gauge,
+    /// Seconds after this start before a device online before it, not
+    /// heard from since, starts counting towards offline (see
+    /// `ingest::writer::restart_grace`); 0 when none was online.
+    pub restart_grace_seconds: Gauge,
     /// Times a session had to wait for a byte budget before queueing more
     /// records (and so stopped reading its stream), by budget (`session`,
     /// `queue`).
@@ -188,6 +192,7 @@ impl Metrics {
             writer_queue_depth: Gauge::default(),
             writer_queue_bytes: Gauge::default(),
             writer_nice: Gauge::default(),
+            restart_grace_seconds: Gauge::default(),
             ingest_budget_waits: Family::default(),
             writer_failures: Counter::default(),
             enrollments: Family::default(),
@@ -311,6 +316,13 @@ impl Metrics {
             "writer_nice",
             "Niceness the ingest writer thread runs at (ingest.writer_nice; higher when refused)",
             m.writer_nice.clone(),
+        );
+        r.register(
+            "restart_grace_seconds",
+            "Seconds after this start the devices online before it get to reconnect before \
+             offline detection counts their silence (online / admission.handshake_rate + \
+             admission.agent_reconnect_max)",
+            m.restart_grace_seconds.clone(),
         );
         r.register(
             "writer_queue_bytes",

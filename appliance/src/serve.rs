@@ -109,6 +109,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
             commit_window: cfg.ingest.commit_window,
             nice: Some(cfg.ingest.writer_nice),
             handshake_rate: Some(cfg.admission.handshake_rate),
+            agent_reconnect_max: cfg.admission.agent_reconnect_max,
         },
         metrics.clone(),
         writer::Sinks {

@@ -216,14 +216,15 @@ fn a_restart_declares_no_device_offline_while_the_fleet_is_readmitted() {
     let tmp = scratch("bench-reconnect-offline");
     let data = tmp.path().join("appliance");
     let mut app = Spawned::start(&bin("outpost"), &data, &[]).unwrap();
-    // Read by the restarted appliance, not by this one.
+    // Read by the restarted appliance, not by this one. The simulated
+    // agents back off up to 5 s (`sim`), and the appliance is told so.
     std::fs::write(
         data.join("outpost.toml"),
-        "offline_grace = \"1s\"\n[admission]\nmax_handshakes = 1\nhandshake_rate = 1\nhandshake_burst = 1\n",
+        "offline_grace = \"1s\"\n[admission]\nmax_handshakes = 1\nhandshake_rate = 1\nhandshake_burst = 1\nagent_reconnect_max = \"5s\"\n",
     )
     .unwrap();
-    let rep = tokio::runtime::Runtime::new()
-        .unwrap()
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rep = rt
         .block_on(reconnect::run(
             &ReconnectRun {
                 agents: 8,
@@ -244,6 +245,21 @@ fn a_restart_declares_no_device_offline_while_the_fleet_is_readmitted() {
     );
     assert_eq!(rep.get("offline_declared"), Some("0"), "{line}");
     assert_eq!(rep.get("sent"), rep.get("acked"), "{line}");
+    // The grace the restarted appliance took: its online devices at one
+    // handshake a second, plus the configured 5 s.
+    let metrics = rt.block_on(app.metrics()).unwrap();
+    let gauge = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /metrics:\n{metrics}"))
+    };
+    let grace = gauge("outpost_restart_grace_seconds");
+    assert!(
+        (6..=8 + 5).contains(&grace),
+        "1 to 8 devices online at 1 handshake/s, plus 5 s: {grace}"
+    );
 }
 
 #[test]

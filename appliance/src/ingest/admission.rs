@@ -18,7 +18,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -26,6 +26,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
+
+/// The highest `agent_reconnect_max` accepted: offline detection after a
+/// restart waits that much longer.
+pub const MAX_AGENT_RECONNECT_MAX: Duration = Duration::from_secs(3600);
 
 /// `[admission]`: how many new connections the appliance takes on at once
 /// and per second. The defaults come from measurements on the 2-core
@@ -45,6 +49,14 @@ pub struct AdmissionConfig {
     pub handshake_rate: u32,
     /// New handshakes at once after a quiet spell (the bucket's size).
     pub handshake_burst: u32,
+    /// The longest back-off of the site's agents (their `reconnect_max`):
+    /// an agent refused a handshake sleeps up to this long before trying
+    /// again. After a restart, the devices online before it are not
+    /// declared offline before the fleet can have been readmitted (see
+    /// [`crate::ingest::writer::restart_grace`]), which takes this long
+    /// past the last refusal. Raise it with the agents' `reconnect_max`.
+    #[serde(with = "humantime_serde")]
+    pub agent_reconnect_max: Duration,
 }
 
 impl Default for AdmissionConfig {
@@ -53,6 +65,7 @@ impl Default for AdmissionConfig {
             max_handshakes: 256,
             handshake_rate: 200,
             handshake_burst: 200,
+            agent_reconnect_max: outpost_proto::backoff::AGENT_RECONNECT_MAX,
         }
     }
 }
@@ -69,6 +82,13 @@ impl AdmissionConfig {
         }
         if self.handshake_burst == 0 {
             anyhow::bail!("admission.handshake_burst must be positive");
+        }
+        if self.agent_reconnect_max > MAX_AGENT_RECONNECT_MAX {
+            anyhow::bail!(
+                "admission.agent_reconnect_max must be at most {} (it holds back offline \
+                 detection after a restart by that much)",
+                humantime::format_duration(MAX_AGENT_RECONNECT_MAX)
+            );
         }
         Ok(())
     }
@@ -348,7 +368,26 @@ mod tests {
             max_handshakes: max,
             handshake_rate: rate,
             handshake_burst: burst,
+            ..AdmissionConfig::default()
         }
+    }
+
+    /// `agent_reconnect_max` is read from the file, defaults to the agents'
+    /// own default, and is bounded.
+    #[test]
+    fn the_agents_longest_back_off_is_configured_and_bounded() {
+        assert_eq!(
+            AdmissionConfig::default().agent_reconnect_max,
+            outpost_proto::backoff::AGENT_RECONNECT_MAX
+        );
+        let c: AdmissionConfig = toml::from_str("agent_reconnect_max = \"5m\"").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.agent_reconnect_max, Duration::from_secs(300));
+        assert_eq!(c.handshake_rate, 200, "the other keys keep their defaults");
+        let c: AdmissionConfig = toml::from_str("agent_reconnect_max = \"2h\"").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("agent_reconnect_max must be at most 1h"), "{e}");
+        assert!(toml::from_str::<AdmissionConfig>("agent_reconnect_max = \"soon\"").is_err());
     }
 
     #[test]

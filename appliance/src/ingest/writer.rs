@@ -350,6 +350,9 @@ pub struct WriterOptions {
     /// come back, hence how long they get before any is declared offline
     /// (see [`restart_grace`]; `None`: no more than the usual deadline).
     pub handshake_rate: Option<u32>,
+    /// The agents' longest back-off (`[admission] agent_reconnect_max`),
+    /// the other part of [`restart_grace`].
+    pub agent_reconnect_max: Duration,
 }
 
 impl WriterOptions {
@@ -366,6 +369,7 @@ impl WriterOptions {
             commit_window: Duration::ZERO,
             nice: None,
             handshake_rate: None,
+            agent_reconnect_max: outpost_proto::backoff::AGENT_RECONNECT_MAX,
         }
     }
 }
@@ -373,10 +377,10 @@ impl WriterOptions {
 /// How long, after a start, the devices that were online before it get to
 /// reconnect before the offline sweep's usual deadline starts to count:
 /// `online` devices readmitted at `handshake_rate` a second, plus the
-/// longest an agent refused a handshake sleeps before trying again.
-pub fn restart_grace(online: u64, handshake_rate: u32) -> Duration {
-    Duration::from_secs_f64(online as f64 / f64::from(handshake_rate.max(1)))
-        + outpost_proto::backoff::AGENT_RECONNECT_MAX
+/// longest an agent refused a handshake sleeps before trying again
+/// (`reconnect_max`).
+pub fn restart_grace(online: u64, handshake_rate: u32, reconnect_max: Duration) -> Duration {
+    Duration::from_secs_f64(online as f64 / f64::from(handshake_rate.max(1))) + reconnect_max
 }
 
 /// How many more microseconds the writer waits for records before
@@ -440,8 +444,11 @@ pub fn spawn(
     if let Some(rate) = opts.handshake_rate
         && online > 0
     {
-        let grace = restart_grace(online, rate);
+        let grace = restart_grace(online, rate, opts.agent_reconnect_max);
         writer.set_restart_grace(grace.as_millis() as u64);
+        metrics
+            .restart_grace_seconds
+            .set(i64::try_from(grace.as_secs()).unwrap_or(i64::MAX));
         info!(
             online,
             handshake_rate = rate,
@@ -1263,16 +1270,26 @@ mod tests {
     }
 
     /// 50,000 agents at the default 200 handshakes a second take 250 s to
-    /// come back, and a refused agent may sleep 30 s more.
+    /// come back, and a refused agent may sleep its `reconnect_max` more
+    /// (30 s by default).
     #[test]
     fn the_restart_grace_is_the_fleets_readmission_time_plus_an_agents_longest_back_off() {
-        assert_eq!(restart_grace(50_000, 200), Duration::from_secs(280));
-        assert_eq!(restart_grace(1_000, 200), Duration::from_secs(35));
-        assert_eq!(restart_grace(0, 200), Duration::from_secs(30));
+        let default = outpost_proto::backoff::AGENT_RECONNECT_MAX;
         assert_eq!(
-            restart_grace(10, 0),
+            restart_grace(50_000, 200, default),
+            Duration::from_secs(280)
+        );
+        assert_eq!(restart_grace(1_000, 200, default), Duration::from_secs(35));
+        assert_eq!(restart_grace(0, 200, default), Duration::from_secs(30));
+        assert_eq!(
+            restart_grace(10, 0, default),
             Duration::from_secs(40),
             "a zero rate (refused by the configuration) counts as one a second"
+        );
+        assert_eq!(
+            restart_grace(50_000, 200, Duration::from_secs(300)),
+            Duration::from_secs(550),
+            "agents configured to back off up to 5 minutes get those 5 minutes"
         );
     }
 
