@@ -209,14 +209,16 @@ fn key_of(a: &Alert) -> Key {
 /// device until the next configuration reload.
 struct DeviceScopes {
     store: Store,
-    cache: HashMap<DeviceId, DeviceScope>,
+    /// Shared with the evaluation of each batch: a device's scope is read
+    /// for every sample batch of it, and its strings are not copied.
+    cache: HashMap<DeviceId, Arc<DeviceScope>>,
 }
 
 impl DeviceScopes {
     /// The device's scope. A registry error is logged and counted; the
     /// device then matches only scopes that need nothing from the registry
     /// (until the next reload).
-    fn get(&mut self, d: DeviceId, out: &Applier) -> &DeviceScope {
+    fn get(&mut self, d: DeviceId, out: &Applier) -> &Arc<DeviceScope> {
         let store = &self.store;
         self.cache.entry(d).or_insert_with(|| {
             let rec = registry::get(store, d).unwrap_or_else(|e| {
@@ -227,12 +229,12 @@ impl DeviceScopes {
                 out.error(op::DEVICE_LOOKUP, None, &format!("tags of {d}: {e}"));
                 Vec::new()
             });
-            DeviceScope {
+            Arc::new(DeviceScope {
                 tenant: rec.as_ref().map(|r| r.tenant.clone()).unwrap_or_default(),
                 customer: rec.as_ref().map(|r| r.customer.clone()).unwrap_or_default(),
                 hostname: rec.as_ref().map(|r| r.hostname.clone()).unwrap_or_default(),
                 tags,
-            }
+            })
         })
     }
 }
@@ -360,7 +362,7 @@ impl Engine {
         id
     }
 
-    fn scope(&mut self, d: DeviceId) -> DeviceScope {
+    fn scope(&mut self, d: DeviceId) -> Arc<DeviceScope> {
         self.scopes.get(d, &self.out).clone()
     }
 
