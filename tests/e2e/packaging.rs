@@ -87,8 +87,18 @@ fn skip(test: &str) -> bool {
     }
 }
 
+/// The target directory of this test build's binaries.
+fn target_dir() -> PathBuf {
+    bin("outpost")
+        .parent()
+        .and_then(Path::parent)
+        .expect("the binaries are in a target directory")
+        .to_path_buf()
+}
+
 fn package(out: &Path, version: Option<&str>) -> Set {
     let bin_dir = bin("outpost").parent().unwrap().to_path_buf();
+    let target_dir = target_dir();
     let _ = bin("outpost-agent");
     let _ = bin("outpost-central");
     let profile = if bin_dir.file_name().is_some_and(|n| n == "release") {
@@ -97,19 +107,18 @@ fn package(out: &Path, version: Option<&str>) -> Set {
         "dev"
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    static_agent(&root, bin_dir.parent().unwrap(), profile);
+    static_agent(&root, &target_dir, profile);
     // cargo-deb stages (and strips) the binaries in the shared target
     // directory. Under a runner that starts a process per test (`cargo
     // nextest`), several processes package at once: util-linux's `flock`
     // on a file there makes them take turns, so none packages a binary
     // another is rewriting.
     let mut cmd = Command::new("flock");
-    let target_dir = bin_dir.parent().unwrap();
     cmd.arg(target_dir.join("outpost-packaging-tests.lock"))
         .arg(root.join("scripts/package.sh"))
         .args(["--profile", profile, "--out"])
         .arg(out)
-        .env("CARGO_TARGET_DIR", target_dir);
+        .env("CARGO_TARGET_DIR", &target_dir);
     if let Some(v) = version {
         cmd.args(["--deb-version", v]);
     }
@@ -179,12 +188,7 @@ fn static_agent(root: &Path, target_dir: &Path, profile: &str) {
 fn debs() -> &'static Debs {
     static DEBS: OnceLock<Debs> = OnceLock::new();
     DEBS.get_or_init(|| {
-        let target_dir = bin("outpost")
-            .parent()
-            .and_then(Path::parent)
-            .expect("the binaries are in a target directory")
-            .to_path_buf();
-        let dir = own_debs_dir(&target_dir.join("outpost-test-debs"));
+        let dir = own_debs_dir(&target_dir().join("outpost-test-debs"));
         let v1 = package(&dir.join("v1"), None);
         let v2 = package(&dir.join("v2"), Some(V2));
         Debs { v1, v2 }
