@@ -11,7 +11,8 @@ use outpost_patch::install::wire::{
 };
 use outpost_patch::install::{
     BinaryTarget, InstallPlan, KeptDeb, PlanOptions, PreCheck, RollbackStep, Skip, Skipped,
-    changes_between, free_space_ok, parse_apt_output, plan_install, plan_rollback, unmet_targets,
+    changes_between, combine_changes, combine_kept, free_space_ok, parse_apt_output, plan_install,
+    plan_rollback, unmet_targets,
 };
 use outpost_patch::scan::Scan;
 use outpost_proto::codec;
@@ -419,6 +420,8 @@ impl PatchInstaller {
             &InstallRecord {
                 changes: rep.status.changes.clone(),
                 kept: rep.status.kept.clone(),
+                deployment: req.deployment.clone(),
+                attempt: req.attempt,
             },
         );
         if !r.ok() {
@@ -606,16 +609,23 @@ impl PatchInstaller {
                 "",
             );
         }
-        // The agent's own record first; what the appliance sent otherwise.
-        let record = self
-            .inner
-            .state
-            .record(&req.install_command)
-            .unwrap_or(InstallRecord {
-                changes: req.changes.clone(),
-                kept: req.kept.clone(),
-            });
-        let plan = plan_rollback(&record.changes, &record.kept, req.proxy.as_deref());
+        // Every attempt of the deployment is undone: the agent's own
+        // records of them, the one the appliance named (a record written
+        // before records named their deployment), and what the appliance
+        // was told (all the agent has if it lost its records).
+        let mut records = self.inner.state.records_of(&req.deployment);
+        if let Some(named) = self.inner.state.record(&req.install_command) {
+            records.push(named);
+        }
+        records.push(InstallRecord {
+            changes: req.changes.clone(),
+            kept: req.kept.clone(),
+            deployment: req.deployment.clone(),
+            attempt: req.attempt,
+        });
+        let changes = combine_changes(records.iter().map(|r| r.changes.as_slice()));
+        let kept = combine_kept(records.iter().map(|r| r.kept.as_slice()));
+        let plan = plan_rollback(&changes, &kept, req.proxy.as_deref());
         if plan.steps.is_empty() {
             return rep.finish(Phase::RolledBack, None, "");
         }

@@ -44,6 +44,13 @@ pub struct PendingReboot {
 pub struct InstallRecord {
     pub changes: Vec<PackageChange>,
     pub kept: Vec<KeptDeb>,
+    /// The deployment and attempt the install was (empty and 0 in records
+    /// written before they were kept): a rollback undoes every attempt of
+    /// its deployment.
+    #[serde(default)]
+    pub deployment: String,
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 /// The installer's directory.
@@ -161,6 +168,18 @@ impl StateDir {
 
     pub fn record(&self, command: &str) -> Option<InstallRecord> {
         self.read("records", command)
+    }
+
+    /// The records of every install of `deployment`, by attempt.
+    pub fn records_of(&self, deployment: &str) -> Vec<InstallRecord> {
+        let mut out: Vec<InstallRecord> = self
+            .all::<InstallRecord>("records")
+            .into_iter()
+            .filter_map(|(_, v)| v)
+            .filter(|r| !deployment.is_empty() && r.deployment == deployment)
+            .collect();
+        out.sort_by_key(|r| r.attempt);
+        out
     }
 
     /// Whether `path` lies inside the kept-debs directory (a rollback

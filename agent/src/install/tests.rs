@@ -429,6 +429,67 @@ async fn a_failed_install_leaves_dpkg_clean_so_the_next_attempt_passes_its_prech
 }
 
 #[tokio::test]
+async fn a_rollback_undoes_every_attempt_of_its_deployment() {
+    let Some(d) = Device::new() else { return };
+    // Attempt 1 pulls in newdep-outpost, then fails on pulling-outpost.
+    let (o, _) = d
+        .install(41, &d.request(&[("pulling-outpost", "1.1-1")]))
+        .await;
+    assert_eq!(o, CommandOutcome::Exited { code: 1 });
+    assert_eq!(d.version("newdep-outpost").as_deref(), Some("1.0-1"));
+    // Attempt 2 (another target) upgrades hello-outpost; newdep is there.
+    let mut second = d.request(&[("hello-outpost", "1.1-1")]);
+    second.attempt = 2;
+    let (o, log) = d.install(42, &second).await;
+    assert_eq!(o, CommandOutcome::Exited { code: 0 }, "{log}");
+    let s = d.statuses.of(CommandId([42; 16]));
+    assert!(
+        s.last()
+            .unwrap()
+            .changes
+            .iter()
+            .all(|c| c.name != "newdep-outpost"),
+        "{s:?}"
+    );
+    // The rollback names attempt 2 (and sends none of its changes): the
+    // device is back where it was before the deployment, newdep gone too.
+    let mut rb = rollback_of(42);
+    rb.attempt = 2;
+    let o = d.rollback(43, &rb).await;
+    let s = d.statuses.of(CommandId([43; 16]));
+    assert_eq!(o, CommandOutcome::Exited { code: 0 }, "{s:?}");
+    assert_eq!(s.last().unwrap().phase, Phase::RolledBack, "{s:?}");
+    assert_eq!(d.version("hello-outpost").as_deref(), Some("1.0-1"));
+    assert_eq!(d.version("pulling-outpost").as_deref(), Some("1.0-1"));
+    assert_eq!(d.version("newdep-outpost"), None);
+}
+
+#[tokio::test]
+async fn a_rollback_finds_the_record_under_the_id_the_appliance_names() {
+    let Some(d) = Device::new() else { return };
+    let (o, log) = d
+        .install(51, &d.request(&[("hello-outpost", "1.1-1")]))
+        .await;
+    assert_eq!(o, CommandOutcome::Exited { code: 0 }, "{log}");
+    // A record written before records named their deployment: found by
+    // the command id alone.
+    let path = d
+        .work
+        .join("state/records")
+        .join(format!("{}.json", CommandId([51; 16])));
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let obj = v.as_object_mut().unwrap();
+    obj.remove("deployment");
+    obj.remove("attempt");
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    let o = d.rollback(52, &rollback_of(51)).await;
+    let s = d.statuses.of(CommandId([52; 16]));
+    assert_eq!(o, CommandOutcome::Exited { code: 0 }, "{s:?}");
+    assert_eq!(d.version("hello-outpost").as_deref(), Some("1.0-1"));
+    assert_eq!(d.version("newdep-outpost"), None);
+}
+
+#[tokio::test]
 async fn a_held_package_is_reported_never_forced() {
     let Some(d) = Device::new() else { return };
     let (o, log) = d.install(1, &d.request(&[("held-outpost", "1.1-1")])).await;

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::approvals::{self, MissingPatches};
-use super::store::{self, DeployTarget, InstallRecord, StoredDeployment};
+use super::store::{self, DeployTarget, StoredDeployment};
 use super::{Installer, LinkError, StatusSink};
 use crate::metrics::Metrics;
 
@@ -854,20 +854,7 @@ impl Orchestrator {
         };
         let before = |sd: &mut StoredDeployment| {
             if !status.rollback {
-                sd.installs.insert(
-                    dev.clone(),
-                    InstallRecord {
-                        attempt: status.attempt,
-                        phase: status.phase.as_str().to_string(),
-                        reason: status.reason.clone(),
-                        changes: status.changes.clone(),
-                        kept: status.kept.clone(),
-                        skipped: status.skipped.clone(),
-                        snapshot: status.snapshot.clone(),
-                        log_tail: status.log_tail.clone(),
-                        at_ms: status.at_ms,
-                    },
-                );
+                sd.installs.entry(dev.clone()).or_default().report(status);
             } else if let Some(r) = sd.installs.get_mut(&dev) {
                 r.phase = status.phase.as_str().to_string();
                 r.reason = status.reason.clone();
@@ -1052,9 +1039,16 @@ impl Orchestrator {
                     let request = RollbackRequest {
                         deployment: sd.id().to_string(),
                         attempt,
-                        install_command: install_command_id(sd.id(), &device, attempt),
-                        changes: rec.changes,
-                        kept: rec.kept,
+                        // The id the agent ran the install under (and keeps
+                        // its record by).
+                        install_command: super::command_id(&install_command_id(
+                            sd.id(),
+                            &device,
+                            attempt,
+                        ))
+                        .to_string(),
+                        changes: rec.all_changes(),
+                        kept: rec.all_kept(),
                         proxy: self.options.proxy.clone(),
                     };
                     self.metrics.deploy.rollbacks.inc();

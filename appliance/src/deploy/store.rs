@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use outpost_patch::install::wire::DeviceStatus;
 use outpost_patch::install::{KeptDeb, PackageChange};
 use outpost_patch::rollout::{Deployment, DeploymentSpec, DeviceRecord, Phase};
 use outpost_patch::window::InstallWindow;
@@ -90,6 +91,55 @@ pub struct InstallRecord {
     /// The tail of the apt/dpkg log on failure.
     pub log_tail: String,
     pub at_ms: u64,
+    /// What the device's earlier attempts changed and kept (combined): a
+    /// rollback undoes them too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_changes: Vec<PackageChange>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_kept: Vec<KeptDeb>,
+}
+
+impl InstallRecord {
+    /// Records a device's install status. A status of a later attempt
+    /// moves what the previous one changed to `earlier_*`; a late status
+    /// of an earlier attempt adds its changes there and nothing else.
+    pub fn report(&mut self, status: &DeviceStatus) {
+        use outpost_patch::install::{combine_changes, combine_kept};
+        if status.attempt < self.attempt {
+            self.earlier_changes =
+                combine_changes([self.earlier_changes.as_slice(), status.changes.as_slice()]);
+            self.earlier_kept =
+                combine_kept([self.earlier_kept.as_slice(), status.kept.as_slice()]);
+            return;
+        }
+        if status.attempt > self.attempt {
+            self.earlier_changes =
+                combine_changes([self.earlier_changes.as_slice(), self.changes.as_slice()]);
+            self.earlier_kept = combine_kept([self.earlier_kept.as_slice(), self.kept.as_slice()]);
+        }
+        self.attempt = status.attempt;
+        self.phase = status.phase.as_str().to_string();
+        self.reason = status.reason.clone();
+        self.changes = status.changes.clone();
+        self.kept = status.kept.clone();
+        self.skipped = status.skipped.clone();
+        self.snapshot = status.snapshot.clone();
+        self.log_tail = status.log_tail.clone();
+        self.at_ms = status.at_ms;
+    }
+
+    /// What every attempt changed: what a rollback undoes.
+    pub fn all_changes(&self) -> Vec<PackageChange> {
+        outpost_patch::install::combine_changes([
+            self.earlier_changes.as_slice(),
+            self.changes.as_slice(),
+        ])
+    }
+
+    /// The `.deb` files every attempt kept.
+    pub fn all_kept(&self) -> Vec<KeptDeb> {
+        outpost_patch::install::combine_kept([self.earlier_kept.as_slice(), self.kept.as_slice()])
+    }
 }
 
 /// The alert level of one device for one deployment.

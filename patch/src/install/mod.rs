@@ -56,8 +56,8 @@ use crate::version::DebVersion;
 use std::cmp::Ordering;
 
 pub use outcome::{
-    AptOutcome, AuditFinding, LockHolder, PackageChange, changes_between, parse_apt_output,
-    parse_dpkg_audit,
+    AptOutcome, AuditFinding, LockHolder, PackageChange, changes_between, combine_changes,
+    combine_kept, parse_apt_output, parse_dpkg_audit,
 };
 
 /// One binary package at an exact version.

@@ -356,3 +356,63 @@ pub fn changes_between(before: &Scan, after: &Scan) -> Vec<PackageChange> {
     out.sort_by(|a, b| (&a.name, &a.arch).cmp(&(&b.name, &b.arch)));
     out
 }
+
+/// The net change of several installs on one device (the attempts of one
+/// deployment), in any order: per package, the version before the first
+/// change and after the last. Changes chain by version (an install only
+/// upgrades or adds), so the earlier change of two is the one from the
+/// lower version (`None`, not installed, lowest) whatever order the
+/// reports arrived in; a package changed back to where it started drops
+/// out. What a rollback of all the attempts undoes.
+pub fn combine_changes<'a>(
+    attempts: impl IntoIterator<Item = &'a [PackageChange]>,
+) -> Vec<PackageChange> {
+    let mut net: BTreeMap<(String, Option<String>), PackageChange> = BTreeMap::new();
+    for c in attempts.into_iter().flatten() {
+        let key = (c.name.clone(), c.arch.clone());
+        match net.get_mut(&key) {
+            None => {
+                net.insert(key, c.clone());
+            }
+            Some(have) => {
+                let (first, last) = match version_order(&c.from, &have.from) {
+                    std::cmp::Ordering::Less => (c.clone(), have.clone()),
+                    std::cmp::Ordering::Greater => (have.clone(), c.clone()),
+                    // The same starting version twice (a report repeated):
+                    // the further one.
+                    std::cmp::Ordering::Equal => match version_order(&c.to, &have.to) {
+                        std::cmp::Ordering::Greater => (have.clone(), c.clone()),
+                        _ => (c.clone(), have.clone()),
+                    },
+                };
+                *have = PackageChange {
+                    from: first.from,
+                    ..last
+                };
+            }
+        }
+    }
+    net.into_values().filter(|c| c.from != c.to).collect()
+}
+
+/// The `.deb` files kept by several installs, each path once.
+pub fn combine_kept<'a>(
+    attempts: impl IntoIterator<Item = &'a [super::KeptDeb]>,
+) -> Vec<super::KeptDeb> {
+    let mut by_path: BTreeMap<&str, &super::KeptDeb> = BTreeMap::new();
+    for k in attempts.into_iter().flatten() {
+        by_path.entry(k.path.as_str()).or_insert(k);
+    }
+    by_path.into_values().cloned().collect()
+}
+
+/// dpkg's order of two optional versions (`None` first); a version dpkg
+/// cannot parse compares as text.
+fn version_order(a: &Option<String>, b: &Option<String>) -> std::cmp::Ordering {
+    match (a, b) {
+        (None, None) => std::cmp::Ordering::Equal,
+        (None, Some(_)) => std::cmp::Ordering::Less,
+        (Some(_), None) => std::cmp::Ordering::Greater,
+        (Some(a), Some(b)) => crate::version::compare_versions(a, b).unwrap_or_else(|_| a.cmp(b)),
+    }
+}

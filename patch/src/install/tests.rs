@@ -477,3 +477,68 @@ mod props {
         }
     }
 }
+
+#[test]
+fn combined_attempts_undo_to_the_versions_before_the_first() {
+    // Attempt 1 upgraded libssl3 and failed on openssl; attempt 2
+    // upgraded openssl; attempt 3 took libssl3 one further and added a
+    // new dependency.
+    let a1 = vec![
+        change("libssl3", Some("3.0.11-1"), Some("3.0.13-1"), true),
+        change("openssl", Some("3.0.11-1"), Some("3.0.11-1"), false),
+    ];
+    let a2 = vec![change("openssl", Some("3.0.11-1"), Some("3.0.13-1"), true)];
+    let a3 = vec![
+        change("libssl3", Some("3.0.13-1"), Some("3.0.14-1"), true),
+        change("newdep", None, Some("1.0-1"), true),
+    ];
+    let want = vec![
+        change("libssl3", Some("3.0.11-1"), Some("3.0.14-1"), true),
+        change("newdep", None, Some("1.0-1"), true),
+        change("openssl", Some("3.0.11-1"), Some("3.0.13-1"), true),
+    ];
+    // Whatever order the reports arrived in.
+    for order in [[&a1, &a2, &a3], [&a3, &a1, &a2], [&a2, &a3, &a1]] {
+        let got = combine_changes(order.iter().map(|a| a.as_slice()));
+        assert_eq!(got, want, "{order:?}");
+    }
+    // The same report twice changes nothing; a package changed back to
+    // where it started is not rolled back.
+    assert_eq!(combine_changes([a2.as_slice(), a2.as_slice()]), a2);
+    let back = vec![change("libssl3", Some("3.0.14-1"), Some("3.0.11-1"), true)];
+    let got = combine_changes([a1.as_slice(), a3.as_slice(), back.as_slice()]);
+    assert!(got.iter().all(|c| c.name != "libssl3"), "{got:?}");
+    // The rollback of the combination restores both packages' first versions.
+    let plan = plan_rollback(&want, &[], None);
+    assert!(
+        plan.argv.contains(&"libssl3=3.0.11-1".to_string()),
+        "{:?}",
+        plan.argv
+    );
+    assert!(
+        plan.argv.contains(&"openssl=3.0.11-1".to_string()),
+        "{:?}",
+        plan.argv
+    );
+    assert!(
+        plan.argv.contains(&"newdep-".to_string()),
+        "{:?}",
+        plan.argv
+    );
+}
+
+#[test]
+fn combined_kept_debs_name_each_path_once() {
+    let k = |name: &str, version: &str| KeptDeb {
+        name: name.into(),
+        arch: "amd64".into(),
+        version: version.into(),
+        path: format!("/var/lib/outpost-agent/debs/{name}_{version}_amd64.deb"),
+        sha256: "0".repeat(64),
+    };
+    let a1 = vec![k("libssl3", "3.0.11-1")];
+    let a2 = vec![k("openssl", "3.0.11-1"), k("libssl3", "3.0.11-1")];
+    let got = combine_kept([a1.as_slice(), a2.as_slice()]);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().any(|d| d.name == "openssl"));
+}

@@ -23,7 +23,7 @@ enum Call {
     Rollback {
         device: DeviceId,
         key: String,
-        changes: usize,
+        request: RollbackRequest,
     },
     Cancel {
         key: String,
@@ -58,8 +58,8 @@ impl TestInstaller {
                 Call::Rollback {
                     device,
                     key,
-                    changes,
-                } => Some((*device, key.clone(), *changes)),
+                    request,
+                } => Some((*device, key.clone(), request.changes.len())),
                 _ => None,
             })
             .collect()
@@ -97,7 +97,7 @@ impl Installer for TestInstaller {
             self.calls.lock().unwrap().push(Call::Rollback {
                 device,
                 key: key.to_string(),
-                changes: request.changes.len(),
+                request: request.clone(),
             });
             Ok(())
         })
@@ -591,6 +591,81 @@ async fn rollback_per_stage_per_device_and_per_deployment_sends_what_each_instal
     );
     // Nothing is ever re-installed by a rollback.
     assert_eq!(inst.installs().len(), 4);
+}
+
+#[tokio::test]
+async fn a_rollback_after_a_retry_undoes_every_attempt_and_names_the_agents_command_id() {
+    let s = site(1);
+    let dev = s.devices[0];
+    let inst = Arc::new(TestInstaller::default());
+    let (o, _env) = orchestrator(&s, inst.clone());
+    let t0 = 1_000 * H;
+    o.create(request(DeployTarget::All), s.patches.as_ref(), "admin", t0)
+        .await
+        .unwrap();
+    let change = |name: &str, from: &str, to: &str| PackageChange {
+        name: name.into(),
+        arch: None,
+        from: Some(from.into()),
+        to: Some(to.into()),
+        configured: true,
+    };
+    // Attempt 1 upgrades libssl3, then fails on openssl.
+    let mut failed = status("dep-1", 1, Phase::Failed, false);
+    failed.changes = vec![change("libssl3", "3.0.1-1", "3.0.2-1")];
+    o.report(dev, &failed, t0 + 1).await.unwrap();
+    o.input(
+        "dep-1",
+        Input::Resume {
+            retry_failed: true,
+            force: false,
+            patches: None,
+        },
+        "tech",
+        t0 + 2,
+    )
+    .await
+    .unwrap();
+    // Attempt 2 starts (no changes yet), attempt 1's report arrives again
+    // late, then attempt 2 upgrades openssl.
+    o.report(dev, &status("dep-1", 2, Phase::Downloading, false), t0 + 3)
+        .await
+        .unwrap();
+    o.report(dev, &failed, t0 + 4).await.unwrap();
+    o.report(dev, &status("dep-1", 2, Phase::Succeeded, false), t0 + 5)
+        .await
+        .unwrap();
+    let d = o.get("dep-1").unwrap();
+    let shown = &d.installs[&dev.to_string()];
+    assert_eq!((shown.attempt, shown.phase.as_str()), (2, "succeeded"));
+    o.input(
+        "dep-1",
+        Input::Rollback(RollbackScope::Device {
+            device: dev.to_string(),
+        }),
+        "tech",
+        t0 + 6,
+    )
+    .await
+    .unwrap();
+    let calls = inst.calls.lock().unwrap().clone();
+    let Some(Call::Rollback { request, .. }) = calls.last() else {
+        panic!("no rollback: {calls:?}");
+    };
+    assert_eq!(
+        request.changes,
+        vec![
+            change("libssl3", "3.0.1-1", "3.0.2-1"),
+            change("openssl", "3.0.1-1", "3.0.2-1"),
+        ],
+        "both attempts' changes"
+    );
+    assert_eq!(request.attempt, 2);
+    assert_eq!(
+        request.install_command,
+        crate::deploy::command_id(&format!("dep-1/{dev}/install/2")).to_string(),
+        "the id the agent ran (and recorded) the install under"
+    );
 }
 
 #[tokio::test]
