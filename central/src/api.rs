@@ -20,7 +20,7 @@ use outpost_proto::{CustomerId, SiteId, TenantId};
 use axum::Router;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -226,6 +226,26 @@ async fn credential_of(
 
 async fn authenticate(State(c): State<Arc<Central>>, mut req: Request, next: Next) -> Response {
     match credential_of(&c, req.headers()).await {
+        // A browser sends the session cookie with a request another origin
+        // forges (a sibling subdomain, another port of the host: the same
+        // *site*, so `SameSite=Strict` lets it through): a state-changing
+        // request under a session must come from this origin, as the
+        // console's forms and the appliance's API require.
+        Ok(Some((_, Credential::Session)))
+            if !matches!(*req.method(), Method::GET | Method::HEAD)
+                && outpost_console::security::same_origin(req.headers()).is_err() =>
+        {
+            c.metrics
+                .api_rejects
+                .get_or_create(&crate::metrics::ReasonLabel {
+                    reason: "api_cross_origin".into(),
+                })
+                .inc();
+            ApiError::Forbidden(
+                "cross-origin request refused: a request under a login session must come from this console's origin (scripts use `Authorization: Bearer <token>`)".into(),
+            )
+            .into_response()
+        }
         Ok(Some((p, cred))) => {
             req.extensions_mut().insert(p);
             req.extensions_mut().insert(cred);

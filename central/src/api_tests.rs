@@ -34,6 +34,7 @@ crate::testing::on_both_backends!(
     a_customer_scoped_admin_grants_only_within_its_own_customers,
     an_existing_user_is_a_conflict_and_passwords_change_on_their_own_route,
     failed_logins_are_limited_per_user_and_per_address,
+    a_session_write_from_another_origin_is_refused_and_tokens_are_not_affected,
     a_device_claimed_for_another_customer_stays_out_of_that_customers_view,
     dead_letters_show_on_the_site_in_the_api_and_the_web_view,
     per_site_metrics_need_the_operator_token,
@@ -579,6 +580,93 @@ async fn an_existing_user_is_a_conflict_and_passwords_change_on_their_own_route(
     assert_eq!(st, 404);
     let (st, _) = put(as_token(&f.token), "alice", r#"{"password":"short"}"#).await;
     assert_eq!(st, 400);
+}
+
+/// A page of another origin (a sibling subdomain, another port of the
+/// host: the same site, so the `SameSite=Strict` cookie goes along) cannot
+/// make a logged-in technician's browser act: a write under a session
+/// must come from this origin; reads, tokens and the CLI are unaffected.
+async fn a_session_write_from_another_origin_is_refused_and_tokens_are_not_affected() {
+    let f = fixture().await;
+    let tom = r#"{"name":"tom","role":"technician","password":"correct horse"}"#;
+    assert_eq!(post_json(&f, "/api/v1/users", &f.token, tom).await.0, 201);
+    let (st, h, _) = login(&f, "tom", "correct horse", None).await;
+    assert_eq!(st, 200);
+    let session = cookie_of(&h);
+    let logout = |extra: &'static [(&'static str, &'static str)]| {
+        let session = session.clone();
+        let f = &f;
+        async move {
+            let mut headers: Vec<(&str, &str)> =
+                vec![("cookie", &session), ("host", "central.example.com")];
+            headers.extend_from_slice(extra);
+            request(f, "POST", "/api/v1/logout", &headers, "", None).await
+        }
+    };
+    for forged in [
+        &[("origin", "http://tools.example.com")][..],
+        &[("origin", "https://central.example.com:8443")][..],
+        &[("sec-fetch-site", "same-site")][..],
+        &[
+            ("sec-fetch-site", "cross-site"),
+            ("origin", "https://central.example.com"),
+        ][..],
+    ] {
+        let (st, _, body) = logout(forged).await;
+        assert_eq!(st, 403, "{forged:?}: {body}");
+        assert!(body.contains("cross-origin"), "{body}");
+    }
+    // The session is still there: nothing was done.
+    let (st, _, _) = request(
+        &f,
+        "GET",
+        "/api/v1/me",
+        &[("cookie", &session), ("origin", "http://tools.example.com")],
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "a read is not refused");
+    let metrics = f.central.metrics.encode(false);
+    assert!(
+        metrics.contains(r#"outpost_central_api_rejects_total{reason="api_cross_origin"} 4"#),
+        "{metrics}"
+    );
+    // A token is not sent by browsers on their own: any origin will do.
+    let (st, _, body) = request(
+        &f,
+        "POST",
+        "/api/v1/tokens",
+        &[
+            ("authorization", &bearer(&f.token)),
+            ("origin", "http://tools.example.com"),
+            ("content-type", "application/json"),
+        ],
+        r#"{"role":"viewer"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(st, 201, "{body}");
+    // The console's own origin, and no Origin at all (the CLI, curl).
+    let (st, _, body) = logout(&[
+        ("origin", "https://central.example.com"),
+        ("sec-fetch-site", "same-origin"),
+    ])
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let (st, h, _) = login(&f, "tom", "correct horse", None).await;
+    assert_eq!(st, 200);
+    let again = cookie_of(&h);
+    let (st, _, body) = request(
+        &f,
+        "POST",
+        "/api/v1/logout",
+        &[("cookie", &again)],
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
 }
 
 /// Item 4: failed logins are limited per user name (known or not) and per

@@ -43,6 +43,9 @@ pub struct CentralMetrics {
     pub site_lag_seconds: Family<SiteLabel, Gauge>,
     pub connections_active: Gauge,
     pub connection_rejects: Family<ReasonLabel, Counter>,
+    /// API requests refused before their handler, by reason
+    /// (`api_cross_origin`: a session-cookie write from another origin).
+    pub api_rejects: Family<ReasonLabel, Counter>,
     pub joins: Counter,
     pub api_requests: Family<RouteLabel, Counter>,
     pub logins_failed: Counter,
@@ -135,6 +138,7 @@ impl CentralMetrics {
             site_lag_seconds: Family::default(),
             connections_active: Gauge::default(),
             connection_rejects: Family::default(),
+            api_rejects: Family::default(),
             joins: Counter::default(),
             api_requests: Family::default(),
             logins_failed: Counter::default(),
@@ -219,6 +223,11 @@ impl CentralMetrics {
             "connection_rejects",
             "Uplink connections refused, by reason",
             m.connection_rejects.clone(),
+        );
+        r.register(
+            "api_rejects",
+            "API requests refused before their handler, by reason",
+            m.api_rejects.clone(),
         );
         r.register("joins", "Sites joined", m.joins.clone());
         r.register(
