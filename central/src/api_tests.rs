@@ -454,6 +454,12 @@ async fn a_customer_scoped_admin_grants_only_within_its_own_customers() {
     )
     .await;
     assert_eq!(st, 201, "{resp}");
+    // A user named like a token's principal would pass for it in the
+    // audit log and `created_by`.
+    let tokenish = r#"{"name":"token:3508ce6a1799","role":"viewer","customers":["dental"],"password":"hunter22hunter"}"#;
+    let (st, resp) = post_json(&f, "/api/v1/users", &scoped, tokenish).await;
+    assert_eq!(st, 400, "{resp}");
+    assert!(resp.contains("token:ID"), "{resp}");
     let (st, resp) = post_json(&f, "/api/v1/tokens", &f.token, r#"{"role":"admin"}"#).await;
     assert_eq!(st, 201, "a tenant-wide admin: {resp}");
     // A site of another customer: refused as before.

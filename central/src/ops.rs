@@ -130,6 +130,14 @@ pub async fn user_record(
 ) -> anyhow::Result<UserRecord> {
     check_name("tenant", &req.tenant)?;
     check_name("user name", &req.name)?;
+    // `token:ID` names a token's actions (audit, `created_by`): a user
+    // so named would pass for one.
+    if req.name.contains(':') {
+        bail!(
+            "user name {:?} contains ':' (reserved: actions of tokens are recorded as token:ID)",
+            req.name
+        );
+    }
     for c in &req.customers {
         check_name("customer", c)?;
     }
