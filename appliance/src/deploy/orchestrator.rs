@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use outpost_patch::approval::PatchKey;
+use outpost_patch::assess::MissingPatch;
 use outpost_patch::install::BinaryTarget;
 use outpost_patch::install::wire::{
     CANCELLED_REASON_PREFIX, DeviceStatus, InstallRequest, Phase, RebootPolicy, RollbackRequest,
@@ -24,6 +25,7 @@ use outpost_patch::install::wire::{
 use outpost_patch::rollout::{
     Action, Deployment, DeploymentSpec, Event, GateSpec, Input, Report, Target, install_command_id,
 };
+use outpost_patch::version::DebVersion;
 use outpost_patch::window::SiteWindows;
 use outpost_proto::DeviceId;
 use outpost_storage::model::{AuditEntry, DeviceRecord};
@@ -82,8 +84,9 @@ pub trait DeployEnv: Send + Sync {
     fn alert_levels(&self, d: &StoredDeployment);
     /// The binaries to install on `device` for `patches`: only patches the
     /// device misses and that are approved for it now (a decline after
-    /// creation holds).
-    fn targets(&self, device: DeviceId, patches: &[PatchKey], now_ms: u64) -> Vec<BinaryTarget>;
+    /// creation holds), and the patches it still needs that cannot be
+    /// installed as deployed.
+    fn targets(&self, device: DeviceId, patches: &[PatchKey], now_ms: u64) -> DeviceTargets;
 }
 
 /// How installs are asked for.
@@ -986,9 +989,19 @@ impl Orchestrator {
                         sd = self.fail_later(&mut queue, sd, failed.take(), now_ms)?;
                         continue;
                     };
-                    let targets = self.env.targets(dev, &patches, now_ms);
+                    let DeviceTargets {
+                        install: targets,
+                        unmet,
+                    } = self.env.targets(dev, &patches, now_ms);
+                    if !unmet.is_empty() {
+                        // It still needs a patch it cannot get as deployed:
+                        // a failure naming why, never a success.
+                        failed = Some((device, attempt, unmet.join("; ")));
+                        sd = self.fail_later(&mut queue, sd, failed.take(), now_ms)?;
+                        continue;
+                    }
                     if targets.is_empty() {
-                        // Nothing of it is missing (or approved) there now.
+                        // Nothing of it is missing there now.
                         let (s, a) = self.restep(
                             sd,
                             Input::Report {
@@ -1433,7 +1446,7 @@ impl DeployEnv for SiteEnv {
         }
     }
 
-    fn targets(&self, device: DeviceId, patches: &[PatchKey], now_ms: u64) -> Vec<BinaryTarget> {
+    fn targets(&self, device: DeviceId, patches: &[PatchKey], now_ms: u64) -> DeviceTargets {
         targets_for(&self.store, self.patches.as_ref(), device, patches, now_ms)
     }
 }
@@ -1522,7 +1535,7 @@ pub fn prefetch_wanted(
         let Ok(id) = dev.parse::<DeviceId>() else {
             continue;
         };
-        for t in targets_for(store, patches, id, keys, now) {
+        for t in targets_for(store, patches, id, keys, now).install {
             want.insert((t.name, t.version, t.arch));
         }
     }
@@ -1535,26 +1548,74 @@ pub fn prefetch_wanted(
         .collect()
 }
 
-/// The binaries of `patches` that `device` misses and that are approved
-/// for it at `now_ms`.
+/// What a deployment installs on one device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceTargets {
+    /// The binaries of the deployment's patches the device misses and that
+    /// are approved for it now.
+    pub install: Vec<BinaryTarget>,
+    /// Why a patch the device still needs (its installed version is below
+    /// the deployed one) cannot be installed as deployed: its approval was
+    /// withdrawn, or a newer version superseded it. The device fails with
+    /// these reasons rather than count as done.
+    pub unmet: Vec<String>,
+}
+
+/// What `device` gets of the deployment's patches `keys` at `now_ms`.
 pub fn targets_for(
     store: &Store,
     patches: &dyn MissingPatches,
     device: DeviceId,
     keys: &[PatchKey],
     now_ms: u64,
-) -> Vec<BinaryTarget> {
-    let Ok(a) = approvals::device_decisions(store, patches, device, now_ms) else {
-        return Vec::new();
+) -> DeviceTargets {
+    let mut out = DeviceTargets::default();
+    let a = match approvals::device_decisions(store, patches, device, now_ms) {
+        Ok(a) => a,
+        Err(e) => {
+            out.unmet
+                .push(format!("its approvals could not be read: {e}"));
+            return out;
+        }
     };
     let approved = a.approved();
     let missing = patches.missing(device).unwrap_or_default();
-    let mut out = Vec::new();
-    for p in &missing {
-        let Some(c) = &p.candidate else { continue };
-        let key = PatchKey::new(p.source.as_str(), c.as_str());
-        if keys.contains(&key) && approved.contains(&key) {
-            out.extend(BinaryTarget::from_missing(p));
+    for key in keys {
+        let offered: Vec<&MissingPatch> = missing
+            .iter()
+            .filter(|p| p.source.as_str() == key.package)
+            .collect();
+        if let Some(p) = offered.iter().find(|p| {
+            p.candidate
+                .as_ref()
+                .is_some_and(|c| c.as_str() == key.version)
+        }) {
+            if approved.contains(key) {
+                out.install.extend(BinaryTarget::from_missing(p));
+            } else {
+                out.unmet.push(format!(
+                    "{}={} is no longer approved for this device (declined, or its approval removed)",
+                    key.package, key.version
+                ));
+            }
+            continue;
+        }
+        // Not offered as deployed: done if what is installed is already
+        // at or past the deployed version (or nothing of it is missing).
+        let needs = offered.iter().find(|p| {
+            DebVersion::parse_lenient(&key.version).map_or(true, |deployed| p.installed < deployed)
+        });
+        if let Some(p) = needs {
+            out.unmet.push(match &p.candidate {
+                Some(c) => format!(
+                    "{} is at {}; the deployment installs {} but the device's repositories offer {} now: resume the deployment with that version, or deploy it on its own",
+                    key.package, p.installed, key.version, c
+                ),
+                None => format!(
+                    "{} is at {}, below the deployment's {}, and its update cannot be named by version",
+                    key.package, p.installed, key.version
+                ),
+            });
         }
     }
     out

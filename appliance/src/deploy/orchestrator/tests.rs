@@ -154,7 +154,7 @@ impl DeployEnv for TestEnv {
     fn release(&self, deployment: &str) {
         self.released.lock().unwrap().push(deployment.to_string());
     }
-    fn targets(&self, device: DeviceId, patches: &[PatchKey], now_ms: u64) -> Vec<BinaryTarget> {
+    fn targets(&self, device: DeviceId, patches: &[PatchKey], now_ms: u64) -> DeviceTargets {
         self.site.targets(device, patches, now_ms)
     }
 }
@@ -665,6 +665,80 @@ async fn a_rollback_after_a_retry_undoes_every_attempt_and_names_the_agents_comm
         request.install_command,
         crate::deploy::command_id(&format!("dep-1/{dev}/install/2")).to_string(),
         "the id the agent ran (and recorded) the install under"
+    );
+}
+
+#[tokio::test]
+async fn a_device_that_still_needs_the_patch_but_cannot_get_it_as_deployed_fails_never_succeeds() {
+    let s = site(4);
+    let inst = Arc::new(TestInstaller::default());
+    let (o, _env) = orchestrator(&s, inst.clone());
+    let t0 = 1_000 * H;
+    let mut req = request(DeployTarget::All);
+    req.stages = Some(vec![25, 100]);
+    o.create(req, s.patches.as_ref(), "admin", t0)
+        .await
+        .unwrap();
+    succeed_queued(&o, t0 + 1).await;
+    let d = o.get("dep-1").unwrap();
+    let later: Vec<DeviceId> = d.deployment.stages[1]
+        .iter()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert_eq!(later.len(), 3);
+    {
+        let mut p = s.patches.0.lock().unwrap();
+        // Superseded before its stage: the device is offered 3.0.2-2 now.
+        p.insert(
+            later[0],
+            vec![missing("openssl", "3.0.1-1", "3.0.2-2", true)],
+        );
+        // Installed it meanwhile (by hand): nothing of it is missing.
+        p.insert(later[1], vec![]);
+        // Still offered 3.0.2-1, but declined for this device below.
+    }
+    approvals::set_manual(
+        &s.store,
+        s.patches.as_ref(),
+        PatchKey::new("openssl", "3.0.2-1"),
+        ApprovalScope::Device {
+            device: later[2].to_string(),
+        },
+        outpost_patch::approval::Verdict::Decline,
+        "admin",
+        t0 + 2,
+    )
+    .unwrap();
+    o.tick(t0 + 2 * H).await.unwrap();
+    let d = o.get("dep-1").unwrap();
+    let state = |dev: DeviceId| d.deployment.devices[&dev.to_string()].clone();
+    let superseded = state(later[0]);
+    assert_eq!(
+        superseded.state,
+        outpost_patch::rollout::DeviceState::Failed
+    );
+    let why = superseded.reason.unwrap_or_default();
+    assert!(why.contains("offer 3.0.2-2"), "{why}");
+    assert_eq!(
+        state(later[1]).state,
+        outpost_patch::rollout::DeviceState::Succeeded,
+        "nothing left to install: done"
+    );
+    let declined = state(later[2]);
+    assert_eq!(declined.state, outpost_patch::rollout::DeviceState::Failed);
+    assert!(
+        declined
+            .reason
+            .unwrap_or_default()
+            .contains("no longer approved"),
+        "{:?}",
+        d.deployment.devices
+    );
+    // Neither failed device got an install command.
+    let sent: BTreeSet<DeviceId> = inst.installs().iter().map(|(d, _)| *d).collect();
+    assert!(
+        !sent.contains(&later[0]) && !sent.contains(&later[2]),
+        "{sent:?}"
     );
 }
 
