@@ -412,25 +412,25 @@ impl Executor {
         Ok(())
     }
 
-    /// Drops the oldest unacknowledged output beyond the head while the
-    /// command holds more than the bound.
+    /// Drops the oldest unacknowledged output beyond the head while what
+    /// is *stored* beyond it exceeds [`MAX_UNACKED_TAIL_BYTES`]: the head
+    /// and the newest tail stay. What is stored counts, not what was
+    /// produced (`output_len` also counts bytes dropped before).
     fn bound_output(&self, id: CommandId, e: &Entry) -> anyhow::Result<()> {
         let l = &self.inner.ledger;
-        let unacked_tail = e
-            .output_len
-            .saturating_sub(e.output_acked.max(KEEP_HEAD_BYTES));
-        if unacked_tail <= MAX_UNACKED_TAIL_BYTES {
+        let tail_from = e.output_acked.max(KEEP_HEAD_BYTES);
+        if e.output_len.saturating_sub(tail_from) <= MAX_UNACKED_TAIL_BYTES {
             return Ok(());
         }
-        let mut over = unacked_tail - MAX_UNACKED_TAIL_BYTES;
-        for (off, len) in l.output_chunks(id)? {
-            if over == 0 {
+        // The stored tail is contiguous from its oldest chunk to
+        // `output_len` (appends go at the end, drops and acks take from
+        // the front), so its size is `output_len - that chunk's offset`.
+        while let Some((off, len)) = l.first_output_chunk_from(id, tail_from)? {
+            let newest = off + len as u64 >= e.output_len;
+            if newest || e.output_len - off <= MAX_UNACKED_TAIL_BYTES {
                 break;
             }
-            if off >= KEEP_HEAD_BYTES && off >= e.output_acked {
-                l.remove_output_chunk(id, off)?;
-                over = over.saturating_sub(len as u64);
-            }
+            l.remove_output_chunk(id, off)?;
         }
         Ok(())
     }
@@ -918,26 +918,50 @@ impl Executor {
                         .ledger
                         .output_from(id, from, 16)
                         .unwrap_or_default();
-                    let mut to = from;
-                    for (off, bytes) in chunks {
-                        let skip = from.saturating_sub(off) as usize;
-                        let mut at = off + skip as u64;
-                        for piece in bytes[skip.min(bytes.len())..].chunks(max) {
+                    match output_step(from, e.output_acked, e.output_len, &chunks) {
+                        OutputStep::AwaitAck => {
+                            // The ack wakes this loop (or the next tick).
+                        }
+                        OutputStep::GapToEnd => {
+                            // Nothing stored from `from` on: an empty piece
+                            // at the end tells the appliance the gap (it
+                            // counts it dropped) and lets it acknowledge
+                            // everything, so the result can follow.
                             let o = CommandOutput {
                                 id,
-                                offset: at,
-                                bytes: piece.to_vec(),
+                                offset: e.output_len,
+                                bytes: Vec::new(),
                             };
                             if link.send_output(o).await.is_err() {
                                 return;
                             }
-                            at += piece.len() as u64;
+                            sent_to.insert(id, e.output_len);
                         }
-                        to = at;
+                        OutputStep::Send => {
+                            let mut to = from;
+                            for (off, bytes) in chunks {
+                                let skip = from.saturating_sub(off) as usize;
+                                let mut at = off + skip as u64;
+                                for piece in bytes[skip.min(bytes.len())..].chunks(max) {
+                                    let o = CommandOutput {
+                                        id,
+                                        offset: at,
+                                        bytes: piece.to_vec(),
+                                    };
+                                    if link.send_output(o).await.is_err() {
+                                        return;
+                                    }
+                                    at += piece.len() as u64;
+                                }
+                                to = at;
+                            }
+                            sent_to.insert(id, to.max(from));
+                            if to > from {
+                                // More may be stored: look again at once.
+                                self.wake();
+                            }
+                        }
                     }
-                    sent_to.insert(id, to.max(from));
-                    // More may be stored: look again at once.
-                    self.wake();
                 }
                 if let Some(r) = e.result()
                     && !e.result_acked
@@ -955,6 +979,38 @@ impl Executor {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
+    }
+}
+
+/// What the pump does next for a command's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutputStep {
+    /// Send the stored chunks found from the next offset (after a gap, the
+    /// appliance counts the missing bytes dropped).
+    Send,
+    /// Nothing stored from the next offset to the end (dropped while the
+    /// appliance was unreachable): send an empty piece at the end.
+    GapToEnd,
+    /// A gap comes next and bytes before it are not acknowledged yet:
+    /// wait. The appliance's flow window would count the gap's bytes as
+    /// in flight; once all before it is acknowledged, its window for the
+    /// command is empty and the gap costs nothing.
+    AwaitAck,
+}
+
+/// The pump's decision for one command (pure): `from` is the next offset
+/// to send, `chunks` the stored chunks from there (see
+/// [`Ledger::output_from`]).
+fn output_step(from: u64, acked: u64, len: u64, chunks: &[(u64, Vec<u8>)]) -> OutputStep {
+    let gap = match chunks.first() {
+        None => from < len,
+        Some((off, _)) => *off > from,
+    };
+    match (gap, from > acked, chunks.is_empty()) {
+        (false, _, _) => OutputStep::Send,
+        (true, true, _) => OutputStep::AwaitAck,
+        (true, false, true) => OutputStep::GapToEnd,
+        (true, false, false) => OutputStep::Send,
     }
 }
 
@@ -1252,6 +1308,160 @@ mod tests {
         let r = next_result(&mut inbox).await;
         assert_eq!(r.outcome, CommandOutcome::Exited { code: 0 });
         assert_eq!(r.output_bytes, 8);
+    }
+
+    /// Plays the appliance for `id` on `inbox` until its result: output
+    /// pieces are taken at their offsets (a gap is dropped bytes, as the
+    /// appliance counts it) and acknowledged up to the end received.
+    /// Returns the pieces received and the result.
+    async fn appliance_until_result(
+        ex: &Executor,
+        inbox: &mut LinkInbox,
+        id: CommandId,
+    ) -> (Vec<(u64, Vec<u8>)>, CommandResult) {
+        let mut received = 0u64;
+        let mut pieces = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            tokio::select! {
+                o = inbox.output.recv() => {
+                    let o = o.expect("open");
+                    assert_eq!(o.id, id);
+                    let end = o.offset + o.bytes.len() as u64;
+                    assert!(o.offset >= received, "a re-send at {} below {received}", o.offset);
+                    received = end;
+                    pieces.push((o.offset, o.bytes));
+                    ex.event(AgentEvent::OutputAcked { id, up_to: received });
+                }
+                i = inbox.rx.recv() => {
+                    if let Some(LinkInput::Result(r)) = i {
+                        return (pieces, r);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    panic!("no result within 20 s; received up to {received}")
+                }
+            }
+        }
+    }
+
+    /// Chunk `i` of the output tests: 16 KiB of one byte value.
+    fn out_chunk(i: usize) -> Vec<u8> {
+        vec![(i % 251) as u8; 16 * 1024]
+    }
+
+    #[tokio::test]
+    async fn output_over_the_bound_while_unacknowledged_keeps_the_head_and_newest_tail_and_the_result_goes()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let ex = Executor::start(dir.path(), policy()).unwrap();
+        let id = CommandId([21; 16]);
+        let mut e = Entry::new(1);
+        e.phase = Phase::Running { started_ms: 1 };
+        ex.inner.ledger.put(id, &e).unwrap();
+        // No session: nothing is acknowledged while 3.2 MiB are printed.
+        for i in 0..200 {
+            ex.append_output(id, &out_chunk(i)).unwrap();
+        }
+        let chunk = 16 * 1024u64;
+        let stored = ex.inner.ledger.output_chunks(id).unwrap();
+        let bytes_in = |head: bool| -> u64 {
+            stored
+                .iter()
+                .filter(|(o, _)| (*o < KEEP_HEAD_BYTES) == head)
+                .map(|(_, l)| *l as u64)
+                .sum()
+        };
+        assert_eq!(bytes_in(true), KEEP_HEAD_BYTES, "the head is whole");
+        assert_eq!(bytes_in(false), MAX_UNACKED_TAIL_BYTES, "the tail is 1 MiB");
+        assert_eq!(
+            stored.last(),
+            Some(&(199 * chunk, chunk as usize)),
+            "the newest chunk stays"
+        );
+        assert_eq!(
+            stored
+                .iter()
+                .find(|(o, _)| *o >= KEEP_HEAD_BYTES)
+                .map(|c| c.0),
+            Some(200 * chunk - MAX_UNACKED_TAIL_BYTES),
+            "the tail is the last 1 MiB"
+        );
+        ex.finish(id, CommandOutcome::Exited { code: 0 }).await;
+        // The appliance is back: head, then the tail after a gap, then the
+        // result; the pump does not spin.
+        let wakes_before = *ex.inner.wake.borrow();
+        let (link, mut inbox) = RemoteLink::new(64 * 1024);
+        ex.session_up(link);
+        let (pieces, r) = appliance_until_result(&ex, &mut inbox, id).await;
+        assert_eq!(r.outcome, CommandOutcome::Exited { code: 0 });
+        assert_eq!(r.output_bytes, 200 * chunk);
+        let mut want = Vec::new();
+        for i in (0..32).chain(136..200) {
+            want.push((i as u64 * chunk, out_chunk(i)));
+        }
+        assert_eq!(pieces, want);
+        let wakes = *ex.inner.wake.borrow() - wakes_before;
+        assert!(wakes < 400, "{wakes} wakes for 96 chunks: the pump spins");
+        // Settled: nothing more to send, no more wakes (bounded wait).
+        ex.event(AgentEvent::ResultAcked { id });
+        let settled = *ex.inner.wake.borrow();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(*ex.inner.wake.borrow() - settled < 5, "the pump spins");
+    }
+
+    #[tokio::test]
+    async fn a_result_goes_even_when_no_output_is_stored_from_the_acknowledged_offset() {
+        // What an agent with the old unbounded drop left in its ledger:
+        // 3 MiB produced, only the head stored.
+        let dir = tempfile::tempdir().unwrap();
+        let id = CommandId([22; 16]);
+        let chunk = 16 * 1024u64;
+        {
+            let l = Ledger::open(dir.path()).unwrap();
+            let mut e = Entry::new(1);
+            for i in 0..32 {
+                l.put_output(id, i as u64 * chunk, &out_chunk(i)).unwrap();
+            }
+            e.output_len = 3 * 1024 * 1024;
+            e.phase = Phase::Finished(CommandResult {
+                id,
+                outcome: CommandOutcome::Exited { code: 0 },
+                output_bytes: e.output_len,
+                finished_ms: 2,
+            });
+            l.put(id, &e).unwrap();
+            l.flush().await.unwrap();
+        }
+        let ex = crate::reopen_sled(|| Executor::start(dir.path(), policy()));
+        let wakes_before = *ex.inner.wake.borrow();
+        let (link, mut inbox) = RemoteLink::new(64 * 1024);
+        ex.session_up(link);
+        let (pieces, r) = appliance_until_result(&ex, &mut inbox, id).await;
+        assert_eq!(r.output_bytes, 3 * 1024 * 1024);
+        assert_eq!(pieces.len(), 33, "the head, then the end");
+        assert_eq!(pieces.last(), Some(&(3 * 1024 * 1024, Vec::new())));
+        let wakes = *ex.inner.wake.borrow() - wakes_before;
+        assert!(wakes < 200, "{wakes} wakes: the pump spins");
+    }
+
+    #[test]
+    fn the_pump_crosses_a_gap_only_once_all_before_it_is_acknowledged() {
+        let c = |off: u64| vec![(off, vec![0u8; 10])];
+        assert_eq!(output_step(0, 0, 100, &c(0)), OutputStep::Send);
+        assert_eq!(
+            output_step(5, 0, 100, &c(0)),
+            OutputStep::Send,
+            "inside a chunk"
+        );
+        assert_eq!(
+            output_step(10, 10, 100, &c(50)),
+            OutputStep::Send,
+            "gap, all acked"
+        );
+        assert_eq!(output_step(10, 5, 100, &c(50)), OutputStep::AwaitAck);
+        assert_eq!(output_step(10, 10, 100, &[]), OutputStep::GapToEnd);
+        assert_eq!(output_step(10, 0, 100, &[]), OutputStep::AwaitAck);
     }
 
     #[test]

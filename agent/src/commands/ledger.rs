@@ -227,6 +227,27 @@ impl Ledger {
         Ok(out)
     }
 
+    /// The oldest stored output chunk of `id` starting at or after
+    /// `from`: (offset, length).
+    pub fn first_output_chunk_from(
+        &self,
+        id: CommandId,
+        from: u64,
+    ) -> Result<Option<(u64, usize)>> {
+        match self
+            .output
+            .range(output_key(id, from)..=output_key(id, u64::MAX))
+            .next()
+        {
+            Some(item) => {
+                let (k, v) = item?;
+                let off = u64::from_be_bytes(k[16..24].try_into().unwrap_or([0; 8]));
+                Ok(Some((off, v.len())))
+            }
+            None => Ok(None),
+        }
+    }
+
     pub fn remove_output_chunk(&self, id: CommandId, offset: u64) -> Result<()> {
         self.output.remove(output_key(id, offset))?;
         Ok(())
