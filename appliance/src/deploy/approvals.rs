@@ -385,6 +385,7 @@ pub(crate) mod tests {
             first_seen_ms: 0,
             risk: 5,
             download_bytes: None,
+            candidate_first_seen_ms: 0,
         }
     }
 

@@ -15,16 +15,18 @@
 //! which encodes struct fields in order: when download sizes were added
 //! (`AptUpgrade::size_bytes`, `MissingPatch::download_bytes`) the values
 //! became versioned. A value written since starts with [`VERSIONED`] and a
-//! version byte ([`STORED_VERSION`]); one without it is the older shape
-//! (`DeviceScanV1`, `DeviceAssessmentV1`) and is read as such, sizes
-//! unknown, and rewritten in the new shape by the next write. 0xFF never
+//! version byte ([`STORED_VERSION`] for scans, [`ASSESSMENT_VERSION`] for
+//! assessments: 3 since each patch carries `candidate_first_seen_ms`, 2
+//! before, read as `DeviceAssessmentV2`); one without it is the oldest
+//! shape (`DeviceScanV1`, `DeviceAssessmentV1`) and is read as such, sizes
+//! unknown. Either is rewritten in the current shape by the next write. 0xFF never
 //! starts an old value (an `Option` tag, or a varint `u64`, whose first
 //! byte is at most 253). Always go through [`put_scan`], [`get_scan`],
 //! [`put_assessment`] and the `scan_*` functions here.
 
 use outpost_patch::assess::DeviceAssessment;
 use outpost_patch::assess::fleet::FleetSummary;
-use outpost_patch::assess::legacy::DeviceAssessmentV1;
+use outpost_patch::assess::legacy::{DeviceAssessmentV1, DeviceAssessmentV2};
 use outpost_patch::catalog::{FeedFormat, SourceInfo};
 use outpost_patch::scan::Scan;
 use outpost_patch::scan::legacy::ScanV1;
@@ -107,11 +109,19 @@ impl From<DeviceScanV1> for DeviceScan {
 
 /// First byte of a versioned value of `patch_scans` / `patch_assessments`.
 pub const VERSIONED: u8 = 0xFF;
-/// The shape written now: 2, with download sizes.
+/// The shape of `patch_scans` written now: 2, with download sizes.
 pub const STORED_VERSION: u8 = 2;
+/// The shape of `patch_assessments` written now: 3, with each patch's
+/// `candidate_first_seen_ms` (2: with download sizes, read as
+/// `DeviceAssessmentV2`).
+pub const ASSESSMENT_VERSION: u8 = 3;
 
-fn encode_versioned<T: Serialize>(table: Table, value: &T) -> Result<Vec<u8>, StorageError> {
-    let mut out = vec![VERSIONED, STORED_VERSION];
+fn encode_versioned<T: Serialize>(
+    table: Table,
+    version: u8,
+    value: &T,
+) -> Result<Vec<u8>, StorageError> {
+    let mut out = vec![VERSIONED, version];
     codec::encode_into(value, &mut out).map_err(|source| StorageError::Encode {
         cf: table.name,
         source,
@@ -119,11 +129,13 @@ fn encode_versioned<T: Serialize>(table: Table, value: &T) -> Result<Vec<u8>, St
     Ok(out)
 }
 
-/// Decodes a value of either shape: versioned (the current type) or the
-/// older one (`Old`, converted).
-fn decode_versioned<T, Old>(table: Table, bytes: &[u8]) -> Result<T, StorageError>
+/// Decodes a value of any shape: versioned `version` (the current type),
+/// versioned 2 (`V2`, converted; the current shape itself when `version`
+/// is 2) or unversioned (the oldest, `Old`, converted).
+fn decode_versioned<T, V2, Old>(table: Table, version: u8, bytes: &[u8]) -> Result<T, StorageError>
 where
     T: serde::de::DeserializeOwned,
+    V2: serde::de::DeserializeOwned + Into<T>,
     Old: serde::de::DeserializeOwned + Into<T>,
 {
     let corrupt = |source: CodecError| StorageError::Corrupt {
@@ -131,35 +143,51 @@ where
         source,
     };
     match bytes {
-        [VERSIONED, STORED_VERSION, rest @ ..] => codec::decode(rest).map_err(corrupt),
+        [VERSIONED, v, rest @ ..] if *v == version => codec::decode(rest).map_err(corrupt),
+        [VERSIONED, 2, rest @ ..] => codec::decode::<V2>(rest).map(Into::into).map_err(corrupt),
         [VERSIONED, v, ..] => Err(StorageError::Invalid(format!(
-            "{}: stored shape {v} is newer than this build reads ({STORED_VERSION}); upgrade the appliance",
+            "{}: stored shape {v} is newer than this build reads ({version}); upgrade the appliance",
             table.name
         ))),
         _ => codec::decode::<Old>(bytes).map(Into::into).map_err(corrupt),
     }
 }
 
+/// A stored assessment of any shape.
+fn decode_assessment(bytes: &[u8]) -> Result<DeviceAssessment, StorageError> {
+    decode_versioned::<DeviceAssessment, DeviceAssessmentV2, DeviceAssessmentV1>(
+        PATCH_ASSESSMENTS,
+        ASSESSMENT_VERSION,
+        bytes,
+    )
+}
+
+/// A stored scan state of either shape.
+fn decode_scan(bytes: &[u8]) -> Result<DeviceScan, StorageError> {
+    decode_versioned::<DeviceScan, DeviceScan, DeviceScanV1>(PATCH_SCANS, STORED_VERSION, bytes)
+}
+
 /// Adds a put of a device's scan state to `b`.
 pub fn put_scan(b: &mut Batch, key: &[u8], ds: &DeviceScan) -> Result<(), StorageError> {
-    b.put_raw(PATCH_SCANS, key, &encode_versioned(PATCH_SCANS, ds)?)
+    b.put_raw(
+        PATCH_SCANS,
+        key,
+        &encode_versioned(PATCH_SCANS, STORED_VERSION, ds)?,
+    )
 }
 
 /// A device's scan state, either shape.
 pub fn get_scan(store: &Store, key: &[u8]) -> Result<Option<DeviceScan>, StorageError> {
     store
         .get_raw(PATCH_SCANS, key)?
-        .map(|v| decode_versioned::<DeviceScan, DeviceScanV1>(PATCH_SCANS, &v))
+        .map(|v| decode_scan(&v))
         .transpose()
 }
 
 /// Every device's scan state, in key order.
 pub fn scan_scans(store: &Store, mut f: impl FnMut(&[u8], DeviceScan)) -> Result<(), StorageError> {
     store.scan_raw(PATCH_SCANS, &[], None, |k, v| {
-        f(
-            k,
-            decode_versioned::<DeviceScan, DeviceScanV1>(PATCH_SCANS, v)?,
-        );
+        f(k, decode_scan(v)?);
         Ok(true)
     })
 }
@@ -169,7 +197,7 @@ pub fn put_assessment(b: &mut Batch, key: &[u8], a: &DeviceAssessment) -> Result
     b.put_raw(
         PATCH_ASSESSMENTS,
         key,
-        &encode_versioned(PATCH_ASSESSMENTS, a)?,
+        &encode_versioned(PATCH_ASSESSMENTS, ASSESSMENT_VERSION, a)?,
     )
 }
 
@@ -179,10 +207,7 @@ pub fn scan_assessments(
     mut f: impl FnMut(&[u8], DeviceAssessment),
 ) -> Result<(), StorageError> {
     store.scan_raw(PATCH_ASSESSMENTS, &[], None, |k, v| {
-        f(
-            k,
-            decode_versioned::<DeviceAssessment, DeviceAssessmentV1>(PATCH_ASSESSMENTS, v)?,
-        );
+        f(k, decode_assessment(v)?);
         Ok(true)
     })
 }

@@ -1313,7 +1313,7 @@ fn download_sizes_of_a_new_agent_reach_the_device_the_patch_list_and_the_summary
 #[test]
 fn stored_scans_and_assessments_of_the_older_shape_load_after_an_upgrade() {
     use super::super::store::{
-        DeviceScanV1, PATCH_ASSESSMENTS, PATCH_SCANS, STORED_VERSION, VERSIONED,
+        ASSESSMENT_VERSION, DeviceScanV1, PATCH_ASSESSMENTS, PATCH_SCANS, STORED_VERSION, VERSIONED,
     };
     use outpost_patch::assess::legacy::DeviceAssessmentV1;
     use outpost_patch::scan::legacy::ScanV1;
@@ -1377,10 +1377,68 @@ fn stored_scans_and_assessments_of_the_older_shape_load_after_an_upgrade() {
     let a2 = reopened.device(dev).unwrap().unwrap().assessment.unwrap();
     assert_eq!(a2.patches[1].first_seen_ms, a.patches[1].first_seen_ms);
     assert_eq!(a2.patches[1].download_bytes, Some(1_500_000));
-    for table in [PATCH_SCANS, PATCH_ASSESSMENTS] {
-        let raw = r.store.get_raw(table, &key).unwrap().unwrap();
-        assert_eq!(&raw[..2], &[VERSIONED, STORED_VERSION], "{}", table.name);
+    let raw = r.store.get_raw(PATCH_SCANS, &key).unwrap().unwrap();
+    assert_eq!(&raw[..2], &[VERSIONED, STORED_VERSION]);
+    let raw = r.store.get_raw(PATCH_ASSESSMENTS, &key).unwrap().unwrap();
+    assert_eq!(&raw[..2], &[VERSIONED, ASSESSMENT_VERSION]);
+}
+
+/// An assessment stored by the build before `candidate_first_seen_ms`
+/// (shape 2) loads with the source's first-seen time as the candidate's
+/// (what approval delays counted from then), and the next write is shape 3.
+#[test]
+fn stored_assessments_of_shape_2_load_after_an_upgrade() {
+    use super::super::store::{ASSESSMENT_VERSION, PATCH_ASSESSMENTS, VERSIONED};
+    use outpost_patch::assess::legacy::DeviceAssessmentV2;
+    let r = rig();
+    r.service
+        .import(FeedFormat::DebianTracker, None, "test", TRACKER.as_bytes())
+        .unwrap();
+    let dev = DeviceId(11);
+    put_report(
+        &r.store,
+        dev,
+        1,
+        &PackageReport::Full(Box::new(scan_with_upgrades(1_000, true))),
+        PACKAGE_REPORT_FORMAT,
+    );
+    r.service.process_reports(5_000).unwrap();
+    let key = dev.to_be_bytes();
+    let mut a = r.service.device(dev).unwrap().unwrap().assessment.unwrap();
+    assert!(!a.patches.is_empty());
+    // As the older build stored it: an earlier source first-seen time.
+    for p in &mut a.patches {
+        p.first_seen_ms = 1_234;
     }
+    let mut old = vec![VERSIONED, 2];
+    outpost_proto::codec::encode_into(&DeviceAssessmentV2::from(&a), &mut old).unwrap();
+    let mut b = r.store.batch();
+    b.put_raw(PATCH_ASSESSMENTS, &key, &old).unwrap();
+    r.store.write(b).unwrap();
+    let reopened = PatchService::open(
+        r.store.clone(),
+        r._dir.path(),
+        r.metrics.clone(),
+        Policy::default(),
+    )
+    .unwrap();
+    let loaded = reopened.device(dev).unwrap().unwrap().assessment.unwrap();
+    for p in &loaded.patches {
+        assert_eq!((p.first_seen_ms, p.candidate_first_seen_ms), (1_234, 1_234));
+    }
+    // The next scan (same candidates) keeps both and writes shape 3.
+    put_report(
+        &r.store,
+        dev,
+        2,
+        &PackageReport::Full(Box::new(scan_with_upgrades(9_000, true))),
+        PACKAGE_REPORT_FORMAT,
+    );
+    reopened.process_reports(10_000).unwrap();
+    let a2 = reopened.device(dev).unwrap().unwrap().assessment.unwrap();
+    assert_eq!(a2.patches[0].candidate_first_seen_ms, 1_234);
+    let raw = r.store.get_raw(PATCH_ASSESSMENTS, &key).unwrap().unwrap();
+    assert_eq!(&raw[..2], &[VERSIONED, ASSESSMENT_VERSION]);
 }
 
 /// A deferred scan (dpkg's lock held on the device) keeps the stored scan

@@ -77,16 +77,18 @@ pub struct PatchFacts {
 impl PatchFacts {
     /// The facts of a missing patch; `None` when its candidate's source
     /// version is unknown (such a patch cannot be named exactly, so it
-    /// cannot be approved). Publication is taken as the first time a
-    /// device saw the update offered (`first_seen_ms`): the earliest the
-    /// site can know of it.
+    /// cannot be approved). Publication is taken as the first time the
+    /// device saw this candidate offered (`candidate_first_seen_ms`): the
+    /// earliest it can know of it. Not the source's `first_seen_ms`: a
+    /// device long behind on a package would otherwise take a release of
+    /// today as published weeks ago.
     pub fn from_missing(p: &MissingPatch) -> Option<PatchFacts> {
         let candidate = p.candidate.as_ref()?;
         Some(PatchFacts {
             key: PatchKey::new(p.source.as_str(), candidate.as_str()),
             severity: p.severity,
             security: p.is_security(),
-            published_ms: Some(p.first_seen_ms),
+            published_ms: Some(p.candidate_first_seen_ms),
         })
     }
 }

@@ -388,11 +388,16 @@ fn facts_come_from_a_missing_patch_and_need_its_candidate() {
         first_seen_ms: 42,
         risk: 1,
         download_bytes: None,
+        candidate_first_seen_ms: 77,
     };
     let f = PatchFacts::from_missing(&m).unwrap();
     assert_eq!(f.key, PatchKey::new("openssl", "3.0.15-1"));
     assert!(f.security);
-    assert_eq!(f.published_ms, Some(42));
+    assert_eq!(
+        f.published_ms,
+        Some(77),
+        "the candidate's own first sighting, not the source's"
+    );
     m.candidate = None;
     assert!(PatchFacts::from_missing(&m).is_none());
 }

@@ -136,6 +136,11 @@ pub struct MissingPatch {
     /// when one of them is unknown (a report of format 1, or apt could not
     /// tell).
     pub download_bytes: Option<u64>,
+    /// When this device was first seen offered this candidate (Unix ms):
+    /// what an approval rule's delay counts from. `first_seen_ms` is the
+    /// source's (how long the device has been behind, for compliance); a
+    /// newer candidate of the same source starts here afresh.
+    pub candidate_first_seen_ms: u64,
 }
 
 impl MissingPatch {
@@ -657,6 +662,15 @@ fn build_patches(
                 let first_seen_ms = previous
                     .and_then(|prev| prev.patches.iter().find(|p| &*p.source == source))
                     .map_or(now_ms, |p| p.first_seen_ms.min(now_ms));
+                let candidate_first_seen_ms = previous
+                    .and_then(|prev| {
+                        prev.patches.iter().find(|p| {
+                            &*p.source == source
+                                && p.candidate.as_ref().map(DebVersion::as_str)
+                                    == candidate.as_ref().map(DebVersion::as_str)
+                        })
+                    })
+                    .map_or(now_ms, |p| p.candidate_first_seen_ms.min(now_ms));
                 out.patches.push(MissingPatch {
                     source: source.into(),
                     installed: installed_source.clone(),
@@ -671,6 +685,7 @@ fn build_patches(
                     first_seen_ms,
                     risk: 0,
                     download_bytes: upgrade.size_bytes,
+                    candidate_first_seen_ms,
                 });
             }
         }

@@ -274,6 +274,56 @@ fn a_high_security_patch_missing_longer_than_the_grace_period_makes_the_device_n
 }
 
 #[test]
+fn a_newer_candidate_is_first_seen_when_it_appears_while_the_source_keeps_its_age() {
+    let catalog = openssl_catalog();
+    let policy = Policy::default();
+    let first = assess_device(
+        &scan(OPENSSL_INSTALLED, OPENSSL_UPGRADE),
+        &catalog,
+        &policy,
+        None,
+        NOW,
+    );
+    assert_eq!(first.patches[0].candidate_first_seen_ms, NOW);
+    // 30 days behind; today 3.0.16 replaces 3.0.15 in the repositories.
+    let newer = OPENSSL_UPGRADE.replace("3.0.15-1~deb12u1", "3.0.16-1~deb12u1");
+    let today = NOW + 30 * DAY_MS;
+    let a = assess_device(
+        &scan(OPENSSL_INSTALLED, &newer),
+        &catalog,
+        &policy,
+        Some(&first),
+        today,
+    );
+    let p = &a.patches[0];
+    assert_eq!(
+        p.candidate.as_ref().map(|c| c.as_str()),
+        Some("3.0.16-1~deb12u1")
+    );
+    assert_eq!(
+        p.first_seen_ms, NOW,
+        "the device has been behind for 30 days"
+    );
+    assert_eq!(
+        p.candidate_first_seen_ms, today,
+        "3.0.16 was first offered today"
+    );
+    // An auto-approval with a 7-day delay waits for 3.0.16's own 7 days.
+    let facts = crate::approval::PatchFacts::from_missing(p).unwrap();
+    assert_eq!(facts.published_ms, Some(today));
+    // The same candidate a day later keeps its first sighting.
+    let b = assess_device(
+        &scan(OPENSSL_INSTALLED, &newer),
+        &catalog,
+        &policy,
+        Some(&a),
+        today + DAY_MS,
+    );
+    assert_eq!(b.patches[0].candidate_first_seen_ms, today);
+    assert_eq!(b.patches[0].first_seen_ms, NOW);
+}
+
+#[test]
 fn a_patch_age_restarts_when_the_source_had_no_pending_patch_before() {
     let catalog = openssl_catalog();
     let before = assess_device(

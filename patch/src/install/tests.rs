@@ -279,6 +279,7 @@ fn targets_come_from_a_missing_patch() {
         first_seen_ms: 0,
         risk: 1,
         download_bytes: None,
+        candidate_first_seen_ms: 0,
     };
     let t = BinaryTarget::from_missing(&m);
     assert_eq!(t[0].apt_arg(), "libssl3:amd64=3.0.15-1");
