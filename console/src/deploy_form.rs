@@ -398,15 +398,24 @@ impl CreateForm {
         } else {
             number(errs, "Window length", minutes, 1u32, MAX_WINDOW_MINUTES).unwrap_or(0)
         };
-        let tz = self.window_timezone.trim();
-        let timezone = if tz.is_empty() { "device" } else { tz };
-        if timezone.len() > 64
+        // The sites check the name against the tz database; each device's
+        // own zone is not known to them, so a window names its zone.
+        let timezone = self.window_timezone.trim();
+        if timezone.is_empty() {
+            errs.push(
+                "Window time zone: name the zone the window's times are in (an IANA name such as Europe/Berlin, or UTC).".into(),
+            );
+        } else if timezone.eq_ignore_ascii_case("device") {
+            errs.push(
+                "Window time zone: each device's own zone is not supported; name an IANA zone (Europe/Berlin, or UTC).".into(),
+            );
+        } else if timezone.len() > 64
             || !timezone
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '+'))
         {
             errs.push(format!(
-                "Window time zone: \"{timezone}\" is not an IANA name (Europe/Berlin) or device."
+                "Window time zone: \"{timezone}\" is not an IANA name (Europe/Berlin, or UTC)."
             ));
         }
         (errs.len() == before).then(|| WindowOption {
@@ -441,7 +450,7 @@ pub fn options_fieldset(f: &CreateForm) -> Markup {
                 } }
                 label { span { "Start" } input type="text" name="window_start" id="dep-window-start" value=(f.window_start) placeholder="22:00"; }
                 label { span { "Minutes" } input type="number" name="window_minutes" id="dep-window-minutes" min="1" max=(MAX_WINDOW_MINUTES) value=(f.window_minutes) placeholder="240"; }
-                label { span { "Time zone" } input type="text" name="window_timezone" id="dep-window-tz" value=(f.window_timezone) placeholder="device"; }
+                label { span { "Time zone" } input type="text" name="window_timezone" id="dep-window-tz" value=(f.window_timezone) placeholder="Europe/Berlin"; }
             }
             fieldset #dep-install {
                 legend { "Install" }
@@ -613,6 +622,26 @@ mod tests {
         assert!(e.iter().any(|s| s.contains("at least one day")), "{e:?}");
         // Stages must end at 100.
         assert!(form(&[("stages", "10,50")]).check().is_err());
+        // A window names its zone: empty or "device" (which every site
+        // refuses: devices do not report theirs) is an error here.
+        let window = |tz: &'static str| {
+            form(&[
+                ("day", "sat"),
+                ("window_start", "22:00"),
+                ("window_minutes", "240"),
+                ("window_timezone", tz),
+            ])
+            .check()
+        };
+        for (tz, want) in [("", "name the zone"), ("device", "not supported")] {
+            let e = window(tz).expect_err(tz).0;
+            assert!(
+                e.iter()
+                    .any(|s| s.starts_with("Window time zone") && s.contains(want)),
+                "{tz:?}: {e:?}"
+            );
+        }
+        assert!(window("UTC").is_ok());
     }
 
     #[test]

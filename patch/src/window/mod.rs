@@ -85,7 +85,9 @@ pub enum WindowError {
     BadDuration(u32),
     #[error("unknown time zone {0:?} (an IANA name such as Europe/Berlin)")]
     UnknownZone(String),
-    #[error("the window uses the device's time zone but the device reported none")]
+    #[error(
+        "time zone \"device\" (each device's own zone) is not supported: name an IANA zone such as Europe/Berlin, or UTC"
+    )]
     NoDeviceZone,
 }
 
