@@ -4,15 +4,18 @@
 //! whole group (SIGTERM, then SIGKILL after a grace). Owns no state: the
 //! executor ([`super::host`]) records what happens.
 
-use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use rustix::process::{Pid, Signal, kill_process_group};
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// How long to keep reading output after the process exited (a
-/// background grandchild may hold the pipe open).
+/// background grandchild may hold the pipe open: then the command ends
+/// with its leader's exit after this long, and the pipe is closed).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
 /// Bytes per read of the output pipe.
@@ -50,6 +53,10 @@ pub async fn run(
     started: impl FnOnce(u32),
 ) -> Result<End, String> {
     let (reader, writer) = std::io::pipe().map_err(|e| format!("creating a pipe: {e}"))?;
+    // Read asynchronously: after the drain the read end is simply dropped
+    // (no thread stays blocked on a pipe a background child holds open).
+    let reader = pipe::Receiver::from_owned_fd(OwnedFd::from(reader))
+        .map_err(|e| format!("reading the output pipe: {e}"))?;
     let writer2 = writer
         .try_clone()
         .map_err(|e| format!("duplicating a pipe: {e}"))?;
@@ -65,6 +72,7 @@ pub async fn run(
     if let Some((uid, gid)) = l.user {
         cmd.uid(uid).gid(gid);
     }
+    let deadline = tokio::time::Instant::now() + l.timeout;
     let spawned = cmd.spawn();
     // Our copies of the pipe's write end must go, or the reader never
     // sees the end.
@@ -73,47 +81,99 @@ pub async fn run(
     let pid = child.id().unwrap_or(0);
     started(pid);
 
-    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::Builder::new()
-        .name("command-output".into())
-        .spawn(move || {
-            let mut reader = reader;
-            let mut buf = vec![0u8; READ_BYTES];
-            loop {
-                match reader.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        if output.blocking_send(buf[..n].to_vec()).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => break,
-                }
-            }
-            let _ = done_tx.send(());
-        })
-        .map_err(|e| format!("starting the output reader: {e}"))?;
+    let stop = CancellationToken::new();
+    let mut reading = tokio::spawn(forward_output(reader, output, stop.clone()));
 
     let group = Pid::from_raw(pid as i32);
-    let end = tokio::select! {
+    let (end, leader_exited) = tokio::select! {
         status = child.wait() => {
             let status = status.map_err(|e| format!("waiting for the process: {e}"))?;
-            exit_of(status)
+            (exit_of(status), true)
         }
-        _ = tokio::time::sleep(l.timeout) => {
+        _ = tokio::time::sleep_until(deadline) => {
             stop_group(group, &mut child, l.kill_grace).await;
-            End::TimedOut
+            (End::TimedOut, false)
         }
         _ = cancel.cancelled() => {
             stop_group(group, &mut child, l.kill_grace).await;
-            End::Cancelled
+            (End::Cancelled, false)
         }
     };
-    // Output still in the pipe (bounded wait: a daemonised grandchild may
-    // keep it open).
-    let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, &mut done_rx).await;
+    // Output still in the pipe, for at most DRAIN_AFTER_EXIT: a background
+    // child that keeps the pipe open (`nohup app &`, `sleep 30 &`) must
+    // not hold the command. A timeout or cancel during the drain stops
+    // what is left of the group (the leader exited by itself: its exit is
+    // what is reported).
+    let drain_until = tokio::time::Instant::now() + DRAIN_AFTER_EXIT;
+    let mut reader_done = false;
+    let mut termed_at = None;
+    let mut killed = !leader_exited;
+    loop {
+        let kill_at = termed_at.map(|t| t + l.kill_grace);
+        tokio::select! {
+            _ = &mut reading => {
+                reader_done = true;
+                break;
+            }
+            _ = tokio::time::sleep_until(drain_until) => break,
+            _ = tokio::time::sleep_until(deadline), if termed_at.is_none() && !killed => {
+                signal_group(group, Signal::TERM);
+                termed_at = Some(tokio::time::Instant::now());
+            }
+            _ = cancel.cancelled(), if termed_at.is_none() && !killed => {
+                signal_group(group, Signal::TERM);
+                termed_at = Some(tokio::time::Instant::now());
+            }
+            _ = tokio::time::sleep_until(kill_at.unwrap_or(drain_until)), if kill_at.is_some() && !killed => {
+                signal_group(group, Signal::KILL);
+                killed = true;
+            }
+        }
+    }
+    if termed_at.is_some() && !killed {
+        signal_group(group, Signal::KILL);
+    }
+    // Stop forwarding: the sender goes with the task, so the caller sees
+    // the output end; the read end closes (a background child that
+    // writes later gets EPIPE, as with Go's `exec.Cmd.WaitDelay`).
+    stop.cancel();
+    if !reader_done {
+        let _ = reading.await;
+    }
     Ok(end)
+}
+
+/// Reads the output pipe and forwards what it reads until the end of
+/// the pipe, the receiver going away, or `stop`.
+async fn forward_output(
+    mut pipe: pipe::Receiver,
+    output: mpsc::Sender<Vec<u8>>,
+    stop: CancellationToken,
+) {
+    let mut buf = vec![0u8; READ_BYTES];
+    loop {
+        let n = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            r = pipe.read(&mut buf) => match r {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            },
+        };
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            r = output.send(buf[..n].to_vec()) => if r.is_err() { return },
+        }
+    }
+}
+
+fn signal_group(group: Option<Pid>, signal: Signal) {
+    if let Some(g) = group {
+        let _ = kill_process_group(g, signal);
+    }
 }
 
 fn exit_of(status: std::process::ExitStatus) -> End {
@@ -221,6 +281,64 @@ mod tests {
         let (r, out) = collect(launch("echo a; sleep 30", 60_000), cancel).await;
         assert_eq!(r, Ok(End::Cancelled));
         assert_eq!(out, b"a\n");
+    }
+
+    /// Whether process `pid` is gone (or a zombie nobody reaped yet).
+    fn gone(pid: &str) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(s) => s
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z')),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_background_child_holding_the_pipe_does_not_hold_the_command_after_the_drain() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let line = format!("sleep 30 & echo $! > {}; echo x", pid_file.display());
+        let t = std::time::Instant::now();
+        // `collect` returns once the output's sender is gone too.
+        let (r, out) = tokio::time::timeout(
+            Duration::from_secs(10),
+            collect(launch(&line, 60_000), CancellationToken::new()),
+        )
+        .await
+        .expect("the command ends after the drain, not with its background child");
+        assert_eq!(r, Ok(End::Exited(0)));
+        assert_eq!(out, b"x\n");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        // Not timed out nor cancelled: the background child is left alone.
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let pid = pid.trim();
+        assert!(!gone(pid), "the background child was killed");
+        let _ = std::process::Command::new("kill").arg(pid).status();
+    }
+
+    #[tokio::test]
+    async fn a_timeout_during_the_drain_kills_the_background_child_and_keeps_the_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let line = format!("sleep 30 & echo $! > {}; echo x", pid_file.display());
+        let t = std::time::Instant::now();
+        let (r, out) = tokio::time::timeout(
+            Duration::from_secs(10),
+            collect(launch(&line, 500), CancellationToken::new()),
+        )
+        .await
+        .expect("bounded");
+        assert_eq!(r, Ok(End::Exited(0)));
+        assert_eq!(out, b"x\n");
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let pid = pid.trim().to_string();
+        let t0 = std::time::Instant::now();
+        while !gone(&pid) && t0.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(gone(&pid), "the background child survived the timeout");
     }
 
     #[tokio::test]

@@ -1464,6 +1464,31 @@ mod tests {
         assert_eq!(output_step(10, 0, 100, &[]), OutputStep::AwaitAck);
     }
 
+    #[tokio::test]
+    async fn a_command_leaving_a_background_child_on_its_output_ends_with_its_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let ex = Executor::start(&dir.path().join("ledger"), policy()).unwrap();
+        let (link, mut inbox) = RemoteLink::new(64 * 1024);
+        ex.session_up(link);
+        let id = CommandId([23; 16]);
+        let mut spec = CommandSpec::shell("sleep 30 & echo x", "t");
+        spec.timeout_ms = 1000;
+        let t = std::time::Instant::now();
+        ex.event(AgentEvent::Command(Command {
+            id,
+            spec: spec.encode().unwrap(),
+        }));
+        let (pieces, r) = appliance_until_result(&ex, &mut inbox, id).await;
+        assert_eq!(r.outcome, CommandOutcome::Exited { code: 0 });
+        let out: Vec<u8> = pieces.into_iter().flat_map(|(_, b)| b).collect();
+        assert_eq!(out, b"x\n");
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "held by its background child: {:?}",
+            t.elapsed()
+        );
+    }
+
     #[test]
     fn a_shell_line_runs_with_its_interpreter_and_positional_args() {
         let mut s = CommandSpec::shell("echo \"$1\"", "t");
