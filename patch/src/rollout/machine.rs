@@ -663,7 +663,9 @@ impl Deployment {
             }
         }
         if force {
-            self.forced.insert(stage);
+            // The figures of every stage reached are accepted as they are
+            // (a failure among an earlier stage's late devices paused it).
+            self.forced.extend(0..=stage);
         }
         self.phase = Phase::Running { stage };
         out.push(Action::Notify(Event::Resumed {
@@ -847,6 +849,22 @@ impl Deployment {
                     if self.check_auto_rollback(stage, now_ms, out) {
                         continue;
                     }
+                    if let Some((k, figures, why)) = self.earlier_stage_failing(stage) {
+                        let why = format!("stage {}: {why}", k + 1);
+                        self.phase = Phase::Paused {
+                            stage,
+                            reason: PauseReason::GateFailed {
+                                figures: figures.clone(),
+                                why: why.clone(),
+                            },
+                        };
+                        out.push(Action::Notify(Event::GateFailed {
+                            stage: k,
+                            figures,
+                            why,
+                        }));
+                        break;
+                    }
                     let status = if self.forced.contains(&stage) {
                         if self.figures(stage).in_flight == 0 {
                             GateStatus::Holds
@@ -1004,6 +1022,38 @@ impl Deployment {
 
     /// Starts the stage's automatic rollback when its failures reach the
     /// threshold; true when it did.
+    /// An earlier stage (not forced) whose install failures — of devices
+    /// dispatched after it was promoted, when their window opened — make
+    /// its success rate unreachable: the gate it passed would fail now.
+    /// Only install failures count here (a device rolled back by hand
+    /// afterwards does not pause the deployment).
+    fn earlier_stage_failing(&self, stage: u32) -> Option<(u32, GateFigures, String)> {
+        let min_pct = u64::from(self.spec.gate.min_success_pct);
+        for k in 0..stage {
+            if self.forced.contains(&k) {
+                continue;
+            }
+            let failed = self.stages.get(k as usize).map_or(0, |devs| {
+                devs.iter()
+                    .filter(|d| {
+                        self.devices
+                            .get(*d)
+                            .is_some_and(|r| r.state == DeviceState::Failed)
+                    })
+                    .count() as u32
+            });
+            let f = self.figures(k);
+            if failed > 0 && u64::from(f.devices - failed) * 100 < min_pct * u64::from(f.devices) {
+                let why = format!(
+                    "{failed} of {} devices failed, counting those dispatched after it was promoted: the success rate cannot reach {}%",
+                    f.devices, self.spec.gate.min_success_pct
+                );
+                return Some((k, f, why));
+            }
+        }
+        None
+    }
+
     fn check_auto_rollback(&mut self, stage: u32, now_ms: u64, out: &mut Vec<Action>) -> bool {
         let Some(pct) = self.spec.auto_rollback_failed_pct else {
             return false;

@@ -38,8 +38,11 @@
 //! and notifies ([`Event::GateFailed`]); with `auto_rollback_failed_pct`
 //! set, a stage whose failures reach that share of its finished devices
 //! is rolled back (each dispatched device of the stage) and the deployment
-//! pauses. Resume (optionally retrying failed devices, optionally with new
-//! patch versions, optionally forcing the gate) continues.
+//! pauses. Devices dispatched after their stage was promoted still count
+//! for it: install failures among them that make an earlier stage's rate
+//! unreachable pause the deployment too. Resume (optionally retrying
+//! failed devices, optionally with new patch versions, optionally forcing
+//! the gates of every stage reached) continues.
 //!
 //! # Crash safety
 //!

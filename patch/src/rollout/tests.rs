@@ -553,6 +553,75 @@ fn devices_outside_their_window_wait_and_the_gate_counts_only_devices_that_had_t
     assert!(has(&out, |a| matches!(a, Action::Notify(Event::Completed))));
 }
 
+#[test]
+fn failures_among_an_earlier_stages_late_devices_pause_the_deployment() {
+    // Stage 1 (10 devices): one installs, nine are held by their window
+    // until T0 + 2 h; the gate holds on the one and the next stage starts.
+    let mut s = spec(20);
+    s.stages = vec![50, 100];
+    let mut sim = Sim::new(s);
+    let st0 = sim.stage(0);
+    let held: BTreeSet<String> = st0[1..].iter().cloned().collect();
+    let h2 = held.clone();
+    sim.windows = Box::new(move |d: &str, now: u64| !h2.contains(d) || now >= T0 + 2 * 3_600_000);
+    sim.step(Input::Start);
+    sim.succeed(&st0[..1]);
+    let out = sim.tick_after(10 * MIN);
+    assert!(has(&out, |a| matches!(
+        a,
+        Action::PromoteStage { from: 0, to: 1, .. }
+    )));
+    // Their window opens while stage 2 runs, and they fail: stage 1's
+    // gate would fail now, so the deployment pauses, naming stage 1.
+    sim.now = T0 + 2 * 3_600_000;
+    let out = sim.step(Input::Tick);
+    assert_eq!(installs(&out).len(), 9);
+    let mut paused = Vec::new();
+    for d in &held {
+        paused.extend(sim.fail(d));
+    }
+    assert!(
+        has(&paused, |a| matches!(
+            a,
+            Action::Notify(Event::GateFailed { stage: 0, why, .. }) if why.starts_with("stage 1:")
+        )),
+        "{paused:?}"
+    );
+    assert!(
+        matches!(sim.dep.phase, Phase::Paused { stage: 1, .. }),
+        "{:?}",
+        sim.dep.phase
+    );
+    // Nothing more is dispatched; forcing accepts the figures of every
+    // stage reached, and the deployment goes on.
+    assert!(installs(&sim.tick_after(MIN)).is_empty());
+    sim.step(resume(false, true));
+    assert!(
+        matches!(sim.dep.phase, Phase::Running { stage: 1 }),
+        "{:?}",
+        sim.dep.phase
+    );
+    // A device rolled back by hand in an earlier stage is not an install
+    // failure and pauses nothing.
+    let mut s = spec(4);
+    s.stages = vec![50, 100];
+    let mut sim = Sim::new(s);
+    sim.step(Input::Start);
+    sim.succeed(&sim.stage(0));
+    sim.tick_after(10 * MIN);
+    let first = sim.stage(0)[0].clone();
+    sim.step(Input::Rollback(RollbackScope::Device {
+        device: first.clone(),
+    }));
+    sim.report(&first, Report::RolledBack);
+    sim.tick_after(MIN);
+    assert!(
+        matches!(sim.dep.phase, Phase::Running { stage: 1 }),
+        "{:?}",
+        sim.dep.phase
+    );
+}
+
 // ---- technician actions ----
 
 #[test]
