@@ -12,8 +12,17 @@
 //!   by the size bound, oldest first, counted in `dropped`;
 //! * a record that fails its checksum on read is removed and counted in
 //!   `corrupt`, never sent.
+//!
+//! sled keeps the first I/O error it meets (a full disk, a file size limit)
+//! for the life of the open database: every later write fails with it, even
+//! once the cause is gone. So any sled error closes the store
+//! ([`Buffer::is_closed`]); operations then fail with
+//! [`BufferError::Closed`] until [`Buffer::reopen`] opens the database
+//! again. The in-memory figures survive the reopen: `next_seq`, `acked` and
+//! `dropped` never go backwards (a record whose write failed may have been
+//! sent already, so its sequence number is not handed out again).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use outpost_proto::codec;
 use outpost_proto::messages::{Record, RecordBody};
@@ -24,6 +33,11 @@ pub enum BufferError {
     Sled(#[from] sled::Error),
     #[error("offline buffer: cannot encode record: {0}")]
     Encode(#[from] codec::CodecError),
+    #[error(
+        "offline buffer: closed after a write failure (disk full? file size limit?); \
+         reopening it with back-off, records collected meanwhile are lost"
+    )]
+    Closed,
 }
 
 pub type Result<T> = std::result::Result<T, BufferError>;
@@ -36,11 +50,64 @@ const CRC_BYTES: usize = 4;
 /// Bytes of sled page cache: explicit (the 1 GiB default costs RSS).
 const SLED_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
-/// Disk-backed FIFO of unacknowledged records.
-pub struct Buffer {
+/// The open sled database and its trees.
+struct Store {
     db: sled::Db,
     records: sled::Tree,
     meta: sled::Tree,
+}
+
+/// What the database on disk holds, read when it is opened.
+struct OnDisk {
+    next_seq: u64,
+    acked: u64,
+    dropped: u64,
+    bytes: u64,
+    count: u64,
+}
+
+impl Store {
+    fn open(dir: &Path) -> Result<(Store, OnDisk)> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .flush_every_ms(Some(200))
+            .open()?;
+        let records = db.open_tree("records")?;
+        let meta = db.open_tree("meta")?;
+        let mut next_seq = read_u64(&meta, NEXT_SEQ)?.max(1);
+        if let Some((k, _)) = records.last()?
+            && let Some(s) = seq_of(&k)
+        {
+            next_seq = next_seq.max(s + 1);
+        }
+        let mut bytes = 0u64;
+        let mut count = 0u64;
+        for item in records.iter() {
+            let (_, v) = item?;
+            bytes += v.len() as u64;
+            count += 1;
+        }
+        let disk = OnDisk {
+            next_seq,
+            acked: read_u64(&meta, ACKED)?,
+            dropped: read_u64(&meta, DROPPED)?,
+            bytes,
+            count,
+        };
+        Ok((Store { db, records, meta }, disk))
+    }
+}
+
+/// Disk-backed FIFO of unacknowledged records.
+pub struct Buffer {
+    /// Where the database lives (to reopen it).
+    dir: PathBuf,
+    /// The open database; `None` after a sled error closed it (sled's
+    /// error is sticky), until [`Buffer::reopen`] succeeds.
+    store: Option<Store>,
+    /// Sled errors that closed the store (this process).
+    write_failures: u64,
     /// Next sequence number to assign.
     next_seq: u64,
     /// Highest sequence number the appliance acknowledged.
@@ -62,6 +129,7 @@ impl std::fmt::Debug for Buffer {
             .field("acked", &self.acked)
             .field("count", &self.count)
             .field("bytes", &self.bytes)
+            .field("closed", &self.store.is_none())
             .finish_non_exhaustive()
     }
 }
@@ -81,45 +149,86 @@ fn seq_of(key: &[u8]) -> Option<u64> {
 impl Buffer {
     /// Opens (creating) the buffer in `dir`, bounded to `max_bytes`.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Buffer> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(SLED_CACHE_BYTES)
-            .flush_every_ms(Some(200))
-            .open()?;
-        let records = db.open_tree("records")?;
-        let meta = db.open_tree("meta")?;
-        let mut next_seq = read_u64(&meta, NEXT_SEQ)?.max(1);
-        if let Some((k, _)) = records.last()?
-            && let Some(s) = seq_of(&k)
-        {
-            next_seq = next_seq.max(s + 1);
-        }
-        let mut bytes = 0u64;
-        let mut count = 0u64;
-        for item in records.iter() {
-            let (_, v) = item?;
-            bytes += v.len() as u64;
-            count += 1;
-        }
+        let (store, disk) = Store::open(dir)?;
         let mut b = Buffer {
-            acked: read_u64(&meta, ACKED)?,
-            dropped: read_u64(&meta, DROPPED)?,
+            dir: dir.to_path_buf(),
+            store: Some(store),
+            write_failures: 0,
+            acked: disk.acked,
+            dropped: disk.dropped,
             corrupt: 0,
-            db,
-            records,
-            meta,
-            next_seq,
-            bytes,
+            next_seq: disk.next_seq,
+            bytes: disk.bytes,
             max_bytes,
-            count,
+            count: disk.count,
         };
         b.enforce_bound()?;
         Ok(b)
     }
 
+    /// The open store, or [`BufferError::Closed`].
+    fn store(&self) -> Result<&Store> {
+        self.store.as_ref().ok_or(BufferError::Closed)
+    }
+
+    /// Passes `r` through; a sled error closes the store (sled would fail
+    /// every later write with it) and is counted.
+    fn guard<T>(&mut self, r: Result<T>) -> Result<T> {
+        if let Err(BufferError::Sled(e)) = &r {
+            tracing::warn!(error = %e, "offline buffer: closing the database after a sled error; it will be reopened");
+            self.store = None;
+            self.write_failures += 1;
+        }
+        r
+    }
+
+    /// Whether a sled error closed the database (see [`Buffer::reopen`]).
+    pub fn is_closed(&self) -> bool {
+        self.store.is_none()
+    }
+
+    /// Sled errors that closed the database in this process.
+    pub fn write_failures(&self) -> u64 {
+        self.write_failures
+    }
+
+    /// Opens the database again after a sled error closed it (a no-op when
+    /// it is open). What is on disk is what survived; `next_seq`, `acked`
+    /// and `dropped` keep the larger of the disk's and the memory's value,
+    /// and are written back. On failure the store stays closed.
+    pub fn reopen(&mut self) -> Result<()> {
+        if self.store.is_some() {
+            return Ok(());
+        }
+        let (store, disk) = Store::open(&self.dir)?;
+        self.store = Some(store);
+        self.next_seq = self.next_seq.max(disk.next_seq);
+        self.acked = self.acked.max(disk.acked);
+        self.dropped = self.dropped.max(disk.dropped);
+        self.bytes = disk.bytes;
+        self.count = disk.count;
+        let r = self.persist_after_reopen();
+        self.guard(r)
+    }
+
+    fn persist_after_reopen(&mut self) -> Result<()> {
+        let st = self.store()?;
+        st.meta.insert(NEXT_SEQ, &self.next_seq.to_be_bytes())?;
+        st.meta.insert(ACKED, &self.acked.to_be_bytes())?;
+        self.enforce_bound()?;
+        self.store()?.db.flush()?;
+        Ok(())
+    }
+
     /// Appends a record; returns its sequence number. Drops the oldest
     /// records if the buffer exceeds its bound.
     pub fn append(&mut self, ts_ms: u64, body: RecordBody) -> Result<u64> {
+        let r = self.append_inner(ts_ms, body);
+        self.guard(r)
+    }
+
+    fn append_inner(&mut self, ts_ms: u64, body: RecordBody) -> Result<u64> {
+        self.store()?;
         let seq = self.next_seq;
         let rec = Record { seq, ts_ms, body };
         let payload = codec::encode(&rec)?;
@@ -127,20 +236,24 @@ impl Buffer {
         value.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         value.extend_from_slice(&payload);
         self.next_seq += 1;
-        self.meta.insert(NEXT_SEQ, &self.next_seq.to_be_bytes())?;
-        self.bytes += value.len() as u64;
+        let len = value.len() as u64;
+        {
+            let st = self.store()?;
+            st.meta.insert(NEXT_SEQ, &self.next_seq.to_be_bytes())?;
+            st.records.insert(seq.to_be_bytes(), value)?;
+        }
+        self.bytes += len;
         self.count += 1;
-        self.records.insert(seq.to_be_bytes(), value)?;
         self.enforce_bound()?;
         // Durable before anyone can see it: a crash must neither lose the
         // record nor hand its sequence number to another one.
-        self.db.flush()?;
+        self.store()?.db.flush()?;
         Ok(seq)
     }
 
     fn enforce_bound(&mut self) -> Result<()> {
         while self.bytes > self.max_bytes {
-            let Some((_, v)) = self.records.pop_min()? else {
+            let Some((_, v)) = self.store()?.records.pop_min()? else {
                 self.bytes = 0;
                 self.count = 0;
                 break;
@@ -149,16 +262,23 @@ impl Buffer {
             self.count = self.count.saturating_sub(1);
             self.dropped += 1;
         }
-        self.meta.insert(DROPPED, &self.dropped.to_be_bytes())?;
+        self.store()?
+            .meta
+            .insert(DROPPED, &self.dropped.to_be_bytes())?;
         Ok(())
     }
 
     /// Removes every record with `seq <= up_to`: the appliance stored them.
     pub fn ack(&mut self, up_to: u64) -> Result<()> {
-        while let Some((k, v)) = self.records.first()? {
+        let r = self.ack_inner(up_to);
+        self.guard(r)
+    }
+
+    fn ack_inner(&mut self, up_to: u64) -> Result<()> {
+        while let Some((k, v)) = self.store()?.records.first()? {
             match seq_of(&k) {
                 Some(s) if s <= up_to => {
-                    self.records.remove(&k)?;
+                    self.store()?.records.remove(&k)?;
                     self.bytes = self.bytes.saturating_sub(v.len() as u64);
                     self.count = self.count.saturating_sub(1);
                 }
@@ -166,7 +286,9 @@ impl Buffer {
             }
         }
         self.acked = self.acked.max(up_to);
-        self.meta.insert(ACKED, &self.acked.to_be_bytes())?;
+        self.store()?
+            .meta
+            .insert(ACKED, &self.acked.to_be_bytes())?;
         Ok(())
     }
 
@@ -175,8 +297,12 @@ impl Buffer {
     /// buffer directory restarting the sequence).
     pub fn ensure_next_seq_above(&mut self, stored: u64) -> Result<()> {
         if self.next_seq <= stored {
-            self.next_seq = stored + 1;
-            self.meta.insert(NEXT_SEQ, &self.next_seq.to_be_bytes())?;
+            let next = stored + 1;
+            let r = self
+                .store()
+                .and_then(|st| Ok(st.meta.insert(NEXT_SEQ, &next.to_be_bytes())?));
+            self.guard(r)?;
+            self.next_seq = next;
         }
         Ok(())
     }
@@ -191,10 +317,20 @@ impl Buffer {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<Record>> {
+        let r = self.read_from_inner(from, max_records, max_bytes);
+        self.guard(r)
+    }
+
+    fn read_from_inner(
+        &mut self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>> {
         let mut out = Vec::new();
         let mut size = 0usize;
         let mut bad = Vec::new();
-        for item in self.records.range(from.to_be_bytes()..) {
+        for item in self.store()?.records.range(from.to_be_bytes()..) {
             let (k, v) = item?;
             let decoded = (v.len() >= CRC_BYTES)
                 .then(|| {
@@ -220,7 +356,7 @@ impl Buffer {
         }
         for (k, len) in bad {
             tracing::warn!(seq = ?seq_of(&k), "offline buffer: dropping a record that failed its checksum");
-            self.records.remove(&k)?;
+            self.store()?.records.remove(&k)?;
             self.bytes = self.bytes.saturating_sub(len as u64);
             self.count = self.count.saturating_sub(1);
             self.corrupt += 1;
@@ -232,19 +368,26 @@ impl Buffer {
     /// appliance's frame limit), and counts it in `dropped` like a record
     /// the size bound dropped. Returns whether it was there.
     pub fn drop_undeliverable(&mut self, seq: u64) -> Result<bool> {
-        let Some(v) = self.records.remove(seq.to_be_bytes())? else {
+        let r = self.drop_undeliverable_inner(seq);
+        self.guard(r)
+    }
+
+    fn drop_undeliverable_inner(&mut self, seq: u64) -> Result<bool> {
+        let Some(v) = self.store()?.records.remove(seq.to_be_bytes())? else {
             return Ok(false);
         };
         self.bytes = self.bytes.saturating_sub(v.len() as u64);
         self.count = self.count.saturating_sub(1);
         self.dropped += 1;
-        self.meta.insert(DROPPED, &self.dropped.to_be_bytes())?;
+        self.store()?
+            .meta
+            .insert(DROPPED, &self.dropped.to_be_bytes())?;
         Ok(true)
     }
 
     /// Sequence number of the oldest buffered record.
     pub fn first_seq(&self) -> Result<Option<u64>> {
-        Ok(self.records.first()?.and_then(|(k, _)| seq_of(&k)))
+        Ok(self.store()?.records.first()?.and_then(|(k, _)| seq_of(&k)))
     }
 
     pub fn next_seq(&self) -> u64 {
@@ -276,20 +419,21 @@ impl Buffer {
     }
 
     /// Forces buffered writes to disk.
-    pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
+    pub fn flush(&mut self) -> Result<()> {
+        let r = self.store().and_then(|st| Ok(st.db.flush().map(drop)?));
+        self.guard(r)
     }
 
     /// Test hook: overwrite a stored value (to simulate disk corruption).
     #[cfg(test)]
     fn corrupt_entry(&self, seq: u64) {
         let k = seq.to_be_bytes();
-        if let Some(v) = self.records.get(k).unwrap() {
+        let records = &self.store().unwrap().records;
+        if let Some(v) = records.get(k).unwrap() {
             let mut v = v.to_vec();
             let last = v.len() - 1;
             v[last] ^= 0xFF;
-            self.records.insert(k, v).unwrap();
+            records.insert(k, v).unwrap();
         }
     }
 }

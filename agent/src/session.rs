@@ -51,12 +51,22 @@ const FRAME_BYTES: usize = 256 * 1024;
 const MIN_FRAME_BYTES: usize = outpost_proto::session::MIN_FRAME_BYTES;
 /// How long the appliance has to answer Hello.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
+/// Back-off between attempts to reopen the offline buffer after a sled
+/// error closed it (a full disk frees up on its own time): full jitter
+/// from the first ceiling, doubling up to the second.
+pub const BUFFER_REOPEN_BASE: Duration = Duration::from_secs(1);
+pub const BUFFER_REOPEN_MAX: Duration = Duration::from_secs(60);
+/// How often the buffer repair task looks at the buffer without being
+/// woken (a failure seen by a path that does not wake it).
+const BUFFER_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Shared between collectors, the session and the status writer.
 pub struct Shared {
     buffer: Mutex<Buffer>,
     /// Wakes the sender: a new record was buffered or an ack freed the window.
     wake: Notify,
+    /// Wakes the buffer repair task ([`repair_buffer`]): a write failed.
+    buffer_failed: Notify,
     /// Connection state, last ack and last error, for `status.json`.
     link: Mutex<LinkState>,
     /// Scans on request (`ScanPackages`): the scanner attaches to it, the
@@ -69,6 +79,7 @@ impl Shared {
         Arc::new(Shared {
             buffer: Mutex::new(buffer),
             wake: Notify::new(),
+            buffer_failed: Notify::new(),
             link: Mutex::new(LinkState::new(now_ms())),
             scan_requests: crate::scan::ScanRequests::new(),
         })
@@ -101,11 +112,28 @@ impl Shared {
         self.record_at(now_ms(), body)
     }
 
-    /// Buffers a record collected at `ts_ms` and wakes the sender.
+    /// Buffers a record collected at `ts_ms` and wakes the sender. A
+    /// failure is recorded in the status; one that closed the buffer wakes
+    /// [`repair_buffer`].
     pub fn record_at(&self, ts_ms: u64, body: RecordBody) -> anyhow::Result<u64> {
-        let seq = self.buffer().append(ts_ms, body)?;
-        self.wake.notify_one();
-        Ok(seq)
+        let appended = {
+            let mut b = self.buffer();
+            b.append(ts_ms, body).map_err(|e| (e, b.is_closed()))
+        };
+        match appended {
+            Ok(seq) => {
+                self.wake.notify_one();
+                Ok(seq)
+            }
+            Err((e, closed)) => {
+                self.note_error(format!("buffering a record: {e}"));
+                let e = anyhow::Error::new(e).context("buffering a record");
+                if closed {
+                    self.buffer_failed.notify_one();
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -166,7 +194,13 @@ pub async fn run_with(
     )?;
     let client_cfg = net::quic_client_config(tls)?;
 
-    let collectors = spawn_collectors(&cfg, shared.clone(), shutdown.clone());
+    let mut collectors = spawn_collectors(&cfg, shared.clone(), shutdown.clone());
+    collectors.push(tokio::spawn(repair_buffer(
+        shared.clone(),
+        BUFFER_REOPEN_BASE,
+        BUFFER_REOPEN_MAX,
+        shutdown.clone(),
+    )));
     let mut backoff = Backoff::new(cfg.reconnect_base, cfg.reconnect_max);
     let span = info_span!("agent", device = %ident.device_id, appliance = %addr);
     let result = async {
@@ -236,6 +270,53 @@ pub async fn run_with(
     endpoint.close(0u32.into(), b"agent stopping");
     endpoint.wait_idle().await;
     result
+}
+
+/// Reopens the offline buffer whenever a sled error closed it (sled keeps
+/// its first I/O error for the life of the open database, so without a
+/// reopen a disk that filled up once would fail every write until the agent
+/// restarts). Attempts follow a full-jitter back-off from `base` to `max`;
+/// each failure is recorded in the status. Runs until `shutdown`.
+pub async fn repair_buffer(
+    shared: Arc<Shared>,
+    base: Duration,
+    max: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(base, max);
+    loop {
+        if !shared.buffer().is_closed() {
+            backoff.reset();
+            tokio::select! {
+                _ = shared.buffer_failed.notified() => {}
+                _ = tokio::time::sleep(BUFFER_CHECK_EVERY) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let s = shared.clone();
+        let reopened = tokio::task::spawn_blocking(move || s.buffer().reopen()).await;
+        match reopened {
+            Ok(Ok(())) => {
+                info!(
+                    buffered = shared.buffer().len(),
+                    "offline buffer reopened after a write failure"
+                );
+                shared.wake.notify_one();
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, attempt = backoff.attempt(), "offline buffer: reopening failed; trying again");
+                shared.note_error(format!(
+                    "reopening the offline buffer after a write failure: {e}"
+                ));
+            }
+            Err(e) => warn!(error = %e, "offline buffer: the reopen task failed"),
+        }
+    }
 }
 
 /// The session machine's clock: milliseconds since the session started.
@@ -893,6 +974,149 @@ mod tests {
         assert_eq!(b.dropped(), 1);
         assert!(b.is_empty());
     }
+    /// Set (to a scratch directory) in the child process of
+    /// `a_full_disk_is_recovered_from_without_a_restart`.
+    const DISK_FULL_CHILD: &str = "OUTPOST_TEST_DISK_FULL_CHILD";
+
+    /// The agent's buffer recovers from sled's sticky write error without a
+    /// restart. The file size limit (`RLIMIT_FSIZE`, with `SIGXFSZ`
+    /// ignored) is process-wide, so the scenario runs in a child process:
+    /// this test binary again, running `disk_full_child` alone.
+    #[test]
+    fn a_full_disk_is_recovered_from_without_a_restart() {
+        // This very binary, even if a rebuild replaced the file meanwhile.
+        let exe = format!("/proc/{}/exe", std::process::id());
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sh");
+        child
+            .args(["-c", "trap '' XFSZ; exec \"$@\"", "sh"])
+            .arg(&exe)
+            .args([
+                "session::tests::disk_full_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(DISK_FULL_CHILD, dir.path());
+        let out = child.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("disk_full_child: recovered"), "{text}");
+    }
+
+    fn set_file_size_limit(bytes: Option<u64>) {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let hard = getrlimit(Resource::Fsize).maximum;
+        let current = bytes.or(hard);
+        setrlimit(
+            Resource::Fsize,
+            Rlimit {
+                current,
+                maximum: hard,
+            },
+        )
+        .unwrap();
+    }
+
+    /// The child of `a_full_disk_is_recovered_from_without_a_restart`
+    /// (does nothing when run on its own).
+    #[test]
+    #[ignore = "the child process of a_full_disk_is_recovered_from_without_a_restart"]
+    fn disk_full_child() {
+        let Some(dir) = std::env::var_os(DISK_FULL_CHILD) else {
+            return;
+        };
+        let dir = std::path::PathBuf::from(dir).join("buffer");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let shared = Shared::new(Buffer::open(&dir, 64 << 20).unwrap());
+            let mut last_ok = 0;
+            for _ in 0..20 {
+                last_ok = shared.record(metrics(40)).unwrap();
+            }
+            let shutdown = CancellationToken::new();
+            let repair = tokio::spawn(repair_buffer(
+                shared.clone(),
+                Duration::from_millis(50),
+                Duration::from_millis(200),
+                shutdown.clone(),
+            ));
+
+            // The disk fills up: no file may grow any more.
+            let db_len = std::fs::metadata(dir.join("db")).unwrap().len();
+            set_file_size_limit(Some(db_len));
+            let mut failed = None;
+            for _ in 0..20_000 {
+                match shared.record(metrics(40)) {
+                    Ok(seq) => last_ok = seq,
+                    Err(e) => {
+                        failed = Some(format!("{e:#}"));
+                        break;
+                    }
+                }
+            }
+            let failed = failed.expect("appends fail once the file cannot grow");
+            assert!(failed.contains("offline buffer"), "{failed}");
+            let noted = shared.link().last_error.clone().unwrap_or_default();
+            assert!(noted.contains("offline buffer"), "status: {noted}");
+            // While the disk is full, appends keep failing (and the repair
+            // task's reopen attempts are refused or fail again).
+            tokio::time::sleep(Duration::from_millis(300)).await;
+
+            // Space again: appends succeed within bounded time.
+            set_file_size_limit(None);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            let seq = loop {
+                match shared.record(metrics(40)) {
+                    Ok(seq) => break seq,
+                    Err(e) => assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "appends still fail 10 s after the disk has space again: {e:#}"
+                    ),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            assert!(
+                seq > last_ok,
+                "sequence numbers are not reused: {seq} after {last_ok}"
+            );
+            {
+                let mut b = shared.buffer();
+                assert!(b.write_failures() >= 1);
+                let kept = b.read_from(1, 100, usize::MAX).unwrap();
+                assert_eq!(
+                    kept.iter().take(20).map(|r| r.seq).collect::<Vec<_>>(),
+                    (1..=20).collect::<Vec<_>>(),
+                    "what was durable before the disk filled is still there"
+                );
+            }
+            let status = crate::status::snapshot(&shared, "appliance:4433", 0, now_ms());
+            assert!(status.buffer_write_failures >= 1);
+            assert!(
+                status
+                    .last_error
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("offline buffer"),
+                "{status:?}"
+            );
+            shutdown.cancel();
+            repair.await.unwrap();
+            println!(
+                "disk_full_child: recovered (seq {seq} after {last_ok}; first failure: {failed})"
+            );
+        });
+    }
+
     #[test]
     fn an_appliance_refusing_protocol_2_gets_one_retry_with_protocol_1() {
         let refusal = |reason| Close {

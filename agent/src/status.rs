@@ -113,6 +113,11 @@ pub struct LiveStatus {
     pub last_ack_ms: Option<u64>,
     pub last_error: Option<String>,
     pub last_error_ms: Option<u64>,
+    /// Offline buffer writes that failed (disk full, I/O error) in this
+    /// run; each closed the database until it was reopened. Absent from
+    /// files of older agents.
+    #[serde(default)]
+    pub buffer_write_failures: u64,
 }
 
 impl LiveStatus {
@@ -183,6 +188,7 @@ pub fn snapshot(shared: &Shared, appliance: &str, started_ms: u64, now_ms: u64) 
         last_ack_ms: link.last_ack_ms,
         last_error: link.last_error.clone(),
         last_error_ms: link.last_error_ms,
+        buffer_write_failures: b.write_failures(),
     }
 }
 
@@ -349,6 +355,8 @@ pub struct Report {
     pub last_ack_ms: Option<u64>,
     pub last_error: Option<String>,
     pub last_error_ms: Option<u64>,
+    /// From `status.json`: failed offline buffer writes of the run.
+    pub buffer_write_failures: Option<u64>,
 }
 
 /// Who the agent is, from its identity file.
@@ -402,6 +410,7 @@ impl Report {
             last_ack_ms: live.and_then(|s| s.last_ack_ms),
             last_error: live.and_then(|s| s.last_error.clone()),
             last_error_ms: live.and_then(|s| s.last_error_ms),
+            buffer_write_failures: live.map(|s| s.buffer_write_failures),
         }
     }
 
@@ -471,6 +480,12 @@ impl Report {
                 },
             );
         }
+        if let Some(n) = self.buffer_write_failures.filter(|n| *n > 0) {
+            line(
+                "buffer",
+                format!("{n} write failures (disk full?); the buffer is reopened after each"),
+            );
+        }
         out
     }
 }
@@ -508,6 +523,7 @@ mod tests {
             last_ack_ms: Some(4_900),
             last_error: None,
             last_error_ms: None,
+            buffer_write_failures: 0,
         }
     }
 
