@@ -13,9 +13,10 @@
 //!   writes nothing.
 //! * **Pull** (device → appliance): the path is checked against
 //!   `file_roots` (links resolved), its size against the appliance's
-//!   limit (refused before anything is sent), its SHA-256 computed, then
-//!   the stream `PullHeader | content` is sent from the offset the
-//!   appliance acknowledged.
+//!   limit (refused before anything is sent), the SHA-256 of exactly its
+//!   first `size` bytes computed on the same open file, then the stream
+//!   `PullHeader | those bytes` is sent from the offset the appliance
+//!   acknowledged (a file that grows meanwhile is pulled as that prefix).
 //!
 //! Resume: each transfer in progress is an entry in the sled store
 //! `STATE/files` (written and flushed before the first byte moves). The
@@ -120,6 +121,9 @@ struct Live {
     file: Option<std::fs::File>,
     /// Push: bytes durable in the temporary file.
     durable: u64,
+    /// Pull: the file as opened when its size was read and its prefix
+    /// hashed; the sender reads from it (after a restart: reopened).
+    source: Option<Arc<std::fs::File>>,
     /// Ends the cancel watcher when the transfer ends.
     done: CancellationToken,
 }
@@ -315,6 +319,8 @@ impl Worker {
                 entry: e,
                 file,
                 durable,
+                // A pull reopens its file (its size and hash are stored).
+                source: None,
                 done,
             },
         );
@@ -392,7 +398,7 @@ impl Worker {
                     // The appliance sends from here.
                     let _ = link.ack_file(*t, l.durable);
                 }
-                Entry::Pull { .. } => self.pump(link.clone(), *t, &l.entry),
+                Entry::Pull { .. } => self.pump(link.clone(), *t, l),
             }
         }
         self.link = Some(link);
@@ -467,11 +473,12 @@ impl Worker {
                         .await
                         .unwrap_or_else(|e| Err(format!("reading the file failed: {e}")));
                 match r {
-                    Ok(entry) => {
+                    Ok((entry, source)) => {
                         let live = Live {
                             entry,
                             file: None,
                             durable: 0,
+                            source: Some(Arc::new(source)),
                             done: CancellationToken::new(),
                         };
                         self.begin(transfer, live, cancel).await
@@ -526,6 +533,7 @@ impl Worker {
             },
             file: Some(file),
             durable: 0,
+            source: None,
             done: CancellationToken::new(),
         })
     }
@@ -558,7 +566,7 @@ impl Worker {
                 Some(_) => {
                     let _ = link.ack_file(t, 0);
                 }
-                None => self.pump(link, t, &live.entry),
+                None => self.pump(link, t, &live),
             }
         }
         self.live.insert(t, live);
@@ -568,14 +576,14 @@ impl Worker {
     }
 
     /// Sends a pull's stream from its acknowledged offset on `link`.
-    fn pump(&self, link: RemoteLink, t: TransferId, e: &Entry) {
+    fn pump(&self, link: RemoteLink, t: TransferId, l: &Live) {
         let Entry::Pull {
             path,
             size,
             sha256,
             acked,
             ..
-        } = e
+        } = &l.entry
         else {
             return;
         };
@@ -585,9 +593,10 @@ impl Worker {
         };
         let path = PathBuf::from(path);
         let from = *acked;
+        let source = l.source.clone();
         let tx = self.inner.tx.clone();
         tokio::spawn(async move {
-            if let Err(reason) = pump_pull(link, t, path, header, from).await {
+            if let Err(reason) = pump_pull(link, t, path, source, header, from).await {
                 let _ = tx.send(Msg::PumpFailed(t, reason));
             }
         });
@@ -723,39 +732,90 @@ fn prepare_pull(
     roots: &[PathBuf],
     path: &str,
     max_bytes: u64,
-) -> Result<Entry, String> {
+) -> Result<(Entry, std::fs::File), String> {
+    prepare_pull_with(id, roots, path, max_bytes, || {})
+}
+
+/// As [`prepare_pull`]; `after_stat` runs between reading the size and
+/// hashing (a test grows the file there, as a live log grows).
+///
+/// A pull is a snapshot of the file's first `size` bytes, the size read
+/// from the open file: the hash covers exactly those bytes (read from the
+/// same open file), and the sender sends exactly those ([`pump_pull`]
+/// reads below `size` only), so a file that grows meanwhile (a live log)
+/// is pulled as the prefix it had, consistently.
+fn prepare_pull_with(
+    id: CommandId,
+    roots: &[PathBuf],
+    path: &str,
+    max_bytes: u64,
+    after_stat: impl FnOnce(),
+) -> Result<(Entry, std::fs::File), String> {
     let real = policy::resolve_pull(roots, path)?;
-    let size = std::fs::metadata(&real)
-        .map_err(|e| format!("{path:?} cannot be read: {e}"))?
-        .len();
+    let unreadable = |e: std::io::Error| format!("{path:?} cannot be read: {e}");
+    let file = std::fs::File::open(&real).map_err(unreadable)?;
+    let size = file.metadata().map_err(unreadable)?.len();
     if size > max_bytes {
         return Err(format!(
             "{path:?} is {size} bytes, over the appliance's limit of {max_bytes} bytes"
         ));
     }
-    let sha = sha_of_file(&real).map_err(|e| format!("{path:?} cannot be read: {e}"))?;
-    Ok(Entry::Pull {
+    after_stat();
+    let sha = sha_of_prefix(&file, size).map_err(|e| match e {
+        PrefixError::Io(e) => unreadable(e),
+        PrefixError::Shrank(got) => {
+            format!("{path:?} shrank while it was read ({got} of {size} bytes): pull it again")
+        }
+    })?;
+    let entry = Entry::Pull {
         command: id,
         path: real.to_string_lossy().into_owned(),
         size,
         sha256: sha,
         acked: 0,
-    })
+    };
+    Ok((entry, file))
+}
+
+enum PrefixError {
+    Io(std::io::Error),
+    /// The file ended after this many bytes.
+    Shrank(u64),
+}
+
+/// SHA-256 of exactly the first `size` bytes of `file` (bytes appended
+/// later are not read).
+fn sha_of_prefix(file: &std::fs::File, size: u64) -> Result<[u8; 32], PrefixError> {
+    use std::io::Read;
+    let mut h = Sha256::new();
+    let got = std::io::copy(&mut file.take(size), &mut h).map_err(PrefixError::Io)?;
+    if got < size {
+        return Err(PrefixError::Shrank(got));
+    }
+    Ok(h.finalize().into())
 }
 
 /// Streams `header | content of path` from `from` until the last chunk is
-/// out (or the session ends: `Ok`, the next session resumes).
+/// out (or the session ends: `Ok`, the next session resumes). The content
+/// is the file's first `header.size_bytes` bytes, read from `source` (the
+/// file hashed) when the agent still has it open, else from `path`.
 async fn pump_pull(
     link: RemoteLink,
     t: TransferId,
     path: PathBuf,
+    source: Option<Arc<std::fs::File>>,
     header: PullHeader,
     mut from: u64,
 ) -> Result<(), String> {
     let total = header.stream_len();
     let head = header.encode();
-    let file = std::fs::File::open(&path)
-        .map_err(|e| format!("{} cannot be read: {e}", path.display()))?;
+    let file = match source {
+        Some(f) => f,
+        None => Arc::new(
+            std::fs::File::open(&path)
+                .map_err(|e| format!("{} cannot be read: {e}", path.display()))?,
+        ),
+    };
     let max = link.max_chunk_bytes().max(1);
     while let Some((off, len, last)) = transfer::next_chunk(from, total, max) {
         let mut bytes = vec![0u8; len];

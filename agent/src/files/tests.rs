@@ -366,3 +366,123 @@ async fn after_a_restart_a_push_resumes_from_its_temporary_file_and_one_that_los
     }
     assert_eq!(std::fs::read(root.join("a")).unwrap(), content);
 }
+
+#[test]
+fn a_pull_of_a_growing_file_hashes_exactly_the_prefix_of_the_size_it_announces() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let path = root.join("syslog");
+    let first = b"line 1\nline 2\n".to_vec();
+    std::fs::write(&path, &first).unwrap();
+    // The log grows between the size read and the hash.
+    let grow = || {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(&b"line 3\n".repeat(1000)).unwrap();
+    };
+    let (entry, _) = prepare_pull_with(
+        CommandId([30; 16]),
+        std::slice::from_ref(&root),
+        &path.to_string_lossy(),
+        1 << 20,
+        grow,
+    )
+    .unwrap();
+    let Entry::Pull { size, sha256, .. } = entry else {
+        panic!("a pull entry");
+    };
+    assert_eq!(size, first.len() as u64);
+    assert_eq!(sha256, <[u8; 32]>::from(Sha256::digest(&first)));
+    // A file that shrinks meanwhile is refused with the reason.
+    let shrink = || std::fs::write(&path, b"x").unwrap();
+    let e = prepare_pull_with(
+        CommandId([31; 16]),
+        std::slice::from_ref(&root),
+        &path.to_string_lossy(),
+        1 << 20,
+        shrink,
+    )
+    .unwrap_err();
+    assert!(e.contains("shrank"), "{e}");
+}
+
+#[tokio::test]
+async fn a_live_log_that_keeps_growing_is_pulled_as_a_consistent_prefix() {
+    let mut r = rig();
+    let t = TransferId([32; 16]);
+    // Chunks of 64 KiB, as a real session's.
+    r.files.session_down();
+    let (link, inbox) = RemoteLink::new(64 * 1024);
+    r.inbox = inbox;
+    r.files.session_up(link);
+    let path = r.root.join("syslog");
+    std::fs::write(&path, b"boot\n").unwrap();
+    // A writer appends all along, as a logger does.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            // Unbuffered lines until the pull is over (at most 32 MiB).
+            let (mut n, mut written) = (0u64, 0usize);
+            while !stop.load(Ordering::Relaxed) && written < 32 << 20 {
+                let line = format!("event {n:09}\n");
+                let _ = f.write_all(line.as_bytes());
+                written += line.len();
+                n += 1;
+            }
+        })
+    };
+    // The pull starts while the log grows.
+    let t0 = std::time::Instant::now();
+    while std::fs::metadata(&path).unwrap().len() < 4096 && t0.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let spec = CommandSpec {
+        kind: CommandKind::Builtin(BuiltinAction::PullFile {
+            transfer: t,
+            path: path.to_string_lossy().into(),
+            max_bytes: 1 << 30,
+        }),
+        ..CommandSpec::shell("-", "t")
+    };
+    r.files
+        .start(CommandId([32; 16]), spec, CancellationToken::new());
+    let mut stream = Vec::new();
+    loop {
+        let c = tokio::time::timeout(Duration::from_secs(20), r.inbox.files.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.offset as usize, stream.len());
+        stream.extend(c.bytes);
+        if c.last {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let h = PullHeader::decode(&stream).unwrap();
+    let content = &stream[PULL_HEADER_BYTES as usize..];
+    assert_eq!(content.len() as u64, h.size_bytes);
+    assert_eq!(
+        h.sha256,
+        <[u8; 32]>::from(Sha256::digest(content)),
+        "what the appliance checks"
+    );
+    let now = std::fs::read(&path).unwrap();
+    assert_eq!(content, &now[..content.len()], "a prefix of the file");
+    r.files.event(AgentEvent::FileAcked {
+        transfer: t,
+        up_to: h.stream_len(),
+    });
+    let (_, outcome) = end(&mut r).await;
+    assert_eq!(outcome, CommandOutcome::Exited { code: 0 });
+}
