@@ -232,9 +232,9 @@ impl Executor {
     /// done): too late once due (a line says so, it stays running); else
     /// `reboot_cancel_command` runs and, if it exits 0, the command ends
     /// `cancelled`.
-    fn cancel_reboot(&self, id: CommandId) -> anyhow::Result<()> {
+    fn cancel_reboot(&self, id: CommandId, now_ms: u64) -> anyhow::Result<()> {
         let due = self.inner.ledger.reboot_due(id)?;
-        if let Err(reason) = reboot::cancel_verdict(due, now_ms()) {
+        if let Err(reason) = reboot::cancel_verdict(due, now_ms) {
             info!(%id, %reason, "reboot cancel refused");
             let _ = self
                 .inner
@@ -298,7 +298,7 @@ impl Executor {
                     if l.reboot_boot_id(id)?.is_some() {
                         // Its scheduling command was still running: it
                         // may have scheduled the reboot already.
-                        self.cancel_reboot(id)?;
+                        self.cancel_reboot(id, now_ms())?;
                     }
                 } else {
                     match l.get(id)? {
@@ -306,7 +306,9 @@ impl Executor {
                         Some(Entry {
                             phase: Phase::Running { .. },
                             ..
-                        }) if l.reboot_boot_id(id)?.is_some() => self.cancel_reboot(id)?,
+                        }) if l.reboot_boot_id(id)?.is_some() => {
+                            self.cancel_reboot(id, now_ms())?
+                        }
                         // Never started here (or not yet received): the id
                         // is recorded cancelled, so a later delivery never
                         // runs it.
@@ -557,12 +559,15 @@ impl Executor {
                 .find(|(k, _)| k == "OUTPOST_REBOOT_DELAY_S")
                 .map(|(_, v)| v.clone())
                 .unwrap_or_default();
-            let line = format!("rebooting in {delay} s (boot id {b})\n");
+            // Due when the command schedules it (the default rounds up
+            // to whole minutes): a cancel is taken until then.
+            let delay_s: u64 = delay.parse().unwrap_or(0);
+            let due_s = reboot::scheduled_delay_s(&self.inner.policy.reboot.command, delay_s);
+            let line = format!("rebooting in {due_s} s (boot id {b})\n");
             l.put_output(id, e.output_len, line.as_bytes())?;
             e.output_len += line.len() as u64;
             l.put_reboot(id, b)?;
-            let delay_s: u64 = delay.parse().unwrap_or(0);
-            l.put_reboot_due(id, started_ms.saturating_add(delay_s.saturating_mul(1000)))?;
+            l.put_reboot_due(id, started_ms.saturating_add(due_s.saturating_mul(1000)))?;
             lock(&self.inner.pending).insert(id);
         }
         l.put(id, &e)?;
@@ -1487,6 +1492,72 @@ mod tests {
             "held by its background child: {:?}",
             t.elapsed()
         );
+    }
+
+    #[tokio::test]
+    async fn with_the_default_reboot_command_a_cancel_is_taken_until_the_whole_minute_shutdown_schedules()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let boot = dir.path().join("boot_id");
+        std::fs::write(&boot, "boot-1\n").unwrap();
+        // A stand-in for shutdown(8) on PATH: records its arguments.
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let args = dir.path().join("shutdown-args");
+        let fake = bin.join("shutdown");
+        std::fs::write(
+            &fake,
+            format!("#!/bin/sh\necho \"$@\" >> {}\n", args.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let undone = dir.path().join("undone");
+        let mut p = policy();
+        p.reboot = RebootConfig {
+            dpkg_lock: dir.path().join("lock-frontend"),
+            boot_id_path: boot,
+            ..RebootConfig::default()
+        };
+        assert_eq!(p.reboot.command, reboot::DEFAULT_REBOOT_COMMAND);
+        let ex = Executor::start(&dir.path().join("ledger"), p).unwrap();
+        ex.set_reboot_cancel_command(format!("echo cancelled >> {}", undone.display()));
+        let (link, mut inbox) = RemoteLink::new(64 * 1024);
+        ex.session_up(link);
+        let id = CommandId([24; 16]);
+        let mut spec = CommandSpec {
+            kind: CommandKind::Builtin(BuiltinAction::Reboot { delay_ms: 90_000 }),
+            ..CommandSpec::shell("x", "t")
+        };
+        spec.env = vec![("PATH".into(), format!("{}:/usr/bin:/bin", bin.display()))];
+        ex.event(AgentEvent::Command(Command {
+            id,
+            spec: spec.encode().unwrap(),
+        }));
+        // Scheduled (its command ended): shutdown was asked for 2 minutes.
+        let t0 = std::time::Instant::now();
+        while (!args.exists() || lock(&ex.inner.running).contains_key(&id))
+            && t0.elapsed() < Duration::from_secs(10)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(std::fs::read_to_string(&args).unwrap(), "-r +2\n");
+        let Some(Entry {
+            phase: Phase::Running { started_ms },
+            ..
+        }) = ex.inner.ledger.get(id).unwrap()
+        else {
+            panic!("the reboot is running");
+        };
+        let due = ex.inner.ledger.reboot_due(id).unwrap();
+        assert_eq!(due, Some(started_ms + 120_000), "due when shutdown reboots");
+        output_until(&ex, &mut inbox, id, "rebooting in 120 s").await;
+        // 100 s in: past the 90 s asked, before the 120 s scheduled.
+        ex.cancel_reboot(id, started_ms + 100_000).unwrap();
+        output_until(&ex, &mut inbox, id, "reboot cancelled").await;
+        let r = next_result(&mut inbox).await;
+        assert_eq!((r.id, r.outcome), (id, CommandOutcome::Cancelled));
+        assert_eq!(std::fs::read_to_string(&undone).unwrap(), "cancelled\n");
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //!
 //! * a cancel of a scheduled reboot before it is due runs
 //!   `reboot_cancel_command` (default `shutdown -c`); once due it is too
-//!   late and refused with the reason ([`cancel_verdict`]).
+//!   late and refused with the reason ([`cancel_verdict`]). It is due when
+//!   the reboot command schedules it ([`scheduled_delay_s`]: the default
+//!   `shutdown -r +MINUTES` rounds the delay up to whole minutes).
 //!
 //! The boot id therefore reaches the appliance inside the command's result
 //! and output: the session protocol (Hello, heartbeats) is unchanged.
@@ -28,6 +30,20 @@ use std::path::{Path, PathBuf};
 /// `systemctl reboot` without.
 pub const DEFAULT_REBOOT_COMMAND: &str = "if [ \"${OUTPOST_REBOOT_DELAY_S:-0}\" -gt 0 ]; then \
      exec shutdown -r +$(( (OUTPOST_REBOOT_DELAY_S + 59) / 60 )); else exec systemctl reboot; fi";
+
+/// Seconds after which `command` reboots the host when asked for a delay
+/// of `delay_s` (the command's start counts as now): the reboot is due
+/// then, and a cancel is taken until then. The default command schedules
+/// `shutdown -r +MINUTES` with the delay rounded up to whole minutes, so
+/// its reboot comes at that rounded delay; any other `reboot_command` is
+/// taken to reboot after exactly `OUTPOST_REBOOT_DELAY_S` seconds.
+pub fn scheduled_delay_s(command: &str, delay_s: u64) -> u64 {
+    if command == DEFAULT_REBOOT_COMMAND {
+        delay_s.div_ceil(60).saturating_mul(60)
+    } else {
+        delay_s
+    }
+}
 
 /// Default command that cancels a scheduled reboot (`reboot_cancel_command`).
 pub const DEFAULT_REBOOT_CANCEL_COMMAND: &str = "shutdown -c";
@@ -147,6 +163,41 @@ mod tests {
         );
         assert!(cancel_verdict(Some(60_000), 60_000).is_err());
         assert!(cancel_verdict(None, 1).is_ok(), "no due time recorded: try");
+    }
+
+    #[test]
+    fn the_due_time_of_the_default_command_is_the_whole_minutes_shutdown_is_given() {
+        // The default command, run with a stand-in for shutdown(8) on
+        // PATH: the minutes it passes, times 60, are what
+        // `scheduled_delay_s` says.
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("shutdown");
+        std::fs::write(&fake, "#!/bin/sh\necho \"$@\"\n").unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let path = format!("{}:/usr/bin:/bin", dir.path().display());
+        for delay_s in [1u64, 59, 60, 61, 90, 120, 3599, 86_400] {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(DEFAULT_REBOOT_COMMAND)
+                .env("PATH", &path)
+                .env("OUTPOST_REBOOT_DELAY_S", delay_s.to_string())
+                .output()
+                .unwrap();
+            let line = String::from_utf8(out.stdout).unwrap();
+            let minutes: u64 = line.trim().strip_prefix("-r +").unwrap().parse().unwrap();
+            assert_eq!(
+                minutes * 60,
+                scheduled_delay_s(DEFAULT_REBOOT_COMMAND, delay_s),
+                "delay {delay_s} s: {line:?}"
+            );
+        }
+        assert_eq!(scheduled_delay_s(DEFAULT_REBOOT_COMMAND, 90), 120);
+        assert_eq!(scheduled_delay_s(DEFAULT_REBOOT_COMMAND, 0), 0);
+        assert_eq!(
+            scheduled_delay_s("my-reboot --in \"$OUTPOST_REBOOT_DELAY_S\"", 90),
+            90
+        );
     }
 
     #[test]
