@@ -554,6 +554,7 @@ mod tests {
                 device: None,
                 state: None,
                 before_ms: None,
+                before_id: None,
                 limit: 100,
             })
             .unwrap();

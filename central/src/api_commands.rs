@@ -382,6 +382,8 @@ pub struct ListQuery {
     pub device: Option<String>,
     pub state: Option<String>,
     pub before_ms: Option<u64>,
+    /// With `before_ms`: the id of the previous page's last row.
+    pub before_id: Option<String>,
     pub limit: Option<usize>,
 }
 
@@ -407,6 +409,14 @@ pub async fn list_commands(
             .transpose()?,
         customers_allowed: p.customers.clone(),
         before_ms: q.before_ms,
+        before_id: q
+            .before_id
+            .as_deref()
+            .map(|s| {
+                s.parse::<outpost_proto::ids::CommandId>()
+                    .map_err(|e| ApiError::BadRequest(format!("before_id {s:?}: {e}")))
+            })
+            .transpose()?,
         limit: q.limit.unwrap_or(100).clamp(1, 1000),
     };
     c.store.commands(&p.tenant, &f).await.map_err(internal)

@@ -1028,6 +1028,7 @@ impl ConsoleBackend for CentralConsole {
                 device: q.device.clone(),
                 state: q.state.clone(),
                 before_ms: q.before_ms,
+                before_id: q.before_id.clone(),
                 limit: Some(q.limit),
             };
             let rows = crate::api_commands::list_commands(&self.central, &p, lq)

@@ -1321,7 +1321,7 @@ impl RocksCentralStore {
                 && f.device.as_ref().is_none_or(|d| *d == c.device)
                 && f.state.is_none_or(|s| s == c.state)
                 && (f.customers_allowed.is_empty() || f.customers_allowed.contains(&c.customer))
-                && f.before_ms.is_none_or(|b| c.created_ms < b);
+                && f.after_cursor(c.created_ms, &c.id);
             if ok {
                 v.push(c);
             }

@@ -596,7 +596,23 @@ pub struct CommandFilter {
     pub customers_allowed: Vec<CustomerId>,
     /// Only commands created before this time (paging, newest first).
     pub before_ms: Option<u64>,
+    /// With `before_ms`: the id of the previous page's last row; the page
+    /// goes on after it among the commands of that same millisecond (a
+    /// bulk run's members share one) instead of skipping them.
+    pub before_id: Option<outpost_proto::ids::CommandId>,
     pub limit: usize,
+}
+
+impl CommandFilter {
+    /// Whether a command created at `created_ms` with `id` comes after the
+    /// page cursor (newest first: by time, then by id, both descending).
+    pub fn after_cursor(&self, created_ms: u64, id: &outpost_proto::ids::CommandId) -> bool {
+        match (self.before_ms, &self.before_id) {
+            (None, _) => true,
+            (Some(b), None) => created_ms < b,
+            (Some(b), Some(last)) => created_ms < b || (created_ms == b && id.0 < last.0),
+        }
+    }
 }
 
 /// Commands queued at central for devices of its sites, their output, and

@@ -989,6 +989,28 @@ async fn script_versions_bulk_runs_and_held_members_round_trip_in_one_tenant(st:
         .map(|b| b.id)
         .collect();
     assert_eq!(ids, [r2.id, r1.id], "newest first");
+    // The run's three commands share one millisecond: pages of one, with
+    // the (time, id) cursor of the last row, show each exactly once.
+    let mut seen = Vec::new();
+    let mut f = crate::store::CommandFilter {
+        limit: 1,
+        ..Default::default()
+    };
+    while let Some(last) = st.commands(&t("msp"), &f).await.unwrap().pop() {
+        seen.push(last.id);
+        assert!(seen.len() <= 3, "{seen:?}");
+        f.before_ms = Some(last.created_ms);
+        f.before_id = Some(last.id);
+    }
+    assert_eq!(
+        seen,
+        [cmds[2].id, cmds[1].id, cmds[0].id],
+        "time, then id, descending"
+    );
+    // The time alone skips the rest of that millisecond (older clients).
+    f.before_id = None;
+    f.before_ms = Some(10);
+    assert!(st.commands(&t("msp"), &f).await.unwrap().is_empty());
     assert_eq!(st.bulks(&t("msp"), 1).await.unwrap().len(), 1);
     assert!(st.bulks(&t("other"), 10).await.unwrap().is_empty());
     assert!(st.bulk(&t("other"), r1.id).await.unwrap().is_none());

@@ -43,6 +43,9 @@ pub struct CommandQuery {
     /// Only commands queued before this time (paging: the `created_ms` of
     /// the last row of the previous page).
     pub before_ms: Option<u64>,
+    /// With `before_ms`: the previous page's last row's id (the commands
+    /// of one millisecond — a bulk run's — are paged through, not skipped).
+    pub before_id: Option<String>,
     pub limit: usize,
 }
 
@@ -273,6 +276,8 @@ pub struct ListParams {
     pub state: Option<String>,
     /// Paging: commands queued before this time (ms).
     pub before: Option<u64>,
+    /// Paging: with `before`, the id of the last row shown.
+    pub before_id: Option<String>,
     /// Rows per page (1 to [`COMMAND_PAGE`], the default).
     pub limit: Option<usize>,
 }
@@ -312,6 +317,7 @@ async fn list_page(c: Arc<Console>, h: HeaderMap, p: ListParams, site: Option<St
         device: opt(p.device),
         state: opt(p.state),
         before_ms: p.before,
+        before_id: opt(p.before_id),
         limit: p.limit.unwrap_or(COMMAND_PAGE).clamp(1, COMMAND_PAGE),
     };
     let site_name = match &q.site {
@@ -350,6 +356,7 @@ async fn list_page(c: Arc<Console>, h: HeaderMap, p: ListParams, site: Option<St
                             ("device", q.device.as_deref()),
                             ("state", q.state.as_deref()),
                             ("before", Some(before.as_str())),
+                            ("before_id", Some(last.id.as_str())),
                             ("limit", (q.limit != COMMAND_PAGE).then_some(limit.as_str())),
                         ])
                     )

@@ -222,6 +222,8 @@ pub struct ListQuery {
     pub device: Option<String>,
     pub state: Option<String>,
     pub before_ms: Option<u64>,
+    /// With `before_ms`: the id of the previous page's last row.
+    pub before_id: Option<String>,
     pub limit: Option<usize>,
 }
 
@@ -238,6 +240,7 @@ pub async fn list(
             .map(|s| s.parse::<CommandState>().map_err(ApiError::BadRequest))
             .transpose()?,
         before_ms: q.before_ms,
+        before_id: q.before_id.as_deref().map(parse_command_id).transpose()?,
         limit: q.limit.unwrap_or(100).clamp(1, 1000),
     };
     let svc = st.commands.clone();

@@ -105,21 +105,30 @@ pub struct ListFilter {
     /// Only commands created before this time (paging: the `created_ms` of
     /// the last row of the previous page).
     pub before_ms: Option<u64>,
+    /// With `before_ms`: the id of the previous page's last row; the page
+    /// goes on after it among the commands of that same millisecond (all
+    /// of a bulk run's share one), instead of skipping them.
+    pub before_id: Option<CommandId>,
     pub limit: usize,
 }
 
-/// Commands newest first.
+/// Commands newest first (by creation time, then id).
 pub fn list(store: &Store, f: &ListFilter) -> Result<Vec<CommandRecord>> {
-    let from = match f.before_ms {
-        Some(t) => (u64::MAX - t + 1).to_be_bytes().to_vec(),
-        None => Vec::new(),
+    // Keys are (inverted time, id): the rows after the cursor's own key.
+    let (from, skip) = match (f.before_ms, f.before_id) {
+        (Some(t), Some(id)) => (by_time_key(t, id).to_vec(), Some(by_time_key(t, id))),
+        (Some(t), None) => (
+            (u64::MAX - t).saturating_add(1).to_be_bytes().to_vec(),
+            None,
+        ),
+        (None, _) => (Vec::new(), None),
     };
     let mut ids = Vec::new();
     let mut out = Vec::new();
     // Read index rows in pages and filter by device first (cheap).
     let mut err = None;
     store.scan_raw(COMMANDS_BY_TIME, &from, None, |k, v| {
-        if k.len() != 24 || v.len() != 8 {
+        if k.len() != 24 || v.len() != 8 || skip.is_some_and(|c| c[..] == *k) {
             return Ok(true);
         }
         let mut d = [0u8; 8];
@@ -210,6 +219,50 @@ mod tests {
             CommandSpec::shell("true", "t"),
             at,
         )
+    }
+
+    #[test]
+    fn pages_with_a_time_and_id_cursor_show_every_command_of_one_millisecond_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = crate::db::open(dir.path(), &StoreOptions::default()).unwrap();
+        let mut b = s.batch();
+        // A bulk run: five members created in the same millisecond.
+        for n in 1..=5 {
+            put(&mut b, &rec(n, u64::from(n), 50), true).unwrap();
+        }
+        put(&mut b, &rec(9, 9, 40), true).unwrap();
+        s.write(b).unwrap();
+        let mut seen = Vec::new();
+        let (mut before_ms, mut before_id) = (None, None);
+        loop {
+            let page = list(
+                &s,
+                &ListFilter {
+                    before_ms,
+                    before_id,
+                    limit: 2,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let Some(last) = page.last() else { break };
+            before_ms = Some(last.created_ms);
+            before_id = Some(last.id);
+            seen.extend(page.iter().map(|r| r.id.0[0]));
+            assert!(seen.len() <= 6, "{seen:?}");
+        }
+        assert_eq!(seen, vec![1, 2, 3, 4, 5, 9]);
+        // The time alone (older clients) still pages by time.
+        let older = list(
+            &s,
+            &ListFilter {
+                before_ms: Some(50),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(older.iter().map(|r| r.id.0[0]).collect::<Vec<_>>(), vec![9]);
     }
 
     #[test]

@@ -94,6 +94,8 @@ impl SiteConsole {
             device,
             state,
             before_ms: q.before_ms,
+            // A malformed id (an edited URL) pages by time alone.
+            before_id: q.before_id.as_deref().and_then(|s| s.parse().ok()),
             limit: q.limit.clamp(1, 1000),
         };
         tokio::task::spawn_blocking(move || {

@@ -819,6 +819,7 @@ async fn scan_commands(
         device: Some(dev),
         state: None,
         before_ms: None,
+        before_id: None,
         limit: 100,
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

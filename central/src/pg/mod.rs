@@ -2157,7 +2157,8 @@ impl PgCentralStore {
                    AND ($2::text IS NULL OR site_id = $2) AND ($3::text IS NULL OR device = $3) \
                    AND ($4::text IS NULL OR state = $4) \
                    AND (cardinality($5::text[]) = 0 OR customer = ANY($5)) \
-                   AND ($6::bigint IS NULL OR created_ms < $6) \
+                   AND ($6::bigint IS NULL OR created_ms < $6 \
+                        OR (created_ms = $6 AND $8::text IS NOT NULL AND id < $8)) \
                  ORDER BY created_ms DESC, id DESC LIMIT $7",
                 &[
                     &tenant,
@@ -2167,6 +2168,7 @@ impl PgCentralStore {
                     &allowed,
                     &f.before_ms.map(i),
                     &(f.limit.max(1) as i64),
+                    &f.before_id.map(|id| id.to_string()),
                 ],
             )
             .await?;

@@ -187,6 +187,7 @@ async fn an_install_queues_one_command_under_the_keys_id_however_often_it_is_app
         device: Some(dev),
         state: None,
         before_ms: None,
+        before_id: None,
         limit: 10,
     };
     assert_eq!(r.commands.list(&f).unwrap().len(), 1, "one command");
