@@ -1,6 +1,8 @@
 //! QUIC client plumbing shared by enrollment and sessions.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +21,54 @@ pub async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
         .or_else(|| addrs.first())
         .copied()
         .ok_or_else(|| anyhow!("appliance address {addr:?} resolved to nothing"))
+}
+
+/// Looks up the appliance's `HOST:PORT`. The session calls it on every
+/// connect attempt: a name that does not resolve yet (DNS down at boot) is
+/// a failed attempt to retry, and an appliance whose address changes is
+/// followed. Injectable for tests.
+pub type Resolver = Arc<
+    dyn Fn(&str) -> Pin<Box<dyn Future<Output = anyhow::Result<SocketAddr>> + Send>> + Send + Sync,
+>;
+
+/// The system resolver ([`resolve`]).
+pub fn dns_resolver() -> Resolver {
+    Arc::new(|addr: &str| {
+        let addr = addr.to_string();
+        Box::pin(async move { resolve(&addr).await })
+    })
+}
+
+/// Client endpoints, one per address family, each made when first needed
+/// (the appliance's address may move from IPv4 to IPv6 between attempts).
+#[derive(Debug, Default)]
+pub struct ClientEndpoints {
+    v4: Option<quinn::Endpoint>,
+    v6: Option<quinn::Endpoint>,
+}
+
+impl ClientEndpoints {
+    /// The endpoint to reach `target` from.
+    pub fn for_target(&mut self, target: SocketAddr) -> anyhow::Result<&quinn::Endpoint> {
+        let slot = if target.is_ipv4() {
+            &mut self.v4
+        } else {
+            &mut self.v6
+        };
+        if slot.is_none() {
+            *slot = Some(client_endpoint(target)?);
+        }
+        slot.as_ref()
+            .ok_or_else(|| anyhow!("no QUIC client endpoint for {target}"))
+    }
+
+    /// Closes every endpoint and waits until their connections are gone.
+    pub async fn close(self, reason: &[u8]) {
+        for ep in [self.v4, self.v6].into_iter().flatten() {
+            ep.close(0u32.into(), reason);
+            ep.wait_idle().await;
+        }
+    }
 }
 
 /// Kernel buffers of the client socket (a load generator multiplexes many

@@ -179,13 +179,24 @@ pub async fn run_with(
     shutdown: CancellationToken,
     remote: Arc<dyn RemoteHost>,
 ) -> anyhow::Result<()> {
+    run_resolving(ident, cfg, shared, shutdown, remote, net::dns_resolver()).await
+}
+
+/// [`run_with`], looking the appliance up with `resolve` on every connect
+/// attempt (a lookup that fails is a failed attempt: back off, retry).
+pub async fn run_resolving(
+    ident: Identity,
+    cfg: AgentConfig,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    remote: Arc<dyn RemoteHost>,
+    resolve: net::Resolver,
+) -> anyhow::Result<()> {
     let mut cfg = cfg;
     if cfg.package_tools.apt_update && cfg.package_tools.apt_proxy.is_none() {
         // apt's index refresh goes through the site's LAN cache.
         cfg.package_tools.apt_proxy = crate::scan::tools::default_apt_proxy(&ident.appliance);
     }
-    let addr = net::resolve(&ident.appliance).await?;
-    let endpoint = net::client_endpoint(addr)?;
     let tls = tls::mtls_client_config(
         ident.ca.clone(),
         vec![ident.cert.clone()],
@@ -194,6 +205,8 @@ pub async fn run_with(
     )?;
     let client_cfg = net::quic_client_config(tls)?;
 
+    // Collect and buffer from the start, whether or not the appliance can
+    // be reached (or even looked up) yet.
     let mut collectors = spawn_collectors(&cfg, shared.clone(), shutdown.clone());
     collectors.push(tokio::spawn(repair_buffer(
         shared.clone(),
@@ -202,7 +215,8 @@ pub async fn run_with(
         shutdown.clone(),
     )));
     let mut backoff = Backoff::new(cfg.reconnect_base, cfg.reconnect_max);
-    let span = info_span!("agent", device = %ident.device_id, appliance = %addr);
+    let mut endpoints = net::ClientEndpoints::default();
+    let span = info_span!("agent", device = %ident.device_id, appliance = %ident.appliance);
     let result = async {
         // The session protocol offered: the newest, unless the appliance
         // just refused it (an older appliance), then 1 for one attempt.
@@ -212,7 +226,20 @@ pub async fn run_with(
                 return Ok(());
             }
             shared.set_connection(Connection::Connecting);
-            let end = connect_and_stream(&endpoint, &client_cfg, addr, &cfg, &shared, &shutdown, &mut backoff, &remote, offer).await;
+            let looked_up = tokio::select! {
+                r = resolve(&ident.appliance) => r,
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            let end = match looked_up {
+                Ok(addr) => match endpoints.for_target(addr) {
+                    Ok(endpoint) => {
+                        debug!(%addr, "connecting");
+                        connect_and_stream(endpoint, &client_cfg, addr, &cfg, &shared, &shutdown, &mut backoff, &remote, offer).await
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
             if !matches!(end, Ok(SessionEnd::Shutdown)) {
                 shared.set_connection(Connection::Disconnected);
             }
@@ -266,10 +293,11 @@ pub async fn run_with(
     for c in collectors {
         let _ = c.await;
     }
-    shared.buffer().flush()?;
-    endpoint.close(0u32.into(), b"agent stopping");
-    endpoint.wait_idle().await;
-    result
+    let flushed = shared.buffer().flush();
+    endpoints.close(b"agent stopping").await;
+    result?;
+    flushed.context("flushing the offline buffer at stop")?;
+    Ok(())
 }
 
 /// Reopens the offline buffer whenever a sled error closed it (sled keeps
@@ -974,6 +1002,188 @@ mod tests {
         assert_eq!(b.dropped(), 1);
         assert!(b.is_empty());
     }
+    /// A device identity issued by `ca`, for an appliance at `appliance`.
+    fn test_identity(ca: &outpost_proto::pki::CertAuthority, appliance: &str) -> Identity {
+        use outpost_proto::pki::{ClientSubject, Principal, generate_csr};
+        use outpost_proto::{CustomerId, DeviceId, TenantId};
+        let device_id = DeviceId(0xa9e);
+        let (key_pem, csr) = generate_csr("device").unwrap();
+        let subject = ClientSubject {
+            principal: Principal::Device(device_id),
+            tenant: TenantId::from("test-msp"),
+            customer: CustomerId::from("test-customer"),
+        };
+        let cert = ca
+            .sign_client_csr(&csr, &subject, Duration::from_secs(3600))
+            .unwrap();
+        Identity {
+            device_id,
+            appliance: appliance.to_string(),
+            tenant: subject.tenant,
+            customer: subject.customer,
+            ca: ca.cert_der().clone(),
+            cert,
+            key: tls::key_from_pem(&key_pem, "device.key").unwrap(),
+        }
+    }
+
+    /// A stand-in appliance on loopback: a real QUIC server with the
+    /// session ALPN that reads each agent's Hello and closes the connection
+    /// with `reason`. Counts the sessions it saw.
+    struct FakeAppliance {
+        addr: SocketAddr,
+        sessions: Arc<std::sync::atomic::AtomicUsize>,
+        _endpoint: quinn::Endpoint,
+    }
+
+    impl FakeAppliance {
+        fn start(ca: &outpost_proto::pki::CertAuthority, reason: CloseReason) -> FakeAppliance {
+            let issued = ca.issue_server_cert(&[APPLIANCE_SERVER_NAME]).unwrap();
+            let key = tls::key_from_pem(&issued.key_pem, "server key").unwrap();
+            let cfg = tls::server_config(
+                vec![issued.cert_der.clone(), ca.cert_der().clone()],
+                key,
+                ca.cert_der().clone(),
+                &[ALPN_SESSION],
+            )
+            .unwrap();
+            let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(cfg).unwrap();
+            let server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+            let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+            let sessions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let (ep, count) = (endpoint.clone(), sessions.clone());
+            tokio::spawn(async move {
+                while let Some(incoming) = ep.accept().await {
+                    let count = count.clone();
+                    tokio::spawn(async move {
+                        let Ok(conn) = incoming.await else { return };
+                        if let Ok((_send, mut recv)) = conn.accept_bi().await {
+                            let mut hello = [0u8; 4];
+                            let _ = recv.read_exact(&mut hello).await;
+                        }
+                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        conn.close(reason.code().into(), reason.label().as_bytes());
+                    });
+                }
+            });
+            FakeAppliance {
+                addr: endpoint.local_addr().unwrap(),
+                sessions,
+                _endpoint: endpoint,
+            }
+        }
+
+        fn sessions(&self) -> usize {
+            self.sessions.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    /// Fast intervals and back-off, no package scans: for run-loop tests.
+    fn quick_config() -> AgentConfig {
+        AgentConfig {
+            heartbeat_interval: Duration::from_secs(1),
+            metrics_interval: Duration::from_secs(3600),
+            inventory_interval: Duration::from_secs(3600),
+            reconnect_base: Duration::from_millis(20),
+            reconnect_max: Duration::from_millis(100),
+            package_scan: false,
+            ..AgentConfig::default()
+        }
+    }
+
+    async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !done() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not within {limit:?}: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unresolvable_appliance_still_buffers_and_keeps_retrying() {
+        let ca = outpost_proto::pki::CertAuthority::generate("test ca").unwrap();
+        let ident = test_identity(&ca, "appliance.invalid:4433");
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Shared::new(Buffer::open(dir.path(), 1 << 20).unwrap());
+        let lookups = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let dns = net::dns_resolver();
+        let counted = lookups.clone();
+        let resolve: net::Resolver = Arc::new(move |addr: &str| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            dns(addr)
+        });
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(run_resolving(
+            ident,
+            quick_config(),
+            shared.clone(),
+            shutdown.clone(),
+            Arc::new(RefuseRemote::default()),
+            resolve,
+        ));
+        wait_until(
+            "records buffered and three lookups",
+            Duration::from_secs(10),
+            || shared.buffer().len() >= 2 && lookups.load(std::sync::atomic::Ordering::SeqCst) >= 3,
+        )
+        .await;
+        assert!(!run.is_finished(), "the agent keeps running");
+        let link = shared.link().clone();
+        assert_ne!(link.connection, Connection::Connected);
+        let error = link.last_error.unwrap_or_default();
+        assert!(error.contains("appliance.invalid:4433"), "{error}");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("stops when asked")
+            .unwrap()
+            .expect("a clean stop");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_connect_attempt_looks_the_appliance_up_again() {
+        let ca = outpost_proto::pki::CertAuthority::generate("test ca").unwrap();
+        let old = FakeAppliance::start(&ca, CloseReason::ShuttingDown);
+        let new = FakeAppliance::start(&ca, CloseReason::ShuttingDown);
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Shared::new(Buffer::open(dir.path(), 1 << 20).unwrap());
+        let lookups = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (counted, a, b) = (lookups.clone(), old.addr, new.addr);
+        let resolve: net::Resolver = Arc::new(move |_: &str| {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move { Ok(if n == 0 { a } else { b }) })
+        });
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(run_resolving(
+            test_identity(&ca, "appliance.example:4433"),
+            quick_config(),
+            shared.clone(),
+            shutdown.clone(),
+            Arc::new(RefuseRemote::default()),
+            resolve,
+        ));
+        wait_until(
+            "a session at the new address",
+            Duration::from_secs(10),
+            || new.sessions() >= 1,
+        )
+        .await;
+        assert_eq!(
+            old.sessions(),
+            1,
+            "the first attempt went to the old address"
+        );
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("stops when asked")
+            .unwrap()
+            .expect("a clean stop");
+    }
+
     /// Set (to a scratch directory) in the child process of
     /// `a_full_disk_is_recovered_from_without_a_restart`.
     const DISK_FULL_CHILD: &str = "OUTPOST_TEST_DISK_FULL_CHILD";
