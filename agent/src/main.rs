@@ -15,7 +15,9 @@ use outpost_proto::tls::CaFingerprint;
 use tokio_util::sync::CancellationToken;
 
 /// The man-page sections of `outpost-agent --help`.
-const AFTER_LONG_HELP: &str = "\
+fn after_long_help() -> String {
+    format!(
+        "\
 Files:
   /var/lib/outpost-agent/     state directory (packaged): identity, device key (0600), offline buffer,
                               command ledger, status.json; agent.toml there is read by `run`
@@ -26,16 +28,21 @@ Environment:
   OUTPOST_LOG                 log filter (e.g. debug); logs go to stderr
   NO_COLOR                    no colours in logs even on a terminal
 
-Exit status: 0 on success, 1 on an error (the reason on stderr), 2 on a usage error.
+Exit status: 0 on success, 1 on an error (the reason on stderr), 2 on a usage error,
+  {refused} when `run` was refused for good by the appliance (revoked, unknown device, no common
+  protocol): the unit does not restart it (RestartPreventExitStatus={refused}); re-enroll.
 Under systemd: outpost-agent.service (Type=notify, runs as root: it installs packages and runs
-commands as other users). See /usr/share/doc/outpost-agent/README.md.";
+commands as other users). See /usr/share/doc/outpost-agent/README.md.",
+        refused = session::EXIT_PERMANENT_REFUSAL
+    )
+}
 
 #[derive(Parser, Debug)]
 #[command(
     name = "outpost-agent",
     version,
     about = "Outpost endpoint agent",
-    after_long_help = AFTER_LONG_HELP
+    after_long_help = after_long_help()
 )]
 struct Cli {
     #[command(subcommand)]
@@ -118,7 +125,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(session::exit_status(&e))
         }
     }
 }

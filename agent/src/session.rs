@@ -153,6 +153,38 @@ pub enum SessionEnd {
     Closed(Close),
 }
 
+/// The appliance refused this device for good (its certificate was
+/// revoked, the device is unknown, or no session protocol is common):
+/// reconnecting cannot help. `outpost-agent run` then exits with
+/// [`EXIT_PERMANENT_REFUSAL`].
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the appliance refused this device permanently ({}): {}. \
+     Re-enroll with a new token if this is unexpected.",
+    .reason.label(),
+    .message
+)]
+pub struct PermanentRefusal {
+    pub reason: CloseReason,
+    pub message: String,
+}
+
+/// Exit status of `outpost-agent run` after a [`PermanentRefusal`]. The
+/// systemd unit (`packaging/agent/outpost-agent.service`) names it in
+/// `RestartPreventExitStatus=`, so a revoked device is not restarted every
+/// few seconds forever.
+pub const EXIT_PERMANENT_REFUSAL: u8 = 3;
+
+/// The process exit status for an error of the agent: 3 for a
+/// [`PermanentRefusal`], 1 for anything else.
+pub fn exit_status(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|c| c.is::<PermanentRefusal>()) {
+        EXIT_PERMANENT_REFUSAL
+    } else {
+        1
+    }
+}
+
 /// Runs the agent until shutdown or a permanent refusal (revoked
 /// certificate), refusing remote commands ([`RefuseRemote`]).
 pub async fn run(
@@ -261,14 +293,12 @@ pub async fn run_resolving(
             match end {
                 Ok(SessionEnd::Shutdown) => return Ok(()),
                 Ok(SessionEnd::Closed(c)) if c.reason.is_permanent() => {
-                    let e = anyhow!(
-                        "the appliance refused this device permanently ({}): {}. \
-                         Re-enroll with a new token if this is unexpected.",
-                        c.reason.label(),
-                        c.message
-                    );
-                    shared.note_error(format!("{e:#}"));
-                    return Err(e);
+                    let e = PermanentRefusal {
+                        reason: c.reason,
+                        message: c.message,
+                    };
+                    shared.note_error(e.to_string());
+                    return Err(anyhow::Error::new(e));
                 }
                 Ok(SessionEnd::Closed(c)) => {
                     warn!(reason = c.reason.label(), message = %c.message, "session closed by appliance");
@@ -458,7 +488,17 @@ async fn connect_and_stream(
         .await
         .map_err(|e| close_reason_error(&e).unwrap_or_else(|| anyhow!(e)))
         .context("connecting")?;
-    let (send, recv) = conn.open_bi().await.map_err(|e| conn_err(&conn, e))?;
+    let (send, recv) = match conn.open_bi().await {
+        Ok(stream) => stream,
+        // Closed before the stream could be opened (a refusal right after
+        // the handshake): the appliance's reason decides, as on any close.
+        Err(e) => {
+            return match closed_by_appliance(&conn) {
+                Some(c) => Ok(SessionEnd::Closed(c)),
+                None => Err(anyhow!(e).context("opening the session stream")),
+            };
+        }
+    };
     let clock = Clock(tokio::time::Instant::now());
     let mut s = AgentSession::new(
         SessionConfig {
@@ -821,17 +861,6 @@ fn close_reason_error(e: &quinn::ConnectionError) -> Option<anyhow::Error> {
     }
 }
 
-fn conn_err(conn: &quinn::Connection, e: quinn::ConnectionError) -> anyhow::Error {
-    match closed_by_appliance(conn) {
-        Some(c) => anyhow!(
-            "appliance closed the connection ({}): {}",
-            c.reason.label(),
-            c.message
-        ),
-        None => anyhow!(e),
-    }
-}
-
 fn spawn_collectors(
     cfg: &AgentConfig,
     shared: Arc<Shared>,
@@ -1182,6 +1211,66 @@ mod tests {
             .expect("stops when asked")
             .unwrap()
             .expect("a clean stop");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_permanent_refusal_ends_the_run_with_its_exit_status() {
+        for reason in [
+            CloseReason::Revoked,
+            CloseReason::UnknownDevice,
+            CloseReason::UnsupportedVersion,
+        ] {
+            let ca = outpost_proto::pki::CertAuthority::generate("test ca").unwrap();
+            let appliance = FakeAppliance::start(&ca, reason);
+            let dir = tempfile::tempdir().unwrap();
+            let shared = Shared::new(Buffer::open(dir.path(), 1 << 20).unwrap());
+            let addr = appliance.addr;
+            let resolve: net::Resolver = Arc::new(move |_: &str| Box::pin(async move { Ok(addr) }));
+            let run = run_resolving(
+                test_identity(&ca, "appliance.example:4433"),
+                quick_config(),
+                shared.clone(),
+                CancellationToken::new(),
+                Arc::new(RefuseRemote::default()),
+                resolve,
+            );
+            let e = tokio::time::timeout(Duration::from_secs(10), run)
+                .await
+                .expect("the run ends by itself")
+                .expect_err("a permanent refusal is an error");
+            assert_eq!(exit_status(&e), EXIT_PERMANENT_REFUSAL, "{reason:?}: {e:#}");
+            assert!(format!("{e:#}").contains(reason.label()), "{e:#}");
+            let noted = shared.link().last_error.clone().unwrap_or_default();
+            assert!(noted.contains(reason.label()), "{noted}");
+            // Not retried (an unsupported version gets one retry with protocol 1).
+            let want = if reason == CloseReason::UnsupportedVersion {
+                2
+            } else {
+                1
+            };
+            assert_eq!(appliance.sessions(), want, "{reason:?}");
+        }
+        assert_eq!(exit_status(&anyhow!("connecting: timed out")), 1);
+    }
+
+    /// systemd must not restart an agent the appliance refused for good.
+    #[test]
+    fn the_unit_does_not_restart_a_permanently_refused_agent() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../packaging/agent/outpost-agent.service"
+        );
+        let unit = std::fs::read_to_string(path).unwrap();
+        let prevent: Vec<&str> = unit
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("RestartPreventExitStatus="))
+            .flat_map(|v| v.split_whitespace())
+            .collect();
+        assert!(
+            prevent.contains(&EXIT_PERMANENT_REFUSAL.to_string().as_str()),
+            "{path}: RestartPreventExitStatus= must name {EXIT_PERMANENT_REFUSAL}, has {prevent:?}"
+        );
+        assert!(unit.contains("\nRestart=on-failure\n"), "{path}");
     }
 
     /// Set (to a scratch directory) in the child process of
