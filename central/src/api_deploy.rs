@@ -365,39 +365,89 @@ pub(crate) async fn add_rule_on(
     send_order(c, p, &sites, kind, None, "approval.rule.add").await
 }
 
-/// A rule added from central and not removed since.
+/// A rule added from central and not removed since, at one site or more
+/// the caller sees.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RuleView {
     pub id: String,
+    /// As last added to one of `sites`.
     pub rule: Value,
+    /// That add (its deliveries: to the sites the caller sees).
     pub added: OrderView,
+    /// The sites the caller sees where it is live: sent there by an add
+    /// (not refused) and not removed since, by anyone. Adds of one id to
+    /// different sites accumulate; a removal ends it only where it went.
+    pub sites: Vec<SiteId>,
 }
 
 pub(crate) async fn live_rules(c: &Arc<Central>, p: &Principal) -> Result<Vec<RuleView>, ApiError> {
-    let (orders, deliveries) = visible_orders(c, p).await?;
-    let mut rules: BTreeMap<String, RuleView> = BTreeMap::new();
-    for o in &orders {
+    // Every order of the tenant: a removal by a user who sees more (or
+    // other) customers than the caller still ends the rule where it went.
+    let orders = c.store.orders(&p.tenant).await.map_err(internal)?;
+    let deliveries = c.store.deliveries(&p.tenant).await.map_err(internal)?;
+    let seen: std::collections::BTreeSet<SiteId> = c
+        .store
+        .sites(&p.tenant)
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .filter(|s| p.sees_customer(&s.customer))
+        .map(|s| s.site_id)
+        .collect();
+    let refused: std::collections::BTreeSet<(&str, &SiteId)> = deliveries
+        .iter()
+        .filter(|d| d.state == crate::deploy::DeliveryState::Refused)
+        .map(|d| (d.order.as_str(), &d.site))
+        .collect();
+    // Rule id → site → the add order live there. Orders come oldest first.
+    let mut live: BTreeMap<String, BTreeMap<SiteId, usize>> = BTreeMap::new();
+    for (i, o) in orders.iter().enumerate() {
         match &o.kind {
             DeployOrderKind::AddRule { rule_json } => {
                 let rule: Value = serde_json::from_str(rule_json).unwrap_or(Value::Null);
-                if let Ok(id) = rule_id(&rule) {
-                    rules.insert(
-                        id.clone(),
-                        RuleView {
-                            id,
-                            rule,
-                            added: order_view(o, &deliveries),
-                        },
-                    );
+                let Ok(id) = rule_id(&rule) else { continue };
+                let at = live.entry(id).or_default();
+                for s in &o.sites {
+                    if !refused.contains(&(o.id.as_str(), s)) {
+                        at.insert(s.clone(), i);
+                    }
                 }
             }
             DeployOrderKind::RemoveRule { id } => {
-                rules.remove(id);
+                if let Some(at) = live.get_mut(id) {
+                    for s in &o.sites {
+                        at.remove(s);
+                    }
+                }
             }
             _ => {}
         }
     }
-    Ok(rules.into_values().collect())
+    let mut out = Vec::new();
+    for (id, at) in live {
+        let sites: Vec<SiteId> = at.keys().filter(|s| seen.contains(*s)).cloned().collect();
+        let Some(last) = at
+            .iter()
+            .filter(|(s, _)| seen.contains(*s))
+            .map(|(_, i)| *i)
+            .max()
+        else {
+            continue;
+        };
+        let o = &orders[last];
+        let DeployOrderKind::AddRule { rule_json } = &o.kind else {
+            continue;
+        };
+        let mut added = order_view(o, &deliveries);
+        added.deliveries.retain(|d| seen.contains(&d.site));
+        out.push(RuleView {
+            id,
+            rule: serde_json::from_str(rule_json).unwrap_or(Value::Null),
+            added,
+            sites,
+        });
+    }
+    Ok(out)
 }
 
 /// `GET /api/v1/approval-rules`: the rules added from central.
@@ -408,7 +458,8 @@ pub async fn rules(
     Ok(Json(live_rules(&c, &p).await?))
 }
 
-/// `DELETE /api/v1/approval-rules/{id}`: removed at the sites it was sent to.
+/// `DELETE /api/v1/approval-rules/{id}`: removed at every site where it is
+/// live.
 pub async fn remove_rule(
     State(c): State<Arc<Central>>,
     axum::Extension(p): axum::Extension<Principal>,
@@ -430,13 +481,8 @@ pub(crate) async fn remove_rule_on(
         .into_iter()
         .find(|r| r.id == id)
         .ok_or_else(|| ApiError::NotFound(format!("no approval rule {id} from central")))?;
-    let names: Vec<SiteId> = rule
-        .added
-        .deliveries
-        .iter()
-        .map(|d| d.site.clone())
-        .collect();
-    let sites = target_sites(c, p, Some(&names)).await?;
+    // Every site where it is live, whichever add sent it there.
+    let sites = target_sites(c, p, Some(&rule.sites)).await?;
     let kind = DeployOrderKind::RemoveRule { id };
     send_order(c, p, &sites, kind, None, "approval.rule.remove").await
 }

@@ -441,6 +441,82 @@ async fn approvals_and_rules_go_to_every_site_and_a_removed_rule_leaves_the_list
         .call(&admin, "DELETE", "/api/v1/approval-rules/sec", None)
         .await;
     assert_eq!(st, 404);
+
+    // One id added to one site, then to another: live at both, and its
+    // removal goes to both (it went to the last one only).
+    let sites_of = |v: &Value| {
+        let mut s: Vec<String> = v["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["site"].as_str().unwrap().to_string())
+            .collect();
+        s.sort();
+        s
+    };
+    let mut both = vec![f.site.to_string(), f.branch.to_string()];
+    both.sort();
+    for site in [&f.site, &f.branch] {
+        let (st, v) = f
+            .call(
+                &admin,
+                "POST",
+                "/api/v1/approval-rules",
+                Some(json!({"rule": rule, "sites": [site]})),
+            )
+            .await;
+        assert_eq!(st, 201, "{v}");
+    }
+    let (_, v) = f.call(&admin, "GET", "/api/v1/approval-rules", None).await;
+    let mut live: Vec<String> = serde_json::from_value(v[0]["sites"].clone()).unwrap();
+    live.sort();
+    assert_eq!(live, both, "{v}");
+    let (st, v) = f
+        .call(&admin, "DELETE", "/api/v1/approval-rules/sec", None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(sites_of(&v), both, "removed wherever it is live");
+    let (_, v) = f.call(&admin, "GET", "/api/v1/approval-rules", None).await;
+    assert_eq!(v, json!([]));
+
+    // The tenant admin's rule at both sites; an admin of the site's
+    // customer sees it at his site only (not the branch), re-adds and
+    // removes the same id there: the tenant admin still sees it live at
+    // the branch, and removes it there.
+    let (st, _) = f
+        .call(
+            &admin,
+            "POST",
+            "/api/v1/approval-rules",
+            Some(json!({"rule": rule})),
+        )
+        .await;
+    assert_eq!(st, 201);
+    let dental = f.token("msp", Role::Admin, &["dental"]).await;
+    let (_, v) = f.call(&dental, "GET", "/api/v1/approval-rules", None).await;
+    assert_eq!(v[0]["sites"], json!([f.site.to_string()]), "{v}");
+    assert_eq!(sites_of(&v[0]["added"]), vec![f.site.to_string()], "{v}");
+    let (st, _) = f
+        .call(
+            &dental,
+            "POST",
+            "/api/v1/approval-rules",
+            Some(json!({"rule": rule})),
+        )
+        .await;
+    assert_eq!(st, 201);
+    let (st, v) = f
+        .call(&dental, "DELETE", "/api/v1/approval-rules/sec", None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(sites_of(&v), vec![f.site.to_string()]);
+    let (_, v) = f.call(&admin, "GET", "/api/v1/approval-rules", None).await;
+    assert_eq!(v[0]["sites"], json!([f.branch.to_string()]), "{v}");
+    let (st, v) = f
+        .call(&admin, "DELETE", "/api/v1/approval-rules/sec", None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(sites_of(&v), vec![f.branch.to_string()]);
 }
 
 async fn install_options_need_protocol_8_at_creation_and_at_delivery_and_come_back_with_the_audit()
