@@ -16,13 +16,14 @@ pub struct AgentConfig {
     /// Metrics collection period. At least 1 s.
     #[serde(with = "humantime_serde")]
     pub metrics_interval: Duration,
-    /// Inventory is sent at start and then with this period.
+    /// Inventory is sent at start and then with this period. At least 1 s.
     #[serde(with = "humantime_serde")]
     pub inventory_interval: Duration,
     /// Bound of the offline buffer on disk; oldest records are dropped (and
     /// counted) beyond it.
     pub buffer_max_bytes: u64,
-    /// Reconnect backoff: first ceiling and maximum.
+    /// Reconnect backoff: first ceiling (positive) and maximum (at least
+    /// the first ceiling).
     #[serde(with = "humantime_serde")]
     pub reconnect_base: Duration,
     #[serde(with = "humantime_serde")]
@@ -166,6 +167,24 @@ impl AgentConfig {
                 self.metrics_interval
             );
         }
+        if self.inventory_interval < Duration::from_secs(1) {
+            bail!(
+                "inventory_interval must be at least 1s (got {:?})",
+                self.inventory_interval
+            );
+        }
+        if self.reconnect_base.is_zero() {
+            bail!(
+                "reconnect_base must be positive (e.g. \"500ms\"): 0 would reconnect in a tight loop"
+            );
+        }
+        if self.reconnect_max < self.reconnect_base {
+            bail!(
+                "reconnect_max ({:?}) must be at least reconnect_base ({:?})",
+                self.reconnect_max,
+                self.reconnect_base
+            );
+        }
         if self.buffer_max_bytes < 64 * 1024 {
             bail!("buffer_max_bytes must be at least 64 KiB");
         }
@@ -219,5 +238,48 @@ mod tests {
         };
         assert!(c.validate().is_err());
         assert!(AgentConfig::default().validate().is_ok());
+    }
+
+    /// Each of these would panic a task (`tokio::time::interval` with a
+    /// zero period) or reconnect in a tight loop; each is refused by name.
+    #[test]
+    fn zero_intervals_and_an_inverted_backoff_are_refused_with_the_key() {
+        let cases = [
+            (
+                "inventory_interval = \"0s\"",
+                "inventory_interval must be at least 1s",
+            ),
+            (
+                "inventory_interval = \"500ms\"",
+                "inventory_interval must be at least 1s",
+            ),
+            ("reconnect_base = \"0s\"", "reconnect_base must be positive"),
+            (
+                "reconnect_base = \"0s\"\nreconnect_max = \"0s\"",
+                "reconnect_base must be positive",
+            ),
+            (
+                "reconnect_max = \"0s\"",
+                "reconnect_max (0ns) must be at least reconnect_base (500ms)",
+            ),
+            (
+                "reconnect_base = \"10s\"\nreconnect_max = \"5s\"",
+                "reconnect_max (5s) must be at least reconnect_base (10s)",
+            ),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        for (toml, want) in cases {
+            std::fs::write(&p, toml).unwrap();
+            let c = AgentConfig::load(&p).unwrap();
+            let e = c.validate().expect_err(toml).to_string();
+            assert!(e.contains(want), "{toml}: {e}");
+        }
+        std::fs::write(
+            &p,
+            "inventory_interval = \"1s\"\nreconnect_base = \"1ms\"\nreconnect_max = \"1ms\"",
+        )
+        .unwrap();
+        AgentConfig::load(&p).unwrap().validate().unwrap();
     }
 }
