@@ -38,13 +38,61 @@ const PSEUDO_FS: &[&str] = &[
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Name prefixes of virtual network interfaces made and destroyed by
+/// container runtimes, hypervisors and CNI plugins, often under random
+/// names (`veth3f2a…`, `br-0c1d…`, `cali…`). Each interface costs the
+/// appliance four series kept for good, so they are not reported by
+/// default (`include_virtual_interfaces`).
+const VIRTUAL_INTERFACE_PREFIXES: &[&str] = &[
+    "veth", "docker", "br-", "virbr", "cni", "flannel", "cali", "vxlan", "tun", "tap",
+];
+
+/// Where Linux lists network interfaces; a physical one has a `device`
+/// link below its entry.
+const SYS_CLASS_NET: &str = "/sys/class/net";
+
+/// One reading of an interface's byte counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetReading {
+    pub name: String,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// Backed by a device (`/sys/class/net/NAME/device` exists), or `None`
+    /// where that cannot be told (no `/sys/class/net`).
+    pub has_device: Option<bool>,
+}
+
+/// Whether `name` is a virtual interface, not reported by default:
+/// loopback, a name of [`VIRTUAL_INTERFACE_PREFIXES`], or (on Linux) no
+/// device behind it (bridges, veth pairs, tunnels, bonds, VLANs, VPNs).
+pub fn is_virtual_interface(name: &str, has_device: Option<bool>) -> bool {
+    name == "lo"
+        || VIRTUAL_INTERFACE_PREFIXES
+            .iter()
+            .any(|p| name.starts_with(p))
+        || has_device == Some(false)
+}
+
+/// Whether the interface has a device behind it (Linux `sysfs`).
+fn has_device(name: &str) -> Option<bool> {
+    let class = std::path::Path::new(SYS_CLASS_NET);
+    if !class.is_dir() {
+        return None;
+    }
+    Some(class.join(name).join("device").exists())
+}
+
 /// Collects metrics; keeps the previous readings needed for rates.
 pub struct Collector {
     sys: Option<System>,
     disks: Option<Disks>,
     networks: Option<Networks>,
-    /// Previous (rx, tx) byte counters per interface and when they were read.
+    /// Previous (rx, tx) byte counters per reported interface and when
+    /// they were read; only interfaces present at the last reading.
     last_net: HashMap<String, (u64, u64)>,
+    /// Report virtual interfaces too ([`is_virtual_interface`]; agent.toml
+    /// `include_virtual_interfaces`).
+    include_virtual: bool,
     last_net_at: Option<Instant>,
     /// systemctl is missing (warned once).
     warned_systemctl: bool,
@@ -90,9 +138,15 @@ fn percent(used: u64, total: u64) -> f64 {
 }
 
 impl Collector {
-    /// Creates a collector. Platforms where a source is unsupported simply
-    /// report fewer metrics.
+    /// Creates a collector that skips virtual network interfaces.
+    /// Platforms where a source is unsupported simply report fewer metrics.
     pub fn new() -> Collector {
+        Collector::with_virtual_interfaces(false)
+    }
+
+    /// Creates a collector; `include_virtual` reports virtual network
+    /// interfaces too.
+    pub fn with_virtual_interfaces(include_virtual: bool) -> Collector {
         let mut sys = System::new().ok();
         if let Some(s) = sys.as_mut() {
             // CPU usage needs two readings; take the first now.
@@ -103,6 +157,7 @@ impl Collector {
             disks: Disks::new_with_refreshed_list().ok(),
             networks: Networks::new_with_refreshed_list().ok(),
             last_net: HashMap::new(),
+            include_virtual,
             last_net_at: None,
             warned_systemctl: false,
         }
@@ -166,40 +221,68 @@ impl Collector {
         }
         if let Some(nets) = self.networks.as_mut() {
             nets.refresh(true);
-            let now = Instant::now();
-            let elapsed = self
-                .last_net_at
-                .map(|t| now.duration_since(t).as_secs_f64());
-            for (name, data) in nets.iter() {
-                let name = name.to_string_lossy();
-                let name = name.as_ref();
-                if name == "lo" {
-                    continue;
-                }
-                let (rx, tx) = (data.total_received(), data.total_transmitted());
-                push(&mut v, m::NET_RX_BYTES, name, rx as f64);
-                push(&mut v, m::NET_TX_BYTES, name, tx as f64);
-                if let (Some(secs), Some((prx, ptx))) = (elapsed, self.last_net.get(name))
-                    && secs > 0.0
-                {
-                    push(
-                        &mut v,
-                        m::NET_RX_BYTES_PER_SEC,
+            let readings: Vec<NetReading> = nets
+                .iter()
+                .map(|(name, data)| {
+                    let name = name.to_string_lossy().into_owned();
+                    NetReading {
+                        has_device: has_device(&name),
                         name,
-                        rx.saturating_sub(*prx) as f64 / secs,
-                    );
-                    push(
-                        &mut v,
-                        m::NET_TX_BYTES_PER_SEC,
-                        name,
-                        tx.saturating_sub(*ptx) as f64 / secs,
-                    );
-                }
-                self.last_net.insert(name.to_string(), (rx, tx));
-            }
-            self.last_net_at = Some(now);
+                        rx_bytes: data.total_received(),
+                        tx_bytes: data.total_transmitted(),
+                    }
+                })
+                .collect();
+            self.net_metrics(readings, Instant::now(), &mut v);
         }
         MetricsSample { values: v }
+    }
+
+    /// Network metrics from `readings` taken at `now`: byte counters and,
+    /// from the second reading of an interface on, rates. Virtual
+    /// interfaces are skipped unless included; the previous readings kept
+    /// for rates are those of the interfaces reported now (an interface
+    /// that went away is forgotten).
+    pub fn net_metrics(
+        &mut self,
+        readings: Vec<NetReading>,
+        now: Instant,
+        v: &mut Vec<MetricValue>,
+    ) {
+        let elapsed = self
+            .last_net_at
+            .map(|t| now.saturating_duration_since(t).as_secs_f64());
+        let mut seen = HashMap::with_capacity(readings.len());
+        for r in readings {
+            if r.name == "lo"
+                || (!self.include_virtual && is_virtual_interface(&r.name, r.has_device))
+            {
+                continue;
+            }
+            let name = r.name.as_str();
+            let (rx, tx) = (r.rx_bytes, r.tx_bytes);
+            push(v, m::NET_RX_BYTES, name, rx as f64);
+            push(v, m::NET_TX_BYTES, name, tx as f64);
+            if let (Some(secs), Some((prx, ptx))) = (elapsed, self.last_net.get(name))
+                && secs > 0.0
+            {
+                push(
+                    v,
+                    m::NET_RX_BYTES_PER_SEC,
+                    name,
+                    rx.saturating_sub(*prx) as f64 / secs,
+                );
+                push(
+                    v,
+                    m::NET_TX_BYTES_PER_SEC,
+                    name,
+                    tx.saturating_sub(*ptx) as f64 / secs,
+                );
+            }
+            seen.insert(r.name, (rx, tx));
+        }
+        self.last_net = seen;
+        self.last_net_at = Some(now);
     }
 
     /// Watched services and processes: `service_active{unit}` (1/0, via
@@ -367,6 +450,135 @@ mod tests {
         if has_iface {
             assert!(s2.values.iter().any(|v| v.name == m::NET_RX_BYTES_PER_SEC));
         }
+    }
+
+    fn reading(name: &str, bytes: u64, has_device: Option<bool>) -> NetReading {
+        NetReading {
+            name: name.into(),
+            rx_bytes: bytes,
+            tx_bytes: bytes / 2,
+            has_device,
+        }
+    }
+
+    /// The interfaces a sample reports, sorted.
+    fn reported(v: &[MetricValue]) -> Vec<String> {
+        let mut names: Vec<String> = v
+            .iter()
+            .filter(|x| x.name == m::NET_RX_BYTES)
+            .map(|x| x.label.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A Docker / CI host: interfaces come and go under random names.
+    fn docker_host(round: u64) -> Vec<NetReading> {
+        vec![
+            reading("lo", 1_000, Some(false)),
+            reading("eth0", 10_000 * round, Some(true)),
+            reading("enp3s0", 20_000 * round, None),
+            reading("docker0", 5_000, Some(false)),
+            reading(&format!("veth{round:07x}"), 100, Some(false)),
+            reading(&format!("br-{round:012x}"), 100, Some(false)),
+            reading("virbr0", 100, Some(false)),
+            reading("cni0", 100, Some(false)),
+            reading("flannel.1", 100, Some(false)),
+            reading(&format!("cali{round:011x}"), 100, Some(false)),
+            reading("tun0", 100, Some(false)),
+            // No device behind it and no telling name: virtual too.
+            reading("bond0", 100, Some(false)),
+        ]
+    }
+
+    #[test]
+    fn virtual_interfaces_are_not_reported_by_default() {
+        let mut c = Collector::new();
+        let t0 = Instant::now();
+        for round in 1..=50 {
+            let mut v = Vec::new();
+            c.net_metrics(
+                docker_host(round),
+                t0 + std::time::Duration::from_secs(round * 60),
+                &mut v,
+            );
+            assert_eq!(reported(&v), ["enp3s0", "eth0"], "round {round}");
+            if round > 1 {
+                let rate = v
+                    .iter()
+                    .find(|x| x.name == m::NET_RX_BYTES_PER_SEC && x.label == "eth0")
+                    .unwrap()
+                    .value;
+                assert_eq!(rate, round2(10_000.0 / 60.0));
+            }
+        }
+        assert_eq!(
+            c.last_net.len(),
+            2,
+            "only reported interfaces are remembered"
+        );
+    }
+
+    #[test]
+    fn virtual_interfaces_are_reported_when_included_and_forgotten_when_gone() {
+        let mut c = Collector::with_virtual_interfaces(true);
+        let t0 = Instant::now();
+        let mut v = Vec::new();
+        c.net_metrics(docker_host(1), t0, &mut v);
+        let first = reported(&v);
+        assert!(first.contains(&"veth0000001".to_string()), "{first:?}");
+        assert!(first.contains(&"docker0".to_string()), "{first:?}");
+        assert!(!first.contains(&"lo".to_string()), "loopback never");
+        assert_eq!(first.len(), 11);
+        // The veth, br- and cali interfaces of round 1 are gone in round 2.
+        let mut v = Vec::new();
+        c.net_metrics(
+            docker_host(2),
+            t0 + std::time::Duration::from_secs(60),
+            &mut v,
+        );
+        assert_eq!(
+            c.last_net.len(),
+            11,
+            "round 1's short-lived interfaces are forgotten"
+        );
+        assert!(!c.last_net.contains_key("veth0000001"));
+        assert!(c.last_net.contains_key("veth0000002"));
+        // A new interface has no rate until its second reading.
+        assert!(
+            !v.iter()
+                .any(|x| x.name == m::NET_RX_BYTES_PER_SEC && x.label == "veth0000002")
+        );
+    }
+
+    #[test]
+    fn interface_names_and_devices_decide_what_is_virtual() {
+        for name in [
+            "lo",
+            "veth1a2b",
+            "docker0",
+            "br-abc",
+            "virbr0",
+            "cni0",
+            "flannel.1",
+            "cali123",
+            "tun0",
+            "tap0",
+            "vxlan.calico",
+        ] {
+            assert!(is_virtual_interface(name, Some(true)), "{name} by its name");
+            assert!(is_virtual_interface(name, None), "{name} without sysfs");
+        }
+        assert!(!is_virtual_interface("eth0", Some(true)));
+        assert!(
+            !is_virtual_interface("eth0", None),
+            "without sysfs: by name only"
+        );
+        assert!(
+            is_virtual_interface("eth0", Some(false)),
+            "no device behind it"
+        );
+        assert!(!is_virtual_interface("wlp2s0", Some(true)));
     }
 
     #[test]

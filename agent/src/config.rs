@@ -43,6 +43,11 @@ pub struct AgentConfig {
     pub services: Vec<String>,
     /// Process names reported as `process_count{name}` with every metrics sample.
     pub processes: Vec<String>,
+    /// Report the counters of virtual network interfaces too (veth, bridges,
+    /// docker, CNI, tunnels: any without a device behind it). Off by
+    /// default: container hosts make and destroy them under random names,
+    /// and each costs the appliance four series kept for good.
+    pub include_virtual_interfaces: bool,
     /// Run remote commands pushed by the appliance. On by default (running
     /// commands is what an RMM agent is for; the appliance is reached over
     /// mutual TLS pinned to its CA, and only its technicians and admins may
@@ -110,6 +115,7 @@ impl Default for AgentConfig {
             ack_timeout_max: Duration::from_secs(120),
             services: Vec::new(),
             processes: Vec::new(),
+            include_virtual_interfaces: false,
             remote_commands: true,
             allowed_run_as: Vec::new(),
             command_kill_grace: Duration::from_secs(5),

@@ -866,7 +866,9 @@ fn spawn_collectors(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let collector = Arc::new(Mutex::new(Collector::new()));
+    let collector = Arc::new(Mutex::new(Collector::with_virtual_interfaces(
+        cfg.include_virtual_interfaces,
+    )));
     let mut tasks = Vec::new();
     // Package scans (issue 14).
     tasks.extend(crate::scan::spawn(cfg, shared.clone(), shutdown.clone()));
