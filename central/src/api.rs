@@ -399,9 +399,12 @@ fn retry_after(status: StatusCode, secs: u64, message: String) -> Response {
 /// failures for the user name or the address, with `Retry-After`) or 503
 /// (password checks busy).
 pub async fn login_response(c: &Arc<Central>, l: Login, addr: Option<IpAddr>) -> Response {
-    let now = crate::now_ms();
     // Neither a tenant nor a user name holds a `/` (`ops::check_name`).
     let key = format!("{}/{}", l.tenant, l.username);
+    // Until its failure is recorded, no other attempt for this user is
+    // checked: concurrent guesses cannot all pass the check at once.
+    let _turn = c.login_turns.turn(&key).await;
+    let now = crate::now_ms();
     let limited = match c.login_check(&key, addr, now).await.map_err(internal) {
         Ok(l) => l,
         Err(e) => return e.into_response(),

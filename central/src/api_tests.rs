@@ -726,6 +726,25 @@ async fn failed_logins_are_limited_per_user_and_per_address() {
     .await;
     assert_eq!(st, 429, "{page}");
     assert!(h.contains_key(header::RETRY_AFTER) && page.contains("id=\"throttled\""));
+
+    // Guesses sent at once are counted one after the other: of 10 for a
+    // user with a fresh limit (burst 3), 3 are checked, 7 refused.
+    let bob = r#"{"name":"bob","role":"viewer","password":"correct horse"}"#;
+    assert_eq!(post_json(&f, "/api/v1/users", &f.token, bob).await.0, 201);
+    let f = std::sync::Arc::new(f);
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let f = f.clone();
+        tasks.push(tokio::spawn(async move {
+            login(&f, "bob", "wrong", None).await.0
+        }));
+    }
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(t.await.unwrap());
+    }
+    codes.sort();
+    assert_eq!(codes, [401, 401, 401, 429, 429, 429, 429, 429, 429, 429]);
 }
 
 /// Item 5: a device's customer is its site's. A batch claiming another

@@ -155,6 +155,9 @@ pub struct Central {
     pub passwords: Passwords,
     /// Failed logins per user and per address.
     pub login_limiter: Mutex<LoginLimiter>,
+    /// The attempts of one user take turns (concurrent guesses are counted
+    /// one after the other).
+    pub login_turns: outpost_web::login::AttemptTurns,
     /// Permits to decode and apply a batch ([`CentralLimits::max_concurrent_batches`]).
     pub batch_slots: Arc<Semaphore>,
     /// Permits to hold a QUIC connection ([`CentralLimits::max_connections`]).
@@ -234,6 +237,7 @@ impl Central {
             shutdown,
             passwords: Passwords::per_core(),
             login_limiter: Mutex::new(LoginLimiter::new(&limits.login)),
+            login_turns: Default::default(),
             batch_slots: Arc::new(Semaphore::new(limits.max_concurrent_batches.max(1))),
             connection_slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             limits,

@@ -14,6 +14,9 @@
 //!   unknown user is verified against a dummy hash with the same
 //!   parameters, so the answer takes as long as for a known one (no user
 //!   name oracle by timing).
+//! * [`AttemptTurns`]: the attempts for one user key take turns (striped
+//!   locks), so concurrent guesses each see the failures recorded before
+//!   them instead of all passing the limiter's check at once.
 //! * the argon2id helpers ([`hash_password`], [`verify_password`]), the
 //!   password policy ([`check_password`]) and the [`Role`] of a user
 //!   (viewer < technician < admin).
@@ -256,6 +259,43 @@ impl LoginLimiter {
     /// Keys tracked: (user names, addresses).
     pub fn tracked(&self) -> (usize, usize) {
         (self.users.len(), self.addresses.len())
+    }
+}
+
+/// Login attempts for one user key, one at a time: a login holds its
+/// key's turn from the limiter's check until its failure (or success) is
+/// recorded, so N concurrent guesses are N consecutive ones and the
+/// limiter stops them after its burst. Striped (a fixed number of locks,
+/// keys hashed with a per-process random key): bounded memory, and two
+/// users sharing a stripe only wait for each other's password check.
+#[derive(Debug)]
+pub struct AttemptTurns {
+    stripes: Box<[tokio::sync::Mutex<()>]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl AttemptTurns {
+    pub fn new(stripes: usize) -> Self {
+        AttemptTurns {
+            stripes: (0..stripes.max(1))
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    /// Waits for `key`'s turn; the turn lasts as long as the guard.
+    pub async fn turn(&self, key: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::BuildHasher;
+        let i = (self.hasher.hash_one(key) % self.stripes.len() as u64) as usize;
+        self.stripes[i].lock().await
+    }
+}
+
+impl Default for AttemptTurns {
+    /// 64 stripes.
+    fn default() -> Self {
+        AttemptTurns::new(64)
     }
 }
 
@@ -641,5 +681,42 @@ mod tests {
         assert!(verify_password("correct horse", &h));
         assert!(!verify_password("wrong horse", &h));
         assert!(!verify_password("x", "not a hash"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_attempts_for_one_key_take_turns_and_each_sees_the_failures_before_it() {
+        // Burst 5: of 15 concurrent wrong guesses, 5 are checked, 10 refused.
+        let turns = Arc::new(AttemptTurns::new(4));
+        let limiter = Arc::new(std::sync::Mutex::new(LoginLimiter::new(&LimiterConfig {
+            per_user: Rate {
+                burst: 5,
+                interval_ms: 60_000,
+            },
+            ..LimiterConfig::default()
+        })));
+        let checked = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..15 {
+            let (turns, limiter, checked) = (turns.clone(), limiter.clone(), checked.clone());
+            tasks.push(tokio::spawn(async move {
+                let _turn = turns.turn("acme/ann").await;
+                if limiter
+                    .lock()
+                    .unwrap()
+                    .check("acme/ann", None, 1_000)
+                    .is_err()
+                {
+                    return;
+                }
+                checked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // The password check takes a while, then fails.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                limiter.lock().unwrap().failed("acme/ann", None, 1_000);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(checked.load(std::sync::atomic::Ordering::SeqCst), 5);
     }
 }

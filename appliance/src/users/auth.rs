@@ -283,6 +283,9 @@ pub struct Auth {
     passwords: Passwords,
     /// Failed logins per user name and per address.
     limiter: Mutex<LoginLimiter>,
+    /// The attempts of one user name take turns (concurrent guesses are
+    /// counted one after the other).
+    turns: login::AttemptTurns,
     /// Serialises the user writes that read first (add, password, remove).
     writes: tokio::sync::Mutex<()>,
     opts: AuthOptions,
@@ -390,6 +393,7 @@ impl Auth {
             admin_token,
             passwords: Passwords::per_core(),
             limiter: Mutex::new(LoginLimiter::new(&opts.login)),
+            turns: Default::default(),
             writes: tokio::sync::Mutex::new(()),
             opts,
         }
@@ -525,6 +529,9 @@ impl Auth {
         addr: Option<IpAddr>,
         now_ms: u64,
     ) -> Result<LoginOk, LoginError> {
+        // Until its failure is recorded, no other attempt for this name is
+        // checked: concurrent guesses cannot all pass the check at once.
+        let _turn = self.turns.turn(user).await;
         if let Err(wait) = self.limiter().check(user, addr, now_ms) {
             self.count_login("throttled");
             return Err(LoginError::Throttled {

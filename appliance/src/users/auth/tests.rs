@@ -375,6 +375,37 @@ async fn failed_logins_are_limited_counted_and_the_burst_is_audited_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_wrong_passwords_are_counted_one_after_the_other() {
+    let (_d, auth, metrics) = auth();
+    auth.add_user("test", "ann", Role::Admin, "right-password".into())
+        .await
+        .unwrap();
+    // Burst 3 here: of 12 guesses sent at once, 3 are checked.
+    let t0 = 5_000_000;
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let auth = auth.clone();
+        tasks.push(tokio::spawn(async move {
+            auth.login("ann", "wrong".into(), ADDR, t0).await.unwrap_err()
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let checked = results
+        .iter()
+        .filter(|e| **e == LoginError::Unauthorized)
+        .count();
+    assert_eq!(checked, 3, "{results:?}");
+    let text = metrics.encode();
+    assert!(
+        text.contains("outpost_logins_total{result=\"throttled\"} 9"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_change_their_own_password_with_the_current_one_and_admins_any() {
     let (_d, auth, _m) = auth();
     auth.add_user("test", "bob", Role::Viewer, "bob-password-1".into())
