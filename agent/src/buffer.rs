@@ -116,6 +116,10 @@ pub struct Buffer {
     dropped: u64,
     /// Records removed because their checksum failed (this process).
     corrupt: u64,
+    /// Records given new sequence numbers because the appliance had stored
+    /// more than this buffer ever numbered (this process; see
+    /// [`Buffer::renumber_above`]).
+    renumbered: u64,
     /// Sum of stored value sizes, kept below `max_bytes`.
     bytes: u64,
     max_bytes: u64,
@@ -142,6 +146,26 @@ fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64> {
         .unwrap_or(0))
 }
 
+/// The stored form of a record: `crc32(payload) | payload`.
+fn encode_value(rec: &Record) -> Result<Vec<u8>> {
+    let payload = codec::encode(rec)?;
+    let mut value = Vec::with_capacity(CRC_BYTES + payload.len());
+    value.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    value.extend_from_slice(&payload);
+    Ok(value)
+}
+
+/// The record in a stored value, if its checksum and encoding hold.
+fn decode_value(v: &[u8]) -> Option<Record> {
+    if v.len() < CRC_BYTES {
+        return None;
+    }
+    let (crc, payload) = v.split_at(CRC_BYTES);
+    (crc == crc32fast::hash(payload).to_le_bytes())
+        .then(|| codec::decode::<Record>(payload).ok())
+        .flatten()
+}
+
 fn seq_of(key: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
 }
@@ -157,6 +181,7 @@ impl Buffer {
             acked: disk.acked,
             dropped: disk.dropped,
             corrupt: 0,
+            renumbered: 0,
             next_seq: disk.next_seq,
             bytes: disk.bytes,
             max_bytes,
@@ -230,11 +255,7 @@ impl Buffer {
     fn append_inner(&mut self, ts_ms: u64, body: RecordBody) -> Result<u64> {
         self.store()?;
         let seq = self.next_seq;
-        let rec = Record { seq, ts_ms, body };
-        let payload = codec::encode(&rec)?;
-        let mut value = Vec::with_capacity(CRC_BYTES + payload.len());
-        value.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        value.extend_from_slice(&payload);
+        let value = encode_value(&Record { seq, ts_ms, body })?;
         self.next_seq += 1;
         let len = value.len() as u64;
         {
@@ -307,6 +328,58 @@ impl Buffer {
         Ok(())
     }
 
+    /// Gives every buffered record a new sequence number above `stored`, in
+    /// order, when `stored` (the appliance's high-water mark for this
+    /// device) is at or above [`Buffer::next_seq`]: the appliance stored
+    /// numbers this buffer never handed out, so the buffer was reset (its
+    /// directory lost, numbering from 1 again) and its records, though
+    /// numbered at or below `stored`, were never sent. Acknowledging them
+    /// up to `stored` would delete them unsent; renumbered, they are sent.
+    /// Does nothing otherwise. Atomic (one sled batch); corrupt records are
+    /// dropped and counted as in [`Buffer::read_from`]. Returns how many
+    /// were renumbered (also counted in [`Buffer::renumbered`]).
+    pub fn renumber_above(&mut self, stored: u64) -> Result<u64> {
+        let r = self.renumber_inner(stored);
+        self.guard(r)
+    }
+
+    fn renumber_inner(&mut self, stored: u64) -> Result<u64> {
+        if stored < self.next_seq {
+            return Ok(0);
+        }
+        let mut batch = sled::Batch::default();
+        let mut next = stored.saturating_add(1);
+        let (mut bytes, mut count, mut corrupt) = (0u64, 0u64, 0u64);
+        for item in self.store()?.records.iter() {
+            let (k, v) = item?;
+            batch.remove(k);
+            let Some(mut rec) = decode_value(&v) else {
+                corrupt += 1;
+                continue;
+            };
+            rec.seq = next;
+            let value = encode_value(&rec)?;
+            bytes += value.len() as u64;
+            count += 1;
+            batch.insert(&next.to_be_bytes(), value);
+            next = next.saturating_add(1);
+        }
+        // The batch first: a crash after it leaves the new keys, from which
+        // `next_seq` is derived on open.
+        let st = self.store()?;
+        st.records.apply_batch(batch)?;
+        st.meta.insert(NEXT_SEQ, &next.to_be_bytes())?;
+        st.db.flush()?;
+        self.next_seq = next;
+        self.bytes = bytes;
+        self.count = count;
+        self.corrupt += corrupt;
+        self.renumbered += count;
+        // Larger numbers may encode a byte or two longer.
+        self.enforce_bound()?;
+        Ok(count)
+    }
+
     /// Up to `max_records` records with `seq >= from`, in order, whose
     /// stored sizes add up to at most `max_bytes` (the first record is
     /// returned even if it alone is larger, so that the caller sees it).
@@ -332,15 +405,7 @@ impl Buffer {
         let mut bad = Vec::new();
         for item in self.store()?.records.range(from.to_be_bytes()..) {
             let (k, v) = item?;
-            let decoded = (v.len() >= CRC_BYTES)
-                .then(|| {
-                    let (crc, payload) = v.split_at(CRC_BYTES);
-                    (crc == crc32fast::hash(payload).to_le_bytes())
-                        .then(|| codec::decode::<Record>(payload).ok())
-                        .flatten()
-                })
-                .flatten();
-            match decoded {
+            match decode_value(&v) {
                 Some(rec) => {
                     if !out.is_empty() && size.saturating_add(v.len()) > max_bytes {
                         break;
@@ -404,6 +469,10 @@ impl Buffer {
 
     pub fn corrupt(&self) -> u64 {
         self.corrupt
+    }
+
+    pub fn renumbered(&self) -> u64 {
+        self.renumbered
     }
 
     pub fn len(&self) -> u64 {
@@ -521,6 +590,41 @@ mod tests {
         assert_eq!(b.append(0, body(0)).unwrap(), 42);
         b.ensure_next_seq_above(10).unwrap();
         assert_eq!(b.append(0, body(0)).unwrap(), 43);
+    }
+
+    #[test]
+    fn a_reset_buffer_is_renumbered_above_the_appliances_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Buffer::open(dir.path(), 1 << 20).unwrap();
+        for i in 1..=5 {
+            b.append(i, body(i)).unwrap();
+        }
+        b.corrupt_entry(3);
+        assert_eq!(
+            b.renumber_above(4).unwrap(),
+            0,
+            "not a reset buffer: 5 < next_seq 6"
+        );
+        assert_eq!(b.renumber_above(1000).unwrap(), 4);
+        assert_eq!(
+            (b.len(), b.renumbered(), b.corrupt(), b.dropped()),
+            (4, 4, 1, 0)
+        );
+        let recs = b.read_from(0, 100, usize::MAX).unwrap();
+        let got: Vec<(u64, u64)> = recs.iter().map(|r| (r.seq, r.ts_ms)).collect();
+        assert_eq!(
+            got,
+            [(1001, 1), (1002, 2), (1003, 4), (1004, 5)],
+            "order and contents kept"
+        );
+        assert_eq!(b.append(6, body(6)).unwrap(), 1005);
+        b.flush().unwrap();
+        drop(b);
+        let b = reopen(dir.path(), 1 << 20);
+        assert_eq!(
+            (b.next_seq(), b.len(), b.first_seq().unwrap()),
+            (1006, 5, Some(1001))
+        );
     }
 
     #[derive(Debug, Clone)]

@@ -527,7 +527,7 @@ async fn connect_and_stream(
     let (mut inputs, mut outputs, mut chunks) = (None, None, None);
     let end = loop {
         // Act on what the machine decided, then give it records to send.
-        drain_events(
+        feed_records(
             &mut s,
             shared,
             backoff,
@@ -535,27 +535,8 @@ async fn connect_and_stream(
             &mut inputs,
             &mut outputs,
             &mut chunks,
+            clock.now(),
         )?;
-        while let Some(from) = s.records_wanted() {
-            let batch = shared.buffer().read_from(
-                from,
-                FRAME_RECORDS,
-                FRAME_BYTES.min(s.max_frame_bytes()),
-            )?;
-            if batch.is_empty() {
-                break;
-            }
-            s.send_records(batch, clock.now());
-            drain_events(
-                &mut s,
-                shared,
-                backoff,
-                &mut down,
-                &mut inputs,
-                &mut outputs,
-                &mut chunks,
-            )?;
-        }
         // Write what it transmits, each flow on its own stream.
         while let Some(t) = s.poll_transmit() {
             if t.flow == Flow::Records {
@@ -720,6 +701,35 @@ fn on_read(
     }
 }
 
+/// Acts on the machine's events, then gives it the buffered records it
+/// asks for (acting on the events each batch causes), until its window is
+/// full or the buffer has nothing more.
+#[allow(clippy::too_many_arguments)]
+fn feed_records(
+    s: &mut AgentSession,
+    shared: &Shared,
+    backoff: &mut Backoff,
+    down: &mut SessionDown<'_>,
+    inputs: &mut Option<tokio::sync::mpsc::UnboundedReceiver<LinkInput>>,
+    outputs: &mut Option<tokio::sync::mpsc::Receiver<outpost_proto::messages::CommandOutput>>,
+    chunks: &mut Option<tokio::sync::mpsc::Receiver<outpost_proto::messages::FileChunk>>,
+    now: u64,
+) -> anyhow::Result<()> {
+    drain_events(s, shared, backoff, down, inputs, outputs, chunks)?;
+    while let Some(from) = s.records_wanted() {
+        let batch =
+            shared
+                .buffer()
+                .read_from(from, FRAME_RECORDS, FRAME_BYTES.min(s.max_frame_bytes()))?;
+        if batch.is_empty() {
+            break;
+        }
+        s.send_records(batch, now);
+        drain_events(s, shared, backoff, down, inputs, outputs, chunks)?;
+    }
+    Ok(())
+}
+
 /// Acts on the machine's events: buffer acks, status, remote management.
 #[allow(clippy::too_many_arguments)]
 fn drain_events(
@@ -740,6 +750,22 @@ fn drain_events(
             } => {
                 {
                     let mut b = shared.buffer();
+                    // The appliance stored numbers this buffer never gave
+                    // out: the buffer was reset, and its records (numbered
+                    // from 1 again) were never sent. Acking up to the
+                    // appliance's mark would delete them unsent.
+                    if last_stored_seq >= b.next_seq() {
+                        let renumbered = b.renumber_above(last_stored_seq)?;
+                        if renumbered > 0 {
+                            warn!(
+                                renumbered,
+                                last_stored_seq,
+                                "the appliance has stored more of this device's records than this \
+                                 buffer ever numbered (was its directory reset?): the buffered \
+                                 records are sent under new numbers above its mark"
+                            );
+                        }
+                    }
                     b.ack(last_stored_seq)?;
                     b.ensure_next_seq_above(last_stored_seq)?;
                 }
@@ -1273,6 +1299,112 @@ mod tests {
             "{path}: RestartPreventExitStatus= must name {EXIT_PERMANENT_REFUSAL}, has {prevent:?}"
         );
         assert!(unit.contains("\nRestart=on-failure\n"), "{path}");
+    }
+
+    /// The Records frames `s` transmits, as their records' numbers.
+    fn sent_seqs(s: &mut AgentSession) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        while let Some(t) = s.poll_transmit_flow(Flow::Records) {
+            let mut buf = BytesMut::from(&t.data[..]);
+            while let Some(payload) = split_frame(&mut buf, DEFAULT_MAX_FRAME_BYTES).unwrap() {
+                if let AgentFrame::Records(records) = decode_payload(&payload).unwrap() {
+                    seqs.extend(records.iter().map(|r| r.seq));
+                }
+            }
+        }
+        seqs
+    }
+
+    #[test]
+    fn a_reset_buffer_is_sent_above_the_appliances_mark_not_acked() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Shared::new(Buffer::open(dir.path(), 1 << 20).unwrap());
+        for i in 1..=5 {
+            assert_eq!(shared.record_at(i, metrics(2)).unwrap(), i);
+        }
+        let mut s = AgentSession::new(SessionConfig::new(AGENT_VERSION), 0);
+        s.handle_frame(
+            Flow::Records,
+            ApplianceFrame::Welcome(outpost_proto::messages::Welcome {
+                protocol_version: SESSION_PROTOCOL_VERSION,
+                device_id: outpost_proto::DeviceId(0xa9e),
+                last_stored_seq: 1000,
+                max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u32,
+            }),
+            0,
+        );
+        let remote: Arc<dyn RemoteHost> = Arc::new(RefuseRemote::default());
+        let mut down = SessionDown {
+            remote: &remote,
+            up: false,
+        };
+        let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(10));
+        let (mut inputs, mut outputs, mut chunks) = (None, None, None);
+        feed_records(
+            &mut s,
+            &shared,
+            &mut backoff,
+            &mut down,
+            &mut inputs,
+            &mut outputs,
+            &mut chunks,
+            0,
+        )
+        .unwrap();
+        assert_eq!(sent_seqs(&mut s), (1001..=1005).collect::<Vec<_>>());
+        let b = shared.buffer();
+        assert_eq!(
+            (b.len(), b.dropped(), b.renumbered()),
+            (5, 0, 5),
+            "none dropped"
+        );
+        assert_eq!(b.next_seq(), 1006);
+        assert_eq!(b.acked(), 1000);
+    }
+
+    #[test]
+    fn records_the_appliance_already_stored_are_acked_at_welcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Shared::new(Buffer::open(dir.path(), 1 << 20).unwrap());
+        for i in 1..=5 {
+            shared.record_at(i, metrics(2)).unwrap();
+        }
+        let mut s = AgentSession::new(SessionConfig::new(AGENT_VERSION), 0);
+        s.handle_frame(
+            Flow::Records,
+            ApplianceFrame::Welcome(outpost_proto::messages::Welcome {
+                protocol_version: SESSION_PROTOCOL_VERSION,
+                device_id: outpost_proto::DeviceId(0xa9e),
+                last_stored_seq: 3,
+                max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u32,
+            }),
+            0,
+        );
+        let remote: Arc<dyn RemoteHost> = Arc::new(RefuseRemote::default());
+        let mut down = SessionDown {
+            remote: &remote,
+            up: false,
+        };
+        let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(10));
+        let (mut inputs, mut outputs, mut chunks) = (None, None, None);
+        feed_records(
+            &mut s,
+            &shared,
+            &mut backoff,
+            &mut down,
+            &mut inputs,
+            &mut outputs,
+            &mut chunks,
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            sent_seqs(&mut s),
+            [4, 5],
+            "stored before its ack was lost: not resent"
+        );
+        let b = shared.buffer();
+        assert_eq!((b.len(), b.renumbered()), (2, 0));
     }
 
     /// Set (to a scratch directory) in the child process of

@@ -118,6 +118,11 @@ pub struct LiveStatus {
     /// files of older agents.
     #[serde(default)]
     pub buffer_write_failures: u64,
+    /// Buffered records given new sequence numbers in this run because the
+    /// appliance had stored more than the buffer ever numbered (a reset
+    /// buffer directory). Absent from files of older agents.
+    #[serde(default)]
+    pub renumbered_records: u64,
 }
 
 impl LiveStatus {
@@ -189,6 +194,7 @@ pub fn snapshot(shared: &Shared, appliance: &str, started_ms: u64, now_ms: u64) 
         last_error: link.last_error.clone(),
         last_error_ms: link.last_error_ms,
         buffer_write_failures: b.write_failures(),
+        renumbered_records: b.renumbered(),
     }
 }
 
@@ -357,6 +363,8 @@ pub struct Report {
     pub last_error_ms: Option<u64>,
     /// From `status.json`: failed offline buffer writes of the run.
     pub buffer_write_failures: Option<u64>,
+    /// From `status.json`: records renumbered after a buffer reset.
+    pub renumbered_records: Option<u64>,
 }
 
 /// Who the agent is, from its identity file.
@@ -411,6 +419,7 @@ impl Report {
             last_error: live.and_then(|s| s.last_error.clone()),
             last_error_ms: live.and_then(|s| s.last_error_ms),
             buffer_write_failures: live.map(|s| s.buffer_write_failures),
+            renumbered_records: live.map(|s| s.renumbered_records),
         }
     }
 
@@ -524,6 +533,7 @@ mod tests {
             last_error: None,
             last_error_ms: None,
             buffer_write_failures: 0,
+            renumbered_records: 0,
         }
     }
 
