@@ -351,6 +351,7 @@ pub async fn run(run: &ConsoleRun, dir: &Path) -> anyhow::Result<Vec<Report>> {
             tenant: "acme".into(),
             role: outpost_central::model::Role::Admin,
             customers: vec![],
+            ttl: None,
         },
         1,
     )

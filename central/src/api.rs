@@ -133,14 +133,28 @@ pub fn router(c: Arc<Central>) -> Router {
         )
         .route("/deployments/{id}", get(crate::api_deploy::show))
         .route("/deployments/{id}/{action}", post(crate::api_deploy::act))
-        .route("/tokens", post(create_token))
+        .route(
+            "/tokens",
+            get(crate::api_credentials::list).post(create_token),
+        )
+        .route("/tokens/{id}/revoke", post(crate::api_credentials::revoke))
         .route("/users", post(create_user))
+        .route(
+            "/users/{name}",
+            axum::routing::delete(crate::api_credentials::remove_user),
+        )
         .route("/users/{name}/password", put(change_password))
         .route_layer(middleware::from_fn_with_state(c.clone(), authenticate));
     let admin = Router::new()
         .route("/sites", post(admin_site))
         .route("/tokens", post(admin_token))
+        .route("/tokens/list", post(crate::api_credentials::admin_list))
+        .route("/tokens/revoke", post(crate::api_credentials::admin_revoke))
         .route("/users", post(admin_user))
+        .route(
+            "/users/remove",
+            post(crate::api_credentials::admin_remove_user),
+        )
         .route_layer(middleware::from_fn_with_state(c.clone(), operator));
     Router::new()
         .nest("/api/v1/admin", admin)
@@ -203,12 +217,14 @@ async fn credential_of(
 ) -> Result<Option<(Principal, Credential)>, ApiError> {
     if let Some(t) = bearer(h) {
         let hash = ops::sha256(t);
-        return Ok(c
-            .store
-            .api_token(&hash)
-            .await
-            .map_err(internal)?
-            .map(|r| (r.principal, Credential::Token)));
+        let Some(r) = c.store.api_token(&hash).await.map_err(internal)? else {
+            return Ok(None);
+        };
+        // Revoked or expired: 401 naming why (not "invalid"), counted.
+        if let Some(why) = r.refusal(crate::now_ms()) {
+            return Err(crate::api_credentials::refused(c, &r, &why));
+        }
+        return Ok(Some((r.principal, Credential::Token)));
     }
     if let Some(v) = session_cookie(h) {
         let hash = ops::sha256(&v);
@@ -1127,6 +1143,9 @@ pub struct TenantToken {
     pub role: Role,
     #[serde(default)]
     pub customers: Vec<CustomerId>,
+    /// Lifetime (see [`ops::CreateToken::ttl`]); none: no expiry.
+    #[serde(default)]
+    pub ttl: Option<String>,
 }
 
 /// `p` may grant `role` over `customers` ([`Principal::may_grant`]), else 403.
@@ -1145,9 +1164,10 @@ async fn create_token(
         tenant: p.tenant.clone(),
         role: r.role,
         customers: r.customers,
+        ttl: r.ttl,
     };
-    let t = ops::create_token(c.store.as_ref(), &req, crate::now_ms()).await?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({ "token": t }))))
+    let t = ops::create_token_by(c.store.as_ref(), &req, &p.name, crate::now_ms()).await?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!(t))))
 }
 
 #[derive(Debug, Deserialize)]
@@ -1274,8 +1294,8 @@ async fn admin_token(
     State(c): State<Arc<Central>>,
     Json(r): Json<ops::CreateToken>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let t = ops::create_token(c.store.as_ref(), &r, crate::now_ms()).await?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({ "token": t }))))
+    let t = ops::create_token_by(c.store.as_ref(), &r, ops::OPERATOR, crate::now_ms()).await?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!(t))))
 }
 
 /// The operator adds a user or replaces one (its sessions end).

@@ -43,6 +43,9 @@ crate::testing::on_both_backends!(
     the_pdf_report_shows_the_figures_of_the_json_report,
     the_top_cve_list_from_the_index_equals_the_one_from_the_findings_rows,
     the_device_list_filters_by_a_tag_its_site_sent,
+    a_revoked_or_expired_token_is_refused_naming_why_and_counted,
+    a_scoped_admin_lists_and_revokes_only_tokens_within_its_customers,
+    removing_a_user_ends_its_sessions_and_its_login,
 );
 
 /// A central with tenant `msp`, one site (customer `dental`) and an admin
@@ -59,6 +62,7 @@ async fn fixture_with(limits: crate::CentralLimits) -> Fixture {
             tenant: "msp".into(),
             role: Role::Admin,
             customers: vec![],
+            ttl: None,
         },
         1,
     )
@@ -384,6 +388,7 @@ async fn token(f: &Fixture, role: Role, customers: &[&str]) -> String {
             tenant: "msp".into(),
             role,
             customers: customers.iter().map(|c| (*c).into()).collect(),
+            ttl: None,
         },
         1,
     )
@@ -962,6 +967,7 @@ async fn patch_compliance_shows_per_customer_site_and_device_within_the_callers_
             tenant: "other".into(),
             role: Role::Admin,
             customers: vec![],
+            ttl: None,
         },
         1,
     )
@@ -1207,6 +1213,7 @@ async fn cve_exposure_device_patches_and_reports_stay_within_the_callers_scope()
             tenant: "other".into(),
             role: Role::Admin,
             customers: vec![],
+            ttl: None,
         },
         1,
     )
@@ -1599,4 +1606,336 @@ async fn the_device_list_filters_by_a_tag_its_site_sent() {
     assert!(ids(&page).is_empty(), "exact: {page}");
     let page = f.get_json("/api/v1/devices").await;
     assert_eq!(ids(&page).len(), 3, "no tag: every device");
+}
+
+async fn get_as(f: &Fixture, uri: &str, token: &str) -> (u16, String) {
+    let auth = bearer(token);
+    let (st, _, body) = request(f, "GET", uri, &[("authorization", &auth)], "", None).await;
+    (st, body)
+}
+
+/// The id (`token:ID`) under which a listing shows the token whose
+/// principal `GET /api/v1/me` names.
+async fn id_of(f: &Fixture, token: &str) -> String {
+    let (st, me) = get_as(f, "/api/v1/me", token).await;
+    assert_eq!(st, 200, "{me}");
+    let me: Value = serde_json::from_str(&me).unwrap();
+    me["name"].as_str().unwrap().to_string()
+}
+
+fn error_of(body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_string()
+}
+
+/// A revoked token and an expired one (made with an explicit clock: an
+/// hour-long token created at 1 ms) answer 401 naming the token and why,
+/// counted by reason; the listing shows their states and never a secret;
+/// the revocation is audited; a `ttl` out of bounds is a 400.
+async fn a_revoked_or_expired_token_is_refused_naming_why_and_counted() {
+    let f = fixture().await;
+    let admin_id = id_of(&f, &f.token).await;
+    let tech = token(&f, Role::Technician, &["dental"]).await;
+    let tech_id = id_of(&f, &tech).await;
+    let old = ops::create_token_by(
+        f.central.store.as_ref(),
+        &ops::CreateToken {
+            tenant: "msp".into(),
+            role: Role::Viewer,
+            customers: vec![],
+            ttl: Some("1h".into()),
+        },
+        "alice",
+        1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(old.expires_ms, Some(3_600_001));
+
+    let (st, body) = get_as(&f, "/api/v1/tokens", &f.token).await;
+    assert_eq!(st, 200, "{body}");
+    for secret in [&f.token, &tech, &old.token] {
+        assert!(!body.contains(secret.as_str()), "{body}");
+    }
+    assert!(!body.contains("oct_"), "{body}");
+    let list: Value = serde_json::from_str(&body).unwrap();
+    let row = |id: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("{id} in {list}"))
+            .clone()
+    };
+    assert_eq!(row(&tech_id)["state"], "active");
+    assert_eq!(row(&tech_id)["role"], "technician");
+    assert_eq!(row(&tech_id)["customers"], serde_json::json!(["dental"]));
+    assert_eq!(row(&old.id)["state"], "expired");
+    assert_eq!(row(&old.id)["created_by"], "alice");
+    assert_eq!(row(&old.id)["expires_ms"], 3_600_001);
+
+    let (st, _) = get_as(&f, "/api/v1/me", &tech).await;
+    assert_eq!(st, 200);
+    let uri = format!("/api/v1/tokens/{tech_id}/revoke");
+    let (st, body) = post_json(&f, &uri, &f.token, "").await;
+    assert_eq!(st, 200, "{body}");
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(r["revoked_now"], true);
+    assert_eq!(r["token"]["state"], "revoked");
+    assert_eq!(r["token"]["revoked_by"], admin_id.as_str());
+    let (st, body) = get_as(&f, "/api/v1/me", &tech).await;
+    assert_eq!(st, 401, "{body}");
+    let m = error_of(&body);
+    assert!(
+        m.contains(&format!("API token {tech_id} was revoked at"))
+            && m.contains(&format!("by {admin_id}")),
+        "{m}"
+    );
+    let (st, body) = get_as(&f, "/api/v1/devices", &old.token).await;
+    assert_eq!(st, 401, "{body}");
+    let m = error_of(&body);
+    assert!(
+        m.contains(&format!(
+            "API token {} expired at 1970-01-01T01:00:00Z",
+            old.id
+        )),
+        "{m}"
+    );
+    // Revoking again changes nothing.
+    let (st, body) = post_json(&f, &uri, &f.token, "").await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains(r#""revoked_now":false"#), "{body}");
+
+    let metrics = f.central.metrics.encode(false);
+    for reason in ["token_revoked", "token_expired"] {
+        assert!(
+            metrics.contains(&format!(
+                r#"outpost_central_api_rejects_total{{reason="{reason}"}} 1"#
+            )),
+            "{reason}: {metrics}"
+        );
+    }
+    let (st, audit) = get_as(&f, "/api/v1/audit", &f.token).await;
+    assert_eq!(st, 200);
+    let audit: Value = serde_json::from_str(&audit).unwrap();
+    let revokes: Vec<&Value> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "token.revoke")
+        .collect();
+    assert_eq!(revokes.len(), 1, "{audit}");
+    assert_eq!(revokes[0]["actor"], admin_id.as_str());
+    assert_eq!(revokes[0]["target"], tech_id.as_str());
+
+    // `ttl` at creation: bounded, answered with the expiry.
+    for bad in [r#""10s""#, r#""400d""#, r#""soon""#] {
+        let body = format!(r#"{{"role":"viewer","ttl":{bad}}}"#);
+        let (st, resp) = post_json(&f, "/api/v1/tokens", &f.token, &body).await;
+        assert_eq!(st, 400, "{body}: {resp}");
+        assert!(error_of(&resp).contains("ttl"), "{resp}");
+    }
+    let (st, resp) = post_json(
+        &f,
+        "/api/v1/tokens",
+        &f.token,
+        r#"{"role":"viewer","ttl":"30d"}"#,
+    )
+    .await;
+    assert_eq!(st, 201, "{resp}");
+    let made: Value = serde_json::from_str(&resp).unwrap();
+    assert!(made["expires_ms"].as_u64().unwrap() > crate::now_ms());
+    let (st, _) = get_as(&f, "/api/v1/me", made["token"].as_str().unwrap()).await;
+    assert_eq!(st, 200, "not expired yet");
+}
+
+/// An admin limited to `dental` lists only the tokens it could have
+/// granted, and revoking another customer's or a tenant-wide token is a
+/// 403 (the token keeps working); within its scope it revokes.
+async fn a_scoped_admin_lists_and_revokes_only_tokens_within_its_customers() {
+    let f = fixture().await;
+    let scoped = token(&f, Role::Admin, &["dental"]).await;
+    let vet = token(&f, Role::Viewer, &["vet"]).await;
+    let wide = token(&f, Role::Viewer, &[]).await;
+    let dental = token(&f, Role::Viewer, &["dental"]).await;
+    let (vet_id, wide_id, dental_id) = (
+        id_of(&f, &vet).await,
+        id_of(&f, &wide).await,
+        id_of(&f, &dental).await,
+    );
+    let (st, body) = get_as(&f, "/api/v1/tokens", &scoped).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains(&dental_id), "{body}");
+    assert!(
+        !body.contains(&vet_id) && !body.contains(&wide_id) && !body.contains("vet"),
+        "{body}"
+    );
+    for id in [&vet_id, &wide_id] {
+        let (st, body) = post_json(&f, &format!("/api/v1/tokens/{id}/revoke"), &scoped, "").await;
+        assert_eq!(st, 403, "{id}: {body}");
+        assert!(error_of(&body).contains("outside your scope"), "{body}");
+    }
+    assert_eq!(get_as(&f, "/api/v1/me", &vet).await.0, 200, "not revoked");
+    assert_eq!(get_as(&f, "/api/v1/me", &wide).await.0, 200, "not revoked");
+    let (st, body) = post_json(
+        &f,
+        &format!("/api/v1/tokens/{dental_id}/revoke"),
+        &scoped,
+        "",
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(get_as(&f, "/api/v1/me", &dental).await.0, 401);
+    let (st, _) = post_json(&f, "/api/v1/tokens/token:0123456789ab/revoke", &scoped, "").await;
+    assert_eq!(st, 404);
+    let (st, _) = post_json(&f, "/api/v1/tokens/not-an-id/revoke", &scoped, "").await;
+    assert_eq!(st, 400);
+    // Listing and revoking are an admin's.
+    assert_eq!(get_as(&f, "/api/v1/tokens", &vet).await.0, 403);
+    // Another tenant's token is not found.
+    let other = ops::create_token(
+        f.central.store.as_ref(),
+        &ops::CreateToken {
+            tenant: "other".into(),
+            role: Role::Admin,
+            customers: vec![],
+            ttl: None,
+        },
+        1,
+    )
+    .await
+    .unwrap();
+    let other_id = id_of(&f, &other).await;
+    let (st, _) = post_json(
+        &f,
+        &format!("/api/v1/tokens/{other_id}/revoke"),
+        &f.token,
+        "",
+    )
+    .await;
+    assert_eq!(st, 404);
+    assert_eq!(get_as(&f, "/api/v1/me", &other).await.0, 200);
+    // The operator revokes any tenant's token.
+    let op = f.central.keys.admin_token.clone();
+    let (st, body) = post_json(
+        &f,
+        "/api/v1/admin/tokens/list",
+        &op,
+        r#"{"tenant":"other"}"#,
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains(&other_id) && !body.contains(&other), "{body}");
+    let (st, body) = post_json(
+        &f,
+        "/api/v1/admin/tokens/revoke",
+        &op,
+        &format!(r#"{{"tenant":"other","id":"{other_id}"}}"#),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains(r#""revoked_by":"operator""#), "{body}");
+    assert_eq!(get_as(&f, "/api/v1/me", &other).await.0, 401);
+}
+
+/// Removing a user (an admin within its scope, or the operator) ends its
+/// open sessions and its login, audited; a scoped admin cannot remove a
+/// tenant-wide user.
+async fn removing_a_user_ends_its_sessions_and_its_login() {
+    let f = fixture().await;
+    let alice = r#"{"name":"alice","role":"technician","password":"correct horse"}"#;
+    assert_eq!(post_json(&f, "/api/v1/users", &f.token, alice).await.0, 201);
+    let bob = r#"{"name":"bob","role":"viewer","customers":["dental"],"password":"correct horse"}"#;
+    assert_eq!(post_json(&f, "/api/v1/users", &f.token, bob).await.0, 201);
+    let (st, h, _) = login(&f, "alice", "correct horse", None).await;
+    assert_eq!(st, 200);
+    let session = cookie_of(&h);
+    let me = |cookie: String| {
+        let f = &f;
+        async move {
+            request(f, "GET", "/api/v1/me", &[("cookie", &cookie)], "", None)
+                .await
+                .0
+        }
+    };
+    assert_eq!(me(session.clone()).await, 200);
+
+    let scoped = token(&f, Role::Admin, &["dental"]).await;
+    let del = |who: String, name: &'static str| {
+        let f = &f;
+        async move {
+            let auth = bearer(&who);
+            let (st, _, body) = request(
+                f,
+                "DELETE",
+                &format!("/api/v1/users/{name}"),
+                &[("authorization", &auth)],
+                "",
+                None,
+            )
+            .await;
+            (st, body)
+        }
+    };
+    let (st, body) = del(scoped.clone(), "alice").await;
+    assert_eq!(st, 403, "{body}");
+    assert_eq!(me(session.clone()).await, 200, "still signed in");
+
+    let (st, body) = del(f.token.clone(), "alice").await;
+    assert_eq!(st, 200, "{body}");
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (r["user"].as_str(), r["sessions_ended"].as_u64()),
+        (Some("alice"), Some(1))
+    );
+    assert_eq!(me(session).await, 401, "the open session ended");
+    assert_eq!(login(&f, "alice", "correct horse", None).await.0, 401);
+    assert_eq!(del(f.token.clone(), "alice").await.0, 404);
+    // Within its scope a scoped admin removes; the operator removes any.
+    let (st, h, _) = login(&f, "bob", "correct horse", None).await;
+    assert_eq!(st, 200);
+    let bob_session = cookie_of(&h);
+    assert_eq!(del(scoped.clone(), "bob").await.0, 200);
+    assert_eq!(me(bob_session).await, 401);
+    let carol = r#"{"name":"carol","role":"viewer","password":"correct horse"}"#;
+    assert_eq!(post_json(&f, "/api/v1/users", &f.token, carol).await.0, 201);
+    let op = f.central.keys.admin_token.clone();
+    let (st, body) = post_json(
+        &f,
+        "/api/v1/admin/users/remove",
+        &op,
+        r#"{"tenant":"msp","name":"carol"}"#,
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(login(&f, "carol", "correct horse", None).await.0, 401);
+
+    let (_, audit) = get_as(&f, "/api/v1/audit", &f.token).await;
+    let audit: Value = serde_json::from_str(&audit).unwrap();
+    let removals: Vec<(String, String)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "user.remove")
+        .map(|r| {
+            (
+                r["actor"].as_str().unwrap().to_string(),
+                r["target"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let scoped_id = id_of(&f, &scoped).await;
+    let admin_id = id_of(&f, &f.token).await;
+    assert_eq!(
+        removals,
+        [
+            ("operator".to_string(), "carol".to_string()),
+            (scoped_id, "bob".to_string()),
+            (admin_id, "alice".to_string()),
+        ],
+        "newest first"
+    );
 }

@@ -479,7 +479,12 @@ impl ConsoleBackend for CentralConsole {
                 (None, Some(s)) => ops::sha256(&s),
                 (None, None) => return Ok(None),
             };
-            let p = api::principal_of(&self.central, h).await.map_err(err)?;
+            let p = match api::principal_of(&self.central, h).await {
+                Ok(p) => p,
+                // A revoked or expired token: no viewer (sign in).
+                Err(ApiError::Unauthorized(_)) => None,
+                Err(e) => return Err(err(e)),
+            };
             Ok(p.map(|p| viewer_of(p, subject)))
         })
     }

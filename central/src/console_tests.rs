@@ -346,6 +346,7 @@ async fn an_ack_with_a_comment_goes_through_the_ack_path_into_the_alerts_history
                 tenant: "msp".into(),
                 role: Role::Technician,
                 customers: vec![],
+                ttl: None,
             },
             1,
         )

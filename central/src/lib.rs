@@ -15,6 +15,7 @@
 pub mod api;
 pub mod api_bulk;
 pub mod api_commands;
+pub mod api_credentials;
 pub mod api_deploy;
 #[cfg(test)]
 mod api_device_tags_tests;

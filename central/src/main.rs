@@ -203,6 +203,30 @@ enum TokenCmd {
         /// Limit the token to these customers (repeatable).
         #[arg(long = "customer")]
         customers: Vec<String>,
+        /// Refused after this long (seconds or e.g. `90d`, 1m to 365d);
+        /// default: no expiry.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Lists the tenant's tokens (never a secret): ID ROLE CUSTOMERS
+    /// CREATED CREATED_BY EXPIRES STATE per line.
+    List {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        /// The JSON array instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revokes a token (`token:ID` or `ID`, as `token list` shows it): it
+    /// is refused from now on.
+    Revoke {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        id: String,
     },
 }
 
@@ -221,6 +245,16 @@ enum UserCmd {
         role: Role,
         #[arg(long = "customer")]
         customers: Vec<String>,
+    },
+    /// Removes a web user: it can no longer log in and its sessions end
+    /// (API tokens it created stay: `token list` shows who created each).
+    Remove {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -486,13 +520,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     tenant,
                     role,
                     customers,
+                    ttl,
                 },
         } => {
             let dir = CentralDir(data);
+            if let Some(t) = &ttl {
+                ops::parse_token_ttl(t)?;
+            }
             let req = ops::CreateToken {
                 tenant: tenant.into(),
                 role,
                 customers: customers.into_iter().map(Into::into).collect(),
+                ttl,
             };
             #[derive(serde::Deserialize)]
             struct Created {
@@ -506,6 +545,78 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await?;
             println!("{}", c.token);
+            Ok(())
+        }
+        Cmd::Token {
+            cmd: TokenCmd::List { data, tenant, json },
+        } => {
+            let dir = CentralDir(data);
+            let req = ops::ListTokens {
+                tenant: tenant.into(),
+            };
+            let t2 = req.tenant.clone();
+            let v: Vec<ops::TokenInfo> =
+                operate(&dir, "/api/v1/admin/tokens/list", &req, async move |s| {
+                    ops::list_tokens(s, &t2, outpost_central::now_ms()).await
+                })
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for t in &v {
+                    println!("{}", token_line(t));
+                }
+            }
+            Ok(())
+        }
+        Cmd::Token {
+            cmd: TokenCmd::Revoke { data, tenant, id },
+        } => {
+            let dir = CentralDir(data);
+            let req = ops::RevokeToken {
+                tenant: tenant.into(),
+                id,
+            };
+            let r2 = req.clone();
+            let r: ops::TokenRevoked =
+                operate(&dir, "/api/v1/admin/tokens/revoke", &req, async move |s| {
+                    let id = ops::token_id(&r2.id)?;
+                    ops::revoke_token(s, &r2.tenant, id, ops::OPERATOR, outpost_central::now_ms())
+                        .await?
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("tenant {} has no token token:{id}", r2.tenant)
+                        })
+                })
+                .await?;
+            match r.revoked_now {
+                true => println!("revoked {}", r.token.id),
+                false => println!("{} was revoked already", r.token.id),
+            }
+            Ok(())
+        }
+        Cmd::User {
+            cmd: UserCmd::Remove { data, tenant, name },
+        } => {
+            let dir = CentralDir(data);
+            let req = ops::RemoveUser {
+                tenant: tenant.into(),
+                name,
+            };
+            let r2 = req.clone();
+            let r: ops::UserRemoved =
+                operate(&dir, "/api/v1/admin/users/remove", &req, async move |s| {
+                    ops::remove_user(
+                        s,
+                        &r2.tenant,
+                        &r2.name,
+                        ops::OPERATOR,
+                        outpost_central::now_ms(),
+                    )
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("tenant {} has no user {}", r2.tenant, r2.name))
+                })
+                .await?;
+            println!("removed {} ({} sessions ended)", r.user, r.sessions_ended);
             Ok(())
         }
         Cmd::User {
@@ -549,4 +660,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Cmd::ApprovalRules { .. }
         | Cmd::Devices { .. } => bail!("API clients are run by main"),
     }
+}
+
+/// One line of `token list`: ID ROLE CUSTOMERS CREATED CREATED_BY EXPIRES
+/// STATE (`*`: every customer; `-`: unknown or none).
+fn token_line(t: &ops::TokenInfo) -> String {
+    let time = |ms: u64| {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        )
+        .to_string()
+    };
+    let customers = match t.customers.is_empty() {
+        true => "*".to_string(),
+        false => t
+            .customers
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    };
+    format!(
+        "{} {} {} {} {} {} {}",
+        t.id,
+        t.role.as_str(),
+        customers,
+        time(t.created_ms),
+        t.created_by.as_deref().unwrap_or("-"),
+        t.expires_ms.map(time).unwrap_or_else(|| "-".into()),
+        t.state
+    )
 }

@@ -44,7 +44,8 @@ pub struct CentralMetrics {
     pub connections_active: Gauge,
     pub connection_rejects: Family<ReasonLabel, Counter>,
     /// API requests refused before their handler, by reason
-    /// (`api_cross_origin`: a session-cookie write from another origin).
+    /// (`api_cross_origin`: a session-cookie write from another origin;
+    /// `token_revoked`, `token_expired`: an API token no longer valid).
     pub api_rejects: Family<ReasonLabel, Counter>,
     pub joins: Counter,
     pub api_requests: Family<RouteLabel, Counter>,

@@ -547,7 +547,10 @@ fn convert(step: Step, k: &[u8], v: &[u8], customers: &Customers) -> Result<Vec<
                     )]
                 }
                 b't' => {
-                    let t: ApiTokenRecord = de(v)?;
+                    // Copied as stored (its own layout: the record, then
+                    // its expiry and revocation section).
+                    let t = ApiTokenRecord::from_stored(v)
+                        .map_err(|e| format!("decoding the row: {e}"))?;
                     vec![w(
                         "api_tokens",
                         "INSERT INTO api_tokens (token_hash, tenant_id, body) VALUES ($1, $2, $3) \

@@ -796,12 +796,95 @@ impl Principal {
     }
 }
 
-/// An API token (stored by SHA-256 of the secret).
+/// An API token (stored by SHA-256 of the secret, in the layout of
+/// [`ApiTokenRecord::to_stored`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiTokenRecord {
     pub id: String,
     pub principal: Principal,
     pub created_ms: u64,
+    /// Expiry, creator and revocation: stored after the record's own
+    /// bytes (the codec cannot take a new trailing field), default for a
+    /// token stored before they existed.
+    #[serde(skip)]
+    pub life: TokenLife,
+}
+
+/// What an API token carries beside its principal: when it ends and who
+/// made and revoked it. A later addition goes in a further section after
+/// this one (see [`ApiTokenRecord::to_stored`]), never inside it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenLife {
+    /// Refused from this time on (`None`: no expiry).
+    pub expires_ms: Option<u64>,
+    /// The principal that created it (`operator` for the CLI), when known
+    /// (`None` for a token created before central recorded it).
+    pub created_by: Option<String>,
+    /// Refused from this time on.
+    pub revoked_ms: Option<u64>,
+    pub revoked_by: Option<String>,
+}
+
+/// Why a stored API token is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenRefusal {
+    Revoked { at_ms: u64, by: Option<String> },
+    Expired { at_ms: u64 },
+}
+
+impl TokenRefusal {
+    /// The reason label of `outpost_central_api_rejects_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TokenRefusal::Revoked { .. } => "token_revoked",
+            TokenRefusal::Expired { .. } => "token_expired",
+        }
+    }
+}
+
+impl ApiTokenRecord {
+    /// The principal name of the token (`token:ID`): its name in the
+    /// audit log, in `created_by`, and its id in listings.
+    pub fn name(&self) -> String {
+        format!("token:{}", self.id)
+    }
+
+    /// Why the token is refused at `now_ms`, if it is: revoked (first), or
+    /// expired (from its expiry time on).
+    pub fn refusal(&self, now_ms: u64) -> Option<TokenRefusal> {
+        if let Some(at_ms) = self.life.revoked_ms {
+            return Some(TokenRefusal::Revoked {
+                at_ms,
+                by: self.life.revoked_by.clone(),
+            });
+        }
+        match self.life.expires_ms {
+            Some(at_ms) if now_ms >= at_ms => Some(TokenRefusal::Expired { at_ms }),
+            _ => None,
+        }
+    }
+
+    /// The stored bytes: the record's encoding, followed by its
+    /// [`TokenLife`] unless that is the default (a token without expiry,
+    /// creator or revocation keeps the bytes it always had).
+    pub fn to_stored(&self) -> Result<Vec<u8>, outpost_proto::codec::CodecError> {
+        let mut out = outpost_proto::codec::encode(self)?;
+        if self.life != TokenLife::default() {
+            outpost_proto::codec::encode_into(&self.life, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Decodes what [`ApiTokenRecord::to_stored`] wrote (or a row written
+    /// before the [`TokenLife`] section existed).
+    pub fn from_stored(bytes: &[u8]) -> Result<ApiTokenRecord, outpost_proto::codec::CodecError> {
+        let (mut t, used): (ApiTokenRecord, usize) = outpost_proto::codec::decode_prefix(bytes)?;
+        let rest = bytes.get(used..).unwrap_or_default();
+        if !rest.is_empty() {
+            t.life = outpost_proto::codec::decode(rest)?;
+        }
+        Ok(t)
+    }
 }
 
 /// A web user.
@@ -972,6 +1055,7 @@ mod tests {
                     id: "ab12".into(),
                     principal: principal(),
                     created_ms: 9,
+                    life: TokenLife::default(),
                 }),
             ),
             (
@@ -1081,6 +1165,59 @@ mod tests {
         let bytes = both.to_stored().unwrap();
         assert_eq!(SiteRecord::from_stored(&bytes).unwrap(), both);
         assert!(SiteRecord::from_stored(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    /// A token row stored before expiry and revocation existed decodes
+    /// with none (never refused); one with them keeps them after the
+    /// record's unchanged bytes, and is refused from the expiry on, or
+    /// once revoked whatever its expiry.
+    #[test]
+    fn token_rows_carry_expiry_and_revocation_after_the_record() {
+        let old_bytes = (0..GOLDEN[6].len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&GOLDEN[6][i..i + 2], 16).unwrap())
+            .collect::<Vec<u8>>();
+        let old = ApiTokenRecord::from_stored(&old_bytes).unwrap();
+        assert_eq!(old.life, TokenLife::default());
+        assert_eq!(old.refusal(u64::MAX), None);
+        assert_eq!(
+            old.to_stored().unwrap(),
+            old_bytes,
+            "no section without one"
+        );
+        assert_eq!(old.name(), "token:ab12");
+        let mut t = old.clone();
+        t.life = TokenLife {
+            expires_ms: Some(1_000),
+            created_by: Some("alice".into()),
+            revoked_ms: None,
+            revoked_by: None,
+        };
+        let bytes = t.to_stored().unwrap();
+        assert!(bytes.starts_with(&old_bytes));
+        assert_eq!(ApiTokenRecord::from_stored(&bytes).unwrap(), t);
+        assert!(ApiTokenRecord::from_stored(&bytes[..bytes.len() - 1]).is_err());
+        assert_eq!(t.refusal(999), None);
+        assert_eq!(
+            t.refusal(1_000),
+            Some(TokenRefusal::Expired { at_ms: 1_000 })
+        );
+        t.life.revoked_ms = Some(500);
+        t.life.revoked_by = Some("bob".into());
+        let r = t.refusal(10).unwrap();
+        assert_eq!(
+            r,
+            TokenRefusal::Revoked {
+                at_ms: 500,
+                by: Some("bob".into())
+            }
+        );
+        assert_eq!(r.reason(), "token_revoked");
+        assert_eq!(
+            t.refusal(2_000).map(|r| r.reason()),
+            Some("token_revoked"),
+            "revoked first"
+        );
     }
 
     #[test]

@@ -1145,11 +1145,98 @@ impl RocksCentralStore {
         Ok(out)
     }
 
+    /// Token rows have their own layout ([`ApiTokenRecord::to_stored`]).
     pub fn put_api_token(&self, hash: &[u8; 32], rec: &ApiTokenRecord) -> Result<()> {
-        self.put_one(CF_AUTH, &auth_key(b't', hash), rec)
+        let mut wb = WriteBatch::default();
+        wb.put_cf(self.cf(CF_AUTH)?, auth_key(b't', hash), rec.to_stored()?);
+        self.write(wb)
     }
     pub fn api_token(&self, hash: &[u8; 32]) -> Result<Option<ApiTokenRecord>> {
-        self.get(CF_AUTH, &auth_key(b't', hash))
+        match self
+            .db
+            .get_cf(self.cf(CF_AUTH)?, auth_key(b't', hash))
+            .map_err(be)?
+        {
+            Some(v) => Ok(Some(ApiTokenRecord::from_stored(&v)?)),
+            None => Ok(None),
+        }
+    }
+    /// The tokens of `tenant` with their keys (tokens are few: the scan
+    /// over every tenant's token rows is the listing's whole cost).
+    fn api_tokens_keyed(&self, tenant: &str) -> Result<Vec<(Vec<u8>, ApiTokenRecord)>> {
+        let p = auth_key(b't', &[]);
+        let it = self.db.iterator_cf(
+            self.cf(CF_AUTH)?,
+            IteratorMode::From(&p, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in it {
+            let (k, v) = item.map_err(be)?;
+            if !k.starts_with(&p) {
+                break;
+            }
+            let t = ApiTokenRecord::from_stored(&v)?;
+            if t.principal.tenant.as_str() == tenant {
+                out.push((k.to_vec(), t));
+            }
+        }
+        out.sort_by(|a, b| (a.1.created_ms, &a.1.id).cmp(&(b.1.created_ms, &b.1.id)));
+        Ok(out)
+    }
+    pub fn api_tokens(&self, tenant: &str) -> Result<Vec<ApiTokenRecord>> {
+        Ok(self
+            .api_tokens_keyed(tenant)?
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect())
+    }
+    /// See [`AuthStore::revoke_api_token`].
+    pub fn revoke_api_token(
+        &self,
+        tenant: &str,
+        id: &str,
+        by: &str,
+        now_ms: u64,
+        audit: &AuditRow,
+    ) -> Result<Option<(ApiTokenRecord, bool)>> {
+        let _g = self.auth_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((k, mut t)) = self
+            .api_tokens_keyed(tenant)?
+            .into_iter()
+            .find(|(_, t)| t.id == id)
+        else {
+            return Ok(None);
+        };
+        if t.life.revoked_ms.is_some() {
+            return Ok(Some((t, false)));
+        }
+        t.life.revoked_ms = Some(now_ms);
+        t.life.revoked_by = Some(by.to_string());
+        let mut wb = WriteBatch::default();
+        wb.put_cf(self.cf(CF_AUTH)?, k, t.to_stored()?);
+        self.put_audit(&mut wb, audit)?;
+        self.write(wb)?;
+        Ok(Some((t, true)))
+    }
+    /// See [`AuthStore::remove_user`].
+    pub fn remove_user(
+        &self,
+        tenant: &str,
+        name: &str,
+        audit: &AuditRow,
+        now_ms: u64,
+    ) -> Result<Option<u64>> {
+        let _g = self.auth_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let k = user_key(tenant, name);
+        if self.get::<UserRecord>(CF_AUTH, &k)?.is_none() {
+            return Ok(None);
+        }
+        let mut wb = WriteBatch::default();
+        let ended = self.end_sessions_into(&mut wb, tenant, name, now_ms)?;
+        wb.delete_cf(self.cf(CF_AUTH)?, &k);
+        self.put_audit(&mut wb, audit)?;
+        self.write(wb)?;
+        Ok(Some(ended))
     }
     /// Stores (or replaces) a user; a replaced user's sessions end.
     pub fn put_user(&self, u: &UserRecord, now_ms: u64) -> Result<u64> {
@@ -2160,6 +2247,44 @@ impl AuthStore for RocksCentralStore {
     fn api_token<'a>(&'a self, hash: &'a [u8; 32]) -> StoreFuture<'a, Option<ApiTokenRecord>> {
         let (st, hash) = (self.clone(), *hash);
         blocking(move || st.api_token(&hash))
+    }
+
+    fn api_tokens<'a>(&'a self, tenant: &'a TenantId) -> StoreFuture<'a, Vec<ApiTokenRecord>> {
+        let (st, t) = (self.clone(), tenant.to_owned());
+        blocking(move || st.api_tokens(&t))
+    }
+
+    fn revoke_api_token<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: &'a str,
+        by: &'a str,
+        now_ms: u64,
+        audit: &'a AuditRow,
+    ) -> StoreFuture<'a, Option<(ApiTokenRecord, bool)>> {
+        let (st, t, id, by, audit) = (
+            self.clone(),
+            tenant.to_owned(),
+            id.to_owned(),
+            by.to_owned(),
+            audit.clone(),
+        );
+        blocking(move || st.revoke_api_token(&t, &id, &by, now_ms, &audit))
+    }
+
+    fn remove_user<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        name: &'a str,
+        audit: &'a AuditRow,
+    ) -> StoreFuture<'a, Option<u64>> {
+        let (st, t, n, audit) = (
+            self.clone(),
+            tenant.to_owned(),
+            name.to_owned(),
+            audit.clone(),
+        );
+        blocking(move || st.remove_user(&t, &n, &audit, crate::now_ms()))
     }
 
     fn put_user<'a>(&'a self, user: &'a UserRecord) -> StoreFuture<'a, u64> {

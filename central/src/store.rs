@@ -985,7 +985,24 @@ pub trait AuthStore: Send + Sync + 'static {
         hash: &'a [u8; 32],
         rec: &'a ApiTokenRecord,
     ) -> StoreFuture<'a, ()>;
+    /// The token stored under `hash`, whatever its state: the caller
+    /// refuses a revoked or expired one ([`ApiTokenRecord::refusal`]).
     fn api_token<'a>(&'a self, hash: &'a [u8; 32]) -> StoreFuture<'a, Option<ApiTokenRecord>>;
+    /// Every API token of `tenant`, revoked and expired ones included,
+    /// oldest first (by creation time, then id).
+    fn api_tokens<'a>(&'a self, tenant: &'a TenantId) -> StoreFuture<'a, Vec<ApiTokenRecord>>;
+    /// Marks token `id` of `tenant` revoked at `now_ms` by `by`, and
+    /// appends `audit`, in one write. `None` if the tenant has no such
+    /// token; `(token, false)` if it was revoked already (left as it was,
+    /// no audit entry), else `(token, true)`.
+    fn revoke_api_token<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: &'a str,
+        by: &'a str,
+        now_ms: u64,
+        audit: &'a crate::commands::AuditRow,
+    ) -> StoreFuture<'a, Option<(ApiTokenRecord, bool)>>;
     /// Stores a user, replacing one of the same tenant and name (the
     /// operator's `user add`); a replaced user's sessions end in the same
     /// write. Returns the number of sessions ended.
@@ -1005,6 +1022,15 @@ pub trait AuthStore: Send + Sync + 'static {
         tenant: &'a TenantId,
         name: &'a str,
         password_hash: &'a str,
+    ) -> StoreFuture<'a, Option<u64>>;
+    /// Removes user `name` of `tenant`, ends every session of it and
+    /// appends `audit`, in one write. `None` if there is no such user,
+    /// else the number of sessions ended.
+    fn remove_user<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        name: &'a str,
+        audit: &'a crate::commands::AuditRow,
     ) -> StoreFuture<'a, Option<u64>>;
     fn put_session<'a>(&'a self, hash: &'a [u8; 32], s: &'a SessionRecord) -> StoreFuture<'a, ()>;
     fn session<'a>(&'a self, hash: &'a [u8; 32]) -> StoreFuture<'a, Option<SessionRecord>>;

@@ -11,7 +11,11 @@ use std::sync::Arc;
 
 use outpost_proto::{SiteId, TenantId};
 
-use crate::model::{JoinTokenRecord, Principal, Role, SessionRecord, SiteRecord, UserRecord};
+use crate::commands::AuditRow;
+use crate::model::{
+    ApiTokenRecord, JoinTokenRecord, Principal, Role, SessionRecord, SiteRecord, TokenLife,
+    UserRecord,
+};
 use crate::store::{
     AlertFilter, AlertPage, AlertStates, ApplyOutcome, CentralStore, CentralStoreError,
     DeviceFilter, RollupQuery,
@@ -108,6 +112,7 @@ both_backends!(
     device_ips_and_tags_follow_the_newest_snapshot_and_feed_search_and_the_tag_filter,
     the_deployment_list_pages_newest_first_within_scope_and_a_deployment_is_read_by_its_id,
     device_facts_many_answers_what_device_facts_answers_device_by_device,
+    a_revoked_token_keeps_its_record_and_a_removed_user_loses_its_sessions_audited,
 );
 
 async fn an_alert_page_filters_in_the_store_keeps_the_newest_and_counts_all(st: Store) {
@@ -503,6 +508,138 @@ async fn an_existing_user_is_a_conflict_and_a_new_password_ends_the_users_sessio
         .unwrap();
     st.delete_session(&[6; 32]).await.unwrap();
     assert!(st.session(&[6; 32]).await.unwrap().is_none());
+}
+
+fn api_token(tenant: &str, id: &str, created_ms: u64, expires_ms: Option<u64>) -> ApiTokenRecord {
+    ApiTokenRecord {
+        id: id.into(),
+        principal: Principal {
+            tenant: tenant.into(),
+            role: Role::Technician,
+            customers: vec!["dental".into()],
+            name: format!("token:{id}"),
+        },
+        created_ms,
+        life: TokenLife {
+            expires_ms,
+            created_by: Some("alice".into()),
+            revoked_ms: None,
+            revoked_by: None,
+        },
+    }
+}
+
+fn audit(tenant: &str, action: &str, target: &str) -> AuditRow {
+    AuditRow {
+        at_ms: 50,
+        tenant: tenant.into(),
+        actor: "alice".into(),
+        action: action.into(),
+        target: target.into(),
+        detail: String::new(),
+    }
+}
+
+/// A tenant lists its own tokens only, oldest first, with their expiry
+/// and creator; a revocation is kept in the token's record (the token is
+/// still found by its hash, refused by the caller) with its audit entry,
+/// once; another tenant's token is not found. Removing a user deletes
+/// it and its sessions (not others'), audited; a second removal finds
+/// nothing.
+async fn a_revoked_token_keeps_its_record_and_a_removed_user_loses_its_sessions_audited(st: Store) {
+    let (msp, other) = (t("msp"), t("other"));
+    let old = ApiTokenRecord {
+        life: TokenLife::default(),
+        ..api_token("msp", "aa01", 1, None)
+    };
+    st.put_api_token(&[1; 32], &api_token("msp", "bb02", 5, Some(1_000)))
+        .await
+        .unwrap();
+    st.put_api_token(&[2; 32], &old).await.unwrap();
+    st.put_api_token(&[3; 32], &api_token("other", "cc03", 2, None))
+        .await
+        .unwrap();
+    let listed = st.api_tokens(&msp).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        ["aa01", "bb02"]
+    );
+    assert_eq!(listed[0], old, "a token without life section round-trips");
+    assert_eq!(listed[1].life.expires_ms, Some(1_000));
+    assert_eq!(listed[1].life.created_by.as_deref(), Some("alice"));
+
+    let a = audit("msp", "token.revoke", "token:bb02");
+    assert!(
+        st.revoke_api_token(&msp, "cc03", "alice", 50, &a)
+            .await
+            .unwrap()
+            .is_none(),
+        "another tenant's token"
+    );
+    let (t1, now) = st
+        .revoke_api_token(&msp, "bb02", "alice", 50, &a)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(now);
+    assert_eq!(
+        (t1.life.revoked_ms, t1.life.revoked_by.as_deref()),
+        (Some(50), Some("alice"))
+    );
+    let (t2, now) = st
+        .revoke_api_token(&msp, "bb02", "bob", 60, &a)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!now, "revoked already");
+    assert_eq!(t2, t1, "the first revocation stays");
+    let stored = st.api_token(&[1; 32]).await.unwrap().unwrap();
+    assert_eq!(stored, t1);
+    assert!(stored.refusal(51).is_some());
+    assert!(
+        st.api_token(&[3; 32])
+            .await
+            .unwrap()
+            .unwrap()
+            .refusal(u64::MAX / 2)
+            .is_none()
+    );
+    let log = st.audit(&msp, 10).await.unwrap();
+    assert_eq!(
+        log.iter().filter(|r| r.action == "token.revoke").count(),
+        1,
+        "{log:?}"
+    );
+    assert!(st.audit(&other, 10).await.unwrap().is_empty());
+
+    let far = u64::MAX / 4;
+    st.create_user(&user("alice", "h1")).await.unwrap();
+    st.create_user(&user("bob", "h2")).await.unwrap();
+    st.put_session(&[7; 32], &session("alice", far))
+        .await
+        .unwrap();
+    st.put_session(&[8; 32], &session("alice", far))
+        .await
+        .unwrap();
+    st.put_session(&[9; 32], &session("bob", far))
+        .await
+        .unwrap();
+    let r = audit("msp", "user.remove", "alice");
+    assert_eq!(st.remove_user(&other, "alice", &r).await.unwrap(), None);
+    assert_eq!(st.remove_user(&msp, "alice", &r).await.unwrap(), Some(2));
+    assert!(st.user(&msp, "alice").await.unwrap().is_none());
+    assert!(st.session(&[7; 32]).await.unwrap().is_none());
+    assert!(st.session(&[8; 32]).await.unwrap().is_none());
+    assert!(st.session(&[9; 32]).await.unwrap().is_some(), "bob's stays");
+    assert_eq!(st.remove_user(&msp, "alice", &r).await.unwrap(), None);
+    let log = st.audit(&msp, 10).await.unwrap();
+    assert_eq!(
+        log.iter().filter(|r| r.action == "user.remove").count(),
+        1,
+        "{log:?}"
+    );
+    // The name is free again.
+    st.create_user(&user("alice", "h3")).await.unwrap();
 }
 
 /// A second site of the same id is a conflict; an acknowledgement marks

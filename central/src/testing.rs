@@ -193,6 +193,7 @@ pub async fn token(
             tenant: tenant.into(),
             role,
             customers: customers.iter().map(|c| (*c).into()).collect(),
+            ttl: None,
         },
         1,
     )

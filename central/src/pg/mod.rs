@@ -99,6 +99,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "deployment_reads",
         include_str!("V15__deployment_reads.sql"),
     ),
+    (
+        16,
+        "api_token_lists",
+        include_str!("V16__api_token_lists.sql"),
+    ),
 ];
 
 /// The apply error of a rollup whose partition was dropped meanwhile
@@ -2625,7 +2630,11 @@ impl AuthStore for PgCentralStore {
                 &rec.principal.tenant,
                 "INSERT INTO api_tokens (token_hash, tenant_id, body) VALUES ($1, $2, $3) \
                  ON CONFLICT (token_hash) DO UPDATE SET body = excluded.body",
-                &[&&hash[..], &rec.principal.tenant.as_str(), &enc(rec)?],
+                &[
+                    &&hash[..],
+                    &rec.principal.tenant.as_str(),
+                    &rec.to_stored()?,
+                ],
             )
             .await
             .map(|_| ())
@@ -2640,7 +2649,99 @@ impl AuthStore for PgCentralStore {
                     &[&&hash[..]],
                 )
                 .await?;
-            rows.first().map(|r| dec(r.get::<_, &[u8]>(0))).transpose()
+            rows.first()
+                .map(|r| Ok(ApiTokenRecord::from_stored(r.get::<_, &[u8]>(0))?))
+                .transpose()
+        })
+    }
+
+    fn api_tokens<'a>(&'a self, tenant: &'a TenantId) -> StoreFuture<'a, Vec<ApiTokenRecord>> {
+        Box::pin(async move {
+            let rows = self
+                .tenant_query(
+                    tenant,
+                    "SELECT body FROM api_tokens WHERE tenant_id = $1",
+                    &[&tenant.as_str()],
+                )
+                .await?;
+            let mut v = rows
+                .iter()
+                .map(|r| Ok(ApiTokenRecord::from_stored(r.get::<_, &[u8]>(0))?))
+                .collect::<Result<Vec<_>>>()?;
+            v.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+            Ok(v)
+        })
+    }
+
+    fn revoke_api_token<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: &'a str,
+        by: &'a str,
+        now_ms: u64,
+        audit: &'a AuditRow,
+    ) -> StoreFuture<'a, Option<(ApiTokenRecord, bool)>> {
+        Box::pin(async move {
+            let mut c = self.client().await?;
+            let tx = Self::tenant_tx(&mut c, tenant).await?;
+            let rows = tx
+                .query(
+                    "SELECT token_hash, body FROM api_tokens WHERE tenant_id = $1 FOR UPDATE",
+                    &[&tenant.as_str()],
+                )
+                .await
+                .map_err(be)?;
+            let mut found = None;
+            for r in &rows {
+                let t = ApiTokenRecord::from_stored(r.get::<_, &[u8]>(1))?;
+                if t.id == id {
+                    found = Some((r.get::<_, Vec<u8>>(0), t));
+                    break;
+                }
+            }
+            let Some((hash, mut t)) = found else {
+                return Ok(None);
+            };
+            if t.life.revoked_ms.is_some() {
+                return Ok(Some((t, false)));
+            }
+            t.life.revoked_ms = Some(now_ms);
+            t.life.revoked_by = Some(by.to_string());
+            tx.execute(
+                "UPDATE api_tokens SET body = $2 WHERE token_hash = $1",
+                &[&hash, &t.to_stored()?],
+            )
+            .await
+            .map_err(be)?;
+            insert_audit(&tx, audit).await?;
+            tx.commit().await.map_err(be)?;
+            Ok(Some((t, true)))
+        })
+    }
+
+    fn remove_user<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        name: &'a str,
+        audit: &'a AuditRow,
+    ) -> StoreFuture<'a, Option<u64>> {
+        Box::pin(async move {
+            let mut c = self.client().await?;
+            let tx = Self::tenant_tx(&mut c, tenant).await?;
+            let removed = tx
+                .execute(
+                    "DELETE FROM users WHERE tenant_id = $1 AND name = $2",
+                    &[&tenant.as_str(), &name],
+                )
+                .await
+                .map_err(be)?;
+            if removed == 0 {
+                return Ok(None);
+            }
+            let ended = Self::end_sessions(&tx, tenant, name, crate::now_ms()).await?;
+            insert_audit(&tx, audit).await?;
+            tx.commit().await.map_err(be)?;
+            Ok(Some(ended))
         })
     }
 

@@ -98,6 +98,7 @@ async fn token(c: &Central, tenant: &str, role: Role) -> String {
             tenant: tenant.into(),
             role,
             customers: vec![],
+            ttl: None,
         },
         1,
     )
