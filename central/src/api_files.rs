@@ -382,6 +382,8 @@ pub async fn content(
     axum::Extension(p): axum::Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    // A file from a customer's machine: who may not pull it may not read it.
+    crate::api::require(&p, crate::model::Role::Technician)?;
     let f = visible(&c, &p, &id).await?;
     let path = f
         .content_sha()

@@ -166,9 +166,19 @@ async fn a_push_is_stored_with_its_record_and_command_and_refusals_are_413_403_4
     assert_eq!(st, 404);
     let (st, _) = f.push(&zeta, b"x").await;
     assert_eq!(st, 404);
-    // A viewer may not transfer.
+    // A viewer may not transfer, nor read what was transferred.
     let (st, _) = f.push(&viewer, b"x").await;
     assert_eq!(st, 403);
+    let (st, v) = f
+        .call(
+            &viewer,
+            "GET",
+            &format!("/api/v1/files/{id}/content"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(st, 403, "{v}");
     // Over the limit: by Content-Length before the body, or as it streams.
     let (st, v) = f
         .call(&tech, "POST", &f.push_uri(), Some(vec![0; 10]), Some(5000))

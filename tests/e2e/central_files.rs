@@ -265,11 +265,21 @@ fn a_push_and_a_pull_from_central_are_hash_checked_and_refusals_are_413_403_404_
     );
     assert_eq!(v["sha256"], sha_hex(&log_body), "{v}");
     assert_eq!(v["size_bytes"], 250_000, "{v}");
-    let (st, bytes) = http_bin(
+    // What a technician pulled, a viewer may not read.
+    let (st, _) = http_bin(
         r.central.http,
         "GET",
         &format!("/api/v1/files/{pull}/content"),
         &r.viewer,
+        b"",
+        None,
+    );
+    assert_eq!(st, 403);
+    let (st, bytes) = http_bin(
+        r.central.http,
+        "GET",
+        &format!("/api/v1/files/{pull}/content"),
+        &r.tech,
         b"",
         None,
     );

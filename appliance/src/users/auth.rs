@@ -119,7 +119,8 @@ impl Caller {
 /// The least role a route needs (`route` is the matched route pattern,
 /// e.g. `/api/v1/alerts/{id}/ack`). The README's roles table is this
 /// function. Reads need viewer, except the users, the audit log and the
-/// notification channels (webhook URLs are secrets); acknowledging alerts
+/// notification channels (webhook URLs are secrets), and the content of a
+/// pulled file (technician: reading it is pulling it); acknowledging alerts
 /// and setting device tags need technician; every other change needs
 /// admin (tokens, revocation, rules and channels, uplink join, the patch
 /// cache, users). The routes anyone authenticated may use (`/me`, a
@@ -134,6 +135,9 @@ pub fn required_role(method: &Method, route: &str) -> Role {
         // Importing advisories replaces the catalog every assessment uses.
         "/api/v1/advisories/import" => Role::Admin,
         "/api/v1/alerts/{id}/ack" | "/api/v1/devices/{id}/tags" => Role::Technician,
+        // A file from a customer's machine (configuration, logs: secrets):
+        // who may not pull it may not read it either.
+        "/api/v1/files/{id}/content" => Role::Technician,
         "/api/v1/commands"
         | "/api/v1/commands/{id}/cancel"
         | "/api/v1/commands/bulk"

@@ -59,7 +59,7 @@ fn viewers_read_technicians_ack_and_tag_admins_do_everything_else() {
         (&post, "/api/v1/files/pull", Technician),
         (&post, "/api/v1/files/{id}/cancel", Technician),
         (&get, "/api/v1/files", Viewer),
-        (&get, "/api/v1/files/{id}/content", Viewer),
+        (&get, "/api/v1/files/{id}/content", Technician),
         (&post, "/api/v1/commands/bulk", Technician),
         (&post, "/api/v1/commands/bulk/{id}/cancel", Technician),
         (&get, "/api/v1/commands/bulk/{id}", Viewer),
