@@ -567,6 +567,12 @@ pub struct Notification {
     pub attempts: u32,
     pub next_attempt_ms: u64,
     pub last_error: Option<String>,
+    /// When the current delivery period began: the notification's creation,
+    /// or the re-send of its dead letter (0 in notifications stored before
+    /// the field existed: their creation). It is retried until
+    /// `notify_retry_for` after this, then becomes a dead letter.
+    #[serde(default)]
+    pub retry_since_ms: u64,
 }
 
 #[cfg(test)]

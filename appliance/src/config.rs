@@ -464,6 +464,7 @@ impl Config {
         if self.uplink.last_seen_resend < Duration::from_secs(1) {
             bail!("uplink.last_seen_resend must be at least 1s");
         }
+        self.alerts.validate().map_err(anyhow::Error::msg)?;
         if self.storage.raw_retention > self.storage.rollup_retention {
             bail!("raw retention must not exceed rollup retention");
         }

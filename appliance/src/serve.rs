@@ -85,7 +85,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
     let mut engine = alerts::engine::Engine::load(
         store.clone(),
         metrics.clone(),
-        notify,
+        notify.clone(),
         outpost_storage::now_ms(),
     )
     .context("loading alert rules and open alerts")?;
@@ -307,6 +307,7 @@ pub async fn run(data: DataDir, cfg: Config, shutdown: CancellationToken) -> any
         writer: writer.clone(),
         live: live.clone(),
         alerts,
+        notify,
         started: Instant::now(),
         uplink: uplink.clone(),
         commands: commands.clone(),

@@ -120,6 +120,7 @@ impl Applier {
                             attempts: 0,
                             next_attempt_ms: now_ms,
                             last_error: None,
+                            retry_since_ms: now_ms,
                         };
                         self.next_notification_id += 1;
                         match store::queue_notification(&mut batch, &n) {

@@ -244,6 +244,14 @@ pub fn finish_notification(
     store.write(b)
 }
 
+/// Moves a dead letter back to the queue (`n` as it is queued again).
+pub fn requeue_dead_letter(store: &Store, n: &Notification) -> Result<()> {
+    let mut b = store.batch();
+    b.delete(NOTIFICATIONS, &dead_key(n.id))?;
+    b.put(NOTIFICATIONS, &queue_key(n.id), n)?;
+    store.write(b)
+}
+
 fn list_prefix(store: &Store, p: &[u8]) -> Result<Vec<Notification>> {
     let end = prefix_successor(p);
     let mut out = Vec::new();

@@ -25,6 +25,7 @@ use crate::alerts::model::{
     Alert, AlertEvent, Channel, ChannelKind, EscalationPolicy, MaintenanceWindow, Notification,
     Rule,
 };
+use crate::alerts::notify::{self, resend::Resent};
 use crate::alerts::references::{self, RuleProblems};
 use crate::alerts::store::{self, ConfigKind};
 use crate::alerts::windows;
@@ -529,6 +530,97 @@ async fn dead_letters(
     ))
 }
 
+/// `POST /notifications/dead-letters/resend` body: which dead letters.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResendBody {
+    /// These dead letters (at most 10,000)...
+    #[serde(default)]
+    pub ids: Vec<u64>,
+    /// ...or every dead letter (exactly one of the two).
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// Queues dead letters again, each for a new retry period (admin;
+/// audited as `notification.resend`): delivered in their original order.
+async fn resend_dead_letters(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<ResendBody>,
+) -> Result<Json<Resent>, ApiError> {
+    if body.all == !body.ids.is_empty() {
+        return Err(ApiError::BadRequest(
+            "give either \"ids\": [...] (dead letters' ids) or \"all\": true".into(),
+        ));
+    }
+    if body.ids.len() > 10_000 {
+        return Err(ApiError::BadRequest(
+            "at most 10000 ids at once (or \"all\": true)".into(),
+        ));
+    }
+    let selected: Option<std::collections::BTreeSet<u64>> =
+        (!body.all).then(|| body.ids.iter().copied().collect());
+    let (queued, out) = blocking(&st.store, move |s| {
+        Ok(notify::resend::resend(s, selected.as_ref(), now_ms())?)
+    })
+    .await?;
+    for n in queued {
+        let kind = match blocking(&st.store, {
+            let id = n.channel_id.clone();
+            move |s| Ok(store::get_config::<Channel>(s, ConfigKind::Channel, &id)?)
+        })
+        .await
+        {
+            Ok(Some(c)) => match c.kind {
+                ChannelKind::Webhook { .. } => "webhook",
+                ChannelKind::Email { .. } => "email",
+            },
+            _ => "missing",
+        };
+        st.metrics
+            .notifications
+            .get_or_create(&crate::metrics::NotifyLabel {
+                channel_type: kind.into(),
+                event: n.event.as_str().into(),
+                result: "resent".into(),
+            })
+            .inc();
+        st.notify.submit(n);
+    }
+    /// Ids in an audit entry, the first 20 (and how many there were).
+    fn ids(v: &[u64]) -> String {
+        let mut s = v
+            .iter()
+            .take(20)
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        if v.len() > 20 {
+            s.push_str(&format!(",... ({} in all)", v.len()));
+        }
+        s
+    }
+    audit(
+        &st,
+        &actor(&caller, &headers),
+        "notification.resend".into(),
+        &if body.all {
+            "all".to_string()
+        } else {
+            ids(&body.ids)
+        },
+        format!(
+            "resent [{}]; skipped [{}]; not found [{}]",
+            ids(&out.resent),
+            ids(&out.skipped.iter().map(|s| s.id).collect::<Vec<_>>()),
+            ids(&out.not_found)
+        ),
+    );
+    Ok(Json(out))
+}
+
 async fn queued(State(st): State<Arc<ApiState>>) -> Result<Json<Vec<Notification>>, ApiError> {
     Ok(Json(blocking(&st.store, |s| Ok(store::queued(s)?)).await?))
 }
@@ -581,6 +673,10 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .route("/alerts/{id}", get(show_alert))
         .route("/alerts/{id}/ack", post(ack_alert))
         .route("/notifications/dead-letters", get(dead_letters))
+        .route(
+            "/notifications/dead-letters/resend",
+            post(resend_dead_letters),
+        )
         .route("/notifications/queue", get(queued))
         .route("/devices/{id}/tags", axum::routing::put(set_tags))
 }

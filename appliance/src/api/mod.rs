@@ -27,7 +27,8 @@ pub mod devices_types {
 }
 /// Request and answer bodies of the alerting routes.
 pub mod alerts_types {
-    pub use super::alerts::{AckBody, AlertDetail};
+    pub use super::alerts::{AckBody, AlertDetail, ResendBody};
+    pub use crate::alerts::notify::resend::Resent;
     pub use crate::alerts::references::RuleProblems;
 }
 /// Request and answer bodies of the login and user routes.
@@ -70,6 +71,8 @@ pub struct ApiState {
     pub live: Arc<LiveSessions>,
     /// The alert engine (configuration reloads, acknowledgements).
     pub alerts: crate::alerts::engine::EngineHandle,
+    /// The notification dispatcher (re-sent dead letters).
+    pub notify: crate::alerts::notify::NotifyHandle,
     pub started: Instant,
     pub uplink: Arc<outpost_uplink::service::Uplink>,
     /// Remote commands: queue, cancel, read.

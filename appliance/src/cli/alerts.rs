@@ -1,14 +1,15 @@
 //! `outpost alerts [--state S] [--severity S] [--device D] [--json]`,
-//! `outpost alerts show ID`, `outpost alerts ack ID` and `outpost alerts
-//! rules [--check] [--json]`. Formatting only: the alert engine and its
+//! `outpost alerts show ID`, `outpost alerts ack ID`, `outpost alerts
+//! rules [--check] [--json]`, `outpost alerts dead-letters [--json]` and
+//! `outpost alerts resend (ID... | --all)`. Formatting only: the alert engine and its
 //! types live in [`crate::alerts`], the rule check in
 //! [`crate::alerts::references`] (run by the appliance).
 
 use clap::{Args, Subcommand};
 
 use super::table::{ago, fmt_value, print_table};
-use crate::alerts::model::{Alert, Condition, Rule};
-use crate::api::alerts_types::{AckBody, AlertDetail, RuleProblems};
+use crate::alerts::model::{Alert, Condition, Notification, Rule};
+use crate::api::alerts_types::{AckBody, AlertDetail, ResendBody, Resent, RuleProblems};
 use crate::client::AdminClient;
 
 // No doc comment: clap would take it as the sub-command's help, which the
@@ -55,6 +56,22 @@ pub enum AlertsCmd {
         /// Who acknowledges (default: $USER).
         #[arg(long, env = "USER")]
         by: Option<String>,
+    },
+    /// Notifications that failed for the whole retry period
+    /// (`notify_retry_for`).
+    DeadLetters {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue dead letters again (admin), each for a new retry period,
+    /// delivered in their original order.
+    Resend {
+        /// Dead letters' ids (see `outpost alerts dead-letters`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<u64>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -152,6 +169,65 @@ pub async fn run(a: AlertsArgs, c: AdminClient) -> anyhow::Result<()> {
             println!("{}", x.id);
             Ok(())
         }
+        Some(AlertsCmd::DeadLetters { json }) => {
+            let path = "/api/v1/notifications/dead-letters";
+            if json {
+                println!("{}", String::from_utf8_lossy(&c.get_raw(path).await?));
+                return Ok(());
+            }
+            let dead: Vec<Notification> = c.get(path).await?;
+            print_table(
+                &[
+                    "ID",
+                    "ALERT",
+                    "EVENT",
+                    "CHANNEL",
+                    "CREATED",
+                    "ATTEMPTS",
+                    "LAST ERROR",
+                ],
+                &dead_letter_rows(&dead),
+            );
+            Ok(())
+        }
+        Some(AlertsCmd::Resend { ids, all }) => {
+            let r: Resent = c
+                .post(
+                    "/api/v1/notifications/dead-letters/resend",
+                    &ResendBody { ids, all },
+                )
+                .await?;
+            println!(
+                "re-sent {}{}",
+                r.resent.len(),
+                if r.resent.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ": {}",
+                        r.resent
+                            .iter()
+                            .map(u64::to_string)
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    )
+                }
+            );
+            for s in &r.skipped {
+                println!("skipped {}: {}", s.id, s.reason);
+            }
+            if !r.not_found.is_empty() {
+                anyhow::bail!(
+                    "not dead letters: {}",
+                    r.not_found
+                        .iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
+            Ok(())
+        }
         None => {
             let mut path = String::from("/api/v1/alerts?limit=1000");
             if a.state != "all" {
@@ -197,6 +273,28 @@ pub async fn run(a: AlertsArgs, c: AdminClient) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// One line per dead letter.
+fn dead_letter_rows(dead: &[Notification]) -> Vec<Vec<String>> {
+    dead.iter()
+        .map(|n| {
+            vec![
+                n.id.to_string(),
+                n.alert.id.to_string(),
+                n.event.as_str().to_string(),
+                n.channel_id.clone(),
+                ago(n.created_ms),
+                n.attempts.to_string(),
+                n.last_error
+                    .as_deref()
+                    .unwrap_or("")
+                    .chars()
+                    .take(120)
+                    .collect(),
+            ]
+        })
+        .collect()
 }
 
 /// One line per rule: id, enabled, severity, condition, who is notified, name.

@@ -143,7 +143,7 @@ async fn rig_with(with_patches: bool, freshness: Freshness) -> Rig {
     let mut engine = crate::alerts::engine::Engine::load(
         store.clone(),
         metrics.clone(),
-        notify,
+        notify.clone(),
         outpost_storage::now_ms(),
     )
     .unwrap();
@@ -228,6 +228,7 @@ async fn rig_with(with_patches: bool, freshness: Freshness) -> Rig {
         writer,
         live: sessions,
         alerts: alerts.clone(),
+        notify,
         started: std::time::Instant::now(),
         uplink,
         on_tags: {

@@ -1,13 +1,19 @@
 //! Notification delivery, off the ingest path: a queue persisted in RocksDB
 //! (a notification decided by the engine survives a restart), delivered by
-//! this dispatcher with retries and exponential backoff; a notification that
-//! finally fails becomes a dead letter, visible in the API and counted,
-//! never silently dropped.
+//! this dispatcher with retries: the delay doubles up to a cap and attempts
+//! go on at that cap for `notify_retry_for` (24 h by default), so an outage
+//! of a mail relay or a PSA loses nothing. A notification still failing
+//! after that becomes a dead letter, visible in the API and counted, never
+//! silently dropped, and re-sent on request ([`resend`]).
+//!
+//! [`queue`] decides (time passed in); this module's task only moves
+//! notifications to the senders ([`webhook`], [`email`]) and back.
 
 pub mod email;
+pub mod queue;
+pub mod resend;
 pub mod webhook;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,17 +21,19 @@ use outpost_storage::{Store, now_ms};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info_span};
 
 use super::model::{Channel, ChannelKind, Notification};
 use super::store::{self, ConfigKind};
-use crate::metrics::{AlertStage, Metrics, NotifyLabel};
+use crate::metrics::{AlertStage, Metrics};
+use queue::{AttemptResult, Queue};
 
 /// How failed deliveries are retried.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RetryPolicy {
-    /// Attempts before a notification becomes a dead letter.
-    pub max_attempts: u32,
+    /// How long a notification is retried, from its creation (or the
+    /// re-send of its dead letter), before it becomes a dead letter.
+    pub retry_for: Duration,
     /// Delay before the second attempt; doubles each attempt.
     pub base: Duration,
     /// Longest delay between attempts.
@@ -80,21 +88,18 @@ pub fn spawn(
 ) -> anyhow::Result<NotifyHandle> {
     let (tx, rx) = mpsc::unbounded_channel();
     let client = webhook::client()?;
-    let pending: BTreeMap<u64, Notification> = store::queued(&store)?
-        .into_iter()
-        .map(|n| (n.id, n))
-        .collect();
-    tracker.spawn(run(store, metrics, policy, client, pending, rx, shutdown));
+    let queue = Queue::load(store.clone(), metrics.clone(), policy)?;
+    tracker.spawn(run(store, metrics, policy, client, queue, rx, shutdown));
     Ok(NotifyHandle { tx })
 }
 
 /// Delivers one notification through its channel.
-async fn deliver(
+pub(crate) async fn deliver(
     store: &Store,
     client: &webhook::HttpsClient,
     n: &Notification,
     timeout: Duration,
-) -> Result<&'static str, (String, &'static str)> {
+) -> AttemptResult {
     let channel: Channel = match store::get_config(store, ConfigKind::Channel, &n.channel_id) {
         Ok(Some(c)) => c,
         Ok(None) => {
@@ -125,24 +130,14 @@ async fn run(
     metrics: Arc<Metrics>,
     policy: RetryPolicy,
     client: webhook::HttpsClient,
-    mut pending: BTreeMap<u64, Notification>,
+    mut queue: Queue,
     mut rx: mpsc::UnboundedReceiver<Notification>,
     shutdown: CancellationToken,
 ) {
-    let (done_tx, mut done_rx) =
-        mpsc::unbounded_channel::<(Notification, Result<&'static str, (String, &'static str)>)>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Notification, AttemptResult)>();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(16));
     loop {
-        let now = now_ms();
-        let due: Vec<u64> = pending
-            .values()
-            .filter(|n| n.next_attempt_ms <= now)
-            .map(|n| n.id)
-            .collect();
-        for id in due {
-            let Some(n) = pending.remove(&id) else {
-                continue;
-            };
+        for n in queue.take_due(now_ms()) {
             let (store, client, done, sem, metrics) = (
                 store.clone(),
                 client.clone(),
@@ -162,43 +157,14 @@ async fn run(
                 .instrument(span),
             );
         }
-        let next = pending.values().map(|n| n.next_attempt_ms).min();
-        let sleep = next
+        let sleep = queue
+            .next_due_ms()
             .map(|t| Duration::from_millis(t.saturating_sub(now_ms())))
             .unwrap_or(Duration::from_secs(1))
             .min(Duration::from_secs(1));
         tokio::select! {
-            Some(n) = rx.recv() => { pending.insert(n.id, n); }
-            Some((mut n, r)) = done_rx.recv() => {
-                n.attempts += 1;
-                let label = |kind: &str, result: &str| NotifyLabel { channel_type: kind.to_string(), event: n.event.as_str().to_string(), result: result.to_string() };
-                match r {
-                    Ok(kind) => {
-                        metrics.notifications.get_or_create(&label(kind, "delivered")).inc();
-                        if let Err(e) = store::finish_notification(&store, &n, false, true) {
-                            warn!(error = %e, id = n.id, "recording a delivered notification failed");
-                        }
-                    }
-                    Err((err, kind)) => {
-                        n.last_error = Some(err.clone());
-                        let dead = n.attempts >= policy.max_attempts || kind == "missing";
-                        if dead {
-                            metrics.notifications.get_or_create(&label(kind, "dead_letter")).inc();
-                            warn!(id = n.id, channel = %n.channel_id, attempts = n.attempts, error = %err, "notification failed for good: dead letter");
-                        } else {
-                            metrics.notifications.get_or_create(&label(kind, "retry")).inc();
-                            n.next_attempt_ms = now_ms() + backoff(&policy, n.attempts).as_millis() as u64;
-                            warn!(id = n.id, channel = %n.channel_id, attempts = n.attempts, error = %err, "notification failed; will retry");
-                        }
-                        if let Err(e) = store::finish_notification(&store, &n, dead, false) {
-                            warn!(error = %e, id = n.id, "recording a failed notification failed");
-                        }
-                        if !dead {
-                            pending.insert(n.id, n);
-                        }
-                    }
-                }
-            }
+            Some(n) = rx.recv() => queue.submit(n),
+            Some((n, r)) = done_rx.recv() => { queue.finish(n, r, now_ms()); }
             _ = tokio::time::sleep(sleep) => {}
             _ = shutdown.cancelled() => return,
         }
@@ -206,13 +172,16 @@ async fn run(
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod backoff_tests {
     use super::*;
 
     #[test]
     fn backoff_doubles_to_a_cap() {
         let p = RetryPolicy {
-            max_attempts: 8,
+            retry_for: Duration::from_secs(60),
             base: Duration::from_secs(1),
             max: Duration::from_secs(10),
             timeout: Duration::from_secs(1),
