@@ -37,6 +37,12 @@ pub struct UplinkMetrics {
     pub connect_attempts: Counter,
     pub connect_failures: Counter,
     pub compaction_errors: Counter,
+    /// Welcomes in which central had applied sequence numbers this outbox
+    /// never handed out (the appliance was restored from an older backup
+    /// or snapshot): numbering raised above them.
+    pub sequence_raised: Counter,
+    /// Stored batches given new numbers above central's mark then.
+    pub batches_renumbered: Counter,
     pub backlog_batches: Gauge,
     pub backlog_bytes: Gauge,
     /// 1 while the uplink stream is open.
@@ -150,6 +156,16 @@ impl UplinkMetrics {
             "compaction_errors",
             "Failed compactions",
             self.compaction_errors.clone(),
+        );
+        r.register(
+            "sequence_raised",
+            "Times central had applied batch numbers the outbox never handed out (restored from an older backup): numbering raised above them",
+            self.sequence_raised.clone(),
+        );
+        r.register(
+            "batches_renumbered",
+            "Stored batches renumbered above central's mark after a restore (sent, not taken for duplicates)",
+            self.batches_renumbered.clone(),
         );
         r.register(
             "backlog_batches",

@@ -43,6 +43,45 @@ pub fn pick_next(stored: &[u64], in_flight: &BTreeSet<u64>, sent_max: u64) -> Op
     stored.iter().find(|s| !in_flight.contains(s)).copied()
 }
 
+/// Brings the outbox in line with what central's `Welcome` says it applied
+/// (`applied_up_to` and the numbers above it), before anything is sent.
+///
+/// Normally that acks (deletes) the stored batches central already has.
+/// But when central applied a number this outbox never handed out (at or
+/// above its `next_seq`), the appliance was restored from an older backup
+/// or snapshot: central's numbers belong to batches lost with the newer
+/// state, and the stored ones, sharing their numbers, were never applied.
+/// Acking them by number would delete them unsent and sending them would
+/// get them answered as duplicates; instead the numbering is first raised
+/// above central's mark, the stored batches renumbered (durably), warned
+/// about and counted, and then nothing is left to ack.
+pub fn settle_welcome(
+    outbox: &crate::outbox::Outbox,
+    applied_up_to: u64,
+    applied_above: &[u64],
+) -> Result<(), crate::outbox::OutboxError> {
+    let mark = applied_above.iter().copied().fold(applied_up_to, u64::max);
+    if let Some(r) = outbox.raise_above(mark)? {
+        warn!(
+            applied_up_to,
+            central_mark = mark,
+            next_seq_was = r.from_next_seq,
+            next_seq = r.next_seq,
+            renumbered = r.batches,
+            unreadable = r.unreadable,
+            "central applied batch numbers this appliance never handed out \
+             (its data was restored from an older backup or snapshot): \
+             numbering raised above them, stored batches renumbered and sent"
+        );
+    }
+    // What central already applied needs no resend.
+    outbox.ack_up_to(applied_up_to)?;
+    for s in applied_above {
+        outbox.ack(*s)?;
+    }
+    Ok(())
+}
+
 /// The version to say from now on after central closed the connection
 /// before its `Welcome` with `close_code`, having said `said`: one version
 /// lower when central refused the version as unsupported (an older
@@ -279,11 +318,7 @@ async fn stream(
             ident.site.site_id
         );
     }
-    // What central already applied needs no resend.
-    outbox.ack_up_to(welcome.applied_up_to)?;
-    for s in &welcome.applied_above {
-        outbox.ack(*s)?;
-    }
+    settle_welcome(&outbox, welcome.applied_up_to, &welcome.applied_above)?;
     backoff.reset();
     connected.store(true, Ordering::Relaxed);
     metrics.connected.set(1);
@@ -495,6 +530,185 @@ mod tests {
         payload_for(details_only, 3, 3, &m, &clean);
         assert_eq!(m.batches_downgraded.get(), 3);
         assert!(!clean.pending());
+    }
+
+    /// Central's side of a batch, as its receiver decides it: the frame's
+    /// number must be the batch header's (else refused for good), a
+    /// number already in the applied set is answered as a duplicate, any
+    /// other is applied. The applied set is its contiguous prefix and the
+    /// numbers above it.
+    struct CentralModel {
+        applied_up_to: u64,
+        applied_above: BTreeSet<u64>,
+        applied: Vec<batch::SiteBatch>,
+        duplicates: u64,
+    }
+
+    impl CentralModel {
+        fn receive(&mut self, seq: u64, payload: &[u8]) {
+            let b = batch::decode(payload).unwrap();
+            assert_eq!(
+                b.seq, seq,
+                "central refuses a batch whose header names another number"
+            );
+            if seq <= self.applied_up_to || !self.applied_above.insert(seq) {
+                self.duplicates += 1;
+                return;
+            }
+            while self.applied_above.remove(&(self.applied_up_to + 1)) {
+                self.applied_up_to += 1;
+            }
+            self.applied.push(b);
+        }
+    }
+
+    fn outbox_store(dir: &std::path::Path) -> outpost_storage::Store {
+        let store = outpost_storage::Store::open(
+            dir,
+            &outpost_storage::StoreOptions {
+                durability: outpost_storage::Durability::Buffered,
+                block_cache_bytes: 1 << 20,
+                write_buffer_bytes: 1 << 20,
+                ..Default::default()
+            },
+            &[outpost_storage::TABLES, crate::outbox::TABLES].concat(),
+        )
+        .unwrap();
+        store.set_uplink_tracking(true);
+        store
+    }
+
+    fn resolved(alert_id: u64, at_ms: u64) -> batch::AlertTransition {
+        batch::AlertTransition {
+            alert_id,
+            device: Some(outpost_proto::DeviceId(7)),
+            rule: "disk_full".into(),
+            severity: batch::Severity::Critical,
+            state: batch::AlertState::Resolved,
+            at_ms,
+            message: "disk 80 <= 90".into(),
+            value: Some(80.0),
+        }
+    }
+
+    /// Sends every stored batch, oldest first, to `central` and acks what
+    /// it answered, as the stream loop does.
+    fn drain(ob: &crate::outbox::Outbox, central: &mut CentralModel) {
+        for seq in ob.seqs() {
+            let rec = ob.get(seq).unwrap().unwrap();
+            central.receive(seq, &rec.payload);
+            ob.ack(seq).unwrap();
+        }
+    }
+
+    /// The appliance restored from a snapshot: its outbox had acked up to
+    /// 10 and holds 11 and 12 (12 carries an alert's resolution), next 13;
+    /// central had applied up to 28 from the lost, newer state. Before,
+    /// the Welcome acked (deleted) 11 and 12 unsent and the next batches,
+    /// 13..=28, were answered as duplicates: the resolution never reached
+    /// central and nothing counted it. Now numbering is raised above 28
+    /// durably, 11 and 12 go as 29 and 30 and are applied, the next batch
+    /// is 31, and the renumbering is counted.
+    #[test]
+    fn after_a_restore_the_outbox_is_renumbered_above_centrals_mark_not_acked_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = outbox_store(dir.path());
+        let metrics = crate::metrics::UplinkMetrics::default();
+        let open = || {
+            crate::outbox::Outbox::open(store.clone(), Default::default(), metrics.clone()).unwrap()
+        };
+        let (site, tenant) = ("site-1".into(), "msp".into());
+        let ob = open();
+        for i in 1..=12u64 {
+            if i == 12 {
+                crate::outbox::push_alert_transition(&store, &resolved(5, 1_000 + i)).unwrap();
+            }
+            assert_eq!(ob.compact(&site, &tenant, 1_000 + i).unwrap().seq, i);
+        }
+        ob.ack_up_to(10).unwrap();
+        assert_eq!((ob.stats().next_seq, ob.seqs()), (13, vec![11, 12]));
+        let mut central = CentralModel {
+            applied_up_to: 28,
+            applied_above: BTreeSet::new(),
+            applied: Vec::new(),
+            duplicates: 0,
+        };
+
+        settle_welcome(&ob, 28, &[]).unwrap();
+        assert_eq!(
+            ob.seqs(),
+            vec![29, 30],
+            "renumbered above central's mark, not deleted"
+        );
+        assert_eq!(ob.stats().next_seq, 31);
+        assert_eq!(metrics.sequence_raised.get(), 1);
+        assert_eq!(metrics.batches_renumbered.get(), 2);
+        drain(&ob, &mut central);
+        assert_eq!(central.duplicates, 0);
+        assert_eq!(
+            central.applied.iter().map(|b| b.seq).collect::<Vec<_>>(),
+            vec![29, 30]
+        );
+        assert_eq!(
+            central.applied[0].created_ms, 1_011,
+            "the old batch 11, in order"
+        );
+        assert_eq!(central.applied[1].alerts, vec![resolved(5, 1_012)]);
+        // The next batch follows, and the raised numbering is durable.
+        assert_eq!(ob.compact(&site, &tenant, 2_000).unwrap().seq, 31);
+        drop(ob);
+        let ob = open();
+        assert_eq!(ob.stats().next_seq, 32);
+        assert_eq!(ob.seqs(), vec![31]);
+        // The next Welcome is the normal case again.
+        settle_welcome(&ob, central.applied_up_to, &[]).unwrap();
+        assert_eq!(ob.seqs(), vec![31]);
+        drain(&ob, &mut central);
+        assert_eq!((central.applied_up_to, central.duplicates), (31, 0));
+        assert_eq!(metrics.sequence_raised.get(), 1);
+    }
+
+    /// A number above central's prefix counts too: with 40 applied out of
+    /// order the stored batches go from 41.
+    #[test]
+    fn a_number_central_applied_out_of_order_above_next_seq_also_raises_the_numbering() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = outbox_store(dir.path());
+        let metrics = crate::metrics::UplinkMetrics::default();
+        let ob = crate::outbox::Outbox::open(store, Default::default(), metrics.clone()).unwrap();
+        for i in 1..=3u64 {
+            ob.compact(&"site-1".into(), &"msp".into(), i).unwrap();
+        }
+        settle_welcome(&ob, 1, &[40]).unwrap();
+        assert_eq!(ob.seqs(), vec![41, 42, 43]);
+        assert_eq!(ob.stats().next_seq, 44);
+        for s in ob.seqs() {
+            assert_eq!(
+                batch::decode(&ob.get(s).unwrap().unwrap().payload)
+                    .unwrap()
+                    .seq,
+                s
+            );
+        }
+        assert_eq!(metrics.batches_renumbered.get(), 3);
+    }
+
+    /// The normal case is unchanged: batches central applied before their
+    /// acks were lost are acked at the Welcome, the rest kept as they are.
+    #[test]
+    fn batches_central_already_applied_are_acked_at_welcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = outbox_store(dir.path());
+        let metrics = crate::metrics::UplinkMetrics::default();
+        let ob = crate::outbox::Outbox::open(store, Default::default(), metrics.clone()).unwrap();
+        for i in 1..=5u64 {
+            ob.compact(&"site-1".into(), &"msp".into(), i).unwrap();
+        }
+        settle_welcome(&ob, 2, &[4]).unwrap();
+        assert_eq!(ob.seqs(), vec![3, 5]);
+        assert_eq!(ob.stats().next_seq, 6);
+        assert_eq!(metrics.sequence_raised.get(), 0);
+        assert_eq!(metrics.batches_renumbered.get(), 0);
     }
 
     #[test]

@@ -150,6 +150,19 @@ pub struct Entry {
     pub created_ms: u64,
 }
 
+/// What [`Outbox::raise_above`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renumbered {
+    /// `next_seq` before: at or below central's mark.
+    pub from_next_seq: u64,
+    /// `next_seq` now: above central's mark and every renumbered batch.
+    pub next_seq: u64,
+    /// Stored batches given new numbers (all of them).
+    pub batches: u64,
+    /// Of those, batches whose payload did not open (moved as they are).
+    pub unreadable: u64,
+}
+
 /// A summary for status displays.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OutboxStats {
@@ -455,6 +468,92 @@ impl Outbox {
             n += u64::from(self.ack(s)?);
         }
         Ok(n)
+    }
+
+    /// Central has applied sequence numbers up to `mark` although this
+    /// outbox never handed out `mark` (`mark >= next_seq`): the appliance's
+    /// data was restored from a backup or VM snapshot older than what
+    /// central applied. Central's numbers up to `mark` belong to batches
+    /// this outbox no longer knows, so its own batches must not be acked
+    /// by them (they would be deleted unsent) nor sent under them (central
+    /// would answer them as duplicates). Raises `next_seq` to `mark + 1`
+    /// and gives every stored batch a new number from there, oldest first
+    /// (the payload is re-encoded: its header carries the number), in one
+    /// write: a crash leaves either the old numbering or the new one.
+    /// Counted (`sequence_raised`, `batches_renumbered`). `None` (nothing
+    /// written) in the normal case, `mark < next_seq`.
+    ///
+    /// A stored batch whose payload does not open keeps its payload under
+    /// its new number: central refuses it for good (its header names
+    /// another number), dead-letters it and the refusal is counted, rather
+    /// than it being acked away here unseen.
+    pub fn raise_above(&self, mark: u64) -> Result<Option<Renumbered>> {
+        let mut g = self.lock();
+        if mark < g.meta.next_seq {
+            return Ok(None);
+        }
+        let from_next_seq = g.meta.next_seq;
+        let mut wb = self.store.batch();
+        let mut entries = BTreeMap::new();
+        let mut total = 0u64;
+        let mut next = mark + 1;
+        let mut unreadable = 0u64;
+        for old in g.entries.values() {
+            let Some(rec) = self
+                .store
+                .get::<OutboxRecord>(UPLINK_OUTBOX, &seq_key(old.seq))?
+            else {
+                continue;
+            };
+            let seq = next;
+            next += 1;
+            let reencoded = rec.check().and_then(|()| {
+                let mut b = batch::decode(&rec.payload)?;
+                b.seq = seq;
+                let payload = batch::encode(&b, self.cfg.zstd_level)?;
+                Ok(OutboxRecord::new(&b, payload))
+            });
+            let new = match reencoded {
+                Ok(r) => r,
+                Err(e) => {
+                    unreadable += 1;
+                    tracing::error!(old_seq = old.seq, seq, error = %e,
+                        "a stored uplink batch does not open; renumbered as it is (central will refuse it)");
+                    OutboxRecord { seq, ..rec }
+                }
+            };
+            wb.delete(UPLINK_OUTBOX, &seq_key(old.seq))?;
+            wb.put(UPLINK_OUTBOX, &seq_key(seq), &new)?;
+            let bytes = new.payload.len() as u64;
+            total += bytes;
+            entries.insert(
+                seq,
+                Entry {
+                    seq,
+                    bytes,
+                    rollups: new.rollups,
+                    created_ms: new.created_ms,
+                },
+            );
+        }
+        let mut meta = g.meta.clone();
+        meta.next_seq = next;
+        wb.put(META, META_KEY, &meta)?;
+        self.store.write(wb)?;
+        g.meta = meta;
+        g.entries = entries;
+        g.total_bytes = total;
+        let r = Renumbered {
+            from_next_seq,
+            next_seq: next,
+            batches: g.entries.len() as u64,
+            unreadable,
+        };
+        drop(g);
+        self.metrics.sequence_raised.inc();
+        self.metrics.batches_renumbered.inc_by(r.batches);
+        self.publish();
+        Ok(Some(r))
     }
 
     /// Sequence numbers of stored batches, oldest first.
