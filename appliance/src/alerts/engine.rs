@@ -12,6 +12,9 @@
 //!   device's threshold alerts;
 //! * the clock → [`timers`] (due times, `keep_firing_for`, windows ending,
 //!   escalation, reminders, no-data);
+//! * a device revoked → its open alerts close quietly
+//!   ([`lifecycle::on_device_retired`]) and nothing opens for it again
+//!   (also after a restart: at load, open alerts of revoked devices close);
 //! * acknowledgements and configuration reloads → [`lifecycle`] (alerts of
 //!   a deleted rule are retired with the rule's last plan, so the channels
 //!   that heard them fire are told, as when it is disabled).
@@ -33,7 +36,7 @@
 //! firing alerts are not announced again; their series' silence counts
 //! from the restart ([`eval::resume`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -81,6 +84,8 @@ fn next_tick(last_tick: u64, wake: u64, hint: Option<u64>) -> u64 {
 /// Control messages (unbounded: rare and must not be lost).
 pub enum Control {
     Status(Vec<(DeviceId, StatusTransition)>),
+    /// A device was revoked (sent before the writer marks it offline).
+    Retired(DeviceId),
     /// Configuration changed: re-read rules, channels, policies, windows.
     Reload,
     Ack {
@@ -165,6 +170,15 @@ impl EngineHandle {
     pub fn status(&self, ts: Vec<(DeviceId, StatusTransition)>) {
         if self.control.send(Control::Status(ts)).is_err() {
             debug!("alert engine stopped: status transitions not evaluated");
+        }
+    }
+
+    /// A device was revoked: its open alerts close quietly and none open
+    /// for it again. Send it before the writer retires the device, so the
+    /// offline transition that follows finds the device retired.
+    pub fn retired(&self, device: DeviceId) {
+        if self.control.send(Control::Retired(device)).is_err() {
+            debug!(%device, "alert engine stopped: revoked device not retired");
         }
     }
 
@@ -256,6 +270,8 @@ pub struct Engine {
     scopes: DeviceScopes,
     /// Last time each (metric, device, label) read by a no-data rule reported.
     last_seen: HashMap<Key, u64>,
+    /// Revoked devices: their inputs are ignored, no alert opens for them.
+    retired: HashSet<DeviceId>,
     /// The earliest due time of the alerts that changed since the last
     /// tick ([`Engine::next_wake`] knows the rest).
     due_hint: Option<u64>,
@@ -299,6 +315,7 @@ impl Engine {
             windows: Vec::new(),
             open: OpenAlerts::default(),
             last_seen: HashMap::new(),
+            retired: HashSet::new(),
             due_hint: None,
             observer: None,
         };
@@ -309,8 +326,47 @@ impl Engine {
         }
         let plans = e.plans.clone();
         e.retire_orphans(&plans, now);
+        e.retire_revoked(now);
         e.publish_gauges();
         Ok(e)
+    }
+
+    /// At load: the open alerts of devices revoked meanwhile (or before
+    /// this build closed them) close as [`Engine::on_retired`] does. A
+    /// registry error is counted and the alert kept (tried at next load).
+    fn retire_revoked(&mut self, now: u64) {
+        let devices: HashSet<DeviceId> = self.open.values().map(|a| a.device).collect();
+        for d in devices {
+            match registry::get(&self.store, d) {
+                Ok(Some(rec)) if rec.revoked_at_ms.is_some() => self.on_retired(d, now),
+                Ok(_) => {}
+                Err(e) => self
+                    .out
+                    .error(op::DEVICE_LOOKUP, None, &format!("device {d}: {e}")),
+            }
+        }
+    }
+
+    /// A device was revoked: its open alerts close quietly
+    /// ([`lifecycle::on_device_retired`]: cleared or resolved, `stale:
+    /// device revoked`, recorded and sent to central, notified to nobody),
+    /// its no-data series are forgotten, and from now on its samples and
+    /// status transitions (the offline one the revocation causes first of
+    /// all) open nothing.
+    pub fn on_retired(&mut self, device: DeviceId, now: u64) {
+        self.retired.insert(device);
+        self.last_seen.retain(|k, _| k.1 != device);
+        for key in self.open.keys_of(device) {
+            let Some(a) = self.open.remove(&key) else {
+                continue;
+            };
+            let plan = self.plans.get(&key.0).cloned().unwrap_or_else(|| {
+                Arc::new(RulePlan::of(&lifecycle::removed_rule(&a), &HashMap::new()))
+            });
+            self.settle(a, &plan, now, |a, p, w| {
+                lifecycle::on_device_retired(a, p, w, now)
+            });
+        }
     }
 
     fn reload_config(&mut self) -> Result<()> {
@@ -449,6 +505,9 @@ impl Engine {
     /// Evaluates freshly stored samples.
     pub fn on_samples(&mut self, batch: SampleBatch, now: u64) {
         for (device, values) in batch {
+            if self.retired.contains(&device) {
+                continue;
+            }
             let scope = self.scope(device);
             for v in values {
                 let Some(ids) = self.by_metric.get(&v.name).cloned() else {
@@ -550,6 +609,9 @@ impl Engine {
             .cloned()
             .collect();
         for (device, t) in ts {
+            if self.retired.contains(&device) {
+                continue;
+            }
             let scope = self.scope(device);
             for rule in &offline_rules {
                 let Some(plan) = self.plans.get(&rule.id).cloned() else {
@@ -866,6 +928,7 @@ async fn run(mut e: Engine, mut inputs: EngineInputs, shutdown: CancellationToke
             }
             Some(c) = inputs.control.recv() => match c {
                 Control::Status(ts) => e.on_status(ts, now_ms()),
+                Control::Retired(d) => e.on_retired(d, now_ms()),
                 Control::Reload => {
                     debug!("alerting configuration reloaded");
                     e.on_reload(now_ms());

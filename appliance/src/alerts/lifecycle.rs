@@ -1,7 +1,8 @@
 //! Pure lifecycle decisions of one alert: what a new alert looks like, what
 //! each transition records and notifies, device online/offline (and what
 //! going offline does to threshold alerts), no-data resolution,
-//! acknowledgement, and retiring the alerts of removed rules.
+//! acknowledgement, and retiring the alerts of removed rules and revoked
+//! devices.
 //!
 //! * A firing alert inside a maintenance window is recorded `silenced` and
 //!   not notified ([`super::timers`] announces it when the window ends);
@@ -186,6 +187,35 @@ pub fn retire(a: &mut Alert, now_ms: u64) -> Step {
         a.state = AlertState::Resolved;
         Step::Resolve
     }
+}
+
+/// Why the alerts of a revoked device closed ([`Alert::stale`]).
+pub const DEVICE_REVOKED: &str = "device revoked";
+
+/// Its device was revoked: the alert closes for good, quietly — a pending
+/// one clears, a firing one resolves, both `stale` with
+/// [`DEVICE_REVOKED`] — recorded (and sent up to central) but notified to
+/// nobody: the device did not recover, it is gone, and the engine opens
+/// nothing for it again.
+pub fn on_device_retired(
+    a: &mut Alert,
+    plan: &RulePlan,
+    windows: &DeviceWindows<'_>,
+    now_ms: u64,
+) -> Outcome {
+    a.resolved_ms = Some(now_ms);
+    a.stale = Some(DEVICE_REVOKED.into());
+    let step = if a.state == AlertState::Pending {
+        a.state = AlertState::Cleared;
+        Step::ClearStale
+    } else {
+        a.state = AlertState::Resolved;
+        Step::ResolveStale
+    };
+    let mut out = transition(a, step, plan, windows, now_ms);
+    out.actions
+        .retain(|x| !matches!(x, super::decision::Action::Notify { .. }));
+    out
 }
 
 /// The stand-in for a rule that no longer exists, to retire its alerts

@@ -381,6 +381,10 @@ pub async fn revoke(
         CloseReason::Revoked,
         "this device's certificate was revoked",
     );
+    // The engine first: the offline transition the writer's retirement
+    // causes must find the device retired (no "device offline" alert for a
+    // revoked device), through the same ordered control channel.
+    st.alerts.retired(id);
     st.writer.control(WriterMsg::Retire(id));
     tracing::info!(device = %id, session_closed = closed, "device revoked");
     Ok(Json(RevokeAnswer {

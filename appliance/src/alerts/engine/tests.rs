@@ -807,3 +807,118 @@ fn a_changed_alert_leaves_its_due_time_as_a_hint_for_the_next_tick() {
         T + 13_000
     );
 }
+
+fn enroll(store: &Store, d: DeviceId) {
+    registry::register(
+        store,
+        &outpost_storage::model::DeviceRecord {
+            id: d,
+            tenant: "acme".into(),
+            customer: "dental".into(),
+            hostname: "web-1".into(),
+            os: "linux".into(),
+            kernel: "6.1".into(),
+            arch: "x86_64".into(),
+            agent_version: "1".into(),
+            enrolled_at_ms: T - 60_000,
+            cert_serial: "01".into(),
+            revoked_at_ms: None,
+        },
+    )
+    .unwrap();
+}
+
+/// The built-in device-offline rule, telling `ops`.
+fn offline_rule_to_ops(rig: &mut Rig) {
+    let mut rule: Rule = store::get_config(&rig.store, ConfigKind::Rule, "builtin-device-offline")
+        .unwrap()
+        .unwrap();
+    rule.channels = vec!["ops".into()];
+    rig.put(ConfigKind::Rule, "builtin-device-offline", &rule, T);
+}
+
+/// Revoking an online device: the API tells the engine, then the writer
+/// marks the device offline. Before, that offline transition opened a
+/// "device offline" alert that fired, notified and stayed firing for
+/// good (across restarts). Now the device's open alerts close quietly
+/// (firing → resolved, pending → cleared, `stale: device revoked`, no
+/// notification), the offline transition opens nothing, nor do later
+/// inputs, before or after a restart.
+#[test]
+fn revoking_an_online_device_opens_no_offline_alert_and_closes_its_alerts_quietly() {
+    let mut rig = Rig::new();
+    enroll(&rig.store, DEV);
+    offline_rule_to_ops(&mut rig);
+    rig.put(ConfigKind::Rule, "cpu", &cpu_rule("cpu", 0, |_| {}), T);
+    rig.put(ConfigKind::Rule, "slow", &cpu_rule("slow", 60, |_| {}), T);
+    rig.sample("cpu", 95.0, T);
+    assert_eq!(rig.sent(), vec![ops(NotifyEvent::Firing)]);
+
+    let at = T + 1_000;
+    registry::revoke(&rig.store, DEV, at).unwrap();
+    rig.engine.on_retired(DEV, at);
+    rig.engine.on_status(offline(at), at);
+    assert!(rig.sent().is_empty(), "nobody is told");
+    assert!(rig.engine.open_alerts().is_empty());
+    assert!(
+        store::list_alerts(&rig.store, |a| a.rule_id == "builtin-device-offline", 10)
+            .unwrap()
+            .is_empty(),
+        "no device-offline alert for a revoked device"
+    );
+    let cpu = rig.alert("cpu");
+    assert_eq!(
+        (cpu.state, cpu.resolved_ms, cpu.stale.as_deref()),
+        (
+            AlertState::Resolved,
+            Some(at),
+            Some(lifecycle::DEVICE_REVOKED)
+        )
+    );
+    assert_eq!(
+        rig.events(cpu.id),
+        vec![EventKind::Firing, EventKind::Resolved]
+    );
+    let slow = rig.alert("slow");
+    assert_eq!(
+        (slow.state, slow.stale.as_deref()),
+        (AlertState::Cleared, Some(lifecycle::DEVICE_REVOKED))
+    );
+    assert_eq!(rig.metrics.alerts_firing.get(), 0);
+    assert_eq!(rig.metrics.alerts_pending.get(), 0);
+    // Late samples (queued before the revocation) and timers open nothing.
+    rig.sample("cpu", 99.0, at + 1);
+    rig.engine.on_tick(at + 3_600_000);
+    assert!(rig.sent().is_empty());
+    assert!(rig.engine.open_alerts().is_empty());
+
+    let mut rig = rig.restart();
+    rig.engine.on_tick(T + 7_200_000);
+    assert!(rig.engine.open_alerts().is_empty());
+    assert!(rig.sent().is_empty());
+    assert_eq!(rig.metrics.alerts_firing.get(), 0);
+}
+
+/// The state the bug left behind (or a revocation the engine did not
+/// hear of): a device-offline alert firing for a revoked device. At load
+/// it closes quietly, and no reminder goes out.
+#[test]
+fn open_alerts_of_a_device_already_revoked_are_closed_at_load() {
+    let mut rig = Rig::new();
+    enroll(&rig.store, DEV);
+    offline_rule_to_ops(&mut rig);
+    rig.engine.on_status(offline(T), T);
+    assert_eq!(rig.sent(), vec![ops(NotifyEvent::Firing)]);
+    registry::revoke(&rig.store, DEV, T + 1_000).unwrap();
+
+    let mut rig = rig.restart();
+    assert!(rig.engine.open_alerts().is_empty());
+    let a = rig.alert("builtin-device-offline");
+    assert_eq!(
+        (a.state, a.stale.as_deref()),
+        (AlertState::Resolved, Some(lifecycle::DEVICE_REVOKED))
+    );
+    rig.engine.on_tick(T + 86_400_000);
+    assert!(rig.sent().is_empty());
+    assert_eq!(rig.metrics.alerts_firing.get(), 0);
+}
