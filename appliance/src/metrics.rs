@@ -117,7 +117,9 @@ pub struct Metrics {
     /// notification (`outpost_alert_stage_seconds{stage}`): the histogram of
     /// each [`AlertStage`], resolved once (indexed by `AlertStage as usize`).
     alert_stages: [Histogram; AlertStage::ALL.len()],
-    /// Notification delivery outcomes (delivered, retry, dead_letter).
+    /// Notification delivery outcomes (delivered, retry, dead_letter;
+    /// superseded: a reminder dropped for its alert's resolution; resent: a
+    /// dead letter queued again).
     pub notifications: Family<NotifyLabel, Counter>,
     /// The QUIC listener's sockets: datagrams the kernel dropped on them
     /// (receive buffer full; all sockets and per socket, read from the

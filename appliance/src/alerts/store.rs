@@ -244,6 +244,13 @@ pub fn finish_notification(
     store.write(b)
 }
 
+/// Removes a queued notification (superseded before it was sent).
+pub fn unqueue_notification(store: &Store, id: u64) -> Result<()> {
+    let mut b = store.batch();
+    b.delete(NOTIFICATIONS, &queue_key(id))?;
+    store.write(b)
+}
+
 /// Moves a dead letter back to the queue (`n` as it is queued again).
 pub fn requeue_dead_letter(store: &Store, n: &Notification) -> Result<()> {
     let mut b = store.batch();

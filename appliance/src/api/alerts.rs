@@ -550,7 +550,7 @@ async fn resend_dead_letters(
     Extension(caller): Extension<Caller>,
     Json(body): Json<ResendBody>,
 ) -> Result<Json<Resent>, ApiError> {
-    if body.all == !body.ids.is_empty() {
+    if body.all != body.ids.is_empty() {
         return Err(ApiError::BadRequest(
             "give either \"ids\": [...] (dead letters' ids) or \"all\": true".into(),
         ));

@@ -4,6 +4,18 @@
 //! letter), and recording each outcome in the store and the counters. The
 //! task in [`super`] only hands due notifications to the senders and their
 //! results back; it must not decide anything itself.
+//!
+//! **Order.** The notifications of one alert to one channel (a *lane*) go
+//! out strictly in the order they were decided (by id): a later one waits
+//! while an earlier one is being sent or waits for a retry, so a receiver
+//! never gets an alert's resolution before its firing (a PSA would keep a
+//! ticket open for a resolved alert). Lanes do not wait for each other. A
+//! lane moves on when its head is delivered or becomes a dead letter.
+//!
+//! **Superseding.** A resolution queued behind undelivered reminders of the
+//! same lane drops them (`result="superseded"`): "still firing" is stale
+//! once the alert resolved. The firing and escalations are kept and go
+//! first, so the receiver still sees the alert open, then closed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -12,8 +24,8 @@ use outpost_storage::Store;
 use tracing::{debug, warn};
 
 use super::{RetryPolicy, backoff};
-use crate::alerts::model::Notification;
-use crate::alerts::store;
+use crate::alerts::model::{Channel, ChannelKind, Notification, NotifyEvent};
+use crate::alerts::store::{self, ConfigKind};
 use crate::metrics::{Metrics, NotifyLabel};
 
 /// What one delivery attempt gave: the channel type (`webhook`, `email`)
@@ -58,6 +70,13 @@ pub fn after_failure(p: &RetryPolicy, n: &Notification, now_ms: u64) -> Finished
     }
 }
 
+/// The notifications of one alert to one channel, delivered in order.
+type Lane = (u64, String);
+
+fn lane(n: &Notification) -> Lane {
+    (n.alert.id, n.channel_id.clone())
+}
+
 /// The queued notifications and what is being sent.
 pub struct Queue {
     /// Where queued notifications and dead letters are persisted.
@@ -71,6 +90,8 @@ pub struct Queue {
     /// Ids handed to a sender and not finished yet: one submitted again
     /// meanwhile (a dead letter re-sent twice) is not queued twice.
     in_flight: BTreeSet<u64>,
+    /// Lanes with a notification being sent: the rest of the lane waits.
+    busy: BTreeSet<Lane>,
 }
 
 impl Queue {
@@ -83,6 +104,7 @@ impl Queue {
         let mut q = Queue {
             waiting: BTreeMap::new(),
             in_flight: BTreeSet::new(),
+            busy: BTreeSet::new(),
             store,
             metrics,
             policy,
@@ -93,21 +115,51 @@ impl Queue {
         Ok(q)
     }
 
-    /// Adds a notification already persisted in the queue.
+    /// Adds a notification already persisted in the queue. A resolution
+    /// supersedes the undelivered reminders queued before it in its lane.
     pub fn submit(&mut self, n: Notification) {
         if self.in_flight.contains(&n.id) || self.waiting.contains_key(&n.id) {
             debug!(id = n.id, "notification already queued");
             return;
         }
+        if n.event == NotifyEvent::Resolved {
+            let l = lane(&n);
+            let stale: Vec<u64> = self
+                .waiting
+                .range(..n.id)
+                .filter(|(_, w)| w.event == NotifyEvent::Reminder && lane(w) == l)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in stale {
+                let Some(w) = self.waiting.remove(&id) else {
+                    continue;
+                };
+                let kind = self.channel_type(&w.channel_id);
+                self.count(kind, &w, "superseded");
+                debug!(id, alert = w.alert.id, channel = %w.channel_id, "reminder superseded by the alert's resolution");
+                if let Err(e) = store::unqueue_notification(&self.store, w.id) {
+                    warn!(error = %e, id, "removing a superseded reminder from the queue failed (it is dropped again after a restart)");
+                }
+            }
+        }
         self.waiting.insert(n.id, n);
     }
 
+    /// The first waiting notification of each lane that is not busy, in
+    /// id order: the only ones that may be sent.
+    fn heads(&self) -> impl Iterator<Item = &Notification> {
+        let mut seen = BTreeSet::new();
+        self.waiting.values().filter(move |n| {
+            let l = lane(n);
+            !self.busy.contains(&l) && seen.insert(l)
+        })
+    }
+
     /// The notifications due at `now_ms`, now in flight: each must come
-    /// back through [`Queue::finish`].
+    /// back through [`Queue::finish`]. At most one per lane.
     pub fn take_due(&mut self, now_ms: u64) -> Vec<Notification> {
         let due: Vec<u64> = self
-            .waiting
-            .values()
+            .heads()
             .filter(|n| n.next_attempt_ms <= now_ms)
             .map(|n| n.id)
             .collect();
@@ -115,15 +167,29 @@ impl Queue {
         for id in due {
             if let Some(n) = self.waiting.remove(&id) {
                 self.in_flight.insert(id);
+                self.busy.insert(lane(&n));
                 out.push(n);
             }
         }
         out
     }
 
-    /// When the next waiting notification is due.
+    /// When the next notification that may be sent is due (a later one of
+    /// a busy lane does not count: it waits for the lane, not the clock).
     pub fn next_due_ms(&self) -> Option<u64> {
-        self.waiting.values().map(|n| n.next_attempt_ms).min()
+        self.heads().map(|n| n.next_attempt_ms).min()
+    }
+
+    /// The channel's type for the counters (`missing` when it is gone).
+    fn channel_type(&self, id: &str) -> &'static str {
+        match store::get_config::<Channel>(&self.store, ConfigKind::Channel, id) {
+            Ok(Some(c)) => match c.kind {
+                ChannelKind::Webhook { .. } => "webhook",
+                ChannelKind::Email { .. } => "email",
+            },
+            Ok(None) => "missing",
+            Err(_) => "unknown",
+        }
     }
 
     /// Nothing waits and nothing is being sent.
@@ -147,6 +213,7 @@ impl Queue {
     /// queued again for a retry.
     pub fn finish(&mut self, mut n: Notification, r: AttemptResult, now_ms: u64) -> Finished {
         self.in_flight.remove(&n.id);
+        self.busy.remove(&lane(&n));
         n.attempts = n.attempts.saturating_add(1);
         let (finished, kind) = match r {
             Ok(kind) => (Finished::Delivered, kind),

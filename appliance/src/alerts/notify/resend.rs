@@ -95,9 +95,8 @@ pub fn resend(
     let queued = store::queued(s)?;
     let mut open = std::collections::HashMap::new();
     for n in &dead {
-        if !open.contains_key(&n.alert.id) {
-            let o = store::get_alert(s, n.alert.id)?.is_some_and(|a| a.state.is_open());
-            open.insert(n.alert.id, o);
+        if let std::collections::hash_map::Entry::Vacant(e) = open.entry(n.alert.id) {
+            e.insert(store::get_alert(s, n.alert.id)?.is_some_and(|a| a.state.is_open()));
         }
     }
     let (go, out) = plan(&dead, selected, &queued, |id| {

@@ -25,6 +25,8 @@ const HOUR: u64 = 60 * MIN;
 struct Receiver {
     url: String,
     failing: Arc<AtomicBool>,
+    /// Requests still to answer with 500 (then 200), besides `failing`.
+    fail_next: Arc<Mutex<u64>>,
     got: Arc<Mutex<Vec<(u64, String)>>>,
     /// Requests answered, failed ones included.
     hits: Arc<Mutex<u64>>,
@@ -35,14 +37,26 @@ impl Receiver {
         let failing = Arc::new(AtomicBool::new(false));
         let got = Arc::new(Mutex::new(Vec::new()));
         let hits = Arc::new(Mutex::new(0u64));
-        let (f, g, h) = (failing.clone(), got.clone(), hits.clone());
+        let fail_next = Arc::new(Mutex::new(0u64));
+        let (f, g, h, n) = (
+            failing.clone(),
+            got.clone(),
+            hits.clone(),
+            fail_next.clone(),
+        );
         let app = axum::Router::new().route(
             "/hook",
             axum::routing::post(move |body: axum::Json<serde_json::Value>| {
-                let (f, g, h) = (f.clone(), g.clone(), h.clone());
+                let (f, g, h, n) = (f.clone(), g.clone(), h.clone(), n.clone());
                 async move {
                     *h.lock().unwrap() += 1;
-                    if f.load(Ordering::SeqCst) {
+                    let fail_now = {
+                        let mut n = n.lock().unwrap();
+                        let fail = *n > 0;
+                        *n = n.saturating_sub(1);
+                        fail
+                    };
+                    if fail_now || f.load(Ordering::SeqCst) {
                         return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
                     }
                     let id = body["alert"]["id"].as_u64().unwrap_or(0);
@@ -58,9 +72,15 @@ impl Receiver {
         Receiver {
             url,
             failing,
+            fail_next,
             got,
             hits,
         }
+    }
+
+    /// The next `n` requests are answered 500.
+    fn fail_next(&self, n: u64) {
+        *self.fail_next.lock().unwrap() = n;
     }
 
     fn set_failing(&self, on: bool) {
@@ -292,4 +312,88 @@ fn a_firing_of_a_closed_alert_is_resent_only_followed_by_its_resolution() {
     // ... unless the alert is still open.
     let (go, _) = resend::plan(&dead, Some(&BTreeSet::from([1])), &[], |_| true);
     assert_eq!(go.len(), 1);
+}
+
+#[tokio::test]
+async fn a_resolution_never_reaches_the_receiver_before_its_firing() {
+    let mut r = Rig::new().await;
+    // The PSA answers 500 once: the firing goes to backoff (2 s).
+    r.hook.fail_next(1);
+    r.notify(7, NotifyEvent::Firing, T);
+    assert_eq!(r.step(T).await[0].1, Finished::Retry { at_ms: T + 2_000 });
+    // The alert resolves meanwhile; its resolution waits for the firing.
+    r.notify(7, NotifyEvent::Resolved, T + 1_000);
+    assert!(
+        r.step(T + 1_000).await.is_empty(),
+        "nothing jumps the queue"
+    );
+    assert_eq!(r.queue.next_due_ms(), Some(T + 2_000), "no busy loop");
+    r.run(T + 2_000, 0, T + HOUR).await;
+    assert_eq!(
+        r.hook.got(),
+        vec![(7, "firing".to_string()), (7, "resolved".to_string())]
+    );
+    assert!(r.queue.is_idle());
+    assert!(store::queued(&r.store).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_retrying_alert_holds_back_only_its_own_later_notifications() {
+    let mut r = Rig::new().await;
+    r.hook.fail_next(1);
+    r.notify(7, NotifyEvent::Firing, T);
+    r.step(T).await;
+    // Another alert on the same channel is not held back.
+    r.notify(8, NotifyEvent::Firing, T + 500);
+    r.step(T + 500).await;
+    assert_eq!(r.hook.got(), vec![(8, "firing".to_string())]);
+    r.run(T + 2_000, 0, T + HOUR).await;
+    assert_eq!(
+        r.hook.got(),
+        vec![(8, "firing".to_string()), (7, "firing".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn a_resolution_supersedes_undelivered_reminders_but_keeps_the_firing() {
+    let mut r = Rig::new().await;
+    r.hook.set_failing(true);
+    r.notify(7, NotifyEvent::Firing, T);
+    r.step(T).await;
+    r.notify(7, NotifyEvent::Reminder, T + MIN);
+    r.notify(7, NotifyEvent::Reminder, T + 2 * MIN);
+    r.notify(7, NotifyEvent::Resolved, T + 3 * MIN);
+    // The reminders are gone from the queue (persisted: not after a
+    // restart either) and counted.
+    assert_eq!(r.count("reminder", "superseded"), 2);
+    let q: Vec<NotifyEvent> = store::queued(&r.store)
+        .unwrap()
+        .iter()
+        .map(|n| n.event)
+        .collect();
+    assert_eq!(q, vec![NotifyEvent::Firing, NotifyEvent::Resolved]);
+    r.run(T + 3 * MIN, T + 20 * MIN, T + 2 * HOUR).await;
+    assert_eq!(
+        r.hook.got(),
+        vec![(7, "firing".to_string()), (7, "resolved".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn the_order_holds_across_a_restart() {
+    let mut r = Rig::new().await;
+    r.hook.fail_next(1);
+    r.notify(7, NotifyEvent::Firing, T);
+    r.step(T).await;
+    r.notify(7, NotifyEvent::Resolved, T + 1_000);
+    // Restart: the queue is loaded from the store, the resolution is due
+    // at once, the firing in 1 s.
+    let policy = AlertsConfig::default().retry_policy();
+    r.queue = Queue::load(r.store.clone(), r.metrics.clone(), policy).unwrap();
+    assert!(r.step(T + 1_500).await.is_empty());
+    r.run(T + 2_000, 0, T + HOUR).await;
+    assert_eq!(
+        r.hook.got(),
+        vec![(7, "firing".to_string()), (7, "resolved".to_string())]
+    );
 }
