@@ -327,8 +327,68 @@ impl Engine {
         let plans = e.plans.clone();
         e.retire_orphans(&plans, now);
         e.retire_revoked(now);
+        e.seed_no_data(now)?;
         e.publish_gauges();
         Ok(e)
+    }
+
+    /// At load: every stored series a no-data rule reads (the ingest's
+    /// series dictionary: one key per device, metric and label) is seen
+    /// at `now`, so a series that fell silent shortly before or during
+    /// the restart alerts once it has been silent for the rule's `for`
+    /// counted from the restart (like a stale threshold series, silence
+    /// counts only while the appliance runs). Without it `last_seen`
+    /// started empty and such a series never alerted. Series of revoked
+    /// devices are left out.
+    fn seed_no_data(&mut self, now: u64) -> Result<()> {
+        let rules: Vec<Arc<Rule>> = self
+            .rules
+            .values()
+            .filter(|r| r.enabled && matches!(r.condition, Condition::NoData { .. }))
+            .cloned()
+            .collect();
+        if rules.is_empty() {
+            return Ok(());
+        }
+        let mut series: Vec<(DeviceId, String, String)> = Vec::new();
+        self.store
+            .scan_raw(outpost_storage::samples::SERIES, &[], None, |k, _| {
+                if let Some((d, name, label)) = outpost_storage::keys::parse_series_name_key(k)
+                    && rules.iter().any(|r| r.metric() == Some(name.as_str()))
+                {
+                    series.push((d, name, label));
+                }
+                Ok(true)
+            })?;
+        let mut revoked: HashMap<DeviceId, bool> = HashMap::new();
+        for (device, name, label) in series {
+            if self.retired.contains(&device) {
+                continue;
+            }
+            let is_revoked = *revoked.entry(device).or_insert_with(|| {
+                registry::get(&self.store, device)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|r| r.revoked_at_ms.is_some())
+            });
+            if is_revoked {
+                self.retired.insert(device);
+                continue;
+            }
+            let scope = self.scope(device);
+            for rule in &rules {
+                if rule.metric() != Some(name.as_str())
+                    || rule.label_filter().is_some_and(|l| l != label)
+                    || !rule.scope.matches(device, &scope)
+                {
+                    continue;
+                }
+                self.last_seen
+                    .entry((rule.id.clone(), device, label.clone()))
+                    .or_insert(now);
+            }
+        }
+        Ok(())
     }
 
     /// At load: the open alerts of devices revoked meanwhile (or before

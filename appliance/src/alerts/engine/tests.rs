@@ -53,13 +53,18 @@ impl Rig {
 
     /// The appliance stops and starts again on the same data.
     fn restart(self) -> Rig {
+        self.restart_at(T)
+    }
+
+    /// [`Rig::restart`], the engine starting at `now`.
+    fn restart_at(self, now: u64) -> Rig {
         let Rig {
             dir, store, engine, ..
         } = self;
         // RocksDB's lock goes with the last handle.
         drop(engine);
         drop(store);
-        Self::open(dir)
+        Self::open_at(dir, now)
     }
 
     fn put<V: Serialize>(&mut self, kind: ConfigKind, id: &str, v: &V, now: u64) {
@@ -921,4 +926,62 @@ fn open_alerts_of_a_device_already_revoked_are_closed_at_load() {
     rig.engine.on_tick(T + 86_400_000);
     assert!(rig.sent().is_empty());
     assert_eq!(rig.metrics.alerts_firing.get(), 0);
+}
+
+/// A series in the ingest's series dictionary, as the writer records it
+/// with the series' first sample.
+fn stored_series(store: &Store, d: DeviceId, name: &str, label: &str) {
+    let mut b = store.batch();
+    b.put_raw(
+        outpost_storage::samples::SERIES,
+        &outpost_storage::keys::series_name_key(d, name, label),
+        &0u32.to_be_bytes(),
+    )
+    .unwrap();
+    store.write(b).unwrap();
+}
+
+/// A series that reports at T and stops, the appliance restarting at
+/// T + 1 s. Before, `last_seen` started empty after the restart and the
+/// series never raised its no-data alert. Now every stored series a
+/// no-data rule reads is seen at the restart: the alert fires `for`
+/// after it (silence counts while the appliance runs). A revoked
+/// device's series stays out.
+#[test]
+fn a_series_that_goes_silent_across_a_restart_raises_its_no_data_alert() {
+    let mut rig = Rig::new();
+    let mut rule = cpu_rule("quiet", 0, |_| {});
+    rule.condition = Condition::NoData {
+        metric: "cpu".into(),
+        label: None,
+        for_: Duration::from_secs(5),
+    };
+    rig.put(ConfigKind::Rule, "quiet", &rule, T);
+    stored_series(&rig.store, DEV, "cpu", "");
+    rig.sample("cpu", 12.0, T);
+    let gone = DeviceId(2);
+    enroll(&rig.store, gone);
+    registry::revoke(&rig.store, gone, T).unwrap();
+    stored_series(&rig.store, gone, "cpu", "");
+    stored_series(&rig.store, DEV, "memory", "");
+
+    let restart = T + 1_000;
+    let mut rig = rig.restart_at(restart);
+    rig.engine.on_tick(restart + 4_999);
+    assert!(rig.sent().is_empty());
+    rig.engine.on_tick(restart + 5_000);
+    assert_eq!(rig.sent(), vec![ops(NotifyEvent::Firing)]);
+    let a = rig.alert("quiet");
+    assert_eq!(
+        (a.state, a.device, a.fired_ms),
+        (AlertState::Firing, DEV, Some(restart + 5_000))
+    );
+    assert_eq!(
+        rig.engine.open_alerts().len(),
+        1,
+        "not for the revoked device"
+    );
+    // It resolves when the series reports again, as before.
+    rig.sample("cpu", 3.0, restart + 9_000);
+    assert_eq!(rig.sent(), vec![ops(NotifyEvent::Resolved)]);
 }
