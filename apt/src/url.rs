@@ -123,6 +123,24 @@ impl UpstreamUrl {
         })
     }
 
+    /// Where an HTTP redirect from this URL leads: `Location` absolute
+    /// (`http://host/path`), host-relative (`/path`) or relative to this
+    /// URL's directory, normalised like a request target (`https`,
+    /// `..`, queries and fragments are refused).
+    pub fn redirect(&self, location: &str) -> Result<UpstreamUrl, UrlError> {
+        let location = location.trim();
+        if location.contains("://") {
+            return Self::parse_absolute(location);
+        }
+        let path = if location.starts_with('/') {
+            location.to_string()
+        } else {
+            let dir = self.path.rfind('/').map_or("/", |i| &self.path[..=i]);
+            format!("{dir}{location}")
+        };
+        Self::from_parts(&self.authority(), &path, location)
+    }
+
     /// `host` or `host:port` when the port is not 80 (the allow-list key).
     pub fn authority(&self) -> String {
         let h = if self.host.contains(':') {
@@ -494,5 +512,32 @@ mod tests {
         assert_eq!(UpstreamUrl::parse_absolute(&a.to_string()).unwrap(), a);
         let c = UpstreamUrl::parse_target("http://[FE80::1]/a").unwrap();
         assert_eq!(c.authority(), "[fe80::1]");
+    }
+
+    #[test]
+    fn redirects_resolve_against_the_url_and_are_normalised() {
+        let u = UpstreamUrl::parse_absolute("http://deb.example.com/debian/pool/a/x.deb").unwrap();
+        let to = |l: &str| u.redirect(l).map(|r| r.to_string());
+        assert_eq!(
+            to("http://mirror.example.net:8080/pool/a/x.deb").unwrap(),
+            "http://mirror.example.net:8080/pool/a/x.deb"
+        );
+        assert_eq!(
+            to("/mirror/pool/a/x.deb").unwrap(),
+            "http://deb.example.com/mirror/pool/a/x.deb"
+        );
+        assert_eq!(
+            to("y.deb").unwrap(),
+            "http://deb.example.com/debian/pool/a/y.deb"
+        );
+        assert!(matches!(
+            to("https://secure.example.com/x.deb"),
+            Err(UrlError::Scheme(_))
+        ));
+        assert!(matches!(
+            to("/a/../../etc/passwd"),
+            Err(UrlError::BadPath(_))
+        ));
+        assert!(to("http://user@evil.example.com/x").is_err());
     }
 }

@@ -1401,6 +1401,97 @@ fn kill9_mid_download_then_restart_never_serves_a_partial_file() {
     assert_eq!(a.body, done.bytes);
 }
 
+/// A redirector on 127.0.0.1: every request answers `302 Location:
+/// http://{to}{path}` (a mirror redirector, or a repository moved).
+fn redirector(to: String) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let to = to.clone();
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut buf = Vec::new();
+                let mut b = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&b[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).into_owned();
+                let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let _ = conn.write_all(
+                    format!(
+                        "HTTP/1.1 302 Found\r\nLocation: http://{to}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    )
+                    .as_bytes(),
+                );
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_repository_that_redirects_is_followed_to_allowed_hosts_only() {
+    let tmp = scratch("cache-redirect");
+    let repo = Repo::build(tmp.path(), &[("outpost-moved", 4000)]);
+    std::fs::write(repo.root.join("debian/README"), b"hello mirror").unwrap();
+    let up = Upstream::start(&repo.root);
+    let front = redirector(up.addr.to_string());
+    // Redirects to a host the cache does not allow.
+    let elsewhere = redirector("127.0.0.1:9".into());
+    let app_dir = tmp.path().join("appliance");
+    std::fs::create_dir_all(&app_dir).unwrap();
+    std::fs::write(
+        app_dir.join("outpost.toml"),
+        format!(
+            "[cache]\nallow_hosts = [\"{front}\", \"{}\", \"{elsewhere}\"]\nallow_apt_sources = false\nkeyrings = [\"{}\"]\n",
+            up.addr,
+            repo.key.keyring.display()
+        ),
+    )
+    .unwrap();
+    let app = Appliance::start(tmp.path());
+    let cache = cache_addr(&app);
+    let via = |path: &str| format!("http://{front}/{path}");
+    // The signed index and a package, asked of the redirecting host:
+    // verified and cached under the URL asked for.
+    let inrelease = fetch(cache, "GET", &via("debian/dists/stable/InRelease"), &[]);
+    assert_eq!(inrelease.status, 200, "{}", inrelease.text());
+    let packages = format!("debian/dists/stable/{}.gz", repo.packages_rel());
+    assert_eq!(fetch(cache, "GET", &via(&packages), &[]).status, 200);
+    let pkg = repo.pkg("outpost-moved").clone();
+    for want in ["miss", "hit"] {
+        let a = fetch(cache, "GET", &via(&pkg.path), &[]);
+        assert_eq!(a.status, 200, "{}", a.text());
+        assert_eq!(a.body, pkg.bytes);
+        assert_eq!(a.header("X-Outpost-Cache"), Some(want));
+    }
+    assert_eq!(up.hits(&format!("/{}", pkg.path)), 1);
+    // A file no index covers passes through the redirect too.
+    let readme = fetch(cache, "GET", &via("debian/README"), &[]);
+    assert_eq!(
+        (readme.status, readme.body.as_slice()),
+        (200, &b"hello mirror"[..])
+    );
+    // A redirect to a host not allowed is refused, naming it.
+    let refused = fetch(
+        cache,
+        "GET",
+        &format!("http://{elsewhere}/debian/README"),
+        &[],
+    );
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert!(
+        refused.text().contains("not in the cache's allowed hosts"),
+        "{}",
+        refused.text()
+    );
+}
+
 #[test]
 fn unverified_files_pass_through_uncached_or_are_refused_per_config() {
     let tmp = scratch("cache-unverified");

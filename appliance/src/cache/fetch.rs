@@ -432,6 +432,7 @@ impl Cache {
         self.metrics.cache.upstream_errors.inc();
         let status = match e {
             UpstreamError::Timeout(..) => 504,
+            UpstreamError::RedirectNotAllowed { .. } => 403,
             _ => 502,
         };
         (status, e.to_string())

@@ -160,7 +160,7 @@ impl Cache {
             cfg.max_downloads_per_client.max(1),
         );
         let cache = Cache {
-            upstream: Upstream::new(cfg.upstream_timeout),
+            upstream: Upstream::new(cfg.upstream_timeout, allow.clone()),
             cfg,
             store,
             dir,

@@ -12,6 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use super::allow::AllowList;
 use super::url::UpstreamUrl;
 
 /// An upstream answer whose body is still to be read.
@@ -35,7 +36,14 @@ pub enum UpstreamError {
     Short { url: String, got: u64, want: u64 },
     #[error("reading the body from upstream {0}: {1}")]
     Body(String, String),
+    #[error("upstream {url} redirected {why}")]
+    Redirect { url: String, why: String },
+    #[error("upstream {url} redirected to {to}, which is not in the cache's allowed hosts")]
+    RedirectNotAllowed { url: String, to: String },
 }
+
+/// Most redirects followed for one request.
+pub const MAX_REDIRECTS: usize = 5;
 
 /// Conditional request validators.
 #[derive(Debug, Clone, Default)]
@@ -44,15 +52,18 @@ pub struct Validators {
     pub last_modified: Option<String>,
 }
 
-/// The shared upstream client.
+/// The shared upstream client. Follows redirects (up to
+/// [`MAX_REDIRECTS`]) to hosts the allow list names; the answer is the
+/// final one, and callers keep the URL they asked for as the file's name.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     client: Client<HttpConnector, Empty<Bytes>>,
     timeout: Duration,
+    allow: AllowList,
 }
 
 impl Upstream {
-    pub fn new(timeout: Duration) -> Upstream {
+    pub fn new(timeout: Duration, allow: AllowList) -> Upstream {
         let mut conn = HttpConnector::new();
         conn.set_connect_timeout(Some(timeout));
         conn.set_nodelay(true);
@@ -60,11 +71,58 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(32)
             .build(conn);
-        Upstream { client, timeout }
+        Upstream {
+            client,
+            timeout,
+            allow,
+        }
     }
 
-    /// Sends a request and waits for the response head.
+    /// Sends a request and waits for the response head, following
+    /// redirects (301, 302, 303, 307, 308) to allowed hosts.
     pub async fn request(
+        &self,
+        method: &str,
+        url: &UpstreamUrl,
+        validators: &Validators,
+        range_from: Option<u64>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let mut at = url.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            let resp = self
+                .request_once(method, &at, validators, range_from)
+                .await?;
+            if !matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
+                return Ok(resp);
+            }
+            let location = resp
+                .headers()
+                .get(hyper::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| UpstreamError::Redirect {
+                    url: at.to_string(),
+                    why: "without a Location".into(),
+                })?;
+            let next = at.redirect(location).map_err(|e| UpstreamError::Redirect {
+                url: at.to_string(),
+                why: format!("to {location:?}: {e}"),
+            })?;
+            if !self.allow.allows(&next) {
+                return Err(UpstreamError::RedirectNotAllowed {
+                    url: at.to_string(),
+                    to: next.authority(),
+                });
+            }
+            tracing::debug!(from = %at, to = %next, "following an upstream redirect");
+            at = next;
+        }
+        Err(UpstreamError::Redirect {
+            url: url.to_string(),
+            why: format!("more than {MAX_REDIRECTS} times"),
+        })
+    }
+
+    async fn request_once(
         &self,
         method: &str,
         url: &UpstreamUrl,

@@ -386,7 +386,9 @@ async fn concurrent_wrong_passwords_are_counted_one_after_the_other() {
     for _ in 0..12 {
         let auth = auth.clone();
         tasks.push(tokio::spawn(async move {
-            auth.login("ann", "wrong".into(), ADDR, t0).await.unwrap_err()
+            auth.login("ann", "wrong".into(), ADDR, t0)
+                .await
+                .unwrap_err()
         }));
     }
     let mut results = Vec::new();
