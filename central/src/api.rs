@@ -215,6 +215,16 @@ async fn credential_of(
     c: &Arc<Central>,
     h: &HeaderMap,
 ) -> Result<Option<(Principal, Credential)>, ApiError> {
+    Ok(credential_until(c, h).await?.map(|(p, cred, _)| (p, cred)))
+}
+
+/// [`credential_of`] with the time the credential ends, if fixed (a
+/// session's expiry, a token's `ttl`): the console's live stream ends then
+/// at the latest.
+pub async fn credential_until(
+    c: &Arc<Central>,
+    h: &HeaderMap,
+) -> Result<Option<(Principal, Credential, Option<u64>)>, ApiError> {
     if let Some(t) = bearer(h) {
         let hash = ops::sha256(t);
         let Some(r) = c.store.api_token(&hash).await.map_err(internal)? else {
@@ -224,7 +234,7 @@ async fn credential_of(
         if let Some(why) = r.refusal(crate::now_ms()) {
             return Err(crate::api_credentials::refused(c, &r, &why));
         }
-        return Ok(Some((r.principal, Credential::Token)));
+        return Ok(Some((r.principal, Credential::Token, r.life.expires_ms)));
     }
     if let Some(v) = session_cookie(h) {
         let hash = ops::sha256(&v);
@@ -235,7 +245,7 @@ async fn credential_of(
             .await
             .map_err(internal)?
             .filter(|r| r.expires_ms > now)
-            .map(|r| (r.principal, Credential::Session)));
+            .map(|r| (r.principal, Credential::Session, Some(r.expires_ms))));
     }
     Ok(None)
 }

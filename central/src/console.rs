@@ -473,19 +473,30 @@ impl ConsoleBackend for CentralConsole {
     }
 
     fn viewer<'a>(&'a self, h: &'a HeaderMap) -> ConsoleFuture<'a, Option<Viewer>> {
+        Box::pin(async move { Ok(self.viewer_until(h).await?.map(|(v, _)| v)) })
+    }
+
+    /// The viewer with its session's (or token's) expiry: the live stream
+    /// ends then at the latest, and checks the credential again through
+    /// this at every keep-alive (a logout, a password change, a removed
+    /// user, a revoked token end it).
+    fn viewer_until<'a>(
+        &'a self,
+        h: &'a HeaderMap,
+    ) -> ConsoleFuture<'a, Option<(Viewer, Option<u64>)>> {
         Box::pin(async move {
             let subject = match (api::bearer(h), api::session_cookie(h)) {
                 (Some(t), _) => ops::sha256(t),
                 (None, Some(s)) => ops::sha256(&s),
                 (None, None) => return Ok(None),
             };
-            let p = match api::principal_of(&self.central, h).await {
+            let p = match api::credential_until(&self.central, h).await {
                 Ok(p) => p,
                 // A revoked or expired token: no viewer (sign in).
                 Err(ApiError::Unauthorized(_)) => None,
                 Err(e) => return Err(err(e)),
             };
-            Ok(p.map(|p| viewer_of(p, subject)))
+            Ok(p.map(|(p, _, until)| (viewer_of(p, subject), until)))
         })
     }
 

@@ -31,6 +31,7 @@ crate::testing::on_both_backends!(
     the_patch_pages_show_compliance_cves_and_a_devices_missing_patches_within_scope,
     selected_devices_get_one_bulk_run_from_the_list_and_viewers_cannot,
     devices_are_found_by_ip_and_tag_and_the_tag_filter_lists_only_the_viewers_tags,
+    an_open_live_stream_ends_with_its_session_or_its_token,
 );
 
 async fn send(
@@ -981,4 +982,101 @@ async fn devices_are_found_by_ip_and_tag_and_the_tag_filter_lists_only_the_viewe
         )),
         "{orders:?}"
     );
+}
+
+/// Reads an SSE body until the stream ends (within 10 s), returning it.
+async fn until_end(resp: axum::response::Response) -> String {
+    use futures_util::StreamExt;
+    let mut body = resp.into_body().into_data_stream();
+    let mut text = String::new();
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), body.next())
+            .await
+            .expect("the stream ends in time")
+        {
+            Some(chunk) => text.push_str(&String::from_utf8_lossy(&chunk.unwrap())),
+            None => return text,
+        }
+    }
+}
+
+/// The wiring at central: the live stream asks central's credential
+/// check again at each keep-alive (50 ms here) and ends when the session
+/// logged out or the token was revoked; the console backend reports the
+/// session's expiry (the stream's latest end).
+async fn an_open_live_stream_ends_with_its_session_or_its_token() {
+    use outpost_console::ConsoleBackend;
+    let (c, _site, _dir) = central_with_site(crate::CentralLimits {
+        live: outpost_console::LiveConfig {
+            keep_alive: std::time::Duration::from_millis(50),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let cookie = session(&c, "ann", Role::Technician, &[]).await;
+    let backend = crate::console::CentralConsole { central: c.clone() };
+    let mut h = axum::http::HeaderMap::new();
+    h.insert(header::COOKIE, cookie.parse().unwrap());
+    let (v, until) = backend.viewer_until(&h).await.unwrap().unwrap();
+    assert_eq!(v.name, "ann");
+    let stored = c
+        .store
+        .session(&ops::sha256(cookie.trim_start_matches("outpost_session=")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(until, Some(stored.expires_ms));
+
+    let open = |k: &'static str, v: String| {
+        let c = c.clone();
+        async move {
+            let req = Request::get("/console/live")
+                .header(k, v)
+                .body(Body::empty())
+                .unwrap();
+            crate::api::router(c).oneshot(req).await.unwrap()
+        }
+    };
+    let resp = open("cookie", cookie.clone()).await;
+    assert_eq!(resp.status(), 200);
+    let (st, _, body) = send(&c, "POST", "/api/v1/logout", &[("cookie", &cookie)], "").await;
+    assert_eq!(st, 200, "{body}");
+    let text = until_end(resp).await;
+    assert!(
+        text.contains(r#"event: reload"#) && text.contains("credential"),
+        "{text}"
+    );
+
+    let token = ops::create_token(
+        c.store.as_ref(),
+        &ops::CreateToken {
+            tenant: "msp".into(),
+            role: Role::Viewer,
+            customers: vec![],
+            ttl: None,
+        },
+        1,
+    )
+    .await
+    .unwrap();
+    let resp = open("authorization", format!("Bearer {token}")).await;
+    assert_eq!(resp.status(), 200);
+    let id = c.store.api_tokens(&"msp".into()).await.unwrap()[0]
+        .id
+        .clone();
+    ops::revoke_token(
+        c.store.as_ref(),
+        &"msp".into(),
+        &id,
+        "operator",
+        crate::now_ms(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let text = until_end(resp).await;
+    assert!(text.contains("credential"), "{text}");
+    assert_eq!(c.live.subscribers(), 0);
+    assert_eq!(c.live.metrics.credential_ended.get(), 2);
 }

@@ -527,6 +527,17 @@ pub trait ConsoleBackend: Send + Sync + 'static {
 
     /// The viewer of a request (session cookie, or a bearer token), if any.
     fn viewer<'a>(&'a self, headers: &'a HeaderMap) -> ConsoleFuture<'a, Option<Viewer>>;
+    /// [`ConsoleBackend::viewer`] with the time its credential ends, if
+    /// fixed (milliseconds since the epoch: a session's expiry, a token's
+    /// expiry). The live stream asks it when it opens and again at every
+    /// keep-alive interval, and ends at that time at the latest. By
+    /// default no fixed end: the periodic checks end the stream.
+    fn viewer_until<'a>(
+        &'a self,
+        headers: &'a HeaderMap,
+    ) -> ConsoleFuture<'a, Option<(Viewer, Option<u64>)>> {
+        Box::pin(async move { Ok(self.viewer(headers).await?.map(|v| (v, None))) })
+    }
     /// Checks a login (rate limits included) and opens a session.
     fn login<'a>(
         &'a self,

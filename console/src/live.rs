@@ -13,10 +13,20 @@
 //!   the broadcast buffer gets a `reload` event (counted) and its stream
 //!   ends: the page reloads and is whole again.
 //! * **Keep-alives** every `keep_alive` so proxies keep the stream open.
+//! * **No longer than its credential**: a stream opened with a
+//!   [`Revalidation`] asks the backend again at every keep-alive interval
+//!   whether the viewer's credential still holds with the same scope, and
+//!   checks before delivering once a check is due; a logout, an ended or
+//!   expired session, a revoked token, a removed user or a narrowed
+//!   scope end the stream with a `reload` event (counted), and it ends at
+//!   the credential's expiry at the latest. The page reloads: the sign-in
+//!   page, or the view of the new scope with a new stream.
 //! * **Shutdown**: [`LiveHub::close`] ends every stream, so a server's
 //!   graceful shutdown does not wait for open pages.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -167,6 +177,9 @@ pub struct LiveMetrics {
     pub dropped: Counter,
     /// Streams refused because `max_subscribers` were open.
     pub refused: Counter,
+    /// Streams ended because the viewer's credential ended (logout,
+    /// expiry, revocation, removal) or its scope changed.
+    pub credential_ended: Counter,
 }
 
 impl LiveMetrics {
@@ -200,6 +213,11 @@ impl LiveMetrics {
             "console_live_refused",
             "Live-update streams refused (too many open)",
             self.refused.clone(),
+        );
+        r.register(
+            "console_live_credential_ended",
+            "Live-update streams ended because the viewer's credential ended or its scope changed",
+            self.credential_ended.clone(),
         );
     }
 }
@@ -273,6 +291,16 @@ impl LiveHub {
 
     /// A stream of the events `scope` sees, or [`Full`].
     pub fn subscribe(&self, scope: Scope) -> Result<Subscription, Full> {
+        self.subscribe_checked(scope, None)
+    }
+
+    /// [`LiveHub::subscribe`] for a viewer whose credential is checked
+    /// again while the stream is open (see [`Revalidation`]).
+    pub fn subscribe_checked(
+        &self,
+        scope: Scope,
+        revalidation: Option<Revalidation>,
+    ) -> Result<Subscription, Full> {
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -288,6 +316,7 @@ impl LiveHub {
             metrics: self.metrics.clone(),
             _permit: permit,
             done: false,
+            guard: revalidation.map(Guard::new),
         })
     }
 
@@ -308,6 +337,90 @@ pub enum Delivery {
     Event(Arc<LiveEvent>),
     /// It fell behind: reload the page (the stream ends after this).
     Reload,
+    /// The viewer's credential ended or its scope changed: reload the
+    /// page (the stream ends after this; sent as a `reload` event).
+    CredentialEnded,
+}
+
+/// What a check of the viewer found: the scope its credential has now,
+/// `None` when it has none (signed out, session ended or expired, token
+/// revoked or expired, user removed) or it could not be checked (the
+/// stream fails closed: the page reloads and asks again).
+pub type CheckFuture = Pin<Box<dyn Future<Output = Option<Scope>> + Send>>;
+
+/// How an open stream checks its viewer again (see the module docs).
+pub struct Revalidation {
+    /// Asks the backend for the viewer's scope now (the same credential
+    /// the stream was opened with).
+    pub check: Box<dyn FnMut() -> CheckFuture + Send>,
+    /// Time between checks (the keep-alive interval).
+    pub every: Duration,
+    /// Time left until the credential's fixed end (a session's expiry),
+    /// if it has one: the stream ends then whatever the checks say.
+    pub ends_in: Option<Duration>,
+}
+
+impl std::fmt::Debug for Revalidation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Revalidation")
+            .field("every", &self.every)
+            .field("ends_in", &self.ends_in)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a stream opened for `opened` may go on, given the scope the
+/// viewer's credential has now: only with the very same scope (a wider
+/// one is a new page too).
+pub fn may_continue(opened: &Scope, now: Option<&Scope>) -> bool {
+    now == Some(opened)
+}
+
+/// A [`Revalidation`] in progress.
+#[derive(Debug)]
+struct Guard {
+    r: Revalidation,
+    /// When the next check is due.
+    next_check: tokio::time::Instant,
+    /// The credential's end, if fixed.
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Guard {
+    fn new(r: Revalidation) -> Guard {
+        let now = tokio::time::Instant::now();
+        // A zero interval would check in a loop.
+        let every = r.every.max(Duration::from_millis(10));
+        Guard {
+            next_check: now + every,
+            deadline: r.ends_in.map(|d| now + d),
+            r: Revalidation { every, ..r },
+        }
+    }
+
+    /// Whether the viewer may still receive events now: past the
+    /// deadline no; when a check is due, the check's answer (and the next
+    /// one is scheduled).
+    async fn still_valid(&mut self, opened: &Scope) -> bool {
+        let now = tokio::time::Instant::now();
+        if self.deadline.is_some_and(|d| now >= d) {
+            return false;
+        }
+        if now < self.next_check {
+            return true;
+        }
+        let scope = (self.r.check)().await;
+        self.next_check = tokio::time::Instant::now() + self.r.every;
+        may_continue(opened, scope.as_ref())
+    }
+
+    /// When the next check or the deadline is due.
+    fn due_at(&self) -> tokio::time::Instant {
+        match self.deadline {
+            Some(d) => d.min(self.next_check),
+            None => self.next_check,
+        }
+    }
 }
 
 /// One open stream (holds its slot until dropped).
@@ -319,6 +432,9 @@ pub struct Subscription {
     metrics: LiveMetrics,
     _permit: OwnedSemaphorePermit,
     done: bool,
+    /// Checks of the viewer's credential (none: the stream lasts until
+    /// the hub closes, it lags or the client leaves).
+    guard: Option<Guard>,
 }
 
 impl Drop for Subscription {
@@ -335,12 +451,34 @@ impl Subscription {
             return None;
         }
         loop {
-            // Events already buffered first, then the end.
-            let r = tokio::select! {
-                biased;
-                r = self.rx.recv() => r,
-                _ = self.closed.wait_for(|c| *c) => return None,
+            // A due check (or the credential's end) before anything else,
+            // so no event goes out after a check that would have failed;
+            // then events already buffered, then the end.
+            let r = {
+                let due_at = self.guard.as_ref().map(Guard::due_at);
+                let due = async move {
+                    match due_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    _ = due => None,
+                    r = self.rx.recv() => Some(r),
+                    _ = self.closed.wait_for(|c| *c) => return None,
+                }
             };
+            let valid = match &mut self.guard {
+                Some(g) => g.still_valid(&self.scope).await,
+                None => true,
+            };
+            if !valid {
+                self.metrics.credential_ended.inc();
+                self.done = true;
+                return Some(Delivery::CredentialEnded);
+            }
+            let Some(r) = r else { continue };
             match r {
                 Ok(e) if self.scope.sees(&e) => {
                     self.metrics.sent.inc();
@@ -365,6 +503,9 @@ impl Subscription {
             let ev = match d {
                 Delivery::Event(e) => Event::default().event(e.kind).data(e.data.as_str()),
                 Delivery::Reload => Event::default().event("reload").data("{}"),
+                Delivery::CredentialEnded => Event::default()
+                    .event("reload")
+                    .data(r#"{"reason":"credential"}"#),
             };
             Some((Ok::<_, Infallible>(ev), sub))
         });
@@ -459,6 +600,110 @@ mod tests {
         assert_eq!(waiting.await.unwrap(), None);
         let mut late = hub.subscribe(scope("msp", &[])).unwrap();
         assert_eq!(late.next().await, None, "closed before it subscribed");
+    }
+
+    /// A check that answers what `now` holds, counting its calls.
+    fn checked(
+        hub: &LiveHub,
+        opened: Scope,
+        now: &Arc<std::sync::Mutex<Option<Scope>>>,
+        calls: &Arc<std::sync::atomic::AtomicU32>,
+        ends_in: Option<Duration>,
+    ) -> Subscription {
+        let (now, calls) = (now.clone(), calls.clone());
+        let check = move || -> CheckFuture {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let s = now.lock().unwrap().clone();
+            Box::pin(async move { s })
+        };
+        hub.subscribe_checked(
+            opened,
+            Some(Revalidation {
+                check: Box::new(check),
+                every: Duration::from_secs(15),
+                ends_in,
+            }),
+        )
+        .unwrap()
+    }
+
+    fn n_of(d: Option<Delivery>) -> String {
+        match d {
+            Some(Delivery::Event(e)) => e.data.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The credential is checked again once per interval (not per event);
+    /// once it ended (here: the backend answers no viewer), the next due
+    /// check ends the stream before an in-scope event published after it
+    /// is delivered. Explicit clock: tokio's paused time.
+    #[tokio::test(start_paused = true)]
+    async fn a_checked_stream_ends_before_delivering_once_its_credential_ended() {
+        let hub = LiveHub::new(LiveConfig::default());
+        let dental = scope("msp", &["dental"]);
+        let now = Arc::new(std::sync::Mutex::new(Some(dental.clone())));
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let mut sub = checked(&hub, dental, &now, &calls, None);
+        hub.publish(ev("msp", "dental", 1));
+        hub.publish(ev("msp", "dental", 2));
+        assert_eq!(n_of(sub.next().await), "{\"n\":1}");
+        assert_eq!(n_of(sub.next().await), "{\"n\":2}");
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "none due"
+        );
+        tokio::time::advance(Duration::from_secs(15)).await;
+        hub.publish(ev("msp", "dental", 3));
+        assert_eq!(n_of(sub.next().await), "{\"n\":3}", "still valid");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // The session ends (logout, password change, expiry, removal).
+        *now.lock().unwrap() = None;
+        tokio::time::advance(Duration::from_secs(15)).await;
+        hub.publish(ev("msp", "dental", 4));
+        assert_eq!(sub.next().await, Some(Delivery::CredentialEnded));
+        assert_eq!(sub.next().await, None, "ended");
+        assert_eq!(hub.metrics.sent.get(), 3, "event 4 not delivered");
+        assert_eq!(hub.metrics.credential_ended.get(), 1);
+        drop(sub);
+        assert_eq!(hub.subscribers(), 0, "its slot is free");
+    }
+
+    /// A narrowed scope ends the stream (the page reloads with the new
+    /// one); a credential with a fixed end ends it then, however valid the
+    /// checks found it, without waiting for the next check.
+    #[tokio::test(start_paused = true)]
+    async fn a_checked_stream_ends_when_its_scope_narrows_or_at_its_credentials_end() {
+        assert!(may_continue(&scope("msp", &[]), Some(&scope("msp", &[]))));
+        assert!(!may_continue(
+            &scope("msp", &[]),
+            Some(&scope("msp", &["a"]))
+        ));
+        assert!(!may_continue(
+            &scope("msp", &["a"]),
+            Some(&scope("msp", &[]))
+        ));
+        assert!(!may_continue(&scope("msp", &[]), None));
+
+        let hub = LiveHub::new(LiveConfig::default());
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let both = scope("msp", &["dental", "vet"]);
+        let now = Arc::new(std::sync::Mutex::new(Some(both.clone())));
+        let mut sub = checked(&hub, both, &now, &calls, None);
+        *now.lock().unwrap() = Some(scope("msp", &["dental"]));
+        tokio::time::advance(Duration::from_secs(15)).await;
+        hub.publish(ev("msp", "dental", 1));
+        assert_eq!(sub.next().await, Some(Delivery::CredentialEnded));
+
+        let all = scope("msp", &[]);
+        let valid = Arc::new(std::sync::Mutex::new(Some(all.clone())));
+        let mut sub = checked(&hub, all, &valid, &calls, Some(Duration::from_secs(100)));
+        let start = tokio::time::Instant::now();
+        // Nothing published: the clock runs on to the credential's end.
+        assert_eq!(sub.next().await, Some(Delivery::CredentialEnded));
+        assert_eq!(start.elapsed(), Duration::from_secs(100));
+        assert_eq!(hub.metrics.credential_ended.get(), 2);
     }
 
     #[tokio::test]

@@ -797,14 +797,38 @@ async fn ack(
 
 // ---- live and assets ----
 
+/// The live stream of the request's viewer. Its credential is checked
+/// again at every keep-alive interval through the backend, with the
+/// request's own headers (the stream ends when it no longer holds with the
+/// same scope), and the stream ends at the credential's expiry at the
+/// latest (see [`crate::live`]).
 async fn live(State(c): C, h: HeaderMap) -> Response {
-    let v = match c.backend.viewer(&h).await {
+    let (v, until_ms) = match c.backend.viewer_until(&h).await {
         Ok(Some(v)) => v,
         Ok(None) => return (StatusCode::UNAUTHORIZED, Html("sign in first")).into_response(),
         Err(e) => return error_page(&c, None, e),
     };
     let hub = c.backend.live();
-    match hub.subscribe(v.scope()) {
+    // Weak: an open stream does not keep the backend (and its hub) alive.
+    let backend = Arc::downgrade(&c.backend);
+    let check = move || -> crate::live::CheckFuture {
+        let (backend, h) = (backend.upgrade(), h.clone());
+        Box::pin(async move {
+            let backend = backend?;
+            match backend.viewer_until(&h).await {
+                Ok(Some((v, _))) => Some(v.scope()),
+                // Signed out, expired, revoked, removed; or not checkable
+                // now (fail closed: the page reloads and asks again).
+                Ok(None) | Err(_) => None,
+            }
+        })
+    };
+    let revalidation = crate::live::Revalidation {
+        check: Box::new(check),
+        every: hub.config.keep_alive,
+        ends_in: until_ms.map(|t| std::time::Duration::from_millis(t.saturating_sub(now_ms()))),
+    };
+    match hub.subscribe_checked(v.scope(), Some(revalidation)) {
         Ok(sub) => sub.into_response(hub.config.keep_alive),
         Err(full) => (
             StatusCode::SERVICE_UNAVAILABLE,

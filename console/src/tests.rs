@@ -21,6 +21,8 @@ struct Fake {
     deployment: Mutex<Option<crate::deployments::DeploymentDetail>>,
     /// Deployment actions the backend was asked for.
     actions: Mutex<Vec<(String, crate::deployments::DeploymentAction)>>,
+    /// Viewers whose session ended (signed out): no longer viewers.
+    ended: Mutex<Vec<String>>,
 }
 
 fn viewer_named(name: &str) -> Option<Viewer> {
@@ -88,6 +90,9 @@ impl ConsoleBackend for Fake {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("s="))
             .unwrap_or("");
+        if self.ended.lock().unwrap().iter().any(|n| n == name) {
+            return ready(Ok(None));
+        }
         ready(Ok(viewer_named(name)))
     }
     fn login<'a>(
@@ -202,6 +207,7 @@ fn console() -> (Arc<Console>, Arc<Fake>) {
         acks: Mutex::new(vec![]),
         deployment: Mutex::new(None),
         actions: Mutex::new(vec![]),
+        ended: Mutex::new(vec![]),
     });
     let c = Arc::new(Console {
         backend: fake.clone(),
@@ -498,6 +504,62 @@ async fn the_live_stream_of_a_scoped_viewer_carries_only_its_customers_events() 
     );
 }
 
+/// An open stream whose session ends (here: signed out) ends at its next
+/// check with a `reload` event, and an in-scope event published after
+/// that is not delivered. Explicit clock: tokio's paused time, advanced by
+/// one keep-alive interval.
+#[tokio::test(start_paused = true)]
+async fn a_live_stream_ends_with_its_session_and_delivers_nothing_after() {
+    let (c, fake) = console();
+    let req = Request::get("/console/live")
+        .header("cookie", "s=tech")
+        .body(Body::empty())
+        .unwrap();
+    let resp = crate::router::<()>(c.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(fake.hub.subscribers(), 1);
+    fake.ended.lock().unwrap().push("tech".into());
+    tokio::time::advance(fake.hub.config.keep_alive).await;
+    fake.hub.publish(LiveEvent::alert(
+        "msp",
+        &AlertChange {
+            site_id: "s-1".into(),
+            site_name: "Harbour".into(),
+            customer: "dental".into(),
+            alert_id: 5,
+            device: None,
+            hostname: None,
+            rule: "r".into(),
+            severity: "critical".into(),
+            old_state: None,
+            state: "firing".into(),
+            at_ms: 1,
+            message: String::new(),
+            acked_by: None,
+        },
+    ));
+    // The stream ends by itself (the hub and the console are still up).
+    let bytes = tokio::time::timeout(
+        std::time::Duration::from_secs(3600),
+        axum::body::to_bytes(resp.into_body(), 1 << 20),
+    )
+    .await
+    .expect("the stream ends with its session")
+    .unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        text.contains("event: reload\ndata: {\"reason\":\"credential\"}"),
+        "{text}"
+    );
+    assert!(!text.contains("alert_id"), "{text}");
+    assert_eq!(fake.hub.metrics.sent.get(), 0);
+    assert_eq!(fake.hub.metrics.credential_ended.get(), 1);
+    assert_eq!(fake.hub.subscribers(), 0);
+    // Signed out, the stream does not open again.
+    let (st, _, _) = send(&c, "GET", "/console/live", &[("cookie", "s=tech")], "").await;
+    assert_eq!(st, 401);
+}
+
 /// Streams beyond the hub's cap are refused with 503 and `Retry-After`,
 /// and counted; the page still works without them.
 #[tokio::test]
@@ -510,6 +572,7 @@ async fn a_stream_beyond_the_cap_is_a_503_and_counted() {
         acks: Mutex::new(vec![]),
         deployment: Mutex::new(None),
         actions: Mutex::new(vec![]),
+        ended: Mutex::new(vec![]),
     });
     let c = Arc::new(Console {
         backend: fake.clone(),
